@@ -1,0 +1,42 @@
+// CPU (fp32) reference kernels. Every CUDA kernel in kernels/cuda/ has its counterpart here and is
+// tested against it. Plain row-major float arrays; T = tokens in the step, H = hidden size,
+// D = head dim, Hq/Hk = query/key-value heads held by this rank.
+#pragma once
+#include <cstdint>
+
+namespace llmserve::cpu {
+
+// out[t] = table[ids[t] - vocab_start] if that row is in this shard [vocab_start, vocab_start+rows),
+// else zeros (the tensor group's all-reduce then completes the lookup).
+void embedding(const float* table, int64_t vocab_start, int64_t rows, const int32_t* ids, int64_t T, int64_t H,
+               float* out);
+
+// out = x / sqrt(mean(x^2) + eps) * w, row by row.
+void rmsnorm(const float* x, const float* w, int64_t T, int64_t H, float eps, float* out);
+
+// x += y.
+void add(float* x, const float* y, int64_t n);
+
+// out[T, N] = x[T, K] . w[N, K]^T (+ bias[N]).
+void linear(const float* x, const float* w, const float* bias, int64_t T, int64_t K, int64_t N, float* out);
+
+// Rotary embedding, neox layout (rotate halves), in place on q [T, Hq, D] and k [T, Hk, D];
+// angle = positions[t] * inv_freq[i], computed in float32 as transformers does.
+void rope(float* q, float* k, const int32_t* positions, const float* inv_freq, int64_t T, int64_t Hq, int64_t Hk,
+          int64_t D);
+
+// Writes k, v [T, Hk, D] into the paged caches [num_blocks * block_size, Hk, D] at slot_mapping[t].
+void kv_write(const float* k, const float* v, const int32_t* slot_mapping, int64_t T, int64_t Hk, int64_t D,
+              float* k_cache, float* v_cache);
+
+// Causal attention through block tables. Sequence s owns tokens [q_start[s], q_start[s+1]); token t
+// at position p attends to cached positions 0..p of its sequence. block_tables is [S, max_blocks].
+// q and out are [T, Hq, D]; query head h uses key/value head h / (Hq / Hk).
+void paged_attention(const float* q, const float* k_cache, const float* v_cache, const int32_t* block_tables,
+                     int64_t max_blocks, const int32_t* q_start, const int32_t* positions, int64_t S, int64_t Hq,
+                     int64_t Hk, int64_t D, int64_t block_size, float scale, float* out);
+
+// out = silu(gate) * up.
+void silu_mul(const float* gate, const float* up, int64_t n, float* out);
+
+}  // namespace llmserve::cpu

@@ -1,0 +1,23 @@
+#include <cmath>
+
+#include "kernels/cpu/ops.h"
+
+namespace llmserve::cpu {
+
+void rmsnorm(const float* x, const float* w, int64_t T, int64_t H, float eps, float* out) {
+#pragma omp parallel for if (T > 16)
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xr = x + t * H;
+    float ss = 0.f;
+    for (int64_t i = 0; i < H; ++i) ss += xr[i] * xr[i];
+    const float inv = 1.0f / std::sqrt(ss / static_cast<float>(H) + eps);
+    float* o = out + t * H;
+    for (int64_t i = 0; i < H; ++i) o[i] = w[i] * (xr[i] * inv);
+  }
+}
+
+void add(float* x, const float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] += y[i];
+}
+
+}  // namespace llmserve::cpu

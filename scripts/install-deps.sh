@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs llmserve's build and test dependencies from Debian/Ubuntu packages. Idempotent:
+# packages already present are left alone, and apt is not touched when nothing is missing.
+set -euo pipefail
+
+pkgs=(build-essential cmake pkg-config
+      libopenmpi-dev openmpi-bin
+      libhdf5-dev
+      libyaml-cpp-dev nlohmann-json3-dev
+      libboost-dev
+      libgtest-dev
+      python3 python3-pip unzip curl)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all packages present"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"

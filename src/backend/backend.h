@@ -1,0 +1,61 @@
+// The compute backend interface. The transformer is written once against it; the CPU backend
+// (fp32 reference, here) and the CUDA backend implement it. Per-step metadata (token ids, positions,
+// KV slots, block tables) is handed over once per forward pass in begin_step(), so a device backend
+// uploads it once.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/tensor.h"
+
+namespace llmserve {
+
+// Host-side description of one forward pass over a batch of sequences. Built by the scheduler (or
+// the logits tool) and identical on every rank.
+struct StepMeta {
+  std::vector<int32_t> token_ids;     // [T] input tokens (used by the first pipeline stage)
+  std::vector<int32_t> positions;     // [T] position of each token in its sequence
+  std::vector<int32_t> slot_mapping;  // [T] KV-cache slot: block * block_size + offset
+  std::vector<int32_t> q_start;       // [S+1] token offsets of each sequence in the batch
+  std::vector<int32_t> block_tables;  // [S * max_blocks] physical block ids of each sequence
+  int32_t max_blocks = 0;
+  std::vector<int32_t> logits_indices;  // token rows whose logits are wanted
+  int64_t num_tokens() const { return static_cast<int64_t>(token_ids.size()); }
+  int64_t num_seqs() const { return q_start.empty() ? 0 : static_cast<int64_t>(q_start.size()) - 1; }
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  // Element type of activations and weights on this backend.
+  virtual DType compute_dtype() const = 0;
+
+  virtual Tensor empty(const std::vector<int64_t>& shape, DType dtype) = 0;
+  // A tensor holding `host` (float32) converted to `dtype`.
+  virtual Tensor upload(const float* host, const std::vector<int64_t>& shape, DType dtype) = 0;
+  // Copies a tensor back as float32.
+  virtual void download(const Tensor& t, float* host) = 0;
+
+  virtual void begin_step(const StepMeta& meta) = 0;
+
+  // Ops (see kernels/cpu/ops.h for the exact contracts).
+  virtual void embedding(const Tensor& table, int64_t vocab_start, Tensor& out) = 0;
+  virtual void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) = 0;
+  virtual void add(Tensor& x, const Tensor& y) = 0;
+  virtual void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) = 0;
+  virtual void rope(Tensor& q, Tensor& k, const Tensor& inv_freq, int64_t head_dim) = 0;
+  virtual void kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache) = 0;
+  virtual void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t head_dim,
+                         int64_t block_size, float scale, Tensor& out) = 0;
+  virtual void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
+  // out = rows of x named by the step's logits_indices.
+  virtual void gather_rows(const Tensor& x, Tensor& out) = 0;
+};
+
+// "cpu" (or "cuda" when built with CUDA and a device is present; "auto" picks).
+std::unique_ptr<Backend> make_backend(const std::string& kind, int local_rank);
+
+}  // namespace llmserve

@@ -1,0 +1,110 @@
+#include "backend/cpu_backend.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "common/error.h"
+#include "kernels/cpu/ops.h"
+
+namespace llmserve {
+
+namespace {
+void need_f32(const Tensor& t, const char* op) {
+  LLMSERVE_CHECK(t.dtype == DType::F32, "cpu backend: ", op, " needs float32 tensors, got ", dtype_name(t.dtype));
+}
+int64_t rows(const Tensor& t) { return t.shape.empty() ? 1 : t.shape[0]; }
+int64_t cols(const Tensor& t) { return t.shape.empty() ? 0 : t.numel() / rows(t); }
+}  // namespace
+
+Tensor CpuBackend::empty(const std::vector<int64_t>& shape, DType dtype) {
+  Tensor t;
+  t.shape = shape;
+  t.dtype = dtype;
+  const size_t n = std::max<size_t>(t.bytes(), 64);
+  // malloc leaves pages untouched until written, so a large KV cache costs nothing until used.
+  void* p = std::aligned_alloc(64, (n + 63) / 64 * 64);
+  if (!p) throw Error(cat("cpu backend: out of memory allocating ", t.bytes(), " bytes"));
+  t.storage = std::shared_ptr<void>(p, std::free);
+  t.data = p;
+  return t;
+}
+
+Tensor CpuBackend::upload(const float* host, const std::vector<int64_t>& shape, DType dtype) {
+  Tensor t = empty(shape, dtype);
+  from_f32(dtype, host, t.data, static_cast<size_t>(t.numel()));
+  return t;
+}
+
+void CpuBackend::download(const Tensor& t, float* host) { to_f32(t.dtype, t.data, host, static_cast<size_t>(t.numel())); }
+
+const StepMeta& CpuBackend::meta() const {
+  LLMSERVE_CHECK(meta_ != nullptr, "cpu backend: op called before begin_step");
+  return *meta_;
+}
+
+void CpuBackend::embedding(const Tensor& table, int64_t vocab_start, Tensor& out) {
+  need_f32(table, "embedding");
+  const auto& m = meta();
+  cpu::embedding(table.as<float>(), vocab_start, rows(table), m.token_ids.data(), m.num_tokens(), cols(table),
+                 out.as<float>());
+}
+
+void CpuBackend::rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
+  need_f32(x, "rmsnorm");
+  cpu::rmsnorm(x.as<float>(), w.as<float>(), rows(x), cols(x), eps, out.as<float>());
+}
+
+void CpuBackend::add(Tensor& x, const Tensor& y) {
+  LLMSERVE_CHECK(x.numel() == y.numel(), "cpu backend: add of different sizes");
+  cpu::add(x.as<float>(), y.as<float>(), x.numel());
+}
+
+void CpuBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) {
+  need_f32(x, "linear");
+  need_f32(w, "linear");
+  const int64_t T = rows(x), K = cols(x), N = rows(w);
+  LLMSERVE_CHECK(cols(w) == K, "cpu backend: linear inner dimensions differ (", K, " vs ", cols(w), ")");
+  cpu::linear(x.as<float>(), w.as<float>(), bias ? bias->as<float>() : nullptr, T, K, N, out.as<float>());
+}
+
+void CpuBackend::rope(Tensor& q, Tensor& k, const Tensor& inv_freq, int64_t D) {
+  const auto& m = meta();
+  const int64_t T = rows(q);
+  cpu::rope(q.as<float>(), k.as<float>(), m.positions.data(), inv_freq.as<float>(), T, cols(q) / D, cols(k) / D, D);
+}
+
+void CpuBackend::kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache) {
+  const auto& m = meta();
+  const int64_t Hk = k_cache.dim(2), D = k_cache.dim(3);
+  cpu::kv_write(k.as<float>(), v.as<float>(), m.slot_mapping.data(), rows(k), Hk, D, k_cache.as<float>(),
+                v_cache.as<float>());
+}
+
+void CpuBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t D,
+                           int64_t block_size, float scale, Tensor& out) {
+  const auto& m = meta();
+  const int64_t Hq = cols(q) / D, Hk = k_cache.dim(2);
+  cpu::paged_attention(q.as<float>(), k_cache.as<float>(), v_cache.as<float>(), m.block_tables.data(), m.max_blocks,
+                       m.q_start.data(), m.positions.data(), m.num_seqs(), Hq, Hk, D, block_size, scale,
+                       out.as<float>());
+}
+
+void CpuBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
+  cpu::silu_mul(gate.as<float>(), up.as<float>(), gate.numel(), out.as<float>());
+}
+
+void CpuBackend::gather_rows(const Tensor& x, Tensor& out) {
+  const auto& m = meta();
+  const int64_t C = cols(x);
+  for (size_t i = 0; i < m.logits_indices.size(); ++i)
+    std::memcpy(out.as<float>() + i * C, x.as<float>() + m.logits_indices[i] * C, C * sizeof(float));
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& kind, int /*local_rank*/) {
+  if (kind == "cpu" || kind == "auto") return std::make_unique<CpuBackend>();
+  if (kind == "cuda")
+    throw Error("backend 'cuda' is not available in this build yet (the CUDA backend is issue 6); use backend: cpu");
+  throw Error(cat("unknown backend '", kind, "'"));
+}
+
+}  // namespace llmserve

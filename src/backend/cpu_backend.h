@@ -1,0 +1,32 @@
+// The fp32 CPU backend: the numerical reference, and what runs every distributed path in CI.
+#pragma once
+#include "backend/backend.h"
+
+namespace llmserve {
+
+class CpuBackend : public Backend {
+ public:
+  std::string name() const override { return "cpu"; }
+  DType compute_dtype() const override { return DType::F32; }
+  Tensor empty(const std::vector<int64_t>& shape, DType dtype) override;
+  Tensor upload(const float* host, const std::vector<int64_t>& shape, DType dtype) override;
+  void download(const Tensor& t, float* host) override;
+  void begin_step(const StepMeta& meta) override { meta_ = &meta; }
+
+  void embedding(const Tensor& table, int64_t vocab_start, Tensor& out) override;
+  void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override;
+  void add(Tensor& x, const Tensor& y) override;
+  void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) override;
+  void rope(Tensor& q, Tensor& k, const Tensor& inv_freq, int64_t head_dim) override;
+  void kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache) override;
+  void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t head_dim, int64_t block_size,
+                 float scale, Tensor& out) override;
+  void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) override;
+  void gather_rows(const Tensor& x, Tensor& out) override;
+
+ private:
+  const StepMeta& meta() const;
+  const StepMeta* meta_ = nullptr;
+};
+
+}  // namespace llmserve

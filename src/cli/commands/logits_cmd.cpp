@@ -1,0 +1,232 @@
+// `llmserve logits`: the offline debug path. Runs prompts given as token ids through the full
+// distributed model (any tp x pp layout), and writes the top-k logits at every prompt position, a
+// greedy continuation, and optionally the full last-position logits (float32, one row per prompt).
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <sstream>
+
+#include "cli/commands/commands.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "config/config.h"
+#include "dist/collective_check.h"
+#include "model/runner.h"
+
+namespace llmserve {
+namespace {
+
+using json = nlohmann::json;
+
+struct LogitsArgs {
+  std::vector<std::vector<int32_t>> prompts;
+  int max_tokens = 0;
+  int top_k = 5;
+  std::string output;
+  std::string logits_output;
+};
+
+std::vector<int32_t> parse_ids(const std::string& s, const std::string& where) {
+  std::vector<int32_t> ids;
+  std::string tok;
+  std::istringstream is(s);
+  while (std::getline(is, tok, ',')) {
+    tok.erase(0, tok.find_first_not_of(" \t"));
+    tok.erase(tok.find_last_not_of(" \t") + 1);
+    if (tok.empty()) continue;
+    char* end = nullptr;
+    long v = std::strtol(tok.c_str(), &end, 10);
+    if (*end != '\0' || v < 0 || v > INT32_MAX) throw Error(cat(where, ": '", tok, "' is not a token id"));
+    ids.push_back(static_cast<int32_t>(v));
+  }
+  return ids;
+}
+
+// Subcommand options; everything else is configuration.
+std::vector<std::string> take_logits_args(const std::vector<std::string>& args, LogitsArgs& la) {
+  std::vector<std::string> rest;
+  auto value = [&](size_t& i, const std::string& name) {
+    const std::string& a = args[i];
+    if (auto eq = a.find('='); eq != std::string::npos) return a.substr(eq + 1);
+    if (i + 1 >= args.size()) throw Error(cat("logits: ", name, " needs a value"));
+    return args[++i];
+  };
+  auto is = [](const std::string& a, const std::string& n) { return a == n || a.rfind(n + "=", 0) == 0; };
+  auto to_int = [](const std::string& v, const std::string& n) {
+    char* end = nullptr;
+    long x = std::strtol(v.c_str(), &end, 10);
+    if (v.empty() || *end != '\0' || x < 0 || x > 1000000) throw Error(cat("logits: ", n, " must be a non-negative integer"));
+    return static_cast<int>(x);
+  };
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (is(a, "--prompt-ids")) {
+      la.prompts.push_back(parse_ids(value(i, "--prompt-ids"), "--prompt-ids"));
+    } else if (is(a, "--prompts")) {
+      const std::string path = value(i, "--prompts");
+      std::ifstream f(path);
+      if (!f) throw Error(cat("logits: cannot read '", path, "'"));
+      std::string line;
+      int n = 0;
+      while (std::getline(f, line)) {
+        ++n;
+        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+        try {
+          json j = json::parse(line);
+          la.prompts.push_back(j.at("ids").get<std::vector<int32_t>>());
+        } catch (const std::exception& e) {
+          throw Error(cat("logits: ", path, " line ", n, ": expected {\"ids\": [token ids]}: ", e.what()));
+        }
+      }
+    } else if (is(a, "--max-tokens")) {
+      la.max_tokens = to_int(value(i, "--max-tokens"), "--max-tokens");
+    } else if (is(a, "--top-k")) {
+      la.top_k = to_int(value(i, "--top-k"), "--top-k");
+    } else if (is(a, "--output")) {
+      la.output = value(i, "--output");
+    } else if (is(a, "--logits-output")) {
+      la.logits_output = value(i, "--logits-output");
+    } else {
+      rest.push_back(a);
+    }
+  }
+  return rest;
+}
+
+std::vector<int32_t> top_k_ids(const float* row, int64_t V, int k) {
+  std::vector<int32_t> idx(V);
+  std::iota(idx.begin(), idx.end(), 0);
+  k = static_cast<int>(std::min<int64_t>(k, V));
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+    return row[a] > row[b] || (row[a] == row[b] && a < b);
+  });
+  idx.resize(k);
+  return idx;
+}
+
+// Builds the step for `tokens` at positions [start, start+len) of one sequence with `blocks`.
+StepMeta one_sequence_step(const std::vector<int32_t>& tokens, int32_t start, const std::vector<int32_t>& blocks,
+                           int32_t block_size, bool all_logits) {
+  StepMeta m;
+  const int32_t T = static_cast<int32_t>(tokens.size());
+  m.token_ids = tokens;
+  for (int32_t i = 0; i < T; ++i) {
+    const int32_t p = start + i;
+    m.positions.push_back(p);
+    m.slot_mapping.push_back(blocks[p / block_size] * block_size + p % block_size);
+  }
+  m.q_start = {0, T};
+  m.block_tables = blocks;
+  m.max_blocks = static_cast<int32_t>(blocks.size());
+  if (all_logits) {
+    for (int32_t i = 0; i < T; ++i) m.logits_indices.push_back(i);
+  } else {
+    m.logits_indices = {T - 1};
+  }
+  return m;
+}
+
+}  // namespace
+
+void write_file_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary);
+    if (!f) throw Error(cat("cannot write '", path, "'"));
+    f.write(text.data(), static_cast<std::streamsize>(text.size()));
+    if (!f) {
+      std::remove(tmp.c_str());
+      throw Error(cat("cannot write '", path, "' (disk full?)"));
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw Error(cat("cannot rename '", tmp, "' to '", path, "'"));
+  }
+}
+
+int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
+  Config cfg;
+  LogitsArgs la;
+  int rank = 0;
+  MPI_Comm_rank(world, &rank);
+  agree(world, [&] {
+    std::vector<std::string> rest = config_parse_args(cfg, take_logits_args(args, la));
+    if (!rest.empty()) throw Error(cat("logits: unexpected argument '", rest[0], "'"));
+    if (la.prompts.empty()) throw Error("logits: no prompts (--prompt-ids 1,2,3 or --prompts file.jsonl)");
+    for (size_t i = 0; i < la.prompts.size(); ++i)
+      if (la.prompts[i].empty()) throw Error(cat("logits: prompt ", i, " is empty"));
+  });
+  ModelRunner runner(cfg, world);
+  const int64_t V = runner.spec().vocab_size;
+  const int32_t bs = static_cast<int32_t>(runner.block_size());
+  agree(world, [&] {
+    for (size_t i = 0; i < la.prompts.size(); ++i) {
+      for (int32_t id : la.prompts[i])
+        if (id >= V) throw Error(cat("logits: prompt ", i, ": token id ", id, " is outside the vocabulary (", V, ")"));
+      const int64_t need = static_cast<int64_t>(la.prompts[i].size()) + la.max_tokens;
+      if (need > cfg.max_model_len)
+        throw Error(cat("logits: prompt ", i, " (", la.prompts[i].size(), " tokens) + --max-tokens ", la.max_tokens,
+                        " exceeds max_model_len ", cfg.max_model_len));
+    }
+  });
+
+  BlockAllocator blocks(runner.num_blocks());
+  std::string jsonl;
+  std::string last_logits;
+  for (size_t pi = 0; pi < la.prompts.size(); ++pi) {
+    const auto& prompt = la.prompts[pi];
+    const int32_t total = static_cast<int32_t>(prompt.size()) + la.max_tokens;
+    std::vector<int32_t> table = blocks.allocate((total + bs - 1) / bs);
+    std::vector<float> logits = runner.step(one_sequence_step(prompt, 0, table, bs, true));
+    json rec = {{"prompt_ids", prompt}};
+    int32_t next = 0;
+    if (rank == 0) {
+      const int64_t T = static_cast<int64_t>(prompt.size());
+      json top_ids = json::array(), top_logits = json::array();
+      for (int64_t t = 0; t < T; ++t) {
+        const float* row = &logits[t * V];
+        auto ids = top_k_ids(row, V, la.top_k);
+        json vals = json::array();
+        for (int32_t id : ids) vals.push_back(row[id]);
+        top_ids.push_back(ids);
+        top_logits.push_back(vals);
+      }
+      rec["top_ids"] = top_ids;
+      rec["top_logits"] = top_logits;
+      const float* last = &logits[(T - 1) * V];
+      last_logits.append(reinterpret_cast<const char*>(last), V * sizeof(float));
+      next = top_k_ids(last, V, 1)[0];
+    }
+    std::vector<int32_t> generated;
+    for (int step = 0; step < la.max_tokens; ++step) {
+      runner.world().broadcast(&next, sizeof next, 0);
+      generated.push_back(next);
+      if (step + 1 == la.max_tokens) break;
+      const int32_t pos = static_cast<int32_t>(prompt.size()) + step;
+      std::vector<float> l = runner.step(one_sequence_step({next}, pos, table, bs, false));
+      if (rank == 0) next = top_k_ids(l.data(), V, 1)[0];
+    }
+    blocks.release(table);
+    if (rank == 0) {
+      rec["generated_ids"] = generated;
+      jsonl += rec.dump() + "\n";
+    }
+  }
+  int rc = 0;
+  agree(world, [&] {
+    if (rank != 0) return;
+    if (la.output.empty() || la.output == "-") {
+      std::cout << jsonl << std::flush;
+    } else {
+      write_file_atomic(la.output, jsonl);
+    }
+    if (!la.logits_output.empty()) write_file_atomic(la.logits_output, last_logits);
+  });
+  return rc;
+}
+
+}  // namespace llmserve

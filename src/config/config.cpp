@@ -1,0 +1,288 @@
+#include "config/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <functional>
+#include <fstream>
+#include <sstream>
+
+#include "common/error.h"
+
+namespace llmserve {
+namespace {
+
+enum class Kind { Int, Float, Bool, String, StringList };
+
+struct Option {
+  const char* key;
+  Kind kind;
+  const char* help;
+  std::function<void(Config&, const std::string&)> set;
+};
+
+std::string kebab(const std::string& snake) {
+  std::string s = snake;
+  std::replace(s.begin(), s.end(), '_', '-');
+  return s;
+}
+
+int64_t parse_int(const std::string& key, const std::string& v) {
+  errno = 0;
+  char* end = nullptr;
+  long long x = std::strtoll(v.c_str(), &end, 10);
+  if (v.empty() || *end != '\0' || errno == ERANGE)
+    throw Error(cat("config: ", key, " must be an integer, got '", v, "'"));
+  return x;
+}
+
+int parse_int32(const std::string& key, const std::string& v) {
+  int64_t x = parse_int(key, v);
+  if (x < INT32_MIN || x > INT32_MAX) throw Error(cat("config: ", key, " is out of range: ", v));
+  return static_cast<int>(x);
+}
+
+double parse_float(const std::string& key, const std::string& v) {
+  errno = 0;
+  char* end = nullptr;
+  double x = std::strtod(v.c_str(), &end);
+  if (v.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(x))
+    throw Error(cat("config: ", key, " must be a number, got '", v, "'"));
+  return x;
+}
+
+bool parse_bool(const std::string& key, const std::string& v) {
+  std::string s = v;
+  std::transform(s.begin(), s.end(), s.begin(), ::tolower);
+  if (s == "true" || s == "yes" || s == "on" || s == "1") return true;
+  if (s == "false" || s == "no" || s == "off" || s == "0") return false;
+  throw Error(cat("config: ", key, " must be true or false, got '", v, "'"));
+}
+
+const std::vector<Option>& options() {
+  static const std::vector<Option> opts = {
+      {"model", Kind::String, "path to the model file (.h5, made by llmserve-convert)",
+       [](Config& c, const std::string& v) { c.model = v; }},
+      {"dtype", Kind::String, "auto | half | float16 | bfloat16 | float | float32",
+       [](Config& c, const std::string& v) { c.dtype = v; }},
+      {"backend", Kind::String, "auto | cpu | cuda",
+       [](Config& c, const std::string& v) { c.backend = v; }},
+      {"load_format", Kind::String, "auto | dummy",
+       [](Config& c, const std::string& v) { c.load_format = v; }},
+      {"tensor_parallel_size", Kind::Int, "ranks per tensor-parallel group (-tp)",
+       [](Config& c, const std::string& v) { c.tensor_parallel_size = parse_int32("tensor_parallel_size", v); }},
+      {"pipeline_parallel_size", Kind::Int, "pipeline stages (-pp)",
+       [](Config& c, const std::string& v) { c.pipeline_parallel_size = parse_int32("pipeline_parallel_size", v); }},
+      {"max_model_len", Kind::Int, "context length (0: the model's)",
+       [](Config& c, const std::string& v) { c.max_model_len = parse_int("max_model_len", v); }},
+      {"block_size", Kind::Int, "KV-cache block size in tokens: 1, 8, 16, 32, 64 or 128",
+       [](Config& c, const std::string& v) { c.block_size = parse_int32("block_size", v); }},
+      {"gpu_memory_utilization", Kind::Float, "fraction of GPU memory for weights, activations and KV cache",
+       [](Config& c, const std::string& v) { c.gpu_memory_utilization = parse_float("gpu_memory_utilization", v); }},
+      {"swap_space", Kind::Float, "GiB of host memory per rank for swapped-out KV blocks",
+       [](Config& c, const std::string& v) { c.swap_space = parse_float("swap_space", v); }},
+      {"cpu_offload_gb", Kind::Float, "GiB of weights per GPU to keep in host memory",
+       [](Config& c, const std::string& v) { c.cpu_offload_gb = parse_float("cpu_offload_gb", v); }},
+      {"kv_cache_memory_gb", Kind::Float, "CPU backend: GiB per rank for the KV cache (0: 1 GiB)",
+       [](Config& c, const std::string& v) { c.kv_cache_memory_gb = parse_float("kv_cache_memory_gb", v); }},
+      {"max_num_seqs", Kind::Int, "maximum sequences in one step",
+       [](Config& c, const std::string& v) { c.max_num_seqs = parse_int32("max_num_seqs", v); }},
+      {"max_num_batched_tokens", Kind::Int, "maximum tokens in one step (0: automatic)",
+       [](Config& c, const std::string& v) { c.max_num_batched_tokens = parse_int("max_num_batched_tokens", v); }},
+      {"enable_chunked_prefill", Kind::Bool, "split long prompts across steps",
+       [](Config& c, const std::string& v) { c.enable_chunked_prefill = parse_bool("enable_chunked_prefill", v); }},
+      {"enable_prefix_caching", Kind::Bool, "reuse KV blocks of shared prompt prefixes",
+       [](Config& c, const std::string& v) { c.enable_prefix_caching = parse_bool("enable_prefix_caching", v); }},
+      {"enforce_eager", Kind::Bool, "CUDA: do not capture CUDA graphs",
+       [](Config& c, const std::string& v) { c.enforce_eager = parse_bool("enforce_eager", v); }},
+      {"host", Kind::String, "address the HTTP server binds",
+       [](Config& c, const std::string& v) { c.host = v; }},
+      {"port", Kind::Int, "HTTP port",
+       [](Config& c, const std::string& v) { c.port = parse_int32("port", v); }},
+      {"api_key", Kind::String, "require 'Authorization: Bearer <key>' on /v1 routes",
+       [](Config& c, const std::string& v) { c.api_key = v; }},
+      {"served_model_name", Kind::StringList, "model name(s) the API answers to",
+       [](Config& c, const std::string& v) { c.served_model_name.push_back(v); }},
+      {"seed", Kind::Int, "random seed",
+       [](Config& c, const std::string& v) { c.seed = parse_int("seed", v); }},
+  };
+  return opts;
+}
+
+const Option* find_option(const std::string& key) {
+  for (const auto& o : options())
+    if (key == o.key) return &o;
+  return nullptr;
+}
+
+std::string known_keys() {
+  std::string s;
+  for (const auto& o : options()) s += std::string(s.empty() ? "" : ", ") + o.key;
+  return s;
+}
+
+}  // namespace
+
+void config_set(Config& cfg, const std::string& key, const std::string& value, const std::string& origin) {
+  const Option* o = find_option(key);
+  if (!o) throw Error(cat(origin, ": unknown option '", key, "' (known: ", known_keys(), ")"));
+  o->set(cfg, value);
+  cfg.given[key] = (origin.rfind("command line", 0) == 0 ? "cli:" : "yaml:") + value;
+}
+
+void config_load_yaml(Config& cfg, const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw Error(cat("config: cannot read '", path, "'"));
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::Exception& e) {
+    throw Error(cat("config: ", path, ": invalid YAML: ", e.what()));
+  }
+  if (root.IsNull()) return;  // an empty file sets nothing
+  if (!root.IsMap()) throw Error(cat("config: ", path, ": the top level must be a mapping of option: value"));
+  for (const auto& kv : root) {
+    const std::string key = kv.first.as<std::string>();
+    const YAML::Node& v = kv.second;
+    const Option* o = find_option(key);
+    const std::string origin = cat("config ", path);
+    if (!o) throw Error(cat(origin, ": unknown option '", key, "' (known: ", known_keys(), ")"));
+    if (v.IsNull()) continue;  // `api_key:` with no value leaves the default
+    if (o->kind == Kind::StringList && v.IsSequence()) {
+      cfg.served_model_name.clear();
+      for (const auto& item : v) {
+        if (!item.IsScalar()) throw Error(cat(origin, ": ", key, " must be a string or a list of strings"));
+        config_set(cfg, key, item.Scalar(), origin);
+      }
+      continue;
+    }
+    if (!v.IsScalar()) throw Error(cat(origin, ": ", key, " must be a single value, not a list or mapping"));
+    if (o->kind == Kind::StringList) cfg.served_model_name.clear();
+    config_set(cfg, key, v.Scalar(), origin);
+  }
+}
+
+std::vector<std::string> config_parse_args(Config& cfg, const std::vector<std::string>& args) {
+  std::vector<std::pair<std::string, std::string>> sets;
+  std::vector<std::string> rest;
+  std::string yaml_path;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a.rfind("-", 0) != 0 || a == "-") {
+      const bool is_yaml = a.size() > 5 && (a.ends_with(".yaml") || a.ends_with(".yml"));
+      if (is_yaml && yaml_path.empty()) {
+        yaml_path = a;
+      } else {
+        rest.push_back(a);
+      }
+      continue;
+    }
+    std::string name = a.substr(a.rfind("--", 0) == 0 ? 2 : 1), value;
+    bool has_value = false;
+    if (auto eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      has_value = true;
+    }
+    if (name == "tp") name = "tensor-parallel-size";
+    if (name == "pp") name = "pipeline-parallel-size";
+    std::string key = name;
+    std::replace(key.begin(), key.end(), '-', '_');
+    if (key == "config") {
+      if (!has_value) {
+        if (i + 1 >= args.size()) throw Error("command line: --config needs a file name");
+        value = args[++i];
+      }
+      yaml_path = value;
+      continue;
+    }
+    bool negated = false;
+    if (!find_option(key) && key.rfind("no_", 0) == 0 && find_option(key.substr(3))) {
+      key = key.substr(3);
+      negated = true;
+    }
+    const Option* o = find_option(key);
+    if (!o) throw Error(cat("command line: unknown option '", a, "' (see --help)"));
+    if (o->kind == Kind::Bool && !has_value) {
+      // A bare flag is true; an explicit following true/false is accepted too.
+      if (!negated && i + 1 < args.size()) {
+        std::string next = args[i + 1];
+        std::transform(next.begin(), next.end(), next.begin(), ::tolower);
+        if (next == "true" || next == "false") {
+          value = args[++i];
+          has_value = true;
+        }
+      }
+      if (!has_value) value = negated ? "false" : "true";
+    } else if (negated) {
+      throw Error(cat("command line: '", a, "' only applies to true/false options"));
+    } else if (!has_value) {
+      if (i + 1 >= args.size()) throw Error(cat("command line: ", a, " needs a value"));
+      value = args[++i];
+    }
+    sets.emplace_back(key, value);
+  }
+  if (!yaml_path.empty()) config_load_yaml(cfg, yaml_path);
+  bool list_cleared = false;
+  for (const auto& [k, v] : sets) {
+    if (k == "served_model_name" && !list_cleared) {
+      cfg.served_model_name.clear();
+      list_cleared = true;
+    }
+    config_set(cfg, k, v, "command line");
+  }
+  return rest;
+}
+
+void config_validate(const Config& c) {
+  auto fail = [](const std::string& m) { throw Error("config: " + m); };
+  if (c.model.empty()) fail("model is required (a .h5 file made by llmserve-convert)");
+  static const char* dtypes[] = {"auto", "half", "float16", "bfloat16", "float", "float32"};
+  if (std::find(std::begin(dtypes), std::end(dtypes), c.dtype) == std::end(dtypes))
+    fail(cat("dtype must be one of auto, half, float16, bfloat16, float, float32; got '", c.dtype, "'"));
+  if (c.backend != "auto" && c.backend != "cpu" && c.backend != "cuda")
+    fail(cat("backend must be auto, cpu or cuda; got '", c.backend, "'"));
+  if (c.load_format != "auto" && c.load_format != "dummy")
+    fail(cat("load_format must be auto or dummy; got '", c.load_format, "'"));
+  if (c.tensor_parallel_size < 1) fail(cat("tensor_parallel_size must be >= 1, got ", c.tensor_parallel_size));
+  if (c.pipeline_parallel_size < 1)
+    fail(cat("pipeline_parallel_size must be >= 1, got ", c.pipeline_parallel_size));
+  if (c.max_model_len < 0) fail(cat("max_model_len must be >= 0, got ", c.max_model_len));
+  static const int blocks[] = {1, 8, 16, 32, 64, 128};
+  if (std::find(std::begin(blocks), std::end(blocks), c.block_size) == std::end(blocks))
+    fail(cat("block_size must be one of 1, 8, 16, 32, 64, 128; got ", c.block_size));
+  if (!(c.gpu_memory_utilization > 0.0 && c.gpu_memory_utilization <= 1.0))
+    fail(cat("gpu_memory_utilization must be in (0, 1], got ", c.gpu_memory_utilization));
+  if (c.swap_space < 0) fail(cat("swap_space must be >= 0 GiB, got ", c.swap_space));
+  if (c.cpu_offload_gb < 0) fail(cat("cpu_offload_gb must be >= 0, got ", c.cpu_offload_gb));
+  if (c.kv_cache_memory_gb < 0) fail(cat("kv_cache_memory_gb must be >= 0, got ", c.kv_cache_memory_gb));
+  if (c.max_num_seqs < 1) fail(cat("max_num_seqs must be >= 1, got ", c.max_num_seqs));
+  if (c.max_num_batched_tokens < 0)
+    fail(cat("max_num_batched_tokens must be >= 0, got ", c.max_num_batched_tokens));
+  if (c.port < 1 || c.port > 65535) fail(cat("port must be in 1..65535, got ", c.port));
+  if (c.host.empty()) fail("host must not be empty");
+  for (const auto& n : c.served_model_name)
+    if (n.empty()) fail("served_model_name must not be empty");
+}
+
+std::string config_help() {
+  std::ostringstream os;
+  os << "Options (YAML key / command-line flag):\n";
+  for (const auto& o : options()) {
+    std::string flag = "--" + kebab(o.key);
+    os << "  " << o.key;
+    for (size_t n = std::string(o.key).size(); n < 24; ++n) os << ' ';
+    os << flag;
+    for (size_t n = flag.size(); n < 26; ++n) os << ' ';
+    os << o.help << "\n";
+  }
+  os << "  (--config FILE or a first argument ending in .yaml names the config file;\n"
+        "   command-line flags override it; -tp/-pp are short for the parallel sizes;\n"
+        "   --no-<flag> sets a true/false option to false)\n";
+  return os.str();
+}
+
+}  // namespace llmserve

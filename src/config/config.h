@@ -1,0 +1,59 @@
+// llmserve's configuration: vLLM's option names (snake_case in YAML, --kebab-case on the command line).
+// Parsing is strict: unknown keys, wrong types and impossible values are errors that name the key.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace llmserve {
+
+struct Config {
+  std::string model;                 // path to the llmserve HDF5 model file (llmserve-convert makes it)
+  std::string dtype = "auto";        // auto | half | float16 | bfloat16 | float | float32
+  std::string backend = "auto";      // auto | cpu | cuda
+  std::string load_format = "auto";  // auto | dummy (random weights from the model's hyper-parameters)
+  int tensor_parallel_size = 1;
+  int pipeline_parallel_size = 1;
+  int64_t max_model_len = 0;         // 0: the model's max_position_embeddings
+  int block_size = 16;               // KV-cache block size in tokens
+  double gpu_memory_utilization = 0.9;
+  double swap_space = 4.0;           // GiB of host memory per rank for swapped-out KV blocks
+  double cpu_offload_gb = 0.0;
+  double kv_cache_memory_gb = 0.0;   // CPU backend KV-cache budget in GiB per rank (0: 1 GiB)
+  int max_num_seqs = 256;
+  int64_t max_num_batched_tokens = 0;  // 0: 8192 with chunked prefill, else max_model_len
+  bool enable_chunked_prefill = true;
+  bool enable_prefix_caching = true;
+  bool enforce_eager = false;
+  std::string host = "0.0.0.0";
+  int port = 8000;
+  std::string api_key;
+  std::vector<std::string> served_model_name;  // empty: the model path
+  int64_t seed = 0;
+
+  // Values as given (key -> text), for logging the effective configuration.
+  std::map<std::string, std::string> given;
+};
+
+// Applies one `key: value` (key in snake_case). Throws Error naming the key on a bad value or unknown key.
+void config_set(Config& cfg, const std::string& key, const std::string& value, const std::string& origin);
+
+// Reads a YAML file into cfg (keys override what is there). Throws Error on unreadable files,
+// non-mapping documents, unknown keys and bad values.
+void config_load_yaml(Config& cfg, const std::string& path);
+
+// Parses command-line options into cfg: `--tensor-parallel-size 4`, `--tensor-parallel-size=4`,
+// `-tp 4`, `--enable-chunked-prefill`, `--no-enable-chunked-prefill`, `--config file.yaml`.
+// A first positional argument ending in .yaml/.yml is the config file. YAML is applied first,
+// then the command-line options, whatever their order. Returns the arguments it did not consume
+// (positionals other than the config file) so a subcommand can take them.
+std::vector<std::string> config_parse_args(Config& cfg, const std::vector<std::string>& args);
+
+// Checks values that do not depend on the model or the MPI world. Throws Error.
+void config_validate(const Config& cfg);
+
+// Help text listing every option.
+std::string config_help();
+
+}  // namespace llmserve

@@ -1,0 +1,363 @@
+#include "convert/converter.h"
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "common/dtype.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "convert/gguf.h"
+#include "convert/model_writer.h"
+#include "convert/safetensors.h"
+#include "model/weight_names.h"
+
+namespace llmserve {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+std::string read_file(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  if (!f) throw Error(cat("cannot read '", p.string(), "'"));
+  std::ostringstream os;
+  os << f.rdbuf();
+  return os.str();
+}
+
+json parse_json_file(const fs::path& p) {
+  try {
+    return json::parse(read_file(p));
+  } catch (const json::exception& e) {
+    throw Error(cat("'", p.string(), "': invalid JSON: ", e.what()));
+  }
+}
+
+// Casts `n` values between dtypes through float32 when they differ.
+std::vector<char> cast(DType from, DType to, const void* src, size_t n) {
+  std::vector<char> out(n * dtype_size(to));
+  if (from == to) {
+    std::memcpy(out.data(), src, out.size());
+    return out;
+  }
+  std::vector<float> f(n);
+  to_f32(from, src, f.data(), n);
+  from_f32(to, f.data(), out.data(), n);
+  return out;
+}
+
+DType st_dtype(const std::string& d, const std::string& file, const std::string& name) {
+  if (d == "BF16") return DType::BF16;
+  if (d == "F16") return DType::F16;
+  if (d == "F32") return DType::F32;
+  throw Error(cat("'", file, "': tensor '", name, "' has dtype ", d, " (supported: BF16, F16, F32)"));
+}
+
+void check_output(const ConvertOptions& opt) {
+  if (opt.output.empty()) throw Error("no output file given (-o model.h5)");
+  if (fs::exists(opt.output) && !opt.force)
+    throw Error(cat("'", opt.output, "' exists (use --force to overwrite)"));
+  const fs::path parent = fs::path(opt.output).parent_path();
+  if (!parent.empty() && !fs::is_directory(parent))
+    throw Error(cat("output directory '", parent.string(), "' does not exist"));
+}
+
+void convert_hf(const ConvertOptions& opt) {
+  const fs::path dir(opt.input);
+  const fs::path cfg_path = dir / "config.json";
+  if (!fs::exists(cfg_path)) throw Error(cat("'", dir.string(), "': no config.json (not a Hugging Face checkpoint)"));
+  const std::string cfg_text = read_file(cfg_path);
+  json cfg;
+  try {
+    cfg = json::parse(cfg_text);
+  } catch (const json::exception& e) {
+    throw Error(cat("'", cfg_path.string(), "': invalid JSON: ", e.what()));
+  }
+  ModelSpec spec;
+  try {
+    spec = model_spec_from_hf_config(cfg);
+  } catch (const Error& e) {
+    throw Error(cat("'", cfg_path.string(), "': ", e.what()));
+  }
+
+  // Shards: the index names them; otherwise model.safetensors or every *.safetensors.
+  std::vector<std::string> shard_names;
+  const fs::path index = dir / "model.safetensors.index.json";
+  if (fs::exists(index)) {
+    json idx = parse_json_file(index);
+    if (!idx.contains("weight_map") || !idx["weight_map"].is_object())
+      throw Error(cat("'", index.string(), "': no weight_map"));
+    std::set<std::string> files;
+    for (auto it = idx["weight_map"].begin(); it != idx["weight_map"].end(); ++it)
+      files.insert(it.value().get<std::string>());
+    shard_names.assign(files.begin(), files.end());
+  } else if (fs::exists(dir / "model.safetensors")) {
+    shard_names.push_back("model.safetensors");
+  } else {
+    for (const auto& e : fs::directory_iterator(dir))
+      if (e.path().extension() == ".safetensors") shard_names.push_back(e.path().filename().string());
+    std::sort(shard_names.begin(), shard_names.end());
+  }
+  if (shard_names.empty()) throw Error(cat("'", dir.string(), "': no *.safetensors files"));
+  std::vector<std::unique_ptr<SafetensorsFile>> shards;
+  std::map<std::string, SafetensorsFile*> where;
+  for (const auto& n : shard_names) {
+    const fs::path p = dir / n;
+    if (!fs::exists(p)) throw Error(cat("'", p.string(), "' is listed in the index but missing"));
+    shards.push_back(std::make_unique<SafetensorsFile>(p.string()));
+    for (const auto& [name, e] : shards.back()->entries()) where[name] = shards.back().get();
+  }
+
+  const auto expected = expected_weights(spec);
+  for (const auto& w : expected) {
+    auto it = where.find(w.name);
+    if (it == where.end()) throw Error(cat("'", dir.string(), "': tensor '", w.name, "' missing from the checkpoint"));
+    const auto& e = it->second->entries().at(w.name);
+    if (e.shape != w.shape) {
+      std::ostringstream got, want;
+      for (auto d : e.shape) got << d << ' ';
+      for (auto d : w.shape) want << d << ' ';
+      throw Error(cat("'", it->second->path(), "': tensor '", w.name, "' has shape [ ", got.str(), "], expected [ ",
+                      want.str(), "] from config.json"));
+    }
+  }
+
+  ModelWriter writer(opt.output, spec, "huggingface:" + fs::absolute(dir).string());
+  writer.add_text("config", "hf_config.json", cfg_text);
+  for (const char* doc : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"})
+    if (fs::exists(dir / doc)) writer.add_text("tokenizer", doc, read_file(dir / doc));
+  std::string chat_template;
+  if (fs::exists(dir / "chat_template.jinja")) {
+    chat_template = read_file(dir / "chat_template.jinja");
+  } else if (fs::exists(dir / "tokenizer_config.json")) {
+    json tc = parse_json_file(dir / "tokenizer_config.json");
+    if (tc.contains("chat_template") && tc["chat_template"].is_string())
+      chat_template = tc["chat_template"].get<std::string>();
+  }
+  if (!chat_template.empty()) writer.add_text("tokenizer", "chat_template", chat_template);
+
+  for (const auto& w : expected) {
+    SafetensorsFile* f = where.at(w.name);
+    const auto& e = f->entries().at(w.name);
+    const DType src = st_dtype(e.dtype, f->path(), w.name);
+    const DType dst = opt.dtype == "keep" ? src : dtype_from_name(opt.dtype);
+    std::vector<char> raw = f->read(w.name);
+    size_t n = 1;
+    for (auto d : w.shape) n *= static_cast<size_t>(d);
+    std::vector<char> data = cast(src, dst, raw.data(), n);
+    writer.add_tensor(w.name, dst, w.shape, data.data());
+  }
+  writer.commit();
+  log_info("converted ", dir.string(), " (", spec.architecture, ", ", expected.size(), " tensors) -> ", opt.output);
+}
+
+// ---- GGUF ------------------------------------------------------------------
+
+template <typename T>
+T meta(const GgufFile& g, const std::string& key) {
+  if (!g.has(key)) throw Error(cat("'", g.path(), "': GGUF metadata '", key, "' missing"));
+  try {
+    return g.metadata()[key].get<T>();
+  } catch (const json::exception&) {
+    throw Error(cat("'", g.path(), "': GGUF metadata '", key, "' has the wrong type"));
+  }
+}
+
+// Undoes llama.cpp's reordering of Q/K rows for interleaved RoPE: within each head, GGUF holds rows
+// in (pair, 2) order where Hugging Face holds them as (2, half).
+std::vector<float> unpermute_rows(const std::vector<float>& w, int64_t rows, int64_t cols, int heads) {
+  std::vector<float> out(w.size());
+  const int64_t hd = rows / heads, half = hd / 2;
+  for (int h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < half; ++i)
+      for (int two = 0; two < 2; ++two) {
+        const int64_t src = h * hd + i * 2 + two;    // GGUF row
+        const int64_t dst = h * hd + two * half + i;  // HF row
+        std::memcpy(&out[dst * cols], &w[src * cols], cols * sizeof(float));
+      }
+  return out;
+}
+
+json gguf_pre_tokenizer(const std::string& pre, const std::string& path) {
+  json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
+  auto split = [&](const std::string& re) {
+    json bl = byte_level;
+    bl["use_regex"] = false;
+    return json{{"type", "Sequence"},
+                {"pretokenizers",
+                 json::array({json{{"type", "Split"}, {"pattern", {{"Regex", re}}}, {"behavior", "Isolated"},
+                                   {"invert", false}},
+                              bl})}};
+  };
+  if (pre == "gpt2" || pre == "default" || pre.empty()) return byte_level;
+  if (pre == "smollm" || pre == "starcoder" || pre == "refact" || pre == "codeshell")
+    return json{{"type", "Sequence"},
+                {"pretokenizers", json::array({json{{"type", "Digits"}, {"individual_digits", true}}, byte_level})}};
+  if (pre == "llama-bpe" || pre == "llama3")
+    return split(
+        "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+");
+  if (pre == "qwen2")
+    return split(
+        "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+");
+  throw Error(cat("'", path, "': GGUF tokenizer pre-tokenizer '", pre,
+                  "' is not supported (supported: gpt2, smollm, starcoder, llama-bpe, qwen2)"));
+}
+
+void convert_gguf(const ConvertOptions& opt) {
+  GgufFile g(opt.input);
+  const std::string arch = meta<std::string>(g, "general.architecture");
+  ModelSpec s;
+  if (arch == "llama") {
+    s.architecture = "LlamaForCausalLM", s.model_type = "llama";
+  } else if (arch == "qwen2") {
+    s.architecture = "Qwen2ForCausalLM", s.model_type = "qwen2";
+  } else {
+    throw Error(cat("'", opt.input, "': unsupported architecture ", arch, " (supported GGUF: llama, qwen2)"));
+  }
+  auto k = [&](const char* key) { return arch + "." + key; };
+  s.hidden_size = meta<int64_t>(g, k("embedding_length"));
+  s.intermediate_size = meta<int64_t>(g, k("feed_forward_length"));
+  s.num_layers = meta<int>(g, k("block_count"));
+  s.num_heads = meta<int>(g, k("attention.head_count"));
+  s.num_kv_heads = g.has(k("attention.head_count_kv")) ? meta<int>(g, k("attention.head_count_kv")) : s.num_heads;
+  s.head_dim = g.has(k("attention.key_length")) ? meta<int>(g, k("attention.key_length"))
+                                                  : static_cast<int>(s.hidden_size / s.num_heads);
+  s.rms_norm_eps = meta<double>(g, k("attention.layer_norm_rms_epsilon"));
+  s.rope_theta = g.has(k("rope.freq_base")) ? meta<double>(g, k("rope.freq_base")) : 10000.0;
+  s.max_position_embeddings = meta<int64_t>(g, k("context_length"));
+  if (g.has(k("rope.scaling.type"))) {
+    const std::string t = meta<std::string>(g, k("rope.scaling.type"));
+    if (t == "linear") {
+      s.rope_scaling.type = "linear";
+      s.rope_scaling.factor = meta<double>(g, k("rope.scaling.factor"));
+    } else if (t != "none") {
+      throw Error(cat("'", opt.input, "': unsupported GGUF rope scaling '", t, "'"));
+    }
+  }
+  if (g.tensors().count("rope_freqs.weight"))
+    throw Error(cat("'", opt.input, "': GGUF rope_freqs (llama3 rope scaling) is not supported; convert the "
+                    "Hugging Face checkpoint instead"));
+  s.attention_bias = arch == "qwen2";
+  s.tie_word_embeddings = g.tensors().count("output.weight") == 0;
+  s.torch_dtype = "float32";
+
+  const std::string tok_model = g.has("tokenizer.ggml.model") ? meta<std::string>(g, "tokenizer.ggml.model") : "";
+  if (tok_model != "gpt2")
+    throw Error(cat("'", opt.input, "': GGUF tokenizer model '", tok_model, "' is not supported (only gpt2-style BPE)"));
+  const auto tokens = meta<std::vector<std::string>>(g, "tokenizer.ggml.tokens");
+  s.vocab_size = g.has(k("vocab_size")) ? meta<int64_t>(g, k("vocab_size")) : static_cast<int64_t>(tokens.size());
+  std::vector<int> types = g.has("tokenizer.ggml.token_type") ? meta<std::vector<int>>(g, "tokenizer.ggml.token_type")
+                                                              : std::vector<int>(tokens.size(), 1);
+  const auto merges = meta<std::vector<std::string>>(g, "tokenizer.ggml.merges");
+  if (g.has("tokenizer.ggml.bos_token_id")) s.bos_token_id = meta<int64_t>(g, "tokenizer.ggml.bos_token_id");
+  if (g.has("tokenizer.ggml.eos_token_id")) s.eos_token_ids = {meta<int64_t>(g, "tokenizer.ggml.eos_token_id")};
+  try {
+    model_spec_validate(s);
+  } catch (const Error& e) {
+    throw Error(cat("'", opt.input, "': ", e.what()));
+  }
+
+  // Hugging Face documents built from the GGUF metadata.
+  json vocab = json::object(), added = json::array();
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    vocab[tokens[i]] = i;
+    const int t = i < types.size() ? types[i] : 1;
+    if (t == 3 || t == 4)  // control, user-defined
+      added.push_back({{"id", i}, {"content", tokens[i]}, {"single_word", false}, {"lstrip", false},
+                       {"rstrip", false}, {"normalized", t == 4}, {"special", t == 3}});
+  }
+  const std::string pre = g.has("tokenizer.ggml.pre") ? meta<std::string>(g, "tokenizer.ggml.pre") : "";
+  json tokenizer = {
+      {"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", added},
+      {"normalizer", nullptr}, {"pre_tokenizer", gguf_pre_tokenizer(pre, opt.input)}, {"post_processor", nullptr},
+      {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"model",
+       {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
+        {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", false},
+        {"vocab", vocab}, {"merges", merges}}}};
+  auto tok_at = [&](int64_t id) -> json {
+    return id >= 0 && id < static_cast<int64_t>(tokens.size()) ? json(tokens[id]) : json(nullptr);
+  };
+  json tok_cfg = {{"add_bos_token", g.has("tokenizer.ggml.add_bos_token") && meta<bool>(g, "tokenizer.ggml.add_bos_token")},
+                  {"bos_token", tok_at(s.bos_token_id)},
+                  {"eos_token", s.eos_token_ids.empty() ? json(nullptr) : tok_at(s.eos_token_ids[0])}};
+  if (g.has("tokenizer.ggml.padding_token_id")) tok_cfg["pad_token"] = tok_at(meta<int64_t>(g, "tokenizer.ggml.padding_token_id"));
+  if (g.has("tokenizer.ggml.unknown_token_id")) tok_cfg["unk_token"] = tok_at(meta<int64_t>(g, "tokenizer.ggml.unknown_token_id"));
+  std::string chat_template;
+  if (g.has("tokenizer.chat_template")) {
+    chat_template = meta<std::string>(g, "tokenizer.chat_template");
+    tok_cfg["chat_template"] = chat_template;
+  }
+  json gen_cfg = {{"bos_token_id", s.bos_token_id}, {"eos_token_id", s.eos_token_ids}};
+  json hf_cfg = {{"architectures", {s.architecture}}, {"model_type", s.model_type}, {"hidden_size", s.hidden_size},
+                 {"intermediate_size", s.intermediate_size}, {"num_hidden_layers", s.num_layers},
+                 {"num_attention_heads", s.num_heads}, {"num_key_value_heads", s.num_kv_heads},
+                 {"head_dim", s.head_dim}, {"vocab_size", s.vocab_size}, {"rms_norm_eps", s.rms_norm_eps},
+                 {"rope_theta", s.rope_theta}, {"max_position_embeddings", s.max_position_embeddings},
+                 {"tie_word_embeddings", s.tie_word_embeddings}, {"hidden_act", "silu"},
+                 {"bos_token_id", s.bos_token_id}, {"eos_token_id", s.eos_token_ids}, {"torch_dtype", "float32"}};
+  if (s.rope_scaling.type == "linear") hf_cfg["rope_scaling"] = {{"rope_type", "linear"}, {"factor", s.rope_scaling.factor}};
+
+  // Name map GGUF -> Hugging Face.
+  std::map<std::string, std::string> hf_to_gguf = {{"model.embed_tokens.weight", "token_embd.weight"},
+                                                   {"model.norm.weight", "output_norm.weight"},
+                                                   {"lm_head.weight", "output.weight"}};
+  const std::vector<std::pair<std::string, std::string>> per_layer = {
+      {"input_layernorm.weight", "attn_norm.weight"}, {"self_attn.q_proj.weight", "attn_q.weight"},
+      {"self_attn.k_proj.weight", "attn_k.weight"},   {"self_attn.v_proj.weight", "attn_v.weight"},
+      {"self_attn.q_proj.bias", "attn_q.bias"},       {"self_attn.k_proj.bias", "attn_k.bias"},
+      {"self_attn.v_proj.bias", "attn_v.bias"},       {"self_attn.o_proj.weight", "attn_output.weight"},
+      {"post_attention_layernorm.weight", "ffn_norm.weight"}, {"mlp.gate_proj.weight", "ffn_gate.weight"},
+      {"mlp.up_proj.weight", "ffn_up.weight"},        {"mlp.down_proj.weight", "ffn_down.weight"}};
+  for (int l = 0; l < s.num_layers; ++l)
+    for (const auto& [hf, gg] : per_layer) hf_to_gguf[layer_prefix(l) + hf] = "blk." + std::to_string(l) + "." + gg;
+
+  const auto expected = expected_weights(s);
+  for (const auto& w : expected) {
+    const std::string& gname = hf_to_gguf.at(w.name);
+    auto it = g.tensors().find(gname);
+    if (it == g.tensors().end()) throw Error(cat("'", opt.input, "': tensor '", gname, "' missing"));
+    if (it->second.hf_shape() != w.shape)
+      throw Error(cat("'", opt.input, "': tensor '", gname, "' has a shape that does not match the metadata"));
+  }
+
+  const DType dst = opt.dtype == "keep" ? DType::F32 : dtype_from_name(opt.dtype);
+  ModelWriter writer(opt.output, s, "gguf:" + fs::absolute(opt.input).string());
+  writer.add_text("config", "hf_config.json", hf_cfg.dump(2));
+  writer.add_text("tokenizer", "tokenizer.json", tokenizer.dump());
+  writer.add_text("tokenizer", "tokenizer_config.json", tok_cfg.dump(2));
+  writer.add_text("tokenizer", "generation_config.json", gen_cfg.dump(2));
+  if (!chat_template.empty()) writer.add_text("tokenizer", "chat_template", chat_template);
+  for (const auto& w : expected) {
+    std::vector<float> v = g.read_f32(hf_to_gguf.at(w.name));
+    if (arch == "llama" && w.name.ends_with("q_proj.weight")) v = unpermute_rows(v, w.shape[0], w.shape[1], s.num_heads);
+    if (arch == "llama" && w.name.ends_with("k_proj.weight")) v = unpermute_rows(v, w.shape[0], w.shape[1], s.num_kv_heads);
+    std::vector<char> data = cast(DType::F32, dst, v.data(), v.size());
+    writer.add_tensor(w.name, dst, w.shape, data.data());
+  }
+  writer.commit();
+  log_info("converted ", opt.input, " (GGUF ", arch, ", ", expected.size(), " tensors, ", dtype_name(dst), ") -> ",
+           opt.output);
+}
+
+}  // namespace
+
+void convert_model(const ConvertOptions& opt) {
+  if (opt.dtype != "keep") dtype_from_name(opt.dtype);  // validates
+  if (!fs::exists(opt.input)) throw Error(cat("input '", opt.input, "' does not exist"));
+  check_output(opt);
+  if (fs::is_directory(opt.input)) {
+    convert_hf(opt);
+  } else if (opt.input.ends_with(".gguf")) {
+    convert_gguf(opt);
+  } else {
+    throw Error(cat("input '", opt.input, "' is neither a Hugging Face checkpoint directory nor a .gguf file"));
+  }
+}
+
+}  // namespace llmserve

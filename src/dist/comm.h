@@ -1,0 +1,27 @@
+// Communicator interface: the collectives and point-to-point transfers the model needs. Buffers
+// live where the backend keeps tensors (host memory for the CPU backend, device memory for CUDA).
+// Implementations: MpiComm (here) and, with the CUDA backend, an NCCL one.
+#pragma once
+#include <cstddef>
+#include <memory>
+
+namespace llmserve {
+
+class Comm {
+ public:
+  virtual ~Comm() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // In-place sum over all ranks of the group.
+  virtual void all_reduce_sum(float* data, size_t count) = 0;
+  // Every rank contributes `count` floats; `recv` gets size() * count floats in rank order.
+  virtual void all_gather(const float* send, size_t count, float* recv) = 0;
+  // Bytes from `root` to every rank.
+  virtual void broadcast(void* data, size_t bytes, int root) = 0;
+  // Blocking point-to-point (peer is a rank of this group).
+  virtual void send(const void* data, size_t bytes, int peer) = 0;
+  virtual void recv(void* data, size_t bytes, int peer) = 0;
+  virtual void barrier() = 0;
+};
+
+}  // namespace llmserve

@@ -1,0 +1,52 @@
+// Paged KV cache storage of one rank: for each layer of its pipeline stage, K and V tensors of shape
+// [num_blocks, block_size, kv_heads_local, head_dim]. Which blocks a sequence uses is decided by the
+// block allocator on rank 0 and travels in the step's block tables.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "backend/backend.h"
+
+namespace llmserve {
+
+struct KvCacheShape {
+  int num_layers = 0;  // layers of this stage
+  int64_t num_blocks = 0;
+  int64_t block_size = 16;
+  int64_t kv_heads = 0;  // per rank
+  int64_t head_dim = 0;
+  DType dtype = DType::F32;
+  // Bytes one block takes across all of this stage's layers (K and V).
+  size_t bytes_per_block() const {
+    return static_cast<size_t>(num_layers) * 2 * block_size * kv_heads * head_dim * dtype_size(dtype);
+  }
+};
+
+class KvCache {
+ public:
+  KvCache(Backend& backend, const KvCacheShape& shape);
+  const KvCacheShape& shape() const { return shape_; }
+  Tensor& k(int local_layer) { return k_[local_layer]; }
+  Tensor& v(int local_layer) { return v_[local_layer]; }
+
+ private:
+  KvCacheShape shape_;
+  std::vector<Tensor> k_, v_;
+};
+
+// Free-list allocator of block ids [0, num_blocks).
+class BlockAllocator {
+ public:
+  explicit BlockAllocator(int64_t num_blocks);
+  int64_t num_free() const { return static_cast<int64_t>(free_.size()); }
+  int64_t num_blocks() const { return num_blocks_; }
+  // Takes n blocks; throws Error when fewer are free (nothing is taken then).
+  std::vector<int32_t> allocate(int64_t n);
+  void release(const std::vector<int32_t>& blocks);
+
+ private:
+  int64_t num_blocks_;
+  std::vector<int32_t> free_;
+};
+
+}  // namespace llmserve

@@ -1,0 +1,55 @@
+// A model's architecture and hyper-parameters, as llmserve uses them. Built from a Hugging Face
+// config.json (or GGUF metadata by the converter), stored as attributes in the HDF5 model file.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace llmserve {
+
+struct RopeScaling {
+  std::string type = "none";  // none | linear | llama3
+  double factor = 1.0;
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_position_embeddings = 8192;
+};
+
+struct ModelSpec {
+  std::string architecture;  // Qwen2ForCausalLM | LlamaForCausalLM | MistralForCausalLM
+  std::string model_type;    // qwen2 | llama | mistral
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int num_layers = 0;
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int64_t vocab_size = 0;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
+  int64_t max_position_embeddings = 0;
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;  // q/k/v projections have a bias (Qwen2: always)
+  std::string torch_dtype = "bfloat16";
+  int64_t bos_token_id = -1;
+  std::vector<int64_t> eos_token_ids;
+};
+
+// Parses a Hugging Face config.json. Throws Error("unsupported architecture X") for anything but
+// Qwen2/Llama/Mistral-style decoders, and Error naming the field for missing or bad values.
+ModelSpec model_spec_from_hf_config(const nlohmann::json& cfg);
+
+// Checks internal consistency (positive sizes, heads divide hidden, ...). Throws Error.
+void model_spec_validate(const ModelSpec& s);
+
+// Checks that the model can be split as asked. Throws Error with the numbers.
+void model_spec_check_layout(const ModelSpec& s, int tp, int pp);
+
+// RoPE inverse frequencies (head_dim / 2 values), with the model's scaling applied, computed in
+// float32 the way transformers does.
+std::vector<float> rope_inv_freq(const ModelSpec& s);
+
+}  // namespace llmserve

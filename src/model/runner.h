@@ -1,0 +1,52 @@
+// Runs the model across the whole MPI world: each rank loads its shard, and step() moves
+// activations stage to stage and gathers the last stage's vocabulary-parallel logits. Every rank
+// calls step() with the same StepMeta.
+#pragma once
+#include <mpi.h>
+
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+#include "config/config.h"
+#include "dist/mpi_comm.h"
+#include "dist/topology.h"
+#include "kv/kv_cache.h"
+#include "model/model_file.h"
+#include "model/transformer.h"
+
+namespace llmserve {
+
+// Checks the config against the model (layout, max_model_len) and fills in derived values
+// (max_model_len, max_num_batched_tokens). Throws Error.
+void resolve_config_for_model(Config& cfg, const ModelSpec& spec);
+
+class ModelRunner {
+ public:
+  // Collective over `world`. Failures on any rank throw AgreedError on every rank.
+  ModelRunner(Config& cfg, MPI_Comm world);
+  ~ModelRunner();
+
+  const ModelSpec& spec() const { return spec_; }
+  const Topology& topology() const { return topo_; }
+  const Config& config() const { return cfg_; }
+  int64_t num_blocks() const { return num_blocks_; }
+  int64_t block_size() const { return cfg_.block_size; }
+  MpiComm& world() { return *world_; }
+
+  // Runs one step. Returns the logits [len(logits_indices) * vocab_size] on world rank 0, empty
+  // elsewhere.
+  std::vector<float> step(const StepMeta& meta);
+
+ private:
+  Config& cfg_;
+  Topology topo_;
+  ModelSpec spec_;
+  std::unique_ptr<MpiComm> world_, tp_comm_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Transformer> model_;
+  std::unique_ptr<KvCache> kv_;
+  int64_t num_blocks_ = 0;
+};
+
+}  // namespace llmserve

@@ -1,0 +1,143 @@
+#include "model/transformer.h"
+
+#include <cmath>
+
+#include "common/error.h"
+#include "model/weight_names.h"
+
+namespace llmserve {
+
+ShardInfo make_shard_info(const ModelSpec& s, const Topology& topo) {
+  model_spec_check_layout(s, topo.tp, topo.pp);
+  ShardInfo sh;
+  const int r = topo.tp_rank(), tp = topo.tp;
+  sh.q_heads = s.num_heads / tp;
+  if (s.num_kv_heads % tp == 0) {
+    sh.kv_heads = s.num_kv_heads / tp;
+    sh.kv_head_begin = sh.kv_heads * r;
+  } else {  // tp is a multiple of the kv heads: replicate
+    sh.kv_heads = 1;
+    sh.kv_head_begin = (static_cast<int64_t>(r) * sh.q_heads) / (s.num_heads / s.num_kv_heads);
+  }
+  sh.intermediate = s.intermediate_size / tp;
+  sh.vocab = shard_range(s.vocab_size, tp, r);
+  sh.vocab_padded = (s.vocab_size + tp - 1) / tp;
+  sh.layers = stage_layers(s.num_layers, topo.pp, topo.stage());
+  return sh;
+}
+
+Transformer::Transformer(const ModelSpec& spec, const Topology& topo, Backend& backend, Comm& tp_comm,
+                         const ModelFile& file)
+    : spec_(spec), topo_(topo), be_(backend), tp_comm_(tp_comm), shard_(make_shard_info(spec, topo)) {
+  const DType dt = be_.compute_dtype();
+  const int64_t H = spec.hidden_size, D = spec.head_dim;
+  const int r = topo.tp_rank();
+  auto load_rows = [&](const std::string& name, int64_t r0, int64_t nr, int64_t cols) {
+    auto v = file.read_f32(name, r0, nr, 0, cols);
+    return be_.upload(v.data(), cols > 1 ? std::vector<int64_t>{nr, cols} : std::vector<int64_t>{nr}, dt);
+  };
+  auto load_cols = [&](const std::string& name, int64_t rows, int64_t c0, int64_t nc) {
+    auto v = file.read_f32(name, 0, rows, c0, nc);
+    return be_.upload(v.data(), {rows, nc}, dt);
+  };
+  auto load_vec = [&](const std::string& name, int64_t n) { return load_rows(name, 0, n, 1); };
+  // Vocabulary-parallel tables are padded to vocab_padded rows so all ranks gather equal blocks.
+  auto load_vocab = [&](const std::string& name) {
+    auto v = file.read_f32(name, shard_.vocab.begin, shard_.vocab.size(), 0, H);
+    v.resize(static_cast<size_t>(shard_.vocab_padded * H), 0.f);
+    return be_.upload(v.data(), {shard_.vocab_padded, H}, dt);
+  };
+  // Check every tensor's full shape first, so a mismatched file says so instead of reading garbage.
+  for (const auto& w : expected_weights(spec)) {
+    if (!file.has_weight(w.name)) throw Error(cat("model file '", file.path(), "': tensor '", w.name, "' missing"));
+    if (file.weight_shape(w.name) != w.shape)
+      throw Error(cat("model file '", file.path(), "': tensor '", w.name, "' has the wrong shape"));
+  }
+
+  if (topo.first_stage() || (topo.last_stage() && spec.tie_word_embeddings))
+    embed_ = load_vocab("model.embed_tokens.weight");
+  if (topo.last_stage()) {
+    final_norm_ = load_vec("model.norm.weight", H);
+    lm_head_ = spec.tie_word_embeddings ? embed_ : load_vocab("lm_head.weight");
+  }
+  const auto inv = rope_inv_freq(spec);
+  inv_freq_ = be_.upload(inv.data(), {static_cast<int64_t>(inv.size())}, DType::F32);
+
+  const int64_t q0 = r * shard_.q_heads * D, qn = shard_.q_heads * D;
+  const int64_t k0 = shard_.kv_head_begin * D, kn = shard_.kv_heads * D;
+  const int64_t i0 = r * shard_.intermediate, in = shard_.intermediate;
+  for (int l = shard_.layers.begin; l < shard_.layers.end; ++l) {
+    const std::string p = layer_prefix(l);
+    LayerWeights w;
+    w.input_norm = load_vec(p + "input_layernorm.weight", H);
+    w.post_norm = load_vec(p + "post_attention_layernorm.weight", H);
+    w.wq = load_rows(p + "self_attn.q_proj.weight", q0, qn, H);
+    w.wk = load_rows(p + "self_attn.k_proj.weight", k0, kn, H);
+    w.wv = load_rows(p + "self_attn.v_proj.weight", k0, kn, H);
+    if (spec.attention_bias) {
+      w.bq = load_rows(p + "self_attn.q_proj.bias", q0, qn, 1);
+      w.bk = load_rows(p + "self_attn.k_proj.bias", k0, kn, 1);
+      w.bv = load_rows(p + "self_attn.v_proj.bias", k0, kn, 1);
+    }
+    w.wo = load_cols(p + "self_attn.o_proj.weight", H, q0, qn);
+    w.w_gate = load_rows(p + "mlp.gate_proj.weight", i0, in, H);
+    w.w_up = load_rows(p + "mlp.up_proj.weight", i0, in, H);
+    w.w_down = load_cols(p + "mlp.down_proj.weight", H, i0, in);
+    layers_.push_back(std::move(w));
+  }
+}
+
+void Transformer::all_reduce(Tensor& t) {
+  if (topo_.tp > 1) tp_comm_.all_reduce_sum(t.as<float>(), static_cast<size_t>(t.numel()));
+}
+
+Tensor Transformer::forward(const StepMeta& m, const Tensor& hidden_in, KvCache& kv) {
+  const int64_t T = m.num_tokens(), H = spec_.hidden_size, D = spec_.head_dim;
+  const DType dt = be_.compute_dtype();
+  const float eps = static_cast<float>(spec_.rms_norm_eps);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  be_.begin_step(m);
+
+  Tensor x;
+  if (topo_.first_stage()) {
+    x = be_.empty({T, H}, dt);
+    be_.embedding(embed_, shard_.vocab.begin, x);
+    all_reduce(x);
+  } else {
+    x = hidden_in;
+  }
+  Tensor h = be_.empty({T, H}, dt), proj = be_.empty({T, H}, dt);
+  Tensor q = be_.empty({T, shard_.q_heads * D}, dt), attn = be_.empty({T, shard_.q_heads * D}, dt);
+  Tensor k = be_.empty({T, shard_.kv_heads * D}, dt), v = be_.empty({T, shard_.kv_heads * D}, dt);
+  Tensor gate = be_.empty({T, shard_.intermediate}, dt), up = be_.empty({T, shard_.intermediate}, dt);
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    const LayerWeights& w = layers_[li];
+    be_.rmsnorm(x, w.input_norm, eps, h);
+    be_.linear(h, w.wq, spec_.attention_bias ? &w.bq : nullptr, q);
+    be_.linear(h, w.wk, spec_.attention_bias ? &w.bk : nullptr, k);
+    be_.linear(h, w.wv, spec_.attention_bias ? &w.bv : nullptr, v);
+    be_.rope(q, k, inv_freq_, D);
+    be_.kv_write(k, v, kv.k(static_cast<int>(li)), kv.v(static_cast<int>(li)));
+    be_.attention(q, kv.k(static_cast<int>(li)), kv.v(static_cast<int>(li)), D, kv.shape().block_size, scale, attn);
+    be_.linear(attn, w.wo, nullptr, proj);
+    all_reduce(proj);
+    be_.add(x, proj);
+    be_.rmsnorm(x, w.post_norm, eps, h);
+    be_.linear(h, w.w_gate, nullptr, gate);
+    be_.linear(h, w.w_up, nullptr, up);
+    be_.silu_mul(gate, up, gate);
+    be_.linear(gate, w.w_down, nullptr, proj);
+    all_reduce(proj);
+    be_.add(x, proj);
+  }
+  if (!topo_.last_stage()) return x;
+  const int64_t n = static_cast<int64_t>(m.logits_indices.size());
+  Tensor sel = be_.empty({n, H}, dt), normed = be_.empty({n, H}, dt);
+  be_.gather_rows(x, sel);
+  be_.rmsnorm(sel, final_norm_, eps, normed);
+  Tensor logits = be_.empty({n, shard_.vocab_padded}, dt);
+  be_.linear(normed, lm_head_, nullptr, logits);
+  return logits;
+}
+
+}  // namespace llmserve

@@ -1,0 +1,64 @@
+// The decoder (Qwen2 / Llama family) for one rank: the layers of its pipeline stage, holding its
+// tensor-parallel shard of each weight. Written once against Backend and Comm.
+//
+// Sharding (Megatron style): q/k/v and gate/up are split by output rows (heads / intermediate),
+// o_proj and down_proj by input columns, followed by an all-reduce in the tensor group; the
+// embedding and lm_head are split by vocabulary rows. K/V heads are replicated when tp exceeds
+// num_key_value_heads.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+#include "dist/comm.h"
+#include "dist/topology.h"
+#include "kv/kv_cache.h"
+#include "model/model_file.h"
+#include "model/model_spec.h"
+
+namespace llmserve {
+
+struct LayerWeights {
+  Tensor input_norm, post_norm;
+  Tensor wq, wk, wv, bq, bk, bv, wo;
+  Tensor w_gate, w_up, w_down;
+};
+
+// What one rank holds of the model.
+struct ShardInfo {
+  int64_t q_heads = 0;         // local query heads
+  int64_t kv_heads = 0;        // local key/value heads
+  int64_t kv_head_begin = 0;   // first global kv head held
+  int64_t intermediate = 0;    // local intermediate size
+  Range vocab;                 // vocabulary rows held (embedding and lm_head)
+  int64_t vocab_padded = 0;    // rows per tp rank, for gathers (ceil(V / tp))
+  LayerRange layers;           // layers of this stage
+};
+
+ShardInfo make_shard_info(const ModelSpec& s, const Topology& topo);
+
+class Transformer {
+ public:
+  // Reads this rank's shard from `file` (hyperslab reads: nothing else is touched).
+  Transformer(const ModelSpec& spec, const Topology& topo, Backend& backend, Comm& tp_comm, const ModelFile& file);
+
+  const ModelSpec& spec() const { return spec_; }
+  const ShardInfo& shard() const { return shard_; }
+
+  // Runs this stage for one step. `hidden_in` is [T, hidden] from the previous stage (ignored on the
+  // first stage). Returns [T, hidden] for the next stage, or, on the last stage, this rank's logits
+  // shard [len(logits_indices), vocab_padded].
+  Tensor forward(const StepMeta& meta, const Tensor& hidden_in, KvCache& kv);
+
+ private:
+  void all_reduce(Tensor& t);
+  const ModelSpec spec_;
+  const Topology topo_;
+  Backend& be_;
+  Comm& tp_comm_;
+  ShardInfo shard_;
+  Tensor embed_, final_norm_, lm_head_, inv_freq_;
+  std::vector<LayerWeights> layers_;
+};
+
+}  // namespace llmserve
