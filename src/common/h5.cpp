@@ -34,6 +34,7 @@ void write_attr_raw(hid_t obj, const std::string& name, hid_t type, hid_t space,
   if (H5Aexists(obj, name.c_str()) > 0) H5Adelete(obj, name.c_str());
   Handle a(H5Acreate2(obj, name.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
   if (!a) throw Error(cat("HDF5: cannot create attribute '", name, "'"));
+  if (H5Sget_simple_extent_type(space) == H5S_NULL) return;  // an empty list: nothing to write
   check(H5Awrite(a.id(), type, data), "write attribute " + name);
 }
 

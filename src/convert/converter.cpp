@@ -7,6 +7,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+#include <algorithm>
+#include <cstring>
 
 #include "common/dtype.h"
 #include "common/error.h"
@@ -168,21 +170,6 @@ T meta(const GgufFile& g, const std::string& key) {
   }
 }
 
-// Undoes llama.cpp's reordering of Q/K rows for interleaved RoPE: within each head, GGUF holds rows
-// in (pair, 2) order where Hugging Face holds them as (2, half).
-std::vector<float> unpermute_rows(const std::vector<float>& w, int64_t rows, int64_t cols, int heads) {
-  std::vector<float> out(w.size());
-  const int64_t hd = rows / heads, half = hd / 2;
-  for (int h = 0; h < heads; ++h)
-    for (int64_t i = 0; i < half; ++i)
-      for (int two = 0; two < 2; ++two) {
-        const int64_t src = h * hd + i * 2 + two;    // GGUF row
-        const int64_t dst = h * hd + two * half + i;  // HF row
-        std::memcpy(&out[dst * cols], &w[src * cols], cols * sizeof(float));
-      }
-  return out;
-}
-
 json gguf_pre_tokenizer(const std::string& pre, const std::string& path) {
   json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
   auto split = [&](const std::string& re) {
@@ -335,8 +322,8 @@ void convert_gguf(const ConvertOptions& opt) {
   if (!chat_template.empty()) writer.add_text("tokenizer", "chat_template", chat_template);
   for (const auto& w : expected) {
     std::vector<float> v = g.read_f32(hf_to_gguf.at(w.name));
-    if (arch == "llama" && w.name.ends_with("q_proj.weight")) v = unpermute_rows(v, w.shape[0], w.shape[1], s.num_heads);
-    if (arch == "llama" && w.name.ends_with("k_proj.weight")) v = unpermute_rows(v, w.shape[0], w.shape[1], s.num_kv_heads);
+    if (arch == "llama" && w.name.ends_with("q_proj.weight")) v = gguf_unpermute_rows(v, w.shape[0], w.shape[1], s.num_heads);
+    if (arch == "llama" && w.name.ends_with("k_proj.weight")) v = gguf_unpermute_rows(v, w.shape[0], w.shape[1], s.num_kv_heads);
     std::vector<char> data = cast(DType::F32, dst, v.data(), v.size());
     writer.add_tensor(w.name, dst, w.shape, data.data());
   }

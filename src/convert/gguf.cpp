@@ -78,6 +78,21 @@ class Reader {
 
 }  // namespace
 
+// Undoes llama.cpp's reordering of Q/K rows for interleaved RoPE: within each head, GGUF holds rows
+// in (pair, 2) order where Hugging Face holds them as (2, half).
+std::vector<float> gguf_unpermute_rows(const std::vector<float>& w, int64_t rows, int64_t cols, int heads) {
+  std::vector<float> out(w.size());
+  const int64_t hd = rows / heads, half = hd / 2;
+  for (int h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < half; ++i)
+      for (int two = 0; two < 2; ++two) {
+        const int64_t src = h * hd + i * 2 + two;    // GGUF row
+        const int64_t dst = h * hd + two * half + i;  // HF row
+        std::memcpy(&out[dst * cols], &w[src * cols], cols * sizeof(float));
+      }
+  return out;
+}
+
 const char* gguf_type_name(uint32_t t) {
   switch (t) {
     case T_F32: return "F32";

@@ -41,4 +41,8 @@ class GgufFile {
 
 const char* gguf_type_name(uint32_t type);
 
+// Undoes llama.cpp's reordering of Q/K rows for interleaved RoPE (w is [rows, cols], rows = heads *
+// head_dim): within each head GGUF holds rows in (pair, 2) order where Hugging Face holds (2, half).
+std::vector<float> gguf_unpermute_rows(const std::vector<float>& w, int64_t rows, int64_t cols, int heads);
+
 }  // namespace llmserve

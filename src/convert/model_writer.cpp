@@ -13,7 +13,7 @@ namespace llmserve {
 std::vector<uint64_t> chunk_shape(const std::vector<int64_t>& shape, size_t elem_bytes) {
   std::vector<uint64_t> c(shape.begin(), shape.end());
   for (size_t i = 0; i < c.size(); ++i)
-    if (c[i] % 8 == 0 && c[i] >= 64) c[i] /= 8;
+    if (c[i] % 8 == 0 && c[i] >= 512) c[i] /= 8;  // chunks stay >= 64 wide
   auto bytes = [&] {
     uint64_t b = elem_bytes;
     for (auto x : c) b *= x;

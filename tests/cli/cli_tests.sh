@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Command-line behaviour and bad input: every case must exit with the right code, print one clear
+# message (once, from rank 0, without MPI abort noise), finish well inside its timeout (no hang), and
+# leave no partial output file.
+#   cli_tests.sh BUILD_DIR FIXTURES
+set -uo pipefail
+build=$(cd "$1" && pwd) fixtures=$2
+here=$(cd "$(dirname "$0")" && pwd)
+mpirun="$here/../mpirun.sh"
+work="$build/test-out/cli"
+rm -rf "$work" && mkdir -p "$work"
+qwen="$build/test-models/tiny-qwen2.h5"
+llmserve="$build/llmserve"
+convert="$build/llmserve-convert"
+passed=0 failed=0
+
+# check NAME RC PATTERN [--once] -- COMMAND...: the command exits RC and its output matches PATTERN
+# (extended regex); with --once the pattern appears exactly once.
+check() {
+  local name=$1 want_rc=$2 pattern=$3 once=0
+  shift 3
+  if [ "$1" = "--once" ]; then once=1; shift; fi
+  [ "$1" = "--" ] && shift
+  local out rc
+  out=$(timeout 120 "$@" 2>&1)
+  rc=$?
+  local ok=1 why=""
+  if [ "$rc" -ne "$want_rc" ]; then ok=0; why="exit code $rc, expected $want_rc"; fi
+  if ! grep -Eq -- "$pattern" <<<"$out"; then ok=0; why="$why; output does not match /$pattern/"; fi
+  if [ "$once" = 1 ] && [ "$(grep -Ec -- "$pattern" <<<"$out")" -ne 1 ]; then ok=0; why="$why; message not printed exactly once"; fi
+  if grep -Eq "MPI_ABORT|mpirun noticed|Segmentation|core dumped|terminate called" <<<"$out" && [ "$want_rc" -ne 0 ]; then
+    ok=0; why="$why; crash or MPI abort noise"
+  fi
+  if [ "$ok" = 1 ]; then
+    passed=$((passed + 1)); echo "PASS $name"
+  else
+    failed=$((failed + 1)); echo "FAIL $name: $why"; echo "$out" | sed 's/^/    | /' | head -20
+  fi
+}
+
+printf '{"ids": [9707, 11, 1879]}\n' >"$work/prompts.jsonl"
+cat >"$work/good.yaml" <<EOY
+model: $qwen
+backend: cpu
+max_model_len: 512
+block_size: 16
+EOY
+
+# --- usage -------------------------------------------------------------------
+check "no arguments prints usage" 2 "usage: llmserve" -- "$llmserve"
+check "--help lists options" 0 "--tensor-parallel-size" -- "$llmserve" --help
+check "unknown command" 2 "unknown command 'frobnicate'" -- "$llmserve" frobnicate
+check "convert without arguments" 2 "usage: llmserve-convert" -- "$convert"
+
+# --- a good run, for contrast ----------------------------------------------------
+check "logits on a yaml config" 0 '"generated_ids":\[[0-9]+,[0-9]+\]' -- \
+  "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -tp 2 --prompts "$work/prompts.jsonl" --max-tokens 2
+
+# --- layout errors (checked against the MPI world and the model) --------------
+check "tp*pp != world size" 1 "tensor_parallel_size \(4\) x pipeline_parallel_size \(1\) = 4 but the MPI world has 2 ranks" --once -- \
+  "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -tp 4 --prompt-ids 1,2
+check "heads not divisible by tp" 1 "4 attention heads are not divisible by tensor_parallel_size 3" --once -- \
+  "$mpirun" 3 "$llmserve" logits "$work/good.yaml" --tensor-parallel-size 3 --prompt-ids 1,2
+check "more stages than layers" 1 "pipeline_parallel_size \(8\) is larger than the model's 4 layers" --once -- \
+  "$mpirun" 8 "$llmserve" logits "$work/good.yaml" --pipeline-parallel-size 8 --prompt-ids 1,2
+check "max_model_len beyond the model" 1 "max_model_len \(99999\) is larger than the model's max_position_embeddings \(32768\)" -- \
+  "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -pp 2 --max-model-len 99999 --prompt-ids 1,2
+
+# --- config errors ---------------------------------------------------------------
+printf 'model: %s\ntensor_paralel_size: 2\n' "$qwen" >"$work/typo.yaml"
+check "unknown yaml key" 1 "unknown option 'tensor_paralel_size'" --once -- "$mpirun" 2 "$llmserve" logits "$work/typo.yaml" --prompt-ids 1
+printf 'model: %s\nmax_num_seqs: many\n' "$qwen" >"$work/type.yaml"
+check "wrong type" 1 "max_num_seqs must be an integer, got 'many'" -- "$llmserve" logits "$work/type.yaml" --prompt-ids 1
+printf 'model: [unclosed\n' >"$work/broken.yaml"
+check "invalid yaml" 1 "invalid YAML" -- "$llmserve" logits "$work/broken.yaml" --prompt-ids 1
+check "bad block size" 1 "block_size must be one of" -- "$llmserve" logits "$work/good.yaml" --block-size 12 --prompt-ids 1
+check "bad gpu_memory_utilization" 1 "gpu_memory_utilization must be in \(0, 1\]" -- \
+  "$llmserve" logits "$work/good.yaml" --gpu-memory-utilization 1.5 --prompt-ids 1
+check "unknown flag" 1 "unknown option '--tensor-paralel-size'" -- "$llmserve" logits "$work/good.yaml" --tensor-paralel-size 2 --prompt-ids 1
+check "missing config file" 1 "cannot read '/nonexistent.yaml'" -- "$llmserve" logits /nonexistent.yaml --prompt-ids 1
+check "no model" 1 "model is required" -- "$llmserve" logits --prompt-ids 1
+
+# --- model file errors --------------------------------------------------------------
+check "missing model file" 1 "model file '/nonexistent/m.h5' is missing or not an HDF5 file" --once -- \
+  "$mpirun" 2 "$llmserve" logits --model /nonexistent/m.h5 -tp 2 --prompt-ids 1
+cp "$fixtures/models/tiny-qwen2/config.json" "$work/not-a-model.h5"
+check "model file that is not HDF5" 1 "not-a-model.h5' is missing or not an HDF5 file" -- "$llmserve" logits --model "$work/not-a-model.h5" --prompt-ids 1
+head -c 100000 "$qwen" >"$work/truncated.h5"
+check "truncated model file" 1 "truncated.h5" -- "$llmserve" logits --model "$work/truncated.h5" --prompt-ids 1
+
+# --- request errors ------------------------------------------------------------------
+check "token id outside the vocabulary" 1 "token id 999999 is outside the vocabulary \(151936\)" -- \
+  "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -pp 2 --prompt-ids 1,999999
+check "prompt longer than max_model_len" 1 "exceeds max_model_len 512" -- \
+  "$llmserve" logits "$work/good.yaml" --prompt-ids 1,2,3 --max-tokens 600
+printf '{"ids": [1, 2]}\nnot json\n' >"$work/bad-prompts.jsonl"
+check "malformed prompts file" 1 "bad-prompts.jsonl line 2" -- "$llmserve" logits "$work/good.yaml" --prompts "$work/bad-prompts.jsonl"
+check "no prompts" 1 "no prompts" -- "$llmserve" logits "$work/good.yaml"
+check "unwritable output" 1 "cannot write '/nonexistent-dir/out.jsonl'" -- \
+  "$llmserve" logits "$work/good.yaml" --prompt-ids 1,2 --output /nonexistent-dir/out.jsonl
+if ls /nonexistent-dir 2>/dev/null; then failed=$((failed + 1)); echo "FAIL partial output left"; fi
+
+# --- converter -----------------------------------------------------------------------
+check "convert: missing input" 1 "input '/nonexistent' does not exist" -- "$convert" /nonexistent -o "$work/x.h5"
+check "convert: existing output kept" 1 "exists \(use --force" -- "$convert" "$fixtures/models/tiny-qwen2" -o "$qwen"
+check "convert: bad dtype" 1 "unknown dtype 'int3'" -- "$convert" "$fixtures/models/tiny-qwen2" -o "$work/x.h5" --dtype int3
+[ -e "$work/x.h5" ] && { failed=$((failed + 1)); echo "FAIL convert left $work/x.h5"; }
+check "convert: fp16 cast runs" 0 "converted" -- "$convert" "$fixtures/models/tiny-llama3" -o "$work/llama-f16.h5" --dtype float16
+check "fp16 model still matches greedy" 0 '"generated_ids":\[' -- "$llmserve" logits --model "$work/llama-f16.h5" --prompt-ids 128000,791,6864 --max-tokens 3
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

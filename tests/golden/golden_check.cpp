@@ -1,0 +1,120 @@
+// Compares `llmserve logits` output with the transformers goldens in ../shared/fixtures/golden.
+//   golden_check prompts GOLDEN.json OUT_PROMPTS.jsonl       writes the golden prompts as {"ids": [...]}
+//   golden_check compare GOLDEN.json GOLDEN.f32 OUT.jsonl OUT.f32
+// compare checks, for every prompt: the top-5 ids at every prompt position equal (a swap is allowed
+// only between golden logits closer than the tolerance) and their logits within 1e-3; the full
+// last-position logits within 1e-3 (max abs); the 24 greedy tokens equal up to the first step whose
+// recorded margin is <= 1e-3. Prints one line per prompt and "N passed, N failed".
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+using json = nlohmann::json;
+
+namespace {
+
+constexpr double kTol = 1e-3;
+
+json load_json(const std::string& p) {
+  std::ifstream f(p);
+  if (!f) throw std::runtime_error("cannot read " + p);
+  return json::parse(f);
+}
+
+std::vector<float> load_f32(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  if (!f) throw std::runtime_error("cannot read " + p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  const std::string s = ss.str();
+  std::vector<float> v(s.size() / 4);
+  std::memcpy(v.data(), s.data(), v.size() * 4);
+  return v;
+}
+
+std::string check_prompt(const json& g, const json& o, const float* gl, const float* ol, int64_t V) {
+  if (o.at("prompt_ids") != g.at("ids")) return "prompt ids differ";
+  const auto& gt_ids = g["prefill"]["top_ids"];
+  const auto& gt_log = g["prefill"]["top_logits"];
+  const auto& ot_ids = o["top_ids"];
+  const auto& ot_log = o["top_logits"];
+  if (gt_ids.size() != ot_ids.size()) return "number of prefill positions differs";
+  for (size_t t = 0; t < gt_ids.size(); ++t) {
+    for (size_t k = 0; k < gt_ids[t].size(); ++k) {
+      const double gv = gt_log[t][k].get<double>(), ov = ot_log[t][k].get<double>();
+      if (std::fabs(gv - ov) > kTol)
+        return "position " + std::to_string(t) + " rank " + std::to_string(k) + ": logit " + std::to_string(ov) +
+               " vs golden " + std::to_string(gv);
+      if (gt_ids[t][k] != ot_ids[t][k]) {
+        const bool near_tie = (k > 0 && std::fabs(gv - gt_log[t][k - 1].get<double>()) < kTol) ||
+                              (k + 1 < gt_ids[t].size() && std::fabs(gv - gt_log[t][k + 1].get<double>()) < kTol);
+        if (!near_tie)
+          return "position " + std::to_string(t) + " rank " + std::to_string(k) + ": id " + ot_ids[t][k].dump() +
+                 " vs golden " + gt_ids[t][k].dump();
+      }
+    }
+  }
+  double maxerr = 0;
+  for (int64_t i = 0; i < V; ++i) maxerr = std::max(maxerr, static_cast<double>(std::fabs(gl[i] - ol[i])));
+  if (!(maxerr < kTol)) return "last-position logits max abs error " + std::to_string(maxerr);
+  const auto& gids = g["greedy"]["ids"];
+  const auto& margins = g["greedy"]["margins"];
+  const auto& oids = o.at("generated_ids");
+  if (oids.size() != gids.size()) return "generated " + std::to_string(oids.size()) + " tokens, golden has " +
+                                         std::to_string(gids.size());
+  for (size_t i = 0; i < gids.size(); ++i) {
+    if (margins[i].get<double>() <= kTol) break;  // a near-tie may legitimately go either way
+    if (gids[i] != oids[i])
+      return "greedy step " + std::to_string(i) + ": " + oids[i].dump() + " vs golden " + gids[i].dump();
+  }
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "ok (last-logits max err %.2e)", maxerr);
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const std::string mode = argc > 1 ? argv[1] : "";
+    if (mode == "prompts" && argc == 4) {
+      json g = load_json(argv[2]);
+      std::ofstream f(argv[3]);
+      for (const auto& p : g.at("public")) f << json{{"ids", p.at("ids")}}.dump() << "\n";
+      return f ? 0 : 1;
+    }
+    if (mode != "compare" || argc != 6) {
+      std::fprintf(stderr, "usage: golden_check prompts G.json OUT.jsonl | compare G.json G.f32 OUT.jsonl OUT.f32\n");
+      return 2;
+    }
+    json g = load_json(argv[2]);
+    const int64_t V = g.at("vocab_size").get<int64_t>();
+    const auto gl = load_f32(argv[3]), ol = load_f32(argv[5]);
+    std::vector<json> outs;
+    std::ifstream f(argv[4]);
+    for (std::string line; std::getline(f, line);)
+      if (!line.empty()) outs.push_back(json::parse(line));
+    const auto& pub = g.at("public");
+    int passed = 0, failed = 0;
+    for (size_t i = 0; i < pub.size(); ++i) {
+      std::string r;
+      if (i >= outs.size() || ol.size() < (i + 1) * V) {
+        r = "missing from the output";
+      } else {
+        r = check_prompt(pub[i], outs[i], &gl[i * V], &ol[i * V], V);
+      }
+      const bool ok = r.rfind("ok", 0) == 0;
+      (ok ? passed : failed)++;
+      std::printf("prompt %zu: %s\n", i, r.c_str());
+    }
+    std::printf("%d passed, %d failed\n", passed, failed);
+    return failed == 0 && passed > 0 ? 0 : 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "golden_check: %s\n", e.what());
+    return 1;
+  }
+}

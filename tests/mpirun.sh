@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# mpirun for the test suite: oversubscribed on a small machine, one OpenMP thread per rank, and
+# root allowed (CI and the dev machines run as root; real clusters do not need this).
+set -euo pipefail
+np=$1
+shift
+extra=()
+if [ "$(id -u)" -eq 0 ]; then extra+=(--allow-run-as-root); fi
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+export OMPI_MCA_btl_vader_single_copy_mechanism=none
+exec mpirun --oversubscribe --bind-to none "${extra[@]}" -np "$np" "$@"

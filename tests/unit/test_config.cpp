@@ -1,0 +1,112 @@
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "common/error.h"
+#include "config/config.h"
+
+using namespace llmserve;
+
+namespace {
+std::string write_yaml(const std::string& text) {
+  static int n = 0;
+  std::string p = ::testing::TempDir() + "cfg" + std::to_string(n++) + ".yaml";
+  std::ofstream(p) << text;
+  return p;
+}
+}  // namespace
+
+TEST(Config, YamlThenCommandLineOverrides) {
+  Config c;
+  auto p = write_yaml("model: m.h5\ntensor_parallel_size: 2\npipeline_parallel_size: 2\ndtype: bfloat16\n"
+                      "enable_chunked_prefill: false\napi_key: secret\nserved_model_name: [a, b]\n");
+  auto rest = config_parse_args(c, {"--tensor-parallel-size", "4", p, "--max-model-len=2048", "-pp", "1"});
+  EXPECT_TRUE(rest.empty());
+  EXPECT_EQ(c.model, "m.h5");
+  EXPECT_EQ(c.tensor_parallel_size, 4);  // the command line wins whatever its position
+  EXPECT_EQ(c.pipeline_parallel_size, 1);
+  EXPECT_EQ(c.max_model_len, 2048);
+  EXPECT_EQ(c.dtype, "bfloat16");
+  EXPECT_FALSE(c.enable_chunked_prefill);
+  EXPECT_EQ(c.api_key, "secret");
+  EXPECT_EQ(c.served_model_name, (std::vector<std::string>{"a", "b"}));
+  EXPECT_NO_THROW(config_validate(c));
+}
+
+TEST(Config, BooleanFlags) {
+  Config c;
+  config_parse_args(c, {"--no-enable-chunked-prefill", "--enforce-eager"});
+  EXPECT_FALSE(c.enable_chunked_prefill);
+  EXPECT_TRUE(c.enforce_eager);
+  config_parse_args(c, {"--enable-chunked-prefill", "true", "--enforce-eager=false"});
+  EXPECT_TRUE(c.enable_chunked_prefill);
+  EXPECT_FALSE(c.enforce_eager);
+}
+
+TEST(Config, ServedModelNameFromCommandLineReplacesYaml) {
+  Config c;
+  auto p = write_yaml("served_model_name: [a, b]\n");
+  config_parse_args(c, {p, "--served-model-name", "x"});
+  EXPECT_EQ(c.served_model_name, std::vector<std::string>{"x"});
+}
+
+TEST(Config, UnknownKeysAreRejected) {
+  Config c;
+  auto p = write_yaml("model: m.h5\ntensor_paralel_size: 2\n");
+  try {
+    config_parse_args(c, {p});
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unknown option 'tensor_paralel_size'"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(config_parse_args(c, {"--tensor-paralel-size", "2"}), Error);
+}
+
+TEST(Config, WrongTypesAreRejected) {
+  for (const char* yaml : {"tensor_parallel_size: two\n", "gpu_memory_utilization: lots\n", "enable_chunked_prefill: maybe\n",
+                           "port: 80.5\n", "tensor_parallel_size: [1, 2]\n", "max_model_len: {a: 1}\n"}) {
+    Config c;
+    EXPECT_THROW(config_parse_args(c, {write_yaml(yaml)}), Error) << yaml;
+  }
+  Config c;
+  EXPECT_THROW(config_parse_args(c, {"--port", "http"}), Error);
+  EXPECT_THROW(config_parse_args(c, {"--max-num-seqs"}), Error);  // missing value
+}
+
+TEST(Config, BadYamlAndMissingFile) {
+  Config c;
+  EXPECT_THROW(config_parse_args(c, {write_yaml("model: [unclosed\n")}), Error);
+  EXPECT_THROW(config_parse_args(c, {write_yaml("- just\n- a list\n")}), Error);
+  EXPECT_THROW(config_parse_args(c, {"/nonexistent/config.yaml"}), Error);
+}
+
+TEST(Config, ImpossibleValuesFailValidation) {
+  auto bad = [](auto mutate) {
+    Config c;
+    c.model = "m.h5";
+    mutate(c);
+    EXPECT_THROW(config_validate(c), Error);
+  };
+  bad([](Config& c) { c.model.clear(); });
+  bad([](Config& c) { c.tensor_parallel_size = 0; });
+  bad([](Config& c) { c.pipeline_parallel_size = -1; });
+  bad([](Config& c) { c.block_size = 12; });
+  bad([](Config& c) { c.gpu_memory_utilization = 1.5; });
+  bad([](Config& c) { c.gpu_memory_utilization = 0; });
+  bad([](Config& c) { c.swap_space = -1; });
+  bad([](Config& c) { c.max_num_seqs = 0; });
+  bad([](Config& c) { c.port = 70000; });
+  bad([](Config& c) { c.dtype = "int4"; });
+  bad([](Config& c) { c.backend = "tpu"; });
+  Config ok;
+  ok.model = "m.h5";
+  EXPECT_NO_THROW(config_validate(ok));
+}
+
+TEST(Config, HelpListsEveryKeyWithItsFlag) {
+  const std::string h = config_help();
+  for (const char* k : {"tensor_parallel_size", "--tensor-parallel-size", "gpu_memory_utilization", "api_key",
+                        "enable_chunked_prefill", "served_model_name"})
+    EXPECT_NE(h.find(k), std::string::npos) << k;
+}

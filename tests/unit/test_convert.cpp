@@ -1,0 +1,352 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "common/dtype.h"
+#include "common/error.h"
+#include "convert/converter.h"
+#include "convert/gguf.h"
+#include "convert/model_writer.h"
+#include "convert/safetensors.h"
+#include "model/model_file.h"
+#include "model/weight_names.h"
+
+using namespace llmserve;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+fs::path tmpdir(const std::string& name) {
+  fs::path p = fs::path(::testing::TempDir()) / ("llmserve-" + name);
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+void write_bytes(const fs::path& p, const std::string& bytes) { std::ofstream(p, std::ios::binary) << bytes; }
+
+std::string read_bytes(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+std::string safetensors_bytes(const json& header, const std::string& data) {
+  std::string h = header.dump();
+  std::string out(8, '\0');
+  uint64_t n = h.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  return out + h + data;
+}
+
+const std::string kFixtures = LLMSERVE_FIXTURES;
+
+}  // namespace
+
+TEST(Safetensors, ReadsTensorsAndRejectsCorruptFiles) {
+  auto dir = tmpdir("st");
+  std::string data(8, '\0');
+  float vals[2] = {1.5f, -2.0f};
+  std::memcpy(data.data(), vals, 8);
+  json h = {{"a", {{"dtype", "F32"}, {"shape", {2}}, {"data_offsets", {0, 8}}}}, {"__metadata__", {{"format", "pt"}}}};
+  write_bytes(dir / "ok.safetensors", safetensors_bytes(h, data));
+  SafetensorsFile f((dir / "ok.safetensors").string());
+  auto raw = f.read("a");
+  ASSERT_EQ(raw.size(), 8u);
+  EXPECT_EQ(std::memcmp(raw.data(), vals, 8), 0);
+
+  write_bytes(dir / "trunc.safetensors", safetensors_bytes(h, data.substr(0, 4)));
+  try {
+    SafetensorsFile t((dir / "trunc.safetensors").string());
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'a'"), std::string::npos) << e.what();  // names the tensor
+    EXPECT_NE(std::string(e.what()).find("trunc.safetensors"), std::string::npos) << e.what();
+  }
+  json wrong = {{"a", {{"dtype", "F32"}, {"shape", {3}}, {"data_offsets", {0, 8}}}}};
+  write_bytes(dir / "shape.safetensors", safetensors_bytes(wrong, data));
+  EXPECT_THROW(SafetensorsFile((dir / "shape.safetensors").string()), Error);
+  write_bytes(dir / "json.safetensors", std::string("\x05\0\0\0\0\0\0\0{nope", 13));
+  EXPECT_THROW(SafetensorsFile((dir / "json.safetensors").string()), Error);
+  write_bytes(dir / "len.safetensors", std::string("\xff\xff\xff\xff\0\0\0\0{}", 10));
+  EXPECT_THROW(SafetensorsFile((dir / "len.safetensors").string()), Error);
+  write_bytes(dir / "empty.safetensors", "");
+  EXPECT_THROW(SafetensorsFile((dir / "empty.safetensors").string()), Error);
+}
+
+TEST(ModelWriter, ChunksAlignWithTensorParallelSlices) {
+  auto c = chunk_shape({1536, 8960}, 2);
+  for (int tp : {1, 2, 4, 8}) {
+    EXPECT_EQ((1536 / tp) % c[0], 0u) << tp;
+    EXPECT_EQ((8960 / tp) % c[1], 0u) << tp;
+  }
+  EXPECT_LE(c[0] * c[1] * 2, 2u << 20);
+  auto small = chunk_shape({64}, 4);
+  EXPECT_EQ(small[0], 64u);
+}
+
+TEST(ModelWriter, NothingIsLeftWithoutCommit) {
+  auto dir = tmpdir("writer");
+  ModelSpec s;
+  s.architecture = "LlamaForCausalLM";
+  s.model_type = "llama";
+  s.hidden_size = s.intermediate_size = 8;
+  s.num_layers = s.num_heads = s.num_kv_heads = 1;
+  s.head_dim = 8;
+  s.vocab_size = 4;
+  s.max_position_embeddings = 16;
+  std::string tmp;
+  {
+    ModelWriter w((dir / "m.h5").string(), s, "test");
+    tmp = w.temp_path();
+    float x[4] = {1, 2, 3, 4};
+    w.add_tensor("t", DType::F32, {4}, x);
+    EXPECT_TRUE(fs::exists(tmp));
+  }
+  EXPECT_FALSE(fs::exists(tmp));
+  EXPECT_FALSE(fs::exists(dir / "m.h5"));
+}
+
+class FixtureRoundTrip : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(FixtureRoundTrip, EveryTensorAndDocumentSurvives) {
+  const fs::path src = fs::path(kFixtures) / "models" / GetParam();
+  auto dir = tmpdir("rt-" + GetParam());
+  ConvertOptions opt;
+  opt.input = src.string();
+  opt.output = (dir / "m.h5").string();
+  convert_model(opt);
+  ModelFile mf(opt.output);
+  const json cfg = json::parse(read_bytes(src / "config.json"));
+  EXPECT_EQ(mf.spec().architecture, cfg["architectures"][0]);
+  EXPECT_EQ(mf.spec().hidden_size, cfg["hidden_size"]);
+  EXPECT_EQ(mf.spec().num_kv_heads, cfg["num_key_value_heads"]);
+  EXPECT_EQ(mf.spec().tie_word_embeddings, cfg["tie_word_embeddings"]);
+  EXPECT_EQ(*mf.text("tokenizer", "tokenizer.json"), read_bytes(src / "tokenizer.json"));
+  EXPECT_EQ(*mf.text("config", "hf_config.json"), read_bytes(src / "config.json"));
+  const json tc = json::parse(read_bytes(src / "tokenizer_config.json"));
+  EXPECT_EQ(*mf.text("tokenizer", "chat_template"), tc["chat_template"].get<std::string>());
+  // Every tensor equals the checkpoint's bf16 values, bit for bit.
+  std::vector<std::unique_ptr<SafetensorsFile>> shards;
+  for (const auto& e : fs::directory_iterator(src))
+    if (e.path().extension() == ".safetensors") shards.push_back(std::make_unique<SafetensorsFile>(e.path().string()));
+  int checked = 0;
+  for (const auto& w : expected_weights(mf.spec())) {
+    for (auto& sh : shards) {
+      if (!sh->entries().count(w.name)) continue;
+      EXPECT_EQ(mf.weight_dtype(w.name), DType::BF16);
+      auto raw = sh->read(w.name);
+      std::vector<float> want(raw.size() / 2);
+      to_f32(DType::BF16, raw.data(), want.data(), want.size());
+      EXPECT_EQ(mf.read_all_f32(w.name), want) << w.name;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, static_cast<int>(expected_weights(mf.spec()).size()));
+  // A tensor-parallel slice reads the same values as the whole tensor.
+  const std::string o = "model.layers.1.self_attn.o_proj.weight";
+  auto whole = mf.read_all_f32(o);
+  auto shape = mf.weight_shape(o);
+  auto slice = mf.read_f32(o, 0, shape[0], shape[1] / 2, shape[1] / 2);
+  EXPECT_EQ(slice[0], whole[shape[1] / 2]);
+  EXPECT_EQ(slice.back(), whole.back());
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, FixtureRoundTrip, ::testing::Values("tiny-qwen2", "tiny-llama3"));
+
+TEST(Converter, BadInputsGiveClearErrorsAndNoOutput) {
+  const fs::path src = fs::path(kFixtures) / "models" / "tiny-qwen2";
+  auto dir = tmpdir("bad");
+  auto expect_error = [&](const fs::path& in, const std::string& needle) {
+    ConvertOptions opt;
+    opt.input = in.string();
+    opt.output = (dir / "out.h5").string();
+    try {
+      convert_model(opt);
+      ADD_FAILURE() << "no error for " << in;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(fs::exists(dir / "out.h5"));
+    for (const auto& e : fs::directory_iterator(dir))  // no temporary left either
+      EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+  };
+  expect_error(dir / "missing", "does not exist");
+  // A checkpoint whose safetensors is truncated.
+  fs::create_directories(dir / "trunc");
+  for (const char* f : {"config.json", "tokenizer.json", "tokenizer_config.json"}) fs::copy(src / f, dir / "trunc" / f);
+  std::string st = read_bytes(src / "model.safetensors");
+  write_bytes(dir / "trunc" / "model.safetensors", st.substr(0, st.size() / 2));
+  expect_error(dir / "trunc", "beyond the end of the file");
+  // Unsupported architecture.
+  fs::create_directories(dir / "arch");
+  json cfg = json::parse(read_bytes(src / "config.json"));
+  cfg["architectures"] = {"BertModel"};
+  write_bytes(dir / "arch" / "config.json", cfg.dump());
+  expect_error(dir / "arch", "unsupported architecture BertModel");
+  // config.json that does not match the weights.
+  fs::create_directories(dir / "shape");
+  cfg = json::parse(read_bytes(src / "config.json"));
+  cfg["intermediate_size"] = 256;
+  write_bytes(dir / "shape" / "config.json", cfg.dump());
+  fs::copy(src / "model.safetensors", dir / "shape" / "model.safetensors");
+  expect_error(dir / "shape", "mlp.gate_proj.weight' has shape");
+  // No weights at all.
+  fs::create_directories(dir / "noweights");
+  fs::copy(src / "config.json", dir / "noweights" / "config.json");
+  expect_error(dir / "noweights", "no *.safetensors");
+  // Not a checkpoint.
+  write_bytes(dir / "file.bin", "x");
+  expect_error(dir / "file.bin", "neither");
+  // Existing output without --force.
+  write_bytes(dir / "out.h5", "keep me");
+  ConvertOptions opt;
+  opt.input = src.string();
+  opt.output = (dir / "out.h5").string();
+  EXPECT_THROW(convert_model(opt), Error);
+  EXPECT_EQ(read_bytes(dir / "out.h5"), "keep me");
+}
+
+// ---- GGUF -----------------------------------------------------------------
+
+namespace {
+
+struct GgufBuilder {
+  std::string meta, infos, data;
+  uint64_t n_kv = 0, n_t = 0;
+  template <typename T> static void put(std::string& s, T v) { s.append(reinterpret_cast<const char*>(&v), sizeof v); }
+  static void str(std::string& s, const std::string& v) {
+    put<uint64_t>(s, v.size());
+    s += v;
+  }
+  void kv_u32(const std::string& k, uint32_t v) { str(meta, k), put<uint32_t>(meta, 4), put(meta, v), ++n_kv; }
+  void kv_f32(const std::string& k, float v) { str(meta, k), put<uint32_t>(meta, 6), put(meta, v), ++n_kv; }
+  void kv_str(const std::string& k, const std::string& v) { str(meta, k), put<uint32_t>(meta, 8), str(meta, v), ++n_kv; }
+  void kv_strs(const std::string& k, const std::vector<std::string>& v) {
+    str(meta, k), put<uint32_t>(meta, 9), put<uint32_t>(meta, 8), put<uint64_t>(meta, v.size());
+    for (auto& x : v) str(meta, x);
+    ++n_kv;
+  }
+  void tensor(const std::string& name, std::vector<uint64_t> ne, uint32_t type, const std::string& bytes) {
+    while (data.size() % 32) data.push_back('\0');
+    str(infos, name), put<uint32_t>(infos, static_cast<uint32_t>(ne.size()));
+    for (auto d : ne) put(infos, d);
+    put(infos, type), put<uint64_t>(infos, data.size());
+    data += bytes;
+    ++n_t;
+  }
+  std::string build() {
+    std::string s = "GGUF";
+    put<uint32_t>(s, 3), put(s, n_t), put(s, n_kv);
+    s += meta + infos;
+    while (s.size() % 32) s.push_back('\0');
+    return s + data;
+  }
+};
+
+std::string f16bytes(float v) {
+  uint16_t h = f32_to_f16(v);
+  return std::string(reinterpret_cast<char*>(&h), 2);
+}
+
+}  // namespace
+
+TEST(Gguf, DequantizesEveryBlockType) {
+  auto dir = tmpdir("gguf");
+  GgufBuilder b;
+  b.kv_str("general.architecture", "llama");
+  // Q4_1: d=0.5, m=-1; nibbles j and j+16 from byte j.
+  std::string q41 = f16bytes(0.5f) + f16bytes(-1.0f);
+  for (int j = 0; j < 16; ++j) q41.push_back(static_cast<char>((j & 0xf) | ((15 - j) << 4)));
+  b.tensor("q41", {32}, 3, q41);
+  std::string q40 = f16bytes(2.0f);
+  for (int j = 0; j < 16; ++j) q40.push_back(static_cast<char>((j & 0xf) | ((15 - j) << 4)));
+  b.tensor("q40", {32}, 2, q40);
+  std::string q80 = f16bytes(0.25f);
+  for (int j = 0; j < 32; ++j) q80.push_back(static_cast<char>(j - 16));
+  b.tensor("q80", {32}, 8, q80);
+  b.tensor("f16", {2}, 1, f16bytes(1.5f) + f16bytes(-3.0f));
+  write_bytes(dir / "t.gguf", b.build());
+  GgufFile g((dir / "t.gguf").string());
+  EXPECT_EQ(g.metadata()["general.architecture"], "llama");
+  auto a = g.read_f32("q41");
+  for (int j = 0; j < 16; ++j) {
+    EXPECT_FLOAT_EQ(a[j], 0.5f * j - 1.0f);
+    EXPECT_FLOAT_EQ(a[j + 16], 0.5f * (15 - j) - 1.0f);
+  }
+  auto c = g.read_f32("q40");
+  EXPECT_FLOAT_EQ(c[3], 2.0f * (3 - 8));
+  EXPECT_FLOAT_EQ(c[16 + 3], 2.0f * (12 - 8));
+  auto d = g.read_f32("q80");
+  EXPECT_FLOAT_EQ(d[0], 0.25f * -16);
+  EXPECT_FLOAT_EQ(d[31], 0.25f * 15);
+  EXPECT_EQ(g.read_f32("f16"), (std::vector<float>{1.5f, -3.0f}));
+
+  std::string whole = read_bytes(dir / "t.gguf");
+  write_bytes(dir / "trunc.gguf", whole.substr(0, whole.size() - 10));
+  EXPECT_THROW(GgufFile((dir / "trunc.gguf").string()), Error);
+  write_bytes(dir / "notgguf.gguf", "GGML....");
+  EXPECT_THROW(GgufFile((dir / "notgguf.gguf").string()), Error);
+}
+
+TEST(Gguf, UnpermuteInvertsLlamaCppPermutation) {
+  // llama.cpp: w.reshape(heads, 2, rows/heads/2, cols).swapaxes(1, 2).reshape(rows, cols)
+  const int heads = 3, hd = 4, cols = 2, rows = heads * hd;
+  std::vector<float> hf(rows * cols), gg(rows * cols);
+  for (int i = 0; i < rows * cols; ++i) hf[i] = static_cast<float>(i);
+  for (int h = 0; h < heads; ++h)
+    for (int two = 0; two < 2; ++two)
+      for (int i = 0; i < hd / 2; ++i)
+        for (int c = 0; c < cols; ++c)
+          gg[((h * hd) + i * 2 + two) * cols + c] = hf[((h * hd) + two * (hd / 2) + i) * cols + c];
+  EXPECT_EQ(gguf_unpermute_rows(gg, rows, cols, heads), hf);
+}
+
+// The real SmolLM2 GGUF against its conversion (run by ctest after fetch_smollm2, which sets
+// LLMSERVE_SMOLLM2_DIR): every tensor equals the dequantized GGUF tensor (Q/K rows un-permuted),
+// rounded to the bf16 the conversion stores.
+TEST(GgufRoundTrip, SmolLM2EveryTensor) {
+  const char* dir = std::getenv("LLMSERVE_SMOLLM2_DIR");
+  if (!dir) GTEST_SKIP() << "LLMSERVE_SMOLLM2_DIR not set (ctest sets it after fetching the model)";
+  GgufFile g(std::string(dir) + "/SmolLM2-135M-Instruct.Q4_1.gguf");
+  ModelFile mf(std::string(dir) + "/smollm2-135m-instruct.h5");
+  const ModelSpec& s = mf.spec();
+  EXPECT_EQ(s.num_layers, 30);
+  EXPECT_EQ(s.num_heads, 9);
+  EXPECT_EQ(s.num_kv_heads, 3);
+  EXPECT_TRUE(s.tie_word_embeddings);
+  EXPECT_EQ(s.eos_token_ids, std::vector<int64_t>{2});
+  EXPECT_TRUE(mf.text("tokenizer", "chat_template").has_value());
+  const json tok = json::parse(*mf.text("tokenizer", "tokenizer.json"));
+  EXPECT_EQ(tok["model"]["vocab"].size(), 49152u);
+  EXPECT_EQ(tok["added_tokens"][1]["content"], "<|im_start|>");
+  auto gname = [](const std::string& hf) {
+    if (hf == "model.embed_tokens.weight") return std::string("token_embd.weight");
+    if (hf == "model.norm.weight") return std::string("output_norm.weight");
+    const auto dot = hf.find('.', 13);
+    const std::string layer = hf.substr(13, dot - 13), rest = hf.substr(dot + 1);
+    static const std::map<std::string, std::string> m = {
+        {"input_layernorm.weight", "attn_norm.weight"}, {"self_attn.q_proj.weight", "attn_q.weight"},
+        {"self_attn.k_proj.weight", "attn_k.weight"}, {"self_attn.v_proj.weight", "attn_v.weight"},
+        {"self_attn.o_proj.weight", "attn_output.weight"}, {"post_attention_layernorm.weight", "ffn_norm.weight"},
+        {"mlp.gate_proj.weight", "ffn_gate.weight"}, {"mlp.up_proj.weight", "ffn_up.weight"},
+        {"mlp.down_proj.weight", "ffn_down.weight"}};
+    return "blk." + layer + "." + m.at(rest);
+  };
+  int n = 0;
+  for (const auto& w : expected_weights(s)) {
+    auto v = g.read_f32(gname(w.name));
+    if (w.name.ends_with("q_proj.weight")) v = gguf_unpermute_rows(v, w.shape[0], w.shape[1], s.num_heads);
+    if (w.name.ends_with("k_proj.weight")) v = gguf_unpermute_rows(v, w.shape[0], w.shape[1], s.num_kv_heads);
+    for (auto& x : v) x = bf16_to_f32(f32_to_bf16(x));
+    ASSERT_EQ(mf.read_all_f32(w.name), v) << w.name;
+    ++n;
+  }
+  EXPECT_EQ(n, 2 + 30 * 9);
+}

@@ -1,0 +1,155 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "common/dtype.h"
+#include "common/error.h"
+#include "dist/topology.h"
+#include "model/model_spec.h"
+#include "model/transformer.h"
+
+using namespace llmserve;
+
+TEST(DType, Bf16RoundsToNearestEven) {
+  EXPECT_EQ(f32_to_bf16(1.0f), 0x3f80);
+  EXPECT_EQ(bf16_to_f32(0x3f80), 1.0f);
+  // 1 + 2^-8 is exactly between two bf16 values: ties go to even (1.0).
+  EXPECT_EQ(f32_to_bf16(1.0f + std::ldexp(1.0f, -8)), 0x3f80);
+  EXPECT_EQ(f32_to_bf16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3f82);
+  EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(NAN))));
+}
+
+TEST(DType, F16KnownValues) {
+  EXPECT_EQ(f32_to_f16(1.0f), 0x3c00);
+  EXPECT_EQ(f32_to_f16(-2.0f), 0xc000);
+  EXPECT_EQ(f32_to_f16(65504.0f), 0x7bff);
+  EXPECT_EQ(f32_to_f16(1e6f), 0x7c00);  // overflow -> inf
+  EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.0f, -24));  // smallest subnormal
+  for (uint32_t h = 0; h < 0x7c00; ++h)  // every finite positive half survives the round trip
+    ASSERT_EQ(f32_to_f16(f16_to_f32(static_cast<uint16_t>(h))), h) << h;
+}
+
+TEST(Topology, StageMajorGrid) {
+  Topology t = make_topology(5, 8, 4, 2);
+  EXPECT_EQ(t.stage(), 1);
+  EXPECT_EQ(t.tp_rank(), 1);
+  EXPECT_EQ(t.rank_of(0, 1), 1);
+  EXPECT_TRUE(t.last_stage());
+  EXPECT_THROW(make_topology(0, 6, 4, 2), Error);
+}
+
+TEST(Topology, LayersSplitEvenlyEarlierStagesTakeExtra) {
+  int covered = 0;
+  for (int s = 0; s < 3; ++s) {
+    LayerRange r = stage_layers(10, 3, s);
+    EXPECT_EQ(r.begin, covered);
+    EXPECT_EQ(r.end - r.begin, s == 0 ? 4 : 3);
+    covered = r.end;
+  }
+  EXPECT_EQ(covered, 10);
+  EXPECT_THROW(stage_layers(4, 5, 0), Error);
+}
+
+TEST(Topology, ShardRangesCoverVocabulary) {
+  const int64_t V = 151937;  // not divisible
+  int64_t next = 0;
+  for (int r = 0; r < 4; ++r) {
+    Range x = shard_range(V, 4, r);
+    EXPECT_EQ(x.begin, next);
+    next = x.end;
+  }
+  EXPECT_EQ(next, V);
+}
+
+namespace {
+ModelSpec spec(int heads, int kv, int64_t inter = 192, int layers = 4) {
+  ModelSpec s;
+  s.architecture = "LlamaForCausalLM";
+  s.hidden_size = 64;
+  s.intermediate_size = inter;
+  s.num_layers = layers;
+  s.num_heads = heads;
+  s.num_kv_heads = kv;
+  s.head_dim = 16;
+  s.vocab_size = 1000;
+  s.max_position_embeddings = 128;
+  return s;
+}
+}  // namespace
+
+TEST(Sharding, KvHeadsSplitOrReplicated) {
+  // 8 query heads, 2 kv heads: tp=2 splits kv heads, tp=8 replicates each kv head on 4 ranks.
+  for (int r = 0; r < 2; ++r) {
+    ShardInfo sh = make_shard_info(spec(8, 2), make_topology(r, 2, 2, 1));
+    EXPECT_EQ(sh.q_heads, 4);
+    EXPECT_EQ(sh.kv_heads, 1);
+    EXPECT_EQ(sh.kv_head_begin, r);
+  }
+  for (int r = 0; r < 8; ++r) {
+    ShardInfo sh = make_shard_info(spec(8, 2), make_topology(r, 8, 8, 1));
+    EXPECT_EQ(sh.q_heads, 1);
+    EXPECT_EQ(sh.kv_heads, 1);
+    EXPECT_EQ(sh.kv_head_begin, r / 4);  // query head r belongs to kv group r / 4
+  }
+}
+
+TEST(Sharding, ImpossibleLayoutsAreRejectedWithNumbers) {
+  EXPECT_THROW(make_shard_info(spec(6, 2), make_topology(0, 4, 4, 1)), Error);      // heads % tp
+  EXPECT_THROW(make_shard_info(spec(12, 3), make_topology(0, 2, 2, 1)), Error);     // kv 3 vs tp 2
+  EXPECT_THROW(make_shard_info(spec(8, 2, 190), make_topology(0, 4, 4, 1)), Error); // intermediate
+  EXPECT_THROW(make_shard_info(spec(4, 2, 192, 2), make_topology(0, 4, 1, 4)), Error);  // pp > layers
+  try {
+    model_spec_check_layout(spec(6, 2), 4, 1);
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("6 attention heads"), std::string::npos) << e.what();
+  }
+}
+
+TEST(ModelSpec, RopeLlama3ScalingMatchesFormula) {
+  ModelSpec s = spec(4, 1);
+  s.rope_theta = 500000;
+  s.rope_scaling.type = "llama3";
+  s.rope_scaling.factor = 32;
+  s.rope_scaling.low_freq_factor = 1;
+  s.rope_scaling.high_freq_factor = 4;
+  s.rope_scaling.original_max_position_embeddings = 8192;
+  auto inv = rope_inv_freq(s);
+  ASSERT_EQ(inv.size(), 8u);
+  EXPECT_FLOAT_EQ(inv[0], 1.0f);  // high frequency: unchanged
+  // lowest frequency: wavelength 2*pi/inv > 8192 -> divided by the factor
+  const float base_last = 1.0f / std::pow(500000.0f, 14.0f / 16.0f);
+  EXPECT_FLOAT_EQ(inv[7], base_last / 32.0f);
+  s.rope_scaling.type = "linear";
+  s.rope_scaling.factor = 4;
+  auto lin = rope_inv_freq(s);
+  EXPECT_FLOAT_EQ(lin[1], (1.0f / std::pow(500000.0f, 2.0f / 16.0f)) / 4.0f);
+}
+
+TEST(ModelSpec, HfConfigErrors) {
+  using nlohmann::json;
+  json ok = {{"architectures", {"LlamaForCausalLM"}}, {"hidden_size", 64}, {"intermediate_size", 128},
+             {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"vocab_size", 100}};
+  EXPECT_NO_THROW(model_spec_from_hf_config(ok));
+  json bad = ok;
+  bad["architectures"] = {"GPTNeoXForCausalLM"};
+  try {
+    model_spec_from_hf_config(bad);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("unsupported architecture GPTNeoXForCausalLM"), std::string::npos);
+  }
+  bad = ok;
+  bad.erase("hidden_size");
+  EXPECT_THROW(model_spec_from_hf_config(bad), Error);
+  bad = ok;
+  bad["num_key_value_heads"] = 3;
+  EXPECT_THROW(model_spec_from_hf_config(bad), Error);
+  bad = ok;
+  bad["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4}};
+  EXPECT_THROW(model_spec_from_hf_config(bad), Error);
+  bad = ok;
+  bad["hidden_size"] = "sixty-four";
+  EXPECT_THROW(model_spec_from_hf_config(bad), Error);
+}

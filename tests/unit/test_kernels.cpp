@@ -1,0 +1,144 @@
+// CPU kernels against direct formulas: paged attention through scrambled block tables must equal
+// plain causal attention over contiguous K/V.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
+
+using namespace llmserve;
+
+namespace {
+std::vector<float> randn(size_t n, std::mt19937& g) {
+  std::normal_distribution<float> d;
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+}  // namespace
+
+TEST(Kernels, LinearMatchesNaive) {
+  std::mt19937 g(1);
+  const int64_t T = 7, K = 37, N = 131;
+  auto x = randn(T * K, g), w = randn(N * K, g), b = randn(N, g);
+  std::vector<float> out(T * N);
+  cpu::linear(x.data(), w.data(), b.data(), T, K, N, out.data());
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t n = 0; n < N; ++n) {
+      double acc = b[n];
+      for (int64_t k = 0; k < K; ++k) acc += static_cast<double>(x[t * K + k]) * w[n * K + k];
+      ASSERT_NEAR(out[t * N + n], acc, 1e-4);
+    }
+}
+
+TEST(Kernels, RmsNorm) {
+  std::vector<float> x = {1, 2, 3, 4}, w = {1, 1, 2, 2}, out(4);
+  cpu::rmsnorm(x.data(), w.data(), 1, 4, 0.0f, out.data());
+  const float r = std::sqrt((1 + 4 + 9 + 16) / 4.0f);
+  EXPECT_FLOAT_EQ(out[0], 1 / r);
+  EXPECT_FLOAT_EQ(out[3], 2 * 4 / r);
+}
+
+TEST(Kernels, RopeRotatesHalves) {
+  // One head of dim 4 at position 3: pairs (0,2) and (1,3) rotate by 3*inv_freq[i].
+  std::vector<float> q = {1, 2, 3, 4}, k = {0.5f, -1, 2, 1}, inv = {1.0f, 0.1f};
+  std::vector<float> q0 = q, k0 = k;
+  int32_t pos = 3;
+  cpu::rope(q.data(), k.data(), &pos, inv.data(), 1, 1, 1, 4);
+  for (int i = 0; i < 2; ++i) {
+    const float a = 3 * inv[i], c = std::cos(a), s = std::sin(a);
+    EXPECT_NEAR(q[i], q0[i] * c - q0[i + 2] * s, 1e-6);
+    EXPECT_NEAR(q[i + 2], q0[i + 2] * c + q0[i] * s, 1e-6);
+    EXPECT_NEAR(k[i], k0[i] * c - k0[i + 2] * s, 1e-6);
+  }
+}
+
+TEST(Kernels, PagedAttentionEqualsContiguousCausalAttention) {
+  std::mt19937 g(7);
+  const int64_t Hq = 4, Hk = 2, D = 8, bs = 4, num_blocks = 32;
+  const std::vector<int32_t> lens = {9, 1, 14};      // tokens per sequence in this step
+  const std::vector<int32_t> cached = {0, 12, 3};    // tokens already in the cache before the step
+  const int64_t S = 3, max_blocks = 5;
+  // Scrambled physical blocks.
+  std::vector<int32_t> perm(num_blocks);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), g);
+  std::vector<int32_t> tables(S * max_blocks, -1);
+  int next = 0;
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t b = 0; b < (cached[s] + lens[s] + bs - 1) / bs; ++b) tables[s * max_blocks + b] = perm[next++];
+
+  std::vector<float> kc(num_blocks * bs * Hk * D, NAN), vc(kc.size(), NAN);
+  // Full K/V history per sequence (contiguous reference).
+  std::vector<std::vector<float>> K(S), Vv(S);
+  std::vector<int32_t> q_start = {0}, positions, slots;
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t n = cached[s] + lens[s];
+    K[s] = randn(n * Hk * D, g);
+    Vv[s] = randn(n * Hk * D, g);
+    auto slot = [&](int64_t p) { return tables[s * max_blocks + p / bs] * bs + p % bs; };
+    for (int64_t p = 0; p < cached[s]; ++p) {  // earlier steps' keys already in the cache
+      std::copy_n(&K[s][p * Hk * D], Hk * D, &kc[slot(p) * Hk * D]);
+      std::copy_n(&Vv[s][p * Hk * D], Hk * D, &vc[slot(p) * Hk * D]);
+    }
+    for (int64_t i = 0; i < lens[s]; ++i) {
+      positions.push_back(static_cast<int32_t>(cached[s] + i));
+      slots.push_back(static_cast<int32_t>(slot(cached[s] + i)));
+    }
+    q_start.push_back(q_start.back() + lens[s]);
+  }
+  const int64_t T = q_start.back();
+  std::vector<float> newk(T * Hk * D), newv(T * Hk * D);
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t i = 0; i < lens[s]; ++i) {
+      std::copy_n(&K[s][(cached[s] + i) * Hk * D], Hk * D, &newk[(q_start[s] + i) * Hk * D]);
+      std::copy_n(&Vv[s][(cached[s] + i) * Hk * D], Hk * D, &newv[(q_start[s] + i) * Hk * D]);
+    }
+  cpu::kv_write(newk.data(), newv.data(), slots.data(), T, Hk, D, kc.data(), vc.data());
+  auto q = randn(T * Hq * D, g);
+  std::vector<float> out(T * Hq * D);
+  const float scale = 1 / std::sqrt(static_cast<float>(D));
+  cpu::paged_attention(q.data(), kc.data(), vc.data(), tables.data(), max_blocks, q_start.data(), positions.data(), S,
+                       Hq, Hk, D, bs, scale, out.data());
+  for (int64_t s = 0; s < S; ++s)
+    for (int64_t i = 0; i < lens[s]; ++i) {
+      const int64_t t = q_start[s] + i, p = cached[s] + i;
+      for (int64_t h = 0; h < Hq; ++h) {
+        const int64_t kh = h / (Hq / Hk);
+        std::vector<double> w(p + 1);
+        double mx = -1e30, sum = 0;
+        for (int64_t j = 0; j <= p; ++j) {
+          double acc = 0;
+          for (int64_t d = 0; d < D; ++d) acc += q[(t * Hq + h) * D + d] * K[s][(j * Hk + kh) * D + d];
+          w[j] = acc * scale;
+          mx = std::max(mx, w[j]);
+        }
+        for (auto& x : w) sum += (x = std::exp(x - mx));
+        for (int64_t d = 0; d < D; ++d) {
+          double o = 0;
+          for (int64_t j = 0; j <= p; ++j) o += w[j] / sum * Vv[s][(j * Hk + kh) * D + d];
+          ASSERT_NEAR(out[(t * Hq + h) * D + d], o, 1e-5) << "seq " << s << " token " << i << " head " << h;
+        }
+      }
+    }
+}
+
+TEST(Kernels, EmbeddingShardZeroesForeignRows) {
+  std::vector<float> table = {1, 1, 2, 2, 3, 3};  // rows 10..12 of the vocabulary
+  std::vector<int32_t> ids = {11, 5, 12};
+  std::vector<float> out(6, -1);
+  cpu::embedding(table.data(), 10, 3, ids.data(), 3, 2, out.data());
+  EXPECT_EQ(out, (std::vector<float>{2, 2, 0, 0, 3, 3}));
+}
+
+TEST(Kernels, SiluMul) {
+  std::vector<float> g = {0, 1, -2}, u = {5, 2, 1}, out(3);
+  cpu::silu_mul(g.data(), u.data(), 3, out.data());
+  EXPECT_FLOAT_EQ(out[0], 0);
+  EXPECT_NEAR(out[1], 2 * 1 / (1 + std::exp(-1.0)), 1e-6);
+  EXPECT_NEAR(out[2], -2 / (1 + std::exp(2.0)), 1e-6);
+}
