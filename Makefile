@@ -23,11 +23,14 @@ configure:
 build: configure
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
-# The test command of the README (also what .ci/run calls).
-test: build
+# The README's two commands. Both install the dependencies first (idempotent, quick when present).
+# `make test` is also what .ci/run calls.
+test: deps
+	$(MAKE) build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
 
-run: build
+run: deps
+	$(MAKE) build
 	bash scripts/run-demo.sh
 
 clean:

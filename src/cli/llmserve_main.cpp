@@ -19,7 +19,7 @@ namespace {
 const char* kUsage =
     "usage: llmserve [serve] config.yaml [--option value ...]\n"
     "       llmserve logits config.yaml|--model m.h5 (--prompt-ids 1,2,3 | --prompts p.jsonl)\n"
-    "                [--max-tokens N] [--top-k K] [--output out.jsonl] [--logits-output last.f32]\n"
+    "                [--max-tokens N] [--stop-at-eos] [--top-k K] [--output out.jsonl] [--logits-output last.f32]\n"
     "       llmserve --help | --version\n"
     "Run under MPI for several ranks: mpirun -np <tp*pp> llmserve config.yaml\n\n";
 

@@ -108,5 +108,9 @@ check "convert: bad dtype" 1 "unknown dtype 'int3'" -- "$convert" "$fixtures/mod
 check "convert: fp16 cast runs" 0 "converted" -- "$convert" "$fixtures/models/tiny-llama3" -o "$work/llama-f16.h5" --dtype float16
 check "fp16 model still matches greedy" 0 '"generated_ids":\[' -- "$llmserve" logits --model "$work/llama-f16.h5" --prompt-ids 128000,791,6864 --max-tokens 3
 
+# SmolLM2-style stop: the tiny fixture never emits EOS, so --stop-at-eos must not shorten its output.
+check "--stop-at-eos keeps going without EOS" 0 '"generated_ids":\[[0-9]+,[0-9]+,[0-9]+\]' -- \
+  "$llmserve" logits "$work/good.yaml" --prompt-ids 9707 --max-tokens 3 --stop-at-eos
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

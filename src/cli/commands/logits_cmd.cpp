@@ -25,6 +25,7 @@ struct LogitsArgs {
   std::vector<std::vector<int32_t>> prompts;
   int max_tokens = 0;
   int top_k = 5;
+  bool stop_at_eos = false;
   std::string output;
   std::string logits_output;
 };
@@ -85,6 +86,8 @@ std::vector<std::string> take_logits_args(const std::vector<std::string>& args, 
       la.max_tokens = to_int(value(i, "--max-tokens"), "--max-tokens");
     } else if (is(a, "--top-k")) {
       la.top_k = to_int(value(i, "--top-k"), "--top-k");
+    } else if (a == "--stop-at-eos") {
+      la.stop_at_eos = true;
     } else if (is(a, "--output")) {
       la.output = value(i, "--output");
     } else if (is(a, "--logits-output")) {
@@ -174,6 +177,7 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
     }
   });
 
+  const std::vector<int64_t> eos = runner.spec().eos_token_ids;
   BlockAllocator blocks(runner.num_blocks());
   std::string jsonl;
   std::string last_logits;
@@ -206,6 +210,7 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
       runner.world().broadcast(&next, sizeof next, 0);
       generated.push_back(next);
       if (step + 1 == la.max_tokens) break;
+      if (la.stop_at_eos && std::count(eos.begin(), eos.end(), next)) break;
       const int32_t pos = static_cast<int32_t>(prompt.size()) + step;
       std::vector<float> l = runner.step(one_sequence_step({next}, pos, table, bs, false));
       if (rank == 0) next = top_k_ids(l.data(), V, 1)[0];

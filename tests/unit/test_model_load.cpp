@@ -1,0 +1,84 @@
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "backend/cpu_backend.h"
+#include "common/error.h"
+#include "config/config.h"
+#include "convert/model_writer.h"
+#include "dist/comm.h"
+#include "model/model_file.h"
+#include "model/transformer.h"
+#include "model/weight_names.h"
+
+using namespace llmserve;
+namespace fs = std::filesystem;
+
+namespace {
+// A one-rank communicator: collectives are identities.
+class SelfComm : public Comm {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void all_reduce_sum(float*, size_t) override {}
+  void all_gather(const float* s, size_t n, float* r) override { std::copy(s, s + n, r); }
+  void broadcast(void*, size_t, int) override {}
+  void send(const void*, size_t, int) override { throw Error("SelfComm: no peers"); }
+  void recv(void*, size_t, int) override { throw Error("SelfComm: no peers"); }
+  void barrier() override {}
+};
+
+ModelSpec tiny_spec() {
+  ModelSpec s;
+  s.architecture = "LlamaForCausalLM";
+  s.model_type = "llama";
+  s.hidden_size = 8;
+  s.intermediate_size = 16;
+  s.num_layers = 2;
+  s.num_heads = 2;
+  s.num_kv_heads = 1;
+  s.head_dim = 4;
+  s.vocab_size = 10;
+  s.max_position_embeddings = 32;
+  return s;
+}
+}  // namespace
+
+TEST(ModelLoad, MissingTensorIsNamed) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "llmserve-missing";
+  fs::create_directories(dir);
+  const std::string path = (dir / "m.h5").string();
+  const ModelSpec s = tiny_spec();
+  {
+    ModelWriter w(path, s, "test");
+    for (const auto& t : expected_weights(s)) {
+      if (t.name == "model.layers.1.mlp.up_proj.weight") continue;
+      std::vector<float> zeros(t.shape.size() == 2 ? t.shape[0] * t.shape[1] : t.shape[0], 0.f);
+      w.add_tensor(t.name, DType::F32, t.shape, zeros.data());
+    }
+    w.commit();
+  }
+  ModelFile mf(path);
+  CpuBackend be;
+  SelfComm comm;
+  try {
+    Transformer t(s, make_topology(0, 1, 1, 1), be, comm, mf);
+    FAIL() << "loaded a model with a missing tensor";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'model.layers.1.mlp.up_proj.weight' missing"), std::string::npos) << e.what();
+  }
+}
+
+TEST(ModelLoad, EveryExampleConfigParsesAndValidates) {
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(fs::path(LLMSERVE_SOURCE_DIR) / "inputs")) {
+    if (e.path().extension() != ".yaml") continue;
+    Config c;
+    EXPECT_NO_THROW({
+      config_parse_args(c, {e.path().string()});
+      config_validate(c);
+    }) << e.path();
+    ++n;
+  }
+  EXPECT_GE(n, 4);
+}
