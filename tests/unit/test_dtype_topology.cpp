@@ -9,6 +9,7 @@
 #include "dist/topology.h"
 #include "model/model_spec.h"
 #include "model/transformer.h"
+#include "test_util.h"
 
 using namespace llmserve;
 
@@ -65,17 +66,7 @@ TEST(Topology, ShardRangesCoverVocabulary) {
 
 namespace {
 ModelSpec spec(int heads, int kv, int64_t inter = 192, int layers = 4) {
-  ModelSpec s;
-  s.architecture = "LlamaForCausalLM";
-  s.hidden_size = 64;
-  s.intermediate_size = inter;
-  s.num_layers = layers;
-  s.num_heads = heads;
-  s.num_kv_heads = kv;
-  s.head_dim = 16;
-  s.vocab_size = 1000;
-  s.max_position_embeddings = 128;
-  return s;
+  return llmserve::testing::small_spec(heads, kv, inter, layers);
 }
 }  // namespace
 

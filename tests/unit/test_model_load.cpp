@@ -10,6 +10,7 @@
 #include "model/model_file.h"
 #include "model/transformer.h"
 #include "model/weight_names.h"
+#include "test_util.h"
 
 using namespace llmserve;
 namespace fs = std::filesystem;
@@ -28,20 +29,7 @@ class SelfComm : public Comm {
   void barrier() override {}
 };
 
-ModelSpec tiny_spec() {
-  ModelSpec s;
-  s.architecture = "LlamaForCausalLM";
-  s.model_type = "llama";
-  s.hidden_size = 8;
-  s.intermediate_size = 16;
-  s.num_layers = 2;
-  s.num_heads = 2;
-  s.num_kv_heads = 1;
-  s.head_dim = 4;
-  s.vocab_size = 10;
-  s.max_position_embeddings = 32;
-  return s;
-}
+ModelSpec tiny_spec() { return llmserve::testing::small_spec(2, 1, 16, 2, 8, 4, 10); }
 }  // namespace
 
 TEST(ModelLoad, MissingTensorIsNamed) {
