@@ -40,6 +40,8 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
     backend_ = make_backend(cfg_.backend, topo_.tp_rank());
   });
   log_set_rank(topo_.world_rank);
+  if (backend_->name() == "cpu" && cfg_.dtype != "auto" && cfg_.dtype != "float" && cfg_.dtype != "float32")
+    log_warn("dtype ", cfg_.dtype, " applies to the CUDA backend; the CPU backend computes in float32");
   tp_comm_ = mpi_split(world_comm, topo_.stage(), topo_.tp_rank());
   agree(world_comm, [&] { model_ = std::make_unique<Transformer>(spec_, topo_, *backend_, *tp_comm_, *file); });
   file.reset();
