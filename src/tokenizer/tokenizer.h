@@ -1,0 +1,78 @@
+// Hugging Face-compatible byte-level BPE tokenizer, built from the tokenizer.json (and
+// tokenizer_config.json) stored in the model file. encode() gives the ids transformers'
+// `encode(text, add_special_tokens=...)` gives; added and special tokens written in the text are
+// matched as tokens (longest match first, as HF does with split_special_tokens=False). decode()
+// gives `decode(ids, skip_special_tokens=...)`.
+#pragma once
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "tokenizer/bpe.h"
+#include "tokenizer/pre_tokenizer.h"
+
+namespace llmserve {
+
+class ModelFile;
+
+struct AddedToken {
+  int32_t id = 0;
+  std::string content;
+  bool special = false;
+  bool lstrip = false, rstrip = false, single_word = false;
+};
+
+class Tokenizer {
+ public:
+  // tokenizer_config_json may be empty.
+  Tokenizer(const std::string& tokenizer_json, const std::string& tokenizer_config_json);
+  // From the /tokenizer documents of a model file; throws Error when it has none.
+  static std::unique_ptr<Tokenizer> from_model_file(const ModelFile& file);
+
+  std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = false) const;
+  std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const;
+  // The bytes a token contributes to decoded text (empty when skipped as special).
+  std::string token_bytes(int32_t id, bool skip_special_tokens) const;
+
+  int32_t vocab_size() const { return vocab_size_; }
+  std::optional<int32_t> token_to_id(const std::string& token) const;
+  std::string id_to_token(int32_t id) const;
+  bool is_special(int32_t id) const;
+  std::optional<int32_t> bos_id() const { return bos_id_; }
+  const std::optional<std::string>& bos_token() const { return bos_token_; }
+  const std::optional<std::string>& eos_token() const { return eos_token_; }
+
+ private:
+  void encode_segment(std::string_view text, std::vector<int32_t>& out) const;
+  std::unique_ptr<BpeModel> bpe_;
+  Normalizer normalizer_{nlohmann::json()};
+  std::unique_ptr<PreTokenizer> pre_;
+  bool byte_level_decoder_ = false;
+  std::vector<AddedToken> added_;            // sorted by content length, longest first
+  std::unordered_map<int32_t, size_t> added_by_id_;
+  std::vector<int32_t> prefix_ids_, suffix_ids_;  // added by add_special_tokens
+  std::optional<int32_t> bos_id_;
+  std::optional<std::string> bos_token_, eos_token_;
+  int32_t vocab_size_ = 0;
+};
+
+// Streaming decode: add() returns the text that is final once `id` is appended (never half a UTF-8
+// character); finish() returns what is left. The concatenation equals decode() of all ids.
+class IncrementalDecoder {
+ public:
+  IncrementalDecoder(const Tokenizer& tok, bool skip_special_tokens) : tok_(tok), skip_(skip_special_tokens) {}
+  std::string add(int32_t id);
+  std::string finish();
+
+ private:
+  const Tokenizer& tok_;
+  bool skip_;
+  std::string pending_;
+};
+
+}  // namespace llmserve

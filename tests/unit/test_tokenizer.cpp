@@ -1,0 +1,195 @@
+// The tokenizer against Hugging Face tokenizers' own output (../shared/fixtures/tokenizer).
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "common/error.h"
+#include "tokenizer/regex.h"
+#include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
+
+using namespace llmserve;
+using json = nlohmann::json;
+
+namespace {
+
+std::string slurp(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  if (!f) throw std::runtime_error("cannot read " + p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+const std::string kFix = LLMSERVE_FIXTURES;
+
+std::string model_dir(const std::string& name) { return kFix + "/models/tiny-" + name; }
+
+const Tokenizer& tokenizer(const std::string& name) {
+  static std::map<std::string, std::unique_ptr<Tokenizer>> cache;
+  auto& t = cache[name];
+  if (!t)
+    t = std::make_unique<Tokenizer>(slurp(model_dir(name) + "/tokenizer.json"),
+                                    slurp(model_dir(name) + "/tokenizer_config.json"));
+  return *t;
+}
+
+std::vector<json> hf_cases(const std::string& name) {
+  std::vector<json> out;
+  std::ifstream f(kFix + "/tokenizer/" + name + "/hf_cases.jsonl");
+  for (std::string line; std::getline(f, line);)
+    if (!line.empty()) out.push_back(json::parse(line));
+  return out;
+}
+
+std::string show(const std::vector<int32_t>& v) {
+  std::string s;
+  for (auto x : v) s += std::to_string(x) + " ";
+  return s;
+}
+
+}  // namespace
+
+class TokenizerFixture : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TokenizerFixture, HfCasesEncodeAndDecode) {
+  const Tokenizer& tok = tokenizer(GetParam());
+  const auto cases = hf_cases(GetParam());
+  ASSERT_GT(cases.size(), 50u);
+  int bad = 0;
+  for (const auto& c : cases) {
+    const std::string text = c["text"].get<std::string>();
+    const auto want = c["ids"].get<std::vector<int32_t>>();
+    const auto got = tok.encode(text, false);
+    if (got != want) {
+      ++bad;
+      ADD_FAILURE() << "encode " << json(text).dump() << "\n  got  " << show(got) << "\n  want " << show(want);
+    }
+    EXPECT_EQ(tok.decode(want), c["decoded"].get<std::string>()) << json(text).dump();
+  }
+  EXPECT_EQ(bad, 0);
+}
+
+TEST_P(TokenizerFixture, VocabTestCases) {
+  const Tokenizer& tok = tokenizer(GetParam());
+  const std::string inp = slurp(kFix + "/tokenizer/" + GetParam() + "/cases.inp");
+  const std::string outp = slurp(kFix + "/tokenizer/" + GetParam() + "/cases.out");
+  const std::string sep = "\n__ggml_vocab_test__\n";
+  std::vector<std::string> inputs;
+  for (size_t pos = 0;;) {
+    const size_t next = inp.find(sep, pos);
+    if (next == std::string::npos) break;
+    inputs.push_back(inp.substr(pos, next - pos));
+    pos = next + sep.size();
+  }
+  std::istringstream lines(outp);
+  std::string line;
+  size_t n = 0;
+  for (const auto& text : inputs) {
+    ASSERT_TRUE(std::getline(lines, line)) << "cases.out has fewer lines than inputs";
+    std::vector<int32_t> want;
+    std::istringstream ids(line);
+    for (int32_t x; ids >> x;) want.push_back(x);
+    EXPECT_EQ(tok.encode(text, false), want) << json(text).dump();
+    ++n;
+  }
+  EXPECT_GT(n, 20u);
+}
+
+TEST_P(TokenizerFixture, StreamingDecodeEqualsWholeDecode) {
+  const Tokenizer& tok = tokenizer(GetParam());
+  for (const auto& c : hf_cases(GetParam())) {
+    const auto ids = c["ids"].get<std::vector<int32_t>>();
+    for (bool skip : {false, true}) {
+      IncrementalDecoder dec(tok, skip);
+      std::string streamed;
+      for (int32_t id : ids) {
+        const std::string chunk = dec.add(id);
+        // Every chunk is valid UTF-8 on its own.
+        EXPECT_EQ(unicode::utf8_lossy(chunk), chunk);
+        streamed += chunk;
+      }
+      streamed += dec.finish();
+      EXPECT_EQ(streamed, tok.decode(ids, skip)) << c["text"].dump();
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, TokenizerFixture, ::testing::Values("qwen2", "llama3"));
+
+TEST(Tokenizer, SpecialTokensInTextAndSkipping) {
+  const Tokenizer& tok = tokenizer("qwen2");
+  auto ids = tok.encode("<|im_start|>user\nhi<|im_end|>", false);
+  ASSERT_GE(ids.size(), 4u);
+  EXPECT_EQ(ids.front(), 151644);
+  EXPECT_EQ(ids.back(), 151645);
+  EXPECT_TRUE(tok.is_special(151644));
+  EXPECT_EQ(tok.decode(ids, true), "user\nhi");
+  EXPECT_EQ(tok.decode(ids, false), "<|im_start|>user\nhi<|im_end|>");
+}
+
+TEST(Tokenizer, InvalidUtf8IsReplacedLikeHf) {
+  // Byte tokens: 0xE4 alone (a cut 3-byte sequence) then 'a'.
+  const Tokenizer& tok = tokenizer("qwen2");
+  auto e4 = tok.token_to_id(byte_to_unicode()[0xE4]);
+  auto a = tok.token_to_id("a");
+  ASSERT_TRUE(e4 && a);
+  EXPECT_EQ(tok.decode({*e4, *a}), "\xEF\xBF\xBD" "a");
+  IncrementalDecoder dec(tok, false);
+  EXPECT_EQ(dec.add(*e4), "");  // held back: more bytes could complete it
+  EXPECT_EQ(dec.add(*a), "\xEF\xBF\xBD" "a");
+  EXPECT_EQ(dec.finish(), "");
+}
+
+TEST(Unicode, Nfc) {
+  // e + combining acute -> é; Hangul jamo compose; a singleton (Angstrom sign) maps to Å.
+  EXPECT_EQ(unicode::nfc_utf8("e\xCC\x81"), "\xC3\xA9");
+  EXPECT_EQ(unicode::encode_utf8(unicode::nfc(U"\u1100\u1161\u11A8")), unicode::encode_utf8(U"\uAC01"));
+  EXPECT_EQ(unicode::encode_utf8(unicode::nfc(U"\u212B")), unicode::encode_utf8(U"\u00C5"));
+  // Canonical reordering: dot below (220) before acute (230) whatever the input order.
+  EXPECT_EQ(unicode::encode_utf8(unicode::nfc(U"q\u0301\u0323")), unicode::encode_utf8(U"q\u0323\u0301"));
+  EXPECT_EQ(unicode::nfc_utf8("plain ascii"), "plain ascii");
+}
+
+TEST(Unicode, Categories) {
+  EXPECT_EQ(unicode::category(U'a'), unicode::Cat::Ll);
+  EXPECT_EQ(unicode::category(U'中'), unicode::Cat::Lo);
+  EXPECT_EQ(unicode::category(U'½'), unicode::Cat::No);
+  EXPECT_EQ(unicode::category(0x1F999), unicode::Cat::So);  // 🦙
+  EXPECT_EQ(unicode::category(0x10FFFF), unicode::Cat::Cn);
+  EXPECT_TRUE(unicode::is_white_space(0x3000));
+  EXPECT_FALSE(unicode::is_white_space(0x200B));  // zero width space is not White_Space
+}
+
+TEST(Regex, LeftmostFirstAlternationAndLookahead) {
+  Regex re("\\s+(?!\\S)|\\s+");
+  std::u32string t = U"a   b";
+  size_t b, e;
+  ASSERT_TRUE(re.search(t, 0, b, e));
+  EXPECT_EQ(b, 1u);
+  EXPECT_EQ(e, 3u);  // leaves one space to attach to "b"
+  Regex ci("(?i:'s|'t)");
+  ASSERT_TRUE(ci.search(U"IT'S", 0, b, e));
+  EXPECT_EQ(b, 2u);
+  Regex rep("\\p{N}{1,3}");
+  ASSERT_TRUE(rep.search(U"x12345", 0, b, e));
+  EXPECT_EQ(e - b, 3u);
+  EXPECT_THROW(Regex("a++"), Error);
+  EXPECT_THROW(Regex("(?<name>x)"), Error);
+  EXPECT_THROW(Regex("[a-"), Error);
+}
+
+TEST(Tokenizer, BadTokenizerJsonIsAnError) {
+  EXPECT_THROW(Tokenizer("{not json", ""), Error);
+  EXPECT_THROW(Tokenizer(R"({"model": {"type": "Unigram", "vocab": []}})", ""), Error);
+  json tj = json::parse(slurp(model_dir("qwen2") + "/tokenizer.json"));
+  tj["pre_tokenizer"] = {{"type", "Metaspace"}};
+  try {
+    Tokenizer t(tj.dump(), "");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("Metaspace"), std::string::npos) << e.what();
+  }
+}
