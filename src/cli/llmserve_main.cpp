@@ -20,6 +20,8 @@ const char* kUsage =
     "usage: llmserve [serve] config.yaml [--option value ...]\n"
     "       llmserve logits config.yaml|--model m.h5 (--prompt-ids 1,2,3 | --prompts p.jsonl)\n"
     "                [--max-tokens N] [--stop-at-eos] [--top-k K] [--output out.jsonl] [--logits-output last.f32]\n"
+    "       llmserve tokenize config.yaml|--model m.h5 [--add-special-tokens] TEXT|-\n"
+    "       llmserve detokenize config.yaml|--model m.h5 [--skip-special-tokens] 1,2,3|-\n"
     "       llmserve --help | --version\n"
     "Run under MPI for several ranks: mpirun -np <tp*pp> llmserve config.yaml\n\n";
 
@@ -40,6 +42,10 @@ int main(int argc, char** argv) {
       if (rank == 0) std::printf("llmserve 0.1.0\n");
     } else if (args[0] == "logits") {
       rc = llmserve::cmd_logits({args.begin() + 1, args.end()}, MPI_COMM_WORLD);
+    } else if (args[0] == "tokenize") {
+      rc = llmserve::cmd_tokenize({args.begin() + 1, args.end()}, MPI_COMM_WORLD);
+    } else if (args[0] == "detokenize") {
+      rc = llmserve::cmd_detokenize({args.begin() + 1, args.end()}, MPI_COMM_WORLD);
     } else if (args[0] == "serve") {
       rc = llmserve::cmd_serve({args.begin() + 1, args.end()}, MPI_COMM_WORLD);
     } else if (args[0].rfind("-", 0) == 0 || args[0].ends_with(".yaml") || args[0].ends_with(".yml")) {

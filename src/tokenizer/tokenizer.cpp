@@ -76,7 +76,10 @@ Tokenizer::Tokenizer(const std::string& tokenizer_json, const std::string& token
     }
     std::stable_sort(added_.begin(), added_.end(),
                      [](const AddedToken& a, const AddedToken& b) { return a.content.size() > b.content.size(); });
-    for (size_t i = 0; i < added_.size(); ++i) added_by_id_[added_[i].id] = i;
+    for (size_t i = 0; i < added_.size(); ++i) {
+      added_by_id_[added_[i].id] = i;
+      added_by_first_byte_[static_cast<unsigned char>(added_[i].content[0])].push_back(static_cast<uint32_t>(i));
+    }
 
     bos_token_ = token_text(cfg, "bos_token");
     eos_token_ = token_text(cfg, "eos_token");
@@ -155,7 +158,8 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_t
   size_t seg = 0, i = 0;
   while (i < text.size()) {
     const AddedToken* hit = nullptr;
-    for (const auto& a : added_) {
+    for (uint32_t k : added_by_first_byte_[static_cast<unsigned char>(text[i])]) {
+      const AddedToken& a = added_[k];
       if (a.content.size() > text.size() - i || text.compare(i, a.content.size(), a.content) != 0) continue;
       if (a.single_word && (is_word_char(text, i, true) || is_word_char(text, i + a.content.size(), false))) continue;
       hit = &a;

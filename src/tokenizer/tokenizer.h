@@ -4,6 +4,7 @@
 // matched as tokens (longest match first, as HF does with split_special_tokens=False). decode()
 // gives `decode(ids, skip_special_tokens=...)`.
 #pragma once
+#include <array>
 #include <memory>
 #include <optional>
 #include <string>
@@ -54,6 +55,7 @@ class Tokenizer {
   std::unique_ptr<PreTokenizer> pre_;
   bool byte_level_decoder_ = false;
   std::vector<AddedToken> added_;            // sorted by content length, longest first
+  std::array<std::vector<uint32_t>, 256> added_by_first_byte_;  // indices into added_, same order
   std::unordered_map<int32_t, size_t> added_by_id_;
   std::vector<int32_t> prefix_ids_, suffix_ids_;  // added by add_special_tokens
   std::optional<int32_t> bos_id_;

@@ -112,5 +112,15 @@ check "fp16 model still matches greedy" 0 '"generated_ids":\[' -- "$llmserve" lo
 check "--stop-at-eos keeps going without EOS" 0 '"generated_ids":\[[0-9]+,[0-9]+,[0-9]+\]' -- \
   "$llmserve" logits "$work/good.yaml" --prompt-ids 9707 --max-tokens 3 --stop-at-eos
 
+# --- tokenize / detokenize ---------------------------------------------------------
+check "tokenize" 0 '"ids":\[9707,1879\]' -- "$llmserve" tokenize --model "$qwen" "Hello world"
+check "tokenize from stdin" 0 '"count":2' -- bash -c "printf 'Hello world' | '$llmserve' tokenize --model '$qwen' -"
+check "tokenize with special tokens in text" 0 '"ids":\[151644,' -- "$llmserve" tokenize "$work/good.yaml" "<|im_start|>user"
+check "detokenize" 0 "^Hello world$" -- "$llmserve" detokenize --model "$qwen" 9707,1879
+check "detokenize skips special tokens" 0 "^user$" -- "$llmserve" detokenize --model "$qwen" --skip-special-tokens "[151644, 872]"
+check "detokenize: id outside the vocabulary" 1 "token id 999999 is outside the vocabulary" -- "$llmserve" detokenize --model "$qwen" 1,999999
+check "detokenize: not ids" 1 "expected token ids" -- "$llmserve" detokenize --model "$qwen" "hello"
+check "tokenize: no model" 1 "a model is required" -- "$llmserve" tokenize "text"
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

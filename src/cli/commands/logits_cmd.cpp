@@ -15,6 +15,7 @@
 #include "config/config.h"
 #include "dist/collective_check.h"
 #include "model/runner.h"
+#include "tokenizer/tokenizer.h"
 
 namespace llmserve {
 namespace {
@@ -178,6 +179,15 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
   });
 
   const std::vector<int64_t> eos = runner.spec().eos_token_ids;
+  // Decoded text in the output when the model carries a tokenizer.
+  std::unique_ptr<Tokenizer> tok;
+  if (rank == 0) {
+    try {
+      tok = Tokenizer::from_model_file(ModelFile(cfg.model));
+    } catch (const Error& e) {
+      log_warn("no generated_text in the output: ", e.what());
+    }
+  }
   BlockAllocator blocks(runner.num_blocks());
   std::string jsonl;
   std::string last_logits;
@@ -218,6 +228,7 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
     blocks.release(table);
     if (rank == 0) {
       rec["generated_ids"] = generated;
+      if (tok) rec["generated_text"] = tok->decode(generated, true);
       jsonl += rec.dump() + "\n";
     }
   }
