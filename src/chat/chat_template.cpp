@@ -1,0 +1,84 @@
+#include "chat/chat_template.h"
+
+#include "common/error.h"
+#include "common/log.h"
+#include "model/model_file.h"
+
+namespace llmserve {
+using ojson = nlohmann::ordered_json;
+
+const char* ChatTemplate::chatml() {
+  return "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+         "'<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+}
+
+ChatTemplate::ChatTemplate(const std::string& source, ojson special_tokens)
+    : tmpl_(source), special_(std::move(special_tokens)) {}
+
+std::unique_ptr<ChatTemplate> ChatTemplate::from_model_file(const ModelFile& file) {
+  ojson special = ojson::object();
+  if (auto tc = file.text("tokenizer", "tokenizer_config.json")) {
+    ojson cfg;
+    try {
+      cfg = ojson::parse(*tc);
+    } catch (const ojson::exception& e) {
+      throw Error(cat("model file '", file.path(), "': tokenizer_config.json is not valid JSON: ", e.what()));
+    }
+    for (const char* k : {"bos_token", "eos_token", "unk_token", "pad_token"}) {
+      if (!cfg.contains(k) || cfg[k].is_null()) continue;
+      if (cfg[k].is_string()) special[k] = cfg[k];
+      if (cfg[k].is_object() && cfg[k].contains("content")) special[k] = cfg[k]["content"];
+    }
+  }
+  auto src = file.text("tokenizer", "chat_template");
+  std::unique_ptr<ChatTemplate> t;
+  try {
+    t = std::make_unique<ChatTemplate>(src ? *src : std::string(chatml()), special);
+  } catch (const Error& e) {
+    throw Error(cat("model file '", file.path(), "': its chat template cannot be used: ", e.what()));
+  }
+  if (!src) {
+    log_warn("model '", file.path(), "' has no chat template; using ChatML");
+    t->fallback_ = true;
+  }
+  return t;
+}
+
+std::string ChatTemplate::render(const ojson& messages, const ChatRenderOptions& opt) const {
+  if (!messages.is_array()) throw Error("messages must be a list");
+  jinja::Dict vars;
+  for (auto it = special_.begin(); it != special_.end(); ++it) vars.emplace_back(it.key(), jinja::Value::from_json(it.value()));
+  vars.emplace_back("messages", jinja::Value::from_json(messages));
+  vars.emplace_back("tools", jinja::Value::from_json(opt.tools));
+  vars.emplace_back("add_generation_prompt", jinja::Value(opt.add_generation_prompt));
+  if (opt.template_kwargs.is_object())
+    for (auto it = opt.template_kwargs.begin(); it != opt.template_kwargs.end(); ++it) {
+      bool replaced = false;
+      for (auto& [k, v] : vars)
+        if (k == it.key()) v = jinja::Value::from_json(it.value()), replaced = true;
+      if (!replaced) vars.emplace_back(it.key(), jinja::Value::from_json(it.value()));
+    }
+  return tmpl_.render(vars);
+}
+
+ojson parse_tool_call_arguments(const ojson& messages) {
+  ojson out = messages;
+  if (!out.is_array()) return out;
+  for (auto& m : out) {
+    if (!m.is_object() || !m.contains("tool_calls") || !m["tool_calls"].is_array()) continue;
+    for (auto& tc : m["tool_calls"]) {
+      if (!tc.is_object() || !tc.contains("function") || !tc["function"].is_object()) continue;
+      auto& f = tc["function"];
+      if (f.contains("arguments") && f["arguments"].is_string()) {
+        try {
+          f["arguments"] = ojson::parse(f["arguments"].get<std::string>());
+        } catch (const ojson::exception&) {
+          // Not JSON: leave the string (templates that test `is string` print it as is).
+        }
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace llmserve

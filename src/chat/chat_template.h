@@ -1,0 +1,44 @@
+// Renders a model's chat template the way transformers' apply_chat_template does: variables
+// messages, tools, add_generation_prompt, the special tokens (bos_token, eos_token, unk_token,
+// pad_token) and any extra template kwargs (e.g. enable_thinking).
+#pragma once
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "chat/jinja.h"
+
+namespace llmserve {
+
+class ModelFile;
+
+struct ChatRenderOptions {
+  bool add_generation_prompt = true;
+  nlohmann::ordered_json tools = nullptr;                              // a list, or null
+  nlohmann::ordered_json template_kwargs = nlohmann::ordered_json::object();
+};
+
+class ChatTemplate {
+ public:
+  // Parses `source`; throws Error when the template cannot be parsed. `special_tokens` maps
+  // bos_token etc. to their text.
+  ChatTemplate(const std::string& source, nlohmann::ordered_json special_tokens);
+  // The model's template (or ChatML, with a warning, when it has none).
+  static std::unique_ptr<ChatTemplate> from_model_file(const ModelFile& file);
+  // Throws Error (a 400 for the server) when rendering fails, e.g. raise_exception in the template.
+  std::string render(const nlohmann::ordered_json& messages, const ChatRenderOptions& opt = {}) const;
+  bool is_fallback() const { return fallback_; }
+
+  static const char* chatml();
+
+ private:
+  jinja::Template tmpl_;
+  nlohmann::ordered_json special_;
+  bool fallback_ = false;
+};
+
+// OpenAI messages carry tool-call arguments as JSON strings; templates expect objects. Returns a copy
+// with every parseable `tool_calls[].function.arguments` string replaced by its JSON value.
+nlohmann::ordered_json parse_tool_call_arguments(const nlohmann::ordered_json& messages);
+
+}  // namespace llmserve

@@ -1,0 +1,164 @@
+// Chat templates against transformers' apply_chat_template (../shared/fixtures/chat).
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "chat/chat_template.h"
+#include "chat/jinja.h"
+#include "common/error.h"
+#include "tokenizer/tokenizer.h"
+
+using namespace llmserve;
+using ojson = nlohmann::ordered_json;
+
+namespace {
+
+std::string slurp(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  if (!f) throw std::runtime_error("cannot read " + p);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+const std::string kFix = LLMSERVE_FIXTURES;
+
+struct Case {
+  std::string name, template_config, tokenizer_dir;
+};
+
+std::string render_one(const ChatTemplate& t, const ojson& row) {
+  ChatRenderOptions o;
+  o.add_generation_prompt = row["add_generation_prompt"].get<bool>();
+  o.tools = row["tools"];
+  o.template_kwargs = row["template_kwargs"];
+  return t.render(row["messages"], o);
+}
+
+}  // namespace
+
+class ChatFixture : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ChatFixture, RenderingIsByteIdenticalAndIdsEqual) {
+  const Case& c = GetParam();
+  const ojson cfg = ojson::parse(slurp(c.template_config));
+  ojson special = ojson::object();
+  for (const char* k : {"bos_token", "eos_token", "unk_token", "pad_token"})
+    if (cfg.contains(k) && cfg[k].is_string()) special[k] = cfg[k];
+  ChatTemplate t(cfg["chat_template"].get<std::string>(), special);
+  Tokenizer tok(slurp(c.tokenizer_dir + "/tokenizer.json"), slurp(c.tokenizer_dir + "/tokenizer_config.json"));
+  std::ifstream f(kFix + "/chat/" + c.name + ".jsonl");
+  int n = 0;
+  for (std::string line; std::getline(f, line);) {
+    if (line.empty()) continue;
+    const ojson row = ojson::parse(line);
+    std::string got;
+    try {
+      got = render_one(t, row);
+    } catch (const Error& e) {
+      ADD_FAILURE() << c.name << " case " << n << ": " << e.what();
+      ++n;
+      continue;
+    }
+    EXPECT_EQ(got, row["rendered"].get<std::string>()) << c.name << " case " << n;
+    if (!row["ids"].is_null()) EXPECT_EQ(tok.encode(got, false), row["ids"].get<std::vector<int32_t>>()) << c.name << " case " << n;
+    ++n;
+  }
+  EXPECT_GE(n, 5);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Fixtures, ChatFixture,
+    ::testing::Values(Case{"qwen2.5", kFix + "/models/tiny-qwen2/tokenizer_config.json", kFix + "/models/tiny-qwen2"},
+                      Case{"llama3", kFix + "/models/tiny-llama3/tokenizer_config.json", kFix + "/models/tiny-llama3"},
+                      Case{"qwen3", kFix + "/chat/qwen3/tokenizer_config.json", kFix + "/models/tiny-qwen2"}),
+    [](const auto& info) { return info.param.name == "qwen2.5" ? std::string("qwen2_5") : info.param.name; });
+
+namespace {
+std::string render(const std::string& src, const ojson& vars = ojson::object()) {
+  jinja::Dict d;
+  for (auto it = vars.begin(); it != vars.end(); ++it) d.emplace_back(it.key(), jinja::Value::from_json(it.value()));
+  return jinja::Template(src).render(d);
+}
+}  // namespace
+
+TEST(Jinja, ExpressionsAndFilters) {
+  EXPECT_EQ(render("{{ 1 + 2 * 3 }}|{{ 7 // 2 }}|{{ -7 // 2 }}|{{ 7 % 3 }}|{{ 2 ** 10 }}|{{ 7 / 2 }}"), "7|3|-4|1|1024|3.5");
+  EXPECT_EQ(render("{{ 'a' ~ 1 ~ none }}|{{ [1, 2] + [3] }}|{{ {'k': 'v'} }}"), "a1None|[1, 2, 3]|{'k': 'v'}");
+  EXPECT_EQ(render("{{ x[::-1] }}|{{ x[1:] }}|{{ x[-1] }}|{{ s[1:3] }}", {{"x", {1, 2, 3}}, {"s", "hello"}}), "[3, 2, 1]|[2, 3]|3|el");
+  EXPECT_EQ(render("{{ ' a b '.strip() }}|{{ 'a,b,c'.split(',')[1] }}|{{ 'x</think>y'.split('</think>')[-1] }}"), "a b|b|y");
+  EXPECT_EQ(render("{{ 'Hi'.startswith('H') }}|{{ 'abc'.replace('b', 'X') }}|{{ '\\n\\nx'.lstrip('\\n') }}"), "True|aXc|x");
+  EXPECT_EQ(render("{{ d | tojson }}|{{ d | tojson(indent=2) }}", {{"d", {{"b", 1}, {"a", {true, nullptr, 1.5, "é\"q"}}}}}),
+            "{\"b\": 1, \"a\": [true, null, 1.5, \"é\\\"q\"]}|{\n  \"b\": 1,\n  \"a\": [\n    true,\n    null,\n    1.5,\n    \"é\\\"q\"\n  ]\n}");
+  EXPECT_EQ(render("{{ xs | length }}|{{ xs | selectattr('on') | map(attribute='n') | join(',') }}|{{ '  t ' | trim }}",
+                   {{"xs", {{{"n", "a"}, {"on", true}}, {{"n", "b"}, {"on", false}}, {{"n", "c"}, {"on", true}}}}}),
+            "3|a,c|t");
+  EXPECT_EQ(render("{{ x is defined }}|{{ y is not defined }}|{{ none is none }}|{{ 'a' is string }}|{{ false is false }}",
+                   {{"x", 1}}),
+            "True|True|True|True|True");
+  EXPECT_EQ(render("{{ 'yes' if x else 'no' }}|{{ x.missing is defined }}", {{"x", ojson::object()}}), "no|False");
+}
+
+TEST(Jinja, StatementsLoopsNamespacesMacros) {
+  EXPECT_EQ(render("{% for x in xs %}{{ loop.index }}{{ x }}{% if not loop.last %},{% endif %}{% endfor %}", {{"xs", {"a", "b"}}}),
+            "1a,2b");
+  EXPECT_EQ(render("{% set ns = namespace(n=0) %}{% for x in xs %}{% set ns.n = ns.n + x %}{% endfor %}{{ ns.n }}",
+                   {{"xs", {1, 2, 3}}}),
+            "6");
+  // A plain set inside a loop does not leak out of it.
+  EXPECT_EQ(render("{% set n = 0 %}{% for x in xs %}{% set n = x %}{% endfor %}{{ n }}", {{"xs", {1, 2}}}), "0");
+  EXPECT_EQ(render("{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}", {{"d", {{"a", 1}, {"b", 2}}}}), "a=1;b=2;");
+  EXPECT_EQ(render("{% for x in xs if x > 1 %}{{ x }}{% else %}none{% endfor %}", {{"xs", {1, 2, 3}}}), "23");
+  EXPECT_EQ(render("{% for x in xs %}{% if x == 2 %}{% break %}{% endif %}{{ x }}{% endfor %}", {{"xs", {1, 2, 3}}}), "1");
+  EXPECT_EQ(render("{% macro greet(name, p='Hi') %}{{ p }} {{ name }}{% endmacro %}{{ greet('A') }}/{{ greet('B', p='Yo') }}"),
+            "Hi A/Yo B");
+  EXPECT_EQ(render("{% if a %}A{% elif b %}B{% else %}C{% endif %}", {{"a", false}, {"b", true}}), "B");
+  EXPECT_EQ(render("{% set t %}in{{ 1 }}{% endset %}[{{ t }}]"), "[in1]");
+  EXPECT_EQ(render("{% raw %}{{ not rendered }}{% endraw %}"), "{{ not rendered }}");
+}
+
+TEST(Jinja, WhitespaceControlAsTransformers) {
+  // trim_blocks: newline after a block tag goes; lstrip_blocks: indentation before a block tag goes.
+  EXPECT_EQ(render("{% if true %}\n  x\n  {% endif %}\ny"), "  x\ny");
+  EXPECT_EQ(render("a  {%- if true -%}  b  {%- endif %}"), "ab");
+  EXPECT_EQ(render("a\n    {{- 'b' }}"), "ab");
+  EXPECT_EQ(render("{# comment #}\nx"), "x");
+  EXPECT_EQ(render("  {%+ if true %}x{% endif %}"), "  x");
+}
+
+TEST(Jinja, ErrorsAreClear) {
+  auto err = [](const std::string& src, const std::string& needle, const ojson& vars = ojson::object()) {
+    try {
+      render(src, vars);
+      ADD_FAILURE() << "no error for " << src;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  err("{{ raise_exception('Only user and assistant roles') }}", "Only user and assistant roles");
+  err("{% if x %}", "missing 'endif'");
+  err("{{ x | nosuchfilter }}", "unknown filter 'nosuchfilter'");
+  err("{% include 'x' %}", "unsupported statement 'include'");
+  err("{{ 'a' + 1 }}", "unsupported operand types");
+  err("{{ x.y.z }}", "undefined value");
+  err("{{ (1 }}", "expected ')'");
+  err("{% for x in none %}{% endfor %}", "cannot iterate over None");
+}
+
+TEST(ChatTemplate, ToolCallArgumentsAreParsed) {
+  ojson msgs = ojson::parse(R"([{"role": "assistant", "content": "",
+    "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{\"city\": \"Paris\", \"n\": 2}"}}]}])");
+  ojson parsed = parse_tool_call_arguments(msgs);
+  EXPECT_TRUE(parsed[0]["tool_calls"][0]["function"]["arguments"].is_object());
+  EXPECT_EQ(parsed[0]["tool_calls"][0]["function"]["arguments"].dump(), R"({"city":"Paris","n":2})");  // order kept
+  ChatTemplate t("{{ messages[0].tool_calls[0].function.arguments | tojson }}", ojson::object());
+  EXPECT_EQ(t.render(parsed), R"({"city": "Paris", "n": 2})");
+}
+
+TEST(ChatTemplate, ChatMLFallback) {
+  ChatTemplate t(ChatTemplate::chatml(), ojson::object());
+  EXPECT_EQ(t.render(ojson::parse(R"([{"role": "user", "content": "hi"}])")),
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+}
