@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/file_util.h"
 #include "tokenizer/tokenizer.h"
 
 int main(int argc, char** argv) {
@@ -12,13 +13,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: tokenizer_bench TOKENIZER_JSON CORPUS [IDS_OUT]\n");
     return 2;
   }
-  auto slurp = [](const char* p) {
-    std::ifstream f(p, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-  };
-  const std::string tj = slurp(argv[1]), text = slurp(argv[2]);
+  const std::string tj = llmserve::read_file(argv[1]), text = llmserve::read_file(argv[2]);
   llmserve::Tokenizer tok(tj, "");
   const double mb = text.size() / 1e6;
   std::vector<int32_t> ids;

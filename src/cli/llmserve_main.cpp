@@ -19,8 +19,9 @@ namespace {
 const char* kUsage =
     "usage: llmserve [serve] config.yaml [--option value ...]\n"
     "       llmserve logits config.yaml|--model m.h5 (--prompt-ids 1,2,3 | --prompts p.jsonl)\n"
+    "                (p.jsonl lines: {\"ids\": [...]}, {\"messages\": [...]} or {\"prompt\": \"text\"})\n"
     "                [--max-tokens N] [--stop-at-eos] [--top-k K] [--output out.jsonl] [--logits-output last.f32]\n"
-    "       llmserve tokenize config.yaml|--model m.h5 [--add-special-tokens] TEXT|-\n"
+    "       llmserve tokenize config.yaml|--model m.h5 [--add-special-tokens | --messages] TEXT|-\n"
     "       llmserve detokenize config.yaml|--model m.h5 [--skip-special-tokens] 1,2,3|-\n"
     "       llmserve --help | --version\n"
     "Run under MPI for several ranks: mpirun -np <tp*pp> llmserve config.yaml\n\n";

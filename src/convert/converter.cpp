@@ -12,6 +12,7 @@
 
 #include "common/dtype.h"
 #include "common/error.h"
+#include "common/file_util.h"
 #include "common/log.h"
 #include "convert/gguf.h"
 #include "convert/model_writer.h"
@@ -24,17 +25,10 @@ using json = nlohmann::json;
 
 namespace {
 
-std::string read_file(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  if (!f) throw Error(cat("cannot read '", p.string(), "'"));
-  std::ostringstream os;
-  os << f.rdbuf();
-  return os.str();
-}
 
 json parse_json_file(const fs::path& p) {
   try {
-    return json::parse(read_file(p));
+    return json::parse(read_file(p.string()));
   } catch (const json::exception& e) {
     throw Error(cat("'", p.string(), "': invalid JSON: ", e.what()));
   }
@@ -73,7 +67,7 @@ void convert_hf(const ConvertOptions& opt) {
   const fs::path dir(opt.input);
   const fs::path cfg_path = dir / "config.json";
   if (!fs::exists(cfg_path)) throw Error(cat("'", dir.string(), "': no config.json (not a Hugging Face checkpoint)"));
-  const std::string cfg_text = read_file(cfg_path);
+  const std::string cfg_text = read_file(cfg_path.string());
   json cfg;
   try {
     cfg = json::parse(cfg_text);
@@ -132,10 +126,10 @@ void convert_hf(const ConvertOptions& opt) {
   ModelWriter writer(opt.output, spec, "huggingface:" + fs::absolute(dir).string());
   writer.add_text("config", "hf_config.json", cfg_text);
   for (const char* doc : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"})
-    if (fs::exists(dir / doc)) writer.add_text("tokenizer", doc, read_file(dir / doc));
+    if (fs::exists(dir / doc)) writer.add_text("tokenizer", doc, read_file((dir / doc).string()));
   std::string chat_template;
   if (fs::exists(dir / "chat_template.jinja")) {
-    chat_template = read_file(dir / "chat_template.jinja");
+    chat_template = read_file((dir / "chat_template.jinja").string());
   } else if (fs::exists(dir / "tokenizer_config.json")) {
     json tc = parse_json_file(dir / "tokenizer_config.json");
     if (tc.contains("chat_template") && tc["chat_template"].is_string())

@@ -120,6 +120,14 @@ check "detokenize" 0 "^Hello world$" -- "$llmserve" detokenize --model "$qwen" 9
 check "detokenize skips special tokens" 0 "^user$" -- "$llmserve" detokenize --model "$qwen" --skip-special-tokens "[151644, 872]"
 check "detokenize: id outside the vocabulary" 1 "token id 999999 is outside the vocabulary" -- "$llmserve" detokenize --model "$qwen" 1,999999
 check "detokenize: not ids" 1 "expected token ids" -- "$llmserve" detokenize --model "$qwen" "hello"
+check "tokenize chat messages" 0 '"prompt":"<\|im_start\|>system\\nYou are Qwen' -- \
+  "$llmserve" tokenize --model "$qwen" --messages '[{"role": "user", "content": "hi"}]'
+check "tokenize: bad messages" 1 "expects a JSON list of messages" -- "$llmserve" tokenize --model "$qwen" --messages '[{"role"'
+printf '{"messages": [{"role": "user", "content": "hi"}]}\n{"prompt": "Hello"}\n{"ids": [9707]}\n' >"$work/mixed.jsonl"
+check "logits: messages, text and ids prompts" 0 '"prompt_ids":\[9707\]' -- \
+  "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -tp 2 --prompts "$work/mixed.jsonl" --max-tokens 1
+printf '{"messages": [{"role": "user", "content": "hi"}], "x": 1}\n{"text": "no"}\n' >"$work/badreq.jsonl"
+check "logits: prompt line without ids/messages/prompt" 1 'badreq.jsonl line 2' -- "$llmserve" logits "$work/good.yaml" --prompts "$work/badreq.jsonl"
 check "tokenize: no model" 1 "a model is required" -- "$llmserve" tokenize "text"
 
 echo "$passed passed, $failed failed"

@@ -8,6 +8,7 @@
 #include "convert/gguf.h"
 #include "model/model_file.h"
 #include "model/weight_names.h"
+#include "chat/chat_template.h"
 #include "tokenizer/tokenizer.h"
 #include <fstream>
 
@@ -57,21 +58,21 @@ TEST(GgufRoundTrip, SmolLM2EveryTensor) {
   EXPECT_EQ(n, 2 + 30 * 9);
 }
 
-// The tokenizer built from the GGUF metadata reproduces the ids Hugging Face tokenizers gave for the
-// demo chat prompts (inputs/prompts/smollm2-chat.jsonl).
+// The GGUF's chat template and the tokenizer built from its metadata reproduce the ids Hugging Face
+// tokenizers gave for the chat prompts in inputs/prompts/smollm2-chat.jsonl.
 TEST(GgufRoundTrip, SmolLM2TokenizerMatchesHf) {
   const char* dir = std::getenv("LLMSERVE_SMOLLM2_DIR");
   ASSERT_NE(dir, nullptr);
   ModelFile mf(std::string(dir) + "/smollm2-135m-instruct.h5");
   auto tok = Tokenizer::from_model_file(mf);
+  auto chat = ChatTemplate::from_model_file(mf);
+  EXPECT_FALSE(chat->is_fallback());
   std::ifstream f(std::string(LLMSERVE_SOURCE_DIR) + "/inputs/prompts/smollm2-chat.jsonl");
   int n = 0;
   for (std::string line; std::getline(f, line);) {
-    const json j = json::parse(line);
-    std::string text;
-    for (const auto& m : j["messages"])
-      text += "<|im_start|>" + m["role"].get<std::string>() + "\n" + m["content"].get<std::string>() + "<|im_end|>\n";
-    text += "<|im_start|>assistant\n";
+    const auto j = nlohmann::ordered_json::parse(line);
+    // The GGUF's chat template, rendered by llmserve, then tokenized by llmserve.
+    const std::string text = chat->render(j["messages"]);
     EXPECT_EQ(tok->encode(text, false), j["ids"].get<std::vector<int32_t>>());
     EXPECT_EQ(tok->decode(j["ids"].get<std::vector<int32_t>>()), text);
     ++n;

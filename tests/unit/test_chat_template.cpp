@@ -8,6 +8,7 @@
 #include "chat/chat_template.h"
 #include "chat/jinja.h"
 #include "common/error.h"
+#include "common/file_util.h"
 #include "tokenizer/tokenizer.h"
 
 using namespace llmserve;
@@ -15,13 +16,7 @@ using ojson = nlohmann::ordered_json;
 
 namespace {
 
-std::string slurp(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  if (!f) throw std::runtime_error("cannot read " + p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+std::string slurp(const std::string& p) { return read_file(p); }
 
 const std::string kFix = LLMSERVE_FIXTURES;
 

@@ -10,6 +10,7 @@
 
 #include "common/dtype.h"
 #include "common/error.h"
+#include "common/file_util.h"
 #include "convert/converter.h"
 #include "convert/gguf.h"
 #include "convert/model_writer.h"
@@ -32,10 +33,7 @@ fs::path tmpdir(const std::string& name) {
 
 void write_bytes(const fs::path& p, const std::string& bytes) { std::ofstream(p, std::ios::binary) << bytes; }
 
-std::string read_bytes(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
+std::string read_bytes(const fs::path& p) { return read_file(p.string()); }
 
 std::string safetensors_bytes(const json& header, const std::string& data) {
   std::string h = header.dump();

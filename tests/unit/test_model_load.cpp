@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "backend/cpu_backend.h"
+#include "chat/chat_template.h"
 #include "common/error.h"
 #include "config/config.h"
 #include "convert/model_writer.h"
@@ -69,4 +70,26 @@ TEST(ModelLoad, EveryExampleConfigParsesAndValidates) {
     ++n;
   }
   EXPECT_GE(n, 4);
+}
+
+TEST(ModelLoad, BrokenChatTemplateFailsAtLoadAndMissingOneFallsBack) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "llmserve-chat";
+  fs::create_directories(dir);
+  auto make = [&](const std::string& name, const char* tmpl) {
+    const std::string path = (dir / name).string();
+    ModelWriter w(path, tiny_spec(), "test");
+    if (tmpl) w.add_text("tokenizer", "chat_template", tmpl);
+    w.commit();
+    return path;
+  };
+  const std::string broken = make("broken.h5", "{% for m in messages %}{{ m.content }}");
+  try {
+    ChatTemplate::from_model_file(ModelFile(broken));
+    FAIL() << "a broken template loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("broken.h5"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("missing 'endfor'"), std::string::npos) << e.what();
+  }
+  auto fallback = ChatTemplate::from_model_file(ModelFile(make("none.h5", nullptr)));
+  EXPECT_TRUE(fallback->is_fallback());
 }

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/file_util.h"
 #include "tokenizer/regex.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
@@ -15,13 +16,7 @@ using json = nlohmann::json;
 
 namespace {
 
-std::string slurp(const std::string& p) {
-  std::ifstream f(p, std::ios::binary);
-  if (!f) throw std::runtime_error("cannot read " + p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
+std::string slurp(const std::string& p) { return read_file(p); }
 
 const std::string kFix = LLMSERVE_FIXTURES;
 
@@ -192,4 +187,22 @@ TEST(Tokenizer, BadTokenizerJsonIsAnError) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("Metaspace"), std::string::npos) << e.what();
   }
+}
+
+TEST(Tokenizer, BosFromTokenizerConfigAndTemplateProcessing) {
+  const std::string tj = slurp(model_dir("llama3") + "/tokenizer.json");
+  // tokenizer_config's add_bos_token (with a ByteLevel post-processor) prepends BOS...
+  Tokenizer with_bos(tj, R"({"add_bos_token": true, "bos_token": "<|begin_of_text|>"})");
+  EXPECT_EQ(with_bos.encode("Hello", true).front(), 128000);
+  EXPECT_EQ(with_bos.encode("Hello", false).front(), 9906);
+  // ...and so does a TemplateProcessing post-processor, as in the Llama 3 release.
+  json j = json::parse(tj);
+  j["post_processor"] = json::parse(R"({"type": "TemplateProcessing",
+      "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+      "pair": [], "special_tokens": {}})");
+  Tokenizer tp(j.dump(), "");
+  auto ids = tp.encode("Hello", true);
+  ASSERT_EQ(ids.size(), 2u);
+  EXPECT_EQ(ids[0], 128000);
+  EXPECT_EQ(tp.encode("Hello", false).size(), 1u);
 }

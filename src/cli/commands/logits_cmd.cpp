@@ -15,6 +15,8 @@
 #include "config/config.h"
 #include "dist/collective_check.h"
 #include "model/runner.h"
+#include "chat/chat_template.h"
+#include "model/model_file.h"
 #include "tokenizer/tokenizer.h"
 
 namespace llmserve {
@@ -24,6 +26,7 @@ using json = nlohmann::json;
 
 struct LogitsArgs {
   std::vector<std::vector<int32_t>> prompts;
+  std::vector<nlohmann::ordered_json> requests;  // from --prompts, turned into prompts once the model is known
   int max_tokens = 0;
   int top_k = 5;
   bool stop_at_eos = false;
@@ -77,10 +80,13 @@ std::vector<std::string> take_logits_args(const std::vector<std::string>& args, 
         ++n;
         if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
         try {
-          json j = json::parse(line);
-          la.prompts.push_back(j.at("ids").get<std::vector<int32_t>>());
+          la.requests.push_back(nlohmann::ordered_json::parse(line));
+          const auto& j = la.requests.back();
+          if (!j.is_object() || !(j.contains("ids") || j.contains("messages") || j.contains("prompt")))
+            throw Error("no \"ids\", \"messages\" or \"prompt\"");
         } catch (const std::exception& e) {
-          throw Error(cat("logits: ", path, " line ", n, ": expected {\"ids\": [token ids]}: ", e.what()));
+          throw Error(cat("logits: ", path, " line ", n,
+                          ": expected {\"ids\": [...]}, {\"messages\": [...]} or {\"prompt\": \"...\"}: ", e.what()));
         }
       }
     } else if (is(a, "--max-tokens")) {
@@ -160,7 +166,28 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
   agree(world, [&] {
     std::vector<std::string> rest = config_parse_args(cfg, take_logits_args(args, la));
     if (!rest.empty()) throw Error(cat("logits: unexpected argument '", rest[0], "'"));
-    if (la.prompts.empty()) throw Error("logits: no prompts (--prompt-ids 1,2,3 or --prompts file.jsonl)");
+    if (la.prompts.empty() && la.requests.empty())
+      throw Error("logits: no prompts (--prompt-ids 1,2,3 or --prompts file.jsonl)");
+    // Prompts given as chat messages or text go through the model's chat template and tokenizer.
+    std::unique_ptr<Tokenizer> tok;
+    std::unique_ptr<ChatTemplate> chat;
+    for (const auto& r : la.requests) {
+      if (r.contains("ids")) {
+        la.prompts.push_back(r["ids"].get<std::vector<int32_t>>());
+        continue;
+      }
+      if (!tok) {
+        if (cfg.model.empty()) throw Error("config: model is required (a .h5 file made by llmserve-convert)");
+        ModelFile file(cfg.model);
+        tok = Tokenizer::from_model_file(file);
+        chat = ChatTemplate::from_model_file(file);
+      }
+      if (r.contains("messages")) {
+        la.prompts.push_back(tok->encode(chat->render(parse_tool_call_arguments(r["messages"])), false));
+      } else {
+        la.prompts.push_back(tok->encode(r["prompt"].get<std::string>(), true));
+      }
+    }
     for (size_t i = 0; i < la.prompts.size(); ++i)
       if (la.prompts[i].empty()) throw Error(cat("logits: prompt ", i, " is empty"));
   });

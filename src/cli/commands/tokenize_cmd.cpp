@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "config/config.h"
 #include "dist/collective_check.h"
+#include "chat/chat_template.h"
 #include "model/model_file.h"
 #include "tokenizer/tokenizer.h"
 
@@ -18,7 +19,7 @@ using json = nlohmann::json;
 
 // Splits off the flags of these commands, loads the model's tokenizer, returns the positionals.
 std::vector<std::string> setup(const std::vector<std::string>& args, const char* flag, bool& flag_value,
-                               std::unique_ptr<Tokenizer>& tok) {
+                               std::unique_ptr<Tokenizer>& tok, std::string* model_path = nullptr) {
   std::vector<std::string> rest;
   for (const auto& a : args) {
     if (a == flag) {
@@ -36,6 +37,7 @@ std::vector<std::string> setup(const std::vector<std::string>& args, const char*
   if (cfg.model.empty()) throw Error("a model is required (--model m.h5 or a config file)");
   ModelFile file(cfg.model);
   tok = Tokenizer::from_model_file(file);
+  if (model_path) *model_path = cfg.model;
   return pos;
 }
 
@@ -52,13 +54,32 @@ int cmd_tokenize(const std::vector<std::string>& args, MPI_Comm world) {
   MPI_Comm_rank(world, &rank);
   agree(world, [&] {
     if (rank != 0) return;
-    bool add_special = false;
+    bool add_special = false, messages = false;
     std::unique_ptr<Tokenizer> tok;
-    auto pos = setup(args, "--add-special-tokens", add_special, tok);
-    const auto ids = tok->encode(input_text(pos, "text"), add_special);
+    std::vector<std::string> rest;
+    for (const auto& a : args) (a == "--messages" ? messages = true : (rest.push_back(a), false));
+    std::string model;
+    auto pos = setup(rest, "--add-special-tokens", add_special, tok, &model);
+    std::string text = input_text(pos, messages ? "messages" : "text");
+    json out;
+    if (messages) {
+      // A JSON list of chat messages, rendered with the model's chat template.
+      nlohmann::ordered_json msgs;
+      try {
+        msgs = nlohmann::ordered_json::parse(text);
+      } catch (const std::exception& e) {
+        throw Error(cat("tokenize: --messages expects a JSON list of messages: ", e.what()));
+      }
+      text = ChatTemplate::from_model_file(ModelFile(model))->render(parse_tool_call_arguments(msgs));
+      out["prompt"] = text;
+    }
+    const auto ids = tok->encode(text, add_special && !messages);
     json tokens = json::array();
     for (int32_t id : ids) tokens.push_back(tok->id_to_token(id));
-    std::cout << json{{"ids", ids}, {"count", ids.size()}, {"tokens", tokens}}.dump() << "\n";
+    out["ids"] = ids;
+    out["count"] = ids.size();
+    out["tokens"] = tokens;
+    std::cout << out.dump() << "\n";
   });
   return 0;
 }
