@@ -38,6 +38,9 @@ class Backend {
   virtual Tensor upload(const float* host, const std::vector<int64_t>& shape, DType dtype) = 0;
   // Copies a tensor back as float32.
   virtual void download(const Tensor& t, float* host) = 0;
+  // Raw byte copies between a tensor and host memory (KV swapping).
+  virtual void copy_to_host(const Tensor& src, size_t offset, size_t bytes, void* dst) = 0;
+  virtual void copy_from_host(Tensor& dst, size_t offset, size_t bytes, const void* src) = 0;
 
   virtual void begin_step(const StepMeta& meta) = 0;
 

@@ -13,7 +13,11 @@ void need_f32(const Tensor& t, const char* op) {
   LLMSERVE_CHECK(t.dtype == DType::F32, "cpu backend: ", op, " needs float32 tensors, got ", dtype_name(t.dtype));
 }
 int64_t rows(const Tensor& t) { return t.shape.empty() ? 1 : t.shape[0]; }
-int64_t cols(const Tensor& t) { return t.shape.empty() ? 0 : t.numel() / rows(t); }
+int64_t cols(const Tensor& t) {
+  int64_t c = 1;
+  for (size_t i = 1; i < t.shape.size(); ++i) c *= t.shape[i];
+  return t.shape.empty() ? 0 : c;
+}
 }  // namespace
 
 Tensor CpuBackend::empty(const std::vector<int64_t>& shape, DType dtype) {
@@ -36,6 +40,16 @@ Tensor CpuBackend::upload(const float* host, const std::vector<int64_t>& shape, 
 }
 
 void CpuBackend::download(const Tensor& t, float* host) { to_f32(t.dtype, t.data, host, static_cast<size_t>(t.numel())); }
+
+void CpuBackend::copy_to_host(const Tensor& src, size_t offset, size_t bytes, void* dst) {
+  LLMSERVE_CHECK(offset + bytes <= src.bytes(), "cpu backend: copy out of range");
+  std::memcpy(dst, static_cast<const char*>(src.data) + offset, bytes);
+}
+
+void CpuBackend::copy_from_host(Tensor& dst, size_t offset, size_t bytes, const void* src) {
+  LLMSERVE_CHECK(offset + bytes <= dst.bytes(), "cpu backend: copy out of range");
+  std::memcpy(static_cast<char*>(dst.data) + offset, src, bytes);
+}
 
 const StepMeta& CpuBackend::meta() const {
   LLMSERVE_CHECK(meta_ != nullptr, "cpu backend: op called before begin_step");

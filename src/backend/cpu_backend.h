@@ -11,6 +11,8 @@ class CpuBackend : public Backend {
   Tensor empty(const std::vector<int64_t>& shape, DType dtype) override;
   Tensor upload(const float* host, const std::vector<int64_t>& shape, DType dtype) override;
   void download(const Tensor& t, float* host) override;
+  void copy_to_host(const Tensor& src, size_t offset, size_t bytes, void* dst) override;
+  void copy_from_host(Tensor& dst, size_t offset, size_t bytes, const void* src) override;
   void begin_step(const StepMeta& meta) override { meta_ = &meta; }
 
   void embedding(const Tensor& table, int64_t vocab_start, Tensor& out) override;

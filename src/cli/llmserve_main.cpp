@@ -21,6 +21,7 @@ const char* kUsage =
     "       llmserve logits config.yaml|--model m.h5 (--prompt-ids 1,2,3 | --prompts p.jsonl)\n"
     "                (p.jsonl lines: {\"ids\": [...]}, {\"messages\": [...]} or {\"prompt\": \"text\"})\n"
     "                [--max-tokens N] [--stop-at-eos] [--top-k K] [--output out.jsonl] [--logits-output last.f32]\n"
+    "       llmserve generate config.yaml --input requests.jsonl --output results.jsonl [--option value ...]\n"
     "       llmserve tokenize config.yaml|--model m.h5 [--add-special-tokens | --messages] TEXT|-\n"
     "       llmserve detokenize config.yaml|--model m.h5 [--skip-special-tokens] 1,2,3|-\n"
     "       llmserve --help | --version\n"
@@ -43,6 +44,8 @@ int main(int argc, char** argv) {
       if (rank == 0) std::printf("llmserve 0.1.0\n");
     } else if (args[0] == "logits") {
       rc = llmserve::cmd_logits({args.begin() + 1, args.end()}, MPI_COMM_WORLD);
+    } else if (args[0] == "generate") {
+      rc = llmserve::cmd_generate({args.begin() + 1, args.end()}, MPI_COMM_WORLD);
     } else if (args[0] == "tokenize") {
       rc = llmserve::cmd_tokenize({args.begin() + 1, args.end()}, MPI_COMM_WORLD);
     } else if (args[0] == "detokenize") {

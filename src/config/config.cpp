@@ -88,6 +88,8 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.cpu_offload_gb = parse_float("cpu_offload_gb", v); }},
       {"kv_cache_memory_gb", Kind::Float, "CPU backend: GiB per rank for the KV cache (0: 1 GiB)",
        [](Config& c, const std::string& v) { c.kv_cache_memory_gb = parse_float("kv_cache_memory_gb", v); }},
+      {"num_gpu_blocks_override", Kind::Int, "use exactly this many KV-cache blocks (0: from the memory budget)",
+       [](Config& c, const std::string& v) { c.num_gpu_blocks_override = parse_int("num_gpu_blocks_override", v); }},
       {"max_num_seqs", Kind::Int, "maximum sequences in one step",
        [](Config& c, const std::string& v) { c.max_num_seqs = parse_int32("max_num_seqs", v); }},
       {"max_num_batched_tokens", Kind::Int, "maximum tokens in one step (0: automatic)",
@@ -259,6 +261,7 @@ void config_validate(const Config& c) {
   if (c.swap_space < 0) fail(cat("swap_space must be >= 0 GiB, got ", c.swap_space));
   if (c.cpu_offload_gb < 0) fail(cat("cpu_offload_gb must be >= 0, got ", c.cpu_offload_gb));
   if (c.kv_cache_memory_gb < 0) fail(cat("kv_cache_memory_gb must be >= 0, got ", c.kv_cache_memory_gb));
+  if (c.num_gpu_blocks_override < 0) fail(cat("num_gpu_blocks_override must be >= 0, got ", c.num_gpu_blocks_override));
   if (c.max_num_seqs < 1) fail(cat("max_num_seqs must be >= 1, got ", c.max_num_seqs));
   if (c.max_num_batched_tokens < 0)
     fail(cat("max_num_batched_tokens must be >= 0, got ", c.max_num_batched_tokens));

@@ -21,6 +21,7 @@ struct Config {
   double swap_space = 4.0;           // GiB of host memory per rank for swapped-out KV blocks
   double cpu_offload_gb = 0.0;
   double kv_cache_memory_gb = 0.0;   // CPU backend KV-cache budget in GiB per rank (0: 1 GiB)
+  int64_t num_gpu_blocks_override = 0;  // > 0: exactly this many KV blocks (tests, debugging)
   int max_num_seqs = 256;
   int64_t max_num_batched_tokens = 0;  // 0: 8192 with chunked prefill, else max_model_len
   bool enable_chunked_prefill = true;

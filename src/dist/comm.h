@@ -3,6 +3,7 @@
 // Implementations: MpiComm (here) and, with the CUDA backend, an NCCL one.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 
 namespace llmserve {
@@ -14,6 +15,10 @@ class Comm {
   virtual int size() const = 0;
   // In-place sum over all ranks of the group.
   virtual void all_reduce_sum(float* data, size_t count) = 0;
+  // In-place maximum over all ranks.
+  virtual void all_reduce_max(float* data, size_t count) = 0;
+  // In-place (value, index) maximum: the largest value wins, ties go to the smaller index.
+  virtual void all_reduce_maxloc(float* values, int32_t* indices, size_t count) = 0;
   // Every rank contributes `count` floats; `recv` gets size() * count floats in rank order.
   virtual void all_gather(const float* send, size_t count, float* recv) = 0;
   // Bytes from `root` to every rank.

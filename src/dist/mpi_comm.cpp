@@ -1,6 +1,7 @@
 #include "dist/mpi_comm.h"
 
 #include <climits>
+#include <vector>
 
 #include "common/error.h"
 
@@ -37,6 +38,23 @@ void MpiComm::all_reduce_sum(float* data, size_t count) {
     const int n = static_cast<int>(std::min(kMaxChunk, count - off));
     check(MPI_Allreduce(MPI_IN_PLACE, data + off, n, MPI_FLOAT, MPI_SUM, comm_), "all-reduce");
   }
+}
+
+void MpiComm::all_reduce_max(float* data, size_t count) {
+  LLMSERVE_CHECK(count <= kMaxChunk, "all_reduce_max of ", count, " floats is too large");
+  check(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(count), MPI_FLOAT, MPI_MAX, comm_), "all-reduce max");
+}
+
+void MpiComm::all_reduce_maxloc(float* values, int32_t* indices, size_t count) {
+  struct Pair {
+    float v;
+    int i;
+  };
+  std::vector<Pair> buf(count);
+  for (size_t k = 0; k < count; ++k) buf[k] = {values[k], indices[k]};
+  check(MPI_Allreduce(MPI_IN_PLACE, buf.data(), static_cast<int>(count), MPI_FLOAT_INT, MPI_MAXLOC, comm_),
+        "all-reduce maxloc");
+  for (size_t k = 0; k < count; ++k) values[k] = buf[k].v, indices[k] = buf[k].i;
 }
 
 void MpiComm::all_gather(const float* send, size_t count, float* recv) {

@@ -17,6 +17,8 @@ class MpiComm : public Comm {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   void all_reduce_sum(float* data, size_t count) override;
+  void all_reduce_max(float* data, size_t count) override;
+  void all_reduce_maxloc(float* values, int32_t* indices, size_t count) override;
   void all_gather(const float* send, size_t count, float* recv) override;
   void broadcast(void* data, size_t bytes, int root) override;
   void send(const void* data, size_t bytes, int peer) override;

@@ -1,16 +1,47 @@
 #include "kv/kv_cache.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "common/error.h"
 
 namespace llmserve {
 
-KvCache::KvCache(Backend& backend, const KvCacheShape& s) : shape_(s) {
+KvCache::KvCache(Backend& backend, const KvCacheShape& s, int64_t num_host_blocks)
+    : backend_(backend), shape_(s), num_host_blocks_(num_host_blocks) {
   LLMSERVE_CHECK(s.num_blocks > 0, "KV cache: no blocks (the KV-cache memory budget is too small)");
   for (int l = 0; l < s.num_layers; ++l) {
     k_.push_back(backend.empty({s.num_blocks, s.block_size, s.kv_heads, s.head_dim}, s.dtype));
     v_.push_back(backend.empty({s.num_blocks, s.block_size, s.kv_heads, s.head_dim}, s.dtype));
+  }
+}
+
+size_t KvCache::block_bytes() const {
+  return static_cast<size_t>(shape_.block_size * shape_.kv_heads * shape_.head_dim) * dtype_size(shape_.dtype);
+}
+
+char* KvCache::host_block(int layer, int kv, int32_t b) {
+  LLMSERVE_CHECK(b >= 0 && b < num_host_blocks_, "KV cache: host block ", b, " out of range");
+  if (!host_) {
+    const size_t n = static_cast<size_t>(num_host_blocks_) * shape_.num_layers * 2 * block_bytes();
+    char* p = static_cast<char*>(std::malloc(n));  // pages are touched only when used
+    if (!p) throw Error("KV cache: cannot allocate swap space");
+    host_ = std::shared_ptr<char>(p, std::free);
+  }
+  return host_.get() + ((static_cast<size_t>(b) * shape_.num_layers + layer) * 2 + kv) * block_bytes();
+}
+
+void KvCache::swap_out(int32_t device_block, int32_t host_block_id) {
+  for (int l = 0; l < shape_.num_layers; ++l) {
+    backend_.copy_to_host(k_[l], device_block * block_bytes(), block_bytes(), host_block(l, 0, host_block_id));
+    backend_.copy_to_host(v_[l], device_block * block_bytes(), block_bytes(), host_block(l, 1, host_block_id));
+  }
+}
+
+void KvCache::swap_in(int32_t host_block_id, int32_t device_block) {
+  for (int l = 0; l < shape_.num_layers; ++l) {
+    backend_.copy_from_host(k_[l], device_block * block_bytes(), block_bytes(), host_block(l, 0, host_block_id));
+    backend_.copy_from_host(v_[l], device_block * block_bytes(), block_bytes(), host_block(l, 1, host_block_id));
   }
 }
 

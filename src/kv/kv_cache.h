@@ -3,6 +3,7 @@
 // block allocator on rank 0 and travels in the step's block tables.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "backend/backend.h"
@@ -24,14 +25,23 @@ struct KvCacheShape {
 
 class KvCache {
  public:
-  KvCache(Backend& backend, const KvCacheShape& shape);
+  // `num_host_blocks` blocks of host memory back swapped-out sequences (allocated on first use).
+  KvCache(Backend& backend, const KvCacheShape& shape, int64_t num_host_blocks = 0);
   const KvCacheShape& shape() const { return shape_; }
   Tensor& k(int local_layer) { return k_[local_layer]; }
   Tensor& v(int local_layer) { return v_[local_layer]; }
+  // Copies blocks device -> host (src device block, dst host block) or host -> device.
+  void swap_out(int32_t device_block, int32_t host_block);
+  void swap_in(int32_t host_block, int32_t device_block);
 
  private:
+  size_t block_bytes() const;
+  char* host_block(int layer, int kv, int32_t b);
+  Backend& backend_;
   KvCacheShape shape_;
   std::vector<Tensor> k_, v_;
+  int64_t num_host_blocks_;
+  std::shared_ptr<char> host_;
 };
 
 // Free-list allocator of block ids [0, num_blocks).

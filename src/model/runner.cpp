@@ -59,18 +59,23 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   long long blocks = static_cast<long long>(budget_gb * (1ull << 30) / static_cast<double>(shape.bytes_per_block()));
   const long long useful = static_cast<long long>(cfg_.max_num_seqs) * ((cfg_.max_model_len + cfg_.block_size - 1) / cfg_.block_size);
   blocks = std::min(blocks, useful);
-  MPI_Allreduce(MPI_IN_PLACE, &blocks, 1, MPI_LONG_LONG, MPI_MIN, world_comm);
+  if (cfg_.num_gpu_blocks_override > 0) blocks = cfg_.num_gpu_blocks_override;
+  long long host = static_cast<long long>(cfg_.swap_space * (1ull << 30) / static_cast<double>(shape.bytes_per_block()));
+  long long counts[2] = {blocks, host};
+  MPI_Allreduce(MPI_IN_PLACE, counts, 2, MPI_LONG_LONG, MPI_MIN, world_comm);
+  blocks = counts[0];
   num_blocks_ = blocks;
+  num_host_blocks_ = counts[1];
   shape.num_blocks = blocks;
   agree(world_comm, [&] {
     if (blocks < (cfg_.max_model_len + cfg_.block_size - 1) / cfg_.block_size)
       throw Error(cat("KV cache: ", blocks, " blocks of ", cfg_.block_size, " tokens cannot hold one sequence of max_model_len ",
                       cfg_.max_model_len, "; raise kv_cache_memory_gb or lower max_model_len"));
-    kv_ = std::make_unique<KvCache>(*backend_, shape);
+    kv_ = std::make_unique<KvCache>(*backend_, shape, num_host_blocks_);
   });
   log_info("model ", spec_.architecture, " loaded: ", spec_.num_layers, " layers, hidden ", spec_.hidden_size,
            ", vocab ", spec_.vocab_size, "; layout tp=", topo_.tp, " pp=", topo_.pp, "; backend ", backend_->name(),
-           "; KV cache ", num_blocks_, " blocks x ", cfg_.block_size, " tokens");
+           "; KV cache ", num_blocks_, " blocks x ", cfg_.block_size, " tokens, swap space ", num_host_blocks_, " blocks");
 }
 
 ModelRunner::~ModelRunner() = default;

@@ -31,6 +31,11 @@ class ModelRunner {
   const Topology& topology() const { return topo_; }
   const Config& config() const { return cfg_; }
   int64_t num_blocks() const { return num_blocks_; }
+  int64_t num_host_blocks() const { return num_host_blocks_; }
+  Backend& backend() { return *backend_; }
+  KvCache& kv() { return *kv_; }
+  Transformer& model() { return *model_; }
+  MpiComm& tp_comm() { return *tp_comm_; }
   int64_t block_size() const { return cfg_.block_size; }
   MpiComm& world() { return *world_; }
 
@@ -47,6 +52,7 @@ class ModelRunner {
   std::unique_ptr<Transformer> model_;
   std::unique_ptr<KvCache> kv_;
   int64_t num_blocks_ = 0;
+  int64_t num_host_blocks_ = 0;
 };
 
 }  // namespace llmserve

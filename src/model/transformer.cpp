@@ -132,6 +132,7 @@ Tensor Transformer::forward(const StepMeta& m, const Tensor& hidden_in, KvCache&
   }
   if (!topo_.last_stage()) return x;
   const int64_t n = static_cast<int64_t>(m.logits_indices.size());
+  if (n == 0) return be_.empty({0, shard_.vocab_padded}, dt);  // no sequence samples this step
   Tensor sel = be_.empty({n, H}, dt), normed = be_.empty({n, H}, dt);
   be_.gather_rows(x, sel);
   be_.rmsnorm(sel, final_norm_, eps, normed);

@@ -87,6 +87,44 @@ int main(int argc, char** argv) {
       for (const auto& p : g.at("public")) f << json{{"ids", p.at("ids")}}.dump() << "\n";
       return f ? 0 : 1;
     }
+    if (mode == "requests" && argc >= 4) {
+      // Engine requests for the golden prompts: greedy, 24 tokens, no EOS stop.
+      json g = load_json(argv[2]);
+      std::ofstream f(argv[3]);
+      for (const auto& p : g.at("public"))
+        f << json{{"prompt_token_ids", p.at("ids")}, {"max_tokens", 24}, {"temperature", 0}, {"ignore_eos", true}}.dump() << "\n";
+      return f ? 0 : 1;
+    }
+    if (mode == "generated" && argc == 4) {
+      // `llmserve generate` results against the golden greedy continuations.
+      json g = load_json(argv[2]);
+      std::ifstream f(argv[3]);
+      std::vector<json> outs;
+      for (std::string line; std::getline(f, line);)
+        if (!line.empty()) outs.push_back(json::parse(line));
+      const auto& pub = g.at("public");
+      int passed = 0, failed = 0;
+      for (size_t i = 0; i < pub.size(); ++i) {
+        std::string r = "ok";
+        if (i >= outs.size()) {
+          r = "missing from the output";
+        } else {
+          const auto& gids = pub[i]["greedy"]["ids"];
+          const auto& margins = pub[i]["greedy"]["margins"];
+          const auto& oids = outs[i]["outputs"][0]["token_ids"];
+          if (oids.size() != gids.size()) r = "generated " + std::to_string(oids.size()) + " tokens";
+          for (size_t k = 0; r == "ok" && k < gids.size(); ++k) {
+            if (margins[k].get<double>() <= kTol) break;
+            if (gids[k] != oids[k]) r = "step " + std::to_string(k) + ": " + oids[k].dump() + " vs golden " + gids[k].dump();
+          }
+        }
+        (r == "ok" ? passed : failed)++;
+        std::printf("prompt %zu: %s (cached prompt tokens %s)\n", i, r.c_str(),
+                    i < outs.size() ? outs[i]["num_cached_tokens"].dump().c_str() : "-");
+      }
+      std::printf("%d passed, %d failed\n", passed, failed);
+      return failed == 0 ? 0 : 1;
+    }
     if (mode != "compare" || argc != 6) {
       std::fprintf(stderr, "usage: golden_check prompts G.json OUT.jsonl | compare G.json G.f32 OUT.jsonl OUT.f32\n");
       return 2;

@@ -23,6 +23,8 @@ class SelfComm : public Comm {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   void all_reduce_sum(float*, size_t) override {}
+  void all_reduce_max(float*, size_t) override {}
+  void all_reduce_maxloc(float*, int32_t*, size_t) override {}
   void all_gather(const float* s, size_t n, float* r) override { std::copy(s, s + n, r); }
   void broadcast(void*, size_t, int) override {}
   void send(const void*, size_t, int) override { throw Error("SelfComm: no peers"); }

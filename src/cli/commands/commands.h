@@ -8,6 +8,7 @@
 namespace llmserve {
 
 int cmd_logits(const std::vector<std::string>& args, MPI_Comm world);
+int cmd_generate(const std::vector<std::string>& args, MPI_Comm world);
 int cmd_serve(const std::vector<std::string>& args, MPI_Comm world);
 int cmd_tokenize(const std::vector<std::string>& args, MPI_Comm world);
 int cmd_detokenize(const std::vector<std::string>& args, MPI_Comm world);

@@ -16,6 +16,7 @@
 #include "dist/collective_check.h"
 #include "model/runner.h"
 #include "chat/chat_template.h"
+#include "engine/prompt_input.h"
 #include "model/model_file.h"
 #include "tokenizer/tokenizer.h"
 
@@ -171,21 +172,18 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
     // Prompts given as chat messages or text go through the model's chat template and tokenizer.
     std::unique_ptr<Tokenizer> tok;
     std::unique_ptr<ChatTemplate> chat;
-    for (const auto& r : la.requests) {
-      if (r.contains("ids")) {
-        la.prompts.push_back(r["ids"].get<std::vector<int32_t>>());
-        continue;
-      }
-      if (!tok) {
+    for (size_t i = 0; i < la.requests.size(); ++i) {
+      const auto& r = la.requests[i];
+      if (!tok && !r.contains("ids") && !r.contains("prompt_token_ids")) {
         if (cfg.model.empty()) throw Error("config: model is required (a .h5 file made by llmserve-convert)");
         ModelFile file(cfg.model);
         tok = Tokenizer::from_model_file(file);
         chat = ChatTemplate::from_model_file(file);
       }
-      if (r.contains("messages")) {
-        la.prompts.push_back(tok->encode(chat->render(parse_tool_call_arguments(r["messages"])), false));
-      } else {
-        la.prompts.push_back(tok->encode(r["prompt"].get<std::string>(), true));
+      try {
+        la.prompts.push_back(prompt_from_json(r, tok.get(), chat.get()));
+      } catch (const Error& e) {
+        throw Error(cat("logits: prompt ", i, ": ", e.what()));
       }
     }
     for (size_t i = 0; i < la.prompts.size(); ++i)

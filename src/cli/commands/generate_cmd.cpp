@@ -1,0 +1,165 @@
+// `llmserve generate`: offline batch inference for Slurm jobs. Reads JSONL requests (a prompt, chat
+// messages or token ids, with sampling parameters per line), runs them all through the engine with
+// continuous batching, and writes one JSON result per line in input order. Every line is validated
+// before anything runs; the output file appears only when every request has finished.
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "chat/chat_template.h"
+#include "cli/commands/commands.h"
+#include "common/error.h"
+#include "common/log.h"
+#include "config/config.h"
+#include "dist/collective_check.h"
+#include "engine/engine.h"
+#include "engine/prompt_input.h"
+#include "model/model_file.h"
+#include "model/runner.h"
+
+namespace llmserve {
+namespace {
+
+using ojson = nlohmann::ordered_json;
+
+struct Job {
+  std::vector<int32_t> prompt;
+  SamplingParams params;
+};
+
+ojson output_json(size_t index, const RequestOutput& r, const Tokenizer* tok) {
+  ojson o;
+  o["index"] = index;
+  o["num_prompt_tokens"] = r.prompt_tokens;
+  o["num_cached_tokens"] = r.num_cached_tokens;
+  ojson outs = ojson::array();
+  for (const auto& c : r.outputs) {
+    ojson x;
+    x["index"] = c.index;
+    x["text"] = c.text;
+    x["token_ids"] = c.token_ids;
+    x["finish_reason"] = c.finish_reason;
+    x["stop_reason"] = c.stop_reason.empty() ? ojson(nullptr) : ojson(c.stop_reason);
+    if (!c.logprobs.empty()) {
+      ojson lps = ojson::array();
+      for (const auto& lp : c.logprobs) {
+        ojson top = ojson::array();
+        for (const auto& [id, v] : lp.top)
+          top.push_back({{"token_id", id}, {"token", tok ? tok->id_to_token(id) : ""}, {"logprob", v}});
+        lps.push_back({{"token_id", lp.token}, {"logprob", lp.logprob}, {"top_logprobs", top}});
+      }
+      x["logprobs"] = lps;
+    }
+    outs.push_back(x);
+  }
+  o["outputs"] = outs;
+  return o;
+}
+
+}  // namespace
+
+int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
+  int rank = 0;
+  MPI_Comm_rank(world, &rank);
+  Config cfg;
+  std::string input, output;
+  agree(world, [&] {
+    std::vector<std::string> rest;
+    for (size_t i = 0; i < args.size(); ++i) {
+      const std::string& a = args[i];
+      auto val = [&](const char* n) {
+        if (auto eq = a.find('='); eq != std::string::npos) return a.substr(eq + 1);
+        if (i + 1 >= args.size()) throw Error(cat("generate: ", n, " needs a value"));
+        return args[++i];
+      };
+      if (a == "--input" || a.rfind("--input=", 0) == 0) {
+        input = val("--input");
+      } else if (a == "--output" || a.rfind("--output=", 0) == 0) {
+        output = val("--output");
+      } else {
+        rest.push_back(a);
+      }
+    }
+    auto extra = config_parse_args(cfg, rest);
+    if (!extra.empty()) throw Error(cat("generate: unexpected argument '", extra[0], "'"));
+    if (input.empty() || output.empty()) throw Error("generate: --input requests.jsonl and --output results.jsonl are required");
+  });
+  ModelRunner runner(cfg, world);
+  if (rank != 0) {
+    // Rank 0 validates the input; the others wait for its verdict, then serve plans.
+    agree(world, [] {});
+    Worker(runner).loop();
+    return 0;
+  }
+  std::vector<Job> jobs;
+  std::unique_ptr<Tokenizer> tok;
+  std::unique_ptr<ChatTemplate> chat;
+  agree(world, [&] {
+    ModelFile file(cfg.model);
+    if (file.text("tokenizer", "tokenizer.json")) {
+      tok = Tokenizer::from_model_file(file);
+      chat = ChatTemplate::from_model_file(file);
+    }
+    std::ifstream in(input);
+    if (!in) throw Error(cat("generate: cannot read '", input, "'"));
+    std::string line;
+    for (int n = 1; std::getline(in, line); ++n) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      try {
+        const ojson j = ojson::parse(line);
+        Job job;
+        job.prompt = prompt_from_json(j, tok.get(), chat.get());
+        sampling_params_from_json(nlohmann::json::parse(line), job.params);
+        sampling_params_validate(job.params, runner.spec().vocab_size);
+        const int64_t total = static_cast<int64_t>(job.prompt.size()) + job.params.max_tokens;
+        if (total > cfg.max_model_len)
+          throw Error(cat("prompt (", job.prompt.size(), " tokens) + max_tokens (", job.params.max_tokens,
+                          ") exceeds max_model_len ", cfg.max_model_len));
+        jobs.push_back(std::move(job));
+      } catch (const std::exception& e) {
+        throw Error(cat("generate: ", input, " line ", n, ": ", e.what()));
+      }
+    }
+    if (jobs.empty()) throw Error(cat("generate: '", input, "' has no requests"));
+    // Fail before any work when the output cannot be written.
+    std::ofstream probe(output + ".tmp");
+    if (!probe) throw Error(cat("generate: cannot write '", output, "'"));
+  });
+  std::remove((output + ".tmp").c_str());
+
+  Engine engine(runner, tok.get(), static_cast<uint64_t>(cfg.seed));
+  std::unordered_map<uint64_t, size_t> index_of;
+  for (size_t i = 0; i < jobs.size(); ++i) index_of[engine.add_request(jobs[i].prompt, jobs[i].params)] = i;
+  std::vector<std::string> lines(jobs.size());
+  size_t done = 0;
+  int64_t gen_tokens = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto last_report = t0;
+  while (engine.has_unfinished()) {
+    for (const auto& r : engine.step()) {
+      if (!r.finished) continue;
+      for (const auto& c : r.outputs) gen_tokens += static_cast<int64_t>(c.token_ids.size());
+      lines[index_of.at(r.request_id)] = output_json(index_of.at(r.request_id), r, tok.get()).dump();
+      ++done;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_report > std::chrono::seconds(2) || done == jobs.size()) {
+      const double s = std::chrono::duration<double>(now - t0).count();
+      std::fprintf(stderr, "generate: %zu/%zu requests, %lld tokens, %.1f tokens/s\n", done, jobs.size(),
+                   static_cast<long long>(gen_tokens), s > 0 ? gen_tokens / s : 0.0);
+      last_report = now;
+    }
+  }
+  engine.shutdown();
+  std::string text;
+  for (const auto& l : lines) text += l + "\n";
+  write_file_atomic(output, text);
+  const auto& st = engine.scheduler().stats();
+  const auto& bm = engine.scheduler().blocks();
+  log_info("generate: ", jobs.size(), " requests in ", engine.steps(), " steps; prefix cache hits ", bm.hits(), "/",
+           bm.queries(), " tokens; preemptions: ", st.preempted_swap, " swap, ", st.preempted_recompute, " recompute");
+  return 0;
+}
+
+}  // namespace llmserve

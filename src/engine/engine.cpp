@@ -1,0 +1,262 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+
+#include "common/error.h"
+#include "common/log.h"
+
+namespace llmserve {
+namespace {
+
+SchedulerConfig scheduler_config(const ModelRunner& r) {
+  const Config& c = r.config();
+  SchedulerConfig s;
+  s.max_num_seqs = c.max_num_seqs;
+  s.max_num_batched_tokens = c.max_num_batched_tokens;
+  s.max_model_len = c.max_model_len;
+  s.block_size = c.block_size;
+  s.chunked_prefill = c.enable_chunked_prefill;
+  s.prefix_caching = c.enable_prefix_caching;
+  s.num_blocks = r.num_blocks();
+  s.num_host_blocks = r.num_host_blocks();
+  return s;
+}
+
+uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+}  // namespace
+
+Engine::Engine(ModelRunner& runner, const Tokenizer* tokenizer, uint64_t seed)
+    : runner_(runner), tok_(tokenizer), seed_(seed), worker_(runner), sched_(scheduler_config(runner)) {}
+
+Engine::~Engine() = default;
+
+uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& params) {
+  const int64_t V = runner_.spec().vocab_size;
+  sampling_params_validate(params, V);
+  if (prompt.empty()) throw Error("the prompt is empty");
+  for (int32_t t : prompt)
+    if (t < 0 || t >= V) throw Error(cat("token id ", t, " is outside the vocabulary (", V, ")"));
+  const int64_t max_len = runner_.config().max_model_len;
+  const int64_t total = static_cast<int64_t>(prompt.size()) + params.max_tokens;
+  if (total > max_len)
+    throw Error(cat("This model's maximum context length is ", max_len, " tokens. However, you requested ", total,
+                    " tokens (", prompt.size(), " in the prompt, ", params.max_tokens,
+                    " for the completion). Please reduce the length of the prompt or max_tokens."));
+  if (!sched_.fits(total))
+    throw Error(cat("the request needs ", (total + sched_.config().block_size - 1) / sched_.config().block_size,
+                    " KV-cache blocks but the whole cache has ", sched_.config().num_blocks));
+  Request r;
+  r.id = next_request_++;
+  r.prompt_tokens = static_cast<int64_t>(prompt.size());
+  r.params = params;
+  std::vector<int32_t> eos;
+  for (int64_t e : runner_.spec().eos_token_ids) eos.push_back(static_cast<int32_t>(e));
+  for (int i = 0; i < params.n; ++i) {
+    auto s = std::make_unique<Sequence>();
+    s->id = next_seq_++;
+    s->tokens = prompt;
+    s->prompt_len = static_cast<int32_t>(prompt.size());
+    s->params = params;
+    s->seed = params.seed ? static_cast<int64_t>(mix(static_cast<uint64_t>(*params.seed)) + static_cast<uint64_t>(i) * 0x9e3779b97f4a7c15ull)
+                          : static_cast<int64_t>(mix(seed_ ^ mix(s->id)));
+    s->eos_ids = eos;
+    SeqOut so;
+    so.request_id = r.id;
+    so.index = i;
+    if (tok_) so.decoder = std::make_unique<IncrementalDecoder>(*tok_, params.skip_special_tokens);
+    so.out.index = i;
+    r.seqs.push_back(s->id);
+    seq_out_[s->id] = std::move(so);
+    sched_.add(std::move(s));
+  }
+  r.unfinished = params.n;
+  requests_[r.id] = std::move(r);
+  return next_request_ - 1;
+}
+
+void Engine::abort(uint64_t request_id) {
+  auto it = requests_.find(request_id);
+  if (it == requests_.end()) return;
+  it->second.aborted = true;
+}
+
+std::vector<SampledToken> Engine::dispatch(const StepPlan& plan) {
+  const Topology& t = runner_.topology();
+  std::string bytes = plan.serialize();
+  if (t.tp > 1) bcast_bytes(runner_.tp_comm().handle(), bytes, 0);
+  Worker::Output out = worker_.execute(plan, Tensor());
+  ++steps_;
+  if (t.pp > 1) {
+    const int next = t.rank_of(1, 0);
+    outbox_.send(runner_.world().handle(), next, kTagPlan, bytes);
+    if (!plan.seqs.empty()) outbox_.send(runner_.world().handle(), next, kTagHidden, worker_.hidden_to_bytes(out.hidden));
+    ++in_flight_;
+    return {};
+  }
+  return std::move(out.tokens);  // one stage: rank 0 sampled them itself
+}
+
+bool Engine::check_stop_strings(SeqOut& so, const SamplingParams& p) {
+  if (p.stop.empty()) return false;
+  size_t max_len = 0;
+  for (const auto& s : p.stop) max_len = std::max(max_len, s.size());
+  // Only text not yet handed out can hold a new match.
+  const size_t from = so.emitted > max_len ? so.emitted - max_len : 0;
+  size_t best = std::string::npos;
+  const std::string* which = nullptr;
+  for (const auto& s : p.stop) {
+    const size_t k = so.text.find(s, from);
+    if (k != std::string::npos && k < best) best = k, which = &s;
+  }
+  if (!which) return false;
+  so.text.resize(best + (p.include_stop_str_in_output ? which->size() : 0));
+  so.out.stop_reason = *which;
+  return true;
+}
+
+void Engine::handle_results(const std::vector<SampledToken>& tokens, std::unordered_map<uint64_t, bool>& touched) {
+  const int64_t max_len = runner_.config().max_model_len;
+  for (const auto& t : tokens) {
+    Sequence* s = sched_.on_token(t);
+    if (s && seq_out_.count(t.seq_id)) {
+      Request& rq = requests_.at(seq_out_.at(t.seq_id).request_id);
+      rq.cached_tokens = std::max<int64_t>(rq.cached_tokens, s->num_cached_tokens);
+    }
+    auto so_it = seq_out_.find(t.seq_id);
+    if (!s || so_it == seq_out_.end()) continue;
+    SeqOut& so = so_it->second;
+    Request& r = requests_.at(so.request_id);
+    touched[r.id] = true;
+    const SamplingParams& p = r.params;
+    so.out.token_ids.push_back(t.token);
+    if (p.logprobs >= 0) {
+      TokenLogprob lp{t.token, t.logprob, {}};
+      for (size_t k = 0; k < t.top_ids.size(); ++k) lp.top.emplace_back(t.top_ids[k], t.top_logprobs[k]);
+      so.out.logprobs.push_back(std::move(lp));
+    }
+    const bool is_eos = std::find(s->eos_ids.begin(), s->eos_ids.end(), t.token) != s->eos_ids.end();
+    const bool is_stop_token = std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), t.token) != p.stop_token_ids.end();
+    // Text: stop and EOS tokens are not part of it.
+    if (so.decoder && !((is_eos && !p.ignore_eos) || is_stop_token)) so.text += so.decoder->add(t.token);
+    std::string reason, stop_reason;
+    if (r.aborted) {
+      reason = "abort";
+    } else if (is_stop_token) {
+      reason = "stop", stop_reason = std::to_string(t.token);
+    } else if (is_eos && !p.ignore_eos) {
+      reason = "stop";
+    } else if (check_stop_strings(so, p)) {
+      reason = "stop";
+      stop_reason = so.out.stop_reason;
+    } else if (s->output_len() >= p.max_tokens || static_cast<int64_t>(s->tokens.size()) >= max_len) {
+      reason = "length";
+    }
+    if (!reason.empty()) {
+      if (so.decoder && reason == "length") so.text += so.decoder->finish();
+      finish_seq(t.seq_id, reason, stop_reason, touched);
+    }
+  }
+}
+
+void Engine::finish_seq(uint64_t seq_id, const std::string& reason, const std::string& stop_reason,
+                        std::unordered_map<uint64_t, bool>& touched) {
+  SeqOut& so = seq_out_.at(seq_id);
+  so.out.finish_reason = reason;
+  if (!stop_reason.empty()) so.out.stop_reason = stop_reason;
+  sched_.finish(seq_id);
+  Request& r = requests_.at(so.request_id);
+  --r.unfinished;
+  touched[r.id] = true;
+}
+
+RequestOutput Engine::snapshot(Request& r) {
+  RequestOutput o;
+  o.request_id = r.id;
+  o.prompt_tokens = r.prompt_tokens;
+  o.num_cached_tokens = r.cached_tokens;
+  size_t max_stop = 0;
+  for (const auto& s : r.params.stop) max_stop = std::max(max_stop, s.size());
+  for (uint64_t sid : r.seqs) {
+    SeqOut& so = seq_out_.at(sid);
+    // Hold back text that could still become the start of a stop string.
+    size_t safe = so.text.size();
+    if (!so.out.finished() && max_stop > 0) safe = so.text.size() > max_stop - 1 ? so.text.size() - (max_stop - 1) : 0;
+    safe = std::max(safe, so.emitted);
+    so.out.delta = so.text.substr(so.emitted, safe - so.emitted);
+    so.emitted = safe;
+    so.out.text = so.text.substr(0, safe);
+    o.outputs.push_back(so.out);
+  }
+  o.finished = r.unfinished == 0;
+  return o;
+}
+
+std::vector<RequestOutput> Engine::step() {
+  std::unordered_map<uint64_t, bool> touched;
+  // Aborted requests: sequences not in flight finish now, the others when their token arrives.
+  for (auto& [rid, r] : requests_) {
+    if (!r.aborted) continue;
+    for (uint64_t sid : r.seqs) {
+      Sequence* s = sched_.find(sid);
+      if (s && !s->in_flight) finish_seq(sid, "abort", "", touched);
+    }
+  }
+  const int pp = runner_.topology().pp;
+  bool dispatched = false;
+  while (in_flight_ < pp) {
+    StepPlan plan = sched_.schedule();
+    if (plan.seqs.empty() && plan.swap_in.empty() && plan.swap_out.empty()) break;
+    handle_results(dispatch(plan), touched);
+    dispatched = true;
+    if (pp == 1) break;
+  }
+  // Collect micro-batch results: wait when the pipeline is full or nothing else can run.
+  while (in_flight_ > 0) {
+    const int last = runner_.topology().rank_of(pp - 1, 0);
+    const bool wait = in_flight_ >= pp || !dispatched;
+    if (!wait && !probe_bytes(runner_.world().handle(), last, kTagResult)) break;
+    uint64_t step_id = 0;
+    auto tokens = deserialize_results(recv_bytes(runner_.world().handle(), last, kTagResult), &step_id);
+    --in_flight_;
+    handle_results(tokens, touched);
+    outbox_.reap();
+    if (wait) break;
+  }
+  std::vector<RequestOutput> outs;
+  for (auto& [rid, flag] : touched) {
+    auto it = requests_.find(rid);
+    if (it == requests_.end()) continue;
+    outs.push_back(snapshot(it->second));
+    if (outs.back().finished) {
+      for (uint64_t sid : it->second.seqs) seq_out_.erase(sid);
+      requests_.erase(it);
+    }
+  }
+  return outs;
+}
+
+void Engine::shutdown() {
+  // Finish what is in flight, then tell every rank to stop.
+  while (in_flight_ > 0) {
+    uint64_t step_id = 0;
+    std::unordered_map<uint64_t, bool> touched;
+    auto tokens = deserialize_results(
+        recv_bytes(runner_.world().handle(), runner_.topology().rank_of(runner_.topology().pp - 1, 0), kTagResult), &step_id);
+    --in_flight_;
+  }
+  StepPlan stop;
+  stop.shutdown = true;
+  std::string bytes = stop.serialize();
+  const Topology& t = runner_.topology();
+  if (t.tp > 1) bcast_bytes(runner_.tp_comm().handle(), bytes, 0);
+  if (t.pp > 1) send_bytes(runner_.world().handle(), t.rank_of(1, 0), kTagPlan, bytes);
+  outbox_.drain();
+}
+
+}  // namespace llmserve

@@ -1,0 +1,107 @@
+// The engine on world rank 0: takes requests, runs the scheduler, dispatches step plans (keeping up
+// to pipeline_parallel_size micro-batches in flight), and turns sampled tokens into outputs: stop
+// conditions (EOS, stop token ids, stop strings held back until they cannot match, max_tokens,
+// max_model_len), incremental detokenization, logprobs. Every other rank runs Worker::loop().
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "dist/transport.h"
+#include "engine/sampling_params.h"
+#include "engine/scheduler.h"
+#include "engine/worker.h"
+#include "model/runner.h"
+#include "tokenizer/tokenizer.h"
+
+namespace llmserve {
+
+struct TokenLogprob {
+  int32_t token = 0;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;
+};
+
+struct CompletionOutput {
+  int index = 0;
+  std::vector<int32_t> token_ids;
+  std::string text;        // final text so far (stop strings removed)
+  std::string delta;       // text that became final in this step (for streaming)
+  size_t delta_tokens = 0;
+  std::vector<TokenLogprob> logprobs;
+  std::string finish_reason;  // "", "stop", "length", "abort"
+  std::string stop_reason;    // the stop string or token id that ended it
+  bool finished() const { return !finish_reason.empty(); }
+};
+
+struct RequestOutput {
+  uint64_t request_id = 0;
+  int64_t prompt_tokens = 0;
+  int64_t num_cached_tokens = 0;  // prompt tokens served from the prefix cache
+  std::vector<CompletionOutput> outputs;
+  bool finished = false;
+};
+
+class Engine {
+ public:
+  // `tokenizer` may be null (then no text and no stop strings).
+  Engine(ModelRunner& runner, const Tokenizer* tokenizer, uint64_t seed);
+  ~Engine();
+
+  // Validates and queues a request; throws Error (a 400 for the server) when it can never run.
+  uint64_t add_request(std::vector<int32_t> prompt, const SamplingParams& params);
+  void abort(uint64_t request_id);
+  bool has_unfinished() const { return !requests_.empty(); }
+  // One scheduling round: dispatches what can run, collects what finished; returns the requests whose
+  // output changed.
+  std::vector<RequestOutput> step();
+  // Stops every worker (sends the shutdown plan). Called once, at the end.
+  void shutdown();
+
+  const Scheduler& scheduler() const { return sched_; }
+  int64_t steps() const { return steps_; }
+
+ private:
+  struct SeqOut {
+    uint64_t request_id = 0;
+    int index = 0;
+    std::unique_ptr<IncrementalDecoder> decoder;
+    std::string text;       // decoded text so far
+    size_t emitted = 0;     // bytes of text already handed out
+    CompletionOutput out;
+  };
+  struct Request {
+    uint64_t id = 0;
+    int64_t prompt_tokens = 0;
+    int64_t cached_tokens = 0;
+    SamplingParams params;
+    std::vector<uint64_t> seqs;
+    int unfinished = 0;
+    bool aborted = false;
+  };
+  // Sends a plan on its way and runs rank 0's part; returns the sampled tokens when rank 0 is also
+  // the last stage.
+  std::vector<SampledToken> dispatch(const StepPlan& plan);
+  void handle_results(const std::vector<SampledToken>& tokens, std::unordered_map<uint64_t, bool>& touched);
+  void finish_seq(uint64_t seq_id, const std::string& reason, const std::string& stop_reason,
+                  std::unordered_map<uint64_t, bool>& touched);
+  bool check_stop_strings(SeqOut& so, const SamplingParams& p);
+  RequestOutput snapshot(Request& r);
+
+  ModelRunner& runner_;
+  const Tokenizer* tok_;
+  uint64_t seed_;
+  Worker worker_;
+  Scheduler sched_;
+  Outbox outbox_;
+  int in_flight_ = 0;
+  uint64_t next_request_ = 1, next_seq_ = 1;
+  int64_t steps_ = 0;
+  std::unordered_map<uint64_t, Request> requests_;
+  std::unordered_map<uint64_t, SeqOut> seq_out_;
+  std::vector<uint64_t> aborted_in_flight_;
+};
+
+}  // namespace llmserve

@@ -1,0 +1,51 @@
+#include "engine/prompt_input.h"
+
+#include "chat/chat_template.h"
+#include "common/error.h"
+#include "tokenizer/tokenizer.h"
+
+namespace llmserve {
+
+std::vector<int32_t> prompt_from_json(const nlohmann::ordered_json& j, const Tokenizer* tok, const ChatTemplate* chat) {
+  if (!j.is_object()) throw Error("a request must be a JSON object");
+  for (const char* key : {"prompt_token_ids", "ids"}) {
+    if (!j.contains(key)) continue;
+    const auto& v = j[key];
+    if (!v.is_array() || v.empty()) throw Error(cat("'", key, "' must be a non-empty list of token ids"));
+    std::vector<int32_t> ids;
+    for (const auto& x : v) {
+      if (!x.is_number_integer()) throw Error(cat("'", key, "' must be a list of integers"));
+      ids.push_back(x.get<int32_t>());
+    }
+    return ids;
+  }
+  if (j.contains("messages")) {
+    if (!tok || !chat) throw Error("this model has no tokenizer, so 'messages' cannot be used");
+    if (!j["messages"].is_array() || j["messages"].empty()) throw Error("'messages' must be a non-empty list");
+    for (const auto& m : j["messages"])
+      if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
+        throw Error("each message must be an object with a string 'role'");
+    ChatRenderOptions o;
+    if (j.contains("tools") && !j["tools"].is_null()) {
+      if (!j["tools"].is_array()) throw Error("'tools' must be a list");
+      o.tools = j["tools"];
+    }
+    if (j.contains("chat_template_kwargs") && !j["chat_template_kwargs"].is_null()) {
+      if (!j["chat_template_kwargs"].is_object()) throw Error("'chat_template_kwargs' must be an object");
+      o.template_kwargs = j["chat_template_kwargs"];
+    }
+    if (j.contains("add_generation_prompt")) {
+      if (!j["add_generation_prompt"].is_boolean()) throw Error("'add_generation_prompt' must be a boolean");
+      o.add_generation_prompt = j["add_generation_prompt"].get<bool>();
+    }
+    return tok->encode(chat->render(parse_tool_call_arguments(j["messages"]), o), false);
+  }
+  if (j.contains("prompt")) {
+    if (!tok) throw Error("this model has no tokenizer, so 'prompt' text cannot be used");
+    if (!j["prompt"].is_string()) throw Error("'prompt' must be a string");
+    return tok->encode(j["prompt"].get<std::string>(), true);
+  }
+  throw Error("no prompt: give 'prompt', 'messages' or 'prompt_token_ids'");
+}
+
+}  // namespace llmserve

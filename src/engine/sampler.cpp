@@ -1,0 +1,293 @@
+#include "engine/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "common/error.h"
+
+namespace llmserve {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Local top-m values of row[0..n) (descending), padded with -inf to m.
+std::vector<float> top_values(const float* row, int64_t n, int64_t m) {
+  std::vector<float> v(row, row + n);
+  const int64_t k = std::min(m, n);
+  std::partial_sort(v.begin(), v.begin() + k, v.end(), std::greater<float>());
+  v.resize(k);
+  v.resize(m, kNegInf);
+  return v;
+}
+
+}  // namespace
+
+double Sampler::gumbel(int64_t seed, int64_t position, int64_t token) {
+  const uint64_t h = splitmix64(static_cast<uint64_t>(seed) ^ splitmix64(static_cast<uint64_t>(position) * 0x100000001b3ull ^
+                                                                          splitmix64(static_cast<uint64_t>(token))));
+  const double u = (static_cast<double>(h >> 11) + 0.5) * (1.0 / 9007199254740992.0);  // (0, 1)
+  return -std::log(-std::log(u));
+}
+
+Sampler::Sampler(Comm& tp, int64_t vocab_size, Range vocab, int64_t row_stride)
+    : tp_(tp), vocab_size_(vocab_size), vocab_(vocab), stride_(row_stride) {}
+
+void Sampler::observe(const StepPlan& plan) {
+  for (uint64_t id : plan.finished) state_.erase(id);
+  for (const auto& s : plan.seqs) {
+    SeqState& st = state_[s.seq_id];
+    if (s.has_params) {
+      st.params = s.params;
+      st.seed = s.seed;
+      st.prompt_len = s.prompt_len;
+      st.eos_ids = s.eos_ids;
+      st.history = s.prefix;
+    }
+    st.history.resize(static_cast<size_t>(s.num_computed));
+    st.history.insert(st.history.end(), s.tokens.begin(), s.tokens.end());
+  }
+}
+
+void Sampler::apply_penalties(const SeqState& st, float* row) const {
+  const SamplingParams& p = st.params;
+  const int64_t out_len = static_cast<int64_t>(st.history.size()) - st.prompt_len;
+  auto local = [&](int32_t t) { return t >= vocab_.begin && t < vocab_.end; };
+  if (p.repetition_penalty != 1.0) {
+    std::vector<int32_t> seen;
+    for (int32_t t : st.history)
+      if (local(t)) seen.push_back(t);
+    std::sort(seen.begin(), seen.end());
+    seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
+    const float rp = static_cast<float>(p.repetition_penalty);
+    for (int32_t t : seen) {
+      float& l = row[t - vocab_.begin];
+      l = l > 0 ? l / rp : l * rp;
+    }
+  }
+  if (p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) {
+    std::unordered_map<int32_t, int> counts;
+    for (int64_t i = st.prompt_len; i < static_cast<int64_t>(st.history.size()); ++i)
+      if (local(st.history[i])) ++counts[st.history[i]];
+    for (const auto& [t, c] : counts)
+      row[t - vocab_.begin] -= static_cast<float>(p.presence_penalty + p.frequency_penalty * c);
+  }
+  if (out_len < p.min_tokens) {
+    if (!p.ignore_eos)
+      for (int32_t t : st.eos_ids)
+        if (local(t)) row[t - vocab_.begin] = kNegInf;
+    for (int32_t t : p.stop_token_ids)
+      if (local(t)) row[t - vocab_.begin] = kNegInf;
+  }
+}
+
+std::vector<SampledToken> Sampler::sample(const StepPlan& plan, const float* logits) {
+  std::vector<const SeqStep*> seqs;
+  for (const auto& s : plan.seqs)
+    if (s.sample) seqs.push_back(&s);
+  const size_t n = seqs.size();
+  std::vector<SampledToken> out(n);
+  if (n == 0) return out;
+  const int64_t L = vocab_.size();
+  std::vector<SeqState*> st(n);
+  for (size_t i = 0; i < n; ++i) {
+    auto it = state_.find(seqs[i]->seq_id);
+    if (it == state_.end()) throw Error(cat("sampler: no state for sequence ", seqs[i]->seq_id));
+    st[i] = &it->second;
+    out[i].seq_id = seqs[i]->seq_id;
+  }
+  auto raw = [&](size_t i) { return logits + static_cast<int64_t>(i) * stride_; };
+
+  // Log-normalizers of the raw logits (for logprobs).
+  const bool want_logprobs = std::any_of(st.begin(), st.end(), [](SeqState* s) { return s->params.logprobs >= 0; });
+  std::vector<float> lse(n, 0.f);
+  if (want_logprobs) {
+    std::vector<float> mx(n, kNegInf), sum(n, 0.f);
+    for (size_t i = 0; i < n; ++i)
+      for (int64_t k = 0; k < L; ++k) mx[i] = std::max(mx[i], raw(i)[k]);
+    tp_.all_reduce_max(mx.data(), n);
+    for (size_t i = 0; i < n; ++i)
+      for (int64_t k = 0; k < L; ++k) sum[i] += std::exp(raw(i)[k] - mx[i]);
+    tp_.all_reduce_sum(sum.data(), n);
+    for (size_t i = 0; i < n; ++i) lse[i] = mx[i] + std::log(sum[i]);
+  }
+
+  // Processed logits: penalties, then temperature.
+  std::vector<std::vector<float>> work(n);
+  for (size_t i = 0; i < n; ++i) {
+    work[i].assign(raw(i), raw(i) + L);
+    apply_penalties(*st[i], work[i].data());
+    if (!st[i]->params.greedy()) {
+      const float inv_t = static_cast<float>(1.0 / st[i]->params.temperature);
+      for (auto& x : work[i]) x *= inv_t;
+    }
+  }
+
+  // top-k: the k-th largest value over the group is the threshold.
+  int64_t kmax = 0;
+  for (size_t i = 0; i < n; ++i)
+    if (!st[i]->params.greedy() && st[i]->params.top_k > 0 && st[i]->params.top_k < vocab_size_)
+      kmax = std::max<int64_t>(kmax, st[i]->params.top_k);
+  if (kmax > 0) {
+    std::vector<float> mine(n * kmax), all(n * kmax * tp_.size());
+    for (size_t i = 0; i < n; ++i) {
+      auto v = top_values(work[i].data(), L, kmax);
+      std::copy(v.begin(), v.end(), mine.begin() + static_cast<long>(i * kmax));
+    }
+    tp_.all_gather(mine.data(), mine.size(), all.data());
+    for (size_t i = 0; i < n; ++i) {
+      const int k = st[i]->params.top_k;
+      if (st[i]->params.greedy() || k <= 0 || k >= vocab_size_) continue;
+      std::vector<float> cand;
+      for (int r = 0; r < tp_.size(); ++r)
+        cand.insert(cand.end(), all.begin() + static_cast<long>((r * n + i) * kmax),
+                    all.begin() + static_cast<long>((r * n + i) * kmax + kmax));
+      std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), std::greater<float>());
+      const float thr = cand[k - 1];
+      for (auto& x : work[i])
+        if (x < thr) x = kNegInf;
+    }
+  }
+
+  // min-p: keep tokens with probability >= min_p * max probability.
+  {
+    std::vector<float> mx(n, kNegInf);
+    for (size_t i = 0; i < n; ++i)
+      for (float x : work[i]) mx[i] = std::max(mx[i], x);
+    tp_.all_reduce_max(mx.data(), n);
+    for (size_t i = 0; i < n; ++i) {
+      const double mp = st[i]->params.min_p;
+      if (st[i]->params.greedy() || mp <= 0) continue;
+      const float thr = mx[i] + static_cast<float>(std::log(mp));
+      for (auto& x : work[i])
+        if (x < thr) x = kNegInf;
+    }
+
+    // top-p: the smallest set of most likely tokens whose probability reaches top_p.
+    std::vector<size_t> tp_rows;
+    for (size_t i = 0; i < n; ++i)
+      if (!st[i]->params.greedy() && st[i]->params.top_p < 1.0) tp_rows.push_back(i);
+    if (!tp_rows.empty()) {
+      const size_t m = tp_rows.size();
+      std::vector<float> sum(m, 0.f);
+      for (size_t j = 0; j < m; ++j)
+        for (float x : work[tp_rows[j]])
+          if (x != kNegInf) sum[j] += std::exp(x - mx[tp_rows[j]]);
+      tp_.all_reduce_sum(sum.data(), m);
+      std::vector<float> thr(m, kNegInf);
+      std::vector<bool> done(m, false);
+      for (int64_t M = 64;; M *= 4) {
+        std::vector<float> mine(m * M), all(m * M * tp_.size());
+        for (size_t j = 0; j < m; ++j) {
+          auto v = top_values(work[tp_rows[j]].data(), L, M);
+          std::copy(v.begin(), v.end(), mine.begin() + static_cast<long>(j * M));
+        }
+        tp_.all_gather(mine.data(), mine.size(), all.data());
+        bool all_done = true;
+        for (size_t j = 0; j < m; ++j) {
+          if (done[j]) continue;
+          std::vector<float> cand;
+          bool exhausted = true;  // every rank sent fewer than M survivors: the candidates are all of them
+          for (int r = 0; r < tp_.size(); ++r) {
+            const auto first = all.begin() + static_cast<long>((r * m + j) * M);
+            cand.insert(cand.end(), first, first + M);
+            exhausted = exhausted && *(first + M - 1) == kNegInf;
+          }
+          std::sort(cand.begin(), cand.end(), std::greater<float>());
+          const size_t i = tp_rows[j];
+          double cum = 0;
+          for (float v : cand) {
+            if (v == kNegInf) break;
+            cum += std::exp(static_cast<double>(v) - mx[i]) / sum[j];
+            if (cum >= st[i]->params.top_p - 1e-7) {
+              thr[j] = v;
+              done[j] = true;
+              break;
+            }
+          }
+          if (exhausted) done[j] = true;  // rounding kept the sum short of top_p: keep every survivor
+          all_done = all_done && done[j];
+        }
+        float flag = static_cast<float>(all_done ? 0 : 1);
+        tp_.all_reduce_max(&flag, 1);
+        if (flag == 0 || M >= L) break;
+      }
+      for (size_t j = 0; j < m; ++j)
+        for (auto& x : work[tp_rows[j]])
+          if (x < thr[j]) x = kNegInf;
+    }
+  }
+
+  // Choose: greedy argmax, or the Gumbel-max draw; one (value, index) all-reduce for all rows.
+  std::vector<float> best(n, kNegInf);
+  std::vector<int32_t> idx(n, std::numeric_limits<int32_t>::max());
+  for (size_t i = 0; i < n; ++i) {
+    const bool greedy = st[i]->params.greedy();
+    const int64_t pos = static_cast<int64_t>(st[i]->history.size());
+    double bv = -std::numeric_limits<double>::infinity();
+    int64_t bi = -1;
+    for (int64_t k = 0; k < L; ++k) {
+      const float x = work[i][k];
+      if (x == kNegInf) continue;
+      const double score = greedy ? x : x + gumbel(st[i]->seed, pos, vocab_.begin + k);
+      if (score > bv) bv = score, bi = k;
+    }
+    if (bi >= 0) {
+      best[i] = static_cast<float>(bv);
+      idx[i] = static_cast<int32_t>(vocab_.begin + bi);
+    }
+  }
+  tp_.all_reduce_maxloc(best.data(), idx.data(), n);
+
+  // Log-probabilities of the chosen tokens and the top alternatives, from the raw logits.
+  if (want_logprobs) {
+    std::vector<float> chosen(n, 0.f);
+    for (size_t i = 0; i < n; ++i)
+      if (idx[i] >= vocab_.begin && idx[i] < vocab_.end) chosen[i] = raw(i)[idx[i] - vocab_.begin];
+    tp_.all_reduce_sum(chosen.data(), n);
+    int64_t K = 0;
+    for (size_t i = 0; i < n; ++i) K = std::max<int64_t>(K, st[i]->params.logprobs);
+    std::vector<float> mine(n * K * 2), all(n * K * 2 * tp_.size());
+    for (size_t i = 0; i < n && K > 0; ++i) {
+      std::vector<int64_t> order(L);
+      for (int64_t k = 0; k < L; ++k) order[k] = k;
+      const int64_t kk = std::min(K, L);
+      std::partial_sort(order.begin(), order.begin() + kk, order.end(),
+                        [&](int64_t a, int64_t b) { return raw(i)[a] > raw(i)[b] || (raw(i)[a] == raw(i)[b] && a < b); });
+      for (int64_t k = 0; k < K; ++k) {
+        mine[(i * K + k) * 2] = k < kk ? raw(i)[order[k]] : kNegInf;
+        mine[(i * K + k) * 2 + 1] = k < kk ? static_cast<float>(vocab_.begin + order[k]) : -1.f;  // exact below 2^24
+      }
+    }
+    if (K > 0) tp_.all_gather(mine.data(), mine.size(), all.data());
+    for (size_t i = 0; i < n; ++i) {
+      if (st[i]->params.logprobs < 0) continue;
+      out[i].logprob = chosen[i] - lse[i];
+      std::vector<std::pair<float, int32_t>> cand;
+      for (int r = 0; r < tp_.size(); ++r)
+        for (int64_t k = 0; k < K; ++k) {
+          const size_t o = ((r * n + i) * K + k) * 2;
+          if (all[o] != kNegInf) cand.emplace_back(all[o], static_cast<int32_t>(all[o + 1]));
+        }
+      std::sort(cand.begin(), cand.end(), [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
+      for (int k = 0; k < st[i]->params.logprobs && k < static_cast<int>(cand.size()); ++k) {
+        out[i].top_ids.push_back(cand[k].second);
+        out[i].top_logprobs.push_back(cand[k].first - lse[i]);
+      }
+    }
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (idx[i] == std::numeric_limits<int32_t>::max()) throw Error(cat("sampler: every token was filtered out for sequence ", out[i].seq_id));
+    out[i].token = idx[i];
+  }
+  return out;
+}
+
+}  // namespace llmserve

@@ -1,0 +1,52 @@
+// Sampling on the last pipeline stage, vocabulary-parallel across its tensor group: each rank holds
+// the logits of its vocabulary shard and no rank ever gathers a full row.
+//
+// Sampling uses the Gumbel-max trick: token = argmax(logit / T + g), where the Gumbel noise g of a
+// token depends only on (the sequence's seed, the position being generated, the token id). Each rank
+// finds its local maximum and one (value, index) all-reduce picks the winner. That is an exact draw
+// from softmax(logit / T) over the tokens that survive top-k, min-p and top-p, and the same seed
+// gives the same tokens whatever the batch composition or tensor-parallel layout. Thresholds for
+// top-k / top-p come from small gathers of candidate values; log-probabilities from all-reduced
+// normalizers. Penalties use each sequence's token history, kept per rank from the step plans.
+#pragma once
+#include <cstdint>
+#include <unordered_map>
+#include <vector>
+
+#include "dist/comm.h"
+#include "dist/topology.h"
+#include "engine/step_plan.h"
+
+namespace llmserve {
+
+class Sampler {
+ public:
+  // `vocab` is this rank's shard [begin, end) of `vocab_size`; rows of logits are `row_stride` long.
+  Sampler(Comm& tp, int64_t vocab_size, Range vocab, int64_t row_stride);
+  // Records new sequences' parameters and the tokens each sequence is fed; forgets finished ones.
+  void observe(const StepPlan& plan);
+  // One token for each sequence of the plan with sample = true, in plan order; `logits` holds one
+  // row per such sequence. Collective over the tensor group; every rank returns the same tokens.
+  std::vector<SampledToken> sample(const StepPlan& plan, const float* logits);
+  size_t num_sequences() const { return state_.size(); }
+
+  // The Gumbel noise used for (seed, position, token): exposed for tests.
+  static double gumbel(int64_t seed, int64_t position, int64_t token);
+
+ private:
+  struct SeqState {
+    SamplingParams params;
+    int64_t seed = 0;
+    int32_t prompt_len = 0;
+    std::vector<int32_t> eos_ids;
+    std::vector<int32_t> history;  // every token fed so far, by position
+  };
+  void apply_penalties(const SeqState& st, float* row) const;
+  Comm& tp_;
+  int64_t vocab_size_;
+  Range vocab_;
+  int64_t stride_;
+  std::unordered_map<uint64_t, SeqState> state_;
+};
+
+}  // namespace llmserve

@@ -1,0 +1,111 @@
+#include "engine/sampling_params.h"
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+
+namespace llmserve {
+using json = nlohmann::json;
+
+namespace {
+template <typename T>
+void take(const json& j, const char* key, T& out) {
+  if (!j.contains(key) || j[key].is_null()) return;
+  const json& v = j[key];
+  if constexpr (std::is_same_v<T, bool>) {
+    if (!v.is_boolean()) throw Error(cat("'", key, "' must be a boolean"));
+  } else if constexpr (std::is_integral_v<T>) {
+    if (!v.is_number_integer()) throw Error(cat("'", key, "' must be an integer"));
+  } else if constexpr (std::is_floating_point_v<T>) {
+    if (!v.is_number()) throw Error(cat("'", key, "' must be a number"));
+  }
+  out = v.get<T>();
+}
+}  // namespace
+
+void sampling_params_from_json(const json& j, SamplingParams& p) {
+  if (!j.is_object()) throw Error("sampling parameters must be an object");
+  take(j, "n", p.n);
+  take(j, "temperature", p.temperature);
+  take(j, "top_p", p.top_p);
+  take(j, "top_k", p.top_k);
+  take(j, "min_p", p.min_p);
+  take(j, "repetition_penalty", p.repetition_penalty);
+  take(j, "presence_penalty", p.presence_penalty);
+  take(j, "frequency_penalty", p.frequency_penalty);
+  if (j.contains("seed") && !j["seed"].is_null()) {
+    if (!j["seed"].is_number_integer()) throw Error("'seed' must be an integer");
+    p.seed = j["seed"].get<int64_t>();
+  }
+  take(j, "max_tokens", p.max_tokens);
+  take(j, "max_completion_tokens", p.max_tokens);
+  take(j, "min_tokens", p.min_tokens);
+  take(j, "ignore_eos", p.ignore_eos);
+  take(j, "include_stop_str_in_output", p.include_stop_str_in_output);
+  take(j, "skip_special_tokens", p.skip_special_tokens);
+  if (j.contains("stop") && !j["stop"].is_null()) {
+    const json& s = j["stop"];
+    p.stop.clear();
+    if (s.is_string()) {
+      p.stop.push_back(s.get<std::string>());
+    } else if (s.is_array()) {
+      for (const auto& x : s) {
+        if (!x.is_string()) throw Error("'stop' must be a string or a list of strings");
+        p.stop.push_back(x.get<std::string>());
+      }
+    } else {
+      throw Error("'stop' must be a string or a list of strings");
+    }
+  }
+  if (j.contains("stop_token_ids") && !j["stop_token_ids"].is_null()) {
+    if (!j["stop_token_ids"].is_array()) throw Error("'stop_token_ids' must be a list of integers");
+    p.stop_token_ids.clear();
+    for (const auto& x : j["stop_token_ids"]) {
+      if (!x.is_number_integer()) throw Error("'stop_token_ids' must be a list of integers");
+      p.stop_token_ids.push_back(x.get<int32_t>());
+    }
+  }
+  // logprobs: an integer (completions API) or a boolean with top_logprobs (chat API).
+  if (j.contains("logprobs") && !j["logprobs"].is_null()) {
+    const json& l = j["logprobs"];
+    if (l.is_boolean()) {
+      p.logprobs = l.get<bool>() ? 0 : -1;
+    } else if (l.is_number_integer()) {
+      p.logprobs = l.get<int>();
+    } else {
+      throw Error("'logprobs' must be a boolean or an integer");
+    }
+  }
+  if (j.contains("top_logprobs") && !j["top_logprobs"].is_null()) {
+    if (!j["top_logprobs"].is_number_integer()) throw Error("'top_logprobs' must be an integer");
+    const int k = j["top_logprobs"].get<int>();
+    if (p.logprobs < 0) throw Error("'top_logprobs' requires 'logprobs' to be true");
+    p.logprobs = k;
+  }
+}
+
+void sampling_params_validate(const SamplingParams& p, int64_t vocab_size) {
+  auto bad = [](const std::string& m) { throw Error(m); };
+  if (p.n < 1 || p.n > 128) bad(cat("'n' must be between 1 and 128, got ", p.n));
+  if (p.temperature < 0 || p.temperature > 100) bad(cat("'temperature' must be in [0, 100], got ", p.temperature));
+  if (!(p.top_p > 0 && p.top_p <= 1)) bad(cat("'top_p' must be in (0, 1], got ", p.top_p));
+  if (p.top_k < -1) bad(cat("'top_k' must be -1 (off) or positive, got ", p.top_k));
+  if (p.min_p < 0 || p.min_p > 1) bad(cat("'min_p' must be in [0, 1], got ", p.min_p));
+  if (!(p.repetition_penalty > 0 && p.repetition_penalty <= 10))
+    bad(cat("'repetition_penalty' must be in (0, 10], got ", p.repetition_penalty));
+  if (p.presence_penalty < -2 || p.presence_penalty > 2) bad(cat("'presence_penalty' must be in [-2, 2], got ", p.presence_penalty));
+  if (p.frequency_penalty < -2 || p.frequency_penalty > 2)
+    bad(cat("'frequency_penalty' must be in [-2, 2], got ", p.frequency_penalty));
+  if (p.max_tokens < 1) bad(cat("'max_tokens' must be at least 1, got ", p.max_tokens));
+  if (p.min_tokens < 0 || p.min_tokens > p.max_tokens)
+    bad(cat("'min_tokens' must be in [0, max_tokens], got ", p.min_tokens));
+  if (p.logprobs > 20) bad(cat("'logprobs' / 'top_logprobs' must be at most 20, got ", p.logprobs));
+  if (p.logprobs < -1) bad("'logprobs' must not be negative");
+  for (const auto& s : p.stop)
+    if (s.empty()) bad("'stop' strings must not be empty");
+  if (p.stop.size() > 64) bad("at most 64 'stop' strings");
+  for (int32_t t : p.stop_token_ids)
+    if (t < 0 || t >= vocab_size) bad(cat("'stop_token_ids' contains ", t, ", outside the vocabulary (", vocab_size, ")"));
+}
+
+}  // namespace llmserve

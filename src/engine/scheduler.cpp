@@ -1,0 +1,223 @@
+#include "engine/scheduler.h"
+
+#include <algorithm>
+
+#include "common/error.h"
+
+namespace llmserve {
+
+Scheduler::Scheduler(const SchedulerConfig& cfg)
+    : cfg_(cfg), bm_(cfg.num_blocks, cfg.num_host_blocks, cfg.block_size, cfg.prefix_caching) {}
+
+bool Scheduler::fits(int64_t total) const {
+  return total <= cfg_.max_model_len && (total + cfg_.block_size - 1) / cfg_.block_size <= cfg_.num_blocks;
+}
+
+void Scheduler::add(std::unique_ptr<Sequence> seq) {
+  seq->state = Sequence::State::Waiting;
+  waiting_.push_back(seq.get());
+  seqs_[seq->id] = std::move(seq);
+}
+
+Sequence* Scheduler::find(uint64_t id) {
+  auto it = seqs_.find(id);
+  return it == seqs_.end() ? nullptr : it->second.get();
+}
+
+size_t Scheduler::num_in_flight() const {
+  size_t n = 0;
+  for (const auto* s : running_) n += s->in_flight;
+  return n;
+}
+
+void Scheduler::emit(Sequence& s, int32_t chunk, StepPlan& plan) {
+  SeqStep st;
+  st.seq_id = s.id;
+  st.num_computed = s.num_computed;
+  st.tokens.assign(s.tokens.begin() + s.num_computed, s.tokens.begin() + s.num_computed + chunk);
+  st.block_table = s.blocks;
+  st.sample = s.num_computed + chunk == static_cast<int32_t>(s.tokens.size());
+  if (s.send_params) {
+    st.has_params = true;
+    st.prompt_len = s.prompt_len;
+    st.seed = s.seed;
+    st.params = s.params;
+    st.eos_ids = s.eos_ids;
+    st.prefix.assign(s.tokens.begin(), s.tokens.begin() + s.num_computed);
+    s.send_params = false;
+  }
+  s.num_computed += chunk;
+  // Blocks that this step fills become reusable prefix blocks.
+  const int bs = cfg_.block_size;
+  while ((s.hashed_blocks + 1) * bs <= s.num_computed) {
+    const int32_t* t = s.tokens.data() + static_cast<size_t>(s.hashed_blocks) * bs;
+    s.last_hash = BlockManager::block_hash(s.last_hash, t, bs);
+    bm_.register_full(s.blocks[s.hashed_blocks], s.last_hash, t);
+    ++s.hashed_blocks;
+  }
+  if (st.sample) s.in_flight = true;
+  plan.seqs.push_back(std::move(st));
+}
+
+bool Scheduler::preempt_one(Sequence& keep, StepPlan& plan) {
+  // The most recently arrived running sequence that is not in flight and not `keep`.
+  for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+    Sequence* v = *it;
+    if (v == &keep || v->in_flight) continue;
+    if (std::any_of(plan.seqs.begin(), plan.seqs.end(), [&](const SeqStep& x) { return x.seq_id == v->id; })) continue;
+    running_.erase(std::next(it).base());
+    int64_t exclusive = 0;
+    for (int32_t b : v->blocks) exclusive += bm_.refcount(b) == 1;
+    if (cfg_.num_host_blocks > 0 && exclusive <= bm_.num_host_available()) {
+      // Swap: copy the blocks only it uses to host memory; shared prefix blocks stay referenced.
+      std::vector<int32_t> host = bm_.allocate_host(exclusive);
+      v->host_blocks.assign(v->blocks.size(), -1);
+      size_t h = 0;
+      std::vector<int32_t> release;
+      for (size_t i = 0; i < v->blocks.size(); ++i) {
+        if (bm_.refcount(v->blocks[i]) != 1) continue;
+        plan.swap_out.push_back({v->blocks[i], host[h]});
+        v->host_blocks[i] = host[h++];
+        release.push_back(v->blocks[i]);
+        v->blocks[i] = -1;
+      }
+      bm_.release(release);
+      v->state = Sequence::State::Swapped;
+      swapped_.push_front(v);
+      ++stats_.preempted_swap;
+    } else {
+      // Recompute: drop the KV; the sequence restarts from its tokens (its prefix may still be cached).
+      bm_.release(v->blocks);
+      v->blocks.clear();
+      v->num_computed = 0;
+      v->hashed_blocks = 0;
+      v->last_hash = 0;
+      v->send_params = true;
+      v->state = Sequence::State::Waiting;
+      waiting_.push_front(v);
+      ++stats_.preempted_recompute;
+    }
+    return true;
+  }
+  return false;
+}
+
+bool Scheduler::schedule_chunk(Sequence& s, int64_t& budget, StepPlan& plan, bool may_preempt) {
+  const int32_t remaining = static_cast<int32_t>(s.tokens.size()) - s.num_computed;
+  int32_t chunk = remaining;
+  if (chunk > budget) {
+    if (!cfg_.chunked_prefill) return false;
+    chunk = static_cast<int32_t>(budget);
+  }
+  if (chunk <= 0) return false;
+  const int64_t need = (s.num_computed + chunk + cfg_.block_size - 1) / cfg_.block_size - static_cast<int64_t>(s.blocks.size());
+  while (need > bm_.num_available()) {
+    if (!may_preempt || !preempt_one(s, plan)) return false;
+  }
+  if (need > 0) {
+    auto nb = bm_.allocate(need);
+    s.blocks.insert(s.blocks.end(), nb.begin(), nb.end());
+  }
+  emit(s, chunk, plan);
+  budget -= chunk;
+  return true;
+}
+
+StepPlan Scheduler::schedule() {
+  StepPlan plan;
+  plan.step_id = ++step_id_;
+  int64_t budget = cfg_.max_num_batched_tokens;
+  const size_t preempted_before = stats_.preempted_swap + stats_.preempted_recompute;
+
+  // 1. Swapped sequences come back first, oldest first, while blocks last.
+  while (!swapped_.empty()) {
+    Sequence* s = swapped_.front();
+    int64_t need = 0;
+    for (int32_t h : s->host_blocks) need += h >= 0;
+    if (need + 1 > bm_.num_available() || running_.size() >= static_cast<size_t>(cfg_.max_num_seqs)) break;
+    auto dev = bm_.allocate(need);
+    size_t d = 0;
+    for (size_t i = 0; i < s->blocks.size(); ++i) {
+      if (s->host_blocks[i] < 0) continue;
+      plan.swap_in.push_back({s->host_blocks[i], dev[d]});
+      s->blocks[i] = dev[d++];
+    }
+    bm_.release_host(s->host_blocks);
+    s->host_blocks.clear();
+    s->state = Sequence::State::Running;
+    swapped_.pop_front();
+    // Back in arrival order.
+    auto pos = std::lower_bound(running_.begin(), running_.end(), s, [](Sequence* a, Sequence* b) { return a->id < b->id; });
+    running_.insert(pos, s);
+    ++stats_.swapped_in;
+  }
+
+  // 2. Running sequences: decodes and prefill chunks, preempting later arrivals when blocks run out.
+  const std::vector<Sequence*> snapshot = running_;
+  for (Sequence* s : snapshot) {
+    if (budget <= 0) break;
+    if (s->state != Sequence::State::Running || s->in_flight) continue;  // preempted above, or busy
+    if (static_cast<int32_t>(s->tokens.size()) == s->num_computed) continue;  // nothing to feed yet
+    schedule_chunk(*s, budget, plan, true);
+  }
+
+  // 3. Waiting sequences, first come first served, unless some are still swapped out or this step
+  // had to preempt.
+  const bool preempted = stats_.preempted_swap + stats_.preempted_recompute != preempted_before;
+  while (!waiting_.empty() && swapped_.empty() && !preempted && budget > 0 &&
+         running_.size() < static_cast<size_t>(cfg_.max_num_seqs)) {
+    Sequence* s = waiting_.front();
+    std::vector<uint64_t> hashes;
+    if (s->num_computed == 0 && s->blocks.empty()) {
+      // Reuse cached full blocks of the prefix; at least the last token is always recomputed.
+      const int64_t max_blocks = (static_cast<int64_t>(s->tokens.size()) - 1) / cfg_.block_size;
+      s->blocks = bm_.match_prefix(s->tokens, max_blocks, hashes);
+      s->num_computed = static_cast<int32_t>(s->blocks.size()) * cfg_.block_size;
+      s->hashed_blocks = static_cast<int32_t>(s->blocks.size());
+      s->last_hash = hashes.empty() ? 0 : hashes.back();
+      if (s->send_params && s->num_cached_tokens == 0) s->num_cached_tokens = s->num_computed;
+    }
+    if (!schedule_chunk(*s, budget, plan, false)) {
+      // Not now: give the prefix blocks back so they do not sit idle.
+      bm_.release(s->blocks);
+      s->blocks.clear();
+      s->num_computed = 0;
+      s->hashed_blocks = 0;
+      s->last_hash = 0;
+      break;
+    }
+    waiting_.pop_front();
+    s->state = Sequence::State::Running;
+    running_.push_back(s);
+  }
+  if (!plan.seqs.empty() || !plan.swap_out.empty() || !plan.swap_in.empty()) {
+    plan.finished.swap(finished_);
+  }
+  return plan;
+}
+
+Sequence* Scheduler::on_token(const SampledToken& t) {
+  Sequence* s = find(t.seq_id);
+  if (!s) return nullptr;
+  s->in_flight = false;
+  s->tokens.push_back(t.token);
+  return s;
+}
+
+void Scheduler::finish(uint64_t id) {
+  auto it = seqs_.find(id);
+  if (it == seqs_.end()) return;
+  Sequence* s = it->second.get();
+  std::vector<int32_t> held;
+  for (int32_t b : s->blocks)
+    if (b >= 0) held.push_back(b);
+  bm_.release(held);
+  if (!s->host_blocks.empty()) bm_.release_host(s->host_blocks);
+  running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
+  waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), s), waiting_.end());
+  swapped_.erase(std::remove(swapped_.begin(), swapped_.end(), s), swapped_.end());
+  finished_.push_back(id);
+  seqs_.erase(it);
+}
+
+}  // namespace llmserve

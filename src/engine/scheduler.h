@@ -1,0 +1,94 @@
+// Continuous batching on rank 0 (vLLM's policy): every step, running sequences go first (one
+// decode token each, or their next prefill chunk), then swapped-out ones come back, then waiting
+// requests are admitted first come first served, within max_num_seqs, max_num_batched_tokens and the
+// KV blocks available. When blocks run out, the most recently arrived running sequence is preempted:
+// swapped to host memory while swap space lasts, else recomputed from scratch later. The scheduler
+// knows nothing of tensors; it produces StepPlans and consumes sampled tokens.
+#pragma once
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/step_plan.h"
+#include "kv/block_manager.h"
+
+namespace llmserve {
+
+struct SchedulerConfig {
+  int max_num_seqs = 256;
+  int64_t max_num_batched_tokens = 8192;
+  int64_t max_model_len = 2048;
+  int block_size = 16;
+  bool chunked_prefill = true;
+  bool prefix_caching = true;
+  int64_t num_blocks = 0;
+  int64_t num_host_blocks = 0;
+};
+
+struct Sequence {
+  enum class State { Waiting, Running, Swapped, Finished };
+  uint64_t id = 0;
+  std::vector<int32_t> tokens;  // prompt + generated
+  int32_t prompt_len = 0;
+  SamplingParams params;
+  int64_t seed = 0;
+  std::vector<int32_t> eos_ids;
+  int32_t num_computed = 0;
+  std::vector<int32_t> blocks;
+  std::vector<int32_t> host_blocks;  // while swapped: host block per block index, -1 where kept on device
+  int32_t hashed_blocks = 0;
+  int32_t num_cached_tokens = 0;  // prompt tokens found in the prefix cache when first admitted
+  uint64_t last_hash = 0;
+  State state = State::Waiting;
+  bool in_flight = false;    // a token for it is being computed
+  bool send_params = true;   // the next plan entry carries its parameters
+  int32_t output_len() const { return static_cast<int32_t>(tokens.size()) - prompt_len; }
+};
+
+struct SchedulerStats {
+  int64_t preempted_swap = 0, preempted_recompute = 0, swapped_in = 0;
+};
+
+class Scheduler {
+ public:
+  explicit Scheduler(const SchedulerConfig& cfg);
+  const SchedulerConfig& config() const { return cfg_; }
+
+  // Takes a new sequence (tokens = prompt). The caller has checked that it can ever fit.
+  void add(std::unique_ptr<Sequence> seq);
+  // The next step; empty (no seqs, no copies) when nothing can run now.
+  StepPlan schedule();
+  // Appends a sampled token to its sequence and clears in_flight.
+  Sequence* on_token(const SampledToken& t);
+  // Frees a sequence's blocks and forgets it (its id goes out with the next plan).
+  void finish(uint64_t seq_id);
+  Sequence* find(uint64_t seq_id);
+
+  // Whether a sequence of this many tokens can ever be held.
+  bool fits(int64_t total_tokens) const;
+  size_t num_running() const { return running_.size(); }
+  size_t num_waiting() const { return waiting_.size(); }
+  size_t num_swapped() const { return swapped_.size(); }
+  size_t num_in_flight() const;
+  bool has_unfinished() const { return !seqs_.empty(); }
+  const BlockManager& blocks() const { return bm_; }
+  const SchedulerStats& stats() const { return stats_; }
+
+ private:
+  bool schedule_chunk(Sequence& s, int64_t& budget, StepPlan& plan, bool may_preempt);
+  bool preempt_one(Sequence& keep, StepPlan& plan);
+  void emit(Sequence& s, int32_t chunk, StepPlan& plan);
+  SchedulerConfig cfg_;
+  BlockManager bm_;
+  std::unordered_map<uint64_t, std::unique_ptr<Sequence>> seqs_;
+  std::vector<Sequence*> running_;  // arrival order
+  std::deque<Sequence*> waiting_;
+  std::deque<Sequence*> swapped_;
+  std::vector<uint64_t> finished_;
+  uint64_t step_id_ = 0;
+  SchedulerStats stats_;
+};
+
+}  // namespace llmserve

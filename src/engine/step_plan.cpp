@@ -1,0 +1,154 @@
+#include "engine/step_plan.h"
+
+#include <cstring>
+
+#include "common/error.h"
+
+namespace llmserve {
+namespace {
+
+class Writer {
+ public:
+  template <typename T> void put(const T& v) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    buf_.append(reinterpret_cast<const char*>(&v), sizeof v);
+  }
+  template <typename T> void vec(const std::vector<T>& v) {
+    put<uint32_t>(static_cast<uint32_t>(v.size()));
+    buf_.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+  }
+  void str(const std::string& s) {
+    put<uint32_t>(static_cast<uint32_t>(s.size()));
+    buf_ += s;
+  }
+  std::string take() { return std::move(buf_); }
+
+ private:
+  std::string buf_;
+};
+
+class Reader {
+ public:
+  explicit Reader(const std::string& b) : b_(b) {}
+  template <typename T> T get() {
+    need(sizeof(T));
+    T v;
+    std::memcpy(&v, b_.data() + p_, sizeof v);
+    p_ += sizeof v;
+    return v;
+  }
+  template <typename T> std::vector<T> vec() {
+    const uint32_t n = get<uint32_t>();
+    need(static_cast<size_t>(n) * sizeof(T));
+    std::vector<T> v(n);
+    std::memcpy(v.data(), b_.data() + p_, n * sizeof(T));
+    p_ += n * sizeof(T);
+    return v;
+  }
+  std::string str() {
+    const uint32_t n = get<uint32_t>();
+    need(n);
+    std::string s = b_.substr(p_, n);
+    p_ += n;
+    return s;
+  }
+  bool done() const { return p_ == b_.size(); }
+
+ private:
+  void need(size_t n) const {
+    if (p_ + n > b_.size()) throw Error("step plan: truncated message");
+  }
+  const std::string& b_;
+  size_t p_ = 0;
+};
+
+void put_params(Writer& w, const SamplingParams& p) {
+  w.put(p.n), w.put(p.temperature), w.put(p.top_p), w.put(p.top_k), w.put(p.min_p), w.put(p.repetition_penalty);
+  w.put(p.presence_penalty), w.put(p.frequency_penalty), w.put(p.max_tokens), w.put(p.min_tokens);
+  w.put(static_cast<uint8_t>(p.ignore_eos)), w.put(p.logprobs);
+  w.vec(p.stop_token_ids);
+}
+
+SamplingParams get_params(Reader& r) {
+  SamplingParams p;
+  p.n = r.get<int>(), p.temperature = r.get<double>(), p.top_p = r.get<double>(), p.top_k = r.get<int>();
+  p.min_p = r.get<double>(), p.repetition_penalty = r.get<double>(), p.presence_penalty = r.get<double>();
+  p.frequency_penalty = r.get<double>(), p.max_tokens = r.get<int>(), p.min_tokens = r.get<int>();
+  p.ignore_eos = r.get<uint8_t>() != 0, p.logprobs = r.get<int>();
+  p.stop_token_ids = r.vec<int32_t>();
+  return p;
+}
+
+}  // namespace
+
+int64_t StepPlan::num_tokens() const {
+  int64_t n = 0;
+  for (const auto& s : seqs) n += static_cast<int64_t>(s.tokens.size());
+  return n;
+}
+
+std::string StepPlan::serialize() const {
+  Writer w;
+  w.put(version), w.put(step_id), w.put(static_cast<uint8_t>(shutdown));
+  w.put(static_cast<uint32_t>(seqs.size()));
+  for (const auto& s : seqs) {
+    w.put(s.seq_id), w.put(s.num_computed), w.vec(s.tokens), w.vec(s.block_table);
+    w.put(static_cast<uint8_t>(s.sample)), w.put(static_cast<uint8_t>(s.has_params));
+    if (s.has_params) {
+      w.put(s.prompt_len), w.put(s.seed);
+      put_params(w, s.params);
+      w.vec(s.eos_ids);
+      w.vec(s.prefix);
+    }
+  }
+  w.vec(swap_out), w.vec(swap_in), w.vec(finished);
+  return w.take();
+}
+
+StepPlan StepPlan::deserialize(const std::string& bytes) {
+  Reader r(bytes);
+  StepPlan p;
+  p.version = r.get<uint32_t>();
+  if (p.version != kStepPlanVersion)
+    throw Error(cat("step plan version ", p.version, " (this build speaks ", kStepPlanVersion,
+                    "): every rank must run the same llmserve build"));
+  p.step_id = r.get<uint64_t>();
+  p.shutdown = r.get<uint8_t>() != 0;
+  const uint32_t n = r.get<uint32_t>();
+  p.seqs.resize(n);
+  for (auto& s : p.seqs) {
+    s.seq_id = r.get<uint64_t>(), s.num_computed = r.get<int32_t>();
+    s.tokens = r.vec<int32_t>(), s.block_table = r.vec<int32_t>();
+    s.sample = r.get<uint8_t>() != 0, s.has_params = r.get<uint8_t>() != 0;
+    if (s.has_params) {
+      s.prompt_len = r.get<int32_t>(), s.seed = r.get<int64_t>();
+      s.params = get_params(r);
+      s.eos_ids = r.vec<int32_t>();
+      s.prefix = r.vec<int32_t>();
+    }
+  }
+  p.swap_out = r.vec<BlockCopy>(), p.swap_in = r.vec<BlockCopy>(), p.finished = r.vec<uint64_t>();
+  if (!r.done()) throw Error("step plan: trailing bytes");
+  return p;
+}
+
+std::string serialize_results(uint64_t step_id, const std::vector<SampledToken>& res) {
+  Writer w;
+  w.put(step_id);
+  w.put(static_cast<uint32_t>(res.size()));
+  for (const auto& t : res) w.put(t.seq_id), w.put(t.token), w.put(t.logprob), w.vec(t.top_ids), w.vec(t.top_logprobs);
+  return w.take();
+}
+
+std::vector<SampledToken> deserialize_results(const std::string& bytes, uint64_t* step_id) {
+  Reader r(bytes);
+  *step_id = r.get<uint64_t>();
+  std::vector<SampledToken> res(r.get<uint32_t>());
+  for (auto& t : res) {
+    t.seq_id = r.get<uint64_t>(), t.token = r.get<int32_t>(), t.logprob = r.get<float>();
+    t.top_ids = r.vec<int32_t>(), t.top_logprobs = r.vec<float>();
+  }
+  return res;
+}
+
+}  // namespace llmserve

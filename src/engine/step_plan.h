@@ -1,0 +1,60 @@
+// The step plan: what every rank does in one step, decided by the scheduler on rank 0. It travels
+// from rank 0 to its tensor group, then stage to stage with the activations. Serialized as a
+// compact versioned binary message.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/sampling_params.h"
+
+namespace llmserve {
+
+constexpr uint32_t kStepPlanVersion = 1;
+
+struct SeqStep {
+  uint64_t seq_id = 0;
+  int32_t num_computed = 0;          // tokens of the sequence already in the KV cache
+  std::vector<int32_t> tokens;       // tokens fed this step (positions num_computed...)
+  std::vector<int32_t> block_table;  // physical blocks covering num_computed + tokens.size()
+  bool sample = false;               // this step's last token yields the next token
+  // Sent when the sequence (re)starts (num_computed == 0) so the last stage knows how to sample it.
+  bool has_params = false;
+  int32_t prompt_len = 0;
+  int64_t seed = 0;
+  SamplingParams params;
+  std::vector<int32_t> eos_ids;  // suppressed before min_tokens unless ignore_eos
+  std::vector<int32_t> prefix;   // tokens [0, num_computed) when they came from the prefix cache
+};
+
+struct BlockCopy {
+  int32_t src = 0, dst = 0;
+};
+
+struct StepPlan {
+  uint32_t version = kStepPlanVersion;
+  uint64_t step_id = 0;
+  bool shutdown = false;
+  std::vector<SeqStep> seqs;
+  std::vector<BlockCopy> swap_out;  // device block -> host block, before the forward
+  std::vector<BlockCopy> swap_in;   // host block -> device block, before the forward
+  std::vector<uint64_t> finished;   // sequences whose per-rank state can go
+
+  std::string serialize() const;
+  static StepPlan deserialize(const std::string& bytes);  // throws Error on a bad message
+  int64_t num_tokens() const;
+};
+
+// What the last stage sends back: one sampled token per sampling sequence, with logprobs if asked.
+struct SampledToken {
+  uint64_t seq_id = 0;
+  int32_t token = 0;
+  float logprob = 0;
+  std::vector<int32_t> top_ids;
+  std::vector<float> top_logprobs;
+};
+
+std::string serialize_results(uint64_t step_id, const std::vector<SampledToken>& r);
+std::vector<SampledToken> deserialize_results(const std::string& bytes, uint64_t* step_id);
+
+}  // namespace llmserve

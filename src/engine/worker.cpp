@@ -1,0 +1,104 @@
+#include "engine/worker.h"
+
+#include <cstring>
+
+#include "common/error.h"
+#include "dist/transport.h"
+
+namespace llmserve {
+
+StepMeta step_meta_from_plan(const StepPlan& plan, int bs) {
+  StepMeta m;
+  m.q_start.push_back(0);
+  size_t max_blocks = 0;
+  for (const auto& s : plan.seqs) max_blocks = std::max(max_blocks, s.block_table.size());
+  m.max_blocks = static_cast<int32_t>(max_blocks);
+  for (const auto& s : plan.seqs) {
+    const int32_t n = static_cast<int32_t>(s.tokens.size());
+    if (static_cast<int64_t>(s.block_table.size()) * bs < s.num_computed + n)
+      throw Error(cat("step plan: sequence ", s.seq_id, " has too few blocks"));
+    for (int32_t i = 0; i < n; ++i) {
+      const int32_t p = s.num_computed + i;
+      m.token_ids.push_back(s.tokens[i]);
+      m.positions.push_back(p);
+      m.slot_mapping.push_back(s.block_table[p / bs] * bs + p % bs);
+    }
+    m.q_start.push_back(m.q_start.back() + n);
+    m.block_tables.insert(m.block_tables.end(), s.block_table.begin(), s.block_table.end());
+    m.block_tables.resize(m.block_tables.size() + (max_blocks - s.block_table.size()), 0);
+    if (s.sample) m.logits_indices.push_back(m.q_start.back() - 1);
+  }
+  return m;
+}
+
+Worker::Worker(ModelRunner& runner) : runner_(runner) {
+  const Topology& t = runner.topology();
+  if (t.last_stage()) {
+    const ShardInfo& sh = runner.model().shard();
+    sampler_ = std::make_unique<Sampler>(runner.tp_comm(), runner.spec().vocab_size, sh.vocab, sh.vocab_padded);
+  }
+}
+
+Worker::Output Worker::execute(const StepPlan& plan, const Tensor& hidden_in) {
+  for (const auto& c : plan.swap_out) runner_.kv().swap_out(c.src, c.dst);
+  for (const auto& c : plan.swap_in) runner_.kv().swap_in(c.src, c.dst);
+  Output out;
+  if (sampler_) sampler_->observe(plan);
+  if (plan.seqs.empty()) return out;
+  const StepMeta meta = step_meta_from_plan(plan, static_cast<int>(runner_.block_size()));
+  Tensor result = runner_.model().forward(meta, hidden_in, runner_.kv());
+  if (!runner_.topology().last_stage()) {
+    out.hidden = result;
+    return out;
+  }
+  std::vector<float> logits(static_cast<size_t>(result.numel()));
+  runner_.backend().download(result, logits.data());
+  out.tokens = sampler_->sample(plan, logits.data());
+  return out;
+}
+
+Tensor Worker::hidden_from_bytes(const std::string& bytes, int64_t tokens) {
+  const int64_t H = runner_.spec().hidden_size;
+  LLMSERVE_CHECK(bytes.size() == static_cast<size_t>(tokens * H) * sizeof(float), "activation message of the wrong size");
+  std::vector<float> buf(static_cast<size_t>(tokens * H));
+  std::memcpy(buf.data(), bytes.data(), bytes.size());
+  return runner_.backend().upload(buf.data(), {tokens, H}, runner_.backend().compute_dtype());
+}
+
+std::string Worker::hidden_to_bytes(const Tensor& t) {
+  std::string b(static_cast<size_t>(t.numel()) * sizeof(float), '\0');
+  runner_.backend().download(t, reinterpret_cast<float*>(b.data()));
+  return b;
+}
+
+void Worker::loop() {
+  const Topology& t = runner_.topology();
+  MPI_Comm world = runner_.world().handle();
+  for (;;) {
+    std::string bytes;
+    Tensor hidden;
+    if (t.first_stage()) {
+      bcast_bytes(runner_.tp_comm().handle(), bytes, 0);
+    } else {
+      const int prev = t.rank_of(t.stage() - 1, t.tp_rank());
+      bytes = recv_bytes(world, prev, kTagPlan);
+    }
+    const StepPlan plan = StepPlan::deserialize(bytes);
+    if (!t.first_stage() && !plan.shutdown && !plan.seqs.empty())
+      hidden = hidden_from_bytes(recv_bytes(world, t.rank_of(t.stage() - 1, t.tp_rank()), kTagHidden), plan.num_tokens());
+    if (plan.shutdown) {
+      if (!t.last_stage()) send_bytes(world, t.rank_of(t.stage() + 1, t.tp_rank()), kTagPlan, bytes);
+      return;
+    }
+    Output out = execute(plan, hidden);
+    if (!t.last_stage()) {
+      const int next = t.rank_of(t.stage() + 1, t.tp_rank());
+      send_bytes(world, next, kTagPlan, bytes);
+      if (!plan.seqs.empty()) send_bytes(world, next, kTagHidden, hidden_to_bytes(out.hidden));
+    } else if (t.tp_rank() == 0) {
+      send_bytes(world, 0, kTagResult, serialize_results(plan.step_id, out.tokens));
+    }
+  }
+}
+
+}  // namespace llmserve

@@ -1,0 +1,37 @@
+// Executes step plans on one rank: KV swaps, this stage's layers, and on the last stage the
+// vocabulary-parallel sampling.
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+#include "engine/sampler.h"
+#include "engine/step_plan.h"
+#include "model/runner.h"
+
+namespace llmserve {
+
+// The forward-pass description of a plan.
+StepMeta step_meta_from_plan(const StepPlan& plan, int block_size);
+
+class Worker {
+ public:
+  explicit Worker(ModelRunner& runner);
+  struct Output {
+    Tensor hidden;                      // for the next stage
+    std::vector<SampledToken> tokens;   // last stage
+  };
+  Output execute(const StepPlan& plan, const Tensor& hidden_in);
+  // Receives [T, hidden] floats as a tensor of this backend.
+  Tensor hidden_from_bytes(const std::string& bytes, int64_t tokens);
+  std::string hidden_to_bytes(const Tensor& t);
+
+  // Runs plans until a shutdown plan arrives (every rank but world rank 0).
+  void loop();
+
+ private:
+  ModelRunner& runner_;
+  std::unique_ptr<Sampler> sampler_;
+};
+
+}  // namespace llmserve
