@@ -130,5 +130,29 @@ printf '{"messages": [{"role": "user", "content": "hi"}], "x": 1}\n{"text": "no"
 check "logits: prompt line without ids/messages/prompt" 1 'badreq.jsonl line 2' -- "$llmserve" logits "$work/good.yaml" --prompts "$work/badreq.jsonl"
 check "tokenize: no model" 1 "a model is required" -- "$llmserve" tokenize "text"
 
+# --- generate (offline batch) --------------------------------------------------------
+printf '{"prompt": "Hello", "max_tokens": 3, "temperature": 0}\n{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "n": 2, "seed": 5}\n{"prompt_token_ids": [9707, 11], "max_tokens": 4, "stop_token_ids": [11], "ignore_eos": true}\n' >"$work/gen.jsonl"
+check "generate: mixed requests, in input order" 0 "3/3 requests" -- \
+  "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -pp 2 --input "$work/gen.jsonl" --output "$work/gen-out.jsonl"
+if [ "$(wc -l <"$work/gen-out.jsonl")" -eq 3 ] && sed -n 2p "$work/gen-out.jsonl" | grep -q '"index":1' \
+   && [ "$(sed -n 2p "$work/gen-out.jsonl" | grep -o '"finish_reason"' | wc -l)" -eq 2 ]; then
+  passed=$((passed + 1)); echo "PASS generate output: 3 lines, n=2 gives two outputs"
+else failed=$((failed + 1)); echo "FAIL generate output"; cat "$work/gen-out.jsonl"; fi
+printf '{"prompt": "a", "max_tokens": 2}\n{"prompt": "b", "temperature": "hot"}\n' >"$work/gen-bad.jsonl"
+check "generate: bad parameter names its line" 1 "gen-bad.jsonl line 2: 'temperature' must be a number" -- \
+  "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 --input "$work/gen-bad.jsonl" --output "$work/gen-bad-out.jsonl"
+[ -e "$work/gen-bad-out.jsonl" ] && { failed=$((failed + 1)); echo "FAIL generate left an output file"; }
+printf '{"prompt": "a", "max_tokens": 600}\n' >"$work/gen-long.jsonl"
+check "generate: too long for max_model_len" 1 "exceeds max_model_len 512" -- \
+  "$llmserve" generate "$work/good.yaml" --input "$work/gen-long.jsonl" --output "$work/x.jsonl"
+printf '{"prompt": "a", "top_p": 0}\n' >"$work/gen-topp.jsonl"
+check "generate: out-of-range top_p" 1 "'top_p' must be in \(0, 1\]" -- \
+  "$llmserve" generate "$work/good.yaml" --input "$work/gen-topp.jsonl" --output "$work/x.jsonl"
+check "generate: missing input" 1 "cannot read '/nonexistent.jsonl'" -- \
+  "$llmserve" generate "$work/good.yaml" --input /nonexistent.jsonl --output "$work/x.jsonl"
+check "generate: unwritable output" 1 "cannot write '/nonexistent-dir/out.jsonl'" -- \
+  "$llmserve" generate "$work/good.yaml" --input "$work/gen.jsonl" --output /nonexistent-dir/out.jsonl
+check "generate: no --input" 1 "--input requests.jsonl and --output results.jsonl are required" -- "$llmserve" generate "$work/good.yaml"
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -1,0 +1,164 @@
+// The engine in one process (world of one rank) on the tiny Qwen2 fixture model.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "common/file_util.h"
+#include "engine/engine.h"
+#include "model/model_file.h"
+#include "model/runner.h"
+#include "tokenizer/tokenizer.h"
+
+using namespace llmserve;
+using json = nlohmann::json;
+
+namespace {
+
+const std::string kModel = LLMSERVE_TEST_MODEL;
+const std::string kGolden = std::string(LLMSERVE_FIXTURES) + "/golden/tiny-qwen2.json";
+
+struct Fixture {
+  Config cfg;
+  std::unique_ptr<ModelRunner> runner;
+  std::unique_ptr<Tokenizer> tok;
+  explicit Fixture(int64_t blocks = 0) {
+    cfg.model = kModel;
+    cfg.backend = "cpu";
+    cfg.max_model_len = 384;
+    cfg.block_size = 8;
+    cfg.num_gpu_blocks_override = blocks;
+    runner = std::make_unique<ModelRunner>(cfg, MPI_COMM_WORLD);
+    tok = Tokenizer::from_model_file(ModelFile(kModel));
+  }
+};
+
+json golden() { return json::parse(read_file(kGolden)); }
+
+std::map<uint64_t, RequestOutput> run_all(Engine& e) {
+  std::map<uint64_t, RequestOutput> done;
+  for (int guard = 0; e.has_unfinished() && guard < 10000; ++guard)
+    for (auto& r : e.step())
+      if (r.finished) done[r.request_id] = r;
+  return done;
+}
+
+SamplingParams greedy(int max_tokens) {
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = max_tokens;
+  p.ignore_eos = true;
+  return p;
+}
+
+}  // namespace
+
+TEST(Engine, StopStringCutsTheTextAndTokenIdsStopToo) {
+  Fixture s;
+  Engine e(*s.runner, s.tok.get(), 0);
+  const json g = golden()["public"][1];
+  const auto ids = g["ids"].get<std::vector<int32_t>>();
+  const auto gold = g["greedy"]["ids"].get<std::vector<int32_t>>();
+  const std::string full = s.tok->decode(gold, true);
+  // A stop string taken from the middle of transformers' greedy continuation.
+  const std::string upto = s.tok->decode(std::vector<int32_t>(gold.begin(), gold.begin() + 8), true);
+  const std::string stop = full.substr(upto.size(), 3);
+  SamplingParams p = greedy(24);
+  p.stop = {stop};
+  const uint64_t a = e.add_request(ids, p);
+  SamplingParams q = greedy(24);
+  q.stop_token_ids = {gold[5]};
+  const uint64_t b = e.add_request(ids, q);
+  auto done = run_all(e);
+  EXPECT_EQ(done[a].outputs[0].finish_reason, "stop");
+  EXPECT_EQ(done[a].outputs[0].stop_reason, stop);
+  EXPECT_EQ(done[a].outputs[0].text, full.substr(0, full.find(stop)));
+  EXPECT_EQ(done[b].outputs[0].finish_reason, "stop");
+  const auto& tb = done[b].outputs[0].token_ids;
+  EXPECT_EQ(tb.back(), gold[5]);
+  EXPECT_EQ(std::find(tb.begin(), tb.end(), gold[5]) - tb.begin(), std::find(gold.begin(), gold.end(), gold[5]) - gold.begin());
+}
+
+TEST(Engine, SeededSamplingDoesNotDependOnTheBatchAndNGivesDistinctSamples) {
+  Fixture s;
+  const auto pub = golden()["public"];
+  SamplingParams p;
+  p.temperature = 1.0;
+  p.max_tokens = 12;
+  p.seed = 1234;
+  p.ignore_eos = true;
+  std::vector<int32_t> alone;
+  {
+    Engine e(*s.runner, s.tok.get(), 0);
+    const uint64_t id = e.add_request(pub[3]["ids"].get<std::vector<int32_t>>(), p);
+    alone = run_all(e)[id].outputs[0].token_ids;
+  }
+  {
+    Engine e(*s.runner, s.tok.get(), 99);
+    for (int i = 0; i < 5; ++i) {
+      SamplingParams o = p;
+      o.seed.reset();
+      e.add_request(pub[i]["ids"].get<std::vector<int32_t>>(), o);
+    }
+    const uint64_t id = e.add_request(pub[3]["ids"].get<std::vector<int32_t>>(), p);
+    auto done = run_all(e);
+    EXPECT_EQ(done[id].outputs[0].token_ids, alone);
+  }
+  {
+    Engine e(*s.runner, s.tok.get(), 0);
+    SamplingParams n2 = p;
+    n2.n = 3;
+    n2.logprobs = 2;
+    const uint64_t id = e.add_request(pub[3]["ids"].get<std::vector<int32_t>>(), n2);
+    auto r = run_all(e)[id];
+    ASSERT_EQ(r.outputs.size(), 3u);
+    EXPECT_NE(r.outputs[0].token_ids, r.outputs[1].token_ids);
+    for (const auto& o : r.outputs) {
+      ASSERT_EQ(o.logprobs.size(), o.token_ids.size());
+      EXPECT_LE(o.logprobs[0].logprob, 0.f);
+      EXPECT_EQ(o.logprobs[0].top.size(), 2u);
+    }
+  }
+}
+
+TEST(Engine, AbortFreesBlocksAndRejectsWhatCanNeverFit) {
+  Fixture s(48);
+  Engine e(*s.runner, s.tok.get(), 0);
+  const auto pub = golden()["public"];
+  std::vector<uint64_t> ids;
+  for (int i = 0; i < 3; ++i) ids.push_back(e.add_request(pub[i]["ids"].get<std::vector<int32_t>>(), greedy(30)));
+  std::map<uint64_t, RequestOutput> done;
+  for (int k = 0; k < 3; ++k)
+    for (auto& r : e.step())
+      if (r.finished) done[r.request_id] = r;
+  EXPECT_GT(e.scheduler().blocks().num_used(), 0);
+  e.abort(ids[1]);
+  for (auto& [id, r] : run_all(e)) done[id] = r;
+  EXPECT_EQ(done[ids[1]].outputs[0].finish_reason, "abort");
+  EXPECT_LT(done[ids[1]].outputs[0].token_ids.size(), 30u);
+  EXPECT_EQ(done[ids[0]].outputs[0].finish_reason, "length");
+  EXPECT_EQ(e.scheduler().blocks().num_used(), 0);  // everything released (cached blocks stay evictable)
+  // Longer than max_model_len (the runner refuses caches smaller than one such sequence).
+  std::vector<int32_t> long_prompt(380, 9707);
+  try {
+    e.add_request(long_prompt, greedy(10));
+    FAIL();
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("maximum context length is 384 tokens"), std::string::npos) << err.what();
+  }
+  EXPECT_THROW(e.add_request({}, greedy(5)), Error);
+  EXPECT_THROW(e.add_request({999999}, greedy(5)), Error);
+  SamplingParams bad = greedy(5);
+  bad.top_p = 0;
+  EXPECT_THROW(e.add_request({1, 2}, bad), Error);
+}
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  const int rc = RUN_ALL_TESTS();
+  MPI_Finalize();
+  return rc;
+}

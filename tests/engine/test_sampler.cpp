@@ -1,0 +1,256 @@
+// The vocabulary-parallel sampler against exact probabilities computed here, under MPI with the
+// vocabulary split over every rank of the world (run with mpirun -np 1, 2 and 3).
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <numeric>
+#include <random>
+
+#include "dist/mpi_comm.h"
+#include "dist/topology.h"
+#include "engine/sampler.h"
+
+using namespace llmserve;
+
+namespace {
+
+constexpr int64_t V = 50;
+
+std::vector<float> fixed_logits() {
+  std::mt19937 g(3);
+  std::normal_distribution<float> d(0.f, 2.f);
+  std::vector<float> l(V);
+  for (auto& x : l) x = d(g);
+  return l;
+}
+
+// The distribution the sampler must draw from, computed directly in double precision.
+std::vector<double> expected(std::vector<float> lf, const SamplingParams& p, const std::vector<int32_t>& history,
+                             int prompt_len) {
+  std::vector<double> l(lf.begin(), lf.end());
+  if (p.repetition_penalty != 1.0) {
+    std::vector<bool> seen(V, false);
+    for (int32_t t : history) seen[t] = true;
+    for (int64_t t = 0; t < V; ++t)
+      if (seen[t]) l[t] = l[t] > 0 ? l[t] / p.repetition_penalty : l[t] * p.repetition_penalty;
+  }
+  std::vector<int> count(V, 0);
+  for (size_t i = prompt_len; i < history.size(); ++i) ++count[history[i]];
+  for (int64_t t = 0; t < V; ++t)
+    if (count[t]) l[t] -= p.presence_penalty + p.frequency_penalty * count[t];
+  for (auto& x : l) x /= p.temperature;
+  std::vector<bool> keep(V, true);
+  std::vector<double> sorted = l;
+  std::sort(sorted.rbegin(), sorted.rend());
+  if (p.top_k > 0)
+    for (int64_t t = 0; t < V; ++t) keep[t] = keep[t] && l[t] >= sorted[p.top_k - 1];
+  const double mx = sorted[0];
+  if (p.min_p > 0)
+    for (int64_t t = 0; t < V; ++t) keep[t] = keep[t] && l[t] >= mx + std::log(p.min_p);
+  if (p.top_p < 1) {
+    double z = 0;
+    for (int64_t t = 0; t < V; ++t)
+      if (keep[t]) z += std::exp(l[t] - mx);
+    std::vector<double> kept;
+    for (int64_t t = 0; t < V; ++t)
+      if (keep[t]) kept.push_back(l[t]);
+    std::sort(kept.rbegin(), kept.rend());
+    double cum = 0, thr = kept.back();
+    for (double v : kept) {
+      cum += std::exp(v - mx) / z;
+      if (cum >= p.top_p) {
+        thr = v;
+        break;
+      }
+    }
+    for (int64_t t = 0; t < V; ++t) keep[t] = keep[t] && l[t] >= thr;
+  }
+  std::vector<double> prob(V, 0);
+  double z = 0;
+  for (int64_t t = 0; t < V; ++t)
+    if (keep[t]) z += std::exp(l[t] - mx);
+  for (int64_t t = 0; t < V; ++t)
+    if (keep[t]) prob[t] = std::exp(l[t] - mx) / z;
+  return prob;
+}
+
+struct World {
+  MpiComm comm{MPI_COMM_WORLD, false};
+  Range vocab = shard_range(V, comm.size(), comm.rank());
+  int64_t stride = (V + comm.size() - 1) / comm.size();
+  // This rank's rows for `n` copies of the full logits row.
+  std::vector<float> rows(const std::vector<float>& full, size_t n) const {
+    std::vector<float> out(n * stride, 0.f);
+    for (size_t i = 0; i < n; ++i)
+      std::copy(full.begin() + vocab.begin, full.begin() + vocab.end, out.begin() + static_cast<long>(i * stride));
+    return out;
+  }
+};
+
+StepPlan plan_for(size_t n, const SamplingParams& p, const std::vector<int32_t>& history, int prompt_len, int64_t seed0,
+                  uint64_t id0 = 1) {
+  StepPlan plan;
+  for (size_t i = 0; i < n; ++i) {
+    SeqStep s;
+    s.seq_id = id0 + i;
+    s.num_computed = static_cast<int32_t>(history.size()) - 1;
+    s.tokens = {history.back()};
+    s.sample = true;
+    s.has_params = true;
+    s.prompt_len = prompt_len;
+    s.seed = seed0 + static_cast<int64_t>(i) * 7919;
+    s.params = p;
+    s.eos_ids = {3};
+    s.prefix.assign(history.begin(), history.end() - 1);
+    plan.seqs.push_back(s);
+  }
+  return plan;
+}
+
+void check_distribution(const SamplingParams& p, const std::vector<int32_t>& history, int prompt_len) {
+  World w;
+  const auto logits = fixed_logits();
+  const auto want = expected(logits, p, history, prompt_len);
+  constexpr size_t N = 4000, ROUNDS = 5;
+  std::vector<double> freq(V, 0);
+  for (size_t r = 0; r < ROUNDS; ++r) {
+    Sampler s(w.comm, V, w.vocab, w.stride);
+    StepPlan plan = plan_for(N, p, history, prompt_len, static_cast<int64_t>(r) * 1000003);
+    s.observe(plan);
+    auto rows = w.rows(logits, N);
+    for (const auto& t : s.sample(plan, rows.data())) freq[t.token] += 1.0 / (N * ROUNDS);
+  }
+  const double n = N * ROUNDS;
+  for (int64_t t = 0; t < V; ++t) {
+    if (want[t] == 0) {
+      EXPECT_EQ(freq[t], 0) << "token " << t << " was filtered out but sampled";
+    } else {
+      const double tol = 5 * std::sqrt(want[t] * (1 - want[t]) / n) + 1e-3;
+      EXPECT_NEAR(freq[t], want[t], tol) << "token " << t;
+    }
+  }
+}
+
+}  // namespace
+
+TEST(Sampler, PlainTemperature) {
+  SamplingParams p;
+  p.temperature = 0.8;
+  check_distribution(p, {1, 2}, 2);
+}
+
+TEST(Sampler, TopK) {
+  SamplingParams p;
+  p.top_k = 5;
+  check_distribution(p, {1, 2}, 2);
+}
+
+TEST(Sampler, TopP) {
+  SamplingParams p;
+  p.top_p = 0.7;
+  p.temperature = 1.3;
+  check_distribution(p, {1, 2}, 2);
+}
+
+TEST(Sampler, MinP) {
+  SamplingParams p;
+  p.min_p = 0.05;
+  check_distribution(p, {1, 2}, 2);
+}
+
+TEST(Sampler, AllFiltersTogether) {
+  SamplingParams p;
+  p.top_k = 12;
+  p.top_p = 0.9;
+  p.min_p = 0.01;
+  p.temperature = 0.7;
+  check_distribution(p, {1, 2}, 2);
+}
+
+TEST(Sampler, Penalties) {
+  const auto l = fixed_logits();
+  // History: prompt of 3 tokens, then outputs that repeat the two most likely tokens.
+  std::vector<int> order(V);
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return l[a] > l[b]; });
+  const std::vector<int32_t> history = {order[5], order[6], order[0], order[0], order[1], order[0]};
+  SamplingParams p;
+  p.repetition_penalty = 1.3;
+  p.presence_penalty = 0.5;
+  p.frequency_penalty = 0.4;
+  check_distribution(p, history, 3);
+}
+
+TEST(Sampler, GreedyAndLogprobs) {
+  World w;
+  const auto logits = fixed_logits();
+  SamplingParams p;
+  p.temperature = 0;
+  p.logprobs = 3;
+  Sampler s(w.comm, V, w.vocab, w.stride);
+  StepPlan plan = plan_for(1, p, {4}, 1, 0);
+  s.observe(plan);
+  auto rows = w.rows(logits, 1);
+  const auto r = s.sample(plan, rows.data());
+  const int64_t best = std::max_element(logits.begin(), logits.end()) - logits.begin();
+  EXPECT_EQ(r[0].token, best);
+  double z = 0;
+  for (float x : logits) z += std::exp(static_cast<double>(x));
+  EXPECT_NEAR(r[0].logprob, logits[best] - std::log(z), 1e-4);
+  ASSERT_EQ(r[0].top_ids.size(), 3u);
+  EXPECT_EQ(r[0].top_ids[0], best);
+  EXPECT_GE(r[0].top_logprobs[0], r[0].top_logprobs[1]);
+  EXPECT_GE(r[0].top_logprobs[1], r[0].top_logprobs[2]);
+}
+
+TEST(Sampler, SeededDrawDoesNotDependOnTheBatch) {
+  World w;
+  const auto logits = fixed_logits();
+  SamplingParams p;
+  p.temperature = 1.0;
+  auto draw = [&](size_t batch) {
+    Sampler s(w.comm, V, w.vocab, w.stride);
+    // The sequence under test (seed 42) sits last among `batch - 1` others with other seeds.
+    StepPlan plan = plan_for(batch, p, {7, 8}, 2, 1000);
+    plan.seqs.back().seed = 42;
+    s.observe(plan);
+    auto rows = w.rows(logits, batch);
+    return s.sample(plan, rows.data()).back().token;
+  };
+  const int32_t alone = draw(1);
+  EXPECT_EQ(draw(5), alone);
+  EXPECT_EQ(draw(33), alone);
+}
+
+TEST(Sampler, MinTokensSuppressesEos) {
+  World w;
+  std::vector<float> logits(V, 0.f);
+  logits[3] = 50.f;  // EOS (id 3 in plan_for) dominates
+  SamplingParams p;
+  p.temperature = 0;
+  p.min_tokens = 2;
+  Sampler s(w.comm, V, w.vocab, w.stride);
+  StepPlan plan = plan_for(1, p, {9}, 1, 0);  // no output yet
+  s.observe(plan);
+  auto rows = w.rows(logits, 1);
+  EXPECT_NE(s.sample(plan, rows.data())[0].token, 3);
+}
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rank != 0) {
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  const int rc = RUN_ALL_TESTS();
+  int any = rc;
+  MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Finalize();
+  return any;
+}
