@@ -58,7 +58,11 @@ class Backend {
   virtual void gather_rows(const Tensor& x, Tensor& out) = 0;
 };
 
-// "cpu" (or "cuda" when built with CUDA and a device is present; "auto" picks).
-std::unique_ptr<Backend> make_backend(const std::string& kind, int local_rank);
+// "cpu", "cuda" (built with CUDA, a GPU visible; this rank uses GPU local_rank modulo the GPUs), or
+// "auto" (cuda when possible, else cpu). `dtype` is the CUDA backend's element type; the CPU backend
+// computes in float32.
+std::unique_ptr<Backend> make_backend(const std::string& kind, int local_rank, DType dtype);
+// The element type for a config dtype ("auto" takes the checkpoint's torch_dtype).
+DType resolve_dtype(const std::string& config_dtype, const std::string& torch_dtype);
 
 }  // namespace llmserve

@@ -5,6 +5,9 @@
 
 #include "common/error.h"
 #include "kernels/cpu/ops.h"
+#if LLMSERVE_WITH_CUDA
+#include "backend/cuda/cuda_backend.h"
+#endif
 
 namespace llmserve {
 
@@ -114,10 +117,24 @@ void CpuBackend::gather_rows(const Tensor& x, Tensor& out) {
     std::memcpy(out.as<float>() + i * C, x.as<float>() + m.logits_indices[i] * C, C * sizeof(float));
 }
 
-std::unique_ptr<Backend> make_backend(const std::string& kind, int /*local_rank*/) {
+DType resolve_dtype(const std::string& c, const std::string& torch_dtype) {
+  if (c == "half" || c == "float16") return DType::F16;
+  if (c == "bfloat16") return DType::BF16;
+  if (c == "float" || c == "float32") return DType::F32;
+  // auto: the checkpoint's dtype, with float32 checkpoints served in bfloat16 as vLLM does.
+  if (torch_dtype == "float16") return DType::F16;
+  return DType::BF16;
+}
+
+std::unique_ptr<Backend> make_backend(const std::string& kind, int local_rank, DType dtype) {
+#if LLMSERVE_WITH_CUDA
+  if (kind == "cuda" || (kind == "auto" && cuda_device_available())) return make_cuda_backend(local_rank, dtype);
+#else
+  (void)local_rank;
+  (void)dtype;
+  if (kind == "cuda") throw Error("backend 'cuda': this llmserve was built without CUDA (nvcc was not found); use backend: cpu");
+#endif
   if (kind == "cpu" || kind == "auto") return std::make_unique<CpuBackend>();
-  if (kind == "cuda")
-    throw Error("backend 'cuda' is not available in this build yet (the CUDA backend is issue 6); use backend: cpu");
   throw Error(cat("unknown backend '", kind, "'"));
 }
 

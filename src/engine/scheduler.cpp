@@ -127,7 +127,7 @@ StepPlan Scheduler::schedule() {
   StepPlan plan;
   plan.step_id = ++step_id_;
   int64_t budget = cfg_.max_num_batched_tokens;
-  const size_t preempted_before = stats_.preempted_swap + stats_.preempted_recompute;
+  const int64_t preempted_before = stats_.preempted_swap + stats_.preempted_recompute;
 
   // 1. Swapped sequences come back first, oldest first, while blocks last.
   while (!swapped_.empty()) {

@@ -29,6 +29,14 @@ void resolve_config_for_model(Config& cfg, const ModelSpec& spec) {
 ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   world_ = std::make_unique<MpiComm>(world_comm, false);
   std::unique_ptr<ModelFile> file;
+  // This rank's index among the ranks of its node picks its GPU.
+  int local_rank = 0;
+  {
+    MPI_Comm node;
+    MPI_Comm_split_type(world_comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    MPI_Comm_rank(node, &local_rank);
+    MPI_Comm_free(&node);
+  }
   agree(world_comm, [&] {
     config_validate(cfg_);
     topo_ = make_topology(world_->rank(), world_->size(), cfg_.tensor_parallel_size, cfg_.pipeline_parallel_size);
@@ -37,7 +45,10 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
     file = std::make_unique<ModelFile>(cfg_.model);
     spec_ = file->spec();
     resolve_config_for_model(cfg_, spec_);
-    backend_ = make_backend(cfg_.backend, topo_.tp_rank());
+    backend_ = make_backend(cfg_.backend, local_rank, resolve_dtype(cfg_.dtype, spec_.torch_dtype));
+    if (backend_->name() == "cuda" && topo_.tp > 1)
+      throw Error("tensor parallelism on the CUDA backend needs the NCCL communicator, which is not built yet; "
+                  "use tensor_parallel_size 1 (pipeline parallelism works)");
   });
   log_set_rank(topo_.world_rank);
   if (backend_->name() == "cpu" && cfg_.dtype != "auto" && cfg_.dtype != "float" && cfg_.dtype != "float32")

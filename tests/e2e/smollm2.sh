@@ -14,7 +14,7 @@ mkdir -p "$work"
 run() {
   local np=$1 out=$2
   shift 2
-  "$here/../mpirun.sh" "$np" "$build/llmserve" logits --model "$model" --max-model-len 1024 --block-size 16 \
+  "$here/../mpirun.sh" "$np" "$build/llmserve" logits --model "$model" --backend cpu --max-model-len 1024 --block-size 16 \
     --prompts "$prompts" --max-tokens 12 --top-k 1 --output "$out" "$@"
 }
 run 1 "$work/tp1.jsonl"

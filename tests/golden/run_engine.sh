@@ -13,7 +13,7 @@ mkdir -p "$work"
 golden="$fixtures/golden/$model.json"
 "$build/tests/golden_check" requests "$golden" "$work/requests.jsonl"
 "$here/../mpirun.sh" $((tp * pp)) "$build/llmserve" generate --model "$build/test-models/$model.h5" \
-  --tensor-parallel-size "$tp" --pipeline-parallel-size "$pp" --max-model-len 512 \
+  --backend cpu --tensor-parallel-size "$tp" --pipeline-parallel-size "$pp" --max-model-len 512 \
   --input "$work/requests.jsonl" --output "$work/out.jsonl" "$@" 2>"$work/stderr.log" || { cat "$work/stderr.log"; exit 1; }
 grep -E "preemptions|prefix cache" "$work/stderr.log" || true
 "$build/tests/golden_check" generated "$golden" "$work/out.jsonl"

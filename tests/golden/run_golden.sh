@@ -10,6 +10,6 @@ mkdir -p "$work"
 golden="$fixtures/golden/$model.json"
 "$build/tests/golden_check" prompts "$golden" "$work/prompts.jsonl"
 "$here/../mpirun.sh" $((tp * pp)) "$build/llmserve" logits --model "$build/test-models/$model.h5" \
-  --tensor-parallel-size "$tp" --pipeline-parallel-size "$pp" --block-size 8 \
+  --backend cpu --tensor-parallel-size "$tp" --pipeline-parallel-size "$pp" --block-size 8 \
   --prompts "$work/prompts.jsonl" --max-tokens 24 --output "$work/out.jsonl" --logits-output "$work/last.f32"
 "$build/tests/golden_check" compare "$golden" "$fixtures/golden/$model.last_logits.f32" "$work/out.jsonl" "$work/last.f32"

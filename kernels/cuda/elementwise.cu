@@ -1,0 +1,99 @@
+// Embedding lookup, residual add, SiLU-and-multiply, row gather and dtype conversions.
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.cuh"
+
+namespace llmserve::cuda {
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA ") + what + ": " + cudaGetErrorString(e));
+}
+
+namespace {
+template <typename T>
+__global__ void embedding_k(const T* table, int64_t vocab_start, int64_t rows, const int32_t* ids, int64_t n, int64_t H, T* out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n * H) return;
+  const int64_t t = i / H, h = i % H;
+  const int64_t r = static_cast<int64_t>(ids[t]) - vocab_start;
+  out[i] = (r >= 0 && r < rows) ? table[r * H + h] : from_f<T>(0.f);
+}
+template <typename T>
+__global__ void add_k(T* x, const T* y, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) x[i] = from_f<T>(to_f(x[i]) + to_f(y[i]));
+}
+template <typename T>
+__global__ void silu_mul_k(const T* g, const T* u, int64_t n, T* out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const float a = to_f(g[i]);
+  out[i] = from_f<T>(a / (1.f + __expf(-a)) * to_f(u[i]));
+}
+template <typename T>
+__global__ void gather_k(const T* x, const int32_t* rows, int64_t n, int64_t C, T* out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n * C) out[i] = x[static_cast<int64_t>(rows[i / C]) * C + i % C];
+}
+template <typename T>
+__global__ void from_float_k(const float* in, int64_t n, T* out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) out[i] = from_f<T>(in[i]);
+}
+template <typename T>
+__global__ void to_float_k(const T* in, int64_t n, float* out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) out[i] = to_f(in[i]);
+}
+}  // namespace
+
+template <typename T>
+void embedding(const T* table, int64_t vocab_start, int64_t rows, const int32_t* ids, int64_t n, int64_t H, T* out, cudaStream_t s) {
+  if (n * H == 0) return;
+  embedding_k<<<blocks_for(n * H, 256), 256, 0, s>>>(table, vocab_start, rows, ids, n, H, out);
+  check(cudaGetLastError(), "embedding");
+}
+template <typename T>
+void add(T* x, const T* y, int64_t n, cudaStream_t s) {
+  if (n == 0) return;
+  add_k<<<blocks_for(n, 256), 256, 0, s>>>(x, y, n);
+  check(cudaGetLastError(), "add");
+}
+template <typename T>
+void silu_mul(const T* g, const T* u, int64_t n, T* out, cudaStream_t s) {
+  if (n == 0) return;
+  silu_mul_k<<<blocks_for(n, 256), 256, 0, s>>>(g, u, n, out);
+  check(cudaGetLastError(), "silu_mul");
+}
+template <typename T>
+void gather_rows(const T* x, const int32_t* rows, int64_t n, int64_t C, T* out, cudaStream_t s) {
+  if (n * C == 0) return;
+  gather_k<<<blocks_for(n * C, 256), 256, 0, s>>>(x, rows, n, C, out);
+  check(cudaGetLastError(), "gather_rows");
+}
+template <typename T>
+void from_float(const float* in, int64_t n, T* out, cudaStream_t s) {
+  if (n == 0) return;
+  from_float_k<<<blocks_for(n, 256), 256, 0, s>>>(in, n, out);
+  check(cudaGetLastError(), "from_float");
+}
+template <typename T>
+void to_float(const T* in, int64_t n, float* out, cudaStream_t s) {
+  if (n == 0) return;
+  to_float_k<<<blocks_for(n, 256), 256, 0, s>>>(in, n, out);
+  check(cudaGetLastError(), "to_float");
+}
+
+#define INSTANTIATE(T)                                                                                        \
+  template void embedding<T>(const T*, int64_t, int64_t, const int32_t*, int64_t, int64_t, T*, cudaStream_t);        \
+  template void add<T>(T*, const T*, int64_t, cudaStream_t);                                                         \
+  template void silu_mul<T>(const T*, const T*, int64_t, T*, cudaStream_t);                                          \
+  template void gather_rows<T>(const T*, const int32_t*, int64_t, int64_t, T*, cudaStream_t);                        \
+  template void from_float<T>(const float*, int64_t, T*, cudaStream_t);                                              \
+  template void to_float<T>(const T*, int64_t, float*, cudaStream_t);
+LLMSERVE_FOR_EACH_TYPE(INSTANTIATE)
+
+}  // namespace llmserve::cuda

@@ -1,0 +1,98 @@
+// RMSNorm (one block per row) and rotary embedding (neox layout) with the KV-cache write.
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.cuh"
+
+namespace llmserve::cuda {
+namespace {
+
+template <typename T>
+__global__ void rmsnorm_k(const T* x, const T* w, int64_t H, float eps, T* out) {
+  const T* xr = x + blockIdx.x * H;
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
+    const float v = to_f(xr[i]);
+    ss += v * v;
+  }
+  __shared__ float part[32];
+  ss = warp_sum(ss);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < (blockDim.x + 31) / 32 ? part[threadIdx.x] : 0.f;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) part[0] = v;
+  }
+  __syncthreads();
+  const float inv = rsqrtf(part[0] / static_cast<float>(H) + eps);
+  T* o = out + blockIdx.x * H;
+  for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
+    // As transformers: normalize in float, round to the activation type, then scale by the weight.
+    const float nx = to_f(from_f<T>(to_f(xr[i]) * inv));
+    o[i] = from_f<T>(to_f(w[i]) * nx);
+  }
+}
+
+// One thread per (token, head, pair i < D/2).
+template <typename T>
+__global__ void rope_k(T* q, T* k, const int32_t* positions, const float* inv_freq, int64_t n, int64_t Hq, int64_t Hk,
+                       int64_t D) {
+  const int64_t half = D / 2;
+  const int64_t total = n * (Hq + Hk) * half;
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= total) return;
+  const int64_t i = idx % half;
+  const int64_t h = (idx / half) % (Hq + Hk);
+  const int64_t t = idx / (half * (Hq + Hk));
+  const float a = static_cast<float>(positions[t]) * inv_freq[i];
+  float sn, cs;
+  sincosf(a, &sn, &cs);
+  T* v = h < Hq ? q + (t * Hq + h) * D : k + (t * Hk + (h - Hq)) * D;
+  const float x1 = to_f(v[i]), x2 = to_f(v[i + half]);
+  v[i] = from_f<T>(x1 * cs - x2 * sn);
+  v[i + half] = from_f<T>(x2 * cs + x1 * sn);
+}
+
+template <typename T>
+__global__ void kv_write_k(const T* k, const T* v, const int32_t* slots, int64_t n, int64_t row, T* kc, T* vc) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= n * row) return;
+  const int64_t t = idx / row, c = idx % row;
+  const int64_t slot = slots[t];
+  if (slot < 0) return;
+  kc[slot * row + c] = k[idx];
+  vc[slot * row + c] = v[idx];
+}
+
+}  // namespace
+
+template <typename T>
+void rmsnorm(const T* x, const T* w, int64_t n, int64_t H, float eps, T* out, cudaStream_t s) {
+  if (n == 0) return;
+  rmsnorm_k<<<static_cast<unsigned>(n), 256, 0, s>>>(x, w, H, eps, out);
+  check(cudaGetLastError(), "rmsnorm");
+}
+
+template <typename T>
+void rope(T* q, T* k, const int32_t* positions, const float* inv_freq, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
+          cudaStream_t s) {
+  const int64_t total = n * (Hq + Hk) * (D / 2);
+  if (total == 0) return;
+  rope_k<<<blocks_for(total, 256), 256, 0, s>>>(q, k, positions, inv_freq, n, Hq, Hk, D);
+  check(cudaGetLastError(), "rope");
+}
+
+template <typename T>
+void kv_write(const T* k, const T* v, const int32_t* slot_mapping, int64_t n, int64_t Hk, int64_t D, T* k_cache,
+              T* v_cache, cudaStream_t s) {
+  if (n == 0) return;
+  kv_write_k<<<blocks_for(n * Hk * D, 256), 256, 0, s>>>(k, v, slot_mapping, n, Hk * D, k_cache, v_cache);
+  check(cudaGetLastError(), "kv_write");
+}
+
+#define INSTANTIATE(T)                                                                                          \
+  template void rmsnorm<T>(const T*, const T*, int64_t, int64_t, float, T*, cudaStream_t);                      \
+  template void rope<T>(T*, T*, const int32_t*, const float*, int64_t, int64_t, int64_t, int64_t, cudaStream_t); \
+  template void kv_write<T>(const T*, const T*, const int32_t*, int64_t, int64_t, int64_t, T*, T*, cudaStream_t);
+LLMSERVE_FOR_EACH_TYPE(INSTANTIATE)
+
+}  // namespace llmserve::cuda

@@ -1,0 +1,43 @@
+// CUDA kernels, each the counterpart of the CPU kernel of the same name in kernels/cpu/ops.h (same
+// contracts; T is float, __half or __nv_bfloat16; arithmetic in float). Launchers take a stream and
+// check the launch.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace llmserve::cuda {
+
+void check(cudaError_t e, const char* what);
+
+template <typename T>
+void embedding(const T* table, int64_t vocab_start, int64_t rows, const int32_t* ids, int64_t n, int64_t H, T* out,
+               cudaStream_t s);
+template <typename T>
+void rmsnorm(const T* x, const T* w, int64_t n, int64_t H, float eps, T* out, cudaStream_t s);
+template <typename T>
+void add(T* x, const T* y, int64_t n, cudaStream_t s);
+template <typename T>
+void rope(T* q, T* k, const int32_t* positions, const float* inv_freq, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
+          cudaStream_t s);
+template <typename T>
+void kv_write(const T* k, const T* v, const int32_t* slot_mapping, int64_t n, int64_t Hk, int64_t D, T* k_cache,
+              T* v_cache, cudaStream_t s);
+// token_seq[t]: the sequence of token t (the CPU version derives it from q_start).
+template <typename T>
+void paged_attention(const T* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
+                     const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
+                     int64_t block_size, float scale, T* out, cudaStream_t s);
+template <typename T>
+void silu_mul(const T* gate, const T* up, int64_t n, T* out, cudaStream_t s);
+template <typename T>
+void gather_rows(const T* x, const int32_t* rows, int64_t n, int64_t C, T* out, cudaStream_t s);
+// Element conversions (weights upload as float32 and convert on the device).
+template <typename T>
+void from_float(const float* in, int64_t n, T* out, cudaStream_t s);
+template <typename T>
+void to_float(const T* in, int64_t n, float* out, cudaStream_t s);
+
+}  // namespace llmserve::cuda

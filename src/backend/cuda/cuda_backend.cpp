@@ -1,0 +1,264 @@
+#include "backend/cuda/cuda_backend.h"
+
+#include "common/error.h"
+#include "common/log.h"
+#include "kernels/cuda/ops.cuh"
+
+namespace llmserve {
+namespace {
+
+void ck(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw Error(cat("CUDA ", what, ": ", cudaGetErrorString(e)));
+}
+void lt(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) throw Error(cat("cuBLASLt ", what, " failed (status ", static_cast<int>(s), ")"));
+}
+cudaDataType_t cuda_type(DType t) {
+  switch (t) {
+    case DType::F32: return CUDA_R_32F;
+    case DType::F16: return CUDA_R_16F;
+    case DType::BF16: return CUDA_R_16BF;
+  }
+  return CUDA_R_32F;
+}
+
+// Calls f with a typed null pointer selecting the kernel instantiation of dtype t.
+template <typename F>
+void dispatch(DType t, F&& f) {
+  switch (t) {
+    case DType::F32: f(static_cast<float*>(nullptr)); return;
+    case DType::F16: f(static_cast<__half*>(nullptr)); return;
+    case DType::BF16: f(static_cast<__nv_bfloat16*>(nullptr)); return;
+  }
+}
+
+int64_t rows_of(const Tensor& t) { return t.shape.empty() ? 1 : t.shape[0]; }
+int64_t cols_of(const Tensor& t) {
+  int64_t c = 1;
+  for (size_t i = 1; i < t.shape.size(); ++i) c *= t.shape[i];
+  return c;
+}
+
+}  // namespace
+
+bool cuda_device_available() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int local_rank, DType dtype) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) throw Error("backend cuda: no CUDA device is visible on this node");
+  return std::make_unique<CudaBackend>(local_rank % n, dtype);
+}
+
+CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtype) {
+  ck(cudaSetDevice(device_), "set device");
+  lt(cublasLtCreate(&lt_), "create");
+  ck(cudaMalloc(&workspace_, workspace_bytes_), "workspace allocation");
+  cudaDeviceProp p{};
+  ck(cudaGetDeviceProperties(&p, device_), "device properties");
+  log_info("CUDA backend on device ", device_, " (", p.name, ", ", p.totalGlobalMem >> 20, " MiB), ", dtype_name(dtype_));
+}
+
+CudaBackend::~CudaBackend() {
+  for (auto& [k, g] : gemms_) {
+    cublasLtMatrixLayoutDestroy(g.a);
+    cublasLtMatrixLayoutDestroy(g.b);
+    cublasLtMatrixLayoutDestroy(g.c);
+    cublasLtMatmulDescDestroy(g.op);
+  }
+  for (IntBuffer* b : {&ids_, &positions_, &slots_, &tables_, &token_seq_, &logits_rows_})
+    if (b->ptr) cudaFree(b->ptr);
+  if (workspace_) cudaFree(workspace_);
+  if (lt_) cublasLtDestroy(lt_);
+}
+
+Tensor CudaBackend::empty(const std::vector<int64_t>& shape, DType dtype) {
+  Tensor t;
+  t.shape = shape;
+  t.dtype = dtype;
+  void* p = nullptr;
+  const size_t bytes = std::max<size_t>(t.bytes(), 256);
+  const cudaError_t e = cudaMalloc(&p, bytes);
+  if (e != cudaSuccess) throw Error(cat("CUDA: out of device memory allocating ", bytes, " bytes"));
+  t.storage = std::shared_ptr<void>(p, [](void* q) { cudaFree(q); });
+  t.data = p;
+  return t;
+}
+
+Tensor CudaBackend::upload(const float* host, const std::vector<int64_t>& shape, DType dtype) {
+  Tensor t = empty(shape, dtype);
+  const int64_t n = t.numel();
+  if (dtype == DType::F32) {
+    ck(cudaMemcpy(t.data, host, n * sizeof(float), cudaMemcpyHostToDevice), "upload");
+    return t;
+  }
+  Tensor tmp = empty(shape, DType::F32);
+  ck(cudaMemcpy(tmp.data, host, n * sizeof(float), cudaMemcpyHostToDevice), "upload");
+  dispatch(dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    cuda::from_float<T>(tmp.as<float>(), n, t.as<T>(), nullptr);
+  });
+  return t;
+}
+
+void CudaBackend::download(const Tensor& t, float* host) {
+  const int64_t n = t.numel();
+  if (n == 0) return;
+  if (t.dtype == DType::F32) {
+    ck(cudaMemcpy(host, t.data, n * sizeof(float), cudaMemcpyDeviceToHost), "download");
+    return;
+  }
+  Tensor tmp = empty(t.shape, DType::F32);
+  dispatch(t.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    cuda::to_float<T>(t.as<T>(), n, tmp.as<float>(), nullptr);
+  });
+  ck(cudaMemcpy(host, tmp.data, n * sizeof(float), cudaMemcpyDeviceToHost), "download");
+}
+
+void CudaBackend::copy_to_host(const Tensor& src, size_t offset, size_t bytes, void* dst) {
+  LLMSERVE_CHECK(offset + bytes <= src.bytes(), "cuda backend: copy out of range");
+  ck(cudaMemcpy(dst, static_cast<const char*>(src.data) + offset, bytes, cudaMemcpyDeviceToHost), "copy to host");
+}
+
+void CudaBackend::copy_from_host(Tensor& dst, size_t offset, size_t bytes, const void* src) {
+  LLMSERVE_CHECK(offset + bytes <= dst.bytes(), "cuda backend: copy out of range");
+  ck(cudaMemcpy(static_cast<char*>(dst.data) + offset, src, bytes, cudaMemcpyHostToDevice), "copy from host");
+}
+
+void CudaBackend::put(IntBuffer& b, const std::vector<int32_t>& v) {
+  if (v.size() > b.cap) {
+    if (b.ptr) cudaFree(b.ptr);
+    b.cap = std::max<size_t>(v.size() * 2, 1024);
+    ck(cudaMalloc(&b.ptr, b.cap * sizeof(int32_t)), "metadata allocation");
+  }
+  if (!v.empty()) ck(cudaMemcpy(b.ptr, v.data(), v.size() * sizeof(int32_t), cudaMemcpyHostToDevice), "metadata upload");
+}
+
+void CudaBackend::begin_step(const StepMeta& m) {
+  num_tokens_ = m.num_tokens();
+  num_seqs_ = m.num_seqs();
+  max_blocks_ = m.max_blocks;
+  num_logits_ = static_cast<int64_t>(m.logits_indices.size());
+  std::vector<int32_t> token_seq(static_cast<size_t>(num_tokens_));
+  for (int64_t s = 0; s < num_seqs_; ++s)
+    for (int32_t t = m.q_start[s]; t < m.q_start[s + 1]; ++t) token_seq[t] = static_cast<int32_t>(s);
+  put(ids_, m.token_ids);
+  put(positions_, m.positions);
+  put(slots_, m.slot_mapping);
+  put(tables_, m.block_tables);
+  put(token_seq_, token_seq);
+  put(logits_rows_, m.logits_indices);
+}
+
+void CudaBackend::embedding(const Tensor& table, int64_t vocab_start, Tensor& out) {
+  dispatch(table.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    cuda::embedding<T>(table.as<T>(), vocab_start, rows_of(table), ids_.ptr, num_tokens_, cols_of(table), out.as<T>(), nullptr);
+  });
+}
+
+void CudaBackend::rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
+  dispatch(x.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    cuda::rmsnorm<T>(x.as<T>(), w.as<T>(), rows_of(x), cols_of(x), eps, out.as<T>(), nullptr);
+  });
+}
+
+void CudaBackend::add(Tensor& x, const Tensor& y) {
+  dispatch(x.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    cuda::add<T>(x.as<T>(), y.as<T>(), x.numel(), nullptr);
+  });
+}
+
+CudaBackend::Gemm& CudaBackend::gemm_for(int64_t m, int64_t n, int64_t k, DType dt, bool bias) {
+  const auto key = std::make_tuple(m, n, k, static_cast<int>(dt), bias);
+  auto it = gemms_.find(key);
+  if (it != gemms_.end()) return it->second;
+  Gemm g;
+  const cudaDataType_t ct = cuda_type(dt);
+  lt(cublasLtMatmulDescCreate(&g.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  lt(cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "transa");
+  lt(cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "transb");
+  if (bias) {
+    const cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
+    lt(cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep), "epilogue");
+  }
+  // Column-major view: C[m=N, n=T] = W^T(stored K x N)^T . X(stored K x T).
+  lt(cublasLtMatrixLayoutCreate(&g.a, ct, k, m, k), "layout a");
+  lt(cublasLtMatrixLayoutCreate(&g.b, ct, k, n, k), "layout b");
+  lt(cublasLtMatrixLayoutCreate(&g.c, ct, m, n, m), "layout c");
+  cublasLtMatmulPreference_t pref;
+  lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
+  lt(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_,
+                                          sizeof workspace_bytes_), "workspace preference");
+  cublasLtMatmulHeuristicResult_t res{};
+  int found = 0;
+  const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(lt_, g.op, g.a, g.b, g.c, g.c, pref, 1, &res, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (hs != CUBLAS_STATUS_SUCCESS || found == 0)
+    throw Error(cat("cuBLASLt: no algorithm for a ", m, "x", n, "x", k, " ", dtype_name(dt), " GEMM"));
+  g.algo = res.algo;
+  return gemms_.emplace(key, g).first->second;
+}
+
+void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) {
+  const int64_t T = rows_of(x), K = cols_of(x), N = rows_of(w);
+  LLMSERVE_CHECK(cols_of(w) == K, "cuda backend: linear inner dimensions differ");
+  if (T == 0 || N == 0) return;
+  Gemm& g = gemm_for(N, T, K, x.dtype, bias != nullptr);
+  if (bias) {
+    const void* bp = bias->data;
+    lt(cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp), "bias pointer");
+  }
+  const float alpha = 1.f, beta = 0.f;
+  lt(cublasLtMatmul(lt_, g.op, &alpha, w.data, g.a, x.data, g.b, &beta, out.data, g.c, out.data, g.c, &g.algo,
+                    workspace_, workspace_bytes_, nullptr),
+     "matmul");
+}
+
+void CudaBackend::rope(Tensor& q, Tensor& k, const Tensor& inv_freq, int64_t D) {
+  dispatch(q.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    cuda::rope<T>(q.as<T>(), k.as<T>(), positions_.ptr, inv_freq.as<float>(), rows_of(q), cols_of(q) / D, cols_of(k) / D, D,
+                  nullptr);
+  });
+}
+
+void CudaBackend::kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache) {
+  dispatch(k.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    cuda::kv_write<T>(k.as<T>(), v.as<T>(), slots_.ptr, rows_of(k), k_cache.dim(2), k_cache.dim(3), k_cache.as<T>(),
+                      v_cache.as<T>(), nullptr);
+  });
+}
+
+void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t D, int64_t block_size,
+                            float scale, Tensor& out) {
+  dispatch(q.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    cuda::paged_attention<T>(q.as<T>(), k_cache.as<T>(), v_cache.as<T>(), tables_.ptr, max_blocks_, token_seq_.ptr,
+                             positions_.ptr, rows_of(q), cols_of(q) / D, k_cache.dim(2), D, block_size, scale, out.as<T>(),
+                             nullptr);
+  });
+}
+
+void CudaBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
+  dispatch(gate.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    cuda::silu_mul<T>(gate.as<T>(), up.as<T>(), gate.numel(), out.as<T>(), nullptr);
+  });
+}
+
+void CudaBackend::gather_rows(const Tensor& x, Tensor& out) {
+  dispatch(x.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    cuda::gather_rows<T>(x.as<T>(), logits_rows_.ptr, num_logits_, cols_of(x), out.as<T>(), nullptr);
+  });
+}
+
+}  // namespace llmserve

@@ -1,0 +1,69 @@
+// The CUDA backend: device memory, the kernels of kernels/cuda, and GEMMs through cuBLASLt
+// (bf16/fp16/fp32 operands, fp32 accumulation, bias epilogue, the heuristic's algorithm chosen once
+// per shape and cached). Built only when nvcc is found.
+#pragma once
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <map>
+#include <tuple>
+
+#include "backend/backend.h"
+
+namespace llmserve {
+
+class CudaBackend : public Backend {
+ public:
+  CudaBackend(int device, DType dtype);
+  ~CudaBackend() override;
+  std::string name() const override { return "cuda"; }
+  DType compute_dtype() const override { return dtype_; }
+  int device() const { return device_; }
+
+  Tensor empty(const std::vector<int64_t>& shape, DType dtype) override;
+  Tensor upload(const float* host, const std::vector<int64_t>& shape, DType dtype) override;
+  void download(const Tensor& t, float* host) override;
+  void copy_to_host(const Tensor& src, size_t offset, size_t bytes, void* dst) override;
+  void copy_from_host(Tensor& dst, size_t offset, size_t bytes, const void* src) override;
+  void begin_step(const StepMeta& meta) override;
+
+  void embedding(const Tensor& table, int64_t vocab_start, Tensor& out) override;
+  void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override;
+  void add(Tensor& x, const Tensor& y) override;
+  void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) override;
+  void rope(Tensor& q, Tensor& k, const Tensor& inv_freq, int64_t head_dim) override;
+  void kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache) override;
+  void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t head_dim, int64_t block_size,
+                 float scale, Tensor& out) override;
+  void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) override;
+  void gather_rows(const Tensor& x, Tensor& out) override;
+
+ private:
+  struct IntBuffer {
+    int32_t* ptr = nullptr;
+    size_t cap = 0;
+  };
+  void put(IntBuffer& b, const std::vector<int32_t>& v);
+  struct Gemm {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+  };
+  Gemm& gemm_for(int64_t m, int64_t n, int64_t k, DType dt, bool bias);
+
+  int device_;
+  DType dtype_;
+  cublasLtHandle_t lt_ = nullptr;
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 32u << 20;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int, bool>, Gemm> gemms_;
+  IntBuffer ids_, positions_, slots_, tables_, token_seq_, logits_rows_;
+  int64_t num_tokens_ = 0, num_seqs_ = 0, max_blocks_ = 0, num_logits_ = 0;
+};
+
+// The CUDA backend on this rank's GPU (local_rank modulo the GPUs visible); throws Error when there
+// is none.
+std::unique_ptr<Backend> make_cuda_backend(int local_rank, DType dtype);
+bool cuda_device_available();
+
+}  // namespace llmserve

@@ -1,0 +1,152 @@
+// Every CUDA op against the CPU reference through the Backend interface, on random inputs, in
+// float32 (tight) and bfloat16/float16 (relative L2 under 1e-2). Skipped where no GPU is visible.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "backend/cpu_backend.h"
+#include "backend/cuda/cuda_backend.h"
+
+using namespace llmserve;
+
+namespace {
+
+std::vector<float> randn(size_t n, std::mt19937& g, float scale = 1.f) {
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    num += (a[i] - b[i]) * static_cast<double>(a[i] - b[i]);
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+class CudaOps : public ::testing::TestWithParam<DType> {
+ protected:
+  void SetUp() override {
+    if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
+    gpu = std::make_unique<CudaBackend>(0, GetParam());
+  }
+  double tol() const { return GetParam() == DType::F32 ? 1e-5 : 1e-2; }
+  // Runs `op` on both backends with the same float inputs; compares output `out_index`.
+  std::unique_ptr<CudaBackend> gpu;
+  CpuBackend cpu;
+  std::vector<float> get(Backend& b, const Tensor& t) {
+    std::vector<float> v(static_cast<size_t>(t.numel()));
+    b.download(t, v.data());
+    return v;
+  }
+};
+
+// A batch of 3 sequences: a 7-token prefill, a decode at position 20 and a 5-token chunk after 9
+// cached tokens, over scrambled blocks.
+StepMeta make_meta(int64_t bs) {
+  StepMeta m;
+  const std::vector<int32_t> lens = {7, 1, 5}, cached = {0, 20, 9};
+  const int64_t max_blocks = 4;
+  std::vector<int32_t> perm(16);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::mt19937 g(5);
+  std::shuffle(perm.begin(), perm.end(), g);
+  m.q_start = {0};
+  m.max_blocks = static_cast<int32_t>(max_blocks);
+  int next = 0;
+  for (size_t s = 0; s < lens.size(); ++s) {
+    std::vector<int32_t> table(max_blocks, 0);
+    for (int64_t b = 0; b < (cached[s] + lens[s] + bs - 1) / bs; ++b) table[b] = perm[next++];
+    m.block_tables.insert(m.block_tables.end(), table.begin(), table.end());
+    for (int32_t i = 0; i < lens[s]; ++i) {
+      const int32_t p = cached[s] + i;
+      m.token_ids.push_back(11 + p);
+      m.positions.push_back(p);
+      m.slot_mapping.push_back(table[p / bs] * static_cast<int32_t>(bs) + p % static_cast<int32_t>(bs));
+    }
+    m.q_start.push_back(m.q_start.back() + lens[s]);
+    m.logits_indices.push_back(m.q_start.back() - 1);
+  }
+  return m;
+}
+
+}  // namespace
+
+TEST_P(CudaOps, EveryOpMatchesTheCpuReference) {
+  std::mt19937 g(42);
+  const DType dt = GetParam();
+  const int64_t bs = 8, Hq = 4, Hk = 2, D = 64, H = 96, V = 300, I = 160, blocks = 16;
+  const StepMeta m = make_meta(bs);
+  const int64_t T = m.num_tokens();
+  cpu.begin_step(m);
+  gpu->begin_step(m);
+  auto both = [&](const std::vector<float>& v, std::vector<int64_t> shape, DType t) {
+    return std::make_pair(cpu.upload(v.data(), shape, DType::F32), gpu->upload(v.data(), shape, t));
+  };
+  auto expect_close = [&](const Tensor& a, const Tensor& b, const char* what, double tolerance) {
+    const auto ca = get(cpu, a), gb = get(*gpu, b);
+    EXPECT_LT(rel_l2(gb, ca), tolerance) << what << " (" << dtype_name(dt) << ")";
+  };
+  // Embedding (rows 100..399 of the vocabulary on this "shard").
+  auto table = both(randn(V * H, g), {V, H}, dt);
+  Tensor ec = cpu.empty({T, H}, DType::F32), eg = gpu->empty({T, H}, dt);
+  cpu.embedding(table.first, 0, ec);
+  gpu->embedding(table.second, 0, eg);
+  expect_close(ec, eg, "embedding", tol());
+  // RMSNorm, add, SiLU-and-multiply.
+  auto x = both(randn(T * H, g), {T, H}, dt), w = both(randn(H, g), {H}, dt);
+  Tensor nc = cpu.empty({T, H}, DType::F32), ng = gpu->empty({T, H}, dt);
+  cpu.rmsnorm(x.first, w.first, 1e-6f, nc);
+  gpu->rmsnorm(x.second, w.second, 1e-6f, ng);
+  expect_close(nc, ng, "rmsnorm", tol());
+  cpu.add(nc, x.first);
+  gpu->add(ng, x.second);
+  expect_close(nc, ng, "add", tol());
+  auto ga = both(randn(T * I, g), {T, I}, dt), up = both(randn(T * I, g), {T, I}, dt);
+  Tensor sc = cpu.empty({T, I}, DType::F32), sg = gpu->empty({T, I}, dt);
+  cpu.silu_mul(ga.first, up.first, sc);
+  gpu->silu_mul(ga.second, up.second, sg);
+  expect_close(sc, sg, "silu_mul", tol());
+  // Linear with and without bias (cuBLASLt).
+  auto wl = both(randn(I * H, g, 0.1f), {I, H}, dt), bl = both(randn(I, g), {I}, dt);
+  Tensor lc = cpu.empty({T, I}, DType::F32), lg = gpu->empty({T, I}, dt);
+  cpu.linear(x.first, wl.first, &bl.first, lc);
+  gpu->linear(x.second, wl.second, &bl.second, lg);
+  expect_close(lc, lg, "linear+bias", tol());
+  cpu.linear(x.first, wl.first, nullptr, lc);
+  gpu->linear(x.second, wl.second, nullptr, lg);
+  expect_close(lc, lg, "linear", tol());
+  // RoPE, KV write, paged attention.
+  std::vector<float> inv(D / 2);
+  for (int64_t i = 0; i < D / 2; ++i) inv[i] = 1.f / std::pow(10000.f, 2.f * i / D);
+  Tensor invc = cpu.upload(inv.data(), {D / 2}, DType::F32), invg = gpu->upload(inv.data(), {D / 2}, DType::F32);
+  auto q = both(randn(T * Hq * D, g), {T, Hq * D}, dt), k = both(randn(T * Hk * D, g), {T, Hk * D}, dt);
+  auto v = both(randn(T * Hk * D, g), {T, Hk * D}, dt);
+  cpu.rope(q.first, k.first, invc, D);
+  gpu->rope(q.second, k.second, invg, D);
+  expect_close(q.first, q.second, "rope q", tol());
+  expect_close(k.first, k.second, "rope k", tol());
+  // Caches pre-filled with random history (positions not written this step are cached context).
+  auto kc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
+  auto vc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
+  cpu.kv_write(k.first, v.first, kc.first, vc.first);
+  gpu->kv_write(k.second, v.second, kc.second, vc.second);
+  expect_close(kc.first, kc.second, "kv_write", tol());
+  Tensor ac = cpu.empty({T, Hq * D}, DType::F32), ag = gpu->empty({T, Hq * D}, dt);
+  cpu.attention(q.first, kc.first, vc.first, D, bs, 0.125f, ac);
+  gpu->attention(q.second, kc.second, vc.second, D, bs, 0.125f, ag);
+  expect_close(ac, ag, "paged_attention", tol());
+  Tensor rc = cpu.empty({3, Hq * D}, DType::F32), rg = gpu->empty({3, Hq * D}, dt);
+  cpu.gather_rows(ac, rc);
+  gpu->gather_rows(ag, rg);
+  expect_close(rc, rg, "gather_rows", tol());
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, CudaOps, ::testing::Values(DType::F32, DType::BF16, DType::F16),
+                         [](const auto& info) { return std::string(dtype_name(info.param)); });
