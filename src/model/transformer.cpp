@@ -136,7 +136,8 @@ Tensor Transformer::forward(const StepMeta& m, const Tensor& hidden_in, KvCache&
   Tensor sel = be_.empty({n, H}, dt), normed = be_.empty({n, H}, dt);
   be_.gather_rows(x, sel);
   be_.rmsnorm(sel, final_norm_, eps, normed);
-  Tensor logits = be_.empty({n, shard_.vocab_padded}, dt);
+  // Logits leave the GEMM in float32 (bf16 would round values near 16 to steps of 1/16).
+  Tensor logits = be_.empty({n, shard_.vocab_padded}, DType::F32);
   be_.linear(normed, lm_head_, nullptr, logits);
   return logits;
 }

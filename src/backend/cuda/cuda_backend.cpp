@@ -174,8 +174,8 @@ void CudaBackend::add(Tensor& x, const Tensor& y) {
   });
 }
 
-CudaBackend::Gemm& CudaBackend::gemm_for(int64_t m, int64_t n, int64_t k, DType dt, bool bias) {
-  const auto key = std::make_tuple(m, n, k, static_cast<int>(dt), bias);
+CudaBackend::Gemm& CudaBackend::gemm_for(int64_t m, int64_t n, int64_t k, DType dt, DType out, bool bias) {
+  const auto key = std::make_tuple(m, n, k, static_cast<int>(dt), static_cast<int>(out), bias);
   auto it = gemms_.find(key);
   if (it != gemms_.end()) return it->second;
   Gemm g;
@@ -191,7 +191,7 @@ CudaBackend::Gemm& CudaBackend::gemm_for(int64_t m, int64_t n, int64_t k, DType 
   // Column-major view: C[m=N, n=T] = W^T(stored K x N)^T . X(stored K x T).
   lt(cublasLtMatrixLayoutCreate(&g.a, ct, k, m, k), "layout a");
   lt(cublasLtMatrixLayoutCreate(&g.b, ct, k, n, k), "layout b");
-  lt(cublasLtMatrixLayoutCreate(&g.c, ct, m, n, m), "layout c");
+  lt(cublasLtMatrixLayoutCreate(&g.c, cuda_type(out), m, n, m), "layout c");
   cublasLtMatmulPreference_t pref;
   lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
   lt(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_,
@@ -210,7 +210,9 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
   const int64_t T = rows_of(x), K = cols_of(x), N = rows_of(w);
   LLMSERVE_CHECK(cols_of(w) == K, "cuda backend: linear inner dimensions differ");
   if (T == 0 || N == 0) return;
-  Gemm& g = gemm_for(N, T, K, x.dtype, bias != nullptr);
+  LLMSERVE_CHECK(out.dtype == x.dtype || (out.dtype == DType::F32 && bias == nullptr),
+                 "cuda backend: linear output must match the input type, or be float32 without bias");
+  Gemm& g = gemm_for(N, T, K, x.dtype, out.dtype, bias != nullptr);
   if (bias) {
     const void* bp = bias->data;
     lt(cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp), "bias pointer");

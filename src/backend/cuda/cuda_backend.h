@@ -49,14 +49,14 @@ class CudaBackend : public Backend {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
   };
-  Gemm& gemm_for(int64_t m, int64_t n, int64_t k, DType dt, bool bias);
+  Gemm& gemm_for(int64_t m, int64_t n, int64_t k, DType in, DType out, bool bias);
 
   int device_;
   DType dtype_;
   cublasLtHandle_t lt_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 32u << 20;
-  std::map<std::tuple<int64_t, int64_t, int64_t, int, bool>, Gemm> gemms_;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int, int, bool>, Gemm> gemms_;
   IntBuffer ids_, positions_, slots_, tables_, token_seq_, logits_rows_;
   int64_t num_tokens_ = 0, num_seqs_ = 0, max_blocks_ = 0, num_logits_ = 0;
 };
