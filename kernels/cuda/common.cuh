@@ -23,3 +23,5 @@ inline unsigned blocks_for(long long n, int threads) { return static_cast<unsign
 
 // Instantiates X(T) for the three element types.
 #define LLMSERVE_FOR_EACH_TYPE(X) X(float) X(__half) X(__nv_bfloat16)
+// The 16-bit types, for the instantiations that mix them with a float32 residual stream.
+#define LLMSERVE_FOR_EACH_HALF_TYPE(X) X(__half) X(__nv_bfloat16)

@@ -13,18 +13,18 @@ void check(cudaError_t e, const char* what) {
 }
 
 namespace {
-template <typename T>
-__global__ void embedding_k(const T* table, int64_t vocab_start, int64_t rows, const int32_t* ids, int64_t n, int64_t H, T* out) {
+template <typename TI, typename TO>
+__global__ void embedding_k(const TI* table, int64_t vocab_start, int64_t rows, const int32_t* ids, int64_t n, int64_t H, TO* out) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n * H) return;
   const int64_t t = i / H, h = i % H;
   const int64_t r = static_cast<int64_t>(ids[t]) - vocab_start;
-  out[i] = (r >= 0 && r < rows) ? table[r * H + h] : from_f<T>(0.f);
+  out[i] = from_f<TO>((r >= 0 && r < rows) ? to_f(table[r * H + h]) : 0.f);
 }
-template <typename T>
-__global__ void add_k(T* x, const T* y, int64_t n) {
+template <typename TX, typename TY>
+__global__ void add_k(TX* x, const TY* y, int64_t n) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n) x[i] = from_f<T>(to_f(x[i]) + to_f(y[i]));
+  if (i < n) x[i] = from_f<TX>(to_f(x[i]) + to_f(y[i]));
 }
 template <typename T>
 __global__ void silu_mul_k(const T* g, const T* u, int64_t n, T* out) {
@@ -50,14 +50,14 @@ __global__ void to_float_k(const T* in, int64_t n, float* out) {
 }
 }  // namespace
 
-template <typename T>
-void embedding(const T* table, int64_t vocab_start, int64_t rows, const int32_t* ids, int64_t n, int64_t H, T* out, cudaStream_t s) {
+template <typename TI, typename TO>
+void embedding(const TI* table, int64_t vocab_start, int64_t rows, const int32_t* ids, int64_t n, int64_t H, TO* out, cudaStream_t s) {
   if (n * H == 0) return;
   embedding_k<<<blocks_for(n * H, 256), 256, 0, s>>>(table, vocab_start, rows, ids, n, H, out);
   check(cudaGetLastError(), "embedding");
 }
-template <typename T>
-void add(T* x, const T* y, int64_t n, cudaStream_t s) {
+template <typename TX, typename TY>
+void add(TX* x, const TY* y, int64_t n, cudaStream_t s) {
   if (n == 0) return;
   add_k<<<blocks_for(n, 256), 256, 0, s>>>(x, y, n);
   check(cudaGetLastError(), "add");
@@ -88,12 +88,16 @@ void to_float(const T* in, int64_t n, float* out, cudaStream_t s) {
 }
 
 #define INSTANTIATE(T)                                                                                        \
-  template void embedding<T>(const T*, int64_t, int64_t, const int32_t*, int64_t, int64_t, T*, cudaStream_t);        \
-  template void add<T>(T*, const T*, int64_t, cudaStream_t);                                                         \
+  template void embedding<T, T>(const T*, int64_t, int64_t, const int32_t*, int64_t, int64_t, T*, cudaStream_t);     \
+  template void add<T, T>(T*, const T*, int64_t, cudaStream_t);                                                      \
   template void silu_mul<T>(const T*, const T*, int64_t, T*, cudaStream_t);                                          \
   template void gather_rows<T>(const T*, const int32_t*, int64_t, int64_t, T*, cudaStream_t);                        \
   template void from_float<T>(const float*, int64_t, T*, cudaStream_t);                                              \
   template void to_float<T>(const T*, int64_t, float*, cudaStream_t);
 LLMSERVE_FOR_EACH_TYPE(INSTANTIATE)
+#define INSTANTIATE_MIXED(T)                                                                                     \
+  template void embedding<T, float>(const T*, int64_t, int64_t, const int32_t*, int64_t, int64_t, float*, cudaStream_t); \
+  template void add<float, T>(float*, const T*, int64_t, cudaStream_t);
+LLMSERVE_FOR_EACH_HALF_TYPE(INSTANTIATE_MIXED)
 
 }  // namespace llmserve::cuda

@@ -5,9 +5,9 @@
 namespace llmserve::cuda {
 namespace {
 
-template <typename T>
-__global__ void rmsnorm_k(const T* x, const T* w, int64_t H, float eps, T* out) {
-  const T* xr = x + blockIdx.x * H;
+template <typename TI, typename T>
+__global__ void rmsnorm_k(const TI* x, const T* w, int64_t H, float eps, T* out) {
+  const TI* xr = x + blockIdx.x * H;
   float ss = 0.f;
   for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
     const float v = to_f(xr[i]);
@@ -26,8 +26,8 @@ __global__ void rmsnorm_k(const T* x, const T* w, int64_t H, float eps, T* out) 
   const float inv = rsqrtf(part[0] / static_cast<float>(H) + eps);
   T* o = out + blockIdx.x * H;
   for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
-    // As transformers: normalize in float, round to the activation type, then scale by the weight.
-    const float nx = to_f(from_f<T>(to_f(xr[i]) * inv));
+    // As transformers: normalize in float, round to the input's type, then scale by the weight.
+    const float nx = to_f(from_f<TI>(to_f(xr[i]) * inv));
     o[i] = from_f<T>(to_f(w[i]) * nx);
   }
 }
@@ -65,8 +65,8 @@ __global__ void kv_write_k(const T* k, const T* v, const int32_t* slots, int64_t
 
 }  // namespace
 
-template <typename T>
-void rmsnorm(const T* x, const T* w, int64_t n, int64_t H, float eps, T* out, cudaStream_t s) {
+template <typename TI, typename T>
+void rmsnorm(const TI* x, const T* w, int64_t n, int64_t H, float eps, T* out, cudaStream_t s) {
   if (n == 0) return;
   rmsnorm_k<<<static_cast<unsigned>(n), 256, 0, s>>>(x, w, H, eps, out);
   check(cudaGetLastError(), "rmsnorm");
@@ -90,9 +90,11 @@ void kv_write(const T* k, const T* v, const int32_t* slot_mapping, int64_t n, in
 }
 
 #define INSTANTIATE(T)                                                                                          \
-  template void rmsnorm<T>(const T*, const T*, int64_t, int64_t, float, T*, cudaStream_t);                      \
+  template void rmsnorm<T, T>(const T*, const T*, int64_t, int64_t, float, T*, cudaStream_t);                   \
   template void rope<T>(T*, T*, const int32_t*, const float*, int64_t, int64_t, int64_t, int64_t, cudaStream_t); \
   template void kv_write<T>(const T*, const T*, const int32_t*, int64_t, int64_t, int64_t, T*, T*, cudaStream_t);
 LLMSERVE_FOR_EACH_TYPE(INSTANTIATE)
+#define INSTANTIATE_MIXED(T) template void rmsnorm<float, T>(const float*, const T*, int64_t, int64_t, float, T*, cudaStream_t);
+LLMSERVE_FOR_EACH_HALF_TYPE(INSTANTIATE_MIXED)
 
 }  // namespace llmserve::cuda

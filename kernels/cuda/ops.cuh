@@ -12,13 +12,15 @@ namespace llmserve::cuda {
 
 void check(cudaError_t e, const char* what);
 
-template <typename T>
-void embedding(const T* table, int64_t vocab_start, int64_t rows, const int32_t* ids, int64_t n, int64_t H, T* out,
+// The residual stream may be float32 while activations are bf16/fp16: embedding writes TO from a TI
+// table, rmsnorm reads TI and writes TO (weights in TO), add accumulates TY into TX.
+template <typename TI, typename TO>
+void embedding(const TI* table, int64_t vocab_start, int64_t rows, const int32_t* ids, int64_t n, int64_t H, TO* out,
                cudaStream_t s);
-template <typename T>
-void rmsnorm(const T* x, const T* w, int64_t n, int64_t H, float eps, T* out, cudaStream_t s);
-template <typename T>
-void add(T* x, const T* y, int64_t n, cudaStream_t s);
+template <typename TI, typename TO>
+void rmsnorm(const TI* x, const TO* w, int64_t n, int64_t H, float eps, TO* out, cudaStream_t s);
+template <typename TX, typename TY>
+void add(TX* x, const TY* y, int64_t n, cudaStream_t s);
 template <typename T>
 void rope(T* q, T* k, const int32_t* positions, const float* inv_freq, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
           cudaStream_t s);

@@ -62,7 +62,7 @@ Tensor Worker::hidden_from_bytes(const std::string& bytes, int64_t tokens) {
   LLMSERVE_CHECK(bytes.size() == static_cast<size_t>(tokens * H) * sizeof(float), "activation message of the wrong size");
   std::vector<float> buf(static_cast<size_t>(tokens * H));
   std::memcpy(buf.data(), bytes.data(), bytes.size());
-  return runner_.backend().upload(buf.data(), {tokens, H}, runner_.backend().compute_dtype());
+  return runner_.backend().upload(buf.data(), {tokens, H}, DType::F32);  // the residual stream is float32
 }
 
 std::string Worker::hidden_to_bytes(const Tensor& t) {

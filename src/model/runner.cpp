@@ -97,7 +97,7 @@ std::vector<float> ModelRunner::step(const StepMeta& meta) {
   if (!topo_.first_stage()) {
     std::vector<float> buf(static_cast<size_t>(T * H));
     world_->recv(buf.data(), buf.size() * sizeof(float), topo_.rank_of(topo_.stage() - 1, topo_.tp_rank()));
-    hidden = backend_->upload(buf.data(), {T, H}, backend_->compute_dtype());
+    hidden = backend_->upload(buf.data(), {T, H}, DType::F32);  // the residual stream is float32
   }
   Tensor out = model_->forward(meta, hidden, *kv_);
   if (!topo_.last_stage()) {

@@ -45,7 +45,8 @@ class Transformer {
   const ModelSpec& spec() const { return spec_; }
   const ShardInfo& shard() const { return shard_; }
 
-  // Runs this stage for one step. `hidden_in` is [T, hidden] from the previous stage (ignored on the
+  // Runs this stage for one step. `hidden_in` is the float32 residual stream [T, hidden] from the
+  // previous stage (ignored on the
   // first stage). Returns [T, hidden] for the next stage, or, on the last stage, this rank's logits
   // shard [len(logits_indices), vocab_padded].
   Tensor forward(const StepMeta& meta, const Tensor& hidden_in, KvCache& kv);

@@ -32,6 +32,21 @@ void dispatch(DType t, F&& f) {
   }
 }
 
+// Two-type dispatch for ops whose input may be the float32 residual stream: (same, same) or
+// (float32, activation type).
+template <typename F>
+void dispatch2(DType in, DType out, F&& f) {
+  if (in == out) {
+    dispatch(in, [&](auto* tag) { f(tag, tag); });
+  } else if (in == DType::F32) {
+    dispatch(out, [&](auto* tag) { f(static_cast<float*>(nullptr), tag); });
+  } else if (out == DType::F32) {
+    dispatch(in, [&](auto* tag) { f(tag, static_cast<float*>(nullptr)); });
+  } else {
+    throw Error("cuda backend: unsupported mix of element types");
+  }
+}
+
 int64_t rows_of(const Tensor& t) { return t.shape.empty() ? 1 : t.shape[0]; }
 int64_t cols_of(const Tensor& t) {
   int64_t c = 1;
@@ -154,23 +169,32 @@ void CudaBackend::begin_step(const StepMeta& m) {
 }
 
 void CudaBackend::embedding(const Tensor& table, int64_t vocab_start, Tensor& out) {
-  dispatch(table.dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    cuda::embedding<T>(table.as<T>(), vocab_start, rows_of(table), ids_.ptr, num_tokens_, cols_of(table), out.as<T>(), nullptr);
+  LLMSERVE_CHECK(out.dtype == table.dtype || out.dtype == DType::F32, "cuda backend: embedding output type");
+  dispatch2(table.dtype, out.dtype, [&](auto* ti, auto* to) {
+    using TI = std::remove_pointer_t<decltype(ti)>;
+    using TO = std::remove_pointer_t<decltype(to)>;
+    cuda::embedding<TI, TO>(table.as<TI>(), vocab_start, rows_of(table), ids_.ptr, num_tokens_, cols_of(table), out.as<TO>(),
+                            nullptr);
   });
 }
 
 void CudaBackend::rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) {
-  dispatch(x.dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    cuda::rmsnorm<T>(x.as<T>(), w.as<T>(), rows_of(x), cols_of(x), eps, out.as<T>(), nullptr);
+  LLMSERVE_CHECK(w.dtype == out.dtype && (x.dtype == out.dtype || x.dtype == DType::F32), "cuda backend: rmsnorm types");
+  dispatch2(x.dtype, out.dtype, [&](auto* ti, auto* to) {
+    using TI = std::remove_pointer_t<decltype(ti)>;
+    using TO = std::remove_pointer_t<decltype(to)>;
+    cuda::rmsnorm<TI, TO>(x.as<TI>(), w.as<TO>(), rows_of(x), cols_of(x), eps, out.as<TO>(), nullptr);
   });
 }
 
 void CudaBackend::add(Tensor& x, const Tensor& y) {
-  dispatch(x.dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    cuda::add<T>(x.as<T>(), y.as<T>(), x.numel(), nullptr);
+  LLMSERVE_CHECK(x.dtype == y.dtype || x.dtype == DType::F32, "cuda backend: add types");
+  dispatch2(x.dtype, y.dtype, [&](auto* tx, auto* ty) {
+    using TX = std::remove_pointer_t<decltype(tx)>;
+    using TY = std::remove_pointer_t<decltype(ty)>;
+    if constexpr (std::is_same_v<TX, TY> || std::is_same_v<TX, float>) {
+      cuda::add<TX, TY>(x.as<TX>(), y.as<TY>(), x.numel(), nullptr);
+    }
   });
 }
 
