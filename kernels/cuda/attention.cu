@@ -9,8 +9,8 @@ namespace {
 
 constexpr int kMaxDimPerLane = 8;  // head_dim up to 256
 
-template <typename T>
-__global__ void paged_attention_k(const T* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
+template <typename TI, typename T>
+__global__ void paged_attention_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
                                   const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk,
                                   int64_t D, int64_t bs, float scale, T* out) {
   const int64_t warp = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) / 32;
@@ -59,8 +59,8 @@ __global__ void paged_attention_k(const T* q, const T* kc, const T* vc, const in
 
 }  // namespace
 
-template <typename T>
-void paged_attention(const T* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
+template <typename TI, typename T>
+void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
                      const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
                      int64_t block_size, float scale, T* out, cudaStream_t s) {
   if (n == 0) return;
@@ -71,9 +71,12 @@ void paged_attention(const T* q, const T* k_cache, const T* v_cache, const int32
   check(cudaGetLastError(), "paged_attention");
 }
 
-#define INSTANTIATE(T)                                                                                              \
-  template void paged_attention<T>(const T*, const T*, const T*, const int32_t*, int64_t, const int32_t*, const int32_t*, \
-                                   int64_t, int64_t, int64_t, int64_t, int64_t, float, T*, cudaStream_t);
-LLMSERVE_FOR_EACH_TYPE(INSTANTIATE)
+#define INSTANTIATE(TI, T)                                                                                          \
+  template void paged_attention<TI, T>(const TI*, const T*, const T*, const int32_t*, int64_t, const int32_t*, const int32_t*, \
+                                       int64_t, int64_t, int64_t, int64_t, int64_t, float, T*, cudaStream_t);
+#define SAME(T) INSTANTIATE(T, T)
+#define MIXED(T) INSTANTIATE(float, T)
+LLMSERVE_FOR_EACH_TYPE(SAME)
+LLMSERVE_FOR_EACH_HALF_TYPE(MIXED)
 
 }  // namespace llmserve::cuda

@@ -26,8 +26,8 @@ __global__ void add_k(TX* x, const TY* y, int64_t n) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) x[i] = from_f<TX>(to_f(x[i]) + to_f(y[i]));
 }
-template <typename T>
-__global__ void silu_mul_k(const T* g, const T* u, int64_t n, T* out) {
+template <typename TI, typename T>
+__global__ void silu_mul_k(const TI* g, const TI* u, int64_t n, T* out) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   const float a = to_f(g[i]);
@@ -62,8 +62,8 @@ void add(TX* x, const TY* y, int64_t n, cudaStream_t s) {
   add_k<<<blocks_for(n, 256), 256, 0, s>>>(x, y, n);
   check(cudaGetLastError(), "add");
 }
-template <typename T>
-void silu_mul(const T* g, const T* u, int64_t n, T* out, cudaStream_t s) {
+template <typename TI, typename T>
+void silu_mul(const TI* g, const TI* u, int64_t n, T* out, cudaStream_t s) {
   if (n == 0) return;
   silu_mul_k<<<blocks_for(n, 256), 256, 0, s>>>(g, u, n, out);
   check(cudaGetLastError(), "silu_mul");
@@ -90,14 +90,15 @@ void to_float(const T* in, int64_t n, float* out, cudaStream_t s) {
 #define INSTANTIATE(T)                                                                                        \
   template void embedding<T, T>(const T*, int64_t, int64_t, const int32_t*, int64_t, int64_t, T*, cudaStream_t);     \
   template void add<T, T>(T*, const T*, int64_t, cudaStream_t);                                                      \
-  template void silu_mul<T>(const T*, const T*, int64_t, T*, cudaStream_t);                                          \
+  template void silu_mul<T, T>(const T*, const T*, int64_t, T*, cudaStream_t);                                       \
   template void gather_rows<T>(const T*, const int32_t*, int64_t, int64_t, T*, cudaStream_t);                        \
   template void from_float<T>(const float*, int64_t, T*, cudaStream_t);                                              \
   template void to_float<T>(const T*, int64_t, float*, cudaStream_t);
 LLMSERVE_FOR_EACH_TYPE(INSTANTIATE)
 #define INSTANTIATE_MIXED(T)                                                                                     \
   template void embedding<T, float>(const T*, int64_t, int64_t, const int32_t*, int64_t, int64_t, float*, cudaStream_t); \
-  template void add<float, T>(float*, const T*, int64_t, cudaStream_t);
+  template void add<float, T>(float*, const T*, int64_t, cudaStream_t);                                          \
+  template void silu_mul<float, T>(const float*, const float*, int64_t, T*, cudaStream_t);
 LLMSERVE_FOR_EACH_HALF_TYPE(INSTANTIATE_MIXED)
 
 }  // namespace llmserve::cuda

@@ -52,15 +52,15 @@ __global__ void rope_k(T* q, T* k, const int32_t* positions, const float* inv_fr
   v[i + half] = from_f<T>(x2 * cs + x1 * sn);
 }
 
-template <typename T>
-__global__ void kv_write_k(const T* k, const T* v, const int32_t* slots, int64_t n, int64_t row, T* kc, T* vc) {
+template <typename TI, typename T>
+__global__ void kv_write_k(const TI* k, const TI* v, const int32_t* slots, int64_t n, int64_t row, T* kc, T* vc) {
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= n * row) return;
   const int64_t t = idx / row, c = idx % row;
   const int64_t slot = slots[t];
   if (slot < 0) return;
-  kc[slot * row + c] = k[idx];
-  vc[slot * row + c] = v[idx];
+  kc[slot * row + c] = from_f<T>(to_f(k[idx]));
+  vc[slot * row + c] = from_f<T>(to_f(v[idx]));
 }
 
 }  // namespace
@@ -81,8 +81,8 @@ void rope(T* q, T* k, const int32_t* positions, const float* inv_freq, int64_t n
   check(cudaGetLastError(), "rope");
 }
 
-template <typename T>
-void kv_write(const T* k, const T* v, const int32_t* slot_mapping, int64_t n, int64_t Hk, int64_t D, T* k_cache,
+template <typename TI, typename T>
+void kv_write(const TI* k, const TI* v, const int32_t* slot_mapping, int64_t n, int64_t Hk, int64_t D, T* k_cache,
               T* v_cache, cudaStream_t s) {
   if (n == 0) return;
   kv_write_k<<<blocks_for(n * Hk * D, 256), 256, 0, s>>>(k, v, slot_mapping, n, Hk * D, k_cache, v_cache);
@@ -92,9 +92,11 @@ void kv_write(const T* k, const T* v, const int32_t* slot_mapping, int64_t n, in
 #define INSTANTIATE(T)                                                                                          \
   template void rmsnorm<T, T>(const T*, const T*, int64_t, int64_t, float, T*, cudaStream_t);                   \
   template void rope<T>(T*, T*, const int32_t*, const float*, int64_t, int64_t, int64_t, int64_t, cudaStream_t); \
-  template void kv_write<T>(const T*, const T*, const int32_t*, int64_t, int64_t, int64_t, T*, T*, cudaStream_t);
+  template void kv_write<T, T>(const T*, const T*, const int32_t*, int64_t, int64_t, int64_t, T*, T*, cudaStream_t);
 LLMSERVE_FOR_EACH_TYPE(INSTANTIATE)
-#define INSTANTIATE_MIXED(T) template void rmsnorm<float, T>(const float*, const T*, int64_t, int64_t, float, T*, cudaStream_t);
+#define INSTANTIATE_MIXED(T)                                                                                  \
+  template void rmsnorm<float, T>(const float*, const T*, int64_t, int64_t, float, T*, cudaStream_t);          \
+  template void kv_write<float, T>(const float*, const float*, const int32_t*, int64_t, int64_t, int64_t, T*, T*, cudaStream_t);
 LLMSERVE_FOR_EACH_HALF_TYPE(INSTANTIATE_MIXED)
 
 }  // namespace llmserve::cuda

@@ -24,16 +24,18 @@ void add(TX* x, const TY* y, int64_t n, cudaStream_t s);
 template <typename T>
 void rope(T* q, T* k, const int32_t* positions, const float* inv_freq, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
           cudaStream_t s);
-template <typename T>
-void kv_write(const T* k, const T* v, const int32_t* slot_mapping, int64_t n, int64_t Hk, int64_t D, T* k_cache,
+// q/k/v and gate/up may arrive in float32 (GEMM outputs kept in float32); the cache and `out` are in
+// the activation type T.
+template <typename TI, typename T>
+void kv_write(const TI* k, const TI* v, const int32_t* slot_mapping, int64_t n, int64_t Hk, int64_t D, T* k_cache,
               T* v_cache, cudaStream_t s);
 // token_seq[t]: the sequence of token t (the CPU version derives it from q_start).
-template <typename T>
-void paged_attention(const T* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
+template <typename TI, typename T>
+void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
                      const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
                      int64_t block_size, float scale, T* out, cudaStream_t s);
-template <typename T>
-void silu_mul(const T* gate, const T* up, int64_t n, T* out, cudaStream_t s);
+template <typename TI, typename T>
+void silu_mul(const TI* gate, const TI* up, int64_t n, T* out, cudaStream_t s);
 template <typename T>
 void gather_rows(const T* x, const int32_t* rows, int64_t n, int64_t C, T* out, cudaStream_t s);
 // Element conversions (weights upload as float32 and convert on the device).

@@ -74,10 +74,14 @@ Transformer::Transformer(const ModelSpec& spec, const Topology& topo, Backend& b
     w.wq = load_rows(p + "self_attn.q_proj.weight", q0, qn, H);
     w.wk = load_rows(p + "self_attn.k_proj.weight", k0, kn, H);
     w.wv = load_rows(p + "self_attn.v_proj.weight", k0, kn, H);
-    if (spec.attention_bias) {
-      w.bq = load_rows(p + "self_attn.q_proj.bias", q0, qn, 1);
-      w.bk = load_rows(p + "self_attn.k_proj.bias", k0, kn, 1);
-      w.bv = load_rows(p + "self_attn.v_proj.bias", k0, kn, 1);
+    if (spec.attention_bias) {  // added in the GEMM epilogue to float32 outputs: kept in float32
+      auto bias = [&](const std::string& name, int64_t r0, int64_t nr) {
+        auto b = file.read_f32(name, r0, nr, 0, 1);
+        return be_.upload(b.data(), {nr}, DType::F32);
+      };
+      w.bq = bias(p + "self_attn.q_proj.bias", q0, qn);
+      w.bk = bias(p + "self_attn.k_proj.bias", k0, kn);
+      w.bv = bias(p + "self_attn.v_proj.bias", k0, kn);
     }
     w.wo = load_cols(p + "self_attn.o_proj.weight", H, q0, qn);
     w.w_gate = load_rows(p + "mlp.gate_proj.weight", i0, in, H);
@@ -108,10 +112,15 @@ Tensor Transformer::forward(const StepMeta& m, const Tensor& hidden_in, KvCache&
   } else {
     x = hidden_in;
   }
-  Tensor h = be_.empty({T, H}, dt), proj = be_.empty({T, H}, dt);
-  Tensor q = be_.empty({T, shard_.q_heads * D}, dt), attn = be_.empty({T, shard_.q_heads * D}, dt);
-  Tensor k = be_.empty({T, shard_.kv_heads * D}, dt), v = be_.empty({T, shard_.kv_heads * D}, dt);
-  Tensor gate = be_.empty({T, shard_.intermediate}, dt), up = be_.empty({T, shard_.intermediate}, dt);
+  // GEMM operands are in the activation type; GEMM outputs stay float32 until the next GEMM (RoPE,
+  // SiLU and the residual adds run in float32; values are rounded once, into the KV cache or a GEMM
+  // input).
+  constexpr DType f32 = DType::F32;
+  Tensor h = be_.empty({T, H}, dt), proj = be_.empty({T, H}, f32);
+  Tensor q = be_.empty({T, shard_.q_heads * D}, f32), attn = be_.empty({T, shard_.q_heads * D}, dt);
+  Tensor k = be_.empty({T, shard_.kv_heads * D}, f32), v = be_.empty({T, shard_.kv_heads * D}, f32);
+  Tensor gate = be_.empty({T, shard_.intermediate}, f32), up = be_.empty({T, shard_.intermediate}, f32);
+  Tensor act = be_.empty({T, shard_.intermediate}, dt);
   for (size_t li = 0; li < layers_.size(); ++li) {
     const LayerWeights& w = layers_[li];
     be_.rmsnorm(x, w.input_norm, eps, h);
@@ -127,8 +136,8 @@ Tensor Transformer::forward(const StepMeta& m, const Tensor& hidden_in, KvCache&
     be_.rmsnorm(x, w.post_norm, eps, h);
     be_.linear(h, w.w_gate, nullptr, gate);
     be_.linear(h, w.w_up, nullptr, up);
-    be_.silu_mul(gate, up, gate);
-    be_.linear(gate, w.w_down, nullptr, proj);
+    be_.silu_mul(gate, up, act);
+    be_.linear(act, w.w_down, nullptr, proj);
     all_reduce(proj);
     be_.add(x, proj);
   }

@@ -234,8 +234,8 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
   const int64_t T = rows_of(x), K = cols_of(x), N = rows_of(w);
   LLMSERVE_CHECK(cols_of(w) == K, "cuda backend: linear inner dimensions differ");
   if (T == 0 || N == 0) return;
-  LLMSERVE_CHECK(out.dtype == x.dtype || (out.dtype == DType::F32 && bias == nullptr),
-                 "cuda backend: linear output must match the input type, or be float32 without bias");
+  LLMSERVE_CHECK(out.dtype == x.dtype || out.dtype == DType::F32, "cuda backend: linear output type");
+  LLMSERVE_CHECK(!bias || bias->dtype == out.dtype, "cuda backend: the bias must have the output's type");
   Gemm& g = gemm_for(N, T, K, x.dtype, out.dtype, bias != nullptr);
   if (bias) {
     const void* bp = bias->data;
@@ -256,27 +256,37 @@ void CudaBackend::rope(Tensor& q, Tensor& k, const Tensor& inv_freq, int64_t D) 
 }
 
 void CudaBackend::kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache) {
-  dispatch(k.dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    cuda::kv_write<T>(k.as<T>(), v.as<T>(), slots_.ptr, rows_of(k), k_cache.dim(2), k_cache.dim(3), k_cache.as<T>(),
-                      v_cache.as<T>(), nullptr);
+  dispatch2(k.dtype, k_cache.dtype, [&](auto* ti, auto* tc) {
+    using TI = std::remove_pointer_t<decltype(ti)>;
+    using T = std::remove_pointer_t<decltype(tc)>;
+    if constexpr (std::is_same_v<TI, T> || std::is_same_v<TI, float>) {
+      cuda::kv_write<TI, T>(k.as<TI>(), v.as<TI>(), slots_.ptr, rows_of(k), k_cache.dim(2), k_cache.dim(3), k_cache.as<T>(),
+                            v_cache.as<T>(), nullptr);
+    }
   });
 }
 
 void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t D, int64_t block_size,
                             float scale, Tensor& out) {
-  dispatch(q.dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    cuda::paged_attention<T>(q.as<T>(), k_cache.as<T>(), v_cache.as<T>(), tables_.ptr, max_blocks_, token_seq_.ptr,
-                             positions_.ptr, rows_of(q), cols_of(q) / D, k_cache.dim(2), D, block_size, scale, out.as<T>(),
-                             nullptr);
+  LLMSERVE_CHECK(out.dtype == k_cache.dtype, "cuda backend: attention output must have the cache's type");
+  dispatch2(q.dtype, k_cache.dtype, [&](auto* ti, auto* tc) {
+    using TI = std::remove_pointer_t<decltype(ti)>;
+    using T = std::remove_pointer_t<decltype(tc)>;
+    if constexpr (std::is_same_v<TI, T> || std::is_same_v<TI, float>) {
+      cuda::paged_attention<TI, T>(q.as<TI>(), k_cache.as<T>(), v_cache.as<T>(), tables_.ptr, max_blocks_, token_seq_.ptr,
+                                   positions_.ptr, rows_of(q), cols_of(q) / D, k_cache.dim(2), D, block_size, scale,
+                                   out.as<T>(), nullptr);
+    }
   });
 }
 
 void CudaBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
-  dispatch(gate.dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    cuda::silu_mul<T>(gate.as<T>(), up.as<T>(), gate.numel(), out.as<T>(), nullptr);
+  dispatch2(gate.dtype, out.dtype, [&](auto* ti, auto* to) {
+    using TI = std::remove_pointer_t<decltype(ti)>;
+    using T = std::remove_pointer_t<decltype(to)>;
+    if constexpr (std::is_same_v<TI, T> || std::is_same_v<TI, float>) {
+      cuda::silu_mul<TI, T>(gate.as<TI>(), up.as<TI>(), gate.numel(), out.as<T>(), nullptr);
+    }
   });
 }
 
