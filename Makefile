@@ -10,7 +10,7 @@ ifneq ($(strip $(HDF5_ROOT)),)
 CMAKE_FLAGS += -DHDF5_ROOT=$(HDF5_ROOT)
 endif
 
-.PHONY: all configure build test deps run clean
+.PHONY: all configure build test deps run demo clean
 
 all: build
 
@@ -30,6 +30,11 @@ test: deps
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS)
 
 run: deps
+	$(MAKE) build
+	bash scripts/serve.sh
+
+# Answers the demo chat prompts offline (no server).
+demo: deps
 	$(MAKE) build
 	bash scripts/run-demo.sh
 

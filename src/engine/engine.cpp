@@ -191,6 +191,8 @@ RequestOutput Engine::snapshot(Request& r) {
     so.out.delta = so.text.substr(so.emitted, safe - so.emitted);
     so.emitted = safe;
     so.out.text = so.text.substr(0, safe);
+    so.out.delta_tokens = so.out.token_ids.size() - so.reported;
+    so.reported = so.out.token_ids.size();
     o.outputs.push_back(so.out);
   }
   o.finished = r.unfinished == 0;

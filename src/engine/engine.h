@@ -70,6 +70,7 @@ class Engine {
     std::unique_ptr<IncrementalDecoder> decoder;
     std::string text;       // decoded text so far
     size_t emitted = 0;     // bytes of text already handed out
+    size_t reported = 0;    // tokens already handed out
     CompletionOutput out;
   };
   struct Request {

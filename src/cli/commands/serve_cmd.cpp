@@ -1,9 +1,23 @@
+// `llmserve [serve] config.yaml`: rank 0 runs the engine and the OpenAI HTTP server; every other
+// rank runs its pipeline stage and tensor shard. SIGINT/SIGTERM on rank 0 stops the server, aborts
+// what is in flight and shuts every rank down with exit code 0 (workers ignore the signal and wait for
+// rank 0's shutdown plan).
+#include <csignal>
+#include <cstdlib>
+#include <ctime>
+
+#include "chat/chat_template.h"
 #include "cli/commands/commands.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "config/config.h"
 #include "dist/collective_check.h"
+#include "engine/engine.h"
+#include "model/model_file.h"
 #include "model/runner.h"
+#include "server/engine_service.h"
+#include "server/http_server.h"
+#include "tokenizer/tokenizer.h"
 
 namespace llmserve {
 
@@ -13,13 +27,52 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
     std::vector<std::string> rest = config_parse_args(cfg, args);
     if (!rest.empty()) throw Error(cat("unexpected argument '", rest[0], "'"));
   });
+  int rank = 0;
+  MPI_Comm_rank(world, &rank);
+  // mpirun forwards SIGTERM/SIGINT to every rank: only rank 0 acts on them.
+  if (rank != 0) {
+    std::signal(SIGINT, SIG_IGN);
+    std::signal(SIGTERM, SIG_IGN);
+  }
   ModelRunner runner(cfg, world);
-  // The engine (issue 4) and the OpenAI HTTP server (issue 5) are not built yet: say so plainly
-  // after proving the model loads on this layout.
+  std::unique_ptr<Tokenizer> tok;
+  std::unique_ptr<ChatTemplate> chat;
+  ApiContext ctx;
+  ServerOptions opt;
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<EngineService> service;
+  std::unique_ptr<HttpServer> server;
   agree(world, [&] {
-    throw Error("the model loaded, but serving is not available yet: the scheduler and the HTTP server are still "
-                "to be built. Use 'llmserve logits' to run prompts offline");
+    if (rank != 0) return;
+    ModelFile file(cfg.model);
+    if (file.text("tokenizer", "tokenizer.json")) {
+      tok = Tokenizer::from_model_file(file);
+      chat = ChatTemplate::from_model_file(file);
+    }
+    ctx.tok = tok.get();
+    ctx.chat = chat.get();
+    ctx.model_names = cfg.served_model_name.empty() ? std::vector<std::string>{cfg.model} : cfg.served_model_name;
+    ctx.model_path = cfg.model;
+    ctx.max_model_len = cfg.max_model_len;
+    ctx.vocab_size = runner.spec().vocab_size;
+    ctx.created = static_cast<int64_t>(std::time(nullptr));
+    opt.host = cfg.host;
+    opt.port = cfg.port;
+    opt.api_key = cfg.api_key;
+    if (opt.api_key.empty())
+      if (const char* k = std::getenv("LLMSERVE_API_KEY")) opt.api_key = k;
+    engine = std::make_unique<Engine>(runner, tok.get(), static_cast<uint64_t>(cfg.seed));
+    service = std::make_unique<EngineService>(*engine);
+    server = std::make_unique<HttpServer>(opt, ctx, *service);
   });
+  if (rank != 0) {
+    Worker(runner).loop();
+    return 0;
+  }
+  server->run();
+  service->stop();
+  engine->shutdown();
+  log_info("stopped");
   return 0;
 }
 

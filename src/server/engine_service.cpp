@@ -1,0 +1,88 @@
+#include "server/engine_service.h"
+
+#include "common/log.h"
+
+namespace llmserve {
+
+EngineService::EngineService(Engine& engine) : engine_(engine) {
+  counters_.kv_total = engine.scheduler().blocks().num_blocks();
+  thread_ = std::thread([this] { run(); });
+}
+
+EngineService::~EngineService() { stop(); }
+
+void EngineService::submit(std::shared_ptr<EngineJob> job) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    incoming_.push_back(std::move(job));
+  }
+  cv_.notify_one();
+}
+
+void EngineService::stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ && !thread_.joinable()) return;
+    stopping_ = true;
+  }
+  cv_.notify_one();
+  if (thread_.joinable()) thread_.join();
+}
+
+void EngineService::run() {
+  try {
+    for (;;) {
+      std::deque<std::shared_ptr<EngineJob>> jobs;
+      bool stopping;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        if (!engine_.has_unfinished())
+          cv_.wait_for(lock, std::chrono::milliseconds(50), [&] { return stopping_ || !incoming_.empty(); });
+        jobs.swap(incoming_);
+        stopping = stopping_;
+      }
+      for (auto& j : jobs) {
+        if (stopping) {
+          j->on_error("the server is shutting down");
+          continue;
+        }
+        try {
+          const uint64_t id = engine_.add_request(j->prompt, j->params);
+          active_[id] = j;
+          counters_.prompt_tokens += static_cast<int64_t>(j->prompt.size()) * j->params.n;
+        } catch (const std::exception& e) {
+          j->on_error(e.what());
+        }
+      }
+      for (auto& [id, j] : active_)
+        if (stopping || j->cancelled->load()) engine_.abort(id);
+      if (engine_.has_unfinished()) {
+        for (const auto& out : engine_.step()) {
+          auto it = active_.find(out.request_id);
+          if (it == active_.end()) continue;
+          for (const auto& c : out.outputs) counters_.generation_tokens += static_cast<int64_t>(c.delta_tokens);
+          it->second->on_output(out);
+          if (out.finished) {
+            ++counters_.requests_finished;
+            active_.erase(it);
+          }
+        }
+      }
+      const auto& s = engine_.scheduler();
+      counters_.running = static_cast<int64_t>(s.num_running());
+      counters_.waiting = static_cast<int64_t>(s.num_waiting());
+      counters_.swapped = static_cast<int64_t>(s.num_swapped());
+      counters_.kv_used = s.blocks().num_used();
+      counters_.prefix_queries = s.blocks().queries();
+      counters_.prefix_hits = s.blocks().hits();
+      counters_.preemptions = s.stats().preempted_swap + s.stats().preempted_recompute;
+      if (stopping && !engine_.has_unfinished()) return;
+    }
+  } catch (const std::exception& e) {
+    failed_ = true;
+    log_write(LogLevel::Error, cat("engine thread failed: ", e.what()));
+    for (auto& [id, j] : active_) j->on_error(cat("internal error: ", e.what()));
+  }
+}
+
+}  // namespace llmserve

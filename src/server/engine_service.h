@@ -1,0 +1,56 @@
+// The engine's own thread on rank 0. HTTP threads submit jobs and aborts through a queue and never
+// block on a model step; the engine thread calls back with outputs as they are produced.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "engine/engine.h"
+
+namespace llmserve {
+
+struct EngineJob {
+  std::vector<int32_t> prompt;
+  SamplingParams params;
+  // Called on the engine thread: each output as it changes, or the error that kept the job out.
+  std::function<void(const RequestOutput&)> on_output;
+  std::function<void(const std::string&)> on_error;
+  // Set by the caller to abort (client gone); read by the engine thread.
+  std::shared_ptr<std::atomic<bool>> cancelled = std::make_shared<std::atomic<bool>>(false);
+};
+
+struct EngineCounters {
+  std::atomic<int64_t> running{0}, waiting{0}, swapped{0}, kv_used{0}, kv_total{0};
+  std::atomic<int64_t> prompt_tokens{0}, generation_tokens{0}, requests_finished{0};
+  std::atomic<int64_t> prefix_queries{0}, prefix_hits{0}, preemptions{0};
+};
+
+class EngineService {
+ public:
+  explicit EngineService(Engine& engine);
+  ~EngineService();
+  void submit(std::shared_ptr<EngineJob> job);
+  // Aborts everything in flight and stops the thread (the engine's workers are shut down by the caller).
+  void stop();
+  const EngineCounters& counters() const { return counters_; }
+  bool healthy() const { return !failed_.load(); }
+
+ private:
+  void run();
+  Engine& engine_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<EngineJob>> incoming_;
+  std::unordered_map<uint64_t, std::shared_ptr<EngineJob>> active_;
+  bool stopping_ = false;
+  std::atomic<bool> failed_{false};
+  EngineCounters counters_;
+  std::thread thread_;
+};
+
+}  // namespace llmserve

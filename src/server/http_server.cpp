@@ -1,0 +1,435 @@
+#include "server/http_server.h"
+
+#include <boost/asio.hpp>
+#include <boost/beast.hpp>
+#include <chrono>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "tokenizer/tokenizer.h"
+
+namespace llmserve {
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = net::ip::tcp;
+using json = nlohmann::json;
+
+namespace {
+
+struct HttpCounters {
+  std::atomic<int64_t> ok{0}, client_errors{0}, server_errors{0};
+  // End-to-end latency histogram (seconds).
+  static constexpr double kBuckets[] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+  std::atomic<int64_t> e2e[std::size(kBuckets) + 1] = {};
+  std::atomic<int64_t> e2e_count{0};
+  std::atomic<int64_t> e2e_sum_ms{0};
+  void observe(double s) {
+    size_t b = 0;
+    while (b < std::size(kBuckets) && s > kBuckets[b]) ++b;
+    ++e2e[b];
+    ++e2e_count;
+    e2e_sum_ms += static_cast<int64_t>(s * 1000);
+  }
+};
+
+bool constant_time_equal(const std::string& a, const std::string& b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < b.size(); ++i) diff |= static_cast<unsigned char>(a[i % (a.empty() ? 1 : a.size())] ^ b[i]);
+  return diff == 0;
+}
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket s, const ServerOptions& opt, const ApiContext& ctx, EngineService& eng, HttpCounters& hc)
+      : stream_(std::move(s)), opt_(opt), ctx_(ctx), engine_(eng), hc_(hc) {}
+  void start() { net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read(); }); }
+
+ private:
+  void read() {
+    parser_.emplace();
+    parser_->body_limit(opt_.body_limit);
+    buffer_.consume(buffer_.size());
+    http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      self->on_read(ec);
+    });
+  }
+
+  void on_read(beast::error_code ec) {
+    if (ec == http::error::end_of_stream || ec == net::error::eof || ec == net::error::connection_reset) return close();
+    if (ec == http::error::body_limit)
+      return respond(413, error_body(413, cat("the request body exceeds ", opt_.body_limit, " bytes"), "RequestTooLarge"), false);
+    if (ec) return respond(400, error_body(400, cat("malformed HTTP request: ", ec.message()), "BadRequestError"), false);
+    req_ = parser_->release();
+    start_ = std::chrono::steady_clock::now();
+    try {
+      route();
+    } catch (const HttpError& e) {
+      respond(e.status, error_body(e.status, e.what(), e.type, e.param), req_.keep_alive());
+    } catch (const json::exception& e) {
+      respond(400, error_body(400, cat("invalid JSON: ", e.what()), "BadRequestError"), req_.keep_alive());
+    } catch (const std::exception& e) {
+      respond(500, error_body(500, e.what(), "InternalServerError"), false);
+    }
+  }
+
+  void require_auth() {
+    if (opt_.api_key.empty()) return;
+    const auto it = req_.find(http::field::authorization);
+    const std::string got = it == req_.end() ? "" : std::string(it->value());
+    if (!constant_time_equal(got, "Bearer " + opt_.api_key))
+      throw HttpError(401, "Invalid or missing API key (send 'Authorization: Bearer <key>')", "AuthenticationError");
+  }
+
+  void route() {
+    const std::string target(req_.target());
+    const std::string path = target.substr(0, target.find('?'));
+    const auto method = req_.method();
+    struct Route {
+      const char* path;
+      http::verb method;
+    };
+    static const Route routes[] = {{"/health", http::verb::get},      {"/version", http::verb::get},
+                                   {"/metrics", http::verb::get},     {"/v1/models", http::verb::get},
+                                   {"/v1/completions", http::verb::post}, {"/v1/chat/completions", http::verb::post},
+                                   {"/tokenize", http::verb::post},   {"/detokenize", http::verb::post}};
+    bool known = false;
+    for (const auto& r : routes) {
+      if (path != r.path) continue;
+      known = true;
+      if (method != r.method) throw HttpError(405, cat("method not allowed for ", path), "MethodNotAllowed");
+    }
+    if (!known) throw HttpError(404, cat("no route ", path), "NotFoundError");
+    if (path.rfind("/v1/", 0) == 0) require_auth();
+    if (path == "/health") {
+      return respond(engine_.healthy() ? 200 : 503, "", req_.keep_alive(), "text/plain");
+    }
+    if (path == "/version") return respond(200, json{{"version", "0.1.0"}}.dump(), req_.keep_alive());
+    if (path == "/metrics") return respond(200, metrics(), req_.keep_alive(), "text/plain; version=0.0.4");
+    if (path == "/v1/models") return respond(200, models_response(ctx_).dump(), req_.keep_alive());
+    if (path == "/tokenize" || path == "/detokenize") return tokenize(path == "/tokenize");
+    generate(path == "/v1/chat/completions");
+  }
+
+  void tokenize(bool encode) {
+    const json body = json::parse(req_.body());
+    if (!ctx_.tok) throw HttpError(400, "this model has no tokenizer");
+    if (encode) {
+      std::vector<int32_t> ids;
+      if (body.contains("messages")) {
+        GenerationRequest g = parse_chat(nlohmann::ordered_json::parse(req_.body()), ctx_);
+        ids = g.prompts[0];
+      } else if (body.contains("prompt") && body["prompt"].is_string()) {
+        ids = ctx_.tok->encode(body["prompt"].get<std::string>(), body.value("add_special_tokens", true));
+      } else {
+        throw HttpError(400, "'prompt' (a string) or 'messages' is required", "BadRequestError", "prompt");
+      }
+      return respond(200, json{{"count", ids.size()}, {"max_model_len", ctx_.max_model_len}, {"tokens", ids}}.dump(), req_.keep_alive());
+    }
+    if (!body.contains("tokens") || !body["tokens"].is_array()) throw HttpError(400, "'tokens' (a list of ids) is required", "BadRequestError", "tokens");
+    std::vector<int32_t> ids;
+    for (const auto& t : body["tokens"]) {
+      if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= ctx_.vocab_size)
+        throw HttpError(400, cat("token ids must be integers in [0, ", ctx_.vocab_size, ")"), "BadRequestError", "tokens");
+      ids.push_back(t.get<int32_t>());
+    }
+    respond(200, json{{"prompt", ctx_.tok->decode(ids, false)}}.dump(), req_.keep_alive());
+  }
+
+  // ---- generation ----------------------------------------------------------------
+  struct Pending {
+    GenerationRequest req;
+    std::string id;
+    std::vector<RequestOutput> outputs;
+    std::vector<bool> started;
+    std::vector<std::shared_ptr<EngineJob>> jobs;
+    size_t finished = 0;
+    std::string error;
+  };
+
+  void generate(bool chat) {
+    auto p = std::make_shared<Pending>();
+    p->req = chat ? parse_chat(nlohmann::ordered_json::parse(req_.body()), ctx_) : parse_completion(json::parse(req_.body()), ctx_);
+    p->id = random_id(chat ? "chatcmpl-" : "cmpl-");
+    const size_t n = p->req.prompts.size();
+    p->outputs.resize(n);
+    p->started.assign(n, false);
+    pending_ = p;
+    if (p->req.stream) {
+      // Headers now, events as tokens arrive.
+      auto res = std::make_shared<http::response<http::empty_body>>(http::status::ok, req_.version());
+      res->set(http::field::content_type, "text/event-stream");
+      res->set(http::field::cache_control, "no-cache");
+      res->chunked(true);
+      res->keep_alive(false);
+      auto sr = std::make_shared<http::response_serializer<http::empty_body>>(*res);
+      // The header is the first write; events queue behind it (one write in flight at a time).
+      writing_ = true;
+      http::async_write_header(stream_, *sr, [self = shared_from_this(), res, sr](beast::error_code ec, size_t) {
+        if (ec) {
+          self->cancel_all();
+          self->writes_.clear();
+          self->writing_ = false;
+          return self->close();
+        }
+        self->write_next();
+      });
+    }
+    for (size_t i = 0; i < n; ++i) {
+      auto job = std::make_shared<EngineJob>();
+      job->prompt = p->req.prompts[i];
+      job->params = p->req.params;
+      std::weak_ptr<Session> weak = shared_from_this();
+      auto exec = stream_.get_executor();
+      job->on_output = [weak, exec, i](const RequestOutput& out) {
+        net::post(exec, [weak, i, out] {
+          if (auto s = weak.lock()) s->on_output(i, out);
+        });
+      };
+      job->on_error = [weak, exec](const std::string& msg) {
+        net::post(exec, [weak, msg] {
+          if (auto s = weak.lock()) s->on_error(msg);
+        });
+      };
+      p->jobs.push_back(job);
+    }
+    for (auto& j : p->jobs) engine_.submit(j);
+    watch_disconnect();
+  }
+
+  // A read on the idle connection completes when the client goes away: abort its requests then.
+  void watch_disconnect() {
+    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
+      if (!self->pending_) return;
+      char c;
+      beast::error_code rec;
+      const size_t got = self->stream_.socket().receive(net::buffer(&c, 1), tcp::socket::message_peek, rec);
+      if (ec || rec || got == 0) self->cancel_all();
+    });
+  }
+
+  void cancel_all() {
+    if (!pending_) return;
+    for (auto& j : pending_->jobs) *j->cancelled = true;
+  }
+
+  void on_error(const std::string& msg) {
+    auto p = pending_;
+    if (!p || !p->error.empty()) return;
+    p->error = msg;
+    cancel_all();
+    if (p->req.stream) {
+      send_event("data: " + error_body(400, msg, "BadRequestError") + "\n\n", true);
+    } else {
+      const int status = msg.find("shutting down") != std::string::npos ? 503 : 400;
+      respond(status, error_body(status, msg, status == 503 ? "ServiceUnavailable" : "BadRequestError"), false);
+    }
+  }
+
+  void on_output(size_t i, const RequestOutput& out) {
+    auto p = pending_;
+    if (!p || !p->error.empty()) return;
+    p->outputs[i] = out;
+    if (out.finished) ++p->finished;
+    const bool done = p->finished == p->outputs.size();
+    if (p->req.stream) {
+      std::string ev = stream_chunks(p->id, p->req, ctx_, i, out, !p->started[i]);
+      p->started[i] = true;
+      if (done) {
+        if (p->req.include_usage) {
+          int64_t pt = 0, ct = 0;
+          for (const auto& o : p->outputs) {
+            pt += o.prompt_tokens;
+            for (const auto& c : o.outputs) ct += static_cast<int64_t>(c.token_ids.size());
+          }
+          ev += usage_chunk(p->id, p->req, ctx_, pt, ct);
+        }
+        ev += "data: [DONE]\n\n";
+      }
+      if (!ev.empty()) send_event(ev, done);
+      return;
+    }
+    if (!done) return;
+    const json body = p->req.chat ? chat_response(p->id, p->req, ctx_, p->outputs) : completion_response(p->id, p->req, ctx_, p->outputs);
+    respond(200, body.dump(), req_.keep_alive());
+  }
+
+  void send_event(std::string data, bool last) {
+    writes_.push_back(std::move(data));
+    if (last) {
+      last_queued_ = true;
+      log_access(200);
+    }
+    if (!writing_) write_next();
+  }
+
+  void write_next() {
+    if (writes_.empty()) {
+      writing_ = false;
+      if (last_queued_) {
+        auto self = shared_from_this();
+        net::async_write(stream_, http::make_chunk_last(), [self](beast::error_code, size_t) { self->close(); });
+      }
+      return;
+    }
+    writing_ = true;
+    auto data = std::make_shared<std::string>(std::move(writes_.front()));
+    writes_.pop_front();
+    net::async_write(stream_, http::make_chunk(net::buffer(*data)), [self = shared_from_this(), data](beast::error_code ec, size_t) {
+      if (ec) {
+        self->cancel_all();  // the client went away mid-stream
+        self->writes_.clear();
+        self->last_queued_ = false;
+        self->writing_ = false;
+        return self->close();
+      }
+      self->write_next();
+    });
+  }
+
+  void respond(int status, std::string body, bool keep_alive, const char* type = "application/json") {
+    auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), req_.version() ? req_.version() : 11);
+    res->set(http::field::server, "llmserve");
+    res->set(http::field::content_type, type);
+    res->keep_alive(keep_alive);
+    res->body() = std::move(body);
+    res->prepare_payload();
+    log_access(status);
+    pending_.reset();
+    http::async_write(stream_, *res, [self = shared_from_this(), res, keep_alive](beast::error_code ec, size_t) {
+      if (ec || !keep_alive) return self->close();
+      self->read();
+    });
+  }
+
+  void log_access(int status) {
+    (status < 400 ? hc_.ok : status < 500 ? hc_.client_errors : hc_.server_errors)++;
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    int64_t pt = 0, ct = 0;
+    std::string id = "-";
+    if (pending_) {
+      id = pending_->id;
+      for (const auto& o : pending_->outputs) {
+        pt += o.prompt_tokens;
+        for (const auto& c : o.outputs) ct += static_cast<int64_t>(c.token_ids.size());
+      }
+      if (status == 200) hc_.observe(s);
+    }
+    log_info("access ", std::string(req_.method_string()), " ", std::string(req_.target()), " ", status, " id=", id,
+             " prompt_tokens=", pt, " completion_tokens=", ct, " latency_ms=", static_cast<int64_t>(s * 1000));
+  }
+
+  std::string metrics() {
+    const auto& c = engine_.counters();
+    std::string m;
+    auto g = [&](const char* name, const char* type, const char* help, double v) {
+      m += cat("# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n", name, "{model_name=\"", ctx_.model_names[0],
+               "\"} ", v, "\n");
+    };
+    g("llmserve:num_requests_running", "gauge", "Requests running on the model.", c.running.load());
+    g("llmserve:num_requests_waiting", "gauge", "Requests waiting to be scheduled.", c.waiting.load());
+    g("llmserve:num_requests_swapped", "gauge", "Requests swapped out to host memory.", c.swapped.load());
+    g("llmserve:kv_cache_usage_perc", "gauge", "Fraction of KV-cache blocks in use.",
+      c.kv_total.load() > 0 ? static_cast<double>(c.kv_used.load()) / c.kv_total.load() : 0.0);
+    g("llmserve:prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache.", c.prefix_queries.load());
+    g("llmserve:prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache.", c.prefix_hits.load());
+    g("llmserve:num_preemptions_total", "counter", "Sequences preempted.", c.preemptions.load());
+    g("llmserve:prompt_tokens_total", "counter", "Prompt tokens processed.", c.prompt_tokens.load());
+    g("llmserve:generation_tokens_total", "counter", "Tokens generated.", c.generation_tokens.load());
+    g("llmserve:request_success_total", "counter", "Requests finished.", c.requests_finished.load());
+    g("llmserve:http_responses_4xx_total", "counter", "Client errors.", hc_.client_errors.load());
+    g("llmserve:http_responses_5xx_total", "counter", "Server errors.", hc_.server_errors.load());
+    m += "# HELP llmserve:e2e_request_latency_seconds End-to-end latency of successful generation requests.\n"
+         "# TYPE llmserve:e2e_request_latency_seconds histogram\n";
+    int64_t cum = 0;
+    for (size_t b = 0; b <= std::size(HttpCounters::kBuckets); ++b) {
+      cum += hc_.e2e[b].load();
+      const std::string le = b < std::size(HttpCounters::kBuckets) ? cat(HttpCounters::kBuckets[b]) : "+Inf";
+      m += cat("llmserve:e2e_request_latency_seconds_bucket{model_name=\"", ctx_.model_names[0], "\",le=\"", le, "\"} ", cum, "\n");
+    }
+    m += cat("llmserve:e2e_request_latency_seconds_sum{model_name=\"", ctx_.model_names[0], "\"} ", hc_.e2e_sum_ms.load() / 1000.0, "\n");
+    m += cat("llmserve:e2e_request_latency_seconds_count{model_name=\"", ctx_.model_names[0], "\"} ", hc_.e2e_count.load(), "\n");
+    return m;
+  }
+
+  void close() {
+    cancel_all();
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+    stream_.close();
+  }
+
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  http::request<http::string_body> req_;
+  const ServerOptions& opt_;
+  const ApiContext& ctx_;
+  EngineService& engine_;
+  HttpCounters& hc_;
+  std::shared_ptr<Pending> pending_;
+  std::deque<std::string> writes_;
+  bool writing_ = false, last_queued_ = false;
+  std::chrono::steady_clock::time_point start_;
+};
+
+}  // namespace
+
+struct HttpServer::Impl {
+  const ServerOptions& opt;
+  const ApiContext& ctx;
+  EngineService& engine;
+  net::io_context ioc;
+  tcp::acceptor acceptor;
+  HttpCounters hc;
+  Impl(const ServerOptions& o, const ApiContext& c, EngineService& e)
+      : opt(o), ctx(c), engine(e), ioc(o.io_threads), acceptor(ioc) {}
+  void accept() {
+    acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code aec, tcp::socket s) {
+      if (aec) return;  // closed at shutdown
+      std::make_shared<Session>(std::move(s), opt, ctx, engine, hc)->start();
+      accept();
+    });
+  }
+};
+
+HttpServer::HttpServer(const ServerOptions& opt, const ApiContext& ctx, EngineService& engine)
+    : impl_(std::make_unique<Impl>(opt, ctx, engine)) {
+  beast::error_code ec;
+  const auto addr = net::ip::make_address(opt.host, ec);
+  if (ec) throw Error(cat("host '", opt.host, "' is not an IP address"));
+  const tcp::endpoint ep(addr, static_cast<unsigned short>(opt.port));
+  auto& a = impl_->acceptor;
+  a.open(ep.protocol(), ec);
+  if (!ec) a.set_option(net::socket_base::reuse_address(true), ec);
+  if (!ec) a.bind(ep, ec);
+  if (!ec) a.listen(net::socket_base::max_listen_connections, ec);
+  if (ec) throw Error(cat("cannot listen on ", opt.host, ":", opt.port, ": ", ec.message()));
+}
+
+HttpServer::~HttpServer() = default;
+
+void HttpServer::run() {
+  Impl& s = *impl_;
+  s.accept();
+  net::signal_set signals(s.ioc, SIGINT, SIGTERM);
+  signals.async_wait([&s](beast::error_code, int sig) {
+    log_info("signal ", sig, ": stopping (in-flight requests are aborted)");
+    beast::error_code ignored;
+    s.acceptor.close(ignored);
+    s.engine.stop();  // aborts active requests; their clients get their final responses
+    // Let the final writes go out, then stop the I/O threads.
+    auto timer = std::make_shared<net::steady_timer>(s.ioc, std::chrono::milliseconds(500));
+    timer->async_wait([&s, timer](beast::error_code) { s.ioc.stop(); });
+  });
+  log_info("serving ", s.ctx.model_names[0], " on http://", s.opt.host, ":", s.opt.port, " (OpenAI API under /v1)");
+  std::vector<std::thread> threads;
+  for (int i = 1; i < s.opt.io_threads; ++i) threads.emplace_back([&s] { s.ioc.run(); });
+  s.ioc.run();
+  for (auto& t : threads) t.join();
+}
+
+}  // namespace llmserve

@@ -1,0 +1,34 @@
+// The OpenAI-compatible HTTP front end on rank 0 (Boost.Beast, asynchronous I/O on a small thread
+// pool; model steps run on the engine thread, never on an I/O thread).
+#pragma once
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "server/engine_service.h"
+#include "server/openai_api.h"
+
+namespace llmserve {
+
+struct ServerOptions {
+  std::string host = "0.0.0.0";
+  int port = 8000;
+  std::string api_key;  // empty: no authentication
+  size_t body_limit = 16u << 20;
+  int io_threads = 2;
+};
+
+class HttpServer {
+ public:
+  // Binds the address (throws Error when it cannot).
+  HttpServer(const ServerOptions& opt, const ApiContext& ctx, EngineService& engine);
+  ~HttpServer();
+  // Serves until SIGINT or SIGTERM, then stops accepting, aborts what is in flight and returns.
+  void run();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace llmserve

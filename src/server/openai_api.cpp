@@ -1,0 +1,280 @@
+#include "server/openai_api.h"
+
+#include <random>
+
+#include "chat/chat_template.h"
+#include "common/error.h"
+#include "tokenizer/tokenizer.h"
+
+namespace llmserve {
+using json = nlohmann::json;
+using ojson = nlohmann::ordered_json;
+
+std::string error_body(int status, const std::string& message, const std::string& type, const std::string& param) {
+  json e = {{"message", message}, {"type", type}, {"param", param.empty() ? json(nullptr) : json(param)}, {"code", status}};
+  return json{{"error", e}}.dump();
+}
+
+std::string random_id(const char* prefix) {
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  static const char* hex = "0123456789abcdef";
+  std::string s = prefix;
+  for (int i = 0; i < 24; ++i) s += hex[rng() % 16];
+  return s;
+}
+
+namespace {
+
+void check_model(const json& body, const ApiContext& ctx, std::string& model) {
+  if (!body.contains("model") || body["model"].is_null()) {
+    model = ctx.model_names.front();
+    return;
+  }
+  if (!body["model"].is_string()) throw HttpError(400, "'model' must be a string", "BadRequestError", "model");
+  model = body["model"].get<std::string>();
+  for (const auto& n : ctx.model_names)
+    if (n == model) return;
+  throw HttpError(404, "The model `" + model + "` does not exist.", "NotFoundError", "model");
+}
+
+void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx) {
+  if (body.contains("stream") && !body["stream"].is_null()) {
+    if (!body["stream"].is_boolean()) throw HttpError(400, "'stream' must be a boolean", "BadRequestError", "stream");
+    r.stream = body["stream"].get<bool>();
+  }
+  if (body.contains("stream_options") && body["stream_options"].is_object())
+    r.include_usage = body["stream_options"].value("include_usage", false);
+  r.params.max_tokens = -1;  // unset: the rest of the context
+  try {
+    sampling_params_from_json(body, r.params);
+  } catch (const Error& e) {
+    throw HttpError(400, e.what());
+  }
+  const int64_t longest = [&] {
+    size_t m = 0;
+    for (const auto& p : r.prompts) m = std::max(m, p.size());
+    return static_cast<int64_t>(m);
+  }();
+  if (longest > ctx.max_model_len)
+    throw HttpError(400, cat("This model's maximum context length is ", ctx.max_model_len, " tokens. However, your ",
+                             r.chat ? "messages resulted in " : "prompt has ", longest, " tokens. Please reduce the length of the ",
+                             r.chat ? "messages." : "prompt."),
+                    "BadRequestError", r.chat ? "messages" : "prompt");
+  if (r.params.max_tokens < 0) r.params.max_tokens = static_cast<int>(std::max<int64_t>(1, ctx.max_model_len - longest));
+  try {
+    sampling_params_validate(r.params, ctx.vocab_size);
+  } catch (const Error& e) {
+    throw HttpError(400, e.what());
+  }
+  for (const auto& p : r.prompts)
+    if (static_cast<int64_t>(p.size()) + r.params.max_tokens > ctx.max_model_len)
+      throw HttpError(400, cat("This model's maximum context length is ", ctx.max_model_len, " tokens. However, you requested ",
+                               static_cast<int64_t>(p.size()) + r.params.max_tokens, " tokens (", p.size(), " in the ",
+                               r.chat ? "messages" : "prompt", ", ", r.params.max_tokens,
+                               " in the completion). Please reduce the length of the ", r.chat ? "messages" : "prompt",
+                               " or completion."),
+                      "BadRequestError", "max_tokens");
+}
+
+json usage_json(int64_t prompt, int64_t completion) {
+  return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
+}
+
+json chat_logprobs(const CompletionOutput& c, const ApiContext& ctx, size_t from = 0) {
+  json content = json::array();
+  auto tok_text = [&](int32_t id) { return ctx.tok ? ctx.tok->decode({id}, false) : std::to_string(id); };
+  auto bytes = [](const std::string& s) {
+    json b = json::array();
+    for (unsigned char ch : s) b.push_back(static_cast<int>(ch));
+    return b;
+  };
+  for (size_t i = from; i < c.logprobs.size(); ++i) {
+    const auto& lp = c.logprobs[i];
+    json top = json::array();
+    for (const auto& [id, v] : lp.top) top.push_back({{"token", tok_text(id)}, {"logprob", v}, {"bytes", bytes(tok_text(id))}});
+    content.push_back({{"token", tok_text(lp.token)}, {"logprob", lp.logprob}, {"bytes", bytes(tok_text(lp.token))}, {"top_logprobs", top}});
+  }
+  return {{"content", content}};
+}
+
+json completion_logprobs(const CompletionOutput& c, const ApiContext& ctx) {
+  json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
+  size_t off = 0;
+  for (const auto& lp : c.logprobs) {
+    const std::string t = ctx.tok ? ctx.tok->decode({lp.token}, false) : std::to_string(lp.token);
+    tokens.push_back(t);
+    lps.push_back(lp.logprob);
+    json top = json::object();
+    for (const auto& [id, v] : lp.top) top[ctx.tok ? ctx.tok->decode({id}, false) : std::to_string(id)] = v;
+    tops.push_back(top);
+    offsets.push_back(off);
+    off += t.size();
+  }
+  return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
+}
+
+}  // namespace
+
+GenerationRequest parse_completion(const json& body, const ApiContext& ctx) {
+  if (!body.is_object()) throw HttpError(400, "the request body must be a JSON object");
+  GenerationRequest r;
+  check_model(body, ctx, r.model);
+  if (!body.contains("prompt")) throw HttpError(400, "'prompt' is required", "BadRequestError", "prompt");
+  const json& p = body["prompt"];
+  auto add_text = [&](const json& s) {
+    if (!ctx.tok) throw HttpError(400, "this model has no tokenizer: send token ids", "BadRequestError", "prompt");
+    r.prompts.push_back(ctx.tok->encode(s.get<std::string>(), true));
+    r.prompt_texts.push_back(s.get<std::string>());
+  };
+  auto add_ids = [&](const json& a) {
+    std::vector<int32_t> ids;
+    for (const auto& x : a) {
+      if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() >= ctx.vocab_size)
+        throw HttpError(400, cat("prompt token ids must be integers in [0, ", ctx.vocab_size, ")"), "BadRequestError", "prompt");
+      ids.push_back(x.get<int32_t>());
+    }
+    r.prompts.push_back(ids);
+    r.prompt_texts.push_back(ctx.tok ? ctx.tok->decode(ids, false) : "");
+  };
+  if (p.is_string()) {
+    add_text(p);
+  } else if (p.is_array() && !p.empty() && p[0].is_string()) {
+    for (const auto& s : p) {
+      if (!s.is_string()) throw HttpError(400, "'prompt' must be a string, a list of strings, or token ids", "BadRequestError", "prompt");
+      add_text(s);
+    }
+  } else if (p.is_array() && !p.empty() && p[0].is_number_integer()) {
+    add_ids(p);
+  } else if (p.is_array() && !p.empty() && p[0].is_array()) {
+    for (const auto& a : p) add_ids(a);
+  } else {
+    throw HttpError(400, "'prompt' must be a non-empty string, list of strings, or token ids", "BadRequestError", "prompt");
+  }
+  for (const auto& q : r.prompts)
+    if (q.empty()) throw HttpError(400, "the prompt is empty", "BadRequestError", "prompt");
+  if (body.contains("echo") && body["echo"].is_boolean()) r.echo = body["echo"].get<bool>();
+  common_params(body, r, ctx);
+  return r;
+}
+
+GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
+  if (!body.is_object()) throw HttpError(400, "the request body must be a JSON object");
+  GenerationRequest r;
+  r.chat = true;
+  const json plain = json::parse(body.dump());
+  check_model(plain, ctx, r.model);
+  if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty())
+    throw HttpError(400, "'messages' must be a non-empty list", "BadRequestError", "messages");
+  for (const auto& m : body["messages"]) {
+    if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
+      throw HttpError(400, "each message needs a string 'role'", "BadRequestError", "messages");
+    if (m.contains("content") && !m["content"].is_null() && !m["content"].is_string() && !m["content"].is_array())
+      throw HttpError(400, "a message's 'content' must be a string or a list of parts", "BadRequestError", "messages");
+  }
+  if (!ctx.tok || !ctx.chat) throw HttpError(400, "this model has no tokenizer or chat template");
+  ChatRenderOptions o;
+  if (body.contains("tools") && !body["tools"].is_null()) {
+    if (!body["tools"].is_array()) throw HttpError(400, "'tools' must be a list", "BadRequestError", "tools");
+    o.tools = body["tools"];
+  }
+  if (body.contains("chat_template_kwargs") && body["chat_template_kwargs"].is_object()) o.template_kwargs = body["chat_template_kwargs"];
+  if (body.contains("add_generation_prompt") && body["add_generation_prompt"].is_boolean())
+    o.add_generation_prompt = body["add_generation_prompt"].get<bool>();
+  // Messages whose content is a list of text parts: join the texts, as vLLM does for text-only models.
+  ojson msgs = parse_tool_call_arguments(body["messages"]);
+  for (auto& m : msgs)
+    if (m.contains("content") && m["content"].is_array()) {
+      std::string t;
+      for (const auto& part : m["content"])
+        if (part.is_object() && part.value("type", "") == "text") t += (t.empty() ? "" : "\n") + part.value("text", "");
+      m["content"] = t;
+    }
+  std::string prompt;
+  try {
+    prompt = ctx.chat->render(msgs, o);
+  } catch (const Error& e) {
+    throw HttpError(400, e.what(), "BadRequestError", "messages");
+  }
+  r.prompts.push_back(ctx.tok->encode(prompt, false));
+  r.prompt_texts.push_back(prompt);
+  common_params(plain, r, ctx);
+  return r;
+}
+
+json completion_response(const std::string& id, const GenerationRequest& r, const ApiContext& ctx,
+                         const std::vector<RequestOutput>& outputs) {
+  json choices = json::array();
+  int64_t ptok = 0, ctok = 0;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    ptok += outputs[i].prompt_tokens;
+    for (const auto& c : outputs[i].outputs) {
+      ctok += static_cast<int64_t>(c.token_ids.size());
+      choices.push_back({{"index", static_cast<int64_t>(i) * r.params.n + c.index},
+                         {"text", (r.echo ? r.prompt_texts[i] : "") + c.text},
+                         {"logprobs", r.params.logprobs >= 0 ? completion_logprobs(c, ctx) : json(nullptr)},
+                         {"finish_reason", c.finish_reason},
+                         {"stop_reason", c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason)}});
+    }
+  }
+  return {{"id", id}, {"object", "text_completion"}, {"created", ctx.created}, {"model", r.model},
+          {"choices", choices}, {"usage", usage_json(ptok, ctok)}};
+}
+
+json chat_response(const std::string& id, const GenerationRequest& r, const ApiContext& ctx,
+                   const std::vector<RequestOutput>& outputs) {
+  json choices = json::array();
+  const RequestOutput& o = outputs.at(0);
+  int64_t ctok = 0;
+  for (const auto& c : o.outputs) {
+    ctok += static_cast<int64_t>(c.token_ids.size());
+    choices.push_back({{"index", c.index},
+                       {"message", {{"role", "assistant"}, {"content", c.text}}},
+                       {"logprobs", r.params.logprobs >= 0 ? chat_logprobs(c, ctx) : json(nullptr)},
+                       {"finish_reason", c.finish_reason},
+                       {"stop_reason", c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason)}});
+  }
+  return {{"id", id}, {"object", "chat.completion"}, {"created", ctx.created}, {"model", r.model},
+          {"choices", choices}, {"usage", usage_json(o.prompt_tokens, ctok)}};
+}
+
+std::string stream_chunks(const std::string& id, const GenerationRequest& r, const ApiContext& ctx, size_t prompt_index,
+                          const RequestOutput& out, bool first) {
+  std::string events;
+  for (const auto& c : out.outputs) {
+    const bool has_text = !c.delta.empty() || (first && r.chat) || (first && r.echo);
+    if (!has_text && !c.finished()) continue;
+    json choice;
+    const int64_t index = static_cast<int64_t>(prompt_index) * r.params.n + c.index;
+    if (r.chat) {
+      json delta = json::object();
+      if (first) delta["role"] = "assistant";
+      if (!c.delta.empty() || first) delta["content"] = c.delta;
+      choice = {{"index", index}, {"delta", delta}, {"logprobs", nullptr},
+                {"finish_reason", c.finished() ? json(c.finish_reason) : json(nullptr)}};
+    } else {
+      choice = {{"index", index}, {"text", (first && r.echo ? r.prompt_texts[prompt_index] : "") + c.delta},
+                {"logprobs", nullptr}, {"finish_reason", c.finished() ? json(c.finish_reason) : json(nullptr)}};
+    }
+    if (c.finished()) choice["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
+    json chunk = {{"id", id}, {"object", r.chat ? "chat.completion.chunk" : "text_completion"}, {"created", ctx.created},
+                  {"model", r.model}, {"choices", json::array({choice})}};
+    events += "data: " + chunk.dump() + "\n\n";
+  }
+  return events;
+}
+
+std::string usage_chunk(const std::string& id, const GenerationRequest& r, const ApiContext& ctx, int64_t p, int64_t c) {
+  json chunk = {{"id", id}, {"object", r.chat ? "chat.completion.chunk" : "text_completion"}, {"created", ctx.created},
+                {"model", r.model}, {"choices", json::array()}, {"usage", usage_json(p, c)}};
+  return "data: " + chunk.dump() + "\n\n";
+}
+
+json models_response(const ApiContext& ctx) {
+  json data = json::array();
+  for (const auto& n : ctx.model_names)
+    data.push_back({{"id", n}, {"object", "model"}, {"created", ctx.created}, {"owned_by", "llmserve"},
+                    {"root", ctx.model_path}, {"parent", nullptr}, {"max_model_len", ctx.max_model_len}});
+  return {{"object", "list"}, {"data", data}};
+}
+
+}  // namespace llmserve

@@ -1,0 +1,65 @@
+// The OpenAI protocol: request bodies into engine jobs, engine outputs into responses and
+// Server-Sent-Event chunks, and errors in OpenAI's shape {"error": {"message", "type", "param", "code"}}.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+
+namespace llmserve {
+
+class ChatTemplate;
+class Tokenizer;
+
+// An error that becomes an HTTP response.
+struct HttpError : std::runtime_error {
+  int status;
+  std::string type, param;
+  HttpError(int s, const std::string& msg, const std::string& t = "BadRequestError", const std::string& p = "")
+      : std::runtime_error(msg), status(s), type(t), param(p) {}
+};
+std::string error_body(int status, const std::string& message, const std::string& type, const std::string& param = "");
+
+struct ApiContext {
+  const Tokenizer* tok = nullptr;
+  const ChatTemplate* chat = nullptr;
+  std::vector<std::string> model_names;  // served_model_name (first is the main one)
+  std::string model_path;
+  int64_t max_model_len = 0;
+  int64_t vocab_size = 0;
+  int64_t created = 0;
+};
+
+// A parsed generation request: one or more prompts, each run with `params`.
+struct GenerationRequest {
+  bool chat = false;
+  bool stream = false;
+  bool include_usage = false;
+  bool echo = false;
+  std::string model;
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<std::string> prompt_texts;  // for echo
+  SamplingParams params;
+};
+
+// Parse and validate (throws HttpError 400/404 with a clear message).
+GenerationRequest parse_completion(const nlohmann::json& body, const ApiContext& ctx);
+GenerationRequest parse_chat(const nlohmann::ordered_json& body, const ApiContext& ctx);
+
+// Whole responses (non-streaming). outputs[i] belongs to prompts[i].
+nlohmann::json completion_response(const std::string& id, const GenerationRequest& r, const ApiContext& ctx,
+                                   const std::vector<RequestOutput>& outputs);
+nlohmann::json chat_response(const std::string& id, const GenerationRequest& r, const ApiContext& ctx,
+                             const std::vector<RequestOutput>& outputs);
+// One SSE event ("data: ...\n\n") for the deltas of `out` (prompt `prompt_index`); empty if nothing new.
+std::string stream_chunks(const std::string& id, const GenerationRequest& r, const ApiContext& ctx, size_t prompt_index,
+                          const RequestOutput& out, bool first);
+std::string usage_chunk(const std::string& id, const GenerationRequest& r, const ApiContext& ctx, int64_t prompt_tokens,
+                        int64_t completion_tokens);
+
+nlohmann::json models_response(const ApiContext& ctx);
+std::string random_id(const char* prefix);
+
+}  // namespace llmserve

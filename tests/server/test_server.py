@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""End-to-end tests of the OpenAI server: `mpirun -np 2 llmserve` (tp=2, CPU backend, tiny Qwen2
+fixture) on a free loopback port, driven over HTTP (standard library) and, when it can be installed,
+with the official `openai` package. Prints one line per check and 'N passed, N failed'.
+Usage: test_server.py BUILD_DIR"""
+import http.client, json, os, socket, subprocess, sys, threading, time
+
+BUILD = os.path.abspath(sys.argv[1])
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODEL = os.path.join(BUILD, "test-models", "tiny-qwen2.h5")
+results = []
+
+
+def check(name, ok, detail=""):
+    results.append(bool(ok))
+    print(("PASS " if ok else "FAIL ") + name + ("" if ok else f": {detail}"), flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Server:
+    def __init__(self, *extra, np=2, tp=2):
+        self.port = free_port()
+        self.log = open(os.path.join(BUILD, "test-out", f"server-{self.port}.log"), "w")
+        cmd = [os.path.join(HERE, "..", "mpirun.sh"), str(np), os.path.join(BUILD, "llmserve"), "--model", MODEL,
+               "--backend", "cpu", "-tp", str(tp), "--host", "127.0.0.1", "--port", str(self.port),
+               "--max-model-len", "512", "--served-model-name", "tiny", *extra]
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        for _ in range(200):
+            try:
+                if self.request("GET", "/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not start; see " + self.log.name)
+
+    def request(self, method, path, body=None, headers=None, timeout=60):
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
+        c.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+        r = c.getresponse()
+        out = r.read().decode()
+        c.close()
+        return r.status, out
+
+    def post(self, path, body, **kw):
+        st, out = self.request("POST", path, body, **kw)
+        try:
+            return st, json.loads(out)
+        except ValueError:
+            return st, out
+
+    def stream(self, path, body):
+        """Returns the list of SSE data payloads."""
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        c.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        events = [line[6:] for line in r.read().decode().split("\n") if line.startswith("data: ")]
+        c.close()
+        return r.status, events
+
+    def metric(self, name):
+        _, text = self.request("GET", "/metrics")
+        for line in text.splitlines():
+            if line.startswith(name + "{"):
+                return float(line.split()[-1])
+        return None
+
+    def stop(self):
+        rank0 = None
+        # Signal the rank-0 process, as a batch system would signal the job's tasks.
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmd = open(f"/proc/{pid}/cmdline").read().split("\0")
+                comm = open(f"/proc/{pid}/comm").read().strip()
+            except OSError:
+                continue
+            if comm == "llmserve" and str(self.port) in cmd:
+                env = open(f"/proc/{pid}/environ").read()
+                if "OMPI_COMM_WORLD_RANK=0" in env:
+                    rank0 = int(pid)
+        if rank0:
+            os.kill(rank0, 15)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None
+
+
+def main():
+    s = Server()
+    try:
+        st, _ = s.request("GET", "/health")
+        check("health is 200", st == 200, st)
+        st, models = s.request("GET", "/v1/models")
+        m = json.loads(models)
+        check("models lists the served name and max_model_len", m["data"][0]["id"] == "tiny" and m["data"][0]["max_model_len"] == 512, models)
+        st, v = s.request("GET", "/version")
+        check("version", st == 200 and "version" in json.loads(v), v)
+
+        # Completions: usage equals the tokenizer's count.
+        st, tok = s.post("/tokenize", {"prompt": "The capital of France is"})
+        st, r = s.post("/v1/completions", {"model": "tiny", "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0})
+        check("completion usage", st == 200 and r["usage"]["prompt_tokens"] == tok["count"] and r["usage"]["completion_tokens"] == 6, r)
+        st, r2 = s.post("/v1/completions", {"prompt": ["a b", "c d"], "max_tokens": 2, "n": 2, "temperature": 0.8, "seed": 3})
+        check("list of prompts x n=2 gives 4 choices", st == 200 and sorted(c["index"] for c in r2["choices"]) == [0, 1, 2, 3], r2)
+        st, r3 = s.post("/v1/completions", {"prompt": [9707, 11, 1879], "max_tokens": 2, "logprobs": 2})
+        lp = r3["choices"][0]["logprobs"] if st == 200 else None
+        check("token-id prompt with logprobs", st == 200 and lp and len(lp["tokens"]) == 2 and len(lp["top_logprobs"][0]) == 2, r3)
+
+        # Chat: greedy output equals the engine's offline output for the same messages.
+        msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."}]
+        st, chat = s.post("/v1/chat/completions", {"model": "tiny", "messages": msgs, "max_tokens": 10, "temperature": 0, "ignore_eos": True})
+        inp = os.path.join(BUILD, "test-out", "server-offline-in.jsonl")
+        outp = os.path.join(BUILD, "test-out", "server-offline-out.jsonl")
+        open(inp, "w").write(json.dumps({"messages": msgs, "max_tokens": 10, "temperature": 0, "ignore_eos": True}) + "\n")
+        subprocess.run([os.path.join(BUILD, "llmserve"), "generate", "--model", MODEL, "--backend", "cpu", "--max-model-len", "512",
+                        "--input", inp, "--output", outp], check=True, capture_output=True)
+        offline = json.loads(open(outp).read())["outputs"][0]["text"]
+        check("chat greedy equals llmserve generate", st == 200 and chat["choices"][0]["message"]["content"] == offline,
+              (chat, offline))
+
+        # Streaming: deltas concatenate to the non-streamed text; usage chunk; [DONE].
+        st, ev = s.stream("/v1/chat/completions", {"messages": msgs, "max_tokens": 10, "temperature": 0, "ignore_eos": True,
+                                                   "stream": True, "stream_options": {"include_usage": True}})
+        chunks = [json.loads(e) for e in ev if e != "[DONE]"]
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+        usage = [c for c in chunks if not c["choices"]]
+        check("stream: deltas equal the whole text", text == offline, (text, offline))
+        check("stream: usage chunk then [DONE]", ev[-1] == "[DONE]" and usage and usage[0]["usage"]["completion_tokens"] == 10, ev[-3:])
+        st, ev2 = s.stream("/v1/completions", {"prompt": "Hello", "max_tokens": 5, "temperature": 0, "stream": True})
+        check("completion stream ends with a finish_reason", st == 200 and json.loads(ev2[-2])["choices"][0]["finish_reason"] == "length", ev2)
+
+        # Stop strings (taken from the greedy text) and stop_token_ids.
+        st, base = s.post("/v1/completions", {"prompt": "Hello", "max_tokens": 12, "temperature": 0, "ignore_eos": True})
+        full = base["choices"][0]["text"]
+        stop = full[len(full) // 2: len(full) // 2 + 2]
+        st, rs = s.post("/v1/completions", {"prompt": "Hello", "max_tokens": 12, "temperature": 0, "ignore_eos": True, "stop": [stop]})
+        check("stop string", rs["choices"][0]["text"] == full[:full.find(stop)] and rs["choices"][0]["finish_reason"] == "stop"
+              and rs["choices"][0]["stop_reason"] == stop, (full, stop, rs))
+
+        # Errors in OpenAI's shape with the right status.
+        def err(status, resp, needle=""):
+            st, body = resp
+            ok = st == status and isinstance(body, dict) and "error" in body and needle in body["error"]["message"]
+            return ok, (st, body)
+        for name, status, resp, needle in [
+            ("malformed JSON", 400, s.post("/v1/completions", "{bad"), "invalid JSON"),
+            ("wrong type", 400, s.post("/v1/completions", {"prompt": "x", "temperature": "hot"}), "'temperature' must be a number"),
+            ("unknown model", 404, s.post("/v1/completions", {"model": "gpt-9", "prompt": "x"}), "gpt-9"),
+            ("prompt too long", 400, s.post("/v1/completions", {"prompt": [1] * 600}), "maximum context length is 512"),
+            ("too many tokens requested", 400, s.post("/v1/completions", {"prompt": "x", "max_tokens": 600}), "512"),
+            ("bad top_p", 400, s.post("/v1/chat/completions", {"messages": msgs, "top_p": 2}), "top_p"),
+            ("no messages", 400, s.post("/v1/chat/completions", {"messages": []}), "messages"),
+            ("unknown route", 404, s.post("/v1/nothing", {}), "no route"),
+            ("wrong method", 405, (lambda st_b: (st_b[0], json.loads(st_b[1])))(s.request("GET", "/v1/completions")), "method"),
+        ]:
+            ok, detail = err(status, resp, needle)
+            check("error: " + name, ok, detail)
+
+        # A body over the limit is refused from its Content-Length, before it is sent.
+        raw = socket.create_connection(("127.0.0.1", s.port))
+        raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+                    + str(17 << 20).encode() + b"\r\n\r\n{")
+        reply = raw.recv(4096).decode(errors="replace")
+        raw.close()
+        check("error: body too large is 413", reply.startswith("HTTP/1.1 413") and "exceeds" in reply, reply[:200])
+
+        # 64 concurrent streams all complete with the right token counts.
+        counts, errors = [], []
+        def one(i):
+            try:
+                st, ev = s.stream("/v1/completions", {"prompt": f"request {i}", "max_tokens": 8, "ignore_eos": True,
+                                                      "stream": True, "stream_options": {"include_usage": True}})
+                usage = [json.loads(e) for e in ev if e != "[DONE]" and not json.loads(e)["choices"]]
+                counts.append(usage[0]["usage"]["completion_tokens"] if usage else -1)
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(64)]
+        t0 = time.time()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        check("64 concurrent streams complete", len(counts) == 64 and all(c == 8 for c in counts) and not errors,
+              (errors[:2], counts[:8]))
+        print(f"  (64 streams x 8 tokens in {time.time() - t0:.1f} s)")
+
+        # A client that disconnects mid-stream aborts its request: nothing stays running or in the cache.
+        raw = socket.create_connection(("127.0.0.1", s.port))
+        body = json.dumps({"prompt": "long", "max_tokens": 400, "ignore_eos": True, "stream": True}).encode()
+        raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+                    + str(len(body)).encode() + b"\r\n\r\n" + body)
+        first = raw.recv(4096)  # headers and the first events
+        raw.close()
+        ok = False
+        for _ in range(100):
+            time.sleep(0.1)
+            if s.metric("llmserve:num_requests_running") == 0 and s.metric("llmserve:kv_cache_usage_perc") == 0:
+                ok = True
+                break
+        check("disconnect frees the request (metrics)", ok, (s.metric("llmserve:num_requests_running"), s.metric("llmserve:kv_cache_usage_perc")))
+        check("metrics count generated tokens", (s.metric("llmserve:generation_tokens_total") or 0) > 500)
+
+        # The official client, when it can be had.
+        try:
+            import openai  # noqa: F401
+        except ImportError:
+            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "openai"], capture_output=True)
+        try:
+            from openai import OpenAI
+            cl = OpenAI(base_url=f"http://127.0.0.1:{s.port}/v1", api_key="none")
+            resp = cl.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, temperature=0, extra_body={"ignore_eos": True})
+            check("openai client: chat", resp.choices[0].message.content == offline, resp)
+            parts = [ch.choices[0].delta.content or "" for ch in cl.chat.completions.create(
+                model="tiny", messages=msgs, max_tokens=10, temperature=0, stream=True, extra_body={"ignore_eos": True}) if ch.choices]
+            check("openai client: streaming chat", "".join(parts) == offline, parts)
+            comp = cl.completions.create(model="tiny", prompt="Hello", max_tokens=3, temperature=0)
+            check("openai client: completions", comp.usage.completion_tokens == 3, comp)
+        except ImportError:
+            print("SKIP openai client (the package could not be installed)")
+    finally:
+        rc = s.stop()
+    check("SIGTERM to rank 0: every rank exits 0", rc == 0, rc)
+
+    # Authentication: /v1 needs the key, /health and /metrics stay open.
+    a = Server("--api-key", "sekret")
+    try:
+        check("auth: no key is 401", a.request("GET", "/v1/models")[0] == 401)
+        check("auth: wrong key is 401", a.request("GET", "/v1/models", headers={"Authorization": "Bearer nope"})[0] == 401)
+        check("auth: right key is 200", a.request("GET", "/v1/models", headers={"Authorization": "Bearer sekret"})[0] == 200)
+        check("auth: /health stays open", a.request("GET", "/health")[0] == 200)
+        check("auth: /metrics stays open", a.request("GET", "/metrics")[0] == 200)
+    finally:
+        a.stop()
+    passed = sum(results)
+    print(f"{passed} passed, {len(results) - passed} failed")
+    return 0 if passed == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
