@@ -106,6 +106,8 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.port = parse_int32("port", v); }},
       {"api_key", Kind::String, "require 'Authorization: Bearer <key>' on /v1 routes",
        [](Config& c, const std::string& v) { c.api_key = v; }},
+      {"tool_call_parser", Kind::String, "auto | hermes | llama3_json | none: how tool calls are read from chat output",
+       [](Config& c, const std::string& v) { c.tool_call_parser = v; }},
       {"served_model_name", Kind::StringList, "model name(s) the API answers to",
        [](Config& c, const std::string& v) { c.served_model_name.push_back(v); }},
       {"seed", Kind::Int, "random seed",
@@ -267,6 +269,9 @@ void config_validate(const Config& c) {
     fail(cat("max_num_batched_tokens must be >= 0, got ", c.max_num_batched_tokens));
   if (c.port < 1 || c.port > 65535) fail(cat("port must be in 1..65535, got ", c.port));
   if (c.host.empty()) fail("host must not be empty");
+  static const char* parsers[] = {"auto", "hermes", "llama3_json", "none"};
+  if (std::find(std::begin(parsers), std::end(parsers), c.tool_call_parser) == std::end(parsers))
+    fail(cat("tool_call_parser must be auto, hermes, llama3_json or none; got '", c.tool_call_parser, "'"));
   for (const auto& n : c.served_model_name)
     if (n.empty()) fail("served_model_name must not be empty");
 }

@@ -30,6 +30,7 @@ struct Config {
   std::string host = "0.0.0.0";
   int port = 8000;
   std::string api_key;
+  std::string tool_call_parser = "auto";  // auto | hermes | llama3_json | none
   std::vector<std::string> served_model_name;  // empty: the model path
   int64_t seed = 0;
 

@@ -144,7 +144,7 @@ class Session : public std::enable_shared_from_this<Session> {
     GenerationRequest req;
     std::string id;
     std::vector<RequestOutput> outputs;
-    std::vector<bool> started;
+    std::vector<std::vector<ChoiceStream>> streams;
     std::vector<std::shared_ptr<EngineJob>> jobs;
     size_t finished = 0;
     std::string error;
@@ -156,7 +156,7 @@ class Session : public std::enable_shared_from_this<Session> {
     p->id = random_id(chat ? "chatcmpl-" : "cmpl-");
     const size_t n = p->req.prompts.size();
     p->outputs.resize(n);
-    p->started.assign(n, false);
+    p->streams.assign(n, std::vector<ChoiceStream>(static_cast<size_t>(p->req.params.n)));
     pending_ = p;
     if (p->req.stream) {
       // Headers now, events as tokens arrive.
@@ -236,8 +236,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (out.finished) ++p->finished;
     const bool done = p->finished == p->outputs.size();
     if (p->req.stream) {
-      std::string ev = stream_chunks(p->id, p->req, ctx_, i, out, !p->started[i]);
-      p->started[i] = true;
+      std::string ev = stream_chunks(p->id, p->req, ctx_, i, out, p->streams[i]);
       if (done) {
         if (p->req.include_usage) {
           int64_t pt = 0, ct = 0;

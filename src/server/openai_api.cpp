@@ -177,6 +177,14 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
     if (!body["tools"].is_array()) throw HttpError(400, "'tools' must be a list", "BadRequestError", "tools");
     o.tools = body["tools"];
   }
+  if (body.contains("tool_choice") && !body["tool_choice"].is_null()) {
+    const auto& tc = body["tool_choice"];
+    if (!tc.is_string() || (tc != "auto" && tc != "none"))
+      throw HttpError(400, "tool_choice 'required' and named tool choices need guided decoding, which llmserve does not "
+                           "support yet; use \"auto\" or \"none\"", "BadRequestError", "tool_choice");
+  }
+  const bool choice_none = body.contains("tool_choice") && body["tool_choice"] == "none";
+  r.tools_active = !o.tools.is_null() && !o.tools.empty() && !choice_none && ctx.tool_format != ToolFormat::None;
   if (body.contains("chat_template_kwargs") && body["chat_template_kwargs"].is_object()) o.template_kwargs = body["chat_template_kwargs"];
   if (body.contains("add_generation_prompt") && body["add_generation_prompt"].is_boolean())
     o.add_generation_prompt = body["add_generation_prompt"].get<bool>();
@@ -227,10 +235,24 @@ json chat_response(const std::string& id, const GenerationRequest& r, const ApiC
   int64_t ctok = 0;
   for (const auto& c : o.outputs) {
     ctok += static_cast<int64_t>(c.token_ids.size());
+    json message = {{"role", "assistant"}, {"content", c.text}};
+    std::string finish = c.finish_reason;
+    if (r.tools_active) {
+      const ToolParse p = parse_tool_calls(ctx.tool_format, c.text);
+      if (!p.calls.empty()) {
+        json tc = json::array();
+        for (const auto& call : p.calls)
+          tc.push_back({{"id", random_id("call_")}, {"type", "function"},
+                        {"function", {{"name", call.name}, {"arguments", call.arguments}}}});
+        message["content"] = p.content.empty() ? json(nullptr) : json(p.content);
+        message["tool_calls"] = tc;
+        finish = "tool_calls";
+      }
+    }
     choices.push_back({{"index", c.index},
-                       {"message", {{"role", "assistant"}, {"content", c.text}}},
+                       {"message", message},
                        {"logprobs", r.params.logprobs >= 0 ? chat_logprobs(c, ctx) : json(nullptr)},
-                       {"finish_reason", c.finish_reason},
+                       {"finish_reason", finish},
                        {"stop_reason", c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason)}});
   }
   return {{"id", id}, {"object", "chat.completion"}, {"created", ctx.created}, {"model", r.model},
@@ -238,27 +260,58 @@ json chat_response(const std::string& id, const GenerationRequest& r, const ApiC
 }
 
 std::string stream_chunks(const std::string& id, const GenerationRequest& r, const ApiContext& ctx, size_t prompt_index,
-                          const RequestOutput& out, bool first) {
+                          const RequestOutput& out, std::vector<ChoiceStream>& st) {
   std::string events;
-  for (const auto& c : out.outputs) {
-    const bool has_text = !c.delta.empty() || (first && r.chat) || (first && r.echo);
-    if (!has_text && !c.finished()) continue;
-    json choice;
-    const int64_t index = static_cast<int64_t>(prompt_index) * r.params.n + c.index;
-    if (r.chat) {
-      json delta = json::object();
-      if (first) delta["role"] = "assistant";
-      if (!c.delta.empty() || first) delta["content"] = c.delta;
-      choice = {{"index", index}, {"delta", delta}, {"logprobs", nullptr},
-                {"finish_reason", c.finished() ? json(c.finish_reason) : json(nullptr)}};
-    } else {
-      choice = {{"index", index}, {"text", (first && r.echo ? r.prompt_texts[prompt_index] : "") + c.delta},
-                {"logprobs", nullptr}, {"finish_reason", c.finished() ? json(c.finish_reason) : json(nullptr)}};
-    }
-    if (c.finished()) choice["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
+  auto emit = [&](const json& choice) {
     json chunk = {{"id", id}, {"object", r.chat ? "chat.completion.chunk" : "text_completion"}, {"created", ctx.created},
                   {"model", r.model}, {"choices", json::array({choice})}};
     events += "data: " + chunk.dump() + "\n\n";
+  };
+  for (const auto& c : out.outputs) {
+    ChoiceStream& s = st.at(static_cast<size_t>(c.index));
+    if (s.done) continue;
+    const int64_t index = static_cast<int64_t>(prompt_index) * r.params.n + c.index;
+    const std::string& text = c.text;
+    size_t limit = text.size();
+    ToolParse calls;
+    if (r.tools_active) {
+      if (c.finished()) {
+        calls = parse_tool_calls(ctx.tool_format, text);
+        if (!calls.calls.empty()) limit = std::max(s.sent, tool_safe_prefix(ctx.tool_format, text));
+      } else {
+        limit = std::max(s.sent, tool_safe_prefix(ctx.tool_format, text));
+      }
+    }
+    const std::string delta = limit > s.sent ? text.substr(s.sent, limit - s.sent) : "";
+    const bool first = !s.started;
+    if (delta.empty() && !c.finished() && !(first && (r.chat || r.echo))) continue;
+    s.sent = std::max(s.sent, limit);
+    s.started = true;
+    json finish = c.finished() ? json(calls.calls.empty() ? c.finish_reason : std::string("tool_calls")) : json(nullptr);
+    if (r.chat) {
+      json d = json::object();
+      if (first) d["role"] = "assistant";
+      if (!delta.empty() || first) d["content"] = delta;
+      if (!calls.calls.empty()) {
+        // Content first, then the calls with the finish reason.
+        if (!delta.empty() || first) emit({{"index", index}, {"delta", d}, {"logprobs", nullptr}, {"finish_reason", nullptr}});
+        json tc = json::array();
+        for (size_t k = 0; k < calls.calls.size(); ++k)
+          tc.push_back({{"index", k}, {"id", random_id("call_")}, {"type", "function"},
+                        {"function", {{"name", calls.calls[k].name}, {"arguments", calls.calls[k].arguments}}}});
+        emit({{"index", index}, {"delta", {{"tool_calls", tc}}}, {"logprobs", nullptr}, {"finish_reason", finish}});
+      } else {
+        json choice = {{"index", index}, {"delta", d}, {"logprobs", nullptr}, {"finish_reason", finish}};
+        if (c.finished()) choice["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
+        emit(choice);
+      }
+    } else {
+      json choice = {{"index", index}, {"text", (first && r.echo ? r.prompt_texts[prompt_index] : "") + delta},
+                     {"logprobs", nullptr}, {"finish_reason", finish}};
+      if (c.finished()) choice["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
+      emit(choice);
+    }
+    if (c.finished()) s.done = true;
   }
   return events;
 }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "server/tool_parser.h"
 
 namespace llmserve {
 
@@ -30,6 +31,7 @@ struct ApiContext {
   int64_t max_model_len = 0;
   int64_t vocab_size = 0;
   int64_t created = 0;
+  ToolFormat tool_format = ToolFormat::None;
 };
 
 // A parsed generation request: one or more prompts, each run with `params`.
@@ -38,6 +40,7 @@ struct GenerationRequest {
   bool stream = false;
   bool include_usage = false;
   bool echo = false;
+  bool tools_active = false;  // chat with tools and tool_choice auto: tool calls are parsed from the output
   std::string model;
   std::vector<std::vector<int32_t>> prompts;
   std::vector<std::string> prompt_texts;  // for echo
@@ -53,9 +56,16 @@ nlohmann::json completion_response(const std::string& id, const GenerationReques
                                    const std::vector<RequestOutput>& outputs);
 nlohmann::json chat_response(const std::string& id, const GenerationRequest& r, const ApiContext& ctx,
                              const std::vector<RequestOutput>& outputs);
-// One SSE event ("data: ...\n\n") for the deltas of `out` (prompt `prompt_index`); empty if nothing new.
+// Streaming state of one choice.
+struct ChoiceStream {
+  bool started = false;
+  size_t sent = 0;  // bytes of text already sent
+  bool done = false;
+};
+// SSE events ("data: ...\n\n") for what is new in `out` (prompt `prompt_index`); `st` has one entry
+// per choice of that prompt. Empty when nothing can be sent yet.
 std::string stream_chunks(const std::string& id, const GenerationRequest& r, const ApiContext& ctx, size_t prompt_index,
-                          const RequestOutput& out, bool first);
+                          const RequestOutput& out, std::vector<ChoiceStream>& st);
 std::string usage_chunk(const std::string& id, const GenerationRequest& r, const ApiContext& ctx, int64_t prompt_tokens,
                         int64_t completion_tokens);
 

@@ -168,6 +168,22 @@ def main():
             ok, detail = err(status, resp, needle)
             check("error: " + name, ok, detail)
 
+        # Tools: rendered into the prompt (the template lists them); OpenAI-style tool-call arguments
+        # (JSON strings) in the history are parsed before rendering; tool_choice required is refused.
+        tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                  "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+        hist = [{"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": "", "tool_calls": [{"id": "call_1", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 21}"}]
+        st_t, with_tools = s.post("/tokenize", {"messages": hist, "tools": tools})
+        st_n, no_tools = s.post("/tokenize", {"messages": hist})
+        check("tools are rendered into the prompt", st_t == 200 and with_tools["count"] > no_tools["count"] + 50, (with_tools, no_tools))
+        st, rt = s.post("/v1/chat/completions", {"messages": hist, "tools": tools, "max_tokens": 4})
+        check("tool round trip answers", st == 200 and rt["usage"]["prompt_tokens"] == with_tools["count"], rt)
+        st, rr = s.post("/v1/chat/completions", {"messages": hist, "tools": tools, "tool_choice": "required"})
+        check("error: tool_choice required", st == 400 and "tool_choice" in rr["error"]["message"], rr)
+
         # A body over the limit is refused from its Content-Length, before it is sent.
         raw = socket.create_connection(("127.0.0.1", s.port))
         raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "

@@ -56,6 +56,7 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
     ctx.max_model_len = cfg.max_model_len;
     ctx.vocab_size = runner.spec().vocab_size;
     ctx.created = static_cast<int64_t>(std::time(nullptr));
+    ctx.tool_format = tool_format_for(cfg.tool_call_parser, runner.spec().model_type);
     opt.host = cfg.host;
     opt.port = cfg.port;
     opt.api_key = cfg.api_key;

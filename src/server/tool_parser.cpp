@@ -1,0 +1,135 @@
+#include "server/tool_parser.h"
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+
+namespace llmserve {
+using json = nlohmann::json;
+
+namespace {
+const std::string kOpen = "<tool_call>", kClose = "</tool_call>", kPython = "<|python_tag|>";
+
+std::string trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
+}
+
+// A call object with a string name and object (or JSON-string) arguments under `key`.
+bool to_call(const json& j, const char* key, ToolCall& out) {
+  if (!j.is_object() || !j.contains("name") || !j["name"].is_string()) return false;
+  out.name = j["name"].get<std::string>();
+  const char* k = j.contains(key) ? key : (j.contains("arguments") ? "arguments" : nullptr);
+  if (!k) {
+    out.arguments = "{}";
+  } else if (j[k].is_string()) {
+    out.arguments = j[k].get<std::string>();
+  } else {
+    out.arguments = j[k].dump();
+  }
+  return true;
+}
+
+// Length of the longest suffix of `text` that is a proper prefix of `tag`.
+size_t partial_tag(const std::string& text, const std::string& tag) {
+  for (size_t n = std::min(text.size(), tag.size() - 1); n > 0; --n)
+    if (text.compare(text.size() - n, n, tag, 0, n) == 0) return n;
+  return 0;
+}
+}  // namespace
+
+ToolFormat tool_format_for(const std::string& parser, const std::string& model_type) {
+  if (parser == "hermes") return ToolFormat::Hermes;
+  if (parser == "llama3_json") return ToolFormat::Llama3Json;
+  if (parser == "none") return ToolFormat::None;
+  if (parser != "auto") throw Error(cat("config: tool_call_parser must be auto, hermes, llama3_json or none; got '", parser, "'"));
+  if (model_type == "qwen2") return ToolFormat::Hermes;
+  if (model_type == "llama") return ToolFormat::Llama3Json;
+  return ToolFormat::None;
+}
+
+ToolParse parse_tool_calls(ToolFormat f, const std::string& text) {
+  ToolParse r;
+  r.content = text;
+  if (f == ToolFormat::Hermes) {
+    const size_t first = text.find(kOpen);
+    if (first == std::string::npos) return r;
+    std::vector<ToolCall> calls;
+    for (size_t pos = first; pos != std::string::npos; pos = text.find(kOpen, pos)) {
+      const size_t body = pos + kOpen.size();
+      const size_t end = text.find(kClose, body);
+      const std::string inner = trim(text.substr(body, end == std::string::npos ? std::string::npos : end - body));
+      ToolCall c;
+      json j;
+      try {
+        j = json::parse(inner);
+      } catch (const json::exception&) {
+        return r;  // not a well-formed call: plain content
+      }
+      if (!to_call(j, "arguments", c)) return r;
+      calls.push_back(c);
+      if (end == std::string::npos) break;
+      pos = end + kClose.size();
+    }
+    r.calls = calls;
+    r.content = trim(text.substr(0, first));
+    return r;
+  }
+  if (f == ToolFormat::Llama3Json) {
+    std::string t = trim(text);
+    if (t.rfind(kPython, 0) == 0) t = trim(t.substr(kPython.size()));
+    if (t.empty() || t[0] != '{') return r;
+    std::vector<ToolCall> calls;
+    // One object, or several separated by ';'.
+    size_t pos = 0;
+    while (pos < t.size()) {
+      size_t depth = 0, i = pos;
+      bool in_str = false, esc = false;
+      for (; i < t.size(); ++i) {
+        const char ch = t[i];
+        if (in_str) {
+          if (esc) esc = false;
+          else if (ch == '\\') esc = true;
+          else if (ch == '"') in_str = false;
+          continue;
+        }
+        if (ch == '"') in_str = true;
+        else if (ch == '{') ++depth;
+        else if (ch == '}' && --depth == 0) break;
+      }
+      if (i >= t.size()) return r;
+      ToolCall c;
+      try {
+        if (!to_call(json::parse(t.substr(pos, i - pos + 1)), "parameters", c)) return r;
+      } catch (const json::exception&) {
+        return r;
+      }
+      calls.push_back(c);
+      pos = t.find_first_not_of(" \t\r\n;", i + 1);
+      if (pos == std::string::npos) break;
+      if (t[pos] != '{') return r;
+    }
+    r.calls = calls;
+    r.content.clear();
+    return r;
+  }
+  return r;
+}
+
+size_t tool_safe_prefix(ToolFormat f, const std::string& text) {
+  if (f == ToolFormat::Hermes) {
+    const size_t k = text.find(kOpen);
+    if (k != std::string::npos) return k;
+    return text.size() - partial_tag(text, kOpen);
+  }
+  if (f == ToolFormat::Llama3Json) {
+    const std::string t = trim(text);
+    // A call starts the output: hold everything while it may still be one.
+    if (t.empty() || t[0] == '{' || kPython.rfind(t.substr(0, kPython.size()), 0) == 0 || t.rfind(kPython, 0) == 0) return 0;
+    return text.size();
+  }
+  return text.size();
+}
+
+}  // namespace llmserve

@@ -1,0 +1,30 @@
+// Tool calls in model output: Hermes-style `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
+// blocks (Qwen2.5) and Llama 3.x JSON calls (`{"name": ..., "parameters": {...}}`, several separated
+// by ';', optionally after <|python_tag|>). Output that does not parse as calls stays content.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace llmserve {
+
+enum class ToolFormat { None, Hermes, Llama3Json };
+
+// `parser`: auto | hermes | llama3_json | none; auto picks by model_type (qwen2: hermes, llama: llama3_json).
+ToolFormat tool_format_for(const std::string& parser, const std::string& model_type);
+
+struct ToolCall {
+  std::string name;
+  std::string arguments;  // a JSON string, as OpenAI sends it
+};
+
+struct ToolParse {
+  std::string content;  // text outside the calls (may be empty)
+  std::vector<ToolCall> calls;
+};
+
+ToolParse parse_tool_calls(ToolFormat f, const std::string& text);
+// How much of a partial output can be streamed as content now: everything before a tool call that
+// has started or may be starting.
+size_t tool_safe_prefix(ToolFormat f, const std::string& text);
+
+}  // namespace llmserve

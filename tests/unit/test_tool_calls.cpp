@@ -1,0 +1,92 @@
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "server/openai_api.h"
+#include "server/tool_parser.h"
+
+using namespace llmserve;
+using json = nlohmann::json;
+
+TEST(ToolParser, Hermes) {
+  auto p = parse_tool_calls(ToolFormat::Hermes,
+                            "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"
+                            "<tool_call>{\"name\": \"time\", \"arguments\": \"{}\"}</tool_call>");
+  ASSERT_EQ(p.calls.size(), 2u);
+  EXPECT_EQ(p.content, "Let me check.");
+  EXPECT_EQ(p.calls[0].name, "get_weather");
+  EXPECT_EQ(json::parse(p.calls[0].arguments), json({{"city", "Paris"}}));
+  EXPECT_EQ(p.calls[1].arguments, "{}");
+  auto bad = parse_tool_calls(ToolFormat::Hermes, "<tool_call>{not json}</tool_call>");
+  EXPECT_TRUE(bad.calls.empty());
+  EXPECT_EQ(bad.content, "<tool_call>{not json}</tool_call>");
+  EXPECT_TRUE(parse_tool_calls(ToolFormat::Hermes, "just words").calls.empty());
+  EXPECT_EQ(tool_safe_prefix(ToolFormat::Hermes, "Hello <tool"), 6u);
+  EXPECT_EQ(tool_safe_prefix(ToolFormat::Hermes, "Hello <tool_call>{"), 6u);
+  EXPECT_EQ(tool_safe_prefix(ToolFormat::Hermes, "Hello <b>"), 9u);
+}
+
+TEST(ToolParser, Llama3Json) {
+  auto p = parse_tool_calls(ToolFormat::Llama3Json, " {\"name\": \"f\", \"parameters\": {\"x\": \"a;b}\"}}; {\"name\": \"g\", \"parameters\": {}}");
+  ASSERT_EQ(p.calls.size(), 2u);
+  EXPECT_EQ(p.calls[0].name, "f");
+  EXPECT_EQ(json::parse(p.calls[0].arguments), json({{"x", "a;b}"}}));
+  EXPECT_EQ(p.calls[1].name, "g");
+  EXPECT_TRUE(p.content.empty());
+  EXPECT_EQ(parse_tool_calls(ToolFormat::Llama3Json, "<|python_tag|>{\"name\": \"f\", \"parameters\": {}}").calls.size(), 1u);
+  EXPECT_TRUE(parse_tool_calls(ToolFormat::Llama3Json, "The answer is {42}").calls.empty());
+  EXPECT_TRUE(parse_tool_calls(ToolFormat::Llama3Json, "{\"no_name\": 1}").calls.empty());
+  EXPECT_EQ(tool_safe_prefix(ToolFormat::Llama3Json, "{\"na"), 0u);
+  EXPECT_EQ(tool_safe_prefix(ToolFormat::Llama3Json, "Hi"), 2u);
+  EXPECT_EQ(tool_format_for("auto", "qwen2"), ToolFormat::Hermes);
+  EXPECT_EQ(tool_format_for("auto", "llama"), ToolFormat::Llama3Json);
+}
+
+namespace {
+RequestOutput output(const std::string& text, bool finished) {
+  RequestOutput o;
+  o.request_id = 1;
+  o.prompt_tokens = 5;
+  CompletionOutput c;
+  c.text = text;
+  c.token_ids = {1, 2, 3};
+  if (finished) c.finish_reason = "stop";
+  o.outputs.push_back(c);
+  o.finished = finished;
+  return o;
+}
+}  // namespace
+
+TEST(ToolCallsInResponses, ChatResponseAndStream) {
+  ApiContext ctx;
+  ctx.model_names = {"m"};
+  ctx.tool_format = ToolFormat::Hermes;
+  GenerationRequest r;
+  r.chat = true;
+  r.stream = true;
+  r.tools_active = true;
+  r.model = "m";
+  const std::string full = "Sure.<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": 1}}</tool_call>";
+  const json whole = chat_response("id", r, ctx, {output(full, true)});
+  const json& msg = whole["choices"][0]["message"];
+  EXPECT_EQ(whole["choices"][0]["finish_reason"], "tool_calls");
+  EXPECT_EQ(msg["content"], "Sure.");
+  EXPECT_EQ(msg["tool_calls"][0]["function"]["name"], "f");
+  EXPECT_EQ(json::parse(msg["tool_calls"][0]["function"]["arguments"].get<std::string>()), json({{"a", 1}}));
+  // Streaming: the partial tag is held back; the call arrives whole with the finish reason.
+  std::vector<ChoiceStream> st(1);
+  auto events = [](const std::string& s) {
+    std::vector<json> out;
+    for (size_t p = 0; (p = s.find("data: ", p)) != std::string::npos; p += 6) out.push_back(json::parse(s.substr(p + 6, s.find("\n\n", p) - p - 6)));
+    return out;
+  };
+  auto e1 = events(stream_chunks("id", r, ctx, 0, output("Sure.<tool_ca", false), st));
+  ASSERT_EQ(e1.size(), 1u);
+  EXPECT_EQ(e1[0]["choices"][0]["delta"]["content"], "Sure.");
+  EXPECT_EQ(e1[0]["choices"][0]["delta"]["role"], "assistant");
+  auto e2 = events(stream_chunks("id", r, ctx, 0, output(full, true), st));
+  ASSERT_EQ(e2.size(), 1u);
+  EXPECT_EQ(e2[0]["choices"][0]["finish_reason"], "tool_calls");
+  EXPECT_EQ(e2[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"], "f");
+  EXPECT_TRUE(stream_chunks("id", r, ctx, 0, output(full, true), st).empty());  // nothing twice
+}
