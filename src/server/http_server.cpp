@@ -20,20 +20,40 @@ using json = nlohmann::json;
 
 namespace {
 
-struct HttpCounters {
-  std::atomic<int64_t> ok{0}, client_errors{0}, server_errors{0};
-  // End-to-end latency histogram (seconds).
-  static constexpr double kBuckets[] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
-  std::atomic<int64_t> e2e[std::size(kBuckets) + 1] = {};
-  std::atomic<int64_t> e2e_count{0};
-  std::atomic<int64_t> e2e_sum_ms{0};
+// A Prometheus histogram with fixed buckets (seconds), updated from any thread.
+struct Histogram {
+  std::vector<double> bounds;
+  std::unique_ptr<std::atomic<int64_t>[]> counts;
+  std::atomic<int64_t> n{0}, sum_us{0};
+  explicit Histogram(std::vector<double> b) : bounds(std::move(b)), counts(new std::atomic<int64_t>[bounds.size() + 1]) {
+    for (size_t i = 0; i <= bounds.size(); ++i) counts[i] = 0;
+  }
   void observe(double s) {
     size_t b = 0;
-    while (b < std::size(kBuckets) && s > kBuckets[b]) ++b;
-    ++e2e[b];
-    ++e2e_count;
-    e2e_sum_ms += static_cast<int64_t>(s * 1000);
+    while (b < bounds.size() && s > bounds[b]) ++b;
+    ++counts[b];
+    ++n;
+    sum_us += static_cast<int64_t>(s * 1e6);
   }
+  std::string text(const std::string& name, const std::string& help, const std::string& model) const {
+    std::string m = cat("# HELP ", name, " ", help, "\n# TYPE ", name, " histogram\n");
+    int64_t cum = 0;
+    for (size_t b = 0; b <= bounds.size(); ++b) {
+      cum += counts[b].load();
+      const std::string le = b < bounds.size() ? cat(bounds[b]) : "+Inf";
+      m += cat(name, "_bucket{model_name=\"", model, "\",le=\"", le, "\"} ", cum, "\n");
+    }
+    m += cat(name, "_sum{model_name=\"", model, "\"} ", sum_us.load() / 1e6, "\n");
+    m += cat(name, "_count{model_name=\"", model, "\"} ", n.load(), "\n");
+    return m;
+  }
+};
+
+struct HttpCounters {
+  std::atomic<int64_t> ok{0}, client_errors{0}, server_errors{0};
+  Histogram e2e{{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120}};
+  Histogram ttft{{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}};
+  Histogram itl{{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}};
 };
 
 bool constant_time_equal(const std::string& a, const std::string& b) {
@@ -145,6 +165,8 @@ class Session : public std::enable_shared_from_this<Session> {
     std::string id;
     std::vector<RequestOutput> outputs;
     std::vector<std::vector<ChoiceStream>> streams;
+    std::vector<size_t> tokens_seen;  // per prompt, for TTFT and inter-token latency
+    std::chrono::steady_clock::time_point last_token;
     std::vector<std::shared_ptr<EngineJob>> jobs;
     size_t finished = 0;
     std::string error;
@@ -157,6 +179,7 @@ class Session : public std::enable_shared_from_this<Session> {
     const size_t n = p->req.prompts.size();
     p->outputs.resize(n);
     p->streams.assign(n, std::vector<ChoiceStream>(static_cast<size_t>(p->req.params.n)));
+    p->tokens_seen.assign(n, 0);
     pending_ = p;
     if (p->req.stream) {
       // Headers now, events as tokens arrive.
@@ -234,6 +257,19 @@ class Session : public std::enable_shared_from_this<Session> {
     if (!p || !p->error.empty()) return;
     p->outputs[i] = out;
     if (out.finished) ++p->finished;
+    size_t tokens = 0;
+    for (const auto& c : out.outputs) tokens += c.token_ids.size();
+    if (tokens > p->tokens_seen[i]) {
+      const auto now = std::chrono::steady_clock::now();
+      if (p->tokens_seen[i] == 0) {
+        hc_.ttft.observe(std::chrono::duration<double>(now - start_).count());
+      } else {
+        const double gap = std::chrono::duration<double>(now - p->last_token).count();
+        for (size_t k = p->tokens_seen[i]; k < tokens; ++k) hc_.itl.observe(gap / static_cast<double>(tokens - p->tokens_seen[i]));
+      }
+      p->tokens_seen[i] = tokens;
+      p->last_token = now;
+    }
     const bool done = p->finished == p->outputs.size();
     if (p->req.stream) {
       std::string ev = stream_chunks(p->id, p->req, ctx_, i, out, p->streams[i]);
@@ -315,7 +351,7 @@ class Session : public std::enable_shared_from_this<Session> {
         pt += o.prompt_tokens;
         for (const auto& c : o.outputs) ct += static_cast<int64_t>(c.token_ids.size());
       }
-      if (status == 200) hc_.observe(s);
+      if (status == 200) hc_.e2e.observe(s);
     }
     log_info("access ", std::string(req_.method_string()), " ", std::string(req_.target()), " ", status, " id=", id,
              " prompt_tokens=", pt, " completion_tokens=", ct, " latency_ms=", static_cast<int64_t>(s * 1000));
@@ -341,16 +377,10 @@ class Session : public std::enable_shared_from_this<Session> {
     g("llmserve:request_success_total", "counter", "Requests finished.", c.requests_finished.load());
     g("llmserve:http_responses_4xx_total", "counter", "Client errors.", hc_.client_errors.load());
     g("llmserve:http_responses_5xx_total", "counter", "Server errors.", hc_.server_errors.load());
-    m += "# HELP llmserve:e2e_request_latency_seconds End-to-end latency of successful generation requests.\n"
-         "# TYPE llmserve:e2e_request_latency_seconds histogram\n";
-    int64_t cum = 0;
-    for (size_t b = 0; b <= std::size(HttpCounters::kBuckets); ++b) {
-      cum += hc_.e2e[b].load();
-      const std::string le = b < std::size(HttpCounters::kBuckets) ? cat(HttpCounters::kBuckets[b]) : "+Inf";
-      m += cat("llmserve:e2e_request_latency_seconds_bucket{model_name=\"", ctx_.model_names[0], "\",le=\"", le, "\"} ", cum, "\n");
-    }
-    m += cat("llmserve:e2e_request_latency_seconds_sum{model_name=\"", ctx_.model_names[0], "\"} ", hc_.e2e_sum_ms.load() / 1000.0, "\n");
-    m += cat("llmserve:e2e_request_latency_seconds_count{model_name=\"", ctx_.model_names[0], "\"} ", hc_.e2e_count.load(), "\n");
+    const std::string model = ctx_.model_names[0];
+    m += hc_.e2e.text("llmserve:e2e_request_latency_seconds", "End-to-end latency of successful generation requests.", model);
+    m += hc_.ttft.text("llmserve:time_to_first_token_seconds", "Time from request arrival to its first generated token.", model);
+    m += hc_.itl.text("llmserve:inter_token_latency_seconds", "Time between generated tokens of a request.", model);
     return m;
   }
 

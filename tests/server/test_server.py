@@ -227,6 +227,11 @@ def main():
                 break
         check("disconnect frees the request (metrics)", ok, (s.metric("llmserve:num_requests_running"), s.metric("llmserve:kv_cache_usage_perc")))
         check("metrics count generated tokens", (s.metric("llmserve:generation_tokens_total") or 0) > 500)
+        _, mtext = s.request("GET", "/metrics")
+        counts = {n: float(l.split()[-1]) for l in mtext.splitlines() for n in
+                  ("time_to_first_token_seconds_count", "inter_token_latency_seconds_count", "e2e_request_latency_seconds_count")
+                  if l.startswith("llmserve:" + n)}
+        check("metrics: TTFT, inter-token and end-to-end histograms", all(v > 10 for v in counts.values()) and len(counts) == 3, counts)
 
         # The official client, when it can be had.
         try:
