@@ -25,12 +25,12 @@ def free_port():
 
 
 class Server:
-    def __init__(self, *extra, np=2, tp=2):
+    def __init__(self, *extra, np=2, tp=2, model=None):
         self.port = free_port()
         self.log = open(os.path.join(BUILD, "test-out", f"server-{self.port}.log"), "w")
-        cmd = [os.path.join(HERE, "..", "mpirun.sh"), str(np), os.path.join(BUILD, "llmserve"), "--model", MODEL,
+        cmd = [os.path.join(HERE, "..", "mpirun.sh"), str(np), os.path.join(BUILD, "llmserve"), "--model", model or MODEL,
                "--backend", "cpu", "-tp", str(tp), "--host", "127.0.0.1", "--port", str(self.port),
-               "--max-model-len", "512", "--served-model-name", "tiny", *extra]
+               "--max-model-len", "512", *([] if "--served-model-name" in extra else ["--served-model-name", "tiny"]), *extra]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         for _ in range(200):
             try:
@@ -107,6 +107,33 @@ def main():
         check("models lists the served name and max_model_len", m["data"][0]["id"] == "tiny" and m["data"][0]["max_model_len"] == 512, models)
         st, v = s.request("GET", "/version")
         check("version", st == 200 and "version" in json.loads(v), v)
+
+        # The same through curl.
+        def curl(*args):
+            return subprocess.run(["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True, text=True).stdout.rsplit("\n", 1)
+        body, code = curl(f"http://127.0.0.1:{s.port}/health")
+        check("curl: health", code == "200", code)
+        body, code = curl(f"http://127.0.0.1:{s.port}/v1/completions", "-H", "Content-Type: application/json",
+                          "-d", json.dumps({"model": "tiny", "prompt": "Hello", "max_tokens": 3, "temperature": 0}))
+        check("curl: completion", code == "200" and json.loads(body)["usage"]["completion_tokens"] == 3, body)
+        body, code = curl("-N", f"http://127.0.0.1:{s.port}/v1/chat/completions", "-H", "Content-Type: application/json",
+                          "-d", json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True}))
+        check("curl: streamed chat ends with [DONE]", code == "200" and body.strip().endswith("data: [DONE]"), body[-200:])
+
+        # Many idle connections do not stall anything.
+        import resource
+        n_idle = max(0, min(1000, resource.getrlimit(resource.RLIMIT_NOFILE)[0] - 200))
+        idle = []
+        for _ in range(n_idle):
+            try:
+                idle.append(socket.create_connection(("127.0.0.1", s.port)))
+            except OSError:
+                break
+        t0 = time.time()
+        st, r_idle = s.post("/v1/completions", {"prompt": "Hello", "max_tokens": 2})
+        check(f"{len(idle)} idle connections: a request still answers", st == 200 and time.time() - t0 < 10, (st, time.time() - t0))
+        for sock in idle:
+            sock.close()
 
         # Completions: usage equals the tokenizer's count.
         st, tok = s.post("/tokenize", {"prompt": "The capital of France is"})
@@ -264,6 +291,28 @@ def main():
         check("auth: /metrics stays open", a.request("GET", "/metrics")[0] == 200)
     finally:
         a.stop()
+    # The seed deployment's checks, verbatim, against the SmolLM2 demo model (when it was fetched).
+    smol = os.environ.get("LLMSERVE_SMOLLM2_H5")
+    if smol and os.path.exists(smol):
+        d = Server("--api-key", "seed-key", "--served-model-name", "smollm2-135m-instruct", "--max-model-len", "2048",
+                   np=1, tp=1, model=smol)
+        try:
+            h = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{d.port}/health"],
+                               capture_output=True, text=True).stdout
+            check("seed: curl /health", h == "200", h)
+            mo = subprocess.run(["curl", "-s", f"http://127.0.0.1:{d.port}/v1/models", "-H", "Authorization: Bearer seed-key"],
+                                capture_output=True, text=True).stdout
+            check("seed: curl /v1/models with the key", json.loads(mo)["data"][0]["id"] == "smollm2-135m-instruct", mo)
+            req = {"model": "smollm2-135m-instruct", "messages": [{"role": "system", "content": "你是一个专业的中文助手"},
+                                                                   {"role": "user", "content": "用200字介绍下你自己"}]}
+            ch = subprocess.run(["curl", "-s", f"http://127.0.0.1:{d.port}/v1/chat/completions", "-H", "Content-Type: application/json",
+                                 "-H", "Authorization: Bearer seed-key", "-d", json.dumps(req, ensure_ascii=False)],
+                                capture_output=True, text=True).stdout
+            rj = json.loads(ch)
+            check("seed: the chat request is answered", rj["choices"][0]["message"]["content"].strip() != "" and rj["usage"]["completion_tokens"] > 0, ch[:300])
+            print("  seed chat answer:", rj["choices"][0]["message"]["content"][:160].replace("\n", " "))
+        finally:
+            d.stop()
     passed = sum(results)
     print(f"{passed} passed, {len(results) - passed} failed")
     return 0 if passed == len(results) else 1
