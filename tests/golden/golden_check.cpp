@@ -36,6 +36,15 @@ std::vector<float> load_f32(const std::string& p) {
   return v;
 }
 
+std::vector<json> load_jsonl(const std::string& p) {
+  std::vector<json> out;
+  std::ifstream f(p);
+  if (!f) throw std::runtime_error("cannot read " + p);
+  for (std::string line; std::getline(f, line);)
+    if (!line.empty()) out.push_back(json::parse(line));
+  return out;
+}
+
 std::string check_prompt(const json& g, const json& o, const float* gl, const float* ol, int64_t V) {
   if (o.at("prompt_ids") != g.at("ids")) return "prompt ids differ";
   const auto& gt_ids = g["prefill"]["top_ids"];
@@ -98,10 +107,7 @@ int main(int argc, char** argv) {
     if (mode == "generated" && argc == 4) {
       // `llmserve generate` results against the golden greedy continuations.
       json g = load_json(argv[2]);
-      std::ifstream f(argv[3]);
-      std::vector<json> outs;
-      for (std::string line; std::getline(f, line);)
-        if (!line.empty()) outs.push_back(json::parse(line));
+      const std::vector<json> outs = load_jsonl(argv[3]);
       const auto& pub = g.at("public");
       int passed = 0, failed = 0;
       for (size_t i = 0; i < pub.size(); ++i) {
@@ -132,10 +138,7 @@ int main(int argc, char** argv) {
       json g = load_json(argv[2]);
       const int64_t V = g.at("vocab_size").get<int64_t>();
       const auto gl = load_f32(argv[3]), ol = load_f32(argv[5]);
-      std::vector<json> outs;
-      std::ifstream f(argv[4]);
-      for (std::string line; std::getline(f, line);)
-        if (!line.empty()) outs.push_back(json::parse(line));
+      const std::vector<json> outs = load_jsonl(argv[4]);
       const auto& pub = g.at("public");
       int passed = 0, failed = 0;
       double worst = 0;
@@ -178,10 +181,7 @@ int main(int argc, char** argv) {
     json g = load_json(argv[2]);
     const int64_t V = g.at("vocab_size").get<int64_t>();
     const auto gl = load_f32(argv[3]), ol = load_f32(argv[5]);
-    std::vector<json> outs;
-    std::ifstream f(argv[4]);
-    for (std::string line; std::getline(f, line);)
-      if (!line.empty()) outs.push_back(json::parse(line));
+    const std::vector<json> outs = load_jsonl(argv[4]);
     const auto& pub = g.at("public");
     int passed = 0, failed = 0;
     for (size_t i = 0; i < pub.size(); ++i) {
