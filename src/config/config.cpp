@@ -262,6 +262,7 @@ void config_validate(const Config& c) {
     fail(cat("gpu_memory_utilization must be in (0, 1], got ", c.gpu_memory_utilization));
   if (c.swap_space < 0) fail(cat("swap_space must be >= 0 GiB, got ", c.swap_space));
   if (c.cpu_offload_gb < 0) fail(cat("cpu_offload_gb must be >= 0, got ", c.cpu_offload_gb));
+  if (c.cpu_offload_gb > 0) fail("cpu_offload_gb > 0 is not supported yet (weights are not offloaded to host memory); use 0");
   if (c.kv_cache_memory_gb < 0) fail(cat("kv_cache_memory_gb must be >= 0, got ", c.kv_cache_memory_gb));
   if (c.num_gpu_blocks_override < 0) fail(cat("num_gpu_blocks_override must be >= 0, got ", c.num_gpu_blocks_override));
   if (c.max_num_seqs < 1) fail(cat("max_num_seqs must be >= 1, got ", c.max_num_seqs));

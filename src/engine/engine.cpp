@@ -211,11 +211,15 @@ std::vector<RequestOutput> Engine::step() {
   }
   const int pp = runner_.topology().pp;
   bool dispatched = false;
+  // With pp stages, each micro-batch takes about 1/pp of the sequences so every stage has work.
+  const size_t live = sched_.num_running() + sched_.num_waiting() + sched_.num_swapped();
+  const size_t per_plan = pp > 1 ? std::max<size_t>(1, (live + pp - 1) / pp) : SIZE_MAX;
   while (in_flight_ < pp) {
-    StepPlan plan = sched_.schedule();
+    StepPlan plan = sched_.schedule(per_plan);
     if (plan.seqs.empty() && plan.swap_in.empty() && plan.swap_out.empty()) break;
     handle_results(dispatch(plan), touched);
     dispatched = true;
+    max_in_flight_ = std::max(max_in_flight_, in_flight_);
     if (pp == 1) break;
   }
   // Collect micro-batch results: wait when the pipeline is full or nothing else can run.

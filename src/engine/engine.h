@@ -62,6 +62,8 @@ class Engine {
 
   const Scheduler& scheduler() const { return sched_; }
   int64_t steps() const { return steps_; }
+  // The most micro-batches that were in flight at once (pipeline parallelism).
+  int max_in_flight() const { return max_in_flight_; }
 
  private:
   struct SeqOut {
@@ -97,7 +99,7 @@ class Engine {
   Worker worker_;
   Scheduler sched_;
   Outbox outbox_;
-  int in_flight_ = 0;
+  int in_flight_ = 0, max_in_flight_ = 0;
   uint64_t next_request_ = 1, next_seq_ = 1;
   int64_t steps_ = 0;
   std::unordered_map<uint64_t, Request> requests_;

@@ -123,7 +123,7 @@ bool Scheduler::schedule_chunk(Sequence& s, int64_t& budget, StepPlan& plan, boo
   return true;
 }
 
-StepPlan Scheduler::schedule() {
+StepPlan Scheduler::schedule(size_t max_seqs) {
   StepPlan plan;
   plan.step_id = ++step_id_;
   int64_t budget = cfg_.max_num_batched_tokens;
@@ -155,7 +155,7 @@ StepPlan Scheduler::schedule() {
   // 2. Running sequences: decodes and prefill chunks, preempting later arrivals when blocks run out.
   const std::vector<Sequence*> snapshot = running_;
   for (Sequence* s : snapshot) {
-    if (budget <= 0) break;
+    if (budget <= 0 || plan.seqs.size() >= max_seqs) break;
     if (s->state != Sequence::State::Running || s->in_flight) continue;  // preempted above, or busy
     if (static_cast<int32_t>(s->tokens.size()) == s->num_computed) continue;  // nothing to feed yet
     schedule_chunk(*s, budget, plan, true);
@@ -164,7 +164,7 @@ StepPlan Scheduler::schedule() {
   // 3. Waiting sequences, first come first served, unless some are still swapped out or this step
   // had to preempt.
   const bool preempted = stats_.preempted_swap + stats_.preempted_recompute != preempted_before;
-  while (!waiting_.empty() && swapped_.empty() && !preempted && budget > 0 &&
+  while (!waiting_.empty() && swapped_.empty() && !preempted && budget > 0 && plan.seqs.size() < max_seqs &&
          running_.size() < static_cast<size_t>(cfg_.max_num_seqs)) {
     Sequence* s = waiting_.front();
     std::vector<uint64_t> hashes;

@@ -6,6 +6,7 @@
 // knows nothing of tensors; it produces StepPlans and consumes sampled tokens.
 #pragma once
 #include <cstdint>
+#include <cstddef>
 #include <deque>
 #include <memory>
 #include <unordered_map>
@@ -58,8 +59,9 @@ class Scheduler {
 
   // Takes a new sequence (tokens = prompt). The caller has checked that it can ever fit.
   void add(std::unique_ptr<Sequence> seq);
-  // The next step; empty (no seqs, no copies) when nothing can run now.
-  StepPlan schedule();
+  // The next step, with at most `max_seqs` sequences (pipeline parallelism splits the running set
+  // over several micro-batches); empty (no seqs, no copies) when nothing can run now.
+  StepPlan schedule(size_t max_seqs = SIZE_MAX);
   // Appends a sampled token to its sequence and clears in_flight.
   Sequence* on_token(const SampledToken& t);
   // Frees a sequence's blocks and forgets it (its id goes out with the next plan).

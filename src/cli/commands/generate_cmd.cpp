@@ -157,7 +157,8 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
   write_file_atomic(output, text);
   const auto& st = engine.scheduler().stats();
   const auto& bm = engine.scheduler().blocks();
-  log_info("generate: ", jobs.size(), " requests in ", engine.steps(), " steps; prefix cache hits ", bm.hits(), "/",
+  log_info("generate: ", jobs.size(), " requests in ", engine.steps(), " steps, up to ", engine.max_in_flight(),
+           " micro-batches in flight; prefix cache hits ", bm.hits(), "/",
            bm.queries(), " tokens; preemptions: ", st.preempted_swap, " swap, ", st.preempted_recompute, " recompute");
   return 0;
 }
