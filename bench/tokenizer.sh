@@ -9,7 +9,8 @@ mb=${2:-3}
 tj="$root/../shared/fixtures/models/tiny-$model/tokenizer.json"
 work="$root/build/bench"
 mkdir -p "$work"
-python3 -c "import tokenizers" 2>/dev/null || python3 -m pip install --quiet tokenizers
+python3 -c "import tokenizers" 2>/dev/null || python3 -m pip install --quiet tokenizers 2>/dev/null \
+  || python3 -m pip install --quiet --break-system-packages tokenizers
 python3 "$root/bench/make_corpus.py" "$root/../shared/fixtures/models/tiny-qwen2/tokenizer.json" "$work/corpus.txt" "$mb"
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; tokenizer: tiny-$model"
 taskset -c 0 "$root/build/bench/tokenizer_bench" "$tj" "$work/corpus.txt" "$work/ids-llmserve.txt"

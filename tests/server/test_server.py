@@ -264,7 +264,8 @@ def main():
         try:
             import openai  # noqa: F401
         except ImportError:
-            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "openai"], capture_output=True)
+            if subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "openai"], capture_output=True).returncode:
+                subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--break-system-packages", "openai"], capture_output=True)
         try:
             from openai import OpenAI
             cl = OpenAI(base_url=f"http://127.0.0.1:{s.port}/v1", api_key="none")
