@@ -23,6 +23,8 @@ const std::string kFix = LLMSERVE_FIXTURES;
 struct Case {
   std::string name, template_config, tokenizer_dir;
 };
+// How gtest names a case (otherwise it dumps the struct's bytes into the test name).
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 
 std::string render_one(const ChatTemplate& t, const ojson& row) {
   ChatRenderOptions o;
