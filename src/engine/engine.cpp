@@ -117,6 +117,7 @@ bool Engine::check_stop_strings(SeqOut& so, const SamplingParams& p) {
   if (!which) return false;
   so.text.resize(best + (p.include_stop_str_in_output ? which->size() : 0));
   so.out.stop_reason = *which;
+  so.cut_at_stop = true;
   return true;
 }
 
@@ -157,16 +158,15 @@ void Engine::handle_results(const std::vector<SampledToken>& tokens, std::unorde
     } else if (s->output_len() >= p.max_tokens || static_cast<int64_t>(s->tokens.size()) >= max_len) {
       reason = "length";
     }
-    if (!reason.empty()) {
-      if (so.decoder && reason == "length") so.text += so.decoder->finish();
-      finish_seq(t.seq_id, reason, stop_reason, touched);
-    }
+    if (!reason.empty()) finish_seq(t.seq_id, reason, stop_reason, touched);
   }
 }
 
 void Engine::finish_seq(uint64_t seq_id, const std::string& reason, const std::string& stop_reason,
                         std::unordered_map<uint64_t, bool>& touched) {
   SeqOut& so = seq_out_.at(seq_id);
+  // Bytes of an unfinished UTF-8 character become U+FFFD, as a whole decode would give them.
+  if (so.decoder && !so.cut_at_stop) so.text += so.decoder->finish();
   so.out.finish_reason = reason;
   if (!stop_reason.empty()) so.out.stop_reason = stop_reason;
   sched_.finish(seq_id);
@@ -251,10 +251,9 @@ void Engine::shutdown() {
   // Finish what is in flight, then tell every rank to stop.
   while (in_flight_ > 0) {
     uint64_t step_id = 0;
-    std::unordered_map<uint64_t, bool> touched;
-    auto tokens = deserialize_results(
+    deserialize_results(
         recv_bytes(runner_.world().handle(), runner_.topology().rank_of(runner_.topology().pp - 1, 0), kTagResult), &step_id);
-    --in_flight_;
+    --in_flight_;  // results of sequences nobody waits for any more
   }
   StepPlan stop;
   stop.shutdown = true;

@@ -73,6 +73,7 @@ class Engine {
     std::string text;       // decoded text so far
     size_t emitted = 0;     // bytes of text already handed out
     size_t reported = 0;    // tokens already handed out
+    bool cut_at_stop = false;  // a stop string ended the text: nothing more belongs to it
     CompletionOutput out;
   };
   struct Request {

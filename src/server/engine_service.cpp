@@ -14,7 +14,16 @@ EngineService::~EngineService() { stop(); }
 void EngineService::submit(std::shared_ptr<EngineJob> job) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    incoming_.push_back(std::move(job));
+    // After a stop or a failure nothing would take the job: answer it now instead of leaving the
+    // client waiting.
+    if (!stopping_ && !failed_.load()) {
+      incoming_.push_back(std::move(job));
+      job = nullptr;
+    }
+  }
+  if (job) {
+    job->on_error(failed_.load() ? "the engine failed; the server cannot take requests" : "the server is shutting down");
+    return;
   }
   cv_.notify_one();
 }
@@ -79,9 +88,15 @@ void EngineService::run() {
       if (stopping && !engine_.has_unfinished()) return;
     }
   } catch (const std::exception& e) {
-    failed_ = true;
+    std::deque<std::shared_ptr<EngineJob>> left;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      failed_ = true;
+      left.swap(incoming_);
+    }
     log_write(LogLevel::Error, cat("engine thread failed: ", e.what()));
     for (auto& [id, j] : active_) j->on_error(cat("internal error: ", e.what()));
+    for (auto& j : left) j->on_error(cat("internal error: ", e.what()));
   }
 }
 

@@ -29,9 +29,7 @@ class RegexSplit : public PreTokenizer {
       size_t b = 0;
       for (size_t k = 0; k < u.size(); ++k) {
         offs[k] = b;
-        std::string tmp;
-        unicode::append_utf8(tmp, u[k]);
-        b += tmp.size();
+        b += unicode::utf8_length(u[k]);
       }
       offs[u.size()] = b;
       const bool exact = b == p.size();

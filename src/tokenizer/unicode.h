@@ -26,6 +26,7 @@ const char* version();
 // Decodes UTF-8; each invalid or truncated sequence becomes U+FFFD.
 std::u32string decode_utf8(std::string_view s);
 void append_utf8(std::string& out, char32_t cp);
+inline size_t utf8_length(char32_t cp) { return cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4; }
 std::string encode_utf8(std::u32string_view s);
 
 // Canonical composition (NFC).

@@ -8,6 +8,10 @@
 #include "common/error.h"
 #include "common/file_util.h"
 #include "engine/engine.h"
+#include "server/engine_service.h"
+
+#include <condition_variable>
+#include <mutex>
 #include "model/model_file.h"
 #include "model/runner.h"
 #include "tokenizer/tokenizer.h"
@@ -153,6 +157,53 @@ TEST(Engine, AbortFreesBlocksAndRejectsWhatCanNeverFit) {
   SamplingParams bad = greedy(5);
   bad.top_p = 0;
   EXPECT_THROW(e.add_request({1, 2}, bad), Error);
+}
+
+TEST(EngineService, JobsCompleteAndNoJobIsLeftUnansweredAfterStop) {
+  Fixture s;
+  Engine e(*s.runner, s.tok.get(), 0);
+  EngineService svc(e);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::string error;
+  RequestOutput last;
+  auto job = std::make_shared<EngineJob>();
+  job->prompt = {9707, 11};
+  job->params = greedy(4);
+  job->on_output = [&](const RequestOutput& o) {
+    std::lock_guard<std::mutex> l(mu);
+    last = o;
+    done = o.finished;
+    cv.notify_all();
+  };
+  job->on_error = [&](const std::string& m) {
+    std::lock_guard<std::mutex> l(mu);
+    error = m;
+    done = true;
+    cv.notify_all();
+  };
+  svc.submit(job);
+  {
+    std::unique_lock<std::mutex> l(mu);
+    ASSERT_TRUE(cv.wait_for(l, std::chrono::seconds(60), [&] { return done; }));
+  }
+  EXPECT_TRUE(error.empty()) << error;
+  EXPECT_EQ(last.outputs.at(0).token_ids.size(), 4u);
+  svc.stop();
+  // After stop, a submitted job is answered at once with an error (it used to wait forever).
+  bool answered = false;
+  auto late = std::make_shared<EngineJob>();
+  late->prompt = {9707};
+  late->params = greedy(2);
+  late->on_output = [&](const RequestOutput&) { answered = true; };
+  late->on_error = [&](const std::string& m) {
+    answered = true;
+    error = m;
+  };
+  svc.submit(late);
+  EXPECT_TRUE(answered);
+  EXPECT_NE(error.find("shutting down"), std::string::npos) << error;
 }
 
 int main(int argc, char** argv) {

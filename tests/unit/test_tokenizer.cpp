@@ -148,6 +148,14 @@ TEST(Unicode, Nfc) {
   EXPECT_EQ(unicode::nfc_utf8("plain ascii"), "plain ascii");
 }
 
+TEST(Unicode, Utf8LengthMatchesTheEncoder) {
+  for (char32_t c : {U'a', U'\u00e9', U'\u4e2d', U'\U0001F999', U'\u07ff', U'\u0800', U'\uffff', U'\U00010000'}) {
+    std::string s;
+    unicode::append_utf8(s, c);
+    EXPECT_EQ(unicode::utf8_length(c), s.size()) << static_cast<uint32_t>(c);
+  }
+}
+
 TEST(Unicode, Categories) {
   EXPECT_EQ(unicode::category(U'a'), unicode::Cat::Ll);
   EXPECT_EQ(unicode::category(U'中'), unicode::Cat::Lo);
