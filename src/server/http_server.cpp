@@ -2,6 +2,8 @@
 
 #include <boost/asio.hpp>
 #include <boost/beast.hpp>
+#include <cerrno>
+#include <sys/socket.h>
 #include <chrono>
 #include <deque>
 #include <mutex>
@@ -73,13 +75,17 @@ class Session : public std::enable_shared_from_this<Session> {
     parser_.emplace();
     parser_->body_limit(opt_.body_limit);
     buffer_.consume(buffer_.size());
+    stream_.expires_after(std::chrono::seconds(opt_.request_timeout_s));  // idle or slow clients let go
     http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
       self->on_read(ec);
     });
   }
 
   void on_read(beast::error_code ec) {
-    if (ec == http::error::end_of_stream || ec == net::error::eof || ec == net::error::connection_reset) return close();
+    stream_.expires_never();  // a generation may stream for as long as it runs
+    if (ec == http::error::end_of_stream || ec == net::error::eof || ec == net::error::connection_reset ||
+        ec == beast::error::timeout)
+      return close();
     if (ec == http::error::body_limit)
       return respond(413, error_body(413, cat("the request body exceeds ", opt_.body_limit, " bytes"), "RequestTooLarge"), false);
     if (ec) return respond(400, error_body(400, cat("malformed HTTP request: ", ec.message()), "BadRequestError"), false);
@@ -223,14 +229,18 @@ class Session : public std::enable_shared_from_this<Session> {
     watch_disconnect();
   }
 
-  // A read on the idle connection completes when the client goes away: abort its requests then.
+  // The connection is idle while a request runs: readiness then means the client went away (EOF or
+  // reset), so its requests are aborted. The peek never blocks: a wake-up with nothing to read just
+  // re-arms the watch (a blocking peek here once stalled an I/O thread for good).
   void watch_disconnect() {
     stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
-      if (!self->pending_) return;
+      if (!self->pending_ || !self->stream_.socket().is_open()) return;
+      if (ec) return self->cancel_all();
       char c;
-      beast::error_code rec;
-      const size_t got = self->stream_.socket().receive(net::buffer(&c, 1), tcp::socket::message_peek, rec);
-      if (ec || rec || got == 0) self->cancel_all();
+      const ssize_t got = ::recv(self->stream_.socket().native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+      if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return self->cancel_all();
+      if (got < 0) return self->watch_disconnect();
+      // Bytes of a further (pipelined) request: the client is still there.
     });
   }
 
@@ -418,7 +428,13 @@ struct HttpServer::Impl {
       : opt(o), ctx(c), engine(e), ioc(o.io_threads), acceptor(ioc) {}
   void accept() {
     acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code aec, tcp::socket s) {
-      if (aec) return;  // closed at shutdown
+      if (!acceptor.is_open()) return;  // closed at shutdown
+      if (aec) {
+        // Out of descriptors or a transient failure: keep the listener alive and try again shortly.
+        log_warn("accept failed: ", aec.message(), "; retrying");
+        auto t = std::make_shared<net::steady_timer>(ioc, std::chrono::milliseconds(100));
+        return t->async_wait([this, t](beast::error_code) { accept(); });
+      }
       std::make_shared<Session>(std::move(s), opt, ctx, engine, hc)->start();
       accept();
     });

@@ -16,6 +16,7 @@ struct ServerOptions {
   std::string api_key;  // empty: no authentication
   size_t body_limit = 16u << 20;
   int io_threads = 2;
+  int request_timeout_s = 60;  // to receive a whole request; idle keep-alive connections close after it
 };
 
 class HttpServer {

@@ -57,9 +57,9 @@ class Server:
         except ValueError:
             return st, out
 
-    def stream(self, path, body):
+    def stream(self, path, body, timeout=120):
         """Returns the list of SSE data payloads."""
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         c.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
         r = c.getresponse()
         events = [line[6:] for line in r.read().decode().split("\n") if line.startswith("data: ")]
@@ -219,25 +219,27 @@ def main():
         raw.close()
         check("error: body too large is 413", reply.startswith("HTTP/1.1 413") and "exceeds" in reply, reply[:200])
 
-        # 64 concurrent streams all complete with the right token counts.
-        counts, errors = [], []
-        def one(i):
-            try:
-                st, ev = s.stream("/v1/completions", {"prompt": f"request {i}", "max_tokens": 8, "ignore_eos": True,
-                                                      "stream": True, "stream_options": {"include_usage": True}})
-                usage = [json.loads(e) for e in ev if e != "[DONE]" and not json.loads(e)["choices"]]
-                counts.append(usage[0]["usage"]["completion_tokens"] if usage else -1)
-            except Exception as e:  # noqa: BLE001
-                errors.append(repr(e))
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(64)]
-        t0 = time.time()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        check("64 concurrent streams complete", len(counts) == 64 and all(c == 8 for c in counts) and not errors,
-              (errors[:2], counts[:8]))
-        print(f"  (64 streams x 8 tokens in {time.time() - t0:.1f} s)")
+        # 64 concurrent streams all complete with the right token counts (three rounds: a stalled I/O
+        # thread once showed up only now and then).
+        for rnd in range(3):
+            counts, errors = [], []
+            def one(i):
+                try:
+                    st, ev = s.stream("/v1/completions", {"prompt": f"request {i}", "max_tokens": 8, "ignore_eos": True,
+                                                          "stream": True, "stream_options": {"include_usage": True}}, timeout=30)
+                    usage = [json.loads(e) for e in ev if e != "[DONE]" and not json.loads(e)["choices"]]
+                    counts.append(usage[0]["usage"]["completion_tokens"] if usage else -1)
+                except Exception as e:  # noqa: BLE001
+                    errors.append(repr(e))
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(64)]
+            t0 = time.time()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            check(f"64 concurrent streams complete (round {rnd + 1})", len(counts) == 64 and all(c == 8 for c in counts) and not errors,
+                  (errors[:2], counts[:8]))
+            print(f"  (64 streams x 8 tokens in {time.time() - t0:.1f} s)")
 
         # A client that disconnects mid-stream aborts its request: nothing stays running or in the cache.
         raw = socket.create_connection(("127.0.0.1", s.port))
