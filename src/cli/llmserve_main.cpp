@@ -24,6 +24,7 @@ const char* kUsage =
     "       llmserve generate config.yaml --input requests.jsonl --output results.jsonl [--option value ...]\n"
     "       llmserve tokenize config.yaml|--model m.h5 [--add-special-tokens | --messages] TEXT|-\n"
     "       llmserve detokenize config.yaml|--model m.h5 [--skip-special-tokens] 1,2,3|-\n"
+    "       llmserve config config.yaml [--option value ...]   (validate; print the launch settings)\n"
     "       llmserve --help | --version\n"
     "Run under MPI for several ranks: mpirun -np <tp*pp> llmserve config.yaml\n\n";
 
@@ -50,6 +51,8 @@ int main(int argc, char** argv) {
       rc = llmserve::cmd_tokenize({args.begin() + 1, args.end()}, MPI_COMM_WORLD);
     } else if (args[0] == "detokenize") {
       rc = llmserve::cmd_detokenize({args.begin() + 1, args.end()}, MPI_COMM_WORLD);
+    } else if (args[0] == "config") {
+      rc = llmserve::cmd_config({args.begin() + 1, args.end()}, MPI_COMM_WORLD);
     } else if (args[0] == "serve") {
       rc = llmserve::cmd_serve({args.begin() + 1, args.end()}, MPI_COMM_WORLD);
     } else if (args[0].rfind("-", 0) == 0 || args[0].ends_with(".yaml") || args[0].ends_with(".yml")) {

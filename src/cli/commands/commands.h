@@ -12,6 +12,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world);
 int cmd_serve(const std::vector<std::string>& args, MPI_Comm world);
 int cmd_tokenize(const std::vector<std::string>& args, MPI_Comm world);
 int cmd_detokenize(const std::vector<std::string>& args, MPI_Comm world);
+int cmd_config(const std::vector<std::string>& args, MPI_Comm world);
 
 // Writes `text` to `path` through a temporary file and a rename, so readers never see half a file.
 void write_file_atomic(const std::string& path, const std::string& text);
