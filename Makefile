@@ -6,6 +6,9 @@ CMAKE_FLAGS := -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DLLMSERVE_CUDA=$(CUDA) \
 ifneq ($(strip $(MPI_CXX)),)
 CMAKE_FLAGS += -DMPI_CXX_COMPILER=$(MPI_CXX)
 endif
+ifneq ($(strip $(NCCL_ROOT)),)
+CMAKE_FLAGS += -DNCCL_ROOT=$(NCCL_ROOT)
+endif
 ifneq ($(strip $(HDF5_ROOT)),)
 CMAKE_FLAGS += -DHDF5_ROOT=$(HDF5_ROOT)
 endif

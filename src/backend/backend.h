@@ -56,6 +56,18 @@ class Backend {
   virtual void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
   // out = rows of x named by the step's logits_indices.
   virtual void gather_rows(const Tensor& x, Tensor& out) = 0;
+
+  // Device memory, for the memory plan (backends without a device memory of their own return false).
+  virtual bool device_memory(size_t* free_bytes, size_t* total_bytes) { (void)free_bytes, (void)total_bytes; return false; }
+  // Bytes of the backend's tensors in use now, and their high-water mark since the last reset (both 0
+  // where not tracked).
+  virtual size_t tensor_memory() { return 0; }
+  virtual void reset_peak_memory() {}
+  virtual size_t peak_memory() { return 0; }
+  // Waits for queued device work.
+  virtual void synchronize() {}
+  // Hands memory cached for reuse back to the device.
+  virtual void trim_memory() {}
 };
 
 // "cpu", "cuda" (built with CUDA, a GPU visible; this rank uses GPU local_rank modulo the GPUs), or

@@ -2,6 +2,8 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -72,6 +74,8 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.backend = v; }},
       {"load_format", Kind::String, "auto | dummy",
        [](Config& c, const std::string& v) { c.load_format = v; }},
+      {"hf_overrides", Kind::String, "JSON object replacing config.json fields of a dummy model, e.g. '{\"num_hidden_layers\": 2}'",
+       [](Config& c, const std::string& v) { c.hf_overrides = v; }},
       {"tensor_parallel_size", Kind::Int, "ranks per tensor-parallel group (-tp)",
        [](Config& c, const std::string& v) { c.tensor_parallel_size = parse_int32("tensor_parallel_size", v); }},
       {"pipeline_parallel_size", Kind::Int, "pipeline stages (-pp)",
@@ -251,6 +255,10 @@ void config_validate(const Config& c) {
     fail(cat("backend must be auto, cpu or cuda; got '", c.backend, "'"));
   if (c.load_format != "auto" && c.load_format != "dummy")
     fail(cat("load_format must be auto or dummy; got '", c.load_format, "'"));
+  if (!c.hf_overrides.empty()) {
+    const auto j = nlohmann::json::parse(c.hf_overrides, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) fail(cat("hf_overrides must be a JSON object, got '", c.hf_overrides, "'"));
+  }
   if (c.tensor_parallel_size < 1) fail(cat("tensor_parallel_size must be >= 1, got ", c.tensor_parallel_size));
   if (c.pipeline_parallel_size < 1)
     fail(cat("pipeline_parallel_size must be >= 1, got ", c.pipeline_parallel_size));

@@ -13,6 +13,7 @@ struct Config {
   std::string dtype = "auto";        // auto | half | float16 | bfloat16 | float | float32
   std::string backend = "auto";      // auto | cpu | cuda
   std::string load_format = "auto";  // auto | dummy (random weights from the model's hyper-parameters)
+  std::string hf_overrides;          // JSON object merged into config.json (load_format dummy), e.g. {"num_hidden_layers": 2}
   int tensor_parallel_size = 1;
   int pipeline_parallel_size = 1;
   int64_t max_model_len = 0;         // 0: the model's max_position_embeddings
@@ -20,7 +21,7 @@ struct Config {
   double gpu_memory_utilization = 0.9;
   double swap_space = 4.0;           // GiB of host memory per rank for swapped-out KV blocks
   double cpu_offload_gb = 0.0;
-  double kv_cache_memory_gb = 0.0;   // CPU backend KV-cache budget in GiB per rank (0: 1 GiB)
+  double kv_cache_memory_gb = 0.0;   // KV-cache budget in GiB per rank (0: 1 GiB on the CPU backend, the memory plan on GPUs)
   int64_t num_gpu_blocks_override = 0;  // > 0: exactly this many KV blocks (tests, debugging)
   int max_num_seqs = 256;
   int64_t max_num_batched_tokens = 0;  // 0: 8192 with chunked prefill, else max_model_len

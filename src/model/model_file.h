@@ -17,6 +17,7 @@
 #include "common/dtype.h"
 #include "common/h5.h"
 #include "model/model_spec.h"
+#include "model/weight_source.h"
 
 namespace llmserve {
 
@@ -26,18 +27,19 @@ constexpr int64_t kModelFormatVersion = 1;
 void write_model_spec(hid_t group, const ModelSpec& s);
 ModelSpec read_model_spec(hid_t group);
 
-class ModelFile {
+class ModelFile : public WeightSource {
  public:
   // Opens and checks the format; throws Error naming the file.
   explicit ModelFile(const std::string& path);
-  const std::string& path() const { return path_; }
-  const ModelSpec& spec() const { return spec_; }
+  const std::string& path() const override { return path_; }
+  const ModelSpec& spec() const override { return spec_; }
 
-  bool has_weight(const std::string& name) const;
-  std::vector<int64_t> weight_shape(const std::string& name) const;
+  bool has_weight(const std::string& name) const override;
+  std::vector<int64_t> weight_shape(const std::string& name) const override;
   DType weight_dtype(const std::string& name) const;
   // Reads rows [r0, r0+nr) x cols [c0, c0+nc) (nc ignored for 1-D) converted to float32.
-  std::vector<float> read_f32(const std::string& name, int64_t r0, int64_t nr, int64_t c0 = 0, int64_t nc = 1) const;
+  std::vector<float> read_f32(const std::string& name, int64_t r0, int64_t nr, int64_t c0 = 0,
+                              int64_t nc = 1) const override;
   // Whole tensor as float32.
   std::vector<float> read_all_f32(const std::string& name) const;
 

@@ -1,11 +1,17 @@
 #include "model/runner.h"
 
+#ifdef LLMSERVE_WITH_CUDA
+#include "dist/nccl/nccl_comm.h"
+#endif
+
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 #include "common/error.h"
 #include "common/log.h"
 #include "dist/collective_check.h"
+#include "model/dummy_weights.h"
 
 namespace llmserve {
 
@@ -28,7 +34,7 @@ void resolve_config_for_model(Config& cfg, const ModelSpec& spec) {
 
 ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   world_ = std::make_unique<MpiComm>(world_comm, false);
-  std::unique_ptr<ModelFile> file;
+  std::unique_ptr<WeightSource> file;
   // This rank's index among the ranks of its node picks its GPU.
   int local_rank = 0;
   {
@@ -40,21 +46,30 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   agree(world_comm, [&] {
     config_validate(cfg_);
     topo_ = make_topology(world_->rank(), world_->size(), cfg_.tensor_parallel_size, cfg_.pipeline_parallel_size);
-    if (cfg_.load_format == "dummy")
-      throw Error("load_format: dummy is not implemented yet (it comes with the CUDA backend); use auto");
-    file = std::make_unique<ModelFile>(cfg_.model);
+    if (cfg_.load_format == "dummy") {
+      file = std::make_unique<DummyWeights>(dummy_model_spec(cfg_.model, cfg_.hf_overrides), cfg_.model,
+                                            static_cast<uint64_t>(cfg_.seed));
+    } else {
+      if (!cfg_.hf_overrides.empty()) throw Error("config: hf_overrides applies only with load_format dummy");
+      file = std::make_unique<ModelFile>(cfg_.model);
+    }
     spec_ = file->spec();
     resolve_config_for_model(cfg_, spec_);
     backend_ = make_backend(cfg_.backend, local_rank, resolve_dtype(cfg_.dtype, spec_.torch_dtype));
-    if (backend_->name() == "cuda" && topo_.tp > 1)
-      throw Error("tensor parallelism on the CUDA backend needs the NCCL communicator, which is not built yet; "
-                  "use tensor_parallel_size 1 (pipeline parallelism works)");
   });
   log_set_rank(topo_.world_rank);
   if (backend_->name() == "cpu" && cfg_.dtype != "auto" && cfg_.dtype != "float" && cfg_.dtype != "float32")
     log_warn("dtype ", cfg_.dtype, " applies to the CUDA backend; the CPU backend computes in float32");
   tp_comm_ = mpi_split(world_comm, topo_.stage(), topo_.tp_rank());
-  agree(world_comm, [&] { model_ = std::make_unique<Transformer>(spec_, topo_, *backend_, *tp_comm_, *file); });
+  // The model's all-reduces work on backend tensors: MPI for host memory, NCCL for GPU memory.
+  Comm* model_comm = tp_comm_.get();
+#ifdef LLMSERVE_WITH_CUDA
+  if (backend_->name() == "cuda" && topo_.tp > 1) {
+    agree(world_comm, [&] { device_comm_ = make_nccl_comm(tp_comm_->handle()); });
+    model_comm = device_comm_.get();
+  }
+#endif
+  agree(world_comm, [&] { model_ = std::make_unique<Transformer>(spec_, topo_, *backend_, *model_comm, *file); });
   file.reset();
 
   // KV cache: as many blocks as the budget allows on the tightest rank (all ranks must agree, since
@@ -66,7 +81,7 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   shape.kv_heads = sh.kv_heads;
   shape.head_dim = spec_.head_dim;
   shape.dtype = backend_->compute_dtype();
-  const double budget_gb = cfg_.kv_cache_memory_gb > 0 ? cfg_.kv_cache_memory_gb : 1.0;
+  const double budget_gb = kv_budget_gb(shape);
   long long blocks = static_cast<long long>(budget_gb * (1ull << 30) / static_cast<double>(shape.bytes_per_block()));
   const long long useful = static_cast<long long>(cfg_.max_num_seqs) * ((cfg_.max_model_len + cfg_.block_size - 1) / cfg_.block_size);
   blocks = std::min(blocks, useful);
@@ -90,6 +105,64 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
 }
 
 ModelRunner::~ModelRunner() = default;
+
+// The KV-cache budget of this rank in GiB. kv_cache_memory_gb when given; on the CPU backend 1 GiB by
+// default; on a GPU vLLM's plan: gpu_memory_utilization x the device's memory, less what is in use once
+// the weights are loaded (CUDA context, workspaces, weights, other processes) and less the activation
+// peak of a profiling forward over max_num_batched_tokens tokens (with the logits of up to max_num_seqs
+// rows).
+double ModelRunner::kv_budget_gb(const KvCacheShape& shape) {
+  if (cfg_.kv_cache_memory_gb > 0) return cfg_.kv_cache_memory_gb;
+  size_t free_b = 0, total_b = 0;
+  if (!backend_->device_memory(&free_b, &total_b)) return 1.0;
+  const double GiB = double(1ull << 30);
+  auto gib = [&](double bytes) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.2f", bytes / GiB);
+    return std::string(buf);
+  };
+  const double used = static_cast<double>(total_b - free_b);
+  const int64_t T = cfg_.max_num_batched_tokens, H = spec_.hidden_size;
+  double peak = 0;
+  agree(world_->handle(), [&] {
+    KvCacheShape ps = shape;
+    ps.num_blocks = (T + cfg_.block_size - 1) / cfg_.block_size;
+    KvCache scratch(*backend_, ps, 0);
+    StepMeta m;
+    m.token_ids.assign(static_cast<size_t>(T), 0);
+    m.positions.resize(static_cast<size_t>(T));
+    m.slot_mapping.resize(static_cast<size_t>(T));
+    for (int64_t i = 0; i < T; ++i) m.positions[i] = m.slot_mapping[i] = static_cast<int32_t>(i);
+    m.q_start = {0, static_cast<int32_t>(T)};
+    m.max_blocks = static_cast<int32_t>(ps.num_blocks);
+    m.block_tables.resize(static_cast<size_t>(ps.num_blocks));
+    for (int64_t b = 0; b < ps.num_blocks; ++b) m.block_tables[b] = static_cast<int32_t>(b);
+    const int64_t rows = std::min<int64_t>(T, cfg_.max_num_seqs);
+    for (int64_t i = T - rows; i < T; ++i) m.logits_indices.push_back(static_cast<int32_t>(i));
+    Tensor hidden;
+    if (!topo_.first_stage()) {
+      std::vector<float> zeros(static_cast<size_t>(T * H), 0.f);
+      hidden = backend_->upload(zeros.data(), {T, H}, DType::F32);
+    }
+    const size_t base = backend_->tensor_memory();
+    backend_->reset_peak_memory();
+    { Tensor out = model_->forward(m, hidden, scratch); }
+    const size_t high = backend_->peak_memory();
+    peak = high > base ? static_cast<double>(high - base) : 0.0;
+  });
+  backend_->trim_memory();  // the profiling run's memory goes back before the KV cache is allocated
+  const double budget = cfg_.gpu_memory_utilization * static_cast<double>(total_b) - used - peak;
+  log_info("memory plan: ", gib(total_b), " GiB device x gpu_memory_utilization ", cfg_.gpu_memory_utilization, " = ",
+           gib(cfg_.gpu_memory_utilization * total_b), " GiB; in use after loading (weights, context, other processes) ",
+           gib(used), " GiB; activation peak over ", T, " tokens ", gib(peak), " GiB; KV cache ", gib(std::max(budget, 0.0)), " GiB");
+  agree(world_->handle(), [&] {
+    if (budget <= 0)
+      throw Error(cat("memory plan: no room for the KV cache (", gib(used), " GiB in use + ", gib(peak), " GiB activations > ",
+                      cfg_.gpu_memory_utilization, " x ", gib(total_b),
+                      " GiB); raise gpu_memory_utilization, lower max_num_batched_tokens, or spread the model (tp/pp)"));
+  });
+  return budget / GiB;
+}
 
 std::vector<float> ModelRunner::step(const StepMeta& meta) {
   const int64_t T = meta.num_tokens(), H = spec_.hidden_size;

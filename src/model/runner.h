@@ -44,11 +44,13 @@ class ModelRunner {
   std::vector<float> step(const StepMeta& meta);
 
  private:
+  double kv_budget_gb(const KvCacheShape& shape);
   Config& cfg_;
   Topology topo_;
   ModelSpec spec_;
   std::unique_ptr<MpiComm> world_, tp_comm_;
   std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Comm> device_comm_;  // NCCL over the tensor group when it runs on GPUs
   std::unique_ptr<Transformer> model_;
   std::unique_ptr<KvCache> kv_;
   int64_t num_blocks_ = 0;

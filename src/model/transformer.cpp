@@ -27,7 +27,7 @@ ShardInfo make_shard_info(const ModelSpec& s, const Topology& topo) {
 }
 
 Transformer::Transformer(const ModelSpec& spec, const Topology& topo, Backend& backend, Comm& tp_comm,
-                         const ModelFile& file)
+                         const WeightSource& file)
     : spec_(spec), topo_(topo), be_(backend), tp_comm_(tp_comm), shard_(make_shard_info(spec, topo)) {
   const DType dt = be_.compute_dtype();
   const int64_t H = spec.hidden_size, D = spec.head_dim;

@@ -13,7 +13,7 @@
 #include "dist/comm.h"
 #include "dist/topology.h"
 #include "kv/kv_cache.h"
-#include "model/model_file.h"
+#include "model/weight_source.h"
 #include "model/model_spec.h"
 
 namespace llmserve {
@@ -40,7 +40,7 @@ ShardInfo make_shard_info(const ModelSpec& s, const Topology& topo);
 class Transformer {
  public:
   // Reads this rank's shard from `file` (hyperslab reads: nothing else is touched).
-  Transformer(const ModelSpec& spec, const Topology& topo, Backend& backend, Comm& tp_comm, const ModelFile& file);
+  Transformer(const ModelSpec& spec, const Topology& topo, Backend& backend, Comm& tp_comm, const WeightSource& file);
 
   const ModelSpec& spec() const { return spec_; }
   const ShardInfo& shard() const { return shard_; }

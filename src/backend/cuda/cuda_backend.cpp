@@ -71,6 +71,11 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   ck(cudaSetDevice(device_), "set device");
   lt(cublasLtCreate(&lt_), "create");
   ck(cudaMalloc(&workspace_, workspace_bytes_), "workspace allocation");
+  // Tensors are stream-ordered allocations from the device's pool, which keeps freed memory for reuse
+  // (cudaFree would synchronise the device at every temporary of every step).
+  ck(cudaDeviceGetDefaultMemPool(&pool_, device_), "memory pool");
+  uint64_t keep = UINT64_MAX;
+  ck(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrReleaseThreshold, &keep), "memory pool threshold");
   cudaDeviceProp p{};
   ck(cudaGetDeviceProperties(&p, device_), "device properties");
   log_info("CUDA backend on device ", device_, " (", p.name, ", ", p.totalGlobalMem >> 20, " MiB), ", dtype_name(dtype_));
@@ -95,9 +100,16 @@ Tensor CudaBackend::empty(const std::vector<int64_t>& shape, DType dtype) {
   t.dtype = dtype;
   void* p = nullptr;
   const size_t bytes = std::max<size_t>(t.bytes(), 256);
-  const cudaError_t e = cudaMalloc(&p, bytes);
-  if (e != cudaSuccess) throw Error(cat("CUDA: out of device memory allocating ", bytes, " bytes"));
-  t.storage = std::shared_ptr<void>(p, [](void* q) { cudaFree(q); });
+  const cudaError_t e = cudaMallocAsync(&p, bytes, nullptr);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    throw Error(cat("CUDA: out of device memory allocating ", bytes, " bytes (lower gpu_memory_utilization, max_num_seqs or max_num_batched_tokens)"));
+  }
+  const int dev = device_;
+  t.storage = std::shared_ptr<void>(p, [dev](void* q) {
+    cudaSetDevice(dev);
+    cudaFreeAsync(q, nullptr);
+  });
   t.data = p;
   return t;
 }
@@ -152,7 +164,42 @@ void CudaBackend::put(IntBuffer& b, const std::vector<int32_t>& v) {
   if (!v.empty()) ck(cudaMemcpy(b.ptr, v.data(), v.size() * sizeof(int32_t), cudaMemcpyHostToDevice), "metadata upload");
 }
 
+bool CudaBackend::device_memory(size_t* free_bytes, size_t* total_bytes) {
+  ck(cudaSetDevice(device_), "set device");
+  ck(cudaDeviceSynchronize(), "synchronize");
+  ck(cudaMemGetInfo(free_bytes, total_bytes), "memory info");
+  return true;
+}
+
+size_t CudaBackend::tensor_memory() {
+  ck(cudaDeviceSynchronize(), "synchronize");
+  uint64_t v = 0;
+  ck(cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrUsedMemCurrent, &v), "pool usage");
+  return static_cast<size_t>(v);
+}
+
+void CudaBackend::reset_peak_memory() {
+  ck(cudaDeviceSynchronize(), "synchronize");
+  uint64_t zero = 0;
+  ck(cudaMemPoolSetAttribute(pool_, cudaMemPoolAttrUsedMemHigh, &zero), "reset pool peak");
+}
+
+size_t CudaBackend::peak_memory() {
+  ck(cudaDeviceSynchronize(), "synchronize");
+  uint64_t v = 0;
+  ck(cudaMemPoolGetAttribute(pool_, cudaMemPoolAttrUsedMemHigh, &v), "pool peak");
+  return static_cast<size_t>(v);
+}
+
+void CudaBackend::synchronize() { ck(cudaDeviceSynchronize(), "synchronize"); }
+
+void CudaBackend::trim_memory() {
+  ck(cudaDeviceSynchronize(), "synchronize");
+  ck(cudaMemPoolTrimTo(pool_, 0), "trim memory pool");
+}
+
 void CudaBackend::begin_step(const StepMeta& m) {
+  ck(cudaSetDevice(device_), "set device");  // rank 0 runs steps on the engine thread
   num_tokens_ = m.num_tokens();
   num_seqs_ = m.num_seqs();
   max_blocks_ = m.max_blocks;

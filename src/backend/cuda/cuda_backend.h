@@ -37,6 +37,12 @@ class CudaBackend : public Backend {
                  float scale, Tensor& out) override;
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void gather_rows(const Tensor& x, Tensor& out) override;
+  bool device_memory(size_t* free_bytes, size_t* total_bytes) override;
+  size_t tensor_memory() override;
+  void reset_peak_memory() override;
+  size_t peak_memory() override;
+  void synchronize() override;
+  void trim_memory() override;
 
  private:
   struct IntBuffer {
@@ -53,6 +59,7 @@ class CudaBackend : public Backend {
 
   int device_;
   DType dtype_;
+  cudaMemPool_t pool_ = nullptr;  // the device's default pool: tensors come and go without synchronising
   cublasLtHandle_t lt_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 32u << 20;

@@ -96,10 +96,12 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
   std::unique_ptr<Tokenizer> tok;
   std::unique_ptr<ChatTemplate> chat;
   agree(world, [&] {
-    ModelFile file(cfg.model);
-    if (file.text("tokenizer", "tokenizer.json")) {
-      tok = Tokenizer::from_model_file(file);
-      chat = ChatTemplate::from_model_file(file);
+    if (model_has_file(cfg)) {
+      ModelFile file(cfg.model);
+      if (file.text("tokenizer", "tokenizer.json")) {
+        tok = Tokenizer::from_model_file(file);
+        chat = ChatTemplate::from_model_file(file);
+      }
     }
     std::ifstream in(input);
     if (!in) throw Error(cat("generate: cannot read '", input, "'"));

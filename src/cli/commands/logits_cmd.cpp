@@ -17,6 +17,7 @@
 #include "model/runner.h"
 #include "chat/chat_template.h"
 #include "engine/prompt_input.h"
+#include "model/dummy_weights.h"
 #include "model/model_file.h"
 #include "tokenizer/tokenizer.h"
 
@@ -142,6 +143,8 @@ StepMeta one_sequence_step(const std::vector<int32_t>& tokens, int32_t start, co
 
 }  // namespace
 
+bool model_has_file(const Config& cfg) { return cfg.load_format != "dummy" || is_model_file_path(cfg.model); }
+
 void write_file_atomic(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
   {
@@ -206,7 +209,7 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
   const std::vector<int64_t> eos = runner.spec().eos_token_ids;
   // Decoded text in the output when the model carries a tokenizer.
   std::unique_ptr<Tokenizer> tok;
-  if (rank == 0) {
+  if (rank == 0 && model_has_file(cfg)) {
     try {
       tok = Tokenizer::from_model_file(ModelFile(cfg.model));
     } catch (const Error& e) {

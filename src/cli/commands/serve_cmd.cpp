@@ -44,10 +44,12 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
   std::unique_ptr<HttpServer> server;
   agree(world, [&] {
     if (rank != 0) return;
-    ModelFile file(cfg.model);
-    if (file.text("tokenizer", "tokenizer.json")) {
-      tok = Tokenizer::from_model_file(file);
-      chat = ChatTemplate::from_model_file(file);
+    if (model_has_file(cfg)) {
+      ModelFile file(cfg.model);
+      if (file.text("tokenizer", "tokenizer.json")) {
+        tok = Tokenizer::from_model_file(file);
+        chat = ChatTemplate::from_model_file(file);
+      }
     }
     ctx.tok = tok.get();
     ctx.chat = chat.get();

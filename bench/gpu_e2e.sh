@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# End-to-end on GPUs with a dummy model of a real shape (default Qwen2.5-1.5B, bf16): serves it with
+# llmserve and measures with llmserve-bench
+#   - batch-1 decode: TPOT (ms/token) for 256 output tokens, against the bandwidth floor
+#     (weight bytes / measured copy bandwidth);
+#   - throughput: 256 requests of 512 prompt / 256 output tokens, all in flight, output tokens/s;
+#   - TTFT of one 2048-token prompt;
+# and runs transformers (bench/reference/hf_e2e.py) on the same GPU and shape as the baseline.
+#   bench/gpu_e2e.sh BUILD_DIR OUT_DIR [CONFIG_JSON] [TP] [PP] [llmserve options...]
+set -euo pipefail
+build=$(cd "$1" && pwd) out=$2
+root=$(cd "$(dirname "$0")/.." && pwd)
+cfg=${3:-$root/inputs/models/qwen2.5-1.5b-instruct.json}
+tp=${4:-1} pp=${5:-1}
+shift $(( $# < 5 ? $# : 5 ))
+mkdir -p "$out"
+export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+tag="tp${tp}-pp${pp}"
+"$root/tests/mpirun.sh" $((tp * pp)) "$build/llmserve" --model "$cfg" --load-format dummy --backend cuda --dtype bfloat16 \
+  -tp "$tp" -pp "$pp" --host 127.0.0.1 --port "$port" --max-model-len 4096 --max-num-seqs 256 "$@" >"$out/server-$tag.log" 2>&1 &
+srv=$!
+trap 'kill -TERM $srv 2>/dev/null; wait $srv 2>/dev/null || true' EXIT
+for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; kill -0 $srv || { tail -20 "$out/server-$tag.log"; exit 1; }; sleep 0.5; done
+b() { "$build/llmserve-bench" --base-url "http://127.0.0.1:$port" --disable-progress --timeout 400 "$@"; }
+b --num-prompts 2 --random-input-len 32 --random-output-len 16 --max-concurrency 1 >/dev/null  # warm-up
+b --num-prompts 3 --random-input-len 32 --random-output-len 256 --max-concurrency 1 --result-file "$out/decode-$tag.json" | grep -E "TPOT|Failed"
+b --num-prompts 3 --random-input-len 2048 --random-output-len 1 --max-concurrency 1 --result-file "$out/ttft-$tag.json" | grep -E "TTFT|Failed"
+b --num-prompts 256 --random-input-len 512 --random-output-len 256 --result-file "$out/throughput-$tag.json" | grep -E "Output token|Failed|Mean TPOT|duration"
+grep -E "KV cache|memory" "$out/server-$tag.log" | head -5 || true
