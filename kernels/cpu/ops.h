@@ -4,6 +4,8 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/draw.h"
+
 namespace llmserve::cpu {
 
 // out[t] = table[ids[t] - vocab_start] if that row is in this shard [vocab_start, vocab_start+rows),
@@ -38,5 +40,12 @@ void paged_attention(const float* q, const float* k_cache, const float* v_cache,
 
 // out = silu(gate) * up.
 void silu_mul(const float* gate, const float* up, int64_t n, float* out);
+
+// The sampler's draw for n rows of logits [n, stride] (the first L columns are this rank's tokens, the
+// first one token_offset): per row the best score and its token (greedy: the largest logit; else
+// logit * inv_temperature + Gumbel noise of (seed, position, token)); ties go to the smaller token.
+// A row with every logit -inf gets best -inf and token INT32_MAX.
+void draw_rows(const float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
+               float* best, int32_t* idx);
 
 }  // namespace llmserve::cpu

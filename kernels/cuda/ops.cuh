@@ -6,6 +6,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "kernels/draw.h"
+
 #include <cstdint>
 
 namespace llmserve::cuda {
@@ -43,5 +45,9 @@ template <typename T>
 void from_float(const float* in, int64_t n, T* out, cudaStream_t s);
 template <typename T>
 void to_float(const T* in, int64_t n, float* out, cudaStream_t s);
+
+// The sampler's draw (see kernels/cpu/ops.h draw_rows); rows, best and idx are device arrays.
+void draw_rows(const float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
+               float* best, int32_t* idx, cudaStream_t s);
 
 }  // namespace llmserve::cuda

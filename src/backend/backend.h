@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "backend/tensor.h"
+#include "kernels/draw.h"
 
 namespace llmserve {
 
@@ -56,6 +57,10 @@ class Backend {
   virtual void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
   // out = rows of x named by the step's logits_indices.
   virtual void gather_rows(const Tensor& x, Tensor& out) = 0;
+  // The sampler's draw over float32 logits [n, stride] whose first L columns are tokens token_offset..
+  // (kernels/cpu/ops.h draw_rows): best score and token per row, into host arrays of n.
+  virtual void draw_rows(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
+                         float* best, int32_t* idx) = 0;
 
   // Device memory, for the memory plan (backends without a device memory of their own return false).
   virtual bool device_memory(size_t* free_bytes, size_t* total_bytes) { (void)free_bytes, (void)total_bytes; return false; }

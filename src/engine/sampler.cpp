@@ -5,18 +5,12 @@
 #include <limits>
 
 #include "common/error.h"
+#include "kernels/draw.h"
 
 namespace llmserve {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 
 // Local top-m values of row[0..n) (descending), padded with -inf to m.
 std::vector<float> top_values(const float* row, int64_t n, int64_t m) {
@@ -30,12 +24,7 @@ std::vector<float> top_values(const float* row, int64_t n, int64_t m) {
 
 }  // namespace
 
-double Sampler::gumbel(int64_t seed, int64_t position, int64_t token) {
-  const uint64_t h = splitmix64(static_cast<uint64_t>(seed) ^ splitmix64(static_cast<uint64_t>(position) * 0x100000001b3ull ^
-                                                                          splitmix64(static_cast<uint64_t>(token))));
-  const double u = (static_cast<double>(h >> 11) + 0.5) * (1.0 / 9007199254740992.0);  // (0, 1)
-  return -std::log(-std::log(u));
-}
+double Sampler::gumbel(int64_t seed, int64_t position, int64_t token) { return draw_gumbel(seed, position, token); }
 
 Sampler::Sampler(Comm& tp, int64_t vocab_size, Range vocab, int64_t row_stride)
     : tp_(tp), vocab_size_(vocab_size), vocab_(vocab), stride_(row_stride) {}
@@ -86,6 +75,49 @@ void Sampler::apply_penalties(const SeqState& st, float* row) const {
     for (int32_t t : p.stop_token_ids)
       if (local(t)) row[t - vocab_.begin] = kNegInf;
   }
+}
+
+bool Sampler::drawable_on_backend(const StepPlan& plan) const {
+  for (const auto& s : plan.seqs) {
+    if (!s.sample) continue;
+    auto it = state_.find(s.seq_id);
+    if (it == state_.end()) return false;
+    const SeqState& st = it->second;
+    const SamplingParams& p = st.params;
+    if (p.logprobs >= 0 || p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0)
+      return false;
+    if (static_cast<int64_t>(st.history.size()) - st.prompt_len < p.min_tokens) return false;
+    if (!p.greedy() && ((p.top_k > 0 && p.top_k < vocab_size_) || p.top_p < 1.0 || p.min_p > 0)) return false;
+  }
+  return true;
+}
+
+std::vector<SampledToken> Sampler::sample_on_backend(const StepPlan& plan, Backend& backend, const Tensor& logits) {
+  std::vector<RowDraw> rows;
+  std::vector<SampledToken> out;
+  for (const auto& s : plan.seqs) {
+    if (!s.sample) continue;
+    const SeqState& st = state_.at(s.seq_id);
+    RowDraw r;
+    r.greedy = st.params.greedy();
+    r.inv_temperature = r.greedy ? 1.f : static_cast<float>(1.0 / st.params.temperature);
+    r.seed = st.seed;
+    r.position = static_cast<int64_t>(st.history.size());
+    rows.push_back(r);
+    out.emplace_back();
+    out.back().seq_id = s.seq_id;
+  }
+  const size_t n = rows.size();
+  if (n == 0) return out;
+  std::vector<float> best(n);
+  std::vector<int32_t> idx(n);
+  backend.draw_rows(logits, vocab_.size(), vocab_.begin, rows, best.data(), idx.data());
+  tp_.all_reduce_maxloc(best.data(), idx.data(), n);
+  for (size_t i = 0; i < n; ++i) {
+    if (idx[i] == std::numeric_limits<int32_t>::max()) throw Error(cat("sampler: every token was filtered out for sequence ", out[i].seq_id));
+    out[i].token = idx[i];
+  }
+  return out;
 }
 
 std::vector<SampledToken> Sampler::sample(const StepPlan& plan, const float* logits) {

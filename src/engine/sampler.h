@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "backend/backend.h"
 #include "dist/comm.h"
 #include "dist/topology.h"
 #include "engine/step_plan.h"
@@ -28,6 +29,13 @@ class Sampler {
   // One token for each sequence of the plan with sample = true, in plan order; `logits` holds one
   // row per such sequence. Collective over the tensor group; every rank returns the same tokens.
   std::vector<SampledToken> sample(const StepPlan& plan, const float* logits);
+  // True when every row of the plan needs only the draw itself (greedy or temperature sampling; no
+  // penalties, min_tokens masking, top-k/top-p/min-p or logprobs): then sample_on_backend() gives the
+  // same tokens as sample() without bringing the logits to the host.
+  bool drawable_on_backend(const StepPlan& plan) const;
+  // sample() for such plans, with the per-row draw on the backend holding `logits` [rows, row_stride]
+  // and one (value, index) all-reduce over the tensor group.
+  std::vector<SampledToken> sample_on_backend(const StepPlan& plan, Backend& backend, const Tensor& logits);
   size_t num_sequences() const { return state_.size(); }
 
   // The Gumbel noise used for (seed, position, token): exposed for tests.

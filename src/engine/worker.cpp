@@ -51,6 +51,11 @@ Worker::Output Worker::execute(const StepPlan& plan, const Tensor& hidden_in) {
     out.hidden = result;
     return out;
   }
+  // The draw runs where the logits are unless a row needs the host sampler (penalties, filters, logprobs).
+  if (sampler_->drawable_on_backend(plan)) {
+    out.tokens = sampler_->sample_on_backend(plan, runner_.backend(), result);
+    return out;
+  }
   std::vector<float> logits(static_cast<size_t>(result.numel()));
   runner_.backend().download(result, logits.data());
   out.tokens = sampler_->sample(plan, logits.data());

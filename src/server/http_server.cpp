@@ -428,7 +428,7 @@ struct HttpServer::Impl {
       : opt(o), ctx(c), engine(e), ioc(o.io_threads), acceptor(ioc) {}
   void accept() {
     acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code aec, tcp::socket s) {
-      if (!acceptor.is_open()) return;  // closed at shutdown
+      if (aec == net::error::operation_aborted || !acceptor.is_open()) return;  // closed at shutdown
       if (aec) {
         // Out of descriptors or a transient failure: keep the listener alive and try again shortly.
         log_warn("accept failed: ", aec.message(), "; retrying");

@@ -284,14 +284,17 @@ std::string stream_chunks(const std::string& id, const GenerationRequest& r, con
     }
     const std::string delta = limit > s.sent ? text.substr(s.sent, limit - s.sent) : "";
     const bool first = !s.started;
-    if (delta.empty() && !c.finished() && !(first && (r.chat || r.echo))) continue;
+    // A chunk for every step that produced tokens, even when their text is still empty (an incomplete
+    // UTF-8 sequence, text held back for a stop string, a model without a tokenizer), as vLLM does:
+    // clients time tokens by chunks.
+    if (delta.empty() && c.delta_tokens == 0 && !c.finished() && !(first && (r.chat || r.echo))) continue;
     s.sent = std::max(s.sent, limit);
     s.started = true;
     json finish = c.finished() ? json(calls.calls.empty() ? c.finish_reason : std::string("tool_calls")) : json(nullptr);
     if (r.chat) {
       json d = json::object();
       if (first) d["role"] = "assistant";
-      if (!delta.empty() || first) d["content"] = delta;
+      d["content"] = delta;
       if (!calls.calls.empty()) {
         // Content first, then the calls with the finish reason.
         if (!delta.empty() || first) emit({{"index", index}, {"delta", d}, {"logprobs", nullptr}, {"finish_reason", nullptr}});

@@ -189,3 +189,30 @@ TEST_P(CudaOps, Float32IntermediatesIntoLowPrecision) {
   gpu->attention(q.second, kc.second, vc.second, D, bs, 0.125f, ag);
   expect_close(ac, ag, "paged_attention float32 queries", 1e-2);
 }
+
+// The sampler's draw on the GPU picks exactly the CPU kernel's tokens, greedy and with Gumbel noise,
+// on a vocabulary shard (token offset) with padded rows.
+TEST(CudaDraw, SameTokensAsTheCpuKernel) {
+  if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
+  CudaBackend gpu(0, DType::BF16);
+  CpuBackend cpu;
+  std::mt19937 g(11);
+  const int64_t n = 37, L = 5003, stride = 5008, offset = 20000;
+  std::vector<float> logits = randn(n * stride, g, 3.f);
+  for (int64_t k = 0; k < 40; ++k) logits[5 * stride + k] = 30.f;  // ties: the smaller token wins
+  std::vector<RowDraw> rows(n);
+  for (int64_t i = 0; i < n; ++i) {
+    rows[i].greedy = i % 3 == 0 || i == 5;
+    rows[i].inv_temperature = 1.f / (0.3f + 0.1f * static_cast<float>(i % 7));
+    rows[i].seed = 1000 + i;
+    rows[i].position = 17 + i;
+  }
+  Tensor lc = cpu.upload(logits.data(), {n, stride}, DType::F32), lg = gpu.upload(logits.data(), {n, stride}, DType::F32);
+  std::vector<float> bc(n), bg(n);
+  std::vector<int32_t> ic(n), ig(n);
+  cpu.draw_rows(lc, L, offset, rows, bc.data(), ic.data());
+  gpu.draw_rows(lg, L, offset, rows, bg.data(), ig.data());
+  EXPECT_EQ(ic, ig);
+  EXPECT_EQ(ic[5], offset);
+  for (int64_t i = 0; i < n; ++i) EXPECT_FLOAT_EQ(bc[i], bg[i]) << "row " << i;
+}

@@ -9,6 +9,7 @@
 #include <numeric>
 #include <random>
 
+#include "backend/cpu_backend.h"
 #include "dist/mpi_comm.h"
 #include "dist/topology.h"
 #include "engine/sampler.h"
@@ -237,6 +238,70 @@ TEST(Sampler, MinTokensSuppressesEos) {
   s.observe(plan);
   auto rows = w.rows(logits, 1);
   EXPECT_NE(s.sample(plan, rows.data())[0].token, 3);
+}
+
+// The backend draw (the fast path for plans without penalties, filters or logprobs) gives exactly the
+// host sampler's tokens, greedy and seeded, on every vocabulary split.
+TEST(Sampler, BackendDrawEqualsTheHostSampler) {
+  World w;
+  CpuBackend cpu;
+  std::mt19937 g(5 + w.comm.size());
+  std::normal_distribution<float> d(0.f, 2.f);
+  const size_t N = 64;
+  std::vector<float> full(N * V);
+  for (auto& x : full) x = d(g);
+  for (double temperature : {0.0, 0.7, 1.3}) {
+    SamplingParams p;
+    p.temperature = temperature;
+    StepPlan plan = plan_for(N, p, {7, 8, 9}, 2, 321);
+    Sampler host(w.comm, V, w.vocab, w.stride), fast(w.comm, V, w.vocab, w.stride);
+    host.observe(plan);
+    fast.observe(plan);
+    ASSERT_TRUE(fast.drawable_on_backend(plan));
+    std::vector<float> rows(N * w.stride, 0.f);
+    for (size_t i = 0; i < N; ++i)
+      std::copy(full.begin() + static_cast<long>(i * V + w.vocab.begin), full.begin() + static_cast<long>(i * V + w.vocab.end),
+                rows.begin() + static_cast<long>(i * w.stride));
+    const Tensor t = cpu.upload(rows.data(), {static_cast<int64_t>(N), w.stride}, DType::F32);
+    const auto a = host.sample(plan, rows.data()), b = fast.sample_on_backend(plan, cpu, t);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < N; ++i) EXPECT_EQ(a[i].token, b[i].token) << "row " << i << " temperature " << temperature;
+  }
+}
+
+TEST(Sampler, BackendDrawOnlyWithoutPenaltiesFiltersOrLogprobs) {
+  World w;
+  auto drawable = [&](const SamplingParams& p, std::vector<int32_t> history = {7, 8}) {
+    Sampler s(w.comm, V, w.vocab, w.stride);
+    StepPlan plan = plan_for(2, p, history, 1, 0);
+    s.observe(plan);
+    return s.drawable_on_backend(plan);
+  };
+  SamplingParams p;
+  EXPECT_TRUE(drawable(p));
+  p.temperature = 0;
+  EXPECT_TRUE(drawable(p));
+  p.temperature = 0.8;
+  p.top_k = 5;
+  EXPECT_FALSE(drawable(p));
+  p.top_k = 1;  // greedy
+  EXPECT_TRUE(drawable(p));
+  p = SamplingParams();
+  p.top_p = 0.9;
+  EXPECT_FALSE(drawable(p));
+  p = SamplingParams();
+  p.min_p = 0.1;
+  EXPECT_FALSE(drawable(p));
+  p = SamplingParams();
+  p.repetition_penalty = 1.1;
+  EXPECT_FALSE(drawable(p));
+  p = SamplingParams();
+  p.logprobs = 0;
+  EXPECT_FALSE(drawable(p));
+  p = SamplingParams();
+  p.min_tokens = 3;
+  EXPECT_FALSE(drawable(p, {7, 8}));        // one output token so far: EOS still masked
+  EXPECT_TRUE(drawable(p, {7, 8, 9, 10}));  // three: nothing masked any more
 }
 
 int main(int argc, char** argv) {

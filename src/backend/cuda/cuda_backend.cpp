@@ -337,6 +337,21 @@ void CudaBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   });
 }
 
+void CudaBackend::draw_rows(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
+                            float* best, int32_t* idx) {
+  const int64_t n = static_cast<int64_t>(rows.size());
+  if (n == 0) return;
+  LLMSERVE_CHECK(logits.dtype == DType::F32, "draw_rows: logits must be float32");
+  // Scratch tensors (float32-typed storage; the bytes are what matter).
+  Tensor dev_rows = empty({(n * static_cast<int64_t>(sizeof(RowDraw)) + 3) / 4}, DType::F32);
+  ck(cudaMemcpy(dev_rows.data, rows.data(), rows.size() * sizeof(RowDraw), cudaMemcpyHostToDevice), "upload draws");
+  Tensor dev_best = empty({n}, DType::F32), dev_idx = empty({n}, DType::F32);
+  cuda::draw_rows(logits.as<float>(), n, logits.dim(1), L, token_offset, static_cast<const RowDraw*>(dev_rows.data),
+                  dev_best.as<float>(), static_cast<int32_t*>(dev_idx.data), nullptr);
+  ck(cudaMemcpy(best, dev_best.data, n * sizeof(float), cudaMemcpyDeviceToHost), "download draws");
+  ck(cudaMemcpy(idx, dev_idx.data, n * sizeof(int32_t), cudaMemcpyDeviceToHost), "download draws");
+}
+
 void CudaBackend::gather_rows(const Tensor& x, Tensor& out) {
   dispatch(x.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;

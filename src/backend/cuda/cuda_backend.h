@@ -37,6 +37,8 @@ class CudaBackend : public Backend {
                  float scale, Tensor& out) override;
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void gather_rows(const Tensor& x, Tensor& out) override;
+  void draw_rows(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows, float* best,
+                 int32_t* idx) override;
   bool device_memory(size_t* free_bytes, size_t* total_bytes) override;
   size_t tensor_memory() override;
   void reset_peak_memory() override;
