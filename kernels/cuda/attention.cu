@@ -1,8 +1,12 @@
-// Paged attention: one thread block per (token, query head); its kWarps warps take interleaved keys of
-// the token's sequence, each with its own online softmax (each lane holds D/32 dimensions), and the
-// block merges the warps' partial results at the end (split-KV within the block). Handles prefill,
-// chunked prefill over cached blocks and decode alike (the token at position p attends to positions
-// 0..p of its sequence). A decode step of a 12-head model thus keeps 96 warps busy instead of 12.
+// Paged attention: one thread block per (token, query head), kWarps warps taking interleaved tiles of
+// 32 keys of the token's sequence. Within a tile each lane scores one key (the full q.k dot product
+// with 16-byte loads of the key row), the warp updates its online softmax once per tile, and each lane
+// then accumulates its D/32 output dimensions over the tile's 32 values (probabilities broadcast by
+// shuffles, value rows read coalesced). The block merges its warps' partial results at the end
+// (split-KV within the block). Handles prefill, chunked prefill over cached blocks and decode alike:
+// the token at position p attends to positions 0..p of its sequence.
+#include <algorithm>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.cuh"
 
@@ -10,49 +14,84 @@ namespace llmserve::cuda {
 namespace {
 
 constexpr int kMaxDimPerLane = 8;  // head_dim up to 256
-constexpr int kWarps = 8;
+constexpr int kWarps = 4;
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// q (float, pre-scaled, in shared memory) . k row of D elements.
+template <typename T>
+__device__ __forceinline__ float dot_row(const float* q, const T* k, int64_t D) {
+  float s = 0.f;
+  constexpr int V = 16 / sizeof(T);
+  if (D % V == 0) {
+    for (int64_t d = 0; d < D; d += V) {
+      union {
+        uint4 u;
+        T e[V];
+      } kv;
+      kv.u = *reinterpret_cast<const uint4*>(k + d);
+#pragma unroll
+      for (int j = 0; j < V; ++j) s += q[d + j] * to_f(kv.e[j]);
+    }
+  } else {
+    for (int64_t d = 0; d < D; ++d) s += q[d] * to_f(k[d]);
+  }
+  return s;
+}
 
 template <typename TI, typename T>
 __global__ void __launch_bounds__(kWarps * 32)
     paged_attention_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
                       const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
-                      int64_t bs, float scale, T* out) {
+                      int64_t bs, float scale, int64_t chunk, float* part_ml, float* part_acc, T* out) {
   const int64_t th = blockIdx.x;
+  const int64_t split = blockIdx.y, splits = gridDim.y;
   if (th >= n * Hq) return;
   const int w = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int64_t t = th / Hq, h = th % Hq, kvh = h / (Hq / Hk);
   const int32_t* table = tables + static_cast<int64_t>(token_seq[t]) * max_blocks;
   const int64_t row = Hk * D;
   const int per = static_cast<int>((D + 31) / 32);
-  float qv[kMaxDimPerLane], acc[kMaxDimPerLane];
+  __shared__ float qs[32 * kMaxDimPerLane];
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) qs[d] = to_f(q[(t * Hq + h) * D + d]) * scale;
+  __syncthreads();
+  float acc[kMaxDimPerLane];
 #pragma unroll
-  for (int r = 0; r < kMaxDimPerLane; ++r) {
-    const int64_t d = lane + 32 * r;
-    qv[r] = (r < per && d < D) ? to_f(q[(t * Hq + h) * D + d]) * scale : 0.f;
-    acc[r] = 0.f;
-  }
+  for (int r = 0; r < kMaxDimPerLane; ++r) acc[r] = 0.f;
   float m = -INFINITY, l = 0.f;
-  const int64_t len = static_cast<int64_t>(positions[t]) + 1;
-  for (int64_t j = w; j < len; j += kWarps) {
-    const int64_t slot = static_cast<int64_t>(table[j / bs]) * bs + j % bs;
-    const T* kr = kc + slot * row + kvh * D;
-    float dot = 0.f;
-#pragma unroll
-    for (int r = 0; r < kMaxDimPerLane; ++r) {
-      const int64_t d = lane + 32 * r;
-      if (r < per && d < D) dot += qv[r] * to_f(kr[d]);
+  // This block's keys: [lo, len) of the token's context, cut into `splits` chunks.
+  const int64_t lo = split * chunk;
+  const int64_t len = min(static_cast<int64_t>(positions[t]) + 1, lo + chunk);
+  for (int64_t j0 = lo + static_cast<int64_t>(w) * 32; j0 < len; j0 += kWarps * 32) {
+    const int64_t j = j0 + lane;
+    int64_t slot = 0;
+    float sc = -INFINITY;
+    if (j < len) {
+      slot = static_cast<int64_t>(table[j / bs]) * bs + j % bs;
+      sc = dot_row(qs, kc + slot * row + kvh * D, D);
     }
-    const float sc = warp_sum(dot);
-    const float mn = fmaxf(m, sc);
-    const float corr = __expf(m - mn), p = __expf(sc - mn);
-    l = l * corr + p;
-    const T* vr = vc + slot * row + kvh * D;
-#pragma unroll
-    for (int r = 0; r < kMaxDimPerLane; ++r) {
-      const int64_t d = lane + 32 * r;
-      if (r < per && d < D) acc[r] = acc[r] * corr + p * to_f(vr[d]);
-    }
+    const float mn = fmaxf(m, warp_max(sc));
+    const float corr = __expf(m - mn);
+    const float p = j < len ? __expf(sc - mn) : 0.f;
+    l = l * corr + warp_sum(p);
     m = mn;
+#pragma unroll
+    for (int r = 0; r < kMaxDimPerLane; ++r) acc[r] *= corr;
+    const int64_t rest = len - j0;
+    const int count = rest < 32 ? static_cast<int>(rest) : 32;
+    for (int jj = 0; jj < count; ++jj) {
+      const float pj = __shfl_sync(0xffffffffu, p, jj);
+      const int64_t sj = __shfl_sync(0xffffffffu, slot, jj);
+      const T* vr = vc + sj * row + kvh * D;
+#pragma unroll
+      for (int r = 0; r < kMaxDimPerLane; ++r) {
+        const int64_t d = lane + 32 * r;
+        if (r < per && d < D) acc[r] += pj * to_f(vr[d]);
+      }
+    }
   }
   // Merge the warps: out = sum_w acc_w e^(m_w - M) / sum_w l_w e^(m_w - M).
   __shared__ float sm[kWarps], sl[kWarps];
@@ -75,6 +114,10 @@ __global__ void __launch_bounds__(kWarps * 32)
     f[i] = sl[i] > 0.f ? __expf(sm[i] - M) : 0.f;
     L += sl[i] * f[i];
   }
+  if (splits > 1 && lane == 0) {
+    part_ml[(th * splits + split) * 2] = M;
+    part_ml[(th * splits + split) * 2 + 1] = L;
+  }
 #pragma unroll
   for (int r = 0; r < kMaxDimPerLane; ++r) {
     const int64_t d = lane + 32 * r;
@@ -82,9 +125,41 @@ __global__ void __launch_bounds__(kWarps * 32)
       float o = 0.f;
 #pragma unroll
       for (int i = 0; i < kWarps; ++i) o += sacc[i][d] * f[i];
-      out[(t * Hq + h) * D + d] = from_f<T>(o / L);
+      if (splits == 1)
+        out[(t * Hq + h) * D + d] = from_f<T>(o / L);
+      else
+        part_acc[(th * splits + split) * D + d] = o;
     }
   }
+}
+
+// Merges the chunks of a split context: out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
+template <typename T>
+__global__ void merge_splits_k(const float* part_ml, const float* part_acc, int64_t splits, int64_t D, T* out) {
+  const int64_t th = blockIdx.x;
+  const float* ml = part_ml + th * splits * 2;
+  float M = -INFINITY;
+  for (int64_t s = 0; s < splits; ++s)
+    if (ml[2 * s + 1] > 0.f) M = fmaxf(M, ml[2 * s]);
+  float L = 0.f;
+  for (int64_t s = 0; s < splits; ++s)
+    if (ml[2 * s + 1] > 0.f) L += ml[2 * s + 1] * __expf(ml[2 * s] - M);
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    float o = 0.f;
+    for (int64_t s = 0; s < splits; ++s)
+      if (ml[2 * s + 1] > 0.f) o += part_acc[(th * splits + s) * D + d] * __expf(ml[2 * s] - M);
+    out[th * D + d] = from_f<T>(o / L);
+  }
+}
+
+int sm_count() {
+  static int sms = [] {
+    int dev = 0, n = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    return n > 0 ? n : 1;
+  }();
+  return sms;
 }
 
 }  // namespace
@@ -92,18 +167,37 @@ __global__ void __launch_bounds__(kWarps * 32)
 template <typename TI, typename T>
 void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
                      const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
-                     int64_t block_size, float scale, T* out, cudaStream_t s) {
+                     int64_t block_size, float scale, int64_t max_len, T* out, cudaStream_t s) {
   if (n == 0) return;
   if (D > 32 * kMaxDimPerLane) check(cudaErrorInvalidValue, "paged_attention: head_dim above 256");
-  paged_attention_k<<<static_cast<unsigned>(n * Hq), kWarps * 32, 0, s>>>(q, k_cache, v_cache, block_tables, max_blocks,
-                                                                        token_seq, positions, n, Hq, Hk, D, block_size,
-                                                                        scale, out);
+  // Split long contexts over several blocks when the (token, head) blocks alone would leave SMs idle
+  // (decode of a few sequences): chunks of at least 256 keys, up to about 4 blocks per SM in all.
+  int64_t splits = 1;
+  if (max_len > 256) {
+    const int64_t want = (max_len + 255) / 256, cap = std::max<int64_t>(1, 4 * sm_count() / (n * Hq));
+    splits = std::min<int64_t>(std::min(want, cap), 64);
+  }
+  const int64_t chunk = ((max_len + splits - 1) / splits + 31) / 32 * 32;
+  float *ml = nullptr, *acc = nullptr;
+  if (splits > 1) {
+    check(cudaMallocAsync(reinterpret_cast<void**>(&ml), sizeof(float) * n * Hq * splits * 2, s), "attention scratch");
+    check(cudaMallocAsync(reinterpret_cast<void**>(&acc), sizeof(float) * n * Hq * splits * D, s), "attention scratch");
+  }
+  const dim3 grid(static_cast<unsigned>(n * Hq), static_cast<unsigned>(splits));
+  paged_attention_k<<<grid, kWarps * 32, 0, s>>>(q, k_cache, v_cache, block_tables, max_blocks, token_seq, positions, n, Hq,
+                                                  Hk, D, block_size, scale, chunk, ml, acc, out);
   check(cudaGetLastError(), "paged_attention");
+  if (splits > 1) {
+    merge_splits_k<T><<<static_cast<unsigned>(n * Hq), 128, 0, s>>>(ml, acc, splits, D, out);
+    check(cudaGetLastError(), "paged_attention merge");
+    cudaFreeAsync(ml, s);
+    cudaFreeAsync(acc, s);
+  }
 }
 
 #define INSTANTIATE(TI, T)                                                                                          \
   template void paged_attention<TI, T>(const TI*, const T*, const T*, const int32_t*, int64_t, const int32_t*, const int32_t*, \
-                                       int64_t, int64_t, int64_t, int64_t, int64_t, float, T*, cudaStream_t);
+                                       int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t, T*, cudaStream_t);
 #define SAME(T) INSTANTIATE(T, T)
 #define MIXED(T) INSTANTIATE(float, T)
 LLMSERVE_FOR_EACH_TYPE(SAME)

@@ -35,7 +35,7 @@ void kv_write(const TI* k, const TI* v, const int32_t* slot_mapping, int64_t n, 
 template <typename TI, typename T>
 void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
                      const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
-                     int64_t block_size, float scale, T* out, cudaStream_t s);
+                     int64_t block_size, float scale, int64_t max_len, T* out, cudaStream_t s);
 template <typename TI, typename T>
 void silu_mul(const TI* gate, const TI* up, int64_t n, T* out, cudaStream_t s);
 template <typename T>
@@ -45,6 +45,10 @@ template <typename T>
 void from_float(const float* in, int64_t n, T* out, cudaStream_t s);
 template <typename T>
 void to_float(const T* in, int64_t n, float* out, cudaStream_t s);
+
+// out[M, N] = x[M, K] . w[N, K]^T (+ bias[N], float32) for M <= 4 tokens: bandwidth-bound linear layers.
+template <typename T, typename TO>
+void gemv(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64_t N, TO* out, cudaStream_t s);
 
 // The sampler's draw (see kernels/cpu/ops.h draw_rows); rows, best and idx are device arrays.
 void draw_rows(const float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,

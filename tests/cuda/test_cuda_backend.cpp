@@ -56,11 +56,10 @@ class CudaOps : public ::testing::TestWithParam<DType> {
 
 // A batch of 3 sequences: a 7-token prefill, a decode at position 20 and a 5-token chunk after 9
 // cached tokens, over scrambled blocks.
-StepMeta make_meta(int64_t bs) {
+StepMeta make_meta(int64_t bs, const std::vector<int32_t>& lens = {7, 1, 5}, const std::vector<int32_t>& cached = {0, 20, 9},
+                   int64_t max_blocks = 4) {
   StepMeta m;
-  const std::vector<int32_t> lens = {7, 1, 5}, cached = {0, 20, 9};
-  const int64_t max_blocks = 4;
-  std::vector<int32_t> perm(16);
+  std::vector<int32_t> perm(static_cast<size_t>(max_blocks * lens.size()));
   std::iota(perm.begin(), perm.end(), 0);
   std::mt19937 g(5);
   std::shuffle(perm.begin(), perm.end(), g);
@@ -188,6 +187,51 @@ TEST_P(CudaOps, Float32IntermediatesIntoLowPrecision) {
   cpu.attention(q.first, kc.first, vc.first, D, bs, 0.125f, ac);
   gpu->attention(q.second, kc.second, vc.second, D, bs, 0.125f, ag);
   expect_close(ac, ag, "paged_attention float32 queries", 1e-2);
+}
+
+// Long contexts: many 32-key tiles per warp, every warp of the block busy, partial last tiles (a decode
+// at position 700, a 45-token chunk after 260 cached tokens, a 97-token prefill).
+TEST_P(CudaOps, AttentionOverLongContexts) {
+  std::mt19937 g(9);
+  const DType dt = GetParam();
+  const int64_t bs = 16, Hq = 6, Hk = 2, D = 128, max_blocks = 160;
+  // Mixed: many (token, head) blocks, one chunk each. Decode only: few blocks, so the contexts are
+  // split over several blocks and merged (a 2500-token context next to a 300-token one).
+  const StepMeta mixed = make_meta(bs, {1, 45, 97}, {700, 260, 0}, max_blocks);
+  const StepMeta decode = make_meta(bs, {1, 1}, {2500, 300}, max_blocks);
+  for (const StepMeta* m : {&mixed, &decode}) {
+    const int64_t T = m->num_tokens(), blocks = max_blocks * static_cast<int64_t>(m->num_seqs());
+    cpu.begin_step(*m);
+    gpu->begin_step(*m);
+    auto q = both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32);
+    auto kc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
+    auto vc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
+    Tensor ac = cpu.empty({T, Hq * D}, DType::F32), ag = gpu->empty({T, Hq * D}, dt);
+    cpu.attention(q.first, kc.first, vc.first, D, bs, 0.09f, ac);
+    gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
+    expect_close(ac, ag, m == &mixed ? "paged_attention, long contexts with prefill" : "paged_attention, split decode", tol());
+  }
+}
+
+// Linear layers for 1-4 tokens take the weight-streaming GEMV (K a multiple of 8 and not, with and
+// without bias, output in float32 or the weights' type).
+TEST_P(CudaOps, FewTokenLinearMatchesTheCpuReference) {
+  std::mt19937 g(7);
+  const DType dt = GetParam();
+  for (int64_t T : {1, 2, 4}) {
+    for (int64_t K : {96, 100}) {
+      const int64_t N = 333;
+      auto x = both(randn(T * K, g), {T, K}, dt), w = both(randn(N * K, g, 0.1f), {N, K}, dt);
+      auto b = both(randn(N, g), {N}, DType::F32);
+      Tensor c = cpu.empty({T, N}, DType::F32), y32 = gpu->empty({T, N}, DType::F32), y = gpu->empty({T, N}, dt);
+      cpu.linear(x.first, w.first, &b.first, c);
+      gpu->linear(x.second, w.second, &b.second, y32);
+      expect_close(c, y32, "few-token linear with bias into float32", dt == DType::F32 ? 1e-5 : 1e-2);
+      cpu.linear(x.first, w.first, nullptr, c);
+      gpu->linear(x.second, w.second, nullptr, y);
+      expect_close(c, y, "few-token linear", tol());
+    }
+  }
 }
 
 // The sampler's draw on the GPU picks exactly the CPU kernel's tokens, greedy and with Gumbel noise,

@@ -203,6 +203,8 @@ void CudaBackend::begin_step(const StepMeta& m) {
   num_tokens_ = m.num_tokens();
   num_seqs_ = m.num_seqs();
   max_blocks_ = m.max_blocks;
+  max_len_ = 0;
+  for (int32_t p : m.positions) max_len_ = std::max<int64_t>(max_len_, p + 1);
   num_logits_ = static_cast<int64_t>(m.logits_indices.size());
   std::vector<int32_t> token_seq(static_cast<size_t>(num_tokens_));
   for (int64_t s = 0; s < num_seqs_; ++s)
@@ -283,6 +285,22 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
   if (T == 0 || N == 0) return;
   LLMSERVE_CHECK(out.dtype == x.dtype || out.dtype == DType::F32, "cuda backend: linear output type");
   LLMSERVE_CHECK(!bias || bias->dtype == out.dtype, "cuda backend: the bias must have the output's type");
+  LLMSERVE_CHECK(w.dtype == x.dtype, "cuda backend: linear operands must have one type");
+  if (T <= 4 && (!bias || bias->dtype == DType::F32)) {
+    // A few tokens (decode): weight-streaming GEMV at the memory bandwidth.
+    dispatch(x.dtype, [&](auto* tag) {
+      using TT = std::remove_pointer_t<decltype(tag)>;
+      const float* bp = bias ? bias->as<float>() : nullptr;
+      if (out.dtype == DType::F32) {
+        if constexpr (!std::is_same_v<TT, float>) {
+          cuda::gemv<TT, float>(x.as<TT>(), w.as<TT>(), bp, T, K, N, out.as<float>(), nullptr);
+          return;
+        }
+      }
+      cuda::gemv<TT, TT>(x.as<TT>(), w.as<TT>(), bp, T, K, N, out.as<TT>(), nullptr);
+    });
+    return;
+  }
   Gemm& g = gemm_for(N, T, K, x.dtype, out.dtype, bias != nullptr);
   if (bias) {
     const void* bp = bias->data;
@@ -322,7 +340,7 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor
     if constexpr (std::is_same_v<TI, T> || std::is_same_v<TI, float>) {
       cuda::paged_attention<TI, T>(q.as<TI>(), k_cache.as<T>(), v_cache.as<T>(), tables_.ptr, max_blocks_, token_seq_.ptr,
                                    positions_.ptr, rows_of(q), cols_of(q) / D, k_cache.dim(2), D, block_size, scale,
-                                   out.as<T>(), nullptr);
+                                   max_len_, out.as<T>(), nullptr);
     }
   });
 }

@@ -1,0 +1,161 @@
+// Kernel benchmarks on one GPU against its roofline, timed with CUDA events (median of repeats):
+//  - the rooflines measured here: device-to-device copy bandwidth, and bf16 GEMM TFLOP/s of an
+//    8192^3 cuBLASLt matmul (the best dense rate this stack reaches);
+//  - GEMV-shaped GEMMs (one token; the decode step's weights, Qwen2.5-1.5B shapes) in GB/s of weights
+//    read, against the copy bandwidth; the same shapes with 256 tokens in TFLOP/s;
+//  - decode attention (one query per sequence over a paged bf16 KV cache) in GB/s of K/V read;
+//  - prefill attention (one causal 2048-token sequence) in TFLOP/s against the GEMM peak.
+// Usage: kernel_bench [--quick]   (prints a table; exits 77 without a GPU)
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "backend/cuda/cuda_backend.h"
+
+using namespace llmserve;
+
+namespace {
+
+double median_ms(const std::function<void()>& fn, int reps = 20) {
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  for (int i = 0; i < 3; ++i) fn();
+  std::vector<float> t;
+  for (int i = 0; i < reps; ++i) {
+    cudaEventRecord(a);
+    fn();
+    cudaEventRecord(b);
+    cudaEventSynchronize(b);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    t.push_back(ms);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+Tensor random_tensor(CudaBackend& be, std::vector<int64_t> shape, DType dt, float scale = 0.05f) {
+  int64_t n = 1;
+  for (auto d : shape) n *= d;
+  std::vector<float> v(static_cast<size_t>(n));
+  std::mt19937 g(1);
+  std::uniform_real_distribution<float> u(-scale, scale);
+  for (auto& x : v) x = u(g);
+  return be.upload(v.data(), shape, dt);
+}
+
+// A step of `seqs` sequences: each a run of `q_len` new tokens at the end of `ctx` cached ones.
+StepMeta attention_step(int64_t seqs, int64_t q_len, int64_t ctx, int64_t bs) {
+  StepMeta m;
+  const int64_t blocks_per = (ctx + bs - 1) / bs;
+  m.max_blocks = static_cast<int32_t>(blocks_per);
+  m.q_start.push_back(0);
+  for (int64_t s = 0; s < seqs; ++s) {
+    for (int64_t i = 0; i < q_len; ++i) {
+      const int64_t p = ctx - q_len + i;
+      m.token_ids.push_back(0);
+      m.positions.push_back(static_cast<int32_t>(p));
+      m.slot_mapping.push_back(static_cast<int32_t>(s * blocks_per * bs + p));
+    }
+    m.q_start.push_back(m.q_start.back() + static_cast<int32_t>(q_len));
+    for (int64_t b = 0; b < blocks_per; ++b) m.block_tables.push_back(static_cast<int32_t>(s * blocks_per + b));
+  }
+  return m;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  if (!cuda_device_available()) {
+    std::printf("no CUDA device: skipped\n");
+    return 77;
+  }
+  CudaBackend be(0, DType::BF16);
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  std::printf("device: %s\n\n", prop.name);
+
+  // Copy bandwidth (read + write).
+  const size_t copy_bytes = size_t(1) << 30;
+  void *src = nullptr, *dst = nullptr;
+  cudaMalloc(&src, copy_bytes);
+  cudaMalloc(&dst, copy_bytes);
+  const double copy_ms = median_ms([&] { cudaMemcpyAsync(dst, src, copy_bytes, cudaMemcpyDeviceToDevice); });
+  const double copy_gbs = 2.0 * copy_bytes / (copy_ms * 1e-3) / 1e9;
+  cudaFree(src);
+  cudaFree(dst);
+
+  // bf16 GEMM peak.
+  const int64_t G = quick ? 4096 : 8192;
+  Tensor ga = random_tensor(be, {G, G}, DType::BF16), gb = random_tensor(be, {G, G}, DType::BF16);
+  Tensor gc = be.empty({G, G}, DType::BF16);
+  const double gemm_ms = median_ms([&] { be.linear(ga, gb, nullptr, gc); }, 10);
+  const double peak_tflops = 2.0 * G * G * G / (gemm_ms * 1e-3) / 1e12;
+  std::printf("rooflines: copy bandwidth %.0f GB/s (1 GiB device-to-device); bf16 GEMM %.0f TFLOP/s (%lld^3, cuBLASLt)\n\n",
+              copy_gbs, peak_tflops, static_cast<long long>(G));
+
+  std::printf("%-44s %10s %12s %10s\n", "GEMM (Qwen2.5-1.5B shapes, bf16 weights)", "time (us)", "rate", "of roofline");
+  struct Shape {
+    const char* name;
+    int64_t n, k;
+  };
+  const Shape shapes[] = {{"q_proj 1536x1536", 1536, 1536},   {"k_proj/v_proj 256x1536", 256, 1536},
+                          {"gate/up 8960x1536", 8960, 1536},   {"down 1536x8960", 1536, 8960},
+                          {"lm_head 151936x1536", 151936, 1536}};
+  for (int64_t M : {int64_t(1), int64_t(256)}) {
+    for (const auto& s : shapes) {
+      Tensor w = random_tensor(be, {s.n, s.k}, DType::BF16), x = random_tensor(be, {M, s.k}, DType::BF16);
+      Tensor y = be.empty({M, s.n}, DType::F32);
+      const double ms = median_ms([&] { be.linear(x, w, nullptr, y); });
+      char name[96];
+      std::snprintf(name, sizeof name, "M=%lld %s", static_cast<long long>(M), s.name);
+      if (M == 1) {
+        const double gbs = 2.0 * s.n * s.k / (ms * 1e-3) / 1e9;
+        std::printf("%-44s %10.1f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+      } else {
+        const double tf = 2.0 * M * s.n * s.k / (ms * 1e-3) / 1e12;
+        std::printf("%-44s %10.1f %5.0f TFLOP/s %8.0f%%\n", name, ms * 1e3, tf, 100 * tf / peak_tflops);
+      }
+    }
+  }
+
+  // Attention: Qwen2.5-1.5B heads (12 query, 2 KV, head_dim 128), bf16 cache, blocks of 16.
+  const int64_t Hq = 12, Hk = 2, D = 128, bs = 16;
+  std::printf("\n%-44s %10s %12s %10s\n", "attention (12 q heads, 2 KV heads, D=128)", "time (us)", "rate", "of roofline");
+  struct Case {
+    int64_t seqs, q_len, ctx;
+  };
+  const Case cases[] = {{1, 1, 1024}, {1, 1, 8192}, {64, 1, 1024}, {256, 1, 768}, {1, 2048, 2048}};
+  for (const auto& c : cases) {
+    const StepMeta m = attention_step(c.seqs, c.q_len, c.ctx, bs);
+    be.begin_step(m);
+    const int64_t blocks = c.seqs * ((c.ctx + bs - 1) / bs);
+    Tensor kc = random_tensor(be, {blocks, bs, Hk, D}, DType::BF16, 1.f), vc = random_tensor(be, {blocks, bs, Hk, D}, DType::BF16, 1.f);
+    const int64_t T = m.num_tokens();
+    Tensor q = random_tensor(be, {T, Hq * D}, DType::BF16, 1.f), out = be.empty({T, Hq * D}, DType::BF16);
+    const double ms = median_ms([&] { be.attention(q, kc, vc, D, bs, 0.0884f, out); }, c.q_len > 1 ? 5 : 20);
+    char name[96];
+    if (c.q_len == 1) {
+      std::snprintf(name, sizeof name, "decode: %lld seqs x %lld context", static_cast<long long>(c.seqs),
+                    static_cast<long long>(c.ctx));
+      const double bytes = 2.0 * c.seqs * c.ctx * Hk * D * 2;
+      const double gbs = bytes / (ms * 1e-3) / 1e9;
+      std::printf("%-44s %10.1f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+    } else {
+      std::snprintf(name, sizeof name, "prefill: %lld causal tokens", static_cast<long long>(c.q_len));
+      const double flops = 4.0 * Hq * D * (double(c.q_len) * (c.q_len + 1) / 2);
+      const double tf = flops / (ms * 1e-3) / 1e12;
+      std::printf("%-44s %10.1f %5.1f TFLOP/s %8.1f%%\n", name, ms * 1e3, tf, 100 * tf / peak_tflops);
+    }
+  }
+  return 0;
+}

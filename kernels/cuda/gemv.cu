@@ -1,0 +1,81 @@
+// Linear layers for a handful of tokens (decode): out[m, n] = x[m, :] . w[n, :] (+ bias[n]) for m < M
+// (M <= 4). One warp per output feature streams its weight row once with 16-byte loads and applies it
+// to every token, accumulating in float32; the weights dominate the bytes, so the kernel runs at the
+// memory bandwidth where a GEMM library's tiles would leave most SMs idle. Counterpart of
+// kernels/cpu/linear.cpp for small T.
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.cuh"
+
+namespace llmserve::cuda {
+namespace {
+
+constexpr int kWarpsPerBlock = 8;
+
+template <typename T, typename TO, int M>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    gemv_k(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ bias, int64_t K, int64_t N,
+           TO* __restrict__ out) {
+  constexpr int V = 16 / sizeof(T);  // elements per 16-byte load
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (n >= N) return;
+  const T* wr = w + n * K;
+  float acc[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) acc[m] = 0.f;
+  if (K % V == 0) {
+    // Unrolled so several 16-byte loads are in flight per lane (a short row is otherwise one
+    // dependent memory latency per iteration).
+#pragma unroll 4
+    for (int64_t k = static_cast<int64_t>(lane) * V; k < K; k += 32 * V) {
+      union {
+        uint4 u;
+        T e[V];
+      } wv, xv;
+      wv.u = *reinterpret_cast<const uint4*>(wr + k);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        xv.u = *reinterpret_cast<const uint4*>(x + m * K + k);
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc[m] += to_f(wv.e[j]) * to_f(xv.e[j]);
+      }
+    }
+  } else {
+    for (int64_t k = lane; k < K; k += 32) {
+      const float wk = to_f(wr[k]);
+#pragma unroll
+      for (int m = 0; m < M; ++m) acc[m] += wk * to_f(x[m * K + k]);
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    const float s = warp_sum(acc[m]);
+    if (lane == 0) out[m * N + n] = from_f<TO>(s + (bias ? bias[n] : 0.f));
+  }
+}
+
+}  // namespace
+
+template <typename T, typename TO>
+void gemv(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64_t N, TO* out, cudaStream_t s) {
+  if (M == 0 || N == 0) return;
+  const unsigned blocks = blocks_for(N, kWarpsPerBlock);
+  const int threads = kWarpsPerBlock * 32;
+  switch (M) {
+    case 1: gemv_k<T, TO, 1><<<blocks, threads, 0, s>>>(x, w, bias, K, N, out); break;
+    case 2: gemv_k<T, TO, 2><<<blocks, threads, 0, s>>>(x, w, bias, K, N, out); break;
+    case 3: gemv_k<T, TO, 3><<<blocks, threads, 0, s>>>(x, w, bias, K, N, out); break;
+    case 4: gemv_k<T, TO, 4><<<blocks, threads, 0, s>>>(x, w, bias, K, N, out); break;
+    default: check(cudaErrorInvalidValue, "gemv: more than 4 rows");
+  }
+  check(cudaGetLastError(), "gemv");
+}
+
+#define INSTANTIATE(T, TO) \
+  template void gemv<T, TO>(const T*, const T*, const float*, int64_t, int64_t, int64_t, TO*, cudaStream_t);
+#define SAME(T) INSTANTIATE(T, T)
+#define TO_F32(T) INSTANTIATE(T, float)
+LLMSERVE_FOR_EACH_TYPE(SAME)
+LLMSERVE_FOR_EACH_HALF_TYPE(TO_F32)
+
+}  // namespace llmserve::cuda
