@@ -50,6 +50,29 @@ void to_float(const T* in, int64_t n, float* out, cudaStream_t s);
 template <typename T, typename TO>
 void gemv(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64_t N, TO* out, cudaStream_t s);
 
+// Fused decoder-layer kernels (compositions of the kernels above; see Backend's defaults).
+// x (float32) += y; out = rmsnorm(x) * w.
+template <typename T>
+void add_rmsnorm(float* x, const float* y, const T* w, int64_t n, int64_t H, float eps, T* out, cudaStream_t s);
+// RoPE on q [n, Hq, D] in place; k rotated and v written into the caches at slots (k unchanged).
+template <typename T>
+void rope_kv_write(float* q, const float* k, const float* v, const int32_t* positions, const float* inv_freq,
+                   const int32_t* slots, int64_t n, int64_t Hq, int64_t Hk, int64_t D, T* k_cache, T* v_cache,
+                   cudaStream_t s);
+// Up to three projections of the same M <= 4 rows in one launch (float32 outputs, optional float32 bias).
+struct Gemv3 {
+  const void* w[3];
+  const float* bias[3];
+  float* out[3];
+  int64_t n[3];
+};
+template <typename T>
+void gemv_qkv(const T* x, int64_t M, int64_t K, const Gemv3& g, cudaStream_t s);
+// act[M, N] = silu(x . w_gate^T) * (x . w_up^T) for M <= 4 rows.
+template <typename T>
+void gemv_gate_up_silu(const T* x, const T* w_gate, const T* w_up, int64_t M, int64_t K, int64_t N, T* act,
+                       cudaStream_t s);
+
 // The sampler's draw (see kernels/cpu/ops.h draw_rows); rows, best and idx are device arrays.
 void draw_rows(const float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
                float* best, int32_t* idx, cudaStream_t s);

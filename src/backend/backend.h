@@ -57,6 +57,36 @@ class Backend {
   virtual void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
   // out = rows of x named by the step's logits_indices.
   virtual void gather_rows(const Tensor& x, Tensor& out) = 0;
+  // Fused ops of a decoder layer. The defaults compose the ops above (the CPU backend uses them, so
+  // they are the reference); a device backend overrides them to save launches and memory passes.
+  // x += y, then out = rmsnorm(x) * w.
+  virtual void add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) {
+    add(x, y);
+    rmsnorm(x, w, eps, out);
+  }
+  // The three attention projections of one input.
+  virtual void linear_qkv(const Tensor& x, const Tensor& wq, const Tensor* bq, Tensor& q, const Tensor& wk,
+                          const Tensor* bk, Tensor& k, const Tensor& wv, const Tensor* bv, Tensor& v) {
+    linear(x, wq, bq, q);
+    linear(x, wk, bk, k);
+    linear(x, wv, bv, v);
+  }
+  // RoPE on q (in place) and k, then k and v into the caches at the step's slots (k may be left
+  // unrotated by an override that writes the rotated values to the cache only).
+  virtual void rope_kv_write(Tensor& q, Tensor& k, const Tensor& v, const Tensor& inv_freq, int64_t head_dim,
+                             Tensor& k_cache, Tensor& v_cache) {
+    rope(q, k, inv_freq, head_dim);
+    kv_write(k, v, k_cache, v_cache);
+  }
+  // act = silu(x . w_gate^T) * (x . w_up^T); gate and up are scratch of the projections' shape (an
+  // override may not touch them).
+  virtual void gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate, Tensor& up,
+                            Tensor& act) {
+    linear(x, w_gate, nullptr, gate);
+    linear(x, w_up, nullptr, up);
+    silu_mul(gate, up, act);
+  }
+
   // The sampler's draw over float32 logits [n, stride] whose first L columns are tokens token_offset..
   // (kernels/cpu/ops.h draw_rows): best score and token per row, into host arrays of n.
   virtual void draw_rows(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,

@@ -213,6 +213,60 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
   }
 }
 
+// The fused decoder-layer ops against the CPU backend's compositions of the plain ops.
+TEST_P(CudaOps, FusedOpsMatchTheCpuComposition) {
+  std::mt19937 g(13);
+  const DType dt = GetParam();
+  const int64_t bs = 8, Hq = 4, Hk = 2, D = 64, H = 96, I = 160, blocks = 16;
+  const StepMeta m = make_meta(bs);
+  const int64_t T = m.num_tokens();
+  cpu.begin_step(m);
+  gpu->begin_step(m);
+  {  // residual add + RMSNorm
+    auto x = both(randn(T * H, g), {T, H}, DType::F32), y = both(randn(T * H, g), {T, H}, DType::F32);
+    auto w = both(randn(H, g), {H}, dt);
+    Tensor oc = cpu.empty({T, H}, DType::F32), og = gpu->empty({T, H}, dt);
+    cpu.add_rmsnorm(x.first, y.first, w.first, 1e-6f, oc);
+    gpu->add_rmsnorm(x.second, y.second, w.second, 1e-6f, og);
+    expect_close(x.first, x.second, "add_rmsnorm residual", 1e-6);
+    expect_close(oc, og, "add_rmsnorm output", tol());
+  }
+  {  // RoPE + KV-cache write
+    auto q = both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32), k = both(randn(T * Hk * D, g), {T, Hk * D}, DType::F32);
+    auto v = both(randn(T * Hk * D, g), {T, Hk * D}, DType::F32);
+    auto kc = both(std::vector<float>(blocks * bs * Hk * D, 0.f), {blocks, bs, Hk, D}, dt);
+    auto vc = both(std::vector<float>(blocks * bs * Hk * D, 0.f), {blocks, bs, Hk, D}, dt);
+    std::vector<float> freq(D / 2);
+    for (int64_t i = 0; i < D / 2; ++i) freq[i] = std::pow(10000.f, -2.f * i / D);
+    Tensor fc = cpu.upload(freq.data(), {D / 2}, DType::F32), fg = gpu->upload(freq.data(), {D / 2}, DType::F32);
+    cpu.rope_kv_write(q.first, k.first, v.first, fc, D, kc.first, vc.first);
+    gpu->rope_kv_write(q.second, k.second, v.second, fg, D, kc.second, vc.second);
+    expect_close(q.first, q.second, "rope_kv_write queries", 1e-5);
+    expect_close(kc.first, kc.second, "rope_kv_write key cache", tol());
+    expect_close(vc.first, vc.second, "rope_kv_write value cache", tol());
+  }
+  for (int64_t rows : {1, 3, 13}) {  // projections: fused for up to 4 rows, the plain ops above that
+    auto x = both(randn(rows * H, g), {rows, H}, dt);
+    auto wq = both(randn(Hq * D * H, g, 0.1f), {Hq * D, H}, dt), wk = both(randn(Hk * D * H, g, 0.1f), {Hk * D, H}, dt);
+    auto wv = both(randn(Hk * D * H, g, 0.1f), {Hk * D, H}, dt);
+    auto bq = both(randn(Hq * D, g), {Hq * D}, DType::F32), bk = both(randn(Hk * D, g), {Hk * D}, DType::F32);
+    Tensor qc = cpu.empty({rows, Hq * D}, DType::F32), kc = cpu.empty({rows, Hk * D}, DType::F32), vc = cpu.empty({rows, Hk * D}, DType::F32);
+    Tensor qg = gpu->empty({rows, Hq * D}, DType::F32), kg = gpu->empty({rows, Hk * D}, DType::F32), vg = gpu->empty({rows, Hk * D}, DType::F32);
+    cpu.linear_qkv(x.first, wq.first, &bq.first, qc, wk.first, &bk.first, kc, wv.first, nullptr, vc);
+    gpu->linear_qkv(x.second, wq.second, &bq.second, qg, wk.second, &bk.second, kg, wv.second, nullptr, vg);
+    const double t = dt == DType::F32 ? 1e-5 : 1e-2;
+    expect_close(qc, qg, "linear_qkv q", t);
+    expect_close(kc, kg, "linear_qkv k", t);
+    expect_close(vc, vg, "linear_qkv v", t);
+    auto wg = both(randn(I * H, g, 0.1f), {I, H}, dt), wu = both(randn(I * H, g, 0.1f), {I, H}, dt);
+    Tensor gc = cpu.empty({rows, I}, DType::F32), uc = cpu.empty({rows, I}, DType::F32), ac = cpu.empty({rows, I}, DType::F32);
+    Tensor gg = gpu->empty({rows, I}, DType::F32), ug = gpu->empty({rows, I}, DType::F32), ag = gpu->empty({rows, I}, dt);
+    cpu.gate_up_silu(x.first, wg.first, wu.first, gc, uc, ac);
+    gpu->gate_up_silu(x.second, wg.second, wu.second, gg, ug, ag);
+    expect_close(ac, ag, "gate_up_silu", tol());
+  }
+}
+
 // Linear layers for 1-4 tokens take the weight-streaming GEMV (K a multiple of 8 and not, with and
 // without bias, output in float32 or the weights' type).
 TEST_P(CudaOps, FewTokenLinearMatchesTheCpuReference) {

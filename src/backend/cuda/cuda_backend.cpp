@@ -355,6 +355,61 @@ void CudaBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   });
 }
 
+void CudaBackend::add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) {
+  if (x.dtype != DType::F32 || y.dtype != DType::F32 || w.dtype != out.dtype) return Backend::add_rmsnorm(x, y, w, eps, out);
+  dispatch(out.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    cuda::add_rmsnorm<T>(x.as<float>(), y.as<float>(), w.as<T>(), rows_of(x), cols_of(x), eps, out.as<T>(), nullptr);
+  });
+}
+
+void CudaBackend::linear_qkv(const Tensor& x, const Tensor& wq, const Tensor* bq, Tensor& q, const Tensor& wk,
+                             const Tensor* bk, Tensor& k, const Tensor& wv, const Tensor* bv, Tensor& v) {
+  const int64_t T = rows_of(x), K = cols_of(x);
+  bool fused = T >= 1 && T <= 4;
+  for (const Tensor* o : {&q, &k, &v}) fused = fused && o->dtype == DType::F32;
+  for (const Tensor* b : {bq, bk, bv}) fused = fused && (!b || b->dtype == DType::F32);
+  for (const Tensor* w : {&wq, &wk, &wv}) fused = fused && w->dtype == x.dtype && cols_of(*w) == K;
+  if (!fused) return Backend::linear_qkv(x, wq, bq, q, wk, bk, k, wv, bv, v);
+  cuda::Gemv3 g{};
+  const Tensor* ws[3] = {&wq, &wk, &wv};
+  const Tensor* bs[3] = {bq, bk, bv};
+  Tensor* os[3] = {&q, &k, &v};
+  for (int j = 0; j < 3; ++j) {
+    g.w[j] = ws[j]->data;
+    g.bias[j] = bs[j] ? bs[j]->as<float>() : nullptr;
+    g.out[j] = os[j]->as<float>();
+    g.n[j] = rows_of(*ws[j]);
+  }
+  dispatch(x.dtype, [&](auto* tag) {
+    using TT = std::remove_pointer_t<decltype(tag)>;
+    cuda::gemv_qkv<TT>(x.as<TT>(), T, K, g, nullptr);
+  });
+}
+
+void CudaBackend::rope_kv_write(Tensor& q, Tensor& k, const Tensor& v, const Tensor& inv_freq, int64_t D, Tensor& k_cache,
+                                Tensor& v_cache) {
+  if (q.dtype != DType::F32 || k.dtype != DType::F32 || v.dtype != DType::F32)
+    return Backend::rope_kv_write(q, k, v, inv_freq, D, k_cache, v_cache);
+  dispatch(k_cache.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    cuda::rope_kv_write<T>(q.as<float>(), k.as<float>(), v.as<float>(), positions_.ptr, inv_freq.as<float>(), slots_.ptr,
+                           rows_of(q), cols_of(q) / D, cols_of(k) / D, D, k_cache.as<T>(), v_cache.as<T>(), nullptr);
+  });
+}
+
+void CudaBackend::gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate, Tensor& up,
+                               Tensor& act) {
+  const int64_t T = rows_of(x);
+  if (T < 1 || T > 4 || act.dtype != x.dtype || w_gate.dtype != x.dtype || w_up.dtype != x.dtype)
+    return Backend::gate_up_silu(x, w_gate, w_up, gate, up, act);
+  dispatch(x.dtype, [&](auto* tag) {
+    using TT = std::remove_pointer_t<decltype(tag)>;
+    cuda::gemv_gate_up_silu<TT>(x.as<TT>(), w_gate.as<TT>(), w_up.as<TT>(), T, cols_of(x), rows_of(w_gate), act.as<TT>(),
+                                nullptr);
+  });
+}
+
 void CudaBackend::draw_rows(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
                             float* best, int32_t* idx) {
   const int64_t n = static_cast<int64_t>(rows.size());

@@ -37,6 +37,13 @@ class CudaBackend : public Backend {
                  float scale, Tensor& out) override;
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void gather_rows(const Tensor& x, Tensor& out) override;
+  void add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) override;
+  void linear_qkv(const Tensor& x, const Tensor& wq, const Tensor* bq, Tensor& q, const Tensor& wk, const Tensor* bk,
+                  Tensor& k, const Tensor& wv, const Tensor* bv, Tensor& v) override;
+  void rope_kv_write(Tensor& q, Tensor& k, const Tensor& v, const Tensor& inv_freq, int64_t head_dim, Tensor& k_cache,
+                     Tensor& v_cache) override;
+  void gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate, Tensor& up,
+                    Tensor& act) override;
   void draw_rows(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows, float* best,
                  int32_t* idx) override;
   bool device_memory(size_t* free_bytes, size_t* total_bytes) override;

@@ -1,0 +1,189 @@
+// Fused kernels of a decoder layer (each the composition of CPU kernels it replaces; see the defaults in
+// src/backend/backend.h): residual add + RMSNorm, RoPE + KV-cache write, and for a few tokens the
+// three attention projections in one launch and gate/up projections with SiLU-and-multiply.
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.cuh"
+
+namespace llmserve::cuda {
+namespace {
+
+// x (float32 residual) += y; out = rmsnorm(x) * w, one block per row.
+template <typename T>
+__global__ void add_rmsnorm_k(float* x, const float* y, const T* w, int64_t H, float eps, T* out) {
+  float* xr = x + blockIdx.x * H;
+  const float* yr = y + blockIdx.x * H;
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
+    const float v = xr[i] + yr[i];
+    xr[i] = v;
+    ss += v * v;
+  }
+  __shared__ float part[32];
+  ss = warp_sum(ss);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < (blockDim.x + 31) / 32 ? part[threadIdx.x] : 0.f;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) part[0] = v;
+  }
+  __syncthreads();
+  const float inv = rsqrtf(part[0] / static_cast<float>(H) + eps);
+  T* o = out + blockIdx.x * H;
+  for (int64_t i = threadIdx.x; i < H; i += blockDim.x) o[i] = from_f<T>(to_f(w[i]) * (xr[i] * inv));
+}
+
+// One thread per (token, head of q then k, rotation pair): q rotated in place; k rotated and, with v,
+// written to the caches at the token's slot (k itself is left as it was).
+template <typename T>
+__global__ void rope_kv_k(float* q, const float* k, const float* v, const int32_t* positions, const float* inv_freq,
+                          const int32_t* slots, int64_t n, int64_t Hq, int64_t Hk, int64_t D, T* kc, T* vc) {
+  const int64_t half = D / 2;
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= n * (Hq + Hk) * half) return;
+  const int64_t i = idx % half, h = (idx / half) % (Hq + Hk), t = idx / (half * (Hq + Hk));
+  const float a = static_cast<float>(positions[t]) * inv_freq[i];
+  float sn, cs;
+  sincosf(a, &sn, &cs);
+  if (h < Hq) {
+    float* r = q + (t * Hq + h) * D;
+    const float x1 = r[i], x2 = r[i + half];
+    r[i] = x1 * cs - x2 * sn;
+    r[i + half] = x2 * cs + x1 * sn;
+    return;
+  }
+  const int64_t slot = slots[t];
+  if (slot < 0) return;
+  const int64_t kh = h - Hq, src = (t * Hk + kh) * D, dst = (slot * Hk + kh) * D;
+  const float x1 = k[src + i], x2 = k[src + i + half];
+  kc[dst + i] = from_f<T>(x1 * cs - x2 * sn);
+  kc[dst + i + half] = from_f<T>(x2 * cs + x1 * sn);
+  vc[dst + i] = from_f<T>(v[src + i]);
+  vc[dst + i + half] = from_f<T>(v[src + i + half]);
+}
+
+constexpr int kWarpsPerBlock = 8;
+
+// acc[m] = x[m, :] . wr over K, lanes striding with 16-byte loads (partial sums per lane).
+template <typename T, int M>
+__device__ __forceinline__ void row_dot(const T* __restrict__ x, const T* __restrict__ wr, int64_t K, int lane,
+                                        float (&acc)[M]) {
+  constexpr int V = 16 / sizeof(T);
+#pragma unroll
+  for (int m = 0; m < M; ++m) acc[m] = 0.f;
+  if (K % V == 0) {
+#pragma unroll 4
+    for (int64_t k = static_cast<int64_t>(lane) * V; k < K; k += 32 * V) {
+      union {
+        uint4 u;
+        T e[V];
+      } wv, xv;
+      wv.u = *reinterpret_cast<const uint4*>(wr + k);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        xv.u = *reinterpret_cast<const uint4*>(x + m * K + k);
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc[m] += to_f(wv.e[j]) * to_f(xv.e[j]);
+      }
+    }
+  } else {
+    for (int64_t k = lane; k < K; k += 32) {
+      const float wk = to_f(wr[k]);
+#pragma unroll
+      for (int m = 0; m < M; ++m) acc[m] += wk * to_f(x[m * K + k]);
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) acc[m] = warp_sum(acc[m]);
+}
+
+// Three projections of x in one grid: warps over the rows of wq, then wk, then wv; float32 outputs.
+template <typename T, int M>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    qkv_k(const T* x, int64_t K, Gemv3 g) {
+  int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  int j = 0;
+  while (j < 3 && r >= g.n[j]) r -= g.n[j++];
+  if (j == 3) return;
+  float acc[M];
+  row_dot<T, M>(x, static_cast<const T*>(g.w[j]) + r * K, K, lane, acc);
+  if (lane == 0) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) g.out[j][m * g.n[j] + r] = acc[m] + (g.bias[j] ? g.bias[j][r] : 0.f);
+  }
+}
+
+// act[m, n] = silu(x[m] . wg[n]) * (x[m] . wu[n]), one warp per n.
+template <typename T, int M>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    gate_up_silu_k(const T* x, const T* wg, const T* wu, int64_t K, int64_t N, T* act) {
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = threadIdx.x & 31;
+  if (n >= N) return;
+  float g[M], u[M];
+  row_dot<T, M>(x, wg + n * K, K, lane, g);
+  row_dot<T, M>(x, wu + n * K, K, lane, u);
+  if (lane == 0) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) act[m * N + n] = from_f<T>(g[m] / (1.f + __expf(-g[m])) * u[m]);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void add_rmsnorm(float* x, const float* y, const T* w, int64_t n, int64_t H, float eps, T* out, cudaStream_t s) {
+  if (n == 0) return;
+  add_rmsnorm_k<<<static_cast<unsigned>(n), 256, 0, s>>>(x, y, w, H, eps, out);
+  check(cudaGetLastError(), "add_rmsnorm");
+}
+
+template <typename T>
+void rope_kv_write(float* q, const float* k, const float* v, const int32_t* positions, const float* inv_freq,
+                   const int32_t* slots, int64_t n, int64_t Hq, int64_t Hk, int64_t D, T* k_cache, T* v_cache,
+                   cudaStream_t s) {
+  const int64_t total = n * (Hq + Hk) * (D / 2);
+  if (total == 0) return;
+  rope_kv_k<<<blocks_for(total, 256), 256, 0, s>>>(q, k, v, positions, inv_freq, slots, n, Hq, Hk, D, k_cache, v_cache);
+  check(cudaGetLastError(), "rope_kv_write");
+}
+
+template <typename T>
+void gemv_qkv(const T* x, int64_t M, int64_t K, const Gemv3& g, cudaStream_t s) {
+  const unsigned blocks = blocks_for(g.n[0] + g.n[1] + g.n[2], kWarpsPerBlock);
+  const int threads = kWarpsPerBlock * 32;
+  switch (M) {
+    case 1: qkv_k<T, 1><<<blocks, threads, 0, s>>>(x, K, g); break;
+    case 2: qkv_k<T, 2><<<blocks, threads, 0, s>>>(x, K, g); break;
+    case 3: qkv_k<T, 3><<<blocks, threads, 0, s>>>(x, K, g); break;
+    case 4: qkv_k<T, 4><<<blocks, threads, 0, s>>>(x, K, g); break;
+    default: check(cudaErrorInvalidValue, "gemv_qkv: more than 4 rows");
+  }
+  check(cudaGetLastError(), "gemv_qkv");
+}
+
+template <typename T>
+void gemv_gate_up_silu(const T* x, const T* w_gate, const T* w_up, int64_t M, int64_t K, int64_t N, T* act,
+                       cudaStream_t s) {
+  const unsigned blocks = blocks_for(N, kWarpsPerBlock);
+  const int threads = kWarpsPerBlock * 32;
+  switch (M) {
+    case 1: gate_up_silu_k<T, 1><<<blocks, threads, 0, s>>>(x, w_gate, w_up, K, N, act); break;
+    case 2: gate_up_silu_k<T, 2><<<blocks, threads, 0, s>>>(x, w_gate, w_up, K, N, act); break;
+    case 3: gate_up_silu_k<T, 3><<<blocks, threads, 0, s>>>(x, w_gate, w_up, K, N, act); break;
+    case 4: gate_up_silu_k<T, 4><<<blocks, threads, 0, s>>>(x, w_gate, w_up, K, N, act); break;
+    default: check(cudaErrorInvalidValue, "gemv_gate_up_silu: more than 4 rows");
+  }
+  check(cudaGetLastError(), "gemv_gate_up_silu");
+}
+
+#define INSTANTIATE(T)                                                                                              \
+  template void add_rmsnorm<T>(float*, const float*, const T*, int64_t, int64_t, float, T*, cudaStream_t);          \
+  template void rope_kv_write<T>(float*, const float*, const float*, const int32_t*, const float*, const int32_t*, \
+                                 int64_t, int64_t, int64_t, int64_t, T*, T*, cudaStream_t);                         \
+  template void gemv_qkv<T>(const T*, int64_t, int64_t, const Gemv3&, cudaStream_t);                               \
+  template void gemv_gate_up_silu<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, T*, cudaStream_t);
+LLMSERVE_FOR_EACH_TYPE(INSTANTIATE)
+
+}  // namespace llmserve::cuda
