@@ -3,6 +3,7 @@
 // three attention projections in one launch and gate/up projections with SiLU-and-multiply.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.cuh"
+#include "kernels/cuda/row_dot.cuh"
 
 namespace llmserve::cuda {
 namespace {
@@ -63,39 +64,6 @@ __global__ void rope_kv_k(float* q, const float* k, const float* v, const int32_
 }
 
 constexpr int kWarpsPerBlock = 8;
-
-// acc[m] = x[m, :] . wr over K, lanes striding with 16-byte loads (partial sums per lane).
-template <typename T, int M>
-__device__ __forceinline__ void row_dot(const T* __restrict__ x, const T* __restrict__ wr, int64_t K, int lane,
-                                        float (&acc)[M]) {
-  constexpr int V = 16 / sizeof(T);
-#pragma unroll
-  for (int m = 0; m < M; ++m) acc[m] = 0.f;
-  if (K % V == 0) {
-#pragma unroll 4
-    for (int64_t k = static_cast<int64_t>(lane) * V; k < K; k += 32 * V) {
-      union {
-        uint4 u;
-        T e[V];
-      } wv, xv;
-      wv.u = *reinterpret_cast<const uint4*>(wr + k);
-#pragma unroll
-      for (int m = 0; m < M; ++m) {
-        xv.u = *reinterpret_cast<const uint4*>(x + m * K + k);
-#pragma unroll
-        for (int j = 0; j < V; ++j) acc[m] += to_f(wv.e[j]) * to_f(xv.e[j]);
-      }
-    }
-  } else {
-    for (int64_t k = lane; k < K; k += 32) {
-      const float wk = to_f(wr[k]);
-#pragma unroll
-      for (int m = 0; m < M; ++m) acc[m] += wk * to_f(x[m * K + k]);
-    }
-  }
-#pragma unroll
-  for (int m = 0; m < M; ++m) acc[m] = warp_sum(acc[m]);
-}
 
 // Three projections of x in one grid: warps over the rows of wq, then wk, then wv; float32 outputs.
 template <typename T, int M>

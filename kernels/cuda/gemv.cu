@@ -5,6 +5,7 @@
 // kernels/cpu/linear.cpp for small T.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.cuh"
+#include "kernels/cuda/row_dot.cuh"
 
 namespace llmserve::cuda {
 namespace {
@@ -15,42 +16,14 @@ template <typename T, typename TO, int M>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     gemv_k(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ bias, int64_t K, int64_t N,
            TO* __restrict__ out) {
-  constexpr int V = 16 / sizeof(T);  // elements per 16-byte load
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (n >= N) return;
-  const T* wr = w + n * K;
   float acc[M];
-#pragma unroll
-  for (int m = 0; m < M; ++m) acc[m] = 0.f;
-  if (K % V == 0) {
-    // Unrolled so several 16-byte loads are in flight per lane (a short row is otherwise one
-    // dependent memory latency per iteration).
-#pragma unroll 4
-    for (int64_t k = static_cast<int64_t>(lane) * V; k < K; k += 32 * V) {
-      union {
-        uint4 u;
-        T e[V];
-      } wv, xv;
-      wv.u = *reinterpret_cast<const uint4*>(wr + k);
-#pragma unroll
-      for (int m = 0; m < M; ++m) {
-        xv.u = *reinterpret_cast<const uint4*>(x + m * K + k);
-#pragma unroll
-        for (int j = 0; j < V; ++j) acc[m] += to_f(wv.e[j]) * to_f(xv.e[j]);
-      }
-    }
-  } else {
-    for (int64_t k = lane; k < K; k += 32) {
-      const float wk = to_f(wr[k]);
-#pragma unroll
-      for (int m = 0; m < M; ++m) acc[m] += wk * to_f(x[m * K + k]);
-    }
-  }
+  row_dot<T, M>(x, w + n * K, K, lane, acc);
 #pragma unroll
   for (int m = 0; m < M; ++m) {
-    const float s = warp_sum(acc[m]);
-    if (lane == 0) out[m * N + n] = from_f<TO>(s + (bias ? bias[n] : 0.f));
+    if (lane == 0) out[m * N + n] = from_f<TO>(acc[m] + (bias ? bias[n] : 0.f));
   }
 }
 
