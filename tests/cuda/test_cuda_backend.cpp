@@ -194,22 +194,27 @@ TEST_P(CudaOps, Float32IntermediatesIntoLowPrecision) {
 TEST_P(CudaOps, AttentionOverLongContexts) {
   std::mt19937 g(9);
   const DType dt = GetParam();
-  const int64_t bs = 16, Hq = 6, Hk = 2, D = 128, max_blocks = 160;
-  // Mixed: many (token, head) blocks, one chunk each. Decode only: few blocks, so the contexts are
-  // split over several blocks and merged (a 2500-token context next to a 300-token one).
+  const int64_t bs = 16, D = 128, max_blocks = 160;
+  // Mixed: many blocks, one chunk each. Decode only: few blocks, so the contexts are split over
+  // several blocks and merged (a 2500-token context next to a 300-token one). Grouped queries (6 per
+  // KV head, one block per KV head) and plain multi-head attention (one block per head).
   const StepMeta mixed = make_meta(bs, {1, 45, 97}, {700, 260, 0}, max_blocks);
   const StepMeta decode = make_meta(bs, {1, 1}, {2500, 300}, max_blocks);
-  for (const StepMeta* m : {&mixed, &decode}) {
-    const int64_t T = m->num_tokens(), blocks = max_blocks * static_cast<int64_t>(m->num_seqs());
-    cpu.begin_step(*m);
-    gpu->begin_step(*m);
-    auto q = both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32);
-    auto kc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
-    auto vc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
-    Tensor ac = cpu.empty({T, Hq * D}, DType::F32), ag = gpu->empty({T, Hq * D}, dt);
-    cpu.attention(q.first, kc.first, vc.first, D, bs, 0.09f, ac);
-    gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
-    expect_close(ac, ag, m == &mixed ? "paged_attention, long contexts with prefill" : "paged_attention, split decode", tol());
+  for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {2, 2}}) {
+    for (const StepMeta* m : {&mixed, &decode}) {
+      const int64_t T = m->num_tokens(), blocks = max_blocks * static_cast<int64_t>(m->num_seqs());
+      cpu.begin_step(*m);
+      gpu->begin_step(*m);
+      auto q = both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32);
+      auto kc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
+      auto vc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
+      Tensor ac = cpu.empty({T, Hq * D}, DType::F32), ag = gpu->empty({T, Hq * D}, dt);
+      cpu.attention(q.first, kc.first, vc.first, D, bs, 0.09f, ac);
+      gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
+      expect_close(ac, ag, Hq == Hk ? (m == &mixed ? "multi-head attention, long contexts" : "multi-head attention, split decode")
+                                    : (m == &mixed ? "grouped attention, long contexts" : "grouped attention, split decode"),
+                   tol());
+    }
   }
 }
 
