@@ -200,8 +200,10 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
   // KV head, one block per KV head) and plain multi-head attention (one block per head).
   const StepMeta mixed = make_meta(bs, {1, 45, 97}, {700, 260, 0}, max_blocks);
   const StepMeta decode = make_meta(bs, {1, 1}, {2500, 300}, max_blocks);
+  // Enough decoding sequences (8 x 2 KV heads) for the grouped kernel to split its contexts too.
+  const StepMeta decode8 = make_meta(bs, {1, 1, 1, 1, 1, 1, 1, 1}, {2500, 300, 40, 700, 1, 129, 1000, 333}, max_blocks);
   for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {2, 2}}) {
-    for (const StepMeta* m : {&mixed, &decode}) {
+    for (const StepMeta* m : {&mixed, &decode, &decode8}) {
       const int64_t T = m->num_tokens(), blocks = max_blocks * static_cast<int64_t>(m->num_seqs());
       cpu.begin_step(*m);
       gpu->begin_step(*m);
