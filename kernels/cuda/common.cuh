@@ -17,6 +17,21 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Sum of v over the thread block (every thread gets it). Call from all threads of the block.
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float part[32];
+  v = warp_sum(v);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float w = threadIdx.x < (blockDim.x + 31) / 32 ? part[threadIdx.x] : 0.f;
+    w = warp_sum(w);
+    if (threadIdx.x == 0) part[0] = w;
+  }
+  __syncthreads();
+  return part[0];
+}
+
 inline unsigned blocks_for(long long n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
 }  // namespace llmserve::cuda

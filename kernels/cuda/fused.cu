@@ -19,17 +19,7 @@ __global__ void add_rmsnorm_k(float* x, const float* y, const T* w, int64_t H, f
     xr[i] = v;
     ss += v * v;
   }
-  __shared__ float part[32];
-  ss = warp_sum(ss);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float v = threadIdx.x < (blockDim.x + 31) / 32 ? part[threadIdx.x] : 0.f;
-    v = warp_sum(v);
-    if (threadIdx.x == 0) part[0] = v;
-  }
-  __syncthreads();
-  const float inv = rsqrtf(part[0] / static_cast<float>(H) + eps);
+  const float inv = rsqrtf(block_sum(ss) / static_cast<float>(H) + eps);
   T* o = out + blockIdx.x * H;
   for (int64_t i = threadIdx.x; i < H; i += blockDim.x) o[i] = from_f<T>(to_f(w[i]) * (xr[i] * inv));
 }

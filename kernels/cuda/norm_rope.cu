@@ -13,17 +13,7 @@ __global__ void rmsnorm_k(const TI* x, const T* w, int64_t H, float eps, T* out)
     const float v = to_f(xr[i]);
     ss += v * v;
   }
-  __shared__ float part[32];
-  ss = warp_sum(ss);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    float v = threadIdx.x < (blockDim.x + 31) / 32 ? part[threadIdx.x] : 0.f;
-    v = warp_sum(v);
-    if (threadIdx.x == 0) part[0] = v;
-  }
-  __syncthreads();
-  const float inv = rsqrtf(part[0] / static_cast<float>(H) + eps);
+  const float inv = rsqrtf(block_sum(ss) / static_cast<float>(H) + eps);
   T* o = out + blockIdx.x * H;
   for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
     // As transformers: normalize in float, round to the input's type, then scale by the weight.
