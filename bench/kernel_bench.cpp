@@ -1,10 +1,12 @@
-// Kernel benchmarks on one GPU against its roofline, timed with CUDA events (median of repeats):
+// Kernel benchmarks on one GPU against its roofline, timed with CUDA events (median of repeats; each
+// kernel's time per call when 20 calls replay back to back in a CUDA graph, as decode steps run):
 //  - the rooflines measured here: device-to-device copy bandwidth, and bf16 GEMM TFLOP/s of an
 //    8192^3 cuBLASLt matmul (the best dense rate this stack reaches);
 //  - GEMV-shaped GEMMs (one token; the decode step's weights, Qwen2.5-1.5B shapes) in GB/s of weights
 //    read, against the copy bandwidth; the same shapes with 256 tokens in TFLOP/s;
 //  - decode attention (one query per sequence over a paged bf16 KV cache) in GB/s of K/V read;
-//  - prefill attention (one causal 2048-token sequence) in TFLOP/s against the GEMM peak.
+//  - prefill attention (one causal 2048-token sequence) in TFLOP/s against the GEMM peak;
+//  - the sampler's greedy draw over vocabulary-sized logits rows in GB/s.
 // Usage: kernel_bench [--quick]   (prints a table; exits 77 without a GPU)
 #include <cuda_runtime.h>
 
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
+#include "kernels/cuda/ops.cuh"
 
 using namespace llmserve;
 
@@ -40,6 +43,17 @@ double median_ms(const std::function<void()>& fn, int reps = 20) {
   cudaEventDestroy(b);
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
+}
+
+// Time per call of fn when `per` calls run back to back in one CUDA graph (as a decode step runs its
+// kernels): median over replays. Launch latency on the host drops out; the GPU's own per-kernel cost
+// stays.
+double graph_ms(CudaBackend& be, const std::function<void()>& fn, int per = 20, int reps = 7) {
+  fn();  // outside the capture: cuBLASLt chooses its algorithm
+  be.graph_capture_begin();
+  for (int i = 0; i < per; ++i) fn();
+  const int id = be.graph_capture_end();
+  return median_ms([&] { be.graph_replay(id); }, reps) / per;
 }
 
 Tensor random_tensor(CudaBackend& be, std::vector<int64_t> shape, DType dt, float scale = 0.05f) {
@@ -115,7 +129,7 @@ int main(int argc, char** argv) {
     for (const auto& s : shapes) {
       Tensor w = random_tensor(be, {s.n, s.k}, DType::BF16), x = random_tensor(be, {M, s.k}, DType::BF16);
       Tensor y = be.empty({M, s.n}, DType::F32);
-      const double ms = median_ms([&] { be.linear(x, w, nullptr, y); });
+      const double ms = graph_ms(be, [&] { be.linear(x, w, nullptr, y); });
       char name[96];
       std::snprintf(name, sizeof name, "M=%lld %s", static_cast<long long>(M), s.name);
       if (M == 1) {
@@ -142,7 +156,7 @@ int main(int argc, char** argv) {
     Tensor kc = random_tensor(be, {blocks, bs, Hk, D}, DType::BF16, 1.f), vc = random_tensor(be, {blocks, bs, Hk, D}, DType::BF16, 1.f);
     const int64_t T = m.num_tokens();
     Tensor q = random_tensor(be, {T, Hq * D}, DType::BF16, 1.f), out = be.empty({T, Hq * D}, DType::BF16);
-    const double ms = median_ms([&] { be.attention(q, kc, vc, D, bs, 0.0884f, out); }, c.q_len > 1 ? 5 : 20);
+    const double ms = graph_ms(be, [&] { be.attention(q, kc, vc, D, bs, 0.0884f, out); }, c.q_len > 1 ? 3 : 20);
     char name[96];
     if (c.q_len == 1) {
       std::snprintf(name, sizeof name, "decode: %lld seqs x %lld context", static_cast<long long>(c.seqs),
@@ -156,6 +170,28 @@ int main(int argc, char** argv) {
       const double tf = flops / (ms * 1e-3) / 1e12;
       std::printf("%-44s %10.1f %5.1f TFLOP/s %8.1f%%\n", name, ms * 1e3, tf, 100 * tf / peak_tflops);
     }
+  }
+
+  // The sampler's draw (greedy) over vocabulary-sized float32 logits rows: GB/s of logits read.
+  std::printf("\n%-44s %10s %12s %10s\n", "sampler draw (greedy, 151936 logits per row)", "time (us)", "rate", "of roofline");
+  const int64_t V = 151936;
+  for (int64_t n : {int64_t(1), int64_t(256)}) {
+    Tensor logits = random_tensor(be, {n, V}, DType::F32, 3.f);
+    std::vector<RowDraw> rows(static_cast<size_t>(n));
+    for (auto& r : rows) r.greedy = true;
+    void* dev_rows = nullptr;
+    cudaMalloc(&dev_rows, rows.size() * sizeof(RowDraw));
+    cudaMemcpy(dev_rows, rows.data(), rows.size() * sizeof(RowDraw), cudaMemcpyHostToDevice);
+    Tensor best = be.empty({n}, DType::F32), idx = be.empty({n}, DType::F32);
+    const double ms = graph_ms(be, [&] {
+      cuda::draw_rows(logits.as<float>(), n, V, V, 0, static_cast<const RowDraw*>(dev_rows), best.as<float>(),
+                      static_cast<int32_t*>(idx.data), be.stream());
+    });
+    cudaFree(dev_rows);
+    char name[96];
+    std::snprintf(name, sizeof name, "draw: %lld rows", static_cast<long long>(n));
+    const double gbs = 4.0 * n * V / (ms * 1e-3) / 1e9;
+    std::printf("%-44s %10.1f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
   }
   return 0;
 }

@@ -16,17 +16,29 @@ namespace {
 constexpr int kMaxDimPerLane = 8;  // head_dim up to 256
 constexpr int kWarps = 4;
 
+// Keys per split of a context of ctx positions cut into `splits` chunks: at least 128 (shorter chunks
+// cost more in merging than they gain), a multiple of 32. Computed per token on the device, so one
+// launch shape (splits sized for the longest possible context) serves any context: a recorded graph
+// replays for any step of its batch size.
+constexpr int64_t kMinChunk = 128;
+__device__ __forceinline__ int64_t chunk_of(int64_t ctx, int64_t splits) {
+  const int64_t c = ((ctx + splits - 1) / splits + 31) / 32 * 32;
+  return c > kMinChunk ? c : kMinChunk;
+}
+
 __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
 
-// q (float, pre-scaled, in shared memory) . k row of D elements.
+// q (float, pre-scaled, in shared memory) . k row of D elements. The loads of a row are unrolled so
+// they are in flight together: a decode step of a few sequences is bound by memory latency, not bytes.
 template <typename T>
 __device__ __forceinline__ float dot_row(const float* q, const T* k, int64_t D) {
   float s = 0.f;
   constexpr int V = 16 / sizeof(T);
   if (D % V == 0) {
+#pragma unroll 16
     for (int64_t d = 0; d < D; d += V) {
       union {
         uint4 u;
@@ -42,29 +54,65 @@ __device__ __forceinline__ float dot_row(const float* q, const T* k, int64_t D) 
   return s;
 }
 
-template <typename TI, typename T>
+// Value rows are read in batches of this many keys (loads first, then the multiply-adds), so a tile
+// costs 32 / kVBatch memory round trips rather than 32.
+constexpr int kVBatch = 8;
+
+// acc[g][r] += p_g(key jj) * v(key jj)[lane + 32 r] over the `count` keys of a tile whose slots and
+// probabilities lane jj holds; G query heads share the value rows.
+template <typename T, int PER, int G>
+__device__ __forceinline__ void accumulate_values(const T* vc, int64_t row_offset, int64_t row, int64_t slot,
+                                                  const float (&p)[G], int count, int lane, int64_t D, int ng,
+                                                  float (&acc)[G][PER]) {
+  for (int jj0 = 0; jj0 < count; jj0 += kVBatch) {
+    float vv[kVBatch][PER];
+#pragma unroll
+    for (int u = 0; u < kVBatch; ++u) {
+      const int jj = jj0 + u;
+      const int64_t sj = __shfl_sync(0xffffffffu, slot, jj & 31);
+      const T* vr = vc + sj * row + row_offset;
+#pragma unroll
+      for (int r = 0; r < PER; ++r) vv[u][r] = (jj < count && lane + 32 * r < D) ? to_f(vr[lane + 32 * r]) : 0.f;
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      if (g >= ng) break;
+#pragma unroll
+      for (int u = 0; u < kVBatch; ++u) {
+        const float pj = __shfl_sync(0xffffffffu, p[g], (jj0 + u) & 31);
+#pragma unroll
+        for (int r = 0; r < PER; ++r) acc[g][r] += pj * vv[u][r];
+      }
+    }
+  }
+}
+
+// PER = head dimensions per lane (D <= 32 * PER).
+template <typename TI, typename T, int PER>
 __global__ void __launch_bounds__(kWarps * 32)
     paged_attention_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
                       const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
-                      int64_t bs, float scale, int64_t chunk, float* part_ml, float* part_acc, T* out) {
+                      int64_t bs, float scale, float* part_ml, float* part_acc, T* out) {
   const int64_t th = blockIdx.x;
   const int64_t split = blockIdx.y, splits = gridDim.y;
   if (th >= n * Hq) return;
   const int w = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int64_t t = th / Hq, h = th % Hq, kvh = h / (Hq / Hk);
+  // This block's keys: [lo, len) of the token's context, cut into `splits` chunks. Chunks past the
+  // context (trailing ones) hold nothing; the merge does not read them.
+  const int64_t ctx = static_cast<int64_t>(positions[t]) + 1, chunk = chunk_of(ctx, splits);
+  const int64_t lo = split * chunk;
+  if (lo >= ctx) return;
+  const int64_t len = min(ctx, lo + chunk);
   const int32_t* table = tables + static_cast<int64_t>(token_seq[t]) * max_blocks;
   const int64_t row = Hk * D;
-  const int per = static_cast<int>((D + 31) / 32);
-  __shared__ float qs[32 * kMaxDimPerLane];
+  __shared__ float qs[32 * PER];
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) qs[d] = to_f(q[(t * Hq + h) * D + d]) * scale;
   __syncthreads();
-  float acc[kMaxDimPerLane];
+  float acc[1][PER];
 #pragma unroll
-  for (int r = 0; r < kMaxDimPerLane; ++r) acc[r] = 0.f;
+  for (int r = 0; r < PER; ++r) acc[0][r] = 0.f;
   float m = -INFINITY, l = 0.f;
-  // This block's keys: [lo, len) of the token's context, cut into `splits` chunks.
-  const int64_t lo = split * chunk;
-  const int64_t len = min(static_cast<int64_t>(positions[t]) + 1, lo + chunk);
   for (int64_t j0 = lo + static_cast<int64_t>(w) * 32; j0 < len; j0 += kWarps * 32) {
     const int64_t j = j0 + lane;
     int64_t slot = 0;
@@ -75,34 +123,23 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
     const float mn = fmaxf(m, warp_max(sc));
     const float corr = __expf(m - mn);
-    const float p = j < len ? __expf(sc - mn) : 0.f;
-    l = l * corr + warp_sum(p);
+    const float p[1] = {j < len ? __expf(sc - mn) : 0.f};
+    l = l * corr + warp_sum(p[0]);
     m = mn;
 #pragma unroll
-    for (int r = 0; r < kMaxDimPerLane; ++r) acc[r] *= corr;
+    for (int r = 0; r < PER; ++r) acc[0][r] *= corr;
     const int64_t rest = len - j0;
-    const int count = rest < 32 ? static_cast<int>(rest) : 32;
-    for (int jj = 0; jj < count; ++jj) {
-      const float pj = __shfl_sync(0xffffffffu, p, jj);
-      const int64_t sj = __shfl_sync(0xffffffffu, slot, jj);
-      const T* vr = vc + sj * row + kvh * D;
-#pragma unroll
-      for (int r = 0; r < kMaxDimPerLane; ++r) {
-        const int64_t d = lane + 32 * r;
-        if (r < per && d < D) acc[r] += pj * to_f(vr[d]);
-      }
-    }
+    accumulate_values<T, PER, 1>(vc, kvh * D, row, slot, p, rest < 32 ? static_cast<int>(rest) : 32, lane, D, 1, acc);
   }
   // Merge the warps: out = sum_w acc_w e^(m_w - M) / sum_w l_w e^(m_w - M).
   __shared__ float sm[kWarps], sl[kWarps];
-  __shared__ float sacc[kWarps][32 * kMaxDimPerLane];
+  __shared__ float sacc[kWarps][32 * PER];
   if (lane == 0) {
     sm[w] = m;
     sl[w] = l;
   }
 #pragma unroll
-  for (int r = 0; r < kMaxDimPerLane; ++r)
-    if (r < per) sacc[w][lane + 32 * r] = acc[r];
+  for (int r = 0; r < PER; ++r) sacc[w][lane + 32 * r] = acc[0][r];
   __syncthreads();
   if (w != 0) return;
   float M = -INFINITY;
@@ -119,9 +156,9 @@ __global__ void __launch_bounds__(kWarps * 32)
     part_ml[(th * splits + split) * 2 + 1] = L;
   }
 #pragma unroll
-  for (int r = 0; r < kMaxDimPerLane; ++r) {
+  for (int r = 0; r < PER; ++r) {
     const int64_t d = lane + 32 * r;
-    if (r < per && d < D) {
+    if (d < D) {
       float o = 0.f;
 #pragma unroll
       for (int i = 0; i < kWarps; ++i) o += sacc[i][d] * f[i];
@@ -133,22 +170,48 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// Merges the chunks of a split context: out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M).
+// Merges the chunks of a split context: out = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M) over the
+// chunks that hold keys (the first ceil(ctx / chunk); the others were not written). Warp 0 reads the
+// chunks' (m, l) in parallel and leaves their weights in shared memory.
+constexpr int kMaxSplits = 64;
+
 template <typename T>
-__global__ void merge_splits_k(const float* part_ml, const float* part_acc, int64_t splits, int64_t D, T* out) {
+__global__ void merge_splits_k(const float* part_ml, const float* part_acc, const int32_t* positions, int64_t Hq,
+                               int64_t splits, int64_t D, T* out) {
   const int64_t th = blockIdx.x;
+  const int64_t ctx = static_cast<int64_t>(positions[th / Hq]) + 1, chunk = chunk_of(ctx, splits);
+  const int nact = static_cast<int>(min(splits, (ctx + chunk - 1) / chunk));
   const float* ml = part_ml + th * splits * 2;
-  float M = -INFINITY;
-  for (int64_t s = 0; s < splits; ++s)
-    if (ml[2 * s + 1] > 0.f) M = fmaxf(M, ml[2 * s]);
-  float L = 0.f;
-  for (int64_t s = 0; s < splits; ++s)
-    if (ml[2 * s + 1] > 0.f) L += ml[2 * s + 1] * __expf(ml[2 * s] - M);
+  __shared__ float wgt[kMaxSplits];
+  __shared__ float inv_l;
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    float mv[kMaxSplits / 32], lv[kMaxSplits / 32], M = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kMaxSplits / 32; ++i) {
+      const int sp = lane + 32 * i;
+      mv[i] = sp < nact ? ml[2 * sp] : -INFINITY;
+      lv[i] = sp < nact ? ml[2 * sp + 1] : 0.f;
+      M = fmaxf(M, mv[i]);
+    }
+    M = warp_max(M);
+    float L = 0.f;
+#pragma unroll
+    for (int i = 0; i < kMaxSplits / 32; ++i) {
+      const int sp = lane + 32 * i;
+      const float f = sp < nact ? __expf(mv[i] - M) : 0.f;
+      if (sp < kMaxSplits) wgt[sp] = f;
+      L += lv[i] * f;
+    }
+    L = warp_sum(L);
+    if (lane == 0) inv_l = 1.f / L;
+  }
+  __syncthreads();
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     float o = 0.f;
-    for (int64_t s = 0; s < splits; ++s)
-      if (ml[2 * s + 1] > 0.f) o += part_acc[(th * splits + s) * D + d] * __expf(ml[2 * s] - M);
-    out[th * D + d] = from_f<T>(o / L);
+#pragma unroll 8
+    for (int sp = 0; sp < nact; ++sp) o += part_acc[(th * splits + sp) * D + d] * wgt[sp];
+    out[th * D + d] = from_f<T>(o * inv_l);
   }
 }
 
@@ -162,13 +225,17 @@ template <typename TI, typename T>
 __global__ void __launch_bounds__(kWarps * 32)
     paged_attention_gqa_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
                           const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
-                          int64_t bs, float scale, int64_t chunk, float* part_ml, float* part_acc, T* out) {
+                          int64_t bs, float scale, float* part_ml, float* part_acc, T* out) {
   constexpr int kPer = 4;  // head_dim <= 128
   const int64_t tk = blockIdx.x;
   if (tk >= n * Hk) return;
   const int64_t split = blockIdx.y, splits = gridDim.y;
   const int w = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int64_t t = tk / Hk, kh = tk % Hk;
+  const int64_t ctx = static_cast<int64_t>(positions[t]) + 1, chunk = chunk_of(ctx, splits);
+  const int64_t lo = split * chunk;
+  if (lo >= ctx) return;  // a chunk past the context: nothing to do, the merge skips it
+  const int64_t len = min(ctx, lo + chunk);
   const int G = static_cast<int>(Hq / Hk);
   const int32_t* table = tables + static_cast<int64_t>(token_seq[t]) * max_blocks;
   const int64_t row = Hk * D;
@@ -185,8 +252,6 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int r = 0; r < kPer; ++r) acc[g][r] = 0.f;
   }
-  const int64_t lo = split * chunk;
-  const int64_t len = min(static_cast<int64_t>(positions[t]) + 1, lo + chunk);
   constexpr int V = 16 / sizeof(T);
   for (int64_t j0 = lo + static_cast<int64_t>(w) * 32; j0 < len; j0 += kWarps * 32) {
     const int64_t j = j0 + lane;
@@ -198,6 +263,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     if (valid) {
       slot = static_cast<int64_t>(table[j / bs]) * bs + j % bs;
       const T* kr = kc + slot * row + kh * D;
+#pragma unroll 8
       for (int64_t d = 0; d < D; d += V) {
         union {
           uint4 u;
@@ -227,21 +293,8 @@ __global__ void __launch_bounds__(kWarps * 32)
       for (int r = 0; r < kPer; ++r) acc[g][r] *= corr;
     }
     const int64_t rest = len - j0;
-    const int count = rest < 32 ? static_cast<int>(rest) : 32;
-    for (int jj = 0; jj < count; ++jj) {
-      const int64_t sj = __shfl_sync(0xffffffffu, slot, jj);
-      const T* vr = vc + sj * row + kh * D;
-      float vv[kPer];
-#pragma unroll
-      for (int r = 0; r < kPer; ++r) vv[r] = (r < per && lane + 32 * r < D) ? to_f(vr[lane + 32 * r]) : 0.f;
-#pragma unroll
-      for (int g = 0; g < kMaxGroup; ++g) {
-        if (g >= G) break;
-        const float pj = __shfl_sync(0xffffffffu, p[g], jj);
-#pragma unroll
-        for (int r = 0; r < kPer; ++r) acc[g][r] += pj * vv[r];
-      }
-    }
+    accumulate_values<T, kPer, kMaxGroup>(vc, kh * D, row, slot, p, rest < 32 ? static_cast<int>(rest) : 32, lane, D, G,
+                                          acc);
   }
   __shared__ float sm[kWarps][kMaxGroup], sl[kWarps][kMaxGroup];
   __shared__ float sacc[kWarps][kMaxGroup][32 * kPer];
@@ -287,16 +340,6 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-int sm_count() {
-  static int sms = [] {
-    int dev = 0, n = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-    return n > 0 ? n : 1;
-  }();
-  return sms;
-}
-
 }  // namespace
 
 template <typename TI, typename T>
@@ -315,11 +358,10 @@ void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int3
   // Split long contexts over several blocks when those blocks alone would leave SMs idle (decode of a
   // few sequences): chunks of at least 128 keys, up to about 4 blocks per SM in all.
   int64_t splits = 1;
-  if (max_len > 128) {
-    const int64_t want = (max_len + 127) / 128, cap = std::max<int64_t>(1, 4 * sm_count() / units);
-    splits = std::min<int64_t>(std::min(want, cap), 64);
+  if (max_len > kMinChunk) {
+    const int64_t want = (max_len + kMinChunk - 1) / kMinChunk, cap = std::max<int64_t>(1, 4 * sm_count() / units);
+    splits = std::min<int64_t>(std::min(want, cap), kMaxSplits);
   }
-  const int64_t chunk = ((max_len + splits - 1) / splits + 31) / 32 * 32;
   float *ml = nullptr, *acc = nullptr;
   if (splits > 1) {
     check(cudaMallocAsync(reinterpret_cast<void**>(&ml), sizeof(float) * n * Hq * splits * 2, s), "attention scratch");
@@ -328,13 +370,19 @@ void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int3
   const dim3 grid(static_cast<unsigned>(units), static_cast<unsigned>(splits));
   if (grouped)
     paged_attention_gqa_k<<<grid, kWarps * 32, 0, s>>>(q, k_cache, v_cache, block_tables, max_blocks, token_seq, positions,
-                                                        n, Hq, Hk, D, block_size, scale, chunk, ml, acc, out);
+                                                        n, Hq, Hk, D, block_size, scale, ml, acc, out);
+  else if (D <= 64)
+    paged_attention_k<TI, T, 2><<<grid, kWarps * 32, 0, s>>>(q, k_cache, v_cache, block_tables, max_blocks, token_seq,
+                                                              positions, n, Hq, Hk, D, block_size, scale, ml, acc, out);
+  else if (D <= 128)
+    paged_attention_k<TI, T, 4><<<grid, kWarps * 32, 0, s>>>(q, k_cache, v_cache, block_tables, max_blocks, token_seq,
+                                                              positions, n, Hq, Hk, D, block_size, scale, ml, acc, out);
   else
-    paged_attention_k<<<grid, kWarps * 32, 0, s>>>(q, k_cache, v_cache, block_tables, max_blocks, token_seq, positions, n,
-                                                    Hq, Hk, D, block_size, scale, chunk, ml, acc, out);
+    paged_attention_k<TI, T, 8><<<grid, kWarps * 32, 0, s>>>(q, k_cache, v_cache, block_tables, max_blocks, token_seq,
+                                                              positions, n, Hq, Hk, D, block_size, scale, ml, acc, out);
   check(cudaGetLastError(), "paged_attention");
   if (splits > 1) {
-    merge_splits_k<T><<<static_cast<unsigned>(n * Hq), 128, 0, s>>>(ml, acc, splits, D, out);
+    merge_splits_k<T><<<static_cast<unsigned>(n * Hq), 128, 0, s>>>(ml, acc, positions, Hq, splits, D, out);
     check(cudaGetLastError(), "paged_attention merge");
     cudaFreeAsync(ml, s);
     cudaFreeAsync(acc, s);

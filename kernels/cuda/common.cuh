@@ -32,6 +32,17 @@ __device__ __forceinline__ float block_sum(float v) {
   return part[0];
 }
 
+// Streaming multiprocessors of the current device (queried once).
+inline int sm_count() {
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    return n > 0 ? n : 1;
+  }();
+  return sms;
+}
+
 inline unsigned blocks_for(long long n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
 }  // namespace llmserve::cuda

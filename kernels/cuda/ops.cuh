@@ -31,7 +31,9 @@ void rope(T* q, T* k, const int32_t* positions, const float* inv_freq, int64_t n
 template <typename TI, typename T>
 void kv_write(const TI* k, const TI* v, const int32_t* slot_mapping, int64_t n, int64_t Hk, int64_t D, T* k_cache,
               T* v_cache, cudaStream_t s);
-// token_seq[t]: the sequence of token t (the CPU version derives it from q_start).
+// token_seq[t]: the sequence of token t (the CPU version derives it from q_start). max_len bounds every
+// token's context (position + 1) and sizes the launch (how many splits); each token cuts its own context
+// into those splits on the device, so one launch shape serves every context up to max_len.
 template <typename TI, typename T>
 void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
                      const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,

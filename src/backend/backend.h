@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,9 @@ struct StepMeta {
   std::vector<int32_t> block_tables;  // [S * max_blocks] physical block ids of each sequence
   int32_t max_blocks = 0;
   std::vector<int32_t> logits_indices;  // token rows whose logits are wanted
+  // When > 0, a bound on every position + 1 that kernels size their launches for instead of the
+  // step's own longest context (a captured CUDA graph serves steps of any context up to it).
+  int32_t max_context = 0;
   int64_t num_tokens() const { return static_cast<int64_t>(token_ids.size()); }
   int64_t num_seqs() const { return q_start.empty() ? 0 : static_cast<int64_t>(q_start.size()) - 1; }
 };
@@ -44,6 +48,8 @@ class Backend {
   virtual void copy_from_host(Tensor& dst, size_t offset, size_t bytes, const void* src) = 0;
 
   virtual void begin_step(const StepMeta& meta) = 0;
+  // dst's first src.bytes() bytes = src (same backend; no conversion).
+  virtual void copy(const Tensor& src, Tensor& dst) = 0;
 
   // Ops (see kernels/cpu/ops.h for the exact contracts).
   virtual void embedding(const Tensor& table, int64_t vocab_start, Tensor& out) = 0;
@@ -103,7 +109,34 @@ class Backend {
   virtual void synchronize() {}
   // Hands memory cached for reuse back to the device.
   virtual void trim_memory() {}
+
+  // Graphs of recorded steps (CUDA graphs; backends without them keep the defaults). A capture records
+  // the ops between graph_capture_begin() and graph_capture_end(), which returns the graph's id; while
+  // capturing, begin_step() takes only the step's shape, so the step's metadata must have been uploaded
+  // by a begin_step() just before the capture. graph_replay(id) runs the graph again over the metadata
+  // of the latest begin_step(), which must have that shape (token and sequence counts, max_blocks,
+  // max_context). reserve_step() sizes the metadata buffers once, so their addresses stay those the
+  // graphs were recorded with; should a later step need larger buffers, every graph is dropped and
+  // graph_replay() returns false (the caller runs the step eagerly).
+  virtual bool supports_graphs() const { return false; }
+  virtual void reserve_step(int64_t tokens, int64_t seqs, int64_t table_entries) { (void)tokens, (void)seqs, (void)table_entries; }
+  virtual void graph_capture_begin() { throw std::logic_error("this backend has no graphs"); }
+  virtual int graph_capture_end() { throw std::logic_error("this backend has no graphs"); }
+  // Ends a capture that failed midway, discarding it (no-op when not capturing).
+  virtual void graph_capture_abort() {}
+  virtual bool graph_replay(int id) { (void)id; return false; }
+  // Device memory the graphs hold for their own temporaries.
+  virtual size_t graph_memory() { return 0; }
 };
+
+// Rows [r0, r0 + n) of t (shares t's storage).
+inline Tensor rows_view(const Tensor& t, int64_t r0, int64_t n) {
+  Tensor v = t;
+  const int64_t row_bytes = t.shape.empty() || t.shape[0] == 0 ? 0 : static_cast<int64_t>(t.bytes()) / t.shape[0];
+  v.data = static_cast<char*>(t.data) + r0 * row_bytes;
+  v.shape[0] = n;
+  return v;
+}
 
 // "cpu", "cuda" (built with CUDA, a GPU visible; this rank uses GPU local_rank modulo the GPUs), or
 // "auto" (cuda when possible, else cpu). `dtype` is the CUDA backend's element type; the CPU backend

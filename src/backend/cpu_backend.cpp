@@ -54,6 +54,11 @@ void CpuBackend::copy_from_host(Tensor& dst, size_t offset, size_t bytes, const 
   std::memcpy(static_cast<char*>(dst.data) + offset, src, bytes);
 }
 
+void CpuBackend::copy(const Tensor& src, Tensor& dst) {
+  LLMSERVE_CHECK(src.bytes() <= dst.bytes(), "cpu backend: copy into a smaller tensor");
+  std::memcpy(dst.data, src.data, src.bytes());
+}
+
 const StepMeta& CpuBackend::meta() const {
   LLMSERVE_CHECK(meta_ != nullptr, "cpu backend: op called before begin_step");
   return *meta_;

@@ -102,7 +102,7 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.enable_chunked_prefill = parse_bool("enable_chunked_prefill", v); }},
       {"enable_prefix_caching", Kind::Bool, "reuse KV blocks of shared prompt prefixes",
        [](Config& c, const std::string& v) { c.enable_prefix_caching = parse_bool("enable_prefix_caching", v); }},
-      {"enforce_eager", Kind::Bool, "CUDA: do not capture CUDA graphs (accepted; graphs are not built yet, so every step runs eagerly)",
+      {"enforce_eager", Kind::Bool, "CUDA: run every step eagerly instead of replaying CUDA graphs of decode steps (recorded at start-up for batch sizes up to max_num_seqs; tp = 1)",
        [](Config& c, const std::string& v) { c.enforce_eager = parse_bool("enforce_eager", v); }},
       {"host", Kind::String, "address the HTTP server binds",
        [](Config& c, const std::string& v) { c.host = v; }},

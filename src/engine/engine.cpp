@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -199,7 +200,14 @@ RequestOutput Engine::snapshot(Request& r) {
   return o;
 }
 
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+}  // namespace
+
 std::vector<RequestOutput> Engine::step() {
+  const auto t_step = std::chrono::steady_clock::now();
   std::unordered_map<uint64_t, bool> touched;
   // Aborted requests: sequences not in flight finish now, the others when their token arrives.
   for (auto& [rid, r] : requests_) {
@@ -215,9 +223,14 @@ std::vector<RequestOutput> Engine::step() {
   const size_t live = sched_.num_running() + sched_.num_waiting() + sched_.num_swapped();
   const size_t per_plan = pp > 1 ? std::max<size_t>(1, (live + pp - 1) / pp) : SIZE_MAX;
   while (in_flight_ < pp) {
+    const auto t_sched = std::chrono::steady_clock::now();
     StepPlan plan = sched_.schedule(per_plan);
+    times_.schedule += seconds_since(t_sched);
     if (plan.seqs.empty() && plan.swap_in.empty() && plan.swap_out.empty()) break;
-    handle_results(dispatch(plan), touched);
+    auto tokens = dispatch(plan);
+    const auto t_out = std::chrono::steady_clock::now();
+    handle_results(tokens, touched);
+    times_.outputs += seconds_since(t_out);
     dispatched = true;
     max_in_flight_ = std::max(max_in_flight_, in_flight_);
     if (pp == 1) break;
@@ -234,6 +247,7 @@ std::vector<RequestOutput> Engine::step() {
     outbox_.reap();
     if (wait) break;
   }
+  const auto t_out = std::chrono::steady_clock::now();
   std::vector<RequestOutput> outs;
   for (auto& [rid, flag] : touched) {
     auto it = requests_.find(rid);
@@ -244,6 +258,8 @@ std::vector<RequestOutput> Engine::step() {
       requests_.erase(it);
     }
   }
+  times_.outputs += seconds_since(t_out);
+  times_.total += seconds_since(t_step);
   return outs;
 }
 

@@ -64,6 +64,17 @@ class Engine {
   int64_t steps() const { return steps_; }
   // The most micro-batches that were in flight at once (pipeline parallelism).
   int max_in_flight() const { return max_in_flight_; }
+  // Where rank 0's time went, summed over step() calls (seconds): all of step(), scheduling, handling
+  // results and building outputs, and the parts of this rank's Worker::execute().
+  struct StepTimes {
+    double total = 0, schedule = 0, outputs = 0;
+    Worker::Times worker;
+  };
+  StepTimes step_times() const {
+    StepTimes t = times_;
+    t.worker = worker_.times();
+    return t;
+  }
 
  private:
   struct SeqOut {
@@ -103,6 +114,7 @@ class Engine {
   int in_flight_ = 0, max_in_flight_ = 0;
   uint64_t next_request_ = 1, next_seq_ = 1;
   int64_t steps_ = 0;
+  StepTimes times_;
   std::unordered_map<uint64_t, Request> requests_;
   std::unordered_map<uint64_t, SeqOut> seq_out_;
   std::vector<uint64_t> aborted_in_flight_;

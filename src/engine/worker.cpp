@@ -1,5 +1,6 @@
 #include "engine/worker.h"
 
+#include <chrono>
 #include <cstring>
 
 #include "common/error.h"
@@ -45,8 +46,14 @@ Worker::Output Worker::execute(const StepPlan& plan, const Tensor& hidden_in) {
   Output out;
   if (sampler_) sampler_->observe(plan);
   if (plan.seqs.empty()) return out;
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
   const StepMeta meta = step_meta_from_plan(plan, static_cast<int>(runner_.block_size()));
-  Tensor result = runner_.model().forward(meta, hidden_in, runner_.kv());
+  const auto t1 = clock::now();
+  Tensor result = runner_.forward(meta, hidden_in);
+  const auto t2 = clock::now();
+  times_.inputs += std::chrono::duration<double>(t1 - t0).count();
+  times_.forward += std::chrono::duration<double>(t2 - t1).count();
   if (!runner_.topology().last_stage()) {
     out.hidden = result;
     return out;
@@ -54,11 +61,12 @@ Worker::Output Worker::execute(const StepPlan& plan, const Tensor& hidden_in) {
   // The draw runs where the logits are unless a row needs the host sampler (penalties, filters, logprobs).
   if (sampler_->drawable_on_backend(plan)) {
     out.tokens = sampler_->sample_on_backend(plan, runner_.backend(), result);
-    return out;
+  } else {
+    std::vector<float> logits(static_cast<size_t>(result.numel()));
+    runner_.backend().download(result, logits.data());
+    out.tokens = sampler_->sample(plan, logits.data());
   }
-  std::vector<float> logits(static_cast<size_t>(result.numel()));
-  runner_.backend().download(result, logits.data());
-  out.tokens = sampler_->sample(plan, logits.data());
+  times_.sample += std::chrono::duration<double>(clock::now() - t2).count();
   return out;
 }
 

@@ -29,8 +29,16 @@ class Worker {
   // Runs plans until a shutdown plan arrives (every rank but world rank 0).
   void loop();
 
+  // Wall time spent in the parts of execute(), summed over its calls (seconds): building the step's
+  // inputs, launching the forward pass, sampling (which waits for the forward pass on the device).
+  struct Times {
+    double inputs = 0, forward = 0, sample = 0;
+  };
+  const Times& times() const { return times_; }
+
  private:
   ModelRunner& runner_;
+  Times times_;
   std::unique_ptr<Sampler> sampler_;
 };
 

@@ -71,6 +71,18 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
 #endif
   agree(world_comm, [&] { model_ = std::make_unique<Transformer>(spec_, topo_, *backend_, *model_comm, *file); });
   file.reset();
+  // CUDA graphs for decode steps; their static tensors exist before the memory plan, which counts them.
+  const bool graphs = backend_->supports_graphs() && !cfg_.enforce_eager;
+  if (graphs && topo_.tp > 1) {
+    log_info("CUDA graphs: off with tensor parallelism (the NCCL all-reduces are not recorded in graphs yet); steps run eagerly");
+  } else if (graphs) {
+    agree(world_comm, [&] {
+      graphs_ = std::make_unique<DecodeGraphs>(*model_, *backend_, topo_, cfg_.max_num_seqs, cfg_.max_model_len,
+                                               cfg_.block_size);
+      backend_->reserve_step(std::max<int64_t>(cfg_.max_num_batched_tokens, cfg_.max_num_seqs), cfg_.max_num_seqs,
+                             cfg_.max_num_seqs * ((cfg_.max_model_len + cfg_.block_size - 1) / cfg_.block_size));
+    });
+  }
 
   // KV cache: as many blocks as the budget allows on the tightest rank (all ranks must agree, since
   // rank 0 hands out block ids for everyone).
@@ -99,6 +111,14 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
                       cfg_.max_model_len, "; raise kv_cache_memory_gb or lower max_model_len"));
     kv_ = std::make_unique<KvCache>(*backend_, shape, num_host_blocks_);
   });
+  if (graphs_) {
+    double secs = 0;
+    agree(world_comm, [&] { secs = graphs_->capture(*kv_); });
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.2f s, %.1f MiB", secs, static_cast<double>(backend_->graph_memory()) / (1 << 20));
+    log_info("CUDA graphs: ", graphs_->buckets().size(), " decode batch sizes recorded (1..", graphs_->buckets().back(),
+             ") in ", buf, " of graph memory");
+  }
   log_info("model ", spec_.architecture, " loaded: ", spec_.num_layers, " layers, hidden ", spec_.hidden_size,
            ", vocab ", spec_.vocab_size, "; layout tp=", topo_.tp, " pp=", topo_.pp, "; backend ", backend_->name(),
            "; KV cache ", num_blocks_, " blocks x ", cfg_.block_size, " tokens, swap space ", num_host_blocks_, " blocks");
@@ -164,6 +184,12 @@ double ModelRunner::kv_budget_gb(const KvCacheShape& shape) {
   return budget / GiB;
 }
 
+Tensor ModelRunner::forward(const StepMeta& meta, const Tensor& hidden_in) {
+  Tensor out;
+  if (graphs_ && graphs_->run(meta, hidden_in, &out)) return out;
+  return model_->forward(meta, hidden_in, *kv_);
+}
+
 std::vector<float> ModelRunner::step(const StepMeta& meta) {
   const int64_t T = meta.num_tokens(), H = spec_.hidden_size;
   Tensor hidden;
@@ -172,7 +198,7 @@ std::vector<float> ModelRunner::step(const StepMeta& meta) {
     world_->recv(buf.data(), buf.size() * sizeof(float), topo_.rank_of(topo_.stage() - 1, topo_.tp_rank()));
     hidden = backend_->upload(buf.data(), {T, H}, DType::F32);  // the residual stream is float32
   }
-  Tensor out = model_->forward(meta, hidden, *kv_);
+  Tensor out = forward(meta, hidden);
   if (!topo_.last_stage()) {
     std::vector<float> buf(static_cast<size_t>(out.numel()));
     backend_->download(out, buf.data());

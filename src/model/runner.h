@@ -12,6 +12,7 @@
 #include "dist/mpi_comm.h"
 #include "dist/topology.h"
 #include "kv/kv_cache.h"
+#include "model/decode_graphs.h"
 #include "model/model_file.h"
 #include "model/transformer.h"
 
@@ -39,6 +40,10 @@ class ModelRunner {
   int64_t block_size() const { return cfg_.block_size; }
   MpiComm& world() { return *world_; }
 
+  // This stage's forward pass for one step (see Transformer::forward): through a recorded CUDA graph
+  // when the step is a decode step that fits one, else eagerly.
+  Tensor forward(const StepMeta& meta, const Tensor& hidden_in);
+
   // Runs one step. Returns the logits [len(logits_indices) * vocab_size] on world rank 0, empty
   // elsewhere.
   std::vector<float> step(const StepMeta& meta);
@@ -53,6 +58,7 @@ class ModelRunner {
   std::unique_ptr<Comm> device_comm_;  // NCCL over the tensor group when it runs on GPUs
   std::unique_ptr<Transformer> model_;
   std::unique_ptr<KvCache> kv_;
+  std::unique_ptr<DecodeGraphs> graphs_;
   int64_t num_blocks_ = 0;
   int64_t num_host_blocks_ = 0;
 };

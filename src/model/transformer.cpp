@@ -95,7 +95,7 @@ void Transformer::all_reduce(Tensor& t) {
   if (topo_.tp > 1) tp_comm_.all_reduce_sum(t.as<float>(), static_cast<size_t>(t.numel()));
 }
 
-Tensor Transformer::forward(const StepMeta& m, const Tensor& hidden_in, KvCache& kv) {
+Tensor Transformer::forward(const StepMeta& m, const Tensor& hidden_in, KvCache& kv, Tensor* out) {
   const int64_t T = m.num_tokens(), H = spec_.hidden_size, D = spec_.head_dim;
   const DType dt = be_.compute_dtype();
   const float eps = static_cast<float>(spec_.rms_norm_eps);
@@ -105,10 +105,15 @@ Tensor Transformer::forward(const StepMeta& m, const Tensor& hidden_in, KvCache&
   // The residual stream stays in float32 whatever the activation type: rounding it to bf16 at every
   // residual add is the largest error of a bf16 forward.
   Tensor x;
+  const bool x_in_out = out && !topo_.last_stage();  // the residual stream is this stage's result
+  if (x_in_out) LLMSERVE_CHECK(out->dtype == DType::F32 && out->dim(0) >= T, "forward: output tensor too small");
   if (topo_.first_stage()) {
-    x = be_.empty({T, H}, DType::F32);
+    x = x_in_out ? rows_view(*out, 0, T) : be_.empty({T, H}, DType::F32);
     be_.embedding(embed_, shard_.vocab.begin, x);
     all_reduce(x);
+  } else if (x_in_out) {
+    x = rows_view(*out, 0, T);
+    be_.copy(hidden_in, x);
   } else {
     x = hidden_in;
   }
@@ -142,12 +147,13 @@ Tensor Transformer::forward(const StepMeta& m, const Tensor& hidden_in, KvCache&
   }
   if (!topo_.last_stage()) return x;
   const int64_t n = static_cast<int64_t>(m.logits_indices.size());
-  if (n == 0) return be_.empty({0, shard_.vocab_padded}, dt);  // no sequence samples this step
+  if (out) LLMSERVE_CHECK(out->dtype == DType::F32 && out->dim(0) >= n, "forward: output tensor too small");
+  if (n == 0) return out ? rows_view(*out, 0, 0) : be_.empty({0, shard_.vocab_padded}, dt);  // nothing samples
   Tensor sel = be_.empty({n, H}, DType::F32), normed = be_.empty({n, H}, dt);
   be_.gather_rows(x, sel);
   be_.rmsnorm(sel, final_norm_, eps, normed);
   // Logits leave the GEMM in float32 (bf16 would round values near 16 to steps of 1/16).
-  Tensor logits = be_.empty({n, shard_.vocab_padded}, DType::F32);
+  Tensor logits = out ? rows_view(*out, 0, n) : be_.empty({n, shard_.vocab_padded}, DType::F32);
   be_.linear(normed, lm_head_, nullptr, logits);
   return logits;
 }

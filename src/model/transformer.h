@@ -48,8 +48,10 @@ class Transformer {
   // Runs this stage for one step. `hidden_in` is the float32 residual stream [T, hidden] from the
   // previous stage (ignored on the
   // first stage). Returns [T, hidden] for the next stage, or, on the last stage, this rank's logits
-  // shard [len(logits_indices), vocab_padded].
-  Tensor forward(const StepMeta& meta, const Tensor& hidden_in, KvCache& kv);
+  // shard [len(logits_indices), vocab_padded]. With `out` (float32, at least as many rows) the result
+  // is written into out's first rows and returned as a view of them, and nothing allocated by the
+  // call outlives it (what a recorded graph needs).
+  Tensor forward(const StepMeta& meta, const Tensor& hidden_in, KvCache& kv, Tensor* out = nullptr);
 
  private:
   void all_reduce(Tensor& t);

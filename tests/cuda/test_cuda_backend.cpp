@@ -202,8 +202,15 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
   const StepMeta decode = make_meta(bs, {1, 1}, {2500, 300}, max_blocks);
   // Enough decoding sequences (8 x 2 KV heads) for the grouped kernel to split its contexts too.
   const StepMeta decode8 = make_meta(bs, {1, 1, 1, 1, 1, 1, 1, 1}, {2500, 300, 40, 700, 1, 129, 1000, 333}, max_blocks);
+  // As a recorded decode graph launches it: splits sized for the longest possible context (2560), each
+  // token cutting its own context into that many chunks (trailing chunks empty).
+  const StepMeta graph = [&] {
+    StepMeta m = make_meta(bs, {1, 1, 1}, {1500, 7, 129}, max_blocks);
+    m.max_context = static_cast<int32_t>(max_blocks * bs);
+    return m;
+  }();
   for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {2, 2}}) {
-    for (const StepMeta* m : {&mixed, &decode, &decode8}) {
+    for (const StepMeta* m : {&mixed, &decode, &decode8, &graph}) {
       const int64_t T = m->num_tokens(), blocks = max_blocks * static_cast<int64_t>(m->num_seqs());
       cpu.begin_step(*m);
       gpu->begin_step(*m);
@@ -297,14 +304,24 @@ TEST_P(CudaOps, FewTokenLinearMatchesTheCpuReference) {
 
 // The sampler's draw on the GPU picks exactly the CPU kernel's tokens, greedy and with Gumbel noise,
 // on a vocabulary shard (token offset) with padded rows.
-TEST(CudaDraw, SameTokensAsTheCpuKernel) {
+// Many short rows (a block each) and a few vocabulary-sized rows (each split over blocks and merged,
+// with a tie across parts and a row where every token is filtered out).
+class CudaDraw : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t>> {};
+
+TEST_P(CudaDraw, SameTokensAsTheCpuKernel) {
   if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
   CudaBackend gpu(0, DType::BF16);
   CpuBackend cpu;
   std::mt19937 g(11);
-  const int64_t n = 37, L = 5003, stride = 5008, offset = 20000;
+  const auto [n, L, stride] = GetParam();
+  const int64_t offset = 20000;
   std::vector<float> logits = randn(n * stride, g, 3.f);
-  for (int64_t k = 0; k < 40; ++k) logits[5 * stride + k] = 30.f;  // ties: the smaller token wins
+  const int64_t tie_row = n > 5 ? 5 : 0;
+  for (int64_t k = 0; k < 40; ++k) logits[tie_row * stride + k] = 30.f;  // ties: the smaller token wins
+  if (n <= 5) {
+    logits[tie_row * stride + L - 1] = 30.f;  // the same score in the row's last part
+    for (int64_t k = 0; k < L; ++k) logits[(n - 1) * stride + k] = -INFINITY;
+  }
   std::vector<RowDraw> rows(n);
   for (int64_t i = 0; i < n; ++i) {
     rows[i].greedy = i % 3 == 0 || i == 5;
@@ -318,6 +335,13 @@ TEST(CudaDraw, SameTokensAsTheCpuKernel) {
   cpu.draw_rows(lc, L, offset, rows, bc.data(), ic.data());
   gpu.draw_rows(lg, L, offset, rows, bg.data(), ig.data());
   EXPECT_EQ(ic, ig);
-  EXPECT_EQ(ic[5], offset);
+  EXPECT_EQ(ic[tie_row], offset);
+  if (n <= 5) {
+    EXPECT_EQ(ig[n - 1], INT32_MAX);
+  }
   for (int64_t i = 0; i < n; ++i) EXPECT_FLOAT_EQ(bc[i], bg[i]) << "row " << i;
 }
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaDraw,
+                         ::testing::Values(std::make_tuple(int64_t{37}, int64_t{5003}, int64_t{5008}),
+                                           std::make_tuple(int64_t{3}, int64_t{151936}, int64_t{151936})));

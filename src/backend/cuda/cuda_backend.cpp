@@ -67,8 +67,16 @@ std::unique_ptr<Backend> make_cuda_backend(int local_rank, DType dtype) {
   return std::make_unique<CudaBackend>(local_rank % n, dtype);
 }
 
+CudaBackend::Stream::~Stream() {
+  cudaSetDevice(device);
+  cudaStreamDestroy(s);
+}
+
 CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtype) {
   ck(cudaSetDevice(device_), "set device");
+  stream_ = std::make_shared<Stream>();
+  stream_->device = device_;
+  ck(cudaStreamCreate(&stream_->s), "stream");
   lt(cublasLtCreate(&lt_), "create");
   ck(cudaMalloc(&workspace_, workspace_bytes_), "workspace allocation");
   // Tensors are stream-ordered allocations from the device's pool, which keeps freed memory for reuse
@@ -82,6 +90,9 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
 }
 
 CudaBackend::~CudaBackend() {
+  cudaSetDevice(device_);
+  for (cudaGraphExec_t g : graphs_)
+    if (g) cudaGraphExecDestroy(g);
   for (auto& [k, g] : gemms_) {
     cublasLtMatrixLayoutDestroy(g.a);
     cublasLtMatrixLayoutDestroy(g.b);
@@ -100,15 +111,14 @@ Tensor CudaBackend::empty(const std::vector<int64_t>& shape, DType dtype) {
   t.dtype = dtype;
   void* p = nullptr;
   const size_t bytes = std::max<size_t>(t.bytes(), 256);
-  const cudaError_t e = cudaMallocAsync(&p, bytes, nullptr);
+  const cudaError_t e = cudaMallocAsync(&p, bytes, stream());
   if (e != cudaSuccess) {
     cudaGetLastError();
     throw Error(cat("CUDA: out of device memory allocating ", bytes, " bytes (lower gpu_memory_utilization, max_num_seqs or max_num_batched_tokens)"));
   }
-  const int dev = device_;
-  t.storage = std::shared_ptr<void>(p, [dev](void* q) {
-    cudaSetDevice(dev);
-    cudaFreeAsync(q, nullptr);
+  t.storage = std::shared_ptr<void>(p, [st = stream_](void* q) {
+    cudaSetDevice(st->device);
+    cudaFreeAsync(q, st->s);
   });
   t.data = p;
   return t;
@@ -125,7 +135,7 @@ Tensor CudaBackend::upload(const float* host, const std::vector<int64_t>& shape,
   ck(cudaMemcpy(tmp.data, host, n * sizeof(float), cudaMemcpyHostToDevice), "upload");
   dispatch(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    cuda::from_float<T>(tmp.as<float>(), n, t.as<T>(), nullptr);
+    cuda::from_float<T>(tmp.as<float>(), n, t.as<T>(), stream());
   });
   return t;
 }
@@ -140,7 +150,7 @@ void CudaBackend::download(const Tensor& t, float* host) {
   Tensor tmp = empty(t.shape, DType::F32);
   dispatch(t.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    cuda::to_float<T>(t.as<T>(), n, tmp.as<float>(), nullptr);
+    cuda::to_float<T>(t.as<T>(), n, tmp.as<float>(), stream());
   });
   ck(cudaMemcpy(host, tmp.data, n * sizeof(float), cudaMemcpyDeviceToHost), "download");
 }
@@ -157,6 +167,13 @@ void CudaBackend::copy_from_host(Tensor& dst, size_t offset, size_t bytes, const
 
 void CudaBackend::put(IntBuffer& b, const std::vector<int32_t>& v) {
   if (v.size() > b.cap) {
+    if (!graphs_.empty()) {  // the graphs read the old buffer: drop them
+      log_warn("CUDA graphs dropped: a step needs larger metadata buffers than they were recorded with; steps run eagerly");
+      for (cudaGraphExec_t g : graphs_)
+        if (g) cudaGraphExecDestroy(g);
+      graphs_.assign(graphs_.size(), nullptr);
+    }
+    ck(cudaDeviceSynchronize(), "synchronize");
     if (b.ptr) cudaFree(b.ptr);
     b.cap = std::max<size_t>(v.size() * 2, 1024);
     ck(cudaMalloc(&b.ptr, b.cap * sizeof(int32_t)), "metadata allocation");
@@ -203,9 +220,11 @@ void CudaBackend::begin_step(const StepMeta& m) {
   num_tokens_ = m.num_tokens();
   num_seqs_ = m.num_seqs();
   max_blocks_ = m.max_blocks;
-  max_len_ = 0;
-  for (int32_t p : m.positions) max_len_ = std::max<int64_t>(max_len_, p + 1);
+  max_len_ = m.max_context;
+  if (max_len_ <= 0)
+    for (int32_t p : m.positions) max_len_ = std::max<int64_t>(max_len_, p + 1);
   num_logits_ = static_cast<int64_t>(m.logits_indices.size());
+  if (capturing_) return;  // uploaded before the capture; a graph must not record host copies
   std::vector<int32_t> token_seq(static_cast<size_t>(num_tokens_));
   for (int64_t s = 0; s < num_seqs_; ++s)
     for (int32_t t = m.q_start[s]; t < m.q_start[s + 1]; ++t) token_seq[t] = static_cast<int32_t>(s);
@@ -217,13 +236,73 @@ void CudaBackend::begin_step(const StepMeta& m) {
   put(logits_rows_, m.logits_indices);
 }
 
+void CudaBackend::copy(const Tensor& src, Tensor& dst) {
+  LLMSERVE_CHECK(src.bytes() <= dst.bytes(), "cuda backend: copy into a smaller tensor");
+  if (src.bytes() > 0)
+    ck(cudaMemcpyAsync(dst.data, src.data, src.bytes(), cudaMemcpyDeviceToDevice, stream()), "device copy");
+}
+
+void CudaBackend::reserve_step(int64_t tokens, int64_t seqs, int64_t table_entries) {
+  auto grow = [&](IntBuffer& b, int64_t n) {
+    if (static_cast<size_t>(n) <= b.cap) return;
+    ck(cudaDeviceSynchronize(), "synchronize");
+    if (b.ptr) cudaFree(b.ptr);
+    b.cap = static_cast<size_t>(n);
+    ck(cudaMalloc(&b.ptr, b.cap * sizeof(int32_t)), "metadata allocation");
+  };
+  for (IntBuffer* b : {&ids_, &positions_, &slots_, &token_seq_, &logits_rows_}) grow(*b, tokens);
+  grow(tables_, std::max(table_entries, seqs));
+}
+
+void CudaBackend::graph_capture_begin() {
+  LLMSERVE_CHECK(!capturing_, "cuda backend: a capture is already running");
+  ck(cudaSetDevice(device_), "set device");
+  ck(cudaStreamBeginCapture(stream(), cudaStreamCaptureModeThreadLocal), "begin graph capture");
+  capturing_ = true;
+}
+
+int CudaBackend::graph_capture_end() {
+  LLMSERVE_CHECK(capturing_, "cuda backend: no capture is running");
+  capturing_ = false;
+  cudaGraph_t g = nullptr;
+  ck(cudaStreamEndCapture(stream(), &g), "end graph capture");
+  cudaGraphExec_t e = nullptr;
+  const cudaError_t r = cudaGraphInstantiate(&e, g, 0);
+  cudaGraphDestroy(g);
+  ck(r, "graph instantiation");
+  graphs_.push_back(e);
+  return static_cast<int>(graphs_.size()) - 1;
+}
+
+void CudaBackend::graph_capture_abort() {
+  if (!capturing_) return;
+  capturing_ = false;
+  cudaGraph_t g = nullptr;
+  cudaStreamEndCapture(stream(), &g);
+  if (g) cudaGraphDestroy(g);
+  cudaGetLastError();
+}
+
+bool CudaBackend::graph_replay(int id) {
+  LLMSERVE_CHECK(id >= 0 && static_cast<size_t>(id) < graphs_.size(), "cuda backend: no graph ", id);
+  if (!graphs_[id]) return false;
+  ck(cudaGraphLaunch(graphs_[id], stream()), "graph launch");
+  return true;
+}
+
+size_t CudaBackend::graph_memory() {
+  uint64_t v = 0;
+  ck(cudaDeviceGetGraphMemAttribute(device_, cudaGraphMemAttrReservedMemCurrent, &v), "graph memory");
+  return v;
+}
+
 void CudaBackend::embedding(const Tensor& table, int64_t vocab_start, Tensor& out) {
   LLMSERVE_CHECK(out.dtype == table.dtype || out.dtype == DType::F32, "cuda backend: embedding output type");
   dispatch2(table.dtype, out.dtype, [&](auto* ti, auto* to) {
     using TI = std::remove_pointer_t<decltype(ti)>;
     using TO = std::remove_pointer_t<decltype(to)>;
     cuda::embedding<TI, TO>(table.as<TI>(), vocab_start, rows_of(table), ids_.ptr, num_tokens_, cols_of(table), out.as<TO>(),
-                            nullptr);
+                            stream());
   });
 }
 
@@ -232,7 +311,7 @@ void CudaBackend::rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& o
   dispatch2(x.dtype, out.dtype, [&](auto* ti, auto* to) {
     using TI = std::remove_pointer_t<decltype(ti)>;
     using TO = std::remove_pointer_t<decltype(to)>;
-    cuda::rmsnorm<TI, TO>(x.as<TI>(), w.as<TO>(), rows_of(x), cols_of(x), eps, out.as<TO>(), nullptr);
+    cuda::rmsnorm<TI, TO>(x.as<TI>(), w.as<TO>(), rows_of(x), cols_of(x), eps, out.as<TO>(), stream());
   });
 }
 
@@ -242,7 +321,7 @@ void CudaBackend::add(Tensor& x, const Tensor& y) {
     using TX = std::remove_pointer_t<decltype(tx)>;
     using TY = std::remove_pointer_t<decltype(ty)>;
     if constexpr (std::is_same_v<TX, TY> || std::is_same_v<TX, float>) {
-      cuda::add<TX, TY>(x.as<TX>(), y.as<TY>(), x.numel(), nullptr);
+      cuda::add<TX, TY>(x.as<TX>(), y.as<TY>(), x.numel(), stream());
     }
   });
 }
@@ -293,11 +372,11 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
       const float* bp = bias ? bias->as<float>() : nullptr;
       if (out.dtype == DType::F32) {
         if constexpr (!std::is_same_v<TT, float>) {
-          cuda::gemv<TT, float>(x.as<TT>(), w.as<TT>(), bp, T, K, N, out.as<float>(), nullptr);
+          cuda::gemv<TT, float>(x.as<TT>(), w.as<TT>(), bp, T, K, N, out.as<float>(), stream());
           return;
         }
       }
-      cuda::gemv<TT, TT>(x.as<TT>(), w.as<TT>(), bp, T, K, N, out.as<TT>(), nullptr);
+      cuda::gemv<TT, TT>(x.as<TT>(), w.as<TT>(), bp, T, K, N, out.as<TT>(), stream());
     });
     return;
   }
@@ -308,7 +387,7 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
   }
   const float alpha = 1.f, beta = 0.f;
   lt(cublasLtMatmul(lt_, g.op, &alpha, w.data, g.a, x.data, g.b, &beta, out.data, g.c, out.data, g.c, &g.algo,
-                    workspace_, workspace_bytes_, nullptr),
+                    workspace_, workspace_bytes_, stream()),
      "matmul");
 }
 
@@ -316,7 +395,7 @@ void CudaBackend::rope(Tensor& q, Tensor& k, const Tensor& inv_freq, int64_t D) 
   dispatch(q.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     cuda::rope<T>(q.as<T>(), k.as<T>(), positions_.ptr, inv_freq.as<float>(), rows_of(q), cols_of(q) / D, cols_of(k) / D, D,
-                  nullptr);
+                  stream());
   });
 }
 
@@ -326,7 +405,7 @@ void CudaBackend::kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Te
     using T = std::remove_pointer_t<decltype(tc)>;
     if constexpr (std::is_same_v<TI, T> || std::is_same_v<TI, float>) {
       cuda::kv_write<TI, T>(k.as<TI>(), v.as<TI>(), slots_.ptr, rows_of(k), k_cache.dim(2), k_cache.dim(3), k_cache.as<T>(),
-                            v_cache.as<T>(), nullptr);
+                            v_cache.as<T>(), stream());
     }
   });
 }
@@ -340,7 +419,7 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor
     if constexpr (std::is_same_v<TI, T> || std::is_same_v<TI, float>) {
       cuda::paged_attention<TI, T>(q.as<TI>(), k_cache.as<T>(), v_cache.as<T>(), tables_.ptr, max_blocks_, token_seq_.ptr,
                                    positions_.ptr, rows_of(q), cols_of(q) / D, k_cache.dim(2), D, block_size, scale,
-                                   max_len_, out.as<T>(), nullptr);
+                                   max_len_, out.as<T>(), stream());
     }
   });
 }
@@ -350,7 +429,7 @@ void CudaBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
     using TI = std::remove_pointer_t<decltype(ti)>;
     using T = std::remove_pointer_t<decltype(to)>;
     if constexpr (std::is_same_v<TI, T> || std::is_same_v<TI, float>) {
-      cuda::silu_mul<TI, T>(gate.as<TI>(), up.as<TI>(), gate.numel(), out.as<T>(), nullptr);
+      cuda::silu_mul<TI, T>(gate.as<TI>(), up.as<TI>(), gate.numel(), out.as<T>(), stream());
     }
   });
 }
@@ -359,7 +438,7 @@ void CudaBackend::add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float
   if (x.dtype != DType::F32 || y.dtype != DType::F32 || w.dtype != out.dtype) return Backend::add_rmsnorm(x, y, w, eps, out);
   dispatch(out.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    cuda::add_rmsnorm<T>(x.as<float>(), y.as<float>(), w.as<T>(), rows_of(x), cols_of(x), eps, out.as<T>(), nullptr);
+    cuda::add_rmsnorm<T>(x.as<float>(), y.as<float>(), w.as<T>(), rows_of(x), cols_of(x), eps, out.as<T>(), stream());
   });
 }
 
@@ -383,7 +462,7 @@ void CudaBackend::linear_qkv(const Tensor& x, const Tensor& wq, const Tensor* bq
   }
   dispatch(x.dtype, [&](auto* tag) {
     using TT = std::remove_pointer_t<decltype(tag)>;
-    cuda::gemv_qkv<TT>(x.as<TT>(), T, K, g, nullptr);
+    cuda::gemv_qkv<TT>(x.as<TT>(), T, K, g, stream());
   });
 }
 
@@ -394,7 +473,7 @@ void CudaBackend::rope_kv_write(Tensor& q, Tensor& k, const Tensor& v, const Ten
   dispatch(k_cache.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     cuda::rope_kv_write<T>(q.as<float>(), k.as<float>(), v.as<float>(), positions_.ptr, inv_freq.as<float>(), slots_.ptr,
-                           rows_of(q), cols_of(q) / D, cols_of(k) / D, D, k_cache.as<T>(), v_cache.as<T>(), nullptr);
+                           rows_of(q), cols_of(q) / D, cols_of(k) / D, D, k_cache.as<T>(), v_cache.as<T>(), stream());
   });
 }
 
@@ -406,7 +485,7 @@ void CudaBackend::gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tens
   dispatch(x.dtype, [&](auto* tag) {
     using TT = std::remove_pointer_t<decltype(tag)>;
     cuda::gemv_gate_up_silu<TT>(x.as<TT>(), w_gate.as<TT>(), w_up.as<TT>(), T, cols_of(x), rows_of(w_gate), act.as<TT>(),
-                                nullptr);
+                                stream());
   });
 }
 
@@ -420,7 +499,7 @@ void CudaBackend::draw_rows(const Tensor& logits, int64_t L, int64_t token_offse
   ck(cudaMemcpy(dev_rows.data, rows.data(), rows.size() * sizeof(RowDraw), cudaMemcpyHostToDevice), "upload draws");
   Tensor dev_best = empty({n}, DType::F32), dev_idx = empty({n}, DType::F32);
   cuda::draw_rows(logits.as<float>(), n, logits.dim(1), L, token_offset, static_cast<const RowDraw*>(dev_rows.data),
-                  dev_best.as<float>(), static_cast<int32_t*>(dev_idx.data), nullptr);
+                  dev_best.as<float>(), static_cast<int32_t*>(dev_idx.data), stream());
   ck(cudaMemcpy(best, dev_best.data, n * sizeof(float), cudaMemcpyDeviceToHost), "download draws");
   ck(cudaMemcpy(idx, dev_idx.data, n * sizeof(int32_t), cudaMemcpyDeviceToHost), "download draws");
 }
@@ -428,7 +507,7 @@ void CudaBackend::draw_rows(const Tensor& logits, int64_t L, int64_t token_offse
 void CudaBackend::gather_rows(const Tensor& x, Tensor& out) {
   dispatch(x.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    cuda::gather_rows<T>(x.as<T>(), logits_rows_.ptr, num_logits_, cols_of(x), out.as<T>(), nullptr);
+    cuda::gather_rows<T>(x.as<T>(), logits_rows_.ptr, num_logits_, cols_of(x), out.as<T>(), stream());
   });
 }
 

@@ -6,7 +6,9 @@
 #include <cuda_runtime.h>
 
 #include <map>
+#include <memory>
 #include <tuple>
+#include <vector>
 
 #include "backend/backend.h"
 
@@ -26,6 +28,7 @@ class CudaBackend : public Backend {
   void copy_to_host(const Tensor& src, size_t offset, size_t bytes, void* dst) override;
   void copy_from_host(Tensor& dst, size_t offset, size_t bytes, const void* src) override;
   void begin_step(const StepMeta& meta) override;
+  void copy(const Tensor& src, Tensor& dst) override;
 
   void embedding(const Tensor& table, int64_t vocab_start, Tensor& out) override;
   void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override;
@@ -52,8 +55,23 @@ class CudaBackend : public Backend {
   size_t peak_memory() override;
   void synchronize() override;
   void trim_memory() override;
+  bool supports_graphs() const override { return true; }
+  void reserve_step(int64_t tokens, int64_t seqs, int64_t table_entries) override;
+  void graph_capture_begin() override;
+  int graph_capture_end() override;
+  void graph_capture_abort() override;
+  bool graph_replay(int id) override;
+  size_t graph_memory() override;
+  // The stream every op of this backend runs on (a blocking stream: ordered with work on the legacy
+  // default stream, where NCCL's collectives and synchronous copies go).
+  cudaStream_t stream() const { return stream_->s; }
 
  private:
+  struct Stream {
+    cudaStream_t s = nullptr;
+    int device = 0;
+    ~Stream();
+  };
   struct IntBuffer {
     int32_t* ptr = nullptr;
     size_t cap = 0;
@@ -68,6 +86,9 @@ class CudaBackend : public Backend {
 
   int device_;
   DType dtype_;
+  std::shared_ptr<Stream> stream_;  // shared with the tensors, which free themselves on it
+  std::vector<cudaGraphExec_t> graphs_;
+  bool capturing_ = false;
   cudaMemPool_t pool_ = nullptr;  // the device's default pool: tensors come and go without synchronising
   cublasLtHandle_t lt_ = nullptr;
   void* workspace_ = nullptr;

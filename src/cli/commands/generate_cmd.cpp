@@ -159,6 +159,17 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
   write_file_atomic(output, text);
   const auto& st = engine.scheduler().stats();
   const auto& bm = engine.scheduler().blocks();
+  if (engine.steps() > 0) {
+    const Engine::StepTimes t = engine.step_times();
+    const double us = 1e6 / static_cast<double>(engine.steps());
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "%.0f us per step on rank 0: scheduling %.0f, step inputs %.0f, forward launch %.0f, sampling "
+                  "(waits for the device) %.0f, outputs %.0f",
+                  t.total * us, t.schedule * us, t.worker.inputs * us, t.worker.forward * us, t.worker.sample * us,
+                  t.outputs * us);
+    log_info("generate: ", buf);
+  }
   log_info("generate: ", jobs.size(), " requests in ", engine.steps(), " steps, up to ", engine.max_in_flight(),
            " micro-batches in flight; prefix cache hits ", bm.hits(), "/",
            bm.queries(), " tokens; preemptions: ", st.preempted_swap, " swap, ", st.preempted_recompute, " recompute");
