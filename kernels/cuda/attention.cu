@@ -54,6 +54,16 @@ __device__ __forceinline__ float dot_row(const float* q, const T* k, int64_t D) 
   return s;
 }
 
+// Asks for a row's cache lines ahead of its use: a lane fetches its key's value row while it scores
+// the key, so the value pass that follows finds the rows near (decode of a few sequences is bound by
+// these round trips, not by bytes).
+template <typename T>
+__device__ __forceinline__ void prefetch_row(const T* p, int64_t D) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t off = 0; off < D * static_cast<int64_t>(sizeof(T)); off += 128)
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(c + off));
+}
+
 // Value rows are read in batches of this many keys (loads first, then the multiply-adds), so a tile
 // costs 32 / kVBatch memory round trips rather than 32.
 constexpr int kVBatch = 8;
@@ -119,6 +129,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     float sc = -INFINITY;
     if (j < len) {
       slot = static_cast<int64_t>(table[j / bs]) * bs + j % bs;
+      prefetch_row(vc + slot * row + kvh * D, D);
       sc = dot_row(qs, kc + slot * row + kvh * D, D);
     }
     const float mn = fmaxf(m, warp_max(sc));
@@ -262,6 +273,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int g = 0; g < kMaxGroup; ++g) sc[g] = 0.f;
     if (valid) {
       slot = static_cast<int64_t>(table[j / bs]) * bs + j % bs;
+      prefetch_row(vc + slot * row + kh * D, D);
       const T* kr = kc + slot * row + kh * D;
 #pragma unroll 8
       for (int64_t d = 0; d < D; d += V) {

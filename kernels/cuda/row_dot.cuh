@@ -5,27 +5,39 @@
 
 namespace llmserve::cuda {
 
-// acc[m] = x[m, :] . wr over K, lanes striding with 16-byte loads (several in flight per lane), then
-// summed over the warp: every lane gets the totals.
+// acc[m] = x[m, :] . wr over K, lanes striding with 16-byte loads, then summed over the warp: every
+// lane gets the totals. Loads go out in groups of U (weights and inputs of a group issued before any
+// of them is used, predicated rather than left to a remainder loop), so a row of a few KB costs one
+// or two memory round trips and a long row keeps U loads per lane in flight.
 template <typename T, int M>
 __device__ __forceinline__ void row_dot(const T* __restrict__ x, const T* __restrict__ wr, int64_t K, int lane,
                                         float (&acc)[M]) {
   constexpr int V = 16 / sizeof(T);
+  constexpr int U = M == 1 ? 8 : 4;
+  union Vec {
+    uint4 u;
+    T e[V];
+  };
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.f;
   if (K % V == 0) {
-#pragma unroll 4
-    for (int64_t k = static_cast<int64_t>(lane) * V; k < K; k += 32 * V) {
-      union {
-        uint4 u;
-        T e[V];
-      } wv, xv;
-      wv.u = *reinterpret_cast<const uint4*>(wr + k);
+    for (int64_t k0 = static_cast<int64_t>(lane) * V; k0 < K; k0 += 32 * V * U) {
+      Vec wv[U], xv[U][M];
 #pragma unroll
-      for (int m = 0; m < M; ++m) {
-        xv.u = *reinterpret_cast<const uint4*>(x + m * K + k);
+      for (int u = 0; u < U; ++u) {
+        const int64_t k = k0 + static_cast<int64_t>(u) * 32 * V;
+        const bool in = k < K;
+        wv[u].u = in ? *reinterpret_cast<const uint4*>(wr + k) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-        for (int j = 0; j < V; ++j) acc[m] += to_f(wv.e[j]) * to_f(xv.e[j]);
+        for (int m = 0; m < M; ++m) xv[u][m].u = in ? *reinterpret_cast<const uint4*>(x + m * K + k) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (k0 + static_cast<int64_t>(u) * 32 * V >= K) break;
+#pragma unroll
+        for (int m = 0; m < M; ++m)
+#pragma unroll
+          for (int j = 0; j < V; ++j) acc[m] += to_f(wv[u].e[j]) * to_f(xv[u][m].e[j]);
       }
     }
   } else {
