@@ -4,7 +4,8 @@
 // then accumulates its D/32 output dimensions over the tile's 32 values (probabilities broadcast by
 // shuffles, value rows read coalesced). The block merges its warps' partial results at the end
 // (split-KV within the block). Handles prefill, chunked prefill over cached blocks and decode alike:
-// the token at position p attends to positions 0..p of its sequence.
+// the token at position p attends to positions 0..p of its sequence. Prefill steps with 16-bit caches
+// use the tensor-core kernel in flash_prefill.cu instead (the backend chooses per step).
 #include <algorithm>
 
 #include "kernels/cuda/common.cuh"

@@ -9,6 +9,7 @@
 #include "kernels/draw.h"
 
 #include <cstdint>
+#include <vector>
 
 namespace llmserve::cuda {
 
@@ -38,6 +39,16 @@ template <typename TI, typename T>
 void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
                      const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
                      int64_t block_size, float scale, int64_t max_len, T* out, cudaStream_t s);
+// Prefill attention on tensor cores (kernels/cuda/flash_prefill.cu): the same contract as
+// paged_attention for 16-bit caches and head_dim a multiple of 16 up to 128 (flash_prefill_supported);
+// `tiles` lists the first token of each tile of up to 64 query tokens of one sequence
+// (flash_prefill_tiles of the step's q_start).
+bool flash_prefill_supported(int64_t head_dim);
+std::vector<int32_t> flash_prefill_tiles(const std::vector<int32_t>& q_start);
+template <typename TI, typename T>
+void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
+                   const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t num_tiles,
+                   int64_t n, int64_t Hq, int64_t Hk, int64_t D, int64_t block_size, float scale, T* out, cudaStream_t s);
 template <typename TI, typename T>
 void silu_mul(const TI* gate, const TI* up, int64_t n, T* out, cudaStream_t s);
 template <typename T>

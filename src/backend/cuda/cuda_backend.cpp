@@ -99,7 +99,7 @@ CudaBackend::~CudaBackend() {
     cublasLtMatrixLayoutDestroy(g.c);
     cublasLtMatmulDescDestroy(g.op);
   }
-  for (IntBuffer* b : {&ids_, &positions_, &slots_, &tables_, &token_seq_, &logits_rows_})
+  for (IntBuffer* b : {&ids_, &positions_, &slots_, &tables_, &token_seq_, &logits_rows_, &tiles_})
     if (b->ptr) cudaFree(b->ptr);
   if (workspace_) cudaFree(workspace_);
   if (lt_) cublasLtDestroy(lt_);
@@ -224,7 +224,17 @@ void CudaBackend::begin_step(const StepMeta& m) {
   if (max_len_ <= 0)
     for (int32_t p : m.positions) max_len_ = std::max<int64_t>(max_len_, p + 1);
   num_logits_ = static_cast<int64_t>(m.logits_indices.size());
+  // Tensor-core prefill attention when some sequence brings a run of new tokens (decode steps, and
+  // every graph, keep the split-KV kernel).
+  int64_t max_q = 0;
+  for (int64_t s = 0; s < num_seqs_; ++s) max_q = std::max<int64_t>(max_q, m.q_start[s + 1] - m.q_start[s]);
+  flash_ = max_q >= kFlashMinQueries;
   if (capturing_) return;  // uploaded before the capture; a graph must not record host copies
+  if (flash_) {
+    const std::vector<int32_t> tiles = cuda::flash_prefill_tiles(m.q_start);
+    num_tiles_ = static_cast<int64_t>(tiles.size());
+    put(tiles_, tiles);
+  }
   std::vector<int32_t> token_seq(static_cast<size_t>(num_tokens_));
   for (int64_t s = 0; s < num_seqs_; ++s)
     for (int32_t t = m.q_start[s]; t < m.q_start[s + 1]; ++t) token_seq[t] = static_cast<int32_t>(s);
@@ -250,7 +260,7 @@ void CudaBackend::reserve_step(int64_t tokens, int64_t seqs, int64_t table_entri
     b.cap = static_cast<size_t>(n);
     ck(cudaMalloc(&b.ptr, b.cap * sizeof(int32_t)), "metadata allocation");
   };
-  for (IntBuffer* b : {&ids_, &positions_, &slots_, &token_seq_, &logits_rows_}) grow(*b, tokens);
+  for (IntBuffer* b : {&ids_, &positions_, &slots_, &token_seq_, &logits_rows_, &tiles_}) grow(*b, tokens);
   grow(tables_, std::max(table_entries, seqs));
 }
 
@@ -417,6 +427,14 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor
     using TI = std::remove_pointer_t<decltype(ti)>;
     using T = std::remove_pointer_t<decltype(tc)>;
     if constexpr (std::is_same_v<TI, T> || std::is_same_v<TI, float>) {
+      if constexpr (!std::is_same_v<T, float>) {
+        if (flash_ && cuda::flash_prefill_supported(D)) {
+          cuda::flash_prefill<TI, T>(q.as<TI>(), k_cache.as<T>(), v_cache.as<T>(), tables_.ptr, max_blocks_, token_seq_.ptr,
+                                     positions_.ptr, tiles_.ptr, num_tiles_, rows_of(q), cols_of(q) / D, k_cache.dim(2), D,
+                                     block_size, scale, out.as<T>(), stream());
+          return;
+        }
+      }
       cuda::paged_attention<TI, T>(q.as<TI>(), k_cache.as<T>(), v_cache.as<T>(), tables_.ptr, max_blocks_, token_seq_.ptr,
                                    positions_.ptr, rows_of(q), cols_of(q) / D, k_cache.dim(2), D, block_size, scale,
                                    max_len_, out.as<T>(), stream());

@@ -94,8 +94,10 @@ class CudaBackend : public Backend {
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 32u << 20;
   std::map<std::tuple<int64_t, int64_t, int64_t, int, int, bool>, Gemm> gemms_;
-  IntBuffer ids_, positions_, slots_, tables_, token_seq_, logits_rows_;
-  int64_t num_tokens_ = 0, num_seqs_ = 0, max_blocks_ = 0, num_logits_ = 0, max_len_ = 0;
+  IntBuffer ids_, positions_, slots_, tables_, token_seq_, logits_rows_, tiles_;
+  int64_t num_tokens_ = 0, num_seqs_ = 0, max_blocks_ = 0, num_logits_ = 0, max_len_ = 0, num_tiles_ = 0;
+  static constexpr int64_t kFlashMinQueries = 16;  // new tokens of one sequence that make a step a prefill
+  bool flash_ = false;
 };
 
 // The CUDA backend on this rank's GPU (local_rank modulo the GPUs visible); throws Error when there
