@@ -12,6 +12,7 @@
 #include "common/log.h"
 #include "dist/collective_check.h"
 #include "model/dummy_weights.h"
+#include "model/memory_plan.h"
 
 namespace llmserve {
 
@@ -135,13 +136,6 @@ double ModelRunner::kv_budget_gb(const KvCacheShape& shape) {
   if (cfg_.kv_cache_memory_gb > 0) return cfg_.kv_cache_memory_gb;
   size_t free_b = 0, total_b = 0;
   if (!backend_->device_memory(&free_b, &total_b)) return 1.0;
-  const double GiB = double(1ull << 30);
-  auto gib = [&](double bytes) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.2f", bytes / GiB);
-    return std::string(buf);
-  };
-  const double used = static_cast<double>(total_b - free_b);
   const int64_t T = cfg_.max_num_batched_tokens, H = spec_.hidden_size;
   double peak = 0;
   agree(world_->handle(), [&] {
@@ -171,17 +165,12 @@ double ModelRunner::kv_budget_gb(const KvCacheShape& shape) {
     peak = high > base ? static_cast<double>(high - base) : 0.0;
   });
   backend_->trim_memory();  // the profiling run's memory goes back before the KV cache is allocated
-  const double budget = cfg_.gpu_memory_utilization * static_cast<double>(total_b) - used - peak;
-  log_info("memory plan: ", gib(total_b), " GiB device x gpu_memory_utilization ", cfg_.gpu_memory_utilization, " = ",
-           gib(cfg_.gpu_memory_utilization * total_b), " GiB; in use after loading (weights, context, other processes) ",
-           gib(used), " GiB; activation peak over ", T, " tokens ", gib(peak), " GiB; KV cache ", gib(std::max(budget, 0.0)), " GiB");
+  const MemoryPlan plan = plan_memory(total_b, free_b, peak, cfg_.gpu_memory_utilization);
+  log_info(plan.describe(T));
   agree(world_->handle(), [&] {
-    if (budget <= 0)
-      throw Error(cat("memory plan: no room for the KV cache (", gib(used), " GiB in use + ", gib(peak), " GiB activations > ",
-                      cfg_.gpu_memory_utilization, " x ", gib(total_b),
-                      " GiB); raise gpu_memory_utilization, lower max_num_batched_tokens, or spread the model (tp/pp)"));
+    if (plan.kv <= 0) throw Error(plan.no_room());
   });
-  return budget / GiB;
+  return plan.kv / double(1ull << 30);
 }
 
 Tensor ModelRunner::forward(const StepMeta& meta, const Tensor& hidden_in) {
