@@ -30,9 +30,9 @@ DecodeGraphs::DecodeGraphs(Transformer& model, Backend& backend, const Topology&
   out_ = be_.empty({B, topo_.last_stage() ? model_.shard().vocab_padded : H}, DType::F32);
 }
 
-StepMeta DecodeGraphs::padded(const StepMeta& real, int64_t B) const {
+StepMeta pad_decode_step(const StepMeta& real, int64_t B, int64_t max_blocks, int64_t max_context) {
   const int64_t S = real.num_seqs();
-  LLMSERVE_CHECK(S <= B && real.max_blocks <= max_blocks_, "decode graphs: step larger than the bucket");
+  LLMSERVE_CHECK(S <= B && real.max_blocks <= max_blocks, "decode graphs: step larger than the bucket");
   StepMeta m;
   m.token_ids = real.token_ids;
   m.token_ids.resize(static_cast<size_t>(B), 0);
@@ -42,13 +42,13 @@ StepMeta DecodeGraphs::padded(const StepMeta& real, int64_t B) const {
   m.slot_mapping.resize(static_cast<size_t>(B), -1);  // padding rows write no KV
   m.q_start.resize(static_cast<size_t>(B + 1));
   for (int64_t i = 0; i <= B; ++i) m.q_start[i] = static_cast<int32_t>(i);
-  m.max_blocks = static_cast<int32_t>(max_blocks_);
-  m.block_tables.assign(static_cast<size_t>(B * max_blocks_), 0);
+  m.max_blocks = static_cast<int32_t>(max_blocks);
+  m.block_tables.assign(static_cast<size_t>(B * max_blocks), 0);
   for (int64_t s = 0; s < S; ++s)
-    std::copy_n(real.block_tables.begin() + s * real.max_blocks, real.max_blocks, m.block_tables.begin() + s * max_blocks_);
+    std::copy_n(real.block_tables.begin() + s * real.max_blocks, real.max_blocks, m.block_tables.begin() + s * max_blocks);
   m.logits_indices.resize(static_cast<size_t>(B));
   for (int64_t i = 0; i < B; ++i) m.logits_indices[i] = static_cast<int32_t>(i);
-  m.max_context = static_cast<int32_t>(max_model_len_);
+  m.max_context = static_cast<int32_t>(max_context);
   return m;
 }
 

@@ -17,6 +17,12 @@
 
 namespace llmserve {
 
+// The metadata of a decode step `real` (one token per sequence, every sequence sampling) padded to
+// `bucket` rows as a recorded graph runs it: padding tokens are id 0 at position 0 with slot -1 (they
+// write no KV), block tables re-laid to `max_blocks` per sequence, logits for rows 0..bucket-1, and
+// kernels sized for `max_context`.
+StepMeta pad_decode_step(const StepMeta& real, int64_t bucket, int64_t max_blocks, int64_t max_context);
+
 class DecodeGraphs {
  public:
   // Allocates the static input/output tensors (call before the memory plan, so it counts them).
@@ -32,11 +38,13 @@ class DecodeGraphs {
   bool run(const StepMeta& meta, const Tensor& hidden_in, Tensor* result);
 
   const std::vector<int64_t>& buckets() const { return buckets_; }
+  // 1, 2, 4, then multiples of 8 below max_num_seqs, and max_num_seqs.
   static std::vector<int64_t> bucket_sizes(int64_t max_num_seqs);
-  // The metadata of a decode step of `real` padded to `bucket` rows (exposed for tests).
-  StepMeta padded(const StepMeta& real, int64_t bucket) const;
 
  private:
+  StepMeta padded(const StepMeta& real, int64_t bucket) const {
+    return pad_decode_step(real, bucket, max_blocks_, max_model_len_);
+  }
   bool fits(const StepMeta& meta) const;
   Transformer& model_;
   Backend& be_;

@@ -17,20 +17,7 @@ using namespace llmserve;
 namespace fs = std::filesystem;
 
 namespace {
-// A one-rank communicator: collectives are identities.
-class SelfComm : public Comm {
- public:
-  int rank() const override { return 0; }
-  int size() const override { return 1; }
-  void all_reduce_sum(float*, size_t) override {}
-  void all_reduce_max(float*, size_t) override {}
-  void all_reduce_maxloc(float*, int32_t*, size_t) override {}
-  void all_gather(const float* s, size_t n, float* r) override { std::copy(s, s + n, r); }
-  void broadcast(void*, size_t, int) override {}
-  void send(const void*, size_t, int) override { throw Error("SelfComm: no peers"); }
-  void recv(void*, size_t, int) override { throw Error("SelfComm: no peers"); }
-  void barrier() override {}
-};
+using llmserve::testing::SelfComm;
 
 ModelSpec tiny_spec() { return llmserve::testing::small_spec(2, 1, 16, 2, 8, 4, 10); }
 }  // namespace

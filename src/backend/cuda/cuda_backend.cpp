@@ -1,5 +1,7 @@
 #include "backend/cuda/cuda_backend.h"
 
+#include <algorithm>
+
 #include "common/error.h"
 #include "common/log.h"
 #include "kernels/cuda/ops.cuh"
@@ -165,19 +167,21 @@ void CudaBackend::copy_from_host(Tensor& dst, size_t offset, size_t bytes, const
   ck(cudaMemcpy(static_cast<char*>(dst.data) + offset, src, bytes, cudaMemcpyHostToDevice), "copy from host");
 }
 
-void CudaBackend::put(IntBuffer& b, const std::vector<int32_t>& v) {
-  if (v.size() > b.cap) {
-    if (!graphs_.empty()) {  // the graphs read the old buffer: drop them
-      log_warn("CUDA graphs dropped: a step needs larger metadata buffers than they were recorded with; steps run eagerly");
-      for (cudaGraphExec_t g : graphs_)
-        if (g) cudaGraphExecDestroy(g);
-      graphs_.assign(graphs_.size(), nullptr);
-    }
-    ck(cudaDeviceSynchronize(), "synchronize");
-    if (b.ptr) cudaFree(b.ptr);
-    b.cap = std::max<size_t>(v.size() * 2, 1024);
-    ck(cudaMalloc(&b.ptr, b.cap * sizeof(int32_t)), "metadata allocation");
+void CudaBackend::grow(IntBuffer& b, size_t cap) {
+  if (std::any_of(graphs_.begin(), graphs_.end(), [](cudaGraphExec_t g) { return g != nullptr; })) {
+    // The graphs read the old buffer: drop them.
+    log_warn("CUDA graphs dropped: a step needs larger metadata buffers than they were recorded with; steps run eagerly");
+    for (cudaGraphExec_t& g : graphs_)
+      if (g) cudaGraphExecDestroy(g), g = nullptr;
   }
+  ck(cudaDeviceSynchronize(), "synchronize");
+  if (b.ptr) cudaFree(b.ptr);
+  b.cap = cap;
+  ck(cudaMalloc(&b.ptr, b.cap * sizeof(int32_t)), "metadata allocation");
+}
+
+void CudaBackend::put(IntBuffer& b, const std::vector<int32_t>& v) {
+  if (v.size() > b.cap) grow(b, std::max<size_t>(v.size() * 2, 1024));
   if (!v.empty()) ck(cudaMemcpy(b.ptr, v.data(), v.size() * sizeof(int32_t), cudaMemcpyHostToDevice), "metadata upload");
 }
 
@@ -253,15 +257,10 @@ void CudaBackend::copy(const Tensor& src, Tensor& dst) {
 }
 
 void CudaBackend::reserve_step(int64_t tokens, int64_t seqs, int64_t table_entries) {
-  auto grow = [&](IntBuffer& b, int64_t n) {
-    if (static_cast<size_t>(n) <= b.cap) return;
-    ck(cudaDeviceSynchronize(), "synchronize");
-    if (b.ptr) cudaFree(b.ptr);
-    b.cap = static_cast<size_t>(n);
-    ck(cudaMalloc(&b.ptr, b.cap * sizeof(int32_t)), "metadata allocation");
-  };
-  for (IntBuffer* b : {&ids_, &positions_, &slots_, &token_seq_, &logits_rows_, &tiles_}) grow(*b, tokens);
-  grow(tables_, std::max(table_entries, seqs));
+  for (IntBuffer* b : {&ids_, &positions_, &slots_, &token_seq_, &logits_rows_, &tiles_})
+    if (static_cast<size_t>(tokens) > b->cap) grow(*b, static_cast<size_t>(tokens));
+  const size_t entries = static_cast<size_t>(std::max(table_entries, seqs));
+  if (entries > tables_.cap) grow(tables_, entries);
 }
 
 void CudaBackend::graph_capture_begin() {

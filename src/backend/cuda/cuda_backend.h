@@ -76,6 +76,8 @@ class CudaBackend : public Backend {
     int32_t* ptr = nullptr;
     size_t cap = 0;
   };
+  // Reallocates b to `cap` entries (contents lost), dropping any recorded graphs, which read the old one.
+  void grow(IntBuffer& b, size_t cap);
   void put(IntBuffer& b, const std::vector<int32_t>& v);
   struct Gemm {
     cublasLtMatmulDesc_t op = nullptr;

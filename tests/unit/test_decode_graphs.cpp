@@ -1,0 +1,207 @@
+// The model side of CUDA graphs for decode steps, on the CPU reference backend: the batch-size
+// buckets, and a decode step padded to its bucket (pad_decode_step) computed into a preallocated
+// output (Transformer::forward with `out`) gives the unpadded step's logits and KV-cache writes
+// exactly, on one stage and on both stages of a two-stage pipeline.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <random>
+
+#include "backend/cpu_backend.h"
+#include "convert/model_writer.h"
+#include "engine/worker.h"
+#include "kv/kv_cache.h"
+#include "model/decode_graphs.h"
+#include "model/model_file.h"
+#include "model/transformer.h"
+#include "model/weight_names.h"
+#include "test_util.h"
+
+using namespace llmserve;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int64_t kBlock = 4;
+
+// A two-layer GQA model with random weights, written once.
+const std::string& model_path() {
+  static const std::string path = [] {
+    const fs::path dir = fs::path(::testing::TempDir()) / "llmserve-decode-graphs";
+    fs::create_directories(dir);
+    const std::string p = (dir / "m.h5").string();
+    const ModelSpec s = llmserve::testing::small_spec(4, 2, 32, 2, 32, 8, 50);
+    ModelWriter w(p, s, "test");
+    std::mt19937 g(5);
+    std::uniform_real_distribution<float> u(-0.3f, 0.3f);
+    for (const auto& t : expected_weights(s)) {
+      std::vector<float> v(t.shape.size() == 2 ? t.shape[0] * t.shape[1] : t.shape[0]);
+      const bool norm = t.name.find("norm") != std::string::npos;
+      for (auto& x : v) x = norm ? 1.f + u(g) : u(g);
+      w.add_tensor(t.name, DType::F32, t.shape, v.data());
+    }
+    w.commit();
+    return p;
+  }();
+  return path;
+}
+
+// Three sequences: a prefill of their prompts, then one decode step (positions 5, 9 and 3).
+const std::vector<std::vector<int32_t>> kTables = {{0, 1}, {2, 3, 4}, {5}};
+StepPlan prefill_plan() {
+  StepPlan p;
+  const std::vector<std::vector<int32_t>> prompts = {{3, 9, 4, 7, 1}, {11, 2, 8, 8, 30, 6, 5, 12, 40}, {44, 1, 19}};
+  for (size_t s = 0; s < prompts.size(); ++s) {
+    SeqStep q;
+    q.seq_id = s;
+    q.tokens = prompts[s];
+    q.block_table = kTables[s];
+    q.sample = true;
+    p.seqs.push_back(q);
+  }
+  return p;
+}
+StepPlan decode_plan() {
+  StepPlan p;
+  const int32_t computed[] = {5, 9, 3}, next[] = {17, 23, 48};
+  for (size_t s = 0; s < 3; ++s) {
+    SeqStep q;
+    q.seq_id = s;
+    q.num_computed = computed[s];
+    q.tokens = {next[s]};
+    q.block_table = kTables[s];
+    q.sample = true;
+    p.seqs.push_back(q);
+  }
+  return p;
+}
+
+std::vector<float> host(Backend& be, const Tensor& t) {
+  std::vector<float> v(static_cast<size_t>(t.numel()));
+  be.download(t, v.data());
+  return v;
+}
+
+// The KV cache contents, every layer.
+std::vector<float> kv_contents(Backend& be, KvCache& kv, int layers) {
+  std::vector<float> all;
+  for (int l = 0; l < layers; ++l)
+    for (const Tensor* t : {&kv.k(l), &kv.v(l)}) {
+      const auto v = host(be, *t);
+      all.insert(all.end(), v.begin(), v.end());
+    }
+  return all;
+}
+
+// One pipeline stage (or the whole model) with its own KV cache.
+struct Stage {
+  Stage(int rank, int pp)
+      : file(model_path()),
+        spec(file.spec()),
+        topo(make_topology(rank, pp, 1, pp)),
+        model(spec, topo, be, comm, file),
+        kv(be, [&] {
+          KvCacheShape s;
+          s.num_layers = static_cast<int>(model.shard().layers.end - model.shard().layers.begin);
+          s.num_blocks = 8;
+          s.block_size = kBlock;
+          s.kv_heads = model.shard().kv_heads;
+          s.head_dim = spec.head_dim;
+          return s;
+        }()) {}
+  int layers() const { return kv.shape().num_layers; }
+  ModelFile file;
+  ModelSpec spec;
+  Topology topo;
+  CpuBackend be;
+  llmserve::testing::SelfComm comm;
+  Transformer model;
+  KvCache kv;
+};
+
+}  // namespace
+
+TEST(DecodeGraphs, BucketSizes) {
+  EXPECT_EQ(DecodeGraphs::bucket_sizes(1), (std::vector<int64_t>{1}));
+  EXPECT_EQ(DecodeGraphs::bucket_sizes(4), (std::vector<int64_t>{1, 2, 4}));
+  EXPECT_EQ(DecodeGraphs::bucket_sizes(6), (std::vector<int64_t>{1, 2, 4, 6}));
+  EXPECT_EQ(DecodeGraphs::bucket_sizes(32), (std::vector<int64_t>{1, 2, 4, 8, 16, 24, 32}));
+  EXPECT_EQ(DecodeGraphs::bucket_sizes(256).size(), 35u);
+}
+
+TEST(DecodeGraphs, PaddedStepLayout) {
+  const StepMeta real = step_meta_from_plan(decode_plan(), kBlock);
+  const StepMeta m = pad_decode_step(real, 8, 6, 24);
+  EXPECT_EQ(m.num_tokens(), 8);
+  EXPECT_EQ(m.num_seqs(), 8);
+  EXPECT_EQ(m.max_blocks, 6);
+  EXPECT_EQ(m.max_context, 24);
+  EXPECT_EQ(std::vector<int32_t>(m.slot_mapping.begin(), m.slot_mapping.begin() + 3), real.slot_mapping);
+  for (int i = 3; i < 8; ++i) EXPECT_EQ(m.slot_mapping[i], -1) << "padding row " << i << " would write KV";
+  for (int s = 0; s < 3; ++s)
+    for (int b = 0; b < real.max_blocks; ++b) EXPECT_EQ(m.block_tables[s * 6 + b], real.block_tables[s * real.max_blocks + b]);
+  EXPECT_EQ(m.logits_indices, (std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6, 7}));
+  EXPECT_THROW(pad_decode_step(real, 2, 6, 24), Error);  // more sequences than the bucket
+  EXPECT_THROW(pad_decode_step(real, 8, 2, 24), Error);  // longer block tables than recorded
+}
+
+// One stage: the padded step into a preallocated output equals the eager step, logits and KV.
+TEST(DecodeGraphs, PaddedStepMatchesTheEagerStep) {
+  Stage st(0, 1);
+  const StepMeta pre = step_meta_from_plan(prefill_plan(), kBlock);
+  { Tensor l = st.model.forward(pre, Tensor(), st.kv); }
+  const std::vector<float> kv_before = kv_contents(st.be, st.kv, st.layers());
+  const StepMeta real = step_meta_from_plan(decode_plan(), kBlock);
+  const std::vector<float> eager = host(st.be, st.model.forward(real, Tensor(), st.kv));
+  const std::vector<float> kv_eager = kv_contents(st.be, st.kv, st.layers());
+  ASSERT_NE(kv_eager, kv_before);  // the decode step wrote its keys and values
+
+  // Back to the cache before the decode step, then the padded step as a graph would run it.
+  for (int l = 0, i = 0; l < st.layers(); ++l)
+    for (Tensor* t : {&st.kv.k(l), &st.kv.v(l)}) {
+      st.be.copy_from_host(*t, 0, t->bytes(), kv_before.data() + i);
+      i += static_cast<int>(t->numel());
+    }
+  Tensor out = st.be.empty({8, st.model.shard().vocab_padded}, DType::F32);
+  const Tensor got = st.model.forward(pad_decode_step(real, 8, 6, 24), Tensor(), st.kv, &out);
+  EXPECT_EQ(got.data, out.data);  // a view of the preallocated output
+  ASSERT_EQ(got.dim(0), 8);
+  const std::vector<float> padded = host(st.be, got);
+  EXPECT_EQ(std::vector<float>(padded.begin(), padded.begin() + static_cast<long>(eager.size())), eager);
+  EXPECT_EQ(kv_contents(st.be, st.kv, st.layers()), kv_eager);  // padding rows wrote nothing
+}
+
+// Two stages: the first stage's residual stream lands in `out`; the second copies its input there.
+TEST(DecodeGraphs, PaddedStepMatchesOnBothPipelineStages) {
+  Stage s0(0, 2), s1(1, 2);
+  const StepMeta pre = step_meta_from_plan(prefill_plan(), kBlock);
+  const StepMeta real = step_meta_from_plan(decode_plan(), kBlock);
+  const StepMeta pad = pad_decode_step(real, 4, 6, 24);
+  const int64_t H = s0.spec.hidden_size;
+  { Tensor l = s1.model.forward(pre, s0.model.forward(pre, Tensor(), s0.kv), s1.kv); }
+  const Tensor h_eager = s0.model.forward(real, Tensor(), s0.kv);
+  const std::vector<float> hidden = host(s0.be, h_eager);
+  // The eager second stage on a copy of its cache, so both runs start from the same keys and values.
+  const std::vector<float> kv1 = kv_contents(s1.be, s1.kv, s1.layers());
+  const std::vector<float> eager = host(s1.be, s1.model.forward(real, h_eager, s1.kv));
+  for (int l = 0, i = 0; l < s1.layers(); ++l)
+    for (Tensor* t : {&s1.kv.k(l), &s1.kv.v(l)}) {
+      s1.be.copy_from_host(*t, 0, t->bytes(), kv1.data() + i);
+      i += static_cast<int>(t->numel());
+    }
+
+  // Stage 0 again with padding (its cache already holds the decode token's KV; rewriting the same
+  // values changes nothing), its residual stream into out0.
+  Tensor out0 = s0.be.empty({4, H}, DType::F32);
+  const Tensor h_pad = s0.model.forward(pad, Tensor(), s0.kv, &out0);
+  EXPECT_EQ(h_pad.data, out0.data);
+  const std::vector<float> hp = host(s0.be, h_pad);
+  EXPECT_EQ(std::vector<float>(hp.begin(), hp.begin() + static_cast<long>(hidden.size())), hidden);
+
+  // Stage 1 with padding: its input (real rows, then padding) is copied into out1's rows.
+  Tensor in1 = s1.be.empty({4, H}, DType::F32);
+  s1.be.copy(h_pad, in1);
+  Tensor out1 = s1.be.empty({4, s1.model.shard().vocab_padded}, DType::F32);
+  const std::vector<float> got = host(s1.be, s1.model.forward(pad, in1, s1.kv, &out1));
+  EXPECT_EQ(std::vector<float>(got.begin(), got.begin() + static_cast<long>(eager.size())), eager);
+}
