@@ -104,6 +104,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     paged_attention_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
                       const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
                       int64_t bs, float scale, float* part_ml, float* part_acc, T* out) {
+  pdl_enter();
   const int64_t th = blockIdx.x;
   const int64_t split = blockIdx.y, splits = gridDim.y;
   if (th >= n * Hq) return;
@@ -190,6 +191,7 @@ constexpr int kMaxSplits = 64;
 template <typename T>
 __global__ void merge_splits_k(const float* part_ml, const float* part_acc, const int32_t* positions, int64_t Hq,
                                int64_t splits, int64_t D, T* out) {
+  pdl_enter();
   const int64_t th = blockIdx.x;
   const int64_t ctx = static_cast<int64_t>(positions[th / Hq]) + 1, chunk = chunk_of(ctx, splits);
   const int nact = static_cast<int>(min(splits, (ctx + chunk - 1) / chunk));
@@ -239,6 +241,7 @@ __global__ void __launch_bounds__(kWarps * 32)
                           const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
                           int64_t bs, float scale, float* part_ml, float* part_acc, T* out) {
   constexpr int kPer = 4;  // head_dim <= 128
+  pdl_enter();
   const int64_t tk = blockIdx.x;
   if (tk >= n * Hk) return;
   const int64_t split = blockIdx.y, splits = gridDim.y;
@@ -355,10 +358,16 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 }  // namespace
 
+size_t paged_attention_scratch_bytes() {
+  // Splits happen only while the (token, head) blocks of one split number under 4 per SM, so the
+  // partial results never exceed 4 x SMs x kMaxGroup (query heads per block) rows of D + 2 floats.
+  return sizeof(float) * 4 * static_cast<size_t>(sm_count()) * kMaxGroup * (32 * kMaxDimPerLane + 2);
+}
+
 template <typename TI, typename T>
 void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
                      const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
-                     int64_t block_size, float scale, int64_t max_len, T* out, cudaStream_t s) {
+                     int64_t block_size, float scale, int64_t max_len, float* scratch, T* out, cudaStream_t s) {
   if (n == 0) return;
   if (D > 32 * kMaxDimPerLane) check(cudaErrorInvalidValue, "paged_attention: head_dim above 256");
   // Grouped queries share each K/V row read when the group and head size allow it and there are
@@ -375,36 +384,34 @@ void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int3
     const int64_t want = (max_len + kMinChunk - 1) / kMinChunk, cap = std::max<int64_t>(1, 4 * sm_count() / units);
     splits = std::min<int64_t>(std::min(want, cap), kMaxSplits);
   }
-  float *ml = nullptr, *acc = nullptr;
-  if (splits > 1) {
-    check(cudaMallocAsync(reinterpret_cast<void**>(&ml), sizeof(float) * n * Hq * splits * 2, s), "attention scratch");
-    check(cudaMallocAsync(reinterpret_cast<void**>(&acc), sizeof(float) * n * Hq * splits * D, s), "attention scratch");
-  }
+  // Partial results go to the caller's scratch (paged_attention_scratch_bytes): no allocation here, so
+  // a recorded graph holds only kernels.
+  float* ml = scratch;
+  float* acc = scratch + n * Hq * splits * 2;
+  if (splits > 1 && sizeof(float) * n * Hq * splits * (D + 2) > paged_attention_scratch_bytes())
+    check(cudaErrorInvalidValue, "paged_attention: split results exceed the scratch");
   const dim3 grid(static_cast<unsigned>(units), static_cast<unsigned>(splits));
+  constexpr unsigned threads = kWarps * 32;
   if (grouped)
-    paged_attention_gqa_k<<<grid, kWarps * 32, 0, s>>>(q, k_cache, v_cache, block_tables, max_blocks, token_seq, positions,
-                                                        n, Hq, Hk, D, block_size, scale, ml, acc, out);
+    launch("paged_attention", paged_attention_gqa_k<TI, T>, grid, threads, 0, s, q, k_cache, v_cache, block_tables,
+           max_blocks, token_seq, positions, n, Hq, Hk, D, block_size, scale, ml, acc, out);
   else if (D <= 64)
-    paged_attention_k<TI, T, 2><<<grid, kWarps * 32, 0, s>>>(q, k_cache, v_cache, block_tables, max_blocks, token_seq,
-                                                              positions, n, Hq, Hk, D, block_size, scale, ml, acc, out);
+    launch("paged_attention", paged_attention_k<TI, T, 2>, grid, threads, 0, s, q, k_cache, v_cache, block_tables,
+           max_blocks, token_seq, positions, n, Hq, Hk, D, block_size, scale, ml, acc, out);
   else if (D <= 128)
-    paged_attention_k<TI, T, 4><<<grid, kWarps * 32, 0, s>>>(q, k_cache, v_cache, block_tables, max_blocks, token_seq,
-                                                              positions, n, Hq, Hk, D, block_size, scale, ml, acc, out);
+    launch("paged_attention", paged_attention_k<TI, T, 4>, grid, threads, 0, s, q, k_cache, v_cache, block_tables,
+           max_blocks, token_seq, positions, n, Hq, Hk, D, block_size, scale, ml, acc, out);
   else
-    paged_attention_k<TI, T, 8><<<grid, kWarps * 32, 0, s>>>(q, k_cache, v_cache, block_tables, max_blocks, token_seq,
-                                                              positions, n, Hq, Hk, D, block_size, scale, ml, acc, out);
-  check(cudaGetLastError(), "paged_attention");
-  if (splits > 1) {
-    merge_splits_k<T><<<static_cast<unsigned>(n * Hq), 128, 0, s>>>(ml, acc, positions, Hq, splits, D, out);
-    check(cudaGetLastError(), "paged_attention merge");
-    cudaFreeAsync(ml, s);
-    cudaFreeAsync(acc, s);
-  }
+    launch("paged_attention", paged_attention_k<TI, T, 8>, grid, threads, 0, s, q, k_cache, v_cache, block_tables,
+           max_blocks, token_seq, positions, n, Hq, Hk, D, block_size, scale, ml, acc, out);
+  if (splits > 1)
+    launch("paged_attention merge", merge_splits_k<T>, static_cast<unsigned>(n * Hq), 128, 0, s, ml, acc, positions, Hq,
+           splits, D, out);
 }
 
 #define INSTANTIATE(TI, T)                                                                                          \
   template void paged_attention<TI, T>(const TI*, const T*, const T*, const int32_t*, int64_t, const int32_t*, const int32_t*, \
-                                       int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t, T*, cudaStream_t);
+                                       int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t, float*, T*, cudaStream_t);
 #define SAME(T) INSTANTIATE(T, T)
 #define MIXED(T) INSTANTIATE(float, T)
 LLMSERVE_FOR_EACH_TYPE(SAME)

@@ -1,6 +1,7 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
 namespace llmserve::cuda {
 
@@ -44,6 +45,41 @@ inline int sm_count() {
 }
 
 inline unsigned blocks_for(long long n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
+
+// Programmatic dependent launch (compute capability 9.0 and up). Every kernel here is launched with
+// launch() below, which lets it start while the kernel before it in the stream is still running, and
+// calls pdl_enter() before it touches anything another kernel writes: pdl_enter waits until the
+// previous grid has completed and its writes are visible, then lets the next grid launch (its blocks
+// run up to their own pdl_enter). Only reads of data no kernel writes (weights) may come before it; a
+// decode step's small kernels so overlap their launch and their weight loads with the previous
+// kernel's tail. No-ops on older GPUs and when a grid was launched without the attribute.
+__device__ __forceinline__ void pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+void check(cudaError_t e, const char* what);
+// Whether launch() asks for programmatic dependent launch: on GPUs of compute capability 9.0 and up,
+// unless the environment sets LLMSERVE_CUDA_PDL=0 (for measuring what it brings).
+bool pdl_enabled();
+
+// Launches kernel k (which must call pdl_enter() as described above) and checks the launch.
+template <typename... P, typename... A>
+void launch(const char* what, void (*k)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t c{};
+  c.gridDim = grid;
+  c.blockDim = block;
+  c.dynamicSmemBytes = smem;
+  c.stream = s;
+  c.attrs = attr;
+  c.numAttrs = pdl_enabled() ? 1 : 0;
+  check(cudaLaunchKernelEx(&c, k, static_cast<P>(args)...), what);
+}
 
 }  // namespace llmserve::cuda
 

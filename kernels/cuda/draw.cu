@@ -38,6 +38,7 @@ __device__ __forceinline__ void block_best(double& bv, int64_t& bi) {
 __global__ void __launch_bounds__(kThreads)
     draw_rows_k(const float* logits, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows, float* best,
                 int32_t* idx, double* part_v, int64_t* part_i) {
+  pdl_enter();
   const int64_t i = blockIdx.x, parts = gridDim.y, per = (L + parts - 1) / parts;
   const int64_t lo = blockIdx.y * per, hi = min(L, lo + per);
   const float* row = logits + i * stride;
@@ -66,6 +67,7 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kThreads)
     draw_merge_k(const double* part_v, const int64_t* part_i, int64_t parts, int64_t token_offset, float* best,
                  int32_t* idx) {
+  pdl_enter();
   const int64_t i = blockIdx.x;
   double bv = -INFINITY;
   int64_t bi = INT64_MAX;
@@ -92,11 +94,10 @@ void draw_rows(const float* logits, int64_t n, int64_t stride, int64_t L, int64_
     check(cudaMallocAsync(reinterpret_cast<void**>(&part_i), sizeof(int64_t) * n * parts, s), "draw scratch");
   }
   const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(parts));
-  draw_rows_k<<<grid, kThreads, 0, s>>>(logits, stride, L, token_offset, rows, best, idx, part_v, part_i);
-  check(cudaGetLastError(), "draw_rows");
+  launch("draw_rows", draw_rows_k, grid, kThreads, 0, s, logits, stride, L, token_offset, rows, best, idx, part_v, part_i);
   if (parts > 1) {
-    draw_merge_k<<<static_cast<unsigned>(n), kThreads, 0, s>>>(part_v, part_i, parts, token_offset, best, idx);
-    check(cudaGetLastError(), "draw_rows merge");
+    launch("draw_rows merge", draw_merge_k, static_cast<unsigned>(n), kThreads, 0, s, part_v, part_i, parts, token_offset,
+           best, idx);
     cudaFreeAsync(part_v, s);
     cudaFreeAsync(part_i, s);
   }

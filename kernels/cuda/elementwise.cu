@@ -1,5 +1,6 @@
 // Embedding lookup, residual add, SiLU-and-multiply, row gather and dtype conversions.
 #include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -12,9 +13,21 @@ void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA ") + what + ": " + cudaGetErrorString(e));
 }
 
+bool pdl_enabled() {
+  static const bool on = [] {
+    const char* env = std::getenv("LLMSERVE_CUDA_PDL");
+    if (env && std::string(env) == "0") return false;
+    int dev = 0, major = 0;
+    return cudaGetDevice(&dev) == cudaSuccess &&
+           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+  }();
+  return on;
+}
+
 namespace {
 template <typename TI, typename TO>
 __global__ void embedding_k(const TI* table, int64_t vocab_start, int64_t rows, const int32_t* ids, int64_t n, int64_t H, TO* out) {
+  pdl_enter();
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n * H) return;
   const int64_t t = i / H, h = i % H;
@@ -23,11 +36,13 @@ __global__ void embedding_k(const TI* table, int64_t vocab_start, int64_t rows, 
 }
 template <typename TX, typename TY>
 __global__ void add_k(TX* x, const TY* y, int64_t n) {
+  pdl_enter();
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) x[i] = from_f<TX>(to_f(x[i]) + to_f(y[i]));
 }
 template <typename TI, typename T>
 __global__ void silu_mul_k(const TI* g, const TI* u, int64_t n, T* out) {
+  pdl_enter();
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   const float a = to_f(g[i]);
@@ -35,16 +50,19 @@ __global__ void silu_mul_k(const TI* g, const TI* u, int64_t n, T* out) {
 }
 template <typename T>
 __global__ void gather_k(const T* x, const int32_t* rows, int64_t n, int64_t C, T* out) {
+  pdl_enter();
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n * C) out[i] = x[static_cast<int64_t>(rows[i / C]) * C + i % C];
 }
 template <typename T>
 __global__ void from_float_k(const float* in, int64_t n, T* out) {
+  pdl_enter();
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) out[i] = from_f<T>(in[i]);
 }
 template <typename T>
 __global__ void to_float_k(const T* in, int64_t n, float* out) {
+  pdl_enter();
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) out[i] = to_f(in[i]);
 }
@@ -53,38 +71,32 @@ __global__ void to_float_k(const T* in, int64_t n, float* out) {
 template <typename TI, typename TO>
 void embedding(const TI* table, int64_t vocab_start, int64_t rows, const int32_t* ids, int64_t n, int64_t H, TO* out, cudaStream_t s) {
   if (n * H == 0) return;
-  embedding_k<<<blocks_for(n * H, 256), 256, 0, s>>>(table, vocab_start, rows, ids, n, H, out);
-  check(cudaGetLastError(), "embedding");
+  launch("embedding", embedding_k<TI, TO>, blocks_for(n * H, 256), 256, 0, s, table, vocab_start, rows, ids, n, H, out);
 }
 template <typename TX, typename TY>
 void add(TX* x, const TY* y, int64_t n, cudaStream_t s) {
   if (n == 0) return;
-  add_k<<<blocks_for(n, 256), 256, 0, s>>>(x, y, n);
-  check(cudaGetLastError(), "add");
+  launch("add", add_k<TX, TY>, blocks_for(n, 256), 256, 0, s, x, y, n);
 }
 template <typename TI, typename T>
 void silu_mul(const TI* g, const TI* u, int64_t n, T* out, cudaStream_t s) {
   if (n == 0) return;
-  silu_mul_k<<<blocks_for(n, 256), 256, 0, s>>>(g, u, n, out);
-  check(cudaGetLastError(), "silu_mul");
+  launch("silu_mul", silu_mul_k<TI, T>, blocks_for(n, 256), 256, 0, s, g, u, n, out);
 }
 template <typename T>
 void gather_rows(const T* x, const int32_t* rows, int64_t n, int64_t C, T* out, cudaStream_t s) {
   if (n * C == 0) return;
-  gather_k<<<blocks_for(n * C, 256), 256, 0, s>>>(x, rows, n, C, out);
-  check(cudaGetLastError(), "gather_rows");
+  launch("gather_rows", gather_k<T>, blocks_for(n * C, 256), 256, 0, s, x, rows, n, C, out);
 }
 template <typename T>
 void from_float(const float* in, int64_t n, T* out, cudaStream_t s) {
   if (n == 0) return;
-  from_float_k<<<blocks_for(n, 256), 256, 0, s>>>(in, n, out);
-  check(cudaGetLastError(), "from_float");
+  launch("from_float", from_float_k<T>, blocks_for(n, 256), 256, 0, s, in, n, out);
 }
 template <typename T>
 void to_float(const T* in, int64_t n, float* out, cudaStream_t s) {
   if (n == 0) return;
-  to_float_k<<<blocks_for(n, 256), 256, 0, s>>>(in, n, out);
-  check(cudaGetLastError(), "to_float");
+  launch("to_float", to_float_k<T>, blocks_for(n, 256), 256, 0, s, in, n, out);
 }
 
 #define INSTANTIATE(T)                                                                                        \

@@ -67,6 +67,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ int32_t qpos[kRows];
   __shared__ int32_t max_pos;
 
+  pdl_enter();
   const int64_t t0 = tiles[blockIdx.x], h = blockIdx.y, kvh = h / (Hq / Hk);
   const int32_t seq = token_seq[t0];
   const int tid = threadIdx.x, w = tid / 32, lane = tid & 31;
@@ -175,9 +176,8 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
   check(cudaFuncSetAttribute(flash_prefill_k<TI, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(L.bytes)),
         "flash_prefill shared memory");
   const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(Hq));
-  flash_prefill_k<TI, T><<<grid, kThreads, static_cast<size_t>(L.bytes), s>>>(
-      q, k_cache, v_cache, block_tables, max_blocks, token_seq, positions, tiles, n, Hq, Hk, D, block_size, scale, out);
-  check(cudaGetLastError(), "flash_prefill");
+  launch("flash_prefill", flash_prefill_k<TI, T>, grid, kThreads, static_cast<size_t>(L.bytes), s, q, k_cache, v_cache,
+         block_tables, max_blocks, token_seq, positions, tiles, n, Hq, Hk, D, block_size, scale, out);
 }
 
 std::vector<int32_t> flash_prefill_tiles(const std::vector<int32_t>& q_start) {

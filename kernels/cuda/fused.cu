@@ -22,8 +22,13 @@ __global__ void __launch_bounds__(kNormThreads)
 #pragma unroll
   for (int r = 0; r < PER; ++r) {
     const int64_t i = threadIdx.x + static_cast<int64_t>(r) * kNormThreads;
-    v[r] = i < H ? xr[i] + yr[i] : 0.f;
     wv[r] = i < H ? to_f(w[i]) : 0.f;
+  }
+  pdl_enter();
+#pragma unroll
+  for (int r = 0; r < PER; ++r) {
+    const int64_t i = threadIdx.x + static_cast<int64_t>(r) * kNormThreads;
+    v[r] = i < H ? xr[i] + yr[i] : 0.f;
   }
 #pragma unroll
   for (int r = 0; r < PER; ++r) {
@@ -43,6 +48,7 @@ __global__ void __launch_bounds__(kNormThreads)
 // The same for rows too long for registers.
 template <typename T>
 __global__ void add_rmsnorm_k(float* x, const float* y, const T* w, int64_t H, float eps, T* out) {
+  pdl_enter();
   float* xr = x + blockIdx.x * H;
   const float* yr = y + blockIdx.x * H;
   float ss = 0.f;
@@ -61,6 +67,7 @@ __global__ void add_rmsnorm_k(float* x, const float* y, const T* w, int64_t H, f
 template <typename T>
 __global__ void rope_kv_k(float* q, const float* k, const float* v, const int32_t* positions, const float* inv_freq,
                           const int32_t* slots, int64_t n, int64_t Hq, int64_t Hk, int64_t D, T* kc, T* vc) {
+  pdl_enter();
   const int64_t half = D / 2;
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= n * (Hq + Hk) * half) return;
@@ -96,11 +103,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   int j = 0;
   while (j < 3 && r >= g.n[j]) r -= g.n[j++];
   if (j == 3) return;
-  float acc[M];
-  row_dot<T, M>(x, static_cast<const T*>(g.w[j]) + r * K, K, lane, acc);
+  float acc[1][M];
+  const T* const rows[1] = {static_cast<const T*>(g.w[j]) + r * K};
+  row_dot_enter<T, M, 1>(x, rows, K, lane, acc);
   if (lane == 0) {
 #pragma unroll
-    for (int m = 0; m < M; ++m) g.out[j][m * g.n[j] + r] = acc[m] + (g.bias[j] ? g.bias[j][r] : 0.f);
+    for (int m = 0; m < M; ++m) g.out[j][m * g.n[j] + r] = acc[0][m] + (g.bias[j] ? g.bias[j][r] : 0.f);
   }
 }
 
@@ -111,12 +119,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (n >= N) return;
-  float g[M], u[M];
-  row_dot<T, M>(x, wg + n * K, K, lane, g);
-  row_dot<T, M>(x, wu + n * K, K, lane, u);
+  float gu[2][M];
+  const T* const rows[2] = {wg + n * K, wu + n * K};
+  row_dot_enter<T, M, 2>(x, rows, K, lane, gu);
   if (lane == 0) {
 #pragma unroll
-    for (int m = 0; m < M; ++m) act[m * N + n] = from_f<T>(g[m] / (1.f + __expf(-g[m])) * u[m]);
+    for (int m = 0; m < M; ++m) act[m * N + n] = from_f<T>(gu[0][m] / (1.f + __expf(-gu[0][m])) * gu[1][m]);
   }
 }
 
@@ -127,14 +135,13 @@ void add_rmsnorm(float* x, const float* y, const T* w, int64_t n, int64_t H, flo
   if (n == 0) return;
   const unsigned blocks = static_cast<unsigned>(n);
   if (H <= 4 * kNormThreads)
-    add_rmsnorm_reg_k<T, 4><<<blocks, kNormThreads, 0, s>>>(x, y, w, H, eps, out);
+    launch("add_rmsnorm", add_rmsnorm_reg_k<T, 4>, blocks, kNormThreads, 0, s, x, y, w, H, eps, out);
   else if (H <= 8 * kNormThreads)
-    add_rmsnorm_reg_k<T, 8><<<blocks, kNormThreads, 0, s>>>(x, y, w, H, eps, out);
+    launch("add_rmsnorm", add_rmsnorm_reg_k<T, 8>, blocks, kNormThreads, 0, s, x, y, w, H, eps, out);
   else if (H <= 16 * kNormThreads)
-    add_rmsnorm_reg_k<T, 16><<<blocks, kNormThreads, 0, s>>>(x, y, w, H, eps, out);
+    launch("add_rmsnorm", add_rmsnorm_reg_k<T, 16>, blocks, kNormThreads, 0, s, x, y, w, H, eps, out);
   else
-    add_rmsnorm_k<<<blocks, kNormThreads, 0, s>>>(x, y, w, H, eps, out);
-  check(cudaGetLastError(), "add_rmsnorm");
+    launch("add_rmsnorm", add_rmsnorm_k<T>, blocks, kNormThreads, 0, s, x, y, w, H, eps, out);
 }
 
 template <typename T>
@@ -143,8 +150,8 @@ void rope_kv_write(float* q, const float* k, const float* v, const int32_t* posi
                    cudaStream_t s) {
   const int64_t total = n * (Hq + Hk) * (D / 2);
   if (total == 0) return;
-  rope_kv_k<<<blocks_for(total, 256), 256, 0, s>>>(q, k, v, positions, inv_freq, slots, n, Hq, Hk, D, k_cache, v_cache);
-  check(cudaGetLastError(), "rope_kv_write");
+  launch("rope_kv_write", rope_kv_k<T>, blocks_for(total, 256), 256, 0, s, q, k, v, positions, inv_freq, slots, n, Hq, Hk,
+         D, k_cache, v_cache);
 }
 
 template <typename T>
@@ -152,13 +159,12 @@ void gemv_qkv(const T* x, int64_t M, int64_t K, const Gemv3& g, cudaStream_t s) 
   const unsigned blocks = blocks_for(g.n[0] + g.n[1] + g.n[2], kWarpsPerBlock);
   const int threads = kWarpsPerBlock * 32;
   switch (M) {
-    case 1: qkv_k<T, 1><<<blocks, threads, 0, s>>>(x, K, g); break;
-    case 2: qkv_k<T, 2><<<blocks, threads, 0, s>>>(x, K, g); break;
-    case 3: qkv_k<T, 3><<<blocks, threads, 0, s>>>(x, K, g); break;
-    case 4: qkv_k<T, 4><<<blocks, threads, 0, s>>>(x, K, g); break;
+    case 1: launch("gemv_qkv", qkv_k<T, 1>, blocks, threads, 0, s, x, K, g); break;
+    case 2: launch("gemv_qkv", qkv_k<T, 2>, blocks, threads, 0, s, x, K, g); break;
+    case 3: launch("gemv_qkv", qkv_k<T, 3>, blocks, threads, 0, s, x, K, g); break;
+    case 4: launch("gemv_qkv", qkv_k<T, 4>, blocks, threads, 0, s, x, K, g); break;
     default: check(cudaErrorInvalidValue, "gemv_qkv: more than 4 rows");
   }
-  check(cudaGetLastError(), "gemv_qkv");
 }
 
 template <typename T>
@@ -167,13 +173,12 @@ void gemv_gate_up_silu(const T* x, const T* w_gate, const T* w_up, int64_t M, in
   const unsigned blocks = blocks_for(N, kWarpsPerBlock);
   const int threads = kWarpsPerBlock * 32;
   switch (M) {
-    case 1: gate_up_silu_k<T, 1><<<blocks, threads, 0, s>>>(x, w_gate, w_up, K, N, act); break;
-    case 2: gate_up_silu_k<T, 2><<<blocks, threads, 0, s>>>(x, w_gate, w_up, K, N, act); break;
-    case 3: gate_up_silu_k<T, 3><<<blocks, threads, 0, s>>>(x, w_gate, w_up, K, N, act); break;
-    case 4: gate_up_silu_k<T, 4><<<blocks, threads, 0, s>>>(x, w_gate, w_up, K, N, act); break;
+    case 1: launch("gemv_gate_up_silu", gate_up_silu_k<T, 1>, blocks, threads, 0, s, x, w_gate, w_up, K, N, act); break;
+    case 2: launch("gemv_gate_up_silu", gate_up_silu_k<T, 2>, blocks, threads, 0, s, x, w_gate, w_up, K, N, act); break;
+    case 3: launch("gemv_gate_up_silu", gate_up_silu_k<T, 3>, blocks, threads, 0, s, x, w_gate, w_up, K, N, act); break;
+    case 4: launch("gemv_gate_up_silu", gate_up_silu_k<T, 4>, blocks, threads, 0, s, x, w_gate, w_up, K, N, act); break;
     default: check(cudaErrorInvalidValue, "gemv_gate_up_silu: more than 4 rows");
   }
-  check(cudaGetLastError(), "gemv_gate_up_silu");
 }
 
 #define INSTANTIATE(T)                                                                                              \

@@ -19,11 +19,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
   if (n >= N) return;
-  float acc[M];
-  row_dot<T, M>(x, w + n * K, K, lane, acc);
+  float acc[1][M];
+  const T* const rows[1] = {w + n * K};
+  row_dot_enter<T, M, 1>(x, rows, K, lane, acc);
 #pragma unroll
   for (int m = 0; m < M; ++m) {
-    if (lane == 0) out[m * N + n] = from_f<TO>(acc[m] + (bias ? bias[n] : 0.f));
+    if (lane == 0) out[m * N + n] = from_f<TO>(acc[0][m] + (bias ? bias[n] : 0.f));
   }
 }
 
@@ -35,13 +36,12 @@ void gemv(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64
   const unsigned blocks = blocks_for(N, kWarpsPerBlock);
   const int threads = kWarpsPerBlock * 32;
   switch (M) {
-    case 1: gemv_k<T, TO, 1><<<blocks, threads, 0, s>>>(x, w, bias, K, N, out); break;
-    case 2: gemv_k<T, TO, 2><<<blocks, threads, 0, s>>>(x, w, bias, K, N, out); break;
-    case 3: gemv_k<T, TO, 3><<<blocks, threads, 0, s>>>(x, w, bias, K, N, out); break;
-    case 4: gemv_k<T, TO, 4><<<blocks, threads, 0, s>>>(x, w, bias, K, N, out); break;
+    case 1: launch("gemv", gemv_k<T, TO, 1>, blocks, threads, 0, s, x, w, bias, K, N, out); break;
+    case 2: launch("gemv", gemv_k<T, TO, 2>, blocks, threads, 0, s, x, w, bias, K, N, out); break;
+    case 3: launch("gemv", gemv_k<T, TO, 3>, blocks, threads, 0, s, x, w, bias, K, N, out); break;
+    case 4: launch("gemv", gemv_k<T, TO, 4>, blocks, threads, 0, s, x, w, bias, K, N, out); break;
     default: check(cudaErrorInvalidValue, "gemv: more than 4 rows");
   }
-  check(cudaGetLastError(), "gemv");
 }
 
 #define INSTANTIATE(T, TO) \

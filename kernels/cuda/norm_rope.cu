@@ -7,6 +7,7 @@ namespace {
 
 template <typename TI, typename T>
 __global__ void rmsnorm_k(const TI* x, const T* w, int64_t H, float eps, T* out) {
+  pdl_enter();
   const TI* xr = x + blockIdx.x * H;
   float ss = 0.f;
   for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
@@ -26,6 +27,7 @@ __global__ void rmsnorm_k(const TI* x, const T* w, int64_t H, float eps, T* out)
 template <typename T>
 __global__ void rope_k(T* q, T* k, const int32_t* positions, const float* inv_freq, int64_t n, int64_t Hq, int64_t Hk,
                        int64_t D) {
+  pdl_enter();
   const int64_t half = D / 2;
   const int64_t total = n * (Hq + Hk) * half;
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -44,6 +46,7 @@ __global__ void rope_k(T* q, T* k, const int32_t* positions, const float* inv_fr
 
 template <typename TI, typename T>
 __global__ void kv_write_k(const TI* k, const TI* v, const int32_t* slots, int64_t n, int64_t row, T* kc, T* vc) {
+  pdl_enter();
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (idx >= n * row) return;
   const int64_t t = idx / row, c = idx % row;
@@ -58,8 +61,7 @@ __global__ void kv_write_k(const TI* k, const TI* v, const int32_t* slots, int64
 template <typename TI, typename T>
 void rmsnorm(const TI* x, const T* w, int64_t n, int64_t H, float eps, T* out, cudaStream_t s) {
   if (n == 0) return;
-  rmsnorm_k<<<static_cast<unsigned>(n), 256, 0, s>>>(x, w, H, eps, out);
-  check(cudaGetLastError(), "rmsnorm");
+  launch("rmsnorm", rmsnorm_k<TI, T>, static_cast<unsigned>(n), 256, 0, s, x, w, H, eps, out);
 }
 
 template <typename T>
@@ -67,16 +69,15 @@ void rope(T* q, T* k, const int32_t* positions, const float* inv_freq, int64_t n
           cudaStream_t s) {
   const int64_t total = n * (Hq + Hk) * (D / 2);
   if (total == 0) return;
-  rope_k<<<blocks_for(total, 256), 256, 0, s>>>(q, k, positions, inv_freq, n, Hq, Hk, D);
-  check(cudaGetLastError(), "rope");
+  launch("rope", rope_k<T>, blocks_for(total, 256), 256, 0, s, q, k, positions, inv_freq, n, Hq, Hk, D);
 }
 
 template <typename TI, typename T>
 void kv_write(const TI* k, const TI* v, const int32_t* slot_mapping, int64_t n, int64_t Hk, int64_t D, T* k_cache,
               T* v_cache, cudaStream_t s) {
   if (n == 0) return;
-  kv_write_k<<<blocks_for(n * Hk * D, 256), 256, 0, s>>>(k, v, slot_mapping, n, Hk * D, k_cache, v_cache);
-  check(cudaGetLastError(), "kv_write");
+  launch("kv_write", kv_write_k<TI, T>, blocks_for(n * Hk * D, 256), 256, 0, s, k, v, slot_mapping, n, Hk * D, k_cache,
+         v_cache);
 }
 
 #define INSTANTIATE(T)                                                                                          \

@@ -34,11 +34,13 @@ void kv_write(const TI* k, const TI* v, const int32_t* slot_mapping, int64_t n, 
               T* v_cache, cudaStream_t s);
 // token_seq[t]: the sequence of token t (the CPU version derives it from q_start). max_len bounds every
 // token's context (position + 1) and sizes the launch (how many splits); each token cuts its own context
-// into those splits on the device, so one launch shape serves every context up to max_len.
+// into those splits on the device, so one launch shape serves every context up to max_len. `scratch`
+// holds the splits' partial results: paged_attention_scratch_bytes() of device memory, allocated once.
+size_t paged_attention_scratch_bytes();
 template <typename TI, typename T>
 void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
                      const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
-                     int64_t block_size, float scale, int64_t max_len, T* out, cudaStream_t s);
+                     int64_t block_size, float scale, int64_t max_len, float* scratch, T* out, cudaStream_t s);
 // Prefill attention on tensor cores (kernels/cuda/flash_prefill.cu): the same contract as
 // paged_attention for 16-bit caches and head_dim a multiple of 16 up to 128 (flash_prefill_supported);
 // `tiles` lists the first token of each tile of up to 64 query tokens of one sequence

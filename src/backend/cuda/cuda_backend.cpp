@@ -81,6 +81,8 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   ck(cudaStreamCreate(&stream_->s), "stream");
   lt(cublasLtCreate(&lt_), "create");
   ck(cudaMalloc(&workspace_, workspace_bytes_), "workspace allocation");
+  ck(cudaMalloc(reinterpret_cast<void**>(&attention_scratch_), cuda::paged_attention_scratch_bytes()),
+     "attention scratch allocation");
   // Tensors are stream-ordered allocations from the device's pool, which keeps freed memory for reuse
   // (cudaFree would synchronise the device at every temporary of every step).
   ck(cudaDeviceGetDefaultMemPool(&pool_, device_), "memory pool");
@@ -104,6 +106,7 @@ CudaBackend::~CudaBackend() {
   for (IntBuffer* b : {&ids_, &positions_, &slots_, &tables_, &token_seq_, &logits_rows_, &tiles_})
     if (b->ptr) cudaFree(b->ptr);
   if (workspace_) cudaFree(workspace_);
+  if (attention_scratch_) cudaFree(attention_scratch_);
   if (lt_) cublasLtDestroy(lt_);
 }
 
@@ -436,7 +439,7 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor
       }
       cuda::paged_attention<TI, T>(q.as<TI>(), k_cache.as<T>(), v_cache.as<T>(), tables_.ptr, max_blocks_, token_seq_.ptr,
                                    positions_.ptr, rows_of(q), cols_of(q) / D, k_cache.dim(2), D, block_size, scale,
-                                   max_len_, out.as<T>(), stream());
+                                   max_len_, attention_scratch_, out.as<T>(), stream());
     }
   });
 }

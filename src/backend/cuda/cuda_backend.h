@@ -95,6 +95,7 @@ class CudaBackend : public Backend {
   cublasLtHandle_t lt_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 32u << 20;
+  float* attention_scratch_ = nullptr;  // split-KV partial results (cuda::paged_attention_scratch_bytes)
   std::map<std::tuple<int64_t, int64_t, int64_t, int, int, bool>, Gemm> gemms_;
   IntBuffer ids_, positions_, slots_, tables_, token_seq_, logits_rows_, tiles_;
   int64_t num_tokens_ = 0, num_seqs_ = 0, max_blocks_ = 0, num_logits_ = 0, max_len_ = 0, num_tiles_ = 0;
