@@ -5,6 +5,8 @@
 #     (weight bytes / measured copy bandwidth);
 #   - throughput: 256 requests of 512 prompt / 256 output tokens, all in flight, output tokens/s;
 #   - TTFT of one 2048-token prompt;
+#   - the same throughput run with sampling filters and a penalty (temperature 0.8, top-p 0.9,
+#     top-k 50, repetition penalty 1.1: drawn on the device);
 # and runs transformers (bench/reference/hf_e2e.py) on the same GPU and shape as the baseline.
 #   bench/gpu_e2e.sh BUILD_DIR OUT_DIR [CONFIG_JSON] [TP] [PP] [llmserve options...]
 set -euo pipefail
@@ -27,4 +29,7 @@ b --num-prompts 2 --random-input-len 32 --random-output-len 16 --max-concurrency
 b --num-prompts 3 --random-input-len 32 --random-output-len 256 --max-concurrency 1 --result-file "$out/decode-$tag.json" | grep -E "TPOT|Failed"
 b --num-prompts 3 --random-input-len 2048 --random-output-len 1 --max-concurrency 1 --result-file "$out/ttft-$tag.json" | grep -E "TTFT|Failed"
 b --num-prompts 256 --random-input-len 512 --random-output-len 256 --result-file "$out/throughput-$tag.json" | grep -E "Output token|Failed|Mean TPOT|duration"
+echo "sampled (temperature 0.8, top-p 0.9, top-k 50, repetition penalty 1.1):"
+b --num-prompts 256 --random-input-len 512 --random-output-len 256 --temperature 0.8 --top-p 0.9 --top-k 50 \
+  --repetition-penalty 1.1 --result-file "$out/throughput-sampled-$tag.json" | grep -E "Output token|Failed|Mean TPOT"
 grep -E "KV cache|memory" "$out/server-$tag.log" | head -5 || true

@@ -172,26 +172,51 @@ int main(int argc, char** argv) {
     }
   }
 
-  // The sampler's draw (greedy) over vocabulary-sized float32 logits rows: GB/s of logits read.
-  std::printf("\n%-44s %10s %12s %10s\n", "sampler draw (greedy, 151936 logits per row)", "time (us)", "rate", "of roofline");
+  // The sampler's draw over vocabulary-sized float32 logits rows (uniform in [-3, 3]: flat rows, the
+  // filters' hard case): greedy, and sampled with top-k 50, top-p 0.9 and 10 penalty edits per row.
+  // GB/s of one read of the logits.
+  std::printf("\n%-44s %10s %12s %10s\n", "sampler draw (151936 logits per row)", "time (us)", "rate", "of roofline");
   const int64_t V = 151936;
-  for (int64_t n : {int64_t(1), int64_t(256)}) {
-    Tensor logits = random_tensor(be, {n, V}, DType::F32, 3.f);
-    std::vector<RowDraw> rows(static_cast<size_t>(n));
-    for (auto& r : rows) r.greedy = true;
-    void* dev_rows = nullptr;
-    cudaMalloc(&dev_rows, rows.size() * sizeof(RowDraw));
-    cudaMemcpy(dev_rows, rows.data(), rows.size() * sizeof(RowDraw), cudaMemcpyHostToDevice);
-    Tensor best = be.empty({n}, DType::F32), idx = be.empty({n}, DType::F32);
-    const double ms = graph_ms(be, [&] {
-      cuda::draw_rows(logits.as<float>(), n, V, V, 0, static_cast<const RowDraw*>(dev_rows), best.as<float>(),
-                      static_cast<int32_t*>(idx.data), be.stream());
-    });
-    cudaFree(dev_rows);
-    char name[96];
-    std::snprintf(name, sizeof name, "draw: %lld rows", static_cast<long long>(n));
-    const double gbs = 4.0 * n * V / (ms * 1e-3) / 1e9;
-    std::printf("%-44s %10.1f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
-  }
+  for (bool filters : {false, true})
+    for (int64_t n : {int64_t(1), int64_t(256)}) {
+      Tensor logits = random_tensor(be, {n, V}, DType::F32, 3.f);
+      std::vector<RowDraw> rows(static_cast<size_t>(n));
+      std::vector<LogitEdit> edits;
+      for (size_t i = 0; i < rows.size(); ++i) {
+        RowDraw& r = rows[i];
+        r.greedy = !filters;
+        if (filters) {
+          r.inv_temperature = 1.f / 0.8f;
+          r.top_k = 50;
+          r.top_p = 0.9;
+          r.seed = static_cast<int64_t>(i);
+          for (int e = 0; e < 10; ++e) {
+            LogitEdit le;
+            le.row = static_cast<int32_t>(i);
+            le.col = 1000 * e + 7;
+            le.rep = 1.1f;
+            edits.push_back(le);
+          }
+        }
+      }
+      void *dev_rows = nullptr, *dev_edits = nullptr;
+      cudaMalloc(&dev_rows, rows.size() * sizeof(RowDraw));
+      cudaMemcpy(dev_rows, rows.data(), rows.size() * sizeof(RowDraw), cudaMemcpyHostToDevice);
+      cudaMalloc(&dev_edits, std::max<size_t>(edits.size(), 1) * sizeof(LogitEdit));
+      if (!edits.empty()) cudaMemcpy(dev_edits, edits.data(), edits.size() * sizeof(LogitEdit), cudaMemcpyHostToDevice);
+      Tensor best = be.empty({n}, DType::F32), idx = be.empty({n}, DType::F32);
+      const double ms = graph_ms(be, [&] {
+        cuda::draw_rows(logits.as<float>(), n, V, V, 0, static_cast<const RowDraw*>(dev_rows),
+                        static_cast<const LogitEdit*>(dev_edits), static_cast<int64_t>(edits.size()), filters,
+                        best.as<float>(), static_cast<int32_t*>(idx.data), be.stream());
+      });
+      cudaFree(dev_rows);
+      cudaFree(dev_edits);
+      char name[96];
+      std::snprintf(name, sizeof name, "draw: %lld rows%s", static_cast<long long>(n),
+                    filters ? ", top-k 50, top-p 0.9, penalties" : ", greedy");
+      const double gbs = 4.0 * n * V / (ms * 1e-3) / 1e9;
+      std::printf("%-44s %10.1f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+    }
   return 0;
 }

@@ -29,12 +29,37 @@ LLMSERVE_HD double draw_gumbel(int64_t seed, int64_t position, int64_t token) {
   return -log(-log(u));
 }
 
-// One row's draw: greedy takes the largest logit; otherwise the largest logit * inv_temperature + noise.
+// One row's draw: greedy takes the largest logit; otherwise the largest x + noise over the tokens the
+// filters keep, x = logit * inv_temperature. The filters (the sampler's, for a row holding the whole
+// vocabulary; off by default) keep x >= the top_k-th largest x (top_k > 0), x >= max x + log_min_p,
+// and the smallest set of largest x whose probabilities (softmax over the tokens the first two keep)
+// reach top_p: every x >= the largest value v with sum_{x >= v} e^(x - max) / sum >= top_p - 1e-7,
+// sum taken in double and rounded to float as the host sampler does.
 struct RowDraw {
   float inv_temperature = 1.f;
   int64_t seed = 0;
   int64_t position = 0;
   bool greedy = true;
+  int32_t top_k = 0;
+  float log_min_p = -INFINITY;
+  double top_p = 1.0;
+  LLMSERVE_HD bool filtered() const { return !greedy && (top_k > 0 || log_min_p > -INFINITY || top_p < 1.0); }
 };
+
+// A penalty on one logit of a row (the sampler's, from the sequence's history): l = l > 0 ? l / rep :
+// l * rep, then l -= sub, then -inf where mask is set. rep = 1, sub = 0, mask = 0 leave l as it is.
+struct LogitEdit {
+  int32_t row = 0;
+  int32_t col = 0;  // column in the row (token - the row's first token)
+  float rep = 1.f;
+  float sub = 0.f;
+  int32_t mask = 0;
+};
+
+LLMSERVE_HD float apply_logit_edit(float l, const LogitEdit& e) {
+  l = l > 0 ? l / e.rep : l * e.rep;
+  l -= e.sub;
+  return e.mask ? -INFINITY : l;
+}
 
 }  // namespace llmserve

@@ -1,19 +1,60 @@
-#include "kernels/cpu/ops.h"
-
+#include <algorithm>
+#include <cmath>
+#include <functional>
 #include <limits>
+#include <vector>
+
+#include "kernels/cpu/ops.h"
 
 namespace llmserve::cpu {
 
-void draw_rows(const float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
-               float* best, int32_t* idx) {
+float draw_keep_threshold(const float* row, int64_t L, const RowDraw& r) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  if (!r.filtered()) return kNegInf;
+  std::vector<float> x(row, row + L);
+  for (float& v : x) v *= r.inv_temperature;
+  const float mx = *std::max_element(x.begin(), x.end());
+  if (mx == kNegInf) return kNegInf;
+  float keep = kNegInf;
+  if (r.top_k > 0 && r.top_k < L) {
+    std::vector<float> s = x;
+    std::nth_element(s.begin(), s.begin() + (r.top_k - 1), s.end(), std::greater<float>());
+    keep = s[r.top_k - 1];
+  }
+  keep = std::max(keep, mx + r.log_min_p);
+  if (r.top_p >= 1.0) return keep;
+  std::vector<float> kept;
+  double sum = 0;
+  for (float v : x)
+    if (v >= keep && v != kNegInf) {
+      kept.push_back(v);
+      sum += std::exp(static_cast<double>(v) - mx);
+    }
+  const double z = static_cast<float>(sum);
+  std::sort(kept.begin(), kept.end(), std::greater<float>());
+  double cum = 0;
+  for (float v : kept) {
+    cum += std::exp(static_cast<double>(v) - mx) / z;
+    if (cum >= r.top_p - 1e-7) return std::max(keep, v);
+  }
+  return keep;  // rounding kept the sum short of top_p: every token the other filters keep
+}
+
+void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
+               const LogitEdit* edits, int64_t num_edits, float* best, int32_t* idx) {
+  for (int64_t e = 0; e < num_edits; ++e) {
+    float& l = logits[edits[e].row * stride + edits[e].col];
+    l = apply_logit_edit(l, edits[e]);
+  }
   for (int64_t i = 0; i < n; ++i) {
     const float* row = logits + i * stride;
     const RowDraw& r = rows[i];
+    const float keep = draw_keep_threshold(row, L, r);
     double bv = -std::numeric_limits<double>::infinity();
     int64_t bi = -1;
     for (int64_t k = 0; k < L; ++k) {
       const float x = r.greedy ? row[k] : row[k] * r.inv_temperature;
-      if (x == -std::numeric_limits<float>::infinity()) continue;
+      if (x == -std::numeric_limits<float>::infinity() || x < keep) continue;
       const double score = r.greedy ? x : x + draw_gumbel(r.seed, r.position, token_offset + k);
       if (score > bv) bv = score, bi = k;
     }

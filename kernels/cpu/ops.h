@@ -42,10 +42,13 @@ void paged_attention(const float* q, const float* k_cache, const float* v_cache,
 void silu_mul(const float* gate, const float* up, int64_t n, float* out);
 
 // The sampler's draw for n rows of logits [n, stride] (the first L columns are this rank's tokens, the
-// first one token_offset): per row the best score and its token (greedy: the largest logit; else
-// logit * inv_temperature + Gumbel noise of (seed, position, token)); ties go to the smaller token.
-// A row with every logit -inf gets best -inf and token INT32_MAX.
-void draw_rows(const float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
-               float* best, int32_t* idx);
+// first one token_offset): first the penalty edits are applied to the logits in place, then per row the
+// best score and its token (greedy: the largest logit; else logit * inv_temperature + Gumbel noise of
+// (seed, position, token) over the tokens the row's filters keep, see RowDraw); ties go to the smaller
+// token. A row with every logit -inf gets best -inf and token INT32_MAX.
+void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
+               const LogitEdit* edits, int64_t num_edits, float* best, int32_t* idx);
+// The smallest x = logit * inv_temperature a filtered row keeps (-inf when it keeps everything).
+float draw_keep_threshold(const float* row, int64_t L, const RowDraw& r);
 
 }  // namespace llmserve::cpu

@@ -1,7 +1,10 @@
-// The sampler's draw on the GPU (counterpart of kernels/cpu/draw.cpp): one or more blocks per row; each
-// thread scans a strided part of the row keeping its best (score, token), then the block (and, for a
-// row split over blocks, a second kernel) reduces them with ties to the smaller token. Scores are
-// doubles as on the host, so the draws are the host's.
+// The sampler's draw on the GPU (counterpart of kernels/cpu/draw.cpp): penalty edits applied in place
+// (a thread per edit); for rows with filters, a block per row finds the smallest value the row keeps
+// (top-k, min-p, top-p: exact thresholds by bisection over the bits of an order-preserving integer key
+// of the value, each step one counting or summing pass over the row); then one or more blocks per row
+// scan it, each thread keeping its best (score, token), and the block (and, for a row split over
+// blocks, a second kernel) reduces them with ties to the smaller token. Scores are doubles as on the
+// host, so the draws are the host's.
 #include <algorithm>
 #include <cfloat>
 
@@ -33,22 +36,178 @@ __device__ __forceinline__ void block_best(double& bv, int64_t& bi) {
   bi = si[0];
 }
 
+// Order-preserving integer key of a float (larger value, larger key) and back.
+__device__ __forceinline__ uint32_t order_key(float x) {
+  const uint32_t u = __float_as_uint(x);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float key_value(uint32_t k) {
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+constexpr int kFilterThreads = 512;
+
+// Reduction over the block with op (every thread gets the result). Call from all threads.
+template <typename V, typename Op>
+__device__ __forceinline__ V block_reduce(V v, Op op) {
+  __shared__ V part[kFilterThreads / 32];
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+  __syncthreads();
+  V r = part[0];
+  for (int w = 1; w < kFilterThreads / 32; ++w) r = op(r, part[w]);
+  __syncthreads();  // part is reused by the next call
+  return r;
+}
+
+__global__ void edits_k(float* logits, int64_t stride, const LogitEdit* edits, int64_t n) {
+  pdl_enter();
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e >= n) return;
+  float& l = logits[edits[e].row * stride + edits[e].col];
+  l = apply_logit_edit(l, edits[e]);
+}
+
+// Values x_k = p[k] * mul, k < n: a row of logits at its temperature, or candidates gathered from it.
+struct Values {
+  const float* p;
+  int64_t n;
+  float mul;
+  __device__ float operator[](int64_t k) const { return p[k] * mul; }
+};
+
+// The largest key with at least k values at or above it (the key of the k-th largest value); keys up
+// to floor_key are known to qualify.
+__device__ uint32_t kth_key(const Values& v, int k, uint32_t floor_key) {
+  uint32_t key = 0;
+  for (int b = 31; b >= 0; --b) {
+    const uint32_t cand = key | (1u << b);
+    int c = 0;
+    for (int64_t i = threadIdx.x; i < v.n; i += kFilterThreads) c += order_key(v[i]) >= cand;
+    c = block_reduce(c, [](int a, int b2) { return a + b2; });
+    if (cand <= floor_key || c >= k) key = cand;
+  }
+  return key;
+}
+
+// sum of e^(x - mx) over the values x >= kp whose key is at least lo, in double.
+__device__ double mass_above(const Values& v, float kp, float mx, uint32_t lo) {
+  double z = 0;
+  for (int64_t i = threadIdx.x; i < v.n; i += kFilterThreads) {
+    const float x = v[i];
+    if (x >= kp && x != -INFINITY && order_key(x) >= lo) z += exp(static_cast<double>(x) - mx);
+  }
+  return block_reduce(z, [](double a, double b2) { return a + b2; });
+}
+
+// Cuts below the row's largest value at which the candidates are counted (mx - 2^(j-7), j < kLadder:
+// 1/128 to 32), and how many candidates shared memory holds.
+constexpr int kLadder = 13;
+constexpr int kCandidates = 8192;
+__device__ __forceinline__ float ladder_cut(float mx, int j) { return mx - ldexpf(1.f, j - 7); }
+
+// keep[i]: the smallest x = logit * inv_temperature row i keeps (see RowDraw; -inf: all). A pass finds
+// the largest value mx; a second counts the values (and sums their probability mass) above each of a
+// ladder of cuts below mx, which says how far down the thresholds can lie; the values above the
+// highest cut that holds them all (at most kCandidates) are gathered into shared memory and the
+// bisections run there. Rows too flat for that run the bisections over the whole row.
+__global__ void __launch_bounds__(kFilterThreads)
+    keep_threshold_k(const float* logits, int64_t stride, int64_t L, const RowDraw* rows, float* keep) {
+  pdl_enter();
+  const int64_t i = blockIdx.x;
+  const RowDraw r = rows[i];
+  const Values all{logits + i * stride, L, r.inv_temperature};
+  if (!r.filtered()) {
+    if (threadIdx.x == 0) keep[i] = -INFINITY;
+    return;
+  }
+  float mx = -INFINITY;
+#pragma unroll 8
+  for (int64_t k = threadIdx.x; k < L; k += kFilterThreads) mx = fmaxf(mx, all[k]);
+  mx = block_reduce(mx, [](float a, float b) { return fmaxf(a, b); });
+  const float tmin = mx + r.log_min_p;  // min-p (-inf when off)
+  const bool topk = r.top_k > 0 && r.top_k < L, topp = r.top_p < 1.0;
+  if (mx == -INFINITY || (!topk && !topp)) {
+    if (threadIdx.x == 0) keep[i] = mx == -INFINITY ? -INFINITY : tmin;
+    return;
+  }
+  // The ladder: finite values above each cut, and the mass above it of the values min-p keeps.
+  int cnt[kLadder];
+  double mass[kLadder], total = 0;
+#pragma unroll
+  for (int j = 0; j < kLadder; ++j) cnt[j] = 0, mass[j] = 0;
+  for (int64_t k = threadIdx.x; k < L; k += kFilterThreads) {
+    const float x = all[k];
+    if (x == -INFINITY) continue;
+    const double e = x >= tmin ? exp(static_cast<double>(x) - mx) : 0.0;
+    total += e;
+#pragma unroll
+    for (int j = 0; j < kLadder; ++j)
+      if (x >= ladder_cut(mx, j)) ++cnt[j], mass[j] += e;
+  }
+  auto add_i = [](int a, int b) { return a + b; };
+  auto add_d = [](double a, double b) { return a + b; };
+  total = block_reduce(total, add_d);
+  const double target = r.top_p - 1e-7;
+  int pick = -1;
+  for (int j = 0; j < kLadder; ++j) {
+    cnt[j] = block_reduce(cnt[j], add_i);
+    mass[j] = block_reduce(mass[j], add_d);
+    // Top-k needs its k largest above the cut; top-p alone needs its mass there.
+    const bool enough = topk ? cnt[j] >= r.top_k : mass[j] / static_cast<float>(total) >= target;
+    if (pick < 0 && enough && cnt[j] <= kCandidates) pick = j;
+  }
+  Values v = all;
+  uint32_t floor_key = 0;
+  __shared__ float cand[kCandidates];
+  __shared__ int num;
+  if (pick >= 0) {
+    const float cut = ladder_cut(mx, pick);
+    if (threadIdx.x == 0) num = 0;
+    __syncthreads();
+    for (int64_t k = threadIdx.x; k < L; k += kFilterThreads) {
+      const float x = all[k];
+      if (x != -INFINITY && x >= cut) cand[atomicAdd(&num, 1)] = x;
+    }
+    __syncthreads();
+    v = Values{cand, num, 1.f};
+    floor_key = order_key(cut);  // every value above the cut is a candidate: lower keys qualify
+  }
+  float kp = topk ? key_value(kth_key(v, r.top_k, floor_key)) : -INFINITY;
+  kp = fmaxf(kp, tmin);
+  if (topp) {  // the largest kept value u with sum_{x >= u} e^(x - mx) / z >= top_p - 1e-7
+    // Without top-k the kept values are those min-p keeps, summed by the ladder pass; with it, all
+    // of them are among the candidates.
+    const double s = topk ? mass_above(v, kp, mx, 0) : total, z = static_cast<float>(s);
+    if (s / z >= target) {
+      uint32_t key = 0;
+      for (int b = 31; b >= 0; --b) {
+        const uint32_t c = key | (1u << b);
+        if (c <= floor_key || mass_above(v, kp, mx, c) / z >= target) key = c;
+      }
+      kp = fmaxf(kp, key_value(key));
+    }
+  }
+  if (threadIdx.x == 0) keep[i] = kp;
+}
+
 // Block (row i, part) scans its part of row i; with one part it writes the row's draw, otherwise the
 // part's candidate, which draw_merge_k reduces.
 __global__ void __launch_bounds__(kThreads)
     draw_rows_k(const float* logits, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows, float* best,
-                int32_t* idx, double* part_v, int64_t* part_i) {
+                const float* keep, int32_t* idx, double* part_v, int64_t* part_i) {
   pdl_enter();
   const int64_t i = blockIdx.x, parts = gridDim.y, per = (L + parts - 1) / parts;
   const int64_t lo = blockIdx.y * per, hi = min(L, lo + per);
   const float* row = logits + i * stride;
   const RowDraw r = rows[i];
+  const float kp = keep ? keep[i] : -INFINITY;
   double bv = -INFINITY;
   int64_t bi = INT64_MAX;
 #pragma unroll 4
   for (int64_t k = lo + threadIdx.x; k < hi; k += kThreads) {
     const float x = r.greedy ? row[k] : row[k] * r.inv_temperature;
-    if (x == -INFINITY) continue;
+    if (x == -INFINITY || x < kp) continue;
     const double score = r.greedy ? static_cast<double>(x) : x + draw_gumbel(r.seed, r.position, token_offset + k);
     keep_best(bv, bi, score, k);
   }
@@ -81,9 +240,17 @@ __global__ void __launch_bounds__(kThreads)
 
 }  // namespace
 
-void draw_rows(const float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
-               float* best, int32_t* idx, cudaStream_t s) {
+void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
+               const LogitEdit* edits, int64_t num_edits, bool filtered, float* best, int32_t* idx, cudaStream_t s) {
   if (n == 0) return;
+  if (num_edits > 0)
+    launch("draw_rows edits", edits_k, blocks_for(num_edits, 256), 256, 0, s, logits, stride, edits, num_edits);
+  float* keep = nullptr;
+  if (filtered) {
+    check(cudaMallocAsync(reinterpret_cast<void**>(&keep), sizeof(float) * n, s), "draw scratch");
+    launch("draw_rows filters", keep_threshold_k, static_cast<unsigned>(n), kFilterThreads, 0, s, logits, stride, L, rows,
+           keep);
+  }
   // A row is split over several blocks when the rows alone would leave SMs idle (a decode step of a
   // few sequences): one block scanning 150k logits is bound by its own memory latency.
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>((2 * sm_count() + n - 1) / n, L / (16 * kThreads)));
@@ -94,13 +261,15 @@ void draw_rows(const float* logits, int64_t n, int64_t stride, int64_t L, int64_
     check(cudaMallocAsync(reinterpret_cast<void**>(&part_i), sizeof(int64_t) * n * parts, s), "draw scratch");
   }
   const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(parts));
-  launch("draw_rows", draw_rows_k, grid, kThreads, 0, s, logits, stride, L, token_offset, rows, best, idx, part_v, part_i);
+  launch("draw_rows", draw_rows_k, grid, kThreads, 0, s, logits, stride, L, token_offset, rows, best, keep, idx, part_v,
+         part_i);
   if (parts > 1) {
     launch("draw_rows merge", draw_merge_k, static_cast<unsigned>(n), kThreads, 0, s, part_v, part_i, parts, token_offset,
            best, idx);
     cudaFreeAsync(part_v, s);
     cudaFreeAsync(part_i, s);
   }
+  if (keep) cudaFreeAsync(keep, s);
 }
 
 }  // namespace llmserve::cuda

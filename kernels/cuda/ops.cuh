@@ -88,8 +88,9 @@ template <typename T>
 void gemv_gate_up_silu(const T* x, const T* w_gate, const T* w_up, int64_t M, int64_t K, int64_t N, T* act,
                        cudaStream_t s);
 
-// The sampler's draw (see kernels/cpu/ops.h draw_rows); rows, best and idx are device arrays.
-void draw_rows(const float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
-               float* best, int32_t* idx, cudaStream_t s);
+// The sampler's draw (see kernels/cpu/ops.h draw_rows); rows, edits, best and idx are device arrays;
+// `filtered`: some row has filters (RowDraw::filtered).
+void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
+               const LogitEdit* edits, int64_t num_edits, bool filtered, float* best, int32_t* idx, cudaStream_t s);
 
 }  // namespace llmserve::cuda

@@ -94,9 +94,10 @@ class Backend {
   }
 
   // The sampler's draw over float32 logits [n, stride] whose first L columns are tokens token_offset..
-  // (kernels/cpu/ops.h draw_rows): best score and token per row, into host arrays of n.
-  virtual void draw_rows(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
-                         float* best, int32_t* idx) = 0;
+  // (kernels/cpu/ops.h draw_rows): the penalty edits applied to the logits in place, then the rows'
+  // filters and draws; best score and token per row, into host arrays of n.
+  virtual void draw_rows(Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
+                         const std::vector<LogitEdit>& edits, float* best, int32_t* idx) = 0;
 
   // Device memory, for the memory plan (backends without a device memory of their own return false).
   virtual bool device_memory(size_t* free_bytes, size_t* total_bytes) { (void)free_bytes, (void)total_bytes; return false; }

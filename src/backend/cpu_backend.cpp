@@ -115,10 +115,10 @@ void CpuBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   cpu::silu_mul(gate.as<float>(), up.as<float>(), gate.numel(), out.as<float>());
 }
 
-void CpuBackend::draw_rows(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
-                           float* best, int32_t* idx) {
-  cpu::draw_rows(logits.as<float>(), static_cast<int64_t>(rows.size()), logits.dim(1), L, token_offset, rows.data(), best,
-                 idx);
+void CpuBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
+                           const std::vector<LogitEdit>& edits, float* best, int32_t* idx) {
+  cpu::draw_rows(logits.as<float>(), static_cast<int64_t>(rows.size()), logits.dim(1), L, token_offset, rows.data(),
+                 edits.data(), static_cast<int64_t>(edits.size()), best, idx);
 }
 
 void CpuBackend::gather_rows(const Tensor& x, Tensor& out) {

@@ -26,8 +26,8 @@ class CpuBackend : public Backend {
                  float scale, Tensor& out) override;
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void gather_rows(const Tensor& x, Tensor& out) override;
-  void draw_rows(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows, float* best,
-                 int32_t* idx) override;
+  void draw_rows(Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
+                 const std::vector<LogitEdit>& edits, float* best, int32_t* idx) override;
 
  private:
   const StepMeta& meta() const;

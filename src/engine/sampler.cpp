@@ -45,36 +45,66 @@ void Sampler::observe(const StepPlan& plan) {
   }
 }
 
-void Sampler::apply_penalties(const SeqState& st, float* row) const {
+std::vector<LogitEdit> Sampler::penalty_edits(const SeqState& st, int32_t row) const {
   const SamplingParams& p = st.params;
   const int64_t out_len = static_cast<int64_t>(st.history.size()) - st.prompt_len;
   auto local = [&](int32_t t) { return t >= vocab_.begin && t < vocab_.end; };
+  // Sorted lists (this runs for every row of every step: no hashing, one allocation per list).
+  std::vector<int32_t> rep, out, mask;
   if (p.repetition_penalty != 1.0) {
-    std::vector<int32_t> seen;
     for (int32_t t : st.history)
-      if (local(t)) seen.push_back(t);
-    std::sort(seen.begin(), seen.end());
-    seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
-    const float rp = static_cast<float>(p.repetition_penalty);
-    for (int32_t t : seen) {
-      float& l = row[t - vocab_.begin];
-      l = l > 0 ? l / rp : l * rp;
-    }
+      if (local(t)) rep.push_back(t);
+    std::sort(rep.begin(), rep.end());
+    rep.erase(std::unique(rep.begin(), rep.end()), rep.end());
   }
   if (p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) {
-    std::unordered_map<int32_t, int> counts;
     for (int64_t i = st.prompt_len; i < static_cast<int64_t>(st.history.size()); ++i)
-      if (local(st.history[i])) ++counts[st.history[i]];
-    for (const auto& [t, c] : counts)
-      row[t - vocab_.begin] -= static_cast<float>(p.presence_penalty + p.frequency_penalty * c);
+      if (local(st.history[i])) out.push_back(st.history[i]);
+    std::sort(out.begin(), out.end());  // runs of equal tokens: their counts
   }
   if (out_len < p.min_tokens) {
     if (!p.ignore_eos)
       for (int32_t t : st.eos_ids)
-        if (local(t)) row[t - vocab_.begin] = kNegInf;
+        if (local(t)) mask.push_back(t);
     for (int32_t t : p.stop_token_ids)
-      if (local(t)) row[t - vocab_.begin] = kNegInf;
+      if (local(t)) mask.push_back(t);
+    std::sort(mask.begin(), mask.end());
+    mask.erase(std::unique(mask.begin(), mask.end()), mask.end());
   }
+  // Merge the three by token: one edit per token.
+  std::vector<LogitEdit> edits;
+  edits.reserve(rep.size() + out.size() + mask.size());
+  size_t a = 0, b = 0, c = 0;
+  constexpr int32_t kEnd = std::numeric_limits<int32_t>::max();
+  for (;;) {
+    const int32_t t = std::min({a < rep.size() ? rep[a] : kEnd, b < out.size() ? out[b] : kEnd, c < mask.size() ? mask[c] : kEnd});
+    if (t == kEnd) break;
+    LogitEdit e;
+    e.row = row;
+    e.col = static_cast<int32_t>(t - vocab_.begin);
+    if (a < rep.size() && rep[a] == t) e.rep = static_cast<float>(p.repetition_penalty), ++a;
+    int count = 0;
+    while (b < out.size() && out[b] == t) ++count, ++b;
+    if (count > 0) e.sub = static_cast<float>(p.presence_penalty + p.frequency_penalty * count);
+    if (c < mask.size() && mask[c] == t) e.mask = 1, ++c;
+    edits.push_back(e);
+  }
+  return edits;
+}
+
+RowDraw Sampler::row_draw(const SeqState& st) const {
+  const SamplingParams& p = st.params;
+  RowDraw r;
+  r.greedy = p.greedy();
+  r.inv_temperature = r.greedy ? 1.f : static_cast<float>(1.0 / p.temperature);
+  r.seed = st.seed;
+  r.position = static_cast<int64_t>(st.history.size());
+  if (!r.greedy) {
+    if (p.top_k > 0 && p.top_k < vocab_size_) r.top_k = p.top_k;
+    if (p.min_p > 0) r.log_min_p = static_cast<float>(std::log(p.min_p));
+    r.top_p = p.top_p;
+  }
+  return r;
 }
 
 bool Sampler::drawable_on_backend(const StepPlan& plan) const {
@@ -83,27 +113,23 @@ bool Sampler::drawable_on_backend(const StepPlan& plan) const {
     auto it = state_.find(s.seq_id);
     if (it == state_.end()) return false;
     const SeqState& st = it->second;
-    const SamplingParams& p = st.params;
-    if (p.logprobs >= 0 || p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0)
-      return false;
-    if (static_cast<int64_t>(st.history.size()) - st.prompt_len < p.min_tokens) return false;
-    if (!p.greedy() && ((p.top_k > 0 && p.top_k < vocab_size_) || p.top_p < 1.0 || p.min_p > 0)) return false;
+    if (st.params.logprobs >= 0) return false;
+    // Filters need the whole row: on the backend only without a vocabulary split.
+    if (tp_.size() > 1 && row_draw(st).filtered()) return false;
   }
   return true;
 }
 
-std::vector<SampledToken> Sampler::sample_on_backend(const StepPlan& plan, Backend& backend, const Tensor& logits) {
+std::vector<SampledToken> Sampler::sample_on_backend(const StepPlan& plan, Backend& backend, Tensor& logits) {
   std::vector<RowDraw> rows;
+  std::vector<LogitEdit> edits;
   std::vector<SampledToken> out;
   for (const auto& s : plan.seqs) {
     if (!s.sample) continue;
     const SeqState& st = state_.at(s.seq_id);
-    RowDraw r;
-    r.greedy = st.params.greedy();
-    r.inv_temperature = r.greedy ? 1.f : static_cast<float>(1.0 / st.params.temperature);
-    r.seed = st.seed;
-    r.position = static_cast<int64_t>(st.history.size());
-    rows.push_back(r);
+    const auto e = penalty_edits(st, static_cast<int32_t>(rows.size()));
+    edits.insert(edits.end(), e.begin(), e.end());
+    rows.push_back(row_draw(st));
     out.emplace_back();
     out.back().seq_id = s.seq_id;
   }
@@ -111,7 +137,7 @@ std::vector<SampledToken> Sampler::sample_on_backend(const StepPlan& plan, Backe
   if (n == 0) return out;
   std::vector<float> best(n);
   std::vector<int32_t> idx(n);
-  backend.draw_rows(logits, vocab_.size(), vocab_.begin, rows, best.data(), idx.data());
+  backend.draw_rows(logits, vocab_.size(), vocab_.begin, rows, edits, best.data(), idx.data());
   tp_.all_reduce_maxloc(best.data(), idx.data(), n);
   for (size_t i = 0; i < n; ++i) {
     if (idx[i] == std::numeric_limits<int32_t>::max()) throw Error(cat("sampler: every token was filtered out for sequence ", out[i].seq_id));
@@ -155,7 +181,7 @@ std::vector<SampledToken> Sampler::sample(const StepPlan& plan, const float* log
   std::vector<std::vector<float>> work(n);
   for (size_t i = 0; i < n; ++i) {
     work[i].assign(raw(i), raw(i) + L);
-    apply_penalties(*st[i], work[i].data());
+    for (const LogitEdit& e : penalty_edits(*st[i], 0)) work[i][e.col] = apply_logit_edit(work[i][e.col], e);
     if (!st[i]->params.greedy()) {
       const float inv_t = static_cast<float>(1.0 / st[i]->params.temperature);
       for (auto& x : work[i]) x *= inv_t;
@@ -208,10 +234,14 @@ std::vector<SampledToken> Sampler::sample(const StepPlan& plan, const float* log
       if (!st[i]->params.greedy() && st[i]->params.top_p < 1.0) tp_rows.push_back(i);
     if (!tp_rows.empty()) {
       const size_t m = tp_rows.size();
+      // Normalizers summed in double, rounded to float for the all-reduce (as the backend's draw does).
       std::vector<float> sum(m, 0.f);
-      for (size_t j = 0; j < m; ++j)
+      for (size_t j = 0; j < m; ++j) {
+        double z = 0;
         for (float x : work[tp_rows[j]])
-          if (x != kNegInf) sum[j] += std::exp(x - mx[tp_rows[j]]);
+          if (x != kNegInf) z += std::exp(static_cast<double>(x) - mx[tp_rows[j]]);
+        sum[j] = static_cast<float>(z);
+      }
       tp_.all_reduce_sum(sum.data(), m);
       std::vector<float> thr(m, kNegInf);
       std::vector<bool> done(m, false);

@@ -29,13 +29,14 @@ class Sampler {
   // One token for each sequence of the plan with sample = true, in plan order; `logits` holds one
   // row per such sequence. Collective over the tensor group; every rank returns the same tokens.
   std::vector<SampledToken> sample(const StepPlan& plan, const float* logits);
-  // True when every row of the plan needs only the draw itself (greedy or temperature sampling; no
-  // penalties, min_tokens masking, top-k/top-p/min-p or logprobs): then sample_on_backend() gives the
-  // same tokens as sample() without bringing the logits to the host.
+  // True when no row of the plan asks for logprobs, and, with the vocabulary split over a tensor group,
+  // none filters (top-k/top-p/min-p need the whole row): then sample_on_backend() gives the same tokens
+  // as sample() without bringing the logits to the host.
   bool drawable_on_backend(const StepPlan& plan) const;
-  // sample() for such plans, with the per-row draw on the backend holding `logits` [rows, row_stride]
-  // and one (value, index) all-reduce over the tensor group.
-  std::vector<SampledToken> sample_on_backend(const StepPlan& plan, Backend& backend, const Tensor& logits);
+  // sample() for such plans: penalties, filters and the draw on the backend holding `logits`
+  // [rows, row_stride] (penalties are applied to it in place), then one (value, index) all-reduce over
+  // the tensor group.
+  std::vector<SampledToken> sample_on_backend(const StepPlan& plan, Backend& backend, Tensor& logits);
   size_t num_sequences() const { return state_.size(); }
 
   // The Gumbel noise used for (seed, position, token): exposed for tests.
@@ -49,7 +50,11 @@ class Sampler {
     std::vector<int32_t> eos_ids;
     std::vector<int32_t> history;  // every token fed so far, by position
   };
-  void apply_penalties(const SeqState& st, float* row) const;
+  // The sequence's penalties (repetition, presence/frequency, min_tokens masking) on this rank's
+  // logits, as edits of row `row`.
+  std::vector<LogitEdit> penalty_edits(const SeqState& st, int32_t row) const;
+  // The backend draw of the sequence's next token (temperature, seed, filters).
+  RowDraw row_draw(const SeqState& st) const;
   Comm& tp_;
   int64_t vocab_size_;
   Range vocab_;

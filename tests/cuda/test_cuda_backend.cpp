@@ -8,6 +8,7 @@
 
 #include "backend/cpu_backend.h"
 #include "backend/cuda/cuda_backend.h"
+#include "kernels/cpu/ops.h"
 
 using namespace llmserve;
 
@@ -303,9 +304,9 @@ TEST_P(CudaOps, FewTokenLinearMatchesTheCpuReference) {
 }
 
 // The sampler's draw on the GPU picks exactly the CPU kernel's tokens, greedy and with Gumbel noise,
-// on a vocabulary shard (token offset) with padded rows.
-// Many short rows (a block each) and a few vocabulary-sized rows (each split over blocks and merged,
-// with a tie across parts and a row where every token is filtered out).
+// with penalty edits and top-k / top-p / min-p filters, on a vocabulary shard (token offset) with
+// padded rows. Many short rows (a block each) and a few vocabulary-sized rows (each split over blocks
+// and merged, with a tie across parts and a row where every token is filtered out).
 class CudaDraw : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t>> {};
 
 TEST_P(CudaDraw, SameTokensAsTheCpuKernel) {
@@ -321,25 +322,55 @@ TEST_P(CudaDraw, SameTokensAsTheCpuKernel) {
   if (n <= 5) {
     logits[tie_row * stride + L - 1] = 30.f;  // the same score in the row's last part
     for (int64_t k = 0; k < L; ++k) logits[(n - 1) * stride + k] = -INFINITY;
+    // A flat row (top-k 4): more values near the top than shared memory holds, so the GPU's filter
+    // bisects over the whole row instead of gathered candidates.
+    for (int64_t k = 0; k < L; ++k) logits[1 * stride + k] *= 0.02f;
   }
   std::vector<RowDraw> rows(n);
+  std::vector<LogitEdit> edits;
   for (int64_t i = 0; i < n; ++i) {
-    rows[i].greedy = i % 3 == 0 || i == 5;
-    rows[i].inv_temperature = 1.f / (0.3f + 0.1f * static_cast<float>(i % 7));
-    rows[i].seed = 1000 + i;
-    rows[i].position = 17 + i;
+    RowDraw& r = rows[i];
+    r.greedy = i % 3 == 0 || i == tie_row;
+    r.inv_temperature = 1.f / (0.3f + 0.1f * static_cast<float>(i % 7));
+    r.seed = 1000 + i;
+    r.position = 17 + i;
+    if (!r.greedy) {
+      if (i % 4 == 1) r.top_k = static_cast<int32_t>(3 + i);
+      if (i % 4 == 2) r.top_p = 0.5 + 0.05 * static_cast<double>(i % 7);
+      if (i % 4 == 3) r.top_k = 100, r.top_p = 0.9, r.log_min_p = std::log(0.05f);
+      if (i % 4 == 0) r.log_min_p = std::log(0.2f);
+    }
+    for (int e = 0; e < 3; ++e) {  // penalties away from the tie columns
+      LogitEdit le;
+      le.row = static_cast<int32_t>(i);
+      le.col = static_cast<int32_t>(100 + (i * 131 + e * 977) % (L - 200));
+      if (e == 0) le.rep = 1.3f;
+      if (e == 1) le.sub = 0.75f;
+      if (e == 2) le.mask = 1;
+      edits.push_back(le);
+    }
   }
+  // The filters are live: each filtered row keeps fewer tokens than all of its finite ones.
+  for (int64_t i = 0; i + (n <= 5 ? 1 : 0) < n; ++i)
+    if (rows[i].filtered()) {
+      EXPECT_GT(cpu::draw_keep_threshold(&logits[i * stride], L, rows[i]), -INFINITY) << "row " << i;
+    }
   Tensor lc = cpu.upload(logits.data(), {n, stride}, DType::F32), lg = gpu.upload(logits.data(), {n, stride}, DType::F32);
   std::vector<float> bc(n), bg(n);
   std::vector<int32_t> ic(n), ig(n);
-  cpu.draw_rows(lc, L, offset, rows, bc.data(), ic.data());
-  gpu.draw_rows(lg, L, offset, rows, bg.data(), ig.data());
+  cpu.draw_rows(lc, L, offset, rows, edits, bc.data(), ic.data());
+  gpu.draw_rows(lg, L, offset, rows, edits, bg.data(), ig.data());
   EXPECT_EQ(ic, ig);
   EXPECT_EQ(ic[tie_row], offset);
   if (n <= 5) {
     EXPECT_EQ(ig[n - 1], INT32_MAX);
   }
   for (int64_t i = 0; i < n; ++i) EXPECT_FLOAT_EQ(bc[i], bg[i]) << "row " << i;
+  // The edits were applied on the device as on the host.
+  std::vector<float> ec(n * stride), eg(n * stride);
+  cpu.download(lc, ec.data());
+  gpu.download(lg, eg.data());
+  EXPECT_EQ(ec, eg);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaDraw,

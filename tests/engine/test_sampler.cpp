@@ -8,6 +8,7 @@
 #include <map>
 #include <numeric>
 #include <random>
+#include <set>
 
 #include "backend/cpu_backend.h"
 #include "dist/mpi_comm.h"
@@ -240,8 +241,10 @@ TEST(Sampler, MinTokensSuppressesEos) {
   EXPECT_NE(s.sample(plan, rows.data())[0].token, 3);
 }
 
-// The backend draw (the fast path for plans without penalties, filters or logprobs) gives exactly the
-// host sampler's tokens, greedy and seeded, on every vocabulary split.
+// The backend draw (the fast path: every plan without logprobs, and without filters where the
+// vocabulary is split) gives exactly the host sampler's tokens: greedy and seeded, with penalties,
+// min_tokens masking and (one rank) top-k / top-p / min-p, on every vocabulary split. Rows with
+// penalties see the history {7, 8, 9, 9} (prompt {7, 8}) so every penalty has tokens to act on.
 TEST(Sampler, BackendDrawEqualsTheHostSampler) {
   World w;
   CpuBackend cpu;
@@ -250,27 +253,70 @@ TEST(Sampler, BackendDrawEqualsTheHostSampler) {
   const size_t N = 64;
   std::vector<float> full(N * V);
   for (auto& x : full) x = d(g);
+  for (size_t i = 0; i < N; ++i) {  // penalized and masked tokens (8, 9; EOS 3 on odd rows) are contenders
+    full[i * V + 9] = full[i * V + 8] = 6.f;
+    if (i % 2) full[i * V + 3] = 6.f;
+  }
+  std::vector<SamplingParams> cases;
   for (double temperature : {0.0, 0.7, 1.3}) {
     SamplingParams p;
     p.temperature = temperature;
-    StepPlan plan = plan_for(N, p, {7, 8, 9}, 2, 321);
+    cases.push_back(p);
+  }
+  {
+    SamplingParams p;
+    p.temperature = 0;
+    p.repetition_penalty = 1.5;
+    cases.push_back(p);
+    p.temperature = 0.9;
+    p.presence_penalty = 0.5;
+    p.frequency_penalty = 0.3;
+    cases.push_back(p);
+    p = SamplingParams();
+    p.min_tokens = 5;
+    p.stop_token_ids = {11};
+    cases.push_back(p);
+  }
+  for (int top_k : {0, 4})
+    for (double top_p : {1.0, 0.6})
+      for (double min_p : {0.0, 0.1}) {
+        SamplingParams p;
+        p.temperature = 0.8;
+        p.top_k = top_k, p.top_p = top_p, p.min_p = min_p;
+        if (top_k == 0 && top_p == 1.0 && min_p == 0.0) p.repetition_penalty = 1.2;
+        cases.push_back(p);
+      }
+  for (size_t c = 0; c < cases.size(); ++c) {
+    const SamplingParams& p = cases[c];
+    StepPlan plan = plan_for(N, p, {7, 8, 9, 9}, 2, 321);
     Sampler host(w.comm, V, w.vocab, w.stride), fast(w.comm, V, w.vocab, w.stride);
     host.observe(plan);
     fast.observe(plan);
-    ASSERT_TRUE(fast.drawable_on_backend(plan));
+    const bool drawable = fast.drawable_on_backend(plan);
+    const bool filters = !p.greedy() && (p.top_k > 0 || p.top_p < 1.0 || p.min_p > 0.0);
+    ASSERT_EQ(drawable, !filters || w.comm.size() == 1) << "case " << c;
+    if (!drawable) continue;
     std::vector<float> rows(N * w.stride, 0.f);
     for (size_t i = 0; i < N; ++i)
       std::copy(full.begin() + static_cast<long>(i * V + w.vocab.begin), full.begin() + static_cast<long>(i * V + w.vocab.end),
                 rows.begin() + static_cast<long>(i * w.stride));
-    const Tensor t = cpu.upload(rows.data(), {static_cast<int64_t>(N), w.stride}, DType::F32);
+    Tensor t = cpu.upload(rows.data(), {static_cast<int64_t>(N), w.stride}, DType::F32);
     const auto a = host.sample(plan, rows.data()), b = fast.sample_on_backend(plan, cpu, t);
     ASSERT_EQ(a.size(), b.size());
-    for (size_t i = 0; i < N; ++i) EXPECT_EQ(a[i].token, b[i].token) << "row " << i << " temperature " << temperature;
+    std::set<int32_t> distinct;
+    for (size_t i = 0; i < N; ++i) {
+      EXPECT_EQ(a[i].token, b[i].token) << "row " << i << " case " << c;
+      distinct.insert(a[i].token);
+    }
+    if (!p.greedy()) {
+      EXPECT_GT(distinct.size(), 1u) << "case " << c;  // the draws differ by row: seeds are live
+    }
   }
 }
 
-TEST(Sampler, BackendDrawOnlyWithoutPenaltiesFiltersOrLogprobs) {
+TEST(Sampler, BackendDrawUnlessLogprobsOrSplitFilters) {
   World w;
+  const bool one = w.comm.size() == 1;
   auto drawable = [&](const SamplingParams& p, std::vector<int32_t> history = {7, 8}) {
     Sampler s(w.comm, V, w.vocab, w.stride);
     StepPlan plan = plan_for(2, p, history, 1, 0);
@@ -283,25 +329,26 @@ TEST(Sampler, BackendDrawOnlyWithoutPenaltiesFiltersOrLogprobs) {
   EXPECT_TRUE(drawable(p));
   p.temperature = 0.8;
   p.top_k = 5;
-  EXPECT_FALSE(drawable(p));
+  EXPECT_EQ(drawable(p), one);
   p.top_k = 1;  // greedy
   EXPECT_TRUE(drawable(p));
   p = SamplingParams();
   p.top_p = 0.9;
-  EXPECT_FALSE(drawable(p));
+  EXPECT_EQ(drawable(p), one);
   p = SamplingParams();
   p.min_p = 0.1;
-  EXPECT_FALSE(drawable(p));
+  EXPECT_EQ(drawable(p), one);
+  p.temperature = 0;  // greedy: the filters do not apply
+  EXPECT_TRUE(drawable(p));
   p = SamplingParams();
   p.repetition_penalty = 1.1;
-  EXPECT_FALSE(drawable(p));
+  EXPECT_TRUE(drawable(p));
   p = SamplingParams();
   p.logprobs = 0;
   EXPECT_FALSE(drawable(p));
   p = SamplingParams();
   p.min_tokens = 3;
-  EXPECT_FALSE(drawable(p, {7, 8}));        // one output token so far: EOS still masked
-  EXPECT_TRUE(drawable(p, {7, 8, 9, 10}));  // three: nothing masked any more
+  EXPECT_TRUE(drawable(p, {7, 8}));
 }
 
 int main(int argc, char** argv) {

@@ -509,17 +509,23 @@ void CudaBackend::gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tens
   });
 }
 
-void CudaBackend::draw_rows(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
-                            float* best, int32_t* idx) {
-  const int64_t n = static_cast<int64_t>(rows.size());
+void CudaBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
+                            const std::vector<LogitEdit>& edits, float* best, int32_t* idx) {
+  const int64_t n = static_cast<int64_t>(rows.size()), ne = static_cast<int64_t>(edits.size());
   if (n == 0) return;
   LLMSERVE_CHECK(logits.dtype == DType::F32, "draw_rows: logits must be float32");
   // Scratch tensors (float32-typed storage; the bytes are what matter).
-  Tensor dev_rows = empty({(n * static_cast<int64_t>(sizeof(RowDraw)) + 3) / 4}, DType::F32);
+  auto words = [](size_t bytes) { return static_cast<int64_t>((bytes + 3) / 4); };
+  Tensor dev_rows = empty({words(rows.size() * sizeof(RowDraw))}, DType::F32);
   ck(cudaMemcpy(dev_rows.data, rows.data(), rows.size() * sizeof(RowDraw), cudaMemcpyHostToDevice), "upload draws");
+  Tensor dev_edits = empty({words(std::max<size_t>(edits.size(), 1) * sizeof(LogitEdit))}, DType::F32);
+  if (ne > 0)
+    ck(cudaMemcpy(dev_edits.data, edits.data(), edits.size() * sizeof(LogitEdit), cudaMemcpyHostToDevice), "upload penalties");
+  const bool filtered = std::any_of(rows.begin(), rows.end(), [](const RowDraw& r) { return r.filtered(); });
   Tensor dev_best = empty({n}, DType::F32), dev_idx = empty({n}, DType::F32);
   cuda::draw_rows(logits.as<float>(), n, logits.dim(1), L, token_offset, static_cast<const RowDraw*>(dev_rows.data),
-                  dev_best.as<float>(), static_cast<int32_t*>(dev_idx.data), stream());
+                  static_cast<const LogitEdit*>(dev_edits.data), ne, filtered, dev_best.as<float>(),
+                  static_cast<int32_t*>(dev_idx.data), stream());
   ck(cudaMemcpy(best, dev_best.data, n * sizeof(float), cudaMemcpyDeviceToHost), "download draws");
   ck(cudaMemcpy(idx, dev_idx.data, n * sizeof(int32_t), cudaMemcpyDeviceToHost), "download draws");
 }

@@ -47,8 +47,8 @@ class CudaBackend : public Backend {
                      Tensor& v_cache) override;
   void gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate, Tensor& up,
                     Tensor& act) override;
-  void draw_rows(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows, float* best,
-                 int32_t* idx) override;
+  void draw_rows(Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
+                 const std::vector<LogitEdit>& edits, float* best, int32_t* idx) override;
   bool device_memory(size_t* free_bytes, size_t* total_bytes) override;
   size_t tensor_memory() override;
   void reset_peak_memory() override;
