@@ -18,19 +18,29 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// Sum of v over the thread block (every thread gets it). Call from all threads of the block.
-__device__ __forceinline__ float block_sum(float v) {
-  __shared__ float part[32];
-  v = warp_sum(v);
+// Reduction of v over the thread block with op (identity: op's neutral element), as a shuffle tree in
+// each warp and then over the warps' results; every thread gets the result. Call from all threads of
+// the block; it may be called again right away (the shared slots are released before it returns).
+template <typename V, typename Op>
+__device__ __forceinline__ V block_reduce(V v, Op op, V identity) {
+  __shared__ V part[32];
+  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
   if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
   __syncthreads();
   if (threadIdx.x < 32) {
-    float w = threadIdx.x < (blockDim.x + 31) / 32 ? part[threadIdx.x] : 0.f;
-    w = warp_sum(w);
+    V w = threadIdx.x < (blockDim.x + 31) / 32 ? part[threadIdx.x] : identity;
+    for (int o = 16; o > 0; o >>= 1) w = op(w, __shfl_xor_sync(0xffffffffu, w, o));
     if (threadIdx.x == 0) part[0] = w;
   }
   __syncthreads();
-  return part[0];
+  const V r = part[0];
+  __syncthreads();
+  return r;
+}
+
+// Sum of v over the thread block (every thread gets it). Call from all threads of the block.
+__device__ __forceinline__ float block_sum(float v) {
+  return block_reduce(v, [](float a, float b) { return a + b; }, 0.f);
 }
 
 // Streaming multiprocessors of the current device (queried once).

@@ -47,19 +47,6 @@ __device__ __forceinline__ float key_value(uint32_t k) {
 
 constexpr int kFilterThreads = 512;
 
-// Reduction over the block with op (every thread gets the result). Call from all threads.
-template <typename V, typename Op>
-__device__ __forceinline__ V block_reduce(V v, Op op) {
-  __shared__ V part[kFilterThreads / 32];
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-  __syncthreads();
-  V r = part[0];
-  for (int w = 1; w < kFilterThreads / 32; ++w) r = op(r, part[w]);
-  __syncthreads();  // part is reused by the next call
-  return r;
-}
-
 __global__ void edits_k(float* logits, int64_t stride, const LogitEdit* edits, int64_t n) {
   pdl_enter();
   const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -84,7 +71,7 @@ __device__ uint32_t kth_key(const Values& v, int k, uint32_t floor_key) {
     const uint32_t cand = key | (1u << b);
     int c = 0;
     for (int64_t i = threadIdx.x; i < v.n; i += kFilterThreads) c += order_key(v[i]) >= cand;
-    c = block_reduce(c, [](int a, int b2) { return a + b2; });
+    c = block_reduce(c, [](int a, int b2) { return a + b2; }, 0);
     if (cand <= floor_key || c >= k) key = cand;
   }
   return key;
@@ -97,7 +84,7 @@ __device__ double mass_above(const Values& v, float kp, float mx, uint32_t lo) {
     const float x = v[i];
     if (x >= kp && x != -INFINITY && order_key(x) >= lo) z += exp(static_cast<double>(x) - mx);
   }
-  return block_reduce(z, [](double a, double b2) { return a + b2; });
+  return block_reduce(z, [](double a, double b2) { return a + b2; }, 0.0);
 }
 
 // Cuts below the row's largest value at which the candidates are counted (mx - 2^(j-7), j < kLadder:
@@ -124,7 +111,7 @@ __global__ void __launch_bounds__(kFilterThreads)
   float mx = -INFINITY;
 #pragma unroll 8
   for (int64_t k = threadIdx.x; k < L; k += kFilterThreads) mx = fmaxf(mx, all[k]);
-  mx = block_reduce(mx, [](float a, float b) { return fmaxf(a, b); });
+  mx = block_reduce(mx, [](float a, float b) { return fmaxf(a, b); }, -INFINITY);
   const float tmin = mx + r.log_min_p;  // min-p (-inf when off)
   const bool topk = r.top_k > 0 && r.top_k < L, topp = r.top_p < 1.0;
   if (mx == -INFINITY || (!topk && !topp)) {
@@ -139,7 +126,7 @@ __global__ void __launch_bounds__(kFilterThreads)
   for (int64_t k = threadIdx.x; k < L; k += kFilterThreads) {
     const float x = all[k];
     if (x == -INFINITY) continue;
-    const double e = x >= tmin ? exp(static_cast<double>(x) - mx) : 0.0;
+    const double e = topp && x >= tmin ? exp(static_cast<double>(x) - mx) : 0.0;  // mass only for top-p
     total += e;
 #pragma unroll
     for (int j = 0; j < kLadder; ++j)
@@ -147,12 +134,12 @@ __global__ void __launch_bounds__(kFilterThreads)
   }
   auto add_i = [](int a, int b) { return a + b; };
   auto add_d = [](double a, double b) { return a + b; };
-  total = block_reduce(total, add_d);
+  total = block_reduce(total, add_d, 0.0);
   const double target = r.top_p - 1e-7;
   int pick = -1;
   for (int j = 0; j < kLadder; ++j) {
-    cnt[j] = block_reduce(cnt[j], add_i);
-    mass[j] = block_reduce(mass[j], add_d);
+    cnt[j] = block_reduce(cnt[j], add_i, 0);
+    mass[j] = block_reduce(mass[j], add_d, 0.0);
     // Top-k needs its k largest above the cut; top-p alone needs its mass there.
     const bool enough = topk ? cnt[j] >= r.top_k : mass[j] / static_cast<float>(total) >= target;
     if (pick < 0 && enough && cnt[j] <= kCandidates) pick = j;

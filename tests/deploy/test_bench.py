@@ -75,6 +75,15 @@ def main():
         check("refused requests counted as failed (exit 1, the server's message kept)", r.returncode == 1 and res
               and res["failed"] == 3 and res["completed"] == 0 and any("maximum context length" in e for e in res["errors"]),
               (r.returncode, res and res["errors"]))
+        # Sampling options reach the server: accepted ones complete, an out-of-range one is refused by it.
+        r, res = bench(s, "--num-prompts", "4", "--random-input-len", "16", "--random-output-len", "6", "--temperature", "0.8",
+                       "--top-p", "0.9", "--top-k", "20", "--min-p", "0.05", "--repetition-penalty", "1.1", "--disable-progress")
+        check("top-p/top-k/min-p/repetition-penalty: all complete", r.returncode == 0 and res and res["completed"] == 4,
+              (r.returncode, r.stderr[-300:]))
+        r, res = bench(s, "--num-prompts", "2", "--random-input-len", "16", "--random-output-len", "4", "--top-p", "1.5",
+                       "--disable-progress")
+        check("--top-p 1.5 is sent and refused by the server", r.returncode == 1 and res and res["failed"] == 2
+              and any("top_p" in e for e in res["errors"]), (r.returncode, res and res["errors"]))
         r, _ = bench(s, "--num-prompts", "0")
         check("bad argument: exit 2", r.returncode == 2 and "--num-prompts" in r.stderr, r.stderr[-200:])
     finally:
