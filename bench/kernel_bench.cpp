@@ -6,6 +6,8 @@
 //    read, against the copy bandwidth; the same shapes with 256 tokens in TFLOP/s;
 //  - decode attention (one query per sequence over a paged bf16 KV cache) in GB/s of K/V read;
 //  - prefill attention (one causal 2048-token sequence) in TFLOP/s against the GEMM peak;
+//  - a batch-1 decode layer (Qwen2.5-1.5B shape) op by op and whole, over 28 layers of distinct weights
+//    (streaming from memory as in the model), in GB/s of weights and K/V read;
 //  - the sampler's greedy draw over vocabulary-sized logits rows in GB/s.
 // Usage: kernel_bench [--quick]   (prints a table; exits 77 without a GPU)
 #include <cuda_runtime.h>
@@ -170,6 +172,77 @@ int main(int argc, char** argv) {
       const double tf = flops / (ms * 1e-3) / 1e12;
       std::printf("%-44s %10.1f %5.1f TFLOP/s %8.1f%%\n", name, ms * 1e3, tf, 100 * tf / peak_tflops);
     }
+  }
+
+  // A batch-1 decode step's layer ops as the model runs them: 28 layers of distinct weights (so they
+  // stream from memory, not the L2), one graph replaying each op over all layers back to back, then
+  // the whole layer; context 160 of a graph recorded for 4096. Floor: weight bytes / copy bandwidth.
+  {
+    const int64_t L = 28, H = 1536, I = 8960, ctx = 160;
+    StepMeta m = attention_step(1, 1, ctx, bs);
+    m.max_context = 4096;
+    be.begin_step(m);
+    struct Layer {
+      Tensor norm1, norm2, wq, wk, wv, bq, bk, bv, wo, wg, wu, wd, kc, vc;
+    };
+    std::vector<Layer> ls(L);
+    const int64_t cache_blocks = (ctx + bs - 1) / bs;
+    for (auto& l : ls) {
+      l.norm1 = random_tensor(be, {H}, DType::BF16);
+      l.norm2 = random_tensor(be, {H}, DType::BF16);
+      l.wq = random_tensor(be, {Hq * D, H}, DType::BF16, 0.05f);
+      l.wk = random_tensor(be, {Hk * D, H}, DType::BF16, 0.05f);
+      l.wv = random_tensor(be, {Hk * D, H}, DType::BF16, 0.05f);
+      l.bq = random_tensor(be, {Hq * D}, DType::F32);
+      l.bk = random_tensor(be, {Hk * D}, DType::F32);
+      l.bv = random_tensor(be, {Hk * D}, DType::F32);
+      l.wo = random_tensor(be, {H, Hq * D}, DType::BF16, 0.05f);
+      l.wg = random_tensor(be, {I, H}, DType::BF16, 0.05f);
+      l.wu = random_tensor(be, {I, H}, DType::BF16, 0.05f);
+      l.wd = random_tensor(be, {H, I}, DType::BF16, 0.02f);
+      l.kc = random_tensor(be, {cache_blocks, bs, Hk, D}, DType::BF16);
+      l.vc = random_tensor(be, {cache_blocks, bs, Hk, D}, DType::BF16);
+    }
+    Tensor x = random_tensor(be, {1, H}, DType::F32), h = be.empty({1, H}, DType::BF16);
+    Tensor inv = random_tensor(be, {D / 2}, DType::F32, 0.01f);
+    Tensor q = be.empty({1, Hq * D}, DType::F32), k = be.empty({1, Hk * D}, DType::F32), v = be.empty({1, Hk * D}, DType::F32);
+    Tensor attn = be.empty({1, Hq * D}, DType::BF16), gate = be.empty({1, I}, DType::F32), up = be.empty({1, I}, DType::F32);
+    Tensor act = be.empty({1, I}, DType::BF16);
+    const float eps = 1e-6f;
+    auto qkv = [&](Layer& l) {
+      be.norm_qkv_rope_kv_write(x, {l.norm1, eps, h}, l.wq, &l.bq, q, l.wk, &l.bk, k, l.wv, &l.bv, v, inv, D, l.kc, l.vc);
+    };
+    auto att = [&](Layer& l) { be.attention(q, l.kc, l.vc, D, bs, 0.0884f, attn); };
+    auto oproj = [&](Layer& l) { be.linear_residual(attn, l.wo, x); };
+    auto mlp_in = [&](Layer& l) { be.norm_gate_up_silu(x, {l.norm2, eps, h}, l.wg, l.wu, gate, up, act); };
+    auto down = [&](Layer& l) { be.linear_residual(act, l.wd, x); };
+    struct Op {
+      const char* name;
+      std::function<void(Layer&)> fn;
+      double bytes;
+    };
+    const double kv_bytes = 2.0 * ctx * Hk * D * 2;
+    const Op ops[] = {{"norm + q/k/v + RoPE + KV write", qkv, 2.0 * (Hq + 2 * Hk) * D * H},
+                      {"attention (context 160)", att, kv_bytes},
+                      {"o_proj + residual", oproj, 2.0 * H * Hq * D},
+                      {"norm + gate/up + SiLU", mlp_in, 2.0 * 2 * I * H},
+                      {"down + residual", down, 2.0 * H * I}};
+    std::printf("\n%-44s %10s %12s %10s\n", "decode layer, batch 1 (28 layers, PDL chain)", "us/layer", "rate",
+                "of roofline");
+    double layer_bytes = 0;
+    for (const Op& op : ops) {
+      const double ms = graph_ms(be, [&] { for (auto& l : ls) op.fn(l); }, 1) / L;
+      const double gbs = op.bytes / (ms * 1e-3) / 1e9;
+      layer_bytes += op.bytes;
+      std::printf("%-44s %10.2f %7.0f GB/s %9.0f%%\n", op.name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+    }
+    const double ms = graph_ms(be, [&] {
+      for (auto& l : ls)
+        for (const Op& op : ops) op.fn(l);
+    }, 1) / L;
+    const double floor_us = layer_bytes / (copy_gbs * 1e9) * 1e6;
+    std::printf("%-44s %10.2f %7.0f GB/s %9.0f%%  (floor %.2f us)\n", "whole layer", ms * 1e3,
+                layer_bytes / (ms * 1e-3) / 1e9, 100 * floor_us / (ms * 1e3), floor_us);
   }
 
   // The sampler's draw over vocabulary-sized float32 logits rows (uniform in [-3, 3]: flat rows, the

@@ -56,6 +56,15 @@ inline int sm_count() {
 
 inline unsigned blocks_for(long long n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
+// Blocks of `threads` threads and `smem` bytes of dynamic shared memory of kernel k that the device
+// holds at once (per SM times SMs; at least one per SM).
+template <typename Kernel>
+unsigned resident_blocks(Kernel k, int threads, size_t smem) {
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, threads, smem) != cudaSuccess || per_sm < 1) per_sm = 1;
+  return static_cast<unsigned>(per_sm) * static_cast<unsigned>(sm_count());
+}
+
 // Programmatic dependent launch (compute capability 9.0 and up). Every kernel here is launched with
 // launch() below, which lets it start while the kernel before it in the stream is still running, and
 // calls pdl_enter() before it touches anything another kernel writes: pdl_enter waits until the

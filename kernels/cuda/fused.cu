@@ -1,66 +1,15 @@
 // Fused kernels of a decoder layer (each the composition of CPU kernels it replaces; see the defaults in
 // src/backend/backend.h): residual add + RMSNorm, RoPE + KV-cache write, and for a few tokens the
-// three attention projections in one launch and gate/up projections with SiLU-and-multiply.
+// three attention projections with RoPE and the KV-cache write in one launch, and the gate/up
+// projections with SiLU-and-multiply.
+#include <algorithm>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.cuh"
 #include "kernels/cuda/row_dot.cuh"
 
 namespace llmserve::cuda {
 namespace {
-
-// x (float32 residual) += y; out = rmsnorm(x) * w, one block per row, the row and the weights held in
-// registers (PER elements per thread): every load is issued up front, so a decode step's row costs one
-// memory round trip instead of three.
-constexpr int kNormThreads = 256;
-
-template <typename T, int PER>
-__global__ void __launch_bounds__(kNormThreads)
-    add_rmsnorm_reg_k(float* x, const float* y, const T* w, int64_t H, float eps, T* out) {
-  float* xr = x + blockIdx.x * H;
-  const float* yr = y + blockIdx.x * H;
-  float v[PER], wv[PER], ss = 0.f;
-#pragma unroll
-  for (int r = 0; r < PER; ++r) {
-    const int64_t i = threadIdx.x + static_cast<int64_t>(r) * kNormThreads;
-    wv[r] = i < H ? to_f(w[i]) : 0.f;
-  }
-  pdl_enter();
-#pragma unroll
-  for (int r = 0; r < PER; ++r) {
-    const int64_t i = threadIdx.x + static_cast<int64_t>(r) * kNormThreads;
-    v[r] = i < H ? xr[i] + yr[i] : 0.f;
-  }
-#pragma unroll
-  for (int r = 0; r < PER; ++r) {
-    const int64_t i = threadIdx.x + static_cast<int64_t>(r) * kNormThreads;
-    ss += v[r] * v[r];
-    if (i < H) xr[i] = v[r];
-  }
-  const float inv = rsqrtf(block_sum(ss) / static_cast<float>(H) + eps);
-  T* o = out + blockIdx.x * H;
-#pragma unroll
-  for (int r = 0; r < PER; ++r) {
-    const int64_t i = threadIdx.x + static_cast<int64_t>(r) * kNormThreads;
-    if (i < H) o[i] = from_f<T>(wv[r] * (v[r] * inv));
-  }
-}
-
-// The same for rows too long for registers.
-template <typename T>
-__global__ void add_rmsnorm_k(float* x, const float* y, const T* w, int64_t H, float eps, T* out) {
-  pdl_enter();
-  float* xr = x + blockIdx.x * H;
-  const float* yr = y + blockIdx.x * H;
-  float ss = 0.f;
-  for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
-    const float v = xr[i] + yr[i];
-    xr[i] = v;
-    ss += v * v;
-  }
-  const float inv = rsqrtf(block_sum(ss) / static_cast<float>(H) + eps);
-  T* o = out + blockIdx.x * H;
-  for (int64_t i = threadIdx.x; i < H; i += blockDim.x) o[i] = from_f<T>(to_f(w[i]) * (xr[i] * inv));
-}
 
 // One thread per (token, head of q then k, rotation pair): q rotated in place; k rotated and, with v,
 // written to the caches at the token's slot (k itself is left as it was).
@@ -94,55 +43,89 @@ __global__ void rope_kv_k(float* q, const float* k, const float* v, const int32_
 
 constexpr int kWarpsPerBlock = 8;
 
-// Three projections of x in one grid: warps over the rows of wq, then wk, then wv; float32 outputs.
+// q, k, v = rmsnorm(x) . W^T (+ bias) with RoPE and the KV-cache write in one grid: each block
+// normalizes the input rows into shared memory, then a warp per rotation pair (rows i and i + D/2 of
+// one head of q, k or v) computes both dot products, rotates q and k pairs by the token's position, and
+// writes q (float32) and k, v (into the caches at the token's slot).
 template <typename T, int M>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    qkv_k(const T* x, int64_t K, Gemv3 g) {
-  int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+    qkv_rope_k(const float* x, const T* norm_w, float eps, int64_t K, QkvRope a) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* h = reinterpret_cast<T*>(smem);
+  const int64_t half = a.D / 2;
+  const int64_t u = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
-  int j = 0;
-  while (j < 3 && r >= g.n[j]) r -= g.n[j++];
-  if (j == 3) return;
-  float acc[1][M];
-  const T* const rows[1] = {static_cast<const T*>(g.w[j]) + r * K};
-  row_dot_enter<T, M, 1>(x, rows, K, lane, acc);
-  if (lane == 0) {
+  const int64_t pairs = (a.Hq + 2 * a.Hk) * half;
+  if (static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock >= pairs) return;  // (the launch covers pairs exactly)
+  // Warps past the last pair take its indices (every warp takes part in the block's norm) but stream
+  // no rows and write nothing.
+  const bool writes = u < pairs;
+  const int64_t i = (writes ? u : pairs - 1) % half;
+  int64_t hd = (writes ? u : pairs - 1) / half;
+  const int j = hd < a.Hq ? 0 : hd < a.Hq + a.Hk ? 1 : 2;  // q, k or v
+  hd -= j == 0 ? 0 : j == 1 ? a.Hq : a.Hq + a.Hk;
+  const int64_t r1 = hd * a.D + i, r2 = r1 + half;
+  const T* w = static_cast<const T*>(a.w[j]);
+  const T* const rows[2] = {w + r1 * K, w + r2 * K};
+  // What the epilogue needs is read up front: biases and frequencies (weights), and the step's
+  // positions and slots (uploaded before the step; no kernel writes them). Lane m writes token m.
+  const float b1 = a.bias[j] ? a.bias[j][r1] : 0.f, b2 = a.bias[j] ? a.bias[j][r2] : 0.f, freq = a.inv_freq[i];
+  const int32_t pos = lane < M ? a.positions[lane] : 0, slot = lane < M ? a.slots[lane] : -1;
+  auto epilogue = [&](int64_t, const float(&acc)[2][M]) {
 #pragma unroll
-    for (int m = 0; m < M; ++m) g.out[j][m * g.n[j] + r] = acc[0][m] + (g.bias[j] ? g.bias[j][r] : 0.f);
-  }
+    for (int m = 0; m < M; ++m) {
+      if (lane != m) continue;
+      const float x1 = acc[0][m] + b1, x2 = acc[1][m] + b2;
+      if (j == 0) {
+        float sn, cs;
+        sincosf(static_cast<float>(pos) * freq, &sn, &cs);
+        a.q[m * a.Hq * a.D + r1] = x1 * cs - x2 * sn;
+        a.q[m * a.Hq * a.D + r2] = x2 * cs + x1 * sn;
+        continue;
+      }
+      if (slot < 0) continue;
+      T* cache = static_cast<T*>(j == 1 ? a.k_cache : a.v_cache) + (static_cast<int64_t>(slot) * a.Hk + hd) * a.D;
+      if (j == 1) {
+        float sn, cs;
+        sincosf(static_cast<float>(pos) * freq, &sn, &cs);
+        cache[i] = from_f<T>(x1 * cs - x2 * sn);
+        cache[i + half] = from_f<T>(x2 * cs + x1 * sn);
+      } else {
+        cache[i] = from_f<T>(x1);
+        cache[i + half] = from_f<T>(x2);
+      }
+    }
+  };
+  // The pair's two rows, as a stream of one row (none for the warps past the last pair).
+  row_stream<T, M, 2>(h, rows, K, 0, 1, writes ? 1 : 0, lane, [&] { rmsnorm_rows<T, M>(x, norm_w, K, eps, h); },
+                      epilogue);
 }
 
-// act[m, n] = silu(x[m] . wg[n]) * (x[m] . wu[n]), one warp per n.
-template <typename T, int M>
+// act[m, n] = silu(x[m] . wg[n]) * (x[m] . wu[n]), one warp per n (several when n outnumbers the
+// resident warps; row_stream). NORM: x is the float32 residual stream, normalized (weights norm_w)
+// into shared memory by each block first.
+template <typename T, int M, bool NORM>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    gate_up_silu_k(const T* x, const T* wg, const T* wu, int64_t K, int64_t N, T* act) {
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+    gate_up_silu_k(const void* xin, const T* norm_w, float eps, const T* wg, const T* wu, int64_t K, int64_t N, T* act) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* h = reinterpret_cast<T*>(smem);
   const int lane = threadIdx.x & 31;
-  if (n >= N) return;
-  float gu[2][M];
-  const T* const rows[2] = {wg + n * K, wu + n * K};
-  row_dot_enter<T, M, 2>(x, rows, K, lane, gu);
-  if (lane == 0) {
+  const T* const mats[2] = {wg, wu};
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  auto epilogue = [&](int64_t n, const float(&gu)[2][M]) {
+    if (lane != 0) return;
 #pragma unroll
     for (int m = 0; m < M; ++m) act[m * N + n] = from_f<T>(gu[0][m] / (1.f + __expf(-gu[0][m])) * gu[1][m]);
-  }
+  };
+  if constexpr (NORM)
+    row_stream<T, M, 2>(h, mats, K, first, stride, N, lane,
+                        [&] { rmsnorm_rows<T, M>(static_cast<const float*>(xin), norm_w, K, eps, h); }, epilogue);
+  else
+    row_stream<T, M, 2>(static_cast<const T*>(xin), mats, K, first, stride, N, lane, [] {}, epilogue);
 }
 
 }  // namespace
-
-template <typename T>
-void add_rmsnorm(float* x, const float* y, const T* w, int64_t n, int64_t H, float eps, T* out, cudaStream_t s) {
-  if (n == 0) return;
-  const unsigned blocks = static_cast<unsigned>(n);
-  if (H <= 4 * kNormThreads)
-    launch("add_rmsnorm", add_rmsnorm_reg_k<T, 4>, blocks, kNormThreads, 0, s, x, y, w, H, eps, out);
-  else if (H <= 8 * kNormThreads)
-    launch("add_rmsnorm", add_rmsnorm_reg_k<T, 8>, blocks, kNormThreads, 0, s, x, y, w, H, eps, out);
-  else if (H <= 16 * kNormThreads)
-    launch("add_rmsnorm", add_rmsnorm_reg_k<T, 16>, blocks, kNormThreads, 0, s, x, y, w, H, eps, out);
-  else
-    launch("add_rmsnorm", add_rmsnorm_k<T>, blocks, kNormThreads, 0, s, x, y, w, H, eps, out);
-}
 
 template <typename T>
 void rope_kv_write(float* q, const float* k, const float* v, const int32_t* positions, const float* inv_freq,
@@ -155,37 +138,57 @@ void rope_kv_write(float* q, const float* k, const float* v, const int32_t* posi
 }
 
 template <typename T>
-void gemv_qkv(const T* x, int64_t M, int64_t K, const Gemv3& g, cudaStream_t s) {
-  const unsigned blocks = blocks_for(g.n[0] + g.n[1] + g.n[2], kWarpsPerBlock);
+void gemv_qkv_rope(const float* x, const T* norm_w, float eps, int64_t M, int64_t K, const QkvRope& a, cudaStream_t s) {
+  const unsigned blocks = blocks_for((a.Hq + 2 * a.Hk) * (a.D / 2), kWarpsPerBlock);
   const int threads = kWarpsPerBlock * 32;
+  const size_t smem = norm_smem_bytes(M, K, sizeof(T));
+  if (a.D % 2 != 0 || smem > kMaxNormSmem) check(cudaErrorInvalidValue, "gemv_qkv_rope: unsupported shape");
   switch (M) {
-    case 1: launch("gemv_qkv", qkv_k<T, 1>, blocks, threads, 0, s, x, K, g); break;
-    case 2: launch("gemv_qkv", qkv_k<T, 2>, blocks, threads, 0, s, x, K, g); break;
-    case 3: launch("gemv_qkv", qkv_k<T, 3>, blocks, threads, 0, s, x, K, g); break;
-    case 4: launch("gemv_qkv", qkv_k<T, 4>, blocks, threads, 0, s, x, K, g); break;
-    default: check(cudaErrorInvalidValue, "gemv_qkv: more than 4 rows");
+    case 1: launch("gemv_qkv_rope", qkv_rope_k<T, 1>, blocks, threads, smem, s, x, norm_w, eps, K, a); break;
+    case 2: launch("gemv_qkv_rope", qkv_rope_k<T, 2>, blocks, threads, smem, s, x, norm_w, eps, K, a); break;
+    case 3: launch("gemv_qkv_rope", qkv_rope_k<T, 3>, blocks, threads, smem, s, x, norm_w, eps, K, a); break;
+    case 4: launch("gemv_qkv_rope", qkv_rope_k<T, 4>, blocks, threads, smem, s, x, norm_w, eps, K, a); break;
+    default: check(cudaErrorInvalidValue, "gemv_qkv_rope: more than 4 rows");
+  }
+}
+
+template <typename T, bool NORM>
+static void gate_up(const void* x, const T* norm_w, float eps, const T* w_gate, const T* w_up, int64_t M, int64_t K,
+                    int64_t N, T* act, cudaStream_t s) {
+  const int threads = kWarpsPerBlock * 32;
+  const size_t smem = NORM ? norm_smem_bytes(M, K, sizeof(T)) : 0;
+  if (smem > kMaxNormSmem) check(cudaErrorInvalidValue, "gemv_gate_up_silu: rows too long to normalize");
+  auto go = [&](auto kernel) {
+    const unsigned blocks = std::min(blocks_for(N, kWarpsPerBlock), resident_blocks(kernel, threads, smem));
+    launch("gemv_gate_up_silu", kernel, blocks, threads, smem, s, x, norm_w, eps, w_gate, w_up, K, N, act);
+  };
+  switch (M) {
+    case 1: go(gate_up_silu_k<T, 1, NORM>); break;
+    case 2: go(gate_up_silu_k<T, 2, NORM>); break;
+    case 3: go(gate_up_silu_k<T, 3, NORM>); break;
+    case 4: go(gate_up_silu_k<T, 4, NORM>); break;
+    default: check(cudaErrorInvalidValue, "gemv_gate_up_silu: more than 4 rows");
   }
 }
 
 template <typename T>
 void gemv_gate_up_silu(const T* x, const T* w_gate, const T* w_up, int64_t M, int64_t K, int64_t N, T* act,
                        cudaStream_t s) {
-  const unsigned blocks = blocks_for(N, kWarpsPerBlock);
-  const int threads = kWarpsPerBlock * 32;
-  switch (M) {
-    case 1: launch("gemv_gate_up_silu", gate_up_silu_k<T, 1>, blocks, threads, 0, s, x, w_gate, w_up, K, N, act); break;
-    case 2: launch("gemv_gate_up_silu", gate_up_silu_k<T, 2>, blocks, threads, 0, s, x, w_gate, w_up, K, N, act); break;
-    case 3: launch("gemv_gate_up_silu", gate_up_silu_k<T, 3>, blocks, threads, 0, s, x, w_gate, w_up, K, N, act); break;
-    case 4: launch("gemv_gate_up_silu", gate_up_silu_k<T, 4>, blocks, threads, 0, s, x, w_gate, w_up, K, N, act); break;
-    default: check(cudaErrorInvalidValue, "gemv_gate_up_silu: more than 4 rows");
-  }
+  gate_up<T, false>(x, nullptr, 0.f, w_gate, w_up, M, K, N, act, s);
+}
+
+template <typename T>
+void gemv_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const T* w_gate, const T* w_up, int64_t M,
+                            int64_t K, int64_t N, T* act, cudaStream_t s) {
+  gate_up<T, true>(x, norm_w, eps, w_gate, w_up, M, K, N, act, s);
 }
 
 #define INSTANTIATE(T)                                                                                              \
-  template void add_rmsnorm<T>(float*, const float*, const T*, int64_t, int64_t, float, T*, cudaStream_t);          \
   template void rope_kv_write<T>(float*, const float*, const float*, const int32_t*, const float*, const int32_t*, \
                                  int64_t, int64_t, int64_t, int64_t, T*, T*, cudaStream_t);                         \
-  template void gemv_qkv<T>(const T*, int64_t, int64_t, const Gemv3&, cudaStream_t);                               \
+  template void gemv_qkv_rope<T>(const float*, const T*, float, int64_t, int64_t, const QkvRope&, cudaStream_t);    \
+  template void gemv_norm_gate_up_silu<T>(const float*, const T*, float, const T*, const T*, int64_t, int64_t,       \
+                                          int64_t, T*, cudaStream_t);                                               \
   template void gemv_gate_up_silu<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, T*, cudaStream_t);
 LLMSERVE_FOR_EACH_TYPE(INSTANTIATE)
 

@@ -1,8 +1,11 @@
 // Linear layers for a handful of tokens (decode): out[m, n] = x[m, :] . w[n, :] (+ bias[n]) for m < M
-// (M <= 4). One warp per output feature streams its weight row once with 16-byte loads and applies it
-// to every token, accumulating in float32; the weights dominate the bytes, so the kernel runs at the
+// (M <= 4). A warp per output feature (or several, one after the other, when there are more features
+// than resident warps) streams its weight rows once with 16-byte loads and applies them to every
+// token, accumulating in float32; the weights dominate the bytes, so the kernel runs at the
 // memory bandwidth where a GEMM library's tiles would leave most SMs idle. Counterpart of
 // kernels/cpu/linear.cpp for small T.
+#include <algorithm>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.cuh"
 #include "kernels/cuda/row_dot.cuh"
@@ -15,37 +18,46 @@ constexpr int kWarpsPerBlock = 8;
 template <typename T, typename TO, int M>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     gemv_k(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ bias, int64_t K, int64_t N,
-           TO* __restrict__ out) {
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+           TO* __restrict__ out, bool accumulate) {
   const int lane = threadIdx.x & 31;
-  if (n >= N) return;
-  float acc[1][M];
-  const T* const rows[1] = {w + n * K};
-  row_dot_enter<T, M, 1>(x, rows, K, lane, acc);
+  const T* const mats[1] = {w};
+  row_stream<T, M, 1>(x, mats, K, static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32,
+                      static_cast<int64_t>(gridDim.x) * kWarpsPerBlock, N, lane, [] {},
+                      [&](int64_t n, const float(&acc)[1][M]) {
+                        if (lane != 0) return;
+                        const float b = bias ? bias[n] : 0.f;
 #pragma unroll
-  for (int m = 0; m < M; ++m) {
-    if (lane == 0) out[m * N + n] = from_f<TO>(acc[0][m] + (bias ? bias[n] : 0.f));
-  }
+                        for (int m = 0; m < M; ++m) {
+                          const float y = acc[0][m] + b;
+                          out[m * N + n] = from_f<TO>(accumulate ? to_f(out[m * N + n]) + y : y);
+                        }
+                      });
 }
 
 }  // namespace
 
 template <typename T, typename TO>
-void gemv(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64_t N, TO* out, cudaStream_t s) {
+void gemv(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64_t N, TO* out, cudaStream_t s,
+          bool accumulate) {
   if (M == 0 || N == 0) return;
-  const unsigned blocks = blocks_for(N, kWarpsPerBlock);
+  // A warp per output feature up to the warps the device holds at once; beyond that each warp streams
+  // several (row_stream).
   const int threads = kWarpsPerBlock * 32;
+  auto go = [&](auto kernel) {
+    const unsigned blocks = std::min(blocks_for(N, kWarpsPerBlock), resident_blocks(kernel, threads, 0));
+    launch("gemv", kernel, blocks, threads, 0, s, x, w, bias, K, N, out, accumulate);
+  };
   switch (M) {
-    case 1: launch("gemv", gemv_k<T, TO, 1>, blocks, threads, 0, s, x, w, bias, K, N, out); break;
-    case 2: launch("gemv", gemv_k<T, TO, 2>, blocks, threads, 0, s, x, w, bias, K, N, out); break;
-    case 3: launch("gemv", gemv_k<T, TO, 3>, blocks, threads, 0, s, x, w, bias, K, N, out); break;
-    case 4: launch("gemv", gemv_k<T, TO, 4>, blocks, threads, 0, s, x, w, bias, K, N, out); break;
+    case 1: go(gemv_k<T, TO, 1>); break;
+    case 2: go(gemv_k<T, TO, 2>); break;
+    case 3: go(gemv_k<T, TO, 3>); break;
+    case 4: go(gemv_k<T, TO, 4>); break;
     default: check(cudaErrorInvalidValue, "gemv: more than 4 rows");
   }
 }
 
 #define INSTANTIATE(T, TO) \
-  template void gemv<T, TO>(const T*, const T*, const float*, int64_t, int64_t, int64_t, TO*, cudaStream_t);
+  template void gemv<T, TO>(const T*, const T*, const float*, int64_t, int64_t, int64_t, TO*, cudaStream_t, bool);
 #define SAME(T) INSTANTIATE(T, T)
 #define TO_F32(T) INSTANTIATE(T, float)
 LLMSERVE_FOR_EACH_TYPE(SAME)

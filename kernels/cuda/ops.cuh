@@ -34,13 +34,17 @@ void kv_write(const TI* k, const TI* v, const int32_t* slot_mapping, int64_t n, 
               T* v_cache, cudaStream_t s);
 // token_seq[t]: the sequence of token t (the CPU version derives it from q_start). max_len bounds every
 // token's context (position + 1) and sizes the launch (how many splits); each token cuts its own context
-// into those splits on the device, so one launch shape serves every context up to max_len. `scratch`
-// holds the splits' partial results: paged_attention_scratch_bytes() of device memory, allocated once.
+// into those splits on the device, so one launch shape serves every context up to max_len. `fresh`
+// bounds the new tokens of one sequence in the step: cache rows below position + 1 - fresh were written
+// by earlier steps, and the kernel may read them while the kernel before it (the KV write) still runs.
+// `scratch` holds the splits' partial results: paged_attention_scratch_bytes() of device memory,
+// allocated once and zeroed.
 size_t paged_attention_scratch_bytes();
 template <typename TI, typename T>
 void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
                      const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
-                     int64_t block_size, float scale, int64_t max_len, float* scratch, T* out, cudaStream_t s);
+                     int64_t block_size, float scale, int64_t max_len, int64_t fresh, void* scratch, T* out,
+                     cudaStream_t s);
 // Prefill attention on tensor cores (kernels/cuda/flash_prefill.cu): the same contract as
 // paged_attention for 16-bit caches and head_dim a multiple of 16 up to 128 (flash_prefill_supported);
 // `tiles` lists the first token of each tile of up to 64 query tokens of one sequence
@@ -62,31 +66,45 @@ template <typename T>
 void to_float(const T* in, int64_t n, float* out, cudaStream_t s);
 
 // out[M, N] = x[M, K] . w[N, K]^T (+ bias[N], float32) for M <= 4 tokens: bandwidth-bound linear layers.
+// accumulate: out += instead (a residual add).
 template <typename T, typename TO>
-void gemv(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64_t N, TO* out, cudaStream_t s);
+void gemv(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64_t N, TO* out, cudaStream_t s,
+          bool accumulate = false);
 
-// Fused decoder-layer kernels (compositions of the kernels above; see Backend's defaults).
-// x (float32) += y; out = rmsnorm(x) * w.
-template <typename T>
-void add_rmsnorm(float* x, const float* y, const T* w, int64_t n, int64_t H, float eps, T* out, cudaStream_t s);
+// Fused decoder-layer kernels (compositions of the kernels above; see Backend's defaults). The
+// few-token ones that begin with an RMSNorm of the float32 residual stream normalize it into shared
+// memory in every block: norm_smem_bytes() of it, up to kMaxNormSmem.
+constexpr size_t kMaxNormSmem = 48 << 10;
+inline size_t norm_smem_bytes(int64_t M, int64_t K, size_t elem) { return static_cast<size_t>(M * K) * elem; }
 // RoPE on q [n, Hq, D] in place; k rotated and v written into the caches at slots (k unchanged).
 template <typename T>
 void rope_kv_write(float* q, const float* k, const float* v, const int32_t* positions, const float* inv_freq,
                    const int32_t* slots, int64_t n, int64_t Hq, int64_t Hk, int64_t D, T* k_cache, T* v_cache,
                    cudaStream_t s);
-// Up to three projections of the same M <= 4 rows in one launch (float32 outputs, optional float32 bias).
-struct Gemv3 {
+// For M <= 4 rows: q, k, v = (rmsnorm(x) * norm_w) . W^T (+ float32 bias) for weights [Hq*D, K], [Hk*D, K], [Hk*D, K];
+// RoPE on q and k at the step's positions; q (float32, [M, Hq*D]) out, k and v into the caches at the
+// step's slots (rope_kv_write's result, without the unrotated k and v).
+struct QkvRope {
   const void* w[3];
   const float* bias[3];
-  float* out[3];
-  int64_t n[3];
+  float* q;
+  void* k_cache;
+  void* v_cache;
+  const int32_t* positions;
+  const int32_t* slots;
+  const float* inv_freq;
+  int64_t Hq, Hk, D;
 };
 template <typename T>
-void gemv_qkv(const T* x, int64_t M, int64_t K, const Gemv3& g, cudaStream_t s);
-// act[M, N] = silu(x . w_gate^T) * (x . w_up^T) for M <= 4 rows.
+void gemv_qkv_rope(const float* x, const T* norm_w, float eps, int64_t M, int64_t K, const QkvRope& a, cudaStream_t s);
+// act[M, N] = silu(x . w_gate^T) * (x . w_up^T) for M <= 4 rows; the norm_ version takes the float32
+// residual stream and normalizes it (rmsnorm(x) * norm_w) first.
 template <typename T>
 void gemv_gate_up_silu(const T* x, const T* w_gate, const T* w_up, int64_t M, int64_t K, int64_t N, T* act,
                        cudaStream_t s);
+template <typename T>
+void gemv_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const T* w_gate, const T* w_up, int64_t M,
+                            int64_t K, int64_t N, T* act, cudaStream_t s);
 
 // The sampler's draw (see kernels/cpu/ops.h draw_rows); rows, edits, best and idx are device arrays;
 // `filtered`: some row has filters (RowDraw::filtered).

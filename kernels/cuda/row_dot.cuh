@@ -1,80 +1,136 @@
-// A warp's dot products of R weight rows with M input rows: the inner loop of the decode GEMVs
+// A warp's dot products of weight rows with M input rows: the inner loop of the decode GEMVs
 // (kernels/cuda/gemv.cu, fused.cu). Float32 accumulation; the result is summed over the warp.
 #pragma once
 #include "kernels/cuda/common.cuh"
 
 namespace llmserve::cuda {
 
-// acc[r][m] = x[m, :] . w[r] over K, lanes striding with 16-byte loads, then summed over the warp: every
-// lane gets the totals. Loads go out in groups of U per row (weights and inputs of a group issued before
-// any of them is used, predicated rather than left to a remainder loop), so a row of a few KB costs one
-// or two memory round trips and a long row keeps U loads per lane in flight. The first group's weights
-// are requested before pdl_enter() (weights are written by no kernel), so they stream in while the
-// kernel before this one finishes; the inputs are read after it.
-template <typename T, int M, int R>
-__device__ __forceinline__ void row_dot_enter(const T* __restrict__ x, const T* const (&w)[R], int64_t K, int lane,
-                                              float (&acc)[R][M]) {
+// A warp's share of a GEMV: rows n = first, first + stride, ... below N of R matrices (row n of matrix r
+// at w[r] + n * K), each dotted with the M input rows of x, lanes striding over K with 16-byte loads,
+// float32 sums. Weights go out in groups of U loads per row (inputs of a group issued with it,
+// everything predicated rather than left to a remainder loop), and the groups of all the warp's rows
+// form one stream with two groups in flight (the next requested before the current is used): a row
+// of a few KB costs one memory round trip, a long row keeps 2U loads per lane in flight, and a warp
+// with several rows goes on to the next without a round trip in between, so a grid of as many warps
+// as stay resident streams the matrix at the memory bandwidth without a partial last wave. The first
+// two groups (weights, which no kernel writes) are requested before pdl_enter(), so they stream in
+// while the kernel before this one finishes; after_wait() runs right after it (a block-wide prologue
+// that prepares x, say: every thread of the block gets there, rows or not). epilogue(n, acc) runs on
+// every lane after row n with acc summed over the warp.
+template <typename T, int M, int R, typename After, typename Epilogue>
+__device__ __forceinline__ void row_stream(const T* x, const T* const (&w)[R], int64_t K, int64_t first, int64_t stride,
+                                           int64_t N, int lane, After after_wait, Epilogue epilogue) {
   constexpr int V = 16 / sizeof(T);
   constexpr int U = (M == 1 ? 8 : 4) / R > 0 ? (M == 1 ? 8 : 4) / R : 1;
   union Vec {
     uint4 u;
     T e[V];
   };
+  float acc[R][M];
+  auto reset = [&] {
 #pragma unroll
-  for (int r = 0; r < R; ++r)
+    for (int r = 0; r < R; ++r)
 #pragma unroll
-    for (int m = 0; m < M; ++m) acc[r][m] = 0.f;
-  if (K % V == 0) {
-    Vec wv[R][U];
-    auto load_weights = [&](int64_t k0) {
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t k = k0 + static_cast<int64_t>(u) * 32 * V;
-#pragma unroll
-        for (int r = 0; r < R; ++r)
-          wv[r][u].u = k < K ? *reinterpret_cast<const uint4*>(w[r] + k) : make_uint4(0, 0, 0, 0);
-      }
-    };
-    int64_t k0 = static_cast<int64_t>(lane) * V;
-    load_weights(k0);
+      for (int m = 0; m < M; ++m) acc[r][m] = 0.f;
+  };
+  reset();
+  const int64_t rows = first < N ? (N - 1 - first) / stride + 1 : 0;
+  if (K % V != 0) {  // element by element
     pdl_enter();
-    while (k0 < K) {
-      Vec xv[U][M];
+    after_wait();
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t n = first + i * stride;
+      for (int64_t k = lane; k < K; k += 32) {
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t k = k0 + static_cast<int64_t>(u) * 32 * V;
+        for (int r = 0; r < R; ++r) {
+          const float wk = to_f(w[r][n * K + k]);
+#pragma unroll
+          for (int m = 0; m < M; ++m) acc[r][m] += wk * to_f(x[m * K + k]);
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int m = 0; m < M; ++m) acc[r][m] = warp_sum(acc[r][m]);
+      epilogue(n, acc);
+      reset();
+    }
+    return;
+  }
+  constexpr int64_t S = 32 * V * U;  // elements of a row per group
+  const int64_t per_row = (K + S - 1) / S, total = rows * per_row;
+  // Cursors (row, group of the row) of the next group to load and of the next to use.
+  int64_t load_row = 0, load_group = 0, use_row = 0, use_group = 0;
+  Vec wa[R][U], wb[R][U];
+  auto load = [&](Vec(&wv)[R][U]) {
+    if (load_row >= rows) return;
+    const int64_t n = first + load_row * stride, k0 = load_group * S + static_cast<int64_t>(lane) * V;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t k = k0 + static_cast<int64_t>(u) * 32 * V;
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+        wv[r][u].u = k < K ? *reinterpret_cast<const uint4*>(w[r] + n * K + k) : make_uint4(0, 0, 0, 0);
+    }
+    if (++load_group == per_row) load_group = 0, ++load_row;
+  };
+  auto use = [&](const Vec(&wv)[R][U]) {
+    const int64_t k0 = use_group * S + static_cast<int64_t>(lane) * V;
+    Vec xv[U][M];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t k = k0 + static_cast<int64_t>(u) * 32 * V;
+#pragma unroll
+      for (int m = 0; m < M; ++m)
+        xv[u][m].u = k < K ? *reinterpret_cast<const uint4*>(x + m * K + k) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (k0 + static_cast<int64_t>(u) * 32 * V >= K) break;
+#pragma unroll
+      for (int r = 0; r < R; ++r)
 #pragma unroll
         for (int m = 0; m < M; ++m)
-          xv[u][m].u = k < K ? *reinterpret_cast<const uint4*>(x + m * K + k) : make_uint4(0, 0, 0, 0);
-      }
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (k0 + static_cast<int64_t>(u) * 32 * V >= K) break;
-#pragma unroll
-        for (int r = 0; r < R; ++r)
-#pragma unroll
-          for (int m = 0; m < M; ++m)
-#pragma unroll
-            for (int j = 0; j < V; ++j) acc[r][m] += to_f(wv[r][u].e[j]) * to_f(xv[u][m].e[j]);
-      }
-      k0 += 32 * V * U;
-      if (k0 < K) load_weights(k0);
+          for (int j = 0; j < V; ++j) acc[r][m] += to_f(wv[r][u].e[j]) * to_f(xv[u][m].e[j]);
     }
-  } else {
-    pdl_enter();
-    for (int64_t k = lane; k < K; k += 32) {
+    if (++use_group == per_row) {
 #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const float wk = to_f(w[r][k]);
+      for (int r = 0; r < R; ++r)
 #pragma unroll
-        for (int m = 0; m < M; ++m) acc[r][m] += wk * to_f(x[m * K + k]);
-      }
+        for (int m = 0; m < M; ++m) acc[r][m] = warp_sum(acc[r][m]);
+      epilogue(first + use_row * stride, acc);
+      reset();
+      use_group = 0;
+      ++use_row;
     }
+  };
+  load(wa);
+  load(wb);
+  pdl_enter();
+  after_wait();
+  for (int64_t i = 0; i < total; i += 2) {
+    use(wa);
+    load(wa);
+    if (i + 1 >= total) break;
+    use(wb);
+    load(wb);
   }
+}
+
+// h[m, :] = rmsnorm(x[m, :]) * w for M rows of K (float32 x; h in shared memory), by the whole block
+// (thread i sums the squares of elements i, i + blockDim.x, ...; then block_sum).
+template <typename T, int M>
+__device__ __forceinline__ void rmsnorm_rows(const float* x, const T* w, int64_t K, float eps, T* h) {
 #pragma unroll
-  for (int r = 0; r < R; ++r)
-#pragma unroll
-    for (int m = 0; m < M; ++m) acc[r][m] = warp_sum(acc[r][m]);
+  for (int m = 0; m < M; ++m) {
+    const float* xr = x + m * K;
+    float ss = 0.f;
+    for (int64_t k = threadIdx.x; k < K; k += blockDim.x) ss += xr[k] * xr[k];
+    const float inv = rsqrtf(block_sum(ss) / static_cast<float>(K) + eps);
+    for (int64_t k = threadIdx.x; k < K; k += blockDim.x) h[m * K + k] = from_f<T>(to_f(w[k]) * (xr[k] * inv));
+  }
+  __syncthreads();
 }
 
 }  // namespace llmserve::cuda

@@ -65,10 +65,11 @@ class Backend {
   virtual void gather_rows(const Tensor& x, Tensor& out) = 0;
   // Fused ops of a decoder layer. The defaults compose the ops above (the CPU backend uses them, so
   // they are the reference); a device backend overrides them to save launches and memory passes.
-  // x += y, then out = rmsnorm(x) * w.
-  virtual void add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) {
+  // x (float32 residual stream) += a . w^T: an output projection with its residual add.
+  virtual void linear_residual(const Tensor& a, const Tensor& w, Tensor& x) {
+    Tensor y = empty({a.dim(0), w.dim(0)}, x.dtype);
+    linear(a, w, nullptr, y);
     add(x, y);
-    rmsnorm(x, w, eps, out);
   }
   // The three attention projections of one input.
   virtual void linear_qkv(const Tensor& x, const Tensor& wq, const Tensor* bq, Tensor& q, const Tensor& wk,
@@ -91,6 +92,30 @@ class Backend {
     linear(x, w_gate, nullptr, gate);
     linear(x, w_up, nullptr, up);
     silu_mul(gate, up, act);
+  }
+  // The RMSNorm in front of a decoder block: h = rmsnorm(x) * w, x the float32 residual stream. The
+  // defaults below write h and run the block's first op on it; an override that normalizes inside
+  // that op may leave h alone.
+  struct InputNorm {
+    const Tensor& w;
+    float eps;
+    Tensor& h;
+  };
+  // The attention block's input: norm, linear_qkv, rope_kv_write (q rotated; k and v as
+  // rope_kv_write leaves them, or untouched by an override).
+  virtual void norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm, const Tensor& wq, const Tensor* bq,
+                                      Tensor& q, const Tensor& wk, const Tensor* bk, Tensor& k, const Tensor& wv,
+                                      const Tensor* bv, Tensor& v, const Tensor& inv_freq, int64_t head_dim,
+                                      Tensor& k_cache, Tensor& v_cache) {
+    rmsnorm(x, norm.w, norm.eps, norm.h);
+    linear_qkv(norm.h, wq, bq, q, wk, bk, k, wv, bv, v);
+    rope_kv_write(q, k, v, inv_freq, head_dim, k_cache, v_cache);
+  }
+  // The MLP's input: norm, then gate_up_silu.
+  virtual void norm_gate_up_silu(const Tensor& x, const InputNorm& norm, const Tensor& w_gate, const Tensor& w_up,
+                                 Tensor& gate, Tensor& up, Tensor& act) {
+    rmsnorm(x, norm.w, norm.eps, norm.h);
+    gate_up_silu(norm.h, w_gate, w_up, gate, up, act);
   }
 
   // The sampler's draw over float32 logits [n, stride] whose first L columns are tokens token_offset..

@@ -126,24 +126,25 @@ Tensor Transformer::forward(const StepMeta& m, const Tensor& hidden_in, KvCache&
   Tensor k = be_.empty({T, shard_.kv_heads * D}, f32), v = be_.empty({T, shard_.kv_heads * D}, f32);
   Tensor gate = be_.empty({T, shard_.intermediate}, f32), up = be_.empty({T, shard_.intermediate}, f32);
   Tensor act = be_.empty({T, shard_.intermediate}, dt);
-  // The residual add after the MLP is fused with the next layer's input norm.
-  if (!layers_.empty()) be_.rmsnorm(x, layers_[0].input_norm, eps, h);
+  // Each block's input norm runs inside the block's first op. The output projections add into the
+  // residual stream themselves on one rank; a tensor group sums its partial projections first.
+  auto project_residual = [&](const Tensor& a, const Tensor& w) {
+    if (topo_.tp == 1) return be_.linear_residual(a, w, x);
+    be_.linear(a, w, nullptr, proj);
+    all_reduce(proj);
+    be_.add(x, proj);
+  };
   for (size_t li = 0; li < layers_.size(); ++li) {
     const LayerWeights& w = layers_[li];
     const bool bias = spec_.attention_bias;
-    be_.linear_qkv(h, w.wq, bias ? &w.bq : nullptr, q, w.wk, bias ? &w.bk : nullptr, k, w.wv, bias ? &w.bv : nullptr, v);
-    be_.rope_kv_write(q, k, v, inv_freq_, D, kv.k(static_cast<int>(li)), kv.v(static_cast<int>(li)));
-    be_.attention(q, kv.k(static_cast<int>(li)), kv.v(static_cast<int>(li)), D, kv.shape().block_size, scale, attn);
-    be_.linear(attn, w.wo, nullptr, proj);
-    all_reduce(proj);
-    be_.add_rmsnorm(x, proj, w.post_norm, eps, h);
-    be_.gate_up_silu(h, w.w_gate, w.w_up, gate, up, act);
-    be_.linear(act, w.w_down, nullptr, proj);
-    all_reduce(proj);
-    if (li + 1 < layers_.size())
-      be_.add_rmsnorm(x, proj, layers_[li + 1].input_norm, eps, h);
-    else
-      be_.add(x, proj);
+    Tensor& kc = kv.k(static_cast<int>(li));
+    Tensor& vc = kv.v(static_cast<int>(li));
+    be_.norm_qkv_rope_kv_write(x, {w.input_norm, eps, h}, w.wq, bias ? &w.bq : nullptr, q, w.wk, bias ? &w.bk : nullptr,
+                               k, w.wv, bias ? &w.bv : nullptr, v, inv_freq_, D, kc, vc);
+    be_.attention(q, kc, vc, D, kv.shape().block_size, scale, attn);
+    project_residual(attn, w.wo);
+    be_.norm_gate_up_silu(x, {w.post_norm, eps, h}, w.w_gate, w.w_up, gate, up, act);
+    project_residual(act, w.w_down);
   }
   if (!topo_.last_stage()) return x;
   const int64_t n = static_cast<int64_t>(m.logits_indices.size());

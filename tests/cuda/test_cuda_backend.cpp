@@ -237,15 +237,6 @@ TEST_P(CudaOps, FusedOpsMatchTheCpuComposition) {
   const int64_t T = m.num_tokens();
   cpu.begin_step(m);
   gpu->begin_step(m);
-  {  // residual add + RMSNorm
-    auto x = both(randn(T * H, g), {T, H}, DType::F32), y = both(randn(T * H, g), {T, H}, DType::F32);
-    auto w = both(randn(H, g), {H}, dt);
-    Tensor oc = cpu.empty({T, H}, DType::F32), og = gpu->empty({T, H}, dt);
-    cpu.add_rmsnorm(x.first, y.first, w.first, 1e-6f, oc);
-    gpu->add_rmsnorm(x.second, y.second, w.second, 1e-6f, og);
-    expect_close(x.first, x.second, "add_rmsnorm residual", 1e-6);
-    expect_close(oc, og, "add_rmsnorm output", tol());
-  }
   {  // RoPE + KV-cache write
     auto q = both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32), k = both(randn(T * Hk * D, g), {T, Hk * D}, DType::F32);
     auto v = both(randn(T * Hk * D, g), {T, Hk * D}, DType::F32);
@@ -279,6 +270,66 @@ TEST_P(CudaOps, FusedOpsMatchTheCpuComposition) {
     cpu.gate_up_silu(x.first, wg.first, wu.first, gc, uc, ac);
     gpu->gate_up_silu(x.second, wg.second, wu.second, gg, ug, ag);
     expect_close(ac, ag, "gate_up_silu", tol());
+    // The MLP's input norm fused in front (float32 residual stream in).
+    auto res = both(randn(rows * H, g), {rows, H}, DType::F32), nw = both(randn(H, g), {H}, dt);
+    Tensor hc = cpu.empty({rows, H}, DType::F32), hg = gpu->empty({rows, H}, dt);
+    cpu.norm_gate_up_silu(res.first, {nw.first, 1e-6f, hc}, wg.first, wu.first, gc, uc, ac);
+    gpu->norm_gate_up_silu(res.second, {nw.second, 1e-6f, hg}, wg.second, wu.second, gg, ug, ag);
+    expect_close(ac, ag, "norm_gate_up_silu", tol());
+    // An output projection adding into the residual stream (GEMV for a few rows, GEMM with C = D above).
+    auto wo = both(randn(H * I, g, 0.1f), {H, I}, dt);
+    cpu.linear_residual(ac, wo.first, res.first);
+    gpu->linear_residual(ag, wo.second, res.second);
+    expect_close(res.first, res.second, "linear_residual", tol());
+  }
+}
+
+// The attention block's input norm, q/k/v projections, RoPE and cache write: one fused launch for
+// decode steps of 1-4 tokens (with and without q/k biases), the composition above that; the queries
+// and both caches as the CPU backend's rmsnorm + linear_qkv + rope_kv_write leave them.
+TEST_P(CudaOps, ProjectionsRopeAndCacheWrite) {
+  std::mt19937 g(21);
+  const DType dt = GetParam();
+  const int64_t bs = 8, D = 64, H = 96, blocks = 16;
+  for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {2, 2}}) {
+    for (const StepMeta& m : {make_meta(bs, {1}, {30}), make_meta(bs, {1, 1, 1, 1}, {20, 0, 9, 31}), make_meta(bs, {3}, {12}),
+                              make_meta(bs)}) {
+      const int64_t T = m.num_tokens();
+      cpu.begin_step(m);
+      gpu->begin_step(m);
+      auto x = both(randn(T * H, g), {T, H}, DType::F32), nw = both(randn(H, g), {H}, dt);
+      Tensor hc = cpu.empty({T, H}, DType::F32), hg = gpu->empty({T, H}, dt);
+      auto wq = both(randn(Hq * D * H, g, 0.1f), {Hq * D, H}, dt), wk = both(randn(Hk * D * H, g, 0.1f), {Hk * D, H}, dt);
+      auto wv = both(randn(Hk * D * H, g, 0.1f), {Hk * D, H}, dt);
+      auto bq = both(randn(Hq * D, g), {Hq * D}, DType::F32), bk = both(randn(Hk * D, g), {Hk * D}, DType::F32);
+      std::vector<float> freq(D / 2);
+      for (int64_t i = 0; i < D / 2; ++i) freq[i] = std::pow(10000.f, -2.f * i / D);
+      Tensor fc = cpu.upload(freq.data(), {D / 2}, DType::F32), fg = gpu->upload(freq.data(), {D / 2}, DType::F32);
+      for (bool bias : {true, false}) {
+        // Empty caches: only the step's rows hold values, so an error in any of them shows.
+        auto kc = both(std::vector<float>(blocks * bs * Hk * D, 0.f), {blocks, bs, Hk, D}, dt);
+        auto vc = both(std::vector<float>(blocks * bs * Hk * D, 0.f), {blocks, bs, Hk, D}, dt);
+        Tensor qc = cpu.empty({T, Hq * D}, DType::F32), kc32 = cpu.empty({T, Hk * D}, DType::F32);
+        Tensor vc32 = cpu.empty({T, Hk * D}, DType::F32);
+        Tensor qg = gpu->empty({T, Hq * D}, DType::F32), kg32 = gpu->empty({T, Hk * D}, DType::F32);
+        Tensor vg32 = gpu->empty({T, Hk * D}, DType::F32);
+        cpu.norm_qkv_rope_kv_write(x.first, {nw.first, 1e-6f, hc}, wq.first, bias ? &bq.first : nullptr, qc, wk.first,
+                                   bias ? &bk.first : nullptr, kc32, wv.first, nullptr, vc32, fc, D, kc.first, vc.first);
+        gpu->norm_qkv_rope_kv_write(x.second, {nw.second, 1e-6f, hg}, wq.second, bias ? &bq.second : nullptr, qg,
+                                    wk.second, bias ? &bk.second : nullptr, kg32, wv.second, nullptr, vg32, fg, D,
+                                    kc.second, vc.second);
+        const std::string what = "norm_qkv_rope_kv_write, " + std::to_string(T) + " tokens, Hq " + std::to_string(Hq) +
+                                 (bias ? ", bias" : "");
+        expect_close(qc, qg, (what + ": queries").c_str(), dt == DType::F32 ? 1e-5 : 1e-2);
+        expect_close(kc.first, kc.second, (what + ": key cache").c_str(), tol());
+        expect_close(vc.first, vc.second, (what + ": value cache").c_str(), tol());
+        // Attention right behind the write (the rows it just wrote are the step's own: read after it).
+        Tensor ac = cpu.empty({T, Hq * D}, DType::F32), ag = gpu->empty({T, Hq * D}, dt);
+        cpu.attention(qc, kc.first, vc.first, D, bs, 0.125f, ac);
+        gpu->attention(qg, kc.second, vc.second, D, bs, 0.125f, ag);
+        expect_close(ac, ag, (what + ": attention after the write").c_str(), tol());
+      }
+    }
   }
 }
 

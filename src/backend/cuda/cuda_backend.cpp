@@ -81,8 +81,8 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   ck(cudaStreamCreate(&stream_->s), "stream");
   lt(cublasLtCreate(&lt_), "create");
   ck(cudaMalloc(&workspace_, workspace_bytes_), "workspace allocation");
-  ck(cudaMalloc(reinterpret_cast<void**>(&attention_scratch_), cuda::paged_attention_scratch_bytes()),
-     "attention scratch allocation");
+  ck(cudaMalloc(&attention_scratch_, cuda::paged_attention_scratch_bytes()), "attention scratch allocation");
+  ck(cudaMemset(attention_scratch_, 0, cuda::paged_attention_scratch_bytes()), "attention scratch");
   // Tensors are stream-ordered allocations from the device's pool, which keeps freed memory for reuse
   // (cudaFree would synchronise the device at every temporary of every step).
   ck(cudaDeviceGetDefaultMemPool(&pool_, device_), "memory pool");
@@ -236,6 +236,7 @@ void CudaBackend::begin_step(const StepMeta& m) {
   int64_t max_q = 0;
   for (int64_t s = 0; s < num_seqs_; ++s) max_q = std::max<int64_t>(max_q, m.q_start[s + 1] - m.q_start[s]);
   flash_ = max_q >= kFlashMinQueries;
+  max_new_ = max_q;
   if (capturing_) return;  // uploaded before the capture; a graph must not record host copies
   if (flash_) {
     const std::vector<int32_t> tiles = cuda::flash_prefill_tiles(m.q_start);
@@ -439,7 +440,7 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor
       }
       cuda::paged_attention<TI, T>(q.as<TI>(), k_cache.as<T>(), v_cache.as<T>(), tables_.ptr, max_blocks_, token_seq_.ptr,
                                    positions_.ptr, rows_of(q), cols_of(q) / D, k_cache.dim(2), D, block_size, scale,
-                                   max_len_, attention_scratch_, out.as<T>(), stream());
+                                   max_len_, max_new_, attention_scratch_, out.as<T>(), stream());
     }
   });
 }
@@ -454,35 +455,76 @@ void CudaBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   });
 }
 
-void CudaBackend::add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) {
-  if (x.dtype != DType::F32 || y.dtype != DType::F32 || w.dtype != out.dtype) return Backend::add_rmsnorm(x, y, w, eps, out);
-  dispatch(out.dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    cuda::add_rmsnorm<T>(x.as<float>(), y.as<float>(), w.as<T>(), rows_of(x), cols_of(x), eps, out.as<T>(), stream());
+void CudaBackend::linear_residual(const Tensor& a, const Tensor& w, Tensor& x) {
+  const int64_t T = rows_of(a), K = cols_of(a), N = rows_of(w);
+  LLMSERVE_CHECK(cols_of(w) == K && w.dtype == a.dtype && x.dtype == DType::F32 && rows_of(x) == T && cols_of(x) == N,
+                 "cuda backend: linear_residual shapes or types");
+  if (T == 0 || N == 0) return;
+  if (T <= 4) {  // weight-streaming GEMV adding into x
+    dispatch(a.dtype, [&](auto* tag) {
+      using TT = std::remove_pointer_t<decltype(tag)>;
+      cuda::gemv<TT, float>(a.as<TT>(), w.as<TT>(), nullptr, T, K, N, x.as<float>(), stream(), true);
+    });
+    return;
+  }
+  // x = 1 * (w . a) + 1 * x: cuBLASLt reads C and writes D, the same matrix here.
+  Gemm& g = gemm_for(N, T, K, a.dtype, DType::F32, false);
+  const float alpha = 1.f, beta = 1.f;
+  lt(cublasLtMatmul(lt_, g.op, &alpha, w.data, g.a, a.data, g.b, &beta, x.data, g.c, x.data, g.c, &g.algo, workspace_,
+                    workspace_bytes_, stream()),
+     "matmul");
+}
+
+void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm, const Tensor& wq, const Tensor* bq,
+                                         Tensor& q, const Tensor& wk, const Tensor* bk, Tensor& k, const Tensor& wv,
+                                         const Tensor* bv, Tensor& v, const Tensor& inv_freq, int64_t D,
+                                         Tensor& k_cache, Tensor& v_cache) {
+  // A few tokens (decode): the norm, the projections, RoPE and the cache write in one weight-streaming
+  // launch.
+  const int64_t T = rows_of(x), K = cols_of(x);
+  const DType wt = wq.dtype;
+  bool fused = T >= 1 && T <= 4 && x.dtype == DType::F32 && norm.w.dtype == wt && q.dtype == DType::F32 &&
+               k_cache.dtype == wt && v_cache.dtype == wt && D % 2 == 0 && rows_of(wq) == cols_of(q) &&
+               k_cache.dim(3) == D && rows_of(wk) == k_cache.dim(2) * D && rows_of(wv) == rows_of(wk) &&
+               cuda::norm_smem_bytes(T, K, dtype_size(wt)) <= cuda::kMaxNormSmem;
+  for (const Tensor* b : {bq, bk, bv}) fused = fused && (!b || b->dtype == DType::F32);
+  for (const Tensor* w : {&wq, &wk, &wv}) fused = fused && w->dtype == wt && cols_of(*w) == K;
+  if (!fused)
+    return Backend::norm_qkv_rope_kv_write(x, norm, wq, bq, q, wk, bk, k, wv, bv, v, inv_freq, D, k_cache, v_cache);
+  cuda::QkvRope a{};
+  const Tensor* ws[3] = {&wq, &wk, &wv};
+  const Tensor* bs[3] = {bq, bk, bv};
+  for (int j = 0; j < 3; ++j) {
+    a.w[j] = ws[j]->data;
+    a.bias[j] = bs[j] ? bs[j]->as<float>() : nullptr;
+  }
+  a.q = q.as<float>();
+  a.k_cache = k_cache.data;
+  a.v_cache = v_cache.data;
+  a.positions = positions_.ptr;
+  a.slots = slots_.ptr;
+  a.inv_freq = inv_freq.as<float>();
+  a.Hq = rows_of(wq) / D;
+  a.Hk = rows_of(wk) / D;
+  a.D = D;
+  dispatch(wt, [&](auto* tag) {
+    using TT = std::remove_pointer_t<decltype(tag)>;
+    cuda::gemv_qkv_rope<TT>(x.as<float>(), norm.w.as<TT>(), norm.eps, T, K, a, stream());
   });
 }
 
-void CudaBackend::linear_qkv(const Tensor& x, const Tensor& wq, const Tensor* bq, Tensor& q, const Tensor& wk,
-                             const Tensor* bk, Tensor& k, const Tensor& wv, const Tensor* bv, Tensor& v) {
+void CudaBackend::norm_gate_up_silu(const Tensor& x, const InputNorm& norm, const Tensor& w_gate, const Tensor& w_up,
+                                    Tensor& gate, Tensor& up, Tensor& act) {
   const int64_t T = rows_of(x), K = cols_of(x);
-  bool fused = T >= 1 && T <= 4;
-  for (const Tensor* o : {&q, &k, &v}) fused = fused && o->dtype == DType::F32;
-  for (const Tensor* b : {bq, bk, bv}) fused = fused && (!b || b->dtype == DType::F32);
-  for (const Tensor* w : {&wq, &wk, &wv}) fused = fused && w->dtype == x.dtype && cols_of(*w) == K;
-  if (!fused) return Backend::linear_qkv(x, wq, bq, q, wk, bk, k, wv, bv, v);
-  cuda::Gemv3 g{};
-  const Tensor* ws[3] = {&wq, &wk, &wv};
-  const Tensor* bs[3] = {bq, bk, bv};
-  Tensor* os[3] = {&q, &k, &v};
-  for (int j = 0; j < 3; ++j) {
-    g.w[j] = ws[j]->data;
-    g.bias[j] = bs[j] ? bs[j]->as<float>() : nullptr;
-    g.out[j] = os[j]->as<float>();
-    g.n[j] = rows_of(*ws[j]);
-  }
-  dispatch(x.dtype, [&](auto* tag) {
+  const DType wt = w_gate.dtype;
+  const bool fused = T >= 1 && T <= 4 && x.dtype == DType::F32 && norm.w.dtype == wt && w_up.dtype == wt &&
+                     act.dtype == wt && cols_of(w_gate) == K && cols_of(w_up) == K &&
+                     cuda::norm_smem_bytes(T, K, dtype_size(wt)) <= cuda::kMaxNormSmem;
+  if (!fused) return Backend::norm_gate_up_silu(x, norm, w_gate, w_up, gate, up, act);
+  dispatch(wt, [&](auto* tag) {
     using TT = std::remove_pointer_t<decltype(tag)>;
-    cuda::gemv_qkv<TT>(x.as<TT>(), T, K, g, stream());
+    cuda::gemv_norm_gate_up_silu<TT>(x.as<float>(), norm.w.as<TT>(), norm.eps, w_gate.as<TT>(), w_up.as<TT>(), T, K,
+                                     rows_of(w_gate), act.as<TT>(), stream());
   });
 }
 

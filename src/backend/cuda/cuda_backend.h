@@ -40,9 +40,13 @@ class CudaBackend : public Backend {
                  float scale, Tensor& out) override;
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void gather_rows(const Tensor& x, Tensor& out) override;
-  void add_rmsnorm(Tensor& x, const Tensor& y, const Tensor& w, float eps, Tensor& out) override;
-  void linear_qkv(const Tensor& x, const Tensor& wq, const Tensor* bq, Tensor& q, const Tensor& wk, const Tensor* bk,
-                  Tensor& k, const Tensor& wv, const Tensor* bv, Tensor& v) override;
+  void linear_residual(const Tensor& a, const Tensor& w, Tensor& x) override;
+  void norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm, const Tensor& wq, const Tensor* bq, Tensor& q,
+                              const Tensor& wk, const Tensor* bk, Tensor& k, const Tensor& wv, const Tensor* bv,
+                              Tensor& v, const Tensor& inv_freq, int64_t head_dim, Tensor& k_cache,
+                              Tensor& v_cache) override;
+  void norm_gate_up_silu(const Tensor& x, const InputNorm& norm, const Tensor& w_gate, const Tensor& w_up,
+                         Tensor& gate, Tensor& up, Tensor& act) override;
   void rope_kv_write(Tensor& q, Tensor& k, const Tensor& v, const Tensor& inv_freq, int64_t head_dim, Tensor& k_cache,
                      Tensor& v_cache) override;
   void gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate, Tensor& up,
@@ -95,10 +99,11 @@ class CudaBackend : public Backend {
   cublasLtHandle_t lt_ = nullptr;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 32u << 20;
-  float* attention_scratch_ = nullptr;  // split-KV partial results (cuda::paged_attention_scratch_bytes)
+  void* attention_scratch_ = nullptr;  // split-KV partial results (cuda::paged_attention_scratch_bytes)
   std::map<std::tuple<int64_t, int64_t, int64_t, int, int, bool>, Gemm> gemms_;
   IntBuffer ids_, positions_, slots_, tables_, token_seq_, logits_rows_, tiles_;
   int64_t num_tokens_ = 0, num_seqs_ = 0, max_blocks_ = 0, num_logits_ = 0, max_len_ = 0, num_tiles_ = 0;
+  int64_t max_new_ = 0;  // the most new tokens of one sequence in the step
   static constexpr int64_t kFlashMinQueries = 16;  // new tokens of one sequence that make a step a prefill
   bool flash_ = false;
 };
