@@ -8,6 +8,20 @@
 
 namespace llmserve::cpu {
 
+float kth_largest(float* v, int64_t n, int64_t k) {
+  std::nth_element(v, v + (k - 1), v + n, std::greater<float>());
+  return v[k - 1];
+}
+
+float top_p_cut(const float* v, int64_t n, float mx, float z, double top_p) {
+  double cum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    cum += std::exp(static_cast<double>(v[i]) - mx) / z;
+    if (cum >= top_p - 1e-7) return v[i];
+  }
+  return -std::numeric_limits<float>::infinity();
+}
+
 float draw_keep_threshold(const float* row, int64_t L, const RowDraw& r) {
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   if (!r.filtered()) return kNegInf;
@@ -18,8 +32,7 @@ float draw_keep_threshold(const float* row, int64_t L, const RowDraw& r) {
   float keep = kNegInf;
   if (r.top_k > 0 && r.top_k < L) {
     std::vector<float> s = x;
-    std::nth_element(s.begin(), s.begin() + (r.top_k - 1), s.end(), std::greater<float>());
-    keep = s[r.top_k - 1];
+    keep = kth_largest(s.data(), L, r.top_k);
   }
   keep = std::max(keep, mx + r.log_min_p);
   if (r.top_p >= 1.0) return keep;
@@ -30,14 +43,9 @@ float draw_keep_threshold(const float* row, int64_t L, const RowDraw& r) {
       kept.push_back(v);
       sum += std::exp(static_cast<double>(v) - mx);
     }
-  const double z = static_cast<float>(sum);
   std::sort(kept.begin(), kept.end(), std::greater<float>());
-  double cum = 0;
-  for (float v : kept) {
-    cum += std::exp(static_cast<double>(v) - mx) / z;
-    if (cum >= r.top_p - 1e-7) return std::max(keep, v);
-  }
-  return keep;  // rounding kept the sum short of top_p: every token the other filters keep
+  // Rounding may keep the sum short of top_p: then every token the other filters keep.
+  return std::max(keep, top_p_cut(kept.data(), static_cast<int64_t>(kept.size()), mx, static_cast<float>(sum), r.top_p));
 }
 
 void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,

@@ -50,5 +50,13 @@ void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t toke
                const LogitEdit* edits, int64_t num_edits, float* best, int32_t* idx);
 // The smallest x = logit * inv_temperature a filtered row keeps (-inf when it keeps everything).
 float draw_keep_threshold(const float* row, int64_t L, const RowDraw& r);
+// The two filter steps that see the kept values themselves, shared with the sampler's version for a
+// vocabulary split over ranks (src/engine/sampler.cpp), which gathers candidates before calling them:
+// the k-th largest of v[0..n) (k <= n; v is reordered);
+float kth_largest(float* v, int64_t n, int64_t k);
+// top-p over the values top-k and min-p kept, largest first in v[0..n) (finite): the largest v[i] with
+// sum_{j <= i} e^(v[j] - mx) / z >= top_p - 1e-7 (mx their maximum, z their normalizer: summed in
+// double, rounded to float), or -inf when rounding keeps the running sum short of top_p.
+float top_p_cut(const float* v, int64_t n, float mx, float z, double top_p);
 
 }  // namespace llmserve::cpu

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "common/error.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/draw.h"
 
 namespace llmserve {
@@ -207,8 +208,7 @@ std::vector<SampledToken> Sampler::sample(const StepPlan& plan, const float* log
       for (int r = 0; r < tp_.size(); ++r)
         cand.insert(cand.end(), all.begin() + static_cast<long>((r * n + i) * kmax),
                     all.begin() + static_cast<long>((r * n + i) * kmax + kmax));
-      std::nth_element(cand.begin(), cand.begin() + (k - 1), cand.end(), std::greater<float>());
-      const float thr = cand[k - 1];
+      const float thr = cpu::kth_largest(cand.data(), static_cast<int64_t>(cand.size()), k);
       for (auto& x : work[i])
         if (x < thr) x = kNegInf;
     }
@@ -264,16 +264,9 @@ std::vector<SampledToken> Sampler::sample(const StepPlan& plan, const float* log
           }
           std::sort(cand.begin(), cand.end(), std::greater<float>());
           const size_t i = tp_rows[j];
-          double cum = 0;
-          for (float v : cand) {
-            if (v == kNegInf) break;
-            cum += std::exp(static_cast<double>(v) - mx[i]) / sum[j];
-            if (cum >= st[i]->params.top_p - 1e-7) {
-              thr[j] = v;
-              done[j] = true;
-              break;
-            }
-          }
+          const auto finite = std::find(cand.begin(), cand.end(), kNegInf) - cand.begin();
+          thr[j] = cpu::top_p_cut(cand.data(), finite, mx[i], sum[j], st[i]->params.top_p);
+          done[j] = thr[j] != kNegInf;
           if (exhausted) done[j] = true;  // rounding kept the sum short of top_p: keep every survivor
           all_done = all_done && done[j];
         }
