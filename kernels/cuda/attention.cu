@@ -553,7 +553,7 @@ __global__ void __launch_bounds__(kGroupWarps * 32)
       o += sacc[x][g][d] * f;
       L += sl[x][g] * f;
     }
-      const int64_t th = t * Hq + kh * G + g;
+    const int64_t th = t * Hq + kh * G + g;
     if (nact == 1) {
       out[th * D + d] = from_f<T>(o / L);
     } else {
