@@ -108,58 +108,110 @@ RowDraw Sampler::row_draw(const SeqState& st) const {
   return r;
 }
 
+bool Sampler::row_drawable(const SeqState& st) const {
+  if (st.params.logprobs >= 0) return false;
+  // Filters need the whole row: on the backend only without a vocabulary split.
+  return tp_.size() == 1 || !row_draw(st).filtered();
+}
+
+std::vector<const SeqStep*> Sampler::sampled(const StepPlan& plan) const {
+  std::vector<const SeqStep*> seqs;
+  for (const auto& s : plan.seqs) {
+    if (!s.sample) continue;
+    if (state_.find(s.seq_id) == state_.end()) throw Error(cat("sampler: no state for sequence ", s.seq_id));
+    seqs.push_back(&s);
+  }
+  return seqs;
+}
+
 bool Sampler::drawable_on_backend(const StepPlan& plan) const {
   for (const auto& s : plan.seqs) {
     if (!s.sample) continue;
     auto it = state_.find(s.seq_id);
-    if (it == state_.end()) return false;
-    const SeqState& st = it->second;
-    if (st.params.logprobs >= 0) return false;
-    // Filters need the whole row: on the backend only without a vocabulary split.
-    if (tp_.size() > 1 && row_draw(st).filtered()) return false;
+    if (it == state_.end() || !row_drawable(it->second)) return false;
   }
   return true;
 }
 
-std::vector<SampledToken> Sampler::sample_on_backend(const StepPlan& plan, Backend& backend, Tensor& logits) {
+void Sampler::draw_rows_on_backend(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw,
+                                   Backend& backend, Tensor& logits, std::vector<SampledToken>& out) {
   std::vector<RowDraw> rows;
   std::vector<LogitEdit> edits;
-  std::vector<SampledToken> out;
-  for (const auto& s : plan.seqs) {
-    if (!s.sample) continue;
-    const SeqState& st = state_.at(s.seq_id);
-    const auto e = penalty_edits(st, static_cast<int32_t>(rows.size()));
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    if (!draw[i]) {  // a row for the host sampler: left as it is
+      rows.emplace_back();
+      continue;
+    }
+    const SeqState& st = state_.at(seqs[i]->seq_id);
+    const auto e = penalty_edits(st, static_cast<int32_t>(i));
     edits.insert(edits.end(), e.begin(), e.end());
     rows.push_back(row_draw(st));
-    out.emplace_back();
-    out.back().seq_id = s.seq_id;
   }
   const size_t n = rows.size();
-  if (n == 0) return out;
   std::vector<float> best(n);
   std::vector<int32_t> idx(n);
   backend.draw_rows(logits, vocab_.size(), vocab_.begin, rows, edits, best.data(), idx.data());
   tp_.all_reduce_maxloc(best.data(), idx.data(), n);
   for (size_t i = 0; i < n; ++i) {
+    if (!draw[i]) continue;
+    out[i].seq_id = seqs[i]->seq_id;
     if (idx[i] == std::numeric_limits<int32_t>::max()) throw Error(cat("sampler: every token was filtered out for sequence ", out[i].seq_id));
     out[i].token = idx[i];
   }
+}
+
+std::vector<SampledToken> Sampler::sample_on_backend(const StepPlan& plan, Backend& backend, Tensor& logits) {
+  const auto seqs = sampled(plan);
+  std::vector<SampledToken> out(seqs.size());
+  if (!seqs.empty()) draw_rows_on_backend(seqs, std::vector<char>(seqs.size(), 1), backend, logits, out);
+  return out;
+}
+
+std::vector<SampledToken> Sampler::sample_step(const StepPlan& plan, Backend& backend, Tensor& logits) {
+  const auto seqs = sampled(plan);
+  const size_t n = seqs.size();
+  std::vector<SampledToken> out(n);
+  if (n == 0) return out;
+  std::vector<char> on_backend(n);
+  std::vector<const SeqStep*> host;
+  for (size_t i = 0; i < n; ++i) {
+    on_backend[i] = row_drawable(state_.at(seqs[i]->seq_id));
+    if (!on_backend[i]) host.push_back(seqs[i]);
+  }
+  // Every rank of the tensor group takes the same branches: the split follows from the plan alone.
+  if (host.size() < n) draw_rows_on_backend(seqs, on_backend, backend, logits, out);
+  if (host.empty()) return out;
+  // The host rows' logits, one download per run of consecutive rows.
+  std::vector<float> rows(host.size() * static_cast<size_t>(stride_));
+  for (size_t i = 0, j = 0; i < n;) {
+    if (on_backend[i]) {
+      ++i;
+      continue;
+    }
+    size_t e = i;
+    while (e < n && !on_backend[e]) ++e;
+    backend.download(rows_view(logits, static_cast<int64_t>(i), static_cast<int64_t>(e - i)), rows.data() + j * stride_);
+    j += e - i;
+    i = e;
+  }
+  const auto drawn = sample_rows(host, rows.data());
+  for (size_t i = 0, j = 0; i < n; ++i)
+    if (!on_backend[i]) out[i] = drawn[j++];
   return out;
 }
 
 std::vector<SampledToken> Sampler::sample(const StepPlan& plan, const float* logits) {
-  std::vector<const SeqStep*> seqs;
-  for (const auto& s : plan.seqs)
-    if (s.sample) seqs.push_back(&s);
+  return sample_rows(sampled(plan), logits);
+}
+
+std::vector<SampledToken> Sampler::sample_rows(const std::vector<const SeqStep*>& seqs, const float* logits) {
   const size_t n = seqs.size();
   std::vector<SampledToken> out(n);
   if (n == 0) return out;
   const int64_t L = vocab_.size();
   std::vector<SeqState*> st(n);
   for (size_t i = 0; i < n; ++i) {
-    auto it = state_.find(seqs[i]->seq_id);
-    if (it == state_.end()) throw Error(cat("sampler: no state for sequence ", seqs[i]->seq_id));
-    st[i] = &it->second;
+    st[i] = &state_.at(seqs[i]->seq_id);
     out[i].seq_id = seqs[i]->seq_id;
   }
   auto raw = [&](size_t i) { return logits + static_cast<int64_t>(i) * stride_; };

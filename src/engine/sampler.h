@@ -37,6 +37,10 @@ class Sampler {
   // [rows, row_stride] (penalties are applied to it in place), then one (value, index) all-reduce over
   // the tensor group.
   std::vector<SampledToken> sample_on_backend(const StepPlan& plan, Backend& backend, Tensor& logits);
+  // sample() for any plan, row by row where the logits are: the rows the backend can draw (see
+  // drawable_on_backend) are drawn there, and only the others' logits come to the host sampler, so one
+  // request asking for logprobs does not bring a whole batch's logits over.
+  std::vector<SampledToken> sample_step(const StepPlan& plan, Backend& backend, Tensor& logits);
   size_t num_sequences() const { return state_.size(); }
 
   // The Gumbel noise used for (seed, position, token): exposed for tests.
@@ -55,6 +59,16 @@ class Sampler {
   std::vector<LogitEdit> penalty_edits(const SeqState& st, int32_t row) const;
   // The backend draw of the sequence's next token (temperature, seed, filters).
   RowDraw row_draw(const SeqState& st) const;
+  // Whether the backend can draw the sequence's token (no logprobs; filters only on a whole row).
+  bool row_drawable(const SeqState& st) const;
+  // The plan's sampled sequences in order, and their states.
+  std::vector<const SeqStep*> sampled(const StepPlan& plan) const;
+  // The backend draw of the rows i of `logits` with draw[i] set (the others get a plain greedy draw
+  // whose result is not used, and no penalty edits); tokens into out[i].
+  void draw_rows_on_backend(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Backend& backend,
+                            Tensor& logits, std::vector<SampledToken>& out);
+  // The host sampler over seqs, one row of `logits` (row_stride apart) each.
+  std::vector<SampledToken> sample_rows(const std::vector<const SeqStep*>& seqs, const float* logits);
   Comm& tp_;
   int64_t vocab_size_;
   Range vocab_;

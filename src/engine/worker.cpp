@@ -58,14 +58,9 @@ Worker::Output Worker::execute(const StepPlan& plan, const Tensor& hidden_in) {
     out.hidden = result;
     return out;
   }
-  // The draw runs where the logits are unless a row needs the host sampler (penalties, filters, logprobs).
-  if (sampler_->drawable_on_backend(plan)) {
-    out.tokens = sampler_->sample_on_backend(plan, runner_.backend(), result);
-  } else {
-    std::vector<float> logits(static_cast<size_t>(result.numel()));
-    runner_.backend().download(result, logits.data());
-    out.tokens = sampler_->sample(plan, logits.data());
-  }
+  // The draw runs where the logits are; only rows that need the host sampler (logprobs; filters on a
+  // vocabulary split over ranks) bring their logits over.
+  out.tokens = sampler_->sample_step(plan, runner_.backend(), result);
   times_.sample += std::chrono::duration<double>(clock::now() - t2).count();
   return out;
 }

@@ -366,3 +366,63 @@ int main(int argc, char** argv) {
   MPI_Finalize();
   return any;
 }
+
+// A step mixing rows the backend draws with rows that need the host sampler (logprobs on any layout;
+// filters when the vocabulary is split): sample_step() gives exactly the host sampler's tokens and
+// log-probabilities, the backend rows' penalty edits never reach the host rows' logits, and only the
+// host rows' logits leave the backend.
+TEST(Sampler, MixedStepDrawsEachRowWhereItCan) {
+  World w;
+  CpuBackend cpu;
+  std::mt19937 g(11 + w.comm.size());
+  std::normal_distribution<float> d(0.f, 2.f);
+  std::vector<SamplingParams> kinds(6);
+  kinds[0].temperature = 0;                                    // greedy: backend
+  kinds[1].temperature = 0.8, kinds[1].repetition_penalty = 1.4;  // penalty: backend
+  kinds[2].temperature = 0, kinds[2].logprobs = 3;             // logprobs: host
+  kinds[3].temperature = 0.9, kinds[3].top_k = 4, kinds[3].top_p = 0.8;  // filters: host when split
+  kinds[4].temperature = 0.7, kinds[4].logprobs = 0, kinds[4].presence_penalty = 0.5;  // host
+  kinds[5].temperature = 1.1, kinds[5].min_p = 0.05;           // filter
+  const size_t N = 24;
+  StepPlan plan;
+  for (size_t i = 0; i < N; ++i) {
+    StepPlan one = plan_for(1, kinds[i % kinds.size()], {7, 8, 9, 9}, 2, 77 + static_cast<int64_t>(i), 1 + i);
+    plan.seqs.push_back(one.seqs[0]);
+  }
+  std::vector<float> full(N * V);
+  for (auto& x : full) x = d(g);
+  for (size_t i = 0; i < N; ++i) full[i * V + 9] = full[i * V + 8] = 5.f;  // penalized tokens contend
+  std::vector<float> rows(N * w.stride, 0.f);
+  for (size_t i = 0; i < N; ++i)
+    std::copy(full.begin() + static_cast<long>(i * V + w.vocab.begin), full.begin() + static_cast<long>(i * V + w.vocab.end),
+              rows.begin() + static_cast<long>(i * w.stride));
+  Sampler host(w.comm, V, w.vocab, w.stride), mixed(w.comm, V, w.vocab, w.stride);
+  host.observe(plan);
+  mixed.observe(plan);
+  EXPECT_FALSE(mixed.drawable_on_backend(plan));
+  Tensor t = cpu.upload(rows.data(), {static_cast<int64_t>(N), w.stride}, DType::F32);
+  const auto a = host.sample(plan, rows.data()), b = mixed.sample_step(plan, cpu, t);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < N; ++i) {
+    EXPECT_EQ(a[i].seq_id, b[i].seq_id) << "row " << i;
+    EXPECT_EQ(a[i].token, b[i].token) << "row " << i;
+    EXPECT_EQ(a[i].logprob, b[i].logprob) << "row " << i;
+    EXPECT_EQ(a[i].top_ids, b[i].top_ids) << "row " << i;
+    EXPECT_EQ(a[i].top_logprobs, b[i].top_logprobs) << "row " << i;
+  }
+  // Rows left to the host kept their logits; backend rows with penalties had them applied in place.
+  std::vector<float> after(N * w.stride);
+  cpu.download(t, after.data());
+  bool edited = false;
+  for (size_t i = 0; i < N; ++i) {
+    const bool to_host = kinds[i % kinds.size()].logprobs >= 0 ||
+                         (w.comm.size() > 1 && (kinds[i % kinds.size()].top_k > 0 || kinds[i % kinds.size()].min_p > 0));
+    const bool same = std::equal(after.begin() + static_cast<long>(i * w.stride),
+                                 after.begin() + static_cast<long>((i + 1) * w.stride),
+                                 rows.begin() + static_cast<long>(i * w.stride));
+    if (to_host) EXPECT_TRUE(same) << "host row " << i << " was edited";
+    edited = edited || !same;
+  }
+  // The penalty rows' edits (tokens 7, 8, 9 are in the history) land on the rank holding those tokens.
+  if (w.vocab.begin <= 8 && 8 < w.vocab.end) EXPECT_TRUE(edited);
+}
