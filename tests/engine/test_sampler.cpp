@@ -420,9 +420,13 @@ TEST(Sampler, MixedStepDrawsEachRowWhereItCan) {
     const bool same = std::equal(after.begin() + static_cast<long>(i * w.stride),
                                  after.begin() + static_cast<long>((i + 1) * w.stride),
                                  rows.begin() + static_cast<long>(i * w.stride));
-    if (to_host) EXPECT_TRUE(same) << "host row " << i << " was edited";
+    if (to_host) {
+      EXPECT_TRUE(same) << "host row " << i << " was edited";
+    }
     edited = edited || !same;
   }
   // The penalty rows' edits (tokens 7, 8, 9 are in the history) land on the rank holding those tokens.
-  if (w.vocab.begin <= 8 && 8 < w.vocab.end) EXPECT_TRUE(edited);
+  if (w.vocab.begin <= 8 && 8 < w.vocab.end) {
+    EXPECT_TRUE(edited);
+  }
 }
