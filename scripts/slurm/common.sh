@@ -43,7 +43,11 @@ llmserve_slurm_init() {
     echo "llmserve-slurm: warning: tp=$TP does not divide the $PER_NODE tasks per node: tensor groups span nodes" >&2
   fi
   if command -v scontrol >/dev/null 2>&1 && [ -n "${SLURM_JOB_NODELIST:-}" ]; then
-    HEAD_NODE=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+    # The whole list, then its first line: `| head -n 1` can end scontrol with SIGPIPE, which
+    # pipefail and set -e turn into a silent exit of the job script.
+    local hosts
+    hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")
+    HEAD_NODE=${hosts%%$'\n'*}
   fi
   HEAD_NODE=${HEAD_NODE:-$(hostname)}
   export NCCL_DEBUG=${NCCL_DEBUG:-WARN}

@@ -37,9 +37,12 @@ fi
 # ---- shims ------------------------------------------------------------------------------------------------
 shims="$work/bin"
 mkdir -p "$shims" "$work/submit"
+# scontrol: one host per line, a pause after each (as a slow controller writes them), so a reader
+# that stops after the first line (`| head -n 1`) ends it with SIGPIPE every time, not only under load.
 cat >"$shims/scontrol" <<'EOF'
 #!/usr/bin/env bash
-[ "$1 $2" = "show hostnames" ] && printf '%s\n' ${FAKE_NODES:-localhost}
+[ "$1 $2" = "show hostnames" ] || exit 0
+for h in ${FAKE_NODES:-localhost}; do printf '%s\n' "$h"; sleep 0.1; done
 EOF
 # srun: records its arguments and the network environment, then starts the ranks on this machine.
 cat >"$shims/srun" <<EOF
