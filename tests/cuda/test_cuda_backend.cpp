@@ -210,7 +210,8 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
     m.max_context = static_cast<int32_t>(max_blocks * bs);
     return m;
   }();
-  for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {2, 2}}) {
+  // Group sizes 3 (Qwen2.5-1.5B), 8 (the largest the grouped kernels take, as Llama 3 70B) and 1.
+  for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {8, 1}, {2, 2}}) {
     for (const StepMeta* m : {&mixed, &decode, &decode8, &graph}) {
       const int64_t T = m->num_tokens(), blocks = max_blocks * static_cast<int64_t>(m->num_seqs());
       cpu.begin_step(*m);
