@@ -74,7 +74,7 @@ slurm_env=(env PATH="$shims:$PATH" LLMSERVE_HOME="$root" LLMSERVE_BIN="$build/ll
 out=$("${slurm_env[@]}" SLURM_JOB_ID=41 SLURM_JOB_NUM_NODES=2 SLURM_NTASKS=8 SLURM_NTASKS_PER_NODE=4 \
       SLURM_JOB_NODELIST="gpu[01-02]" FAKE_NODES="gpu01 gpu02" NCCL_SOCKET_IFNAME=ib0 NCCL_IB_DISABLE=0 \
       OMPI_MCA_btl_tcp_if_include=ib0 LLMSERVE_DRY_RUN=1 \
-      bash "$root/scripts/slurm/llmserve-multinode.sbatch" "$root/inputs/qwen2.5-1.5b-2node.yaml" 2>&1)
+      bash "$root/scripts/slurm/llmserve-multinode.sbatch" "$root/inputs/qwen2.5-1.5b-2node.yaml" 2>&1) || out="(exit $?) $out"
 check "multinode sbatch: srun --mpi=pmix over 2 nodes x 4 tasks" "$(contains "$out" "launch: srun --mpi=pmix --kill-on-bad-exit=1 --nodes=2 --ntasks=8 --ntasks-per-node=4"; echo $?)" "$out"
 check "multinode sbatch: tp=4 within a node, pp=2 across nodes, port 8000" "$(contains "$out" "qwen2.5-1.5b-2node.yaml --tensor-parallel-size 4 --pipeline-parallel-size 2 --port 8000"; echo $?)" "$out"
 check "multinode sbatch: endpoint on the first node" "$(contains "$out" "endpoint http://gpu01:8000/v1"; echo $?)" "$out"
@@ -82,7 +82,7 @@ check "multinode sbatch: network settings exported and shown" "$(contains "$out"
 
 out=$("${slurm_env[@]}" SLURM_JOB_ID=42 SLURM_JOB_NUM_NODES=2 SLURM_NTASKS_PER_NODE=4 SLURM_JOB_NODELIST="gpu[01-02]" \
       FAKE_NODES="gpu01 gpu02" NCCL_SOCKET_IFNAME=eth0 LLMSERVE_LAUNCHER=mpirun LLMSERVE_PORT=9000 LLMSERVE_DRY_RUN=1 \
-      bash "$root/scripts/slurm/llmserve-multinode.sbatch" cfg.yaml 2>&1)
+      bash "$root/scripts/slurm/llmserve-multinode.sbatch" cfg.yaml 2>&1) || out="(exit $?) $out"
 check "multinode sbatch, mpirun launcher: ranks per node and exported variables" "$(contains "$out" "launch: mpirun -np 8 --map-by ppr:4:node --bind-to none -x NCCL_SOCKET_IFNAME -x NCCL_DEBUG"; echo $?)" "$out"
 check "multinode sbatch, mpirun launcher: LLMSERVE_PORT" "$(contains "$out" "--port 9000" && contains "$out" "endpoint http://gpu01:9000/v1"; echo $?)" "$out"
 
