@@ -203,7 +203,7 @@ int main(int argc, char** argv) {
       l.kc = random_tensor(be, {cache_blocks, bs, Hk, D}, DType::BF16);
       l.vc = random_tensor(be, {cache_blocks, bs, Hk, D}, DType::BF16);
     }
-    Tensor x = random_tensor(be, {1, H}, DType::F32), h = be.empty({1, H}, DType::BF16);
+    Tensor x = random_tensor(be, {1, H}, DType::F32), h = be.empty({1, H}, DType::BF16), proj = be.empty({1, H}, DType::F32);
     Tensor inv = random_tensor(be, {D / 2}, DType::F32, 0.01f);
     Tensor q = be.empty({1, Hq * D}, DType::F32), k = be.empty({1, Hk * D}, DType::F32), v = be.empty({1, Hk * D}, DType::F32);
     Tensor attn = be.empty({1, Hq * D}, DType::BF16), gate = be.empty({1, I}, DType::F32), up = be.empty({1, I}, DType::F32);
@@ -213,9 +213,9 @@ int main(int argc, char** argv) {
       be.norm_qkv_rope_kv_write(x, {l.norm1, eps, h}, l.wq, &l.bq, q, l.wk, &l.bk, k, l.wv, &l.bv, v, inv, D, l.kc, l.vc);
     };
     auto att = [&](Layer& l) { be.attention(q, l.kc, l.vc, D, bs, 0.0884f, attn); };
-    auto oproj = [&](Layer& l) { be.linear_residual(attn, l.wo, x); };
+    auto oproj = [&](Layer& l) { be.linear_residual(attn, l.wo, proj, x); };
     auto mlp_in = [&](Layer& l) { be.norm_gate_up_silu(x, {l.norm2, eps, h}, l.wg, l.wu, gate, up, act); };
-    auto down = [&](Layer& l) { be.linear_residual(act, l.wd, x); };
+    auto down = [&](Layer& l) { be.linear_residual(act, l.wd, proj, x); };
     struct Op {
       const char* name;
       std::function<void(Layer&)> fn;

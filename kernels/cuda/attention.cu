@@ -377,9 +377,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// Grouped-query attention for a few sequences (decode at small batch), over 16-bit caches with head_dim
-// 32 * P (64 or 128): one block per (token, KV head, split), the G = Hq / Hk query heads sharing the KV head scored together, so each key and
-// value row is read once per group. Built for decode, where a step is a chain of dependent memory round
+// Grouped-query attention for a few sequences (decode at small batch), over 16-bit caches with
+// head_dim 32 * P (64 or 128): one block per (token, KV head, split), the G = Hq / Hk query heads
+// sharing the KV head scored together, so each key and value row is read once per group. Built for decode, where a step is a chain of dependent memory round
 // trips rather than a stream of bytes:
 //   - a warp takes a tile of 16 keys (two lanes per key, each with half of the key's row; every lane
 //     with dimensions lane*P.. of the 16 value rows) and issues all of the tile's loads before it uses

@@ -1,4 +1,8 @@
 #pragma once
+#include <map>
+#include <mutex>
+#include <tuple>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -57,12 +61,19 @@ inline int sm_count() {
 inline unsigned blocks_for(long long n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
 // Blocks of `threads` threads and `smem` bytes of dynamic shared memory of kernel k that the device
-// holds at once (per SM times SMs; at least one per SM).
+// holds at once (per SM times SMs; at least one per SM). The occupancy query runs once per kernel and
+// launch shape, not at every launch.
 template <typename Kernel>
 unsigned resident_blocks(Kernel k, int threads, size_t smem) {
+  static std::mutex mu;
+  static std::map<std::tuple<const void*, int, size_t>, unsigned> known;
+  const auto key = std::make_tuple(reinterpret_cast<const void*>(k), threads, smem);
+  std::lock_guard<std::mutex> lock(mu);
+  const auto it = known.find(key);
+  if (it != known.end()) return it->second;
   int per_sm = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, threads, smem) != cudaSuccess || per_sm < 1) per_sm = 1;
-  return static_cast<unsigned>(per_sm) * static_cast<unsigned>(sm_count());
+  return known[key] = static_cast<unsigned>(per_sm) * static_cast<unsigned>(sm_count());
 }
 
 // Programmatic dependent launch (compute capability 9.0 and up). Every kernel here is launched with

@@ -1,7 +1,7 @@
 // Fused kernels of a decoder layer (each the composition of CPU kernels it replaces; see the defaults in
-// src/backend/backend.h): residual add + RMSNorm, RoPE + KV-cache write, and for a few tokens the
-// three attention projections with RoPE and the KV-cache write in one launch, and the gate/up
-// projections with SiLU-and-multiply.
+// src/backend/backend.h): RoPE + KV-cache write, and for a few tokens the input RMSNorm, the three
+// attention projections, RoPE and the KV-cache write in one launch, and the gate/up projections with
+// SiLU-and-multiply (after the MLP's input RMSNorm, or on a normalized input).
 #include <algorithm>
 
 #include "kernels/cuda/common.cuh"

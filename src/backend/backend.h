@@ -65,9 +65,9 @@ class Backend {
   virtual void gather_rows(const Tensor& x, Tensor& out) = 0;
   // Fused ops of a decoder layer. The defaults compose the ops above (the CPU backend uses them, so
   // they are the reference); a device backend overrides them to save launches and memory passes.
-  // x (float32 residual stream) += a . w^T: an output projection with its residual add.
-  virtual void linear_residual(const Tensor& a, const Tensor& w, Tensor& x) {
-    Tensor y = empty({a.dim(0), w.dim(0)}, x.dtype);
+  // x (float32 residual stream) += a . w^T: an output projection with its residual add; y is scratch of
+  // x's shape (an override may not touch it).
+  virtual void linear_residual(const Tensor& a, const Tensor& w, Tensor& y, Tensor& x) {
     linear(a, w, nullptr, y);
     add(x, y);
   }

@@ -129,7 +129,7 @@ Tensor Transformer::forward(const StepMeta& m, const Tensor& hidden_in, KvCache&
   // Each block's input norm runs inside the block's first op. The output projections add into the
   // residual stream themselves on one rank; a tensor group sums its partial projections first.
   auto project_residual = [&](const Tensor& a, const Tensor& w) {
-    if (topo_.tp == 1) return be_.linear_residual(a, w, x);
+    if (topo_.tp == 1) return be_.linear_residual(a, w, proj, x);
     be_.linear(a, w, nullptr, proj);
     all_reduce(proj);
     be_.add(x, proj);

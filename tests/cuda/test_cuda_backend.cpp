@@ -279,8 +279,9 @@ TEST_P(CudaOps, FusedOpsMatchTheCpuComposition) {
     expect_close(ac, ag, "norm_gate_up_silu", tol());
     // An output projection adding into the residual stream (GEMV for a few rows, GEMM with C = D above).
     auto wo = both(randn(H * I, g, 0.1f), {H, I}, dt);
-    cpu.linear_residual(ac, wo.first, res.first);
-    gpu->linear_residual(ag, wo.second, res.second);
+    Tensor yc = cpu.empty({rows, H}, DType::F32), yg = gpu->empty({rows, H}, DType::F32);
+    cpu.linear_residual(ac, wo.first, yc, res.first);
+    gpu->linear_residual(ag, wo.second, yg, res.second);
     expect_close(res.first, res.second, "linear_residual", tol());
   }
 }

@@ -455,7 +455,7 @@ void CudaBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   });
 }
 
-void CudaBackend::linear_residual(const Tensor& a, const Tensor& w, Tensor& x) {
+void CudaBackend::linear_residual(const Tensor& a, const Tensor& w, Tensor& /*y: not needed*/, Tensor& x) {
   const int64_t T = rows_of(a), K = cols_of(a), N = rows_of(w);
   LLMSERVE_CHECK(cols_of(w) == K && w.dtype == a.dtype && x.dtype == DType::F32 && rows_of(x) == T && cols_of(x) == N,
                  "cuda backend: linear_residual shapes or types");

@@ -40,7 +40,7 @@ class CudaBackend : public Backend {
                  float scale, Tensor& out) override;
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void gather_rows(const Tensor& x, Tensor& out) override;
-  void linear_residual(const Tensor& a, const Tensor& w, Tensor& x) override;
+  void linear_residual(const Tensor& a, const Tensor& w, Tensor& y, Tensor& x) override;
   void norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm, const Tensor& wq, const Tensor* bq, Tensor& q,
                               const Tensor& wk, const Tensor* bk, Tensor& k, const Tensor& wv, const Tensor* bv,
                               Tensor& v, const Tensor& inv_freq, int64_t head_dim, Tensor& k_cache,
