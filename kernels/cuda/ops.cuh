@@ -40,6 +40,8 @@ void kv_write(const TI* k, const TI* v, const int32_t* slot_mapping, int64_t n, 
 // `scratch` holds the splits' partial results: paged_attention_scratch_bytes() of device memory,
 // allocated once and zeroed.
 size_t paged_attention_scratch_bytes();
+// Kernel attributes the attention launches need; call once per device before any of them.
+void prepare_attention_kernels();
 template <typename TI, typename T>
 void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
                      const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,

@@ -83,6 +83,7 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   ck(cudaMalloc(&workspace_, workspace_bytes_), "workspace allocation");
   ck(cudaMalloc(&attention_scratch_, cuda::paged_attention_scratch_bytes()), "attention scratch allocation");
   ck(cudaMemset(attention_scratch_, 0, cuda::paged_attention_scratch_bytes()), "attention scratch");
+  cuda::prepare_attention_kernels();
   // Tensors are stream-ordered allocations from the device's pool, which keeps freed memory for reuse
   // (cudaFree would synchronise the device at every temporary of every step).
   ck(cudaDeviceGetDefaultMemPool(&pool_, device_), "memory pool");
