@@ -1,4 +1,5 @@
 #pragma once
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -74,6 +75,18 @@ unsigned resident_blocks(Kernel k, int threads, size_t smem) {
   int per_sm = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, threads, smem) != cudaSuccess || per_sm < 1) per_sm = 1;
   return known[key] = static_cast<unsigned>(per_sm) * static_cast<unsigned>(sm_count());
+}
+
+// Blocks of warps_per_block warps for a GEMV of N rows streamed by warps (row_stream): a warp per row up
+// to the `resident` blocks' warps; beyond that, the fewest warps that give every warp the same number
+// of rows, ceil(N / resident warps) (no warp streams a row more than the others at the end).
+// (Measured on an H200 against all resident blocks: the decode layer 44.4 -> 44.0 us, q_proj 2.1 -> 2.0.)
+inline unsigned stream_blocks(long long N, int warps_per_block, unsigned resident) {
+  const long long max_warps = static_cast<long long>(resident) * warps_per_block;
+  if (N <= max_warps)
+    return std::min(blocks_for(N, warps_per_block), resident);
+  const long long per = (N + max_warps - 1) / max_warps, warps = (N + per - 1) / per;
+  return blocks_for(warps, warps_per_block);
 }
 
 // Programmatic dependent launch (compute capability 9.0 and up). Every kernel here is launched with

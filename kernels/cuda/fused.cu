@@ -159,7 +159,7 @@ static void gate_up(const void* x, const T* norm_w, float eps, const T* w_gate, 
   const size_t smem = NORM ? norm_smem_bytes(M, K, sizeof(T)) : 0;
   if (smem > kMaxNormSmem) check(cudaErrorInvalidValue, "gemv_gate_up_silu: rows too long to normalize");
   auto go = [&](auto kernel) {
-    const unsigned blocks = std::min(blocks_for(N, kWarpsPerBlock), resident_blocks(kernel, threads, smem));
+    const unsigned blocks = stream_blocks(N, kWarpsPerBlock, resident_blocks(kernel, threads, smem));
     launch("gemv_gate_up_silu", kernel, blocks, threads, smem, s, x, norm_w, eps, w_gate, w_up, K, N, act);
   };
   switch (M) {

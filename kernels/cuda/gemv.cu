@@ -44,7 +44,7 @@ void gemv(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64
   // several (row_stream).
   const int threads = kWarpsPerBlock * 32;
   auto go = [&](auto kernel) {
-    const unsigned blocks = std::min(blocks_for(N, kWarpsPerBlock), resident_blocks(kernel, threads, 0));
+    const unsigned blocks = stream_blocks(N, kWarpsPerBlock, resident_blocks(kernel, threads, 0));
     launch("gemv", kernel, blocks, threads, 0, s, x, w, bias, K, N, out, accumulate);
   };
   switch (M) {

@@ -119,16 +119,48 @@ __device__ __forceinline__ void row_stream(const T* x, const T* const (&w)[R], i
 }
 
 // h[m, :] = rmsnorm(x[m, :]) * w for M rows of K (float32 x; h in shared memory), by the whole block
-// (thread i sums the squares of elements i, i + blockDim.x, ...; then block_sum).
+// (thread i sums the squares of elements i, i + blockDim.x, ...; then block_sum). Every row's loads
+// are issued together, PER elements per thread at a time, so a row of up to PER x blockDim.x elements
+// costs one memory round trip for its squares and one for the output (x again and the weights), not
+// one per element a thread takes.
 template <typename T, int M>
 __device__ __forceinline__ void rmsnorm_rows(const float* x, const T* w, int64_t K, float eps, T* h) {
+  constexpr int PER = 8;
+  const int64_t step = static_cast<int64_t>(PER) * blockDim.x;
+  float inv[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) {
     const float* xr = x + m * K;
     float ss = 0.f;
-    for (int64_t k = threadIdx.x; k < K; k += blockDim.x) ss += xr[k] * xr[k];
-    const float inv = rsqrtf(block_sum(ss) / static_cast<float>(K) + eps);
-    for (int64_t k = threadIdx.x; k < K; k += blockDim.x) h[m * K + k] = from_f<T>(to_f(w[k]) * (xr[k] * inv));
+    for (int64_t k0 = threadIdx.x; k0 < K; k0 += step) {
+      float v[PER];
+#pragma unroll
+      for (int r = 0; r < PER; ++r) {
+        const int64_t k = k0 + static_cast<int64_t>(r) * blockDim.x;
+        v[r] = k < K ? xr[k] : 0.f;
+      }
+#pragma unroll
+      for (int r = 0; r < PER; ++r) ss += v[r] * v[r];
+    }
+    inv[m] = rsqrtf(block_sum(ss) / static_cast<float>(K) + eps);
+  }
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    const float* xr = x + m * K;
+    for (int64_t k0 = threadIdx.x; k0 < K; k0 += step) {
+      float v[PER], wv[PER];
+#pragma unroll
+      for (int r = 0; r < PER; ++r) {
+        const int64_t k = k0 + static_cast<int64_t>(r) * blockDim.x;
+        v[r] = k < K ? xr[k] : 0.f;
+        wv[r] = k < K ? to_f(w[k]) : 0.f;
+      }
+#pragma unroll
+      for (int r = 0; r < PER; ++r) {
+        const int64_t k = k0 + static_cast<int64_t>(r) * blockDim.x;
+        if (k < K) h[m * K + k] = from_f<T>(wv[r] * (v[r] * inv[m]));
+      }
+    }
   }
   __syncthreads();
 }
