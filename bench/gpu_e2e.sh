@@ -33,10 +33,13 @@ echo "sampled (temperature 0.8, top-p 0.9, top-k 50, repetition penalty 1.1):"
 b --num-prompts 256 --random-input-len 512 --random-output-len 256 --temperature 0.8 --top-p 0.9 --top-k 50 \
   --repetition-penalty 1.1 --result-file "$out/throughput-sampled-$tag.json" | grep -E "Output token|Failed|Mean TPOT"
 grep -E "KV cache|memory" "$out/server-$tag.log" | head -5 || true
-# The baseline, after the server is gone (the GPU to itself): transformers on the same shape.
+# The baseline, after the server is gone (the GPU to itself): transformers on the same shape, one GPU
+# (E2E_BASELINE=0 leaves it out, e.g. for a second layout of the same shape).
 kill -TERM $srv 2>/dev/null; wait $srv 2>/dev/null || true
 trap - EXIT
-if python3 -c "import torch, transformers" 2>/dev/null; then
+if [ "${E2E_BASELINE:-1}" = 0 ]; then
+  :
+elif python3 -c "import torch, transformers" 2>/dev/null; then
   echo "transformers (batch-1 greedy generate, one 2048-token forward):"
   python3 "$root/bench/reference/hf_e2e.py" "$cfg" 128 2048 | tee "$out/transformers.json"
 else
