@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 
 #include "common/error.h"
 #include "kernels/cpu/ops.h"
@@ -221,23 +222,64 @@ std::vector<SampledToken> Sampler::sample_rows(const std::vector<const SeqStep*>
   std::vector<float> lse(n, 0.f);
   if (want_logprobs) {
     std::vector<float> mx(n, kNegInf), sum(n, 0.f);
-    for (size_t i = 0; i < n; ++i)
+    const auto N = static_cast<long>(n);
+#pragma omp parallel for schedule(dynamic)
+    for (long i = 0; i < N; ++i)
       for (int64_t k = 0; k < L; ++k) mx[i] = std::max(mx[i], raw(i)[k]);
     tp_.all_reduce_max(mx.data(), n);
-    for (size_t i = 0; i < n; ++i)
+#pragma omp parallel for schedule(dynamic)
+    for (long i = 0; i < N; ++i)
       for (int64_t k = 0; k < L; ++k) sum[i] += std::exp(raw(i)[k] - mx[i]);
     tp_.all_reduce_sum(sum.data(), n);
     for (size_t i = 0; i < n; ++i) lse[i] = mx[i] + std::log(sum[i]);
   }
 
-  // Processed logits: penalties, then temperature.
-  std::vector<std::vector<float>> work(n);
-  for (size_t i = 0; i < n; ++i) {
-    work[i].assign(raw(i), raw(i) + L);
-    for (const LogitEdit& e : penalty_edits(*st[i], 0)) work[i][e.col] = apply_logit_edit(work[i][e.col], e);
-    if (!st[i]->params.greedy()) {
-      const float inv_t = static_cast<float>(1.0 / st[i]->params.temperature);
-      for (auto& x : work[i]) x *= inv_t;
+  // Processed logits (penalties, then temperature), one row of `work` per sequence, and each row's
+  // survivors of the filters so far: every column until a threshold cuts the row down to a list of
+  // columns, which the later passes walk instead of the whole row (after top-k, a few dozen of
+  // ~10^5). Between the collectives the rows are independent: their passes run in parallel.
+  const auto Ls = static_cast<size_t>(L);
+  const auto N = static_cast<long>(n);
+  std::unique_ptr<float[]> work(new float[n * Ls]);  // (uninitialized: every element is written first)
+  std::vector<std::vector<int32_t>> keep(n);
+  std::vector<char> dense(n, 1);
+  auto w = [&](size_t i) { return work.get() + i * Ls; };
+  auto each = [&](size_t i, auto&& f) {  // f(column, value) over row i's survivors
+    const float* r = w(i);
+    if (dense[i]) {
+      for (int64_t k = 0; k < L; ++k) f(k, r[k]);
+    } else {
+      for (int32_t k : keep[i]) f(k, r[k]);
+    }
+  };
+  auto cut = [&](size_t i, float thr) {  // keeps row i's survivors with value >= thr
+    std::vector<int32_t> kept;
+    each(i, [&](int64_t k, float x) {
+      if (!(x < thr)) kept.push_back(static_cast<int32_t>(k));
+    });
+    keep[i] = std::move(kept);
+    dense[i] = 0;
+  };
+  auto top = [&](size_t i, int64_t m) {  // row i's m largest survivors, padded with -inf
+    if (dense[i]) return top_values(w(i), L, m);
+    std::vector<float> v;
+    v.reserve(keep[i].size());
+    each(i, [&](int64_t, float x) { v.push_back(x); });
+    return top_values(v.data(), static_cast<int64_t>(v.size()), m);
+  };
+#pragma omp parallel for schedule(dynamic)
+  for (long i = 0; i < N; ++i) {
+    const SamplingParams& p = st[i]->params;
+    const float* s = raw(i);
+    float* r = w(i);
+    // One edit per token (penalty_edits), so an edited column is its edit of the raw logit.
+    if (p.greedy()) {
+      std::copy(s, s + L, r);
+      for (const LogitEdit& e : penalty_edits(*st[i], 0)) r[e.col] = apply_logit_edit(s[e.col], e);
+    } else {
+      const float inv_t = static_cast<float>(1.0 / p.temperature);
+      for (int64_t k = 0; k < L; ++k) r[k] = s[k] * inv_t;
+      for (const LogitEdit& e : penalty_edits(*st[i], 0)) r[e.col] = apply_logit_edit(s[e.col], e) * inv_t;
     }
   }
 
@@ -248,36 +290,34 @@ std::vector<SampledToken> Sampler::sample_rows(const std::vector<const SeqStep*>
       kmax = std::max<int64_t>(kmax, st[i]->params.top_k);
   if (kmax > 0) {
     std::vector<float> mine(n * kmax), all(n * kmax * tp_.size());
-    for (size_t i = 0; i < n; ++i) {
-      auto v = top_values(work[i].data(), L, kmax);
-      std::copy(v.begin(), v.end(), mine.begin() + static_cast<long>(i * kmax));
+#pragma omp parallel for schedule(dynamic)
+    for (long i = 0; i < N; ++i) {
+      auto v = top(i, kmax);
+      std::copy(v.begin(), v.end(), mine.begin() + i * kmax);
     }
     tp_.all_gather(mine.data(), mine.size(), all.data());
-    for (size_t i = 0; i < n; ++i) {
+#pragma omp parallel for schedule(dynamic)
+    for (long i = 0; i < N; ++i) {
       const int k = st[i]->params.top_k;
       if (st[i]->params.greedy() || k <= 0 || k >= vocab_size_) continue;
       std::vector<float> cand;
       for (int r = 0; r < tp_.size(); ++r)
         cand.insert(cand.end(), all.begin() + static_cast<long>((r * n + i) * kmax),
                     all.begin() + static_cast<long>((r * n + i) * kmax + kmax));
-      const float thr = cpu::kth_largest(cand.data(), static_cast<int64_t>(cand.size()), k);
-      for (auto& x : work[i])
-        if (x < thr) x = kNegInf;
+      cut(i, cpu::kth_largest(cand.data(), static_cast<int64_t>(cand.size()), k));
     }
   }
 
   // min-p: keep tokens with probability >= min_p * max probability.
   {
     std::vector<float> mx(n, kNegInf);
-    for (size_t i = 0; i < n; ++i)
-      for (float x : work[i]) mx[i] = std::max(mx[i], x);
+#pragma omp parallel for schedule(dynamic)
+    for (long i = 0; i < N; ++i) each(i, [&](int64_t, float x) { mx[i] = std::max(mx[i], x); });
     tp_.all_reduce_max(mx.data(), n);
-    for (size_t i = 0; i < n; ++i) {
+#pragma omp parallel for schedule(dynamic)
+    for (long i = 0; i < N; ++i) {
       const double mp = st[i]->params.min_p;
-      if (st[i]->params.greedy() || mp <= 0) continue;
-      const float thr = mx[i] + static_cast<float>(std::log(mp));
-      for (auto& x : work[i])
-        if (x < thr) x = kNegInf;
+      if (!st[i]->params.greedy() && mp > 0) cut(i, mx[i] + static_cast<float>(std::log(mp)));
     }
 
     // top-p: the smallest set of most likely tokens whose probability reaches top_p.
@@ -286,22 +326,27 @@ std::vector<SampledToken> Sampler::sample_rows(const std::vector<const SeqStep*>
       if (!st[i]->params.greedy() && st[i]->params.top_p < 1.0) tp_rows.push_back(i);
     if (!tp_rows.empty()) {
       const size_t m = tp_rows.size();
+      const auto Mrows = static_cast<long>(m);
       // Normalizers summed in double, rounded to float for the all-reduce (as the backend's draw does).
       std::vector<float> sum(m, 0.f);
-      for (size_t j = 0; j < m; ++j) {
+#pragma omp parallel for schedule(dynamic)
+      for (long j = 0; j < Mrows; ++j) {
+        const size_t i = tp_rows[j];
         double z = 0;
-        for (float x : work[tp_rows[j]])
-          if (x != kNegInf) z += std::exp(static_cast<double>(x) - mx[tp_rows[j]]);
+        each(i, [&](int64_t, float x) {
+          if (x != kNegInf) z += std::exp(static_cast<double>(x) - mx[i]);
+        });
         sum[j] = static_cast<float>(z);
       }
       tp_.all_reduce_sum(sum.data(), m);
       std::vector<float> thr(m, kNegInf);
-      std::vector<bool> done(m, false);
+      std::vector<char> done(m, 0);
       for (int64_t M = 64;; M *= 4) {
         std::vector<float> mine(m * M), all(m * M * tp_.size());
-        for (size_t j = 0; j < m; ++j) {
-          auto v = top_values(work[tp_rows[j]].data(), L, M);
-          std::copy(v.begin(), v.end(), mine.begin() + static_cast<long>(j * M));
+#pragma omp parallel for schedule(dynamic)
+        for (long j = 0; j < Mrows; ++j) {
+          auto v = top(tp_rows[j], M);
+          std::copy(v.begin(), v.end(), mine.begin() + j * M);
         }
         tp_.all_gather(mine.data(), mine.size(), all.data());
         bool all_done = true;
@@ -319,33 +364,32 @@ std::vector<SampledToken> Sampler::sample_rows(const std::vector<const SeqStep*>
           const auto finite = std::find(cand.begin(), cand.end(), kNegInf) - cand.begin();
           thr[j] = cpu::top_p_cut(cand.data(), finite, mx[i], sum[j], st[i]->params.top_p);
           done[j] = thr[j] != kNegInf;
-          if (exhausted) done[j] = true;  // rounding kept the sum short of top_p: keep every survivor
+          if (exhausted) done[j] = 1;  // rounding kept the sum short of top_p: keep every survivor
           all_done = all_done && done[j];
         }
         float flag = static_cast<float>(all_done ? 0 : 1);
         tp_.all_reduce_max(&flag, 1);
         if (flag == 0 || M >= L) break;
       }
-      for (size_t j = 0; j < m; ++j)
-        for (auto& x : work[tp_rows[j]])
-          if (x < thr[j]) x = kNegInf;
+#pragma omp parallel for schedule(dynamic)
+      for (long j = 0; j < Mrows; ++j) cut(tp_rows[j], thr[j]);
     }
   }
 
   // Choose: greedy argmax, or the Gumbel-max draw; one (value, index) all-reduce for all rows.
   std::vector<float> best(n, kNegInf);
   std::vector<int32_t> idx(n, std::numeric_limits<int32_t>::max());
-  for (size_t i = 0; i < n; ++i) {
+#pragma omp parallel for schedule(dynamic)
+  for (long i = 0; i < N; ++i) {
     const bool greedy = st[i]->params.greedy();
     const int64_t pos = static_cast<int64_t>(st[i]->history.size());
     double bv = -std::numeric_limits<double>::infinity();
     int64_t bi = -1;
-    for (int64_t k = 0; k < L; ++k) {
-      const float x = work[i][k];
-      if (x == kNegInf) continue;
+    each(i, [&](int64_t k, float x) {
+      if (x == kNegInf) return;
       const double score = greedy ? x : x + gumbel(st[i]->seed, pos, vocab_.begin + k);
       if (score > bv) bv = score, bi = k;
-    }
+    });
     if (bi >= 0) {
       best[i] = static_cast<float>(bv);
       idx[i] = static_cast<int32_t>(vocab_.begin + bi);
@@ -362,7 +406,8 @@ std::vector<SampledToken> Sampler::sample_rows(const std::vector<const SeqStep*>
     int64_t K = 0;
     for (size_t i = 0; i < n; ++i) K = std::max<int64_t>(K, st[i]->params.logprobs);
     std::vector<float> mine(n * K * 2), all(n * K * 2 * tp_.size());
-    for (size_t i = 0; i < n && K > 0; ++i) {
+#pragma omp parallel for schedule(dynamic)
+    for (long i = 0; i < (K > 0 ? N : 0); ++i) {
       std::vector<int64_t> order(L);
       for (int64_t k = 0; k < L; ++k) order[k] = k;
       const int64_t kk = std::min(K, L);
