@@ -50,6 +50,9 @@ class Backend {
   virtual void begin_step(const StepMeta& meta) = 0;
   // dst's first src.bytes() bytes = src (same backend; no conversion).
   virtual void copy(const Tensor& src, Tensor& dst) = 0;
+  // dst[r, col .. col + width) = src[r, 0 .. width) for every row r of src (2-D tensors of one element
+  // type; dst has at least src's rows).
+  virtual void copy_columns(const Tensor& src, int64_t width, Tensor& dst, int64_t col) = 0;
 
   // Ops (see kernels/cpu/ops.h for the exact contracts).
   virtual void embedding(const Tensor& table, int64_t vocab_start, Tensor& out) = 0;
@@ -162,6 +165,21 @@ inline Tensor rows_view(const Tensor& t, int64_t r0, int64_t n) {
   v.data = static_cast<char*>(t.data) + r0 * row_bytes;
   v.shape[0] = n;
   return v;
+}
+
+// copy_columns' contract, checked by each backend before it copies: one element type, 2-D, the rows
+// and columns in range. Returns (rows of src, columns of src, columns of dst).
+struct ColumnCopy {
+  int64_t rows, src_cols, dst_cols;
+};
+inline ColumnCopy check_copy_columns(const Tensor& src, int64_t width, const Tensor& dst, int64_t col) {
+  auto rows = [](const Tensor& t) { return t.shape.empty() ? int64_t{1} : t.shape[0]; };
+  auto cols = [&](const Tensor& t) { return rows(t) == 0 ? int64_t{0} : t.numel() / rows(t); };
+  const ColumnCopy c{rows(src), cols(src), cols(dst)};
+  if (src.dtype != dst.dtype || rows(dst) < c.rows || width < 0 || width > c.src_cols || col < 0 ||
+      col + width > c.dst_cols)
+    throw std::invalid_argument("copy_columns: types, rows or columns out of range");
+  return c;
 }
 
 // "cpu", "cuda" (built with CUDA, a GPU visible; this rank uses GPU local_rank modulo the GPUs), or

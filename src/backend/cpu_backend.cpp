@@ -59,6 +59,14 @@ void CpuBackend::copy(const Tensor& src, Tensor& dst) {
   std::memcpy(dst.data, src.data, src.bytes());
 }
 
+void CpuBackend::copy_columns(const Tensor& src, int64_t width, Tensor& dst, int64_t col) {
+  const size_t e = dtype_size(src.dtype);
+  const ColumnCopy c = check_copy_columns(src, width, dst, col);
+  for (int64_t r = 0; r < c.rows; ++r)
+    std::memcpy(static_cast<char*>(dst.data) + (r * c.dst_cols + col) * e,
+                static_cast<const char*>(src.data) + r * c.src_cols * e, static_cast<size_t>(width) * e);
+}
+
 const StepMeta& CpuBackend::meta() const {
   LLMSERVE_CHECK(meta_ != nullptr, "cpu backend: op called before begin_step");
   return *meta_;

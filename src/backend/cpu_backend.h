@@ -15,6 +15,7 @@ class CpuBackend : public Backend {
   void copy_from_host(Tensor& dst, size_t offset, size_t bytes, const void* src) override;
   void begin_step(const StepMeta& meta) override { meta_ = &meta; }
   void copy(const Tensor& src, Tensor& dst) override;
+  void copy_columns(const Tensor& src, int64_t width, Tensor& dst, int64_t col) override;
 
   void embedding(const Tensor& table, int64_t vocab_start, Tensor& out) override;
   void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override;

@@ -28,8 +28,9 @@ std::vector<float> top_values(const float* row, int64_t n, int64_t m) {
 
 double Sampler::gumbel(int64_t seed, int64_t position, int64_t token) { return draw_gumbel(seed, position, token); }
 
-Sampler::Sampler(Comm& tp, int64_t vocab_size, Range vocab, int64_t row_stride)
-    : tp_(tp), vocab_size_(vocab_size), vocab_(vocab), stride_(row_stride) {}
+Sampler::Sampler(Comm& tp, int64_t vocab_size, Range vocab, int64_t row_stride, Comm* tensor_comm)
+    : tp_(tp), tensor_comm_(tp.size() > 1 ? tensor_comm : nullptr), vocab_size_(vocab_size), vocab_(vocab),
+      stride_(row_stride) {}
 
 void Sampler::observe(const StepPlan& plan) {
   for (uint64_t id : plan.finished) state_.erase(id);
@@ -47,10 +48,10 @@ void Sampler::observe(const StepPlan& plan) {
   }
 }
 
-std::vector<LogitEdit> Sampler::penalty_edits(const SeqState& st, int32_t row) const {
+std::vector<LogitEdit> Sampler::penalty_edits(const SeqState& st, int32_t row, Range vocab) const {
   const SamplingParams& p = st.params;
   const int64_t out_len = static_cast<int64_t>(st.history.size()) - st.prompt_len;
-  auto local = [&](int32_t t) { return t >= vocab_.begin && t < vocab_.end; };
+  auto local = [&](int32_t t) { return t >= vocab.begin && t < vocab.end; };
   // Sorted lists (this runs for every row of every step: no hashing, one allocation per list).
   std::vector<int32_t> rep, out, mask;
   if (p.repetition_penalty != 1.0) {
@@ -83,7 +84,7 @@ std::vector<LogitEdit> Sampler::penalty_edits(const SeqState& st, int32_t row) c
     if (t == kEnd) break;
     LogitEdit e;
     e.row = row;
-    e.col = static_cast<int32_t>(t - vocab_.begin);
+    e.col = static_cast<int32_t>(t - vocab.begin);
     if (a < rep.size() && rep[a] == t) e.rep = static_cast<float>(p.repetition_penalty), ++a;
     int count = 0;
     while (b < out.size() && out[b] == t) ++count, ++b;
@@ -134,20 +135,25 @@ bool Sampler::drawable_on_backend(const StepPlan& plan) const {
   return true;
 }
 
-void Sampler::draw_rows_on_backend(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw,
-                                   Backend& backend, Tensor& logits, std::vector<SampledToken>& out) {
-  std::vector<RowDraw> rows;
-  std::vector<LogitEdit> edits;
+void Sampler::row_draws(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Range vocab,
+                        std::vector<RowDraw>& rows, std::vector<LogitEdit>& edits) const {
   for (size_t i = 0; i < seqs.size(); ++i) {
-    if (!draw[i]) {  // a row for the host sampler: left as it is
+    if (!draw[i]) {  // drawn elsewhere: a plain greedy draw whose result is not used, no edits
       rows.emplace_back();
       continue;
     }
     const SeqState& st = state_.at(seqs[i]->seq_id);
-    const auto e = penalty_edits(st, static_cast<int32_t>(i));
+    const auto e = penalty_edits(st, static_cast<int32_t>(i), vocab);
     edits.insert(edits.end(), e.begin(), e.end());
     rows.push_back(row_draw(st));
   }
+}
+
+void Sampler::draw_rows_on_backend(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw,
+                                   Backend& backend, Tensor& logits, std::vector<SampledToken>& out) {
+  std::vector<RowDraw> rows;
+  std::vector<LogitEdit> edits;
+  row_draws(seqs, draw, vocab_, rows, edits);
   const size_t n = rows.size();
   std::vector<float> best(n);
   std::vector<int32_t> idx(n);
@@ -173,32 +179,70 @@ std::vector<SampledToken> Sampler::sample_step(const StepPlan& plan, Backend& ba
   const size_t n = seqs.size();
   std::vector<SampledToken> out(n);
   if (n == 0) return out;
-  std::vector<char> on_backend(n);
-  std::vector<const SeqStep*> host;
-  for (size_t i = 0; i < n; ++i) {
-    on_backend[i] = row_drawable(state_.at(seqs[i]->seq_id));
-    if (!on_backend[i]) host.push_back(seqs[i]);
-  }
   // Every rank of the tensor group takes the same branches: the split follows from the plan alone.
-  if (host.size() < n) draw_rows_on_backend(seqs, on_backend, backend, logits, out);
-  if (host.empty()) return out;
+  std::vector<char> on_backend(n), gathered(n), on_host(n);
+  size_t backend_rows = 0, gathered_rows = 0, host_rows = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const SeqState& st = state_.at(seqs[i]->seq_id);
+    on_backend[i] = row_drawable(st);
+    gathered[i] = !on_backend[i] && tensor_comm_ && st.params.logprobs < 0;  // filters over a split vocabulary
+    on_host[i] = !on_backend[i] && !gathered[i];
+    backend_rows += on_backend[i] != 0;
+    gathered_rows += gathered[i] != 0;
+    host_rows += on_host[i] != 0;
+  }
+  // The gathered draw first: it reads the logits before the backend draw edits them in place.
+  if (gathered_rows > 0) draw_gathered(seqs, gathered, backend, logits, out);
+  if (backend_rows > 0) draw_rows_on_backend(seqs, on_backend, backend, logits, out);
+  if (host_rows == 0) return out;
+  std::vector<const SeqStep*> host;
+  for (size_t i = 0; i < n; ++i)
+    if (on_host[i]) host.push_back(seqs[i]);
   // The host rows' logits, one download per run of consecutive rows.
   std::vector<float> rows(host.size() * static_cast<size_t>(stride_));
   for (size_t i = 0, j = 0; i < n;) {
-    if (on_backend[i]) {
+    if (!on_host[i]) {
       ++i;
       continue;
     }
     size_t e = i;
-    while (e < n && !on_backend[e]) ++e;
+    while (e < n && on_host[e]) ++e;
     backend.download(rows_view(logits, static_cast<int64_t>(i), static_cast<int64_t>(e - i)), rows.data() + j * stride_);
     j += e - i;
     i = e;
   }
   const auto drawn = sample_rows(host, rows.data());
   for (size_t i = 0, j = 0; i < n; ++i)
-    if (!on_backend[i]) out[i] = drawn[j++];
+    if (on_host[i]) out[i] = drawn[j++];
   return out;
+}
+
+void Sampler::draw_gathered(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Backend& backend,
+                            const Tensor& logits, std::vector<SampledToken>& out) {
+  const int64_t n = static_cast<int64_t>(seqs.size());
+  const int G = tp_.size();
+  LLMSERVE_CHECK(tensor_comm_ && tensor_comm_->size() == G, "sampler: the tensor communicator is not the tensor group");
+  // All of the step's rows (the shards are rank-major after the gather), then whole rows of the vocabulary.
+  Tensor all = backend.empty({G * n, stride_}, DType::F32);
+  tensor_comm_->all_gather(rows_view(logits, 0, n).as<float>(), static_cast<size_t>(n * stride_), all.as<float>());
+  Tensor whole = backend.empty({n, vocab_size_}, DType::F32);
+  for (int r = 0; r < G; ++r) {
+    const Range shard = shard_range(vocab_size_, G, r);
+    backend.copy_columns(rows_view(all, r * n, n), shard.size(), whole, shard.begin);
+  }
+  std::vector<RowDraw> rows;
+  std::vector<LogitEdit> edits;
+  row_draws(seqs, draw, Range{0, vocab_size_}, rows, edits);
+  std::vector<float> best(static_cast<size_t>(n));
+  std::vector<int32_t> idx(static_cast<size_t>(n));
+  backend.draw_rows(whole, vocab_size_, 0, rows, edits, best.data(), idx.data());
+  for (int64_t i = 0; i < n; ++i) {
+    if (!draw[i]) continue;
+    out[i].seq_id = seqs[i]->seq_id;
+    if (idx[i] < 0 || idx[i] >= vocab_size_)
+      throw Error(cat("sampler: every token was filtered out for sequence ", out[i].seq_id));
+    out[i].token = idx[i];
+  }
 }
 
 std::vector<SampledToken> Sampler::sample(const StepPlan& plan, const float* logits) {
@@ -275,11 +319,11 @@ std::vector<SampledToken> Sampler::sample_rows(const std::vector<const SeqStep*>
     // One edit per token (penalty_edits), so an edited column is its edit of the raw logit.
     if (p.greedy()) {
       std::copy(s, s + L, r);
-      for (const LogitEdit& e : penalty_edits(*st[i], 0)) r[e.col] = apply_logit_edit(s[e.col], e);
+      for (const LogitEdit& e : penalty_edits(*st[i], 0, vocab_)) r[e.col] = apply_logit_edit(s[e.col], e);
     } else {
       const float inv_t = static_cast<float>(1.0 / p.temperature);
       for (int64_t k = 0; k < L; ++k) r[k] = s[k] * inv_t;
-      for (const LogitEdit& e : penalty_edits(*st[i], 0)) r[e.col] = apply_logit_edit(s[e.col], e) * inv_t;
+      for (const LogitEdit& e : penalty_edits(*st[i], 0, vocab_)) r[e.col] = apply_logit_edit(s[e.col], e) * inv_t;
     }
   }
 

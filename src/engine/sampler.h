@@ -22,8 +22,11 @@ namespace llmserve {
 
 class Sampler {
  public:
-  // `vocab` is this rank's shard [begin, end) of `vocab_size`; rows of logits are `row_stride` long.
-  Sampler(Comm& tp, int64_t vocab_size, Range vocab, int64_t row_stride);
+  // `vocab` is this rank's shard [begin, end) of `vocab_size` (shard_range of the tensor group); rows of
+  // logits are `row_stride` long. `tensor_comm`, when given, is the tensor group's communicator for
+  // backend tensors (NCCL on GPUs): with it, rows whose filters need the whole vocabulary are gathered
+  // into whole rows on the backend and drawn there instead of on the host.
+  Sampler(Comm& tp, int64_t vocab_size, Range vocab, int64_t row_stride, Comm* tensor_comm = nullptr);
   // Records new sequences' parameters and the tokens each sequence is fed; forgets finished ones.
   void observe(const StepPlan& plan);
   // One token for each sequence of the plan with sample = true, in plan order; `logits` holds one
@@ -38,8 +41,10 @@ class Sampler {
   // the tensor group.
   std::vector<SampledToken> sample_on_backend(const StepPlan& plan, Backend& backend, Tensor& logits);
   // sample() for any plan, row by row where the logits are: the rows the backend can draw (see
-  // drawable_on_backend) are drawn there, and only the others' logits come to the host sampler, so one
-  // request asking for logprobs does not bring a whole batch's logits over.
+  // drawable_on_backend) are drawn there; with a tensor communicator, filtered rows of a split
+  // vocabulary are gathered into whole rows on the backend and drawn there; only the others' logits
+  // (rows asking for logprobs) come to the host sampler, so one request asking for logprobs does not
+  // bring a whole batch's logits over.
   std::vector<SampledToken> sample_step(const StepPlan& plan, Backend& backend, Tensor& logits);
   size_t num_sequences() const { return state_.size(); }
 
@@ -54,22 +59,33 @@ class Sampler {
     std::vector<int32_t> eos_ids;
     std::vector<int32_t> history;  // every token fed so far, by position
   };
-  // The sequence's penalties (repetition, presence/frequency, min_tokens masking) on this rank's
-  // logits, as edits of row `row`.
-  std::vector<LogitEdit> penalty_edits(const SeqState& st, int32_t row) const;
+  // The sequence's penalties (repetition, presence/frequency, min_tokens masking) on the logits of the
+  // tokens in `vocab` (this rank's shard, or the whole vocabulary for a gathered row), as edits of row
+  // `row`.
+  std::vector<LogitEdit> penalty_edits(const SeqState& st, int32_t row, Range vocab) const;
   // The backend draw of the sequence's next token (temperature, seed, filters).
   RowDraw row_draw(const SeqState& st) const;
   // Whether the backend can draw the sequence's token (no logprobs; filters only on a whole row).
   bool row_drawable(const SeqState& st) const;
   // The plan's sampled sequences in order, and their states.
   std::vector<const SeqStep*> sampled(const StepPlan& plan) const;
+  // The backend draws of seqs (row_draw) and their penalty edits over `vocab` for rows i with draw[i]
+  // set; the other rows get a plain greedy draw and no edits.
+  void row_draws(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Range vocab,
+                 std::vector<RowDraw>& rows, std::vector<LogitEdit>& edits) const;
   // The backend draw of the rows i of `logits` with draw[i] set (the others get a plain greedy draw
   // whose result is not used, and no penalty edits); tokens into out[i].
   void draw_rows_on_backend(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Backend& backend,
                             Tensor& logits, std::vector<SampledToken>& out);
+  // The backend draw of rows i with draw[i] set over whole rows: every rank all-gathers the rows' shards
+  // over the tensor communicator, lays them out as whole vocabulary rows and draws as with one rank
+  // (the draw is deterministic: every rank gets the same tokens). Tokens into out[i].
+  void draw_gathered(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Backend& backend,
+                     const Tensor& logits, std::vector<SampledToken>& out);
   // The host sampler over seqs, one row of `logits` (row_stride apart) each.
   std::vector<SampledToken> sample_rows(const std::vector<const SeqStep*>& seqs, const float* logits);
   Comm& tp_;
+  Comm* tensor_comm_;
   int64_t vocab_size_;
   Range vocab_;
   int64_t stride_;

@@ -36,7 +36,8 @@ Worker::Worker(ModelRunner& runner) : runner_(runner) {
   const Topology& t = runner.topology();
   if (t.last_stage()) {
     const ShardInfo& sh = runner.model().shard();
-    sampler_ = std::make_unique<Sampler>(runner.tp_comm(), runner.spec().vocab_size, sh.vocab, sh.vocab_padded);
+    sampler_ = std::make_unique<Sampler>(runner.tp_comm(), runner.spec().vocab_size, sh.vocab, sh.vocab_padded,
+                                         &runner.tensor_comm());
   }
 }
 

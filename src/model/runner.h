@@ -37,6 +37,8 @@ class ModelRunner {
   KvCache& kv() { return *kv_; }
   Transformer& model() { return *model_; }
   MpiComm& tp_comm() { return *tp_comm_; }
+  // The tensor group's communicator for backend tensors: NCCL on GPUs, else the MPI one.
+  Comm& tensor_comm() { return device_comm_ ? *device_comm_ : static_cast<Comm&>(*tp_comm_); }
   int64_t block_size() const { return cfg_.block_size; }
   MpiComm& world() { return *world_; }
 

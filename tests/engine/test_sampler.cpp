@@ -371,7 +371,9 @@ int main(int argc, char** argv) {
 // filters when the vocabulary is split): sample_step() gives exactly the host sampler's tokens and
 // log-probabilities, the backend rows' penalty edits never reach the host rows' logits, and only the
 // host rows' logits leave the backend.
-TEST(Sampler, MixedStepDrawsEachRowWhereItCan) {
+// With a tensor communicator (as the server passes for its tensor group), the filtered rows of a split
+// vocabulary are gathered into whole rows on the backend and drawn there: the same tokens again.
+void check_mixed_step(bool gather) {
   World w;
   CpuBackend cpu;
   std::mt19937 g(11 + w.comm.size());
@@ -396,7 +398,7 @@ TEST(Sampler, MixedStepDrawsEachRowWhereItCan) {
   for (size_t i = 0; i < N; ++i)
     std::copy(full.begin() + static_cast<long>(i * V + w.vocab.begin), full.begin() + static_cast<long>(i * V + w.vocab.end),
               rows.begin() + static_cast<long>(i * w.stride));
-  Sampler host(w.comm, V, w.vocab, w.stride), mixed(w.comm, V, w.vocab, w.stride);
+  Sampler host(w.comm, V, w.vocab, w.stride), mixed(w.comm, V, w.vocab, w.stride, gather ? &w.comm : nullptr);
   host.observe(plan);
   mixed.observe(plan);
   EXPECT_FALSE(mixed.drawable_on_backend(plan));
@@ -430,3 +432,6 @@ TEST(Sampler, MixedStepDrawsEachRowWhereItCan) {
     EXPECT_TRUE(edited);
   }
 }
+
+TEST(Sampler, MixedStepDrawsEachRowWhereItCan) { check_mixed_step(false); }
+TEST(Sampler, MixedStepGathersSplitFilteredRows) { check_mixed_step(true); }

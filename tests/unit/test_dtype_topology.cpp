@@ -4,6 +4,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "backend/cpu_backend.h"
 #include "common/dtype.h"
 #include "common/error.h"
 #include "dist/topology.h"
@@ -143,4 +144,22 @@ TEST(ModelSpec, HfConfigErrors) {
   bad = ok;
   bad["hidden_size"] = "sixty-four";
   EXPECT_THROW(model_spec_from_hf_config(bad), Error);
+}
+
+// copy_columns lays shards out side by side (the sampler's whole rows of a split vocabulary) and
+// rejects copies out of range instead of writing past a row.
+TEST(Backend, CopyColumnsPlacesShardsAndChecksRanges) {
+  CpuBackend cpu;
+  const std::vector<float> a = {1, 2, 3, 9, 4, 5, 6, 9}, b = {7, 8, 0, 10, 11, 0};  // [2, 4] and [2, 3], padded
+  Tensor ta = cpu.upload(a.data(), {2, 4}, DType::F32), tb = cpu.upload(b.data(), {2, 3}, DType::F32);
+  Tensor whole = cpu.empty({2, 5}, DType::F32);
+  cpu.copy_columns(ta, 3, whole, 0);
+  cpu.copy_columns(tb, 2, whole, 3);
+  std::vector<float> got(10);
+  cpu.download(whole, got.data());
+  EXPECT_EQ(got, (std::vector<float>{1, 2, 3, 7, 8, 4, 5, 6, 10, 11}));
+  EXPECT_THROW(cpu.copy_columns(ta, 3, whole, 3), std::invalid_argument);  // past the row's end
+  EXPECT_THROW(cpu.copy_columns(ta, 5, whole, 0), std::invalid_argument);  // wider than the source
+  Tensor narrow = cpu.empty({1, 5}, DType::F32);
+  EXPECT_THROW(cpu.copy_columns(ta, 3, narrow, 0), std::invalid_argument);  // fewer rows
 }

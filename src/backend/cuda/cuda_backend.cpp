@@ -261,6 +261,15 @@ void CudaBackend::copy(const Tensor& src, Tensor& dst) {
     ck(cudaMemcpyAsync(dst.data, src.data, src.bytes(), cudaMemcpyDeviceToDevice, stream()), "device copy");
 }
 
+void CudaBackend::copy_columns(const Tensor& src, int64_t width, Tensor& dst, int64_t col) {
+  const size_t e = dtype_size(src.dtype);
+  const ColumnCopy c = check_copy_columns(src, width, dst, col);
+  if (c.rows == 0 || width == 0) return;
+  ck(cudaMemcpy2DAsync(static_cast<char*>(dst.data) + col * e, c.dst_cols * e, src.data, c.src_cols * e, width * e,
+                       c.rows, cudaMemcpyDeviceToDevice, stream()),
+     "copy columns");
+}
+
 void CudaBackend::reserve_step(int64_t tokens, int64_t seqs, int64_t table_entries) {
   for (IntBuffer* b : {&ids_, &positions_, &slots_, &token_seq_, &logits_rows_, &tiles_})
     if (static_cast<size_t>(tokens) > b->cap) grow(*b, static_cast<size_t>(tokens));
