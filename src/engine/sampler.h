@@ -24,8 +24,8 @@ class Sampler {
  public:
   // `vocab` is this rank's shard [begin, end) of `vocab_size` (shard_range of the tensor group); rows of
   // logits are `row_stride` long. `tensor_comm`, when given, is the tensor group's communicator for
-  // backend tensors (NCCL on GPUs): with it, rows whose filters need the whole vocabulary are gathered
-  // into whole rows on the backend and drawn there instead of on the host.
+  // backend tensors (the server passes NCCL's on GPUs): with it, rows whose filters need the whole
+  // vocabulary are gathered into whole rows on the backend and drawn there instead of on the host.
   Sampler(Comm& tp, int64_t vocab_size, Range vocab, int64_t row_stride, Comm* tensor_comm = nullptr);
   // Records new sequences' parameters and the tokens each sequence is fed; forgets finished ones.
   void observe(const StepPlan& plan);

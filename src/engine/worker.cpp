@@ -36,8 +36,11 @@ Worker::Worker(ModelRunner& runner) : runner_(runner) {
   const Topology& t = runner.topology();
   if (t.last_stage()) {
     const ShardInfo& sh = runner.model().shard();
+    // On GPUs, filtered rows of a split vocabulary are gathered and drawn on the device; the CPU
+    // backend keeps them on the host sampler (its vocabulary-parallel filters beat a whole-row draw on
+    // every rank there: bench/sampler_bench).
     sampler_ = std::make_unique<Sampler>(runner.tp_comm(), runner.spec().vocab_size, sh.vocab, sh.vocab_padded,
-                                         &runner.tensor_comm());
+                                         runner.device_comm());
   }
 }
 

@@ -37,8 +37,9 @@ class ModelRunner {
   KvCache& kv() { return *kv_; }
   Transformer& model() { return *model_; }
   MpiComm& tp_comm() { return *tp_comm_; }
-  // The tensor group's communicator for backend tensors: NCCL on GPUs, else the MPI one.
-  Comm& tensor_comm() { return device_comm_ ? *device_comm_ : static_cast<Comm&>(*tp_comm_); }
+  // The tensor group's communicator for GPU tensors (NCCL), or null (one rank per group, or the CPU
+  // backend, whose tensors the MPI communicator serves).
+  Comm* device_comm() { return device_comm_.get(); }
   int64_t block_size() const { return cfg_.block_size; }
   MpiComm& world() { return *world_; }
 
