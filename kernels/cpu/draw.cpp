@@ -9,6 +9,19 @@
 namespace llmserve::cpu {
 
 float kth_largest(float* v, int64_t n, int64_t k) {
+  // A small k (top-k over a vocabulary): one pass keeping the k largest in a min-heap, about one
+  // comparison per element; otherwise selection in place.
+  if (k <= 1024 && k * 8 <= n) {
+    std::vector<float> heap(v, v + k);
+    std::make_heap(heap.begin(), heap.end(), std::greater<float>());
+    for (int64_t i = k; i < n; ++i)
+      if (v[i] > heap.front()) {
+        std::pop_heap(heap.begin(), heap.end(), std::greater<float>());
+        heap.back() = v[i];
+        std::push_heap(heap.begin(), heap.end(), std::greater<float>());
+      }
+    return heap.front();
+  }
   std::nth_element(v, v + (k - 1), v + n, std::greater<float>());
   return v[k - 1];
 }
@@ -54,6 +67,8 @@ void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t toke
     float& l = logits[edits[e].row * stride + edits[e].col];
     l = apply_logit_edit(l, edits[e]);
   }
+  // Rows are independent once the edits are in.
+#pragma omp parallel for schedule(dynamic)
   for (int64_t i = 0; i < n; ++i) {
     const float* row = logits + i * stride;
     const RowDraw& r = rows[i];
