@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
@@ -40,13 +41,19 @@ int main(int argc, char** argv) {
   }
   ck(cudaSetDevice(local % gpus), "set device");
   const long long hidden = argc > 1 ? std::atoll(argv[1]) : 1536;
+  if (hidden < 1 || hidden > 65536) {
+    if (rank == 0) std::fprintf(stderr, "nccl_bench: hidden size must be 1..65536, got '%s'\n", argv[1]);
+    MPI_Finalize();
+    return 1;
+  }
   int exit_code = 0;
   try {
     auto comm = llmserve::make_nccl_comm(MPI_COMM_WORLD);
     const long long counts[] = {hidden, 256 * hidden, 2048 * hidden, 64ll << 20};
+    const long long most = std::max(counts[2], counts[3]);  // the buffer holds every size
     float* buf = nullptr;
-    ck(cudaMalloc(&buf, sizeof(float) * counts[3]), "allocation");
-    ck(cudaMemset(buf, 0, sizeof(float) * counts[3]), "memset");
+    ck(cudaMalloc(&buf, sizeof(float) * most), "allocation");
+    ck(cudaMemset(buf, 0, sizeof(float) * most), "memset");
     cudaEvent_t a, b;
     ck(cudaEventCreate(&a), "event");
     ck(cudaEventCreate(&b), "event");

@@ -8,9 +8,9 @@
 
 namespace llmserve::cpu {
 
-float kth_largest(float* v, int64_t n, int64_t k) {
+float kth_largest(const float* v, int64_t n, int64_t k) {
   // A small k (top-k over a vocabulary): one pass keeping the k largest in a min-heap, about one
-  // comparison per element; otherwise selection in place.
+  // comparison per element, v untouched; otherwise selection over a copy.
   if (k <= 1024 && k * 8 <= n) {
     std::vector<float> heap(v, v + k);
     std::make_heap(heap.begin(), heap.end(), std::greater<float>());
@@ -22,8 +22,9 @@ float kth_largest(float* v, int64_t n, int64_t k) {
       }
     return heap.front();
   }
-  std::nth_element(v, v + (k - 1), v + n, std::greater<float>());
-  return v[k - 1];
+  std::vector<float> s(v, v + n);
+  std::nth_element(s.begin(), s.begin() + (k - 1), s.end(), std::greater<float>());
+  return s[k - 1];
 }
 
 float top_p_cut(const float* v, int64_t n, float mx, float z, double top_p) {
@@ -43,10 +44,7 @@ float draw_keep_threshold(const float* row, int64_t L, const RowDraw& r) {
   const float mx = *std::max_element(x.begin(), x.end());
   if (mx == kNegInf) return kNegInf;
   float keep = kNegInf;
-  if (r.top_k > 0 && r.top_k < L) {
-    std::vector<float> s = x;
-    keep = kth_largest(s.data(), L, r.top_k);
-  }
+  if (r.top_k > 0 && r.top_k < L) keep = kth_largest(x.data(), L, r.top_k);
   keep = std::max(keep, mx + r.log_min_p);
   if (r.top_p >= 1.0) return keep;
   std::vector<float> kept;

@@ -52,8 +52,8 @@ void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t toke
 float draw_keep_threshold(const float* row, int64_t L, const RowDraw& r);
 // The two filter steps that see the kept values themselves, shared with the sampler's version for a
 // vocabulary split over ranks (src/engine/sampler.cpp), which gathers candidates before calling them:
-// the k-th largest of v[0..n) (k <= n; v may be reordered);
-float kth_largest(float* v, int64_t n, int64_t k);
+// the k-th largest of v[0..n) (1 <= k <= n);
+float kth_largest(const float* v, int64_t n, int64_t k);
 // top-p over the values top-k and min-p kept, largest first in v[0..n) (finite): the largest v[i] with
 // sum_{j <= i} e^(v[j] - mx) / z >= top_p - 1e-7 (mx their maximum, z their normalizer: summed in
 // double, rounded to float), or -inf when rounding keeps the running sum short of top_p.

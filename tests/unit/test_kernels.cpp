@@ -142,3 +142,22 @@ TEST(Kernels, SiluMul) {
   EXPECT_NEAR(out[1], 2 * 1 / (1 + std::exp(-1.0)), 1e-6);
   EXPECT_NEAR(out[2], -2 / (1 + std::exp(2.0)), 1e-6);
 }
+
+// The k-th largest value, on both of its paths (a min-heap pass for small k against n, selection
+// otherwise), with ties and -inf entries, against a full sort; the input is left as it was.
+TEST(Kernels, KthLargestMatchesSort) {
+  std::mt19937 g(5);
+  std::uniform_int_distribution<int> d(-40, 40);  // few distinct values: ties
+  for (int64_t n : {1, 7, 64, 1000, 20000}) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (auto& x : v) x = d(g) == 0 ? -INFINITY : static_cast<float>(d(g)) * 0.25f;
+    std::vector<float> sorted = v;
+    std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+    const std::vector<float> before = v;
+    for (int64_t k : {int64_t{1}, int64_t{2}, int64_t{50}, n / 2 + 1, n}) {
+      if (k < 1 || k > n) continue;
+      EXPECT_EQ(llmserve::cpu::kth_largest(v.data(), n, k), sorted[static_cast<size_t>(k - 1)]) << "n " << n << " k " << k;
+    }
+    EXPECT_EQ(v, before);
+  }
+}
