@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/ops.cuh"
 
 namespace llmserve::cuda {
@@ -465,50 +466,6 @@ constexpr int kMmaKeys = 16;
 constexpr int64_t kMmaMinChunk = 256;
 constexpr int kRowPad = 8;  // elements after each staged row: ldmatrix's 8 rows fall on different banks
 
-template <typename T> __device__ __forceinline__ unsigned pack2(float lo, float hi);
-template <> __device__ __forceinline__ unsigned pack2<__nv_bfloat16>(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const unsigned*>(&v);
-}
-template <> __device__ __forceinline__ unsigned pack2<__half>(float lo, float hi) {
-  const __half2 v = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const unsigned*>(&v);
-}
-
-// d += a . b for one m16n8k16 tile (row-major A, column-major B, fp32 C/D).
-template <typename T>
-__device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  else
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-template <bool TRANS>
-__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-  if constexpr (TRANS)
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-  else
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-}
-
-// 16 bytes global -> shared, asynchronously; bytes = 0 writes zeros.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
-  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 
 template <int D>
 constexpr size_t mma_stage_bytes() {
@@ -597,43 +554,17 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
       mma16816<T>(sc[0], qa[k], b[0], b[1]);
       mma16816<T>(sc[1], qa[k], b[2], b[3]);
     }
-    // Online softmax of rows r0 (elements 0, 1) and r0 + 8 (elements 2, 3); keys n*8 + c0 + (e & 1).
-    float p[2][4];
+    // Keys past the context masked, then the online softmax of rows r0 and r0 + 8 (sc becomes P).
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float mx = -INFINITY;
+    for (int n = 0; n < 2; ++n)
 #pragma unroll
-      for (int n = 0; n < 2; ++n)
-#pragma unroll
-        for (int e = 2 * h; e < 2 * h + 2; ++e) {
-          const bool valid = j0 + n * 8 + c0 + (e & 1) < len;
-          sc[n][e] = valid ? sc[n][e] : -INFINITY;
-          mx = fmaxf(mx, sc[n][e]);
-        }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float mn = fmaxf(m[h], mx), corr = __expf(m[h] - mn);
-      float sum = 0.f;
-#pragma unroll
-      for (int n = 0; n < 2; ++n)
-#pragma unroll
-        for (int e = 2 * h; e < 2 * h + 2; ++e) {
-          p[n][e] = __expf(sc[n][e] - mn);
-          sum += p[n][e];
-        }
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      l[h] = l[h] * corr + sum;
-      m[h] = mn;
-#pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        o[n][2 * h] *= corr;
-        o[n][2 * h + 1] *= corr;
-      }
-    }
+      for (int e = 0; e < 4; ++e)
+        if (j0 + n * 8 + c0 + (e & 1) >= len) sc[n][e] = -INFINITY;
+    online_softmax(sc, 0, m[0], l[0], o);
+    online_softmax(sc, 1, m[1], l[1], o);
     // O += P V: P's C fragments are the A fragment of the second product.
-    const unsigned pa[4] = {pack2<T>(p[0][0], p[0][1]), pack2<T>(p[0][2], p[0][3]), pack2<T>(p[1][0], p[1][1]),
-                            pack2<T>(p[1][2], p[1][3])};
+    const unsigned pa[4] = {pack2<T>(sc[0][0], sc[0][1]), pack2<T>(sc[0][2], sc[0][3]), pack2<T>(sc[1][0], sc[1][1]),
+                            pack2<T>(sc[1][2], sc[1][3])};
 #pragma unroll
     for (int n = 0; n < NT; n += 2) {
       unsigned b[4];

@@ -1,166 +1,167 @@
-// Prefill attention on tensor cores, flash-attention style (the CPU counterpart is the same
+// Prefill attention on tensor cores, FlashAttention-2 style (the CPU counterpart is the same
 // kernels/cpu attention as for paged_attention: the token at position p attends to positions 0..p of
-// its sequence, over the paged KV cache that already holds this step's keys and values).
+// its sequence, over the paged KV cache that already holds this step's keys and values). Handles
+// chunked prefill (queries at positions after cached keys) and variable-length batches; for 16-bit
+// caches and head_dim a multiple of 16 up to 128 (the caller falls back to paged_attention otherwise).
 //
-// One thread block per (tile of up to 64 query tokens of one sequence, query head); 4 warps, each
-// owning 16 query rows. Keys and values stream through shared memory in tiles of 64 rows gathered
-// from the paged cache; S = Q K^T and O += P V run as 16x16x16 WMMA products with float32
-// accumulation; the online softmax (running max and sum per row, causal mask by position) runs on the
-// float32 scores in shared memory, and P is rounded to the cache type for the second product, as
-// flash attention does. Query rows are scaled and rounded to the cache type once. Handles chunked
-// prefill (queries at positions after cached keys) and variable-length batches; for 16-bit caches
-// and head_dim a multiple of 16 up to 128 (the caller falls back to paged_attention otherwise).
-#include <mma.h>
-
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/ops.cuh"
+
+#include <algorithm>
+#include <numeric>
 
 namespace llmserve::cuda {
 namespace {
 
-using namespace nvcuda;
-
 constexpr int kRows = 64;   // query rows per block
-constexpr int kKeys = 64;   // keys per tile
 constexpr int kWarps = 4;   // 16 rows each
 constexpr int kThreads = kWarps * 32;
 
-struct Layout {  // shared-memory layout for head_dim D (leading dimensions padded against bank conflicts)
-  int64_t ldq, lds, ldp, ldo, bytes;
-  explicit __host__ __device__ Layout(int64_t D)
-      : ldq(D + 8), lds(kKeys + 4), ldp(kKeys + 8), ldo(D + 4),
-        bytes((3 * kRows * (D + 8) + kRows * (kKeys + 8)) * 2 + (kRows * (kKeys + 4) + kRows * (D + 4) + 2 * kRows) * 4) {}
-};
+// mma.sync in FlashAttention-2's register layout: one block of 4 warps per (query head, tile of up to
+// 64 query tokens of one sequence), a warp owning 16 query rows whose Q
+// fragments (scaled, rounded to T) stay in registers; key/value tiles of 64 rows are gathered from the
+// paged cache into shared memory by cp.async, two tiles in flight (the next is copied while this one
+// is used); S = Q K^T and O += P V are m16n8k16 products with the scores, the online softmax (causal
+// mask by position) and the output accumulators in registers, P fed back as the A operand. A warp
+// whose rows all precede a key tile skips its products.
+constexpr int kMKeys = 64;    // keys per tile
+constexpr int kMRowPad = 8;   // elements after each staged row (ldmatrix rows on different banks)
 
-using Acc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-
-// c += A B over `steps` 16-wide slices: A row-major 16 x 16 tiles at a + i * a_step (leading dimension
-// lda), B tiles in layout LB at b + i * b_step (leading dimension ldb).
-template <typename T, typename LB>
-__device__ __forceinline__ void mma_steps(Acc& c, const T* a, int64_t lda, int64_t a_step, const T* b, int64_t ldb,
-                                          int64_t b_step, int64_t steps) {
-  for (int64_t i = 0; i < steps; ++i) {
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
-    wmma::fragment<wmma::matrix_b, 16, 16, 16, T, LB> fb;
-    wmma::load_matrix_sync(fa, a + i * a_step, static_cast<unsigned>(lda));
-    wmma::load_matrix_sync(fb, b + i * b_step, static_cast<unsigned>(ldb));
-    wmma::mma_sync(c, fa, fb, c);
-  }
+template <int D>
+constexpr size_t prefill_smem() {
+  return sizeof(uint16_t) * 2 /* stages */ * 2 /* K, V */ * kMKeys * (D + kMRowPad);
 }
 
-template <typename TI, typename T>
+template <typename TI, typename T, int D>
 __global__ void __launch_bounds__(kThreads)
     flash_prefill_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
-                    const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t n, int64_t Hq,
-                    int64_t Hk, int64_t D, int64_t bs, float scale, T* out) {
+                        const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t n,
+                        int64_t Hq, int64_t Hk, int64_t bs, float scale, T* out) {
+  constexpr int KS = D / 16, NT = D / 8, RS = D + kMRowPad, CH = D / 8, NS = kMKeys / 8;
   extern __shared__ __align__(128) unsigned char smem[];
-  const Layout L(D);
-  T* Qs = reinterpret_cast<T*>(smem);                       // [kRows][ldq]
-  T* Ks = Qs + kRows * L.ldq;                                // [kKeys][ldq]
-  T* Vs = Ks + kKeys * L.ldq;                                // [kKeys][ldq]
-  T* Ps = Vs + kKeys * L.ldq;                                // [kRows][ldp]
-  float* Ss = reinterpret_cast<float*>(Ps + kRows * L.ldp);  // [kRows][lds]
-  float* Os = Ss + kRows * L.lds;                            // [kRows][ldo]
-  float* row_m = Os + kRows * L.ldo;
-  float* row_l = row_m + kRows;
-  __shared__ int64_t kslot[kKeys];
-  __shared__ int32_t qpos[kRows];
-  __shared__ int32_t max_pos;
+  T* stage_base = reinterpret_cast<T*>(smem);  // [stage][K, V][kMKeys][RS]
+  __shared__ int32_t tile_max;
 
   pdl_enter();
-  const int64_t t0 = tiles[blockIdx.x], h = blockIdx.y, kvh = h / (Hq / Hk);
+  const int64_t t0 = tiles[blockIdx.y], h = blockIdx.x, kvh = h / (Hq / Hk);
   const int32_t seq = token_seq[t0];
   const int tid = threadIdx.x, w = tid / 32, lane = tid & 31;
   const int32_t* table = tables + static_cast<int64_t>(seq) * max_blocks;
-  if (tid == 0) max_pos = -1;
+  const int r0 = lane / 4, c0 = (lane % 4) * 2;
+  // Positions of this lane's two rows (-1: not a token of this sequence), the warp's last.
+  auto pos_of = [&](int r) {
+    const int64_t t = t0 + w * 16 + r;
+    return (t < n && token_seq[t] == seq) ? positions[t] : -1;
+  };
+  const int32_t p_lo = pos_of(r0), p_hi = pos_of(r0 + 8);
+  int32_t warp_max = max(p_lo, p_hi);
+  for (int o = 16; o > 0; o >>= 1) warp_max = max(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, o));
+  if (tid == 0) tile_max = -1;
   __syncthreads();
-  for (int r = tid; r < kRows; r += kThreads) {
-    const int64_t t = t0 + r;
-    const int32_t p = (t < n && token_seq[t] == seq) ? positions[t] : -1;  // -1: not a row of this tile
-    qpos[r] = p;
-    row_m[r] = -INFINITY;
-    row_l[r] = 0.f;
-    atomicMax(&max_pos, p);
+  if (lane == 0) atomicMax(&tile_max, warp_max);
+  // Q fragments of every k-step: rows r0 and r0 + 8 of the warp, scaled and rounded once.
+  auto qv = [&](int r, int32_t p, int d) {
+    return p >= 0 ? to_f(q[((t0 + w * 16 + r) * Hq + h) * D + d]) * scale : 0.f;
+  };
+  unsigned qa[KS][4];
+#pragma unroll
+  for (int k = 0; k < KS; ++k) {
+    const int d = k * 16 + c0;
+    qa[k][0] = pack2<T>(qv(r0, p_lo, d), qv(r0, p_lo, d + 1));
+    qa[k][1] = pack2<T>(qv(r0 + 8, p_hi, d), qv(r0 + 8, p_hi, d + 1));
+    qa[k][2] = pack2<T>(qv(r0, p_lo, d + 8), qv(r0, p_lo, d + 9));
+    qa[k][3] = pack2<T>(qv(r0 + 8, p_hi, d + 8), qv(r0 + 8, p_hi, d + 9));
   }
   __syncthreads();
-  for (int64_t i = tid; i < kRows * D; i += kThreads) {
-    const int64_t r = i / D, d = i % D;
-    Qs[r * L.ldq + d] = from_f<T>(qpos[r] >= 0 ? to_f(q[((t0 + r) * Hq + h) * D + d]) * scale : 0.f);
-    Os[r * L.ldo + d] = 0.f;
-  }
-  const int64_t nkeys = static_cast<int64_t>(max_pos) + 1, chunks = D * static_cast<int64_t>(sizeof(T)) / 16;
-  for (int64_t k0 = 0; k0 < nkeys; k0 += kKeys) {
-    for (int j = tid; j < kKeys; j += kThreads) {
-      const int64_t kp = k0 + j;
-      kslot[j] = kp < nkeys ? static_cast<int64_t>(table[kp / bs]) * bs + kp % bs : -1;
+  const int64_t nkeys = static_cast<int64_t>(tile_max) + 1, ntiles = (nkeys + kMKeys - 1) / kMKeys;
+  const int64_t row = Hk * D;
+  const uint32_t bs32 = static_cast<uint32_t>(bs);
+  // Copies key tile i into stage i % 2 (rows past the keys: zeros), as one cp.async group.
+  auto stage = [&](int64_t i) {
+    T* ks = stage_base + (i & 1) * 2 * kMKeys * RS;
+    T* vs = ks + kMKeys * RS;
+    for (int c = tid; c < kMKeys * CH; c += kThreads) {
+      const int key = c / CH, ch = c % CH;
+      const uint32_t j = static_cast<uint32_t>(i * kMKeys + key);  // 32-bit: 64-bit division is slow
+      const bool load = j < nkeys;
+      const int64_t off = load ? (static_cast<int64_t>(table[j / bs32]) * bs32 + j % bs32) * row + kvh * D + ch * 8 : 0;
+      cp_async16(ks + key * RS + ch * 8, kc + off, load ? 16 : 0);
+      cp_async16(vs + key * RS + ch * 8, vc + off, load ? 16 : 0);
+    }
+    cp_async_commit();
+  };
+  float o[NT][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+  for (int nn = 0; nn < NT; ++nn)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[nn][e] = 0.f;
+  if (ntiles > 0) stage(0);
+  for (int64_t i = 0; i < ntiles; ++i) {
+    if (i + 1 < ntiles) {
+      stage(i + 1);
+      cp_async_wait_group<1>();
+    } else {
+      cp_async_wait_group<0>();
     }
     __syncthreads();
-    for (int64_t i = tid; i < kKeys * chunks; i += kThreads) {
-      const int64_t j = i / chunks, c = i % chunks;
-      uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-      if (kslot[j] >= 0) {
-        const int64_t off = kslot[j] * Hk * D + kvh * D;
-        kv = reinterpret_cast<const uint4*>(kc + off)[c];
-        vv = reinterpret_cast<const uint4*>(vc + off)[c];
-      }
-      reinterpret_cast<uint4*>(Ks + j * L.ldq)[c] = kv;
-      reinterpret_cast<uint4*>(Vs + j * L.ldq)[c] = vv;
-    }
-    __syncthreads();
-    // S = Q K^T for this warp's 16 rows.
-    for (int nt = 0; nt < kKeys / 16; ++nt) {
-      Acc s;
-      wmma::fill_fragment(s, 0.f);
-      mma_steps<T, wmma::col_major>(s, Qs + (w * 16) * L.ldq, L.ldq, 16, Ks + (nt * 16) * L.ldq, L.ldq, 16, D / 16);
-      wmma::store_matrix_sync(Ss + (w * 16) * L.lds + nt * 16, s, static_cast<unsigned>(L.lds), wmma::mem_row_major);
-    }
-    __syncwarp();
-    // Online softmax: two lanes per row, 32 columns each.
-    {
-      const int r = w * 16 + lane / 2, half = lane & 1;
-      const int32_t qp = qpos[r];
-      float* srow = Ss + r * L.lds;
-      float mx = -INFINITY;
-      for (int c = half * 32; c < half * 32 + 32; ++c) {
-        const float v = (qp >= 0 && k0 + c <= qp) ? srow[c] : -INFINITY;
-        srow[c] = v;
-        mx = fmaxf(mx, v);
-      }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      const float m_old = row_m[r], m_new = fmaxf(m_old, mx);
-      const float base = m_new == -INFINITY ? 0.f : m_new;  // a row with nothing visible yet
-      const float corr = __expf(m_old - base);
-      float sum = 0.f;
-      for (int c = half * 32; c < half * 32 + 32; ++c) {
-        const float p = __expf(srow[c] - base);
-        sum += p;
-        Ps[r * L.ldp + c] = from_f<T>(p);
-      }
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      float* orow = Os + r * L.ldo;
-      for (int64_t d = half; d < D; d += 2) orow[d] *= corr;
-      __syncwarp();
-      if (half == 0) {
-        row_m[r] = m_new;
-        row_l[r] = row_l[r] * corr + sum;
+    const int64_t k0 = i * kMKeys;
+    const T* ks = stage_base + (i & 1) * 2 * kMKeys * RS;
+    const T* vs = ks + kMKeys * RS;
+    if (k0 <= warp_max) {
+      // S = Q K^T over the tile's 8 n-tiles of 8 keys.
+      float sc[NS][4];
+#pragma unroll
+      for (int nn = 0; nn < NS; ++nn)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sc[nn][e] = 0.f;
+#pragma unroll
+      for (int k = 0; k < KS; ++k)
+#pragma unroll
+        for (int nb = 0; nb < NS; nb += 2) {
+          unsigned b[4];
+          ldmatrix_x4<false>(b, ks + (nb * 8 + (lane & 7) + (lane >> 4) * 8) * RS + k * 16 + ((lane >> 3) & 1) * 8);
+          mma16816<T>(sc[nb], qa[k], b[0], b[1]);
+          mma16816<T>(sc[nb + 1], qa[k], b[2], b[3]);
+        }
+      // The causal mask (key k0 + nn*8 + c0 + (e & 1) visible from positions at or after it), then the
+      // online softmax of rows r0 and r0 + 8 (sc becomes P).
+#pragma unroll
+      for (int nn = 0; nn < NS; ++nn)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (k0 + nn * 8 + c0 + (e & 1) > (e < 2 ? p_lo : p_hi)) sc[nn][e] = -INFINITY;
+      online_softmax(sc, 0, m[0], l[0], o);
+      online_softmax(sc, 1, m[1], l[1], o);
+      // O += P V, 16 keys per k-step: P's C fragments of n-tiles 2kk, 2kk+1 are the A fragment.
+#pragma unroll
+      for (int kk = 0; kk < kMKeys / 16; ++kk) {
+        const unsigned pa[4] = {pack2<T>(sc[2 * kk][0], sc[2 * kk][1]), pack2<T>(sc[2 * kk][2], sc[2 * kk][3]),
+                                pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
+                                pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+#pragma unroll
+        for (int nn = 0; nn < NT; nn += 2) {
+          unsigned b[4];
+          ldmatrix_x4<true>(b, vs + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * RS + nn * 8 + (lane >> 4) * 8);
+          mma16816<T>(o[nn], pa, b[0], b[1]);
+          mma16816<T>(o[nn + 1], pa, b[2], b[3]);
+        }
       }
     }
-    __syncwarp();
-    // O += P V for this warp's rows.
-    for (int64_t nt = 0; nt < D / 16; ++nt) {
-      Acc o;
-      wmma::load_matrix_sync(o, Os + (w * 16) * L.ldo + nt * 16, static_cast<unsigned>(L.ldo), wmma::mem_row_major);
-      mma_steps<T, wmma::row_major>(o, Ps + (w * 16) * L.ldp, L.ldp, 16, Vs + nt * 16, L.ldq, 16 * L.ldq, kKeys / 16);
-      wmma::store_matrix_sync(Os + (w * 16) * L.ldo + nt * 16, o, static_cast<unsigned>(L.ldo), wmma::mem_row_major);
-    }
-    __syncthreads();  // the next tile overwrites the keys, values and slots
+    __syncthreads();  // every warp done with this stage before tile i + 2 is copied into it
   }
-  for (int64_t i = tid; i < kRows * D; i += kThreads) {
-    const int64_t r = i / D, d = i % D;
-    if (qpos[r] >= 0) out[((t0 + r) * Hq + h) * D + d] = from_f<T>(Os[r * L.ldo + d] / row_l[r]);
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int32_t p = hh ? p_hi : p_lo;
+    if (p < 0) continue;
+    const float inv = 1.f / l[hh];
+    T* orow = out + ((t0 + w * 16 + r0 + hh * 8) * Hq + h) * D;
+#pragma unroll
+    for (int nn = 0; nn < NT; ++nn) {
+      *reinterpret_cast<unsigned*>(orow + nn * 8 + c0) = pack2<T>(o[nn][2 * hh] * inv, o[nn][2 * hh + 1] * inv);
+    }
   }
 }
-
 }  // namespace
 
 bool flash_prefill_supported(int64_t D) { return D % 16 == 0 && D <= 128; }
@@ -171,20 +172,47 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
                    int64_t n, int64_t Hq, int64_t Hk, int64_t D, int64_t block_size, float scale, T* out, cudaStream_t s) {
   if (num_tiles == 0) return;
   if (!flash_prefill_supported(D)) check(cudaErrorInvalidValue, "flash_prefill: head_dim must be a multiple of 16, at most 128");
-  const Layout L(D);
-  // About 110 KB of shared memory at 128 head dimensions: above the default 48 KB, so opt in.
-  check(cudaFuncSetAttribute(flash_prefill_k<TI, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(L.bytes)),
-        "flash_prefill shared memory");
-  const dim3 grid(static_cast<unsigned>(num_tiles), static_cast<unsigned>(Hq));
-  launch("flash_prefill", flash_prefill_k<TI, T>, grid, kThreads, static_cast<size_t>(L.bytes), s, q, k_cache, v_cache,
-         block_tables, max_blocks, token_seq, positions, tiles, n, Hq, Hk, D, block_size, scale, out);
+  // Heads along x: the blocks of one tile start together (a KV head's tiles are read by its query
+  // heads at about the same time) and the tiles go out heaviest first (flash_prefill_tiles).
+  const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(num_tiles));
+  auto run = [&](auto d) {
+    constexpr int Dc = decltype(d)::value;
+    auto k = flash_prefill_k<TI, T, Dc>;
+    constexpr size_t smem = prefill_smem<Dc>();
+    static const bool opted = [&] {  // above the default 48 KB at 128 head dimensions
+      check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+            "flash_prefill shared memory");
+      return true;
+    }();
+    (void)opted;
+    launch("flash_prefill", k, grid, kThreads, smem, s, q, k_cache, v_cache, block_tables, max_blocks, token_seq,
+           positions, tiles, n, Hq, Hk, block_size, scale, out);
+  };
+  switch (D) {
+    case 16: return run(std::integral_constant<int, 16>{});
+    case 32: return run(std::integral_constant<int, 32>{});
+    case 48: return run(std::integral_constant<int, 48>{});
+    case 64: return run(std::integral_constant<int, 64>{});
+    case 80: return run(std::integral_constant<int, 80>{});
+    case 96: return run(std::integral_constant<int, 96>{});
+    case 112: return run(std::integral_constant<int, 112>{});
+    default: return run(std::integral_constant<int, 128>{});
+  }
 }
 
-std::vector<int32_t> flash_prefill_tiles(const std::vector<int32_t>& q_start) {
-  std::vector<int32_t> tiles;
+std::vector<int32_t> flash_prefill_tiles(const std::vector<int32_t>& q_start, const std::vector<int32_t>& positions) {
+  std::vector<int32_t> tiles, keys;  // a tile's work: the keys its last row sees
   for (size_t s = 0; s + 1 < q_start.size(); ++s)
-    for (int32_t t = q_start[s]; t < q_start[s + 1]; t += kRows) tiles.push_back(t);
-  return tiles;
+    for (int32_t t = q_start[s]; t < q_start[s + 1]; t += kRows) {
+      tiles.push_back(t);
+      keys.push_back(positions[std::min(t + kRows, q_start[s + 1]) - 1] + 1);
+    }
+  std::vector<size_t> order(tiles.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return keys[a] > keys[b]; });
+  std::vector<int32_t> sorted(tiles.size());
+  for (size_t i = 0; i < order.size(); ++i) sorted[i] = tiles[order[i]];
+  return sorted;
 }
 
 #define INSTANTIATE(TI, T)                                                                                        \

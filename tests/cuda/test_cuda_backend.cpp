@@ -9,6 +9,7 @@
 #include "backend/cpu_backend.h"
 #include "backend/cuda/cuda_backend.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cuda/ops.cuh"
 
 using namespace llmserve;
 
@@ -190,12 +191,26 @@ TEST_P(CudaOps, Float32IntermediatesIntoLowPrecision) {
   expect_close(ac, ag, "paged_attention float32 queries", 1e-2);
 }
 
+// Tensor-core prefill tiles: every query token in exactly one tile of up to 64 tokens of one sequence,
+// the tiles whose last row sees the most keys first (a 45-token chunk after 260 cached tokens, a
+// 140-token prefill, a decode at 700).
+TEST(FlashPrefillTiles, CoverEverySequenceHeaviestFirst) {
+  const std::vector<int32_t> q_start = {0, 45, 185, 186};
+  std::vector<int32_t> positions;
+  for (int32_t p = 260; p < 305; ++p) positions.push_back(p);
+  for (int32_t p = 0; p < 140; ++p) positions.push_back(p);
+  positions.push_back(700);
+  const std::vector<int32_t> tiles = cuda::flash_prefill_tiles(q_start, positions);
+  // Keys seen by each tile's last row: 185 -> 701, 0 -> 305, 173 (45 + 128) -> 140, 109 -> 128, 45 -> 64.
+  EXPECT_EQ(tiles, (std::vector<int32_t>{185, 0, 173, 109, 45}));
+}
+
 // Long contexts: many 32-key tiles per warp, every warp of the block busy, partial last tiles (a decode
 // at position 700, a 45-token chunk after 260 cached tokens, a 97-token prefill).
 TEST_P(CudaOps, AttentionOverLongContexts) {
   std::mt19937 g(9);
   const DType dt = GetParam();
-  const int64_t bs = 16, D = 128, max_blocks = 160;
+  const int64_t bs = 16, max_blocks = 160;
   // Mixed: many blocks, one chunk each. Decode only: few blocks, so the contexts are split over
   // several blocks and merged (a 2500-token context next to a 300-token one). Grouped queries (6 per
   // KV head, one block per KV head) and plain multi-head attention (one block per head).
@@ -211,6 +226,8 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
     return m;
   }();
   // Group sizes 3 (Qwen2.5-1.5B), 8 (the largest the grouped kernels take, as Llama 3 70B) and 1.
+  // Head sizes: 128 (Qwen2.5, Llama 3), 80 and 16 (the tensor-core prefill's other instantiations).
+  for (const int64_t D : {128, 80, 16})
   for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {8, 1}, {2, 2}}) {
     for (const StepMeta* m : {&mixed, &decode, &decode8, &graph}) {
       const int64_t T = m->num_tokens(), blocks = max_blocks * static_cast<int64_t>(m->num_seqs());
@@ -222,9 +239,10 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
       Tensor ac = cpu.empty({T, Hq * D}, DType::F32), ag = gpu->empty({T, Hq * D}, dt);
       cpu.attention(q.first, kc.first, vc.first, D, bs, 0.09f, ac);
       gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
-      expect_close(ac, ag, Hq == Hk ? (m == &mixed ? "multi-head attention, long contexts" : "multi-head attention, split decode")
-                                    : (m == &mixed ? "grouped attention, long contexts" : "grouped attention, split decode"),
-                   tol());
+      const std::string what = std::string(Hq == Hk ? "multi-head" : "grouped") +
+                               (m == &mixed ? " attention, long contexts" : " attention, split decode") +
+                               ", head_dim " + std::to_string(D);
+      expect_close(ac, ag, what.c_str(), tol());
     }
   }
 }

@@ -240,7 +240,7 @@ void CudaBackend::begin_step(const StepMeta& m) {
   max_new_ = max_q;
   if (capturing_) return;  // uploaded before the capture; a graph must not record host copies
   if (flash_) {
-    const std::vector<int32_t> tiles = cuda::flash_prefill_tiles(m.q_start);
+    const std::vector<int32_t> tiles = cuda::flash_prefill_tiles(m.q_start, m.positions);
     num_tiles_ = static_cast<int64_t>(tiles.size());
     put(tiles_, tiles);
   }
