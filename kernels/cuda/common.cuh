@@ -59,6 +59,28 @@ inline int sm_count() {
   return sms;
 }
 
+// V consecutive elements moved as one vector access (V * sizeof(T) bytes, which the address must be
+// aligned to: vec_ok checks that on the host), converted to and from float.
+template <typename T, int V>
+struct alignas(V * sizeof(T)) Pack {
+  T v[V];
+};
+template <int V, typename T>
+__device__ __forceinline__ void load_vec(const T* p, float (&f)[V]) {
+  const Pack<T, V> k = *reinterpret_cast<const Pack<T, V>*>(p);
+#pragma unroll
+  for (int i = 0; i < V; ++i) f[i] = to_f(k.v[i]);
+}
+template <int V, typename T>
+__device__ __forceinline__ void store_vec(T* p, const float (&f)[V]) {
+  Pack<T, V> k;
+#pragma unroll
+  for (int i = 0; i < V; ++i) k.v[i] = from_f<T>(f[i]);
+  *reinterpret_cast<Pack<T, V>*>(p) = k;
+}
+// Whether pointer p (to elements of `bytes` bytes) may be read V elements at a time.
+inline bool vec_ok(const void* p, int V, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % (V * bytes) == 0; }
+
 inline unsigned blocks_for(long long n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
 // Blocks of `threads` threads and `smem` bytes of dynamic shared memory of kernel k that the device

@@ -5,21 +5,28 @@
 namespace llmserve::cuda {
 namespace {
 
-template <typename TI, typename T>
+// One block per row; V elements per thread access (vector loads and stores where aligned).
+template <typename TI, typename T, int V>
 __global__ void rmsnorm_k(const TI* x, const T* w, int64_t H, float eps, T* out) {
   pdl_enter();
   const TI* xr = x + blockIdx.x * H;
   float ss = 0.f;
-  for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
-    const float v = to_f(xr[i]);
-    ss += v * v;
+  for (int64_t i = threadIdx.x * V; i < H; i += blockDim.x * V) {
+    float v[V];
+    load_vec<V>(xr + i, v);
+#pragma unroll
+    for (int j = 0; j < V; ++j) ss += v[j] * v[j];
   }
   const float inv = rsqrtf(block_sum(ss) / static_cast<float>(H) + eps);
   T* o = out + blockIdx.x * H;
-  for (int64_t i = threadIdx.x; i < H; i += blockDim.x) {
+  for (int64_t i = threadIdx.x * V; i < H; i += blockDim.x * V) {
+    float v[V], wv[V];
+    load_vec<V>(xr + i, v);
+    load_vec<V>(w + i, wv);
     // As transformers: normalize in float, round to the input's type, then scale by the weight.
-    const float nx = to_f(from_f<TI>(to_f(xr[i]) * inv));
-    o[i] = from_f<T>(to_f(w[i]) * nx);
+#pragma unroll
+    for (int j = 0; j < V; ++j) v[j] = wv[j] * to_f(from_f<TI>(v[j] * inv));
+    store_vec<V>(o + i, v);
   }
 }
 
@@ -61,7 +68,9 @@ __global__ void kv_write_k(const TI* k, const TI* v, const int32_t* slots, int64
 template <typename TI, typename T>
 void rmsnorm(const TI* x, const T* w, int64_t n, int64_t H, float eps, T* out, cudaStream_t s) {
   if (n == 0) return;
-  launch("rmsnorm", rmsnorm_k<TI, T>, static_cast<unsigned>(n), 256, 0, s, x, w, H, eps, out);
+  if (H % 4 == 0 && vec_ok(x, 4, sizeof(TI)) && vec_ok(w, 4, sizeof(T)) && vec_ok(out, 4, sizeof(T)))
+    return launch("rmsnorm", rmsnorm_k<TI, T, 4>, static_cast<unsigned>(n), 256, 0, s, x, w, H, eps, out);
+  launch("rmsnorm", rmsnorm_k<TI, T, 1>, static_cast<unsigned>(n), 256, 0, s, x, w, H, eps, out);
 }
 
 template <typename T>

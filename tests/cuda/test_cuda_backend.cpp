@@ -114,6 +114,18 @@ TEST_P(CudaOps, EveryOpMatchesTheCpuReference) {
   cpu.silu_mul(ga.first, up.first, sc);
   gpu->silu_mul(ga.second, up.second, sg);
   expect_close(sc, sg, "silu_mul", tol());
+  {  // Sizes the vector paths do not take (rows of 90, 91 elements).
+    auto xo = both(randn(T * 90, g), {T, 90}, dt), wo = both(randn(90, g), {90}, dt);
+    Tensor oc = cpu.empty({T, 90}, DType::F32), og = gpu->empty({T, 90}, dt);
+    cpu.rmsnorm(xo.first, wo.first, 1e-6f, oc);
+    gpu->rmsnorm(xo.second, wo.second, 1e-6f, og);
+    expect_close(oc, og, "rmsnorm, odd row", tol());
+    auto a = both(randn(7 * 13, g), {7, 13}, dt), b = both(randn(7 * 13, g), {7, 13}, dt);
+    Tensor ac = cpu.empty({7, 13}, DType::F32), ag = gpu->empty({7, 13}, dt);
+    cpu.silu_mul(a.first, b.first, ac);
+    gpu->silu_mul(a.second, b.second, ag);
+    expect_close(ac, ag, "silu_mul, odd size", tol());
+  }
   // Linear with and without bias (cuBLASLt).
   auto wl = both(randn(I * H, g, 0.1f), {I, H}, dt), bl = both(randn(I, g), {I}, dt);
   Tensor lc = cpu.empty({T, I}, DType::F32), lg = gpu->empty({T, I}, dt);
