@@ -44,27 +44,83 @@ void Sampler::observe(const StepPlan& plan) {
       st.history = s.prefix;
     }
     st.history.resize(static_cast<size_t>(s.num_computed));
+    if (st.indexed > st.history.size()) {  // tokens taken back (recomputation): index them anew
+      st.seen.clear();
+      st.out_counts.clear();
+      st.indexed = 0;
+    }
     st.history.insert(st.history.end(), s.tokens.begin(), s.tokens.end());
+    const SamplingParams& p = st.params;
+    if (p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) index_history(st);
   }
+}
+
+void Sampler::index_history(SeqState& st) {
+  const size_t n = st.history.size(), from = st.indexed;
+  const size_t out_from = std::max(from, static_cast<size_t>(std::max<int32_t>(st.prompt_len, 0)));
+  if (n <= from) return;
+  const int32_t* h = st.history.data();
+  // A few tokens (a decode step): inserted in place; many (a prompt): appended, then sorted.
+  if (n - from <= 16) {
+    for (size_t i = from; i < n; ++i) {
+      const auto at = std::lower_bound(st.seen.begin(), st.seen.end(), h[i]);
+      if (at == st.seen.end() || *at != h[i]) st.seen.insert(at, h[i]);
+    }
+    for (size_t i = out_from; i < n; ++i) {
+      const auto at = std::lower_bound(st.out_counts.begin(), st.out_counts.end(), std::make_pair(h[i], 0));
+      if (at != st.out_counts.end() && at->first == h[i])
+        ++at->second;
+      else
+        st.out_counts.insert(at, {h[i], 1});
+    }
+  } else {
+    st.seen.insert(st.seen.end(), h + from, h + n);
+    std::sort(st.seen.begin(), st.seen.end());
+    st.seen.erase(std::unique(st.seen.begin(), st.seen.end()), st.seen.end());
+    if (out_from < n) {
+      std::vector<int32_t> outs(h + out_from, h + n);
+      std::sort(outs.begin(), outs.end());
+      std::vector<std::pair<int32_t, int32_t>> merged;
+      merged.reserve(st.out_counts.size() + outs.size());
+      constexpr int32_t kEnd = std::numeric_limits<int32_t>::max();
+      size_t a = 0, b = 0;
+      while (a < st.out_counts.size() || b < outs.size()) {
+        const int32_t t = std::min(a < st.out_counts.size() ? st.out_counts[a].first : kEnd, b < outs.size() ? outs[b] : kEnd);
+        int32_t c = 0;
+        if (a < st.out_counts.size() && st.out_counts[a].first == t) c += st.out_counts[a++].second;
+        while (b < outs.size() && outs[b] == t) ++c, ++b;
+        merged.emplace_back(t, c);
+      }
+      st.out_counts = std::move(merged);
+    }
+  }
+  st.indexed = st.history.size();
 }
 
 std::vector<LogitEdit> Sampler::penalty_edits(const SeqState& st, int32_t row, Range vocab) const {
   const SamplingParams& p = st.params;
   const int64_t out_len = static_cast<int64_t>(st.history.size()) - st.prompt_len;
   auto local = [&](int32_t t) { return t >= vocab.begin && t < vocab.end; };
-  // Sorted lists (this runs for every row of every step: no hashing, one allocation per list).
-  std::vector<int32_t> rep, out, mask;
-  if (p.repetition_penalty != 1.0) {
-    for (int32_t t : st.history)
-      if (local(t)) rep.push_back(t);
-    std::sort(rep.begin(), rep.end());
-    rep.erase(std::unique(rep.begin(), rep.end()), rep.end());
+  // The vocabulary's part of the sorted lists index_history keeps (this runs for every row of every
+  // step: no sorting here).
+  const bool rep_on = p.repetition_penalty != 1.0, out_on = p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
+  const int32_t lo = static_cast<int32_t>(vocab.begin), hi = static_cast<int32_t>(vocab.end);
+  const int32_t* rep = nullptr;
+  size_t nrep = 0;
+  if (rep_on) {
+    const auto b = std::lower_bound(st.seen.begin(), st.seen.end(), lo), e = std::lower_bound(b, st.seen.end(), hi);
+    rep = st.seen.data() + (b - st.seen.begin());
+    nrep = static_cast<size_t>(e - b);
   }
-  if (p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) {
-    for (int64_t i = st.prompt_len; i < static_cast<int64_t>(st.history.size()); ++i)
-      if (local(st.history[i])) out.push_back(st.history[i]);
-    std::sort(out.begin(), out.end());  // runs of equal tokens: their counts
+  const std::pair<int32_t, int32_t>* out = nullptr;
+  size_t nout = 0;
+  if (out_on) {
+    const auto b = std::lower_bound(st.out_counts.begin(), st.out_counts.end(), std::make_pair(lo, 0));
+    const auto e = std::lower_bound(b, st.out_counts.end(), std::make_pair(hi, 0));
+    out = st.out_counts.data() + (b - st.out_counts.begin());
+    nout = static_cast<size_t>(e - b);
   }
+  std::vector<int32_t> mask;
   if (out_len < p.min_tokens) {
     if (!p.ignore_eos)
       for (int32_t t : st.eos_ids)
@@ -76,19 +132,17 @@ std::vector<LogitEdit> Sampler::penalty_edits(const SeqState& st, int32_t row, R
   }
   // Merge the three by token: one edit per token.
   std::vector<LogitEdit> edits;
-  edits.reserve(rep.size() + out.size() + mask.size());
+  edits.reserve(nrep + nout + mask.size());
   size_t a = 0, b = 0, c = 0;
   constexpr int32_t kEnd = std::numeric_limits<int32_t>::max();
   for (;;) {
-    const int32_t t = std::min({a < rep.size() ? rep[a] : kEnd, b < out.size() ? out[b] : kEnd, c < mask.size() ? mask[c] : kEnd});
+    const int32_t t = std::min({a < nrep ? rep[a] : kEnd, b < nout ? out[b].first : kEnd, c < mask.size() ? mask[c] : kEnd});
     if (t == kEnd) break;
     LogitEdit e;
     e.row = row;
     e.col = static_cast<int32_t>(t - vocab.begin);
-    if (a < rep.size() && rep[a] == t) e.rep = static_cast<float>(p.repetition_penalty), ++a;
-    int count = 0;
-    while (b < out.size() && out[b] == t) ++count, ++b;
-    if (count > 0) e.sub = static_cast<float>(p.presence_penalty + p.frequency_penalty * count);
+    if (a < nrep && rep[a] == t) e.rep = static_cast<float>(p.repetition_penalty), ++a;
+    if (b < nout && out[b].first == t) e.sub = static_cast<float>(p.presence_penalty + p.frequency_penalty * out[b++].second);
     if (c < mask.size() && mask[c] == t) e.mask = 1, ++c;
     edits.push_back(e);
   }

@@ -58,7 +58,15 @@ class Sampler {
     int32_t prompt_len = 0;
     std::vector<int32_t> eos_ids;
     std::vector<int32_t> history;  // every token fed so far, by position
+    // For the penalties, kept up to date as history grows (rebuilt when it shrinks): the distinct
+    // tokens of history[0, indexed) in order, and the output tokens' (positions from prompt_len on)
+    // counts by token. Only for sequences with a repetition, presence or frequency penalty.
+    std::vector<int32_t> seen;
+    std::vector<std::pair<int32_t, int32_t>> out_counts;
+    size_t indexed = 0;
   };
+  // Brings st.seen and st.out_counts up to st.history (whose first st.indexed tokens they hold).
+  static void index_history(SeqState& st);
   // The sequence's penalties (repetition, presence/frequency, min_tokens masking) on the logits of the
   // tokens in `vocab` (this rank's shard, or the whole vocabulary for a gathered row), as edits of row
   // `row`.

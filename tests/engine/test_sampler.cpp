@@ -245,6 +245,72 @@ TEST(Sampler, MinTokensSuppressesEos) {
 // vocabulary is split) gives exactly the host sampler's tokens: greedy and seeded, with penalties,
 // min_tokens masking and (one rank) top-k / top-p / min-p, on every vocabulary split. Rows with
 // penalties see the history {7, 8, 9, 9} (prompt {7, 8}) so every penalty has tokens to act on.
+// Penalties over a sequence's whole life: a 40-token prompt (indexed in bulk), decode steps of one
+// token (indexed in place), a recomputation (every token fed again after the history was taken back),
+// more decode steps. Greedy with strong penalties, so the best token moves as the counts grow; each
+// step's token must be the argmax of the logits penalized here from the full history, on the host
+// sampler and on the backend draw alike.
+TEST(Sampler, PenaltiesFollowTheHistoryAcrossSteps) {
+  World w;
+  CpuBackend cpu;
+  const auto logits = fixed_logits();
+  SamplingParams p;
+  p.temperature = 0;
+  p.repetition_penalty = 1.3;
+  p.presence_penalty = 0.2;
+  p.frequency_penalty = 0.9;
+  std::mt19937 g(11);
+  std::vector<int32_t> history;
+  for (int i = 0; i < 40; ++i) history.push_back(static_cast<int32_t>(g() % V));
+  const int prompt_len = 40;
+  Sampler host(w.comm, V, w.vocab, w.stride), fast(w.comm, V, w.vocab, w.stride);
+  auto best = [&] {  // the argmax of the logits penalized from the whole history
+    std::vector<double> l(logits.begin(), logits.end());
+    std::vector<int> count(V, 0);
+    std::vector<bool> seen(V, false);
+    for (size_t i = 0; i < history.size(); ++i) {
+      seen[history[i]] = true;
+      if (static_cast<int>(i) >= prompt_len) ++count[history[i]];
+    }
+    for (int64_t t = 0; t < V; ++t) {
+      if (seen[t]) l[t] = l[t] > 0 ? l[t] / p.repetition_penalty : l[t] * p.repetition_penalty;
+      if (count[t]) l[t] -= p.presence_penalty + p.frequency_penalty * count[t];
+    }
+    return static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+  };
+  std::set<int32_t> drawn;
+  for (int step = 0; step < 40; ++step) {
+    StepPlan plan;
+    SeqStep s;
+    s.seq_id = 1;
+    s.sample = true;
+    if (step == 0 || step == 20) {  // the prompt; later every token again after a recomputation
+      s.num_computed = 0;
+      s.tokens = history;
+      s.has_params = step == 0;
+      s.prompt_len = prompt_len;
+      s.params = p;
+      s.eos_ids = {3};
+    } else {
+      s.num_computed = static_cast<int32_t>(history.size()) - 1;
+      s.tokens = {history.back()};
+    }
+    plan.seqs.push_back(s);
+    host.observe(plan);
+    fast.observe(plan);
+    auto rows = w.rows(logits, 1);
+    Tensor t = cpu.upload(rows.data(), {1, w.stride}, DType::F32);
+    const int32_t want = best();
+    const auto a = host.sample(plan, rows.data());
+    const auto b = fast.sample_on_backend(plan, cpu, t);
+    ASSERT_EQ(a[0].token, want) << "host sampler, step " << step;
+    ASSERT_EQ(b[0].token, want) << "backend draw, step " << step;
+    drawn.insert(want);
+    history.push_back(want);
+  }
+  EXPECT_GT(drawn.size(), 3u);  // the penalties moved the best token around
+}
+
 TEST(Sampler, BackendDrawEqualsTheHostSampler) {
   World w;
   CpuBackend cpu;
