@@ -191,16 +191,24 @@ bool Sampler::drawable_on_backend(const StepPlan& plan) const {
 
 void Sampler::row_draws(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Range vocab,
                         std::vector<RowDraw>& rows, std::vector<LogitEdit>& edits) const {
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    if (!draw[i]) {  // drawn elsewhere: a plain greedy draw whose result is not used, no edits
-      rows.emplace_back();
-      continue;
-    }
-    const SeqState& st = state_.at(seqs[i]->seq_id);
-    const auto e = penalty_edits(st, static_cast<int32_t>(i), vocab);
-    edits.insert(edits.end(), e.begin(), e.end());
-    rows.push_back(row_draw(st));
+  const size_t n = seqs.size(), first_row = rows.size();
+  std::vector<const SeqState*> st(n, nullptr);
+  for (size_t i = 0; i < n; ++i)
+    if (draw[i]) st[i] = &state_.at(seqs[i]->seq_id);
+  // Rows in parallel (a row's edits walk its history's distinct tokens), then the edits in row order.
+  std::vector<std::vector<LogitEdit>> row_edits(n);
+  rows.resize(first_row + n);  // rows drawn elsewhere: a plain greedy draw whose result is not used
+  const auto N = static_cast<long>(n);
+#pragma omp parallel for schedule(dynamic, 8)
+  for (long i = 0; i < N; ++i) {
+    if (!st[i]) continue;
+    row_edits[i] = penalty_edits(*st[i], static_cast<int32_t>(i), vocab);
+    rows[first_row + i] = row_draw(*st[i]);
   }
+  size_t total = edits.size();
+  for (const auto& e : row_edits) total += e.size();
+  edits.reserve(total);
+  for (const auto& e : row_edits) edits.insert(edits.end(), e.begin(), e.end());
 }
 
 void Sampler::draw_rows_on_backend(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw,
