@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# A Qwen2.5-1.5B-shaped dummy model (inputs/models, load_format dummy) on GPUs:
-#  1. GPU float32 against the CPU backend on identical weights (4 of the 28 layers, for CPU time):
+# A dummy model of a real shape (load_format dummy; default inputs/models/qwen2.5-1.5b-instruct.json,
+# also run for qwen2.5-7b-instruct.json) on GPUs:
+#  1. GPU float32 against the CPU backend on identical weights (4 of the layers, for CPU time):
 #     same greedy tokens, last-position logits within 1e-3 relative L2;
-#  2. the full 28 layers in float32 on every layout the GPUs allow (tp=1; tp=2 and pp=2 with 2 GPUs;
+#  2. all the layers in float32 on every layout the GPUs allow (tp=1; tp=2 and pp=2 with 2 GPUs;
 #     tp=4, tp=2 pp=2 with 4): the same greedy tokens as tp=1;
 #  3. bfloat16 on the same layouts: agreement with float32 is printed (not asserted: bf16 flips near-ties).
-# Exits 77 (skipped) where no GPU is visible.   run_dummy_gpu.sh BUILD_DIR
+# Exits 77 (skipped) where no GPU is visible.   run_dummy_gpu.sh BUILD_DIR [CONFIG_JSON]
 set -uo pipefail
 build=$1
 root=$(cd "$(dirname "$0")/../.." && pwd)
 command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 || { echo "no GPU: skipped"; exit 77; }
 gpus=$(nvidia-smi -L | grep -c '^GPU')
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
-work="$build/test-out/gpu-dummy"
+cfg=${2:-$root/inputs/models/qwen2.5-1.5b-instruct.json}
+work="$build/test-out/gpu-dummy-$(basename "$cfg" .json)"
 mkdir -p "$work"
-cfg="$root/inputs/models/qwen2.5-1.5b-instruct.json"
+layers=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["num_hidden_layers"])' "$cfg")
 prompts=(--prompt-ids 1,2,3,4,5,6,7,8 --prompt-ids 9707,11,1879,0 --prompt-ids 151644,872,198,3838,374,279,6722,315,9625,30)
 fail=0
 run() {  # run NAME BACKEND DTYPE TP PP [extra...]
@@ -65,9 +67,9 @@ for dt in float32 bfloat16; do
     read -r tp pp <<<"$l"
     run "full-$dt-tp$tp-pp$pp" cuda "$dt" "$tp" "$pp" || continue
     if [ "$dt" = float32 ] && [ "$l" != "1 1" ]; then
-      compare full-float32-tp1-pp1 "full-float32-tp$tp-pp$pp" "28 layers float32 tp=$tp pp=$pp vs tp=1" exact || fail=1
+      compare full-float32-tp1-pp1 "full-float32-tp$tp-pp$pp" "$layers layers float32 tp=$tp pp=$pp vs tp=1" exact || fail=1
     fi
-    [ "$dt" = bfloat16 ] && compare full-float32-tp1-pp1 "full-bfloat16-tp$tp-pp$pp" "28 layers bfloat16 tp=$tp pp=$pp vs float32 tp=1" report
+    [ "$dt" = bfloat16 ] && compare full-float32-tp1-pp1 "full-bfloat16-tp$tp-pp$pp" "$layers layers bfloat16 tp=$tp pp=$pp vs float32 tp=1" report
   done
 done
 exit $fail
