@@ -7,6 +7,7 @@
 #   - TTFT of one 2048-token prompt;
 #   - the same throughput run with sampling filters and a penalty (temperature 0.8, top-p 0.9,
 #     top-k 50, repetition penalty 1.1: drawn on the device);
+#   - the same throughput run asking for 5 log-probabilities per token;
 # and runs transformers (bench/reference/hf_e2e.py) on the same GPU and shape as the baseline.
 #   bench/gpu_e2e.sh BUILD_DIR OUT_DIR [CONFIG_JSON] [TP] [PP] [llmserve options...]
 set -euo pipefail
@@ -32,6 +33,9 @@ b --num-prompts 256 --random-input-len 512 --random-output-len 256 --result-file
 echo "sampled (temperature 0.8, top-p 0.9, top-k 50, repetition penalty 1.1):"
 b --num-prompts 256 --random-input-len 512 --random-output-len 256 --temperature 0.8 --top-p 0.9 --top-k 50 \
   --repetition-penalty 1.1 --result-file "$out/throughput-sampled-$tag.json" | grep -E "Output token|Failed|Mean TPOT"
+echo "logprobs (5 alternatives per token; those rows' logits go to the host sampler):"
+b --num-prompts 256 --random-input-len 512 --random-output-len 256 --logprobs 5 \
+  --result-file "$out/throughput-logprobs-$tag.json" | grep -E "Output token|Failed|Mean TPOT"
 grep -E "KV cache|memory" "$out/server-$tag.log" | head -5 || true
 # The baseline, after the server is gone (the GPU to itself): transformers on the same shape, one GPU
 # (E2E_BASELINE=0 leaves it out, e.g. for a second layout of the same shape).

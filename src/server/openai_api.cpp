@@ -97,20 +97,26 @@ json chat_logprobs(const CompletionOutput& c, const ApiContext& ctx, size_t from
   return {{"content", content}};
 }
 
-json completion_logprobs(const CompletionOutput& c, const ApiContext& ctx) {
+// The completions API's log-probabilities of tokens from..end of c, text offsets counted from *off (which
+// is left past the last token).
+json completion_logprobs(const CompletionOutput& c, const ApiContext& ctx, size_t from, size_t* off) {
   json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
-  size_t off = 0;
-  for (const auto& lp : c.logprobs) {
+  for (size_t i = from; i < c.logprobs.size(); ++i) {
+    const auto& lp = c.logprobs[i];
     const std::string t = ctx.tok ? ctx.tok->decode({lp.token}, false) : std::to_string(lp.token);
     tokens.push_back(t);
     lps.push_back(lp.logprob);
     json top = json::object();
     for (const auto& [id, v] : lp.top) top[ctx.tok ? ctx.tok->decode({id}, false) : std::to_string(id)] = v;
     tops.push_back(top);
-    offsets.push_back(off);
-    off += t.size();
+    offsets.push_back(*off);
+    *off += t.size();
   }
   return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
+}
+json completion_logprobs(const CompletionOutput& c, const ApiContext& ctx) {
+  size_t off = 0;
+  return completion_logprobs(c, ctx, 0, &off);
 }
 
 }  // namespace
@@ -290,6 +296,12 @@ std::string stream_chunks(const std::string& id, const GenerationRequest& r, con
     if (delta.empty() && c.delta_tokens == 0 && !c.finished() && !(first && (r.chat || r.echo))) continue;
     s.sent = std::max(s.sent, limit);
     s.started = true;
+    // The log-probabilities of the tokens not sent yet ride on this chunk (null when not asked for).
+    json lp = nullptr;
+    if (r.params.logprobs >= 0) {
+      lp = r.chat ? chat_logprobs(c, ctx, s.logprobs_sent) : completion_logprobs(c, ctx, s.logprobs_sent, &s.text_offset);
+      s.logprobs_sent = c.logprobs.size();
+    }
     json finish = c.finished() ? json(calls.calls.empty() ? c.finish_reason : std::string("tool_calls")) : json(nullptr);
     if (r.chat) {
       json d = json::object();
@@ -297,20 +309,21 @@ std::string stream_chunks(const std::string& id, const GenerationRequest& r, con
       d["content"] = delta;
       if (!calls.calls.empty()) {
         // Content first, then the calls with the finish reason.
-        if (!delta.empty() || first) emit({{"index", index}, {"delta", d}, {"logprobs", nullptr}, {"finish_reason", nullptr}});
+        if (!delta.empty() || first) emit({{"index", index}, {"delta", d}, {"logprobs", lp}, {"finish_reason", nullptr}});
         json tc = json::array();
         for (size_t k = 0; k < calls.calls.size(); ++k)
           tc.push_back({{"index", k}, {"id", random_id("call_")}, {"type", "function"},
                         {"function", {{"name", calls.calls[k].name}, {"arguments", calls.calls[k].arguments}}}});
-        emit({{"index", index}, {"delta", {{"tool_calls", tc}}}, {"logprobs", nullptr}, {"finish_reason", finish}});
+        emit({{"index", index}, {"delta", {{"tool_calls", tc}}}, {"logprobs", !delta.empty() || first ? json(nullptr) : lp},
+              {"finish_reason", finish}});
       } else {
-        json choice = {{"index", index}, {"delta", d}, {"logprobs", nullptr}, {"finish_reason", finish}};
+        json choice = {{"index", index}, {"delta", d}, {"logprobs", lp}, {"finish_reason", finish}};
         if (c.finished()) choice["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
         emit(choice);
       }
     } else {
       json choice = {{"index", index}, {"text", (first && r.echo ? r.prompt_texts[prompt_index] : "") + delta},
-                     {"logprobs", nullptr}, {"finish_reason", finish}};
+                     {"logprobs", lp}, {"finish_reason", finish}};
       if (c.finished()) choice["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
       emit(choice);
     }

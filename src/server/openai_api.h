@@ -60,6 +60,8 @@ nlohmann::json chat_response(const std::string& id, const GenerationRequest& r, 
 struct ChoiceStream {
   bool started = false;
   size_t sent = 0;  // bytes of text already sent
+  size_t logprobs_sent = 0;  // tokens whose log-probabilities were sent
+  size_t text_offset = 0;    // completions: text_offset of the next token's log-probabilities
   bool done = false;
 };
 // SSE events ("data: ...\n\n") for what is new in `out` (prompt `prompt_index`); `st` has one entry

@@ -80,6 +80,21 @@ def main():
                        "--top-p", "0.9", "--top-k", "20", "--min-p", "0.05", "--repetition-penalty", "1.1", "--disable-progress")
         check("top-p/top-k/min-p/repetition-penalty: all complete", r.returncode == 0 and res and res["completed"] == 4,
               (r.returncode, r.stderr[-300:]))
+        # Log-probabilities: asked for on both endpoints, every token comes back with them.
+        r, res = bench(s, "--num-prompts", "3", "--random-input-len", "16", "--random-output-len", "5", "--ignore-eos",
+                       "--logprobs", "3", "--disable-progress")
+        check("--logprobs 3 (completions): every token has its log-probabilities",
+              r.returncode == 0 and res and res["completed"] == 3
+              and all(q["logprob_tokens"] == q["output_tokens"] == 5 for q in res["requests"]),
+              (r.returncode, res and [q["logprob_tokens"] for q in res["requests"]], r.stderr[-300:]))
+        r, res = bench(s, "--dataset", "jsonl", "--dataset-path", os.path.join(ROOT, "inputs", "prompts", "demo-chat.jsonl"),
+                       "--num-prompts", "2", "--max-tokens", "4", "--ignore-eos", "--logprobs", "2", "--disable-progress")
+        check("--logprobs 2 (chat): every token has its log-probabilities",
+              r.returncode == 0 and res and res["completed"] == 2
+              and all(q["logprob_tokens"] == q["output_tokens"] > 0 for q in res["requests"]),
+              (r.returncode, res and [q["logprob_tokens"] for q in res["requests"]], r.stderr[-300:]))
+        r, _ = bench(s, "--num-prompts", "1", "--logprobs", "21")
+        check("--logprobs 21: exit 2", r.returncode == 2 and "--logprobs" in r.stderr, r.stderr[-200:])
         r, res = bench(s, "--num-prompts", "2", "--random-input-len", "16", "--random-output-len", "4", "--top-p", "1.5",
                        "--disable-progress")
         check("--top-p 1.5 is sent and refused by the server", r.returncode == 1 and res and res["failed"] == 2

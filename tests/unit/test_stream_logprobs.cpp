@@ -1,0 +1,103 @@
+// Streamed responses carry the log-probabilities of the tokens each chunk delivers (as vLLM streams
+// them): none twice, none lost across chunks, text offsets continuing; null when not asked for.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "server/openai_api.h"
+
+using namespace llmserve;
+using json = nlohmann::json;
+
+namespace {
+
+// The output after `n` tokens (ids 10, 11, ...; no tokenizer, so a token's text is its id), each with
+// log-probability -0.5 * (i + 1) and one alternative.
+RequestOutput after(int n, bool finished) {
+  RequestOutput o;
+  o.request_id = 1;
+  o.prompt_tokens = 4;
+  CompletionOutput c;
+  for (int i = 0; i < n; ++i) {
+    c.token_ids.push_back(10 + i);
+    c.text += std::to_string(10 + i);
+    TokenLogprob lp;
+    lp.token = 10 + i;
+    lp.logprob = -0.5f * static_cast<float>(i + 1);
+    lp.top = {{10 + i, lp.logprob}, {99, -7.f}};
+    c.logprobs.push_back(lp);
+  }
+  c.delta_tokens = n;
+  if (finished) c.finish_reason = "length";
+  o.outputs.push_back(c);
+  o.finished = finished;
+  return o;
+}
+
+std::vector<json> events(const std::string& s) {
+  std::vector<json> out;
+  for (size_t p = 0; (p = s.find("data: ", p)) != std::string::npos; p += 6)
+    out.push_back(json::parse(s.substr(p + 6, s.find("\n\n", p) - p - 6)));
+  return out;
+}
+
+GenerationRequest request(bool chat, int logprobs) {
+  GenerationRequest r;
+  r.chat = chat;
+  r.stream = true;
+  r.model = "m";
+  r.params.logprobs = logprobs;
+  return r;
+}
+
+}  // namespace
+
+TEST(StreamedLogprobs, CompletionChunksCarryTheirTokens) {
+  ApiContext ctx;
+  const GenerationRequest r = request(false, 1);
+  std::vector<ChoiceStream> st(1);
+  const auto e1 = events(stream_chunks("id", r, ctx, 0, after(2, false), st));
+  ASSERT_EQ(e1.size(), 1u);
+  const json& l1 = e1[0]["choices"][0]["logprobs"];
+  EXPECT_EQ(l1["tokens"], json({"10", "11"}));
+  EXPECT_EQ(l1["token_logprobs"], json({-0.5, -1.0}));
+  EXPECT_EQ(l1["text_offset"], json({0, 2}));
+  EXPECT_EQ(l1["top_logprobs"][1]["99"], -7.0);
+  const auto e2 = events(stream_chunks("id", r, ctx, 0, after(3, true), st));
+  ASSERT_EQ(e2.size(), 1u);
+  const json& l2 = e2[0]["choices"][0]["logprobs"];
+  EXPECT_EQ(l2["tokens"], json({"12"}));
+  EXPECT_EQ(l2["token_logprobs"], json({-1.5}));
+  EXPECT_EQ(l2["text_offset"], json({4}));
+  EXPECT_EQ(e2[0]["choices"][0]["text"], "12");
+}
+
+TEST(StreamedLogprobs, ChatChunksCarryTheirTokens) {
+  ApiContext ctx;
+  const GenerationRequest r = request(true, 2);
+  std::vector<ChoiceStream> st(1);
+  const auto e1 = events(stream_chunks("id", r, ctx, 0, after(2, false), st));
+  ASSERT_EQ(e1.size(), 1u);
+  const json& c1 = e1[0]["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(c1.size(), 2u);
+  EXPECT_EQ(c1[0]["token"], "10");
+  EXPECT_EQ(c1[1]["logprob"], -1.0);
+  EXPECT_EQ(c1[1]["top_logprobs"].size(), 2u);
+  const auto e2 = events(stream_chunks("id", r, ctx, 0, after(3, true), st));
+  ASSERT_EQ(e2.size(), 1u);
+  const json& c2 = e2[0]["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(c2.size(), 1u);
+  EXPECT_EQ(c2[0]["token"], "12");
+  EXPECT_EQ(c2[0]["logprob"], -1.5);
+}
+
+TEST(StreamedLogprobs, NullWhenNotAskedFor) {
+  ApiContext ctx;
+  for (bool chat : {false, true}) {
+    const GenerationRequest r = request(chat, -1);
+    std::vector<ChoiceStream> st(1);
+    const auto e = events(stream_chunks("id", r, ctx, 0, after(2, true), st));
+    ASSERT_EQ(e.size(), 1u);
+    EXPECT_TRUE(e[0]["choices"][0]["logprobs"].is_null()) << (chat ? "chat" : "completion");
+  }
+}
