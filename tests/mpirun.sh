@@ -6,6 +6,7 @@ np=$1
 shift
 extra=()
 if [ "$(id -u)" -eq 0 ]; then extra+=(--allow-run-as-root); fi
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# OMP_NUM_THREADS=default: left unset (llmserve's own default, for the test of it).
+if [ "${OMP_NUM_THREADS:-}" = default ]; then unset OMP_NUM_THREADS; else export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}; fi
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 exec mpirun --oversubscribe --bind-to none "${extra[@]}" -np "$np" "$@"

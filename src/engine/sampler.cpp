@@ -199,7 +199,7 @@ void Sampler::row_draws(const std::vector<const SeqStep*>& seqs, const std::vect
   std::vector<std::vector<LogitEdit>> row_edits(n);
   rows.resize(first_row + n);  // rows drawn elsewhere: a plain greedy draw whose result is not used
   const auto N = static_cast<long>(n);
-#pragma omp parallel for schedule(dynamic, 8)
+#pragma omp parallel for schedule(dynamic, 8) if (N > 16)  // (a decode step of a few rows: no team)
   for (long i = 0; i < N; ++i) {
     if (!st[i]) continue;
     row_edits[i] = penalty_edits(*st[i], static_cast<int32_t>(i), vocab);

@@ -4,7 +4,12 @@
 #include "dist/nccl/nccl_comm.h"
 #endif
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include <algorithm>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 
@@ -37,13 +42,20 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   world_ = std::make_unique<MpiComm>(world_comm, false);
   std::unique_ptr<WeightSource> file;
   // This rank's index among the ranks of its node picks its GPU.
-  int local_rank = 0;
+  int local_rank = 0, local_size = 1;
   {
     MPI_Comm node;
     MPI_Comm_split_type(world_comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
     MPI_Comm_rank(node, &local_rank);
+    MPI_Comm_size(node, &local_size);
     MPI_Comm_free(&node);
   }
+#ifdef _OPENMP
+  // OpenMP threads (the CPU backend's kernels, the sampler's host passes): the node's cores shared among
+  // its ranks, unless OMP_NUM_THREADS says otherwise (eight ranks of a node each taking every core would
+  // run eight times as many threads as cores).
+  if (!std::getenv("OMP_NUM_THREADS")) omp_set_num_threads(std::max(1, omp_get_num_procs() / local_size));
+#endif
   agree(world_comm, [&] {
     config_validate(cfg_);
     topo_ = make_topology(world_->rank(), world_->size(), cfg_.tensor_parallel_size, cfg_.pipeline_parallel_size);
@@ -123,6 +135,10 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   log_info("model ", spec_.architecture, " loaded: ", spec_.num_layers, " layers, hidden ", spec_.hidden_size,
            ", vocab ", spec_.vocab_size, "; layout tp=", topo_.tp, " pp=", topo_.pp, "; backend ", backend_->name(),
            "; KV cache ", num_blocks_, " blocks x ", cfg_.block_size, " tokens, swap space ", num_host_blocks_, " blocks");
+#ifdef _OPENMP
+  log_info("OpenMP: ", omp_get_max_threads(), " threads per rank", std::getenv("OMP_NUM_THREADS") ? " (OMP_NUM_THREADS)" : "",
+           "; ", local_size, " rank(s) on this node");
+#endif
 }
 
 ModelRunner::~ModelRunner() = default;
