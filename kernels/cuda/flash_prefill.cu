@@ -3,7 +3,6 @@
 // its sequence, over the paged KV cache that already holds this step's keys and values). Handles
 // chunked prefill (queries at positions after cached keys) and variable-length batches; for 16-bit
 // caches and head_dim a multiple of 16 up to 128 (the caller falls back to paged_attention otherwise).
-//
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/ops.cuh"
@@ -19,10 +18,9 @@ constexpr int kWarps = 4;   // 16 rows each
 constexpr int kThreads = kWarps * 32;
 
 // mma.sync in FlashAttention-2's register layout: one block of 4 warps per (query head, tile of up to
-// 64 query tokens of one sequence), a warp owning 16 query rows whose Q
-// fragments (scaled, rounded to T) stay in registers; key/value tiles of 64 rows are gathered from the
-// paged cache into shared memory by cp.async, two tiles in flight (the next is copied while this one
-// is used); S = Q K^T and O += P V are m16n8k16 products with the scores, the online softmax (causal
+// 64 query tokens of one sequence), a warp owning 16 query rows whose Q fragments (scaled, rounded to
+// T) stay in registers; key/value tiles of 64 rows are gathered from the paged cache into shared memory
+// by cp.async, two tiles in flight (the next is copied while this one is used); S = Q K^T and O += P V are m16n8k16 products with the scores, the online softmax (causal
 // mask by position) and the output accumulators in registers, P fed back as the A operand. A warp
 // whose rows all precede a key tile skips its products.
 constexpr int kMKeys = 64;    // keys per tile
@@ -36,8 +34,8 @@ constexpr size_t prefill_smem() {
 template <typename TI, typename T, int D>
 __global__ void __launch_bounds__(kThreads)
     flash_prefill_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
-                        const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t n,
-                        int64_t Hq, int64_t Hk, int64_t bs, float scale, T* out) {
+                    const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t n, int64_t Hq,
+                    int64_t Hk, int64_t bs, float scale, T* out) {
   constexpr int KS = D / 16, NT = D / 8, RS = D + kMRowPad, CH = D / 8, NS = kMKeys / 8;
   extern __shared__ __align__(128) unsigned char smem[];
   T* stage_base = reinterpret_cast<T*>(smem);  // [stage][K, V][kMKeys][RS]

@@ -221,10 +221,16 @@ void Sampler::draw_rows_on_backend(const std::vector<const SeqStep*>& seqs, cons
   std::vector<int32_t> idx(n);
   backend.draw_rows(logits, vocab_.size(), vocab_.begin, rows, edits, best.data(), idx.data());
   tp_.all_reduce_maxloc(best.data(), idx.data(), n);
-  for (size_t i = 0; i < n; ++i) {
+  take_drawn(seqs, draw, idx, out);
+}
+
+void Sampler::take_drawn(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw,
+                         const std::vector<int32_t>& idx, std::vector<SampledToken>& out) const {
+  for (size_t i = 0; i < seqs.size(); ++i) {
     if (!draw[i]) continue;
     out[i].seq_id = seqs[i]->seq_id;
-    if (idx[i] == std::numeric_limits<int32_t>::max()) throw Error(cat("sampler: every token was filtered out for sequence ", out[i].seq_id));
+    if (idx[i] < 0 || idx[i] >= vocab_size_)  // the draw's "nothing survived" (INT32_MAX)
+      throw Error(cat("sampler: every token was filtered out for sequence ", out[i].seq_id));
     out[i].token = idx[i];
   }
 }
@@ -298,13 +304,7 @@ void Sampler::draw_gathered(const std::vector<const SeqStep*>& seqs, const std::
   std::vector<float> best(static_cast<size_t>(n));
   std::vector<int32_t> idx(static_cast<size_t>(n));
   backend.draw_rows(whole, vocab_size_, 0, rows, edits, best.data(), idx.data());
-  for (int64_t i = 0; i < n; ++i) {
-    if (!draw[i]) continue;
-    out[i].seq_id = seqs[i]->seq_id;
-    if (idx[i] < 0 || idx[i] >= vocab_size_)
-      throw Error(cat("sampler: every token was filtered out for sequence ", out[i].seq_id));
-    out[i].token = idx[i];
-  }
+  take_drawn(seqs, draw, idx, out);
 }
 
 std::vector<SampledToken> Sampler::sample(const StepPlan& plan, const float* logits) {

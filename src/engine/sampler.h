@@ -85,6 +85,10 @@ class Sampler {
   // whose result is not used, and no penalty edits); tokens into out[i].
   void draw_rows_on_backend(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Backend& backend,
                             Tensor& logits, std::vector<SampledToken>& out);
+  // out[i] = the drawn token idx[i] of seqs[i] for rows with draw[i] set; throws when a row's filters
+  // left nothing to draw.
+  void take_drawn(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, const std::vector<int32_t>& idx,
+                  std::vector<SampledToken>& out) const;
   // The backend draw of rows i with draw[i] set over whole rows: every rank all-gathers the rows' shards
   // over the tensor communicator, lays them out as whole vocabulary rows and draws as with one rank
   // (the draw is deterministic: every rank gets the same tokens). Tokens into out[i].

@@ -80,9 +80,11 @@ json usage_json(int64_t prompt, int64_t completion) {
   return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
 }
 
+// A token's text in log-probability entries (its id without a tokenizer).
+std::string token_text(const ApiContext& ctx, int32_t id) { return ctx.tok ? ctx.tok->decode({id}, false) : std::to_string(id); }
+
 json chat_logprobs(const CompletionOutput& c, const ApiContext& ctx, size_t from = 0) {
   json content = json::array();
-  auto tok_text = [&](int32_t id) { return ctx.tok ? ctx.tok->decode({id}, false) : std::to_string(id); };
   auto bytes = [](const std::string& s) {
     json b = json::array();
     for (unsigned char ch : s) b.push_back(static_cast<int>(ch));
@@ -91,8 +93,12 @@ json chat_logprobs(const CompletionOutput& c, const ApiContext& ctx, size_t from
   for (size_t i = from; i < c.logprobs.size(); ++i) {
     const auto& lp = c.logprobs[i];
     json top = json::array();
-    for (const auto& [id, v] : lp.top) top.push_back({{"token", tok_text(id)}, {"logprob", v}, {"bytes", bytes(tok_text(id))}});
-    content.push_back({{"token", tok_text(lp.token)}, {"logprob", lp.logprob}, {"bytes", bytes(tok_text(lp.token))}, {"top_logprobs", top}});
+    for (const auto& [id, v] : lp.top) {
+      const std::string t = token_text(ctx, id);
+      top.push_back({{"token", t}, {"logprob", v}, {"bytes", bytes(t)}});
+    }
+    const std::string t = token_text(ctx, lp.token);
+    content.push_back({{"token", t}, {"logprob", lp.logprob}, {"bytes", bytes(t)}, {"top_logprobs", top}});
   }
   return {{"content", content}};
 }
@@ -103,11 +109,11 @@ json completion_logprobs(const CompletionOutput& c, const ApiContext& ctx, size_
   json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
   for (size_t i = from; i < c.logprobs.size(); ++i) {
     const auto& lp = c.logprobs[i];
-    const std::string t = ctx.tok ? ctx.tok->decode({lp.token}, false) : std::to_string(lp.token);
+    const std::string t = token_text(ctx, lp.token);
     tokens.push_back(t);
     lps.push_back(lp.logprob);
     json top = json::object();
-    for (const auto& [id, v] : lp.top) top[ctx.tok ? ctx.tok->decode({id}, false) : std::to_string(id)] = v;
+    for (const auto& [id, v] : lp.top) top[token_text(ctx, id)] = v;
     tops.push_back(top);
     offsets.push_back(*off);
     *off += t.size();

@@ -56,13 +56,14 @@ check "convert without arguments" 2 "usage: llmserve-convert" -- "$convert"
 check "logits on a yaml config" 0 '"generated_ids":\[[0-9]+,[0-9]+\]' -- \
   "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -tp 2 --prompts "$work/prompts.jsonl" --max-tokens 2
 
-# --- layout errors (checked against the MPI world and the model) --------------
 # OpenMP threads: the node's cores shared among its ranks unless OMP_NUM_THREADS is set.
 threads=$(( $(nproc) / 2 )); [ "$threads" -ge 1 ] || threads=1
 check "OpenMP threads: cores / ranks on the node by default" 0 "OpenMP: $threads threads per rank; 2 rank\\(s\\) on this node" -- \
   env OMP_NUM_THREADS=default "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -tp 2 --prompt-ids 1,2 --max-tokens 1
 check "OpenMP threads: OMP_NUM_THREADS wins" 0 "OpenMP: 1 threads per rank \\(OMP_NUM_THREADS\\)" -- \
   env OMP_NUM_THREADS=1 "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -tp 2 --prompt-ids 1,2 --max-tokens 1
+
+# --- layout errors (checked against the MPI world and the model) --------------
 check "tp*pp != world size" 1 "tensor_parallel_size \(4\) x pipeline_parallel_size \(1\) = 4 but the MPI world has 2 ranks" --once -- \
   "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -tp 4 --prompt-ids 1,2
 check "heads not divisible by tp" 1 "4 attention heads are not divisible by tensor_parallel_size 3" --once -- \

@@ -50,54 +50,52 @@ GenerationRequest request(bool chat, int logprobs) {
   return r;
 }
 
+// The choices of a stream of two steps, 2 tokens then 1 more (finished): each step's one chunk.
+std::pair<json, json> two_steps(bool chat, int logprobs) {
+  ApiContext ctx;
+  const GenerationRequest r = request(chat, logprobs);
+  std::vector<ChoiceStream> st(1);
+  const auto e1 = events(stream_chunks("id", r, ctx, 0, after(2, false), st));
+  const auto e2 = events(stream_chunks("id", r, ctx, 0, after(3, true), st));
+  EXPECT_EQ(e1.size(), 1u);
+  EXPECT_EQ(e2.size(), 1u);
+  if (e1.size() != 1 || e2.size() != 1) return {json::object(), json::object()};
+  return {e1[0]["choices"][0], e2[0]["choices"][0]};
+}
+
 }  // namespace
 
 TEST(StreamedLogprobs, CompletionChunksCarryTheirTokens) {
-  ApiContext ctx;
-  const GenerationRequest r = request(false, 1);
-  std::vector<ChoiceStream> st(1);
-  const auto e1 = events(stream_chunks("id", r, ctx, 0, after(2, false), st));
-  ASSERT_EQ(e1.size(), 1u);
-  const json& l1 = e1[0]["choices"][0]["logprobs"];
+  auto [c1, c2] = two_steps(false, 1);
+  const json& l1 = c1["logprobs"];
   EXPECT_EQ(l1["tokens"], json({"10", "11"}));
   EXPECT_EQ(l1["token_logprobs"], json({-0.5, -1.0}));
   EXPECT_EQ(l1["text_offset"], json({0, 2}));
   EXPECT_EQ(l1["top_logprobs"][1]["99"], -7.0);
-  const auto e2 = events(stream_chunks("id", r, ctx, 0, after(3, true), st));
-  ASSERT_EQ(e2.size(), 1u);
-  const json& l2 = e2[0]["choices"][0]["logprobs"];
+  const json& l2 = c2["logprobs"];
   EXPECT_EQ(l2["tokens"], json({"12"}));
   EXPECT_EQ(l2["token_logprobs"], json({-1.5}));
   EXPECT_EQ(l2["text_offset"], json({4}));
-  EXPECT_EQ(e2[0]["choices"][0]["text"], "12");
+  EXPECT_EQ(c2["text"], "12");
 }
 
 TEST(StreamedLogprobs, ChatChunksCarryTheirTokens) {
-  ApiContext ctx;
-  const GenerationRequest r = request(true, 2);
-  std::vector<ChoiceStream> st(1);
-  const auto e1 = events(stream_chunks("id", r, ctx, 0, after(2, false), st));
-  ASSERT_EQ(e1.size(), 1u);
-  const json& c1 = e1[0]["choices"][0]["logprobs"]["content"];
-  ASSERT_EQ(c1.size(), 2u);
-  EXPECT_EQ(c1[0]["token"], "10");
-  EXPECT_EQ(c1[1]["logprob"], -1.0);
-  EXPECT_EQ(c1[1]["top_logprobs"].size(), 2u);
-  const auto e2 = events(stream_chunks("id", r, ctx, 0, after(3, true), st));
-  ASSERT_EQ(e2.size(), 1u);
-  const json& c2 = e2[0]["choices"][0]["logprobs"]["content"];
-  ASSERT_EQ(c2.size(), 1u);
-  EXPECT_EQ(c2[0]["token"], "12");
-  EXPECT_EQ(c2[0]["logprob"], -1.5);
+  auto [c1, c2] = two_steps(true, 2);
+  const json& l1 = c1["logprobs"]["content"];
+  ASSERT_EQ(l1.size(), 2u);
+  EXPECT_EQ(l1[0]["token"], "10");
+  EXPECT_EQ(l1[1]["logprob"], -1.0);
+  EXPECT_EQ(l1[1]["top_logprobs"].size(), 2u);
+  const json& l2 = c2["logprobs"]["content"];
+  ASSERT_EQ(l2.size(), 1u);
+  EXPECT_EQ(l2[0]["token"], "12");
+  EXPECT_EQ(l2[0]["logprob"], -1.5);
 }
 
 TEST(StreamedLogprobs, NullWhenNotAskedFor) {
-  ApiContext ctx;
   for (bool chat : {false, true}) {
-    const GenerationRequest r = request(chat, -1);
-    std::vector<ChoiceStream> st(1);
-    const auto e = events(stream_chunks("id", r, ctx, 0, after(2, true), st));
-    ASSERT_EQ(e.size(), 1u);
-    EXPECT_TRUE(e[0]["choices"][0]["logprobs"].is_null()) << (chat ? "chat" : "completion");
+    auto [c1, c2] = two_steps(chat, -1);
+    EXPECT_TRUE(c1["logprobs"].is_null()) << (chat ? "chat" : "completion");
+    EXPECT_TRUE(c2["logprobs"].is_null()) << (chat ? "chat" : "completion");
   }
 }
