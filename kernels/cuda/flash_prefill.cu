@@ -20,9 +20,10 @@ constexpr int kThreads = kWarps * 32;
 // mma.sync in FlashAttention-2's register layout: one block of 4 warps per (query head, tile of up to
 // 64 query tokens of one sequence), a warp owning 16 query rows whose Q fragments (scaled, rounded to
 // T) stay in registers; key/value tiles of 64 rows are gathered from the paged cache into shared memory
-// by cp.async, two tiles in flight (the next is copied while this one is used); S = Q K^T and O += P V are m16n8k16 products with the scores, the online softmax (causal
-// mask by position) and the output accumulators in registers, P fed back as the A operand. A warp
-// whose rows all precede a key tile skips its products.
+// by cp.async, two tiles in flight (the next is copied while this one is used); S = Q K^T and O += P V
+// are m16n8k16 products with the scores, the online softmax (causal mask by position) and the output
+// accumulators in registers, P fed back as the A operand. A warp whose rows all precede a key tile
+// skips its products.
 constexpr int kMKeys = 64;    // keys per tile
 constexpr int kMRowPad = 8;   // elements after each staged row (ldmatrix rows on different banks)
 
