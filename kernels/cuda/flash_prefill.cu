@@ -8,14 +8,21 @@
 #include "kernels/cuda/ops.cuh"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <numeric>
 
 namespace llmserve::cuda {
 namespace {
 
-constexpr int kRows = 64;   // query rows per block
-constexpr int kWarps = 4;   // 16 rows each
-constexpr int kThreads = kWarps * 32;
+// Query rows per block: 16 per warp, 4 or 8 warps (LLMSERVE_PREFILL_ROWS=128: temporary A/B switch).
+int prefill_rows() {
+  static const int rows = [] {
+    const char* e = std::getenv("LLMSERVE_PREFILL_ROWS");
+    return e && std::strcmp(e, "128") == 0 ? 128 : 64;
+  }();
+  return rows;
+}
 
 // mma.sync in FlashAttention-2's register layout: one block of 4 warps per (query head, tile of up to
 // 64 query tokens of one sequence), a warp owning 16 query rows whose Q fragments (scaled, rounded to
@@ -32,12 +39,12 @@ constexpr size_t prefill_smem() {
   return sizeof(uint16_t) * 2 /* stages */ * 2 /* K, V */ * kMKeys * (D + kMRowPad);
 }
 
-template <typename TI, typename T, int D>
-__global__ void __launch_bounds__(kThreads)
+template <typename TI, typename T, int D, int W>
+__global__ void __launch_bounds__(W * 32)
     flash_prefill_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
                     const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t n, int64_t Hq,
                     int64_t Hk, int64_t bs, float scale, T* out) {
-  constexpr int KS = D / 16, NT = D / 8, RS = D + kMRowPad, CH = D / 8, NS = kMKeys / 8;
+  constexpr int KS = D / 16, NT = D / 8, RS = D + kMRowPad, CH = D / 8, NS = kMKeys / 8, kThreads = W * 32;
   extern __shared__ __align__(128) unsigned char smem[];
   T* stage_base = reinterpret_cast<T*>(smem);  // [stage][K, V][kMKeys][RS]
   __shared__ int32_t tile_max;
@@ -176,7 +183,7 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
   const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(num_tiles));
   auto run = [&](auto d) {
     constexpr int Dc = decltype(d)::value;
-    auto k = flash_prefill_k<TI, T, Dc>;
+    auto k = prefill_rows() == 128 ? flash_prefill_k<TI, T, Dc, 8> : flash_prefill_k<TI, T, Dc, 4>;
     constexpr size_t smem = prefill_smem<Dc>();
     static const bool opted = [&] {  // above the default 48 KB at 128 head dimensions
       check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
@@ -184,7 +191,7 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
       return true;
     }();
     (void)opted;
-    launch("flash_prefill", k, grid, kThreads, smem, s, q, k_cache, v_cache, block_tables, max_blocks, token_seq,
+    launch("flash_prefill", k, grid, prefill_rows() * 2, smem, s, q, k_cache, v_cache, block_tables, max_blocks, token_seq,
            positions, tiles, n, Hq, Hk, block_size, scale, out);
   };
   switch (D) {
@@ -201,6 +208,7 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
 
 std::vector<int32_t> flash_prefill_tiles(const std::vector<int32_t>& q_start, const std::vector<int32_t>& positions) {
   std::vector<int32_t> tiles, keys;  // a tile's work: the keys its last row sees
+  const int kRows = prefill_rows();
   for (size_t s = 0; s + 1 < q_start.size(); ++s)
     for (int32_t t = q_start[s]; t < q_start[s + 1]; t += kRows) {
       tiles.push_back(t);
