@@ -11,34 +11,36 @@
 namespace llmserve::cuda {
 namespace {
 
-// One thread per (token, head of q then k, rotation pair): q rotated in place; k rotated and, with v,
-// written to the caches at the token's slot (k itself is left as it was).
+// One thread per (token, rotation pair), looping over the heads: q rotated in place; k rotated and,
+// with v, written to the caches at the token's slot (k itself is left as it was). The angle's sine and
+// cosine are computed once per (token, pair), not once per head.
 template <typename T>
 __global__ void rope_kv_k(float* q, const float* k, const float* v, const int32_t* positions, const float* inv_freq,
                           const int32_t* slots, int64_t n, int64_t Hq, int64_t Hk, int64_t D, T* kc, T* vc) {
   pdl_enter();
   const int64_t half = D / 2;
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (idx >= n * (Hq + Hk) * half) return;
-  const int64_t i = idx % half, h = (idx / half) % (Hq + Hk), t = idx / (half * (Hq + Hk));
+  if (idx >= n * half) return;
+  const int64_t i = idx % half, t = idx / half;
   const float a = static_cast<float>(positions[t]) * inv_freq[i];
   float sn, cs;
   sincosf(a, &sn, &cs);
-  if (h < Hq) {
+  for (int64_t h = 0; h < Hq; ++h) {
     float* r = q + (t * Hq + h) * D;
     const float x1 = r[i], x2 = r[i + half];
     r[i] = x1 * cs - x2 * sn;
     r[i + half] = x2 * cs + x1 * sn;
-    return;
   }
   const int64_t slot = slots[t];
   if (slot < 0) return;
-  const int64_t kh = h - Hq, src = (t * Hk + kh) * D, dst = (slot * Hk + kh) * D;
-  const float x1 = k[src + i], x2 = k[src + i + half];
-  kc[dst + i] = from_f<T>(x1 * cs - x2 * sn);
-  kc[dst + i + half] = from_f<T>(x2 * cs + x1 * sn);
-  vc[dst + i] = from_f<T>(v[src + i]);
-  vc[dst + i + half] = from_f<T>(v[src + i + half]);
+  for (int64_t kh = 0; kh < Hk; ++kh) {
+    const int64_t src = (t * Hk + kh) * D, dst = (slot * Hk + kh) * D;
+    const float x1 = k[src + i], x2 = k[src + i + half];
+    kc[dst + i] = from_f<T>(x1 * cs - x2 * sn);
+    kc[dst + i + half] = from_f<T>(x2 * cs + x1 * sn);
+    vc[dst + i] = from_f<T>(v[src + i]);
+    vc[dst + i + half] = from_f<T>(v[src + i + half]);
+  }
 }
 
 constexpr int kWarpsPerBlock = 8;
@@ -131,7 +133,7 @@ template <typename T>
 void rope_kv_write(float* q, const float* k, const float* v, const int32_t* positions, const float* inv_freq,
                    const int32_t* slots, int64_t n, int64_t Hq, int64_t Hk, int64_t D, T* k_cache, T* v_cache,
                    cudaStream_t s) {
-  const int64_t total = n * (Hq + Hk) * (D / 2);
+  const int64_t total = n * (D / 2);
   if (total == 0) return;
   launch("rope_kv_write", rope_kv_k<T>, blocks_for(total, 256), 256, 0, s, q, k, v, positions, inv_freq, slots, n, Hq, Hk,
          D, k_cache, v_cache);
