@@ -1,6 +1,7 @@
 #include "backend/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -84,6 +85,8 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   ck(cudaMalloc(&attention_scratch_, cuda::paged_attention_scratch_bytes()), "attention scratch allocation");
   ck(cudaMemset(attention_scratch_, 0, cuda::paged_attention_scratch_bytes()), "attention scratch");
   cuda::prepare_attention_kernels();
+  ck(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking), "copy stream");
+  ck(cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming), "copy event");
   // Tensors are stream-ordered allocations from the device's pool, which keeps freed memory for reuse
   // (cudaFree would synchronise the device at every temporary of every step).
   ck(cudaDeviceGetDefaultMemPool(&pool_, device_), "memory pool");
@@ -108,6 +111,10 @@ CudaBackend::~CudaBackend() {
     if (b->ptr) cudaFree(b->ptr);
   if (workspace_) cudaFree(workspace_);
   if (attention_scratch_) cudaFree(attention_scratch_);
+  if (draw_device_) cudaFree(draw_device_);
+  if (draw_pinned_) cudaFreeHost(draw_pinned_);
+  if (copied_) cudaEventDestroy(copied_);
+  if (copy_stream_) cudaStreamDestroy(copy_stream_);
   if (lt_) cublasLtDestroy(lt_);
 }
 
@@ -566,17 +573,32 @@ void CudaBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, con
   const int64_t n = static_cast<int64_t>(rows.size()), ne = static_cast<int64_t>(edits.size());
   if (n == 0) return;
   LLMSERVE_CHECK(logits.dtype == DType::F32, "draw_rows: logits must be float32");
-  // Scratch tensors (float32-typed storage; the bytes are what matter).
-  auto words = [](size_t bytes) { return static_cast<int64_t>((bytes + 3) / 4); };
-  Tensor dev_rows = empty({words(rows.size() * sizeof(RowDraw))}, DType::F32);
-  ck(cudaMemcpy(dev_rows.data, rows.data(), rows.size() * sizeof(RowDraw), cudaMemcpyHostToDevice), "upload draws");
-  Tensor dev_edits = empty({words(std::max<size_t>(edits.size(), 1) * sizeof(LogitEdit))}, DType::F32);
-  if (ne > 0)
-    ck(cudaMemcpy(dev_edits.data, edits.data(), edits.size() * sizeof(LogitEdit), cudaMemcpyHostToDevice), "upload penalties");
+  // The draws and edits go up while the forward pass runs: pinned staging, the copy stream, an event
+  // stream() waits for. The previous call's copy is done (its results came down after its kernel, which
+  // waited for that copy), so both buffers are free.
+  const size_t rows_bytes = rows.size() * sizeof(RowDraw), edits_at = (rows_bytes + 15) / 16 * 16;
+  const size_t bytes = edits_at + edits.size() * sizeof(LogitEdit);
+  if (bytes > draw_cap_) {
+    const size_t cap = std::max<size_t>(bytes + bytes / 2, 1 << 16);
+    if (draw_device_) ck(cudaFree(draw_device_), "free draw inputs");
+    if (draw_pinned_) ck(cudaFreeHost(draw_pinned_), "free draw staging");
+    draw_device_ = draw_pinned_ = nullptr;
+    draw_cap_ = 0;
+    ck(cudaMalloc(&draw_device_, cap), "draw inputs allocation");
+    ck(cudaMallocHost(&draw_pinned_, cap), "draw staging allocation");
+    draw_cap_ = cap;
+  }
+  auto* staged = static_cast<unsigned char*>(draw_pinned_);
+  std::memcpy(staged, rows.data(), rows_bytes);
+  if (ne > 0) std::memcpy(staged + edits_at, edits.data(), edits.size() * sizeof(LogitEdit));
+  ck(cudaMemcpyAsync(draw_device_, draw_pinned_, bytes, cudaMemcpyHostToDevice, copy_stream_), "upload draws");
+  ck(cudaEventRecord(copied_, copy_stream_), "upload draws");
+  ck(cudaStreamWaitEvent(stream(), copied_, 0), "upload draws");
+  const auto* dev = static_cast<const unsigned char*>(draw_device_);
   const bool filtered = std::any_of(rows.begin(), rows.end(), [](const RowDraw& r) { return r.filtered(); });
   Tensor dev_best = empty({n}, DType::F32), dev_idx = empty({n}, DType::F32);
-  cuda::draw_rows(logits.as<float>(), n, logits.dim(1), L, token_offset, static_cast<const RowDraw*>(dev_rows.data),
-                  static_cast<const LogitEdit*>(dev_edits.data), ne, filtered, dev_best.as<float>(),
+  cuda::draw_rows(logits.as<float>(), n, logits.dim(1), L, token_offset, reinterpret_cast<const RowDraw*>(dev),
+                  reinterpret_cast<const LogitEdit*>(dev + edits_at), ne, filtered, dev_best.as<float>(),
                   static_cast<int32_t*>(dev_idx.data), stream());
   ck(cudaMemcpy(best, dev_best.data, n * sizeof(float), cudaMemcpyDeviceToHost), "download draws");
   ck(cudaMemcpy(idx, dev_idx.data, n * sizeof(int32_t), cudaMemcpyDeviceToHost), "download draws");

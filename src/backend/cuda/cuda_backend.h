@@ -107,6 +107,14 @@ class CudaBackend : public Backend {
   int64_t max_new_ = 0;  // the most new tokens of one sequence in the step
   static constexpr int64_t kFlashMinQueries = 16;  // new tokens of one sequence that make a step a prefill
   bool flash_ = false;
+  // draw_rows' inputs (row draws, penalty edits): staged in pinned memory and copied on their own stream,
+  // so the copy overlaps the forward pass still running on stream(); a device buffer of their own (a
+  // pool allocation on stream() could still be in use by the queued forward pass).
+  cudaStream_t copy_stream_ = nullptr;
+  cudaEvent_t copied_ = nullptr;
+  void* draw_pinned_ = nullptr;
+  void* draw_device_ = nullptr;
+  size_t draw_cap_ = 0;
 };
 
 // The CUDA backend on this rank's GPU (local_rank modulo the GPUs visible); throws Error when there
