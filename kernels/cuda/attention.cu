@@ -533,20 +533,10 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
     stage(0, j0, slot0, lo, min(len, old), true);
   }
   pdl_enter();
-  // The group's queries as A fragments of every k-step: rows lane/4 and lane/4 + 8 (zero past G).
+  // The group's queries as A fragments of every k-step (rows past G are zeros).
   const int r0 = lane / 4, c0 = (lane % 4) * 2;
-  auto qv = [&](int r, int d) {
-    return r < G ? to_f(q[(t * Hq + kh * G + r) * D + d]) * scale : 0.f;
-  };
   unsigned qa[KS][4];
-#pragma unroll
-  for (int k = 0; k < KS; ++k) {
-    const int d = k * 16 + c0;
-    qa[k][0] = pack2<T>(qv(r0, d), qv(r0, d + 1));
-    qa[k][1] = pack2<T>(qv(r0 + 8, d), qv(r0 + 8, d + 1));
-    qa[k][2] = pack2<T>(qv(r0, d + 8), qv(r0, d + 9));
-    qa[k][3] = pack2<T>(qv(r0 + 8, d + 8), qv(r0 + 8, d + 9));
-  }
+  q_fragments<T>(qa, lane, [&](int r, int d) { return r < G ? to_f(q[(t * Hq + kh * G + r) * D + d]) * scale : 0.f; });
   if (busy) stage(0, j0, slot0, max(lo, old), len, false);
   cp_async_commit();
   // The second tile (after pdl_enter: any of its keys may be this step's).

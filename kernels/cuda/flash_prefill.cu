@@ -66,19 +66,12 @@ __global__ void __launch_bounds__(W * 32)
   if (tid == 0) tile_max = -1;
   __syncthreads();
   if (lane == 0) atomicMax(&tile_max, warp_max);
-  // Q fragments of every k-step: rows r0 and r0 + 8 of the warp, scaled and rounded once.
-  auto qv = [&](int r, int32_t p, int d) {
-    return p >= 0 ? to_f(q[((t0 + w * 16 + r) * Hq + h) * D + d]) * scale : 0.f;
-  };
+  // Q fragments of every k-step (rows r0 and r0 + 8 of the warp), scaled and rounded once; rows that
+  // are not this sequence's tokens are zeros.
   unsigned qa[KS][4];
-#pragma unroll
-  for (int k = 0; k < KS; ++k) {
-    const int d = k * 16 + c0;
-    qa[k][0] = pack2<T>(qv(r0, p_lo, d), qv(r0, p_lo, d + 1));
-    qa[k][1] = pack2<T>(qv(r0 + 8, p_hi, d), qv(r0 + 8, p_hi, d + 1));
-    qa[k][2] = pack2<T>(qv(r0, p_lo, d + 8), qv(r0, p_lo, d + 9));
-    qa[k][3] = pack2<T>(qv(r0 + 8, p_hi, d + 8), qv(r0 + 8, p_hi, d + 9));
-  }
+  q_fragments<T>(qa, lane, [&](int r, int d) {
+    return (r < 8 ? p_lo : p_hi) >= 0 ? to_f(q[((t0 + w * 16 + r) * Hq + h) * D + d]) * scale : 0.f;
+  });
   __syncthreads();
   const int64_t nkeys = static_cast<int64_t>(tile_max) + 1, ntiles = (nkeys + kMKeys - 1) / kMKeys;
   const int64_t row = Hk * D;

@@ -61,6 +61,22 @@ __device__ __forceinline__ void cp_async_wait_group() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
+// A warp's A fragments of a 16-row block of queries for every 16-wide k-step (KS of them): q(r, d)
+// gives row r's element d (r < 16; scaled as the caller wants), rounded to T here. Lane l holds rows
+// l/4 and l/4 + 8, columns 2 (l % 4) and 2 (l % 4) + 1 of each 8-wide half of the k-step.
+template <typename T, int KS, typename Q>
+__device__ __forceinline__ void q_fragments(unsigned (&qa)[KS][4], int lane, Q q) {
+  const int r0 = lane / 4, c0 = (lane % 4) * 2;
+#pragma unroll
+  for (int k = 0; k < KS; ++k) {
+    const int d = k * 16 + c0;
+    qa[k][0] = pack2<T>(q(r0, d), q(r0, d + 1));
+    qa[k][1] = pack2<T>(q(r0 + 8, d), q(r0 + 8, d + 1));
+    qa[k][2] = pack2<T>(q(r0, d + 8), q(r0, d + 9));
+    qa[k][3] = pack2<T>(q(r0 + 8, d + 8), q(r0 + 8, d + 9));
+  }
+}
+
 // FlashAttention's online-softmax step for one half of a warp's m16 rows (hh = 0: row lane/4, C
 // elements 0 and 1 of each n-tile; hh = 1: row lane/4 + 8, elements 2 and 3), over the n-tiles of
 // scores sc[NS][4] already masked with -inf: the running max m and sum l advance, sc becomes the
