@@ -8,24 +8,18 @@
 #include "kernels/cuda/ops.cuh"
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <numeric>
 
 namespace llmserve::cuda {
 namespace {
 
-// Query rows per block: 16 per warp, 4 or 8 warps (LLMSERVE_PREFILL_ROWS=128: temporary A/B switch).
-int prefill_rows() {
-  static const int rows = [] {
-    const char* e = std::getenv("LLMSERVE_PREFILL_ROWS");
-    return e && std::strcmp(e, "128") == 0 ? 128 : 64;
-  }();
-  return rows;
-}
+constexpr int kWarps = 8;             // per block, 16 query rows each
+constexpr int kRows = kWarps * 16;    // query rows per block (128: each staged key/value tile serves
+                                      // twice the rows of 64-row tiles; 2,048 causal tokens 120 -> 103 us)
+constexpr int kThreads = kWarps * 32;
 
-// mma.sync in FlashAttention-2's register layout: one block of 4 warps per (query head, tile of up to
-// 64 query tokens of one sequence), a warp owning 16 query rows whose Q fragments (scaled, rounded to
+// mma.sync in FlashAttention-2's register layout: one block of 8 warps per (query head, tile of up to
+// 128 query tokens of one sequence), a warp owning 16 query rows whose Q fragments (scaled, rounded to
 // T) stay in registers; key/value tiles of 64 rows are gathered from the paged cache into shared memory
 // by cp.async, two tiles in flight (the next is copied while this one is used); S = Q K^T and O += P V
 // are m16n8k16 products with the scores, the online softmax (causal mask by position) and the output
@@ -39,12 +33,12 @@ constexpr size_t prefill_smem() {
   return sizeof(uint16_t) * 2 /* stages */ * 2 /* K, V */ * kMKeys * (D + kMRowPad);
 }
 
-template <typename TI, typename T, int D, int W>
-__global__ void __launch_bounds__(W * 32)
+template <typename TI, typename T, int D>
+__global__ void __launch_bounds__(kThreads)
     flash_prefill_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
                     const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t n, int64_t Hq,
                     int64_t Hk, int64_t bs, float scale, T* out) {
-  constexpr int KS = D / 16, NT = D / 8, RS = D + kMRowPad, CH = D / 8, NS = kMKeys / 8, kThreads = W * 32;
+  constexpr int KS = D / 16, NT = D / 8, RS = D + kMRowPad, CH = D / 8, NS = kMKeys / 8;
   extern __shared__ __align__(128) unsigned char smem[];
   T* stage_base = reinterpret_cast<T*>(smem);  // [stage][K, V][kMKeys][RS]
   __shared__ int32_t tile_max;
@@ -176,7 +170,7 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
   const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(num_tiles));
   auto run = [&](auto d) {
     constexpr int Dc = decltype(d)::value;
-    auto k = prefill_rows() == 128 ? flash_prefill_k<TI, T, Dc, 8> : flash_prefill_k<TI, T, Dc, 4>;
+    auto k = flash_prefill_k<TI, T, Dc>;
     constexpr size_t smem = prefill_smem<Dc>();
     static const bool opted = [&] {  // above the default 48 KB at 128 head dimensions
       check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
@@ -184,7 +178,7 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
       return true;
     }();
     (void)opted;
-    launch("flash_prefill", k, grid, prefill_rows() * 2, smem, s, q, k_cache, v_cache, block_tables, max_blocks, token_seq,
+    launch("flash_prefill", k, grid, kThreads, smem, s, q, k_cache, v_cache, block_tables, max_blocks, token_seq,
            positions, tiles, n, Hq, Hk, block_size, scale, out);
   };
   switch (D) {
@@ -201,7 +195,6 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
 
 std::vector<int32_t> flash_prefill_tiles(const std::vector<int32_t>& q_start, const std::vector<int32_t>& positions) {
   std::vector<int32_t> tiles, keys;  // a tile's work: the keys its last row sees
-  const int kRows = prefill_rows();
   for (size_t s = 0; s + 1 < q_start.size(); ++s)
     for (int32_t t = q_start[s]; t < q_start[s + 1]; t += kRows) {
       tiles.push_back(t);

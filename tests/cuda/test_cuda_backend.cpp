@@ -203,7 +203,7 @@ TEST_P(CudaOps, Float32IntermediatesIntoLowPrecision) {
   expect_close(ac, ag, "paged_attention float32 queries", 1e-2);
 }
 
-// Tensor-core prefill tiles: every query token in exactly one tile of up to 64 tokens of one sequence,
+// Tensor-core prefill tiles: every query token in exactly one tile of up to 128 tokens of one sequence,
 // the tiles whose last row sees the most keys first (a 45-token chunk after 260 cached tokens, a
 // 140-token prefill, a decode at 700).
 TEST(FlashPrefillTiles, CoverEverySequenceHeaviestFirst) {
@@ -213,8 +213,8 @@ TEST(FlashPrefillTiles, CoverEverySequenceHeaviestFirst) {
   for (int32_t p = 0; p < 140; ++p) positions.push_back(p);
   positions.push_back(700);
   const std::vector<int32_t> tiles = cuda::flash_prefill_tiles(q_start, positions);
-  // Keys seen by each tile's last row: 185 -> 701, 0 -> 305, 173 (45 + 128) -> 140, 109 -> 128, 45 -> 64.
-  EXPECT_EQ(tiles, (std::vector<int32_t>{185, 0, 173, 109, 45}));
+  // Keys seen by each tile's last row: 185 -> 701, 0 -> 305, 173 (45 + 128) -> 140, 45 -> 128.
+  EXPECT_EQ(tiles, (std::vector<int32_t>{185, 0, 173, 45}));
 }
 
 // Long contexts: many 32-key tiles per warp, every warp of the block busy, partial last tiles (a decode
