@@ -33,7 +33,7 @@ b --num-prompts 256 --random-input-len 512 --random-output-len 256 --result-file
 echo "sampled (temperature 0.8, top-p 0.9, top-k 50, repetition penalty 1.1):"
 b --num-prompts 256 --random-input-len 512 --random-output-len 256 --temperature 0.8 --top-p 0.9 --top-k 50 \
   --repetition-penalty 1.1 --result-file "$out/throughput-sampled-$tag.json" | grep -E "Output token|Failed|Mean TPOT"
-echo "logprobs (5 alternatives per token; those rows' logits go to the host sampler):"
+echo "logprobs (5 alternatives per token, reduced on the GPU):"
 b --num-prompts 256 --random-input-len 512 --random-output-len 256 --logprobs 5 \
   --result-file "$out/throughput-logprobs-$tag.json" | grep -E "Output token|Failed|Mean TPOT"
 grep -E "KV cache|memory" "$out/server-$tag.log" | head -5 || true

@@ -1,16 +1,18 @@
 // The sampler on one step's rows, vocabulary-parallel over the MPI world as in the server:
-//   - the host sampler (the path of rows asking for logprobs), and
+//   - the host sampler (on GPUs the path of filtered rows of a split vocabulary without NCCL), and
 //   - sample_step() on a backend (cpu or cuda) with the tensor group's communicator: rows with
 //     top-k / top-p / min-p are all-gathered into whole rows and drawn on the backend when the
 //     vocabulary is split, drawn in place otherwise;
-// milliseconds per step (median of 5) on rank 0, and whether both give the same tokens.
-//   mpirun -np TP build/bench/sampler_bench [rows] [vocab] [cpu|cuda]
+// milliseconds per step (median of 5) on rank 0, and whether both give the same tokens (and, with
+// LOGPROBS >= 0, the largest difference of their log-probabilities and whether their top lists agree).
+//   mpirun -np TP build/bench/sampler_bench [rows] [vocab] [cpu|cuda] [LOGPROBS]
 // Rows: temperature 0.8, top-k 50, top-p 0.9, repetition penalty 1.1 over a 768-token history
 // (gpu_e2e.sh's sampled run), normal(0, 2) logits.
 #include <mpi.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -54,6 +56,7 @@ int main(int argc, char** argv) {
     const size_t n = argc > 1 ? std::strtoul(argv[1], nullptr, 10) : 256;
     const int64_t V = argc > 2 ? std::atoll(argv[2]) : 151936;
     const std::string kind = argc > 3 ? argv[3] : "cpu";
+    const int logprobs = argc > 4 ? std::atoi(argv[4]) : -1;
     if (n == 0 || V < comm.size()) throw Error("sampler_bench: rows must be positive and vocab at least the ranks");
     const Range vocab = shard_range(V, comm.size(), comm.rank());
     const int64_t stride = (V + comm.size() - 1) / comm.size();
@@ -70,6 +73,7 @@ int main(int argc, char** argv) {
     p.top_p = 0.9;
     p.top_k = 50;
     p.repetition_penalty = 1.1;
+    p.logprobs = logprobs;
     std::vector<int32_t> history(768);
     for (auto& t : history) t = static_cast<int32_t>(g() % V);
     StepPlan plan;
@@ -109,15 +113,25 @@ int main(int argc, char** argv) {
       Tensor t = be->upload(rows.data(), {static_cast<int64_t>(n), stride}, DType::F32);  // draws edit it in place
       got = on_backend.sample_step(plan, *be, t);
     });
-    size_t same = 0;
-    for (size_t i = 0; i < n; ++i) same += want[i].token == got[i].token;
+    size_t same = 0, same_top = 0;
+    double lp_diff = 0;
+    for (size_t i = 0; i < n; ++i) {
+      same += want[i].token == got[i].token;
+      same_top += want[i].top_ids == got[i].top_ids;
+      lp_diff = std::max<double>(lp_diff, std::fabs(want[i].logprob - got[i].logprob));
+      for (size_t k = 0; k < want[i].top_logprobs.size() && k < got[i].top_logprobs.size(); ++k)
+        lp_diff = std::max<double>(lp_diff, std::fabs(want[i].top_logprobs[k] - got[i].top_logprobs[k]));
+    }
     if (comm.rank() == 0) {
       std::printf("sampler: %zu rows x %lld vocabulary over %d rank(s)\n", n, static_cast<long long>(V), comm.size());
       std::printf("  host sampler                 %8.1f ms per step (median of 5)\n", host_ms);
       std::printf("  sample_step on %-4s backend  %8.1f ms per step, including the logits' upload; same tokens on %zu/%zu rows\n",
                   be->name().c_str(), backend_ms, same, n);
+      if (logprobs >= 0)
+        std::printf("  logprobs (%d alternatives): top lists equal on %zu/%zu rows, largest difference %.2e\n", logprobs,
+                    same_top, n, lp_diff);
     }
-    if (same != n) rc = 1;
+    if (same != n || (logprobs >= 0 && (same_top != n || lp_diff > 1e-4))) rc = 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "sampler_bench: %s\n", e.what());
     rc = 1;

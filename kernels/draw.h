@@ -62,4 +62,12 @@ LLMSERVE_HD float apply_logit_edit(float l, const LogitEdit& e) {
   return e.mask ? -INFINITY : l;
 }
 
+// Log-probabilities are taken from the raw logits (before penalties and temperature, as vLLM's
+// default): each rank reduces its shard of a row to these statistics and the sampler combines the
+// shards'. For row j: stats[3j] = the largest logit mx, stats[3j + 1] = sum of e^(l - mx) (0 when every
+// logit is -inf), stats[3j + 2] = the logit of token chosen[j] (0 when it is not in the shard); then
+// the K largest logits with their token ids, largest first, ties to the smaller id, padded with
+// (-inf, -1). K is at most kMaxTopLogprobs (OpenAI's top_logprobs limit).
+constexpr int kMaxTopLogprobs = 20;
+
 }  // namespace llmserve

@@ -59,6 +59,38 @@ float draw_keep_threshold(const float* row, int64_t L, const RowDraw& r) {
   return std::max(keep, top_p_cut(kept.data(), static_cast<int64_t>(kept.size()), mx, static_cast<float>(sum), r.top_p));
 }
 
+void row_logprobs(const float* logits, int64_t stride, int64_t L, int64_t token_offset, const int32_t* rows,
+                  const int32_t* chosen, int64_t m, int K, float* stats, float* top_v, int32_t* top_i) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+#pragma omp parallel for schedule(dynamic) if (m > 1)
+  for (int64_t j = 0; j < m; ++j) {
+    const float* row = logits + rows[j] * stride;
+    float mx = kNegInf;
+    double sum = 0;  // (a float running sum over 10^5 terms drifts by about 1e-5)
+    for (int64_t k = 0; k < L; ++k) mx = std::max(mx, row[k]);
+    if (mx != kNegInf)
+      for (int64_t k = 0; k < L; ++k) sum += std::exp(row[k] - mx);
+    const int64_t c = chosen[j] - token_offset;
+    stats[3 * j] = mx;
+    stats[3 * j + 1] = static_cast<float>(sum);
+    stats[3 * j + 2] = c >= 0 && c < L ? row[c] : 0.f;
+    // The K largest in one pass: a sorted list, a value entering only above its last (ties keep the
+    // earlier, smaller token).
+    float* v = top_v + j * K;
+    int32_t* id = top_i + j * K;
+    std::fill(v, v + K, kNegInf);
+    std::fill(id, id + K, -1);
+    for (int64_t k = 0; K > 0 && k < L; ++k) {
+      const float x = row[k];
+      if (!(x > v[K - 1])) continue;
+      int p = K - 1;
+      for (; p > 0 && v[p - 1] < x; --p) v[p] = v[p - 1], id[p] = id[p - 1];
+      v[p] = x;
+      id[p] = static_cast<int32_t>(token_offset + k);
+    }
+  }
+}
+
 void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
                const LogitEdit* edits, int64_t num_edits, float* best, int32_t* idx) {
   for (int64_t e = 0; e < num_edits; ++e) {

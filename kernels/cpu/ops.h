@@ -48,6 +48,10 @@ void silu_mul(const float* gate, const float* up, int64_t n, float* out);
 // token. A row with every logit -inf gets best -inf and token INT32_MAX.
 void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
                const LogitEdit* edits, int64_t num_edits, float* best, int32_t* idx);
+// Log-probability statistics (see kernels/draw.h) of rows rows[0..m) of logits [., stride] whose first L
+// columns are tokens token_offset..: stats [m, 3], top_v and top_i [m, K].
+void row_logprobs(const float* logits, int64_t stride, int64_t L, int64_t token_offset, const int32_t* rows,
+                  const int32_t* chosen, int64_t m, int K, float* stats, float* top_v, int32_t* top_i);
 // The smallest x = logit * inv_temperature a filtered row keeps (-inf when it keeps everything).
 float draw_keep_threshold(const float* row, int64_t L, const RowDraw& r);
 // The two filter steps that see the kept values themselves, shared with the sampler's version for a

@@ -225,6 +225,62 @@ __global__ void __launch_bounds__(kThreads)
   idx[i] = found ? static_cast<int32_t>(token_offset + bi) : INT32_MAX;
 }
 
+// Block j reduces row rows[j] to its log-probability statistics (kernels/draw.h): each thread keeps a
+// running (max, sum of e^(l - max)) and its K largest logits in a sorted list; the block combines the
+// sums and then takes the K largest of the threads' lists in K rounds of a block-wide maximum over the
+// lists' heads (a (value, token) key: larger value, then smaller token).
+constexpr int kLogprobThreads = 256;
+
+__global__ void __launch_bounds__(kLogprobThreads)
+    row_logprobs_k(const float* logits, int64_t stride, int64_t L, int64_t token_offset, const int32_t* rows,
+                   const int32_t* chosen, int K, float* stats, float* top_v, int32_t* top_i) {
+  pdl_enter();
+  const int64_t j = blockIdx.x;
+  const float* row = logits + rows[j] * stride;
+  float mx = -INFINITY, sum = 0.f;
+  float v[kMaxTopLogprobs];
+  int32_t id[kMaxTopLogprobs];
+  for (int p = 0; p < K; ++p) v[p] = -INFINITY, id[p] = -1;
+  for (int64_t k = threadIdx.x; k < L; k += kLogprobThreads) {
+    const float x = row[k];
+    if (x == -INFINITY) continue;
+    if (x > mx) {
+      sum = sum * __expf(mx - x) + 1.f;
+      mx = x;
+    } else {
+      sum += __expf(x - mx);
+    }
+    if (K > 0 && x > v[K - 1]) {
+      int p = K - 1;
+      for (; p > 0 && v[p - 1] < x; --p) v[p] = v[p - 1], id[p] = id[p - 1];
+      v[p] = x;
+      id[p] = static_cast<int32_t>(token_offset + k);
+    }
+  }
+  const float bmx = block_reduce(mx, [](float a, float b) { return fmaxf(a, b); }, -INFINITY);
+  const float bsum = block_sum(mx == -INFINITY ? 0.f : sum * __expf(mx - bmx));
+  if (threadIdx.x == 0) {
+    const int64_t c = chosen[j] - token_offset;
+    stats[3 * j] = bmx;
+    stats[3 * j + 1] = bsum;
+    stats[3 * j + 2] = c >= 0 && c < L ? row[c] : 0.f;
+  }
+  int head = 0;
+  auto key = [&]() -> unsigned long long {  // 0: this thread's list is used up
+    if (head >= K || v[head] == -INFINITY) return 0ull;
+    return (static_cast<unsigned long long>(order_key(v[head])) << 32) | (0xffffffffu - static_cast<uint32_t>(id[head]));
+  };
+  for (int r = 0; r < K; ++r) {
+    const unsigned long long mine = key();
+    const unsigned long long best = block_reduce(mine, [](unsigned long long a, unsigned long long b) { return a > b ? a : b; }, 0ull);
+    if (threadIdx.x == 0) {
+      top_v[j * K + r] = best ? key_value(static_cast<uint32_t>(best >> 32)) : -INFINITY;
+      top_i[j * K + r] = best ? static_cast<int32_t>(0xffffffffu - static_cast<uint32_t>(best)) : -1;
+    }
+    if (best && mine == best) ++head;
+  }
+}
+
 }  // namespace
 
 void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
@@ -257,6 +313,13 @@ void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t toke
     cudaFreeAsync(part_i, s);
   }
   if (keep) cudaFreeAsync(keep, s);
+}
+
+void row_logprobs(const float* logits, int64_t stride, int64_t L, int64_t token_offset, const int32_t* rows,
+                  const int32_t* chosen, int64_t m, int K, float* stats, float* top_v, int32_t* top_i, cudaStream_t s) {
+  if (m == 0) return;
+  launch("row_logprobs", row_logprobs_k, static_cast<unsigned>(m), kLogprobThreads, 0, s, logits, stride, L,
+         token_offset, rows, chosen, K, stats, top_v, top_i);
 }
 
 }  // namespace llmserve::cuda

@@ -126,6 +126,11 @@ class Backend {
   // filters and draws; best score and token per row, into host arrays of n.
   virtual void draw_rows(Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
                          const std::vector<LogitEdit>& edits, float* best, int32_t* idx) = 0;
+  // Log-probability statistics of rows `rows` of float32 logits [n, stride] whose first L columns are
+  // tokens token_offset.. (kernels/cpu/ops.h row_logprobs): host arrays stats [m, 3], top_v and top_i
+  // [m, K], m = rows.size() = chosen.size(), K <= kMaxTopLogprobs.
+  virtual void row_logprobs(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<int32_t>& rows,
+                            const std::vector<int32_t>& chosen, int K, float* stats, float* top_v, int32_t* top_i) = 0;
 
   // Device memory, for the memory plan (backends without a device memory of their own return false).
   virtual bool device_memory(size_t* free_bytes, size_t* total_bytes) { (void)free_bytes, (void)total_bytes; return false; }

@@ -129,6 +129,13 @@ void CpuBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, cons
                  edits.data(), static_cast<int64_t>(edits.size()), best, idx);
 }
 
+void CpuBackend::row_logprobs(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<int32_t>& rows,
+                              const std::vector<int32_t>& chosen, int K, float* stats, float* top_v, int32_t* top_i) {
+  LLMSERVE_CHECK(rows.size() == chosen.size() && K >= 0 && K <= kMaxTopLogprobs, "row_logprobs: bad arguments");
+  cpu::row_logprobs(logits.as<float>(), logits.dim(1), L, token_offset, rows.data(), chosen.data(),
+                    static_cast<int64_t>(rows.size()), K, stats, top_v, top_i);
+}
+
 void CpuBackend::gather_rows(const Tensor& x, Tensor& out) {
   const auto& m = meta();
   const int64_t C = cols(x);

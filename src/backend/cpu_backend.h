@@ -29,6 +29,8 @@ class CpuBackend : public Backend {
   void gather_rows(const Tensor& x, Tensor& out) override;
   void draw_rows(Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
                  const std::vector<LogitEdit>& edits, float* best, int32_t* idx) override;
+  void row_logprobs(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<int32_t>& rows,
+                    const std::vector<int32_t>& chosen, int K, float* stats, float* top_v, int32_t* top_i) override;
 
  private:
   const StepMeta& meta() const;

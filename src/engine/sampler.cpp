@@ -24,6 +24,22 @@ std::vector<float> top_values(const float* row, int64_t n, int64_t m) {
   return v;
 }
 
+// f(i, e, j) for each run [i, e) of consecutive set entries of mask, j counting the set entries before it.
+template <typename F>
+void for_runs(const std::vector<char>& mask, F&& f) {
+  for (size_t i = 0, j = 0; i < mask.size();) {
+    if (!mask[i]) {
+      ++i;
+      continue;
+    }
+    size_t e = i;
+    while (e < mask.size() && mask[e]) ++e;
+    f(i, e, j);
+    j += e - i;
+    i = e;
+  }
+}
+
 }  // namespace
 
 double Sampler::gumbel(int64_t seed, int64_t position, int64_t token) { return draw_gumbel(seed, position, token); }
@@ -165,9 +181,14 @@ RowDraw Sampler::row_draw(const SeqState& st) const {
 }
 
 bool Sampler::row_drawable(const SeqState& st) const {
-  if (st.params.logprobs >= 0) return false;
   // Filters need the whole row: on the backend only without a vocabulary split.
   return tp_.size() == 1 || !row_draw(st).filtered();
+}
+
+bool Sampler::edits_logits(const SeqState& st) {
+  const SamplingParams& p = st.params;
+  return p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 ||
+         static_cast<int64_t>(st.history.size()) - st.prompt_len < p.min_tokens;
 }
 
 std::vector<const SeqStep*> Sampler::sampled(const StepPlan& plan) const {
@@ -184,7 +205,7 @@ bool Sampler::drawable_on_backend(const StepPlan& plan) const {
   for (const auto& s : plan.seqs) {
     if (!s.sample) continue;
     auto it = state_.find(s.seq_id);
-    if (it == state_.end() || !row_drawable(it->second)) return false;
+    if (it == state_.end() || it->second.params.logprobs >= 0 || !row_drawable(it->second)) return false;
   }
   return true;
 }
@@ -248,41 +269,111 @@ std::vector<SampledToken> Sampler::sample_step(const StepPlan& plan, Backend& ba
   std::vector<SampledToken> out(n);
   if (n == 0) return out;
   // Every rank of the tensor group takes the same branches: the split follows from the plan alone.
-  std::vector<char> on_backend(n), gathered(n), on_host(n);
-  size_t backend_rows = 0, gathered_rows = 0, host_rows = 0;
+  std::vector<char> on_backend(n), gathered(n), on_host(n), lp(n), lp_edited(n);
+  size_t backend_rows = 0, gathered_rows = 0, host_rows = 0, lp_rows = 0, lp_edited_rows = 0;
   for (size_t i = 0; i < n; ++i) {
     const SeqState& st = state_.at(seqs[i]->seq_id);
     on_backend[i] = row_drawable(st);
-    gathered[i] = !on_backend[i] && tensor_comm_ && st.params.logprobs < 0;  // filters over a split vocabulary
+    gathered[i] = !on_backend[i] && tensor_comm_;  // filters over a split vocabulary
     on_host[i] = !on_backend[i] && !gathered[i];
+    // Log-probabilities of rows drawn on the backend come from their raw logits there too; a row the
+    // backend draw edits in place (penalties) is copied first.
+    lp[i] = !on_host[i] && st.params.logprobs >= 0;
+    lp_edited[i] = lp[i] && on_backend[i] && edits_logits(st);
     backend_rows += on_backend[i] != 0;
     gathered_rows += gathered[i] != 0;
     host_rows += on_host[i] != 0;
+    lp_rows += lp[i] != 0;
+    lp_edited_rows += lp_edited[i] != 0;
   }
   // The gathered draw first: it reads the logits before the backend draw edits them in place.
   if (gathered_rows > 0) draw_gathered(seqs, gathered, backend, logits, out);
+  Tensor raw;  // the log-probability rows, when some of them are edited
+  if (lp_edited_rows > 0) {
+    raw = backend.empty({static_cast<int64_t>(lp_rows), stride_}, DType::F32);
+    for_runs(lp, [&](size_t i, size_t e, size_t j) {
+      Tensor dst = rows_view(raw, static_cast<int64_t>(j), static_cast<int64_t>(e - i));
+      backend.copy(rows_view(logits, static_cast<int64_t>(i), static_cast<int64_t>(e - i)), dst);
+    });
+  }
   if (backend_rows > 0) draw_rows_on_backend(seqs, on_backend, backend, logits, out);
+  if (lp_rows > 0) {
+    std::vector<const SeqStep*> lp_seqs;
+    std::vector<int32_t> rows, chosen;
+    std::vector<SampledToken*> lp_out;
+    for (size_t i = 0; i < n; ++i) {
+      if (!lp[i]) continue;
+      rows.push_back(static_cast<int32_t>(lp_edited_rows > 0 ? lp_seqs.size() : i));
+      lp_seqs.push_back(seqs[i]);
+      chosen.push_back(out[i].token);
+      lp_out.push_back(&out[i]);
+    }
+    const int K = max_logprobs(lp_seqs);
+    std::vector<float> stats(3 * lp_rows), top_v(lp_rows * K);
+    std::vector<int32_t> top_i(lp_rows * K);
+    backend.row_logprobs(lp_edited_rows > 0 ? raw : logits, vocab_.size(), vocab_.begin, rows, chosen, K, stats.data(),
+                         top_v.data(), top_i.data());
+    finish_logprobs(lp_seqs, K, stats, top_v, top_i, lp_out);
+  }
   if (host_rows == 0) return out;
   std::vector<const SeqStep*> host;
   for (size_t i = 0; i < n; ++i)
     if (on_host[i]) host.push_back(seqs[i]);
   // The host rows' logits, one download per run of consecutive rows.
-  std::vector<float> rows(host.size() * static_cast<size_t>(stride_));
-  for (size_t i = 0, j = 0; i < n;) {
-    if (!on_host[i]) {
-      ++i;
-      continue;
-    }
-    size_t e = i;
-    while (e < n && on_host[e]) ++e;
-    backend.download(rows_view(logits, static_cast<int64_t>(i), static_cast<int64_t>(e - i)), rows.data() + j * stride_);
-    j += e - i;
-    i = e;
-  }
-  const auto drawn = sample_rows(host, rows.data());
+  std::vector<float> host_logits(host.size() * static_cast<size_t>(stride_));
+  for_runs(on_host, [&](size_t i, size_t e, size_t j) {
+    backend.download(rows_view(logits, static_cast<int64_t>(i), static_cast<int64_t>(e - i)),
+                     host_logits.data() + j * stride_);
+  });
+  const auto drawn = sample_rows(host, host_logits.data());
   for (size_t i = 0, j = 0; i < n; ++i)
     if (on_host[i]) out[i] = drawn[j++];
   return out;
+}
+
+int Sampler::max_logprobs(const std::vector<const SeqStep*>& seqs) const {
+  int K = 0;
+  for (const SeqStep* s : seqs) K = std::max(K, state_.at(s->seq_id).params.logprobs);
+  return K;
+}
+
+void Sampler::finish_logprobs(const std::vector<const SeqStep*>& seqs, int K, const std::vector<float>& stats,
+                              const std::vector<float>& top_v, const std::vector<int32_t>& top_i,
+                              const std::vector<SampledToken*>& out) {
+  const size_t m = seqs.size();
+  // The group's largest logit; the shards' sums rescaled to it and the chosen token's logit (from the
+  // one rank holding it) summed.
+  std::vector<float> mx(m), sums(2 * m);
+  for (size_t j = 0; j < m; ++j) mx[j] = stats[3 * j];
+  tp_.all_reduce_max(mx.data(), m);
+  for (size_t j = 0; j < m; ++j) {
+    sums[2 * j] = stats[3 * j] == kNegInf ? 0.f : stats[3 * j + 1] * std::exp(stats[3 * j] - mx[j]);
+    sums[2 * j + 1] = stats[3 * j + 2];
+  }
+  tp_.all_reduce_sum(sums.data(), 2 * m);
+  // Every rank's top lists as (value, token) pairs of floats (token ids are exact below 2^24).
+  std::vector<float> mine(m * K * 2), all(mine.size() * tp_.size());
+  for (size_t q = 0; q < m * K; ++q) mine[2 * q] = top_v[q], mine[2 * q + 1] = static_cast<float>(top_i[q]);
+  if (K > 0) tp_.all_gather(mine.data(), mine.size(), all.data());
+  for (size_t j = 0; j < m; ++j) {
+    const float lse = mx[j] + std::log(sums[2 * j]);
+    out[j]->logprob = sums[2 * j + 1] - lse;
+    std::vector<std::pair<float, int32_t>> cand;
+    for (int r = 0; r < tp_.size(); ++r)
+      for (int k = 0; k < K; ++k) {
+        const size_t o = ((r * m + j) * K + k) * 2;
+        if (all[o] != kNegInf) cand.emplace_back(all[o], static_cast<int32_t>(all[o + 1]));
+      }
+    std::sort(cand.begin(), cand.end(),
+              [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
+    const int want = state_.at(seqs[j]->seq_id).params.logprobs;
+    out[j]->top_ids.clear();
+    out[j]->top_logprobs.clear();
+    for (int k = 0; k < want && k < static_cast<int>(cand.size()); ++k) {
+      out[j]->top_ids.push_back(cand[k].second);
+      out[j]->top_logprobs.push_back(cand[k].first - lse);
+    }
+  }
 }
 
 void Sampler::draw_gathered(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Backend& backend,
@@ -323,22 +414,7 @@ std::vector<SampledToken> Sampler::sample_rows(const std::vector<const SeqStep*>
   }
   auto raw = [&](size_t i) { return logits + static_cast<int64_t>(i) * stride_; };
 
-  // Log-normalizers of the raw logits (for logprobs).
   const bool want_logprobs = std::any_of(st.begin(), st.end(), [](SeqState* s) { return s->params.logprobs >= 0; });
-  std::vector<float> lse(n, 0.f);
-  if (want_logprobs) {
-    std::vector<float> mx(n, kNegInf), sum(n, 0.f);
-    const auto N = static_cast<long>(n);
-#pragma omp parallel for schedule(dynamic)
-    for (long i = 0; i < N; ++i)
-      for (int64_t k = 0; k < L; ++k) mx[i] = std::max(mx[i], raw(i)[k]);
-    tp_.all_reduce_max(mx.data(), n);
-#pragma omp parallel for schedule(dynamic)
-    for (long i = 0; i < N; ++i)
-      for (int64_t k = 0; k < L; ++k) sum[i] += std::exp(raw(i)[k] - mx[i]);
-    tp_.all_reduce_sum(sum.data(), n);
-    for (size_t i = 0; i < n; ++i) lse[i] = mx[i] + std::log(sum[i]);
-  }
 
   // Processed logits (penalties, then temperature), one row of `work` per sequence, and each row's
   // survivors of the filters so far: every column until a threshold cuts the row down to a list of
@@ -505,41 +581,23 @@ std::vector<SampledToken> Sampler::sample_rows(const std::vector<const SeqStep*>
 
   // Log-probabilities of the chosen tokens and the top alternatives, from the raw logits.
   if (want_logprobs) {
-    std::vector<float> chosen(n, 0.f);
-    for (size_t i = 0; i < n; ++i)
-      if (idx[i] >= vocab_.begin && idx[i] < vocab_.end) chosen[i] = raw(i)[idx[i] - vocab_.begin];
-    tp_.all_reduce_sum(chosen.data(), n);
-    int64_t K = 0;
-    for (size_t i = 0; i < n; ++i) K = std::max<int64_t>(K, st[i]->params.logprobs);
-    std::vector<float> mine(n * K * 2), all(n * K * 2 * tp_.size());
-#pragma omp parallel for schedule(dynamic)
-    for (long i = 0; i < (K > 0 ? N : 0); ++i) {
-      std::vector<int64_t> order(L);
-      for (int64_t k = 0; k < L; ++k) order[k] = k;
-      const int64_t kk = std::min(K, L);
-      std::partial_sort(order.begin(), order.begin() + kk, order.end(),
-                        [&](int64_t a, int64_t b) { return raw(i)[a] > raw(i)[b] || (raw(i)[a] == raw(i)[b] && a < b); });
-      for (int64_t k = 0; k < K; ++k) {
-        mine[(i * K + k) * 2] = k < kk ? raw(i)[order[k]] : kNegInf;
-        mine[(i * K + k) * 2 + 1] = k < kk ? static_cast<float>(vocab_.begin + order[k]) : -1.f;  // exact below 2^24
-      }
-    }
-    if (K > 0) tp_.all_gather(mine.data(), mine.size(), all.data());
+    std::vector<const SeqStep*> lp_seqs;
+    std::vector<int32_t> rows, chosen;
+    std::vector<SampledToken*> lp_out;
     for (size_t i = 0; i < n; ++i) {
       if (st[i]->params.logprobs < 0) continue;
-      out[i].logprob = chosen[i] - lse[i];
-      std::vector<std::pair<float, int32_t>> cand;
-      for (int r = 0; r < tp_.size(); ++r)
-        for (int64_t k = 0; k < K; ++k) {
-          const size_t o = ((r * n + i) * K + k) * 2;
-          if (all[o] != kNegInf) cand.emplace_back(all[o], static_cast<int32_t>(all[o + 1]));
-        }
-      std::sort(cand.begin(), cand.end(), [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
-      for (int k = 0; k < st[i]->params.logprobs && k < static_cast<int>(cand.size()); ++k) {
-        out[i].top_ids.push_back(cand[k].second);
-        out[i].top_logprobs.push_back(cand[k].first - lse[i]);
-      }
+      rows.push_back(static_cast<int32_t>(i));
+      lp_seqs.push_back(seqs[i]);
+      chosen.push_back(idx[i]);
+      lp_out.push_back(&out[i]);
     }
+    const int K = max_logprobs(lp_seqs);
+    const auto m = static_cast<int64_t>(rows.size());
+    std::vector<float> stats(3 * m), top_v(m * K);
+    std::vector<int32_t> top_i(m * K);
+    cpu::row_logprobs(logits, stride_, L, vocab_.begin, rows.data(), chosen.data(), m, K, stats.data(), top_v.data(),
+                      top_i.data());
+    finish_logprobs(lp_seqs, K, stats, top_v, top_i, lp_out);
   }
   for (size_t i = 0; i < n; ++i) {
     if (idx[i] == std::numeric_limits<int32_t>::max()) throw Error(cat("sampler: every token was filtered out for sequence ", out[i].seq_id));

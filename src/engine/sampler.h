@@ -40,11 +40,12 @@ class Sampler {
   // [rows, row_stride] (penalties are applied to it in place), then one (value, index) all-reduce over
   // the tensor group.
   std::vector<SampledToken> sample_on_backend(const StepPlan& plan, Backend& backend, Tensor& logits);
-  // sample() for any plan, row by row where the logits are: the rows the backend can draw (see
-  // drawable_on_backend) are drawn there; with a tensor communicator, filtered rows of a split
-  // vocabulary are gathered into whole rows on the backend and drawn there; only the others' logits
-  // (rows asking for logprobs) come to the host sampler, so one request asking for logprobs does not
-  // bring a whole batch's logits over.
+  // sample() for any plan, row by row where the logits are: rows without filters over a split
+  // vocabulary are drawn on the backend; with a tensor communicator, filtered rows of a split
+  // vocabulary are gathered into whole rows on the backend and drawn there; log-probabilities of those
+  // rows are reduced there too (row_logprobs), so only the few numbers asked for come over. Only the
+  // remaining rows (filters over a split vocabulary without a tensor communicator: the CPU backend)
+  // bring their logits to the host sampler.
   std::vector<SampledToken> sample_step(const StepPlan& plan, Backend& backend, Tensor& logits);
   size_t num_sequences() const { return state_.size(); }
 
@@ -73,8 +74,17 @@ class Sampler {
   std::vector<LogitEdit> penalty_edits(const SeqState& st, int32_t row, Range vocab) const;
   // The backend draw of the sequence's next token (temperature, seed, filters).
   RowDraw row_draw(const SeqState& st) const;
-  // Whether the backend can draw the sequence's token (no logprobs; filters only on a whole row).
+  // Whether the backend can draw the sequence's token (filters only on a whole row).
   bool row_drawable(const SeqState& st) const;
+  // Whether the sequence's penalties may edit its logits this step.
+  static bool edits_logits(const SeqState& st);
+  // The most top log-probabilities any of seqs asks for.
+  int max_logprobs(const std::vector<const SeqStep*>& seqs) const;
+  // out[j]'s logprob and top alternatives for seqs[j] from this rank's statistics of its shard (stats
+  // [m, 3], top_v / top_i [m, K]: kernels/cpu/ops.h row_logprobs), combined over the tensor group.
+  void finish_logprobs(const std::vector<const SeqStep*>& seqs, int K, const std::vector<float>& stats,
+                       const std::vector<float>& top_v, const std::vector<int32_t>& top_i,
+                       const std::vector<SampledToken*>& out);
   // The plan's sampled sequences in order, and their states.
   std::vector<const SeqStep*> sampled(const StepPlan& plan) const;
   // The backend draws of seqs (row_draw) and their penalty edits over `vocab` for rows i with draw[i]

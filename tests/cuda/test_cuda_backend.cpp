@@ -456,6 +456,48 @@ TEST_P(CudaDraw, SameTokensAsTheCpuKernel) {
   EXPECT_EQ(ec, eg);
 }
 
+// Log-probability statistics of a subset of rows in another order: maxima, chosen logits and the top
+// lists (ties to the smaller token, -inf padding on an all -inf row) exactly the CPU kernel's, sums
+// within float rounding of a different summation order.
+TEST_P(CudaDraw, LogprobStatisticsAsTheCpuKernel) {
+  if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
+  CudaBackend gpu(0, DType::BF16);
+  CpuBackend cpu;
+  std::mt19937 g(12);
+  const auto [n, L, stride] = GetParam();
+  const int64_t offset = 20000;
+  std::vector<float> logits = randn(n * stride, g, 3.f);
+  for (int64_t k = 0; k < 40; ++k) logits[1 * stride + 3 * k] = 30.f;  // ties in row 1
+  if (n <= 5)
+    for (int64_t k = 0; k < L; ++k) logits[(n - 1) * stride + k] = -INFINITY;
+  std::vector<int32_t> rows, chosen;
+  for (int64_t i = n - 1; i >= 0; i -= 2) {
+    rows.push_back(static_cast<int32_t>(i));
+    chosen.push_back(static_cast<int32_t>(rows.size() % 3 == 0 ? offset - 1 : offset + (i * 977) % L));
+  }
+  rows.push_back(1);
+  chosen.push_back(static_cast<int32_t>(offset + 3));
+  const auto m = rows.size();
+  for (int K : {0, 1, 5, kMaxTopLogprobs}) {
+    Tensor lc = cpu.upload(logits.data(), {n, stride}, DType::F32), lg = gpu.upload(logits.data(), {n, stride}, DType::F32);
+    std::vector<float> sc(3 * m), sg(3 * m), vc(m * K), vg(m * K);
+    std::vector<int32_t> ic(m * K), ig(m * K);
+    cpu.row_logprobs(lc, L, offset, rows, chosen, K, sc.data(), vc.data(), ic.data());
+    gpu.row_logprobs(lg, L, offset, rows, chosen, K, sg.data(), vg.data(), ig.data());
+    for (size_t j = 0; j < m; ++j) {
+      EXPECT_EQ(sc[3 * j], sg[3 * j]) << "max, row " << rows[j] << " K " << K;
+      EXPECT_NEAR(sc[3 * j + 1], sg[3 * j + 1], 1e-5 * sc[3 * j + 1]) << "sum, row " << rows[j] << " K " << K;
+      EXPECT_EQ(sc[3 * j + 2], sg[3 * j + 2]) << "chosen, row " << rows[j] << " K " << K;
+    }
+    EXPECT_EQ(vc, vg) << "K " << K;
+    EXPECT_EQ(ic, ig) << "K " << K;
+    if (K > 1) {  // row 1 (the last entry): its tied 30s, smallest tokens first
+      EXPECT_EQ(ig[(m - 1) * K], offset);
+      EXPECT_EQ(ig[(m - 1) * K + 1], offset + 3);
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaDraw,
                          ::testing::Values(std::make_tuple(int64_t{37}, int64_t{5003}, int64_t{5008}),
                                            std::make_tuple(int64_t{3}, int64_t{151936}, int64_t{151936})));

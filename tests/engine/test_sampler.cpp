@@ -433,10 +433,10 @@ int main(int argc, char** argv) {
   return any;
 }
 
-// A step mixing rows the backend draws with rows that need the host sampler (logprobs on any layout;
-// filters when the vocabulary is split): sample_step() gives exactly the host sampler's tokens and
-// log-probabilities, the backend rows' penalty edits never reach the host rows' logits, and only the
-// host rows' logits leave the backend.
+// A step mixing rows the backend draws (log-probabilities reduced there as well, from the raw logits
+// even where penalties edit a row in place) with rows that need the host sampler (filters when the
+// vocabulary is split): sample_step() gives exactly the host sampler's tokens and log-probabilities,
+// and the backend rows' penalty edits never reach the host rows' logits.
 // With a tensor communicator (as the server passes for its tensor group), the filtered rows of a split
 // vocabulary are gathered into whole rows on the backend and drawn there: the same tokens again.
 void check_mixed_step(bool gather) {
@@ -447,9 +447,9 @@ void check_mixed_step(bool gather) {
   std::vector<SamplingParams> kinds(6);
   kinds[0].temperature = 0;                                    // greedy: backend
   kinds[1].temperature = 0.8, kinds[1].repetition_penalty = 1.4;  // penalty: backend
-  kinds[2].temperature = 0, kinds[2].logprobs = 3;             // logprobs: host
+  kinds[2].temperature = 0, kinds[2].logprobs = 3;             // logprobs: backend
   kinds[3].temperature = 0.9, kinds[3].top_k = 4, kinds[3].top_p = 0.8;  // filters: host when split
-  kinds[4].temperature = 0.7, kinds[4].logprobs = 0, kinds[4].presence_penalty = 0.5;  // host
+  kinds[4].temperature = 0.7, kinds[4].logprobs = 5, kinds[4].presence_penalty = 0.5;  // edited, then logprobs
   kinds[5].temperature = 1.1, kinds[5].min_p = 0.05;           // filter
   const size_t N = 24;
   StepPlan plan;
@@ -483,8 +483,7 @@ void check_mixed_step(bool gather) {
   cpu.download(t, after.data());
   bool edited = false;
   for (size_t i = 0; i < N; ++i) {
-    const bool to_host = kinds[i % kinds.size()].logprobs >= 0 ||
-                         (w.comm.size() > 1 && (kinds[i % kinds.size()].top_k > 0 || kinds[i % kinds.size()].min_p > 0));
+    const bool to_host = w.comm.size() > 1 && (kinds[i % kinds.size()].top_k > 0 || kinds[i % kinds.size()].min_p > 0);
     const bool same = std::equal(after.begin() + static_cast<long>(i * w.stride),
                                  after.begin() + static_cast<long>((i + 1) * w.stride),
                                  rows.begin() + static_cast<long>(i * w.stride));

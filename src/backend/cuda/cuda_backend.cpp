@@ -604,6 +604,26 @@ void CudaBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, con
   ck(cudaMemcpy(idx, dev_idx.data, n * sizeof(int32_t), cudaMemcpyDeviceToHost), "download draws");
 }
 
+void CudaBackend::row_logprobs(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<int32_t>& rows,
+                               const std::vector<int32_t>& chosen, int K, float* stats, float* top_v, int32_t* top_i) {
+  const int64_t m = static_cast<int64_t>(rows.size());
+  LLMSERVE_CHECK(rows.size() == chosen.size() && K >= 0 && K <= kMaxTopLogprobs, "row_logprobs: bad arguments");
+  LLMSERVE_CHECK(logits.dtype == DType::F32, "row_logprobs: logits must be float32");
+  if (m == 0) return;
+  // In: rows and chosen tokens; out: statistics and the top lists, one allocation each way.
+  std::vector<int32_t> in(rows);
+  in.insert(in.end(), chosen.begin(), chosen.end());
+  Tensor dev_in = empty({2 * m}, DType::F32), dev_out = empty({m * (3 + 2 * K)}, DType::F32);
+  copy_from_host(dev_in, 0, in.size() * sizeof(int32_t), in.data());
+  auto* in_p = static_cast<const int32_t*>(dev_in.data);
+  float* out_p = dev_out.as<float>();
+  cuda::row_logprobs(logits.as<float>(), logits.dim(1), L, token_offset, in_p, in_p + m, m, K, out_p, out_p + 3 * m,
+                     reinterpret_cast<int32_t*>(out_p + (3 + K) * m), stream());
+  copy_to_host(dev_out, 0, 3 * m * sizeof(float), stats);
+  copy_to_host(dev_out, 3 * m * sizeof(float), m * K * sizeof(float), top_v);
+  copy_to_host(dev_out, (3 + K) * m * sizeof(float), m * K * sizeof(int32_t), top_i);
+}
+
 void CudaBackend::gather_rows(const Tensor& x, Tensor& out) {
   dispatch(x.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
