@@ -140,7 +140,7 @@ void Engine::handle_results(const std::vector<SampledToken>& tokens, std::unorde
     if (p.logprobs >= 0) {
       TokenLogprob lp{t.token, t.logprob, {}};
       for (size_t k = 0; k < t.top_ids.size(); ++k) lp.top.emplace_back(t.top_ids[k], t.top_logprobs[k]);
-      so.out.logprobs.push_back(std::move(lp));
+      so.logprobs.push_back(std::move(lp));
     }
     const bool is_eos = std::find(s->eos_ids.begin(), s->eos_ids.end(), t.token) != s->eos_ids.end();
     const bool is_stop_token = std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), t.token) != p.stop_token_ids.end();
@@ -183,6 +183,7 @@ RequestOutput Engine::snapshot(Request& r) {
   o.num_cached_tokens = r.cached_tokens;
   size_t max_stop = 0;
   for (const auto& s : r.params.stop) max_stop = std::max(max_stop, s.size());
+  o.finished = r.unfinished == 0;
   for (uint64_t sid : r.seqs) {
     SeqOut& so = seq_out_.at(sid);
     // Hold back text that could still become the start of a stop string.
@@ -195,8 +196,11 @@ RequestOutput Engine::snapshot(Request& r) {
     so.out.delta_tokens = so.out.token_ids.size() - so.reported;
     so.reported = so.out.token_ids.size();
     o.outputs.push_back(so.out);
+    CompletionOutput& c = o.outputs.back();
+    c.logprobs_from = o.finished ? 0 : so.logprobs_reported;
+    c.logprobs.assign(so.logprobs.begin() + static_cast<std::ptrdiff_t>(c.logprobs_from), so.logprobs.end());
+    so.logprobs_reported = so.logprobs.size();
   }
-  o.finished = r.unfinished == 0;
   return o;
 }
 

@@ -30,7 +30,11 @@ struct CompletionOutput {
   std::string text;        // final text so far (stop strings removed)
   std::string delta;       // text that became final in this step (for streaming)
   size_t delta_tokens = 0;
+  // Log-probabilities of tokens logprobs_from.. (when asked for): those new since the request's
+  // previous output, and every one (from 0) in its finished output, so that a stream copies each once
+  // and the final output is whole.
   std::vector<TokenLogprob> logprobs;
+  size_t logprobs_from = 0;
   std::string finish_reason;  // "", "stop", "length", "abort"
   std::string stop_reason;    // the stop string or token id that ended it
   bool finished() const { return !finish_reason.empty(); }
@@ -85,6 +89,8 @@ class Engine {
     size_t emitted = 0;     // bytes of text already handed out
     size_t reported = 0;    // tokens already handed out
     bool cut_at_stop = false;  // a stop string ended the text: nothing more belongs to it
+    std::vector<TokenLogprob> logprobs;  // every token's (out.logprobs carries a snapshot's part)
+    size_t logprobs_reported = 0;        // entries already handed out
     CompletionOutput out;
   };
   struct Request {

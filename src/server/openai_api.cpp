@@ -305,8 +305,9 @@ std::string stream_chunks(const std::string& id, const GenerationRequest& r, con
     // The log-probabilities of the tokens not sent yet ride on this chunk (null when not asked for).
     json lp = nullptr;
     if (r.params.logprobs >= 0) {
-      lp = r.chat ? chat_logprobs(c, ctx, s.logprobs_sent) : completion_logprobs(c, ctx, s.logprobs_sent, &s.text_offset);
-      s.logprobs_sent = c.logprobs.size();
+      const size_t from = s.logprobs_sent > c.logprobs_from ? s.logprobs_sent - c.logprobs_from : 0;
+      lp = r.chat ? chat_logprobs(c, ctx, from) : completion_logprobs(c, ctx, from, &s.text_offset);
+      s.logprobs_sent = c.logprobs_from + c.logprobs.size();
     }
     json finish = c.finished() ? json(calls.calls.empty() ? c.finish_reason : std::string("tool_calls")) : json(nullptr);
     if (r.chat) {

@@ -116,8 +116,28 @@ TEST(Engine, SeededSamplingDoesNotDependOnTheBatchAndNGivesDistinctSamples) {
     n2.n = 3;
     n2.logprobs = 2;
     const uint64_t id = e.add_request(pub[3]["ids"].get<std::vector<int32_t>>(), n2);
-    auto r = run_all(e)[id];
+    // Each output carries the log-probabilities new since the previous one; the finished one all.
+    std::vector<std::vector<TokenLogprob>> streamed(3);
+    RequestOutput r;
+    for (int guard = 0; e.has_unfinished() && guard < 10000; ++guard)
+      for (auto& o : e.step()) {
+        for (const auto& c : o.outputs) {
+          auto& got = streamed[static_cast<size_t>(c.index)];
+          if (!o.finished) {
+            EXPECT_EQ(c.logprobs_from, got.size());
+            got.insert(got.end(), c.logprobs.begin(), c.logprobs.end());
+          } else {
+            EXPECT_EQ(c.logprobs_from, 0u);
+          }
+        }
+        if (o.finished && o.request_id == id) r = o;
+      }
     ASSERT_EQ(r.outputs.size(), 3u);
+    for (const auto& o : r.outputs) {
+      const auto& got = streamed[static_cast<size_t>(o.index)];
+      ASSERT_LE(got.size(), o.logprobs.size());
+      for (size_t k = 0; k < got.size(); ++k) EXPECT_EQ(got[k].token, o.logprobs[k].token);
+    }
     EXPECT_NE(r.outputs[0].token_ids, r.outputs[1].token_ids);
     for (const auto& o : r.outputs) {
       ASSERT_EQ(o.logprobs.size(), o.token_ids.size());

@@ -13,7 +13,7 @@ namespace {
 
 // The output after `n` tokens (ids 10, 11, ...; no tokenizer, so a token's text is its id), each with
 // log-probability -0.5 * (i + 1) and one alternative.
-RequestOutput after(int n, bool finished) {
+RequestOutput after(int n, bool finished, int logprobs_from = 0) {
   RequestOutput o;
   o.request_id = 1;
   o.prompt_tokens = 4;
@@ -25,8 +25,9 @@ RequestOutput after(int n, bool finished) {
     lp.token = 10 + i;
     lp.logprob = -0.5f * static_cast<float>(i + 1);
     lp.top = {{10 + i, lp.logprob}, {99, -7.f}};
-    c.logprobs.push_back(lp);
+    if (i >= logprobs_from) c.logprobs.push_back(lp);
   }
+  c.logprobs_from = static_cast<size_t>(logprobs_from);
   c.delta_tokens = n;
   if (finished) c.finish_reason = "length";
   o.outputs.push_back(c);
@@ -90,6 +91,23 @@ TEST(StreamedLogprobs, ChatChunksCarryTheirTokens) {
   ASSERT_EQ(l2.size(), 1u);
   EXPECT_EQ(l2[0]["token"], "12");
   EXPECT_EQ(l2[0]["logprob"], -1.5);
+}
+
+// As the engine hands them out: each output carries the entries new since the previous one, the
+// finished output all of them; each chunk carries its tokens' entries once.
+TEST(StreamedLogprobs, DeltaOutputsThenTheWholeFinalOne) {
+  ApiContext ctx;
+  const GenerationRequest r = request(false, 1);
+  std::vector<ChoiceStream> st(1);
+  std::vector<json> chunks;
+  for (const RequestOutput& o : {after(2, false, 0), after(3, false, 2), after(4, true, 0)})
+    for (const json& e : events(stream_chunks("id", r, ctx, 0, o, st))) chunks.push_back(e["choices"][0]);
+  ASSERT_EQ(chunks.size(), 3u);
+  EXPECT_EQ(chunks[1]["logprobs"]["tokens"], json({"12"}));
+  EXPECT_EQ(chunks[1]["logprobs"]["text_offset"], json({4}));
+  EXPECT_EQ(chunks[2]["logprobs"]["tokens"], json({"13"}));
+  EXPECT_EQ(chunks[2]["logprobs"]["token_logprobs"], json({-2.0}));
+  EXPECT_EQ(chunks[2]["logprobs"]["text_offset"], json({6}));
 }
 
 TEST(StreamedLogprobs, NullWhenNotAskedFor) {
