@@ -27,14 +27,16 @@ trap 'kill -TERM $srv 2>/dev/null; wait $srv 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; kill -0 $srv || { tail -20 "$out/server-$tag.log"; exit 1; }; sleep 0.5; done
 b() { "$build/llmserve-bench" --base-url "http://127.0.0.1:$port" --disable-progress --timeout 400 "$@"; }
 b --num-prompts 2 --random-input-len 32 --random-output-len 16 --max-concurrency 1 >/dev/null  # warm-up
-b --num-prompts 3 --random-input-len 32 --random-output-len 256 --max-concurrency 1 --result-file "$out/decode-$tag.json" | grep -E "TPOT|Failed"
-b --num-prompts 3 --random-input-len 2048 --random-output-len 1 --max-concurrency 1 --result-file "$out/ttft-$tag.json" | grep -E "TTFT|Failed"
-b --num-prompts 256 --random-input-len 512 --random-output-len 256 --result-file "$out/throughput-$tag.json" | grep -E "Output token|Failed|Mean TPOT|duration"
+# A seed per run: runs with the same seed send the same random prompts, which the later runs would
+# find in the prefix cache (skipping their prefill).
+b --num-prompts 3 --random-input-len 32 --random-output-len 256 --max-concurrency 1 --seed 1 --result-file "$out/decode-$tag.json" | grep -E "TPOT|Failed"
+b --num-prompts 3 --random-input-len 2048 --random-output-len 1 --max-concurrency 1 --seed 2 --result-file "$out/ttft-$tag.json" | grep -E "TTFT|Failed"
+b --num-prompts 256 --random-input-len 512 --random-output-len 256 --seed 3 --result-file "$out/throughput-$tag.json" | grep -E "Output token|Failed|Mean TPOT|duration"
 echo "sampled (temperature 0.8, top-p 0.9, top-k 50, repetition penalty 1.1):"
-b --num-prompts 256 --random-input-len 512 --random-output-len 256 --temperature 0.8 --top-p 0.9 --top-k 50 \
+b --num-prompts 256 --random-input-len 512 --random-output-len 256 --seed 4 --temperature 0.8 --top-p 0.9 --top-k 50 \
   --repetition-penalty 1.1 --result-file "$out/throughput-sampled-$tag.json" | grep -E "Output token|Failed|Mean TPOT"
 echo "logprobs (5 alternatives per token, reduced on the GPU):"
-b --num-prompts 256 --random-input-len 512 --random-output-len 256 --logprobs 5 \
+b --num-prompts 256 --random-input-len 512 --random-output-len 256 --seed 5 --logprobs 5 \
   --result-file "$out/throughput-logprobs-$tag.json" | grep -E "Output token|Failed|Mean TPOT"
 grep -E "KV cache|memory" "$out/server-$tag.log" | head -5 || true
 # The baseline, after the server is gone (the GPU to itself): transformers on the same shape, one GPU
