@@ -157,14 +157,18 @@ __global__ void __launch_bounds__(kThreads)
 }
 }  // namespace
 
-bool flash_prefill_supported(int64_t D) { return D % 16 == 0 && D <= 128; }
+// From 64 up: the kernel rounds the scaled queries and the probabilities to the cache type (as
+// FlashAttention does), which on the 16-dimension fixtures cost accuracy against the fp32 goldens
+// (tiny-llama3 bf16 worst relative L2 9.39e-3 with the split-KV kernel, 1.27e-2 with this one, on an
+// H200) for no speed that matters; real models' heads are 64 to 128.
+bool flash_prefill_supported(int64_t D) { return D % 16 == 0 && D >= 64 && D <= 128; }
 
 template <typename TI, typename T>
 void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
                    const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t num_tiles,
                    int64_t n, int64_t Hq, int64_t Hk, int64_t D, int64_t block_size, float scale, T* out, cudaStream_t s) {
   if (num_tiles == 0) return;
-  if (!flash_prefill_supported(D)) check(cudaErrorInvalidValue, "flash_prefill: head_dim must be a multiple of 16, at most 128");
+  if (!flash_prefill_supported(D)) check(cudaErrorInvalidValue, "flash_prefill: head_dim must be a multiple of 16, 64 to 128");
   // Heads along x: the blocks of one tile start together (a KV head's tiles are read by its query
   // heads at about the same time) and the tiles go out heaviest first (flash_prefill_tiles).
   const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(num_tiles));
@@ -182,9 +186,6 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
            positions, tiles, n, Hq, Hk, block_size, scale, out);
   };
   switch (D) {
-    case 16: return run(std::integral_constant<int, 16>{});
-    case 32: return run(std::integral_constant<int, 32>{});
-    case 48: return run(std::integral_constant<int, 48>{});
     case 64: return run(std::integral_constant<int, 64>{});
     case 80: return run(std::integral_constant<int, 80>{});
     case 96: return run(std::integral_constant<int, 96>{});

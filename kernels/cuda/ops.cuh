@@ -48,8 +48,8 @@ void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int3
                      int64_t block_size, float scale, int64_t max_len, int64_t fresh, void* scratch, T* out,
                      cudaStream_t s);
 // Prefill attention on tensor cores (kernels/cuda/flash_prefill.cu): the same contract as
-// paged_attention for 16-bit caches and head_dim a multiple of 16 up to 128 (flash_prefill_supported);
-// `tiles` lists the first token of each tile of up to 64 query tokens of one sequence, the tiles whose
+// paged_attention for 16-bit caches and head_dim a multiple of 16 from 64 to 128 (flash_prefill_supported);
+// `tiles` lists the first token of each tile of up to 128 query tokens of one sequence, the tiles whose
 // last row sees the most keys first (flash_prefill_tiles of the step's q_start and positions).
 bool flash_prefill_supported(int64_t head_dim);
 std::vector<int32_t> flash_prefill_tiles(const std::vector<int32_t>& q_start, const std::vector<int32_t>& positions);

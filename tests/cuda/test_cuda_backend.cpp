@@ -238,7 +238,7 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
     return m;
   }();
   // Group sizes 3 (Qwen2.5-1.5B), 8 (the largest the grouped kernels take, as Llama 3 70B) and 1.
-  // Head sizes: 128 (Qwen2.5, Llama 3), 80 and 16 (the tensor-core prefill's other instantiations).
+  // Head sizes: 128 (Qwen2.5, Llama 3), 80 (tensor-core prefill) and 16 (the fixtures'; split-KV prefill).
   for (const int64_t D : {128, 80, 16})
   for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {8, 1}, {2, 2}}) {
     for (const StepMeta* m : {&mixed, &decode, &decode8, &graph}) {
