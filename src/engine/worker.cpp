@@ -62,9 +62,9 @@ Worker::Output Worker::execute(const StepPlan& plan, const Tensor& hidden_in) {
     out.hidden = result;
     return out;
   }
-  // The draw runs where the logits are (filtered rows of a split vocabulary gathered into whole rows on
-  // GPUs); only rows that need the host sampler (logprobs; on the CPU backend, filters over a split
-  // vocabulary) bring their logits over.
+  // The draw and the log-probabilities run where the logits are (filtered rows of a split vocabulary
+  // gathered into whole rows on GPUs); only rows that need the host sampler (on the CPU backend,
+  // filters over a split vocabulary) bring their logits over.
   out.tokens = sampler_->sample_step(plan, runner_.backend(), result);
   times_.sample += std::chrono::duration<double>(clock::now() - t2).count();
   return out;
