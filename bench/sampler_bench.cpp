@@ -109,8 +109,11 @@ int main(int argc, char** argv) {
     Sampler on_backend(comm, V, vocab, stride, tensor_comm);
     on_backend.observe(plan);
     std::vector<SampledToken> got;
+    // The logits go up once; each timed step starts from a device copy of them (draws edit in place).
+    const Tensor pristine = be->upload(rows.data(), {static_cast<int64_t>(n), stride}, DType::F32);
+    Tensor t = be->empty({static_cast<int64_t>(n), stride}, DType::F32);
     const double backend_ms = median_ms([&] {
-      Tensor t = be->upload(rows.data(), {static_cast<int64_t>(n), stride}, DType::F32);  // draws edit it in place
+      be->copy(pristine, t);
       got = on_backend.sample_step(plan, *be, t);
     });
     size_t same = 0, same_top = 0;
@@ -125,7 +128,7 @@ int main(int argc, char** argv) {
     if (comm.rank() == 0) {
       std::printf("sampler: %zu rows x %lld vocabulary over %d rank(s)\n", n, static_cast<long long>(V), comm.size());
       std::printf("  host sampler                 %8.1f ms per step (median of 5)\n", host_ms);
-      std::printf("  sample_step on %-4s backend  %8.1f ms per step, including the logits' upload; same tokens on %zu/%zu rows\n",
+      std::printf("  sample_step on %-4s backend  %8.1f ms per step (from logits on the backend); same tokens on %zu/%zu rows\n",
                   be->name().c_str(), backend_ms, same, n);
       if (logprobs >= 0)
         std::printf("  logprobs (%d alternatives): top lists equal on %zu/%zu rows, largest difference %.2e\n", logprobs,
