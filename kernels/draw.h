@@ -70,4 +70,15 @@ LLMSERVE_HD float apply_logit_edit(float l, const LogitEdit& e) {
 // (-inf, -1). K is at most kMaxTopLogprobs (OpenAI's top_logprobs limit).
 constexpr int kMaxTopLogprobs = 20;
 
+// Keeps (x, token) in the list v/id of the K largest seen so far (largest first) when x beats its last
+// entry; an equal value keeps the earlier entry, i.e. with tokens visited in increasing order, the
+// smaller token.
+LLMSERVE_HD void keep_top(float* v, int32_t* id, int K, float x, int32_t token) {
+  if (K <= 0 || !(x > v[K - 1])) return;
+  int p = K - 1;
+  for (; p > 0 && v[p - 1] < x; --p) v[p] = v[p - 1], id[p] = id[p - 1];
+  v[p] = x;
+  id[p] = token;
+}
+
 }  // namespace llmserve

@@ -74,20 +74,12 @@ void row_logprobs(const float* logits, int64_t stride, int64_t L, int64_t token_
     stats[3 * j] = mx;
     stats[3 * j + 1] = static_cast<float>(sum);
     stats[3 * j + 2] = c >= 0 && c < L ? row[c] : 0.f;
-    // The K largest in one pass: a sorted list, a value entering only above its last (ties keep the
-    // earlier, smaller token).
+    // The K largest in one pass.
     float* v = top_v + j * K;
     int32_t* id = top_i + j * K;
     std::fill(v, v + K, kNegInf);
     std::fill(id, id + K, -1);
-    for (int64_t k = 0; K > 0 && k < L; ++k) {
-      const float x = row[k];
-      if (!(x > v[K - 1])) continue;
-      int p = K - 1;
-      for (; p > 0 && v[p - 1] < x; --p) v[p] = v[p - 1], id[p] = id[p - 1];
-      v[p] = x;
-      id[p] = static_cast<int32_t>(token_offset + k);
-    }
+    for (int64_t k = 0; K > 0 && k < L; ++k) keep_top(v, id, K, row[k], static_cast<int32_t>(token_offset + k));
   }
 }
 

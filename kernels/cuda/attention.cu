@@ -543,11 +543,7 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   if (j0 + kStep < len) stage(1, j0 + kStep, find_slot(j0 + kStep), j0 + kStep, len, true);
   cp_async_commit();
 
-  float o[NT][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-#pragma unroll
-  for (int n = 0; n < NT; ++n)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
+  float o[NT][4] = {}, m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   int buf = 0;
   while (j0 < len) {
     cp_async_wait_group<1>();  // this tile's group (the next one may stay in flight)

@@ -250,12 +250,7 @@ __global__ void __launch_bounds__(kLogprobThreads)
     } else {
       sum += __expf(x - mx);
     }
-    if (K > 0 && x > v[K - 1]) {
-      int p = K - 1;
-      for (; p > 0 && v[p - 1] < x; --p) v[p] = v[p - 1], id[p] = id[p - 1];
-      v[p] = x;
-      id[p] = static_cast<int32_t>(token_offset + k);
-    }
+    keep_top(v, id, K, x, static_cast<int32_t>(token_offset + k));
   }
   const float bmx = block_reduce(mx, [](float a, float b) { return fmaxf(a, b); }, -INFINITY);
   const float bsum = block_sum(mx == -INFINITY ? 0.f : sum * __expf(mx - bmx));

@@ -84,11 +84,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     cp_async_commit();
   };
-  float o[NT][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-#pragma unroll
-  for (int nn = 0; nn < NT; ++nn)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) o[nn][e] = 0.f;
+  float o[NT][4] = {}, m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   if (ntiles > 0) stage(0);
   for (int64_t i = 0; i < ntiles; ++i) {
     if (i + 1 < ntiles) {

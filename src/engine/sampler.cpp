@@ -298,22 +298,14 @@ std::vector<SampledToken> Sampler::sample_step(const StepPlan& plan, Backend& ba
   }
   if (backend_rows > 0) draw_rows_on_backend(seqs, on_backend, backend, logits, out);
   if (lp_rows > 0) {
-    std::vector<const SeqStep*> lp_seqs;
-    std::vector<int32_t> rows, chosen;
-    std::vector<SampledToken*> lp_out;
-    for (size_t i = 0; i < n; ++i) {
-      if (!lp[i]) continue;
-      rows.push_back(static_cast<int32_t>(lp_edited_rows > 0 ? lp_seqs.size() : i));
-      lp_seqs.push_back(seqs[i]);
-      chosen.push_back(out[i].token);
-      lp_out.push_back(&out[i]);
-    }
-    const int K = max_logprobs(lp_seqs);
-    std::vector<float> stats(3 * lp_rows), top_v(lp_rows * K);
-    std::vector<int32_t> top_i(lp_rows * K);
-    backend.row_logprobs(lp_edited_rows > 0 ? raw : logits, vocab_.size(), vocab_.begin, rows, chosen, K, stats.data(),
-                         top_v.data(), top_i.data());
-    finish_logprobs(lp_seqs, K, stats, top_v, top_i, lp_out);
+    std::vector<int32_t> chosen(n);
+    for (size_t i = 0; i < n; ++i) chosen[i] = out[i].token;
+    const Tensor& src = lp_edited_rows > 0 ? raw : logits;  // raw holds the rows packed
+    add_logprobs(seqs, lp, chosen, lp_edited_rows > 0, out,
+                 [&](const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int K, float* stats,
+                     float* top_v, int32_t* top_i) {
+                   backend.row_logprobs(src, vocab_.size(), vocab_.begin, rows, tokens, K, stats, top_v, top_i);
+                 });
   }
   if (host_rows == 0) return out;
   std::vector<const SeqStep*> host;
@@ -331,16 +323,23 @@ std::vector<SampledToken> Sampler::sample_step(const StepPlan& plan, Backend& ba
   return out;
 }
 
-int Sampler::max_logprobs(const std::vector<const SeqStep*>& seqs) const {
+void Sampler::add_logprobs(const std::vector<const SeqStep*>& seqs, const std::vector<char>& lp,
+                           const std::vector<int32_t>& chosen, bool packed, std::vector<SampledToken>& out,
+                           const ShardLogprobs& reduce) {
+  std::vector<int32_t> rows, tokens;
+  std::vector<size_t> which;  // the plan rows, in order
   int K = 0;
-  for (const SeqStep* s : seqs) K = std::max(K, state_.at(s->seq_id).params.logprobs);
-  return K;
-}
-
-void Sampler::finish_logprobs(const std::vector<const SeqStep*>& seqs, int K, const std::vector<float>& stats,
-                              const std::vector<float>& top_v, const std::vector<int32_t>& top_i,
-                              const std::vector<SampledToken*>& out) {
-  const size_t m = seqs.size();
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    if (!lp[i]) continue;
+    rows.push_back(static_cast<int32_t>(packed ? which.size() : i));
+    tokens.push_back(chosen[i]);
+    which.push_back(i);
+    K = std::max(K, state_.at(seqs[i]->seq_id).params.logprobs);
+  }
+  const size_t m = which.size();
+  std::vector<float> stats(3 * m), top_v(m * K);
+  std::vector<int32_t> top_i(m * K);
+  reduce(rows, tokens, K, stats.data(), top_v.data(), top_i.data());
   // The group's largest logit; the shards' sums rescaled to it and the chosen token's logit (from the
   // one rank holding it) summed.
   std::vector<float> mx(m), sums(2 * m);
@@ -356,22 +355,23 @@ void Sampler::finish_logprobs(const std::vector<const SeqStep*>& seqs, int K, co
   for (size_t q = 0; q < m * K; ++q) mine[2 * q] = top_v[q], mine[2 * q + 1] = static_cast<float>(top_i[q]);
   if (K > 0) tp_.all_gather(mine.data(), mine.size(), all.data());
   for (size_t j = 0; j < m; ++j) {
+    SampledToken& res = out[which[j]];
     const float lse = mx[j] + std::log(sums[2 * j]);
-    out[j]->logprob = sums[2 * j + 1] - lse;
+    res.logprob = sums[2 * j + 1] - lse;
     std::vector<std::pair<float, int32_t>> cand;
     for (int r = 0; r < tp_.size(); ++r)
       for (int k = 0; k < K; ++k) {
-        const size_t o = ((r * m + j) * K + k) * 2;
-        if (all[o] != kNegInf) cand.emplace_back(all[o], static_cast<int32_t>(all[o + 1]));
+        const size_t at = ((r * m + j) * K + k) * 2;
+        if (all[at] != kNegInf) cand.emplace_back(all[at], static_cast<int32_t>(all[at + 1]));
       }
     std::sort(cand.begin(), cand.end(),
               [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
-    const int want = state_.at(seqs[j]->seq_id).params.logprobs;
-    out[j]->top_ids.clear();
-    out[j]->top_logprobs.clear();
+    const int want = state_.at(seqs[which[j]]->seq_id).params.logprobs;
+    res.top_ids.clear();
+    res.top_logprobs.clear();
     for (int k = 0; k < want && k < static_cast<int>(cand.size()); ++k) {
-      out[j]->top_ids.push_back(cand[k].second);
-      out[j]->top_logprobs.push_back(cand[k].first - lse);
+      res.top_ids.push_back(cand[k].second);
+      res.top_logprobs.push_back(cand[k].first - lse);
     }
   }
 }
@@ -581,23 +581,14 @@ std::vector<SampledToken> Sampler::sample_rows(const std::vector<const SeqStep*>
 
   // Log-probabilities of the chosen tokens and the top alternatives, from the raw logits.
   if (want_logprobs) {
-    std::vector<const SeqStep*> lp_seqs;
-    std::vector<int32_t> rows, chosen;
-    std::vector<SampledToken*> lp_out;
-    for (size_t i = 0; i < n; ++i) {
-      if (st[i]->params.logprobs < 0) continue;
-      rows.push_back(static_cast<int32_t>(i));
-      lp_seqs.push_back(seqs[i]);
-      chosen.push_back(idx[i]);
-      lp_out.push_back(&out[i]);
-    }
-    const int K = max_logprobs(lp_seqs);
-    const auto m = static_cast<int64_t>(rows.size());
-    std::vector<float> stats(3 * m), top_v(m * K);
-    std::vector<int32_t> top_i(m * K);
-    cpu::row_logprobs(logits, stride_, L, vocab_.begin, rows.data(), chosen.data(), m, K, stats.data(), top_v.data(),
-                      top_i.data());
-    finish_logprobs(lp_seqs, K, stats, top_v, top_i, lp_out);
+    std::vector<char> lp(n);
+    for (size_t i = 0; i < n; ++i) lp[i] = st[i]->params.logprobs >= 0;
+    add_logprobs(seqs, lp, idx, false, out,
+                 [&](const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int K, float* stats,
+                     float* top_v, int32_t* top_i) {
+                   cpu::row_logprobs(logits, stride_, L, vocab_.begin, rows.data(), tokens.data(),
+                                     static_cast<int64_t>(rows.size()), K, stats, top_v, top_i);
+                 });
   }
   for (size_t i = 0; i < n; ++i) {
     if (idx[i] == std::numeric_limits<int32_t>::max()) throw Error(cat("sampler: every token was filtered out for sequence ", out[i].seq_id));

@@ -10,6 +10,7 @@
 // normalizers. Penalties use each sequence's token history, kept per rank from the step plans.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <unordered_map>
 #include <vector>
 
@@ -78,13 +79,16 @@ class Sampler {
   bool row_drawable(const SeqState& st) const;
   // Whether the sequence's penalties may edit its logits this step.
   static bool edits_logits(const SeqState& st);
-  // The most top log-probabilities any of seqs asks for.
-  int max_logprobs(const std::vector<const SeqStep*>& seqs) const;
-  // out[j]'s logprob and top alternatives for seqs[j] from this rank's statistics of its shard (stats
-  // [m, 3], top_v / top_i [m, K]: kernels/cpu/ops.h row_logprobs), combined over the tensor group.
-  void finish_logprobs(const std::vector<const SeqStep*>& seqs, int K, const std::vector<float>& stats,
-                       const std::vector<float>& top_v, const std::vector<int32_t>& top_i,
-                       const std::vector<SampledToken*>& out);
+  // This rank's log-probability statistics of its shard of the given logits rows, chosen tokens and K
+  // (row_logprobs' contract: stats [m, 3], top_v / top_i [m, K]).
+  using ShardLogprobs = std::function<void(const std::vector<int32_t>& rows, const std::vector<int32_t>& chosen, int K,
+                                           float* stats, float* top_v, int32_t* top_i)>;
+  // out[i]'s logprob and top alternatives for the rows i with lp[i] set, whose tokens are chosen[i]:
+  // `reduce` gives this rank's statistics (of logits row i, or with `packed` of the lp rows packed in
+  // order), combined here over the tensor group. Collective.
+  void add_logprobs(const std::vector<const SeqStep*>& seqs, const std::vector<char>& lp,
+                    const std::vector<int32_t>& chosen, bool packed, std::vector<SampledToken>& out,
+                    const ShardLogprobs& reduce);
   // The plan's sampled sequences in order, and their states.
   std::vector<const SeqStep*> sampled(const StepPlan& plan) const;
   // The backend draws of seqs (row_draw) and their penalty edits over `vocab` for rows i with draw[i]

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "kernels/draw.h"
 
 namespace llmserve {
 using json = nlohmann::json;
@@ -99,7 +100,8 @@ void sampling_params_validate(const SamplingParams& p, int64_t vocab_size) {
   if (p.max_tokens < 1) bad(cat("'max_tokens' must be at least 1, got ", p.max_tokens));
   if (p.min_tokens < 0 || p.min_tokens > p.max_tokens)
     bad(cat("'min_tokens' must be in [0, max_tokens], got ", p.min_tokens));
-  if (p.logprobs > 20) bad(cat("'logprobs' / 'top_logprobs' must be at most 20, got ", p.logprobs));
+  if (p.logprobs > kMaxTopLogprobs)
+    bad(cat("'logprobs' / 'top_logprobs' must be at most ", kMaxTopLogprobs, ", got ", p.logprobs));
   if (p.logprobs < -1) bad("'logprobs' must not be negative");
   for (const auto& s : p.stop)
     if (s.empty()) bad("'stop' strings must not be empty");

@@ -619,9 +619,11 @@ void CudaBackend::row_logprobs(const Tensor& logits, int64_t L, int64_t token_of
   float* out_p = dev_out.as<float>();
   cuda::row_logprobs(logits.as<float>(), logits.dim(1), L, token_offset, in_p, in_p + m, m, K, out_p, out_p + 3 * m,
                      reinterpret_cast<int32_t*>(out_p + (3 + K) * m), stream());
-  copy_to_host(dev_out, 0, 3 * m * sizeof(float), stats);
-  copy_to_host(dev_out, 3 * m * sizeof(float), m * K * sizeof(float), top_v);
-  copy_to_host(dev_out, (3 + K) * m * sizeof(float), m * K * sizeof(int32_t), top_i);
+  std::vector<float> host(static_cast<size_t>(m * (3 + 2 * K)));
+  copy_to_host(dev_out, 0, host.size() * sizeof(float), host.data());
+  std::memcpy(stats, host.data(), 3 * m * sizeof(float));
+  std::memcpy(top_v, host.data() + 3 * m, m * K * sizeof(float));
+  std::memcpy(top_i, host.data() + (3 + K) * m, m * K * sizeof(int32_t));
 }
 
 void CudaBackend::gather_rows(const Tensor& x, Tensor& out) {
