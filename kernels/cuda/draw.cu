@@ -7,6 +7,7 @@
 // host, so the draws are the host's.
 #include <algorithm>
 #include <cfloat>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.cuh"
@@ -34,6 +35,32 @@ __device__ __forceinline__ void block_best(double& bv, int64_t& bi) {
   }
   bv = sv[0];
   bi = si[0];
+}
+
+// Calls f(k, row[k]) for the k in [lo, hi) that thread t of nt owns, in no particular order: 16-byte
+// loads, U of them issued together, so that a block streaming a row keeps enough bytes in flight for
+// the memory system (a 4-byte load per thread at a time reached about 200 GB/s over a step's rows).
+template <int U, typename F>
+__device__ __forceinline__ void for_row(const float* row, int64_t lo, int64_t hi, int t, int nt, F&& f) {
+  const int64_t skew = static_cast<int64_t>((reinterpret_cast<uintptr_t>(row + lo) / sizeof(float)) & 3);
+  const int64_t a = min(hi, lo + (skew ? 4 - skew : 0));  // first 16-byte aligned element
+  for (int64_t k = lo + t; k < a; k += nt) f(k, row[k]);
+  const int64_t nv = (hi - a) / 4;
+  const float4* v = reinterpret_cast<const float4*>(row + a);
+  auto take = [&](int64_t j, const float4& x) {
+    const int64_t k = a + 4 * j;
+    f(k, x.x), f(k + 1, x.y), f(k + 2, x.z), f(k + 3, x.w);
+  };
+  int64_t j = t;
+  for (; j + static_cast<int64_t>(U - 1) * nt < nv; j += static_cast<int64_t>(U) * nt) {
+    float4 x[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) x[u] = v[j + static_cast<int64_t>(u) * nt];
+#pragma unroll
+    for (int u = 0; u < U; ++u) take(j + static_cast<int64_t>(u) * nt, x[u]);
+  }
+  for (; j < nv; j += nt) take(j, v[j]);
+  for (int64_t k = a + 4 * nv + t; k < hi; k += nt) f(k, row[k]);
 }
 
 // Order-preserving integer key of a float (larger value, larger key) and back.
@@ -94,71 +121,98 @@ constexpr int kCandidates = 8192;
 __device__ __forceinline__ float ladder_cut(float mx, int j) { return mx - ldexpf(1.f, j - 7); }
 
 // keep[i]: the smallest x = logit * inv_temperature row i keeps (see RowDraw; -inf: all). A pass finds
-// the largest value mx; a second counts the values (and sums their probability mass) above each of a
-// ladder of cuts below mx, which says how far down the thresholds can lie; the values above the
-// highest cut that holds them all (at most kCandidates) are gathered into shared memory and the
-// bisections run there. Rows too flat for that run the bisections over the whole row.
+// the largest value mx; a second counts the values above each of a ladder of cuts below mx (and, for
+// top-p without top-k, sums their probability mass), which says how far down the thresholds can lie;
+// the values above the highest cut that holds them all (at most kCandidates) are gathered into shared
+// memory and the bisections run there. Rows too flat for that run the bisections over the whole row.
 __global__ void __launch_bounds__(kFilterThreads)
     keep_threshold_k(const float* logits, int64_t stride, int64_t L, const RowDraw* rows, float* keep) {
   pdl_enter();
   const int64_t i = blockIdx.x;
   const RowDraw r = rows[i];
-  const Values all{logits + i * stride, L, r.inv_temperature};
+  const float* row = logits + i * stride;
+  const float mul = r.inv_temperature;
+  const Values all{row, L, mul};
   if (!r.filtered()) {
     if (threadIdx.x == 0) keep[i] = -INFINITY;
     return;
   }
+  const int t = threadIdx.x;
   float mx = -INFINITY;
-#pragma unroll 8
-  for (int64_t k = threadIdx.x; k < L; k += kFilterThreads) mx = fmaxf(mx, all[k]);
+  for_row<4>(row, 0, L, t, kFilterThreads, [&](int64_t, float l) { mx = fmaxf(mx, l * mul); });
   mx = block_reduce(mx, [](float a, float b) { return fmaxf(a, b); }, -INFINITY);
   const float tmin = mx + r.log_min_p;  // min-p (-inf when off)
   const bool topk = r.top_k > 0 && r.top_k < L, topp = r.top_p < 1.0;
   if (mx == -INFINITY || (!topk && !topp)) {
-    if (threadIdx.x == 0) keep[i] = mx == -INFINITY ? -INFINITY : tmin;
+    if (t == 0) keep[i] = mx == -INFINITY ? -INFINITY : tmin;
     return;
   }
-  // The ladder: finite values above each cut, and the mass above it of the values min-p keeps.
+  // The ladder: finite values above each cut and, where the mass picks the cut (top-p without top-k),
+  // the mass above it of the values min-p keeps and the total of that mass.
+  const bool by_mass = topp && !topk;
+  float cut[kLadder];
   int cnt[kLadder];
   double mass[kLadder], total = 0;
 #pragma unroll
-  for (int j = 0; j < kLadder; ++j) cnt[j] = 0, mass[j] = 0;
-  for (int64_t k = threadIdx.x; k < L; k += kFilterThreads) {
-    const float x = all[k];
-    if (x == -INFINITY) continue;
-    const double e = topp && x >= tmin ? exp(static_cast<double>(x) - mx) : 0.0;  // mass only for top-p
-    total += e;
+  for (int j = 0; j < kLadder; ++j) cut[j] = ladder_cut(mx, j), cnt[j] = 0, mass[j] = 0;
+  auto ladder = [&](auto with_mass) {
+    constexpr bool M = decltype(with_mass)::value;
+    for_row<4>(row, 0, L, t, kFilterThreads, [&](int64_t, float l) {
+      const float x = l * mul;
+      if (x == -INFINITY) return;
+      double e = 0;
+      if constexpr (M) e = x >= tmin ? exp(static_cast<double>(x) - mx) : 0.0, total += e;
 #pragma unroll
-    for (int j = 0; j < kLadder; ++j)
-      if (x >= ladder_cut(mx, j)) ++cnt[j], mass[j] += e;
+      for (int j = 0; j < kLadder; ++j)
+        if (x >= cut[j]) {
+          ++cnt[j];
+          if constexpr (M) mass[j] += e;
+        }
+    });
+  };
+  if (by_mass)
+    ladder(std::true_type{});
+  else
+    ladder(std::false_type{});
+  // The ladder's block sums together: each warp's sums into shared memory, then every thread adds them.
+  constexpr int kWarps = kFilterThreads / 32;
+  __shared__ int wcnt[kWarps][kLadder];
+  __shared__ double wmass[kWarps][kLadder];
+#pragma unroll
+  for (int j = 0; j < kLadder; ++j) {
+    for (int o = 16; o > 0; o >>= 1) {
+      cnt[j] += __shfl_xor_sync(0xffffffffu, cnt[j], o);
+      if (by_mass) mass[j] += __shfl_xor_sync(0xffffffffu, mass[j], o);
+    }
+    if ((t & 31) == 0) wcnt[t >> 5][j] = cnt[j], wmass[t >> 5][j] = mass[j];
   }
-  auto add_i = [](int a, int b) { return a + b; };
-  auto add_d = [](double a, double b) { return a + b; };
-  total = block_reduce(total, add_d, 0.0);
+  if (by_mass) total = block_reduce(total, [](double a, double b2) { return a + b2; }, 0.0);
+  __syncthreads();
   const double target = r.top_p - 1e-7;
   int pick = -1;
-  for (int j = 0; j < kLadder; ++j) {
-    cnt[j] = block_reduce(cnt[j], add_i, 0);
-    mass[j] = block_reduce(mass[j], add_d, 0.0);
+  for (int j = 0; j < kLadder && pick < 0; ++j) {
+    int c = 0;
+    double m = 0;
+    for (int w = 0; w < kWarps; ++w) c += wcnt[w][j], m += wmass[w][j];
     // Top-k needs its k largest above the cut; top-p alone needs its mass there.
-    const bool enough = topk ? cnt[j] >= r.top_k : mass[j] / static_cast<float>(total) >= target;
-    if (pick < 0 && enough && cnt[j] <= kCandidates) pick = j;
+    const bool enough = topk ? c >= r.top_k : m / static_cast<float>(total) >= target;
+    if (enough && c <= kCandidates) pick = j;
   }
   Values v = all;
   uint32_t floor_key = 0;
   __shared__ float cand[kCandidates];
   __shared__ int num;
   if (pick >= 0) {
-    const float cut = ladder_cut(mx, pick);
-    if (threadIdx.x == 0) num = 0;
+    const float lo = ladder_cut(mx, pick);
+    if (t == 0) num = 0;
     __syncthreads();
-    for (int64_t k = threadIdx.x; k < L; k += kFilterThreads) {
-      const float x = all[k];
-      if (x != -INFINITY && x >= cut) cand[atomicAdd(&num, 1)] = x;
-    }
+    for_row<4>(row, 0, L, t, kFilterThreads, [&](int64_t, float l) {
+      const float x = l * mul;
+      if (x != -INFINITY && x >= lo) cand[atomicAdd(&num, 1)] = x;
+    });
     __syncthreads();
     v = Values{cand, num, 1.f};
-    floor_key = order_key(cut);  // every value above the cut is a candidate: lower keys qualify
+    floor_key = order_key(lo);  // every value above the cut is a candidate: lower keys qualify
   }
   float kp = topk ? key_value(kth_key(v, r.top_k, floor_key)) : -INFINITY;
   kp = fmaxf(kp, tmin);
@@ -175,7 +229,7 @@ __global__ void __launch_bounds__(kFilterThreads)
       kp = fmaxf(kp, key_value(key));
     }
   }
-  if (threadIdx.x == 0) keep[i] = kp;
+  if (t == 0) keep[i] = kp;
 }
 
 // Block (row i, part) scans its part of row i; with one part it writes the row's draw, otherwise the
@@ -191,13 +245,12 @@ __global__ void __launch_bounds__(kThreads)
   const float kp = keep ? keep[i] : -INFINITY;
   double bv = -INFINITY;
   int64_t bi = INT64_MAX;
-#pragma unroll 4
-  for (int64_t k = lo + threadIdx.x; k < hi; k += kThreads) {
-    const float x = r.greedy ? row[k] : row[k] * r.inv_temperature;
-    if (x == -INFINITY || x < kp) continue;
+  for_row<4>(row, lo, hi, threadIdx.x, kThreads, [&](int64_t k, float l) {
+    const float x = r.greedy ? l : l * r.inv_temperature;
+    if (x == -INFINITY || x < kp) return;
     const double score = r.greedy ? static_cast<double>(x) : x + draw_gumbel(r.seed, r.position, token_offset + k);
     keep_best(bv, bi, score, k);
-  }
+  });
   block_best(bv, bi);
   if (threadIdx.x != 0) return;
   if (parts > 1) {
@@ -241,9 +294,8 @@ __global__ void __launch_bounds__(kLogprobThreads)
   float v[kMaxTopLogprobs];
   int32_t id[kMaxTopLogprobs];
   for (int p = 0; p < K; ++p) v[p] = -INFINITY, id[p] = -1;
-  for (int64_t k = threadIdx.x; k < L; k += kLogprobThreads) {
-    const float x = row[k];
-    if (x == -INFINITY) continue;
+  for_row<4>(row, 0, L, threadIdx.x, kLogprobThreads, [&](int64_t k, float x) {
+    if (x == -INFINITY) return;
     if (x > mx) {
       sum = sum * __expf(mx - x) + 1.f;
       mx = x;
@@ -251,7 +303,7 @@ __global__ void __launch_bounds__(kLogprobThreads)
       sum += __expf(x - mx);
     }
     keep_top(v, id, K, x, static_cast<int32_t>(token_offset + k));
-  }
+  });
   const float bmx = block_reduce(mx, [](float a, float b) { return fmaxf(a, b); }, -INFINITY);
   const float bsum = block_sum(mx == -INFINITY ? 0.f : sum * __expf(mx - bmx));
   if (threadIdx.x == 0) {
