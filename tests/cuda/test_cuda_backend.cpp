@@ -405,8 +405,8 @@ TEST_P(CudaDraw, SameTokensAsTheCpuKernel) {
   if (n <= 5) {
     logits[tie_row * stride + L - 1] = 30.f;  // the same score in the row's last part
     for (int64_t k = 0; k < L; ++k) logits[(n - 1) * stride + k] = -INFINITY;
-    // A flat row (top-k 4): more values near the top than shared memory holds, so the GPU's filter
-    // bisects over the whole row instead of gathered candidates.
+    // A flat row whose filters keep more values than shared memory holds (top-k 20,000 and top-p 0.95
+    // below), so the GPU's filter bisects over the whole row and draw_rows_k draws it.
     for (int64_t k = 0; k < L; ++k) logits[1 * stride + k] *= 0.02f;
   }
   std::vector<RowDraw> rows(n);
@@ -422,6 +422,7 @@ TEST_P(CudaDraw, SameTokensAsTheCpuKernel) {
       if (i % 4 == 2) r.top_p = 0.5 + 0.05 * static_cast<double>(i % 7);
       if (i % 4 == 3) r.top_k = 100, r.top_p = 0.9, r.log_min_p = std::log(0.05f);
       if (i % 4 == 0) r.log_min_p = std::log(0.2f);
+      if (n <= 5 && i == 1) r.top_k = 20000, r.top_p = 0.95;
     }
     for (int e = 0; e < 3; ++e) {  // penalties away from the tie columns
       LogitEdit le;
