@@ -113,29 +113,44 @@ void Sampler::index_history(SeqState& st) {
   st.indexed = st.history.size();
 }
 
-std::vector<LogitEdit> Sampler::penalty_edits(const SeqState& st, int32_t row, Range vocab) const {
+namespace {
+
+// The sorted lists' parts inside `vocab` (index_history keeps them sorted: no sorting per step).
+std::pair<const int32_t*, size_t> seen_in(const std::vector<int32_t>& seen, Range vocab) {
+  const auto lo = static_cast<int32_t>(vocab.begin), hi = static_cast<int32_t>(vocab.end);
+  const auto b = std::lower_bound(seen.begin(), seen.end(), lo), e = std::lower_bound(b, seen.end(), hi);
+  return {seen.data() + (b - seen.begin()), static_cast<size_t>(e - b)};
+}
+std::pair<const std::pair<int32_t, int32_t>*, size_t> counts_in(const std::vector<std::pair<int32_t, int32_t>>& counts,
+                                                                Range vocab) {
+  const auto lo = static_cast<int32_t>(vocab.begin), hi = static_cast<int32_t>(vocab.end);
+  const auto b = std::lower_bound(counts.begin(), counts.end(), std::make_pair(lo, 0));
+  const auto e = std::lower_bound(b, counts.end(), std::make_pair(hi, 0));
+  return {counts.data() + (b - counts.begin()), static_cast<size_t>(e - b)};
+}
+
+bool repetition_on(const SamplingParams& p) { return p.repetition_penalty != 1.0; }
+bool counts_on(const SamplingParams& p) { return p.presence_penalty != 0.0 || p.frequency_penalty != 0.0; }
+
+}  // namespace
+
+size_t Sampler::penalty_edit_bound(const SeqState& st, Range vocab) {
+  const SamplingParams& p = st.params;
+  size_t n = 0;
+  if (repetition_on(p)) n += seen_in(st.seen, vocab).second;
+  if (counts_on(p)) n += counts_in(st.out_counts, vocab).second;
+  if (static_cast<int64_t>(st.history.size()) - st.prompt_len < p.min_tokens)
+    n += st.eos_ids.size() + p.stop_token_ids.size();
+  return n;
+}
+
+size_t Sampler::penalty_edits(const SeqState& st, int32_t row, Range vocab, LogitEdit* out) const {
   const SamplingParams& p = st.params;
   const int64_t out_len = static_cast<int64_t>(st.history.size()) - st.prompt_len;
   auto local = [&](int32_t t) { return t >= vocab.begin && t < vocab.end; };
-  // The vocabulary's part of the sorted lists index_history keeps (this runs for every row of every
-  // step: no sorting here).
-  const bool rep_on = p.repetition_penalty != 1.0, out_on = p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
-  const int32_t lo = static_cast<int32_t>(vocab.begin), hi = static_cast<int32_t>(vocab.end);
-  const int32_t* rep = nullptr;
-  size_t nrep = 0;
-  if (rep_on) {
-    const auto b = std::lower_bound(st.seen.begin(), st.seen.end(), lo), e = std::lower_bound(b, st.seen.end(), hi);
-    rep = st.seen.data() + (b - st.seen.begin());
-    nrep = static_cast<size_t>(e - b);
-  }
-  const std::pair<int32_t, int32_t>* out = nullptr;
-  size_t nout = 0;
-  if (out_on) {
-    const auto b = std::lower_bound(st.out_counts.begin(), st.out_counts.end(), std::make_pair(lo, 0));
-    const auto e = std::lower_bound(b, st.out_counts.end(), std::make_pair(hi, 0));
-    out = st.out_counts.data() + (b - st.out_counts.begin());
-    nout = static_cast<size_t>(e - b);
-  }
+  const auto [rep, nrep] = repetition_on(p) ? seen_in(st.seen, vocab) : std::make_pair(nullptr, size_t{0});
+  const auto [cnt, nout] = counts_on(p) ? counts_in(st.out_counts, vocab)
+                                        : std::make_pair(static_cast<const std::pair<int32_t, int32_t>*>(nullptr), size_t{0});
   std::vector<int32_t> mask;
   if (out_len < p.min_tokens) {
     if (!p.ignore_eos)
@@ -147,21 +162,25 @@ std::vector<LogitEdit> Sampler::penalty_edits(const SeqState& st, int32_t row, R
     mask.erase(std::unique(mask.begin(), mask.end()), mask.end());
   }
   // Merge the three by token: one edit per token.
-  std::vector<LogitEdit> edits;
-  edits.reserve(nrep + nout + mask.size());
-  size_t a = 0, b = 0, c = 0;
+  size_t a = 0, b = 0, c = 0, n = 0;
   constexpr int32_t kEnd = std::numeric_limits<int32_t>::max();
   for (;;) {
-    const int32_t t = std::min({a < nrep ? rep[a] : kEnd, b < nout ? out[b].first : kEnd, c < mask.size() ? mask[c] : kEnd});
+    const int32_t t = std::min({a < nrep ? rep[a] : kEnd, b < nout ? cnt[b].first : kEnd, c < mask.size() ? mask[c] : kEnd});
     if (t == kEnd) break;
     LogitEdit e;
     e.row = row;
     e.col = static_cast<int32_t>(t - vocab.begin);
     if (a < nrep && rep[a] == t) e.rep = static_cast<float>(p.repetition_penalty), ++a;
-    if (b < nout && out[b].first == t) e.sub = static_cast<float>(p.presence_penalty + p.frequency_penalty * out[b++].second);
+    if (b < nout && cnt[b].first == t) e.sub = static_cast<float>(p.presence_penalty + p.frequency_penalty * cnt[b++].second);
     if (c < mask.size() && mask[c] == t) e.mask = 1, ++c;
-    edits.push_back(e);
+    out[n++] = e;
   }
+  return n;
+}
+
+std::vector<LogitEdit> Sampler::penalty_edits(const SeqState& st, int32_t row, Range vocab) const {
+  std::vector<LogitEdit> edits(penalty_edit_bound(st, vocab));
+  edits.resize(penalty_edits(st, row, vocab, edits.data()));
   return edits;
 }
 
@@ -216,26 +235,33 @@ void Sampler::row_draws(const std::vector<const SeqStep*>& seqs, const std::vect
   std::vector<const SeqState*> st(n, nullptr);
   for (size_t i = 0; i < n; ++i)
     if (draw[i]) st[i] = &state_.at(seqs[i]->seq_id);
-  // Rows in parallel (a row's edits walk its history's distinct tokens), then the edits in row order.
-  std::vector<std::vector<LogitEdit>> row_edits(n);
+  // Rows in parallel, each writing its edits (a walk over its history's distinct tokens) into its
+  // slot of `edits` (room for its bound); then the slots are closed up in row order.
+  std::vector<size_t> at(n + 1, 0), got(n, 0);
+  for (size_t i = 0; i < n; ++i) at[i + 1] = at[i] + (st[i] ? penalty_edit_bound(*st[i], vocab) : 0);
+  const size_t base = edits.size();
+  edits.resize(base + at[n]);
   rows.resize(first_row + n);  // rows drawn elsewhere: a plain greedy draw whose result is not used
   const auto N = static_cast<long>(n);
 #pragma omp parallel for schedule(dynamic, 8) if (N > 16)  // (a decode step of a few rows: no team)
   for (long i = 0; i < N; ++i) {
     if (!st[i]) continue;
-    row_edits[i] = penalty_edits(*st[i], static_cast<int32_t>(i), vocab);
+    got[i] = penalty_edits(*st[i], static_cast<int32_t>(i), vocab, edits.data() + base + at[i]);
     rows[first_row + i] = row_draw(*st[i]);
   }
-  size_t total = edits.size();
-  for (const auto& e : row_edits) total += e.size();
-  edits.reserve(total);
-  for (const auto& e : row_edits) edits.insert(edits.end(), e.begin(), e.end());
+  size_t w = base;
+  for (size_t i = 0; i < n; ++i) {
+    if (w != base + at[i]) std::copy_n(edits.begin() + static_cast<long>(base + at[i]), got[i], edits.begin() + static_cast<long>(w));
+    w += got[i];
+  }
+  edits.resize(w);
 }
 
 void Sampler::draw_rows_on_backend(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw,
                                    Backend& backend, Tensor& logits, std::vector<SampledToken>& out) {
   std::vector<RowDraw> rows;
-  std::vector<LogitEdit> edits;
+  std::vector<LogitEdit>& edits = edits_;
+  edits.clear();
   row_draws(seqs, draw, vocab_, rows, edits);
   const size_t n = rows.size();
   std::vector<float> best(n);
@@ -390,7 +416,8 @@ void Sampler::draw_gathered(const std::vector<const SeqStep*>& seqs, const std::
     backend.copy_columns(rows_view(all, r * n, n), shard.size(), whole, shard.begin);
   }
   std::vector<RowDraw> rows;
-  std::vector<LogitEdit> edits;
+  std::vector<LogitEdit>& edits = edits_;
+  edits.clear();
   row_draws(seqs, draw, Range{0, vocab_size_}, rows, edits);
   std::vector<float> best(static_cast<size_t>(n));
   std::vector<int32_t> idx(static_cast<size_t>(n));

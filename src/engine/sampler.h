@@ -71,7 +71,10 @@ class Sampler {
   static void index_history(SeqState& st);
   // The sequence's penalties (repetition, presence/frequency, min_tokens masking) on the logits of the
   // tokens in `vocab` (this rank's shard, or the whole vocabulary for a gathered row), as edits of row
-  // `row`.
+  // `row`, one per token in column order: penalty_edits writes them to out (room for
+  // penalty_edit_bound of them) and returns how many.
+  static size_t penalty_edit_bound(const SeqState& st, Range vocab);
+  size_t penalty_edits(const SeqState& st, int32_t row, Range vocab, LogitEdit* out) const;
   std::vector<LogitEdit> penalty_edits(const SeqState& st, int32_t row, Range vocab) const;
   // The backend draw of the sequence's next token (temperature, seed, filters).
   RowDraw row_draw(const SeqState& st) const;
@@ -92,7 +95,9 @@ class Sampler {
   // The plan's sampled sequences in order, and their states.
   std::vector<const SeqStep*> sampled(const StepPlan& plan) const;
   // The backend draws of seqs (row_draw) and their penalty edits over `vocab` for rows i with draw[i]
-  // set; the other rows get a plain greedy draw and no edits.
+  // set; the other rows get a plain greedy draw and no edits. `edits` is the caller's reused buffer
+  // (edits_): a 256-row step with penalties has some 200,000 of them, and fresh memory each step cost
+  // more in page faults than writing them.
   void row_draws(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Range vocab,
                  std::vector<RowDraw>& rows, std::vector<LogitEdit>& edits) const;
   // The backend draw of the rows i of `logits` with draw[i] set (the others get a plain greedy draw
@@ -116,6 +121,7 @@ class Sampler {
   Range vocab_;
   int64_t stride_;
   std::unordered_map<uint64_t, SeqState> state_;
+  std::vector<LogitEdit> edits_;  // row_draws' output, kept between steps
 };
 
 }  // namespace llmserve
