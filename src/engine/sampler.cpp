@@ -131,6 +131,11 @@ std::pair<const std::pair<int32_t, int32_t>*, size_t> counts_in(const std::vecto
 
 bool repetition_on(const SamplingParams& p) { return p.repetition_penalty != 1.0; }
 bool counts_on(const SamplingParams& p) { return p.presence_penalty != 0.0 || p.frequency_penalty != 0.0; }
+// Whether min_tokens still masks the stop tokens: fewer output tokens than it asks for so far.
+template <typename State>
+bool stops_masked(const State& st) {
+  return static_cast<int64_t>(st.history.size()) - st.prompt_len < st.params.min_tokens;
+}
 
 }  // namespace
 
@@ -139,20 +144,18 @@ size_t Sampler::penalty_edit_bound(const SeqState& st, Range vocab) {
   size_t n = 0;
   if (repetition_on(p)) n += seen_in(st.seen, vocab).second;
   if (counts_on(p)) n += counts_in(st.out_counts, vocab).second;
-  if (static_cast<int64_t>(st.history.size()) - st.prompt_len < p.min_tokens)
-    n += st.eos_ids.size() + p.stop_token_ids.size();
+  if (stops_masked(st)) n += st.eos_ids.size() + p.stop_token_ids.size();
   return n;
 }
 
 size_t Sampler::penalty_edits(const SeqState& st, int32_t row, Range vocab, LogitEdit* out) const {
   const SamplingParams& p = st.params;
-  const int64_t out_len = static_cast<int64_t>(st.history.size()) - st.prompt_len;
   auto local = [&](int32_t t) { return t >= vocab.begin && t < vocab.end; };
   const auto [rep, nrep] = repetition_on(p) ? seen_in(st.seen, vocab) : std::make_pair(nullptr, size_t{0});
   const auto [cnt, nout] = counts_on(p) ? counts_in(st.out_counts, vocab)
                                         : std::make_pair(static_cast<const std::pair<int32_t, int32_t>*>(nullptr), size_t{0});
   std::vector<int32_t> mask;
-  if (out_len < p.min_tokens) {
+  if (stops_masked(st)) {
     if (!p.ignore_eos)
       for (int32_t t : st.eos_ids)
         if (local(t)) mask.push_back(t);
@@ -205,9 +208,7 @@ bool Sampler::row_drawable(const SeqState& st) const {
 }
 
 bool Sampler::edits_logits(const SeqState& st) {
-  const SamplingParams& p = st.params;
-  return p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0 ||
-         static_cast<int64_t>(st.history.size()) - st.prompt_len < p.min_tokens;
+  return repetition_on(st.params) || counts_on(st.params) || stops_masked(st);
 }
 
 std::vector<const SeqStep*> Sampler::sampled(const StepPlan& plan) const {

@@ -408,12 +408,16 @@ TEST_P(CudaDraw, SameTokensAsTheCpuKernel) {
     // A flat row whose filters keep more values than shared memory holds (top-k 20,000 and top-p 0.95
     // below), so the GPU's filter bisects over the whole row and draw_rows_k draws it.
     for (int64_t k = 0; k < L; ++k) logits[1 * stride + k] *= 0.02f;
+    // A row whose largest value stands apart (31 at temperature 0.5, the rest of spread 6): with top-k
+    // 2,000 the power-of-two rungs below it go from under 1,000 values (31 - 16) to some 86,000
+    // (31 - 32), more than the GPU's candidate slots, so its filter takes a finer ladder in between.
+    logits[2 * stride + 7] = 15.5f;
   }
   std::vector<RowDraw> rows(n);
   std::vector<LogitEdit> edits;
   for (int64_t i = 0; i < n; ++i) {
     RowDraw& r = rows[i];
-    r.greedy = i % 3 == 0 || i == tie_row;
+    r.greedy = (i % 3 == 0 || i == tie_row) && !(n <= 5 && i == n - 1);  // the all -inf row is filtered
     r.inv_temperature = 1.f / (0.3f + 0.1f * static_cast<float>(i % 7));
     r.seed = 1000 + i;
     r.position = 17 + i;
@@ -423,6 +427,7 @@ TEST_P(CudaDraw, SameTokensAsTheCpuKernel) {
       if (i % 4 == 3) r.top_k = 100, r.top_p = 0.9, r.log_min_p = std::log(0.05f);
       if (i % 4 == 0) r.log_min_p = std::log(0.2f);
       if (n <= 5 && i == 1) r.top_k = 20000, r.top_p = 0.95;
+      if (n <= 5 && i == 2) r.top_k = 2000, r.top_p = 1.0;  // the outlier row above
     }
     for (int e = 0; e < 3; ++e) {  // penalties away from the tie columns
       LogitEdit le;
@@ -501,4 +506,4 @@ TEST_P(CudaDraw, LogprobStatisticsAsTheCpuKernel) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaDraw,
                          ::testing::Values(std::make_tuple(int64_t{37}, int64_t{5003}, int64_t{5008}),
-                                           std::make_tuple(int64_t{3}, int64_t{151936}, int64_t{151936})));
+                                           std::make_tuple(int64_t{4}, int64_t{151936}, int64_t{151936})));
