@@ -87,6 +87,7 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   cuda::prepare_attention_kernels();
   ck(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking), "copy stream");
   ck(cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming), "copy event");
+  ck(cudaEventCreateWithFlags(&meta_copied_, cudaEventDisableTiming), "copy event");
   // Tensors are stream-ordered allocations from the device's pool, which keeps freed memory for reuse
   // (cudaFree would synchronise the device at every temporary of every step).
   ck(cudaDeviceGetDefaultMemPool(&pool_, device_), "memory pool");
@@ -114,6 +115,8 @@ CudaBackend::~CudaBackend() {
   if (draw_device_) cudaFree(draw_device_);
   if (draw_pinned_) cudaFreeHost(draw_pinned_);
   if (copied_) cudaEventDestroy(copied_);
+  if (meta_pinned_) cudaFreeHost(meta_pinned_);
+  if (meta_copied_) cudaEventDestroy(meta_copied_);
   if (copy_stream_) cudaStreamDestroy(copy_stream_);
   if (lt_) cublasLtDestroy(lt_);
 }
@@ -191,9 +194,30 @@ void CudaBackend::grow(IntBuffer& b, size_t cap) {
   ck(cudaMalloc(&b.ptr, b.cap * sizeof(int32_t)), "metadata allocation");
 }
 
-void CudaBackend::put(IntBuffer& b, const std::vector<int32_t>& v) {
-  if (v.size() > b.cap) grow(b, std::max<size_t>(v.size() * 2, 1024));
-  if (!v.empty()) ck(cudaMemcpy(b.ptr, v.data(), v.size() * sizeof(int32_t), cudaMemcpyHostToDevice), "metadata upload");
+void CudaBackend::put(const std::vector<std::pair<IntBuffer*, const std::vector<int32_t>*>>& items) {
+  size_t total = 0;
+  for (const auto& [b, v] : items) {
+    if (v->size() > b->cap) grow(*b, std::max<size_t>(v->size() * 2, 1024));
+    total += v->size();
+  }
+  ck(cudaEventSynchronize(meta_copied_), "metadata staging");  // the previous step's copies are done
+  if (total > meta_cap_) {
+    if (meta_pinned_) ck(cudaFreeHost(meta_pinned_), "free metadata staging");
+    meta_pinned_ = nullptr;
+    meta_cap_ = 0;
+    const size_t cap = std::max<size_t>(total * 2, 4096);
+    ck(cudaMallocHost(reinterpret_cast<void**>(&meta_pinned_), cap * sizeof(int32_t)), "metadata staging allocation");
+    meta_cap_ = cap;
+  }
+  size_t at = 0;
+  for (const auto& [b, v] : items) {
+    if (v->empty()) continue;
+    std::memcpy(meta_pinned_ + at, v->data(), v->size() * sizeof(int32_t));
+    ck(cudaMemcpyAsync(b->ptr, meta_pinned_ + at, v->size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream()),
+       "metadata upload");
+    at += v->size();
+  }
+  ck(cudaEventRecord(meta_copied_, stream()), "metadata upload");
 }
 
 bool CudaBackend::device_memory(size_t* free_bytes, size_t* total_bytes) {
@@ -246,20 +270,20 @@ void CudaBackend::begin_step(const StepMeta& m) {
   flash_ = max_q >= kFlashMinQueries;
   max_new_ = max_q;
   if (capturing_) return;  // uploaded before the capture; a graph must not record host copies
+  std::vector<int32_t> tiles, token_seq(static_cast<size_t>(num_tokens_));
   if (flash_) {
-    const std::vector<int32_t> tiles = cuda::flash_prefill_tiles(m.q_start, m.positions);
+    tiles = cuda::flash_prefill_tiles(m.q_start, m.positions);
     num_tiles_ = static_cast<int64_t>(tiles.size());
-    put(tiles_, tiles);
   }
-  std::vector<int32_t> token_seq(static_cast<size_t>(num_tokens_));
   for (int64_t s = 0; s < num_seqs_; ++s)
     for (int32_t t = m.q_start[s]; t < m.q_start[s + 1]; ++t) token_seq[t] = static_cast<int32_t>(s);
-  put(ids_, m.token_ids);
-  put(positions_, m.positions);
-  put(slots_, m.slot_mapping);
-  put(tables_, m.block_tables);
-  put(token_seq_, token_seq);
-  put(logits_rows_, m.logits_indices);
+  put({{&tiles_, &tiles},
+       {&ids_, &m.token_ids},
+       {&positions_, &m.positions},
+       {&slots_, &m.slot_mapping},
+       {&tables_, &m.block_tables},
+       {&token_seq_, &token_seq},
+       {&logits_rows_, &m.logits_indices}});
 }
 
 void CudaBackend::copy(const Tensor& src, Tensor& dst) {
@@ -596,12 +620,15 @@ void CudaBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, con
   ck(cudaStreamWaitEvent(stream(), copied_, 0), "upload draws");
   const auto* dev = static_cast<const unsigned char*>(draw_device_);
   const bool filtered = std::any_of(rows.begin(), rows.end(), [](const RowDraw& r) { return r.filtered(); });
-  Tensor dev_best = empty({n}, DType::F32), dev_idx = empty({n}, DType::F32);
+  // Results: best then idx in one allocation, brought down in one copy.
+  Tensor dev_out = empty({2 * n}, DType::F32);
   cuda::draw_rows(logits.as<float>(), n, logits.dim(1), L, token_offset, reinterpret_cast<const RowDraw*>(dev),
-                  reinterpret_cast<const LogitEdit*>(dev + edits_at), ne, filtered, dev_best.as<float>(),
-                  static_cast<int32_t*>(dev_idx.data), stream());
-  ck(cudaMemcpy(best, dev_best.data, n * sizeof(float), cudaMemcpyDeviceToHost), "download draws");
-  ck(cudaMemcpy(idx, dev_idx.data, n * sizeof(int32_t), cudaMemcpyDeviceToHost), "download draws");
+                  reinterpret_cast<const LogitEdit*>(dev + edits_at), ne, filtered, dev_out.as<float>(),
+                  reinterpret_cast<int32_t*>(dev_out.as<float>() + n), stream());
+  std::vector<float> out(static_cast<size_t>(2 * n));
+  copy_to_host(dev_out, 0, out.size() * sizeof(float), out.data());
+  std::memcpy(best, out.data(), n * sizeof(float));
+  std::memcpy(idx, out.data() + n, n * sizeof(int32_t));
 }
 
 void CudaBackend::row_logprobs(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<int32_t>& rows,

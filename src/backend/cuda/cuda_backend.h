@@ -85,7 +85,9 @@ class CudaBackend : public Backend {
   };
   // Reallocates b to `cap` entries (contents lost), dropping any recorded graphs, which read the old one.
   void grow(IntBuffer& b, size_t cap);
-  void put(IntBuffer& b, const std::vector<int32_t>& v);
+  // Uploads each vector into its buffer (grown where needed) from pinned staging with asynchronous
+  // copies on stream(): a step's metadata no longer costs a synchronous pageable copy per buffer.
+  void put(const std::vector<std::pair<IntBuffer*, const std::vector<int32_t>*>>& items);
   struct Gemm {
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
@@ -117,6 +119,11 @@ class CudaBackend : public Backend {
   void* draw_pinned_ = nullptr;
   void* draw_device_ = nullptr;
   size_t draw_cap_ = 0;
+  // begin_step's staging for the step metadata; meta_copied_ follows the copies out of it on stream(),
+  // so the next step rewrites it only when they are done.
+  cudaEvent_t meta_copied_ = nullptr;
+  int32_t* meta_pinned_ = nullptr;
+  size_t meta_cap_ = 0;
 };
 
 // The CUDA backend on this rank's GPU (local_rank modulo the GPUs visible); throws Error when there
