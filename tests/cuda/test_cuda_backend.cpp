@@ -366,13 +366,15 @@ TEST_P(CudaOps, ProjectionsRopeAndCacheWrite) {
 }
 
 // Linear layers for 1-4 tokens take the weight-streaming GEMV (K a multiple of 8 and not, with and
-// without bias, output in float32 or the weights' type).
+// without bias, output in float32 or the weights' type): 333 rows, a warp each; 20,000 short rows,
+// more than the resident warps (a warp streams several, one after the other); rows of 4,104 elements,
+// several groups of loads per row with a partial last group.
 TEST_P(CudaOps, FewTokenLinearMatchesTheCpuReference) {
   std::mt19937 g(7);
   const DType dt = GetParam();
+  const std::pair<int64_t, int64_t> shapes[] = {{96, 333}, {100, 333}, {96, 20000}, {4104, 70}};
   for (int64_t T : {1, 2, 4}) {
-    for (int64_t K : {96, 100}) {
-      const int64_t N = 333;
+    for (const auto& [K, N] : shapes) {
       auto x = both(randn(T * K, g), {T, K}, dt), w = both(randn(N * K, g, 0.1f), {N, K}, dt);
       auto b = both(randn(N, g), {N}, DType::F32);
       Tensor c = cpu.empty({T, N}, DType::F32), y32 = gpu->empty({T, N}, DType::F32), y = gpu->empty({T, N}, dt);
