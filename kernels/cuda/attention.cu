@@ -533,15 +533,16 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
     stage(0, j0, slot0, lo, min(len, old), true);
   }
   pdl_enter();
+  // This step's rows of the first tile, then the second tile (after pdl_enter: any of its keys may be
+  // this step's), requested before the queries so that the two round trips overlap.
+  if (busy) stage(0, j0, slot0, max(lo, old), len, false);
+  cp_async_commit();
+  if (j0 + kStep < len) stage(1, j0 + kStep, find_slot(j0 + kStep), j0 + kStep, len, true);
+  cp_async_commit();
   // The group's queries as A fragments of every k-step (rows past G are zeros).
   const int r0 = lane / 4, c0 = (lane % 4) * 2;
   unsigned qa[KS][4];
   q_fragments<T>(qa, lane, [&](int r, int d) { return r < G ? to_f(q[(t * Hq + kh * G + r) * D + d]) * scale : 0.f; });
-  if (busy) stage(0, j0, slot0, max(lo, old), len, false);
-  cp_async_commit();
-  // The second tile (after pdl_enter: any of its keys may be this step's).
-  if (j0 + kStep < len) stage(1, j0 + kStep, find_slot(j0 + kStep), j0 + kStep, len, true);
-  cp_async_commit();
 
   float o[NT][4] = {}, m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   int buf = 0;

@@ -53,7 +53,7 @@ template <typename T, int M>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     qkv_rope_k(const float* x, const T* norm_w, float eps, int64_t K, QkvRope a) {
   extern __shared__ __align__(16) unsigned char smem[];
-  T* h = reinterpret_cast<T*>(smem);
+  T* h = reinterpret_cast<T*>(smem);  // [M, K] normalized rows, then the norm weights [K]
   const int64_t half = a.D / 2;
   const int64_t u = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int lane = threadIdx.x & 31;
@@ -98,14 +98,15 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
       }
     }
   };
+  const T* nw = stage_norm_weights(norm_w, K, h + M * K);
   // The pair's two rows, as a stream of one row (none for the warps past the last pair).
-  row_stream<T, M, 2>(h, rows, K, 0, 1, writes ? 1 : 0, lane, [&] { rmsnorm_rows<T, M>(x, norm_w, K, eps, h); },
+  row_stream<T, M, 2>(h, rows, K, 0, 1, writes ? 1 : 0, lane, [&] { rmsnorm_rows<T, M>(x, nw, K, eps, h); },
                       epilogue);
 }
 
 // act[m, n] = silu(x[m] . wg[n]) * (x[m] . wu[n]), one warp per n (several when n outnumbers the
-// resident warps; row_stream). NORM: x is the float32 residual stream, normalized (weights norm_w)
-// into shared memory by each block first.
+// resident warps; row_stream). NORM: x is the float32 residual stream, normalized (weights norm_w,
+// staged in shared memory before the wait) into shared memory by each block first.
 template <typename T, int M, bool NORM>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     gate_up_silu_k(const void* xin, const T* norm_w, float eps, const T* wg, const T* wu, int64_t K, int64_t N, T* act) {
@@ -120,9 +121,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 #pragma unroll
     for (int m = 0; m < M; ++m) act[m * N + n] = from_f<T>(gu[0][m] / (1.f + __expf(-gu[0][m])) * gu[1][m]);
   };
-  if constexpr (NORM)
+  if constexpr (NORM) {
+    const T* nw = stage_norm_weights(norm_w, K, h + M * K);
     row_stream<T, M, 2>(h, mats, K, first, stride, N, lane,
-                        [&] { rmsnorm_rows<T, M>(static_cast<const float*>(xin), norm_w, K, eps, h); }, epilogue);
+                        [&] { rmsnorm_rows<T, M>(static_cast<const float*>(xin), nw, K, eps, h); }, epilogue);
+  }
   else
     row_stream<T, M, 2>(static_cast<const T*>(xin), mats, K, first, stride, N, lane, [] {}, epilogue);
 }

@@ -75,9 +75,10 @@ void gemv(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64
 
 // Fused decoder-layer kernels (compositions of the kernels above; see Backend's defaults). The
 // few-token ones that begin with an RMSNorm of the float32 residual stream normalize it into shared
-// memory in every block: norm_smem_bytes() of it, up to kMaxNormSmem.
+// memory in every block, next to a copy of the norm's weights: norm_smem_bytes() of it, up to
+// kMaxNormSmem.
 constexpr size_t kMaxNormSmem = 48 << 10;
-inline size_t norm_smem_bytes(int64_t M, int64_t K, size_t elem) { return static_cast<size_t>(M * K) * elem; }
+inline size_t norm_smem_bytes(int64_t M, int64_t K, size_t elem) { return static_cast<size_t>((M + 1) * K) * elem; }
 // RoPE on q [n, Hq, D] in place; k rotated and v written into the caches at slots (k unchanged).
 template <typename T>
 void rope_kv_write(float* q, const float* k, const float* v, const int32_t* positions, const float* inv_freq,

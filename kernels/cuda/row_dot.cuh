@@ -2,6 +2,7 @@
 // (kernels/cuda/gemv.cu, fused.cu). Float32 accumulation; the result is summed over the warp.
 #pragma once
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/mma.cuh"
 
 namespace llmserve::cuda {
 
@@ -118,11 +119,24 @@ __device__ __forceinline__ void row_stream(const T* x, const T* const (&w)[R], i
   }
 }
 
+// The RMSNorm weights w (K elements) copied into shared memory ws by cp.async for rmsnorm_rows, by the
+// whole block before pdl_enter() (weights: no kernel writes them), so that they arrive while the kernel
+// before this one finishes instead of costing rmsnorm_rows a memory round trip after the wait. Returns
+// what rmsnorm_rows should read: ws, or w itself where the rows are not whole 16-byte units.
+template <typename T>
+__device__ __forceinline__ const T* stage_norm_weights(const T* w, int64_t K, T* ws) {
+  constexpr int V = 16 / sizeof(T);
+  if (K % V != 0 || reinterpret_cast<uintptr_t>(w) % 16 != 0) return w;
+  for (int64_t c = threadIdx.x; c < K / V; c += blockDim.x) cp_async16(ws + c * V, w + c * V, 16);
+  cp_async_commit();
+  return ws;
+}
+
 // h[m, :] = rmsnorm(x[m, :]) * w for M rows of K (float32 x; h in shared memory), by the whole block
 // (thread i sums the squares of elements i, i + blockDim.x, ...; then block_sum). Every row's loads
 // are issued together, PER elements per thread at a time, so a row of up to PER x blockDim.x elements
-// costs one memory round trip for its squares and one for the output (x again and the weights), not
-// one per element a thread takes.
+// costs one memory round trip for its squares (the second pass finds x in L1, and w in shared memory
+// when stage_norm_weights put it there), not one per element a thread takes.
 template <typename T, int M>
 __device__ __forceinline__ void rmsnorm_rows(const float* x, const T* w, int64_t K, float eps, T* h) {
   constexpr int PER = 8;
@@ -142,6 +156,9 @@ __device__ __forceinline__ void rmsnorm_rows(const float* x, const T* w, int64_t
 #pragma unroll
       for (int r = 0; r < PER; ++r) ss += v[r] * v[r];
     }
+    // This thread's staged weights have landed (a no-op without them); block_sum's barrier then makes
+    // every thread's visible.
+    if (m == 0) cp_async_wait_all();
     inv[m] = rsqrtf(block_sum(ss) / static_cast<float>(K) + eps);
   }
 #pragma unroll
