@@ -6,6 +6,7 @@
 //    read, against the copy bandwidth; the same shapes with 256 tokens in TFLOP/s;
 //  - decode attention (one query per sequence over a paged bf16 KV cache) in GB/s of K/V read;
 //  - prefill attention (one causal 2048-token sequence) in TFLOP/s against the GEMM peak;
+//  - a chain of GEMVs of growing size (the fixed cost per kernel and the steady-state bandwidth);
 //  - a batch-1 decode layer (Qwen2.5-1.5B shape) op by op and whole, over 28 layers of distinct weights
 //    (streaming from memory as in the model), in GB/s of weights and K/V read;
 //  - the sampler's greedy draw over vocabulary-sized logits rows in GB/s.
@@ -142,6 +143,31 @@ int main(int argc, char** argv) {
         std::printf("%-44s %10.1f %5.0f TFLOP/s %8.0f%%\n", name, ms * 1e3, tf, 100 * tf / peak_tflops);
       }
     }
+  }
+
+  // A GEMV's fixed cost in a chain: N x 1536 weights (1 token), 28 distinct matrices back to back in a
+  // graph (weights from HBM, as a decode step streams its layers), for growing N; the least-squares
+  // line through (bytes, time) gives the steady-state bandwidth (slope) and the per-kernel cost that
+  // does not shrink with the bytes (intercept: launch, wait on the previous kernel, ramp and tail).
+  {
+    std::printf("\n%-44s %10s %12s %10s\n", "GEMV chain (28 distinct N x 1536, 1 token)", "us/call", "rate", "of copy");
+    double sx = 0, sy = 0, sxx = 0, sxy = 0;
+    int pts = 0;
+    for (int64_t N : {int64_t(1536), int64_t(4480), int64_t(8960), int64_t(17920), int64_t(35840)}) {
+      const int64_t K = 1536, chain = 28;
+      std::vector<Tensor> ws;
+      for (int64_t i = 0; i < chain; ++i) ws.push_back(random_tensor(be, {N, K}, DType::BF16));
+      Tensor x = random_tensor(be, {1, K}, DType::BF16), y = be.empty({1, N}, DType::F32);
+      const double ms = graph_ms(be, [&] { for (auto& w : ws) be.linear(x, w, nullptr, y); }, 1) / chain;
+      const double bytes = 2.0 * N * K, gbs = bytes / (ms * 1e-3) / 1e9;
+      char name[96];
+      std::snprintf(name, sizeof name, "N=%lld (%.1f MB)", static_cast<long long>(N), bytes / 1e6);
+      std::printf("%-44s %10.2f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+      sx += bytes; sy += ms * 1e3; sxx += bytes * bytes; sxy += bytes * ms * 1e3; ++pts;
+    }
+    const double slope = (pts * sxy - sx * sy) / (pts * sxx - sx * sx), icept = (sy - slope * sx) / pts;
+    std::printf("%-44s %10.2f us per kernel, steady %.0f GB/s (%.0f%% of copy)\n", "fit: time = fixed + bytes / rate", icept,
+                1e-3 / slope, 100 * (1e-3 / slope) / copy_gbs);
   }
 
   // Attention: Qwen2.5-1.5B heads (12 query, 2 KV, head_dim 128), bf16 cache, blocks of 16.
