@@ -9,7 +9,7 @@ pkgs=(build-essential cmake pkg-config
       libyaml-cpp-dev nlohmann-json3-dev
       libboost-dev
       libgtest-dev
-      python3 python3-pip unzip curl
+      python3 python3-pip python3-numpy unzip curl
       shellcheck)
 
 missing=()

@@ -16,6 +16,9 @@ With all of them it gives what the GPU's golden check measures (tiny-qwen2: 1.14
 error is the rounding points' own, not the kernels'.
 
   python3 bench/reference/bf16_rounding.py ../shared/fixtures tiny-qwen2
+  python3 bench/reference/bf16_rounding.py ../shared/fixtures tiny-qwen2 --check
+With --check it only verifies its own forward without rounding against the goldens (relative L2 under
+1e-5 on every prompt; exit 1 otherwise): ctest bf16_rounding_reference_MODEL.
 """
 import json
 import struct
@@ -139,6 +142,10 @@ def main():
         return np.array([np.linalg.norm(forward(pr["ids"], R) - gold[i]) / np.linalg.norm(gold[i])
                          for i, pr in enumerate(prompts)])
 
+    if "--check" in sys.argv[3:]:
+        e = errors(set())
+        print(f"{model}: float64 forward against the goldens, worst relative L2 {e.max():.3e}")
+        sys.exit(0 if e.max() < 1e-5 else 1)
     points = ["h", "kv", "attn", "act", "final"]
     rows = [("none (float64 throughout)", set()), ("all (llmserve's bf16 path)", set(points))]
     rows += [(f"only {p}", {p}) for p in points] + [(f"all but {p}", set(points) - {p}) for p in points]

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <memory>
 #include <numeric>
 #include <random>
 
@@ -392,16 +393,26 @@ TEST_P(CudaOps, FewTokenLinearMatchesTheCpuReference) {
 // with penalty edits and top-k / top-p / min-p filters, on a vocabulary shard (token offset) with
 // padded rows. Many short rows (a block each) and a few vocabulary-sized rows (each split over blocks
 // and merged, with a tie across parts and a row where every token is filtered out).
-class CudaDraw : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t>> {};
+// Parameters (rows n, vocabulary shard L, row stride); both backends, and random logits per test.
+class CudaDraw : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t>> {
+ protected:
+  void SetUp() override {
+    if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
+    gpu_ = std::make_unique<CudaBackend>(0, DType::BF16);
+  }
+  std::vector<float> random_logits(uint32_t seed) const {
+    std::mt19937 g(seed);
+    return randn(n * stride, g, 3.f);
+  }
+  const int64_t n = std::get<0>(GetParam()), L = std::get<1>(GetParam()), stride = std::get<2>(GetParam());
+  const int64_t offset = 20000;  // the shard's first token
+  std::unique_ptr<CudaBackend> gpu_;
+  CpuBackend cpu;
+};
 
 TEST_P(CudaDraw, SameTokensAsTheCpuKernel) {
-  if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
-  CudaBackend gpu(0, DType::BF16);
-  CpuBackend cpu;
-  std::mt19937 g(11);
-  const auto [n, L, stride] = GetParam();
-  const int64_t offset = 20000;
-  std::vector<float> logits = randn(n * stride, g, 3.f);
+  CudaBackend& gpu = *gpu_;
+  std::vector<float> logits = random_logits(11);
   const int64_t tie_row = n > 5 ? 5 : 0;
   for (int64_t k = 0; k < 40; ++k) logits[tie_row * stride + k] = 30.f;  // ties: the smaller token wins
   if (n <= 5) {
@@ -468,13 +479,8 @@ TEST_P(CudaDraw, SameTokensAsTheCpuKernel) {
 // lists (ties to the smaller token, -inf padding on an all -inf row) exactly the CPU kernel's, sums
 // within float rounding of a different summation order.
 TEST_P(CudaDraw, LogprobStatisticsAsTheCpuKernel) {
-  if (!cuda_device_available()) GTEST_SKIP() << "no CUDA device";
-  CudaBackend gpu(0, DType::BF16);
-  CpuBackend cpu;
-  std::mt19937 g(12);
-  const auto [n, L, stride] = GetParam();
-  const int64_t offset = 20000;
-  std::vector<float> logits = randn(n * stride, g, 3.f);
+  CudaBackend& gpu = *gpu_;
+  std::vector<float> logits = random_logits(12);
   for (int64_t k = 0; k < 40; ++k) logits[1 * stride + 3 * k] = 30.f;  // ties in row 1
   if (n <= 5)
     for (int64_t k = 0; k < L; ++k) logits[(n - 1) * stride + k] = -INFINITY;

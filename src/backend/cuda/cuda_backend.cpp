@@ -87,7 +87,7 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   cuda::prepare_attention_kernels();
   ck(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking), "copy stream");
   ck(cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming), "copy event");
-  ck(cudaEventCreateWithFlags(&meta_copied_, cudaEventDisableTiming), "copy event");
+  ck(cudaEventCreateWithFlags(&meta_copied_, cudaEventDisableTiming), "metadata event");
   // Tensors are stream-ordered allocations from the device's pool, which keeps freed memory for reuse
   // (cudaFree would synchronise the device at every temporary of every step).
   ck(cudaDeviceGetDefaultMemPool(&pool_, device_), "memory pool");
@@ -195,12 +195,13 @@ void CudaBackend::grow(IntBuffer& b, size_t cap) {
 }
 
 void CudaBackend::put(const std::vector<std::pair<IntBuffer*, const std::vector<int32_t>*>>& items) {
+  // The previous step's copies are done before their buffers or the staging are replaced or rewritten.
+  ck(cudaEventSynchronize(meta_copied_), "metadata staging");
   size_t total = 0;
   for (const auto& [b, v] : items) {
     if (v->size() > b->cap) grow(*b, std::max<size_t>(v->size() * 2, 1024));
     total += v->size();
   }
-  ck(cudaEventSynchronize(meta_copied_), "metadata staging");  // the previous step's copies are done
   if (total > meta_cap_) {
     if (meta_pinned_) ck(cudaFreeHost(meta_pinned_), "free metadata staging");
     meta_pinned_ = nullptr;
