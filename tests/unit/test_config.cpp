@@ -5,13 +5,14 @@
 
 #include "common/error.h"
 #include "config/config.h"
+#include "test_util.h"
 
 using namespace llmserve;
 
 namespace {
 std::string write_yaml(const std::string& text) {
   static int n = 0;
-  std::string p = ::testing::TempDir() + "cfg" + std::to_string(n++) + ".yaml";
+  const std::string p = (llmserve::testing::temp_dir("config") / ("cfg" + std::to_string(n++) + ".yaml")).string();
   std::ofstream(p) << text;
   return p;
 }

@@ -17,6 +17,7 @@
 #include "convert/safetensors.h"
 #include "model/model_file.h"
 #include "model/weight_names.h"
+#include "test_util.h"
 
 using namespace llmserve;
 namespace fs = std::filesystem;
@@ -24,8 +25,9 @@ using json = nlohmann::json;
 
 namespace {
 
+// An empty scratch directory of this test process.
 fs::path tmpdir(const std::string& name) {
-  fs::path p = fs::path(::testing::TempDir()) / ("llmserve-" + name);
+  fs::path p = llmserve::testing::temp_dir(name);
   fs::remove_all(p);
   fs::create_directories(p);
   return p;

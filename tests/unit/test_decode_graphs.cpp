@@ -27,8 +27,7 @@ constexpr int64_t kBlock = 4;
 // A two-layer GQA model with random weights, written once.
 const std::string& model_path() {
   static const std::string path = [] {
-    const fs::path dir = fs::path(::testing::TempDir()) / "llmserve-decode-graphs";
-    fs::create_directories(dir);
+    const fs::path dir = llmserve::testing::temp_dir("decode-graphs");
     const std::string p = (dir / "m.h5").string();
     const ModelSpec s = llmserve::testing::small_spec(4, 2, 32, 2, 32, 8, 50);
     ModelWriter w(p, s, "test");

@@ -23,8 +23,7 @@ ModelSpec tiny_spec() { return llmserve::testing::small_spec(2, 1, 16, 2, 8, 4, 
 }  // namespace
 
 TEST(ModelLoad, MissingTensorIsNamed) {
-  const fs::path dir = fs::path(::testing::TempDir()) / "llmserve-missing";
-  fs::create_directories(dir);
+  const fs::path dir = llmserve::testing::temp_dir("missing");
   const std::string path = (dir / "m.h5").string();
   const ModelSpec s = tiny_spec();
   {
@@ -62,8 +61,7 @@ TEST(ModelLoad, EveryExampleConfigParsesAndValidates) {
 }
 
 TEST(ModelLoad, BrokenChatTemplateFailsAtLoadAndMissingOneFallsBack) {
-  const fs::path dir = fs::path(::testing::TempDir()) / "llmserve-chat";
-  fs::create_directories(dir);
+  const fs::path dir = llmserve::testing::temp_dir("chat");
   auto make = [&](const std::string& name, const char* tmpl) {
     const std::string path = (dir / name).string();
     ModelWriter w(path, tiny_spec(), "test");
