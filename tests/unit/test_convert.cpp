@@ -11,6 +11,7 @@
 #include "common/dtype.h"
 #include "common/error.h"
 #include "common/file_util.h"
+#include "common/h5.h"
 #include "convert/converter.h"
 #include "convert/gguf.h"
 #include "convert/model_writer.h"
@@ -111,6 +112,20 @@ TEST(ModelWriter, NothingIsLeftWithoutCommit) {
   }
   EXPECT_FALSE(fs::exists(tmp));
   EXPECT_FALSE(fs::exists(dir / "m.h5"));
+}
+
+// commit() closes everything it opened before it renames: no HDF5 file stays open in this process
+// (an object left open would keep the file, and HDF5's lock on it, alive under the final name).
+TEST(ModelWriter, CommitLeavesNoFileOpen) {
+  auto dir = tmpdir("writer-closed");
+  ModelWriter w((dir / "m.h5").string(), llmserve::testing::small_spec(2, 1, 16, 1, 8, 4, 10), "test");
+  w.add_text("tokenizer", "chat_template", "{{ messages }}");
+  float x[4] = {1, 2, 3, 4};
+  w.add_tensor("t", DType::F32, {4}, x);
+  EXPECT_EQ(H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_FILE), 1);
+  w.commit();
+  EXPECT_EQ(H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL), 0);
+  EXPECT_TRUE(fs::exists(dir / "m.h5"));
 }
 
 class FixtureRoundTrip : public ::testing::TestWithParam<std::string> {};
