@@ -1,5 +1,6 @@
 #include "engine/sampling_params.h"
 
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -9,6 +10,19 @@ namespace llmserve {
 using json = nlohmann::json;
 
 namespace {
+// An integer of JSON value v (key names it in the error) that fits T: out-of-range values are refused,
+// not wrapped (a max_tokens of 10^12 read as an int was negative).
+template <typename T>
+T int_of(const json& v, const char* key) {
+  if (!v.is_number_integer()) throw Error(cat("'", key, "' must be an integer"));
+  const bool fits = v.is_number_unsigned()
+                        ? v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max())
+                        : v.get<int64_t>() >= static_cast<int64_t>(std::numeric_limits<T>::min()) &&
+                              v.get<int64_t>() <= static_cast<int64_t>(std::numeric_limits<T>::max());
+  if (!fits) throw Error(cat("'", key, "' is out of range"));
+  return v.get<T>();
+}
+
 template <typename T>
 void take(const json& j, const char* key, T& out) {
   if (!j.contains(key) || j[key].is_null()) return;
@@ -16,7 +30,8 @@ void take(const json& j, const char* key, T& out) {
   if constexpr (std::is_same_v<T, bool>) {
     if (!v.is_boolean()) throw Error(cat("'", key, "' must be a boolean"));
   } else if constexpr (std::is_integral_v<T>) {
-    if (!v.is_number_integer()) throw Error(cat("'", key, "' must be an integer"));
+    out = int_of<T>(v, key);
+    return;
   } else if constexpr (std::is_floating_point_v<T>) {
     if (!v.is_number()) throw Error(cat("'", key, "' must be a number"));
   }
@@ -34,10 +49,7 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
   take(j, "repetition_penalty", p.repetition_penalty);
   take(j, "presence_penalty", p.presence_penalty);
   take(j, "frequency_penalty", p.frequency_penalty);
-  if (j.contains("seed") && !j["seed"].is_null()) {
-    if (!j["seed"].is_number_integer()) throw Error("'seed' must be an integer");
-    p.seed = j["seed"].get<int64_t>();
-  }
+  if (j.contains("seed") && !j["seed"].is_null()) p.seed = int_of<int64_t>(j["seed"], "seed");
   take(j, "max_tokens", p.max_tokens);
   take(j, "max_completion_tokens", p.max_tokens);
   take(j, "min_tokens", p.min_tokens);
@@ -63,7 +75,7 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
     p.stop_token_ids.clear();
     for (const auto& x : j["stop_token_ids"]) {
       if (!x.is_number_integer()) throw Error("'stop_token_ids' must be a list of integers");
-      p.stop_token_ids.push_back(x.get<int32_t>());
+      p.stop_token_ids.push_back(int_of<int32_t>(x, "stop_token_ids"));
     }
   }
   // logprobs: an integer (completions API) or a boolean with top_logprobs (chat API).
@@ -72,14 +84,15 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
     if (l.is_boolean()) {
       p.logprobs = l.get<bool>() ? 0 : -1;
     } else if (l.is_number_integer()) {
-      p.logprobs = l.get<int>();
+      p.logprobs = int_of<int>(l, "logprobs");
+      if (p.logprobs < 0) throw Error(cat("'logprobs' must not be negative, got ", p.logprobs));
     } else {
       throw Error("'logprobs' must be a boolean or an integer");
     }
   }
   if (j.contains("top_logprobs") && !j["top_logprobs"].is_null()) {
-    if (!j["top_logprobs"].is_number_integer()) throw Error("'top_logprobs' must be an integer");
-    const int k = j["top_logprobs"].get<int>();
+    const int k = int_of<int>(j["top_logprobs"], "top_logprobs");
+    if (k < 0) throw Error(cat("'top_logprobs' must not be negative, got ", k));
     if (p.logprobs < 0) throw Error("'top_logprobs' requires 'logprobs' to be true");
     p.logprobs = k;
   }

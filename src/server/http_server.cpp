@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "common/error.h"
+#include "common/json_text.h"
 #include "common/log.h"
 #include "tokenizer/tokenizer.h"
 
@@ -133,9 +134,9 @@ class Session : public std::enable_shared_from_this<Session> {
     if (path == "/health") {
       return respond(engine_.healthy() ? 200 : 503, "", req_.keep_alive(), "text/plain");
     }
-    if (path == "/version") return respond(200, json{{"version", "0.1.0"}}.dump(), req_.keep_alive());
+    if (path == "/version") return respond(200, json_text(json{{"version", "0.1.0"}}), req_.keep_alive());
     if (path == "/metrics") return respond(200, metrics(), req_.keep_alive(), "text/plain; version=0.0.4");
-    if (path == "/v1/models") return respond(200, models_response(ctx_).dump(), req_.keep_alive());
+    if (path == "/v1/models") return respond(200, json_text(models_response(ctx_)), req_.keep_alive());
     if (path == "/tokenize" || path == "/detokenize") return tokenize(path == "/tokenize");
     generate(path == "/v1/chat/completions");
   }
@@ -153,7 +154,7 @@ class Session : public std::enable_shared_from_this<Session> {
       } else {
         throw HttpError(400, "'prompt' (a string) or 'messages' is required", "BadRequestError", "prompt");
       }
-      return respond(200, json{{"count", ids.size()}, {"max_model_len", ctx_.max_model_len}, {"tokens", ids}}.dump(), req_.keep_alive());
+      return respond(200, json_text(json{{"count", ids.size()}, {"max_model_len", ctx_.max_model_len}, {"tokens", ids}}), req_.keep_alive());
     }
     if (!body.contains("tokens") || !body["tokens"].is_array()) throw HttpError(400, "'tokens' (a list of ids) is required", "BadRequestError", "tokens");
     std::vector<int32_t> ids;
@@ -162,7 +163,7 @@ class Session : public std::enable_shared_from_this<Session> {
         throw HttpError(400, cat("token ids must be integers in [0, ", ctx_.vocab_size, ")"), "BadRequestError", "tokens");
       ids.push_back(t.get<int32_t>());
     }
-    respond(200, json{{"prompt", ctx_.tok->decode(ids, false)}}.dump(), req_.keep_alive());
+    respond(200, json_text(json{{"prompt", ctx_.tok->decode(ids, false)}}), req_.keep_alive());
   }
 
   // ---- generation ----------------------------------------------------------------
@@ -299,7 +300,7 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     if (!done) return;
     const json body = p->req.chat ? chat_response(p->id, p->req, ctx_, p->outputs) : completion_response(p->id, p->req, ctx_, p->outputs);
-    respond(200, body.dump(), req_.keep_alive());
+    respond(200, json_text(body), req_.keep_alive());
   }
 
   void send_event(std::string data, bool last) {

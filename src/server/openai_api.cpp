@@ -4,6 +4,7 @@
 
 #include "chat/chat_template.h"
 #include "common/error.h"
+#include "common/json_text.h"
 #include "tokenizer/tokenizer.h"
 
 namespace llmserve {
@@ -12,7 +13,7 @@ using ojson = nlohmann::ordered_json;
 
 std::string error_body(int status, const std::string& message, const std::string& type, const std::string& param) {
   json e = {{"message", message}, {"type", type}, {"param", param.empty() ? json(nullptr) : json(param)}, {"code", status}};
-  return json{{"error", e}}.dump();
+  return json_text(json{{"error", e}});
 }
 
 std::string random_id(const char* prefix) {
@@ -44,12 +45,29 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
   }
   if (body.contains("stream_options") && body["stream_options"].is_object())
     r.include_usage = body["stream_options"].value("include_usage", false);
-  r.params.max_tokens = -1;  // unset: the rest of the context
+  auto given = [&](const char* key) { return body.contains(key) && !body[key].is_null(); };
   try {
     sampling_params_from_json(body, r.params);
   } catch (const Error& e) {
     throw HttpError(400, e.what());
   }
+  // Parameters whose effect llmserve does not have are refused, not ignored: an answer that silently
+  // did not do what was asked is worse than an error.
+  if (given("best_of") && (!body["best_of"].is_number_integer() || body["best_of"] != r.params.n))
+    throw HttpError(400, "'best_of' other than n is not supported", "BadRequestError", "best_of");
+  if (given("response_format")) {
+    const json& f = body["response_format"];
+    if (!f.is_object() || !f.contains("type") || !f["type"].is_string())
+      throw HttpError(400, "'response_format' must be an object with a 'type'", "BadRequestError", "response_format");
+    if (f["type"] != "text")
+      throw HttpError(400, cat("response_format '", f["type"].get<std::string>(), "' needs guided decoding, which llmserve "
+                               "does not support yet"), "BadRequestError", "response_format");
+  }
+  for (const char* key : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"})
+    if (given(key))
+      throw HttpError(400, cat("'", key, "' needs guided decoding, which llmserve does not support yet"), "BadRequestError", key);
+  if (given("logit_bias"))
+    throw HttpError(400, "'logit_bias' is not supported yet", "BadRequestError", "logit_bias");
   const int64_t longest = [&] {
     size_t m = 0;
     for (const auto& p : r.prompts) m = std::max(m, p.size());
@@ -60,7 +78,8 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
                              r.chat ? "messages resulted in " : "prompt has ", longest, " tokens. Please reduce the length of the ",
                              r.chat ? "messages." : "prompt."),
                     "BadRequestError", r.chat ? "messages" : "prompt");
-  if (r.params.max_tokens < 0) r.params.max_tokens = static_cast<int>(std::max<int64_t>(1, ctx.max_model_len - longest));
+  if (!given("max_tokens") && !given("max_completion_tokens"))  // the rest of the context, as vLLM
+    r.params.max_tokens = static_cast<int>(std::max<int64_t>(1, ctx.max_model_len - longest));
   try {
     sampling_params_validate(r.params, ctx.vocab_size);
   } catch (const Error& e) {
@@ -173,7 +192,7 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
   if (!body.is_object()) throw HttpError(400, "the request body must be a JSON object");
   GenerationRequest r;
   r.chat = true;
-  const json plain = json::parse(body.dump());
+  const json plain = json::parse(json_text(body));
   check_model(plain, ctx, r.model);
   if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty())
     throw HttpError(400, "'messages' must be a non-empty list", "BadRequestError", "messages");
@@ -201,12 +220,22 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
   if (body.contains("add_generation_prompt") && body["add_generation_prompt"].is_boolean())
     o.add_generation_prompt = body["add_generation_prompt"].get<bool>();
   // Messages whose content is a list of text parts: join the texts, as vLLM does for text-only models.
+  // Other parts (images, audio) are refused: the models served here read text only.
   ojson msgs = parse_tool_call_arguments(body["messages"]);
   for (auto& m : msgs)
     if (m.contains("content") && m["content"].is_array()) {
       std::string t;
-      for (const auto& part : m["content"])
-        if (part.is_object() && part.value("type", "") == "text") t += (t.empty() ? "" : "\n") + part.value("text", "");
+      for (const auto& part : m["content"]) {
+        if (!part.is_object() || !part.contains("type") || !part["type"].is_string())
+          throw HttpError(400, "a content part must be an object with a 'type'", "BadRequestError", "messages");
+        const std::string type = part["type"].get<std::string>();
+        if (type != "text")
+          throw HttpError(400, cat("content parts of type '", type, "' are not supported: the model reads text only"),
+                          "BadRequestError", "messages");
+        if (!part.contains("text") || !part["text"].is_string())
+          throw HttpError(400, "a text content part needs a string 'text'", "BadRequestError", "messages");
+        t += (t.empty() ? "" : "\n") + part["text"].get<std::string>();
+      }
       m["content"] = t;
     }
   std::string prompt;
@@ -277,7 +306,7 @@ std::string stream_chunks(const std::string& id, const GenerationRequest& r, con
   auto emit = [&](const json& choice) {
     json chunk = {{"id", id}, {"object", r.chat ? "chat.completion.chunk" : "text_completion"}, {"created", ctx.created},
                   {"model", r.model}, {"choices", json::array({choice})}};
-    events += "data: " + chunk.dump() + "\n\n";
+    events += "data: " + json_text(chunk) + "\n\n";
   };
   for (const auto& c : out.outputs) {
     ChoiceStream& s = st.at(static_cast<size_t>(c.index));
@@ -342,7 +371,7 @@ std::string stream_chunks(const std::string& id, const GenerationRequest& r, con
 std::string usage_chunk(const std::string& id, const GenerationRequest& r, const ApiContext& ctx, int64_t p, int64_t c) {
   json chunk = {{"id", id}, {"object", r.chat ? "chat.completion.chunk" : "text_completion"}, {"created", ctx.created},
                 {"model", r.model}, {"choices", json::array()}, {"usage", usage_json(p, c)}};
-  return "data: " + chunk.dump() + "\n\n";
+  return "data: " + json_text(chunk) + "\n\n";
 }
 
 json models_response(const ApiContext& ctx) {

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/json_text.h"
 
 namespace llmserve {
 using json = nlohmann::json;
@@ -26,7 +27,7 @@ bool to_call(const json& j, const char* key, ToolCall& out) {
   } else if (j[k].is_string()) {
     out.arguments = j[k].get<std::string>();
   } else {
-    out.arguments = j[k].dump();
+    out.arguments = json_text(j[k]);
   }
   return true;
 }

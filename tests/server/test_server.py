@@ -191,9 +191,29 @@ def main():
             ("no messages", 400, s.post("/v1/chat/completions", {"messages": []}), "messages"),
             ("unknown route", 404, s.post("/v1/nothing", {}), "no route"),
             ("wrong method", 405, (lambda st_b: (st_b[0], json.loads(st_b[1])))(s.request("GET", "/v1/completions")), "method"),
+            # Bytes that are not UTF-8 (the parser's message quotes them; answering it ended the server once).
+            ("body not UTF-8", 400, s.post("/v1/completions", b'{"prompt": "\xff\xfe"}'), "invalid JSON"),
+            ("negative max_tokens", 400, s.post("/v1/completions", {"prompt": "x", "max_tokens": -1}), "at least 1"),
+            ("max_tokens beyond an int", 400, s.post("/v1/completions", {"prompt": "x", "max_tokens": 10 ** 12}), "out of range"),
+            ("negative logprobs", 400, s.post("/v1/completions", {"prompt": "x", "logprobs": -1}), "logprobs"),
+            # What llmserve cannot do is refused rather than ignored.
+            ("best_of", 400, s.post("/v1/completions", {"prompt": "x", "best_of": 3}), "best_of"),
+            ("logit_bias", 400, s.post("/v1/completions", {"prompt": "x", "logit_bias": {"5": 10}}), "logit_bias"),
+            ("response_format json", 400, s.post("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "json_object"}}),
+             "guided decoding"),
+            ("guided_json", 400, s.post("/v1/chat/completions", {"messages": msgs, "guided_json": {"type": "object"}}), "guided decoding"),
+            ("image content", 400, s.post("/v1/chat/completions", {"messages": [{"role": "user", "content": [
+                {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}),
+             "image_url"),
         ]:
             ok, detail = err(status, resp, needle)
             check("error: " + name, ok, detail)
+
+        st, h = s.request("GET", "/health")
+        check("the server answers after the bad requests", st == 200, (st, h))
+        st, tf = s.post("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "text"}, "max_tokens": 2,
+                                                 "best_of": 1})
+        check("response_format text and best_of = n are accepted", st == 200 and tf["usage"]["completion_tokens"] == 2, tf)
 
         # Tools: rendered into the prompt (the template lists them); OpenAI-style tool-call arguments
         # (JSON strings) in the history are parsed before rendering; tool_choice required is refused.

@@ -10,6 +10,7 @@
 #include "chat/chat_template.h"
 #include "cli/commands/commands.h"
 #include "common/error.h"
+#include "common/json_text.h"
 #include "common/log.h"
 #include "config/config.h"
 #include "dist/collective_check.h"
@@ -142,7 +143,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
     for (const auto& r : engine.step()) {
       if (!r.finished) continue;
       for (const auto& c : r.outputs) gen_tokens += static_cast<int64_t>(c.token_ids.size());
-      lines[index_of.at(r.request_id)] = output_json(index_of.at(r.request_id), r, tok.get()).dump();
+      lines[index_of.at(r.request_id)] = json_text(output_json(index_of.at(r.request_id), r, tok.get()));
       ++done;
     }
     const auto now = std::chrono::steady_clock::now();

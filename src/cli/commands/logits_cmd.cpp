@@ -11,6 +11,7 @@
 
 #include "cli/commands/commands.h"
 #include "common/error.h"
+#include "common/json_text.h"
 #include "common/log.h"
 #include "config/config.h"
 #include "dist/collective_check.h"
@@ -257,7 +258,7 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
     if (rank == 0) {
       rec["generated_ids"] = generated;
       if (tok) rec["generated_text"] = tok->decode(generated, true);
-      jsonl += rec.dump() + "\n";
+      jsonl += json_text(rec) + "\n";
     }
   }
   int rc = 0;

@@ -6,6 +6,7 @@
 
 #include "cli/commands/commands.h"
 #include "common/error.h"
+#include "common/json_text.h"
 #include "config/config.h"
 #include "dist/collective_check.h"
 #include "chat/chat_template.h"
@@ -79,7 +80,7 @@ int cmd_tokenize(const std::vector<std::string>& args, MPI_Comm world) {
     out["ids"] = ids;
     out["count"] = ids.size();
     out["tokens"] = tokens;
-    std::cout << out.dump() << "\n";
+    std::cout << json_text(out) << "\n";
   });
   return 0;
 }

@@ -1,0 +1,60 @@
+// Request parameters read from JSON (engine/sampling_params) and JSON text written back
+// (common/json_text): integers that do not fit are refused rather than wrapped, negative counts are
+// refused, and bytes that are not UTF-8 become U+FFFD instead of an exception.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "common/json_text.h"
+#include "engine/sampling_params.h"
+
+using namespace llmserve;
+using json = nlohmann::json;
+
+namespace {
+SamplingParams parse(const std::string& text) {
+  SamplingParams p;
+  sampling_params_from_json(json::parse(text), p);
+  return p;
+}
+std::string error_of(const std::string& text) {
+  try {
+    SamplingParams p = parse(text);
+    sampling_params_validate(p, 1000);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(RequestJson, IntegersThatDoNotFitAreRefused) {
+  EXPECT_EQ(parse(R"({"max_tokens": 2147483647})").max_tokens, 2147483647);
+  EXPECT_NE(error_of(R"({"max_tokens": 1000000000000})").find("'max_tokens' is out of range"), std::string::npos);
+  EXPECT_NE(error_of(R"({"max_tokens": 18446744073709551615})").find("out of range"), std::string::npos);
+  EXPECT_NE(error_of(R"({"n": -4294967295})").find("'n' is out of range"), std::string::npos);
+  EXPECT_NE(error_of(R"({"stop_token_ids": [4294967296]})").find("'stop_token_ids' is out of range"), std::string::npos);
+  EXPECT_NE(error_of(R"({"top_logprobs": 4294967297, "logprobs": true})").find("out of range"), std::string::npos);
+  EXPECT_EQ(parse(R"({"seed": -9223372036854775808})").seed, INT64_MIN);
+  EXPECT_NE(error_of(R"({"max_tokens": 1.5})").find("must be an integer"), std::string::npos);
+}
+
+TEST(RequestJson, NegativeCountsAreRefused) {
+  EXPECT_NE(error_of(R"({"max_tokens": -1})").find("'max_tokens' must be at least 1, got -1"), std::string::npos);
+  EXPECT_NE(error_of(R"({"logprobs": -1})").find("'logprobs' must not be negative"), std::string::npos);
+  EXPECT_NE(error_of(R"({"logprobs": true, "top_logprobs": -2})").find("'top_logprobs' must not be negative"), std::string::npos);
+  EXPECT_EQ(parse(R"({"logprobs": false})").logprobs, -1);  // the chat API's "no log-probabilities"
+  EXPECT_EQ(parse(R"({"logprobs": 0})").logprobs, 0);
+  EXPECT_EQ(error_of(R"({"max_tokens": 5, "logprobs": 3})"), "");
+}
+
+TEST(RequestJson, TextThatIsNotUtf8BecomesReplacementCharacters) {
+  const json j = {{"message", std::string("bad \xff\xfe bytes")}};
+  EXPECT_THROW((void)j.dump(), json::type_error);  // what answering such a request used to do
+  const std::string text = json_text(j);
+  EXPECT_EQ(json::parse(text)["message"].get<std::string>(), "bad \xEF\xBF\xBD\xEF\xBF\xBD bytes");
+  const nlohmann::ordered_json o = {{"b", 1}, {"a", std::string("\xe7\x93")}};  // a character cut short
+  EXPECT_EQ(json_text(o), "{\"b\":1,\"a\":\"\xEF\xBF\xBD\"}");
+  EXPECT_EQ(json_text(json{{"k", 1}}, 2), "{\n  \"k\": 1\n}");
+}
