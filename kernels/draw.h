@@ -46,17 +46,20 @@ struct RowDraw {
   LLMSERVE_HD bool filtered() const { return !greedy && (top_k > 0 || log_min_p > -INFINITY || top_p < 1.0); }
 };
 
-// A penalty on one logit of a row (the sampler's, from the sequence's history): l = l > 0 ? l / rep :
-// l * rep, then l -= sub, then -inf where mask is set. rep = 1, sub = 0, mask = 0 leave l as it is.
+// An edit of one logit of a row (the sampler's, from the request's logit_bias and the sequence's
+// history): l += bias, then l = l > 0 ? l / rep : l * rep, then l -= sub, then -inf where mask is set.
+// bias = 0, rep = 1, sub = 0, mask = 0 leave l as it is.
 struct LogitEdit {
   int32_t row = 0;
   int32_t col = 0;  // column in the row (token - the row's first token)
+  float bias = 0.f;  // logit_bias, added first
   float rep = 1.f;
   float sub = 0.f;
   int32_t mask = 0;
 };
 
 LLMSERVE_HD float apply_logit_edit(float l, const LogitEdit& e) {
+  l += e.bias;
   l = l > 0 ? l / e.rep : l * e.rep;
   l -= e.sub;
   return e.mask ? -INFINITY : l;

@@ -129,6 +129,14 @@ std::pair<const std::pair<int32_t, int32_t>*, size_t> counts_in(const std::vecto
   return {counts.data() + (b - counts.begin()), static_cast<size_t>(e - b)};
 }
 
+// The request's logit_bias entries within `vocab`: (index of the first, count).
+std::pair<size_t, size_t> bias_in(const SamplingParams& p, Range vocab) {
+  const auto& ids = p.logit_bias_ids;
+  const auto lo = static_cast<int32_t>(vocab.begin), hi = static_cast<int32_t>(vocab.end);
+  const auto b = std::lower_bound(ids.begin(), ids.end(), lo), e = std::lower_bound(b, ids.end(), hi);
+  return {static_cast<size_t>(b - ids.begin()), static_cast<size_t>(e - b)};
+}
+
 bool repetition_on(const SamplingParams& p) { return p.repetition_penalty != 1.0; }
 bool counts_on(const SamplingParams& p) { return p.presence_penalty != 0.0 || p.frequency_penalty != 0.0; }
 // Whether min_tokens still masks the stop tokens: fewer output tokens than it asks for so far.
@@ -145,6 +153,7 @@ size_t Sampler::penalty_edit_bound(const SeqState& st, Range vocab) {
   if (repetition_on(p)) n += seen_in(st.seen, vocab).second;
   if (counts_on(p)) n += counts_in(st.out_counts, vocab).second;
   if (stops_masked(st)) n += st.eos_ids.size() + p.stop_token_ids.size();
+  n += bias_in(p, vocab).second;
   return n;
 }
 
@@ -164,15 +173,18 @@ size_t Sampler::penalty_edits(const SeqState& st, int32_t row, Range vocab, Logi
     std::sort(mask.begin(), mask.end());
     mask.erase(std::unique(mask.begin(), mask.end()), mask.end());
   }
-  // Merge the three by token: one edit per token.
-  size_t a = 0, b = 0, c = 0, n = 0;
+  const auto [bias_at, nbias] = bias_in(p, vocab);
+  // Merge the four by token: one edit per token.
+  size_t a = 0, b = 0, c = 0, d = 0, n = 0;
   constexpr int32_t kEnd = std::numeric_limits<int32_t>::max();
   for (;;) {
-    const int32_t t = std::min({a < nrep ? rep[a] : kEnd, b < nout ? cnt[b].first : kEnd, c < mask.size() ? mask[c] : kEnd});
+    const int32_t t = std::min({a < nrep ? rep[a] : kEnd, b < nout ? cnt[b].first : kEnd, c < mask.size() ? mask[c] : kEnd,
+                                d < nbias ? p.logit_bias_ids[bias_at + d] : kEnd});
     if (t == kEnd) break;
     LogitEdit e;
     e.row = row;
     e.col = static_cast<int32_t>(t - vocab.begin);
+    if (d < nbias && p.logit_bias_ids[bias_at + d] == t) e.bias = p.logit_bias[bias_at + d], ++d;
     if (a < nrep && rep[a] == t) e.rep = static_cast<float>(p.repetition_penalty), ++a;
     if (b < nout && cnt[b].first == t) e.sub = static_cast<float>(p.presence_penalty + p.frequency_penalty * cnt[b++].second);
     if (c < mask.size() && mask[c] == t) e.mask = 1, ++c;
@@ -208,7 +220,7 @@ bool Sampler::row_drawable(const SeqState& st) const {
 }
 
 bool Sampler::edits_logits(const SeqState& st) {
-  return repetition_on(st.params) || counts_on(st.params) || stops_masked(st);
+  return repetition_on(st.params) || counts_on(st.params) || stops_masked(st) || !st.params.logit_bias_ids.empty();
 }
 
 std::vector<const SeqStep*> Sampler::sampled(const StepPlan& plan) const {

@@ -69,7 +69,8 @@ class Sampler {
   };
   // Brings st.seen and st.out_counts up to st.history (whose first st.indexed tokens they hold).
   static void index_history(SeqState& st);
-  // The sequence's penalties (repetition, presence/frequency, min_tokens masking) on the logits of the
+  // The request's logit_bias and the sequence's penalties (repetition, presence/frequency, min_tokens
+  // masking) on the logits of the
   // tokens in `vocab` (this rank's shard, or the whole vocabulary for a gathered row), as edits of row
   // `row`, one per token in column order: penalty_edits writes them to out (room for
   // penalty_edit_bound of them) and returns how many.
@@ -80,7 +81,7 @@ class Sampler {
   RowDraw row_draw(const SeqState& st) const;
   // Whether the backend can draw the sequence's token (filters only on a whole row).
   bool row_drawable(const SeqState& st) const;
-  // Whether the sequence's penalties may edit its logits this step.
+  // Whether the sequence's logit_bias or penalties may edit its logits this step.
   static bool edits_logits(const SeqState& st);
   // This rank's log-probability statistics of its shard of the given logits rows, chosen tokens and K
   // (row_logprobs' contract: stats [m, 3], top_v / top_i [m, K]).

@@ -1,6 +1,10 @@
 #include "engine/sampling_params.h"
 
+#include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -78,6 +82,25 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
       p.stop_token_ids.push_back(int_of<int32_t>(x, "stop_token_ids"));
     }
   }
+  // logit_bias: {"token id": bias}, biases clamped to [-100, 100] as vLLM does. (A token named twice,
+  // as "5" and "05", takes the bias of the key that sorts last.)
+  if (j.contains("logit_bias") && !j["logit_bias"].is_null()) {
+    const json& b = j["logit_bias"];
+    if (!b.is_object()) throw Error("'logit_bias' must be an object mapping token ids to biases");
+    std::map<int32_t, float> bias;
+    for (const auto& [key, v] : b.items()) {
+      int64_t id = 0;
+      const char* end = key.data() + key.size();
+      const auto [ptr, ec] = std::from_chars(key.data(), end, id);
+      if (key.empty() || ec != std::errc() || ptr != end || id < 0 || id > std::numeric_limits<int32_t>::max())
+        throw Error(cat("'logit_bias' keys must be token ids, got '", key, "'"));
+      if (!v.is_number() || !std::isfinite(v.get<double>()))
+        throw Error(cat("'logit_bias' values must be numbers, got ", v.dump(), " for token ", id));
+      bias[static_cast<int32_t>(id)] = static_cast<float>(std::clamp(v.get<double>(), -100.0, 100.0));
+    }
+    p.logit_bias_ids.clear(), p.logit_bias.clear();
+    for (const auto& [id, x] : bias) p.logit_bias_ids.push_back(id), p.logit_bias.push_back(x);
+  }
   // logprobs: an integer (completions API) or a boolean with top_logprobs (chat API).
   if (j.contains("logprobs") && !j["logprobs"].is_null()) {
     const json& l = j["logprobs"];
@@ -121,6 +144,9 @@ void sampling_params_validate(const SamplingParams& p, int64_t vocab_size) {
   if (p.stop.size() > 64) bad("at most 64 'stop' strings");
   for (int32_t t : p.stop_token_ids)
     if (t < 0 || t >= vocab_size) bad(cat("'stop_token_ids' contains ", t, ", outside the vocabulary (", vocab_size, ")"));
+  if (p.logit_bias_ids.size() != p.logit_bias.size()) bad("'logit_bias': ids and values differ in number");
+  for (int32_t t : p.logit_bias_ids)
+    if (t < 0 || t >= vocab_size) bad(cat("'logit_bias' names token ", t, ", outside the vocabulary (", vocab_size, ")"));
 }
 
 }  // namespace llmserve

@@ -25,6 +25,10 @@ struct SamplingParams {
   std::vector<int32_t> stop_token_ids;
   bool include_stop_str_in_output = false;
   int logprobs = -1;  // -1: none; k >= 0: chosen token's logprob plus the top k
+  // OpenAI's logit_bias: added to the raw logits of these tokens before the penalties (as vLLM);
+  // token ids ascending, values in [-100, 100].
+  std::vector<int32_t> logit_bias_ids;
+  std::vector<float> logit_bias;
   bool skip_special_tokens = true;
 
   bool greedy() const { return temperature < 1e-5 || top_k == 1; }

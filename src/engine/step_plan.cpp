@@ -67,6 +67,7 @@ void put_params(Writer& w, const SamplingParams& p) {
   w.put(p.presence_penalty), w.put(p.frequency_penalty), w.put(p.max_tokens), w.put(p.min_tokens);
   w.put(static_cast<uint8_t>(p.ignore_eos)), w.put(p.logprobs);
   w.vec(p.stop_token_ids);
+  w.vec(p.logit_bias_ids), w.vec(p.logit_bias);
 }
 
 SamplingParams get_params(Reader& r) {
@@ -76,6 +77,7 @@ SamplingParams get_params(Reader& r) {
   p.frequency_penalty = r.get<double>(), p.max_tokens = r.get<int>(), p.min_tokens = r.get<int>();
   p.ignore_eos = r.get<uint8_t>() != 0, p.logprobs = r.get<int>();
   p.stop_token_ids = r.vec<int32_t>();
+  p.logit_bias_ids = r.vec<int32_t>(), p.logit_bias = r.vec<float>();
   return p;
 }
 

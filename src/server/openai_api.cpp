@@ -66,8 +66,6 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
   for (const char* key : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"})
     if (given(key))
       throw HttpError(400, cat("'", key, "' needs guided decoding, which llmserve does not support yet"), "BadRequestError", key);
-  if (given("logit_bias"))
-    throw HttpError(400, "'logit_bias' is not supported yet", "BadRequestError", "logit_bias");
   const int64_t longest = [&] {
     size_t m = 0;
     for (const auto& p : r.prompts) m = std::max(m, p.size());

@@ -446,8 +446,8 @@ TEST_P(CudaDraw, SameTokensAsTheCpuKernel) {
       LogitEdit le;
       le.row = static_cast<int32_t>(i);
       le.col = static_cast<int32_t>(100 + (i * 131 + e * 977) % (L - 200));
-      if (e == 0) le.rep = 1.3f;
-      if (e == 1) le.sub = 0.75f;
+      if (e == 0) le.rep = 1.3f, le.bias = 0.5f;  // logit_bias first, then the repetition penalty
+      if (e == 1) le.sub = 0.75f, le.bias = -1.25f;
       if (e == 2) le.mask = 1;
       edits.push_back(le);
     }

@@ -33,6 +33,7 @@ std::vector<float> fixed_logits() {
 std::vector<double> expected(std::vector<float> lf, const SamplingParams& p, const std::vector<int32_t>& history,
                              int prompt_len) {
   std::vector<double> l(lf.begin(), lf.end());
+  for (size_t i = 0; i < p.logit_bias_ids.size(); ++i) l[p.logit_bias_ids[i]] += p.logit_bias[i];  // first, as vLLM
   if (p.repetition_penalty != 1.0) {
     std::vector<bool> seen(V, false);
     for (int32_t t : history) seen[t] = true;
@@ -172,18 +173,43 @@ TEST(Sampler, AllFiltersTogether) {
   check_distribution(p, {1, 2}, 2);
 }
 
-TEST(Sampler, Penalties) {
+namespace {
+// The tokens of fixed_logits() from the most likely down, and a history of a 3-token prompt then
+// outputs that repeat the two most likely tokens.
+std::vector<int> by_likelihood() {
   const auto l = fixed_logits();
-  // History: prompt of 3 tokens, then outputs that repeat the two most likely tokens.
   std::vector<int> order(V);
   std::iota(order.begin(), order.end(), 0);
   std::sort(order.begin(), order.end(), [&](int a, int b) { return l[a] > l[b]; });
-  const std::vector<int32_t> history = {order[5], order[6], order[0], order[0], order[1], order[0]};
+  return order;
+}
+std::vector<int32_t> repeating_history(const std::vector<int>& order) {
+  return {order[5], order[6], order[0], order[0], order[1], order[0]};
+}
+}  // namespace
+
+TEST(Sampler, Penalties) {
   SamplingParams p;
   p.repetition_penalty = 1.3;
   p.presence_penalty = 0.5;
   p.frequency_penalty = 0.4;
-  check_distribution(p, history, 3);
+  check_distribution(p, repeating_history(by_likelihood()), 3);
+}
+
+// logit_bias: added to the raw logits before the penalties, on tokens that are also penalized (the
+// order shows: (l + b) / rep is not l / rep + b), on both sides of a split vocabulary.
+TEST(Sampler, LogitBiasBeforePenalties) {
+  const std::vector<int> order = by_likelihood();
+  SamplingParams p;
+  p.repetition_penalty = 1.3;
+  p.presence_penalty = 0.5;
+  // A penalized token pushed down, a penalized one and an unlikely one pulled up, the lowest token of
+  // the vocabulary and the highest (different ranks' shards when it is split).
+  std::vector<std::pair<int32_t, float>> bias = {{order[0], -2.5f}, {order[1], 1.5f}, {order[30], 4.f}, {0, 1.f},
+                                                 {static_cast<int32_t>(V - 1), 2.f}};
+  std::sort(bias.begin(), bias.end());
+  for (const auto& [t, b] : bias) p.logit_bias_ids.push_back(t), p.logit_bias.push_back(b);
+  check_distribution(p, repeating_history(order), 3);
 }
 
 TEST(Sampler, GreedyAndLogprobs) {
@@ -342,6 +368,13 @@ TEST(Sampler, BackendDrawEqualsTheHostSampler) {
     p.min_tokens = 5;
     p.stop_token_ids = {11};
     cases.push_back(p);
+    p = SamplingParams();  // logit_bias on a penalized token and an unlikely one, greedy and drawn
+    p.temperature = 0;
+    p.repetition_penalty = 1.5;
+    p.logit_bias_ids = {9, 20}, p.logit_bias = {-1.f, 7.f};
+    cases.push_back(p);
+    p.temperature = 0.9;
+    cases.push_back(p);
   }
   for (int top_k : {0, 4})
     for (double top_p : {1.0, 0.6})
@@ -415,6 +448,9 @@ TEST(Sampler, BackendDrawUnlessLogprobsOrSplitFilters) {
   p = SamplingParams();
   p.min_tokens = 3;
   EXPECT_TRUE(drawable(p, {7, 8}));
+  p = SamplingParams();
+  p.logit_bias_ids = {4}, p.logit_bias = {3.f};
+  EXPECT_TRUE(drawable(p));
 }
 
 int main(int argc, char** argv) {

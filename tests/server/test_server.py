@@ -198,7 +198,8 @@ def main():
             ("negative logprobs", 400, s.post("/v1/completions", {"prompt": "x", "logprobs": -1}), "logprobs"),
             # What llmserve cannot do is refused rather than ignored.
             ("best_of", 400, s.post("/v1/completions", {"prompt": "x", "best_of": 3}), "best_of"),
-            ("logit_bias", 400, s.post("/v1/completions", {"prompt": "x", "logit_bias": {"5": 10}}), "logit_bias"),
+            ("logit_bias key", 400, s.post("/v1/completions", {"prompt": "x", "logit_bias": {"five": 10}}), "token ids"),
+            ("logit_bias token", 400, s.post("/v1/completions", {"prompt": "x", "logit_bias": {"999999999": 10}}), "vocabulary"),
             ("response_format json", 400, s.post("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "json_object"}}),
              "guided decoding"),
             ("guided_json", 400, s.post("/v1/chat/completions", {"messages": msgs, "guided_json": {"type": "object"}}), "guided decoding"),
@@ -214,6 +215,10 @@ def main():
         st, tf = s.post("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "text"}, "max_tokens": 2,
                                                  "best_of": 1})
         check("response_format text and best_of = n are accepted", st == 200 and tf["usage"]["completion_tokens"] == 2, tf)
+        # logit_bias: +100 on one token makes it the greedy choice every step (the raw logits are a few units apart).
+        st, lb = s.post("/v1/completions", {"prompt": "Name a color.", "max_tokens": 3, "temperature": 0, "logit_bias": {"9707": 100}})
+        st2, want = s.post("/detokenize", {"tokens": [9707] * 3})
+        check("logit_bias steers the greedy draw", st == 200 and st2 == 200 and lb["choices"][0]["text"] == want["prompt"], (lb, want))
 
         # Tools: rendered into the prompt (the template lists them); OpenAI-style tool-call arguments
         # (JSON strings) in the history are parsed before rendering; tool_choice required is refused.

@@ -1,6 +1,7 @@
 // Request parameters read from JSON (engine/sampling_params) and JSON text written back
 // (common/json_text): integers that do not fit are refused rather than wrapped, negative counts are
-// refused, and bytes that are not UTF-8 become U+FFFD instead of an exception.
+// refused, logit_bias is read as vLLM reads it, and bytes that are not UTF-8 become U+FFFD instead of
+// an exception.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -47,6 +48,19 @@ TEST(RequestJson, NegativeCountsAreRefused) {
   EXPECT_EQ(parse(R"({"logprobs": false})").logprobs, -1);  // the chat API's "no log-probabilities"
   EXPECT_EQ(parse(R"({"logprobs": 0})").logprobs, 0);
   EXPECT_EQ(error_of(R"({"max_tokens": 5, "logprobs": 3})"), "");
+}
+
+TEST(RequestJson, LogitBias) {
+  const SamplingParams p = parse(R"({"logit_bias": {"7": 250, "3": -1.5, "12": -1000, "0": 0.25}})");
+  EXPECT_EQ(p.logit_bias_ids, (std::vector<int32_t>{0, 3, 7, 12}));  // ascending
+  EXPECT_EQ(p.logit_bias, (std::vector<float>{0.25f, -1.5f, 100.f, -100.f}));  // clamped to [-100, 100] as vLLM
+  EXPECT_EQ(error_of(R"({"logit_bias": {"999": 1}})"), "");
+  EXPECT_NE(error_of(R"({"logit_bias": {"1000": 1}})").find("outside the vocabulary"), std::string::npos);
+  for (const char* bad : {R"({"logit_bias": {"x": 1}})", R"({"logit_bias": {"-1": 1}})", R"({"logit_bias": {"1.5": 1}})",
+                          R"({"logit_bias": {"": 1}})", R"({"logit_bias": {"99999999999": 1}})"})
+    EXPECT_NE(error_of(bad).find("keys must be token ids"), std::string::npos) << bad;
+  EXPECT_NE(error_of(R"({"logit_bias": {"5": "up"}})").find("values must be numbers"), std::string::npos);
+  EXPECT_NE(error_of(R"({"logit_bias": [5]})").find("must be an object"), std::string::npos);
 }
 
 TEST(RequestJson, TextThatIsNotUtf8BecomesReplacementCharacters) {
