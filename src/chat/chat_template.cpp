@@ -1,6 +1,7 @@
 #include "chat/chat_template.h"
 
 #include "common/error.h"
+#include "common/json_text.h"
 #include "common/log.h"
 #include "model/model_file.h"
 
@@ -71,7 +72,7 @@ ojson parse_tool_call_arguments(const ojson& messages) {
       auto& f = tc["function"];
       if (f.contains("arguments") && f["arguments"].is_string()) {
         try {
-          f["arguments"] = ojson::parse(f["arguments"].get<std::string>());
+          f["arguments"] = parse_json<ojson>(f["arguments"].get<std::string>());
         } catch (const ojson::exception&) {
           // Not JSON: leave the string (templates that test `is string` print it as is).
         }

@@ -98,6 +98,8 @@ class Session : public std::enable_shared_from_this<Session> {
       respond(e.status, error_body(e.status, e.what(), e.type, e.param), req_.keep_alive());
     } catch (const json::exception& e) {
       respond(400, error_body(400, cat("invalid JSON: ", e.what()), "BadRequestError"), req_.keep_alive());
+    } catch (const JsonTooDeep& e) {
+      respond(400, error_body(400, cat("invalid JSON: ", e.what()), "BadRequestError"), req_.keep_alive());
     } catch (const std::exception& e) {
       respond(500, error_body(500, e.what(), "InternalServerError"), false);
     }
@@ -142,12 +144,12 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void tokenize(bool encode) {
-    const json body = json::parse(req_.body());
+    const json body = parse_json(req_.body());
     if (!ctx_.tok) throw HttpError(400, "this model has no tokenizer");
     if (encode) {
       std::vector<int32_t> ids;
       if (body.contains("messages")) {
-        GenerationRequest g = parse_chat(nlohmann::ordered_json::parse(req_.body()), ctx_);
+        GenerationRequest g = parse_chat(parse_json<nlohmann::ordered_json>(req_.body()), ctx_);
         ids = g.prompts[0];
       } else if (body.contains("prompt") && body["prompt"].is_string()) {
         ids = ctx_.tok->encode(body["prompt"].get<std::string>(), body.value("add_special_tokens", true));
@@ -181,7 +183,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void generate(bool chat) {
     auto p = std::make_shared<Pending>();
-    p->req = chat ? parse_chat(nlohmann::ordered_json::parse(req_.body()), ctx_) : parse_completion(json::parse(req_.body()), ctx_);
+    p->req = chat ? parse_chat(parse_json<nlohmann::ordered_json>(req_.body()), ctx_) : parse_completion(parse_json(req_.body()), ctx_);
     p->id = random_id(chat ? "chatcmpl-" : "cmpl-");
     const size_t n = p->req.prompts.size();
     p->outputs.resize(n);

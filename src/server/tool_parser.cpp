@@ -64,8 +64,8 @@ ToolParse parse_tool_calls(ToolFormat f, const std::string& text) {
       ToolCall c;
       json j;
       try {
-        j = json::parse(inner);
-      } catch (const json::exception&) {
+        j = parse_json(inner);
+      } catch (const std::exception&) {  // json::exception or JsonTooDeep
         return r;  // not a well-formed call: plain content
       }
       if (!to_call(j, "arguments", c)) return r;
@@ -102,8 +102,8 @@ ToolParse parse_tool_calls(ToolFormat f, const std::string& text) {
       if (i >= t.size()) return r;
       ToolCall c;
       try {
-        if (!to_call(json::parse(t.substr(pos, i - pos + 1)), "parameters", c)) return r;
-      } catch (const json::exception&) {
+        if (!to_call(parse_json(t.substr(pos, i - pos + 1)), "parameters", c)) return r;
+      } catch (const std::exception&) {  // json::exception or JsonTooDeep
         return r;
       }
       calls.push_back(c);

@@ -193,6 +193,9 @@ def main():
             ("wrong method", 405, (lambda st_b: (st_b[0], json.loads(st_b[1])))(s.request("GET", "/v1/completions")), "method"),
             # Bytes that are not UTF-8 (the parser's message quotes them; answering it ended the server once).
             ("body not UTF-8", 400, s.post("/v1/completions", b'{"prompt": "\xff\xfe"}'), "invalid JSON"),
+            # 50,000 nested objects in a message overflowed the stack of the thread that answered.
+            ("nested too deep", 400, s.post("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x", "k": '
+                                             + b'{"a": ' * 50000 + b'1' + b'}' * 50000 + b'}]}'), "deeper than 256"),
             ("negative max_tokens", 400, s.post("/v1/completions", {"prompt": "x", "max_tokens": -1}), "at least 1"),
             ("max_tokens beyond an int", 400, s.post("/v1/completions", {"prompt": "x", "max_tokens": 10 ** 12}), "out of range"),
             ("negative logprobs", 400, s.post("/v1/completions", {"prompt": "x", "logprobs": -1}), "logprobs"),

@@ -63,6 +63,18 @@ TEST(RequestJson, LogitBias) {
   EXPECT_NE(error_of(R"({"logit_bias": [5]})").find("must be an object"), std::string::npos);
 }
 
+TEST(RequestJson, NestingDeeperThanTheLimitIsRefusedBeforeParsing) {
+  auto nested = [](int n) { return std::string(n, '[') + std::string(n, ']'); };
+  EXPECT_EQ(json_depth(nested(kMaxJsonDepth)), kMaxJsonDepth);
+  EXPECT_EQ(parse_json(nested(kMaxJsonDepth)).size(), 1u);
+  EXPECT_THROW(parse_json(nested(kMaxJsonDepth + 1)), JsonTooDeep);
+  EXPECT_THROW(parse_json<nlohmann::ordered_json>("{\"a\": " + nested(100000) + "}"), JsonTooDeep);
+  // Brackets inside strings (escaped quotes too) are text, not nesting.
+  EXPECT_EQ(json_depth(R"({"s": "[[[{{{\"[[[", "t": ["]]]"]})"), 2);
+  EXPECT_EQ(parse_json(R"({"s": ")" + std::string(100000, '[') + R"("})")["s"].get<std::string>().size(), 100000u);
+  EXPECT_THROW(parse_json("{bad"), nlohmann::json::parse_error);  // other errors are the parser's
+}
+
 TEST(RequestJson, TextThatIsNotUtf8BecomesReplacementCharacters) {
   const json j = {{"message", std::string("bad \xff\xfe bytes")}};
   EXPECT_THROW((void)j.dump(), json::type_error);  // what answering such a request used to do

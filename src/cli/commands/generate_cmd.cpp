@@ -110,10 +110,10 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
     for (int n = 1; std::getline(in, line); ++n) {
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       try {
-        const ojson j = ojson::parse(line);
+        const ojson j = parse_json<ojson>(line);
         Job job;
         job.prompt = prompt_from_json(j, tok.get(), chat.get());
-        sampling_params_from_json(nlohmann::json::parse(line), job.params);
+        sampling_params_from_json(parse_json(line), job.params);
         sampling_params_validate(job.params, runner.spec().vocab_size);
         const int64_t total = static_cast<int64_t>(job.prompt.size()) + job.params.max_tokens;
         if (total > cfg.max_model_len)

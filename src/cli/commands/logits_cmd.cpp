@@ -83,7 +83,7 @@ std::vector<std::string> take_logits_args(const std::vector<std::string>& args, 
         ++n;
         if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
         try {
-          la.requests.push_back(nlohmann::ordered_json::parse(line));
+          la.requests.push_back(parse_json<nlohmann::ordered_json>(line));
           const auto& j = la.requests.back();
           if (!j.is_object() || !(j.contains("ids") || j.contains("messages") || j.contains("prompt")))
             throw Error("no \"ids\", \"messages\" or \"prompt\"");

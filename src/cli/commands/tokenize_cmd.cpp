@@ -67,7 +67,7 @@ int cmd_tokenize(const std::vector<std::string>& args, MPI_Comm world) {
       // A JSON list of chat messages, rendered with the model's chat template.
       nlohmann::ordered_json msgs;
       try {
-        msgs = nlohmann::ordered_json::parse(text);
+        msgs = parse_json<nlohmann::ordered_json>(text);
       } catch (const std::exception& e) {
         throw Error(cat("tokenize: --messages expects a JSON list of messages: ", e.what()));
       }
@@ -96,7 +96,7 @@ int cmd_detokenize(const std::vector<std::string>& args, MPI_Comm world) {
     const std::string text = input_text(pos, "id list");
     std::vector<int32_t> ids;
     try {
-      const json j = json::parse(text.find('[') != std::string::npos ? text : "[" + text + "]");
+      const json j = parse_json(text.find('[') != std::string::npos ? text : "[" + text + "]");
       ids = j.get<std::vector<int32_t>>();
     } catch (const json::exception&) {
       throw Error(cat("detokenize: expected token ids like 1,2,3 or [1, 2, 3], got '", text, "'"));
