@@ -1,5 +1,7 @@
 #include "model/runner.h"
 
+#include <cmath>
+
 #ifdef LLMSERVE_WITH_CUDA
 #include "dist/nccl/nccl_comm.h"
 #endif
@@ -106,12 +108,17 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   shape.kv_heads = sh.kv_heads;
   shape.head_dim = spec_.head_dim;
   shape.dtype = backend_->compute_dtype();
-  const double budget_gb = kv_budget_gb(shape);
-  long long blocks = static_cast<long long>(budget_gb * (1ull << 30) / static_cast<double>(shape.bytes_per_block()));
+  // GiB to whole blocks, saturating (a budget of 1e30 GiB overflowed the conversion to a negative count).
+  auto blocks_in = [&](double gib) {
+    const double b = std::floor(gib * static_cast<double>(1ull << 30) / static_cast<double>(shape.bytes_per_block()));
+    return b >= 1e15 ? static_cast<long long>(1e15) : static_cast<long long>(b);
+  };
+  long long blocks = blocks_in(kv_budget_gb(shape));
   const long long useful = static_cast<long long>(cfg_.max_num_seqs) * ((cfg_.max_model_len + cfg_.block_size - 1) / cfg_.block_size);
   blocks = std::min(blocks, useful);
   if (cfg_.num_gpu_blocks_override > 0) blocks = cfg_.num_gpu_blocks_override;
-  long long host = static_cast<long long>(cfg_.swap_space * (1ull << 30) / static_cast<double>(shape.bytes_per_block()));
+  // Swapped blocks belong to preempted sequences, of which there are never more than max_num_seqs.
+  long long host = std::min(blocks_in(cfg_.swap_space), useful);
   long long counts[2] = {blocks, host};
   MPI_Allreduce(MPI_IN_PLACE, counts, 2, MPI_LONG_LONG, MPI_MIN, world_comm);
   blocks = counts[0];
