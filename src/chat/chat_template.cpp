@@ -45,8 +45,41 @@ std::unique_ptr<ChatTemplate> ChatTemplate::from_model_file(const ModelFile& fil
   return t;
 }
 
+ChatRenderOptions chat_render_options(const ojson& j) {
+  ChatRenderOptions o;
+  auto given = [&](const char* key) { return j.contains(key) && !j[key].is_null(); };
+  if (given("tools")) {
+    if (!j["tools"].is_array()) throw Error("'tools' must be a list");
+    o.tools = j["tools"];
+  }
+  if (given("chat_template_kwargs")) {
+    if (!j["chat_template_kwargs"].is_object()) throw Error("'chat_template_kwargs' must be an object");
+    o.template_kwargs = j["chat_template_kwargs"];
+  }
+  for (auto [key, flag] : {std::pair<const char*, bool*>{"add_generation_prompt", &o.add_generation_prompt},
+                           {"continue_final_message", &o.continue_final_message}})
+    if (given(key)) {
+      if (!j[key].is_boolean()) throw Error(cat("'", key, "' must be a boolean"));
+      *flag = j[key].get<bool>();
+    }
+  // vLLM's default: a generation prompt unless the final message is being continued.
+  if (o.continue_final_message && !given("add_generation_prompt")) o.add_generation_prompt = false;
+  if (o.continue_final_message && o.add_generation_prompt)
+    throw Error("continue_final_message and add_generation_prompt cannot both be true");
+  return o;
+}
+
 std::string ChatTemplate::render(const ojson& messages, const ChatRenderOptions& opt) const {
   if (!messages.is_array()) throw Error("messages must be a list");
+  std::string final_content;
+  if (opt.continue_final_message) {
+    if (opt.add_generation_prompt)
+      throw Error("continue_final_message and add_generation_prompt cannot both be true");
+    if (messages.empty() || !messages.back().is_object() || !messages.back().contains("content") ||
+        !messages.back()["content"].is_string() || messages.back()["content"].get<std::string>().empty())
+      throw Error("continue_final_message needs a final message with text content");
+    final_content = messages.back()["content"].get<std::string>();
+  }
   jinja::Dict vars;
   for (auto it = special_.begin(); it != special_.end(); ++it) vars.emplace_back(it.key(), jinja::Value::from_json(it.value()));
   vars.emplace_back("messages", jinja::Value::from_json(messages));
@@ -59,7 +92,21 @@ std::string ChatTemplate::render(const ojson& messages, const ChatRenderOptions&
         if (k == it.key()) v = jinja::Value::from_json(it.value()), replaced = true;
       if (!replaced) vars.emplace_back(it.key(), jinja::Value::from_json(it.value()));
     }
-  return tmpl_.render(vars);
+  std::string out = tmpl_.render(vars);
+  if (opt.continue_final_message) {
+    // Cut after the final message's content, as transformers does (its stripped text where the
+    // template strips it): whatever the template closes the turn with goes.
+    size_t at = out.rfind(final_content), len = final_content.size();
+    if (at == std::string::npos) {
+      const size_t b = final_content.find_first_not_of(" \t\r\n"), e = final_content.find_last_not_of(" \t\r\n");
+      const std::string stripped = b == std::string::npos ? "" : final_content.substr(b, e - b + 1);
+      at = stripped.empty() ? std::string::npos : out.rfind(stripped), len = stripped.size();
+    }
+    if (at == std::string::npos)
+      throw Error("continue_final_message: the chat template does not render the final message's content as given");
+    out.resize(at + len);
+  }
+  return out;
 }
 
 ojson parse_tool_call_arguments(const ojson& messages) {

@@ -14,9 +14,17 @@ class ModelFile;
 
 struct ChatRenderOptions {
   bool add_generation_prompt = true;
+  // vLLM's and transformers' continue_final_message: the prompt ends with the final message's content,
+  // open (no end-of-turn after it), so the model continues that message. Not with add_generation_prompt.
+  bool continue_final_message = false;
   nlohmann::ordered_json tools = nullptr;                              // a list, or null
   nlohmann::ordered_json template_kwargs = nlohmann::ordered_json::object();
 };
+
+// The rendering options a chat request names (tools, chat_template_kwargs, add_generation_prompt,
+// continue_final_message, with vLLM's names), for the server and `llmserve generate` alike. Throws
+// Error naming a field of the wrong type.
+ChatRenderOptions chat_render_options(const nlohmann::ordered_json& request);
 
 class ChatTemplate {
  public:

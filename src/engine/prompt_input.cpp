@@ -25,20 +25,7 @@ std::vector<int32_t> prompt_from_json(const nlohmann::ordered_json& j, const Tok
     for (const auto& m : j["messages"])
       if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
         throw Error("each message must be an object with a string 'role'");
-    ChatRenderOptions o;
-    if (j.contains("tools") && !j["tools"].is_null()) {
-      if (!j["tools"].is_array()) throw Error("'tools' must be a list");
-      o.tools = j["tools"];
-    }
-    if (j.contains("chat_template_kwargs") && !j["chat_template_kwargs"].is_null()) {
-      if (!j["chat_template_kwargs"].is_object()) throw Error("'chat_template_kwargs' must be an object");
-      o.template_kwargs = j["chat_template_kwargs"];
-    }
-    if (j.contains("add_generation_prompt")) {
-      if (!j["add_generation_prompt"].is_boolean()) throw Error("'add_generation_prompt' must be a boolean");
-      o.add_generation_prompt = j["add_generation_prompt"].get<bool>();
-    }
-    return tok->encode(chat->render(parse_tool_call_arguments(j["messages"]), o), false);
+    return tok->encode(chat->render(parse_tool_call_arguments(j["messages"]), chat_render_options(j)), false);
   }
   if (j.contains("prompt")) {
     if (!tok) throw Error("this model has no tokenizer, so 'prompt' text cannot be used");

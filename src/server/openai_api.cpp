@@ -202,9 +202,10 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
   }
   if (!ctx.tok || !ctx.chat) throw HttpError(400, "this model has no tokenizer or chat template");
   ChatRenderOptions o;
-  if (body.contains("tools") && !body["tools"].is_null()) {
-    if (!body["tools"].is_array()) throw HttpError(400, "'tools' must be a list", "BadRequestError", "tools");
-    o.tools = body["tools"];
+  try {
+    o = chat_render_options(body);
+  } catch (const Error& e) {
+    throw HttpError(400, e.what());
   }
   if (body.contains("tool_choice") && !body["tool_choice"].is_null()) {
     const auto& tc = body["tool_choice"];
@@ -214,9 +215,6 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
   }
   const bool choice_none = body.contains("tool_choice") && body["tool_choice"] == "none";
   r.tools_active = !o.tools.is_null() && !o.tools.empty() && !choice_none && ctx.tool_format != ToolFormat::None;
-  if (body.contains("chat_template_kwargs") && body["chat_template_kwargs"].is_object()) o.template_kwargs = body["chat_template_kwargs"];
-  if (body.contains("add_generation_prompt") && body["add_generation_prompt"].is_boolean())
-    o.add_generation_prompt = body["add_generation_prompt"].get<bool>();
   // Messages whose content is a list of text parts: join the texts, as vLLM does for text-only models.
   // Other parts (images, audio) are refused: the models served here read text only.
   ojson msgs = parse_tool_call_arguments(body["messages"]);

@@ -218,6 +218,16 @@ def main():
         st, tf = s.post("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "text"}, "max_tokens": 2,
                                                  "best_of": 1})
         check("response_format text and best_of = n are accepted", st == 200 and tf["usage"]["completion_tokens"] == 2, tf)
+        # continue_final_message: the prompt ends with the final (assistant) message's text, open.
+        cont = [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "My favourite color is"}]
+        st, ct = s.post("/tokenize", {"messages": cont, "continue_final_message": True})
+        st2, ctext = s.post("/detokenize", {"tokens": ct["tokens"]}) if st == 200 else (st, ct)
+        check("continue_final_message ends the prompt with the final message", st == 200 and ctext["prompt"].endswith("color is"), ctext)
+        st, cc = s.post("/v1/chat/completions", {"messages": cont, "continue_final_message": True, "max_tokens": 2})
+        check("continue_final_message: the completion counts that prompt", st == 200 and cc["usage"]["prompt_tokens"] == ct["count"], cc)
+        st, cb = s.post("/v1/chat/completions", {"messages": cont, "continue_final_message": True, "add_generation_prompt": True})
+        check("error: continue_final_message with add_generation_prompt", st == 400 and "cannot both" in cb["error"]["message"], cb)
+
         # logit_bias: +100 on one token makes it the greedy choice every step (the raw logits are a few units apart).
         st, lb = s.post("/v1/completions", {"prompt": "Name a color.", "max_tokens": 3, "temperature": 0, "logit_bias": {"9707": 100}})
         st2, want = s.post("/detokenize", {"tokens": [9707] * 3})

@@ -161,3 +161,41 @@ TEST(ChatTemplate, ChatMLFallback) {
   EXPECT_EQ(t.render(ojson::parse(R"([{"role": "user", "content": "hi"}])")),
             "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
 }
+
+// continue_final_message (vLLM, transformers): the prompt stops right after the final message's
+// content, which the model then continues; the text before it is the ordinary rendering's.
+TEST(ChatTemplate, ContinueFinalMessage) {
+  auto model_template = [](const std::string& model) {
+    const ojson cfg = ojson::parse(slurp(kFix + "/models/" + model + "/tokenizer_config.json"));
+    ojson special = ojson::object();
+    for (const char* k : {"bos_token", "eos_token"})
+      if (cfg.contains(k) && cfg[k].is_string()) special[k] = cfg[k];
+    return ChatTemplate(cfg["chat_template"].get<std::string>(), special);
+  };
+  const ChatTemplate qwen = model_template("tiny-qwen2");
+  const ojson msgs = ojson::parse(R"([{"role": "user", "content": "Capital of France?"},
+                                      {"role": "assistant", "content": "The capital is"}])");
+  const ChatRenderOptions o = chat_render_options(ojson::parse(R"({"continue_final_message": true})"));
+  EXPECT_FALSE(o.add_generation_prompt);  // vLLM's default when continuing
+  const std::string got = qwen.render(msgs, o);
+  EXPECT_EQ(got, "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+                 "<|im_start|>user\nCapital of France?<|im_end|>\n<|im_start|>assistant\nThe capital is");
+  ChatRenderOptions closed;
+  closed.add_generation_prompt = false;
+  EXPECT_EQ(qwen.render(msgs, closed).rfind(got, 0), 0u);  // a prefix of the closed turn
+  // A template that trims contents: the trimmed text is found and kept.
+  const ChatTemplate llama = model_template("tiny-llama3");
+  const ojson trailing = ojson::parse(R"([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure, "}])");
+  const std::string l = llama.render(trailing, o);
+  EXPECT_EQ(l.substr(l.size() - 5), "Sure,") << l;
+  EXPECT_EQ(llama.render(trailing, closed).rfind(l, 0), 0u);
+  // Errors: with a generation prompt, no text to continue, a wrong type.
+  EXPECT_THROW(chat_render_options(ojson::parse(R"({"continue_final_message": true, "add_generation_prompt": true})")),
+               Error);
+  ChatRenderOptions both = o;
+  both.add_generation_prompt = true;
+  EXPECT_THROW(qwen.render(msgs, both), Error);
+  EXPECT_THROW(qwen.render(ojson::parse(R"([{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}])"), o),
+               Error);
+  EXPECT_THROW(chat_render_options(ojson::parse(R"({"continue_final_message": "yes"})")), Error);
+}
