@@ -66,6 +66,15 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
   for (const char* key : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"})
     if (given(key))
       throw HttpError(400, cat("'", key, "' needs guided decoding, which llmserve does not support yet"), "BadRequestError", key);
+  // vLLM's and OpenAI's other options that change what is generated or returned, when set to anything
+  // but their no-op value (false, empty, null).
+  for (const char* key : {"prompt_logprobs", "bad_words", "allowed_token_ids", "use_beam_search", "truncate_prompt_tokens",
+                          "suffix", "logits_processors"}) {
+    if (!given(key)) continue;
+    const json& v = body[key];
+    const bool noop = v == false || (v.is_array() && v.empty()) || (v.is_string() && v.get<std::string>().empty());
+    if (!noop) throw HttpError(400, cat("'", key, "' is not supported by llmserve yet"), "BadRequestError", key);
+  }
   const int64_t longest = [&] {
     size_t m = 0;
     for (const auto& p : r.prompts) m = std::max(m, p.size());

@@ -206,6 +206,10 @@ def main():
             ("response_format json", 400, s.post("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "json_object"}}),
              "guided decoding"),
             ("guided_json", 400, s.post("/v1/chat/completions", {"messages": msgs, "guided_json": {"type": "object"}}), "guided decoding"),
+            ("prompt_logprobs", 400, s.post("/v1/completions", {"prompt": "x", "prompt_logprobs": 1}), "not supported"),
+            ("allowed_token_ids", 400, s.post("/v1/completions", {"prompt": "x", "allowed_token_ids": [5, 6]}), "not supported"),
+            ("bad_words", 400, s.post("/v1/chat/completions", {"messages": msgs, "bad_words": ["red"]}), "not supported"),
+            ("suffix", 400, s.post("/v1/completions", {"prompt": "x", "suffix": "!"}), "not supported"),
             ("image content", 400, s.post("/v1/chat/completions", {"messages": [{"role": "user", "content": [
                 {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}),
              "image_url"),
@@ -216,8 +220,8 @@ def main():
         st, h = s.request("GET", "/health")
         check("the server answers after the bad requests", st == 200, (st, h))
         st, tf = s.post("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "text"}, "max_tokens": 2,
-                                                 "best_of": 1})
-        check("response_format text and best_of = n are accepted", st == 200 and tf["usage"]["completion_tokens"] == 2, tf)
+                                                 "best_of": 1, "bad_words": [], "use_beam_search": False, "prompt_logprobs": None})
+        check("response_format text, best_of = n and no-op values of unsupported options are accepted", st == 200 and tf["usage"]["completion_tokens"] == 2, tf)
         # continue_final_message: the prompt ends with the final (assistant) message's text, open.
         cont = [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "My favourite color is"}]
         st, ct = s.post("/tokenize", {"messages": cont, "continue_final_message": True})
