@@ -210,6 +210,8 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
       throw HttpError(400, "a message's 'content' must be a string or a list of parts", "BadRequestError", "messages");
   }
   if (!ctx.tok || !ctx.chat) throw HttpError(400, "this model has no tokenizer or chat template");
+  if (body.contains("echo") && body["echo"] == true)  // vLLM's chat echo (the last message prepended)
+    throw HttpError(400, "'echo' is not supported for chat completions yet", "BadRequestError", "echo");
   ChatRenderOptions o;
   try {
     o = chat_render_options(body);

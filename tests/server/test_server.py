@@ -210,6 +210,7 @@ def main():
             ("allowed_token_ids", 400, s.post("/v1/completions", {"prompt": "x", "allowed_token_ids": [5, 6]}), "not supported"),
             ("bad_words", 400, s.post("/v1/chat/completions", {"messages": msgs, "bad_words": ["red"]}), "not supported"),
             ("suffix", 400, s.post("/v1/completions", {"prompt": "x", "suffix": "!"}), "not supported"),
+            ("chat echo", 400, s.post("/v1/chat/completions", {"messages": msgs, "echo": True}), "echo"),
             ("image content", 400, s.post("/v1/chat/completions", {"messages": [{"role": "user", "content": [
                 {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}),
              "image_url"),
