@@ -96,11 +96,10 @@ class Session : public std::enable_shared_from_this<Session> {
       route();
     } catch (const HttpError& e) {
       respond(e.status, error_body(e.status, e.what(), e.type, e.param), req_.keep_alive());
-    } catch (const json::exception& e) {
-      respond(400, error_body(400, cat("invalid JSON: ", e.what()), "BadRequestError"), req_.keep_alive());
-    } catch (const JsonTooDeep& e) {
-      respond(400, error_body(400, cat("invalid JSON: ", e.what()), "BadRequestError"), req_.keep_alive());
     } catch (const std::exception& e) {
+      // The parser's errors and nesting past parse_json's limit are the client's; anything else is ours.
+      const bool bad_json = dynamic_cast<const json::exception*>(&e) || dynamic_cast<const JsonTooDeep*>(&e);
+      if (bad_json) return respond(400, error_body(400, cat("invalid JSON: ", e.what()), "BadRequestError"), req_.keep_alive());
       respond(500, error_body(500, e.what(), "InternalServerError"), false);
     }
   }

@@ -161,6 +161,11 @@ check "generate: too long for max_model_len" 1 "exceeds max_model_len 512" -- \
 printf '{"prompt": "a", "top_p": 0}\n' >"$work/gen-topp.jsonl"
 check "generate: out-of-range top_p" 1 "'top_p' must be in \(0, 1\]" -- \
   "$llmserve" generate "$work/good.yaml" --input "$work/gen-topp.jsonl" --output "$work/x.jsonl"
+# A request line nested deeper than 256 levels is refused before parsing (it once overflowed the stack).
+python3 -c 'print("{\"prompt\": \"x\", \"k\": " + "[" * 100000 + "]" * 100000 + "}")' > "$work/gen-deep.jsonl"
+check "generate: JSON nested too deep" 1 "gen-deep.jsonl line 1: JSON nested deeper than 256 levels" --once -- \
+  "$llmserve" generate "$work/good.yaml" --input "$work/gen-deep.jsonl" --output "$work/gen-deep-out.jsonl"
+[ -e "$work/gen-deep-out.jsonl" ] && { failed=$((failed + 1)); echo "FAIL generate left an output file for the deep request"; }
 check "generate: missing input" 1 "cannot read '/nonexistent.jsonl'" -- \
   "$llmserve" generate "$work/good.yaml" --input /nonexistent.jsonl --output "$work/x.jsonl"
 check "generate: unwritable output" 1 "cannot write '/nonexistent-dir/out.jsonl'" -- \
