@@ -5,13 +5,14 @@
 #include "common/error.h"
 
 namespace llmserve {
-namespace {
 
 std::string gib(double bytes) {
-  char buf[32];
+  char buf[48];
   std::snprintf(buf, sizeof buf, "%.2f", bytes / double(1ull << 30));
   return buf;
 }
+
+namespace {
 
 }  // namespace
 

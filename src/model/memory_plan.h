@@ -16,6 +16,9 @@ struct MemoryPlan {
   std::string no_room() const;
 };
 
+// Bytes as GiB with two decimals ("3.08").
+std::string gib(double bytes);
+
 MemoryPlan plan_memory(size_t total_bytes, size_t free_bytes, double activation_peak_bytes, double utilization);
 
 }  // namespace llmserve

@@ -50,6 +50,9 @@ ModelSpec model_spec_from_hf_config(const json& cfg) {
   s.num_heads = get_req<int>(cfg, "num_attention_heads");
   s.num_kv_heads = get_opt<int>(cfg, "num_key_value_heads", s.num_heads);
   const int64_t default_head_dim = s.num_heads > 0 ? s.hidden_size / s.num_heads : 0;
+  if ((!cfg.contains("head_dim") || cfg["head_dim"].is_null()) && s.num_heads > 0 && s.hidden_size % s.num_heads != 0)
+    throw Error(cat("model: hidden_size (", s.hidden_size, ") is not divisible by num_attention_heads (", s.num_heads,
+                    ") and config.json gives no head_dim"));
   s.head_dim = static_cast<int>(get_opt<int64_t>(cfg, "head_dim", default_head_dim));
   s.vocab_size = get_req<int64_t>(cfg, "vocab_size");
   s.rms_norm_eps = get_opt<double>(cfg, "rms_norm_eps", 1e-6);

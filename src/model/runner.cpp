@@ -16,6 +16,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "common/host_memory.h"
 #include "common/log.h"
 #include "dist/collective_check.h"
 #include "model/dummy_weights.h"
@@ -40,37 +41,70 @@ void resolve_config_for_model(Config& cfg, const ModelSpec& spec) {
                     cfg.max_num_seqs, ")"));
 }
 
+// Refuses a model whose weights cannot fit before any is allocated: a dummy model of 10^8 layers spent
+// minutes listing its tensors, a 10^12-row vocabulary died of std::bad_alloc. `need` is this rank's
+// weight bytes, `node_need` the sum over the ranks of its node. On a GPU the room is the device's free
+// memory; on the CPU backend, the host memory available to the process (cgroup limits included), which
+// the node's ranks share.
+void check_weights_fit(Backend& be, const Topology& topo, double need, double node_need, int local_size) {
+  size_t free_b = 0, total_b = 0;
+  const std::string layout = cat(dtype_name(be.compute_dtype()), ", tp=", topo.tp, " pp=", topo.pp);
+  if (be.device_memory(&free_b, &total_b)) {
+    if (need > static_cast<double>(free_b))
+      throw Error(cat("model weights: this rank's shard needs ", gib(need), " GiB (", layout, "), more than the ",
+                      gib(static_cast<double>(free_b)), " GiB free on its GPU; spread the model over more GPUs (tensor_parallel_size, pipeline_parallel_size) or use a smaller one"));
+    return;
+  }
+  size_t avail = 0;
+  std::string source;
+  if (!host_memory_available(&avail, &source) || node_need <= static_cast<double>(avail)) return;
+  throw Error(cat("model weights: ",
+                  local_size > 1 ? cat("the ", local_size, " ranks of this node need ", gib(node_need), " GiB in all (this rank ", gib(need), " GiB, ")
+                                 : cat("this rank's shard needs ", gib(need), " GiB ("),
+                  layout, "), more than the ", gib(static_cast<double>(avail)), " GiB of host memory available (", source,
+                  "); spread the ranks (tensor_parallel_size, pipeline_parallel_size) over more nodes or use a smaller model"));
+}
+
 ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   world_ = std::make_unique<MpiComm>(world_comm, false);
   std::unique_ptr<WeightSource> file;
   // This rank's index among the ranks of its node picks its GPU.
   int local_rank = 0, local_size = 1;
-  {
-    MPI_Comm node;
-    MPI_Comm_split_type(world_comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
-    MPI_Comm_rank(node, &local_rank);
-    MPI_Comm_size(node, &local_size);
-    MPI_Comm_free(&node);
-  }
+  MPI_Comm node;
+  MPI_Comm_split_type(world_comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  MPI_Comm_rank(node, &local_rank);
+  MPI_Comm_size(node, &local_size);
 #ifdef _OPENMP
   // OpenMP threads (the CPU backend's kernels, the sampler's host passes): the node's cores shared among
   // its ranks, unless OMP_NUM_THREADS says otherwise (eight ranks of a node each taking every core would
   // run eight times as many threads as cores).
   if (!std::getenv("OMP_NUM_THREADS")) omp_set_num_threads(std::max(1, omp_get_num_procs() / local_size));
 #endif
+  double need = 0;  // this rank's weight bytes
   agree(world_comm, [&] {
     config_validate(cfg_);
     topo_ = make_topology(world_->rank(), world_->size(), cfg_.tensor_parallel_size, cfg_.pipeline_parallel_size);
+    std::unique_ptr<ModelFile> h5;  // null for a dummy model, whose tensors are listed once it is known to fit
     if (cfg_.load_format == "dummy") {
-      file = std::make_unique<DummyWeights>(dummy_model_spec(cfg_.model, cfg_.hf_overrides), cfg_.model,
-                                            static_cast<uint64_t>(cfg_.seed));
+      spec_ = dummy_model_spec(cfg_.model, cfg_.hf_overrides);
     } else {
       if (!cfg_.hf_overrides.empty()) throw Error("config: hf_overrides applies only with load_format dummy");
-      file = std::make_unique<ModelFile>(cfg_.model);
+      h5 = std::make_unique<ModelFile>(cfg_.model);
+      spec_ = h5->spec();
     }
-    spec_ = file->spec();
     resolve_config_for_model(cfg_, spec_);
     backend_ = make_backend(cfg_.backend, local_rank, resolve_dtype(cfg_.dtype, spec_.torch_dtype));
+    need = shard_weight_bytes(spec_, make_shard_info(spec_, topo_), topo_.first_stage(), topo_.last_stage(),
+                              backend_->compute_dtype());
+    file = std::move(h5);
+  });
+  // Every rank gets here (the block above agrees on errors), so the node's sum cannot hang.
+  double node_need = 0;
+  MPI_Allreduce(&need, &node_need, 1, MPI_DOUBLE, MPI_SUM, node);
+  MPI_Comm_free(&node);
+  agree(world_comm, [&] {
+    check_weights_fit(*backend_, topo_, need, node_need, local_size);
+    if (!file) file = std::make_unique<DummyWeights>(spec_, cfg_.model, static_cast<uint64_t>(cfg_.seed));
   });
   log_set_rank(topo_.world_rank);
   if (backend_->name() == "cpu" && cfg_.dtype != "auto" && cfg_.dtype != "float" && cfg_.dtype != "float32")

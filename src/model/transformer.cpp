@@ -26,6 +26,20 @@ ShardInfo make_shard_info(const ModelSpec& s, const Topology& topo) {
   return sh;
 }
 
+double shard_weight_bytes(const ModelSpec& s, const ShardInfo& sh, bool first_stage, bool last_stage, DType dt) {
+  const double e = static_cast<double>(dtype_size(dt)), H = static_cast<double>(s.hidden_size);
+  const double qn = static_cast<double>(sh.q_heads * s.head_dim), kn = static_cast<double>(sh.kv_heads * s.head_dim);
+  const double in = static_cast<double>(sh.intermediate);
+  // Two norms, q/k/v, o_proj, gate/up/down: as the constructor loads them.
+  double layer = e * (2 * H + (qn + 2 * kn) * H + H * qn + 3 * in * H);
+  if (s.attention_bias) layer += 4.0 * (qn + 2 * kn);
+  double bytes = layer * static_cast<double>(sh.layers.end - sh.layers.begin);
+  const double table = e * static_cast<double>(sh.vocab_padded) * H;
+  if (first_stage || (last_stage && s.tie_word_embeddings)) bytes += table;
+  if (last_stage) bytes += e * H + (s.tie_word_embeddings ? 0.0 : table);
+  return bytes;
+}
+
 Transformer::Transformer(const ModelSpec& spec, const Topology& topo, Backend& backend, Comm& tp_comm,
                          const WeightSource& file)
     : spec_(spec), topo_(topo), be_(backend), tp_comm_(tp_comm), shard_(make_shard_info(spec, topo)) {

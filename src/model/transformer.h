@@ -37,6 +37,10 @@ struct ShardInfo {
 
 ShardInfo make_shard_info(const ModelSpec& s, const Topology& topo);
 
+// Bytes of the weights a rank with shard `sh` holds once loaded with element type `dt` (what the
+// Transformer constructor allocates; the attention biases stay float32). O(1): checked before loading.
+double shard_weight_bytes(const ModelSpec& s, const ShardInfo& sh, bool first_stage, bool last_stage, DType dt);
+
 class Transformer {
  public:
   // Reads this rank's shard from `file` (hyperslab reads: nothing else is touched).

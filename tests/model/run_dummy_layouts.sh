@@ -45,11 +45,23 @@ run 1 1 "$work/seed.jsonl" --seed 7 && ! cmp -s <(python3 -c 'import json,sys; p
 expect_error() {  # expect_error NAME PATTERN args...
   local name=$1 pat=$2; shift 2
   local out rc
-  out=$("$build/llmserve" logits --backend cpu --prompt-ids 1,2 --max-model-len 64 "$@" 2>&1); rc=$?
+  out=$(timeout 60 "$build/llmserve" logits --backend cpu --prompt-ids 1,2 --max-model-len 64 "$@" 2>&1); rc=$?
   if [ $rc -ne 0 ] && grep -q -- "$pat" <<<"$out"; then echo "PASS $name"; else echo "FAIL $name: rc=$rc $out"; fail=1; fi
 }
 expect_error "dummy: missing config.json" "cannot read '$work/none/config.json'" --model "$work/none" --load-format dummy
 expect_error "dummy: hf_overrides not JSON" "hf_overrides must be a JSON object" --model "$cfg" --load-format dummy --hf-overrides '{nope'
 expect_error "hf_overrides without dummy" "hf_overrides applies only with load_format dummy" --model "$cfg" --hf-overrides '{}'
 expect_error "dummy: an impossible override" "num_attention_heads" --model "$cfg" --load-format dummy --hf-overrides '{"num_attention_heads": 5}'
+expect_error "dummy: hidden size not divisible by the heads" "hidden_size (900) is not divisible by num_attention_heads (14)" \
+  --model "$cfg" --load-format dummy --hf-overrides '{"hidden_size": 900}'
+# Weights that cannot fit are refused before anything is allocated (these died of std::bad_alloc or
+# spent minutes listing 10^9 tensors); timeout makes a regression fail instead of hanging the suite.
+expect_error "dummy: a vocabulary too large for memory" "model weights: this rank's shard needs .* GiB of host memory available" \
+  --model "$cfg" --load-format dummy --hf-overrides '{"vocab_size": 1000000000000}'
+expect_error "dummy: 10^8 layers" "model weights: this rank's shard needs" \
+  --model "$cfg" --load-format dummy --hf-overrides '{"num_hidden_layers": 100000000}'
+out=$(timeout 60 "$root/tests/mpirun.sh" 2 "$build/llmserve" logits --backend cpu -tp 2 --prompt-ids 1,2 --max-model-len 64 \
+  --model "$cfg" --load-format dummy --hf-overrides '{"vocab_size": 10000000000}' 2>&1); rc=$?
+if [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "the 2 ranks of this node need .* GiB in all" <<<"$out"; then echo "PASS dummy: the node's ranks' weights summed"
+else echo "FAIL dummy: two ranks too large: rc=$rc $out"; fail=1; fi
 exit $fail

@@ -8,6 +8,7 @@
 #include "config/config.h"
 #include "convert/model_writer.h"
 #include "dist/comm.h"
+#include "model/dummy_weights.h"
 #include "model/model_file.h"
 #include "model/transformer.h"
 #include "model/weight_names.h"
@@ -79,4 +80,39 @@ TEST(ModelLoad, BrokenChatTemplateFailsAtLoadAndMissingOneFallsBack) {
   }
   auto fallback = ChatTemplate::from_model_file(ModelFile(make("none.h5", nullptr)));
   EXPECT_TRUE(fallback->is_fallback());
+}
+
+namespace {
+// Dummy weights that count the elements the Transformer reads (each tensor is read once, in float32).
+class CountingWeights : public DummyWeights {
+ public:
+  using DummyWeights::DummyWeights;
+  std::vector<float> read_f32(const std::string& name, int64_t r0, int64_t nr, int64_t c0, int64_t nc) const override {
+    auto v = DummyWeights::read_f32(name, r0, nr, c0, nc);
+    elements += v.size();
+    return v;
+  }
+  mutable size_t elements = 0;
+};
+}  // namespace
+
+// The memory check before loading (shard_weight_bytes) counts exactly what the constructor loads, on
+// every rank of a tp=2 x pp=2 layout, with and without q/k/v biases and tied embeddings (the
+// vocabulary divides by tp here, so the padded tables hold no extra rows).
+TEST(ModelLoad, ShardWeightBytesIsWhatTheRanksLoad) {
+  for (bool bias : {false, true})
+    for (bool tied : {false, true}) {
+      ModelSpec s = llmserve::testing::small_spec(4, 2, 48, 3, 64, 16, 1000);
+      s.attention_bias = bias;
+      s.tie_word_embeddings = tied;
+      for (int rank = 0; rank < 4; ++rank) {
+        const Topology topo = make_topology(rank, 4, 2, 2);
+        CountingWeights w(s, "counted", 1);
+        CpuBackend be;
+        SelfComm comm;
+        Transformer t(s, topo, be, comm, w);
+        const double predicted = shard_weight_bytes(s, make_shard_info(s, topo), topo.first_stage(), topo.last_stage(), DType::F32);
+        EXPECT_EQ(predicted, 4.0 * static_cast<double>(w.elements)) << "bias " << bias << " tied " << tied << " rank " << rank;
+      }
+    }
 }
