@@ -9,7 +9,8 @@
 #     top-k 50, repetition penalty 1.1: drawn on the device);
 #   - the same throughput run asking for 5 log-probabilities per token;
 # and runs transformers (bench/reference/hf_e2e.py) on the same GPU and shape as the baseline
-# (E2E_BASELINE=0 leaves it out; E2E_DECODE_ONLY=1 stops after the batch-1 decode run).
+# (E2E_BASELINE=0 leaves it out; E2E_DECODE_ONLY=1 stops after the batch-1 decode run; E2E_TTFT_ONLY=1
+# runs the TTFT measurement alone).
 #   bench/gpu_e2e.sh BUILD_DIR OUT_DIR [CONFIG_JSON] [TP] [PP] [llmserve options...]
 set -euo pipefail
 build=$(cd "$1" && pwd) out=$2
@@ -28,12 +29,14 @@ trap 'kill -TERM $srv 2>/dev/null; wait $srv 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; kill -0 $srv || { tail -20 "$out/server-$tag.log"; exit 1; }; sleep 0.5; done
 b() { "$build/llmserve-bench" --base-url "http://127.0.0.1:$port" --disable-progress --timeout 400 "$@"; }
 b --num-prompts 2 --random-input-len 32 --random-output-len 16 --max-concurrency 1 >/dev/null  # warm-up
+ttft() { b --num-prompts 3 --random-input-len 2048 --random-output-len 1 --max-concurrency 1 --seed 2 --result-file "$out/ttft-$tag.json" | grep -E "TTFT|Failed"; }
+if [ "${E2E_TTFT_ONLY:-0}" = 1 ]; then ttft; exit 0; fi
 # A seed per run: runs with the same seed send the same random prompts, which the later runs would
 # find in the prefix cache (skipping their prefill).
 b --num-prompts 3 --random-input-len 32 --random-output-len 256 --max-concurrency 1 --seed 1 --result-file "$out/decode-$tag.json" | grep -E "TPOT|Failed"
 # E2E_DECODE_ONLY=1: the batch-1 decode run alone (A/B comparisons of decode changes).
 if [ "${E2E_DECODE_ONLY:-0}" = 1 ]; then exit 0; fi
-b --num-prompts 3 --random-input-len 2048 --random-output-len 1 --max-concurrency 1 --seed 2 --result-file "$out/ttft-$tag.json" | grep -E "TTFT|Failed"
+ttft
 b --num-prompts 256 --random-input-len 512 --random-output-len 256 --seed 3 --result-file "$out/throughput-$tag.json" | grep -E "Output token|Failed|Mean TPOT|duration"
 echo "sampled (temperature 0.8, top-p 0.9, top-k 50, repetition penalty 1.1):"
 b --num-prompts 256 --random-input-len 512 --random-output-len 256 --seed 4 --temperature 0.8 --top-p 0.9 --top-k 50 \

@@ -8,6 +8,7 @@
 #include "kernels/cuda/ops.cuh"
 
 #include <algorithm>
+#include <climits>
 #include <numeric>
 
 namespace llmserve::cuda {
@@ -37,7 +38,7 @@ template <typename TI, typename T, int D>
 __global__ void __launch_bounds__(kThreads)
     flash_prefill_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
                     const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t n, int64_t Hq,
-                    int64_t Hk, int64_t bs, float scale, T* out) {
+                    int64_t Hk, int bs_log2, float scale, T* out) {
   constexpr int KS = D / 16, NT = D / 8, RS = D + kMRowPad, CH = D / 8, NS = kMKeys / 8;
   extern __shared__ __align__(128) unsigned char smem[];
   T* stage_base = reinterpret_cast<T*>(smem);  // [stage][K, V][kMKeys][RS]
@@ -55,21 +56,27 @@ __global__ void __launch_bounds__(kThreads)
     return (t < n && token_seq[t] == seq) ? positions[t] : -1;
   };
   const int32_t p_lo = pos_of(r0), p_hi = pos_of(r0 + 8);
-  int32_t warp_max = max(p_lo, p_hi);
-  for (int o = 16; o > 0; o >>= 1) warp_max = max(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, o));
+  // The warp's last and first positions: key tiles past the last are skipped, and only tiles past the
+  // first need the causal mask (the warp's other rows are not written).
+  int32_t warp_max = max(p_lo, p_hi), warp_min = min(p_lo < 0 ? INT_MAX : p_lo, p_hi < 0 ? INT_MAX : p_hi);
+  for (int o = 16; o > 0; o >>= 1) {
+    warp_max = max(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, o));
+    warp_min = min(warp_min, __shfl_xor_sync(0xffffffffu, warp_min, o));
+  }
   if (tid == 0) tile_max = -1;
   __syncthreads();
   if (lane == 0) atomicMax(&tile_max, warp_max);
   // Q fragments of every k-step (rows r0 and r0 + 8 of the warp), scaled and rounded once; rows that
-  // are not this sequence's tokens are zeros.
+  // are not this sequence's tokens are zeros. log2(e) goes into the scale: the softmax works in base 2.
+  const float qscale = scale * 1.4426950408889634f;
   unsigned qa[KS][4];
   q_fragments<T>(qa, lane, [&](int r, int d) {
-    return (r < 8 ? p_lo : p_hi) >= 0 ? to_f(q[((t0 + w * 16 + r) * Hq + h) * D + d]) * scale : 0.f;
+    return (r < 8 ? p_lo : p_hi) >= 0 ? to_f(q[((t0 + w * 16 + r) * Hq + h) * D + d]) * qscale : 0.f;
   });
   __syncthreads();
   const int64_t nkeys = static_cast<int64_t>(tile_max) + 1, ntiles = (nkeys + kMKeys - 1) / kMKeys;
   const int64_t row = Hk * D;
-  const uint32_t bs32 = static_cast<uint32_t>(bs);
+  const uint32_t bs_mask = (1u << bs_log2) - 1;  // block sizes are powers of two (the host checks)
   // Copies key tile i into stage i % 2 (rows past the keys: zeros), as one cp.async group.
   auto stage = [&](int64_t i) {
     T* ks = stage_base + (i & 1) * 2 * kMKeys * RS;
@@ -78,7 +85,8 @@ __global__ void __launch_bounds__(kThreads)
       const int key = c / CH, ch = c % CH;
       const uint32_t j = static_cast<uint32_t>(i * kMKeys + key);  // 32-bit: 64-bit division is slow
       const bool load = j < nkeys;
-      const int64_t off = load ? (static_cast<int64_t>(table[j / bs32]) * bs32 + j % bs32) * row + kvh * D + ch * 8 : 0;
+      const int64_t off =
+          load ? ((static_cast<int64_t>(table[j >> bs_log2]) << bs_log2) + (j & bs_mask)) * row + kvh * D + ch * 8 : 0;
       cp_async16(ks + key * RS + ch * 8, kc + off, load ? 16 : 0);
       cp_async16(vs + key * RS + ch * 8, vc + off, load ? 16 : 0);
     }
@@ -113,15 +121,19 @@ __global__ void __launch_bounds__(kThreads)
           mma16816<T>(sc[nb], qa[k], b[0], b[1]);
           mma16816<T>(sc[nb + 1], qa[k], b[2], b[3]);
         }
-      // The causal mask (key k0 + nn*8 + c0 + (e & 1) visible from positions at or after it), then the
-      // online softmax of rows r0 and r0 + 8 (sc becomes P).
+      // The causal mask (key k0 + nn*8 + c0 + (e & 1) visible from positions at or after it) where the
+      // tile reaches past the warp's first position, then the online softmax of rows r0 and r0 + 8 (sc
+      // becomes P).
+      if (k0 + kMKeys - 1 > warp_min) {
+        const int32_t kb = static_cast<int32_t>(k0) + c0;
 #pragma unroll
-      for (int nn = 0; nn < NS; ++nn)
+        for (int nn = 0; nn < NS; ++nn)
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-          if (k0 + nn * 8 + c0 + (e & 1) > (e < 2 ? p_lo : p_hi)) sc[nn][e] = -INFINITY;
-      online_softmax(sc, 0, m[0], l[0], o);
-      online_softmax(sc, 1, m[1], l[1], o);
+          for (int e = 0; e < 4; ++e)
+            if (kb + nn * 8 + (e & 1) > (e < 2 ? p_lo : p_hi)) sc[nn][e] = -INFINITY;
+      }
+      online_softmax<NS, NT, true>(sc, 0, m[0], l[0], o);
+      online_softmax<NS, NT, true>(sc, 1, m[1], l[1], o);
       // O += P V, 16 keys per k-step: P's C fragments of n-tiles 2kk, 2kk+1 are the A fragment.
 #pragma unroll
       for (int kk = 0; kk < kMKeys / 16; ++kk) {
@@ -142,8 +154,11 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
     const int32_t p = hh ? p_hi : p_lo;
+    float sum = l[hh];  // this lane's share; the quad's four make the row's
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
     if (p < 0) continue;
-    const float inv = 1.f / l[hh];
+    const float inv = 1.f / sum;
     T* orow = out + ((t0 + w * 16 + r0 + hh * 8) * Hq + h) * D;
 #pragma unroll
     for (int nn = 0; nn < NT; ++nn) {
@@ -165,6 +180,9 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
                    int64_t n, int64_t Hq, int64_t Hk, int64_t D, int64_t block_size, float scale, T* out, cudaStream_t s) {
   if (num_tiles == 0) return;
   if (!flash_prefill_supported(D)) check(cudaErrorInvalidValue, "flash_prefill: head_dim must be a multiple of 16, 64 to 128");
+  if (block_size <= 0 || (block_size & (block_size - 1)) != 0)
+    check(cudaErrorInvalidValue, "flash_prefill: the KV-cache block size must be a power of two");
+  const int bs_log2 = __builtin_ctzll(static_cast<unsigned long long>(block_size));
   // Heads along x: the blocks of one tile start together (a KV head's tiles are read by its query
   // heads at about the same time) and the tiles go out heaviest first (flash_prefill_tiles).
   const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(num_tiles));
@@ -179,7 +197,7 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
     }();
     (void)opted;
     launch("flash_prefill", k, grid, kThreads, smem, s, q, k_cache, v_cache, block_tables, max_blocks, token_seq,
-           positions, tiles, n, Hq, Hk, block_size, scale, out);
+           positions, tiles, n, Hq, Hk, bs_log2, scale, out);
   };
   switch (D) {
     case 64: return run(std::integral_constant<int, 64>{});

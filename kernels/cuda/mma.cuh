@@ -77,12 +77,23 @@ __device__ __forceinline__ void q_fragments(unsigned (&qa)[KS][4], int lane, Q q
   }
 }
 
+// 2^x by the SFU's one instruction (exp2f without fast math adds range handling around it); 2^-inf = 0.
+__device__ __forceinline__ float ex2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // FlashAttention's online-softmax step for one half of a warp's m16 rows (hh = 0: row lane/4, C
 // elements 0 and 1 of each n-tile; hh = 1: row lane/4 + 8, elements 2 and 3), over the n-tiles of
 // scores sc[NS][4] already masked with -inf: the running max m and sum l advance, sc becomes the
 // probabilities exp(s - m) (P, the A operand of P V), and the output accumulators o[NT][4] of those rows
 // are rescaled. A row with nothing visible so far keeps m = -inf and gets zeros.
-template <int NS, int NT>
+// kBase2 (FlashAttention-2's form): the scores are in base-2 units (the caller folded log2(e) into the
+// query scale), so P = 2^(s - m) costs one ex2 per element; l is this lane's share of the row sum (the
+// caller adds the quad's four shares once, at the end); and the rescale of o is skipped when no row of
+// the warp changed its max (the common case once a row has seen its largest scores).
+template <int NS, int NT, bool kBase2 = false>
 __device__ __forceinline__ void online_softmax(float (&sc)[NS][4], int hh, float& m, float& l, float (&o)[NT][4]) {
   float mx = -INFINITY;
 #pragma unroll
@@ -91,19 +102,22 @@ __device__ __forceinline__ void online_softmax(float (&sc)[NS][4], int hh, float
   mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
   const float mn = fmaxf(m, mx);
   const float base = mn == -INFINITY ? 0.f : mn;
-  const float corr = __expf(m - base);
+  const float corr = kBase2 ? ex2_approx(m - base) : __expf(m - base);
   float sum = 0.f;
 #pragma unroll
   for (int n = 0; n < NS; ++n)
 #pragma unroll
     for (int e = 2 * hh; e < 2 * hh + 2; ++e) {
-      sc[n][e] = __expf(sc[n][e] - base);
+      sc[n][e] = kBase2 ? ex2_approx(sc[n][e] - base) : __expf(sc[n][e] - base);
       sum += sc[n][e];
     }
-  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-  sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+  if constexpr (!kBase2) {
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+  }
   l = l * corr + sum;
   m = mn;
+  if (kBase2 && !__any_sync(0xffffffffu, corr != 1.f)) return;
 #pragma unroll
   for (int n = 0; n < NT; ++n) {
     o[n][2 * hh] *= corr;
