@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "chat/chat_template.h"
 #include "common/dtype.h"
 #include "common/error.h"
 #include "common/file_util.h"
@@ -18,6 +19,7 @@
 #include "convert/model_writer.h"
 #include "convert/safetensors.h"
 #include "model/weight_names.h"
+#include "tokenizer/tokenizer.h"
 
 namespace llmserve {
 namespace fs = std::filesystem;
@@ -123,18 +125,40 @@ void convert_hf(const ConvertOptions& opt) {
     }
   }
 
-  ModelWriter writer(opt.output, spec, "huggingface:" + fs::absolute(dir).string());
-  writer.add_text("config", "hf_config.json", cfg_text);
+  std::map<std::string, std::string> docs;
   for (const char* doc : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"})
-    if (fs::exists(dir / doc)) writer.add_text("tokenizer", doc, read_file((dir / doc).string()));
-  std::string chat_template;
+    if (fs::exists(dir / doc)) docs[doc] = read_file((dir / doc).string());
+  std::string chat_template, chat_template_file;
   if (fs::exists(dir / "chat_template.jinja")) {
-    chat_template = read_file((dir / "chat_template.jinja").string());
+    chat_template_file = (dir / "chat_template.jinja").string();
+    chat_template = read_file(chat_template_file);
   } else if (fs::exists(dir / "tokenizer_config.json")) {
     json tc = parse_json_file(dir / "tokenizer_config.json");
-    if (tc.contains("chat_template") && tc["chat_template"].is_string())
+    if (tc.contains("chat_template") && tc["chat_template"].is_string()) {
+      chat_template_file = (dir / "tokenizer_config.json").string();
       chat_template = tc["chat_template"].get<std::string>();
+    }
   }
+  // A tokenizer or chat template that would not load is refused now rather than when the converted
+  // file is served.
+  if (docs.count("tokenizer.json")) {
+    try {
+      Tokenizer check(docs["tokenizer.json"], docs.count("tokenizer_config.json") ? docs["tokenizer_config.json"] : "");
+    } catch (const Error& e) {
+      throw Error(cat("'", (dir / "tokenizer.json").string(), "': ", e.what()));
+    }
+  }
+  if (!chat_template.empty()) {
+    try {
+      ChatTemplate check(chat_template, nlohmann::ordered_json::object());
+    } catch (const Error& e) {
+      throw Error(cat("'", chat_template_file, "': the chat template does not parse: ", e.what()));
+    }
+  }
+
+  ModelWriter writer(opt.output, spec, "huggingface:" + fs::absolute(dir).string());
+  writer.add_text("config", "hf_config.json", cfg_text);
+  for (const auto& [name, text] : docs) writer.add_text("tokenizer", name, text);
   if (!chat_template.empty()) writer.add_text("tokenizer", "chat_template", chat_template);
 
   for (const auto& w : expected) {

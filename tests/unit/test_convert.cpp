@@ -221,6 +221,19 @@ TEST(Converter, BadInputsGiveClearErrorsAndNoOutput) {
   // Not a checkpoint.
   write_bytes(dir / "file.bin", "x");
   expect_error(dir / "file.bin", "neither");
+  // A tokenizer.json the tokenizer cannot load, and a chat template that does not parse: refused at
+  // conversion instead of producing a file that fails when served.
+  for (const char* d : {"badtok", "badtmpl"}) {
+    fs::create_directories(dir / d);
+    for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"})
+      fs::copy(src / f, dir / d / f);
+  }
+  write_bytes(dir / "badtok" / "tokenizer.json", R"({"model": 5})");
+  expect_error(dir / "badtok", "tokenizer.json': tokenizer: malformed tokenizer.json");
+  json tc = json::parse(read_bytes(src / "tokenizer_config.json"));
+  tc["chat_template"] = "{% for m in messages %}{{ m.content }}";
+  write_bytes(dir / "badtmpl" / "tokenizer_config.json", tc.dump());
+  expect_error(dir / "badtmpl", "the chat template does not parse: chat template line 1: missing 'endfor'");
   // Existing output without --force.
   write_bytes(dir / "out.h5", "keep me");
   ConvertOptions opt;
