@@ -43,9 +43,23 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
     if (!body["stream"].is_boolean()) throw HttpError(400, "'stream' must be a boolean", "BadRequestError", "stream");
     r.stream = body["stream"].get<bool>();
   }
-  if (body.contains("stream_options") && body["stream_options"].is_object())
-    r.include_usage = body["stream_options"].value("include_usage", false);
   auto given = [&](const char* key) { return body.contains(key) && !body[key].is_null(); };
+  if (given("stream_options")) {  // as vLLM: an object, and a non-empty one only with stream: true
+    const json& so = body["stream_options"];
+    if (!so.is_object()) throw HttpError(400, "'stream_options' must be an object", "BadRequestError", "stream_options");
+    if (!so.empty() && !r.stream)
+      throw HttpError(400, "Stream options can only be defined when `stream=True`.", "BadRequestError", "stream_options");
+    auto flag = [&](const char* key) {
+      if (!so.contains(key) || so[key].is_null()) return false;
+      if (!so[key].is_boolean())
+        throw HttpError(400, cat("'stream_options.", key, "' must be a boolean"), "BadRequestError", "stream_options");
+      return so[key].get<bool>();
+    };
+    r.include_usage = flag("include_usage");
+    r.continuous_usage = flag("continuous_usage_stats") && r.include_usage;
+  }
+  if (given("user") && !body["user"].is_string())
+    throw HttpError(400, "'user' must be a string", "BadRequestError", "user");
   try {
     sampling_params_from_json(body, r.params);
   } catch (const Error& e) {
@@ -310,12 +324,16 @@ json chat_response(const std::string& id, const GenerationRequest& r, const ApiC
 std::string stream_chunks(const std::string& id, const GenerationRequest& r, const ApiContext& ctx, size_t prompt_index,
                           const RequestOutput& out, std::vector<ChoiceStream>& st) {
   std::string events;
+  const CompletionOutput* current = nullptr;  // the choice being sent, for continuous usage
   auto emit = [&](const json& choice) {
     json chunk = {{"id", id}, {"object", r.chat ? "chat.completion.chunk" : "text_completion"}, {"created", ctx.created},
                   {"model", r.model}, {"choices", json::array({choice})}};
+    if (r.continuous_usage)  // as vLLM: the prompt's tokens and this choice's so far
+      chunk["usage"] = usage_json(out.prompt_tokens, static_cast<int64_t>(current->token_ids.size()));
     events += "data: " + json_text(chunk) + "\n\n";
   };
   for (const auto& c : out.outputs) {
+    current = &c;
     ChoiceStream& s = st.at(static_cast<size_t>(c.index));
     if (s.done) continue;
     const int64_t index = static_cast<int64_t>(prompt_index) * r.params.n + c.index;

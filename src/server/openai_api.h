@@ -38,7 +38,8 @@ struct ApiContext {
 struct GenerationRequest {
   bool chat = false;
   bool stream = false;
-  bool include_usage = false;
+  bool include_usage = false;     // stream_options.include_usage: a usage chunk before [DONE]
+  bool continuous_usage = false;  // and continuous_usage_stats: usage on every chunk (vLLM)
   bool echo = false;
   bool tools_active = false;  // chat with tools and tool_choice auto: tool calls are parsed from the output
   std::string model;

@@ -165,6 +165,17 @@ def main():
         usage = [c for c in chunks if not c["choices"]]
         check("stream: deltas equal the whole text", text == offline, (text, offline))
         check("stream: usage chunk then [DONE]", ev[-1] == "[DONE]" and usage and usage[0]["usage"]["completion_tokens"] == 10, ev[-3:])
+        # continuous_usage_stats (vLLM): every chunk carries the prompt's tokens and its choice's so far.
+        st, evc = s.stream("/v1/completions", {"prompt": "Hello", "max_tokens": 4, "temperature": 0, "ignore_eos": True, "n": 2,
+                                               "stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}})
+        cch = [json.loads(e) for e in evc if e != "[DONE]"]
+        per_choice = {}
+        for c in cch:
+            if c["choices"]:
+                per_choice.setdefault(c["choices"][0]["index"], []).append(c["usage"]["completion_tokens"])
+        check("stream: continuous usage counts each choice's tokens 1..4",
+              st == 200 and all("usage" in c for c in cch) and sorted(per_choice) == [0, 1]
+              and all(v == [1, 2, 3, 4] for v in per_choice.values()) and cch[-1]["usage"]["completion_tokens"] == 8, evc)
         st, ev2 = s.stream("/v1/completions", {"prompt": "Hello", "max_tokens": 5, "temperature": 0, "stream": True})
         check("completion stream ends with a finish_reason", st == 200 and json.loads(ev2[-2])["choices"][0]["finish_reason"] == "length", ev2)
 
@@ -211,6 +222,11 @@ def main():
             ("bad_words", 400, s.post("/v1/chat/completions", {"messages": msgs, "bad_words": ["red"]}), "not supported"),
             ("suffix", 400, s.post("/v1/completions", {"prompt": "x", "suffix": "!"}), "not supported"),
             ("chat echo", 400, s.post("/v1/chat/completions", {"messages": msgs, "echo": True}), "echo"),
+            ("stream_options without stream", 400, s.post("/v1/completions", {"prompt": "x", "stream_options": {"include_usage": True}}),
+             "only be defined when `stream=True`"),
+            ("stream_options not an object", 400, s.post("/v1/completions", {"prompt": "x", "stream": True, "stream_options": True}),
+             "'stream_options' must be an object"),
+            ("user not a string", 400, s.post("/v1/completions", {"prompt": "x", "user": 5}), "'user' must be a string"),
             ("image content", 400, s.post("/v1/chat/completions", {"messages": [{"role": "user", "content": [
                 {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}),
              "image_url"),
