@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -143,6 +144,29 @@ int main(int argc, char** argv) {
         std::printf("%-44s %10.1f %5.0f TFLOP/s %8.0f%%\n", name, ms * 1e3, tf, 100 * tf / peak_tflops);
       }
     }
+  }
+
+  // What a step with a token count not seen before pays on the host: the GEMM's cuBLASLt descriptors
+  // and algorithm heuristic are made once per (shape, token count), and a continuous batch's token
+  // count changes nearly every step. Wall time of one gate/up GEMM (call + synchronize) for 16 new
+  // token counts, against the same calls repeated.
+  {
+    const int64_t N = 8960, K = 1536, T0 = 1000, reps = 16;
+    Tensor w = random_tensor(be, {N, K}, DType::BF16), x = random_tensor(be, {T0 + reps, K}, DType::BF16);
+    Tensor y = be.empty({T0 + reps, N}, DType::F32);
+    auto once = [&](int64_t T) {
+      Tensor xt = rows_view(x, 0, T), yt = rows_view(y, 0, T);
+      const auto t0 = std::chrono::steady_clock::now();
+      be.linear(xt, w, nullptr, yt);
+      cudaDeviceSynchronize();
+      return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+    };
+    once(T0);  // kernels loaded
+    double fresh = 0, again = 0;
+    for (int64_t T = T0 + 1; T <= T0 + reps; ++T) fresh += once(T);
+    for (int64_t T = T0 + 1; T <= T0 + reps; ++T) again += once(T);
+    std::printf("\n%-44s %10.1f us first call, %.1f us repeated: %.1f us per new token count\n",
+                "gate/up GEMM, T = 1001..1016 tokens", fresh / reps, again / reps, (fresh - again) / reps);
   }
 
   // A GEMV's fixed cost in a chain: N x 1536 weights (1 token), 28 distinct matrices back to back in a
