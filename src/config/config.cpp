@@ -141,6 +141,31 @@ void config_set(Config& cfg, const std::string& key, const std::string& value, c
   cfg.given[key] = (origin.rfind("command line", 0) == 0 ? "cli:" : "yaml:") + value;
 }
 
+namespace {
+// A YAML value as JSON (hf_overrides written as a YAML mapping): plain scalars that read as integers,
+// numbers, booleans or null become those; quoted scalars and everything else stay strings.
+nlohmann::json yaml_to_json(const YAML::Node& n) {
+  if (n.IsMap()) {
+    nlohmann::json o = nlohmann::json::object();
+    for (const auto& kv : n) o[kv.first.as<std::string>()] = yaml_to_json(kv.second);
+    return o;
+  }
+  if (n.IsSequence()) {
+    nlohmann::json a = nlohmann::json::array();
+    for (const auto& x : n) a.push_back(yaml_to_json(x));
+    return a;
+  }
+  if (n.IsNull()) return nullptr;
+  const std::string& v = n.Scalar();
+  if (n.Tag() == "!") return v;  // quoted
+  if (v == "true" || v == "True" || v == "TRUE") return true;
+  if (v == "false" || v == "False" || v == "FALSE") return false;
+  const auto parsed = nlohmann::json::parse(v, nullptr, false);
+  if (!parsed.is_discarded() && parsed.is_number()) return parsed;
+  return v;
+}
+}  // namespace
+
 void config_load_yaml(Config& cfg, const std::string& path) {
   std::ifstream f(path);
   if (!f) throw Error(cat("config: cannot read '", path, "'"));
@@ -152,13 +177,21 @@ void config_load_yaml(Config& cfg, const std::string& path) {
   }
   if (root.IsNull()) return;  // an empty file sets nothing
   if (!root.IsMap()) throw Error(cat("config: ", path, ": the top level must be a mapping of option: value"));
+  std::vector<std::string> seen;
   for (const auto& kv : root) {
     const std::string key = kv.first.as<std::string>();
     const YAML::Node& v = kv.second;
     const Option* o = find_option(key);
     const std::string origin = cat("config ", path);
     if (!o) throw Error(cat(origin, ": unknown option '", key, "' (known: ", known_keys(), ")"));
+    // YAML forbids a key twice in one mapping; yaml-cpp keeps one silently, so which was meant is unclear.
+    if (std::find(seen.begin(), seen.end(), key) != seen.end()) throw Error(cat(origin, ": '", key, "' is given twice"));
+    seen.push_back(key);
     if (v.IsNull()) continue;  // `api_key:` with no value leaves the default
+    if (key == "hf_overrides" && v.IsMap()) {  // a mapping, as vLLM's YAML configs write it
+      config_set(cfg, key, yaml_to_json(v).dump(), origin);
+      continue;
+    }
     if (o->kind == Kind::StringList && v.IsSequence()) {
       cfg.served_model_name.clear();
       for (const auto& item : v) {

@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "config/config.h"
@@ -73,6 +74,26 @@ TEST(Config, WrongTypesAreRejected) {
   Config c;
   EXPECT_THROW(config_parse_args(c, {"--port", "http"}), Error);
   EXPECT_THROW(config_parse_args(c, {"--max-num-seqs"}), Error);  // missing value
+}
+
+TEST(Config, HfOverridesAsAYamlMapping) {
+  Config c;
+  config_parse_args(c, {write_yaml("model: m.json\nload_format: dummy\nhf_overrides: {num_hidden_layers: 2, rope_scaling: {rope_type: llama3, factor: 8.0},\n"
+                                   "  tie_word_embeddings: true, name: '5', none: null, l: [1, 2.5, abc]}\n")});
+  const auto j = nlohmann::json::parse(c.hf_overrides);
+  EXPECT_EQ(j, nlohmann::json::parse(R"({"num_hidden_layers": 2, "rope_scaling": {"rope_type": "llama3", "factor": 8.0},
+      "tie_word_embeddings": true, "name": "5", "none": null, "l": [1, 2.5, "abc"]})")) << c.hf_overrides;
+  EXPECT_NO_THROW(config_validate(c));
+}
+
+TEST(Config, AKeyGivenTwiceIsRejected) {
+  Config c;
+  try {
+    config_parse_args(c, {write_yaml("model: a.h5\nport: 8000\nport: 9000\n")});
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'port' is given twice"), std::string::npos) << e.what();
+  }
 }
 
 TEST(Config, BadYamlAndMissingFile) {
