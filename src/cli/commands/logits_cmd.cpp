@@ -66,7 +66,7 @@ std::vector<std::string> take_logits_args(const std::vector<std::string>& args, 
   auto to_int = [](const std::string& v, const std::string& n) {
     char* end = nullptr;
     long x = std::strtol(v.c_str(), &end, 10);
-    if (v.empty() || *end != '\0' || x < 0 || x > 1000000) throw Error(cat("logits: ", n, " must be a non-negative integer"));
+    if (v.empty() || *end != '\0' || x < 0 || x > 1000000) throw Error(cat("logits: ", n, " must be an integer from 0 to 1000000"));
     return static_cast<int>(x);
   };
   for (size_t i = 0; i < args.size(); ++i) {
