@@ -144,14 +144,14 @@ void convert_hf(const ConvertOptions& opt) {
   if (docs.count("tokenizer.json")) {
     try {
       Tokenizer check(docs["tokenizer.json"], docs.count("tokenizer_config.json") ? docs["tokenizer_config.json"] : "");
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
       throw Error(cat("'", (dir / "tokenizer.json").string(), "': ", e.what()));
     }
   }
   if (!chat_template.empty()) {
     try {
       ChatTemplate check(chat_template, nlohmann::ordered_json::object());
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
       throw Error(cat("'", chat_template_file, "': the chat template does not parse: ", e.what()));
     }
   }

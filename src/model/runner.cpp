@@ -41,6 +41,8 @@ void resolve_config_for_model(Config& cfg, const ModelSpec& spec) {
                     cfg.max_num_seqs, ")"));
 }
 
+namespace {
+
 // Refuses a model whose weights cannot fit before any is allocated: a dummy model of 10^8 layers spent
 // minutes listing its tensors, a 10^12-row vocabulary died of std::bad_alloc. `need` is this rank's
 // weight bytes, `node_need` the sum over the ranks of its node. On a GPU the room is the device's free
@@ -64,6 +66,8 @@ void check_weights_fit(Backend& be, const Topology& topo, double need, double no
                   layout, "), more than the ", gib(static_cast<double>(avail)), " GiB of host memory available (", source,
                   "); spread the ranks (tensor_parallel_size, pipeline_parallel_size) over more nodes or use a smaller model"));
 }
+
+}  // namespace
 
 ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   world_ = std::make_unique<MpiComm>(world_comm, false);
