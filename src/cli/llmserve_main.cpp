@@ -18,10 +18,11 @@ namespace {
 
 const char* kUsage =
     "usage: llmserve [serve] config.yaml [--option value ...]\n"
-    "       llmserve logits config.yaml|--model m.h5 (--prompt-ids 1,2,3 | --prompts p.jsonl)\n"
+    "       llmserve [serve] MODEL.h5 [--option value ...]   (as vllm serve MODEL; `serve` needed for a config.json)\n"
+    "       llmserve logits config.yaml|m.h5 (--prompt-ids 1,2,3 | --prompts p.jsonl)\n"
     "                (p.jsonl lines: {\"ids\": [...]}, {\"messages\": [...]} or {\"prompt\": \"text\"})\n"
     "                [--max-tokens N] [--stop-at-eos] [--top-k K] [--output out.jsonl] [--logits-output last.f32]\n"
-    "       llmserve generate config.yaml --input requests.jsonl --output results.jsonl [--option value ...]\n"
+    "       llmserve generate config.yaml|m.h5 --input requests.jsonl --output results.jsonl [--option value ...]\n"
     "       llmserve tokenize config.yaml|--model m.h5 [--add-special-tokens | --messages] TEXT|-\n"
     "       llmserve detokenize config.yaml|--model m.h5 [--skip-special-tokens] 1,2,3|-\n"
     "       llmserve config config.yaml [--option value ...]   (validate; print the launch settings)\n"
@@ -55,7 +56,8 @@ int main(int argc, char** argv) {
       rc = llmserve::cmd_config({args.begin() + 1, args.end()}, MPI_COMM_WORLD);
     } else if (args[0] == "serve") {
       rc = llmserve::cmd_serve({args.begin() + 1, args.end()}, MPI_COMM_WORLD);
-    } else if (args[0].rfind("-", 0) == 0 || args[0].ends_with(".yaml") || args[0].ends_with(".yml")) {
+    } else if (args[0].rfind("-", 0) == 0 || args[0].ends_with(".yaml") || args[0].ends_with(".yml") ||
+               args[0].ends_with(".h5") || args[0].ends_with(".hdf5")) {
       rc = llmserve::cmd_serve(args, MPI_COMM_WORLD);
     } else {
       if (rank == 0) std::fprintf(stderr, "llmserve: error: unknown command '%s'\n%s", args[0].c_str(), kUsage);

@@ -278,6 +278,15 @@ std::vector<std::string> config_parse_args(Config& cfg, const std::vector<std::s
   return rest;
 }
 
+void config_take_model_argument(Config& cfg, std::vector<std::string>& rest) {
+  if (rest.empty()) return;
+  const auto it = cfg.given.find("model");
+  if (it != cfg.given.end() && it->second.rfind("cli:", 0) == 0)
+    throw Error(cat("command line: the model is given twice ('", rest[0], "' and --model ", cfg.model, ")"));
+  config_set(cfg, "model", rest[0], "command line");
+  rest.erase(rest.begin());
+}
+
 void config_validate(const Config& c) {
   auto fail = [](const std::string& m) { throw Error("config: " + m); };
   if (c.model.empty()) fail("model is required (a .h5 file made by llmserve-convert)");

@@ -53,6 +53,11 @@ void config_load_yaml(Config& cfg, const std::string& path);
 // (positionals other than the config file) so a subcommand can take them.
 std::vector<std::string> config_parse_args(Config& cfg, const std::vector<std::string>& args);
 
+// vLLM's `vllm serve MODEL`: the first positional argument left by config_parse_args names the model
+// (an .h5 file, or with load_format dummy a config.json or its directory), overriding the config
+// file's; taken out of `rest`. Throws Error when --model was given on the command line as well.
+void config_take_model_argument(Config& cfg, std::vector<std::string>& rest);
+
 // Checks values that do not depend on the model or the MPI world. Throws Error.
 void config_validate(const Config& cfg);
 

@@ -56,6 +56,12 @@ check "convert without arguments" 2 "usage: llmserve-convert" -- "$convert"
 check "logits on a yaml config" 0 '"generated_ids":\[[0-9]+,[0-9]+\]' -- \
   "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -tp 2 --prompts "$work/prompts.jsonl" --max-tokens 2
 
+# The model as the first positional argument, as `vllm serve MODEL` (overrides the config file's).
+check "model as a positional argument" 0 '"generated_ids":\[[0-9]+,[0-9]+\]' -- \
+  "$llmserve" logits "$qwen" --backend cpu --max-model-len 64 --prompts "$work/prompts.jsonl" --max-tokens 2
+check "positional model overrides the file's" 0 "^model=$qwen\$" -- "$llmserve" config "$work/good.yaml" "$qwen"
+check "positional model and --model" 1 "the model is given twice" --once -- "$llmserve" config "$qwen" --model "$qwen"
+
 # OpenMP threads: the node's cores shared among its ranks unless OMP_NUM_THREADS is set.
 threads=$(( $(nproc) / 2 )); [ "$threads" -ge 1 ] || threads=1
 check "OpenMP threads: cores / ranks on the node by default" 0 "OpenMP: $threads threads per rank; 2 rank\\(s\\) on this node" -- \

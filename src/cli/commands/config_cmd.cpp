@@ -16,6 +16,7 @@ int cmd_config(const std::vector<std::string>& args, MPI_Comm world) {
   if (size != 1) throw Error("llmserve config runs as one process (not under mpirun)");
   Config cfg;
   std::vector<std::string> rest = config_parse_args(cfg, args);
+  config_take_model_argument(cfg, rest);
   if (!rest.empty()) throw Error(cat("unexpected argument '", rest[0], "'"));
   config_validate(cfg);
   const std::pair<const char*, std::string> rows[] = {

@@ -83,6 +83,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
       }
     }
     auto extra = config_parse_args(cfg, rest);
+    config_take_model_argument(cfg, extra);
     if (!extra.empty()) throw Error(cat("generate: unexpected argument '", extra[0], "'"));
     if (input.empty() || output.empty()) throw Error("generate: --input requests.jsonl and --output results.jsonl are required");
   });

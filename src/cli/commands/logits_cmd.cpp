@@ -170,6 +170,7 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
   MPI_Comm_rank(world, &rank);
   agree(world, [&] {
     std::vector<std::string> rest = config_parse_args(cfg, take_logits_args(args, la));
+    config_take_model_argument(cfg, rest);
     if (!rest.empty()) throw Error(cat("logits: unexpected argument '", rest[0], "'"));
     if (la.prompts.empty() && la.requests.empty())
       throw Error("logits: no prompts (--prompt-ids 1,2,3 or --prompts file.jsonl)");

@@ -25,6 +25,7 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
   Config cfg;
   agree(world, [&] {
     std::vector<std::string> rest = config_parse_args(cfg, args);
+    config_take_model_argument(cfg, rest);
     if (!rest.empty()) throw Error(cat("unexpected argument '", rest[0], "'"));
   });
   int rank = 0;
