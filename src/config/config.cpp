@@ -88,6 +88,10 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.gpu_memory_utilization = parse_float("gpu_memory_utilization", v); }},
       {"swap_space", Kind::Float, "GiB of host memory per rank for swapped-out KV blocks",
        [](Config& c, const std::string& v) { c.swap_space = parse_float("swap_space", v); }},
+      {"quantization", Kind::String, "none (vLLM's awq, gptq, fp8, ... are not supported; GGUF files are dequantized by llmserve-convert)",
+       [](Config& c, const std::string& v) { c.quantization = v; }},
+      {"kv_cache_dtype", Kind::String, "auto (the KV cache in the model's dtype; vLLM's fp8 variants are not supported)",
+       [](Config& c, const std::string& v) { c.kv_cache_dtype = v; }},
       {"cpu_offload_gb", Kind::Float, "GiB of weights per GPU to keep in host memory",
        [](Config& c, const std::string& v) { c.cpu_offload_gb = parse_float("cpu_offload_gb", v); }},
       {"kv_cache_memory_gb", Kind::Float, "GiB per rank for the KV cache (0: 1 GiB on the CPU backend, the gpu_memory_utilization plan on GPUs)",
@@ -313,6 +317,13 @@ void config_validate(const Config& c) {
   if (c.swap_space < 0) fail(cat("swap_space must be >= 0 GiB, got ", c.swap_space));
   if (c.cpu_offload_gb < 0) fail(cat("cpu_offload_gb must be >= 0, got ", c.cpu_offload_gb));
   if (c.cpu_offload_gb > 0) fail("cpu_offload_gb > 0 is not supported yet (weights are not offloaded to host memory); use 0");
+  // vLLM's options for quantized weights and KV cache: accepted with their no-op values, refused otherwise
+  // (serving full-precision weights when fp8 was asked for would silently use twice the memory).
+  if (!c.quantization.empty() && c.quantization != "none")
+    fail(cat("quantization '", c.quantization, "' is not supported: llmserve serves 16- and 32-bit weights ",
+             "(llmserve-convert dequantizes GGUF checkpoints); leave quantization unset"));
+  if (c.kv_cache_dtype != "auto")
+    fail(cat("kv_cache_dtype '", c.kv_cache_dtype, "' is not supported: the KV cache is kept in the model's dtype; use auto"));
   if (c.kv_cache_memory_gb < 0) fail(cat("kv_cache_memory_gb must be >= 0, got ", c.kv_cache_memory_gb));
   if (c.num_gpu_blocks_override < 0) fail(cat("num_gpu_blocks_override must be >= 0, got ", c.num_gpu_blocks_override));
   if (c.max_num_seqs < 1) fail(cat("max_num_seqs must be >= 1, got ", c.max_num_seqs));

@@ -21,6 +21,8 @@ struct Config {
   double gpu_memory_utilization = 0.9;
   double swap_space = 4.0;           // GiB of host memory per rank for swapped-out KV blocks
   double cpu_offload_gb = 0.0;
+  std::string quantization;         // only unset / "none" (vLLM's name; quantized methods are refused)
+  std::string kv_cache_dtype = "auto";
   double kv_cache_memory_gb = 0.0;   // KV-cache budget in GiB per rank (0: 1 GiB on the CPU backend, the memory plan on GPUs)
   int64_t num_gpu_blocks_override = 0;  // > 0: exactly this many KV blocks (tests, debugging)
   int max_num_seqs = 256;

@@ -122,8 +122,13 @@ TEST(Config, ImpossibleValuesFailValidation) {
   bad([](Config& c) { c.port = 70000; });
   bad([](Config& c) { c.dtype = "int4"; });
   bad([](Config& c) { c.backend = "tpu"; });
+  bad([](Config& c) { c.quantization = "fp8"; });  // vLLM's options llmserve cannot honour
+  bad([](Config& c) { c.kv_cache_dtype = "fp8_e4m3"; });
   Config ok;
   ok.model = "m.h5";
+  EXPECT_NO_THROW(config_validate(ok));
+  ok.quantization = "none";  // their no-op values pass
+  ok.kv_cache_dtype = "auto";
   EXPECT_NO_THROW(config_validate(ok));
 }
 
