@@ -77,6 +77,30 @@ class Session : public std::enable_shared_from_this<Session> {
     parser_->body_limit(opt_.body_limit);
     buffer_.consume(buffer_.size());
     stream_.expires_after(std::chrono::seconds(opt_.request_timeout_s));  // idle or slow clients let go
+    http::async_read_header(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
+      self->on_header(ec);
+    });
+  }
+
+  // A client that sent "Expect: 100-continue" (curl does for bodies over 1 MB) waits for a 100 before
+  // sending the body (curl gives up waiting after a second): it gets one, unless the header already
+  // failed (a Content-Length over the body limit is refused here, before the body is sent).
+  void on_header(beast::error_code ec) {
+    if (ec) return on_read(ec);
+    const auto& h = parser_->get();
+    const auto it = h.find(http::field::expect);
+    if (it != h.end() && beast::iequals(it->value(), "100-continue")) {
+      auto cont = std::make_shared<http::response<http::empty_body>>(http::status::continue_, h.version());
+      http::async_write(stream_, *cont, [self = shared_from_this(), cont](beast::error_code wec, size_t) {
+        if (wec) return self->close();
+        self->read_body();
+      });
+      return;
+    }
+    read_body();
+  }
+
+  void read_body() {
     http::async_read(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
       self->on_read(ec);
     });

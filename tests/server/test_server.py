@@ -278,6 +278,28 @@ def main():
         raw.close()
         check("error: body too large is 413", reply.startswith("HTTP/1.1 413") and "exceeds" in reply, reply[:200])
 
+        # "Expect: 100-continue" (curl sends it for bodies over 1 MB and waits a second for the 100): the
+        # server answers 100 Continue before the body is sent, then the response.
+        raw = socket.create_connection(("127.0.0.1", s.port))
+        raw.settimeout(5)
+        body = json.dumps({"prompt": "Hello", "max_tokens": 2}).encode()
+        raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        t0 = time.time()
+        interim = raw.recv(4096).decode(errors="replace")
+        waited = time.time() - t0
+        raw.sendall(body)
+        final = b""
+        while b'"usage"' not in final:
+            chunk = raw.recv(65536)
+            if not chunk:
+                break
+            final += chunk
+        raw.close()
+        check("Expect: 100-continue gets 100 Continue before the body, then 200",
+              interim.startswith("HTTP/1.1 100 Continue") and waited < 0.9 and final.startswith(b"HTTP/1.1 200"),
+              (interim[:80], waited, final[:80]))
+
         # 64 concurrent streams all complete with the right token counts (three rounds: a stalled I/O
         # thread once showed up only now and then).
         for rnd in range(3):
