@@ -140,6 +140,11 @@ class Session : public std::enable_shared_from_this<Session> {
     const std::string target(req_.target());
     const std::string path = target.substr(0, target.find('?'));
     const auto method = req_.method();
+    // CORS preflight, as vLLM's default (allowed origins, methods and headers "*"): answered for any
+    // path before routing and authentication (browsers send it without credentials).
+    if (method == http::verb::options && req_.find(http::field::origin) != req_.end() &&
+        req_.find(http::field::access_control_request_method) != req_.end())
+      return respond(200, "OK", req_.keep_alive(), "text/plain");
     struct Route {
       const char* path;
       http::verb method;
@@ -218,6 +223,7 @@ class Session : public std::enable_shared_from_this<Session> {
       auto res = std::make_shared<http::response<http::empty_body>>(http::status::ok, req_.version());
       res->set(http::field::content_type, "text/event-stream");
       res->set(http::field::cache_control, "no-cache");
+      cors_headers(*res);
       res->chunked(true);
       res->keep_alive(false);
       auto sr = std::make_shared<http::response_serializer<http::empty_body>>(*res);
@@ -361,10 +367,25 @@ class Session : public std::enable_shared_from_this<Session> {
     });
   }
 
+  // Cross-origin requests from browsers are allowed from any origin (vLLM's default): the answer to a
+  // request with an Origin says so, and a preflight's also lists the methods and echoes the headers
+  // asked for.
+  template <typename Response>
+  void cors_headers(Response& res) {
+    if (req_.find(http::field::origin) == req_.end()) return;
+    res.set(http::field::access_control_allow_origin, "*");
+    if (req_.method() != http::verb::options) return;
+    res.set(http::field::access_control_allow_methods, "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT");
+    const auto h = req_.find(http::field::access_control_request_headers);
+    if (h != req_.end()) res.set(http::field::access_control_allow_headers, h->value());
+    res.set(http::field::access_control_max_age, "600");
+  }
+
   void respond(int status, std::string body, bool keep_alive, const char* type = "application/json") {
     auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), req_.version() ? req_.version() : 11);
     res->set(http::field::server, "llmserve");
     res->set(http::field::content_type, type);
+    cors_headers(*res);
     res->keep_alive(keep_alive);
     res->body() = std::move(body);
     res->prepare_payload();

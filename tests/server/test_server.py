@@ -373,6 +373,30 @@ def main():
         check("auth: right key is 200", a.request("GET", "/v1/models", headers={"Authorization": "Bearer sekret"})[0] == 200)
         check("auth: /health stays open", a.request("GET", "/health")[0] == 200)
         check("auth: /metrics stays open", a.request("GET", "/metrics")[0] == 200)
+
+        # CORS as vLLM's default (any origin): a preflight is answered without the key; answers to requests
+        # with an Origin (plain and streamed) allow it; OPTIONS that is not a preflight stays a 405.
+        def heads(method, path, headers, body=None):
+            c = http.client.HTTPConnection("127.0.0.1", a.port, timeout=30)
+            c.request(method, path, body=body, headers=headers)
+            r = c.getresponse()
+            r.read()
+            c.close()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}
+        origin = {"Origin": "http://app.example"}
+        st, h = heads("OPTIONS", "/v1/chat/completions", {**origin, "Access-Control-Request-Method": "POST",
+                                                         "Access-Control-Request-Headers": "authorization, content-type"})
+        check("CORS: preflight answered without the key", st == 200 and h.get("access-control-allow-origin") == "*"
+              and "POST" in h.get("access-control-allow-methods", "")
+              and h.get("access-control-allow-headers") == "authorization, content-type", (st, h))
+        st, h = heads("GET", "/v1/models", {**origin, "Authorization": "Bearer sekret"})
+        check("CORS: a request with an Origin is allowed", st == 200 and h.get("access-control-allow-origin") == "*", (st, h))
+        st, h = heads("POST", "/v1/completions", {**origin, "Authorization": "Bearer sekret", "Content-Type": "application/json"},
+                      json.dumps({"prompt": "Hello", "max_tokens": 2, "stream": True}))
+        check("CORS: a streamed answer allows the origin", st == 200 and h.get("access-control-allow-origin") == "*", (st, h))
+        st, h = heads("GET", "/v1/models", {"Authorization": "Bearer sekret"})
+        check("CORS: no Origin, no CORS headers", st == 200 and "access-control-allow-origin" not in h, h)
+        check("CORS: OPTIONS that is not a preflight is 405", heads("OPTIONS", "/v1/models", {})[0] == 405)
     finally:
         a.stop()
     # The seed deployment's checks, verbatim, against the SmolLM2 demo model (when it was fetched).
