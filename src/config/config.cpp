@@ -24,6 +24,7 @@ struct Option {
   Kind kind;
   const char* help;
   std::function<void(Config&, const std::string&)> set;
+  std::function<void(Config&)> clear = nullptr;  // lists: empties the list before a new source's values
 };
 
 std::string kebab(const std::string& snake) {
@@ -117,7 +118,20 @@ const std::vector<Option>& options() {
       {"tool_call_parser", Kind::String, "auto | hermes | llama3_json | none: how tool calls are read from chat output",
        [](Config& c, const std::string& v) { c.tool_call_parser = v; }},
       {"served_model_name", Kind::StringList, "model name(s) the API answers to",
-       [](Config& c, const std::string& v) { c.served_model_name.push_back(v); }},
+       [](Config& c, const std::string& v) { c.served_model_name.push_back(v); },
+       [](Config& c) { c.served_model_name.clear(); }},
+      {"allowed_origins", Kind::StringList,
+       "origins browsers may call the API from (CORS), as vLLM: default [\"*\"]; a JSON list or one origin per flag",
+       [](Config& c, const std::string& v) {
+         if (v.rfind("[", 0) != 0) return c.allowed_origins.push_back(v);
+         const auto j = nlohmann::json::parse(v, nullptr, false);
+         if (j.is_discarded() || !j.is_array()) throw Error(cat("config: allowed_origins must be a JSON list of strings, got '", v, "'"));
+         for (const auto& x : j) {
+           if (!x.is_string()) throw Error(cat("config: allowed_origins must be a JSON list of strings, got '", v, "'"));
+           c.allowed_origins.push_back(x.get<std::string>());
+         }
+       },
+       [](Config& c) { c.allowed_origins.clear(); }},
       {"seed", Kind::Int, "random seed",
        [](Config& c, const std::string& v) { c.seed = parse_int("seed", v); }},
   };
@@ -197,7 +211,7 @@ void config_load_yaml(Config& cfg, const std::string& path) {
       continue;
     }
     if (o->kind == Kind::StringList && v.IsSequence()) {
-      cfg.served_model_name.clear();
+      o->clear(cfg);
       for (const auto& item : v) {
         if (!item.IsScalar()) throw Error(cat(origin, ": ", key, " must be a string or a list of strings"));
         config_set(cfg, key, item.Scalar(), origin);
@@ -205,7 +219,7 @@ void config_load_yaml(Config& cfg, const std::string& path) {
       continue;
     }
     if (!v.IsScalar()) throw Error(cat(origin, ": ", key, " must be a single value, not a list or mapping"));
-    if (o->kind == Kind::StringList) cfg.served_model_name.clear();
+    if (o->kind == Kind::StringList) o->clear(cfg);
     config_set(cfg, key, v.Scalar(), origin);
   }
 }
@@ -271,11 +285,12 @@ std::vector<std::string> config_parse_args(Config& cfg, const std::vector<std::s
     sets.emplace_back(key, value);
   }
   if (!yaml_path.empty()) config_load_yaml(cfg, yaml_path);
-  bool list_cleared = false;
+  std::vector<std::string> cleared;  // lists given on the command line replace the file's (and the default)
   for (const auto& [k, v] : sets) {
-    if (k == "served_model_name" && !list_cleared) {
-      cfg.served_model_name.clear();
-      list_cleared = true;
+    const Option* o = find_option(k);
+    if (o->clear && std::find(cleared.begin(), cleared.end(), k) == cleared.end()) {
+      o->clear(cfg);
+      cleared.push_back(k);
     }
     config_set(cfg, k, v, "command line");
   }
@@ -336,6 +351,8 @@ void config_validate(const Config& c) {
     fail(cat("tool_call_parser must be auto, hermes, llama3_json or none; got '", c.tool_call_parser, "'"));
   for (const auto& n : c.served_model_name)
     if (n.empty()) fail("served_model_name must not be empty");
+  for (const auto& o : c.allowed_origins)
+    if (o.empty()) fail("allowed_origins must not hold an empty origin");
 }
 
 std::string config_help() {

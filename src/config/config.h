@@ -35,6 +35,7 @@ struct Config {
   std::string api_key;
   std::string tool_call_parser = "auto";  // auto | hermes | llama3_json | none
   std::vector<std::string> served_model_name;  // empty: the model path
+  std::vector<std::string> allowed_origins = {"*"};  // CORS (vLLM's default: any origin)
   int64_t seed = 0;
 
   // Values as given (key -> text), for logging the effective configuration.

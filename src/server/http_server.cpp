@@ -144,7 +144,8 @@ class Session : public std::enable_shared_from_this<Session> {
     // path before routing and authentication (browsers send it without credentials).
     if (method == http::verb::options && req_.find(http::field::origin) != req_.end() &&
         req_.find(http::field::access_control_request_method) != req_.end())
-      return respond(200, "OK", req_.keep_alive(), "text/plain");
+      return cors_origin().empty() ? respond(400, "Disallowed CORS origin", req_.keep_alive(), "text/plain")
+                                   : respond(200, "OK", req_.keep_alive(), "text/plain");
     struct Route {
       const char* path;
       http::verb method;
@@ -367,13 +368,28 @@ class Session : public std::enable_shared_from_this<Session> {
     });
   }
 
-  // Cross-origin requests from browsers are allowed from any origin (vLLM's default): the answer to a
-  // request with an Origin says so, and a preflight's also lists the methods and echoes the headers
-  // asked for.
+  // The Access-Control-Allow-Origin value for this request: "*" when any origin is allowed (vLLM's
+  // default), the request's Origin when it is listed in allowed_origins, empty otherwise (no Origin,
+  // or one not allowed: the browser then refuses the answer).
+  std::string cors_origin() const {
+    const auto it = req_.find(http::field::origin);
+    if (it == req_.end()) return "";
+    const std::string origin(it->value());
+    for (const auto& o : opt_.allowed_origins)
+      if (o == "*") return "*";
+    for (const auto& o : opt_.allowed_origins)
+      if (o == origin) return origin;
+    return "";
+  }
+
+  // Cross-origin requests from browsers: the answer to a request from an allowed origin says so, and a
+  // preflight's also lists the methods and echoes the headers asked for.
   template <typename Response>
   void cors_headers(Response& res) {
-    if (req_.find(http::field::origin) == req_.end()) return;
-    res.set(http::field::access_control_allow_origin, "*");
+    const std::string allow = cors_origin();
+    if (allow.empty()) return;
+    res.set(http::field::access_control_allow_origin, allow);
+    if (allow != "*") res.set(http::field::vary, "Origin");
     if (req_.method() != http::verb::options) return;
     res.set(http::field::access_control_allow_methods, "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT");
     const auto h = req_.find(http::field::access_control_request_headers);

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "server/engine_service.h"
 #include "server/openai_api.h"
@@ -17,6 +18,7 @@ struct ServerOptions {
   size_t body_limit = 16u << 20;
   int io_threads = 2;
   int request_timeout_s = 60;  // to receive a whole request; idle keep-alive connections close after it
+  std::vector<std::string> allowed_origins = {"*"};  // CORS; "*": any origin
 };
 
 class HttpServer {

@@ -16,6 +16,16 @@ def check(name, ok, detail=""):
     print(("PASS " if ok else "FAIL ") + name + ("" if ok else f": {detail}"), flush=True)
 
 
+def heads(port, method, path, headers, body=None):
+    """Status and lower-cased headers of one request."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    c.request(method, path, body=body, headers=headers)
+    r = c.getresponse()
+    r.read()
+    c.close()
+    return r.status, {k.lower(): v for k, v in r.getheaders()}
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -278,6 +288,12 @@ def main():
         raw.close()
         check("error: body too large is 413", reply.startswith("HTTP/1.1 413") and "exceeds" in reply, reply[:200])
 
+        # CORS by default (vLLM's): any origin; no Origin, no CORS headers.
+        st, h = heads(s.port, "GET", "/v1/models", {"Origin": "http://anywhere.example"})
+        st2, h2 = heads(s.port, "GET", "/v1/models", {})
+        check("CORS: any origin by default", st == 200 and h.get("access-control-allow-origin") == "*"
+              and "access-control-allow-origin" not in h2, (h, h2))
+
         # "Expect: 100-continue" (curl sends it for bodies over 1 MB and waits a second for the 100): the
         # server answers 100 Continue before the body is sent, then the response.
         raw = socket.create_connection(("127.0.0.1", s.port))
@@ -366,7 +382,7 @@ def main():
     check("SIGTERM to rank 0: every rank exits 0", rc == 0, rc)
 
     # Authentication: /v1 needs the key, /health and /metrics stay open.
-    a = Server("--api-key", "sekret")
+    a = Server("--api-key", "sekret", "--allowed-origins", '["http://app.example"]')
     try:
         check("auth: no key is 401", a.request("GET", "/v1/models")[0] == 401)
         check("auth: wrong key is 401", a.request("GET", "/v1/models", headers={"Authorization": "Bearer nope"})[0] == 401)
@@ -374,29 +390,26 @@ def main():
         check("auth: /health stays open", a.request("GET", "/health")[0] == 200)
         check("auth: /metrics stays open", a.request("GET", "/metrics")[0] == 200)
 
-        # CORS as vLLM's default (any origin): a preflight is answered without the key; answers to requests
-        # with an Origin (plain and streamed) allow it; OPTIONS that is not a preflight stays a 405.
-        def heads(method, path, headers, body=None):
-            c = http.client.HTTPConnection("127.0.0.1", a.port, timeout=30)
-            c.request(method, path, body=body, headers=headers)
-            r = c.getresponse()
-            r.read()
-            c.close()
-            return r.status, {k.lower(): v for k, v in r.getheaders()}
-        origin = {"Origin": "http://app.example"}
-        st, h = heads("OPTIONS", "/v1/chat/completions", {**origin, "Access-Control-Request-Method": "POST",
-                                                         "Access-Control-Request-Headers": "authorization, content-type"})
-        check("CORS: preflight answered without the key", st == 200 and h.get("access-control-allow-origin") == "*"
-              and "POST" in h.get("access-control-allow-methods", "")
+        # CORS with allowed_origins set: a preflight from a listed origin is answered without the key, and
+        # answers (plain and streamed) name that origin; other origins get no CORS headers (their preflight
+        # a 400, as vLLM's Starlette middleware); OPTIONS that is not a preflight stays a 405.
+        app = {"Origin": "http://app.example"}
+        st, h = heads(a.port, "OPTIONS", "/v1/chat/completions", {**app, "Access-Control-Request-Method": "POST",
+                                                                 "Access-Control-Request-Headers": "authorization, content-type"})
+        check("CORS: preflight answered without the key", st == 200 and h.get("access-control-allow-origin") == "http://app.example"
+              and h.get("vary") == "Origin" and "POST" in h.get("access-control-allow-methods", "")
               and h.get("access-control-allow-headers") == "authorization, content-type", (st, h))
-        st, h = heads("GET", "/v1/models", {**origin, "Authorization": "Bearer sekret"})
-        check("CORS: a request with an Origin is allowed", st == 200 and h.get("access-control-allow-origin") == "*", (st, h))
-        st, h = heads("POST", "/v1/completions", {**origin, "Authorization": "Bearer sekret", "Content-Type": "application/json"},
+        st, h = heads(a.port, "GET", "/v1/models", {**app, "Authorization": "Bearer sekret"})
+        check("CORS: a listed origin is allowed", st == 200 and h.get("access-control-allow-origin") == "http://app.example", (st, h))
+        st, h = heads(a.port, "POST", "/v1/completions", {**app, "Authorization": "Bearer sekret", "Content-Type": "application/json"},
                       json.dumps({"prompt": "Hello", "max_tokens": 2, "stream": True}))
-        check("CORS: a streamed answer allows the origin", st == 200 and h.get("access-control-allow-origin") == "*", (st, h))
-        st, h = heads("GET", "/v1/models", {"Authorization": "Bearer sekret"})
-        check("CORS: no Origin, no CORS headers", st == 200 and "access-control-allow-origin" not in h, h)
-        check("CORS: OPTIONS that is not a preflight is 405", heads("OPTIONS", "/v1/models", {})[0] == 405)
+        check("CORS: a streamed answer allows the origin", st == 200 and h.get("access-control-allow-origin") == "http://app.example", (st, h))
+        evil = {"Origin": "http://evil.example"}
+        st, h = heads(a.port, "GET", "/v1/models", {**evil, "Authorization": "Bearer sekret"})
+        check("CORS: an origin not listed gets no CORS headers", st == 200 and "access-control-allow-origin" not in h, h)
+        st, h = heads(a.port, "OPTIONS", "/v1/models", {**evil, "Access-Control-Request-Method": "GET"})
+        check("CORS: a preflight from an origin not listed is 400", st == 400, (st, h))
+        check("CORS: OPTIONS that is not a preflight is 405", heads(a.port, "OPTIONS", "/v1/models", {})[0] == 405)
     finally:
         a.stop()
     # The seed deployment's checks, verbatim, against the SmolLM2 demo model (when it was fetched).

@@ -86,6 +86,22 @@ TEST(Config, HfOverridesAsAYamlMapping) {
   EXPECT_NO_THROW(config_validate(c));
 }
 
+TEST(Config, AllowedOriginsListFromYamlAndCommandLine) {
+  Config d;
+  EXPECT_EQ(d.allowed_origins, std::vector<std::string>{"*"});  // vLLM's default
+  Config c;
+  const auto p = write_yaml("allowed_origins: [http://a, http://b]\n");
+  config_parse_args(c, {p});
+  EXPECT_EQ(c.allowed_origins, (std::vector<std::string>{"http://a", "http://b"}));  // the file replaces the default
+  config_parse_args(c, {p, "--allowed-origins", R"(["http://c"])", "--allowed-origins", "http://d"});
+  EXPECT_EQ(c.allowed_origins, (std::vector<std::string>{"http://c", "http://d"}));  // the command line replaces the file
+  Config e;
+  EXPECT_THROW(config_parse_args(e, {"--allowed-origins", "[1]"}), Error);
+  config_parse_args(e, {"--served-model-name", "x", "--allowed-origins", "http://z"});  // lists kept apart
+  EXPECT_EQ(e.served_model_name, std::vector<std::string>{"x"});
+  EXPECT_EQ(e.allowed_origins, std::vector<std::string>{"http://z"});
+}
+
 TEST(Config, AKeyGivenTwiceIsRejected) {
   Config c;
   try {

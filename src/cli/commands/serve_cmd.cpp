@@ -63,6 +63,7 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
     opt.host = cfg.host;
     opt.port = cfg.port;
     opt.api_key = cfg.api_key;
+    opt.allowed_origins = cfg.allowed_origins;
     if (opt.api_key.empty())
       if (const char* k = std::getenv("LLMSERVE_API_KEY")) opt.api_key = k;
     engine = std::make_unique<Engine>(runner, tok.get(), static_cast<uint64_t>(cfg.seed));
