@@ -17,12 +17,9 @@ bool read_number(const std::string& path, unsigned long long* v) {
   return true;
 }
 
-// The tightest room of the process's memory cgroup and its ancestors (a Slurm job's limit sits on a
-// parent of the step's group): limit less usage, from cgroup v2 (memory.max, memory.current) or v1
-// (memory.limit_in_bytes, memory.usage_in_bytes). False when no level has a limit.
-bool cgroup_room(unsigned long long* room) {
-  std::ifstream f("/proc/self/cgroup");
-  std::string line;
+}  // namespace
+
+bool cgroup_memory_room(const std::string& proc_cgroup, const std::string& cgroup_root, unsigned long long* room) {
   bool found = false;
   auto visit = [&](const std::string& mount, std::string rel, const char* max_file, const char* used_file) {
     for (;;) {  // from the group up to the mount's root
@@ -37,21 +34,19 @@ bool cgroup_room(unsigned long long* room) {
       rel = rel.substr(0, rel.find_last_of('/'));
     }
   };
-  while (std::getline(f, line)) {  // "id:controllers:path"
+  std::istringstream lines(proc_cgroup);
+  std::string line;
+  while (std::getline(lines, line)) {  // "id:controllers:path"
     const size_t a = line.find(':'), b = line.find(':', a + 1);
     if (a == std::string::npos || b == std::string::npos) continue;
     const std::string controllers = line.substr(a + 1, b - a - 1), rel = line.substr(b + 1);
-    if (controllers.empty()) {
-      visit("/sys/fs/cgroup", rel, "memory.max", "memory.current");
-    } else if (("," + controllers + ",").find(",memory,") != std::string::npos) {
-      visit("/sys/fs/cgroup/memory", rel, "memory.limit_in_bytes", "memory.usage_in_bytes");
-      visit("/sys/fs/cgroup/memory", "", "memory.limit_in_bytes", "memory.usage_in_bytes");  // a container's own mount
-    }
+    if (controllers.empty())
+      visit(cgroup_root, rel, "memory.max", "memory.current");  // v2
+    else if (("," + controllers + ",").find(",memory,") != std::string::npos)
+      visit(cgroup_root + "/memory", rel, "memory.limit_in_bytes", "memory.usage_in_bytes");  // v1
   }
   return found;
 }
-
-}  // namespace
 
 bool host_memory_available(size_t* bytes, std::string* source) {
   unsigned long long avail = 0;
@@ -76,8 +71,15 @@ bool host_memory_available(size_t* bytes, std::string* source) {
     avail = static_cast<unsigned long long>(pages) * static_cast<unsigned long long>(page);
   }
   if (source) *source = "MemAvailable";
+  std::string proc_cgroup;
+  {
+    std::ifstream f("/proc/self/cgroup");
+    std::ostringstream text;
+    text << f.rdbuf();
+    proc_cgroup = text.str();
+  }
   unsigned long long room = 0;
-  if (cgroup_room(&room) && room < avail) {
+  if (cgroup_memory_room(proc_cgroup, "/sys/fs/cgroup", &room) && room < avail) {
     avail = room;
     if (source) *source = "cgroup limit";
   }

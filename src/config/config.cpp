@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -13,6 +14,7 @@
 #include <sstream>
 
 #include "common/error.h"
+#include "common/json_text.h"
 
 namespace llmserve {
 namespace {
@@ -124,10 +126,16 @@ const std::vector<Option>& options() {
        "origins browsers may call the API from (CORS), as vLLM: default [\"*\"]; a JSON list or one origin per flag",
        [](Config& c, const std::string& v) {
          if (v.rfind("[", 0) != 0) return c.allowed_origins.push_back(v);
-         const auto j = nlohmann::json::parse(v, nullptr, false);
-         if (j.is_discarded() || !j.is_array()) throw Error(cat("config: allowed_origins must be a JSON list of strings, got '", v, "'"));
+         const Error bad(cat("config: allowed_origins must be a JSON list of strings, got '", v, "'"));
+         nlohmann::json j;
+         try {
+           j = parse_json(v);
+         } catch (const std::exception&) {
+           throw bad;
+         }
+         if (!j.is_array()) throw bad;
          for (const auto& x : j) {
-           if (!x.is_string()) throw Error(cat("config: allowed_origins must be a JSON list of strings, got '", v, "'"));
+           if (!x.is_string()) throw bad;
            c.allowed_origins.push_back(x.get<std::string>());
          }
        },
@@ -178,8 +186,10 @@ nlohmann::json yaml_to_json(const YAML::Node& n) {
   if (n.Tag() == "!") return v;  // quoted
   if (v == "true" || v == "True" || v == "TRUE") return true;
   if (v == "false" || v == "False" || v == "FALSE") return false;
-  const auto parsed = nlohmann::json::parse(v, nullptr, false);
-  if (!parsed.is_discarded() && parsed.is_number()) return parsed;
+  if (!v.empty() && (std::isdigit(static_cast<unsigned char>(v[0])) || v[0] == '-')) {
+    const auto parsed = nlohmann::json::parse(v, nullptr, false);
+    if (!parsed.is_discarded() && parsed.is_number()) return parsed;
+  }
   return v;
 }
 }  // namespace

@@ -12,10 +12,6 @@ std::string gib(double bytes) {
   return buf;
 }
 
-namespace {
-
-}  // namespace
-
 MemoryPlan plan_memory(size_t total_bytes, size_t free_bytes, double activation_peak_bytes, double utilization) {
   MemoryPlan p;
   p.total = static_cast<double>(total_bytes);

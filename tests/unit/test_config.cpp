@@ -97,6 +97,7 @@ TEST(Config, AllowedOriginsListFromYamlAndCommandLine) {
   EXPECT_EQ(c.allowed_origins, (std::vector<std::string>{"http://c", "http://d"}));  // the command line replaces the file
   Config e;
   EXPECT_THROW(config_parse_args(e, {"--allowed-origins", "[1]"}), Error);
+  EXPECT_THROW(config_parse_args(e, {"--allowed-origins", std::string(100000, '[')}), Error);  // refused, not parsed
   config_parse_args(e, {"--served-model-name", "x", "--allowed-origins", "http://z"});  // lists kept apart
   EXPECT_EQ(e.served_model_name, std::vector<std::string>{"x"});
   EXPECT_EQ(e.allowed_origins, std::vector<std::string>{"http://z"});
