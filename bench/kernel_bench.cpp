@@ -6,6 +6,8 @@
 //    read, against the copy bandwidth; the same shapes with 256 tokens in TFLOP/s;
 //  - decode attention (one query per sequence over a paged bf16 KV cache) in GB/s of K/V read;
 //  - prefill attention (one causal 2048-token sequence) in TFLOP/s against the GEMM peak;
+//  - the host cost of a GEMM at a token count not seen before, and the GPU time of a layer's GEMMs
+//    with the algorithm of the count's bucket against the heuristic's answer for the exact count;
 //  - a chain of GEMVs of growing size (the fixed cost per kernel and the steady-state bandwidth);
 //  - a batch-1 decode layer (Qwen2.5-1.5B shape) op by op and whole, over 28 layers of distinct weights
 //    (streaming from memory as in the model), in GB/s of weights and K/V read;
@@ -146,14 +148,16 @@ int main(int argc, char** argv) {
     }
   }
 
-  // What a step with a token count not seen before pays on the host: the GEMM's cuBLASLt descriptors
-  // and algorithm heuristic are made once per (shape, token count), and a continuous batch's token
-  // count changes nearly every step. Wall time of one gate/up GEMM (call + synchronize) for 16 new
-  // token counts, against the same calls repeated.
+  // What a step with a token count not seen before pays on the host. cuBLASLt's heuristic is asked
+  // once per weight shape and token-count bucket and its answer checked against each new exact count;
+  // a continuous batch's token count changes nearly every step. Wall time of one gate/up GEMM (call +
+  // synchronize) at its first call, less the same call repeated: 16 new counts inside a known bucket,
+  // the first counts of 8 new buckets, and (heuristic asked per count) each of 8 counts in a region
+  // not run before, one by one (the first may load a kernel not loaded before).
   {
-    const int64_t N = 8960, K = 1536, T0 = 1000, reps = 16;
-    Tensor w = random_tensor(be, {N, K}, DType::BF16), x = random_tensor(be, {T0 + reps, K}, DType::BF16);
-    Tensor y = be.empty({T0 + reps, N}, DType::F32);
+    const int64_t N = 8960, K = 1536, Tmax = 4200;
+    Tensor w = random_tensor(be, {N, K}, DType::BF16), x = random_tensor(be, {Tmax, K}, DType::BF16);
+    Tensor y = be.empty({Tmax, N}, DType::F32);
     auto once = [&](int64_t T) {
       Tensor xt = rows_view(x, 0, T), yt = rows_view(y, 0, T);
       const auto t0 = std::chrono::steady_clock::now();
@@ -161,12 +165,72 @@ int main(int argc, char** argv) {
       cudaDeviceSynchronize();
       return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
     };
-    once(T0);  // kernels loaded
-    double fresh = 0, again = 0;
-    for (int64_t T = T0 + 1; T <= T0 + reps; ++T) fresh += once(T);
-    for (int64_t T = T0 + 1; T <= T0 + reps; ++T) again += once(T);
-    std::printf("\n%-44s %10.1f us first call, %.1f us repeated: %.1f us per new token count\n",
-                "gate/up GEMM, T = 1001..1016 tokens", fresh / reps, again / reps, (fresh - again) / reps);
+    auto first_less_repeat = [&](const std::vector<int64_t>& counts) {
+      std::vector<double> fresh;
+      for (int64_t T : counts) fresh.push_back(once(T));
+      for (size_t i = 0; i < counts.size(); ++i) fresh[i] -= once(counts[i]);
+      return fresh;
+    };
+    auto mean = [](const std::vector<double>& v) {
+      double s = 0;
+      for (double d : v) s += d;
+      return s / static_cast<double>(v.size());
+    };
+    once(1000);  // kernels loaded, bucket 1024 known
+    std::vector<int64_t> inside, buckets = {1100, 1300, 1500, 1700, 1900, 2100, 2300, 2500};
+    for (int64_t T = 1001; T <= 1016; ++T) inside.push_back(T);
+    const double in_bucket = mean(first_less_repeat(inside)), new_bucket = mean(first_less_repeat(buckets));
+    be.set_gemm_heuristic_per_token_count(true);
+    const std::vector<double> each = first_less_repeat({3001, 3002, 3003, 3004, 3005, 3006, 3007, 3008});
+    be.set_gemm_heuristic_per_token_count(false);
+    std::printf("\n%-44s %10.1f us in a known bucket, %.1f us for a new bucket\n",
+                "gate/up GEMM: host cost of a new token count", in_bucket, new_bucket);
+    std::printf("%-44s", "  heuristic per count, T = 3001..3008 (us)");
+    for (double d : each) std::printf(" %.0f", d);
+    std::printf("\n");
+  }
+
+  // The bucket's algorithm against the heuristic's answer for the exact count: GPU time of the four
+  // GEMMs of a Qwen2.5-1.5B layer (qkv with bias, o_proj, gate/up, down) at token counts across buckets.
+  {
+    std::printf("\n%-44s %12s %12s %8s\n", "layer GEMMs (qkv, o, gate/up, down) at T", "bucket (us)", "exact (us)", "ratio");
+    struct G {
+      int64_t n, k;
+      bool bias;
+    };
+    const G gs[] = {{2048, 1536, true}, {1536, 1536, false}, {8960, 1536, false}, {1536, 8960, false}};
+    const int64_t Tmax = 6000;
+    std::vector<Tensor> ws, bs;
+    for (const G& q : gs) {
+      ws.push_back(random_tensor(be, {q.n, q.k}, DType::BF16));
+      bs.push_back(random_tensor(be, {q.n}, DType::F32));
+    }
+    Tensor x = random_tensor(be, {Tmax, 8960}, DType::BF16), y = be.empty({Tmax, 8960}, DType::F32);
+    double worst = 1, sum_b = 0, sum_e = 0;
+    for (int64_t T : {6, 100, 257, 300, 600, 1001, 1500, 2100, 3000, 4000, 5000}) {
+      // Each way twice, interleaved (bucket, exact, exact, bucket); the faster of each way's two.
+      double t[2] = {1e30, 1e30};
+      for (int exact : {0, 1, 1, 0}) {
+        be.set_gemm_heuristic_per_token_count(exact == 1);
+        double sum = 0;
+        for (size_t i = 0; i < ws.size(); ++i) {
+          Tensor xt = x, yt = y;  // T rows of k (n) columns over the same storage
+          xt.shape = {T, gs[i].k};
+          yt.shape = {T, gs[i].n};
+          sum += median_ms([&] { be.linear(xt, ws[i], gs[i].bias ? &bs[i] : nullptr, yt); }, 10) * 1e3;
+        }
+        t[exact] = std::min(t[exact], sum);
+      }
+      be.set_gemm_heuristic_per_token_count(false);
+      char name[64];
+      std::snprintf(name, sizeof name, "T = %lld (bucket %lld)", static_cast<long long>(T),
+                    static_cast<long long>(CudaBackend::gemm_token_bucket(T)));
+      std::printf("%-44s %12.1f %12.1f %8.3f\n", name, t[0], t[1], t[0] / t[1]);
+      worst = std::max(worst, t[0] / t[1]);
+      sum_b += t[0];
+      sum_e += t[1];
+    }
+    std::printf("%-44s %12.1f %12.1f %8.3f (worst %.3f)\n", "all counts", sum_b, sum_e, sum_b / sum_e, worst);
   }
 
   // A GEMV's fixed cost in a chain: N x 1536 weights (1 token), 28 distinct matrices back to back in a

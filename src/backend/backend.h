@@ -143,6 +143,10 @@ class Backend {
   virtual void synchronize() {}
   // Hands memory cached for reuse back to the device.
   virtual void trim_memory() {}
+  // Prepares every matrix product seen so far (their weight shapes) for each token count up to the
+  // largest seen with it, so later steps pay no one-time cost (algorithm choice, a kernel's first
+  // launch) when their token count is new. Returns the number of products prepared.
+  virtual int64_t prepare_gemms() { return 0; }
 
   // Graphs of recorded steps (CUDA graphs; backends without them keep the defaults). A capture records
   // the ops between graph_capture_begin() and graph_capture_end(), which returns the graph's id; while

@@ -11,6 +11,7 @@
 #endif
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
@@ -192,7 +193,7 @@ ModelRunner::~ModelRunner() = default;
 // default; on a GPU vLLM's plan: gpu_memory_utilization x the device's memory, less what is in use once
 // the weights are loaded (CUDA context, workspaces, weights, other processes) and less the activation
 // peak of a profiling forward over max_num_batched_tokens tokens (with the logits of up to max_num_seqs
-// rows).
+// rows). The profiling forward's matrix products are then prepared for every token count up to it.
 double ModelRunner::kv_budget_gb(const KvCacheShape& shape) {
   if (cfg_.kv_cache_memory_gb > 0) return cfg_.kv_cache_memory_gb;
   size_t free_b = 0, total_b = 0;
@@ -224,6 +225,13 @@ double ModelRunner::kv_budget_gb(const KvCacheShape& shape) {
     { Tensor out = model_->forward(m, hidden, scratch); }
     const size_t high = backend_->peak_memory();
     peak = high > base ? static_cast<double>(high - base) : 0.0;
+    // Each matrix product of the forward prepared for every token count up to the profiled one.
+    const auto t0 = std::chrono::steady_clock::now();
+    if (const int64_t n = backend_->prepare_gemms(); n > 0) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%.2f s", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      log_info("GEMMs prepared for token counts up to ", T, ": ", n, " products in ", buf);
+    }
   });
   backend_->trim_memory();  // the profiling run's memory goes back before the KV cache is allocated
   const MemoryPlan plan = plan_memory(total_b, free_b, peak, cfg_.gpu_memory_utilization);

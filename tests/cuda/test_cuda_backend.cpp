@@ -389,6 +389,68 @@ TEST_P(CudaOps, FewTokenLinearMatchesTheCpuReference) {
   }
 }
 
+// GEMMs (5 tokens and more) at token counts that share a bucket's algorithm (cuBLASLt's heuristic is
+// asked at the bucket's top, the multiple of 64 at or above a count over 256, and its answer checked
+// against each exact count): counts inside, at the top of and just past a bucket, with and without
+// bias, into float32 and into the operands' type, and the residual form; the same with the heuristic
+// asked at every count. Each against the CPU reference.
+TEST_P(CudaOps, GemmsAtManyTokenCountsMatchTheCpuReference) {
+  std::mt19937 g(9);
+  const DType dt = GetParam();
+  const int64_t K = 136, N = 520;
+  EXPECT_EQ(CudaBackend::gemm_token_bucket(5), 5);
+  EXPECT_EQ(CudaBackend::gemm_token_bucket(256), 256);
+  EXPECT_EQ(CudaBackend::gemm_token_bucket(257), 320);
+  EXPECT_EQ(CudaBackend::gemm_token_bucket(1001), 1024);
+  EXPECT_EQ(CudaBackend::gemm_token_bucket(1025), 1088);
+  auto w = both(randn(N * K, g, 0.1f), {N, K}, dt);
+  auto b = both(randn(N, g), {N}, DType::F32), bt = both(randn(N, g), {N}, dt);
+  for (bool exact : {false, true}) {
+    gpu->set_gemm_heuristic_per_token_count(exact);
+    for (int64_t T : {5, 7, 64, 256, 257, 300, 320, 1000, 1001, 1024, 1025}) {
+      const std::string at = std::string(exact ? "heuristic per count" : "bucket") + ", T = " + std::to_string(T);
+      auto x = both(randn(T * K, g), {T, K}, dt);
+      Tensor c = cpu.empty({T, N}, DType::F32), y32 = gpu->empty({T, N}, DType::F32), y = gpu->empty({T, N}, dt);
+      cpu.linear(x.first, w.first, &b.first, c);
+      gpu->linear(x.second, w.second, &b.second, y32);
+      expect_close(c, y32, ("linear with bias into float32, " + at).c_str(), dt == DType::F32 ? 1e-5 : 1e-2);
+      cpu.linear(x.first, w.first, &bt.first, c);
+      gpu->linear(x.second, w.second, &bt.second, y);
+      expect_close(c, y, ("linear with bias, " + at).c_str(), tol());
+      auto a = both(randn(T * N, g), {T, N}, dt), res = both(randn(T * K, g), {T, K}, DType::F32);
+      auto wo = both(randn(K * N, g, 0.1f), {K, N}, dt);
+      Tensor yc = cpu.empty({T, K}, DType::F32), yg = gpu->empty({T, K}, DType::F32);
+      cpu.linear_residual(a.first, wo.first, yc, res.first);
+      gpu->linear_residual(a.second, wo.second, yg, res.second);
+      expect_close(res.first, res.second, ("linear_residual, " + at).c_str(), dt == DType::F32 ? 1e-5 : 1e-2);
+    }
+  }
+}
+
+// prepare_gemms readies every bucket of each weight shape seen up to its largest count: later GEMMs at
+// new counts up to there ask cuBLASLt's heuristic no more (and still match the CPU reference); a count
+// past it does.
+TEST_P(CudaOps, PreparedGemmsNeedNoHeuristic) {
+  std::mt19937 g(10);
+  const DType dt = GetParam();
+  const int64_t K = 72, N = 200;
+  auto w = both(randn(N * K, g, 0.1f), {N, K}, dt), b = both(randn(N, g), {N}, DType::F32);
+  auto run = [&](int64_t T) {
+    auto x = both(randn(T * K, g), {T, K}, dt);
+    Tensor c = cpu.empty({T, N}, DType::F32), y = gpu->empty({T, N}, DType::F32);
+    cpu.linear(x.first, w.first, &b.first, c);
+    gpu->linear(x.second, w.second, &b.second, y);
+    expect_close(c, y, ("linear at T = " + std::to_string(T)).c_str(), dt == DType::F32 ? 1e-5 : 1e-2);
+  };
+  run(700);  // bucket 704
+  EXPECT_EQ(gpu->prepare_gemms(), (256 - 5 + 1) + (704 - 256) / 64);
+  const int64_t asked = gpu->gemm_heuristic_calls();
+  for (int64_t T : {5, 6, 100, 256, 257, 300, 650, 704}) run(T);
+  EXPECT_EQ(gpu->gemm_heuristic_calls(), asked);
+  run(705);
+  EXPECT_EQ(gpu->gemm_heuristic_calls(), asked + 1);
+}
+
 // The sampler's draw on the GPU picks exactly the CPU kernel's tokens, greedy and with Gumbel noise,
 // with penalty edits and top-k / top-p / min-p filters, on a vocabulary shard (token offset) with
 // padded rows. Many short rows (a block each) and a few vocabulary-sized rows (each split over blocks

@@ -106,8 +106,8 @@ CudaBackend::~CudaBackend() {
     cublasLtMatrixLayoutDestroy(g.a);
     cublasLtMatrixLayoutDestroy(g.b);
     cublasLtMatrixLayoutDestroy(g.c);
-    cublasLtMatmulDescDestroy(g.op);
   }
+  for (auto& [k, a] : gemm_algos_) cublasLtMatmulDescDestroy(a.op);
   for (IntBuffer* b : {&ids_, &positions_, &slots_, &tables_, &token_seq_, &logits_rows_, &tiles_})
     if (b->ptr) cudaFree(b->ptr);
   if (workspace_) cudaFree(workspace_);
@@ -381,36 +381,83 @@ void CudaBackend::add(Tensor& x, const Tensor& y) {
   });
 }
 
-CudaBackend::Gemm& CudaBackend::gemm_for(int64_t m, int64_t n, int64_t k, DType dt, DType out, bool bias) {
-  const auto key = std::make_tuple(m, n, k, static_cast<int>(dt), static_cast<int>(out), bias);
-  auto it = gemms_.find(key);
-  if (it != gemms_.end()) return it->second;
-  Gemm g;
-  const cudaDataType_t ct = cuda_type(dt);
-  lt(cublasLtMatmulDescCreate(&g.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-  lt(cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "transa");
-  lt(cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "transb");
-  if (bias) {
-    const cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
-    lt(cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep), "epilogue");
-  }
-  // Column-major view: C[m=N, n=T] = W^T(stored K x N)^T . X(stored K x T).
-  lt(cublasLtMatrixLayoutCreate(&g.a, ct, k, m, k), "layout a");
-  lt(cublasLtMatrixLayoutCreate(&g.b, ct, k, n, k), "layout b");
-  lt(cublasLtMatrixLayoutCreate(&g.c, cuda_type(out), m, n, m), "layout c");
+int64_t CudaBackend::gemm_token_bucket(int64_t n) {
+  return n <= kGemmExactUpTo ? n : (n + kGemmBucket - 1) / kGemmBucket * kGemmBucket;
+}
+
+// The heuristic's best algorithm for the layouts of g (an m x n x k GEMM).
+cublasLtMatmulAlgo_t CudaBackend::gemm_heuristic(const Gemm& g, int64_t m, int64_t n, int64_t k, DType dt) {
   cublasLtMatmulPreference_t pref;
   lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
   lt(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes_,
                                           sizeof workspace_bytes_), "workspace preference");
   cublasLtMatmulHeuristicResult_t res{};
   int found = 0;
+  ++heuristic_calls_;
   const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(lt_, g.op, g.a, g.b, g.c, g.c, pref, 1, &res, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (hs != CUBLAS_STATUS_SUCCESS || found == 0)
     throw Error(cat("cuBLASLt: no algorithm for a ", m, "x", n, "x", k, " ", dtype_name(dt), " GEMM"));
-  g.algo = res.algo;
-  return gemms_.emplace(key, g).first->second;
+  return res.algo;
+}
+
+CudaBackend::Gemm& CudaBackend::gemm_for(int64_t m, int64_t n, int64_t k, DType dt, DType out, bool bias) {
+  const GemmKey key{m, n, k, static_cast<int>(dt), static_cast<int>(out), bias};
+  auto it = gemms_.find({key, gemm_exact_});
+  if (it != gemms_.end()) return it->second;
+  // Column-major view: C[m=N, n=T] = W^T(stored K x N)^T . X(stored K x T).
+  const cudaDataType_t ct = cuda_type(dt);
+  auto layouts = [&](int64_t cols, Gemm& g) {
+    lt(cublasLtMatrixLayoutCreate(&g.a, ct, k, m, k), "layout a");
+    lt(cublasLtMatrixLayoutCreate(&g.b, ct, k, cols, k), "layout b");
+    lt(cublasLtMatrixLayoutCreate(&g.c, cuda_type(out), m, cols, m), "layout c");
+  };
+  auto drop = [](Gemm& g) {
+    for (cublasLtMatrixLayout_t l : {g.a, g.b, g.c})
+      if (l) cublasLtMatrixLayoutDestroy(l);
+  };
+  const int64_t top = gemm_exact_ ? n : gemm_token_bucket(n);
+  const GemmKey bucket_key{m, top, k, static_cast<int>(dt), static_cast<int>(out), bias};
+  auto ai = gemm_algos_.find(bucket_key);
+  if (ai == gemm_algos_.end()) {
+    GemmAlgo a;
+    lt(cublasLtMatmulDescCreate(&a.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    lt(cublasLtMatmulDescSetAttribute(a.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "transa");
+    lt(cublasLtMatmulDescSetAttribute(a.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "transb");
+    if (bias) {
+      const cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
+      lt(cublasLtMatmulDescSetAttribute(a.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep), "epilogue");
+    }
+    Gemm probe;  // the bucket's top
+    probe.op = a.op;
+    try {
+      layouts(top, probe);
+      a.algo = gemm_heuristic(probe, m, top, k, dt);
+    } catch (...) {
+      drop(probe);
+      cublasLtMatmulDescDestroy(a.op);
+      throw;
+    }
+    drop(probe);
+    ai = gemm_algos_.emplace(bucket_key, a).first;
+  }
+  Gemm g;
+  g.op = ai->second.op;
+  g.algo = ai->second.algo;
+  try {
+    layouts(n, g);
+    // The bucket's algorithm where it runs this exact shape within the workspace, else the heuristic's
+    // answer for it.
+    cublasLtMatmulHeuristicResult_t chk{};
+    if (top != n && (cublasLtMatmulAlgoCheck(lt_, g.op, g.a, g.b, g.c, g.c, &g.algo, &chk) != CUBLAS_STATUS_SUCCESS ||
+                     chk.workspaceSize > workspace_bytes_))
+      g.algo = gemm_heuristic(g, m, n, k, dt);
+  } catch (...) {
+    drop(g);
+    throw;
+  }
+  return gemms_.emplace(std::make_pair(key, gemm_exact_), g).first->second;
 }
 
 void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) {
@@ -435,15 +482,43 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
     });
     return;
   }
-  Gemm& g = gemm_for(N, T, K, x.dtype, out.dtype, bias != nullptr);
-  if (bias) {
-    const void* bp = bias->data;
-    lt(cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp), "bias pointer");
-  }
-  const float alpha = 1.f, beta = 0.f;
-  lt(cublasLtMatmul(lt_, g.op, &alpha, w.data, g.a, x.data, g.b, &beta, out.data, g.c, out.data, g.c, &g.algo,
-                    workspace_, workspace_bytes_, stream()),
+  run_gemm(gemm_for(N, T, K, x.dtype, out.dtype, bias != nullptr), w.data, x.data, bias ? bias->data : nullptr, 0.f,
+           out.data);
+}
+
+void CudaBackend::run_gemm(Gemm& g, const void* w, const void* x, const void* bias, float beta, void* out) {
+  if (bias) lt(cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias), "bias pointer");
+  const float alpha = 1.f;
+  lt(cublasLtMatmul(lt_, g.op, &alpha, w, g.a, x, g.b, &beta, out, g.c, out, g.c, &g.algo, workspace_, workspace_bytes_,
+                    stream()),
      "matmul");
+}
+
+int64_t CudaBackend::prepare_gemms() {
+  // Each weight shape (m, k, types, bias) with the largest bucket seen.
+  std::map<std::tuple<int64_t, int64_t, int, int, bool>, int64_t> shapes;
+  for (const auto& [key, a] : gemm_algos_) {
+    const auto& [m, n, k, in, out, bias] = key;
+    int64_t& top = shapes[{m, k, in, out, bias}];
+    top = std::max(top, n);
+  }
+  const bool exact = gemm_exact_;
+  gemm_exact_ = false;
+  int64_t runs = 0;
+  for (const auto& [shape, top] : shapes) {
+    const auto& [m, k, in, out, bias] = shape;
+    const DType ti = static_cast<DType>(in), to = static_cast<DType>(out);
+    // Zeroed scratch operands of the largest count (their values do not matter, NaNs are kept out).
+    Tensor w = empty({m, k}, ti), x = empty({top, k}, ti), y = empty({top, m}, to), b = empty({m}, to);
+    for (Tensor* t : {&w, &x, &y, &b}) ck(cudaMemsetAsync(t->data, 0, t->bytes(), stream()), "scratch");
+    for (int64_t n = 5; n <= top; n = n < kGemmExactUpTo ? n + 1 : gemm_token_bucket(n + 1)) {
+      run_gemm(gemm_for(m, n, k, ti, to, bias), w.data, x.data, bias ? b.data : nullptr, 0.f, y.data);
+      ++runs;
+    }
+  }
+  gemm_exact_ = exact;
+  synchronize();
+  return runs;
 }
 
 void CudaBackend::rope(Tensor& q, Tensor& k, const Tensor& inv_freq, int64_t D) {
@@ -510,11 +585,7 @@ void CudaBackend::linear_residual(const Tensor& a, const Tensor& w, Tensor& /*y:
     return;
   }
   // x = 1 * (w . a) + 1 * x: cuBLASLt reads C and writes D, the same matrix here.
-  Gemm& g = gemm_for(N, T, K, a.dtype, DType::F32, false);
-  const float alpha = 1.f, beta = 1.f;
-  lt(cublasLtMatmul(lt_, g.op, &alpha, w.data, g.a, a.data, g.b, &beta, x.data, g.c, x.data, g.c, &g.algo, workspace_,
-                    workspace_bytes_, stream()),
-     "matmul");
+  run_gemm(gemm_for(N, T, K, a.dtype, DType::F32, false), w.data, a.data, nullptr, 1.f, x.data);
 }
 
 void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm, const Tensor& wq, const Tensor* bq,

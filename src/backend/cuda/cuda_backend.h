@@ -1,6 +1,6 @@
 // The CUDA backend: device memory, the kernels of kernels/cuda, and GEMMs through cuBLASLt
 // (bf16/fp16/fp32 operands, fp32 accumulation, bias epilogue, the heuristic's algorithm chosen once
-// per shape and cached). Built only when nvcc is found.
+// per shape and token-count bucket and cached). Built only when nvcc is found.
 #pragma once
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -72,6 +72,21 @@ class CudaBackend : public Backend {
   // The stream every op of this backend runs on (a blocking stream: ordered with work on the legacy
   // default stream, where NCCL's collectives and synchronous copies go).
   cudaStream_t stream() const { return stream_->s; }
+  // GEMM algorithms are chosen by cuBLASLt's heuristic once per weight shape and token-count bucket
+  // (counts up to 256 each their own; above, the multiple of 64 at or above the count, where every
+  // tile of 64, 128 or 256 tokens falls as for the count itself), asked at the bucket's top and checked
+  // against each exact count with cublasLtMatmulAlgoCheck: a continuous batch's token count changes
+  // nearly every step, and asking the heuristic costs ~0.1 ms of host time per shape. `exact` asks it
+  // at every token count instead (kernel_bench compares the two).
+  void set_gemm_heuristic_per_token_count(bool exact) { gemm_exact_ = exact; }
+  static constexpr int64_t kGemmExactUpTo = 256, kGemmBucket = 64;
+  // Every bucket of every weight shape seen, up to the largest token count seen with it: the heuristic
+  // asked and the GEMM run once on scratch operands (a cuBLASLt kernel's first launch costs ~2.5 ms).
+  int64_t prepare_gemms() override;
+  // Times cuBLASLt's heuristic was asked (tests check that prepared GEMMs need it no more).
+  int64_t gemm_heuristic_calls() const { return heuristic_calls_; }
+  // The token count whose heuristic answer serves `n` tokens.
+  static int64_t gemm_token_bucket(int64_t n);
 
  private:
   struct Stream {
@@ -88,12 +103,22 @@ class CudaBackend : public Backend {
   // Uploads each vector into its buffer (grown where needed) from pinned staging with asynchronous
   // copies on stream(): a step's metadata no longer costs a synchronous pageable copy per buffer.
   void put(const std::vector<std::pair<IntBuffer*, const std::vector<int32_t>*>>& items);
-  struct Gemm {
+  // The operation (transposes, epilogue) and the heuristic's algorithm of a weight shape and bucket.
+  struct GemmAlgo {
     cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+  };
+  // One exact shape: its layouts, the bucket's operation, and the algorithm that runs it.
+  struct Gemm {
+    cublasLtMatmulDesc_t op = nullptr;  // owned by the GemmAlgo
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
   };
+  using GemmKey = std::tuple<int64_t, int64_t, int64_t, int, int, bool>;  // m, n, k, in, out, bias
   Gemm& gemm_for(int64_t m, int64_t n, int64_t k, DType in, DType out, bool bias);
+  cublasLtMatmulAlgo_t gemm_heuristic(const Gemm& g, int64_t m, int64_t n, int64_t k, DType in);
+  // out = alpha w . x + beta out (+ bias, where g has the bias epilogue), on stream().
+  void run_gemm(Gemm& g, const void* w, const void* x, const void* bias, float beta, void* out);
 
   int device_;
   DType dtype_;
@@ -105,7 +130,10 @@ class CudaBackend : public Backend {
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 32u << 20;
   void* attention_scratch_ = nullptr;  // split-KV partial results (cuda::paged_attention_scratch_bytes)
-  std::map<std::tuple<int64_t, int64_t, int64_t, int, int, bool>, Gemm> gemms_;
+  std::map<GemmKey, GemmAlgo> gemm_algos_;  // n is the token-count bucket
+  std::map<std::pair<GemmKey, bool>, Gemm> gemms_;  // exact n; whether the heuristic was asked at n
+  bool gemm_exact_ = false;
+  int64_t heuristic_calls_ = 0;
   IntBuffer ids_, positions_, slots_, tables_, token_seq_, logits_rows_, tiles_;
   int64_t num_tokens_ = 0, num_seqs_ = 0, max_blocks_ = 0, num_logits_ = 0, max_len_ = 0, num_tiles_ = 0;
   int64_t max_new_ = 0;  // the most new tokens of one sequence in the step
