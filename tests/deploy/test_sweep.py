@@ -2,13 +2,19 @@
 """scripts/sweep on the CPU backend with the tiny Qwen2 model over (1,1), (2,1), (1,2), (2,2) and one
 layout the model cannot take (3,1: 4 heads): the CSV has one measured row per layout and concurrency
 with every request completed, the refused layout is recorded with the server's reason, and the PNG is
-a PNG. Usage: test_sweep.py BUILD_DIR"""
+a PNG; a port taken between the sweep's choice and the server's bind is retried on another.
+Usage: test_sweep.py BUILD_DIR"""
+import contextlib
 import csv
+import importlib.machinery
+import io
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import types
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
@@ -31,6 +37,40 @@ def ensure_matplotlib():
         if subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *extra, "matplotlib"],
                           capture_output=True).returncode == 0:
             return
+
+
+def port_taken_meanwhile():
+    """The port the sweep picked is taken by another program before the server binds it: the layout is
+    started again on another port (not recorded as refused)."""
+    loader = importlib.machinery.SourceFileLoader("sweep", os.path.join(ROOT, "scripts", "sweep"))
+    sweep = types.ModuleType("sweep")
+    sweep.__file__ = loader.path
+    loader.exec_module(sweep)
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    held = holder.getsockname()[1]
+    picks = [held]
+    real = sweep.free_port
+    sweep.free_port = lambda: picks.pop(0) if picks else real()
+    out = tempfile.mkdtemp(prefix="sweep-port-")
+    a = types.SimpleNamespace(port=None, launcher=os.path.join(ROOT, "tests", "mpirun.sh") + " {np}",
+                              llmserve=os.path.join(BUILD, "llmserve"),
+                              model=os.path.join(BUILD, "test-models", "tiny-qwen2.h5"), startup_timeout=120,
+                              extra=["--backend", "cpu", "--max-model-len", "128"])
+    log = os.path.join(out, "tp1-pp1.log")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        proc, port = sweep.start_server(a, "tp1-pp1", 1, 1, log)
+    holder.close()
+    try:
+        check("port taken meanwhile: started again on another port",
+              proc is not None and port != held, buf.getvalue())
+        check("port taken meanwhile: said so", "taken meanwhile" in buf.getvalue(), buf.getvalue())
+    finally:
+        if proc is not None:
+            sweep.stop(proc)
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def main():
@@ -65,6 +105,7 @@ def main():
     for n in ("tp1-pp1-c1.json", "tp2-pp2-c4.json", "tp2-pp2.log"):
         check(f"kept {n}", os.path.exists(os.path.join(out, n)))
     shutil.rmtree(out, ignore_errors=True)
+    port_taken_meanwhile()
     print(f"{sum(results)} passed, {len(results) - sum(results)} failed")
     return 0 if all(results) else 1
 
