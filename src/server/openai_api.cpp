@@ -82,12 +82,28 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
       throw HttpError(400, cat("'", key, "' needs guided decoding, which llmserve does not support yet"), "BadRequestError", key);
   // vLLM's and OpenAI's other options that change what is generated or returned, when set to anything
   // but their no-op value (false, empty, null).
-  for (const char* key : {"prompt_logprobs", "bad_words", "allowed_token_ids", "use_beam_search", "truncate_prompt_tokens",
-                          "suffix", "logits_processors"}) {
+  for (const char* key : {"prompt_logprobs", "bad_words", "allowed_token_ids", "use_beam_search", "suffix",
+                          "logits_processors"}) {
     if (!given(key)) continue;
     const json& v = body[key];
     const bool noop = v == false || (v.is_array() && v.empty()) || (v.is_string() && v.get<std::string>().empty());
     if (!noop) throw HttpError(400, cat("'", key, "' is not supported by llmserve yet"), "BadRequestError", key);
+  }
+  if (given("truncate_prompt_tokens")) {  // as vLLM: the last k tokens of each prompt; -1: max_model_len
+    const json& v = body["truncate_prompt_tokens"];
+    if (!v.is_number_integer() || v.get<int64_t>() < -1 || v.get<int64_t>() == 0)
+      throw HttpError(400, "'truncate_prompt_tokens' must be -1 (the model's context length) or a positive integer",
+                      "BadRequestError", "truncate_prompt_tokens");
+    const int64_t k = v.get<int64_t>() == -1 ? ctx.max_model_len : v.get<int64_t>();
+    if (k > ctx.max_model_len)
+      throw HttpError(400, cat("truncate_prompt_tokens value (", k, ") is greater than max_model_len (", ctx.max_model_len,
+                               "). Please, select a smaller truncation size."), "BadRequestError", "truncate_prompt_tokens");
+    for (size_t i = 0; i < r.prompts.size(); ++i) {
+      auto& p = r.prompts[i];
+      if (static_cast<int64_t>(p.size()) <= k) continue;
+      p.erase(p.begin(), p.end() - k);
+      if (i < r.prompt_texts.size()) r.prompt_texts[i] = ctx.tok ? ctx.tok->decode(p, false) : "";  // what echo returns
+    }
   }
   const int64_t longest = [&] {
     size_t m = 0;

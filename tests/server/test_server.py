@@ -231,6 +231,15 @@ def main():
             ("allowed_token_ids", 400, s.post("/v1/completions", {"prompt": "x", "allowed_token_ids": [5, 6]}), "not supported"),
             ("bad_words", 400, s.post("/v1/chat/completions", {"messages": msgs, "bad_words": ["red"]}), "not supported"),
             ("suffix", 400, s.post("/v1/completions", {"prompt": "x", "suffix": "!"}), "not supported"),
+            ("truncate_prompt_tokens 0", 400, s.post("/v1/completions", {"prompt": "x", "truncate_prompt_tokens": 0}),
+             "'truncate_prompt_tokens' must be -1"),
+            ("truncate_prompt_tokens not an integer", 400,
+             s.post("/v1/completions", {"prompt": "x", "truncate_prompt_tokens": "5"}), "'truncate_prompt_tokens' must be -1"),
+            ("truncate_prompt_tokens past max_model_len", 400,
+             s.post("/v1/completions", {"prompt": "x", "truncate_prompt_tokens": 513}), "greater than max_model_len (512)"),
+            ("truncate_prompt_tokens -1 leaves no room", 400,
+             s.post("/v1/completions", {"prompt": [7] * 600, "truncate_prompt_tokens": -1, "max_tokens": 1}),
+             "maximum context length is 512"),
             ("chat echo", 400, s.post("/v1/chat/completions", {"messages": msgs, "echo": True}), "echo"),
             ("stream_options without stream", 400, s.post("/v1/completions", {"prompt": "x", "stream_options": {"include_usage": True}}),
              "only be defined when `stream=True`"),
@@ -246,6 +255,21 @@ def main():
 
         st, h = s.request("GET", "/health")
         check("the server answers after the bad requests", st == 200, (st, h))
+        # truncate_prompt_tokens (vLLM): the last k tokens of each prompt; -1: up to max_model_len.
+        long_ids = [(i * 37) % 500 + 10 for i in range(600)]
+        st, tr = s.post("/v1/completions", {"prompt": long_ids, "truncate_prompt_tokens": 10, "max_tokens": 2, "echo": True,
+                                            "temperature": 0})
+        st2, want = s.post("/detokenize", {"tokens": long_ids[-10:]})
+        check("truncate_prompt_tokens: a 600-token prompt served from its last 10 tokens",
+              st == 200 and tr["usage"]["prompt_tokens"] == 10 and st2 == 200
+              and tr["choices"][0]["text"].startswith(want["prompt"]), (tr, want))
+        st, tq = s.post("/v1/completions", {"prompt": long_ids[-10:], "max_tokens": 2, "temperature": 0})
+        check("truncate_prompt_tokens: the same completion as the last 10 tokens sent alone",
+              st == 200 and tr["choices"][0]["text"] == want["prompt"] + tq["choices"][0]["text"], (tr, tq))
+        st, tm = s.post("/v1/chat/completions", {"messages": msgs, "truncate_prompt_tokens": 3, "max_tokens": 1})
+        check("truncate_prompt_tokens on a chat", st == 200 and tm["usage"]["prompt_tokens"] == 3, tm)
+        st, tn = s.post("/v1/completions", {"prompt": long_ids[:100], "truncate_prompt_tokens": -1, "max_tokens": 1})
+        check("truncate_prompt_tokens -1: a shorter prompt is kept whole", st == 200 and tn["usage"]["prompt_tokens"] == 100, tn)
         st, tf = s.post("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "text"}, "max_tokens": 2,
                                                  "best_of": 1, "bad_words": [], "use_beam_search": False, "prompt_logprobs": None})
         check("response_format text, best_of = n and no-op values of unsupported options are accepted", st == 200 and tf["usage"]["completion_tokens"] == 2, tf)
