@@ -145,6 +145,17 @@ bool stops_masked(const State& st) {
   return static_cast<int64_t>(st.history.size()) - st.prompt_len < st.params.min_tokens;
 }
 
+// vLLM's bad_words: the last token of each sequence whose other tokens end the output so far.
+template <typename State>
+void bad_word_bans(const State& st, std::vector<int32_t>& out) {
+  const auto& h = st.history;
+  const size_t produced = h.size() - std::min(h.size(), static_cast<size_t>(std::max(st.prompt_len, 0)));
+  for (const auto& seq : st.params.bad_words_ids) {
+    if (seq.empty() || seq.size() - 1 > produced) continue;
+    if (std::equal(seq.begin(), seq.end() - 1, h.end() - static_cast<std::ptrdiff_t>(seq.size() - 1))) out.push_back(seq.back());
+  }
+}
+
 }  // namespace
 
 size_t Sampler::penalty_edit_bound(const SeqState& st, Range vocab) {
@@ -154,6 +165,7 @@ size_t Sampler::penalty_edit_bound(const SeqState& st, Range vocab) {
   if (counts_on(p)) n += counts_in(st.out_counts, vocab).second;
   if (stops_masked(st)) n += st.eos_ids.size() + p.stop_token_ids.size();
   n += bias_in(p, vocab).second;
+  n += p.bad_words_ids.size();
   return n;
 }
 
@@ -170,9 +182,15 @@ size_t Sampler::penalty_edits(const SeqState& st, int32_t row, Range vocab, Logi
         if (local(t)) mask.push_back(t);
     for (int32_t t : p.stop_token_ids)
       if (local(t)) mask.push_back(t);
-    std::sort(mask.begin(), mask.end());
-    mask.erase(std::unique(mask.begin(), mask.end()), mask.end());
   }
+  if (!p.bad_words_ids.empty()) {
+    std::vector<int32_t> bans;
+    bad_word_bans(st, bans);
+    for (int32_t t : bans)
+      if (local(t)) mask.push_back(t);
+  }
+  std::sort(mask.begin(), mask.end());
+  mask.erase(std::unique(mask.begin(), mask.end()), mask.end());
   const auto [bias_at, nbias] = bias_in(p, vocab);
   // Merge the four by token: one edit per token.
   size_t a = 0, b = 0, c = 0, d = 0, n = 0;
@@ -220,7 +238,8 @@ bool Sampler::row_drawable(const SeqState& st) const {
 }
 
 bool Sampler::edits_logits(const SeqState& st) {
-  return repetition_on(st.params) || counts_on(st.params) || stops_masked(st) || !st.params.logit_bias_ids.empty();
+  return repetition_on(st.params) || counts_on(st.params) || stops_masked(st) || !st.params.logit_bias_ids.empty() ||
+         !st.params.bad_words_ids.empty();
 }
 
 std::vector<const SeqStep*> Sampler::sampled(const StepPlan& plan) const {

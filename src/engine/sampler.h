@@ -70,7 +70,7 @@ class Sampler {
   // Brings st.seen and st.out_counts up to st.history (whose first st.indexed tokens they hold).
   static void index_history(SeqState& st);
   // The request's logit_bias and the sequence's penalties (repetition, presence/frequency, min_tokens
-  // masking) on the logits of the
+  // masking, bad_words bans) on the logits of the
   // tokens in `vocab` (this rank's shard, or the whole vocabulary for a gathered row), as edits of row
   // `row`, one per token in column order: penalty_edits writes them to out (room for
   // penalty_edit_bound of them) and returns how many.

@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "kernels/draw.h"
+#include "tokenizer/tokenizer.h"
 
 namespace llmserve {
 using json = nlohmann::json;
@@ -101,6 +102,15 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
     p.logit_bias_ids.clear(), p.logit_bias.clear();
     for (const auto& [id, x] : bias) p.logit_bias_ids.push_back(id), p.logit_bias.push_back(x);
   }
+  if (j.contains("bad_words") && !j["bad_words"].is_null()) {
+    const json& b = j["bad_words"];
+    if (!b.is_array()) throw Error("'bad_words' must be a list of strings");
+    p.bad_words.clear();
+    for (const auto& x : b) {
+      if (!x.is_string()) throw Error("'bad_words' must be a list of strings");
+      p.bad_words.push_back(x.get<std::string>());
+    }
+  }
   // logprobs: an integer (completions API) or a boolean with top_logprobs (chat API).
   if (j.contains("logprobs") && !j["logprobs"].is_null()) {
     const json& l = j["logprobs"];
@@ -147,6 +157,34 @@ void sampling_params_validate(const SamplingParams& p, int64_t vocab_size) {
   if (p.logit_bias_ids.size() != p.logit_bias.size()) bad("'logit_bias': ids and values differ in number");
   for (int32_t t : p.logit_bias_ids)
     if (t < 0 || t >= vocab_size) bad(cat("'logit_bias' names token ", t, ", outside the vocabulary (", vocab_size, ")"));
+  if (p.bad_words.size() > 1024) bad("at most 1024 'bad_words'");
+  for (const auto& w : p.bad_words)
+    if (w.find_first_not_of(" \t\n\r\f\v") == std::string::npos) bad("'bad_words' must not be empty or blank");
+  for (const auto& seq : p.bad_words_ids)
+    for (int32_t t : seq)
+      if (t < 0 || t >= vocab_size) bad(cat("'bad_words' encode to token ", t, ", outside the vocabulary (", vocab_size, ")"));
+}
+
+std::vector<std::vector<int32_t>> bad_words_token_ids(const std::vector<std::string>& words,
+                                                      const std::function<std::vector<int32_t>(const std::string&)>& encode) {
+  std::vector<std::vector<int32_t>> out;
+  for (const auto& w : words) {
+    const size_t start = w.find_first_not_of(" \t\n\r\f\v");
+    if (start == std::string::npos) continue;
+    const std::string word = w.substr(start);
+    std::vector<int32_t> alone = encode(word), spaced = encode(" " + word);
+    if (!alone.empty()) out.push_back(alone);
+    if (!spaced.empty() && (alone.empty() || (spaced[0] != alone[0] && spaced.size() == alone.size())))
+      out.push_back(spaced);
+  }
+  return out;
+}
+
+void set_bad_words_ids(SamplingParams& p, const Tokenizer* tok) {
+  p.bad_words_ids.clear();
+  if (p.bad_words.empty()) return;
+  if (!tok) throw Error("'bad_words' needs the model's tokenizer, which this model file does not have");
+  p.bad_words_ids = bad_words_token_ids(p.bad_words, [tok](const std::string& w) { return tok->encode(w, false); });
 }
 
 }  // namespace llmserve

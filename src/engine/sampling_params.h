@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <nlohmann/json_fwd.hpp>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -30,6 +31,11 @@ struct SamplingParams {
   std::vector<int32_t> logit_bias_ids;
   std::vector<float> logit_bias;
   bool skip_special_tokens = true;
+  // vLLM's bad_words: the words as given, and their token sequences (bad_words_token_ids, filled by
+  // the front end, which has the tokenizer). The last token of a sequence is banned where the output
+  // so far ends with the tokens before it.
+  std::vector<std::string> bad_words;
+  std::vector<std::vector<int32_t>> bad_words_ids;
 
   bool greedy() const { return temperature < 1e-5 || top_k == 1; }
 };
@@ -39,5 +45,14 @@ struct SamplingParams {
 // an out-of-range value.
 void sampling_params_from_json(const nlohmann::json& j, SamplingParams& p);
 void sampling_params_validate(const SamplingParams& p, int64_t vocab_size);
+// The token sequences of p.bad_words as vLLM makes them: each word (leading spaces stripped) encoded
+// alone, and with one leading space where that starts with another token and has as many tokens (the
+// word inside text). Empty encodings are dropped.
+std::vector<std::vector<int32_t>> bad_words_token_ids(const std::vector<std::string>& words,
+                                                      const std::function<std::vector<int32_t>(const std::string&)>& encode);
+class Tokenizer;
+// p.bad_words_ids from p.bad_words with the model's tokenizer; throws Error when there are bad words
+// and no tokenizer.
+void set_bad_words_ids(SamplingParams& p, const Tokenizer* tok);
 
 }  // namespace llmserve

@@ -68,6 +68,9 @@ void put_params(Writer& w, const SamplingParams& p) {
   w.put(static_cast<uint8_t>(p.ignore_eos)), w.put(p.logprobs);
   w.vec(p.stop_token_ids);
   w.vec(p.logit_bias_ids), w.vec(p.logit_bias);
+  std::vector<int32_t> lengths, flat;  // bad_words_ids: the lengths, then the tokens end to end
+  for (const auto& seq : p.bad_words_ids) lengths.push_back(static_cast<int32_t>(seq.size())), flat.insert(flat.end(), seq.begin(), seq.end());
+  w.vec(lengths), w.vec(flat);
 }
 
 SamplingParams get_params(Reader& r) {
@@ -78,6 +81,13 @@ SamplingParams get_params(Reader& r) {
   p.ignore_eos = r.get<uint8_t>() != 0, p.logprobs = r.get<int>();
   p.stop_token_ids = r.vec<int32_t>();
   p.logit_bias_ids = r.vec<int32_t>(), p.logit_bias = r.vec<float>();
+  const auto lengths = r.vec<int32_t>(), flat = r.vec<int32_t>();
+  size_t at = 0;
+  for (int32_t n : lengths) {
+    if (n < 0 || at + static_cast<size_t>(n) > flat.size()) throw Error("step plan: malformed bad_words");
+    p.bad_words_ids.emplace_back(flat.begin() + static_cast<std::ptrdiff_t>(at), flat.begin() + static_cast<std::ptrdiff_t>(at + n));
+    at += static_cast<size_t>(n);
+  }
   return p;
 }
 

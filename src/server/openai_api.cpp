@@ -62,6 +62,7 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
     throw HttpError(400, "'user' must be a string", "BadRequestError", "user");
   try {
     sampling_params_from_json(body, r.params);
+    set_bad_words_ids(r.params, ctx.tok);
   } catch (const Error& e) {
     throw HttpError(400, e.what());
   }
@@ -82,8 +83,7 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
       throw HttpError(400, cat("'", key, "' needs guided decoding, which llmserve does not support yet"), "BadRequestError", key);
   // vLLM's and OpenAI's other options that change what is generated or returned, when set to anything
   // but their no-op value (false, empty, null).
-  for (const char* key : {"prompt_logprobs", "bad_words", "allowed_token_ids", "use_beam_search", "suffix",
-                          "logits_processors"}) {
+  for (const char* key : {"prompt_logprobs", "allowed_token_ids", "use_beam_search", "suffix", "logits_processors"}) {
     if (!given(key)) continue;
     const json& v = body[key];
     const bool noop = v == false || (v.is_array() && v.empty()) || (v.is_string() && v.get<std::string>().empty());

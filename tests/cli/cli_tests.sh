@@ -157,6 +157,13 @@ if [ "$(wc -l <"$work/gen-out.jsonl")" -eq 3 ] && sed -n 2p "$work/gen-out.jsonl
    && [ "$(sed -n 2p "$work/gen-out.jsonl" | grep -o '"finish_reason"' | wc -l)" -eq 2 ]; then
   passed=$((passed + 1)); echo "PASS generate output: 3 lines, n=2 gives two outputs"
 else failed=$((failed + 1)); echo "FAIL generate output"; cat "$work/gen-out.jsonl"; fi
+# bad_words over a vocabulary split in two (greedy, this prompt's first token without it is "ICIENT").
+printf '{"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0, "bad_words": ["ICIENT"]}\n{"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}\n' >"$work/gen-bw.jsonl"
+check "generate: bad_words" 0 "2/2 requests" -- \
+  "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 --input "$work/gen-bw.jsonl" --output "$work/gen-bw-out.jsonl"
+if sed -n 2p "$work/gen-bw-out.jsonl" | grep -q '"text":"ICIENT' && ! sed -n 1p "$work/gen-bw-out.jsonl" | grep -q ICIENT; then
+  passed=$((passed + 1)); echo "PASS generate: the bad word is not generated (and is without bad_words)"
+else failed=$((failed + 1)); echo "FAIL generate: bad_words"; cat "$work/gen-bw-out.jsonl"; fi
 printf '{"prompt": "a", "max_tokens": 2}\n{"prompt": "b", "temperature": "hot"}\n' >"$work/gen-bad.jsonl"
 check "generate: bad parameter names its line" 1 "gen-bad.jsonl line 2: 'temperature' must be a number" -- \
   "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 --input "$work/gen-bad.jsonl" --output "$work/gen-bad-out.jsonl"

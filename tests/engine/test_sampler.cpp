@@ -267,6 +267,32 @@ TEST(Sampler, MinTokensSuppressesEos) {
   EXPECT_NE(s.sample(plan, rows.data())[0].token, 3);
 }
 
+// bad_words (vLLM): a sequence's last token is banned where the output so far ends with the tokens
+// before it; tokens of the prompt do not count. Greedy over logits where 9 leads, then 8, then 20.
+TEST(Sampler, BadWordsBanTheirLastToken) {
+  World w;
+  std::vector<float> logits(V, 0.f);
+  logits[9] = 30.f, logits[8] = 20.f, logits[20] = 10.f;
+  auto next = [&](std::vector<std::vector<int32_t>> bad, std::vector<int32_t> history, int prompt_len) {
+    SamplingParams p;
+    p.temperature = 0;
+    p.bad_words_ids = std::move(bad);
+    Sampler s(w.comm, V, w.vocab, w.stride);
+    StepPlan plan = plan_for(1, p, history, prompt_len, 0);
+    s.observe(plan);
+    auto rows = w.rows(logits, 1);
+    return s.sample(plan, rows.data())[0].token;
+  };
+  EXPECT_EQ(next({}, {5, 6}, 1), 9);
+  EXPECT_EQ(next({{9}}, {5, 6}, 1), 8);                  // one token: always banned
+  EXPECT_EQ(next({{9}, {8}}, {5, 6}, 1), 20);
+  EXPECT_EQ(next({{6, 9}}, {5, 6}, 1), 8);               // output {6} ends with 6
+  EXPECT_EQ(next({{6, 9}}, {5, 6}, 2), 9);               // 6 is the prompt's: not output
+  EXPECT_EQ(next({{4, 6, 9}}, {5, 4, 6}, 1), 8);
+  EXPECT_EQ(next({{5, 6, 9}}, {5, 4, 6}, 1), 9);         // the output ends with 4, 6, not 5, 6
+  EXPECT_EQ(next({{1, 2, 3, 9}}, {5, 6}, 1), 9);         // longer than the output + 1
+}
+
 // The backend draw (the fast path: every plan without logprobs, and without filters where the
 // vocabulary is split) gives exactly the host sampler's tokens: greedy and seeded, with penalties,
 // min_tokens masking and (one rank) top-k / top-p / min-p, on every vocabulary split. Rows with
@@ -374,6 +400,10 @@ TEST(Sampler, BackendDrawEqualsTheHostSampler) {
     p.logit_bias_ids = {9, 20}, p.logit_bias = {-1.f, 7.f};
     cases.push_back(p);
     p.temperature = 0.9;
+    cases.push_back(p);
+    p = SamplingParams();  // bad_words: 9 alone, and 8 after 9 (the history's output is {9, 9})
+    p.temperature = 0;
+    p.bad_words_ids = {{9}, {9, 8}, {7, 8}};
     cases.push_back(p);
   }
   for (int top_k : {0, 4})

@@ -229,7 +229,9 @@ def main():
             ("guided_json", 400, s.post("/v1/chat/completions", {"messages": msgs, "guided_json": {"type": "object"}}), "guided decoding"),
             ("prompt_logprobs", 400, s.post("/v1/completions", {"prompt": "x", "prompt_logprobs": 1}), "not supported"),
             ("allowed_token_ids", 400, s.post("/v1/completions", {"prompt": "x", "allowed_token_ids": [5, 6]}), "not supported"),
-            ("bad_words", 400, s.post("/v1/chat/completions", {"messages": msgs, "bad_words": ["red"]}), "not supported"),
+            ("bad_words not a list", 400, s.post("/v1/chat/completions", {"messages": msgs, "bad_words": "red"}),
+             "'bad_words' must be a list of strings"),
+            ("bad_words blank", 400, s.post("/v1/completions", {"prompt": "x", "bad_words": [" "]}), "must not be empty"),
             ("suffix", 400, s.post("/v1/completions", {"prompt": "x", "suffix": "!"}), "not supported"),
             ("truncate_prompt_tokens 0", 400, s.post("/v1/completions", {"prompt": "x", "truncate_prompt_tokens": 0}),
              "'truncate_prompt_tokens' must be -1"),
@@ -255,6 +257,18 @@ def main():
 
         st, h = s.request("GET", "/health")
         check("the server answers after the bad requests", st == 200, (st, h))
+        # bad_words (vLLM): a word's last token is banned where the output ends with the tokens before it.
+        def toks(body):
+            st, r = s.post("/v1/completions", {"max_tokens": 4, "temperature": 0, "logprobs": 0, **body})
+            return r["choices"][0]["logprobs"]["tokens"] if st == 200 else (st, r)
+        plain = toks({"prompt": "The capital of France is"})
+        banned = toks({"prompt": "The capital of France is", "bad_words": ["ICIENT"]})
+        check("bad_words: a one-token word never appears", plain[0] == "ICIENT" and "ICIENT" not in banned, (plain, banned))
+        plain = toks({"prompt": "one two three"})
+        banned = toks({"prompt": "one two three", "bad_words": ["Running Também"]})
+        check("bad_words: the second token of a two-token word is banned after the first",
+              plain[:3] == ["Running", "Running", " Também"] and banned[:2] == ["Running", "Running"]
+              and " Também" not in banned, (plain, banned))
         # truncate_prompt_tokens (vLLM): the last k tokens of each prompt; -1: up to max_model_len.
         long_ids = [(i * 37) % 500 + 10 for i in range(600)]
         st, tr = s.post("/v1/completions", {"prompt": long_ids, "truncate_prompt_tokens": 10, "max_tokens": 2, "echo": True,

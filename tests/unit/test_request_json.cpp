@@ -4,6 +4,8 @@
 // an exception.
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -83,4 +85,21 @@ TEST(RequestJson, TextThatIsNotUtf8BecomesReplacementCharacters) {
   const nlohmann::ordered_json o = {{"b", 1}, {"a", std::string("\xe7\x93")}};  // a character cut short
   EXPECT_EQ(json_text(o), "{\"b\":1,\"a\":\"\xEF\xBF\xBD\"}");
   EXPECT_EQ(json_text(json{{"k", 1}}, 2), "{\n  \"k\": 1\n}");
+}
+
+// bad_words (vLLM): a list of strings; each word encoded alone and, where that gives another first
+// token and as many tokens, with a leading space; leading spaces stripped, blank words refused.
+TEST(RequestJson, BadWords) {
+  EXPECT_EQ(parse(R"({"bad_words": ["red", " big dog"]})").bad_words, (std::vector<std::string>{"red", " big dog"}));
+  EXPECT_NE(error_of(R"({"bad_words": "red"})").find("'bad_words' must be a list of strings"), std::string::npos);
+  EXPECT_NE(error_of(R"({"bad_words": ["red", 5]})").find("'bad_words' must be a list of strings"), std::string::npos);
+  EXPECT_NE(error_of(R"({"bad_words": ["  "]})").find("must not be empty or blank"), std::string::npos);
+  const std::map<std::string, std::vector<int32_t>> vocab = {
+      {"red", {10}}, {" red", {11}},                    // another first token, as many: both
+      {"big dog", {20, 21}}, {" big dog", {22, 21}},    // both
+      {"blue", {30}}, {" blue", {30}},                  // the same first token: alone only
+      {"green", {40}}, {" green", {41, 42}}};           // more tokens with the space: alone only
+  auto encode = [&](const std::string& w) { return vocab.at(w); };
+  EXPECT_EQ(bad_words_token_ids({"red", "  big dog", "blue", "green"}, encode),
+            (std::vector<std::vector<int32_t>>{{10}, {11}, {20, 21}, {22, 21}, {30}, {40}}));
 }
