@@ -102,7 +102,7 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
       auto& p = r.prompts[i];
       if (static_cast<int64_t>(p.size()) <= k) continue;
       p.erase(p.begin(), p.end() - k);
-      if (i < r.prompt_texts.size()) r.prompt_texts[i] = ctx.tok ? ctx.tok->decode(p, false) : "";  // what echo returns
+      if (!r.chat) r.prompt_texts[i] = ctx.tok ? ctx.tok->decode(p, false) : "";  // what echo returns
     }
   }
   const int64_t longest = [&] {
@@ -240,8 +240,10 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
       throw HttpError(400, "a message's 'content' must be a string or a list of parts", "BadRequestError", "messages");
   }
   if (!ctx.tok || !ctx.chat) throw HttpError(400, "this model has no tokenizer or chat template");
-  if (body.contains("echo") && body["echo"] == true)  // vLLM's chat echo (the last message prepended)
-    throw HttpError(400, "'echo' is not supported for chat completions yet", "BadRequestError", "echo");
+  if (body.contains("echo") && !body["echo"].is_null()) {
+    if (!body["echo"].is_boolean()) throw HttpError(400, "'echo' must be a boolean", "BadRequestError", "echo");
+    r.echo = body["echo"].get<bool>();
+  }
   ChatRenderOptions o;
   try {
     o = chat_render_options(body);
@@ -282,7 +284,12 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
     throw HttpError(400, e.what(), "BadRequestError", "messages");
   }
   r.prompts.push_back(ctx.tok->encode(prompt, false));
-  r.prompt_texts.push_back(prompt);
+  // As vLLM: the answer's role is the assistant's after a generation prompt, else the final message's
+  // (which the model continues); echo prepends the final message's content when it has that role.
+  if (!o.add_generation_prompt) r.role = msgs.back()["role"].get<std::string>();
+  const ojson& last = msgs.back();
+  r.prompt_texts.push_back(last["role"] == r.role && last.contains("content") && last["content"].is_string()
+                               ? last["content"].get<std::string>() : std::string());
   common_params(plain, r, ctx);
   return r;
 }
@@ -313,7 +320,8 @@ json chat_response(const std::string& id, const GenerationRequest& r, const ApiC
   int64_t ctok = 0;
   for (const auto& c : o.outputs) {
     ctok += static_cast<int64_t>(c.token_ids.size());
-    json message = {{"role", "assistant"}, {"content", c.text}};
+    const std::string echoed = r.echo ? r.prompt_texts.at(0) : "";
+    json message = {{"role", r.role}, {"content", echoed + c.text}};
     std::string finish = c.finish_reason;
     if (r.tools_active) {
       const ToolParse p = parse_tool_calls(ctx.tool_format, c.text);
@@ -322,7 +330,7 @@ json chat_response(const std::string& id, const GenerationRequest& r, const ApiC
         for (const auto& call : p.calls)
           tc.push_back({{"id", random_id("call_")}, {"type", "function"},
                         {"function", {{"name", call.name}, {"arguments", call.arguments}}}});
-        message["content"] = p.content.empty() ? json(nullptr) : json(p.content);
+        message["content"] = echoed.empty() && p.content.empty() ? json(nullptr) : json(echoed + p.content);
         message["tool_calls"] = tc;
         finish = "tool_calls";
       }
@@ -382,16 +390,16 @@ std::string stream_chunks(const std::string& id, const GenerationRequest& r, con
     json finish = c.finished() ? json(calls.calls.empty() ? c.finish_reason : std::string("tool_calls")) : json(nullptr);
     if (r.chat) {
       json d = json::object();
-      if (first) d["role"] = "assistant";
-      d["content"] = delta;
+      if (first) d["role"] = r.role;
+      d["content"] = (first && r.echo ? r.prompt_texts.at(0) : "") + delta;
       if (!calls.calls.empty()) {
         // Content first, then the calls with the finish reason.
-        if (!delta.empty() || first) emit({{"index", index}, {"delta", d}, {"logprobs", lp}, {"finish_reason", nullptr}});
+        if (!d["content"].get<std::string>().empty() || first) emit({{"index", index}, {"delta", d}, {"logprobs", lp}, {"finish_reason", nullptr}});
         json tc = json::array();
         for (size_t k = 0; k < calls.calls.size(); ++k)
           tc.push_back({{"index", k}, {"id", random_id("call_")}, {"type", "function"},
                         {"function", {{"name", calls.calls[k].name}, {"arguments", calls.calls[k].arguments}}}});
-        emit({{"index", index}, {"delta", {{"tool_calls", tc}}}, {"logprobs", !delta.empty() || first ? json(nullptr) : lp},
+        emit({{"index", index}, {"delta", {{"tool_calls", tc}}}, {"logprobs", !d["content"].get<std::string>().empty() || first ? json(nullptr) : lp},
               {"finish_reason", finish}});
       } else {
         json choice = {{"index", index}, {"delta", d}, {"logprobs", lp}, {"finish_reason", finish}};

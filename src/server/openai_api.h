@@ -44,7 +44,8 @@ struct GenerationRequest {
   bool tools_active = false;  // chat with tools and tool_choice auto: tool calls are parsed from the output
   std::string model;
   std::vector<std::vector<int32_t>> prompts;
-  std::vector<std::string> prompt_texts;  // for echo
+  std::vector<std::string> prompt_texts;  // what echo prepends: each prompt's text; for a chat, the final message's
+  std::string role = "assistant";         // a chat answer's role
   SamplingParams params;
 };
 

@@ -242,7 +242,7 @@ def main():
             ("truncate_prompt_tokens -1 leaves no room", 400,
              s.post("/v1/completions", {"prompt": [7] * 600, "truncate_prompt_tokens": -1, "max_tokens": 1}),
              "maximum context length is 512"),
-            ("chat echo", 400, s.post("/v1/chat/completions", {"messages": msgs, "echo": True}), "echo"),
+            ("chat echo not a boolean", 400, s.post("/v1/chat/completions", {"messages": msgs, "echo": "yes"}), "'echo' must be a boolean"),
             ("stream_options without stream", 400, s.post("/v1/completions", {"prompt": "x", "stream_options": {"include_usage": True}}),
              "only be defined when `stream=True`"),
             ("stream_options not an object", 400, s.post("/v1/completions", {"prompt": "x", "stream": True, "stream_options": True}),
@@ -294,6 +294,27 @@ def main():
         check("continue_final_message ends the prompt with the final message", st == 200 and ctext["prompt"].endswith("color is"), ctext)
         st, cc = s.post("/v1/chat/completions", {"messages": cont, "continue_final_message": True, "max_tokens": 2})
         check("continue_final_message: the completion counts that prompt", st == 200 and cc["usage"]["prompt_tokens"] == ct["count"], cc)
+        # Chat echo (vLLM): the final message's content comes first when its role is the answer's.
+        st, ce = s.post("/v1/chat/completions", {"messages": cont, "continue_final_message": True, "max_tokens": 2,
+                                                 "temperature": 0, "echo": True})
+        st2, cg = s.post("/v1/chat/completions", {"messages": cont, "continue_final_message": True, "max_tokens": 2,
+                                                  "temperature": 0})
+        check("chat echo: the continued assistant message comes first",
+              st == 200 and st2 == 200 and ce["choices"][0]["message"]["role"] == "assistant"
+              and ce["choices"][0]["message"]["content"] == "My favourite color is" + cg["choices"][0]["message"]["content"],
+              (ce, cg))
+        st, ev = s.stream("/v1/chat/completions", {"messages": cont, "continue_final_message": True, "max_tokens": 2,
+                                                   "temperature": 0, "echo": True, "stream": True})
+        streamed = "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in ev if e != "[DONE]")
+        check("chat echo streamed: the same text", st == 200 and streamed == ce["choices"][0]["message"]["content"], (streamed, ce))
+        st, cu = s.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 2, "temperature": 0, "echo": True})
+        st2, cn = s.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 2, "temperature": 0})
+        check("chat echo after a user message: nothing prepended (the answer is the assistant's)",
+              st == 200 and cu["choices"][0]["message"] == cn["choices"][0]["message"], (cu, cn))
+        st, cr = s.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 2, "add_generation_prompt": False, "echo": True})
+        check("no generation prompt: the answer has the final message's role, and echo prepends it",
+              st == 200 and cr["choices"][0]["message"]["role"] == msgs[-1]["role"]
+              and cr["choices"][0]["message"]["content"].startswith(msgs[-1]["content"]), cr)
         st, cb = s.post("/v1/chat/completions", {"messages": cont, "continue_final_message": True, "add_generation_prompt": True})
         check("error: continue_final_message with add_generation_prompt", st == 400 and "cannot both" in cb["error"]["message"], cb)
 
