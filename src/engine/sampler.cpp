@@ -166,6 +166,7 @@ size_t Sampler::penalty_edit_bound(const SeqState& st, Range vocab) {
   if (stops_masked(st)) n += st.eos_ids.size() + p.stop_token_ids.size();
   n += bias_in(p, vocab).second;
   n += p.bad_words_ids.size();
+  if (!p.allowed_token_ids.empty()) n += static_cast<size_t>(vocab.size());  // the tokens not allowed, at most
   return n;
 }
 
@@ -192,12 +193,25 @@ size_t Sampler::penalty_edits(const SeqState& st, int32_t row, Range vocab, Logi
   std::sort(mask.begin(), mask.end());
   mask.erase(std::unique(mask.begin(), mask.end()), mask.end());
   const auto [bias_at, nbias] = bias_in(p, vocab);
-  // Merge the four by token: one edit per token.
-  size_t a = 0, b = 0, c = 0, d = 0, n = 0;
   constexpr int32_t kEnd = std::numeric_limits<int32_t>::max();
+  // allowed_token_ids: every other token of the shard is masked, in order, without listing them.
+  const auto& allowed = p.allowed_token_ids;
+  size_t ai = 0;
+  int32_t next_out = allowed.empty() ? kEnd : static_cast<int32_t>(vocab.begin);
+  auto skip_allowed = [&] {  // next_out to the first token at or after it that is not allowed
+    while (next_out < vocab.end) {
+      while (ai < allowed.size() && allowed[ai] < next_out) ++ai;
+      if (ai == allowed.size() || allowed[ai] != next_out) return;
+      ++next_out;
+    }
+    next_out = kEnd;
+  };
+  skip_allowed();
+  // Merge the five by token: one edit per token.
+  size_t a = 0, b = 0, c = 0, d = 0, n = 0;
   for (;;) {
     const int32_t t = std::min({a < nrep ? rep[a] : kEnd, b < nout ? cnt[b].first : kEnd, c < mask.size() ? mask[c] : kEnd,
-                                d < nbias ? p.logit_bias_ids[bias_at + d] : kEnd});
+                                d < nbias ? p.logit_bias_ids[bias_at + d] : kEnd, next_out});
     if (t == kEnd) break;
     LogitEdit e;
     e.row = row;
@@ -206,6 +220,7 @@ size_t Sampler::penalty_edits(const SeqState& st, int32_t row, Range vocab, Logi
     if (a < nrep && rep[a] == t) e.rep = static_cast<float>(p.repetition_penalty), ++a;
     if (b < nout && cnt[b].first == t) e.sub = static_cast<float>(p.presence_penalty + p.frequency_penalty * cnt[b++].second);
     if (c < mask.size() && mask[c] == t) e.mask = 1, ++c;
+    if (next_out == t) e.mask = 1, ++next_out, skip_allowed();
     out[n++] = e;
   }
   return n;
@@ -239,7 +254,7 @@ bool Sampler::row_drawable(const SeqState& st) const {
 
 bool Sampler::edits_logits(const SeqState& st) {
   return repetition_on(st.params) || counts_on(st.params) || stops_masked(st) || !st.params.logit_bias_ids.empty() ||
-         !st.params.bad_words_ids.empty();
+         !st.params.bad_words_ids.empty() || !st.params.allowed_token_ids.empty();
 }
 
 std::vector<const SeqStep*> Sampler::sampled(const StepPlan& plan) const {

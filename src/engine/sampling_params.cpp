@@ -111,6 +111,18 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
       p.bad_words.push_back(x.get<std::string>());
     }
   }
+  if (j.contains("allowed_token_ids") && !j["allowed_token_ids"].is_null()) {
+    const json& a = j["allowed_token_ids"];
+    if (!a.is_array()) throw Error("'allowed_token_ids' must be a list of integers");
+    if (a.empty()) throw Error("'allowed_token_ids' must not be empty");  // as vLLM
+    p.allowed_token_ids.clear();
+    for (const auto& x : a) {
+      if (!x.is_number_integer()) throw Error("'allowed_token_ids' must be a list of integers");
+      p.allowed_token_ids.push_back(int_of<int32_t>(x, "allowed_token_ids"));
+    }
+    std::sort(p.allowed_token_ids.begin(), p.allowed_token_ids.end());
+    p.allowed_token_ids.erase(std::unique(p.allowed_token_ids.begin(), p.allowed_token_ids.end()), p.allowed_token_ids.end());
+  }
   // logprobs: an integer (completions API) or a boolean with top_logprobs (chat API).
   if (j.contains("logprobs") && !j["logprobs"].is_null()) {
     const json& l = j["logprobs"];
@@ -157,6 +169,8 @@ void sampling_params_validate(const SamplingParams& p, int64_t vocab_size) {
   if (p.logit_bias_ids.size() != p.logit_bias.size()) bad("'logit_bias': ids and values differ in number");
   for (int32_t t : p.logit_bias_ids)
     if (t < 0 || t >= vocab_size) bad(cat("'logit_bias' names token ", t, ", outside the vocabulary (", vocab_size, ")"));
+  for (int32_t t : p.allowed_token_ids)
+    if (t < 0 || t >= vocab_size) bad(cat("'allowed_token_ids' contains ", t, ", outside the vocabulary (", vocab_size, ")"));
   if (p.bad_words.size() > 1024) bad("at most 1024 'bad_words'");
   for (const auto& w : p.bad_words)
     if (w.find_first_not_of(" \t\n\r\f\v") == std::string::npos) bad("'bad_words' must not be empty or blank");

@@ -36,6 +36,8 @@ struct SamplingParams {
   // so far ends with the tokens before it.
   std::vector<std::string> bad_words;
   std::vector<std::vector<int32_t>> bad_words_ids;
+  // vLLM's allowed_token_ids: every other token's logit masked (sorted, distinct; empty: off).
+  std::vector<int32_t> allowed_token_ids;
 
   bool greedy() const { return temperature < 1e-5 || top_k == 1; }
 };

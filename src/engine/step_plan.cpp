@@ -71,6 +71,7 @@ void put_params(Writer& w, const SamplingParams& p) {
   std::vector<int32_t> lengths, flat;  // bad_words_ids: the lengths, then the tokens end to end
   for (const auto& seq : p.bad_words_ids) lengths.push_back(static_cast<int32_t>(seq.size())), flat.insert(flat.end(), seq.begin(), seq.end());
   w.vec(lengths), w.vec(flat);
+  w.vec(p.allowed_token_ids);
 }
 
 SamplingParams get_params(Reader& r) {
@@ -88,6 +89,7 @@ SamplingParams get_params(Reader& r) {
     p.bad_words_ids.emplace_back(flat.begin() + static_cast<std::ptrdiff_t>(at), flat.begin() + static_cast<std::ptrdiff_t>(at + n));
     at += static_cast<size_t>(n);
   }
+  p.allowed_token_ids = r.vec<int32_t>();
   return p;
 }
 

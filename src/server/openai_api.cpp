@@ -83,7 +83,7 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
       throw HttpError(400, cat("'", key, "' needs guided decoding, which llmserve does not support yet"), "BadRequestError", key);
   // vLLM's and OpenAI's other options that change what is generated or returned, when set to anything
   // but their no-op value (false, empty, null).
-  for (const char* key : {"prompt_logprobs", "allowed_token_ids", "use_beam_search", "suffix", "logits_processors"}) {
+  for (const char* key : {"prompt_logprobs", "use_beam_search", "suffix", "logits_processors"}) {
     if (!given(key)) continue;
     const json& v = body[key];
     const bool noop = v == false || (v.is_array() && v.empty()) || (v.is_string() && v.get<std::string>().empty());

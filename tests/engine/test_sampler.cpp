@@ -33,6 +33,9 @@ std::vector<float> fixed_logits() {
 std::vector<double> expected(std::vector<float> lf, const SamplingParams& p, const std::vector<int32_t>& history,
                              int prompt_len) {
   std::vector<double> l(lf.begin(), lf.end());
+  if (!p.allowed_token_ids.empty())
+    for (int64_t t = 0; t < V; ++t)
+      if (!std::binary_search(p.allowed_token_ids.begin(), p.allowed_token_ids.end(), static_cast<int32_t>(t))) l[t] = -INFINITY;
   for (size_t i = 0; i < p.logit_bias_ids.size(); ++i) l[p.logit_bias_ids[i]] += p.logit_bias[i];  // first, as vLLM
   if (p.repetition_penalty != 1.0) {
     std::vector<bool> seen(V, false);
@@ -267,6 +270,16 @@ TEST(Sampler, MinTokensSuppressesEos) {
   EXPECT_NE(s.sample(plan, rows.data())[0].token, 3);
 }
 
+// allowed_token_ids (vLLM): only the listed tokens can be drawn, in the proportions of their logits
+// (after the penalties), on every vocabulary split.
+TEST(Sampler, AllowedTokenIds) {
+  SamplingParams p;
+  p.temperature = 1.5;
+  p.presence_penalty = 0.5;
+  p.allowed_token_ids = {0, 3, 7, 8, 24, 25, 49};
+  check_distribution(p, {7, 8, 9, 8}, 2);
+}
+
 // bad_words (vLLM): a sequence's last token is banned where the output so far ends with the tokens
 // before it; tokens of the prompt do not count. Greedy over logits where 9 leads, then 8, then 20.
 TEST(Sampler, BadWordsBanTheirLastToken) {
@@ -404,6 +417,13 @@ TEST(Sampler, BackendDrawEqualsTheHostSampler) {
     p = SamplingParams();  // bad_words: 9 alone, and 8 after 9 (the history's output is {9, 9})
     p.temperature = 0;
     p.bad_words_ids = {{9}, {9, 8}, {7, 8}};
+    cases.push_back(p);
+    p = SamplingParams();  // allowed_token_ids (the penalized 9 among them), greedy and drawn
+    p.temperature = 0;
+    p.repetition_penalty = 1.5;
+    p.allowed_token_ids = {2, 9, 20, 33, 49};
+    cases.push_back(p);
+    p.temperature = 1.2;
     cases.push_back(p);
   }
   for (int top_k : {0, 4})

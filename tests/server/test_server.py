@@ -228,7 +228,9 @@ def main():
              "guided decoding"),
             ("guided_json", 400, s.post("/v1/chat/completions", {"messages": msgs, "guided_json": {"type": "object"}}), "guided decoding"),
             ("prompt_logprobs", 400, s.post("/v1/completions", {"prompt": "x", "prompt_logprobs": 1}), "not supported"),
-            ("allowed_token_ids", 400, s.post("/v1/completions", {"prompt": "x", "allowed_token_ids": [5, 6]}), "not supported"),
+            ("allowed_token_ids empty", 400, s.post("/v1/completions", {"prompt": "x", "allowed_token_ids": []}), "must not be empty"),
+            ("allowed_token_ids outside", 400, s.post("/v1/completions", {"prompt": "x", "allowed_token_ids": [10 ** 7]}),
+             "outside the vocabulary"),
             ("bad_words not a list", 400, s.post("/v1/chat/completions", {"messages": msgs, "bad_words": "red"}),
              "'bad_words' must be a list of strings"),
             ("bad_words blank", 400, s.post("/v1/completions", {"prompt": "x", "bad_words": [" "]}), "must not be empty"),
@@ -257,6 +259,15 @@ def main():
 
         st, h = s.request("GET", "/health")
         check("the server answers after the bad requests", st == 200, (st, h))
+        # allowed_token_ids (vLLM): only those tokens come out, greedy or sampled.
+        st, yn = s.post("/tokenize", {"prompt": " yes no"})
+        for temp in (0, 1.0):
+            st2, al = s.post("/v1/completions", {"prompt": "Hello", "max_tokens": 6, "ignore_eos": True, "temperature": temp,
+                                                 "seed": 3, "allowed_token_ids": yn["tokens"]})
+            text = al["choices"][0]["text"] if st2 == 200 else ""
+            check(f"allowed_token_ids (temperature {temp}): the output is made of them",
+                  st == 200 and len(yn["tokens"]) == 2 and st2 == 200 and text.replace(" yes", "").replace(" no", "") == ""
+                  and al["usage"]["completion_tokens"] == 6, (yn, al))
         # bad_words (vLLM): a word's last token is banned where the output ends with the tokens before it.
         def toks(body):
             st, r = s.post("/v1/completions", {"max_tokens": 4, "temperature": 0, "logprobs": 0, **body})
@@ -285,7 +296,8 @@ def main():
         st, tn = s.post("/v1/completions", {"prompt": long_ids[:100], "truncate_prompt_tokens": -1, "max_tokens": 1})
         check("truncate_prompt_tokens -1: a shorter prompt is kept whole", st == 200 and tn["usage"]["prompt_tokens"] == 100, tn)
         st, tf = s.post("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "text"}, "max_tokens": 2,
-                                                 "best_of": 1, "bad_words": [], "use_beam_search": False, "prompt_logprobs": None})
+                                                 "best_of": 1, "bad_words": [], "use_beam_search": False, "prompt_logprobs": None,
+                                                 "allowed_token_ids": None})
         check("response_format text, best_of = n and no-op values of unsupported options are accepted", st == 200 and tf["usage"]["completion_tokens"] == 2, tf)
         # continue_final_message: the prompt ends with the final (assistant) message's text, open.
         cont = [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "My favourite color is"}]

@@ -103,3 +103,14 @@ TEST(RequestJson, BadWords) {
   EXPECT_EQ(bad_words_token_ids({"red", "  big dog", "blue", "green"}, encode),
             (std::vector<std::vector<int32_t>>{{10}, {11}, {20, 21}, {22, 21}, {30}, {40}}));
 }
+
+// allowed_token_ids (vLLM): a non-empty list of token ids in the vocabulary, kept sorted and distinct.
+TEST(RequestJson, AllowedTokenIds) {
+  EXPECT_EQ(parse(R"({"allowed_token_ids": [9, 2, 9, 5]})").allowed_token_ids, (std::vector<int32_t>{2, 5, 9}));
+  EXPECT_TRUE(parse(R"({"allowed_token_ids": null})").allowed_token_ids.empty());
+  EXPECT_NE(error_of(R"({"allowed_token_ids": []})").find("'allowed_token_ids' must not be empty"), std::string::npos);
+  EXPECT_NE(error_of(R"({"allowed_token_ids": 5})").find("must be a list of integers"), std::string::npos);
+  EXPECT_NE(error_of(R"({"allowed_token_ids": [1.5]})").find("must be a list of integers"), std::string::npos);
+  EXPECT_NE(error_of(R"({"allowed_token_ids": [1000]})").find("outside the vocabulary (1000)"), std::string::npos);
+  EXPECT_NE(error_of(R"({"allowed_token_ids": [-1]})").find("outside the vocabulary"), std::string::npos);
+}
