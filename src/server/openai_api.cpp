@@ -220,8 +220,16 @@ GenerationRequest parse_completion(const json& body, const ApiContext& ctx) {
   }
   for (const auto& q : r.prompts)
     if (q.empty()) throw HttpError(400, "the prompt is empty", "BadRequestError", "prompt");
-  if (body.contains("echo") && body["echo"].is_boolean()) r.echo = body["echo"].get<bool>();
+  if (body.contains("echo") && !body["echo"].is_null()) {
+    if (!body["echo"].is_boolean()) throw HttpError(400, "'echo' must be a boolean", "BadRequestError", "echo");
+    r.echo = body["echo"].get<bool>();
+  }
   common_params(body, r, ctx);
+  // With echo, OpenAI's and vLLM's log-probabilities cover the prompt's tokens too (what evaluation
+  // harnesses read): refused rather than answered with the completion's alone.
+  if (r.echo && r.params.logprobs >= 0)
+    throw HttpError(400, "'echo' with 'logprobs' needs the prompt's log-probabilities, which llmserve does not compute yet",
+                    "BadRequestError", "logprobs");
   return r;
 }
 
