@@ -304,18 +304,40 @@ void Sampler::row_draws(const std::vector<const SeqStep*>& seqs, const std::vect
   edits.resize(w);
 }
 
+void Sampler::for_edit_groups(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw,
+                              const std::function<void(const std::vector<char>&)>& fn) const {
+  std::vector<char> group(seqs.size(), 0);
+  size_t used = 0;
+  bool any = false;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    if (!draw[i]) continue;
+    const size_t b = penalty_edit_bound(state_.at(seqs[i]->seq_id), Range{0, vocab_size_});
+    if (any && used + b > edit_budget_) {
+      fn(group);
+      std::fill(group.begin(), group.end(), 0);
+      used = 0;
+    }
+    group[i] = 1;
+    used += b;
+    any = true;
+  }
+  if (any) fn(group);
+}
+
 void Sampler::draw_rows_on_backend(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw,
                                    Backend& backend, Tensor& logits, std::vector<SampledToken>& out) {
-  std::vector<RowDraw> rows;
-  std::vector<LogitEdit>& edits = edits_;
-  edits.clear();
-  row_draws(seqs, draw, vocab_, rows, edits);
-  const size_t n = rows.size();
-  std::vector<float> best(n);
-  std::vector<int32_t> idx(n);
-  backend.draw_rows(logits, vocab_.size(), vocab_.begin, rows, edits, best.data(), idx.data());
-  tp_.all_reduce_maxloc(best.data(), idx.data(), n);
-  take_drawn(seqs, draw, idx, out);
+  for_edit_groups(seqs, draw, [&](const std::vector<char>& group) {
+    std::vector<RowDraw> rows;
+    std::vector<LogitEdit>& edits = edits_;
+    edits.clear();
+    row_draws(seqs, group, vocab_, rows, edits);
+    const size_t n = rows.size();
+    std::vector<float> best(n);
+    std::vector<int32_t> idx(n);
+    backend.draw_rows(logits, vocab_.size(), vocab_.begin, rows, edits, best.data(), idx.data());
+    tp_.all_reduce_maxloc(best.data(), idx.data(), n);
+    take_drawn(seqs, group, idx, out);
+  });
 }
 
 void Sampler::take_drawn(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw,
@@ -462,14 +484,16 @@ void Sampler::draw_gathered(const std::vector<const SeqStep*>& seqs, const std::
     const Range shard = shard_range(vocab_size_, G, r);
     backend.copy_columns(rows_view(all, r * n, n), shard.size(), whole, shard.begin);
   }
-  std::vector<RowDraw> rows;
-  std::vector<LogitEdit>& edits = edits_;
-  edits.clear();
-  row_draws(seqs, draw, Range{0, vocab_size_}, rows, edits);
-  std::vector<float> best(static_cast<size_t>(n));
-  std::vector<int32_t> idx(static_cast<size_t>(n));
-  backend.draw_rows(whole, vocab_size_, 0, rows, edits, best.data(), idx.data());
-  take_drawn(seqs, draw, idx, out);
+  for_edit_groups(seqs, draw, [&](const std::vector<char>& group) {
+    std::vector<RowDraw> rows;
+    std::vector<LogitEdit>& edits = edits_;
+    edits.clear();
+    row_draws(seqs, group, Range{0, vocab_size_}, rows, edits);
+    std::vector<float> best(static_cast<size_t>(n));
+    std::vector<int32_t> idx(static_cast<size_t>(n));
+    backend.draw_rows(whole, vocab_size_, 0, rows, edits, best.data(), idx.data());
+    take_drawn(seqs, group, idx, out);
+  });
 }
 
 std::vector<SampledToken> Sampler::sample(const StepPlan& plan, const float* logits) {

@@ -49,6 +49,10 @@ class Sampler {
   // bring their logits to the host sampler.
   std::vector<SampledToken> sample_step(const StepPlan& plan, Backend& backend, Tensor& logits);
   size_t num_sequences() const { return state_.size(); }
+  // The most penalty edits one backend draw stages (rows are drawn in groups within it, counted over
+  // the whole vocabulary, so every rank groups alike): allowed_token_ids masks nearly every token of
+  // its row, ~150,000 edits of 24 bytes for a Qwen vocabulary. Default 4M (96 MB).
+  void set_edit_budget(size_t edits) { edit_budget_ = edits; }
 
   // The Gumbel noise used for (seed, position, token): exposed for tests.
   static double gumbel(int64_t seed, int64_t position, int64_t token);
@@ -114,6 +118,10 @@ class Sampler {
   // (the draw is deterministic: every rank gets the same tokens). Tokens into out[i].
   void draw_gathered(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Backend& backend,
                      const Tensor& logits, std::vector<SampledToken>& out);
+  // fn(group) for groups of the rows with draw[i] set, in order, each within edit_budget_ (a row over
+  // it alone).
+  void for_edit_groups(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw,
+                       const std::function<void(const std::vector<char>&)>& fn) const;
   // The host sampler over seqs, one row of `logits` (row_stride apart) each.
   std::vector<SampledToken> sample_rows(const std::vector<const SeqStep*>& seqs, const float* logits);
   Comm& tp_;
@@ -123,6 +131,7 @@ class Sampler {
   int64_t stride_;
   std::unordered_map<uint64_t, SeqState> state_;
   std::vector<LogitEdit> edits_;  // row_draws' output, kept between steps
+  size_t edit_budget_ = size_t{1} << 22;
 };
 
 }  // namespace llmserve

@@ -525,18 +525,20 @@ int main(int argc, char** argv) {
 // and the backend rows' penalty edits never reach the host rows' logits.
 // With a tensor communicator (as the server passes for its tensor group), the filtered rows of a split
 // vocabulary are gathered into whole rows on the backend and drawn there: the same tokens again.
-void check_mixed_step(bool gather) {
+void check_mixed_step(bool gather, size_t edit_budget = size_t{1} << 22) {
   World w;
   CpuBackend cpu;
   std::mt19937 g(11 + w.comm.size());
   std::normal_distribution<float> d(0.f, 2.f);
-  std::vector<SamplingParams> kinds(6);
+  std::vector<SamplingParams> kinds(8);
   kinds[0].temperature = 0;                                    // greedy: backend
   kinds[1].temperature = 0.8, kinds[1].repetition_penalty = 1.4;  // penalty: backend
   kinds[2].temperature = 0, kinds[2].logprobs = 3;             // logprobs: backend
   kinds[3].temperature = 0.9, kinds[3].top_k = 4, kinds[3].top_p = 0.8;  // filters: host when split
   kinds[4].temperature = 0.7, kinds[4].logprobs = 5, kinds[4].presence_penalty = 0.5;  // edited, then logprobs
   kinds[5].temperature = 1.1, kinds[5].min_p = 0.05;           // filter
+  kinds[6].temperature = 0, kinds[6].allowed_token_ids = {1, 8, 30, 44};  // ~46 edits: backend
+  kinds[7].temperature = 0.9, kinds[7].top_k = 3, kinds[7].allowed_token_ids = {2, 9, 20, 31, 40};  // and a filter
   const size_t N = 24;
   StepPlan plan;
   for (size_t i = 0; i < N; ++i) {
@@ -551,6 +553,7 @@ void check_mixed_step(bool gather) {
     std::copy(full.begin() + static_cast<long>(i * V + w.vocab.begin), full.begin() + static_cast<long>(i * V + w.vocab.end),
               rows.begin() + static_cast<long>(i * w.stride));
   Sampler host(w.comm, V, w.vocab, w.stride), mixed(w.comm, V, w.vocab, w.stride, gather ? &w.comm : nullptr);
+  mixed.set_edit_budget(edit_budget);
   host.observe(plan);
   mixed.observe(plan);
   EXPECT_FALSE(mixed.drawable_on_backend(plan));
@@ -586,3 +589,9 @@ void check_mixed_step(bool gather) {
 
 TEST(Sampler, MixedStepDrawsEachRowWhereItCan) { check_mixed_step(false); }
 TEST(Sampler, MixedStepGathersSplitFilteredRows) { check_mixed_step(true); }
+// The same with the draws' edits staged in groups of a row or two (allowed_token_ids rows need about
+// a vocabulary of edits each).
+TEST(Sampler, MixedStepInEditGroups) {
+  check_mixed_step(false, 60);
+  check_mixed_step(true, 60);
+}
