@@ -140,6 +140,19 @@ const std::vector<Option>& options() {
          }
        },
        [](Config& c) { c.allowed_origins.clear(); }},
+      {"response_role", Kind::String, "role of chat answers after a generation prompt (vLLM's; default assistant)",
+       [](Config& c, const std::string& v) { c.response_role = v; }},
+      {"disable_uvicorn_access_log", Kind::Bool, "no access-log line per request",
+       [](Config& c, const std::string& v) { c.disable_uvicorn_access_log = parse_bool("disable_uvicorn_access_log", v); }},
+      {"disable_log_requests", Kind::Bool, "accepted as vLLM's; no effect: llmserve does not log prompts or parameters",
+       [](Config& c, const std::string& v) { c.disable_log_requests = parse_bool("disable_log_requests", v); }},
+      {"disable_log_stats", Kind::Bool, "accepted as vLLM's; no effect: llmserve logs no periodic statistics (see /metrics)",
+       [](Config& c, const std::string& v) { c.disable_log_stats = parse_bool("disable_log_stats", v); }},
+      {"trust_remote_code", Kind::Bool, "accepted as vLLM's; no effect: llmserve runs no code from model repositories",
+       [](Config& c, const std::string& v) { c.trust_remote_code = parse_bool("trust_remote_code", v); }},
+      {"enable_auto_tool_choice", Kind::Bool,
+       "accepted as vLLM's; no effect: tool calls are read from chat output unless tool_call_parser is none",
+       [](Config& c, const std::string& v) { c.enable_auto_tool_choice = parse_bool("enable_auto_tool_choice", v); }},
       {"seed", Kind::Int, "random seed",
        [](Config& c, const std::string& v) { c.seed = parse_int("seed", v); }},
   };
@@ -357,6 +370,7 @@ void config_validate(const Config& c) {
   if (c.port < 1 || c.port > 65535) fail(cat("port must be in 1..65535, got ", c.port));
   if (c.host.empty()) fail("host must not be empty");
   static const char* parsers[] = {"auto", "hermes", "llama3_json", "none"};
+  if (c.response_role.empty()) fail("response_role must not be empty");
   if (std::find(std::begin(parsers), std::end(parsers), c.tool_call_parser) == std::end(parsers))
     fail(cat("tool_call_parser must be auto, hermes, llama3_json or none; got '", c.tool_call_parser, "'"));
   for (const auto& n : c.served_model_name)

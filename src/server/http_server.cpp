@@ -426,8 +426,9 @@ class Session : public std::enable_shared_from_this<Session> {
       }
       if (status == 200) hc_.e2e.observe(s);
     }
-    log_info("access ", std::string(req_.method_string()), " ", std::string(req_.target()), " ", status, " id=", id,
-             " prompt_tokens=", pt, " completion_tokens=", ct, " latency_ms=", static_cast<int64_t>(s * 1000));
+    if (opt_.access_log)
+      log_info("access ", std::string(req_.method_string()), " ", std::string(req_.target()), " ", status, " id=", id,
+               " prompt_tokens=", pt, " completion_tokens=", ct, " latency_ms=", static_cast<int64_t>(s * 1000));
   }
 
   std::string metrics() {

@@ -19,6 +19,7 @@ struct ServerOptions {
   int io_threads = 2;
   int request_timeout_s = 60;  // to receive a whole request; idle keep-alive connections close after it
   std::vector<std::string> allowed_origins = {"*"};  // CORS; "*": any origin
+  bool access_log = true;  // one log line per request
 };
 
 class HttpServer {

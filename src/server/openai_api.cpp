@@ -294,7 +294,7 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
   r.prompts.push_back(ctx.tok->encode(prompt, false));
   // As vLLM: the answer's role is the assistant's after a generation prompt, else the final message's
   // (which the model continues); echo prepends the final message's content when it has that role.
-  if (!o.add_generation_prompt) r.role = msgs.back()["role"].get<std::string>();
+  r.role = o.add_generation_prompt ? ctx.response_role : msgs.back()["role"].get<std::string>();
   const ojson& last = msgs.back();
   r.prompt_texts.push_back(last["role"] == r.role && last.contains("content") && last["content"].is_string()
                                ? last["content"].get<std::string>() : std::string());

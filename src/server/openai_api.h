@@ -32,6 +32,7 @@ struct ApiContext {
   int64_t vocab_size = 0;
   int64_t created = 0;
   ToolFormat tool_format = ToolFormat::None;
+  std::string response_role = "assistant";  // a chat answer's role after a generation prompt
 };
 
 // A parsed generation request: one or more prompts, each run with `params`.
@@ -45,7 +46,7 @@ struct GenerationRequest {
   std::string model;
   std::vector<std::vector<int32_t>> prompts;
   std::vector<std::string> prompt_texts;  // what echo prepends: each prompt's text; for a chat, the final message's
-  std::string role = "assistant";         // a chat answer's role
+  std::string role = "assistant";         // a chat answer's role (response_role, or the final message's)
   SamplingParams params;
 };
 

@@ -456,8 +456,14 @@ def main():
     check("SIGTERM to rank 0: every rank exits 0", rc == 0, rc)
 
     # Authentication: /v1 needs the key, /health and /metrics stay open.
-    a = Server("--api-key", "sekret", "--allowed-origins", '["http://app.example"]')
+    # Also vLLM's launch flags: response_role, no access log, and the ones accepted without effect.
+    a = Server("--api-key", "sekret", "--allowed-origins", '["http://app.example"]', "--response-role", "bot",
+               "--disable-uvicorn-access-log", "--disable-log-requests", "--disable-log-stats", "--trust-remote-code",
+               "--enable-auto-tool-choice")
     try:
+        st, rb = a.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+                        headers={"Authorization": "Bearer sekret"})
+        check("response_role: the chat answer's role", st == 200 and rb["choices"][0]["message"]["role"] == "bot", rb)
         check("auth: no key is 401", a.request("GET", "/v1/models")[0] == 401)
         check("auth: wrong key is 401", a.request("GET", "/v1/models", headers={"Authorization": "Bearer nope"})[0] == 401)
         check("auth: right key is 200", a.request("GET", "/v1/models", headers={"Authorization": "Bearer sekret"})[0] == 200)
@@ -486,6 +492,12 @@ def main():
         check("CORS: OPTIONS that is not a preflight is 405", heads(a.port, "OPTIONS", "/v1/models", {})[0] == 405)
     finally:
         a.stop()
+    with open(a.log.name) as f:
+        quiet = f.read()
+    with open(s.log.name) as f:
+        loud = f.read()
+    check("disable_uvicorn_access_log: no access lines (the default server has them)",
+          " access POST /v1/chat/completions 200" in loud and " access " not in quiet, quiet[-500:])
     # The seed deployment's checks, verbatim, against the SmolLM2 demo model (when it was fetched).
     smol = os.environ.get("LLMSERVE_SMOLLM2_H5")
     if smol and os.path.exists(smol):

@@ -141,12 +141,33 @@ TEST(Config, ImpossibleValuesFailValidation) {
   bad([](Config& c) { c.backend = "tpu"; });
   bad([](Config& c) { c.quantization = "fp8"; });  // vLLM's options llmserve cannot honour
   bad([](Config& c) { c.kv_cache_dtype = "fp8_e4m3"; });
+  bad([](Config& c) { c.response_role = ""; });
   Config ok;
   ok.model = "m.h5";
   EXPECT_NO_THROW(config_validate(ok));
   ok.quantization = "none";  // their no-op values pass
   ok.kv_cache_dtype = "auto";
   EXPECT_NO_THROW(config_validate(ok));
+}
+
+// vLLM launch lines: response_role and disable_uvicorn_access_log act; disable_log_requests,
+// disable_log_stats, trust_remote_code and enable_auto_tool_choice are accepted (their help says why
+// they change nothing here).
+TEST(Config, VllmLaunchFlags) {
+  Config c;
+  config_parse_args(c, {"--response-role", "bot", "--disable-uvicorn-access-log", "--disable-log-requests",
+                        "--disable-log-stats", "--trust-remote-code", "--enable-auto-tool-choice"});
+  EXPECT_EQ(c.response_role, "bot");
+  EXPECT_TRUE(c.disable_uvicorn_access_log && c.disable_log_requests && c.disable_log_stats && c.trust_remote_code &&
+              c.enable_auto_tool_choice);
+  EXPECT_EQ(Config().response_role, "assistant");
+  EXPECT_FALSE(Config().disable_uvicorn_access_log);
+  for (const char* key : {"disable_log_requests", "disable_log_stats", "trust_remote_code", "enable_auto_tool_choice"}) {
+    const std::string help = config_help();
+    const size_t at = help.find(key);
+    ASSERT_NE(at, std::string::npos) << key;
+    EXPECT_NE(help.find("no effect", at), std::string::npos) << key;
+  }
 }
 
 TEST(Config, HelpListsEveryKeyWithItsFlag) {

@@ -64,6 +64,8 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
     opt.port = cfg.port;
     opt.api_key = cfg.api_key;
     opt.allowed_origins = cfg.allowed_origins;
+    opt.access_log = !cfg.disable_uvicorn_access_log;
+    ctx.response_role = cfg.response_role;
     if (opt.api_key.empty())
       if (const char* k = std::getenv("LLMSERVE_API_KEY")) opt.api_key = k;
     engine = std::make_unique<Engine>(runner, tok.get(), static_cast<uint64_t>(cfg.seed));
