@@ -1,5 +1,10 @@
 #include "chat/chat_template.h"
 
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
 #include "common/error.h"
 #include "common/json_text.h"
 #include "common/log.h"
@@ -16,7 +21,35 @@ const char* ChatTemplate::chatml() {
 ChatTemplate::ChatTemplate(const std::string& source, ojson special_tokens)
     : tmpl_(source), special_(std::move(special_tokens)) {}
 
-std::unique_ptr<ChatTemplate> ChatTemplate::from_model_file(const ModelFile& file) {
+std::string load_chat_template(const std::string& value) {
+  std::ifstream in(value, std::ios::binary);
+  if (in) {
+    std::ostringstream text;
+    text << in.rdbuf();
+    if (in.bad() || text.str().empty()) throw Error(cat("chat_template: '", value, "' is empty or cannot be read"));
+    return text.str();
+  }
+  if (value.find_first_of("{}\n") == std::string::npos)
+    throw Error(cat("chat_template '", value, "' looks like a file path, but it cannot be opened: ", std::strerror(errno)));
+  std::string out;
+  for (size_t i = 0; i < value.size(); ++i) {
+    const char c = value[i];
+    if (c != '\\' || i + 1 == value.size()) {
+      out += c;
+      continue;
+    }
+    switch (const char e = value[++i]) {
+      case 'n': out += '\n'; break;
+      case 't': out += '\t'; break;
+      case 'r': out += '\r'; break;
+      case '\\': case '\'': case '"': out += e; break;
+      default: out += '\\', out += e;
+    }
+  }
+  return out;
+}
+
+std::unique_ptr<ChatTemplate> ChatTemplate::from_model_file(const ModelFile& file, const std::string& override_source) {
   ojson special = ojson::object();
   if (auto tc = file.text("tokenizer", "tokenizer_config.json")) {
     ojson cfg;
@@ -31,8 +64,16 @@ std::unique_ptr<ChatTemplate> ChatTemplate::from_model_file(const ModelFile& fil
       if (cfg[k].is_object() && cfg[k].contains("content")) special[k] = cfg[k]["content"];
     }
   }
-  auto src = file.text("tokenizer", "chat_template");
   std::unique_ptr<ChatTemplate> t;
+  if (!override_source.empty()) {
+    try {
+      t = std::make_unique<ChatTemplate>(override_source, special);
+    } catch (const Error& e) {
+      throw Error(cat("chat_template cannot be used: ", e.what()));
+    }
+    return t;
+  }
+  auto src = file.text("tokenizer", "chat_template");
   try {
     t = std::make_unique<ChatTemplate>(src ? *src : std::string(chatml()), special);
   } catch (const Error& e) {

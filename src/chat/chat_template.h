@@ -31,8 +31,9 @@ class ChatTemplate {
   // Parses `source`; throws Error when the template cannot be parsed. `special_tokens` maps
   // bos_token etc. to their text.
   ChatTemplate(const std::string& source, nlohmann::ordered_json special_tokens);
-  // The model's template (or ChatML, with a warning, when it has none).
-  static std::unique_ptr<ChatTemplate> from_model_file(const ModelFile& file);
+  // The model's template (or ChatML, with a warning, when it has none); `override_source`, when not
+  // empty, replaces it (the configuration's chat_template, read by load_chat_template).
+  static std::unique_ptr<ChatTemplate> from_model_file(const ModelFile& file, const std::string& override_source = "");
   // Throws Error (a 400 for the server) when rendering fails, e.g. raise_exception in the template.
   std::string render(const nlohmann::ordered_json& messages, const ChatRenderOptions& opt = {}) const;
   bool is_fallback() const { return fallback_; }
@@ -44,6 +45,11 @@ class ChatTemplate {
   nlohmann::ordered_json special_;
   bool fallback_ = false;
 };
+
+// vLLM's --chat-template value: the text of the file it names, or, when no file opens and it has a
+// '{', '}' or newline, the template itself with its backslash escapes (\n, \t, \r, \\, \', \")
+// decoded. Throws Error for a value that looks like a path and cannot be read.
+std::string load_chat_template(const std::string& value);
 
 // OpenAI messages carry tool-call arguments as JSON strings; templates expect objects. Returns a copy
 // with every parseable `tool_calls[].function.arguments` string replaced by its JSON value.

@@ -140,6 +140,8 @@ const std::vector<Option>& options() {
          }
        },
        [](Config& c) { c.allowed_origins.clear(); }},
+      {"chat_template", Kind::String, "chat template replacing the model's: a file, or the template itself (as vLLM)",
+       [](Config& c, const std::string& v) { c.chat_template = v; }},
       {"response_role", Kind::String, "role of chat answers after a generation prompt (vLLM's; default assistant)",
        [](Config& c, const std::string& v) { c.response_role = v; }},
       {"disable_uvicorn_access_log", Kind::Bool, "no access-log line per request",

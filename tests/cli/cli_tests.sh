@@ -183,6 +183,10 @@ check "generate: missing input" 1 "cannot read '/nonexistent.jsonl'" -- \
   "$llmserve" generate "$work/good.yaml" --input /nonexistent.jsonl --output "$work/x.jsonl"
 check "generate: unwritable output" 1 "cannot write '/nonexistent-dir/out.jsonl'" -- \
   "$llmserve" generate "$work/good.yaml" --input "$work/gen.jsonl" --output /nonexistent-dir/out.jsonl
+check "generate: chat_template file missing" 1 "chat_template '/nonexistent/t.jinja' looks like a file path, but it cannot be opened" -- \
+  "$llmserve" generate "$work/good.yaml" --chat-template /nonexistent/t.jinja --input "$work/gen.jsonl" --output "$work/x.jsonl"
+check "generate: chat_template that does not parse" 1 "chat_template cannot be used" -- \
+  "$llmserve" generate "$work/good.yaml" --chat-template "{% for %}" --input "$work/gen.jsonl" --output "$work/x.jsonl"
 check "generate: no --input" 1 "--input requests.jsonl and --output results.jsonl are required" -- "$llmserve" generate "$work/good.yaml"
 
 echo "$passed passed, $failed failed"

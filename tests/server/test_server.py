@@ -459,11 +459,16 @@ def main():
     # Also vLLM's launch flags: response_role, no access log, and the ones accepted without effect.
     a = Server("--api-key", "sekret", "--allowed-origins", '["http://app.example"]', "--response-role", "bot",
                "--disable-uvicorn-access-log", "--disable-log-requests", "--disable-log-stats", "--trust-remote-code",
-               "--enable-auto-tool-choice")
+               "--enable-auto-tool-choice", "--chat-template", "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}")
     try:
         st, rb = a.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
                         headers={"Authorization": "Bearer sekret"})
         check("response_role: the chat answer's role", st == 200 and rb["choices"][0]["message"]["role"] == "bot", rb)
+        st, tk = a.post("/tokenize", {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]},
+                        headers={"Authorization": "Bearer sekret"})
+        st2, dt = a.post("/detokenize", {"tokens": tk.get("tokens", [])}, headers={"Authorization": "Bearer sekret"})
+        check("chat_template (inline, escapes decoded) replaces the model's",
+              st == 200 and st2 == 200 and dt["prompt"] == "user: hi\nbot: yo\n", (tk, dt))
         check("auth: no key is 401", a.request("GET", "/v1/models")[0] == 401)
         check("auth: wrong key is 401", a.request("GET", "/v1/models", headers={"Authorization": "Bearer nope"})[0] == 401)
         check("auth: right key is 200", a.request("GET", "/v1/models", headers={"Authorization": "Bearer sekret"})[0] == 200)

@@ -1,5 +1,6 @@
 // Chat templates against transformers' apply_chat_template (../shared/fixtures/chat).
 #include <gtest/gtest.h>
+#include <cstdio>
 
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -198,4 +199,26 @@ TEST(ChatTemplate, ContinueFinalMessage) {
   EXPECT_THROW(qwen.render(ojson::parse(R"([{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}])"), o),
                Error);
   EXPECT_THROW(chat_render_options(ojson::parse(R"({"continue_final_message": "yes"})")), Error);
+}
+
+// vLLM's --chat-template: a file's text, else an inline template (it has '{', '}' or a newline) with
+// its backslash escapes decoded; a value that looks like a path and does not open is an error.
+TEST(ChatTemplateOption, FileOrInlineTemplate) {
+  const std::string path = ::testing::TempDir() + "/llmserve-chat-template.jinja";
+  {
+    std::ofstream f(path);
+    f << "{% for m in messages %}{{ m['content'] }}{% endfor %}\n";
+  }
+  EXPECT_EQ(load_chat_template(path), "{% for m in messages %}{{ m['content'] }}{% endfor %}\n");
+  EXPECT_EQ(load_chat_template("{{ messages[0]['content'] }}\\n\\t\\\\x\\q"), "{{ messages[0]['content'] }}\n\t\\x\\q");
+  try {
+    load_chat_template("/nonexistent/template.jinja");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("looks like a file path, but it cannot be opened"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(load_chat_template(::testing::TempDir()), Error);  // a directory: nothing to read
+  ChatTemplate t(load_chat_template("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}"), {});
+  EXPECT_EQ(t.render(nlohmann::ordered_json::parse(R"([{"role": "user", "content": "hi"}])")), "user: hi\n");
+  std::remove(path.c_str());
 }

@@ -49,7 +49,7 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
       ModelFile file(cfg.model);
       if (file.text("tokenizer", "tokenizer.json")) {
         tok = Tokenizer::from_model_file(file);
-        chat = ChatTemplate::from_model_file(file);
+        chat = ChatTemplate::from_model_file(file, cfg.chat_template.empty() ? "" : load_chat_template(cfg.chat_template));
       }
     }
     ctx.tok = tok.get();
