@@ -140,6 +140,8 @@ const std::vector<Option>& options() {
          }
        },
        [](Config& c) { c.allowed_origins.clear(); }},
+      {"max_logprobs", Kind::Int, "the most log-probabilities a request may ask for: 0 to 20 (vLLM's default 20)",
+       [](Config& c, const std::string& v) { c.max_logprobs = parse_int32("max_logprobs", v); }},
       {"chat_template", Kind::String, "chat template replacing the model's: a file, or the template itself (as vLLM)",
        [](Config& c, const std::string& v) { c.chat_template = v; }},
       {"response_role", Kind::String, "role of chat answers after a generation prompt (vLLM's; default assistant)",
@@ -373,6 +375,8 @@ void config_validate(const Config& c) {
   if (c.host.empty()) fail("host must not be empty");
   static const char* parsers[] = {"auto", "hermes", "llama3_json", "none"};
   if (c.response_role.empty()) fail("response_role must not be empty");
+  if (c.max_logprobs < 0 || c.max_logprobs > 20)
+    fail(cat("max_logprobs must be between 0 and 20 (the GPU kernels' limit), got ", c.max_logprobs));
   if (std::find(std::begin(parsers), std::end(parsers), c.tool_call_parser) == std::end(parsers))
     fail(cat("tool_call_parser must be auto, hermes, llama3_json or none; got '", c.tool_call_parser, "'"));
   for (const auto& n : c.served_model_name)

@@ -143,7 +143,7 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
   }
 }
 
-void sampling_params_validate(const SamplingParams& p, int64_t vocab_size) {
+void sampling_params_validate(const SamplingParams& p, int64_t vocab_size, int max_logprobs) {
   auto bad = [](const std::string& m) { throw Error(m); };
   if (p.n < 1 || p.n > 128) bad(cat("'n' must be between 1 and 128, got ", p.n));
   if (p.temperature < 0 || p.temperature > 100) bad(cat("'temperature' must be in [0, 100], got ", p.temperature));
@@ -158,8 +158,9 @@ void sampling_params_validate(const SamplingParams& p, int64_t vocab_size) {
   if (p.max_tokens < 1) bad(cat("'max_tokens' must be at least 1, got ", p.max_tokens));
   if (p.min_tokens < 0 || p.min_tokens > p.max_tokens)
     bad(cat("'min_tokens' must be in [0, max_tokens], got ", p.min_tokens));
-  if (p.logprobs > kMaxTopLogprobs)
-    bad(cat("'logprobs' / 'top_logprobs' must be at most ", kMaxTopLogprobs, ", got ", p.logprobs));
+  if (p.logprobs > std::min(max_logprobs, kMaxTopLogprobs))
+    bad(cat("Requested sample logprobs of ", p.logprobs, ", which is greater than max allowed: ",
+            std::min(max_logprobs, kMaxTopLogprobs), " ('logprobs' / 'top_logprobs')"));
   if (p.logprobs < -1) bad("'logprobs' must not be negative");
   for (const auto& s : p.stop)
     if (s.empty()) bad("'stop' strings must not be empty");

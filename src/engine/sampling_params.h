@@ -46,7 +46,9 @@ struct SamplingParams {
 // max_tokens, top_logprobs with logprobs) over `p`. Throws Error naming the field for a wrong type or
 // an out-of-range value.
 void sampling_params_from_json(const nlohmann::json& j, SamplingParams& p);
-void sampling_params_validate(const SamplingParams& p, int64_t vocab_size);
+// max_logprobs: the most log-probabilities a request may ask for (vLLM's max_logprobs, at most
+// kMaxTopLogprobs).
+void sampling_params_validate(const SamplingParams& p, int64_t vocab_size, int max_logprobs = 20);
 // The token sequences of p.bad_words as vLLM makes them: each word (leading spaces stripped) encoded
 // alone, and with one leading space where that starts with another token and has as many tokens (the
 // word inside text). Empty encodings are dropped.

@@ -118,7 +118,7 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
   if (!given("max_tokens") && !given("max_completion_tokens"))  // the rest of the context, as vLLM
     r.params.max_tokens = static_cast<int>(std::max<int64_t>(1, ctx.max_model_len - longest));
   try {
-    sampling_params_validate(r.params, ctx.vocab_size);
+    sampling_params_validate(r.params, ctx.vocab_size, ctx.max_logprobs);
   } catch (const Error& e) {
     throw HttpError(400, e.what());
   }

@@ -33,6 +33,7 @@ struct ApiContext {
   int64_t created = 0;
   ToolFormat tool_format = ToolFormat::None;
   std::string response_role = "assistant";  // a chat answer's role after a generation prompt
+  int max_logprobs = 20;
 };
 
 // A parsed generation request: one or more prompts, each run with `params`.

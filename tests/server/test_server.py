@@ -220,6 +220,8 @@ def main():
             ("negative max_tokens", 400, s.post("/v1/completions", {"prompt": "x", "max_tokens": -1}), "at least 1"),
             ("max_tokens beyond an int", 400, s.post("/v1/completions", {"prompt": "x", "max_tokens": 10 ** 12}), "out of range"),
             ("negative logprobs", 400, s.post("/v1/completions", {"prompt": "x", "logprobs": -1}), "logprobs"),
+            ("logprobs over max_logprobs", 400, s.post("/v1/completions", {"prompt": "x", "logprobs": 21}),
+             "greater than max allowed: 20"),
             # What llmserve cannot do is refused rather than ignored.
             ("best_of", 400, s.post("/v1/completions", {"prompt": "x", "best_of": 3}), "best_of"),
             ("logit_bias key", 400, s.post("/v1/completions", {"prompt": "x", "logit_bias": {"five": 10}}), "token ids"),
@@ -459,11 +461,15 @@ def main():
     # Also vLLM's launch flags: response_role, no access log, and the ones accepted without effect.
     a = Server("--api-key", "sekret", "--allowed-origins", '["http://app.example"]', "--response-role", "bot",
                "--disable-uvicorn-access-log", "--disable-log-requests", "--disable-log-stats", "--trust-remote-code",
-               "--enable-auto-tool-choice", "--chat-template", "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}")
+               "--enable-auto-tool-choice", "--max-logprobs", "3", "--chat-template", "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}")
     try:
         st, rb = a.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
                         headers={"Authorization": "Bearer sekret"})
         check("response_role: the chat answer's role", st == 200 and rb["choices"][0]["message"]["role"] == "bot", rb)
+        st, ml = a.post("/v1/completions", {"prompt": "x", "max_tokens": 1, "logprobs": 4}, headers={"Authorization": "Bearer sekret"})
+        st2, ok3 = a.post("/v1/completions", {"prompt": "x", "max_tokens": 1, "logprobs": 3}, headers={"Authorization": "Bearer sekret"})
+        check("max_logprobs: 4 of at most 3 is a 400, 3 is answered",
+              st == 400 and "greater than max allowed: 3" in ml["error"]["message"] and st2 == 200, (ml, ok3))
         st, tk = a.post("/tokenize", {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]},
                         headers={"Authorization": "Bearer sekret"})
         st2, dt = a.post("/detokenize", {"tokens": tk.get("tokens", [])}, headers={"Authorization": "Bearer sekret"})

@@ -142,6 +142,8 @@ TEST(Config, ImpossibleValuesFailValidation) {
   bad([](Config& c) { c.quantization = "fp8"; });  // vLLM's options llmserve cannot honour
   bad([](Config& c) { c.kv_cache_dtype = "fp8_e4m3"; });
   bad([](Config& c) { c.response_role = ""; });
+  bad([](Config& c) { c.max_logprobs = 21; });
+  bad([](Config& c) { c.max_logprobs = -1; });
   Config ok;
   ok.model = "m.h5";
   EXPECT_NO_THROW(config_validate(ok));

@@ -114,3 +114,14 @@ TEST(RequestJson, AllowedTokenIds) {
   EXPECT_NE(error_of(R"({"allowed_token_ids": [1000]})").find("outside the vocabulary (1000)"), std::string::npos);
   EXPECT_NE(error_of(R"({"allowed_token_ids": [-1]})").find("outside the vocabulary"), std::string::npos);
 }
+
+// vLLM's max_logprobs: at most 20 (the kernels' limit), lower when the server says so.
+TEST(RequestJson, MaxLogprobs) {
+  EXPECT_EQ(error_of(R"({"logprobs": 20})"), "");
+  EXPECT_NE(error_of(R"({"logprobs": 21})").find("Requested sample logprobs of 21, which is greater than max allowed: 20"),
+            std::string::npos);
+  SamplingParams p = parse(R"({"logprobs": true, "top_logprobs": 4})");
+  EXPECT_NO_THROW(sampling_params_validate(p, 1000, 4));
+  EXPECT_THROW(sampling_params_validate(p, 1000, 3), Error);
+  EXPECT_THROW(sampling_params_validate(p, 1000, 0), Error);
+}
