@@ -153,16 +153,18 @@ class Session : public std::enable_shared_from_this<Session> {
     static const Route routes[] = {{"/health", http::verb::get},      {"/version", http::verb::get},
                                    {"/metrics", http::verb::get},     {"/v1/models", http::verb::get},
                                    {"/v1/completions", http::verb::post}, {"/v1/chat/completions", http::verb::post},
-                                   {"/tokenize", http::verb::post},   {"/detokenize", http::verb::post}};
-    bool known = false;
+                                   {"/tokenize", http::verb::post},   {"/detokenize", http::verb::post},
+                                   {"/ping", http::verb::get},        {"/ping", http::verb::post}};
+    bool known = false, allowed = false;
     for (const auto& r : routes) {
       if (path != r.path) continue;
       known = true;
-      if (method != r.method) throw HttpError(405, cat("method not allowed for ", path), "MethodNotAllowed");
+      allowed = allowed || method == r.method;
     }
     if (!known) throw HttpError(404, cat("no route ", path), "NotFoundError");
+    if (!allowed) throw HttpError(405, cat("method not allowed for ", path), "MethodNotAllowed");
     if (path.rfind("/v1/", 0) == 0) require_auth();
-    if (path == "/health") {
+    if (path == "/health" || path == "/ping") {  // vLLM's /ping (GET or POST) answers as /health
       return respond(engine_.healthy() ? 200 : 503, "", req_.keep_alive(), "text/plain");
     }
     if (path == "/version") return respond(200, json_text(json{{"version", "0.1.0"}}), req_.keep_alive());

@@ -264,6 +264,9 @@ def main():
 
         st, h = s.request("GET", "/health")
         check("the server answers after the bad requests", st == 200, (st, h))
+        check("/ping answers GET and POST as /health (vLLM), other methods 405",
+              s.request("GET", "/ping")[0] == 200 and s.request("POST", "/ping")[0] == 200
+              and s.request("DELETE", "/ping")[0] == 405, s.request("DELETE", "/ping"))
         # allowed_token_ids (vLLM): only those tokens come out, greedy or sampled.
         st, yn = s.post("/tokenize", {"prompt": " yes no"})
         for temp in (0, 1.0):
