@@ -140,6 +140,9 @@ const std::vector<Option>& options() {
          }
        },
        [](Config& c) { c.allowed_origins.clear(); }},
+      {"generation_config", Kind::String,
+       "auto (requests default to the sampling parameters of the model's generation_config.json, as vLLM) | vllm (to vLLM's own defaults)",
+       [](Config& c, const std::string& v) { c.generation_config = v; }},
       {"max_logprobs", Kind::Int, "the most log-probabilities a request may ask for: 0 to 20 (vLLM's default 20)",
        [](Config& c, const std::string& v) { c.max_logprobs = parse_int32("max_logprobs", v); }},
       {"chat_template", Kind::String, "chat template replacing the model's: a file, or the template itself (as vLLM)",
@@ -375,6 +378,8 @@ void config_validate(const Config& c) {
   if (c.host.empty()) fail("host must not be empty");
   static const char* parsers[] = {"auto", "hermes", "llama3_json", "none"};
   if (c.response_role.empty()) fail("response_role must not be empty");
+  if (c.generation_config != "auto" && c.generation_config != "vllm")
+    fail(cat("generation_config must be auto or vllm (a folder of its own is not supported), got '", c.generation_config, "'"));
   if (c.max_logprobs < 0 || c.max_logprobs > 20)
     fail(cat("max_logprobs must be between 0 and 20 (the GPU kernels' limit), got ", c.max_logprobs));
   if (std::find(std::begin(parsers), std::end(parsers), c.tool_call_parser) == std::end(parsers))

@@ -36,6 +36,7 @@ struct Config {
   std::string tool_call_parser = "auto";  // auto | hermes | llama3_json | none
   std::vector<std::string> served_model_name;  // empty: the model path
   std::vector<std::string> allowed_origins = {"*"};  // CORS (vLLM's default: any origin)
+  std::string generation_config = "auto";  // auto: the model's generation_config.json sampling defaults; vllm: none
   int max_logprobs = 20;                    // the most log-probabilities a request may ask for (vLLM's)
   std::string chat_template;                // a file, or the template itself (vLLM's); empty: the model's
   std::string response_role = "assistant";  // the role of chat answers after a generation prompt (vLLM)

@@ -195,6 +195,28 @@ std::vector<std::vector<int32_t>> bad_words_token_ids(const std::vector<std::str
   return out;
 }
 
+json generation_config_defaults(const std::string& text, int64_t vocab_size) {
+  json g;
+  try {
+    g = json::parse(text);
+  } catch (const json::exception& e) {
+    throw Error(cat("generation_config.json is not valid JSON: ", e.what()));
+  }
+  if (!g.is_object()) throw Error("generation_config.json is not a JSON object");
+  json d = json::object();
+  for (const char* k : {"temperature", "top_p", "top_k", "min_p", "repetition_penalty"})
+    if (g.contains(k) && !g[k].is_null()) d[k] = g[k];
+  if (g.contains("max_new_tokens") && !g["max_new_tokens"].is_null()) d["max_tokens"] = g["max_new_tokens"];
+  try {
+    SamplingParams p;
+    sampling_params_from_json(d, p);
+    sampling_params_validate(p, vocab_size);
+  } catch (const Error& e) {
+    throw Error(cat("generation_config.json: ", e.what()));
+  }
+  return d;
+}
+
 void set_bad_words_ids(SamplingParams& p, const Tokenizer* tok) {
   p.bad_words_ids.clear();
   if (p.bad_words.empty()) return;

@@ -54,6 +54,11 @@ void sampling_params_validate(const SamplingParams& p, int64_t vocab_size, int m
 // word inside text). Empty encodings are dropped.
 std::vector<std::vector<int32_t>> bad_words_token_ids(const std::vector<std::string>& words,
                                                       const std::function<std::vector<int32_t>(const std::string&)>& encode);
+// vLLM's generation_config "auto": the sampling defaults a model's generation_config.json recommends
+// (temperature, top_p, top_k, min_p, repetition_penalty; max_new_tokens as max_tokens), as a JSON
+// object of the fields present, for requests that do not set them. Throws Error for text that is not
+// a JSON object or values that are not valid parameters.
+nlohmann::json generation_config_defaults(const std::string& generation_config_json, int64_t vocab_size);
 class Tokenizer;
 // p.bad_words_ids from p.bad_words with the model's tokenizer; throws Error when there are bad words
 // and no tokenizer.

@@ -61,6 +61,9 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
   if (given("user") && !body["user"].is_string())
     throw HttpError(400, "'user' must be a string", "BadRequestError", "user");
   try {
+    json defaults = ctx.sampling_defaults;  // the model's, then the request's own
+    defaults.erase("max_tokens");
+    sampling_params_from_json(defaults, r.params);
     sampling_params_from_json(body, r.params);
     set_bad_words_ids(r.params, ctx.tok);
   } catch (const Error& e) {
@@ -115,8 +118,11 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
                              r.chat ? "messages resulted in " : "prompt has ", longest, " tokens. Please reduce the length of the ",
                              r.chat ? "messages." : "prompt."),
                     "BadRequestError", r.chat ? "messages" : "prompt");
-  if (!given("max_tokens") && !given("max_completion_tokens"))  // the rest of the context, as vLLM
-    r.params.max_tokens = static_cast<int>(std::max<int64_t>(1, ctx.max_model_len - longest));
+  if (!given("max_tokens") && !given("max_completion_tokens")) {  // the rest of the context, as vLLM
+    int64_t room = ctx.max_model_len - longest;
+    if (ctx.sampling_defaults.contains("max_tokens")) room = std::min(room, ctx.sampling_defaults["max_tokens"].get<int64_t>());
+    r.params.max_tokens = static_cast<int>(std::max<int64_t>(1, room));
+  }
   try {
     sampling_params_validate(r.params, ctx.vocab_size, ctx.max_logprobs);
   } catch (const Error& e) {

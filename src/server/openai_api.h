@@ -34,6 +34,7 @@ struct ApiContext {
   ToolFormat tool_format = ToolFormat::None;
   std::string response_role = "assistant";  // a chat answer's role after a generation prompt
   int max_logprobs = 20;
+  nlohmann::json sampling_defaults = nlohmann::json::object();  // generation_config_defaults, or empty
 };
 
 // A parsed generation request: one or more prompts, each run with `params`.

@@ -97,11 +97,13 @@ int main(int argc, char** argv) {
       return f ? 0 : 1;
     }
     if (mode == "requests" && argc >= 4) {
-      // Engine requests for the golden prompts: greedy, 24 tokens, no EOS stop.
+      // Engine requests for the golden prompts: plain greedy (transformers' goldens: no repetition
+      // penalty, whatever the model's generation_config.json recommends), 24 tokens, no EOS stop.
       json g = load_json(argv[2]);
       std::ofstream f(argv[3]);
       for (const auto& p : g.at("public"))
-        f << json{{"prompt_token_ids", p.at("ids")}, {"max_tokens", 24}, {"temperature", 0}, {"ignore_eos", true}}.dump() << "\n";
+        f << json{{"prompt_token_ids", p.at("ids")}, {"max_tokens", 24}, {"temperature", 0}, {"repetition_penalty", 1.0},
+                  {"ignore_eos", true}}.dump() << "\n";
       return f ? 0 : 1;
     }
     if (mode == "generated" && argc == 4) {

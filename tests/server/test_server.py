@@ -267,6 +267,17 @@ def main():
         check("/ping answers GET and POST as /health (vLLM), other methods 405",
               s.request("GET", "/ping")[0] == 200 and s.request("POST", "/ping")[0] == 200
               and s.request("DELETE", "/ping")[0] == 405, s.request("DELETE", "/ping"))
+        # generation_config auto (the default): a request that sets no sampling parameter gets the model's
+        # generation_config.json ones (tiny-qwen2: temperature 0.7, top_p 0.8, top_k 20, repetition 1.05).
+        base = {"prompt": "Hello", "max_tokens": 8, "seed": 11, "ignore_eos": True}
+        st, gd = s.post("/v1/completions", base)
+        st2, gx = s.post("/v1/completions", {**base, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05})
+        st3, g1 = s.post("/v1/completions", {**base, "temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0})
+        check("generation_config auto: defaults are the model's generation_config.json",
+              st == st2 == st3 == 200 and gd["choices"][0]["text"] == gx["choices"][0]["text"]
+              and gd["choices"][0]["text"] != g1["choices"][0]["text"], (gd, gx, g1))
+        with open(s.log.name) as f:
+            check("generation_config auto: logged", "default sampling parameters from the model's generation_config.json" in f.read())
         # allowed_token_ids (vLLM): only those tokens come out, greedy or sampled.
         st, yn = s.post("/tokenize", {"prompt": " yes no"})
         for temp in (0, 1.0):
@@ -464,11 +475,18 @@ def main():
     # Also vLLM's launch flags: response_role, no access log, and the ones accepted without effect.
     a = Server("--api-key", "sekret", "--allowed-origins", '["http://app.example"]', "--response-role", "bot",
                "--disable-uvicorn-access-log", "--disable-log-requests", "--disable-log-stats", "--trust-remote-code",
-               "--enable-auto-tool-choice", "--max-logprobs", "3", "--chat-template", "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}")
+               "--enable-auto-tool-choice", "--max-logprobs", "3", "--generation-config", "vllm", "--chat-template", "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}")
     try:
         st, rb = a.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
                         headers={"Authorization": "Bearer sekret"})
         check("response_role: the chat answer's role", st == 200 and rb["choices"][0]["message"]["role"] == "bot", rb)
+        # generation_config vllm: requests default to vLLM's own parameters (temperature 1, no filters).
+        auth = {"Authorization": "Bearer sekret"}
+        st, gv = a.post("/v1/completions", {"prompt": "Hello", "max_tokens": 8, "seed": 11, "ignore_eos": True}, headers=auth)
+        st2, ge = a.post("/v1/completions", {"prompt": "Hello", "max_tokens": 8, "seed": 11, "ignore_eos": True, "temperature": 1.0,
+                                             "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0}, headers=auth)
+        check("generation_config vllm: defaults are vLLM's own", st == 200 and st2 == 200
+              and gv["choices"][0]["text"] == ge["choices"][0]["text"], (gv, ge))
         st, ml = a.post("/v1/completions", {"prompt": "x", "max_tokens": 1, "logprobs": 4}, headers={"Authorization": "Bearer sekret"})
         st2, ok3 = a.post("/v1/completions", {"prompt": "x", "max_tokens": 1, "logprobs": 3}, headers={"Authorization": "Bearer sekret"})
         check("max_logprobs: 4 of at most 3 is a 400, 3 is answered",

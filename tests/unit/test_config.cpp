@@ -143,6 +143,7 @@ TEST(Config, ImpossibleValuesFailValidation) {
   bad([](Config& c) { c.kv_cache_dtype = "fp8_e4m3"; });
   bad([](Config& c) { c.response_role = ""; });
   bad([](Config& c) { c.max_logprobs = 21; });
+  bad([](Config& c) { c.generation_config = "/models/qwen"; });
   bad([](Config& c) { c.max_logprobs = -1; });
   Config ok;
   ok.model = "m.h5";

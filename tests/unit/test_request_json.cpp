@@ -125,3 +125,16 @@ TEST(RequestJson, MaxLogprobs) {
   EXPECT_THROW(sampling_params_validate(p, 1000, 3), Error);
   EXPECT_THROW(sampling_params_validate(p, 1000, 0), Error);
 }
+
+// vLLM's generation_config auto: the sampling fields of a model's generation_config.json (max_new_tokens
+// as max_tokens) become request defaults; other fields are left; bad values are named.
+TEST(RequestJson, GenerationConfigDefaults) {
+  const json d = generation_config_defaults(
+      R"({"bos_token_id": 1, "do_sample": true, "temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05,
+          "max_new_tokens": 64, "min_p": null})", 1000);
+  EXPECT_EQ(d, json::parse(R"({"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05, "max_tokens": 64})"));
+  EXPECT_EQ(generation_config_defaults(R"({"eos_token_id": [2, 3]})", 1000), json::object());
+  EXPECT_THROW(generation_config_defaults(R"({"top_p": 0})", 1000), Error);
+  EXPECT_THROW(generation_config_defaults(R"([1])", 1000), Error);
+  EXPECT_THROW(generation_config_defaults("{", 1000), Error);
+}

@@ -97,6 +97,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
   std::vector<Job> jobs;
   std::unique_ptr<Tokenizer> tok;
   std::unique_ptr<ChatTemplate> chat;
+  nlohmann::json defaults = nlohmann::json::object();
   agree(world, [&] {
     if (model_has_file(cfg)) {
       ModelFile file(cfg.model);
@@ -104,6 +105,8 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
         tok = Tokenizer::from_model_file(file);
         chat = ChatTemplate::from_model_file(file, cfg.chat_template.empty() ? "" : load_chat_template(cfg.chat_template));
       }
+      if (auto g = file.text("tokenizer", "generation_config.json"); g && cfg.generation_config == "auto")
+        defaults = generation_config_defaults(*g, runner.spec().vocab_size);
     }
     std::ifstream in(input);
     if (!in) throw Error(cat("generate: cannot read '", input, "'"));
@@ -114,6 +117,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
         const ojson j = parse_json<ojson>(line);
         Job job;
         job.prompt = prompt_from_json(j, tok.get(), chat.get());
+        sampling_params_from_json(defaults, job.params);  // the model's generation_config.json, then the line's
         sampling_params_from_json(parse_json(line), job.params);
         set_bad_words_ids(job.params, tok.get());
         sampling_params_validate(job.params, runner.spec().vocab_size, cfg.max_logprobs);
