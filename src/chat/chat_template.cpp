@@ -49,7 +49,7 @@ std::string load_chat_template(const std::string& value) {
   return out;
 }
 
-std::unique_ptr<ChatTemplate> ChatTemplate::from_model_file(const ModelFile& file, const std::string& override_source) {
+std::unique_ptr<ChatTemplate> ChatTemplate::from_model_file(const ModelFile& file, const std::string& chat_template) {
   ojson special = ojson::object();
   if (auto tc = file.text("tokenizer", "tokenizer_config.json")) {
     ojson cfg;
@@ -65,9 +65,10 @@ std::unique_ptr<ChatTemplate> ChatTemplate::from_model_file(const ModelFile& fil
     }
   }
   std::unique_ptr<ChatTemplate> t;
-  if (!override_source.empty()) {
+  if (!chat_template.empty()) {
+    const std::string source = load_chat_template(chat_template);
     try {
-      t = std::make_unique<ChatTemplate>(override_source, special);
+      t = std::make_unique<ChatTemplate>(source, special);
     } catch (const Error& e) {
       throw Error(cat("chat_template cannot be used: ", e.what()));
     }

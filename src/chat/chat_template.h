@@ -31,9 +31,9 @@ class ChatTemplate {
   // Parses `source`; throws Error when the template cannot be parsed. `special_tokens` maps
   // bos_token etc. to their text.
   ChatTemplate(const std::string& source, nlohmann::ordered_json special_tokens);
-  // The model's template (or ChatML, with a warning, when it has none); `override_source`, when not
-  // empty, replaces it (the configuration's chat_template, read by load_chat_template).
-  static std::unique_ptr<ChatTemplate> from_model_file(const ModelFile& file, const std::string& override_source = "");
+  // The model's template (or ChatML, with a warning, when it has none); `chat_template`, when not
+  // empty, replaces it (the configuration's value: a file or the template, read by load_chat_template).
+  static std::unique_ptr<ChatTemplate> from_model_file(const ModelFile& file, const std::string& chat_template = "");
   // Throws Error (a 400 for the server) when rendering fails, e.g. raise_exception in the template.
   std::string render(const nlohmann::ordered_json& messages, const ChatRenderOptions& opt = {}) const;
   bool is_fallback() const { return fallback_; }

@@ -67,6 +67,12 @@ bool parse_bool(const std::string& key, const std::string& v) {
   throw Error(cat("config: ", key, " must be true or false, got '", v, "'"));
 }
 
+// A vLLM flag accepted so vLLM launch lines run, with no effect here (its help says why); its value
+// must still be a boolean.
+Option accepted_flag(const char* key, const char* help) {
+  return {key, Kind::Bool, help, [key](Config&, const std::string& v) { parse_bool(key, v); }};
+}
+
 const std::vector<Option>& options() {
   static const std::vector<Option> opts = {
       {"model", Kind::String, "path to the model file (.h5, made by llmserve-convert)",
@@ -151,15 +157,11 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.response_role = v; }},
       {"disable_uvicorn_access_log", Kind::Bool, "no access-log line per request",
        [](Config& c, const std::string& v) { c.disable_uvicorn_access_log = parse_bool("disable_uvicorn_access_log", v); }},
-      {"disable_log_requests", Kind::Bool, "accepted as vLLM's; no effect: llmserve does not log prompts or parameters",
-       [](Config& c, const std::string& v) { c.disable_log_requests = parse_bool("disable_log_requests", v); }},
-      {"disable_log_stats", Kind::Bool, "accepted as vLLM's; no effect: llmserve logs no periodic statistics (see /metrics)",
-       [](Config& c, const std::string& v) { c.disable_log_stats = parse_bool("disable_log_stats", v); }},
-      {"trust_remote_code", Kind::Bool, "accepted as vLLM's; no effect: llmserve runs no code from model repositories",
-       [](Config& c, const std::string& v) { c.trust_remote_code = parse_bool("trust_remote_code", v); }},
-      {"enable_auto_tool_choice", Kind::Bool,
-       "accepted as vLLM's; no effect: tool calls are read from chat output unless tool_call_parser is none",
-       [](Config& c, const std::string& v) { c.enable_auto_tool_choice = parse_bool("enable_auto_tool_choice", v); }},
+      accepted_flag("disable_log_requests", "accepted as vLLM's; no effect: llmserve does not log prompts or parameters"),
+      accepted_flag("disable_log_stats", "accepted as vLLM's; no effect: llmserve logs no periodic statistics (see /metrics)"),
+      accepted_flag("trust_remote_code", "accepted as vLLM's; no effect: llmserve runs no code from model repositories"),
+      accepted_flag("enable_auto_tool_choice",
+                    "accepted as vLLM's; no effect: tool calls are read from chat output unless tool_call_parser is none"),
       {"seed", Kind::Int, "random seed",
        [](Config& c, const std::string& v) { c.seed = parse_int("seed", v); }},
   };

@@ -41,8 +41,6 @@ struct Config {
   std::string chat_template;                // a file, or the template itself (vLLM's); empty: the model's
   std::string response_role = "assistant";  // the role of chat answers after a generation prompt (vLLM)
   bool disable_uvicorn_access_log = false;  // no access-log line per request (vLLM's name)
-  // Accepted for vLLM launch lines, with no effect here (see the options' help).
-  bool disable_log_requests = false, disable_log_stats = false, trust_remote_code = false, enable_auto_tool_choice = false;
   int64_t seed = 0;
 
   // Values as given (key -> text), for logging the effective configuration.

@@ -8,7 +8,9 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/log.h"
 #include "kernels/draw.h"
+#include "model/model_file.h"
 #include "tokenizer/tokenizer.h"
 
 namespace llmserve {
@@ -214,6 +216,16 @@ json generation_config_defaults(const std::string& text, int64_t vocab_size) {
   } catch (const Error& e) {
     throw Error(cat("generation_config.json: ", e.what()));
   }
+  return d;
+}
+
+json generation_config_defaults(const ModelFile& file, int64_t vocab_size) {
+  const auto text = file.text("tokenizer", "generation_config.json");
+  if (!text) return json::object();
+  json d = generation_config_defaults(*text, vocab_size);
+  if (!d.empty())
+    log_info("default sampling parameters from the model's generation_config.json: ", d.dump(),
+             " (generation_config: vllm for vLLM's own)");
   return d;
 }
 

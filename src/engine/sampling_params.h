@@ -59,6 +59,9 @@ std::vector<std::vector<int32_t>> bad_words_token_ids(const std::vector<std::str
 // object of the fields present, for requests that do not set them. Throws Error for text that is not
 // a JSON object or values that are not valid parameters.
 nlohmann::json generation_config_defaults(const std::string& generation_config_json, int64_t vocab_size);
+class ModelFile;
+// The same from a model file's generation_config.json (an empty object when it has none); logged.
+nlohmann::json generation_config_defaults(const ModelFile& file, int64_t vocab_size);
 class Tokenizer;
 // p.bad_words_ids from p.bad_words with the model's tokenizer; throws Error when there are bad words
 // and no tokenizer.

@@ -61,9 +61,7 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
   if (given("user") && !body["user"].is_string())
     throw HttpError(400, "'user' must be a string", "BadRequestError", "user");
   try {
-    json defaults = ctx.sampling_defaults;  // the model's, then the request's own
-    defaults.erase("max_tokens");
-    sampling_params_from_json(defaults, r.params);
+    sampling_params_from_json(ctx.sampling_defaults, r.params);  // the model's, then the request's own
     sampling_params_from_json(body, r.params);
     set_bad_words_ids(r.params, ctx.tok);
   } catch (const Error& e) {
@@ -136,6 +134,12 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
                                " in the completion). Please reduce the length of the ", r.chat ? "messages" : "prompt",
                                " or completion."),
                       "BadRequestError", "max_tokens");
+}
+
+void read_echo(const json& body, GenerationRequest& r) {
+  if (!body.contains("echo") || body["echo"].is_null()) return;
+  if (!body["echo"].is_boolean()) throw HttpError(400, "'echo' must be a boolean", "BadRequestError", "echo");
+  r.echo = body["echo"].get<bool>();
 }
 
 json usage_json(int64_t prompt, int64_t completion) {
@@ -226,10 +230,7 @@ GenerationRequest parse_completion(const json& body, const ApiContext& ctx) {
   }
   for (const auto& q : r.prompts)
     if (q.empty()) throw HttpError(400, "the prompt is empty", "BadRequestError", "prompt");
-  if (body.contains("echo") && !body["echo"].is_null()) {
-    if (!body["echo"].is_boolean()) throw HttpError(400, "'echo' must be a boolean", "BadRequestError", "echo");
-    r.echo = body["echo"].get<bool>();
-  }
+  read_echo(body, r);
   common_params(body, r, ctx);
   // With echo, OpenAI's and vLLM's log-probabilities cover the prompt's tokens too (what evaluation
   // harnesses read): refused rather than answered with the completion's alone.
@@ -254,10 +255,7 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
       throw HttpError(400, "a message's 'content' must be a string or a list of parts", "BadRequestError", "messages");
   }
   if (!ctx.tok || !ctx.chat) throw HttpError(400, "this model has no tokenizer or chat template");
-  if (body.contains("echo") && !body["echo"].is_null()) {
-    if (!body["echo"].is_boolean()) throw HttpError(400, "'echo' must be a boolean", "BadRequestError", "echo");
-    r.echo = body["echo"].get<bool>();
-  }
+  read_echo(plain, r);
   ChatRenderOptions o;
   try {
     o = chat_render_options(body);

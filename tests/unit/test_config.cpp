@@ -161,8 +161,11 @@ TEST(Config, VllmLaunchFlags) {
   config_parse_args(c, {"--response-role", "bot", "--disable-uvicorn-access-log", "--disable-log-requests",
                         "--disable-log-stats", "--trust-remote-code", "--enable-auto-tool-choice"});
   EXPECT_EQ(c.response_role, "bot");
-  EXPECT_TRUE(c.disable_uvicorn_access_log && c.disable_log_requests && c.disable_log_stats && c.trust_remote_code &&
-              c.enable_auto_tool_choice);
+  EXPECT_TRUE(c.disable_uvicorn_access_log);
+  for (const char* key : {"disable_log_requests", "disable_log_stats", "trust_remote_code", "enable_auto_tool_choice"})
+    EXPECT_EQ(c.given.count(key), 1u) << key;
+  Config d;
+  EXPECT_THROW(config_parse_args(d, {"--trust-remote-code=maybe"}), Error);  // still a boolean
   EXPECT_EQ(Config().response_role, "assistant");
   EXPECT_FALSE(Config().disable_uvicorn_access_log);
   for (const char* key : {"disable_log_requests", "disable_log_stats", "trust_remote_code", "enable_auto_tool_choice"}) {

@@ -103,10 +103,9 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
       ModelFile file(cfg.model);
       if (file.text("tokenizer", "tokenizer.json")) {
         tok = Tokenizer::from_model_file(file);
-        chat = ChatTemplate::from_model_file(file, cfg.chat_template.empty() ? "" : load_chat_template(cfg.chat_template));
+        chat = ChatTemplate::from_model_file(file, cfg.chat_template);
       }
-      if (auto g = file.text("tokenizer", "generation_config.json"); g && cfg.generation_config == "auto")
-        defaults = generation_config_defaults(*g, runner.spec().vocab_size);
+      if (cfg.generation_config == "auto") defaults = generation_config_defaults(file, runner.spec().vocab_size);
     }
     std::ifstream in(input);
     if (!in) throw Error(cat("generate: cannot read '", input, "'"));

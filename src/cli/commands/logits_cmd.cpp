@@ -183,7 +183,7 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
         if (cfg.model.empty()) throw Error("config: model is required (a .h5 file made by llmserve-convert)");
         ModelFile file(cfg.model);
         tok = Tokenizer::from_model_file(file);
-        chat = ChatTemplate::from_model_file(file, cfg.chat_template.empty() ? "" : load_chat_template(cfg.chat_template));
+        chat = ChatTemplate::from_model_file(file, cfg.chat_template);
       }
       try {
         la.prompts.push_back(prompt_from_json(r, tok.get(), chat.get()));

@@ -49,14 +49,9 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
       ModelFile file(cfg.model);
       if (file.text("tokenizer", "tokenizer.json")) {
         tok = Tokenizer::from_model_file(file);
-        chat = ChatTemplate::from_model_file(file, cfg.chat_template.empty() ? "" : load_chat_template(cfg.chat_template));
+        chat = ChatTemplate::from_model_file(file, cfg.chat_template);
       }
-      if (auto g = file.text("tokenizer", "generation_config.json"); g && cfg.generation_config == "auto") {
-        ctx.sampling_defaults = generation_config_defaults(*g, runner.spec().vocab_size);
-        if (!ctx.sampling_defaults.empty())
-          log_info("default sampling parameters from the model's generation_config.json: ", ctx.sampling_defaults.dump(),
-                   " (generation_config: vllm for vLLM's own)");
-      }
+      if (cfg.generation_config == "auto") ctx.sampling_defaults = generation_config_defaults(file, runner.spec().vocab_size);
     }
     ctx.tok = tok.get();
     ctx.chat = chat.get();
