@@ -170,6 +170,7 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
                       cfg_.max_model_len, "; raise kv_cache_memory_gb or lower max_model_len"));
     kv_ = std::make_unique<KvCache>(*backend_, shape, num_host_blocks_);
   });
+  warm_up();
   if (graphs_) {
     double secs = 0;
     agree(world_comm, [&] { secs = graphs_->capture(*kv_); });
@@ -189,49 +190,100 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
 
 ModelRunner::~ModelRunner() = default;
 
+// One forward pass of the largest step the scheduler can plan: max_num_batched_tokens tokens of one
+// sequence over blocks 0.. of `kv` (block ids wrap around when the cache has fewer), with the logits of
+// its last min(T, max_num_seqs) rows; zero activations from the previous stage. Returns this stage's
+// output (the logits shard on the last stage).
+Tensor ModelRunner::max_batch_forward(KvCache& kv) {
+  const int64_t T = cfg_.max_num_batched_tokens, H = spec_.hidden_size, bs = cfg_.block_size;
+  const int64_t blocks = (T + bs - 1) / bs, have = kv.shape().num_blocks;
+  StepMeta m;
+  m.token_ids.assign(static_cast<size_t>(T), 0);
+  m.positions.resize(static_cast<size_t>(T));
+  m.slot_mapping.resize(static_cast<size_t>(T));
+  m.block_tables.resize(static_cast<size_t>(blocks));
+  for (int64_t b = 0; b < blocks; ++b) m.block_tables[b] = static_cast<int32_t>(b % have);
+  for (int64_t i = 0; i < T; ++i) {
+    m.positions[i] = static_cast<int32_t>(i);
+    m.slot_mapping[i] = static_cast<int32_t>(m.block_tables[i / bs] * bs + i % bs);
+  }
+  m.q_start = {0, static_cast<int32_t>(T)};
+  m.max_blocks = static_cast<int32_t>(blocks);
+  const int64_t rows = std::min<int64_t>(T, cfg_.max_num_seqs);
+  for (int64_t i = T - rows; i < T; ++i) m.logits_indices.push_back(static_cast<int32_t>(i));
+  Tensor hidden;
+  if (!topo_.first_stage()) {
+    std::vector<float> zeros(static_cast<size_t>(T * H), 0.f);
+    hidden = backend_->upload(zeros.data(), {T, H}, DType::F32);
+  }
+  return model_->forward(m, hidden, kv);
+}
+
+// On a GPU, what the first requests would otherwise pay once each, paid at start-up (as vLLM's warm-up
+// and dummy sampler runs), also when kv_cache_memory_gb skips the profiling forward: the activations'
+// memory of the largest step taken into the memory pool (which keeps it; the memory plan left room
+// for it), its matrix products prepared for every token count up to it (CudaBackend::prepare_gemms),
+// and the draw and log-probability kernels loaded. (On an H200 a fresh server's first 2,048-token
+// prompt still takes ~5 ms more than the next; docs/performance.md.)
+void ModelRunner::warm_up() {
+  size_t free_b = 0, total_b = 0;
+  if (!backend_->device_memory(&free_b, &total_b)) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  int64_t gemms = 0;
+  agree(world_->handle(), [&] {
+    Tensor out = max_batch_forward(*kv_);
+    if (topo_.last_stage()) {
+      // Each kind of draw (greedy, sampled, filtered) and the largest log-probability request, over
+      // every logits row.
+      const int64_t n = out.dim(0);
+      const Range vr = model_->shard().vocab;
+      std::vector<RowDraw> draws(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) {
+        RowDraw& d = draws[i];
+        d.position = i;
+        d.greedy = i % 3 == 0;
+        if (i % 3 == 2) d.top_k = 50, d.top_p = 0.9, d.log_min_p = std::log(0.05f);
+      }
+      std::vector<float> best(static_cast<size_t>(n));
+      std::vector<int32_t> idx(static_cast<size_t>(n));
+      backend_->draw_rows(out, vr.size(), vr.begin, draws, {}, best.data(), idx.data());
+      const int K = std::min(cfg_.max_logprobs, kMaxTopLogprobs);
+      std::vector<int32_t> rows(static_cast<size_t>(n)), chosen(static_cast<size_t>(n), 0);
+      for (int64_t i = 0; i < n; ++i) rows[i] = static_cast<int32_t>(i);
+      std::vector<float> stats(static_cast<size_t>(n * 3)), top_v(static_cast<size_t>(n * K));
+      std::vector<int32_t> top_i(static_cast<size_t>(n * K));
+      backend_->row_logprobs(out, vr.size(), vr.begin, rows, chosen, K, stats.data(), top_v.data(), top_i.data());
+    }
+    out = Tensor();
+    gemms = backend_->prepare_gemms();
+    backend_->synchronize();
+  });
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f s", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  log_info("warm-up: a forward pass of ", cfg_.max_num_batched_tokens, " tokens, the draw kernels and ", gemms,
+           " matrix products (every token count up to it) in ", buf);
+}
+
 // The KV-cache budget of this rank in GiB. kv_cache_memory_gb when given; on the CPU backend 1 GiB by
 // default; on a GPU vLLM's plan: gpu_memory_utilization x the device's memory, less what is in use once
 // the weights are loaded (CUDA context, workspaces, weights, other processes) and less the activation
 // peak of a profiling forward over max_num_batched_tokens tokens (with the logits of up to max_num_seqs
-// rows). The profiling forward's matrix products are then prepared for every token count up to it.
+// rows).
 double ModelRunner::kv_budget_gb(const KvCacheShape& shape) {
   if (cfg_.kv_cache_memory_gb > 0) return cfg_.kv_cache_memory_gb;
   size_t free_b = 0, total_b = 0;
   if (!backend_->device_memory(&free_b, &total_b)) return 1.0;
-  const int64_t T = cfg_.max_num_batched_tokens, H = spec_.hidden_size;
+  const int64_t T = cfg_.max_num_batched_tokens;
   double peak = 0;
   agree(world_->handle(), [&] {
     KvCacheShape ps = shape;
     ps.num_blocks = (T + cfg_.block_size - 1) / cfg_.block_size;
     KvCache scratch(*backend_, ps, 0);
-    StepMeta m;
-    m.token_ids.assign(static_cast<size_t>(T), 0);
-    m.positions.resize(static_cast<size_t>(T));
-    m.slot_mapping.resize(static_cast<size_t>(T));
-    for (int64_t i = 0; i < T; ++i) m.positions[i] = m.slot_mapping[i] = static_cast<int32_t>(i);
-    m.q_start = {0, static_cast<int32_t>(T)};
-    m.max_blocks = static_cast<int32_t>(ps.num_blocks);
-    m.block_tables.resize(static_cast<size_t>(ps.num_blocks));
-    for (int64_t b = 0; b < ps.num_blocks; ++b) m.block_tables[b] = static_cast<int32_t>(b);
-    const int64_t rows = std::min<int64_t>(T, cfg_.max_num_seqs);
-    for (int64_t i = T - rows; i < T; ++i) m.logits_indices.push_back(static_cast<int32_t>(i));
-    Tensor hidden;
-    if (!topo_.first_stage()) {
-      std::vector<float> zeros(static_cast<size_t>(T * H), 0.f);
-      hidden = backend_->upload(zeros.data(), {T, H}, DType::F32);
-    }
     const size_t base = backend_->tensor_memory();
     backend_->reset_peak_memory();
-    { Tensor out = model_->forward(m, hidden, scratch); }
+    { Tensor out = max_batch_forward(scratch); }
     const size_t high = backend_->peak_memory();
     peak = high > base ? static_cast<double>(high - base) : 0.0;
-    // Each matrix product of the forward prepared for every token count up to the profiled one.
-    const auto t0 = std::chrono::steady_clock::now();
-    if (const int64_t n = backend_->prepare_gemms(); n > 0) {
-      char buf[32];
-      std::snprintf(buf, sizeof buf, "%.2f s", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-      log_info("GEMMs prepared for token counts up to ", T, ": ", n, " products in ", buf);
-    }
   });
   backend_->trim_memory();  // the profiling run's memory goes back before the KV cache is allocated
   const MemoryPlan plan = plan_memory(total_b, free_b, peak, cfg_.gpu_memory_utilization);

@@ -53,6 +53,8 @@ class ModelRunner {
 
  private:
   double kv_budget_gb(const KvCacheShape& shape);
+  Tensor max_batch_forward(KvCache& kv);
+  void warm_up();
   Config& cfg_;
   Topology topo_;
   ModelSpec spec_;
