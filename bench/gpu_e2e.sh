@@ -8,6 +8,8 @@
 #   - the same throughput run with sampling filters and a penalty (temperature 0.8, top-p 0.9,
 #     top-k 50, repetition penalty 1.1: drawn on the device);
 #   - the same throughput run asking for 5 log-probabilities per token;
+#   - scoring a 2048-token text (echo + logprobs 1 + max_tokens 0: every prompt token's log-probability)
+#     against a one-token completion of the same length (E2E_SCORE_ONLY=1 runs this alone);
 # and runs transformers (bench/reference/hf_e2e.py) on the same GPU and shape as the baseline
 # (E2E_BASELINE=0 leaves it out; E2E_DECODE_ONLY=1 stops after the batch-1 decode run; E2E_TTFT_ONLY=1
 # runs the TTFT measurement alone).
@@ -30,13 +32,41 @@ for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$port/health" >/dev/null &&
 b() { "$build/llmserve-bench" --base-url "http://127.0.0.1:$port" --disable-progress --timeout 400 "$@"; }
 b --num-prompts 2 --random-input-len 32 --random-output-len 16 --max-concurrency 1 >/dev/null  # warm-up
 ttft() { b --num-prompts 3 --random-input-len 2048 --random-output-len 1 --max-concurrency 1 --seed 2 --result-file "$out/ttft-$tag.json" | grep -E "TTFT|Failed"; }
+# Scoring a text (what evaluation harnesses send: echo, logprobs 1, max_tokens 0, i.e. every prompt
+# token's log-probability) against a plain one-token completion of the same 2048 random token ids.
+score() {
+  python3 - "$port" <<'PY'
+import http.client, json, random, sys, time
+port = int(sys.argv[1])
+def post(body):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    t0 = time.perf_counter()
+    c.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    r = c.getresponse(); out = json.loads(r.read()); c.close()
+    return (time.perf_counter() - t0) * 1e3, r.status, out
+rng = random.Random(9)
+for kind in ("plain", "score", "plain", "score"):
+    ms = []
+    for _ in range(3):
+        ids = [rng.randrange(1000, 100000) for _ in range(2048)]
+        body = {"prompt": ids, "max_tokens": 1, "temperature": 0} if kind == "plain" else \
+               {"prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 1}
+        t, st, out = post(body)
+        ok = st == 200 and (kind == "plain" or len(out["choices"][0]["logprobs"]["token_logprobs"]) == 2048)
+        ms.append(t if ok else float("nan"))
+    print(f"2048-token prompt, {kind:5s} ({'echo + logprobs 1 + max_tokens 0' if kind == 'score' else 'max_tokens 1'}): "
+          f"{sum(ms) / len(ms):.1f} ms per request (3 requests)")
+PY
+}
 if [ "${E2E_TTFT_ONLY:-0}" = 1 ]; then ttft; exit 0; fi
+if [ "${E2E_SCORE_ONLY:-0}" = 1 ]; then score; exit 0; fi
 # A seed per run: runs with the same seed send the same random prompts, which the later runs would
 # find in the prefix cache (skipping their prefill).
 b --num-prompts 3 --random-input-len 32 --random-output-len 256 --max-concurrency 1 --seed 1 --result-file "$out/decode-$tag.json" | grep -E "TPOT|Failed"
 # E2E_DECODE_ONLY=1: the batch-1 decode run alone (A/B comparisons of decode changes).
 if [ "${E2E_DECODE_ONLY:-0}" = 1 ]; then exit 0; fi
 ttft
+score
 b --num-prompts 256 --random-input-len 512 --random-output-len 256 --seed 3 --result-file "$out/throughput-$tag.json" | grep -E "Output token|Failed|Mean TPOT|duration"
 echo "sampled (temperature 0.8, top-p 0.9, top-k 50, repetition penalty 1.1):"
 b --num-prompts 256 --random-input-len 512 --random-output-len 256 --seed 4 --temperature 0.8 --top-p 0.9 --top-k 50 \

@@ -83,6 +83,17 @@ void row_logprobs(const float* logits, int64_t stride, int64_t L, int64_t token_
   }
 }
 
+void count_at_least(const float* logits, int64_t stride, int64_t L, const int32_t* rows, const float* thresholds,
+                    int64_t m, int32_t* counts) {
+#pragma omp parallel for schedule(dynamic) if (m > 1)
+  for (int64_t j = 0; j < m; ++j) {
+    const float* row = logits + rows[j] * stride;
+    int32_t c = 0;
+    for (int64_t k = 0; k < L; ++k) c += row[k] >= thresholds[j];
+    counts[j] = c;
+  }
+}
+
 void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
                const LogitEdit* edits, int64_t num_edits, float* best, int32_t* idx) {
   for (int64_t e = 0; e < num_edits; ++e) {

@@ -52,6 +52,10 @@ void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t toke
 // columns are tokens token_offset..: stats [m, 3], top_v and top_i [m, K].
 void row_logprobs(const float* logits, int64_t stride, int64_t L, int64_t token_offset, const int32_t* rows,
                   const int32_t* chosen, int64_t m, int K, float* stats, float* top_v, int32_t* top_i);
+// counts[j] = how many of the first L logits of row rows[j] of logits [., stride] are >= thresholds[j]
+// (a token's rank, as vLLM counts it, when the threshold is its logit).
+void count_at_least(const float* logits, int64_t stride, int64_t L, const int32_t* rows, const float* thresholds,
+                    int64_t m, int32_t* counts);
 // The smallest x = logit * inv_temperature a filtered row keeps (-inf when it keeps everything).
 float draw_keep_threshold(const float* row, int64_t L, const RowDraw& r);
 // The two filter steps that see the kept values themselves, shared with the sampler's version for a

@@ -385,7 +385,27 @@ __global__ void __launch_bounds__(kLogprobThreads)
   }
 }
 
+// Block j counts the logits of row rows[j] at or above thresholds[j].
+__global__ void __launch_bounds__(kLogprobThreads)
+    count_at_least_k(const float* logits, int64_t stride, int64_t L, const int32_t* rows, const float* thresholds,
+                     int32_t* counts) {
+  pdl_enter();
+  const int64_t j = blockIdx.x;
+  const float t = thresholds[j];
+  float c = 0.f;  // exact below 2^24 per thread
+  for_row<4>(logits + rows[j] * stride, 0, L, threadIdx.x, kLogprobThreads, [&](int64_t, float x) { c += x >= t; });
+  const float total = block_sum(c);
+  if (threadIdx.x == 0) counts[j] = static_cast<int32_t>(total);
+}
+
 }  // namespace
+
+void count_at_least(const float* logits, int64_t stride, int64_t L, const int32_t* rows, const float* thresholds,
+                    int64_t m, int32_t* counts, cudaStream_t s) {
+  if (m == 0) return;
+  launch("count_at_least", count_at_least_k, static_cast<unsigned>(m), kLogprobThreads, 0, s, logits, stride, L, rows,
+         thresholds, counts);
+}
 
 void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
                const LogitEdit* edits, int64_t num_edits, bool filtered, float* best, int32_t* idx, cudaStream_t s) {

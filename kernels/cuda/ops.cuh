@@ -113,6 +113,9 @@ void gemv_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const T*
 // `filtered`: some row has filters (RowDraw::filtered).
 void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
                const LogitEdit* edits, int64_t num_edits, bool filtered, float* best, int32_t* idx, cudaStream_t s);
+// kernels/cpu/ops.h count_at_least; rows, thresholds and counts are device arrays.
+void count_at_least(const float* logits, int64_t stride, int64_t L, const int32_t* rows, const float* thresholds,
+                    int64_t m, int32_t* counts, cudaStream_t s);
 // Log-probability statistics (see kernels/cpu/ops.h row_logprobs); rows, chosen and the outputs are
 // device arrays.
 void row_logprobs(const float* logits, int64_t stride, int64_t L, int64_t token_offset, const int32_t* rows,

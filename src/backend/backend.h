@@ -131,6 +131,10 @@ class Backend {
   // [m, K], m = rows.size() = chosen.size(), K <= kMaxTopLogprobs.
   virtual void row_logprobs(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<int32_t>& rows,
                             const std::vector<int32_t>& chosen, int K, float* stats, float* top_v, int32_t* top_i) = 0;
+  // counts[j] = how many of the first L columns of row rows[j] of float32 logits [n, stride] are >=
+  // thresholds[j] (kernels/cpu/ops.h count_at_least); counts is a host array of rows.size().
+  virtual void count_at_least(const Tensor& logits, int64_t L, const std::vector<int32_t>& rows,
+                              const std::vector<float>& thresholds, int32_t* counts) = 0;
 
   // Device memory, for the memory plan (backends without a device memory of their own return false).
   virtual bool device_memory(size_t* free_bytes, size_t* total_bytes) { (void)free_bytes, (void)total_bytes; return false; }

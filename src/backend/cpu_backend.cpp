@@ -136,6 +136,13 @@ void CpuBackend::row_logprobs(const Tensor& logits, int64_t L, int64_t token_off
                     static_cast<int64_t>(rows.size()), K, stats, top_v, top_i);
 }
 
+void CpuBackend::count_at_least(const Tensor& logits, int64_t L, const std::vector<int32_t>& rows,
+                                const std::vector<float>& thresholds, int32_t* counts) {
+  LLMSERVE_CHECK(rows.size() == thresholds.size(), "count_at_least: bad arguments");
+  cpu::count_at_least(logits.as<float>(), logits.dim(1), L, rows.data(), thresholds.data(),
+                      static_cast<int64_t>(rows.size()), counts);
+}
+
 void CpuBackend::gather_rows(const Tensor& x, Tensor& out) {
   const auto& m = meta();
   const int64_t C = cols(x);

@@ -31,6 +31,8 @@ class CpuBackend : public Backend {
                  const std::vector<LogitEdit>& edits, float* best, int32_t* idx) override;
   void row_logprobs(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<int32_t>& rows,
                     const std::vector<int32_t>& chosen, int K, float* stats, float* top_v, int32_t* top_i) override;
+  void count_at_least(const Tensor& logits, int64_t L, const std::vector<int32_t>& rows, const std::vector<float>& thresholds,
+                      int32_t* counts) override;
 
  private:
   const StepMeta& meta() const;

@@ -56,6 +56,7 @@ uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& 
   r.id = next_request_++;
   r.prompt_tokens = static_cast<int64_t>(prompt.size());
   r.params = params;
+  if (params.prompt_logprobs >= 0) r.prompt_logprobs = std::make_shared<std::vector<TokenLogprob>>();
   std::vector<int32_t> eos;
   for (int64_t e : runner_.spec().eos_token_ids) eos.push_back(static_cast<int32_t>(e));
   for (int i = 0; i < params.n; ++i) {
@@ -64,6 +65,7 @@ uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& 
     s->tokens = prompt;
     s->prompt_len = static_cast<int32_t>(prompt.size());
     s->params = params;
+    if (i > 0) s->params.prompt_logprobs = -1;  // the request's prompt log-probabilities come from its first sequence
     s->seed = params.seed ? static_cast<int64_t>(mix(static_cast<uint64_t>(*params.seed)) + static_cast<uint64_t>(i) * 0x9e3779b97f4a7c15ull)
                           : static_cast<int64_t>(mix(seed_ ^ mix(s->id)));
     s->eos_ids = eos;
@@ -125,6 +127,10 @@ bool Engine::check_stop_strings(SeqOut& so, const SamplingParams& p) {
 void Engine::handle_results(const std::vector<SampledToken>& tokens, std::unordered_map<uint64_t, bool>& touched) {
   const int64_t max_len = runner_.config().max_model_len;
   for (const auto& t : tokens) {
+    if (t.position >= 0) {
+      add_prompt_logprob(t);
+      continue;
+    }
     Sequence* s = sched_.on_token(t);
     if (s && seq_out_.count(t.seq_id)) {
       Request& rq = requests_.at(seq_out_.at(t.seq_id).request_id);
@@ -163,6 +169,19 @@ void Engine::handle_results(const std::vector<SampledToken>& tokens, std::unorde
   }
 }
 
+void Engine::add_prompt_logprob(const SampledToken& t) {
+  auto so = seq_out_.find(t.seq_id);
+  if (so == seq_out_.end()) return;
+  auto rq = requests_.find(so->second.request_id);
+  if (rq == requests_.end() || !rq->second.prompt_logprobs) return;
+  auto& v = *rq->second.prompt_logprobs;
+  // Entries arrive in position order; a recomputed prompt (preemption) sends them again.
+  if (static_cast<size_t>(t.position) != v.size() + 1) return;
+  TokenLogprob lp{t.token, t.logprob, {}, t.rank};
+  for (size_t k = 0; k < t.top_ids.size(); ++k) lp.top.emplace_back(t.top_ids[k], t.top_logprobs[k]);
+  v.push_back(std::move(lp));
+}
+
 void Engine::finish_seq(uint64_t seq_id, const std::string& reason, const std::string& stop_reason,
                         std::unordered_map<uint64_t, bool>& touched) {
   SeqOut& so = seq_out_.at(seq_id);
@@ -181,6 +200,8 @@ RequestOutput Engine::snapshot(Request& r) {
   o.request_id = r.id;
   o.prompt_tokens = r.prompt_tokens;
   o.num_cached_tokens = r.cached_tokens;
+  if (r.prompt_logprobs && static_cast<int64_t>(r.prompt_logprobs->size()) == r.prompt_tokens - 1)
+    o.prompt_logprobs = r.prompt_logprobs;
   size_t max_stop = 0;
   for (const auto& s : r.params.stop) max_stop = std::max(max_stop, s.size());
   o.finished = r.unfinished == 0;

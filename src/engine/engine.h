@@ -22,6 +22,7 @@ struct TokenLogprob {
   int32_t token = 0;
   float logprob = 0;
   std::vector<std::pair<int32_t, float>> top;
+  int32_t rank = 0;  // prompt_logprobs only: how many tokens have a logit >= this one's (vLLM's rank)
 };
 
 struct CompletionOutput {
@@ -44,6 +45,9 @@ struct RequestOutput {
   uint64_t request_id = 0;
   int64_t prompt_tokens = 0;
   int64_t num_cached_tokens = 0;  // prompt tokens served from the prefix cache
+  // With prompt_logprobs, once every prompt token's is known (in every output from then on): entry i
+  // belongs to prompt token i + 1 (the first token has none).
+  std::shared_ptr<const std::vector<TokenLogprob>> prompt_logprobs;
   std::vector<CompletionOutput> outputs;
   bool finished = false;
 };
@@ -101,6 +105,7 @@ class Engine {
     std::vector<uint64_t> seqs;
     int unfinished = 0;
     bool aborted = false;
+    std::shared_ptr<std::vector<TokenLogprob>> prompt_logprobs;  // filled in position order
   };
   // Sends a plan on its way and runs rank 0's part; returns the sampled tokens when rank 0 is also
   // the last stage.
@@ -109,6 +114,8 @@ class Engine {
   void finish_seq(uint64_t seq_id, const std::string& reason, const std::string& stop_reason,
                   std::unordered_map<uint64_t, bool>& touched);
   bool check_stop_strings(SeqOut& so, const SamplingParams& p);
+  // A prompt_logprobs entry (t.position >= 1) into its request's list.
+  void add_prompt_logprob(const SampledToken& t);
   RequestOutput snapshot(Request& r);
 
   ModelRunner& runner_;

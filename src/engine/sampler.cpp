@@ -422,16 +422,23 @@ void Sampler::add_logprobs(const std::vector<const SeqStep*>& seqs, const std::v
                            const std::vector<int32_t>& chosen, bool packed, std::vector<SampledToken>& out,
                            const ShardLogprobs& reduce) {
   std::vector<int32_t> rows, tokens;
-  std::vector<size_t> which;  // the plan rows, in order
-  int K = 0;
+  std::vector<int> want;
+  std::vector<SampledToken*> res;
   for (size_t i = 0; i < seqs.size(); ++i) {
     if (!lp[i]) continue;
-    rows.push_back(static_cast<int32_t>(packed ? which.size() : i));
+    rows.push_back(static_cast<int32_t>(packed ? res.size() : i));
     tokens.push_back(chosen[i]);
-    which.push_back(i);
-    K = std::max(K, state_.at(seqs[i]->seq_id).params.logprobs);
+    want.push_back(state_.at(seqs[i]->seq_id).params.logprobs);
+    res.push_back(&out[i]);
   }
-  const size_t m = which.size();
+  reduce_logprobs(rows, tokens, want, res, reduce, nullptr);
+}
+
+void Sampler::reduce_logprobs(const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens,
+                              const std::vector<int>& want, const std::vector<SampledToken*>& res,
+                              const ShardLogprobs& reduce, const ShardCounts* count) {
+  const size_t m = rows.size();
+  const int K = want.empty() ? 0 : *std::max_element(want.begin(), want.end());
   std::vector<float> stats(3 * m), top_v(m * K);
   std::vector<int32_t> top_i(m * K);
   reduce(rows, tokens, K, stats.data(), top_v.data(), top_i.data());
@@ -450,25 +457,67 @@ void Sampler::add_logprobs(const std::vector<const SeqStep*>& seqs, const std::v
   for (size_t q = 0; q < m * K; ++q) mine[2 * q] = top_v[q], mine[2 * q + 1] = static_cast<float>(top_i[q]);
   if (K > 0) tp_.all_gather(mine.data(), mine.size(), all.data());
   for (size_t j = 0; j < m; ++j) {
-    SampledToken& res = out[which[j]];
+    SampledToken& r = *res[j];
     const float lse = mx[j] + std::log(sums[2 * j]);
-    res.logprob = sums[2 * j + 1] - lse;
+    r.logprob = sums[2 * j + 1] - lse;
     std::vector<std::pair<float, int32_t>> cand;
-    for (int r = 0; r < tp_.size(); ++r)
+    for (int g = 0; g < tp_.size(); ++g)
       for (int k = 0; k < K; ++k) {
-        const size_t at = ((r * m + j) * K + k) * 2;
+        const size_t at = ((g * m + j) * K + k) * 2;
         if (all[at] != kNegInf) cand.emplace_back(all[at], static_cast<int32_t>(all[at + 1]));
       }
     std::sort(cand.begin(), cand.end(),
               [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
-    const int want = state_.at(seqs[which[j]]->seq_id).params.logprobs;
-    res.top_ids.clear();
-    res.top_logprobs.clear();
-    for (int k = 0; k < want && k < static_cast<int>(cand.size()); ++k) {
-      res.top_ids.push_back(cand[k].second);
-      res.top_logprobs.push_back(cand[k].first - lse);
+    r.top_ids.clear();
+    r.top_logprobs.clear();
+    for (int k = 0; k < want[j] && k < static_cast<int>(cand.size()); ++k) {
+      r.top_ids.push_back(cand[k].second);
+      r.top_logprobs.push_back(cand[k].first - lse);
     }
   }
+  if (!count || m == 0) return;
+  // Ranks: each shard's tokens at or above the chosen token's logit, summed over the group.
+  std::vector<float> thresholds(m);
+  for (size_t j = 0; j < m; ++j) thresholds[j] = sums[2 * j + 1];
+  std::vector<int32_t> counts(m);
+  (*count)(rows, thresholds, counts.data());
+  std::vector<float> total(counts.begin(), counts.end());
+  tp_.all_reduce_sum(total.data(), m);
+  for (size_t j = 0; j < m; ++j) res[j]->rank = static_cast<int32_t>(total[j]);
+}
+
+std::vector<SampledToken> Sampler::prompt_logprobs(const StepPlan& plan, Backend& backend, const Tensor& logits,
+                                                   int64_t first_row) {
+  std::vector<SampledToken> out;
+  std::vector<int32_t> rows, tokens;
+  std::vector<int> want;
+  int32_t row = static_cast<int32_t>(first_row);
+  for (const auto& s : plan.seqs) {
+    if (s.prompt_targets.empty()) continue;
+    const int k = state_.at(s.seq_id).params.prompt_logprobs;
+    LLMSERVE_CHECK(k >= 0, "step plan: prompt targets for a sequence without prompt_logprobs");
+    for (size_t j = 0; j < s.prompt_targets.size(); ++j) {
+      SampledToken t;
+      t.seq_id = s.seq_id;
+      t.token = s.prompt_targets[j];
+      t.position = s.num_computed + static_cast<int32_t>(j) + 1;
+      out.push_back(std::move(t));
+      rows.push_back(row++);
+      tokens.push_back(s.prompt_targets[j]);
+      want.push_back(k);
+    }
+  }
+  if (out.empty()) return out;
+  std::vector<SampledToken*> res;
+  for (auto& t : out) res.push_back(&t);
+  const ShardCounts count = [&](const std::vector<int32_t>& r, const std::vector<float>& thresholds, int32_t* counts) {
+    backend.count_at_least(logits, vocab_.size(), r, thresholds, counts);
+  };
+  reduce_logprobs(rows, tokens, want, res,
+                  [&](const std::vector<int32_t>& r, const std::vector<int32_t>& t, int K, float* stats, float* top_v,
+                      int32_t* top_i) { backend.row_logprobs(logits, vocab_.size(), vocab_.begin, r, t, K, stats, top_v, top_i); },
+                  &count);
+  return out;
 }
 
 void Sampler::draw_gathered(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Backend& backend,

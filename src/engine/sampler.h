@@ -48,6 +48,10 @@ class Sampler {
   // remaining rows (filters over a split vocabulary without a tensor communicator: the CPU backend)
   // bring their logits to the host sampler.
   std::vector<SampledToken> sample_step(const StepPlan& plan, Backend& backend, Tensor& logits);
+  // The prompt_logprobs entries of the plan (one per prompt target, in plan order; position and rank
+  // set): their rows of `logits` start at first_row (after the sampled rows). Computed from the raw
+  // logits where they are; collective over the tensor group.
+  std::vector<SampledToken> prompt_logprobs(const StepPlan& plan, Backend& backend, const Tensor& logits, int64_t first_row);
   size_t num_sequences() const { return state_.size(); }
   // The most penalty edits one backend draw stages (rows are drawn in groups within it, counted over
   // the whole vocabulary, so every rank groups alike): allowed_token_ids masks nearly every token of
@@ -91,6 +95,13 @@ class Sampler {
   // (row_logprobs' contract: stats [m, 3], top_v / top_i [m, K]).
   using ShardLogprobs = std::function<void(const std::vector<int32_t>& rows, const std::vector<int32_t>& chosen, int K,
                                            float* stats, float* top_v, int32_t* top_i)>;
+  // This rank's counts of the logits at or above thresholds[j] in rows[j] (count_at_least's contract).
+  using ShardCounts = std::function<void(const std::vector<int32_t>& rows, const std::vector<float>& thresholds, int32_t* counts)>;
+  // For j < rows.size(): the log-probability of token chosen[j] in this rank's logits row rows[j] and
+  // its top want[j] alternatives, over the tensor group, into *out[j] (statistics from `reduce`); with
+  // `count`, also out[j]->rank. Collective.
+  void reduce_logprobs(const std::vector<int32_t>& rows, const std::vector<int32_t>& chosen, const std::vector<int>& want,
+                       const std::vector<SampledToken*>& out, const ShardLogprobs& reduce, const ShardCounts* count);
   // out[i]'s logprob and top alternatives for the rows i with lp[i] set, whose tokens are chosen[i]:
   // `reduce` gives this rank's statistics (of logits row i, or with `packed` of the lp rows packed in
   // order), combined here over the tensor group. Collective.

@@ -137,6 +137,17 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
       throw Error("'logprobs' must be a boolean or an integer");
     }
   }
+  if (j.contains("prompt_logprobs") && !j["prompt_logprobs"].is_null()) {
+    const json& l = j["prompt_logprobs"];
+    if (l.is_boolean() && !l.get<bool>()) {
+      p.prompt_logprobs = -1;  // false: none (what some clients send for "off")
+    } else {
+      p.prompt_logprobs = int_of<int>(l, "prompt_logprobs");
+      if (p.prompt_logprobs < 0)
+        throw Error(cat("'prompt_logprobs' must be a non-negative integer, got ", p.prompt_logprobs,
+                        " (llmserve returns at most max_logprobs alternatives, not the whole vocabulary)"));
+    }
+  }
   if (j.contains("top_logprobs") && !j["top_logprobs"].is_null()) {
     const int k = int_of<int>(j["top_logprobs"], "top_logprobs");
     if (k < 0) throw Error(cat("'top_logprobs' must not be negative, got ", k));
@@ -164,6 +175,10 @@ void sampling_params_validate(const SamplingParams& p, int64_t vocab_size, int m
     bad(cat("Requested sample logprobs of ", p.logprobs, ", which is greater than max allowed: ",
             std::min(max_logprobs, kMaxTopLogprobs), " ('logprobs' / 'top_logprobs')"));
   if (p.logprobs < -1) bad("'logprobs' must not be negative");
+  if (p.prompt_logprobs > std::min(max_logprobs, kMaxTopLogprobs))
+    bad(cat("Requested prompt logprobs of ", p.prompt_logprobs, ", which is greater than max allowed: ",
+            std::min(max_logprobs, kMaxTopLogprobs), " ('prompt_logprobs')"));
+  if (p.prompt_logprobs < -1) bad("'prompt_logprobs' must not be negative");
   for (const auto& s : p.stop)
     if (s.empty()) bad("'stop' strings must not be empty");
   if (p.stop.size() > 64) bad("at most 64 'stop' strings");

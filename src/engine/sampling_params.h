@@ -26,6 +26,9 @@ struct SamplingParams {
   std::vector<int32_t> stop_token_ids;
   bool include_stop_str_in_output = false;
   int logprobs = -1;  // -1: none; k >= 0: chosen token's logprob plus the top k
+  // vLLM's prompt_logprobs: -1 none; k >= 0: each prompt token's logprob (after the first) given the
+  // tokens before it, its rank, and the top k alternatives at its position.
+  int prompt_logprobs = -1;
   // OpenAI's logit_bias: added to the raw logits of these tokens before the penalties (as vLLM);
   // token ids ascending, values in [-100, 100].
   std::vector<int32_t> logit_bias_ids;

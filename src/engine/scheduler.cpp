@@ -37,6 +37,11 @@ void Scheduler::emit(Sequence& s, int32_t chunk, StepPlan& plan) {
   st.tokens.assign(s.tokens.begin() + s.num_computed, s.tokens.begin() + s.num_computed + chunk);
   st.block_table = s.blocks;
   st.sample = s.num_computed + chunk == static_cast<int32_t>(s.tokens.size());
+  if (wants_prompt_rows(s)) {
+    const int32_t end = std::min(s.num_computed + chunk, s.prompt_len - 1);
+    if (end > s.num_computed) st.prompt_targets.assign(s.tokens.begin() + s.num_computed + 1, s.tokens.begin() + end + 1);
+    if (st.sample) s.prompt_rows_done = true;
+  }
   if (s.send_params) {
     st.has_params = true;
     st.prompt_len = s.prompt_len;
@@ -102,14 +107,19 @@ bool Scheduler::preempt_one(Sequence& keep, StepPlan& plan) {
   return false;
 }
 
-bool Scheduler::schedule_chunk(Sequence& s, int64_t& budget, StepPlan& plan, bool may_preempt) {
+bool Scheduler::schedule_chunk(Sequence& s, int64_t& budget, int64_t& rows, StepPlan& plan, bool may_preempt) {
   const int32_t remaining = static_cast<int32_t>(s.tokens.size()) - s.num_computed;
   int32_t chunk = remaining;
   if (chunk > budget) {
     if (!cfg_.chunked_prefill) return false;
     chunk = static_cast<int32_t>(budget);
   }
+  // A chunk with prompt rows computes at most one logits row per token.
+  if (wants_prompt_rows(s)) chunk = static_cast<int32_t>(std::min<int64_t>(chunk, rows));
   if (chunk <= 0) return false;
+  const bool samples = s.num_computed + chunk == static_cast<int32_t>(s.tokens.size());
+  const int64_t chunk_rows = wants_prompt_rows(s) ? chunk : samples;
+  if (chunk_rows > rows) return false;
   const int64_t need = (s.num_computed + chunk + cfg_.block_size - 1) / cfg_.block_size - static_cast<int64_t>(s.blocks.size());
   while (need > bm_.num_available()) {
     if (!may_preempt || !preempt_one(s, plan)) return false;
@@ -120,6 +130,7 @@ bool Scheduler::schedule_chunk(Sequence& s, int64_t& budget, StepPlan& plan, boo
   }
   emit(s, chunk, plan);
   budget -= chunk;
+  rows -= chunk_rows;
   return true;
 }
 
@@ -127,6 +138,7 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
   StepPlan plan;
   plan.step_id = ++step_id_;
   int64_t budget = cfg_.max_num_batched_tokens;
+  int64_t rows = cfg_.max_logits_rows > 0 ? cfg_.max_logits_rows : cfg_.max_num_seqs;
   const int64_t preempted_before = stats_.preempted_swap + stats_.preempted_recompute;
 
   // 1. Swapped sequences come back first, oldest first, while blocks last.
@@ -154,11 +166,17 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
 
   // 2. Running sequences: decodes and prefill chunks, preempting later arrivals when blocks run out.
   const std::vector<Sequence*> snapshot = running_;
-  for (Sequence* s : snapshot) {
+  for (size_t i = 0; i < snapshot.size(); ++i) {
+    Sequence* s = snapshot[i];
     if (budget <= 0 || plan.seqs.size() >= max_seqs) break;
     if (s->state != Sequence::State::Running || s->in_flight) continue;  // preempted above, or busy
     if (static_cast<int32_t>(s->tokens.size()) == s->num_computed) continue;  // nothing to feed yet
-    schedule_chunk(*s, budget, plan, true);
+    // Prompt rows leave a logits row for each running sequence after this one.
+    const int64_t later = static_cast<int64_t>(snapshot.size() - i - 1);
+    int64_t mine = wants_prompt_rows(*s) ? std::max<int64_t>(0, rows - later) : rows;
+    const int64_t before = mine;
+    schedule_chunk(*s, budget, mine, plan, true);
+    rows -= before - mine;
   }
 
   // 3. Waiting sequences, first come first served, unless some are still swapped out or this step
@@ -168,7 +186,8 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
          running_.size() < static_cast<size_t>(cfg_.max_num_seqs)) {
     Sequence* s = waiting_.front();
     std::vector<uint64_t> hashes;
-    if (s->num_computed == 0 && s->blocks.empty()) {
+    if (s->num_computed == 0 && s->blocks.empty() && !wants_prompt_rows(*s)) {
+      // (A sequence with prompt_logprobs computes its whole prompt: each position's logits are wanted.)
       // Reuse cached full blocks of the prefix; at least the last token is always recomputed.
       const int64_t max_blocks = (static_cast<int64_t>(s->tokens.size()) - 1) / cfg_.block_size;
       s->blocks = bm_.match_prefix(s->tokens, max_blocks, hashes);
@@ -177,7 +196,7 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
       s->last_hash = hashes.empty() ? 0 : hashes.back();
       if (s->send_params && s->num_cached_tokens == 0) s->num_cached_tokens = s->num_computed;
     }
-    if (!schedule_chunk(*s, budget, plan, false)) {
+    if (!schedule_chunk(*s, budget, rows, plan, false)) {
       // Not now: give the prefix blocks back so they do not sit idle.
       bm_.release(s->blocks);
       s->blocks.clear();

@@ -65,7 +65,7 @@ class Reader {
 void put_params(Writer& w, const SamplingParams& p) {
   w.put(p.n), w.put(p.temperature), w.put(p.top_p), w.put(p.top_k), w.put(p.min_p), w.put(p.repetition_penalty);
   w.put(p.presence_penalty), w.put(p.frequency_penalty), w.put(p.max_tokens), w.put(p.min_tokens);
-  w.put(static_cast<uint8_t>(p.ignore_eos)), w.put(p.logprobs);
+  w.put(static_cast<uint8_t>(p.ignore_eos)), w.put(p.logprobs), w.put(p.prompt_logprobs);
   w.vec(p.stop_token_ids);
   w.vec(p.logit_bias_ids), w.vec(p.logit_bias);
   std::vector<int32_t> lengths, flat;  // bad_words_ids: the lengths, then the tokens end to end
@@ -79,7 +79,7 @@ SamplingParams get_params(Reader& r) {
   p.n = r.get<int>(), p.temperature = r.get<double>(), p.top_p = r.get<double>(), p.top_k = r.get<int>();
   p.min_p = r.get<double>(), p.repetition_penalty = r.get<double>(), p.presence_penalty = r.get<double>();
   p.frequency_penalty = r.get<double>(), p.max_tokens = r.get<int>(), p.min_tokens = r.get<int>();
-  p.ignore_eos = r.get<uint8_t>() != 0, p.logprobs = r.get<int>();
+  p.ignore_eos = r.get<uint8_t>() != 0, p.logprobs = r.get<int>(), p.prompt_logprobs = r.get<int>();
   p.stop_token_ids = r.vec<int32_t>();
   p.logit_bias_ids = r.vec<int32_t>(), p.logit_bias = r.vec<float>();
   const auto lengths = r.vec<int32_t>(), flat = r.vec<int32_t>();
@@ -114,6 +114,7 @@ std::string StepPlan::serialize() const {
       w.vec(s.eos_ids);
       w.vec(s.prefix);
     }
+    w.vec(s.prompt_targets);
   }
   w.vec(swap_out), w.vec(swap_in), w.vec(finished);
   return w.take();
@@ -140,6 +141,8 @@ StepPlan StepPlan::deserialize(const std::string& bytes) {
       s.eos_ids = r.vec<int32_t>();
       s.prefix = r.vec<int32_t>();
     }
+    s.prompt_targets = r.vec<int32_t>();
+    if (s.prompt_targets.size() > s.tokens.size()) throw Error("step plan: more prompt targets than tokens");
   }
   p.swap_out = r.vec<BlockCopy>(), p.swap_in = r.vec<BlockCopy>(), p.finished = r.vec<uint64_t>();
   if (!r.done()) throw Error("step plan: trailing bytes");
@@ -150,7 +153,10 @@ std::string serialize_results(uint64_t step_id, const std::vector<SampledToken>&
   Writer w;
   w.put(step_id);
   w.put(static_cast<uint32_t>(res.size()));
-  for (const auto& t : res) w.put(t.seq_id), w.put(t.token), w.put(t.logprob), w.vec(t.top_ids), w.vec(t.top_logprobs);
+  for (const auto& t : res) {
+    w.put(t.seq_id), w.put(t.token), w.put(t.logprob), w.vec(t.top_ids), w.vec(t.top_logprobs);
+    w.put(t.position), w.put(t.rank);
+  }
   return w.take();
 }
 
@@ -161,6 +167,7 @@ std::vector<SampledToken> deserialize_results(const std::string& bytes, uint64_t
   for (auto& t : res) {
     t.seq_id = r.get<uint64_t>(), t.token = r.get<int32_t>(), t.logprob = r.get<float>();
     t.top_ids = r.vec<int32_t>(), t.top_logprobs = r.vec<float>();
+    t.position = r.get<int32_t>(), t.rank = r.get<int32_t>();
   }
   return res;
 }

@@ -10,7 +10,7 @@
 
 namespace llmserve {
 
-constexpr uint32_t kStepPlanVersion = 2;
+constexpr uint32_t kStepPlanVersion = 3;
 
 struct SeqStep {
   uint64_t seq_id = 0;
@@ -25,6 +25,10 @@ struct SeqStep {
   SamplingParams params;
   std::vector<int32_t> eos_ids;  // suppressed before min_tokens unless ignore_eos
   std::vector<int32_t> prefix;   // tokens [0, num_computed) when they came from the prefix cache
+  // prompt_logprobs: the prompt tokens that this step's first prompt_targets.size() tokens predict
+  // (tokens[i], at position num_computed + i, predicts prompt_targets[i], the prompt token at
+  // num_computed + i + 1); their logits rows follow every sampled row in the step's logits.
+  std::vector<int32_t> prompt_targets;
 };
 
 struct BlockCopy {
@@ -45,13 +49,16 @@ struct StepPlan {
   int64_t num_tokens() const;
 };
 
-// What the last stage sends back: one sampled token per sampling sequence, with logprobs if asked.
+// What the last stage sends back: one sampled token per sampling sequence, with logprobs if asked;
+// then, for sequences with prompt_logprobs, one entry per prompt token predicted this step.
 struct SampledToken {
   uint64_t seq_id = 0;
   int32_t token = 0;
   float logprob = 0;
   std::vector<int32_t> top_ids;
   std::vector<float> top_logprobs;
+  int32_t position = -1;  // -1: a sampled token; >= 1: the log-probability of the prompt token there
+  int32_t rank = 0;       // prompt tokens: vLLM's rank, how many tokens have a logit >= the token's (1: the best)
 };
 
 std::string serialize_results(uint64_t step_id, const std::vector<SampledToken>& r);

@@ -29,6 +29,10 @@ StepMeta step_meta_from_plan(const StepPlan& plan, int bs) {
     m.block_tables.resize(m.block_tables.size() + (max_blocks - s.block_table.size()), 0);
     if (s.sample) m.logits_indices.push_back(m.q_start.back() - 1);
   }
+  // prompt_logprobs rows after every sampled row (the sampler reads rows 0.. as its sequences').
+  for (size_t i = 0; i < plan.seqs.size(); ++i)
+    for (size_t j = 0; j < plan.seqs[i].prompt_targets.size(); ++j)
+      m.logits_indices.push_back(m.q_start[i] + static_cast<int32_t>(j));
   return m;
 }
 
@@ -66,6 +70,8 @@ Worker::Output Worker::execute(const StepPlan& plan, const Tensor& hidden_in) {
   // gathered into whole rows on GPUs); only rows that need the host sampler (on the CPU backend,
   // filters over a split vocabulary) bring their logits over.
   out.tokens = sampler_->sample_step(plan, runner_.backend(), result);
+  auto prompt = sampler_->prompt_logprobs(plan, runner_.backend(), result, static_cast<int64_t>(out.tokens.size()));
+  out.tokens.insert(out.tokens.end(), std::make_move_iterator(prompt.begin()), std::make_move_iterator(prompt.end()));
   times_.sample += std::chrono::duration<double>(clock::now() - t2).count();
   return out;
 }

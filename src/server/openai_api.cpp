@@ -67,6 +67,9 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
   } catch (const Error& e) {
     throw HttpError(400, e.what());
   }
+  if (r.echo_only) r.params.max_tokens = 1;
+  if (r.params.prompt_logprobs >= 0 && r.stream)  // vLLM's rule and message
+    throw HttpError(400, "`prompt_logprobs` are not available when `stream=True`.", "BadRequestError", "prompt_logprobs");
   // Parameters whose effect llmserve does not have are refused, not ignored: an answer that silently
   // did not do what was asked is worse than an error.
   if (given("best_of") && (!body["best_of"].is_number_integer() || body["best_of"] != r.params.n))
@@ -84,7 +87,7 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
       throw HttpError(400, cat("'", key, "' needs guided decoding, which llmserve does not support yet"), "BadRequestError", key);
   // vLLM's and OpenAI's other options that change what is generated or returned, when set to anything
   // but their no-op value (false, empty, null).
-  for (const char* key : {"prompt_logprobs", "use_beam_search", "suffix", "logits_processors"}) {
+  for (const char* key : {"use_beam_search", "suffix", "logits_processors"}) {
     if (!given(key)) continue;
     const json& v = body[key];
     const bool noop = v == false || (v.is_array() && v.empty()) || (v.is_string() && v.get<std::string>().empty());
@@ -186,9 +189,52 @@ json completion_logprobs(const CompletionOutput& c, const ApiContext& ctx, size_
   }
   return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
 }
-json completion_logprobs(const CompletionOutput& c, const ApiContext& ctx) {
-  size_t off = 0;
-  return completion_logprobs(c, ctx, 0, &off);
+// The completions API's log-probabilities of an echoed prompt (its first token has none; nothing but the
+// tokens when the prompt's were not computed), text offsets from *off.
+json echo_logprobs(const std::vector<int32_t>& prompt, const RequestOutput& out, const ApiContext& ctx, size_t* off) {
+  json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
+  for (size_t i = 0; i < prompt.size(); ++i) {
+    const std::string t = token_text(ctx, prompt[i]);
+    tokens.push_back(t);
+    const TokenLogprob* lp = i > 0 && out.prompt_logprobs ? &(*out.prompt_logprobs)[i - 1] : nullptr;
+    lps.push_back(lp ? json(lp->logprob) : json(nullptr));
+    json top = lp ? json::object() : json(nullptr);
+    if (lp)
+      for (const auto& [id, v] : lp->top) top[token_text(ctx, id)] = v;
+    tops.push_back(top);
+    offsets.push_back(*off);
+    *off += t.size();
+  }
+  return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
+}
+
+// A choice's completions log-probabilities: with echo, the prompt's first (on the first chunk of a
+// stream, or the whole response), then the generated tokens' from `from` (none for echo_only).
+json choice_logprobs(const GenerationRequest& r, size_t prompt_index, const RequestOutput& out, const CompletionOutput& c,
+                     const ApiContext& ctx, bool with_prompt, size_t from, size_t* off) {
+  if (!with_prompt) return completion_logprobs(c, ctx, from, off);
+  json all = echo_logprobs(r.prompts.at(prompt_index), out, ctx, off);
+  json gen = completion_logprobs(c, ctx, r.echo_only ? c.logprobs.size() : from, off);
+  for (const char* key : {"tokens", "token_logprobs", "top_logprobs", "text_offset"})
+    for (auto& x : gen[key]) all[key].push_back(std::move(x));
+  return all;
+}
+
+// vLLM's prompt_logprobs field: null for the first prompt token, then for each other one a map from
+// token id to {logprob, rank, decoded_token}: the prompt token (its rank counted over the vocabulary)
+// and the top alternatives (ranks 1..k).
+json prompt_logprobs_json(const RequestOutput& out, const ApiContext& ctx) {
+  if (!out.prompt_logprobs) return nullptr;
+  json a = json::array({nullptr});
+  for (const auto& lp : *out.prompt_logprobs) {
+    json d = json::object();
+    d[std::to_string(lp.token)] = {{"logprob", lp.logprob}, {"rank", lp.rank}, {"decoded_token", token_text(ctx, lp.token)}};
+    for (size_t k = 0; k < lp.top.size(); ++k)
+      d[std::to_string(lp.top[k].first)] = {{"logprob", lp.top[k].second}, {"rank", k + 1},
+                                            {"decoded_token", token_text(ctx, lp.top[k].first)}};
+    a.push_back(std::move(d));
+  }
+  return a;
 }
 
 }  // namespace
@@ -231,12 +277,12 @@ GenerationRequest parse_completion(const json& body, const ApiContext& ctx) {
   for (const auto& q : r.prompts)
     if (q.empty()) throw HttpError(400, "the prompt is empty", "BadRequestError", "prompt");
   read_echo(body, r);
+  // As vLLM: echo with max_tokens 0 returns the prompt alone (what evaluation harnesses send to score a
+  // text); max_tokens 0 otherwise is refused as usual.
+  r.echo_only = r.echo && body.contains("max_tokens") && body["max_tokens"].is_number_integer() && body["max_tokens"] == 0;
   common_params(body, r, ctx);
-  // With echo, OpenAI's and vLLM's log-probabilities cover the prompt's tokens too (what evaluation
-  // harnesses read): refused rather than answered with the completion's alone.
-  if (r.echo && r.params.logprobs >= 0)
-    throw HttpError(400, "'echo' with 'logprobs' needs the prompt's log-probabilities, which llmserve does not compute yet",
-                    "BadRequestError", "logprobs");
+  // With echo, the log-probabilities cover the prompt's tokens too (OpenAI's and vLLM's).
+  if (r.echo && r.params.logprobs >= 0 && r.params.prompt_logprobs < 0) r.params.prompt_logprobs = r.params.logprobs;
   return r;
 }
 
@@ -314,11 +360,14 @@ json completion_response(const std::string& id, const GenerationRequest& r, cons
     ptok += outputs[i].prompt_tokens;
     for (const auto& c : outputs[i].outputs) {
       ctok += static_cast<int64_t>(c.token_ids.size());
-      choices.push_back({{"index", static_cast<int64_t>(i) * r.params.n + c.index},
-                         {"text", (r.echo ? r.prompt_texts[i] : "") + c.text},
-                         {"logprobs", r.params.logprobs >= 0 ? completion_logprobs(c, ctx) : json(nullptr)},
-                         {"finish_reason", c.finish_reason},
-                         {"stop_reason", c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason)}});
+      size_t off = 0;
+      json choice = {{"index", static_cast<int64_t>(i) * r.params.n + c.index},
+                     {"text", (r.echo ? r.prompt_texts[i] : "") + (r.echo_only ? "" : c.text)},
+                     {"logprobs", r.params.logprobs >= 0 ? choice_logprobs(r, i, outputs[i], c, ctx, r.echo, 0, &off) : json(nullptr)},
+                     {"finish_reason", c.finish_reason},
+                     {"stop_reason", c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason)}};
+      if (r.params.prompt_logprobs >= 0) choice["prompt_logprobs"] = prompt_logprobs_json(outputs[i], ctx);
+      choices.push_back(std::move(choice));
     }
   }
   return {{"id", id}, {"object", "text_completion"}, {"created", ctx.created}, {"model", r.model},
@@ -353,8 +402,10 @@ json chat_response(const std::string& id, const GenerationRequest& r, const ApiC
                        {"finish_reason", finish},
                        {"stop_reason", c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason)}});
   }
-  return {{"id", id}, {"object", "chat.completion"}, {"created", ctx.created}, {"model", r.model},
-          {"choices", choices}, {"usage", usage_json(o.prompt_tokens, ctok)}};
+  json resp = {{"id", id}, {"object", "chat.completion"}, {"created", ctx.created}, {"model", r.model},
+               {"choices", choices}, {"usage", usage_json(o.prompt_tokens, ctok)}};
+  if (r.params.prompt_logprobs >= 0) resp["prompt_logprobs"] = prompt_logprobs_json(o, ctx);
+  return resp;
 }
 
 std::string stream_chunks(const std::string& id, const GenerationRequest& r, const ApiContext& ctx, size_t prompt_index,
@@ -384,7 +435,7 @@ std::string stream_chunks(const std::string& id, const GenerationRequest& r, con
         limit = std::max(s.sent, tool_safe_prefix(ctx.tool_format, text));
       }
     }
-    const std::string delta = limit > s.sent ? text.substr(s.sent, limit - s.sent) : "";
+    const std::string delta = limit > s.sent && !r.echo_only ? text.substr(s.sent, limit - s.sent) : "";
     const bool first = !s.started;
     // A chunk for every step that produced tokens, even when their text is still empty (an incomplete
     // UTF-8 sequence, text held back for a stop string, a model without a tokenizer), as vLLM does:
@@ -396,7 +447,8 @@ std::string stream_chunks(const std::string& id, const GenerationRequest& r, con
     json lp = nullptr;
     if (r.params.logprobs >= 0) {
       const size_t from = s.logprobs_sent > c.logprobs_from ? s.logprobs_sent - c.logprobs_from : 0;
-      lp = r.chat ? chat_logprobs(c, ctx, from) : completion_logprobs(c, ctx, from, &s.text_offset);
+      lp = r.chat ? chat_logprobs(c, ctx, from)
+                  : choice_logprobs(r, prompt_index, out, c, ctx, first && r.echo, from, &s.text_offset);
       s.logprobs_sent = c.logprobs_from + c.logprobs.size();
     }
     json finish = c.finished() ? json(calls.calls.empty() ? c.finish_reason : std::string("tool_calls")) : json(nullptr);

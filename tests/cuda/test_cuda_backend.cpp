@@ -574,6 +574,35 @@ TEST_P(CudaDraw, LogprobStatisticsAsTheCpuKernel) {
   }
 }
 
+// Ranks (prompt_logprobs): the counts of logits at or above a threshold per row, exactly the CPU
+// kernel's, with thresholds at a row's own values (ties at 30 in row 1, -inf on the all -inf row) and
+// past its largest.
+TEST_P(CudaDraw, CountsAtLeastAsTheCpuKernel) {
+  CudaBackend& gpu = *gpu_;
+  std::vector<float> logits = random_logits(13);
+  for (int64_t k = 0; k < 40; ++k) logits[1 * stride + 3 * k] = 30.f;
+  if (n <= 5)
+    for (int64_t k = 0; k < L; ++k) logits[(n - 1) * stride + k] = -INFINITY;
+  std::vector<int32_t> rows;
+  std::vector<float> thresholds;
+  for (int64_t i = n - 1; i >= 0; --i) {
+    rows.push_back(static_cast<int32_t>(i));
+    thresholds.push_back(logits[i * stride + (i * 977) % L]);
+  }
+  rows.push_back(1), thresholds.push_back(30.f);
+  rows.push_back(0), thresholds.push_back(1e9f);
+  Tensor lc = cpu.upload(logits.data(), {n, stride}, DType::F32), lg = gpu.upload(logits.data(), {n, stride}, DType::F32);
+  std::vector<int32_t> cc(rows.size()), cg(rows.size());
+  cpu.count_at_least(lc, L, rows, thresholds, cc.data());
+  gpu.count_at_least(lg, L, rows, thresholds, cg.data());
+  EXPECT_EQ(cc, cg);
+  EXPECT_EQ(cg[rows.size() - 2], 40);
+  EXPECT_EQ(cg.back(), 0);
+  if (n <= 5) {
+    EXPECT_EQ(cg[0], L);  // -inf >= -inf everywhere
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaDraw,
                          ::testing::Values(std::make_tuple(int64_t{37}, int64_t{5003}, int64_t{5008}),
                                            std::make_tuple(int64_t{4}, int64_t{151936}, int64_t{151936})));

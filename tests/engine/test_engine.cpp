@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "common/file_util.h"
 #include "engine/engine.h"
+#include "engine/scheduler.h"
 #include "server/engine_service.h"
 
 #include <condition_variable>
@@ -224,6 +225,97 @@ TEST(EngineService, JobsCompleteAndNoJobIsLeftUnansweredAfterStop) {
   svc.submit(late);
   EXPECT_TRUE(answered);
   EXPECT_NE(error.find("shutting down"), std::string::npos) << error;
+}
+
+// The scheduler alone: a sequence with prompt_logprobs computes one logits row per prompt token, so its
+// prompt goes in chunks that leave a row for every other running sequence within max_num_seqs rows,
+// and it is never served from the prefix cache (its rows are wanted) while a plain one is.
+TEST(Scheduler, PromptLogprobsChunksFitTheRowsAndSkipThePrefixCache) {
+  SchedulerConfig c;
+  c.max_num_seqs = 4;
+  c.max_num_batched_tokens = 64;
+  c.max_model_len = 128;
+  c.block_size = 4;
+  c.num_blocks = 200;
+  Scheduler sched(c);
+  auto seq = [](uint64_t id, int n, int prompt_logprobs) {
+    auto s = std::make_unique<Sequence>();
+    s->id = id;
+    for (int i = 0; i < n; ++i) s->tokens.push_back(100 + i);
+    s->prompt_len = n;
+    s->params.max_tokens = 50;
+    s->params.prompt_logprobs = prompt_logprobs;
+    return s;
+  };
+  auto token_for = [](uint64_t id) {
+    SampledToken t;
+    t.seq_id = id;
+    t.token = 7;
+    return t;
+  };
+  // Two plain sequences prefill and decode: one row each.
+  sched.add(seq(1, 8, -1));
+  sched.add(seq(2, 9, -1));
+  StepPlan p = sched.schedule();
+  ASSERT_EQ(p.seqs.size(), 2u);
+  for (const auto& st : p.seqs) EXPECT_TRUE(st.prompt_targets.empty());
+  sched.on_token(token_for(1));
+  sched.on_token(token_for(2));
+  // A 20-token prompt with prompt_logprobs: 4 rows less the two decodes' leave 2 tokens a step.
+  sched.add(seq(3, 20, 1));
+  int32_t fed = 0;
+  for (int step = 0; step < 3; ++step) {
+    p = sched.schedule();
+    ASSERT_EQ(p.seqs.size(), 3u) << "step " << step;
+    const SeqStep& st = p.seqs[2];
+    ASSERT_EQ(st.seq_id, 3u);
+    EXPECT_EQ(st.num_computed, fed);
+    ASSERT_EQ(st.tokens.size(), 2u) << "step " << step;
+    ASSERT_EQ(st.prompt_targets.size(), 2u);
+    EXPECT_EQ(st.prompt_targets[0], 100 + fed + 1);  // the prompt token after each one fed
+    EXPECT_EQ(st.prompt_targets[1], 100 + fed + 2);
+    EXPECT_FALSE(st.sample);
+    fed += 2;
+    sched.on_token(token_for(1));
+    sched.on_token(token_for(2));
+  }
+  // The same 8-token prompt as sequence 1 (its blocks registered): a plain sequence starts from the
+  // cache, one with prompt_logprobs from position 0.
+  sched.finish(2);
+  sched.finish(3);
+  sched.add(seq(4, 8, -1));
+  p = sched.schedule();
+  ASSERT_EQ(p.seqs.size(), 2u);
+  EXPECT_EQ(p.seqs[1].num_computed, 4);  // one whole block of 4 from the cache (the last token is recomputed)
+  sched.on_token(token_for(1));
+  sched.on_token(token_for(4));
+  sched.add(seq(5, 8, 0));
+  p = sched.schedule();
+  ASSERT_EQ(p.seqs.size(), 3u);
+  EXPECT_EQ(p.seqs[2].num_computed, 0);
+  EXPECT_EQ(p.seqs[2].tokens.size(), 2u);  // 4 rows less sequences 1 and 4
+  EXPECT_EQ(p.seqs[2].prompt_targets.size(), 2u);
+}
+
+// The step plan carries prompt_logprobs (in the parameters) and each chunk's prompt targets; a message
+// with more targets than tokens is refused.
+TEST(StepPlan, PromptTargetsRoundTrip) {
+  StepPlan p;
+  SeqStep s;
+  s.seq_id = 3;
+  s.tokens = {5, 6, 7};
+  s.block_table = {0};
+  s.has_params = true;
+  s.prompt_len = 9;
+  s.params.prompt_logprobs = 4;
+  s.prompt_targets = {6, 7, 8};
+  p.seqs.push_back(s);
+  const StepPlan q = StepPlan::deserialize(p.serialize());
+  ASSERT_EQ(q.seqs.size(), 1u);
+  EXPECT_EQ(q.seqs[0].params.prompt_logprobs, 4);
+  EXPECT_EQ(q.seqs[0].prompt_targets, s.prompt_targets);
+  p.seqs[0].prompt_targets.push_back(9);
+  EXPECT_THROW(StepPlan::deserialize(p.serialize()), Error);
 }
 
 int main(int argc, char** argv) {

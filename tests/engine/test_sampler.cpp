@@ -595,3 +595,79 @@ TEST(Sampler, MixedStepInEditGroups) {
   check_mixed_step(false, 60);
   check_mixed_step(true, 60);
 }
+
+// prompt_logprobs rows (after the sampled rows): each target's log-probability, its rank counted over
+// the whole vocabulary split across the ranks (ties count, as vLLM's), and the top alternatives,
+// against direct computation; a sequence with prompt targets and a sampled last row in one step.
+TEST(Sampler, PromptLogprobsAndRanks) {
+  World w;
+  CpuBackend cpu;
+  std::mt19937 g(11);
+  std::normal_distribution<float> d(0.f, 2.f);
+  const std::vector<int32_t> prompt1 = {5, 10, 20, 40, 1, 49, 7}, prompt2 = {30, 31, 32, 33};
+  StepPlan plan;
+  SeqStep a;  // prompt1's tokens at positions 2..6: targets at positions 3..6, the last row samples
+  a.seq_id = 1;
+  a.num_computed = 2;
+  a.tokens.assign(prompt1.begin() + 2, prompt1.end());
+  a.sample = true;
+  a.has_params = true;
+  a.prompt_len = static_cast<int32_t>(prompt1.size());
+  a.params.temperature = 0;
+  a.params.prompt_logprobs = 3;
+  a.prefix.assign(prompt1.begin(), prompt1.begin() + 2);
+  a.prompt_targets.assign(prompt1.begin() + 3, prompt1.end());
+  SeqStep b;  // prompt2's tokens at positions 0..1: targets at positions 1..2, no sample
+  b.seq_id = 2;
+  b.tokens = {prompt2[0], prompt2[1]};
+  b.has_params = true;
+  b.prompt_len = static_cast<int32_t>(prompt2.size());
+  b.params.prompt_logprobs = 0;
+  b.prompt_targets = {prompt2[1], prompt2[2]};
+  plan.seqs = {a, b};
+  // Logits rows: 0 = sequence 1's sampled row; 1..4 its prompt rows; 5..6 sequence 2's.
+  const size_t R = 7;
+  std::vector<float> full(R * V);
+  for (auto& x : full) x = d(g);
+  full[2 * V + 1] = full[2 * V + 10] = full[2 * V + 45] = 9.f;  // row 2 (target token 1): a three-way tie at the top
+  Sampler s(w.comm, V, w.vocab, w.stride);
+  s.observe(plan);
+  std::vector<float> rows(R * w.stride, 0.f);
+  for (size_t i = 0; i < R; ++i)
+    std::copy(full.begin() + static_cast<long>(i * V + w.vocab.begin), full.begin() + static_cast<long>(i * V + w.vocab.end),
+              rows.begin() + static_cast<long>(i * w.stride));
+  Tensor t = cpu.upload(rows.data(), {static_cast<int64_t>(R), w.stride}, DType::F32);
+  ASSERT_EQ(s.sample_step(plan, cpu, t).size(), 1u);
+  const auto got = s.prompt_logprobs(plan, cpu, t, 1);
+  ASSERT_EQ(got.size(), R - 1);
+  for (size_t j = 0; j < got.size(); ++j) {
+    const float* row = &full[(j + 1) * V];
+    const bool first = j < 4;
+    const int32_t position = first ? 3 + static_cast<int32_t>(j) : 1 + static_cast<int32_t>(j - 4);
+    const int want = first ? 3 : 0;
+    EXPECT_EQ(got[j].seq_id, first ? 1u : 2u);
+    EXPECT_EQ(got[j].position, position) << "row " << j + 1;
+    ASSERT_EQ(got[j].token, first ? prompt1[position] : prompt2[position]) << "row " << j + 1;
+    double z = 0;
+    for (int64_t k = 0; k < V; ++k) z += std::exp(static_cast<double>(row[k]));
+    EXPECT_NEAR(got[j].logprob, row[got[j].token] - std::log(z), 1e-4) << "row " << j + 1;
+    int rank = 0;
+    for (int64_t k = 0; k < V; ++k) rank += row[k] >= row[got[j].token];
+    EXPECT_EQ(got[j].rank, rank) << "row " << j + 1;
+    std::vector<int32_t> order(V);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) { return row[x] > row[y]; });
+    ASSERT_EQ(got[j].top_ids.size(), static_cast<size_t>(want)) << "row " << j + 1;
+    for (int k = 0; k < want; ++k) {
+      EXPECT_EQ(got[j].top_ids[k], order[k]) << "row " << j + 1;
+      EXPECT_NEAR(got[j].top_logprobs[k], row[order[k]] - std::log(z), 1e-4) << "row " << j + 1;
+    }
+  }
+  EXPECT_EQ(got[1].rank, 3);  // row 2's token ties with two others at the top
+  // Through the results message, as the last stage sends them.
+  uint64_t step = 0;
+  const auto back = deserialize_results(serialize_results(9, got), &step);
+  ASSERT_EQ(back.size(), got.size());
+  EXPECT_EQ(back[1].position, got[1].position);
+  EXPECT_EQ(back[1].rank, 3);
+}

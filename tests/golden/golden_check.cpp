@@ -1,6 +1,8 @@
 // Compares `llmserve logits` output with the transformers goldens in ../shared/fixtures/golden.
 //   golden_check prompts GOLDEN.json OUT_PROMPTS.jsonl       writes the golden prompts as {"ids": [...]}
 //   golden_check compare GOLDEN.json GOLDEN.f32 OUT.jsonl OUT.f32
+//   golden_check requests|prompt-requests GOLDEN.json OUT_REQUESTS.jsonl   requests for `llmserve generate`
+//   golden_check generated|prompt-logprobs GOLDEN.json GENERATED.jsonl     checks its output
 // compare checks, for every prompt: the top-5 ids at every prompt position equal (a swap is allowed
 // only between golden logits closer than the tolerance) and their logits within 1e-3; the full
 // last-position logits within 1e-3 (max abs); the 24 greedy tokens equal up to the first step whose
@@ -18,6 +20,7 @@ using json = nlohmann::json;
 namespace {
 
 constexpr double kTol = 1e-3;
+constexpr size_t kForced = 12;  // prompt-requests: greedy tokens appended to each prompt
 
 json load_json(const std::string& p) {
   std::ifstream f(p);
@@ -132,6 +135,83 @@ int main(int argc, char** argv) {
       }
       std::printf("%d passed, %d failed\n", passed, failed);
       return failed == 0 ? 0 : 1;
+    }
+    if (mode == "prompt-requests" && argc == 4) {
+      // prompt_logprobs requests: each golden prompt followed by the first kForced of its greedy tokens
+      // (so every token after the prompt is the model's argmax), 5 alternatives per position; the rest
+      // of the greedy tokens generated.
+      json g = load_json(argv[2]);
+      std::ofstream f(argv[3]);
+      for (const auto& p : g.at("public")) {
+        json ids = p.at("ids");
+        const auto& greedy = p.at("greedy").at("ids");
+        for (size_t k = 0; k < kForced; ++k) ids.push_back(greedy[k]);
+        f << json{{"prompt_token_ids", ids}, {"max_tokens", greedy.size() - kForced}, {"temperature", 0},
+                  {"repetition_penalty", 1.0}, {"ignore_eos", true}, {"prompt_logprobs", 5}}.dump() << "\n";
+      }
+      return f ? 0 : 1;
+    }
+    if (mode == "prompt-logprobs" && argc == 4) {
+      // `llmserve generate` prompt_logprobs of the prompt-requests against the goldens: null first; at
+      // every position of the golden prompt the 5 alternatives' log-probabilities within 1e-3 (ids
+      // equal unless the golden values are a near-tie); over the forced greedy tokens each token's
+      // log-probability within 1e-3 of the golden one and its rank 1 (2 at most where the golden
+      // margin is below 1e-3); the generated tokens the remaining greedy ones (up to a near-tie).
+      json g = load_json(argv[2]);
+      const std::vector<json> outs = load_jsonl(argv[3]);
+      const auto& pub = g.at("public");
+      int passed = 0, failed = 0;
+      double worst = 0;
+      for (size_t i = 0; i < pub.size(); ++i) {
+        std::string r = "ok";
+        const auto& ids = pub[i]["ids"];
+        const auto& gids = pub[i]["greedy"]["ids"];
+        const size_t P = ids.size(), total = P + kForced;
+        const json* pl = i < outs.size() && outs[i].contains("prompt_logprobs") ? &outs[i]["prompt_logprobs"] : nullptr;
+        if (!pl || pl->size() != total || !(*pl)[0].is_null()) r = "prompt_logprobs missing or of the wrong length";
+        auto fail = [&](size_t pos, const std::string& what) {
+          if (r == "ok") r = "position " + std::to_string(pos) + ": " + what;
+        };
+        for (size_t pos = 1; r == "ok" && pos < total; ++pos) {
+          const json& e = (*pl)[pos];
+          const json want_token = pos < P ? ids[pos] : gids[pos - P];
+          if (e["token_id"] != want_token) fail(pos, "token " + e["token_id"].dump());
+          const size_t t = pos - 1;  // the prefill position that predicts it
+          if (t < P) {
+            const auto& gi = pub[i]["prefill"]["top_ids"][t];
+            const auto& gl = pub[i]["prefill"]["top_logprobs"][t];
+            const auto& top = e["top_logprobs"];
+            if (top.size() != gi.size()) fail(pos, "top_logprobs of " + std::to_string(top.size()));
+            for (size_t k = 0; r == "ok" && k < gi.size(); ++k) {
+              const double gv = gl[k].get<double>(), ov = top[k]["logprob"].get<double>();
+              worst = std::max(worst, std::fabs(gv - ov));
+              if (std::fabs(gv - ov) > kTol) fail(pos, "alternative " + std::to_string(k) + " logprob " + std::to_string(ov) + " vs " + std::to_string(gv));
+              const bool near_tie = (k > 0 && std::fabs(gv - gl[k - 1].get<double>()) < kTol) ||
+                                    (k + 1 < gi.size() && std::fabs(gv - gl[k + 1].get<double>()) < kTol);
+              if (top[k]["token_id"] != gi[k] && !near_tie) fail(pos, "alternative " + std::to_string(k) + " id " + top[k]["token_id"].dump());
+            }
+          }
+          if (pos >= P) {
+            const size_t j = pos - P;
+            const double gv = pub[i]["greedy"]["logprobs"][j].get<double>(), ov = e["logprob"].get<double>();
+            worst = std::max(worst, std::fabs(gv - ov));
+            if (std::fabs(gv - ov) > kTol) fail(pos, "greedy token logprob " + std::to_string(ov) + " vs " + std::to_string(gv));
+            const int rank = e["rank"].get<int>();
+            if (rank != 1 && !(rank == 2 && pub[i]["greedy"]["margins"][j].get<double>() <= kTol))
+              fail(pos, "greedy token rank " + std::to_string(rank));
+          }
+        }
+        const json& gen = outs[i]["outputs"][0]["token_ids"];
+        if (r == "ok" && gen.size() != gids.size() - kForced) r = "generated " + std::to_string(gen.size()) + " tokens";
+        for (size_t k = kForced; r == "ok" && k < gids.size(); ++k) {
+          if (pub[i]["greedy"]["margins"][k].get<double>() <= kTol) break;
+          if (gen[k - kForced] != gids[k]) r = "greedy step " + std::to_string(k) + ": " + gen[k - kForced].dump();
+        }
+        (r == "ok" ? passed : failed)++;
+        std::printf("prompt %zu: %s\n", i, r.c_str());
+      }
+      std::printf("worst logprob error %.2e\n%d passed, %d failed\n", worst, passed, failed);
+      return failed == 0 && passed > 0 ? 0 : 1;
     }
     if (mode == "lowprec" && argc == 6) {
       // bf16/fp16 against the fp32 goldens (issue 6): last-position logits relative L2 < 1e-2; top-1

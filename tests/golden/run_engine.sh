@@ -2,7 +2,9 @@
 # Engine golden test: all golden prompts submitted at once to `llmserve generate` (continuous
 # batching, paged KV, greedy sampling on the last stage) under a tp x pp layout and engine options;
 # the greedy continuations must equal transformers'. Extra arguments go to llmserve (e.g. a tiny KV
-# cache to force preemption). Prints the prefix-cache and preemption counts.
+# cache to force preemption). Prints the prefix-cache and preemption counts. With KIND=prompt-logprobs
+# the requests ask for prompt_logprobs of each prompt and its greedy continuation instead, checked
+# against the goldens' log-probabilities and ranks.
 #   run_engine.sh BUILD_DIR FIXTURES MODEL TP PP NAME [llmserve options...]
 set -euo pipefail
 build=$1 fixtures=$2 model=$3 tp=$4 pp=$5 name=$6
@@ -11,12 +13,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 work="$build/test-out/engine-$model-tp$tp-pp$pp-$name"
 mkdir -p "$work"
 golden="$fixtures/golden/$model.json"
-"$build/tests/golden_check" requests "$golden" "$work/requests.jsonl"
+if [ "${KIND:-}" = prompt-logprobs ]; then make=prompt-requests check=prompt-logprobs; else make=requests check=generated; fi
+"$build/tests/golden_check" $make "$golden" "$work/requests.jsonl"
 "$here/../mpirun.sh" $((tp * pp)) "$build/llmserve" generate --model "$build/test-models/$model.h5" \
   --backend cpu --tensor-parallel-size "$tp" --pipeline-parallel-size "$pp" --max-model-len 512 \
   --input "$work/requests.jsonl" --output "$work/out.jsonl" "$@" 2>"$work/stderr.log" || { cat "$work/stderr.log"; exit 1; }
 grep -E "preemptions|prefix cache" "$work/stderr.log" || true
-"$build/tests/golden_check" generated "$golden" "$work/out.jsonl"
+"$build/tests/golden_check" $check "$golden" "$work/out.jsonl"
 if [ -n "${EXPECT:-}" ] && ! grep -Eq "$EXPECT" "$work/stderr.log" "$work/out.jsonl"; then
   echo "expected /$EXPECT/ in the log or output"; exit 1
 fi

@@ -8,6 +8,7 @@ import http.client, json, os, socket, subprocess, sys, threading, time
 BUILD = os.path.abspath(sys.argv[1])
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = os.path.join(BUILD, "test-models", "tiny-qwen2.h5")
+FIXTURES = os.environ.get("LLMSERVE_FIXTURES", os.path.join(HERE, "..", "..", "..", "shared", "fixtures"))
 results = []
 
 
@@ -229,7 +230,6 @@ def main():
             ("response_format json", 400, s.post("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "json_object"}}),
              "guided decoding"),
             ("guided_json", 400, s.post("/v1/chat/completions", {"messages": msgs, "guided_json": {"type": "object"}}), "guided decoding"),
-            ("prompt_logprobs", 400, s.post("/v1/completions", {"prompt": "x", "prompt_logprobs": 1}), "not supported"),
             ("allowed_token_ids empty", 400, s.post("/v1/completions", {"prompt": "x", "allowed_token_ids": []}), "must not be empty"),
             ("allowed_token_ids outside", 400, s.post("/v1/completions", {"prompt": "x", "allowed_token_ids": [10 ** 7]}),
              "outside the vocabulary"),
@@ -247,8 +247,14 @@ def main():
              s.post("/v1/completions", {"prompt": [7] * 600, "truncate_prompt_tokens": -1, "max_tokens": 1}),
              "maximum context length is 512"),
             ("echo not a boolean", 400, s.post("/v1/completions", {"prompt": "x", "echo": 1}), "'echo' must be a boolean"),
-            ("echo with logprobs", 400, s.post("/v1/completions", {"prompt": "x", "echo": True, "logprobs": 1}),
-             "needs the prompt's log-probabilities"),
+            ("prompt_logprobs with stream", 400, s.post("/v1/completions", {"prompt": "x", "stream": True, "prompt_logprobs": 1}),
+             "`prompt_logprobs` are not available when `stream=True`"),
+            ("prompt_logprobs over max_logprobs", 400, s.post("/v1/completions", {"prompt": "x", "prompt_logprobs": 21}),
+             "Requested prompt logprobs of 21"),
+            ("prompt_logprobs negative", 400, s.post("/v1/chat/completions", {"messages": msgs, "prompt_logprobs": -1}),
+             "'prompt_logprobs' must be a non-negative integer"),
+            ("max_tokens 0 without echo", 400, s.post("/v1/completions", {"prompt": "x", "max_tokens": 0}),
+             "'max_tokens' must be at least 1"),
             ("chat echo not a boolean", 400, s.post("/v1/chat/completions", {"messages": msgs, "echo": "yes"}), "'echo' must be a boolean"),
             ("stream_options without stream", 400, s.post("/v1/completions", {"prompt": "x", "stream_options": {"include_usage": True}}),
              "only be defined when `stream=True`"),
@@ -318,6 +324,61 @@ def main():
                                                  "best_of": 1, "bad_words": [], "use_beam_search": False, "prompt_logprobs": None,
                                                  "allowed_token_ids": None})
         check("response_format text, best_of = n and no-op values of unsupported options are accepted", st == 200 and tf["usage"]["completion_tokens"] == 2, tf)
+        # Prompt log-probabilities: echo with logprobs (what evaluation harnesses send to score a text) and
+        # vLLM's prompt_logprobs, against transformers' goldens for the same prompt (tp=2: the vocabulary
+        # split over both ranks).
+        gold = json.load(open(os.path.join(FIXTURES, "golden", "tiny-qwen2.json")))["public"][1]
+        ids = gold["ids"]
+        st, ptext = s.post("/detokenize", {"tokens": ids})
+        st2, sc = s.post("/v1/completions", {"prompt": ids, "echo": True, "logprobs": 5, "max_tokens": 0})
+        c = sc["choices"][0] if st2 == 200 else {}
+        lp = c.get("logprobs") or {}
+        check("echo + logprobs + max_tokens 0: the prompt alone, each token with its log-probability after the first",
+              st == st2 == 200 and c["text"] == ptext["prompt"] and len(lp["tokens"]) == len(ids)
+              and lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+              and all(isinstance(x, float) and x <= 0 for x in lp["token_logprobs"][1:])
+              and all(lp["text_offset"][i + 1] - lp["text_offset"][i] == len(lp["tokens"][i]) for i in range(len(ids) - 1))
+              and sc["usage"]["prompt_tokens"] == len(ids), sc)
+        pl = c.get("prompt_logprobs") or []
+        worst, agree = 0.0, len(pl) == len(ids) and pl[0] is None
+        for t in range(len(ids) - 1):
+            if not agree:
+                break
+            entry = pl[t + 1]
+            mine = entry.get(str(ids[t + 1]))
+            agree = agree and mine is not None and mine["logprob"] == lp["token_logprobs"][t + 1] and mine["rank"] >= 1
+            by_rank = {e["rank"]: (int(k), e["logprob"]) for k, e in entry.items() if int(k) != ids[t + 1] or e["rank"] <= 5}
+            for k in range(5):
+                tid, v = by_rank.get(k + 1, (-1, 0.0))
+                worst = max(worst, abs(v - gold["prefill"]["top_logprobs"][t][k]))
+                agree = agree and tid == gold["prefill"]["top_ids"][t][k]
+        check("echo + logprobs: prompt_logprobs as vLLM's (token id -> logprob, rank, decoded_token), the top 5 at every "
+              f"position as transformers' (worst {worst:.1e})", agree and worst < 1e-3, (worst, pl[:3]))
+        st, gen = s.post("/v1/completions", {"prompt": ids, "max_tokens": 3, "temperature": 0, "logprobs": 1})
+        st2, both = s.post("/v1/completions", {"prompt": ids, "max_tokens": 3, "temperature": 0, "logprobs": 1, "echo": True})
+        g, b = gen["choices"][0], both["choices"][0]
+        check("echo + logprobs + max_tokens 3: the prompt's entries, then the completion's as without echo",
+              st == st2 == 200 and b["text"] == ptext["prompt"] + g["text"] and len(b["logprobs"]["tokens"]) == len(ids) + 3
+              and b["logprobs"]["tokens"][len(ids):] == g["logprobs"]["tokens"]
+              and b["logprobs"]["token_logprobs"][len(ids):] == g["logprobs"]["token_logprobs"]
+              and b["logprobs"]["text_offset"][len(ids)] == len(ptext["prompt"].encode()), (gen, both))
+        st, events = s.stream("/v1/completions", {"prompt": ids, "max_tokens": 3, "temperature": 0, "logprobs": 1, "echo": True,
+                                                  "stream": True})
+        chunks = [json.loads(e) for e in events if e != "[DONE]"]
+        toks = [t for ch in chunks for t in (ch["choices"][0]["logprobs"] or {}).get("tokens", [])]
+        check("echo + logprobs streamed: the prompt's entries ride on the first chunk, the same tokens in all",
+              st == 200 and toks == b["logprobs"]["tokens"] and len(chunks[0]["choices"][0]["logprobs"]["tokens"]) >= len(ids),
+              (toks, b["logprobs"]["tokens"]))
+        st, pn = s.post("/v1/completions", {"prompt": ids, "max_tokens": 2, "n": 2, "seed": 5, "prompt_logprobs": 0})
+        check("prompt_logprobs 0 with n 2: each choice carries the prompt's (its own token only)",
+              st == 200 and pn["choices"][0]["prompt_logprobs"] == pn["choices"][1]["prompt_logprobs"]
+              and len(pn["choices"][0]["prompt_logprobs"]) == len(ids)
+              and all(len(e) == 1 for e in pn["choices"][0]["prompt_logprobs"][1:])
+              and pn["choices"][0]["logprobs"] is None, pn)
+        st, cp = s.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 1, "prompt_logprobs": 2})
+        check("chat prompt_logprobs: one entry per prompt token at the response's top level",
+              st == 200 and len(cp["prompt_logprobs"]) == cp["usage"]["prompt_tokens"] and cp["prompt_logprobs"][0] is None
+              and all(1 <= len(e) <= 3 for e in cp["prompt_logprobs"][1:]), cp)
         # continue_final_message: the prompt ends with the final (assistant) message's text, open.
         cont = [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "My favourite color is"}]
         st, ct = s.post("/tokenize", {"messages": cont, "continue_final_message": True})

@@ -725,6 +725,22 @@ void CudaBackend::row_logprobs(const Tensor& logits, int64_t L, int64_t token_of
   std::memcpy(top_i, host.data() + (3 + K) * m, m * K * sizeof(int32_t));
 }
 
+void CudaBackend::count_at_least(const Tensor& logits, int64_t L, const std::vector<int32_t>& rows,
+                                 const std::vector<float>& thresholds, int32_t* counts) {
+  const int64_t m = static_cast<int64_t>(rows.size());
+  LLMSERVE_CHECK(rows.size() == thresholds.size(), "count_at_least: bad arguments");
+  LLMSERVE_CHECK(logits.dtype == DType::F32, "count_at_least: logits must be float32");
+  if (m == 0) return;
+  // In: rows then thresholds (both 4-byte words) in one copy; out: the counts.
+  std::vector<float> in(static_cast<size_t>(2 * m));
+  std::memcpy(in.data(), rows.data(), m * sizeof(int32_t));
+  std::memcpy(in.data() + m, thresholds.data(), m * sizeof(float));
+  Tensor dev_in = upload(in.data(), {2 * m}, DType::F32), dev_out = empty({m}, DType::F32);
+  cuda::count_at_least(logits.as<float>(), logits.dim(1), L, static_cast<const int32_t*>(dev_in.data),
+                       dev_in.as<float>() + m, m, reinterpret_cast<int32_t*>(dev_out.data), stream());
+  copy_to_host(dev_out, 0, m * sizeof(int32_t), counts);
+}
+
 void CudaBackend::gather_rows(const Tensor& x, Tensor& out) {
   dispatch(x.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;

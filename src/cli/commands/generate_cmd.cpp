@@ -29,11 +29,23 @@ struct Job {
   SamplingParams params;
 };
 
+ojson top_json(const TokenLogprob& lp, const Tokenizer* tok) {
+  ojson top = ojson::array();
+  for (const auto& [id, v] : lp.top) top.push_back({{"token_id", id}, {"token", tok ? tok->id_to_token(id) : ""}, {"logprob", v}});
+  return top;
+}
+
 ojson output_json(size_t index, const RequestOutput& r, const Tokenizer* tok) {
   ojson o;
   o["index"] = index;
   o["num_prompt_tokens"] = r.prompt_tokens;
   o["num_cached_tokens"] = r.num_cached_tokens;
+  if (r.prompt_logprobs) {  // null for the first prompt token, as vLLM
+    ojson p = ojson::array({nullptr});
+    for (const auto& lp : *r.prompt_logprobs)
+      p.push_back({{"token_id", lp.token}, {"logprob", lp.logprob}, {"rank", lp.rank}, {"top_logprobs", top_json(lp, tok)}});
+    o["prompt_logprobs"] = p;
+  }
   ojson outs = ojson::array();
   for (const auto& c : r.outputs) {
     ojson x;
@@ -44,12 +56,8 @@ ojson output_json(size_t index, const RequestOutput& r, const Tokenizer* tok) {
     x["stop_reason"] = c.stop_reason.empty() ? ojson(nullptr) : ojson(c.stop_reason);
     if (!c.logprobs.empty()) {
       ojson lps = ojson::array();
-      for (const auto& lp : c.logprobs) {
-        ojson top = ojson::array();
-        for (const auto& [id, v] : lp.top)
-          top.push_back({{"token_id", id}, {"token", tok ? tok->id_to_token(id) : ""}, {"logprob", v}});
-        lps.push_back({{"token_id", lp.token}, {"logprob", lp.logprob}, {"top_logprobs", top}});
-      }
+      for (const auto& lp : c.logprobs)
+        lps.push_back({{"token_id", lp.token}, {"logprob", lp.logprob}, {"top_logprobs", top_json(lp, tok)}});
       x["logprobs"] = lps;
     }
     outs.push_back(x);
