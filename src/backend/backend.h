@@ -24,6 +24,9 @@ struct StepMeta {
   std::vector<int32_t> block_tables;  // [S * max_blocks] physical block ids of each sequence
   int32_t max_blocks = 0;
   std::vector<int32_t> logits_indices;  // token rows whose logits are wanted
+  // The last prompt_rows of logits_indices are prompt_logprobs rows: the last stage returns their
+  // final-norm hidden states, whose logits are then made a slice at a time (Transformer::logits).
+  int32_t prompt_rows = 0;
   // When > 0, a bound on every position + 1 that kernels size their launches for instead of the
   // step's own longest context (a captured CUDA graph serves steps of any context up to it).
   int32_t max_context = 0;

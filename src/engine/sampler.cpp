@@ -487,22 +487,23 @@ void Sampler::reduce_logprobs(const std::vector<int32_t>& rows, const std::vecto
 }
 
 std::vector<SampledToken> Sampler::prompt_logprobs(const StepPlan& plan, Backend& backend, const Tensor& logits,
-                                                   int64_t first_row) {
+                                                   int64_t first, int64_t count) {
   std::vector<SampledToken> out;
   std::vector<int32_t> rows, tokens;
   std::vector<int> want;
-  int32_t row = static_cast<int32_t>(first_row);
+  int64_t index = 0;  // of the plan's prompt targets
   for (const auto& s : plan.seqs) {
     if (s.prompt_targets.empty()) continue;
     const int k = state_.at(s.seq_id).params.prompt_logprobs;
     LLMSERVE_CHECK(k >= 0, "step plan: prompt targets for a sequence without prompt_logprobs");
-    for (size_t j = 0; j < s.prompt_targets.size(); ++j) {
+    for (size_t j = 0; j < s.prompt_targets.size(); ++j, ++index) {
+      if (index < first || index >= first + count) continue;
       SampledToken t;
       t.seq_id = s.seq_id;
       t.token = s.prompt_targets[j];
       t.position = s.num_computed + static_cast<int32_t>(j) + 1;
       out.push_back(std::move(t));
-      rows.push_back(row++);
+      rows.push_back(static_cast<int32_t>(index - first));
       tokens.push_back(s.prompt_targets[j]);
       want.push_back(k);
     }
@@ -510,13 +511,13 @@ std::vector<SampledToken> Sampler::prompt_logprobs(const StepPlan& plan, Backend
   if (out.empty()) return out;
   std::vector<SampledToken*> res;
   for (auto& t : out) res.push_back(&t);
-  const ShardCounts count = [&](const std::vector<int32_t>& r, const std::vector<float>& thresholds, int32_t* counts) {
+  const ShardCounts ranks = [&](const std::vector<int32_t>& r, const std::vector<float>& thresholds, int32_t* counts) {
     backend.count_at_least(logits, vocab_.size(), r, thresholds, counts);
   };
   reduce_logprobs(rows, tokens, want, res,
                   [&](const std::vector<int32_t>& r, const std::vector<int32_t>& t, int K, float* stats, float* top_v,
                       int32_t* top_i) { backend.row_logprobs(logits, vocab_.size(), vocab_.begin, r, t, K, stats, top_v, top_i); },
-                  &count);
+                  &ranks);
   return out;
 }
 

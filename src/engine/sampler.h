@@ -48,10 +48,11 @@ class Sampler {
   // remaining rows (filters over a split vocabulary without a tensor communicator: the CPU backend)
   // bring their logits to the host sampler.
   std::vector<SampledToken> sample_step(const StepPlan& plan, Backend& backend, Tensor& logits);
-  // The prompt_logprobs entries of the plan (one per prompt target, in plan order; position and rank
-  // set): their rows of `logits` start at first_row (after the sampled rows). Computed from the raw
-  // logits where they are; collective over the tensor group.
-  std::vector<SampledToken> prompt_logprobs(const StepPlan& plan, Backend& backend, const Tensor& logits, int64_t first_row);
+  // The prompt_logprobs entries first..first + count - 1 of the plan (one per prompt target, in plan
+  // order; position and rank set), whose logits are the rows of `logits` in that order. Computed from
+  // the raw logits where they are; collective over the tensor group.
+  std::vector<SampledToken> prompt_logprobs(const StepPlan& plan, Backend& backend, const Tensor& logits, int64_t first,
+                                            int64_t count);
   size_t num_sequences() const { return state_.size(); }
   // The most penalty edits one backend draw stages (rows are drawn in groups within it, counted over
   // the whole vocabulary, so every rank groups alike): allowed_token_ids masks nearly every token of

@@ -107,19 +107,14 @@ bool Scheduler::preempt_one(Sequence& keep, StepPlan& plan) {
   return false;
 }
 
-bool Scheduler::schedule_chunk(Sequence& s, int64_t& budget, int64_t& rows, StepPlan& plan, bool may_preempt) {
+bool Scheduler::schedule_chunk(Sequence& s, int64_t& budget, StepPlan& plan, bool may_preempt) {
   const int32_t remaining = static_cast<int32_t>(s.tokens.size()) - s.num_computed;
   int32_t chunk = remaining;
   if (chunk > budget) {
     if (!cfg_.chunked_prefill) return false;
     chunk = static_cast<int32_t>(budget);
   }
-  // A chunk with prompt rows computes at most one logits row per token.
-  if (wants_prompt_rows(s)) chunk = static_cast<int32_t>(std::min<int64_t>(chunk, rows));
   if (chunk <= 0) return false;
-  const bool samples = s.num_computed + chunk == static_cast<int32_t>(s.tokens.size());
-  const int64_t chunk_rows = wants_prompt_rows(s) ? chunk : samples;
-  if (chunk_rows > rows) return false;
   const int64_t need = (s.num_computed + chunk + cfg_.block_size - 1) / cfg_.block_size - static_cast<int64_t>(s.blocks.size());
   while (need > bm_.num_available()) {
     if (!may_preempt || !preempt_one(s, plan)) return false;
@@ -130,7 +125,6 @@ bool Scheduler::schedule_chunk(Sequence& s, int64_t& budget, int64_t& rows, Step
   }
   emit(s, chunk, plan);
   budget -= chunk;
-  rows -= chunk_rows;
   return true;
 }
 
@@ -138,7 +132,6 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
   StepPlan plan;
   plan.step_id = ++step_id_;
   int64_t budget = cfg_.max_num_batched_tokens;
-  int64_t rows = cfg_.max_logits_rows > 0 ? cfg_.max_logits_rows : cfg_.max_num_seqs;
   const int64_t preempted_before = stats_.preempted_swap + stats_.preempted_recompute;
 
   // 1. Swapped sequences come back first, oldest first, while blocks last.
@@ -166,17 +159,11 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
 
   // 2. Running sequences: decodes and prefill chunks, preempting later arrivals when blocks run out.
   const std::vector<Sequence*> snapshot = running_;
-  for (size_t i = 0; i < snapshot.size(); ++i) {
-    Sequence* s = snapshot[i];
+  for (Sequence* s : snapshot) {
     if (budget <= 0 || plan.seqs.size() >= max_seqs) break;
     if (s->state != Sequence::State::Running || s->in_flight) continue;  // preempted above, or busy
     if (static_cast<int32_t>(s->tokens.size()) == s->num_computed) continue;  // nothing to feed yet
-    // Prompt rows leave a logits row for each running sequence after this one.
-    const int64_t later = static_cast<int64_t>(snapshot.size() - i - 1);
-    int64_t mine = wants_prompt_rows(*s) ? std::max<int64_t>(0, rows - later) : rows;
-    const int64_t before = mine;
-    schedule_chunk(*s, budget, mine, plan, true);
-    rows -= before - mine;
+    schedule_chunk(*s, budget, plan, true);
   }
 
   // 3. Waiting sequences, first come first served, unless some are still swapped out or this step
@@ -196,7 +183,7 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
       s->last_hash = hashes.empty() ? 0 : hashes.back();
       if (s->send_params && s->num_cached_tokens == 0) s->num_cached_tokens = s->num_computed;
     }
-    if (!schedule_chunk(*s, budget, rows, plan, false)) {
+    if (!schedule_chunk(*s, budget, plan, false)) {
       // Not now: give the prefix blocks back so they do not sit idle.
       bm_.release(s->blocks);
       s->blocks.clear();

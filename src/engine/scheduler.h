@@ -26,11 +26,6 @@ struct SchedulerConfig {
   bool prefix_caching = true;
   int64_t num_blocks = 0;
   int64_t num_host_blocks = 0;
-  // The most logits rows one step may compute (0: max_num_seqs, what the memory plan's profiling
-  // forward measured). A decode or a prompt's last chunk takes one; a sequence with prompt_logprobs
-  // takes one per prompt token of its chunk, so its prompt is cut into chunks that fit (with or
-  // without chunked prefill), leaving a row for every other running sequence.
-  int64_t max_logits_rows = 0;
 };
 
 struct Sequence {
@@ -85,8 +80,7 @@ class Scheduler {
   const SchedulerStats& stats() const { return stats_; }
 
  private:
-  // Schedules s's next chunk within `budget` tokens and `rows` logits rows (both decreased).
-  bool schedule_chunk(Sequence& s, int64_t& budget, int64_t& rows, StepPlan& plan, bool may_preempt);
+  bool schedule_chunk(Sequence& s, int64_t& budget, StepPlan& plan, bool may_preempt);
   // Whether s's next chunks compute prompt_logprobs rows.
   static bool wants_prompt_rows(const Sequence& s) { return s.params.prompt_logprobs >= 0 && !s.prompt_rows_done; }
   bool preempt_one(Sequence& keep, StepPlan& plan);

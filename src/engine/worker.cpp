@@ -31,8 +31,10 @@ StepMeta step_meta_from_plan(const StepPlan& plan, int bs) {
   }
   // prompt_logprobs rows after every sampled row (the sampler reads rows 0.. as its sequences').
   for (size_t i = 0; i < plan.seqs.size(); ++i)
-    for (size_t j = 0; j < plan.seqs[i].prompt_targets.size(); ++j)
+    for (size_t j = 0; j < plan.seqs[i].prompt_targets.size(); ++j) {
       m.logits_indices.push_back(m.q_start[i] + static_cast<int32_t>(j));
+      ++m.prompt_rows;
+    }
   return m;
 }
 
@@ -58,7 +60,8 @@ Worker::Output Worker::execute(const StepPlan& plan, const Tensor& hidden_in) {
   const auto t0 = clock::now();
   const StepMeta meta = step_meta_from_plan(plan, static_cast<int>(runner_.block_size()));
   const auto t1 = clock::now();
-  Tensor result = runner_.forward(meta, hidden_in);
+  Tensor prompt_hidden;
+  Tensor result = runner_.forward(meta, hidden_in, &prompt_hidden);
   const auto t2 = clock::now();
   times_.inputs += std::chrono::duration<double>(t1 - t0).count();
   times_.forward += std::chrono::duration<double>(t2 - t1).count();
@@ -70,8 +73,15 @@ Worker::Output Worker::execute(const StepPlan& plan, const Tensor& hidden_in) {
   // gathered into whole rows on GPUs); only rows that need the host sampler (on the CPU backend,
   // filters over a split vocabulary) bring their logits over.
   out.tokens = sampler_->sample_step(plan, runner_.backend(), result);
-  auto prompt = sampler_->prompt_logprobs(plan, runner_.backend(), result, static_cast<int64_t>(out.tokens.size()));
-  out.tokens.insert(out.tokens.end(), std::make_move_iterator(prompt.begin()), std::make_move_iterator(prompt.end()));
+  // prompt_logprobs: the logits of at most max_num_seqs rows at a time (what the memory plan's
+  // profiling forward allowed for), each slice reduced before the next is made.
+  const int64_t slice = std::max<int64_t>(1, runner_.config().max_num_seqs);
+  for (int64_t r0 = 0; r0 < meta.prompt_rows; r0 += slice) {
+    const int64_t r = std::min<int64_t>(slice, meta.prompt_rows - r0);
+    Tensor logits = runner_.model().logits(rows_view(prompt_hidden, r0, r));
+    auto prompt = sampler_->prompt_logprobs(plan, runner_.backend(), logits, r0, r);
+    out.tokens.insert(out.tokens.end(), std::make_move_iterator(prompt.begin()), std::make_move_iterator(prompt.end()));
+  }
   times_.sample += std::chrono::duration<double>(clock::now() - t2).count();
   return out;
 }

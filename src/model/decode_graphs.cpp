@@ -87,7 +87,8 @@ double DecodeGraphs::capture(KvCache& kv) {
 
 bool DecodeGraphs::fits(const StepMeta& m) const {
   const int64_t S = m.num_seqs();
-  if (dropped_ || !kv_ || S < 1 || S > buckets_.back() || m.num_tokens() != S || m.max_context != 0) return false;
+  if (dropped_ || !kv_ || S < 1 || S > buckets_.back() || m.num_tokens() != S || m.max_context != 0 || m.prompt_rows != 0)
+    return false;
   if (m.max_blocks > max_blocks_) return false;
   for (int64_t s = 0; s <= S; ++s)
     if (m.q_start[s] != s) return false;

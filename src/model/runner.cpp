@@ -294,10 +294,10 @@ double ModelRunner::kv_budget_gb(const KvCacheShape& shape) {
   return plan.kv / double(1ull << 30);
 }
 
-Tensor ModelRunner::forward(const StepMeta& meta, const Tensor& hidden_in) {
+Tensor ModelRunner::forward(const StepMeta& meta, const Tensor& hidden_in, Tensor* prompt_hidden) {
   Tensor out;
   if (graphs_ && graphs_->run(meta, hidden_in, &out)) return out;
-  return model_->forward(meta, hidden_in, *kv_);
+  return model_->forward(meta, hidden_in, *kv_, nullptr, prompt_hidden);
 }
 
 std::vector<float> ModelRunner::step(const StepMeta& meta) {

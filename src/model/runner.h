@@ -45,7 +45,8 @@ class ModelRunner {
 
   // This stage's forward pass for one step (see Transformer::forward): through a recorded CUDA graph
   // when the step is a decode step that fits one, else eagerly.
-  Tensor forward(const StepMeta& meta, const Tensor& hidden_in);
+  // (prompt_hidden: see Transformer::forward.)
+  Tensor forward(const StepMeta& meta, const Tensor& hidden_in, Tensor* prompt_hidden = nullptr);
 
   // Runs one step. Returns the logits [len(logits_indices) * vocab_size] on world rank 0, empty
   // elsewhere.

@@ -109,7 +109,14 @@ void Transformer::all_reduce(Tensor& t) {
   if (topo_.tp > 1) tp_comm_.all_reduce_sum(t.as<float>(), static_cast<size_t>(t.numel()));
 }
 
-Tensor Transformer::forward(const StepMeta& m, const Tensor& hidden_in, KvCache& kv, Tensor* out) {
+Tensor Transformer::logits(const Tensor& normed) {
+  // Logits leave the GEMM in float32 (bf16 would round values near 16 to steps of 1/16).
+  Tensor l = be_.empty({normed.dim(0), shard_.vocab_padded}, DType::F32);
+  be_.linear(normed, lm_head_, nullptr, l);
+  return l;
+}
+
+Tensor Transformer::forward(const StepMeta& m, const Tensor& hidden_in, KvCache& kv, Tensor* out, Tensor* prompt_hidden) {
   const int64_t T = m.num_tokens(), H = spec_.hidden_size, D = spec_.head_dim;
   const DType dt = be_.compute_dtype();
   const float eps = static_cast<float>(spec_.rms_norm_eps);
@@ -161,16 +168,20 @@ Tensor Transformer::forward(const StepMeta& m, const Tensor& hidden_in, KvCache&
     project_residual(act, w.w_down);
   }
   if (!topo_.last_stage()) return x;
-  const int64_t n = static_cast<int64_t>(m.logits_indices.size());
+  const int64_t all = static_cast<int64_t>(m.logits_indices.size()), P = m.prompt_rows, n = all - P;
+  LLMSERVE_CHECK(P >= 0 && n >= 0 && (P == 0 || (prompt_hidden && !out)), "forward: bad prompt rows");
   if (out) LLMSERVE_CHECK(out->dtype == DType::F32 && out->dim(0) >= n, "forward: output tensor too small");
-  if (n == 0) return out ? rows_view(*out, 0, 0) : be_.empty({0, shard_.vocab_padded}, dt);  // nothing samples
-  Tensor sel = be_.empty({n, H}, DType::F32), normed = be_.empty({n, H}, dt);
+  if (all == 0) return out ? rows_view(*out, 0, 0) : be_.empty({0, shard_.vocab_padded}, dt);  // nothing samples
+  Tensor sel = be_.empty({all, H}, DType::F32), normed = be_.empty({all, H}, dt);
   be_.gather_rows(x, sel);
   be_.rmsnorm(sel, final_norm_, eps, normed);
-  // Logits leave the GEMM in float32 (bf16 would round values near 16 to steps of 1/16).
-  Tensor logits = out ? rows_view(*out, 0, n) : be_.empty({n, shard_.vocab_padded}, DType::F32);
-  be_.linear(normed, lm_head_, nullptr, logits);
-  return logits;
+  if (P > 0) *prompt_hidden = rows_view(normed, n, P);
+  if (out) {
+    Tensor l = rows_view(*out, 0, n);
+    be_.linear(rows_view(normed, 0, n), lm_head_, nullptr, l);
+    return l;
+  }
+  return logits(P > 0 ? rows_view(normed, 0, n) : normed);
 }
 
 }  // namespace llmserve

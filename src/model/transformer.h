@@ -55,7 +55,12 @@ class Transformer {
   // shard [len(logits_indices), vocab_padded]. With `out` (float32, at least as many rows) the result
   // is written into out's first rows and returned as a view of them, and nothing allocated by the
   // call outlives it (what a recorded graph needs).
-  Tensor forward(const StepMeta& meta, const Tensor& hidden_in, KvCache& kv, Tensor* out = nullptr);
+  // With meta.prompt_rows > 0 (last stage), the logits cover the other rows only, and *prompt_hidden
+  // gets the prompt rows' final-norm hidden states [prompt_rows, hidden] for logits().
+  Tensor forward(const StepMeta& meta, const Tensor& hidden_in, KvCache& kv, Tensor* out = nullptr,
+                 Tensor* prompt_hidden = nullptr);
+  // This rank's logits shard [rows, vocab_padded] (float32) of final-norm hidden states (last stage).
+  Tensor logits(const Tensor& normed);
 
  private:
   void all_reduce(Tensor& t);

@@ -227,13 +227,13 @@ TEST(EngineService, JobsCompleteAndNoJobIsLeftUnansweredAfterStop) {
   EXPECT_NE(error.find("shutting down"), std::string::npos) << error;
 }
 
-// The scheduler alone: a sequence with prompt_logprobs computes one logits row per prompt token, so its
-// prompt goes in chunks that leave a row for every other running sequence within max_num_seqs rows,
-// and it is never served from the prefix cache (its rows are wanted) while a plain one is.
-TEST(Scheduler, PromptLogprobsChunksFitTheRowsAndSkipThePrefixCache) {
+// The scheduler alone: a sequence with prompt_logprobs gets, with each chunk, the prompt tokens its
+// tokens predict (across chunk boundaries; none for the prompt's last token, which samples), and it is
+// never served from the prefix cache (its rows are wanted) while a plain one is.
+TEST(Scheduler, PromptLogprobsTargetsAndNoPrefixCache) {
   SchedulerConfig c;
   c.max_num_seqs = 4;
-  c.max_num_batched_tokens = 64;
+  c.max_num_batched_tokens = 12;
   c.max_model_len = 128;
   c.block_size = 4;
   c.num_blocks = 200;
@@ -253,35 +253,39 @@ TEST(Scheduler, PromptLogprobsChunksFitTheRowsAndSkipThePrefixCache) {
     t.token = 7;
     return t;
   };
-  // Two plain sequences prefill and decode: one row each.
   sched.add(seq(1, 8, -1));
-  sched.add(seq(2, 9, -1));
   StepPlan p = sched.schedule();
-  ASSERT_EQ(p.seqs.size(), 2u);
-  for (const auto& st : p.seqs) EXPECT_TRUE(st.prompt_targets.empty());
+  ASSERT_EQ(p.seqs.size(), 1u);
+  EXPECT_TRUE(p.seqs[0].prompt_targets.empty());
   sched.on_token(token_for(1));
-  sched.on_token(token_for(2));
-  // A 20-token prompt with prompt_logprobs: 4 rows less the two decodes' leave 2 tokens a step.
+  // A 20-token prompt in chunks of 11 and 9 (the decode takes one token of the 12 a step).
   sched.add(seq(3, 20, 1));
   int32_t fed = 0;
-  for (int step = 0; step < 3; ++step) {
+  for (int32_t want : {11, 9}) {
     p = sched.schedule();
-    ASSERT_EQ(p.seqs.size(), 3u) << "step " << step;
-    const SeqStep& st = p.seqs[2];
+    ASSERT_EQ(p.seqs.size(), 2u);
+    const SeqStep& st = p.seqs[1];
     ASSERT_EQ(st.seq_id, 3u);
     EXPECT_EQ(st.num_computed, fed);
-    ASSERT_EQ(st.tokens.size(), 2u) << "step " << step;
-    ASSERT_EQ(st.prompt_targets.size(), 2u);
-    EXPECT_EQ(st.prompt_targets[0], 100 + fed + 1);  // the prompt token after each one fed
-    EXPECT_EQ(st.prompt_targets[1], 100 + fed + 2);
-    EXPECT_FALSE(st.sample);
-    fed += 2;
+    ASSERT_EQ(st.tokens.size(), static_cast<size_t>(want));
+    const int32_t n = static_cast<int32_t>(st.tokens.size());
+    const int32_t targets = std::min(fed + n, 19) - fed;  // the last prompt token predicts nothing
+    ASSERT_EQ(st.prompt_targets.size(), static_cast<size_t>(targets));
+    for (int32_t i = 0; i < targets; ++i) EXPECT_EQ(st.prompt_targets[i], 100 + fed + i + 1);
+    EXPECT_EQ(st.sample, fed + n == 20);
+    fed += n;
     sched.on_token(token_for(1));
-    sched.on_token(token_for(2));
+    if (st.sample) sched.on_token(token_for(3));
   }
+  EXPECT_EQ(fed, 20);
+  // Its decode steps carry no targets.
+  p = sched.schedule();
+  ASSERT_EQ(p.seqs.size(), 2u);
+  EXPECT_TRUE(p.seqs[1].prompt_targets.empty());
+  sched.on_token(token_for(1));
+  sched.on_token(token_for(3));
   // The same 8-token prompt as sequence 1 (its blocks registered): a plain sequence starts from the
   // cache, one with prompt_logprobs from position 0.
-  sched.finish(2);
   sched.finish(3);
   sched.add(seq(4, 8, -1));
   p = sched.schedule();
@@ -293,8 +297,8 @@ TEST(Scheduler, PromptLogprobsChunksFitTheRowsAndSkipThePrefixCache) {
   p = sched.schedule();
   ASSERT_EQ(p.seqs.size(), 3u);
   EXPECT_EQ(p.seqs[2].num_computed, 0);
-  EXPECT_EQ(p.seqs[2].tokens.size(), 2u);  // 4 rows less sequences 1 and 4
-  EXPECT_EQ(p.seqs[2].prompt_targets.size(), 2u);
+  EXPECT_EQ(p.seqs[2].tokens.size(), 8u);
+  EXPECT_EQ(p.seqs[2].prompt_targets.size(), 7u);
 }
 
 // The step plan carries prompt_logprobs (in the parameters) and each chunk's prompt targets; a message

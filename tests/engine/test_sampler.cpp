@@ -638,7 +638,10 @@ TEST(Sampler, PromptLogprobsAndRanks) {
               rows.begin() + static_cast<long>(i * w.stride));
   Tensor t = cpu.upload(rows.data(), {static_cast<int64_t>(R), w.stride}, DType::F32);
   ASSERT_EQ(s.sample_step(plan, cpu, t).size(), 1u);
-  const auto got = s.prompt_logprobs(plan, cpu, t, 1);
+  // The prompt rows in two slices (3 + 3), as the worker makes their logits a slice at a time.
+  auto got = s.prompt_logprobs(plan, cpu, rows_view(t, 1, 3), 0, 3);
+  const auto rest = s.prompt_logprobs(plan, cpu, rows_view(t, 4, 3), 3, 3);
+  got.insert(got.end(), rest.begin(), rest.end());
   ASSERT_EQ(got.size(), R - 1);
   for (size_t j = 0; j < got.size(); ++j) {
     const float* row = &full[(j + 1) * V];
