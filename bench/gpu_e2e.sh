@@ -40,10 +40,12 @@ import http.client, json, random, sys, time
 port = int(sys.argv[1])
 def post(body):
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    data = json.dumps(body)
     t0 = time.perf_counter()
-    c.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
-    r = c.getresponse(); out = json.loads(r.read()); c.close()
-    return (time.perf_counter() - t0) * 1e3, r.status, out
+    c.request("POST", "/v1/completions", body=data, headers={"Content-Type": "application/json"})
+    r = c.getresponse(); raw = r.read(); t = (time.perf_counter() - t0) * 1e3  # the whole response received
+    c.close()
+    return t, r.status, json.loads(raw)
 rng = random.Random(9)
 for kind in ("plain", "score", "plain", "score"):
     ms = []

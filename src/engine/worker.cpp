@@ -73,8 +73,8 @@ Worker::Output Worker::execute(const StepPlan& plan, const Tensor& hidden_in) {
   // gathered into whole rows on GPUs); only rows that need the host sampler (on the CPU backend,
   // filters over a split vocabulary) bring their logits over.
   out.tokens = sampler_->sample_step(plan, runner_.backend(), result);
-  // prompt_logprobs: the logits of at most max_num_seqs rows at a time (what the memory plan's
-  // profiling forward allowed for), each slice reduced before the next is made.
+  // prompt_logprobs (counted as sampling time): the logits of at most max_num_seqs rows at a time
+  // (what the memory plan's profiling forward allowed for), each slice reduced before the next is made.
   const int64_t slice = std::max<int64_t>(1, runner_.config().max_num_seqs);
   for (int64_t r0 = 0; r0 < meta.prompt_rows; r0 += slice) {
     const int64_t r = std::min<int64_t>(slice, meta.prompt_rows - r0);
