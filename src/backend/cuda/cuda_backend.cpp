@@ -394,6 +394,7 @@ cublasLtMatmulAlgo_t CudaBackend::gemm_heuristic(const Gemm& g, int64_t m, int64
   cublasLtMatmulHeuristicResult_t res{};
   int found = 0;
   ++heuristic_calls_;
+  log_debug("cuBLASLt heuristic for a ", m, "x", n, "x", k, " ", dtype_name(dt), " GEMM");
   const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(lt_, g.op, g.a, g.b, g.c, g.c, pref, 1, &res, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (hs != CUBLAS_STATUS_SUCCESS || found == 0)
@@ -451,8 +452,10 @@ CudaBackend::Gemm& CudaBackend::gemm_for(int64_t m, int64_t n, int64_t k, DType 
     // answer for it.
     cublasLtMatmulHeuristicResult_t chk{};
     if (top != n && (cublasLtMatmulAlgoCheck(lt_, g.op, g.a, g.b, g.c, g.c, &g.algo, &chk) != CUBLAS_STATUS_SUCCESS ||
-                     chk.workspaceSize > workspace_bytes_))
+                     chk.workspaceSize > workspace_bytes_)) {
+      log_debug("cuBLASLt: the ", m, "x", top, "x", k, " algorithm does not run ", m, "x", n, "x", k);
       g.algo = gemm_heuristic(g, m, n, k, dt);
+    }
   } catch (...) {
     drop(g);
     throw;
