@@ -192,8 +192,8 @@ ModelRunner::~ModelRunner() = default;
 
 // One forward pass of the largest step the scheduler can plan: max_num_batched_tokens tokens of one
 // sequence over blocks 0.. of `kv` (block ids wrap around when the cache has fewer), with the logits of
-// its last min(T, max_num_seqs) rows; zero activations from the previous stage. Returns this stage's
-// output (the logits shard on the last stage).
+// its last min(T, max_num_seqs) rows and the other rows as prompt_logprobs rows; zero activations from
+// the previous stage. Returns this stage's output (the sampled rows' logits shard on the last stage).
 Tensor ModelRunner::max_batch_forward(KvCache& kv) {
   const int64_t T = cfg_.max_num_batched_tokens, H = spec_.hidden_size, bs = cfg_.block_size;
   const int64_t blocks = (T + bs - 1) / bs, have = kv.shape().num_blocks;
@@ -209,14 +209,22 @@ Tensor ModelRunner::max_batch_forward(KvCache& kv) {
   }
   m.q_start = {0, static_cast<int32_t>(T)};
   m.max_blocks = static_cast<int32_t>(blocks);
+  // The last rows sample; every other token is a prompt_logprobs row (the most final hidden states a
+  // step keeps), of which one slice of logits is made, as the worker does.
   const int64_t rows = std::min<int64_t>(T, cfg_.max_num_seqs);
   for (int64_t i = T - rows; i < T; ++i) m.logits_indices.push_back(static_cast<int32_t>(i));
-  Tensor hidden;
+  for (int64_t i = 0; i < T - rows; ++i) m.logits_indices.push_back(static_cast<int32_t>(i));
+  m.prompt_rows = static_cast<int32_t>(T - rows);
+  Tensor hidden, prompt_hidden;
   if (!topo_.first_stage()) {
     std::vector<float> zeros(static_cast<size_t>(T * H), 0.f);
     hidden = backend_->upload(zeros.data(), {T, H}, DType::F32);
   }
-  return model_->forward(m, hidden, kv);
+  Tensor out = model_->forward(m, hidden, kv, nullptr, &prompt_hidden);
+  if (topo_.last_stage() && m.prompt_rows > 0) {
+    Tensor slice = model_->logits(rows_view(prompt_hidden, 0, std::min<int64_t>(rows, m.prompt_rows)));
+  }
+  return out;
 }
 
 // On a GPU, what the first requests would otherwise pay once each, paid at start-up (as vLLM's warm-up
@@ -267,8 +275,8 @@ void ModelRunner::warm_up() {
 // The KV-cache budget of this rank in GiB. kv_cache_memory_gb when given; on the CPU backend 1 GiB by
 // default; on a GPU vLLM's plan: gpu_memory_utilization x the device's memory, less what is in use once
 // the weights are loaded (CUDA context, workspaces, weights, other processes) and less the activation
-// peak of a profiling forward over max_num_batched_tokens tokens (with the logits of up to max_num_seqs
-// rows).
+// peak of a profiling forward over max_num_batched_tokens tokens (max_batch_forward: the logits of up
+// to max_num_seqs rows, every other token's final hidden state kept for prompt_logprobs).
 double ModelRunner::kv_budget_gb(const KvCacheShape& shape) {
   if (cfg_.kv_cache_memory_gb > 0) return cfg_.kv_cache_memory_gb;
   size_t free_b = 0, total_b = 0;

@@ -369,6 +369,13 @@ def main():
         check("echo + logprobs streamed: the prompt's entries ride on the first chunk, the same tokens in all",
               st == 200 and toks == b["logprobs"]["tokens"] and len(chunks[0]["choices"][0]["logprobs"]["tokens"]) >= len(ids),
               (toks, b["logprobs"]["tokens"]))
+        st, events = s.stream("/v1/completions", {"prompt": ids, "max_tokens": 0, "logprobs": 1, "echo": True, "stream": True})
+        chunks = [json.loads(e) for e in events if e != "[DONE]"]
+        text = "".join(ch["choices"][0]["text"] for ch in chunks)
+        toks = [t for ch in chunks for t in (ch["choices"][0]["logprobs"] or {}).get("tokens", [])]
+        check("echo + max_tokens 0 streamed: the prompt alone and its entries, then the finish",
+              st == 200 and text == ptext["prompt"] and toks == lp["tokens"]
+              and chunks[-1]["choices"][0]["finish_reason"] == "length", chunks[-2:])
         st, pn = s.post("/v1/completions", {"prompt": ids, "max_tokens": 2, "n": 2, "seed": 5, "prompt_logprobs": 0})
         check("prompt_logprobs 0 with n 2: each choice carries the prompt's (its own token only)",
               st == 200 and pn["choices"][0]["prompt_logprobs"] == pn["choices"][1]["prompt_logprobs"]
