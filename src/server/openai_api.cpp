@@ -58,6 +58,11 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
     r.include_usage = flag("include_usage");
     r.continuous_usage = flag("continuous_usage_stats") && r.include_usage;
   }
+  if (given("return_tokens_as_token_ids")) {
+    if (!body["return_tokens_as_token_ids"].is_boolean())
+      throw HttpError(400, "'return_tokens_as_token_ids' must be a boolean", "BadRequestError", "return_tokens_as_token_ids");
+    r.tokens_as_ids = body["return_tokens_as_token_ids"].get<bool>();
+  }
   if (given("user") && !body["user"].is_string())
     throw HttpError(400, "'user' must be a string", "BadRequestError", "user");
   try {
@@ -152,7 +157,15 @@ json usage_json(int64_t prompt, int64_t completion) {
 // A token's text in log-probability entries (its id without a tokenizer).
 std::string token_text(const ApiContext& ctx, int32_t id) { return ctx.tok ? ctx.tok->decode({id}, false) : std::to_string(id); }
 
-json chat_logprobs(const CompletionOutput& c, const ApiContext& ctx, size_t from = 0) {
+// How a request's log-probability entries name tokens: their text, or with vLLM's
+// return_tokens_as_token_ids "token_id:<id>" (tokens whose text is not valid UTF-8 stay identifiable).
+struct TokenNames {
+  const ApiContext& ctx;
+  bool as_ids = false;
+  std::string operator()(int32_t id) const { return as_ids ? "token_id:" + std::to_string(id) : token_text(ctx, id); }
+};
+
+json chat_logprobs(const CompletionOutput& c, const TokenNames& name, size_t from = 0) {
   json content = json::array();
   auto bytes = [](const std::string& s) {
     json b = json::array();
@@ -163,10 +176,10 @@ json chat_logprobs(const CompletionOutput& c, const ApiContext& ctx, size_t from
     const auto& lp = c.logprobs[i];
     json top = json::array();
     for (const auto& [id, v] : lp.top) {
-      const std::string t = token_text(ctx, id);
+      const std::string t = name(id);
       top.push_back({{"token", t}, {"logprob", v}, {"bytes", bytes(t)}});
     }
-    const std::string t = token_text(ctx, lp.token);
+    const std::string t = name(lp.token);
     content.push_back({{"token", t}, {"logprob", lp.logprob}, {"bytes", bytes(t)}, {"top_logprobs", top}});
   }
   return {{"content", content}};
@@ -174,15 +187,15 @@ json chat_logprobs(const CompletionOutput& c, const ApiContext& ctx, size_t from
 
 // The completions API's log-probabilities of tokens from..end of c, text offsets counted from *off (which
 // is left past the last token).
-json completion_logprobs(const CompletionOutput& c, const ApiContext& ctx, size_t from, size_t* off) {
+json completion_logprobs(const CompletionOutput& c, const TokenNames& name, size_t from, size_t* off) {
   json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
   for (size_t i = from; i < c.logprobs.size(); ++i) {
     const auto& lp = c.logprobs[i];
-    const std::string t = token_text(ctx, lp.token);
+    const std::string t = name(lp.token);
     tokens.push_back(t);
     lps.push_back(lp.logprob);
     json top = json::object();
-    for (const auto& [id, v] : lp.top) top[token_text(ctx, id)] = v;
+    for (const auto& [id, v] : lp.top) top[name(id)] = v;
     tops.push_back(top);
     offsets.push_back(*off);
     *off += t.size();
@@ -191,16 +204,16 @@ json completion_logprobs(const CompletionOutput& c, const ApiContext& ctx, size_
 }
 // The completions API's log-probabilities of an echoed prompt (its first token has none; nothing but the
 // tokens when the prompt's were not computed), text offsets from *off.
-json echo_logprobs(const std::vector<int32_t>& prompt, const RequestOutput& out, const ApiContext& ctx, size_t* off) {
+json echo_logprobs(const std::vector<int32_t>& prompt, const RequestOutput& out, const TokenNames& name, size_t* off) {
   json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
   for (size_t i = 0; i < prompt.size(); ++i) {
-    const std::string t = token_text(ctx, prompt[i]);
+    const std::string t = name(prompt[i]);
     tokens.push_back(t);
     const TokenLogprob* lp = i > 0 && out.prompt_logprobs ? &(*out.prompt_logprobs)[i - 1] : nullptr;
     lps.push_back(lp ? json(lp->logprob) : json(nullptr));
     json top = lp ? json::object() : json(nullptr);
     if (lp)
-      for (const auto& [id, v] : lp->top) top[token_text(ctx, id)] = v;
+      for (const auto& [id, v] : lp->top) top[name(id)] = v;
     tops.push_back(top);
     offsets.push_back(*off);
     *off += t.size();
@@ -212,9 +225,10 @@ json echo_logprobs(const std::vector<int32_t>& prompt, const RequestOutput& out,
 // stream, or the whole response), then the generated tokens' from `from` (none for echo_only).
 json choice_logprobs(const GenerationRequest& r, size_t prompt_index, const RequestOutput& out, const CompletionOutput& c,
                      const ApiContext& ctx, bool with_prompt, size_t from, size_t* off) {
-  if (!with_prompt) return completion_logprobs(c, ctx, from, off);
-  json all = echo_logprobs(r.prompts.at(prompt_index), out, ctx, off);
-  json gen = completion_logprobs(c, ctx, r.echo_only ? c.logprobs.size() : from, off);
+  const TokenNames name{ctx, r.tokens_as_ids};
+  if (!with_prompt) return completion_logprobs(c, name, from, off);
+  json all = echo_logprobs(r.prompts.at(prompt_index), out, name, off);
+  json gen = completion_logprobs(c, name, r.echo_only ? c.logprobs.size() : from, off);
   for (const char* key : {"tokens", "token_logprobs", "top_logprobs", "text_offset"})
     for (auto& x : gen[key]) all[key].push_back(std::move(x));
   return all;
@@ -398,7 +412,7 @@ json chat_response(const std::string& id, const GenerationRequest& r, const ApiC
     }
     choices.push_back({{"index", c.index},
                        {"message", message},
-                       {"logprobs", r.params.logprobs >= 0 ? chat_logprobs(c, ctx) : json(nullptr)},
+                       {"logprobs", r.params.logprobs >= 0 ? chat_logprobs(c, {ctx, r.tokens_as_ids}) : json(nullptr)},
                        {"finish_reason", finish},
                        {"stop_reason", c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason)}});
   }
@@ -447,7 +461,7 @@ std::string stream_chunks(const std::string& id, const GenerationRequest& r, con
     json lp = nullptr;
     if (r.params.logprobs >= 0) {
       const size_t from = s.logprobs_sent > c.logprobs_from ? s.logprobs_sent - c.logprobs_from : 0;
-      lp = r.chat ? chat_logprobs(c, ctx, from)
+      lp = r.chat ? chat_logprobs(c, {ctx, r.tokens_as_ids}, from)
                   : choice_logprobs(r, prompt_index, out, c, ctx, first && r.echo, from, &s.text_offset);
       s.logprobs_sent = c.logprobs_from + c.logprobs.size();
     }

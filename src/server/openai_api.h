@@ -44,6 +44,7 @@ struct GenerationRequest {
   bool include_usage = false;     // stream_options.include_usage: a usage chunk before [DONE]
   bool continuous_usage = false;  // and continuous_usage_stats: usage on every chunk (vLLM)
   bool echo = false;
+  bool tokens_as_ids = false;  // vLLM's return_tokens_as_token_ids: log-probability entries name tokens "token_id:<id>"
   bool echo_only = false;  // completions with echo and max_tokens 0: the prompt alone (one token is generated and dropped, as vLLM)
   bool tools_active = false;  // chat with tools and tool_choice auto: tool calls are parsed from the output
   std::string model;

@@ -255,6 +255,8 @@ def main():
              "'prompt_logprobs' must be a non-negative integer"),
             ("max_tokens 0 without echo", 400, s.post("/v1/completions", {"prompt": "x", "max_tokens": 0}),
              "'max_tokens' must be at least 1"),
+            ("return_tokens_as_token_ids not a boolean", 400,
+             s.post("/v1/completions", {"prompt": "x", "return_tokens_as_token_ids": 1}), "must be a boolean"),
             ("chat echo not a boolean", 400, s.post("/v1/chat/completions", {"messages": msgs, "echo": "yes"}), "'echo' must be a boolean"),
             ("stream_options without stream", 400, s.post("/v1/completions", {"prompt": "x", "stream_options": {"include_usage": True}}),
              "only be defined when `stream=True`"),
@@ -376,6 +378,20 @@ def main():
         check("echo + max_tokens 0 streamed: the prompt alone and its entries, then the finish",
               st == 200 and text == ptext["prompt"] and toks == lp["tokens"]
               and chunks[-1]["choices"][0]["finish_reason"] == "length", chunks[-2:])
+        st, ti = s.post("/v1/completions", {"prompt": ids, "max_tokens": 3, "temperature": 0, "logprobs": 2, "echo": True,
+                                            "return_tokens_as_token_ids": True})
+        tl = ti["choices"][0]["logprobs"] if st == 200 else {}
+        check("return_tokens_as_token_ids: completions entries name tokens token_id:<id> (prompt, then generated)",
+              st == 200 and tl["tokens"][:len(ids)] == [f"token_id:{t}" for t in ids]
+              and all(t.startswith("token_id:") for t in tl["tokens"])
+              and all(k.startswith("token_id:") for d in tl["top_logprobs"][1:] for k in d)
+              and tl["token_logprobs"] == b["logprobs"]["token_logprobs"], ti)
+        st, tc = s.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 2, "temperature": 0, "logprobs": True,
+                                                 "top_logprobs": 1, "return_tokens_as_token_ids": True})
+        content = tc["choices"][0]["logprobs"]["content"] if st == 200 else []
+        check("return_tokens_as_token_ids: chat entries too, their bytes those of the name",
+              st == 200 and len(content) == 2 and all(e["token"].startswith("token_id:") and bytes(e["bytes"]).decode() == e["token"]
+                                                       and e["top_logprobs"][0]["token"].startswith("token_id:") for e in content), tc)
         st, pn = s.post("/v1/completions", {"prompt": ids, "max_tokens": 2, "n": 2, "seed": 5, "prompt_logprobs": 0})
         check("prompt_logprobs 0 with n 2: each choice carries the prompt's (its own token only)",
               st == 200 and pn["choices"][0]["prompt_logprobs"] == pn["choices"][1]["prompt_logprobs"]
