@@ -58,6 +58,9 @@ void Sampler::observe(const StepPlan& plan) {
       st.prompt_len = s.prompt_len;
       st.eos_ids = s.eos_ids;
       st.history = s.prefix;
+      st.guide = make_guide(s.params);
+      if (st.guide && !tokens_) throw Error("guided decoding needs the model's tokenizer, which this model file lacks");
+      st.guided_fed = 0;
     }
     st.history.resize(static_cast<size_t>(s.num_computed));
     if (st.indexed > st.history.size()) {  // tokens taken back (recomputation): index them anew
@@ -68,6 +71,48 @@ void Sampler::observe(const StepPlan& plan) {
     st.history.insert(st.history.end(), s.tokens.begin(), s.tokens.end());
     const SamplingParams& p = st.params;
     if (p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) index_history(st);
+    if (st.guide) feed_guide(st);
+  }
+}
+
+void Sampler::feed_guide(SeqState& st) const {
+  const size_t from = static_cast<size_t>(std::max<int32_t>(st.prompt_len, 0));
+  if (st.guided_fed < from || st.guided_fed > st.history.size()) {  // new, or taken back: anew
+    st.guide_state = st.guide->start();
+    st.guided_fed = from;
+  }
+  const auto& bytes = tokens_->bytes;
+  for (; st.guided_fed < st.history.size(); ++st.guided_fed) {
+    const int32_t t = st.history[st.guided_fed];
+    st.guide->feed(st.guide_state, t >= 0 && static_cast<size_t>(t) < bytes.size() ? bytes[t] : std::string_view());
+  }
+}
+
+void Sampler::guided_bans(const SeqState& st, Range vocab, std::vector<int32_t>& out) const {
+  const auto& bytes = tokens_->bytes;
+  const auto& plain = tokens_->plain;
+  const bool done = st.guide->complete(st.guide_state), in_string = st.guide->in_plain_string(st.guide_state);
+  // Which first bytes the state takes: most tokens are settled by theirs alone.
+  bool first_ok[256];
+  for (int c = 0; c < 256; ++c) {
+    GuideState s = st.guide_state;
+    const char b = static_cast<char>(c);
+    first_ok[c] = st.guide->feed(s, std::string_view(&b, 1));
+  }
+  for (int64_t t = vocab.begin; t < vocab.end; ++t) {
+    bool ok = false;
+    if (std::find(st.eos_ids.begin(), st.eos_ids.end(), static_cast<int32_t>(t)) != st.eos_ids.end()) {
+      ok = done;  // the end of sequence exactly when the text is whole
+    } else if (static_cast<size_t>(t) < bytes.size() && !bytes[t].empty()) {
+      const std::string& b = bytes[t];
+      if (in_string && plain[t]) continue;  // string content: allowed as it is
+      ok = first_ok[static_cast<unsigned char>(b[0])];
+      if (ok && b.size() > 1) {
+        GuideState s = st.guide_state;
+        ok = st.guide->feed(s, b);
+      }
+    }
+    if (!ok) out.push_back(static_cast<int32_t>(t));
   }
 }
 
@@ -167,6 +212,7 @@ size_t Sampler::penalty_edit_bound(const SeqState& st, Range vocab) {
   n += bias_in(p, vocab).second;
   n += p.bad_words_ids.size();
   if (!p.allowed_token_ids.empty()) n += static_cast<size_t>(vocab.size());  // the tokens not allowed, at most
+  if (st.guide) n += static_cast<size_t>(vocab.size());
   return n;
 }
 
@@ -178,7 +224,7 @@ size_t Sampler::penalty_edits(const SeqState& st, int32_t row, Range vocab, Logi
                                         : std::make_pair(static_cast<const std::pair<int32_t, int32_t>*>(nullptr), size_t{0});
   std::vector<int32_t> mask;
   if (stops_masked(st)) {
-    if (!p.ignore_eos)
+    if (!p.ignore_eos && !st.guide)  // (guided decoding decides the end of sequence itself)
       for (int32_t t : st.eos_ids)
         if (local(t)) mask.push_back(t);
     for (int32_t t : p.stop_token_ids)
@@ -191,6 +237,11 @@ size_t Sampler::penalty_edits(const SeqState& st, int32_t row, Range vocab, Logi
       if (local(t)) mask.push_back(t);
   }
   std::sort(mask.begin(), mask.end());
+  if (st.guide) {  // ascending already: merged in
+    const auto mid = static_cast<std::ptrdiff_t>(mask.size());
+    guided_bans(st, vocab, mask);
+    std::inplace_merge(mask.begin(), mask.begin() + mid, mask.end());
+  }
   mask.erase(std::unique(mask.begin(), mask.end()), mask.end());
   const auto [bias_at, nbias] = bias_in(p, vocab);
   constexpr int32_t kEnd = std::numeric_limits<int32_t>::max();
@@ -254,7 +305,7 @@ bool Sampler::row_drawable(const SeqState& st) const {
 
 bool Sampler::edits_logits(const SeqState& st) {
   return repetition_on(st.params) || counts_on(st.params) || stops_masked(st) || !st.params.logit_bias_ids.empty() ||
-         !st.params.bad_words_ids.empty() || !st.params.allowed_token_ids.empty();
+         !st.params.bad_words_ids.empty() || !st.params.allowed_token_ids.empty() || st.guide != nullptr;
 }
 
 std::vector<const SeqStep*> Sampler::sampled(const StepPlan& plan) const {

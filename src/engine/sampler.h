@@ -17,6 +17,7 @@
 #include "backend/backend.h"
 #include "dist/comm.h"
 #include "dist/topology.h"
+#include "engine/guided.h"
 #include "engine/step_plan.h"
 
 namespace llmserve {
@@ -54,6 +55,9 @@ class Sampler {
   std::vector<SampledToken> prompt_logprobs(const StepPlan& plan, Backend& backend, const Tensor& logits, int64_t first,
                                             int64_t count);
   size_t num_sequences() const { return state_.size(); }
+  // Each token's bytes (guided_tokens), which guided decoding needs; without them a guided
+  // request is refused when it arrives.
+  void set_guided_tokens(std::shared_ptr<const GuidedTokens> tokens) { tokens_ = std::move(tokens); }
   // The most penalty edits one backend draw stages (rows are drawn in groups within it, counted over
   // the whole vocabulary, so every rank groups alike): allowed_token_ids masks nearly every token of
   // its row, ~150,000 edits of 24 bytes for a Qwen vocabulary. Default 4M (96 MB).
@@ -75,7 +79,15 @@ class Sampler {
     std::vector<int32_t> seen;
     std::vector<std::pair<int32_t, int32_t>> out_counts;
     size_t indexed = 0;
+    // Guided decoding: the recognizer and its state after the output tokens history[prompt_len, guided_fed).
+    std::shared_ptr<const Guide> guide;
+    GuideState guide_state;
+    size_t guided_fed = 0;
   };
+  // Brings st.guide_state up to st.history (anew when the history was taken back).
+  void feed_guide(SeqState& st) const;
+  // The tokens of `vocab` a guided sequence may not draw now, ascending.
+  void guided_bans(const SeqState& st, Range vocab, std::vector<int32_t>& out) const;
   // Brings st.seen and st.out_counts up to st.history (whose first st.indexed tokens they hold).
   static void index_history(SeqState& st);
   // The request's logit_bias and the sequence's penalties (repetition, presence/frequency, min_tokens
@@ -144,6 +156,7 @@ class Sampler {
   std::unordered_map<uint64_t, SeqState> state_;
   std::vector<LogitEdit> edits_;  // row_draws' output, kept between steps
   size_t edit_budget_ = size_t{1} << 22;
+  std::shared_ptr<const GuidedTokens> tokens_;
 };
 
 }  // namespace llmserve

@@ -125,6 +125,31 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
     std::sort(p.allowed_token_ids.begin(), p.allowed_token_ids.end());
     p.allowed_token_ids.erase(std::unique(p.allowed_token_ids.begin(), p.allowed_token_ids.end()), p.allowed_token_ids.end());
   }
+  // Guided decoding: response_format json_object (text: none) and guided_choice; vLLM's other kinds
+  // (a JSON schema, a regex, a grammar) are refused by name.
+  if (j.contains("response_format") && !j["response_format"].is_null()) {
+    const json& f = j["response_format"];
+    if (!f.is_object() || !f.contains("type") || !f["type"].is_string())
+      throw Error("'response_format' must be an object with a 'type'");
+    const std::string type = f["type"].get<std::string>();
+    if (type == "json_object")
+      p.guided = "json";
+    else if (type == "text")
+      p.guided.clear();
+    else
+      throw Error(cat("response_format '", type, "' is not supported by llmserve yet (json_object and text are)"));
+  }
+  if (j.contains("guided_choice") && !j["guided_choice"].is_null()) {
+    const json& c = j["guided_choice"];
+    if (!c.is_array()) throw Error("'guided_choice' must be a non-empty list of strings");
+    p.guided_choice.clear();
+    for (const auto& x : c) {
+      if (!x.is_string()) throw Error("'guided_choice' must be a non-empty list of strings");
+      p.guided_choice.push_back(x.get<std::string>());
+    }
+    if (!p.guided.empty()) throw Error("'guided_choice' and response_format json_object cannot be combined");
+    p.guided = "choice";
+  }
   // logprobs: an integer (completions API) or a boolean with top_logprobs (chat API).
   if (j.contains("logprobs") && !j["logprobs"].is_null()) {
     const json& l = j["logprobs"];
@@ -179,6 +204,13 @@ void sampling_params_validate(const SamplingParams& p, int64_t vocab_size, int m
     bad(cat("Requested prompt logprobs of ", p.prompt_logprobs, ", which is greater than max allowed: ",
             std::min(max_logprobs, kMaxTopLogprobs), " ('prompt_logprobs')"));
   if (p.prompt_logprobs < -1) bad("'prompt_logprobs' must not be negative");
+  if (p.guided == "choice") {
+    if (p.guided_choice.empty()) bad("'guided_choice' must be a non-empty list of strings");
+    for (const auto& c : p.guided_choice)
+      if (c.empty()) bad("'guided_choice' strings must not be empty");
+  } else if (!p.guided.empty() && p.guided != "json") {
+    bad(cat("unknown guided decoding kind '", p.guided, "'"));
+  }
   for (const auto& s : p.stop)
     if (s.empty()) bad("'stop' strings must not be empty");
   if (p.stop.size() > 64) bad("at most 64 'stop' strings");

@@ -41,6 +41,10 @@ struct SamplingParams {
   std::vector<std::vector<int32_t>> bad_words_ids;
   // vLLM's allowed_token_ids: every other token's logit masked (sorted, distinct; empty: off).
   std::vector<int32_t> allowed_token_ids;
+  // Guided decoding (src/engine/guided.h): "" off, "json" (response_format json_object), "choice"
+  // (guided_choice: exactly one of guided_choice).
+  std::string guided;
+  std::vector<std::string> guided_choice;
 
   bool greedy() const { return temperature < 1e-5 || top_k == 1; }
 };

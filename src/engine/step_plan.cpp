@@ -72,6 +72,9 @@ void put_params(Writer& w, const SamplingParams& p) {
   for (const auto& seq : p.bad_words_ids) lengths.push_back(static_cast<int32_t>(seq.size())), flat.insert(flat.end(), seq.begin(), seq.end());
   w.vec(lengths), w.vec(flat);
   w.vec(p.allowed_token_ids);
+  w.str(p.guided);
+  w.put(static_cast<uint32_t>(p.guided_choice.size()));
+  for (const auto& c : p.guided_choice) w.str(c);
 }
 
 SamplingParams get_params(Reader& r) {
@@ -90,6 +93,9 @@ SamplingParams get_params(Reader& r) {
     at += static_cast<size_t>(n);
   }
   p.allowed_token_ids = r.vec<int32_t>();
+  p.guided = r.str();
+  const uint32_t nc = r.get<uint32_t>();
+  for (uint32_t i = 0; i < nc; ++i) p.guided_choice.push_back(r.str());
   return p;
 }
 

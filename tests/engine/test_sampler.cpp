@@ -674,3 +674,61 @@ TEST(Sampler, PromptLogprobsAndRanks) {
   EXPECT_EQ(back[1].position, got[1].position);
   EXPECT_EQ(back[1].rank, 3);
 }
+
+// Guided decoding over a toy vocabulary split across the ranks: every draw (greedy or sampled, on the
+// host sampler and the backend draw) keeps the output an accepted prefix, the end of sequence comes
+// exactly when it is whole, and min_tokens does not hold a whole text open.
+TEST(Sampler, GuidedDecodingKeepsTheTextAccepted) {
+  World w;
+  CpuBackend cpu;
+  // V = 50 tokens: 3 is EOS (special, no bytes); the rest JSON pieces, words and junk.
+  const std::vector<std::string> pieces = {
+      "{", "}", "[", "]", ":", ",", "\"", " ", "\n", "a", "b", "1", "2", ".", "-", "e", "true", "null", "\"a\"", "\":",
+      "{\"", "\"}", "},", "yes", "no", "y", "es", "maybe", "may", "be", "x", "'", "\\", "\\n", "0", "9", "fa", "lse",
+      "{}", "[]", "\"b\": ", ", \"", "nope", "ye", "s", "m", "aybe", "!", "\t"};
+  auto bytes = std::make_shared<std::vector<std::string>>(V);
+  for (int64_t t = 0, k = 0; t < V; ++t)
+    if (t != 3) (*bytes)[t] = pieces[k++ % pieces.size()];
+  std::mt19937 g(21);
+  std::normal_distribution<float> d(0.f, 2.f);
+  for (const std::string kind : {"json", "choice"})
+    for (bool backend : {false, true})
+      for (double temperature : {0.0, 1.0}) {
+        SamplingParams p;
+        p.guided = kind;
+        if (kind == "choice") p.guided_choice = {"yes", "no", "maybe"};
+        p.temperature = temperature;
+        p.min_tokens = 40;  // would mask EOS; a whole text still ends
+        const auto guide = make_guide(p);
+        for (int rep = 0; rep < (temperature > 0 ? 6 : 1); ++rep) {
+          Sampler s(w.comm, V, w.vocab, w.stride);
+          s.set_guided_tokens(guided_tokens(*bytes));
+          std::vector<int32_t> history = {7, 8};
+          GuideState gs = guide->start();
+          std::string text;
+          bool ended = false;
+          for (int step = 0; step < 60 && !ended; ++step) {
+            StepPlan plan = plan_for(1, p, history, 2, 100 + rep, 1);
+            if (step > 0) plan.seqs[0].has_params = false;  // later steps as the scheduler sends them
+            s.observe(plan);
+            std::vector<float> full(V);
+            for (auto& x : full) x = d(g);
+            auto rows = w.rows(full, 1);
+            Tensor t = cpu.upload(rows.data(), {1, w.stride}, DType::F32);
+            const int32_t tok = backend ? s.sample_on_backend(plan, cpu, t)[0].token : s.sample(plan, rows.data())[0].token;
+            if (tok == 3) {
+              EXPECT_TRUE(guide->complete(gs)) << kind << ": EOS before the text is whole: " << text;
+              ended = true;
+              break;
+            }
+            ASSERT_TRUE(guide->feed(gs, (*bytes)[tok])) << kind << ": token " << tok << " after '" << text << "'";
+            text += (*bytes)[tok];
+            history.push_back(tok);
+          }
+          if (kind == "choice") {
+            EXPECT_TRUE(ended) << text;
+            EXPECT_TRUE(text == "yes" || text == "no" || text == "maybe") << text;
+          }
+        }
+      }
+}

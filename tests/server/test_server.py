@@ -227,9 +227,20 @@ def main():
             ("best_of", 400, s.post("/v1/completions", {"prompt": "x", "best_of": 3}), "best_of"),
             ("logit_bias key", 400, s.post("/v1/completions", {"prompt": "x", "logit_bias": {"five": 10}}), "token ids"),
             ("logit_bias token", 400, s.post("/v1/completions", {"prompt": "x", "logit_bias": {"999999999": 10}}), "vocabulary"),
-            ("response_format json", 400, s.post("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "json_object"}}),
-             "guided decoding"),
-            ("guided_json", 400, s.post("/v1/chat/completions", {"messages": msgs, "guided_json": {"type": "object"}}), "guided decoding"),
+            ("response_format json_schema", 400, s.post("/v1/chat/completions", {"messages": msgs, "response_format": {
+                "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}}),
+             "response_format 'json_schema' is not supported by llmserve yet"),
+            ("response_format without a type", 400, s.post("/v1/completions", {"prompt": "x", "response_format": {}}),
+             "must be an object with a 'type'"),
+            ("guided_json", 400, s.post("/v1/chat/completions", {"messages": msgs, "guided_json": {"type": "object"}}),
+             "'guided_json' is not supported by llmserve yet"),
+            ("guided_choice empty", 400, s.post("/v1/completions", {"prompt": "x", "guided_choice": []}), "non-empty list of strings"),
+            ("guided_choice not strings", 400, s.post("/v1/completions", {"prompt": "x", "guided_choice": ["a", 1]}),
+             "non-empty list of strings"),
+            ("guided_choice with an empty string", 400, s.post("/v1/completions", {"prompt": "x", "guided_choice": ["a", ""]}),
+             "must not be empty"),
+            ("guided_choice with json_object", 400, s.post("/v1/completions", {
+                "prompt": "x", "guided_choice": ["a"], "response_format": {"type": "json_object"}}), "cannot be combined"),
             ("allowed_token_ids empty", 400, s.post("/v1/completions", {"prompt": "x", "allowed_token_ids": []}), "must not be empty"),
             ("allowed_token_ids outside", 400, s.post("/v1/completions", {"prompt": "x", "allowed_token_ids": [10 ** 7]}),
              "outside the vocabulary"),
@@ -402,6 +413,25 @@ def main():
         check("chat prompt_logprobs: one entry per prompt token at the response's top level",
               st == 200 and len(cp["prompt_logprobs"]) == cp["usage"]["prompt_tokens"] and cp["prompt_logprobs"][0] is None
               and all(1 <= len(e) <= 3 for e in cp["prompt_logprobs"][1:]), cp)
+        # Guided decoding (tp=2: each rank masks its half of the vocabulary): JSON mode keeps the text a
+        # JSON object, whole when the model stops; guided_choice gives one of the strings.
+        st, gj = s.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 48, "n": 6, "temperature": 1.0, "seed": 7,
+                                                 "response_format": {"type": "json_object"}})
+        texts = [(c["message"]["content"], c["finish_reason"]) for c in gj.get("choices", [])]
+        whole = [json.loads(t) for t, f in texts if f == "stop"]
+        check("response_format json_object: a stopped answer is a JSON object, a cut one starts as one",
+              st == 200 and len(texts) == 6 and all(isinstance(o, dict) for o in whole)
+              and all(t.lstrip().startswith("{") for t, f in texts if t.strip()), texts)
+        st, gc = s.post("/v1/completions", {"prompt": "Pick:", "max_tokens": 8, "n": 5, "temperature": 1.0, "seed": 3,
+                                            "guided_choice": ["red", "green", "blue sky"]})
+        picks = [(c["text"], c["finish_reason"]) for c in gc.get("choices", [])]
+        check("guided_choice: every answer is one of the strings, ended by EOS",
+              st == 200 and len(picks) == 5 and all(t in ("red", "green", "blue sky") and f == "stop" for t, f in picks), picks)
+        st, events = s.stream("/v1/chat/completions", {"messages": msgs, "max_tokens": 8, "stream": True, "temperature": 0,
+                                                       "guided_choice": ["alpha", "beta"]})
+        streamed = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events
+                           if e != "[DONE]" and json.loads(e)["choices"])
+        check("guided_choice streamed", st == 200 and streamed in ("alpha", "beta"), (streamed, events[-3:]))
         # continue_final_message: the prompt ends with the final (assistant) message's text, open.
         cont = [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "My favourite color is"}]
         st, ct = s.post("/tokenize", {"messages": cont, "continue_final_message": True})

@@ -128,6 +128,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
         sampling_params_from_json(parse_json(line), job.params);
         set_bad_words_ids(job.params, tok.get());
         sampling_params_validate(job.params, runner.spec().vocab_size, cfg.max_logprobs);
+        if (!job.params.guided.empty() && !tok) throw Error("guided decoding needs the model's tokenizer, which this model lacks");
         const int64_t total = static_cast<int64_t>(job.prompt.size()) + job.params.max_tokens;
         if (total > cfg.max_model_len)
           throw Error(cat("prompt (", job.prompt.size(), " tokens) + max_tokens (", job.params.max_tokens,

@@ -1,0 +1,74 @@
+// Guided decoding (vLLM's structured outputs, the first two kinds): a byte-level recognizer of the text a
+// request may produce, which the sampler turns into a mask over the vocabulary each step (a token is
+// allowed when its bytes keep the output a prefix of an accepted text; EOS once the text is whole).
+//   json:   response_format {"type": "json_object"}: one JSON object (RFC 8259: strings with escapes
+//           and UTF-8, numbers, literals, nesting up to kMaxDepth), at most kMaxWhitespace whitespace
+//           bytes in a row (a model stuck emitting newlines cannot fill max_tokens with them), nothing
+//           after the object;
+//   choice: guided_choice: exactly one of the given strings.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace llmserve {
+
+class Tokenizer;
+struct SamplingParams;
+
+// A recognizer's position in the output: plain data, copied per candidate token.
+struct GuideState {
+  bool dead = false;  // a byte was rejected
+  // json
+  uint8_t mode = 0, sub = 0, ws = 0, utf8 = 0;
+  uint16_t depth = 0;
+  uint64_t stack[2] = {0, 0};  // bit d: level d is an object (else an array)
+  // choice: the candidates choices[lo, hi) share the first `off` bytes, all fed
+  int32_t lo = 0, hi = 0, off = 0;
+};
+
+class Guide {
+ public:
+  static constexpr int kMaxDepth = 128;
+  static constexpr int kMaxWhitespace = 16;
+  enum class Kind { Json, Choice };
+  static std::shared_ptr<const Guide> json();
+  // Throws Error for an empty list or an empty string.
+  static std::shared_ptr<const Guide> choice(std::vector<std::string> choices);
+
+  Kind kind() const { return kind_; }
+  GuideState start() const;
+  // Feeds the bytes; false (and s.dead) when they leave the accepted texts.
+  bool feed(GuideState& s, std::string_view bytes) const;
+  // Whether the text fed so far is a whole accepted output (end of sequence allowed).
+  bool complete(const GuideState& s) const;
+  // Whether s is inside a JSON string between characters: then any plain_string_bytes() text is
+  // accepted and leaves s there (the sampler's fast path).
+  bool in_plain_string(const GuideState& s) const;
+
+ private:
+  explicit Guide(Kind k) : kind_(k) {}
+  bool json_byte(GuideState& s, unsigned char c) const;
+  bool choice_byte(GuideState& s, unsigned char c) const;
+  Kind kind_;
+  std::vector<std::string> choices_;  // sorted, distinct
+};
+
+// Whether `bytes` may sit inside a JSON string as they are: printable ASCII but '"' and '\', and whole
+// well-formed UTF-8 sequences.
+bool plain_string_bytes(std::string_view bytes);
+
+// Each token's bytes as the recognizers see them, by id (empty for special tokens: never allowed; the
+// end of sequence is allowed by the rule above), and whether they are plain_string_bytes.
+struct GuidedTokens {
+  std::vector<std::string> bytes;
+  std::vector<char> plain;
+};
+std::shared_ptr<const GuidedTokens> guided_tokens(const Tokenizer& tok);
+std::shared_ptr<const GuidedTokens> guided_tokens(std::vector<std::string> bytes);
+// The request's recognizer (null without guided decoding).
+std::shared_ptr<const Guide> make_guide(const SamplingParams& p);
+
+}  // namespace llmserve
