@@ -139,16 +139,39 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
     else
       throw Error(cat("response_format '", type, "' is not supported by llmserve yet (json_object and text are)"));
   }
-  if (j.contains("guided_choice") && !j["guided_choice"].is_null()) {
-    const json& c = j["guided_choice"];
-    if (!c.is_array()) throw Error("'guided_choice' must be a non-empty list of strings");
+  // A choice list: vLLM's structured_outputs.choice, or its older guided_choice.
+  auto take_choice = [&](const json& c, const char* name) {
+    if (!c.is_array()) throw Error(cat("'", name, "' must be a non-empty list of strings"));
     p.guided_choice.clear();
     for (const auto& x : c) {
-      if (!x.is_string()) throw Error("'guided_choice' must be a non-empty list of strings");
+      if (!x.is_string()) throw Error(cat("'", name, "' must be a non-empty list of strings"));
       p.guided_choice.push_back(x.get<std::string>());
     }
-    if (!p.guided.empty()) throw Error("'guided_choice' and response_format json_object cannot be combined");
+    if (!p.guided.empty()) throw Error("only one kind of guided decoding per request (a choice and a JSON object were both asked)");
     p.guided = "choice";
+  };
+  if (j.contains("guided_choice") && !j["guided_choice"].is_null()) take_choice(j["guided_choice"], "guided_choice");
+  // vLLM's structured_outputs (its current name for guided decoding): choice and json_object.
+  if (j.contains("structured_outputs") && !j["structured_outputs"].is_null()) {
+    const json& so = j["structured_outputs"];
+    if (!so.is_object()) throw Error("'structured_outputs' must be an object");
+    for (const auto& [key, v] : so.items()) {
+      if (v.is_null()) continue;
+      if (key == "choice") {
+        take_choice(v, "structured_outputs.choice");
+      } else if (key == "json_object") {
+        if (!v.is_boolean()) throw Error("'structured_outputs.json_object' must be a boolean");
+        if (!v.get<bool>()) continue;
+        if (!p.guided.empty()) throw Error("only one kind of guided decoding per request (a choice and a JSON object were both asked)");
+        p.guided = "json";
+      } else if (key == "json" || key == "regex" || key == "grammar" || key == "structural_tag") {
+        throw Error(cat("'structured_outputs.", key, "' is not supported by llmserve yet (choice and json_object are)"));
+      } else if (key != "disable_any_whitespace" && key != "disable_fallback" && key != "whitespace_pattern") {
+        throw Error(cat("unknown 'structured_outputs' field '", key, "'"));
+      } else if (!(v == false || (v.is_string() && v.get<std::string>().empty()))) {
+        throw Error(cat("'structured_outputs.", key, "' is not supported by llmserve yet"));
+      }
+    }
   }
   // logprobs: an integer (completions API) or a boolean with top_logprobs (chat API).
   if (j.contains("logprobs") && !j["logprobs"].is_null()) {

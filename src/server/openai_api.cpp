@@ -79,12 +79,13 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
   // did not do what was asked is worse than an error.
   if (given("best_of") && (!body["best_of"].is_number_integer() || body["best_of"] != r.params.n))
     throw HttpError(400, "'best_of' other than n is not supported", "BadRequestError", "best_of");
-  // Guided decoding: response_format json_object and guided_choice (sampling_params_from_json);
-  // vLLM's other kinds are refused.
-  for (const char* key : {"guided_json", "guided_regex", "guided_grammar", "structured_outputs"})
+  // Guided decoding: response_format json_object, structured_outputs choice / json_object and
+  // guided_choice (sampling_params_from_json); vLLM's other kinds are refused.
+  for (const char* key : {"guided_json", "guided_regex", "guided_grammar"})
     if (given(key))
       throw HttpError(400, cat("'", key, "' is not supported by llmserve yet (guided decoding takes response_format "
-                               "json_object and guided_choice)"), "BadRequestError", key);
+                               "json_object, structured_outputs choice or json_object, and guided_choice)"),
+                      "BadRequestError", key);
   if (!r.params.guided.empty() && !ctx.tok)
     throw HttpError(400, "guided decoding needs the model's tokenizer, which this model lacks", "BadRequestError",
                     r.params.guided == "json" ? "response_format" : "guided_choice");

@@ -240,7 +240,13 @@ def main():
             ("guided_choice with an empty string", 400, s.post("/v1/completions", {"prompt": "x", "guided_choice": ["a", ""]}),
              "must not be empty"),
             ("guided_choice with json_object", 400, s.post("/v1/completions", {
-                "prompt": "x", "guided_choice": ["a"], "response_format": {"type": "json_object"}}), "cannot be combined"),
+                "prompt": "x", "guided_choice": ["a"], "response_format": {"type": "json_object"}}), "only one kind of guided decoding"),
+            ("structured_outputs json schema", 400, s.post("/v1/completions", {
+                "prompt": "x", "structured_outputs": {"json": {"type": "object"}}}), "'structured_outputs.json' is not supported"),
+            ("structured_outputs unknown field", 400, s.post("/v1/completions", {"prompt": "x", "structured_outputs": {"choise": ["a"]}}),
+             "unknown 'structured_outputs' field 'choise'"),
+            ("structured_outputs not an object", 400, s.post("/v1/completions", {"prompt": "x", "structured_outputs": ["a"]}),
+             "'structured_outputs' must be an object"),
             ("allowed_token_ids empty", 400, s.post("/v1/completions", {"prompt": "x", "allowed_token_ids": []}), "must not be empty"),
             ("allowed_token_ids outside", 400, s.post("/v1/completions", {"prompt": "x", "allowed_token_ids": [10 ** 7]}),
              "outside the vocabulary"),
@@ -432,6 +438,14 @@ def main():
         streamed = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events
                            if e != "[DONE]" and json.loads(e)["choices"])
         check("guided_choice streamed", st == 200 and streamed in ("alpha", "beta"), (streamed, events[-3:]))
+        st, so = s.post("/v1/completions", {"prompt": "Pick:", "max_tokens": 8, "n": 5, "temperature": 1.0, "seed": 3,
+                                            "structured_outputs": {"choice": ["red", "green", "blue sky"]}})
+        check("structured_outputs.choice (vLLM's current name): the same answers as guided_choice",
+              st == 200 and [(c["text"], c["finish_reason"]) for c in so["choices"]] == picks, (so, picks))
+        st, sj = s.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 48, "n": 6, "temperature": 1.0, "seed": 7,
+                                                 "structured_outputs": {"json_object": True}})
+        check("structured_outputs.json_object: the same answers as response_format json_object",
+              st == 200 and [(c["message"]["content"], c["finish_reason"]) for c in sj["choices"]] == texts, (sj, texts))
         # continue_final_message: the prompt ends with the final (assistant) message's text, open.
         cont = [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "My favourite color is"}]
         st, ct = s.post("/tokenize", {"messages": cont, "continue_final_message": True})
