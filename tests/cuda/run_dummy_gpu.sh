@@ -3,8 +3,9 @@
 # also run for qwen2.5-7b-instruct.json) on GPUs:
 #  1. GPU float32 against the CPU backend on identical weights (4 of the layers, for CPU time):
 #     same greedy tokens, last-position logits within 1e-3 relative L2;
-#  2. all the layers in float32 on every layout the GPUs allow (tp=1; tp=2 and pp=2 with 2 GPUs;
-#     tp=4, tp=2 pp=2 with 4): the same greedy tokens as tp=1;
+#  2. all the layers in float32 on every layout the GPUs allow and the query heads split into (tp=1;
+#     tp=2 and pp=2 with 2 GPUs; tp=4, tp=2 pp=2 with 4; tp=8, tp=4 pp=2 with 8): the same greedy
+#     tokens as tp=1;
 #  3. bfloat16 on the same layouts: agreement with float32 is printed (not asserted: bf16 flips near-ties).
 # Exits 77 (skipped) where no GPU is visible.   run_dummy_gpu.sh BUILD_DIR [CONFIG_JSON]
 set -uo pipefail
@@ -59,9 +60,12 @@ PY
 ov=(--hf-overrides '{"num_hidden_layers": 4}')
 run cpu-4l cpu float32 1 1 "${ov[@]}" && run gpu-4l-fp32 cuda float32 1 1 "${ov[@]}" &&
   { compare cpu-4l gpu-4l-fp32 "GPU float32 vs CPU, 4 layers" l2 || fail=1; }
+heads=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["num_attention_heads"])' "$cfg")
 layouts=("1 1")
-[ "$gpus" -ge 2 ] && layouts+=("2 1" "1 2")
-[ "$gpus" -ge 4 ] && layouts+=("4 1" "2 2")
+for l in "2 1" "1 2" "4 1" "2 2" "8 1" "4 2"; do  # those the GPUs hold and the query heads split into
+  read -r tp pp <<<"$l"
+  if [ $((tp * pp)) -le "$gpus" ] && [ $((heads % tp)) -eq 0 ]; then layouts+=("$l"); fi
+done
 for dt in float32 bfloat16; do
   for l in "${layouts[@]}"; do
     read -r tp pp <<<"$l"
