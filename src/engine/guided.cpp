@@ -195,14 +195,15 @@ bool Guide::json_byte(GuideState& s, unsigned char c) const {
 }
 
 bool Guide::choice_byte(GuideState& s, unsigned char c) const {
-  // The candidates longer than the fed prefix whose next byte is c: contiguous, choices being sorted.
-  int32_t lo = s.hi, hi = s.lo;
-  for (int32_t i = s.lo; i < s.hi; ++i) {
-    const std::string& x = choices_[i];
-    if (static_cast<int32_t>(x.size()) > s.off && static_cast<unsigned char>(x[s.off]) == c) lo = std::min(lo, i), hi = i + 1;
-  }
-  if (lo >= hi) return false;
-  s.lo = lo, s.hi = hi, ++s.off;
+  // The candidates share the fed prefix and are sorted: the one that is the prefix itself (if any)
+  // comes first, the others in the order of their next byte, so those continuing with c are one run.
+  auto first = choices_.begin() + s.lo, last = choices_.begin() + s.hi;
+  if (first != last && static_cast<int32_t>(first->size()) == s.off) ++first;
+  const auto next = [&](const std::string& x) { return static_cast<unsigned char>(x[s.off]); };
+  const auto lo = std::partition_point(first, last, [&](const std::string& x) { return next(x) < c; });
+  const auto hi = std::partition_point(lo, last, [&](const std::string& x) { return next(x) == c; });
+  if (lo == hi) return false;
+  s.lo = static_cast<int32_t>(lo - choices_.begin()), s.hi = static_cast<int32_t>(hi - choices_.begin()), ++s.off;
   return true;
 }
 

@@ -99,10 +99,14 @@ void Sampler::guided_bans(const SeqState& st, Range vocab, std::vector<int32_t>&
     const char b = static_cast<char>(c);
     first_ok[c] = st.guide->feed(s, std::string_view(&b, 1));
   }
+  std::vector<int32_t> eos(st.eos_ids);  // walked alongside the tokens
+  std::sort(eos.begin(), eos.end());
+  auto next_eos = std::lower_bound(eos.begin(), eos.end(), static_cast<int32_t>(vocab.begin));
   for (int64_t t = vocab.begin; t < vocab.end; ++t) {
     bool ok = false;
-    if (std::find(st.eos_ids.begin(), st.eos_ids.end(), static_cast<int32_t>(t)) != st.eos_ids.end()) {
+    if (next_eos != eos.end() && *next_eos == t) {
       ok = done;  // the end of sequence exactly when the text is whole
+      while (next_eos != eos.end() && *next_eos == t) ++next_eos;
     } else if (static_cast<size_t>(t) < bytes.size() && !bytes[t].empty()) {
       const std::string& b = bytes[t];
       if (in_string && plain[t]) continue;  // string content: allowed as it is

@@ -44,6 +44,10 @@ void scale_for(const std::string& name, float& a, float& offset) {
 
 bool is_model_file_path(const std::string& model) { return ends_with(model, ".h5") || ends_with(model, ".hdf5"); }
 
+bool model_has_file(const std::string& load_format, const std::string& model) {
+  return load_format != "dummy" || is_model_file_path(model);
+}
+
 DummyWeights::DummyWeights(const ModelSpec& spec, std::string path, uint64_t seed)
     : spec_(spec), path_(std::move(path)), seed_(seed) {
   for (const auto& w : expected_weights(spec)) shapes_[w.name] = w.shape;

@@ -36,5 +36,7 @@ ModelSpec dummy_model_spec(const std::string& model, const std::string& hf_overr
 
 // True when `model` names an llmserve HDF5 file (by its .h5 / .hdf5 extension).
 bool is_model_file_path(const std::string& model);
+// False for a dummy model given by its config.json: there is no .h5 file (and no tokenizer) to open.
+bool model_has_file(const std::string& load_format, const std::string& model);
 
 }  // namespace llmserve

@@ -184,53 +184,41 @@ json chat_logprobs(const CompletionOutput& c, const TokenNames& name, size_t fro
   return {{"content", content}};
 }
 
-// The completions API's log-probabilities of tokens from..end of c, text offsets counted from *off (which
-// is left past the last token).
-json completion_logprobs(const CompletionOutput& c, const TokenNames& name, size_t from, size_t* off) {
+// The completions API's log-probabilities object, a token at a time: its text, its log-probability
+// and top alternatives (null for a token that has none: an echoed prompt's first), and its text offset
+// from *off (left past the last token).
+struct CompletionLogprobs {
+  const TokenNames& name;
+  size_t* off;
   json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
-  for (size_t i = from; i < c.logprobs.size(); ++i) {
-    const auto& lp = c.logprobs[i];
-    const std::string t = name(lp.token);
+  void add(int32_t token, const TokenLogprob* lp) {
+    const std::string t = name(token);
     tokens.push_back(t);
-    lps.push_back(lp.logprob);
-    json top = json::object();
-    for (const auto& [id, v] : lp.top) top[name(id)] = v;
-    tops.push_back(top);
-    offsets.push_back(*off);
-    *off += t.size();
-  }
-  return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
-}
-// The completions API's log-probabilities of an echoed prompt (its first token has none; nothing but the
-// tokens when the prompt's were not computed), text offsets from *off.
-json echo_logprobs(const std::vector<int32_t>& prompt, const RequestOutput& out, const TokenNames& name, size_t* off) {
-  json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
-  for (size_t i = 0; i < prompt.size(); ++i) {
-    const std::string t = name(prompt[i]);
-    tokens.push_back(t);
-    const TokenLogprob* lp = i > 0 && out.prompt_logprobs ? &(*out.prompt_logprobs)[i - 1] : nullptr;
     lps.push_back(lp ? json(lp->logprob) : json(nullptr));
     json top = lp ? json::object() : json(nullptr);
     if (lp)
       for (const auto& [id, v] : lp->top) top[name(id)] = v;
-    tops.push_back(top);
+    tops.push_back(std::move(top));
     offsets.push_back(*off);
     *off += t.size();
   }
-  return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
-}
+  json take() { return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}}; }
+};
 
 // A choice's completions log-probabilities: with echo, the prompt's first (on the first chunk of a
-// stream, or the whole response), then the generated tokens' from `from` (none for echo_only).
+// stream, or the whole response; nothing but the tokens when the prompt's were not computed), then
+// the generated tokens' from `from` (none for echo_only).
 json choice_logprobs(const GenerationRequest& r, size_t prompt_index, const RequestOutput& out, const CompletionOutput& c,
                      const ApiContext& ctx, bool with_prompt, size_t from, size_t* off) {
   const TokenNames name{ctx, r.tokens_as_ids};
-  if (!with_prompt) return completion_logprobs(c, name, from, off);
-  json all = echo_logprobs(r.prompts.at(prompt_index), out, name, off);
-  json gen = completion_logprobs(c, name, r.echo_only ? c.logprobs.size() : from, off);
-  for (const char* key : {"tokens", "token_logprobs", "top_logprobs", "text_offset"})
-    for (auto& x : gen[key]) all[key].push_back(std::move(x));
-  return all;
+  CompletionLogprobs lp{name, off};
+  if (with_prompt) {
+    const auto& prompt = r.prompts.at(prompt_index);
+    for (size_t i = 0; i < prompt.size(); ++i)
+      lp.add(prompt[i], i > 0 && out.prompt_logprobs ? &(*out.prompt_logprobs)[i - 1] : nullptr);
+  }
+  for (size_t i = r.echo_only ? c.logprobs.size() : from; i < c.logprobs.size(); ++i) lp.add(c.logprobs[i].token, &c.logprobs[i]);
+  return lp.take();
 }
 
 // vLLM's prompt_logprobs field: null for the first prompt token, then for each other one a map from

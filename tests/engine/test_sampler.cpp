@@ -677,11 +677,13 @@ TEST(Sampler, PromptLogprobsAndRanks) {
 
 // Guided decoding over a toy vocabulary split across the ranks: every draw (greedy or sampled, on the
 // host sampler and the backend draw) keeps the output an accepted prefix, the end of sequence comes
-// exactly when it is whole, and min_tokens does not hold a whole text open.
+// exactly when it is whole (also for an EOS token that has bytes of its own, as a tokenizer that does
+// not mark it special gives it), and min_tokens does not hold a whole text open.
 TEST(Sampler, GuidedDecodingKeepsTheTextAccepted) {
   World w;
   CpuBackend cpu;
-  // V = 50 tokens: 3 is EOS (special, no bytes); the rest JSON pieces, words and junk.
+  // V = 50 tokens: 3 is EOS (special, no bytes), 47 a second EOS with bytes ("}" : never text); the
+  // rest JSON pieces, words and junk.
   const std::vector<std::string> pieces = {
       "{", "}", "[", "]", ":", ",", "\"", " ", "\n", "a", "b", "1", "2", ".", "-", "e", "true", "null", "\"a\"", "\":",
       "{\"", "\"}", "},", "yes", "no", "y", "es", "maybe", "may", "be", "x", "'", "\\", "\\n", "0", "9", "fa", "lse",
@@ -689,6 +691,7 @@ TEST(Sampler, GuidedDecodingKeepsTheTextAccepted) {
   auto bytes = std::make_shared<std::vector<std::string>>(V);
   for (int64_t t = 0, k = 0; t < V; ++t)
     if (t != 3) (*bytes)[t] = pieces[k++ % pieces.size()];
+  (*bytes)[47] = "}";
   std::mt19937 g(21);
   std::normal_distribution<float> d(0.f, 2.f);
   for (const std::string kind : {"json", "choice"})
@@ -709,6 +712,7 @@ TEST(Sampler, GuidedDecodingKeepsTheTextAccepted) {
           bool ended = false;
           for (int step = 0; step < 60 && !ended; ++step) {
             StepPlan plan = plan_for(1, p, history, 2, 100 + rep, 1);
+            plan.seqs[0].eos_ids = {3, 47};
             if (step > 0) plan.seqs[0].has_params = false;  // later steps as the scheduler sends them
             s.observe(plan);
             std::vector<float> full(V);
@@ -716,7 +720,7 @@ TEST(Sampler, GuidedDecodingKeepsTheTextAccepted) {
             auto rows = w.rows(full, 1);
             Tensor t = cpu.upload(rows.data(), {1, w.stride}, DType::F32);
             const int32_t tok = backend ? s.sample_on_backend(plan, cpu, t)[0].token : s.sample(plan, rows.data())[0].token;
-            if (tok == 3) {
+            if (tok == 3 || tok == 47) {
               EXPECT_TRUE(guide->complete(gs)) << kind << ": EOS before the text is whole: " << text;
               ended = true;
               break;

@@ -48,6 +48,28 @@ std::vector<json> load_jsonl(const std::string& p) {
   return out;
 }
 
+// Whether golden value k of a top-k row is within kTol of a neighbour (their order may then swap).
+bool near_tie(const json& values, size_t k) {
+  const double v = values[k].get<double>();
+  return (k > 0 && std::fabs(v - values[k - 1].get<double>()) < kTol) ||
+         (k + 1 < values.size() && std::fabs(v - values[k + 1].get<double>()) < kTol);
+}
+
+// The generated tokens `out` against the golden greedy ones from step `from` on (out[0] is step
+// `from`): "" when equal in number and up to the first step whose golden margin is <= kTol (a near-tie
+// may legitimately go either way), else what differs.
+std::string greedy_mismatch(const json& golden_greedy, const json& out, size_t from) {
+  const auto& gids = golden_greedy["ids"];
+  const auto& margins = golden_greedy["margins"];
+  if (out.size() != gids.size() - from)
+    return "generated " + std::to_string(out.size()) + " tokens, golden has " + std::to_string(gids.size() - from);
+  for (size_t k = from; k < gids.size(); ++k) {
+    if (margins[k].get<double>() <= kTol) break;
+    if (out[k - from] != gids[k]) return "greedy step " + std::to_string(k) + ": " + out[k - from].dump() + " vs golden " + gids[k].dump();
+  }
+  return "";
+}
+
 std::string check_prompt(const json& g, const json& o, const float* gl, const float* ol, int64_t V) {
   if (o.at("prompt_ids") != g.at("ids")) return "prompt ids differ";
   const auto& gt_ids = g["prefill"]["top_ids"];
@@ -61,28 +83,15 @@ std::string check_prompt(const json& g, const json& o, const float* gl, const fl
       if (std::fabs(gv - ov) > kTol)
         return "position " + std::to_string(t) + " rank " + std::to_string(k) + ": logit " + std::to_string(ov) +
                " vs golden " + std::to_string(gv);
-      if (gt_ids[t][k] != ot_ids[t][k]) {
-        const bool near_tie = (k > 0 && std::fabs(gv - gt_log[t][k - 1].get<double>()) < kTol) ||
-                              (k + 1 < gt_ids[t].size() && std::fabs(gv - gt_log[t][k + 1].get<double>()) < kTol);
-        if (!near_tie)
-          return "position " + std::to_string(t) + " rank " + std::to_string(k) + ": id " + ot_ids[t][k].dump() +
-                 " vs golden " + gt_ids[t][k].dump();
-      }
+      if (gt_ids[t][k] != ot_ids[t][k] && !near_tie(gt_log[t], k))
+        return "position " + std::to_string(t) + " rank " + std::to_string(k) + ": id " + ot_ids[t][k].dump() +
+               " vs golden " + gt_ids[t][k].dump();
     }
   }
   double maxerr = 0;
   for (int64_t i = 0; i < V; ++i) maxerr = std::max(maxerr, static_cast<double>(std::fabs(gl[i] - ol[i])));
   if (!(maxerr < kTol)) return "last-position logits max abs error " + std::to_string(maxerr);
-  const auto& gids = g["greedy"]["ids"];
-  const auto& margins = g["greedy"]["margins"];
-  const auto& oids = o.at("generated_ids");
-  if (oids.size() != gids.size()) return "generated " + std::to_string(oids.size()) + " tokens, golden has " +
-                                         std::to_string(gids.size());
-  for (size_t i = 0; i < gids.size(); ++i) {
-    if (margins[i].get<double>() <= kTol) break;  // a near-tie may legitimately go either way
-    if (gids[i] != oids[i])
-      return "greedy step " + std::to_string(i) + ": " + oids[i].dump() + " vs golden " + gids[i].dump();
-  }
+  if (const std::string m = greedy_mismatch(g["greedy"], o.at("generated_ids"), 0); !m.empty()) return m;
   char buf[64];
   std::snprintf(buf, sizeof buf, "ok (last-logits max err %.2e)", maxerr);
   return buf;
@@ -120,14 +129,7 @@ int main(int argc, char** argv) {
         if (i >= outs.size()) {
           r = "missing from the output";
         } else {
-          const auto& gids = pub[i]["greedy"]["ids"];
-          const auto& margins = pub[i]["greedy"]["margins"];
-          const auto& oids = outs[i]["outputs"][0]["token_ids"];
-          if (oids.size() != gids.size()) r = "generated " + std::to_string(oids.size()) + " tokens";
-          for (size_t k = 0; r == "ok" && k < gids.size(); ++k) {
-            if (margins[k].get<double>() <= kTol) break;
-            if (gids[k] != oids[k]) r = "step " + std::to_string(k) + ": " + oids[k].dump() + " vs golden " + gids[k].dump();
-          }
+          if (const std::string m = greedy_mismatch(pub[i]["greedy"], outs[i]["outputs"][0]["token_ids"], 0); !m.empty()) r = m;
         }
         (r == "ok" ? passed : failed)++;
         std::printf("prompt %zu: %s (cached prompt tokens %s)\n", i, r.c_str(),
@@ -186,9 +188,7 @@ int main(int argc, char** argv) {
               const double gv = gl[k].get<double>(), ov = top[k]["logprob"].get<double>();
               worst = std::max(worst, std::fabs(gv - ov));
               if (std::fabs(gv - ov) > kTol) fail(pos, "alternative " + std::to_string(k) + " logprob " + std::to_string(ov) + " vs " + std::to_string(gv));
-              const bool near_tie = (k > 0 && std::fabs(gv - gl[k - 1].get<double>()) < kTol) ||
-                                    (k + 1 < gi.size() && std::fabs(gv - gl[k + 1].get<double>()) < kTol);
-              if (top[k]["token_id"] != gi[k] && !near_tie) fail(pos, "alternative " + std::to_string(k) + " id " + top[k]["token_id"].dump());
+              if (top[k]["token_id"] != gi[k] && !near_tie(gl, k)) fail(pos, "alternative " + std::to_string(k) + " id " + top[k]["token_id"].dump());
             }
           }
           if (pos >= P) {
@@ -201,12 +201,9 @@ int main(int argc, char** argv) {
               fail(pos, "greedy token rank " + std::to_string(rank));
           }
         }
-        const json& gen = outs[i]["outputs"][0]["token_ids"];
-        if (r == "ok" && gen.size() != gids.size() - kForced) r = "generated " + std::to_string(gen.size()) + " tokens";
-        for (size_t k = kForced; r == "ok" && k < gids.size(); ++k) {
-          if (pub[i]["greedy"]["margins"][k].get<double>() <= kTol) break;
-          if (gen[k - kForced] != gids[k]) r = "greedy step " + std::to_string(k) + ": " + gen[k - kForced].dump();
-        }
+        if (r == "ok")  // (the output line exists: it had the prompt_logprobs)
+          if (const std::string m = greedy_mismatch(pub[i]["greedy"], outs[i]["outputs"][0]["token_ids"], kForced); !m.empty())
+            r = m;
         (r == "ok" ? passed : failed)++;
         std::printf("prompt %zu: %s\n", i, r.c_str());
       }

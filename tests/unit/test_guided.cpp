@@ -102,6 +102,12 @@ TEST(GuidedChoice, ExactlyOneOfTheStrings) {
   EXPECT_TRUE(g->complete(s));  // "y" is whole, and "yes" may still follow
   EXPECT_TRUE(g->feed(s, "es"));
   EXPECT_TRUE(g->complete(s));
+  // Nested prefixes (the run of candidates is narrowed by binary search).
+  const auto h = Guide::choice({"abd", "a", "ba", "abc", "b", "ab"});
+  for (const std::string c : {"a", "ab", "abc", "abd", "b", "ba"}) EXPECT_EQ(run(*h, c), std::make_pair(c.size(), true)) << c;
+  EXPECT_EQ(run(*h, "abe").first, 2u);
+  EXPECT_EQ(run(*h, "bb").first, 1u);
+  EXPECT_EQ(run(*h, "c").first, 0u);
   EXPECT_THROW(Guide::choice({}), Error);
   EXPECT_THROW(Guide::choice({"a", ""}), Error);
 }

@@ -144,7 +144,7 @@ StepMeta one_sequence_step(const std::vector<int32_t>& tokens, int32_t start, co
 
 }  // namespace
 
-bool model_has_file(const Config& cfg) { return cfg.load_format != "dummy" || is_model_file_path(cfg.model); }
+bool model_has_file(const Config& cfg) { return model_has_file(cfg.load_format, cfg.model); }
 
 void write_file_atomic(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
