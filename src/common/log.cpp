@@ -25,9 +25,12 @@ std::mutex g_mu;
 void log_set_rank(int rank) { g_rank = rank; }
 void log_set_level(LogLevel level) { g_level = level; }
 
+bool log_enabled(LogLevel level) {
+  return level >= g_level && (g_rank == 0 || level >= LogLevel::Warn || g_all_ranks);
+}
+
 void log_write(LogLevel level, const std::string& msg) {
-  if (level < g_level) return;
-  if (g_rank != 0 && level < LogLevel::Warn && !g_all_ranks) return;
+  if (!log_enabled(level)) return;
   static const char* names[] = {"DEBUG", "INFO", "WARN", "ERROR"};
   const auto now = std::chrono::system_clock::now();
   const std::time_t t = std::chrono::system_clock::to_time_t(now);

@@ -12,6 +12,8 @@ enum class LogLevel { Debug = 0, Info = 1, Warn = 2, Error = 3 };
 void log_set_rank(int rank);
 void log_set_level(LogLevel level);
 void log_write(LogLevel level, const std::string& msg);
+// Whether a message of this level would be written on this rank (to skip building costly ones).
+bool log_enabled(LogLevel level);
 
 template <typename... Args> void log_info(const Args&... a) { log_write(LogLevel::Info, cat(a...)); }
 template <typename... Args> void log_warn(const Args&... a) { log_write(LogLevel::Warn, cat(a...)); }

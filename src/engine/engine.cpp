@@ -233,6 +233,9 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 
 std::vector<RequestOutput> Engine::step() {
   const auto t_step = std::chrono::steady_clock::now();
+  const bool debug = log_enabled(LogLevel::Debug);
+  const StepTimes before = debug ? step_times() : StepTimes{};
+  int64_t step_tokens = 0;
   std::unordered_map<uint64_t, bool> touched;
   // Aborted requests: sequences not in flight finish now, the others when their token arrives.
   for (auto& [rid, r] : requests_) {
@@ -252,6 +255,7 @@ std::vector<RequestOutput> Engine::step() {
     StepPlan plan = sched_.schedule(per_plan);
     times_.schedule += seconds_since(t_sched);
     if (plan.seqs.empty() && plan.swap_in.empty() && plan.swap_out.empty()) break;
+    step_tokens += plan.num_tokens();
     auto tokens = dispatch(plan);
     const auto t_out = std::chrono::steady_clock::now();
     handle_results(tokens, touched);
@@ -285,6 +289,15 @@ std::vector<RequestOutput> Engine::step() {
   }
   times_.outputs += seconds_since(t_out);
   times_.total += seconds_since(t_step);
+  if (debug && step_tokens > 0) {
+    // Where this call's time went (the per-step form of `generate`'s summary line), in microseconds.
+    const StepTimes now = step_times();
+    auto us = [](double a, double b) { return static_cast<long long>((a - b) * 1e6 + 0.5); };
+    log_debug("step ", steps_, ": ", step_tokens, " tokens, ", us(now.total, before.total), " us: scheduling ",
+              us(now.schedule, before.schedule), ", inputs ", us(now.worker.inputs, before.worker.inputs),
+              ", forward launch ", us(now.worker.forward, before.worker.forward), ", sampling ",
+              us(now.worker.sample, before.worker.sample), ", outputs ", us(now.outputs, before.outputs));
+  }
   return outs;
 }
 
