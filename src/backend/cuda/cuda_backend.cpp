@@ -446,6 +446,7 @@ CudaBackend::Gemm& CudaBackend::gemm_for(int64_t m, int64_t n, int64_t k, DType 
   Gemm g;
   g.op = ai->second.op;
   g.algo = ai->second.algo;
+  g.bucket = &ai->second;
   try {
     layouts(n, g);
     // The bucket's algorithm where it runs this exact shape within the workspace, else the heuristic's
@@ -492,32 +493,37 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
 void CudaBackend::run_gemm(Gemm& g, const void* w, const void* x, const void* bias, float beta, void* out) {
   if (bias) lt(cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias), "bias pointer");
   const float alpha = 1.f;
+  g.bucket->betas |= beta != 0.f ? 2u : 1u;
   lt(cublasLtMatmul(lt_, g.op, &alpha, w, g.a, x, g.b, &beta, out, g.c, out, g.c, &g.algo, workspace_, workspace_bytes_,
                     stream()),
      "matmul");
 }
 
 int64_t CudaBackend::prepare_gemms() {
-  // Each weight shape (m, k, types, bias) with the largest bucket seen.
-  std::map<std::tuple<int64_t, int64_t, int, int, bool>, int64_t> shapes;
+  // Each weight shape (m, k, types, bias) with the largest bucket seen and the betas it ran with.
+  std::map<std::tuple<int64_t, int64_t, int, int, bool>, std::pair<int64_t, unsigned>> shapes;
   for (const auto& [key, a] : gemm_algos_) {
     const auto& [m, n, k, in, out, bias] = key;
-    int64_t& top = shapes[{m, k, in, out, bias}];
+    auto& [top, betas] = shapes[{m, k, in, out, bias}];
     top = std::max(top, n);
+    betas |= a.betas;
   }
   const bool exact = gemm_exact_;
   gemm_exact_ = false;
   int64_t runs = 0;
-  for (const auto& [shape, top] : shapes) {
+  for (const auto& [shape, seen] : shapes) {
+    const auto& [top, betas] = seen;
     const auto& [m, k, in, out, bias] = shape;
     const DType ti = static_cast<DType>(in), to = static_cast<DType>(out);
     // Zeroed scratch operands of the largest count (their values do not matter, NaNs are kept out).
     Tensor w = empty({m, k}, ti), x = empty({top, k}, ti), y = empty({top, m}, to), b = empty({m}, to);
     for (Tensor* t : {&w, &x, &y, &b}) ck(cudaMemsetAsync(t->data, 0, t->bytes(), stream()), "scratch");
-    for (int64_t n = 5; n <= top; n = n < kGemmExactUpTo ? n + 1 : gemm_token_bucket(n + 1)) {
-      run_gemm(gemm_for(m, n, k, ti, to, bias), w.data, x.data, bias ? b.data : nullptr, 0.f, y.data);
-      ++runs;
-    }
+    for (int64_t n = 5; n <= top; n = n < kGemmExactUpTo ? n + 1 : gemm_token_bucket(n + 1))
+      for (const float beta : {0.f, 1.f}) {  // (y stays zero: 0 . 0 + beta . 0)
+        if (!(betas & (beta != 0.f ? 2u : 1u))) continue;
+        run_gemm(gemm_for(m, n, k, ti, to, bias), w.data, x.data, bias ? b.data : nullptr, beta, y.data);
+        ++runs;
+      }
   }
   gemm_exact_ = exact;
   synchronize();

@@ -109,12 +109,16 @@ class CudaBackend : public Backend {
   struct GemmAlgo {
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatmulAlgo_t algo{};
+    // The betas its GEMMs ran with (bit 0: zero, bit 1: not): cuBLASLt launches a different kernel for
+    // an accumulating GEMM, and a kernel's first launch costs milliseconds, so prepare_gemms runs both.
+    unsigned betas = 0;
   };
   // One exact shape: its layouts, the bucket's operation, and the algorithm that runs it.
   struct Gemm {
     cublasLtMatmulDesc_t op = nullptr;  // owned by the GemmAlgo
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
+    GemmAlgo* bucket = nullptr;
   };
   using GemmKey = std::tuple<int64_t, int64_t, int64_t, int, int, bool>;  // m, n, k, in, out, bias
   Gemm& gemm_for(int64_t m, int64_t n, int64_t k, DType in, DType out, bool bias);
