@@ -231,8 +231,8 @@ Tensor ModelRunner::max_batch_forward(KvCache& kv) {
 // and dummy sampler runs), also when kv_cache_memory_gb skips the profiling forward: the activations'
 // memory of the largest step taken into the memory pool (which keeps it; the memory plan left room
 // for it), its matrix products prepared for every token count up to it (CudaBackend::prepare_gemms),
-// and the draw and log-probability kernels loaded. (On an H200 a fresh server's first 2,048-token
-// prompt still takes ~5 ms more than the next; docs/performance.md.)
+// and the draw and log-probability kernels loaded (each cuBLASLt and llmserve kernel launched once, so
+// that no request pays a kernel's first launch, milliseconds of host time; docs/performance.md).
 void ModelRunner::warm_up() {
   size_t free_b = 0, total_b = 0;
   if (!backend_->device_memory(&free_b, &total_b)) return;
