@@ -30,6 +30,9 @@ struct StepMeta {
   // When > 0, a bound on every position + 1 that kernels size their launches for instead of the
   // step's own longest context (a captured CUDA graph serves steps of any context up to it).
   int32_t max_context = 0;
+  // With max_context: a bound on the new tokens of any one sequence (0: one each, a decode step). Such
+  // graph-shaped steps run the split-KV attention kernel whatever their runs of new tokens.
+  int32_t max_new = 0;
   int64_t num_tokens() const { return static_cast<int64_t>(token_ids.size()); }
   int64_t num_seqs() const { return q_start.empty() ? 0 : static_cast<int64_t>(q_start.size()) - 1; }
 };

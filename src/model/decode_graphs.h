@@ -3,17 +3,13 @@
 // per step into one. A decode step (one new token per sequence, every sequence sampling) of S
 // sequences runs the graph of the smallest bucket B >= S over a batch padded to B rows (padding tokens
 // write no KV: slot -1). Buckets are 1, 2, 4, then multiples of 8 below max_num_seqs, and
-// max_num_seqs itself. Inputs and outputs live in tensors allocated once; the graph's temporaries come
-// from the graphs' own memory. Steps that do not fit (prefill, chunked prefill, more sequences than
-// the largest bucket) run eagerly.
+// max_num_seqs itself. Steps that do not fit (prefill, chunked prefill, more sequences than the
+// largest bucket) run through the mixed-step graphs (model/mixed_graphs.h) or eagerly.
 #pragma once
 #include <cstdint>
 #include <vector>
 
-#include "backend/backend.h"
-#include "dist/topology.h"
-#include "kv/kv_cache.h"
-#include "model/transformer.h"
+#include "model/step_graphs.h"
 
 namespace llmserve {
 
@@ -23,38 +19,24 @@ namespace llmserve {
 // kernels sized for `max_context`.
 StepMeta pad_decode_step(const StepMeta& real, int64_t bucket, int64_t max_blocks, int64_t max_context);
 
-class DecodeGraphs {
+class DecodeGraphs : public StepGraphs {
  public:
-  // Allocates the static input/output tensors (call before the memory plan, so it counts them).
+  // Allocates the static input/output tensors (call before the memory plan, so it counts them). The
+  // result of a replay (run) is the stage's result of Transformer::forward.
   DecodeGraphs(Transformer& model, Backend& backend, const Topology& topo, int64_t max_num_seqs, int64_t max_model_len,
                int64_t block_size);
 
-  // Records one graph per bucket over the KV cache `kv` (which must stay where it is). Returns the
-  // seconds it took.
-  double capture(KvCache& kv);
-
-  // Runs `meta` through a graph when it is a decode step that fits one: true, with the stage's result
-  // (see Transformer::forward) in *result, a view of a static tensor valid until the next step.
-  bool run(const StepMeta& meta, const Tensor& hidden_in, Tensor* result);
-
-  const std::vector<int64_t>& buckets() const { return buckets_; }
   // 1, 2, 4, then multiples of 8 below max_num_seqs, and max_num_seqs.
   static std::vector<int64_t> bucket_sizes(int64_t max_num_seqs);
 
  private:
-  StepMeta padded(const StepMeta& real, int64_t bucket) const {
+  StepMeta padded(const StepMeta& real, int64_t bucket) const override {
     return pad_decode_step(real, bucket, max_blocks_, max_model_len_);
   }
-  bool fits(const StepMeta& meta) const;
-  Transformer& model_;
-  Backend& be_;
-  Topology topo_;
-  int64_t max_blocks_, max_model_len_;
-  std::vector<int64_t> buckets_;
-  std::vector<int> graph_of_;  // graph id per bucket
-  Tensor in_, out_;            // [max bucket, hidden] residual stream in; result out
-  KvCache* kv_ = nullptr;
-  bool dropped_ = false;
+  bool accepts(const StepMeta& meta) const override;
+  void record(const StepMeta& meta, const Tensor& hidden_in, KvCache& kv, Tensor& out) override {
+    model_.forward(meta, hidden_in, kv, &out);
+  }
 };
 
 }  // namespace llmserve

@@ -133,8 +133,12 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
     agree(world_comm, [&] {
       graphs_ = std::make_unique<DecodeGraphs>(*model_, *backend_, topo_, cfg_.max_num_seqs, cfg_.max_model_len,
                                                cfg_.block_size);
-      backend_->reserve_step(std::max<int64_t>(cfg_.max_num_batched_tokens, cfg_.max_num_seqs), cfg_.max_num_seqs,
-                             cfg_.max_num_seqs * ((cfg_.max_model_len + cfg_.block_size - 1) / cfg_.block_size));
+      mixed_graphs_ = std::make_unique<MixedGraphs>(*model_, *backend_, topo_, cfg_.max_num_batched_tokens,
+                                                    cfg_.max_model_len, cfg_.block_size);
+      // Room for the largest graph's metadata (a mixed step's padding tokens are sequences of their own).
+      const int64_t seqs = std::max<int64_t>(cfg_.max_num_seqs, mixed_graphs_->buckets().empty() ? 0 : mixed_graphs_->buckets().back());
+      backend_->reserve_step(std::max<int64_t>(cfg_.max_num_batched_tokens, cfg_.max_num_seqs), seqs,
+                             seqs * ((cfg_.max_model_len + cfg_.block_size - 1) / cfg_.block_size));
     });
   }
 
@@ -178,6 +182,17 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
     std::snprintf(buf, sizeof buf, "%.2f s, %.1f MiB", secs, static_cast<double>(backend_->graph_memory()) / (1 << 20));
     log_info("CUDA graphs: ", graphs_->buckets().size(), " decode batch sizes recorded (1..", graphs_->buckets().back(),
              ") in ", buf, " of graph memory");
+  }
+  if (mixed_graphs_ && !mixed_graphs_->buckets().empty()) {
+    const size_t before = backend_->graph_memory();
+    double secs = 0;
+    agree(world_comm, [&] { secs = mixed_graphs_->capture(*kv_); });
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.2f s, %.1f MiB",
+                  secs, static_cast<double>(backend_->graph_memory() - std::min(before, backend_->graph_memory())) / (1 << 20));
+    log_info("CUDA graphs: ", mixed_graphs_->buckets().size(), " mixed-step token counts recorded (",
+             mixed_graphs_->buckets().front(), "..", mixed_graphs_->buckets().back(), ", layers only) in ", buf,
+             " of graph memory more");
   }
   log_info("model ", spec_.architecture, " loaded: ", spec_.num_layers, " layers, hidden ", spec_.hidden_size,
            ", vocab ", spec_.vocab_size, "; layout tp=", topo_.tp, " pp=", topo_.pp, "; backend ", backend_->name(),
@@ -304,7 +319,15 @@ double ModelRunner::kv_budget_gb(const KvCacheShape& shape) {
 
 Tensor ModelRunner::forward(const StepMeta& meta, const Tensor& hidden_in, Tensor* prompt_hidden) {
   Tensor out;
-  if (graphs_ && graphs_->run(meta, hidden_in, &out)) return out;
+  if (graphs_ && graphs_->run(meta, hidden_in, &out)) {
+    ++kinds_.decode_graph;
+    return out;
+  }
+  if (mixed_graphs_ && mixed_graphs_->run(meta, hidden_in, &out)) {
+    ++kinds_.mixed_graph;
+    return topo_.last_stage() ? model_->head(meta, out, nullptr, prompt_hidden) : out;
+  }
+  ++kinds_.eager;
   return model_->forward(meta, hidden_in, *kv_, nullptr, prompt_hidden);
 }
 

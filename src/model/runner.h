@@ -13,6 +13,7 @@
 #include "dist/topology.h"
 #include "kv/kv_cache.h"
 #include "model/decode_graphs.h"
+#include "model/mixed_graphs.h"
 #include "model/model_file.h"
 #include "model/transformer.h"
 
@@ -44,9 +45,16 @@ class ModelRunner {
   MpiComm& world() { return *world_; }
 
   // This stage's forward pass for one step (see Transformer::forward): through a recorded CUDA graph
-  // when the step is a decode step that fits one, else eagerly.
+  // when the step is a decode step that fits one, through a mixed-step graph of its layers (then the
+  // head eagerly) when it is a small step of another kind, else eagerly.
   // (prompt_hidden: see Transformer::forward.)
   Tensor forward(const StepMeta& meta, const Tensor& hidden_in, Tensor* prompt_hidden = nullptr);
+  // How this rank's forward passes ran so far: replaying a decode graph, replaying a mixed-step graph,
+  // eagerly.
+  struct ForwardKinds {
+    int64_t decode_graph = 0, mixed_graph = 0, eager = 0;
+  };
+  const ForwardKinds& forward_kinds() const { return kinds_; }
 
   // Runs one step. Returns the logits [len(logits_indices) * vocab_size] on world rank 0, empty
   // elsewhere.
@@ -65,6 +73,8 @@ class ModelRunner {
   std::unique_ptr<Transformer> model_;
   std::unique_ptr<KvCache> kv_;
   std::unique_ptr<DecodeGraphs> graphs_;
+  std::unique_ptr<MixedGraphs> mixed_graphs_;
+  ForwardKinds kinds_;
   int64_t num_blocks_ = 0;
   int64_t num_host_blocks_ = 0;
 };

@@ -117,6 +117,11 @@ Tensor Transformer::logits(const Tensor& normed) {
 }
 
 Tensor Transformer::forward(const StepMeta& m, const Tensor& hidden_in, KvCache& kv, Tensor* out, Tensor* prompt_hidden) {
+  if (!topo_.last_stage()) return body(m, hidden_in, kv, out);  // the residual stream is this stage's result
+  return head(m, body(m, hidden_in, kv), out, prompt_hidden);
+}
+
+Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv, Tensor* x_out) {
   const int64_t T = m.num_tokens(), H = spec_.hidden_size, D = spec_.head_dim;
   const DType dt = be_.compute_dtype();
   const float eps = static_cast<float>(spec_.rms_norm_eps);
@@ -126,14 +131,13 @@ Tensor Transformer::forward(const StepMeta& m, const Tensor& hidden_in, KvCache&
   // The residual stream stays in float32 whatever the activation type: rounding it to bf16 at every
   // residual add is the largest error of a bf16 forward.
   Tensor x;
-  const bool x_in_out = out && !topo_.last_stage();  // the residual stream is this stage's result
-  if (x_in_out) LLMSERVE_CHECK(out->dtype == DType::F32 && out->dim(0) >= T, "forward: output tensor too small");
+  if (x_out) LLMSERVE_CHECK(x_out->dtype == DType::F32 && x_out->dim(0) >= T, "forward: output tensor too small");
   if (topo_.first_stage()) {
-    x = x_in_out ? rows_view(*out, 0, T) : be_.empty({T, H}, DType::F32);
+    x = x_out ? rows_view(*x_out, 0, T) : be_.empty({T, H}, DType::F32);
     be_.embedding(embed_, shard_.vocab.begin, x);
     all_reduce(x);
-  } else if (x_in_out) {
-    x = rows_view(*out, 0, T);
+  } else if (x_out) {
+    x = rows_view(*x_out, 0, T);
     be_.copy(hidden_in, x);
   } else {
     x = hidden_in;
@@ -167,7 +171,14 @@ Tensor Transformer::forward(const StepMeta& m, const Tensor& hidden_in, KvCache&
     be_.norm_gate_up_silu(x, {w.post_norm, eps, h}, w.w_gate, w.w_up, gate, up, act);
     project_residual(act, w.w_down);
   }
-  if (!topo_.last_stage()) return x;
+  return x;
+}
+
+Tensor Transformer::head(const StepMeta& m, const Tensor& x, Tensor* out, Tensor* prompt_hidden) {
+  LLMSERVE_CHECK(topo_.last_stage(), "forward: the head runs on the last stage");
+  const int64_t H = spec_.hidden_size;
+  const DType dt = be_.compute_dtype();
+  const float eps = static_cast<float>(spec_.rms_norm_eps);
   const int64_t all = static_cast<int64_t>(m.logits_indices.size()), P = m.prompt_rows, n = all - P;
   LLMSERVE_CHECK(P >= 0 && n >= 0 && (P == 0 || (prompt_hidden && !out)), "forward: bad prompt rows");
   if (out) LLMSERVE_CHECK(out->dtype == DType::F32 && out->dim(0) >= n, "forward: output tensor too small");

@@ -59,6 +59,13 @@ class Transformer {
   // gets the prompt rows' final-norm hidden states [prompt_rows, hidden] for logits().
   Tensor forward(const StepMeta& meta, const Tensor& hidden_in, KvCache& kv, Tensor* out = nullptr,
                  Tensor* prompt_hidden = nullptr);
+  // forward() in two parts. body: begin_step, then the embedding (first stage) or hidden_in, then this
+  // stage's layers; returns the float32 residual stream [T, hidden] after them, in x_out's first rows
+  // when given (float32, at least T rows; then nothing the call allocates outlives it, as a recorded
+  // graph needs). head (last stage, after body): the final norm and logits of meta.logits_indices'
+  // rows of x, as forward() returns them.
+  Tensor body(const StepMeta& meta, const Tensor& hidden_in, KvCache& kv, Tensor* x_out = nullptr);
+  Tensor head(const StepMeta& meta, const Tensor& x, Tensor* out = nullptr, Tensor* prompt_hidden = nullptr);
   // This rank's logits shard [rows, vocab_padded] (float32) of final-norm hidden states (last stage).
   Tensor logits(const Tensor& normed);
 

@@ -10,7 +10,11 @@
 #  4. bfloat16 with kernels launched as programmatic dependents (the default on Hopper) vs without
 #     (LLMSERVE_CUDA_PDL=0): bit-identical tokens and log-probabilities (the same kernels in the same
 #     order; a missing wait in a kernel would show here as a race);
-#  5. the server log says the graphs were recorded (and nothing about graphs with --enforce-eager).
+#  5. the server log says the graphs were recorded (and nothing about graphs with --enforce-eager);
+#  6. mixed-step graphs: with --max-num-batched-tokens 48 every prompt is prefilled in chunks beside
+#     the running decodes, so steps of 2-48 tokens replay the graphs of the 16-, 32- and 48-token
+#     buckets (layers only, the head eager): float32 against eager with the same budget, on one stage
+#     and on two (pp=2), as in 1 (and the log counts the mixed-step graph replays); bfloat16 reported.
 # Exits 77 (skipped) where no GPU is visible.   run_graphs_gpu.sh BUILD_DIR
 set -uo pipefail
 build=$1
@@ -77,4 +81,18 @@ if grep -q "CUDA graphs: 7 decode batch sizes recorded" "$work/graphs-f32.log" &
 else
   echo "FAIL graph log lines"; grep "CUDA graphs" "$work/graphs-f32.log" "$work/eager-f32.log"; fail=1
 fi
+run eager-f32-mixed float32 1 --enforce-eager --max-num-batched-tokens 48 &&
+  run graphs-f32-mixed float32 1 --max-num-batched-tokens 48 && { compare eager-f32-mixed graphs-f32-mixed assert || fail=1; }
+run graphs-f32-mixed-pp2 float32 2 --max-num-batched-tokens 48 && { compare eager-f32-mixed graphs-f32-mixed-pp2 assert || fail=1; }
+run eager-bf16-mixed bfloat16 1 --enforce-eager --max-num-batched-tokens 48 &&
+  run graphs-bf16-mixed bfloat16 1 --max-num-batched-tokens 48 && compare eager-bf16-mixed graphs-bf16-mixed report
+for name in graphs-f32-mixed graphs-f32-mixed-pp2; do
+  line=$(grep -o "forward passes: .* eager" "$work/$name.log" | head -1)
+  if grep -q "3 mixed-step token counts recorded (16..48" "$work/$name.log" &&
+     [ "$(echo "$line" | sed -E 's/.* ([0-9]+) mixed-step graphs.*/\1/')" -gt 10 ]; then
+    echo "ok   $name: $line"
+  else
+    echo "FAIL $name: mixed-step graphs not recorded or not replayed ($line)"; fail=1
+  fi
+done
 exit $fail

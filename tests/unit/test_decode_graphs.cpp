@@ -12,6 +12,7 @@
 #include "engine/worker.h"
 #include "kv/kv_cache.h"
 #include "model/decode_graphs.h"
+#include "model/mixed_graphs.h"
 #include "model/model_file.h"
 #include "model/transformer.h"
 #include "model/weight_names.h"
@@ -118,6 +119,15 @@ struct Stage {
   KvCache kv;
 };
 
+// Puts back KV-cache contents taken by kv_contents.
+void restore(Stage& st, const std::vector<float>& kv) {
+  for (int l = 0, i = 0; l < st.layers(); ++l)
+    for (Tensor* t : {&st.kv.k(l), &st.kv.v(l)}) {
+      st.be.copy_from_host(*t, 0, t->bytes(), kv.data() + i);
+      i += static_cast<int>(t->numel());
+    }
+}
+
 }  // namespace
 
 TEST(DecodeGraphs, BucketSizes) {
@@ -156,11 +166,7 @@ TEST(DecodeGraphs, PaddedStepMatchesTheEagerStep) {
   ASSERT_NE(kv_eager, kv_before);  // the decode step wrote its keys and values
 
   // Back to the cache before the decode step, then the padded step as a graph would run it.
-  for (int l = 0, i = 0; l < st.layers(); ++l)
-    for (Tensor* t : {&st.kv.k(l), &st.kv.v(l)}) {
-      st.be.copy_from_host(*t, 0, t->bytes(), kv_before.data() + i);
-      i += static_cast<int>(t->numel());
-    }
+  restore(st, kv_before);
   Tensor out = st.be.empty({8, st.model.shard().vocab_padded}, DType::F32);
   const Tensor got = st.model.forward(pad_decode_step(real, 8, 6, 24), Tensor(), st.kv, &out);
   EXPECT_EQ(got.data, out.data);  // a view of the preallocated output
@@ -183,11 +189,7 @@ TEST(DecodeGraphs, PaddedStepMatchesOnBothPipelineStages) {
   // The eager second stage on a copy of its cache, so both runs start from the same keys and values.
   const std::vector<float> kv1 = kv_contents(s1.be, s1.kv, s1.layers());
   const std::vector<float> eager = host(s1.be, s1.model.forward(real, h_eager, s1.kv));
-  for (int l = 0, i = 0; l < s1.layers(); ++l)
-    for (Tensor* t : {&s1.kv.k(l), &s1.kv.v(l)}) {
-      s1.be.copy_from_host(*t, 0, t->bytes(), kv1.data() + i);
-      i += static_cast<int>(t->numel());
-    }
+  restore(s1, kv1);
 
   // Stage 0 again with padding (its cache already holds the decode token's KV; rewriting the same
   // values changes nothing), its residual stream into out0.
@@ -203,4 +205,110 @@ TEST(DecodeGraphs, PaddedStepMatchesOnBothPipelineStages) {
   Tensor out1 = s1.be.empty({4, s1.model.shard().vocab_padded}, DType::F32);
   const std::vector<float> got = host(s1.be, s1.model.forward(pad, in1, s1.kv, &out1));
   EXPECT_EQ(std::vector<float>(got.begin(), got.begin() + static_cast<long>(eager.size())), eager);
+}
+
+// Mixed-step graphs (model/mixed_graphs.h): a step that is not a decode step (a prompt beside a
+// running decode) padded to its token bucket, its layers run into a preallocated residual stream
+// (Transformer::body) and the head after them, gives the eager step's logits and KV-cache writes.
+namespace {
+// Sequence 0 decodes (position 5); sequence 3, new, brings a prompt of 4 tokens; sequence 1 decodes.
+StepPlan mixed_plan() {
+  StepPlan p;
+  SeqStep a;
+  a.seq_id = 0;
+  a.num_computed = 5;
+  a.tokens = {17};
+  a.block_table = kTables[0];
+  a.sample = true;
+  SeqStep b;
+  b.seq_id = 3;
+  b.tokens = {21, 5, 33, 2};
+  b.block_table = {6, 7};
+  b.sample = true;
+  SeqStep c;
+  c.seq_id = 1;
+  c.num_computed = 9;
+  c.tokens = {23};
+  c.block_table = kTables[1];
+  c.sample = true;
+  p.seqs = {a, b, c};
+  return p;
+}
+}  // namespace
+
+TEST(MixedGraphs, BucketSizes) {
+  EXPECT_EQ(MixedGraphs::bucket_sizes(8), (std::vector<int64_t>{8}));
+  EXPECT_EQ(MixedGraphs::bucket_sizes(40), (std::vector<int64_t>{16, 32, 40}));
+  EXPECT_EQ(MixedGraphs::bucket_sizes(48), (std::vector<int64_t>{16, 32, 48}));
+  const auto b = MixedGraphs::bucket_sizes(8192);
+  EXPECT_EQ(b.size(), 16u);
+  EXPECT_EQ(b.back(), MixedGraphs::kMaxTokens);
+}
+
+TEST(MixedGraphs, PaddedStepLayout) {
+  const StepMeta real = step_meta_from_plan(mixed_plan(), kBlock);
+  ASSERT_EQ(real.num_tokens(), 6);
+  ASSERT_EQ(real.num_seqs(), 3);
+  const StepMeta m = pad_mixed_step(real, 16, 6, 24);
+  EXPECT_EQ(m.num_tokens(), 16);
+  EXPECT_EQ(m.num_seqs(), 3 + 10);  // each padding token a sequence of its own
+  EXPECT_EQ(std::vector<int32_t>(m.q_start.begin(), m.q_start.begin() + 4), real.q_start);
+  for (int s = 3; s <= 13; ++s) EXPECT_EQ(m.q_start[s], s + 3);
+  EXPECT_EQ(std::vector<int32_t>(m.token_ids.begin(), m.token_ids.begin() + 6), real.token_ids);
+  EXPECT_EQ(std::vector<int32_t>(m.positions.begin(), m.positions.begin() + 6), real.positions);
+  EXPECT_EQ(std::vector<int32_t>(m.slot_mapping.begin(), m.slot_mapping.begin() + 6), real.slot_mapping);
+  for (int i = 6; i < 16; ++i) EXPECT_EQ(m.slot_mapping[i], -1) << "padding token " << i << " would write KV";
+  EXPECT_EQ(m.max_blocks, 6);
+  ASSERT_EQ(m.block_tables.size(), 13u * 6u);
+  for (int s = 0; s < 3; ++s)
+    for (int b = 0; b < real.max_blocks; ++b) EXPECT_EQ(m.block_tables[s * 6 + b], real.block_tables[s * real.max_blocks + b]);
+  EXPECT_EQ(m.logits_indices, real.logits_indices);  // the head gathers the real rows only
+  EXPECT_EQ(m.max_context, 24);
+  EXPECT_EQ(m.max_new, 16);
+  EXPECT_THROW(pad_mixed_step(real, 4, 6, 24), Error);  // more tokens than the bucket
+  EXPECT_THROW(pad_mixed_step(real, 16, 1, 24), Error);  // longer block tables than recorded
+}
+
+TEST(MixedGraphs, PaddedStepMatchesTheEagerStep) {
+  Stage st(0, 1);
+  { Tensor l = st.model.forward(step_meta_from_plan(prefill_plan(), kBlock), Tensor(), st.kv); }
+  const std::vector<float> kv_before = kv_contents(st.be, st.kv, st.layers());
+  const StepMeta real = step_meta_from_plan(mixed_plan(), kBlock);
+  const std::vector<float> eager = host(st.be, st.model.forward(real, Tensor(), st.kv));
+  const std::vector<float> kv_eager = kv_contents(st.be, st.kv, st.layers());
+  ASSERT_NE(kv_eager, kv_before);
+  ASSERT_EQ(eager.size(), 3u * static_cast<size_t>(st.model.shard().vocab_padded));
+
+  restore(st, kv_before);
+  Tensor x = st.be.empty({16, st.spec.hidden_size}, DType::F32);
+  const StepMeta pad = pad_mixed_step(real, 16, 6, 24);  // (the CPU backend keeps a pointer to the step's meta)
+  const Tensor body = st.model.body(pad, Tensor(), st.kv, &x);
+  EXPECT_EQ(body.data, x.data);  // a view of the preallocated residual stream
+  ASSERT_EQ(body.dim(0), 16);
+  EXPECT_EQ(host(st.be, st.model.head(real, rows_view(x, 0, real.num_tokens()))), eager);
+  EXPECT_EQ(kv_contents(st.be, st.kv, st.layers()), kv_eager);  // padding tokens wrote nothing
+}
+
+TEST(MixedGraphs, PaddedStepMatchesOnBothPipelineStages) {
+  Stage s0(0, 2), s1(1, 2);
+  const StepMeta pre = step_meta_from_plan(prefill_plan(), kBlock);
+  const StepMeta real = step_meta_from_plan(mixed_plan(), kBlock);
+  const StepMeta pad = pad_mixed_step(real, 16, 6, 24);
+  const int64_t H = s0.spec.hidden_size;
+  { Tensor l = s1.model.forward(pre, s0.model.forward(pre, Tensor(), s0.kv), s1.kv); }
+  const std::vector<float> kv0 = kv_contents(s0.be, s0.kv, s0.layers()), kv1 = kv_contents(s1.be, s1.kv, s1.layers());
+  const Tensor h_eager = s0.model.forward(real, Tensor(), s0.kv);
+  const std::vector<float> hidden = host(s0.be, h_eager);
+  const std::vector<float> eager = host(s1.be, s1.model.forward(real, h_eager, s1.kv));
+  restore(s0, kv0);
+  restore(s1, kv1);
+
+  Tensor x0 = s0.be.empty({16, H}, DType::F32);
+  const std::vector<float> hp = host(s0.be, s0.model.body(pad, Tensor(), s0.kv, &x0));
+  EXPECT_EQ(std::vector<float>(hp.begin(), hp.begin() + static_cast<long>(hidden.size())), hidden);
+  // Stage 1: its input rows (real, then padding) copied into x1 by the body, the head on the real rows.
+  Tensor in1 = s1.be.empty({16, H}, DType::F32), x1 = s1.be.empty({16, H}, DType::F32);
+  s1.be.copy(x0, in1);
+  s1.model.body(pad, in1, s1.kv, &x1);
+  EXPECT_EQ(host(s1.be, s1.model.head(real, rows_view(x1, 0, real.num_tokens()))), eager);
 }

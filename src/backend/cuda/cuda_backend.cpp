@@ -268,8 +268,10 @@ void CudaBackend::begin_step(const StepMeta& m) {
   // every graph, keep the split-KV kernel).
   int64_t max_q = 0;
   for (int64_t s = 0; s < num_seqs_; ++s) max_q = std::max<int64_t>(max_q, m.q_start[s + 1] - m.q_start[s]);
-  flash_ = max_q >= kFlashMinQueries;
-  max_new_ = max_q;
+  // A graph-shaped step (max_context) is sized by its bounds, and keeps the split-KV kernel (the prefill
+  // kernel's tiles are made on the host per step).
+  flash_ = m.max_context == 0 && max_q >= kFlashMinQueries;
+  max_new_ = m.max_context > 0 ? std::max<int64_t>(m.max_new, max_q) : max_q;
   if (capturing_) return;  // uploaded before the capture; a graph must not record host copies
   std::vector<int32_t> tiles, token_seq(static_cast<size_t>(num_tokens_));
   if (flash_) {
