@@ -1,6 +1,7 @@
 #include "engine/guided.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "common/error.h"
 #include "engine/sampling_params.h"
@@ -119,7 +120,27 @@ int number_byte(GuideState& s, unsigned char c) {
 
 }  // namespace
 
-std::shared_ptr<const Guide> Guide::json() { return std::shared_ptr<const Guide>(new Guide(Kind::Json)); }
+Guide::Guide(Kind k) : kind_(k) {
+  static std::atomic<uint64_t> next{1};
+  id_ = next++;
+}
+
+std::shared_ptr<const Guide> Guide::json() {
+  static const std::shared_ptr<const Guide> g(new Guide(Kind::Json));
+  return g;
+}
+
+std::string Guide::key(const GuideState& s) const {
+  std::string k(reinterpret_cast<const char*>(&id_), sizeof id_);
+  auto put = [&](const auto& v) { k.append(reinterpret_cast<const char*>(&v), sizeof v); };
+  put(s.dead);
+  if (kind_ == Kind::Json) {
+    put(s.mode), put(s.sub), put(s.ws), put(s.utf8), put(s.depth), put(s.stack[0]), put(s.stack[1]);
+  } else {
+    put(s.lo), put(s.hi), put(s.off);
+  }
+  return k;
+}
 
 std::shared_ptr<const Guide> Guide::choice(std::vector<std::string> choices) {
   if (choices.empty()) throw Error("'guided_choice' must be a non-empty list of strings");

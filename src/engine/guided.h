@@ -39,6 +39,11 @@ class Guide {
   static std::shared_ptr<const Guide> choice(std::vector<std::string> choices);
 
   Kind kind() const { return kind_; }
+  // Distinct for every guide made (never reused, unlike an address): with a state, what a cache of the
+  // tokens a state allows is keyed on. The JSON guide is one, shared by every request.
+  uint64_t id() const { return id_; }
+  // A state's bytes as a cache key (equal keys: the state takes exactly the same texts).
+  std::string key(const GuideState& s) const;
   GuideState start() const;
   // Feeds the bytes; false (and s.dead) when they leave the accepted texts.
   bool feed(GuideState& s, std::string_view bytes) const;
@@ -49,10 +54,11 @@ class Guide {
   bool in_plain_string(const GuideState& s) const;
 
  private:
-  explicit Guide(Kind k) : kind_(k) {}
+  explicit Guide(Kind k);
   bool json_byte(GuideState& s, unsigned char c) const;
   bool choice_byte(GuideState& s, unsigned char c) const;
   Kind kind_;
+  uint64_t id_;
   std::vector<std::string> choices_;  // sorted, distinct
 };
 

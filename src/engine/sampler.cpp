@@ -88,10 +88,17 @@ void Sampler::feed_guide(SeqState& st) const {
   }
 }
 
-void Sampler::guided_bans(const SeqState& st, Range vocab, std::vector<int32_t>& out) const {
+const std::vector<uint64_t>& Sampler::guided_allowed(const SeqState& st, Range vocab) const {
+  std::string key = st.guide->key(st.guide_state);
+  key.append(reinterpret_cast<const char*>(&vocab.begin), sizeof vocab.begin);
+  key.append(reinterpret_cast<const char*>(&vocab.end), sizeof vocab.end);
+  auto it = guided_cache_.find(key);
+  if (it != guided_cache_.end()) return it->second;
+  if (guided_cache_.size() >= guided_cache_states_) guided_cache_.clear();
+  ++guided_walks_;
   const auto& bytes = tokens_->bytes;
   const auto& plain = tokens_->plain;
-  const bool done = st.guide->complete(st.guide_state), in_string = st.guide->in_plain_string(st.guide_state);
+  const bool in_string = st.guide->in_plain_string(st.guide_state);
   // Which first bytes the state takes: most tokens are settled by theirs alone.
   bool first_ok[256];
   for (int c = 0; c < 256; ++c) {
@@ -99,22 +106,37 @@ void Sampler::guided_bans(const SeqState& st, Range vocab, std::vector<int32_t>&
     const char b = static_cast<char>(c);
     first_ok[c] = st.guide->feed(s, std::string_view(&b, 1));
   }
-  std::vector<int32_t> eos(st.eos_ids);  // walked alongside the tokens
-  std::sort(eos.begin(), eos.end());
-  auto next_eos = std::lower_bound(eos.begin(), eos.end(), static_cast<int32_t>(vocab.begin));
+  std::vector<uint64_t> allowed(static_cast<size_t>((vocab.size() + 63) / 64), 0);
   for (int64_t t = vocab.begin; t < vocab.end; ++t) {
-    bool ok = false;
-    if (next_eos != eos.end() && *next_eos == t) {
-      ok = done;  // the end of sequence exactly when the text is whole
-      while (next_eos != eos.end() && *next_eos == t) ++next_eos;
-    } else if (static_cast<size_t>(t) < bytes.size() && !bytes[t].empty()) {
-      const std::string& b = bytes[t];
-      if (in_string && plain[t]) continue;  // string content: allowed as it is
+    if (static_cast<size_t>(t) >= bytes.size() || bytes[t].empty()) continue;  // special tokens: never
+    const std::string& b = bytes[t];
+    bool ok = in_string && plain[t];  // string content: allowed as it is
+    if (!ok) {
       ok = first_ok[static_cast<unsigned char>(b[0])];
       if (ok && b.size() > 1) {
         GuideState s = st.guide_state;
         ok = st.guide->feed(s, b);
       }
+    }
+    if (ok) allowed[static_cast<size_t>((t - vocab.begin) / 64)] |= uint64_t{1} << ((t - vocab.begin) % 64);
+  }
+  if (guided_cache_states_ == 0) return guided_uncached_ = std::move(allowed);
+  return guided_cache_.emplace(std::move(key), std::move(allowed)).first->second;
+}
+
+void Sampler::guided_bans(const SeqState& st, Range vocab, std::vector<int32_t>& out) const {
+  const std::vector<uint64_t>& allowed = guided_allowed(st, vocab);
+  const bool done = st.guide->complete(st.guide_state);
+  std::vector<int32_t> eos(st.eos_ids);  // walked alongside the tokens
+  std::sort(eos.begin(), eos.end());
+  auto next_eos = std::lower_bound(eos.begin(), eos.end(), static_cast<int32_t>(vocab.begin));
+  for (int64_t t = vocab.begin; t < vocab.end; ++t) {
+    bool ok;
+    if (next_eos != eos.end() && *next_eos == t) {
+      ok = done;  // the end of sequence exactly when the text is whole
+      while (next_eos != eos.end() && *next_eos == t) ++next_eos;
+    } else {
+      ok = (allowed[static_cast<size_t>((t - vocab.begin) / 64)] >> ((t - vocab.begin) % 64)) & 1;
     }
     if (!ok) out.push_back(static_cast<int32_t>(t));
   }

@@ -736,3 +736,48 @@ TEST(Sampler, GuidedDecodingKeepsTheTextAccepted) {
         }
       }
 }
+
+// The allowed-token cache of guided decoding: the same tokens as walking the vocabulary every step, for
+// JSON and choices, sampled, over the ranks' vocabulary shards; and for JSON far fewer walks.
+TEST(Sampler, GuidedCacheDrawsAsTheWalk) {
+  World w;
+  const std::vector<std::string> pieces = {"{", "}", "[", "]", ":", ",", "\"", " ", "a", "b", "1", "2", "true", "\"a\"",
+                                           "\":", "{\"", "\"}", "yes", "no", "y", "es", "x", "\\", "0"};
+  auto bytes = std::make_shared<std::vector<std::string>>(V);
+  for (int64_t t = 0; t < V; ++t)
+    if (t != 3) (*bytes)[t] = pieces[static_cast<size_t>(t) % pieces.size()];
+  for (const std::string kind : {"json", "choice"}) {
+    SamplingParams p;
+    p.guided = kind;
+    if (kind == "choice") p.guided_choice = {"yes", "no", "yesno", "aaaa"};
+    p.temperature = 1.0;
+    p.ignore_eos = true;
+    std::vector<int32_t> drawn[2];
+    int64_t walks[2] = {0, 0};
+    for (int cached = 0; cached < 2; ++cached) {
+      Sampler s(w.comm, V, w.vocab, w.stride);
+      s.set_guided_tokens(guided_tokens(*bytes));
+      if (!cached) s.set_guided_cache_states(0);
+      std::mt19937 g(4);
+      std::normal_distribution<float> d(0.f, 2.f);
+      std::vector<int32_t> history = {7, 8};
+      for (int step = 0; step < 40; ++step) {
+        StepPlan plan = plan_for(1, p, history, 2, 77, 1);
+        plan.seqs[0].eos_ids = {3};
+        s.observe(plan);
+        std::vector<float> full(V);
+        for (auto& x : full) x = d(g);
+        auto rows = w.rows(full, 1);
+        const int32_t tok = s.sample(plan, rows.data())[0].token;
+        drawn[cached].push_back(tok);
+        if (tok == 3) break;
+        history.push_back(tok);
+      }
+      walks[cached] = s.guided_walks();
+    }
+    EXPECT_EQ(drawn[1], drawn[0]) << kind;
+    EXPECT_EQ(walks[0], static_cast<int64_t>(drawn[0].size())) << kind;
+    if (kind == "json")  // (a choice's states all differ: each step feeds more of the candidates)
+      EXPECT_LT(walks[1], walks[0] / 2) << "states met again in " << drawn[0].size() << " steps: " << walks[1];
+  }
+}
