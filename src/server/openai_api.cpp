@@ -154,7 +154,10 @@ json usage_json(int64_t prompt, int64_t completion) {
 }
 
 // A token's text in log-probability entries (its id without a tokenizer).
-std::string token_text(const ApiContext& ctx, int32_t id) { return ctx.tok ? ctx.tok->decode({id}, false) : std::to_string(id); }
+std::string token_text(const ApiContext& ctx, int32_t id) {
+  if (!ctx.tok) return std::to_string(id);
+  return id >= 0 && id < ctx.tok->vocab_size() ? ctx.tok->token_string(id) : ctx.tok->decode({id}, false);
+}
 
 // How a request's log-probability entries name tokens: their text, or with vLLM's
 // return_tokens_as_token_ids "token_id:<id>" (tokens whose text is not valid UTF-8 stay identifiable).

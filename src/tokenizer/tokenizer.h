@@ -6,6 +6,7 @@
 #pragma once
 #include <array>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -39,6 +40,9 @@ class Tokenizer {
   std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const;
   // The bytes a token contributes to decoded text (empty when skipped as special).
   std::string token_bytes(int32_t id, bool skip_special_tokens) const;
+  // decode({id}) for a token id below vocab_size() (a log-probability entry's text), from a table made
+  // once, on first use, for the whole vocabulary (thread-safe).
+  const std::string& token_string(int32_t id) const;
 
   int32_t vocab_size() const { return vocab_size_; }
   std::optional<int32_t> token_to_id(const std::string& token) const;
@@ -61,6 +65,8 @@ class Tokenizer {
   std::optional<int32_t> bos_id_;
   std::optional<std::string> bos_token_, eos_token_;
   int32_t vocab_size_ = 0;
+  mutable std::once_flag texts_once_;
+  mutable std::vector<std::string> texts_;  // token_string's table
 };
 
 // Streaming decode: add() returns the text that is final once `id` is appended (never half a UTF-8

@@ -1,6 +1,8 @@
 // The tokenizer against Hugging Face tokenizers' own output (../shared/fixtures/tokenizer).
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -110,6 +112,22 @@ TEST_P(TokenizerFixture, StreamingDecodeEqualsWholeDecode) {
       EXPECT_EQ(streamed, tok.decode(ids, skip)) << c["text"].dump();
     }
   }
+}
+
+// The table behind log-probability entries' token texts: decode({id}) for every id of the vocabulary
+// (special tokens, byte tokens that are half a UTF-8 character, added tokens), the same from threads.
+TEST_P(TokenizerFixture, TokenStringIsTheDecodeOfTheToken) {
+  const Tokenizer& tok = tokenizer(GetParam());
+  std::vector<std::thread> threads;
+  std::vector<int> mismatches(4, 0);
+  for (int w = 0; w < 4; ++w)
+    threads.emplace_back([&, w] {
+      for (int32_t id = w; id < tok.vocab_size(); id += 4)
+        if (tok.token_string(id) != tok.decode({id}, false)) ++mismatches[w];
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(mismatches, std::vector<int>(4, 0));
+  EXPECT_THROW(tok.token_string(tok.vocab_size()), Error);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, TokenizerFixture, ::testing::Values("qwen2", "llama3"));
