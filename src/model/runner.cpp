@@ -136,7 +136,8 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
       mixed_graphs_ = std::make_unique<MixedGraphs>(*model_, *backend_, topo_, cfg_.max_num_batched_tokens,
                                                     cfg_.max_model_len, cfg_.block_size);
       // Room for the largest graph's metadata (a mixed step's padding tokens are sequences of their own).
-      const int64_t seqs = std::max<int64_t>(cfg_.max_num_seqs, mixed_graphs_->buckets().empty() ? 0 : mixed_graphs_->buckets().back());
+      const auto& mixed = mixed_graphs_->buckets();
+      const int64_t seqs = std::max<int64_t>(cfg_.max_num_seqs, mixed.empty() ? 0 : mixed.back());
       backend_->reserve_step(std::max<int64_t>(cfg_.max_num_batched_tokens, cfg_.max_num_seqs), seqs,
                              seqs * ((cfg_.max_model_len + cfg_.block_size - 1) / cfg_.block_size));
     });
@@ -187,9 +188,9 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
     const size_t before = backend_->graph_memory();
     double secs = 0;
     agree(world_comm, [&] { secs = mixed_graphs_->capture(*kv_); });
+    const size_t after = backend_->graph_memory();
     char buf[64];
-    std::snprintf(buf, sizeof buf, "%.2f s, %.1f MiB",
-                  secs, static_cast<double>(backend_->graph_memory() - std::min(before, backend_->graph_memory())) / (1 << 20));
+    std::snprintf(buf, sizeof buf, "%.2f s, %.1f MiB", secs, static_cast<double>(after - std::min(before, after)) / (1 << 20));
     log_info("CUDA graphs: ", mixed_graphs_->buckets().size(), " mixed-step token counts recorded (",
              mixed_graphs_->buckets().front(), "..", mixed_graphs_->buckets().back(), ", layers only) in ", buf,
              " of graph memory more");
