@@ -49,6 +49,8 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
       ModelFile file(cfg.model);
       if (file.text("tokenizer", "tokenizer.json")) {
         tok = Tokenizer::from_model_file(file);
+        // The table of token texts (log-probability entries), made now rather than by the first request.
+        if (tok->vocab_size() > 0) tok->token_string(0);
         chat = ChatTemplate::from_model_file(file, cfg.chat_template);
       }
       if (cfg.generation_config == "auto") ctx.sampling_defaults = generation_config_defaults(file, runner.spec().vocab_size);
