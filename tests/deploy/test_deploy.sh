@@ -161,15 +161,24 @@ check "launch.sh: no hostfile is a usage error" "$([ $rc -eq 2 ] && contains "$o
 
 # A real launch on this machine (root needs --allow-run-as-root; clusters do not).
 printf 'localhost slots=4\n' >"$work/hosts-local"
-port=$(free_port)
 extra="--oversubscribe"
 [ "$(id -u)" -eq 0 ] && extra+=" --allow-run-as-root"
-"${launch_env[@]}" LLMSERVE_MPIRUN_ARGS="$extra" OMP_NUM_THREADS=1 bash "$root/scripts/launch.sh" --hostfile "$work/hosts-local" \
-  --model "$model" --backend cpu -tp 2 -pp 2 --host 127.0.0.1 --port "$port" --max-model-len 256 >"$work/launch.out" 2>&1 &
-lpid=$!
-ok=1
-for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && { ok=0; break; }; kill -0 $lpid 2>/dev/null || break; sleep 0.1; done
-check "launch.sh: launches tp=2 pp=2 from a hostfile and serves" $ok "$(tail -5 "$work/launch.out")"
+# Another test running beside this one (ctest -j) may take the free port between free_port and the
+# server's bind: then the launch is tried again on another port (up to three times).
+for attempt in 1 2 3; do
+  port=$(free_port)
+  "${launch_env[@]}" LLMSERVE_MPIRUN_ARGS="$extra" OMP_NUM_THREADS=1 bash "$root/scripts/launch.sh" --hostfile "$work/hosts-local" \
+    --model "$model" --backend cpu -tp 2 -pp 2 --host 127.0.0.1 --port "$port" --max-model-len 256 >"$work/launch.out" 2>&1 &
+  lpid=$!
+  ok=1
+  for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && { ok=0; break; }; kill -0 $lpid 2>/dev/null || break; sleep 0.1; done
+  [ $ok -eq 0 ] && break
+  kill -0 $lpid 2>/dev/null && break  # still starting after 30 s: not a port race
+  wait $lpid 2>/dev/null
+  grep -qE "cannot listen on|is in use" "$work/launch.out" || break
+  echo "launch attempt $attempt: port $port was taken; again"
+done
+check "launch.sh: launches tp=2 pp=2 from a hostfile and serves" $ok "$(tail -15 "$work/launch.out")"
 kill -TERM $lpid 2>/dev/null
 for _ in $(seq 1 300); do kill -0 $lpid 2>/dev/null || break; sleep 0.1; done
 check "launch.sh: the job ends on SIGTERM" "$(! kill -0 $lpid 2>/dev/null; echo $?)"
