@@ -1,9 +1,5 @@
 #include "model/decode_graphs.h"
 
-#include <algorithm>
-
-#include "common/error.h"
-
 namespace llmserve {
 
 std::vector<int64_t> DecodeGraphs::bucket_sizes(int64_t max_num_seqs) {

@@ -2,8 +2,6 @@
 
 #include <algorithm>
 
-#include "common/error.h"
-
 namespace llmserve {
 
 std::vector<int64_t> MixedGraphs::bucket_sizes(int64_t max_tokens) {
@@ -20,8 +18,7 @@ MixedGraphs::MixedGraphs(Transformer& model, Backend& backend, const Topology& t
 
 StepMeta pad_mixed_step(const StepMeta& real, int64_t B, int64_t max_blocks, int64_t max_context) {
   const int64_t T = real.num_tokens(), S = real.num_seqs();
-  LLMSERVE_CHECK(T <= B, "CUDA graphs: step larger than the bucket");
-  StepMeta m = pad_step_tokens(real, B, S + (B - T), max_blocks, max_context);
+  StepMeta m = pad_step_tokens(real, B, S + (B - T), max_blocks, max_context);  // (checks T <= B)
   m.q_start = real.q_start.empty() ? std::vector<int32_t>{0} : real.q_start;
   for (int64_t t = T + 1; t <= B; ++t) m.q_start.push_back(static_cast<int32_t>(t));  // padding: a sequence each
   m.logits_indices = real.logits_indices;

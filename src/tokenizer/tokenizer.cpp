@@ -206,7 +206,7 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special
 const std::string& Tokenizer::token_string(int32_t id) const {
   std::call_once(texts_once_, [&] {
     texts_.resize(static_cast<size_t>(vocab_size_));
-    for (int32_t t = 0; t < vocab_size_; ++t) texts_[t] = unicode::utf8_lossy(token_bytes(t, false));
+    for (int32_t t = 0; t < vocab_size_; ++t) texts_[t] = decode({t}, false);
   });
   LLMSERVE_CHECK(id >= 0 && id < vocab_size_, "token_string: id out of range");
   return texts_[static_cast<size_t>(id)];

@@ -157,6 +157,13 @@ if [ "$(wc -l <"$work/gen-out.jsonl")" -eq 3 ] && sed -n 2p "$work/gen-out.jsonl
    && [ "$(sed -n 2p "$work/gen-out.jsonl" | grep -o '"finish_reason"' | wc -l)" -eq 2 ]; then
   passed=$((passed + 1)); echo "PASS generate output: 3 lines, n=2 gives two outputs"
 else failed=$((failed + 1)); echo "FAIL generate output"; cat "$work/gen-out.jsonl"; fi
+# The debug log's line per engine step: a 2-token prompt and 3 greedy tokens are 3 steps of 2, 1 and 1 tokens.
+printf '{"prompt_token_ids": [9707, 11], "max_tokens": 3, "temperature": 0, "ignore_eos": true}\n' >"$work/gen-one.jsonl"
+out=$(LLMSERVE_LOG_LEVEL=debug timeout 120 "$llmserve" generate "$work/good.yaml" --input "$work/gen-one.jsonl" --output "$work/gen-one-out.jsonl" 2>&1)
+steps=$(grep -oE "step [0-9]+: [0-9]+ tokens, [0-9]+ us: scheduling [0-9]+, inputs [0-9]+, forward launch [0-9]+, sampling [0-9]+, outputs [0-9]+" <<<"$out" | sed -E 's/step ([0-9]+): ([0-9]+) tokens.*/\1:\2/' | tr '\n' ' ')
+if [ "$steps" = "1:2 2:1 3:1 " ]; then
+  passed=$((passed + 1)); echo "PASS generate: debug log, one line per step with its tokens"
+else failed=$((failed + 1)); echo "FAIL generate: debug step lines '$steps'"; echo "$out" | tail -8; fi
 # bad_words over a vocabulary split in two (greedy, this prompt's first token without it is "ICIENT").
 printf '{"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0, "bad_words": ["ICIENT"]}\n{"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}\n' >"$work/gen-bw.jsonl"
 check "generate: bad_words" 0 "2/2 requests" -- \
