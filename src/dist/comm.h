@@ -29,4 +29,19 @@ class Comm {
   virtual void barrier() = 0;
 };
 
+// Activations between neighbouring pipeline stages (the same tensor rank of each) in device memory:
+// NCCL point-to-point on GPUs (dist/nccl/nccl_comm.h). The CPU backend has none; MPI carries host
+// copies there.
+class DeviceStageLink {
+ public:
+  virtual ~DeviceStageLink() = default;
+  // Queues `bytes` at `data` for the next stage and returns at once: they are copied on the compute
+  // stream (later work there may overwrite `data`) and sent from a stream of the link's own, so the
+  // compute stream never waits for the next stage to take them.
+  virtual void send_next(const void* data, size_t bytes) = 0;
+  // Queues the receipt of `bytes` from the previous stage into `data` on the compute stream (work
+  // queued after it there sees them).
+  virtual void recv_prev(void* data, size_t bytes) = 0;
+};
+
 }  // namespace llmserve

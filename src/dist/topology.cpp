@@ -11,6 +11,11 @@ std::string Topology::describe() const {
   return cat("rank ", world_rank, "/", world_size, " stage ", stage(), "/", pp, " tp_rank ", tp_rank(), "/", tp);
 }
 
+StagePairColors stage_pair_colors(const Topology& t) {
+  // Within a tensor rank's column, stage / 2 and (stage + 1) / 2 number the pairs; both are < pp.
+  return {t.tp_rank() * t.pp + t.stage() / 2, t.tp_rank() * t.pp + (t.stage() + 1) / 2};
+}
+
 Topology make_topology(int world_rank, int world_size, int tp, int pp) {
   LLMSERVE_CHECK(tp >= 1 && pp >= 1, "config: tensor_parallel_size and pipeline_parallel_size must be >= 1");
   if (static_cast<int64_t>(tp) * pp != world_size)

@@ -21,6 +21,17 @@ struct Topology {
   std::string describe() const;
 };
 
+// MPI_Comm_split colours that put each rank in a group with a neighbouring stage of its tensor rank:
+// `even` groups stages (0, 1), (2, 3), ...; `odd` groups (1, 2), (3, 4), ...; a rank with no partner
+// in a split is alone in its group. Split with key = stage, so the earlier stage is rank 0 of a pair.
+// A stage's link to the previous one is its `odd` group when the stage is even, else its `even`
+// group; to the next one the other.
+struct StagePairColors {
+  int even = 0;
+  int odd = 0;
+};
+StagePairColors stage_pair_colors(const Topology& t);
+
 // Builds the grid; throws Error when tp * pp != world_size.
 Topology make_topology(int world_rank, int world_size, int tp, int pp);
 

@@ -98,7 +98,7 @@ std::vector<SampledToken> Engine::dispatch(const StepPlan& plan) {
   if (t.pp > 1) {
     const int next = t.rank_of(1, 0);
     outbox_.send(runner_.world().handle(), next, kTagPlan, bytes);
-    if (!plan.seqs.empty()) outbox_.send(runner_.world().handle(), next, kTagHidden, worker_.hidden_to_bytes(out.hidden));
+    if (!plan.seqs.empty()) runner_.send_hidden(out.hidden, &outbox_);
     ++in_flight_;
     return {};
   }

@@ -95,20 +95,6 @@ Worker::Output Worker::execute(const StepPlan& plan, const Tensor& hidden_in) {
   return out;
 }
 
-Tensor Worker::hidden_from_bytes(const std::string& bytes, int64_t tokens) {
-  const int64_t H = runner_.spec().hidden_size;
-  LLMSERVE_CHECK(bytes.size() == static_cast<size_t>(tokens * H) * sizeof(float), "activation message of the wrong size");
-  std::vector<float> buf(static_cast<size_t>(tokens * H));
-  std::memcpy(buf.data(), bytes.data(), bytes.size());
-  return runner_.backend().upload(buf.data(), {tokens, H}, DType::F32);  // the residual stream is float32
-}
-
-std::string Worker::hidden_to_bytes(const Tensor& t) {
-  std::string b(static_cast<size_t>(t.numel()) * sizeof(float), '\0');
-  runner_.backend().download(t, reinterpret_cast<float*>(b.data()));
-  return b;
-}
-
 void Worker::loop() {
   const Topology& t = runner_.topology();
   MPI_Comm world = runner_.world().handle();
@@ -122,8 +108,7 @@ void Worker::loop() {
       bytes = recv_bytes(world, prev, kTagPlan);
     }
     const StepPlan plan = StepPlan::deserialize(bytes);
-    if (!t.first_stage() && !plan.shutdown && !plan.seqs.empty())
-      hidden = hidden_from_bytes(recv_bytes(world, t.rank_of(t.stage() - 1, t.tp_rank()), kTagHidden), plan.num_tokens());
+    if (!t.first_stage() && !plan.shutdown && !plan.seqs.empty()) hidden = runner_.recv_hidden(plan.num_tokens());
     if (plan.shutdown) {
       if (!t.last_stage()) send_bytes(world, t.rank_of(t.stage() + 1, t.tp_rank()), kTagPlan, bytes);
       return;
@@ -132,7 +117,7 @@ void Worker::loop() {
     if (!t.last_stage()) {
       const int next = t.rank_of(t.stage() + 1, t.tp_rank());
       send_bytes(world, next, kTagPlan, bytes);
-      if (!plan.seqs.empty()) send_bytes(world, next, kTagHidden, hidden_to_bytes(out.hidden));
+      if (!plan.seqs.empty()) runner_.send_hidden(out.hidden);
     } else if (t.tp_rank() == 0) {
       send_bytes(world, 0, kTagResult, serialize_results(plan.step_id, out.tokens));
     }

@@ -22,10 +22,6 @@ class Worker {
     std::vector<SampledToken> tokens;   // last stage
   };
   Output execute(const StepPlan& plan, const Tensor& hidden_in);
-  // Receives [T, hidden] floats as a tensor of this backend.
-  Tensor hidden_from_bytes(const std::string& bytes, int64_t tokens);
-  std::string hidden_to_bytes(const Tensor& t);
-
   // Runs plans until a shutdown plan arrives (every rank but world rank 0).
   void loop();
 

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #ifdef LLMSERVE_WITH_CUDA
+#include "backend/cuda/cuda_backend.h"
 #include "dist/nccl/nccl_comm.h"
 #endif
 
@@ -118,18 +119,27 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   // The model's all-reduces work on backend tensors: MPI for host memory, NCCL for GPU memory.
   Comm* model_comm = tp_comm_.get();
 #ifdef LLMSERVE_WITH_CUDA
-  if (backend_->name() == "cuda" && topo_.tp > 1) {
-    agree(world_comm, [&] { device_comm_ = make_nccl_comm(tp_comm_->handle()); });
-    model_comm = device_comm_.get();
+  // NCCL queues on the backend's stream: ordered with the kernels, and recorded with them into graphs.
+  if (backend_->name() == "cuda") {
+    void* stream = static_cast<CudaBackend&>(*backend_).stream();
+    if (topo_.tp > 1) {
+      agree(world_comm, [&] { device_comm_ = make_nccl_comm(tp_comm_->handle(), stream); });
+      model_comm = device_comm_.get();
+    }
+    // NCCL needs a GPU per rank; ranks sharing GPUs (more ranks on a node than it has GPUs, as in
+    // single-GPU tests of a pipeline) pass activations over MPI.
+    int shared = local_size > cuda_device_count() ? 1 : 0;
+    MPI_Allreduce(MPI_IN_PLACE, &shared, 1, MPI_INT, MPI_MAX, world_comm);
+    if (topo_.pp > 1 && !shared) agree(world_comm, [&] { stage_link_ = make_nccl_stage_link(world_comm, topo_, stream); });
+    if (topo_.pp > 1)
+      log_info("pipeline stages pass activations over ", shared ? "MPI (ranks share GPUs: no NCCL)" : "NCCL point-to-point");
   }
 #endif
   agree(world_comm, [&] { model_ = std::make_unique<Transformer>(spec_, topo_, *backend_, *model_comm, *file); });
   file.reset();
   // CUDA graphs for decode steps; their static tensors exist before the memory plan, which counts them.
   const bool graphs = backend_->supports_graphs() && !cfg_.enforce_eager;
-  if (graphs && topo_.tp > 1) {
-    log_info("CUDA graphs: off with tensor parallelism (the NCCL all-reduces are not recorded in graphs yet); steps run eagerly");
-  } else if (graphs) {
+  if (graphs) {
     agree(world_comm, [&] {
       graphs_ = std::make_unique<DecodeGraphs>(*model_, *backend_, topo_, cfg_.max_num_seqs, cfg_.max_model_len,
                                                cfg_.block_size);
@@ -332,19 +342,42 @@ Tensor ModelRunner::forward(const StepMeta& meta, const Tensor& hidden_in, Tenso
   return model_->forward(meta, hidden_in, *kv_, nullptr, prompt_hidden);
 }
 
-std::vector<float> ModelRunner::step(const StepMeta& meta) {
-  const int64_t T = meta.num_tokens(), H = spec_.hidden_size;
-  Tensor hidden;
-  if (!topo_.first_stage()) {
-    std::vector<float> buf(static_cast<size_t>(T * H));
-    world_->recv(buf.data(), buf.size() * sizeof(float), topo_.rank_of(topo_.stage() - 1, topo_.tp_rank()));
-    hidden = backend_->upload(buf.data(), {T, H}, DType::F32);  // the residual stream is float32
+void ModelRunner::send_hidden(const Tensor& hidden, Outbox* outbox) {
+  LLMSERVE_CHECK(hidden.dtype == DType::F32 && hidden.numel() % spec_.hidden_size == 0,
+                 "activations for the next stage must be float32 rows of the hidden size");
+  if (stage_link_) {
+    stage_link_->send_next(hidden.data, hidden.bytes());
+    return;
   }
+  std::string b(hidden.bytes(), '\0');
+  backend_->download(hidden, reinterpret_cast<float*>(b.data()));
+  const int next = topo_.rank_of(topo_.stage() + 1, topo_.tp_rank());
+  if (outbox)
+    outbox->send(world_->handle(), next, kTagHidden, std::move(b));
+  else
+    send_bytes(world_->handle(), next, kTagHidden, b);
+}
+
+Tensor ModelRunner::recv_hidden(int64_t tokens) {
+  const int64_t H = spec_.hidden_size;
+  if (stage_link_) {
+    Tensor h = backend_->empty({tokens, H}, DType::F32);  // the residual stream is float32
+    stage_link_->recv_prev(h.data, h.bytes());
+    return h;
+  }
+  const std::string b = recv_bytes(world_->handle(), topo_.rank_of(topo_.stage() - 1, topo_.tp_rank()), kTagHidden);
+  LLMSERVE_CHECK(b.size() == static_cast<size_t>(tokens * H) * sizeof(float), "activation message of the wrong size");
+  std::vector<float> buf(static_cast<size_t>(tokens * H));
+  std::memcpy(buf.data(), b.data(), b.size());
+  return backend_->upload(buf.data(), {tokens, H}, DType::F32);
+}
+
+std::vector<float> ModelRunner::step(const StepMeta& meta) {
+  Tensor hidden;
+  if (!topo_.first_stage()) hidden = recv_hidden(meta.num_tokens());
   Tensor out = forward(meta, hidden);
   if (!topo_.last_stage()) {
-    std::vector<float> buf(static_cast<size_t>(out.numel()));
-    backend_->download(out, buf.data());
-    world_->send(buf.data(), buf.size() * sizeof(float), topo_.rank_of(topo_.stage() + 1, topo_.tp_rank()));
+    send_hidden(out);
     if (topo_.world_rank != 0) return {};
     std::vector<float> full(meta.logits_indices.size() * static_cast<size_t>(spec_.vocab_size));
     world_->recv(full.data(), full.size() * sizeof(float), topo_.rank_of(topo_.pp - 1, 0));

@@ -11,6 +11,7 @@
 #include "config/config.h"
 #include "dist/mpi_comm.h"
 #include "dist/topology.h"
+#include "dist/transport.h"
 #include "kv/kv_cache.h"
 #include "model/decode_graphs.h"
 #include "model/mixed_graphs.h"
@@ -41,6 +42,9 @@ class ModelRunner {
   // The tensor group's communicator for GPU tensors (NCCL), or null (one rank per group, or the CPU
   // backend, whose tensors the MPI communicator serves).
   Comm* device_comm() { return device_comm_.get(); }
+  // Activations to and from the neighbouring pipeline stages in device memory (NCCL), or null (one
+  // stage, or the CPU backend: MPI carries host copies).
+  DeviceStageLink* stage_link() { return stage_link_.get(); }
   int64_t block_size() const { return cfg_.block_size; }
   MpiComm& world() { return *world_; }
 
@@ -56,6 +60,13 @@ class ModelRunner {
   };
   const ForwardKinds& forward_kinds() const { return kinds_; }
 
+  // A step's residual stream [T, hidden] (float32) to the next stage's rank of this tensor rank: over
+  // the device link when there is one (queued; returns at once), else as bytes over MPI, through
+  // `outbox` when given (non-blocking: rank 0 goes on scheduling), else by a blocking send.
+  void send_hidden(const Tensor& hidden, Outbox* outbox = nullptr);
+  // The previous stage's residual stream of a step of `tokens` tokens, as a tensor of this backend.
+  Tensor recv_hidden(int64_t tokens);
+
   // Runs one step. Returns the logits [len(logits_indices) * vocab_size] on world rank 0, empty
   // elsewhere.
   std::vector<float> step(const StepMeta& meta);
@@ -70,6 +81,7 @@ class ModelRunner {
   std::unique_ptr<MpiComm> world_, tp_comm_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<Comm> device_comm_;  // NCCL over the tensor group when it runs on GPUs
+  std::unique_ptr<DeviceStageLink> stage_link_;
   std::unique_ptr<Transformer> model_;
   std::unique_ptr<KvCache> kv_;
   std::unique_ptr<DecodeGraphs> graphs_;

@@ -42,6 +42,53 @@ TEST(Topology, StageMajorGrid) {
   EXPECT_THROW(make_topology(0, 6, 4, 2), Error);
 }
 
+TEST(Topology, StagePairColorsLinkEachStageToItsNeighbours) {
+  // What MPI_Comm_split would make of the colours: every group is one rank or two neighbouring stages
+  // of one tensor rank, and each stage's links to the previous and the next stage are such pairs.
+  for (int tp = 1; tp <= 3; ++tp)
+    for (int pp = 1; pp <= 5; ++pp) {
+      const int n = tp * pp;
+      std::vector<Topology> ts;
+      for (int r = 0; r < n; ++r) ts.push_back(make_topology(r, n, tp, pp));
+      auto group = [&](int r, bool even) {
+        std::vector<int> g;
+        const auto colour = [&](int q) { return even ? stage_pair_colors(ts[q]).even : stage_pair_colors(ts[q]).odd; };
+        for (int q = 0; q < n; ++q)
+          if (colour(q) == colour(r)) g.push_back(q);
+        return g;
+      };
+      for (int r = 0; r < n; ++r) {
+        const Topology& t = ts[r];
+        for (bool even : {true, false}) {
+          const std::vector<int> g = group(r, even);
+          ASSERT_LE(g.size(), 2u) << "tp " << tp << " pp " << pp << " rank " << r;
+          if (g.size() == 2) {
+            EXPECT_EQ(ts[g[0]].tp_rank(), ts[g[1]].tp_rank());
+            EXPECT_EQ(ts[g[0]].stage() + 1, ts[g[1]].stage());
+            EXPECT_EQ(ts[g[0]].stage() % 2, even ? 0 : 1);  // the split's pairs start at even / odd stages
+          }
+        }
+        // The links as NcclStageLink picks them.
+        const bool even_stage = t.stage() % 2 == 0;
+        const std::vector<int> prev = group(r, !even_stage), next = group(r, even_stage);
+        if (t.first_stage()) {
+          EXPECT_EQ(prev.size(), 1u);
+        } else {
+          ASSERT_EQ(prev.size(), 2u);
+          EXPECT_EQ(prev[0], t.rank_of(t.stage() - 1, t.tp_rank()));
+          EXPECT_EQ(prev[1], r);
+        }
+        if (t.last_stage()) {
+          EXPECT_EQ(next.size(), 1u);
+        } else {
+          ASSERT_EQ(next.size(), 2u);
+          EXPECT_EQ(next[0], r);
+          EXPECT_EQ(next[1], t.rank_of(t.stage() + 1, t.tp_rank()));
+        }
+      }
+    }
+}
+
 TEST(Topology, LayersSplitEvenlyEarlierStagesTakeExtra) {
   int covered = 0;
   for (int s = 0; s < 3; ++s) {

@@ -59,10 +59,12 @@ int64_t cols_of(const Tensor& t) {
 
 }  // namespace
 
-bool cuda_device_available() {
+int cuda_device_count() {
   int n = 0;
-  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
 }
+
+bool cuda_device_available() { return cuda_device_count() > 0; }
 
 std::unique_ptr<Backend> make_cuda_backend(int local_rank, DType dtype) {
   int n = 0;

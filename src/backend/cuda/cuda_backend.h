@@ -164,5 +164,7 @@ class CudaBackend : public Backend {
 // is none.
 std::unique_ptr<Backend> make_cuda_backend(int local_rank, DType dtype);
 bool cuda_device_available();
+// CUDA devices visible to this process (0 when none, or the driver fails).
+int cuda_device_count();
 
 }  // namespace llmserve
