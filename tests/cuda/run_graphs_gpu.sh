@@ -14,7 +14,9 @@
 #  6. mixed-step graphs: with --max-num-batched-tokens 48 every prompt is prefilled in chunks beside
 #     the running decodes, so steps of 2-48 tokens replay the graphs of the 16-, 32- and 48-token
 #     buckets (layers only, the head eager): float32 against eager with the same budget, on one stage
-#     and on two (pp=2), as in 1 (and the log counts the mixed-step graph replays); bfloat16 reported.
+#     and on two (pp=2), as in 1 (and the log counts the mixed-step graph replays); bfloat16 reported;
+#  7. with two GPUs or more: tp=2 graphs (the all-reduces recorded with the kernels) against eager
+#     tp=1, decode and mixed, as in 1; and the pp=2 runs' activations went by NCCL (one GPU: by MPI).
 # Exits 77 (skipped) where no GPU is visible.   run_graphs_gpu.sh BUILD_DIR
 set -uo pipefail
 build=$1
@@ -35,11 +37,11 @@ with open(sys.argv[1], "w") as f:
                             "ignore_eos": True, "logprobs": 1}) + "\n")
 PY
 fail=0
-run() {  # run NAME DTYPE PP [extra...]
-  local name=$1 dt=$2 pp=$3; shift 3
+run() {  # [TP=n] run NAME DTYPE PP [extra...]
+  local name=$1 dt=$2 pp=$3 tp=${TP:-1}; shift 3
   local t0=$SECONDS
-  if ! "$root/tests/mpirun.sh" "$pp" "$build/llmserve" generate --model "$cfg" --load-format dummy --backend cuda \
-      --dtype "$dt" -pp "$pp" --max-model-len 512 --max-num-seqs 32 --input "$work/requests.jsonl" \
+  if ! "$root/tests/mpirun.sh" $((tp * pp)) "$build/llmserve" generate --model "$cfg" --load-format dummy --backend cuda \
+      --dtype "$dt" -tp "$tp" -pp "$pp" --max-model-len 512 --max-num-seqs 32 --input "$work/requests.jsonl" \
       --output "$work/$name.jsonl" "$@" >"$work/$name.log" 2>&1; then
     echo "FAIL $name did not run"; tail -5 "$work/$name.log"; fail=1; return 1
   fi
@@ -93,6 +95,27 @@ for name in graphs-f32-mixed graphs-f32-mixed-pp2; do
     echo "ok   $name: $line"
   else
     echo "FAIL $name: mixed-step graphs not recorded or not replayed ($line)"; fail=1
+  fi
+done
+# With two GPUs or more: the tensor group's all-reduces recorded into the graphs (NCCL in the captured
+# stream) against eager tp=1, and the pp=2 runs above passed their activations by NCCL point-to-point
+# (one GPU: over MPI, the ranks sharing it).
+gpus=$(nvidia-smi -L | grep -c '^GPU')
+if [ "$gpus" -ge 2 ]; then
+  TP=2 run graphs-f32-tp2 float32 1 && { compare eager-f32 graphs-f32-tp2 assert || fail=1; }
+  TP=2 run graphs-f32-mixed-tp2 float32 1 --max-num-batched-tokens 48 && { compare eager-f32-mixed graphs-f32-mixed-tp2 assert || fail=1; }
+  for name in graphs-f32-tp2 graphs-f32-mixed-tp2; do
+    grep -q "decode batch sizes recorded" "$work/$name.log" || { echo "FAIL $name: no graphs recorded with tp=2"; fail=1; }
+  done
+  want="NCCL point-to-point"
+else
+  want="MPI"
+fi
+for name in graphs-f32-pp2 graphs-f32-mixed-pp2; do
+  if grep -q "pipeline stages pass activations over $want" "$work/$name.log"; then  # the MPI line says why
+    echo "ok   $name: activations over $want"
+  else
+    echo "FAIL $name: expected activations over $want"; grep "activations over" "$work/$name.log"; fail=1
   fi
 done
 exit $fail
