@@ -12,7 +12,8 @@
 //  - a batch-1 decode layer (Qwen2.5-1.5B shape) op by op and whole, over 28 layers of distinct weights
 //    (streaming from memory as in the model), in GB/s of weights and K/V read;
 //  - the sampler's greedy draw over vocabulary-sized logits rows in GB/s.
-// Usage: kernel_bench [--quick]   (prints a table; exits 77 without a GPU)
+// Usage: kernel_bench [--quick | --layers]   (prints tables; exits 77 without a GPU; --layers: the rooflines
+// and the step-layer tables alone)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -95,6 +96,7 @@ StepMeta attention_step(int64_t seqs, int64_t q_len, int64_t ctx, int64_t bs) {
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  const bool layers_only = argc > 1 && std::strcmp(argv[1], "--layers") == 0;
   if (!cuda_device_available()) {
     std::printf("no CUDA device: skipped\n");
     return 77;
@@ -123,287 +125,372 @@ int main(int argc, char** argv) {
   std::printf("rooflines: copy bandwidth %.0f GB/s (1 GiB device-to-device); bf16 GEMM %.0f TFLOP/s (%lld^3, cuBLASLt)\n\n",
               copy_gbs, peak_tflops, static_cast<long long>(G));
 
-  std::printf("%-44s %10s %12s %10s\n", "GEMM (Qwen2.5-1.5B shapes, bf16 weights)", "time (us)", "rate", "of roofline");
-  struct Shape {
-    const char* name;
-    int64_t n, k;
-  };
-  const Shape shapes[] = {{"q_proj 1536x1536", 1536, 1536},   {"k_proj/v_proj 256x1536", 256, 1536},
-                          {"gate/up 8960x1536", 8960, 1536},   {"down 1536x8960", 1536, 8960},
-                          {"lm_head 151936x1536", 151936, 1536}};
-  for (int64_t M : {int64_t(1), int64_t(256)}) {
-    for (const auto& s : shapes) {
-      Tensor w = random_tensor(be, {s.n, s.k}, DType::BF16), x = random_tensor(be, {M, s.k}, DType::BF16);
-      Tensor y = be.empty({M, s.n}, DType::F32);
-      const double ms = graph_ms(be, [&] { be.linear(x, w, nullptr, y); });
-      char name[96];
-      std::snprintf(name, sizeof name, "M=%lld %s", static_cast<long long>(M), s.name);
-      if (M == 1) {
-        const double gbs = 2.0 * s.n * s.k / (ms * 1e-3) / 1e9;
-        std::printf("%-44s %10.1f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
-      } else {
-        const double tf = 2.0 * M * s.n * s.k / (ms * 1e-3) / 1e12;
-        std::printf("%-44s %10.1f %5.0f TFLOP/s %8.0f%%\n", name, ms * 1e3, tf, 100 * tf / peak_tflops);
-      }
-    }
-  }
-
-  // What a step with a token count not seen before pays on the host. cuBLASLt's heuristic is asked
-  // once per weight shape and token-count bucket and its answer checked against each new exact count;
-  // a continuous batch's token count changes nearly every step. Wall time of one gate/up GEMM (call +
-  // synchronize) at its first call, less the same call repeated: 16 new counts inside a known bucket,
-  // the first counts of 8 new buckets, and (heuristic asked per count) each of 8 counts in a region
-  // not run before, one by one (the first may load a kernel not loaded before).
-  {
-    const int64_t N = 8960, K = 1536, Tmax = 4200;
-    Tensor w = random_tensor(be, {N, K}, DType::BF16), x = random_tensor(be, {Tmax, K}, DType::BF16);
-    Tensor y = be.empty({Tmax, N}, DType::F32);
-    auto once = [&](int64_t T) {
-      Tensor xt = rows_view(x, 0, T), yt = rows_view(y, 0, T);
-      const auto t0 = std::chrono::steady_clock::now();
-      be.linear(xt, w, nullptr, yt);
-      cudaDeviceSynchronize();
-      return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
-    };
-    auto first_less_repeat = [&](const std::vector<int64_t>& counts) {
-      std::vector<double> fresh;
-      for (int64_t T : counts) fresh.push_back(once(T));
-      for (size_t i = 0; i < counts.size(); ++i) fresh[i] -= once(counts[i]);
-      return fresh;
-    };
-    auto mean = [](const std::vector<double>& v) {
-      double s = 0;
-      for (double d : v) s += d;
-      return s / static_cast<double>(v.size());
-    };
-    once(1000);  // kernels loaded, bucket 1024 known
-    std::vector<int64_t> inside, buckets = {1100, 1300, 1500, 1700, 1900, 2100, 2300, 2500};
-    for (int64_t T = 1001; T <= 1016; ++T) inside.push_back(T);
-    const double in_bucket = mean(first_less_repeat(inside)), new_bucket = mean(first_less_repeat(buckets));
-    be.set_gemm_heuristic_per_token_count(true);
-    const std::vector<double> each = first_less_repeat({3001, 3002, 3003, 3004, 3005, 3006, 3007, 3008});
-    be.set_gemm_heuristic_per_token_count(false);
-    std::printf("\n%-44s %10.1f us in a known bucket, %.1f us for a new bucket\n",
-                "gate/up GEMM: host cost of a new token count", in_bucket, new_bucket);
-    std::printf("%-44s", "  heuristic per count, T = 3001..3008 (us)");
-    for (double d : each) std::printf(" %.0f", d);
-    std::printf("\n");
-  }
-
-  // The bucket's algorithm against the heuristic's answer for the exact count: GPU time of the four
-  // GEMMs of a Qwen2.5-1.5B layer (qkv with bias, o_proj, gate/up, down) at token counts across buckets.
-  {
-    std::printf("\n%-44s %12s %12s %8s\n", "layer GEMMs (qkv, o, gate/up, down) at T", "bucket (us)", "exact (us)", "ratio");
-    struct G {
+  if (!layers_only) {
+    std::printf("%-44s %10s %12s %10s\n", "GEMM (Qwen2.5-1.5B shapes, bf16 weights)", "time (us)", "rate", "of roofline");
+    struct Shape {
+      const char* name;
       int64_t n, k;
-      bool bias;
     };
-    const G gs[] = {{2048, 1536, true}, {1536, 1536, false}, {8960, 1536, false}, {1536, 8960, false}};
-    const int64_t Tmax = 6000;
-    std::vector<Tensor> ws, bs;
-    for (const G& q : gs) {
-      ws.push_back(random_tensor(be, {q.n, q.k}, DType::BF16));
-      bs.push_back(random_tensor(be, {q.n}, DType::F32));
-    }
-    Tensor x = random_tensor(be, {Tmax, 8960}, DType::BF16), y = be.empty({Tmax, 8960}, DType::F32);
-    double worst = 1, sum_b = 0, sum_e = 0;
-    for (int64_t T : {6, 100, 257, 300, 600, 1001, 1500, 2100, 3000, 4000, 5000}) {
-      // Each way twice, interleaved (bucket, exact, exact, bucket); the faster of each way's two.
-      double t[2] = {1e30, 1e30};
-      for (int exact : {0, 1, 1, 0}) {
-        be.set_gemm_heuristic_per_token_count(exact == 1);
-        double sum = 0;
-        for (size_t i = 0; i < ws.size(); ++i) {
-          Tensor xt = x, yt = y;  // T rows of k (n) columns over the same storage
-          xt.shape = {T, gs[i].k};
-          yt.shape = {T, gs[i].n};
-          sum += median_ms([&] { be.linear(xt, ws[i], gs[i].bias ? &bs[i] : nullptr, yt); }, 10) * 1e3;
+    const Shape shapes[] = {{"q_proj 1536x1536", 1536, 1536},   {"k_proj/v_proj 256x1536", 256, 1536},
+                            {"gate/up 8960x1536", 8960, 1536},   {"down 1536x8960", 1536, 8960},
+                            {"lm_head 151936x1536", 151936, 1536}};
+    for (int64_t M : {int64_t(1), int64_t(256)}) {
+      for (const auto& s : shapes) {
+        Tensor w = random_tensor(be, {s.n, s.k}, DType::BF16), x = random_tensor(be, {M, s.k}, DType::BF16);
+        Tensor y = be.empty({M, s.n}, DType::F32);
+        const double ms = graph_ms(be, [&] { be.linear(x, w, nullptr, y); });
+        char name[96];
+        std::snprintf(name, sizeof name, "M=%lld %s", static_cast<long long>(M), s.name);
+        if (M == 1) {
+          const double gbs = 2.0 * s.n * s.k / (ms * 1e-3) / 1e9;
+          std::printf("%-44s %10.1f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+        } else {
+          const double tf = 2.0 * M * s.n * s.k / (ms * 1e-3) / 1e12;
+          std::printf("%-44s %10.1f %5.0f TFLOP/s %8.0f%%\n", name, ms * 1e3, tf, 100 * tf / peak_tflops);
         }
-        t[exact] = std::min(t[exact], sum);
       }
-      be.set_gemm_heuristic_per_token_count(false);
-      char name[64];
-      std::snprintf(name, sizeof name, "T = %lld (bucket %lld)", static_cast<long long>(T),
-                    static_cast<long long>(CudaBackend::gemm_token_bucket(T)));
-      std::printf("%-44s %12.1f %12.1f %8.3f\n", name, t[0], t[1], t[0] / t[1]);
-      worst = std::max(worst, t[0] / t[1]);
-      sum_b += t[0];
-      sum_e += t[1];
     }
-    std::printf("%-44s %12.1f %12.1f %8.3f (worst %.3f)\n", "all counts", sum_b, sum_e, sum_b / sum_e, worst);
-  }
 
-  // A GEMV's fixed cost in a chain: N x 1536 weights (1 token), 28 distinct matrices back to back in a
-  // graph (weights from HBM, as a decode step streams its layers), for growing N; the least-squares
-  // line through (bytes, time) gives the steady-state bandwidth (slope) and the per-kernel cost that
-  // does not shrink with the bytes (intercept: launch, wait on the previous kernel, ramp and tail).
-  {
-    std::printf("\n%-44s %10s %12s %10s\n", "GEMV chain (28 distinct N x 1536, 1 token)", "us/call", "rate", "of copy");
-    double sx = 0, sy = 0, sxx = 0, sxy = 0;
-    int pts = 0;
-    for (int64_t N : {int64_t(1536), int64_t(4480), int64_t(8960), int64_t(17920), int64_t(35840)}) {
-      const int64_t K = 1536, chain = 28;
-      std::vector<Tensor> ws;
-      for (int64_t i = 0; i < chain; ++i) ws.push_back(random_tensor(be, {N, K}, DType::BF16));
-      Tensor x = random_tensor(be, {1, K}, DType::BF16), y = be.empty({1, N}, DType::F32);
-      const double ms = graph_ms(be, [&] { for (auto& w : ws) be.linear(x, w, nullptr, y); }, 1) / chain;
-      const double bytes = 2.0 * N * K, gbs = bytes / (ms * 1e-3) / 1e9;
-      char name[96];
-      std::snprintf(name, sizeof name, "N=%lld (%.1f MB)", static_cast<long long>(N), bytes / 1e6);
-      std::printf("%-44s %10.2f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
-      sx += bytes; sy += ms * 1e3; sxx += bytes * bytes; sxy += bytes * ms * 1e3; ++pts;
+    // What a step with a token count not seen before pays on the host. cuBLASLt's heuristic is asked
+    // once per weight shape and token-count bucket and its answer checked against each new exact count;
+    // a continuous batch's token count changes nearly every step. Wall time of one gate/up GEMM (call +
+    // synchronize) at its first call, less the same call repeated: 16 new counts inside a known bucket,
+    // the first counts of 8 new buckets, and (heuristic asked per count) each of 8 counts in a region
+    // not run before, one by one (the first may load a kernel not loaded before).
+    {
+      const int64_t N = 8960, K = 1536, Tmax = 4200;
+      Tensor w = random_tensor(be, {N, K}, DType::BF16), x = random_tensor(be, {Tmax, K}, DType::BF16);
+      Tensor y = be.empty({Tmax, N}, DType::F32);
+      auto once = [&](int64_t T) {
+        Tensor xt = rows_view(x, 0, T), yt = rows_view(y, 0, T);
+        const auto t0 = std::chrono::steady_clock::now();
+        be.linear(xt, w, nullptr, yt);
+        cudaDeviceSynchronize();
+        return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+      };
+      auto first_less_repeat = [&](const std::vector<int64_t>& counts) {
+        std::vector<double> fresh;
+        for (int64_t T : counts) fresh.push_back(once(T));
+        for (size_t i = 0; i < counts.size(); ++i) fresh[i] -= once(counts[i]);
+        return fresh;
+      };
+      auto mean = [](const std::vector<double>& v) {
+        double s = 0;
+        for (double d : v) s += d;
+        return s / static_cast<double>(v.size());
+      };
+      once(1000);  // kernels loaded, bucket 1024 known
+      std::vector<int64_t> inside, buckets = {1100, 1300, 1500, 1700, 1900, 2100, 2300, 2500};
+      for (int64_t T = 1001; T <= 1016; ++T) inside.push_back(T);
+      const double in_bucket = mean(first_less_repeat(inside)), new_bucket = mean(first_less_repeat(buckets));
+      be.set_gemm_heuristic_per_token_count(true);
+      const std::vector<double> each = first_less_repeat({3001, 3002, 3003, 3004, 3005, 3006, 3007, 3008});
+      be.set_gemm_heuristic_per_token_count(false);
+      std::printf("\n%-44s %10.1f us in a known bucket, %.1f us for a new bucket\n",
+                  "gate/up GEMM: host cost of a new token count", in_bucket, new_bucket);
+      std::printf("%-44s", "  heuristic per count, T = 3001..3008 (us)");
+      for (double d : each) std::printf(" %.0f", d);
+      std::printf("\n");
     }
-    const double slope = (pts * sxy - sx * sy) / (pts * sxx - sx * sx), icept = (sy - slope * sx) / pts;
-    std::printf("%-44s %10.2f us per kernel, steady %.0f GB/s (%.0f%% of copy)\n", "fit: time = fixed + bytes / rate", icept,
-                1e-3 / slope, 100 * (1e-3 / slope) / copy_gbs);
+
+    // The bucket's algorithm against the heuristic's answer for the exact count: GPU time of the four
+    // GEMMs of a Qwen2.5-1.5B layer (qkv with bias, o_proj, gate/up, down) at token counts across buckets.
+    {
+      std::printf("\n%-44s %12s %12s %8s\n", "layer GEMMs (qkv, o, gate/up, down) at T", "bucket (us)", "exact (us)", "ratio");
+      struct G {
+        int64_t n, k;
+        bool bias;
+      };
+      const G gs[] = {{2048, 1536, true}, {1536, 1536, false}, {8960, 1536, false}, {1536, 8960, false}};
+      const int64_t Tmax = 6000;
+      std::vector<Tensor> ws, bs;
+      for (const G& q : gs) {
+        ws.push_back(random_tensor(be, {q.n, q.k}, DType::BF16));
+        bs.push_back(random_tensor(be, {q.n}, DType::F32));
+      }
+      Tensor x = random_tensor(be, {Tmax, 8960}, DType::BF16), y = be.empty({Tmax, 8960}, DType::F32);
+      double worst = 1, sum_b = 0, sum_e = 0;
+      for (int64_t T : {6, 100, 257, 300, 600, 1001, 1500, 2100, 3000, 4000, 5000}) {
+        // Each way twice, interleaved (bucket, exact, exact, bucket); the faster of each way's two.
+        double t[2] = {1e30, 1e30};
+        for (int exact : {0, 1, 1, 0}) {
+          be.set_gemm_heuristic_per_token_count(exact == 1);
+          double sum = 0;
+          for (size_t i = 0; i < ws.size(); ++i) {
+            Tensor xt = x, yt = y;  // T rows of k (n) columns over the same storage
+            xt.shape = {T, gs[i].k};
+            yt.shape = {T, gs[i].n};
+            sum += median_ms([&] { be.linear(xt, ws[i], gs[i].bias ? &bs[i] : nullptr, yt); }, 10) * 1e3;
+          }
+          t[exact] = std::min(t[exact], sum);
+        }
+        be.set_gemm_heuristic_per_token_count(false);
+        char name[64];
+        std::snprintf(name, sizeof name, "T = %lld (bucket %lld)", static_cast<long long>(T),
+                      static_cast<long long>(CudaBackend::gemm_token_bucket(T)));
+        std::printf("%-44s %12.1f %12.1f %8.3f\n", name, t[0], t[1], t[0] / t[1]);
+        worst = std::max(worst, t[0] / t[1]);
+        sum_b += t[0];
+        sum_e += t[1];
+      }
+      std::printf("%-44s %12.1f %12.1f %8.3f (worst %.3f)\n", "all counts", sum_b, sum_e, sum_b / sum_e, worst);
+    }
+
+    // A GEMV's fixed cost in a chain: N x 1536 weights (1 token), 28 distinct matrices back to back in a
+    // graph (weights from HBM, as a decode step streams its layers), for growing N; the least-squares
+    // line through (bytes, time) gives the steady-state bandwidth (slope) and the per-kernel cost that
+    // does not shrink with the bytes (intercept: launch, wait on the previous kernel, ramp and tail).
+    {
+      std::printf("\n%-44s %10s %12s %10s\n", "GEMV chain (28 distinct N x 1536, 1 token)", "us/call", "rate", "of copy");
+      double sx = 0, sy = 0, sxx = 0, sxy = 0;
+      int pts = 0;
+      for (int64_t N : {int64_t(1536), int64_t(4480), int64_t(8960), int64_t(17920), int64_t(35840)}) {
+        const int64_t K = 1536, chain = 28;
+        std::vector<Tensor> ws;
+        for (int64_t i = 0; i < chain; ++i) ws.push_back(random_tensor(be, {N, K}, DType::BF16));
+        Tensor x = random_tensor(be, {1, K}, DType::BF16), y = be.empty({1, N}, DType::F32);
+        const double ms = graph_ms(be, [&] { for (auto& w : ws) be.linear(x, w, nullptr, y); }, 1) / chain;
+        const double bytes = 2.0 * N * K, gbs = bytes / (ms * 1e-3) / 1e9;
+        char name[96];
+        std::snprintf(name, sizeof name, "N=%lld (%.1f MB)", static_cast<long long>(N), bytes / 1e6);
+        std::printf("%-44s %10.2f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+        sx += bytes; sy += ms * 1e3; sxx += bytes * bytes; sxy += bytes * ms * 1e3; ++pts;
+      }
+      const double slope = (pts * sxy - sx * sy) / (pts * sxx - sx * sx), icept = (sy - slope * sx) / pts;
+      std::printf("%-44s %10.2f us per kernel, steady %.0f GB/s (%.0f%% of copy)\n", "fit: time = fixed + bytes / rate", icept,
+                  1e-3 / slope, 100 * (1e-3 / slope) / copy_gbs);
+    }
+
   }
 
   // Attention: Qwen2.5-1.5B heads (12 query, 2 KV, head_dim 128), bf16 cache, blocks of 16.
   const int64_t Hq = 12, Hk = 2, D = 128, bs = 16;
-  std::printf("\n%-44s %10s %12s %10s\n", "attention (12 q heads, 2 KV heads, D=128)", "time (us)", "rate", "of roofline");
-  struct Case {
-    int64_t seqs, q_len, ctx;
-  };
-  const Case cases[] = {{1, 1, 1024}, {1, 1, 8192}, {64, 1, 1024}, {256, 1, 768}, {1, 2048, 2048}};
-  for (const auto& c : cases) {
-    const StepMeta m = attention_step(c.seqs, c.q_len, c.ctx, bs);
-    be.begin_step(m);
-    const int64_t blocks = c.seqs * ((c.ctx + bs - 1) / bs);
-    Tensor kc = random_tensor(be, {blocks, bs, Hk, D}, DType::BF16, 1.f), vc = random_tensor(be, {blocks, bs, Hk, D}, DType::BF16, 1.f);
-    const int64_t T = m.num_tokens();
-    Tensor q = random_tensor(be, {T, Hq * D}, DType::BF16, 1.f), out = be.empty({T, Hq * D}, DType::BF16);
-    const double ms = graph_ms(be, [&] { be.attention(q, kc, vc, D, bs, 0.0884f, out); }, c.q_len > 1 ? 3 : 20);
-    char name[96];
-    if (c.q_len == 1) {
-      std::snprintf(name, sizeof name, "decode: %lld seqs x %lld context", static_cast<long long>(c.seqs),
-                    static_cast<long long>(c.ctx));
-      const double bytes = 2.0 * c.seqs * c.ctx * Hk * D * 2;
-      const double gbs = bytes / (ms * 1e-3) / 1e9;
-      std::printf("%-44s %10.1f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
-    } else {
-      std::snprintf(name, sizeof name, "prefill: %lld causal tokens", static_cast<long long>(c.q_len));
-      const double flops = 4.0 * Hq * D * (double(c.q_len) * (c.q_len + 1) / 2);
-      const double tf = flops / (ms * 1e-3) / 1e12;
-      std::printf("%-44s %10.1f %5.1f TFLOP/s %8.1f%%\n", name, ms * 1e3, tf, 100 * tf / peak_tflops);
+  if (!layers_only) {
+    std::printf("\n%-44s %10s %12s %10s\n", "attention (12 q heads, 2 KV heads, D=128)", "time (us)", "rate", "of roofline");
+    struct Case {
+      int64_t seqs, q_len, ctx;
+    };
+    const Case cases[] = {{1, 1, 1024}, {1, 1, 8192}, {64, 1, 1024}, {256, 1, 768}, {1, 2048, 2048}};
+    for (const auto& c : cases) {
+      const StepMeta m = attention_step(c.seqs, c.q_len, c.ctx, bs);
+      be.begin_step(m);
+      const int64_t blocks = c.seqs * ((c.ctx + bs - 1) / bs);
+      Tensor kc = random_tensor(be, {blocks, bs, Hk, D}, DType::BF16, 1.f), vc = random_tensor(be, {blocks, bs, Hk, D}, DType::BF16, 1.f);
+      const int64_t T = m.num_tokens();
+      Tensor q = random_tensor(be, {T, Hq * D}, DType::BF16, 1.f), out = be.empty({T, Hq * D}, DType::BF16);
+      const double ms = graph_ms(be, [&] { be.attention(q, kc, vc, D, bs, 0.0884f, out); }, c.q_len > 1 ? 3 : 20);
+      char name[96];
+      if (c.q_len == 1) {
+        std::snprintf(name, sizeof name, "decode: %lld seqs x %lld context", static_cast<long long>(c.seqs),
+                      static_cast<long long>(c.ctx));
+        const double bytes = 2.0 * c.seqs * c.ctx * Hk * D * 2;
+        const double gbs = bytes / (ms * 1e-3) / 1e9;
+        std::printf("%-44s %10.1f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+      } else {
+        std::snprintf(name, sizeof name, "prefill: %lld causal tokens", static_cast<long long>(c.q_len));
+        const double flops = 4.0 * Hq * D * (double(c.q_len) * (c.q_len + 1) / 2);
+        const double tf = flops / (ms * 1e-3) / 1e12;
+        std::printf("%-44s %10.1f %5.1f TFLOP/s %8.1f%%\n", name, ms * 1e3, tf, 100 * tf / peak_tflops);
+      }
     }
+
   }
 
-  // A batch-1 decode step's layer ops as the model runs them: 28 layers of distinct weights (so they
-  // stream from memory, not the L2), one graph replaying each op over all layers back to back, then
-  // the whole layer; context 160 of a graph recorded for 4096. Floor: weight bytes / copy bandwidth.
+  // A step's layer ops as the model runs them: 28 layers of distinct weights (so they stream from
+  // memory, not the L2), one graph replaying each op over all layers back to back, then the whole
+  // layer. Decode steps as a graph recorded for 4096 positions runs them: batch 1 at context 160, and
+  // 256 sequences at context 640 (the 256-way throughput run's decode steps); and a prefill step of 16
+  // whole 512-token prompts (that run's prefill steps, 8,192 tokens). Floor: the larger of the bytes
+  // (weights, KV cache) at the copy bandwidth and the FLOPs at the bf16 GEMM peak.
   {
-    const int64_t L = 28, H = 1536, I = 8960, ctx = 160;
-    StepMeta m = attention_step(1, 1, ctx, bs);
-    m.max_context = 4096;
-    be.begin_step(m);
+    const int64_t L = 28, H = 1536, I = 8960;
     struct Layer {
-      Tensor norm1, norm2, wq, wk, wv, bq, bk, bv, wo, wg, wu, wd, kc, vc;
+      Tensor norm1, norm2, wq, wk, wv, bq, bk, bv, wo, wg, wu, wd;
     };
     std::vector<Layer> ls(L);
-    const int64_t cache_blocks = (ctx + bs - 1) / bs;
-    for (auto& l : ls) {
+    for (auto& l : ls) {  // q/k/v (and their biases) and gate/up stacked, as the model loads them
       l.norm1 = random_tensor(be, {H}, DType::BF16);
       l.norm2 = random_tensor(be, {H}, DType::BF16);
-      l.wq = random_tensor(be, {Hq * D, H}, DType::BF16, 0.05f);
-      l.wk = random_tensor(be, {Hk * D, H}, DType::BF16, 0.05f);
-      l.wv = random_tensor(be, {Hk * D, H}, DType::BF16, 0.05f);
-      l.bq = random_tensor(be, {Hq * D}, DType::F32);
-      l.bk = random_tensor(be, {Hk * D}, DType::F32);
-      l.bv = random_tensor(be, {Hk * D}, DType::F32);
+      const Tensor wqkv = random_tensor(be, {(Hq + 2 * Hk) * D, H}, DType::BF16, 0.05f);
+      l.wq = rows_view(wqkv, 0, Hq * D), l.wk = rows_view(wqkv, Hq * D, Hk * D), l.wv = rows_view(wqkv, (Hq + Hk) * D, Hk * D);
+      const Tensor bqkv = random_tensor(be, {(Hq + 2 * Hk) * D}, DType::F32);
+      l.bq = rows_view(bqkv, 0, Hq * D), l.bk = rows_view(bqkv, Hq * D, Hk * D), l.bv = rows_view(bqkv, (Hq + Hk) * D, Hk * D);
       l.wo = random_tensor(be, {H, Hq * D}, DType::BF16, 0.05f);
-      l.wg = random_tensor(be, {I, H}, DType::BF16, 0.05f);
-      l.wu = random_tensor(be, {I, H}, DType::BF16, 0.05f);
+      const Tensor wgu = random_tensor(be, {2 * I, H}, DType::BF16, 0.05f);
+      l.wg = rows_view(wgu, 0, I), l.wu = rows_view(wgu, I, I);
       l.wd = random_tensor(be, {H, I}, DType::BF16, 0.02f);
-      l.kc = random_tensor(be, {cache_blocks, bs, Hk, D}, DType::BF16);
-      l.vc = random_tensor(be, {cache_blocks, bs, Hk, D}, DType::BF16);
     }
-    Tensor x = random_tensor(be, {1, H}, DType::F32), h = be.empty({1, H}, DType::BF16), proj = be.empty({1, H}, DType::F32);
     Tensor inv = random_tensor(be, {D / 2}, DType::F32, 0.01f);
-    Tensor q = be.empty({1, Hq * D}, DType::F32), k = be.empty({1, Hk * D}, DType::F32), v = be.empty({1, Hk * D}, DType::F32);
-    Tensor attn = be.empty({1, Hq * D}, DType::BF16), gate = be.empty({1, I}, DType::F32), up = be.empty({1, I}, DType::F32);
-    Tensor act = be.empty({1, I}, DType::BF16);
     const float eps = 1e-6f;
-    auto qkv = [&](Layer& l) {
-      be.norm_qkv_rope_kv_write(x, {l.norm1, eps, h}, l.wq, &l.bq, q, l.wk, &l.bk, k, l.wv, &l.bv, v, inv, D, l.kc, l.vc);
+    struct StepCase {
+      int64_t seqs, q_len, ctx;
     };
-    auto att = [&](Layer& l) { be.attention(q, l.kc, l.vc, D, bs, 0.0884f, attn); };
-    auto oproj = [&](Layer& l) { be.linear_residual(attn, l.wo, proj, x); };
-    auto mlp_in = [&](Layer& l) { be.norm_gate_up_silu(x, {l.norm2, eps, h}, l.wg, l.wu, gate, up, act); };
-    auto down = [&](Layer& l) { be.linear_residual(act, l.wd, proj, x); };
-    struct Op {
-      const char* name;
-      std::function<void(Layer&)> fn;
-      double bytes;
-    };
-    const double kv_bytes = 2.0 * ctx * Hk * D * 2;
-    const Op ops[] = {{"norm + q/k/v + RoPE + KV write", qkv, 2.0 * (Hq + 2 * Hk) * D * H},
-                      {"attention (context 160)", att, kv_bytes},
-                      {"o_proj + residual", oproj, 2.0 * H * Hq * D},
-                      {"norm + gate/up + SiLU", mlp_in, 2.0 * 2 * I * H},
-                      {"down + residual", down, 2.0 * H * I}};
-    std::printf("\n%-44s %10s %12s %10s\n", "decode layer, batch 1 (28 layers, PDL chain)", "us/layer", "rate",
-                "of roofline");
-    double layer_bytes = 0;
-    for (const Op& op : ops) {
-      const double ms = graph_ms(be, [&] { for (auto& l : ls) op.fn(l); }, 1) / L;
-      const double gbs = op.bytes / (ms * 1e-3) / 1e9;
-      layer_bytes += op.bytes;
-      std::printf("%-44s %10.2f %7.0f GB/s %9.0f%%\n", op.name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
-    }
-    const double ms = graph_ms(be, [&] {
-      for (auto& l : ls)
-        for (const Op& op : ops) op.fn(l);
-    }, 1) / L;
-    const double floor_us = layer_bytes / (copy_gbs * 1e9) * 1e6;
-    std::printf("%-44s %10.2f %7.0f GB/s %9.0f%%  (floor %.2f us)\n", "whole layer", ms * 1e3,
-                layer_bytes / (ms * 1e-3) / 1e9, 100 * floor_us / (ms * 1e3), floor_us);
-  }
-
-  // The sampler's draw over vocabulary-sized float32 logits rows (uniform in [-3, 3]: flat rows, the
-  // filters' hard case): greedy, and sampled with top-k 50, top-p 0.9 and 10 penalty edits per row.
-  // GB/s of one read of the logits.
-  std::printf("\n%-44s %10s %12s %10s\n", "sampler draw (151936 logits per row)", "time (us)", "rate", "of roofline");
-  const int64_t V = 151936;
-  for (bool filters : {false, true})
-    for (int64_t n : {int64_t(1), int64_t(256)}) {
-      Tensor logits = random_tensor(be, {n, V}, DType::F32, 3.f);
-      std::vector<RowDraw> rows(static_cast<size_t>(n));
-      std::vector<LogitEdit> edits;
-      for (size_t i = 0; i < rows.size(); ++i) {
-        RowDraw& r = rows[i];
-        r.greedy = !filters;
-        if (filters) {
-          r.inv_temperature = 1.f / 0.8f;
-          r.top_k = 50;
-          r.top_p = 0.9;
-          r.seed = static_cast<int64_t>(i);
-          for (int e = 0; e < 10; ++e) {
-            LogitEdit le;
-            le.row = static_cast<int32_t>(i);
-            le.col = 1000 * e + 7;
-            le.rep = 1.1f;
-            edits.push_back(le);
-          }
+    for (const StepCase& sc : {StepCase{1, 1, 160}, StepCase{256, 1, 640}, StepCase{16, 512, 512}}) {
+      if (quick && sc.seqs > 1) continue;
+      const int64_t B = sc.seqs * sc.q_len, ctx = sc.ctx, S = sc.seqs;  // B: the step's tokens
+      StepMeta m = attention_step(S, sc.q_len, ctx, bs);
+      if (sc.q_len == 1) m.max_context = 4096;
+      be.begin_step(m);
+      // Caches of zeros (the timing does not depend on the values; random ones would take minutes to make).
+      const int64_t cache_blocks = S * ((ctx + bs - 1) / bs);
+      std::vector<Tensor> kcs, vcs;
+      for (int64_t i = 0; i < L; ++i) {
+        for (auto* c : {&kcs, &vcs}) {
+          c->push_back(be.empty({cache_blocks, bs, Hk, D}, DType::BF16));
+          cudaMemset(c->back().data, 0, c->back().bytes());
         }
       }
-      void *dev_rows = nullptr, *dev_edits = nullptr;
-      cudaMalloc(&dev_rows, rows.size() * sizeof(RowDraw));
-      cudaMemcpy(dev_rows, rows.data(), rows.size() * sizeof(RowDraw), cudaMemcpyHostToDevice);
-      cudaMalloc(&dev_edits, std::max<size_t>(edits.size(), 1) * sizeof(LogitEdit));
-      if (!edits.empty()) cudaMemcpy(dev_edits, edits.data(), edits.size() * sizeof(LogitEdit), cudaMemcpyHostToDevice);
-      Tensor best = be.empty({n}, DType::F32), idx = be.empty({n}, DType::F32);
+      Tensor x = random_tensor(be, {B, H}, DType::F32), h = be.empty({B, H}, DType::BF16), proj = be.empty({B, H}, DType::F32);
+      Tensor q = be.empty({B, Hq * D}, DType::F32), k = be.empty({B, Hk * D}, DType::F32), v = be.empty({B, Hk * D}, DType::F32);
+      Tensor attn = be.empty({B, Hq * D}, DType::BF16), gate_up = be.empty({B, 2 * I}, DType::F32);
+      Tensor act = be.empty({B, I}, DType::BF16);
+      auto qkv = [&](int64_t i) {
+        Layer& l = ls[i];
+        be.norm_qkv_rope_kv_write(x, {l.norm1, eps, h}, l.wq, &l.bq, q, l.wk, &l.bk, k, l.wv, &l.bv, v, inv, D, kcs[i], vcs[i]);
+      };
+      auto att = [&](int64_t i) { be.attention(q, kcs[i], vcs[i], D, bs, 0.0884f, attn); };
+      auto oproj = [&](int64_t i) { be.linear_residual(attn, ls[i].wo, proj, x); };
+      auto mlp_in = [&](int64_t i) { be.norm_gate_up_silu(x, {ls[i].norm2, eps, h}, ls[i].wg, ls[i].wu, gate_up, act); };
+      auto down = [&](int64_t i) { be.linear_residual(act, ls[i].wd, proj, x); };
+      struct Op {
+        const char* name;
+        std::function<void(int64_t)> fn;
+        double bytes, flops;
+      };
+      const double kv_bytes = 2.0 * S * ctx * Hk * D * 2;
+      // Causal attention FLOPs: each new token scores the context up to itself.
+      const double att_flops = 4.0 * Hq * D * S * (sc.q_len * double(ctx) - double(sc.q_len) * (sc.q_len - 1) / 2);
+      char att_name[64];
+      std::snprintf(att_name, sizeof att_name, "attention (context %lld)", static_cast<long long>(ctx));
+      const Op ops[] = {{"norm + q/k/v + RoPE + KV write", qkv, 2.0 * (Hq + 2 * Hk) * D * H, 2.0 * B * (Hq + 2 * Hk) * D * H},
+                        {att_name, att, kv_bytes, att_flops},
+                        {"o_proj + residual", oproj, 2.0 * H * Hq * D, 2.0 * B * H * Hq * D},
+                        {"norm + gate/up + SiLU", mlp_in, 2.0 * 2 * I * H, 2.0 * B * 2 * I * H},
+                        {"down + residual", down, 2.0 * H * I, 2.0 * B * H * I}};
+      char title[96];
+      if (sc.q_len == 1)
+        std::snprintf(title, sizeof title, "decode layer, %lld seq%s (28 layers, graph)", static_cast<long long>(S), S > 1 ? "s" : "");
+      else
+        std::snprintf(title, sizeof title, "prefill layer, %lld x %lld tokens (28 layers)", static_cast<long long>(S),
+                      static_cast<long long>(sc.q_len));
+      std::printf("\n%-44s %10s %12s %10s %12s\n", title, "us/layer", "rate", "of copy", "TFLOP/s");
+      double layer_bytes = 0, layer_flops = 0;
+      for (const Op& op : ops) {
+        const double ms = graph_ms(be, [&] { for (int64_t i = 0; i < L; ++i) op.fn(i); }, 1) / L;
+        const double gbs = op.bytes / (ms * 1e-3) / 1e9;
+        layer_bytes += op.bytes;
+        layer_flops += op.flops;
+        std::printf("%-44s %10.2f %7.0f GB/s %9.0f%% %12.1f\n", op.name, ms * 1e3, gbs, 100 * gbs / copy_gbs,
+                    op.flops / (ms * 1e-3) / 1e12);
+      }
       const double ms = graph_ms(be, [&] {
-        cuda::draw_rows(logits.as<float>(), n, V, V, 0, static_cast<const RowDraw*>(dev_rows),
-                        static_cast<const LogitEdit*>(dev_edits), static_cast<int64_t>(edits.size()), filters,
-                        best.as<float>(), static_cast<int32_t*>(idx.data), be.stream());
-      });
-      cudaFree(dev_rows);
-      cudaFree(dev_edits);
-      char name[96];
-      std::snprintf(name, sizeof name, "draw: %lld rows%s", static_cast<long long>(n),
-                    filters ? ", top-k 50, top-p 0.9, penalties" : ", greedy");
-      const double gbs = 4.0 * n * V / (ms * 1e-3) / 1e9;
-      std::printf("%-44s %10.1f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+        for (int64_t i = 0; i < L; ++i)
+          for (const Op& op : ops) op.fn(i);
+      }, 1) / L;
+      const double floor_us = std::max(layer_bytes / (copy_gbs * 1e9), layer_flops / (peak_tflops * 1e12)) * 1e6;
+      std::printf("%-44s %10.2f %7.0f GB/s %9.0f%% %12.1f  (floor %.2f us: %.0f%% of it)\n", "whole layer", ms * 1e3,
+                  layer_bytes / (ms * 1e-3) / 1e9, 100 * layer_bytes / (ms * 1e-3) / 1e9 / copy_gbs,
+                  layer_flops / (ms * 1e-3) / 1e12, floor_us, 100 * floor_us / (ms * 1e3));
     }
+  }
+
+  // The MLP's and the attention's input projections over stacked weights (one GEMM each, as the model
+  // loads them) against separate allocations (one GEMM per matrix), by token count: 28 layers back to
+  // back in a graph, us per layer.
+  {
+    const int64_t L = 28, H = 1536, I = 8960, Nq = Hq * D, Nkv = Hk * D;
+    std::vector<Tensor> gu, g, u, qkv, q, k, v, spacer;
+    for (int64_t i = 0; i < L; ++i) {
+      gu.push_back(random_tensor(be, {2 * I, H}, DType::BF16));
+      qkv.push_back(random_tensor(be, {Nq + 2 * Nkv, H}, DType::BF16));
+      for (auto [list, n] : {std::pair<std::vector<Tensor>*, int64_t>{&g, I}, {&u, I}, {&q, Nq}, {&k, Nkv}, {&v, Nkv}}) {
+        list->push_back(random_tensor(be, {n, H}, DType::BF16));
+        spacer.push_back(be.empty({64}, DType::F32));  // no two matrices back to back in memory
+      }
+    }
+    for (int64_t i = 0; i < L; ++i)
+      if (stacked_rows({&g[i], &u[i]}) || stacked_rows({&q[i], &k[i]}) || stacked_rows({&k[i], &v[i]}))
+        std::printf("warning: separate matrices of layer %lld happen to lie back to back\n", static_cast<long long>(i));
+    Tensor norm = random_tensor(be, {H}, DType::BF16), inv = random_tensor(be, {D / 2}, DType::F32, 0.01f);
+    std::printf("\n%-44s %12s %12s %12s %12s\n", "input projections at T tokens (us/layer)", "gate/up: 1", "2 GEMMs",
+                "q/k/v: 1", "3 GEMMs");
+    for (int64_t T : {16, 64, 256, 512, 1024, 2048, 4096, 8192}) {
+      const int64_t S = T >= 512 ? T / 512 : T, ql = T >= 512 ? 512 : 1;  // whole 512-token prompts, or decodes
+      StepMeta m = attention_step(S, ql, ql == 1 ? 640 : 512, bs);
+      be.begin_step(m);
+      const int64_t blocks = S * ((std::max<int64_t>(ql, 640) + bs - 1) / bs);
+      Tensor kc = be.empty({blocks, bs, Hk, D}, DType::BF16), vc = be.empty({blocks, bs, Hk, D}, DType::BF16);
+      Tensor x = random_tensor(be, {T, H}, DType::F32), h = be.empty({T, H}, DType::BF16);
+      Tensor scratch = be.empty({T, 2 * I}, DType::F32), act = be.empty({T, I}, DType::BF16);
+      Tensor qo = be.empty({T, Nq}, DType::F32), ko = be.empty({T, Nkv}, DType::F32), vo = be.empty({T, Nkv}, DType::F32);
+      double t[4];
+      for (int way = 0; way < 4; ++way) {
+        t[way] = graph_ms(be, [&] {
+          for (int64_t i = 0; i < L; ++i) {
+            if (way < 2) {
+              const Tensor wg = way == 0 ? rows_view(gu[i], 0, I) : g[i], wu = way == 0 ? rows_view(gu[i], I, I) : u[i];
+              be.norm_gate_up_silu(x, {norm, 1e-6f, h}, wg, wu, scratch, act);
+            } else {
+              const Tensor wq = way == 2 ? rows_view(qkv[i], 0, Nq) : q[i], wk = way == 2 ? rows_view(qkv[i], Nq, Nkv) : k[i];
+              const Tensor wv = way == 2 ? rows_view(qkv[i], Nq + Nkv, Nkv) : v[i];
+              be.norm_qkv_rope_kv_write(x, {norm, 1e-6f, h}, wq, nullptr, qo, wk, nullptr, ko, wv, nullptr, vo, inv, D, kc, vc);
+            }
+          }
+        }, 1) / L * 1e3;
+      }
+      char name[64];
+      std::snprintf(name, sizeof name, "T = %lld", static_cast<long long>(T));
+      std::printf("%-44s %12.2f %12.2f %12.2f %12.2f\n", name, t[0], t[1], t[2], t[3]);
+    }
+  }
+
+  if (!layers_only) {
+    // The sampler's draw over vocabulary-sized float32 logits rows (uniform in [-3, 3]: flat rows, the
+    // filters' hard case): greedy, and sampled with top-k 50, top-p 0.9 and 10 penalty edits per row.
+    // GB/s of one read of the logits.
+    std::printf("\n%-44s %10s %12s %10s\n", "sampler draw (151936 logits per row)", "time (us)", "rate", "of roofline");
+    const int64_t V = 151936;
+    for (bool filters : {false, true})
+      for (int64_t n : {int64_t(1), int64_t(256)}) {
+        Tensor logits = random_tensor(be, {n, V}, DType::F32, 3.f);
+        std::vector<RowDraw> rows(static_cast<size_t>(n));
+        std::vector<LogitEdit> edits;
+        for (size_t i = 0; i < rows.size(); ++i) {
+          RowDraw& r = rows[i];
+          r.greedy = !filters;
+          if (filters) {
+            r.inv_temperature = 1.f / 0.8f;
+            r.top_k = 50;
+            r.top_p = 0.9;
+            r.seed = static_cast<int64_t>(i);
+            for (int e = 0; e < 10; ++e) {
+              LogitEdit le;
+              le.row = static_cast<int32_t>(i);
+              le.col = 1000 * e + 7;
+              le.rep = 1.1f;
+              edits.push_back(le);
+            }
+          }
+        }
+        void *dev_rows = nullptr, *dev_edits = nullptr;
+        cudaMalloc(&dev_rows, rows.size() * sizeof(RowDraw));
+        cudaMemcpy(dev_rows, rows.data(), rows.size() * sizeof(RowDraw), cudaMemcpyHostToDevice);
+        cudaMalloc(&dev_edits, std::max<size_t>(edits.size(), 1) * sizeof(LogitEdit));
+        if (!edits.empty()) cudaMemcpy(dev_edits, edits.data(), edits.size() * sizeof(LogitEdit), cudaMemcpyHostToDevice);
+        Tensor best = be.empty({n}, DType::F32), idx = be.empty({n}, DType::F32);
+        const double ms = graph_ms(be, [&] {
+          cuda::draw_rows(logits.as<float>(), n, V, V, 0, static_cast<const RowDraw*>(dev_rows),
+                          static_cast<const LogitEdit*>(dev_edits), static_cast<int64_t>(edits.size()), filters,
+                          best.as<float>(), static_cast<int32_t*>(idx.data), be.stream());
+        });
+        cudaFree(dev_rows);
+        cudaFree(dev_edits);
+        char name[96];
+        std::snprintf(name, sizeof name, "draw: %lld rows%s", static_cast<long long>(n),
+                      filters ? ", top-k 50, top-p 0.9, penalties" : ", greedy");
+        const double gbs = 4.0 * n * V / (ms * 1e-3) / 1e9;
+        std::printf("%-44s %10.1f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+      }
+  }
   return 0;
 }

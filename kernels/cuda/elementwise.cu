@@ -53,6 +53,20 @@ __global__ void silu_mul_k(const TI* g, const TI* u, int64_t n, T* out) {
   for (int j = 0; j < V; ++j) a[j] = a[j] / (1.f + __expf(-a[j])) * b[j];
   store_vec<V>(out + i, a);
 }
+// V consecutive elements of one row per thread.
+template <typename T, int V>
+__global__ void silu_mul_halves_k(const float* gu, int64_t rows, int64_t I, T* out) {
+  pdl_enter();
+  const int64_t i = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * V;
+  if (i >= rows * I) return;
+  const int64_t r = i / I, c = i % I;
+  float a[V], b[V];
+  load_vec<V>(gu + r * 2 * I + c, a);
+  load_vec<V>(gu + r * 2 * I + I + c, b);
+#pragma unroll
+  for (int j = 0; j < V; ++j) a[j] = a[j] / (1.f + __expf(-a[j])) * b[j];
+  store_vec<V>(out + i, a);
+}
 template <typename T>
 __global__ void gather_k(const T* x, const int32_t* rows, int64_t n, int64_t C, T* out) {
   pdl_enter();
@@ -92,6 +106,13 @@ void silu_mul(const TI* g, const TI* u, int64_t n, T* out, cudaStream_t s) {
   launch("silu_mul", silu_mul_k<TI, T, 1>, blocks_for(n, 256), 256, 0, s, g, u, n, out);
 }
 template <typename T>
+void silu_mul_halves(const float* gu, int64_t rows, int64_t I, T* out, cudaStream_t s) {
+  if (rows * I == 0) return;
+  if (I % 4 == 0 && vec_ok(gu, 4, sizeof(float)) && vec_ok(out, 4, sizeof(T)))
+    return launch("silu_mul_halves", silu_mul_halves_k<T, 4>, blocks_for(rows * I / 4, 256), 256, 0, s, gu, rows, I, out);
+  launch("silu_mul_halves", silu_mul_halves_k<T, 1>, blocks_for(rows * I, 256), 256, 0, s, gu, rows, I, out);
+}
+template <typename T>
 void gather_rows(const T* x, const int32_t* rows, int64_t n, int64_t C, T* out, cudaStream_t s) {
   if (n * C == 0) return;
   launch("gather_rows", gather_k<T>, blocks_for(n * C, 256), 256, 0, s, x, rows, n, C, out);
@@ -111,6 +132,7 @@ void to_float(const T* in, int64_t n, float* out, cudaStream_t s) {
   template void embedding<T, T>(const T*, int64_t, int64_t, const int32_t*, int64_t, int64_t, T*, cudaStream_t);     \
   template void add<T, T>(T*, const T*, int64_t, cudaStream_t);                                                      \
   template void silu_mul<T, T>(const T*, const T*, int64_t, T*, cudaStream_t);                                       \
+  template void silu_mul_halves<T>(const float*, int64_t, int64_t, T*, cudaStream_t);                                 \
   template void gather_rows<T>(const T*, const int32_t*, int64_t, int64_t, T*, cudaStream_t);                        \
   template void from_float<T>(const float*, int64_t, T*, cudaStream_t);                                              \
   template void to_float<T>(const T*, int64_t, float*, cudaStream_t);

@@ -11,12 +11,14 @@
 namespace llmserve::cuda {
 namespace {
 
-// One thread per (token, rotation pair), looping over the heads: q rotated in place; k rotated and,
-// with v, written to the caches at the token's slot (k itself is left as it was). The angle's sine and
+// One thread per (token, rotation pair), looping over the heads: q rotated (from q_in, rows qs apart,
+// into q_out, rows Hq*D apart; the same array when in place); k rotated and, with v, written to the
+// caches at the token's slot (k and v rows kvs apart; k itself is left as it was). The angle's sine and
 // cosine are computed once per (token, pair), not once per head.
 template <typename T>
-__global__ void rope_kv_k(float* q, const float* k, const float* v, const int32_t* positions, const float* inv_freq,
-                          const int32_t* slots, int64_t n, int64_t Hq, int64_t Hk, int64_t D, T* kc, T* vc) {
+__global__ void rope_kv_k(const float* q_in, int64_t qs, float* q_out, const float* k, const float* v, int64_t kvs,
+                          const int32_t* positions, const float* inv_freq, const int32_t* slots, int64_t n, int64_t Hq,
+                          int64_t Hk, int64_t D, T* kc, T* vc) {
   pdl_enter();
   const int64_t half = D / 2;
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -26,15 +28,16 @@ __global__ void rope_kv_k(float* q, const float* k, const float* v, const int32_
   float sn, cs;
   sincosf(a, &sn, &cs);
   for (int64_t h = 0; h < Hq; ++h) {
-    float* r = q + (t * Hq + h) * D;
+    const float* r = q_in + t * qs + h * D;
+    float* o = q_out + (t * Hq + h) * D;
     const float x1 = r[i], x2 = r[i + half];
-    r[i] = x1 * cs - x2 * sn;
-    r[i + half] = x2 * cs + x1 * sn;
+    o[i] = x1 * cs - x2 * sn;
+    o[i + half] = x2 * cs + x1 * sn;
   }
   const int64_t slot = slots[t];
   if (slot < 0) return;
   for (int64_t kh = 0; kh < Hk; ++kh) {
-    const int64_t src = (t * Hk + kh) * D, dst = (slot * Hk + kh) * D;
+    const int64_t src = t * kvs + kh * D, dst = (slot * Hk + kh) * D;
     const float x1 = k[src + i], x2 = k[src + i + half];
     kc[dst + i] = from_f<T>(x1 * cs - x2 * sn);
     kc[dst + i + half] = from_f<T>(x2 * cs + x1 * sn);
@@ -136,10 +139,17 @@ template <typename T>
 void rope_kv_write(float* q, const float* k, const float* v, const int32_t* positions, const float* inv_freq,
                    const int32_t* slots, int64_t n, int64_t Hq, int64_t Hk, int64_t D, T* k_cache, T* v_cache,
                    cudaStream_t s) {
+  rope_kv_write_rows<T>(q, Hq * D, q, k, v, Hk * D, positions, inv_freq, slots, n, Hq, Hk, D, k_cache, v_cache, s);
+}
+
+template <typename T>
+void rope_kv_write_rows(const float* q_in, int64_t q_stride, float* q_out, const float* k, const float* v,
+                        int64_t kv_stride, const int32_t* positions, const float* inv_freq, const int32_t* slots,
+                        int64_t n, int64_t Hq, int64_t Hk, int64_t D, T* k_cache, T* v_cache, cudaStream_t s) {
   const int64_t total = n * (D / 2);
   if (total == 0) return;
-  launch("rope_kv_write", rope_kv_k<T>, blocks_for(total, 256), 256, 0, s, q, k, v, positions, inv_freq, slots, n, Hq, Hk,
-         D, k_cache, v_cache);
+  launch("rope_kv_write", rope_kv_k<T>, blocks_for(total, 256), 256, 0, s, q_in, q_stride, q_out, k, v, kv_stride,
+         positions, inv_freq, slots, n, Hq, Hk, D, k_cache, v_cache);
 }
 
 template <typename T>
@@ -191,6 +201,9 @@ void gemv_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const T*
 #define INSTANTIATE(T)                                                                                              \
   template void rope_kv_write<T>(float*, const float*, const float*, const int32_t*, const float*, const int32_t*, \
                                  int64_t, int64_t, int64_t, int64_t, T*, T*, cudaStream_t);                         \
+  template void rope_kv_write_rows<T>(const float*, int64_t, float*, const float*, const float*, int64_t,           \
+                                      const int32_t*, const float*, const int32_t*, int64_t, int64_t, int64_t,       \
+                                      int64_t, T*, T*, cudaStream_t);                                                \
   template void gemv_qkv_rope<T>(const float*, const T*, float, int64_t, int64_t, const QkvRope&, cudaStream_t);    \
   template void gemv_norm_gate_up_silu<T>(const float*, const T*, float, const T*, const T*, int64_t, int64_t,       \
                                           int64_t, T*, cudaStream_t);                                               \

@@ -59,6 +59,10 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
                    int64_t n, int64_t Hq, int64_t Hk, int64_t D, int64_t block_size, float scale, T* out, cudaStream_t s);
 template <typename TI, typename T>
 void silu_mul(const TI* gate, const TI* up, int64_t n, T* out, cudaStream_t s);
+// out[r, i] = silu(gu[r, i]) * gu[r, I + i] for rows of (gate | up) [rows, 2I] (one GEMM over stacked
+// weights).
+template <typename T>
+void silu_mul_halves(const float* gu, int64_t rows, int64_t I, T* out, cudaStream_t s);
 template <typename T>
 void gather_rows(const T* x, const int32_t* rows, int64_t n, int64_t C, T* out, cudaStream_t s);
 // Element conversions (weights upload as float32 and convert on the device).
@@ -84,6 +88,12 @@ template <typename T>
 void rope_kv_write(float* q, const float* k, const float* v, const int32_t* positions, const float* inv_freq,
                    const int32_t* slots, int64_t n, int64_t Hq, int64_t Hk, int64_t D, T* k_cache, T* v_cache,
                    cudaStream_t s);
+// The same over rows of one GEMM's output (q | k | v per token: q rows q_stride apart, k and v rows
+// kv_stride apart), the rotated q written to q_out [n, Hq*D].
+template <typename T>
+void rope_kv_write_rows(const float* q_in, int64_t q_stride, float* q_out, const float* k, const float* v,
+                        int64_t kv_stride, const int32_t* positions, const float* inv_freq, const int32_t* slots,
+                        int64_t n, int64_t Hq, int64_t Hk, int64_t D, T* k_cache, T* v_cache, cudaStream_t s);
 // For M <= 4 rows: q, k, v = (rmsnorm(x) * norm_w) . W^T (+ float32 bias) for weights [Hq*D, K], [Hk*D, K], [Hk*D, K];
 // RoPE on q and k at the step's positions; q (float32, [M, Hq*D]) out, k and v into the caches at the
 // step's slots (rope_kv_write's result, without the unrotated k and v).

@@ -94,10 +94,16 @@ class Backend {
     rope(q, k, inv_freq, head_dim);
     kv_write(k, v, k_cache, v_cache);
   }
-  // act = silu(x . w_gate^T) * (x . w_up^T); gate and up are scratch of the projections' shape (an
-  // override may not touch them).
-  virtual void gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate, Tensor& up,
-                            Tensor& act) {
+  // act = silu(x . w_gate^T) * (x . w_up^T). gate_up: float32 scratch of twice the projections' size
+  // (T x 2I): the default computes gate into its first half and up into its second; an override may lay
+  // it out as rows (gate | up) of one GEMM over stacked weights, or not touch it.
+  virtual void gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate_up, Tensor& act) {
+    const int64_t T = x.shape.empty() ? 1 : x.shape[0], I = w_gate.shape[0];
+    if (gate_up.dtype != DType::F32 || gate_up.numel() < 2 * T * I)
+      throw std::invalid_argument("gate_up_silu: the scratch must hold 2 x tokens x intermediate float32 values");
+    Tensor gate = gate_up, up = gate_up;
+    gate.shape = up.shape = {T, I};
+    up.data = static_cast<float*>(gate_up.data) + T * I;
     linear(x, w_gate, nullptr, gate);
     linear(x, w_up, nullptr, up);
     silu_mul(gate, up, act);
@@ -122,9 +128,9 @@ class Backend {
   }
   // The MLP's input: norm, then gate_up_silu.
   virtual void norm_gate_up_silu(const Tensor& x, const InputNorm& norm, const Tensor& w_gate, const Tensor& w_up,
-                                 Tensor& gate, Tensor& up, Tensor& act) {
+                                 Tensor& gate_up, Tensor& act) {
     rmsnorm(x, norm.w, norm.eps, norm.h);
-    gate_up_silu(norm.h, w_gate, w_up, gate, up, act);
+    gate_up_silu(norm.h, w_gate, w_up, gate_up, act);
   }
 
   // The sampler's draw over float32 logits [n, stride] whose first L columns are tokens token_offset..
@@ -176,6 +182,12 @@ class Backend {
   // Device memory the graphs hold for their own temporaries.
   virtual size_t graph_memory() { return 0; }
 };
+
+// Whether the tensors are rows of one matrix, one after another in memory (one type, one column count):
+// then stacked_view(parts) is that matrix (the model loads q/k/v and gate/up that way, so a backend may
+// run each group as one GEMM).
+bool stacked_rows(const std::vector<const Tensor*>& parts);
+Tensor stacked_view(const std::vector<const Tensor*>& parts);
 
 // Rows [r0, r0 + n) of t (shares t's storage).
 inline Tensor rows_view(const Tensor& t, int64_t r0, int64_t n) {

@@ -55,6 +55,30 @@ Transformer::Transformer(const ModelSpec& spec, const Topology& topo, Backend& b
     return be_.upload(v.data(), {rows, nc}, dt);
   };
   auto load_vec = [&](const std::string& name, int64_t n) { return load_rows(name, 0, n, 1); };
+  // Row ranges (name, first row, rows) of tensors with `cols` columns as one [rows, cols] tensor of
+  // `type` (cols 1: a vector), returned as a view of each range: q/k/v and gate/up are stacked, so a
+  // backend may run each group as one GEMM (stacked_rows).
+  struct Part {
+    std::string name;
+    int64_t r0, n;
+  };
+  auto load_stacked = [&](const std::vector<Part>& parts, int64_t cols, DType type) {
+    std::vector<float> all;
+    int64_t rows = 0;
+    for (const Part& p : parts) {
+      const auto v = file.read_f32(p.name, p.r0, p.n, 0, cols);
+      all.insert(all.end(), v.begin(), v.end());
+      rows += p.n;
+    }
+    const Tensor t = be_.upload(all.data(), cols > 1 ? std::vector<int64_t>{rows, cols} : std::vector<int64_t>{rows}, type);
+    std::vector<Tensor> views;
+    int64_t at = 0;
+    for (const Part& p : parts) {
+      views.push_back(rows_view(t, at, p.n));
+      at += p.n;
+    }
+    return views;
+  };
   // Vocabulary-parallel tables are padded to vocab_padded rows so all ranks gather equal blocks.
   auto load_vocab = [&](const std::string& name) {
     auto v = file.read_f32(name, shard_.vocab.begin, shard_.vocab.size(), 0, H);
@@ -85,21 +109,16 @@ Transformer::Transformer(const ModelSpec& spec, const Topology& topo, Backend& b
     LayerWeights w;
     w.input_norm = load_vec(p + "input_layernorm.weight", H);
     w.post_norm = load_vec(p + "post_attention_layernorm.weight", H);
-    w.wq = load_rows(p + "self_attn.q_proj.weight", q0, qn, H);
-    w.wk = load_rows(p + "self_attn.k_proj.weight", k0, kn, H);
-    w.wv = load_rows(p + "self_attn.v_proj.weight", k0, kn, H);
+    const std::string a = p + "self_attn.";
+    auto qkv = load_stacked({{a + "q_proj.weight", q0, qn}, {a + "k_proj.weight", k0, kn}, {a + "v_proj.weight", k0, kn}}, H, dt);
+    w.wq = qkv[0], w.wk = qkv[1], w.wv = qkv[2];
     if (spec.attention_bias) {  // added in the GEMM epilogue to float32 outputs: kept in float32
-      auto bias = [&](const std::string& name, int64_t r0, int64_t nr) {
-        auto b = file.read_f32(name, r0, nr, 0, 1);
-        return be_.upload(b.data(), {nr}, DType::F32);
-      };
-      w.bq = bias(p + "self_attn.q_proj.bias", q0, qn);
-      w.bk = bias(p + "self_attn.k_proj.bias", k0, kn);
-      w.bv = bias(p + "self_attn.v_proj.bias", k0, kn);
+      auto b = load_stacked({{a + "q_proj.bias", q0, qn}, {a + "k_proj.bias", k0, kn}, {a + "v_proj.bias", k0, kn}}, 1, DType::F32);
+      w.bq = b[0], w.bk = b[1], w.bv = b[2];
     }
     w.wo = load_cols(p + "self_attn.o_proj.weight", H, q0, qn);
-    w.w_gate = load_rows(p + "mlp.gate_proj.weight", i0, in, H);
-    w.w_up = load_rows(p + "mlp.up_proj.weight", i0, in, H);
+    auto gate_up = load_stacked({{p + "mlp.gate_proj.weight", i0, in}, {p + "mlp.up_proj.weight", i0, in}}, H, dt);
+    w.w_gate = gate_up[0], w.w_up = gate_up[1];
     w.w_down = load_cols(p + "mlp.down_proj.weight", H, i0, in);
     layers_.push_back(std::move(w));
   }
@@ -149,7 +168,7 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
   Tensor h = be_.empty({T, H}, dt), proj = be_.empty({T, H}, f32);
   Tensor q = be_.empty({T, shard_.q_heads * D}, f32), attn = be_.empty({T, shard_.q_heads * D}, dt);
   Tensor k = be_.empty({T, shard_.kv_heads * D}, f32), v = be_.empty({T, shard_.kv_heads * D}, f32);
-  Tensor gate = be_.empty({T, shard_.intermediate}, f32), up = be_.empty({T, shard_.intermediate}, f32);
+  Tensor gate_up = be_.empty({T, 2 * shard_.intermediate}, f32);
   Tensor act = be_.empty({T, shard_.intermediate}, dt);
   // Each block's input norm runs inside the block's first op. The output projections add into the
   // residual stream themselves on one rank; a tensor group sums its partial projections first.
@@ -168,7 +187,7 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
                                k, w.wv, bias ? &w.bv : nullptr, v, inv_freq_, D, kc, vc);
     be_.attention(q, kc, vc, D, kv.shape().block_size, scale, attn);
     project_residual(attn, w.wo);
-    be_.norm_gate_up_silu(x, {w.post_norm, eps, h}, w.w_gate, w.w_up, gate, up, act);
+    be_.norm_gate_up_silu(x, {w.post_norm, eps, h}, w.w_gate, w.w_up, gate_up, act);
     project_residual(act, w.w_down);
   }
   return x;

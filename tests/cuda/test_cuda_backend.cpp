@@ -296,17 +296,28 @@ TEST_P(CudaOps, FusedOpsMatchTheCpuComposition) {
     expect_close(qc, qg, "linear_qkv q", t);
     expect_close(kc, kg, "linear_qkv k", t);
     expect_close(vc, vg, "linear_qkv v", t);
-    auto wg = both(randn(I * H, g, 0.1f), {I, H}, dt), wu = both(randn(I * H, g, 0.1f), {I, H}, dt);
-    Tensor gc = cpu.empty({rows, I}, DType::F32), uc = cpu.empty({rows, I}, DType::F32), ac = cpu.empty({rows, I}, DType::F32);
-    Tensor gg = gpu->empty({rows, I}, DType::F32), ug = gpu->empty({rows, I}, DType::F32), ag = gpu->empty({rows, I}, dt);
-    cpu.gate_up_silu(x.first, wg.first, wu.first, gc, uc, ac);
-    gpu->gate_up_silu(x.second, wg.second, wu.second, gg, ug, ag);
+    const auto wgv = randn(I * H, g, 0.1f), wuv = randn(I * H, g, 0.1f);
+    auto wg = both(wgv, {I, H}, dt), wu = both(wuv, {I, H}, dt);
+    // The same weights stacked in one allocation, as the model loads them (one GEMM above 4 rows).
+    std::vector<float> guv(wgv);
+    guv.insert(guv.end(), wuv.begin(), wuv.end());
+    const Tensor stack = gpu->upload(guv.data(), {2 * I, H}, dt);
+    const Tensor wgs = rows_view(stack, 0, I), wus = rows_view(stack, I, I);
+    ASSERT_TRUE(stacked_rows({&wgs, &wus}));
+    Tensor guc = cpu.empty({rows, 2 * I}, DType::F32), ac = cpu.empty({rows, I}, DType::F32);
+    Tensor gug = gpu->empty({rows, 2 * I}, DType::F32), ag = gpu->empty({rows, I}, dt);
+    cpu.gate_up_silu(x.first, wg.first, wu.first, guc, ac);
+    gpu->gate_up_silu(x.second, wg.second, wu.second, gug, ag);
     expect_close(ac, ag, "gate_up_silu", tol());
+    gpu->gate_up_silu(x.second, wgs, wus, gug, ag);
+    expect_close(ac, ag, "gate_up_silu, stacked weights", tol());
     // The MLP's input norm fused in front (float32 residual stream in).
     auto res = both(randn(rows * H, g), {rows, H}, DType::F32), nw = both(randn(H, g), {H}, dt);
     Tensor hc = cpu.empty({rows, H}, DType::F32), hg = gpu->empty({rows, H}, dt);
-    cpu.norm_gate_up_silu(res.first, {nw.first, 1e-6f, hc}, wg.first, wu.first, gc, uc, ac);
-    gpu->norm_gate_up_silu(res.second, {nw.second, 1e-6f, hg}, wg.second, wu.second, gg, ug, ag);
+    cpu.norm_gate_up_silu(res.first, {nw.first, 1e-6f, hc}, wg.first, wu.first, guc, ac);
+    gpu->norm_gate_up_silu(res.second, {nw.second, 1e-6f, hg}, wgs, wus, gug, ag);
+    expect_close(ac, ag, "norm_gate_up_silu, stacked weights", tol());
+    gpu->norm_gate_up_silu(res.second, {nw.second, 1e-6f, hg}, wg.second, wu.second, gug, ag);
     expect_close(ac, ag, "norm_gate_up_silu", tol());
     // An output projection adding into the residual stream (GEMV for a few rows, GEMM with C = D above).
     auto wo = both(randn(H * I, g, 0.1f), {H, I}, dt);
@@ -332,13 +343,26 @@ TEST_P(CudaOps, ProjectionsRopeAndCacheWrite) {
       gpu->begin_step(m);
       auto x = both(randn(T * H, g), {T, H}, DType::F32), nw = both(randn(H, g), {H}, dt);
       Tensor hc = cpu.empty({T, H}, DType::F32), hg = gpu->empty({T, H}, dt);
-      auto wq = both(randn(Hq * D * H, g, 0.1f), {Hq * D, H}, dt), wk = both(randn(Hk * D * H, g, 0.1f), {Hk * D, H}, dt);
-      auto wv = both(randn(Hk * D * H, g, 0.1f), {Hk * D, H}, dt);
-      auto bq = both(randn(Hq * D, g), {Hq * D}, DType::F32), bk = both(randn(Hk * D, g), {Hk * D}, DType::F32);
+      const auto wqv = randn(Hq * D * H, g, 0.1f), wkv = randn(Hk * D * H, g, 0.1f), wvv = randn(Hk * D * H, g, 0.1f);
+      const auto bqv = randn(Hq * D, g), bkv = randn(Hk * D, g), bvv = randn(Hk * D, g);
+      auto wq = both(wqv, {Hq * D, H}, dt), wk = both(wkv, {Hk * D, H}, dt), wv = both(wvv, {Hk * D, H}, dt);
+      auto bq = both(bqv, {Hq * D}, DType::F32), bk = both(bkv, {Hk * D}, DType::F32), bv = both(bvv, {Hk * D}, DType::F32);
+      // The same weights and biases stacked, as the model loads them (one GEMM above 4 tokens).
+      auto stack = [&](std::vector<const std::vector<float>*> parts, std::vector<int64_t> shape, DType t) {
+        std::vector<float> all;
+        for (const auto* p : parts) all.insert(all.end(), p->begin(), p->end());
+        const Tensor one = gpu->upload(all.data(), shape, t);
+        return std::vector<Tensor>{rows_view(one, 0, Hq * D), rows_view(one, Hq * D, Hk * D), rows_view(one, (Hq + Hk) * D, Hk * D)};
+      };
+      const auto ws = stack({&wqv, &wkv, &wvv}, {(Hq + 2 * Hk) * D, H}, dt);
+      const auto bs3 = stack({&bqv, &bkv, &bvv}, {(Hq + 2 * Hk) * D}, DType::F32);
+      ASSERT_TRUE(stacked_rows({&ws[0], &ws[1], &ws[2]}));
       std::vector<float> freq(D / 2);
       for (int64_t i = 0; i < D / 2; ++i) freq[i] = std::pow(10000.f, -2.f * i / D);
       Tensor fc = cpu.upload(freq.data(), {D / 2}, DType::F32), fg = gpu->upload(freq.data(), {D / 2}, DType::F32);
-      for (bool bias : {true, false}) {
+      // q and k biases (v none), none; then stacked weights with all three biases, none.
+      for (int mode : {0, 1, 2, 3}) {
+        const bool bias = mode == 0 || mode == 2, stacked = mode >= 2;
         // Empty caches: only the step's rows hold values, so an error in any of them shows.
         auto kc = both(std::vector<float>(blocks * bs * Hk * D, 0.f), {blocks, bs, Hk, D}, dt);
         auto vc = both(std::vector<float>(blocks * bs * Hk * D, 0.f), {blocks, bs, Hk, D}, dt);
@@ -346,13 +370,19 @@ TEST_P(CudaOps, ProjectionsRopeAndCacheWrite) {
         Tensor vc32 = cpu.empty({T, Hk * D}, DType::F32);
         Tensor qg = gpu->empty({T, Hq * D}, DType::F32), kg32 = gpu->empty({T, Hk * D}, DType::F32);
         Tensor vg32 = gpu->empty({T, Hk * D}, DType::F32);
-        cpu.norm_qkv_rope_kv_write(x.first, {nw.first, 1e-6f, hc}, wq.first, bias ? &bq.first : nullptr, qc, wk.first,
-                                   bias ? &bk.first : nullptr, kc32, wv.first, nullptr, vc32, fc, D, kc.first, vc.first);
-        gpu->norm_qkv_rope_kv_write(x.second, {nw.second, 1e-6f, hg}, wq.second, bias ? &bq.second : nullptr, qg,
-                                    wk.second, bias ? &bk.second : nullptr, kg32, wv.second, nullptr, vg32, fg, D,
-                                    kc.second, vc.second);
+        const Tensor* cb[3] = {bias ? &bq.first : nullptr, bias ? &bk.first : nullptr, bias && stacked ? &bv.first : nullptr};
+        cpu.norm_qkv_rope_kv_write(x.first, {nw.first, 1e-6f, hc}, wq.first, cb[0], qc, wk.first, cb[1], kc32, wv.first,
+                                   cb[2], vc32, fc, D, kc.first, vc.first);
+        if (stacked)
+          gpu->norm_qkv_rope_kv_write(x.second, {nw.second, 1e-6f, hg}, ws[0], bias ? &bs3[0] : nullptr, qg, ws[1],
+                                      bias ? &bs3[1] : nullptr, kg32, ws[2], bias ? &bs3[2] : nullptr, vg32, fg, D,
+                                      kc.second, vc.second);
+        else
+          gpu->norm_qkv_rope_kv_write(x.second, {nw.second, 1e-6f, hg}, wq.second, bias ? &bq.second : nullptr, qg,
+                                      wk.second, bias ? &bk.second : nullptr, kg32, wv.second, nullptr, vg32, fg, D,
+                                      kc.second, vc.second);
         const std::string what = "norm_qkv_rope_kv_write, " + std::to_string(T) + " tokens, Hq " + std::to_string(Hq) +
-                                 (bias ? ", bias" : "");
+                                 (bias ? ", bias" : "") + (stacked ? ", stacked weights" : "");
         expect_close(qc, qg, (what + ": queries").c_str(), dt == DType::F32 ? 1e-5 : 1e-2);
         expect_close(kc.first, kc.second, (what + ": key cache").c_str(), tol());
         expect_close(vc.first, vc.second, (what + ": value cache").c_str(), tol());

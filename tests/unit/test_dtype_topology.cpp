@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <nlohmann/json.hpp>
 
 #include "backend/cpu_backend.h"
@@ -195,6 +196,33 @@ TEST(ModelSpec, HfConfigErrors) {
 
 // copy_columns lays shards out side by side (the sampler's whole rows of a split vocabulary) and
 // rejects copies out of range instead of writing past a row.
+TEST(Backend, StackedRowsAreConsecutiveRowsOfOneMatrix) {
+  CpuBackend be;
+  std::vector<float> v(10 * 4);
+  std::iota(v.begin(), v.end(), 0.f);
+  const Tensor m = be.upload(v.data(), {10, 4}, DType::F32);
+  const Tensor a = rows_view(m, 0, 6), b = rows_view(m, 6, 2), c = rows_view(m, 8, 2);
+  EXPECT_TRUE(stacked_rows({&a, &b, &c}));
+  EXPECT_TRUE(stacked_rows({&b, &c}));
+  EXPECT_FALSE(stacked_rows({&a, &c}));      // a gap
+  EXPECT_FALSE(stacked_rows({&b, &a}));      // out of order
+  const Tensor other = be.upload(v.data(), {2, 4}, DType::F32);
+  EXPECT_FALSE(stacked_rows({&c, &other}));  // another allocation (not right after c: c ends m)
+  Tensor wide = c;
+  wide.shape = {1, 8};
+  EXPECT_FALSE(stacked_rows({&b, &wide}));   // other columns
+  EXPECT_FALSE(stacked_rows({&a, nullptr}));
+  const Tensor all = stacked_view({&a, &b, &c});
+  EXPECT_EQ(all.data, m.data);
+  EXPECT_EQ(all.shape, (std::vector<int64_t>{10, 4}));
+  EXPECT_THROW(stacked_view({&a, &c}), std::invalid_argument);
+  // Vectors (stacked biases) too.
+  const Tensor vec = be.upload(v.data(), {12}, DType::F32);
+  const Tensor v0 = rows_view(vec, 0, 8), v1 = rows_view(vec, 8, 4);
+  EXPECT_TRUE(stacked_rows({&v0, &v1}));
+  EXPECT_EQ(stacked_view({&v0, &v1}).shape, std::vector<int64_t>{12});
+}
+
 TEST(Backend, CopyColumnsPlacesShardsAndChecksRanges) {
   CpuBackend cpu;
   const std::vector<float> a = {1, 2, 3, 9, 4, 5, 6, 9}, b = {7, 8, 0, 10, 11, 0};  // [2, 4] and [2, 3], padded

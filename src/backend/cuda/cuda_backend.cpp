@@ -1,7 +1,9 @@
 #include "backend/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -48,6 +50,16 @@ void dispatch2(DType in, DType out, F&& f) {
   } else {
     throw Error("cuda backend: unsupported mix of element types");
   }
+}
+
+// Stacked q/k/v and gate/up weights as one GEMM each on steps of more than 4 tokens, unless the
+// environment sets LLMSERVE_STACKED_GEMMS=0 (for measuring what it brings).
+bool stacked_gemms() {
+  static const bool on = [] {
+    const char* e = std::getenv("LLMSERVE_STACKED_GEMMS");
+    return !(e && std::string(e) == "0");
+  }();
+  return on;
 }
 
 int64_t rows_of(const Tensor& t) { return t.shape.empty() ? 1 : t.shape[0]; }
@@ -615,8 +627,30 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
                cuda::norm_smem_bytes(T, K, dtype_size(wt)) <= cuda::kMaxNormSmem;
   for (const Tensor* b : {bq, bk, bv}) fused = fused && (!b || b->dtype == DType::F32);
   for (const Tensor* w : {&wq, &wk, &wv}) fused = fused && w->dtype == wt && cols_of(*w) == K;
-  if (!fused)
-    return Backend::norm_qkv_rope_kv_write(x, norm, wq, bq, q, wk, bk, k, wv, bv, v, inv_freq, D, k_cache, v_cache);
+  if (!fused) {
+    // More tokens: with q/k/v stacked (as the model loads them; biases all stacked too, or none), one
+    // GEMM into rows of (q | k | v), then RoPE reading those rows and writing the queries out.
+    const bool biases = bq && bk && bv, none = !bq && !bk && !bv;
+    const int64_t nq = rows_of(wq), nkv = rows_of(wk), N = nq + 2 * nkv;
+    const bool one_gemm = T > 4 && stacked_gemms() && stacked_rows({&wq, &wk, &wv}) && (none || (biases && stacked_rows({bq, bk, bv}))) &&
+                          q.dtype == DType::F32 && cols_of(q) == nq && rows_of(wv) == nkv && k_cache.dtype == v_cache.dtype &&
+                          D % 2 == 0 && k_cache.dim(3) == D && nkv == k_cache.dim(2) * D && nq % D == 0;
+    if (!one_gemm)
+      return Backend::norm_qkv_rope_kv_write(x, norm, wq, bq, q, wk, bk, k, wv, bv, v, inv_freq, D, k_cache, v_cache);
+    rmsnorm(x, norm.w, norm.eps, norm.h);
+    Tensor qkv = empty({T, N}, DType::F32);
+    Tensor b;
+    if (biases) b = stacked_view({bq, bk, bv});
+    linear(norm.h, stacked_view({&wq, &wk, &wv}), biases ? &b : nullptr, qkv);
+    const float* rows = qkv.as<float>();
+    dispatch(k_cache.dtype, [&](auto* tag) {
+      using TC = std::remove_pointer_t<decltype(tag)>;
+      cuda::rope_kv_write_rows<TC>(rows, N, q.as<float>(), rows + nq, rows + nq + nkv, N, positions_.ptr,
+                                   inv_freq.as<float>(), slots_.ptr, T, nq / D, nkv / D, D, k_cache.as<TC>(),
+                                   v_cache.as<TC>(), stream());
+    });
+    return;
+  }
   cuda::QkvRope a{};
   const Tensor* ws[3] = {&wq, &wk, &wv};
   const Tensor* bs[3] = {bq, bk, bv};
@@ -640,13 +674,13 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
 }
 
 void CudaBackend::norm_gate_up_silu(const Tensor& x, const InputNorm& norm, const Tensor& w_gate, const Tensor& w_up,
-                                    Tensor& gate, Tensor& up, Tensor& act) {
+                                    Tensor& gate_up, Tensor& act) {
   const int64_t T = rows_of(x), K = cols_of(x);
   const DType wt = w_gate.dtype;
   const bool fused = T >= 1 && T <= 4 && x.dtype == DType::F32 && norm.w.dtype == wt && w_up.dtype == wt &&
                      act.dtype == wt && cols_of(w_gate) == K && cols_of(w_up) == K &&
                      cuda::norm_smem_bytes(T, K, dtype_size(wt)) <= cuda::kMaxNormSmem;
-  if (!fused) return Backend::norm_gate_up_silu(x, norm, w_gate, w_up, gate, up, act);
+  if (!fused) return Backend::norm_gate_up_silu(x, norm, w_gate, w_up, gate_up, act);
   dispatch(wt, [&](auto* tag) {
     using TT = std::remove_pointer_t<decltype(tag)>;
     cuda::gemv_norm_gate_up_silu<TT>(x.as<float>(), norm.w.as<TT>(), norm.eps, w_gate.as<TT>(), w_up.as<TT>(), T, K,
@@ -665,11 +699,23 @@ void CudaBackend::rope_kv_write(Tensor& q, Tensor& k, const Tensor& v, const Ten
   });
 }
 
-void CudaBackend::gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate, Tensor& up,
+void CudaBackend::gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate_up,
                                Tensor& act) {
-  const int64_t T = rows_of(x);
+  const int64_t T = rows_of(x), I = rows_of(w_gate);
+  if (T > 4 && stacked_gemms() && stacked_rows({&w_gate, &w_up}) && gate_up.dtype == DType::F32 && gate_up.numel() >= 2 * T * I &&
+      rows_of(act) == T && cols_of(act) == I) {
+    // gate and up stacked (as the model loads them): one GEMM into rows of (gate | up), then SiLU-and-multiply.
+    Tensor gu = gate_up;
+    gu.shape = {T, 2 * I};
+    linear(x, stacked_view({&w_gate, &w_up}), nullptr, gu);
+    dispatch(act.dtype, [&](auto* tag) {
+      using TO = std::remove_pointer_t<decltype(tag)>;
+      cuda::silu_mul_halves<TO>(gu.as<float>(), T, I, act.as<TO>(), stream());
+    });
+    return;
+  }
   if (T < 1 || T > 4 || act.dtype != x.dtype || w_gate.dtype != x.dtype || w_up.dtype != x.dtype)
-    return Backend::gate_up_silu(x, w_gate, w_up, gate, up, act);
+    return Backend::gate_up_silu(x, w_gate, w_up, gate_up, act);
   dispatch(x.dtype, [&](auto* tag) {
     using TT = std::remove_pointer_t<decltype(tag)>;
     cuda::gemv_gate_up_silu<TT>(x.as<TT>(), w_gate.as<TT>(), w_up.as<TT>(), T, cols_of(x), rows_of(w_gate), act.as<TT>(),

@@ -47,11 +47,10 @@ class CudaBackend : public Backend {
                               Tensor& v, const Tensor& inv_freq, int64_t head_dim, Tensor& k_cache,
                               Tensor& v_cache) override;
   void norm_gate_up_silu(const Tensor& x, const InputNorm& norm, const Tensor& w_gate, const Tensor& w_up,
-                         Tensor& gate, Tensor& up, Tensor& act) override;
+                         Tensor& gate_up, Tensor& act) override;
   void rope_kv_write(Tensor& q, Tensor& k, const Tensor& v, const Tensor& inv_freq, int64_t head_dim, Tensor& k_cache,
                      Tensor& v_cache) override;
-  void gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate, Tensor& up,
-                    Tensor& act) override;
+  void gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate_up, Tensor& act) override;
   void draw_rows(Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
                  const std::vector<LogitEdit>& edits, float* best, int32_t* idx) override;
   void row_logprobs(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<int32_t>& rows,
