@@ -2,8 +2,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
+#include <mutex>
+
+#include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "engine/json_schema.h"
 #include "engine/sampling_params.h"
 #include "tokenizer/tokenizer.h"
 
@@ -67,37 +72,43 @@ bool value_start(GuideState& s, unsigned char c) {
   }
 }
 
-// A byte inside a string or key; the closing quote ends it.
-bool string_byte(GuideState& s, unsigned char c) {
+// A byte inside a string (after its opening quote): 0 rejected, 1 taken, 2 the closing quote.
+int string_char(GuideState& s, unsigned char c) {
   if (s.utf8 > 0) {  // a continuation byte of a multi-byte character
-    if ((c & 0xC0) != 0x80) return false;
+    if ((c & 0xC0) != 0x80) return 0;
     --s.utf8;
-    return true;
+    return 1;
   }
   if (s.sub == 1) {  // after a backslash
-    if (c == 'u') return s.sub = 2, true;
-    if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' || c == 't') return s.sub = 0, true;
-    return false;
+    if (c == 'u') return s.sub = 2, 1;
+    if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' || c == 't') return s.sub = 0, 1;
+    return 0;
   }
   if (s.sub >= 2) {  // the four hex digits of \uXXXX
-    if (!is_hex(c)) return false;
+    if (!is_hex(c)) return 0;
     s.sub = s.sub == 5 ? 0 : s.sub + 1;
-    return true;
+    return 1;
   }
-  if (c == '"') {
+  if (c == '"') return 2;
+  if (c == '\\') return s.sub = 1, 1;
+  if (c < 0x20) return 0;  // control characters must be escaped
+  if (c < 0x80) return 1;
+  if (c >= 0xC2 && c <= 0xDF) return s.utf8 = 1, 1;
+  if (c >= 0xE0 && c <= 0xEF) return s.utf8 = 2, 1;
+  if (c >= 0xF0 && c <= 0xF4) return s.utf8 = 3, 1;
+  return 0;
+}
+
+// A byte inside a string or key; the closing quote ends it.
+bool string_byte(GuideState& s, unsigned char c) {
+  const int r = string_char(s, c);
+  if (r == 2) {
     if (s.mode == kKey)
       s.mode = kColon;
     else
       value_done(s);
-    return true;
   }
-  if (c == '\\') return s.sub = 1, true;
-  if (c < 0x20) return false;  // control characters must be escaped
-  if (c < 0x80) return true;
-  if (c >= 0xC2 && c <= 0xDF) return s.utf8 = 1, true;
-  if (c >= 0xE0 && c <= 0xEF) return s.utf8 = 2, true;
-  if (c >= 0xF0 && c <= 0xF4) return s.utf8 = 3, true;
-  return false;
+  return r != 0;
 }
 
 // Number states: 1 after '-', 2 a leading 0, 3 integer digits, 4 after '.', 5 fraction digits, 6 after
@@ -134,10 +145,14 @@ std::string Guide::key(const GuideState& s) const {
   std::string k(reinterpret_cast<const char*>(&id_), sizeof id_);
   auto put = [&](const auto& v) { k.append(reinterpret_cast<const char*>(&v), sizeof v); };
   put(s.dead);
-  if (kind_ == Kind::Json) {
+  if (kind_ != Kind::Choice) {
     put(s.mode), put(s.sub), put(s.ws), put(s.utf8), put(s.depth), put(s.stack[0]), put(s.stack[1]);
   } else {
     put(s.lo), put(s.hi), put(s.off);
+  }
+  if (kind_ == Kind::Schema) {
+    put(s.levels), put(s.cand), put(s.off);
+    for (int i = 0; i < s.levels; ++i) put(s.frames[i].node), put(s.frames[i].idx), put(s.frames[i].phase);
   }
   return k;
 }
@@ -153,23 +168,43 @@ std::shared_ptr<const Guide> Guide::choice(std::vector<std::string> choices) {
   return g;
 }
 
+std::shared_ptr<const Guide> Guide::schema(const std::string& schema_json) {
+  nlohmann::ordered_json j;
+  try {
+    j = nlohmann::ordered_json::parse(schema_json);
+  } catch (const std::exception& e) {
+    throw Error(cat("json_schema: not JSON (", e.what(), ")"));
+  }
+  auto g = std::shared_ptr<Guide>(new Guide(Kind::Schema));
+  g->schema_ = std::make_shared<const JsonSchema>(compile_json_schema(j));
+  return g;
+}
+
 GuideState Guide::start() const {
   GuideState s;
   s.mode = kStart;
   s.lo = 0, s.hi = static_cast<int32_t>(choices_.size()), s.off = 0;
+  if (kind_ == Kind::Schema) {
+    s.mode = kValue;
+    s.levels = 1;
+    s.frames[0] = {schema_->root, 0, 0};
+  }
   return s;
 }
 
 bool Guide::feed(GuideState& s, std::string_view bytes) const {
   if (s.dead) return false;
-  for (unsigned char c : bytes)
-    if (!(kind_ == Kind::Json ? json_byte(s, c) : choice_byte(s, c))) return s.dead = true, false;
+  for (unsigned char c : bytes) {
+    const bool ok = kind_ == Kind::Json ? json_byte(s, c) : kind_ == Kind::Choice ? choice_byte(s, c) : schema_byte(s, c);
+    if (!ok) return s.dead = true, false;
+  }
   return true;
 }
 
 bool Guide::complete(const GuideState& s) const {
   if (s.dead) return false;
   if (kind_ == Kind::Json) return s.mode == kDone;
+  if (kind_ == Kind::Schema) return s.levels == 0 || schema_could_end(s);
   return s.lo < s.hi && static_cast<int32_t>(choices_[s.lo].size()) == s.off;
 }
 
@@ -228,8 +263,257 @@ bool Guide::choice_byte(GuideState& s, unsigned char c) const {
   return true;
 }
 
+bool Guide::stuck(const GuideState& s) const {
+  if (s.dead || complete(s)) return false;
+  for (int c = 0; c < 256; ++c) {
+    GuideState t = s;
+    const char b = static_cast<char>(c);
+    if (feed(t, std::string_view(&b, 1))) return false;
+  }
+  return true;
+}
+
 bool Guide::in_plain_string(const GuideState& s) const {
-  return kind_ == Kind::Json && !s.dead && (s.mode == kString || s.mode == kKey) && s.sub == 0 && s.utf8 == 0;
+  if (s.dead || s.sub != 0 || s.utf8 != 0) return false;
+  if (kind_ == Kind::Json) return s.mode == kString || s.mode == kKey;
+  if (kind_ != Kind::Schema || s.levels == 0) return false;
+  const GuideState::Frame& f = s.frames[s.levels - 1];
+  const SchemaNode::Type t = schema_->nodes[static_cast<size_t>(f.node)].type;
+  if (t == SchemaNode::Type::String) return f.phase == 1;
+  return t == SchemaNode::Type::Any && f.phase == 1 && (s.mode == kString || s.mode == kKey);
+}
+
+// json_schema (Kind::Schema). Phases of a level: 0 before its value (whitespace, then the first byte
+// picks the way); then by the node's type:
+//   object: 1 after '{', 2 in a key (candidates s.cand, s.off bytes matched), 3 before ':', 5 after a
+//           property's value, 6 after ','; idx: the first property that may come next;
+//   array:  1 after '[', 2 after an item, 3 after ','; idx: items so far;
+//   scalars, enum and any: 1 inside the value (the json fields above scan it).
+// A finished value removes its level; the byte that ended a number or an enum value is then fed to
+// the level below (whose phase was set before the value began).
+namespace {
+using Type = SchemaNode::Type;
+constexpr uint8_t kSpace = Guide::kMaxWhitespace;
+
+// The properties of object node n that may come next at property index i: i up to the first required
+// one at or after it (the ones between are optional).
+uint64_t next_keys(const SchemaNode& n, uint16_t i) {
+  uint64_t m = 0;
+  for (size_t j = i; j < n.keys.size(); ++j) {
+    m |= uint64_t{1} << j;
+    if (n.required[j]) break;
+  }
+  return m;
+}
+bool required_left(const SchemaNode& n, uint16_t i) {
+  for (size_t j = i; j < n.required.size(); ++j)
+    if (n.required[j]) return true;
+  return false;
+}
+// Keeps the candidates whose text has byte c at offset off.
+uint64_t narrow(const std::vector<std::string>& texts, uint64_t cand, int32_t off, unsigned char c) {
+  uint64_t m = 0;
+  for (uint64_t b = cand; b; b &= b - 1) {
+    const int i = __builtin_ctzll(b);
+    const std::string& t = texts[static_cast<size_t>(i)];
+    if (static_cast<size_t>(off) < t.size() && static_cast<unsigned char>(t[static_cast<size_t>(off)]) == c) m |= uint64_t{1} << i;
+  }
+  return m;
+}
+// The candidate that is exactly off bytes long, or -1.
+int whole(const std::vector<std::string>& texts, uint64_t cand, int32_t off) {
+  for (uint64_t b = cand; b; b &= b - 1) {
+    const int i = __builtin_ctzll(b);
+    if (static_cast<int32_t>(texts[static_cast<size_t>(i)].size()) == off) return i;
+  }
+  return -1;
+}
+bool endable_number(const GuideState& s) { return s.sub == 2 || s.sub == 3 || s.sub == 5 || s.sub == 8; }
+}  // namespace
+
+bool Guide::schema_could_end(const GuideState& s) const {
+  // Only a top-level number or enum value can be whole without a closing byte.
+  if (s.levels != 1 || s.frames[0].phase != 1) return false;
+  const SchemaNode& n = schema_->nodes[static_cast<size_t>(s.frames[0].node)];
+  if (n.type == Type::Integer || n.type == Type::Number) return endable_number(s);
+  if (n.type == Type::Enum) return whole(n.texts, s.cand, s.off) >= 0;
+  if (n.type == Type::Any) return s.mode == kNumber && s.depth == 0 && endable_number(s);
+  return false;
+}
+
+bool Guide::schema_byte(GuideState& s, unsigned char c) const {
+  const auto& nodes = schema_->nodes;
+  auto finish = [&] {  // the innermost value is whole
+    if (--s.levels == 0) s.mode = kDone;
+  };
+  auto open = [&](int32_t node) {  // a value begins (its first byte is fed next)
+    if (s.levels >= kGuideMaxLevels) return false;
+    s.frames[s.levels++] = {node, 0, 0};
+    return true;
+  };
+  for (;;) {
+    if (s.levels == 0) return false;  // nothing after the value
+    GuideState::Frame& f = s.frames[s.levels - 1];
+    const SchemaNode& n = nodes[static_cast<size_t>(f.node)];
+    if (f.phase == 0) {  // before a value: whitespace, then its first byte
+      if (is_ws(c)) return ++s.ws <= kSpace;
+      s.ws = 0, s.sub = 0, s.utf8 = 0;
+      switch (n.type) {
+        case Type::Union: {
+          const int32_t a = n.by_first[c];
+          if (a < 0) return false;
+          f.node = a;
+          continue;  // the alternative takes the byte
+        }
+        case Type::Any:
+          if (n.any_object && c != '{') return false;
+          s.mode = kValue, s.depth = 0, f.phase = 1;
+          if (!json_byte(s, c)) return false;
+          if (s.mode == kDone) finish();
+          return true;
+        case Type::Object:
+          if (c != '{') return false;
+          f.phase = 1, f.idx = 0;
+          return true;
+        case Type::Array:
+          if (c != '[') return false;
+          f.phase = 1, f.idx = 0;
+          return true;
+        case Type::String:
+          if (c != '"') return false;
+          f.phase = 1;
+          return true;
+        case Type::Integer:
+        case Type::Number:
+          if (c == '-') s.sub = 1;
+          else if (c == '0') s.sub = 2;
+          else if (c >= '1' && c <= '9') s.sub = 3;
+          else return false;
+          f.phase = 1;
+          return true;
+        case Type::Boolean:
+        case Type::Null: {
+          const int lit = c == 't' ? 0 : c == 'f' ? 1 : c == 'n' ? 2 : -1;
+          if (lit < 0 || (n.type == Type::Null) != (lit == 2)) return false;
+          s.sub = static_cast<uint8_t>(lit * 8 + 1), f.phase = 1;
+          return true;
+        }
+        case Type::Enum: {
+          s.cand = narrow(n.texts, (n.texts.size() >= 64 ? ~uint64_t{0} : (uint64_t{1} << n.texts.size()) - 1), 0, c);
+          if (!s.cand) return false;
+          s.off = 1, f.phase = 1;
+          return true;
+        }
+      }
+      return false;
+    }
+    switch (n.type) {
+      case Type::Any: {
+        if (s.mode == kNumber && s.depth == 0) {
+          const int r = number_byte(s, c);
+          if (r >= 0) return r == 1;
+          finish();
+          continue;  // the number ended before c
+        }
+        if (!json_byte(s, c)) return false;
+        if (s.mode == kDone) finish();
+        return true;
+      }
+      case Type::String: {
+        const int r = string_char(s, c);
+        if (r == 2) finish();
+        return r != 0;
+      }
+      case Type::Integer:
+      case Type::Number: {
+        const bool fraction = c == '.' || c == 'e' || c == 'E';
+        const int r = n.type == Type::Integer && fraction && (s.sub == 2 || s.sub == 3) ? -1 : number_byte(s, c);
+        if (r >= 0) return r == 1;
+        finish();
+        continue;
+      }
+      case Type::Boolean:
+      case Type::Null: {
+        const char* lit = kLiterals[s.sub / 8];
+        const int at = s.sub % 8;
+        if (c != static_cast<unsigned char>(lit[at])) return false;
+        if (lit[at + 1] == '\0')
+          finish();
+        else
+          ++s.sub;
+        return true;
+      }
+      case Type::Enum: {
+        const uint64_t m = narrow(n.texts, s.cand, s.off, c);
+        if (m) {
+          s.cand = m, ++s.off;
+          return true;
+        }
+        if (whole(n.texts, s.cand, s.off) < 0) return false;
+        finish();
+        continue;  // the value ended before c
+      }
+      case Type::Object:
+        switch (f.phase) {
+          case 1:
+          case 6:
+            if (is_ws(c)) return ++s.ws <= kSpace;
+            s.ws = 0;
+            if (c == '}' && f.phase == 1 && !required_left(n, f.idx)) return finish(), true;
+            if (c != '"') return false;
+            s.cand = next_keys(n, f.idx), s.off = 0, s.sub = 0, s.utf8 = 0, f.phase = 2;
+            return s.cand != 0;
+          case 2: {
+            const uint64_t m = narrow(n.keys, s.cand, s.off, c);
+            if (m) {
+              s.cand = m, ++s.off;
+              return true;
+            }
+            const int k = c == '"' ? whole(n.keys, s.cand, s.off) : -1;
+            if (k < 0) return false;
+            f.idx = static_cast<uint16_t>(k + 1), f.phase = 3;
+            s.cand = uint64_t{1} << k;  // (which property: its value's node, below)
+            return true;
+          }
+          case 3:
+            if (is_ws(c)) return ++s.ws <= kSpace;
+            s.ws = 0;
+            if (c != ':') return false;
+            f.phase = 5;
+            return open(n.values[static_cast<size_t>(f.idx - 1)]);
+          case 5:
+            if (is_ws(c)) return ++s.ws <= kSpace;
+            s.ws = 0;
+            if (c == ',' && f.idx < n.keys.size()) return f.phase = 6, true;
+            if (c == '}' && !required_left(n, f.idx)) return finish(), true;
+            return false;
+          default:
+            return false;
+        }
+      case Type::Array:
+        switch (f.phase) {
+          case 1:
+          case 3:
+            if (is_ws(c)) return ++s.ws <= kSpace;
+            if (c == ']' && f.phase == 1 && n.min_items == 0) return s.ws = 0, finish(), true;
+            if (n.max_items >= 0 && f.idx >= n.max_items) return false;
+            ++f.idx, f.phase = 2;
+            if (!open(n.items)) return false;
+            continue;  // the item takes the byte
+          case 2:
+            if (is_ws(c)) return ++s.ws <= kSpace;
+            s.ws = 0;
+            if (c == ',' && (n.max_items < 0 || f.idx < n.max_items)) return f.phase = 3, true;
+            if (c == ']' && f.idx >= n.min_items) return finish(), true;
+            return false;
+          default:
+            return false;
+        }
+      case Type::Union:
+        return false;  // (resolved in phase 0)
+    }
+    return false;
+  }
 }
 
 bool plain_string_bytes(std::string_view bytes) {
@@ -259,6 +543,18 @@ std::shared_ptr<const GuidedTokens> guided_tokens(const Tokenizer& tok) {
 std::shared_ptr<const Guide> make_guide(const SamplingParams& p) {
   if (p.guided == "json") return Guide::json();
   if (p.guided == "choice") return Guide::choice(p.guided_choice);
+  if (p.guided == "json_schema") {
+    // One guide per schema text while any sequence uses it: a request's n sequences, and requests
+    // sending the same schema, share it (and so the sampler's cache of allowed tokens per state).
+    static std::mutex mu;
+    static std::map<std::string, std::weak_ptr<const Guide>> made;
+    std::lock_guard<std::mutex> lock(mu);
+    if (auto g = made[p.guided_schema].lock()) return g;
+    for (auto it = made.begin(); it != made.end();) it = it->second.expired() ? made.erase(it) : std::next(it);
+    auto g = Guide::schema(p.guided_schema);
+    made[p.guided_schema] = g;
+    return g;
+  }
   return nullptr;
 }
 

@@ -5,7 +5,10 @@
 //           and UTF-8, numbers, literals, nesting up to kMaxDepth), at most kMaxWhitespace whitespace
 //           bytes in a row (a model stuck emitting newlines cannot fill max_tokens with them), nothing
 //           after the object;
-//   choice: guided_choice: exactly one of the given strings.
+//   choice: guided_choice: exactly one of the given strings;
+//   schema: response_format {"type": "json_schema"} / structured_outputs json / guided_json: one JSON
+//           value valid under a schema of the subset src/engine/json_schema.h describes (whitespace
+//           as for json, nothing after the value).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -18,6 +21,9 @@ namespace llmserve {
 class Tokenizer;
 struct SamplingParams;
 
+struct JsonSchema;
+constexpr int kGuideMaxLevels = 24;  // json_schema.h's kMaxSchemaDepth
+
 // A recognizer's position in the output: plain data, copied per candidate token.
 struct GuideState {
   bool dead = false;  // a byte was rejected
@@ -27,16 +33,29 @@ struct GuideState {
   uint64_t stack[2] = {0, 0};  // bit d: level d is an object (else an array)
   // choice: the candidates choices[lo, hi) share the first `off` bytes, all fed
   int32_t lo = 0, hi = 0, off = 0;
+  // schema: the levels being produced, innermost last (a schema node, the level's phase, and the next
+  // property's index or the items so far); the keys or enum texts still matching the `off` bytes fed
+  // (bit i: candidate i); the generic JSON fields above for a value of any shape.
+  struct Frame {
+    int32_t node;
+    uint16_t idx;
+    uint8_t phase;
+  };
+  Frame frames[kGuideMaxLevels];
+  uint8_t levels = 0;
+  uint64_t cand = 0;
 };
 
 class Guide {
  public:
   static constexpr int kMaxDepth = 128;
   static constexpr int kMaxWhitespace = 16;
-  enum class Kind { Json, Choice };
+  enum class Kind { Json, Choice, Schema };
   static std::shared_ptr<const Guide> json();
   // Throws Error for an empty list or an empty string.
   static std::shared_ptr<const Guide> choice(std::vector<std::string> choices);
+  // A JSON schema's text. Throws Error for text that is not JSON or a schema json_schema.h refuses.
+  static std::shared_ptr<const Guide> schema(const std::string& schema_json);
 
   Kind kind() const { return kind_; }
   // Distinct for every guide made (never reused, unlike an address): with a state, what a cache of the
@@ -49,6 +68,9 @@ class Guide {
   bool feed(GuideState& s, std::string_view bytes) const;
   // Whether the text fed so far is a whole accepted output (end of sequence allowed).
   bool complete(const GuideState& s) const;
+  // Whether no byte continues s (a JSON schema's values nested deeper than kGuideMaxLevels): the
+  // sampler then allows the end of sequence rather than no token at all.
+  bool stuck(const GuideState& s) const;
   // Whether s is inside a JSON string between characters: then any plain_string_bytes() text is
   // accepted and leaves s there (the sampler's fast path).
   bool in_plain_string(const GuideState& s) const;
@@ -57,9 +79,12 @@ class Guide {
   explicit Guide(Kind k);
   bool json_byte(GuideState& s, unsigned char c) const;
   bool choice_byte(GuideState& s, unsigned char c) const;
+  bool schema_byte(GuideState& s, unsigned char c) const;
+  bool schema_could_end(const GuideState& s) const;
   Kind kind_;
   uint64_t id_;
   std::vector<std::string> choices_;  // sorted, distinct
+  std::shared_ptr<const JsonSchema> schema_;
 };
 
 // Whether `bytes` may sit inside a JSON string as they are: printable ASCII but '"' and '\', and whole

@@ -126,14 +126,15 @@ const std::vector<uint64_t>& Sampler::guided_allowed(const SeqState& st, Range v
 
 void Sampler::guided_bans(const SeqState& st, Range vocab, std::vector<int32_t>& out) const {
   const std::vector<uint64_t>& allowed = guided_allowed(st, vocab);
-  const bool done = st.guide->complete(st.guide_state);
+  // The end of sequence exactly when the text is whole (or when nothing can continue it).
+  const bool done = st.guide->complete(st.guide_state) || st.guide->stuck(st.guide_state);
   std::vector<int32_t> eos(st.eos_ids);  // walked alongside the tokens
   std::sort(eos.begin(), eos.end());
   auto next_eos = std::lower_bound(eos.begin(), eos.end(), static_cast<int32_t>(vocab.begin));
   for (int64_t t = vocab.begin; t < vocab.end; ++t) {
     bool ok;
     if (next_eos != eos.end() && *next_eos == t) {
-      ok = done;  // the end of sequence exactly when the text is whole
+      ok = done;
       while (next_eos != eos.end() && *next_eos == t) ++next_eos;
     } else {
       ok = (allowed[static_cast<size_t>((t - vocab.begin) / 64)] >> ((t - vocab.begin) % 64)) & 1;

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "engine/guided.h"
 #include "common/log.h"
 #include "kernels/draw.h"
 #include "model/model_file.h"
@@ -125,20 +126,44 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
     std::sort(p.allowed_token_ids.begin(), p.allowed_token_ids.end());
     p.allowed_token_ids.erase(std::unique(p.allowed_token_ids.begin(), p.allowed_token_ids.end()), p.allowed_token_ids.end());
   }
-  // Guided decoding: response_format json_object (text: none) and guided_choice; vLLM's other kinds
-  // (a JSON schema, a regex, a grammar) are refused by name.
+  // Guided decoding: response_format json_object / json_schema (text: none), guided_choice and
+  // guided_json; vLLM's other kinds (a regex, a grammar) are refused by name.
+  auto one_kind = [&](const char* kind) {
+    if (!p.guided.empty())
+      throw Error(cat("only one kind of guided decoding per request (", p.guided == "choice" ? "a choice" : "a JSON format",
+                      " and ", std::string(kind) == "choice" ? "a choice" : "a JSON format", " were both asked)"));
+    p.guided = kind;
+  };
+  // A JSON schema: an object, or its JSON text.
+  auto take_schema = [&](const json& v, const char* name) {
+    if (v.is_string()) {
+      p.guided_schema = v.get<std::string>();
+    } else if (v.is_object() || v.is_boolean()) {
+      p.guided_schema = v.dump();
+    } else {
+      throw Error(cat("'", name, "' must be a JSON schema (an object, or its JSON text)"));
+    }
+    one_kind("json_schema");
+  };
   if (j.contains("response_format") && !j["response_format"].is_null()) {
     const json& f = j["response_format"];
     if (!f.is_object() || !f.contains("type") || !f["type"].is_string())
       throw Error("'response_format' must be an object with a 'type'");
     const std::string type = f["type"].get<std::string>();
-    if (type == "json_object")
+    if (type == "json_object") {
       p.guided = "json";
-    else if (type == "text")
+    } else if (type == "json_schema") {
       p.guided.clear();
-    else
-      throw Error(cat("response_format '", type, "' is not supported by llmserve yet (json_object and text are)"));
+      if (!f.contains("json_schema") || !f["json_schema"].is_object() || !f["json_schema"].contains("schema"))
+        throw Error("response_format 'json_schema' needs a 'json_schema' object with a 'schema'");
+      take_schema(f["json_schema"]["schema"], "response_format.json_schema.schema");
+    } else if (type == "text") {
+      p.guided.clear();
+    } else {
+      throw Error(cat("response_format '", type, "' is not supported by llmserve yet (json_object, json_schema and text are)"));
+    }
   }
+  if (j.contains("guided_json") && !j["guided_json"].is_null()) take_schema(j["guided_json"], "guided_json");
   // A choice list: vLLM's structured_outputs.choice, or its older guided_choice.
   auto take_choice = [&](const json& c, const char* name) {
     if (!c.is_array()) throw Error(cat("'", name, "' must be a non-empty list of strings"));
@@ -147,8 +172,7 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
       if (!x.is_string()) throw Error(cat("'", name, "' must be a non-empty list of strings"));
       p.guided_choice.push_back(x.get<std::string>());
     }
-    if (!p.guided.empty()) throw Error("only one kind of guided decoding per request (a choice and a JSON object were both asked)");
-    p.guided = "choice";
+    one_kind("choice");
   };
   if (j.contains("guided_choice") && !j["guided_choice"].is_null()) take_choice(j["guided_choice"], "guided_choice");
   // vLLM's structured_outputs (its current name for guided decoding): choice and json_object.
@@ -162,10 +186,11 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
       } else if (key == "json_object") {
         if (!v.is_boolean()) throw Error("'structured_outputs.json_object' must be a boolean");
         if (!v.get<bool>()) continue;
-        if (!p.guided.empty()) throw Error("only one kind of guided decoding per request (a choice and a JSON object were both asked)");
-        p.guided = "json";
-      } else if (key == "json" || key == "regex" || key == "grammar" || key == "structural_tag") {
-        throw Error(cat("'structured_outputs.", key, "' is not supported by llmserve yet (choice and json_object are)"));
+        one_kind("json");
+      } else if (key == "json") {
+        take_schema(v, "structured_outputs.json");
+      } else if (key == "regex" || key == "grammar" || key == "structural_tag") {
+        throw Error(cat("'structured_outputs.", key, "' is not supported by llmserve yet (choice, json and json_object are)"));
       } else if (key != "disable_any_whitespace" && key != "disable_fallback" && key != "whitespace_pattern") {
         throw Error(cat("unknown 'structured_outputs' field '", key, "'"));
       } else if (!(v == false || (v.is_string() && v.get<std::string>().empty()))) {
@@ -204,6 +229,18 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
   }
 }
 
+std::string guided_schema_as_sent(const nlohmann::ordered_json& body) {
+  using ojson = nlohmann::ordered_json;
+  auto text = [](const ojson& v) { return v.is_string() ? v.get<std::string>() : v.dump(); };
+  auto has = [](const ojson& o, const char* k) { return o.is_object() && o.contains(k) && !o[k].is_null(); };
+  if (has(body, "response_format") && has(body["response_format"], "json_schema") &&
+      has(body["response_format"]["json_schema"], "schema"))
+    return text(body["response_format"]["json_schema"]["schema"]);
+  if (has(body, "guided_json")) return text(body["guided_json"]);
+  if (has(body, "structured_outputs") && has(body["structured_outputs"], "json")) return text(body["structured_outputs"]["json"]);
+  return {};
+}
+
 void sampling_params_validate(const SamplingParams& p, int64_t vocab_size, int max_logprobs) {
   auto bad = [](const std::string& m) { throw Error(m); };
   if (p.n < 1 || p.n > 128) bad(cat("'n' must be between 1 and 128, got ", p.n));
@@ -231,6 +268,8 @@ void sampling_params_validate(const SamplingParams& p, int64_t vocab_size, int m
     if (p.guided_choice.empty()) bad("'guided_choice' must be a non-empty list of strings");
     for (const auto& c : p.guided_choice)
       if (c.empty()) bad("'guided_choice' strings must not be empty");
+  } else if (p.guided == "json_schema") {
+    Guide::schema(p.guided_schema);  // throws Error for what it cannot guide
   } else if (!p.guided.empty() && p.guided != "json") {
     bad(cat("unknown guided decoding kind '", p.guided, "'"));
   }

@@ -42,9 +42,11 @@ struct SamplingParams {
   // vLLM's allowed_token_ids: every other token's logit masked (sorted, distinct; empty: off).
   std::vector<int32_t> allowed_token_ids;
   // Guided decoding (src/engine/guided.h): "" off, "json" (response_format json_object), "choice"
-  // (guided_choice: exactly one of guided_choice).
+  // (guided_choice: exactly one of guided_choice), "json_schema" (a value valid under the schema whose
+  // JSON text is guided_schema).
   std::string guided;
   std::vector<std::string> guided_choice;
+  std::string guided_schema;
 
   bool greedy() const { return temperature < 1e-5 || top_k == 1; }
 };
@@ -53,6 +55,10 @@ struct SamplingParams {
 // max_tokens, top_logprobs with logprobs) over `p`. Throws Error naming the field for a wrong type or
 // an out-of-range value.
 void sampling_params_from_json(const nlohmann::json& j, SamplingParams& p);
+// The JSON schema of a request's guided decoding (response_format json_schema, guided_json,
+// structured_outputs json) as its text stands in the request, properties in the order given: the
+// order they are produced in (nlohmann::json, which sampling_params_from_json reads, sorts them).
+std::string guided_schema_as_sent(const nlohmann::ordered_json& body);
 // max_logprobs: the most log-probabilities a request may ask for (vLLM's max_logprobs, at most
 // kMaxTopLogprobs).
 void sampling_params_validate(const SamplingParams& p, int64_t vocab_size, int max_logprobs = 20);

@@ -75,6 +75,7 @@ void put_params(Writer& w, const SamplingParams& p) {
   w.str(p.guided);
   w.put(static_cast<uint32_t>(p.guided_choice.size()));
   for (const auto& c : p.guided_choice) w.str(c);
+  w.str(p.guided_schema);
 }
 
 SamplingParams get_params(Reader& r) {
@@ -96,6 +97,7 @@ SamplingParams get_params(Reader& r) {
   p.guided = r.str();
   const uint32_t nc = r.get<uint32_t>();
   for (uint32_t i = 0; i < nc; ++i) p.guided_choice.push_back(r.str());
+  p.guided_schema = r.str();
   return p;
 }
 

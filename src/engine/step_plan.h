@@ -10,7 +10,7 @@
 
 namespace llmserve {
 
-constexpr uint32_t kStepPlanVersion = 4;
+constexpr uint32_t kStepPlanVersion = 5;
 
 struct SeqStep {
   uint64_t seq_id = 0;

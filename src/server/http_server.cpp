@@ -214,7 +214,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void generate(bool chat) {
     auto p = std::make_shared<Pending>();
-    p->req = chat ? parse_chat(parse_json<nlohmann::ordered_json>(req_.body()), ctx_) : parse_completion(parse_json(req_.body()), ctx_);
+    p->req = chat ? parse_chat(parse_json<nlohmann::ordered_json>(req_.body()), ctx_) : parse_completion(parse_json<nlohmann::ordered_json>(req_.body()), ctx_);
     p->id = random_id(chat ? "chatcmpl-" : "cmpl-");
     const size_t n = p->req.prompts.size();
     p->outputs.resize(n);

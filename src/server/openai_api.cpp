@@ -38,7 +38,7 @@ void check_model(const json& body, const ApiContext& ctx, std::string& model) {
   throw HttpError(404, "The model `" + model + "` does not exist.", "NotFoundError", "model");
 }
 
-void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx) {
+void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx, const ojson& as_sent) {
   if (body.contains("stream") && !body["stream"].is_null()) {
     if (!body["stream"].is_boolean()) throw HttpError(400, "'stream' must be a boolean", "BadRequestError", "stream");
     r.stream = body["stream"].get<bool>();
@@ -68,6 +68,7 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
   try {
     sampling_params_from_json(ctx.sampling_defaults, r.params);  // the model's, then the request's own
     sampling_params_from_json(body, r.params);
+    if (r.params.guided == "json_schema") r.params.guided_schema = guided_schema_as_sent(as_sent);
     set_bad_words_ids(r.params, ctx.tok);
   } catch (const Error& e) {
     throw HttpError(400, e.what());
@@ -79,16 +80,17 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
   // did not do what was asked is worse than an error.
   if (given("best_of") && (!body["best_of"].is_number_integer() || body["best_of"] != r.params.n))
     throw HttpError(400, "'best_of' other than n is not supported", "BadRequestError", "best_of");
-  // Guided decoding: response_format json_object, structured_outputs choice / json_object and
-  // guided_choice (sampling_params_from_json); vLLM's other kinds are refused.
-  for (const char* key : {"guided_json", "guided_regex", "guided_grammar"})
+  // Guided decoding: response_format json_object / json_schema, structured_outputs choice / json /
+  // json_object, guided_choice and guided_json (sampling_params_from_json); vLLM's other kinds are refused.
+  for (const char* key : {"guided_regex", "guided_grammar"})
     if (given(key))
       throw HttpError(400, cat("'", key, "' is not supported by llmserve yet (guided decoding takes response_format "
-                               "json_object, structured_outputs choice or json_object, and guided_choice)"),
+                               "json_object or json_schema, structured_outputs choice, json or json_object, guided_choice "
+                               "and guided_json)"),
                       "BadRequestError", key);
   if (!r.params.guided.empty() && !ctx.tok)
     throw HttpError(400, "guided decoding needs the model's tokenizer, which this model lacks", "BadRequestError",
-                    r.params.guided == "json" ? "response_format" : "guided_choice");
+                    r.params.guided == "choice" ? "guided_choice" : "response_format");
   // vLLM's and OpenAI's other options that change what is generated or returned, when set to anything
   // but their no-op value (false, empty, null).
   for (const char* key : {"use_beam_search", "suffix", "logits_processors"}) {
@@ -243,8 +245,9 @@ json prompt_logprobs_json(const RequestOutput& out, const ApiContext& ctx) {
 
 }  // namespace
 
-GenerationRequest parse_completion(const json& body, const ApiContext& ctx) {
-  if (!body.is_object()) throw HttpError(400, "the request body must be a JSON object");
+GenerationRequest parse_completion(const ojson& as_sent, const ApiContext& ctx) {
+  if (!as_sent.is_object()) throw HttpError(400, "the request body must be a JSON object");
+  const json body = json::parse(json_text(as_sent));
   GenerationRequest r;
   check_model(body, ctx, r.model);
   if (!body.contains("prompt")) throw HttpError(400, "'prompt' is required", "BadRequestError", "prompt");
@@ -284,7 +287,7 @@ GenerationRequest parse_completion(const json& body, const ApiContext& ctx) {
   // As vLLM: echo with max_tokens 0 returns the prompt alone (what evaluation harnesses send to score a
   // text); max_tokens 0 otherwise is refused as usual.
   r.echo_only = r.echo && body.contains("max_tokens") && body["max_tokens"].is_number_integer() && body["max_tokens"] == 0;
-  common_params(body, r, ctx);
+  common_params(body, r, ctx, as_sent);
   // With echo, the log-probabilities cover the prompt's tokens too (OpenAI's and vLLM's).
   if (r.echo && r.params.logprobs >= 0 && r.params.prompt_logprobs < 0) r.params.prompt_logprobs = r.params.logprobs;
   return r;
@@ -352,7 +355,7 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
   const ojson& last = msgs.back();
   r.prompt_texts.push_back(last["role"] == r.role && last.contains("content") && last["content"].is_string()
                                ? last["content"].get<std::string>() : std::string());
-  common_params(plain, r, ctx);
+  common_params(plain, r, ctx, body);
   return r;
 }
 

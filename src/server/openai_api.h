@@ -55,7 +55,7 @@ struct GenerationRequest {
 };
 
 // Parse and validate (throws HttpError 400/404 with a clear message).
-GenerationRequest parse_completion(const nlohmann::json& body, const ApiContext& ctx);
+GenerationRequest parse_completion(const nlohmann::ordered_json& body, const ApiContext& ctx);
 GenerationRequest parse_chat(const nlohmann::ordered_json& body, const ApiContext& ctx);
 
 // Whole responses (non-streaming). outputs[i] belongs to prompts[i].

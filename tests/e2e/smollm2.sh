@@ -35,11 +35,13 @@ first=$(ids "$work/tp1.jsonl" 1)
 echo "capital of France -> $first"
 if grep -Eq '[\[,]7042[],]' <<<"$first"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL answer does not name Paris"; fi
 # Guided decoding (greedy): JSON mode gives a bare JSON object with the keys asked for (unguided, the
-# model wraps it in a Markdown fence and talks on), guided_choice one of its strings.
+# model wraps it in a Markdown fence and talks on), guided_choice one of its strings, a JSON schema an
+# object valid under it.
 cat >"$work/guided.jsonl" <<'EOF2'
 {"messages": [{"role": "user", "content": "Describe a cat as a JSON object with the keys name and age."}], "max_tokens": 120, "temperature": 0, "response_format": {"type": "json_object"}}
 {"messages": [{"role": "user", "content": "Describe a cat as a JSON object with the keys name and age."}], "max_tokens": 120, "temperature": 0}
 {"messages": [{"role": "user", "content": "Is the sky blue? Answer yes or no."}], "max_tokens": 10, "temperature": 0, "guided_choice": ["yes", "no"]}
+{"messages": [{"role": "user", "content": "Describe a cat as JSON with its name, age and favourite toys."}], "max_tokens": 100, "temperature": 0, "response_format": {"type": "json_schema", "json_schema": {"name": "cat", "schema": {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "toys": {"type": "array", "items": {"type": "string"}, "maxItems": 3}, "indoor": {"anyOf": [{"type": "boolean"}, {"type": "null"}]}}, "required": ["name", "age", "toys"]}}}}
 EOF2
 "$here/../mpirun.sh" 3 "$build/llmserve" generate --model "$model" --backend cpu -tp 3 --max-model-len 1024 \
   --input "$work/guided.jsonl" --output "$work/guided.out.jsonl" 2>"$work/guided.log" || { tail -5 "$work/guided.log"; exit 1; }
@@ -59,7 +61,13 @@ try:
 except ValueError:
     pass
 ok = ok and outs[2]["text"] in ("yes", "no") and outs[2]["finish_reason"] == "stop"
-print("guided:", repr(outs[0]["text"]), "| unguided starts", repr(outs[1]["text"][:12]), "| choice:", outs[2]["text"])
+# A JSON schema: valid under it, its properties in the schema's order.
+cat = json.loads(outs[3]["text"])
+ok = ok and outs[3]["finish_reason"] == "stop" and list(cat)[:3] == ["name", "age", "toys"] and isinstance(cat["name"], str) \
+    and type(cat["age"]) is int and isinstance(cat["toys"], list) and len(cat["toys"]) <= 3 \
+    and all(isinstance(t, str) for t in cat["toys"]) and cat.get("indoor") in (None, True, False)
+print("guided:", repr(outs[0]["text"]), "| unguided starts", repr(outs[1]["text"][:12]), "| choice:", outs[2]["text"],
+      "| schema:", repr(outs[3]["text"]))
 sys.exit(0 if ok else 1)
 PY
 then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL guided decoding"; fi

@@ -301,8 +301,8 @@ TEST(Scheduler, PromptLogprobsTargetsAndNoPrefixCache) {
   EXPECT_EQ(p.seqs[2].prompt_targets.size(), 7u);
 }
 
-// The step plan carries prompt_logprobs (in the parameters) and each chunk's prompt targets; a message
-// with more targets than tokens is refused.
+// The step plan carries prompt_logprobs and a guided JSON schema (in the parameters) and each chunk's
+// prompt targets; a message with more targets than tokens is refused.
 TEST(StepPlan, PromptTargetsRoundTrip) {
   StepPlan p;
   SeqStep s;
@@ -312,11 +312,15 @@ TEST(StepPlan, PromptTargetsRoundTrip) {
   s.has_params = true;
   s.prompt_len = 9;
   s.params.prompt_logprobs = 4;
+  s.params.guided = "json_schema";
+  s.params.guided_schema = R"({"properties": {"b": {}, "a": {}}})";
   s.prompt_targets = {6, 7, 8};
   p.seqs.push_back(s);
   const StepPlan q = StepPlan::deserialize(p.serialize());
   ASSERT_EQ(q.seqs.size(), 1u);
   EXPECT_EQ(q.seqs[0].params.prompt_logprobs, 4);
+  EXPECT_EQ(q.seqs[0].params.guided, "json_schema");
+  EXPECT_EQ(q.seqs[0].params.guided_schema, s.params.guided_schema);  // as sent: the properties' order kept
   EXPECT_EQ(q.seqs[0].prompt_targets, s.prompt_targets);
   p.seqs[0].prompt_targets.push_back(9);
   EXPECT_THROW(StepPlan::deserialize(p.serialize()), Error);

@@ -694,12 +694,15 @@ TEST(Sampler, GuidedDecodingKeepsTheTextAccepted) {
   (*bytes)[47] = "}";
   std::mt19937 g(21);
   std::normal_distribution<float> d(0.f, 2.f);
-  for (const std::string kind : {"json", "choice"})
+  for (const std::string kind : {"json", "choice", "json_schema"})
     for (bool backend : {false, true})
       for (double temperature : {0.0, 1.0}) {
         SamplingParams p;
         p.guided = kind;
         if (kind == "choice") p.guided_choice = {"yes", "no", "maybe"};
+        if (kind == "json_schema")
+          p.guided_schema = R"({"properties": {"a": {"type": "integer"}, "b": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
+                                "e": {"type": "array", "items": {"enum": ["a", "yes"]}}}, "required": ["a"]})";
         p.temperature = temperature;
         p.min_tokens = 40;  // would mask EOS; a whole text still ends
         const auto guide = make_guide(p);
@@ -746,10 +749,11 @@ TEST(Sampler, GuidedCacheDrawsAsTheWalk) {
   auto bytes = std::make_shared<std::vector<std::string>>(V);
   for (int64_t t = 0; t < V; ++t)
     if (t != 3) (*bytes)[t] = pieces[static_cast<size_t>(t) % pieces.size()];
-  for (const std::string kind : {"json", "choice"}) {
+  for (const std::string kind : {"json", "choice", "json_schema"}) {
     SamplingParams p;
     p.guided = kind;
     if (kind == "choice") p.guided_choice = {"yes", "no", "yesno", "aaaa"};
+    if (kind == "json_schema") p.guided_schema = R"({"properties": {"a": {"type": "array", "items": {"type": "integer"}}}})";
     p.temperature = 1.0;
     p.ignore_eos = true;
     std::vector<int32_t> drawn[2];

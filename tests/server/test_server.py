@@ -227,13 +227,19 @@ def main():
             ("best_of", 400, s.post("/v1/completions", {"prompt": "x", "best_of": 3}), "best_of"),
             ("logit_bias key", 400, s.post("/v1/completions", {"prompt": "x", "logit_bias": {"five": 10}}), "token ids"),
             ("logit_bias token", 400, s.post("/v1/completions", {"prompt": "x", "logit_bias": {"999999999": 10}}), "vocabulary"),
-            ("response_format json_schema", 400, s.post("/v1/chat/completions", {"messages": msgs, "response_format": {
-                "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}}),
-             "response_format 'json_schema' is not supported by llmserve yet"),
+            ("response_format json_schema with a pattern", 400, s.post("/v1/chat/completions", {"messages": msgs, "response_format": {
+                "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "a+"}}}}),
+             "'pattern' is not supported by llmserve's guided decoding"),
+            ("response_format json_schema without a schema", 400, s.post("/v1/chat/completions", {"messages": msgs, "response_format": {
+                "type": "json_schema", "json_schema": {"name": "x"}}}), "needs a 'json_schema' object with a 'schema'"),
             ("response_format without a type", 400, s.post("/v1/completions", {"prompt": "x", "response_format": {}}),
              "must be an object with a 'type'"),
-            ("guided_json", 400, s.post("/v1/chat/completions", {"messages": msgs, "guided_json": {"type": "object"}}),
-             "'guided_json' is not supported by llmserve yet"),
+            ("guided_json that is not JSON", 400, s.post("/v1/chat/completions", {"messages": msgs, "guided_json": "{\"type\""}),
+             "json_schema: not JSON"),
+            ("guided_json with json_object", 400, s.post("/v1/chat/completions", {"messages": msgs, "guided_json": {"type": "object"},
+                                                                                  "response_format": {"type": "json_object"}}),
+             "only one kind of guided decoding"),
+            ("guided_regex", 400, s.post("/v1/completions", {"prompt": "x", "guided_regex": "a+"}), "'guided_regex' is not supported"),
             ("guided_choice empty", 400, s.post("/v1/completions", {"prompt": "x", "guided_choice": []}), "non-empty list of strings"),
             ("guided_choice not strings", 400, s.post("/v1/completions", {"prompt": "x", "guided_choice": ["a", 1]}),
              "non-empty list of strings"),
@@ -241,8 +247,11 @@ def main():
              "must not be empty"),
             ("guided_choice with json_object", 400, s.post("/v1/completions", {
                 "prompt": "x", "guided_choice": ["a"], "response_format": {"type": "json_object"}}), "only one kind of guided decoding"),
-            ("structured_outputs json schema", 400, s.post("/v1/completions", {
-                "prompt": "x", "structured_outputs": {"json": {"type": "object"}}}), "'structured_outputs.json' is not supported"),
+            ("structured_outputs regex", 400, s.post("/v1/completions", {
+                "prompt": "x", "structured_outputs": {"regex": "a+"}}), "'structured_outputs.regex' is not supported"),
+            ("structured_outputs json with anyOf of two objects", 400, s.post("/v1/completions", {
+                "prompt": "x", "structured_outputs": {"json": {"anyOf": [{"type": "object"}, {"properties": {"a": {}}}]}}}),
+             "both begin with '{'"),
             ("structured_outputs unknown field", 400, s.post("/v1/completions", {"prompt": "x", "structured_outputs": {"choise": ["a"]}}),
              "unknown 'structured_outputs' field 'choise'"),
             ("structured_outputs not an object", 400, s.post("/v1/completions", {"prompt": "x", "structured_outputs": ["a"]}),
@@ -446,6 +455,36 @@ def main():
                                                  "structured_outputs": {"json_object": True}})
         check("structured_outputs.json_object: the same answers as response_format json_object",
               st == 200 and [(c["message"]["content"], c["finish_reason"]) for c in sj["choices"]] == texts, (sj, texts))
+        # A JSON schema (response_format json_schema, guided_json, structured_outputs json): stopped answers
+        # are valid under it, with the properties in the schema's order (declared out of alphabetical order).
+        schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                                                   "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 2},
+                                                   "pet": {"anyOf": [{"type": "string"}, {"type": "null"}]}},
+                  "required": ["name", "age"]}
+
+        def valid(text):
+            try:
+                o = json.loads(text)
+            except ValueError:
+                return False
+            keys = [k for k in schema["properties"] if k in o]
+            return (isinstance(o, dict) and list(o) == keys and isinstance(o["name"], str) and type(o["age"]) is int
+                    and all(t in ("a", "b") for t in o.get("tags", [])) and len(o.get("tags", [])) <= 2
+                    and (o.get("pet") is None or isinstance(o["pet"], str)))
+        for name, extra in (("response_format json_schema", {"response_format": {"type": "json_schema", "json_schema": {
+                                "name": "person", "schema": schema, "strict": True}}}),
+                            ("guided_json", {"guided_json": schema}),
+                            ("structured_outputs.json as text", {"structured_outputs": {"json": json.dumps(schema)}})):
+            st, gs = s.post("/v1/chat/completions", dict({"messages": msgs, "max_tokens": 64, "n": 6, "temperature": 1.0,
+                                                          "seed": 11}, **extra))
+            answers = [(c["message"]["content"], c["finish_reason"]) for c in gs.get("choices", [])]
+            check(name + ": every stopped answer is valid under the schema, properties in its order",
+                  st == 200 and len(answers) == 6 and all(valid(t) for t, f in answers if f == "stop")
+                  and all(t.lstrip().startswith("{") for t, f in answers if t.strip()), answers)
+        st, gsc = s.post("/v1/completions", {"prompt": "Person:", "max_tokens": 64, "n": 4, "temperature": 1.0, "seed": 5,
+                                             "guided_json": schema})
+        check("guided_json on completions", st == 200 and all(valid(c["text"]) for c in gsc["choices"] if c["finish_reason"] == "stop"),
+              gsc)
         # continue_final_message: the prompt ends with the final (assistant) message's text, open.
         cont = [{"role": "user", "content": "Name a color."}, {"role": "assistant", "content": "My favourite color is"}]
         st, ct = s.post("/tokenize", {"messages": cont, "continue_final_message": True})

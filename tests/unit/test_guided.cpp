@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "engine/guided.h"
+#include "engine/json_schema.h"
 
 using namespace llmserve;
 
@@ -128,4 +129,142 @@ TEST(GuidedJson, PlainStringBytes) {
   EXPECT_FALSE(g->in_plain_string(s));  // after a backslash
   ASSERT_TRUE(g->feed(s, "n\": "));
   EXPECT_FALSE(g->in_plain_string(s));  // a value expected, not a string
+}
+
+// json_schema: accepted documents are accepted byte by byte with every proper prefix incomplete (but
+// for a top-level number or enum value, which may be whole before its end), and what the schema rules
+// out is rejected at the first byte that makes it impossible.
+namespace {
+void accepts(const Guide& g, const std::string& doc) {
+  const auto [n, complete] = run(g, doc);
+  EXPECT_EQ(n, doc.size()) << doc;
+  EXPECT_TRUE(complete) << doc;
+}
+}  // namespace
+
+TEST(GuidedSchema, ObjectsInTheSchemasOrderWithRequiredAndOptionalProperties) {
+  const auto g = Guide::schema(R"({"type": "object", "properties": {"name": {"type": "string"}, "nick": {"type": "string"},
+      "age": {"type": "integer"}, "ok": {"type": "boolean"}}, "required": ["name", "age"], "additionalProperties": false})");
+  for (const std::string doc : {R"({"name": "Bo", "age": 3})", R"({"name":"Bo","nick":"b","age":-10,"ok":true})",
+                                R"({ "name" : "x\"y" , "age" : 0 , "ok" : false })", R"({"name":"caf)" "\xc3\xa9" R"(","age":7})"}) {
+    accepts(*g, doc);
+    for (size_t k = 1; k + 1 < doc.size(); ++k) {
+      GuideState s = g->start();
+      ASSERT_TRUE(g->feed(s, doc.substr(0, k))) << doc.substr(0, k);
+      EXPECT_FALSE(g->complete(s)) << doc.substr(0, k);
+    }
+  }
+  const std::vector<std::pair<std::string, size_t>> bad = {
+      {R"({"age": 3, "name": "x"})", 2},     // properties come in the schema's order
+      {R"({"name": "x"})", 12},              // age is required
+      {R"({"name": "x", "age": 3.5})", 22},  // an integer
+      {R"({"name": "x", "age": 1e3})", 22},
+      {R"({"name": 5, "age": 3})", 9},       // a string
+      {R"({"name": "x", "age": 3, "zz": 1})", 25},  // no other properties
+      {R"({"name": "x", "ok": true})", 15},  // age (required) before ok
+      {R"({"name": "x", "age": 3,})", 23},   // no trailing comma
+      {R"({"name": "x", "age": 3} )", 23},   // nothing after the value
+      {R"(["name"])", 0},
+  };
+  for (const auto& [doc, at] : bad) EXPECT_EQ(run(*g, doc).first, at) << doc;
+}
+
+TEST(GuidedSchema, ArraysEnumsUnionsAndAnyValues) {
+  const auto arr = Guide::schema(R"({"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 2})");
+  for (const std::string doc : {"[1]", "[ -2.5e+3 , 0 ]", "[0.25]"}) accepts(*arr, doc);
+  EXPECT_EQ(run(*arr, "[]").first, 1u);
+  EXPECT_EQ(run(*arr, "[1,2,3]").first, 4u);
+  EXPECT_EQ(run(*arr, "[\"a\"]").first, 1u);
+
+  const auto e = Guide::schema(R"({"enum": ["red", "green", 1, 12, null, {"a": [true]}]})");
+  for (const std::string doc : {"\"red\"", "\"green\"", "1", "12", "null", "{\"a\":[true]}"}) accepts(*e, doc);
+  EXPECT_EQ(run(*e, "\"blue\"").first, 1u);
+  EXPECT_EQ(run(*e, "13").first, 1u);
+  EXPECT_EQ(run(*e, "{\"a\": [true]}").first, 5u);  // enum values in compact form
+
+  // An enum value that another extends ends at the byte after it, inside an object.
+  const auto inner = Guide::schema(R"({"properties": {"n": {"enum": [1, 12]}, "s": {"const": "k"}}, "required": ["n", "s"]})");
+  accepts(*inner, R"({"n": 1, "s": "k"})");
+  accepts(*inner, R"({"n":12,"s":"k"})");
+  EXPECT_EQ(run(*inner, R"({"n": 2)").first, 6u);
+
+  const auto u = Guide::schema(R"({"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+      "b": {"type": ["integer", "array"], "items": {"type": "boolean"}}}, "required": ["a", "b"]})");
+  for (const std::string doc : {R"({"a": "x", "b": 4})", R"({"a": null, "b": [true, false]})"}) accepts(*u, doc);
+  EXPECT_EQ(run(*u, R"({"a": 1)").first, 6u);
+  EXPECT_EQ(run(*u, R"({"a": null, "b": "x")").first, 17u);
+
+  // Any value: a property without a schema, a free-form object.
+  const auto any = Guide::schema(R"({"type": "object", "properties": {"meta": {}, "obj": {"type": "object"}}, "required": ["meta"]})");
+  for (const std::string doc : {R"({"meta": {"x": [1, "y", null]}})", R"({"meta": 5, "obj": {"k": 1.5}})", R"({"meta": -0.5})",
+                                R"({"meta":"s"})"})
+    accepts(*any, doc);
+  EXPECT_EQ(run(*any, R"({"meta": [1,]})").first, 12u);
+  EXPECT_EQ(run(*any, R"({"meta": 1, "obj": [1]})").first, 19u);  // a free-form object is still an object
+  // A top-level number is whole as soon as it may end; a top-level integer takes no fraction.
+  const auto num = Guide::schema(R"({"type": "integer"})");
+  GuideState s = num->start();
+  ASSERT_TRUE(num->feed(s, "-1"));
+  EXPECT_TRUE(num->complete(s));
+  EXPECT_TRUE(num->feed(s, "0"));
+  EXPECT_FALSE(num->feed(s, "."));
+}
+
+TEST(GuidedSchema, ReferencesAndRecursion) {
+  const auto g = Guide::schema(R"({"$defs": {"Node": {"type": "object", "properties": {"v": {"type": "integer"},
+      "next": {"anyOf": [{"$ref": "#/$defs/Node"}, {"type": "null"}]}}, "required": ["v", "next"]}},
+      "$ref": "#/$defs/Node"})");
+  accepts(*g, R"({"v": 1, "next": {"v": 2, "next": {"v": 3, "next": null}}})");
+  EXPECT_EQ(run(*g, R"({"v": 1, "next": {"v": 2}})").first, 24u);  // next is required
+  const auto tree = Guide::schema(R"({"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#"}}}})");
+  accepts(*tree, R"({"kids": [{}, {"kids": [{"kids": []}]}]})");
+  // Levels deeper than the state holds are refused, not overrun.
+  std::string deep;
+  for (int i = 0; i < kGuideMaxLevels; ++i) deep += "{\"kids\": [";
+  EXPECT_LT(run(*tree, deep).first, deep.size());
+}
+
+TEST(GuidedSchema, RefusesWhatItCannotGuide) {
+  auto refused = [](const std::string& schema, const std::string& says) {
+    try {
+      Guide::schema(schema);
+      ADD_FAILURE() << "accepted: " << schema;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+    }
+  };
+  refused(R"({"type": "string", "pattern": "^a+$"})", "'pattern' is not supported");
+  refused(R"({"type": "string", "format": "date-time"})", "'format' is not supported");
+  refused(R"({"type": "integer", "minimum": 0})", "'minimum' is not supported");
+  refused(R"({"anyOf": [{"type": "object"}, {"type": "object", "properties": {"a": {}}}]})", "both begin with '{'");
+  refused(R"({"type": ["number", "integer"]})", "both begin with '-'");
+  refused(R"({"type": "strnig"})", "unknown type 'strnig'");
+  refused(R"({"$ref": "#/components/X"})", "$ref '#/components/X'");
+  refused(R"({"type": "object", "properties": {"b": {}}, "required": ["a"]})", "required property 'a' is not among the properties");
+  refused(R"({"type": "object", "required": ["a"]})", "required without properties");
+  refused(R"({"type": "array", "minItems": 3, "maxItems": 2})", "maxItems is below minItems");
+  refused(R"(false)", "accepts nothing");
+  refused(R"({"type": "object")", "not JSON");
+  std::string many = R"({"enum": [)";
+  for (int i = 0; i <= kMaxSchemaEnum; ++i) many += (i ? "," : "") + std::to_string(i);
+  refused(many + "]}", "enum lists more than");
+}
+
+TEST(GuidedSchema, StuckOnlyPastTheDeepestLevel) {
+  const auto tree = Guide::schema(R"({"type": "object", "properties": {"kid": {"$ref": "#"}}, "required": ["kid"]})");
+  GuideState s = tree->start();
+  EXPECT_FALSE(tree->stuck(s));
+  for (int i = 1; i < kGuideMaxLevels; ++i) {
+    ASSERT_TRUE(tree->feed(s, "{\"kid\":")) << i;
+    EXPECT_FALSE(tree->stuck(s)) << i;
+  }
+  // The deepest level's object has its key; its value cannot open another level, and "kid" is
+  // required: only whitespace is left, then nothing.
+  ASSERT_TRUE(tree->feed(s, "{\"kid\""));
+  GuideState colon = s;
+  EXPECT_FALSE(tree->feed(colon, ":"));
+  ASSERT_TRUE(tree->feed(s, std::string(Guide::kMaxWhitespace, ' ')));
+  EXPECT_TRUE(tree->stuck(s));
+  EXPECT_FALSE(tree->complete(s));
+  EXPECT_FALSE(Guide::json()->stuck(Guide::json()->start()));
 }

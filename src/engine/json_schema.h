@@ -1,0 +1,52 @@
+// A JSON schema compiled for guided decoding (vLLM's json_schema structured outputs): a table of nodes
+// the byte-level recognizer (src/engine/guided.h) walks. Supported: type (one or a list), properties
+// with required (properties are produced in the schema's order, optional ones may be left out; no
+// others), items with minItems / maxItems, enum and const (any JSON values), anyOf / oneOf whose
+// alternatives begin with different bytes (e.g. a string or null, an object or an array), allOf of one
+// schema, $ref to "#", "#/$defs/..." or "#/definitions/...", and the annotations (title, description,
+// default, examples, $schema, $id, additionalProperties, strict) that do not restrict the produced
+// text further. A schema using anything else (pattern, format, minLength, minimum, ...) is refused
+// with an Error naming the keyword, rather than guided to text that may not satisfy it.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <nlohmann/json_fwd.hpp>
+#include <string>
+#include <vector>
+
+namespace llmserve {
+
+struct SchemaNode {
+  enum class Type : uint8_t { Any, Object, Array, String, Integer, Number, Boolean, Null, Enum, Union };
+  Type type = Type::Any;
+  // Any: an object of any properties only ("type": "object" without "properties").
+  bool any_object = false;
+  // Object: the properties in the schema's order; each key as it stands between the quotes (JSON
+  // escapes applied), its value's node, whether it is required.
+  std::vector<std::string> keys;
+  std::vector<int32_t> values;
+  std::vector<char> required;
+  // Array: the node of every item; the item count's bounds (max -1: none).
+  int32_t items = -1;
+  int64_t min_items = 0, max_items = -1;
+  // Enum: each allowed value as compact JSON text.
+  std::vector<std::string> texts;
+  // Union: the alternatives, and the one a value starting with each byte belongs to (-1: none).
+  std::vector<int32_t> alts;
+  std::array<int32_t, 256> by_first{};
+};
+
+struct JsonSchema {
+  std::vector<SchemaNode> nodes;
+  int32_t root = 0;
+};
+
+// Limits that keep a recognizer's state small: properties of one object and values of one enum (a
+// 64-bit candidate mask). (Values nest at most kGuideMaxLevels deep: guided.h.)
+constexpr int kMaxSchemaProperties = 64;
+constexpr int kMaxSchemaEnum = 64;
+
+// Throws Error (naming the keyword and where it stands) for what is not supported.
+JsonSchema compile_json_schema(const nlohmann::ordered_json& schema);
+
+}  // namespace llmserve
