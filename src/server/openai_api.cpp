@@ -5,6 +5,7 @@
 #include "chat/chat_template.h"
 #include "common/error.h"
 #include "common/json_text.h"
+#include "engine/guided.h"
 #include "tokenizer/tokenizer.h"
 
 namespace llmserve {
@@ -315,14 +316,35 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
   } catch (const Error& e) {
     throw HttpError(400, e.what());
   }
+  std::string forced_schema;  // a named tool_choice: its function's parameters schema
   if (body.contains("tool_choice") && !body["tool_choice"].is_null()) {
     const auto& tc = body["tool_choice"];
-    if (!tc.is_string() || (tc != "auto" && tc != "none"))
-      throw HttpError(400, "tool_choice 'required' and named tool choices need guided decoding, which llmserve does not "
-                           "support yet; use \"auto\" or \"none\"", "BadRequestError", "tool_choice");
+    if (tc.is_object()) {  // {"type": "function", "function": {"name": ...}}: the output is that call's arguments
+      if ((tc.contains("type") && tc["type"] != "function") || !tc.contains("function") || !tc["function"].is_object() ||
+          !tc["function"].contains("name") || !tc["function"]["name"].is_string())
+        throw HttpError(400, "a named tool_choice must be {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                        "BadRequestError", "tool_choice");
+      r.forced_tool = tc["function"]["name"].get<std::string>();
+      bool found = false;
+      if (o.tools.is_array())
+        for (const auto& t : o.tools) {
+          if (!t.is_object() || !t.contains("function") || !t["function"].is_object() || t["function"].value("name", "") != r.forced_tool)
+            continue;
+          found = true;
+          const auto& f = t["function"];
+          forced_schema = f.contains("parameters") && !f["parameters"].is_null() ? f["parameters"].dump()
+                                                                                 : std::string(R"({"type": "object", "properties": {}})");
+        }
+      if (!found)  // vLLM's message
+        throw HttpError(400, cat("Tool '", r.forced_tool, "' has not been passed in `tools`."), "BadRequestError", "tool_choice");
+    } else if (!tc.is_string() || (tc != "auto" && tc != "none")) {
+      throw HttpError(400, "tool_choice 'required' is not supported by llmserve yet; use \"auto\", \"none\" or a named "
+                           "function", "BadRequestError", "tool_choice");
+    }
   }
   const bool choice_none = body.contains("tool_choice") && body["tool_choice"] == "none";
-  r.tools_active = !o.tools.is_null() && !o.tools.empty() && !choice_none && ctx.tool_format != ToolFormat::None;
+  r.tools_active = !o.tools.is_null() && !o.tools.empty() && !choice_none && r.forced_tool.empty() &&
+                   ctx.tool_format != ToolFormat::None;
   // Messages whose content is a list of text parts: join the texts, as vLLM does for text-only models.
   // Other parts (images, audio) are refused: the models served here read text only.
   ojson msgs = parse_tool_call_arguments(body["messages"]);
@@ -356,6 +378,18 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
   r.prompt_texts.push_back(last["role"] == r.role && last.contains("content") && last["content"].is_string()
                                ? last["content"].get<std::string>() : std::string());
   common_params(plain, r, ctx, body);
+  if (!r.forced_tool.empty()) {  // the call's arguments, guided by the function's parameters schema (as vLLM)
+    if (!r.params.guided.empty())
+      throw HttpError(400, "only one kind of guided decoding per request (a named tool_choice and a guided format were both "
+                           "asked)", "BadRequestError", "tool_choice");
+    try {
+      Guide::schema(forced_schema);
+    } catch (const Error& e) {
+      throw HttpError(400, cat("tool '", r.forced_tool, "': ", e.what()), "BadRequestError", "tool_choice");
+    }
+    r.params.guided = "json_schema";
+    r.params.guided_schema = forced_schema;
+  }
   return r;
 }
 
@@ -391,7 +425,11 @@ json chat_response(const std::string& id, const GenerationRequest& r, const ApiC
     const std::string echoed = r.echo ? r.prompt_texts.at(0) : "";
     json message = {{"role", r.role}, {"content", echoed + c.text}};
     std::string finish = c.finish_reason;
-    if (r.tools_active) {
+    if (!r.forced_tool.empty()) {  // the whole output is the named function's arguments
+      message["content"] = echoed.empty() ? json(nullptr) : json(echoed);
+      message["tool_calls"] = json::array({{{"id", random_id("call_")}, {"type", "function"},
+                                            {"function", {{"name", r.forced_tool}, {"arguments", c.text}}}}});
+    } else if (r.tools_active) {
       const ToolParse p = parse_tool_calls(ctx.tool_format, c.text);
       if (!p.calls.empty()) {
         json tc = json::array();
@@ -459,7 +497,19 @@ std::string stream_chunks(const std::string& id, const GenerationRequest& r, con
       s.logprobs_sent = c.logprobs_from + c.logprobs.size();
     }
     json finish = c.finished() ? json(calls.calls.empty() ? c.finish_reason : std::string("tool_calls")) : json(nullptr);
-    if (r.chat) {
+    if (r.chat && !r.forced_tool.empty()) {
+      // The named function's call, its arguments streamed as they come (as vLLM): the first chunk
+      // names the call, the later ones add to its arguments.
+      json call = {{"index", 0}, {"function", {{"arguments", delta}}}};
+      if (first) call = {{"index", 0}, {"id", random_id("call_")}, {"type", "function"},
+                         {"function", {{"name", r.forced_tool}, {"arguments", delta}}}};
+      json d = {{"tool_calls", json::array({call})}};
+      if (first) d["role"] = r.role;
+      if (first && r.echo) d["content"] = r.prompt_texts.at(0);
+      json choice = {{"index", index}, {"delta", d}, {"logprobs", lp}, {"finish_reason", finish}};
+      if (c.finished()) choice["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
+      emit(choice);
+    } else if (r.chat) {
       json d = json::object();
       if (first) d["role"] = r.role;
       d["content"] = (first && r.echo ? r.prompt_texts.at(0) : "") + delta;

@@ -47,6 +47,9 @@ struct GenerationRequest {
   bool tokens_as_ids = false;  // vLLM's return_tokens_as_token_ids: log-probability entries name tokens "token_id:<id>"
   bool echo_only = false;  // completions with echo and max_tokens 0: the prompt alone (one token is generated and dropped, as vLLM)
   bool tools_active = false;  // chat with tools and tool_choice auto: tool calls are parsed from the output
+  // A named tool_choice: the function whose arguments the whole output is (guided by its parameters'
+  // JSON schema), returned as that one tool call.
+  std::string forced_tool;
   std::string model;
   std::vector<std::vector<int32_t>> prompts;
   std::vector<std::string> prompt_texts;  // what echo prepends: each prompt's text; for a chat, the final message's

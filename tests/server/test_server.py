@@ -536,6 +536,40 @@ def main():
         check("tool round trip answers", st == 200 and rt["usage"]["prompt_tokens"] == with_tools["count"], rt)
         st, rr = s.post("/v1/chat/completions", {"messages": hist, "tools": tools, "tool_choice": "required"})
         check("error: tool_choice required", st == 400 and "tool_choice" in rr["error"]["message"], rr)
+        # A named tool_choice: the output is that function's arguments, guided by its parameters schema
+        # (as vLLM), returned as the one tool call; streamed, the first chunk names the call and the
+        # arguments follow in pieces.
+        named = {"type": "function", "function": {"name": "get_weather"}}
+        st, nt = s.post("/v1/chat/completions", {"messages": msgs, "tools": tools, "tool_choice": named, "max_tokens": 40,
+                                                 "n": 4, "temperature": 1.0, "seed": 2})
+        calls = [(c["message"]["tool_calls"], c["message"]["content"], c["finish_reason"]) for c in nt.get("choices", [])]
+
+        def args_ok(a, whole):
+            if not whole:
+                return a.lstrip().startswith("{")
+            o = json.loads(a)
+            return list(o) == ["city"] and isinstance(o["city"], str)
+        check("named tool_choice: one call of that function, its arguments valid under the parameters schema",
+              st == 200 and len(calls) == 4 and all(len(tc) == 1 and tc[0]["function"]["name"] == "get_weather" and content is None
+                                                    and tc[0]["type"] == "function" and tc[0]["id"].startswith("call_")
+                                                    and args_ok(tc[0]["function"]["arguments"], f == "stop")
+                                                    for tc, content, f in calls), calls)
+        st, ev = s.stream("/v1/chat/completions", {"messages": msgs, "tools": tools, "tool_choice": named, "max_tokens": 40,
+                                                   "stream": True, "temperature": 1.0, "seed": 2})
+        deltas = [json.loads(e)["choices"][0]["delta"] for e in ev if e != "[DONE]" and json.loads(e)["choices"]]
+        streamed = "".join(d["tool_calls"][0]["function"]["arguments"] for d in deltas if d.get("tool_calls"))
+        check("named tool_choice streamed: the call named first, the arguments in pieces equal to the whole answer's",
+              st == 200 and deltas[0]["tool_calls"][0]["function"]["name"] == "get_weather"
+              and all("name" not in d["tool_calls"][0]["function"] for d in deltas[1:] if d.get("tool_calls"))
+              and streamed == calls[0][0][0]["function"]["arguments"], (deltas[:3], streamed, calls[0]))
+        st, nm = s.post("/v1/chat/completions", {"messages": msgs, "tools": tools,
+                                                 "tool_choice": {"type": "function", "function": {"name": "nope"}}})
+        check("error: a named tool_choice not among the tools", st == 400 and "Tool 'nope' has not been passed in `tools`."
+              in nm["error"]["message"], nm)
+        st, nb = s.post("/v1/chat/completions", {"messages": msgs, "tools": tools, "tool_choice": named,
+                                                 "response_format": {"type": "json_object"}})
+        check("error: a named tool_choice with another guided format", st == 400 and "only one kind of guided decoding"
+              in nb["error"]["message"], nb)
 
         # A body over the limit is refused from its Content-Length, before it is sent.
         raw = socket.create_connection(("127.0.0.1", s.port))
