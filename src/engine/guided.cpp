@@ -264,7 +264,8 @@ bool Guide::choice_byte(GuideState& s, unsigned char c) const {
 }
 
 bool Guide::stuck(const GuideState& s) const {
-  if (s.dead || complete(s)) return false;
+  // (JSON mode and choices always have a next byte or are whole: only a schema's depth can run out.)
+  if (kind_ != Kind::Schema || s.dead || complete(s)) return false;
   for (int c = 0; c < 256; ++c) {
     GuideState t = s;
     const char b = static_cast<char>(c);
