@@ -345,7 +345,15 @@ bool Guide::schema_could_end(const GuideState& s) const {
 bool Guide::schema_byte(GuideState& s, unsigned char c) const {
   const auto& nodes = schema_->nodes;
   auto finish = [&] {  // the innermost value is whole
-    if (--s.levels == 0) s.mode = kDone;
+    const GuideState::Frame done = s.frames[s.levels - 1];
+    if (--s.levels == 0) {
+      s.mode = kDone;
+      return;
+    }
+    GuideState::Frame& up = s.frames[s.levels - 1];
+    const SchemaNode& un = nodes[static_cast<size_t>(up.node)];
+    if (un.type == Type::Tagged)  // the tag's value names the alternative: its other properties follow
+      up.node = un.tag_alts[static_cast<size_t>(whole(nodes[static_cast<size_t>(done.node)].texts, s.cand, s.off))];
   };
   auto open = [&](int32_t node) {  // a value begins (its first byte is fed next)
     if (s.levels >= kGuideMaxLevels) return false;
@@ -373,6 +381,7 @@ bool Guide::schema_byte(GuideState& s, unsigned char c) const {
           if (s.mode == kDone) finish();
           return true;
         case Type::Object:
+        case Type::Tagged:
           if (c != '{') return false;
           f.phase = 1, f.idx = 0;
           return true;
@@ -455,6 +464,7 @@ bool Guide::schema_byte(GuideState& s, unsigned char c) const {
         continue;  // the value ended before c
       }
       case Type::Object:
+      case Type::Tagged:  // (until its first property's value is read, then the alternative's object)
         switch (f.phase) {
           case 1:
           case 6:

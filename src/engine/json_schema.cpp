@@ -228,7 +228,8 @@ class Compiler {
     };
     switch (n.type) {
       case Type::Any: set(n.any_object ? "{" : "{[\"-0123456789tfn"); break;
-      case Type::Object: set("{"); break;
+      case Type::Object:
+      case Type::Tagged: set("{"); break;
       case Type::Array: set("["); break;
       case Type::String: set("\""); break;
       case Type::Integer:
@@ -252,10 +253,12 @@ class Compiler {
     std::array<int32_t, 256> by;
     by.fill(-1);
     const std::vector<int32_t> alts = out_.nodes[static_cast<size_t>(id)].alts;
+    std::vector<int32_t> objects;  // alternatives that begin with '{'
     for (int32_t a : alts) {
       const auto f = first_bytes(a);
+      if (f['{']) objects.push_back(a);
       for (int c = 0; c < 256; ++c) {
-        if (!f[c]) continue;
+        if (!f[c] || (c == '{' && objects.size() > 1)) continue;
         if (by[c] >= 0)
           fail(where_[static_cast<size_t>(id)],
                cat("alternatives that can both begin with '", static_cast<char>(c),
@@ -263,7 +266,39 @@ class Compiler {
         by[c] = a;
       }
     }
+    if (objects.size() > 1) by['{'] = tagged(objects, where_[static_cast<size_t>(id)]);
     out_.nodes[static_cast<size_t>(id)].by_first = by;
+  }
+
+  // Object alternatives told apart by their first property (see SchemaNode::Tagged), or an Error.
+  int32_t tagged(const std::vector<int32_t>& objects, const std::string& where) {
+    auto refuse = [&] {
+      fail(where, "alternatives that can both begin with '{' are supported only as objects whose first property, "
+                  "required in each, is a const or enum that tells them apart");
+    };
+    SchemaNode t, e;
+    t.type = Type::Tagged;
+    e.type = Type::Enum;
+    std::vector<std::pair<std::string, int32_t>> by_text;
+    for (int32_t a : objects) {
+      const SchemaNode& o = out_.nodes[static_cast<size_t>(a)];
+      if (o.type != Type::Object || o.keys.empty() || !o.required[0]) refuse();
+      if (t.keys.empty()) t.keys = {o.keys[0]};
+      if (o.keys[0] != t.keys[0]) refuse();
+      const SchemaNode& v = out_.nodes[static_cast<size_t>(o.values[0])];
+      if (v.type != Type::Enum) refuse();
+      for (const auto& text : v.texts) by_text.emplace_back(text, a);
+    }
+    std::sort(by_text.begin(), by_text.end());
+    for (size_t i = 0; i < by_text.size(); ++i) {
+      if (i > 0 && by_text[i].first == by_text[i - 1].first) refuse();  // two alternatives share a value
+      e.texts.push_back(by_text[i].first);
+      t.tag_alts.push_back(by_text[i].second);
+    }
+    if (e.texts.size() > static_cast<size_t>(kMaxSchemaEnum)) fail(where, cat("more than ", kMaxSchemaEnum, " tagged alternatives"));
+    t.values = {add(std::move(e))};
+    t.required = {1};
+    return add(std::move(t));
   }
 
   const ojson& root_;

@@ -2,7 +2,8 @@
 // the byte-level recognizer (src/engine/guided.h) walks. Supported: type (one or a list), properties
 // with required (properties are produced in the schema's order, optional ones may be left out; no
 // others), items with minItems / maxItems, enum and const (any JSON values), anyOf / oneOf whose
-// alternatives begin with different bytes (e.g. a string or null, an object or an array), allOf of one
+// alternatives begin with different bytes (e.g. a string or null, an object or an array) or are objects
+// told apart by the value of a first property they all require (a const or enum each), allOf of one
 // schema, $ref to "#", "#/$defs/..." or "#/definitions/...", and the annotations (title, description,
 // default, examples, $schema, $id, additionalProperties, strict) that do not restrict the produced
 // text further. A schema using anything else (pattern, format, minLength, minimum, ...) is refused
@@ -17,7 +18,7 @@
 namespace llmserve {
 
 struct SchemaNode {
-  enum class Type : uint8_t { Any, Object, Array, String, Integer, Number, Boolean, Null, Enum, Union };
+  enum class Type : uint8_t { Any, Object, Array, String, Integer, Number, Boolean, Null, Enum, Union, Tagged };
   Type type = Type::Any;
   // Any: an object of any properties only ("type": "object" without "properties").
   bool any_object = false;
@@ -34,6 +35,11 @@ struct SchemaNode {
   // Union: the alternatives, and the one a value starting with each byte belongs to (-1: none).
   std::vector<int32_t> alts;
   std::array<int32_t, 256> by_first{};
+  // Tagged: object alternatives of a union told apart by their first property, required in each and a
+  // const / enum of values no two share (as a tool call's "name"): keys = {that key}, values = {an enum
+  // of every alternative's values}; tag_alts[i]: the alternative whose value is that enum's texts[i].
+  // Once the value is read the object goes on as that alternative.
+  std::vector<int32_t> tag_alts;
 };
 
 struct JsonSchema {

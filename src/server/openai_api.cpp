@@ -337,13 +337,32 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
         }
       if (!found)  // vLLM's message
         throw HttpError(400, cat("Tool '", r.forced_tool, "' has not been passed in `tools`."), "BadRequestError", "tool_choice");
+    } else if (tc == "required") {
+      // At least one call of the tools: a JSON array of {"name", "parameters"} objects, told apart by
+      // the name (vLLM's schema, its alternatives as llmserve's guide takes them).
+      if (!o.tools.is_array() || o.tools.empty())
+        throw HttpError(400, "tool_choice 'required' needs 'tools'", "BadRequestError", "tool_choice");
+      ojson alts = ojson::array();
+      for (const auto& t : o.tools) {
+        if (!t.is_object() || !t.contains("function") || !t["function"].is_object() || !t["function"].contains("name") ||
+            !t["function"]["name"].is_string())
+          throw HttpError(400, "each tool needs a 'function' with a 'name'", "BadRequestError", "tools");
+        const auto& f = t["function"];
+        ojson params = f.contains("parameters") && !f["parameters"].is_null() ? f["parameters"]
+                                                                            : ojson{{"type", "object"}, {"properties", ojson::object()}};
+        alts.push_back({{"type", "object"},
+                        {"properties", {{"name", {{"const", f["name"]}}}, {"parameters", params}}},
+                        {"required", {"name", "parameters"}}});
+      }
+      forced_schema = ojson{{"type", "array"}, {"minItems", 1}, {"items", {{"anyOf", alts}}}}.dump();
+      r.tools_required = true;
     } else if (!tc.is_string() || (tc != "auto" && tc != "none")) {
-      throw HttpError(400, "tool_choice 'required' is not supported by llmserve yet; use \"auto\", \"none\" or a named "
-                           "function", "BadRequestError", "tool_choice");
+      throw HttpError(400, "tool_choice must be \"auto\", \"none\", \"required\" or a named function",
+                      "BadRequestError", "tool_choice");
     }
   }
   const bool choice_none = body.contains("tool_choice") && body["tool_choice"] == "none";
-  r.tools_active = !o.tools.is_null() && !o.tools.empty() && !choice_none && r.forced_tool.empty() &&
+  r.tools_active = !o.tools.is_null() && !o.tools.empty() && !choice_none && r.forced_tool.empty() && !r.tools_required &&
                    ctx.tool_format != ToolFormat::None;
   // Messages whose content is a list of text parts: join the texts, as vLLM does for text-only models.
   // Other parts (images, audio) are refused: the models served here read text only.
@@ -378,14 +397,15 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
   r.prompt_texts.push_back(last["role"] == r.role && last.contains("content") && last["content"].is_string()
                                ? last["content"].get<std::string>() : std::string());
   common_params(plain, r, ctx, body);
-  if (!r.forced_tool.empty()) {  // the call's arguments, guided by the function's parameters schema (as vLLM)
+  if (!forced_schema.empty()) {  // the call's arguments (or the calls), guided by a schema (as vLLM)
     if (!r.params.guided.empty())
-      throw HttpError(400, "only one kind of guided decoding per request (a named tool_choice and a guided format were both "
-                           "asked)", "BadRequestError", "tool_choice");
+      throw HttpError(400, "only one kind of guided decoding per request (a named or required tool_choice and a guided "
+                           "format were both asked)", "BadRequestError", "tool_choice");
     try {
       Guide::schema(forced_schema);
     } catch (const Error& e) {
-      throw HttpError(400, cat("tool '", r.forced_tool, "': ", e.what()), "BadRequestError", "tool_choice");
+      throw HttpError(400, cat(r.forced_tool.empty() ? std::string("tools") : cat("tool '", r.forced_tool, "'"), ": ", e.what()),
+                      "BadRequestError", "tool_choice");
     }
     r.params.guided = "json_schema";
     r.params.guided_schema = forced_schema;
@@ -429,8 +449,8 @@ json chat_response(const std::string& id, const GenerationRequest& r, const ApiC
       message["content"] = echoed.empty() ? json(nullptr) : json(echoed);
       message["tool_calls"] = json::array({{{"id", random_id("call_")}, {"type", "function"},
                                             {"function", {{"name", r.forced_tool}, {"arguments", c.text}}}}});
-    } else if (r.tools_active) {
-      const ToolParse p = parse_tool_calls(ctx.tool_format, c.text);
+    } else if (r.tools_active || r.tools_required) {
+      const ToolParse p = r.tools_required ? parse_required_calls(c.text) : parse_tool_calls(ctx.tool_format, c.text);
       if (!p.calls.empty()) {
         json tc = json::array();
         for (const auto& call : p.calls)
@@ -479,6 +499,9 @@ std::string stream_chunks(const std::string& id, const GenerationRequest& r, con
       } else {
         limit = std::max(s.sent, tool_safe_prefix(ctx.tool_format, text));
       }
+    } else if (r.tools_required) {  // the calls whole at the end (the text as content if it is not one)
+      if (c.finished()) calls = parse_required_calls(text);
+      if (!c.finished() || !calls.calls.empty()) limit = s.sent;
     }
     const std::string delta = limit > s.sent && !r.echo_only ? text.substr(s.sent, limit - s.sent) : "";
     const bool first = !s.started;

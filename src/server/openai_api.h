@@ -50,6 +50,9 @@ struct GenerationRequest {
   // A named tool_choice: the function whose arguments the whole output is (guided by its parameters'
   // JSON schema), returned as that one tool call.
   std::string forced_tool;
+  // tool_choice "required": the output is a JSON array of calls {"name", "parameters"} of the tools
+  // (guided by a schema made from them, as vLLM), returned as tool calls.
+  bool tools_required = false;
   std::string model;
   std::vector<std::vector<int32_t>> prompts;
   std::vector<std::string> prompt_texts;  // what echo prepends: each prompt's text; for a chat, the final message's

@@ -133,4 +133,25 @@ size_t tool_safe_prefix(ToolFormat f, const std::string& text) {
   return text.size();
 }
 
+ToolParse parse_required_calls(const std::string& text) {
+  ToolParse r;
+  r.content = text;
+  json j;
+  try {
+    j = parse_json(text);
+  } catch (const std::exception&) {
+    return r;
+  }
+  if (!j.is_array() || j.empty()) return r;
+  std::vector<ToolCall> calls;
+  for (const auto& x : j) {
+    ToolCall c;
+    if (!to_call(x, "parameters", c)) return r;
+    calls.push_back(std::move(c));
+  }
+  r.calls = std::move(calls);
+  r.content.clear();
+  return r;
+}
+
 }  // namespace llmserve

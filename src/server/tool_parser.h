@@ -23,6 +23,9 @@ struct ToolParse {
 };
 
 ToolParse parse_tool_calls(ToolFormat f, const std::string& text);
+// tool_choice "required": the output is a JSON array of {"name", "parameters"} objects (what its
+// guided schema allows); anything else (a text cut by max_tokens) stays content.
+ToolParse parse_required_calls(const std::string& text);
 // How much of a partial output can be streamed as content now: everything before a tool call that
 // has started or may be starting.
 size_t tool_safe_prefix(ToolFormat f, const std::string& text);

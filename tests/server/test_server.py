@@ -522,7 +522,7 @@ def main():
         check("logit_bias steers the greedy draw", st == 200 and st2 == 200 and lb["choices"][0]["text"] == want["prompt"], (lb, want))
 
         # Tools: rendered into the prompt (the template lists them); OpenAI-style tool-call arguments
-        # (JSON strings) in the history are parsed before rendering; tool_choice required is refused.
+        # (JSON strings) in the history are parsed before rendering.
         tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                   "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
         hist = [{"role": "user", "content": "Weather in Paris?"},
@@ -534,8 +534,34 @@ def main():
         check("tools are rendered into the prompt", st_t == 200 and with_tools["count"] > no_tools["count"] + 50, (with_tools, no_tools))
         st, rt = s.post("/v1/chat/completions", {"messages": hist, "tools": tools, "max_tokens": 4})
         check("tool round trip answers", st == 200 and rt["usage"]["prompt_tokens"] == with_tools["count"], rt)
-        st, rr = s.post("/v1/chat/completions", {"messages": hist, "tools": tools, "tool_choice": "required"})
-        check("error: tool_choice required", st == 400 and "tool_choice" in rr["error"]["message"], rr)
+        # tool_choice required: a JSON array of calls of the tools, guided by a schema made from them (the
+        # calls told apart by their name), returned as tool calls; a text cut by max_tokens stays content.
+        tools2 = tools + [{"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {
+            "a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}]
+        st, rq = s.post("/v1/chat/completions", {"messages": msgs, "tools": tools2, "tool_choice": "required", "max_tokens": 60,
+                                                 "n": 6, "temperature": 1.0, "seed": 4})
+
+        def call_ok(tc):
+            a = json.loads(tc["function"]["arguments"])
+            if tc["function"]["name"] == "get_weather":
+                return list(a) == ["city"] and isinstance(a["city"], str)
+            return tc["function"]["name"] == "add" and list(a) == ["a", "b"] and all(type(a[k]) is int for k in a)
+        got = [(c["message"].get("tool_calls"), c["message"]["content"], c["finish_reason"]) for c in rq.get("choices", [])]
+        check("tool_choice required: stopped answers are calls of the tools with valid arguments, cut ones stay content",
+              st == 200 and len(got) == 6 and all((f == "tool_calls" and tcs and content is None and all(call_ok(t) for t in tcs))
+                                                  or (f == "length" and not tcs and content.lstrip().startswith("["))
+                                                  for tcs, content, f in got), got)
+        st, rs = s.stream("/v1/chat/completions", {"messages": msgs, "tools": tools2, "tool_choice": "required", "max_tokens": 60,
+                                                   "stream": True, "temperature": 1.0, "seed": 4})
+        chunks = [json.loads(e)["choices"][0] for e in rs if e != "[DONE]" and json.loads(e)["choices"]]
+        scalls = [t for c in chunks for t in c["delta"].get("tool_calls", [])]
+        text = "".join(c["delta"].get("content") or "" for c in chunks)
+        check("tool_choice required streamed: the calls whole at the end, as the whole answer's",
+              st == 200 and ([(t["function"]["name"], t["function"]["arguments"]) for t in scalls]
+                             == [(t["function"]["name"], t["function"]["arguments"]) for t in (got[0][0] or [])])
+              and (text == "" if got[0][0] else text == got[0][1]) and chunks[-1]["finish_reason"] == got[0][2], (chunks[-2:], got[0]))
+        st, rr = s.post("/v1/chat/completions", {"messages": msgs, "tool_choice": "required"})
+        check("error: tool_choice required without tools", st == 400 and "needs 'tools'" in rr["error"]["message"], rr)
         # A named tool_choice: the output is that function's arguments, guided by its parameters schema
         # (as vLLM), returned as the one tool call; streamed, the first chunk names the call and the
         # arguments follow in pieces.

@@ -224,6 +224,25 @@ TEST(GuidedSchema, ReferencesAndRecursion) {
   EXPECT_LT(run(*tree, deep).first, deep.size());
 }
 
+// Objects told apart by a first property they all require (a tool call's "name"), as vLLM's schema for
+// tool_choice "required": once the name is read, the object goes on as that alternative.
+TEST(GuidedSchema, ObjectAlternativesToldApartByTheirFirstProperty) {
+  const auto g = Guide::schema(R"({"type": "array", "minItems": 1, "items": {"anyOf": [
+      {"type": "object", "properties": {"name": {"const": "get_weather"}, "parameters": {"type": "object",
+       "properties": {"city": {"type": "string"}}, "required": ["city"]}}, "required": ["name", "parameters"]},
+      {"type": "object", "properties": {"name": {"enum": ["add", "plus"]}, "parameters": {"type": "object",
+       "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}, "required": ["name", "parameters"]},
+      {"type": "null"}]}})");
+  for (const std::string doc : {R"([{"name": "get_weather", "parameters": {"city": "Paris"}}])",
+                                R"([{"name":"add","parameters":{"a":1,"b":2}}, {"name": "plus", "parameters": {"a": 0, "b": -3}}, null])"})
+    accepts(*g, doc);
+  EXPECT_EQ(run(*g, R"([{"name": "add", "parameters": {"city": "x"}}])").first, 33u);  // add takes a and b
+  EXPECT_EQ(run(*g, R"([{"name": "get_weather", "parameters": {"a": 1}}])").first, 41u);
+  EXPECT_EQ(run(*g, R"([{"name": "sub")").first, 11u);
+  EXPECT_EQ(run(*g, R"([{"parameters": {}}])").first, 3u);  // the name comes first
+  EXPECT_EQ(run(*g, R"([])").first, 1u);                    // minItems 1
+}
+
 TEST(GuidedSchema, RefusesWhatItCannotGuide) {
   auto refused = [](const std::string& schema, const std::string& says) {
     try {
@@ -237,6 +256,10 @@ TEST(GuidedSchema, RefusesWhatItCannotGuide) {
   refused(R"({"type": "string", "format": "date-time"})", "'format' is not supported");
   refused(R"({"type": "integer", "minimum": 0})", "'minimum' is not supported");
   refused(R"({"anyOf": [{"type": "object"}, {"type": "object", "properties": {"a": {}}}]})", "both begin with '{'");
+  refused(R"({"anyOf": [{"properties": {"k": {"const": 1}}, "required": ["k"]}, {"properties": {"k": {"enum": [2, 1]}},
+           "required": ["k"]}]})", "first property, required in each, is a const or enum that tells them apart");
+  refused(R"({"anyOf": [{"properties": {"k": {"const": 1}}}, {"properties": {"k": {"const": 2}}, "required": ["k"]}]})",
+          "first property, required in each");
   refused(R"({"type": ["number", "integer"]})", "both begin with '-'");
   refused(R"({"type": "strnig"})", "unknown type 'strnig'");
   refused(R"({"$ref": "#/components/X"})", "$ref '#/components/X'");

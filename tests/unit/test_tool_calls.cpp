@@ -90,3 +90,85 @@ TEST(ToolCallsInResponses, ChatResponseAndStream) {
   EXPECT_EQ(e2[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"], "f");
   EXPECT_TRUE(stream_chunks("id", r, ctx, 0, output(full, true), st).empty());  // nothing twice
 }
+
+namespace {
+std::vector<json> sse(const std::string& s) {
+  std::vector<json> out;
+  for (size_t p = 0; (p = s.find("data: ", p)) != std::string::npos; p += 6) out.push_back(json::parse(s.substr(p + 6, s.find("\n\n", p) - p - 6)));
+  return out;
+}
+}  // namespace
+
+// tool_choice "required": the guided output (a JSON array of {"name", "parameters"}) becomes the calls;
+// a text cut before it is whole stays content.
+TEST(ToolCallsInResponses, RequiredToolChoice) {
+  const auto p = parse_required_calls(R"([{"name": "add", "parameters": {"a": 1, "b": 2}}, {"name": "now", "parameters": {}}])");
+  ASSERT_EQ(p.calls.size(), 2u);
+  EXPECT_EQ(p.content, "");
+  EXPECT_EQ(json::parse(p.calls[0].arguments), json({{"a", 1}, {"b", 2}}));
+  EXPECT_EQ(p.calls[1].name, "now");
+  for (const std::string cut : {R"([{"name": "add", "parame)", "[]", "{}", R"([{"parameters": {}}])"}) {
+    const auto q = parse_required_calls(cut);
+    EXPECT_TRUE(q.calls.empty()) << cut;
+    EXPECT_EQ(q.content, cut);
+  }
+  ApiContext ctx;
+  ctx.model_names = {"m"};
+  GenerationRequest r;
+  r.chat = true;
+  r.tools_required = true;
+  r.model = "m";
+  const std::string calls = R"([{"name": "add", "parameters": {"a": 1, "b": 2}}])";
+  json whole = chat_response("id", r, ctx, {output(calls, true)});
+  EXPECT_EQ(whole["choices"][0]["finish_reason"], "tool_calls");
+  EXPECT_TRUE(whole["choices"][0]["message"]["content"].is_null());
+  EXPECT_EQ(whole["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "add");
+  RequestOutput cut = output(R"([{"name": "ad)", true);
+  cut.outputs[0].finish_reason = "length";
+  whole = chat_response("id", r, ctx, {cut});
+  EXPECT_EQ(whole["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(whole["choices"][0]["message"]["content"], R"([{"name": "ad)");
+  EXPECT_FALSE(whole["choices"][0]["message"].contains("tool_calls"));
+  // Streamed: nothing of the array as content; the calls whole with the finish reason.
+  r.stream = true;
+  std::vector<ChoiceStream> st(1);
+  const auto e1 = sse(stream_chunks("id", r, ctx, 0, output(R"([{"name": "add")", false), st));
+  ASSERT_EQ(e1.size(), 1u);
+  EXPECT_EQ(e1[0]["choices"][0]["delta"]["content"], "");
+  const auto e2 = sse(stream_chunks("id", r, ctx, 0, output(calls, true), st));
+  ASSERT_EQ(e2.size(), 1u);
+  EXPECT_EQ(e2[0]["choices"][0]["finish_reason"], "tool_calls");
+  EXPECT_EQ(e2[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["name"], "add");
+}
+
+// A named tool_choice: the whole output is the function's arguments, returned as its one call; streamed,
+// the first chunk names the call and the arguments follow in pieces.
+TEST(ToolCallsInResponses, NamedToolChoice) {
+  ApiContext ctx;
+  ctx.model_names = {"m"};
+  GenerationRequest r;
+  r.chat = true;
+  r.forced_tool = "get_weather";
+  r.model = "m";
+  const std::string args = R"({"city": "Paris"})";
+  const json whole = chat_response("id", r, ctx, {output(args, true)});
+  const json& msg = whole["choices"][0]["message"];
+  EXPECT_EQ(whole["choices"][0]["finish_reason"], "stop");
+  EXPECT_TRUE(msg["content"].is_null());
+  ASSERT_EQ(msg["tool_calls"].size(), 1u);
+  EXPECT_EQ(msg["tool_calls"][0]["function"]["name"], "get_weather");
+  EXPECT_EQ(msg["tool_calls"][0]["function"]["arguments"], args);
+  r.stream = true;
+  std::vector<ChoiceStream> st(1);
+  const auto e1 = sse(stream_chunks("id", r, ctx, 0, output(R"({"city": )", false), st));
+  const auto e2 = sse(stream_chunks("id", r, ctx, 0, output(args, true), st));
+  ASSERT_EQ(e1.size(), 1u);
+  ASSERT_EQ(e2.size(), 1u);
+  const json& first = e1[0]["choices"][0]["delta"]["tool_calls"][0];
+  EXPECT_EQ(first["function"]["name"], "get_weather");
+  EXPECT_EQ(first["id"].get<std::string>().rfind("call_", 0), 0u);
+  const json& rest = e2[0]["choices"][0]["delta"]["tool_calls"][0];
+  EXPECT_FALSE(rest["function"].contains("name"));
+  EXPECT_EQ(first["function"]["arguments"].get<std::string>() + rest["function"]["arguments"].get<std::string>(), args);
+  EXPECT_EQ(e2[0]["choices"][0]["finish_reason"], "stop");
+}
