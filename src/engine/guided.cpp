@@ -136,9 +136,13 @@ Guide::Guide(Kind k) : kind_(k) {
   id_ = next++;
 }
 
-std::shared_ptr<const Guide> Guide::json() {
-  static const std::shared_ptr<const Guide> g(new Guide(Kind::Json));
-  return g;
+std::shared_ptr<const Guide> Guide::json(bool compact) {
+  static const std::shared_ptr<const Guide> spaced(new Guide(Kind::Json)), tight = [] {
+    auto g = std::shared_ptr<Guide>(new Guide(Kind::Json));
+    g->max_ws_ = 0;
+    return g;
+  }();
+  return compact ? tight : spaced;
 }
 
 std::string Guide::key(const GuideState& s) const {
@@ -168,7 +172,7 @@ std::shared_ptr<const Guide> Guide::choice(std::vector<std::string> choices) {
   return g;
 }
 
-std::shared_ptr<const Guide> Guide::schema(const std::string& schema_json) {
+std::shared_ptr<const Guide> Guide::schema(const std::string& schema_json, bool compact) {
   nlohmann::ordered_json j;
   try {
     j = nlohmann::ordered_json::parse(schema_json);
@@ -177,6 +181,7 @@ std::shared_ptr<const Guide> Guide::schema(const std::string& schema_json) {
   }
   auto g = std::shared_ptr<Guide>(new Guide(Kind::Schema));
   g->schema_ = std::make_shared<const JsonSchema>(compile_json_schema(j));
+  if (compact) g->max_ws_ = 0;
   return g;
 }
 
@@ -226,7 +231,7 @@ bool Guide::json_byte(GuideState& s, unsigned char c) const {
     return true;
   }
   if (s.mode == kDone) return false;
-  if (is_ws(c)) return ++s.ws <= kMaxWhitespace;
+  if (is_ws(c)) return ++s.ws <= max_ws_;
   s.ws = 0;
   switch (s.mode) {
     case kStart: return c == '{' && (s.mode = kObjFirst, push(s, true));
@@ -294,7 +299,6 @@ bool Guide::in_plain_string(const GuideState& s) const {
 // the level below (whose phase was set before the value began).
 namespace {
 using Type = SchemaNode::Type;
-constexpr uint8_t kSpace = Guide::kMaxWhitespace;
 
 // The properties of object node n that may come next at property index i: i up to the first required
 // one at or after it (the ones between are optional).
@@ -365,7 +369,7 @@ bool Guide::schema_byte(GuideState& s, unsigned char c) const {
     GuideState::Frame& f = s.frames[s.levels - 1];
     const SchemaNode& n = nodes[static_cast<size_t>(f.node)];
     if (f.phase == 0) {  // before a value: whitespace, then its first byte
-      if (is_ws(c)) return ++s.ws <= kSpace;
+      if (is_ws(c)) return ++s.ws <= max_ws_;
       s.ws = 0, s.sub = 0, s.utf8 = 0;
       switch (n.type) {
         case Type::Union: {
@@ -468,7 +472,7 @@ bool Guide::schema_byte(GuideState& s, unsigned char c) const {
         switch (f.phase) {
           case 1:
           case 6:
-            if (is_ws(c)) return ++s.ws <= kSpace;
+            if (is_ws(c)) return ++s.ws <= max_ws_;
             s.ws = 0;
             if (c == '}' && f.phase == 1 && !required_left(n, f.idx)) return finish(), true;
             if (c != '"') return false;
@@ -487,13 +491,13 @@ bool Guide::schema_byte(GuideState& s, unsigned char c) const {
             return true;
           }
           case 3:
-            if (is_ws(c)) return ++s.ws <= kSpace;
+            if (is_ws(c)) return ++s.ws <= max_ws_;
             s.ws = 0;
             if (c != ':') return false;
             f.phase = 5;
             return open(n.values[static_cast<size_t>(f.idx - 1)]);
           case 5:
-            if (is_ws(c)) return ++s.ws <= kSpace;
+            if (is_ws(c)) return ++s.ws <= max_ws_;
             s.ws = 0;
             if (c == ',' && f.idx < n.keys.size()) return f.phase = 6, true;
             if (c == '}' && !required_left(n, f.idx)) return finish(), true;
@@ -505,14 +509,14 @@ bool Guide::schema_byte(GuideState& s, unsigned char c) const {
         switch (f.phase) {
           case 1:
           case 3:
-            if (is_ws(c)) return ++s.ws <= kSpace;
+            if (is_ws(c)) return ++s.ws <= max_ws_;
             if (c == ']' && f.phase == 1 && n.min_items == 0) return s.ws = 0, finish(), true;
             if (n.max_items >= 0 && f.idx >= n.max_items) return false;
             ++f.idx, f.phase = 2;
             if (!open(n.items)) return false;
             continue;  // the item takes the byte
           case 2:
-            if (is_ws(c)) return ++s.ws <= kSpace;
+            if (is_ws(c)) return ++s.ws <= max_ws_;
             s.ws = 0;
             if (c == ',' && (n.max_items < 0 || f.idx < n.max_items)) return f.phase = 3, true;
             if (c == ']' && f.idx >= n.min_items) return finish(), true;
@@ -552,7 +556,7 @@ std::shared_ptr<const GuidedTokens> guided_tokens(const Tokenizer& tok) {
 }
 
 std::shared_ptr<const Guide> make_guide(const SamplingParams& p) {
-  if (p.guided == "json") return Guide::json();
+  if (p.guided == "json") return Guide::json(p.guided_compact);
   if (p.guided == "choice") return Guide::choice(p.guided_choice);
   if (p.guided == "json_schema") {
     // One guide per schema text while any sequence uses it: a request's n sequences, and requests
@@ -560,10 +564,11 @@ std::shared_ptr<const Guide> make_guide(const SamplingParams& p) {
     static std::mutex mu;
     static std::map<std::string, std::weak_ptr<const Guide>> made;
     std::lock_guard<std::mutex> lock(mu);
-    if (auto g = made[p.guided_schema].lock()) return g;
+    const std::string key = (p.guided_compact ? "1" : "0") + p.guided_schema;
+    if (auto g = made[key].lock()) return g;
     for (auto it = made.begin(); it != made.end();) it = it->second.expired() ? made.erase(it) : std::next(it);
-    auto g = Guide::schema(p.guided_schema);
-    made[p.guided_schema] = g;
+    auto g = Guide::schema(p.guided_schema, p.guided_compact);
+    made[key] = g;
     return g;
   }
   return nullptr;

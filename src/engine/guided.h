@@ -3,8 +3,8 @@
 // allowed when its bytes keep the output a prefix of an accepted text; EOS once the text is whole).
 //   json:   response_format {"type": "json_object"}: one JSON object (RFC 8259: strings with escapes
 //           and UTF-8, numbers, literals, nesting up to kMaxDepth), at most kMaxWhitespace whitespace
-//           bytes in a row (a model stuck emitting newlines cannot fill max_tokens with them), nothing
-//           after the object;
+//           bytes in a row (a model stuck emitting newlines cannot fill max_tokens with them; none at
+//           all in compact mode), nothing after the object;
 //   choice: guided_choice: exactly one of the given strings;
 //   schema: response_format {"type": "json_schema"} / structured_outputs json / guided_json: one JSON
 //           value valid under a schema of the subset src/engine/json_schema.h describes (whitespace
@@ -51,11 +51,12 @@ class Guide {
   static constexpr int kMaxDepth = 128;
   static constexpr int kMaxWhitespace = 16;
   enum class Kind { Json, Choice, Schema };
-  static std::shared_ptr<const Guide> json();
+  // compact: no whitespace between JSON tokens (vLLM's structured_outputs disable_any_whitespace).
+  static std::shared_ptr<const Guide> json(bool compact = false);
   // Throws Error for an empty list or an empty string.
   static std::shared_ptr<const Guide> choice(std::vector<std::string> choices);
   // A JSON schema's text. Throws Error for text that is not JSON or a schema json_schema.h refuses.
-  static std::shared_ptr<const Guide> schema(const std::string& schema_json);
+  static std::shared_ptr<const Guide> schema(const std::string& schema_json, bool compact = false);
 
   Kind kind() const { return kind_; }
   // Distinct for every guide made (never reused, unlike an address): with a state, what a cache of the
@@ -83,6 +84,7 @@ class Guide {
   bool schema_could_end(const GuideState& s) const;
   Kind kind_;
   uint64_t id_;
+  uint8_t max_ws_ = kMaxWhitespace;  // whitespace bytes in a row between JSON tokens
   std::vector<std::string> choices_;  // sorted, distinct
   std::shared_ptr<const JsonSchema> schema_;
 };

@@ -191,7 +191,10 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
         take_schema(v, "structured_outputs.json");
       } else if (key == "regex" || key == "grammar" || key == "structural_tag") {
         throw Error(cat("'structured_outputs.", key, "' is not supported by llmserve yet (choice, json and json_object are)"));
-      } else if (key != "disable_any_whitespace" && key != "disable_fallback" && key != "whitespace_pattern") {
+      } else if (key == "disable_any_whitespace") {
+        if (!v.is_boolean()) throw Error("'structured_outputs.disable_any_whitespace' must be a boolean");
+        p.guided_compact = v.get<bool>();
+      } else if (key != "disable_fallback" && key != "whitespace_pattern") {
         throw Error(cat("unknown 'structured_outputs' field '", key, "'"));
       } else if (!(v == false || (v.is_string() && v.get<std::string>().empty()))) {
         throw Error(cat("'structured_outputs.", key, "' is not supported by llmserve yet"));

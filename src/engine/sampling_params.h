@@ -47,6 +47,8 @@ struct SamplingParams {
   std::string guided;
   std::vector<std::string> guided_choice;
   std::string guided_schema;
+  // JSON kinds: no whitespace between tokens (vLLM's structured_outputs.disable_any_whitespace).
+  bool guided_compact = false;
 
   bool greedy() const { return temperature < 1e-5 || top_k == 1; }
 };

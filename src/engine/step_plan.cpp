@@ -76,6 +76,7 @@ void put_params(Writer& w, const SamplingParams& p) {
   w.put(static_cast<uint32_t>(p.guided_choice.size()));
   for (const auto& c : p.guided_choice) w.str(c);
   w.str(p.guided_schema);
+  w.put(static_cast<uint8_t>(p.guided_compact));
 }
 
 SamplingParams get_params(Reader& r) {
@@ -98,6 +99,7 @@ SamplingParams get_params(Reader& r) {
   const uint32_t nc = r.get<uint32_t>();
   for (uint32_t i = 0; i < nc; ++i) p.guided_choice.push_back(r.str());
   p.guided_schema = r.str();
+  p.guided_compact = r.get<uint8_t>() != 0;
   return p;
 }
 

@@ -314,6 +314,7 @@ TEST(StepPlan, PromptTargetsRoundTrip) {
   s.params.prompt_logprobs = 4;
   s.params.guided = "json_schema";
   s.params.guided_schema = R"({"properties": {"b": {}, "a": {}}})";
+  s.params.guided_compact = true;
   s.prompt_targets = {6, 7, 8};
   p.seqs.push_back(s);
   const StepPlan q = StepPlan::deserialize(p.serialize());
@@ -321,6 +322,7 @@ TEST(StepPlan, PromptTargetsRoundTrip) {
   EXPECT_EQ(q.seqs[0].params.prompt_logprobs, 4);
   EXPECT_EQ(q.seqs[0].params.guided, "json_schema");
   EXPECT_EQ(q.seqs[0].params.guided_schema, s.params.guided_schema);  // as sent: the properties' order kept
+  EXPECT_TRUE(q.seqs[0].params.guided_compact);
   EXPECT_EQ(q.seqs[0].prompt_targets, s.prompt_targets);
   p.seqs[0].prompt_targets.push_back(9);
   EXPECT_THROW(StepPlan::deserialize(p.serialize()), Error);

@@ -481,6 +481,12 @@ def main():
             check(name + ": every stopped answer is valid under the schema, properties in its order",
                   st == 200 and len(answers) == 6 and all(valid(t) for t, f in answers if f == "stop")
                   and all(t.lstrip().startswith("{") for t, f in answers if t.strip()), answers)
+        # disable_any_whitespace (vLLM): no whitespace between tokens (this model otherwise opens with newlines).
+        st, gw = s.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 24, "n": 6, "temperature": 1.0, "seed": 11,
+                                                 "structured_outputs": {"json": schema, "disable_any_whitespace": True}})
+        compact = [c["message"]["content"] for c in gw.get("choices", [])]
+        check("structured_outputs.disable_any_whitespace: compact JSON (no whitespace before the first string)",
+              st == 200 and len(compact) == 6 and all(t.startswith("{\"name\":\"") for t in compact), compact)
         st, gsc = s.post("/v1/completions", {"prompt": "Person:", "max_tokens": 64, "n": 4, "temperature": 1.0, "seed": 5,
                                              "guided_json": schema})
         check("guided_json on completions", st == 200 and all(valid(c["text"]) for c in gsc["choices"] if c["finish_reason"] == "stop"),

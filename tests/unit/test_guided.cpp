@@ -291,3 +291,17 @@ TEST(GuidedSchema, StuckOnlyPastTheDeepestLevel) {
   EXPECT_FALSE(tree->complete(s));
   EXPECT_FALSE(Guide::json()->stuck(Guide::json()->start()));
 }
+
+// vLLM's disable_any_whitespace: no whitespace between tokens (inside strings it is text).
+TEST(GuidedSchema, CompactModeTakesNoWhitespace) {
+  const auto j = Guide::json(true);
+  EXPECT_TRUE(run(*j, R"({"a":[1,{"b":" x "}]})").second);
+  EXPECT_EQ(run(*j, R"({ "a":1})").first, 1u);
+  EXPECT_EQ(run(*j, R"({"a": 1})").first, 5u);
+  EXPECT_NE(j->id(), Guide::json()->id());  // (their allowed-token caches are apart)
+  const auto s = Guide::schema(R"({"properties": {"a": {"type": "array", "items": {}}}})", true);
+  EXPECT_TRUE(run(*s, R"({"a":[1,"x y",{"k":null}]})").second);
+  EXPECT_EQ(run(*s, "\n{}").first, 0u);
+  EXPECT_EQ(run(*s, R"({"a" :[]})").first, 4u);
+  EXPECT_EQ(run(*s, R"({"a":[1, 2]})").first, 8u);
+}
