@@ -43,6 +43,7 @@ class Compiler {
   }
 
   int32_t add(SchemaNode n) {
+    if (out_.nodes.size() >= static_cast<size_t>(kMaxSchemaNodes)) fail("#", cat("more than ", kMaxSchemaNodes, " schema nodes"));
     out_.nodes.push_back(std::move(n));
     return static_cast<int32_t>(out_.nodes.size()) - 1;
   }
@@ -219,10 +220,16 @@ class Compiler {
   }
 
   // The bytes a node's values may begin with.
-  std::array<bool, 256> first_bytes(int32_t id, int guard = 0) {
+  // (Each union met once per question: shared or cyclic alternatives add nothing the second time, so
+  // the walk is linear in the nodes, whatever the schema's references.)
+  std::array<bool, 256> first_bytes(int32_t id) {
+    std::set<int32_t> seen;
+    return first_bytes(id, seen);
+  }
+  std::array<bool, 256> first_bytes(int32_t id, std::set<int32_t>& seen) {
     std::array<bool, 256> f{};
-    if (guard > 64) return f;
     const SchemaNode& n = out_.nodes[static_cast<size_t>(id)];
+    if (n.type == Type::Union && !seen.insert(id).second) return f;
     auto set = [&](const char* cs) {
       for (const char* c = cs; *c; ++c) f[static_cast<unsigned char>(*c)] = true;
     };
@@ -241,7 +248,7 @@ class Compiler {
         break;
       case Type::Union:
         for (int32_t a : n.alts) {
-          const auto g = first_bytes(a, guard + 1);
+          const auto g = first_bytes(a, seen);
           for (int c = 0; c < 256; ++c) f[c] = f[c] || g[c];
         }
         break;
@@ -256,9 +263,9 @@ class Compiler {
     std::vector<int32_t> objects;  // alternatives that begin with '{'
     for (int32_t a : alts) {
       const auto f = first_bytes(a);
-      if (f['{']) objects.push_back(a);
+      if (f['{'] && std::find(objects.begin(), objects.end(), a) == objects.end()) objects.push_back(a);
       for (int c = 0; c < 256; ++c) {
-        if (!f[c] || (c == '{' && objects.size() > 1)) continue;
+        if (!f[c] || (c == '{' && objects.size() > 1) || by[c] == a) continue;  // (one alternative listed twice: no conflict)
         if (by[c] >= 0)
           fail(where_[static_cast<size_t>(id)],
                cat("alternatives that can both begin with '", static_cast<char>(c),

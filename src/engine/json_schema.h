@@ -51,6 +51,8 @@ struct JsonSchema {
 // 64-bit candidate mask). (Values nest at most kGuideMaxLevels deep: guided.h.)
 constexpr int kMaxSchemaProperties = 64;
 constexpr int kMaxSchemaEnum = 64;
+// Nodes of one compiled schema (a request's schema is refused beyond it).
+constexpr int kMaxSchemaNodes = 4096;
 
 // Throws Error (naming the keyword and where it stands) for what is not supported.
 JsonSchema compile_json_schema(const nlohmann::ordered_json& schema);

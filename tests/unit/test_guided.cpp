@@ -3,6 +3,8 @@
 // rejected at the first byte that makes it impossible.
 #include <gtest/gtest.h>
 
+#include <chrono>
+
 #include "common/error.h"
 #include "engine/guided.h"
 #include "engine/json_schema.h"
@@ -304,4 +306,34 @@ TEST(GuidedSchema, CompactModeTakesNoWhitespace) {
   EXPECT_EQ(run(*s, "\n{}").first, 0u);
   EXPECT_EQ(run(*s, R"({"a" :[]})").first, 4u);
   EXPECT_EQ(run(*s, R"({"a":[1, 2]})").first, 8u);
+}
+
+// Schemas whose references fan out or loop compile quickly (each union asked once per question) or are
+// refused, never run away.
+TEST(GuidedSchema, ReferenceCyclesAndFanOutStayBounded) {
+  auto quick = [](const std::string& schema, bool ok) {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (ok)
+      EXPECT_NO_THROW(Guide::schema(schema)) << schema;
+    else
+      EXPECT_THROW(Guide::schema(schema), Error) << schema;
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 1.0) << schema;
+  };
+  // A union that lists itself twice (a walk without memory takes 2^depth steps to find its first
+  // bytes; it is ambiguous, null either way, so refused) - quickly.
+  quick(R"({"$defs": {"A": {"anyOf": [{"$ref": "#/$defs/A"}, {"$ref": "#/$defs/A"}, {"type": "null"}]}}, "$ref": "#/$defs/A"})", false);
+  // Recursion through a container: fine.
+  const auto g = Guide::schema(R"({"$defs": {"A": {"anyOf": [{"type": "array", "items": {"$ref": "#/$defs/A"}}, {"type": "null"}]}},
+      "$ref": "#/$defs/A"})");
+  EXPECT_TRUE(run(*g, "[[null, []], null]").second);
+  EXPECT_EQ(run(*g, "[7]").first, 1u);
+  // Unions that reach each other both ways and can both begin a value with 'n': refused as quickly.
+  quick(R"({"$defs": {"A": {"anyOf": [{"$ref": "#/$defs/B"}, {"$ref": "#/$defs/B"}, {"type": "null"}]},
+      "B": {"anyOf": [{"$ref": "#/$defs/A"}, {"$ref": "#/$defs/A"}, {"type": "boolean"}]}}, "$ref": "#/$defs/A"})", false);
+  const auto self = Guide::schema(R"({"$defs": {"A": {"$ref": "#/$defs/A"}}, "$ref": "#/$defs/A"})");  // any value
+  EXPECT_TRUE(run(*self, "[1]").second);
+  // More nodes than a schema may have: refused.
+  std::string big = R"({"type": "array", "items": {"anyOf": [)";
+  for (int i = 0; i < kMaxSchemaNodes; ++i) big += (i ? "," : "") + std::string(R"({"type": "array", "items": {"type": "null"}, "maxItems": )") + std::to_string(i) + "}";
+  quick(big + "]}}", false);
 }
