@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "common/json_text.h"
 #include "engine/json_schema.h"
 #include "engine/sampling_params.h"
 #include "tokenizer/tokenizer.h"
@@ -175,7 +176,7 @@ std::shared_ptr<const Guide> Guide::choice(std::vector<std::string> choices) {
 std::shared_ptr<const Guide> Guide::schema(const std::string& schema_json, bool compact) {
   nlohmann::ordered_json j;
   try {
-    j = nlohmann::ordered_json::parse(schema_json);
+    j = parse_json<nlohmann::ordered_json>(schema_json);  // (nesting bounded before parsing)
   } catch (const std::exception& e) {
     throw Error(cat("json_schema: not JSON (", e.what(), ")"));
   }

@@ -337,3 +337,13 @@ TEST(GuidedSchema, ReferenceCyclesAndFanOutStayBounded) {
   for (int i = 0; i < kMaxSchemaNodes; ++i) big += (i ? "," : "") + std::string(R"({"type": "array", "items": {"type": "null"}, "maxItems": )") + std::to_string(i) + "}";
   quick(big + "]}}", false);
 }
+
+TEST(GuidedSchema, DeeplyNestedSchemaTextIsRefusedBeforeParsing) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  try {
+    Guide::schema(deep);
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("nested deeper than"), std::string::npos) << e.what();
+  }
+}
