@@ -22,7 +22,7 @@ class Tokenizer;
 struct SamplingParams;
 
 struct JsonSchema;
-constexpr int kGuideMaxLevels = 24;  // json_schema.h's kMaxSchemaDepth
+constexpr int kGuideMaxLevels = 24;  // how deep a JSON schema's values may nest (json_schema.h)
 
 // A recognizer's position in the output: plain data, copied per candidate token.
 struct GuideState {
@@ -41,7 +41,7 @@ struct GuideState {
     uint16_t idx;
     uint8_t phase;
   };
-  Frame frames[kGuideMaxLevels];
+  Frame frames[kGuideMaxLevels] = {};
   uint8_t levels = 0;
   uint64_t cand = 0;
 };
