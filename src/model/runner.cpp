@@ -367,9 +367,7 @@ Tensor ModelRunner::recv_hidden(int64_t tokens) {
   }
   const std::string b = recv_bytes(world_->handle(), topo_.rank_of(topo_.stage() - 1, topo_.tp_rank()), kTagHidden);
   LLMSERVE_CHECK(b.size() == static_cast<size_t>(tokens * H) * sizeof(float), "activation message of the wrong size");
-  std::vector<float> buf(static_cast<size_t>(tokens * H));
-  std::memcpy(buf.data(), b.data(), b.size());
-  return backend_->upload(buf.data(), {tokens, H}, DType::F32);
+  return backend_->upload(reinterpret_cast<const float*>(b.data()), {tokens, H}, DType::F32);  // (string storage is aligned for float)
 }
 
 std::vector<float> ModelRunner::step(const StepMeta& meta) {

@@ -138,3 +138,26 @@ TEST(RequestJson, GenerationConfigDefaults) {
   EXPECT_THROW(generation_config_defaults(R"([1])", 1000), Error);
   EXPECT_THROW(generation_config_defaults("{", 1000), Error);
 }
+
+// A JSON schema for guided decoding, in its three request forms: read as a schema, and its text as sent
+// (properties in the request's order, which nlohmann::json would sort) for the recognizer.
+TEST(RequestJson, GuidedJsonSchemaFormsKeepThePropertiesOrder) {
+  const std::string schema = R"({"type": "object", "properties": {"zeta": {"type": "integer"}, "alpha": {"type": "string"}}})";
+  for (const std::string body : {R"({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": )" + schema + "}}}",
+                                 R"({"guided_json": )" + schema + "}",
+                                 R"({"structured_outputs": {"json": )" + json(schema).dump() + "}}"}) {
+    SamplingParams p = parse(body);
+    EXPECT_EQ(p.guided, "json_schema") << body;
+    const std::string sent = guided_schema_as_sent(nlohmann::ordered_json::parse(body));
+    EXPECT_LT(sent.find("zeta"), sent.find("alpha")) << body << " -> " << sent;
+    EXPECT_EQ(json::parse(sent), json::parse(schema)) << body;
+  }
+  EXPECT_EQ(guided_schema_as_sent(nlohmann::ordered_json::parse(R"({"response_format": {"type": "json_object"}})")), "");
+  EXPECT_NE(error_of(R"({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}})").find("needs a 'json_schema' object"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"guided_json": 5})").find("must be a JSON schema"), std::string::npos);
+  EXPECT_NE(error_of(R"({"guided_json": {"type": "string", "minLength": 2}})").find("'minLength' is not supported"), std::string::npos);
+  EXPECT_NE(error_of(R"({"guided_json": {}, "guided_choice": ["a"]})").find("only one kind of guided decoding"), std::string::npos);
+  EXPECT_NE(error_of(R"({"structured_outputs": {"json": {}, "disable_any_whitespace": 1}})").find("must be a boolean"), std::string::npos);
+  EXPECT_TRUE(parse(R"({"structured_outputs": {"json": {}, "disable_any_whitespace": true}})").guided_compact);
+}

@@ -19,15 +19,26 @@ void check(ncclResult_t r, const char* what) {
                       : ""));
 }
 
+// An NCCL communicator over the ranks of `group` (collective over it): rank 0 makes the unique id,
+// MPI broadcasts it.
+ncclComm_t init_comm(MPI_Comm group, const char* what) {
+  int rank = 0, size = 0;
+  MPI_Comm_rank(group, &rank);
+  MPI_Comm_size(group, &size);
+  ncclUniqueId id{};
+  if (rank == 0) check(ncclGetUniqueId(&id), "get unique id");
+  MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, group);
+  ncclComm_t c = nullptr;
+  check(ncclCommInitRank(&c, size, id, rank), what);
+  return c;
+}
+
 class NcclComm : public Comm {
  public:
   NcclComm(MPI_Comm group, cudaStream_t stream) : stream_(stream) {
     MPI_Comm_rank(group, &rank_);
     MPI_Comm_size(group, &size_);
-    ncclUniqueId id{};
-    if (rank_ == 0) check(ncclGetUniqueId(&id), "get unique id");
-    MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, group);
-    check(ncclCommInitRank(&comm_, size_, id, rank_), "communicator init");
+    comm_ = init_comm(group, "communicator init");
     if (cudaMalloc(&scratch_, sizeof(float)) != cudaSuccess) throw Error("CUDA: cannot allocate 4 bytes");
   }
   ~NcclComm() override {
@@ -76,16 +87,9 @@ void cuda_check(cudaError_t e, const char* what) {
 
 // A communicator over `group` when it has exactly two ranks (a pair of neighbouring stages), else null.
 ncclComm_t pair_comm(MPI_Comm group) {
-  int rank = 0, size = 0;
-  MPI_Comm_rank(group, &rank);
+  int size = 0;
   MPI_Comm_size(group, &size);
-  if (size != 2) return nullptr;
-  ncclUniqueId id{};
-  if (rank == 0) check(ncclGetUniqueId(&id), "get unique id");
-  MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, group);
-  ncclComm_t c = nullptr;
-  check(ncclCommInitRank(&c, 2, id, rank), "communicator init (pipeline stages)");
-  return c;
+  return size == 2 ? init_comm(group, "communicator init (pipeline stages)") : nullptr;
 }
 
 class NcclStageLink : public DeviceStageLink {
