@@ -12,8 +12,10 @@
 //  - a batch-1 decode layer (Qwen2.5-1.5B shape) op by op and whole, over 28 layers of distinct weights
 //    (streaming from memory as in the model), in GB/s of weights and K/V read;
 //  - the sampler's greedy draw over vocabulary-sized logits rows in GB/s.
-// Usage: kernel_bench [--quick | --layers]   (prints tables; exits 77 without a GPU; --layers: the rooflines
-// and the step-layer tables alone)
+//  - with --attention: decode attention over batch sizes and contexts, the tensor-core kernel with
+//    blocks of 8 warps, of 4, and as the backend chooses, in GB/s of K/V read.
+// Usage: kernel_bench [--quick | --layers | --attention]   (prints tables; exits 77 without a GPU;
+// --layers: the rooflines and the step-layer tables alone; --attention: the rooflines and the sweep)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -92,11 +94,50 @@ StepMeta attention_step(int64_t seqs, int64_t q_len, int64_t ctx, int64_t bs) {
   return m;
 }
 
+// Decode attention (Qwen2.5-1.5B heads: 12 query, 2 KV, head_dim 128; bf16 cache in blocks of 16) for
+// batch sizes and contexts, as a decode graph recorded for 4,096 positions runs it: each case over
+// distinct caches (up to 28, as the layers of a step, so the rows come from memory, not the L2), with
+// the kernel's blocks of 8 warps, of 4, and the backend's choice; GB/s of K/V read.
+void attention_sweep(CudaBackend& be, double copy_gbs) {
+  const int64_t Hq = 12, Hk = 2, D = 128, bs = 16;
+  std::printf("%-34s %18s %18s %18s\n", "decode attention (us, % of copy)", "8 warps", "4 warps", "chosen");
+  for (int64_t seqs : {1, 4, 16, 64, 128, 256}) {
+    for (int64_t ctx : {160, 640, 2048}) {
+      StepMeta m = attention_step(seqs, 1, ctx, bs);
+      m.max_context = 4096;
+      be.begin_step(m);
+      const int64_t blocks = seqs * ((ctx + bs - 1) / bs);
+      const double bytes = 2.0 * seqs * ctx * Hk * D * 2;
+      const int64_t L = std::clamp<int64_t>(static_cast<int64_t>(4e9 / bytes), 2, 28);
+      std::vector<Tensor> kcs, vcs;
+      for (int64_t i = 0; i < L; ++i)
+        for (auto* c : {&kcs, &vcs}) {
+          c->push_back(be.empty({blocks, bs, Hk, D}, DType::BF16));
+          cudaMemset(c->back().data, 0, c->back().bytes());
+        }
+      Tensor q = random_tensor(be, {seqs, Hq * D}, DType::BF16, 1.f), out = be.empty({seqs, Hq * D}, DType::BF16);
+      char name[64];
+      std::snprintf(name, sizeof name, "%lld seqs x %lld context", static_cast<long long>(seqs), static_cast<long long>(ctx));
+      std::printf("%-34s", name);
+      for (int w : {8, 4, 0}) {
+        cuda::set_decode_attention_warps(w);
+        const double ms = graph_ms(be, [&] {
+          for (int64_t i = 0; i < L; ++i) be.attention(q, kcs[i], vcs[i], D, bs, 0.0884f, out);
+        }, 1) / L;
+        std::printf(" %9.2f (%4.0f%%)", ms * 1e3, 100 * bytes / (ms * 1e-3) / 1e9 / copy_gbs);
+      }
+      cuda::set_decode_attention_warps(0);
+      std::printf("\n");
+    }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   const bool layers_only = argc > 1 && std::strcmp(argv[1], "--layers") == 0;
+  const bool attention_only = argc > 1 && std::strcmp(argv[1], "--attention") == 0;
   if (!cuda_device_available()) {
     std::printf("no CUDA device: skipped\n");
     return 77;
@@ -124,6 +165,10 @@ int main(int argc, char** argv) {
   const double peak_tflops = 2.0 * G * G * G / (gemm_ms * 1e-3) / 1e12;
   std::printf("rooflines: copy bandwidth %.0f GB/s (1 GiB device-to-device); bf16 GEMM %.0f TFLOP/s (%lld^3, cuBLASLt)\n\n",
               copy_gbs, peak_tflops, static_cast<long long>(G));
+  if (attention_only) {
+    attention_sweep(be, copy_gbs);
+    return 0;
+  }
 
   if (!layers_only) {
     std::printf("%-44s %10s %12s %10s\n", "GEMM (Qwen2.5-1.5B shapes, bf16 weights)", "time (us)", "rate", "of roofline");

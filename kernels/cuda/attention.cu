@@ -7,6 +7,9 @@
 // the token at position p attends to positions 0..p of its sequence. Prefill steps with 16-bit caches
 // use the tensor-core kernel in flash_prefill.cu instead (the backend chooses per step).
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
@@ -379,7 +382,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// Grouped-query decode attention over 16-bit caches with head_dim 64 or 128, on tensor cores: one block of 8 warps per (token, KV head, split), the G = Hq / Hk
+// Grouped-query decode attention over 16-bit caches with head_dim 64 or 128, on tensor cores: one block
+// of W = 8 or 4 warps (mma_warps) per (token, KV head, split), the G = Hq / Hk
 // query heads sharing the KV head scored together, so each key and value row is read once per group.
 // Built for decode, where a step of a few sequences is a chain of dependent memory round trips rather
 // than a stream of bytes (and a step of many is a stream of context rows):
@@ -396,17 +400,15 @@ __global__ void __launch_bounds__(kWarps * 32)
 //     runs; only the queries and the step's own rows wait for it;
 //   - a context split over blocks is merged by the last of its blocks to finish (a counter per (token,
 //     KV head) in the scratch, reset by that block), not by a second kernel.
-constexpr int kGroupWarps = 8;
 
 // The end of a grouped decode block, once every warp has left its softmax state in shared memory
 // (sm, sl: running max and sum per warp and query head; sacc: its unnormalized output): merges the
 // warps, then writes the output when the context was one chunk, else the chunk's partial result,
 // which the last block of the (token, KV head) to finish merges over the chunks (its counter in the
 // scratch, reset by that block).
-template <typename T, int D>
-__device__ __forceinline__ void finish_group(const float (&sm)[kGroupWarps][kMaxGroup],
-                                             const float (&sl)[kGroupWarps][kMaxGroup],
-                                             const float (&sacc)[kGroupWarps][kMaxGroup][D], int G, int64_t t,
+template <typename T, int D, int W>
+__device__ __forceinline__ void finish_group(const float (&sm)[W][kMaxGroup], const float (&sl)[W][kMaxGroup],
+                                             const float (&sacc)[W][kMaxGroup][D], int G, int64_t t,
                                              int64_t Hq, int64_t kh, int64_t tk, int64_t ctx, int64_t chunk,
                                              int64_t split, int64_t splits, float* part_ml, float* part_acc,
                                              unsigned* counters, T* out) {
@@ -416,10 +418,10 @@ __device__ __forceinline__ void finish_group(const float (&sm)[kGroupWarps][kMax
     const int g = i / D, d = i % D;
     float M = -INFINITY;
 #pragma unroll
-    for (int x = 0; x < kGroupWarps; ++x) M = fmaxf(M, sm[x][g]);
+    for (int x = 0; x < W; ++x) M = fmaxf(M, sm[x][g]);
     float o = 0.f, L = 0.f;
 #pragma unroll
-    for (int x = 0; x < kGroupWarps; ++x) {
+    for (int x = 0; x < W; ++x) {
       const float f = sl[x][g] > 0.f ? __expf(sm[x][g] - M) : 0.f;
       o += sacc[x][g][d] * f;
       L += sl[x][g] * f;
@@ -446,7 +448,7 @@ __device__ __forceinline__ void finish_group(const float (&sm)[kGroupWarps][kMax
   if (threadIdx.x == 0) counters[tk] = 0;  // ready for the next launch
   __shared__ float wgt[kMaxGroup][kMaxSplits];
   __shared__ float inv_l[kMaxGroup];
-  for (int g = w; g < G; g += kGroupWarps) {
+  for (int g = w; g < G; g += W) {
     const float inv = split_weights(part_ml + (t * Hq + kh * G + g) * splits * 2, nact, lane, wgt[g]);
     if (lane == 0) inv_l[g] = inv;
   }
@@ -461,7 +463,6 @@ __device__ __forceinline__ void finish_group(const float (&sm)[kGroupWarps][kMax
   }
 }
 
-constexpr int kMmaWarps = kGroupWarps;
 constexpr int kMmaKeys = 16;
 constexpr int64_t kMmaMinChunk = 256;
 constexpr int kRowPad = 8;  // elements after each staged row: ldmatrix's 8 rows fall on different banks
@@ -472,62 +473,68 @@ constexpr int kRowPad = 8;  // elements after each staged row: ldmatrix's 8 rows
 // 73.6 -> 68.1 us, context 160 in the decode layer 5.70 -> 5.38 us).
 constexpr int kMmaStages = 2;
 
-template <int D>
-constexpr size_t mma_stage_bytes() {
-  return sizeof(uint16_t) * kMmaStages * kMmaWarps * 2 * kMmaKeys * (D + kRowPad);
+template <int D, int W>
+__host__ __device__ constexpr size_t mma_stage_bytes() {
+  return sizeof(uint16_t) * kMmaStages * W * 2 * kMmaKeys * (D + kRowPad);
 }
 
-template <typename TI, typename T, int D>
-__global__ void __launch_bounds__(kMmaWarps * 32)
+// Positions, slots and key indices are 32-bit here (contexts and KV caches of fewer than 2^31 tokens;
+// element offsets into the caches stay 64-bit), and the block size is a power of two given by its
+// log2: the kernel runs at two blocks per SM only within 128 registers a thread.
+template <typename TI, typename T, int D, int W>
+__global__ void __launch_bounds__(W * 32)
     paged_attention_mma_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
-                          const int32_t* token_seq, const int32_t* positions, int64_t Hq, int64_t Hk, int64_t bs,
-                          float scale, int64_t fresh, float* part_ml, float* part_acc, unsigned* counters, T* out) {
+                          const int32_t* token_seq, const int32_t* positions, int64_t Hq, int64_t Hk, int bs_log2,
+                          float scale, int fresh, float* part_ml, float* part_acc, unsigned* counters, T* out) {
   constexpr int KS = D / 16, NT = D / 8, RS = D + kRowPad, CH = D / 8;  // CH: 16-byte chunks per row
-  constexpr int64_t kStep = kMmaWarps * kMmaKeys;                         // keys between a warp's tiles
+  constexpr int kStep = W * kMmaKeys;                                     // keys between a warp's tiles
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int64_t tk = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
   const int w = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int64_t t = tk / Hk, kh = tk % Hk;
   const int G = static_cast<int>(Hq / Hk);
-  const int64_t ctx = static_cast<int64_t>(positions[t]) + 1, chunk = chunk_of(ctx, splits, kMmaMinChunk);
-  const int64_t lo = split * chunk;
+  const int ctx = positions[t] + 1, chunk = static_cast<int>(chunk_of(ctx, splits, kMmaMinChunk));
+  const int lo = static_cast<int>(split) * chunk;
   if (lo >= ctx) {
     pdl_enter();
     return;
   }
-  const int64_t len = min(ctx, lo + chunk), old = ctx - fresh;
+  const int len = min(ctx, lo + chunk), old = ctx - fresh;
   const int32_t* table = tables + static_cast<int64_t>(token_seq[t]) * max_blocks;
+  const int bs_mask = (1 << bs_log2) - 1;
+  const T* kbase = kc + kh * D;
+  const T* vbase = vc + kh * D;
   const int64_t row = Hk * D;
   // This warp's keys and values of stage b.
   auto ks_of = [&](int b) {
-    return reinterpret_cast<T*>(smem_raw) + (static_cast<size_t>(b) * kMmaWarps + w) * 2 * kMmaKeys * RS;
+    return reinterpret_cast<T*>(smem_raw) + (b * W + w) * 2 * kMmaKeys * RS;
   };
 
-  int64_t j0 = lo + static_cast<int64_t>(w) * kMmaKeys;
+  int j0 = lo + w * kMmaKeys;
   // Lane k (and k + 16) returns the slot of key k of the tile at j.
-  auto find_slot = [&](int64_t j) -> int64_t {
+  auto find_slot = [&](int j) -> int {
     j += lane & (kMmaKeys - 1);
-    return j < len ? static_cast<int64_t>(table[j / bs]) * bs + j % bs : 0;
+    return j < len ? (table[j >> bs_log2] << bs_log2) + (j & bs_mask) : 0;
   };
   // Stages the keys in [a, b) of the tile at j into stage buf; with zero_tail, the rows of keys past the
   // context get zeros.
-  auto stage = [&](int buf, int64_t j, int64_t slot, int64_t a, int64_t b, bool zero_tail) {
+  auto stage = [&](int buf, int j, int slot, int a, int b, bool zero_tail) {
     T* ks = ks_of(buf);
     T* vs = ks + kMmaKeys * RS;
 #pragma unroll
     for (int i = 0; i < kMmaKeys * CH / 32; ++i) {
       const int c = lane + 32 * i, key = c / CH, ch = c % CH;
-      const int64_t sj = __shfl_sync(0xffffffffu, slot, key);
-      const int64_t jk = j + key;
+      const int sj = __shfl_sync(0xffffffffu, slot, key);
+      const int jk = j + key;
       const bool load = jk >= a && jk < b, zero = zero_tail && jk >= len;
       if (!load && !zero) continue;
-      const int64_t off = load ? sj * row + kh * D + ch * 8 : 0;
-      cp_async16(ks + key * RS + ch * 8, kc + off, load ? 16 : 0);
-      cp_async16(vs + key * RS + ch * 8, vc + off, load ? 16 : 0);
+      const int64_t off = load ? sj * row + ch * 8 : 0;
+      cp_async16(ks + key * RS + ch * 8, kbase + off, load ? 16 : 0);
+      cp_async16(vs + key * RS + ch * 8, vbase + off, load ? 16 : 0);
     }
   };
   const bool busy = j0 < len;
-  int64_t slot0 = 0;
+  int slot0 = 0;
   if (busy) {
     slot0 = find_slot(j0);
     stage(0, j0, slot0, lo, min(len, old), true);
@@ -539,12 +546,16 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   cp_async_commit();
   if (j0 + kStep < len) stage(1, j0 + kStep, find_slot(j0 + kStep), j0 + kStep, len, true);
   cp_async_commit();
-  // The group's queries as A fragments of every k-step (rows past G are zeros).
+  // The group's queries as A fragments of every k-step: rows r0 < 8 (those past G are zeros); the
+  // group never reaches row 8 (G <= kMaxGroup = 8), so the products run on the top rows alone
+  // (mma16816_top: the bottom rows' fragments, scores and accumulators take no registers, which keeps
+  // the kernel at two blocks per SM, and their softmax is not computed).
+  static_assert(kMaxGroup <= 8, "the group's query heads fit the top 8 rows of an m16 tile");
   const int r0 = lane / 4, c0 = (lane % 4) * 2;
-  unsigned qa[KS][4];
+  unsigned qa[KS][2];
   q_fragments<T>(qa, lane, [&](int r, int d) { return r < G ? to_f(q[(t * Hq + kh * G + r) * D + d]) * scale : 0.f; });
 
-  float o[NT][4] = {}, m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  float o[NT][2] = {}, m = -INFINITY, l = 0.f;
   int buf = 0;
   while (j0 < len) {
     cp_async_wait_group<1>();  // this tile's group (the next one may stay in flight)
@@ -552,34 +563,32 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
     const T* ks = ks_of(buf);
     const T* vs = ks + kMmaKeys * RS;
     // S = Q K^T: two n-tiles of 8 keys.
-    float sc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    float sc[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
 #pragma unroll
     for (int k = 0; k < KS; ++k) {
       unsigned b[4];
       ldmatrix_x4<false>(b, ks + ((lane & 7) + (lane >> 4) * 8) * RS + k * 16 + ((lane >> 3) & 1) * 8);
-      mma16816<T>(sc[0], qa[k], b[0], b[1]);
-      mma16816<T>(sc[1], qa[k], b[2], b[3]);
+      mma16816_top<T>(sc[0], qa[k], b[0], b[1]);
+      mma16816_top<T>(sc[1], qa[k], b[2], b[3]);
     }
-    // Keys past the context masked, then the online softmax of rows r0 and r0 + 8 (sc becomes P).
+    // Keys past the context masked, then the online softmax of row r0 (sc becomes P).
 #pragma unroll
     for (int n = 0; n < 2; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        if (j0 + n * 8 + c0 + (e & 1) >= len) sc[n][e] = -INFINITY;
-    online_softmax(sc, 0, m[0], l[0], o);
-    online_softmax(sc, 1, m[1], l[1], o);
+      for (int e = 0; e < 2; ++e)
+        if (j0 + n * 8 + c0 + e >= len) sc[n][e] = -INFINITY;
+    online_softmax(sc, 0, m, l, o);
     // O += P V: P's C fragments are the A fragment of the second product.
-    const unsigned pa[4] = {pack2<T>(sc[0][0], sc[0][1]), pack2<T>(sc[0][2], sc[0][3]), pack2<T>(sc[1][0], sc[1][1]),
-                            pack2<T>(sc[1][2], sc[1][3])};
+    const unsigned pa[2] = {pack2<T>(sc[0][0], sc[0][1]), pack2<T>(sc[1][0], sc[1][1])};
 #pragma unroll
     for (int n = 0; n < NT; n += 2) {
       unsigned b[4];
       ldmatrix_x4<true>(b, vs + ((lane & 7) + ((lane >> 3) & 1) * 8) * RS + n * 8 + (lane >> 4) * 8);
-      mma16816<T>(o[n], pa, b[0], b[1]);
-      mma16816<T>(o[n + 1], pa, b[2], b[3]);
+      mma16816_top<T>(o[n], pa, b[0], b[1]);
+      mma16816_top<T>(o[n + 1], pa, b[2], b[3]);
     }
     __syncwarp();  // every lane done with the staged tile before it is staged again
-    const int64_t jn = j0 + kMmaStages * kStep;  // the tile that goes into this stage next
+    const int jn = j0 + kMmaStages * kStep;  // the tile that goes into this stage next
     if (jn < len) stage(buf, jn, find_slot(jn), jn, len, true);
     cp_async_commit();
     j0 += kStep;
@@ -587,13 +596,14 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   }
   cp_async_wait_all();
   // The warps' states for the merge (the staging area is free once every warp is past its loop).
-  __shared__ float sm[kGroupWarps][kMaxGroup], sl[kGroupWarps][kMaxGroup];
+  __shared__ float sm[W][kMaxGroup], sl[W][kMaxGroup];
+  static_assert(sizeof(float) * W * kMaxGroup * D <= mma_stage_bytes<D, W>(), "the merge fits the staging area");
   __syncthreads();
-  auto& sacc = *reinterpret_cast<float(*)[kGroupWarps][kMaxGroup][D]>(smem_raw);
+  auto& sacc = *reinterpret_cast<float(*)[W][kMaxGroup][D]>(smem_raw);
   if (r0 < G) {
     if ((lane & 3) == 0) {
-      sm[w][r0] = m[0];
-      sl[w][r0] = l[0];
+      sm[w][r0] = m;
+      sl[w][r0] = l;
     }
 #pragma unroll
     for (int n = 0; n < NT; ++n) {
@@ -603,16 +613,47 @@ __global__ void __launch_bounds__(kMmaWarps * 32)
   }
   // Warps without keys (busy false) hold m = -inf, l = 0: finish_group gives them weight 0.
   __syncthreads();
-  finish_group<T, D>(sm, sl, sacc, G, t, Hq, kh, tk, ctx, chunk, split, splits, part_ml, part_acc, counters, out);
+  finish_group<T, D, W>(sm, sl, sacc, G, t, Hq, kh, tk, ctx, chunk, split, splits, part_ml, part_acc, counters, out);
 }
 
+// The tensor-core decode kernel for head size D (64 or 128) with W warps (4 or 8) a block, and its
+// shared memory.
 template <typename TI, typename T>
-auto mma_kernel(int64_t D) {
-  return D == 64 ? paged_attention_mma_k<TI, T, 64> : paged_attention_mma_k<TI, T, 128>;
+auto mma_kernel(int64_t D, int W) {
+  if (W == 4) return D == 64 ? paged_attention_mma_k<TI, T, 64, 4> : paged_attention_mma_k<TI, T, 128, 4>;
+  return D == 64 ? paged_attention_mma_k<TI, T, 64, 8> : paged_attention_mma_k<TI, T, 128, 8>;
 }
-size_t mma_smem(int64_t D) { return D == 64 ? mma_stage_bytes<64>() : mma_stage_bytes<128>(); }
+size_t mma_smem(int64_t D, int W) {
+  if (W == 4) return D == 64 ? mma_stage_bytes<64, 4>() : mma_stage_bytes<128, 4>();
+  return D == 64 ? mma_stage_bytes<64, 8>() : mma_stage_bytes<128, 8>();
+}
+
+std::atomic<int> g_decode_warps{[] {
+  const char* e = std::getenv("LLMSERVE_DECODE_ATTN_WARPS");
+  return e && (std::string(e) == "4" || std::string(e) == "8") ? std::atoi(e) : 0;
+}()};
+
+// Warps a block of the tensor-core decode kernel (head size D), for `units` blocks a split: 4 once they
+// fill every slot the GPU has for 4-warp blocks (three per SM), else 8. Four-warp blocks do twice the
+// tiles per warp and merge fewer warps; with enough of them resident one block's prologue and merge
+// overlap the others' loads. With fewer blocks than slots, 8-warp blocks keep more loads in flight.
+// Measured on an H200 (kernel_bench --attention, us): 256 seqs x 160 / 640 / 2,048 context 28.4 /
+// 57.3 / 144.0 with 8 warps, 21.0 / 51.9 / 144.9 with 4; 128 seqs x the same 14.1 / 29.4 / 75.7 against
+// 11.1 / 30.6 / 85.6; 64 seqs and fewer: 8 warps faster at every context. set_decode_attention_warps
+// overrides the choice.
+template <typename TI, typename T>
+int mma_warps(int64_t units, int64_t D) {
+  const int forced = g_decode_warps.load(std::memory_order_relaxed);
+  if (forced) return forced;
+  return units >= static_cast<int64_t>(resident_blocks(mma_kernel<TI, T>(D, 4), 4 * 32, mma_smem(D, 4))) ? 4 : 8;
+}
 
 }  // namespace
+
+void set_decode_attention_warps(int warps) {
+  if (warps != 0 && warps != 4 && warps != 8) check(cudaErrorInvalidValue, "set_decode_attention_warps: 0, 4 or 8");
+  g_decode_warps.store(warps, std::memory_order_relaxed);
+}
 
 void prepare_attention_kernels() {
   // The tensor-core kernel stages its tiles in more than the 48 KB of shared memory a launch gets by
@@ -622,8 +663,10 @@ void prepare_attention_kernels() {
           "attention kernel attributes");
   };
 #define ALLOW(TI, T)                                                          \
-  allow(paged_attention_mma_k<TI, T, 64>, mma_stage_bytes<64>());             \
-  allow(paged_attention_mma_k<TI, T, 128>, mma_stage_bytes<128>());
+  allow(paged_attention_mma_k<TI, T, 64, 4>, mma_stage_bytes<64, 4>());       \
+  allow(paged_attention_mma_k<TI, T, 128, 4>, mma_stage_bytes<128, 4>());     \
+  allow(paged_attention_mma_k<TI, T, 64, 8>, mma_stage_bytes<64, 8>());       \
+  allow(paged_attention_mma_k<TI, T, 128, 8>, mma_stage_bytes<128, 8>());
   ALLOW(float, __half)
   ALLOW(float, __nv_bfloat16)
   ALLOW(__half, __half)
@@ -666,10 +709,13 @@ void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int3
   // H200 with 128-key chunks and 4 blocks per SM: context 160 in the decode layer 7.2 -> 5.6 us,
   // 1 x 8,192 17.0 -> 12.6 us, 1 x 1,024 8.2 -> 10.8 us).
   const int64_t min_chunk = mma ? kMmaMinChunk : kMinChunk;
-  const size_t smem = mma_smem(D);
+  int mw = 8;  // the tensor-core kernel's warps a block
   int64_t wave = 4 * sm_count();
   if constexpr (sizeof(T) == 2)
-    if (mma) wave = std::min<int64_t>(wave, resident_blocks(mma_kernel<TI, T>(D), kMmaWarps * 32, smem));
+    if (mma) {
+      mw = mma_warps<TI, T>(units, D);
+      wave = std::min<int64_t>(wave, resident_blocks(mma_kernel<TI, T>(D, mw), mw * 32, mma_smem(D, mw)));
+    }
   int64_t splits = 1;
   if (max_len > min_chunk) {
     const int64_t want = (max_len + min_chunk - 1) / min_chunk, cap = std::max<int64_t>(1, wave / units);
@@ -688,9 +734,12 @@ void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int3
   constexpr unsigned threads = kWarps * 32;
   if (mma) {
     if constexpr (sizeof(T) == 2) {
-      launch("paged_attention", mma_kernel<TI, T>(D), grid, kMmaWarps * 32, smem, s, q, k_cache, v_cache, block_tables,
-             max_blocks, token_seq, positions, Hq, Hk, block_size, scale, std::max<int64_t>(fresh, 1), ml, acc, counters,
-             out);
+      if (block_size <= 0 || (block_size & (block_size - 1)) != 0)
+        check(cudaErrorInvalidValue, "paged_attention: the KV-cache block size must be a power of two");
+      const int bs_log2 = __builtin_ctzll(static_cast<unsigned long long>(block_size));
+      launch("paged_attention", mma_kernel<TI, T>(D, mw), grid, mw * 32, mma_smem(D, mw), s, q, k_cache, v_cache, block_tables,
+             max_blocks, token_seq, positions, Hq, Hk, bs_log2, scale, static_cast<int>(std::max<int64_t>(fresh, 1)), ml,
+             acc, counters, out);
     }
     return;
   }

@@ -132,8 +132,8 @@ __global__ void __launch_bounds__(kThreads)
           for (int e = 0; e < 4; ++e)
             if (kb + nn * 8 + (e & 1) > (e < 2 ? p_lo : p_hi)) sc[nn][e] = -INFINITY;
       }
-      online_softmax<NS, NT, true>(sc, 0, m[0], l[0], o);
-      online_softmax<NS, NT, true>(sc, 1, m[1], l[1], o);
+      online_softmax<NS, NT, 4, true>(sc, 0, m[0], l[0], o);
+      online_softmax<NS, NT, 4, true>(sc, 1, m[1], l[1], o);
       // O += P V, 16 keys per k-step: P's C fragments of n-tiles 2kk, 2kk+1 are the A fragment.
 #pragma unroll
       for (int kk = 0; kk < kMKeys / 16; ++kk) {

@@ -35,6 +35,25 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// The same product when only the top 8 rows of A (and so of C/D) hold data, the bottom 8 being zero
+// (a decode block's group of at most 8 query heads): a holds the top rows' fragments (A elements 0 and
+// 2), d the top rows of C/D (elements 0 and 1). The bottom halves are zero registers going in and a
+// discarded pair coming out, so they take no registers across calls.
+template <typename T>
+__device__ __forceinline__ void mma16816_top(float (&d)[2], const unsigned (&a)[2], unsigned b0, unsigned b1) {
+  float x0, x1;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%5}, {%7,%8}, "
+                 "{%0,%1,%9,%9};"
+                 : "+f"(d[0]), "+f"(d[1]), "=f"(x0), "=f"(x1)
+                 : "r"(a[0]), "r"(0u), "r"(a[1]), "r"(b0), "r"(b1), "f"(0.f));
+  else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%5}, {%7,%8}, "
+                 "{%0,%1,%9,%9};"
+                 : "+f"(d[0]), "+f"(d[1]), "=f"(x0), "=f"(x1)
+                 : "r"(a[0]), "r"(0u), "r"(a[1]), "r"(b0), "r"(b1), "f"(0.f));
+}
+
 template <bool TRANS>
 __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], const void* p) {
   const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
@@ -63,17 +82,21 @@ __device__ __forceinline__ void cp_async_wait_group() {
 
 // A warp's A fragments of a 16-row block of queries for every 16-wide k-step (KS of them): q(r, d)
 // gives row r's element d (r < 16; scaled as the caller wants), rounded to T here. Lane l holds rows
-// l/4 and l/4 + 8, columns 2 (l % 4) and 2 (l % 4) + 1 of each 8-wide half of the k-step.
-template <typename T, int KS, typename Q>
-__device__ __forceinline__ void q_fragments(unsigned (&qa)[KS][4], int lane, Q q) {
+// l/4 and l/4 + 8, columns 2 (l % 4) and 2 (l % 4) + 1 of each 8-wide half of the k-step. With W = 2
+// only the top rows' elements (0 and 2, for mma16816_top) are kept: rows 8-15 are zero.
+template <typename T, int KS, int W, typename Q>
+__device__ __forceinline__ void q_fragments(unsigned (&qa)[KS][W], int lane, Q q) {
+  static_assert(W == 4 || W == 2, "four fragments, or the top rows' two");
   const int r0 = lane / 4, c0 = (lane % 4) * 2;
 #pragma unroll
   for (int k = 0; k < KS; ++k) {
     const int d = k * 16 + c0;
-    qa[k][0] = pack2<T>(q(r0, d), q(r0, d + 1));
-    qa[k][1] = pack2<T>(q(r0 + 8, d), q(r0 + 8, d + 1));
-    qa[k][2] = pack2<T>(q(r0, d + 8), q(r0, d + 9));
-    qa[k][3] = pack2<T>(q(r0 + 8, d + 8), q(r0 + 8, d + 9));
+#pragma unroll
+    for (int h = 0; h < W / 2; ++h) {
+      const int r = r0 + 8 * h;
+      qa[k][h] = pack2<T>(q(r, d), q(r, d + 1));
+      qa[k][W / 2 + h] = pack2<T>(q(r, d + 8), q(r, d + 9));
+    }
   }
 }
 
@@ -88,16 +111,19 @@ __device__ __forceinline__ float ex2_approx(float x) {
 // elements 0 and 1 of each n-tile; hh = 1: row lane/4 + 8, elements 2 and 3), over the n-tiles of
 // scores sc[NS][4] already masked with -inf: the running max m and sum l advance, sc becomes the
 // probabilities exp(s - m) (P, the A operand of P V), and the output accumulators o[NT][4] of those rows
-// are rescaled. A row with nothing visible so far keeps m = -inf and gets zeros.
+// are rescaled (with OW = 2, sc and o hold the top rows' elements alone, as mma16816_top's C/D: hh = 0). A row with nothing visible so far
+// keeps m = -inf and gets zeros.
 // kBase2 (FlashAttention-2's form): the scores are in base-2 units (the caller folded log2(e) into the
 // query scale), so P = 2^(s - m) costs one ex2 per element; l is this lane's share of the row sum (the
 // caller adds the quad's four shares once, at the end); and the rescale of o is skipped when no row of
 // the warp changed its max (the common case once a row has seen its largest scores).
-template <int NS, int NT, bool kBase2 = false>
-__device__ __forceinline__ void online_softmax(float (&sc)[NS][4], int hh, float& m, float& l, float (&o)[NT][4]) {
+template <int NS, int NT, int OW, bool kBase2 = false>
+__device__ __forceinline__ void online_softmax(float (&sc)[NS][OW], int hh, float& m, float& l, float (&o)[NT][OW]) {
+  static_assert(OW == 4 || OW == 2, "both halves of the rows, or the top rows alone (hh = 0)");
+  const int e0 = OW == 4 ? 2 * hh : 0;
   float mx = -INFINITY;
 #pragma unroll
-  for (int n = 0; n < NS; ++n) mx = fmaxf(mx, fmaxf(sc[n][2 * hh], sc[n][2 * hh + 1]));
+  for (int n = 0; n < NS; ++n) mx = fmaxf(mx, fmaxf(sc[n][e0], sc[n][e0 + 1]));
   mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
   mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
   const float mn = fmaxf(m, mx);
@@ -107,7 +133,7 @@ __device__ __forceinline__ void online_softmax(float (&sc)[NS][4], int hh, float
 #pragma unroll
   for (int n = 0; n < NS; ++n)
 #pragma unroll
-    for (int e = 2 * hh; e < 2 * hh + 2; ++e) {
+    for (int e = e0; e < e0 + 2; ++e) {
       sc[n][e] = kBase2 ? ex2_approx(sc[n][e] - base) : __expf(sc[n][e] - base);
       sum += sc[n][e];
     }
@@ -120,8 +146,8 @@ __device__ __forceinline__ void online_softmax(float (&sc)[NS][4], int hh, float
   if (kBase2 && !__any_sync(0xffffffffu, corr != 1.f)) return;
 #pragma unroll
   for (int n = 0; n < NT; ++n) {
-    o[n][2 * hh] *= corr;
-    o[n][2 * hh + 1] *= corr;
+    o[n][e0] *= corr;
+    o[n][e0 + 1] *= corr;
   }
 }
 

@@ -240,8 +240,11 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
   }();
   // Group sizes 3 (Qwen2.5-1.5B), 8 (the largest the grouped kernels take, as Llama 3 70B) and 1.
   // Head sizes: 128 (Qwen2.5, Llama 3), 80 (tensor-core prefill) and 16 (the fixtures'; split-KV prefill).
+  // The tensor-core decode kernel with blocks of 8 warps and of 4 (the backend picks by batch size).
+  for (const int warps : {8, 4})
   for (const int64_t D : {128, 80, 16})
   for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {8, 1}, {2, 2}}) {
+    cuda::set_decode_attention_warps(warps);
     for (const StepMeta* m : {&mixed, &decode, &decode8, &graph}) {
       const int64_t T = m->num_tokens(), blocks = max_blocks * static_cast<int64_t>(m->num_seqs());
       cpu.begin_step(*m);
@@ -254,10 +257,11 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
       gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
       const std::string what = std::string(Hq == Hk ? "multi-head" : "grouped") +
                                (m == &mixed ? " attention, long contexts" : " attention, split decode") +
-                               ", head_dim " + std::to_string(D);
+                               ", head_dim " + std::to_string(D) + ", " + std::to_string(warps) + "-warp decode blocks";
       expect_close(ac, ag, what.c_str(), tol());
     }
   }
+  cuda::set_decode_attention_warps(0);
 }
 
 // The fused decoder-layer ops against the CPU backend's compositions of the plain ops.
