@@ -395,13 +395,16 @@ void config_validate(const Config& c) {
 std::string config_help() {
   std::ostringstream os;
   os << "Options (YAML key / command-line flag):\n";
+  // Columns as wide as the longest key and flag, plus two spaces.
+  size_t key_w = 0, flag_w = 0;
   for (const auto& o : options()) {
-    std::string flag = "--" + kebab(o.key);
-    os << "  " << o.key;
-    for (size_t n = std::string(o.key).size(); n < 24; ++n) os << ' ';
-    os << flag;
-    for (size_t n = flag.size(); n < 26; ++n) os << ' ';
-    os << o.help << "\n";
+    key_w = std::max(key_w, std::string(o.key).size() + 2);
+    flag_w = std::max(flag_w, ("--" + kebab(o.key)).size() + 2);
+  }
+  for (const auto& o : options()) {
+    const std::string key = o.key, flag = "--" + kebab(o.key);
+    os << "  " << key << std::string(key_w - key.size(), ' ') << flag << std::string(flag_w - flag.size(), ' ')
+       << o.help << "\n";
   }
   os << "  (--config FILE or a first argument ending in .yaml names the config file;\n"
         "   command-line flags override it; -tp/-pp are short for the parallel sizes;\n"

@@ -1,7 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -181,4 +183,20 @@ TEST(Config, HelpListsEveryKeyWithItsFlag) {
   for (const char* k : {"tensor_parallel_size", "--tensor-parallel-size", "gpu_memory_utilization", "api_key",
                         "enable_chunked_prefill", "served_model_name"})
     EXPECT_NE(h.find(k), std::string::npos) << k;
+  // Each option line: the key, then its flag, then the help, apart (the longest key, the 26-character
+  // disable_uvicorn_access_log, once ran into its flag).
+  std::istringstream lines(h);
+  std::string line;
+  int options = 0;
+  while (std::getline(lines, line)) {
+    if (line.rfind("  ", 0) != 0 || line.rfind("  (", 0) == 0 || line.rfind("   ", 0) == 0) continue;
+    std::istringstream words(line);
+    std::string key, flag;
+    words >> key >> flag;
+    std::string kebab_key = key;
+    std::replace(kebab_key.begin(), kebab_key.end(), '_', '-');
+    EXPECT_EQ(flag, "--" + kebab_key) << line;
+    ++options;
+  }
+  EXPECT_GT(options, 30);
 }
