@@ -468,14 +468,17 @@ constexpr int64_t kMmaMinChunk = 256;
 constexpr int kRowPad = 8;  // elements after each staged row: ldmatrix's 8 rows fall on different banks
 
 
-// Two stages: a warp's next tile is copied while this one is used, its loads overlapping the products
-// (measured on an H200 against one tile at a time: 64 x 1,024 context 24.4 -> 21.9 us, 256 x 768
-// 73.6 -> 68.1 us, context 160 in the decode layer 5.70 -> 5.38 us).
-constexpr int kMmaStages = 2;
+// Tiles a warp has in flight (cp.async stages): the one in use and the next (8-warp blocks: a few
+// sequences) or the next two (4-warp blocks: full batches). Measured on an H200, two stages against one
+// tile at a time: 64 x 1,024 context 24.4 -> 21.9 us, 256 x 768 73.6 -> 68.1 us, context 160 in the
+// decode layer 5.70 -> 5.38 us; three against two (kernel_bench --attention, 4-warp blocks): 128 x 640
+// 30.4 -> 25.7 us, 256 x 640 52.2 -> 49.5 us, 256 x 2,048 149.7 -> 138.5 us; 8-warp blocks gained
+// nothing from a third stage and their 104 KB of shared memory cost the batch-1 decode layer 1.6 us.
+__host__ __device__ constexpr int mma_stages(int W) { return W == 4 ? 3 : 2; }
 
 template <int D, int W>
 __host__ __device__ constexpr size_t mma_stage_bytes() {
-  return sizeof(uint16_t) * kMmaStages * W * 2 * kMmaKeys * (D + kRowPad);
+  return sizeof(uint16_t) * mma_stages(W) * W * 2 * kMmaKeys * (D + kRowPad);
 }
 
 // Positions, slots and key indices are 32-bit here (contexts and KV caches of fewer than 2^31 tokens;
@@ -488,6 +491,7 @@ __global__ void __launch_bounds__(W * 32)
                           float scale, int fresh, float* part_ml, float* part_acc, unsigned* counters, T* out) {
   constexpr int KS = D / 16, NT = D / 8, RS = D + kRowPad, CH = D / 8;  // CH: 16-byte chunks per row
   constexpr int kStep = W * kMmaKeys;                                     // keys between a warp's tiles
+  constexpr int kMmaStages = mma_stages(W);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int64_t tk = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
   const int w = threadIdx.x / 32, lane = threadIdx.x & 31;
@@ -540,36 +544,54 @@ __global__ void __launch_bounds__(W * 32)
     stage(0, j0, slot0, lo, min(len, old), true);
   }
   pdl_enter();
-  // This step's rows of the first tile, then the second tile (after pdl_enter: any of its keys may be
-  // this step's), requested before the queries so that the two round trips overlap.
+  // This step's rows of the first tile, then the next tiles (after pdl_enter: any of their keys may be
+  // this step's), requested before the queries so that the round trips overlap.
   if (busy) stage(0, j0, slot0, max(lo, old), len, false);
   cp_async_commit();
-  if (j0 + kStep < len) stage(1, j0 + kStep, find_slot(j0 + kStep), j0 + kStep, len, true);
-  cp_async_commit();
-  // The group's queries as A fragments of every k-step: rows r0 < 8 (those past G are zeros); the
-  // group never reaches row 8 (G <= kMaxGroup = 8), so the products run on the top rows alone
-  // (mma16816_top: the bottom rows' fragments, scores and accumulators take no registers, which keeps
-  // the kernel at two blocks per SM, and their softmax is not computed).
+#pragma unroll
+  for (int b = 1; b < kMmaStages; ++b) {
+    const int jb = j0 + b * kStep;
+    if (jb < len) stage(b, jb, find_slot(jb), jb, len, true);
+    cp_async_commit();
+  }
+  // The group's queries, scaled and rounded to T, in shared memory as the top 8 rows of an m16 A tile
+  // (rows past G are zeros); each k-step's fragments are read from there by ldmatrix (keeping them in
+  // registers would take the kernel past 128 registers, i.e. one block per SM). The group never
+  // reaches row 8 (G <= kMaxGroup = 8), so the products run on the top rows alone (mma16816_top: the
+  // bottom rows' fragments, scores and accumulators take no registers, and their softmax is not
+  // computed).
   static_assert(kMaxGroup <= 8, "the group's query heads fit the top 8 rows of an m16 tile");
+  __shared__ __align__(16) T qs[8][D + kRowPad];
+  for (int i = threadIdx.x; i < 8 * D / 2; i += W * 32) {
+    const int r = i / (D / 2), d = (i % (D / 2)) * 2;
+    const TI* qr = q + (t * Hq + kh * G + r) * D + d;
+    *reinterpret_cast<unsigned*>(&qs[r][d]) =
+        pack2<T>(r < G ? to_f(qr[0]) * scale : 0.f, r < G ? to_f(qr[1]) * scale : 0.f);
+  }
+  __syncthreads();
   const int r0 = lane / 4, c0 = (lane % 4) * 2;
-  unsigned qa[KS][2];
-  q_fragments<T>(qa, lane, [&](int r, int d) { return r < G ? to_f(q[(t * Hq + kh * G + r) * D + d]) * scale : 0.f; });
 
   float o[NT][2] = {}, m = -INFINITY, l = 0.f;
   int buf = 0;
   while (j0 < len) {
-    cp_async_wait_group<1>();  // this tile's group (the next one may stay in flight)
+    cp_async_wait_group<kMmaStages - 1>();  // this tile's group (the next ones may stay in flight)
     __syncwarp();
     const T* ks = ks_of(buf);
     const T* vs = ks + kMmaKeys * RS;
-    // S = Q K^T: two n-tiles of 8 keys.
+    // S = Q K^T: two n-tiles of 8 keys; the query fragments of two k-steps per ldmatrix.
     float sc[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
 #pragma unroll
-    for (int k = 0; k < KS; ++k) {
-      unsigned b[4];
-      ldmatrix_x4<false>(b, ks + ((lane & 7) + (lane >> 4) * 8) * RS + k * 16 + ((lane >> 3) & 1) * 8);
-      mma16816_top<T>(sc[0], qa[k], b[0], b[1]);
-      mma16816_top<T>(sc[1], qa[k], b[2], b[3]);
+    for (int k = 0; k < KS; k += 2) {
+      unsigned a[4];
+      ldmatrix_x4<false>(a, &qs[lane & 7][k * 16 + (lane >> 3) * 8]);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const unsigned qa[2] = {a[2 * h], a[2 * h + 1]};
+        unsigned b[4];
+        ldmatrix_x4<false>(b, ks + ((lane & 7) + (lane >> 4) * 8) * RS + (k + h) * 16 + ((lane >> 3) & 1) * 8);
+        mma16816_top<T>(sc[0], qa, b[0], b[1]);
+        mma16816_top<T>(sc[1], qa, b[2], b[3]);
+      }
     }
     // Keys past the context masked, then the online softmax of row r0 (sc becomes P).
 #pragma unroll
@@ -592,7 +614,7 @@ __global__ void __launch_bounds__(W * 32)
     if (jn < len) stage(buf, jn, find_slot(jn), jn, len, true);
     cp_async_commit();
     j0 += kStep;
-    buf ^= 1;
+    buf = kMmaStages == 2 ? buf ^ 1 : buf + 1 == kMmaStages ? 0 : buf + 1;
   }
   cp_async_wait_all();
   // The warps' states for the merge (the staging area is free once every warp is past its loop).
@@ -633,19 +655,18 @@ std::atomic<int> g_decode_warps{[] {
   return e && (std::string(e) == "4" || std::string(e) == "8") ? std::atoi(e) : 0;
 }()};
 
-// Warps a block of the tensor-core decode kernel (head size D), for `units` blocks a split: 4 once they
-// fill every slot the GPU has for 4-warp blocks (three per SM), else 8. Four-warp blocks do twice the
-// tiles per warp and merge fewer warps; with enough of them resident one block's prologue and merge
-// overlap the others' loads. With fewer blocks than slots, 8-warp blocks keep more loads in flight.
-// Measured on an H200 (kernel_bench --attention, us): 256 seqs x 160 / 640 / 2,048 context 28.4 /
-// 57.3 / 144.0 with 8 warps, 21.0 / 51.9 / 144.9 with 4; 128 seqs x the same 14.1 / 29.4 / 75.7 against
-// 11.1 / 30.6 / 85.6; 64 seqs and fewer: 8 warps faster at every context. set_decode_attention_warps
-// overrides the choice.
-template <typename TI, typename T>
-int mma_warps(int64_t units, int64_t D) {
+// Warps a block of the tensor-core decode kernel, for `units` blocks a split: 4 (with three tiles in
+// flight a warp) once there are as many blocks as SMs, else 8. A 4-warp block does twice the tiles per
+// warp and merges fewer warps, and four of them fit an SM, so one block's prologue and merge overlap the
+// others' loads; with fewer blocks than SMs, 8-warp blocks keep more loads in flight. Measured on an
+// H200 (kernel_bench --attention, us, 8 warps / 4 warps): 64 seqs x 160 / 640 / 2,048 context 7.7 /
+// 15.3 / 39.4 against 8.3 / 18.9 / 42.9; 128 seqs 15.1 / 30.3 / 75.6 against 10.8 / 25.7 / 72.2; 256
+// seqs 30.4 / 59.5 / 145.3 against 21.4 / 49.5 / 138.5 (2 KV heads: 128 and more sequences are at
+// least 256 blocks). set_decode_attention_warps overrides the choice.
+int mma_warps(int64_t units) {
   const int forced = g_decode_warps.load(std::memory_order_relaxed);
   if (forced) return forced;
-  return units >= static_cast<int64_t>(resident_blocks(mma_kernel<TI, T>(D, 4), 4 * 32, mma_smem(D, 4))) ? 4 : 8;
+  return units >= sm_count() ? 4 : 8;
 }
 
 }  // namespace
@@ -713,7 +734,7 @@ void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int3
   int64_t wave = 4 * sm_count();
   if constexpr (sizeof(T) == 2)
     if (mma) {
-      mw = mma_warps<TI, T>(units, D);
+      mw = mma_warps(units);
       wave = std::min<int64_t>(wave, resident_blocks(mma_kernel<TI, T>(D, mw), mw * 32, mma_smem(D, mw)));
     }
   int64_t splits = 1;

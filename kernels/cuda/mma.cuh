@@ -82,21 +82,17 @@ __device__ __forceinline__ void cp_async_wait_group() {
 
 // A warp's A fragments of a 16-row block of queries for every 16-wide k-step (KS of them): q(r, d)
 // gives row r's element d (r < 16; scaled as the caller wants), rounded to T here. Lane l holds rows
-// l/4 and l/4 + 8, columns 2 (l % 4) and 2 (l % 4) + 1 of each 8-wide half of the k-step. With W = 2
-// only the top rows' elements (0 and 2, for mma16816_top) are kept: rows 8-15 are zero.
-template <typename T, int KS, int W, typename Q>
-__device__ __forceinline__ void q_fragments(unsigned (&qa)[KS][W], int lane, Q q) {
-  static_assert(W == 4 || W == 2, "four fragments, or the top rows' two");
+// l/4 and l/4 + 8, columns 2 (l % 4) and 2 (l % 4) + 1 of each 8-wide half of the k-step.
+template <typename T, int KS, typename Q>
+__device__ __forceinline__ void q_fragments(unsigned (&qa)[KS][4], int lane, Q q) {
   const int r0 = lane / 4, c0 = (lane % 4) * 2;
 #pragma unroll
   for (int k = 0; k < KS; ++k) {
     const int d = k * 16 + c0;
-#pragma unroll
-    for (int h = 0; h < W / 2; ++h) {
-      const int r = r0 + 8 * h;
-      qa[k][h] = pack2<T>(q(r, d), q(r, d + 1));
-      qa[k][W / 2 + h] = pack2<T>(q(r, d + 8), q(r, d + 9));
-    }
+    qa[k][0] = pack2<T>(q(r0, d), q(r0, d + 1));
+    qa[k][1] = pack2<T>(q(r0 + 8, d), q(r0 + 8, d + 1));
+    qa[k][2] = pack2<T>(q(r0, d + 8), q(r0, d + 9));
+    qa[k][3] = pack2<T>(q(r0 + 8, d + 8), q(r0 + 8, d + 9));
   }
 }
 
