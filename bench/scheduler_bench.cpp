@@ -1,11 +1,16 @@
-// Scheduler cost per step with many running sequences, no model: scheduler_bench [SEQS] [STEPS]
+// Scheduler cost per step with many running sequences, no model: scheduler_bench [SEQS] [STEPS] [EVICT_MB]
 // Each step: schedule() (1024 decodes), serialize the plan (what rank 0 sends), and feed back one
 // sampled token per sequence. Prints microseconds per step; a GPU decode step of a 1.5B model takes
-// milliseconds, so the target is well under 1 ms.
+// milliseconds, so the target is well under 1 ms. EVICT_MB > 0 writes over that many MB between steps
+// (not timed), as a server's forward pass, sampler and HTTP threads do: the scheduler then finds its
+// sequences' state out of cache, as it does in a server.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "engine/scheduler.h"
 
@@ -14,6 +19,8 @@ using namespace llmserve;
 int main(int argc, char** argv) {
   const int seqs = argc > 1 ? std::atoi(argv[1]) : 1024;
   const int steps = argc > 2 ? std::atoi(argv[2]) : 200;
+  const int evict_mb = argc > 3 ? std::atoi(argv[3]) : 0;
+  std::vector<char> evict(static_cast<size_t>(evict_mb > 0 ? evict_mb : 0) << 20);
   SchedulerConfig c;
   c.max_num_seqs = seqs;
   c.max_num_batched_tokens = 8192;
@@ -40,6 +47,7 @@ int main(int argc, char** argv) {
   double sched_us = 0, total_us = 0;
   size_t bytes = 0;
   for (int k = 0; k < steps; ++k) {
+    if (!evict.empty()) std::memset(evict.data(), k & 0xff, evict.size());
     const auto t0 = std::chrono::steady_clock::now();
     StepPlan p = s.schedule();
     const auto t1 = std::chrono::steady_clock::now();
@@ -54,8 +62,9 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  std::printf("scheduler: %d running sequences, %d decode steps: schedule %.1f us/step, "
+  std::printf("scheduler: %d running sequences, %d decode steps%s: schedule %.1f us/step, "
               "schedule+serialize+tokens %.1f us/step (%.0f steps/s), plan %zu bytes\n",
-              seqs, steps, sched_us / steps, total_us / steps, 1e6 * steps / total_us, bytes);
+              seqs, steps, evict_mb > 0 ? (", caches evicted between steps (" + std::to_string(evict_mb) + " MB)").c_str() : "",
+              sched_us / steps, total_us / steps, 1e6 * steps / total_us, bytes);
   return 0;
 }
