@@ -388,8 +388,10 @@ __global__ void __launch_bounds__(kWarps * 32)
 // Built for decode, where a step of a few sequences is a chain of dependent memory round trips rather
 // than a stream of bytes (and a step of many is a stream of context rows):
 //   - a warp takes 16 keys, stages their key and value rows in shared memory (cp.async, 16 bytes per
-//     lane per copy; its next 16 keys are copied while these are used), then S = Q K^T and O += P V are mma.sync m16n8k16 products (the group's query
-//     heads are the 16 rows, padded with zeros; fp32 accumulation), with the online softmax on S's
+//     lane per copy; its next one or two tiles of 16 keys are copied while these are used:
+//     mma_stages), then S = Q K^T and O += P V are mma.sync m16n8k16 products (the group's query heads
+//     are the top 8 rows, padded with zeros; the bottom 8 are left out, mma16816_top; fp32
+//     accumulation), with the online softmax on S's
 //     fragments in registers and P rounded to the cache type as the A operand of the second product
 //     (FlashAttention-2's register layout, no round trip through shared memory): about 40 tensor-core
 //     and ldmatrix instructions per tile where scoring on CUDA cores took some 2,000 (measured on an
@@ -483,7 +485,7 @@ __host__ __device__ constexpr size_t mma_stage_bytes() {
 
 // Positions, slots and key indices are 32-bit here (contexts and KV caches of fewer than 2^31 tokens;
 // element offsets into the caches stay 64-bit), and the block size is a power of two given by its
-// log2: the kernel runs at two blocks per SM only within 128 registers a thread.
+// log2: fewer registers a thread, so more blocks resident per SM (101 with 8 warps, 106 with 4).
 template <typename TI, typename T, int D, int W>
 __global__ void __launch_bounds__(W * 32)
     paged_attention_mma_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
@@ -614,7 +616,7 @@ __global__ void __launch_bounds__(W * 32)
     if (jn < len) stage(buf, jn, find_slot(jn), jn, len, true);
     cp_async_commit();
     j0 += kStep;
-    buf = kMmaStages == 2 ? buf ^ 1 : buf + 1 == kMmaStages ? 0 : buf + 1;
+    buf = buf + 1 == kMmaStages ? 0 : buf + 1;
   }
   cp_async_wait_all();
   // The warps' states for the merge (the staging area is free once every warp is past its loop).
@@ -755,9 +757,7 @@ void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int3
   constexpr unsigned threads = kWarps * 32;
   if (mma) {
     if constexpr (sizeof(T) == 2) {
-      if (block_size <= 0 || (block_size & (block_size - 1)) != 0)
-        check(cudaErrorInvalidValue, "paged_attention: the KV-cache block size must be a power of two");
-      const int bs_log2 = __builtin_ctzll(static_cast<unsigned long long>(block_size));
+      const int bs_log2 = block_size_log2(block_size, "paged_attention");
       launch("paged_attention", mma_kernel<TI, T>(D, mw), grid, mw * 32, mma_smem(D, mw), s, q, k_cache, v_cache, block_tables,
              max_blocks, token_seq, positions, Hq, Hk, bs_log2, scale, static_cast<int>(std::max<int64_t>(fresh, 1)), ml,
              acc, counters, out);

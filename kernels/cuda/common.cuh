@@ -1,7 +1,9 @@
 #pragma once
 #include <algorithm>
+#include <cstdint>
 #include <map>
 #include <mutex>
+#include <string>
 #include <tuple>
 
 #include <cuda_bf16.h>
@@ -9,6 +11,8 @@
 #include <cuda_runtime.h>
 
 namespace llmserve::cuda {
+
+void check(cudaError_t e, const char* what);  // throws with `what` and CUDA's message unless e is cudaSuccess
 
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
@@ -81,6 +85,14 @@ __device__ __forceinline__ void store_vec(T* p, const float (&f)[V]) {
 // Whether pointer p (to elements of `bytes` bytes) may be read V elements at a time.
 inline bool vec_ok(const void* p, int V, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % (V * bytes) == 0; }
 
+// log2 of a KV-cache block size, which the paged kernels need to be a power of two (block-table
+// lookups by shift and mask); `what` names the caller in the error otherwise.
+inline int block_size_log2(int64_t block_size, const char* what) {
+  if (block_size <= 0 || (block_size & (block_size - 1)) != 0)
+    check(cudaErrorInvalidValue, (std::string(what) + ": the KV-cache block size must be a power of two").c_str());
+  return __builtin_ctzll(static_cast<unsigned long long>(block_size));
+}
+
 inline unsigned blocks_for(long long n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
 // Blocks of `threads` threads and `smem` bytes of dynamic shared memory of kernel k that the device
@@ -125,7 +137,6 @@ __device__ __forceinline__ void pdl_enter() {
 #endif
 }
 
-void check(cudaError_t e, const char* what);
 // Whether launch() asks for programmatic dependent launch: on GPUs of compute capability 9.0 and up,
 // unless the environment sets LLMSERVE_CUDA_PDL=0 (for measuring what it brings).
 bool pdl_enabled();

@@ -180,9 +180,7 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
                    int64_t n, int64_t Hq, int64_t Hk, int64_t D, int64_t block_size, float scale, T* out, cudaStream_t s) {
   if (num_tiles == 0) return;
   if (!flash_prefill_supported(D)) check(cudaErrorInvalidValue, "flash_prefill: head_dim must be a multiple of 16, 64 to 128");
-  if (block_size <= 0 || (block_size & (block_size - 1)) != 0)
-    check(cudaErrorInvalidValue, "flash_prefill: the KV-cache block size must be a power of two");
-  const int bs_log2 = __builtin_ctzll(static_cast<unsigned long long>(block_size));
+  const int bs_log2 = block_size_log2(block_size, "flash_prefill");
   // Heads along x: the blocks of one tile start together (a KV head's tiles are read by its query
   // heads at about the same time) and the tiles go out heaviest first (flash_prefill_tiles).
   const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(num_tiles));

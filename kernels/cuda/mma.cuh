@@ -107,8 +107,8 @@ __device__ __forceinline__ float ex2_approx(float x) {
 // elements 0 and 1 of each n-tile; hh = 1: row lane/4 + 8, elements 2 and 3), over the n-tiles of
 // scores sc[NS][4] already masked with -inf: the running max m and sum l advance, sc becomes the
 // probabilities exp(s - m) (P, the A operand of P V), and the output accumulators o[NT][4] of those rows
-// are rescaled (with OW = 2, sc and o hold the top rows' elements alone, as mma16816_top's C/D: hh = 0). A row with nothing visible so far
-// keeps m = -inf and gets zeros.
+// are rescaled (with OW = 2, sc and o hold the top rows' elements alone, as mma16816_top's C/D, and hh
+// is 0). A row with nothing visible so far keeps m = -inf and gets zeros.
 // kBase2 (FlashAttention-2's form): the scores are in base-2 units (the caller folded log2(e) into the
 // query scale), so P = 2^(s - m) costs one ex2 per element; l is this lane's share of the row sum (the
 // caller adds the quad's four shares once, at the end); and the rescale of o is skipped when no row of

@@ -42,9 +42,9 @@ void kv_write(const TI* k, const TI* v, const int32_t* slot_mapping, int64_t n, 
 size_t paged_attention_scratch_bytes();
 // Kernel attributes the attention launches need; call once per device before any of them.
 void prepare_attention_kernels();
-// Warps a block of the tensor-core decode attention: 4 or 8, or 0 for the default (8 while the step's
-// blocks leave SMs idle, 4 once they fill the GPU). The environment's LLMSERVE_DECODE_ATTN_WARPS sets
-// the initial value; benchmarks compare the two.
+// Warps a block of the tensor-core decode attention: 4 or 8, or 0 for the default (4 once a step has
+// as many blocks as the GPU has SMs, else 8); anything else throws. The environment's
+// LLMSERVE_DECODE_ATTN_WARPS (4 or 8) sets the initial value; benchmarks compare the two.
 void set_decode_attention_warps(int warps);
 template <typename TI, typename T>
 void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,

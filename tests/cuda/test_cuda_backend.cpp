@@ -262,6 +262,7 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
     }
   }
   cuda::set_decode_attention_warps(0);
+  EXPECT_THROW(cuda::set_decode_attention_warps(5), std::exception);  // only 0, 4 and 8
 }
 
 // The fused decoder-layer ops against the CPU backend's compositions of the plain ops.
