@@ -83,11 +83,11 @@ int main(int argc, char** argv) {
       s.num_computed = static_cast<int32_t>(history.size()) - 1;
       s.tokens = {history.back()};
       s.sample = true;
-      s.has_params = true;
-      s.prompt_len = 512;
-      s.seed = static_cast<int64_t>(i);
-      s.params = p;
-      s.prefix.assign(history.begin(), history.end() - 1);
+      s.start = std::make_shared<SeqStart>();
+      s.start->prompt_len = 512;
+      s.start->seed = static_cast<int64_t>(i);
+      s.start->params = p;
+      s.start->prefix.assign(history.begin(), history.end() - 1);
       plan.seqs.push_back(s);
     }
     // The host sampler.

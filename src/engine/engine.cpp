@@ -91,7 +91,8 @@ void Engine::abort(uint64_t request_id) {
 
 std::vector<SampledToken> Engine::dispatch(const StepPlan& plan) {
   const Topology& t = runner_.topology();
-  std::string bytes = plan.serialize();
+  // The plan's message only when another rank reads it.
+  std::string bytes = t.tp > 1 || t.pp > 1 ? plan.serialize() : std::string();
   if (t.tp > 1) bcast_bytes(runner_.tp_comm().handle(), bytes, 0);
   Worker::Output out = worker_.execute(plan, Tensor());
   ++steps_;
@@ -211,13 +212,14 @@ RequestOutput Engine::snapshot(Request& r) {
     size_t safe = so.text.size();
     if (!so.out.finished() && max_stop > 0) safe = so.text.size() > max_stop - 1 ? so.text.size() - (max_stop - 1) : 0;
     safe = std::max(safe, so.emitted);
-    so.out.delta = so.text.substr(so.emitted, safe - so.emitted);
-    so.emitted = safe;
-    so.out.text = so.text.substr(0, safe);
-    so.out.delta_tokens = so.out.token_ids.size() - so.reported;
-    so.reported = so.out.token_ids.size();
+    // so.out holds what does not change per snapshot; the text and the deltas go straight into the copy.
     o.outputs.push_back(so.out);
     CompletionOutput& c = o.outputs.back();
+    c.text.assign(so.text, 0, safe);
+    c.delta.assign(so.text, so.emitted, safe - so.emitted);
+    so.emitted = safe;
+    c.delta_tokens = so.out.token_ids.size() - so.reported;
+    so.reported = so.out.token_ids.size();
     c.logprobs_from = o.finished ? 0 : so.logprobs_reported;
     c.logprobs.assign(so.logprobs.begin() + static_cast<std::ptrdiff_t>(c.logprobs_from), so.logprobs.end());
     so.logprobs_reported = so.logprobs.size();

@@ -52,13 +52,13 @@ void Sampler::observe(const StepPlan& plan) {
   for (uint64_t id : plan.finished) state_.erase(id);
   for (const auto& s : plan.seqs) {
     SeqState& st = state_[s.seq_id];
-    if (s.has_params) {
-      st.params = s.params;
-      st.seed = s.seed;
-      st.prompt_len = s.prompt_len;
-      st.eos_ids = s.eos_ids;
-      st.history = s.prefix;
-      st.guide = make_guide(s.params);
+    if (s.start) {
+      st.params = s.start->params;
+      st.seed = s.start->seed;
+      st.prompt_len = s.start->prompt_len;
+      st.eos_ids = s.start->eos_ids;
+      st.history = s.start->prefix;
+      st.guide = make_guide(st.params);
       if (st.guide && !tokens_) throw Error("guided decoding needs the model's tokenizer, which this model file lacks");
       st.guided_fed = 0;
     }

@@ -15,6 +15,7 @@ bool Scheduler::fits(int64_t total) const {
 
 void Scheduler::add(std::unique_ptr<Sequence> seq) {
   seq->state = Sequence::State::Waiting;
+  seq->wants_prompt_logprobs = seq->params.prompt_logprobs >= 0;
   waiting_.push_back(seq.get());
   seqs_[seq->id] = std::move(seq);
 }
@@ -43,12 +44,12 @@ void Scheduler::emit(Sequence& s, int32_t chunk, StepPlan& plan) {
     if (st.sample) s.prompt_rows_done = true;
   }
   if (s.send_params) {
-    st.has_params = true;
-    st.prompt_len = s.prompt_len;
-    st.seed = s.seed;
-    st.params = s.params;
-    st.eos_ids = s.eos_ids;
-    st.prefix.assign(s.tokens.begin(), s.tokens.begin() + s.num_computed);
+    st.start = std::make_shared<SeqStart>();
+    st.start->prompt_len = s.prompt_len;
+    st.start->seed = s.seed;
+    st.start->params = s.params;
+    st.start->eos_ids = s.eos_ids;
+    st.start->prefix.assign(s.tokens.begin(), s.tokens.begin() + s.num_computed);
     s.send_params = false;
   }
   s.num_computed += chunk;
@@ -131,6 +132,7 @@ bool Scheduler::schedule_chunk(Sequence& s, int64_t& budget, StepPlan& plan, boo
 StepPlan Scheduler::schedule(size_t max_seqs) {
   StepPlan plan;
   plan.step_id = ++step_id_;
+  plan.seqs.reserve(std::min({max_seqs, static_cast<size_t>(cfg_.max_num_seqs), running_.size() + waiting_.size()}));
   int64_t budget = cfg_.max_num_batched_tokens;
   const int64_t preempted_before = stats_.preempted_swap + stats_.preempted_recompute;
 

@@ -30,22 +30,25 @@ struct SchedulerConfig {
 
 struct Sequence {
   enum class State { Waiting, Running, Swapped, Finished };
+  // What every step reads first, together (a step walks hundreds of sequences whose state the forward
+  // pass has evicted from the caches); the parameters, read when the sequence starts, last.
   uint64_t id = 0;
-  std::vector<int32_t> tokens;  // prompt + generated
-  int32_t prompt_len = 0;
-  SamplingParams params;
-  int64_t seed = 0;
-  std::vector<int32_t> eos_ids;
-  int32_t num_computed = 0;
-  std::vector<int32_t> blocks;
-  std::vector<int32_t> host_blocks;  // while swapped: host block per block index, -1 where kept on device
-  int32_t hashed_blocks = 0;
-  int32_t num_cached_tokens = 0;  // prompt tokens found in the prefix cache when first admitted
-  uint64_t last_hash = 0;
   State state = State::Waiting;
   bool in_flight = false;    // a token for it is being computed
   bool send_params = true;   // the next plan entry carries its parameters
   bool prompt_rows_done = false;  // prompt_logprobs: every prompt row computed (once; not on a recompute)
+  bool wants_prompt_logprobs = false;  // params.prompt_logprobs >= 0
+  int32_t prompt_len = 0;
+  int32_t num_computed = 0;
+  int32_t hashed_blocks = 0;
+  uint64_t last_hash = 0;
+  std::vector<int32_t> tokens;  // prompt + generated
+  std::vector<int32_t> blocks;
+  std::vector<int32_t> host_blocks;  // while swapped: host block per block index, -1 where kept on device
+  int32_t num_cached_tokens = 0;  // prompt tokens found in the prefix cache when first admitted
+  int64_t seed = 0;
+  std::vector<int32_t> eos_ids;
+  SamplingParams params;
   int32_t output_len() const { return static_cast<int32_t>(tokens.size()) - prompt_len; }
 };
 
@@ -82,7 +85,7 @@ class Scheduler {
  private:
   bool schedule_chunk(Sequence& s, int64_t& budget, StepPlan& plan, bool may_preempt);
   // Whether s's next chunks compute prompt_logprobs rows.
-  static bool wants_prompt_rows(const Sequence& s) { return s.params.prompt_logprobs >= 0 && !s.prompt_rows_done; }
+  static bool wants_prompt_rows(const Sequence& s) { return s.wants_prompt_logprobs && !s.prompt_rows_done; }
   bool preempt_one(Sequence& keep, StepPlan& plan);
   void emit(Sequence& s, int32_t chunk, StepPlan& plan);
   SchedulerConfig cfg_;

@@ -117,12 +117,12 @@ std::string StepPlan::serialize() const {
   w.put(static_cast<uint32_t>(seqs.size()));
   for (const auto& s : seqs) {
     w.put(s.seq_id), w.put(s.num_computed), w.vec(s.tokens), w.vec(s.block_table);
-    w.put(static_cast<uint8_t>(s.sample)), w.put(static_cast<uint8_t>(s.has_params));
-    if (s.has_params) {
-      w.put(s.prompt_len), w.put(s.seed);
-      put_params(w, s.params);
-      w.vec(s.eos_ids);
-      w.vec(s.prefix);
+    w.put(static_cast<uint8_t>(s.sample)), w.put(static_cast<uint8_t>(s.start != nullptr));
+    if (s.start) {
+      w.put(s.start->prompt_len), w.put(s.start->seed);
+      put_params(w, s.start->params);
+      w.vec(s.start->eos_ids);
+      w.vec(s.start->prefix);
     }
     w.vec(s.prompt_targets);
   }
@@ -144,12 +144,13 @@ StepPlan StepPlan::deserialize(const std::string& bytes) {
   for (auto& s : p.seqs) {
     s.seq_id = r.get<uint64_t>(), s.num_computed = r.get<int32_t>();
     s.tokens = r.vec<int32_t>(), s.block_table = r.vec<int32_t>();
-    s.sample = r.get<uint8_t>() != 0, s.has_params = r.get<uint8_t>() != 0;
-    if (s.has_params) {
-      s.prompt_len = r.get<int32_t>(), s.seed = r.get<int64_t>();
-      s.params = get_params(r);
-      s.eos_ids = r.vec<int32_t>();
-      s.prefix = r.vec<int32_t>();
+    s.sample = r.get<uint8_t>() != 0;
+    if (r.get<uint8_t>() != 0) {
+      s.start = std::make_shared<SeqStart>();
+      s.start->prompt_len = r.get<int32_t>(), s.start->seed = r.get<int64_t>();
+      s.start->params = get_params(r);
+      s.start->eos_ids = r.vec<int32_t>();
+      s.start->prefix = r.vec<int32_t>();
     }
     s.prompt_targets = r.vec<int32_t>();
     if (s.prompt_targets.size() > s.tokens.size()) throw Error("step plan: more prompt targets than tokens");

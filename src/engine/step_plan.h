@@ -3,6 +3,7 @@
 // compact versioned binary message.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -12,19 +13,24 @@ namespace llmserve {
 
 constexpr uint32_t kStepPlanVersion = 5;
 
+// What the last stage needs to sample a sequence, sent when it (re)starts (num_computed == 0 or
+// after a recompute). Kept out of line so that a step's entries stay small (a 256-sequence plan is
+// rebuilt every step).
+struct SeqStart {
+  int32_t prompt_len = 0;
+  int64_t seed = 0;
+  SamplingParams params;
+  std::vector<int32_t> eos_ids;  // suppressed before min_tokens unless ignore_eos
+  std::vector<int32_t> prefix;   // tokens [0, num_computed) when they came from the prefix cache
+};
+
 struct SeqStep {
   uint64_t seq_id = 0;
   int32_t num_computed = 0;          // tokens of the sequence already in the KV cache
   std::vector<int32_t> tokens;       // tokens fed this step (positions num_computed...)
   std::vector<int32_t> block_table;  // physical blocks covering num_computed + tokens.size()
   bool sample = false;               // this step's last token yields the next token
-  // Sent when the sequence (re)starts (num_computed == 0) so the last stage knows how to sample it.
-  bool has_params = false;
-  int32_t prompt_len = 0;
-  int64_t seed = 0;
-  SamplingParams params;
-  std::vector<int32_t> eos_ids;  // suppressed before min_tokens unless ignore_eos
-  std::vector<int32_t> prefix;   // tokens [0, num_computed) when they came from the prefix cache
+  std::shared_ptr<SeqStart> start;   // set when the sequence (re)starts
   // prompt_logprobs: the prompt tokens that this step's first prompt_targets.size() tokens predict
   // (tokens[i], at position num_computed + i, predicts prompt_targets[i], the prompt token at
   // num_computed + i + 1); their logits rows follow every sampled row in the step's logits.

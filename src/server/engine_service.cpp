@@ -66,12 +66,13 @@ void EngineService::run() {
       for (auto& [id, j] : active_)
         if (stopping || j->cancelled->load()) engine_.abort(id);
       if (engine_.has_unfinished()) {
-        for (const auto& out : engine_.step()) {
+        for (auto& out : engine_.step()) {
           auto it = active_.find(out.request_id);
           if (it == active_.end()) continue;
           for (const auto& c : out.outputs) counters_.generation_tokens += static_cast<int64_t>(c.delta_tokens);
-          it->second->on_output(out);
-          if (out.finished) {
+          const bool finished = out.finished;
+          it->second->on_output(std::move(out));
+          if (finished) {
             ++counters_.requests_finished;
             active_.erase(it);
           }

@@ -17,8 +17,9 @@ namespace llmserve {
 struct EngineJob {
   std::vector<int32_t> prompt;
   SamplingParams params;
-  // Called on the engine thread: each output as it changes, or the error that kept the job out.
-  std::function<void(const RequestOutput&)> on_output;
+  // Called on the engine thread: each output as it changes (handed over: the callee may keep it), or
+  // the error that kept the job out.
+  std::function<void(RequestOutput&&)> on_output;
   std::function<void(const std::string&)> on_error;
   // Set by the caller to abort (client gone); read by the engine thread.
   std::shared_ptr<std::atomic<bool>> cancelled = std::make_shared<std::atomic<bool>>(false);

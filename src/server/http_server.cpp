@@ -248,9 +248,9 @@ class Session : public std::enable_shared_from_this<Session> {
       job->params = p->req.params;
       std::weak_ptr<Session> weak = shared_from_this();
       auto exec = stream_.get_executor();
-      job->on_output = [weak, exec, i](const RequestOutput& out) {
-        net::post(exec, [weak, i, out] {
-          if (auto s = weak.lock()) s->on_output(i, out);
+      job->on_output = [weak, exec, i](RequestOutput&& out) {
+        net::post(exec, [weak, i, out = std::move(out)]() mutable {
+          if (auto s = weak.lock()) s->on_output(i, std::move(out));
         });
       };
       job->on_error = [weak, exec](const std::string& msg) {
@@ -297,10 +297,11 @@ class Session : public std::enable_shared_from_this<Session> {
     }
   }
 
-  void on_output(size_t i, const RequestOutput& out) {
+  void on_output(size_t i, RequestOutput&& latest) {
     auto p = pending_;
     if (!p || !p->error.empty()) return;
-    p->outputs[i] = out;
+    p->outputs[i] = std::move(latest);
+    const RequestOutput& out = p->outputs[i];
     if (out.finished) ++p->finished;
     size_t tokens = 0;
     for (const auto& c : out.outputs) tokens += c.token_ids.size();

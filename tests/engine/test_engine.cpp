@@ -192,7 +192,7 @@ TEST(EngineService, JobsCompleteAndNoJobIsLeftUnansweredAfterStop) {
   auto job = std::make_shared<EngineJob>();
   job->prompt = {9707, 11};
   job->params = greedy(4);
-  job->on_output = [&](const RequestOutput& o) {
+  job->on_output = [&](RequestOutput&& o) {
     std::lock_guard<std::mutex> l(mu);
     last = o;
     done = o.finished;
@@ -217,7 +217,7 @@ TEST(EngineService, JobsCompleteAndNoJobIsLeftUnansweredAfterStop) {
   auto late = std::make_shared<EngineJob>();
   late->prompt = {9707};
   late->params = greedy(2);
-  late->on_output = [&](const RequestOutput&) { answered = true; };
+  late->on_output = [&](RequestOutput&&) { answered = true; };
   late->on_error = [&](const std::string& m) {
     answered = true;
     error = m;
@@ -309,20 +309,22 @@ TEST(StepPlan, PromptTargetsRoundTrip) {
   s.seq_id = 3;
   s.tokens = {5, 6, 7};
   s.block_table = {0};
-  s.has_params = true;
-  s.prompt_len = 9;
-  s.params.prompt_logprobs = 4;
-  s.params.guided = "json_schema";
-  s.params.guided_schema = R"({"properties": {"b": {}, "a": {}}})";
-  s.params.guided_compact = true;
+  s.start = std::make_shared<SeqStart>();
+  s.start->prompt_len = 9;
+  s.start->params.prompt_logprobs = 4;
+  s.start->params.guided = "json_schema";
+  s.start->params.guided_schema = R"({"properties": {"b": {}, "a": {}}})";
+  s.start->params.guided_compact = true;
   s.prompt_targets = {6, 7, 8};
   p.seqs.push_back(s);
   const StepPlan q = StepPlan::deserialize(p.serialize());
   ASSERT_EQ(q.seqs.size(), 1u);
-  EXPECT_EQ(q.seqs[0].params.prompt_logprobs, 4);
-  EXPECT_EQ(q.seqs[0].params.guided, "json_schema");
-  EXPECT_EQ(q.seqs[0].params.guided_schema, s.params.guided_schema);  // as sent: the properties' order kept
-  EXPECT_TRUE(q.seqs[0].params.guided_compact);
+  ASSERT_TRUE(q.seqs[0].start);
+  EXPECT_EQ(q.seqs[0].start->prompt_len, 9);
+  EXPECT_EQ(q.seqs[0].start->params.prompt_logprobs, 4);
+  EXPECT_EQ(q.seqs[0].start->params.guided, "json_schema");
+  EXPECT_EQ(q.seqs[0].start->params.guided_schema, s.start->params.guided_schema);  // as sent: the properties' order kept
+  EXPECT_TRUE(q.seqs[0].start->params.guided_compact);
   EXPECT_EQ(q.seqs[0].prompt_targets, s.prompt_targets);
   p.seqs[0].prompt_targets.push_back(9);
   EXPECT_THROW(StepPlan::deserialize(p.serialize()), Error);

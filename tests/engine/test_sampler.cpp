@@ -105,12 +105,12 @@ StepPlan plan_for(size_t n, const SamplingParams& p, const std::vector<int32_t>&
     s.num_computed = static_cast<int32_t>(history.size()) - 1;
     s.tokens = {history.back()};
     s.sample = true;
-    s.has_params = true;
-    s.prompt_len = prompt_len;
-    s.seed = seed0 + static_cast<int64_t>(i) * 7919;
-    s.params = p;
-    s.eos_ids = {3};
-    s.prefix.assign(history.begin(), history.end() - 1);
+    s.start = std::make_shared<SeqStart>();
+    s.start->prompt_len = prompt_len;
+    s.start->seed = seed0 + static_cast<int64_t>(i) * 7919;
+    s.start->params = p;
+    s.start->eos_ids = {3};
+    s.start->prefix.assign(history.begin(), history.end() - 1);
     plan.seqs.push_back(s);
   }
   return plan;
@@ -246,7 +246,7 @@ TEST(Sampler, SeededDrawDoesNotDependOnTheBatch) {
     Sampler s(w.comm, V, w.vocab, w.stride);
     // The sequence under test (seed 42) sits last among `batch - 1` others with other seeds.
     StepPlan plan = plan_for(batch, p, {7, 8}, 2, 1000);
-    plan.seqs.back().seed = 42;
+    plan.seqs.back().start->seed = 42;
     s.observe(plan);
     auto rows = w.rows(logits, batch);
     return s.sample(plan, rows.data()).back().token;
@@ -352,10 +352,12 @@ TEST(Sampler, PenaltiesFollowTheHistoryAcrossSteps) {
     if (step == 0 || step == 20) {  // the prompt; later every token again after a recomputation
       s.num_computed = 0;
       s.tokens = history;
-      s.has_params = step == 0;
-      s.prompt_len = prompt_len;
-      s.params = p;
-      s.eos_ids = {3};
+      if (step == 0) {
+        s.start = std::make_shared<SeqStart>();
+        s.start->prompt_len = prompt_len;
+        s.start->params = p;
+        s.start->eos_ids = {3};
+      }
     } else {
       s.num_computed = static_cast<int32_t>(history.size()) - 1;
       s.tokens = {history.back()};
@@ -611,18 +613,18 @@ TEST(Sampler, PromptLogprobsAndRanks) {
   a.num_computed = 2;
   a.tokens.assign(prompt1.begin() + 2, prompt1.end());
   a.sample = true;
-  a.has_params = true;
-  a.prompt_len = static_cast<int32_t>(prompt1.size());
-  a.params.temperature = 0;
-  a.params.prompt_logprobs = 3;
-  a.prefix.assign(prompt1.begin(), prompt1.begin() + 2);
+  a.start = std::make_shared<SeqStart>();
+  a.start->prompt_len = static_cast<int32_t>(prompt1.size());
+  a.start->params.temperature = 0;
+  a.start->params.prompt_logprobs = 3;
+  a.start->prefix.assign(prompt1.begin(), prompt1.begin() + 2);
   a.prompt_targets.assign(prompt1.begin() + 3, prompt1.end());
   SeqStep b;  // prompt2's tokens at positions 0..1: targets at positions 1..2, no sample
   b.seq_id = 2;
   b.tokens = {prompt2[0], prompt2[1]};
-  b.has_params = true;
-  b.prompt_len = static_cast<int32_t>(prompt2.size());
-  b.params.prompt_logprobs = 0;
+  b.start = std::make_shared<SeqStart>();
+  b.start->prompt_len = static_cast<int32_t>(prompt2.size());
+  b.start->params.prompt_logprobs = 0;
   b.prompt_targets = {prompt2[1], prompt2[2]};
   plan.seqs = {a, b};
   // Logits rows: 0 = sequence 1's sampled row; 1..4 its prompt rows; 5..6 sequence 2's.
@@ -715,8 +717,8 @@ TEST(Sampler, GuidedDecodingKeepsTheTextAccepted) {
           bool ended = false;
           for (int step = 0; step < 60 && !ended; ++step) {
             StepPlan plan = plan_for(1, p, history, 2, 100 + rep, 1);
-            plan.seqs[0].eos_ids = {3, 47};
-            if (step > 0) plan.seqs[0].has_params = false;  // later steps as the scheduler sends them
+            plan.seqs[0].start->eos_ids = {3, 47};
+            if (step > 0) plan.seqs[0].start.reset();  // later steps as the scheduler sends them
             s.observe(plan);
             std::vector<float> full(V);
             for (auto& x : full) x = d(g);
@@ -767,7 +769,7 @@ TEST(Sampler, GuidedCacheDrawsAsTheWalk) {
       std::vector<int32_t> history = {7, 8};
       for (int step = 0; step < 40; ++step) {
         StepPlan plan = plan_for(1, p, history, 2, 77, 1);
-        plan.seqs[0].eos_ids = {3};
+        plan.seqs[0].start->eos_ids = {3};
         s.observe(plan);
         std::vector<float> full(V);
         for (auto& x : full) x = d(g);
