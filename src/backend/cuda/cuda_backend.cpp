@@ -4,6 +4,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -62,6 +64,24 @@ bool stacked_gemms() {
   return on;
 }
 
+// The measuring switches the CUDA code reads from the environment, and the values each takes; any other
+// value is ignored (the default holds), said once so that a typo does not pass for a measurement.
+void warn_ignored_switches() {
+  static const bool once = [] {
+    const std::pair<const char*, std::vector<std::string>> switches[] = {
+        {"LLMSERVE_CUDA_PDL", {"0", "1"}}, {"LLMSERVE_STACKED_GEMMS", {"0", "1"}}, {"LLMSERVE_DECODE_ATTN_WARPS", {"4", "8"}}};
+    for (const auto& [name, values] : switches) {
+      const char* e = std::getenv(name);
+      if (!e || std::find(values.begin(), values.end(), std::string(e)) != values.end()) continue;
+      std::string allowed;
+      for (const auto& v : values) allowed += (allowed.empty() ? "" : " or ") + v;
+      log_warn(name, "=", e, " is ignored (it takes ", allowed, ")");
+    }
+    return true;
+  }();
+  (void)once;
+}
+
 int64_t rows_of(const Tensor& t) { return t.shape.empty() ? 1 : t.shape[0]; }
 int64_t cols_of(const Tensor& t) {
   int64_t c = 1;
@@ -110,6 +130,7 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   cudaDeviceProp p{};
   ck(cudaGetDeviceProperties(&p, device_), "device properties");
   log_info("CUDA backend on device ", device_, " (", p.name, ", ", p.totalGlobalMem >> 20, " MiB), ", dtype_name(dtype_));
+  warn_ignored_switches();
 }
 
 CudaBackend::~CudaBackend() {
