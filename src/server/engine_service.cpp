@@ -1,5 +1,7 @@
 #include "server/engine_service.h"
 
+#include <chrono>
+
 #include "common/log.h"
 
 namespace llmserve {
@@ -66,7 +68,9 @@ void EngineService::run() {
       for (auto& [id, j] : active_)
         if (stopping || j->cancelled->load()) engine_.abort(id);
       if (engine_.has_unfinished()) {
-        for (auto& out : engine_.step()) {
+        auto outs = engine_.step();
+        const auto t_post = std::chrono::steady_clock::now();
+        for (auto& out : outs) {
           auto it = active_.find(out.request_id);
           if (it == active_.end()) continue;
           for (const auto& c : out.outputs) counters_.generation_tokens += static_cast<int64_t>(c.delta_tokens);
@@ -77,6 +81,10 @@ void EngineService::run() {
             active_.erase(it);
           }
         }
+        // The engine thread's share of handing outputs to the HTTP threads (after each step's own line).
+        if (!outs.empty() && log_enabled(LogLevel::Debug))
+          log_debug("posted ", outs.size(), " outputs in ",
+                    std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t_post).count(), " us");
       }
       const auto& s = engine_.scheduler();
       counters_.running = static_cast<int64_t>(s.num_running());
