@@ -8,6 +8,7 @@ namespace llmserve {
 
 EngineService::EngineService(Engine& engine) : engine_(engine) {
   counters_.kv_total = engine.scheduler().blocks().num_blocks();
+  deliver_thread_ = std::thread([this] { deliver_loop(); });
   thread_ = std::thread([this] { run(); });
 }
 
@@ -38,9 +39,63 @@ void EngineService::stop() {
   }
   cv_.notify_one();
   if (thread_.joinable()) thread_.join();
+  // What the engine thread handed over is delivered before the delivery thread ends.
+  {
+    std::lock_guard<std::mutex> lock(deliver_mu_);
+    deliver_stop_ = true;
+  }
+  deliver_cv_.notify_one();
+  if (deliver_thread_.joinable()) deliver_thread_.join();
+}
+
+void EngineService::deliver(std::vector<Delivery>&& batch) {
+  if (batch.empty()) return;
+  {
+    std::lock_guard<std::mutex> lock(deliver_mu_);
+    if (deliveries_.empty()) {
+      deliveries_.swap(batch);
+    } else {
+      for (auto& d : batch) deliveries_.push_back(std::move(d));
+    }
+  }
+  deliver_cv_.notify_one();
+}
+
+void EngineService::deliver_loop() {
+  for (;;) {
+    std::vector<Delivery> batch;
+    {
+      std::unique_lock<std::mutex> lock(deliver_mu_);
+      deliver_cv_.wait(lock, [&] { return deliver_stop_ || !deliveries_.empty(); });
+      if (deliveries_.empty()) return;  // stopping, and nothing left
+      batch.swap(deliveries_);
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    for (auto& d : batch) {
+      try {
+        if (d.error.empty()) {
+          d.job->on_output(std::move(d.out));
+        } else {
+          d.job->on_error(d.error);
+        }
+      } catch (const std::exception& e) {
+        log_write(LogLevel::Error, cat("delivering an output failed: ", e.what()));
+      }
+    }
+    if (log_enabled(LogLevel::Debug))
+      log_debug("delivered ", batch.size(), " outputs in ",
+                std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count(), " us");
+  }
 }
 
 void EngineService::run() {
+  std::vector<Delivery> batch;
+  auto error_to = [&](const std::shared_ptr<EngineJob>& j, std::string msg) {
+    Delivery d;
+    d.job = j;
+    d.error = std::move(msg);
+    batch.push_back(std::move(d));
+  };
   try {
     for (;;) {
       std::deque<std::shared_ptr<EngineJob>> jobs;
@@ -54,7 +109,7 @@ void EngineService::run() {
       }
       for (auto& j : jobs) {
         if (stopping) {
-          j->on_error("the server is shutting down");
+          error_to(j, "the server is shutting down");
           continue;
         }
         try {
@@ -62,7 +117,7 @@ void EngineService::run() {
           active_[id] = j;
           counters_.prompt_tokens += static_cast<int64_t>(j->prompt.size()) * j->params.n;
         } catch (const std::exception& e) {
-          j->on_error(e.what());
+          error_to(j, e.what());
         }
       }
       for (auto& [id, j] : active_)
@@ -75,17 +130,22 @@ void EngineService::run() {
           if (it == active_.end()) continue;
           for (const auto& c : out.outputs) counters_.generation_tokens += static_cast<int64_t>(c.delta_tokens);
           const bool finished = out.finished;
-          it->second->on_output(std::move(out));
+          batch.push_back({it->second, std::move(out), {}});
           if (finished) {
             ++counters_.requests_finished;
             active_.erase(it);
           }
         }
-        // The engine thread's share of handing outputs to the HTTP threads (after each step's own line).
-        if (!outs.empty() && log_enabled(LogLevel::Debug))
-          log_debug("posted ", outs.size(), " outputs in ",
+        const size_t handed = batch.size();
+        deliver(std::move(batch));
+        batch.clear();
+        // The engine thread's share of handing outputs over (after each step's own line).
+        if (handed > 0 && log_enabled(LogLevel::Debug))
+          log_debug("posted ", handed, " outputs in ",
                     std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t_post).count(), " us");
       }
+      deliver(std::move(batch));
+      batch.clear();
       const auto& s = engine_.scheduler();
       counters_.running = static_cast<int64_t>(s.num_running());
       counters_.waiting = static_cast<int64_t>(s.num_waiting());
@@ -104,8 +164,9 @@ void EngineService::run() {
       left.swap(incoming_);
     }
     log_write(LogLevel::Error, cat("engine thread failed: ", e.what()));
-    for (auto& [id, j] : active_) j->on_error(cat("internal error: ", e.what()));
-    for (auto& j : left) j->on_error(cat("internal error: ", e.what()));
+    for (auto& [id, j] : active_) error_to(j, cat("internal error: ", e.what()));
+    for (auto& j : left) error_to(j, cat("internal error: ", e.what()));
+    deliver(std::move(batch));
   }
 }
 

@@ -8,7 +8,9 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "engine/engine.h"
 
@@ -17,8 +19,9 @@ namespace llmserve {
 struct EngineJob {
   std::vector<int32_t> prompt;
   SamplingParams params;
-  // Called on the engine thread: each output as it changes (handed over: the callee may keep it), or
-  // the error that kept the job out.
+  // Called on the service's delivery thread, in order: each output as it changes (handed over: the
+  // callee may keep it), or the error that kept the job out or ended it. (Called directly, on the
+  // submitting thread, when the service already stopped.)
   std::function<void(RequestOutput&&)> on_output;
   std::function<void(const std::string&)> on_error;
   // Set by the caller to abort (client gone); read by the engine thread.
@@ -42,7 +45,16 @@ class EngineService {
   bool healthy() const { return !failed_.load(); }
 
  private:
+  // One job's output or error, for the delivery thread.
+  struct Delivery {
+    std::shared_ptr<EngineJob> job;
+    RequestOutput out;
+    std::string error;  // set: an error instead of an output
+  };
   void run();
+  // Hands a batch to the delivery thread (one wake-up for all of it).
+  void deliver(std::vector<Delivery>&& batch);
+  void deliver_loop();
   Engine& engine_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -51,6 +63,13 @@ class EngineService {
   bool stopping_ = false;
   std::atomic<bool> failed_{false};
   EngineCounters counters_;
+  // The jobs' callbacks run on a thread of their own so that the engine thread goes back to the next
+  // step at once: handing 256 outputs to the HTTP threads costs milliseconds of wake-ups.
+  std::mutex deliver_mu_;
+  std::condition_variable deliver_cv_;
+  std::vector<Delivery> deliveries_;
+  bool deliver_stop_ = false;
+  std::thread deliver_thread_;
   std::thread thread_;
 };
 
