@@ -368,7 +368,10 @@ void Sampler::row_draws(const std::vector<const SeqStep*>& seqs, const std::vect
   edits.resize(base + at[n]);
   rows.resize(first_row + n);  // rows drawn elsewhere: a plain greedy draw whose result is not used
   const auto N = static_cast<long>(n);
-#pragma omp parallel for schedule(dynamic, 8) if (N > 16)  // (a decode step of a few rows: no team)
+  // A team only when there are edits enough to share: waking the threads costs more than plain rows
+  // (greedy or filtered only, no penalties) take alone, and they spin on the host's cores afterwards.
+  const bool team = N > 16 && at[n] > 16384;
+#pragma omp parallel for schedule(dynamic, 8) if (team)
   for (long i = 0; i < N; ++i) {
     if (!st[i]) continue;
     got[i] = penalty_edits(*st[i], static_cast<int32_t>(i), vocab, edits.data() + base + at[i]);
