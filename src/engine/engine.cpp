@@ -125,7 +125,13 @@ bool Engine::check_stop_strings(SeqOut& so, const SamplingParams& p) {
   return true;
 }
 
-void Engine::handle_results(const std::vector<SampledToken>& tokens, std::unordered_map<uint64_t, bool>& touched) {
+void Engine::touch(Request& r, std::vector<uint64_t>& touched) const {
+  if (r.touched_at == step_calls_) return;
+  r.touched_at = step_calls_;
+  touched.push_back(r.id);
+}
+
+void Engine::handle_results(const std::vector<SampledToken>& tokens, std::vector<uint64_t>& touched) {
   const int64_t max_len = runner_.config().max_model_len;
   for (const auto& t : tokens) {
     if (t.position >= 0) {
@@ -133,15 +139,12 @@ void Engine::handle_results(const std::vector<SampledToken>& tokens, std::unorde
       continue;
     }
     Sequence* s = sched_.on_token(t);
-    if (s && seq_out_.count(t.seq_id)) {
-      Request& rq = requests_.at(seq_out_.at(t.seq_id).request_id);
-      rq.cached_tokens = std::max<int64_t>(rq.cached_tokens, s->num_cached_tokens);
-    }
     auto so_it = seq_out_.find(t.seq_id);
     if (!s || so_it == seq_out_.end()) continue;
     SeqOut& so = so_it->second;
     Request& r = requests_.at(so.request_id);
-    touched[r.id] = true;
+    r.cached_tokens = std::max<int64_t>(r.cached_tokens, s->num_cached_tokens);
+    touch(r, touched);
     const SamplingParams& p = r.params;
     so.out.token_ids.push_back(t.token);
     if (p.logprobs >= 0) {
@@ -184,7 +187,7 @@ void Engine::add_prompt_logprob(const SampledToken& t) {
 }
 
 void Engine::finish_seq(uint64_t seq_id, const std::string& reason, const std::string& stop_reason,
-                        std::unordered_map<uint64_t, bool>& touched) {
+                        std::vector<uint64_t>& touched) {
   SeqOut& so = seq_out_.at(seq_id);
   // Bytes of an unfinished UTF-8 character become U+FFFD, as a whole decode would give them.
   if (so.decoder && !so.cut_at_stop) so.text += so.decoder->finish();
@@ -193,7 +196,7 @@ void Engine::finish_seq(uint64_t seq_id, const std::string& reason, const std::s
   sched_.finish(seq_id);
   Request& r = requests_.at(so.request_id);
   --r.unfinished;
-  touched[r.id] = true;
+  touch(r, touched);
 }
 
 RequestOutput Engine::snapshot(Request& r) {
@@ -238,7 +241,8 @@ std::vector<RequestOutput> Engine::step() {
   const bool debug = log_enabled(LogLevel::Debug);
   const StepTimes before = debug ? step_times() : StepTimes{};
   int64_t step_tokens = 0;
-  std::unordered_map<uint64_t, bool> touched;
+  ++step_calls_;
+  std::vector<uint64_t> touched;
   // Aborted requests: sequences not in flight finish now, the others when their token arrives.
   for (auto& [rid, r] : requests_) {
     if (!r.aborted) continue;
@@ -280,7 +284,7 @@ std::vector<RequestOutput> Engine::step() {
   }
   const auto t_out = std::chrono::steady_clock::now();
   std::vector<RequestOutput> outs;
-  for (auto& [rid, flag] : touched) {
+  for (uint64_t rid : touched) {
     auto it = requests_.find(rid);
     if (it == requests_.end()) continue;
     outs.push_back(snapshot(it->second));

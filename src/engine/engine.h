@@ -106,13 +106,16 @@ class Engine {
     int unfinished = 0;
     bool aborted = false;
     std::shared_ptr<std::vector<TokenLogprob>> prompt_logprobs;  // filled in position order
+    int64_t touched_at = -1;  // the step() call that last listed it as changed
   };
   // Sends a plan on its way and runs rank 0's part; returns the sampled tokens when rank 0 is also
   // the last stage.
   std::vector<SampledToken> dispatch(const StepPlan& plan);
-  void handle_results(const std::vector<SampledToken>& tokens, std::unordered_map<uint64_t, bool>& touched);
+  void handle_results(const std::vector<SampledToken>& tokens, std::vector<uint64_t>& touched);
   void finish_seq(uint64_t seq_id, const std::string& reason, const std::string& stop_reason,
-                  std::unordered_map<uint64_t, bool>& touched);
+                  std::vector<uint64_t>& touched);
+  // Adds r to this step's requests with a changed output (once).
+  void touch(Request& r, std::vector<uint64_t>& touched) const;
   bool check_stop_strings(SeqOut& so, const SamplingParams& p);
   // A prompt_logprobs entry (t.position >= 1) into its request's list.
   void add_prompt_logprob(const SampledToken& t);
@@ -127,6 +130,7 @@ class Engine {
   int in_flight_ = 0, max_in_flight_ = 0;
   uint64_t next_request_ = 1, next_seq_ = 1;
   int64_t steps_ = 0;
+  int64_t step_calls_ = 0;  // step() calls (touched_at marks)
   StepTimes times_;
   std::unordered_map<uint64_t, Request> requests_;
   std::unordered_map<uint64_t, SeqOut> seq_out_;
