@@ -13,6 +13,8 @@
 
 #include <condition_variable>
 #include <mutex>
+#include <set>
+#include <thread>
 #include "model/model_file.h"
 #include "model/runner.h"
 #include "tokenizer/tokenizer.h"
@@ -225,6 +227,85 @@ TEST(EngineService, JobsCompleteAndNoJobIsLeftUnansweredAfterStop) {
   svc.submit(late);
   EXPECT_TRUE(answered);
   EXPECT_NE(error.find("shutting down"), std::string::npos) << error;
+}
+
+// Outputs reach the jobs from one delivery thread (not the submitter's), each job's in order (tokens
+// only growing, the finished one last and once); a job the engine refuses gets its error the same way;
+// stop() with requests still running returns only when every job has had its last word.
+TEST(EngineService, DeliveryKeepsEachJobsOrderAndStopDrainsIt) {
+  Fixture s;
+  Engine e(*s.runner, s.tok.get(), 0);
+  EngineService svc(e);
+  struct Seen {
+    size_t outputs = 0, tokens = 0;
+    bool final = false, disorder = false, after_final = false;
+    std::string error, reason;
+  };
+  const size_t n = 10;
+  std::vector<Seen> seen(n + 1);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::set<std::thread::id> threads;
+  size_t first_outputs = 0;
+  for (size_t i = 0; i <= n; ++i) {
+    auto job = std::make_shared<EngineJob>();
+    job->prompt = i < n ? std::vector<int32_t>{9707, static_cast<int32_t>(11 + i)} : std::vector<int32_t>{};  // the last: refused
+    job->params = greedy(i % 2 ? 300 : 3);  // odd jobs still run at stop()
+    job->on_output = [&, i](RequestOutput&& o) {
+      // A slow client's callback: the delivery thread falls behind, so stop() finds outputs queued.
+      if (i == 1) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      std::lock_guard<std::mutex> l(mu);
+      threads.insert(std::this_thread::get_id());
+      Seen& x = seen[i];
+      if (x.final) x.after_final = true;
+      const size_t t = o.outputs.at(0).token_ids.size();
+      if (t < x.tokens) x.disorder = true;
+      x.tokens = t;
+      if (x.outputs++ == 0) ++first_outputs;
+      x.final = o.finished;
+      x.reason = o.outputs.at(0).finish_reason;
+      cv.notify_all();
+    };
+    job->on_error = [&, i](const std::string& m) {
+      std::lock_guard<std::mutex> l(mu);
+      threads.insert(std::this_thread::get_id());
+      if (seen[i].final) seen[i].after_final = true;
+      seen[i].error = m;
+      seen[i].final = true;
+      cv.notify_all();
+    };
+    svc.submit(job);
+  }
+  {
+    // Every valid job has produced something, and the short ones and the refused one are done.
+    std::unique_lock<std::mutex> l(mu);
+    ASSERT_TRUE(cv.wait_for(l, std::chrono::seconds(120), [&] {
+      if (first_outputs < n) return false;
+      for (size_t i = 0; i <= n; i += 2) if (!seen[i].final) return false;
+      return true;
+    }));
+  }
+  svc.stop();
+  std::lock_guard<std::mutex> l(mu);
+  EXPECT_EQ(threads.size(), 1u);
+  EXPECT_EQ(threads.count(std::this_thread::get_id()), 0u);
+  for (size_t i = 0; i <= n; ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_TRUE(seen[i].final);
+    EXPECT_FALSE(seen[i].disorder);
+    EXPECT_FALSE(seen[i].after_final);
+    if (i == n) {
+      EXPECT_NE(seen[i].error.find("empty"), std::string::npos) << seen[i].error;
+    } else {
+      EXPECT_TRUE(seen[i].error.empty()) << seen[i].error;
+      if (i % 2 == 0) {
+        EXPECT_EQ(seen[i].tokens, 3u);
+        EXPECT_EQ(seen[i].reason, "length");
+      } else {  // aborted by stop() (or, on a very slow machine, done before it)
+        EXPECT_TRUE(seen[i].reason == "abort" || (seen[i].reason == "length" && seen[i].tokens == 300u)) << seen[i].reason;
+      }
+    }
+  }
 }
 
 // The scheduler alone: a sequence with prompt_logprobs gets, with each chunk, the prompt tokens its
