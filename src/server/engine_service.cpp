@@ -73,10 +73,10 @@ void EngineService::deliver_loop() {
     const auto t0 = std::chrono::steady_clock::now();
     for (auto& d : batch) {
       try {
-        if (d.error.empty()) {
-          d.job->on_output(std::move(d.out));
-        } else {
+        if (d.is_error) {
           d.job->on_error(d.error);
+        } else {
+          d.job->on_output(std::move(d.out));
         }
       } catch (const std::exception& e) {
         log_write(LogLevel::Error, cat("delivering an output failed: ", e.what()));
@@ -93,6 +93,7 @@ void EngineService::run() {
   auto error_to = [&](const std::shared_ptr<EngineJob>& j, std::string msg) {
     Delivery d;
     d.job = j;
+    d.is_error = true;
     d.error = std::move(msg);
     batch.push_back(std::move(d));
   };
@@ -130,7 +131,7 @@ void EngineService::run() {
           if (it == active_.end()) continue;
           for (const auto& c : out.outputs) counters_.generation_tokens += static_cast<int64_t>(c.delta_tokens);
           const bool finished = out.finished;
-          batch.push_back({it->second, std::move(out), {}});
+          batch.push_back({it->second, std::move(out), false, {}});
           if (finished) {
             ++counters_.requests_finished;
             active_.erase(it);
@@ -139,7 +140,7 @@ void EngineService::run() {
         const size_t handed = batch.size();
         deliver(std::move(batch));
         batch.clear();
-        // The engine thread's share of handing outputs over (after each step's own line).
+        // The engine thread's share of handing outputs (and any refusals) over, after each step's own line.
         if (handed > 0 && log_enabled(LogLevel::Debug))
           log_debug("posted ", handed, " outputs in ",
                     std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t_post).count(), " us");

@@ -49,7 +49,8 @@ class EngineService {
   struct Delivery {
     std::shared_ptr<EngineJob> job;
     RequestOutput out;
-    std::string error;  // set: an error instead of an output
+    bool is_error = false;  // `error` instead of an output
+    std::string error;
   };
   void run();
   // Hands a batch to the delivery thread (one wake-up for all of it).
