@@ -122,8 +122,10 @@ TEST(Engine, SeededSamplingDoesNotDependOnTheBatchAndNGivesDistinctSamples) {
     // Each output carries the log-probabilities new since the previous one; the finished one all.
     std::vector<std::vector<TokenLogprob>> streamed(3);
     RequestOutput r;
-    for (int guard = 0; e.has_unfinished() && guard < 10000; ++guard)
+    for (int guard = 0; e.has_unfinished() && guard < 10000; ++guard) {
+      std::set<uint64_t> listed;  // a request appears once per step, whichever of its sequences moved
       for (auto& o : e.step()) {
+        EXPECT_TRUE(listed.insert(o.request_id).second) << "request " << o.request_id << " twice in one step";
         for (const auto& c : o.outputs) {
           auto& got = streamed[static_cast<size_t>(c.index)];
           if (!o.finished) {
@@ -135,6 +137,7 @@ TEST(Engine, SeededSamplingDoesNotDependOnTheBatchAndNGivesDistinctSamples) {
         }
         if (o.finished && o.request_id == id) r = o;
       }
+    }
     ASSERT_EQ(r.outputs.size(), 3u);
     for (const auto& o : r.outputs) {
       const auto& got = streamed[static_cast<size_t>(o.index)];

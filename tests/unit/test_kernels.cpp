@@ -35,6 +35,23 @@ TEST(Kernels, LinearMatchesNaive) {
     }
 }
 
+// A token's row does not depend on the batch it is computed in (the engine compares steps of
+// different shapes): every token count from 1 to 9 (whole tiles of 4 and each remainder), rows in
+// pairs and alone, an inner size that is not a multiple of the 8 partial sums.
+TEST(Kernels, LinearRowsDoNotDependOnTheBatch) {
+  std::mt19937 g(2);
+  const int64_t K = 77, N = 67;
+  auto x = randn(9 * K, g), w = randn(N * K, g), b = randn(N, g);
+  std::vector<std::vector<float>> alone(9, std::vector<float>(N));
+  for (int64_t t = 0; t < 9; ++t) cpu::linear(x.data() + t * K, w.data(), b.data(), 1, K, N, alone[t].data());
+  for (int64_t T = 1; T <= 9; ++T) {
+    std::vector<float> out(T * N);
+    cpu::linear(x.data(), w.data(), b.data(), T, K, N, out.data());
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t n = 0; n < N; ++n) ASSERT_EQ(out[t * N + n], alone[t][n]) << "T=" << T << " t=" << t << " n=" << n;
+  }
+}
+
 TEST(Kernels, RmsNorm) {
   std::vector<float> x = {1, 2, 3, 4}, w = {1, 1, 2, 2}, out(4);
   cpu::rmsnorm(x.data(), w.data(), 1, 4, 0.0f, out.data());
