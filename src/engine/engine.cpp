@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <iterator>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -209,25 +210,71 @@ RequestOutput Engine::snapshot(Request& r) {
   size_t max_stop = 0;
   for (const auto& s : r.params.stop) max_stop = std::max(max_stop, s.size());
   o.finished = r.unfinished == 0;
+  const bool delta = r.params.output_kind == OutputKind::Delta;
+  o.outputs.reserve(r.seqs.size());
   for (uint64_t sid : r.seqs) {
     SeqOut& so = seq_out_.at(sid);
     // Hold back text that could still become the start of a stop string.
     size_t safe = so.text.size();
     if (!so.out.finished() && max_stop > 0) safe = so.text.size() > max_stop - 1 ? so.text.size() - (max_stop - 1) : 0;
     safe = std::max(safe, so.emitted);
-    // so.out holds what does not change per snapshot; the text and the deltas go straight into the copy.
-    o.outputs.push_back(so.out);
+    if (delta) {
+      // Only what is new: no copy of the tokens and text so far.
+      CompletionOutput& c = o.outputs.emplace_back();
+      c.index = so.out.index;
+      c.finish_reason = so.out.finish_reason;
+      c.stop_reason = so.out.stop_reason;
+      c.token_ids.assign(so.out.token_ids.begin() + static_cast<std::ptrdiff_t>(so.reported), so.out.token_ids.end());
+      c.delta.assign(so.text, so.emitted, safe - so.emitted);
+      c.text = c.delta;
+      c.logprobs_from = so.logprobs_reported;
+    } else {
+      // so.out holds what does not change per snapshot; the text and the deltas go straight into the copy.
+      o.outputs.push_back(so.out);
+      CompletionOutput& c = o.outputs.back();
+      c.text.assign(so.text, 0, safe);
+      c.delta.assign(so.text, so.emitted, safe - so.emitted);
+      c.logprobs_from = o.finished ? 0 : so.logprobs_reported;
+    }
     CompletionOutput& c = o.outputs.back();
-    c.text.assign(so.text, 0, safe);
-    c.delta.assign(so.text, so.emitted, safe - so.emitted);
     so.emitted = safe;
     c.delta_tokens = so.out.token_ids.size() - so.reported;
     so.reported = so.out.token_ids.size();
-    c.logprobs_from = o.finished ? 0 : so.logprobs_reported;
     c.logprobs.assign(so.logprobs.begin() + static_cast<std::ptrdiff_t>(c.logprobs_from), so.logprobs.end());
     so.logprobs_reported = so.logprobs.size();
   }
   return o;
+}
+
+void accumulate_output(RequestOutput& acc, RequestOutput&& d) {
+  if (acc.outputs.empty()) {
+    acc = std::move(d);  // the first output: everything so far
+    return;
+  }
+  acc.request_id = d.request_id;
+  acc.prompt_tokens = d.prompt_tokens;
+  acc.num_cached_tokens = d.num_cached_tokens;
+  if (d.prompt_logprobs) acc.prompt_logprobs = std::move(d.prompt_logprobs);
+  acc.finished = d.finished;
+  for (size_t k = 0; k < d.outputs.size(); ++k) {
+    CompletionOutput& c = d.outputs[k];
+    // The same sequences in the same order in every output of a request; found by index all the same.
+    CompletionOutput* a = k < acc.outputs.size() && acc.outputs[k].index == c.index ? &acc.outputs[k] : nullptr;
+    for (size_t j = 0; !a && j < acc.outputs.size(); ++j)
+      if (acc.outputs[j].index == c.index) a = &acc.outputs[j];
+    if (!a) {
+      acc.outputs.push_back(std::move(c));
+      continue;
+    }
+    a->token_ids.insert(a->token_ids.end(), c.token_ids.begin(), c.token_ids.end());
+    a->text += c.text;
+    a->delta = std::move(c.delta);
+    a->delta_tokens = c.delta_tokens;
+    a->logprobs.insert(a->logprobs.end(), std::make_move_iterator(c.logprobs.begin()), std::make_move_iterator(c.logprobs.end()));
+    a->logprobs_from = 0;
+    a->finish_reason = std::move(c.finish_reason);
+    a->stop_reason = std::move(c.stop_reason);
+  }
 }
 
 namespace {
@@ -287,6 +334,7 @@ std::vector<RequestOutput> Engine::step() {
   for (uint64_t rid : touched) {
     auto it = requests_.find(rid);
     if (it == requests_.end()) continue;
+    if (it->second.params.output_kind == OutputKind::FinalOnly && it->second.unfinished > 0) continue;
     outs.push_back(snapshot(it->second));
     if (outs.back().finished) {
       for (uint64_t sid : it->second.seqs) seq_out_.erase(sid);

@@ -25,6 +25,9 @@ struct TokenLogprob {
   int32_t rank = 0;  // prompt_logprobs only: how many tokens have a logit >= this one's (vLLM's rank)
 };
 
+// One sequence's output. With OutputKind::Delta, token_ids, text and logprobs hold only what is new
+// since the request's previous output (text equals delta, and a finished output's logprobs are only its
+// new ones too).
 struct CompletionOutput {
   int index = 0;
   std::vector<int32_t> token_ids;
@@ -51,6 +54,12 @@ struct RequestOutput {
   std::vector<CompletionOutput> outputs;
   bool finished = false;
 };
+
+// Adds an OutputKind::Delta output to `acc`, the request's outputs so far in cumulative form (empty
+// before the first): token ids, text and log-probabilities appended (logprobs_from 0), delta and
+// delta_tokens this output's, finish and stop reasons, prompt log-probabilities and counts as the
+// latest has them.
+void accumulate_output(RequestOutput& acc, RequestOutput&& delta);
 
 class Engine {
  public:

@@ -9,6 +9,13 @@
 
 namespace llmserve {
 
+// What each of a request's outputs holds (vLLM's RequestOutputKind): Cumulative, everything so far (the
+// default); Delta, only what is new since the request's previous output (token ids, text, log-
+// probabilities: the engine's cost per output no longer grows with the output's length;
+// accumulate_output rebuilds the cumulative form); FinalOnly, one output when the request finishes
+// (whole, as Cumulative's last).
+enum class OutputKind { Cumulative, Delta, FinalOnly };
+
 struct SamplingParams {
   int n = 1;
   double temperature = 1.0;  // 0: greedy
@@ -49,6 +56,8 @@ struct SamplingParams {
   std::string guided_schema;
   // JSON kinds: no whitespace between tokens (vLLM's structured_outputs.disable_any_whitespace).
   bool guided_compact = false;
+  // Set by the caller (the server, `generate`), not read from a request.
+  OutputKind output_kind = OutputKind::Cumulative;
 
   bool greedy() const { return temperature < 1e-5 || top_k == 1; }
 };

@@ -246,6 +246,9 @@ class Session : public std::enable_shared_from_this<Session> {
       auto job = std::make_shared<EngineJob>();
       job->prompt = p->req.prompts[i];
       job->params = p->req.params;
+      // Outputs as deltas (the engine's cost per output independent of the output's length), put
+      // back together here.
+      job->params.output_kind = OutputKind::Delta;
       std::weak_ptr<Session> weak = shared_from_this();
       auto exec = stream_.get_executor();
       job->on_output = [weak, exec, i](RequestOutput&& out) {
@@ -300,7 +303,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_output(size_t i, RequestOutput&& latest) {
     auto p = pending_;
     if (!p || !p->error.empty()) return;
-    p->outputs[i] = std::move(latest);
+    accumulate_output(p->outputs[i], std::move(latest));
     const RequestOutput& out = p->outputs[i];
     if (out.finished) ++p->finished;
     size_t tokens = 0;

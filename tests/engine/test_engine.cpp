@@ -153,6 +153,108 @@ TEST(Engine, SeededSamplingDoesNotDependOnTheBatchAndNGivesDistinctSamples) {
   }
 }
 
+// The three output kinds of the same requests (same seeds, so the same steps): Delta outputs hold
+// only what is new and, put back together by accumulate_output, equal the Cumulative outputs of every
+// step; FinalOnly gives each request once, equal to Cumulative's last. Sampled n = 2 with logprobs, a
+// stop string (text held back, then cut), prompt log-probabilities.
+TEST(Engine, DeltaAndFinalOnlyOutputsRebuildTheCumulativeOnes) {
+  Fixture s;
+  const auto pub = golden()["public"];
+  const auto gold = pub[1]["greedy"]["ids"].get<std::vector<int32_t>>();
+  const std::string full = s.tok->decode(gold, true);
+  const std::string upto = s.tok->decode(std::vector<int32_t>(gold.begin(), gold.begin() + 8), true);
+  using Steps = std::vector<std::map<uint64_t, RequestOutput>>;
+  auto run = [&](OutputKind kind) {
+    Engine e(*s.runner, s.tok.get(), 0);
+    SamplingParams a;
+    a.n = 2, a.temperature = 1.0, a.seed = 7, a.max_tokens = 14, a.logprobs = 2, a.ignore_eos = true;
+    SamplingParams b = greedy(24);
+    b.stop = {full.substr(upto.size(), 3)};
+    b.logprobs = 1;
+    SamplingParams c = greedy(10);
+    c.prompt_logprobs = 1;
+    for (SamplingParams* p : {&a, &b, &c}) p->output_kind = kind;
+    e.add_request(pub[3]["ids"].get<std::vector<int32_t>>(), a);
+    e.add_request(pub[1]["ids"].get<std::vector<int32_t>>(), b);
+    e.add_request(pub[2]["ids"].get<std::vector<int32_t>>(), c);
+    Steps steps;
+    for (int guard = 0; e.has_unfinished() && guard < 10000; ++guard) {
+      steps.emplace_back();
+      for (auto& o : e.step()) steps.back()[o.request_id] = std::move(o);
+    }
+    return steps;
+  };
+  const Steps cum = run(OutputKind::Cumulative), del = run(OutputKind::Delta), fin = run(OutputKind::FinalOnly);
+  ASSERT_EQ(cum.size(), del.size());
+  ASSERT_EQ(cum.size(), fin.size());
+  auto same_logprobs = [](const std::vector<TokenLogprob>& x, const std::vector<TokenLogprob>& y) {
+    if (x.size() != y.size()) return false;
+    for (size_t k = 0; k < x.size(); ++k)
+      if (x[k].token != y[k].token || x[k].logprob != y[k].logprob || x[k].top != y[k].top) return false;
+    return true;
+  };
+  std::map<uint64_t, RequestOutput> acc;
+  std::map<uint64_t, int> finals;
+  for (size_t i = 0; i < cum.size(); ++i) {
+    ASSERT_EQ(cum[i].size(), del[i].size()) << "step " << i;
+    for (const auto& [id, d] : del[i]) {
+      ASSERT_TRUE(cum[i].count(id)) << "step " << i;
+      const RequestOutput& want = cum[i].at(id);
+      for (const auto& c : d.outputs) {
+        EXPECT_EQ(c.token_ids.size(), c.delta_tokens) << "a delta holds only the new tokens";
+        EXPECT_EQ(c.text, c.delta);
+      }
+      accumulate_output(acc[id], RequestOutput(d));
+      const RequestOutput& got = acc[id];
+      EXPECT_EQ(got.finished, want.finished);
+      EXPECT_EQ(got.prompt_tokens, want.prompt_tokens);
+      EXPECT_EQ(static_cast<bool>(got.prompt_logprobs), static_cast<bool>(want.prompt_logprobs)) << "step " << i;
+      ASSERT_EQ(got.outputs.size(), want.outputs.size());
+      for (size_t k = 0; k < want.outputs.size(); ++k) {
+        const CompletionOutput &g = got.outputs[k], &w = want.outputs[k];
+        EXPECT_EQ(g.index, w.index);
+        EXPECT_EQ(g.token_ids, w.token_ids) << "step " << i << " request " << id;
+        EXPECT_EQ(g.text, w.text) << "step " << i << " request " << id;
+        EXPECT_EQ(g.delta, w.delta);
+        EXPECT_EQ(g.delta_tokens, w.delta_tokens);
+        EXPECT_EQ(g.finish_reason, w.finish_reason);
+        EXPECT_EQ(g.stop_reason, w.stop_reason);
+        // Cumulative outputs carry logprobs from logprobs_from on (all of them once finished).
+        ASSERT_EQ(w.logprobs_from + w.logprobs.size(), g.logprobs.size());
+        EXPECT_TRUE(same_logprobs(std::vector<TokenLogprob>(g.logprobs.begin() + static_cast<std::ptrdiff_t>(w.logprobs_from),
+                                                            g.logprobs.end()),
+                                  w.logprobs))
+            << "step " << i << " request " << id;
+      }
+    }
+    for (const auto& [id, f] : fin[i]) {
+      EXPECT_TRUE(f.finished) << "FinalOnly gives finished outputs alone";
+      ++finals[id];
+      const RequestOutput& want = cum[i].at(id);
+      ASSERT_EQ(f.outputs.size(), want.outputs.size());
+      for (size_t k = 0; k < want.outputs.size(); ++k) {
+        EXPECT_EQ(f.outputs[k].token_ids, want.outputs[k].token_ids);
+        EXPECT_EQ(f.outputs[k].text, want.outputs[k].text);
+        EXPECT_EQ(f.outputs[k].finish_reason, want.outputs[k].finish_reason);
+        EXPECT_TRUE(same_logprobs(f.outputs[k].logprobs, want.outputs[k].logprobs));
+      }
+    }
+  }
+  EXPECT_EQ(finals.size(), 3u);
+  for (const auto& [id, n] : finals) EXPECT_EQ(n, 1) << "request " << id;
+  ASSERT_EQ(acc.size(), 3u);
+  for (const auto& [id, o] : acc) EXPECT_TRUE(o.finished);
+  // What the requests were for: two samples with log-probabilities, a stop string that cut the text,
+  // prompt log-probabilities.
+  const auto& sampled = acc.begin()->second;
+  ASSERT_EQ(sampled.outputs.size(), 2u);
+  EXPECT_EQ(sampled.outputs[1].logprobs.size(), sampled.outputs[1].token_ids.size());
+  const auto& stopped = std::next(acc.begin())->second.outputs[0];
+  EXPECT_EQ(stopped.stop_reason, full.substr(upto.size(), 3));
+  EXPECT_EQ(stopped.text, full.substr(0, full.find(stopped.stop_reason)));
+  EXPECT_TRUE(std::prev(acc.end())->second.prompt_logprobs);
+}
+
 TEST(Engine, AbortFreesBlocksAndRejectsWhatCanNeverFit) {
   Fixture s(48);
   Engine e(*s.runner, s.tok.get(), 0);

@@ -129,6 +129,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
         if (job.params.guided == "json_schema") job.params.guided_schema = guided_schema_as_sent(parse_json<nlohmann::ordered_json>(line));
         set_bad_words_ids(job.params, tok.get());
         sampling_params_validate(job.params, runner.spec().vocab_size, cfg.max_logprobs);
+        job.params.output_kind = OutputKind::FinalOnly;  // only finished requests are written
         if (!job.params.guided.empty() && !tok) throw Error("guided decoding needs the model's tokenizer, which this model lacks");
         const int64_t total = static_cast<int64_t>(job.prompt.size()) + job.params.max_tokens;
         if (total > cfg.max_model_len)
