@@ -19,9 +19,9 @@ namespace llmserve {
 struct EngineJob {
   std::vector<int32_t> prompt;
   SamplingParams params;
-  // Called on the service's delivery thread, in order: each output as it changes (handed over: the
-  // callee may keep it), or the error that kept the job out or ended it. (Called directly, on the
-  // submitting thread, when the service already stopped.)
+  // Called on the service's delivery thread, in order: each output as it changes, in the form
+  // params.output_kind asks for (handed over: the callee may keep it), or the error that kept the job
+  // out or ended it. (Called directly, on the submitting thread, when the service already stopped.)
   std::function<void(RequestOutput&&)> on_output;
   std::function<void(const std::string&)> on_error;
   // Set by the caller to abort (client gone); read by the engine thread.
