@@ -28,7 +28,15 @@ Tensor CpuBackend::empty(const std::vector<int64_t>& shape, DType dtype) {
   t.shape = shape;
   t.dtype = dtype;
   const size_t n = std::max<size_t>(t.bytes(), 64);
-  // malloc leaves pages untouched until written, so a large KV cache costs nothing until used.
+  // malloc leaves pages untouched until written, so a large KV cache costs nothing until used; large
+  // blocks come from (and go back to) the backend's cache of freed ones.
+  if (n >= HostBlockCache::kMinBytes) {
+    const HostBlockCache::Block b = blocks_->get(n);
+    if (!b.ptr) throw Error(cat("cpu backend: out of memory allocating ", t.bytes(), " bytes"));
+    t.storage = std::shared_ptr<void>(b.ptr, [cache = blocks_, b](void*) { cache->put(b); });
+    t.data = b.ptr;
+    return t;
+  }
   void* p = std::aligned_alloc(64, (n + 63) / 64 * 64);
   if (!p) throw Error(cat("cpu backend: out of memory allocating ", t.bytes(), " bytes"));
   t.storage = std::shared_ptr<void>(p, std::free);

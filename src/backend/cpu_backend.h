@@ -1,6 +1,9 @@
 // The fp32 CPU backend: the numerical reference, and what runs every distributed path in CI.
 #pragma once
+#include <memory>
+
 #include "backend/backend.h"
+#include "backend/host_block_cache.h"
 
 namespace llmserve {
 
@@ -34,9 +37,14 @@ class CpuBackend : public Backend {
   void count_at_least(const Tensor& logits, int64_t L, const std::vector<int32_t>& rows, const std::vector<float>& thresholds,
                       int32_t* counts) override;
 
+  // Bytes of freed large blocks kept for reuse.
+  size_t cached_block_bytes() const { return blocks_->cached_bytes(); }
+
  private:
   const StepMeta& meta() const;
   const StepMeta* meta_ = nullptr;
+  // Large tensors' memory, kept for reuse (shared with the tensors, which may outlive the backend).
+  std::shared_ptr<HostBlockCache> blocks_ = std::make_shared<HostBlockCache>();
 };
 
 }  // namespace llmserve
