@@ -2,6 +2,8 @@
 // logprobs 1, prompt_logprobs 1 and max_tokens 0): building the response object for a prompt of
 // N tokens (every prompt token named twice, with one alternative each) and serializing it; the
 // milliseconds of each (best of 7) after a first call that also makes the tokenizer's token-text table.
+// Then a streamed request's per-token cost on the HTTP thread (delta output accumulated, SSE chunk
+// made), with and without log-probabilities.
 //   build/bench/response_bench MODEL.h5 [N]
 #include <algorithm>
 #include <chrono>
@@ -79,6 +81,50 @@ int main(int argc, char** argv) {
       dump = std::min(dump, std::chrono::duration<double, std::milli>(t2 - t1).count());
     }
     std::printf("scored response, %d prompt tokens: build %.2f ms, serialize %.2f ms, %zu bytes\n", n, build, dump, bytes);
+
+    // A streamed request's part per step (the server's on_output): one new token as a delta output,
+    // put together with the request's outputs so far, and its SSE chunk; us per chunk over 256 tokens
+    // (best of 5 runs), for a completion and a chat, without log-probabilities and with 5 alternatives.
+    for (const bool chat : {false, true})
+      for (const int k : {-1, 5}) {
+        GenerationRequest sr;
+        sr.model = "m";
+        sr.chat = chat;
+        sr.stream = true;
+        sr.params.logprobs = k;
+        sr.prompts = {{prompt[0], prompt[1]}};
+        sr.prompt_texts = {tok->decode(sr.prompts[0])};
+        const int steps = 256;
+        double best = 1e30;
+        size_t sent = 0;
+        for (int rep = 0; rep < 5; ++rep) {
+          std::vector<ChoiceStream> st(1);
+          RequestOutput acc;
+          sent = 0;
+          const auto t0 = std::chrono::steady_clock::now();
+          for (int i = 0; i < steps; ++i) {
+            RequestOutput d;
+            d.prompt_tokens = 2;
+            CompletionOutput& dc = d.outputs.emplace_back();
+            const int32_t t = id();
+            dc.token_ids = {t};
+            dc.delta = dc.text = tok->decode({t});
+            dc.delta_tokens = 1;
+            dc.logprobs_from = static_cast<size_t>(i);
+            if (k >= 0) {
+              TokenLogprob lp{t, -0.7f, {}};
+              for (int a = 0; a < k; ++a) lp.top.emplace_back(id(), -1.f - a);
+              dc.logprobs.push_back(std::move(lp));
+            }
+            if (i == steps - 1) dc.finish_reason = "length", d.finished = true;
+            accumulate_output(acc, std::move(d));
+            sent += stream_chunks("cmpl", sr, ctx, 0, acc, st).size();
+          }
+          best = std::min(best, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / steps);
+        }
+        std::printf("streamed %s, logprobs %s: %.2f us per token's chunk (%zu bytes a request)\n", chat ? "chat" : "completion",
+                    k < 0 ? "none" : "5", best, sent);
+      }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "response_bench: %s\n", e.what());
     return 1;
