@@ -37,7 +37,8 @@ class CpuBackend : public Backend {
   void count_at_least(const Tensor& logits, int64_t L, const std::vector<int32_t>& rows, const std::vector<float>& thresholds,
                       int32_t* counts) override;
 
-  // Bytes of freed large blocks kept for reuse.
+  // Freed large blocks are kept for reuse (HostBlockCache); trim_memory gives them back.
+  void trim_memory() override { blocks_->trim(); }
   size_t cached_block_bytes() const { return blocks_->cached_bytes(); }
 
  private:

@@ -36,6 +36,16 @@ void HostBlockCache::put(Block b) {
   std::free(b.ptr);
 }
 
+void HostBlockCache::trim() {
+  std::multimap<size_t, void*> kept;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    kept.swap(free_);
+    cached_ = 0;
+  }
+  for (auto& [bytes, p] : kept) std::free(p);
+}
+
 size_t HostBlockCache::cached_bytes() const {
   std::lock_guard<std::mutex> lock(mu_);
   return cached_;

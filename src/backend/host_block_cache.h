@@ -28,6 +28,8 @@ class HostBlockCache {
   Block get(size_t bytes);
   // Takes a block back (from get).
   void put(Block b);
+  // Gives every kept block back to the system.
+  void trim();
   size_t cached_bytes() const;
 
  private:

@@ -1,6 +1,6 @@
 // The CPU backend's cache of large blocks: a freed block serves the next request it fits (up to twice
-// its size), small tensors and oversized matches are not served from it, the cap holds, and tensors
-// of the backend reuse their memory step after step.
+// its size), small tensors and oversized matches are not served from it, the cap holds, tensors of the
+// backend reuse their memory step after step, and trim_memory gives the kept blocks back.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -58,4 +58,10 @@ TEST(HostBlockCache, CpuTensorsReuseLargeBlocksOnly) {
   // Small tensors come from malloc as before (nothing kept for them).
   Tensor small = be.empty({16, 64}, DType::F32);
   EXPECT_NE(small.data, first);
+  EXPECT_EQ(be.cached_block_bytes(), bytes);
+  small = Tensor();
+  EXPECT_EQ(be.cached_block_bytes(), bytes);
+  // The backend's trim_memory (the memory plan's hook) gives the kept blocks back.
+  be.trim_memory();
+  EXPECT_EQ(be.cached_block_bytes(), 0u);
 }
