@@ -3,10 +3,12 @@
 # N streamed requests of 16 prompt tokens and OUTLEN output tokens from llmserve-bench, the server's
 # debug step lines summed over the steps that decode all N sequences (scheduling, forward, sampling,
 # outputs; outputs also by quarter of the run, as the outputs grow), and the output tokens/s.
-#   bench/cpu_server_steps.sh [N] [OUTLEN] [BINARY]      (defaults 64, 512, build/llmserve)
+#   bench/cpu_server_steps.sh [N] [OUTLEN] [BINARY] [llmserve-bench options...]
+#   (defaults 64, 512, build/llmserve; e.g. `--logprobs 5` after the binary)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 n=${1:-64} outlen=${2:-512} bin=${3:-$root/build/llmserve}
+shift $(( $# < 3 ? $# : 3 ))
 model="$root/build/test-models/tiny-qwen2.h5"
 [ -f "$model" ] || "$root/build/llmserve-convert" "$root/../shared/fixtures/models/tiny-qwen2" -o "$model" >/dev/null
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -20,19 +22,6 @@ trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null || true; rm -f "$log"' 
 for _ in $(seq 1 200); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(basename "$bin"), $n x $outlen output tokens"
 "$root/build/llmserve-bench" --base-url "http://127.0.0.1:$port" --disable-progress --num-prompts "$n" \
-  --random-input-len 16 --random-output-len "$outlen" --seed 1 | grep -E "Failed|Output token"
+  --random-input-len 16 --random-output-len "$outlen" --seed 1 "$@" | grep -E "Failed|Output token"
 kill -TERM $pid; wait $pid 2>/dev/null || true
-python3 - "$log" "$n" <<'PY'
-import re, sys
-n = int(sys.argv[2])
-rows = [list(map(int, m.groups())) for l in open(sys.argv[1])
-        if (m := re.search(r"step \d+: (\d+) tokens, (\d+) us: scheduling (\d+), inputs \d+, forward launch (\d+), "
-                           r"sampling (\d+), outputs (\d+)", l)) and int(m.group(1)) == n]
-if not rows:
-    sys.exit("no decode steps of %d sequences in the server's log" % n)
-mean = lambda i, rs: sum(r[i] for r in rs) / len(rs)
-print(f"{len(rows)} steps of {n} decodes, mean us: step {mean(1, rows):.0f}, scheduling {mean(2, rows):.0f}, "
-      f"forward {mean(3, rows):.0f}, sampling {mean(4, rows):.0f}, outputs {mean(5, rows):.1f}")
-q = max(1, len(rows) // 4)
-print("outputs by quarter of the run (us):", " / ".join(f"{mean(5, rows[i * q:(i + 1) * q]):.0f}" for i in range(4)))
-PY
+python3 "$root/bench/step_summary.py" "$log" "$n"

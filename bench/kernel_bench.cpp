@@ -536,6 +536,52 @@ int main(int argc, char** argv) {
         const double gbs = 4.0 * n * V / (ms * 1e-3) / 1e9;
         std::printf("%-44s %10.1f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
       }
+
+    // Log-probabilities of a step's rows (`logprobs: K`): the reduction kernel alone (in a graph), and
+    // the backend's calls as the sampler makes them, wall clock with their uploads and downloads.
+    std::printf("\n%-44s %10s %12s %10s\n", "log-probabilities (151936 logits per row)", "time (us)", "rate",
+                "of roofline");
+    const int64_t n = 256;
+    Tensor logits = random_tensor(be, {n, V}, DType::F32, 3.f);
+    std::vector<int32_t> rows(n), chosen(n);
+    for (int64_t i = 0; i < n; ++i) rows[i] = static_cast<int32_t>(i), chosen[i] = static_cast<int32_t>(i * 577 % V);
+    void* dev_in = nullptr;
+    cudaMalloc(&dev_in, 2 * n * sizeof(int32_t));
+    cudaMemcpy(dev_in, rows.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice);
+    cudaMemcpy(static_cast<int32_t*>(dev_in) + n, chosen.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice);
+    const auto* in = static_cast<const int32_t*>(dev_in);
+    auto wall_us = [&](const std::function<void()>& fn) {
+      fn();
+      std::vector<double> t;
+      for (int r = 0; r < 20; ++r) {
+        const auto a = std::chrono::steady_clock::now();
+        fn();
+        t.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - a).count());
+      }
+      std::sort(t.begin(), t.end());
+      return t[t.size() / 2];
+    };
+    for (int K : {0, 1, 5, 20}) {
+      Tensor out = be.empty({n * (3 + 2 * K)}, DType::F32);
+      float* o = out.as<float>();
+      const double ms = graph_ms(be, [&] {
+        cuda::row_logprobs(logits.as<float>(), V, V, 0, in, in + n, n, K, o, o + 3 * n,
+                           reinterpret_cast<int32_t*>(o + (3 + K) * n), be.stream());
+      });
+      char name[96];
+      std::snprintf(name, sizeof name, "row_logprobs kernel: %lld rows, K = %d", static_cast<long long>(n), K);
+      const double gbs = 4.0 * n * V / (ms * 1e-3) / 1e9;
+      std::printf("%-44s %10.1f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+    }
+    std::vector<float> stats(3 * n), top_v(n * 5), best(n);
+    std::vector<int32_t> top_i(n * 5), idx(n);
+    std::vector<RowDraw> draws(n);
+    for (auto& r : draws) r.greedy = true;
+    const double draw_us = wall_us([&] { be.draw_rows(logits, V, 0, draws, {}, best.data(), idx.data()); });
+    const double lp_us = wall_us([&] { be.row_logprobs(logits, V, 0, rows, chosen, 5, stats.data(), top_v.data(), top_i.data()); });
+    std::printf("%-44s %10.1f\n", "backend draw_rows call, 256 greedy (wall)", draw_us);
+    std::printf("%-44s %10.1f\n", "backend row_logprobs call, 256 x K = 5 (wall)", lp_us);
+    cudaFree(dev_in);
   }
   return 0;
 }
