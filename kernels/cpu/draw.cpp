@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -59,27 +60,96 @@ float draw_keep_threshold(const float* row, int64_t L, const RowDraw& r) {
   return std::max(keep, top_p_cut(kept.data(), static_cast<int64_t>(kept.size()), mx, static_cast<float>(sum), r.top_p));
 }
 
+namespace {
+
+constexpr float kNegInfF = -std::numeric_limits<float>::infinity();
+
+// e^x for x <= 0 within about 2 ulp (Cephes' expf polynomial after reducing by ln 2; 0 below -87.3 and
+// for -inf), in plain arithmetic so that loops over a row vectorize: std::exp is a scalar libm call,
+// which made the log-probabilities' pass over a 151,936-token row most of a CPU server's step.
+__attribute__((always_inline)) inline float exp_nonpositive(float x) {
+  const bool under = !(x >= -87.3f);
+  x = under ? -87.3f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round(x / ln 2)
+  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  const float p =
+      ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r + 1.6666665459e-1f) *
+          r +
+      5.0000001201e-1f;
+  const float y = p * (r * r) + r + 1.f;
+  const float scale = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);  // 2^n, n >= -126
+  return under ? 0.f : y * scale;
+}
+
+// The largest of v[0, n).
+__attribute__((always_inline)) inline float max_of(const float* v, int64_t n) {
+  float m = kNegInfF;
+#pragma omp simd reduction(max : m)
+  for (int64_t k = 0; k < n; ++k) m = std::max(m, v[k]);
+  return m;
+}
+
+constexpr int64_t kScanBlock = 64;  // values whose maximum is taken before any of them is looked at alone
+
+// One row's log-probability statistics (see row_logprobs). The top-K scan looks at a block of values
+// one by one only when the block's largest beats the list's last entry (rarely, past the row's start).
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void row_stats(
+    const float* row, int64_t L, int64_t token_offset, int K, float& mx, double& sum, float* v, int32_t* id) {
+  std::fill(v, v + K, kNegInfF);
+  std::fill(id, id + K, -1);
+  mx = kNegInfF;
+  for (int64_t k0 = 0; k0 < L; k0 += kScanBlock) {
+    const int64_t e = std::min(L, k0 + kScanBlock);
+    const float bm = max_of(row + k0, e - k0);
+    mx = std::max(mx, bm);
+    if (K > 0 && bm > v[K - 1])
+      for (int64_t k = k0; k < e; ++k) keep_top(v, id, K, row[k], static_cast<int32_t>(token_offset + k));
+  }
+  sum = 0;  // float sums over chunks of 1,024 terms, added in double (a float running sum over 10^5 terms drifts by 1e-5)
+  if (mx == kNegInfF) return;
+  for (int64_t k0 = 0; k0 < L; k0 += 1024) {
+    const int64_t e = std::min(L, k0 + 1024);
+    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t k = k0; k < e; ++k) s += exp_nonpositive(row[k] - mx);
+    sum += s;
+  }
+}
+
+// The index of the first of row's largest values, -1 when all are -inf: a block is looked into only
+// when its largest beats the best so far.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) int64_t greedy_pick(const float* row,
+                                                                                                 int64_t L) {
+  float bv = kNegInfF;
+  int64_t bi = -1;
+  for (int64_t k0 = 0; k0 < L; k0 += kScanBlock) {
+    const int64_t e = std::min(L, k0 + kScanBlock);
+    const float bm = max_of(row + k0, e - k0);
+    if (!(bm > bv)) continue;
+    bv = bm;
+    for (int64_t k = k0; k < e; ++k)
+      if (row[k] == bm) {
+        bi = k;
+        break;
+      }
+  }
+  return bi;
+}
+
+}  // namespace
+
 void row_logprobs(const float* logits, int64_t stride, int64_t L, int64_t token_offset, const int32_t* rows,
                   const int32_t* chosen, int64_t m, int K, float* stats, float* top_v, int32_t* top_i) {
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 #pragma omp parallel for schedule(dynamic) if (m > 1)
   for (int64_t j = 0; j < m; ++j) {
     const float* row = logits + rows[j] * stride;
-    float mx = kNegInf;
-    double sum = 0;  // (a float running sum over 10^5 terms drifts by about 1e-5)
-    for (int64_t k = 0; k < L; ++k) mx = std::max(mx, row[k]);
-    if (mx != kNegInf)
-      for (int64_t k = 0; k < L; ++k) sum += std::exp(row[k] - mx);
+    float mx;
+    double sum;
+    row_stats(row, L, token_offset, K, mx, sum, top_v + j * K, top_i + j * K);
     const int64_t c = chosen[j] - token_offset;
     stats[3 * j] = mx;
     stats[3 * j + 1] = static_cast<float>(sum);
     stats[3 * j + 2] = c >= 0 && c < L ? row[c] : 0.f;
-    // The K largest in one pass.
-    float* v = top_v + j * K;
-    int32_t* id = top_i + j * K;
-    std::fill(v, v + K, kNegInf);
-    std::fill(id, id + K, -1);
-    for (int64_t k = 0; K > 0 && k < L; ++k) keep_top(v, id, K, row[k], static_cast<int32_t>(token_offset + k));
   }
 }
 
@@ -105,6 +175,12 @@ void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t toke
   for (int64_t i = 0; i < n; ++i) {
     const float* row = logits + i * stride;
     const RowDraw& r = rows[i];
+    if (r.greedy) {  // the first of the row's largest finite values
+      const int64_t bi = greedy_pick(row, L);
+      best[i] = bi >= 0 ? row[bi] : kNegInfF;
+      idx[i] = bi >= 0 ? static_cast<int32_t>(token_offset + bi) : std::numeric_limits<int32_t>::max();
+      continue;
+    }
     const float keep = draw_keep_threshold(row, L, r);
     double bv = -std::numeric_limits<double>::infinity();
     int64_t bi = -1;

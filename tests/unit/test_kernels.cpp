@@ -178,3 +178,72 @@ TEST(Kernels, KthLargestMatchesSort) {
     EXPECT_EQ(v, before);
   }
 }
+
+// Rows for the log-probability and greedy-draw checks: logits of spread sizes (e^(x - max) from 1
+// down past float's range), -inf entries, ties at the top, an all -inf row.
+std::vector<float> logit_rows(int64_t n, int64_t L, std::mt19937& g) {
+  std::normal_distribution<float> d(0.f, 8.f);
+  std::uniform_int_distribution<int> u(0, 9);
+  std::vector<float> v(static_cast<size_t>(n * L));
+  for (auto& x : v) x = u(g) == 0 ? -INFINITY : d(g);
+  for (int64_t k = 0; k < L; k += 37) v[static_cast<size_t>(1 * L + k)] = 60.f;  // row 1: ties at the top
+  for (int64_t k = 0; k < L; ++k) v[static_cast<size_t>(2 * L + k)] = -INFINITY;  // row 2: nothing
+  for (int64_t k = 0; k < L; ++k) v[static_cast<size_t>(3 * L + k)] = k % 2 ? -120.f + 0.01f * k : 0.f;  // row 3: underflow
+  return v;
+}
+
+// The log-probability statistics against double arithmetic: the row's largest value and the chosen
+// token's logit exactly, the sum of e^(x - max) within 1e-6, the K largest (ties to the smaller token,
+// -inf / -1 padding) exactly as a sort gives them.
+TEST(Kernels, RowLogprobsMatchDoubleArithmetic) {
+  std::mt19937 g(31);
+  const int64_t n = 5, L = 151936 / 8 + 3, offset = 1000;
+  const std::vector<float> v = logit_rows(n, L, g);
+  std::vector<int32_t> rows = {4, 0, 1, 2, 3}, chosen = {1000 + 17, 999, 1000 + 37, 1000, 1000 + L - 1};
+  for (int K : {0, 1, 5, 20}) {
+    std::vector<float> stats(3 * n), top_v(n * K);
+    std::vector<int32_t> top_i(n * K);
+    cpu::row_logprobs(v.data(), L, L, offset, rows.data(), chosen.data(), n, K, stats.data(), top_v.data(), top_i.data());
+    for (int64_t j = 0; j < n; ++j) {
+      const float* row = v.data() + rows[j] * L;
+      const float mx = *std::max_element(row, row + L);
+      double sum = 0;
+      if (mx != -INFINITY)
+        for (int64_t k = 0; k < L; ++k) sum += std::exp(static_cast<double>(row[k]) - mx);
+      const int64_t c = chosen[j] - offset;
+      EXPECT_EQ(stats[3 * j], mx) << "row " << rows[j];
+      EXPECT_NEAR(stats[3 * j + 1], sum, 1e-6 * sum) << "row " << rows[j] << " K " << K;
+      EXPECT_EQ(stats[3 * j + 2], c >= 0 && c < L ? row[c] : 0.f) << "row " << rows[j];
+      std::vector<int64_t> order(static_cast<size_t>(L));
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return row[a] > row[b]; });
+      for (int k = 0; k < K; ++k) {
+        const int64_t o = order[static_cast<size_t>(k)];
+        const bool real = row[o] != -INFINITY;
+        EXPECT_EQ(top_v[j * K + k], real ? row[o] : -INFINITY) << "row " << rows[j] << " rank " << k;
+        EXPECT_EQ(top_i[j * K + k], real ? static_cast<int32_t>(offset + o) : -1) << "row " << rows[j] << " rank " << k;
+      }
+    }
+  }
+}
+
+// Greedy draws: the first of each row's largest values (no token for an all -inf row), as a plain scan.
+TEST(Kernels, GreedyDrawTakesTheFirstLargest) {
+  std::mt19937 g(32);
+  const int64_t n = 5, L = 5003, offset = 7;
+  std::vector<float> v = logit_rows(n, L, g);
+  v[static_cast<size_t>(4 * L + L - 1)] = 1e30f;  // the last value alone on top
+  std::vector<RowDraw> draws(n);
+  for (auto& r : draws) r.greedy = true;
+  std::vector<float> best(n);
+  std::vector<int32_t> idx(n);
+  cpu::draw_rows(v.data(), n, L, L, offset, draws.data(), nullptr, 0, best.data(), idx.data());
+  for (int64_t i = 0; i < n; ++i) {
+    const float* row = v.data() + i * L;
+    int64_t bi = -1;
+    for (int64_t k = 0; k < L; ++k)
+      if (row[k] != -INFINITY && (bi < 0 || row[k] > row[bi])) bi = k;
+    EXPECT_EQ(idx[i], bi < 0 ? INT32_MAX : static_cast<int32_t>(offset + bi)) << "row " << i;
+    EXPECT_EQ(best[i], bi < 0 ? -INFINITY : row[bi]) << "row " << i;
+  }
+}
