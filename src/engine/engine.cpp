@@ -150,6 +150,7 @@ void Engine::handle_results(const std::vector<SampledToken>& tokens, std::vector
     so.out.token_ids.push_back(t.token);
     if (p.logprobs >= 0) {
       TokenLogprob lp{t.token, t.logprob, {}};
+      lp.top.reserve(t.top_ids.size());
       for (size_t k = 0; k < t.top_ids.size(); ++k) lp.top.emplace_back(t.top_ids[k], t.top_logprobs[k]);
       so.logprobs.push_back(std::move(lp));
     }
@@ -183,6 +184,7 @@ void Engine::add_prompt_logprob(const SampledToken& t) {
   // Entries arrive in position order; a recomputed prompt (preemption) sends them again.
   if (static_cast<size_t>(t.position) != v.size() + 1) return;
   TokenLogprob lp{t.token, t.logprob, {}, t.rank};
+  lp.top.reserve(t.top_ids.size());
   for (size_t k = 0; k < t.top_ids.size(); ++k) lp.top.emplace_back(t.top_ids[k], t.top_logprobs[k]);
   v.push_back(std::move(lp));
 }

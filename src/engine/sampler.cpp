@@ -537,11 +537,13 @@ void Sampler::reduce_logprobs(const std::vector<int32_t>& rows, const std::vecto
   std::vector<float> mine(m * K * 2), all(mine.size() * tp_.size());
   for (size_t q = 0; q < m * K; ++q) mine[2 * q] = top_v[q], mine[2 * q + 1] = static_cast<float>(top_i[q]);
   if (K > 0) tp_.all_gather(mine.data(), mine.size(), all.data());
+  std::vector<std::pair<float, int32_t>> cand;
+  cand.reserve(static_cast<size_t>(K) * tp_.size());
   for (size_t j = 0; j < m; ++j) {
     SampledToken& r = *res[j];
     const float lse = mx[j] + std::log(sums[2 * j]);
     r.logprob = sums[2 * j + 1] - lse;
-    std::vector<std::pair<float, int32_t>> cand;
+    cand.clear();  // (one buffer for every row: a row's few entries were a handful of allocations each)
     for (int g = 0; g < tp_.size(); ++g)
       for (int k = 0; k < K; ++k) {
         const size_t at = ((g * m + j) * K + k) * 2;
@@ -551,6 +553,8 @@ void Sampler::reduce_logprobs(const std::vector<int32_t>& rows, const std::vecto
               [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
     r.top_ids.clear();
     r.top_logprobs.clear();
+    r.top_ids.reserve(static_cast<size_t>(want[j]));
+    r.top_logprobs.reserve(static_cast<size_t>(want[j]));
     for (int k = 0; k < want[j] && k < static_cast<int>(cand.size()); ++k) {
       r.top_ids.push_back(cand[k].second);
       r.top_logprobs.push_back(cand[k].first - lse);
