@@ -29,7 +29,8 @@ for mode in greedy logprobs sampled; do
     sampled) opts=(--temperature 0.8 --top-p 0.9 --top-k 50 --repetition-penalty 1.1) ;;
   esac
   first=$(($(wc -l <"$log") + 1))
-  echo "== $mode: $(b --num-prompts 256 --random-input-len 512 --random-output-len 256 --seed $((seed++)) "${opts[@]}" |
+  seed=$((seed + 1))  # new prompts each run (the same ones would come from the prefix cache)
+  echo "== $mode: $(b --num-prompts 256 --random-input-len 512 --random-output-len 256 --seed "$seed" "${opts[@]}" |
     grep -E "Output token|Failed" | tr -s ' ' | tr '\n' ' ')"
   python3 "$root/bench/step_summary.py" "$log" 256 "$first"
 done

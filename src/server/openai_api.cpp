@@ -185,9 +185,9 @@ json chat_logprobs(const CompletionOutput& c, const TokenNames& name, size_t fro
       top.push_back({{"token", t}, {"logprob", v}, {"bytes", bytes(t)}});
     }
     const std::string t = name(lp.token);
-    content.push_back({{"token", t}, {"logprob", lp.logprob}, {"bytes", bytes(t)}, {"top_logprobs", top}});
+    content.push_back({{"token", t}, {"logprob", lp.logprob}, {"bytes", bytes(t)}, {"top_logprobs", std::move(top)}});
   }
-  return {{"content", content}};
+  return {{"content", std::move(content)}};
 }
 
 // The completions API's log-probabilities object, a token at a time: its text, its log-probability
@@ -208,7 +208,11 @@ struct CompletionLogprobs {
     offsets.push_back(*off);
     *off += t.size();
   }
-  json take() { return {{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}}; }
+  // (moved out: an initializer list of lvalues would copy each array, entries and all)
+  json take() {
+    return {{"tokens", std::move(tokens)}, {"token_logprobs", std::move(lps)}, {"top_logprobs", std::move(tops)},
+            {"text_offset", std::move(offsets)}};
+  }
 };
 
 // A choice's completions log-probabilities: with echo, the prompt's first (on the first chunk of a
@@ -432,7 +436,7 @@ json completion_response(const std::string& id, const GenerationRequest& r, cons
     }
   }
   return {{"id", id}, {"object", "text_completion"}, {"created", ctx.created}, {"model", r.model},
-          {"choices", choices}, {"usage", usage_json(ptok, ctok)}};
+          {"choices", std::move(choices)}, {"usage", usage_json(ptok, ctok)}};
 }
 
 json chat_response(const std::string& id, const GenerationRequest& r, const ApiContext& ctx,
@@ -468,7 +472,7 @@ json chat_response(const std::string& id, const GenerationRequest& r, const ApiC
                        {"stop_reason", c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason)}});
   }
   json resp = {{"id", id}, {"object", "chat.completion"}, {"created", ctx.created}, {"model", r.model},
-               {"choices", choices}, {"usage", usage_json(o.prompt_tokens, ctok)}};
+               {"choices", std::move(choices)}, {"usage", usage_json(o.prompt_tokens, ctok)}};
   if (r.params.prompt_logprobs >= 0) resp["prompt_logprobs"] = prompt_logprobs_json(o, ctx);
   return resp;
 }
