@@ -640,4 +640,6 @@ TEST_P(CudaDraw, CountsAtLeastAsTheCpuKernel) {
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaDraw,
                          ::testing::Values(std::make_tuple(int64_t{37}, int64_t{5003}, int64_t{5008}),
-                                           std::make_tuple(int64_t{4}, int64_t{151936}, int64_t{151936})));
+                                           std::make_tuple(int64_t{4}, int64_t{151936}, int64_t{151936}),
+                                           // a row to a block over many chunks (row_logprobs' floor)
+                                           std::make_tuple(int64_t{300}, int64_t{151936}, int64_t{151936})));
