@@ -1,8 +1,10 @@
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace llmserve::cpu {
 
@@ -17,43 +19,62 @@ void kv_write(const float* k, const float* v, const int32_t* slot_mapping, int64
   }
 }
 
+namespace {
+
+// One query row's attention over keys 0..n-1 of its sequence: scores, softmax, the weighted values.
+// Target clones (as the linear kernel's): the dot products and the exponentials vectorize.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void attend(
+    const float* qv, const float* k_cache, const float* v_cache, const int32_t* table, int64_t n, int64_t row,
+    int64_t kv_off, int64_t D, int64_t block_size, float scale, float* score, float* o) {
+  float mx = -INFINITY;
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t slot = static_cast<int64_t>(table[j / block_size]) * block_size + j % block_size;
+    const float* kv = k_cache + slot * row + kv_off;
+    float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t d = 0; d < D; ++d) acc += qv[d] * kv[d];
+    score[j] = acc * scale;
+    mx = score[j] > mx ? score[j] : mx;
+  }
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) {
+    score[j] = exp_nonpositive(score[j] - mx);
+    sum += score[j];
+  }
+  for (int64_t d = 0; d < D; ++d) o[d] = 0.f;
+  const float inv = 1.f / sum;
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t slot = static_cast<int64_t>(table[j / block_size]) * block_size + j % block_size;
+    const float* vv = v_cache + slot * row + kv_off;
+    const float p = score[j] * inv;
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) o[d] += p * vv[d];
+  }
+}
+
+}  // namespace
+
 void paged_attention(const float* q, const float* k_cache, const float* v_cache, const int32_t* block_tables,
                      int64_t max_blocks, const int32_t* q_start, const int32_t* positions, int64_t S, int64_t Hq,
                      int64_t Hk, int64_t D, int64_t block_size, float scale, float* out) {
-  const int64_t group = Hq / Hk, row = Hk * D;
-  for (int64_t s = 0; s < S; ++s) {
-    const int32_t* table = block_tables + s * max_blocks;
-    const int64_t t0 = q_start[s], t1 = q_start[s + 1];
-#pragma omp parallel for collapse(2) schedule(dynamic) if ((t1 - t0) * Hq > 8)
-    for (int64_t t = t0; t < t1; ++t) {
-      for (int64_t h = 0; h < Hq; ++h) {
-        const int64_t n = static_cast<int64_t>(positions[t]) + 1;  // keys 0..pos
-        const int64_t kvh = h / group;
-        const float* qv = q + (t * Hq + h) * D;
-        std::vector<float> score(n);
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < n; ++j) {
-          const int64_t slot = static_cast<int64_t>(table[j / block_size]) * block_size + j % block_size;
-          const float* kv = k_cache + slot * row + kvh * D;
-          float acc = 0.f;
-          for (int64_t d = 0; d < D; ++d) acc += qv[d] * kv[d];
-          score[j] = acc * scale;
-          mx = score[j] > mx ? score[j] : mx;
-        }
-        float sum = 0.f;
-        for (int64_t j = 0; j < n; ++j) {
-          score[j] = std::exp(score[j] - mx);
-          sum += score[j];
-        }
-        float* o = out + (t * Hq + h) * D;
-        for (int64_t d = 0; d < D; ++d) o[d] = 0.f;
-        for (int64_t j = 0; j < n; ++j) {
-          const int64_t slot = static_cast<int64_t>(table[j / block_size]) * block_size + j % block_size;
-          const float* vv = v_cache + slot * row + kvh * D;
-          const float p = score[j] / sum;
-          for (int64_t d = 0; d < D; ++d) o[d] += p * vv[d];
-        }
-      }
+  const int64_t group = Hq / Hk, row = Hk * D, T = q_start[S];
+  // Every (token, head) of the step in one parallel loop (a loop per sequence was a team's start and
+  // end per sequence and layer: a decode step of 32 sequences woke the threads 32 times a layer).
+  std::vector<int32_t> seq_of(static_cast<size_t>(T));
+  for (int64_t s = 0; s < S; ++s)
+    for (int32_t t = q_start[s]; t < q_start[s + 1]; ++t) seq_of[static_cast<size_t>(t)] = static_cast<int32_t>(s);
+  int64_t longest = 0;
+  for (int64_t t = 0; t < T; ++t) longest = std::max<int64_t>(longest, positions[t] + 1);
+#pragma omp parallel if (T * Hq > 8)
+  {
+    std::vector<float> score(static_cast<size_t>(longest));
+#pragma omp for schedule(dynamic)
+    for (int64_t i = 0; i < T * Hq; ++i) {
+      const int64_t t = i / Hq, h = i % Hq;
+      attend(q + (t * Hq + h) * D, k_cache, v_cache, block_tables + seq_of[static_cast<size_t>(t)] * max_blocks,
+             static_cast<int64_t>(positions[t]) + 1, row, (h / group) * D, D, block_size, scale, score.data(),
+             out + (t * Hq + h) * D);
     }
   }
 }
