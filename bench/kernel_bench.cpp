@@ -14,8 +14,9 @@
 //  - the sampler's greedy draw over vocabulary-sized logits rows in GB/s.
 //  - with --attention: decode attention over batch sizes and contexts, the tensor-core kernel with
 //    blocks of 8 warps, of 4, and as the backend chooses, in GB/s of K/V read.
-// Usage: kernel_bench [--quick | --layers | --attention]   (prints tables; exits 77 without a GPU;
-// --layers: the rooflines and the step-layer tables alone; --attention: the rooflines and the sweep)
+// Usage: kernel_bench [--quick | --layers | --attention | --sampler]   (prints tables; exits 77 without a GPU;
+// --layers: the rooflines and the step-layer tables alone; --attention: the rooflines and the sweep;
+// --sampler: the rooflines and the draw and log-probability tables)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -132,12 +133,109 @@ void attention_sweep(CudaBackend& be, double copy_gbs) {
   }
 }
 
+// The sampler's tables: the draw and the log-probability reduction over vocabulary-sized rows.
+void sampler_tables(CudaBackend& be, double copy_gbs) {
+  // The sampler's draw over vocabulary-sized float32 logits rows (uniform in [-3, 3]: flat rows, the
+  // filters' hard case): greedy, and sampled with top-k 50, top-p 0.9 and 10 penalty edits per row.
+  // GB/s of one read of the logits.
+  std::printf("\n%-44s %10s %12s %10s\n", "sampler draw (151936 logits per row)", "time (us)", "rate", "of roofline");
+  const int64_t V = 151936;
+  for (bool filters : {false, true})
+    for (int64_t n : {int64_t(1), int64_t(256)}) {
+      Tensor logits = random_tensor(be, {n, V}, DType::F32, 3.f);
+      std::vector<RowDraw> rows(static_cast<size_t>(n));
+      std::vector<LogitEdit> edits;
+      for (size_t i = 0; i < rows.size(); ++i) {
+        RowDraw& r = rows[i];
+        r.greedy = !filters;
+        if (filters) {
+          r.inv_temperature = 1.f / 0.8f;
+          r.top_k = 50;
+          r.top_p = 0.9;
+          r.seed = static_cast<int64_t>(i);
+          for (int e = 0; e < 10; ++e) {
+            LogitEdit le;
+            le.row = static_cast<int32_t>(i);
+            le.col = 1000 * e + 7;
+            le.rep = 1.1f;
+            edits.push_back(le);
+          }
+        }
+      }
+      void *dev_rows = nullptr, *dev_edits = nullptr;
+      cudaMalloc(&dev_rows, rows.size() * sizeof(RowDraw));
+      cudaMemcpy(dev_rows, rows.data(), rows.size() * sizeof(RowDraw), cudaMemcpyHostToDevice);
+      cudaMalloc(&dev_edits, std::max<size_t>(edits.size(), 1) * sizeof(LogitEdit));
+      if (!edits.empty()) cudaMemcpy(dev_edits, edits.data(), edits.size() * sizeof(LogitEdit), cudaMemcpyHostToDevice);
+      Tensor best = be.empty({n}, DType::F32), idx = be.empty({n}, DType::F32);
+      const double ms = graph_ms(be, [&] {
+        cuda::draw_rows(logits.as<float>(), n, V, V, 0, static_cast<const RowDraw*>(dev_rows),
+                        static_cast<const LogitEdit*>(dev_edits), static_cast<int64_t>(edits.size()), filters,
+                        best.as<float>(), static_cast<int32_t*>(idx.data), be.stream());
+      });
+      cudaFree(dev_rows);
+      cudaFree(dev_edits);
+      char name[96];
+      std::snprintf(name, sizeof name, "draw: %lld rows%s", static_cast<long long>(n),
+                    filters ? ", top-k 50, top-p 0.9, penalties" : ", greedy");
+      const double gbs = 4.0 * n * V / (ms * 1e-3) / 1e9;
+      std::printf("%-44s %10.1f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+    }
+
+  // Log-probabilities of a step's rows (`logprobs: K`): the reduction kernel alone (in a graph), and
+  // the backend's calls as the sampler makes them, wall clock with their uploads and downloads.
+  std::printf("\n%-44s %10s %12s %10s\n", "log-probabilities (151936 logits per row)", "time (us)", "rate",
+              "of roofline");
+  const int64_t n = 256;
+  Tensor logits = random_tensor(be, {n, V}, DType::F32, 3.f);
+  std::vector<int32_t> rows(n), chosen(n);
+  for (int64_t i = 0; i < n; ++i) rows[i] = static_cast<int32_t>(i), chosen[i] = static_cast<int32_t>(i * 577 % V);
+  void* dev_in = nullptr;
+  cudaMalloc(&dev_in, 2 * n * sizeof(int32_t));
+  cudaMemcpy(dev_in, rows.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice);
+  cudaMemcpy(static_cast<int32_t*>(dev_in) + n, chosen.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice);
+  const auto* in = static_cast<const int32_t*>(dev_in);
+  auto wall_us = [&](const std::function<void()>& fn) {
+    fn();
+    std::vector<double> t;
+    for (int r = 0; r < 20; ++r) {
+      const auto a = std::chrono::steady_clock::now();
+      fn();
+      t.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - a).count());
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+  };
+  for (int K : {0, 1, 5, 20}) {
+    Tensor out = be.empty({n * (3 + 2 * K)}, DType::F32);
+    float* o = out.as<float>();
+    const double ms = graph_ms(be, [&] {
+      cuda::row_logprobs(logits.as<float>(), V, V, 0, in, in + n, n, K, o, o + 3 * n,
+                         reinterpret_cast<int32_t*>(o + (3 + K) * n), be.stream());
+    });
+    char name[96];
+    std::snprintf(name, sizeof name, "row_logprobs kernel: %lld rows, K = %d", static_cast<long long>(n), K);
+    const double gbs = 4.0 * n * V / (ms * 1e-3) / 1e9;
+    std::printf("%-44s %10.1f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+  }
+  std::vector<float> stats(3 * n), top_v(n * 5), best(n);
+  std::vector<int32_t> top_i(n * 5), idx(n);
+  std::vector<RowDraw> draws(n);
+  for (auto& r : draws) r.greedy = true;
+  const double draw_us = wall_us([&] { be.draw_rows(logits, V, 0, draws, {}, best.data(), idx.data()); });
+  const double lp_us = wall_us([&] { be.row_logprobs(logits, V, 0, rows, chosen, 5, stats.data(), top_v.data(), top_i.data()); });
+  std::printf("%-44s %10.1f\n", "backend draw_rows call, 256 greedy (wall)", draw_us);
+  std::printf("%-44s %10.1f\n", "backend row_logprobs call, 256 x K = 5 (wall)", lp_us);
+  cudaFree(dev_in);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   const bool layers_only = argc > 1 && std::strcmp(argv[1], "--layers") == 0;
   const bool attention_only = argc > 1 && std::strcmp(argv[1], "--attention") == 0;
+  const bool sampler_only = argc > 1 && std::strcmp(argv[1], "--sampler") == 0;
   if (!cuda_device_available()) {
     std::printf("no CUDA device: skipped\n");
     return 77;
@@ -167,6 +265,10 @@ int main(int argc, char** argv) {
               copy_gbs, peak_tflops, static_cast<long long>(G));
   if (attention_only) {
     attention_sweep(be, copy_gbs);
+    return 0;
+  }
+  if (sampler_only) {
+    sampler_tables(be, copy_gbs);
     return 0;
   }
 
@@ -489,99 +591,6 @@ int main(int argc, char** argv) {
     }
   }
 
-  if (!layers_only) {
-    // The sampler's draw over vocabulary-sized float32 logits rows (uniform in [-3, 3]: flat rows, the
-    // filters' hard case): greedy, and sampled with top-k 50, top-p 0.9 and 10 penalty edits per row.
-    // GB/s of one read of the logits.
-    std::printf("\n%-44s %10s %12s %10s\n", "sampler draw (151936 logits per row)", "time (us)", "rate", "of roofline");
-    const int64_t V = 151936;
-    for (bool filters : {false, true})
-      for (int64_t n : {int64_t(1), int64_t(256)}) {
-        Tensor logits = random_tensor(be, {n, V}, DType::F32, 3.f);
-        std::vector<RowDraw> rows(static_cast<size_t>(n));
-        std::vector<LogitEdit> edits;
-        for (size_t i = 0; i < rows.size(); ++i) {
-          RowDraw& r = rows[i];
-          r.greedy = !filters;
-          if (filters) {
-            r.inv_temperature = 1.f / 0.8f;
-            r.top_k = 50;
-            r.top_p = 0.9;
-            r.seed = static_cast<int64_t>(i);
-            for (int e = 0; e < 10; ++e) {
-              LogitEdit le;
-              le.row = static_cast<int32_t>(i);
-              le.col = 1000 * e + 7;
-              le.rep = 1.1f;
-              edits.push_back(le);
-            }
-          }
-        }
-        void *dev_rows = nullptr, *dev_edits = nullptr;
-        cudaMalloc(&dev_rows, rows.size() * sizeof(RowDraw));
-        cudaMemcpy(dev_rows, rows.data(), rows.size() * sizeof(RowDraw), cudaMemcpyHostToDevice);
-        cudaMalloc(&dev_edits, std::max<size_t>(edits.size(), 1) * sizeof(LogitEdit));
-        if (!edits.empty()) cudaMemcpy(dev_edits, edits.data(), edits.size() * sizeof(LogitEdit), cudaMemcpyHostToDevice);
-        Tensor best = be.empty({n}, DType::F32), idx = be.empty({n}, DType::F32);
-        const double ms = graph_ms(be, [&] {
-          cuda::draw_rows(logits.as<float>(), n, V, V, 0, static_cast<const RowDraw*>(dev_rows),
-                          static_cast<const LogitEdit*>(dev_edits), static_cast<int64_t>(edits.size()), filters,
-                          best.as<float>(), static_cast<int32_t*>(idx.data), be.stream());
-        });
-        cudaFree(dev_rows);
-        cudaFree(dev_edits);
-        char name[96];
-        std::snprintf(name, sizeof name, "draw: %lld rows%s", static_cast<long long>(n),
-                      filters ? ", top-k 50, top-p 0.9, penalties" : ", greedy");
-        const double gbs = 4.0 * n * V / (ms * 1e-3) / 1e9;
-        std::printf("%-44s %10.1f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
-      }
-
-    // Log-probabilities of a step's rows (`logprobs: K`): the reduction kernel alone (in a graph), and
-    // the backend's calls as the sampler makes them, wall clock with their uploads and downloads.
-    std::printf("\n%-44s %10s %12s %10s\n", "log-probabilities (151936 logits per row)", "time (us)", "rate",
-                "of roofline");
-    const int64_t n = 256;
-    Tensor logits = random_tensor(be, {n, V}, DType::F32, 3.f);
-    std::vector<int32_t> rows(n), chosen(n);
-    for (int64_t i = 0; i < n; ++i) rows[i] = static_cast<int32_t>(i), chosen[i] = static_cast<int32_t>(i * 577 % V);
-    void* dev_in = nullptr;
-    cudaMalloc(&dev_in, 2 * n * sizeof(int32_t));
-    cudaMemcpy(dev_in, rows.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice);
-    cudaMemcpy(static_cast<int32_t*>(dev_in) + n, chosen.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice);
-    const auto* in = static_cast<const int32_t*>(dev_in);
-    auto wall_us = [&](const std::function<void()>& fn) {
-      fn();
-      std::vector<double> t;
-      for (int r = 0; r < 20; ++r) {
-        const auto a = std::chrono::steady_clock::now();
-        fn();
-        t.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - a).count());
-      }
-      std::sort(t.begin(), t.end());
-      return t[t.size() / 2];
-    };
-    for (int K : {0, 1, 5, 20}) {
-      Tensor out = be.empty({n * (3 + 2 * K)}, DType::F32);
-      float* o = out.as<float>();
-      const double ms = graph_ms(be, [&] {
-        cuda::row_logprobs(logits.as<float>(), V, V, 0, in, in + n, n, K, o, o + 3 * n,
-                           reinterpret_cast<int32_t*>(o + (3 + K) * n), be.stream());
-      });
-      char name[96];
-      std::snprintf(name, sizeof name, "row_logprobs kernel: %lld rows, K = %d", static_cast<long long>(n), K);
-      const double gbs = 4.0 * n * V / (ms * 1e-3) / 1e9;
-      std::printf("%-44s %10.1f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
-    }
-    std::vector<float> stats(3 * n), top_v(n * 5), best(n);
-    std::vector<int32_t> top_i(n * 5), idx(n);
-    std::vector<RowDraw> draws(n);
-    for (auto& r : draws) r.greedy = true;
-    const double draw_us = wall_us([&] { be.draw_rows(logits, V, 0, draws, {}, best.data(), idx.data()); });
-    const double lp_us = wall_us([&] { be.row_logprobs(logits, V, 0, rows, chosen, 5, stats.data(), top_v.data(), top_i.data()); });
-    std::printf("%-44s %10.1f\n", "backend draw_rows call, 256 greedy (wall)", draw_us);
-    std::printf("%-44s %10.1f\n", "backend row_logprobs call, 256 x K = 5 (wall)", lp_us);
-    cudaFree(dev_in);
-  }
+  if (!layers_only) sampler_tables(be, copy_gbs);
   return 0;
 }
