@@ -23,32 +23,37 @@ std::vector<float> randn(size_t n, std::mt19937& g) {
 
 TEST(Kernels, LinearMatchesNaive) {
   std::mt19937 g(1);
-  const int64_t T = 7, K = 37, N = 131;
-  auto x = randn(T * K, g), w = randn(N * K, g), b = randn(N, g);
-  std::vector<float> out(T * N);
-  cpu::linear(x.data(), w.data(), b.data(), T, K, N, out.data());
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t n = 0; n < N; ++n) {
-      double acc = b[n];
-      for (int64_t k = 0; k < K; ++k) acc += static_cast<double>(x[t * K + k]) * w[n * K + k];
-      ASSERT_NEAR(out[t * N + n], acc, 1e-4);
-    }
+  for (const int64_t K : {37, 301}) {  // (from 256 on, AVX-512 machines take tiles of 4 rows)
+    const int64_t T = 7, N = 131;
+    auto x = randn(T * K, g), w = randn(N * K, g), b = randn(N, g);
+    std::vector<float> out(T * N);
+    cpu::linear(x.data(), w.data(), b.data(), T, K, N, out.data());
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t n = 0; n < N; ++n) {
+        double acc = b[n];
+        for (int64_t k = 0; k < K; ++k) acc += static_cast<double>(x[t * K + k]) * w[n * K + k];
+        ASSERT_NEAR(out[t * N + n], acc, 1e-4 * std::sqrt(static_cast<double>(K) / 37)) << "K=" << K;
+      }
+  }
 }
 
 // A token's row does not depend on the batch it is computed in (the engine compares steps of
 // different shapes): every token count from 1 to 9 (whole tiles of 4 and each remainder), rows in
-// pairs and alone, an inner size that is not a multiple of the 8 partial sums.
+// pairs and alone (and in fours, from an inner size of 256 on AVX-512 machines), inner sizes that are
+// not a multiple of the 8 partial sums.
 TEST(Kernels, LinearRowsDoNotDependOnTheBatch) {
   std::mt19937 g(2);
-  const int64_t K = 77, N = 67;
-  auto x = randn(9 * K, g), w = randn(N * K, g), b = randn(N, g);
-  std::vector<std::vector<float>> alone(9, std::vector<float>(N));
-  for (int64_t t = 0; t < 9; ++t) cpu::linear(x.data() + t * K, w.data(), b.data(), 1, K, N, alone[t].data());
-  for (int64_t T = 1; T <= 9; ++T) {
-    std::vector<float> out(T * N);
-    cpu::linear(x.data(), w.data(), b.data(), T, K, N, out.data());
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t n = 0; n < N; ++n) ASSERT_EQ(out[t * N + n], alone[t][n]) << "T=" << T << " t=" << t << " n=" << n;
+  for (const int64_t K : {77, 263}) {
+    const int64_t N = 67;
+    auto x = randn(9 * K, g), w = randn(N * K, g), b = randn(N, g);
+    std::vector<std::vector<float>> alone(9, std::vector<float>(N));
+    for (int64_t t = 0; t < 9; ++t) cpu::linear(x.data() + t * K, w.data(), b.data(), 1, K, N, alone[t].data());
+    for (int64_t T = 1; T <= 9; ++T) {
+      std::vector<float> out(T * N);
+      cpu::linear(x.data(), w.data(), b.data(), T, K, N, out.data());
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t n = 0; n < N; ++n) ASSERT_EQ(out[t * N + n], alone[t][n]) << "K=" << K << " T=" << T << " t=" << t << " n=" << n;
+    }
   }
 }
 
