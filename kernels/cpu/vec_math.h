@@ -5,8 +5,9 @@
 
 namespace llmserve::cpu {
 
-// e^x for x <= 0 within about 2 ulp (Cephes' expf polynomial after reducing by ln 2; 0 below -87.3 and
-// for -inf), in plain arithmetic so that a loop over it vectorizes.
+// e^x for x <= 0 within about 2 ulp (Cephes' expf polynomial after reducing by ln 2; 0 below -87.3, for
+// -inf and for NaN, where std::exp would pass the NaN on), in plain arithmetic so that a loop over it
+// vectorizes. Callers pass x - max(x), never above 0.
 __attribute__((always_inline)) inline float exp_nonpositive(float x) {
   const bool under = !(x >= -87.3f);
   x = under ? -87.3f : x;
