@@ -525,9 +525,20 @@ void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t toke
 void row_logprobs(const float* logits, int64_t stride, int64_t L, int64_t token_offset, const int32_t* rows,
                   const int32_t* chosen, int64_t m, int K, float* stats, float* top_v, int32_t* top_i, cudaStream_t s) {
   if (m == 0) return;
-  // Parts per row as the draw's (at most one per merging thread).
-  const int64_t parts = std::max<int64_t>(
-      1, std::min<int64_t>({(2 * sm_count() + m - 1) / m, L / (16 * kLogprobThreads), kLogprobThreads}));
+  // Parts per row: as many as one wave of resident blocks holds (the K = 20 instance's 110 registers
+  // leave room for two blocks per SM where K = 5's 46 leave five: with the draw's two blocks per SM
+  // assumed, 256 rows of K = 20 ran in two waves), at least 16 logits a thread, at most one part per
+  // merging thread.
+  auto resident = [](auto kernel) {
+    int per_sm = 0;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kLogprobThreads, 0), "row_logprobs occupancy");
+    return static_cast<int64_t>(std::max(per_sm, 1)) * sm_count();
+  };
+  static const int64_t wave[5] = {resident(row_logprobs_k<0>), resident(row_logprobs_k<1>), resident(row_logprobs_k<5>),
+                                  resident(row_logprobs_k<10>), resident(row_logprobs_k<20>)};
+  const int bucket = K == 0 ? 0 : K == 1 ? 1 : K <= 5 ? 2 : K <= 10 ? 3 : 4;
+  const int64_t parts =
+      std::max<int64_t>(1, std::min<int64_t>({wave[bucket] / m, L / (16 * kLogprobThreads), kLogprobThreads}));
   float *part_s = nullptr, *part_v = nullptr;
   int32_t* part_i = nullptr;
   if (parts > 1) {
