@@ -11,8 +11,8 @@
 #   - scoring a 2048-token text (echo + logprobs 1 + max_tokens 0: every prompt token's log-probability)
 #     against a one-token completion of the same length (E2E_SCORE_ONLY=1 runs this alone);
 # and runs transformers (bench/reference/hf_e2e.py) on the same GPU and shape as the baseline
-# (E2E_BASELINE=0 leaves it out; E2E_DECODE_ONLY=1 stops after the batch-1 decode run; E2E_TTFT_ONLY=1
-# runs the TTFT measurement alone).
+# (E2E_BASELINE=0 leaves it out; E2E_DECODE_ONLY=1 stops after the batch-1 decode run and the
+# E2E_CONCURRENCY="8 16 ..." runs; E2E_TTFT_ONLY=1 runs the TTFT measurement alone).
 #   bench/gpu_e2e.sh BUILD_DIR OUT_DIR [CONFIG_JSON] [TP] [PP] [llmserve options...]
 set -euo pipefail
 build=$(cd "$1" && pwd) out=$2
@@ -65,7 +65,14 @@ if [ "${E2E_SCORE_ONLY:-0}" = 1 ]; then score; exit 0; fi
 # A seed per run: runs with the same seed send the same random prompts, which the later runs would
 # find in the prefix cache (skipping their prefill).
 b --num-prompts 3 --random-input-len 32 --random-output-len 256 --max-concurrency 1 --seed 1 --result-file "$out/decode-$tag.json" | grep -E "TPOT|Failed"
-# E2E_DECODE_ONLY=1: the batch-1 decode run alone (A/B comparisons of decode changes).
+# E2E_CONCURRENCY="8 16 32": decode steps of a few sequences too (128-token prompts, 256 tokens out, two
+# requests per slot), TPOT and output tokens/s at each concurrency.
+for c in ${E2E_CONCURRENCY:-}; do
+  echo "concurrency $c:"
+  b --num-prompts $((2 * c)) --random-input-len 128 --random-output-len 256 --max-concurrency "$c" --seed $((10 + c)) \
+    --result-file "$out/decode-c$c-$tag.json" | grep -E "TPOT|Output token|Failed"
+done
+# E2E_DECODE_ONLY=1: the batch-1 decode run (and E2E_CONCURRENCY's) alone (A/B comparisons of decode changes).
 if [ "${E2E_DECODE_ONLY:-0}" = 1 ]; then exit 0; fi
 ttft
 score

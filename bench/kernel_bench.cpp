@@ -14,9 +14,12 @@
 //  - the sampler's greedy draw over vocabulary-sized logits rows in GB/s.
 //  - with --attention: decode attention over batch sizes and contexts, the tensor-core kernel with
 //    blocks of 8 warps, of 4, and as the backend chooses, in GB/s of K/V read.
-// Usage: kernel_bench [--quick | --layers | --attention | --sampler]   (prints tables; exits 77 without a GPU;
+// Usage: kernel_bench [--quick | --layers | --attention | --sampler | --boundary | --splitk | --skinny]   (prints tables; exits 77 without a GPU;
 // --layers: the rooflines and the step-layer tables alone; --attention: the rooflines and the sweep;
-// --sampler: the rooflines and the draw and log-probability tables)
+// --sampler: the rooflines and the draw and log-probability tables; --boundary: a kernel boundary's cost
+// alone, bench/boundary_kernels.h; --splitk: the rooflines and cuBLASLt split-K at decode token counts;
+// --skinny: the rooflines and the 5-32-token linear layers, skinny GEMMs against cuBLASLt)
+#include <cublasLt.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -28,6 +31,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
+#include "bench/boundary_kernels.h"
 #include "kernels/cuda/ops.cuh"
 
 using namespace llmserve;
@@ -134,6 +138,154 @@ void attention_sweep(CudaBackend& be, double copy_gbs) {
 }
 
 // The sampler's tables: the draw and the log-probability reduction over vocabulary-sized rows.
+// Split-K for the decode step's GEMMs at 64-256 tokens (few output tiles for the SMs when N is the
+// hidden size): cuBLASLt's heuristic answer (its configuration printed) against the same algorithm with
+// SPLITK_NUM = s and each reduction scheme it supports, and the heuristic's other answers. 28 distinct
+// weights back to back in a graph (weights from memory as in the model), f32 output, beta = 0 and 1;
+// us per GEMM.
+void splitk_table(CudaBackend& be, double copy_gbs, double peak_tflops) {
+  cublasLtHandle_t h;
+  cublasLtCreate(&h);
+  void* ws = nullptr;
+  const size_t ws_bytes = 32u << 20;
+  cudaMalloc(&ws, ws_bytes);
+  struct Shape {
+    const char* name;
+    int64_t n, k;
+  };
+  const Shape shapes[] = {{"q/k/v 2048x1536", 2048, 1536}, {"o_proj 1536x1536", 1536, 1536},
+                          {"gate/up 17920x1536", 17920, 1536}, {"down 1536x8960", 1536, 8960}};
+  const int L = 28;
+  auto cfg = [](const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoConfigAttributes_t attr) {
+    uint32_t v = 0;
+    size_t w = 0;
+    cublasLtMatmulAlgoConfigGetAttribute(&a, attr, &v, sizeof v, &w);
+    return v;
+  };
+  std::printf("\nsplit-K (us per GEMM, 28 distinct weights in a graph; floor = max(weights at copy, FLOPs at peak))\n");
+  for (const Shape& sh : shapes) {
+    std::vector<Tensor> ws_t;
+    for (int i = 0; i < L; ++i) ws_t.push_back(random_tensor(be, {sh.n, sh.k}, DType::BF16));
+    for (int64_t M : {64, 128, 256}) {
+      Tensor x = random_tensor(be, {M, sh.k}, DType::BF16), y = be.empty({M, sh.n}, DType::F32);
+      cudaMemset(y.data, 0, y.bytes());
+      cublasLtMatmulDesc_t op;
+      cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+      const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+      cublasLtMatrixLayout_t la, lb, lc;
+      cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, sh.k, sh.n, sh.k);
+      cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, sh.k, M, sh.k);
+      cublasLtMatrixLayoutCreate(&lc, CUDA_R_32F, sh.n, M, sh.n);
+      cublasLtMatmulPreference_t pref;
+      cublasLtMatmulPreferenceCreate(&pref);
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof ws_bytes);
+      cublasLtMatmulHeuristicResult_t res[8];
+      int found = 0;
+      cublasLtMatmulAlgoGetHeuristic(h, op, la, lb, lc, lc, pref, 8, res, &found);
+      const double floor_us = std::max(2.0 * sh.n * sh.k / (copy_gbs * 1e9), 2.0 * M * sh.n * sh.k / (peak_tflops * 1e12)) * 1e6;
+      auto time_algo = [&](const cublasLtMatmulAlgo_t& a, float beta) {
+        cublasLtMatmulHeuristicResult_t chk{};
+        if (cublasLtMatmulAlgoCheck(h, op, la, lb, lc, lc, &a, &chk) != CUBLAS_STATUS_SUCCESS || chk.workspaceSize > ws_bytes)
+          return -1.0;
+        const float alpha = 1.f;
+        bool failed = false;
+        const double ms = graph_ms(be, [&] {
+          for (int i = 0; i < L; ++i)
+            failed |= cublasLtMatmul(h, op, &alpha, ws_t[i].data, la, x.data, lb, &beta, y.data, lc, y.data, lc, &a, ws, ws_bytes,
+                                     be.stream()) != CUBLAS_STATUS_SUCCESS;
+        }, 1) / L;
+        return failed ? -1.0 : ms * 1e3;
+      };
+      std::printf("%-20s M=%-4lld floor %5.1f us; heuristic #0 (algo %u tile %u stages %u cluster %u splitK %u red %u):", sh.name,
+                  static_cast<long long>(M), floor_us, cfg(res[0].algo, CUBLASLT_ALGO_CONFIG_ID), cfg(res[0].algo, CUBLASLT_ALGO_CONFIG_TILE_ID),
+                  cfg(res[0].algo, CUBLASLT_ALGO_CONFIG_STAGES_ID), cfg(res[0].algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID),
+                  cfg(res[0].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM), cfg(res[0].algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME));
+      std::printf(" %.2f / %.2f (beta 0 / 1)\n", time_algo(res[0].algo, 0.f), time_algo(res[0].algo, 1.f));
+      std::printf("    heuristic #1-#%d:", found - 1);
+      for (int r = 1; r < found; ++r)
+        std::printf(" %.2f(s%u)", time_algo(res[r].algo, 0.f), cfg(res[r].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM));
+      std::printf("\n");
+      int32_t splitk_ok = 0;
+      uint32_t schemes = 0;
+      size_t w = 0;
+      cublasLtMatmulAlgoCapGetAttribute(&res[0].algo, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT, &splitk_ok, sizeof splitk_ok, &w);
+      cublasLtMatmulAlgoCapGetAttribute(&res[0].algo, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK, &schemes, sizeof schemes, &w);
+      std::printf("    #0 with split-K (support %d, schemes mask %u):", splitk_ok, schemes);
+      for (uint32_t scheme : {1u, 2u, 4u}) {
+        if (!(schemes & scheme)) continue;
+        for (int32_t sk : {2, 3, 4, 6, 8}) {
+          cublasLtMatmulAlgo_t a = res[0].algo;
+          cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &sk, sizeof sk);
+          cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme, sizeof scheme);
+          const double t0 = time_algo(a, 0.f);
+          std::printf(" r%u/s%d %.2f", scheme, sk, t0);
+          if (sk == 4 && t0 > 0) std::printf(" (beta 1: %.2f)", time_algo(a, 1.f));
+        }
+      }
+      std::printf("\n");
+      cublasLtMatmulPreferenceDestroy(pref);
+      cublasLtMatrixLayoutDestroy(la);
+      cublasLtMatrixLayoutDestroy(lb);
+      cublasLtMatrixLayoutDestroy(lc);
+      cublasLtMatmulDescDestroy(op);
+    }
+  }
+  cudaFree(ws);
+  cublasLtDestroy(h);
+}
+
+// Linear layers at 5-16 tokens (decode steps of a few sequences): the tensor-core skinny GEMMs
+// (cuda::skinny_gemm directly, whatever the backend's size rule) against cuBLASLt (with gate/up's SiLU as
+// a separate pass), 28 distinct weights back to back in a graph, us per
+// layer and GB/s of weights.
+void skinny_table(CudaBackend& be, double copy_gbs) {
+  const int64_t L = 28, H = 1536, I = 8960, V = 151936;
+  struct Shape {
+    const char* name;
+    int64_t n, k;
+    int kind;  // 0 linear into float32, 1 residual add, 2 gate/up + SiLU (stacked), 3 lm_head (fewer layers)
+  };
+  const Shape shapes[] = {{"q/k/v 2048x1536", 2048, H, 0}, {"o_proj + residual 1536x1536", H, H, 1},
+                          {"gate/up + SiLU 2x8960x1536", I, H, 2}, {"down + residual 1536x8960", H, I, 1},
+                          {"lm_head 151936x1536", V, H, 3}};
+  std::printf("\n%-30s %6s %22s %22s\n", "skinny GEMMs (us per layer)", "tokens", "tensor-core skinny", "cuBLASLt");
+  for (const Shape& sh : shapes) {
+    const int64_t layers = sh.kind == 3 ? 2 : L;
+    std::vector<Tensor> w;
+    for (int64_t i = 0; i < layers; ++i) w.push_back(random_tensor(be, {(sh.kind == 2 ? 2 : 1) * sh.n, sh.k}, DType::BF16));
+    for (int64_t M : {5, 8, 16}) {
+      Tensor x = random_tensor(be, {M, sh.k}, DType::BF16), y = be.empty({M, sh.n}, DType::F32);
+      Tensor gu = be.empty({M, 2 * sh.n}, DType::F32), act = be.empty({M, sh.n}, DType::BF16);
+      cudaMemset(y.data, 0, y.bytes());
+      double us[2];
+      using B16 = __nv_bfloat16;
+      be.set_skinny_gemms(false);
+      for (int way = 0; way < 2; ++way) {
+        us[way] = graph_ms(be, [&] {
+          for (int64_t i = 0; i < layers; ++i) {
+            if (way == 0 && sh.kind == 2)
+              cuda::skinny_gate_up_silu<B16>(x.as<B16>(), w[i].as<B16>(), w[i].as<B16>() + sh.n * sh.k, M, sh.k, sh.n,
+                                             act.as<B16>(), be.stream());
+            else if (way == 0)
+              cuda::skinny_gemm<B16, float>(x.as<B16>(), w[i].as<B16>(), nullptr, M, sh.k, sh.n, y.as<float>(), be.stream(),
+                                            sh.kind == 1);
+            else if (sh.kind == 2) be.gate_up_silu(x, rows_view(w[i], 0, sh.n), rows_view(w[i], sh.n, sh.n), gu, act);
+            else if (sh.kind == 1) be.linear_residual(x, w[i], y, y);
+            else be.linear(x, w[i], nullptr, y);
+          }
+        }, 1) / layers * 1e3;
+      }
+      const double bytes = 2.0 * (sh.kind == 2 ? 2 : 1) * sh.n * sh.k;
+      std::printf("%-30s %6lld %10.2f (%5.0f GB/s) %10.2f (%5.0f GB/s)\n", sh.name, static_cast<long long>(M), us[0],
+                  bytes / (us[0] * 1e-6) / 1e9, us[1], bytes / (us[1] * 1e-6) / 1e9);
+    }
+  }
+  be.set_skinny_gemms(true);
+  std::printf("(copy bandwidth %.0f GB/s)\n", copy_gbs);
+}
+
 void sampler_tables(CudaBackend& be, double copy_gbs) {
   // The sampler's draw over vocabulary-sized float32 logits rows (uniform in [-3, 3]: flat rows, the
   // filters' hard case): greedy, and sampled with top-k 50, top-p 0.9 and 10 penalty edits per row.
@@ -236,6 +388,26 @@ int main(int argc, char** argv) {
   const bool layers_only = argc > 1 && std::strcmp(argv[1], "--layers") == 0;
   const bool attention_only = argc > 1 && std::strcmp(argv[1], "--attention") == 0;
   const bool sampler_only = argc > 1 && std::strcmp(argv[1], "--sampler") == 0;
+  if (argc > 1 && std::strcmp(argv[1], "--boundary") == 0) {
+    if (!cuda_device_available()) return 77;
+    int sms = 0;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+    std::printf("kernel boundary: us per kernel in a chain of 140 (each block reads another block's value of the previous kernel)\n");
+    std::printf("%-28s %14s %14s %14s\n", "grid", "stream order", "PDL + wait", "PDL + counter");
+    for (int per_sm : {1, 2, 4})
+      for (int threads : {128, 256}) {
+        char name[64];
+        std::snprintf(name, sizeof name, "%d blocks x %d threads", per_sm * sms, threads);
+        std::printf("%-28s", name);
+        for (int mode = 0; mode < 3; ++mode) {
+          bool ok = false;
+          const double us = boundary_chain_us(mode, 140, per_sm * sms, threads, &ok);
+          std::printf(" %11.2f%3s", us, ok ? "" : " !");
+        }
+        std::printf("\n");
+      }
+    return 0;
+  }
   if (!cuda_device_available()) {
     std::printf("no CUDA device: skipped\n");
     return 77;
@@ -269,6 +441,14 @@ int main(int argc, char** argv) {
   }
   if (sampler_only) {
     sampler_tables(be, copy_gbs);
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "--skinny") == 0) {
+    skinny_table(be, copy_gbs);
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "--splitk") == 0) {
+    splitk_table(be, copy_gbs, peak_tflops);
     return 0;
   }
 

@@ -137,6 +137,24 @@ __device__ __forceinline__ void pdl_enter() {
 #endif
 }
 
+// The weight-streaming loops' driver (row_stream, tile_stream): `total` groups, each requested into one of
+// two buffers by load(buf) and consumed by use(buf), the next group requested before the current one is
+// used; the first two (weights, which no kernel writes) before pdl_enter(), after_wait() right after it.
+template <typename Buf, typename Load, typename Use, typename After>
+__device__ __forceinline__ void stream_two_in_flight(int64_t total, Buf& a, Buf& b, Load& load, Use& use, After& after_wait) {
+  load(a);
+  load(b);
+  pdl_enter();
+  after_wait();
+  for (int64_t i = 0; i < total; i += 2) {
+    use(a);
+    load(a);
+    if (i + 1 >= total) break;
+    use(b);
+    load(b);
+  }
+}
+
 // Whether launch() asks for programmatic dependent launch: on GPUs of compute capability 9.0 and up,
 // unless the environment sets LLMSERVE_CUDA_PDL=0 (for measuring what it brings).
 bool pdl_enabled();

@@ -9,6 +9,7 @@
 #include "kernels/draw.h"
 
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 namespace llmserve::cuda {
@@ -80,6 +81,21 @@ void to_float(const T* in, int64_t n, float* out, cudaStream_t s);
 template <typename T, typename TO>
 void gemv(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64_t N, TO* out, cudaStream_t s,
           bool accumulate = false);
+
+// The same and gate/up + SiLU-and-multiply (as gemv_gate_up_silu) for kSkinnyMinTokens..kSkinnyMaxTokens
+// tokens on tensor cores (16-bit operands; kernels/cuda/skinny_gemm.cu), where skinny_gemm_fits: K a
+// multiple of 8, the operands 16-byte aligned. The backend takes them for matrices of at most
+// kSkinnyMaxWeights elements (together), where cuBLASLt's ~5.5 us per GEMM dominates; on larger ones
+// cuBLASLt streams faster (H200, kernel_bench --skinny: q/k/v 2048 x 1536 at 8 tokens 3.3 against 5.6 us,
+// down 1536 x 8960 14.5 against 10.9 us), as it does above 16 tokens.
+constexpr int64_t kSkinnyMinTokens = 5, kSkinnyMaxTokens = 16, kSkinnyMaxWeights = 4 << 20;
+bool skinny_gemm_fits(int64_t M, int64_t K, std::initializer_list<const void*> operands);
+template <typename T, typename TO>
+void skinny_gemm(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64_t N, TO* out, cudaStream_t s,
+                 bool accumulate = false);
+template <typename T>
+void skinny_gate_up_silu(const T* x, const T* w_gate, const T* w_up, int64_t M, int64_t K, int64_t N, T* act,
+                         cudaStream_t s);
 
 // Fused decoder-layer kernels (compositions of the kernels above; see Backend's defaults). The
 // few-token ones that begin with an RMSNorm of the float32 residual stream normalize it into shared

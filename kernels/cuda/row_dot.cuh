@@ -106,17 +106,7 @@ __device__ __forceinline__ void row_stream(const T* x, const T* const (&w)[R], i
       ++use_row;
     }
   };
-  load(wa);
-  load(wb);
-  pdl_enter();
-  after_wait();
-  for (int64_t i = 0; i < total; i += 2) {
-    use(wa);
-    load(wa);
-    if (i + 1 >= total) break;
-    use(wb);
-    load(wb);
-  }
+  stream_two_in_flight(total, wa, wb, load, use, after_wait);
 }
 
 // The RMSNorm weights w (K elements) copied into shared memory ws by cp.async for rmsnorm_rows, by the

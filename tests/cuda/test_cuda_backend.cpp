@@ -405,23 +405,62 @@ TEST_P(CudaOps, ProjectionsRopeAndCacheWrite) {
 // without bias, output in float32 or the weights' type): 333 rows, a warp each; 20,000 short rows,
 // more than the resident warps (a warp streams several, one after the other); rows of 4,104 elements,
 // several groups of loads per row with a partial last group.
+// Linear layers of 1-4 tokens (the CUDA-core GEMVs) and of 5-32 (the tensor-core skinny GEMMs for 16-bit
+// operands; cuBLASLt where K is not a multiple of 8), into float32 with a bias, into the operands'
+// type, and adding into a float32 residual; gate/up with SiLU-and-multiply. Row counts that are not
+// multiples of 16 and inner sizes that are not multiples of 32 (the tiles' ragged edges).
 TEST_P(CudaOps, FewTokenLinearMatchesTheCpuReference) {
   std::mt19937 g(7);
   const DType dt = GetParam();
   const std::pair<int64_t, int64_t> shapes[] = {{96, 333}, {100, 333}, {96, 20000}, {4104, 70}};
-  for (int64_t T : {1, 2, 4}) {
+  for (int64_t T : {1, 2, 4, 5, 8, 13, 16, 17, 24, 32}) {
     for (const auto& [K, N] : shapes) {
+      const std::string at = "T = " + std::to_string(T) + ", K = " + std::to_string(K) + ", N = " + std::to_string(N);
       auto x = both(randn(T * K, g), {T, K}, dt), w = both(randn(N * K, g, 0.1f), {N, K}, dt);
       auto b = both(randn(N, g), {N}, DType::F32);
       Tensor c = cpu.empty({T, N}, DType::F32), y32 = gpu->empty({T, N}, DType::F32), y = gpu->empty({T, N}, dt);
       cpu.linear(x.first, w.first, &b.first, c);
       gpu->linear(x.second, w.second, &b.second, y32);
-      expect_close(c, y32, "few-token linear with bias into float32", dt == DType::F32 ? 1e-5 : 1e-2);
+      expect_close(c, y32, ("few-token linear with bias into float32, " + at).c_str(), dt == DType::F32 ? 1e-5 : 1e-2);
       cpu.linear(x.first, w.first, nullptr, c);
       gpu->linear(x.second, w.second, nullptr, y);
-      expect_close(c, y, "few-token linear", tol());
+      expect_close(c, y, ("few-token linear, " + at).c_str(), tol());
+      auto res = both(randn(T * N, g), {T, N}, DType::F32);
+      cpu.linear_residual(x.first, w.first, c, res.first);
+      gpu->linear_residual(x.second, w.second, y32, res.second);
+      expect_close(res.first, res.second, ("few-token linear_residual, " + at).c_str(), dt == DType::F32 ? 1e-5 : 1e-2);
+      if (N > 10000) continue;
+      auto wu = both(randn(N * K, g, 0.1f), {N, K}, dt);
+      Tensor gu = cpu.empty({T, 2 * N}, DType::F32), act = cpu.empty({T, N}, DType::F32);
+      Tensor gug = gpu->empty({T, 2 * N}, DType::F32), actg = gpu->empty({T, N}, dt);
+      cpu.gate_up_silu(x.first, w.first, wu.first, gu, act);
+      gpu->gate_up_silu(x.second, w.second, wu.second, gug, actg);
+      expect_close(act, actg, ("few-token gate_up_silu, " + at).c_str(), tol());
     }
   }
+}
+
+// Which linear layers the skinny GEMMs take: 5-16 tokens of 16-bit operands with inner sizes in whole
+// 16-byte units and up to kSkinnyMaxWeights weights together; not float32, not 4 or 17 tokens, not a
+// larger matrix, and none with LLMSERVE_SKINNY_GEMM's switch off.
+TEST_P(CudaOps, SkinnyGemmsTakeSmallMatricesOfFewTokens) {
+  const DType dt = GetParam();
+  const bool half = dt != DType::F32;
+  Tensor x8 = gpu->empty({8, 1536}, dt), x4 = gpu->empty({4, 1536}, dt), x17 = gpu->empty({17, 1536}, dt);
+  Tensor x5 = gpu->empty({5, 1536}, dt), x16 = gpu->empty({16, 1536}, dt), odd = gpu->empty({8, 1532}, dt);
+  Tensor qkv = gpu->empty({2048, 1536}, dt), gate = gpu->empty({1365, 1536}, dt), up = gpu->empty({1366, 1536}, dt);
+  Tensor big = gpu->empty({8960, 1536}, dt), w_odd = gpu->empty({64, 1532}, dt);
+  EXPECT_EQ(gpu->skinny(8, {&x8, &qkv}), half);
+  EXPECT_EQ(gpu->skinny(5, {&x5, &qkv}), half);
+  EXPECT_EQ(gpu->skinny(16, {&x16, &qkv}), half);
+  EXPECT_EQ(gpu->skinny(8, {&x8, &gate, &gate}), half);  // 2 x 1365 x 1536 <= 4M
+  EXPECT_FALSE(gpu->skinny(8, {&x8, &gate, &up}));        // 2731 x 1536 > 4M
+  EXPECT_FALSE(gpu->skinny(8, {&x8, &big}));
+  EXPECT_FALSE(gpu->skinny(4, {&x4, &qkv}));
+  EXPECT_FALSE(gpu->skinny(17, {&x17, &qkv}));
+  EXPECT_FALSE(gpu->skinny(8, {&odd, &w_odd}));
+  gpu->set_skinny_gemms(false);
+  EXPECT_FALSE(gpu->skinny(8, {&x8, &qkv}));
 }
 
 // GEMMs (5 tokens and more) at token counts that share a bucket's algorithm (cuBLASLt's heuristic is

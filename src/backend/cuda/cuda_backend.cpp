@@ -69,7 +69,7 @@ bool stacked_gemms() {
 void warn_ignored_switches() {
   static const bool once = [] {
     const std::pair<const char*, std::vector<std::string>> switches[] = {
-        {"LLMSERVE_CUDA_PDL", {"0", "1"}}, {"LLMSERVE_STACKED_GEMMS", {"0", "1"}}, {"LLMSERVE_DECODE_ATTN_WARPS", {"4", "8"}}};
+        {"LLMSERVE_CUDA_PDL", {"0", "1"}}, {"LLMSERVE_STACKED_GEMMS", {"0", "1"}}, {"LLMSERVE_SKINNY_GEMM", {"0", "1"}}, {"LLMSERVE_DECODE_ATTN_WARPS", {"4", "8"}}};
     for (const auto& [name, values] : switches) {
       const char* e = std::getenv(name);
       if (!e || std::find(values.begin(), values.end(), std::string(e)) != values.end()) continue;
@@ -131,6 +131,9 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   ck(cudaGetDeviceProperties(&p, device_), "device properties");
   log_info("CUDA backend on device ", device_, " (", p.name, ", ", p.totalGlobalMem >> 20, " MiB), ", dtype_name(dtype_));
   warn_ignored_switches();
+  // Linear layers of 5-32 tokens on the skinny GEMMs unless LLMSERVE_SKINNY_GEMM=0 (for measuring them).
+  const char* e = std::getenv("LLMSERVE_SKINNY_GEMM");
+  skinny_on_ = !(e && std::string(e) == "0");
 }
 
 CudaBackend::~CudaBackend() {
@@ -523,8 +526,32 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
     });
     return;
   }
+  if (skinny(T, {&x, &w}) && (!bias || bias->dtype == DType::F32)) {
+    dispatch(x.dtype, [&](auto* tag) {
+      using TT = std::remove_pointer_t<decltype(tag)>;
+      if constexpr (!std::is_same_v<TT, float>) {
+        const float* bp = bias ? bias->as<float>() : nullptr;
+        if (out.dtype == DType::F32)
+          cuda::skinny_gemm<TT, float>(x.as<TT>(), w.as<TT>(), bp, T, K, N, out.as<float>(), stream());
+        else
+          cuda::skinny_gemm<TT, TT>(x.as<TT>(), w.as<TT>(), bp, T, K, N, out.as<TT>(), stream());
+      }
+    });
+    return;
+  }
   run_gemm(gemm_for(N, T, K, x.dtype, out.dtype, bias != nullptr), w.data, x.data, bias ? bias->data : nullptr, 0.f,
            out.data);
+}
+
+bool CudaBackend::skinny(int64_t T, std::initializer_list<const Tensor*> operands) const {
+  const Tensor& x = **operands.begin();
+  if (!skinny_on_ || !cuda::skinny_gemm_fits(T, cols_of(x), {})) return false;
+  int64_t weights = 0;
+  for (const Tensor* t : operands) {
+    if ((t->dtype != DType::BF16 && t->dtype != DType::F16) || reinterpret_cast<uintptr_t>(t->data) % 16 != 0) return false;
+    if (t != &x) weights += t->numel();
+  }
+  return weights <= cuda::kSkinnyMaxWeights;
 }
 
 void CudaBackend::run_gemm(Gemm& g, const void* w, const void* x, const void* bias, float beta, void* out) {
@@ -630,6 +657,14 @@ void CudaBackend::linear_residual(const Tensor& a, const Tensor& w, Tensor& /*y:
     });
     return;
   }
+  if (skinny(T, {&a, &w})) {
+    dispatch(a.dtype, [&](auto* tag) {
+      using TT = std::remove_pointer_t<decltype(tag)>;
+      if constexpr (!std::is_same_v<TT, float>)
+        cuda::skinny_gemm<TT, float>(a.as<TT>(), w.as<TT>(), nullptr, T, K, N, x.as<float>(), stream(), true);
+    });
+    return;
+  }
   // x = 1 * (w . a) + 1 * x: cuBLASLt reads C and writes D, the same matrix here.
   run_gemm(gemm_for(N, T, K, a.dtype, DType::F32, false), w.data, a.data, nullptr, 1.f, x.data);
 }
@@ -723,6 +758,17 @@ void CudaBackend::rope_kv_write(Tensor& q, Tensor& k, const Tensor& v, const Ten
 void CudaBackend::gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate_up,
                                Tensor& act) {
   const int64_t T = rows_of(x), I = rows_of(w_gate);
+  if (skinny(T, {&x, &w_gate, &w_up}) && act.dtype == x.dtype && w_gate.dtype == x.dtype &&
+      w_up.dtype == x.dtype && cols_of(w_gate) == cols_of(x) && cols_of(w_up) == cols_of(x) && rows_of(w_up) == I &&
+      rows_of(act) == T && cols_of(act) == I) {
+    // A few tokens: gate, up and SiLU-and-multiply in one weight-streaming launch on tensor cores.
+    dispatch(x.dtype, [&](auto* tag) {
+      using TT = std::remove_pointer_t<decltype(tag)>;
+      if constexpr (!std::is_same_v<TT, float>)
+        cuda::skinny_gate_up_silu<TT>(x.as<TT>(), w_gate.as<TT>(), w_up.as<TT>(), T, cols_of(x), I, act.as<TT>(), stream());
+    });
+    return;
+  }
   if (T > 4 && stacked_gemms() && stacked_rows({&w_gate, &w_up}) && gate_up.dtype == DType::F32 && gate_up.numel() >= 2 * T * I &&
       rows_of(act) == T && cols_of(act) == I) {
     // gate and up stacked (as the model loads them): one GEMM into rows of (gate | up), then SiLU-and-multiply.

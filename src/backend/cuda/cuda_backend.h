@@ -5,6 +5,8 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <initializer_list>
+
 #include <map>
 #include <memory>
 #include <tuple>
@@ -80,6 +82,11 @@ class CudaBackend : public Backend {
   // nearly every step, and asking the heuristic costs ~0.1 ms of host time per shape. `exact` asks it
   // at every token count instead (kernel_bench compares the two).
   void set_gemm_heuristic_per_token_count(bool exact) { gemm_exact_ = exact; }
+  // Whether a linear layer of T tokens over these 16-bit operands (the input first, then the weights) runs
+  // on the skinny GEMMs (cuda::skinny_gemm: 5-16 tokens, weights of up to cuda::kSkinnyMaxWeights
+  // elements) instead of cuBLASLt.
+  bool skinny(int64_t T, std::initializer_list<const Tensor*> operands) const;
+  void set_skinny_gemms(bool on) { skinny_on_ = on; }
   static constexpr int64_t kGemmExactUpTo = 256, kGemmBucket = 64;
   // Every bucket of every weight shape seen, up to the largest token count seen with it: the heuristic
   // asked and the GEMM run once on scratch operands (a cuBLASLt kernel's first launch costs ~2.5 ms).
@@ -138,6 +145,7 @@ class CudaBackend : public Backend {
   std::map<GemmKey, GemmAlgo> gemm_algos_;  // n is the token-count bucket
   std::map<std::pair<GemmKey, bool>, Gemm> gemms_;  // exact n; whether the heuristic was asked at n
   bool gemm_exact_ = false;
+  bool skinny_on_ = true;
   int64_t heuristic_calls_ = 0;
   IntBuffer ids_, positions_, slots_, tables_, token_seq_, logits_rows_, tiles_;
   int64_t num_tokens_ = 0, num_seqs_ = 0, max_blocks_ = 0, num_logits_ = 0, max_len_ = 0, num_tiles_ = 0;

@@ -1,0 +1,156 @@
+// Linear layers for 5-16 tokens (decode steps of a few sequences): out[m, n] = x[m, :] . w[n, :] (+ bias[n])
+// and the MLP's gate/up with SiLU-and-multiply, on tensor cores (tile_stream.cuh). A warp streams 16
+// weight rows at a time once at the memory bandwidth; cuBLASLt's kernels at these shapes cost about 5.5 us
+// however small the matrix (H200, kernel_bench --splitk) and leave gate/up's SiLU to a float32 round trip.
+// Counterparts: kernels/cpu/linear.cpp and activation.cpp.
+#include <algorithm>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.cuh"
+#include "kernels/cuda/tile_stream.cuh"
+
+namespace llmserve::cuda {
+namespace {
+
+constexpr int kWarpsPerBlock = 8;
+
+// Weight loads a lane keeps in flight per group: fewer for more matrices and more n-tiles (registers).
+template <int NT, int R>
+constexpr int kGroupSteps = R == 1 ? 4 : 2;
+
+struct PlainRows {
+  __device__ void operator()(int64_t i, int64_t* r0, int64_t* r1) const { *r0 = 16 * i, *r1 = 16 * i + 8; }
+};
+
+// Calls f(row, token, e) for the 8 NT fragment elements a lane holds after a tile (tile_stream's layout).
+template <int NT, typename F>
+__device__ __forceinline__ void for_fragment(int64_t tile, int lane, F f) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) f(16 * tile + g + (e < 2 ? 0 : 8), 8 * j + 2 * t + (e & 1), j, e);
+}
+
+// A block of kWarpsPerBlock warps takes a tile of 16 rows at a time, each warp a contiguous share of
+// K (so that a matrix of few rows still has a warp per SM and more streaming it), and sums the warps'
+// fragments in shared memory: fin(tile, sum) then runs on one warp, the tile's owner, with the tile's
+// whole products in tile_stream's layout.
+template <typename T, int NT, int R, typename Fin>
+__device__ __forceinline__ void tile_block(const T* x, int64_t M, const T* const (&w)[R], int64_t K, int64_t N, Fin fin) {
+  __shared__ float part[kWarpsPerBlock][R * NT * 4][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+  const int64_t steps = (K + 31) / 32, kn = (steps + kWarpsPerBlock - 1) / kWarpsPerBlock * 32;
+  tile_stream<T, NT, R, kGroupSteps<NT, R>>(
+      x, M, w, K, warp * kn, kn, N, blockIdx.x, gridDim.x, (N + 15) / 16, lane, PlainRows{}, [] {},
+      [&](int64_t tile, const float(&acc)[R][NT][4]) {
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+          for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) part[warp][(r * NT + j) * 4 + e][lane] = acc[r][j][e];
+        __syncthreads();
+        if (warp == tile % kWarpsPerBlock) {
+          float sum[R][NT][4];
+#pragma unroll
+          for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+#pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                float v = 0.f;
+#pragma unroll
+                for (int q = 0; q < kWarpsPerBlock; ++q) v += part[q][(r * NT + j) * 4 + e][lane];
+                sum[r][j][e] = v;
+              }
+          fin(tile, sum);
+        }
+        __syncthreads();
+      });
+}
+
+template <typename T, typename TO, int NT>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    skinny_gemm_k(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ bias, int64_t M, int64_t K,
+                  int64_t N, TO* __restrict__ out, bool accumulate) {
+  const int lane = threadIdx.x & 31;
+  const T* const mats[1] = {w};
+  tile_block<T, NT, 1>(x, M, mats, K, N, [&](int64_t tile, const float(&acc)[1][NT][4]) {
+    for_fragment<NT>(tile, lane, [&](int64_t n, int64_t m, int j, int e) {
+      if (n >= N || m >= M) return;
+      const float y = acc[0][j][e] + (bias ? bias[n] : 0.f);
+      out[m * N + n] = from_f<TO>(accumulate ? to_f(out[m * N + n]) + y : y);
+    });
+  });
+}
+
+template <typename T, int NT>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    skinny_gate_up_k(const T* __restrict__ x, const T* __restrict__ wg, const T* __restrict__ wu, int64_t M, int64_t K,
+                     int64_t N, T* __restrict__ act) {
+  const int lane = threadIdx.x & 31;
+  const T* const mats[2] = {wg, wu};
+  tile_block<T, NT, 2>(x, M, mats, K, N, [&](int64_t tile, const float(&acc)[2][NT][4]) {
+    for_fragment<NT>(tile, lane, [&](int64_t n, int64_t m, int j, int e) {
+      if (n >= N || m >= M) return;
+      const float gv = acc[0][j][e];
+      act[m * N + n] = from_f<T>(gv / (1.f + __expf(-gv)) * acc[1][j][e]);
+    });
+  });
+}
+
+// Calls go(std::integral_constant<int, NT>) for the n-tiles of 8 tokens that M needs.
+template <typename Go>
+void by_tiles(int64_t M, const char* what, Go go) {
+  switch ((M + 7) / 8) {
+    case 1: go(std::integral_constant<int, 1>{}); break;
+    case 2: go(std::integral_constant<int, 2>{}); break;
+    default: check(cudaErrorInvalidValue, what);
+  }
+}
+
+}  // namespace
+
+bool skinny_gemm_fits(int64_t M, int64_t K, std::initializer_list<const void*> operands) {
+  if (M < kSkinnyMinTokens || M > kSkinnyMaxTokens || K % 8 != 0) return false;
+  for (const void* p : operands)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
+}
+
+template <typename T, typename TO>
+void skinny_gemm(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64_t N, TO* out, cudaStream_t s,
+                 bool accumulate) {
+  if (M == 0 || N == 0) return;
+  if (!skinny_gemm_fits(M, K, {x, w})) check(cudaErrorInvalidValue, "skinny_gemm: unsupported shape");
+  const int threads = kWarpsPerBlock * 32;
+  by_tiles(M, "skinny_gemm: tokens", [&](auto nt) {
+    const auto kernel = skinny_gemm_k<T, TO, decltype(nt)::value>;
+    const unsigned blocks = std::min<int64_t>((N + 15) / 16, resident_blocks(kernel, threads, 0));
+    launch("skinny_gemm", kernel, blocks, threads, 0, s, x, w, bias, M, K, N, out, accumulate);
+  });
+}
+
+template <typename T>
+void skinny_gate_up_silu(const T* x, const T* w_gate, const T* w_up, int64_t M, int64_t K, int64_t N, T* act,
+                         cudaStream_t s) {
+  if (M == 0 || N == 0) return;
+  if (!skinny_gemm_fits(M, K, {x, w_gate, w_up})) check(cudaErrorInvalidValue, "skinny_gate_up_silu: unsupported shape");
+  const int threads = kWarpsPerBlock * 32;
+  by_tiles(M, "skinny_gate_up_silu: tokens", [&](auto nt) {
+    const auto kernel = skinny_gate_up_k<T, decltype(nt)::value>;
+    const unsigned blocks = std::min<int64_t>((N + 15) / 16, resident_blocks(kernel, threads, 0));
+    launch("skinny_gate_up_silu", kernel, blocks, threads, 0, s, x, w_gate, w_up, M, K, N, act);
+  });
+}
+
+#define INSTANTIATE(T)                                                                                              \
+  template void skinny_gemm<T, T>(const T*, const T*, const float*, int64_t, int64_t, int64_t, T*, cudaStream_t,  \
+                                  bool);                                                                            \
+  template void skinny_gemm<T, float>(const T*, const T*, const float*, int64_t, int64_t, int64_t, float*,         \
+                                      cudaStream_t, bool);                                                          \
+  template void skinny_gate_up_silu<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, T*, cudaStream_t);
+LLMSERVE_FOR_EACH_HALF_TYPE(INSTANTIATE)
+
+}  // namespace llmserve::cuda
