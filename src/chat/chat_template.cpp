@@ -92,6 +92,17 @@ ChatRenderOptions chat_render_options(const ojson& j) {
   auto given = [&](const char* key) { return j.contains(key) && !j[key].is_null(); };
   if (given("tools")) {
     if (!j["tools"].is_array()) throw Error("'tools' must be a list");
+    // As vLLM's request schema: each a function tool ("type" defaults to "function") with a named function.
+    for (const auto& t : j["tools"]) {
+      if (!t.is_object() || (t.contains("type") && t["type"] != "function"))
+        throw Error("each tool must be an object of type 'function'");
+      if (!t.contains("function") || !t["function"].is_object() || !t["function"].contains("name") ||
+          !t["function"]["name"].is_string())
+        throw Error("each tool needs a 'function' with a 'name'");
+      if (t["function"].contains("parameters") && !t["function"]["parameters"].is_null() &&
+          !t["function"]["parameters"].is_object())
+        throw Error(cat("tool '", t["function"]["name"].get<std::string>(), "': 'parameters' must be an object"));
+    }
     o.tools = j["tools"];
   }
   if (given("chat_template_kwargs")) {

@@ -108,14 +108,15 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void on_read(beast::error_code ec) {
     stream_.expires_never();  // a generation may stream for as long as it runs
+    start_ = std::chrono::steady_clock::now();
     if (ec == http::error::end_of_stream || ec == net::error::eof || ec == net::error::connection_reset ||
         ec == beast::error::timeout)
       return close();
+    if (ec) req_ = {};  // (not the connection's previous request, in the access line)
     if (ec == http::error::body_limit)
       return respond(413, error_body(413, cat("the request body exceeds ", opt_.body_limit, " bytes"), "RequestTooLarge"), false);
     if (ec) return respond(400, error_body(400, cat("malformed HTTP request: ", ec.message()), "BadRequestError"), false);
     req_ = parser_->release();
-    start_ = std::chrono::steady_clock::now();
     try {
       route();
     } catch (const HttpError& e) {

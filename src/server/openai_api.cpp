@@ -332,8 +332,7 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
       bool found = false;
       if (o.tools.is_array())
         for (const auto& t : o.tools) {
-          if (!t.is_object() || !t.contains("function") || !t["function"].is_object() || t["function"].value("name", "") != r.forced_tool)
-            continue;
+          if (t["function"]["name"] != r.forced_tool) continue;  // (named functions: chat_render_options checked them)
           found = true;
           const auto& f = t["function"];
           forced_schema = f.contains("parameters") && !f["parameters"].is_null() ? f["parameters"].dump()
@@ -347,10 +346,7 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
       if (!o.tools.is_array() || o.tools.empty())
         throw HttpError(400, "tool_choice 'required' needs 'tools'", "BadRequestError", "tool_choice");
       ojson alts = ojson::array();
-      for (const auto& t : o.tools) {
-        if (!t.is_object() || !t.contains("function") || !t["function"].is_object() || !t["function"].contains("name") ||
-            !t["function"]["name"].is_string())
-          throw HttpError(400, "each tool needs a 'function' with a 'name'", "BadRequestError", "tools");
+      for (const auto& t : o.tools) {  // (each a named function: chat_render_options checked them)
         const auto& f = t["function"];
         ojson params = f.contains("parameters") && !f["parameters"].is_null() ? f["parameters"]
                                                                             : ojson{{"type", "object"}, {"properties", ojson::object()}};

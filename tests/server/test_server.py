@@ -3,7 +3,7 @@
 fixture) on a free loopback port, driven over HTTP (standard library) and, when it can be installed,
 with the official `openai` package. Prints one line per check and 'N passed, N failed'.
 Usage: test_server.py BUILD_DIR"""
-import http.client, json, os, socket, subprocess, sys, threading, time
+import http.client, json, os, re, socket, subprocess, sys, threading, time
 
 BUILD = os.path.abspath(sys.argv[1])
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -568,6 +568,8 @@ def main():
               and (text == "" if got[0][0] else text == got[0][1]) and chunks[-1]["finish_reason"] == got[0][2], (chunks[-2:], got[0]))
         st, rr = s.post("/v1/chat/completions", {"messages": msgs, "tool_choice": "required"})
         check("error: tool_choice required without tools", st == 400 and "needs 'tools'" in rr["error"]["message"], rr)
+        st, rb = s.post("/v1/chat/completions", {"messages": msgs, "tools": [{"type": "function"}]})
+        check("error: a tool without a named function", st == 400 and "needs a 'function' with a 'name'" in rb["error"]["message"], rb)
         # A named tool_choice: the output is that function's arguments, guided by its parameters schema
         # (as vLLM), returned as the one tool call; streamed, the first chunk names the call and the
         # arguments follow in pieces.
@@ -763,6 +765,10 @@ def main():
         loud = f.read()
     check("disable_uvicorn_access_log: no access lines (the default server has them)",
           " access POST /v1/chat/completions 200" in loud and " access " not in quiet, quiet[-500:])
+    # A request refused before it is read (the 413 above) is logged with its own latency, not the time
+    # since the clock's epoch.
+    refused = re.findall(r" access .* 413 .*latency_ms=(\d+)", loud)
+    check("access line of a 413: a latency of its own", refused and all(int(ms) < 10000 for ms in refused), refused)
     # The seed deployment's checks, verbatim, against the SmolLM2 demo model (when it was fetched).
     smol = os.environ.get("LLMSERVE_SMOLLM2_H5")
     if smol and os.path.exists(smol):

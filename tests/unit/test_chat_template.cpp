@@ -201,6 +201,19 @@ TEST(ChatTemplate, ContinueFinalMessage) {
   EXPECT_THROW(chat_render_options(ojson::parse(R"({"continue_final_message": "yes"})")), Error);
 }
 
+// 'tools' as vLLM's request schema takes them: function tools with a named function (type defaulting to
+// "function", parameters an object when given); anything else is refused before any template sees it.
+TEST(ChatTemplate, ToolsMustBeNamedFunctions) {
+  const auto opts = [](const char* tools) { return chat_render_options(ojson::parse(std::string(R"({"tools": )") + tools + "}")); };
+  EXPECT_EQ(opts(R"([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
+                     {"function": {"name": "g"}}])").tools.size(), 2u);
+  EXPECT_NO_THROW(opts(R"([{"function": {"name": "h", "parameters": null}}])"));
+  for (const char* bad : {R"({"type": "function"})", R"([{"type": "function"}])", R"([{"type": "retrieval", "function": {"name": "f"}}])",
+                          R"([{"function": {"name": 5}}])", R"([{"function": "f"}])", R"([5])",
+                          R"([{"function": {"name": "f", "parameters": "x"}}])"})
+    EXPECT_THROW(opts(bad), Error) << bad;
+}
+
 // vLLM's --chat-template: a file's text, else an inline template (it has '{', '}' or a newline) with
 // its backslash escapes decoded; a value that looks like a path and does not open is an error.
 TEST(ChatTemplateOption, FileOrInlineTemplate) {
