@@ -86,8 +86,8 @@ void gemv(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64
 // tokens on tensor cores (16-bit operands; kernels/cuda/skinny_gemm.cu), where skinny_gemm_fits: K a
 // multiple of 8, the operands 16-byte aligned. The backend takes them for matrices of at most
 // kSkinnyMaxWeights elements (together), where cuBLASLt's ~5.5 us per GEMM dominates; on larger ones
-// cuBLASLt streams faster (H200, kernel_bench --skinny: q/k/v 2048 x 1536 at 8 tokens 3.3 against 5.6 us,
-// down 1536 x 8960 14.5 against 10.9 us), as it does above 16 tokens.
+// cuBLASLt streams faster (H200, kernel_bench --skinny at 8 tokens: q/k/v 2048 x 1536 3.33 against 5.58 us,
+// down 1536 x 8960 14.45 against 11.25 us), as it does above 16 tokens.
 constexpr int64_t kSkinnyMinTokens = 5, kSkinnyMaxTokens = 16, kSkinnyMaxWeights = 4 << 20;
 bool skinny_gemm_fits(int64_t M, int64_t K, std::initializer_list<const void*> operands);
 template <typename T, typename TO>

@@ -69,7 +69,10 @@ bool stacked_gemms() {
 void warn_ignored_switches() {
   static const bool once = [] {
     const std::pair<const char*, std::vector<std::string>> switches[] = {
-        {"LLMSERVE_CUDA_PDL", {"0", "1"}}, {"LLMSERVE_STACKED_GEMMS", {"0", "1"}}, {"LLMSERVE_SKINNY_GEMM", {"0", "1"}}, {"LLMSERVE_DECODE_ATTN_WARPS", {"4", "8"}}};
+        {"LLMSERVE_CUDA_PDL", {"0", "1"}},
+        {"LLMSERVE_STACKED_GEMMS", {"0", "1"}},
+        {"LLMSERVE_SKINNY_GEMM", {"0", "1"}},
+        {"LLMSERVE_DECODE_ATTN_WARPS", {"4", "8"}}};
     for (const auto& [name, values] : switches) {
       const char* e = std::getenv(name);
       if (!e || std::find(values.begin(), values.end(), std::string(e)) != values.end()) continue;
@@ -131,7 +134,7 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   ck(cudaGetDeviceProperties(&p, device_), "device properties");
   log_info("CUDA backend on device ", device_, " (", p.name, ", ", p.totalGlobalMem >> 20, " MiB), ", dtype_name(dtype_));
   warn_ignored_switches();
-  // Linear layers of 5-32 tokens on the skinny GEMMs unless LLMSERVE_SKINNY_GEMM=0 (for measuring them).
+  // Linear layers of 5-16 tokens on the skinny GEMMs unless LLMSERVE_SKINNY_GEMM=0 (for measuring them).
   const char* e = std::getenv("LLMSERVE_SKINNY_GEMM");
   skinny_on_ = !(e && std::string(e) == "0");
 }

@@ -6,7 +6,6 @@
 #include <cuda_runtime.h>
 
 #include <initializer_list>
-
 #include <map>
 #include <memory>
 #include <tuple>
