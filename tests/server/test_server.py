@@ -263,6 +263,10 @@ def main():
              "'bad_words' must be a list of strings"),
             ("bad_words blank", 400, s.post("/v1/completions", {"prompt": "x", "bad_words": [" "]}), "must not be empty"),
             ("suffix", 400, s.post("/v1/completions", {"prompt": "x", "suffix": "!"}), "not supported"),
+            ("priority without priority scheduling", 400, s.post("/v1/completions", {"prompt": "x", "priority": 5}),
+             "Priority scheduling is not enabled"),
+            ("priority not an integer", 400, s.post("/v1/chat/completions", {"messages": msgs, "priority": "high"}),
+             "'priority' must be an integer"),
             ("truncate_prompt_tokens 0", 400, s.post("/v1/completions", {"prompt": "x", "truncate_prompt_tokens": 0}),
              "'truncate_prompt_tokens' must be -1"),
             ("truncate_prompt_tokens not an integer", 400,
@@ -350,7 +354,7 @@ def main():
         check("truncate_prompt_tokens -1: a shorter prompt is kept whole", st == 200 and tn["usage"]["prompt_tokens"] == 100, tn)
         st, tf = s.post("/v1/chat/completions", {"messages": msgs, "response_format": {"type": "text"}, "max_tokens": 2,
                                                  "best_of": 1, "bad_words": [], "use_beam_search": False, "prompt_logprobs": None,
-                                                 "allowed_token_ids": None})
+                                                 "allowed_token_ids": None, "priority": 0})
         check("response_format text, best_of = n and no-op values of unsupported options are accepted", st == 200 and tf["usage"]["completion_tokens"] == 2, tf)
         # Prompt log-probabilities: echo with logprobs (what evaluation harnesses send to score a text) and
         # vLLM's prompt_logprobs, against transformers' goldens for the same prompt (tp=2: the vocabulary
