@@ -109,6 +109,11 @@ ChatRenderOptions chat_render_options(const ojson& j) {
     if (!j["chat_template_kwargs"].is_object()) throw Error("'chat_template_kwargs' must be an object");
     o.template_kwargs = j["chat_template_kwargs"];
   }
+  // A template of the request's own is refused (llmserve renders the server's), with vLLM's message for
+  // a server started without --trust-request-chat-template.
+  if (given("chat_template") || (o.template_kwargs.is_object() && o.template_kwargs.contains("chat_template")))
+    throw Error("Chat template is passed with request, but --trust-request-chat-template is not set. Refused request "
+                "with untrusted chat template.");
   for (auto [key, flag] : {std::pair<const char*, bool*>{"add_generation_prompt", &o.add_generation_prompt},
                            {"continue_final_message", &o.continue_final_message}})
     if (given(key)) {

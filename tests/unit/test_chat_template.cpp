@@ -214,6 +214,15 @@ TEST(ChatTemplate, ToolsMustBeNamedFunctions) {
     EXPECT_THROW(opts(bad), Error) << bad;
 }
 
+// A chat template sent with the request, directly or among the template's keyword arguments, is refused
+// (vLLM's default); other keyword arguments pass through to the template.
+TEST(ChatTemplate, RequestTemplatesAreRefused) {
+  EXPECT_THROW(chat_render_options(ojson::parse(R"({"chat_template": "{{ 'x' }}"})")), Error);
+  EXPECT_THROW(chat_render_options(ojson::parse(R"({"chat_template_kwargs": {"chat_template": "{{ 'x' }}"}})")), Error);
+  EXPECT_EQ(chat_render_options(ojson::parse(R"({"chat_template": null, "chat_template_kwargs": {"enable_thinking": false}})"))
+                .template_kwargs["enable_thinking"], false);
+}
+
 // vLLM's --chat-template: a file's text, else an inline template (it has '{', '}' or a newline) with
 // its backslash escapes decoded; a value that looks like a path and does not open is an error.
 TEST(ChatTemplateOption, FileOrInlineTemplate) {
