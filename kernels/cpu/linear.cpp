@@ -97,7 +97,11 @@ void linear(const float* x, const float* w, const float* bias, int64_t T, int64_
   constexpr int64_t NB = 64;
   const int64_t blocks = (N + NB - 1) / NB;
   const bool wide = K >= 256 && wide_tiles();
-#pragma omp parallel for schedule(static) if (static_cast<double>(T) * N * K > 1e6)
+  // Threads from 100k multiply-adds (a single token's 400 KB of weights): a decode step streams its
+  // weights from memory, which one core does at half the rate two do, so even a model's smaller
+  // matrices pay for the team (SmolLM2-135M at batch 1 on the 2-core VM: 1M -> 100k, 15.5-16.2 ->
+  // 11.9-12.2 ms a token, its q/k/v/o and MLP matrices having run on one core).
+#pragma omp parallel for schedule(static) if (static_cast<double>(T) * N * K > 1e5)
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t n0 = b * NB, n1 = n0 + NB < N ? n0 + NB : N;
     rows(x, w, bias, T, K, N, n0, n1, wide, out);
