@@ -23,7 +23,7 @@ namespace {
 
 // One query row's attention over keys 0..n-1 of its sequence: scores, softmax, the weighted values.
 // Target clones (as the linear kernel's): the dot products and the exponentials vectorize.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void attend(
+LLMSERVE_TARGET_CLONES void attend(
     const float* qv, const float* k_cache, const float* v_cache, const int32_t* table, int64_t n, int64_t row,
     int64_t kv_off, int64_t D, int64_t block_size, float scale, float* score, float* o) {
   float mx = -INFINITY;

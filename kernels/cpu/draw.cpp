@@ -65,7 +65,7 @@ namespace {
 constexpr float kNegInfF = -std::numeric_limits<float>::infinity();
 
 // The largest of v[0, n).
-__attribute__((always_inline)) inline float max_of(const float* v, int64_t n) {
+LLMSERVE_INLINE float max_of(const float* v, int64_t n) {
   float m = kNegInfF;
 #pragma omp simd reduction(max : m)
   for (int64_t k = 0; k < n; ++k) m = std::max(m, v[k]);
@@ -76,7 +76,7 @@ constexpr int64_t kScanBlock = 64;  // values whose maximum is taken before any 
 
 // One row's log-probability statistics (see row_logprobs). The top-K scan looks at a block of values
 // one by one only when the block's largest beats the list's last entry (rarely, past the row's start).
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void row_stats(
+LLMSERVE_TARGET_CLONES void row_stats(
     const float* row, int64_t L, int64_t token_offset, int K, float& mx, double& sum, float* v, int32_t* id) {
   std::fill(v, v + K, kNegInfF);
   std::fill(id, id + K, -1);
@@ -101,7 +101,7 @@ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) vo
 
 // The index of the first of row's largest values, -1 when all are -inf: a block is looked into only
 // when its largest beats the best so far.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) int64_t greedy_pick(const float* row,
+LLMSERVE_TARGET_CLONES int64_t greedy_pick(const float* row,
                                                                                                  int64_t L) {
   float bv = kNegInfF;
   int64_t bi = -1;

@@ -1,4 +1,5 @@
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/vec_math.h"
 
 #include <cstdint>
 
@@ -13,14 +14,7 @@ namespace {
 // for NN and TT products (the plain dot product loaded two values per multiply-add).
 constexpr int kLanes = 8;
 
-// Forced inline: the arithmetic is compiled inside each target clone of rows() below (a helper left
-// out of line would be the baseline build for every clone, and a token's result would then depend on
-// whether its tile's instance was inlined).
-#if defined(__GNUC__)
-#define LLMSERVE_INLINE inline __attribute__((always_inline))
-#else
-#define LLMSERVE_INLINE inline
-#endif
+// (The helpers below are LLMSERVE_INLINE, compiled inside each target clone of rows(): vec_math.h.)
 
 LLMSERVE_INLINE float lanes_sum(const float* a) {
   return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
@@ -65,12 +59,8 @@ LLMSERVE_INLINE void row_block(const float* x, const float* w, const float* bias
 
 // Rows [n0, n1) of every token: tiles of 4 tokens x 4 or 2 rows, the same arithmetic for the remainders
 // (an output element's operations do not depend on its tile's shape, so neither does its value).
-// Built for AVX-512, AVX2 + FMA and the baseline; the loader picks the one the CPU has, so a
-// result can differ in its last bits between machines (contracted multiply-adds), never between runs.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
-void rows(const float* x, const float* w, const float* bias, int64_t T, int64_t K, int64_t N, int64_t n0, int64_t n1,
+// Target clones (vec_math.h).
+LLMSERVE_TARGET_CLONES void rows(const float* x, const float* w, const float* bias, int64_t T, int64_t K, int64_t N, int64_t n0, int64_t n1,
           bool wide, float* out) {
   int64_t t = 0;
   for (; t + 4 <= T; t += 4) row_block<4>(x + t * K, w, bias, K, N, n0, n1, wide, out + t * N);
