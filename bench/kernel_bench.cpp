@@ -626,7 +626,7 @@ int main(int argc, char** argv) {
   // A step's layer ops as the model runs them: 28 layers of distinct weights (so they stream from
   // memory, not the L2), one graph replaying each op over all layers back to back, then the whole
   // layer. Decode steps as a graph recorded for 4096 positions runs them: batch 1 at context 160, and
-  // 256 sequences at context 640 (the 256-way throughput run's decode steps); and a prefill step of 16
+  // 8, 16 and 256 sequences at context 640 (the 256-way throughput run's decode steps); and a prefill step of 16
   // whole 512-token prompts (that run's prefill steps, 8,192 tokens). Floor: the larger of the bytes
   // (weights, KV cache) at the copy bandwidth and the FLOPs at the bf16 GEMM peak.
   {
@@ -652,7 +652,8 @@ int main(int argc, char** argv) {
     struct StepCase {
       int64_t seqs, q_len, ctx;
     };
-    for (const StepCase& sc : {StepCase{1, 1, 160}, StepCase{256, 1, 640}, StepCase{16, 512, 512}}) {
+    for (const StepCase& sc : {StepCase{1, 1, 160}, StepCase{8, 1, 640}, StepCase{16, 1, 640}, StepCase{256, 1, 640},
+                               StepCase{16, 512, 512}}) {
       if (quick && sc.seqs > 1) continue;
       const int64_t B = sc.seqs * sc.q_len, ctx = sc.ctx, S = sc.seqs;  // B: the step's tokens
       StepMeta m = attention_step(S, sc.q_len, ctx, bs);

@@ -82,12 +82,14 @@ template <typename T, typename TO>
 void gemv(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64_t N, TO* out, cudaStream_t s,
           bool accumulate = false);
 
-// The same and gate/up + SiLU-and-multiply (as gemv_gate_up_silu) for kSkinnyMinTokens..kSkinnyMaxTokens
-// tokens on tensor cores (16-bit operands; kernels/cuda/skinny_gemm.cu), where skinny_gemm_fits: K a
-// multiple of 8, the operands 16-byte aligned. The backend takes them for matrices of at most
-// kSkinnyMaxWeights elements (together), where cuBLASLt's ~5.5 us per GEMM dominates; on larger ones
-// cuBLASLt streams faster (H200, kernel_bench --skinny at 8 tokens: q/k/v 2048 x 1536 3.33 against 5.58 us,
-// down 1536 x 8960 14.45 against 11.25 us), as it does above 16 tokens.
+// The same, gate/up + SiLU-and-multiply (as gemv_gate_up_silu) and q/k/v + RoPE (skinny_qkv_rope, below)
+// for kSkinnyMinTokens..kSkinnyMaxTokens tokens on tensor cores (16-bit operands;
+// kernels/cuda/skinny_gemm.cu), where skinny_gemm_fits: K a multiple of 8, the operands 16-byte aligned.
+// The backend takes them for matrices of at most kSkinnyMaxWeights elements (together), where cuBLASLt's
+// ~5.5 us per GEMM dominates; on larger ones cuBLASLt streams faster (H200, kernel_bench --skinny at 8
+// tokens: q/k/v 2048 x 1536 3.33 against 5.58 us, down 1536 x 8960 14.45 against 11.25 us), as it does
+// above 16 tokens. (K split over blocks, a counter per tile, brought down to 13.03 us but cost the small
+// matrices 1.1 us: branch wip/skinny-splitk, docs/performance.md.)
 constexpr int64_t kSkinnyMinTokens = 5, kSkinnyMaxTokens = 16, kSkinnyMaxWeights = 4 << 20;
 bool skinny_gemm_fits(int64_t M, int64_t K, std::initializer_list<const void*> operands);
 template <typename T, typename TO>
@@ -96,6 +98,23 @@ void skinny_gemm(const T* x, const T* w, const float* bias, int64_t M, int64_t K
 template <typename T>
 void skinny_gate_up_silu(const T* x, const T* w_gate, const T* w_up, int64_t M, int64_t K, int64_t N, T* act,
                          cudaStream_t s);
+// Where q/k/v with RoPE go (skinny_qkv_rope, gemv_qkv_rope): the rotated queries (float32 [M, Hq D]) to q;
+// the rotated keys and the values into the caches (16-bit, the weights' type) at the step's slots (none
+// below 0), at the step's positions with inv_freq [D / 2].
+struct RopeCacheWrite {
+  float* q;
+  void* k_cache;
+  void* v_cache;
+  const int32_t* positions;
+  const int32_t* slots;
+  const float* inv_freq;
+  int64_t Hq, Hk, D;
+};
+// q, k, v = h . W^T (+ bias) for the stacked projections W [(Hq + 2 Hk) D, K] (bias [(Hq + 2 Hk) D] or
+// null), RoPE and the cache write (rope_kv_write_rows after a GEMM), for 5-16 tokens, D % 16 == 0.
+template <typename T>
+void skinny_qkv_rope(const T* h, const T* w, const float* bias, int64_t M, int64_t K, const RopeCacheWrite& a,
+                     cudaStream_t s);
 
 // Fused decoder-layer kernels (compositions of the kernels above; see Backend's defaults). The
 // few-token ones that begin with an RMSNorm of the float32 residual stream normalize it into shared
@@ -117,16 +136,9 @@ void rope_kv_write_rows(const float* q_in, int64_t q_stride, float* q_out, const
 // For M <= 4 rows: q, k, v = (rmsnorm(x) * norm_w) . W^T (+ float32 bias) for weights [Hq*D, K], [Hk*D, K], [Hk*D, K];
 // RoPE on q and k at the step's positions; q (float32, [M, Hq*D]) out, k and v into the caches at the
 // step's slots (rope_kv_write's result, without the unrotated k and v).
-struct QkvRope {
+struct QkvRope : RopeCacheWrite {
   const void* w[3];
   const float* bias[3];
-  float* q;
-  void* k_cache;
-  void* v_cache;
-  const int32_t* positions;
-  const int32_t* slots;
-  const float* inv_freq;
-  int64_t Hq, Hk, D;
 };
 template <typename T>
 void gemv_qkv_rope(const float* x, const T* norm_w, float eps, int64_t M, int64_t K, const QkvRope& a, cudaStream_t s);

@@ -32,17 +32,19 @@ __device__ __forceinline__ void for_fragment(int64_t tile, int lane, F f) {
     for (int e = 0; e < 4; ++e) f(16 * tile + g + (e < 2 ? 0 : 8), 8 * j + 2 * t + (e & 1), j, e);
 }
 
-// A block of kWarpsPerBlock warps takes a tile of 16 rows at a time, each warp a contiguous share of
-// K (so that a matrix of few rows still has a warp per SM and more streaming it), and sums the warps'
-// fragments in shared memory: fin(tile, sum) then runs on one warp, the tile's owner, with the tile's
-// whole products in tile_stream's layout.
-template <typename T, int NT, int R, typename Fin>
-__device__ __forceinline__ void tile_block(const T* x, int64_t M, const T* const (&w)[R], int64_t K, int64_t N, Fin fin) {
+// A block of kWarpsPerBlock warps takes a tile of 16 rows at a time (`tiles` of them, rows(tile, &row0,
+// &row1) as tile_stream takes it), each warp a contiguous share of K (so that a matrix of few rows still
+// has a warp per SM and more streaming it), and sums the warps' fragments in shared memory: fin(tile,
+// sum) then runs on one warp, the tile's owner, with the tile's whole products in tile_stream's layout.
+template <typename T, int NT, int R, typename Fin, typename Rows = PlainRows>
+__device__ __forceinline__ void tile_block(const T* x, int64_t M, const T* const (&w)[R], int64_t K, int64_t N, Fin fin,
+                                           int64_t tiles = -1, Rows rows = {}) {
+  if (tiles < 0) tiles = (N + 15) / 16;
   __shared__ float part[kWarpsPerBlock][R * NT * 4][32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
   const int64_t steps = (K + 31) / 32, kn = (steps + kWarpsPerBlock - 1) / kWarpsPerBlock * 32;
   tile_stream<T, NT, R, kGroupSteps<NT, R>>(
-      x, M, w, K, warp * kn, kn, N, blockIdx.x, gridDim.x, (N + 15) / 16, lane, PlainRows{}, [] {},
+      x, M, w, K, warp * kn, kn, N, blockIdx.x, gridDim.x, tiles, lane, rows, [] {},
       [&](int64_t tile, const float(&acc)[R][NT][4]) {
 #pragma unroll
         for (int r = 0; r < R; ++r)
@@ -100,6 +102,53 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   });
 }
 
+// q, k, v = h . W^T (+ bias) over the stacked projections W [(Hq + 2 Hk) D, K] with RoPE and the KV-cache
+// write, as rope_kv_write_rows after a GEMM (kernels/cuda/fused.cu): a tile is 8 rotation pairs of one
+// head, rows i0 .. i0 + 7 and i0 + D/2 .. i0 + D/2 + 7, so a lane holds both halves of its pairs and
+// rotates them itself; q (float32) out, k and v into the caches at the tokens' slots (none below 0).
+template <typename T, int NT>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    skinny_qkv_rope_k(const T* __restrict__ h, const T* __restrict__ w, const float* __restrict__ bias, int64_t M, int64_t K,
+                      RopeCacheWrite a) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int64_t half = a.D / 2, per_head = half / 8, heads = a.Hq + 2 * a.Hk;
+  const T* const mats[1] = {w};
+  auto rows = [&](int64_t tile, int64_t* r0, int64_t* r1) {
+    *r0 = tile / per_head * a.D + tile % per_head * 8;
+    *r1 = *r0 + half;
+  };
+  tile_block<T, NT, 1>(
+      h, M, mats, K, heads * a.D,
+      [&](int64_t tile, const float(&acc)[1][NT][4]) {
+        const int64_t head = tile / per_head, i = tile % per_head * 8 + g, r1 = head * a.D + i, r2 = r1 + half;
+        const float b1 = bias ? bias[r1] : 0.f, b2 = bias ? bias[r2] : 0.f;
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int64_t m = 8 * j + 2 * t + e;
+            if (m >= M) continue;
+            const float x1 = acc[0][j][e] + b1, x2 = acc[0][j][e + 2] + b2;
+            float sn = 0.f, cs = 1.f;
+            if (head < a.Hq + a.Hk) sincosf(static_cast<float>(a.positions[m]) * a.inv_freq[i], &sn, &cs);
+            if (head < a.Hq) {
+              float* o = a.q + (m * a.Hq + head) * a.D;
+              o[i] = x1 * cs - x2 * sn;
+              o[i + half] = x2 * cs + x1 * sn;
+              continue;
+            }
+            const int64_t slot = a.slots[m];
+            if (slot < 0) continue;
+            const bool is_k = head < a.Hq + a.Hk;
+            const int64_t kh = head - a.Hq - (is_k ? 0 : a.Hk);
+            T* cache = static_cast<T*>(is_k ? a.k_cache : a.v_cache) + (slot * a.Hk + kh) * a.D;
+            cache[i] = from_f<T>(is_k ? x1 * cs - x2 * sn : x1);
+            cache[i + half] = from_f<T>(is_k ? x2 * cs + x1 * sn : x2);
+          }
+      },
+      heads * per_head, rows);
+}
+
 // Calls go(std::integral_constant<int, NT>) for the n-tiles of 8 tokens that M needs.
 template <typename Go>
 void by_tiles(int64_t M, const char* what, Go go) {
@@ -145,12 +194,27 @@ void skinny_gate_up_silu(const T* x, const T* w_gate, const T* w_up, int64_t M, 
   });
 }
 
+template <typename T>
+void skinny_qkv_rope(const T* h, const T* w, const float* bias, int64_t M, int64_t K, const RopeCacheWrite& a,
+                     cudaStream_t s) {
+  if (M == 0) return;
+  if (!skinny_gemm_fits(M, K, {h, w}) || a.D % 16 != 0) check(cudaErrorInvalidValue, "skinny_qkv_rope: unsupported shape");
+  const int threads = kWarpsPerBlock * 32;
+  by_tiles(M, "skinny_qkv_rope: tokens", [&](auto nt) {
+    const auto kernel = skinny_qkv_rope_k<T, decltype(nt)::value>;
+    const unsigned blocks = std::min<int64_t>((a.Hq + 2 * a.Hk) * a.D / 16, resident_blocks(kernel, threads, 0));
+    launch("skinny_qkv_rope", kernel, blocks, threads, 0, s, h, w, bias, M, K, a);
+  });
+}
+
 #define INSTANTIATE(T)                                                                                              \
   template void skinny_gemm<T, T>(const T*, const T*, const float*, int64_t, int64_t, int64_t, T*, cudaStream_t,  \
                                   bool);                                                                            \
   template void skinny_gemm<T, float>(const T*, const T*, const float*, int64_t, int64_t, int64_t, float*,         \
                                       cudaStream_t, bool);                                                          \
-  template void skinny_gate_up_silu<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, T*, cudaStream_t);
+  template void skinny_gate_up_silu<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, T*, cudaStream_t); \
+  template void skinny_qkv_rope<T>(const T*, const T*, const float*, int64_t, int64_t, const RopeCacheWrite&,       \
+                                   cudaStream_t);
 LLMSERVE_FOR_EACH_HALF_TYPE(INSTANTIATE)
 
 }  // namespace llmserve::cuda

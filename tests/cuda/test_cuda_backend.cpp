@@ -334,15 +334,17 @@ TEST_P(CudaOps, FusedOpsMatchTheCpuComposition) {
 }
 
 // The attention block's input norm, q/k/v projections, RoPE and cache write: one fused launch for
-// decode steps of 1-4 tokens (with and without q/k biases), the composition above that; the queries
+// decode steps of 1-4 tokens (with and without q/k biases), one skinny launch for 5-16 tokens on stacked
+// weights (the 16-sequence step), the composition otherwise; the queries
 // and both caches as the CPU backend's rmsnorm + linear_qkv + rope_kv_write leave them.
 TEST_P(CudaOps, ProjectionsRopeAndCacheWrite) {
   std::mt19937 g(21);
   const DType dt = GetParam();
-  const int64_t bs = 8, D = 64, H = 96, blocks = 16;
+  const int64_t bs = 8, D = 64, H = 96, blocks = 64;  // (make_meta deals block ids below 4 x its sequences)
   for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {2, 2}}) {
     for (const StepMeta& m : {make_meta(bs, {1}, {30}), make_meta(bs, {1, 1, 1, 1}, {20, 0, 9, 31}), make_meta(bs, {3}, {12}),
-                              make_meta(bs)}) {
+                              make_meta(bs), make_meta(bs, {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1},
+                                                       {3, 9, 17, 30, 0, 5, 11, 22, 7, 2, 29, 14, 19, 25, 1, 8}, 4)}) {
       const int64_t T = m.num_tokens();
       cpu.begin_step(m);
       gpu->begin_step(m);

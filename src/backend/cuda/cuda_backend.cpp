@@ -686,6 +686,8 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
                cuda::norm_smem_bytes(T, K, dtype_size(wt)) <= cuda::kMaxNormSmem;
   for (const Tensor* b : {bq, bk, bv}) fused = fused && (!b || b->dtype == DType::F32);
   for (const Tensor* w : {&wq, &wk, &wv}) fused = fused && w->dtype == wt && cols_of(*w) == K;
+  const cuda::RopeCacheWrite target{q.as<float>(), k_cache.data, v_cache.data, positions_.ptr, slots_.ptr,
+                                    inv_freq.as<float>(), rows_of(wq) / D, rows_of(wk) / D, D};
   if (!fused) {
     // More tokens: with q/k/v stacked (as the model loads them; biases all stacked too, or none), one
     // GEMM into rows of (q | k | v), then RoPE reading those rows and writing the queries out.
@@ -697,10 +699,21 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
     if (!one_gemm)
       return Backend::norm_qkv_rope_kv_write(x, norm, wq, bq, q, wk, bk, k, wv, bv, v, inv_freq, D, k_cache, v_cache);
     rmsnorm(x, norm.w, norm.eps, norm.h);
-    Tensor qkv = empty({T, N}, DType::F32);
     Tensor b;
     if (biases) b = stacked_view({bq, bk, bv});
-    linear(norm.h, stacked_view({&wq, &wk, &wv}), biases ? &b : nullptr, qkv);
+    const Tensor w = stacked_view({&wq, &wk, &wv});
+    if (skinny(T, {&norm.h, &w}) && norm.h.dtype == wt && k_cache.dtype == wt && D % 16 == 0 &&
+        (!biases || b.dtype == DType::F32)) {
+      // 5-16 tokens: the projections, RoPE and the cache write in one launch (a tile holds rotation pairs' both rows).
+      dispatch(wt, [&](auto* tag) {
+        using TT = std::remove_pointer_t<decltype(tag)>;
+        if constexpr (!std::is_same_v<TT, float>)
+          cuda::skinny_qkv_rope<TT>(norm.h.as<TT>(), w.as<TT>(), biases ? b.as<float>() : nullptr, T, K, target, stream());
+      });
+      return;
+    }
+    Tensor qkv = empty({T, N}, DType::F32);
+    linear(norm.h, w, biases ? &b : nullptr, qkv);
     const float* rows = qkv.as<float>();
     dispatch(k_cache.dtype, [&](auto* tag) {
       using TC = std::remove_pointer_t<decltype(tag)>;
@@ -710,22 +723,13 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
     });
     return;
   }
-  cuda::QkvRope a{};
+  cuda::QkvRope a{target, {}, {}};
   const Tensor* ws[3] = {&wq, &wk, &wv};
   const Tensor* bs[3] = {bq, bk, bv};
   for (int j = 0; j < 3; ++j) {
     a.w[j] = ws[j]->data;
     a.bias[j] = bs[j] ? bs[j]->as<float>() : nullptr;
   }
-  a.q = q.as<float>();
-  a.k_cache = k_cache.data;
-  a.v_cache = v_cache.data;
-  a.positions = positions_.ptr;
-  a.slots = slots_.ptr;
-  a.inv_freq = inv_freq.as<float>();
-  a.Hq = rows_of(wq) / D;
-  a.Hk = rows_of(wk) / D;
-  a.D = D;
   dispatch(wt, [&](auto* tag) {
     using TT = std::remove_pointer_t<decltype(tag)>;
     cuda::gemv_qkv_rope<TT>(x.as<float>(), norm.w.as<TT>(), norm.eps, T, K, a, stream());
