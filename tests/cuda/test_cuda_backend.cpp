@@ -288,7 +288,7 @@ TEST_P(CudaOps, FusedOpsMatchTheCpuComposition) {
     expect_close(kc.first, kc.second, "rope_kv_write key cache", tol());
     expect_close(vc.first, vc.second, "rope_kv_write value cache", tol());
   }
-  for (int64_t rows : {1, 3, 13}) {  // projections: fused for up to 4 rows, the plain ops above that
+  for (int64_t rows : {1, 3, 6, 13}) {  // projections: fused for up to 4 rows, the skinny or plain ops above that
     auto x = both(randn(rows * H, g), {rows, H}, dt);
     auto wq = both(randn(Hq * D * H, g, 0.1f), {Hq * D, H}, dt), wk = both(randn(Hk * D * H, g, 0.1f), {Hk * D, H}, dt);
     auto wv = both(randn(Hk * D * H, g, 0.1f), {Hk * D, H}, dt);
@@ -335,7 +335,7 @@ TEST_P(CudaOps, FusedOpsMatchTheCpuComposition) {
 
 // The attention block's input norm, q/k/v projections, RoPE and cache write: one fused launch for
 // decode steps of 1-4 tokens (with and without q/k biases), one skinny launch for 5-16 tokens on stacked
-// weights (the 16-sequence step), the composition otherwise; the queries
+// weights (the 6- and 16-sequence steps and the 13-token one), the composition otherwise; the queries
 // and both caches as the CPU backend's rmsnorm + linear_qkv + rope_kv_write leave them.
 TEST_P(CudaOps, ProjectionsRopeAndCacheWrite) {
   std::mt19937 g(21);
@@ -343,7 +343,8 @@ TEST_P(CudaOps, ProjectionsRopeAndCacheWrite) {
   const int64_t bs = 8, D = 64, H = 96, blocks = 64;  // (make_meta deals block ids below 4 x its sequences)
   for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {2, 2}}) {
     for (const StepMeta& m : {make_meta(bs, {1}, {30}), make_meta(bs, {1, 1, 1, 1}, {20, 0, 9, 31}), make_meta(bs, {3}, {12}),
-                              make_meta(bs), make_meta(bs, {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1},
+                              make_meta(bs), make_meta(bs, {1, 1, 1, 1, 1, 1}, {4, 27, 0, 13, 8, 30}),
+                              make_meta(bs, {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1},
                                                        {3, 9, 17, 30, 0, 5, 11, 22, 7, 2, 29, 14, 19, 25, 1, 8}, 4)}) {
       const int64_t T = m.num_tokens();
       cpu.begin_step(m);
