@@ -14,8 +14,9 @@
 //  - the sampler's greedy draw over vocabulary-sized logits rows in GB/s.
 //  - with --attention: decode attention over batch sizes and contexts, the tensor-core kernel with
 //    blocks of 8 warps, of 4, and as the backend chooses, in GB/s of K/V read.
-// Usage: kernel_bench [--quick | --layers | --attention | --sampler | --boundary | --splitk | --skinny]   (prints tables; exits 77 without a GPU;
-// --layers: the rooflines and the step-layer tables alone; --attention: the rooflines and the sweep;
+// Usage: kernel_bench [--quick | --layers | --attention | --attention-chunks | --sampler | --boundary | --splitk | --skinny]
+// (prints tables; exits 77 without a GPU; --layers: the rooflines and the step-layer tables alone;
+// --attention: the rooflines and the sweep; --attention-chunks: the sweep over least keys a split;
 // --sampler: the rooflines and the draw and log-probability tables; --boundary: a kernel boundary's cost
 // alone, bench/boundary_kernels.h; --splitk: the rooflines and cuBLASLt split-K at decode token counts;
 // --skinny: the rooflines and the 5-32-token linear layers, skinny GEMMs against cuBLASLt)
@@ -102,11 +103,21 @@ StepMeta attention_step(int64_t seqs, int64_t q_len, int64_t ctx, int64_t bs) {
 // Decode attention (Qwen2.5-1.5B heads: 12 query, 2 KV, head_dim 128; bf16 cache in blocks of 16) for
 // batch sizes and contexts, as a decode graph recorded for 4,096 positions runs it: each case over
 // distinct caches (up to 28, as the layers of a step, so the rows come from memory, not the L2), with
-// the kernel's blocks of 8 warps, of 4, and the backend's choice; GB/s of K/V read.
-void attention_sweep(CudaBackend& be, double copy_gbs) {
+// the kernel's blocks of 8 warps, of 4, and the backend's choice; GB/s of K/V read. With `chunks`, the
+// backend's warps and splits of at least 128 / 256 (the default) / 512 / 1,024 / 4,096 keys instead.
+void attention_sweep(CudaBackend& be, double copy_gbs, bool chunks) {
   const int64_t Hq = 12, Hk = 2, D = 128, bs = 16;
-  std::printf("%-34s %18s %18s %18s\n", "decode attention (us, % of copy)", "8 warps", "4 warps", "chosen");
-  for (int64_t seqs : {1, 4, 16, 64, 128, 256}) {
+  const std::vector<int> variants = chunks ? std::vector<int>{128, 256, 512, 1024, 4096} : std::vector<int>{8, 4, 0};
+  std::printf("%-34s", "decode attention (us, % of copy)");
+  for (int v : variants) {
+    char col[32];
+    if (chunks) std::snprintf(col, sizeof col, "split >= %d keys", v);
+    else std::snprintf(col, sizeof col, "%s", v == 8 ? "8 warps" : v == 4 ? "4 warps" : "chosen");
+    std::printf(" %18s", col);
+  }
+  std::printf("\n");
+  const std::vector<int64_t> batches = chunks ? std::vector<int64_t>{1, 8, 16, 64} : std::vector<int64_t>{1, 4, 16, 64, 128, 256};
+  for (int64_t seqs : batches) {
     for (int64_t ctx : {160, 640, 2048}) {
       StepMeta m = attention_step(seqs, 1, ctx, bs);
       m.max_context = 4096;
@@ -124,14 +135,16 @@ void attention_sweep(CudaBackend& be, double copy_gbs) {
       char name[64];
       std::snprintf(name, sizeof name, "%lld seqs x %lld context", static_cast<long long>(seqs), static_cast<long long>(ctx));
       std::printf("%-34s", name);
-      for (int w : {8, 4, 0}) {
-        cuda::set_decode_attention_warps(w);
+      for (int v : variants) {
+        if (chunks) cuda::set_decode_attention_min_chunk(v);
+        else cuda::set_decode_attention_warps(v);
         const double ms = graph_ms(be, [&] {
           for (int64_t i = 0; i < L; ++i) be.attention(q, kcs[i], vcs[i], D, bs, 0.0884f, out);
         }, 1) / L;
         std::printf(" %9.2f (%4.0f%%)", ms * 1e3, 100 * bytes / (ms * 1e-3) / 1e9 / copy_gbs);
       }
       cuda::set_decode_attention_warps(0);
+      cuda::set_decode_attention_min_chunk(0);
       std::printf("\n");
     }
   }
@@ -387,6 +400,7 @@ int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   const bool layers_only = argc > 1 && std::strcmp(argv[1], "--layers") == 0;
   const bool attention_only = argc > 1 && std::strcmp(argv[1], "--attention") == 0;
+  const bool chunks_only = argc > 1 && std::strcmp(argv[1], "--attention-chunks") == 0;
   const bool sampler_only = argc > 1 && std::strcmp(argv[1], "--sampler") == 0;
   if (argc > 1 && std::strcmp(argv[1], "--boundary") == 0) {
     if (!cuda_device_available()) return 77;
@@ -435,8 +449,8 @@ int main(int argc, char** argv) {
   const double peak_tflops = 2.0 * G * G * G / (gemm_ms * 1e-3) / 1e12;
   std::printf("rooflines: copy bandwidth %.0f GB/s (1 GiB device-to-device); bf16 GEMM %.0f TFLOP/s (%lld^3, cuBLASLt)\n\n",
               copy_gbs, peak_tflops, static_cast<long long>(G));
-  if (attention_only) {
-    attention_sweep(be, copy_gbs);
+  if (attention_only || chunks_only) {
+    attention_sweep(be, copy_gbs, chunks_only);
     return 0;
   }
   if (sampler_only) {

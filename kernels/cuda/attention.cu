@@ -490,7 +490,8 @@ template <typename TI, typename T, int D, int W>
 __global__ void __launch_bounds__(W * 32)
     paged_attention_mma_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
                           const int32_t* token_seq, const int32_t* positions, int64_t Hq, int64_t Hk, int bs_log2,
-                          float scale, int fresh, float* part_ml, float* part_acc, unsigned* counters, T* out) {
+                          float scale, int fresh, int min_chunk, float* part_ml, float* part_acc, unsigned* counters,
+                          T* out) {
   constexpr int KS = D / 16, NT = D / 8, RS = D + kRowPad, CH = D / 8;  // CH: 16-byte chunks per row
   constexpr int kStep = W * kMmaKeys;                                     // keys between a warp's tiles
   constexpr int kMmaStages = mma_stages(W);
@@ -499,7 +500,7 @@ __global__ void __launch_bounds__(W * 32)
   const int w = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int64_t t = tk / Hk, kh = tk % Hk;
   const int G = static_cast<int>(Hq / Hk);
-  const int ctx = positions[t] + 1, chunk = static_cast<int>(chunk_of(ctx, splits, kMmaMinChunk));
+  const int ctx = positions[t] + 1, chunk = static_cast<int>(chunk_of(ctx, splits, min_chunk));
   const int lo = static_cast<int>(split) * chunk;
   if (lo >= ctx) {
     pdl_enter();
@@ -665,6 +666,13 @@ std::atomic<int> g_decode_warps{[] {
 // 15.3 / 39.4 against 8.3 / 18.9 / 42.9; 128 seqs 15.1 / 30.3 / 75.6 against 10.8 / 25.7 / 72.2; 256
 // seqs 30.4 / 59.5 / 145.3 against 21.4 / 49.5 / 138.5 (2 KV heads: 128 and more sequences are at
 // least 256 blocks). set_decode_attention_warps overrides the choice.
+// The tensor-core kernel's least keys a split (kMmaMinChunk unless set_decode_attention_min_chunk).
+std::atomic<int> g_mma_min_chunk{0};
+int64_t mma_min_chunk() {
+  const int c = g_mma_min_chunk.load(std::memory_order_relaxed);
+  return c ? c : kMmaMinChunk;
+}
+
 int mma_warps(int64_t units) {
   const int forced = g_decode_warps.load(std::memory_order_relaxed);
   if (forced) return forced;
@@ -676,6 +684,11 @@ int mma_warps(int64_t units) {
 void set_decode_attention_warps(int warps) {
   if (warps != 0 && warps != 4 && warps != 8) check(cudaErrorInvalidValue, "set_decode_attention_warps: 0, 4 or 8");
   g_decode_warps.store(warps, std::memory_order_relaxed);
+}
+
+void set_decode_attention_min_chunk(int keys) {
+  if (keys < 0 || keys % 32 != 0) check(cudaErrorInvalidValue, "set_decode_attention_min_chunk: a multiple of 32, or 0");
+  g_mma_min_chunk.store(keys, std::memory_order_relaxed);
 }
 
 void prepare_attention_kernels() {
@@ -731,7 +744,7 @@ void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int3
   // costs less than the merge of one more split), up to one wave of resident blocks (measured on an
   // H200 with 128-key chunks and 4 blocks per SM: context 160 in the decode layer 7.2 -> 5.6 us,
   // 1 x 8,192 17.0 -> 12.6 us, 1 x 1,024 8.2 -> 10.8 us).
-  const int64_t min_chunk = mma ? kMmaMinChunk : kMinChunk;
+  const int64_t min_chunk = mma ? mma_min_chunk() : kMinChunk;
   int mw = 8;  // the tensor-core kernel's warps a block
   int64_t wave = 4 * sm_count();
   if constexpr (sizeof(T) == 2)
@@ -759,8 +772,8 @@ void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int3
     if constexpr (sizeof(T) == 2) {
       const int bs_log2 = block_size_log2(block_size, "paged_attention");
       launch("paged_attention", mma_kernel<TI, T>(D, mw), grid, mw * 32, mma_smem(D, mw), s, q, k_cache, v_cache, block_tables,
-             max_blocks, token_seq, positions, Hq, Hk, bs_log2, scale, static_cast<int>(std::max<int64_t>(fresh, 1)), ml,
-             acc, counters, out);
+             max_blocks, token_seq, positions, Hq, Hk, bs_log2, scale, static_cast<int>(std::max<int64_t>(fresh, 1)),
+             static_cast<int>(min_chunk), ml, acc, counters, out);
     }
     return;
   }

@@ -47,6 +47,9 @@ void prepare_attention_kernels();
 // as many blocks as the GPU has SMs, else 8); anything else throws. The environment's
 // LLMSERVE_DECODE_ATTN_WARPS (4 or 8) sets the initial value; benchmarks compare the two.
 void set_decode_attention_warps(int warps);
+// The least keys a split of the tensor-core decode attention takes (a multiple of 32; 0: the default,
+// 256): benchmarks compare splits.
+void set_decode_attention_min_chunk(int keys);
 template <typename TI, typename T>
 void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
                      const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,

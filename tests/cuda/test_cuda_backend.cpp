@@ -240,11 +240,13 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
   }();
   // Group sizes 3 (Qwen2.5-1.5B), 8 (the largest the grouped kernels take, as Llama 3 70B) and 1.
   // Head sizes: 128 (Qwen2.5, Llama 3), 80 (tensor-core prefill) and 16 (the fixtures'; split-KV prefill).
-  // The tensor-core decode kernel with blocks of 8 warps and of 4 (the backend picks by batch size).
-  for (const int warps : {8, 4})
+  // The tensor-core decode kernel with blocks of 8 warps and of 4 (the backend picks by batch size), and
+  // with splits of at least 128 keys (more of them to merge) and 4,096 (none) besides the default 256.
+  for (const auto& [warps, chunk] : {std::pair<int, int>{8, 0}, {4, 0}, {8, 128}, {8, 4096}})
   for (const int64_t D : {128, 80, 16})
   for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {8, 1}, {2, 2}}) {
     cuda::set_decode_attention_warps(warps);
+    cuda::set_decode_attention_min_chunk(chunk);
     for (const StepMeta* m : {&mixed, &decode, &decode8, &graph}) {
       const int64_t T = m->num_tokens(), blocks = max_blocks * static_cast<int64_t>(m->num_seqs());
       cpu.begin_step(*m);
@@ -257,12 +259,15 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
       gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
       const std::string what = std::string(Hq == Hk ? "multi-head" : "grouped") +
                                (m == &mixed ? " attention, long contexts" : " attention, split decode") +
-                               ", head_dim " + std::to_string(D) + ", " + std::to_string(warps) + "-warp decode blocks";
+                               ", head_dim " + std::to_string(D) + ", " + std::to_string(warps) + "-warp decode blocks" +
+                               (chunk ? ", splits of >= " + std::to_string(chunk) + " keys" : "");
       expect_close(ac, ag, what.c_str(), tol());
     }
   }
   cuda::set_decode_attention_warps(0);
-  EXPECT_THROW(cuda::set_decode_attention_warps(5), std::exception);  // only 0, 4 and 8
+  cuda::set_decode_attention_min_chunk(0);
+  EXPECT_THROW(cuda::set_decode_attention_warps(5), std::exception);       // only 0, 4 and 8
+  EXPECT_THROW(cuda::set_decode_attention_min_chunk(100), std::exception);  // multiples of 32
 }
 
 // The fused decoder-layer ops against the CPU backend's compositions of the plain ops.
