@@ -101,8 +101,7 @@ LLMSERVE_TARGET_CLONES void row_stats(
 
 // The index of the first of row's largest values, -1 when all are -inf: a block is looked into only
 // when its largest beats the best so far.
-LLMSERVE_TARGET_CLONES int64_t greedy_pick(const float* row,
-                                                                                                 int64_t L) {
+LLMSERVE_TARGET_CLONES int64_t greedy_pick(const float* row, int64_t L) {
   float bv = kNegInfF;
   int64_t bi = -1;
   for (int64_t k0 = 0; k0 < L; k0 += kScanBlock) {

@@ -40,8 +40,8 @@ LLMSERVE_INLINE void tile(const float* x, const float* w, const float* bias, int
 }
 
 template <int TT>
-LLMSERVE_INLINE void row_block(const float* x, const float* w, const float* bias, int64_t K, int64_t N, int64_t n0, int64_t n1,
-                      bool wide, float* out) {
+LLMSERVE_INLINE void row_block(const float* x, const float* w, const float* bias, int64_t K, int64_t N, int64_t n0,
+                               int64_t n1, bool wide, float* out) {
   int64_t n = n0;
   // Several rows at a time only for whole tiles of tokens: with fewer tokens the weights stream from
   // memory, and one row at a time streams them faster (a single token: 22 against 10 GB/s on one core
@@ -60,8 +60,8 @@ LLMSERVE_INLINE void row_block(const float* x, const float* w, const float* bias
 // Rows [n0, n1) of every token: tiles of 4 tokens x 4 or 2 rows, the same arithmetic for the remainders
 // (an output element's operations do not depend on its tile's shape, so neither does its value).
 // Target clones (vec_math.h).
-LLMSERVE_TARGET_CLONES void rows(const float* x, const float* w, const float* bias, int64_t T, int64_t K, int64_t N, int64_t n0, int64_t n1,
-          bool wide, float* out) {
+LLMSERVE_TARGET_CLONES void rows(const float* x, const float* w, const float* bias, int64_t T, int64_t K, int64_t N,
+                                 int64_t n0, int64_t n1, bool wide, float* out) {
   int64_t t = 0;
   for (; t + 4 <= T; t += 4) row_block<4>(x + t * K, w, bias, K, N, n0, n1, wide, out + t * N);
   const int64_t r = T - t;

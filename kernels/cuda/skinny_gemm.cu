@@ -1,9 +1,11 @@
-// Linear layers for 5-16 tokens (decode steps of a few sequences): out[m, n] = x[m, :] . w[n, :] (+ bias[n])
-// and the MLP's gate/up with SiLU-and-multiply, on tensor cores (tile_stream.cuh). A warp streams 16
+// Linear layers for 5-16 tokens (decode steps of a few sequences): out[m, n] = x[m, :] . w[n, :] (+ bias[n]),
+// the MLP's gate/up with SiLU-and-multiply, and the attention block's q/k/v with RoPE and the KV-cache
+// write, on tensor cores (tile_stream.cuh). A warp streams 16
 // weight rows at a time once at the memory bandwidth; cuBLASLt's kernels at these shapes cost about 5.5 us
 // however small the matrix (H200, kernel_bench --splitk) and leave gate/up's SiLU to a float32 round trip.
-// Counterparts: kernels/cpu/linear.cpp and activation.cpp.
+// Counterparts: kernels/cpu/linear.cpp, activation.cpp and rope.cpp.
 #include <algorithm>
+#include <string>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.cuh"
@@ -151,14 +153,21 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
       heads * per_head, rows);
 }
 
-// Calls go(std::integral_constant<int, NT>) for the n-tiles of 8 tokens that M needs.
-template <typename Go>
-void by_tiles(int64_t M, const char* what, Go go) {
-  switch ((M + 7) / 8) {
-    case 1: go(std::integral_constant<int, 1>{}); break;
-    case 2: go(std::integral_constant<int, 2>{}); break;
-    default: check(cudaErrorInvalidValue, what);
-  }
+// Launches the instance for the n-tiles of 8 tokens that M needs (make(std::integral_constant<int, NT>)
+// gives it) as `what` with kernel arguments args: a block a tile of 16 rows, at most one wave of
+// resident blocks (each takes tiles in turn). The shape must fit (skinny_gemm_fits) over `operands`.
+template <typename Make, typename... Args>
+void launch_skinny(const char* what, int64_t M, int64_t K, std::initializer_list<const void*> operands, int64_t tiles,
+                   cudaStream_t s, Make make, Args... args) {
+  if (!skinny_gemm_fits(M, K, operands)) check(cudaErrorInvalidValue, (std::string(what) + ": unsupported shape").c_str());
+  const int threads = kWarpsPerBlock * 32;
+  auto go = [&](auto nt) {
+    const auto kernel = make(nt);
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(tiles, resident_blocks(kernel, threads, 0)));
+    launch(what, kernel, blocks, threads, 0, s, args...);
+  };
+  if (M <= 8) go(std::integral_constant<int, 1>{});
+  else go(std::integral_constant<int, 2>{});  // (M <= kSkinnyMaxTokens = 16: skinny_gemm_fits)
 }
 
 }  // namespace
@@ -174,39 +183,25 @@ template <typename T, typename TO>
 void skinny_gemm(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64_t N, TO* out, cudaStream_t s,
                  bool accumulate) {
   if (M == 0 || N == 0) return;
-  if (!skinny_gemm_fits(M, K, {x, w})) check(cudaErrorInvalidValue, "skinny_gemm: unsupported shape");
-  const int threads = kWarpsPerBlock * 32;
-  by_tiles(M, "skinny_gemm: tokens", [&](auto nt) {
-    const auto kernel = skinny_gemm_k<T, TO, decltype(nt)::value>;
-    const unsigned blocks = std::min<int64_t>((N + 15) / 16, resident_blocks(kernel, threads, 0));
-    launch("skinny_gemm", kernel, blocks, threads, 0, s, x, w, bias, M, K, N, out, accumulate);
-  });
+  launch_skinny("skinny_gemm", M, K, {x, w}, (N + 15) / 16, s,
+                [](auto nt) { return skinny_gemm_k<T, TO, decltype(nt)::value>; }, x, w, bias, M, K, N, out, accumulate);
 }
 
 template <typename T>
 void skinny_gate_up_silu(const T* x, const T* w_gate, const T* w_up, int64_t M, int64_t K, int64_t N, T* act,
                          cudaStream_t s) {
   if (M == 0 || N == 0) return;
-  if (!skinny_gemm_fits(M, K, {x, w_gate, w_up})) check(cudaErrorInvalidValue, "skinny_gate_up_silu: unsupported shape");
-  const int threads = kWarpsPerBlock * 32;
-  by_tiles(M, "skinny_gate_up_silu: tokens", [&](auto nt) {
-    const auto kernel = skinny_gate_up_k<T, decltype(nt)::value>;
-    const unsigned blocks = std::min<int64_t>((N + 15) / 16, resident_blocks(kernel, threads, 0));
-    launch("skinny_gate_up_silu", kernel, blocks, threads, 0, s, x, w_gate, w_up, M, K, N, act);
-  });
+  launch_skinny("skinny_gate_up_silu", M, K, {x, w_gate, w_up}, (N + 15) / 16, s,
+                [](auto nt) { return skinny_gate_up_k<T, decltype(nt)::value>; }, x, w_gate, w_up, M, K, N, act);
 }
 
 template <typename T>
 void skinny_qkv_rope(const T* h, const T* w, const float* bias, int64_t M, int64_t K, const RopeCacheWrite& a,
                      cudaStream_t s) {
   if (M == 0) return;
-  if (!skinny_gemm_fits(M, K, {h, w}) || a.D % 16 != 0) check(cudaErrorInvalidValue, "skinny_qkv_rope: unsupported shape");
-  const int threads = kWarpsPerBlock * 32;
-  by_tiles(M, "skinny_qkv_rope: tokens", [&](auto nt) {
-    const auto kernel = skinny_qkv_rope_k<T, decltype(nt)::value>;
-    const unsigned blocks = std::min<int64_t>((a.Hq + 2 * a.Hk) * a.D / 16, resident_blocks(kernel, threads, 0));
-    launch("skinny_qkv_rope", kernel, blocks, threads, 0, s, h, w, bias, M, K, a);
-  });
+  if (a.D % 16 != 0) check(cudaErrorInvalidValue, "skinny_qkv_rope: the head size must be a multiple of 16");
+  launch_skinny("skinny_qkv_rope", M, K, {h, w}, (a.Hq + 2 * a.Hk) * a.D / 16, s,
+                [](auto nt) { return skinny_qkv_rope_k<T, decltype(nt)::value>; }, h, w, bias, M, K, a);
 }
 
 #define INSTANTIATE(T)                                                                                              \
