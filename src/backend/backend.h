@@ -21,8 +21,14 @@ struct StepMeta {
   std::vector<int32_t> positions;     // [T] position of each token in its sequence
   std::vector<int32_t> slot_mapping;  // [T] KV-cache slot: block * block_size + offset
   std::vector<int32_t> q_start;       // [S+1] token offsets of each sequence in the batch
-  std::vector<int32_t> block_tables;  // [S * max_blocks] physical block ids of each sequence
-  int32_t max_blocks = 0;
+  std::vector<int32_t> block_tables;  // [S * row_entries()] physical block ids of each sequence
+  int32_t max_blocks = 0;             // entries a sequence's row has where kernels read it (their stride)
+  // When > 0, the entries of each sequence that block_tables holds, fewer than max_blocks: a step padded
+  // for a CUDA graph (recorded with rows of max_blocks entries) whose every token's context ends within
+  // its row's first table_width entries. The entries past them are never read, so they are neither
+  // built nor uploaded (rows of a 32k-token max_model_len are 2,048 entries).
+  int32_t table_width = 0;
+  int32_t row_entries() const { return table_width > 0 ? table_width : max_blocks; }
   std::vector<int32_t> logits_indices;  // token rows whose logits are wanted
   // The last prompt_rows of logits_indices are prompt_logprobs rows: the last stage returns their
   // final-norm hidden states, whose logits are then made a slice at a time (Transformer::logits).

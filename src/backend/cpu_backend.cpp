@@ -122,7 +122,7 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor&
                            int64_t block_size, float scale, Tensor& out) {
   const auto& m = meta();
   const int64_t Hq = cols(q) / D, Hk = k_cache.dim(2);
-  cpu::paged_attention(q.as<float>(), k_cache.as<float>(), v_cache.as<float>(), m.block_tables.data(), m.max_blocks,
+  cpu::paged_attention(q.as<float>(), k_cache.as<float>(), v_cache.as<float>(), m.block_tables.data(), m.row_entries(),
                        m.q_start.data(), m.positions.data(), m.num_seqs(), Hq, Hk, D, block_size, scale,
                        out.as<float>());
 }

@@ -9,7 +9,7 @@ namespace llmserve {
 
 StepMeta pad_step_tokens(const StepMeta& real, int64_t B, int64_t seqs, int64_t max_blocks, int64_t max_context) {
   const int64_t S = real.num_seqs();
-  LLMSERVE_CHECK(real.num_tokens() <= B && S <= seqs && real.max_blocks <= max_blocks,
+  LLMSERVE_CHECK(real.num_tokens() <= B && S <= seqs && real.row_entries() <= max_blocks,
                  "CUDA graphs: step larger than the bucket");
   StepMeta m;
   m.token_ids = real.token_ids;
@@ -18,10 +18,15 @@ StepMeta pad_step_tokens(const StepMeta& real, int64_t B, int64_t seqs, int64_t 
   m.positions.resize(static_cast<size_t>(B), 0);
   m.slot_mapping = real.slot_mapping;
   m.slot_mapping.resize(static_cast<size_t>(B), -1);  // padding writes no KV
+  // The real rows as they are (their width: the longest of them, at least one entry so that a padding
+  // sequence's position 0 reads block 0), then zero rows for the padding sequences; the graph's kernels
+  // read them max_blocks apart (StepMeta::table_width).
+  const int64_t width = std::max<int64_t>(real.row_entries(), 1);
   m.max_blocks = static_cast<int32_t>(max_blocks);
-  m.block_tables.assign(static_cast<size_t>(seqs * max_blocks), 0);
+  m.table_width = static_cast<int32_t>(width);
+  m.block_tables.assign(static_cast<size_t>(seqs * width), 0);
   for (int64_t s = 0; s < S; ++s)
-    std::copy_n(real.block_tables.begin() + s * real.max_blocks, real.max_blocks, m.block_tables.begin() + s * max_blocks);
+    std::copy_n(real.block_tables.begin() + s * real.row_entries(), real.row_entries(), m.block_tables.begin() + s * width);
   m.max_context = static_cast<int32_t>(max_context);
   return m;
 }

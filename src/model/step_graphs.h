@@ -14,8 +14,9 @@
 namespace llmserve {
 
 // A step `real` padded to `bucket` tokens (ids 0, positions 0, slots -1: padding writes no KV), its
-// block tables re-laid to `max_blocks` per sequence for `seqs` sequences, kernels sized for
-// `max_context`; sequences and logits rows left to the caller (pad_decode_step, pad_mixed_step).
+// block tables read `max_blocks` apart for `seqs` sequences (only the real rows' entries held:
+// StepMeta::table_width), kernels sized for `max_context`; sequences and logits rows left to the
+// caller (pad_decode_step, pad_mixed_step).
 StepMeta pad_step_tokens(const StepMeta& real, int64_t bucket, int64_t seqs, int64_t max_blocks, int64_t max_context);
 
 class StepGraphs {

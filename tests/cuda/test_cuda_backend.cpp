@@ -238,6 +238,21 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
     m.max_context = static_cast<int32_t>(max_blocks * bs);
     return m;
   }();
+  // The same as a padded graph step holds it: rows of the 94 entries its longest context needs, read
+  // max_blocks apart; the entries between them keep what an earlier step wrote (`poisoned`: block ids
+  // far past the cache, so that a kernel reading one fails the test).
+  const StepMeta graph_compact = [&] {
+    StepMeta m = graph;
+    const int64_t width = (1500 + bs) / bs;
+    m.block_tables.clear();
+    for (int64_t s = 0; s < m.num_seqs(); ++s)
+      m.block_tables.insert(m.block_tables.end(), graph.block_tables.begin() + s * max_blocks,
+                            graph.block_tables.begin() + s * max_blocks + width);
+    m.table_width = static_cast<int32_t>(width);
+    return m;
+  }();
+  StepMeta poisoned = graph;
+  std::fill(poisoned.block_tables.begin(), poisoned.block_tables.end(), 1 << 28);
   // Group sizes 3 (Qwen2.5-1.5B), 8 (the largest the grouped kernels take, as Llama 3 70B) and 1.
   // Head sizes: 128 (Qwen2.5, Llama 3), 80 (tensor-core prefill) and 16 (the fixtures'; split-KV prefill).
   // The tensor-core decode kernel with blocks of 8 warps and of 4 (the backend picks by batch size), and
@@ -247,9 +262,10 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
   for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {8, 1}, {2, 2}}) {
     cuda::set_decode_attention_warps(warps);
     cuda::set_decode_attention_min_chunk(chunk);
-    for (const StepMeta* m : {&mixed, &decode, &decode8, &graph}) {
+    for (const StepMeta* m : {&mixed, &decode, &decode8, &graph, &graph_compact}) {
       const int64_t T = m->num_tokens(), blocks = max_blocks * static_cast<int64_t>(m->num_seqs());
       cpu.begin_step(*m);
+      if (m == &graph_compact) gpu->begin_step(poisoned);
       gpu->begin_step(*m);
       auto q = both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32);
       auto kc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
@@ -258,7 +274,9 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
       cpu.attention(q.first, kc.first, vc.first, D, bs, 0.09f, ac);
       gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
       const std::string what = std::string(Hq == Hk ? "multi-head" : "grouped") +
-                               (m == &mixed ? " attention, long contexts" : " attention, split decode") +
+                               (m == &mixed ? " attention, long contexts"
+                                : m == &graph_compact ? " attention, split decode, compact block tables"
+                                                      : " attention, split decode") +
                                ", head_dim " + std::to_string(D) + ", " + std::to_string(warps) + "-warp decode blocks" +
                                (chunk ? ", splits of >= " + std::to_string(chunk) + " keys" : "");
       expect_close(ac, ag, what.c_str(), tol());

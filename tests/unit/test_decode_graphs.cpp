@@ -147,8 +147,14 @@ TEST(DecodeGraphs, PaddedStepLayout) {
   EXPECT_EQ(m.max_context, 24);
   EXPECT_EQ(std::vector<int32_t>(m.slot_mapping.begin(), m.slot_mapping.begin() + 3), real.slot_mapping);
   for (int i = 3; i < 8; ++i) EXPECT_EQ(m.slot_mapping[i], -1) << "padding row " << i << " would write KV";
-  for (int s = 0; s < 3; ++s)
-    for (int b = 0; b < real.max_blocks; ++b) EXPECT_EQ(m.block_tables[s * 6 + b], real.block_tables[s * real.max_blocks + b]);
+  // The block tables as the step has them (rows of the real width, read 6 apart), padding rows block 0.
+  ASSERT_LT(real.max_blocks, 6);
+  EXPECT_EQ(m.table_width, real.max_blocks);
+  EXPECT_EQ(m.row_entries(), real.max_blocks);
+  ASSERT_EQ(m.block_tables.size(), 8u * static_cast<size_t>(real.max_blocks));
+  for (int s = 0; s < 8; ++s)
+    for (int b = 0; b < real.max_blocks; ++b)
+      EXPECT_EQ(m.block_tables[s * real.max_blocks + b], s < 3 ? real.block_tables[s * real.max_blocks + b] : 0);
   EXPECT_EQ(m.logits_indices, (std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6, 7}));
   EXPECT_THROW(pad_decode_step(real, 2, 6, 24), Error);  // more sequences than the bucket
   EXPECT_THROW(pad_decode_step(real, 8, 2, 24), Error);  // longer block tables than recorded
@@ -259,9 +265,11 @@ TEST(MixedGraphs, PaddedStepLayout) {
   EXPECT_EQ(std::vector<int32_t>(m.slot_mapping.begin(), m.slot_mapping.begin() + 6), real.slot_mapping);
   for (int i = 6; i < 16; ++i) EXPECT_EQ(m.slot_mapping[i], -1) << "padding token " << i << " would write KV";
   EXPECT_EQ(m.max_blocks, 6);
-  ASSERT_EQ(m.block_tables.size(), 13u * 6u);
-  for (int s = 0; s < 3; ++s)
-    for (int b = 0; b < real.max_blocks; ++b) EXPECT_EQ(m.block_tables[s * 6 + b], real.block_tables[s * real.max_blocks + b]);
+  EXPECT_EQ(m.row_entries(), real.max_blocks);
+  ASSERT_EQ(m.block_tables.size(), 13u * static_cast<size_t>(real.max_blocks));
+  for (int s = 0; s < 13; ++s)
+    for (int b = 0; b < real.max_blocks; ++b)
+      EXPECT_EQ(m.block_tables[s * real.max_blocks + b], s < 3 ? real.block_tables[s * real.max_blocks + b] : 0);
   EXPECT_EQ(m.logits_indices, real.logits_indices);  // the head gathers the real rows only
   EXPECT_EQ(m.max_context, 24);
   EXPECT_EQ(m.max_new, 16);

@@ -233,14 +233,18 @@ void CudaBackend::grow(IntBuffer& b, size_t cap) {
   if (b.ptr) cudaFree(b.ptr);
   b.cap = cap;
   ck(cudaMalloc(&b.ptr, b.cap * sizeof(int32_t)), "metadata allocation");
+  // Entries no step writes (a compact block table's, between rows) hold block 0, not garbage.
+  ck(cudaMemset(b.ptr, 0, b.cap * sizeof(int32_t)), "metadata allocation");
 }
 
-void CudaBackend::put(const std::vector<std::pair<IntBuffer*, const std::vector<int32_t>*>>& items) {
+void CudaBackend::put(const std::vector<Upload>& items) {
   // The previous step's copies are done before their buffers or the staging are replaced or rewritten.
   ck(cudaEventSynchronize(meta_copied_), "metadata staging");
   size_t total = 0;
-  for (const auto& [b, v] : items) {
-    if (v->size() > b->cap) grow(*b, std::max<size_t>(v->size() * 2, 1024));
+  for (const auto& [b, v, width, pitch] : items) {
+    const bool rows = width > 0 && width < pitch;
+    const size_t need = rows ? v->size() / width * pitch : v->size();
+    if (need > b->cap) grow(*b, std::max<size_t>(need * 2, 1024));
     total += v->size();
   }
   if (total > meta_cap_) {
@@ -252,11 +256,16 @@ void CudaBackend::put(const std::vector<std::pair<IntBuffer*, const std::vector<
     meta_cap_ = cap;
   }
   size_t at = 0;
-  for (const auto& [b, v] : items) {
+  for (const auto& [b, v, width, pitch] : items) {
     if (v->empty()) continue;
     std::memcpy(meta_pinned_ + at, v->data(), v->size() * sizeof(int32_t));
-    ck(cudaMemcpyAsync(b->ptr, meta_pinned_ + at, v->size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream()),
-       "metadata upload");
+    if (width > 0 && width < pitch)
+      ck(cudaMemcpy2DAsync(b->ptr, pitch * sizeof(int32_t), meta_pinned_ + at, width * sizeof(int32_t),
+                           width * sizeof(int32_t), v->size() / width, cudaMemcpyHostToDevice, stream()),
+         "metadata upload");
+    else
+      ck(cudaMemcpyAsync(b->ptr, meta_pinned_ + at, v->size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream()),
+         "metadata upload");
     at += v->size();
   }
   ck(cudaEventRecord(meta_copied_, stream()), "metadata upload");
@@ -325,7 +334,7 @@ void CudaBackend::begin_step(const StepMeta& m) {
        {&ids_, &m.token_ids},
        {&positions_, &m.positions},
        {&slots_, &m.slot_mapping},
-       {&tables_, &m.block_tables},
+       {&tables_, &m.block_tables, static_cast<size_t>(m.row_entries()), static_cast<size_t>(m.max_blocks)},
        {&token_seq_, &token_seq},
        {&logits_rows_, &m.logits_indices}});
 }

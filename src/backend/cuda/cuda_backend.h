@@ -108,8 +108,15 @@ class CudaBackend : public Backend {
   // Reallocates b to `cap` entries (contents lost), dropping any recorded graphs, which read the old one.
   void grow(IntBuffer& b, size_t cap);
   // Uploads each vector into its buffer (grown where needed) from pinned staging with asynchronous
-  // copies on stream(): a step's metadata no longer costs a synchronous pageable copy per buffer.
-  void put(const std::vector<std::pair<IntBuffer*, const std::vector<int32_t>*>>& items);
+  // copies on stream(): a step's metadata no longer costs a synchronous pageable copy per buffer. An
+  // item of width w < pitch holds rows of w entries, each copied to `pitch` entries from the last (one
+  // two-dimensional copy; the entries between rows keep what they held).
+  struct Upload {
+    IntBuffer* to;
+    const std::vector<int32_t>* from;
+    size_t width = 0, pitch = 0;
+  };
+  void put(const std::vector<Upload>& items);
   // The operation (transposes, epilogue) and the heuristic's algorithm of a weight shape and bucket.
   struct GemmAlgo {
     cublasLtMatmulDesc_t op = nullptr;
