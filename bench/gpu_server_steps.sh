@@ -3,7 +3,8 @@
 # bf16) with debug step lines and runs gpu_e2e.sh's throughput run (256 requests of 512 prompt / 256
 # output tokens, all in flight) once greedy, once with 5 log-probabilities per token, and once sampled
 # (temperature 0.8, top-p 0.9, top-k 50, repetition penalty 1.1); for each, the output tokens/s and the
-# mean time per phase of the steps that decode all 256 sequences (bench/step_summary.py).
+# mean time per phase of the steps that decode all 256 sequences (bench/step_summary.py). STEPS_MODES
+# picks some of the three (e.g. STEPS_MODES=greedy).
 #   bench/gpu_server_steps.sh BUILD_DIR OUT_DIR [CONFIG_JSON] [llmserve options...]
 set -euo pipefail
 build=$(cd "$1" && pwd) out=$2
@@ -22,7 +23,7 @@ for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$port/health" >/dev/null &&
 b() { "$build/llmserve-bench" --base-url "http://127.0.0.1:$port" --disable-progress --timeout 400 "$@"; }
 b --num-prompts 2 --random-input-len 32 --random-output-len 16 --max-concurrency 1 >/dev/null  # warm-up
 seed=10
-for mode in greedy logprobs sampled; do
+for mode in ${STEPS_MODES:-greedy logprobs sampled}; do
   case $mode in
     greedy) opts=() ;;
     logprobs) opts=(--logprobs 5) ;;
