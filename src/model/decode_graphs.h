@@ -15,7 +15,7 @@ namespace llmserve {
 
 // The metadata of a decode step `real` (one token per sequence, every sequence sampling) padded to
 // `bucket` rows as a recorded graph runs it: padding tokens are id 0 at position 0 with slot -1 (they
-// write no KV), block tables re-laid to `max_blocks` per sequence, logits for rows 0..bucket-1, and
+// write no KV), block tables read `max_blocks` apart (pad_step_tokens), logits for rows 0..bucket-1, and
 // kernels sized for `max_context`.
 StepMeta pad_decode_step(const StepMeta& real, int64_t bucket, int64_t max_blocks, int64_t max_context);
 

@@ -17,7 +17,7 @@ namespace llmserve {
 
 // The metadata of a step `real` of at most `bucket` tokens as a recorded mixed graph runs it: its
 // tokens and sequences first, then bucket - T padding tokens, each a sequence of its own (id 0,
-// position 0, slot -1: they write no KV); block tables re-laid to `max_blocks` per sequence; the
+// position 0, slot -1: they write no KV); block tables read `max_blocks` apart (pad_step_tokens); the
 // logits rows unchanged; kernels sized for `max_context` and runs of up to `bucket` new tokens.
 StepMeta pad_mixed_step(const StepMeta& real, int64_t bucket, int64_t max_blocks, int64_t max_context);
 
