@@ -262,7 +262,10 @@ void skinny_table(CudaBackend& be, double copy_gbs) {
   };
   const Shape shapes[] = {{"q/k/v 2048x1536", 2048, H, 0}, {"o_proj + residual 1536x1536", H, H, 1},
                           {"gate/up + SiLU 2x8960x1536", I, H, 2}, {"down + residual 1536x8960", H, I, 1},
-                          {"lm_head 151936x1536", V, H, 3}};
+                          {"lm_head 151936x1536", V, H, 3},
+                          // The 7B shape's (Qwen2.5-7B: hidden 3584, intermediate 18944, 28 + 2 x 4 heads of 128).
+                          {"7B q/k/v 4608x3584", 4608, 3584, 0}, {"7B o_proj + residual 3584x3584", 3584, 3584, 1},
+                          {"7B gate/up + SiLU 2x18944x3584", 18944, 3584, 2}, {"7B down + residual 3584x18944", 3584, 18944, 1}};
   std::printf("\n%-30s %6s %22s %22s\n", "skinny GEMMs (us per layer)", "tokens", "tensor-core skinny", "cuBLASLt");
   for (const Shape& sh : shapes) {
     const int64_t layers = sh.kind == 3 ? 2 : L;
