@@ -26,7 +26,7 @@ struct StepMeta {
   // When > 0, the entries of each sequence that block_tables holds, fewer than max_blocks: a step padded
   // for a CUDA graph (recorded with rows of max_blocks entries) whose every token's context ends within
   // its row's first table_width entries. The entries past them are never read, so they are neither
-  // built nor uploaded (rows of a 32k-token max_model_len are 2,048 entries).
+  // built nor uploaded (a row is 2,048 entries at a 32k max_model_len and blocks of 16).
   int32_t table_width = 0;
   int32_t row_entries() const { return table_width > 0 ? table_width : max_blocks; }
   std::vector<int32_t> logits_indices;  // token rows whose logits are wanted
