@@ -241,11 +241,9 @@ void CudaBackend::put(const std::vector<Upload>& items) {
   // The previous step's copies are done before their buffers or the staging are replaced or rewritten.
   ck(cudaEventSynchronize(meta_copied_), "metadata staging");
   size_t total = 0;
-  for (const auto& [b, v, width, pitch] : items) {
-    const bool rows = width > 0 && width < pitch;
-    const size_t need = rows ? v->size() / width * pitch : v->size();
-    if (need > b->cap) grow(*b, std::max<size_t>(need * 2, 1024));
-    total += v->size();
+  for (const Upload& u : items) {
+    if (u.device_entries() > u.to->cap) grow(*u.to, std::max<size_t>(u.device_entries() * 2, 1024));
+    total += u.from->size();
   }
   if (total > meta_cap_) {
     if (meta_pinned_) ck(cudaFreeHost(meta_pinned_), "free metadata staging");
@@ -256,17 +254,18 @@ void CudaBackend::put(const std::vector<Upload>& items) {
     meta_cap_ = cap;
   }
   size_t at = 0;
-  for (const auto& [b, v, width, pitch] : items) {
-    if (v->empty()) continue;
-    std::memcpy(meta_pinned_ + at, v->data(), v->size() * sizeof(int32_t));
-    if (width > 0 && width < pitch)
-      ck(cudaMemcpy2DAsync(b->ptr, pitch * sizeof(int32_t), meta_pinned_ + at, width * sizeof(int32_t),
-                           width * sizeof(int32_t), v->size() / width, cudaMemcpyHostToDevice, stream()),
+  for (const Upload& u : items) {
+    const std::vector<int32_t>& v = *u.from;
+    if (v.empty()) continue;
+    std::memcpy(meta_pinned_ + at, v.data(), v.size() * sizeof(int32_t));
+    if (u.strided())
+      ck(cudaMemcpy2DAsync(u.to->ptr, u.pitch * sizeof(int32_t), meta_pinned_ + at, u.width * sizeof(int32_t),
+                           u.width * sizeof(int32_t), v.size() / u.width, cudaMemcpyHostToDevice, stream()),
          "metadata upload");
     else
-      ck(cudaMemcpyAsync(b->ptr, meta_pinned_ + at, v->size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream()),
+      ck(cudaMemcpyAsync(u.to->ptr, meta_pinned_ + at, v.size() * sizeof(int32_t), cudaMemcpyHostToDevice, stream()),
          "metadata upload");
-    at += v->size();
+    at += v.size();
   }
   ck(cudaEventRecord(meta_copied_, stream()), "metadata upload");
 }

@@ -115,6 +115,8 @@ class CudaBackend : public Backend {
     IntBuffer* to;
     const std::vector<int32_t>* from;
     size_t width = 0, pitch = 0;
+    bool strided() const { return width > 0 && width < pitch; }
+    size_t device_entries() const { return strided() ? from->size() / width * pitch : from->size(); }
   };
   void put(const std::vector<Upload>& items);
   // The operation (transposes, epilogue) and the heuristic's algorithm of a weight shape and bucket.
