@@ -12,7 +12,8 @@
 #     against a one-token completion of the same length (E2E_SCORE_ONLY=1 runs this alone);
 # and runs transformers (bench/reference/hf_e2e.py) on the same GPU and shape as the baseline
 # (E2E_BASELINE=0 leaves it out; E2E_DECODE_ONLY=1 stops after the batch-1 decode run and the
-# E2E_CONCURRENCY="8 16 ..." runs; E2E_TTFT_ONLY=1 runs the TTFT measurement alone).
+# E2E_CONCURRENCY="8 16 ..." runs; E2E_TTFT_ONLY=1 runs the TTFT measurement alone; E2E_TTFT_LEN sets its
+# prompt length, default 2048, and E2E_MAX_MODEL_LEN the server's --max-model-len, default 4096).
 #   bench/gpu_e2e.sh BUILD_DIR OUT_DIR [CONFIG_JSON] [TP] [PP] [llmserve options...]
 set -euo pipefail
 build=$(cd "$1" && pwd) out=$2
@@ -25,13 +26,13 @@ export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 tag="tp${tp}-pp${pp}"
 "$root/tests/mpirun.sh" $((tp * pp)) "$build/llmserve" --model "$cfg" --load-format dummy --backend cuda --dtype bfloat16 \
-  -tp "$tp" -pp "$pp" --host 127.0.0.1 --port "$port" --max-model-len 4096 --max-num-seqs 256 "$@" >"$out/server-$tag.log" 2>&1 &
+  -tp "$tp" -pp "$pp" --host 127.0.0.1 --port "$port" --max-model-len "${E2E_MAX_MODEL_LEN:-4096}" --max-num-seqs 256 "$@" >"$out/server-$tag.log" 2>&1 &
 srv=$!
 trap 'kill -TERM $srv 2>/dev/null; wait $srv 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; kill -0 $srv || { tail -20 "$out/server-$tag.log"; exit 1; }; sleep 0.5; done
 b() { "$build/llmserve-bench" --base-url "http://127.0.0.1:$port" --disable-progress --timeout 400 "$@"; }
 b --num-prompts 2 --random-input-len 32 --random-output-len 16 --max-concurrency 1 >/dev/null  # warm-up
-ttft() { b --num-prompts 3 --random-input-len 2048 --random-output-len 1 --max-concurrency 1 --seed 2 --result-file "$out/ttft-$tag.json" | grep -E "TTFT|Failed"; }
+ttft() { b --num-prompts 3 --random-input-len "${E2E_TTFT_LEN:-2048}" --random-output-len 1 --max-concurrency 1 --seed 2 --result-file "$out/ttft-$tag.json" | grep -E "TTFT|Failed"; }
 # Scoring a text (what evaluation harnesses send: echo, logprobs 1, max_tokens 0, i.e. every prompt
 # token's log-probability) against a plain one-token completion of the same 2048 random token ids.
 score() {

@@ -14,12 +14,14 @@
 //  - the sampler's greedy draw over vocabulary-sized logits rows in GB/s.
 //  - with --attention: decode attention over batch sizes and contexts, the tensor-core kernel with
 //    blocks of 8 warps, of 4, and as the backend chooses, in GB/s of K/V read.
-// Usage: kernel_bench [--quick | --layers | --attention | --attention-chunks | --sampler | --boundary | --splitk | --skinny]
+// Usage: kernel_bench [--quick | --layers | --attention | --attention-chunks | --sampler | --boundary | --splitk | --skinny
+//                      | --prefill]
 // (prints tables; exits 77 without a GPU; --layers: the rooflines and the step-layer tables alone;
 // --attention: the rooflines and the sweep; --attention-chunks: the sweep over least keys a split;
 // --sampler: the rooflines and the draw and log-probability tables; --boundary: a kernel boundary's cost
 // alone, bench/boundary_kernels.h; --splitk: the rooflines and cuBLASLt split-K at decode token counts;
-// --skinny: the rooflines and the 5-32-token linear layers, skinny GEMMs against cuBLASLt)
+// --skinny: the rooflines and the 5-32-token linear layers, skinny GEMMs against cuBLASLt; --prefill: the
+// rooflines and prefill attention, the warpgroup-MMA kernel against the mma.sync one)
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -399,6 +401,53 @@ void sampler_tables(CudaBackend& be, double copy_gbs) {
 
 }  // namespace
 
+// Prefill attention, the warpgroup-MMA kernel against the mma.sync one (cuda::set_prefill_attention_wgmma),
+// in TFLOP/s of the causal products (4 x heads x head_dim per visible (query, key) pair) against the
+// GEMM peak: whole prompts of 512 to 16,384 tokens, a 2,048-token chunk after 6,144 cached, 16 prompts
+// of 512 (the throughput run's prefill steps), at the Qwen2.5-1.5B heads (12 of 128 over 2 KV heads)
+// and SmolLM2-135M's (9 of 64 over 3).
+void prefill_table(CudaBackend& be, double peak_tflops) {
+  struct Case {
+    const char* model;
+    int64_t Hq, Hk, D, seqs, q_len, ctx;
+  };
+  const Case cases[] = {{"1.5B", 12, 2, 128, 1, 512, 512},     {"1.5B", 12, 2, 128, 1, 2048, 2048},
+                        {"1.5B", 12, 2, 128, 1, 8192, 8192},   {"1.5B", 12, 2, 128, 1, 16384, 16384},
+                        {"1.5B", 12, 2, 128, 1, 2048, 8192},   {"1.5B", 12, 2, 128, 16, 512, 512},
+                        {"135M", 9, 3, 64, 1, 2048, 2048},     {"135M", 9, 3, 64, 1, 8192, 8192}};
+  const int64_t bs = 16;
+  std::printf("%-46s %20s %20s %8s\n", "prefill attention (causal, bf16 cache)", "mma.sync us (TF/s)", "wgmma us (TF/s)",
+              "speed-up");
+  for (const auto& c : cases) {
+    const StepMeta m = attention_step(c.seqs, c.q_len, c.ctx, bs);
+    be.begin_step(m);
+    const int64_t blocks = c.seqs * ((c.ctx + bs - 1) / bs), T = m.num_tokens();
+    Tensor kc = random_tensor(be, {blocks, bs, c.Hk, c.D}, DType::BF16, 1.f);
+    Tensor vc = random_tensor(be, {blocks, bs, c.Hk, c.D}, DType::BF16, 1.f);
+    Tensor q = random_tensor(be, {T, c.Hq * c.D}, DType::BF16, 1.f), out = be.empty({T, c.Hq * c.D}, DType::BF16);
+    // Visible pairs: query at position p sees p + 1 keys.
+    double pairs = 0;
+    for (int64_t i = 0; i < c.q_len; ++i) pairs += static_cast<double>(c.ctx - c.q_len + i + 1);
+    const double flops = 4.0 * c.Hq * c.D * pairs * c.seqs;
+    double us[2];
+    for (int w = 0; w < 2; ++w) {
+      cuda::set_prefill_attention_wgmma(w == 1);
+      us[w] = graph_ms(be, [&] { be.attention(q, kc, vc, c.D, bs, 0.0884f, out); }, 3) * 1e3;
+    }
+    cuda::set_prefill_attention_wgmma(true);
+    char name[96];
+    std::snprintf(name, sizeof name, "%s: %lld x %lld new tokens, context %lld", c.model, static_cast<long long>(c.seqs),
+                  static_cast<long long>(c.q_len), static_cast<long long>(c.ctx));
+    char a[32], b[32];
+    std::snprintf(a, sizeof a, "%.1f (%.0f)", us[0], flops / (us[0] * 1e-6) / 1e12);
+    std::snprintf(b, sizeof b, "%.1f (%.0f)", us[1], flops / (us[1] * 1e-6) / 1e12);
+    std::printf("%-46s %20s %20s %7.2fx\n", name, a, b, us[0] / us[1]);
+  }
+  std::printf("(GEMM peak %.0f TFLOP/s; the wgmma column is the mma.sync kernel again where the build's sm_90a code "
+              "does not run: %s)\n",
+              peak_tflops, cuda::prefill_attention_wgmma(128) ? "it runs" : "NOT RUNNING");
+}
+
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   const bool layers_only = argc > 1 && std::strcmp(argv[1], "--layers") == 0;
@@ -466,6 +515,10 @@ int main(int argc, char** argv) {
   }
   if (argc > 1 && std::strcmp(argv[1], "--splitk") == 0) {
     splitk_table(be, copy_gbs, peak_tflops);
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "--prefill") == 0) {
+    prefill_table(be, peak_tflops);
     return 0;
   }
 

@@ -708,6 +708,7 @@ void prepare_attention_kernels() {
   ALLOW(__half, __half)
   ALLOW(__nv_bfloat16, __nv_bfloat16)
 #undef ALLOW
+  prepare_flash_prefill();
 }
 
 // The scratch: a counter per (token, KV head) for the grouped kernel's merge (zero between launches),

@@ -6,9 +6,13 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/ops.cuh"
+#include "kernels/cuda/wgmma.cuh"
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
+#include <cstdlib>
+#include <string>
 #include <numeric>
 
 namespace llmserve::cuda {
@@ -32,6 +36,26 @@ constexpr int kMRowPad = 8;   // elements after each staged row (ldmatrix rows o
 template <int D>
 constexpr size_t prefill_smem() {
   return sizeof(uint16_t) * 2 /* stages */ * 2 /* K, V */ * kMKeys * (D + kMRowPad);
+}
+
+// The end of a warp's 16 rows: rows r0 and r0 + 8 (`orow`: row r0's output, rows `stride` elements
+// apart) normalized by their sums (l: this lane's shares; the quad's four make the row's), as T; rows of
+// no token (position -1) are not written.
+template <typename T, int NT>
+__device__ __forceinline__ void write_rows(const float (&o)[NT][4], const float (&l)[2], int32_t p_lo, int32_t p_hi,
+                                           T* orow, int64_t stride, int c0) {
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    float sum = l[hh];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    if ((hh ? p_hi : p_lo) < 0) continue;
+    const float inv = 1.f / sum;
+    T* r = orow + hh * 8 * stride;
+#pragma unroll
+    for (int nn = 0; nn < NT; ++nn)
+      *reinterpret_cast<unsigned*>(r + nn * 8 + c0) = pack2<T>(o[nn][2 * hh] * inv, o[nn][2 * hh + 1] * inv);
+  }
 }
 
 template <typename TI, typename T, int D>
@@ -151,20 +175,142 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();  // every warp done with this stage before tile i + 2 is copied into it
   }
-#pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    const int32_t p = hh ? p_hi : p_lo;
-    float sum = l[hh];  // this lane's share; the quad's four make the row's
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    if (p < 0) continue;
-    const float inv = 1.f / sum;
-    T* orow = out + ((t0 + w * 16 + r0 + hh * 8) * Hq + h) * D;
-#pragma unroll
-    for (int nn = 0; nn < NT; ++nn) {
-      *reinterpret_cast<unsigned*>(orow + nn * 8 + c0) = pack2<T>(o[nn][2 * hh] * inv, o[nn][2 * hh + 1] * inv);
-    }
+  write_rows<T, NT>(o, l, p_lo, p_hi, out + ((t0 + w * 16 + r0) * Hq + h) * D, Hq * D, c0);
+}
+
+// The same computation on Hopper's warpgroup MMA (head size 128, sm_90a; instantiated at 64 it gave wrong
+// results on an H200, not yet explained, so 64 keeps the mma.sync kernel): a block of two
+// warpgroups per (query head, tile of up to 128 query tokens), each warpgroup 64 of the rows (a warp
+// the same 16 rows and Q fragments as above). Key and value tiles of 64 rows are staged by cp.async,
+// three in flight, into 128-byte-swizzled panels of 64 elements (wgmma.cuh), the same layout for both:
+// S = Q K^T reads the key panels K-major (m64n64k16, the queries from registers), O += P V the value
+// panels N-major (m64nDk16, P from registers), so neither is transposed on the way in. The mma.sync
+// kernel issues about 1,150 instructions a warp per key tile (128 of them MMAs, 64 ldmatrix); here a
+// warpgroup issues 8 + 4 wgmma for the same tile. The mask, online softmax and epilogue are the
+// register code above, on the same fragment layout; the skip of tiles past the rows' last position is
+// per warpgroup (wgmma is issued by all four warps together).
+constexpr int kWgStages = 3;
+
+template <int D>
+constexpr size_t prefill_wgmma_smem() {
+  return static_cast<size_t>(kWgStages) * 2 /* K, V */ * kMKeys * D * 2 + 1024 /* alignment slack */;
+}
+
+template <typename TI, typename T, int D>
+__global__ void __launch_bounds__(kThreads, 1)
+    flash_prefill_wgmma_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
+                          const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t n,
+                          int64_t Hq, int64_t Hk, int bs_log2, float scale, T* out) {
+#if defined(LLMSERVE_HAVE_WGMMA)
+  static_assert(D == 128, "64-element panels, m64n128k16 for the values (64: wrong results, see above)");
+  constexpr int KS = D / 16, NT = D / 8, NS = kMKeys / 8, CH = D / 8;
+  constexpr uint32_t kPanel = kMKeys * 128;    // bytes: 64 keys x 64 elements
+  constexpr uint32_t kTile = (D / 64) * kPanel;  // the keys (or values) of one tile
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint32_t pad = ((raw + 1023u) & ~1023u) - raw;
+  unsigned char* const stages = smem + pad;  // [stage][K, V][panel][key][128 bytes], swizzled
+  const uint32_t stages_addr = raw + pad;
+  __shared__ int32_t wg_last[2];
+
+  pdl_enter();
+  const int64_t t0 = tiles[blockIdx.y], h = blockIdx.x, kvh = h / (Hq / Hk);
+  const int32_t seq = token_seq[t0];
+  const int tid = threadIdx.x, w = tid / 32, lane = tid & 31, wg = w / 4;
+  const int32_t* table = tables + static_cast<int64_t>(seq) * max_blocks;
+  const int r0 = lane / 4, c0 = (lane % 4) * 2;
+  auto pos_of = [&](int r) {
+    const int64_t t = t0 + w * 16 + r;
+    return (t < n && token_seq[t] == seq) ? positions[t] : -1;
+  };
+  const int32_t p_lo = pos_of(r0), p_hi = pos_of(r0 + 8);
+  int32_t warp_max = max(p_lo, p_hi), warp_min = min(p_lo < 0 ? INT_MAX : p_lo, p_hi < 0 ? INT_MAX : p_hi);
+  for (int o = 16; o > 0; o >>= 1) {
+    warp_max = max(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, o));
+    warp_min = min(warp_min, __shfl_xor_sync(0xffffffffu, warp_min, o));
   }
+  if (tid < 2) wg_last[tid] = -1;
+  __syncthreads();
+  if (lane == 0) atomicMax(&wg_last[wg], warp_max);
+  const float qscale = scale * 1.4426950408889634f;
+  unsigned qa[KS][4];
+  q_fragments<T>(qa, lane, [&](int r, int d) {
+    return (r < 8 ? p_lo : p_hi) >= 0 ? to_f(q[((t0 + w * 16 + r) * Hq + h) * D + d]) * qscale : 0.f;
+  });
+  __syncthreads();
+  const int32_t my_last = wg_last[wg];
+  const int64_t nkeys = static_cast<int64_t>(max(wg_last[0], wg_last[1])) + 1, ntiles = (nkeys + kMKeys - 1) / kMKeys;
+  const int64_t row = Hk * D;
+  const uint32_t bs_mask = (1u << bs_log2) - 1;
+  // Copies key tile i into stage i % kWgStages (rows past the keys: zeros).
+  auto stage = [&](int64_t i) {
+    unsigned char* ks = stages + (i % kWgStages) * 2 * kTile;
+    unsigned char* vs = ks + kTile;
+    for (int c = tid; c < kMKeys * CH; c += kThreads) {
+      const int key = c / CH, ch = c % CH;
+      const uint32_t j = static_cast<uint32_t>(i * kMKeys + key);
+      const bool load = j < nkeys;
+      const int64_t off =
+          load ? ((static_cast<int64_t>(table[j >> bs_log2]) << bs_log2) + (j & bs_mask)) * row + kvh * D + ch * 8 : 0;
+      const uint32_t at = (ch / 8) * kPanel + wgmma_swizzle(key, ch % 8);
+      cp_async16(ks + at, kc + off, load ? 16 : 0);
+      cp_async16(vs + at, vc + off, load ? 16 : 0);
+    }
+  };
+  float o[NT][4] = {}, sc[NS][4] = {}, m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+  for (int s = 0; s < kWgStages - 1; ++s) {
+    if (s < ntiles) stage(s);
+    cp_async_commit();
+  }
+  for (int64_t i = 0; i < ntiles; ++i) {
+    // Tile i has landed (this thread's copies; the barrier makes everyone's visible to wgmma), and
+    // every warpgroup is done with tile i - 1, whose stage takes tile i + 2.
+    cp_async_wait_group<kWgStages - 2>();
+    fence_proxy_async();
+    __syncthreads();
+    if (i + kWgStages - 1 < ntiles) stage(i + kWgStages - 1);
+    cp_async_commit();
+    const int64_t k0 = i * kMKeys;
+    if (k0 > my_last) continue;  // the same for the whole warpgroup
+    const uint32_t ka = stages_addr + static_cast<uint32_t>(i % kWgStages) * 2 * kTile, va = ka + kTile;
+    // S = Q K^T: 16 of the head's elements a step, the panel's k-th 32 bytes.
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < KS; ++k)
+      wgmma_rs<T, false>(sc, qa[k], wgmma_desc(ka + (k / 4) * kPanel + (k % 4) * 32, 16, 1024), k > 0);
+    wgmma_commit();
+    wgmma_wait_all();
+    if (k0 + kMKeys - 1 > warp_min) {
+      const int32_t kb = static_cast<int32_t>(k0) + c0;
+#pragma unroll
+      for (int nn = 0; nn < NS; ++nn)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (kb + nn * 8 + (e & 1) > (e < 2 ? p_lo : p_hi)) sc[nn][e] = -INFINITY;
+    }
+    online_softmax<NS, NT, 4, true>(sc, 0, m[0], l[0], o);
+    online_softmax<NS, NT, 4, true>(sc, 1, m[1], l[1], o);
+    // O += P V, 16 keys a step: P's C fragments of n-tiles 2kk, 2kk + 1 are the A fragment; the value
+    // rows of those keys start 16 lines (2,048 bytes) further each step.
+    unsigned pa[kMKeys / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kMKeys / 16; ++kk) {
+      pa[kk][0] = pack2<T>(sc[2 * kk][0], sc[2 * kk][1]);
+      pa[kk][1] = pack2<T>(sc[2 * kk][2], sc[2 * kk][3]);
+      pa[kk][2] = pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+      pa[kk][3] = pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+    }
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kMKeys / 16; ++kk) wgmma_rs<T, true>(o, pa[kk], wgmma_desc(va + kk * 2048, kPanel, 1024), 1);
+    wgmma_commit();
+    wgmma_wait_all();
+  }
+  write_rows<T, NT>(o, l, p_lo, p_hi, out + ((t0 + w * 16 + r0) * Hq + h) * D, Hq * D, c0);
+#else
+  __trap();  // launched only where the probe found this build's sm_90a code
+#endif
 }
 }  // namespace
 
@@ -173,6 +319,51 @@ __global__ void __launch_bounds__(kThreads)
 // (tiny-llama3 bf16 worst relative L2 9.39e-3 with the split-KV kernel, 1.27e-2 with this one, on an
 // H200) for no speed that matters; real models' heads are 64 to 128.
 bool flash_prefill_supported(int64_t D) { return D % 16 == 0 && D >= 64 && D <= 128; }
+
+namespace {
+// Whether this build's sm_90a code runs on the device (prepare_flash_prefill's probe), and whether the
+// warpgroup kernel is wanted (LLMSERVE_PREFILL_WGMMA=0 or set_prefill_attention_wgmma(false): not).
+std::atomic<bool> g_wgmma_runs{false};
+std::atomic<bool> g_wgmma_wanted{true};
+
+__global__ void wgmma_probe_k(int* runs) {
+#if defined(LLMSERVE_HAVE_WGMMA)
+  *runs = 1;
+#else
+  *runs = 0;
+#endif
+}
+}  // namespace
+
+void prepare_flash_prefill() {
+  int* d = nullptr;
+  int runs = 0;
+  check(cudaMalloc(&d, sizeof(int)), "flash_prefill probe");
+  wgmma_probe_k<<<1, 1>>>(d);
+  const cudaError_t e = cudaGetLastError();
+  check(e == cudaSuccess ? cudaMemcpy(&runs, d, sizeof(int), cudaMemcpyDeviceToHost) : e, "flash_prefill probe");
+  check(cudaFree(d), "flash_prefill probe");
+  if (runs) {
+#define ALLOW(TI, T)                                                                                    \
+  check(cudaFuncSetAttribute(flash_prefill_wgmma_k<TI, T, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
+                             static_cast<int>(prefill_wgmma_smem<128>())),                              \
+        "flash_prefill shared memory");
+    ALLOW(float, __half)
+    ALLOW(float, __nv_bfloat16)
+    ALLOW(__half, __half)
+    ALLOW(__nv_bfloat16, __nv_bfloat16)
+#undef ALLOW
+  }
+  g_wgmma_runs.store(runs != 0);
+  const char* env = std::getenv("LLMSERVE_PREFILL_WGMMA");
+  if (env && std::string(env) == "0") g_wgmma_wanted.store(false);
+}
+
+void set_prefill_attention_wgmma(bool on) { g_wgmma_wanted.store(on); }
+
+bool prefill_attention_wgmma(int64_t D) {
+  return D == 128 && g_wgmma_runs.load() && g_wgmma_wanted.load();
+}
 
 template <typename TI, typename T>
 void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
@@ -184,6 +375,14 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
   // Heads along x: the blocks of one tile start together (a KV head's tiles are read by its query
   // heads at about the same time) and the tiles go out heaviest first (flash_prefill_tiles).
   const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(num_tiles));
+  if (prefill_attention_wgmma(D)) {
+    auto run = [&](auto d) {
+      constexpr int Dc = decltype(d)::value;
+      launch("flash_prefill (wgmma)", flash_prefill_wgmma_k<TI, T, Dc>, grid, kThreads, prefill_wgmma_smem<Dc>(), s, q,
+             k_cache, v_cache, block_tables, max_blocks, token_seq, positions, tiles, n, Hq, Hk, bs_log2, scale, out);
+    };
+    return run(std::integral_constant<int, 128>{});
+  }
   auto run = [&](auto d) {
     constexpr int Dc = decltype(d)::value;
     auto k = flash_prefill_k<TI, T, Dc>;

@@ -288,6 +288,69 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
   EXPECT_THROW(cuda::set_decode_attention_min_chunk(100), std::exception);  // multiples of 32
 }
 
+// Prefill attention's two tensor-core kernels (warpgroup MMA for head size 128 where the build's
+// sm_90a code runs, mma.sync otherwise) against the CPU kernel: prompts of several 128-row tiles with a
+// partial last one (both warpgroups of a block busy, and a warpgroup whose rows all precede the last key
+// tile), a chunk after cached context, a short prompt and a decode in the same step; grouped and plain
+// heads; blocks of 16 and 32 positions.
+TEST_P(CudaOps, PrefillAttentionKernelsMatchTheCpu) {
+  const DType dt = GetParam();
+  if (dt == DType::F32) GTEST_SKIP() << "float32 caches take the split-KV kernel";
+  int dev = 0, major = 0, minor = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  // This project builds sm_90a by default (Makefile.inc): on a Hopper GPU the warpgroup kernel must be
+  // the one that runs, so that this test covers it.
+  if (major == 9 && minor == 0) {
+    EXPECT_TRUE(cuda::prefill_attention_wgmma(128));
+  }
+  // Head size 64 keeps the mma.sync kernel (the warpgroup form gave wrong results there, docs/performance.md).
+  EXPECT_FALSE(cuda::prefill_attention_wgmma(64));
+  EXPECT_FALSE(cuda::prefill_attention_wgmma(80));
+  std::mt19937 g(21);
+  for (const int64_t bs : {16, 32}) {
+    const int64_t max_blocks = 1280 / bs;
+    const StepMeta m = make_meta(bs, {300, 200, 1, 37}, {0, 900, 50, 0}, max_blocks);
+    const int64_t T = m.num_tokens(), blocks = max_blocks * static_cast<int64_t>(m.num_seqs());
+    for (const int64_t D : {128, 64})
+      for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {2, 2}}) {
+        cpu.begin_step(m);
+        gpu->begin_step(m);
+        auto q = both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32);
+        auto kc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
+        auto vc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
+        Tensor ac = cpu.empty({T, Hq * D}, DType::F32);
+        cpu.attention(q.first, kc.first, vc.first, D, bs, 0.09f, ac);
+        std::vector<float> rows[2];  // each kernel's output, compared row by row below
+        for (const bool wgmma : {true, false}) {
+          cuda::set_prefill_attention_wgmma(wgmma);
+          Tensor ag = gpu->empty({T, Hq * D}, dt);
+          gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
+          rows[wgmma] = get(*gpu, ag);
+          const std::string what = std::string(wgmma && cuda::prefill_attention_wgmma(D) ? "wgmma" : "mma.sync") +
+                                   " prefill attention, head_dim " + std::to_string(D) + ", " +
+                                   (Hq == Hk ? "multi-head" : "grouped") + ", blocks of " + std::to_string(bs);
+          expect_close(ac, ag, what.c_str(), tol());
+        }
+        // The kernels round the same values (queries, probabilities) to the cache type, so every row
+        // agrees closely; a row that missed or repeated a key tile would not.
+        double worst = 0;
+        for (int64_t r = 0; r < T * Hq; ++r) {
+          double dd = 0, nn = 0;
+          for (int64_t d = 0; d < D; ++d) {
+            const double a = rows[1][r * D + d], b = rows[0][r * D + d];
+            dd += (a - b) * (a - b);
+            nn += b * b;
+          }
+          worst = std::max(worst, std::sqrt(dd / std::max(nn, 1e-30)));
+        }
+        EXPECT_LT(worst, 2e-2) << "the two prefill kernels' worst row, head_dim " << D << ", blocks of " << bs;
+      }
+  }
+  cuda::set_prefill_attention_wgmma(true);
+}
+
 // The fused decoder-layer ops against the CPU backend's compositions of the plain ops.
 TEST_P(CudaOps, FusedOpsMatchTheCpuComposition) {
   std::mt19937 g(13);
