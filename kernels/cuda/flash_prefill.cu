@@ -38,18 +38,75 @@ constexpr size_t prefill_smem() {
   return sizeof(uint16_t) * 2 /* stages */ * 2 /* K, V */ * kMKeys * (D + kMRowPad);
 }
 
+// A warp's 16 query rows of the tile at t0 (its rows t0 + 16 w ..): the positions of this lane's rows r0
+// and r0 + 8 (-1: not a token of this sequence), and the warp's last and first positions (key tiles past
+// the last are skipped; only tiles past the first need the causal mask).
+struct WarpRows {
+  int32_t p_lo, p_hi, last, first;
+};
+__device__ __forceinline__ WarpRows warp_rows(int64_t row0, int r0, int64_t n, int32_t seq, const int32_t* token_seq,
+                                              const int32_t* positions) {
+  auto pos_of = [&](int r) {
+    const int64_t t = row0 + r;
+    return (t < n && token_seq[t] == seq) ? positions[t] : -1;
+  };
+  WarpRows w;
+  w.p_lo = pos_of(r0);
+  w.p_hi = pos_of(r0 + 8);
+  w.last = max(w.p_lo, w.p_hi);
+  w.first = min(w.p_lo < 0 ? INT_MAX : w.p_lo, w.p_hi < 0 ? INT_MAX : w.p_hi);
+  for (int o = 16; o > 0; o >>= 1) {
+    w.last = max(w.last, __shfl_xor_sync(0xffffffffu, w.last, o));
+    w.first = min(w.first, __shfl_xor_sync(0xffffffffu, w.first, o));
+  }
+  return w;
+}
+
+// The warp's Q fragments of every k-step (head h of rows row0 ..), scaled and rounded once; rows that
+// are not this sequence's tokens are zeros. log2(e) goes into the scale: the softmax works in base 2.
+template <typename T, int D, typename TI>
+__device__ __forceinline__ void query_fragments(unsigned (&qa)[D / 16][4], int lane, const TI* q, int64_t row0,
+                                                int64_t Hq, int64_t h, float scale, const WarpRows& rows) {
+  const float qscale = scale * 1.4426950408889634f;
+  q_fragments<T>(qa, lane, [&](int r, int d) {
+    return (r < 8 ? rows.p_lo : rows.p_hi) >= 0 ? to_f(q[((row0 + r) * Hq + h) * D + d]) * qscale : 0.f;
+  });
+}
+
+// The causal mask on a key tile's scores (key k0 + 8 nn + c0 + (e & 1) visible from positions at or
+// after it), applied where the tile reaches past the warp's first position.
+template <int NS>
+__device__ __forceinline__ void causal_mask(float (&sc)[NS][4], int64_t k0, int c0, const WarpRows& rows) {
+  if (k0 + kMKeys - 1 <= rows.first) return;
+  const int32_t kb = static_cast<int32_t>(k0) + c0;
+#pragma unroll
+  for (int nn = 0; nn < NS; ++nn)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (kb + nn * 8 + (e & 1) > (e < 2 ? rows.p_lo : rows.p_hi)) sc[nn][e] = -INFINITY;
+}
+
+// P's A fragment for keys 16 kk .. 16 kk + 15: the C fragments of n-tiles 2 kk and 2 kk + 1, rounded to T.
+template <typename T, int NS>
+__device__ __forceinline__ void p_fragment(const float (&sc)[NS][4], int kk, unsigned (&pa)[4]) {
+  pa[0] = pack2<T>(sc[2 * kk][0], sc[2 * kk][1]);
+  pa[1] = pack2<T>(sc[2 * kk][2], sc[2 * kk][3]);
+  pa[2] = pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+  pa[3] = pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+}
+
 // The end of a warp's 16 rows: rows r0 and r0 + 8 (`orow`: row r0's output, rows `stride` elements
 // apart) normalized by their sums (l: this lane's shares; the quad's four make the row's), as T; rows of
 // no token (position -1) are not written.
 template <typename T, int NT>
-__device__ __forceinline__ void write_rows(const float (&o)[NT][4], const float (&l)[2], int32_t p_lo, int32_t p_hi,
-                                           T* orow, int64_t stride, int c0) {
+__device__ __forceinline__ void write_rows(const float (&o)[NT][4], const float (&l)[2], const WarpRows& rows, T* orow,
+                                           int64_t stride, int c0) {
 #pragma unroll
   for (int hh = 0; hh < 2; ++hh) {
     float sum = l[hh];
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    if ((hh ? p_hi : p_lo) < 0) continue;
+    if ((hh ? rows.p_hi : rows.p_lo) < 0) continue;
     const float inv = 1.f / sum;
     T* r = orow + hh * 8 * stride;
 #pragma unroll
@@ -74,29 +131,12 @@ __global__ void __launch_bounds__(kThreads)
   const int tid = threadIdx.x, w = tid / 32, lane = tid & 31;
   const int32_t* table = tables + static_cast<int64_t>(seq) * max_blocks;
   const int r0 = lane / 4, c0 = (lane % 4) * 2;
-  // Positions of this lane's two rows (-1: not a token of this sequence), the warp's last.
-  auto pos_of = [&](int r) {
-    const int64_t t = t0 + w * 16 + r;
-    return (t < n && token_seq[t] == seq) ? positions[t] : -1;
-  };
-  const int32_t p_lo = pos_of(r0), p_hi = pos_of(r0 + 8);
-  // The warp's last and first positions: key tiles past the last are skipped, and only tiles past the
-  // first need the causal mask (the warp's other rows are not written).
-  int32_t warp_max = max(p_lo, p_hi), warp_min = min(p_lo < 0 ? INT_MAX : p_lo, p_hi < 0 ? INT_MAX : p_hi);
-  for (int o = 16; o > 0; o >>= 1) {
-    warp_max = max(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, o));
-    warp_min = min(warp_min, __shfl_xor_sync(0xffffffffu, warp_min, o));
-  }
+  const WarpRows rows = warp_rows(t0 + w * 16, r0, n, seq, token_seq, positions);
   if (tid == 0) tile_max = -1;
   __syncthreads();
-  if (lane == 0) atomicMax(&tile_max, warp_max);
-  // Q fragments of every k-step (rows r0 and r0 + 8 of the warp), scaled and rounded once; rows that
-  // are not this sequence's tokens are zeros. log2(e) goes into the scale: the softmax works in base 2.
-  const float qscale = scale * 1.4426950408889634f;
+  if (lane == 0) atomicMax(&tile_max, rows.last);
   unsigned qa[KS][4];
-  q_fragments<T>(qa, lane, [&](int r, int d) {
-    return (r < 8 ? p_lo : p_hi) >= 0 ? to_f(q[((t0 + w * 16 + r) * Hq + h) * D + d]) * qscale : 0.f;
-  });
+  query_fragments<T, D>(qa, lane, q, t0 + w * 16, Hq, h, scale, rows);
   __syncthreads();
   const int64_t nkeys = static_cast<int64_t>(tile_max) + 1, ntiles = (nkeys + kMKeys - 1) / kMKeys;
   const int64_t row = Hk * D;
@@ -129,7 +169,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t k0 = i * kMKeys;
     const T* ks = stage_base + (i & 1) * 2 * kMKeys * RS;
     const T* vs = ks + kMKeys * RS;
-    if (k0 <= warp_max) {
+    if (k0 <= rows.last) {
       // S = Q K^T over the tile's 8 n-tiles of 8 keys.
       float sc[NS][4];
 #pragma unroll
@@ -145,25 +185,15 @@ __global__ void __launch_bounds__(kThreads)
           mma16816<T>(sc[nb], qa[k], b[0], b[1]);
           mma16816<T>(sc[nb + 1], qa[k], b[2], b[3]);
         }
-      // The causal mask (key k0 + nn*8 + c0 + (e & 1) visible from positions at or after it) where the
-      // tile reaches past the warp's first position, then the online softmax of rows r0 and r0 + 8 (sc
-      // becomes P).
-      if (k0 + kMKeys - 1 > warp_min) {
-        const int32_t kb = static_cast<int32_t>(k0) + c0;
-#pragma unroll
-        for (int nn = 0; nn < NS; ++nn)
-#pragma unroll
-          for (int e = 0; e < 4; ++e)
-            if (kb + nn * 8 + (e & 1) > (e < 2 ? p_lo : p_hi)) sc[nn][e] = -INFINITY;
-      }
+      // The causal mask, then the online softmax of rows r0 and r0 + 8 (sc becomes P).
+      causal_mask(sc, k0, c0, rows);
       online_softmax<NS, NT, 4, true>(sc, 0, m[0], l[0], o);
       online_softmax<NS, NT, 4, true>(sc, 1, m[1], l[1], o);
       // O += P V, 16 keys per k-step: P's C fragments of n-tiles 2kk, 2kk+1 are the A fragment.
 #pragma unroll
       for (int kk = 0; kk < kMKeys / 16; ++kk) {
-        const unsigned pa[4] = {pack2<T>(sc[2 * kk][0], sc[2 * kk][1]), pack2<T>(sc[2 * kk][2], sc[2 * kk][3]),
-                                pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]),
-                                pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+        unsigned pa[4];
+        p_fragment<T>(sc, kk, pa);
 #pragma unroll
         for (int nn = 0; nn < NT; nn += 2) {
           unsigned b[4];
@@ -175,7 +205,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();  // every warp done with this stage before tile i + 2 is copied into it
   }
-  write_rows<T, NT>(o, l, p_lo, p_hi, out + ((t0 + w * 16 + r0) * Hq + h) * D, Hq * D, c0);
+  write_rows<T, NT>(o, l, rows, out + ((t0 + w * 16 + r0) * Hq + h) * D, Hq * D, c0);
 }
 
 // The same computation on Hopper's warpgroup MMA (head size 128, sm_90a; instantiated at 64 it gave wrong
@@ -219,24 +249,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int tid = threadIdx.x, w = tid / 32, lane = tid & 31, wg = w / 4;
   const int32_t* table = tables + static_cast<int64_t>(seq) * max_blocks;
   const int r0 = lane / 4, c0 = (lane % 4) * 2;
-  auto pos_of = [&](int r) {
-    const int64_t t = t0 + w * 16 + r;
-    return (t < n && token_seq[t] == seq) ? positions[t] : -1;
-  };
-  const int32_t p_lo = pos_of(r0), p_hi = pos_of(r0 + 8);
-  int32_t warp_max = max(p_lo, p_hi), warp_min = min(p_lo < 0 ? INT_MAX : p_lo, p_hi < 0 ? INT_MAX : p_hi);
-  for (int o = 16; o > 0; o >>= 1) {
-    warp_max = max(warp_max, __shfl_xor_sync(0xffffffffu, warp_max, o));
-    warp_min = min(warp_min, __shfl_xor_sync(0xffffffffu, warp_min, o));
-  }
+  const WarpRows rows = warp_rows(t0 + w * 16, r0, n, seq, token_seq, positions);
   if (tid < 2) wg_last[tid] = -1;
   __syncthreads();
-  if (lane == 0) atomicMax(&wg_last[wg], warp_max);
-  const float qscale = scale * 1.4426950408889634f;
+  if (lane == 0) atomicMax(&wg_last[wg], rows.last);
   unsigned qa[KS][4];
-  q_fragments<T>(qa, lane, [&](int r, int d) {
-    return (r < 8 ? p_lo : p_hi) >= 0 ? to_f(q[((t0 + w * 16 + r) * Hq + h) * D + d]) * qscale : 0.f;
-  });
+  query_fragments<T, D>(qa, lane, q, t0 + w * 16, Hq, h, scale, rows);
   __syncthreads();
   const int32_t my_last = wg_last[wg];
   const int64_t nkeys = static_cast<int64_t>(max(wg_last[0], wg_last[1])) + 1, ntiles = (nkeys + kMKeys - 1) / kMKeys;
@@ -281,33 +299,21 @@ __global__ void __launch_bounds__(kThreads, 1)
       wgmma_rs<T, false>(sc, qa[k], wgmma_desc(ka + (k / 4) * kPanel + (k % 4) * 32, 16, 1024), k > 0);
     wgmma_commit();
     wgmma_wait_all();
-    if (k0 + kMKeys - 1 > warp_min) {
-      const int32_t kb = static_cast<int32_t>(k0) + c0;
-#pragma unroll
-      for (int nn = 0; nn < NS; ++nn)
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          if (kb + nn * 8 + (e & 1) > (e < 2 ? p_lo : p_hi)) sc[nn][e] = -INFINITY;
-    }
+    causal_mask(sc, k0, c0, rows);
     online_softmax<NS, NT, 4, true>(sc, 0, m[0], l[0], o);
     online_softmax<NS, NT, 4, true>(sc, 1, m[1], l[1], o);
     // O += P V, 16 keys a step: P's C fragments of n-tiles 2kk, 2kk + 1 are the A fragment; the value
     // rows of those keys start 16 lines (2,048 bytes) further each step.
     unsigned pa[kMKeys / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < kMKeys / 16; ++kk) {
-      pa[kk][0] = pack2<T>(sc[2 * kk][0], sc[2 * kk][1]);
-      pa[kk][1] = pack2<T>(sc[2 * kk][2], sc[2 * kk][3]);
-      pa[kk][2] = pack2<T>(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-      pa[kk][3] = pack2<T>(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-    }
+    for (int kk = 0; kk < kMKeys / 16; ++kk) p_fragment<T>(sc, kk, pa[kk]);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kMKeys / 16; ++kk) wgmma_rs<T, true>(o, pa[kk], wgmma_desc(va + kk * 2048, kPanel, 1024), 1);
     wgmma_commit();
     wgmma_wait_all();
   }
-  write_rows<T, NT>(o, l, p_lo, p_hi, out + ((t0 + w * 16 + r0) * Hq + h) * D, Hq * D, c0);
+  write_rows<T, NT>(o, l, rows, out + ((t0 + w * 16 + r0) * Hq + h) * D, Hq * D, c0);
 #else
   __trap();  // launched only where the probe found this build's sm_90a code
 #endif
