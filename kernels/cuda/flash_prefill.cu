@@ -77,7 +77,7 @@ __device__ __forceinline__ void query_fragments(unsigned (&qa)[D / 16][4], int l
 // after it), applied where the tile reaches past the warp's first position.
 template <int NS>
 __device__ __forceinline__ void causal_mask(float (&sc)[NS][4], int64_t k0, int c0, const WarpRows& rows) {
-  if (k0 + kMKeys - 1 <= rows.first) return;
+  if (k0 + NS * 8 - 1 <= rows.first) return;
   const int32_t kb = static_cast<int32_t>(k0) + c0;
 #pragma unroll
   for (int nn = 0; nn < NS; ++nn)
@@ -208,39 +208,63 @@ __global__ void __launch_bounds__(kThreads)
   write_rows<T, NT>(o, l, rows, out + ((t0 + w * 16 + r0) * Hq + h) * D, Hq * D, c0);
 }
 
-// The same computation on Hopper's warpgroup MMA (head size 128, sm_90a; instantiated at 64 it gave wrong
-// results on an H200, not yet explained, so 64 keeps the mma.sync kernel): a block of two
-// warpgroups per (query head, tile of up to 128 query tokens), each warpgroup 64 of the rows (a warp
-// the same 16 rows and Q fragments as above). Key and value tiles of 64 rows are staged by cp.async,
-// three in flight, into 128-byte-swizzled panels of 64 elements (wgmma.cuh), the same layout for both:
-// S = Q K^T reads the key panels K-major (m64n64k16, the queries from registers), O += P V the value
-// panels N-major (m64nDk16, P from registers), so neither is transposed on the way in. The mma.sync
-// kernel issues about 1,150 instructions a warp per key tile (128 of them MMAs, 64 ldmatrix); here a
-// warpgroup issues 8 + 4 wgmma for the same tile. The mask, online softmax and epilogue are the
-// register code above, on the same fragment layout; the skip of tiles past the rows' last position is
-// per warpgroup (wgmma is issued by all four warps together).
-constexpr int kWgStages = 3;
-
-template <int D>
-constexpr size_t prefill_wgmma_smem() {
-  return static_cast<size_t>(kWgStages) * 2 /* K, V */ * kMKeys * D * 2 + 1024 /* alignment slack */;
+// Eight consecutive elements (16-byte aligned for 16-bit types, 32 for float) as floats.
+__device__ __forceinline__ void load8(const float* p, float (&x)[8]) {
+  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+  x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+}
+template <typename H>
+__device__ __forceinline__ void load8(const H* p, float (&x)[8]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const H* e = reinterpret_cast<const H*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) x[i] = to_f(e[i]);
 }
 
-template <typename TI, typename T, int D>
+// The same computation on Hopper's warpgroup MMA (head sizes 64 and 128, sm_90a): a block of two
+// warpgroups per (query head, tile of up to 128 query tokens), each warpgroup 64 of the rows (a warp the
+// same 16 rows as above). The queries are staged once into shared memory; key and value tiles of KT
+// rows (128 by default, or 64) by cp.async, three in flight. All are 128-byte-swizzled panels of 64
+// elements (wgmma.cuh), one layout: S = Q K^T reads query and key panels K-major (m64nKTk16, both from
+// shared memory), O += P V the value panels N-major (m64nDk16, P from registers), so nothing is
+// transposed on the way in. The mma.sync kernel issues about 1,150 instructions a warp per 64 keys (128
+// of them MMAs, 64 ldmatrix); here a warpgroup issues D / 16 + KT / 16 wgmma per tile. The scores'
+// accumulators have mma.m16n8's C layout, so the mask, online softmax and epilogue are the register
+// code above; the skip of tiles past the rows' last position is per warpgroup (wgmma is issued by all
+// four warps together).
+constexpr int kWgStages = 3;
+
+// Shared memory of the warpgroup kernel with KT-key tiles: the block's queries (two warpgroups' 64 rows,
+// D / 64 panels each), then the stages of key and value tiles.
+template <int D>
+__host__ __device__ constexpr uint32_t prefill_wgmma_q_bytes() {
+  return 2 * (D / 64) * 64 * 128;
+}
+template <int D, int KT>
+__host__ __device__ constexpr size_t prefill_wgmma_smem() {
+  return prefill_wgmma_q_bytes<D>() + static_cast<size_t>(kWgStages) * 2 /* K, V */ * KT * D * 2 +
+         1024 /* alignment slack */;
+}
+
+template <typename TI, typename T, int D, int KT>
 __global__ void __launch_bounds__(kThreads, 1)
     flash_prefill_wgmma_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
                           const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t n,
                           int64_t Hq, int64_t Hk, int bs_log2, float scale, T* out) {
 #if defined(LLMSERVE_HAVE_WGMMA)
-  static_assert(D == 128, "64-element panels, m64n128k16 for the values (64: wrong results, see above)");
-  constexpr int KS = D / 16, NT = D / 8, NS = kMKeys / 8, CH = D / 8;
-  constexpr uint32_t kPanel = kMKeys * 128;    // bytes: 64 keys x 64 elements
+  static_assert(D == 128 || D == 64, "64-element panels");
+  static_assert(KT == 64 || KT == 128, "m64n64k16 or m64n128k16 for the scores");
+  static_assert(prefill_wgmma_smem<D, KT>() + 1024 <= 227 * 1024, "an SM's shared memory");
+  constexpr int KS = D / 16, NT = D / 8, NS = KT / 8, CH = D / 8;
+  constexpr uint32_t kPanel = KT * 128;          // bytes: KT keys x 64 elements
   constexpr uint32_t kTile = (D / 64) * kPanel;  // the keys (or values) of one tile
+  constexpr uint32_t kQPanel = 64 * 128;         // a warpgroup's 64 query rows x 64 elements
   extern __shared__ __align__(1024) unsigned char smem[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   const uint32_t pad = ((raw + 1023u) & ~1023u) - raw;
-  unsigned char* const stages = smem + pad;  // [stage][K, V][panel][key][128 bytes], swizzled
-  const uint32_t stages_addr = raw + pad;
+  unsigned char* const qs = smem + pad;  // [warpgroup][panel][row][128 bytes], swizzled
+  unsigned char* const stages = qs + prefill_wgmma_q_bytes<D>();  // [stage][K, V][panel][key][128 bytes], swizzled
+  const uint32_t qs_addr = raw + pad, stages_addr = qs_addr + prefill_wgmma_q_bytes<D>();
   __shared__ int32_t wg_last[2];
 
   pdl_enter();
@@ -251,22 +275,54 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int r0 = lane / 4, c0 = (lane % 4) * 2;
   const WarpRows rows = warp_rows(t0 + w * 16, r0, n, seq, token_seq, positions);
   if (tid < 2) wg_last[tid] = -1;
+  // The block's 128 query rows of head h, scaled (log2(e) included: the softmax works in base 2) and
+  // rounded to T once, into the K-major panels S = Q K^T reads as its A operand; rows that are not this
+  // sequence's tokens are zeros. (The queries are not held in registers as wgmma's register A operand:
+  // CUDA 13.0's ptxas gave those registers to the P fragments inside the key loop, so every tile after
+  // the first multiplied P by the keys; seen in the SASS at head size 64 and with 128-key tiles.)
+  {
+    // A thread takes chunk ch (8 elements) of rows tid / CH + i * kRowStep: all its loads are issued
+    // before any store (rows of other sequences below n are read and zeroed, so the row's sequence id
+    // and its queries come in one round trip).
+    constexpr int kRowStep = kThreads / CH, kPer = kRows / kRowStep;
+    static_assert(kThreads % CH == 0 && kRows % kRowStep == 0, "whole rows per pass");
+    const float qscale = scale * 1.4426950408889634f;
+    const int ch = tid % CH;
+    float x[kPer][8];
+    bool mine[kPer];
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int64_t t = t0 + tid / CH + i * kRowStep;
+      mine[i] = t < n;
+      load8(q + (min(t, n - 1) * Hq + h) * D + ch * 8, x[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) mine[i] = mine[i] && token_seq[t0 + tid / CH + i * kRowStep] == seq;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int r = tid / CH + i * kRowStep;
+      const float f = mine[i] ? qscale : 0.f;
+      const uint4 v = make_uint4(pack2<T>(x[i][0] * f, x[i][1] * f), pack2<T>(x[i][2] * f, x[i][3] * f),
+                                 pack2<T>(x[i][4] * f, x[i][5] * f), pack2<T>(x[i][6] * f, x[i][7] * f));
+      *reinterpret_cast<uint4*>(qs + ((r / 64) * (D / 64) + ch / 8) * kQPanel + wgmma_swizzle(r % 64, ch % 8)) = v;
+    }
+  }
+  fence_proxy_async();  // the generic-proxy stores above before wgmma's reads of them
   __syncthreads();
   if (lane == 0) atomicMax(&wg_last[wg], rows.last);
-  unsigned qa[KS][4];
-  query_fragments<T, D>(qa, lane, q, t0 + w * 16, Hq, h, scale, rows);
   __syncthreads();
   const int32_t my_last = wg_last[wg];
-  const int64_t nkeys = static_cast<int64_t>(max(wg_last[0], wg_last[1])) + 1, ntiles = (nkeys + kMKeys - 1) / kMKeys;
+  const uint32_t qa = qs_addr + wg * (D / 64) * kQPanel;
+  const int64_t nkeys = static_cast<int64_t>(max(wg_last[0], wg_last[1])) + 1, ntiles = (nkeys + KT - 1) / KT;
   const int64_t row = Hk * D;
   const uint32_t bs_mask = (1u << bs_log2) - 1;
   // Copies key tile i into stage i % kWgStages (rows past the keys: zeros).
   auto stage = [&](int64_t i) {
     unsigned char* ks = stages + (i % kWgStages) * 2 * kTile;
     unsigned char* vs = ks + kTile;
-    for (int c = tid; c < kMKeys * CH; c += kThreads) {
+    for (int c = tid; c < KT * CH; c += kThreads) {
       const int key = c / CH, ch = c % CH;
-      const uint32_t j = static_cast<uint32_t>(i * kMKeys + key);
+      const uint32_t j = static_cast<uint32_t>(i * KT + key);
       const bool load = j < nkeys;
       const int64_t off =
           load ? ((static_cast<int64_t>(table[j >> bs_log2]) << bs_log2) + (j & bs_mask)) * row + kvh * D + ch * 8 : 0;
@@ -289,14 +345,15 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();
     if (i + kWgStages - 1 < ntiles) stage(i + kWgStages - 1);
     cp_async_commit();
-    const int64_t k0 = i * kMKeys;
+    const int64_t k0 = i * KT;
     if (k0 > my_last) continue;  // the same for the whole warpgroup
     const uint32_t ka = stages_addr + static_cast<uint32_t>(i % kWgStages) * 2 * kTile, va = ka + kTile;
     // S = Q K^T: 16 of the head's elements a step, the panel's k-th 32 bytes.
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < KS; ++k)
-      wgmma_rs<T, false>(sc, qa[k], wgmma_desc(ka + (k / 4) * kPanel + (k % 4) * 32, 16, 1024), k > 0);
+      wgmma_ss<T>(sc, wgmma_desc(qa + (k / 4) * kQPanel + (k % 4) * 32, 16, 1024),
+                  wgmma_desc(ka + (k / 4) * kPanel + (k % 4) * 32, 16, 1024), k > 0);
     wgmma_commit();
     wgmma_wait_all();
     causal_mask(sc, k0, c0, rows);
@@ -304,12 +361,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     online_softmax<NS, NT, 4, true>(sc, 1, m[1], l[1], o);
     // O += P V, 16 keys a step: P's C fragments of n-tiles 2kk, 2kk + 1 are the A fragment; the value
     // rows of those keys start 16 lines (2,048 bytes) further each step.
-    unsigned pa[kMKeys / 16][4];
+    unsigned pa[KT / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < kMKeys / 16; ++kk) p_fragment<T>(sc, kk, pa[kk]);
+    for (int kk = 0; kk < KT / 16; ++kk) p_fragment<T>(sc, kk, pa[kk]);
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kMKeys / 16; ++kk) wgmma_rs<T, true>(o, pa[kk], wgmma_desc(va + kk * 2048, kPanel, 1024), 1);
+    for (int kk = 0; kk < KT / 16; ++kk) wgmma_rs<T, true>(o, pa[kk], wgmma_desc(va + kk * 2048, kPanel, 1024), 1);
     wgmma_commit();
     wgmma_wait_all();
   }
@@ -331,6 +388,7 @@ namespace {
 // warpgroup kernel is wanted (LLMSERVE_PREFILL_WGMMA=0 or set_prefill_attention_wgmma(false): not).
 std::atomic<bool> g_wgmma_runs{false};
 std::atomic<bool> g_wgmma_wanted{true};
+std::atomic<int> g_wgmma_keys{128};  // keys a tile
 
 __global__ void wgmma_probe_k(int* runs) {
 #if defined(LLMSERVE_HAVE_WGMMA)
@@ -350,25 +408,34 @@ void prepare_flash_prefill() {
   check(e == cudaSuccess ? cudaMemcpy(&runs, d, sizeof(int), cudaMemcpyDeviceToHost) : e, "flash_prefill probe");
   check(cudaFree(d), "flash_prefill probe");
   if (runs) {
-#define ALLOW(TI, T)                                                                                    \
-  check(cudaFuncSetAttribute(flash_prefill_wgmma_k<TI, T, 128>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
-                             static_cast<int>(prefill_wgmma_smem<128>())),                              \
+#define ALLOW1(TI, T, D, KT)                                                                                \
+  check(cudaFuncSetAttribute(flash_prefill_wgmma_k<TI, T, D, KT>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
+                             static_cast<int>(prefill_wgmma_smem<D, KT>())),                                  \
         "flash_prefill shared memory");
+#define ALLOW(TI, T) ALLOW1(TI, T, 128, 64) ALLOW1(TI, T, 128, 128) ALLOW1(TI, T, 64, 64) ALLOW1(TI, T, 64, 128)
     ALLOW(float, __half)
     ALLOW(float, __nv_bfloat16)
     ALLOW(__half, __half)
     ALLOW(__nv_bfloat16, __nv_bfloat16)
 #undef ALLOW
+#undef ALLOW1
   }
   g_wgmma_runs.store(runs != 0);
   const char* env = std::getenv("LLMSERVE_PREFILL_WGMMA");
   if (env && std::string(env) == "0") g_wgmma_wanted.store(false);
+  const char* keys = std::getenv("LLMSERVE_PREFILL_KEYS");
+  if (keys && std::string(keys) == "64") g_wgmma_keys.store(64);
+}
+
+void set_prefill_wgmma_keys(int keys) {
+  if (keys != 64 && keys != 128) check(cudaErrorInvalidValue, "set_prefill_wgmma_keys: 64 or 128 keys a tile");
+  g_wgmma_keys.store(keys);
 }
 
 void set_prefill_attention_wgmma(bool on) { g_wgmma_wanted.store(on); }
 
 bool prefill_attention_wgmma(int64_t D) {
-  return D == 128 && g_wgmma_runs.load() && g_wgmma_wanted.load();
+  return (D == 128 || D == 64) && g_wgmma_runs.load() && g_wgmma_wanted.load();
 }
 
 template <typename TI, typename T>
@@ -381,13 +448,19 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
   // Heads along x: the blocks of one tile start together (a KV head's tiles are read by its query
   // heads at about the same time) and the tiles go out heaviest first (flash_prefill_tiles).
   const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(num_tiles));
-  if (prefill_attention_wgmma(D)) {
-    auto run = [&](auto d) {
-      constexpr int Dc = decltype(d)::value;
-      launch("flash_prefill (wgmma)", flash_prefill_wgmma_k<TI, T, Dc>, grid, kThreads, prefill_wgmma_smem<Dc>(), s, q,
-             k_cache, v_cache, block_tables, max_blocks, token_seq, positions, tiles, n, Hq, Hk, bs_log2, scale, out);
+  // The warpgroup kernel reads each query row's chunks as 16-byte (float: 32-byte) vectors.
+  const bool aligned = reinterpret_cast<uintptr_t>(q) % (sizeof(TI) * 8) == 0;
+  if (prefill_attention_wgmma(D) && aligned) {
+    auto run = [&](auto d, auto kt) {
+      constexpr int Dc = decltype(d)::value, KT = decltype(kt)::value;
+      launch("flash_prefill (wgmma)", flash_prefill_wgmma_k<TI, T, Dc, KT>, grid, kThreads, prefill_wgmma_smem<Dc, KT>(), s,
+             q, k_cache, v_cache, block_tables, max_blocks, token_seq, positions, tiles, n, Hq, Hk, bs_log2, scale, out);
     };
-    return run(std::integral_constant<int, 128>{});
+    using I64 = std::integral_constant<int, 64>;
+    using I128 = std::integral_constant<int, 128>;
+    const bool k128 = g_wgmma_keys.load() == 128;
+    if (D == 64) return k128 ? run(I64{}, I128{}) : run(I64{}, I64{});
+    return k128 ? run(I128{}, I128{}) : run(I128{}, I64{});
   }
   auto run = [&](auto d) {
     constexpr int Dc = decltype(d)::value;

@@ -60,13 +60,16 @@ void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int3
 // `tiles` lists the first token of each tile of up to 128 query tokens of one sequence, the tiles whose
 // last row sees the most keys first (flash_prefill_tiles of the step's q_start and positions).
 bool flash_prefill_supported(int64_t head_dim);
-// Head size 128 runs a warpgroup-MMA (wgmma) form of the kernel where this build's sm_90a code
+// Head sizes 64 and 128 run a warpgroup-MMA (wgmma) form of the kernel where this build's sm_90a code
 // runs on the device, else the mma.sync one. prepare_flash_prefill (called by prepare_attention_kernels)
 // probes for it; LLMSERVE_PREFILL_WGMMA=0 or set_prefill_attention_wgmma(false) keeps the mma.sync kernel
-// (tests and benchmarks compare the two); prefill_attention_wgmma says which one head size D gets.
+// (tests and benchmarks compare the two); prefill_attention_wgmma says which one head size D gets. The
+// wgmma form stages 128 keys a tile, or 64 with LLMSERVE_PREFILL_KEYS=64 or set_prefill_wgmma_keys(64)
+// (values other than 64 and 128 throw).
 void prepare_flash_prefill();
 void set_prefill_attention_wgmma(bool on);
 bool prefill_attention_wgmma(int64_t head_dim);
+void set_prefill_wgmma_keys(int keys);
 std::vector<int32_t> flash_prefill_tiles(const std::vector<int32_t>& q_start, const std::vector<int32_t>& positions);
 template <typename TI, typename T>
 void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,

@@ -304,9 +304,8 @@ TEST_P(CudaOps, PrefillAttentionKernelsMatchTheCpu) {
   // the one that runs, so that this test covers it.
   if (major == 9 && minor == 0) {
     EXPECT_TRUE(cuda::prefill_attention_wgmma(128));
+    EXPECT_TRUE(cuda::prefill_attention_wgmma(64));
   }
-  // Head size 64 keeps the mma.sync kernel (the warpgroup form gave wrong results there, docs/performance.md).
-  EXPECT_FALSE(cuda::prefill_attention_wgmma(64));
   EXPECT_FALSE(cuda::prefill_attention_wgmma(80));
   std::mt19937 g(21);
   for (const int64_t bs : {16, 32}) {
@@ -322,32 +321,38 @@ TEST_P(CudaOps, PrefillAttentionKernelsMatchTheCpu) {
         auto vc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
         Tensor ac = cpu.empty({T, Hq * D}, DType::F32);
         cpu.attention(q.first, kc.first, vc.first, D, bs, 0.09f, ac);
-        std::vector<float> rows[2];  // each kernel's output, compared row by row below
-        for (const bool wgmma : {true, false}) {
-          cuda::set_prefill_attention_wgmma(wgmma);
+        std::vector<float> rows[3];  // each kernel's output, compared row by row below
+        for (const int kernel : {0, 1, 2}) {  // mma.sync, wgmma with 64-key tiles, with 128-key tiles
+          cuda::set_prefill_attention_wgmma(kernel > 0);
+          cuda::set_prefill_wgmma_keys(kernel == 2 ? 128 : 64);
           Tensor ag = gpu->empty({T, Hq * D}, dt);
           gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
-          rows[wgmma] = get(*gpu, ag);
-          const std::string what = std::string(wgmma && cuda::prefill_attention_wgmma(D) ? "wgmma" : "mma.sync") +
-                                   " prefill attention, head_dim " + std::to_string(D) + ", " +
-                                   (Hq == Hk ? "multi-head" : "grouped") + ", blocks of " + std::to_string(bs);
+          rows[kernel] = get(*gpu, ag);
+          const std::string what = std::string(kernel > 0 && cuda::prefill_attention_wgmma(D) ? "wgmma" : "mma.sync") +
+                                   (kernel == 2 ? " (128 keys)" : "") + " prefill attention, head_dim " +
+                                   std::to_string(D) + ", " + (Hq == Hk ? "multi-head" : "grouped") + ", blocks of " +
+                                   std::to_string(bs);
           expect_close(ac, ag, what.c_str(), tol());
         }
         // The kernels round the same values (queries, probabilities) to the cache type, so every row
         // agrees closely; a row that missed or repeated a key tile would not.
-        double worst = 0;
-        for (int64_t r = 0; r < T * Hq; ++r) {
-          double dd = 0, nn = 0;
-          for (int64_t d = 0; d < D; ++d) {
-            const double a = rows[1][r * D + d], b = rows[0][r * D + d];
-            dd += (a - b) * (a - b);
-            nn += b * b;
+        for (const int kernel : {1, 2}) {
+          double worst = 0;
+          for (int64_t r = 0; r < T * Hq; ++r) {
+            double dd = 0, nn = 0;
+            for (int64_t d = 0; d < D; ++d) {
+              const double a = rows[kernel][r * D + d], b = rows[0][r * D + d];
+              dd += (a - b) * (a - b);
+              nn += b * b;
+            }
+            worst = std::max(worst, std::sqrt(dd / std::max(nn, 1e-30)));
           }
-          worst = std::max(worst, std::sqrt(dd / std::max(nn, 1e-30)));
+          EXPECT_LT(worst, 2e-2) << "wgmma prefill kernel with " << (kernel == 2 ? 128 : 64)
+                                 << "-key tiles against mma.sync, worst row, head_dim " << D << ", blocks of " << bs;
         }
-        EXPECT_LT(worst, 2e-2) << "the two prefill kernels' worst row, head_dim " << D << ", blocks of " << bs;
       }
   }
+  cuda::set_prefill_wgmma_keys(128);
   cuda::set_prefill_attention_wgmma(true);
 }
 

@@ -72,7 +72,9 @@ void warn_ignored_switches() {
         {"LLMSERVE_CUDA_PDL", {"0", "1"}},
         {"LLMSERVE_STACKED_GEMMS", {"0", "1"}},
         {"LLMSERVE_SKINNY_GEMM", {"0", "1"}},
-        {"LLMSERVE_DECODE_ATTN_WARPS", {"4", "8"}}};
+        {"LLMSERVE_DECODE_ATTN_WARPS", {"4", "8"}},
+        {"LLMSERVE_PREFILL_WGMMA", {"0", "1"}},
+        {"LLMSERVE_PREFILL_KEYS", {"64", "128"}}};
     for (const auto& [name, values] : switches) {
       const char* e = std::getenv(name);
       if (!e || std::find(values.begin(), values.end(), std::string(e)) != values.end()) continue;
