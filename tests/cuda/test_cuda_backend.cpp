@@ -288,11 +288,13 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
   EXPECT_THROW(cuda::set_decode_attention_min_chunk(100), std::exception);  // multiples of 32
 }
 
-// Prefill attention's two tensor-core kernels (warpgroup MMA for head size 128 where the build's
-// sm_90a code runs, mma.sync otherwise) against the CPU kernel: prompts of several 128-row tiles with a
-// partial last one (both warpgroups of a block busy, and a warpgroup whose rows all precede the last key
-// tile), a chunk after cached context, a short prompt and a decode in the same step; grouped and plain
-// heads; blocks of 16 and 32 positions.
+// Prefill attention's two tensor-core kernels (warpgroup MMA for head sizes 64 and 128 where the
+// build's sm_90a code runs, with 64- and 128-key tiles; mma.sync otherwise) against the CPU kernel:
+// prompts of several 128-row tiles with a partial last one (both warpgroups of a block busy, and a
+// warpgroup whose rows all precede the last key tile), a chunk after cached context (many key tiles: a
+// form whose queries' registers were clobbered was wrong from the second tile on), a short prompt and a
+// decode in the same step; grouped and plain heads; blocks of 16 and 32 positions. Invalid tile sizes
+// throw.
 TEST_P(CudaOps, PrefillAttentionKernelsMatchTheCpu) {
   const DType dt = GetParam();
   if (dt == DType::F32) GTEST_SKIP() << "float32 caches take the split-KV kernel";
@@ -354,6 +356,7 @@ TEST_P(CudaOps, PrefillAttentionKernelsMatchTheCpu) {
   }
   cuda::set_prefill_wgmma_keys(128);
   cuda::set_prefill_attention_wgmma(true);
+  EXPECT_THROW(cuda::set_prefill_wgmma_keys(96), std::exception);  // 64 or 128
 }
 
 // The fused decoder-layer ops against the CPU backend's compositions of the plain ops.
