@@ -208,19 +208,6 @@ __global__ void __launch_bounds__(kThreads)
   write_rows<T, NT>(o, l, rows, out + ((t0 + w * 16 + r0) * Hq + h) * D, Hq * D, c0);
 }
 
-// Eight consecutive elements (16-byte aligned for 16-bit types, 32 for float) as floats.
-__device__ __forceinline__ void load8(const float* p, float (&x)[8]) {
-  const float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
-  x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
-}
-template <typename H>
-__device__ __forceinline__ void load8(const H* p, float (&x)[8]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const H* e = reinterpret_cast<const H*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) x[i] = to_f(e[i]);
-}
-
 // The same computation on Hopper's warpgroup MMA (head sizes 64 and 128, sm_90a): a block of two
 // warpgroups per (query head, tile of up to 128 query tokens), each warpgroup 64 of the rows (a warp the
 // same 16 rows as above). The queries are staged once into shared memory; key and value tiles of KT
@@ -294,7 +281,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int i = 0; i < kPer; ++i) {
       const int64_t t = t0 + tid / CH + i * kRowStep;
       mine[i] = t < n;
-      load8(q + (min(t, n - 1) * Hq + h) * D + ch * 8, x[i]);
+      load_vec<8>(q + (min(t, n - 1) * Hq + h) * D + ch * 8, x[i]);
     }
 #pragma unroll
     for (int i = 0; i < kPer; ++i) mine[i] = mine[i] && token_seq[t0 + tid / CH + i * kRowStep] == seq;
@@ -448,9 +435,9 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
   // Heads along x: the blocks of one tile start together (a KV head's tiles are read by its query
   // heads at about the same time) and the tiles go out heaviest first (flash_prefill_tiles).
   const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(num_tiles));
-  // The warpgroup kernel reads each query row's chunks as 16-byte (float: 32-byte) vectors.
-  const bool aligned = reinterpret_cast<uintptr_t>(q) % (sizeof(TI) * 8) == 0;
-  if (prefill_attention_wgmma(D) && aligned) {
+  // The warpgroup kernel reads the queries 8 elements at a time (rows are D elements, a multiple of 8,
+  // so only the base can be misaligned; the mma.sync kernel takes such a view).
+  if (prefill_attention_wgmma(D) && vec_ok(q, 8, sizeof(TI))) {
     auto run = [&](auto d, auto kt) {
       constexpr int Dc = decltype(d)::value, KT = decltype(kt)::value;
       launch("flash_prefill (wgmma)", flash_prefill_wgmma_k<TI, T, Dc, KT>, grid, kThreads, prefill_wgmma_smem<Dc, KT>(), s,
