@@ -233,8 +233,10 @@ __host__ __device__ constexpr size_t prefill_wgmma_smem() {
          1024 /* alignment slack */;
 }
 
+// Head size 64 with 64-key tiles is held to 127 registers so that two blocks share an SM (no spills;
+// without the bound ptxas takes 129, one block); the others take one block an SM.
 template <typename TI, typename T, int D, int KT>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, (D == 64 && KT == 64) ? 2 : 1)
     flash_prefill_wgmma_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
                           const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t n,
                           int64_t Hq, int64_t Hk, int bs_log2, float scale, T* out) {
@@ -375,7 +377,8 @@ namespace {
 // warpgroup kernel is wanted (LLMSERVE_PREFILL_WGMMA=0 or set_prefill_attention_wgmma(false): not).
 std::atomic<bool> g_wgmma_runs{false};
 std::atomic<bool> g_wgmma_wanted{true};
-std::atomic<int> g_wgmma_keys{128};  // keys a tile
+std::atomic<int> g_wgmma_keys{0};  // keys a tile; 0: prefill_wgmma_keys chooses
+std::atomic<int> g_sms{0};         // the device's SMs (prepare_flash_prefill)
 
 __global__ void wgmma_probe_k(int* runs) {
 #if defined(LLMSERVE_HAVE_WGMMA)
@@ -411,12 +414,25 @@ void prepare_flash_prefill() {
   const char* env = std::getenv("LLMSERVE_PREFILL_WGMMA");
   if (env && std::string(env) == "0") g_wgmma_wanted.store(false);
   const char* keys = std::getenv("LLMSERVE_PREFILL_KEYS");
-  if (keys && std::string(keys) == "64") g_wgmma_keys.store(64);
+  if (keys && (std::string(keys) == "64" || std::string(keys) == "128")) g_wgmma_keys.store(std::atoi(keys));
+  int dev = 0, sms = 0;
+  check(cudaGetDevice(&dev), "flash_prefill SMs");
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), "flash_prefill SMs");
+  g_sms.store(sms);
 }
 
 void set_prefill_wgmma_keys(int keys) {
-  if (keys != 64 && keys != 128) check(cudaErrorInvalidValue, "set_prefill_wgmma_keys: 64 or 128 keys a tile");
+  if (keys != 0 && keys != 64 && keys != 128)
+    check(cudaErrorInvalidValue, "set_prefill_wgmma_keys: 64 or 128 keys a tile, or 0 to choose by size");
   g_wgmma_keys.store(keys);
+}
+
+int prefill_wgmma_keys(int64_t D, int64_t blocks) {
+  if (const int keys = g_wgmma_keys.load()) return keys;
+  // Head size 64 with 64-key tiles fits two blocks an SM (127 registers, 65 KB of shared memory each),
+  // which pays once the grid fills both: 1.22x the 128-key tiles at 8,192 SmolLM2 tokens (576 blocks),
+  // 0.80x at 2,048 (144 blocks over 132 SMs; H200, docs/performance.md).
+  return D == 64 && blocks >= 2 * static_cast<int64_t>(g_sms.load()) ? 64 : 128;
 }
 
 void set_prefill_attention_wgmma(bool on) { g_wgmma_wanted.store(on); }
@@ -445,7 +461,7 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
     };
     using I64 = std::integral_constant<int, 64>;
     using I128 = std::integral_constant<int, 128>;
-    const bool k128 = g_wgmma_keys.load() == 128;
+    const bool k128 = prefill_wgmma_keys(D, Hq * num_tiles) == 128;
     if (D == 64) return k128 ? run(I64{}, I128{}) : run(I64{}, I64{});
     return k128 ? run(I128{}, I128{}) : run(I128{}, I64{});
   }

@@ -64,12 +64,15 @@ bool flash_prefill_supported(int64_t head_dim);
 // runs on the device, else the mma.sync one. prepare_flash_prefill (called by prepare_attention_kernels)
 // probes for it; LLMSERVE_PREFILL_WGMMA=0 or set_prefill_attention_wgmma(false) keeps the mma.sync kernel
 // (tests and benchmarks compare the two); prefill_attention_wgmma says which one head size D gets. The
-// wgmma form stages 128 keys a tile, or 64 with LLMSERVE_PREFILL_KEYS=64 or set_prefill_wgmma_keys(64)
-// (values other than 64 and 128 throw).
+// wgmma form stages 128 keys a tile, except at head size 64 on a grid of at least two blocks an SM
+// (64-key tiles then fit two blocks an SM); prefill_wgmma_keys says which for a grid of `blocks`.
+// LLMSERVE_PREFILL_KEYS=64|128 or set_prefill_wgmma_keys(64|128) fixes the size (0 chooses again;
+// other values throw).
 void prepare_flash_prefill();
 void set_prefill_attention_wgmma(bool on);
 bool prefill_attention_wgmma(int64_t head_dim);
 void set_prefill_wgmma_keys(int keys);
+int prefill_wgmma_keys(int64_t head_dim, int64_t blocks);
 std::vector<int32_t> flash_prefill_tiles(const std::vector<int32_t>& q_start, const std::vector<int32_t>& positions);
 template <typename TI, typename T>
 void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,

@@ -354,9 +354,21 @@ TEST_P(CudaOps, PrefillAttentionKernelsMatchTheCpu) {
         }
       }
   }
-  cuda::set_prefill_wgmma_keys(128);
   cuda::set_prefill_attention_wgmma(true);
-  EXPECT_THROW(cuda::set_prefill_wgmma_keys(96), std::exception);  // 64 or 128
+  // The size chosen when none is set: 64-key tiles only at head size 64 on a grid that fills two
+  // blocks an SM, and a set size always.
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  cuda::set_prefill_wgmma_keys(0);
+  EXPECT_EQ(cuda::prefill_wgmma_keys(128, 100 * sms), 128);
+  EXPECT_EQ(cuda::prefill_wgmma_keys(64, 2 * sms - 1), 128);
+  EXPECT_EQ(cuda::prefill_wgmma_keys(64, 2 * sms), 64);
+  cuda::set_prefill_wgmma_keys(64);
+  EXPECT_EQ(cuda::prefill_wgmma_keys(128, 1), 64);
+  cuda::set_prefill_wgmma_keys(128);
+  EXPECT_EQ(cuda::prefill_wgmma_keys(64, 100 * sms), 128);
+  EXPECT_THROW(cuda::set_prefill_wgmma_keys(96), std::exception);  // 64 or 128, or 0
+  cuda::set_prefill_wgmma_keys(0);
 }
 
 // The fused decoder-layer ops against the CPU backend's compositions of the plain ops.
