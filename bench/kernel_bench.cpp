@@ -401,12 +401,13 @@ void sampler_tables(CudaBackend& be, double copy_gbs) {
 
 }  // namespace
 
-// Prefill attention, the warpgroup-MMA kernel with 64- and 128-key tiles (cuda::set_prefill_wgmma_keys)
-// against the mma.sync one (cuda::set_prefill_attention_wgmma; the speed-up is that of the tile size the
-// kernel chooses when none is set, cuda::prefill_wgmma_keys), in
-// TFLOP/s of the causal products (4 x heads x head_dim per visible (query, key) pair) against the GEMM
-// peak: whole prompts of 512 to 16,384 tokens, a 2,048-token chunk after 6,144 cached, 16 prompts of 512
-// (the throughput run's prefill steps), at the Qwen2.5-1.5B heads (12 of 128 over 2 KV heads) and
+// Prefill attention, the warpgroup-MMA kernel with 64- and 128-key tiles (cuda::set_prefill_wgmma_keys),
+// the 128-key tiles copied by the threads or by TMA (cuda::set_prefill_attention_tma), against the
+// mma.sync one (cuda::set_prefill_attention_wgmma; the speed-up is that of what runs when nothing is set:
+// the tile size cuda::prefill_wgmma_keys chooses, 128-key tiles by TMA), in TFLOP/s of the causal
+// products (4 x heads x head_dim per visible (query, key) pair) against the GEMM peak: whole prompts of
+// 512 to 16,384 tokens, a 2,048-token chunk after 6,144 cached, batches of prompts (16 of 512: the
+// throughput run's prefill steps), at the Qwen2.5-1.5B heads (12 of 128 over 2 KV heads) and
 // SmolLM2-135M's (9 of 64 over 3).
 void prefill_table(CudaBackend& be, double peak_tflops) {
   struct Case {
@@ -417,10 +418,11 @@ void prefill_table(CudaBackend& be, double peak_tflops) {
                         {"1.5B", 12, 2, 128, 1, 8192, 8192},   {"1.5B", 12, 2, 128, 1, 16384, 16384},
                         {"1.5B", 12, 2, 128, 1, 2048, 8192},   {"1.5B", 12, 2, 128, 16, 512, 512},
                         {"135M", 9, 3, 64, 1, 2048, 2048},     {"135M", 9, 3, 64, 1, 4096, 4096},
-                        {"135M", 9, 3, 64, 1, 8192, 8192},     {"135M", 9, 3, 64, 16, 512, 512}};
+                        {"135M", 9, 3, 64, 1, 8192, 8192},     {"135M", 9, 3, 64, 16, 512, 512},
+                        {"135M", 9, 3, 64, 8, 1024, 1024},     {"135M", 9, 3, 64, 4, 2048, 2048}};
   const int64_t bs = 16;
-  std::printf("%-46s %20s %20s %20s %14s\n", "prefill attention (causal, bf16 cache)", "mma.sync us (TF/s)",
-              "wgmma 64 keys", "wgmma 128 keys", "speed-up");
+  std::printf("%-46s %20s %20s %20s %20s %14s\n", "prefill attention (causal, bf16 cache)", "mma.sync us (TF/s)",
+              "wgmma 64 keys", "wgmma 128 keys", "128 keys by TMA", "speed-up");
   for (const auto& c : cases) {
     const StepMeta m = attention_step(c.seqs, c.q_len, c.ctx, bs);
     be.begin_step(m);
@@ -432,23 +434,24 @@ void prefill_table(CudaBackend& be, double peak_tflops) {
     double pairs = 0;
     for (int64_t i = 0; i < c.q_len; ++i) pairs += static_cast<double>(c.ctx - c.q_len + i + 1);
     const double flops = 4.0 * c.Hq * c.D * pairs * c.seqs;
-    double us[3];
-    for (int w = 0; w < 3; ++w) {
+    double us[4];
+    for (int w = 0; w < 4; ++w) {
       cuda::set_prefill_attention_wgmma(w >= 1);
-      cuda::set_prefill_wgmma_keys(w == 2 ? 128 : 64);
+      cuda::set_prefill_wgmma_keys(w >= 2 ? 128 : 64);
+      cuda::set_prefill_attention_tma(w == 3);
       us[w] = graph_ms(be, [&] { be.attention(q, kc, vc, c.D, bs, 0.0884f, out); }, 3) * 1e3;
     }
     cuda::set_prefill_wgmma_keys(0);
     cuda::set_prefill_attention_wgmma(true);
-    const int keys = cuda::prefill_wgmma_keys(c.D, c.Hq * ((c.q_len + 127) / 128) * c.seqs);  // 128-row tiles
+    cuda::set_prefill_attention_tma(true);
+    const int keys = cuda::prefill_wgmma_keys(c.D, c.Hq * ((c.q_len + 127) / 128) * c.seqs, c.ctx);  // 128-row tiles
     char name[96];
     std::snprintf(name, sizeof name, "%s: %lld x %lld new tokens, context %lld", c.model, static_cast<long long>(c.seqs),
                   static_cast<long long>(c.q_len), static_cast<long long>(c.ctx));
-    char a[32], b[32], b2[32];
-    std::snprintf(a, sizeof a, "%.1f (%.0f)", us[0], flops / (us[0] * 1e-6) / 1e12);
-    std::snprintf(b, sizeof b, "%.1f (%.0f)", us[1], flops / (us[1] * 1e-6) / 1e12);
-    std::snprintf(b2, sizeof b2, "%.1f (%.0f)", us[2], flops / (us[2] * 1e-6) / 1e12);
-    std::printf("%-46s %20s %20s %20s %5.2fx (%3d)\n", name, a, b, b2, us[0] / us[keys == 128 ? 2 : 1], keys);
+    char cell[4][32];
+    for (int w = 0; w < 4; ++w) std::snprintf(cell[w], sizeof cell[w], "%.1f (%.0f)", us[w], flops / (us[w] * 1e-6) / 1e12);
+    std::printf("%-46s %20s %20s %20s %20s %5.2fx (%3d)\n", name, cell[0], cell[1], cell[2], cell[3],
+                us[0] / us[keys == 128 ? 3 : 1], keys);
   }
   std::printf("(GEMM peak %.0f TFLOP/s; the speed-up is of the tile size chosen, in brackets; the wgmma columns are the mma.sync kernel again where the build's sm_90a code "
               "does not run: %s)\n",

@@ -6,6 +6,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/ops.cuh"
+#include "kernels/cuda/tma.cuh"
 #include "kernels/cuda/wgmma.cuh"
 
 #include <algorithm>
@@ -211,10 +212,10 @@ __global__ void __launch_bounds__(kThreads)
 // The same computation on Hopper's warpgroup MMA (head sizes 64 and 128, sm_90a): a block of two
 // warpgroups per (query head, tile of up to 128 query tokens), each warpgroup 64 of the rows (a warp the
 // same 16 rows as above). The queries are staged once into shared memory; key and value tiles of KT
-// rows (128 by default, or 64) by cp.async, three in flight. All are 128-byte-swizzled panels of 64
-// elements (wgmma.cuh), one layout: S = Q K^T reads query and key panels K-major (m64nKTk16, both from
-// shared memory), O += P V the value panels N-major (m64nDk16, P from registers), so nothing is
-// transposed on the way in. The mma.sync kernel issues about 1,150 instructions a warp per 64 keys (128
+// rows (128 or 64) by cp.async, three in flight (or by TMA: flash_prefill_tma_k below). All are
+// 128-byte-swizzled panels of 64 elements (wgmma.cuh), one layout: S = Q K^T reads query and key panels
+// K-major (m64nKTk16, both from shared memory), O += P V the value panels N-major (m64nDk16, P from
+// registers), so nothing is transposed on the way in. The mma.sync kernel issues about 1,150 instructions a warp per 64 keys (128
 // of them MMAs, 64 ldmatrix); here a warpgroup issues D / 16 + KT / 16 wgmma per tile. The scores'
 // accumulators have mma.m16n8's C layout, so the mask, online softmax and epilogue are the register
 // code above; the skip of tiles past the rows' last position is per warpgroup (wgmma is issued by all
@@ -233,6 +234,111 @@ __host__ __device__ constexpr size_t prefill_wgmma_smem() {
          1024 /* alignment slack */;
 }
 
+// The warpgroup kernels' shared memory at 1,024-byte alignment (the swizzle's atom): the queries
+// ([warpgroup][panel][row][128 bytes]), then the stages of key and value tiles ([stage][K, V][panel][key]
+// [128 bytes]), all swizzled; pointers and shared-space addresses.
+template <int D>
+struct WgmmaSmem {
+  unsigned char* qs;
+  unsigned char* stages;
+  uint32_t qs_addr, stages_addr;
+  __device__ explicit WgmmaSmem(unsigned char* smem) {
+    const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+    const uint32_t pad = ((raw + 1023u) & ~1023u) - raw;
+    qs = smem + pad;
+    stages = qs + prefill_wgmma_q_bytes<D>();
+    qs_addr = raw + pad;
+    stages_addr = qs_addr + prefill_wgmma_q_bytes<D>();
+  }
+};
+
+// A warpgroup kernel's block: the tile of query tokens from t0 (one sequence's, seq), query head h and
+// its KV head, the sequence's block table.
+struct WgmmaBlock {
+  int64_t t0, h, kvh;
+  int32_t seq;
+  const int32_t* table;
+  __device__ WgmmaBlock(const int32_t* tiles, const int32_t* token_seq, const int32_t* tables, int64_t max_blocks,
+                        int64_t Hq, int64_t Hk)
+      : t0(tiles[blockIdx.y]), h(blockIdx.x), kvh(h / (Hq / Hk)), seq(token_seq[t0]),
+        table(tables + static_cast<int64_t>(seq) * max_blocks) {}
+  // The cache row (block x block size + offset) of the sequence's key j.
+  __device__ int64_t cache_row(int64_t j, int bs_log2) const {
+    return (static_cast<int64_t>(table[j >> bs_log2]) << bs_log2) + (j & ((int64_t{1} << bs_log2) - 1));
+  }
+};
+
+// The block's 128 query rows of head h, scaled (log2(e) included: the softmax works in base 2) and
+// rounded to T once, into the K-major panels at qs that S = Q K^T reads as its A operand (warpgroup g's
+// 64 rows at g x D / 64 panels); rows that are not this sequence's tokens are zeros. Threads tid < 256 take
+// part. (The queries are not held in registers as wgmma's register A operand: CUDA 13.0's ptxas gave
+// those registers to the P fragments inside the key loop, so every tile after the first multiplied P by
+// the keys; seen in the SASS at head size 64 and with 128-key tiles.)
+template <typename TI, typename T, int D>
+__device__ __forceinline__ void stage_queries(unsigned char* qs, const TI* q, int64_t t0, int64_t n, int64_t Hq, int64_t h,
+                                              float scale, const int32_t* token_seq, int32_t seq, int tid) {
+  // A thread takes chunk ch (8 elements) of rows tid / CH + i * kRowStep: all its loads are issued
+  // before any store (rows of other sequences below n are read and zeroed, so the row's sequence id
+  // and its queries come in one round trip).
+  constexpr int CH = D / 8, kRowStep = kThreads / CH, kPer = kRows / kRowStep;
+  constexpr uint32_t kQPanel = 64 * 128;
+  static_assert(kThreads % CH == 0 && kRows % kRowStep == 0, "whole rows per pass");
+  const float qscale = scale * 1.4426950408889634f;
+  const int ch = tid % CH;
+  float x[kPer][8];
+  bool mine[kPer];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int64_t t = t0 + tid / CH + i * kRowStep;
+    mine[i] = t < n;
+    load_vec<8>(q + (min(t, n - 1) * Hq + h) * D + ch * 8, x[i]);
+  }
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) mine[i] = mine[i] && token_seq[t0 + tid / CH + i * kRowStep] == seq;
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int r = tid / CH + i * kRowStep;
+    const float f = mine[i] ? qscale : 0.f;
+    const uint4 v = make_uint4(pack2<T>(x[i][0] * f, x[i][1] * f), pack2<T>(x[i][2] * f, x[i][3] * f),
+                               pack2<T>(x[i][4] * f, x[i][5] * f), pack2<T>(x[i][6] * f, x[i][7] * f));
+    *reinterpret_cast<uint4*>(qs + ((r / 64) * (D / 64) + ch / 8) * kQPanel + wgmma_swizzle(r % 64, ch % 8)) = v;
+  }
+}
+
+#if defined(LLMSERVE_HAVE_WGMMA)
+// A warpgroup's share of one key tile at k0: S = Q K^T from the query panels at qa and the key panels
+// at ka (m64nKTk16, both K-major in shared memory), the mask and online softmax in registers, O += P V
+// from the value panels at va (m64nDk16, N-major, P from registers).
+template <typename T, int D, int KT>
+__device__ __forceinline__ void wgmma_key_tile(float (&sc)[KT / 8][4], float (&o)[D / 8][4], float (&m)[2], float (&l)[2],
+                                               uint32_t qa, uint32_t ka, uint32_t va, int64_t k0, int c0,
+                                               const WarpRows& rows) {
+  constexpr int KS = D / 16, NT = D / 8;
+  constexpr uint32_t kPanel = KT * 128, kQPanel = 64 * 128;
+  // S = Q K^T: 16 of the head's elements a step, the panel's k-th 32 bytes.
+  wgmma_fence();
+#pragma unroll
+  for (int k = 0; k < KS; ++k)
+    wgmma_ss<T>(sc, wgmma_desc(qa + (k / 4) * kQPanel + (k % 4) * 32, 16, 1024),
+                wgmma_desc(ka + (k / 4) * kPanel + (k % 4) * 32, 16, 1024), k > 0);
+  wgmma_commit();
+  wgmma_wait_all();
+  causal_mask(sc, k0, c0, rows);
+  online_softmax<KT / 8, NT, 4, true>(sc, 0, m[0], l[0], o);
+  online_softmax<KT / 8, NT, 4, true>(sc, 1, m[1], l[1], o);
+  // O += P V, 16 keys a step: P's C fragments of n-tiles 2kk, 2kk + 1 are the A fragment; the value
+  // rows of those keys start 16 lines (2,048 bytes) further each step.
+  unsigned pa[KT / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < KT / 16; ++kk) p_fragment<T>(sc, kk, pa[kk]);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < KT / 16; ++kk) wgmma_rs<T, true>(o, pa[kk], wgmma_desc(va + kk * 2048, kPanel, 1024), 1);
+  wgmma_commit();
+  wgmma_wait_all();
+}
+#endif
+
 // Head size 64 with 64-key tiles is held to 127 registers so that two blocks share an SM (no spills;
 // without the bound ptxas takes 129, one block); the others take one block an SM.
 template <typename TI, typename T, int D, int KT>
@@ -244,77 +350,40 @@ __global__ void __launch_bounds__(kThreads, (D == 64 && KT == 64) ? 2 : 1)
   static_assert(D == 128 || D == 64, "64-element panels");
   static_assert(KT == 64 || KT == 128, "m64n64k16 or m64n128k16 for the scores");
   static_assert(prefill_wgmma_smem<D, KT>() + 1024 <= 227 * 1024, "an SM's shared memory");
-  constexpr int KS = D / 16, NT = D / 8, NS = KT / 8, CH = D / 8;
+  constexpr int NT = D / 8, NS = KT / 8, CH = D / 8;
   constexpr uint32_t kPanel = KT * 128;          // bytes: KT keys x 64 elements
   constexpr uint32_t kTile = (D / 64) * kPanel;  // the keys (or values) of one tile
   constexpr uint32_t kQPanel = 64 * 128;         // a warpgroup's 64 query rows x 64 elements
   extern __shared__ __align__(1024) unsigned char smem[];
-  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  const uint32_t pad = ((raw + 1023u) & ~1023u) - raw;
-  unsigned char* const qs = smem + pad;  // [warpgroup][panel][row][128 bytes], swizzled
-  unsigned char* const stages = qs + prefill_wgmma_q_bytes<D>();  // [stage][K, V][panel][key][128 bytes], swizzled
-  const uint32_t qs_addr = raw + pad, stages_addr = qs_addr + prefill_wgmma_q_bytes<D>();
+  const WgmmaSmem<D> sm(smem);
   __shared__ int32_t wg_last[2];
 
   pdl_enter();
-  const int64_t t0 = tiles[blockIdx.y], h = blockIdx.x, kvh = h / (Hq / Hk);
-  const int32_t seq = token_seq[t0];
+  const WgmmaBlock b(tiles, token_seq, tables, max_blocks, Hq, Hk);
+  const int64_t t0 = b.t0, h = b.h;
   const int tid = threadIdx.x, w = tid / 32, lane = tid & 31, wg = w / 4;
-  const int32_t* table = tables + static_cast<int64_t>(seq) * max_blocks;
   const int r0 = lane / 4, c0 = (lane % 4) * 2;
-  const WarpRows rows = warp_rows(t0 + w * 16, r0, n, seq, token_seq, positions);
+  const WarpRows rows = warp_rows(t0 + w * 16, r0, n, b.seq, token_seq, positions);
   if (tid < 2) wg_last[tid] = -1;
-  // The block's 128 query rows of head h, scaled (log2(e) included: the softmax works in base 2) and
-  // rounded to T once, into the K-major panels S = Q K^T reads as its A operand; rows that are not this
-  // sequence's tokens are zeros. (The queries are not held in registers as wgmma's register A operand:
-  // CUDA 13.0's ptxas gave those registers to the P fragments inside the key loop, so every tile after
-  // the first multiplied P by the keys; seen in the SASS at head size 64 and with 128-key tiles.)
-  {
-    // A thread takes chunk ch (8 elements) of rows tid / CH + i * kRowStep: all its loads are issued
-    // before any store (rows of other sequences below n are read and zeroed, so the row's sequence id
-    // and its queries come in one round trip).
-    constexpr int kRowStep = kThreads / CH, kPer = kRows / kRowStep;
-    static_assert(kThreads % CH == 0 && kRows % kRowStep == 0, "whole rows per pass");
-    const float qscale = scale * 1.4426950408889634f;
-    const int ch = tid % CH;
-    float x[kPer][8];
-    bool mine[kPer];
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int64_t t = t0 + tid / CH + i * kRowStep;
-      mine[i] = t < n;
-      load_vec<8>(q + (min(t, n - 1) * Hq + h) * D + ch * 8, x[i]);
-    }
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) mine[i] = mine[i] && token_seq[t0 + tid / CH + i * kRowStep] == seq;
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int r = tid / CH + i * kRowStep;
-      const float f = mine[i] ? qscale : 0.f;
-      const uint4 v = make_uint4(pack2<T>(x[i][0] * f, x[i][1] * f), pack2<T>(x[i][2] * f, x[i][3] * f),
-                                 pack2<T>(x[i][4] * f, x[i][5] * f), pack2<T>(x[i][6] * f, x[i][7] * f));
-      *reinterpret_cast<uint4*>(qs + ((r / 64) * (D / 64) + ch / 8) * kQPanel + wgmma_swizzle(r % 64, ch % 8)) = v;
-    }
-  }
+  stage_queries<TI, T, D>(sm.qs, q, t0, n, Hq, h, scale, token_seq, b.seq, tid);
   fence_proxy_async();  // the generic-proxy stores above before wgmma's reads of them
   __syncthreads();
   if (lane == 0) atomicMax(&wg_last[wg], rows.last);
   __syncthreads();
   const int32_t my_last = wg_last[wg];
-  const uint32_t qa = qs_addr + wg * (D / 64) * kQPanel;
+  const uint32_t qa = sm.qs_addr + wg * (D / 64) * kQPanel;
   const int64_t nkeys = static_cast<int64_t>(max(wg_last[0], wg_last[1])) + 1, ntiles = (nkeys + KT - 1) / KT;
   const int64_t row = Hk * D;
-  const uint32_t bs_mask = (1u << bs_log2) - 1;
   // Copies key tile i into stage i % kWgStages (rows past the keys: zeros).
   auto stage = [&](int64_t i) {
-    unsigned char* ks = stages + (i % kWgStages) * 2 * kTile;
+    unsigned char* ks = sm.stages + (i % kWgStages) * 2 * kTile;
     unsigned char* vs = ks + kTile;
     for (int c = tid; c < KT * CH; c += kThreads) {
       const int key = c / CH, ch = c % CH;
       const uint32_t j = static_cast<uint32_t>(i * KT + key);
       const bool load = j < nkeys;
       const int64_t off =
-          load ? ((static_cast<int64_t>(table[j >> bs_log2]) << bs_log2) + (j & bs_mask)) * row + kvh * D + ch * 8 : 0;
+          load ? b.cache_row(j, bs_log2) * row + b.kvh * D + ch * 8 : 0;
       const uint32_t at = (ch / 8) * kPanel + wgmma_swizzle(key, ch % 8);
       cp_async16(ks + at, kc + off, load ? 16 : 0);
       cp_async16(vs + at, vc + off, load ? 16 : 0);
@@ -336,28 +405,120 @@ __global__ void __launch_bounds__(kThreads, (D == 64 && KT == 64) ? 2 : 1)
     cp_async_commit();
     const int64_t k0 = i * KT;
     if (k0 > my_last) continue;  // the same for the whole warpgroup
-    const uint32_t ka = stages_addr + static_cast<uint32_t>(i % kWgStages) * 2 * kTile, va = ka + kTile;
-    // S = Q K^T: 16 of the head's elements a step, the panel's k-th 32 bytes.
-    wgmma_fence();
+    const uint32_t ka = sm.stages_addr + static_cast<uint32_t>(i % kWgStages) * 2 * kTile;
+    wgmma_key_tile<T, D, KT>(sc, o, m, l, qa, ka, ka + kTile, k0, c0, rows);
+  }
+  write_rows<T, NT>(o, l, rows, out + ((t0 + w * 16 + r0) * Hq + h) * D, Hq * D, c0);
+#else
+  __trap();  // launched only where the probe found this build's sm_90a code
+#endif
+}
+
+// The warpgroup kernel with its key and value tiles brought by TMA (head sizes 64 and 128, 128-key
+// tiles, cache blocks of 16 positions or more): the two consumer warpgroups above plus a producer
+// warpgroup (its registers given to the consumers: 40 a thread against their 232) of which warp 8's lane 0 asks for each 16-key group of a tile as one box per 64-element panel
+// (cache_rows_map's maps over the K and V caches), three tiles in flight, each stage's arrival counted
+// by a "full" mbarrier (the producer's 32 arrivals and the boxes' bytes) and its release by an "empty"
+// one (the 8 consumer warps' arrivals after their last product of the tile). In the last tile the
+// producer's lanes copy the keys of a partial 16-key group themselves and zero the rows past the keys
+// (a value row the probabilities weigh by zero must still not be NaN). No block-wide barrier in the
+// key loop, so the warpgroups are not in lockstep: one's softmax runs while the other's products do.
+// (FlashAttention-3's ping-pong, the warpgroups taking turns at issuing their products by named
+// barriers, was measured on top of this and not kept: 12% faster at 512 tokens, 3% slower at 16,384.)
+constexpr int kTmaThreads = kThreads + 128;
+template <typename TI, typename T, int D>
+__global__ void __launch_bounds__(kTmaThreads, 1)
+    flash_prefill_tma_k(const __grid_constant__ CUtensorMap kmap, const __grid_constant__ CUtensorMap vmap, const T* kc,
+                        const T* vc, const TI* q, const int32_t* tables, int64_t max_blocks, const int32_t* token_seq,
+                        const int32_t* positions, const int32_t* tiles, int64_t n, int64_t Hq, int64_t Hk, int bs_log2,
+                        float scale, T* out) {
+#if defined(LLMSERVE_HAVE_WGMMA)
+  constexpr int KT = 128, NT = D / 8, NS = KT / 8, CH = D / 8;
+  static_assert(D == 128 || D == 64, "64-element panels");
+  static_assert(prefill_wgmma_smem<D, KT>() + 1024 <= 227 * 1024, "an SM's shared memory");
+  constexpr uint32_t kPanel = KT * 128, kTile = (D / 64) * kPanel, kQPanel = 64 * 128;
+  extern __shared__ __align__(1024) unsigned char smem[];
+  const WgmmaSmem<D> sm(smem);
+  __shared__ int32_t wg_last[2];
+  __shared__ __align__(8) uint64_t bars[2 * kWgStages];  // full[stage], then empty[stage]
+  const uint32_t full0 = static_cast<uint32_t>(__cvta_generic_to_shared(bars)), empty0 = full0 + 8 * kWgStages;
+
+  pdl_enter();
+  const WgmmaBlock b(tiles, token_seq, tables, max_blocks, Hq, Hk);
+  const int64_t t0 = b.t0, h = b.h;
+  const int tid = threadIdx.x, w = tid / 32, lane = tid & 31, wg = w / 4;
+  const int r0 = lane / 4, c0 = (lane % 4) * 2;
+  const bool consumer = w < kWarps;
+  const WarpRows rows = consumer ? warp_rows(t0 + w * 16, r0, n, b.seq, token_seq, positions) : WarpRows{-1, -1, -1, INT_MAX};
+  if (tid < 2) wg_last[tid] = -1;
+  if (tid == 0) {
+    for (int s = 0; s < kWgStages; ++s) {
+      mbar_init(full0 + 8 * s, 32);
+      mbar_init(empty0 + 8 * s, kWarps);
+    }
+    mbar_init_fence();
+  }
+  if (consumer) stage_queries<TI, T, D>(sm.qs, q, t0, n, Hq, h, scale, token_seq, b.seq, tid);
+  fence_proxy_async();
+  __syncthreads();
+  if (consumer && lane == 0) atomicMax(&wg_last[wg], rows.last);
+  __syncthreads();
+  const int64_t nkeys = static_cast<int64_t>(max(wg_last[0], wg_last[1])) + 1, ntiles = (nkeys + KT - 1) / KT;
+  if (!consumer) {  // the producer warpgroup: warp 8 works
+    setmaxnreg_dec<40>();
+    if (w != kWarps) return;
+    const int64_t row = Hk * D;
+    for (int64_t i = 0; i < ntiles; ++i) {
+      const int s = static_cast<int>(i % kWgStages);
+      if (i >= kWgStages) mbar_wait(empty0 + 8 * s, static_cast<uint32_t>((i / kWgStages - 1) & 1));
+      const int64_t k0 = i * KT;
+      const int valid = static_cast<int>(min(static_cast<int64_t>(KT), nkeys - k0)), boxed = valid & ~15;
+      unsigned char* ks = sm.stages + s * 2 * kTile;
+      const uint32_t ka = sm.stages_addr + s * 2 * kTile;
+      if (boxed < KT) {  // rows boxed.. of the last tile: the keys' rows copied here, zeros past them
+        for (int c = lane; c < (KT - boxed) * CH; c += 32) {
+          const int key = boxed + c / CH, ch = c % CH;
+          const uint32_t at = (ch / 8) * kPanel + wgmma_swizzle(key, ch % 8);
+          uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
+          if (key < valid) {
+            const int64_t j = k0 + key;
+            const int64_t off = b.cache_row(j, bs_log2) * row + b.kvh * D + ch * 8;
+            kv = *reinterpret_cast<const uint4*>(kc + off);
+            vv = *reinterpret_cast<const uint4*>(vc + off);
+          }
+          *reinterpret_cast<uint4*>(ks + at) = kv;
+          *reinterpret_cast<uint4*>(ks + kTile + at) = vv;
+        }
+        fence_proxy_async();  // these generic stores before wgmma's reads
+      }
+      if (lane == 0) {
+        mbar_arrive_expect_tx(full0 + 8 * s, static_cast<uint32_t>(boxed) * 128 * (D / 64) * 2);
+        for (int g = 0; g < boxed; g += 16) {
+          const int64_t j = k0 + g;
+          const int32_t r = static_cast<int32_t>(b.cache_row(j, bs_log2));
 #pragma unroll
-    for (int k = 0; k < KS; ++k)
-      wgmma_ss<T>(sc, wgmma_desc(qa + (k / 4) * kQPanel + (k % 4) * 32, 16, 1024),
-                  wgmma_desc(ka + (k / 4) * kPanel + (k % 4) * 32, 16, 1024), k > 0);
-    wgmma_commit();
-    wgmma_wait_all();
-    causal_mask(sc, k0, c0, rows);
-    online_softmax<NS, NT, 4, true>(sc, 0, m[0], l[0], o);
-    online_softmax<NS, NT, 4, true>(sc, 1, m[1], l[1], o);
-    // O += P V, 16 keys a step: P's C fragments of n-tiles 2kk, 2kk + 1 are the A fragment; the value
-    // rows of those keys start 16 lines (2,048 bytes) further each step.
-    unsigned pa[KT / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < KT / 16; ++kk) p_fragment<T>(sc, kk, pa[kk]);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < KT / 16; ++kk) wgmma_rs<T, true>(o, pa[kk], wgmma_desc(va + kk * 2048, kPanel, 1024), 1);
-    wgmma_commit();
-    wgmma_wait_all();
+          for (int c = 0; c < D / 64; ++c) {
+            tma_load_3d(ka + c * kPanel + g * 128, &kmap, c * 64, static_cast<int32_t>(b.kvh), r, full0 + 8 * s);
+            tma_load_3d(ka + kTile + c * kPanel + g * 128, &vmap, c * 64, static_cast<int32_t>(b.kvh), r, full0 + 8 * s);
+          }
+        }
+      } else {
+        mbar_arrive(full0 + 8 * s);
+      }
+    }
+    return;
+  }
+  setmaxnreg_inc<232>();
+  const int32_t my_last = wg_last[wg];
+  const uint32_t qa = sm.qs_addr + wg * (D / 64) * kQPanel;
+  float o[NT][4] = {}, sc[NS][4] = {}, m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  for (int64_t i = 0; i < ntiles; ++i) {
+    const int s = static_cast<int>(i % kWgStages);
+    mbar_wait(full0 + 8 * s, static_cast<uint32_t>((i / kWgStages) & 1));
+    const int64_t k0 = i * KT;
+    const uint32_t ka = sm.stages_addr + s * 2 * kTile;
+    if (k0 <= my_last) wgmma_key_tile<T, D, KT>(sc, o, m, l, qa, ka, ka + kTile, k0, c0, rows);  // per warpgroup
+    if (lane == 0) mbar_arrive(empty0 + 8 * s);
   }
   write_rows<T, NT>(o, l, rows, out + ((t0 + w * 16 + r0) * Hq + h) * D, Hq * D, c0);
 #else
@@ -379,6 +540,8 @@ std::atomic<bool> g_wgmma_runs{false};
 std::atomic<bool> g_wgmma_wanted{true};
 std::atomic<int> g_wgmma_keys{0};  // keys a tile; 0: prefill_wgmma_keys chooses
 std::atomic<int> g_sms{0};         // the device's SMs (prepare_flash_prefill)
+constexpr int64_t kShortContext = 2048;  // prefill_wgmma_keys: sequences this long or shorter are short
+std::atomic<bool> g_tma_wanted{true};  // LLMSERVE_PREFILL_TMA=0 or set_prefill_attention_tma(false): not
 
 __global__ void wgmma_probe_k(int* runs) {
 #if defined(LLMSERVE_HAVE_WGMMA)
@@ -402,17 +565,24 @@ void prepare_flash_prefill() {
   check(cudaFuncSetAttribute(flash_prefill_wgmma_k<TI, T, D, KT>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
                              static_cast<int>(prefill_wgmma_smem<D, KT>())),                                  \
         "flash_prefill shared memory");
-#define ALLOW(TI, T) ALLOW1(TI, T, 128, 64) ALLOW1(TI, T, 128, 128) ALLOW1(TI, T, 64, 64) ALLOW1(TI, T, 64, 128)
+#define ALLOW_TMA(TI, T, D)                                                                                \
+  check(cudaFuncSetAttribute(flash_prefill_tma_k<TI, T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
+                             static_cast<int>(prefill_wgmma_smem<D, 128>())),                              \
+        "flash_prefill shared memory");
+#define ALLOW(TI, T) ALLOW1(TI, T, 128, 64) ALLOW1(TI, T, 128, 128) ALLOW1(TI, T, 64, 64) ALLOW1(TI, T, 64, 128) \
+  ALLOW_TMA(TI, T, 64) ALLOW_TMA(TI, T, 128)
     ALLOW(float, __half)
     ALLOW(float, __nv_bfloat16)
     ALLOW(__half, __half)
     ALLOW(__nv_bfloat16, __nv_bfloat16)
 #undef ALLOW
 #undef ALLOW1
+#undef ALLOW_TMA
   }
   g_wgmma_runs.store(runs != 0);
   const char* env = std::getenv("LLMSERVE_PREFILL_WGMMA");
   if (env && std::string(env) == "0") g_wgmma_wanted.store(false);
+  if (const char* e = std::getenv("LLMSERVE_PREFILL_TMA"); e && std::string(e) == "0") g_tma_wanted.store(false);
   const char* keys = std::getenv("LLMSERVE_PREFILL_KEYS");
   if (keys && (std::string(keys) == "64" || std::string(keys) == "128")) g_wgmma_keys.store(std::atoi(keys));
   int dev = 0, sms = 0;
@@ -427,15 +597,18 @@ void set_prefill_wgmma_keys(int keys) {
   g_wgmma_keys.store(keys);
 }
 
-int prefill_wgmma_keys(int64_t D, int64_t blocks) {
+int prefill_wgmma_keys(int64_t D, int64_t blocks, int64_t max_context) {
   if (const int keys = g_wgmma_keys.load()) return keys;
   // Head size 64 with 64-key tiles fits two blocks an SM (127 registers, 65 KB of shared memory each),
-  // which pays once the grid fills both: 1.22x the 128-key tiles at 8,192 SmolLM2 tokens (576 blocks),
-  // 0.80x at 2,048 (144 blocks over 132 SMs; H200, docs/performance.md).
-  return D == 64 && blocks >= 2 * static_cast<int64_t>(g_sms.load()) ? 64 : 128;
+  // which pays where a grid that fills both has short sequences (each block few tiles, its start and
+  // end the larger share). SmolLM2's heads on an H200 (docs/performance.md), us against 128-key tiles by
+  // TMA: 16 prompts of 512 tokens 32.0 / 45.6, 8 of 1,024 47.9 / 58.7, 4 of 2,048 80.2 / 87.1, but one
+  // of 4,096 110.5 / 77.8 and one of 8,192 269.1 / 252.6.
+  return D == 64 && blocks >= 2 * static_cast<int64_t>(g_sms.load()) && max_context <= kShortContext ? 64 : 128;
 }
 
 void set_prefill_attention_wgmma(bool on) { g_wgmma_wanted.store(on); }
+void set_prefill_attention_tma(bool on) { g_tma_wanted.store(on); }
 
 bool prefill_attention_wgmma(int64_t D) {
   return (D == 128 || D == 64) && g_wgmma_runs.load() && g_wgmma_wanted.load();
@@ -444,7 +617,8 @@ bool prefill_attention_wgmma(int64_t D) {
 template <typename TI, typename T>
 void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
                    const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t num_tiles,
-                   int64_t n, int64_t Hq, int64_t Hk, int64_t D, int64_t block_size, float scale, T* out, cudaStream_t s) {
+                   int64_t n, int64_t Hq, int64_t Hk, int64_t D, int64_t block_size, int64_t cache_blocks,
+                   int64_t max_context, float scale, T* out, cudaStream_t s) {
   if (num_tiles == 0) return;
   if (!flash_prefill_supported(D)) check(cudaErrorInvalidValue, "flash_prefill: head_dim must be a multiple of 16, 64 to 128");
   const int bs_log2 = block_size_log2(block_size, "flash_prefill");
@@ -461,7 +635,18 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
     };
     using I64 = std::integral_constant<int, 64>;
     using I128 = std::integral_constant<int, 128>;
-    const bool k128 = prefill_wgmma_keys(D, Hq * num_tiles) == 128;
+    const bool k128 = prefill_wgmma_keys(D, Hq * num_tiles, max_context) == 128;
+    if (k128 && block_size >= 16 && g_tma_wanted.load()) {
+      const CUtensorMap km = cache_rows_map(k_cache, cache_blocks * block_size, Hk, D, 16);
+      const CUtensorMap vm = cache_rows_map(v_cache, cache_blocks * block_size, Hk, D, 16);
+      auto tma = [&](auto d) {
+        constexpr int Dc = decltype(d)::value;
+        launch("flash_prefill (TMA)", flash_prefill_tma_k<TI, T, Dc>, grid, kTmaThreads, prefill_wgmma_smem<Dc, 128>(), s, km,
+               vm, k_cache, v_cache, q, block_tables, max_blocks, token_seq, positions, tiles, n, Hq, Hk, bs_log2, scale,
+               out);
+      };
+      return D == 64 ? tma(std::integral_constant<int, 64>{}) : tma(std::integral_constant<int, 128>{});
+    }
     if (D == 64) return k128 ? run(I64{}, I128{}) : run(I64{}, I64{});
     return k128 ? run(I128{}, I128{}) : run(I128{}, I64{});
   }
@@ -505,7 +690,7 @@ std::vector<int32_t> flash_prefill_tiles(const std::vector<int32_t>& q_start, co
 #define INSTANTIATE(TI, T)                                                                                        \
   template void flash_prefill<TI, T>(const TI*, const T*, const T*, const int32_t*, int64_t, const int32_t*,      \
                                      const int32_t*, const int32_t*, int64_t, int64_t, int64_t, int64_t, int64_t, \
-                                     int64_t, float, T*, cudaStream_t);
+                                     int64_t, int64_t, int64_t, float, T*, cudaStream_t);
 #define SAME(T) INSTANTIATE(T, T)
 #define MIXED(T) INSTANTIATE(float, T)
 LLMSERVE_FOR_EACH_HALF_TYPE(SAME)

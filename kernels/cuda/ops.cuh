@@ -65,19 +65,25 @@ bool flash_prefill_supported(int64_t head_dim);
 // probes for it; LLMSERVE_PREFILL_WGMMA=0 or set_prefill_attention_wgmma(false) keeps the mma.sync kernel
 // (tests and benchmarks compare the two); prefill_attention_wgmma says which one head size D gets. The
 // wgmma form stages 128 keys a tile, except at head size 64 on a grid of at least two blocks an SM
-// (64-key tiles then fit two blocks an SM); prefill_wgmma_keys says which for a grid of `blocks`.
+// whose sequences are at most 2,048 tokens long (64-key tiles then fit two blocks an SM);
+// prefill_wgmma_keys says which for a grid of `blocks` and a longest sequence of `max_context`.
 // LLMSERVE_PREFILL_KEYS=64|128 or set_prefill_wgmma_keys(64|128) fixes the size (0 chooses again;
 // other values throw).
 void prepare_flash_prefill();
 void set_prefill_attention_wgmma(bool on);
 bool prefill_attention_wgmma(int64_t head_dim);
 void set_prefill_wgmma_keys(int keys);
-int prefill_wgmma_keys(int64_t head_dim, int64_t blocks);
+int prefill_wgmma_keys(int64_t head_dim, int64_t blocks, int64_t max_context);
+// With 128-key tiles and cache blocks of 16 positions or more, the wgmma form's tiles come by TMA from a
+// producer warp (flash_prefill_tma_k); LLMSERVE_PREFILL_TMA=0 or set_prefill_attention_tma(false) keeps
+// the form whose threads copy them.
+void set_prefill_attention_tma(bool on);
 std::vector<int32_t> flash_prefill_tiles(const std::vector<int32_t>& q_start, const std::vector<int32_t>& positions);
 template <typename TI, typename T>
 void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
                    const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t num_tiles,
-                   int64_t n, int64_t Hq, int64_t Hk, int64_t D, int64_t block_size, float scale, T* out, cudaStream_t s);
+                   int64_t n, int64_t Hq, int64_t Hk, int64_t D, int64_t block_size, int64_t cache_blocks,
+                   int64_t max_context, float scale, T* out, cudaStream_t s);
 template <typename TI, typename T>
 void silu_mul(const TI* gate, const TI* up, int64_t n, T* out, cudaStream_t s);
 // out[r, i] = silu(gu[r, i]) * gu[r, I + i] for rows of (gate | up) [rows, 2I] (one GEMM over stacked

@@ -323,22 +323,27 @@ TEST_P(CudaOps, PrefillAttentionKernelsMatchTheCpu) {
         auto vc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
         Tensor ac = cpu.empty({T, Hq * D}, DType::F32);
         cpu.attention(q.first, kc.first, vc.first, D, bs, 0.09f, ac);
-        std::vector<float> rows[3];  // each kernel's output, compared row by row below
-        for (const int kernel : {0, 1, 2}) {  // mma.sync, wgmma with 64-key tiles, with 128-key tiles
+        // mma.sync; wgmma with 64-key tiles, with 128-key tiles copied by the threads, by TMA.
+        const char* kinds[] = {"", " (64 keys)", " (128 keys)", " (128 keys by TMA)"};
+        std::vector<float> rows[4];  // each kernel's output, compared row by row below
+        for (const int kernel : {0, 1, 2, 3}) {
           cuda::set_prefill_attention_wgmma(kernel > 0);
-          cuda::set_prefill_wgmma_keys(kernel == 2 ? 128 : 64);
+          cuda::set_prefill_wgmma_keys(kernel >= 2 ? 128 : 64);
+          cuda::set_prefill_attention_tma(kernel == 3);
           Tensor ag = gpu->empty({T, Hq * D}, dt);
           gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
           rows[kernel] = get(*gpu, ag);
           const std::string what = std::string(kernel > 0 && cuda::prefill_attention_wgmma(D) ? "wgmma" : "mma.sync") +
-                                   (kernel == 2 ? " (128 keys)" : "") + " prefill attention, head_dim " +
-                                   std::to_string(D) + ", " + (Hq == Hk ? "multi-head" : "grouped") + ", blocks of " +
-                                   std::to_string(bs);
+                                   kinds[kernel] + " prefill attention, head_dim " + std::to_string(D) + ", " +
+                                   (Hq == Hk ? "multi-head" : "grouped") + ", blocks of " + std::to_string(bs);
           expect_close(ac, ag, what.c_str(), tol());
         }
         // The kernels round the same values (queries, probabilities) to the cache type, so every row
         // agrees closely; a row that missed or repeated a key tile would not.
-        for (const int kernel : {1, 2}) {
+        // The TMA kernel brings the same tiles into the same layout as the threads' copies and runs the
+        // same products on them: bit for bit the same output.
+        EXPECT_TRUE(rows[3] == rows[2]) << "TMA against the threads' copies, head_dim " << D << ", blocks of " << bs;
+        for (const int kernel : {1, 2, 3}) {
           double worst = 0;
           for (int64_t r = 0; r < T * Hq; ++r) {
             double dd = 0, nn = 0;
@@ -349,24 +354,26 @@ TEST_P(CudaOps, PrefillAttentionKernelsMatchTheCpu) {
             }
             worst = std::max(worst, std::sqrt(dd / std::max(nn, 1e-30)));
           }
-          EXPECT_LT(worst, 2e-2) << "wgmma prefill kernel with " << (kernel == 2 ? 128 : 64)
-                                 << "-key tiles against mma.sync, worst row, head_dim " << D << ", blocks of " << bs;
+          EXPECT_LT(worst, 2e-2) << "wgmma prefill kernel" << kinds[kernel]
+                                 << " against mma.sync, worst row, head_dim " << D << ", blocks of " << bs;
         }
       }
   }
   cuda::set_prefill_attention_wgmma(true);
+  cuda::set_prefill_attention_tma(true);
   // The size chosen when none is set: 64-key tiles only at head size 64 on a grid that fills two
-  // blocks an SM, and a set size always.
+  // blocks an SM with sequences of at most 2,048 tokens, and a set size always.
   int sms = 0;
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
   cuda::set_prefill_wgmma_keys(0);
-  EXPECT_EQ(cuda::prefill_wgmma_keys(128, 100 * sms), 128);
-  EXPECT_EQ(cuda::prefill_wgmma_keys(64, 2 * sms - 1), 128);
-  EXPECT_EQ(cuda::prefill_wgmma_keys(64, 2 * sms), 64);
+  EXPECT_EQ(cuda::prefill_wgmma_keys(128, 100 * sms, 512), 128);
+  EXPECT_EQ(cuda::prefill_wgmma_keys(64, 2 * sms - 1, 512), 128);
+  EXPECT_EQ(cuda::prefill_wgmma_keys(64, 2 * sms, 2048), 64);
+  EXPECT_EQ(cuda::prefill_wgmma_keys(64, 2 * sms, 2049), 128);
   cuda::set_prefill_wgmma_keys(64);
-  EXPECT_EQ(cuda::prefill_wgmma_keys(128, 1), 64);
+  EXPECT_EQ(cuda::prefill_wgmma_keys(128, 1, 100000), 64);
   cuda::set_prefill_wgmma_keys(128);
-  EXPECT_EQ(cuda::prefill_wgmma_keys(64, 100 * sms), 128);
+  EXPECT_EQ(cuda::prefill_wgmma_keys(64, 100 * sms, 512), 128);
   EXPECT_THROW(cuda::set_prefill_wgmma_keys(96), std::exception);  // 64 or 128, or 0
   cuda::set_prefill_wgmma_keys(0);
 }

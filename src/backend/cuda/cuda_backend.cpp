@@ -74,7 +74,8 @@ void warn_ignored_switches() {
         {"LLMSERVE_SKINNY_GEMM", {"0", "1"}},
         {"LLMSERVE_DECODE_ATTN_WARPS", {"4", "8"}},
         {"LLMSERVE_PREFILL_WGMMA", {"0", "1"}},
-        {"LLMSERVE_PREFILL_KEYS", {"64", "128"}}};
+        {"LLMSERVE_PREFILL_KEYS", {"64", "128"}},
+        {"LLMSERVE_PREFILL_TMA", {"0", "1"}}};
     for (const auto& [name, values] : switches) {
       const char* e = std::getenv(name);
       if (!e || std::find(values.begin(), values.end(), std::string(e)) != values.end()) continue;
@@ -637,7 +638,7 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor
         if (flash_ && cuda::flash_prefill_supported(D)) {
           cuda::flash_prefill<TI, T>(q.as<TI>(), k_cache.as<T>(), v_cache.as<T>(), tables_.ptr, max_blocks_, token_seq_.ptr,
                                      positions_.ptr, tiles_.ptr, num_tiles_, rows_of(q), cols_of(q) / D, k_cache.dim(2), D,
-                                     block_size, scale, out.as<T>(), stream());
+                                     block_size, k_cache.dim(0), max_len_, scale, out.as<T>(), stream());
           return;
         }
       }
