@@ -416,8 +416,9 @@ __global__ void __launch_bounds__(kThreads, (D == 64 && KT == 64) ? 2 : 1)
 
 // The warpgroup kernel with its key and value tiles brought by TMA (head sizes 64 and 128, 128-key
 // tiles, cache blocks of 16 positions or more): the two consumer warpgroups above plus a producer
-// warpgroup (its registers given to the consumers: 40 a thread against their 232) of which warp 8's lane 0 asks for each 16-key group of a tile as one box per 64-element panel
-// (cache_rows_map's maps over the K and V caches), three tiles in flight, each stage's arrival counted
+// warpgroup (its registers given to the consumers: 40 a thread against their 232) of which warp 8's
+// lane 0 asks for each 16-key group of a tile as one box per 64-element panel (cache_rows_map's maps
+// over the K and V caches), three tiles in flight, each stage's arrival counted
 // by a "full" mbarrier (the producer's 32 arrivals and the boxes' bytes) and its release by an "empty"
 // one (the 8 consumer warps' arrivals after their last product of the tile). In the last tile the
 // producer's lanes copy the keys of a partial 16-key group themselves and zero the rows past the keys
@@ -636,7 +637,8 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
     using I64 = std::integral_constant<int, 64>;
     using I128 = std::integral_constant<int, 128>;
     const bool k128 = prefill_wgmma_keys(D, Hq * num_tiles, max_context) == 128;
-    if (k128 && block_size >= 16 && g_tma_wanted.load()) {
+    // (A box's row coordinate is a signed 32-bit number.)
+    if (k128 && block_size >= 16 && cache_blocks * block_size <= INT_MAX && g_tma_wanted.load()) {
       const CUtensorMap km = cache_rows_map(k_cache, cache_blocks * block_size, Hk, D, 16);
       const CUtensorMap vm = cache_rows_map(v_cache, cache_blocks * block_size, Hk, D, 16);
       auto tma = [&](auto d) {

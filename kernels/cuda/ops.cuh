@@ -75,8 +75,8 @@ bool prefill_attention_wgmma(int64_t head_dim);
 void set_prefill_wgmma_keys(int keys);
 int prefill_wgmma_keys(int64_t head_dim, int64_t blocks, int64_t max_context);
 // With 128-key tiles and cache blocks of 16 positions or more, the wgmma form's tiles come by TMA from a
-// producer warp (flash_prefill_tma_k); LLMSERVE_PREFILL_TMA=0 or set_prefill_attention_tma(false) keeps
-// the form whose threads copy them.
+// producer warpgroup (flash_prefill_tma_k); LLMSERVE_PREFILL_TMA=0 or set_prefill_attention_tma(false)
+// keeps the form whose threads copy them.
 void set_prefill_attention_tma(bool on);
 std::vector<int32_t> flash_prefill_tiles(const std::vector<int32_t>& q_start, const std::vector<int32_t>& positions);
 template <typename TI, typename T>
