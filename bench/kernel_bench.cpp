@@ -453,8 +453,8 @@ void prefill_table(CudaBackend& be, double peak_tflops) {
     std::printf("%-46s %20s %20s %20s %20s %5.2fx (%3d)\n", name, cell[0], cell[1], cell[2], cell[3],
                 us[0] / us[keys == 128 ? 3 : 1], keys);
   }
-  std::printf("(GEMM peak %.0f TFLOP/s; the speed-up is of the tile size chosen, in brackets; the wgmma columns are the mma.sync kernel again where the build's sm_90a code "
-              "does not run: %s)\n",
+  std::printf("(GEMM peak %.0f TFLOP/s; the speed-up is of the tile size chosen, in brackets; the wgmma columns are "
+              "the mma.sync kernel again where the build's sm_90a code does not run: %s)\n",
               peak_tflops, cuda::prefill_attention_wgmma(128) ? "it runs" : "NOT RUNNING");
 }
 

@@ -288,13 +288,14 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
   EXPECT_THROW(cuda::set_decode_attention_min_chunk(100), std::exception);  // multiples of 32
 }
 
-// Prefill attention's two tensor-core kernels (warpgroup MMA for head sizes 64 and 128 where the
-// build's sm_90a code runs, with 64- and 128-key tiles; mma.sync otherwise) against the CPU kernel:
+// Prefill attention's tensor-core kernels (warpgroup MMA for head sizes 64 and 128 where the build's
+// sm_90a code runs, with 64- and 128-key tiles, the 128-key tiles copied by the threads or by TMA;
+// mma.sync otherwise) against the CPU kernel:
 // prompts of several 128-row tiles with a partial last one (both warpgroups of a block busy, and a
 // warpgroup whose rows all precede the last key tile), a chunk after cached context (many key tiles: a
 // form whose queries' registers were clobbered was wrong from the second tile on), a short prompt and a
-// decode in the same step; grouped and plain heads; blocks of 16 and 32 positions. Invalid tile sizes
-// throw.
+// decode in the same step; grouped and plain heads; blocks of 8, 16 and 32 positions (blocks of 8 keep
+// the threads' copies: a 16-row box would span two blocks). Invalid tile sizes throw.
 TEST_P(CudaOps, PrefillAttentionKernelsMatchTheCpu) {
   const DType dt = GetParam();
   if (dt == DType::F32) GTEST_SKIP() << "float32 caches take the split-KV kernel";
@@ -310,7 +311,7 @@ TEST_P(CudaOps, PrefillAttentionKernelsMatchTheCpu) {
   }
   EXPECT_FALSE(cuda::prefill_attention_wgmma(80));
   std::mt19937 g(21);
-  for (const int64_t bs : {16, 32}) {
+  for (const int64_t bs : {8, 16, 32}) {
     const int64_t max_blocks = 1280 / bs;
     const StepMeta m = make_meta(bs, {300, 200, 1, 37}, {0, 900, 50, 0}, max_blocks);
     const int64_t T = m.num_tokens(), blocks = max_blocks * static_cast<int64_t>(m.num_seqs());
