@@ -117,6 +117,9 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.enable_prefix_caching = parse_bool("enable_prefix_caching", v); }},
       {"enforce_eager", Kind::Bool, "CUDA: run every step eagerly instead of replaying CUDA graphs of decode steps (recorded at start-up for batch sizes up to max_num_seqs; tp = 1)",
        [](Config& c, const std::string& v) { c.enforce_eager = parse_bool("enforce_eager", v); }},
+      {"async_scheduling", Kind::Bool,
+       "plan each step while the one before it runs, its decodes fed the tokens that step samples (vLLM's; pipeline_parallel_size 1): the host's scheduling and output work no longer leaves the device idle; a finished sequence wastes one token",
+       [](Config& c, const std::string& v) { c.async_scheduling = parse_bool("async_scheduling", v); }},
       {"host", Kind::String, "address the HTTP server binds",
        [](Config& c, const std::string& v) { c.host = v; }},
       {"port", Kind::Int, "HTTP port",
@@ -374,6 +377,9 @@ void config_validate(const Config& c) {
   if (c.kv_cache_memory_gb < 0) fail(cat("kv_cache_memory_gb must be >= 0, got ", c.kv_cache_memory_gb));
   if (c.num_gpu_blocks_override < 0) fail(cat("num_gpu_blocks_override must be >= 0, got ", c.num_gpu_blocks_override));
   if (c.max_num_seqs < 1) fail(cat("max_num_seqs must be >= 1, got ", c.max_num_seqs));
+  if (c.async_scheduling && c.pipeline_parallel_size > 1)
+    fail(cat("async_scheduling needs pipeline_parallel_size 1, got ", c.pipeline_parallel_size,
+             " (pipeline stages already keep that many micro-batches in flight)"));
   if (c.max_num_batched_tokens < 0)
     fail(cat("max_num_batched_tokens must be >= 0, got ", c.max_num_batched_tokens));
   if (c.port < 1 || c.port > 65535) fail(cat("port must be in 1..65535, got ", c.port));

@@ -30,6 +30,7 @@ struct Config {
   bool enable_chunked_prefill = true;
   bool enable_prefix_caching = true;
   bool enforce_eager = false;
+  bool async_scheduling = false;     // plan the next step while one runs (pipeline_parallel_size 1)
   std::string host = "0.0.0.0";
   int port = 8000;
   std::string api_key;

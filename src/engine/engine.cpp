@@ -21,6 +21,7 @@ SchedulerConfig scheduler_config(const ModelRunner& r) {
   s.prefix_caching = c.enable_prefix_caching;
   s.num_blocks = r.num_blocks();
   s.num_host_blocks = r.num_host_blocks();
+  s.async_scheduling = c.async_scheduling && r.topology().pp == 1;
   return s;
 }
 
@@ -34,9 +35,24 @@ uint64_t mix(uint64_t x) {
 }  // namespace
 
 Engine::Engine(ModelRunner& runner, const Tokenizer* tokenizer, uint64_t seed)
-    : runner_(runner), tok_(tokenizer), seed_(seed), worker_(runner), sched_(scheduler_config(runner)) {}
+    : runner_(runner), tok_(tokenizer), seed_(seed), worker_(runner), sched_(scheduler_config(runner)) {
+  if (sched_.config().async_scheduling)
+    executor_ = std::make_unique<StepExecutor>([this](StepPlan& plan) { return run_step(plan); },
+                                               [this] { runner_.enter_thread(); });
+}
 
 Engine::~Engine() = default;
+
+Engine::StepTimes Engine::step_times() const {
+  StepTimes t = times_;
+  if (executor_) {
+    std::lock_guard<std::mutex> lock(worker_times_mu_);
+    t.worker = worker_times_;
+  } else {
+    t.worker = worker_.times();
+  }
+  return t;
+}
 
 uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& params) {
   const int64_t V = runner_.spec().vocab_size;
@@ -90,21 +106,31 @@ void Engine::abort(uint64_t request_id) {
   it->second.aborted = true;
 }
 
-std::vector<SampledToken> Engine::dispatch(const StepPlan& plan) {
+std::vector<SampledToken> Engine::dispatch(StepPlan& plan) {
   const Topology& t = runner_.topology();
-  // The plan's message only when another rank reads it.
-  std::string bytes = t.tp > 1 || t.pp > 1 ? plan.serialize() : std::string();
+  ++steps_;
+  if (t.pp == 1) return run_step(plan);  // one stage: rank 0 samples the tokens itself
+  std::string bytes = plan.serialize();
   if (t.tp > 1) bcast_bytes(runner_.tp_comm().handle(), bytes, 0);
   Worker::Output out = worker_.execute(plan, Tensor());
-  ++steps_;
-  if (t.pp > 1) {
-    const int next = t.rank_of(1, 0);
-    outbox_.send(runner_.world().handle(), next, kTagPlan, bytes);
-    if (!plan.seqs.empty()) runner_.send_hidden(out.hidden, &outbox_);
-    ++in_flight_;
-    return {};
+  const int next = t.rank_of(1, 0);
+  outbox_.send(runner_.world().handle(), next, kTagPlan, bytes);
+  if (!plan.seqs.empty()) runner_.send_hidden(out.hidden, &outbox_);
+  ++in_flight_;
+  return {};
+}
+
+std::vector<SampledToken> Engine::run_step(StepPlan& plan) {
+  if (runner_.topology().tp > 1) {  // (the plan's message only when another rank reads it)
+    std::string bytes = plan.serialize();
+    bcast_bytes(runner_.tp_comm().handle(), bytes, 0);
   }
-  return std::move(out.tokens);  // one stage: rank 0 sampled them itself
+  Worker::Output out = worker_.execute(plan, Tensor());
+  if (executor_) {
+    std::lock_guard<std::mutex> lock(worker_times_mu_);
+    worker_times_ = worker_.times();
+  }
+  return std::move(out.tokens);
 }
 
 bool Engine::check_stop_strings(SeqOut& so, const SamplingParams& p) {
@@ -300,6 +326,40 @@ std::vector<RequestOutput> Engine::step() {
       if (s && !s->in_flight) finish_seq(sid, "abort", "", touched);
     }
   }
+  if (executor_) {
+    step_async(step_tokens, touched);
+  } else {
+    step_sync(step_tokens, touched);
+  }
+  const auto t_out = std::chrono::steady_clock::now();
+  std::vector<RequestOutput> outs;
+  for (uint64_t rid : touched) {
+    auto it = requests_.find(rid);
+    if (it == requests_.end()) continue;
+    if (it->second.params.output_kind == OutputKind::FinalOnly && it->second.unfinished > 0) continue;
+    outs.push_back(snapshot(it->second));
+    if (outs.back().finished) {
+      for (uint64_t sid : it->second.seqs) seq_out_.erase(sid);
+      requests_.erase(it);
+    }
+  }
+  times_.outputs += seconds_since(t_out);
+  // Every request done: a step still running only holds tokens planned ahead for finished sequences.
+  while (executor_ && requests_.empty() && in_flight_ > 0) collect_async();
+  times_.total += seconds_since(t_step);
+  if (debug && step_tokens > 0) {
+    // Where this call's time went (the per-step form of `generate`'s summary line), in microseconds.
+    const StepTimes now = step_times();
+    auto us = [](double a, double b) { return static_cast<long long>((a - b) * 1e6 + 0.5); };
+    log_debug("step ", steps_, ": ", step_tokens, " tokens, ", us(now.total, before.total), " us: scheduling ",
+              us(now.schedule, before.schedule), ", inputs ", us(now.worker.inputs, before.worker.inputs),
+              ", forward launch ", us(now.worker.forward, before.worker.forward), ", sampling ",
+              us(now.worker.sample, before.worker.sample), ", outputs ", us(now.outputs, before.outputs));
+  }
+  return outs;
+}
+
+void Engine::step_sync(int64_t& step_tokens, std::vector<uint64_t>& touched) {
   const int pp = runner_.topology().pp;
   bool dispatched = false;
   // With pp stages, each micro-batch takes about 1/pp of the sequences so every stage has work.
@@ -331,34 +391,44 @@ std::vector<RequestOutput> Engine::step() {
     outbox_.reap();
     if (wait) break;
   }
-  const auto t_out = std::chrono::steady_clock::now();
-  std::vector<RequestOutput> outs;
-  for (uint64_t rid : touched) {
-    auto it = requests_.find(rid);
-    if (it == requests_.end()) continue;
-    if (it->second.params.output_kind == OutputKind::FinalOnly && it->second.unfinished > 0) continue;
-    outs.push_back(snapshot(it->second));
-    if (outs.back().finished) {
-      for (uint64_t sid : it->second.seqs) seq_out_.erase(sid);
-      requests_.erase(it);
+}
+
+void Engine::step_async(int64_t& step_tokens, std::vector<uint64_t>& touched) {
+  // Plan the next step while at most one runs: a pending token then always names a row of the step
+  // just before it, the one the executor runs last.
+  bool submitted = false;
+  if (in_flight_ < 2) {
+    const auto t_sched = std::chrono::steady_clock::now();
+    StepPlan plan = sched_.schedule();
+    times_.schedule += seconds_since(t_sched);
+    if (!plan.seqs.empty() || !plan.swap_in.empty() || !plan.swap_out.empty()) {
+      step_tokens += plan.num_tokens();
+      ++steps_;
+      executor_->submit(std::move(plan));
+      ++in_flight_;
+      max_in_flight_ = std::max(max_in_flight_, in_flight_);
+      submitted = true;
     }
   }
-  times_.outputs += seconds_since(t_out);
-  times_.total += seconds_since(t_step);
-  if (debug && step_tokens > 0) {
-    // Where this call's time went (the per-step form of `generate`'s summary line), in microseconds.
-    const StepTimes now = step_times();
-    auto us = [](double a, double b) { return static_cast<long long>((a - b) * 1e6 + 0.5); };
-    log_debug("step ", steps_, ": ", step_tokens, " tokens, ", us(now.total, before.total), " us: scheduling ",
-              us(now.schedule, before.schedule), ", inputs ", us(now.worker.inputs, before.worker.inputs),
-              ", forward launch ", us(now.worker.forward, before.worker.forward), ", sampling ",
-              us(now.worker.sample, before.worker.sample), ", outputs ", us(now.outputs, before.outputs));
+  // Collect the older step when two run, or when nothing new could be planned; a lone step just
+  // submitted is collected by the next call, after the step planned behind it.
+  if (in_flight_ == 2 || (!submitted && in_flight_ == 1)) {
+    auto tokens = collect_async();
+    const auto t_out = std::chrono::steady_clock::now();
+    handle_results(tokens, touched);
+    times_.outputs += seconds_since(t_out);
   }
-  return outs;
+}
+
+std::vector<SampledToken> Engine::collect_async() {
+  --in_flight_;
+  return executor_->collect();
 }
 
 void Engine::shutdown() {
   // Finish what is in flight, then tell every rank to stop.
+  while (executor_ && in_flight_ > 0) collect_async();
+  executor_.reset();  // (the tensor group's plans came from its thread; the shutdown plan comes from this one)
   while (in_flight_ > 0) {
     uint64_t step_id = 0;
     deserialize_results(

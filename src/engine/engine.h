@@ -2,9 +2,13 @@
 // to pipeline_parallel_size micro-batches in flight), and turns sampled tokens into outputs: stop
 // conditions (EOS, stop token ids, stop strings held back until they cannot match, max_tokens,
 // max_model_len), incremental detokenization, logprobs. Every other rank runs Worker::loop().
+// With async_scheduling (one pipeline stage), rank 0's steps run on a StepExecutor thread and the
+// next step is planned while one runs, its decodes fed the tokens that step samples; a sequence that
+// turns out to have finished wastes the one token planned ahead for it (as vLLM's).
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -12,6 +16,7 @@
 #include "dist/transport.h"
 #include "engine/sampling_params.h"
 #include "engine/scheduler.h"
+#include "engine/step_executor.h"
 #include "engine/worker.h"
 #include "model/runner.h"
 #include "tokenizer/tokenizer.h"
@@ -87,11 +92,10 @@ class Engine {
     double total = 0, schedule = 0, outputs = 0;
     Worker::Times worker;
   };
-  StepTimes step_times() const {
-    StepTimes t = times_;
-    t.worker = worker_.times();
-    return t;
-  }
+  StepTimes step_times() const;
+  bool async_scheduling() const { return sched_.config().async_scheduling; }
+  // Sets up a thread other than the runner's to call step() (ModelRunner::enter_thread).
+  void enter_thread() const { runner_.enter_thread(); }
 
  private:
   struct SeqOut {
@@ -119,7 +123,15 @@ class Engine {
   };
   // Sends a plan on its way and runs rank 0's part; returns the sampled tokens when rank 0 is also
   // the last stage.
-  std::vector<SampledToken> dispatch(const StepPlan& plan);
+  std::vector<SampledToken> dispatch(StepPlan& plan);
+  // Rank 0's part of a step with one pipeline stage: the plan to the tensor group, then this rank's
+  // execute(); the sampled tokens.
+  std::vector<SampledToken> run_step(StepPlan& plan);
+  // step()'s planning, dispatching and collecting: one stage or pipeline micro-batches, or with
+  // asynchronous scheduling. Count the tokens planned and list the requests with new output.
+  void step_sync(int64_t& step_tokens, std::vector<uint64_t>& touched);
+  void step_async(int64_t& step_tokens, std::vector<uint64_t>& touched);
+  std::vector<SampledToken> collect_async();
   void handle_results(const std::vector<SampledToken>& tokens, std::vector<uint64_t>& touched);
   void finish_seq(uint64_t seq_id, const std::string& reason, const std::string& stop_reason,
                   std::vector<uint64_t>& touched);
@@ -143,7 +155,11 @@ class Engine {
   StepTimes times_;
   std::unordered_map<uint64_t, Request> requests_;
   std::unordered_map<uint64_t, SeqOut> seq_out_;
-  std::vector<uint64_t> aborted_in_flight_;
+  // Asynchronous scheduling: the thread running the steps (declared last: stopped first), and the
+  // worker's times as of the last step collected.
+  Worker::Times worker_times_;
+  mutable std::mutex worker_times_mu_;
+  std::unique_ptr<StepExecutor> executor_;
 };
 
 }  // namespace llmserve

@@ -25,12 +25,6 @@ Sequence* Scheduler::find(uint64_t id) {
   return it == seqs_.end() ? nullptr : it->second.get();
 }
 
-size_t Scheduler::num_in_flight() const {
-  size_t n = 0;
-  for (const auto* s : running_) n += s->in_flight;
-  return n;
-}
-
 void Scheduler::emit(Sequence& s, int32_t chunk, StepPlan& plan) {
   SeqStep st;
   st.seq_id = s.id;
@@ -53,16 +47,57 @@ void Scheduler::emit(Sequence& s, int32_t chunk, StepPlan& plan) {
     s.send_params = false;
   }
   s.num_computed += chunk;
-  // Blocks that this step fills become reusable prefix blocks.
+  register_full_blocks(s);
+  if (st.sample) ++s.in_flight, s.sampled_row = plan_sampled_++;
+  plan.seqs.push_back(std::move(st));
+}
+
+void Scheduler::register_full_blocks(Sequence& s) {
+  // (A block is registered once its tokens are known: a decode planned ahead has computed a position
+  // whose token is still pending.)
   const int bs = cfg_.block_size;
-  while ((s.hashed_blocks + 1) * bs <= s.num_computed) {
+  const int64_t known = std::min<int64_t>(s.num_computed, static_cast<int64_t>(s.tokens.size()));
+  while ((s.hashed_blocks + 1) * static_cast<int64_t>(bs) <= known) {
     const int32_t* t = s.tokens.data() + static_cast<size_t>(s.hashed_blocks) * bs;
     s.last_hash = BlockManager::block_hash(s.last_hash, t, bs);
     bm_.register_full(s.blocks[s.hashed_blocks], s.last_hash, t);
     ++s.hashed_blocks;
   }
-  if (st.sample) s.in_flight = true;
+}
+
+bool Scheduler::can_schedule_ahead(const Sequence& s) const {
+  // Its one step in flight samples the token at position tokens.size(); planned now, the decode feeds
+  // that token and samples the one after it, which must still be within max_tokens and max_model_len.
+  return cfg_.async_scheduling && s.in_flight == 1 && s.num_computed == static_cast<int32_t>(s.tokens.size()) &&
+         s.output_len() + 2 <= s.params.max_tokens && static_cast<int64_t>(s.tokens.size()) + 2 <= cfg_.max_model_len;
+}
+
+bool Scheduler::schedule_ahead(Sequence& s, int64_t& budget, StepPlan& plan) {
+  if (budget < 1 || !reserve_blocks(s, s.num_computed + 1, plan, true)) return false;
+  SeqStep st;
+  st.seq_id = s.id;
+  st.num_computed = s.num_computed;
+  st.tokens.push_back(pending_token(s.sampled_row));
+  st.block_table = s.blocks;
+  st.sample = true;
+  s.num_computed += 1;
+  ++s.in_flight;
+  s.sampled_row = plan_sampled_++;
   plan.seqs.push_back(std::move(st));
+  budget -= 1;
+  return true;
+}
+
+bool Scheduler::reserve_blocks(Sequence& s, int64_t tokens, StepPlan& plan, bool may_preempt) {
+  const int64_t need = (tokens + cfg_.block_size - 1) / cfg_.block_size - static_cast<int64_t>(s.blocks.size());
+  while (need > bm_.num_available()) {
+    if (!may_preempt || !preempt_one(s, plan)) return false;
+  }
+  if (need > 0) {
+    auto nb = bm_.allocate(need);
+    s.blocks.insert(s.blocks.end(), nb.begin(), nb.end());
+  }
+  return true;
 }
 
 bool Scheduler::preempt_one(Sequence& keep, StepPlan& plan) {
@@ -116,14 +151,7 @@ bool Scheduler::schedule_chunk(Sequence& s, int64_t& budget, StepPlan& plan, boo
     chunk = static_cast<int32_t>(budget);
   }
   if (chunk <= 0) return false;
-  const int64_t need = (s.num_computed + chunk + cfg_.block_size - 1) / cfg_.block_size - static_cast<int64_t>(s.blocks.size());
-  while (need > bm_.num_available()) {
-    if (!may_preempt || !preempt_one(s, plan)) return false;
-  }
-  if (need > 0) {
-    auto nb = bm_.allocate(need);
-    s.blocks.insert(s.blocks.end(), nb.begin(), nb.end());
-  }
+  if (!reserve_blocks(s, s.num_computed + chunk, plan, may_preempt)) return false;
   emit(s, chunk, plan);
   budget -= chunk;
   return true;
@@ -132,6 +160,7 @@ bool Scheduler::schedule_chunk(Sequence& s, int64_t& budget, StepPlan& plan, boo
 StepPlan Scheduler::schedule(size_t max_seqs) {
   StepPlan plan;
   plan.step_id = ++step_id_;
+  plan_sampled_ = 0;
   plan.seqs.reserve(std::min({max_seqs, static_cast<size_t>(cfg_.max_num_seqs), running_.size() + waiting_.size()}));
   int64_t budget = cfg_.max_num_batched_tokens;
   const int64_t preempted_before = stats_.preempted_swap + stats_.preempted_recompute;
@@ -163,7 +192,11 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
   const std::vector<Sequence*> snapshot = running_;
   for (Sequence* s : snapshot) {
     if (budget <= 0 || plan.seqs.size() >= max_seqs) break;
-    if (s->state != Sequence::State::Running || s->in_flight) continue;  // preempted above, or busy
+    if (s->state != Sequence::State::Running) continue;  // preempted above
+    if (s->in_flight) {  // busy, unless its next decode can be planned ahead
+      if (can_schedule_ahead(*s)) schedule_ahead(*s, budget, plan);
+      continue;
+    }
     if (static_cast<int32_t>(s->tokens.size()) == s->num_computed) continue;  // nothing to feed yet
     schedule_chunk(*s, budget, plan, true);
   }
@@ -207,8 +240,9 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
 Sequence* Scheduler::on_token(const SampledToken& t) {
   Sequence* s = find(t.seq_id);
   if (!s) return nullptr;
-  s->in_flight = false;
+  if (s->in_flight > 0) --s->in_flight;
   s->tokens.push_back(t.token);
+  register_full_blocks(*s);  // a block that a decode planned ahead filled
   return s;
 }
 

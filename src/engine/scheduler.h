@@ -26,6 +26,9 @@ struct SchedulerConfig {
   bool prefix_caching = true;
   int64_t num_blocks = 0;
   int64_t num_host_blocks = 0;
+  // Plan a running sequence's next decode while the step that samples its input is still in flight
+  // (vLLM's async scheduling): the plan carries a pending token for the worker to fill in.
+  bool async_scheduling = false;
 };
 
 struct Sequence {
@@ -34,7 +37,8 @@ struct Sequence {
   // pass has evicted from the caches); the parameters, read when the sequence starts, last.
   uint64_t id = 0;
   State state = State::Waiting;
-  bool in_flight = false;    // a token for it is being computed
+  int32_t in_flight = 0;     // steps in flight that sample a token for it (2 at most: asynchronous scheduling)
+  int32_t sampled_row = 0;   // its row among the sampled tokens of the last step that samples it
   bool send_params = true;   // the next plan entry carries its parameters
   bool prompt_rows_done = false;  // prompt_logprobs: every prompt row computed (once; not on a recompute)
   bool wants_prompt_logprobs = false;  // params.prompt_logprobs >= 0
@@ -66,7 +70,7 @@ class Scheduler {
   // The next step, with at most `max_seqs` sequences (pipeline parallelism splits the running set
   // over several micro-batches); empty (no seqs, no copies) when nothing can run now.
   StepPlan schedule(size_t max_seqs = SIZE_MAX);
-  // Appends a sampled token to its sequence and clears in_flight.
+  // Appends a sampled token to its sequence (one step fewer in flight for it).
   Sequence* on_token(const SampledToken& t);
   // Frees a sequence's blocks and forgets it (its id goes out with the next plan).
   void finish(uint64_t seq_id);
@@ -77,13 +81,20 @@ class Scheduler {
   size_t num_running() const { return running_.size(); }
   size_t num_waiting() const { return waiting_.size(); }
   size_t num_swapped() const { return swapped_.size(); }
-  size_t num_in_flight() const;
   bool has_unfinished() const { return !seqs_.empty(); }
   const BlockManager& blocks() const { return bm_; }
   const SchedulerStats& stats() const { return stats_; }
 
  private:
   bool schedule_chunk(Sequence& s, int64_t& budget, StepPlan& plan, bool may_preempt);
+  // Asynchronous scheduling: whether s's next decode may be planned before the token it feeds is
+  // back (one step in flight, and that token cannot be its last), and planning it.
+  bool can_schedule_ahead(const Sequence& s) const;
+  bool schedule_ahead(Sequence& s, int64_t& budget, StepPlan& plan);
+  // Blocks of s that are now full of known, computed tokens become reusable prefix blocks.
+  void register_full_blocks(Sequence& s);
+  // Blocks for s's first `tokens` positions, preempting later arrivals when allowed; false if not now.
+  bool reserve_blocks(Sequence& s, int64_t tokens, StepPlan& plan, bool may_preempt);
   // Whether s's next chunks compute prompt_logprobs rows.
   static bool wants_prompt_rows(const Sequence& s) { return s.wants_prompt_logprobs && !s.prompt_rows_done; }
   bool preempt_one(Sequence& keep, StepPlan& plan);
@@ -96,6 +107,7 @@ class Scheduler {
   std::deque<Sequence*> swapped_;
   std::vector<uint64_t> finished_;
   uint64_t step_id_ = 0;
+  int32_t plan_sampled_ = 0;  // sampled entries in the plan being made
   SchedulerStats stats_;
 };
 

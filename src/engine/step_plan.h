@@ -24,10 +24,18 @@ struct SeqStart {
   std::vector<int32_t> prefix;   // tokens [0, num_computed) when they came from the prefix cache
 };
 
+// Asynchronous scheduling plans a decode before the token it feeds is known: the token that row r of
+// the previous step's sampled tokens (plan order) will hold is written as pending_token(r), and the
+// worker that sampled it fills it in before the step runs.
+constexpr int32_t pending_token(int32_t row) { return -1 - row; }
+constexpr bool is_pending_token(int32_t t) { return t < 0; }
+constexpr int32_t pending_row(int32_t t) { return -1 - t; }
+
 struct SeqStep {
   uint64_t seq_id = 0;
   int32_t num_computed = 0;          // tokens of the sequence already in the KV cache
-  std::vector<int32_t> tokens;       // tokens fed this step (positions num_computed...)
+  std::vector<int32_t> tokens;       // tokens fed this step (positions num_computed...); a pending one is
+                                     // pending_token(row) (asynchronous scheduling)
   std::vector<int32_t> block_table;  // physical blocks covering num_computed + tokens.size()
   bool sample = false;               // this step's last token yields the next token
   std::shared_ptr<SeqStart> start;   // set when the sequence (re)starts

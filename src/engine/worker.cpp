@@ -59,7 +59,22 @@ Worker::Worker(ModelRunner& runner) : runner_(runner) {
   }
 }
 
-Worker::Output Worker::execute(const StepPlan& plan, const Tensor& hidden_in) {
+void Worker::fill_pending(StepPlan& plan) const {
+  for (auto& s : plan.seqs)
+    for (int32_t& t : s.tokens) {
+      if (!is_pending_token(t)) continue;
+      const int32_t r = pending_row(t);
+      if (static_cast<size_t>(r) >= sampled_ids_.size() || sampled_ids_[static_cast<size_t>(r)] != s.seq_id)
+        throw Error(cat("step plan: sequence ", s.seq_id, " feeds row ", r,
+                        " of the previous step's sampled tokens, which is not its own"));
+      t = sampled_tokens_[static_cast<size_t>(r)];
+    }
+}
+
+Worker::Output Worker::execute(StepPlan& plan, const Tensor& hidden_in) {
+  fill_pending(plan);
+  sampled_ids_.clear();
+  sampled_tokens_.clear();
   for (const auto& c : plan.swap_out) runner_.kv().swap_out(c.src, c.dst);
   for (const auto& c : plan.swap_in) runner_.kv().swap_in(c.src, c.dst);
   Output out;
@@ -82,6 +97,7 @@ Worker::Output Worker::execute(const StepPlan& plan, const Tensor& hidden_in) {
   // gathered into whole rows on GPUs); only rows that need the host sampler (on the CPU backend,
   // filters over a split vocabulary) bring their logits over.
   out.tokens = sampler_->sample_step(plan, runner_.backend(), result);
+  for (const auto& t : out.tokens) sampled_ids_.push_back(t.seq_id), sampled_tokens_.push_back(t.token);
   // prompt_logprobs (counted as sampling time): the logits of at most max_num_seqs rows at a time
   // (what the memory plan's profiling forward allowed for), each slice reduced before the next is made.
   const int64_t slice = std::max<int64_t>(1, runner_.config().max_num_seqs);
@@ -107,7 +123,7 @@ void Worker::loop() {
       const int prev = t.rank_of(t.stage() - 1, t.tp_rank());
       bytes = recv_bytes(world, prev, kTagPlan);
     }
-    const StepPlan plan = StepPlan::deserialize(bytes);
+    StepPlan plan = StepPlan::deserialize(bytes);
     if (!t.first_stage() && !plan.shutdown && !plan.seqs.empty()) hidden = runner_.recv_hidden(plan.num_tokens());
     if (plan.shutdown) {
       if (!t.last_stage()) send_bytes(world, t.rank_of(t.stage() + 1, t.tp_rank()), kTagPlan, bytes);

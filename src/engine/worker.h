@@ -21,7 +21,10 @@ class Worker {
     Tensor hidden;                      // for the next stage
     std::vector<SampledToken> tokens;   // last stage
   };
-  Output execute(const StepPlan& plan, const Tensor& hidden_in);
+  // Fills in the plan's pending tokens (asynchronous scheduling) from the tokens the previous
+  // execute() sampled, then runs it. Throws Error when a pending token names no sampled row of
+  // that sequence.
+  Output execute(StepPlan& plan, const Tensor& hidden_in);
   // Runs plans until a shutdown plan arrives (every rank but world rank 0).
   void loop();
 
@@ -33,8 +36,12 @@ class Worker {
   const Times& times() const { return times_; }
 
  private:
+  void fill_pending(StepPlan& plan) const;
   ModelRunner& runner_;
   Times times_;
+  // The last step's sampled tokens, in plan order, and their sequences.
+  std::vector<uint64_t> sampled_ids_;
+  std::vector<int32_t> sampled_tokens_;
   std::unique_ptr<Sampler> sampler_;
 };
 

@@ -84,7 +84,8 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   // OpenMP threads (the CPU backend's kernels, the sampler's host passes): the node's cores shared among
   // its ranks, unless OMP_NUM_THREADS says otherwise (eight ranks of a node each taking every core would
   // run eight times as many threads as cores).
-  if (!std::getenv("OMP_NUM_THREADS")) omp_set_num_threads(std::max(1, omp_get_num_procs() / local_size));
+  if (!std::getenv("OMP_NUM_THREADS")) omp_threads_ = std::max(1, omp_get_num_procs() / local_size);
+  enter_thread();
 #endif
   double need = 0;  // this rank's weight bytes
   agree(world_comm, [&] {
@@ -408,6 +409,12 @@ std::vector<float> ModelRunner::step(const StepMeta& meta) {
     return {};
   }
   return topo_.world_rank == 0 ? full : std::vector<float>();
+}
+
+void ModelRunner::enter_thread() const {
+#ifdef _OPENMP
+  if (omp_threads_ > 0) omp_set_num_threads(omp_threads_);
+#endif
 }
 
 }  // namespace llmserve

@@ -47,6 +47,10 @@ class ModelRunner {
   DeviceStageLink* stage_link() { return stage_link_.get(); }
   int64_t block_size() const { return cfg_.block_size; }
   MpiComm& world() { return *world_; }
+  // Sets up the calling thread to run this rank's steps (a thread other than the one that made the
+  // runner: the server's engine thread, the asynchronous scheduler's step thread): OpenMP's thread
+  // count is a per-thread setting that a new thread does not inherit.
+  void enter_thread() const;
 
   // This stage's forward pass for one step (see Transformer::forward): through a recorded CUDA graph
   // when the step is a decode step that fits one, through a mixed-step graph of its layers (then the
@@ -72,6 +76,7 @@ class ModelRunner {
   std::vector<float> step(const StepMeta& meta);
 
  private:
+  int omp_threads_ = 0;  // the OpenMP threads this rank's steps use (0: OpenMP's default)
   double kv_budget_gb(const KvCacheShape& shape);
   Tensor max_batch_forward(KvCache& kv);
   void warm_up();

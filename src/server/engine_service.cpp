@@ -98,6 +98,7 @@ void EngineService::run() {
     batch.push_back(std::move(d));
   };
   try {
+    engine_.enter_thread();
     for (;;) {
       std::deque<std::shared_ptr<EngineJob>> jobs;
       bool stopping;

