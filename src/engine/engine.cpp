@@ -427,7 +427,13 @@ std::vector<SampledToken> Engine::collect_async() {
 
 void Engine::shutdown() {
   // Finish what is in flight, then tell every rank to stop.
-  while (executor_ && in_flight_ > 0) collect_async();
+  while (executor_ && in_flight_ > 0) {
+    try {
+      collect_async();
+    } catch (const std::exception&) {
+      // (a failed step was reported when step() collected it; the ranks must still be stopped)
+    }
+  }
   executor_.reset();  // (the tensor group's plans came from its thread; the shutdown plan comes from this one)
   while (in_flight_ > 0) {
     uint64_t step_id = 0;
