@@ -350,6 +350,46 @@ TEST(Engine, AsyncSchedulingGivesTheOutputsOfSteppingInTurn) {
   }
 }
 
+// The worker fills a pending token in from the tokens it sampled in the previous step (the step then
+// samples what it would with that token given outright), and refuses a row that is not the sequence's.
+TEST(Worker, FillsPendingTokensFromTheStepBefore) {
+  Fixture s;
+  auto step = [](uint64_t seq, int32_t computed, std::vector<int32_t> tokens, bool start) {
+    StepPlan p;
+    SeqStep st;
+    st.seq_id = seq;
+    st.num_computed = computed;
+    st.tokens = std::move(tokens);
+    st.block_table = {static_cast<int32_t>(seq)};
+    st.sample = true;
+    if (start) {
+      st.start = std::make_shared<SeqStart>();
+      st.start->prompt_len = 2;
+      st.start->params = greedy(8);
+    }
+    p.seqs.push_back(std::move(st));
+    return p;
+  };
+  Worker w(*s.runner);
+  StepPlan first = step(1, 0, {9707, 11}, true);
+  const auto t1 = w.execute(first, Tensor()).tokens;
+  ASSERT_EQ(t1.size(), 1u);
+  StepPlan ahead = step(1, 2, {pending_token(0)}, false);
+  const auto t2 = w.execute(ahead, Tensor()).tokens;
+  EXPECT_EQ(ahead.seqs[0].tokens[0], t1[0].token);  // filled in place
+  // The same three tokens given outright, on another sequence's block.
+  Worker v(*s.runner);
+  StepPlan a = step(2, 0, {9707, 11}, true);
+  v.execute(a, Tensor());
+  StepPlan b = step(2, 2, {t1[0].token}, false);
+  EXPECT_EQ(v.execute(b, Tensor()).tokens.at(0).token, t2.at(0).token);
+  // Row 0 of the step before is sequence 2's, not 1's; row 3 does not exist.
+  StepPlan wrong = step(1, 3, {pending_token(0)}, false);
+  EXPECT_THROW(v.execute(wrong, Tensor()), Error);
+  StepPlan past = step(2, 3, {pending_token(3)}, false);
+  EXPECT_THROW(v.execute(past, Tensor()), Error);
+}
+
 TEST(Engine, AbortFreesBlocksAndRejectsWhatCanNeverFit) {
  for (bool async : {false, true}) {
   SCOPED_TRACE(async ? "async scheduling" : "in turn");
