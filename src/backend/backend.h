@@ -53,6 +53,11 @@ class Backend {
   virtual Tensor empty(const std::vector<int64_t>& shape, DType dtype) = 0;
   // A tensor holding `host` (float32) converted to `dtype`.
   virtual Tensor upload(const float* host, const std::vector<int64_t>& shape, DType dtype) = 0;
+  // The same, kept in host memory that the backend's kernels read in place (cpu_offload_gb: pinned
+  // memory mapped into a GPU's address space). Where all memory is the host's, upload().
+  virtual Tensor upload_to_host_memory(const float* host, const std::vector<int64_t>& shape, DType dtype) {
+    return upload(host, shape, dtype);
+  }
   // Copies a tensor back as float32.
   virtual void download(const Tensor& t, float* host) = 0;
   // Raw byte copies between a tensor and host memory (KV swapping).

@@ -101,7 +101,7 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.quantization = v; }},
       {"kv_cache_dtype", Kind::String, "auto (the KV cache in the model's dtype; vLLM's fp8 variants are not supported)",
        [](Config& c, const std::string& v) { c.kv_cache_dtype = v; }},
-      {"cpu_offload_gb", Kind::Float, "GiB of weights per GPU to keep in host memory",
+      {"cpu_offload_gb", Kind::Float, "GiB of weights per GPU kept in pinned host memory, read over the bus at every step (the first layers' matrices; no effect on the CPU backend)",
        [](Config& c, const std::string& v) { c.cpu_offload_gb = parse_float("cpu_offload_gb", v); }},
       {"kv_cache_memory_gb", Kind::Float, "GiB per rank for the KV cache (0: 1 GiB on the CPU backend, the gpu_memory_utilization plan on GPUs)",
        [](Config& c, const std::string& v) { c.kv_cache_memory_gb = parse_float("kv_cache_memory_gb", v); }},
@@ -366,7 +366,6 @@ void config_validate(const Config& c) {
     fail(cat("gpu_memory_utilization must be in (0, 1], got ", c.gpu_memory_utilization));
   if (c.swap_space < 0) fail(cat("swap_space must be >= 0 GiB, got ", c.swap_space));
   if (c.cpu_offload_gb < 0) fail(cat("cpu_offload_gb must be >= 0, got ", c.cpu_offload_gb));
-  if (c.cpu_offload_gb > 0) fail("cpu_offload_gb > 0 is not supported yet (weights are not offloaded to host memory); use 0");
   // vLLM's options for quantized weights and KV cache: accepted with their no-op values, refused otherwise
   // (serving full-precision weights when fp8 was asked for would silently use twice the memory).
   if (!c.quantization.empty() && c.quantization != "none")

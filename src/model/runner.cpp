@@ -47,26 +47,30 @@ namespace {
 
 // Refuses a model whose weights cannot fit before any is allocated: a dummy model of 10^8 layers spent
 // minutes listing its tensors, a 10^12-row vocabulary died of std::bad_alloc. `need` is this rank's
-// weight bytes, `node_need` the sum over the ranks of its node. On a GPU the room is the device's free
-// memory; on the CPU backend, the host memory available to the process (cgroup limits included), which
-// the node's ranks share.
-void check_weights_fit(Backend& be, const Topology& topo, double need, double node_need, int local_size) {
+// weight bytes on its device, `node_need` the sum over the ranks of its node of what they keep in host
+// memory. On a GPU the room is the device's free memory, and the offloaded weights (cpu_offload_gb)
+// need pinned host memory; on the CPU backend every weight is in host memory, which the node's ranks
+// share (cgroup limits included).
+void check_weights_fit(Backend& be, const Topology& topo, double need, double node_need, int local_size,
+                       double offloaded) {
   size_t free_b = 0, total_b = 0;
   const std::string layout = cat(dtype_name(be.compute_dtype()), ", tp=", topo.tp, " pp=", topo.pp);
-  if (be.device_memory(&free_b, &total_b)) {
-    if (need > static_cast<double>(free_b))
-      throw Error(cat("model weights: this rank's shard needs ", gib(need), " GiB (", layout, "), more than the ",
-                      gib(static_cast<double>(free_b)), " GiB free on its GPU; spread the model over more GPUs (tensor_parallel_size, pipeline_parallel_size) or use a smaller one"));
-    return;
-  }
+  const bool device = be.device_memory(&free_b, &total_b);
+  if (device && need > static_cast<double>(free_b))
+    throw Error(cat("model weights: this rank's shard needs ", gib(need), " GiB on its GPU (", layout,
+                    offloaded > 0 ? cat(", ", gib(offloaded), " GiB more offloaded by cpu_offload_gb") : std::string(),
+                    "), more than the ", gib(static_cast<double>(free_b)),
+                    " GiB free on its GPU; spread the model over more GPUs (tensor_parallel_size, pipeline_parallel_size), raise cpu_offload_gb or use a smaller one"));
   size_t avail = 0;
   std::string source;
-  if (!host_memory_available(&avail, &source) || node_need <= static_cast<double>(avail)) return;
-  throw Error(cat("model weights: ",
-                  local_size > 1 ? cat("the ", local_size, " ranks of this node need ", gib(node_need), " GiB in all (this rank ", gib(need), " GiB, ")
-                                 : cat("this rank's shard needs ", gib(need), " GiB ("),
+  if (node_need <= 0 || !host_memory_available(&avail, &source) || node_need <= static_cast<double>(avail)) return;
+  const std::string what = device ? "cpu_offload_gb: the weights offloaded to host memory by " : "model weights: ";
+  throw Error(cat(what,
+                  local_size > 1 ? cat("the ", local_size, " ranks of this node need ", gib(node_need), " GiB in all (this rank ",
+                                       gib(device ? offloaded : need), " GiB, ")
+                                 : cat("this rank's shard needs ", gib(node_need), " GiB ("),
                   layout, "), more than the ", gib(static_cast<double>(avail)), " GiB of host memory available (", source,
-                  "); spread the ranks (tensor_parallel_size, pipeline_parallel_size) over more nodes or use a smaller model"));
+                  device ? "); lower cpu_offload_gb" : "); spread the ranks (tensor_parallel_size, pipeline_parallel_size) over more nodes or use a smaller model"));
 }
 
 }  // namespace
@@ -87,7 +91,9 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   if (!std::getenv("OMP_NUM_THREADS")) omp_threads_ = std::max(1, omp_get_num_procs() / local_size);
   enter_thread();
 #endif
-  double need = 0;  // this rank's weight bytes
+  double need = 0;       // this rank's weight bytes
+  double offloaded = 0;  // of which cpu_offload_gb keeps in host memory (GPUs only)
+  const double offload_budget = cfg_.cpu_offload_gb * static_cast<double>(1ull << 30);  // GiB, as vLLM's
   agree(world_comm, [&] {
     config_validate(cfg_);
     topo_ = make_topology(world_->rank(), world_->size(), cfg_.tensor_parallel_size, cfg_.pipeline_parallel_size);
@@ -101,16 +107,20 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
     }
     resolve_config_for_model(cfg_, spec_);
     backend_ = make_backend(cfg_.backend, local_rank, resolve_dtype(cfg_.dtype, spec_.torch_dtype));
-    need = shard_weight_bytes(spec_, make_shard_info(spec_, topo_), topo_.first_stage(), topo_.last_stage(),
-                              backend_->compute_dtype());
+    const ShardInfo shard = make_shard_info(spec_, topo_);
+    need = shard_weight_bytes(spec_, shard, topo_.first_stage(), topo_.last_stage(), backend_->compute_dtype());
+    if (cfg_.cpu_offload_gb > 0 && backend_->name() == "cpu")
+      log_warn("cpu_offload_gb has no effect on the CPU backend (its weights are in host memory already)");
+    else if (cfg_.cpu_offload_gb > 0)
+      offloaded = offloaded_weight_bytes(spec_, shard, backend_->compute_dtype(), offload_budget);
     file = std::move(h5);
   });
   // Every rank gets here (the block above agrees on errors), so the node's sum cannot hang.
-  double node_need = 0;
-  MPI_Allreduce(&need, &node_need, 1, MPI_DOUBLE, MPI_SUM, node);
+  double host_need = backend_->name() == "cpu" ? need : offloaded, node_need = 0;
+  MPI_Allreduce(&host_need, &node_need, 1, MPI_DOUBLE, MPI_SUM, node);
   MPI_Comm_free(&node);
   agree(world_comm, [&] {
-    check_weights_fit(*backend_, topo_, need, node_need, local_size);
+    check_weights_fit(*backend_, topo_, need - offloaded, node_need, local_size, offloaded);
     if (!file) file = std::make_unique<DummyWeights>(spec_, cfg_.model, static_cast<uint64_t>(cfg_.seed));
   });
   log_set_rank(topo_.world_rank);
@@ -136,8 +146,13 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
       log_info("pipeline stages pass activations over ", shared ? "MPI (ranks share GPUs: no NCCL)" : "NCCL point-to-point");
   }
 #endif
-  agree(world_comm, [&] { model_ = std::make_unique<Transformer>(spec_, topo_, *backend_, *model_comm, *file); });
+  agree(world_comm, [&] {
+    model_ = std::make_unique<Transformer>(spec_, topo_, *backend_, *model_comm, *file, offloaded > 0 ? offload_budget : 0);
+  });
   file.reset();
+  if (model_->offloaded_bytes() > 0)
+    log_info("cpu_offload_gb: ", gib(model_->offloaded_bytes()), " GiB of weights (the matrices of ", model_->offloaded_layers(),
+             " of this stage's ", model_->shard().layers.end - model_->shard().layers.begin, " layers) in pinned host memory, read by the GPU over its bus at every step");
   // CUDA graphs for decode steps; their static tensors exist before the memory plan, which counts them.
   const bool graphs = backend_->supports_graphs() && !cfg_.enforce_eager;
   if (graphs) {

@@ -1,5 +1,6 @@
 #include "model/transformer.h"
 
+#include <array>
 #include <cmath>
 
 #include "common/error.h"
@@ -26,12 +27,34 @@ ShardInfo make_shard_info(const ModelSpec& s, const Topology& topo) {
   return sh;
 }
 
-double shard_weight_bytes(const ModelSpec& s, const ShardInfo& sh, bool first_stage, bool last_stage, DType dt) {
+namespace {
+
+// Bytes of a layer's matrices in the order the constructor loads them: q/k/v, o_proj, gate/up, down.
+std::array<double, 4> layer_matrix_bytes(const ModelSpec& s, const ShardInfo& sh, DType dt) {
   const double e = static_cast<double>(dtype_size(dt)), H = static_cast<double>(s.hidden_size);
   const double qn = static_cast<double>(sh.q_heads * s.head_dim), kn = static_cast<double>(sh.kv_heads * s.head_dim);
   const double in = static_cast<double>(sh.intermediate);
-  // Two norms, q/k/v, o_proj, gate/up/down: as the constructor loads them.
-  double layer = e * (2 * H + (qn + 2 * kn) * H + H * qn + 3 * in * H);
+  return {e * (qn + 2 * kn) * H, e * H * qn, e * 2 * in * H, e * H * in};
+}
+
+// vLLM's offload rule: a matrix goes to host memory while fewer than `budget` bytes have gone.
+struct OffloadBudget {
+  double budget, used = 0;
+  bool take(double bytes) {
+    if (used >= budget) return false;
+    used += bytes;
+    return true;
+  }
+};
+
+}  // namespace
+
+double shard_weight_bytes(const ModelSpec& s, const ShardInfo& sh, bool first_stage, bool last_stage, DType dt) {
+  const double e = static_cast<double>(dtype_size(dt)), H = static_cast<double>(s.hidden_size);
+  const double qn = static_cast<double>(sh.q_heads * s.head_dim), kn = static_cast<double>(sh.kv_heads * s.head_dim);
+  // Two norms and the matrices: as the constructor loads them.
+  double layer = e * 2 * H;
+  for (double m : layer_matrix_bytes(s, sh, dt)) layer += m;
   if (s.attention_bias) layer += 4.0 * (qn + 2 * kn);
   double bytes = layer * static_cast<double>(sh.layers.end - sh.layers.begin);
   const double table = e * static_cast<double>(sh.vocab_padded) * H;
@@ -40,29 +63,46 @@ double shard_weight_bytes(const ModelSpec& s, const ShardInfo& sh, bool first_st
   return bytes;
 }
 
+double offloaded_weight_bytes(const ModelSpec& s, const ShardInfo& sh, DType dt, double budget) {
+  OffloadBudget b{budget};
+  const auto m = layer_matrix_bytes(s, sh, dt);
+  for (int l = sh.layers.begin; l < sh.layers.end && b.used < budget; ++l)
+    for (double bytes : m) b.take(bytes);
+  return b.used;
+}
+
 Transformer::Transformer(const ModelSpec& spec, const Topology& topo, Backend& backend, Comm& tp_comm,
-                         const WeightSource& file)
+                         const WeightSource& file, double offload_budget)
     : spec_(spec), topo_(topo), be_(backend), tp_comm_(tp_comm), shard_(make_shard_info(spec, topo)) {
   const DType dt = be_.compute_dtype();
+  OffloadBudget offload{offload_budget};
+  const auto matrix_bytes = layer_matrix_bytes(spec, shard_, dt);
+  // The backend tensor of a layer's matrix `m` (index into matrix_bytes): in host memory while the
+  // offload budget lasts.
+  auto put_matrix = [&](int m, const float* v, const std::vector<int64_t>& shape) {
+    if (!offload.take(matrix_bytes[static_cast<size_t>(m)])) return be_.upload(v, shape, dt);
+    return be_.upload_to_host_memory(v, shape, dt);
+  };
   const int64_t H = spec.hidden_size, D = spec.head_dim;
   const int r = topo.tp_rank();
   auto load_rows = [&](const std::string& name, int64_t r0, int64_t nr, int64_t cols) {
     auto v = file.read_f32(name, r0, nr, 0, cols);
     return be_.upload(v.data(), cols > 1 ? std::vector<int64_t>{nr, cols} : std::vector<int64_t>{nr}, dt);
   };
-  auto load_cols = [&](const std::string& name, int64_t rows, int64_t c0, int64_t nc) {
+  // A matrix's column range (o_proj and down: split by input columns), `m` as put_matrix takes it.
+  auto load_cols = [&](int m, const std::string& name, int64_t rows, int64_t c0, int64_t nc) {
     auto v = file.read_f32(name, 0, rows, c0, nc);
-    return be_.upload(v.data(), {rows, nc}, dt);
+    return put_matrix(m, v.data(), {rows, nc});
   };
   auto load_vec = [&](const std::string& name, int64_t n) { return load_rows(name, 0, n, 1); };
   // Row ranges (name, first row, rows) of tensors with `cols` columns as one [rows, cols] tensor of
   // `type` (cols 1: a vector), returned as a view of each range: q/k/v and gate/up are stacked, so a
-  // backend may run each group as one GEMM (stacked_rows).
+  // backend may run each group as one GEMM (stacked_rows). `m` >= 0: a layer's matrix (put_matrix).
   struct Part {
     std::string name;
     int64_t r0, n;
   };
-  auto load_stacked = [&](const std::vector<Part>& parts, int64_t cols, DType type) {
+  auto load_stacked = [&](const std::vector<Part>& parts, int64_t cols, DType type, int m = -1) {
     std::vector<float> all;
     int64_t rows = 0;
     for (const Part& p : parts) {
@@ -70,7 +110,8 @@ Transformer::Transformer(const ModelSpec& spec, const Topology& topo, Backend& b
       all.insert(all.end(), v.begin(), v.end());
       rows += p.n;
     }
-    const Tensor t = be_.upload(all.data(), cols > 1 ? std::vector<int64_t>{rows, cols} : std::vector<int64_t>{rows}, type);
+    const std::vector<int64_t> shape = cols > 1 ? std::vector<int64_t>{rows, cols} : std::vector<int64_t>{rows};
+    const Tensor t = m >= 0 ? put_matrix(m, all.data(), shape) : be_.upload(all.data(), shape, type);
     std::vector<Tensor> views;
     int64_t at = 0;
     for (const Part& p : parts) {
@@ -110,17 +151,19 @@ Transformer::Transformer(const ModelSpec& spec, const Topology& topo, Backend& b
     w.input_norm = load_vec(p + "input_layernorm.weight", H);
     w.post_norm = load_vec(p + "post_attention_layernorm.weight", H);
     const std::string a = p + "self_attn.";
-    auto qkv = load_stacked({{a + "q_proj.weight", q0, qn}, {a + "k_proj.weight", k0, kn}, {a + "v_proj.weight", k0, kn}}, H, dt);
+    auto qkv = load_stacked({{a + "q_proj.weight", q0, qn}, {a + "k_proj.weight", k0, kn}, {a + "v_proj.weight", k0, kn}}, H, dt, 0);
     w.wq = qkv[0], w.wk = qkv[1], w.wv = qkv[2];
     if (spec.attention_bias) {  // added in the GEMM epilogue to float32 outputs: kept in float32
       auto b = load_stacked({{a + "q_proj.bias", q0, qn}, {a + "k_proj.bias", k0, kn}, {a + "v_proj.bias", k0, kn}}, 1, DType::F32);
       w.bq = b[0], w.bk = b[1], w.bv = b[2];
     }
-    w.wo = load_cols(p + "self_attn.o_proj.weight", H, q0, qn);
-    auto gate_up = load_stacked({{p + "mlp.gate_proj.weight", i0, in}, {p + "mlp.up_proj.weight", i0, in}}, H, dt);
+    w.wo = load_cols(1, p + "self_attn.o_proj.weight", H, q0, qn);
+    auto gate_up = load_stacked({{p + "mlp.gate_proj.weight", i0, in}, {p + "mlp.up_proj.weight", i0, in}}, H, dt, 2);
     w.w_gate = gate_up[0], w.w_up = gate_up[1];
-    w.w_down = load_cols(p + "mlp.down_proj.weight", H, i0, in);
+    w.w_down = load_cols(3, p + "mlp.down_proj.weight", H, i0, in);
     layers_.push_back(std::move(w));
+    if (offload.used > offloaded_bytes_) ++offloaded_layers_;
+    offloaded_bytes_ = offload.used;
   }
 }
 

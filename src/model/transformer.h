@@ -41,13 +41,26 @@ ShardInfo make_shard_info(const ModelSpec& s, const Topology& topo);
 // Transformer constructor allocates; the attention biases stay float32). O(1): checked before loading.
 double shard_weight_bytes(const ModelSpec& s, const ShardInfo& sh, bool first_stage, bool last_stage, DType dt);
 
+// vLLM's cpu_offload_gb: a layer's matrices (q/k/v, o_proj, gate/up, down), layer after layer from the
+// stage's first, are kept in the host's pinned memory, which the GPU reads over its bus at every step,
+// while fewer than `budget` bytes are offloaded (so the last one may pass the budget, as in vLLM). The
+// norms, biases, embedding and lm_head stay on the device. Returns the bytes that rule offloads for
+// shard `sh` (what the Transformer constructor puts in host memory when given that budget).
+double offloaded_weight_bytes(const ModelSpec& s, const ShardInfo& sh, DType dt, double budget);
+
 class Transformer {
  public:
-  // Reads this rank's shard from `file` (hyperslab reads: nothing else is touched).
-  Transformer(const ModelSpec& spec, const Topology& topo, Backend& backend, Comm& tp_comm, const WeightSource& file);
+  // Reads this rank's shard from `file` (hyperslab reads: nothing else is touched). With
+  // `offload_budget` > 0, matrices go to host memory by offloaded_weight_bytes' rule
+  // (Backend::upload_to_host_memory).
+  Transformer(const ModelSpec& spec, const Topology& topo, Backend& backend, Comm& tp_comm, const WeightSource& file,
+              double offload_budget = 0);
 
   const ModelSpec& spec() const { return spec_; }
   const ShardInfo& shard() const { return shard_; }
+  // Bytes of weights kept in host memory (cpu_offload_gb), and the number of layers with any there.
+  double offloaded_bytes() const { return offloaded_bytes_; }
+  int offloaded_layers() const { return offloaded_layers_; }
 
   // Runs this stage for one step. `hidden_in` is the float32 residual stream [T, hidden] from the
   // previous stage (ignored on the
@@ -78,6 +91,8 @@ class Transformer {
   ShardInfo shard_;
   Tensor embed_, final_norm_, lm_head_, inv_freq_;
   std::vector<LayerWeights> layers_;
+  double offloaded_bytes_ = 0;
+  int offloaded_layers_ = 0;
 };
 
 }  // namespace llmserve

@@ -136,7 +136,7 @@ TEST(Config, ImpossibleValuesFailValidation) {
   bad([](Config& c) { c.gpu_memory_utilization = 1.5; });
   bad([](Config& c) { c.gpu_memory_utilization = 0; });
   bad([](Config& c) { c.swap_space = -1; });
-  bad([](Config& c) { c.cpu_offload_gb = 2; });  // not implemented: refused rather than ignored
+  bad([](Config& c) { c.cpu_offload_gb = -1; });
   bad([](Config& c) { c.max_num_seqs = 0; });
   bad([](Config& c) { c.port = 70000; });
   bad([](Config& c) { c.dtype = "int4"; });

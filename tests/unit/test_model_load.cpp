@@ -116,3 +116,56 @@ TEST(ModelLoad, ShardWeightBytesIsWhatTheRanksLoad) {
       }
     }
 }
+
+namespace {
+// A CPU backend that records what the Transformer puts in host memory (cpu_offload_gb).
+class OffloadCountingBackend : public CpuBackend {
+ public:
+  Tensor upload_to_host_memory(const float* host, const std::vector<int64_t>& shape, DType dtype) override {
+    Tensor t = CpuBackend::upload(host, shape, dtype);
+    offloaded.push_back(static_cast<double>(t.bytes()));
+    return t;
+  }
+  std::vector<double> offloaded;
+};
+}  // namespace
+
+// cpu_offload_gb's rule, as vLLM's: whole matrices, layer by layer from the stage's first, while fewer
+// than the budget's bytes have gone (the last may pass it). offloaded_weight_bytes (the memory check
+// before loading) predicts what the constructor offloads.
+TEST(ModelLoad, OffloadTakesTheFirstLayersMatricesUpToTheBudget) {
+  const ModelSpec s = llmserve::testing::small_spec(4, 2, 48, 3, 64, 16, 1000);
+  // tp = 2, float32: per layer q/k/v (32 + 2 x 16 rows) 16,384 bytes, o_proj 8,192, gate/up 12,288, down 6,144.
+  const std::vector<double> layer = {16384, 8192, 12288, 6144};
+  struct Case {
+    double budget;
+    size_t matrices;  // offloaded, in load order
+    int layers;
+  };
+  for (const Case& c : {Case{0, 0, 0}, Case{1, 1, 1}, Case{16384, 1, 1}, Case{16385, 2, 1}, Case{43008, 4, 1},
+                        Case{50000, 5, 2}, Case{1e12, 12, 3}})
+    for (int rank = 0; rank < 2; ++rank) {
+      const Topology topo = make_topology(rank, 2, 2, 1);
+      DummyWeights w(s, "offload", 1);
+      OffloadCountingBackend be;
+      SelfComm comm;
+      Transformer t(s, topo, be, comm, w, c.budget);
+      ASSERT_EQ(be.offloaded.size(), c.matrices) << "budget " << c.budget;
+      double sum = 0;
+      for (size_t i = 0; i < be.offloaded.size(); ++i) {
+        EXPECT_EQ(be.offloaded[i], layer[i % 4]) << "budget " << c.budget << " matrix " << i;
+        sum += be.offloaded[i];
+      }
+      EXPECT_EQ(t.offloaded_bytes(), sum);
+      EXPECT_EQ(t.offloaded_layers(), c.layers);
+      EXPECT_EQ(offloaded_weight_bytes(s, make_shard_info(s, topo), DType::F32, c.budget), sum) << "budget " << c.budget;
+    }
+  // A later pipeline stage offloads its own first layers: layers 2 of tp=1 pp=2's second stage.
+  const Topology last = make_topology(1, 2, 1, 2);
+  DummyWeights w(s, "offload", 1);
+  OffloadCountingBackend be;
+  SelfComm comm;
+  Transformer t(s, last, be, comm, w, 1e12);
+  EXPECT_EQ(t.offloaded_layers(), 1);
+  EXPECT_EQ(t.offloaded_bytes(), 2 * 43008.0);  // tp = 1: every matrix twice the tp = 2 shard's
+}

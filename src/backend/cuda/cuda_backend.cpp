@@ -200,6 +200,27 @@ Tensor CudaBackend::upload(const float* host, const std::vector<int64_t>& shape,
   return t;
 }
 
+Tensor CudaBackend::upload_to_host_memory(const float* host, const std::vector<int64_t>& shape, DType dtype) {
+  // Converted on the device as upload() does (the same bits), then copied into pinned host memory
+  // mapped into the device's address space, which kernels and cuBLASLt read over the bus.
+  const Tensor staged = upload(host, shape, dtype);
+  void* p = nullptr;
+  const size_t bytes = std::max<size_t>(staged.bytes(), 256);
+  if (cudaHostAlloc(&p, bytes, cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess) {
+    cudaGetLastError();
+    throw Error(cat("cpu_offload_gb: cannot pin ", bytes, " bytes of host memory for the offloaded weights (",
+                    "lower cpu_offload_gb, or raise the memory lock limit: ulimit -l)"));
+  }
+  Tensor t;
+  t.shape = shape;
+  t.dtype = dtype;
+  t.storage = std::shared_ptr<void>(p, [](void* q) { cudaFreeHost(q); });
+  ck(cudaHostGetDevicePointer(&t.data, p, 0), "offloaded weights' device address");
+  ck(cudaMemcpyAsync(p, staged.data, staged.bytes(), cudaMemcpyDeviceToHost, stream()), "offload copy");
+  ck(cudaStreamSynchronize(stream()), "offload copy");
+  return t;
+}
+
 void CudaBackend::download(const Tensor& t, float* host) {
   const int64_t n = t.numel();
   if (n == 0) return;

@@ -25,6 +25,7 @@ class CudaBackend : public Backend {
 
   Tensor empty(const std::vector<int64_t>& shape, DType dtype) override;
   Tensor upload(const float* host, const std::vector<int64_t>& shape, DType dtype) override;
+  Tensor upload_to_host_memory(const float* host, const std::vector<int64_t>& shape, DType dtype) override;
   void download(const Tensor& t, float* host) override;
   void copy_to_host(const Tensor& src, size_t offset, size_t bytes, void* dst) override;
   void copy_from_host(Tensor& dst, size_t offset, size_t bytes, const void* src) override;
