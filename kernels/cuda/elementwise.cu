@@ -34,6 +34,13 @@ __global__ void embedding_k(const TI* table, int64_t vocab_start, int64_t rows, 
   const int64_t r = static_cast<int64_t>(ids[t]) - vocab_start;
   out[i] = from_f<TO>((r >= 0 && r < rows) ? to_f(table[r * H + h]) : 0.f);
 }
+__global__ void resolve_pending_k(int32_t* ids, int64_t n, const int32_t* drawn, int64_t drawn_n) {
+  pdl_enter();
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n || ids[i] >= 0) return;
+  const int64_t r = -1 - static_cast<int64_t>(ids[i]);
+  ids[i] = r < drawn_n ? drawn[r] : -1;  // (-1: no row; the embedding of an id outside the table is zero)
+}
 template <typename TX, typename TY>
 __global__ void add_k(TX* x, const TY* y, int64_t n) {
   pdl_enter();
@@ -91,6 +98,10 @@ template <typename TI, typename TO>
 void embedding(const TI* table, int64_t vocab_start, int64_t rows, const int32_t* ids, int64_t n, int64_t H, TO* out, cudaStream_t s) {
   if (n * H == 0) return;
   launch("embedding", embedding_k<TI, TO>, blocks_for(n * H, 256), 256, 0, s, table, vocab_start, rows, ids, n, H, out);
+}
+void resolve_pending(int32_t* ids, int64_t n, const int32_t* drawn, int64_t drawn_n, cudaStream_t s) {
+  if (n == 0) return;
+  launch("resolve_pending", resolve_pending_k, blocks_for(n, 256), 256, 0, s, ids, n, drawn, drawn_n);
 }
 template <typename TX, typename TY>
 void add(TX* x, const TY* y, int64_t n, cudaStream_t s) {

@@ -21,6 +21,9 @@ void check(cudaError_t e, const char* what);
 template <typename TI, typename TO>
 void embedding(const TI* table, int64_t vocab_start, int64_t rows, const int32_t* ids, int64_t n, int64_t H, TO* out,
                cudaStream_t s);
+// Asynchronous scheduling: a step's token id -1 - r becomes drawn[r] (row r of the previous draw), or
+// -1 when r >= drawn_n.
+void resolve_pending(int32_t* ids, int64_t n, const int32_t* drawn, int64_t drawn_n, cudaStream_t s);
 template <typename TI, typename TO>
 void rmsnorm(const TI* x, const TO* w, int64_t n, int64_t H, float eps, TO* out, cudaStream_t s);
 template <typename TX, typename TY>

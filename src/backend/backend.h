@@ -4,6 +4,7 @@
 // uploads it once.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -64,6 +65,9 @@ class Backend {
   virtual void copy_to_host(const Tensor& src, size_t offset, size_t bytes, void* dst) = 0;
   virtual void copy_from_host(Tensor& dst, size_t offset, size_t bytes, const void* src) = 0;
 
+  // A step's token id -1 - r (asynchronous scheduling) stands for row r of the tokens the last
+  // draw_rows call drew (by row of its `rows`, before any tensor-group reduction), which the backend
+  // fills in on its side: the step can be queued before those tokens reach the host.
   virtual void begin_step(const StepMeta& meta) = 0;
   // dst's first src.bytes() bytes = src (same backend; no conversion).
   virtual void copy(const Tensor& src, Tensor& dst) = 0;
@@ -144,6 +148,10 @@ class Backend {
     gate_up_silu(norm.h, w_gate, w_up, gate_up, act);
   }
 
+  // Asynchronous scheduling: draw_rows calls the hook after queuing its draw and before it returns
+  // (on a GPU while it waits for the results, until the hook returns true; on the host once, after the
+  // draw), so the next step's forward pass can be queued behind the draw. Cleared with an empty one.
+  void set_draw_wait_hook(std::function<bool()> hook) { draw_wait_hook_ = std::move(hook); }
   // The sampler's draw over float32 logits [n, stride] whose first L columns are tokens token_offset..
   // (kernels/cpu/ops.h draw_rows): the penalty edits applied to the logits in place, then the rows'
   // filters and draws; best score and token per row, into host arrays of n.
@@ -192,6 +200,9 @@ class Backend {
   virtual bool graph_replay(int id) { (void)id; return false; }
   // Device memory the graphs hold for their own temporaries.
   virtual size_t graph_memory() { return 0; }
+
+ protected:
+  std::function<bool()> draw_wait_hook_;
 };
 
 // Whether the tensors are rows of one matrix, one after another in memory (one type, one column count):

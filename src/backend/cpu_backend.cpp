@@ -1,5 +1,6 @@
 #include "backend/cpu_backend.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -131,10 +132,24 @@ void CpuBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   cpu::silu_mul(gate.as<float>(), up.as<float>(), gate.numel(), out.as<float>());
 }
 
+void CpuBackend::begin_step(const StepMeta& meta) {
+  meta_ = &meta;
+  if (std::none_of(meta.token_ids.begin(), meta.token_ids.end(), [](int32_t t) { return t < 0; })) return;
+  resolved_ = meta;
+  for (int32_t& t : resolved_.token_ids)
+    if (t < 0) {
+      const size_t r = static_cast<size_t>(-1 - static_cast<int64_t>(t));
+      t = r < drawn_.size() ? drawn_[r] : -1;  // (an id outside the table embeds as zeros)
+    }
+  meta_ = &resolved_;
+}
+
 void CpuBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
                            const std::vector<LogitEdit>& edits, float* best, int32_t* idx) {
   cpu::draw_rows(logits.as<float>(), static_cast<int64_t>(rows.size()), logits.dim(1), L, token_offset, rows.data(),
                  edits.data(), static_cast<int64_t>(edits.size()), best, idx);
+  drawn_.assign(idx, idx + rows.size());
+  if (draw_wait_hook_) draw_wait_hook_();
 }
 
 void CpuBackend::row_logprobs(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<int32_t>& rows,

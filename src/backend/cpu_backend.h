@@ -16,7 +16,7 @@ class CpuBackend : public Backend {
   void download(const Tensor& t, float* host) override;
   void copy_to_host(const Tensor& src, size_t offset, size_t bytes, void* dst) override;
   void copy_from_host(Tensor& dst, size_t offset, size_t bytes, const void* src) override;
-  void begin_step(const StepMeta& meta) override { meta_ = &meta; }
+  void begin_step(const StepMeta& meta) override;
   void copy(const Tensor& src, Tensor& dst) override;
   void copy_columns(const Tensor& src, int64_t width, Tensor& dst, int64_t col) override;
 
@@ -44,6 +44,8 @@ class CpuBackend : public Backend {
  private:
   const StepMeta& meta() const;
   const StepMeta* meta_ = nullptr;
+  StepMeta resolved_;               // a step with pending token ids, filled in from drawn_
+  std::vector<int32_t> drawn_;      // the last draw_rows call's tokens
   // Large tensors' memory, kept for reuse (shared with the tensors, which may outlive the backend).
   std::shared_ptr<HostBlockCache> blocks_ = std::make_shared<HostBlockCache>();
 };

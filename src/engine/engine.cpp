@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <iterator>
 
 #include "common/error.h"
@@ -36,9 +37,14 @@ uint64_t mix(uint64_t x) {
 
 Engine::Engine(ModelRunner& runner, const Tokenizer* tokenizer, uint64_t seed)
     : runner_(runner), tok_(tokenizer), seed_(seed), worker_(runner), sched_(scheduler_config(runner)) {
-  if (sched_.config().async_scheduling)
-    executor_ = std::make_unique<StepExecutor>([this](StepPlan& plan) { return run_step(plan); },
-                                               [this] { runner_.enter_thread(); });
+  if (!sched_.config().async_scheduling) return;
+  // On one rank, a step's forward pass is queued behind the draw of the step before when it can be
+  // (Worker::set_next_plan); LLMSERVE_ASYNC_QUEUE=0 leaves each step's launch to its turn, to compare.
+  const char* q = std::getenv("LLMSERVE_ASYNC_QUEUE");
+  if (runner_.topology().world_size == 1 && !(q && std::string(q) == "0"))
+    worker_.set_next_plan([this] { return executor_->next_plan(); });
+  executor_ = std::make_unique<StepExecutor>([this](StepPlan& plan) { return run_step(plan); },
+                                             [this] { runner_.enter_thread(); });
 }
 
 Engine::~Engine() = default;

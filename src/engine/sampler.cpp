@@ -385,6 +385,14 @@ void Sampler::row_draws(const std::vector<const SeqStep*>& seqs, const std::vect
   edits.resize(w);
 }
 
+bool Sampler::drawn_in_one_call(const StepPlan& plan) const {
+  if (tp_.size() != 1 || !drawable_on_backend(plan)) return false;
+  const auto seqs = sampled(plan);
+  int calls = 0;
+  for_edit_groups(seqs, std::vector<char>(seqs.size(), 1), [&](const std::vector<char>&) { ++calls; });
+  return calls == 1;
+}
+
 void Sampler::for_edit_groups(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw,
                               const std::function<void(const std::vector<char>&)>& fn) const {
   std::vector<char> group(seqs.size(), 0);

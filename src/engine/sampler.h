@@ -38,6 +38,11 @@ class Sampler {
   // none filters (top-k/top-p/min-p need the whole row): then sample_on_backend() gives the same tokens
   // as sample() without bringing the logits to the host.
   bool drawable_on_backend(const StepPlan& plan) const;
+  // True when sample_step() draws the plan in one Backend::draw_rows call over all its sampled rows,
+  // in order, and then reads nothing more of the logits: one rank (no tensor group), no logprobs, and
+  // the penalty edits within one call's budget. Then row r of that draw is the plan's r-th sampled
+  // token, and the next step may be queued during the draw (asynchronous scheduling).
+  bool drawn_in_one_call(const StepPlan& plan) const;
   // sample() for such plans: penalties, filters and the draw on the backend holding `logits`
   // [rows, row_stride] (penalties are applied to it in place), then one (value, index) all-reduce over
   // the tensor group.

@@ -40,6 +40,11 @@ std::vector<SampledToken> StepExecutor::collect() {
   return std::move(r.tokens);
 }
 
+StepPlan* StepExecutor::next_plan() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return failed_ || plans_.empty() ? nullptr : &plans_.front();
+}
+
 void StepExecutor::loop() {
   for (;;) {
     StepPlan plan;

@@ -31,6 +31,9 @@ class StepExecutor {
   // The tokens of the oldest step not yet collected, waiting for it; rethrows what it threw. After a
   // step throws, the steps after it do not run and throw the same.
   std::vector<SampledToken> collect();
+  // For the thread running the steps: the plan it runs next, or null (none submitted yet, or a step
+  // failed). Stays valid until that plan is run (later submissions do not move it).
+  StepPlan* next_plan();
 
  private:
   struct Result {

@@ -71,8 +71,35 @@ void Worker::fill_pending(StepPlan& plan) const {
     }
 }
 
+bool Worker::queue_next(size_t drawn) {
+  StepPlan* next = next_plan_();
+  if (!next) return false;  // not submitted yet: asked again while the draw runs
+  if (ahead_ || next->seqs.empty() || !next->swap_in.empty() || !next->swap_out.empty()) return true;
+  for (const auto& s : next->seqs)
+    for (int32_t t : s.tokens)
+      if (is_pending_token(t) && static_cast<size_t>(pending_row(t)) >= drawn) return true;  // (execute() says why)
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  Ahead a;
+  a.step_id = next->step_id;
+  a.meta = step_meta_from_plan(*next, static_cast<int>(runner_.block_size()));  // pending ids stay -1 - row
+  const auto t1 = clock::now();
+  a.result = runner_.forward(a.meta, Tensor(), &a.prompt_hidden);
+  const auto t2 = clock::now();
+  times_.inputs += std::chrono::duration<double>(t1 - t0).count();
+  times_.forward += std::chrono::duration<double>(t2 - t1).count();
+  queued_seconds_ += std::chrono::duration<double>(t2 - t0).count();
+  ++times_.queued;
+  ahead_ = std::move(a);
+  return true;
+}
+
 Worker::Output Worker::execute(StepPlan& plan, const Tensor& hidden_in) {
-  fill_pending(plan);
+  // A forward pass queued ahead belongs to this plan or to none (a step that failed took its plan).
+  std::optional<Ahead> ahead = std::move(ahead_);
+  ahead_.reset();
+  if (ahead && ahead->step_id != plan.step_id) ahead.reset();
+  fill_pending(plan);  // (also for a queued plan: the sampler's state takes the tokens, and the rows are checked)
   sampled_ids_.clear();
   sampled_tokens_.clear();
   for (const auto& c : plan.swap_out) runner_.kv().swap_out(c.src, c.dst);
@@ -82,10 +109,17 @@ Worker::Output Worker::execute(StepPlan& plan, const Tensor& hidden_in) {
   if (plan.seqs.empty()) return out;
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
-  const StepMeta meta = step_meta_from_plan(plan, static_cast<int>(runner_.block_size()));
+  StepMeta meta;
+  Tensor result, prompt_hidden;
+  if (ahead) {
+    meta = std::move(ahead->meta);
+    result = ahead->result;
+    prompt_hidden = ahead->prompt_hidden;
+  } else {
+    meta = step_meta_from_plan(plan, static_cast<int>(runner_.block_size()));
+  }
   const auto t1 = clock::now();
-  Tensor prompt_hidden;
-  Tensor result = runner_.forward(meta, hidden_in, &prompt_hidden);
+  if (!ahead) result = runner_.forward(meta, hidden_in, &prompt_hidden);
   const auto t2 = clock::now();
   times_.inputs += std::chrono::duration<double>(t1 - t0).count();
   times_.forward += std::chrono::duration<double>(t2 - t1).count();
@@ -95,8 +129,22 @@ Worker::Output Worker::execute(StepPlan& plan, const Tensor& hidden_in) {
   }
   // The draw and the log-probabilities run where the logits are (filtered rows of a split vocabulary
   // gathered into whole rows on GPUs); only rows that need the host sampler (on the CPU backend,
-  // filters over a split vocabulary) bring their logits over.
-  out.tokens = sampler_->sample_step(plan, runner_.backend(), result);
+  // filters over a split vocabulary) bring their logits over. When the draw is one backend call that
+  // leaves the logits alone, the next plan's forward pass is queued while it runs.
+  const bool queue = next_plan_ && meta.prompt_rows == 0 && sampler_->drawn_in_one_call(plan);
+  if (queue) {
+    const size_t drawn = static_cast<size_t>(meta.logits_indices.size());
+    runner_.backend().set_draw_wait_hook([this, drawn] { return queue_next(drawn); });
+  }
+  try {
+    out.tokens = sampler_->sample_step(plan, runner_.backend(), result);
+  } catch (...) {
+    if (queue) runner_.backend().set_draw_wait_hook({});
+    ahead_.reset();
+    queued_seconds_ = 0;
+    throw;
+  }
+  if (queue) runner_.backend().set_draw_wait_hook({});
   for (const auto& t : out.tokens) sampled_ids_.push_back(t.seq_id), sampled_tokens_.push_back(t.token);
   // prompt_logprobs (counted as sampling time): the logits of at most max_num_seqs rows at a time
   // (what the memory plan's profiling forward allowed for), each slice reduced before the next is made.
@@ -107,7 +155,9 @@ Worker::Output Worker::execute(StepPlan& plan, const Tensor& hidden_in) {
     auto prompt = sampler_->prompt_logprobs(plan, runner_.backend(), logits, r0, r);
     out.tokens.insert(out.tokens.end(), std::make_move_iterator(prompt.begin()), std::make_move_iterator(prompt.end()));
   }
-  times_.sample += std::chrono::duration<double>(clock::now() - t2).count();
+  // (the next plan's forward pass queued during the draw counted as its own)
+  times_.sample += std::chrono::duration<double>(clock::now() - t2).count() - queued_seconds_;
+  queued_seconds_ = 0;
   return out;
 }
 

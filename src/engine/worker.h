@@ -1,7 +1,9 @@
 // Executes step plans on one rank: KV swaps, this stage's layers, and on the last stage the
 // vocabulary-parallel sampling.
 #pragma once
+#include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "backend/backend.h"
@@ -27,16 +29,35 @@ class Worker {
   Output execute(StepPlan& plan, const Tensor& hidden_in);
   // Runs plans until a shutdown plan arrives (every rank but world rank 0).
   void loop();
+  // Asynchronous scheduling on one rank (tp = pp = 1): where the plan after the one executing can be
+  // found (null while there is none). When a step's draw is one backend call (Sampler::drawn_in_one_call),
+  // the next plan's forward pass is queued while that draw runs, its pending tokens filled in on the
+  // backend from the draw's results; its execute() then goes straight to sampling.
+  void set_next_plan(std::function<StepPlan*()> next) { next_plan_ = std::move(next); }
 
   // Wall time spent in the parts of execute(), summed over its calls (seconds): building the step's
   // inputs, launching the forward pass, sampling (which waits for the forward pass on the device).
   struct Times {
     double inputs = 0, forward = 0, sample = 0;
+    int64_t queued = 0;  // steps whose forward pass was queued during the draw before (set_next_plan)
   };
   const Times& times() const { return times_; }
 
  private:
   void fill_pending(StepPlan& plan) const;
+  // The draw-wait hook: queues the next plan's forward pass behind the draw of a step that sampled
+  // `drawn` rows, when the next plan is there and needs nothing else first. True once settled (queued,
+  // or not to be); false to be asked again.
+  bool queue_next(size_t drawn);
+  // The forward pass of a plan, run (queued, on a GPU) ahead of its execute().
+  struct Ahead {
+    uint64_t step_id = 0;
+    StepMeta meta;
+    Tensor result, prompt_hidden;
+  };
+  std::function<StepPlan*()> next_plan_;
+  std::optional<Ahead> ahead_;
+  double queued_seconds_ = 0;  // spent in queue_next during the current draw
   ModelRunner& runner_;
   Times times_;
   // The last step's sampled tokens, in plan order, and their sequences.

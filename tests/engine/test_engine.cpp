@@ -312,6 +312,14 @@ TEST(Engine, AsyncSchedulingGivesTheOutputsOfSteppingInTurn) {
       auto done = run_all(e);
       for (uint64_t id : ids) outs[async].push_back(done[id]);
       EXPECT_EQ(e.max_in_flight(), async ? 2 : 0);
+      // On one rank most steps' forward passes were queued behind the previous step's draw (not the
+      // steps with logprobs rows, nor those after a step with them).
+      const int64_t queued = e.step_times().worker.queued;
+      if (async) {
+        EXPECT_GT(queued, e.steps() / 4);
+      } else {
+        EXPECT_EQ(queued, 0);
+      }
       EXPECT_EQ(e.scheduler().blocks().num_used(), 0);
       if (blocks > 0) {
         EXPECT_GT(e.scheduler().stats().preempted_swap + e.scheduler().stats().preempted_recompute, 0);

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -128,6 +129,7 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   ck(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking), "copy stream");
   ck(cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming), "copy event");
   ck(cudaEventCreateWithFlags(&meta_copied_, cudaEventDisableTiming), "metadata event");
+  ck(cudaEventCreateWithFlags(&drawn_, cudaEventDisableTiming), "draw results event");
   // Tensors are stream-ordered allocations from the device's pool, which keeps freed memory for reuse
   // (cudaFree would synchronise the device at every temporary of every step).
   ck(cudaDeviceGetDefaultMemPool(&pool_, device_), "memory pool");
@@ -158,6 +160,9 @@ CudaBackend::~CudaBackend() {
   if (attention_scratch_) cudaFree(attention_scratch_);
   if (draw_device_) cudaFree(draw_device_);
   if (draw_pinned_) cudaFreeHost(draw_pinned_);
+  if (drawn_device_) cudaFree(drawn_device_);
+  if (drawn_pinned_) cudaFreeHost(drawn_pinned_);
+  if (drawn_) cudaEventDestroy(drawn_);
   if (copied_) cudaEventDestroy(copied_);
   if (meta_pinned_) cudaFreeHost(meta_pinned_);
   if (meta_copied_) cudaEventDestroy(meta_copied_);
@@ -360,6 +365,10 @@ void CudaBackend::begin_step(const StepMeta& m) {
        {&tables_, &m.block_tables, static_cast<size_t>(m.row_entries()), static_cast<size_t>(m.max_blocks)},
        {&token_seq_, &token_seq},
        {&logits_rows_, &m.logits_indices}});
+  // Pending token ids (asynchronous scheduling): from the last draw's results, on the device.
+  if (std::any_of(m.token_ids.begin(), m.token_ids.end(), [](int32_t t) { return t < 0; }))
+    cuda::resolve_pending(ids_.ptr, num_tokens_, reinterpret_cast<const int32_t*>(drawn_device_ + drawn_rows_), drawn_rows_,
+                          stream());
 }
 
 void CudaBackend::copy(const Tensor& src, Tensor& dst) {
@@ -857,15 +866,37 @@ void CudaBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, con
   ck(cudaStreamWaitEvent(stream(), copied_, 0), "upload draws");
   const auto* dev = static_cast<const unsigned char*>(draw_device_);
   const bool filtered = std::any_of(rows.begin(), rows.end(), [](const RowDraw& r) { return r.filtered(); });
-  // Results: best then idx in one allocation, brought down in one copy.
-  Tensor dev_out = empty({2 * n}, DType::F32);
+  // Results: best then idx in one buffer, brought down in one copy.
+  if (static_cast<size_t>(2 * n) > drawn_cap_) {
+    const size_t cap = std::max<size_t>(static_cast<size_t>(4 * n), 1024);
+    ck(cudaDeviceSynchronize(), "synchronize");  // (a queued step may still fill its tokens in from the old buffer)
+    if (drawn_device_) ck(cudaFree(drawn_device_), "free draw results");
+    if (drawn_pinned_) ck(cudaFreeHost(drawn_pinned_), "free draw results");
+    drawn_device_ = drawn_pinned_ = nullptr;
+    drawn_cap_ = 0;
+    ck(cudaMalloc(&drawn_device_, cap * sizeof(float)), "draw results allocation");
+    ck(cudaMallocHost(&drawn_pinned_, cap * sizeof(float)), "draw results allocation");
+    drawn_cap_ = cap;
+  }
   cuda::draw_rows(logits.as<float>(), n, logits.dim(1), L, token_offset, reinterpret_cast<const RowDraw*>(dev),
-                  reinterpret_cast<const LogitEdit*>(dev + edits_at), ne, filtered, dev_out.as<float>(),
-                  reinterpret_cast<int32_t*>(dev_out.as<float>() + n), stream());
-  std::vector<float> out(static_cast<size_t>(2 * n));
-  copy_to_host(dev_out, 0, out.size() * sizeof(float), out.data());
-  std::memcpy(best, out.data(), n * sizeof(float));
-  std::memcpy(idx, out.data() + n, n * sizeof(int32_t));
+                  reinterpret_cast<const LogitEdit*>(dev + edits_at), ne, filtered, drawn_device_,
+                  reinterpret_cast<int32_t*>(drawn_device_ + n), stream());
+  drawn_rows_ = n;
+  ck(cudaMemcpyAsync(drawn_pinned_, drawn_device_, 2 * n * sizeof(float), cudaMemcpyDeviceToHost, stream()), "draw results");
+  ck(cudaEventRecord(drawn_, stream()), "draw results");
+  // While the draw runs, the hook may queue the next step behind it (asynchronous scheduling).
+  bool hooked = !draw_wait_hook_;
+  for (;;) {
+    const cudaError_t e = cudaEventQuery(drawn_);
+    if (e == cudaSuccess) break;
+    if (e != cudaErrorNotReady) ck(e, "draw results");
+    if (!hooked)
+      hooked = draw_wait_hook_();
+    else
+      std::this_thread::yield();
+  }
+  std::memcpy(best, drawn_pinned_, n * sizeof(float));
+  std::memcpy(idx, drawn_pinned_ + n, n * sizeof(int32_t));
 }
 
 void CudaBackend::row_logprobs(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<int32_t>& rows,

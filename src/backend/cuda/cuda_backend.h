@@ -169,6 +169,13 @@ class CudaBackend : public Backend {
   void* draw_pinned_ = nullptr;
   void* draw_device_ = nullptr;
   size_t draw_cap_ = 0;
+  // draw_rows' results (best scores, then tokens): a device buffer of their own, which a later step's
+  // pending token ids are filled in from (begin_step), and their pinned copy, waited for by drawn_.
+  float* drawn_device_ = nullptr;
+  float* drawn_pinned_ = nullptr;
+  size_t drawn_cap_ = 0;      // floats
+  int64_t drawn_rows_ = 0;    // rows of the last draw
+  cudaEvent_t drawn_ = nullptr;
   // begin_step's staging for the step metadata; meta_copied_ follows the copies out of it on stream(),
   // so the next step rewrites it only when they are done.
   cudaEvent_t meta_copied_ = nullptr;

@@ -192,7 +192,9 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
     log_info("generate: rank 0's forward passes: ", k.decode_graph, " decode graphs, ", k.mixed_graph,
              " mixed-step graphs, ", k.eager, " eager");
   log_info("generate: ", jobs.size(), " requests in ", engine.steps(), " steps, up to ", engine.max_in_flight(),
-           engine.async_scheduling() ? " steps in flight (async scheduling)" : " micro-batches in flight",
+           engine.async_scheduling() ? cat(" steps in flight (async scheduling; ", engine.step_times().worker.queued,
+                                           " forward passes queued behind the draw before)")
+                                     : std::string(" micro-batches in flight"),
            "; prefix cache hits ", bm.hits(), "/",
            bm.queries(), " tokens; preemptions: ", st.preempted_swap, " swap, ", st.preempted_recompute, " recompute");
   return 0;
