@@ -40,11 +40,12 @@ Engine::Engine(ModelRunner& runner, const Tokenizer* tokenizer, uint64_t seed)
   if (!sched_.config().async_scheduling) return;
   // On one rank, a step's forward pass is queued behind the draw of the step before when it can be
   // (Worker::set_next_plan); LLMSERVE_ASYNC_QUEUE=0 leaves each step's launch to its turn, to compare.
-  const char* q = std::getenv("LLMSERVE_ASYNC_QUEUE");
-  if (runner_.topology().world_size == 1 && !(q && std::string(q) == "0"))
-    worker_.set_next_plan([this] { return executor_->next_plan(); });
   executor_ = std::make_unique<StepExecutor>([this](StepPlan& plan) { return run_step(plan); },
                                              [this] { runner_.enter_thread(); });
+  // (set before the first plan is submitted; only the executor's thread, joined by its destructor, asks)
+  const char* q = std::getenv("LLMSERVE_ASYNC_QUEUE");
+  if (runner_.topology().world_size == 1 && !(q && std::string(q) == "0"))
+    worker_.set_next_plan([ex = executor_.get()] { return ex->next_plan(); });
 }
 
 Engine::~Engine() = default;
@@ -441,6 +442,7 @@ void Engine::shutdown() {
     }
   }
   executor_.reset();  // (the tensor group's plans came from its thread; the shutdown plan comes from this one)
+  worker_.set_next_plan({});
   while (in_flight_ > 0) {
     uint64_t step_id = 0;
     deserialize_results(

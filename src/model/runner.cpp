@@ -64,13 +64,16 @@ void check_weights_fit(Backend& be, const Topology& topo, double need, double no
   size_t avail = 0;
   std::string source;
   if (node_need <= 0 || !host_memory_available(&avail, &source) || node_need <= static_cast<double>(avail)) return;
-  const std::string what = device ? "cpu_offload_gb: the weights offloaded to host memory by " : "model weights: ";
-  throw Error(cat(what,
-                  local_size > 1 ? cat("the ", local_size, " ranks of this node need ", gib(node_need), " GiB in all (this rank ",
-                                       gib(device ? offloaded : need), " GiB, ")
-                                 : cat("this rank's shard needs ", gib(node_need), " GiB ("),
-                  layout, "), more than the ", gib(static_cast<double>(avail)), " GiB of host memory available (", source,
-                  device ? "); lower cpu_offload_gb" : "); spread the ranks (tensor_parallel_size, pipeline_parallel_size) over more nodes or use a smaller model"));
+  const std::string room = cat("more than the ", gib(static_cast<double>(avail)), " GiB of host memory available (", source, ")");
+  if (device)
+    throw Error(cat("cpu_offload_gb: the offloaded weights need ", gib(node_need), " GiB of pinned host memory",
+                    local_size > 1 ? cat(" for the ", local_size, " ranks of this node (this rank ", gib(offloaded), " GiB)") : std::string(),
+                    ", ", room, "; lower cpu_offload_gb"));
+  throw Error(cat("model weights: ",
+                  local_size > 1 ? cat("the ", local_size, " ranks of this node need ", gib(node_need), " GiB in all (this rank ", gib(need), " GiB, ")
+                                 : cat("this rank's shard needs ", gib(need), " GiB ("),
+                  layout, "), ", room,
+                  "; spread the ranks (tensor_parallel_size, pipeline_parallel_size) over more nodes or use a smaller model"));
 }
 
 }  // namespace

@@ -41,6 +41,10 @@ done
 run 1 1 "$work/seed.jsonl" --seed 7 && ! cmp -s <(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["generated_ids"])' "$work/ref.jsonl") \
   <(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["generated_ids"])' "$work/seed.jsonl") \
   && echo "PASS another seed, other weights" || { echo "FAIL --seed does not change the dummy weights"; fail=1; }
+# cpu_offload_gb (GPUs only) is accepted on the CPU backend with a warning, and changes nothing.
+run 1 1 "$work/offload.jsonl" --cpu-offload-gb 1 && cmp -s "$work/ref.jsonl" "$work/offload.jsonl" &&
+  grep -q "cpu_offload_gb has no effect on the CPU backend" "$work/offload.jsonl.log" \
+  && echo "PASS cpu_offload_gb on the CPU backend: warned, same output" || { echo "FAIL cpu_offload_gb on the CPU backend"; fail=1; }
 
 expect_error() {  # expect_error NAME PATTERN args...
   local name=$1 pat=$2; shift 2
@@ -48,6 +52,7 @@ expect_error() {  # expect_error NAME PATTERN args...
   out=$(timeout 60 "$build/llmserve" logits --backend cpu --prompt-ids 1,2 --max-model-len 64 "$@" 2>&1); rc=$?
   if [ $rc -ne 0 ] && grep -q -- "$pat" <<<"$out"; then echo "PASS $name"; else echo "FAIL $name: rc=$rc $out"; fail=1; fi
 }
+expect_error "cpu_offload_gb below 0" "cpu_offload_gb must be >= 0, got -1" --model "$cfg" --load-format dummy --cpu-offload-gb -1
 expect_error "dummy: missing config.json" "cannot read '$work/none/config.json'" --model "$work/none" --load-format dummy
 expect_error "dummy: hf_overrides not JSON" "hf_overrides must be a JSON object" --model "$cfg" --load-format dummy --hf-overrides '{nope'
 expect_error "hf_overrides without dummy" "hf_overrides applies only with load_format dummy" --model "$cfg" --hf-overrides '{}'
