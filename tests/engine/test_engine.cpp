@@ -9,6 +9,7 @@
 #include "common/file_util.h"
 #include "engine/engine.h"
 #include "engine/scheduler.h"
+#include "engine/step_executor.h"
 #include "server/engine_service.h"
 
 #include <condition_variable>
@@ -723,4 +724,59 @@ int main(int argc, char** argv) {
   const int rc = RUN_ALL_TESTS();
   MPI_Finalize();
   return rc;
+}
+
+// The executor of asynchronous scheduling: `enter` runs on its own thread before the first step (the
+// OpenMP thread count is set there), steps run in submission order on that thread, next_plan() shows
+// the plan that runs next (a pointer later submissions leave in place), and after a failed step the
+// later ones throw its error and next_plan() shows none.
+TEST(StepExecutor, EntersItsThreadFirstRunsInOrderAndStopsAfterAFailure) {
+  std::mutex mu;
+  std::vector<std::string> events;
+  std::thread::id entered, ran;
+  std::vector<uint64_t> next_seen;
+  StepExecutor* self = nullptr;
+  std::mutex gate;
+  gate.lock();  // holds the first step until everything is submitted
+  StepExecutor ex(
+      [&](StepPlan& p) {
+        if (p.step_id == 1) {
+          std::lock_guard<std::mutex> hold(gate);
+          const StepPlan* next = self->next_plan();
+          next_seen.push_back(next ? next->step_id : 0);
+        }
+        std::lock_guard<std::mutex> lock(mu);
+        events.push_back(cat("run ", p.step_id));
+        ran = std::this_thread::get_id();
+        if (p.step_id == 3) throw Error("step 3 failed");
+        return std::vector<SampledToken>{SampledToken{p.step_id, static_cast<int32_t>(10 * p.step_id)}};
+      },
+      [&] {
+        std::lock_guard<std::mutex> lock(mu);
+        events.push_back("enter");
+        entered = std::this_thread::get_id();
+      });
+  self = &ex;
+  for (uint64_t id = 1; id <= 5; ++id) {
+    StepPlan p;
+    p.step_id = id;
+    ex.submit(std::move(p));
+  }
+  gate.unlock();
+  EXPECT_EQ(ex.collect().at(0).token, 10);
+  EXPECT_EQ(ex.collect().at(0).token, 20);
+  for (int k = 0; k < 3; ++k) {
+    try {
+      ex.collect();
+      ADD_FAILURE() << "step " << 3 + k << " returned tokens after step 3 failed";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("step 3 failed"), std::string::npos);
+    }
+  }
+  EXPECT_EQ(ex.next_plan(), nullptr);
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(events, (std::vector<std::string>{"enter", "run 1", "run 2", "run 3"}));
+  EXPECT_EQ(entered, ran);
+  EXPECT_NE(entered, std::this_thread::get_id());
+  EXPECT_EQ(next_seen, std::vector<uint64_t>{2});
 }
