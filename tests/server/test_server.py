@@ -3,6 +3,7 @@
 fixture) on a free loopback port, driven over HTTP (standard library) and, when it can be installed,
 with the official `openai` package. Prints one line per check and 'N passed, N failed'.
 Usage: test_server.py BUILD_DIR"""
+import concurrent.futures
 import http.client, json, os, re, socket, subprocess, sys, threading, time
 
 BUILD = os.path.abspath(sys.argv[1])
@@ -789,6 +790,36 @@ def main():
         check("CORS: OPTIONS that is not a preflight is 405", heads(a.port, "OPTIONS", "/v1/models", {})[0] == 405)
     finally:
         a.stop()
+    # Asynchronous scheduling on one rank, where each step's forward pass is queued behind the draw of
+    # the step before (its pending tokens filled in by the backend): concurrent greedy and seeded sampled
+    # requests, some streamed, answer as llmserve generate does stepping in turn.
+    q = Server("--async-scheduling", "--generation-config", "vllm", np=1, tp=1)
+    try:
+        bodies = [{"prompt": p, "max_tokens": 10 + 3 * i, "ignore_eos": True,
+                   **({"temperature": 0} if i % 2 == 0 else {"temperature": 0.9, "top_p": 0.9, "seed": 40 + i, "repetition_penalty": 1.2})}
+                  for i, p in enumerate(["The quick brown fox", "Once upon a time", "Paris is", "1, 2, 3,", "Hello"])]
+        inp = os.path.join(BUILD, "test-out", "server-queue-in.jsonl")
+        outp = os.path.join(BUILD, "test-out", "server-queue-out.jsonl")
+        open(inp, "w").write("".join(json.dumps(b) + "\n" for b in bodies))
+        subprocess.run([os.path.join(BUILD, "llmserve"), "generate", "--model", MODEL, "--backend", "cpu", "--max-model-len", "512",
+                        "--generation-config", "vllm", "--input", inp, "--output", outp], check=True, capture_output=True)
+        offline = [json.loads(l)["outputs"][0]["text"] for l in open(outp)]
+
+        def ask(i):
+            if i % 2:
+                st, r = q.post("/v1/completions", bodies[i])
+                return r["choices"][0]["text"] if st == 200 else r
+            c = http.client.HTTPConnection("127.0.0.1", q.port, timeout=60)
+            c.request("POST", "/v1/completions", body=json.dumps({**bodies[i], "stream": True}), headers={"Content-Type": "application/json"})
+            ev = [line[6:] for line in c.getresponse().read().decode().split("\n") if line.startswith("data: ")]
+            c.close()
+            return "".join(json.loads(e)["choices"][0]["text"] for e in ev if e != "[DONE]" and json.loads(e).get("choices"))
+        with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+            served = list(pool.map(ask, range(len(bodies))))
+        check("async scheduling on one rank (steps queued behind the draw): concurrent greedy, sampled and streamed "
+              "completions equal llmserve generate's", served == offline, (served, offline))
+    finally:
+        q.stop()
     with open(a.log.name) as f:
         quiet = f.read()
     with open(s.log.name) as f:
