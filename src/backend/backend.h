@@ -148,10 +148,11 @@ class Backend {
     gate_up_silu(norm.h, w_gate, w_up, gate_up, act);
   }
 
-  // Asynchronous scheduling: draw_rows calls the hook after queuing its draw and before it returns
-  // (on a GPU while it waits for the results, until the hook returns true; on the host once, after the
-  // draw), so the next step's forward pass can be queued behind the draw. Cleared with an empty one.
-  void set_draw_wait_hook(std::function<bool()> hook) { draw_wait_hook_ = std::move(hook); }
+  // Asynchronous scheduling: draw_rows and row_logprobs call the hook after queuing their work and
+  // before they return (on a GPU while they wait for the results, until the hook returns true; on the
+  // host once, when done), so the next step's forward pass can be queued behind them. Cleared with an
+  // empty one.
+  void set_wait_hook(std::function<bool()> hook) { wait_hook_ = std::move(hook); }
   // The sampler's draw over float32 logits [n, stride] whose first L columns are tokens token_offset..
   // (kernels/cpu/ops.h draw_rows): the penalty edits applied to the logits in place, then the rows'
   // filters and draws; best score and token per row, into host arrays of n.
@@ -202,7 +203,7 @@ class Backend {
   virtual size_t graph_memory() { return 0; }
 
  protected:
-  std::function<bool()> draw_wait_hook_;
+  std::function<bool()> wait_hook_;
 };
 
 // Whether the tensors are rows of one matrix, one after another in memory (one type, one column count):

@@ -149,7 +149,7 @@ void CpuBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, cons
   cpu::draw_rows(logits.as<float>(), static_cast<int64_t>(rows.size()), logits.dim(1), L, token_offset, rows.data(),
                  edits.data(), static_cast<int64_t>(edits.size()), best, idx);
   drawn_.assign(idx, idx + rows.size());
-  if (draw_wait_hook_) draw_wait_hook_();
+  if (wait_hook_) wait_hook_();
 }
 
 void CpuBackend::row_logprobs(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<int32_t>& rows,
@@ -157,6 +157,7 @@ void CpuBackend::row_logprobs(const Tensor& logits, int64_t L, int64_t token_off
   LLMSERVE_CHECK(rows.size() == chosen.size() && K >= 0 && K <= kMaxTopLogprobs, "row_logprobs: bad arguments");
   cpu::row_logprobs(logits.as<float>(), logits.dim(1), L, token_offset, rows.data(), chosen.data(),
                     static_cast<int64_t>(rows.size()), K, stats, top_v, top_i);
+  if (wait_hook_) wait_hook_();
 }
 
 void CpuBackend::count_at_least(const Tensor& logits, int64_t L, const std::vector<int32_t>& rows,

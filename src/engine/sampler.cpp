@@ -386,7 +386,7 @@ void Sampler::row_draws(const std::vector<const SeqStep*>& seqs, const std::vect
 }
 
 bool Sampler::drawn_in_one_call(const StepPlan& plan) const {
-  if (tp_.size() != 1 || !drawable_on_backend(plan)) return false;
+  if (tp_.size() != 1) return false;  // (then every row is drawn on the backend)
   const auto seqs = sampled(plan);
   int calls = 0;
   for_edit_groups(seqs, std::vector<char>(seqs.size(), 1), [&](const std::vector<char>&) { ++calls; });
@@ -447,7 +447,8 @@ std::vector<SampledToken> Sampler::sample_on_backend(const StepPlan& plan, Backe
   return out;
 }
 
-std::vector<SampledToken> Sampler::sample_step(const StepPlan& plan, Backend& backend, Tensor& logits) {
+std::vector<SampledToken> Sampler::sample_step(const StepPlan& plan, Backend& backend, Tensor& logits,
+                                              const std::function<void()>& last_read) {
   const auto seqs = sampled(plan);
   const size_t n = seqs.size();
   std::vector<SampledToken> out(n);
@@ -480,7 +481,9 @@ std::vector<SampledToken> Sampler::sample_step(const StepPlan& plan, Backend& ba
       backend.copy(rows_view(logits, static_cast<int64_t>(i), static_cast<int64_t>(e - i)), dst);
     });
   }
+  if (last_read && lp_rows == 0 && host_rows == 0) last_read();
   if (backend_rows > 0) draw_rows_on_backend(seqs, on_backend, backend, logits, out);
+  if (last_read && lp_rows > 0 && host_rows == 0) last_read();
   if (lp_rows > 0) {
     std::vector<int32_t> chosen(n);
     for (size_t i = 0; i < n; ++i) chosen[i] = out[i].token;

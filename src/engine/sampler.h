@@ -38,10 +38,10 @@ class Sampler {
   // none filters (top-k/top-p/min-p need the whole row): then sample_on_backend() gives the same tokens
   // as sample() without bringing the logits to the host.
   bool drawable_on_backend(const StepPlan& plan) const;
-  // True when sample_step() draws the plan in one Backend::draw_rows call over all its sampled rows,
-  // in order, and then reads nothing more of the logits: one rank (no tensor group), no logprobs, and
-  // the penalty edits within one call's budget. Then row r of that draw is the plan's r-th sampled
-  // token, and the next step may be queued during the draw (asynchronous scheduling).
+  // True when sample_step() draws the plan in one Backend::draw_rows call over all its sampled rows, in
+  // order: one rank (no tensor group) and the penalty edits within one call's budget. Then row r of that
+  // draw is the plan's r-th sampled token, and the next step may be queued during the last backend call
+  // that reads the logits (asynchronous scheduling; sample_step's `last_read`).
   bool drawn_in_one_call(const StepPlan& plan) const;
   // sample() for such plans: penalties, filters and the draw on the backend holding `logits`
   // [rows, row_stride] (penalties are applied to it in place), then one (value, index) all-reduce over
@@ -53,7 +53,10 @@ class Sampler {
   // rows are reduced there too (row_logprobs), so only the few numbers asked for come over. Only the
   // remaining rows (filters over a split vocabulary without a tensor communicator: the CPU backend)
   // bring their logits to the host sampler.
-  std::vector<SampledToken> sample_step(const StepPlan& plan, Backend& backend, Tensor& logits);
+  // `last_read`, when given, is called just before the last backend call that reads `logits` (the draw,
+  // or the log-probabilities after it).
+  std::vector<SampledToken> sample_step(const StepPlan& plan, Backend& backend, Tensor& logits,
+                                        const std::function<void()>& last_read = {});
   // The prompt_logprobs entries first..first + count - 1 of the plan (one per prompt target, in plan
   // order; position and rank set), whose logits are the rows of `logits` in that order. Computed from
   // the raw logits where they are; collective over the tensor group.

@@ -129,22 +129,24 @@ Worker::Output Worker::execute(StepPlan& plan, const Tensor& hidden_in) {
   }
   // The draw and the log-probabilities run where the logits are (filtered rows of a split vocabulary
   // gathered into whole rows on GPUs); only rows that need the host sampler (on the CPU backend,
-  // filters over a split vocabulary) bring their logits over. When the draw is one backend call that
-  // leaves the logits alone, the next plan's forward pass is queued while it runs.
+  // filters over a split vocabulary) bring their logits over. When the draw is one backend call, the
+  // next plan's forward pass is queued during the last backend call that reads the logits (the draw, or
+  // the log-probabilities after it).
   const bool queue = next_plan_ && meta.prompt_rows == 0 && sampler_->drawn_in_one_call(plan);
+  std::function<void()> arm;
   if (queue) {
     const size_t drawn = static_cast<size_t>(meta.logits_indices.size());
-    runner_.backend().set_draw_wait_hook([this, drawn] { return queue_next(drawn); });
+    arm = [this, drawn] { runner_.backend().set_wait_hook([this, drawn] { return queue_next(drawn); }); };
   }
   try {
-    out.tokens = sampler_->sample_step(plan, runner_.backend(), result);
+    out.tokens = sampler_->sample_step(plan, runner_.backend(), result, arm);
   } catch (...) {
-    if (queue) runner_.backend().set_draw_wait_hook({});
+    if (queue) runner_.backend().set_wait_hook({});
     ahead_.reset();
     queued_seconds_ = 0;
     throw;
   }
-  if (queue) runner_.backend().set_draw_wait_hook({});
+  if (queue) runner_.backend().set_wait_hook({});
   for (const auto& t : out.tokens) sampled_ids_.push_back(t.seq_id), sampled_tokens_.push_back(t.token);
   // prompt_logprobs (counted as sampling time): the logits of at most max_num_seqs rows at a time
   // (what the memory plan's profiling forward allowed for), each slice reduced before the next is made.

@@ -313,11 +313,13 @@ TEST(Engine, AsyncSchedulingGivesTheOutputsOfSteppingInTurn) {
       auto done = run_all(e);
       for (uint64_t id : ids) outs[async].push_back(done[id]);
       EXPECT_EQ(e.max_in_flight(), async ? 2 : 0);
-      // On one rank most steps' forward passes were queued behind the previous step's draw (not the
-      // steps with logprobs rows, nor those after a step with them).
+      // On one rank most steps' forward passes were queued behind the previous step's draw (or its
+      // log-probabilities); not those after a step with prompt_logprobs or swaps.
       const int64_t queued = e.step_times().worker.queued;
+      std::printf("async %d, blocks %lld: %lld of %lld steps queued\n", async, static_cast<long long>(blocks),
+                  static_cast<long long>(queued), static_cast<long long>(e.steps()));
       if (async) {
-        EXPECT_GT(queued, e.steps() / 4);
+        EXPECT_GT(queued, e.steps() / 2);
       } else {
         EXPECT_EQ(queued, 0);
       }

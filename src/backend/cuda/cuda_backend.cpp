@@ -129,7 +129,7 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   ck(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking), "copy stream");
   ck(cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming), "copy event");
   ck(cudaEventCreateWithFlags(&meta_copied_, cudaEventDisableTiming), "metadata event");
-  ck(cudaEventCreateWithFlags(&drawn_, cudaEventDisableTiming), "draw results event");
+  ck(cudaEventCreateWithFlags(&results_, cudaEventDisableTiming), "results event");
   // Tensors are stream-ordered allocations from the device's pool, which keeps freed memory for reuse
   // (cudaFree would synchronise the device at every temporary of every step).
   ck(cudaDeviceGetDefaultMemPool(&pool_, device_), "memory pool");
@@ -162,7 +162,8 @@ CudaBackend::~CudaBackend() {
   if (draw_pinned_) cudaFreeHost(draw_pinned_);
   if (drawn_device_) cudaFree(drawn_device_);
   if (drawn_pinned_) cudaFreeHost(drawn_pinned_);
-  if (drawn_) cudaEventDestroy(drawn_);
+  if (lp_pinned_) cudaFreeHost(lp_pinned_);
+  if (results_) cudaEventDestroy(results_);
   if (copied_) cudaEventDestroy(copied_);
   if (meta_pinned_) cudaFreeHost(meta_pinned_);
   if (meta_copied_) cudaEventDestroy(meta_copied_);
@@ -883,20 +884,24 @@ void CudaBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, con
                   reinterpret_cast<int32_t*>(drawn_device_ + n), stream());
   drawn_rows_ = n;
   ck(cudaMemcpyAsync(drawn_pinned_, drawn_device_, 2 * n * sizeof(float), cudaMemcpyDeviceToHost, stream()), "draw results");
-  ck(cudaEventRecord(drawn_, stream()), "draw results");
-  // While the draw runs, the hook may queue the next step behind it (asynchronous scheduling).
-  bool hooked = !draw_wait_hook_;
+  ck(cudaEventRecord(results_, stream()), "draw results");
+  wait_for_results();
+  std::memcpy(best, drawn_pinned_, n * sizeof(float));
+  std::memcpy(idx, drawn_pinned_ + n, n * sizeof(int32_t));
+}
+
+void CudaBackend::wait_for_results() {
+  // While the device works, the hook may queue the next step behind it (asynchronous scheduling).
+  bool hooked = !wait_hook_;
   for (;;) {
-    const cudaError_t e = cudaEventQuery(drawn_);
-    if (e == cudaSuccess) break;
-    if (e != cudaErrorNotReady) ck(e, "draw results");
+    const cudaError_t e = cudaEventQuery(results_);
+    if (e == cudaSuccess) return;
+    if (e != cudaErrorNotReady) ck(e, "results");
     if (!hooked)
-      hooked = draw_wait_hook_();
+      hooked = wait_hook_();
     else
       std::this_thread::yield();
   }
-  std::memcpy(best, drawn_pinned_, n * sizeof(float));
-  std::memcpy(idx, drawn_pinned_ + n, n * sizeof(int32_t));
 }
 
 void CudaBackend::row_logprobs(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<int32_t>& rows,
@@ -914,11 +919,20 @@ void CudaBackend::row_logprobs(const Tensor& logits, int64_t L, int64_t token_of
   float* out_p = dev_out.as<float>();
   cuda::row_logprobs(logits.as<float>(), logits.dim(1), L, token_offset, in_p, in_p + m, m, K, out_p, out_p + 3 * m,
                      reinterpret_cast<int32_t*>(out_p + (3 + K) * m), stream());
-  std::vector<float> host(static_cast<size_t>(m * (3 + 2 * K)));
-  copy_to_host(dev_out, 0, host.size() * sizeof(float), host.data());
-  std::memcpy(stats, host.data(), 3 * m * sizeof(float));
-  std::memcpy(top_v, host.data() + 3 * m, m * K * sizeof(float));
-  std::memcpy(top_i, host.data() + (3 + K) * m, m * K * sizeof(int32_t));
+  const size_t count = static_cast<size_t>(m * (3 + 2 * K));
+  if (count > lp_cap_) {
+    if (lp_pinned_) ck(cudaFreeHost(lp_pinned_), "free log-probability results");
+    lp_pinned_ = nullptr;
+    lp_cap_ = 0;
+    ck(cudaMallocHost(&lp_pinned_, 2 * count * sizeof(float)), "log-probability results allocation");
+    lp_cap_ = 2 * count;
+  }
+  ck(cudaMemcpyAsync(lp_pinned_, out_p, count * sizeof(float), cudaMemcpyDeviceToHost, stream()), "log-probability results");
+  ck(cudaEventRecord(results_, stream()), "log-probability results");
+  wait_for_results();
+  std::memcpy(stats, lp_pinned_, 3 * m * sizeof(float));
+  std::memcpy(top_v, lp_pinned_ + 3 * m, m * K * sizeof(float));
+  std::memcpy(top_i, lp_pinned_ + (3 + K) * m, m * K * sizeof(int32_t));
 }
 
 void CudaBackend::count_at_least(const Tensor& logits, int64_t L, const std::vector<int32_t>& rows,

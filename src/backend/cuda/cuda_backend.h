@@ -170,12 +170,17 @@ class CudaBackend : public Backend {
   void* draw_device_ = nullptr;
   size_t draw_cap_ = 0;
   // draw_rows' results (best scores, then tokens): a device buffer of their own, which a later step's
-  // pending token ids are filled in from (begin_step), and their pinned copy, waited for by drawn_.
+  // pending token ids are filled in from (begin_step), and their pinned copy.
   float* drawn_device_ = nullptr;
   float* drawn_pinned_ = nullptr;
   size_t drawn_cap_ = 0;      // floats
   int64_t drawn_rows_ = 0;    // rows of the last draw
-  cudaEvent_t drawn_ = nullptr;
+  // row_logprobs' results, brought down into pinned memory; results_ follows the copy of either.
+  float* lp_pinned_ = nullptr;
+  size_t lp_cap_ = 0;         // floats
+  cudaEvent_t results_ = nullptr;
+  // Waits for results_, calling the wait hook meanwhile (asynchronous scheduling).
+  void wait_for_results();
   // begin_step's staging for the step metadata; meta_copied_ follows the copies out of it on stream(),
   // so the next step rewrites it only when they are done.
   cudaEvent_t meta_copied_ = nullptr;
