@@ -112,9 +112,7 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
     backend_ = make_backend(cfg_.backend, local_rank, resolve_dtype(cfg_.dtype, spec_.torch_dtype));
     const ShardInfo shard = make_shard_info(spec_, topo_);
     need = shard_weight_bytes(spec_, shard, topo_.first_stage(), topo_.last_stage(), backend_->compute_dtype());
-    if (cfg_.cpu_offload_gb > 0 && backend_->name() == "cpu")
-      log_warn("cpu_offload_gb has no effect on the CPU backend (its weights are in host memory already)");
-    else if (cfg_.cpu_offload_gb > 0)
+    if (cfg_.cpu_offload_gb > 0 && backend_->name() != "cpu")
       offloaded = offloaded_weight_bytes(spec_, shard, backend_->compute_dtype(), offload_budget);
     file = std::move(h5);
   });
@@ -129,6 +127,8 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   log_set_rank(topo_.world_rank);
   if (backend_->name() == "cpu" && cfg_.dtype != "auto" && cfg_.dtype != "float" && cfg_.dtype != "float32")
     log_warn("dtype ", cfg_.dtype, " applies to the CUDA backend; the CPU backend computes in float32");
+  if (backend_->name() == "cpu" && cfg_.cpu_offload_gb > 0)
+    log_warn("cpu_offload_gb has no effect on the CPU backend (its weights are in host memory already)");
   tp_comm_ = mpi_split(world_comm, topo_.stage(), topo_.tp_rank());
   // The model's all-reduces work on backend tensors: MPI for host memory, NCCL for GPU memory.
   Comm* model_comm = tp_comm_.get();
