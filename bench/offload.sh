@@ -2,8 +2,10 @@
 # cpu_offload_gb on one GPU (dummy model of a real shape, default Qwen2.5-1.5B, bf16): what reading the
 # offloaded matrices over the host bus costs, against that bus's measured rate.
 #   1. The bus: a pinned host-to-device copy of 1 GiB (torch, same GPU), GB/s.
-#   2. Batch-1 decode TPOT and 16-way output tokens/s, served (gpu_e2e.sh, E2E_DECODE_ONLY=1) with
-#      cpu_offload_gb 0 and each of OFFLOAD_GB (default "0.5 1"), in turn, OFFLOAD_ROUNDS times (default 2).
+#   2. Batch-1 decode TPOT and 16-way output tokens/s, served (gpu_e2e.sh, E2E_DECODE_ONLY=1), and the
+#      TTFT of a 2,048-token prompt (E2E_TTFT_ONLY=1: a prefill's GEMMs read the offloaded matrices once
+#      per tile of tokens, which the L2 may or may not absorb), with cpu_offload_gb 0 and each of
+#      OFFLOAD_GB (default "0.5 1"), in turn, OFFLOAD_ROUNDS times (default 2).
 #   3. From the TPOT difference: the offloaded bytes' rate per step, GB/s, and its share of the bus rate.
 #   bench/offload.sh BUILD_DIR OUT_DIR [CONFIG_JSON]
 set -euo pipefail
@@ -29,6 +31,8 @@ for round in $(seq 1 "${OFFLOAD_ROUNDS:-2}"); do
     d="$out/gb$gb-r$round"
     E2E_DECODE_ONLY=1 E2E_BASELINE=0 E2E_CONCURRENCY=16 "$root/bench/gpu_e2e.sh" "$build" "$d" "$cfg" 1 1 --cpu-offload-gb "$gb" >"$d.log" 2>&1 ||
       { echo "cpu_offload_gb $gb: FAILED"; tail -5 "$d.log"; continue; }
+    E2E_TTFT_ONLY=1 E2E_BASELINE=0 "$root/bench/gpu_e2e.sh" "$build" "$d" "$cfg" 1 1 --cpu-offload-gb "$gb" >"$d-ttft.log" 2>&1 ||
+      echo "cpu_offload_gb $gb: TTFT run FAILED"
     python3 - "$d" "$gb" "$out/bus.txt" <<'PY'
 import glob, json, re, sys
 d, gb, bus = sys.argv[1], float(sys.argv[2]), sys.argv[3]
@@ -39,6 +43,10 @@ m = re.search(r"cpu_offload_gb: ([0-9.]+) GiB", log)
 off = float(m.group(1)) if m else 0.0
 tpot = one["tpot_ms"]["mean"]
 line = f"cpu_offload_gb {gb}: offloaded {off:.3f} GiB, batch-1 TPOT {tpot:.2f} ms, 16-way {c16['output_throughput']:.0f} tokens/s"
+try:
+    line += f", TTFT (2,048 tokens) {json.load(open(f'{d}/ttft-tp1-pp1.json'))['ttft_ms']['mean']:.1f} ms"
+except (FileNotFoundError, KeyError, TypeError):
+    line += ", TTFT not measured"
 try:
     base = float(open(f"{d.rsplit('/', 1)[0]}/base-tpot-{d.rsplit('-r', 1)[1]}.txt").read())
 except FileNotFoundError:
