@@ -481,9 +481,12 @@ std::vector<SampledToken> Sampler::sample_step(const StepPlan& plan, Backend& ba
       backend.copy(rows_view(logits, static_cast<int64_t>(i), static_cast<int64_t>(e - i)), dst);
     });
   }
-  if (last_read && lp_rows == 0 && host_rows == 0) last_read();
+  // The last backend call that reads the logits (no host rows to download): the log-probabilities' when
+  // there are such rows, else the draw.
+  const bool arm = last_read && host_rows == 0;
+  if (arm && lp_rows == 0) last_read();
   if (backend_rows > 0) draw_rows_on_backend(seqs, on_backend, backend, logits, out);
-  if (last_read && lp_rows > 0 && host_rows == 0) last_read();
+  if (arm && lp_rows > 0) last_read();
   if (lp_rows > 0) {
     std::vector<int32_t> chosen(n);
     for (size_t i = 0; i < n; ++i) chosen[i] = out[i].token;

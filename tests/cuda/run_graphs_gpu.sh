@@ -15,7 +15,9 @@
 #     the running decodes, so steps of 2-48 tokens replay the graphs of the 16-, 32- and 48-token
 #     buckets (layers only, the head eager): float32 against eager with the same budget, on one stage
 #     and on two (pp=2), as in 1 (and the log counts the mixed-step graph replays); bfloat16 reported;
-#  7. with two GPUs or more: tp=2 graphs (the all-reduces recorded with the kernels) against eager
+#  7. asynchronous scheduling with each step's forward pass queued behind the previous draw (bf16, decode
+#     and mixed steps): bit-identical tokens and log-probabilities to stepping in turn, steps queued;
+#  8. with two GPUs or more: tp=2 graphs (the all-reduces recorded with the kernels) against eager
 #     tp=1, decode and mixed, as in 1; and the pp=2 runs' activations went by NCCL (one GPU: by MPI).
 # Exits 77 (skipped) where no GPU is visible.   run_graphs_gpu.sh BUILD_DIR
 set -uo pipefail
@@ -96,6 +98,15 @@ for name in graphs-f32-mixed graphs-f32-mixed-pp2; do
   else
     echo "FAIL $name: mixed-step graphs not recorded or not replayed ($line)"; fail=1
   fi
+done
+# Asynchronous scheduling (one rank): each step's forward pass queued behind the previous step's draw and
+# log-probabilities, its pending tokens filled in on the device: bit-identical to stepping in turn, on
+# decode graphs and on mixed steps, and the log says steps were queued.
+run async-bf16 bfloat16 1 --async-scheduling && { compare graphs-bf16 async-bf16 exact || fail=1; }
+run async-bf16-mixed bfloat16 1 --async-scheduling --max-num-batched-tokens 48 && { compare graphs-bf16-mixed async-bf16-mixed exact || fail=1; }
+for name in async-bf16 async-bf16-mixed; do
+  q=$(grep -o "async scheduling; [0-9]* forward passes queued" "$work/$name.log" | grep -o "[0-9]* forward" | grep -o "[0-9]*")
+  if [ "${q:-0}" -gt 10 ]; then echo "ok   $name: $q forward passes queued"; else echo "FAIL $name: ${q:-no} forward passes queued"; fail=1; fi
 done
 # With two GPUs or more: the tensor group's all-reduces recorded into the graphs (NCCL in the captured
 # stream) against eager tp=1, and the pp=2 runs above passed their activations by NCCL point-to-point

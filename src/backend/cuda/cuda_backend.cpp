@@ -18,6 +18,17 @@ namespace {
 void ck(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw Error(cat("CUDA ", what, ": ", cudaGetErrorString(e)));
 }
+// Pinned host memory for at least `need` elements of T in `p` (capacity `cap` elements), replaced by one
+// of `grow_to` elements when too small (the contents are not kept).
+template <typename T>
+void reserve_pinned(T*& p, size_t& cap, size_t need, size_t grow_to, const char* what) {
+  if (need <= cap) return;
+  if (p) ck(cudaFreeHost(p), what);
+  p = nullptr;
+  cap = 0;
+  ck(cudaMallocHost(reinterpret_cast<void**>(&p), grow_to * sizeof(T)), what);
+  cap = grow_to;
+}
 void lt(cublasStatus_t s, const char* what) {
   if (s != CUBLAS_STATUS_SUCCESS) throw Error(cat("cuBLASLt ", what, " failed (status ", static_cast<int>(s), ")"));
 }
@@ -275,14 +286,7 @@ void CudaBackend::put(const std::vector<Upload>& items) {
     if (u.device_entries() > u.to->cap) grow(*u.to, std::max<size_t>(u.device_entries() * 2, 1024));
     total += u.from->size();
   }
-  if (total > meta_cap_) {
-    if (meta_pinned_) ck(cudaFreeHost(meta_pinned_), "free metadata staging");
-    meta_pinned_ = nullptr;
-    meta_cap_ = 0;
-    const size_t cap = std::max<size_t>(total * 2, 4096);
-    ck(cudaMallocHost(reinterpret_cast<void**>(&meta_pinned_), cap * sizeof(int32_t)), "metadata staging allocation");
-    meta_cap_ = cap;
-  }
+  reserve_pinned(meta_pinned_, meta_cap_, total, std::max<size_t>(total * 2, 4096), "metadata staging");
   size_t at = 0;
   for (const Upload& u : items) {
     const std::vector<int32_t>& v = *u.from;
@@ -851,17 +855,15 @@ void CudaBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, con
   const size_t bytes = edits_at + edits.size() * sizeof(LogitEdit);
   if (bytes > draw_cap_) {
     const size_t cap = std::max<size_t>(bytes + bytes / 2, 1 << 16);
+    reserve_pinned(draw_pinned_, draw_cap_, bytes, cap, "draw staging");
+    draw_cap_ = 0;  // (until the device buffer is there too)
     if (draw_device_) ck(cudaFree(draw_device_), "free draw inputs");
-    if (draw_pinned_) ck(cudaFreeHost(draw_pinned_), "free draw staging");
-    draw_device_ = draw_pinned_ = nullptr;
-    draw_cap_ = 0;
+    draw_device_ = nullptr;
     ck(cudaMalloc(&draw_device_, cap), "draw inputs allocation");
-    ck(cudaMallocHost(&draw_pinned_, cap), "draw staging allocation");
     draw_cap_ = cap;
   }
-  auto* staged = static_cast<unsigned char*>(draw_pinned_);
-  std::memcpy(staged, rows.data(), rows_bytes);
-  if (ne > 0) std::memcpy(staged + edits_at, edits.data(), edits.size() * sizeof(LogitEdit));
+  std::memcpy(draw_pinned_, rows.data(), rows_bytes);
+  if (ne > 0) std::memcpy(draw_pinned_ + edits_at, edits.data(), edits.size() * sizeof(LogitEdit));
   ck(cudaMemcpyAsync(draw_device_, draw_pinned_, bytes, cudaMemcpyHostToDevice, copy_stream_), "upload draws");
   ck(cudaEventRecord(copied_, copy_stream_), "upload draws");
   ck(cudaStreamWaitEvent(stream(), copied_, 0), "upload draws");
@@ -871,12 +873,11 @@ void CudaBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, con
   if (static_cast<size_t>(2 * n) > drawn_cap_) {
     const size_t cap = std::max<size_t>(static_cast<size_t>(4 * n), 1024);
     ck(cudaDeviceSynchronize(), "synchronize");  // (a queued step may still fill its tokens in from the old buffer)
+    reserve_pinned(drawn_pinned_, drawn_cap_, static_cast<size_t>(2 * n), cap, "draw results");
+    drawn_cap_ = 0;  // (until the device buffer is there too)
     if (drawn_device_) ck(cudaFree(drawn_device_), "free draw results");
-    if (drawn_pinned_) ck(cudaFreeHost(drawn_pinned_), "free draw results");
-    drawn_device_ = drawn_pinned_ = nullptr;
-    drawn_cap_ = 0;
+    drawn_device_ = nullptr;
     ck(cudaMalloc(&drawn_device_, cap * sizeof(float)), "draw results allocation");
-    ck(cudaMallocHost(&drawn_pinned_, cap * sizeof(float)), "draw results allocation");
     drawn_cap_ = cap;
   }
   cuda::draw_rows(logits.as<float>(), n, logits.dim(1), L, token_offset, reinterpret_cast<const RowDraw*>(dev),
@@ -920,13 +921,7 @@ void CudaBackend::row_logprobs(const Tensor& logits, int64_t L, int64_t token_of
   cuda::row_logprobs(logits.as<float>(), logits.dim(1), L, token_offset, in_p, in_p + m, m, K, out_p, out_p + 3 * m,
                      reinterpret_cast<int32_t*>(out_p + (3 + K) * m), stream());
   const size_t count = static_cast<size_t>(m * (3 + 2 * K));
-  if (count > lp_cap_) {
-    if (lp_pinned_) ck(cudaFreeHost(lp_pinned_), "free log-probability results");
-    lp_pinned_ = nullptr;
-    lp_cap_ = 0;
-    ck(cudaMallocHost(&lp_pinned_, 2 * count * sizeof(float)), "log-probability results allocation");
-    lp_cap_ = 2 * count;
-  }
+  reserve_pinned(lp_pinned_, lp_cap_, count, 2 * count, "log-probability results");
   ck(cudaMemcpyAsync(lp_pinned_, out_p, count * sizeof(float), cudaMemcpyDeviceToHost, stream()), "log-probability results");
   ck(cudaEventRecord(results_, stream()), "log-probability results");
   wait_for_results();

@@ -166,7 +166,7 @@ class CudaBackend : public Backend {
   // pool allocation on stream() could still be in use by the queued forward pass).
   cudaStream_t copy_stream_ = nullptr;
   cudaEvent_t copied_ = nullptr;
-  void* draw_pinned_ = nullptr;
+  unsigned char* draw_pinned_ = nullptr;
   void* draw_device_ = nullptr;
   size_t draw_cap_ = 0;
   // draw_rows' results (best scores, then tokens): a device buffer of their own, which a later step's
