@@ -3,10 +3,11 @@
 # offloaded matrices over the host bus costs, against that bus's measured rate.
 #   1. The bus: a pinned host-to-device copy of 1 GiB (torch, same GPU), GB/s.
 #   2. Batch-1 decode TPOT and 16-way output tokens/s, served (gpu_e2e.sh, E2E_DECODE_ONLY=1), and the
-#      TTFT of a 2,048-token prompt (E2E_TTFT_ONLY=1: a prefill's GEMMs read the offloaded matrices once
-#      per tile of tokens, which the L2 may or may not absorb), with cpu_offload_gb 0 and each of
-#      OFFLOAD_GB (default "0.5 1"), in turn, OFFLOAD_ROUNDS times (default 2).
-#   3. From the TPOT difference: the offloaded bytes' rate per step, GB/s, and its share of the bus rate.
+#      TTFT of a 2,048-token prompt (E2E_TTFT_ONLY=1: a prefill's GEMMs copy each offloaded matrix to
+#      the device once), with cpu_offload_gb 0 and each of OFFLOAD_GB (default "0.5 1"), in turn,
+#      OFFLOAD_ROUNDS times (default 2).
+#   3. From the TPOT difference: the offloaded bytes' rate per step, GB/s, and its share of the bus rate;
+#      from the TTFT difference: the time over cpu_offload_gb 0's against that of one bus copy of them.
 #   bench/offload.sh BUILD_DIR OUT_DIR [CONFIG_JSON]
 set -euo pipefail
 build=$1 out=$2
@@ -43,20 +44,27 @@ m = re.search(r"cpu_offload_gb: ([0-9.]+) GiB", log)
 off = float(m.group(1)) if m else 0.0
 tpot = one["tpot_ms"]["mean"]
 line = f"cpu_offload_gb {gb}: offloaded {off:.3f} GiB, batch-1 TPOT {tpot:.2f} ms, 16-way {c16['output_throughput']:.0f} tokens/s"
+ttft = None
 try:
-    line += f", TTFT (2,048 tokens) {json.load(open(f'{d}/ttft-tp1-pp1.json'))['ttft_ms']['mean']:.1f} ms"
+    ttft = json.load(open(f'{d}/ttft-tp1-pp1.json'))['ttft_ms']['mean']
+    line += f", TTFT (2,048 tokens) {ttft:.1f} ms"
 except (FileNotFoundError, KeyError, TypeError):
     line += ", TTFT not measured"
+base_file = f"{d.rsplit('/', 1)[0]}/base-{d.rsplit('-r', 1)[1]}.json"  # cpu_offload_gb 0's TPOT and TTFT
 try:
-    base = float(open(f"{d.rsplit('/', 1)[0]}/base-tpot-{d.rsplit('-r', 1)[1]}.txt").read())
+    base = json.load(open(base_file))
 except FileNotFoundError:
     base = None
+b = float(re.search(r"([0-9.]+) GB/s", open(bus).read()).group(1))
 if gb == 0:
-    open(f"{d.rsplit('/', 1)[0]}/base-tpot-{d.rsplit('-r', 1)[1]}.txt", "w").write(str(tpot))
+    json.dump({"tpot": tpot, "ttft": ttft}, open(base_file, "w"))
 elif base:
-    rate = off * 2**30 / ((tpot - base) / 1e3) / 1e9
-    b = float(re.search(r"([0-9.]+) GB/s", open(bus).read()).group(1))
+    rate = off * 2**30 / ((tpot - base["tpot"]) / 1e3) / 1e9
     line += f"; the offloaded bytes at {rate:.1f} GB/s over the bus ({100 * rate / b:.0f}% of the pinned copy's {b:.1f})"
+    if ttft is not None and base["ttft"] is not None:
+        # A prefill reads each offloaded matrix over the bus at least once: its floor is that much more.
+        once = off * 2**30 / (b * 1e9) * 1e3
+        line += f"; TTFT {ttft - base['ttft']:.1f} ms over cpu_offload_gb 0's, against {once:.1f} ms to bring the offloaded bytes over once"
 print(line)
 PY
   done

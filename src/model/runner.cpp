@@ -96,6 +96,7 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
 #endif
   double need = 0;       // this rank's weight bytes
   double offloaded = 0;  // of which cpu_offload_gb keeps in host memory (GPUs only)
+  double offload_stage = 0;  // the device buffer a GEMM of many tokens copies an offloaded matrix into
   const double offload_budget = cfg_.cpu_offload_gb * static_cast<double>(1ull << 30);  // GiB, as vLLM's
   agree(world_comm, [&] {
     config_validate(cfg_);
@@ -113,7 +114,7 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
     const ShardInfo shard = make_shard_info(spec_, topo_);
     need = shard_weight_bytes(spec_, shard, topo_.first_stage(), topo_.last_stage(), backend_->compute_dtype());
     if (cfg_.cpu_offload_gb > 0 && backend_->name() != "cpu")
-      offloaded = offloaded_weight_bytes(spec_, shard, backend_->compute_dtype(), offload_budget);
+      offloaded = offloaded_weight_bytes(spec_, shard, backend_->compute_dtype(), offload_budget, &offload_stage);
     file = std::move(h5);
   });
   // Every rank gets here (the block above agrees on errors), so the node's sum cannot hang.
@@ -121,7 +122,7 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   MPI_Allreduce(&host_need, &node_need, 1, MPI_DOUBLE, MPI_SUM, node);
   MPI_Comm_free(&node);
   agree(world_comm, [&] {
-    check_weights_fit(*backend_, topo_, need - offloaded, node_need, local_size, offloaded);
+    check_weights_fit(*backend_, topo_, need - offloaded + offload_stage, node_need, local_size, offloaded);
     if (!file) file = std::make_unique<DummyWeights>(spec_, cfg_.model, static_cast<uint64_t>(cfg_.seed));
   });
   log_set_rank(topo_.world_rank);

@@ -63,11 +63,14 @@ double shard_weight_bytes(const ModelSpec& s, const ShardInfo& sh, bool first_st
   return bytes;
 }
 
-double offloaded_weight_bytes(const ModelSpec& s, const ShardInfo& sh, DType dt, double budget) {
+double offloaded_weight_bytes(const ModelSpec& s, const ShardInfo& sh, DType dt, double budget, double* largest) {
   OffloadBudget b{budget};
   const auto m = layer_matrix_bytes(s, sh, dt);
+  double most = 0;
   for (int l = sh.layers.begin; l < sh.layers.end && b.used < budget; ++l)
-    for (double bytes : m) b.take(bytes);
+    for (double bytes : m)
+      if (b.take(bytes)) most = std::max(most, bytes);
+  if (largest) *largest = most;
   return b.used;
 }
 

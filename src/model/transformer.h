@@ -45,8 +45,10 @@ double shard_weight_bytes(const ModelSpec& s, const ShardInfo& sh, bool first_st
 // stage's first, are kept in the host's pinned memory, which the GPU reads over its bus at every step,
 // while fewer than `budget` bytes are offloaded (so the last one may pass the budget, as in vLLM). The
 // norms, biases, embedding and lm_head stay on the device. Returns the bytes that rule offloads for
-// shard `sh` (what the Transformer constructor puts in host memory when given that budget).
-double offloaded_weight_bytes(const ModelSpec& s, const ShardInfo& sh, DType dt, double budget);
+// shard `sh` (what the Transformer constructor puts in host memory when given that budget), and in
+// `largest` (where given) the bytes of the largest matrix offloaded (a GPU backend keeps a device buffer
+// that large to copy each into for a GEMM of many tokens).
+double offloaded_weight_bytes(const ModelSpec& s, const ShardInfo& sh, DType dt, double budget, double* largest = nullptr);
 
 class Transformer {
  public:

@@ -7,8 +7,9 @@
 #     tp=2 and pp=2 with 2 GPUs; tp=4, tp=2 pp=2 with 4; tp=8, tp=4 pp=2 with 8): the same greedy
 #     tokens as tp=1;
 #  3. bfloat16 on the same layouts: agreement with float32 is printed (not asserted: bf16 flips near-ties);
-#  4. cpu_offload_gb (bfloat16, 4 layers): the offloaded matrices read from host memory give the same
-#     logits, bit for bit, as the model held on the GPU, with CUDA graphs and eagerly.
+#  4. cpu_offload_gb (bfloat16, 4 layers): the offloaded matrices read from host memory (in place, or
+#     copied to the device for a GEMM of many tokens) give the same logits, bit for bit, as the model
+#     held on the GPU, with CUDA graphs and eagerly.
 # Exits 77 (skipped) where no GPU is visible.   run_dummy_gpu.sh BUILD_DIR [CONFIG_JSON]
 set -uo pipefail
 build=$1
@@ -65,9 +66,13 @@ run cpu-4l cpu float32 1 1 "${ov[@]}" && run gpu-4l-fp32 cuda float32 1 1 "${ov[
 # Offload about one and a half layers' matrices (the 1.5B shape's: 93 MB a layer; 7B's: 466 MB).
 gb=$(python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); H, I = c["hidden_size"], c["intermediate_size"]
 kv = c["num_key_value_heads"] * H // c["num_attention_heads"]; print(f"{1.5 * 2 * (H * (2 * H + 2 * kv) + 3 * H * I) / 2**30:.4f}")' "$cfg")
-run gpu-4l-bf16 cuda bfloat16 1 1 "${ov[@]}" && run gpu-4l-bf16-offload cuda bfloat16 1 1 "${ov[@]}" --cpu-offload-gb "$gb" &&
-  run gpu-4l-bf16-eager cuda bfloat16 1 1 "${ov[@]}" --enforce-eager &&
-  run gpu-4l-bf16-offload-eager cuda bfloat16 1 1 "${ov[@]}" --cpu-offload-gb "$gb" --enforce-eager && {
+# A 100-token prompt besides: its prefill's GEMMs (cuBLASLt, 122 tokens) read the offloaded matrices
+# from the device copy the backend makes of each.
+long=(--prompt-ids "$(seq -s, 1000 1099)")
+run gpu-4l-bf16 cuda bfloat16 1 1 "${ov[@]}" "${long[@]}" &&
+  run gpu-4l-bf16-offload cuda bfloat16 1 1 "${ov[@]}" "${long[@]}" --cpu-offload-gb "$gb" &&
+  run gpu-4l-bf16-eager cuda bfloat16 1 1 "${ov[@]}" "${long[@]}" --enforce-eager &&
+  run gpu-4l-bf16-offload-eager cuda bfloat16 1 1 "${ov[@]}" "${long[@]}" --cpu-offload-gb "$gb" --enforce-eager && {
     grep -h "cpu_offload_gb:" "$work"/gpu-4l-bf16-offload.log
     grep -q "the matrices of 2 of this stage's 4 layers" "$work"/gpu-4l-bf16-offload.log || { echo "FAIL offload: not 2 layers offloaded"; fail=1; }
     compare gpu-4l-bf16 gpu-4l-bf16-offload "bfloat16 with cpu_offload_gb $gb (graphs) vs without" bits || fail=1

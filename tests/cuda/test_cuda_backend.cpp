@@ -623,6 +623,39 @@ TEST_P(CudaOps, GemmsAtManyTokenCountsMatchTheCpuReference) {
   }
 }
 
+// cpu_offload_gb: a matrix in mapped host memory (upload_to_host_memory) gives the same bits as the
+// same matrix on the device, in every path: GEMV (a few tokens), skinny GEMM, and cuBLASLt GEMMs, which
+// read a device copy of it (gemm_weight); a row range of it (a stacked view) too.
+TEST_P(CudaOps, OffloadedMatricesGiveTheSameBits) {
+  std::mt19937 g(12);
+  const DType dt = GetParam();
+  const int64_t K = 136, N = 520;
+  const auto wv = randn(N * K, g, 0.1f), ov = randn(K * N, g, 0.1f);
+  const Tensor w = gpu->upload(wv.data(), {N, K}, dt), wh = gpu->upload_to_host_memory(wv.data(), {N, K}, dt);
+  const Tensor o = gpu->upload(ov.data(), {K, N}, dt), oh = gpu->upload_to_host_memory(ov.data(), {K, N}, dt);
+  for (int64_t T : {1, 3, 8, 16, 64, 300, 1030}) {
+    const std::string at = "T = " + std::to_string(T);
+    const auto xv = randn(T * K, g), av = randn(T * N, g), rv = randn(T * K, g);
+    const Tensor x = gpu->upload(xv.data(), {T, K}, dt), a = gpu->upload(av.data(), {T, N}, dt);
+    for (DType out : {DType::F32, dt}) {
+      Tensor y = gpu->empty({T, N}, out), yh = gpu->empty({T, N}, out);
+      gpu->linear(x, w, nullptr, y);
+      gpu->linear(x, wh, nullptr, yh);
+      EXPECT_EQ(get(*gpu, y), get(*gpu, yh)) << "linear, " << at;
+      // Rows 100..399 of each: a view into the allocation, at an offset.
+      Tensor z = gpu->empty({T, 300}, out), zh = gpu->empty({T, 300}, out);
+      gpu->linear(x, rows_view(w, 100, 300), nullptr, z);
+      gpu->linear(x, rows_view(wh, 100, 300), nullptr, zh);
+      EXPECT_EQ(get(*gpu, z), get(*gpu, zh)) << "linear over a row range, " << at;
+    }
+    Tensor r = gpu->upload(rv.data(), {T, K}, DType::F32), rh = gpu->upload(rv.data(), {T, K}, DType::F32);
+    Tensor unused;
+    gpu->linear_residual(a, o, unused, r);
+    gpu->linear_residual(a, oh, unused, rh);
+    EXPECT_EQ(get(*gpu, r), get(*gpu, rh)) << "linear_residual, " << at;
+  }
+}
+
 // prepare_gemms readies every bucket of each weight shape seen up to its largest count: later GEMMs at
 // new counts up to there ask cuBLASLt's heuristic no more (and still match the CPU reference); a count
 // past it does.

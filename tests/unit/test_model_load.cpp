@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "backend/cpu_backend.h"
@@ -151,14 +152,17 @@ TEST(ModelLoad, OffloadTakesTheFirstLayersMatricesUpToTheBudget) {
       SelfComm comm;
       Transformer t(s, topo, be, comm, w, c.budget);
       ASSERT_EQ(be.offloaded.size(), c.matrices) << "budget " << c.budget;
-      double sum = 0;
+      double sum = 0, largest = 0, predicted_largest = -1;
       for (size_t i = 0; i < be.offloaded.size(); ++i) {
         EXPECT_EQ(be.offloaded[i], layer[i % 4]) << "budget " << c.budget << " matrix " << i;
         sum += be.offloaded[i];
+        largest = std::max(largest, be.offloaded[i]);
       }
       EXPECT_EQ(t.offloaded_bytes(), sum);
       EXPECT_EQ(t.offloaded_layers(), c.layers);
-      EXPECT_EQ(offloaded_weight_bytes(s, make_shard_info(s, topo), DType::F32, c.budget), sum) << "budget " << c.budget;
+      EXPECT_EQ(offloaded_weight_bytes(s, make_shard_info(s, topo), DType::F32, c.budget, &predicted_largest), sum)
+          << "budget " << c.budget;
+      EXPECT_EQ(predicted_largest, largest) << "budget " << c.budget;  // (the device buffer of a GPU backend)
     }
   // A later pipeline stage offloads its own first layers: layers 2 of tp=1 pp=2's second stage.
   const Topology last = make_topology(1, 2, 1, 2);

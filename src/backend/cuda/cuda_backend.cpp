@@ -169,6 +169,7 @@ CudaBackend::~CudaBackend() {
     if (b->ptr) cudaFree(b->ptr);
   if (workspace_) cudaFree(workspace_);
   if (attention_scratch_) cudaFree(attention_scratch_);
+  if (weight_stage_) cudaFree(weight_stage_);
   if (draw_device_) cudaFree(draw_device_);
   if (draw_pinned_) cudaFreeHost(draw_pinned_);
   if (drawn_device_) cudaFree(drawn_device_);
@@ -228,14 +229,46 @@ Tensor CudaBackend::upload_to_host_memory(const float* host, const std::vector<i
     throw Error(cat("cpu_offload_gb: cannot pin ", bytes, " bytes of host memory for the offloaded weights (",
                     "lower cpu_offload_gb, or raise the memory lock limit: ulimit -l)"));
   }
+  void* dev = nullptr;
+  if (cudaHostGetDevicePointer(&dev, p, 0) != cudaSuccess) {
+    cudaFreeHost(p);
+    ck(cudaGetLastError(), "offloaded weights' device address");
+  }
+  const char* first = static_cast<const char*>(dev);
+  (*host_weights_)[first] = HostWeight{first + bytes, static_cast<const char*>(p)};
   Tensor t;
   t.shape = shape;
   t.dtype = dtype;
-  t.storage = std::shared_ptr<void>(p, [](void* q) { cudaFreeHost(q); });
-  ck(cudaHostGetDevicePointer(&t.data, p, 0), "offloaded weights' device address");
+  t.data = dev;
+  t.storage = std::shared_ptr<void>(p, [registry = host_weights_, first](void* q) {
+    registry->erase(first);
+    cudaFreeHost(q);
+  });
   ck(cudaMemcpyAsync(p, staged.data, staged.bytes(), cudaMemcpyDeviceToHost, stream()), "offload copy");
   ck(cudaStreamSynchronize(stream()), "offload copy");
+  if (bytes > weight_stage_bytes_) {
+    // The device copy cuBLASLt GEMMs read an offloaded matrix from (gemm_weight).
+    drop_graphs("a larger offloaded matrix than they were recorded with was loaded");
+    ck(cudaDeviceSynchronize(), "synchronize");
+    if (weight_stage_) cudaFree(weight_stage_);
+    weight_stage_ = nullptr;
+    weight_stage_bytes_ = 0;
+    ck(cudaMalloc(&weight_stage_, bytes), "offloaded matrices' device buffer");
+    weight_stage_bytes_ = bytes;
+  }
   return t;
+}
+
+const void* CudaBackend::gemm_weight(const Tensor& w) {
+  const char* p = static_cast<const char*>(w.data);
+  auto it = host_weights_->upper_bound(p);
+  if (it == host_weights_->begin() || p >= std::prev(it)->second.end) return w.data;  // on the device
+  --it;
+  LLMSERVE_CHECK(p + w.bytes() <= it->second.end && w.bytes() <= weight_stage_bytes_,
+                 "cuda backend: a GEMM's matrix runs past its offloaded allocation");
+  ck(cudaMemcpyAsync(weight_stage_, it->second.host + (p - it->first), w.bytes(), cudaMemcpyHostToDevice, stream()),
+     "offloaded matrix copy");
+  return weight_stage_;
 }
 
 void CudaBackend::download(const Tensor& t, float* host) {
@@ -263,13 +296,15 @@ void CudaBackend::copy_from_host(Tensor& dst, size_t offset, size_t bytes, const
   ck(cudaMemcpy(static_cast<char*>(dst.data) + offset, src, bytes, cudaMemcpyHostToDevice), "copy from host");
 }
 
+void CudaBackend::drop_graphs(const char* why) {
+  if (std::none_of(graphs_.begin(), graphs_.end(), [](cudaGraphExec_t g) { return g != nullptr; })) return;
+  log_warn("CUDA graphs dropped: ", why, "; steps run eagerly");
+  for (cudaGraphExec_t& g : graphs_)
+    if (g) cudaGraphExecDestroy(g), g = nullptr;
+}
+
 void CudaBackend::grow(IntBuffer& b, size_t cap) {
-  if (std::any_of(graphs_.begin(), graphs_.end(), [](cudaGraphExec_t g) { return g != nullptr; })) {
-    // The graphs read the old buffer: drop them.
-    log_warn("CUDA graphs dropped: a step needs larger metadata buffers than they were recorded with; steps run eagerly");
-    for (cudaGraphExec_t& g : graphs_)
-      if (g) cudaGraphExecDestroy(g), g = nullptr;
-  }
+  drop_graphs("a step needs larger metadata buffers than they were recorded with");  // they read the old buffer
   ck(cudaDeviceSynchronize(), "synchronize");
   if (b.ptr) cudaFree(b.ptr);
   b.cap = cap;
@@ -588,7 +623,7 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
     });
     return;
   }
-  run_gemm(gemm_for(N, T, K, x.dtype, out.dtype, bias != nullptr), w.data, x.data, bias ? bias->data : nullptr, 0.f,
+  run_gemm(gemm_for(N, T, K, x.dtype, out.dtype, bias != nullptr), w, x.data, bias ? bias->data : nullptr, 0.f,
            out.data);
 }
 
@@ -603,7 +638,8 @@ bool CudaBackend::skinny(int64_t T, std::initializer_list<const Tensor*> operand
   return weights <= cuda::kSkinnyMaxWeights;
 }
 
-void CudaBackend::run_gemm(Gemm& g, const void* w, const void* x, const void* bias, float beta, void* out) {
+void CudaBackend::run_gemm(Gemm& g, const Tensor& weight, const void* x, const void* bias, float beta, void* out) {
+  const void* w = gemm_weight(weight);
   if (bias) lt(cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias), "bias pointer");
   const float alpha = 1.f;
   g.bucket->betas |= beta != 0.f ? 2u : 1u;
@@ -634,7 +670,7 @@ int64_t CudaBackend::prepare_gemms() {
     for (int64_t n = 5; n <= top; n = n < kGemmExactUpTo ? n + 1 : gemm_token_bucket(n + 1))
       for (const float beta : {0.f, 1.f}) {  // (y stays zero: 0 . 0 + beta . 0)
         if (!(betas & (beta != 0.f ? 2u : 1u))) continue;
-        run_gemm(gemm_for(m, n, k, ti, to, bias), w.data, x.data, bias ? b.data : nullptr, beta, y.data);
+        run_gemm(gemm_for(m, n, k, ti, to, bias), w, x.data, bias ? b.data : nullptr, beta, y.data);
         ++runs;
       }
   }
@@ -715,7 +751,7 @@ void CudaBackend::linear_residual(const Tensor& a, const Tensor& w, Tensor& /*y:
     return;
   }
   // x = 1 * (w . a) + 1 * x: cuBLASLt reads C and writes D, the same matrix here.
-  run_gemm(gemm_for(N, T, K, a.dtype, DType::F32, false), w.data, a.data, nullptr, 1.f, x.data);
+  run_gemm(gemm_for(N, T, K, a.dtype, DType::F32, false), w, a.data, nullptr, 1.f, x.data);
 }
 
 void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm, const Tensor& wq, const Tensor* bq,

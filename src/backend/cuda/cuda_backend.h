@@ -138,8 +138,16 @@ class CudaBackend : public Backend {
   using GemmKey = std::tuple<int64_t, int64_t, int64_t, int, int, bool>;  // m, n, k, in, out, bias
   Gemm& gemm_for(int64_t m, int64_t n, int64_t k, DType in, DType out, bool bias);
   cublasLtMatmulAlgo_t gemm_heuristic(const Gemm& g, int64_t m, int64_t n, int64_t k, DType in);
-  // out = alpha w . x + beta out (+ bias, where g has the bias epilogue), on stream().
-  void run_gemm(Gemm& g, const void* w, const void* x, const void* bias, float beta, void* out);
+  // out = alpha w . x + beta out (+ bias, where g has the bias epilogue), on stream(); w through
+  // gemm_weight.
+  void run_gemm(Gemm& g, const Tensor& w, const void* x, const void* bias, float beta, void* out);
+  // The matrix a cuBLASLt GEMM reads: w itself, or, where w lies in offloaded host memory
+  // (cpu_offload_gb), its copy in weight_stage_. A GEMM tiled over the tokens would read host memory
+  // over the bus once per tile of tokens (a 2,048-token prefill about 8 times); the copy reads it once.
+  // GEMVs and skinny GEMMs (a few tokens) read each weight once, in place.
+  const void* gemm_weight(const Tensor& w);
+  // Destroys the recorded graphs (they read a buffer about to be replaced), with a warning why.
+  void drop_graphs(const char* why);
 
   int device_;
   DType dtype_;
@@ -186,6 +194,15 @@ class CudaBackend : public Backend {
   cudaEvent_t meta_copied_ = nullptr;
   int32_t* meta_pinned_ = nullptr;
   size_t meta_cap_ = 0;
+  // upload_to_host_memory's allocations: device address of the first byte -> (one past the last, the
+  // host address of the first). Shared with their deleters, which take them out.
+  struct HostWeight {
+    const char* end;
+    const char* host;
+  };
+  std::shared_ptr<std::map<const char*, HostWeight>> host_weights_ = std::make_shared<std::map<const char*, HostWeight>>();
+  void* weight_stage_ = nullptr;  // as large as the largest of them (gemm_weight)
+  size_t weight_stage_bytes_ = 0;
 };
 
 // The CUDA backend on this rank's GPU (local_rank modulo the GPUs visible); throws Error when there
