@@ -228,6 +228,12 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   log_info("model ", spec_.architecture, " loaded: ", spec_.num_layers, " layers, hidden ", spec_.hidden_size,
            ", vocab ", spec_.vocab_size, "; layout tp=", topo_.tp, " pp=", topo_.pp, "; backend ", backend_->name(),
            "; KV cache ", num_blocks_, " blocks x ", cfg_.block_size, " tokens, swap space ", num_host_blocks_, " blocks");
+  {  // vLLM's "maximum concurrency" line: how many sequences of max_model_len the KV cache holds at once
+    char x[32];
+    const long long tokens = num_blocks_ * static_cast<long long>(cfg_.block_size);
+    std::snprintf(x, sizeof x, "%.2fx", static_cast<double>(tokens) / static_cast<double>(cfg_.max_model_len));
+    log_info("KV cache: ", tokens, " tokens; maximum concurrency for ", cfg_.max_model_len, " tokens per request: ", x);
+  }
 #ifdef _OPENMP
   log_info("OpenMP: ", omp_get_max_threads(), " threads per rank", std::getenv("OMP_NUM_THREADS") ? " (OMP_NUM_THREADS)" : "",
            "; ", local_size, " rank(s) on this node");

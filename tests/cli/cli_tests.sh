@@ -71,9 +71,13 @@ check "OpenMP threads: OMP_NUM_THREADS wins" 0 "OpenMP: 1 threads per rank \\(OM
 
 # Budgets far beyond any machine are clamped, not overflowed (1e30 GiB of swap once logged a negative
 # block count): swap holds at most max_num_seqs sequences of max_model_len.
-check "huge swap_space and kv_cache_memory_gb" 0 "KV cache [0-9]+ blocks x 16 tokens, swap space 8 blocks" -- \
+check "huge swap_space and kv_cache_memory_gb" 0 "KV cache 8 blocks x 16 tokens, swap space 8 blocks" -- \
   "$mpirun" 1 "$llmserve" logits "$work/good.yaml" --swap-space 1e30 --kv-cache-memory-gb 1e30 --max-num-seqs 2 \
   --max-model-len 64 --prompt-ids 1,2 --max-tokens 1
+# vLLM's line: the cache's tokens over max_model_len (8 blocks of 16 = 128 tokens, 2 sequences of 64).
+check "maximum concurrency logged" 0 "KV cache: 128 tokens; maximum concurrency for 64 tokens per request: 2.00x" -- \
+  "$mpirun" 1 "$llmserve" logits "$work/good.yaml" --kv-cache-memory-gb 1 --max-num-seqs 2 --max-model-len 64 \
+  --prompt-ids 1,2 --max-tokens 1
 
 # --- layout errors (checked against the MPI world and the model) --------------
 check "tp*pp != world size" 1 "tensor_parallel_size \(4\) x pipeline_parallel_size \(1\) = 4 but the MPI world has 2 ranks" --once -- \
