@@ -230,9 +230,10 @@ Tensor CudaBackend::upload_to_host_memory(const float* host, const std::vector<i
                     "lower cpu_offload_gb, or raise the memory lock limit: ulimit -l)"));
   }
   void* dev = nullptr;
-  if (cudaHostGetDevicePointer(&dev, p, 0) != cudaSuccess) {
+  if (const cudaError_t e = cudaHostGetDevicePointer(&dev, p, 0); e != cudaSuccess) {
     cudaFreeHost(p);
-    ck(cudaGetLastError(), "offloaded weights' device address");
+    cudaGetLastError();  // (cleared: ck reports e)
+    ck(e, "offloaded weights' device address");
   }
   const char* first = static_cast<const char*>(dev);
   (*host_weights_)[first] = HostWeight{first + bytes, static_cast<const char*>(p)};
