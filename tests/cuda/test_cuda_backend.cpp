@@ -625,7 +625,8 @@ TEST_P(CudaOps, GemmsAtManyTokenCountsMatchTheCpuReference) {
 
 // cpu_offload_gb: a matrix in mapped host memory (upload_to_host_memory) gives the same bits as the
 // same matrix on the device, in every path: GEMV (a few tokens), skinny GEMM, and cuBLASLt GEMMs, which
-// read a device copy of it (gemm_weight); a row range of it (a stacked view) too.
+// read a device copy of it (gemm_weight: one copy per GEMM past 16 tokens, none for the GEMVs of 1-4
+// tokens or for a matrix on the device); a row range of it (a stacked view) too.
 TEST_P(CudaOps, OffloadedMatricesGiveTheSameBits) {
   std::mt19937 g(12);
   const DType dt = GetParam();
@@ -637,21 +638,36 @@ TEST_P(CudaOps, OffloadedMatricesGiveTheSameBits) {
     const std::string at = "T = " + std::to_string(T);
     const auto xv = randn(T * K, g), av = randn(T * N, g), rv = randn(T * K, g);
     const Tensor x = gpu->upload(xv.data(), {T, K}, dt), a = gpu->upload(av.data(), {T, N}, dt);
+    // How many copies of an offloaded matrix one GEMM of T tokens makes (5-16 tokens: the skinny
+    // kernels' or cuBLASLt's, by type; not asserted).
+    const int64_t copies = T <= 4 ? 0 : T > 16 ? 1 : -1;
+    auto expect_copies = [&](int64_t before, int64_t n, const char* what) {
+      if (copies >= 0) {
+        EXPECT_EQ(gpu->offloaded_gemm_copies() - before, n * copies) << what << ", " << at;
+      }
+    };
     for (DType out : {DType::F32, dt}) {
       Tensor y = gpu->empty({T, N}, out), yh = gpu->empty({T, N}, out);
+      int64_t before = gpu->offloaded_gemm_copies();
       gpu->linear(x, w, nullptr, y);
+      EXPECT_EQ(gpu->offloaded_gemm_copies(), before) << "linear over a device matrix, " << at;
       gpu->linear(x, wh, nullptr, yh);
+      expect_copies(before, 1, "linear");
       EXPECT_EQ(get(*gpu, y), get(*gpu, yh)) << "linear, " << at;
       // Rows 100..399 of each: a view into the allocation, at an offset.
       Tensor z = gpu->empty({T, 300}, out), zh = gpu->empty({T, 300}, out);
       gpu->linear(x, rows_view(w, 100, 300), nullptr, z);
+      before = gpu->offloaded_gemm_copies();
       gpu->linear(x, rows_view(wh, 100, 300), nullptr, zh);
+      expect_copies(before, 1, "linear over a row range");
       EXPECT_EQ(get(*gpu, z), get(*gpu, zh)) << "linear over a row range, " << at;
     }
     Tensor r = gpu->upload(rv.data(), {T, K}, DType::F32), rh = gpu->upload(rv.data(), {T, K}, DType::F32);
     Tensor unused;
     gpu->linear_residual(a, o, unused, r);
+    const int64_t before = gpu->offloaded_gemm_copies();
     gpu->linear_residual(a, oh, unused, rh);
+    expect_copies(before, 1, "linear_residual");
     EXPECT_EQ(get(*gpu, r), get(*gpu, rh)) << "linear_residual, " << at;
   }
 }

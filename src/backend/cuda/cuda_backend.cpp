@@ -269,6 +269,7 @@ const void* CudaBackend::gemm_weight(const Tensor& w) {
                  "cuda backend: a GEMM's matrix runs past its offloaded allocation");
   ck(cudaMemcpyAsync(weight_stage_, it->second.host + (p - it->first), w.bytes(), cudaMemcpyHostToDevice, stream()),
      "offloaded matrix copy");
+  ++offloaded_copies_;
   return weight_stage_;
 }
 

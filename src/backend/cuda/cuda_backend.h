@@ -93,6 +93,8 @@ class CudaBackend : public Backend {
   int64_t prepare_gemms() override;
   // Times cuBLASLt's heuristic was asked (tests check that prepared GEMMs need it no more).
   int64_t gemm_heuristic_calls() const { return heuristic_calls_; }
+  // Copies of offloaded matrices queued for cuBLASLt GEMMs so far (gemm_weight; a test's count).
+  int64_t offloaded_gemm_copies() const { return offloaded_copies_; }
   // The token count whose heuristic answer serves `n` tokens.
   static int64_t gemm_token_bucket(int64_t n);
 
@@ -203,6 +205,7 @@ class CudaBackend : public Backend {
   std::shared_ptr<std::map<const char*, HostWeight>> host_weights_ = std::make_shared<std::map<const char*, HostWeight>>();
   void* weight_stage_ = nullptr;  // as large as the largest of them (gemm_weight)
   size_t weight_stage_bytes_ = 0;
+  int64_t offloaded_copies_ = 0;
 };
 
 // The CUDA backend on this rank's GPU (local_rank modulo the GPUs visible); throws Error when there
