@@ -19,6 +19,15 @@ error is the rounding points' own, not the kernels'.
   python3 bench/reference/bf16_rounding.py ../shared/fixtures tiny-qwen2 --check
 With --check it only verifies its own forward without rounding against the goldens (relative L2 under
 1e-5 on every prompt; exit 1 otherwise): ctest bf16_rounding_reference_MODEL.
+
+  python3 bench/reference/bf16_rounding.py ../shared/fixtures tiny-qwen2 --fp8 OUT.f32 [--tp N]
+With --fp8 it writes the float64 forward's last-position logits (as float32, the goldens' layout) with
+the layers' matrices quantized as `quantization: fp8` quantizes them: FP8 E4M3 (round to nearest,
+ties to even, saturating at 448; rounded here by a search over the 127 non-negative finite values, not
+by llmserve's bit arithmetic) with the smallest power-of-two scale per row that brings the row's largest
+magnitude within 448. With --tp N the row-parallel matrices (o_proj, down_proj) are quantized per block
+of columns a rank of a tensor group of N holds, as each rank quantizes its own shard
+(tests/model/run_fp8.sh compares llmserve's CPU backend with this).
 """
 import json
 import struct
@@ -54,6 +63,34 @@ def bf16(x):
     return r.astype(np.uint32).view(np.float32).astype(np.float64)
 
 
+E4M3_VALUES = np.array([(m / 512.0) if e == 0 else (1 + m / 8.0) * 2.0 ** (e - 7)
+                        for e in range(16) for m in range(8)][:127])  # codes 0..126: ascending
+
+
+def e4m3(x):
+    """Round to the nearest E4M3 value (ties to the even code), saturating at +-448."""
+    a = np.minimum(np.abs(x), 448.0)
+    i = np.clip(np.searchsorted(E4M3_VALUES, a), 1, 126)
+    lo, hi = E4M3_VALUES[i - 1], E4M3_VALUES[i]
+    up = (a - lo > hi - a) | ((a - lo == hi - a) & (i % 2 == 0))
+    return np.sign(x) * E4M3_VALUES[np.where(up, i, i - 1)]
+
+
+def fp8_rows(w):
+    """w with each row quantized to E4M3 times the smallest power-of-two scale 2^e (e >= -126) for which
+    the row's largest magnitude over 2^e is at most 448."""
+    out = np.empty_like(w)
+    for r, row in enumerate(w):
+        amax = np.abs(row).max()
+        e = -126 if amax < 2.0 ** -126 else int(np.ceil(np.log2(amax / 448.0)))
+        while e > -126 and amax / 2.0 ** (e - 1) <= 448.0:
+            e -= 1
+        while amax / 2.0 ** e > 448.0:
+            e += 1
+        out[r] = e4m3(row / 2.0 ** e) * 2.0 ** e
+    return out
+
+
 def inv_freq(cfg, D):
     inv = 1.0 / cfg.get("rope_theta", 10000.0) ** (np.arange(0, D, 2) / D)
     rs = cfg.get("rope_scaling") or {}
@@ -85,6 +122,17 @@ def main():
     golden = json.load(open(f"{fixtures}/golden/{model}.json"))
     prompts = golden["public"]
     gold = np.fromfile(f"{fixtures}/golden/{model}.last_logits.f32", dtype="<f4").reshape(len(prompts), -1)
+
+    if "--fp8" in sys.argv[3:]:
+        args = sys.argv[3:]
+        tp = int(args[args.index("--tp") + 1]) if "--tp" in args else 1
+        for name in list(W):
+            if not name.startswith("model.layers.") or not name.endswith("_proj.weight"):
+                continue
+            if name.endswith(("o_proj.weight", "down_proj.weight")):  # split by columns across the group
+                W[name] = np.concatenate([fp8_rows(c) for c in np.split(W[name], tp, axis=1)], axis=1)
+            else:
+                W[name] = fp8_rows(W[name])
 
     H, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
     D = cfg.get("head_dim") or H // nh
@@ -142,6 +190,10 @@ def main():
         return np.array([np.linalg.norm(forward(pr["ids"], R) - gold[i]) / np.linalg.norm(gold[i])
                          for i, pr in enumerate(prompts)])
 
+    if "--fp8" in sys.argv[3:]:
+        out = sys.argv[sys.argv.index("--fp8") + 1]
+        np.array([forward(pr["ids"], set()) for pr in prompts], dtype="<f4").tofile(out)
+        return
     if "--check" in sys.argv[3:]:
         e = errors(set())
         print(f"{model}: float64 forward against the goldens, worst relative L2 {e.max():.3e}")

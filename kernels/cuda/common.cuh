@@ -5,9 +5,11 @@
 #include <mutex>
 #include <string>
 #include <tuple>
+#include <type_traits>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 namespace llmserve::cuda {
@@ -17,10 +19,52 @@ void check(cudaError_t e, const char* what);  // throws with `what` and CUDA's m
 __device__ __forceinline__ float to_f(float x) { return x; }
 __device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f(__nv_fp8_e4m3 x) { return static_cast<float>(x); }
 template <typename T> __device__ __forceinline__ T from_f(float x);
 template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// 16 bytes of weights as floats: 4, 8 or 16 of them (FP8 E4M3 codes by the hardware's conversion to
+// half pairs, exact).
+template <typename TW>
+__device__ __forceinline__ void unpack_weights(const uint4& u, float (&f)[16 / sizeof(TW)]) {
+  if constexpr (std::is_same_v<TW, __nv_fp8_e4m3>) {
+    const unsigned short* p = reinterpret_cast<const unsigned short*>(&u);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const __half2 h = __half2(__nv_cvt_fp8x2_to_halfraw2(p[i], __NV_E4M3));
+      const float2 v = __half22float2(h);
+      f[2 * i] = v.x;
+      f[2 * i + 1] = v.y;
+    }
+  } else {
+    const TW* e = reinterpret_cast<const TW*>(&u);
+#pragma unroll
+    for (int i = 0; i < 16 / static_cast<int>(sizeof(TW)); ++i) f[i] = to_f(e[i]);
+  }
+}
+
+// 8 FP8 E4M3 codes as the 8 values of type T (16-bit) they stand for, exact, in a 16-byte vector (the
+// layout of 8 consecutive T elements).
+template <typename T>
+__device__ __forceinline__ uint4 widen_fp8(const uint2& codes) {
+  const unsigned short* p = reinterpret_cast<const unsigned short*>(&codes);
+  uint4 out;
+  unsigned* o = reinterpret_cast<unsigned*>(&out);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const __half2 h = __half2(__nv_cvt_fp8x2_to_halfraw2(p[i], __NV_E4M3));
+    if constexpr (std::is_same_v<T, __half>) {
+      o[i] = *reinterpret_cast<const unsigned*>(&h);
+    } else {
+      const float2 f = __half22float2(h);
+      const __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y);
+      o[i] = *reinterpret_cast<const unsigned*>(&b);
+    }
+  }
+  return out;
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -156,8 +200,10 @@ __device__ __forceinline__ void stream_two_in_flight(int64_t total, Buf& a, Buf&
 }
 
 // Whether launch() asks for programmatic dependent launch: on GPUs of compute capability 9.0 and up,
-// unless the environment sets LLMSERVE_CUDA_PDL=0 (for measuring what it brings).
+// unless the environment sets LLMSERVE_CUDA_PDL=0 (for measuring what it brings), and not while this
+// thread holds a PdlHold.
 bool pdl_enabled();
+extern thread_local int pdl_held;
 
 // Launches kernel k (which must call pdl_enter() as described above) and checks the launch.
 template <typename... P, typename... A>

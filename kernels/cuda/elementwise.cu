@@ -6,6 +6,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.cuh"
+#include "kernels/fp8.h"
 
 namespace llmserve::cuda {
 
@@ -21,8 +22,12 @@ bool pdl_enabled() {
     return cudaGetDevice(&dev) == cudaSuccess &&
            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
   }();
-  return on;
+  return on && pdl_held == 0;
 }
+
+thread_local int pdl_held = 0;
+PdlHold::PdlHold() { ++pdl_held; }
+PdlHold::~PdlHold() { --pdl_held; }
 
 namespace {
 template <typename TI, typename TO>
@@ -92,7 +97,52 @@ __global__ void to_float_k(const T* in, int64_t n, float* out) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) out[i] = to_f(in[i]);
 }
+// One block per row: the row's largest magnitude, its scale exponent, then the codes (kernels/fp8.h: the
+// host's arithmetic, so the same bits).
+__global__ void fp8_quantize_rows_k(const float* in, int64_t cols, __nv_fp8_e4m3* codes, float* scales) {
+  pdl_enter();
+  const float* row = in + blockIdx.x * cols;
+  float amax = 0.f;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) amax = fmaxf(amax, fabsf(row[c]));
+  amax = block_reduce(amax, [](float a, float b) { return fmaxf(a, b); }, 0.f);
+  const int e = fp8_scale_exponent(amax);
+  if (threadIdx.x == 0) scales[blockIdx.x] = fp8_pow2(e);
+  unsigned char* out = reinterpret_cast<unsigned char*>(codes) + blockIdx.x * cols;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[c] = fp8_quantize(row[c], e);
+}
+// One block per row, 16 codes a thread at a time where the row is whole 16-byte units.
+template <typename T>
+__global__ void fp8_dequantize_rows_k(const __nv_fp8_e4m3* codes, const float* scales, int64_t cols, T* out) {
+  pdl_enter();
+  const int64_t r = blockIdx.x;
+  const float s = scales[r];
+  const __nv_fp8_e4m3* in = codes + r * cols;
+  T* o = out + r * cols;
+  if (cols % 16 == 0) {
+    for (int64_t c = threadIdx.x * 16; c < cols; c += blockDim.x * 16) {
+      float f[16];
+      unpack_weights<__nv_fp8_e4m3>(*reinterpret_cast<const uint4*>(in + c), f);
+#pragma unroll
+      for (int i = 0; i < 16; ++i) f[i] *= s;
+      store_vec<8>(o + c, reinterpret_cast<const float(&)[8]>(f[0]));
+      store_vec<8>(o + c + 8, reinterpret_cast<const float(&)[8]>(f[8]));
+    }
+    return;
+  }
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) o[c] = from_f<T>(to_f(in[c]) * s);
+}
 }  // namespace
+
+void fp8_quantize_rows(const float* in, int64_t rows, int64_t cols, __nv_fp8_e4m3* codes, float* scales, cudaStream_t s) {
+  if (rows == 0) return;
+  launch("fp8_quantize_rows", fp8_quantize_rows_k, static_cast<unsigned>(rows), 256, 0, s, in, cols, codes, scales);
+}
+template <typename T>
+void fp8_dequantize_rows(const __nv_fp8_e4m3* codes, const float* scales, int64_t rows, int64_t cols, T* out,
+                         cudaStream_t s) {
+  if (rows * cols == 0) return;
+  launch("fp8_dequantize_rows", fp8_dequantize_rows_k<T>, static_cast<unsigned>(rows), 128, 0, s, codes, scales, cols, out);
+}
 
 template <typename TI, typename TO>
 void embedding(const TI* table, int64_t vocab_start, int64_t rows, const int32_t* ids, int64_t n, int64_t H, TO* out, cudaStream_t s) {
@@ -146,7 +196,8 @@ void to_float(const T* in, int64_t n, float* out, cudaStream_t s) {
   template void silu_mul_halves<T>(const float*, int64_t, int64_t, T*, cudaStream_t);                                 \
   template void gather_rows<T>(const T*, const int32_t*, int64_t, int64_t, T*, cudaStream_t);                        \
   template void from_float<T>(const float*, int64_t, T*, cudaStream_t);                                              \
-  template void to_float<T>(const T*, int64_t, float*, cudaStream_t);
+  template void to_float<T>(const T*, int64_t, float*, cudaStream_t);                                                  \
+  template void fp8_dequantize_rows<T>(const __nv_fp8_e4m3*, const float*, int64_t, int64_t, T*, cudaStream_t);
 LLMSERVE_FOR_EACH_TYPE(INSTANTIATE)
 #define INSTANTIATE_MIXED(T)                                                                                     \
   template void embedding<T, float>(const T*, int64_t, int64_t, const int32_t*, int64_t, int64_t, float*, cudaStream_t); \

@@ -52,7 +52,7 @@ constexpr int kWarpsPerBlock = 8;
 // normalizes the input rows into shared memory, then a warp per rotation pair (rows i and i + D/2 of
 // one head of q, k or v) computes both dot products, rotates q and k pairs by the token's position, and
 // writes q (float32) and k, v (into the caches at the token's slot).
-template <typename T, int M>
+template <typename T, typename TW, int M>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     qkv_rope_k(const float* x, const T* norm_w, float eps, int64_t K, QkvRope a) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -70,8 +70,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int j = hd < a.Hq ? 0 : hd < a.Hq + a.Hk ? 1 : 2;  // q, k or v
   hd -= j == 0 ? 0 : j == 1 ? a.Hq : a.Hq + a.Hk;
   const int64_t r1 = hd * a.D + i, r2 = r1 + half;
-  const T* w = static_cast<const T*>(a.w[j]);
-  const T* const rows[2] = {w + r1 * K, w + r2 * K};
+  const TW* w = static_cast<const TW*>(a.w[j]);
+  const TW* const rows[2] = {w + r1 * K, w + r2 * K};
+  const float* const scales[2] = {a.scale[j] ? a.scale[j] + r1 : nullptr, a.scale[j] ? a.scale[j] + r2 : nullptr};
   // What the epilogue needs is read up front: biases and frequencies (weights), and the step's
   // positions and slots (uploaded before the step; no kernel writes them). Lane m writes token m.
   const float b1 = a.bias[j] ? a.bias[j][r1] : 0.f, b2 = a.bias[j] ? a.bias[j][r2] : 0.f, freq = a.inv_freq[i];
@@ -103,20 +104,22 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   };
   const T* nw = stage_norm_weights(norm_w, K, h + M * K);
   // The pair's two rows, as a stream of one row (none for the warps past the last pair).
-  row_stream<T, M, 2>(h, rows, K, 0, 1, writes ? 1 : 0, lane, [&] { rmsnorm_rows<T, M>(x, nw, K, eps, h); },
+  row_stream<T, M, 2>(h, rows, scales, K, 0, 1, writes ? 1 : 0, lane, [&] { rmsnorm_rows<T, M>(x, nw, K, eps, h); },
                       epilogue);
 }
 
 // act[m, n] = silu(x[m] . wg[n]) * (x[m] . wu[n]), one warp per n (several when n outnumbers the
 // resident warps; row_stream). NORM: x is the float32 residual stream, normalized (weights norm_w,
 // staged in shared memory before the wait) into shared memory by each block first.
-template <typename T, int M, bool NORM>
+template <typename T, typename TW, int M, bool NORM>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    gate_up_silu_k(const void* xin, const T* norm_w, float eps, const T* wg, const T* wu, int64_t K, int64_t N, T* act) {
+    gate_up_silu_k(const void* xin, const T* norm_w, float eps, const TW* wg, const TW* wu, const float* sg,
+                   const float* su, int64_t K, int64_t N, T* act) {
   extern __shared__ __align__(16) unsigned char smem[];
   T* h = reinterpret_cast<T*>(smem);
   const int lane = threadIdx.x & 31;
-  const T* const mats[2] = {wg, wu};
+  const TW* const mats[2] = {wg, wu};
+  const float* const scales[2] = {sg, su};
   const int64_t first = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
   auto epilogue = [&](int64_t n, const float(&gu)[2][M]) {
@@ -126,11 +129,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   };
   if constexpr (NORM) {
     const T* nw = stage_norm_weights(norm_w, K, h + M * K);
-    row_stream<T, M, 2>(h, mats, K, first, stride, N, lane,
+    row_stream<T, M, 2>(h, mats, scales, K, first, stride, N, lane,
                         [&] { rmsnorm_rows<T, M>(static_cast<const float*>(xin), nw, K, eps, h); }, epilogue);
   }
   else
-    row_stream<T, M, 2>(static_cast<const T*>(xin), mats, K, first, stride, N, lane, [] {}, epilogue);
+    row_stream<T, M, 2>(static_cast<const T*>(xin), mats, scales, K, first, stride, N, lane, [] {}, epilogue);
 }
 
 }  // namespace
@@ -152,50 +155,51 @@ void rope_kv_write_rows(const float* q_in, int64_t q_stride, float* q_out, const
          positions, inv_freq, slots, n, Hq, Hk, D, k_cache, v_cache);
 }
 
-template <typename T>
+template <typename T, typename TW>
 void gemv_qkv_rope(const float* x, const T* norm_w, float eps, int64_t M, int64_t K, const QkvRope& a, cudaStream_t s) {
   const unsigned blocks = blocks_for((a.Hq + 2 * a.Hk) * (a.D / 2), kWarpsPerBlock);
   const int threads = kWarpsPerBlock * 32;
   const size_t smem = norm_smem_bytes(M, K, sizeof(T));
   if (a.D % 2 != 0 || smem > kMaxNormSmem) check(cudaErrorInvalidValue, "gemv_qkv_rope: unsupported shape");
   switch (M) {
-    case 1: launch("gemv_qkv_rope", qkv_rope_k<T, 1>, blocks, threads, smem, s, x, norm_w, eps, K, a); break;
-    case 2: launch("gemv_qkv_rope", qkv_rope_k<T, 2>, blocks, threads, smem, s, x, norm_w, eps, K, a); break;
-    case 3: launch("gemv_qkv_rope", qkv_rope_k<T, 3>, blocks, threads, smem, s, x, norm_w, eps, K, a); break;
-    case 4: launch("gemv_qkv_rope", qkv_rope_k<T, 4>, blocks, threads, smem, s, x, norm_w, eps, K, a); break;
+    case 1: launch("gemv_qkv_rope", qkv_rope_k<T, TW, 1>, blocks, threads, smem, s, x, norm_w, eps, K, a); break;
+    case 2: launch("gemv_qkv_rope", qkv_rope_k<T, TW, 2>, blocks, threads, smem, s, x, norm_w, eps, K, a); break;
+    case 3: launch("gemv_qkv_rope", qkv_rope_k<T, TW, 3>, blocks, threads, smem, s, x, norm_w, eps, K, a); break;
+    case 4: launch("gemv_qkv_rope", qkv_rope_k<T, TW, 4>, blocks, threads, smem, s, x, norm_w, eps, K, a); break;
     default: check(cudaErrorInvalidValue, "gemv_qkv_rope: more than 4 rows");
   }
 }
 
-template <typename T, bool NORM>
-static void gate_up(const void* x, const T* norm_w, float eps, const T* w_gate, const T* w_up, int64_t M, int64_t K,
-                    int64_t N, T* act, cudaStream_t s) {
+template <typename T, typename TW, bool NORM>
+static void gate_up(const void* x, const T* norm_w, float eps, const TW* w_gate, const TW* w_up, const float* s_gate,
+                    const float* s_up, int64_t M, int64_t K, int64_t N, T* act, cudaStream_t s) {
   const int threads = kWarpsPerBlock * 32;
   const size_t smem = NORM ? norm_smem_bytes(M, K, sizeof(T)) : 0;
   if (smem > kMaxNormSmem) check(cudaErrorInvalidValue, "gemv_gate_up_silu: rows too long to normalize");
   auto go = [&](auto kernel) {
     const unsigned blocks = stream_blocks(N, kWarpsPerBlock, resident_blocks(kernel, threads, smem));
-    launch("gemv_gate_up_silu", kernel, blocks, threads, smem, s, x, norm_w, eps, w_gate, w_up, K, N, act);
+    launch("gemv_gate_up_silu", kernel, blocks, threads, smem, s, x, norm_w, eps, w_gate, w_up, s_gate, s_up, K, N, act);
   };
   switch (M) {
-    case 1: go(gate_up_silu_k<T, 1, NORM>); break;
-    case 2: go(gate_up_silu_k<T, 2, NORM>); break;
-    case 3: go(gate_up_silu_k<T, 3, NORM>); break;
-    case 4: go(gate_up_silu_k<T, 4, NORM>); break;
+    case 1: go(gate_up_silu_k<T, TW, 1, NORM>); break;
+    case 2: go(gate_up_silu_k<T, TW, 2, NORM>); break;
+    case 3: go(gate_up_silu_k<T, TW, 3, NORM>); break;
+    case 4: go(gate_up_silu_k<T, TW, 4, NORM>); break;
     default: check(cudaErrorInvalidValue, "gemv_gate_up_silu: more than 4 rows");
   }
 }
 
-template <typename T>
-void gemv_gate_up_silu(const T* x, const T* w_gate, const T* w_up, int64_t M, int64_t K, int64_t N, T* act,
-                       cudaStream_t s) {
-  gate_up<T, false>(x, nullptr, 0.f, w_gate, w_up, M, K, N, act, s);
+template <typename T, typename TW>
+void gemv_gate_up_silu(const T* x, const TW* w_gate, const TW* w_up, const float* s_gate, const float* s_up, int64_t M,
+                       int64_t K, int64_t N, T* act, cudaStream_t s) {
+  gate_up<T, TW, false>(x, nullptr, 0.f, w_gate, w_up, s_gate, s_up, M, K, N, act, s);
 }
 
-template <typename T>
-void gemv_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const T* w_gate, const T* w_up, int64_t M,
-                            int64_t K, int64_t N, T* act, cudaStream_t s) {
-  gate_up<T, true>(x, norm_w, eps, w_gate, w_up, M, K, N, act, s);
+template <typename T, typename TW>
+void gemv_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const TW* w_gate, const TW* w_up,
+                            const float* s_gate, const float* s_up, int64_t M, int64_t K, int64_t N, T* act,
+                            cudaStream_t s) {
+  gate_up<T, TW, true>(x, norm_w, eps, w_gate, w_up, s_gate, s_up, M, K, N, act, s);
 }
 
 #define INSTANTIATE(T)                                                                                              \
@@ -204,10 +208,15 @@ void gemv_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const T*
   template void rope_kv_write_rows<T>(const float*, int64_t, float*, const float*, const float*, int64_t,           \
                                       const int32_t*, const float*, const int32_t*, int64_t, int64_t, int64_t,       \
                                       int64_t, T*, T*, cudaStream_t);                                                \
-  template void gemv_qkv_rope<T>(const float*, const T*, float, int64_t, int64_t, const QkvRope&, cudaStream_t);    \
-  template void gemv_norm_gate_up_silu<T>(const float*, const T*, float, const T*, const T*, int64_t, int64_t,       \
-                                          int64_t, T*, cudaStream_t);                                               \
-  template void gemv_gate_up_silu<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, T*, cudaStream_t);
+  INSTANTIATE_GEMVS(T, T)
+#define INSTANTIATE_GEMVS(T, TW)                                                                                   \
+  template void gemv_qkv_rope<T, TW>(const float*, const T*, float, int64_t, int64_t, const QkvRope&, cudaStream_t); \
+  template void gemv_norm_gate_up_silu<T, TW>(const float*, const T*, float, const TW*, const TW*, const float*,    \
+                                              const float*, int64_t, int64_t, int64_t, T*, cudaStream_t);           \
+  template void gemv_gate_up_silu<T, TW>(const T*, const TW*, const TW*, const float*, const float*, int64_t,       \
+                                         int64_t, int64_t, T*, cudaStream_t);
+#define INSTANTIATE_FP8(T) INSTANTIATE_GEMVS(T, __nv_fp8_e4m3)
 LLMSERVE_FOR_EACH_TYPE(INSTANTIATE)
+LLMSERVE_FOR_EACH_HALF_TYPE(INSTANTIATE_FP8)
 
 }  // namespace llmserve::cuda

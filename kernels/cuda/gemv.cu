@@ -2,7 +2,8 @@
 // (M <= 4). A warp per output feature (or several, one after the other, when there are more features
 // than resident warps) streams its weight rows once with 16-byte loads and applies them to every
 // token, accumulating in float32; the weights dominate the bytes, so the kernel runs at the
-// memory bandwidth where a GEMM library's tiles would leave most SMs idle. Counterpart of
+// memory bandwidth where a GEMM library's tiles would leave most SMs idle. The weights may also be FP8
+// E4M3 codes with a scale per row (`quantization: fp8`; kernels/fp8.h): half the bytes. Counterpart of
 // kernels/cpu/linear.cpp for small T.
 #include <algorithm>
 
@@ -15,13 +16,14 @@ namespace {
 
 constexpr int kWarpsPerBlock = 8;
 
-template <typename T, typename TO, int M>
+template <typename T, typename TO, typename TW, int M>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    gemv_k(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ bias, int64_t K, int64_t N,
-           TO* __restrict__ out, bool accumulate) {
+    gemv_k(const T* __restrict__ x, const TW* __restrict__ w, const float* __restrict__ w_scale,
+           const float* __restrict__ bias, int64_t K, int64_t N, TO* __restrict__ out, bool accumulate) {
   const int lane = threadIdx.x & 31;
-  const T* const mats[1] = {w};
-  row_stream<T, M, 1>(x, mats, K, static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32,
+  const TW* const mats[1] = {w};
+  const float* const scales[1] = {w_scale};
+  row_stream<T, M, 1>(x, mats, scales, K, static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32,
                       static_cast<int64_t>(gridDim.x) * kWarpsPerBlock, N, lane, [] {},
                       [&](int64_t n, const float(&acc)[1][M]) {
                         if (lane != 0) return;
@@ -36,30 +38,31 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 
 }  // namespace
 
-template <typename T, typename TO>
-void gemv(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64_t N, TO* out, cudaStream_t s,
-          bool accumulate) {
+template <typename T, typename TO, typename TW>
+void gemv(const T* x, const TW* w, const float* w_scale, const float* bias, int64_t M, int64_t K, int64_t N, TO* out,
+          cudaStream_t s, bool accumulate) {
   if (M == 0 || N == 0) return;
   // A warp per output feature up to the warps the device holds at once; beyond that each warp streams
   // several (row_stream).
   const int threads = kWarpsPerBlock * 32;
   auto go = [&](auto kernel) {
     const unsigned blocks = stream_blocks(N, kWarpsPerBlock, resident_blocks(kernel, threads, 0));
-    launch("gemv", kernel, blocks, threads, 0, s, x, w, bias, K, N, out, accumulate);
+    launch("gemv", kernel, blocks, threads, 0, s, x, w, w_scale, bias, K, N, out, accumulate);
   };
   switch (M) {
-    case 1: go(gemv_k<T, TO, 1>); break;
-    case 2: go(gemv_k<T, TO, 2>); break;
-    case 3: go(gemv_k<T, TO, 3>); break;
-    case 4: go(gemv_k<T, TO, 4>); break;
+    case 1: go(gemv_k<T, TO, TW, 1>); break;
+    case 2: go(gemv_k<T, TO, TW, 2>); break;
+    case 3: go(gemv_k<T, TO, TW, 3>); break;
+    case 4: go(gemv_k<T, TO, TW, 4>); break;
     default: check(cudaErrorInvalidValue, "gemv: more than 4 rows");
   }
 }
 
-#define INSTANTIATE(T, TO) \
-  template void gemv<T, TO>(const T*, const T*, const float*, int64_t, int64_t, int64_t, TO*, cudaStream_t, bool);
-#define SAME(T) INSTANTIATE(T, T)
-#define TO_F32(T) INSTANTIATE(T, float)
+#define INSTANTIATE(T, TO, TW)                                                                                  \
+  template void gemv<T, TO, TW>(const T*, const TW*, const float*, const float*, int64_t, int64_t, int64_t, TO*, \
+                                cudaStream_t, bool);
+#define SAME(T) INSTANTIATE(T, T, T)
+#define TO_F32(T) INSTANTIATE(T, float, T) INSTANTIATE(T, float, __nv_fp8_e4m3) INSTANTIATE(T, T, __nv_fp8_e4m3)
 LLMSERVE_FOR_EACH_TYPE(SAME)
 LLMSERVE_FOR_EACH_HALF_TYPE(TO_F32)
 

@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include "kernels/draw.h"
@@ -102,10 +103,33 @@ template <typename T>
 void to_float(const T* in, int64_t n, float* out, cudaStream_t s);
 
 // out[M, N] = x[M, K] . w[N, K]^T (+ bias[N], float32) for M <= 4 tokens: bandwidth-bound linear layers.
-// accumulate: out += instead (a residual add).
+// accumulate: out += instead (a residual add). Weights of type TW: T, or FP8 E4M3 codes (kernels/fp8.h)
+// with w_scale[N] the rows' scales (null otherwise).
+template <typename T, typename TO, typename TW>
+void gemv(const T* x, const TW* w, const float* w_scale, const float* bias, int64_t M, int64_t K, int64_t N, TO* out,
+          cudaStream_t s, bool accumulate = false);
 template <typename T, typename TO>
 void gemv(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64_t N, TO* out, cudaStream_t s,
-          bool accumulate = false);
+          bool accumulate = false) {
+  gemv<T, TO, T>(x, w, nullptr, bias, M, K, N, out, s, accumulate);
+}
+// While one is held, this thread's launches ask for no programmatic dependent launch: each kernel starts
+// only once the one before it has completed. For kernels that read, before their pdl_enter(), memory
+// the kernel before them writes: the weight-streaming kernels request their weights early, which is
+// wrong for a matrix just expanded into a buffer (fp8_dequantize_rows).
+struct PdlHold {
+  PdlHold();
+  ~PdlHold();
+  PdlHold(const PdlHold&) = delete;
+  PdlHold& operator=(const PdlHold&) = delete;
+};
+// FP8 E4M3 matrices (`quantization: fp8`): codes [rows, cols] and a power-of-two scale per row from
+// float32 values (kernels/fp8.h, the host's rounding), and back to the values they stand for (codes
+// times scales) in T.
+void fp8_quantize_rows(const float* in, int64_t rows, int64_t cols, __nv_fp8_e4m3* codes, float* scales, cudaStream_t s);
+template <typename T>
+void fp8_dequantize_rows(const __nv_fp8_e4m3* codes, const float* scales, int64_t rows, int64_t cols, T* out,
+                         cudaStream_t s);
 
 // The same, gate/up + SiLU-and-multiply (as gemv_gate_up_silu) and q/k/v + RoPE (skinny_qkv_rope, below)
 // for kSkinnyMinTokens..kSkinnyMaxTokens tokens on tensor cores (16-bit operands;
@@ -117,12 +141,24 @@ void gemv(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64
 // matrices 1.1 us: branch wip/skinny-splitk, docs/performance.md.)
 constexpr int64_t kSkinnyMinTokens = 5, kSkinnyMaxTokens = 16, kSkinnyMaxWeights = 4 << 20;
 bool skinny_gemm_fits(int64_t M, int64_t K, std::initializer_list<const void*> operands);
+// Weights of type TW: T, or FP8 E4M3 codes with their rows' scales (w_scale, s_gate, s_up; null
+// otherwise), as gemv's (any size: the alternative for FP8 is expanding the matrix first).
+template <typename T, typename TO, typename TW>
+void skinny_gemm(const T* x, const TW* w, const float* w_scale, const float* bias, int64_t M, int64_t K, int64_t N,
+                 TO* out, cudaStream_t s, bool accumulate = false);
 template <typename T, typename TO>
 void skinny_gemm(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64_t N, TO* out, cudaStream_t s,
-                 bool accumulate = false);
+                 bool accumulate = false) {
+  skinny_gemm<T, TO, T>(x, w, nullptr, bias, M, K, N, out, s, accumulate);
+}
+template <typename T, typename TW>
+void skinny_gate_up_silu(const T* x, const TW* w_gate, const TW* w_up, const float* s_gate, const float* s_up, int64_t M,
+                         int64_t K, int64_t N, T* act, cudaStream_t s);
 template <typename T>
 void skinny_gate_up_silu(const T* x, const T* w_gate, const T* w_up, int64_t M, int64_t K, int64_t N, T* act,
-                         cudaStream_t s);
+                         cudaStream_t s) {
+  skinny_gate_up_silu<T, T>(x, w_gate, w_up, nullptr, nullptr, M, K, N, act, s);
+}
 // Where q/k/v with RoPE go (skinny_qkv_rope, gemv_qkv_rope): the rotated queries (float32 [M, Hq D]) to q;
 // the rotated keys and the values into the caches (16-bit, the weights' type) at the step's slots (none
 // below 0), at the step's positions with inv_freq [D / 2].
@@ -137,9 +173,14 @@ struct RopeCacheWrite {
 };
 // q, k, v = h . W^T (+ bias) for the stacked projections W [(Hq + 2 Hk) D, K] (bias [(Hq + 2 Hk) D] or
 // null), RoPE and the cache write (rope_kv_write_rows after a GEMM), for 5-16 tokens, D % 16 == 0.
+template <typename T, typename TW>
+void skinny_qkv_rope(const T* h, const TW* w, const float* w_scale, const float* bias, int64_t M, int64_t K,
+                     const RopeCacheWrite& a, cudaStream_t s);
 template <typename T>
 void skinny_qkv_rope(const T* h, const T* w, const float* bias, int64_t M, int64_t K, const RopeCacheWrite& a,
-                     cudaStream_t s);
+                     cudaStream_t s) {
+  skinny_qkv_rope<T, T>(h, w, nullptr, bias, M, K, a, s);
+}
 
 // Fused decoder-layer kernels (compositions of the kernels above; see Backend's defaults). The
 // few-token ones that begin with an RMSNorm of the float32 residual stream normalize it into shared
@@ -161,20 +202,24 @@ void rope_kv_write_rows(const float* q_in, int64_t q_stride, float* q_out, const
 // For M <= 4 rows: q, k, v = (rmsnorm(x) * norm_w) . W^T (+ float32 bias) for weights [Hq*D, K], [Hk*D, K], [Hk*D, K];
 // RoPE on q and k at the step's positions; q (float32, [M, Hq*D]) out, k and v into the caches at the
 // step's slots (rope_kv_write's result, without the unrotated k and v).
+// The weights are of type TW (T, or FP8 E4M3 codes with their rows' scales in `scale`, as gemv's).
 struct QkvRope : RopeCacheWrite {
   const void* w[3];
   const float* bias[3];
+  const float* scale[3];
 };
-template <typename T>
+template <typename T, typename TW = T>
 void gemv_qkv_rope(const float* x, const T* norm_w, float eps, int64_t M, int64_t K, const QkvRope& a, cudaStream_t s);
 // act[M, N] = silu(x . w_gate^T) * (x . w_up^T) for M <= 4 rows; the norm_ version takes the float32
-// residual stream and normalizes it (rmsnorm(x) * norm_w) first.
-template <typename T>
-void gemv_gate_up_silu(const T* x, const T* w_gate, const T* w_up, int64_t M, int64_t K, int64_t N, T* act,
-                       cudaStream_t s);
-template <typename T>
-void gemv_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const T* w_gate, const T* w_up, int64_t M,
-                            int64_t K, int64_t N, T* act, cudaStream_t s);
+// residual stream and normalizes it (rmsnorm(x) * norm_w) first. Weights of type TW with row scales
+// s_gate, s_up as gemv's.
+template <typename T, typename TW>
+void gemv_gate_up_silu(const T* x, const TW* w_gate, const TW* w_up, const float* s_gate, const float* s_up, int64_t M,
+                       int64_t K, int64_t N, T* act, cudaStream_t s);
+template <typename T, typename TW>
+void gemv_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const TW* w_gate, const TW* w_up,
+                            const float* s_gate, const float* s_up, int64_t M, int64_t K, int64_t N, T* act,
+                            cudaStream_t s);
 
 // The sampler's draw (see kernels/cpu/ops.h draw_rows); rows, edits, best and idx are device arrays;
 // `filtered`: some row has filters (RowDraw::filtered).

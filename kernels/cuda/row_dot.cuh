@@ -4,27 +4,36 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/mma.cuh"
 
+#include <type_traits>
+
 namespace llmserve::cuda {
 
 // A warp's share of a GEMV: rows n = first, first + stride, ... below N of R matrices (row n of matrix r
-// at w[r] + n * K), each dotted with the M input rows of x, lanes striding over K with 16-byte loads,
-// float32 sums. Weights go out in groups of U loads per row (inputs of a group issued with it,
-// everything predicated rather than left to a remainder loop), and the groups of all the warp's rows
-// form one stream with two groups in flight (the next requested before the current is used): a row
-// of a few KB costs one memory round trip, a long row keeps 2U loads per lane in flight, and a warp
-// with several rows goes on to the next without a round trip in between, so a grid of as many warps
-// as stay resident streams the matrix at the memory bandwidth without a partial last wave. The first
-// two groups (weights, which no kernel writes) are requested before pdl_enter(), so they stream in
-// while the kernel before this one finishes; after_wait() runs right after it (a block-wide prologue
-// that prepares x, say: every thread of the block gets there, rows or not). epilogue(n, acc) runs on
-// every lane after row n with acc summed over the warp.
-template <typename T, int M, int R, typename After, typename Epilogue>
-__device__ __forceinline__ void row_stream(const T* x, const T* const (&w)[R], int64_t K, int64_t first, int64_t stride,
-                                           int64_t N, int lane, After after_wait, Epilogue epilogue) {
-  constexpr int V = 16 / sizeof(T);
-  constexpr int U = (M == 1 ? 8 : 4) / R > 0 ? (M == 1 ? 8 : 4) / R : 1;
-  union Vec {
-    uint4 u;
+// at w[r] + n * K), each dotted with the M input rows of x, lanes striding over K with 16-byte weight
+// loads, float32 sums. Weights of type TW: the activations' type, or FP8 E4M3 codes (kernels/fp8.h),
+// whose row sums are multiplied by the row's scale (scale[r][n]; scale is null for 16- and 32-bit
+// weights). Weights go out in groups of U loads per row (inputs of a group issued with it, everything
+// predicated rather than left to a remainder loop), and the groups of all the warp's rows form one
+// stream with two groups in flight (the next requested before the current is used): a row of a few KB
+// costs one memory round trip, a long row keeps 2U loads per lane in flight, and a warp with several
+// rows goes on to the next without a round trip in between, so a grid of as many warps as stay resident
+// streams the matrix at the memory bandwidth without a partial last wave. The first two groups
+// (weights, which no kernel writes; a row's scale goes with each group of the row) are requested before
+// pdl_enter(), so they stream in while the kernel before this one finishes; after_wait() runs right
+// after it (a block-wide prologue that prepares x, say: every thread of the block gets there, rows or
+// not). epilogue(n, acc) runs on every lane after row n with acc summed over the warp (and scaled).
+template <typename T, int M, int R, typename TW, typename After, typename Epilogue>
+__device__ __forceinline__ void row_stream(const T* x, const TW* const (&w)[R], const float* const* scale, int64_t K,
+                                           int64_t first, int64_t stride, int64_t N, int lane, After after_wait,
+                                           Epilogue epilogue) {
+  constexpr bool kScaled = std::is_same_v<TW, __nv_fp8_e4m3>;
+  constexpr int V = 16 / sizeof(TW);                  // weights per 16-byte load
+  constexpr int XL = V * sizeof(T) / 16;               // 16-byte loads of an input row per weight load
+  constexpr int U0 = (M == 1 ? 8 : 4) / R > 0 ? (M == 1 ? 8 : 4) / R : 1;
+  constexpr int U = M == 1 || XL == 1 ? U0 : (U0 / XL > 0 ? U0 / XL : 1);  // (the inputs' registers)
+  static_assert(XL >= 1, "inputs at least as wide as the weights");
+  union XVec {
+    uint4 u[XL];
     T e[V];
   };
   float acc[R][M];
@@ -33,6 +42,10 @@ __device__ __forceinline__ void row_stream(const T* x, const T* const (&w)[R], i
     for (int r = 0; r < R; ++r)
 #pragma unroll
       for (int m = 0; m < M; ++m) acc[r][m] = 0.f;
+  };
+  auto finish = [&](int r, float s) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[r][m] = warp_sum(acc[r][m]) * s;
   };
   reset();
   const int64_t rows = first < N ? (N - 1 - first) / stride + 1 : 0;
@@ -50,9 +63,7 @@ __device__ __forceinline__ void row_stream(const T* x, const T* const (&w)[R], i
         }
       }
 #pragma unroll
-      for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int m = 0; m < M; ++m) acc[r][m] = warp_sum(acc[r][m]);
+      for (int r = 0; r < R; ++r) finish(r, kScaled ? scale[r][n] : 1.f);
       epilogue(n, acc);
       reset();
     }
@@ -62,8 +73,12 @@ __device__ __forceinline__ void row_stream(const T* x, const T* const (&w)[R], i
   const int64_t per_row = (K + S - 1) / S, total = rows * per_row;
   // Cursors (row, group of the row) of the next group to load and of the next to use.
   int64_t load_row = 0, load_group = 0, use_row = 0, use_group = 0;
-  Vec wa[R][U], wb[R][U];
-  auto load = [&](Vec(&wv)[R][U]) {
+  struct Group {
+    uint4 w[R][U];
+    float s[R];  // the row's scales (FP8 weights)
+  };
+  Group ga, gb;
+  auto load = [&](Group& g) {
     if (load_row >= rows) return;
     const int64_t n = first + load_row * stride, k0 = load_group * S + static_cast<int64_t>(lane) * V;
 #pragma unroll
@@ -71,42 +86,49 @@ __device__ __forceinline__ void row_stream(const T* x, const T* const (&w)[R], i
       const int64_t k = k0 + static_cast<int64_t>(u) * 32 * V;
 #pragma unroll
       for (int r = 0; r < R; ++r)
-        wv[r][u].u = k < K ? *reinterpret_cast<const uint4*>(w[r] + n * K + k) : make_uint4(0, 0, 0, 0);
+        g.w[r][u] = k < K ? *reinterpret_cast<const uint4*>(w[r] + n * K + k) : make_uint4(0, 0, 0, 0);
+    }
+    if constexpr (kScaled) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) g.s[r] = scale[r][n];
     }
     if (++load_group == per_row) load_group = 0, ++load_row;
   };
-  auto use = [&](const Vec(&wv)[R][U]) {
+  auto use = [&](const Group& g) {
     const int64_t k0 = use_group * S + static_cast<int64_t>(lane) * V;
-    Vec xv[U][M];
+    XVec xv[U][M];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t k = k0 + static_cast<int64_t>(u) * 32 * V;
 #pragma unroll
       for (int m = 0; m < M; ++m)
-        xv[u][m].u = k < K ? *reinterpret_cast<const uint4*>(x + m * K + k) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int q = 0; q < XL; ++q)
+          xv[u][m].u[q] = k < K ? *reinterpret_cast<const uint4*>(x + m * K + k + q * (16 / sizeof(T))) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       if (k0 + static_cast<int64_t>(u) * 32 * V >= K) break;
 #pragma unroll
-      for (int r = 0; r < R; ++r)
+      for (int r = 0; r < R; ++r) {
+        float wf[V];
+        unpack_weights<TW>(g.w[r][u], wf);
 #pragma unroll
         for (int m = 0; m < M; ++m)
 #pragma unroll
-          for (int j = 0; j < V; ++j) acc[r][m] += to_f(wv[r][u].e[j]) * to_f(xv[u][m].e[j]);
+          for (int j = 0; j < V; ++j) acc[r][m] += wf[j] * to_f(xv[u][m].e[j]);
+      }
     }
     if (++use_group == per_row) {
 #pragma unroll
-      for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int m = 0; m < M; ++m) acc[r][m] = warp_sum(acc[r][m]);
+      for (int r = 0; r < R; ++r) finish(r, kScaled ? g.s[r] : 1.f);
       epilogue(first + use_row * stride, acc);
       reset();
       use_group = 0;
       ++use_row;
     }
   };
-  stream_two_in_flight(total, wa, wb, load, use, after_wait);
+  stream_two_in_flight(total, ga, gb, load, use, after_wait);
 }
 
 // The RMSNorm weights w (K elements) copied into shared memory ws by cp.async for rmsnorm_rows, by the

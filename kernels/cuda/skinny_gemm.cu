@@ -38,15 +38,15 @@ __device__ __forceinline__ void for_fragment(int64_t tile, int lane, F f) {
 // &row1) as tile_stream takes it), each warp a contiguous share of K (so that a matrix of few rows still
 // has a warp per SM and more streaming it), and sums the warps' fragments in shared memory: fin(tile,
 // sum) then runs on one warp, the tile's owner, with the tile's whole products in tile_stream's layout.
-template <typename T, int NT, int R, typename Fin, typename Rows = PlainRows>
-__device__ __forceinline__ void tile_block(const T* x, int64_t M, const T* const (&w)[R], int64_t K, int64_t N, Fin fin,
-                                           int64_t tiles = -1, Rows rows = {}) {
+template <typename T, int NT, int R, typename TW, typename Fin, typename Rows = PlainRows>
+__device__ __forceinline__ void tile_block(const T* x, int64_t M, const TW* const (&w)[R], const float* const* scale,
+                                           int64_t K, int64_t N, Fin fin, int64_t tiles = -1, Rows rows = {}) {
   if (tiles < 0) tiles = (N + 15) / 16;
   __shared__ float part[kWarpsPerBlock][R * NT * 4][32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
   const int64_t steps = (K + 31) / 32, kn = (steps + kWarpsPerBlock - 1) / kWarpsPerBlock * 32;
   tile_stream<T, NT, R, kGroupSteps<NT, R>>(
-      x, M, w, K, warp * kn, kn, N, blockIdx.x, gridDim.x, tiles, lane, rows, [] {},
+      x, M, w, scale, K, warp * kn, kn, N, blockIdx.x, gridDim.x, tiles, lane, rows, [] {},
       [&](int64_t tile, const float(&acc)[R][NT][4]) {
 #pragma unroll
         for (int r = 0; r < R; ++r)
@@ -76,13 +76,14 @@ __device__ __forceinline__ void tile_block(const T* x, int64_t M, const T* const
 
 // (The 16-token form takes 162-165 registers, one block an SM; bounded to two blocks an SM, i.e. 128
 // registers, it ran slower: H200 o_proj 5.00 -> 5.46 us, q/k/v 3.85 -> 4.26 at 16 tokens.)
-template <typename T, typename TO, int NT>
+template <typename T, typename TO, typename TW, int NT>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    skinny_gemm_k(const T* __restrict__ x, const T* __restrict__ w, const float* __restrict__ bias, int64_t M, int64_t K,
-                  int64_t N, TO* __restrict__ out, bool accumulate) {
+    skinny_gemm_k(const T* __restrict__ x, const TW* __restrict__ w, const float* __restrict__ w_scale,
+                  const float* __restrict__ bias, int64_t M, int64_t K, int64_t N, TO* __restrict__ out, bool accumulate) {
   const int lane = threadIdx.x & 31;
-  const T* const mats[1] = {w};
-  tile_block<T, NT, 1>(x, M, mats, K, N, [&](int64_t tile, const float(&acc)[1][NT][4]) {
+  const TW* const mats[1] = {w};
+  const float* const scales[1] = {w_scale};
+  tile_block<T, NT, 1>(x, M, mats, scales, K, N, [&](int64_t tile, const float(&acc)[1][NT][4]) {
     for_fragment<NT>(tile, lane, [&](int64_t n, int64_t m, int j, int e) {
       if (n >= N || m >= M) return;
       const float y = acc[0][j][e] + (bias ? bias[n] : 0.f);
@@ -91,13 +92,15 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   });
 }
 
-template <typename T, int NT>
+template <typename T, typename TW, int NT>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    skinny_gate_up_k(const T* __restrict__ x, const T* __restrict__ wg, const T* __restrict__ wu, int64_t M, int64_t K,
-                     int64_t N, T* __restrict__ act) {
+    skinny_gate_up_k(const T* __restrict__ x, const TW* __restrict__ wg, const TW* __restrict__ wu,
+                     const float* __restrict__ sg, const float* __restrict__ su, int64_t M, int64_t K, int64_t N,
+                     T* __restrict__ act) {
   const int lane = threadIdx.x & 31;
-  const T* const mats[2] = {wg, wu};
-  tile_block<T, NT, 2>(x, M, mats, K, N, [&](int64_t tile, const float(&acc)[2][NT][4]) {
+  const TW* const mats[2] = {wg, wu};
+  const float* const scales[2] = {sg, su};
+  tile_block<T, NT, 2>(x, M, mats, scales, K, N, [&](int64_t tile, const float(&acc)[2][NT][4]) {
     for_fragment<NT>(tile, lane, [&](int64_t n, int64_t m, int j, int e) {
       if (n >= N || m >= M) return;
       const float gv = acc[0][j][e];
@@ -110,19 +113,20 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // write, as rope_kv_write_rows after a GEMM (kernels/cuda/fused.cu): a tile is 8 rotation pairs of one
 // head, rows i0 .. i0 + 7 and i0 + D/2 .. i0 + D/2 + 7, so a lane holds both halves of its pairs and
 // rotates them itself; q (float32) out, k and v into the caches at the tokens' slots (none below 0).
-template <typename T, int NT>
+template <typename T, typename TW, int NT>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    skinny_qkv_rope_k(const T* __restrict__ h, const T* __restrict__ w, const float* __restrict__ bias, int64_t M, int64_t K,
-                      RopeCacheWrite a) {
+    skinny_qkv_rope_k(const T* __restrict__ h, const TW* __restrict__ w, const float* __restrict__ w_scale,
+                      const float* __restrict__ bias, int64_t M, int64_t K, RopeCacheWrite a) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int64_t half = a.D / 2, per_head = half / 8, heads = a.Hq + 2 * a.Hk;
-  const T* const mats[1] = {w};
+  const TW* const mats[1] = {w};
+  const float* const scales[1] = {w_scale};
   auto rows = [&](int64_t tile, int64_t* r0, int64_t* r1) {
     *r0 = tile / per_head * a.D + tile % per_head * 8;
     *r1 = *r0 + half;
   };
   tile_block<T, NT, 1>(
-      h, M, mats, K, heads * a.D,
+      h, M, mats, scales, K, heads * a.D,
       [&](int64_t tile, const float(&acc)[1][NT][4]) {
         const int64_t head = tile / per_head, i = tile % per_head * 8 + g, r1 = head * a.D + i, r2 = r1 + half;
         const float b1 = bias ? bias[r1] : 0.f, b2 = bias ? bias[r2] : 0.f;
@@ -179,39 +183,43 @@ bool skinny_gemm_fits(int64_t M, int64_t K, std::initializer_list<const void*> o
   return true;
 }
 
-template <typename T, typename TO>
-void skinny_gemm(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64_t N, TO* out, cudaStream_t s,
-                 bool accumulate) {
+template <typename T, typename TO, typename TW>
+void skinny_gemm(const T* x, const TW* w, const float* w_scale, const float* bias, int64_t M, int64_t K, int64_t N,
+                 TO* out, cudaStream_t s, bool accumulate) {
   if (M == 0 || N == 0) return;
   launch_skinny("skinny_gemm", M, K, {x, w}, (N + 15) / 16, s,
-                [](auto nt) { return skinny_gemm_k<T, TO, decltype(nt)::value>; }, x, w, bias, M, K, N, out, accumulate);
+                [](auto nt) { return skinny_gemm_k<T, TO, TW, decltype(nt)::value>; }, x, w, w_scale, bias, M, K, N,
+                out, accumulate);
 }
 
-template <typename T>
-void skinny_gate_up_silu(const T* x, const T* w_gate, const T* w_up, int64_t M, int64_t K, int64_t N, T* act,
-                         cudaStream_t s) {
+template <typename T, typename TW>
+void skinny_gate_up_silu(const T* x, const TW* w_gate, const TW* w_up, const float* s_gate, const float* s_up, int64_t M,
+                         int64_t K, int64_t N, T* act, cudaStream_t s) {
   if (M == 0 || N == 0) return;
   launch_skinny("skinny_gate_up_silu", M, K, {x, w_gate, w_up}, (N + 15) / 16, s,
-                [](auto nt) { return skinny_gate_up_k<T, decltype(nt)::value>; }, x, w_gate, w_up, M, K, N, act);
+                [](auto nt) { return skinny_gate_up_k<T, TW, decltype(nt)::value>; }, x, w_gate, w_up, s_gate, s_up, M,
+                K, N, act);
 }
 
-template <typename T>
-void skinny_qkv_rope(const T* h, const T* w, const float* bias, int64_t M, int64_t K, const RopeCacheWrite& a,
-                     cudaStream_t s) {
+template <typename T, typename TW>
+void skinny_qkv_rope(const T* h, const TW* w, const float* w_scale, const float* bias, int64_t M, int64_t K,
+                     const RopeCacheWrite& a, cudaStream_t s) {
   if (M == 0) return;
   if (a.D % 16 != 0) check(cudaErrorInvalidValue, "skinny_qkv_rope: the head size must be a multiple of 16");
   launch_skinny("skinny_qkv_rope", M, K, {h, w}, (a.Hq + 2 * a.Hk) * a.D / 16, s,
-                [](auto nt) { return skinny_qkv_rope_k<T, decltype(nt)::value>; }, h, w, bias, M, K, a);
+                [](auto nt) { return skinny_qkv_rope_k<T, TW, decltype(nt)::value>; }, h, w, w_scale, bias, M, K, a);
 }
 
-#define INSTANTIATE(T)                                                                                              \
-  template void skinny_gemm<T, T>(const T*, const T*, const float*, int64_t, int64_t, int64_t, T*, cudaStream_t,  \
-                                  bool);                                                                            \
-  template void skinny_gemm<T, float>(const T*, const T*, const float*, int64_t, int64_t, int64_t, float*,         \
-                                      cudaStream_t, bool);                                                          \
-  template void skinny_gate_up_silu<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, T*, cudaStream_t); \
-  template void skinny_qkv_rope<T>(const T*, const T*, const float*, int64_t, int64_t, const RopeCacheWrite&,       \
-                                   cudaStream_t);
+#define INSTANTIATE_W(T, TW)                                                                                         \
+  template void skinny_gemm<T, T, TW>(const T*, const TW*, const float*, const float*, int64_t, int64_t, int64_t,   \
+                                      T*, cudaStream_t, bool);                                                       \
+  template void skinny_gemm<T, float, TW>(const T*, const TW*, const float*, const float*, int64_t, int64_t,        \
+                                          int64_t, float*, cudaStream_t, bool);                                      \
+  template void skinny_gate_up_silu<T, TW>(const T*, const TW*, const TW*, const float*, const float*, int64_t,      \
+                                           int64_t, int64_t, T*, cudaStream_t);                                      \
+  template void skinny_qkv_rope<T, TW>(const T*, const TW*, const float*, const float*, int64_t, int64_t,           \
+                                       const RopeCacheWrite&, cudaStream_t);
+#define INSTANTIATE(T) INSTANTIATE_W(T, T) INSTANTIATE_W(T, __nv_fp8_e4m3)
 LLMSERVE_FOR_EACH_HALF_TYPE(INSTANTIATE)
 
 }  // namespace llmserve::cuda

@@ -6,6 +6,8 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/mma.cuh"
 
+#include <type_traits>
+
 namespace llmserve::cuda {
 
 // Tiles i = first, first + stride, ... below `tiles` of 16 weight rows of R matrices (row n of matrix r at
@@ -19,11 +21,15 @@ namespace llmserve::cuda {
 // time, two groups in flight as in row_stream, the first two before pdl_enter(); after_wait() runs
 // right after it. epilogue(i, acc) runs on every lane after tile i: acc[r][j] holds C's fragment of
 // n-tile j: elements 0, 1 for row row0(i) + g, tokens 8j + 2t and 8j + 2t + 1; elements 2, 3 for row
-// row1(i) + g, the same tokens.
-template <typename T, int NT, int R, int U, typename Rows, typename After, typename Epilogue>
-__device__ __forceinline__ void tile_stream(const T* x, int64_t M, const T* const (&w)[R], int64_t K, int64_t k0,
-                                            int64_t kn, int64_t N, int64_t first, int64_t stride, int64_t tiles,
-                                            int lane, Rows rows, After after_wait, Epilogue epilogue) {
+// row1(i) + g, the same tokens. Weights of type TW: T, or FP8 E4M3 codes (kernels/fp8.h; 8 bytes a lane
+// and row per step, widened to T exactly before the products) whose rows' sums are multiplied by the
+// row's scale (scale[r][n]; null for 16-bit weights) before the epilogue.
+template <typename T, int NT, int R, int U, typename TW, typename Rows, typename After, typename Epilogue>
+__device__ __forceinline__ void tile_stream(const T* x, int64_t M, const TW* const (&w)[R], const float* const* scale,
+                                            int64_t K, int64_t k0, int64_t kn, int64_t N, int64_t first, int64_t stride,
+                                            int64_t tiles, int lane, Rows rows, After after_wait, Epilogue epilogue) {
+  constexpr bool kScaled = std::is_same_v<TW, __nv_fp8_e4m3>;
+  using Raw = std::conditional_t<kScaled, uint2, uint4>;  // 8 weights
   const int g = lane >> 2, t = lane & 3;
   float acc[R][NT][4];
   auto reset = [&] {
@@ -38,8 +44,12 @@ __device__ __forceinline__ void tile_stream(const T* x, int64_t M, const T* cons
   const int64_t mine = first < tiles ? (tiles - 1 - first) / stride + 1 : 0;
   const int64_t per_tile = (kn + 32 * U - 1) / (32 * U), total = mine * per_tile;
   int64_t load_tile = 0, load_group = 0, use_tile = 0, use_group = 0;
-  uint4 wa[R][U][2], wb[R][U][2];
-  auto load = [&](uint4(&wv)[R][U][2]) {
+  struct Group {
+    Raw w[R][U][2];
+    float s[R][2];  // the rows' scales (FP8 weights)
+  };
+  Group ga, gb;
+  auto load = [&](Group& gr) {
     if (load_tile >= mine) return;
     int64_t r0, r1;
     rows(first + load_tile * stride, &r0, &r1);
@@ -51,11 +61,17 @@ __device__ __forceinline__ void tile_stream(const T* x, int64_t M, const T* cons
       for (int r = 0; r < R; ++r)
 #pragma unroll
         for (int h = 0; h < 2; ++h)
-          wv[r][u][h] = c < kn && k < K && n[h] < N ? *reinterpret_cast<const uint4*>(w[r] + n[h] * K + k) : make_uint4(0, 0, 0, 0);
+          gr.w[r][u][h] = c < kn && k < K && n[h] < N ? *reinterpret_cast<const Raw*>(w[r] + n[h] * K + k) : Raw{};
+    }
+    if constexpr (kScaled) {
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) gr.s[r][h] = n[h] < N ? scale[r][n[h]] : 0.f;
     }
     if (++load_group == per_tile) load_group = 0, ++load_tile;
   };
-  auto use = [&](const uint4(&wv)[R][U][2]) {
+  auto use = [&](const Group& gr) {
     uint4 xv[U][NT];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -71,8 +87,16 @@ __device__ __forceinline__ void tile_stream(const T* x, int64_t M, const T* cons
       if ((use_group * U + u) * 32 >= kn) break;
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        const unsigned a0[4] = {wv[r][u][0].x, wv[r][u][1].x, wv[r][u][0].y, wv[r][u][1].y};
-        const unsigned a1[4] = {wv[r][u][0].z, wv[r][u][1].z, wv[r][u][0].w, wv[r][u][1].w};
+        uint4 wv[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          if constexpr (kScaled)
+            wv[h] = widen_fp8<T>(gr.w[r][u][h]);
+          else
+            wv[h] = gr.w[r][u][h];
+        }
+        const unsigned a0[4] = {wv[0].x, wv[1].x, wv[0].y, wv[1].y};
+        const unsigned a1[4] = {wv[0].z, wv[1].z, wv[0].w, wv[1].w};
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
           mma16816<T>(acc[r][j], a0, xv[u][j].x, xv[u][j].y);
@@ -81,13 +105,21 @@ __device__ __forceinline__ void tile_stream(const T* x, int64_t M, const T* cons
       }
     }
     if (++use_group == per_tile) {
+      if constexpr (kScaled) {
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+          for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[r][j][e] *= gr.s[r][e >> 1];
+      }
       epilogue(first + use_tile * stride, acc);
       reset();
       use_group = 0;
       ++use_tile;
     }
   };
-  stream_two_in_flight(total, wa, wb, load, use, after_wait);
+  stream_two_in_flight(total, ga, gb, load, use, after_wait);
 }
 
 }  // namespace llmserve::cuda

@@ -1,5 +1,11 @@
 #include "backend/backend.h"
 
+#include <algorithm>
+#include <cmath>
+
+#include "common/error.h"
+#include "kernels/fp8.h"
+
 namespace llmserve {
 
 bool stacked_rows(const std::vector<const Tensor*>& parts) {
@@ -7,11 +13,14 @@ bool stacked_rows(const std::vector<const Tensor*>& parts) {
   const Tensor& first = *parts[0];
   const std::vector<int64_t> tail(first.shape.begin() + (first.shape.empty() ? 0 : 1), first.shape.end());
   const char* next = static_cast<const char*>(first.data);
+  int64_t rows = 0;  // (an F8E4M3 part's row scales follow the previous part's too)
   for (const Tensor* t : parts) {
     if (!t || !t->data || t->shape.empty() || t->dtype != first.dtype ||
-        std::vector<int64_t>(t->shape.begin() + 1, t->shape.end()) != tail || t->data != next)
+        std::vector<int64_t>(t->shape.begin() + 1, t->shape.end()) != tail || t->data != next ||
+        t->scale != (first.scale ? first.scale + rows : nullptr))
       return false;
     next += t->bytes();
+    rows += t->shape[0];
   }
   return true;
 }
@@ -21,6 +30,21 @@ Tensor stacked_view(const std::vector<const Tensor*>& parts) {
   Tensor v = *parts[0];
   for (size_t i = 1; i < parts.size(); ++i) v.shape[0] += parts[i]->shape[0];
   return v;
+}
+
+Tensor Backend::upload_fp8(const float* host, const std::vector<int64_t>& shape, DType dtype, bool host_memory) {
+  LLMSERVE_CHECK(shape.size() == 2, "upload_fp8: a matrix [rows, cols]");
+  const int64_t rows = shape[0], cols = shape[1];
+  std::vector<float> values(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* in = host + r * cols;
+    float amax = 0.f;
+    for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(in[c]));
+    const int e = fp8_scale_exponent(amax);
+    const float scale = fp8_pow2(e);
+    for (int64_t c = 0; c < cols; ++c) values[static_cast<size_t>(r * cols + c)] = e4m3_to_f32(fp8_quantize(in[c], e)) * scale;
+  }
+  return host_memory ? upload_to_host_memory(values.data(), shape, dtype) : upload(values.data(), shape, dtype);
 }
 
 }  // namespace llmserve

@@ -59,7 +59,15 @@ class Backend {
   virtual Tensor upload_to_host_memory(const float* host, const std::vector<int64_t>& shape, DType dtype) {
     return upload(host, shape, dtype);
   }
-  // Copies a tensor back as float32.
+  // A matrix [rows, cols] of `quantization: fp8`: FP8 E4M3 codes with one power-of-two scale per row
+  // (kernels/fp8.h), in host memory as upload_to_host_memory does where `host_memory`. A backend that
+  // computes on the codes holds them (dtype F8E4M3, the scales at Tensor::scale, in the same storage);
+  // this default holds the values they stand for (codes times scales) in `dtype`: the CPU backend's
+  // float32 reference of a quantized model.
+  virtual Tensor upload_fp8(const float* host, const std::vector<int64_t>& shape, DType dtype, bool host_memory);
+  // The type upload_fp8's tensors have: F8E4M3 where the backend holds codes, else compute_dtype().
+  virtual DType fp8_matrix_dtype() const { return compute_dtype(); }
+  // Copies a tensor back as float32 (F8E4M3: codes times scales).
   virtual void download(const Tensor& t, float* host) = 0;
   // Raw byte copies between a tensor and host memory (KV swapping).
   virtual void copy_to_host(const Tensor& src, size_t offset, size_t bytes, void* dst) = 0;
@@ -217,6 +225,7 @@ inline Tensor rows_view(const Tensor& t, int64_t r0, int64_t n) {
   Tensor v = t;
   const int64_t row_bytes = t.shape.empty() || t.shape[0] == 0 ? 0 : static_cast<int64_t>(t.bytes()) / t.shape[0];
   v.data = static_cast<char*>(t.data) + r0 * row_bytes;
+  if (v.scale) v.scale += r0;
   v.shape[0] = n;
   return v;
 }

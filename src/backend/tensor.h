@@ -1,5 +1,6 @@
 // A tensor: shape, element type and a pointer into memory owned by its backend (host memory for
-// the CPU backend, device memory for CUDA). Copies share the storage.
+// the CPU backend, device memory for CUDA). Copies share the storage. F8E4M3 tensors (`quantization:
+// fp8`) hold codes, and their rows' scales at `scale`.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -14,6 +15,8 @@ struct Tensor {
   void* data = nullptr;
   DType dtype = DType::F32;
   std::vector<int64_t> shape;
+  // F8E4M3 matrices: the scales of their rows (float32 [rows], in the same storage); null otherwise.
+  const float* scale = nullptr;
 
   int64_t numel() const {
     int64_t n = 1;

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "kernels/fp8.h"
 
 namespace llmserve {
 
@@ -11,6 +12,7 @@ const char* dtype_name(DType t) {
     case DType::F32: return "float32";
     case DType::F16: return "float16";
     case DType::BF16: return "bfloat16";
+    case DType::F8E4M3: return "float8_e4m3fn";
   }
   return "?";
 }
@@ -22,7 +24,15 @@ DType dtype_from_name(const std::string& n) {
   throw Error(cat("unknown dtype '", n, "' (expected float32, float16 or bfloat16)"));
 }
 
-size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
+size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::F32: return 4;
+    case DType::F16:
+    case DType::BF16: return 2;
+    case DType::F8E4M3: return 1;
+  }
+  return 4;
+}
 
 float f16_to_f32(uint16_t h) {
   const uint32_t sign = (h >> 15) & 1u, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
@@ -74,6 +84,11 @@ void to_f32(DType t, const void* src, float* dst, size_t n) {
       for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
       return;
     }
+    case DType::F8E4M3: {
+      auto* s = static_cast<const uint8_t*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = e4m3_to_f32(s[i]);
+      return;
+    }
   }
 }
 
@@ -88,6 +103,11 @@ void from_f32(DType t, const float* src, void* dst, size_t n) {
     case DType::F16: {
       auto* d = static_cast<uint16_t*>(dst);
       for (size_t i = 0; i < n; ++i) d[i] = f32_to_f16(src[i]);
+      return;
+    }
+    case DType::F8E4M3: {
+      auto* d = static_cast<uint8_t*>(dst);
+      for (size_t i = 0; i < n; ++i) d[i] = f32_to_e4m3(src[i]);
       return;
     }
   }

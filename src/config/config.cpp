@@ -97,7 +97,7 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.gpu_memory_utilization = parse_float("gpu_memory_utilization", v); }},
       {"swap_space", Kind::Float, "GiB of host memory per rank for swapped-out KV blocks",
        [](Config& c, const std::string& v) { c.swap_space = parse_float("swap_space", v); }},
-      {"quantization", Kind::String, "none (vLLM's awq, gptq, fp8, ... are not supported; GGUF files are dequantized by llmserve-convert)",
+      {"quantization", Kind::String, "none, or fp8: the layers' matrices quantized to FP8 E4M3 at load, a power-of-two scale per row (vLLM's awq, gptq, ... are not supported; GGUF files are dequantized by llmserve-convert)",
        [](Config& c, const std::string& v) { c.quantization = v; }},
       {"kv_cache_dtype", Kind::String, "auto (the KV cache in the model's dtype; vLLM's fp8 variants are not supported)",
        [](Config& c, const std::string& v) { c.kv_cache_dtype = v; }},
@@ -366,11 +366,12 @@ void config_validate(const Config& c) {
     fail(cat("gpu_memory_utilization must be in (0, 1], got ", c.gpu_memory_utilization));
   if (c.swap_space < 0) fail(cat("swap_space must be >= 0 GiB, got ", c.swap_space));
   if (c.cpu_offload_gb < 0) fail(cat("cpu_offload_gb must be >= 0, got ", c.cpu_offload_gb));
-  // vLLM's options for quantized weights and KV cache: accepted with their no-op values, refused otherwise
-  // (serving full-precision weights when fp8 was asked for would silently use twice the memory).
-  if (!c.quantization.empty() && c.quantization != "none")
-    fail(cat("quantization '", c.quantization, "' is not supported: llmserve serves 16- and 32-bit weights ",
-             "(llmserve-convert dequantizes GGUF checkpoints); leave quantization unset"));
+  // vLLM's options for quantized weights and KV cache: accepted with the values llmserve honours, refused
+  // otherwise (serving full-precision weights when awq was asked for would silently use four times the
+  // memory).
+  if (!c.quantization.empty() && c.quantization != "none" && c.quantization != "fp8")
+    fail(cat("quantization '", c.quantization, "' is not supported: llmserve serves 16- and 32-bit weights, or quantizes ",
+             "them to fp8 as it loads them (llmserve-convert dequantizes GGUF checkpoints); use none or fp8"));
   if (c.kv_cache_dtype != "auto")
     fail(cat("kv_cache_dtype '", c.kv_cache_dtype, "' is not supported: the KV cache is kept in the model's dtype; use auto"));
   if (c.kv_cache_memory_gb < 0) fail(cat("kv_cache_memory_gb must be >= 0, got ", c.kv_cache_memory_gb));

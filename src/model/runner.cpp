@@ -112,9 +112,16 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
     resolve_config_for_model(cfg_, spec_);
     backend_ = make_backend(cfg_.backend, local_rank, resolve_dtype(cfg_.dtype, spec_.torch_dtype));
     const ShardInfo shard = make_shard_info(spec_, topo_);
-    need = shard_weight_bytes(spec_, shard, topo_.first_stage(), topo_.last_stage(), backend_->compute_dtype());
+    const DType dt = backend_->compute_dtype();
+    const bool fp8 = cfg_.quantization == "fp8";
+    if (fp8 && backend_->name() != "cpu" && dt == DType::F32)
+      throw Error("quantization fp8 computes with 16-bit activations on a GPU: set dtype to bfloat16 or float16 (or auto)");
+    const DType matrix_dt = fp8 ? backend_->fp8_matrix_dtype() : dt;
+    need = shard_weight_bytes(spec_, shard, topo_.first_stage(), topo_.last_stage(), dt, matrix_dt);
     if (cfg_.cpu_offload_gb > 0 && backend_->name() != "cpu")
-      offloaded = offloaded_weight_bytes(spec_, shard, backend_->compute_dtype(), offload_budget, &offload_stage);
+      offloaded = offloaded_weight_bytes(spec_, shard, matrix_dt, offload_budget, &offload_stage);
+    // FP8 matrices are expanded to 16 bits in that buffer for GEMMs of many tokens (offloaded ones too).
+    if (matrix_dt == DType::F8E4M3) offload_stage = largest_matrix_bytes(spec_, shard, dt);
     file = std::move(h5);
   });
   // Every rank gets here (the block above agrees on errors), so the node's sum cannot hang.
@@ -151,7 +158,8 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   }
 #endif
   agree(world_comm, [&] {
-    model_ = std::make_unique<Transformer>(spec_, topo_, *backend_, *model_comm, *file, offloaded > 0 ? offload_budget : 0);
+    model_ = std::make_unique<Transformer>(spec_, topo_, *backend_, *model_comm, *file, offloaded > 0 ? offload_budget : 0,
+                                           cfg_.quantization == "fp8");
   });
   file.reset();
   if (model_->offloaded_bytes() > 0)

@@ -1,5 +1,6 @@
 #include "model/transformer.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 
@@ -29,12 +30,15 @@ ShardInfo make_shard_info(const ModelSpec& s, const Topology& topo) {
 
 namespace {
 
-// Bytes of a layer's matrices in the order the constructor loads them: q/k/v, o_proj, gate/up, down.
+// Bytes of a layer's matrices in the order the constructor loads them: q/k/v, o_proj, gate/up, down, held
+// as `dt` (F8E4M3: a code per weight and a float32 scale per row).
 std::array<double, 4> layer_matrix_bytes(const ModelSpec& s, const ShardInfo& sh, DType dt) {
   const double e = static_cast<double>(dtype_size(dt)), H = static_cast<double>(s.hidden_size);
   const double qn = static_cast<double>(sh.q_heads * s.head_dim), kn = static_cast<double>(sh.kv_heads * s.head_dim);
   const double in = static_cast<double>(sh.intermediate);
-  return {e * (qn + 2 * kn) * H, e * H * qn, e * 2 * in * H, e * H * in};
+  const double per_row = dt == DType::F8E4M3 ? 4.0 : 0.0;
+  auto bytes = [&](double rows, double cols) { return e * rows * cols + per_row * rows; };
+  return {bytes(qn + 2 * kn, H), bytes(H, qn), bytes(2 * in, H), bytes(H, in)};
 }
 
 // vLLM's offload rule: a matrix goes to host memory while fewer than `budget` bytes have gone.
@@ -49,12 +53,13 @@ struct OffloadBudget {
 
 }  // namespace
 
-double shard_weight_bytes(const ModelSpec& s, const ShardInfo& sh, bool first_stage, bool last_stage, DType dt) {
+double shard_weight_bytes(const ModelSpec& s, const ShardInfo& sh, bool first_stage, bool last_stage, DType dt,
+                          DType matrix_dt) {
   const double e = static_cast<double>(dtype_size(dt)), H = static_cast<double>(s.hidden_size);
   const double qn = static_cast<double>(sh.q_heads * s.head_dim), kn = static_cast<double>(sh.kv_heads * s.head_dim);
   // Two norms and the matrices: as the constructor loads them.
   double layer = e * 2 * H;
-  for (double m : layer_matrix_bytes(s, sh, dt)) layer += m;
+  for (double m : layer_matrix_bytes(s, sh, matrix_dt)) layer += m;
   if (s.attention_bias) layer += 4.0 * (qn + 2 * kn);
   double bytes = layer * static_cast<double>(sh.layers.end - sh.layers.begin);
   const double table = e * static_cast<double>(sh.vocab_padded) * H;
@@ -74,17 +79,23 @@ double offloaded_weight_bytes(const ModelSpec& s, const ShardInfo& sh, DType dt,
   return b.used;
 }
 
+double largest_matrix_bytes(const ModelSpec& s, const ShardInfo& sh, DType dt) {
+  const auto m = layer_matrix_bytes(s, sh, dt);
+  return sh.layers.end > sh.layers.begin ? *std::max_element(m.begin(), m.end()) : 0.0;
+}
+
 Transformer::Transformer(const ModelSpec& spec, const Topology& topo, Backend& backend, Comm& tp_comm,
-                         const WeightSource& file, double offload_budget)
+                         const WeightSource& file, double offload_budget, bool fp8)
     : spec_(spec), topo_(topo), be_(backend), tp_comm_(tp_comm), shard_(make_shard_info(spec, topo)) {
   const DType dt = be_.compute_dtype();
   OffloadBudget offload{offload_budget};
-  const auto matrix_bytes = layer_matrix_bytes(spec, shard_, dt);
+  const auto matrix_bytes = layer_matrix_bytes(spec, shard_, fp8 ? be_.fp8_matrix_dtype() : dt);
   // The backend tensor of a layer's matrix `m` (index into matrix_bytes): in host memory while the
-  // offload budget lasts.
+  // offload budget lasts; FP8 codes with `fp8`.
   auto put_matrix = [&](int m, const float* v, const std::vector<int64_t>& shape) {
-    if (!offload.take(matrix_bytes[static_cast<size_t>(m)])) return be_.upload(v, shape, dt);
-    return be_.upload_to_host_memory(v, shape, dt);
+    const bool host = offload.take(matrix_bytes[static_cast<size_t>(m)]);
+    if (fp8) return be_.upload_fp8(v, shape, dt, host);
+    return host ? be_.upload_to_host_memory(v, shape, dt) : be_.upload(v, shape, dt);
   };
   const int64_t H = spec.hidden_size, D = spec.head_dim;
   const int r = topo.tp_rank();

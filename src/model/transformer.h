@@ -37,9 +37,15 @@ struct ShardInfo {
 
 ShardInfo make_shard_info(const ModelSpec& s, const Topology& topo);
 
-// Bytes of the weights a rank with shard `sh` holds once loaded with element type `dt` (what the
-// Transformer constructor allocates; the attention biases stay float32). O(1): checked before loading.
-double shard_weight_bytes(const ModelSpec& s, const ShardInfo& sh, bool first_stage, bool last_stage, DType dt);
+// Bytes of the weights a rank with shard `sh` holds once loaded with element type `dt` and the layers'
+// matrices as `matrix_dt` (dt, or F8E4M3 where a backend holds `quantization: fp8` codes: a byte a
+// weight and a float32 scale a row) (what the Transformer constructor allocates; the attention biases
+// stay float32). O(1): checked before loading.
+double shard_weight_bytes(const ModelSpec& s, const ShardInfo& sh, bool first_stage, bool last_stage, DType dt,
+                          DType matrix_dt);
+// The largest of a layer's matrices (q/k/v and gate/up stacked) held as `dt`: a GPU backend expands FP8
+// matrices into a device buffer that large for GEMMs of many tokens.
+double largest_matrix_bytes(const ModelSpec& s, const ShardInfo& sh, DType dt);
 
 // vLLM's cpu_offload_gb: a layer's matrices (q/k/v, o_proj, gate/up, down), layer after layer from the
 // stage's first, are kept in the host's pinned memory, which the GPU reads over its bus at every step,
@@ -47,16 +53,20 @@ double shard_weight_bytes(const ModelSpec& s, const ShardInfo& sh, bool first_st
 // norms, biases, embedding and lm_head stay on the device. Returns the bytes that rule offloads for
 // shard `sh` (what the Transformer constructor puts in host memory when given that budget), and in
 // `largest` (where given) the bytes of the largest matrix offloaded (a GPU backend keeps a device buffer
-// that large to copy each into for a GEMM of many tokens).
+// that large to copy each into for a GEMM of many tokens). `dt`: how the matrices are held (F8E4M3 for
+// FP8 codes, as shard_weight_bytes' matrix_dt).
 double offloaded_weight_bytes(const ModelSpec& s, const ShardInfo& sh, DType dt, double budget, double* largest = nullptr);
 
 class Transformer {
  public:
   // Reads this rank's shard from `file` (hyperslab reads: nothing else is touched). With
   // `offload_budget` > 0, matrices go to host memory by offloaded_weight_bytes' rule
-  // (Backend::upload_to_host_memory).
+  // (Backend::upload_to_host_memory). With `fp8` (`quantization: fp8`), the layers' matrices are
+  // quantized to FP8 E4M3 with a scale per row as the shard is loaded (Backend::upload_fp8: a
+  // row-parallel matrix's rows are this rank's columns of them); norms, biases, the embedding and
+  // lm_head keep the activation type.
   Transformer(const ModelSpec& spec, const Topology& topo, Backend& backend, Comm& tp_comm, const WeightSource& file,
-              double offload_budget = 0);
+              double offload_budget = 0, bool fp8 = false);
 
   const ModelSpec& spec() const { return spec_; }
   const ShardInfo& shard() const { return shard_; }

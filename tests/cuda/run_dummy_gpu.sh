@@ -9,7 +9,10 @@
 #  3. bfloat16 on the same layouts: agreement with float32 is printed (not asserted: bf16 flips near-ties);
 #  4. cpu_offload_gb (bfloat16, 4 layers): the offloaded matrices read from host memory (in place, or
 #     copied to the device for a GEMM of many tokens) give the same logits, bit for bit, as the model
-#     held on the GPU, with CUDA graphs and eagerly.
+#     held on the GPU, with CUDA graphs and eagerly;
+#  5. quantization fp8 (bfloat16, 4 layers): the same bits with the matrices offloaded as without;
+#     agreement with the CPU backend's fp8 reference (the same quantized weights in float32), between
+#     CUDA graphs and eager steps, and with the unquantized model is printed.
 # Exits 77 (skipped) where no GPU is visible.   run_dummy_gpu.sh BUILD_DIR [CONFIG_JSON]
 set -uo pipefail
 build=$1
@@ -77,6 +80,15 @@ run gpu-4l-bf16 cuda bfloat16 1 1 "${ov[@]}" "${long[@]}" &&
     grep -q "the matrices of 2 of this stage's 4 layers" "$work"/gpu-4l-bf16-offload.log || { echo "FAIL offload: not 2 layers offloaded"; fail=1; }
     compare gpu-4l-bf16 gpu-4l-bf16-offload "bfloat16 with cpu_offload_gb $gb (graphs) vs without" bits || fail=1
     compare gpu-4l-bf16-eager gpu-4l-bf16-offload-eager "bfloat16 with cpu_offload_gb $gb (eager) vs without" bits || fail=1
+  }
+run cpu-4l-fp8 cpu float32 1 1 "${ov[@]}" "${long[@]}" --quantization fp8 &&
+  run gpu-4l-fp8 cuda bfloat16 1 1 "${ov[@]}" "${long[@]}" --quantization fp8 &&
+  run gpu-4l-fp8-eager cuda bfloat16 1 1 "${ov[@]}" "${long[@]}" --quantization fp8 --enforce-eager &&
+  run gpu-4l-fp8-offload cuda bfloat16 1 1 "${ov[@]}" "${long[@]}" --quantization fp8 --cpu-offload-gb "$gb" && {
+    compare gpu-4l-fp8 gpu-4l-fp8-eager "fp8 graphs vs eager" report
+    compare gpu-4l-fp8 gpu-4l-fp8-offload "fp8 with cpu_offload_gb $gb vs without" bits || fail=1
+    compare cpu-4l-fp8 gpu-4l-fp8 "fp8 (bfloat16 activations) vs the CPU's fp8 reference" report
+    [ -f "$work/gpu-4l-bf16.f32" ] && compare gpu-4l-bf16 gpu-4l-fp8 "fp8 vs bfloat16 weights" report
   }
 heads=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["num_attention_heads"])' "$cfg")
 layouts=("1 1")

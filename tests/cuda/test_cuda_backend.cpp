@@ -23,6 +23,8 @@ std::vector<float> randn(size_t n, std::mt19937& g, float scale = 1.f) {
   return v;
 }
 
+int64_t rows_of_t(const Tensor& t) { return t.shape.empty() ? 1 : t.shape[0]; }
+
 double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
   double num = 0, den = 0;
   for (size_t i = 0; i < a.size(); ++i) {
@@ -669,6 +671,190 @@ TEST_P(CudaOps, OffloadedMatricesGiveTheSameBits) {
     gpu->linear_residual(a, oh, unused, rh);
     expect_copies(before, 1, "linear_residual");
     EXPECT_EQ(get(*gpu, r), get(*gpu, rh)) << "linear_residual, " << at;
+  }
+}
+
+// quantization fp8: the GPU quantizes a matrix to the same codes and scales as the host (the CPU
+// backend's values, bit for bit, with ties and rows of every magnitude); its GEMVs of 1-4 tokens over
+// the codes and its skinny GEMMs of 5-16 tokens (the codes widened in registers) match the CPU
+// reference over those values (linear with and without bias, the residual form, gate/up + SiLU with
+// and without the input norm, the attention block's input with RoPE and the cache write), and give the
+// same bits as the 16-bit kernels over the same values from 5 tokens on (a power-of-two scale commutes
+// with every rounding); more tokens expand the matrix once per op (stacked q/k/v and gate/up: one
+// expansion) into the activation type for cuBLASLt, as do 5-16 tokens where the skinny launch does not
+// apply (q/k/v with biases on q and k only).
+TEST_P(CudaOps, Fp8MatricesMatchTheCpuReference) {
+  const DType dt = GetParam();
+  if (dt == DType::F32) {
+    std::vector<float> w(64, 1.f);
+    EXPECT_THROW(gpu->upload_fp8(w.data(), {4, 16}, dt, false), std::exception);  // 16-bit activations only
+    return;
+  }
+  std::mt19937 g(17);
+  const int64_t bs = 8, Hq = 6, Hk = 2, D = 64, H = 96, I = 160, blocks = 64;
+  // Quantization: rows scaled from 2^-20 to 2^20, with exact ties (half-way between codes) in them.
+  {
+    const int64_t rows = 41, cols = 777;
+    auto v = randn(rows * cols, g);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) v[r * cols + c] *= std::ldexp(1.f, static_cast<int>(r) - 20);
+    for (int64_t r = 0; r < rows; ++r) {
+      v[r * cols] = 448.f * std::ldexp(1.f, static_cast<int>(r) - 20);  // the row's max: scale 2^(r-20)
+      v[r * cols + 1] = 1.0625f * std::ldexp(1.f, static_cast<int>(r) - 20);   // a tie: rounds to 1.0 (even)
+      v[r * cols + 2] = -1.1875f * std::ldexp(1.f, static_cast<int>(r) - 20);  // a tie: rounds to -1.25 (even)
+    }
+    const Tensor c = cpu.upload_fp8(v.data(), {rows, cols}, DType::F32, false);
+    const Tensor q = gpu->upload_fp8(v.data(), {rows, cols}, dt, false), qh = gpu->upload_fp8(v.data(), {rows, cols}, dt, true);
+    ASSERT_EQ(q.dtype, DType::F8E4M3);
+    ASSERT_NE(q.scale, nullptr);
+    const auto cv = get(cpu, c);
+    EXPECT_EQ(get(*gpu, q), cv) << "GPU codes and scales against the host's quantization";
+    EXPECT_EQ(get(*gpu, qh), cv) << "the same in host memory (cpu_offload_gb)";
+    EXPECT_EQ(cv[1], std::ldexp(1.f, -20));
+    EXPECT_EQ(cv[2], -1.25f * std::ldexp(1.f, -20));
+    EXPECT_EQ(get(*gpu, rows_view(q, 5, 3)), std::vector<float>(cv.begin() + 5 * cols, cv.begin() + 8 * cols)) << "a row range";
+    // Read from host memory (in place by the GEMVs and the skinny GEMMs, expanded for more tokens): the
+    // same bits. (Rows 5-20: their values within float16's range; 768 columns besides 777: the vector
+    // loads and the skinny GEMMs.)
+    const auto v2 = randn(40 * 768, g, 0.1f);
+    const Tensor q2 = gpu->upload_fp8(v2.data(), {40, 768}, dt, false), q2h = gpu->upload_fp8(v2.data(), {40, 768}, dt, true);
+    for (int64_t T : {1, 3, 8, 16, 64}) {
+      for (const auto& [w, wh, k] : {std::tuple<Tensor, Tensor, int64_t>{rows_view(q, 5, 16), rows_view(qh, 5, 16), cols},
+                                     {q2, q2h, 768}}) {
+        const auto xv = randn(T * k, g);
+        const Tensor x = gpu->upload(xv.data(), {T, k}, dt);
+        Tensor y = gpu->empty({T, rows_of_t(w)}, DType::F32), yh = gpu->empty({T, rows_of_t(w)}, DType::F32);
+        gpu->linear(x, w, nullptr, y);
+        gpu->linear(x, wh, nullptr, yh);
+        EXPECT_EQ(get(*gpu, y), get(*gpu, yh)) << "an fp8 matrix in host memory, T = " << T << ", K = " << k;
+      }
+    }
+  }
+  // The same values as 16-bit weights on the GPU (exact: a code times a power of two is a bf16, and at
+  // these magnitudes an fp16) and as float32 on the CPU.
+  struct Mat {
+    Tensor cpu, gpu16, fp8;
+  };
+  auto mat = [&](const std::vector<float>& v, int64_t rows, int64_t cols) {
+    Mat m;
+    m.cpu = cpu.upload_fp8(v.data(), {rows, cols}, DType::F32, false);
+    const auto q = get(cpu, m.cpu);
+    m.gpu16 = gpu->upload(q.data(), {rows, cols}, dt);
+    m.fp8 = gpu->upload_fp8(v.data(), {rows, cols}, dt, false);
+    EXPECT_EQ(get(*gpu, m.gpu16), q) << "quantized values exact in " << dtype_name(dt);
+    return m;
+  };
+  const auto gate_up = randn(2 * I * H, g, 0.1f), qkv = randn((Hq + 2 * Hk) * D * H, g, 0.1f);
+  const Mat gu = mat(gate_up, 2 * I, H), wqkv = mat(qkv, (Hq + 2 * Hk) * D, H), wo = mat(randn(H * I, g, 0.1f), H, I);
+  auto split = [](const Tensor& t, std::vector<int64_t> rows) {
+    std::vector<Tensor> parts;
+    int64_t at = 0;
+    for (int64_t n : rows) parts.push_back(rows_view(t, at, n)), at += n;
+    return parts;
+  };
+  std::vector<float> freq(D / 2);
+  for (int64_t i = 0; i < D / 2; ++i) freq[i] = std::pow(10000.f, -2.f * i / D);
+  Tensor fc = cpu.upload(freq.data(), {D / 2}, DType::F32), fg = gpu->upload(freq.data(), {D / 2}, DType::F32);
+  auto bias = both(randn(I, g), {I}, DType::F32);
+  for (const StepMeta& m : {make_meta(bs, {1}, {30}), make_meta(bs, {1, 1, 1}, {20, 0, 9}), make_meta(bs, {1, 1, 1, 1}, {3, 7, 11, 2}),
+                            make_meta(bs, {1, 1, 1, 1, 1, 1}, {4, 27, 0, 13, 8, 30}), make_meta(bs),
+                            make_meta(bs, {20, 1}, {3, 12})}) {
+    const int64_t T = m.num_tokens();
+    const std::string at = std::to_string(T) + " tokens";
+    const int64_t expansions = T <= 16 ? 0 : 1, qkv_expansions = T <= 4 ? 0 : 1;  // per op
+    cpu.begin_step(m);
+    gpu->begin_step(m);
+    auto x = both(randn(T * H, g), {T, H}, dt);
+    // linear (gate rows), with a bias into float32 and into the activation type.
+    {
+      const Tensor wc = rows_view(gu.cpu, 0, I), w8 = rows_view(gu.fp8, 0, I), w16 = rows_view(gu.gpu16, 0, I);
+      Tensor c = cpu.empty({T, I}, DType::F32), y8 = gpu->empty({T, I}, DType::F32), y16 = gpu->empty({T, I}, DType::F32);
+      cpu.linear(x.first, wc, &bias.first, c);
+      int64_t before = gpu->dequantized_matrices();
+      gpu->linear(x.second, w8, &bias.second, y8);
+      EXPECT_EQ(gpu->dequantized_matrices() - before, expansions) << "linear, " << at;
+      gpu->linear(x.second, w16, &bias.second, y16);
+      expect_close(c, y8, ("fp8 linear with bias, " + at).c_str(), tol());
+      if (T > 4) {
+        EXPECT_EQ(get(*gpu, y8), get(*gpu, y16)) << "fp8 linear, " << at;
+      }
+      Tensor z8 = gpu->empty({T, I}, dt), z16 = gpu->empty({T, I}, dt);
+      gpu->linear(x.second, w8, nullptr, z8);
+      gpu->linear(x.second, w16, nullptr, z16);
+      cpu.linear(x.first, wc, nullptr, c);
+      expect_close(c, z8, ("fp8 linear, " + at).c_str(), tol());
+      if (T > 4) {
+        EXPECT_EQ(get(*gpu, z8), get(*gpu, z16)) << "fp8 linear into " << dtype_name(dt) << ", " << at;
+      }
+    }
+    // gate/up + SiLU (stacked, as loaded), with and without the input norm, then down with its residual add.
+    {
+      const auto pc = split(gu.cpu, {I, I}), p8 = split(gu.fp8, {I, I}), p16 = split(gu.gpu16, {I, I});
+      Tensor s32 = cpu.empty({T, 2 * I}, DType::F32), ac = cpu.empty({T, I}, DType::F32);
+      Tensor sg = gpu->empty({T, 2 * I}, DType::F32), a8 = gpu->empty({T, I}, dt), a16 = gpu->empty({T, I}, dt);
+      cpu.gate_up_silu(x.first, pc[0], pc[1], s32, ac);
+      int64_t before = gpu->dequantized_matrices();
+      gpu->gate_up_silu(x.second, p8[0], p8[1], sg, a8);
+      EXPECT_EQ(gpu->dequantized_matrices() - before, expansions) << "gate_up_silu, " << at;
+      gpu->gate_up_silu(x.second, p16[0], p16[1], sg, a16);
+      expect_close(ac, a8, ("fp8 gate_up_silu, " + at).c_str(), tol());
+      if (T > 4) {
+        EXPECT_EQ(get(*gpu, a8), get(*gpu, a16)) << "fp8 gate_up_silu, " << at;
+      }
+      auto res = both(randn(T * H, g), {T, H}, DType::F32), nw = both(randn(H, g), {H}, dt);
+      Tensor hc = cpu.empty({T, H}, DType::F32), hg = gpu->empty({T, H}, dt);
+      cpu.norm_gate_up_silu(res.first, {nw.first, 1e-6f, hc}, pc[0], pc[1], s32, ac);
+      before = gpu->dequantized_matrices();
+      gpu->norm_gate_up_silu(res.second, {nw.second, 1e-6f, hg}, p8[0], p8[1], sg, a8);
+      EXPECT_EQ(gpu->dequantized_matrices() - before, expansions) << "norm_gate_up_silu, " << at;
+      gpu->norm_gate_up_silu(res.second, {nw.second, 1e-6f, hg}, p16[0], p16[1], sg, a16);
+      expect_close(ac, a8, ("fp8 norm_gate_up_silu, " + at).c_str(), tol());
+      if (T > 4) {
+        EXPECT_EQ(get(*gpu, a8), get(*gpu, a16)) << "fp8 norm_gate_up_silu, " << at;
+      }
+      Tensor r16 = gpu->upload(get(*gpu, res.second).data(), {T, H}, DType::F32), unused;
+      cpu.linear_residual(ac, wo.cpu, hc, res.first);
+      before = gpu->dequantized_matrices();
+      gpu->linear_residual(a16, wo.fp8, unused, res.second);
+      EXPECT_EQ(gpu->dequantized_matrices() - before, expansions) << "linear_residual, " << at;
+      gpu->linear_residual(a16, wo.gpu16, unused, r16);
+      expect_close(res.first, res.second, ("fp8 linear_residual, " + at).c_str(), tol());
+      if (T > 4) {
+        EXPECT_EQ(get(*gpu, res.second), get(*gpu, r16)) << "fp8 linear_residual, " << at;
+      }
+    }
+    // The attention block's input: norm, stacked q/k/v (q and k biases), RoPE, the cache write.
+    {
+      const auto pc = split(wqkv.cpu, {Hq * D, Hk * D, Hk * D}), p8 = split(wqkv.fp8, {Hq * D, Hk * D, Hk * D});
+      const auto p16 = split(wqkv.gpu16, {Hq * D, Hk * D, Hk * D});
+      auto res = both(randn(T * H, g), {T, H}, DType::F32), nw = both(randn(H, g), {H}, dt);
+      auto bq = both(randn(Hq * D, g), {Hq * D}, DType::F32), bk = both(randn(Hk * D, g), {Hk * D}, DType::F32);
+      Tensor hc = cpu.empty({T, H}, DType::F32), hg = gpu->empty({T, H}, dt);
+      auto kc = both(std::vector<float>(blocks * bs * Hk * D, 0.f), {blocks, bs, Hk, D}, dt);
+      auto vc = both(std::vector<float>(blocks * bs * Hk * D, 0.f), {blocks, bs, Hk, D}, dt);
+      Tensor k16c = gpu->upload(std::vector<float>(blocks * bs * Hk * D, 0.f).data(), {blocks, bs, Hk, D}, dt);
+      Tensor v16c = gpu->upload(std::vector<float>(blocks * bs * Hk * D, 0.f).data(), {blocks, bs, Hk, D}, dt);
+      Tensor qc = cpu.empty({T, Hq * D}, DType::F32), kc32 = cpu.empty({T, Hk * D}, DType::F32), vc32 = cpu.empty({T, Hk * D}, DType::F32);
+      Tensor q8 = gpu->empty({T, Hq * D}, DType::F32), q16 = gpu->empty({T, Hq * D}, DType::F32);
+      Tensor kg = gpu->empty({T, Hk * D}, DType::F32), vg = gpu->empty({T, Hk * D}, DType::F32);
+      cpu.norm_qkv_rope_kv_write(res.first, {nw.first, 1e-6f, hc}, pc[0], &bq.first, qc, pc[1], &bk.first, kc32, pc[2],
+                                 nullptr, vc32, fc, D, kc.first, vc.first);
+      const int64_t before = gpu->dequantized_matrices();
+      gpu->norm_qkv_rope_kv_write(res.second, {nw.second, 1e-6f, hg}, p8[0], &bq.second, q8, p8[1], &bk.second, kg, p8[2],
+                                  nullptr, vg, fg, D, kc.second, vc.second);
+      EXPECT_EQ(gpu->dequantized_matrices() - before, qkv_expansions) << "norm_qkv_rope_kv_write, " << at;
+      gpu->norm_qkv_rope_kv_write(res.second, {nw.second, 1e-6f, hg}, p16[0], &bq.second, q16, p16[1], &bk.second, kg,
+                                  p16[2], nullptr, vg, fg, D, k16c, v16c);
+      const std::string what = "fp8 norm_qkv_rope_kv_write, " + at;
+      expect_close(qc, q8, (what + ": queries").c_str(), tol());
+      expect_close(kc.first, kc.second, (what + ": key cache").c_str(), tol());
+      expect_close(vc.first, vc.second, (what + ": value cache").c_str(), tol());
+      if (T > 4) {
+        EXPECT_EQ(get(*gpu, q8), get(*gpu, q16)) << what;
+        EXPECT_EQ(get(*gpu, kc.second), get(*gpu, k16c)) << what;
+        EXPECT_EQ(get(*gpu, vc.second), get(*gpu, v16c)) << what;
+      }
+    }
   }
 }
 

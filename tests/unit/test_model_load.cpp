@@ -112,7 +112,7 @@ TEST(ModelLoad, ShardWeightBytesIsWhatTheRanksLoad) {
         CpuBackend be;
         SelfComm comm;
         Transformer t(s, topo, be, comm, w);
-        const double predicted = shard_weight_bytes(s, make_shard_info(s, topo), topo.first_stage(), topo.last_stage(), DType::F32);
+        const double predicted = shard_weight_bytes(s, make_shard_info(s, topo), topo.first_stage(), topo.last_stage(), DType::F32, DType::F32);
         EXPECT_EQ(predicted, 4.0 * static_cast<double>(w.elements)) << "bias " << bias << " tied " << tied << " rank " << rank;
       }
     }

@@ -37,6 +37,7 @@ cudaDataType_t cuda_type(DType t) {
     case DType::F32: return CUDA_R_32F;
     case DType::F16: return CUDA_R_16F;
     case DType::BF16: return CUDA_R_16BF;
+    case DType::F8E4M3: return CUDA_R_8F_E4M3;
   }
   return CUDA_R_32F;
 }
@@ -48,7 +49,9 @@ void dispatch(DType t, F&& f) {
     case DType::F32: f(static_cast<float*>(nullptr)); return;
     case DType::F16: f(static_cast<__half*>(nullptr)); return;
     case DType::BF16: f(static_cast<__nv_bfloat16*>(nullptr)); return;
+    case DType::F8E4M3: break;  // (weights only: the ops that take them check for them first)
   }
+  throw Error(cat("cuda backend: no kernel for ", dtype_name(t), " operands here"));
 }
 
 // Two-type dispatch for ops whose input may be the float32 residual stream: (same, same) or
@@ -222,8 +225,14 @@ Tensor CudaBackend::upload_to_host_memory(const float* host, const std::vector<i
   // Converted on the device as upload() does (the same bits), then copied into pinned host memory
   // mapped into the device's address space, which kernels and cuBLASLt read over the bus.
   const Tensor staged = upload(host, shape, dtype);
+  Tensor t = to_host_memory(staged, staged.bytes());
+  reserve_weight_stage(std::max<size_t>(staged.bytes(), 256));  // (gemm_weight's copies)
+  return t;
+}
+
+Tensor CudaBackend::to_host_memory(const Tensor& staged, size_t size) {
   void* p = nullptr;
-  const size_t bytes = std::max<size_t>(staged.bytes(), 256);
+  const size_t bytes = std::max<size_t>(size, 256);
   if (cudaHostAlloc(&p, bytes, cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess) {
     cudaGetLastError();
     throw Error(cat("cpu_offload_gb: cannot pin ", bytes, " bytes of host memory for the offloaded weights (",
@@ -237,27 +246,65 @@ Tensor CudaBackend::upload_to_host_memory(const float* host, const std::vector<i
   }
   const char* first = static_cast<const char*>(dev);
   (*host_weights_)[first] = HostWeight{first + bytes, static_cast<const char*>(p)};
-  Tensor t;
-  t.shape = shape;
-  t.dtype = dtype;
+  Tensor t = staged;
   t.data = dev;
+  if (staged.scale) t.scale = reinterpret_cast<const float*>(first + (reinterpret_cast<const char*>(staged.scale) - static_cast<const char*>(staged.data)));
   t.storage = std::shared_ptr<void>(p, [registry = host_weights_, first](void* q) {
     registry->erase(first);
     cudaFreeHost(q);
   });
-  ck(cudaMemcpyAsync(p, staged.data, staged.bytes(), cudaMemcpyDeviceToHost, stream()), "offload copy");
+  ck(cudaMemcpyAsync(p, staged.data, size, cudaMemcpyDeviceToHost, stream()), "offload copy");
   ck(cudaStreamSynchronize(stream()), "offload copy");
-  if (bytes > weight_stage_bytes_) {
-    // The device copy cuBLASLt GEMMs read an offloaded matrix from (gemm_weight).
-    drop_graphs("a larger offloaded matrix than they were recorded with was loaded");
-    ck(cudaDeviceSynchronize(), "synchronize");
-    if (weight_stage_) cudaFree(weight_stage_);
-    weight_stage_ = nullptr;
-    weight_stage_bytes_ = 0;
-    ck(cudaMalloc(&weight_stage_, bytes), "offloaded matrices' device buffer");
-    weight_stage_bytes_ = bytes;
-  }
   return t;
+}
+
+void CudaBackend::reserve_weight_stage(size_t bytes) {
+  if (bytes <= weight_stage_bytes_) return;
+  drop_graphs("a larger matrix than they were recorded with was loaded");  // (they read the old buffer)
+  ck(cudaDeviceSynchronize(), "synchronize");
+  if (weight_stage_) cudaFree(weight_stage_);
+  weight_stage_ = nullptr;
+  weight_stage_bytes_ = 0;
+  ck(cudaMalloc(&weight_stage_, bytes), "the device buffer of offloaded and FP8 matrices");
+  weight_stage_bytes_ = bytes;
+}
+
+Tensor CudaBackend::upload_fp8(const float* host, const std::vector<int64_t>& shape, DType dtype, bool host_memory) {
+  LLMSERVE_CHECK(shape.size() == 2, "upload_fp8: a matrix [rows, cols]");
+  LLMSERVE_CHECK(dtype == dtype_ && dtype_ != DType::F32, "cuda backend: FP8 weights need a 16-bit dtype (bfloat16 or float16)");
+  const int64_t rows = shape[0], cols = shape[1];
+  // One allocation: the codes, then (16-byte aligned) the rows' scales.
+  const size_t codes = static_cast<size_t>(rows * cols), at = (codes + 15) / 16 * 16, size = at + 4 * static_cast<size_t>(rows);
+  Tensor q = empty({static_cast<int64_t>(size)}, DType::F8E4M3);
+  q.shape = shape;
+  q.scale = reinterpret_cast<const float*>(static_cast<char*>(q.data) + at);
+  {
+    Tensor tmp = empty(shape, DType::F32);
+    ck(cudaMemcpy(tmp.data, host, codes * sizeof(float), cudaMemcpyHostToDevice), "upload");
+    cuda::fp8_quantize_rows(tmp.as<float>(), rows, cols, static_cast<__nv_fp8_e4m3*>(q.data), const_cast<float*>(q.scale),
+                            stream());
+  }
+  // A GEMM of many tokens reads the matrix expanded to 16 bits (dequantized()).
+  reserve_weight_stage(std::max<size_t>(codes * dtype_size(dtype_), 256));
+  return host_memory ? to_host_memory(q, size) : q;
+}
+
+// The kernels that read the expansion must be launched under a cuda::PdlHold: they request their weights
+// before pdl_enter(), which would let them read the buffer before this expansion has written it.
+Tensor CudaBackend::dequantized(const Tensor& w) {
+  if (w.dtype != DType::F8E4M3) return w;
+  const int64_t rows = rows_of(w), cols = cols_of(w);
+  Tensor d;
+  d.shape = w.shape;
+  d.dtype = dtype_;
+  LLMSERVE_CHECK(w.scale && d.bytes() <= weight_stage_bytes_, "cuda backend: an FP8 matrix without scales, or past the device buffer");
+  d.data = weight_stage_;
+  dispatch(dtype_, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    cuda::fp8_dequantize_rows<T>(static_cast<const __nv_fp8_e4m3*>(w.data), w.scale, rows, cols, static_cast<T*>(d.data), stream());
+  });
+  ++dequantized_;
+  return d;
 }
 
 const void* CudaBackend::gemm_weight(const Tensor& w) {
@@ -276,6 +323,14 @@ const void* CudaBackend::gemm_weight(const Tensor& w) {
 void CudaBackend::download(const Tensor& t, float* host) {
   const int64_t n = t.numel();
   if (n == 0) return;
+  if (t.dtype == DType::F8E4M3) {  // codes times scales
+    LLMSERVE_CHECK(t.scale != nullptr, "cuda backend: an FP8 tensor without scales");
+    Tensor tmp = empty(t.shape, DType::F32);
+    cuda::fp8_dequantize_rows<float>(static_cast<const __nv_fp8_e4m3*>(t.data), t.scale, rows_of(t), cols_of(t),
+                                     tmp.as<float>(), stream());
+    ck(cudaMemcpy(host, tmp.data, n * sizeof(float), cudaMemcpyDeviceToHost), "download");
+    return;
+  }
   if (t.dtype == DType::F32) {
     ck(cudaMemcpy(host, t.data, n * sizeof(float), cudaMemcpyDeviceToHost), "download");
     return;
@@ -596,6 +651,34 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
   if (T == 0 || N == 0) return;
   LLMSERVE_CHECK(out.dtype == x.dtype || out.dtype == DType::F32, "cuda backend: linear output type");
   LLMSERVE_CHECK(!bias || bias->dtype == out.dtype, "cuda backend: the bias must have the output's type");
+  if (w.dtype == DType::F8E4M3) {
+    // 1-4 tokens: the GEMV streams the codes; 5-16: the skinny GEMMs, on tensor cores over the codes.
+    const bool gemv = T <= 4 && x.dtype != DType::F32, tiles = !gemv && skinny_fp8(T, x, {&w});
+    if ((gemv || tiles) && (!bias || bias->dtype == DType::F32)) {
+      dispatch(x.dtype, [&](auto* tag) {
+        using TT = std::remove_pointer_t<decltype(tag)>;
+        if constexpr (!std::is_same_v<TT, float>) {
+          const auto* wc = static_cast<const __nv_fp8_e4m3*>(w.data);
+          const float* bp = bias ? bias->as<float>() : nullptr;
+          auto run = [&](auto* out_tag) {
+            using TO = std::remove_pointer_t<decltype(out_tag)>;
+            if (gemv)
+              cuda::gemv<TT, TO>(x.as<TT>(), wc, w.scale, bp, T, K, N, out.as<TO>(), stream());
+            else
+              cuda::skinny_gemm<TT, TO>(x.as<TT>(), wc, w.scale, bp, T, K, N, out.as<TO>(), stream());
+          };
+          if (out.dtype == DType::F32)
+            run(static_cast<float*>(nullptr));
+          else
+            run(static_cast<TT*>(nullptr));
+        }
+      });
+      return;
+    }
+    const Tensor wd = dequantized(w);
+    const cuda::PdlHold hold;  // (the kernels below request their weights early: not before the expansion is done)
+    return linear(x, wd, bias, out);
+  }
   LLMSERVE_CHECK(w.dtype == x.dtype, "cuda backend: linear operands must have one type");
   if (T <= 4 && (!bias || bias->dtype == DType::F32)) {
     // A few tokens (decode): weight-streaming GEMV at the memory bandwidth.
@@ -627,6 +710,15 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
   }
   run_gemm(gemm_for(N, T, K, x.dtype, out.dtype, bias != nullptr), w, x.data, bias ? bias->data : nullptr, 0.f,
            out.data);
+}
+
+bool CudaBackend::skinny_fp8(int64_t T, const Tensor& x, std::initializer_list<const Tensor*> weights) const {
+  if (!skinny_on_ || (x.dtype != DType::BF16 && x.dtype != DType::F16) || reinterpret_cast<uintptr_t>(x.data) % 16 != 0 ||
+      !cuda::skinny_gemm_fits(T, cols_of(x), {}))
+    return false;
+  for (const Tensor* w : weights)
+    if (w->dtype != DType::F8E4M3 || !w->scale || reinterpret_cast<uintptr_t>(w->data) % 16 != 0) return false;
+  return true;
 }
 
 bool CudaBackend::skinny(int64_t T, std::initializer_list<const Tensor*> operands) const {
@@ -734,9 +826,33 @@ void CudaBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
 
 void CudaBackend::linear_residual(const Tensor& a, const Tensor& w, Tensor& /*y: not needed*/, Tensor& x) {
   const int64_t T = rows_of(a), K = cols_of(a), N = rows_of(w);
-  LLMSERVE_CHECK(cols_of(w) == K && w.dtype == a.dtype && x.dtype == DType::F32 && rows_of(x) == T && cols_of(x) == N,
+  LLMSERVE_CHECK(cols_of(w) == K && (w.dtype == a.dtype || w.dtype == DType::F8E4M3) && x.dtype == DType::F32 &&
+                     rows_of(x) == T && cols_of(x) == N,
                  "cuda backend: linear_residual shapes or types");
   if (T == 0 || N == 0) return;
+  if (w.dtype == DType::F8E4M3) {
+    if (skinny_fp8(T, a, {&w})) {
+      dispatch(a.dtype, [&](auto* tag) {
+        using TT = std::remove_pointer_t<decltype(tag)>;
+        if constexpr (!std::is_same_v<TT, float>)
+          cuda::skinny_gemm<TT, float>(a.as<TT>(), static_cast<const __nv_fp8_e4m3*>(w.data), w.scale, nullptr, T, K, N,
+                                       x.as<float>(), stream(), true);
+      });
+      return;
+    }
+    if (T > 4 || a.dtype == DType::F32) {
+      const Tensor wd = dequantized(w);
+      const cuda::PdlHold hold;  // (as in linear)
+      return linear_residual(a, wd, x, x);
+    }
+    dispatch(a.dtype, [&](auto* tag) {
+      using TT = std::remove_pointer_t<decltype(tag)>;
+      if constexpr (!std::is_same_v<TT, float>)
+        cuda::gemv<TT, float>(a.as<TT>(), static_cast<const __nv_fp8_e4m3*>(w.data), w.scale, nullptr, T, K, N,
+                              x.as<float>(), stream(), true);
+    });
+    return;
+  }
   if (T <= 4) {  // weight-streaming GEMV adding into x
     dispatch(a.dtype, [&](auto* tag) {
       using TT = std::remove_pointer_t<decltype(tag)>;
@@ -763,15 +879,46 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
   // A few tokens (decode): the norm, the projections, RoPE and the cache write in one weight-streaming
   // launch.
   const int64_t T = rows_of(x), K = cols_of(x);
-  const DType wt = wq.dtype;
-  bool fused = T >= 1 && T <= 4 && x.dtype == DType::F32 && norm.w.dtype == wt && q.dtype == DType::F32 &&
+  const DType wt = norm.w.dtype;  // (the activations'; the matrices' too, or FP8 codes)
+  const bool fp8 = wq.dtype == DType::F8E4M3;
+  bool fused = T >= 1 && T <= 4 && x.dtype == DType::F32 && !(fp8 && wt == DType::F32) && q.dtype == DType::F32 &&
                k_cache.dtype == wt && v_cache.dtype == wt && D % 2 == 0 && rows_of(wq) == cols_of(q) &&
                k_cache.dim(3) == D && rows_of(wk) == k_cache.dim(2) * D && rows_of(wv) == rows_of(wk) &&
                cuda::norm_smem_bytes(T, K, dtype_size(wt)) <= cuda::kMaxNormSmem;
   for (const Tensor* b : {bq, bk, bv}) fused = fused && (!b || b->dtype == DType::F32);
-  for (const Tensor* w : {&wq, &wk, &wv}) fused = fused && w->dtype == wt && cols_of(*w) == K;
+  for (const Tensor* w : {&wq, &wk, &wv}) fused = fused && w->dtype == wq.dtype && (fp8 || w->dtype == wt) && cols_of(*w) == K;
   const cuda::RopeCacheWrite target{q.as<float>(), k_cache.data, v_cache.data, positions_.ptr, slots_.ptr,
                                     inv_freq.as<float>(), rows_of(wq) / D, rows_of(wk) / D, D};
+  if (fp8 && !fused) {
+    // 5-16 tokens: the skinny launch over the stacked codes; more (or biases on some of the three only):
+    // the stacked matrix expanded to 16 bits once, then as 16-bit weights (the default's three linear()
+    // calls expand one at a time where the matrices are not stacked).
+    if (!stacked_rows({&wq, &wk, &wv}))
+      return Backend::norm_qkv_rope_kv_write(x, norm, wq, bq, q, wk, bk, k, wv, bv, v, inv_freq, D, k_cache, v_cache);
+    const bool biases = bq && bk && bv, none = !bq && !bk && !bv;
+    const Tensor stacked = stacked_view({&wq, &wk, &wv});
+    if (skinny_fp8(T, norm.h, {&stacked}) && (none || (biases && stacked_rows({bq, bk, bv}) && bq->dtype == DType::F32)) &&
+        x.dtype == DType::F32 && q.dtype == DType::F32 && k_cache.dtype == wt && v_cache.dtype == wt && D % 16 == 0 &&
+        k_cache.dim(3) == D && rows_of(wk) == k_cache.dim(2) * D && rows_of(wv) == rows_of(wk) && rows_of(wq) % D == 0 &&
+        cols_of(q) == rows_of(wq)) {
+      // 5-16 tokens: the norm, then the projections, RoPE and the cache write in one launch over the codes.
+      rmsnorm(x, norm.w, norm.eps, norm.h);
+      Tensor b;
+      if (biases) b = stacked_view({bq, bk, bv});
+      dispatch(wt, [&](auto* tag) {
+        using TT = std::remove_pointer_t<decltype(tag)>;
+        if constexpr (!std::is_same_v<TT, float>)
+          cuda::skinny_qkv_rope<TT>(norm.h.as<TT>(), static_cast<const __nv_fp8_e4m3*>(stacked.data), stacked.scale,
+                                    biases ? b.as<float>() : nullptr, T, K, target, stream());
+      });
+      return;
+    }
+    const Tensor w = dequantized(stacked);
+    const int64_t nq = rows_of(wq), nkv = rows_of(wk);
+    const cuda::PdlHold hold;  // (as in linear)
+    return norm_qkv_rope_kv_write(x, norm, rows_view(w, 0, nq), bq, q, rows_view(w, nq, nkv), bk, k,
+                                  rows_view(w, nq + nkv, nkv), bv, v, inv_freq, D, k_cache, v_cache);
+  }
   if (!fused) {
     // More tokens: with q/k/v stacked (as the model loads them; biases all stacked too, or none), one
     // GEMM into rows of (q | k | v), then RoPE reading those rows and writing the queries out.
@@ -807,31 +954,41 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
     });
     return;
   }
-  cuda::QkvRope a{target, {}, {}};
+  cuda::QkvRope a{target, {}, {}, {}};
   const Tensor* ws[3] = {&wq, &wk, &wv};
   const Tensor* bs[3] = {bq, bk, bv};
   for (int j = 0; j < 3; ++j) {
     a.w[j] = ws[j]->data;
     a.bias[j] = bs[j] ? bs[j]->as<float>() : nullptr;
+    a.scale[j] = ws[j]->scale;
   }
   dispatch(wt, [&](auto* tag) {
     using TT = std::remove_pointer_t<decltype(tag)>;
-    cuda::gemv_qkv_rope<TT>(x.as<float>(), norm.w.as<TT>(), norm.eps, T, K, a, stream());
+    if (!fp8) return cuda::gemv_qkv_rope<TT>(x.as<float>(), norm.w.as<TT>(), norm.eps, T, K, a, stream());
+    if constexpr (!std::is_same_v<TT, float>)
+      cuda::gemv_qkv_rope<TT, __nv_fp8_e4m3>(x.as<float>(), norm.w.as<TT>(), norm.eps, T, K, a, stream());
   });
 }
 
 void CudaBackend::norm_gate_up_silu(const Tensor& x, const InputNorm& norm, const Tensor& w_gate, const Tensor& w_up,
                                     Tensor& gate_up, Tensor& act) {
   const int64_t T = rows_of(x), K = cols_of(x);
-  const DType wt = w_gate.dtype;
-  const bool fused = T >= 1 && T <= 4 && x.dtype == DType::F32 && norm.w.dtype == wt && w_up.dtype == wt &&
-                     act.dtype == wt && cols_of(w_gate) == K && cols_of(w_up) == K &&
+  const DType wt = norm.w.dtype;  // (the activations'; the matrices' too, or FP8 codes)
+  const bool fp8 = w_gate.dtype == DType::F8E4M3;
+  const bool fused = T >= 1 && T <= 4 && x.dtype == DType::F32 && (fp8 ? wt != DType::F32 : w_gate.dtype == wt) &&
+                     w_up.dtype == w_gate.dtype && act.dtype == wt && cols_of(w_gate) == K && cols_of(w_up) == K &&
                      cuda::norm_smem_bytes(T, K, dtype_size(wt)) <= cuda::kMaxNormSmem;
   if (!fused) return Backend::norm_gate_up_silu(x, norm, w_gate, w_up, gate_up, act);
   dispatch(wt, [&](auto* tag) {
     using TT = std::remove_pointer_t<decltype(tag)>;
-    cuda::gemv_norm_gate_up_silu<TT>(x.as<float>(), norm.w.as<TT>(), norm.eps, w_gate.as<TT>(), w_up.as<TT>(), T, K,
-                                     rows_of(w_gate), act.as<TT>(), stream());
+    if (!fp8)
+      return cuda::gemv_norm_gate_up_silu<TT, TT>(x.as<float>(), norm.w.as<TT>(), norm.eps, w_gate.as<TT>(), w_up.as<TT>(),
+                                                  nullptr, nullptr, T, K, rows_of(w_gate), act.as<TT>(), stream());
+    if constexpr (!std::is_same_v<TT, float>)
+      cuda::gemv_norm_gate_up_silu<TT, __nv_fp8_e4m3>(x.as<float>(), norm.w.as<TT>(), norm.eps,
+                                                      static_cast<const __nv_fp8_e4m3*>(w_gate.data),
+                                                      static_cast<const __nv_fp8_e4m3*>(w_up.data), w_gate.scale,
+                                                      w_up.scale, T, K, rows_of(w_gate), act.as<TT>(), stream());
   });
 }
 
@@ -849,6 +1006,34 @@ void CudaBackend::rope_kv_write(Tensor& q, Tensor& k, const Tensor& v, const Ten
 void CudaBackend::gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate_up,
                                Tensor& act) {
   const int64_t T = rows_of(x), I = rows_of(w_gate);
+  if (w_gate.dtype == DType::F8E4M3 || w_up.dtype == DType::F8E4M3) {
+    if (T >= 1 && T <= 4 && x.dtype != DType::F32 && act.dtype == x.dtype && w_gate.dtype == w_up.dtype) {
+      dispatch(x.dtype, [&](auto* tag) {
+        using TT = std::remove_pointer_t<decltype(tag)>;
+        if constexpr (!std::is_same_v<TT, float>)
+          cuda::gemv_gate_up_silu<TT, __nv_fp8_e4m3>(x.as<TT>(), static_cast<const __nv_fp8_e4m3*>(w_gate.data),
+                                                     static_cast<const __nv_fp8_e4m3*>(w_up.data), w_gate.scale,
+                                                     w_up.scale, T, cols_of(x), I, act.as<TT>(), stream());
+      });
+      return;
+    }
+    if (skinny_fp8(T, x, {&w_gate, &w_up}) && act.dtype == x.dtype && rows_of(w_up) == I && cols_of(w_gate) == cols_of(x) &&
+        cols_of(w_up) == cols_of(x) && rows_of(act) == T && cols_of(act) == I) {
+      dispatch(x.dtype, [&](auto* tag) {
+        using TT = std::remove_pointer_t<decltype(tag)>;
+        if constexpr (!std::is_same_v<TT, float>)
+          cuda::skinny_gate_up_silu<TT, __nv_fp8_e4m3>(x.as<TT>(), static_cast<const __nv_fp8_e4m3*>(w_gate.data),
+                                                       static_cast<const __nv_fp8_e4m3*>(w_up.data), w_gate.scale,
+                                                       w_up.scale, T, cols_of(x), I, act.as<TT>(), stream());
+      });
+      return;
+    }
+    // More tokens: the stacked pair expanded to 16 bits once (else one at a time by the default's linear()).
+    if (!stacked_rows({&w_gate, &w_up})) return Backend::gate_up_silu(x, w_gate, w_up, gate_up, act);
+    const Tensor w = dequantized(stacked_view({&w_gate, &w_up}));
+    const cuda::PdlHold hold;  // (as in linear)
+    return gate_up_silu(x, rows_view(w, 0, I), rows_view(w, I, rows_of(w_up)), gate_up, act);
+  }
   if (skinny(T, {&x, &w_gate, &w_up}) && act.dtype == x.dtype && w_gate.dtype == x.dtype &&
       w_up.dtype == x.dtype && cols_of(w_gate) == cols_of(x) && cols_of(w_up) == cols_of(x) && rows_of(w_up) == I &&
       rows_of(act) == T && cols_of(act) == I) {
@@ -876,8 +1061,8 @@ void CudaBackend::gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tens
     return Backend::gate_up_silu(x, w_gate, w_up, gate_up, act);
   dispatch(x.dtype, [&](auto* tag) {
     using TT = std::remove_pointer_t<decltype(tag)>;
-    cuda::gemv_gate_up_silu<TT>(x.as<TT>(), w_gate.as<TT>(), w_up.as<TT>(), T, cols_of(x), rows_of(w_gate), act.as<TT>(),
-                                stream());
+    cuda::gemv_gate_up_silu<TT, TT>(x.as<TT>(), w_gate.as<TT>(), w_up.as<TT>(), nullptr, nullptr, T, cols_of(x),
+                                    rows_of(w_gate), act.as<TT>(), stream());
   });
 }
 

@@ -26,6 +26,11 @@ class CudaBackend : public Backend {
   Tensor empty(const std::vector<int64_t>& shape, DType dtype) override;
   Tensor upload(const float* host, const std::vector<int64_t>& shape, DType dtype) override;
   Tensor upload_to_host_memory(const float* host, const std::vector<int64_t>& shape, DType dtype) override;
+  // FP8 E4M3 codes and row scales (kernels/fp8.h), quantized on the device: the weight-streaming GEMVs of
+  // 1-4 tokens read the codes (half the bytes); other token counts expand the matrix into a device
+  // buffer of the activation type first (dequantized), and run as with 16-bit weights.
+  Tensor upload_fp8(const float* host, const std::vector<int64_t>& shape, DType dtype, bool host_memory) override;
+  DType fp8_matrix_dtype() const override { return DType::F8E4M3; }
   void download(const Tensor& t, float* host) override;
   void copy_to_host(const Tensor& src, size_t offset, size_t bytes, void* dst) override;
   void copy_from_host(Tensor& dst, size_t offset, size_t bytes, const void* src) override;
@@ -86,6 +91,9 @@ class CudaBackend : public Backend {
   // on the skinny GEMMs (cuda::skinny_gemm: 5-16 tokens, weights of up to cuda::kSkinnyMaxWeights
   // elements) instead of cuBLASLt.
   bool skinny(int64_t T, std::initializer_list<const Tensor*> operands) const;
+  // The same for FP8 weights (their codes read by the skinny GEMMs, widened in registers): any size, the
+  // alternative being to expand the matrix into 16 bits first.
+  bool skinny_fp8(int64_t T, const Tensor& x, std::initializer_list<const Tensor*> weights) const;
   void set_skinny_gemms(bool on) { skinny_on_ = on; }
   static constexpr int64_t kGemmExactUpTo = 256, kGemmBucket = 64;
   // Every bucket of every weight shape seen, up to the largest token count seen with it: the heuristic
@@ -95,6 +103,8 @@ class CudaBackend : public Backend {
   int64_t gemm_heuristic_calls() const { return heuristic_calls_; }
   // Copies of offloaded matrices queued for cuBLASLt GEMMs so far (gemm_weight; a test's count).
   int64_t offloaded_gemm_copies() const { return offloaded_copies_; }
+  // FP8 matrices expanded to 16 bits so far (dequantized; a test's count).
+  int64_t dequantized_matrices() const { return dequantized_; }
   // The token count whose heuristic answer serves `n` tokens.
   static int64_t gemm_token_bucket(int64_t n);
 
@@ -150,6 +160,15 @@ class CudaBackend : public Backend {
   const void* gemm_weight(const Tensor& w);
   // Destroys the recorded graphs (they read a buffer about to be replaced), with a warning why.
   void drop_graphs(const char* why);
+  // staged's first `size` bytes copied into pinned host memory mapped into the device's address space
+  // (registered for gemm_weight); the tensor's scales, if any, moved along.
+  Tensor to_host_memory(const Tensor& staged, size_t size);
+  // weight_stage_ at least `bytes` large.
+  void reserve_weight_stage(size_t bytes);
+  // w itself, or where w holds FP8 codes, the matrix they stand for in the activation type, expanded
+  // into weight_stage_ (valid until the next call: ops use it at once, in stream order, launching the
+  // kernels that read it under a cuda::PdlHold).
+  Tensor dequantized(const Tensor& w);
 
   int device_;
   DType dtype_;
@@ -203,9 +222,11 @@ class CudaBackend : public Backend {
     const char* host;
   };
   std::shared_ptr<std::map<const char*, HostWeight>> host_weights_ = std::make_shared<std::map<const char*, HostWeight>>();
-  void* weight_stage_ = nullptr;  // as large as the largest of them (gemm_weight)
+  // As large as the largest of them (gemm_weight), and as the largest FP8 matrix in 16 bits (dequantized).
+  void* weight_stage_ = nullptr;
   size_t weight_stage_bytes_ = 0;
   int64_t offloaded_copies_ = 0;
+  int64_t dequantized_ = 0;
 };
 
 // The CUDA backend on this rank's GPU (local_rank modulo the GPUs visible); throws Error when there
