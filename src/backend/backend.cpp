@@ -36,6 +36,7 @@ Tensor Backend::upload_fp8(const float* host, const std::vector<int64_t>& shape,
   LLMSERVE_CHECK(shape.size() == 2, "upload_fp8: a matrix [rows, cols]");
   const int64_t rows = shape[0], cols = shape[1];
   std::vector<float> values(static_cast<size_t>(rows * cols));
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const float* in = host + r * cols;
     float amax = 0.f;
