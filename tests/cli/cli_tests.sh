@@ -100,6 +100,10 @@ check "bad block size" 1 "block_size must be one of" -- "$llmserve" logits "$wor
 check "bad gpu_memory_utilization" 1 "gpu_memory_utilization must be in \(0, 1\]" -- \
   "$llmserve" logits "$work/good.yaml" --gpu-memory-utilization 1.5 --prompt-ids 1
 check "unknown flag" 1 "unknown option '--tensor-paralel-size'" -- "$llmserve" logits "$work/good.yaml" --tensor-paralel-size 2 --prompt-ids 1
+check "quantization llmserve cannot honour" 1 "quantization 'awq' is not supported.*use none or fp8" --once -- \
+  "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -tp 2 --quantization awq --prompt-ids 1
+check "quantization fp8 on the CPU backend runs" 0 '"generated_ids":\[[0-9]+,[0-9]+\]' -- \
+  "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -tp 2 --quantization fp8 --prompts "$work/prompts.jsonl" --max-tokens 2
 check "missing config file" 1 "cannot read '/nonexistent.yaml'" -- "$llmserve" logits /nonexistent.yaml --prompt-ids 1
 check "no model" 1 "model is required" -- "$llmserve" logits --prompt-ids 1
 
