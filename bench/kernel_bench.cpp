@@ -8,7 +8,8 @@
 //  - prefill attention (one causal 2048-token sequence) in TFLOP/s against the GEMM peak;
 //  - the host cost of a GEMM at a token count not seen before, and the GPU time of a layer's GEMMs
 //    with the algorithm of the count's bucket against the heuristic's answer for the exact count;
-//  - a chain of GEMVs of growing size (the fixed cost per kernel and the steady-state bandwidth);
+//  - a chain of GEMVs of growing size (the fixed cost per kernel and the steady-state bandwidth), with
+//    bf16 and with FP8 weights (quantization: fp8);
 //  - a batch-1 decode layer (Qwen2.5-1.5B shape) op by op and whole, over 28 layers of distinct weights
 //    (streaming from memory as in the model), in GB/s of weights and K/V read;
 //  - the sampler's greedy draw over vocabulary-sized logits rows in GB/s.
@@ -80,7 +81,7 @@ Tensor random_tensor(CudaBackend& be, std::vector<int64_t> shape, DType dt, floa
   std::mt19937 g(1);
   std::uniform_real_distribution<float> u(-scale, scale);
   for (auto& x : v) x = u(g);
-  return be.upload(v.data(), shape, dt);
+  return dt == DType::F8E4M3 ? be.upload_fp8(v.data(), shape, be.compute_dtype(), false) : be.upload(v.data(), shape, dt);
 }
 
 // A step of `seqs` sequences: each a run of `q_len` new tokens at the end of `ctx` cached ones.
@@ -647,17 +648,20 @@ int main(int argc, char** argv) {
     // graph (weights from HBM, as a decode step streams its layers), for growing N; the least-squares
     // line through (bytes, time) gives the steady-state bandwidth (slope) and the per-kernel cost that
     // does not shrink with the bytes (intercept: launch, wait on the previous kernel, ramp and tail).
-    {
-      std::printf("\n%-44s %10s %12s %10s\n", "GEMV chain (28 distinct N x 1536, 1 token)", "us/call", "rate", "of copy");
+    // The same with FP8 weights (quantization: fp8; a byte a weight and a scale a row).
+    for (const DType wt : {DType::BF16, DType::F8E4M3}) {
+      std::printf("\n%-44s %10s %12s %10s\n",
+                  wt == DType::BF16 ? "GEMV chain (28 distinct N x 1536, 1 token)" : "GEMV chain, fp8 weights", "us/call",
+                  "rate", "of copy");
       double sx = 0, sy = 0, sxx = 0, sxy = 0;
       int pts = 0;
       for (int64_t N : {int64_t(1536), int64_t(4480), int64_t(8960), int64_t(17920), int64_t(35840)}) {
         const int64_t K = 1536, chain = 28;
         std::vector<Tensor> ws;
-        for (int64_t i = 0; i < chain; ++i) ws.push_back(random_tensor(be, {N, K}, DType::BF16));
+        for (int64_t i = 0; i < chain; ++i) ws.push_back(random_tensor(be, {N, K}, wt));
         Tensor x = random_tensor(be, {1, K}, DType::BF16), y = be.empty({1, N}, DType::F32);
         const double ms = graph_ms(be, [&] { for (auto& w : ws) be.linear(x, w, nullptr, y); }, 1) / chain;
-        const double bytes = 2.0 * N * K, gbs = bytes / (ms * 1e-3) / 1e9;
+        const double bytes = (wt == DType::BF16 ? 2.0 : 1.0) * N * K, gbs = bytes / (ms * 1e-3) / 1e9;
         char name[96];
         std::snprintf(name, sizeof name, "N=%lld (%.1f MB)", static_cast<long long>(N), bytes / 1e6);
         std::printf("%-44s %10.2f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
