@@ -99,16 +99,17 @@ __global__ void to_float_k(const T* in, int64_t n, float* out) {
 }
 // One block per row: the row's largest magnitude, its scale exponent, then the codes (kernels/fp8.h: the
 // host's arithmetic, so the same bits).
-__global__ void fp8_quantize_rows_k(const float* in, int64_t cols, __nv_fp8_e4m3* codes, float* scales) {
+template <typename TI>
+__global__ void fp8_quantize_rows_k(const TI* in, int64_t cols, __nv_fp8_e4m3* codes, float* scales) {
   pdl_enter();
-  const float* row = in + blockIdx.x * cols;
+  const TI* row = in + blockIdx.x * cols;
   float amax = 0.f;
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) amax = fmaxf(amax, fabsf(row[c]));
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) amax = fmaxf(amax, fabsf(to_f(row[c])));
   amax = block_reduce(amax, [](float a, float b) { return fmaxf(a, b); }, 0.f);
   const int e = fp8_scale_exponent(amax);
   if (threadIdx.x == 0) scales[blockIdx.x] = fp8_pow2(e);
   unsigned char* out = reinterpret_cast<unsigned char*>(codes) + blockIdx.x * cols;
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[c] = fp8_quantize(row[c], e);
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) out[c] = fp8_quantize(to_f(row[c]), e);
 }
 // One block per row, 16 codes a thread at a time where the row is whole 16-byte units.
 template <typename T>
@@ -133,9 +134,10 @@ __global__ void fp8_dequantize_rows_k(const __nv_fp8_e4m3* codes, const float* s
 }
 }  // namespace
 
-void fp8_quantize_rows(const float* in, int64_t rows, int64_t cols, __nv_fp8_e4m3* codes, float* scales, cudaStream_t s) {
+template <typename TI>
+void fp8_quantize_rows(const TI* in, int64_t rows, int64_t cols, __nv_fp8_e4m3* codes, float* scales, cudaStream_t s) {
   if (rows == 0) return;
-  launch("fp8_quantize_rows", fp8_quantize_rows_k, static_cast<unsigned>(rows), 256, 0, s, in, cols, codes, scales);
+  launch("fp8_quantize_rows", fp8_quantize_rows_k<TI>, static_cast<unsigned>(rows), 256, 0, s, in, cols, codes, scales);
 }
 template <typename T>
 void fp8_dequantize_rows(const __nv_fp8_e4m3* codes, const float* scales, int64_t rows, int64_t cols, T* out,
@@ -197,7 +199,8 @@ void to_float(const T* in, int64_t n, float* out, cudaStream_t s) {
   template void gather_rows<T>(const T*, const int32_t*, int64_t, int64_t, T*, cudaStream_t);                        \
   template void from_float<T>(const float*, int64_t, T*, cudaStream_t);                                              \
   template void to_float<T>(const T*, int64_t, float*, cudaStream_t);                                                  \
-  template void fp8_dequantize_rows<T>(const __nv_fp8_e4m3*, const float*, int64_t, int64_t, T*, cudaStream_t);
+  template void fp8_dequantize_rows<T>(const __nv_fp8_e4m3*, const float*, int64_t, int64_t, T*, cudaStream_t);   \
+  template void fp8_quantize_rows<T>(const T*, int64_t, int64_t, __nv_fp8_e4m3*, float*, cudaStream_t);
 LLMSERVE_FOR_EACH_TYPE(INSTANTIATE)
 #define INSTANTIATE_MIXED(T)                                                                                     \
   template void embedding<T, float>(const T*, int64_t, int64_t, const int32_t*, int64_t, int64_t, float*, cudaStream_t); \

@@ -126,7 +126,9 @@ struct PdlHold {
 // FP8 E4M3 matrices (`quantization: fp8`): codes [rows, cols] and a power-of-two scale per row from
 // float32 values (kernels/fp8.h, the host's rounding), and back to the values they stand for (codes
 // times scales) in T.
-void fp8_quantize_rows(const float* in, int64_t rows, int64_t cols, __nv_fp8_e4m3* codes, float* scales, cudaStream_t s);
+// (Also the activations of an FP8 GEMM, a scale per token: in of the activation type.)
+template <typename TI>
+void fp8_quantize_rows(const TI* in, int64_t rows, int64_t cols, __nv_fp8_e4m3* codes, float* scales, cudaStream_t s);
 template <typename T>
 void fp8_dequantize_rows(const __nv_fp8_e4m3* codes, const float* scales, int64_t rows, int64_t cols, T* out,
                          cudaStream_t s);

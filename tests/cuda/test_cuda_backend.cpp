@@ -11,6 +11,7 @@
 #include "backend/cuda/cuda_backend.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/ops.cuh"
+#include "kernels/fp8.h"
 
 using namespace llmserve;
 
@@ -691,6 +692,7 @@ TEST_P(CudaOps, Fp8MatricesMatchTheCpuReference) {
     return;
   }
   std::mt19937 g(17);
+  gpu->set_fp8_gemm(false);  // (many tokens: the expansion here; FP8 GEMMs in Fp8GemmsMatchQuantizedActivations)
   const int64_t bs = 8, Hq = 6, Hk = 2, D = 64, H = 96, I = 160, blocks = 64;
   // Quantization: rows scaled from 2^-20 to 2^20, with exact ties (half-way between codes) in them.
   {
@@ -856,6 +858,73 @@ TEST_P(CudaOps, Fp8MatricesMatchTheCpuReference) {
       }
     }
   }
+}
+
+// FP8 GEMMs (more than 16 tokens over FP8 matrices): the activations quantized per token (the weights'
+// rule: a power-of-two scale per row) and cuBLASLt's E4M3 x E4M3 with both scale vectors give the CPU
+// reference over the quantized weights and quantized activations within 2e-4 (float32 sums in another
+// order, and the tensor cores' own accumulation) (into float32, with
+// a bias; into the activation type; adding into a float32 residual; stacked gate/up with SiLU), one FP8
+// GEMM per op and no expansion; prepare_gemms readies them too.
+TEST_P(CudaOps, Fp8GemmsMatchQuantizedActivations) {
+  const DType dt = GetParam();
+  if (dt == DType::F32) GTEST_SKIP() << "FP8 weights need 16-bit activations";
+  std::mt19937 g(23);
+  gpu->set_fp8_gemm(true);
+  const int64_t K = 256, N = 320, I = 160;
+  const auto wv = randn(N * K, g, 0.1f), guv = randn(2 * I * K, g, 0.1f), ov = randn(K * N, g, 0.1f);
+  const Tensor wc = cpu.upload_fp8(wv.data(), {N, K}, DType::F32, false), w8 = gpu->upload_fp8(wv.data(), {N, K}, dt, false);
+  const Tensor guc = cpu.upload_fp8(guv.data(), {2 * I, K}, DType::F32, false), gu8 = gpu->upload_fp8(guv.data(), {2 * I, K}, dt, false);
+  const Tensor oc = cpu.upload_fp8(ov.data(), {K, N}, DType::F32, false), o8 = gpu->upload_fp8(ov.data(), {K, N}, dt, false);
+  auto b = both(randn(N, g), {N}, DType::F32);
+  // The activations as the GPU quantizes them, on the host: x's 16-bit values, each row's scale, E4M3.
+  auto quantized = [&](const Tensor& xg, int64_t rows, int64_t cols) {
+    auto v = get(*gpu, xg);
+    for (int64_t r = 0; r < rows; ++r) {
+      float amax = 0.f;
+      for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(v[r * cols + c]));
+      const int e = fp8_scale_exponent(amax);
+      for (int64_t c = 0; c < cols; ++c) v[r * cols + c] = e4m3_to_f32(fp8_quantize(v[r * cols + c], e)) * fp8_pow2(e);
+    }
+    return cpu.upload(v.data(), {rows, cols}, DType::F32);
+  };
+  for (int64_t T : {17, 21, 64, 300}) {
+    const std::string at = std::to_string(T) + " tokens";
+    const auto xv = randn(T * K, g);
+    const Tensor xg = gpu->upload(xv.data(), {T, K}, dt), xq = quantized(xg, T, K);
+    Tensor c = cpu.empty({T, N}, DType::F32), y = gpu->empty({T, N}, DType::F32), z = gpu->empty({T, N}, dt);
+    const int64_t before = gpu->fp8_gemms(), expanded = gpu->dequantized_matrices();
+    cpu.linear(xq, wc, &b.first, c);
+    gpu->linear(xg, w8, &b.second, y);
+    expect_close(c, y, ("FP8 GEMM with a bias into float32, " + at).c_str(), 2e-4);
+    cpu.linear(xq, wc, nullptr, c);
+    gpu->linear(xg, w8, nullptr, z);
+    expect_close(c, z, ("FP8 GEMM into the activation type, " + at).c_str(), 1e-2);
+    // The residual form: x += a . o^T (beta 1 into float32).
+    const auto av = randn(T * N, g);
+    const Tensor ag = gpu->upload(av.data(), {T, N}, dt), aq = quantized(ag, T, N);
+    auto res = both(randn(T * K, g), {T, K}, DType::F32);
+    Tensor unused = cpu.empty({T, K}, DType::F32), ug;
+    cpu.linear_residual(aq, oc, unused, res.first);
+    gpu->linear_residual(ag, o8, ug, res.second);
+    expect_close(res.first, res.second, ("FP8 GEMM adding into the residual stream, " + at).c_str(), 2e-4);
+    // Stacked gate/up with SiLU-and-multiply.
+    Tensor s32 = cpu.empty({T, 2 * I}, DType::F32), actc = cpu.empty({T, I}, DType::F32);
+    Tensor sg = gpu->empty({T, 2 * I}, DType::F32), actg = gpu->empty({T, I}, dt);
+    cpu.gate_up_silu(xq, rows_view(guc, 0, I), rows_view(guc, I, I), s32, actc);
+    gpu->gate_up_silu(xg, rows_view(gu8, 0, I), rows_view(gu8, I, I), sg, actg);
+    expect_close(actc, actg, ("FP8 GEMM gate/up + SiLU, " + at).c_str(), 1e-2);
+    EXPECT_EQ(gpu->fp8_gemms() - before, 4) << at;
+    EXPECT_EQ(gpu->dequantized_matrices(), expanded) << at;
+  }
+  // prepare_gemms runs the FP8 shapes too (their scratch scales included), then they need no heuristic.
+  EXPECT_GT(gpu->prepare_gemms(), 0);
+  const int64_t asked = gpu->gemm_heuristic_calls();
+  const auto xv = randn(40 * K, g);
+  const Tensor xg = gpu->upload(xv.data(), {40, K}, dt);
+  Tensor y = gpu->empty({40, N}, DType::F32);
+  gpu->linear(xg, w8, &b.second, y);
+  EXPECT_EQ(gpu->gemm_heuristic_calls(), asked);
 }
 
 // prepare_gemms readies every bucket of each weight shape seen up to its largest count: later GEMMs at

@@ -87,6 +87,7 @@ void warn_ignored_switches() {
         {"LLMSERVE_CUDA_PDL", {"0", "1"}},
         {"LLMSERVE_STACKED_GEMMS", {"0", "1"}},
         {"LLMSERVE_SKINNY_GEMM", {"0", "1"}},
+        {"LLMSERVE_FP8_GEMM", {"0", "1"}},
         {"LLMSERVE_DECODE_ATTN_WARPS", {"4", "8"}},
         {"LLMSERVE_PREFILL_WGMMA", {"0", "1"}},
         {"LLMSERVE_PREFILL_KEYS", {"64", "128"}},
@@ -156,6 +157,10 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   // Linear layers of 5-16 tokens on the skinny GEMMs unless LLMSERVE_SKINNY_GEMM=0 (for measuring them).
   const char* e = std::getenv("LLMSERVE_SKINNY_GEMM");
   skinny_on_ = !(e && std::string(e) == "0");
+  // FP8 matrices in steps of more than 16 tokens: FP8 GEMMs over quantized activations unless
+  // LLMSERVE_FP8_GEMM=0 (the matrix expanded to 16 bits for a 16-bit GEMM instead).
+  const char* f = std::getenv("LLMSERVE_FP8_GEMM");
+  fp8_gemm_on_ = !(f && std::string(f) == "0");
 }
 
 CudaBackend::~CudaBackend() {
@@ -611,6 +616,11 @@ CudaBackend::Gemm& CudaBackend::gemm_for(int64_t m, int64_t n, int64_t k, DType 
       const cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
       lt(cublasLtMatmulDescSetAttribute(a.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep), "epilogue");
     }
+    if (dt == DType::F8E4M3) {  // a scale per weight row (A) and per token (B), applied to the products
+      const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+      lt(cublasLtMatmulDescSetAttribute(a.op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof mode), "a scale mode");
+      lt(cublasLtMatmulDescSetAttribute(a.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof mode), "b scale mode");
+    }
     Gemm probe;  // the bucket's top
     probe.op = a.op;
     try {
@@ -675,6 +685,7 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
       });
       return;
     }
+    if (fp8_gemm(T, x, w, out.dtype, bias != nullptr, 0.f, out.data, bias ? bias->data : nullptr)) return;
     const Tensor wd = dequantized(w);
     const cuda::PdlHold hold;  // (the kernels below request their weights early: not before the expansion is done)
     return linear(x, wd, bias, out);
@@ -721,6 +732,39 @@ bool CudaBackend::skinny_fp8(int64_t T, const Tensor& x, std::initializer_list<c
   return true;
 }
 
+bool CudaBackend::fp8_gemm_takes(int64_t T, int64_t K, int64_t N) const {
+  return fp8_gemm_on_ && T > cuda::kSkinnyMaxTokens && K % 16 == 0 && N % 16 == 0 && dtype_ != DType::F32;
+}
+
+bool CudaBackend::fp8_gemm(int64_t T, const Tensor& x, const Tensor& w, DType out, bool bias, float beta, void* y,
+                           const void* bias_data) {
+  const int64_t K = cols_of(x), N = rows_of(w);
+  if (!fp8_gemm_takes(T, K, N) || w.dtype != DType::F8E4M3 || !w.scale || x.dtype == DType::F32) return false;
+  const GemmKey key{N, 0, K, static_cast<int>(DType::F8E4M3), static_cast<int>(out), bias};
+  if (fp8_gemm_refused_.count(key)) return false;
+  Gemm* g = nullptr;
+  try {
+    g = &gemm_for(N, T, K, DType::F8E4M3, out, bias);
+  } catch (const Error& e) {  // (a type combination cuBLASLt has no FP8 kernel for: the expansion instead)
+    log_warn("FP8 GEMM ", N, "x", K, " into ", dtype_name(out), bias ? " with a bias" : "", " not available (", e.what(),
+             "); expanding the matrix instead");
+    fp8_gemm_refused_.insert(key);
+    return false;
+  }
+  // The activations quantized per token (a power-of-two scale each, as the weights' rows): codes, then scales.
+  const size_t codes = static_cast<size_t>(T * K), at = (codes + 15) / 16 * 16;
+  Tensor xq = empty({static_cast<int64_t>(at + 4 * static_cast<size_t>(T))}, DType::F8E4M3);
+  auto* xc = static_cast<__nv_fp8_e4m3*>(xq.data);
+  auto* xs = reinterpret_cast<float*>(static_cast<char*>(xq.data) + at);
+  dispatch(x.dtype, [&](auto* tag) {
+    using TT = std::remove_pointer_t<decltype(tag)>;
+    cuda::fp8_quantize_rows<TT>(x.as<TT>(), T, K, xc, xs, stream());
+  });
+  run_gemm(*g, w, xc, bias_data, beta, y, xs);
+  ++fp8_gemms_;
+  return true;
+}
+
 bool CudaBackend::skinny(int64_t T, std::initializer_list<const Tensor*> operands) const {
   const Tensor& x = **operands.begin();
   if (!skinny_on_ || !cuda::skinny_gemm_fits(T, cols_of(x), {})) return false;
@@ -732,9 +776,17 @@ bool CudaBackend::skinny(int64_t T, std::initializer_list<const Tensor*> operand
   return weights <= cuda::kSkinnyMaxWeights;
 }
 
-void CudaBackend::run_gemm(Gemm& g, const Tensor& weight, const void* x, const void* bias, float beta, void* out) {
+void CudaBackend::run_gemm(Gemm& g, const Tensor& weight, const void* x, const void* bias, float beta, void* out,
+                           const float* x_scale) {
   const void* w = gemm_weight(weight);
   if (bias) lt(cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias), "bias pointer");
+  if (weight.dtype == DType::F8E4M3) {
+    LLMSERVE_CHECK(weight.scale && x_scale, "cuda backend: an FP8 GEMM without its scales");
+    const void* sa = weight.scale;
+    const void* sb = x_scale;
+    lt(cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa), "a scale pointer");
+    lt(cublasLtMatmulDescSetAttribute(g.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb), "b scale pointer");
+  }
   const float alpha = 1.f;
   g.bucket->betas |= beta != 0.f ? 2u : 1u;
   lt(cublasLtMatmul(lt_, g.op, &alpha, w, g.a, x, g.b, &beta, out, g.c, out, g.c, &g.algo, workspace_, workspace_bytes_,
@@ -760,11 +812,14 @@ int64_t CudaBackend::prepare_gemms() {
     const DType ti = static_cast<DType>(in), to = static_cast<DType>(out);
     // Zeroed scratch operands of the largest count (their values do not matter, NaNs are kept out).
     Tensor w = empty({m, k}, ti), x = empty({top, k}, ti), y = empty({top, m}, to), b = empty({m}, to);
-    for (Tensor* t : {&w, &x, &y, &b}) ck(cudaMemsetAsync(t->data, 0, t->bytes(), stream()), "scratch");
+    Tensor ws = empty({m}, DType::F32), xs = empty({top}, DType::F32);  // (FP8 GEMMs' scales)
+    for (Tensor* t : {&w, &x, &y, &b, &ws, &xs}) ck(cudaMemsetAsync(t->data, 0, t->bytes(), stream()), "scratch");
+    if (ti == DType::F8E4M3) w.scale = ws.as<float>();
     for (int64_t n = 5; n <= top; n = n < kGemmExactUpTo ? n + 1 : gemm_token_bucket(n + 1))
       for (const float beta : {0.f, 1.f}) {  // (y stays zero: 0 . 0 + beta . 0)
         if (!(betas & (beta != 0.f ? 2u : 1u))) continue;
-        run_gemm(gemm_for(m, n, k, ti, to, bias), w, x.data, bias ? b.data : nullptr, beta, y.data);
+        run_gemm(gemm_for(m, n, k, ti, to, bias), w, x.data, bias ? b.data : nullptr, beta, y.data,
+                 ti == DType::F8E4M3 ? xs.as<float>() : nullptr);
         ++runs;
       }
   }
@@ -840,6 +895,7 @@ void CudaBackend::linear_residual(const Tensor& a, const Tensor& w, Tensor& /*y:
       });
       return;
     }
+    if (fp8_gemm(T, a, w, DType::F32, false, 1.f, x.data, nullptr)) return;
     if (T > 4 || a.dtype == DType::F32) {
       const Tensor wd = dequantized(w);
       const cuda::PdlHold hold;  // (as in linear)
@@ -913,11 +969,14 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
       });
       return;
     }
-    const Tensor w = dequantized(stacked);
-    const int64_t nq = rows_of(wq), nkv = rows_of(wk);
-    const cuda::PdlHold hold;  // (as in linear)
-    return norm_qkv_rope_kv_write(x, norm, rows_view(w, 0, nq), bq, q, rows_view(w, nq, nkv), bk, k,
-                                  rows_view(w, nq + nkv, nkv), bv, v, inv_freq, D, k_cache, v_cache);
+    // Many tokens: FP8 GEMMs in the composition below (its linear() calls), or the expansion.
+    if (!(fp8_gemm_takes(T, K, rows_of(stacked)) && wt != DType::F32)) {
+      const Tensor w = dequantized(stacked);
+      const int64_t nq = rows_of(wq), nkv = rows_of(wk);
+      const cuda::PdlHold hold;  // (as in linear)
+      return norm_qkv_rope_kv_write(x, norm, rows_view(w, 0, nq), bq, q, rows_view(w, nq, nkv), bk, k,
+                                    rows_view(w, nq + nkv, nkv), bv, v, inv_freq, D, k_cache, v_cache);
+    }
   }
   if (!fused) {
     // More tokens: with q/k/v stacked (as the model loads them; biases all stacked too, or none), one
@@ -1028,8 +1087,21 @@ void CudaBackend::gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tens
       });
       return;
     }
-    // More tokens: the stacked pair expanded to 16 bits once (else one at a time by the default's linear()).
-    if (!stacked_rows({&w_gate, &w_up})) return Backend::gate_up_silu(x, w_gate, w_up, gate_up, act);
+    // More tokens: FP8 GEMMs (the default's linear() calls, or the stacked one below), or the stacked pair
+    // expanded to 16 bits once (else one at a time by the default's linear()).
+    const bool fp8_gemms = fp8_gemm_takes(T, cols_of(x), 2 * I) && x.dtype != DType::F32;
+    if (!stacked_rows({&w_gate, &w_up}) || (fp8_gemms && !(T > 4 && stacked_gemms())))
+      return Backend::gate_up_silu(x, w_gate, w_up, gate_up, act);
+    if (fp8_gemms && gate_up.dtype == DType::F32 && gate_up.numel() >= 2 * T * I && rows_of(act) == T && cols_of(act) == I) {
+      Tensor gu = gate_up;
+      gu.shape = {T, 2 * I};
+      linear(x, stacked_view({&w_gate, &w_up}), nullptr, gu);
+      dispatch(act.dtype, [&](auto* tag) {
+        using TO = std::remove_pointer_t<decltype(tag)>;
+        cuda::silu_mul_halves<TO>(gu.as<float>(), T, I, act.as<TO>(), stream());
+      });
+      return;
+    }
     const Tensor w = dequantized(stacked_view({&w_gate, &w_up}));
     const cuda::PdlHold hold;  // (as in linear)
     return gate_up_silu(x, rows_view(w, 0, I), rows_view(w, I, rows_of(w_up)), gate_up, act);

@@ -8,6 +8,7 @@
 #include <initializer_list>
 #include <map>
 #include <memory>
+#include <set>
 #include <tuple>
 #include <vector>
 
@@ -105,6 +106,9 @@ class CudaBackend : public Backend {
   int64_t offloaded_gemm_copies() const { return offloaded_copies_; }
   // FP8 matrices expanded to 16 bits so far (dequantized; a test's count).
   int64_t dequantized_matrices() const { return dequantized_; }
+  // FP8 GEMMs run so far (fp8_gemm), and the switch between them and the expansion for many tokens.
+  int64_t fp8_gemms() const { return fp8_gemms_; }
+  void set_fp8_gemm(bool on) { fp8_gemm_on_ = on; }
   // The token count whose heuristic answer serves `n` tokens.
   static int64_t gemm_token_bucket(int64_t n);
 
@@ -152,7 +156,15 @@ class CudaBackend : public Backend {
   cublasLtMatmulAlgo_t gemm_heuristic(const Gemm& g, int64_t m, int64_t n, int64_t k, DType in);
   // out = alpha w . x + beta out (+ bias, where g has the bias epilogue), on stream(); w through
   // gemm_weight.
-  void run_gemm(Gemm& g, const Tensor& w, const void* x, const void* bias, float beta, void* out);
+  void run_gemm(Gemm& g, const Tensor& w, const void* x, const void* bias, float beta, void* out,
+                const float* x_scale = nullptr);
+  // Whether a GEMM of T tokens over an FP8 matrix [N, K] runs as an FP8 GEMM (quantized activations).
+  bool fp8_gemm_takes(int64_t T, int64_t K, int64_t N) const;
+  // y = beta y + (x . w^T) (+ bias) as an FP8 GEMM: x quantized per token to E4M3 (a power-of-two scale
+  // each), cuBLASLt's E4M3 x E4M3 with the weights' row scales and the tokens' scales as outer vectors.
+  // Returns false (nothing done) where it does not apply or cuBLASLt has no kernel for the types.
+  bool fp8_gemm(int64_t T, const Tensor& x, const Tensor& w, DType out, bool bias, float beta, void* y,
+                const void* bias_data);
   // The matrix a cuBLASLt GEMM reads: w itself, or, where w lies in offloaded host memory
   // (cpu_offload_gb), its copy in weight_stage_. A GEMM tiled over the tokens would read host memory
   // over the bus once per tile of tokens (a 2,048-token prefill about 8 times); the copy reads it once.
@@ -227,6 +239,9 @@ class CudaBackend : public Backend {
   size_t weight_stage_bytes_ = 0;
   int64_t offloaded_copies_ = 0;
   int64_t dequantized_ = 0;
+  bool fp8_gemm_on_ = true;
+  int64_t fp8_gemms_ = 0;
+  std::set<GemmKey> fp8_gemm_refused_;  // (n = 0)
 };
 
 // The CUDA backend on this rank's GPU (local_rank modulo the GPUs visible); throws Error when there
