@@ -157,10 +157,10 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   // Linear layers of 5-16 tokens on the skinny GEMMs unless LLMSERVE_SKINNY_GEMM=0 (for measuring them).
   const char* e = std::getenv("LLMSERVE_SKINNY_GEMM");
   skinny_on_ = !(e && std::string(e) == "0");
-  // FP8 matrices in steps of more than 16 tokens: FP8 GEMMs over quantized activations unless
-  // LLMSERVE_FP8_GEMM=0 (the matrix expanded to 16 bits for a 16-bit GEMM instead).
+  // FP8 matrices in steps of more than 16 tokens: expanded to 16 bits for a 16-bit GEMM, or with
+  // LLMSERVE_FP8_GEMM=1 FP8 GEMMs over quantized activations (not yet run on a GPU: off by default).
   const char* f = std::getenv("LLMSERVE_FP8_GEMM");
-  fp8_gemm_on_ = !(f && std::string(f) == "0");
+  fp8_gemm_on_ = f && std::string(f) == "1";
 }
 
 CudaBackend::~CudaBackend() {

@@ -239,7 +239,7 @@ class CudaBackend : public Backend {
   size_t weight_stage_bytes_ = 0;
   int64_t offloaded_copies_ = 0;
   int64_t dequantized_ = 0;
-  bool fp8_gemm_on_ = true;
+  bool fp8_gemm_on_ = false;
   int64_t fp8_gemms_ = 0;
   std::set<GemmKey> fp8_gemm_refused_;  // (n = 0)
 };
