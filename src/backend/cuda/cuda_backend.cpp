@@ -1066,45 +1066,34 @@ void CudaBackend::gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tens
                                Tensor& act) {
   const int64_t T = rows_of(x), I = rows_of(w_gate);
   if (w_gate.dtype == DType::F8E4M3 || w_up.dtype == DType::F8E4M3) {
-    if (T >= 1 && T <= 4 && x.dtype != DType::F32 && act.dtype == x.dtype && w_gate.dtype == w_up.dtype) {
+    // 1-4 tokens: the GEMV over the codes; 5-16: the skinny GEMM over them, on tensor cores.
+    const bool shapes = x.dtype != DType::F32 && act.dtype == x.dtype && w_gate.dtype == w_up.dtype &&
+                        rows_of(w_up) == I && cols_of(w_gate) == cols_of(x) && cols_of(w_up) == cols_of(x) &&
+                        rows_of(act) == T && cols_of(act) == I;
+    const bool gemv = shapes && T >= 1 && T <= 4, tiles = shapes && !gemv && skinny_fp8(T, x, {&w_gate, &w_up});
+    if (gemv || tiles) {
       dispatch(x.dtype, [&](auto* tag) {
         using TT = std::remove_pointer_t<decltype(tag)>;
-        if constexpr (!std::is_same_v<TT, float>)
-          cuda::gemv_gate_up_silu<TT, __nv_fp8_e4m3>(x.as<TT>(), static_cast<const __nv_fp8_e4m3*>(w_gate.data),
-                                                     static_cast<const __nv_fp8_e4m3*>(w_up.data), w_gate.scale,
-                                                     w_up.scale, T, cols_of(x), I, act.as<TT>(), stream());
+        if constexpr (!std::is_same_v<TT, float>) {
+          const auto* wg = static_cast<const __nv_fp8_e4m3*>(w_gate.data);
+          const auto* wu = static_cast<const __nv_fp8_e4m3*>(w_up.data);
+          if (gemv)
+            cuda::gemv_gate_up_silu<TT>(x.as<TT>(), wg, wu, w_gate.scale, w_up.scale, T, cols_of(x), I, act.as<TT>(), stream());
+          else
+            cuda::skinny_gate_up_silu<TT>(x.as<TT>(), wg, wu, w_gate.scale, w_up.scale, T, cols_of(x), I, act.as<TT>(),
+                                          stream());
+        }
       });
       return;
     }
-    if (skinny_fp8(T, x, {&w_gate, &w_up}) && act.dtype == x.dtype && rows_of(w_up) == I && cols_of(w_gate) == cols_of(x) &&
-        cols_of(w_up) == cols_of(x) && rows_of(act) == T && cols_of(act) == I) {
-      dispatch(x.dtype, [&](auto* tag) {
-        using TT = std::remove_pointer_t<decltype(tag)>;
-        if constexpr (!std::is_same_v<TT, float>)
-          cuda::skinny_gate_up_silu<TT, __nv_fp8_e4m3>(x.as<TT>(), static_cast<const __nv_fp8_e4m3*>(w_gate.data),
-                                                       static_cast<const __nv_fp8_e4m3*>(w_up.data), w_gate.scale,
-                                                       w_up.scale, T, cols_of(x), I, act.as<TT>(), stream());
-      });
-      return;
+    // More tokens: the stacked pair expanded to 16 bits once (else one at a time by the default's linear()),
+    // or FP8 GEMMs: the composition below, whose linear() calls run them.
+    if (!(fp8_gemm_takes(T, cols_of(x), 2 * I) && x.dtype != DType::F32)) {
+      if (!stacked_rows({&w_gate, &w_up})) return Backend::gate_up_silu(x, w_gate, w_up, gate_up, act);
+      const Tensor w = dequantized(stacked_view({&w_gate, &w_up}));
+      const cuda::PdlHold hold;  // (as in linear)
+      return gate_up_silu(x, rows_view(w, 0, I), rows_view(w, I, rows_of(w_up)), gate_up, act);
     }
-    // More tokens: FP8 GEMMs (the default's linear() calls, or the stacked one below), or the stacked pair
-    // expanded to 16 bits once (else one at a time by the default's linear()).
-    const bool fp8_gemms = fp8_gemm_takes(T, cols_of(x), 2 * I) && x.dtype != DType::F32;
-    if (!stacked_rows({&w_gate, &w_up}) || (fp8_gemms && !(T > 4 && stacked_gemms())))
-      return Backend::gate_up_silu(x, w_gate, w_up, gate_up, act);
-    if (fp8_gemms && gate_up.dtype == DType::F32 && gate_up.numel() >= 2 * T * I && rows_of(act) == T && cols_of(act) == I) {
-      Tensor gu = gate_up;
-      gu.shape = {T, 2 * I};
-      linear(x, stacked_view({&w_gate, &w_up}), nullptr, gu);
-      dispatch(act.dtype, [&](auto* tag) {
-        using TO = std::remove_pointer_t<decltype(tag)>;
-        cuda::silu_mul_halves<TO>(gu.as<float>(), T, I, act.as<TO>(), stream());
-      });
-      return;
-    }
-    const Tensor w = dequantized(stacked_view({&w_gate, &w_up}));
-    const cuda::PdlHold hold;  // (as in linear)
-    return gate_up_silu(x, rows_view(w, 0, I), rows_view(w, I, rows_of(w_up)), gate_up, act);
   }
   if (skinny(T, {&x, &w_gate, &w_up}) && act.dtype == x.dtype && w_gate.dtype == x.dtype &&
       w_up.dtype == x.dtype && cols_of(w_gate) == cols_of(x) && cols_of(w_up) == cols_of(x) && rows_of(w_up) == I &&
