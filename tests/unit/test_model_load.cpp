@@ -173,3 +173,46 @@ TEST(ModelLoad, OffloadTakesTheFirstLayersMatricesUpToTheBudget) {
   EXPECT_EQ(t.offloaded_layers(), 1);
   EXPECT_EQ(t.offloaded_bytes(), 2 * 43008.0);  // tp = 1: every matrix twice the tp = 2 shard's
 }
+
+namespace {
+// A CPU backend that holds quantization fp8's matrices as a GPU does (fp8_matrix_dtype F8E4M3) for the
+// count: what each upload_fp8 call would take there (a byte a weight, a float32 scale a row), and which
+// of them go to host memory (cpu_offload_gb). It stores the values as the CPU backend does.
+class Fp8CountingBackend : public CpuBackend {
+ public:
+  DType fp8_matrix_dtype() const override { return DType::F8E4M3; }
+  Tensor upload_fp8(const float* host, const std::vector<int64_t>& shape, DType dtype, bool host_memory) override {
+    const double rows = static_cast<double>(shape.at(0)), cols = static_cast<double>(shape.at(1));
+    matrix_elements += rows * cols;
+    (host_memory ? offloaded : held) += rows * cols + 4 * rows;
+    largest = std::max(largest, 2 * rows * cols);  // (in 16 bits: the GPU's expansion buffer)
+    return CpuBackend::upload_fp8(host, shape, dtype, host_memory);
+  }
+  double matrix_elements = 0, held = 0, offloaded = 0, largest = 0;
+};
+}  // namespace
+
+// quantization fp8: the memory check before loading (shard_weight_bytes with F8E4M3 matrices) counts
+// exactly what a GPU rank holds, on every rank of a tp=2 x pp=2 layout; offloaded_weight_bytes predicts
+// what cpu_offload_gb moves of those matrices; largest_matrix_bytes is the largest matrix in 16 bits.
+TEST(ModelLoad, Fp8MatrixBytesAreWhatTheRanksLoad) {
+  ModelSpec s = llmserve::testing::small_spec(4, 2, 48, 3, 64, 16, 1000);
+  s.attention_bias = true;
+  for (double budget : {0.0, 5000.0, 1e12})
+    for (int rank = 0; rank < 4; ++rank) {
+      const Topology topo = make_topology(rank, 4, 2, 2);
+      const ShardInfo sh = make_shard_info(s, topo);
+      CountingWeights w(s, "counted", 1);
+      Fp8CountingBackend be;
+      SelfComm comm;
+      Transformer t(s, topo, be, comm, w, budget, true);
+      const double others = 4.0 * (static_cast<double>(w.elements) - be.matrix_elements);  // float32 on the CPU
+      EXPECT_GT(be.matrix_elements, 0);
+      EXPECT_EQ(shard_weight_bytes(s, sh, topo.first_stage(), topo.last_stage(), DType::F32, DType::F8E4M3),
+                others + be.held + be.offloaded)
+          << "rank " << rank;
+      EXPECT_EQ(offloaded_weight_bytes(s, sh, DType::F8E4M3, budget), be.offloaded) << "budget " << budget << " rank " << rank;
+      EXPECT_EQ(t.offloaded_bytes(), be.offloaded);
+      EXPECT_EQ(largest_matrix_bytes(s, sh, DType::BF16), be.largest) << "rank " << rank;
+    }
+}

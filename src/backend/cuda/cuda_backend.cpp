@@ -886,28 +886,25 @@ void CudaBackend::linear_residual(const Tensor& a, const Tensor& w, Tensor& /*y:
                  "cuda backend: linear_residual shapes or types");
   if (T == 0 || N == 0) return;
   if (w.dtype == DType::F8E4M3) {
-    if (skinny_fp8(T, a, {&w})) {
+    // 1-4 tokens: the GEMV over the codes; 5-16: the skinny GEMM over them; both adding into x.
+    const bool gemv = T <= 4 && a.dtype != DType::F32, tiles = !gemv && skinny_fp8(T, a, {&w});
+    if (gemv || tiles) {
       dispatch(a.dtype, [&](auto* tag) {
         using TT = std::remove_pointer_t<decltype(tag)>;
-        if constexpr (!std::is_same_v<TT, float>)
-          cuda::skinny_gemm<TT, float>(a.as<TT>(), static_cast<const __nv_fp8_e4m3*>(w.data), w.scale, nullptr, T, K, N,
-                                       x.as<float>(), stream(), true);
+        if constexpr (!std::is_same_v<TT, float>) {
+          const auto* wc = static_cast<const __nv_fp8_e4m3*>(w.data);
+          if (gemv)
+            cuda::gemv<TT, float>(a.as<TT>(), wc, w.scale, nullptr, T, K, N, x.as<float>(), stream(), true);
+          else
+            cuda::skinny_gemm<TT, float>(a.as<TT>(), wc, w.scale, nullptr, T, K, N, x.as<float>(), stream(), true);
+        }
       });
       return;
     }
     if (fp8_gemm(T, a, w, DType::F32, false, 1.f, x.data, nullptr)) return;
-    if (T > 4 || a.dtype == DType::F32) {
-      const Tensor wd = dequantized(w);
-      const cuda::PdlHold hold;  // (as in linear)
-      return linear_residual(a, wd, x, x);
-    }
-    dispatch(a.dtype, [&](auto* tag) {
-      using TT = std::remove_pointer_t<decltype(tag)>;
-      if constexpr (!std::is_same_v<TT, float>)
-        cuda::gemv<TT, float>(a.as<TT>(), static_cast<const __nv_fp8_e4m3*>(w.data), w.scale, nullptr, T, K, N,
-                              x.as<float>(), stream(), true);
-    });
-    return;
+    const Tensor wd = dequantized(w);
+    const cuda::PdlHold hold;  // (as in linear)
+    return linear_residual(a, wd, x, x);
   }
   if (T <= 4) {  // weight-streaming GEMV adding into x
     dispatch(a.dtype, [&](auto* tag) {
