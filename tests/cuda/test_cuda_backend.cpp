@@ -863,9 +863,10 @@ TEST_P(CudaOps, Fp8MatricesMatchTheCpuReference) {
 // FP8 GEMMs (more than 16 tokens over FP8 matrices): the activations quantized per token (the weights'
 // rule: a power-of-two scale per row) and cuBLASLt's E4M3 x E4M3 with both scale vectors give the CPU
 // reference over the quantized weights and quantized activations within 2e-4 (float32 sums in another
-// order, and the tensor cores' own accumulation) (into float32, with
-// a bias; into the activation type; adding into a float32 residual; stacked gate/up with SiLU), one FP8
-// GEMM per op and no expansion; prepare_gemms readies them too.
+// order, and the tensor cores' own accumulation) (into the activation type; adding into a float32
+// residual; stacked gate/up with SiLU), one FP8 GEMM per op and no expansion; a float32 bias (which
+// cuBLASLt's FP8 GEMMs do not take) expands the matrix instead, activations unquantized; prepare_gemms
+// readies them too.
 TEST_P(CudaOps, Fp8GemmsMatchQuantizedActivations) {
   const DType dt = GetParam();
   if (dt == DType::F32) GTEST_SKIP() << "FP8 weights need 16-bit activations";
@@ -894,9 +895,12 @@ TEST_P(CudaOps, Fp8GemmsMatchQuantizedActivations) {
     const Tensor xg = gpu->upload(xv.data(), {T, K}, dt), xq = quantized(xg, T, K);
     Tensor c = cpu.empty({T, N}, DType::F32), y = gpu->empty({T, N}, DType::F32), z = gpu->empty({T, N}, dt);
     const int64_t before = gpu->fp8_gemms(), expanded = gpu->dequantized_matrices();
-    cpu.linear(xq, wc, &b.first, c);
+    const auto xr = get(*gpu, xg);  // (the activations as the GPU holds them: 16-bit values)
+    cpu.linear(cpu.upload(xr.data(), {T, K}, DType::F32), wc, &b.first, c);
     gpu->linear(xg, w8, &b.second, y);
-    expect_close(c, y, ("FP8 GEMM with a bias into float32, " + at).c_str(), 2e-4);
+    expect_close(c, y, ("expanded FP8 matrix with a float32 bias, " + at).c_str(), 2e-4);
+    EXPECT_EQ(gpu->fp8_gemms() - before, 0) << at;
+    EXPECT_EQ(gpu->dequantized_matrices() - expanded, 1) << at;
     cpu.linear(xq, wc, nullptr, c);
     gpu->linear(xg, w8, nullptr, z);
     expect_close(c, z, ("FP8 GEMM into the activation type, " + at).c_str(), 1e-2);
@@ -914,16 +918,19 @@ TEST_P(CudaOps, Fp8GemmsMatchQuantizedActivations) {
     cpu.gate_up_silu(xq, rows_view(guc, 0, I), rows_view(guc, I, I), s32, actc);
     gpu->gate_up_silu(xg, rows_view(gu8, 0, I), rows_view(gu8, I, I), sg, actg);
     expect_close(actc, actg, ("FP8 GEMM gate/up + SiLU, " + at).c_str(), 1e-2);
-    EXPECT_EQ(gpu->fp8_gemms() - before, 4) << at;
-    EXPECT_EQ(gpu->dequantized_matrices(), expanded) << at;
+    EXPECT_EQ(gpu->fp8_gemms() - before, 3) << at;
+    EXPECT_EQ(gpu->dequantized_matrices() - expanded, 1) << at;
   }
   // prepare_gemms runs the FP8 shapes too (their scratch scales included), then they need no heuristic.
   EXPECT_GT(gpu->prepare_gemms(), 0);
   const int64_t asked = gpu->gemm_heuristic_calls();
   const auto xv = randn(40 * K, g);
   const Tensor xg = gpu->upload(xv.data(), {40, K}, dt);
-  Tensor y = gpu->empty({40, N}, DType::F32);
+  Tensor y = gpu->empty({40, N}, DType::F32), z = gpu->empty({40, N}, dt);
+  const int64_t ran = gpu->fp8_gemms();
+  gpu->linear(xg, w8, nullptr, z);
   gpu->linear(xg, w8, &b.second, y);
+  EXPECT_EQ(gpu->fp8_gemms() - ran, 1);
   EXPECT_EQ(gpu->gemm_heuristic_calls(), asked);
 }
 

@@ -620,6 +620,15 @@ CudaBackend::Gemm& CudaBackend::gemm_for(int64_t m, int64_t n, int64_t k, DType 
       const int32_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
       lt(cublasLtMatmulDescSetAttribute(a.op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof mode), "a scale mode");
       lt(cublasLtMatmulDescSetAttribute(a.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof mode), "b scale mode");
+      // The heuristic refuses this mode without scale pointers set ("requires a custom pointer for A
+      // scale"): a device address stands in until run_gemm sets each call's own.
+      const void* p = workspace_;
+      lt(cublasLtMatmulDescSetAttribute(a.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &p, sizeof p), "a scale pointer");
+      lt(cublasLtMatmulDescSetAttribute(a.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &p, sizeof p), "b scale pointer");
+      if (bias) {  // (an FP8 GEMM's bias is bfloat16 unless told: ours has the output's type, 16-bit here)
+        const cudaDataType_t bt = cuda_type(out);
+        lt(cublasLtMatmulDescSetAttribute(a.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt), "bias type");
+      }
     }
     Gemm probe;  // the bucket's top
     probe.op = a.op;
@@ -732,14 +741,17 @@ bool CudaBackend::skinny_fp8(int64_t T, const Tensor& x, std::initializer_list<c
   return true;
 }
 
-bool CudaBackend::fp8_gemm_takes(int64_t T, int64_t K, int64_t N) const {
-  return fp8_gemm_on_ && T > cuda::kSkinnyMaxTokens && K % 16 == 0 && N % 16 == 0 && dtype_ != DType::F32;
+bool CudaBackend::fp8_gemm_takes(int64_t T, int64_t K, int64_t N, bool f32_bias) const {
+  // cuBLASLt's FP8 GEMMs add a bias of the 16-bit types only (a float32 one is refused, or read as
+  // bfloat16: H200, CUDA 13.0): a float32 bias's GEMM (q/k/v with biases) expands the matrix instead.
+  return fp8_gemm_on_ && !f32_bias && T > cuda::kSkinnyMaxTokens && K % 16 == 0 && N % 16 == 0 && dtype_ != DType::F32;
 }
 
 bool CudaBackend::fp8_gemm(int64_t T, const Tensor& x, const Tensor& w, DType out, bool bias, float beta, void* y,
                            const void* bias_data) {
   const int64_t K = cols_of(x), N = rows_of(w);
-  if (!fp8_gemm_takes(T, K, N) || w.dtype != DType::F8E4M3 || !w.scale || x.dtype == DType::F32) return false;
+  if (!fp8_gemm_takes(T, K, N, bias && out == DType::F32) || w.dtype != DType::F8E4M3 || !w.scale || x.dtype == DType::F32)
+    return false;
   const GemmKey key{N, 0, K, static_cast<int>(DType::F8E4M3), static_cast<int>(out), bias};
   if (fp8_gemm_refused_.count(key)) return false;
   Gemm* g = nullptr;
@@ -967,7 +979,7 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
       return;
     }
     // Many tokens: FP8 GEMMs in the composition below (its linear() calls), or the expansion.
-    if (!(fp8_gemm_takes(T, K, rows_of(stacked)) && wt != DType::F32)) {
+    if (!(fp8_gemm_takes(T, K, rows_of(stacked), !none) && wt != DType::F32)) {
       const Tensor w = dequantized(stacked);
       const int64_t nq = rows_of(wq), nkv = rows_of(wk);
       const cuda::PdlHold hold;  // (as in linear)
@@ -1085,7 +1097,7 @@ void CudaBackend::gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tens
     }
     // More tokens: the stacked pair expanded to 16 bits once (else one at a time by the default's linear()),
     // or FP8 GEMMs: the composition below, whose linear() calls run them.
-    if (!(fp8_gemm_takes(T, cols_of(x), 2 * I) && x.dtype != DType::F32)) {
+    if (!(fp8_gemm_takes(T, cols_of(x), 2 * I, false) && x.dtype != DType::F32)) {
       if (!stacked_rows({&w_gate, &w_up})) return Backend::gate_up_silu(x, w_gate, w_up, gate_up, act);
       const Tensor w = dequantized(stacked_view({&w_gate, &w_up}));
       const cuda::PdlHold hold;  // (as in linear)

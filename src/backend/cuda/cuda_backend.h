@@ -158,8 +158,9 @@ class CudaBackend : public Backend {
   // gemm_weight.
   void run_gemm(Gemm& g, const Tensor& w, const void* x, const void* bias, float beta, void* out,
                 const float* x_scale = nullptr);
-  // Whether a GEMM of T tokens over an FP8 matrix [N, K] runs as an FP8 GEMM (quantized activations).
-  bool fp8_gemm_takes(int64_t T, int64_t K, int64_t N) const;
+  // Whether a GEMM of T tokens over an FP8 matrix [N, K] (with a float32 bias: f32_bias) runs as an FP8
+  // GEMM (quantized activations).
+  bool fp8_gemm_takes(int64_t T, int64_t K, int64_t N, bool f32_bias) const;
   // y = beta y + (x . w^T) (+ bias) as an FP8 GEMM: x quantized per token to E4M3 (a power-of-two scale
   // each), cuBLASLt's E4M3 x E4M3 with the weights' row scales and the tokens' scales as outer vectors.
   // Returns false (nothing done) where it does not apply or cuBLASLt has no kernel for the types.
