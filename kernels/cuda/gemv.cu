@@ -16,8 +16,16 @@ namespace {
 
 constexpr int kWarpsPerBlock = 8;
 
+// Blocks an SM the registers must allow. FP8 rows are half the bytes of 16-bit ones, so a warp has half
+// the bytes in flight: the one-token FP8 form took 163 registers (one block an SM; its weight groups
+// since halved: 93, two blocks) and streamed at 37% of the copy bandwidth; bounded to three blocks it
+// takes 78, without spills (H200, kernel_bench --fp8). The 16-bit forms stay at two (118-128); a
+// bound of one block let them grow past that.
+template <typename TW, int M>
+constexpr int kGemvMinBlocks = std::is_same_v<TW, __nv_fp8_e4m3> && M <= 3 ? 3 : 2;
+
 template <typename T, typename TO, typename TW, int M>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+__global__ void __launch_bounds__(kWarpsPerBlock * 32, kGemvMinBlocks<TW, M>)
     gemv_k(const T* __restrict__ x, const TW* __restrict__ w, const float* __restrict__ w_scale,
            const float* __restrict__ bias, int64_t K, int64_t N, TO* __restrict__ out, bool accumulate) {
   const int lane = threadIdx.x & 31;

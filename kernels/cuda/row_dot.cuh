@@ -30,7 +30,7 @@ __device__ __forceinline__ void row_stream(const T* x, const TW* const (&w)[R], 
   constexpr int V = 16 / sizeof(TW);                  // weights per 16-byte load
   constexpr int XL = V * sizeof(T) / 16;               // 16-byte loads of an input row per weight load
   constexpr int U0 = (M == 1 ? 8 : 4) / R > 0 ? (M == 1 ? 8 : 4) / R : 1;
-  constexpr int U = M == 1 || XL == 1 ? U0 : (U0 / XL > 0 ? U0 / XL : 1);  // (the inputs' registers)
+  constexpr int U = XL == 1 ? U0 : (U0 / XL > 0 ? U0 / XL : 1);  // (the inputs' registers)
   static_assert(XL >= 1, "inputs at least as wide as the weights");
   union XVec {
     uint4 u[XL];
