@@ -13,7 +13,8 @@
 # and runs transformers (bench/reference/hf_e2e.py) on the same GPU and shape as the baseline
 # (E2E_BASELINE=0 leaves it out; E2E_DECODE_ONLY=1 stops after the batch-1 decode run and the
 # E2E_CONCURRENCY="8 16 ..." runs; E2E_TTFT_ONLY=1 runs the TTFT measurement alone; E2E_TTFT_LEN sets its
-# prompt length, default 2048, and E2E_MAX_MODEL_LEN the server's --max-model-len, default 4096).
+# prompt length, default 2048, and E2E_MAX_MODEL_LEN the server's --max-model-len, default 4096;
+# E2E_THROUGHPUT_ONLY=1 runs the batch-1 decode, the TTFT and the greedy 256-request throughput alone).
 #   bench/gpu_e2e.sh BUILD_DIR OUT_DIR [CONFIG_JSON] [TP] [PP] [llmserve options...]
 set -euo pipefail
 build=$(cd "$1" && pwd) out=$2
@@ -76,8 +77,9 @@ done
 # E2E_DECODE_ONLY=1: the batch-1 decode run (and E2E_CONCURRENCY's) alone (A/B comparisons of decode changes).
 if [ "${E2E_DECODE_ONLY:-0}" = 1 ]; then exit 0; fi
 ttft
-score
+[ "${E2E_THROUGHPUT_ONLY:-0}" = 1 ] || score
 b --num-prompts 256 --random-input-len 512 --random-output-len 256 --seed 3 --result-file "$out/throughput-$tag.json" | grep -E "Output token|Failed|Mean TPOT|duration"
+if [ "${E2E_THROUGHPUT_ONLY:-0}" = 1 ]; then exit 0; fi
 echo "sampled (temperature 0.8, top-p 0.9, top-k 50, repetition penalty 1.1):"
 b --num-prompts 256 --random-input-len 512 --random-output-len 256 --seed 4 --temperature 0.8 --top-p 0.9 --top-k 50 \
   --repetition-penalty 1.1 --result-file "$out/throughput-sampled-$tag.json" | grep -E "Output token|Failed|Mean TPOT"

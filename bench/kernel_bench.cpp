@@ -16,13 +16,14 @@
 //  - with --attention: decode attention over batch sizes and contexts, the tensor-core kernel with
 //    blocks of 8 warps, of 4, and as the backend chooses, in GB/s of K/V read.
 // Usage: kernel_bench [--quick | --layers | --attention | --attention-chunks | --sampler | --boundary | --splitk | --skinny
-//                      | --prefill]
+//                      | --prefill | --fp8]
 // (prints tables; exits 77 without a GPU; --layers: the rooflines and the step-layer tables alone;
 // --attention: the rooflines and the sweep; --attention-chunks: the sweep over least keys a split;
 // --sampler: the rooflines and the draw and log-probability tables; --boundary: a kernel boundary's cost
 // alone, bench/boundary_kernels.h; --splitk: the rooflines and cuBLASLt split-K at decode token counts;
 // --skinny: the rooflines and the 5-32-token linear layers, skinny GEMMs against cuBLASLt; --prefill: the
-// rooflines and prefill attention, the warpgroup-MMA kernel against the mma.sync one)
+// rooflines and prefill attention, the warpgroup-MMA kernel against the mma.sync one; --fp8: the
+// rooflines, the GEMV chains and many-token linear layers with FP8 weights, expanded and as FP8 GEMMs)
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -402,6 +403,79 @@ void sampler_tables(CudaBackend& be, double copy_gbs) {
 
 }  // namespace
 
+// A GEMV's fixed cost in a chain: N x 1536 weights (1 token), 28 distinct matrices back to back in a
+// graph (weights from HBM, as a decode step streams its layers), for growing N; the least-squares
+// line through (bytes, time) gives the steady-state bandwidth (slope) and the per-kernel cost that
+// does not shrink with the bytes (intercept: launch, wait on the previous kernel, ramp and tail).
+// The same with FP8 weights (quantization: fp8; a byte a weight and a scale a row).
+void gemv_chain_table(CudaBackend& be, DType wt, double copy_gbs) {
+  std::printf("\n%-44s %10s %12s %10s\n",
+              wt == DType::BF16 ? "GEMV chain (28 distinct N x 1536, 1 token)" : "GEMV chain, fp8 weights", "us/call",
+              "rate", "of copy");
+  double sx = 0, sy = 0, sxx = 0, sxy = 0;
+  int pts = 0;
+  for (int64_t N : {int64_t(1536), int64_t(4480), int64_t(8960), int64_t(17920), int64_t(35840)}) {
+    const int64_t K = 1536, chain = 28;
+    std::vector<Tensor> ws;
+    for (int64_t i = 0; i < chain; ++i) ws.push_back(random_tensor(be, {N, K}, wt));
+    Tensor x = random_tensor(be, {1, K}, DType::BF16), y = be.empty({1, N}, DType::F32);
+    const double ms = graph_ms(be, [&] { for (auto& w : ws) be.linear(x, w, nullptr, y); }, 1) / chain;
+    const double bytes = (wt == DType::BF16 ? 2.0 : 1.0) * N * K, gbs = bytes / (ms * 1e-3) / 1e9;
+    char name[96];
+    std::snprintf(name, sizeof name, "N=%lld (%.1f MB)", static_cast<long long>(N), bytes / 1e6);
+    std::printf("%-44s %10.2f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+    sx += bytes; sy += ms * 1e3; sxx += bytes * bytes; sxy += bytes * ms * 1e3; ++pts;
+  }
+  const double slope = (pts * sxy - sx * sy) / (pts * sxx - sx * sx), icept = (sy - slope * sx) / pts;
+  std::printf("%-44s %10.2f us per kernel, steady %.0f GB/s (%.0f%% of copy)\n", "fit: time = fixed + bytes / rate", icept,
+              1e-3 / slope, 100 * (1e-3 / slope) / copy_gbs);
+}
+
+// Linear layers of many tokens with FP8 weights (quantization: fp8), Qwen2.5-1.5B shapes: bf16 weights
+// through cuBLASLt, FP8 weights expanded to 16 bits for the same GEMM (the default past 16 tokens), and
+// FP8 GEMMs (LLMSERVE_FP8_GEMM=1: the activations quantized per token, cuBLASLt E4M3 x E4M3), in TFLOP/s
+// of the product against the bf16 peak (Hopper's dense FP8 rate is twice its bf16 rate). The FP8 GEMM's
+// time includes the activations' quantization; the expansion's includes writing the 16-bit matrix.
+void fp8_gemm_table(CudaBackend& be, double peak_tflops) {
+  std::printf("\n%-36s %12s %12s %12s %9s %9s\n", "fp8 weights, T tokens (Qwen2.5-1.5B)", "bf16 (us)", "expand (us)",
+              "fp8 GEMM (us)", "fp8/bf16", "TFLOP/s");
+  struct Shape {
+    const char* name;
+    int64_t n, k;
+  };
+  const Shape shapes[] = {{"qkv 2048x1536", 2048, 1536}, {"o_proj 1536x1536", 1536, 1536},
+                          {"gate/up 17920x1536", 17920, 1536}, {"down 1536x8960", 1536, 8960}};
+  for (int64_t T : {int64_t(32), int64_t(256), int64_t(2048)}) {
+    double sum[3] = {0, 0, 0}, flops = 0;
+    for (const auto& s : shapes) {
+      Tensor wb = random_tensor(be, {s.n, s.k}, DType::BF16), w8 = random_tensor(be, {s.n, s.k}, DType::F8E4M3);
+      Tensor x = random_tensor(be, {T, s.k}, DType::BF16, 1.f), y = be.empty({T, s.n}, DType::BF16);
+      double t[3];
+      t[0] = graph_ms(be, [&] { be.linear(x, wb, nullptr, y); }, 5) * 1e3;
+      be.set_fp8_gemm(false);
+      t[1] = graph_ms(be, [&] { be.linear(x, w8, nullptr, y); }, 5) * 1e3;
+      be.set_fp8_gemm(true);
+      const int64_t ran = be.fp8_gemms();
+      t[2] = graph_ms(be, [&] { be.linear(x, w8, nullptr, y); }, 5) * 1e3;
+      const bool took = be.fp8_gemms() > ran;
+      be.set_fp8_gemm(false);
+      const double f = 2.0 * T * s.n * s.k;
+      char name[96];
+      std::snprintf(name, sizeof name, "T=%lld %s", static_cast<long long>(T), s.name);
+      std::printf("%-36s %12.1f %12.1f %12.1f%s %9.2f %9.0f\n", name, t[0], t[1], t[2], took ? "" : "*", t[2] / t[0],
+                  f / (t[2] * 1e-6) / 1e12);
+      for (int i = 0; i < 3; ++i) sum[i] += t[i];
+      flops += f;
+    }
+    char name[96];
+    std::snprintf(name, sizeof name, "T=%lld layer (4 GEMMs)", static_cast<long long>(T));
+    std::printf("%-36s %12.1f %12.1f %12.1f %9.2f %9.0f (bf16 %.0f, %.0f%% of its peak)\n", name, sum[0], sum[1], sum[2],
+                sum[2] / sum[0], flops / (sum[2] * 1e-6) / 1e12, flops / (sum[0] * 1e-6) / 1e12,
+                100 * flops / (sum[0] * 1e-6) / 1e12 / peak_tflops);
+  }
+  std::printf("(* : cuBLASLt refused the FP8 GEMM and the matrix was expanded)\n");
+}
+
 // Prefill attention, the warpgroup-MMA kernel with 64- and 128-key tiles (cuda::set_prefill_wgmma_keys),
 // the 128-key tiles copied by the threads or by TMA (cuda::set_prefill_attention_tma), against the
 // mma.sync one (cuda::set_prefill_attention_wgmma; the speed-up is that of what runs when nothing is set:
@@ -528,6 +602,11 @@ int main(int argc, char** argv) {
     splitk_table(be, copy_gbs, peak_tflops);
     return 0;
   }
+  if (argc > 1 && std::strcmp(argv[1], "--fp8") == 0) {
+    for (const DType wt : {DType::BF16, DType::F8E4M3}) gemv_chain_table(be, wt, copy_gbs);
+    fp8_gemm_table(be, peak_tflops);
+    return 0;
+  }
   if (argc > 1 && std::strcmp(argv[1], "--prefill") == 0) {
     prefill_table(be, peak_tflops);
     return 0;
@@ -644,34 +723,7 @@ int main(int argc, char** argv) {
       std::printf("%-44s %12.1f %12.1f %8.3f (worst %.3f)\n", "all counts", sum_b, sum_e, sum_b / sum_e, worst);
     }
 
-    // A GEMV's fixed cost in a chain: N x 1536 weights (1 token), 28 distinct matrices back to back in a
-    // graph (weights from HBM, as a decode step streams its layers), for growing N; the least-squares
-    // line through (bytes, time) gives the steady-state bandwidth (slope) and the per-kernel cost that
-    // does not shrink with the bytes (intercept: launch, wait on the previous kernel, ramp and tail).
-    // The same with FP8 weights (quantization: fp8; a byte a weight and a scale a row).
-    for (const DType wt : {DType::BF16, DType::F8E4M3}) {
-      std::printf("\n%-44s %10s %12s %10s\n",
-                  wt == DType::BF16 ? "GEMV chain (28 distinct N x 1536, 1 token)" : "GEMV chain, fp8 weights", "us/call",
-                  "rate", "of copy");
-      double sx = 0, sy = 0, sxx = 0, sxy = 0;
-      int pts = 0;
-      for (int64_t N : {int64_t(1536), int64_t(4480), int64_t(8960), int64_t(17920), int64_t(35840)}) {
-        const int64_t K = 1536, chain = 28;
-        std::vector<Tensor> ws;
-        for (int64_t i = 0; i < chain; ++i) ws.push_back(random_tensor(be, {N, K}, wt));
-        Tensor x = random_tensor(be, {1, K}, DType::BF16), y = be.empty({1, N}, DType::F32);
-        const double ms = graph_ms(be, [&] { for (auto& w : ws) be.linear(x, w, nullptr, y); }, 1) / chain;
-        const double bytes = (wt == DType::BF16 ? 2.0 : 1.0) * N * K, gbs = bytes / (ms * 1e-3) / 1e9;
-        char name[96];
-        std::snprintf(name, sizeof name, "N=%lld (%.1f MB)", static_cast<long long>(N), bytes / 1e6);
-        std::printf("%-44s %10.2f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
-        sx += bytes; sy += ms * 1e3; sxx += bytes * bytes; sxy += bytes * ms * 1e3; ++pts;
-      }
-      const double slope = (pts * sxy - sx * sy) / (pts * sxx - sx * sx), icept = (sy - slope * sx) / pts;
-      std::printf("%-44s %10.2f us per kernel, steady %.0f GB/s (%.0f%% of copy)\n", "fit: time = fixed + bytes / rate", icept,
-                  1e-3 / slope, 100 * (1e-3 / slope) / copy_gbs);
-    }
-
+    for (const DType wt : {DType::BF16, DType::F8E4M3}) gemv_chain_table(be, wt, copy_gbs);
   }
 
   // Attention: Qwen2.5-1.5B heads (12 query, 2 KV, head_dim 128), bf16 cache, blocks of 16.
