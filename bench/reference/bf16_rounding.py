@@ -28,6 +28,11 @@ by llmserve's bit arithmetic) with the smallest power-of-two scale per row that 
 magnitude within 448. With --tp N the row-parallel matrices (o_proj, down_proj) are quantized per block
 of columns a rank of a tensor group of N holds, as each rank quantizes its own shard
 (tests/model/run_fp8.sh compares llmserve's CPU backend with this).
+
+  python3 bench/reference/bf16_rounding.py ../shared/fixtures tiny-qwen2 --fp8-kv OUT.f32
+With --fp8-kv it writes the logits of the unquantized model whose keys (after RoPE) and values are
+rounded to E4M3 with scale 1 (saturating at 448) before attention, as `kv_cache_dtype: fp8` stores them
+(tests/model/run_fp8_kv.sh).
 """
 import json
 import struct
@@ -167,6 +172,8 @@ def main():
             v = proj(h, p + "self_attn.v_proj").reshape(T, nkv, D)
             if "kv" in R:
                 k, v = bf16(k), bf16(v)
+            if "kv8" in R:
+                k, v = e4m3(k), e4m3(v)
             o = np.zeros((T, nh, D))
             mask = np.triu(np.full((T, T), -np.inf), 1)
             for hh in range(nh):
@@ -190,9 +197,10 @@ def main():
         return np.array([np.linalg.norm(forward(pr["ids"], R) - gold[i]) / np.linalg.norm(gold[i])
                          for i, pr in enumerate(prompts)])
 
-    if "--fp8" in sys.argv[3:]:
-        out = sys.argv[sys.argv.index("--fp8") + 1]
-        np.array([forward(pr["ids"], set()) for pr in prompts], dtype="<f4").tofile(out)
+    if "--fp8" in sys.argv[3:] or "--fp8-kv" in sys.argv[3:]:
+        kv8 = "--fp8-kv" in sys.argv[3:]
+        out = sys.argv[sys.argv.index("--fp8-kv" if kv8 else "--fp8") + 1]
+        np.array([forward(pr["ids"], {"kv8"} if kv8 else set()) for pr in prompts], dtype="<f4").tofile(out)
         return
     if "--check" in sys.argv[3:]:
         e = errors(set())

@@ -30,11 +30,20 @@ void rope(float* q, float* k, const int32_t* positions, const float* inv_freq, i
 // Writes k, v [T, Hk, D] into the paged caches [num_blocks * block_size, Hk, D] at slot_mapping[t].
 void kv_write(const float* k, const float* v, const int32_t* slot_mapping, int64_t T, int64_t Hk, int64_t D,
               float* k_cache, float* v_cache);
+// The same into a cache of FP8 E4M3 codes (kv_cache_dtype fp8): each value's code with scale 1
+// (kernels/fp8.h: round to nearest, ties to even, saturating at +-448).
+void kv_write(const float* k, const float* v, const int32_t* slot_mapping, int64_t T, int64_t Hk, int64_t D,
+              uint8_t* k_cache, uint8_t* v_cache);
 
 // Causal attention through block tables. Sequence s owns tokens [q_start[s], q_start[s+1]); token t
 // at position p attends to cached positions 0..p of its sequence. block_tables is [S, max_blocks].
 // q and out are [T, Hq, D]; query head h uses key/value head h / (Hq / Hk).
 void paged_attention(const float* q, const float* k_cache, const float* v_cache, const int32_t* block_tables,
+                     int64_t max_blocks, const int32_t* q_start, const int32_t* positions, int64_t S, int64_t Hq,
+                     int64_t Hk, int64_t D, int64_t block_size, float scale, float* out);
+// The same over caches of FP8 E4M3 codes with scale 1: each key and value row decoded to float32, then
+// the arithmetic of the float32 form (the same results as it gives over the decoded values).
+void paged_attention(const float* q, const uint8_t* k_cache, const uint8_t* v_cache, const int32_t* block_tables,
                      int64_t max_blocks, const int32_t* q_start, const int32_t* positions, int64_t S, int64_t Hq,
                      int64_t Hk, int64_t D, int64_t block_size, float scale, float* out);
 

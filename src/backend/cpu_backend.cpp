@@ -115,17 +115,28 @@ void CpuBackend::rope(Tensor& q, Tensor& k, const Tensor& inv_freq, int64_t D) {
 void CpuBackend::kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache) {
   const auto& m = meta();
   const int64_t Hk = k_cache.dim(2), D = k_cache.dim(3);
-  cpu::kv_write(k.as<float>(), v.as<float>(), m.slot_mapping.data(), rows(k), Hk, D, k_cache.as<float>(),
-                v_cache.as<float>());
+  LLMSERVE_CHECK(k_cache.dtype == v_cache.dtype && (k_cache.dtype == DType::F32 || k_cache.dtype == DType::F8E4M3),
+                 "cpu backend: a float32 or FP8 KV cache");
+  if (k_cache.dtype == DType::F8E4M3)  // (kv_cache_dtype fp8)
+    cpu::kv_write(k.as<float>(), v.as<float>(), m.slot_mapping.data(), rows(k), Hk, D, k_cache.as<uint8_t>(),
+                  v_cache.as<uint8_t>());
+  else
+    cpu::kv_write(k.as<float>(), v.as<float>(), m.slot_mapping.data(), rows(k), Hk, D, k_cache.as<float>(),
+                  v_cache.as<float>());
 }
 
 void CpuBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t D,
                            int64_t block_size, float scale, Tensor& out) {
   const auto& m = meta();
   const int64_t Hq = cols(q) / D, Hk = k_cache.dim(2);
-  cpu::paged_attention(q.as<float>(), k_cache.as<float>(), v_cache.as<float>(), m.block_tables.data(), m.row_entries(),
-                       m.q_start.data(), m.positions.data(), m.num_seqs(), Hq, Hk, D, block_size, scale,
-                       out.as<float>());
+  auto run = [&](const auto* kc, const auto* vc) {
+    cpu::paged_attention(q.as<float>(), kc, vc, m.block_tables.data(), m.row_entries(), m.q_start.data(),
+                         m.positions.data(), m.num_seqs(), Hq, Hk, D, block_size, scale, out.as<float>());
+  };
+  if (k_cache.dtype == DType::F8E4M3)
+    run(k_cache.as<uint8_t>(), v_cache.as<uint8_t>());
+  else
+    run(k_cache.as<float>(), v_cache.as<float>());
 }
 
 void CpuBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {

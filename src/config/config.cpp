@@ -99,7 +99,7 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.swap_space = parse_float("swap_space", v); }},
       {"quantization", Kind::String, "none, or fp8: the layers' matrices quantized to FP8 E4M3 at load, a power-of-two scale per row (vLLM's awq, gptq, ... are not supported; GGUF files are dequantized by llmserve-convert)",
        [](Config& c, const std::string& v) { c.quantization = v; }},
-      {"kv_cache_dtype", Kind::String, "auto (the KV cache in the model's dtype; vLLM's fp8 variants are not supported)",
+      {"kv_cache_dtype", Kind::String, "auto (the KV cache in the model's dtype), or fp8 / fp8_e4m3: keys and values stored as FP8 E4M3 with scale 1, as vLLM without calibrated scales (CPU backend only so far)",
        [](Config& c, const std::string& v) { c.kv_cache_dtype = v; }},
       {"cpu_offload_gb", Kind::Float, "GiB of weights per GPU kept in pinned host memory, read over the bus at every step (the first layers' matrices; no effect on the CPU backend)",
        [](Config& c, const std::string& v) { c.cpu_offload_gb = parse_float("cpu_offload_gb", v); }},
@@ -372,8 +372,10 @@ void config_validate(const Config& c) {
   if (!c.quantization.empty() && c.quantization != "none" && c.quantization != "fp8")
     fail(cat("quantization '", c.quantization, "' is not supported: llmserve serves 16- and 32-bit weights, or quantizes ",
              "them to fp8 as it loads them (llmserve-convert dequantizes GGUF checkpoints); use none or fp8"));
-  if (c.kv_cache_dtype != "auto")
-    fail(cat("kv_cache_dtype '", c.kv_cache_dtype, "' is not supported: the KV cache is kept in the model's dtype; use auto"));
+  if (c.kv_cache_dtype == "fp8_e5m2")
+    fail("kv_cache_dtype 'fp8_e5m2' is not supported: llmserve's FP8 KV cache is E4M3; use fp8 (fp8_e4m3) or auto");
+  if (c.kv_cache_dtype != "auto" && c.kv_cache_dtype != "fp8" && c.kv_cache_dtype != "fp8_e4m3")
+    fail(cat("kv_cache_dtype '", c.kv_cache_dtype, "' is not supported: use auto (the model's dtype) or fp8 (fp8_e4m3)"));
   if (c.kv_cache_memory_gb < 0) fail(cat("kv_cache_memory_gb must be >= 0, got ", c.kv_cache_memory_gb));
   if (c.num_gpu_blocks_override < 0) fail(cat("num_gpu_blocks_override must be >= 0, got ", c.num_gpu_blocks_override));
   if (c.max_num_seqs < 1) fail(cat("max_num_seqs must be >= 1, got ", c.max_num_seqs));

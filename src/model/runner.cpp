@@ -116,6 +116,9 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
     const bool fp8 = cfg_.quantization == "fp8";
     if (fp8 && backend_->name() != "cpu" && dt == DType::F32)
       throw Error("quantization fp8 computes with 16-bit activations on a GPU: set dtype to bfloat16 or float16 (or auto)");
+    if (cfg_.kv_cache_dtype != "auto" && backend_->name() != "cpu")
+      throw Error(cat("kv_cache_dtype ", cfg_.kv_cache_dtype, " is not supported on the ", backend_->name(),
+                      " backend yet (the CPU backend has it): use auto"));
     const DType matrix_dt = fp8 ? backend_->fp8_matrix_dtype() : dt;
     need = shard_weight_bytes(spec_, shard, topo_.first_stage(), topo_.last_stage(), dt, matrix_dt);
     if (cfg_.cpu_offload_gb > 0 && backend_->name() != "cpu")
@@ -189,7 +192,8 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   shape.block_size = cfg_.block_size;
   shape.kv_heads = sh.kv_heads;
   shape.head_dim = spec_.head_dim;
-  shape.dtype = backend_->compute_dtype();
+  // kv_cache_dtype fp8: E4M3 codes with scale 1 (vLLM's default scales), a byte an element.
+  shape.dtype = cfg_.kv_cache_dtype == "auto" ? backend_->compute_dtype() : DType::F8E4M3;
   // GiB to whole blocks, saturating (a budget of 1e30 GiB overflowed the conversion to a negative count).
   auto blocks_in = [&](double gib) {
     const double b = std::floor(gib * static_cast<double>(1ull << 30) / static_cast<double>(shape.bytes_per_block()));
@@ -241,6 +245,8 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
     const long long tokens = num_blocks_ * static_cast<long long>(cfg_.block_size);
     std::snprintf(x, sizeof x, "%.2fx", static_cast<double>(tokens) / static_cast<double>(cfg_.max_model_len));
     log_info("KV cache: ", tokens, " tokens; maximum concurrency for ", cfg_.max_model_len, " tokens per request: ", x);
+    if (shape.dtype == DType::F8E4M3)
+      log_info("KV cache dtype ", cfg_.kv_cache_dtype, ": keys and values stored as FP8 E4M3 with scale 1 (values past +-448 saturate)");
   }
 #ifdef _OPENMP
   log_info("OpenMP: ", omp_get_max_threads(), " threads per rank", std::getenv("OMP_NUM_THREADS") ? " (OMP_NUM_THREADS)" : "",

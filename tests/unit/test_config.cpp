@@ -142,7 +142,8 @@ TEST(Config, ImpossibleValuesFailValidation) {
   bad([](Config& c) { c.dtype = "int4"; });
   bad([](Config& c) { c.backend = "tpu"; });
   bad([](Config& c) { c.quantization = "awq"; });  // vLLM's options llmserve cannot honour
-  bad([](Config& c) { c.kv_cache_dtype = "fp8_e4m3"; });
+  bad([](Config& c) { c.kv_cache_dtype = "fp8_e5m2"; });
+  bad([](Config& c) { c.kv_cache_dtype = "int8"; });
   bad([](Config& c) { c.response_role = ""; });
   bad([](Config& c) { c.max_logprobs = 21; });
   bad([](Config& c) { c.generation_config = "/models/qwen"; });
@@ -156,6 +157,10 @@ TEST(Config, ImpossibleValuesFailValidation) {
   EXPECT_NO_THROW(config_validate(ok));
   ok.quantization = "fp8";  // as do the values llmserve honours
   EXPECT_NO_THROW(config_validate(ok));
+  for (const char* kv : {"fp8", "fp8_e4m3"}) {
+    ok.kv_cache_dtype = kv;
+    EXPECT_NO_THROW(config_validate(ok)) << kv;
+  }
 }
 
 // vLLM launch lines: response_role and disable_uvicorn_access_log act; disable_log_requests,

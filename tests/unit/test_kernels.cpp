@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/cpu/ops.h"
+#include "kernels/fp8.h"
 
 using namespace llmserve;
 
@@ -147,6 +148,53 @@ TEST(Kernels, PagedAttentionEqualsContiguousCausalAttention) {
         }
       }
     }
+}
+
+// kv_cache_dtype fp8: kv_write stores each value's E4M3 code (scale 1; saturating; padding tokens'
+// slots untouched), and attention over the codes gives what the float32 kernel gives over the decoded
+// values (one step of three sequences through scrambled block tables, GQA), up to float32 summation
+// order (a row decoded into a buffer vectorizes with another alignment than one read in the cache:
+// 7e-6 relative here, where scores reach the hundreds).
+TEST(Kernels, Fp8KvCacheIsTheFloatKernelOverDecodedValues) {
+  std::mt19937 g(11);
+  const int64_t Hq = 6, Hk = 2, D = 16, bs = 4, blocks = 12, S = 3, max_blocks = 4, T = 2 + 5 + 9;
+  const std::vector<int32_t> q_start = {0, 2, 7, 16};
+  std::vector<int32_t> perm(blocks);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), g);
+  std::vector<int32_t> tables(S * max_blocks, -1), positions, slots;
+  for (int64_t s = 0, next = 0; s < S; ++s)
+    for (int32_t i = 0; i < q_start[s + 1] - q_start[s]; ++i) {
+      if (i % bs == 0) tables[s * max_blocks + i / bs] = perm[next++];
+      positions.push_back(i);
+      slots.push_back(tables[s * max_blocks + i / bs] * bs + i % bs);
+    }
+  slots[3] = -1;  // a padding token: written nowhere (attention still reads its position: keep it defined)
+  auto k = randn(T * Hk * D, g), v = randn(T * Hk * D, g);
+  for (auto& x : k) x *= 40.f;  // (past 448 here and there: saturated)
+  k[5] = 1000.f, v[7] = -3000.f;
+  std::vector<uint8_t> kc(blocks * bs * Hk * D, 0x55), vc(kc.size(), 0x55);
+  cpu::kv_write(k.data(), v.data(), slots.data(), T, Hk, D, kc.data(), vc.data());
+  std::vector<float> kf(kc.size()), vf(vc.size());
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < Hk * D; ++i) {
+      if (slots[t] < 0) continue;
+      ASSERT_EQ(kc[slots[t] * Hk * D + i], f32_to_e4m3(k[t * Hk * D + i])) << t << " " << i;
+      ASSERT_EQ(vc[slots[t] * Hk * D + i], f32_to_e4m3(v[t * Hk * D + i])) << t << " " << i;
+    }
+  EXPECT_EQ(e4m3_to_f32(kc[slots[0] * Hk * D + 5]), 448.f);
+  EXPECT_EQ(e4m3_to_f32(vc[slots[0] * Hk * D + 7]), -448.f);
+  const int32_t pad = tables[1 * max_blocks + 1] * bs + 1;  // the padding token's slot: untouched
+  EXPECT_EQ(kc[pad * Hk * D], 0x55);
+  for (size_t i = 0; i < kc.size(); ++i) kf[i] = e4m3_to_f32(kc[i]), vf[i] = e4m3_to_f32(vc[i]);
+  const auto q = randn(T * Hq * D, g);
+  std::vector<float> o8(T * Hq * D), o32(T * Hq * D);
+  const float scale = 1 / std::sqrt(static_cast<float>(D));
+  cpu::paged_attention(q.data(), kc.data(), vc.data(), tables.data(), max_blocks, q_start.data(), positions.data(), S, Hq,
+                       Hk, D, bs, scale, o8.data());
+  cpu::paged_attention(q.data(), kf.data(), vf.data(), tables.data(), max_blocks, q_start.data(), positions.data(), S, Hq,
+                       Hk, D, bs, scale, o32.data());
+  for (size_t i = 0; i < o8.size(); ++i) ASSERT_NEAR(o8[i], o32[i], 1e-5 * (1 + std::fabs(o32[i]))) << i;
 }
 
 TEST(Kernels, EmbeddingShardZeroesForeignRows) {
