@@ -1,7 +1,9 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <vector>
 
 #include "kernels/cpu/ops.h"
@@ -103,6 +105,26 @@ void paged_attention(const float* q, const float* k_cache, const float* v_cache,
 
 namespace {
 
+// A float32 buffer aligned to 64 bytes (as the backend's caches are, so that the copies' rows vectorize
+// as the cache's own do), grown as needed and kept.
+class AlignedFloats {
+ public:
+  ~AlignedFloats() { std::free(p_); }
+  float* get(size_t n) {
+    if (n > n_) {
+      std::free(p_);
+      n_ = (n + 15) / 16 * 16;
+      p_ = static_cast<float*>(std::aligned_alloc(64, n_ * sizeof(float)));
+      if (!p_) throw std::bad_alloc();
+    }
+    return p_;
+  }
+
+ private:
+  float* p_ = nullptr;
+  size_t n_ = 0;
+};
+
 // out[i] = value of E4M3 code c[i] (scale 1), through a table of the 256 codes' values.
 LLMSERVE_TARGET_CLONES void decode_e4m3(const uint8_t* c, int64_t n, float* out) {
   static const auto table = [] {
@@ -131,7 +153,7 @@ void paged_attention(const float* q, const uint8_t* k_cache, const uint8_t* v_ca
     blocks_of[static_cast<size_t>(s)] = (len + block_size - 1) / block_size;
   }
   // (kept from call to call: fresh copies cost their pages' faults at every layer of every step)
-  thread_local std::vector<float> kf, vf;
+  thread_local AlignedFloats kf, vf;
   std::vector<int32_t> tables, starts, sources;
   for (int64_t s0 = 0; s0 < S;) {
     int64_t s1 = s0, blocks = 0;
@@ -145,10 +167,8 @@ void paged_attention(const float* q, const uint8_t* k_cache, const uint8_t* v_ca
         tables[static_cast<size_t>((s - s0) * max_blocks + b)] = static_cast<int32_t>(sources.size());
         sources.push_back(block_tables[s * max_blocks + b]);
       }
-    kf.resize(static_cast<size_t>(blocks * block_floats));
-    vf.resize(kf.size());
-    float* const kfp = kf.data();  // (the calling thread's: the team's threads have copies of their own)
-    float* const vfp = vf.data();
+    float* const kfp = kf.get(static_cast<size_t>(blocks * block_floats));  // (the calling thread's buffers:
+    float* const vfp = vf.get(static_cast<size_t>(blocks * block_floats));  // the team's have their own)
     const int32_t* const src = sources.data();
 #pragma omp parallel for schedule(static) if (blocks * block_floats > (1 << 16))
     for (int64_t c = 0; c < blocks; ++c) {

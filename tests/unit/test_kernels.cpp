@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -174,7 +176,11 @@ TEST(Kernels, Fp8KvCacheIsTheFloatKernelOverDecodedValues) {
   k[5] = 1000.f, v[7] = -3000.f;
   std::vector<uint8_t> kc(blocks * bs * Hk * D, 0x55), vc(kc.size(), 0x55);
   cpu::kv_write(k.data(), v.data(), slots.data(), T, Hk, D, kc.data(), vc.data());
-  std::vector<float> kf(kc.size()), vf(vc.size());
+  // (float32 copies 64-byte aligned, as the backend's caches and the kernel's own copies are: a row's
+  // alignment decides how its dot products vectorize, hence their rounding)
+  std::unique_ptr<float, decltype(&std::free)> kfa(static_cast<float*>(std::aligned_alloc(64, kc.size() * 4)), std::free),
+      vfa(static_cast<float*>(std::aligned_alloc(64, vc.size() * 4)), std::free);
+  float *kf = kfa.get(), *vf = vfa.get();
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < Hk * D; ++i) {
       if (slots[t] < 0) continue;
@@ -191,7 +197,7 @@ TEST(Kernels, Fp8KvCacheIsTheFloatKernelOverDecodedValues) {
   const float scale = 1 / std::sqrt(static_cast<float>(D));
   cpu::paged_attention(q.data(), kc.data(), vc.data(), tables.data(), max_blocks, q_start.data(), positions.data(), S, Hq,
                        Hk, D, bs, scale, o8.data());
-  cpu::paged_attention(q.data(), kf.data(), vf.data(), tables.data(), max_blocks, q_start.data(), positions.data(), S, Hq,
+  cpu::paged_attention(q.data(), kf, vf, tables.data(), max_blocks, q_start.data(), positions.data(), S, Hq,
                        Hk, D, bs, scale, o32.data());
   EXPECT_EQ(o8, o32);
   std::vector<float> grouped(T * Hq * D);
