@@ -14,9 +14,11 @@
 //    (streaming from memory as in the model), in GB/s of weights and K/V read;
 //  - the sampler's greedy draw over vocabulary-sized logits rows in GB/s.
 //  - with --attention: decode attention over batch sizes and contexts, the tensor-core kernel with
-//    blocks of 8 warps, of 4, and as the backend chooses, in GB/s of K/V read.
-// Usage: kernel_bench [--quick | --layers | --attention | --attention-chunks | --sampler | --boundary | --splitk | --skinny
-//                      | --prefill | --fp8]
+//    blocks of 8 warps, of 4, and as the backend chooses, in GB/s of K/V read;
+//  - with --attention-fp8: attention over an FP8 E4M3 cache (kv_cache_dtype fp8) against a bf16 one,
+//    decode over batch sizes and contexts and prefill of one causal sequence.
+// Usage: kernel_bench [--quick | --layers | --attention | --attention-chunks | --attention-fp8 | --sampler | --boundary
+//                      | --splitk | --skinny | --prefill | --fp8]
 // (prints tables; exits 77 without a GPU; --layers: the rooflines and the step-layer tables alone;
 // --attention: the rooflines and the sweep; --attention-chunks: the sweep over least keys a split;
 // --sampler: the rooflines and the draw and log-probability tables; --boundary: a kernel boundary's cost
@@ -151,6 +153,54 @@ void attention_sweep(CudaBackend& be, double copy_gbs, bool chunks) {
       cuda::set_decode_attention_min_chunk(0);
       std::printf("\n");
     }
+  }
+}
+
+// kv_cache_dtype fp8: attention over caches of E4M3 codes (float32 queries, as the model gives them)
+// against bf16 caches (the same heads and blocks as attention_sweep, the kernels the backend chooses):
+// decode in us and % of the copy bandwidth for each cache's bytes (as a decode graph recorded for 4,096
+// positions runs it, over distinct caches), and causal prefill of one sequence in TFLOP/s.
+void attention_fp8_table(CudaBackend& be, double copy_gbs, double peak_tflops) {
+  const int64_t Hq = 12, Hk = 2, D = 128, bs = 16;
+  std::printf("%-34s %22s %22s %8s\n", "attention (us, % of copy / peak)", "bf16 cache", "fp8 cache", "ratio");
+  struct Case {
+    int64_t seqs, q_len, ctx;
+  };
+  std::vector<Case> cases;
+  for (int64_t seqs : {1, 16, 64, 256})
+    for (int64_t ctx : {640, 2048, 8192})
+      if (seqs * ctx <= 256 * 2048) cases.push_back({seqs, 1, ctx});
+  for (int64_t len : {2048, 8192}) cases.push_back({1, len, len});
+  for (const Case& c : cases) {
+    StepMeta m = attention_step(c.seqs, c.q_len, c.ctx, bs);
+    if (c.q_len == 1) m.max_context = static_cast<int32_t>(std::max<int64_t>(4096, c.ctx));
+    be.begin_step(m);
+    const int64_t T = m.num_tokens(), blocks = c.seqs * ((c.ctx + bs - 1) / bs);
+    const double flops = 4.0 * Hq * D * (double(c.q_len) * (c.q_len + 1) / 2);
+    char name[64];
+    std::snprintf(name, sizeof name, c.q_len == 1 ? "decode: %lld seqs x %lld context" : "prefill: %lld x %lld causal tokens",
+                  static_cast<long long>(c.seqs), static_cast<long long>(c.q_len == 1 ? c.ctx : c.q_len));
+    std::printf("%-34s", name);
+    double us[2];
+    for (int v = 0; v < 2; ++v) {
+      const DType ct = v ? DType::F8E4M3 : DType::BF16;
+      const double bytes = 2.0 * c.seqs * c.ctx * Hk * D * dtype_size(ct);
+      const int64_t L = c.q_len == 1 ? std::clamp<int64_t>(static_cast<int64_t>(4e9 / bytes), 2, 28) : 1;
+      std::vector<Tensor> kcs, vcs;
+      for (int64_t i = 0; i < L; ++i)
+        for (auto* cc : {&kcs, &vcs}) {
+          cc->push_back(be.empty({blocks, bs, Hk, D}, ct));
+          cudaMemset(cc->back().data, 0x38, cc->back().bytes());  // (E4M3 1.0; a bf16 of about 4.4e-5)
+        }
+      Tensor q = random_tensor(be, {T, Hq * D}, v ? DType::F32 : DType::BF16, 1.f), out = be.empty({T, Hq * D}, DType::BF16);
+      const double ms = graph_ms(be, [&] {
+        for (int64_t i = 0; i < L; ++i) be.attention(q, kcs[i], vcs[i], D, bs, 0.0884f, out);
+      }, c.q_len == 1 ? 1 : 3) / L;
+      us[v] = ms * 1e3;
+      const double pct = c.q_len == 1 ? 100 * bytes / (ms * 1e-3) / 1e9 / copy_gbs : 100 * flops / (ms * 1e-3) / 1e12 / peak_tflops;
+      std::printf(" %13.2f (%4.0f%%)", us[v], pct);
+    }
+    std::printf(" %8.2f\n", us[1] / us[0]);
   }
 }
 
@@ -588,6 +638,10 @@ int main(int argc, char** argv) {
               copy_gbs, peak_tflops, static_cast<long long>(G));
   if (attention_only || chunks_only) {
     attention_sweep(be, copy_gbs, chunks_only);
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "--attention-fp8") == 0) {
+    attention_fp8_table(be, copy_gbs, peak_tflops);
     return 0;
   }
   if (sampler_only) {

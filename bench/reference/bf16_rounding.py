@@ -33,6 +33,11 @@ of columns a rank of a tensor group of N holds, as each rank quantizes its own s
 With --fp8-kv it writes the logits of the unquantized model whose keys (after RoPE) and values are
 rounded to E4M3 with scale 1 (saturating at 448) before attention, as `kv_cache_dtype: fp8` stores them
 (tests/model/run_fp8_kv.sh).
+
+  python3 bench/reference/bf16_rounding.py ../shared/fixtures tiny-qwen2 --points h,attn,act,final,kv8 OUT.f32 [--half]
+With --points it writes the logits with rounding at the listed points (those above, and kv8: the keys and
+values to E4M3, as --fp8-kv), to float16 instead of bf16 with --half: what the GPU's bf16 / fp16 path
+with `kv_cache_dtype: fp8` computes (tests/cuda/run_fp8_kv_gpu.sh).
 """
 import json
 import struct
@@ -66,6 +71,11 @@ def bf16(x):
     u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
     r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
     return r.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def f16(x):
+    """Round to the nearest float16 (ties to even), returned as float64."""
+    return np.asarray(x, dtype=np.float64).astype(np.float16).astype(np.float64)
 
 
 E4M3_VALUES = np.array([(m / 512.0) if e == 0 else (1 + m / 8.0) * 2.0 ** (e - 7)
@@ -146,6 +156,8 @@ def main():
     embed = W["model.embed_tokens.weight"]
     lm_head = embed if cfg.get("tie_word_embeddings") else W["lm_head.weight"]
 
+    rnd = f16 if "--half" in sys.argv[3:] else bf16  # (the 16-bit type of the rounding points)
+
     def forward(ids, R):
         T = len(ids)
         x = embed[ids]
@@ -158,7 +170,7 @@ def main():
 
         def norm(x, w, point):
             y = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
-            return bf16(y) if point in R else y
+            return rnd(y) if point in R else y
 
         def proj(h, name):
             y = h @ W[name + ".weight"].T
@@ -171,7 +183,7 @@ def main():
             k = rope(proj(h, p + "self_attn.k_proj").reshape(T, nkv, D))
             v = proj(h, p + "self_attn.v_proj").reshape(T, nkv, D)
             if "kv" in R:
-                k, v = bf16(k), bf16(v)
+                k, v = rnd(k), rnd(v)
             if "kv8" in R:
                 k, v = e4m3(k), e4m3(v)
             o = np.zeros((T, nh, D))
@@ -183,13 +195,13 @@ def main():
                 o[:, hh] = (pm / pm.sum(-1, keepdims=True)) @ v[:, kh]
             o = o.reshape(T, nh * D)
             if "attn" in R:
-                o = bf16(o)
+                o = rnd(o)
             x = x + o @ W[p + "self_attn.o_proj.weight"].T
             h = norm(x, W[p + "post_attention_layernorm.weight"], "h")
             g, u = h @ W[p + "mlp.gate_proj.weight"].T, h @ W[p + "mlp.up_proj.weight"].T
             a = g / (1 + np.exp(-g)) * u
             if "act" in R:
-                a = bf16(a)
+                a = rnd(a)
             x = x + a @ W[p + "mlp.down_proj.weight"].T
         return (norm(x[-1:], W["model.norm.weight"], "final") @ lm_head.T)[0]
 
@@ -197,6 +209,14 @@ def main():
         return np.array([np.linalg.norm(forward(pr["ids"], R) - gold[i]) / np.linalg.norm(gold[i])
                          for i, pr in enumerate(prompts)])
 
+    if "--points" in sys.argv[3:]:
+        i = sys.argv.index("--points")
+        R = set(sys.argv[i + 1].split(","))
+        unknown = R - {"h", "kv", "attn", "act", "final", "kv8"}
+        if unknown:
+            raise SystemExit(f"--points: unknown rounding points {sorted(unknown)}")
+        np.array([forward(pr["ids"], R) for pr in prompts], dtype="<f4").tofile(sys.argv[i + 2])
+        return
     if "--fp8" in sys.argv[3:] or "--fp8-kv" in sys.argv[3:]:
         kv8 = "--fp8-kv" in sys.argv[3:]
         out = sys.argv[sys.argv.index("--fp8-kv" if kv8 else "--fp8") + 1]

@@ -103,12 +103,13 @@ __device__ __forceinline__ void accumulate_values(const T* vc, int64_t row_offse
   }
 }
 
-// PER = head dimensions per lane (D <= 32 * PER).
-template <typename TI, typename T, int PER>
+// PER = head dimensions per lane (D <= 32 * PER). Caches of type TC (the activation type, or E4M3 codes:
+// kv_cache_dtype fp8), the output in TO.
+template <typename TI, typename TC, typename TO, int PER>
 __global__ void __launch_bounds__(kWarps * 32)
-    paged_attention_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
+    paged_attention_k(const TI* q, const TC* kc, const TC* vc, const int32_t* tables, int64_t max_blocks,
                       const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
-                      int64_t bs, float scale, float* part_ml, float* part_acc, T* out) {
+                      int64_t bs, float scale, float* part_ml, float* part_acc, TO* out) {
   pdl_enter();
   const int64_t th = blockIdx.x;
   const int64_t split = blockIdx.y, splits = gridDim.y;
@@ -147,7 +148,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int r = 0; r < PER; ++r) acc[0][r] *= corr;
     const int64_t rest = len - j0;
-    accumulate_values<T, PER, 1>(vc, kvh * D, row, slot, p, rest < 32 ? static_cast<int>(rest) : 32, lane, D, 1, acc);
+    accumulate_values<TC, PER, 1>(vc, kvh * D, row, slot, p, rest < 32 ? static_cast<int>(rest) : 32, lane, D, 1, acc);
   }
   // Merge the warps: out = sum_w acc_w e^(m_w - M) / sum_w l_w e^(m_w - M).
   __shared__ float sm[kWarps], sl[kWarps];
@@ -181,7 +182,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
       for (int i = 0; i < kWarps; ++i) o += sacc[i][d] * f[i];
       if (splits == 1)
-        out[(t * Hq + h) * D + d] = from_f<T>(o / L);
+        out[(t * Hq + h) * D + d] = from_f<TO>(o / L);
       else
         part_acc[(th * splits + split) * D + d] = o;
     }
@@ -270,11 +271,11 @@ __global__ void merge_splits_k(const float* part_ml, const float* part_acc, cons
 // for G <= kMaxGroup and head_dim <= 128.
 constexpr int kMaxGroup = 8;
 
-template <typename TI, typename T>
+template <typename TI, typename TC, typename TO>
 __global__ void __launch_bounds__(kWarps * 32)
-    paged_attention_gqa_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
+    paged_attention_gqa_k(const TI* q, const TC* kc, const TC* vc, const int32_t* tables, int64_t max_blocks,
                           const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
-                          int64_t bs, float scale, float* part_ml, float* part_acc, T* out) {
+                          int64_t bs, float scale, float* part_ml, float* part_acc, TO* out) {
   constexpr int kPer = 4;  // head_dim <= 128
   pdl_enter();
   const int64_t tk = blockIdx.x;
@@ -296,7 +297,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   __syncthreads();
   float acc[kMaxGroup][kPer], m[kMaxGroup], l[kMaxGroup];
   softmax_init(acc, m, l);
-  constexpr int V = 16 / sizeof(T);
+  constexpr int V = 16 / sizeof(TC);
   for (int64_t j0 = lo + static_cast<int64_t>(w) * 32; j0 < len; j0 += kWarps * 32) {
     const int64_t j = j0 + lane;
     const bool valid = j < len;
@@ -307,12 +308,12 @@ __global__ void __launch_bounds__(kWarps * 32)
     if (valid) {
       slot = static_cast<int64_t>(table[j / bs]) * bs + j % bs;
       prefetch_row(vc + slot * row + kh * D, D);
-      const T* kr = kc + slot * row + kh * D;
+      const TC* kr = kc + slot * row + kh * D;
 #pragma unroll 8
       for (int64_t d = 0; d < D; d += V) {
         union {
           uint4 u;
-          T e[V];
+          TC e[V];
         } kv;
         kv.u = *reinterpret_cast<const uint4*>(kr + d);
 #pragma unroll
@@ -338,8 +339,8 @@ __global__ void __launch_bounds__(kWarps * 32)
       for (int r = 0; r < kPer; ++r) acc[g][r] *= corr;
     }
     const int64_t rest = len - j0;
-    accumulate_values<T, kPer, kMaxGroup>(vc, kh * D, row, slot, p, rest < 32 ? static_cast<int>(rest) : 32, lane, D, G,
-                                          acc);
+    accumulate_values<TC, kPer, kMaxGroup>(vc, kh * D, row, slot, p, rest < 32 ? static_cast<int>(rest) : 32, lane, D, G,
+                                           acc);
   }
   __shared__ float sm[kWarps][kMaxGroup], sl[kWarps][kMaxGroup];
   __shared__ float sacc[kWarps][kMaxGroup][32 * kPer];
@@ -375,7 +376,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
       for (int i = 0; i < kWarps; ++i) o += sacc[i][g][d] * f[i];
       if (splits == 1)
-        out[th * D + d] = from_f<T>(o / L);
+        out[th * D + d] = from_f<TO>(o / L);
       else
         part_acc[(th * splits + split) * D + d] = o;
     }
@@ -478,22 +479,39 @@ constexpr int kRowPad = 8;  // elements after each staged row: ldmatrix's 8 rows
 // nothing from a third stage and their 104 KB of shared memory cost the batch-1 decode layer 1.6 us.
 __host__ __device__ constexpr int mma_stages(int W) { return W == 4 ? 3 : 2; }
 
-template <int D, int W>
+// Staged rows of E4M3 codes (kv_cache_dtype fp8) are D + kRowPad8 bytes apart (16-byte copies).
+constexpr int kRowPad8 = 16;
+
+// Shared memory of a block: its warps' staged tiles (key and value rows of kMmaKeys keys, mma_stages
+// of them), for caches of E4M3 codes followed by each warp's tile widened to 16 bits (what the
+// products read).
+template <typename TC, int D, int W>
 __host__ __device__ constexpr size_t mma_stage_bytes() {
-  return sizeof(uint16_t) * mma_stages(W) * W * 2 * kMmaKeys * (D + kRowPad);
+  if constexpr (sizeof(TC) == 1)
+    return static_cast<size_t>(mma_stages(W)) * W * 2 * kMmaKeys * (D + kRowPad8) +
+           sizeof(uint16_t) * W * 2 * kMmaKeys * (D + kRowPad);
+  else
+    return sizeof(uint16_t) * mma_stages(W) * W * 2 * kMmaKeys * (D + kRowPad);
 }
 
 // Positions, slots and key indices are 32-bit here (contexts and KV caches of fewer than 2^31 tokens;
 // element offsets into the caches stay 64-bit), and the block size is a power of two given by its
 // log2: fewer registers a thread, so more blocks resident per SM (101 with 8 warps, 106 with 4).
-template <typename TI, typename T, int D, int W>
+// T: the products' (and the output's) 16-bit type; TC: the caches', T or E4M3 codes (kv_cache_dtype
+// fp8: the rows are staged as codes, and a warp widens its tile to T exactly, in shared memory, before
+// its products).
+template <typename TI, typename T, typename TC, int D, int W>
 __global__ void __launch_bounds__(W * 32)
-    paged_attention_mma_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
+    paged_attention_mma_k(const TI* q, const TC* kc, const TC* vc, const int32_t* tables, int64_t max_blocks,
                           const int32_t* token_seq, const int32_t* positions, int64_t Hq, int64_t Hk, int bs_log2,
                           float scale, int fresh, int min_chunk, float* part_ml, float* part_acc, unsigned* counters,
                           T* out) {
-  constexpr int KS = D / 16, NT = D / 8, RS = D + kRowPad, CH = D / 8;  // CH: 16-byte chunks per row
-  constexpr int kStep = W * kMmaKeys;                                     // keys between a warp's tiles
+  constexpr bool kFp8 = sizeof(TC) == 1;
+  static_assert(kFp8 || std::is_same_v<T, TC>, "16-bit caches are of the products' type");
+  constexpr int KS = D / 16, NT = D / 8, RS = D + kRowPad;
+  constexpr int EPC = 16 / sizeof(TC), CH = D / EPC;  // elements per 16-byte copy; copies per row
+  constexpr int RC = kFp8 ? D + kRowPad8 : RS;        // a staged row's stride (TC elements)
+  constexpr int kStep = W * kMmaKeys;                 // keys between a warp's tiles
   constexpr int kMmaStages = mma_stages(W);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int64_t tk = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
@@ -509,12 +527,12 @@ __global__ void __launch_bounds__(W * 32)
   const int len = min(ctx, lo + chunk), old = ctx - fresh;
   const int32_t* table = tables + static_cast<int64_t>(token_seq[t]) * max_blocks;
   const int bs_mask = (1 << bs_log2) - 1;
-  const T* kbase = kc + kh * D;
-  const T* vbase = vc + kh * D;
+  const TC* kbase = kc + kh * D;
+  const TC* vbase = vc + kh * D;
   const int64_t row = Hk * D;
-  // This warp's keys and values of stage b.
+  // This warp's keys and values of stage b (kMmaKeys key rows, then as many value rows).
   auto ks_of = [&](int b) {
-    return reinterpret_cast<T*>(smem_raw) + (b * W + w) * 2 * kMmaKeys * RS;
+    return reinterpret_cast<TC*>(smem_raw) + (b * W + w) * 2 * kMmaKeys * RC;
   };
 
   int j0 = lo + w * kMmaKeys;
@@ -526,8 +544,8 @@ __global__ void __launch_bounds__(W * 32)
   // Stages the keys in [a, b) of the tile at j into stage buf; with zero_tail, the rows of keys past the
   // context get zeros.
   auto stage = [&](int buf, int j, int slot, int a, int b, bool zero_tail) {
-    T* ks = ks_of(buf);
-    T* vs = ks + kMmaKeys * RS;
+    TC* ks = ks_of(buf);
+    TC* vs = ks + kMmaKeys * RC;
 #pragma unroll
     for (int i = 0; i < kMmaKeys * CH / 32; ++i) {
       const int c = lane + 32 * i, key = c / CH, ch = c % CH;
@@ -535,9 +553,9 @@ __global__ void __launch_bounds__(W * 32)
       const int jk = j + key;
       const bool load = jk >= a && jk < b, zero = zero_tail && jk >= len;
       if (!load && !zero) continue;
-      const int64_t off = load ? sj * row + ch * 8 : 0;
-      cp_async16(ks + key * RS + ch * 8, kbase + off, load ? 16 : 0);
-      cp_async16(vs + key * RS + ch * 8, vbase + off, load ? 16 : 0);
+      const int64_t off = load ? sj * row + ch * EPC : 0;
+      cp_async16(ks + key * RC + ch * EPC, kbase + off, load ? 16 : 0);
+      cp_async16(vs + key * RC + ch * EPC, vbase + off, load ? 16 : 0);
     }
   };
   const bool busy = j0 < len;
@@ -579,7 +597,22 @@ __global__ void __launch_bounds__(W * 32)
   while (j0 < len) {
     cp_async_wait_group<kMmaStages - 1>();  // this tile's group (the next ones may stay in flight)
     __syncwarp();
-    const T* ks = ks_of(buf);
+    const T* ks;
+    if constexpr (kFp8) {
+      // The tile's 2 x kMmaKeys rows of codes to T (exact), 8 elements a lane at a time, into this warp's
+      // widened tile (after every warp's stages; the layout of a 16-bit stage).
+      T* const widened =
+          reinterpret_cast<T*>(smem_raw + sizeof(TC) * kMmaStages * W * 2 * kMmaKeys * RC) + w * 2 * kMmaKeys * RS;
+      const TC* st = ks_of(buf);
+      for (int c = lane; c < 2 * kMmaKeys * (D / 8); c += 32) {
+        const int r = c / (D / 8), e = c % (D / 8) * 8;
+        *reinterpret_cast<uint4*>(widened + r * RS + e) = widen_fp8<T>(*reinterpret_cast<const uint2*>(st + r * RC + e));
+      }
+      __syncwarp();
+      ks = widened;
+    } else {
+      ks = ks_of(buf);
+    }
     const T* vs = ks + kMmaKeys * RS;
     // S = Q K^T: two n-tiles of 8 keys; the query fragments of two k-steps per ldmatrix.
     float sc[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
@@ -622,7 +655,7 @@ __global__ void __launch_bounds__(W * 32)
   cp_async_wait_all();
   // The warps' states for the merge (the staging area is free once every warp is past its loop).
   __shared__ float sm[W][kMaxGroup], sl[W][kMaxGroup];
-  static_assert(sizeof(float) * W * kMaxGroup * D <= mma_stage_bytes<D, W>(), "the merge fits the staging area");
+  static_assert(sizeof(float) * W * kMaxGroup * D <= mma_stage_bytes<TC, D, W>(), "the merge fits the staging area");
   __syncthreads();
   auto& sacc = *reinterpret_cast<float(*)[W][kMaxGroup][D]>(smem_raw);
   if (r0 < G) {
@@ -641,16 +674,17 @@ __global__ void __launch_bounds__(W * 32)
   finish_group<T, D, W>(sm, sl, sacc, G, t, Hq, kh, tk, ctx, chunk, split, splits, part_ml, part_acc, counters, out);
 }
 
-// The tensor-core decode kernel for head size D (64 or 128) with W warps (4 or 8) a block, and its
-// shared memory.
-template <typename TI, typename T>
+// The tensor-core decode kernel for head size D (64 or 128) with W warps (4 or 8) a block, output type
+// T and caches of type TC, and its shared memory.
+template <typename TI, typename T, typename TC>
 auto mma_kernel(int64_t D, int W) {
-  if (W == 4) return D == 64 ? paged_attention_mma_k<TI, T, 64, 4> : paged_attention_mma_k<TI, T, 128, 4>;
-  return D == 64 ? paged_attention_mma_k<TI, T, 64, 8> : paged_attention_mma_k<TI, T, 128, 8>;
+  if (W == 4) return D == 64 ? paged_attention_mma_k<TI, T, TC, 64, 4> : paged_attention_mma_k<TI, T, TC, 128, 4>;
+  return D == 64 ? paged_attention_mma_k<TI, T, TC, 64, 8> : paged_attention_mma_k<TI, T, TC, 128, 8>;
 }
+template <typename TC>
 size_t mma_smem(int64_t D, int W) {
-  if (W == 4) return D == 64 ? mma_stage_bytes<64, 4>() : mma_stage_bytes<128, 4>();
-  return D == 64 ? mma_stage_bytes<64, 8>() : mma_stage_bytes<128, 8>();
+  if (W == 4) return D == 64 ? mma_stage_bytes<TC, 64, 4>() : mma_stage_bytes<TC, 128, 4>();
+  return D == 64 ? mma_stage_bytes<TC, 64, 8>() : mma_stage_bytes<TC, 128, 8>();
 }
 
 std::atomic<int> g_decode_warps{[] {
@@ -698,15 +732,17 @@ void prepare_attention_kernels() {
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)),
           "attention kernel attributes");
   };
-#define ALLOW(TI, T)                                                          \
-  allow(paged_attention_mma_k<TI, T, 64, 4>, mma_stage_bytes<64, 4>());       \
-  allow(paged_attention_mma_k<TI, T, 128, 4>, mma_stage_bytes<128, 4>());     \
-  allow(paged_attention_mma_k<TI, T, 64, 8>, mma_stage_bytes<64, 8>());       \
-  allow(paged_attention_mma_k<TI, T, 128, 8>, mma_stage_bytes<128, 8>());
-  ALLOW(float, __half)
-  ALLOW(float, __nv_bfloat16)
-  ALLOW(__half, __half)
-  ALLOW(__nv_bfloat16, __nv_bfloat16)
+#define ALLOW(TI, T, TC)                                                                \
+  allow(paged_attention_mma_k<TI, T, TC, 64, 4>, mma_stage_bytes<TC, 64, 4>());         \
+  allow(paged_attention_mma_k<TI, T, TC, 128, 4>, mma_stage_bytes<TC, 128, 4>());       \
+  allow(paged_attention_mma_k<TI, T, TC, 64, 8>, mma_stage_bytes<TC, 64, 8>());         \
+  allow(paged_attention_mma_k<TI, T, TC, 128, 8>, mma_stage_bytes<TC, 128, 8>());
+  ALLOW(float, __half, __half)
+  ALLOW(float, __nv_bfloat16, __nv_bfloat16)
+  ALLOW(__half, __half, __half)
+  ALLOW(__nv_bfloat16, __nv_bfloat16, __nv_bfloat16)
+  ALLOW(float, __half, __nv_fp8_e4m3)
+  ALLOW(float, __nv_bfloat16, __nv_fp8_e4m3)
 #undef ALLOW
   prepare_flash_prefill();
 }
@@ -722,20 +758,20 @@ size_t paged_attention_scratch_bytes() {
          sizeof(float) * 4 * static_cast<size_t>(sm_count()) * kMaxGroup * (32 * kMaxDimPerLane + 2);
 }
 
-template <typename TI, typename T>
-void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
+template <typename TI, typename TC, typename TO>
+void paged_attention(const TI* q, const TC* k_cache, const TC* v_cache, const int32_t* block_tables, int64_t max_blocks,
                      const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
-                     int64_t block_size, float scale, int64_t max_len, int64_t fresh, void* scratch, T* out,
+                     int64_t block_size, float scale, int64_t max_len, int64_t fresh, void* scratch, TO* out,
                      cudaStream_t s) {
   if (n == 0) return;
   if (D > 32 * kMaxDimPerLane) check(cudaErrorInvalidValue, "paged_attention: head_dim above 256");
   // Grouped queries, one block per (token, KV head): on tensor cores for 16-bit caches with head_dim 64
   // or 128 at any batch (measured on an H200 against the CUDA-core grouped kernel: 64 x 1,024 context
-  // 71.7 -> 43.6 us, 256 x 768 179 -> 72 us); on CUDA cores for the other types and sizes when the
-  // batch fills the GPU; a block per query head where neither applies.
+  // 71.7 -> 43.6 us, 256 x 768 179 -> 72 us), and for E4M3 caches with a 16-bit output; on CUDA cores for
+  // the other types and sizes when the batch fills the GPU; a block per query head where neither applies.
   const int64_t G = Hq / Hk;
-  const bool mma = sizeof(T) == 2 && G <= kMaxGroup && (D == 64 || D == 128);
-  const bool many = !mma && G >= 2 && G <= kMaxGroup && D <= 128 && D % (16 / static_cast<int64_t>(sizeof(T))) == 0 &&
+  const bool mma = sizeof(TO) == 2 && G <= kMaxGroup && (D == 64 || D == 128);
+  const bool many = !mma && G >= 2 && G <= kMaxGroup && D <= 128 && D % (16 / static_cast<int64_t>(sizeof(TC))) == 0 &&
                     n * Hk >= 16;
   const bool grouped = mma || many;
   const int64_t units = n * (grouped ? Hk : Hq);  // blocks per split
@@ -748,10 +784,10 @@ void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int3
   const int64_t min_chunk = mma ? mma_min_chunk() : kMinChunk;
   int mw = 8;  // the tensor-core kernel's warps a block
   int64_t wave = 4 * sm_count();
-  if constexpr (sizeof(T) == 2)
+  if constexpr (sizeof(TO) == 2)
     if (mma) {
       mw = mma_warps(units);
-      wave = std::min<int64_t>(wave, resident_blocks(mma_kernel<TI, T>(D, mw), mw * 32, mma_smem(D, mw)));
+      wave = std::min<int64_t>(wave, resident_blocks(mma_kernel<TI, TO, TC>(D, mw), mw * 32, mma_smem<TC>(D, mw)));
     }
   int64_t splits = 1;
   if (max_len > min_chunk) {
@@ -770,37 +806,40 @@ void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int3
   const dim3 grid(static_cast<unsigned>(units), static_cast<unsigned>(splits));
   constexpr unsigned threads = kWarps * 32;
   if (mma) {
-    if constexpr (sizeof(T) == 2) {
+    if constexpr (sizeof(TO) == 2) {
       const int bs_log2 = block_size_log2(block_size, "paged_attention");
-      launch("paged_attention", mma_kernel<TI, T>(D, mw), grid, mw * 32, mma_smem(D, mw), s, q, k_cache, v_cache, block_tables,
+      launch("paged_attention", mma_kernel<TI, TO, TC>(D, mw), grid, mw * 32, mma_smem<TC>(D, mw), s, q, k_cache, v_cache, block_tables,
              max_blocks, token_seq, positions, Hq, Hk, bs_log2, scale, static_cast<int>(std::max<int64_t>(fresh, 1)),
              static_cast<int>(min_chunk), ml, acc, counters, out);
     }
     return;
   }
   if (many)
-    launch("paged_attention", paged_attention_gqa_k<TI, T>, grid, threads, 0, s, q, k_cache, v_cache, block_tables,
+    launch("paged_attention", paged_attention_gqa_k<TI, TC, TO>, grid, threads, 0, s, q, k_cache, v_cache, block_tables,
            max_blocks, token_seq, positions, n, Hq, Hk, D, block_size, scale, ml, acc, out);
   else if (D <= 64)
-    launch("paged_attention", paged_attention_k<TI, T, 2>, grid, threads, 0, s, q, k_cache, v_cache, block_tables,
+    launch("paged_attention", paged_attention_k<TI, TC, TO, 2>, grid, threads, 0, s, q, k_cache, v_cache, block_tables,
            max_blocks, token_seq, positions, n, Hq, Hk, D, block_size, scale, ml, acc, out);
   else if (D <= 128)
-    launch("paged_attention", paged_attention_k<TI, T, 4>, grid, threads, 0, s, q, k_cache, v_cache, block_tables,
+    launch("paged_attention", paged_attention_k<TI, TC, TO, 4>, grid, threads, 0, s, q, k_cache, v_cache, block_tables,
            max_blocks, token_seq, positions, n, Hq, Hk, D, block_size, scale, ml, acc, out);
   else
-    launch("paged_attention", paged_attention_k<TI, T, 8>, grid, threads, 0, s, q, k_cache, v_cache, block_tables,
+    launch("paged_attention", paged_attention_k<TI, TC, TO, 8>, grid, threads, 0, s, q, k_cache, v_cache, block_tables,
            max_blocks, token_seq, positions, n, Hq, Hk, D, block_size, scale, ml, acc, out);
   if (splits > 1)
-    launch("paged_attention merge", merge_splits_k<T>, static_cast<unsigned>(n * Hq), 128, 0, s, ml, acc, positions, Hq,
+    launch("paged_attention merge", merge_splits_k<TO>, static_cast<unsigned>(n * Hq), 128, 0, s, ml, acc, positions, Hq,
            splits, D, out);
 }
 
-#define INSTANTIATE(TI, T)                                                                                          \
-  template void paged_attention<TI, T>(const TI*, const T*, const T*, const int32_t*, int64_t, const int32_t*, const int32_t*, \
-                                       int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t, int64_t, void*, T*, cudaStream_t);
-#define SAME(T) INSTANTIATE(T, T)
-#define MIXED(T) INSTANTIATE(float, T)
+#define INSTANTIATE(TI, TC, TO)                                                                                   \
+  template void paged_attention<TI, TC, TO>(const TI*, const TC*, const TC*, const int32_t*, int64_t, const int32_t*,  \
+                                            const int32_t*, int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t, \
+                                            int64_t, void*, TO*, cudaStream_t);
+#define SAME(T) INSTANTIATE(T, T, T)
+#define MIXED(T) INSTANTIATE(float, T, T)
+#define FP8_CACHE(T) INSTANTIATE(float, __nv_fp8_e4m3, T)  // kv_cache_dtype fp8
 LLMSERVE_FOR_EACH_TYPE(SAME)
 LLMSERVE_FOR_EACH_HALF_TYPE(MIXED)
+LLMSERVE_FOR_EACH_TYPE(FP8_CACHE)
 
 }  // namespace llmserve::cuda

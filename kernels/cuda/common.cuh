@@ -12,6 +12,8 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
+#include "kernels/fp8.h"
+
 namespace llmserve::cuda {
 
 void check(cudaError_t e, const char* what);  // throws with `what` and CUDA's message unless e is cudaSuccess
@@ -24,6 +26,21 @@ template <typename T> __device__ __forceinline__ T from_f(float x);
 template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+// (kv_cache_dtype fp8: the host's rounding, kernels/fp8.h, so both backends store the same codes)
+template <> __device__ __forceinline__ __nv_fp8_e4m3 from_f<__nv_fp8_e4m3>(float x) {
+  __nv_fp8_e4m3 c;
+  c.__x = f32_to_e4m3(x);
+  return c;
+}
+// Element i of a KV cache of type T, or of E4M3 codes where fp8 (kv_cache_dtype fp8; the fused kernels
+// that write the cache take its type at run time), set to v.
+template <typename T>
+__device__ __forceinline__ void cache_put(void* cache, int64_t i, float v, bool fp8) {
+  if (fp8)
+    static_cast<__nv_fp8_e4m3*>(cache)[i] = from_f<__nv_fp8_e4m3>(v);
+  else
+    static_cast<T*>(cache)[i] = from_f<T>(v);
+}
 
 // 16 bytes of weights as floats: 4, 8 or 16 of them (FP8 E4M3 codes by the hardware's conversion to
 // half pairs, exact).

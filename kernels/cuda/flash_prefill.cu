@@ -34,9 +34,15 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kMKeys = 64;    // keys per tile
 constexpr int kMRowPad = 8;   // elements after each staged row (ldmatrix rows on different banks)
 
-template <int D>
+// kv_cache_dtype fp8: staged rows of E4M3 codes are D + kMRowPad8 bytes apart (16-byte copies), and the
+// block widens each tile to the 16-bit type in one more tile of shared memory before its products.
+constexpr int kMRowPad8 = 16;
+template <typename TC, int D>
 constexpr size_t prefill_smem() {
-  return sizeof(uint16_t) * 2 /* stages */ * 2 /* K, V */ * kMKeys * (D + kMRowPad);
+  if constexpr (sizeof(TC) == 1)
+    return 2 /* stages */ * 2 /* K, V */ * kMKeys * (D + kMRowPad8) + sizeof(uint16_t) * 2 * kMKeys * (D + kMRowPad);
+  else
+    return sizeof(uint16_t) * 2 /* stages */ * 2 /* K, V */ * kMKeys * (D + kMRowPad);
 }
 
 // A warp's 16 query rows of the tile at t0 (its rows t0 + 16 w ..): the positions of this lane's rows r0
@@ -116,14 +122,19 @@ __device__ __forceinline__ void write_rows(const float (&o)[NT][4], const float 
   }
 }
 
-template <typename TI, typename T, int D>
+// Caches of type TC: T, or E4M3 codes (kv_cache_dtype fp8), which the block widens to T exactly.
+template <typename TI, typename T, typename TC, int D>
 __global__ void __launch_bounds__(kThreads)
-    flash_prefill_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
+    flash_prefill_k(const TI* q, const TC* kc, const TC* vc, const int32_t* tables, int64_t max_blocks,
                     const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t n, int64_t Hq,
                     int64_t Hk, int bs_log2, float scale, T* out) {
-  constexpr int KS = D / 16, NT = D / 8, RS = D + kMRowPad, CH = D / 8, NS = kMKeys / 8;
+  constexpr bool kFp8 = sizeof(TC) == 1;
+  static_assert(kFp8 || std::is_same_v<T, TC>, "16-bit caches are of the products' type");
+  constexpr int KS = D / 16, NT = D / 8, RS = D + kMRowPad, NS = kMKeys / 8;
+  constexpr int EPC = 16 / sizeof(TC), CH = D / EPC;  // elements per 16-byte copy; copies per row
+  constexpr int RC = kFp8 ? D + kMRowPad8 : RS;       // a staged row's stride (TC elements)
   extern __shared__ __align__(128) unsigned char smem[];
-  T* stage_base = reinterpret_cast<T*>(smem);  // [stage][K, V][kMKeys][RS]
+  TC* stage_base = reinterpret_cast<TC*>(smem);  // [stage][K, V][kMKeys][RC]
   __shared__ int32_t tile_max;
 
   pdl_enter();
@@ -144,16 +155,16 @@ __global__ void __launch_bounds__(kThreads)
   const uint32_t bs_mask = (1u << bs_log2) - 1;  // block sizes are powers of two (the host checks)
   // Copies key tile i into stage i % 2 (rows past the keys: zeros), as one cp.async group.
   auto stage = [&](int64_t i) {
-    T* ks = stage_base + (i & 1) * 2 * kMKeys * RS;
-    T* vs = ks + kMKeys * RS;
+    TC* ks = stage_base + (i & 1) * 2 * kMKeys * RC;
+    TC* vs = ks + kMKeys * RC;
     for (int c = tid; c < kMKeys * CH; c += kThreads) {
       const int key = c / CH, ch = c % CH;
       const uint32_t j = static_cast<uint32_t>(i * kMKeys + key);  // 32-bit: 64-bit division is slow
       const bool load = j < nkeys;
       const int64_t off =
-          load ? ((static_cast<int64_t>(table[j >> bs_log2]) << bs_log2) + (j & bs_mask)) * row + kvh * D + ch * 8 : 0;
-      cp_async16(ks + key * RS + ch * 8, kc + off, load ? 16 : 0);
-      cp_async16(vs + key * RS + ch * 8, vc + off, load ? 16 : 0);
+          load ? ((static_cast<int64_t>(table[j >> bs_log2]) << bs_log2) + (j & bs_mask)) * row + kvh * D + ch * EPC : 0;
+      cp_async16(ks + key * RC + ch * EPC, kc + off, load ? 16 : 0);
+      cp_async16(vs + key * RC + ch * EPC, vc + off, load ? 16 : 0);
     }
     cp_async_commit();
   };
@@ -168,7 +179,21 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     const int64_t k0 = i * kMKeys;
-    const T* ks = stage_base + (i & 1) * 2 * kMKeys * RS;
+    const T* ks;
+    if constexpr (kFp8) {
+      // The tile's key and value rows of codes to T, 8 elements a thread at a time, into the widened
+      // tile after the stages (the layout of a 16-bit stage).
+      T* const widened = reinterpret_cast<T*>(smem + sizeof(TC) * 2 * 2 * kMKeys * RC);
+      const TC* st = stage_base + (i & 1) * 2 * kMKeys * RC;
+      for (int c = tid; c < 2 * kMKeys * (D / 8); c += kThreads) {
+        const int r = c / (D / 8), e = c % (D / 8) * 8;
+        *reinterpret_cast<uint4*>(widened + r * RS + e) = widen_fp8<T>(*reinterpret_cast<const uint2*>(st + r * RC + e));
+      }
+      __syncthreads();
+      ks = widened;
+    } else {
+      ks = stage_base + (i & 1) * 2 * kMKeys * RS;
+    }
     const T* vs = ks + kMKeys * RS;
     if (k0 <= rows.last) {
       // S = Q K^T over the tile's 8 n-tiles of 8 keys.
@@ -204,7 +229,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
-    __syncthreads();  // every warp done with this stage before tile i + 2 is copied into it
+    __syncthreads();  // every warp done with this stage (and the widened tile) before tile i + 2 is copied into it
   }
   write_rows<T, NT>(o, l, rows, out + ((t0 + w * 16 + r0) * Hq + h) * D, Hq * D, c0);
 }
@@ -615,8 +640,8 @@ bool prefill_attention_wgmma(int64_t D) {
   return (D == 128 || D == 64) && g_wgmma_runs.load() && g_wgmma_wanted.load();
 }
 
-template <typename TI, typename T>
-void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
+template <typename TI, typename TC, typename T>
+void flash_prefill(const TI* q, const TC* k_cache, const TC* v_cache, const int32_t* block_tables, int64_t max_blocks,
                    const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t num_tiles,
                    int64_t n, int64_t Hq, int64_t Hk, int64_t D, int64_t block_size, int64_t cache_blocks,
                    int64_t max_context, float scale, T* out, cudaStream_t s) {
@@ -628,6 +653,8 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
   const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(num_tiles));
   // The warpgroup kernel reads the queries 8 elements at a time (rows are D elements, a multiple of 8,
   // so only the base can be misaligned; the mma.sync kernel takes such a view).
+  // (E4M3 caches: the mma.sync kernel, which widens its tiles in shared memory.)
+  if constexpr (sizeof(TC) == 2) {
   if (prefill_attention_wgmma(D) && vec_ok(q, 8, sizeof(TI))) {
     auto run = [&](auto d, auto kt) {
       constexpr int Dc = decltype(d)::value, KT = decltype(kt)::value;
@@ -652,10 +679,11 @@ void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_
     if (D == 64) return k128 ? run(I64{}, I128{}) : run(I64{}, I64{});
     return k128 ? run(I128{}, I128{}) : run(I128{}, I64{});
   }
+  }
   auto run = [&](auto d) {
     constexpr int Dc = decltype(d)::value;
-    auto k = flash_prefill_k<TI, T, Dc>;
-    constexpr size_t smem = prefill_smem<Dc>();
+    auto k = flash_prefill_k<TI, T, TC, Dc>;
+    constexpr size_t smem = prefill_smem<TC, Dc>();
     static const bool opted = [&] {  // above the default 48 KB at 128 head dimensions
       check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
             "flash_prefill shared memory");
@@ -689,13 +717,15 @@ std::vector<int32_t> flash_prefill_tiles(const std::vector<int32_t>& q_start, co
   return sorted;
 }
 
-#define INSTANTIATE(TI, T)                                                                                        \
-  template void flash_prefill<TI, T>(const TI*, const T*, const T*, const int32_t*, int64_t, const int32_t*,      \
-                                     const int32_t*, const int32_t*, int64_t, int64_t, int64_t, int64_t, int64_t, \
-                                     int64_t, int64_t, int64_t, float, T*, cudaStream_t);
-#define SAME(T) INSTANTIATE(T, T)
-#define MIXED(T) INSTANTIATE(float, T)
+#define INSTANTIATE(TI, TC, T)                                                                                    \
+  template void flash_prefill<TI, TC, T>(const TI*, const TC*, const TC*, const int32_t*, int64_t, const int32_t*,  \
+                                         const int32_t*, const int32_t*, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                         int64_t, int64_t, int64_t, float, T*, cudaStream_t);
+#define SAME(T) INSTANTIATE(T, T, T)
+#define MIXED(T) INSTANTIATE(float, T, T)
+#define FP8_CACHE(T) INSTANTIATE(float, __nv_fp8_e4m3, T)  // kv_cache_dtype fp8
 LLMSERVE_FOR_EACH_HALF_TYPE(SAME)
 LLMSERVE_FOR_EACH_HALF_TYPE(MIXED)
+LLMSERVE_FOR_EACH_HALF_TYPE(FP8_CACHE)
 
 }  // namespace llmserve::cuda

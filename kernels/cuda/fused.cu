@@ -90,15 +90,16 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
         continue;
       }
       if (slot < 0) continue;
-      T* cache = static_cast<T*>(j == 1 ? a.k_cache : a.v_cache) + (static_cast<int64_t>(slot) * a.Hk + hd) * a.D;
+      void* cache = j == 1 ? a.k_cache : a.v_cache;
+      const int64_t at = (static_cast<int64_t>(slot) * a.Hk + hd) * a.D + i;
       if (j == 1) {
         float sn, cs;
         sincosf(static_cast<float>(pos) * freq, &sn, &cs);
-        cache[i] = from_f<T>(x1 * cs - x2 * sn);
-        cache[i + half] = from_f<T>(x2 * cs + x1 * sn);
+        cache_put<T>(cache, at, x1 * cs - x2 * sn, a.fp8_cache);
+        cache_put<T>(cache, at + half, x2 * cs + x1 * sn, a.fp8_cache);
       } else {
-        cache[i] = from_f<T>(x1);
-        cache[i + half] = from_f<T>(x2);
+        cache_put<T>(cache, at, x1, a.fp8_cache);
+        cache_put<T>(cache, at + half, x2, a.fp8_cache);
       }
     }
   };
@@ -202,13 +203,13 @@ void gemv_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const TW
   gate_up<T, TW, true>(x, norm_w, eps, w_gate, w_up, s_gate, s_up, M, K, N, act, s);
 }
 
-#define INSTANTIATE(T)                                                                                              \
+#define INSTANTIATE_ROPE_KV(T)                                                                                      \
   template void rope_kv_write<T>(float*, const float*, const float*, const int32_t*, const float*, const int32_t*, \
                                  int64_t, int64_t, int64_t, int64_t, T*, T*, cudaStream_t);                         \
   template void rope_kv_write_rows<T>(const float*, int64_t, float*, const float*, const float*, int64_t,           \
                                       const int32_t*, const float*, const int32_t*, int64_t, int64_t, int64_t,       \
-                                      int64_t, T*, T*, cudaStream_t);                                                \
-  INSTANTIATE_GEMVS(T, T)
+                                      int64_t, T*, T*, cudaStream_t);
+#define INSTANTIATE(T) INSTANTIATE_ROPE_KV(T) INSTANTIATE_GEMVS(T, T)
 #define INSTANTIATE_GEMVS(T, TW)                                                                                   \
   template void gemv_qkv_rope<T, TW>(const float*, const T*, float, int64_t, int64_t, const QkvRope&, cudaStream_t); \
   template void gemv_norm_gate_up_silu<T, TW>(const float*, const T*, float, const TW*, const TW*, const float*,    \
@@ -218,5 +219,6 @@ void gemv_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const TW
 #define INSTANTIATE_FP8(T) INSTANTIATE_GEMVS(T, __nv_fp8_e4m3)
 LLMSERVE_FOR_EACH_TYPE(INSTANTIATE)
 LLMSERVE_FOR_EACH_HALF_TYPE(INSTANTIATE_FP8)
+INSTANTIATE_ROPE_KV(__nv_fp8_e4m3)  // (kv_cache_dtype fp8)
 
 }  // namespace llmserve::cuda

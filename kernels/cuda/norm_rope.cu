@@ -98,5 +98,8 @@ LLMSERVE_FOR_EACH_TYPE(INSTANTIATE)
   template void rmsnorm<float, T>(const float*, const T*, int64_t, int64_t, float, T*, cudaStream_t);          \
   template void kv_write<float, T>(const float*, const float*, const int32_t*, int64_t, int64_t, int64_t, T*, T*, cudaStream_t);
 LLMSERVE_FOR_EACH_HALF_TYPE(INSTANTIATE_MIXED)
+// kv_cache_dtype fp8: float32 keys and values into E4M3 codes.
+template void kv_write<float, __nv_fp8_e4m3>(const float*, const float*, const int32_t*, int64_t, int64_t, int64_t,
+                                             __nv_fp8_e4m3*, __nv_fp8_e4m3*, cudaStream_t);
 
 }  // namespace llmserve::cuda

@@ -54,13 +54,16 @@ void set_decode_attention_warps(int warps);
 // The least keys a split of the tensor-core decode attention takes (a multiple of 32; 0: the default,
 // 256): benchmarks compare splits.
 void set_decode_attention_min_chunk(int keys);
-template <typename TI, typename T>
-void paged_attention(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
+// Caches of type TC: TO, or E4M3 codes (kv_cache_dtype fp8: TI float32, TO any of the three types).
+template <typename TI, typename TC, typename TO>
+void paged_attention(const TI* q, const TC* k_cache, const TC* v_cache, const int32_t* block_tables, int64_t max_blocks,
                      const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
-                     int64_t block_size, float scale, int64_t max_len, int64_t fresh, void* scratch, T* out,
+                     int64_t block_size, float scale, int64_t max_len, int64_t fresh, void* scratch, TO* out,
                      cudaStream_t s);
 // Prefill attention on tensor cores (kernels/cuda/flash_prefill.cu): the same contract as
-// paged_attention for 16-bit caches and head_dim a multiple of 16 from 64 to 128 (flash_prefill_supported);
+// paged_attention for 16-bit outputs and head_dim a multiple of 16 from 64 to 128 (flash_prefill_supported),
+// caches of type TC: T, or E4M3 codes (kv_cache_dtype fp8: TI float32; the mma.sync kernel, which widens
+// its tiles in shared memory);
 // `tiles` lists the first token of each tile of up to 128 query tokens of one sequence, the tiles whose
 // last row sees the most keys first (flash_prefill_tiles of the step's q_start and positions).
 bool flash_prefill_supported(int64_t head_dim);
@@ -83,8 +86,8 @@ int prefill_wgmma_keys(int64_t head_dim, int64_t blocks, int64_t max_context);
 // keeps the form whose threads copy them.
 void set_prefill_attention_tma(bool on);
 std::vector<int32_t> flash_prefill_tiles(const std::vector<int32_t>& q_start, const std::vector<int32_t>& positions);
-template <typename TI, typename T>
-void flash_prefill(const TI* q, const T* k_cache, const T* v_cache, const int32_t* block_tables, int64_t max_blocks,
+template <typename TI, typename TC, typename T>
+void flash_prefill(const TI* q, const TC* k_cache, const TC* v_cache, const int32_t* block_tables, int64_t max_blocks,
                    const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t num_tiles,
                    int64_t n, int64_t Hq, int64_t Hk, int64_t D, int64_t block_size, int64_t cache_blocks,
                    int64_t max_context, float scale, T* out, cudaStream_t s);
@@ -162,8 +165,8 @@ void skinny_gate_up_silu(const T* x, const T* w_gate, const T* w_up, int64_t M, 
   skinny_gate_up_silu<T, T>(x, w_gate, w_up, nullptr, nullptr, M, K, N, act, s);
 }
 // Where q/k/v with RoPE go (skinny_qkv_rope, gemv_qkv_rope): the rotated queries (float32 [M, Hq D]) to q;
-// the rotated keys and the values into the caches (16-bit, the weights' type) at the step's slots (none
-// below 0), at the step's positions with inv_freq [D / 2].
+// the rotated keys and the values into the caches (the activation type, or E4M3 codes where fp8_cache:
+// kv_cache_dtype fp8) at the step's slots (none below 0), at the step's positions with inv_freq [D / 2].
 struct RopeCacheWrite {
   float* q;
   void* k_cache;
@@ -172,6 +175,7 @@ struct RopeCacheWrite {
   const int32_t* slots;
   const float* inv_freq;
   int64_t Hq, Hk, D;
+  bool fp8_cache = false;
 };
 // q, k, v = h . W^T (+ bias) for the stacked projections W [(Hq + 2 Hk) D, K] (bias [(Hq + 2 Hk) D] or
 // null), RoPE and the cache write (rope_kv_write_rows after a GEMM), for 5-16 tokens, D % 16 == 0.

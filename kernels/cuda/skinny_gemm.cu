@@ -149,9 +149,10 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
             if (slot < 0) continue;
             const bool is_k = head < a.Hq + a.Hk;
             const int64_t kh = head - a.Hq - (is_k ? 0 : a.Hk);
-            T* cache = static_cast<T*>(is_k ? a.k_cache : a.v_cache) + (slot * a.Hk + kh) * a.D;
-            cache[i] = from_f<T>(is_k ? x1 * cs - x2 * sn : x1);
-            cache[i + half] = from_f<T>(is_k ? x2 * cs + x1 * sn : x2);
+            void* cache = is_k ? a.k_cache : a.v_cache;
+            const int64_t at = (slot * a.Hk + kh) * a.D + i;
+            cache_put<T>(cache, at, is_k ? x1 * cs - x2 * sn : x1, a.fp8_cache);
+            cache_put<T>(cache, at + half, is_k ? x2 * cs + x1 * sn : x2, a.fp8_cache);
           }
       },
       heads * per_head, rows);

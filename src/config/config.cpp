@@ -99,7 +99,7 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.swap_space = parse_float("swap_space", v); }},
       {"quantization", Kind::String, "none, or fp8: the layers' matrices quantized to FP8 E4M3 at load, a power-of-two scale per row (vLLM's awq, gptq, ... are not supported; GGUF files are dequantized by llmserve-convert)",
        [](Config& c, const std::string& v) { c.quantization = v; }},
-      {"kv_cache_dtype", Kind::String, "auto (the KV cache in the model's dtype), or fp8 / fp8_e4m3: keys and values stored as FP8 E4M3 with scale 1, as vLLM without calibrated scales (CPU backend only so far)",
+      {"kv_cache_dtype", Kind::String, "auto (the KV cache in the model's dtype), or fp8 / fp8_e4m3: keys and values stored as FP8 E4M3 with scale 1, as vLLM without calibrated scales (half the 16-bit cache's bytes on a GPU, a quarter of float32's on the CPU)",
        [](Config& c, const std::string& v) { c.kv_cache_dtype = v; }},
       {"cpu_offload_gb", Kind::Float, "GiB of weights per GPU kept in pinned host memory, read over the bus at every step (the first layers' matrices; no effect on the CPU backend)",
        [](Config& c, const std::string& v) { c.cpu_offload_gb = parse_float("cpu_offload_gb", v); }},

@@ -116,9 +116,6 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
     const bool fp8 = cfg_.quantization == "fp8";
     if (fp8 && backend_->name() != "cpu" && dt == DType::F32)
       throw Error("quantization fp8 computes with 16-bit activations on a GPU: set dtype to bfloat16 or float16 (or auto)");
-    if (cfg_.kv_cache_dtype != "auto" && backend_->name() != "cpu")
-      throw Error(cat("kv_cache_dtype ", cfg_.kv_cache_dtype, " is not supported on the ", backend_->name(),
-                      " backend yet (the CPU backend has it): use auto"));
     const DType matrix_dt = fp8 ? backend_->fp8_matrix_dtype() : dt;
     need = shard_weight_bytes(spec_, shard, topo_.first_stage(), topo_.last_stage(), dt, matrix_dt);
     if (cfg_.cpu_offload_gb > 0 && backend_->name() != "cpu")

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -58,6 +59,44 @@ class CudaOps : public ::testing::TestWithParam<DType> {
   void expect_close(const Tensor& a, const Tensor& b, const char* what, double tolerance) {
     EXPECT_LT(rel_l2(get(*gpu, b), get(cpu, a)), tolerance) << what << " (" << dtype_name(GetParam()) << ")";
   }
+  // kv_cache_dtype fp8: caches of E4M3 codes, the same bytes on both backends.
+  std::pair<Tensor, Tensor> both_codes(const std::vector<uint8_t>& c, std::vector<int64_t> shape) {
+    Tensor a = cpu.empty(shape, DType::F8E4M3), b = gpu->empty(shape, DType::F8E4M3);
+    std::memcpy(a.data, c.data(), c.size());
+    gpu->synchronize();
+    EXPECT_EQ(cudaMemcpy(b.data, c.data(), c.size(), cudaMemcpyHostToDevice), cudaSuccess);
+    return {a, b};
+  }
+  std::vector<uint8_t> codes_of(const Tensor& t, bool device) {
+    std::vector<uint8_t> c(static_cast<size_t>(t.numel()));
+    if (!device) {
+      std::memcpy(c.data(), t.data, c.size());
+    } else {
+      gpu->synchronize();
+      EXPECT_EQ(cudaMemcpy(c.data(), t.data, c.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    }
+    return c;
+  }
+  // The GPU's codes against the CPU's where their inputs differ by rounding (the activation type, RoPE's
+  // sines): each code's value within one E4M3 step (at the larger magnitude) plus `slack` of the CPU's,
+  // slack bounding the inputs' own absolute difference, and at most max_differing of the written
+  // (non-zero) codes not the CPU's; some written.
+  void expect_codes_close(const Tensor& c, const Tensor& g, const std::string& what, double max_differing, double slack) {
+    const auto a = codes_of(c, false), b = codes_of(g, true);
+    size_t differ = 0, nonzero = 0, far = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      nonzero += (a[i] & 0x7f) != 0;
+      if (a[i] == b[i]) continue;
+      ++differ;
+      const double x = e4m3_to_f32(a[i]), y = e4m3_to_f32(b[i]), big = std::max(std::fabs(x), std::fabs(y));
+      const double step = std::max(std::ldexp(1.0, -9), std::ldexp(1.0, std::ilogb(big) - 3));
+      far += !(std::fabs(x - y) <= step + slack);
+    }
+    EXPECT_GT(nonzero, 0u) << what;
+    EXPECT_EQ(far, 0u) << what << ": codes more than one step from the CPU's";
+    EXPECT_LE(static_cast<double>(differ), max_differing * static_cast<double>(nonzero))
+        << what << ": " << differ << " of " << nonzero << " written codes differ (" << dtype_name(GetParam()) << ")";
+  }
 };
 
 // A batch of 3 sequences: a 7-token prefill, a decode at position 20 and a 5-token chunk after 9
@@ -86,6 +125,26 @@ StepMeta make_meta(int64_t bs, const std::vector<int32_t>& lens = {7, 1, 5}, con
     m.logits_indices.push_back(m.q_start.back() - 1);
   }
   return m;
+}
+
+// Steps over long contexts (blocks of bs positions, tables of max_blocks entries). mixed: many blocks,
+// one chunk each (a decode at position 700, a 45-token chunk after 260 cached tokens, a 97-token
+// prefill). decode: few blocks, so the contexts are split over several blocks and merged (a
+// 2500-token context next to a 300-token one). decode8: enough decoding sequences (8 x 2 KV heads) for
+// the grouped kernel to split its contexts too. graph: as a recorded decode graph launches it, splits
+// sized for the longest possible context (max_blocks x bs), each token cutting its own context into that
+// many chunks (trailing chunks empty).
+struct LongContextSteps {
+  StepMeta mixed, decode, decode8, graph;
+};
+LongContextSteps long_context_steps(int64_t bs, int64_t max_blocks) {
+  LongContextSteps s;
+  s.mixed = make_meta(bs, {1, 45, 97}, {700, 260, 0}, max_blocks);
+  s.decode = make_meta(bs, {1, 1}, {2500, 300}, max_blocks);
+  s.decode8 = make_meta(bs, {1, 1, 1, 1, 1, 1, 1, 1}, {2500, 300, 40, 700, 1, 129, 1000, 333}, max_blocks);
+  s.graph = make_meta(bs, {1, 1, 1}, {1500, 7, 129}, max_blocks);
+  s.graph.max_context = static_cast<int32_t>(max_blocks * bs);
+  return s;
 }
 
 }  // namespace
@@ -227,20 +286,10 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
   std::mt19937 g(9);
   const DType dt = GetParam();
   const int64_t bs = 16, max_blocks = 160;
-  // Mixed: many blocks, one chunk each. Decode only: few blocks, so the contexts are split over
-  // several blocks and merged (a 2500-token context next to a 300-token one). Grouped queries (6 per
-  // KV head, one block per KV head) and plain multi-head attention (one block per head).
-  const StepMeta mixed = make_meta(bs, {1, 45, 97}, {700, 260, 0}, max_blocks);
-  const StepMeta decode = make_meta(bs, {1, 1}, {2500, 300}, max_blocks);
-  // Enough decoding sequences (8 x 2 KV heads) for the grouped kernel to split its contexts too.
-  const StepMeta decode8 = make_meta(bs, {1, 1, 1, 1, 1, 1, 1, 1}, {2500, 300, 40, 700, 1, 129, 1000, 333}, max_blocks);
-  // As a recorded decode graph launches it: splits sized for the longest possible context (2560), each
-  // token cutting its own context into that many chunks (trailing chunks empty).
-  const StepMeta graph = [&] {
-    StepMeta m = make_meta(bs, {1, 1, 1}, {1500, 7, 129}, max_blocks);
-    m.max_context = static_cast<int32_t>(max_blocks * bs);
-    return m;
-  }();
+  // (long_context_steps; grouped queries, 6 per KV head, one block per KV head, and plain multi-head
+  // attention, one block per head.)
+  const LongContextSteps steps = long_context_steps(bs, max_blocks);
+  const StepMeta &mixed = steps.mixed, &decode = steps.decode, &decode8 = steps.decode8, &graph = steps.graph;
   // The same as a padded graph step holds it: rows of the 94 entries its longest context needs, read
   // max_blocks apart; the entries between them keep what an earlier step wrote (`poisoned`: block ids
   // far past the cache, so that a kernel reading one fails the test).
@@ -490,12 +539,17 @@ TEST_P(CudaOps, ProjectionsRopeAndCacheWrite) {
       std::vector<float> freq(D / 2);
       for (int64_t i = 0; i < D / 2; ++i) freq[i] = std::pow(10000.f, -2.f * i / D);
       Tensor fc = cpu.upload(freq.data(), {D / 2}, DType::F32), fg = gpu->upload(freq.data(), {D / 2}, DType::F32);
-      // q and k biases (v none), none; then stacked weights with all three biases, none.
+      // q and k biases (v none), none; then stacked weights with all three biases, none. Caches in the
+      // activation type, then of E4M3 codes (kv_cache_dtype fp8; the CPU backend's are the reference).
+      for (const bool fp8_kv : {false, true})
       for (int mode : {0, 1, 2, 3}) {
         const bool bias = mode == 0 || mode == 2, stacked = mode >= 2;
         // Empty caches: only the step's rows hold values, so an error in any of them shows.
-        auto kc = both(std::vector<float>(blocks * bs * Hk * D, 0.f), {blocks, bs, Hk, D}, dt);
-        auto vc = both(std::vector<float>(blocks * bs * Hk * D, 0.f), {blocks, bs, Hk, D}, dt);
+        const std::vector<int64_t> cshape{blocks, bs, Hk, D};
+        auto kc = fp8_kv ? both_codes(std::vector<uint8_t>(blocks * bs * Hk * D, 0), cshape)
+                         : both(std::vector<float>(blocks * bs * Hk * D, 0.f), cshape, dt);
+        auto vc = fp8_kv ? both_codes(std::vector<uint8_t>(blocks * bs * Hk * D, 0), cshape)
+                         : both(std::vector<float>(blocks * bs * Hk * D, 0.f), cshape, dt);
         Tensor qc = cpu.empty({T, Hq * D}, DType::F32), kc32 = cpu.empty({T, Hk * D}, DType::F32);
         Tensor vc32 = cpu.empty({T, Hk * D}, DType::F32);
         Tensor qg = gpu->empty({T, Hq * D}, DType::F32), kg32 = gpu->empty({T, Hk * D}, DType::F32);
@@ -512,18 +566,91 @@ TEST_P(CudaOps, ProjectionsRopeAndCacheWrite) {
                                       wk.second, bias ? &bk.second : nullptr, kg32, wv.second, nullptr, vg32, fg, D,
                                       kc.second, vc.second);
         const std::string what = "norm_qkv_rope_kv_write, " + std::to_string(T) + " tokens, Hq " + std::to_string(Hq) +
-                                 (bias ? ", bias" : "") + (stacked ? ", stacked weights" : "");
+                                 (bias ? ", bias" : "") + (stacked ? ", stacked weights" : "") +
+                                 (fp8_kv ? ", fp8 KV cache" : "");
         expect_close(qc, qg, (what + ": queries").c_str(), dt == DType::F32 ? 1e-5 : 1e-2);
-        expect_close(kc.first, kc.second, (what + ": key cache").c_str(), tol());
-        expect_close(vc.first, vc.second, (what + ": value cache").c_str(), tol());
+        if (fp8_kv) {
+          // float32: the same values up to RoPE's sines, so all but a few codes equal. 16-bit: the
+          // normalized input and the weights are rounded (relative 2^-9 bf16, 2^-11 fp16 each), which
+          // over 96 products of about 0.1 leaves the keys and values (of about 1) some 1.6e-3 (bf16)
+          // apart, absolute: more than an E4M3 step near zero (2^-9 below 2^-5), so slack of about 4
+          // standard deviations, 2^-7 (bf16) and 2^-9 (fp16).
+          const double differing = dt == DType::F32 ? 0.01 : 0.2;
+          const double slack = dt == DType::F32 ? 0.0 : std::ldexp(1.0, dt == DType::BF16 ? -7 : -9);
+          expect_codes_close(kc.first, kc.second, what + ": key cache", differing, slack);
+          expect_codes_close(vc.first, vc.second, what + ": value cache", differing, slack);
+        } else {
+          expect_close(kc.first, kc.second, (what + ": key cache").c_str(), tol());
+          expect_close(vc.first, vc.second, (what + ": value cache").c_str(), tol());
+        }
         // Attention right behind the write (the rows it just wrote are the step's own: read after it).
         Tensor ac = cpu.empty({T, Hq * D}, DType::F32), ag = gpu->empty({T, Hq * D}, dt);
         cpu.attention(qc, kc.first, vc.first, D, bs, 0.125f, ac);
         gpu->attention(qg, kc.second, vc.second, D, bs, 0.125f, ag);
-        expect_close(ac, ag, (what + ": attention after the write").c_str(), tol());
+        // (With E4M3 caches the inputs' difference d becomes codes a step s apart with probability about
+        // d / s: an rms difference near sqrt(d s), some 1-2% for bf16 inputs against 0.3% in 16 bits.)
+        expect_close(ac, ag, (what + ": attention after the write").c_str(),
+                     fp8_kv && dt != DType::F32 ? 3e-2 : tol());
       }
     }
   }
+}
+
+// kv_cache_dtype fp8: kv_write stores the CPU backend's codes (the host's rounding, saturating at
+// +-448; other slots untouched), and attention over caches of codes (the tensor-core kernel widening
+// them to the 16-bit type as it stages them; the CUDA-core kernels for a float32 output) matches the
+// CPU backend's over the same codes: long contexts, a mixed step, split decodes (graph-shaped too),
+// grouped and plain heads, head sizes 128, 64 and 80, decode blocks of 8 and 4 warps.
+TEST_P(CudaOps, Fp8KvCacheMatchesTheCpuBackend) {
+  std::mt19937 g(33);
+  const DType dt = GetParam();
+  const int64_t bs = 16, max_blocks = 160;
+  const LongContextSteps steps = long_context_steps(bs, max_blocks);
+  auto random_codes = [&](int64_t n, float scale) {
+    const auto v = randn(static_cast<size_t>(n), g, scale);
+    std::vector<uint8_t> c(v.size());
+    for (size_t i = 0; i < v.size(); ++i) c[i] = f32_to_e4m3(v[i]);
+    return c;
+  };
+  for (const int warps : {8, 4})
+  for (const int64_t D : {128, 64, 80})
+  for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {8, 1}, {2, 2}}) {
+    cuda::set_decode_attention_warps(warps);
+    for (const StepMeta* m : {&steps.mixed, &steps.decode, &steps.decode8, &steps.graph}) {
+      const int64_t T = m->num_tokens(), blocks = max_blocks * static_cast<int64_t>(m->num_seqs());
+      cpu.begin_step(*m);
+      gpu->begin_step(*m);
+      const std::vector<int64_t> cshape{blocks, bs, Hk, D};
+      auto kc = both_codes(random_codes(blocks * bs * Hk * D, 2.f), cshape);
+      auto vc = both_codes(random_codes(blocks * bs * Hk * D, 2.f), cshape);
+      // The step's own keys and values through kv_write (float32, as the model's projections give them):
+      // first some past +-448 (saturating), then all moderate, which attention reads (keys of 448 would
+      // turn the 16-bit queries' rounding into errors of several percent in the scores).
+      const std::string shape = "head_dim " + std::to_string(D) + ", Hq " + std::to_string(Hq) + ", Hk " +
+                                std::to_string(Hk) + ", " + std::to_string(T) + " tokens, " + std::to_string(warps) +
+                                "-warp decode blocks";
+      for (const bool outliers : {true, false}) {
+        auto kv_in = [&] {
+          auto v = randn(static_cast<size_t>(T * Hk * D), g, 2.f);
+          if (outliers)
+            for (size_t i = 0; i < v.size(); i += 97) v[i] = (i % 2 ? 1.f : -1.f) * (400.f + static_cast<float>(i % 300));
+          return both(v, {T, Hk * D}, DType::F32);
+        };
+        auto k = kv_in(), v = kv_in();
+        cpu.kv_write(k.first, v.first, kc.first, vc.first);
+        gpu->kv_write(k.second, v.second, kc.second, vc.second);
+        const std::string w = outliers ? ", values past 448" : "";
+        EXPECT_TRUE(codes_of(kc.first, false) == codes_of(kc.second, true)) << "fp8 kv_write, key cache, " << shape << w;
+        EXPECT_TRUE(codes_of(vc.first, false) == codes_of(vc.second, true)) << "fp8 kv_write, value cache, " << shape << w;
+      }
+      auto q = both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32);
+      Tensor ac = cpu.empty({T, Hq * D}, DType::F32), ag = gpu->empty({T, Hq * D}, dt);
+      cpu.attention(q.first, kc.first, vc.first, D, bs, 0.09f, ac);
+      gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
+      expect_close(ac, ag, ("attention over an fp8 KV cache, " + shape).c_str(), tol());
+    }
+  }
+  cuda::set_decode_attention_warps(0);
 }
 
 // Linear layers for 1-4 tokens take the weight-streaming GEMV (K a multiple of 8 and not, with and

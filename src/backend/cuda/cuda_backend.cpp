@@ -54,6 +54,13 @@ void dispatch(DType t, F&& f) {
   throw Error(cat("cuda backend: no kernel for ", dtype_name(t), " operands here"));
 }
 
+// A KV cache's element type: the activation type, or E4M3 codes (kv_cache_dtype fp8).
+template <typename F>
+void dispatch_cache(DType t, F&& f) {
+  if (t == DType::F8E4M3) return f(static_cast<__nv_fp8_e4m3*>(nullptr));
+  dispatch(t, f);
+}
+
 // Two-type dispatch for ops whose input may be the float32 residual stream: (same, same) or
 // (float32, activation type).
 template <typename F>
@@ -851,6 +858,14 @@ void CudaBackend::rope(Tensor& q, Tensor& k, const Tensor& inv_freq, int64_t D) 
 }
 
 void CudaBackend::kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache) {
+  if (k_cache.dtype == DType::F8E4M3) {  // (kv_cache_dtype fp8: float32 keys and values to codes)
+    LLMSERVE_CHECK(k.dtype == DType::F32 && v.dtype == DType::F32 && v_cache.dtype == DType::F8E4M3,
+                   "cuda backend: an FP8 KV cache takes float32 keys and values");
+    auto* kc = static_cast<__nv_fp8_e4m3*>(k_cache.data);
+    auto* vc = static_cast<__nv_fp8_e4m3*>(v_cache.data);
+    return cuda::kv_write<float>(k.as<float>(), v.as<float>(), slots_.ptr, rows_of(k), k_cache.dim(2), k_cache.dim(3), kc,
+                                 vc, stream());
+  }
   dispatch2(k.dtype, k_cache.dtype, [&](auto* ti, auto* tc) {
     using TI = std::remove_pointer_t<decltype(ti)>;
     using T = std::remove_pointer_t<decltype(tc)>;
@@ -863,6 +878,29 @@ void CudaBackend::kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Te
 
 void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t D, int64_t block_size,
                             float scale, Tensor& out) {
+  if (k_cache.dtype == DType::F8E4M3) {
+    // kv_cache_dtype fp8: the kernels widen the codes to the output's type as they stage them (prefill:
+    // the mma.sync form of the tensor-core prefill kernel).
+    LLMSERVE_CHECK(q.dtype == DType::F32 && v_cache.dtype == DType::F8E4M3,
+                   "cuda backend: attention over an FP8 KV cache takes float32 queries");
+    const auto* kc = static_cast<const __nv_fp8_e4m3*>(k_cache.data);
+    const auto* vc = static_cast<const __nv_fp8_e4m3*>(v_cache.data);
+    dispatch(out.dtype, [&](auto* to) {
+      using TO = std::remove_pointer_t<decltype(to)>;
+      if constexpr (!std::is_same_v<TO, float>) {
+        if (flash_ && cuda::flash_prefill_supported(D)) {
+          cuda::flash_prefill<float>(q.as<float>(), kc, vc, tables_.ptr, max_blocks_, token_seq_.ptr, positions_.ptr,
+                                     tiles_.ptr, num_tiles_, rows_of(q), cols_of(q) / D, k_cache.dim(2), D, block_size,
+                                     k_cache.dim(0), max_len_, scale, out.as<TO>(), stream());
+          return;
+        }
+      }
+      cuda::paged_attention<float>(q.as<float>(), kc, vc, tables_.ptr, max_blocks_, token_seq_.ptr, positions_.ptr,
+                                   rows_of(q), cols_of(q) / D, k_cache.dim(2), D, block_size, scale, max_len_, max_new_,
+                                   attention_scratch_, out.as<TO>(), stream());
+    });
+    return;
+  }
   LLMSERVE_CHECK(out.dtype == k_cache.dtype, "cuda backend: attention output must have the cache's type");
   dispatch2(q.dtype, k_cache.dtype, [&](auto* ti, auto* tc) {
     using TI = std::remove_pointer_t<decltype(ti)>;
@@ -948,14 +986,18 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
   const int64_t T = rows_of(x), K = cols_of(x);
   const DType wt = norm.w.dtype;  // (the activations'; the matrices' too, or FP8 codes)
   const bool fp8 = wq.dtype == DType::F8E4M3;
+  // The caches in the activation type, or E4M3 codes (kv_cache_dtype fp8), which the fused kernels
+  // write too.
+  const bool fp8_cache = k_cache.dtype == DType::F8E4M3;
+  const bool cache_ok = (k_cache.dtype == wt || fp8_cache) && v_cache.dtype == k_cache.dtype;
   bool fused = T >= 1 && T <= 4 && x.dtype == DType::F32 && !(fp8 && wt == DType::F32) && q.dtype == DType::F32 &&
-               k_cache.dtype == wt && v_cache.dtype == wt && D % 2 == 0 && rows_of(wq) == cols_of(q) &&
+               cache_ok && D % 2 == 0 && rows_of(wq) == cols_of(q) &&
                k_cache.dim(3) == D && rows_of(wk) == k_cache.dim(2) * D && rows_of(wv) == rows_of(wk) &&
                cuda::norm_smem_bytes(T, K, dtype_size(wt)) <= cuda::kMaxNormSmem;
   for (const Tensor* b : {bq, bk, bv}) fused = fused && (!b || b->dtype == DType::F32);
   for (const Tensor* w : {&wq, &wk, &wv}) fused = fused && w->dtype == wq.dtype && (fp8 || w->dtype == wt) && cols_of(*w) == K;
   const cuda::RopeCacheWrite target{q.as<float>(), k_cache.data, v_cache.data, positions_.ptr, slots_.ptr,
-                                    inv_freq.as<float>(), rows_of(wq) / D, rows_of(wk) / D, D};
+                                    inv_freq.as<float>(), rows_of(wq) / D, rows_of(wk) / D, D, fp8_cache};
   if (fp8 && !fused) {
     // 5-16 tokens: the skinny launch over the stacked codes; more (or biases on some of the three only):
     // the stacked matrix expanded to 16 bits once, then as 16-bit weights (the default's three linear()
@@ -965,7 +1007,7 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
     const bool biases = bq && bk && bv, none = !bq && !bk && !bv;
     const Tensor stacked = stacked_view({&wq, &wk, &wv});
     if (skinny_fp8(T, norm.h, {&stacked}) && (none || (biases && stacked_rows({bq, bk, bv}) && bq->dtype == DType::F32)) &&
-        x.dtype == DType::F32 && q.dtype == DType::F32 && k_cache.dtype == wt && v_cache.dtype == wt && D % 16 == 0 &&
+        x.dtype == DType::F32 && q.dtype == DType::F32 && cache_ok && D % 16 == 0 &&
         k_cache.dim(3) == D && rows_of(wk) == k_cache.dim(2) * D && rows_of(wv) == rows_of(wk) && rows_of(wq) % D == 0 &&
         cols_of(q) == rows_of(wq)) {
       // 5-16 tokens: the norm, then the projections, RoPE and the cache write in one launch over the codes.
@@ -1003,7 +1045,7 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
     Tensor b;
     if (biases) b = stacked_view({bq, bk, bv});
     const Tensor w = stacked_view({&wq, &wk, &wv});
-    if (skinny(T, {&norm.h, &w}) && norm.h.dtype == wt && k_cache.dtype == wt && D % 16 == 0 &&
+    if (skinny(T, {&norm.h, &w}) && norm.h.dtype == wt && cache_ok && D % 16 == 0 &&
         (!biases || b.dtype == DType::F32)) {
       // 5-16 tokens: the projections, RoPE and the cache write in one launch (a tile holds rotation pairs' both rows).
       dispatch(wt, [&](auto* tag) {
@@ -1016,7 +1058,7 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
     Tensor qkv = empty({T, N}, DType::F32);
     linear(norm.h, w, biases ? &b : nullptr, qkv);
     const float* rows = qkv.as<float>();
-    dispatch(k_cache.dtype, [&](auto* tag) {
+    dispatch_cache(k_cache.dtype, [&](auto* tag) {
       using TC = std::remove_pointer_t<decltype(tag)>;
       cuda::rope_kv_write_rows<TC>(rows, N, q.as<float>(), rows + nq, rows + nq + nkv, N, positions_.ptr,
                                    inv_freq.as<float>(), slots_.ptr, T, nq / D, nkv / D, D, k_cache.as<TC>(),
@@ -1066,7 +1108,7 @@ void CudaBackend::rope_kv_write(Tensor& q, Tensor& k, const Tensor& v, const Ten
                                 Tensor& v_cache) {
   if (q.dtype != DType::F32 || k.dtype != DType::F32 || v.dtype != DType::F32)
     return Backend::rope_kv_write(q, k, v, inv_freq, D, k_cache, v_cache);
-  dispatch(k_cache.dtype, [&](auto* tag) {
+  dispatch_cache(k_cache.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     cuda::rope_kv_write<T>(q.as<float>(), k.as<float>(), v.as<float>(), positions_.ptr, inv_freq.as<float>(), slots_.ptr,
                            rows_of(q), cols_of(q) / D, cols_of(k) / D, D, k_cache.as<T>(), v_cache.as<T>(), stream());
