@@ -36,8 +36,8 @@ rounded to E4M3 with scale 1 (saturating at 448) before attention, as `kv_cache_
 
   python3 bench/reference/bf16_rounding.py ../shared/fixtures tiny-qwen2 --points h,attn,act,final,kv8 OUT.f32 [--half]
 With --points it writes the logits with rounding at the listed points (those above, and kv8: the keys and
-values to E4M3, as --fp8-kv), to float16 instead of bf16 with --half: what the GPU's bf16 / fp16 path
-with `kv_cache_dtype: fp8` computes (tests/cuda/run_fp8_kv_gpu.sh).
+values to E4M3, as --fp8-kv; or none), to float16 instead of bf16 with --half: what the GPU's bf16 / fp16
+/ float32 path with or without `kv_cache_dtype: fp8` computes (tests/cuda/run_fp8_kv_gpu.sh).
 """
 import json
 import struct
@@ -211,7 +211,7 @@ def main():
 
     if "--points" in sys.argv[3:]:
         i = sys.argv.index("--points")
-        R = set(sys.argv[i + 1].split(","))
+        R = set(sys.argv[i + 1].split(",")) - {"none"}  # (none: float64 throughout)
         unknown = R - {"h", "kv", "attn", "act", "final", "kv8"}
         if unknown:
             raise SystemExit(f"--points: unknown rounding points {sorted(unknown)}")

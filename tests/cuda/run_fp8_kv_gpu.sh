@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# `kv_cache_dtype: fp8` on the CUDA backend (bfloat16 | float16 activations) against an independent
-# forward: bench/reference/bf16_rounding.py --points, a float64 numpy forward of the fixture checkpoint
-# that rounds to the 16-bit type where the GPU path does (the norm outputs, the attention output, the
-# SiLU product, the final norm) and the keys (after RoPE) and values to E4M3 (scale 1) as the cache
-# stores them. The GPU's last-position logits must be within MAX_REF of it (what the kernels add beyond
-# those roundings: accumulation order, the probabilities rounded to 16 bits in attention, a code a
-# rounding flips), and differ from the goldens. The same for the 16-bit cache against its own
-# reference (the bound's baseline). The cache holds twice the 16-bit one's blocks. Decode steps (one
+# `kv_cache_dtype: fp8` on the CUDA backend against an independent forward: bench/reference/bf16_rounding.py
+# --points, a float64 numpy forward of the fixture checkpoint that rounds to the 16-bit type where the
+# GPU path does (the norm outputs, the attention output, the SiLU product, the final norm) and the keys
+# (after RoPE) and values to E4M3 (scale 1) as the cache stores them. The GPU's last-position logits
+# must be within a bound of it, and differ from the goldens. The same for the 16-bit cache against its
+# own reference (the baseline). What the bound allows is what the kernels add beyond those roundings
+# (accumulation order, the queries and probabilities rounded to 16 bits in attention); with the E4M3
+# cache those differences also move some codes to a neighbouring value, which turns a difference d into
+# one near sqrt(d x the E4M3 step), and the next layers' differences grow with it. Measured on an H200
+# (worst relative L2, 16-bit cache / fp8 cache): tiny-qwen2 bf16 3.6e-3 / 8.3e-3, fp16 8.6e-4 / 9.4e-3;
+# tiny-llama3 bf16 4.3e-3 / 4.8e-3, fp16 1.1e-3 / 2.3e-3. DTYPE float32 has no such rounding (the
+# CUDA-core attention kernels, float32 queries and probabilities): the fp8 cache against the numpy
+# forward that rounds only its keys and values, as on the CPU backend (tiny-llama3 8.3e-7).
+# Also: the fp8 cache holds twice the 16-bit one's blocks (four times float32's), and decode steps (one
 # token each, CUDA graphs) agree with a prefill over the same tokens: each greedy token of a 16-token
 # continuation is the top-1 of the prefill of prompt + continuation at its position, wherever that
 # position's top-2 margin exceeds 0.1. Exits 77 (skipped) where no GPU is visible.
-#   run_fp8_kv_gpu.sh BUILD_DIR FIXTURES MODEL DTYPE
+#   run_fp8_kv_gpu.sh BUILD_DIR FIXTURES MODEL DTYPE   (bfloat16 | float16 | float32)
 set -euo pipefail
 build=$1 fixtures=$2 model=$3 dtype=$4
 command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 || { echo "no GPU: skipped"; exit 77; }
@@ -18,26 +24,33 @@ here=$(cd "$(dirname "$0")" && pwd)
 work="$build/test-out/gpu-fp8-kv-$model-$dtype"
 mkdir -p "$work"
 golden="$fixtures/golden/$model.json"
-max_ref=5e-3
-half=()
-[ "$dtype" = float16 ] && half=(--half)
+# Rounding points and bounds (16-bit cache, fp8 cache): about twice what the H200 gave.
+pts_auto=h,kv,attn,act,final pts_fp8=h,attn,act,final,kv8 bound_auto=6e-3 bound_fp8=2e-2 half=()
+case $dtype in
+  float16) bound_auto=2e-3 half=(--half) ;;
+  float32) pts_auto=none pts_fp8=kv8 bound_auto=1e-4 bound_fp8=1e-4 ;;
+esac
 "$build/tests/golden_check" prompts "$golden" "$work/prompts.jsonl"
 ref="$here/../../bench/reference/bf16_rounding.py"
-python3 "$ref" "$fixtures" "$model" --points h,attn,act,final,kv8 "$work/ref-fp8.f32" "${half[@]}"
-python3 "$ref" "$fixtures" "$model" --points h,kv,attn,act,final "$work/ref-auto.f32" "${half[@]}"
+python3 "$ref" "$fixtures" "$model" --points $pts_fp8 "$work/ref-fp8.f32" "${half[@]}"
+python3 "$ref" "$fixtures" "$model" --points $pts_auto "$work/ref-auto.f32" "${half[@]}"
 blocks() { grep -o "KV cache [0-9]* blocks" "$1" | grep -o "[0-9]*"; }
 for kv in auto fp8; do
   "$build/llmserve" logits --model "$build/test-models/$model.h5" --backend cuda --dtype "$dtype" --kv-cache-dtype "$kv" \
     --block-size 16 --kv-cache-memory-gb 0.002 --max-model-len 512 --prompts "$work/prompts.jsonl" --max-tokens 1 \
     --output "$work/out-$kv.jsonl" --logits-output "$work/last-$kv.f32" >"$work/$kv.log" 2>&1 ||
     { tail -5 "$work/$kv.log"; exit 1; }
+  # (The 16-bit cache need not differ from the goldens: fp16's own error is under 1e-3.)
+  if [ $kv = fp8 ]; then bound=$bound_fp8 min_gold=1e-3; else bound=$bound_auto min_gold=0; fi
   python3 "$here/../model/check_last_logits.py" "$golden" "$work/last-$kv.f32" "$work/ref-$kv.f32" \
-    "$fixtures/golden/$model.last_logits.f32" "$model $dtype, kv_cache_dtype $kv" "rounded" "$max_ref"
+    "$fixtures/golden/$model.last_logits.f32" "$model $dtype, kv_cache_dtype $kv" "rounded" "$bound" "$min_gold"
 done
+x=2
+[ "$dtype" = float32 ] && x=4
 b8=$(blocks "$work/fp8.log") b16=$(blocks "$work/auto.log")
-[ "$b8" -ge $((2 * b16)) ] && [ "$b8" -lt $((2 * b16 + 2)) ] ||
-  { echo "$b8 fp8 blocks against $b16 16-bit ones (expected 2x, the budget's whole blocks)"; exit 1; }
-echo "$model $dtype: $b8 fp8 blocks against $b16 16-bit ones"
+[ "$b8" -ge $((x * b16)) ] && [ "$b8" -lt $((x * b16 + x)) ] ||
+  { echo "$b8 fp8 blocks against $b16 $dtype ones (expected ${x}x, the budget's whole blocks)"; exit 1; }
+echo "$model $dtype: $b8 fp8 blocks against $b16 $dtype ones"
 
 # Decode against prefill over the same tokens.
 run() { "$build/llmserve" logits --model "$build/test-models/$model.h5" --backend cuda --dtype "$dtype" \
