@@ -599,15 +599,11 @@ __global__ void __launch_bounds__(W * 32)
     __syncwarp();
     const T* ks;
     if constexpr (kFp8) {
-      // The tile's 2 x kMmaKeys rows of codes to T (exact), 8 elements a lane at a time, into this warp's
-      // widened tile (after every warp's stages; the layout of a 16-bit stage).
+      // The tile's 2 x kMmaKeys rows of codes to T (exact) into this warp's widened tile (after every
+      // warp's stages; the layout of a 16-bit stage).
       T* const widened =
           reinterpret_cast<T*>(smem_raw + sizeof(TC) * kMmaStages * W * 2 * kMmaKeys * RC) + w * 2 * kMmaKeys * RS;
-      const TC* st = ks_of(buf);
-      for (int c = lane; c < 2 * kMmaKeys * (D / 8); c += 32) {
-        const int r = c / (D / 8), e = c % (D / 8) * 8;
-        *reinterpret_cast<uint4*>(widened + r * RS + e) = widen_fp8<T>(*reinterpret_cast<const uint2*>(st + r * RC + e));
-      }
+      widen_rows<T, D>(ks_of(buf), RC, widened, RS, 2 * kMmaKeys, lane, 32);
       __syncwarp();
       ks = widened;
     } else {

@@ -83,6 +83,19 @@ __device__ __forceinline__ uint4 widen_fp8(const uint2& codes) {
   return out;
 }
 
+// `rows` rows of D E4M3 codes (src_stride codes apart) widened to T (dst_stride elements apart), 8
+// elements at a time by threads thread, thread + threads, ... (kv_cache_dtype fp8: a staged tile of
+// codes into the 16-bit layout the attention kernels' ldmatrix reads; rows 16-byte aligned).
+template <typename T, int D>
+__device__ __forceinline__ void widen_rows(const __nv_fp8_e4m3* src, int src_stride, T* dst, int dst_stride, int rows,
+                                           int thread, int threads) {
+  for (int c = thread; c < rows * (D / 8); c += threads) {
+    const int r = c / (D / 8), e = c % (D / 8) * 8;
+    *reinterpret_cast<uint4*>(dst + r * dst_stride + e) =
+        widen_fp8<T>(*reinterpret_cast<const uint2*>(src + r * src_stride + e));
+  }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

@@ -181,14 +181,10 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t k0 = i * kMKeys;
     const T* ks;
     if constexpr (kFp8) {
-      // The tile's key and value rows of codes to T, 8 elements a thread at a time, into the widened
-      // tile after the stages (the layout of a 16-bit stage).
+      // The tile's key and value rows of codes to T into the widened tile after the stages (the layout
+      // of a 16-bit stage).
       T* const widened = reinterpret_cast<T*>(smem + sizeof(TC) * 2 * 2 * kMKeys * RC);
-      const TC* st = stage_base + (i & 1) * 2 * kMKeys * RC;
-      for (int c = tid; c < 2 * kMKeys * (D / 8); c += kThreads) {
-        const int r = c / (D / 8), e = c % (D / 8) * 8;
-        *reinterpret_cast<uint4*>(widened + r * RS + e) = widen_fp8<T>(*reinterpret_cast<const uint2*>(st + r * RC + e));
-      }
+      widen_rows<T, D>(stage_base + (i & 1) * 2 * kMKeys * RC, RC, widened, RS, 2 * kMKeys, tid, kThreads);
       __syncthreads();
       ks = widened;
     } else {
