@@ -162,7 +162,8 @@ __global__ void __launch_bounds__(kThreads)
       const uint32_t j = static_cast<uint32_t>(i * kMKeys + key);  // 32-bit: 64-bit division is slow
       const bool load = j < nkeys;
       const int64_t off =
-          load ? ((static_cast<int64_t>(table[j >> bs_log2]) << bs_log2) + (j & bs_mask)) * row + kvh * D + ch * EPC : 0;
+          load ? ((static_cast<int64_t>(table[j >> bs_log2]) << bs_log2) + (j & bs_mask)) * row + kvh * D + ch * EPC
+               : 0;
       cp_async16(ks + key * RC + ch * EPC, kc + off, load ? 16 : 0);
       cp_async16(vs + key * RC + ch * EPC, vc + off, load ? 16 : 0);
     }
@@ -225,7 +226,7 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     }
-    __syncthreads();  // every warp done with this stage (and the widened tile) before tile i + 2 is copied into it
+    __syncthreads();  // every warp done with this stage (and the widened tile) before tile i + 2 goes into it
   }
   write_rows<T, NT>(o, l, rows, out + ((t0 + w * 16 + r0) * Hq + h) * D, Hq * D, c0);
 }
@@ -651,30 +652,31 @@ void flash_prefill(const TI* q, const TC* k_cache, const TC* v_cache, const int3
   // so only the base can be misaligned; the mma.sync kernel takes such a view).
   // (E4M3 caches: the mma.sync kernel, which widens its tiles in shared memory.)
   if constexpr (sizeof(TC) == 2) {
-  if (prefill_attention_wgmma(D) && vec_ok(q, 8, sizeof(TI))) {
-    auto run = [&](auto d, auto kt) {
-      constexpr int Dc = decltype(d)::value, KT = decltype(kt)::value;
-      launch("flash_prefill (wgmma)", flash_prefill_wgmma_k<TI, T, Dc, KT>, grid, kThreads, prefill_wgmma_smem<Dc, KT>(), s,
-             q, k_cache, v_cache, block_tables, max_blocks, token_seq, positions, tiles, n, Hq, Hk, bs_log2, scale, out);
-    };
-    using I64 = std::integral_constant<int, 64>;
-    using I128 = std::integral_constant<int, 128>;
-    const bool k128 = prefill_wgmma_keys(D, Hq * num_tiles, max_context) == 128;
-    // (A box's row coordinate is a signed 32-bit number.)
-    if (k128 && block_size >= 16 && cache_blocks * block_size <= INT_MAX && g_tma_wanted.load()) {
-      const CUtensorMap km = cache_rows_map(k_cache, cache_blocks * block_size, Hk, D, 16);
-      const CUtensorMap vm = cache_rows_map(v_cache, cache_blocks * block_size, Hk, D, 16);
-      auto tma = [&](auto d) {
-        constexpr int Dc = decltype(d)::value;
-        launch("flash_prefill (TMA)", flash_prefill_tma_k<TI, T, Dc>, grid, kTmaThreads, prefill_wgmma_smem<Dc, 128>(), s, km,
-               vm, k_cache, v_cache, q, block_tables, max_blocks, token_seq, positions, tiles, n, Hq, Hk, bs_log2, scale,
-               out);
+    if (prefill_attention_wgmma(D) && vec_ok(q, 8, sizeof(TI))) {
+      auto run = [&](auto d, auto kt) {
+        constexpr int Dc = decltype(d)::value, KT = decltype(kt)::value;
+        launch("flash_prefill (wgmma)", flash_prefill_wgmma_k<TI, T, Dc, KT>, grid, kThreads,
+               prefill_wgmma_smem<Dc, KT>(), s, q, k_cache, v_cache, block_tables, max_blocks, token_seq, positions,
+               tiles, n, Hq, Hk, bs_log2, scale, out);
       };
-      return D == 64 ? tma(std::integral_constant<int, 64>{}) : tma(std::integral_constant<int, 128>{});
+      using I64 = std::integral_constant<int, 64>;
+      using I128 = std::integral_constant<int, 128>;
+      const bool k128 = prefill_wgmma_keys(D, Hq * num_tiles, max_context) == 128;
+      // (A box's row coordinate is a signed 32-bit number.)
+      if (k128 && block_size >= 16 && cache_blocks * block_size <= INT_MAX && g_tma_wanted.load()) {
+        const CUtensorMap km = cache_rows_map(k_cache, cache_blocks * block_size, Hk, D, 16);
+        const CUtensorMap vm = cache_rows_map(v_cache, cache_blocks * block_size, Hk, D, 16);
+        auto tma = [&](auto d) {
+          constexpr int Dc = decltype(d)::value;
+          launch("flash_prefill (TMA)", flash_prefill_tma_k<TI, T, Dc>, grid, kTmaThreads, prefill_wgmma_smem<Dc, 128>(),
+                 s, km, vm, k_cache, v_cache, q, block_tables, max_blocks, token_seq, positions, tiles, n, Hq, Hk,
+                 bs_log2, scale, out);
+        };
+        return D == 64 ? tma(std::integral_constant<int, 64>{}) : tma(std::integral_constant<int, 128>{});
+      }
+      if (D == 64) return k128 ? run(I64{}, I128{}) : run(I64{}, I64{});
+      return k128 ? run(I128{}, I128{}) : run(I128{}, I64{});
     }
-    if (D == 64) return k128 ? run(I64{}, I128{}) : run(I64{}, I64{});
-    return k128 ? run(I128{}, I128{}) : run(I128{}, I64{});
-  }
   }
   auto run = [&](auto d) {
     constexpr int Dc = decltype(d)::value;

@@ -878,26 +878,30 @@ void CudaBackend::kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Te
 
 void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t D, int64_t block_size,
                             float scale, Tensor& out) {
+  // The tensor-core prefill kernel for prefill steps with a 16-bit output, else the paged kernel.
+  auto run = [&](const auto* qp, const auto* kc, const auto* vc, auto* op) {
+    using TO = std::remove_pointer_t<decltype(op)>;
+    if constexpr (!std::is_same_v<TO, float>) {
+      if (flash_ && cuda::flash_prefill_supported(D)) {
+        cuda::flash_prefill(qp, kc, vc, tables_.ptr, max_blocks_, token_seq_.ptr, positions_.ptr, tiles_.ptr, num_tiles_,
+                            rows_of(q), cols_of(q) / D, k_cache.dim(2), D, block_size, k_cache.dim(0), max_len_, scale,
+                            op, stream());
+        return;
+      }
+    }
+    cuda::paged_attention(qp, kc, vc, tables_.ptr, max_blocks_, token_seq_.ptr, positions_.ptr, rows_of(q),
+                          cols_of(q) / D, k_cache.dim(2), D, block_size, scale, max_len_, max_new_, attention_scratch_,
+                          op, stream());
+  };
   if (k_cache.dtype == DType::F8E4M3) {
     // kv_cache_dtype fp8: the kernels widen the codes to the output's type as they stage them (prefill:
     // the mma.sync form of the tensor-core prefill kernel).
     LLMSERVE_CHECK(q.dtype == DType::F32 && v_cache.dtype == DType::F8E4M3,
                    "cuda backend: attention over an FP8 KV cache takes float32 queries");
-    const auto* kc = static_cast<const __nv_fp8_e4m3*>(k_cache.data);
-    const auto* vc = static_cast<const __nv_fp8_e4m3*>(v_cache.data);
     dispatch(out.dtype, [&](auto* to) {
       using TO = std::remove_pointer_t<decltype(to)>;
-      if constexpr (!std::is_same_v<TO, float>) {
-        if (flash_ && cuda::flash_prefill_supported(D)) {
-          cuda::flash_prefill<float>(q.as<float>(), kc, vc, tables_.ptr, max_blocks_, token_seq_.ptr, positions_.ptr,
-                                     tiles_.ptr, num_tiles_, rows_of(q), cols_of(q) / D, k_cache.dim(2), D, block_size,
-                                     k_cache.dim(0), max_len_, scale, out.as<TO>(), stream());
-          return;
-        }
-      }
-      cuda::paged_attention<float>(q.as<float>(), kc, vc, tables_.ptr, max_blocks_, token_seq_.ptr, positions_.ptr,
-                                   rows_of(q), cols_of(q) / D, k_cache.dim(2), D, block_size, scale, max_len_, max_new_,
-                                   attention_scratch_, out.as<TO>(), stream());
+      run(q.as<float>(), static_cast<const __nv_fp8_e4m3*>(k_cache.data), static_cast<const __nv_fp8_e4m3*>(v_cache.data),
+          out.as<TO>());
     });
     return;
   }
@@ -905,19 +909,8 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor
   dispatch2(q.dtype, k_cache.dtype, [&](auto* ti, auto* tc) {
     using TI = std::remove_pointer_t<decltype(ti)>;
     using T = std::remove_pointer_t<decltype(tc)>;
-    if constexpr (std::is_same_v<TI, T> || std::is_same_v<TI, float>) {
-      if constexpr (!std::is_same_v<T, float>) {
-        if (flash_ && cuda::flash_prefill_supported(D)) {
-          cuda::flash_prefill<TI, T>(q.as<TI>(), k_cache.as<T>(), v_cache.as<T>(), tables_.ptr, max_blocks_, token_seq_.ptr,
-                                     positions_.ptr, tiles_.ptr, num_tiles_, rows_of(q), cols_of(q) / D, k_cache.dim(2), D,
-                                     block_size, k_cache.dim(0), max_len_, scale, out.as<T>(), stream());
-          return;
-        }
-      }
-      cuda::paged_attention<TI, T>(q.as<TI>(), k_cache.as<T>(), v_cache.as<T>(), tables_.ptr, max_blocks_, token_seq_.ptr,
-                                   positions_.ptr, rows_of(q), cols_of(q) / D, k_cache.dim(2), D, block_size, scale,
-                                   max_len_, max_new_, attention_scratch_, out.as<T>(), stream());
-    }
+    if constexpr (std::is_same_v<TI, T> || std::is_same_v<TI, float>)
+      run(q.as<TI>(), k_cache.as<const T>(), v_cache.as<const T>(), out.as<T>());
   });
 }
 
