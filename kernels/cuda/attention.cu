@@ -479,27 +479,86 @@ constexpr int kRowPad = 8;  // elements after each staged row: ldmatrix's 8 rows
 // nothing from a third stage and their 104 KB of shared memory cost the batch-1 decode layer 1.6 us.
 __host__ __device__ constexpr int mma_stages(int W) { return W == 4 ? 3 : 2; }
 
-// Staged rows of E4M3 codes (kv_cache_dtype fp8) are D + kRowPad8 bytes apart (16-byte copies).
+// Staged rows of E4M3 codes (kv_cache_dtype fp8) are D + kRowPad8 bytes apart (16-byte copies; the lanes'
+// 16-byte fragment reads, fp8_scores and fp8_values_times, fall on distinct banks at D = 128).
 constexpr int kRowPad8 = 16;
 
 // Shared memory of a block: its warps' staged tiles (key and value rows of kMmaKeys keys, mma_stages
-// of them), for caches of E4M3 codes followed by each warp's tile widened to 16 bits (what the
-// products read).
+// of them).
 template <typename TC, int D, int W>
 __host__ __device__ constexpr size_t mma_stage_bytes() {
-  if constexpr (sizeof(TC) == 1)
-    return static_cast<size_t>(mma_stages(W)) * W * 2 * kMmaKeys * (D + kRowPad8) +
-           sizeof(uint16_t) * W * 2 * kMmaKeys * (D + kRowPad);
-  else
-    return sizeof(uint16_t) * mma_stages(W) * W * 2 * kMmaKeys * (D + kRowPad);
+  return sizeof(TC) * mma_stages(W) * W * 2 * kMmaKeys * (sizeof(TC) == 1 ? D + kRowPad8 : D + kRowPad);
+}
+
+// kv_cache_dtype fp8: S = Q K^T of a warp's tile of kMmaKeys keys (two n-tiles of 8) straight from its
+// staged E4M3 rows (`stride` bytes apart), each lane widening the codes of its own B fragments in
+// registers. The head dimension is permuted in the products' k dimension (the same permutation on both
+// operands leaves every dot product as it is): lane l's k-slots of k-step k (2c, 2c + 1, 2c + 8, 2c + 9
+// with c = l % 4) are dims cD/4 + 4k .. cD/4 + 4k + 3, so a lane reads its key's D/4 codes as whole
+// 16-byte vectors (conflict-free at D = 128), and the queries, staged in that order (qf), as one
+// 8-byte word a k-step.
+template <typename T, int D>
+__device__ __forceinline__ void fp8_scores(const __nv_fp8_e4m3* ks, int stride, const uint2* qf, int lane,
+                                           float (&sc)[2][2]) {
+  constexpr int KS = D / 16, VEC = D / 64;  // k-steps (a word of codes each); 16-byte vectors of a key
+  const unsigned char* base =
+      reinterpret_cast<const unsigned char*>(ks) + (lane / 4) * stride + (lane % 4) * (D / 4);
+  unsigned kw[2][KS];
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int v = 0; v < VEC; ++v)
+      *reinterpret_cast<uint4*>(&kw[h][4 * v]) = *reinterpret_cast<const uint4*>(base + h * 8 * stride + 16 * v);
+#pragma unroll
+  for (int k = 0; k < KS; ++k) {
+    const uint2 a = qf[k * 32 + lane];
+    const unsigned qa[2] = {a.x, a.y};
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      unsigned b0, b1;
+      widen_fp8x4<T>(kw[h][k], b0, b1);
+      mma16816_top<T>(sc[h], qa, b0, b1);
+    }
+  }
+}
+
+// kv_cache_dtype fp8: O += P V from a warp's staged E4M3 value rows, widened in registers. Here the
+// output columns are permuted (n-tile n's column j is dim jD/8 + n), so lane l's B fragments of every
+// n-tile come from dims (l / 4) D/8 .. (l / 4) D/8 + D/8 - 1 of its four keys (2c, 2c + 1, 2c + 8,
+// 2c + 9): one 16-byte (D = 128) or 8-byte (D = 64) read a key, conflict-free; the caller writes o[n][e]
+// to dim (2c + e) D/8 + n.
+template <typename T, int D>
+__device__ __forceinline__ void fp8_values_times(const __nv_fp8_e4m3* vs, int stride, const unsigned (&pa)[2],
+                                                 int lane, float (&o)[D / 8][2]) {
+  constexpr int NT = D / 8, WK = NT / 4;  // n-tiles; words of a key's codes a lane reads
+  const unsigned char* base =
+      reinterpret_cast<const unsigned char*>(vs) + (lane % 4) * 2 * stride + (lane / 4) * NT;
+  unsigned v[4][WK];  // keys 2c, 2c + 1, 2c + 8, 2c + 9
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const unsigned char* p = base + ((i & 1) + (i >> 1) * 8) * stride;
+    if constexpr (WK == 4)
+      *reinterpret_cast<uint4*>(v[i]) = *reinterpret_cast<const uint4*>(p);
+    else
+      *reinterpret_cast<uint2*>(v[i]) = *reinterpret_cast<const uint2*>(p);
+  }
+#pragma unroll
+  for (int w = 0; w < WK; ++w)
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+      // n-tile 4w + b: byte b of keys 2c and 2c + 1 (b0), of keys 2c + 8 and 2c + 9 (b1).
+      const unsigned sel = fp8_pair_sel(b, 4 + b);
+      mma16816_top<T>(o[4 * w + b], pa, widen_fp8_pair<T>(prmt(v[0][w], v[1][w], sel)),
+                      widen_fp8_pair<T>(prmt(v[2][w], v[3][w], sel)));
+    }
 }
 
 // Positions, slots and key indices are 32-bit here (contexts and KV caches of fewer than 2^31 tokens;
 // element offsets into the caches stay 64-bit), and the block size is a power of two given by its
 // log2: fewer registers a thread, so more blocks resident per SM (101 with 8 warps, 106 with 4).
 // T: the products' (and the output's) 16-bit type; TC: the caches', T or E4M3 codes (kv_cache_dtype
-// fp8: the rows are staged as codes, and a warp widens its tile to T exactly, in shared memory, before
-// its products).
+// fp8: the rows are staged as codes, and each lane reads the codes of its fragments from the staged tile
+// and widens them to T in registers, exactly: fp8_scores, fp8_values_times).
 template <typename TI, typename T, typename TC, int D, int W>
 __global__ void __launch_bounds__(W * 32)
     paged_attention_mma_k(const TI* q, const TC* kc, const TC* vc, const int32_t* tables, int64_t max_blocks,
@@ -583,11 +642,27 @@ __global__ void __launch_bounds__(W * 32)
   // computed).
   static_assert(kMaxGroup <= 8, "the group's query heads fit the top 8 rows of an m16 tile");
   __shared__ __align__(16) T qs[8][D + kRowPad];
-  for (int i = threadIdx.x; i < 8 * D / 2; i += W * 32) {
-    const int r = i / (D / 2), d = (i % (D / 2)) * 2;
-    const TI* qr = q + (t * Hq + kh * G + r) * D + d;
-    *reinterpret_cast<unsigned*>(&qs[r][d]) =
-        pack2<T>(r < G ? to_f(qr[0]) * scale : 0.f, r < G ? to_f(qr[1]) * scale : 0.f);
+  if constexpr (kFp8) {
+    // In fragment order instead (fp8_scores' permutation of the head dimension): k-step k's A
+    // fragment of lane l (its row l / 4, 4 dims) at qf[k * 32 + l], one conflict-free 8-byte read.
+    static_assert(sizeof(uint2) * KS * 32 <= sizeof(qs), "the fragments fit the queries' tile");
+    uint2* const qf = reinterpret_cast<uint2*>(&qs[0][0]);
+    for (int i = threadIdx.x; i < 8 * D / 4; i += W * 32) {
+      const int r = i / (D / 4), d = (i % (D / 4)) * 4, c = d / (D / 4), k = d % (D / 4) / 4;
+      const TI* qr = q + (t * Hq + kh * G + r) * D + d;
+      float f[4] = {0.f, 0.f, 0.f, 0.f};
+      if (r < G)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) f[e] = to_f(qr[e]) * scale;
+      qf[k * 32 + r * 4 + c] = make_uint2(pack2<T>(f[0], f[1]), pack2<T>(f[2], f[3]));
+    }
+  } else {
+    for (int i = threadIdx.x; i < 8 * D / 2; i += W * 32) {
+      const int r = i / (D / 2), d = (i % (D / 2)) * 2;
+      const TI* qr = q + (t * Hq + kh * G + r) * D + d;
+      *reinterpret_cast<unsigned*>(&qs[r][d]) =
+          pack2<T>(r < G ? to_f(qr[0]) * scale : 0.f, r < G ? to_f(qr[1]) * scale : 0.f);
+    }
   }
   __syncthreads();
   const int r0 = lane / 4, c0 = (lane % 4) * 2;
@@ -597,32 +672,25 @@ __global__ void __launch_bounds__(W * 32)
   while (j0 < len) {
     cp_async_wait_group<kMmaStages - 1>();  // this tile's group (the next ones may stay in flight)
     __syncwarp();
-    const T* ks;
-    if constexpr (kFp8) {
-      // The tile's 2 x kMmaKeys rows of codes to T (exact) into this warp's widened tile (after every
-      // warp's stages; the layout of a 16-bit stage).
-      T* const widened =
-          reinterpret_cast<T*>(smem_raw + sizeof(TC) * kMmaStages * W * 2 * kMmaKeys * RC) + w * 2 * kMmaKeys * RS;
-      widen_rows<T, D>(ks_of(buf), RC, widened, RS, 2 * kMmaKeys, lane, 32);
-      __syncwarp();
-      ks = widened;
-    } else {
-      ks = ks_of(buf);
-    }
-    const T* vs = ks + kMmaKeys * RS;
-    // S = Q K^T: two n-tiles of 8 keys; the query fragments of two k-steps per ldmatrix.
+    // S = Q K^T: two n-tiles of 8 keys.
     float sc[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+    if constexpr (kFp8) {
+      fp8_scores<T, D>(ks_of(buf), RC, reinterpret_cast<const uint2*>(&qs[0][0]), lane, sc);
+    } else {
+      // The query fragments of two k-steps per ldmatrix.
+      const T* ks = ks_of(buf);
 #pragma unroll
-    for (int k = 0; k < KS; k += 2) {
-      unsigned a[4];
-      ldmatrix_x4<false>(a, &qs[lane & 7][k * 16 + (lane >> 3) * 8]);
+      for (int k = 0; k < KS; k += 2) {
+        unsigned a[4];
+        ldmatrix_x4<false>(a, &qs[lane & 7][k * 16 + (lane >> 3) * 8]);
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const unsigned qa[2] = {a[2 * h], a[2 * h + 1]};
-        unsigned b[4];
-        ldmatrix_x4<false>(b, ks + ((lane & 7) + (lane >> 4) * 8) * RS + (k + h) * 16 + ((lane >> 3) & 1) * 8);
-        mma16816_top<T>(sc[0], qa, b[0], b[1]);
-        mma16816_top<T>(sc[1], qa, b[2], b[3]);
+        for (int h = 0; h < 2; ++h) {
+          const unsigned qa[2] = {a[2 * h], a[2 * h + 1]};
+          unsigned b[4];
+          ldmatrix_x4<false>(b, ks + ((lane & 7) + (lane >> 4) * 8) * RS + (k + h) * 16 + ((lane >> 3) & 1) * 8);
+          mma16816_top<T>(sc[0], qa, b[0], b[1]);
+          mma16816_top<T>(sc[1], qa, b[2], b[3]);
+        }
       }
     }
     // Keys past the context masked, then the online softmax of row r0 (sc becomes P).
@@ -634,12 +702,17 @@ __global__ void __launch_bounds__(W * 32)
     online_softmax(sc, 0, m, l, o);
     // O += P V: P's C fragments are the A fragment of the second product.
     const unsigned pa[2] = {pack2<T>(sc[0][0], sc[0][1]), pack2<T>(sc[1][0], sc[1][1])};
+    if constexpr (kFp8) {
+      fp8_values_times<T, D>(ks_of(buf) + kMmaKeys * RC, RC, pa, lane, o);
+    } else {
+      const T* vs = ks_of(buf) + kMmaKeys * RS;
 #pragma unroll
-    for (int n = 0; n < NT; n += 2) {
-      unsigned b[4];
-      ldmatrix_x4<true>(b, vs + ((lane & 7) + ((lane >> 3) & 1) * 8) * RS + n * 8 + (lane >> 4) * 8);
-      mma16816_top<T>(o[n], pa, b[0], b[1]);
-      mma16816_top<T>(o[n + 1], pa, b[2], b[3]);
+      for (int n = 0; n < NT; n += 2) {
+        unsigned b[4];
+        ldmatrix_x4<true>(b, vs + ((lane & 7) + ((lane >> 3) & 1) * 8) * RS + n * 8 + (lane >> 4) * 8);
+        mma16816_top<T>(o[n], pa, b[0], b[1]);
+        mma16816_top<T>(o[n + 1], pa, b[2], b[3]);
+      }
     }
     __syncwarp();  // every lane done with the staged tile before it is staged again
     const int jn = j0 + kMmaStages * kStep;  // the tile that goes into this stage next
@@ -660,10 +733,10 @@ __global__ void __launch_bounds__(W * 32)
       sl[w][r0] = l;
     }
 #pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      sacc[w][r0][n * 8 + c0] = o[n][0];
-      sacc[w][r0][n * 8 + c0 + 1] = o[n][1];
-    }
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 2; ++e)  // (fp8: fp8_values_times' permutation of the output columns)
+        sacc[w][r0][kFp8 ? (c0 + e) * NT + n : n * 8 + c0 + e] = o[n][e];
   }
   // Warps without keys (busy false) hold m = -inf, l = 0: finish_group gives them weight 0.
   __syncthreads();

@@ -62,24 +62,50 @@ __device__ __forceinline__ void unpack_weights(const uint4& u, float (&f)[16 / s
   }
 }
 
+// PTX's byte permute with its sign mode: byte i of the result is byte (sel >> 4i) & 7 of {a, b} (a's bytes
+// 0-3, b's 4-7), or that byte's sign bit replicated where bit 3 of the nibble is set.
+__device__ __forceinline__ unsigned prmt(unsigned a, unsigned b, unsigned sel) {
+  unsigned r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+}
+// The selector that makes bytes b of a and of b the two 16-bit halves widen_fp8_pair takes.
+__host__ __device__ constexpr unsigned fp8_pair_sel(unsigned a_byte, unsigned b_byte) {
+  return a_byte | (8 | a_byte) << 4 | b_byte << 8 | (8 | b_byte) << 12;
+}
+
+// Two E4M3 codes as the pair of T (16-bit) values they stand for, exact: u holds each code in the low
+// byte of its 16-bit half with the code's sign bit replicated over the high byte (prmt with
+// fp8_pair_sel). A shift and a mask and one 16-bit multiply instead of the hardware's conversions (E4M3
+// pair to half pair, then to float and bfloat16): the shift puts each code's 4 exponent bits at the
+// bottom of T's exponent field and its 3 mantissa bits at the top of T's mantissa, the high byte's copy
+// of the sign in T's sign bit, which is the code's value times 2^(7 - bias(T)), normal or subnormal alike;
+// the multiply by 2^(bias(T) - 7) is exact. The NaN codes 0x7f / 0xff (only a NaN written to the cache
+// makes them) read as +-480.
+template <typename T>
+__device__ __forceinline__ unsigned widen_fp8_pair(unsigned u) {
+  unsigned r;
+  if constexpr (std::is_same_v<T, __half>)
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(r) : "r"((u << 7) & 0xbf80bf80u), "r"(0x5c005c00u));  // x 2^8
+  else  // x 2^120
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"((u << 4) & 0x87f087f0u), "r"(0x7b807b80u), "r"(0x80008000u));
+  return r;
+}
+
+// The 4 E4M3 codes of w (lowest byte first) as two pairs of T: lo holds codes 0 and 1, hi codes 2 and 3.
+template <typename T>
+__device__ __forceinline__ void widen_fp8x4(unsigned w, unsigned& lo, unsigned& hi) {
+  lo = widen_fp8_pair<T>(prmt(w, 0u, fp8_pair_sel(0, 1)));
+  hi = widen_fp8_pair<T>(prmt(w, 0u, fp8_pair_sel(2, 3)));
+}
+
 // 8 FP8 E4M3 codes as the 8 values of type T (16-bit) they stand for, exact, in a 16-byte vector (the
 // layout of 8 consecutive T elements).
 template <typename T>
 __device__ __forceinline__ uint4 widen_fp8(const uint2& codes) {
-  const unsigned short* p = reinterpret_cast<const unsigned short*>(&codes);
   uint4 out;
-  unsigned* o = reinterpret_cast<unsigned*>(&out);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const __half2 h = __half2(__nv_cvt_fp8x2_to_halfraw2(p[i], __NV_E4M3));
-    if constexpr (std::is_same_v<T, __half>) {
-      o[i] = *reinterpret_cast<const unsigned*>(&h);
-    } else {
-      const float2 f = __half22float2(h);
-      const __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y);
-      o[i] = *reinterpret_cast<const unsigned*>(&b);
-    }
-  }
+  widen_fp8x4<T>(codes.x, out.x, out.y);
+  widen_fp8x4<T>(codes.y, out.z, out.w);
   return out;
 }
 

@@ -448,17 +448,36 @@ __global__ void __launch_bounds__(kThreads, (D == 64 && KT == 64) ? 2 : 1)
 // key loop, so the warpgroups are not in lockstep: one's softmax runs while the other's products do.
 // (FlashAttention-3's ping-pong, the warpgroups taking turns at issuing their products by named
 // barriers, was measured on top of this and not kept: 12% faster at 512 tokens, 3% slower at 16,384.)
+//
+// kv_cache_dtype fp8 (TC E4M3): the consumers are the same, the producer differs. Its four warps copy
+// each tile's codes by cp.async (16 codes a copy, any block size) into one of two code stages, then
+// widen them to T (exact) into the swizzled panels of a stage the consumers read as above, one "full"
+// arrival per producer thread; the codes of tile i + 2 are requested once tile i's are widened. Two
+// stages of widened tiles instead of three make room for the code stages (224 KB at head size 128).
 constexpr int kTmaThreads = kThreads + 128;
-template <typename TI, typename T, int D>
+constexpr int kTmaKeys = 128;  // keys a tile
+template <typename TC>
+__host__ __device__ constexpr int tma_stages() { return sizeof(TC) == 1 ? 2 : kWgStages; }
+template <typename TC, int D>
+__host__ __device__ constexpr size_t prefill_tma_smem() {
+  return prefill_wgmma_q_bytes<D>() + static_cast<size_t>(tma_stages<TC>()) * 2 * kTmaKeys * D * 2 +
+         (sizeof(TC) == 1 ? 2 /* code stages */ * 2 * kTmaKeys * D : 0) + 1024 /* alignment slack */;
+}
+__device__ __forceinline__ void producer_sync() { asm volatile("bar.sync 1, 128;" ::: "memory"); }
+
+template <typename TI, typename T, typename TC, int D>
 __global__ void __launch_bounds__(kTmaThreads, 1)
-    flash_prefill_tma_k(const __grid_constant__ CUtensorMap kmap, const __grid_constant__ CUtensorMap vmap, const T* kc,
-                        const T* vc, const TI* q, const int32_t* tables, int64_t max_blocks, const int32_t* token_seq,
+    flash_prefill_tma_k(const __grid_constant__ CUtensorMap kmap, const __grid_constant__ CUtensorMap vmap, const TC* kc,
+                        const TC* vc, const TI* q, const int32_t* tables, int64_t max_blocks, const int32_t* token_seq,
                         const int32_t* positions, const int32_t* tiles, int64_t n, int64_t Hq, int64_t Hk, int bs_log2,
                         float scale, T* out) {
 #if defined(LLMSERVE_HAVE_WGMMA)
-  constexpr int KT = 128, NT = D / 8, NS = KT / 8, CH = D / 8;
+  constexpr int KT = kTmaKeys, NT = D / 8, NS = KT / 8, CH = D / 8;
+  constexpr bool kFp8 = sizeof(TC) == 1;
+  constexpr int kStages = tma_stages<TC>();
+  static_assert(kFp8 || std::is_same_v<T, TC>, "16-bit caches are of the products' type");
   static_assert(D == 128 || D == 64, "64-element panels");
-  static_assert(prefill_wgmma_smem<D, KT>() + 1024 <= 227 * 1024, "an SM's shared memory");
+  static_assert(prefill_tma_smem<TC, D>() + 1024 <= 227 * 1024, "an SM's shared memory");
   constexpr uint32_t kPanel = KT * 128, kTile = (D / 64) * kPanel, kQPanel = 64 * 128;
   extern __shared__ __align__(1024) unsigned char smem[];
   const WgmmaSmem<D> sm(smem);
@@ -475,8 +494,8 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
   const WarpRows rows = consumer ? warp_rows(t0 + w * 16, r0, n, b.seq, token_seq, positions) : WarpRows{-1, -1, -1, INT_MAX};
   if (tid < 2) wg_last[tid] = -1;
   if (tid == 0) {
-    for (int s = 0; s < kWgStages; ++s) {
-      mbar_init(full0 + 8 * s, 32);
+    for (int s = 0; s < kStages; ++s) {
+      mbar_init(full0 + 8 * s, kFp8 ? 128 : 32);
       mbar_init(empty0 + 8 * s, kWarps);
     }
     mbar_init_fence();
@@ -487,13 +506,57 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
   if (consumer && lane == 0) atomicMax(&wg_last[wg], rows.last);
   __syncthreads();
   const int64_t nkeys = static_cast<int64_t>(max(wg_last[0], wg_last[1])) + 1, ntiles = (nkeys + KT - 1) / KT;
-  if (!consumer) {  // the producer warpgroup: warp 8 works
+  if (!consumer) {  // the producer warpgroup: warp 8 works (fp8: all four)
     setmaxnreg_dec<40>();
+    if constexpr (kFp8) {
+      const int pt = tid - kThreads;
+      const int64_t row = Hk * D;
+      constexpr int kCodes = 2 * KT * D;  // a code stage: the tile's key rows, then its value rows
+      unsigned char* const codes = sm.stages + kStages * 2 * kTile;
+      auto fetch = [&](int64_t i) {  // tile i's codes into code stage i % 2 (zeros past the keys)
+        if (i < ntiles) {
+          unsigned char* ks = codes + (i & 1) * kCodes;
+#pragma unroll 4
+          for (int it = 0; it < KT * (D / 16) / 128; ++it) {  // (a fixed count: unrolled, the loads overlap)
+            const int c = pt + 128 * it, key = c / (D / 16), ch = c % (D / 16);
+            const int64_t j = i * KT + key;
+            const bool load = j < nkeys;
+            const int64_t off = load ? b.cache_row(j, bs_log2) * row + b.kvh * D + ch * 16 : 0;
+            cp_async16(ks + key * D + ch * 16, kc + off, load ? 16 : 0);
+            cp_async16(ks + KT * D + key * D + ch * 16, vc + off, load ? 16 : 0);
+          }
+        }
+        cp_async_commit();
+      };
+      fetch(0);
+      fetch(1);
+      for (int64_t i = 0; i < ntiles; ++i) {
+        const int s = static_cast<int>(i % kStages);
+        cp_async_wait_group<1>();  // this thread's copies of tile i (tile i + 1's may be in flight)
+        producer_sync();           // everyone's
+        if (i >= kStages) mbar_wait(empty0 + 8 * s, static_cast<uint32_t>((i / kStages - 1) & 1));
+        const unsigned char* src = codes + (i & 1) * kCodes;
+        unsigned char* dst = sm.stages + s * 2 * kTile;
+        // 8 codes a thread at a time: consecutive threads read consecutive 8 bytes and write consecutive
+        // 16-byte units of a swizzled row.
+#pragma unroll 4
+        for (int it = 0; it < 2 * KT * CH / 128; ++it) {
+          const int c = pt + 128 * it, kv = c / (KT * CH), key = c / CH % KT, ch = c % CH;
+          const uint2 w8 = *reinterpret_cast<const uint2*>(src + kv * KT * D + key * D + ch * 8);
+          *reinterpret_cast<uint4*>(dst + kv * kTile + (ch / 8) * kPanel + wgmma_swizzle(key, ch % 8)) = widen_fp8<T>(w8);
+        }
+        fence_proxy_async();  // these generic stores before wgmma's reads
+        mbar_arrive(full0 + 8 * s);
+        producer_sync();  // code stage i % 2 read by everyone: tile i + 2 may go into it
+        fetch(i + 2);
+      }
+      return;
+    }
     if (w != kWarps) return;
     const int64_t row = Hk * D;
     for (int64_t i = 0; i < ntiles; ++i) {
-      const int s = static_cast<int>(i % kWgStages);
-      if (i >= kWgStages) mbar_wait(empty0 + 8 * s, static_cast<uint32_t>((i / kWgStages - 1) & 1));
+      const int s = static_cast<int>(i % kStages);
+      if (i >= kStages) mbar_wait(empty0 + 8 * s, static_cast<uint32_t>((i / kStages - 1) & 1));
       const int64_t k0 = i * KT;
       const int valid = static_cast<int>(min(static_cast<int64_t>(KT), nkeys - k0)), boxed = valid & ~15;
       unsigned char* ks = sm.stages + s * 2 * kTile;
@@ -536,8 +599,8 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
   const uint32_t qa = sm.qs_addr + wg * (D / 64) * kQPanel;
   float o[NT][4] = {}, sc[NS][4] = {}, m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
   for (int64_t i = 0; i < ntiles; ++i) {
-    const int s = static_cast<int>(i % kWgStages);
-    mbar_wait(full0 + 8 * s, static_cast<uint32_t>((i / kWgStages) & 1));
+    const int s = static_cast<int>(i % kStages);
+    mbar_wait(full0 + 8 * s, static_cast<uint32_t>((i / kStages) & 1));
     const int64_t k0 = i * KT;
     const uint32_t ka = sm.stages_addr + s * 2 * kTile;
     if (k0 <= my_last) wgmma_key_tile<T, D, KT>(sc, o, m, l, qa, ka, ka + kTile, k0, c0, rows);  // per warpgroup
@@ -588,16 +651,20 @@ void prepare_flash_prefill() {
   check(cudaFuncSetAttribute(flash_prefill_wgmma_k<TI, T, D, KT>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
                              static_cast<int>(prefill_wgmma_smem<D, KT>())),                                  \
         "flash_prefill shared memory");
-#define ALLOW_TMA(TI, T, D)                                                                                \
-  check(cudaFuncSetAttribute(flash_prefill_tma_k<TI, T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
-                             static_cast<int>(prefill_wgmma_smem<D, 128>())),                              \
+#define ALLOW_TMA(TI, T, TC, D)                                                                                \
+  check(cudaFuncSetAttribute(flash_prefill_tma_k<TI, T, TC, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, \
+                             static_cast<int>(prefill_tma_smem<TC, D>())),                                   \
         "flash_prefill shared memory");
-#define ALLOW(TI, T) ALLOW1(TI, T, 128, 64) ALLOW1(TI, T, 128, 128) ALLOW1(TI, T, 64, 64) ALLOW1(TI, T, 64, 128) \
-  ALLOW_TMA(TI, T, 64) ALLOW_TMA(TI, T, 128)
-    ALLOW(float, __half)
-    ALLOW(float, __nv_bfloat16)
-    ALLOW(__half, __half)
-    ALLOW(__nv_bfloat16, __nv_bfloat16)
+#define ALLOW(TI, T, TC) ALLOW1(TI, T, 128, 64) ALLOW1(TI, T, 128, 128) ALLOW1(TI, T, 64, 64) ALLOW1(TI, T, 64, 128) \
+  ALLOW_TMA(TI, T, TC, 64) ALLOW_TMA(TI, T, TC, 128)
+    ALLOW(float, __half, __half)
+    ALLOW(float, __nv_bfloat16, __nv_bfloat16)
+    ALLOW(__half, __half, __half)
+    ALLOW(__nv_bfloat16, __nv_bfloat16, __nv_bfloat16)
+    ALLOW_TMA(float, __half, __nv_fp8_e4m3, 64)
+    ALLOW_TMA(float, __half, __nv_fp8_e4m3, 128)
+    ALLOW_TMA(float, __nv_bfloat16, __nv_fp8_e4m3, 64)
+    ALLOW_TMA(float, __nv_bfloat16, __nv_fp8_e4m3, 128)
 #undef ALLOW
 #undef ALLOW1
 #undef ALLOW_TMA
@@ -650,8 +717,21 @@ void flash_prefill(const TI* q, const TC* k_cache, const TC* v_cache, const int3
   const dim3 grid(static_cast<unsigned>(Hq), static_cast<unsigned>(num_tiles));
   // The warpgroup kernel reads the queries 8 elements at a time (rows are D elements, a multiple of 8,
   // so only the base can be misaligned; the mma.sync kernel takes such a view).
-  // (E4M3 caches: the mma.sync kernel, which widens its tiles in shared memory.)
-  if constexpr (sizeof(TC) == 2) {
+  if constexpr (sizeof(TC) == 1) {
+    // E4M3 caches: the warp-specialized kernel whose producer widens the tiles (any block size; no
+    // tensor maps: it copies by cp.async), else the mma.sync kernel, which widens its tiles in shared
+    // memory too.
+    if (prefill_attention_wgmma(D) && g_tma_wanted.load() && vec_ok(q, 8, sizeof(TI))) {
+      auto fp8 = [&](auto d) {
+        constexpr int Dc = decltype(d)::value;
+        const CUtensorMap none{};
+        launch("flash_prefill (fp8, warp-specialized)", flash_prefill_tma_k<TI, T, TC, Dc>, grid, kTmaThreads,
+               prefill_tma_smem<TC, Dc>(), s, none, none, k_cache, v_cache, q, block_tables, max_blocks, token_seq,
+               positions, tiles, n, Hq, Hk, bs_log2, scale, out);
+      };
+      return D == 64 ? fp8(std::integral_constant<int, 64>{}) : fp8(std::integral_constant<int, 128>{});
+    }
+  } else {
     if (prefill_attention_wgmma(D) && vec_ok(q, 8, sizeof(TI))) {
       auto run = [&](auto d, auto kt) {
         constexpr int Dc = decltype(d)::value, KT = decltype(kt)::value;
@@ -668,7 +748,7 @@ void flash_prefill(const TI* q, const TC* k_cache, const TC* v_cache, const int3
         const CUtensorMap vm = cache_rows_map(v_cache, cache_blocks * block_size, Hk, D, 16);
         auto tma = [&](auto d) {
           constexpr int Dc = decltype(d)::value;
-          launch("flash_prefill (TMA)", flash_prefill_tma_k<TI, T, Dc>, grid, kTmaThreads, prefill_wgmma_smem<Dc, 128>(),
+          launch("flash_prefill (TMA)", flash_prefill_tma_k<TI, T, TC, Dc>, grid, kTmaThreads, prefill_tma_smem<TC, Dc>(),
                  s, km, vm, k_cache, v_cache, q, block_tables, max_blocks, token_seq, positions, tiles, n, Hq, Hk,
                  bs_log2, scale, out);
         };

@@ -7,6 +7,7 @@
 #include <memory>
 #include <numeric>
 #include <random>
+#include <tuple>
 
 #include "backend/cpu_backend.h"
 #include "backend/cuda/cuda_backend.h"
@@ -609,6 +610,9 @@ TEST_P(CudaOps, Fp8KvCacheMatchesTheCpuBackend) {
   const DType dt = GetParam();
   const int64_t bs = 16, max_blocks = 160;
   const LongContextSteps steps = long_context_steps(bs, max_blocks);
+  // A chunk of 300 queries over 1,500 positions: the prefill kernel's tiles of 128 keys go round its
+  // stages several times.
+  const StepMeta long_chunk = make_meta(bs, {300, 1}, {1200, 40}, max_blocks);
   auto random_codes = [&](int64_t n, float scale) {
     const auto v = randn(static_cast<size_t>(n), g, scale);
     std::vector<uint8_t> c(v.size());
@@ -619,7 +623,7 @@ TEST_P(CudaOps, Fp8KvCacheMatchesTheCpuBackend) {
   for (const int64_t D : {128, 64, 80})
   for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {8, 1}, {2, 2}}) {
     cuda::set_decode_attention_warps(warps);
-    for (const StepMeta* m : {&steps.mixed, &steps.decode, &steps.decode8, &steps.graph}) {
+    for (const StepMeta* m : {&steps.mixed, &steps.decode, &steps.decode8, &steps.graph, &long_chunk}) {
       const int64_t T = m->num_tokens(), blocks = max_blocks * static_cast<int64_t>(m->num_seqs());
       cpu.begin_step(*m);
       gpu->begin_step(*m);
@@ -651,6 +655,53 @@ TEST_P(CudaOps, Fp8KvCacheMatchesTheCpuBackend) {
       cpu.attention(q.first, kc.first, vc.first, D, bs, 0.09f, ac);
       gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
       expect_close(ac, ag, ("attention over an fp8 KV cache, " + shape).c_str(), tol());
+    }
+  }
+  cuda::set_decode_attention_warps(0);
+}
+
+// Every E4M3 code reads as exactly its value: a token at position 0 attends to itself alone, so its
+// attention output is its value row (probability 1), which holds the codes 0-255 in turn (the NaN codes
+// 0x7f and 0xff as zeros) and is representable in every output type. Steps of single tokens (the paged
+// decode kernels, 8- and 4-warp blocks) and a prefill step (the tensor-core prefill kernel for 16-bit
+// outputs); query groups of one and two heads, head sizes 128 and 64.
+TEST_P(CudaOps, Fp8KvCacheCodesReadExactly) {
+  std::mt19937 g(34);
+  const DType dt = GetParam();
+  const int64_t bs = 16, max_blocks = 4;
+  const StepMeta singles = make_meta(bs, {1, 1, 1, 1}, {0, 0, 0, 0}, max_blocks);
+  const StepMeta prefill = make_meta(bs, {1, 40}, {0, 0}, max_blocks);
+  for (const int warps : {8, 4})
+  for (const auto& [Hq, Hk, D] : {std::tuple<int64_t, int64_t, int64_t>{2, 2, 128}, {4, 2, 128}, {4, 4, 64}, {8, 4, 64}}) {
+    cuda::set_decode_attention_warps(warps);
+    for (const StepMeta* m : {&singles, &prefill}) {
+      const int64_t T = m->num_tokens(), blocks = max_blocks * static_cast<int64_t>(m->num_seqs());
+      cpu.begin_step(*m);
+      gpu->begin_step(*m);
+      const std::vector<int64_t> cshape{blocks, bs, Hk, D};
+      std::vector<uint8_t> codes(static_cast<size_t>(blocks * bs * Hk * D)), keys(codes.size());
+      for (size_t i = 0; i < codes.size(); ++i) {
+        codes[i] = (i & 0x7f) == 0x7f ? 0 : static_cast<uint8_t>(i & 0xff);  // a slot's Hk x D = 256 codes
+        keys[i] = f32_to_e4m3(std::normal_distribution<float>(0.f, 1.f)(g));
+      }
+      auto kc = both_codes(keys, cshape), vc = both_codes(codes, cshape);
+      auto q = both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32);
+      Tensor ag = gpu->empty({T, Hq * D}, dt);
+      gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
+      const std::vector<float> out = get(*gpu, ag);
+      int64_t checked = 0, wrong = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        if (m->positions[t] != 0) continue;
+        const int64_t slot = m->slot_mapping[t];
+        for (int64_t h = 0; h < Hq; ++h)
+          for (int64_t d = 0; d < D; ++d, ++checked) {
+            const float want = e4m3_to_f32(codes[static_cast<size_t>((slot * Hk + h / (Hq / Hk)) * D + d)]);
+            wrong += out[static_cast<size_t>((t * Hq + h) * D + d)] != want;
+          }
+      }
+      EXPECT_EQ(checked, (m == &singles ? 4 : 2) * Hq * D);
+      EXPECT_EQ(wrong, 0) << "codes read inexactly, head_dim " << D << ", Hq " << Hq << ", Hk " << Hk << ", "
+                          << (m == &singles ? "single tokens, " : "prefill, ") << warps << "-warp decode blocks";
     }
   }
   cuda::set_decode_attention_warps(0);

@@ -894,8 +894,8 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor
                           op, stream());
   };
   if (k_cache.dtype == DType::F8E4M3) {
-    // kv_cache_dtype fp8: the kernels widen the codes to the output's type as they stage them (prefill:
-    // the mma.sync form of the tensor-core prefill kernel).
+    // kv_cache_dtype fp8: the kernels widen the codes to the output's type (decode: each lane its MMA
+    // fragments, in registers; prefill: the warp-specialized kernel's producer warps, tile by tile).
     LLMSERVE_CHECK(q.dtype == DType::F32 && v_cache.dtype == DType::F8E4M3,
                    "cuda backend: attention over an FP8 KV cache takes float32 queries");
     dispatch(out.dtype, [&](auto* to) {
