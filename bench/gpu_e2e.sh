@@ -14,7 +14,8 @@
 # (E2E_BASELINE=0 leaves it out; E2E_DECODE_ONLY=1 stops after the batch-1 decode run and the
 # E2E_CONCURRENCY="8 16 ..." runs; E2E_TTFT_ONLY=1 runs the TTFT measurement alone; E2E_TTFT_LEN sets its
 # prompt length, default 2048, and E2E_MAX_MODEL_LEN the server's --max-model-len, default 4096;
-# E2E_THROUGHPUT_ONLY=1 runs the batch-1 decode, the TTFT and the greedy 256-request throughput alone).
+# E2E_THROUGHPUT_ONLY=1 runs the batch-1 decode, the TTFT and the greedy 256-request throughput alone;
+# E2E_LONG_INPUT=N runs 128 requests of N-token prompts alone, below).
 #   bench/gpu_e2e.sh BUILD_DIR OUT_DIR [CONFIG_JSON] [TP] [PP] [llmserve options...]
 set -euo pipefail
 build=$(cd "$1" && pwd) out=$2
@@ -63,6 +64,13 @@ for kind in ("plain", "score", "plain", "score"):
 PY
 }
 if [ "${E2E_TTFT_ONLY:-0}" = 1 ]; then ttft; exit 0; fi
+# E2E_LONG_INPUT=N: 128 requests of N-token prompts and 256 output tokens at once (set E2E_MAX_MODEL_LEN
+# above N + 256), alone: decode steps whose attention reads long contexts (kv_cache_dtype comparisons).
+if [ -n "${E2E_LONG_INPUT:-}" ]; then
+  b --num-prompts 128 --random-input-len "$E2E_LONG_INPUT" --random-output-len 256 --seed 6 \
+    --result-file "$out/long-$tag.json" | grep -E "Output token|Failed|Mean TPOT|Mean TTFT"
+  exit 0
+fi
 if [ "${E2E_SCORE_ONLY:-0}" = 1 ]; then score; exit 0; fi
 # A seed per run: runs with the same seed send the same random prompts, which the later runs would
 # find in the prefix cache (skipping their prefill).
