@@ -65,7 +65,8 @@ PY
 }
 if [ "${E2E_TTFT_ONLY:-0}" = 1 ]; then ttft; exit 0; fi
 # E2E_LONG_INPUT=N: 128 requests of N-token prompts and 256 output tokens at once (set E2E_MAX_MODEL_LEN
-# above N + 256), alone: decode steps whose attention reads long contexts (kv_cache_dtype comparisons).
+# above N + 256), alone: long contexts for kv_cache_dtype comparisons. Every request arrives at once, so
+# the run is mostly prefill and its decode steps share their time with other prompts' chunks.
 if [ -n "${E2E_LONG_INPUT:-}" ]; then
   b --num-prompts 128 --random-input-len "$E2E_LONG_INPUT" --random-output-len 256 --seed 6 \
     --result-file "$out/long-$tag.json" | grep -E "Output token|Failed|Mean TPOT|Mean TTFT"

@@ -512,6 +512,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
       const int pt = tid - kThreads;
       const int64_t row = Hk * D;
       constexpr int kCodes = 2 * KT * D;  // a code stage: the tile's key rows, then its value rows
+      static_assert(KT * (D / 16) % 128 == 0 && 2 * KT * CH % 128 == 0, "whole passes of the producer's threads");
       unsigned char* const codes = sm.stages + kStages * 2 * kTile;
       auto fetch = [&](int64_t i) {  // tile i's codes into code stage i % 2 (zeros past the keys)
         if (i < ntiles) {

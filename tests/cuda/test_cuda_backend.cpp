@@ -676,7 +676,6 @@ TEST_P(CudaOps, Fp8KvCacheCodesReadExactly) {
     cuda::set_decode_attention_warps(warps);
     for (const StepMeta* m : {&singles, &prefill}) {
       const int64_t T = m->num_tokens(), blocks = max_blocks * static_cast<int64_t>(m->num_seqs());
-      cpu.begin_step(*m);
       gpu->begin_step(*m);
       const std::vector<int64_t> cshape{blocks, bs, Hk, D};
       std::vector<uint8_t> codes(static_cast<size_t>(blocks * bs * Hk * D)), keys(codes.size());
