@@ -16,7 +16,8 @@
 //  - with --attention: decode attention over batch sizes and contexts, the tensor-core kernel with
 //    blocks of 8 warps, of 4, and as the backend chooses, in GB/s of K/V read;
 //  - with --attention-fp8: attention over an FP8 E4M3 cache (kv_cache_dtype fp8) against a bf16 one,
-//    decode over batch sizes and contexts and prefill of one causal sequence.
+//    decode over batch sizes and contexts and prefill of one causal sequence (its fp8 blocks widened
+//    tile by tile by the kernel, and once before it).
 // Usage: kernel_bench [--quick | --layers | --attention | --attention-chunks | --attention-fp8 | --sampler | --boundary
 //                      | --splitk | --skinny | --prefill | --fp8]
 // (prints tables; exits 77 without a GPU; --layers: the rooflines and the step-layer tables alone;
@@ -159,10 +160,14 @@ void attention_sweep(CudaBackend& be, double copy_gbs, bool chunks) {
 // kv_cache_dtype fp8: attention over caches of E4M3 codes (float32 queries, as the model gives them)
 // against bf16 caches (the same heads and blocks as attention_sweep, the kernels the backend chooses):
 // decode in us and % of the copy bandwidth for each cache's bytes (as a decode graph recorded for 4,096
-// positions runs it, over distinct caches), and causal prefill of one sequence in TFLOP/s.
+// positions runs it, over distinct caches), and causal prefill of one sequence in TFLOP/s, its fp8 blocks
+// widened tile by tile by the kernel's producer warps and widened once before it (reserve_kv_widening;
+// decode steps never widen first, so their two fp8 columns time the same kernels).
 void attention_fp8_table(CudaBackend& be, double copy_gbs, double peak_tflops) {
   const int64_t Hq = 12, Hk = 2, D = 128, bs = 16;
-  std::printf("%-34s %22s %22s %8s\n", "attention (us, % of copy / peak)", "bf16 cache", "fp8 cache", "ratio");
+  std::printf("%-34s %22s %22s %22s %8s %8s\n", "attention (us, % of copy / peak)", "bf16 cache", "fp8, tile by tile",
+              "fp8, widened first", "ratio", "ratio");
+  be.reserve_kv_widening(256 * 2048, bs, Hk, D);
   struct Case {
     int64_t seqs, q_len, ctx;
   };
@@ -174,15 +179,16 @@ void attention_fp8_table(CudaBackend& be, double copy_gbs, double peak_tflops) {
   for (const Case& c : cases) {
     StepMeta m = attention_step(c.seqs, c.q_len, c.ctx, bs);
     if (c.q_len == 1) m.max_context = static_cast<int32_t>(std::max<int64_t>(4096, c.ctx));
-    be.begin_step(m);
     const int64_t T = m.num_tokens(), blocks = c.seqs * ((c.ctx + bs - 1) / bs);
     const double flops = 4.0 * Hq * D * (double(c.q_len) * (c.q_len + 1) / 2);
     char name[64];
     std::snprintf(name, sizeof name, c.q_len == 1 ? "decode: %lld seqs x %lld context" : "prefill: %lld x %lld causal tokens",
                   static_cast<long long>(c.seqs), static_cast<long long>(c.q_len == 1 ? c.ctx : c.q_len));
     std::printf("%-34s", name);
-    double us[2];
-    for (int v = 0; v < 2; ++v) {
+    double us[3];
+    for (int v = 0; v < 3; ++v) {
+      be.set_kv_widening(v == 2);
+      be.begin_step(m);
       const DType ct = v ? DType::F8E4M3 : DType::BF16;
       const double bytes = 2.0 * c.seqs * c.ctx * Hk * D * dtype_size(ct);
       const int64_t L = c.q_len == 1 ? std::clamp<int64_t>(static_cast<int64_t>(4e9 / bytes), 2, 28) : 1;
@@ -200,8 +206,9 @@ void attention_fp8_table(CudaBackend& be, double copy_gbs, double peak_tflops) {
       const double pct = c.q_len == 1 ? 100 * bytes / (ms * 1e-3) / 1e9 / copy_gbs : 100 * flops / (ms * 1e-3) / 1e12 / peak_tflops;
       std::printf(" %13.2f (%4.0f%%)", us[v], pct);
     }
-    std::printf(" %8.2f\n", us[1] / us[0]);
+    std::printf(" %8.2f %8.2f\n", us[1] / us[0], us[2] / us[0]);
   }
+  be.set_kv_widening(true);
 }
 
 // The sampler's tables: the draw and the log-probability reduction over vocabulary-sized rows.

@@ -796,6 +796,38 @@ std::vector<int32_t> flash_prefill_tiles(const std::vector<int32_t>& q_start, co
   return sorted;
 }
 
+// 16 codes a thread at a time, grid-striding over the blocks' units of 16.
+template <typename T>
+__global__ void widen_kv_blocks_k(const uint4* kc, const uint4* vc, const int32_t* blocks, int64_t total, int64_t per_block,
+                                  uint4* ko, uint4* vo) {
+  pdl_enter();
+  for (int64_t u = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; u < total;
+       u += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t src = static_cast<int64_t>(blocks[u / per_block]) * per_block + u % per_block;
+    const uint4 k = kc[src], v = vc[src];
+    ko[2 * u] = widen_fp8<T>(make_uint2(k.x, k.y));
+    ko[2 * u + 1] = widen_fp8<T>(make_uint2(k.z, k.w));
+    vo[2 * u] = widen_fp8<T>(make_uint2(v.x, v.y));
+    vo[2 * u + 1] = widen_fp8<T>(make_uint2(v.z, v.w));
+  }
+}
+
+template <typename T>
+void widen_kv_blocks(const __nv_fp8_e4m3* k_cache, const __nv_fp8_e4m3* v_cache, const int32_t* blocks, int64_t count,
+                     int64_t block_codes, T* k_out, T* v_out, cudaStream_t s) {
+  if (count == 0) return;
+  if (block_codes % 16 != 0) check(cudaErrorInvalidValue, "widen_kv_blocks: blocks of whole 16-code units");
+  const int64_t per_block = block_codes / 16, total = count * per_block;
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 8192));
+  launch("widen_kv_blocks", widen_kv_blocks_k<T>, dim3(grid), dim3(256), 0, s, reinterpret_cast<const uint4*>(k_cache),
+         reinterpret_cast<const uint4*>(v_cache), blocks, total, per_block, reinterpret_cast<uint4*>(k_out),
+         reinterpret_cast<uint4*>(v_out));
+}
+#define WIDEN(T)                                                                                                   \
+  template void widen_kv_blocks<T>(const __nv_fp8_e4m3*, const __nv_fp8_e4m3*, const int32_t*, int64_t, int64_t, T*, \
+                                   T*, cudaStream_t);
+LLMSERVE_FOR_EACH_HALF_TYPE(WIDEN)
+
 #define INSTANTIATE(TI, TC, T)                                                                                    \
   template void flash_prefill<TI, TC, T>(const TI*, const TC*, const TC*, const int32_t*, int64_t, const int32_t*,  \
                                          const int32_t*, const int32_t*, int64_t, int64_t, int64_t, int64_t, int64_t, \

@@ -86,6 +86,13 @@ int prefill_wgmma_keys(int64_t head_dim, int64_t blocks, int64_t max_context);
 // keeps the form whose threads copy them.
 void set_prefill_attention_tma(bool on);
 std::vector<int32_t> flash_prefill_tiles(const std::vector<int32_t>& q_start, const std::vector<int32_t>& positions);
+// kv_cache_dtype fp8 ahead of a prefill: cache block blocks[i] (block_codes E4M3 codes in each cache, a
+// multiple of 16; caches 16-byte aligned) widened to T into block i of k_out and v_out, as the kernels that
+// widen tiles themselves read the codes (exact; the NaN codes as +-480). flash_prefill then reads those
+// blocks through the step's tables renumbered into `blocks` (gather_step_blocks).
+template <typename T>
+void widen_kv_blocks(const __nv_fp8_e4m3* k_cache, const __nv_fp8_e4m3* v_cache, const int32_t* blocks, int64_t count,
+                     int64_t block_codes, T* k_out, T* v_out, cudaStream_t s);
 template <typename TI, typename TC, typename T>
 void flash_prefill(const TI* q, const TC* k_cache, const TC* v_cache, const int32_t* block_tables, int64_t max_blocks,
                    const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t num_tiles,

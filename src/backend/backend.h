@@ -191,6 +191,15 @@ class Backend {
   // largest seen with it, so later steps pay no one-time cost (algorithm choice, a kernel's first
   // launch) when their token count is new. Returns the number of products prepared.
   virtual int64_t prepare_gemms() { return 0; }
+  // kv_cache_dtype fp8 where attention reads 16-bit tiles (a GPU's prefill): room, allocated now (before
+  // the memory plan measures what is free), for the cache blocks of up to `tokens` positions in the
+  // activation type, so that a prefill step's blocks are widened once per layer (gather_step_blocks)
+  // rather than tile by tile by every query tile that reads them; steps reading more blocks widen
+  // tile by tile. Returns the bytes taken (0: this backend reads the codes as they are).
+  virtual size_t reserve_kv_widening(int64_t tokens, int64_t block_size, int64_t kv_heads, int64_t head_dim) {
+    (void)tokens, (void)block_size, (void)kv_heads, (void)head_dim;
+    return 0;
+  }
 
   // Graphs of recorded steps (CUDA graphs; backends without them keep the defaults). A capture records
   // the ops between graph_capture_begin() and graph_capture_end(), which returns the graph's id; while

@@ -44,6 +44,17 @@ class KvCache {
   std::shared_ptr<char> host_;
 };
 
+// The cache blocks that some of a step's sequences read, each once (a prefix block that sequences share
+// too), in the order of first use, and the step's block tables renumbered into that list (rows of
+// m.max_blocks entries; a row's entries past what its sequence reads, and the rows of sequences not
+// taken, are 0): what a kernel over copies of those blocks, packed in that order, takes (kv_cache_dtype
+// fp8 on a GPU: a prefill's blocks widened to 16 bits first). A sequence reads blocks 0 .. p / block_size
+// of its row, p its last new token's position. Sequences with at least `min_new` new tokens are taken
+// first, then the others, each in order and whole, where its blocks keep the list within `cap`; with
+// `only`, just the sequences s with (*only)[s] set. taken[s] says which were. Returns how many were.
+int64_t gather_step_blocks(const StepMeta& m, int64_t block_size, int64_t cap, int32_t min_new, std::vector<int32_t>& blocks,
+                           std::vector<int32_t>& tables, std::vector<char>& taken, const std::vector<char>* only = nullptr);
+
 // Free-list allocator of block ids [0, num_blocks).
 class BlockAllocator {
  public:

@@ -191,6 +191,16 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   shape.head_dim = spec_.head_dim;
   // kv_cache_dtype fp8: E4M3 codes with scale 1 (vLLM's default scales), a byte an element.
   shape.dtype = cfg_.kv_cache_dtype == "auto" ? backend_->compute_dtype() : DType::F8E4M3;
+  if (shape.dtype == DType::F8E4M3) {
+    // Room to widen a prefill's cache blocks to 16 bits once per layer (GPUs): the blocks of a sequence of
+    // max_model_len plus a step's worth of other tokens; taken before the memory plan, which so counts it.
+    const size_t widen = backend_->reserve_kv_widening(cfg_.max_model_len + cfg_.max_num_batched_tokens, shape.block_size,
+                                                       shape.kv_heads, shape.head_dim);
+    if (widen > 0)
+      log_info("kv_cache_dtype fp8: ", gib(static_cast<double>(widen)), " GiB to widen a prefill's cache blocks (up to ",
+               cfg_.max_model_len + cfg_.max_num_batched_tokens, " positions) to ", dtype_name(backend_->compute_dtype()),
+               " once per layer");
+  }
   // GiB to whole blocks, saturating (a budget of 1e30 GiB overflowed the conversion to a negative count).
   auto blocks_in = [&](double gib) {
     const double b = std::floor(gib * static_cast<double>(1ull << 30) / static_cast<double>(shape.bytes_per_block()));

@@ -14,6 +14,7 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/ops.cuh"
 #include "kernels/fp8.h"
+#include "kv/kv_cache.h"
 
 using namespace llmserve;
 
@@ -137,17 +138,28 @@ StepMeta make_meta(int64_t bs, const std::vector<int32_t>& lens = {7, 1, 5}, con
 // the grouped kernel to split its contexts too. graph: as a recorded decode graph launches it, splits
 // sized for the longest possible context (max_blocks x bs), each token cutting its own context into that
 // many chunks (trailing chunks empty).
+// mixed_tail: the same with the decodes (one more, of 3 new tokens) last; mixed_middle: a decode on each
+// side of the chunk.
 struct LongContextSteps {
-  StepMeta mixed, decode, decode8, graph;
+  StepMeta mixed, mixed_tail, mixed_middle, decode, decode8, graph;
 };
 LongContextSteps long_context_steps(int64_t bs, int64_t max_blocks) {
   LongContextSteps s;
   s.mixed = make_meta(bs, {1, 45, 97}, {700, 260, 0}, max_blocks);
+  s.mixed_tail = make_meta(bs, {45, 97, 1, 3}, {260, 0, 700, 50}, max_blocks);
+  s.mixed_middle = make_meta(bs, {1, 45, 2, 97}, {700, 260, 90, 0}, max_blocks);
   s.decode = make_meta(bs, {1, 1}, {2500, 300}, max_blocks);
   s.decode8 = make_meta(bs, {1, 1, 1, 1, 1, 1, 1, 1}, {2500, 300, 40, 700, 1, 129, 1000, 333}, max_blocks);
   s.graph = make_meta(bs, {1, 1, 1}, {1500, 7, 129}, max_blocks);
   s.graph.max_context = static_cast<int32_t>(max_blocks * bs);
   return s;
+}
+
+// Whether a step runs the prefill attention kernel (a sequence of 16 or more new tokens, not graph-shaped).
+bool is_prefill(const StepMeta& m) {
+  int32_t most = 0;
+  for (int64_t s = 0; s < m.num_seqs(); ++s) most = std::max(most, m.q_start[s + 1] - m.q_start[s]);
+  return m.max_context == 0 && most >= 16;
 }
 
 }  // namespace
@@ -284,7 +296,9 @@ TEST(FlashPrefillTiles, CoverEverySequenceHeaviestFirst) {
 }
 
 // Long contexts: many 32-key tiles per warp, every warp of the block busy, partial last tiles (a decode
-// at position 700, a 45-token chunk after 260 cached tokens, a 97-token prefill).
+// at position 700, a 45-token chunk after 260 cached tokens, a 97-token prefill). Prefill steps (16-bit
+// outputs: the prefill kernel) with their decode rows on the split-KV kernel where those are contiguous
+// at the step's start or end, and with every row on the prefill kernel.
 TEST_P(CudaOps, AttentionOverLongContexts) {
   std::mt19937 g(9);
   const DType dt = GetParam();
@@ -317,11 +331,16 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
   for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {8, 1}, {2, 2}}) {
     cuda::set_decode_attention_warps(warps);
     cuda::set_decode_attention_min_chunk(chunk);
-    for (const StepMeta* m : {&mixed, &decode, &decode8, &graph, &graph_compact}) {
+    for (const StepMeta* m : {&mixed, &steps.mixed_tail, &steps.mixed_middle, &decode, &decode8, &graph, &graph_compact}) {
       const int64_t T = m->num_tokens(), blocks = max_blocks * static_cast<int64_t>(m->num_seqs());
       cpu.begin_step(*m);
       if (m == &graph_compact) gpu->begin_step(poisoned);
       gpu->begin_step(*m);
+      // (mixed: row 0; mixed_tail: the last four, of sequences 2 and 3; mixed_middle: none, not contiguous.)
+      const std::pair<int64_t, int64_t> split = m == &mixed ? std::pair<int64_t, int64_t>{0, 1}
+                                                : m == &steps.mixed_tail ? std::pair<int64_t, int64_t>{142, 4}
+                                                                         : std::pair<int64_t, int64_t>{0, 0};
+      EXPECT_EQ(gpu->split_decode_rows(), split);
       auto q = both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32);
       auto kc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
       auto vc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
@@ -329,12 +348,21 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
       cpu.attention(q.first, kc.first, vc.first, D, bs, 0.09f, ac);
       gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
       const std::string what = std::string(Hq == Hk ? "multi-head" : "grouped") +
-                               (m == &mixed ? " attention, long contexts"
+                               (is_prefill(*m) ? " attention, long contexts, steps of " + std::to_string(m->num_seqs()) +
+                                                     " sequences"
                                 : m == &graph_compact ? " attention, split decode, compact block tables"
                                                       : " attention, split decode") +
                                ", head_dim " + std::to_string(D) + ", " + std::to_string(warps) + "-warp decode blocks" +
                                (chunk ? ", splits of >= " + std::to_string(chunk) + " keys" : "");
       expect_close(ac, ag, what.c_str(), tol());
+      if (is_prefill(*m)) {
+        gpu->set_split_decode_rows(false);
+        gpu->begin_step(*m);
+        EXPECT_EQ(gpu->split_decode_rows().second, 0);
+        gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
+        expect_close(ac, ag, (what + ", decode rows on the prefill kernel").c_str(), tol());
+        gpu->set_split_decode_rows(true);
+      }
     }
   }
   cuda::set_decode_attention_warps(0);
@@ -600,11 +628,39 @@ TEST_P(CudaOps, ProjectionsRopeAndCacheWrite) {
   }
 }
 
+// How an fp8 prefill step reaches its attention in the tests below: its blocks widened once into
+// reserve_kv_widening's buffers, tile by tile with the widening off, or with room for a few blocks only:
+// the sequences that fit widened once, the others' tiles tile by tile (a second launch).
+enum class WidenMode { kOnce, kOff, kPartly };
+std::string widen_name(WidenMode m) {
+  return m == WidenMode::kOnce ? "" : m == WidenMode::kOff ? ", widened tile by tile" : ", partly widened first";
+}
+// Reserves room for `tokens` positions (kPartly: `few` blocks), switches the widening and begins step m.
+// Returns the backend's widenings so far, and whether the step's attention (16-bit output `dt`) is to
+// widen blocks (some sequences fit; gather_step_blocks has unit tests of its own).
+std::pair<int64_t, bool> widen_for(CudaBackend& gpu, WidenMode mode, int64_t tokens, int64_t few, int64_t bs, int64_t Hk,
+                                   int64_t D, DType dt, const StepMeta& m) {
+  const int64_t cap = mode == WidenMode::kPartly ? few : (tokens + bs - 1) / bs;
+  gpu.reserve_kv_widening(cap * bs, bs, Hk, D);
+  gpu.set_kv_widening(mode != WidenMode::kOff);
+  gpu.begin_step(m);
+  std::vector<int32_t> blocks, tables;
+  std::vector<char> taken, only(static_cast<size_t>(m.num_seqs()), 1);  // (not the decode rows the split-KV kernel takes)
+  const auto [first, rows] = gpu.split_decode_rows();
+  for (int64_t s = 0; s < m.num_seqs(); ++s) only[static_cast<size_t>(s)] = m.q_start[s] < first || m.q_start[s] >= first + rows;
+  const bool widens = mode != WidenMode::kOff && dt != DType::F32 && is_prefill(m) &&
+                      gather_step_blocks(m, bs, cap, 16, blocks, tables, taken, &only) > 0;
+  return {gpu.kv_widenings(), widens};
+}
+
 // kv_cache_dtype fp8: kv_write stores the CPU backend's codes (the host's rounding, saturating at
 // +-448; other slots untouched), and attention over caches of codes (the tensor-core kernel widening
 // them to the 16-bit type as it stages them; the CUDA-core kernels for a float32 output) matches the
 // CPU backend's over the same codes: long contexts, a mixed step, split decodes (graph-shaped too),
-// grouped and plain heads, head sizes 128, 64 and 80, decode blocks of 8 and 4 warps.
+// grouped and plain heads, head sizes 128, 64 and 80, decode blocks of 8 and 4 warps. Prefill steps with a
+// 16-bit output three ways: their blocks widened once (reserve_kv_widening), tile by tile by the kernel
+// (widening off), and partly: room for a few blocks, the sequences that fit widened once, the others'
+// tiles widened tile by tile.
 TEST_P(CudaOps, Fp8KvCacheMatchesTheCpuBackend) {
   std::mt19937 g(33);
   const DType dt = GetParam();
@@ -623,8 +679,10 @@ TEST_P(CudaOps, Fp8KvCacheMatchesTheCpuBackend) {
   for (const int64_t D : {128, 64, 80})
   for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {8, 1}, {2, 2}}) {
     cuda::set_decode_attention_warps(warps);
-    for (const StepMeta* m : {&steps.mixed, &steps.decode, &steps.decode8, &steps.graph, &long_chunk}) {
+    for (const StepMeta* m : {&steps.mixed, &steps.mixed_tail, &steps.mixed_middle, &steps.decode, &steps.decode8, &steps.graph,
+                              &long_chunk}) {
       const int64_t T = m->num_tokens(), blocks = max_blocks * static_cast<int64_t>(m->num_seqs());
+      gpu->set_kv_widening(true);
       cpu.begin_step(*m);
       gpu->begin_step(*m);
       const std::vector<int64_t> cshape{blocks, bs, Hk, D};
@@ -653,18 +711,29 @@ TEST_P(CudaOps, Fp8KvCacheMatchesTheCpuBackend) {
       auto q = both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32);
       Tensor ac = cpu.empty({T, Hq * D}, DType::F32), ag = gpu->empty({T, Hq * D}, dt);
       cpu.attention(q.first, kc.first, vc.first, D, bs, 0.09f, ac);
-      gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
-      expect_close(ac, ag, ("attention over an fp8 KV cache, " + shape).c_str(), tol());
+      // (Room for 10 blocks: of the mixed steps the 97-token prefill, not the chunk after 260 positions
+      // or the decodes; of the long chunk nothing, its 1-token sequence being on the split-KV kernel.)
+      for (const WidenMode mode : {WidenMode::kOnce, WidenMode::kOff, WidenMode::kPartly}) {
+        const auto [widened, widens] = widen_for(*gpu, mode, blocks * bs, 10, bs, Hk, D, dt, *m);
+        gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
+        expect_close(ac, ag, ("attention over an fp8 KV cache, " + shape + widen_name(mode)).c_str(), tol());
+        EXPECT_EQ(gpu->kv_widenings() - widened, widens ? 1 : 0) << shape << widen_name(mode);
+        if (mode == WidenMode::kOnce) {
+          EXPECT_EQ(widens, dt != DType::F32 && is_prefill(*m)) << shape << widen_name(mode);
+        }
+      }
     }
   }
   cuda::set_decode_attention_warps(0);
+  gpu->set_kv_widening(true);
 }
 
 // Every E4M3 code reads as exactly its value: a token at position 0 attends to itself alone, so its
 // attention output is its value row (probability 1), which holds the codes 0-255 in turn (the NaN codes
 // 0x7f and 0xff as zeros) and is representable in every output type. Steps of single tokens (the paged
 // decode kernels, 8- and 4-warp blocks) and a prefill step (the tensor-core prefill kernel for 16-bit
-// outputs); query groups of one and two heads, head sizes 128 and 64.
+// outputs: its blocks widened once, and tile by tile); query groups of one and two heads, head sizes 128
+// and 64.
 TEST_P(CudaOps, Fp8KvCacheCodesReadExactly) {
   std::mt19937 g(34);
   const DType dt = GetParam();
@@ -676,7 +745,6 @@ TEST_P(CudaOps, Fp8KvCacheCodesReadExactly) {
     cuda::set_decode_attention_warps(warps);
     for (const StepMeta* m : {&singles, &prefill}) {
       const int64_t T = m->num_tokens(), blocks = max_blocks * static_cast<int64_t>(m->num_seqs());
-      gpu->begin_step(*m);
       const std::vector<int64_t> cshape{blocks, bs, Hk, D};
       std::vector<uint8_t> codes(static_cast<size_t>(blocks * bs * Hk * D)), keys(codes.size());
       for (size_t i = 0; i < codes.size(); ++i) {
@@ -686,24 +754,32 @@ TEST_P(CudaOps, Fp8KvCacheCodesReadExactly) {
       auto kc = both_codes(keys, cshape), vc = both_codes(codes, cshape);
       auto q = both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32);
       Tensor ag = gpu->empty({T, Hq * D}, dt);
-      gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
-      const std::vector<float> out = get(*gpu, ag);
-      int64_t checked = 0, wrong = 0;
-      for (int64_t t = 0; t < T; ++t) {
-        if (m->positions[t] != 0) continue;
-        const int64_t slot = m->slot_mapping[t];
-        for (int64_t h = 0; h < Hq; ++h)
-          for (int64_t d = 0; d < D; ++d, ++checked) {
-            const float want = e4m3_to_f32(codes[static_cast<size_t>((slot * Hk + h / (Hq / Hk)) * D + d)]);
-            wrong += out[static_cast<size_t>((t * Hq + h) * D + d)] != want;
-          }
+      // (Room for 3 blocks: the 40-token prefill's, not the 1-token sequence's.)
+      for (const WidenMode mode : {WidenMode::kOnce, WidenMode::kOff, WidenMode::kPartly}) {
+        const auto [widened, widens] = widen_for(*gpu, mode, blocks * bs, 3, bs, Hk, D, dt, *m);
+        gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
+        EXPECT_EQ(gpu->kv_widenings() - widened, widens ? 1 : 0);
+        EXPECT_EQ(widens, mode != WidenMode::kOff && dt != DType::F32 && m == &prefill);
+        const std::vector<float> out = get(*gpu, ag);
+        int64_t checked = 0, wrong = 0;
+        for (int64_t t = 0; t < T; ++t) {
+          if (m->positions[t] != 0) continue;
+          const int64_t slot = m->slot_mapping[t];
+          for (int64_t h = 0; h < Hq; ++h)
+            for (int64_t d = 0; d < D; ++d, ++checked) {
+              const float want = e4m3_to_f32(codes[static_cast<size_t>((slot * Hk + h / (Hq / Hk)) * D + d)]);
+              wrong += out[static_cast<size_t>((t * Hq + h) * D + d)] != want;
+            }
+        }
+        EXPECT_EQ(checked, (m == &singles ? 4 : 2) * Hq * D);
+        EXPECT_EQ(wrong, 0) << "codes read inexactly, head_dim " << D << ", Hq " << Hq << ", Hk " << Hk << ", "
+                            << (m == &singles ? "single tokens, " : "prefill, ") << warps << "-warp decode blocks"
+                            << widen_name(mode);
       }
-      EXPECT_EQ(checked, (m == &singles ? 4 : 2) * Hq * D);
-      EXPECT_EQ(wrong, 0) << "codes read inexactly, head_dim " << D << ", Hq " << Hq << ", Hk " << Hk << ", "
-                          << (m == &singles ? "single tokens, " : "prefill, ") << warps << "-warp decode blocks";
     }
   }
   cuda::set_decode_attention_warps(0);
+  gpu->set_kv_widening(true);
 }
 
 // Linear layers for 1-4 tokens take the weight-streaming GEMV (K a multiple of 8 and not, with and

@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "kernels/cuda/ops.cuh"
+#include "kv/kv_cache.h"
 
 namespace llmserve {
 namespace {
@@ -98,7 +99,9 @@ void warn_ignored_switches() {
         {"LLMSERVE_DECODE_ATTN_WARPS", {"4", "8"}},
         {"LLMSERVE_PREFILL_WGMMA", {"0", "1"}},
         {"LLMSERVE_PREFILL_KEYS", {"64", "128"}},
-        {"LLMSERVE_PREFILL_TMA", {"0", "1"}}};
+        {"LLMSERVE_PREFILL_TMA", {"0", "1"}},
+        {"LLMSERVE_FP8_KV_WIDEN", {"0", "1"}},
+        {"LLMSERVE_PREFILL_DECODE_ROWS", {"0", "1"}}};
     for (const auto& [name, values] : switches) {
       const char* e = std::getenv(name);
       if (!e || std::find(values.begin(), values.end(), std::string(e)) != values.end()) continue;
@@ -170,6 +173,12 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   // logit error on tiny-qwen2; docs/performance.md, thirtieth session).
   const char* f = std::getenv("LLMSERVE_FP8_GEMM");
   fp8_gemm_on_ = f && std::string(f) == "1";
+  // kv_cache_dtype fp8's prefill blocks widened once per layer, and a prefill step's decode rows on the
+  // split-KV kernel, unless LLMSERVE_FP8_KV_WIDEN=0 / LLMSERVE_PREFILL_DECODE_ROWS=0 (for measuring them).
+  const char* w = std::getenv("LLMSERVE_FP8_KV_WIDEN");
+  widen_on_ = !(w && std::string(w) == "0");
+  const char* d = std::getenv("LLMSERVE_PREFILL_DECODE_ROWS");
+  split_decode_rows_ = !(d && std::string(d) == "0");
 }
 
 CudaBackend::~CudaBackend() {
@@ -182,8 +191,10 @@ CudaBackend::~CudaBackend() {
     cublasLtMatrixLayoutDestroy(g.c);
   }
   for (auto& [k, a] : gemm_algos_) cublasLtMatmulDescDestroy(a.op);
-  for (IntBuffer* b : {&ids_, &positions_, &slots_, &tables_, &token_seq_, &logits_rows_, &tiles_})
+  for (IntBuffer* b : {&ids_, &positions_, &slots_, &tables_, &token_seq_, &logits_rows_, &tiles_, &widen_blocks_, &widen_tables_})
     if (b->ptr) cudaFree(b->ptr);
+  if (widen_k_) cudaFree(widen_k_);
+  if (widen_v_) cudaFree(widen_v_);
   if (workspace_) cudaFree(workspace_);
   if (attention_scratch_) cudaFree(attention_scratch_);
   if (weight_stage_) cudaFree(weight_stage_);
@@ -375,7 +386,7 @@ void CudaBackend::drop_graphs(const char* why) {
 }
 
 void CudaBackend::grow(IntBuffer& b, size_t cap) {
-  drop_graphs("a step needs larger metadata buffers than they were recorded with");  // they read the old buffer
+  if (b.graphs_read) drop_graphs("a step needs larger metadata buffers than they were recorded with");  // they read the old buffer
   ck(cudaDeviceSynchronize(), "synchronize");
   if (b.ptr) cudaFree(b.ptr);
   b.cap = cap;
@@ -462,20 +473,58 @@ void CudaBackend::begin_step(const StepMeta& m) {
   flash_ = m.max_context == 0 && max_q >= kFlashMinQueries;
   max_new_ = m.max_context > 0 ? std::max<int64_t>(m.max_new, max_q) : max_q;
   if (capturing_) return;  // uploaded before the capture; a graph must not record host copies
-  std::vector<int32_t> tiles, token_seq(static_cast<size_t>(num_tokens_));
-  if (flash_) {
-    tiles = cuda::flash_prefill_tiles(m.q_start, m.positions);
-    num_tiles_ = static_cast<int64_t>(tiles.size());
-  }
+  std::vector<int32_t> tiles, token_seq(static_cast<size_t>(num_tokens_)), widen_blocks, widen_tables;
   for (int64_t s = 0; s < num_seqs_; ++s)
     for (int32_t t = m.q_start[s]; t < m.q_start[s + 1]; ++t) token_seq[t] = static_cast<int32_t>(s);
+  // In a prefill step the sequences of fewer than kFlashMinQueries new tokens (decodes beside a prompt's
+  // chunk) take the split-KV decode kernel where their rows are contiguous at the step's start or end;
+  // the prefill kernel's tiles are the other sequences'.
+  decode_first_ = decode_rows_ = decode_len_ = decode_new_ = 0;
+  std::vector<char> prefill_seq(static_cast<size_t>(num_seqs_), 1);
+  if (flash_) {
+    auto short_run = [&](int64_t s) { return m.q_start[s + 1] - m.q_start[s] < kFlashMinQueries; };
+    int64_t lead = 0, trail = 0, shorts = 0;
+    while (lead < num_seqs_ && short_run(lead)) ++lead;
+    while (trail < num_seqs_ - lead && short_run(num_seqs_ - 1 - trail)) ++trail;
+    for (int64_t s = 0; s < num_seqs_; ++s) shorts += short_run(s);
+    if (shorts > 0 && (shorts == lead || shorts == trail) && split_decode_rows_) {
+      const int64_t s0 = shorts == lead ? 0 : num_seqs_ - trail;
+      decode_first_ = m.q_start[s0];
+      decode_rows_ = m.q_start[s0 + shorts] - decode_first_;
+      for (int64_t s = s0; s < s0 + shorts; ++s) {
+        prefill_seq[static_cast<size_t>(s)] = 0;
+        decode_new_ = std::max<int64_t>(decode_new_, m.q_start[s + 1] - m.q_start[s]);
+      }
+      for (int64_t t = decode_first_; t < decode_first_ + decode_rows_; ++t)
+        decode_len_ = std::max<int64_t>(decode_len_, m.positions[t] + 1);
+    }
+    for (int32_t t0 : cuda::flash_prefill_tiles(m.q_start, m.positions))
+      if (prefill_seq[static_cast<size_t>(token_seq[t0])]) tiles.push_back(t0);
+    num_tiles_ = static_cast<int64_t>(tiles.size());
+  }
+  // kv_cache_dtype fp8: the blocks of the prefill kernel's sequences whose blocks fit reserve_kv_widening's
+  // buffers (runs of new tokens first), to be widened once per layer; their tiles go first (each part
+  // keeps its order).
+  widen_count_ = widen_tiles_ = 0;
+  std::vector<char> taken;
+  if (flash_ && widen_cap_ > 0 && widen_on_ &&
+      gather_step_blocks(m, widen_bs_, widen_cap_, static_cast<int32_t>(kFlashMinQueries), widen_blocks, widen_tables, taken,
+                         &prefill_seq) > 0) {
+    widen_count_ = static_cast<int64_t>(widen_blocks.size());
+    const auto rest = std::stable_partition(tiles.begin(), tiles.end(), [&](int32_t t0) { return taken[token_seq[t0]] != 0; });
+    widen_tiles_ = rest - tiles.begin();
+  } else {
+    widen_tables.clear();
+  }
   put({{&tiles_, &tiles},
        {&ids_, &m.token_ids},
        {&positions_, &m.positions},
        {&slots_, &m.slot_mapping},
        {&tables_, &m.block_tables, static_cast<size_t>(m.row_entries()), static_cast<size_t>(m.max_blocks)},
        {&token_seq_, &token_seq},
-       {&logits_rows_, &m.logits_indices}});
+       {&logits_rows_, &m.logits_indices},
+       {&widen_blocks_, &widen_blocks},
+       {&widen_tables_, &widen_tables}});
   // Pending token ids (asynchronous scheduling): from the last draw's results, on the device.
   if (std::any_of(m.token_ids.begin(), m.token_ids.end(), [](int32_t t) { return t < 0; }))
     cuda::resolve_pending(ids_.ptr, num_tokens_, reinterpret_cast<const int32_t*>(drawn_device_ + drawn_rows_), drawn_rows_,
@@ -502,6 +551,24 @@ void CudaBackend::reserve_step(int64_t tokens, int64_t seqs, int64_t table_entri
     if (static_cast<size_t>(tokens) > b->cap) grow(*b, static_cast<size_t>(tokens));
   const size_t entries = static_cast<size_t>(std::max(table_entries, seqs));
   if (entries > tables_.cap) grow(tables_, entries);
+}
+
+size_t CudaBackend::reserve_kv_widening(int64_t tokens, int64_t block_size, int64_t kv_heads, int64_t head_dim) {
+  if (dtype_ == DType::F32 || tokens <= 0) return 0;  // (float32 attention reads the codes itself)
+  LLMSERVE_CHECK(block_size > 0 && kv_heads > 0 && head_dim > 0, "cuda backend: reserve_kv_widening shapes");
+  ck(cudaDeviceSynchronize(), "synchronize");  // (queued kernels may still read the old buffers)
+  for (void* p : {widen_k_, widen_v_})
+    if (p) cudaFree(p);
+  widen_k_ = widen_v_ = nullptr;
+  widen_cap_ = 0;
+  const int64_t blocks = (tokens + block_size - 1) / block_size;
+  const size_t bytes = static_cast<size_t>(blocks * block_size * kv_heads * head_dim) * dtype_size(dtype_);
+  ck(cudaMalloc(&widen_k_, bytes), "KV widening buffer");
+  ck(cudaMalloc(&widen_v_, bytes), "KV widening buffer");
+  widen_cap_ = blocks;
+  widen_bs_ = block_size;
+  widen_row_ = kv_heads * head_dim;
+  return 2 * bytes;
 }
 
 void CudaBackend::graph_capture_begin() {
@@ -878,31 +945,61 @@ void CudaBackend::kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Te
 
 void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t D, int64_t block_size,
                             float scale, Tensor& out) {
-  // The tensor-core prefill kernel for prefill steps with a 16-bit output, else the paged kernel.
-  auto run = [&](const auto* qp, const auto* kc, const auto* vc, auto* op) {
+  // The tensor-core prefill kernel over `count` of the step's tiles from `first` (caches of `blocks`
+  // blocks, read through `tables`).
+  auto flash = [&](const auto* qp, const auto* kc, const auto* vc, auto* op, const int32_t* tables, int64_t first,
+                   int64_t count, int64_t blocks) {
+    cuda::flash_prefill(qp, kc, vc, tables, max_blocks_, token_seq_.ptr, positions_.ptr, tiles_.ptr + first, count,
+                        rows_of(q), cols_of(q) / D, k_cache.dim(2), D, block_size, blocks, max_len_, scale, op, stream());
+  };
+  // The split-KV kernel over the rows from `first`, `n` of them, whose contexts are at most `len` long
+  // and runs of new tokens at most `fresh`.
+  auto paged = [&](const auto* qp, const auto* kc, const auto* vc, auto* op, int64_t first, int64_t n, int64_t len,
+                   int64_t fresh) {
+    const int64_t row = cols_of(q);
+    cuda::paged_attention(qp + first * row, kc, vc, tables_.ptr, max_blocks_, token_seq_.ptr + first, positions_.ptr + first,
+                          n, row / D, k_cache.dim(2), D, block_size, scale, len, fresh, attention_scratch_, op + first * row,
+                          stream());
+  };
+  // A prefill step with a 16-bit output: the tensor-core prefill kernel over its tiles from `first` (those
+  // before it ran already), then the split-KV kernel over its decode rows; else the split-KV kernel.
+  auto run = [&](const auto* qp, const auto* kc, const auto* vc, auto* op, int64_t first = 0) {
     using TO = std::remove_pointer_t<decltype(op)>;
     if constexpr (!std::is_same_v<TO, float>) {
       if (flash_ && cuda::flash_prefill_supported(D)) {
-        cuda::flash_prefill(qp, kc, vc, tables_.ptr, max_blocks_, token_seq_.ptr, positions_.ptr, tiles_.ptr, num_tiles_,
-                            rows_of(q), cols_of(q) / D, k_cache.dim(2), D, block_size, k_cache.dim(0), max_len_, scale,
-                            op, stream());
+        if (first < num_tiles_) flash(qp, kc, vc, op, tables_.ptr, first, num_tiles_ - first, k_cache.dim(0));
+        if (decode_rows_ > 0) paged(qp, kc, vc, op, decode_first_, decode_rows_, decode_len_, decode_new_);
         return;
       }
     }
-    cuda::paged_attention(qp, kc, vc, tables_.ptr, max_blocks_, token_seq_.ptr, positions_.ptr, rows_of(q),
-                          cols_of(q) / D, k_cache.dim(2), D, block_size, scale, max_len_, max_new_, attention_scratch_,
-                          op, stream());
+    paged(qp, kc, vc, op, 0, rows_of(q), max_len_, max_new_);
   };
   if (k_cache.dtype == DType::F8E4M3) {
     // kv_cache_dtype fp8: the kernels widen the codes to the output's type (decode: each lane its MMA
-    // fragments, in registers; prefill: the warp-specialized kernel's producer warps, tile by tile).
+    // fragments, in registers; prefill: the blocks of the sequences that fit reserve_kv_widening's buffers
+    // widened once there, read by the kernel as a 16-bit cache; the other sequences' tiles by the
+    // warp-specialized kernel, whose producer warps widen them tile by tile).
     LLMSERVE_CHECK(q.dtype == DType::F32 && v_cache.dtype == DType::F8E4M3,
                    "cuda backend: attention over an FP8 KV cache takes float32 queries");
+    const auto* kc = static_cast<const __nv_fp8_e4m3*>(k_cache.data);
+    const auto* vc = static_cast<const __nv_fp8_e4m3*>(v_cache.data);
+    const bool widen = widen_count_ > 0 && flash_ && out.dtype == dtype_ && cuda::flash_prefill_supported(D) &&
+                       block_size == widen_bs_ && k_cache.dim(1) == block_size && k_cache.dim(2) * D == widen_row_;
     dispatch(out.dtype, [&](auto* to) {
       using TO = std::remove_pointer_t<decltype(to)>;
-      run(q.as<float>(), static_cast<const __nv_fp8_e4m3*>(k_cache.data), static_cast<const __nv_fp8_e4m3*>(v_cache.data),
-          out.as<TO>());
+      if constexpr (!std::is_same_v<TO, float>) {
+        if (widen) {
+          auto* wk = static_cast<TO*>(widen_k_);
+          auto* wv = static_cast<TO*>(widen_v_);
+          cuda::widen_kv_blocks<TO>(kc, vc, widen_blocks_.ptr, widen_count_, block_size * widen_row_, wk, wv, stream());
+          flash(q.as<float>(), static_cast<const TO*>(wk), static_cast<const TO*>(wv), out.as<TO>(), widen_tables_.ptr, 0,
+                widen_tiles_, widen_cap_);
+          return run(q.as<float>(), kc, vc, out.as<TO>(), widen_tiles_);
+        }
+      }
+      run(q.as<float>(), kc, vc, out.as<TO>());
     });
+    kv_widenings_ += widen;
     return;
   }
   LLMSERVE_CHECK(out.dtype == k_cache.dtype, "cuda backend: attention output must have the cache's type");

@@ -100,6 +100,22 @@ class CudaBackend : public Backend {
   // Every bucket of every weight shape seen, up to the largest token count seen with it: the heuristic
   // asked and the GEMM run once on scratch operands (a cuBLASLt kernel's first launch costs ~2.5 ms).
   int64_t prepare_gemms() override;
+  // kv_cache_dtype fp8: two buffers of ceil(tokens / block_size) blocks in the activation type (none for
+  // float32, whose attention reads the codes on CUDA cores). In a prefill step (one that runs
+  // cuda::flash_prefill) the blocks of the sequences that fit there (gather_step_blocks: runs of new
+  // tokens first) are widened there (cuda::widen_kv_blocks) before each layer's attention, which reads
+  // them as a 16-bit cache; the other sequences' tiles run on the kernel that widens tile by tile.
+  size_t reserve_kv_widening(int64_t tokens, int64_t block_size, int64_t kv_heads, int64_t head_dim) override;
+  // Off: every fp8 prefill widens tile by tile (tests and kernel_bench compare the two).
+  void set_kv_widening(bool on) { widen_on_ = on; }
+  // Attention calls that ran over widened blocks so far (a test's count).
+  int64_t kv_widenings() const { return kv_widenings_; }
+  // Whether a prefill step's decode rows (sequences of fewer than kFlashMinQueries new tokens, contiguous
+  // at the step's start or end) take the split-KV decode kernel rather than the prefill kernel's tiles
+  // (on by default; tests and benchmarks compare the two).
+  void set_split_decode_rows(bool on) { split_decode_rows_ = on; }
+  // This step's rows on the split-KV kernel in a prefill step: the first and how many (a test's check).
+  std::pair<int64_t, int64_t> split_decode_rows() const { return {decode_first_, decode_rows_}; }
   // Times cuBLASLt's heuristic was asked (tests check that prepared GEMMs need it no more).
   int64_t gemm_heuristic_calls() const { return heuristic_calls_; }
   // Copies of offloaded matrices queued for cuBLASLt GEMMs so far (gemm_weight; a test's count).
@@ -121,8 +137,9 @@ class CudaBackend : public Backend {
   struct IntBuffer {
     int32_t* ptr = nullptr;
     size_t cap = 0;
+    bool graphs_read = true;  // whether recorded graphs may read it
   };
-  // Reallocates b to `cap` entries (contents lost), dropping any recorded graphs, which read the old one.
+  // Reallocates b to `cap` entries (contents lost), dropping any recorded graphs where they may read it.
   void grow(IntBuffer& b, size_t cap);
   // Uploads each vector into its buffer (grown where needed) from pinned staging with asynchronous
   // copies on stream(): a step's metadata no longer costs a synchronous pageable copy per buffer. An
@@ -203,6 +220,18 @@ class CudaBackend : public Backend {
   int64_t max_new_ = 0;  // the most new tokens of one sequence in the step
   static constexpr int64_t kFlashMinQueries = 16;  // new tokens of one sequence that make a step a prefill
   bool flash_ = false;
+  // A prefill step's decode rows on the split-KV kernel: decode_rows_ rows from decode_first_, contexts up
+  // to decode_len_, runs of new tokens up to decode_new_ (0 rows: none, every row on the prefill kernel).
+  int64_t decode_first_ = 0, decode_rows_ = 0, decode_len_ = 0, decode_new_ = 0;
+  bool split_decode_rows_ = true;
+  // reserve_kv_widening's buffers (widen_cap_ blocks of widen_bs_ x widen_row_ elements each) and this
+  // step's blocks to widen into them (0: none, the step widens tile by tile) with its renumbered tables;
+  // the first widen_tiles_ of tiles_ are the tiles of the sequences they belong to.
+  void* widen_k_ = nullptr;
+  void* widen_v_ = nullptr;
+  int64_t widen_cap_ = 0, widen_bs_ = 0, widen_row_ = 0, widen_count_ = 0, widen_tiles_ = 0, kv_widenings_ = 0;
+  bool widen_on_ = true;
+  IntBuffer widen_blocks_{nullptr, 0, false}, widen_tables_{nullptr, 0, false};
   // draw_rows' inputs (row draws, penalty edits): staged in pinned memory and copied on their own stream,
   // so the copy overlaps the forward pass still running on stream(); a device buffer of their own (a
   // pool allocation on stream() could still be in use by the queued forward pass).
