@@ -552,48 +552,49 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
         fetch(i + 2);
       }
       return;
-    }
-    if (w != kWarps) return;
-    const int64_t row = Hk * D;
-    for (int64_t i = 0; i < ntiles; ++i) {
-      const int s = static_cast<int>(i % kStages);
-      if (i >= kStages) mbar_wait(empty0 + 8 * s, static_cast<uint32_t>((i / kStages - 1) & 1));
-      const int64_t k0 = i * KT;
-      const int valid = static_cast<int>(min(static_cast<int64_t>(KT), nkeys - k0)), boxed = valid & ~15;
-      unsigned char* ks = sm.stages + s * 2 * kTile;
-      const uint32_t ka = sm.stages_addr + s * 2 * kTile;
-      if (boxed < KT) {  // rows boxed.. of the last tile: the keys' rows copied here, zeros past them
-        for (int c = lane; c < (KT - boxed) * CH; c += 32) {
-          const int key = boxed + c / CH, ch = c % CH;
-          const uint32_t at = (ch / 8) * kPanel + wgmma_swizzle(key, ch % 8);
-          uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
-          if (key < valid) {
-            const int64_t j = k0 + key;
-            const int64_t off = b.cache_row(j, bs_log2) * row + b.kvh * D + ch * 8;
-            kv = *reinterpret_cast<const uint4*>(kc + off);
-            vv = *reinterpret_cast<const uint4*>(vc + off);
+    } else {  // (16-bit caches: warp 8's lane 0 issues the boxes)
+      if (w != kWarps) return;
+      const int64_t row = Hk * D;
+      for (int64_t i = 0; i < ntiles; ++i) {
+        const int s = static_cast<int>(i % kStages);
+        if (i >= kStages) mbar_wait(empty0 + 8 * s, static_cast<uint32_t>((i / kStages - 1) & 1));
+        const int64_t k0 = i * KT;
+        const int valid = static_cast<int>(min(static_cast<int64_t>(KT), nkeys - k0)), boxed = valid & ~15;
+        unsigned char* ks = sm.stages + s * 2 * kTile;
+        const uint32_t ka = sm.stages_addr + s * 2 * kTile;
+        if (boxed < KT) {  // rows boxed.. of the last tile: the keys' rows copied here, zeros past them
+          for (int c = lane; c < (KT - boxed) * CH; c += 32) {
+            const int key = boxed + c / CH, ch = c % CH;
+            const uint32_t at = (ch / 8) * kPanel + wgmma_swizzle(key, ch % 8);
+            uint4 kv = make_uint4(0, 0, 0, 0), vv = kv;
+            if (key < valid) {
+              const int64_t j = k0 + key;
+              const int64_t off = b.cache_row(j, bs_log2) * row + b.kvh * D + ch * 8;
+              kv = *reinterpret_cast<const uint4*>(kc + off);
+              vv = *reinterpret_cast<const uint4*>(vc + off);
+            }
+            *reinterpret_cast<uint4*>(ks + at) = kv;
+            *reinterpret_cast<uint4*>(ks + kTile + at) = vv;
           }
-          *reinterpret_cast<uint4*>(ks + at) = kv;
-          *reinterpret_cast<uint4*>(ks + kTile + at) = vv;
+          fence_proxy_async();  // these generic stores before wgmma's reads
         }
-        fence_proxy_async();  // these generic stores before wgmma's reads
-      }
-      if (lane == 0) {
-        mbar_arrive_expect_tx(full0 + 8 * s, static_cast<uint32_t>(boxed) * 128 * (D / 64) * 2);
-        for (int g = 0; g < boxed; g += 16) {
-          const int64_t j = k0 + g;
-          const int32_t r = static_cast<int32_t>(b.cache_row(j, bs_log2));
+        if (lane == 0) {
+          mbar_arrive_expect_tx(full0 + 8 * s, static_cast<uint32_t>(boxed) * 128 * (D / 64) * 2);
+          for (int g = 0; g < boxed; g += 16) {
+            const int64_t j = k0 + g;
+            const int32_t r = static_cast<int32_t>(b.cache_row(j, bs_log2));
 #pragma unroll
-          for (int c = 0; c < D / 64; ++c) {
-            tma_load_3d(ka + c * kPanel + g * 128, &kmap, c * 64, static_cast<int32_t>(b.kvh), r, full0 + 8 * s);
-            tma_load_3d(ka + kTile + c * kPanel + g * 128, &vmap, c * 64, static_cast<int32_t>(b.kvh), r, full0 + 8 * s);
+            for (int c = 0; c < D / 64; ++c) {
+              tma_load_3d(ka + c * kPanel + g * 128, &kmap, c * 64, static_cast<int32_t>(b.kvh), r, full0 + 8 * s);
+              tma_load_3d(ka + kTile + c * kPanel + g * 128, &vmap, c * 64, static_cast<int32_t>(b.kvh), r, full0 + 8 * s);
+            }
           }
+        } else {
+          mbar_arrive(full0 + 8 * s);
         }
-      } else {
-        mbar_arrive(full0 + 8 * s);
       }
+      return;
     }
-    return;
   }
   setmaxnreg_inc<232>();
   const int32_t my_last = wg_last[wg];
