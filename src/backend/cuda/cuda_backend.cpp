@@ -563,8 +563,16 @@ size_t CudaBackend::reserve_kv_widening(int64_t tokens, int64_t block_size, int6
   widen_cap_ = 0;
   const int64_t blocks = (tokens + block_size - 1) / block_size;
   const size_t bytes = static_cast<size_t>(blocks * block_size * kv_heads * head_dim) * dtype_size(dtype_);
-  ck(cudaMalloc(&widen_k_, bytes), "KV widening buffer");
-  ck(cudaMalloc(&widen_v_, bytes), "KV widening buffer");
+  if (cudaMalloc(&widen_k_, bytes) != cudaSuccess || cudaMalloc(&widen_v_, bytes) != cudaSuccess) {
+    // (Only an optimisation: without the room every prefill widens tile by tile.)
+    cudaGetLastError();
+    for (void* p : {widen_k_, widen_v_})
+      if (p) cudaFree(p);
+    widen_k_ = widen_v_ = nullptr;
+    log_warn("kv_cache_dtype fp8: no room for ", 2 * bytes >> 20, " MiB to widen a prefill's cache blocks once per layer; ",
+             "prefills widen them tile by tile (slower: a smaller max_model_len needs less)");
+    return 0;
+  }
   widen_cap_ = blocks;
   widen_bs_ = block_size;
   widen_row_ = kv_heads * head_dim;
