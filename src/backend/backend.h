@@ -194,8 +194,9 @@ class Backend {
   // kv_cache_dtype fp8 where attention reads 16-bit tiles (a GPU's prefill): room, allocated now (before
   // the memory plan measures what is free), for the cache blocks of up to `tokens` positions in the
   // activation type, so that a prefill step's blocks are widened once per layer (gather_step_blocks)
-  // rather than tile by tile by every query tile that reads them; steps reading more blocks widen
-  // tile by tile. Returns the bytes taken (0: this backend reads the codes as they are).
+  // rather than tile by tile by every query tile that reads them; sequences whose blocks do not fit are
+  // widened tile by tile. Returns the bytes taken (0: this backend reads the codes as they are, or had no
+  // room for them).
   virtual size_t reserve_kv_widening(int64_t tokens, int64_t block_size, int64_t kv_heads, int64_t head_dim) {
     (void)tokens, (void)block_size, (void)kv_heads, (void)head_dim;
     return 0;

@@ -782,6 +782,39 @@ TEST_P(CudaOps, Fp8KvCacheCodesReadExactly) {
   gpu->set_kv_widening(true);
 }
 
+// reserve_kv_widening where the device has no room (far more positions than any GPU holds): no bytes
+// taken (a warning), and prefill steps widened tile by tile, as right against the CPU backend as with
+// room (then, in 16 bits, widened once).
+TEST_P(CudaOps, Fp8KvWideningWithoutRoomWidensTileByTile) {
+  std::mt19937 g(35);
+  const DType dt = GetParam();
+  const int64_t bs = 16, Hq = 4, Hk = 2, D = 128, max_blocks = 8;
+  const StepMeta m = make_meta(bs, {40, 1}, {30, 60}, max_blocks);
+  const int64_t T = m.num_tokens(), blocks = max_blocks * static_cast<int64_t>(m.num_seqs());
+  const std::vector<int64_t> cshape{blocks, bs, Hk, D};
+  auto random_codes = [&] {
+    const auto v = randn(static_cast<size_t>(blocks * bs * Hk * D), g, 2.f);
+    std::vector<uint8_t> c(v.size());
+    for (size_t i = 0; i < v.size(); ++i) c[i] = f32_to_e4m3(v[i]);
+    return c;
+  };
+  auto kc = both_codes(random_codes(), cshape), vc = both_codes(random_codes(), cshape);
+  auto q = both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32);
+  Tensor ac = cpu.empty({T, Hq * D}, DType::F32), ag = gpu->empty({T, Hq * D}, dt);
+  cpu.begin_step(m);
+  cpu.attention(q.first, kc.first, vc.first, D, bs, 0.09f, ac);
+  gpu->set_kv_widening(true);
+  for (const bool room : {false, true}) {
+    const size_t bytes = gpu->reserve_kv_widening(room ? blocks * bs : int64_t{1} << 40, bs, Hk, D);
+    EXPECT_EQ(bytes > 0, room && dt != DType::F32);
+    gpu->begin_step(m);
+    const int64_t before = gpu->kv_widenings();
+    gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
+    EXPECT_EQ(gpu->kv_widenings() - before, bytes > 0 ? 1 : 0);
+    expect_close(ac, ag, room ? "fp8 prefill, widened once" : "fp8 prefill, no room to widen once", tol());
+  }
+}
+
 // Linear layers for 1-4 tokens take the weight-streaming GEMV (K a multiple of 8 and not, with and
 // without bias, output in float32 or the weights' type): 333 rows, a warp each; 20,000 short rows,
 // more than the resident warps (a warp streams several, one after the other); rows of 4,104 elements,

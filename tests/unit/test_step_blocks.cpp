@@ -1,6 +1,6 @@
 // gather_step_blocks (kv/kv_cache.h): the cache blocks a step reads, once each in the order of first
-// use, and the block tables renumbered into that list; nothing past a sequence's last new token; false
-// past the cap.
+// use, and the block tables renumbered into that list; nothing past a sequence's last new token; runs of
+// new tokens first; sequences whose blocks would pass the cap, or not in `only`, left out whole.
 #include <gtest/gtest.h>
 
 #include "common/error.h"

@@ -480,8 +480,9 @@ void CudaBackend::begin_step(const StepMeta& m) {
   // chunk) take the split-KV decode kernel where their rows are contiguous at the step's start or end;
   // the prefill kernel's tiles are the other sequences'.
   decode_first_ = decode_rows_ = decode_len_ = decode_new_ = 0;
-  std::vector<char> prefill_seq(static_cast<size_t>(num_seqs_), 1);
+  std::vector<char> prefill_seq;  // (prefill steps only: decode steps allocate nothing here)
   if (flash_) {
+    prefill_seq.assign(static_cast<size_t>(num_seqs_), 1);
     auto short_run = [&](int64_t s) { return m.q_start[s + 1] - m.q_start[s] < kFlashMinQueries; };
     int64_t lead = 0, trail = 0, shorts = 0;
     while (lead < num_seqs_ && short_run(lead)) ++lead;
