@@ -18,9 +18,11 @@
 //  - with --attention-fp8: attention over an FP8 E4M3 cache (kv_cache_dtype fp8) against a bf16 one,
 //    decode over batch sizes and contexts and prefill of one causal sequence (its fp8 blocks widened
 //    tile by tile by the kernel, and once before it).
-// Usage: kernel_bench [--quick | --layers | --attention | --attention-chunks | --attention-fp8 | --sampler | --boundary
+// Usage: kernel_bench [--quick | --layers | --layers-7b | --attention | --attention-chunks | --attention-fp8 | --sampler | --boundary
 //                      | --splitk | --skinny | --prefill | --fp8]
 // (prints tables; exits 77 without a GPU; --layers: the rooflines and the step-layer tables alone;
+// --layers-7b: the decode-layer tables at the Qwen2.5-7B shape (1, 8 and 16 sequences), GEMVs of one size
+// by row length, lm_head and the draw;
 // --attention: the rooflines and the sweep; --attention-chunks: the sweep over least keys a split;
 // --sampler: the rooflines and the draw and log-probability tables; --boundary: a kernel boundary's cost
 // alone, bench/boundary_kernels.h; --splitk: the rooflines and cuBLASLt split-K at decode token counts;
@@ -592,7 +594,10 @@ void prefill_table(CudaBackend& be, double peak_tflops) {
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
-  const bool layers_only = argc > 1 && std::strcmp(argv[1], "--layers") == 0;
+  // --layers-7b: the decode-layer tables at the Qwen2.5-7B shape (1, 8 and 16 sequences), GEMVs of one
+  // size by row length, and the step's lm_head GEMV and greedy draw.
+  const bool shape_7b = argc > 1 && std::strcmp(argv[1], "--layers-7b") == 0;
+  const bool layers_only = shape_7b || (argc > 1 && std::strcmp(argv[1], "--layers") == 0);
   const bool attention_only = argc > 1 && std::strcmp(argv[1], "--attention") == 0;
   const bool chunks_only = argc > 1 && std::strcmp(argv[1], "--attention-chunks") == 0;
   const bool sampler_only = argc > 1 && std::strcmp(argv[1], "--sampler") == 0;
@@ -787,8 +792,8 @@ int main(int argc, char** argv) {
     for (const DType wt : {DType::BF16, DType::F8E4M3}) gemv_chain_table(be, wt, copy_gbs);
   }
 
-  // Attention: Qwen2.5-1.5B heads (12 query, 2 KV, head_dim 128), bf16 cache, blocks of 16.
-  const int64_t Hq = 12, Hk = 2, D = 128, bs = 16;
+  // Attention: Qwen2.5-1.5B heads (12 query, 2 KV, head_dim 128; 7B: 28 and 4), bf16 cache, blocks of 16.
+  const int64_t Hq = shape_7b ? 28 : 12, Hk = shape_7b ? 4 : 2, D = 128, bs = 16;
   if (!layers_only) {
     std::printf("\n%-44s %10s %12s %10s\n", "attention (12 q heads, 2 KV heads, D=128)", "time (us)", "rate", "of roofline");
     struct Case {
@@ -827,7 +832,7 @@ int main(int argc, char** argv) {
   // whole 512-token prompts (that run's prefill steps, 8,192 tokens). Floor: the larger of the bytes
   // (weights, KV cache) at the copy bandwidth and the FLOPs at the bf16 GEMM peak.
   {
-    const int64_t L = 28, H = 1536, I = 8960;
+    const int64_t L = 28, H = shape_7b ? 3584 : 1536, I = shape_7b ? 18944 : 8960;
     struct Layer {
       Tensor norm1, norm2, wq, wk, wv, bq, bk, bv, wo, wg, wu, wd;
     };
@@ -851,7 +856,7 @@ int main(int argc, char** argv) {
     };
     for (const StepCase& sc : {StepCase{1, 1, 160}, StepCase{8, 1, 640}, StepCase{16, 1, 640}, StepCase{256, 1, 640},
                                StepCase{16, 512, 512}}) {
-      if (quick && sc.seqs > 1) continue;
+      if ((quick || shape_7b) && sc.seqs > 1 && !(shape_7b && sc.q_len == 1 && sc.seqs <= 16)) continue;
       const int64_t B = sc.seqs * sc.q_len, ctx = sc.ctx, S = sc.seqs;  // B: the step's tokens
       StepMeta m = attention_step(S, sc.q_len, ctx, bs);
       if (sc.q_len == 1) m.max_context = 4096;
@@ -894,7 +899,8 @@ int main(int argc, char** argv) {
                         {"down + residual", down, 2.0 * H * I, 2.0 * B * H * I}};
       char title[96];
       if (sc.q_len == 1)
-        std::snprintf(title, sizeof title, "decode layer, %lld seq%s (28 layers, graph)", static_cast<long long>(S), S > 1 ? "s" : "");
+        std::snprintf(title, sizeof title, "decode layer%s, %lld seq%s (28 layers, graph)", shape_7b ? " (7B shape)" : "",
+                      static_cast<long long>(S), S > 1 ? "s" : "");
       else
         std::snprintf(title, sizeof title, "prefill layer, %lld x %lld tokens (28 layers)", static_cast<long long>(S),
                       static_cast<long long>(sc.q_len));
@@ -917,6 +923,46 @@ int main(int argc, char** argv) {
                   layer_bytes / (ms * 1e-3) / 1e9, 100 * layer_bytes / (ms * 1e-3) / 1e9 / copy_gbs,
                   layer_flops / (ms * 1e-3) / 1e12, floor_us, 100 * floor_us / (ms * 1e3));
     }
+  }
+
+  if (shape_7b) {
+    // One token's GEMV over the same bytes in rows of different lengths (28 distinct matrices in a graph):
+    // the 7B down projection (3,584 x 18,944) and the 1.5B one (1,536 x 8,960), then their rows cut in
+    // 2, 4, 8 (as a split along K would see them).
+    std::printf("\n%-44s %10s %12s %10s\n", "GEMV, 1 token, same bytes by row length", "us/call", "rate", "of copy");
+    for (auto [N0, K0] : {std::pair<int64_t, int64_t>{3584, 18944}, {1536, 8960}})
+      for (int64_t cut : {1, 2, 4, 8}) {
+        const int64_t N = N0 * cut, K = K0 / cut, chain = 28;
+        std::vector<Tensor> ws;
+        for (int64_t i = 0; i < chain; ++i) ws.push_back(random_tensor(be, {N, K}, DType::BF16));
+        Tensor x = random_tensor(be, {1, K}, DType::BF16), y = be.empty({1, N}, DType::F32);
+        const double ms = graph_ms(be, [&] { for (auto& w : ws) be.linear(x, w, nullptr, y); }, 1) / chain;
+        const double gbs = 2.0 * N * K / (ms * 1e-3) / 1e9;
+        char name[96];
+        std::snprintf(name, sizeof name, "N=%lld K=%lld", static_cast<long long>(N), static_cast<long long>(K));
+        std::printf("%-44s %10.2f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+      }
+    // The rest of a batch-1 step at that shape: lm_head's GEMV (152,064 x 3,584 bf16) and the greedy draw.
+    const int64_t V = 152064, H = 3584;
+    Tensor w = random_tensor(be, {V, H}, DType::BF16), x = random_tensor(be, {1, H}, DType::BF16);
+    Tensor y = be.empty({1, V}, DType::F32), best = be.empty({1}, DType::F32), idx = be.empty({1}, DType::F32);
+    RowDraw r;
+    r.greedy = true;
+    void* dev_row = nullptr;
+    cudaMalloc(&dev_row, sizeof(RowDraw));
+    cudaMemcpy(dev_row, &r, sizeof(RowDraw), cudaMemcpyHostToDevice);
+    auto head = [&] { be.linear(x, w, nullptr, y); };
+    auto draw = [&] {
+      cuda::draw_rows(y.as<float>(), 1, V, V, 0, static_cast<const RowDraw*>(dev_row), nullptr, 0, false, best.as<float>(),
+                      static_cast<int32_t*>(idx.data), be.stream());
+    };
+    const double head_us = graph_ms(be, head) * 1e3, draw_us = graph_ms(be, draw) * 1e3;
+    const double both_us = graph_ms(be, [&] { head(); draw(); }) * 1e3;
+    const double gbs = 2.0 * V * H / (head_us * 1e-6) / 1e9;
+    std::printf("\n%-44s %10.2f %7.0f GB/s %9.0f%%\n", "lm_head 152064x3584, 1 token", head_us, gbs, 100 * gbs / copy_gbs);
+    std::printf("%-44s %10.2f\n%-44s %10.2f\n", "greedy draw, 1 row", draw_us, "lm_head + draw", both_us);
+    cudaFree(dev_row);
+    return 0;
   }
 
   // The MLP's and the attention's input projections over stacked weights (one GEMM each, as the model
