@@ -599,6 +599,7 @@ void prefill_table(CudaBackend& be, double peak_tflops) {
 }
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // line by line into a file too: a run cut short keeps its tables
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   // --layers-7b: the decode-layer tables at the Qwen2.5-7B shape (1, 8 and 16 sequences), GEMVs of one
   // size by row length, and the step's lm_head GEMV and greedy draw.
