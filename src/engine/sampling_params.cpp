@@ -22,6 +22,10 @@ namespace {
 // not wrapped (a max_tokens of 10^12 read as an int was negative).
 template <typename T>
 T int_of(const json& v, const char* key) {
+  // (The parser reads a whole number past 64 bits, 2^70 say, as a float: too large, not fractional.)
+  if (v.is_number_float() && std::isfinite(v.get<double>()) && std::fabs(v.get<double>()) >= 0x1p63 &&
+      v.get<double>() == std::floor(v.get<double>()))
+    throw Error(cat("'", key, "' is out of range"));
   if (!v.is_number_integer()) throw Error(cat("'", key, "' must be an integer"));
   const bool fits = v.is_number_unsigned()
                         ? v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max())

@@ -41,6 +41,10 @@ TEST(RequestJson, IntegersThatDoNotFitAreRefused) {
   EXPECT_NE(error_of(R"({"top_logprobs": 4294967297, "logprobs": true})").find("out of range"), std::string::npos);
   EXPECT_EQ(parse(R"({"seed": -9223372036854775808})").seed, INT64_MIN);
   EXPECT_NE(error_of(R"({"max_tokens": 1.5})").find("must be an integer"), std::string::npos);
+  // Past 64 bits the JSON parser gives a float: still "out of range", not "must be an integer".
+  EXPECT_NE(error_of(R"({"seed": 1180591620717411303424})").find("'seed' is out of range"), std::string::npos);
+  EXPECT_NE(error_of(R"({"max_tokens": -1e30})").find("'max_tokens' is out of range"), std::string::npos);
+  EXPECT_NE(error_of(R"({"max_tokens": 1e300})").find("'max_tokens' is out of range"), std::string::npos);
 }
 
 TEST(RequestJson, NegativeCountsAreRefused) {
@@ -143,7 +147,7 @@ TEST(RequestJson, GenerationConfigDefaults) {
 // (properties in the request's order, which nlohmann::json would sort) for the recognizer.
 TEST(RequestJson, GuidedJsonSchemaFormsKeepThePropertiesOrder) {
   const std::string schema = R"({"type": "object", "properties": {"zeta": {"type": "integer"}, "alpha": {"type": "string"}}})";
-  for (const std::string body : {R"({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": )" + schema + "}}}",
+  for (const std::string& body : {R"({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": )" + schema + "}}}",
                                  R"({"guided_json": )" + schema + "}",
                                  R"({"structured_outputs": {"json": )" + json(schema).dump() + "}}"}) {
     SamplingParams p = parse(body);
