@@ -473,6 +473,16 @@ void sampler_tables(CudaBackend& be, double copy_gbs) {
 // line through (bytes, time) gives the steady-state bandwidth (slope) and the per-kernel cost that
 // does not shrink with the bytes (intercept: launch, wait on the previous kernel, ramp and tail).
 // The same with FP8 weights (quantization: fp8; a byte a weight and a scale a row).
+// Microseconds per call of a one-token GEMV over N x K weights of type wt, 28 distinct matrices back to
+// back in a graph (weights from HBM, as a decode step streams its layers).
+double gemv_chain_us(CudaBackend& be, DType wt, int64_t N, int64_t K) {
+  const int64_t chain = 28;
+  std::vector<Tensor> ws;
+  for (int64_t i = 0; i < chain; ++i) ws.push_back(random_tensor(be, {N, K}, wt));
+  Tensor x = random_tensor(be, {1, K}, DType::BF16), y = be.empty({1, N}, DType::F32);
+  return graph_ms(be, [&] { for (auto& w : ws) be.linear(x, w, nullptr, y); }, 1) / chain * 1e3;
+}
+
 void gemv_chain_table(CudaBackend& be, DType wt, double copy_gbs) {
   std::printf("\n%-44s %10s %12s %10s\n",
               wt == DType::BF16 ? "GEMV chain (28 distinct N x 1536, 1 token)" : "GEMV chain, fp8 weights", "us/call",
@@ -480,11 +490,8 @@ void gemv_chain_table(CudaBackend& be, DType wt, double copy_gbs) {
   double sx = 0, sy = 0, sxx = 0, sxy = 0;
   int pts = 0;
   for (int64_t N : {int64_t(1536), int64_t(4480), int64_t(8960), int64_t(17920), int64_t(35840)}) {
-    const int64_t K = 1536, chain = 28;
-    std::vector<Tensor> ws;
-    for (int64_t i = 0; i < chain; ++i) ws.push_back(random_tensor(be, {N, K}, wt));
-    Tensor x = random_tensor(be, {1, K}, DType::BF16), y = be.empty({1, N}, DType::F32);
-    const double ms = graph_ms(be, [&] { for (auto& w : ws) be.linear(x, w, nullptr, y); }, 1) / chain;
+    const int64_t K = 1536;
+    const double ms = gemv_chain_us(be, wt, N, K) * 1e-3;
     const double bytes = (wt == DType::BF16 ? 2.0 : 1.0) * N * K, gbs = bytes / (ms * 1e-3) / 1e9;
     char name[96];
     std::snprintf(name, sizeof name, "N=%lld (%.1f MB)", static_cast<long long>(N), bytes / 1e6);
@@ -939,15 +946,11 @@ int main(int argc, char** argv) {
     std::printf("\n%-44s %10s %12s %10s\n", "GEMV, 1 token, same bytes by row length", "us/call", "rate", "of copy");
     for (auto [N0, K0] : {std::pair<int64_t, int64_t>{3584, 18944}, {1536, 8960}})
       for (int64_t cut : {1, 2, 4, 8}) {
-        const int64_t N = N0 * cut, K = K0 / cut, chain = 28;
-        std::vector<Tensor> ws;
-        for (int64_t i = 0; i < chain; ++i) ws.push_back(random_tensor(be, {N, K}, DType::BF16));
-        Tensor x = random_tensor(be, {1, K}, DType::BF16), y = be.empty({1, N}, DType::F32);
-        const double ms = graph_ms(be, [&] { for (auto& w : ws) be.linear(x, w, nullptr, y); }, 1) / chain;
-        const double gbs = 2.0 * N * K / (ms * 1e-3) / 1e9;
+        const int64_t N = N0 * cut, K = K0 / cut;
+        const double us = gemv_chain_us(be, DType::BF16, N, K), gbs = 2.0 * N * K / (us * 1e-6) / 1e9;
         char name[96];
         std::snprintf(name, sizeof name, "N=%lld K=%lld", static_cast<long long>(N), static_cast<long long>(K));
-        std::printf("%-44s %10.2f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
+        std::printf("%-44s %10.2f %7.0f GB/s %9.0f%%\n", name, us, gbs, 100 * gbs / copy_gbs);
       }
     // The rest of a batch-1 step at that shape: lm_head's GEMV (152,064 x 3,584 bf16) and the greedy draw.
     const int64_t V = 152064, H = 3584;
