@@ -139,7 +139,7 @@ StepMeta make_meta(int64_t bs, const std::vector<int32_t>& lens = {7, 1, 5}, con
 // sized for the longest possible context (max_blocks x bs), each token cutting its own context into that
 // many chunks (trailing chunks empty).
 // mixed_tail: the same with the decodes (one more, of 3 new tokens) last; mixed_middle: a decode on each
-// side of the chunk.
+// side of the chunk (two runs of decode rows).
 struct LongContextSteps {
   StepMeta mixed, mixed_tail, mixed_middle, decode, decode8, graph;
 };
@@ -297,8 +297,8 @@ TEST(FlashPrefillTiles, CoverEverySequenceHeaviestFirst) {
 
 // Long contexts: many 32-key tiles per warp, every warp of the block busy, partial last tiles (a decode
 // at position 700, a 45-token chunk after 260 cached tokens, a 97-token prefill). Prefill steps (16-bit
-// outputs: the prefill kernel) with their decode rows on the split-KV kernel where those are contiguous
-// at the step's start or end, and with every row on the prefill kernel.
+// outputs: the prefill kernel) with their decode rows on the split-KV kernel (runs at the step's start,
+// at its end, and on both sides of a chunk), and with every row on the prefill kernel.
 TEST_P(CudaOps, AttentionOverLongContexts) {
   std::mt19937 g(9);
   const DType dt = GetParam();
@@ -336,10 +336,11 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
       cpu.begin_step(*m);
       if (m == &graph_compact) gpu->begin_step(poisoned);
       gpu->begin_step(*m);
-      // (mixed: row 0; mixed_tail: the last four, of sequences 2 and 3; mixed_middle: none, not contiguous.)
-      const std::pair<int64_t, int64_t> split = m == &mixed ? std::pair<int64_t, int64_t>{0, 1}
-                                                : m == &steps.mixed_tail ? std::pair<int64_t, int64_t>{142, 4}
-                                                                         : std::pair<int64_t, int64_t>{0, 0};
+      // (mixed: row 0; mixed_tail: the last four, of sequences 2 and 3; mixed_middle: row 0 and rows 46-47,
+      // two runs on either side of the chunk; decode steps: none, no prefill kernel.)
+      using Runs = std::vector<std::pair<int64_t, int64_t>>;
+      const Runs split = m == &mixed ? Runs{{0, 1}} : m == &steps.mixed_tail ? Runs{{142, 4}}
+                         : m == &steps.mixed_middle ? Runs{{0, 1}, {46, 2}} : Runs{};
       EXPECT_EQ(gpu->split_decode_rows(), split);
       auto q = both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32);
       auto kc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
@@ -358,7 +359,7 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
       if (is_prefill(*m)) {
         gpu->set_split_decode_rows(false);
         gpu->begin_step(*m);
-        EXPECT_EQ(gpu->split_decode_rows().second, 0);
+        EXPECT_TRUE(gpu->split_decode_rows().empty());
         gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
         expect_close(ac, ag, (what + ", decode rows on the prefill kernel").c_str(), tol());
         gpu->set_split_decode_rows(true);
@@ -367,6 +368,27 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
   }
   cuda::set_decode_attention_warps(0);
   cuda::set_decode_attention_min_chunk(0);
+  // Decodes between 16-token chunks: up to kMaxDecodeRuns runs take the split-KV kernel, a launch each;
+  // past that every row stays on the prefill kernel.
+  for (const int64_t runs : {int64_t(CudaBackend::kMaxDecodeRuns), int64_t(CudaBackend::kMaxDecodeRuns) + 1}) {
+    std::vector<int32_t> lens, cached;
+    for (int64_t r = 0; r < runs; ++r) {
+      lens.insert(lens.end(), {1, 16});
+      cached.insert(cached.end(), {static_cast<int32_t>(30 + r), static_cast<int32_t>(r)});
+    }
+    const StepMeta m = make_meta(bs, lens, cached, 4);
+    const int64_t Hq = 6, Hk = 2, D = 128, T = m.num_tokens(), blocks = 4 * m.num_seqs();
+    cpu.begin_step(m);
+    gpu->begin_step(m);
+    EXPECT_EQ(gpu->split_decode_rows().size(), runs <= int64_t(CudaBackend::kMaxDecodeRuns) ? size_t(runs) : 0u) << runs;
+    auto q = both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32);
+    auto kc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
+    auto vc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
+    Tensor ac = cpu.empty({T, Hq * D}, DType::F32), ag = gpu->empty({T, Hq * D}, dt);
+    cpu.attention(q.first, kc.first, vc.first, D, bs, 0.09f, ac);
+    gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
+    expect_close(ac, ag, ("attention, " + std::to_string(runs) + " decodes between chunks").c_str(), tol());
+  }
   EXPECT_THROW(cuda::set_decode_attention_warps(5), std::exception);       // only 0, 4 and 8
   EXPECT_THROW(cuda::set_decode_attention_min_chunk(100), std::exception);  // multiples of 32
 }
@@ -646,8 +668,9 @@ std::pair<int64_t, bool> widen_for(CudaBackend& gpu, WidenMode mode, int64_t tok
   gpu.begin_step(m);
   std::vector<int32_t> blocks, tables;
   std::vector<char> taken, only(static_cast<size_t>(m.num_seqs()), 1);  // (not the decode rows the split-KV kernel takes)
-  const auto [first, rows] = gpu.split_decode_rows();
-  for (int64_t s = 0; s < m.num_seqs(); ++s) only[static_cast<size_t>(s)] = m.q_start[s] < first || m.q_start[s] >= first + rows;
+  for (const auto& [first, rows] : gpu.split_decode_rows())
+    for (int64_t s = 0; s < m.num_seqs(); ++s)
+      if (m.q_start[s] >= first && m.q_start[s] < first + rows) only[static_cast<size_t>(s)] = 0;
   const bool widens = mode != WidenMode::kOff && dt != DType::F32 && is_prefill(m) &&
                       gather_step_blocks(m, bs, cap, 16, blocks, tables, taken, &only) > 0;
   return {gpu.kv_widenings(), widens};

@@ -477,27 +477,30 @@ void CudaBackend::begin_step(const StepMeta& m) {
   for (int64_t s = 0; s < num_seqs_; ++s)
     for (int32_t t = m.q_start[s]; t < m.q_start[s + 1]; ++t) token_seq[t] = static_cast<int32_t>(s);
   // In a prefill step the sequences of fewer than kFlashMinQueries new tokens (decodes beside a prompt's
-  // chunk) take the split-KV decode kernel where their rows are contiguous at the step's start or end;
-  // the prefill kernel's tiles are the other sequences'.
-  decode_first_ = decode_rows_ = decode_len_ = decode_new_ = 0;
+  // chunk, short prompts) take the split-KV decode kernel, a launch for each run of adjacent ones, where
+  // there are at most kMaxDecodeRuns runs; the prefill kernel's tiles are the other sequences'.
+  decode_runs_.clear();
+  decode_len_ = decode_new_ = 0;
   std::vector<char> prefill_seq;  // (prefill steps only: decode steps allocate nothing here)
   if (flash_) {
     prefill_seq.assign(static_cast<size_t>(num_seqs_), 1);
     auto short_run = [&](int64_t s) { return m.q_start[s + 1] - m.q_start[s] < kFlashMinQueries; };
-    int64_t lead = 0, trail = 0, shorts = 0;
-    while (lead < num_seqs_ && short_run(lead)) ++lead;
-    while (trail < num_seqs_ - lead && short_run(num_seqs_ - 1 - trail)) ++trail;
-    for (int64_t s = 0; s < num_seqs_; ++s) shorts += short_run(s);
-    if (shorts > 0 && (shorts == lead || shorts == trail) && split_decode_rows_) {
-      const int64_t s0 = shorts == lead ? 0 : num_seqs_ - trail;
-      decode_first_ = m.q_start[s0];
-      decode_rows_ = m.q_start[s0 + shorts] - decode_first_;
-      for (int64_t s = s0; s < s0 + shorts; ++s) {
-        prefill_seq[static_cast<size_t>(s)] = 0;
-        decode_new_ = std::max<int64_t>(decode_new_, m.q_start[s + 1] - m.q_start[s]);
+    std::vector<std::pair<int64_t, int64_t>> runs;  // (first sequence, past the last)
+    for (int64_t s = 0; s < num_seqs_; ++s)
+      if (short_run(s)) {
+        if (runs.empty() || runs.back().second != s) runs.push_back({s, s});
+        runs.back().second = s + 1;
       }
-      for (int64_t t = decode_first_; t < decode_first_ + decode_rows_; ++t)
-        decode_len_ = std::max<int64_t>(decode_len_, m.positions[t] + 1);
+    if (!runs.empty() && runs.size() <= kMaxDecodeRuns && split_decode_rows_) {
+      for (const auto& [s0, s1] : runs) {
+        decode_runs_.push_back({m.q_start[s0], m.q_start[s1] - m.q_start[s0]});
+        for (int64_t s = s0; s < s1; ++s) {
+          prefill_seq[static_cast<size_t>(s)] = 0;
+          decode_new_ = std::max<int64_t>(decode_new_, m.q_start[s + 1] - m.q_start[s]);
+        }
+        for (int64_t t = m.q_start[s0]; t < m.q_start[s1]; ++t)
+          decode_len_ = std::max<int64_t>(decode_len_, m.positions[t] + 1);
+      }
     }
     for (int32_t t0 : cuda::flash_prefill_tiles(m.q_start, m.positions))
       if (prefill_seq[static_cast<size_t>(token_seq[t0])]) tiles.push_back(t0);
@@ -977,7 +980,7 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor
     if constexpr (!std::is_same_v<TO, float>) {
       if (flash_ && cuda::flash_prefill_supported(D)) {
         if (first < num_tiles_) flash(qp, kc, vc, op, tables_.ptr, first, num_tiles_ - first, k_cache.dim(0));
-        if (decode_rows_ > 0) paged(qp, kc, vc, op, decode_first_, decode_rows_, decode_len_, decode_new_);
+        for (const auto& [first_row, rows] : decode_runs_) paged(qp, kc, vc, op, first_row, rows, decode_len_, decode_new_);
         return;
       }
     }

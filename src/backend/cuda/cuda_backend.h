@@ -110,12 +110,14 @@ class CudaBackend : public Backend {
   void set_kv_widening(bool on) { widen_on_ = on; }
   // Attention calls that ran over widened blocks so far (a test's count).
   int64_t kv_widenings() const { return kv_widenings_; }
-  // Whether a prefill step's decode rows (sequences of fewer than kFlashMinQueries new tokens, contiguous
-  // at the step's start or end) take the split-KV decode kernel rather than the prefill kernel's tiles
-  // (on by default; tests and benchmarks compare the two).
+  // Whether a prefill step's decode rows (sequences of fewer than kFlashMinQueries new tokens, in up to
+  // kMaxDecodeRuns runs of adjacent sequences anywhere in the step) take the split-KV decode kernel, a
+  // launch a run, rather than the prefill kernel's tiles (on by default; tests and benchmarks compare).
   void set_split_decode_rows(bool on) { split_decode_rows_ = on; }
-  // This step's rows on the split-KV kernel in a prefill step: the first and how many (a test's check).
-  std::pair<int64_t, int64_t> split_decode_rows() const { return {decode_first_, decode_rows_}; }
+  // This step's runs of rows on the split-KV kernel in a prefill step: each its first row and how many
+  // (a test's check; none: every row on the prefill kernel).
+  const std::vector<std::pair<int64_t, int64_t>>& split_decode_rows() const { return decode_runs_; }
+  static constexpr size_t kMaxDecodeRuns = 8;
   // Times cuBLASLt's heuristic was asked (tests check that prepared GEMMs need it no more).
   int64_t gemm_heuristic_calls() const { return heuristic_calls_; }
   // Copies of offloaded matrices queued for cuBLASLt GEMMs so far (gemm_weight; a test's count).
@@ -220,9 +222,10 @@ class CudaBackend : public Backend {
   int64_t max_new_ = 0;  // the most new tokens of one sequence in the step
   static constexpr int64_t kFlashMinQueries = 16;  // new tokens of one sequence that make a step a prefill
   bool flash_ = false;
-  // A prefill step's decode rows on the split-KV kernel: decode_rows_ rows from decode_first_, contexts up
-  // to decode_len_, runs of new tokens up to decode_new_ (0 rows: none, every row on the prefill kernel).
-  int64_t decode_first_ = 0, decode_rows_ = 0, decode_len_ = 0, decode_new_ = 0;
+  // A prefill step's decode rows on the split-KV kernel: runs of rows (first, count), contexts up to
+  // decode_len_, runs of new tokens up to decode_new_ (no runs: every row on the prefill kernel).
+  std::vector<std::pair<int64_t, int64_t>> decode_runs_;
+  int64_t decode_len_ = 0, decode_new_ = 0;
   bool split_decode_rows_ = true;
   // reserve_kv_widening's buffers (widen_cap_ blocks of widen_bs_ x widen_row_ elements each) and this
   // step's blocks to widen into them (0: none, the step widens tile by tile) with its renumbered tables;
