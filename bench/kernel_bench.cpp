@@ -19,7 +19,7 @@
 //    decode over batch sizes and contexts and prefill of one causal sequence (its fp8 blocks widened
 //    tile by tile by the kernel, and once before it).
 // Usage: kernel_bench [--quick | --layers | --layers-7b | --attention | --attention-chunks | --attention-fp8 | --sampler | --boundary
-//                      | --splitk | --skinny | --prefill | --fp8]
+//                      | --splitk | --skinny | --prefill | --fp8 | --fp8-small]
 // (prints tables; exits 77 without a GPU; --layers: the rooflines and the step-layer tables alone;
 // --layers-7b: the decode-layer tables at the Qwen2.5-7B shape (1, 8 and 16 sequences), GEMVs of one size
 // by row length, lm_head and the draw;
@@ -28,12 +28,14 @@
 // alone, bench/boundary_kernels.h; --splitk: the rooflines and cuBLASLt split-K at decode token counts;
 // --skinny: the rooflines and the 5-32-token linear layers, skinny GEMMs against cuBLASLt; --prefill: the
 // rooflines and prefill attention, the warpgroup-MMA kernel against the mma.sync one; --fp8: the
-// rooflines, the GEMV chains and many-token linear layers with FP8 weights, expanded and as FP8 GEMMs)
+// rooflines, the GEMV chains and many-token linear layers with FP8 weights, expanded and as FP8 GEMMs;
+// --fp8-small: the rooflines and 1-4-token linear layers over FP8 weights, the GEMVs against the skinny kernels)
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -371,6 +373,86 @@ void skinny_table(CudaBackend& be, double copy_gbs) {
   std::printf("(copy bandwidth %.0f GB/s)\n", copy_gbs);
 }
 
+// One to four tokens over FP8 weights (quantization: fp8), us per layer over 28 distinct matrices in a
+// graph: the backend's CUDA-core GEMVs (row_stream, what decode steps of 1-4 sequences take: 8 thread
+// instructions a weight, issue-bound at 71% of copy, ncu in the thirty-fifth session) against the
+// tensor-core skinny kernels called directly (tile_stream: the codes widened to 16 bits exactly, one
+// mma.m16n8k16 per 256 weights, the tokens as the n dimension). Both read the same codes; the largest
+// difference of their outputs is printed against the outputs' largest magnitude.
+void fp8_small_table(CudaBackend& be, double copy_gbs) {
+  const int64_t L = 28;
+  struct Shape {
+    const char* name;
+    int64_t n, k;
+    int kind;  // 0 linear into float32, 1 residual add, 2 gate/up + SiLU
+  };
+  const Shape shapes[] = {{"q/k/v 2048x1536", 2048, 1536, 0},          {"o_proj + residual 1536x1536", 1536, 1536, 1},
+                          {"gate/up + SiLU 2x8960x1536", 8960, 1536, 2}, {"down + residual 1536x8960", 1536, 8960, 1},
+                          {"7B q/k/v 4608x3584", 4608, 3584, 0},        {"7B o_proj + residual 3584x3584", 3584, 3584, 1},
+                          {"7B gate/up + SiLU 2x18944x3584", 18944, 3584, 2}, {"7B down + residual 3584x18944", 3584, 18944, 1}};
+  using B16 = __nv_bfloat16;
+  using F8 = __nv_fp8_e4m3;
+  std::printf("\n%-32s %6s %22s %22s %12s\n", "fp8 weights, 1-4 tokens (us/layer)", "tokens", "CUDA-core GEMV",
+              "tensor-core skinny", "max diff");
+  for (const Shape& sh : shapes) {
+    const int mats = sh.kind == 2 ? 2 : 1;
+    std::vector<Tensor> w;  // layer i: w[mats * i + r]
+    for (int64_t i = 0; i < L * mats; ++i) w.push_back(random_tensor(be, {sh.n, sh.k}, DType::F8E4M3));
+    for (int64_t M : {1, 2, 4}) {
+      Tensor x = random_tensor(be, {M, sh.k}, DType::BF16, 1.f);
+      Tensor y[2] = {be.empty({M, sh.n}, DType::F32), be.empty({M, sh.n}, DType::F32)};
+      Tensor act[2] = {be.empty({M, sh.n}, DType::BF16), be.empty({M, sh.n}, DType::BF16)};
+      Tensor gu = be.empty({M, 2 * sh.n}, DType::F32);
+      auto layer = [&](int way, int64_t i) {
+        const Tensor& a = w[static_cast<size_t>(mats * i)];
+        if (way == 0) {
+          if (sh.kind == 2) be.gate_up_silu(x, a, w[static_cast<size_t>(mats * i + 1)], gu, act[0]);
+          else if (sh.kind == 1) be.linear_residual(x, a, y[0], y[0]);
+          else be.linear(x, a, nullptr, y[0]);
+        } else if (sh.kind == 2) {
+          const Tensor& b = w[static_cast<size_t>(mats * i + 1)];
+          cuda::skinny_gate_up_silu<B16, F8>(x.as<B16>(), static_cast<const F8*>(a.data), static_cast<const F8*>(b.data),
+                                             a.scale, b.scale, M, sh.k, sh.n, act[1].as<B16>(), be.stream());
+        } else {
+          cuda::skinny_gemm<B16, float, F8>(x.as<B16>(), static_cast<const F8*>(a.data), a.scale, nullptr, M, sh.k, sh.n,
+                                            y[1].as<float>(), be.stream(), sh.kind == 1);
+        }
+      };
+      double us[2];
+      for (int way = 0; way < 2; ++way)
+        us[way] = graph_ms(be, [&] { for (int64_t i = 0; i < L; ++i) layer(way, i); }, 1) / L * 1e3;
+      // The outputs of one layer each way (the residual forms from zero), compared.
+      for (int way = 0; way < 2; ++way) {
+        cudaMemsetAsync(y[way].data, 0, y[way].bytes(), be.stream());
+        layer(way, 0);
+      }
+      cudaStreamSynchronize(be.stream());
+      const bool act_out = sh.kind == 2;
+      const size_t n = static_cast<size_t>(M * sh.n);
+      std::vector<float> out[2];
+      for (int way = 0; way < 2; ++way) {
+        out[way].resize(n);
+        if (act_out) {
+          std::vector<B16> h(n);
+          cudaMemcpy(h.data(), act[way].data, n * sizeof(B16), cudaMemcpyDeviceToHost);
+          for (size_t j = 0; j < n; ++j) out[way][j] = __bfloat162float(h[j]);
+        } else {
+          cudaMemcpy(out[way].data(), y[way].data, n * sizeof(float), cudaMemcpyDeviceToHost);
+        }
+      }
+      double diff = 0, mag = 0;
+      for (size_t j = 0; j < n; ++j) {
+        diff = std::max(diff, static_cast<double>(std::fabs(out[0][j] - out[1][j])));
+        mag = std::max(mag, static_cast<double>(std::fabs(out[0][j])));
+      }
+      const double bytes = 1.0 * mats * sh.n * sh.k;
+      std::printf("%-32s %6lld %10.2f (%5.0f GB/s) %10.2f (%5.0f GB/s) %12.2e\n", sh.name, static_cast<long long>(M), us[0],
+                  bytes / (us[0] * 1e-6) / 1e9, us[1], bytes / (us[1] * 1e-6) / 1e9, mag > 0 ? diff / mag : diff);
+    }
+  }
+  std::printf("(copy bandwidth %.0f GB/s)\n", copy_gbs);
+}
+
 void sampler_tables(CudaBackend& be, double copy_gbs) {
   // The sampler's draw over vocabulary-sized float32 logits rows (uniform in [-3, 3]: flat rows, the
   // filters' hard case): greedy, and sampled with top-k 50, top-p 0.9 and 10 penalty edits per row.
@@ -680,6 +762,10 @@ int main(int argc, char** argv) {
   }
   if (argc > 1 && std::strcmp(argv[1], "--splitk") == 0) {
     splitk_table(be, copy_gbs, peak_tflops);
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "--fp8-small") == 0) {
+    fp8_small_table(be, copy_gbs);
     return 0;
   }
   if (argc > 1 && std::strcmp(argv[1], "--fp8") == 0) {

@@ -153,6 +153,9 @@ void fp8_dequantize_rows(const __nv_fp8_e4m3* codes, const float* scales, int64_
 // matrices 1.1 us: branch wip/skinny-splitk, docs/performance.md.)
 constexpr int64_t kSkinnyMinTokens = 5, kSkinnyMaxTokens = 16, kSkinnyMaxWeights = 4 << 20;
 bool skinny_gemm_fits(int64_t M, int64_t K, std::initializer_list<const void*> operands);
+// What the kernels themselves take (skinny_gemm_fits less its lower bound, kSkinnyMinTokens, which is the
+// backend's choice): 1-16 tokens. (kernel_bench --fp8-small times them at 1-4 tokens.)
+bool skinny_gemm_supports(int64_t M, int64_t K, std::initializer_list<const void*> operands);
 // Weights of type TW: T, or FP8 E4M3 codes with their rows' scales (w_scale, s_gate, s_up; null
 // otherwise), as gemv's (any size: the alternative for FP8 is expanding the matrix first).
 template <typename T, typename TO, typename TW>

@@ -160,11 +160,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 
 // Launches the instance for the n-tiles of 8 tokens that M needs (make(std::integral_constant<int, NT>)
 // gives it) as `what` with kernel arguments args: a block a tile of 16 rows, at most one wave of
-// resident blocks (each takes tiles in turn). The shape must fit (skinny_gemm_fits) over `operands`.
+// resident blocks (each takes tiles in turn). The kernels must take the shape (skinny_gemm_supports).
 template <typename Make, typename... Args>
 void launch_skinny(const char* what, int64_t M, int64_t K, std::initializer_list<const void*> operands, int64_t tiles,
                    cudaStream_t s, Make make, Args... args) {
-  if (!skinny_gemm_fits(M, K, operands)) check(cudaErrorInvalidValue, (std::string(what) + ": unsupported shape").c_str());
+  if (!skinny_gemm_supports(M, K, operands))
+    check(cudaErrorInvalidValue, (std::string(what) + ": unsupported shape").c_str());
   const int threads = kWarpsPerBlock * 32;
   auto go = [&](auto nt) {
     const auto kernel = make(nt);
@@ -177,11 +178,15 @@ void launch_skinny(const char* what, int64_t M, int64_t K, std::initializer_list
 
 }  // namespace
 
-bool skinny_gemm_fits(int64_t M, int64_t K, std::initializer_list<const void*> operands) {
-  if (M < kSkinnyMinTokens || M > kSkinnyMaxTokens || K % 8 != 0) return false;
+bool skinny_gemm_supports(int64_t M, int64_t K, std::initializer_list<const void*> operands) {
+  if (M < 1 || M > kSkinnyMaxTokens || K % 8 != 0) return false;
   for (const void* p : operands)
     if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
   return true;
+}
+
+bool skinny_gemm_fits(int64_t M, int64_t K, std::initializer_list<const void*> operands) {
+  return M >= kSkinnyMinTokens && skinny_gemm_supports(M, K, operands);
 }
 
 template <typename T, typename TO, typename TW>
