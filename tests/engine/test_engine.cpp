@@ -751,7 +751,10 @@ TEST(StepExecutor, EntersItsThreadFirstRunsInOrderAndStopsAfterAFailure) {
         events.push_back(cat("run ", p.step_id));
         ran = std::this_thread::get_id();
         if (p.step_id == 3) throw Error("step 3 failed");
-        return std::vector<SampledToken>{SampledToken{p.step_id, static_cast<int32_t>(10 * p.step_id)}};
+        SampledToken t;
+        t.seq_id = p.step_id;
+        t.token = static_cast<int32_t>(10 * p.step_id);
+        return std::vector<SampledToken>{t};
       },
       [&] {
         std::lock_guard<std::mutex> lock(mu);

@@ -783,7 +783,8 @@ TEST(Sampler, GuidedCacheDrawsAsTheWalk) {
     }
     EXPECT_EQ(drawn[1], drawn[0]) << kind;
     EXPECT_EQ(walks[0], static_cast<int64_t>(drawn[0].size())) << kind;
-    if (kind == "json")  // (a choice's states all differ: each step feeds more of the candidates)
+    if (kind == "json") {  // (a choice's states all differ: each step feeds more of the candidates)
       EXPECT_LT(walks[1], walks[0] / 2) << "states met again in " << drawn[0].size() << " steps: " << walks[1];
+    }
   }
 }
