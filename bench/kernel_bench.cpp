@@ -375,7 +375,7 @@ void skinny_table(CudaBackend& be, double copy_gbs) {
 
 // One to four tokens over FP8 weights (quantization: fp8), us per layer over 28 distinct matrices in a
 // graph: the backend's CUDA-core GEMVs (row_stream, what decode steps of 1-4 sequences take: 8 thread
-// instructions a weight, issue-bound at 71% of copy, ncu in the thirty-fifth session) against the
+// instructions a weight and 71% of copy at one token, ncu in the thirty-fifth session) against the
 // tensor-core skinny kernels called directly (tile_stream: the codes widened to 16 bits exactly, one
 // mma.m16n8k16 per 256 weights, the tokens as the n dimension). Both read the same codes; the largest
 // difference of their outputs is printed against the outputs' largest magnitude.
