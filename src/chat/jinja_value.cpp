@@ -164,7 +164,12 @@ std::string Value::repr() const {
 }
 
 std::string Value::to_json(int indent, int depth) const {
-  auto nl = [&](int d) { return indent < 0 ? std::string() : "\n" + std::string(static_cast<size_t>(indent * d), ' '); };
+  auto nl = [&](int d) {  // (a newline, then the indent: built in place, not as "\n" + string, which GCC 12 warns on)
+    if (indent < 0) return std::string();
+    std::string s(1 + static_cast<size_t>(indent * d), ' ');
+    s[0] = '\n';
+    return s;
+  };
   switch (type_) {
     case Type::Undefined: throw Error("tojson: value is undefined");
     case Type::None: return "null";
