@@ -39,6 +39,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
@@ -324,21 +325,25 @@ void splitk_table(CudaBackend& be, double copy_gbs, double peak_tflops) {
 // (cuda::skinny_gemm directly, whatever the backend's size rule) against cuBLASLt (with gate/up's SiLU as
 // a separate pass), 28 distinct weights back to back in a graph, us per
 // layer and GB/s of weights.
+// The decode layer's linear layers at the Qwen2.5-1.5B shape (hidden 1,536, intermediate 8,960) and the 7B
+// shape's (Qwen2.5-7B: hidden 3,584, intermediate 18,944, 28 + 2 x 4 heads of 128), for the few-token tables.
+struct LinearShape {
+  const char* name;
+  int64_t n, k;
+  int kind;  // 0 linear into float32, 1 residual add, 2 gate/up + SiLU (n rows each), 3 lm_head (fewer layers)
+};
+const LinearShape kLayerLinears[] = {
+    {"q/k/v 2048x1536", 2048, 1536, 0},           {"o_proj + residual 1536x1536", 1536, 1536, 1},
+    {"gate/up + SiLU 2x8960x1536", 8960, 1536, 2}, {"down + residual 1536x8960", 1536, 8960, 1},
+    {"7B q/k/v 4608x3584", 4608, 3584, 0},        {"7B o_proj + residual 3584x3584", 3584, 3584, 1},
+    {"7B gate/up + SiLU 2x18944x3584", 18944, 3584, 2}, {"7B down + residual 3584x18944", 3584, 18944, 1}};
+
 void skinny_table(CudaBackend& be, double copy_gbs) {
-  const int64_t L = 28, H = 1536, I = 8960, V = 151936;
-  struct Shape {
-    const char* name;
-    int64_t n, k;
-    int kind;  // 0 linear into float32, 1 residual add, 2 gate/up + SiLU (stacked), 3 lm_head (fewer layers)
-  };
-  const Shape shapes[] = {{"q/k/v 2048x1536", 2048, H, 0}, {"o_proj + residual 1536x1536", H, H, 1},
-                          {"gate/up + SiLU 2x8960x1536", I, H, 2}, {"down + residual 1536x8960", H, I, 1},
-                          {"lm_head 151936x1536", V, H, 3},
-                          // The 7B shape's (Qwen2.5-7B: hidden 3584, intermediate 18944, 28 + 2 x 4 heads of 128).
-                          {"7B q/k/v 4608x3584", 4608, 3584, 0}, {"7B o_proj + residual 3584x3584", 3584, 3584, 1},
-                          {"7B gate/up + SiLU 2x18944x3584", 18944, 3584, 2}, {"7B down + residual 3584x18944", 3584, 18944, 1}};
+  const int64_t L = 28;
+  std::vector<LinearShape> shapes(std::begin(kLayerLinears), std::end(kLayerLinears));
+  shapes.insert(shapes.begin() + 4, {"lm_head 151936x1536", 151936, 1536, 3});
   std::printf("\n%-30s %6s %22s %22s\n", "skinny GEMMs (us per layer)", "tokens", "tensor-core skinny", "cuBLASLt");
-  for (const Shape& sh : shapes) {
+  for (const LinearShape& sh : shapes) {
     const int64_t layers = sh.kind == 3 ? 2 : L;
     std::vector<Tensor> w;
     for (int64_t i = 0; i < layers; ++i) w.push_back(random_tensor(be, {(sh.kind == 2 ? 2 : 1) * sh.n, sh.k}, DType::BF16));
@@ -381,20 +386,11 @@ void skinny_table(CudaBackend& be, double copy_gbs) {
 // difference of their outputs is printed against the outputs' largest magnitude.
 void fp8_small_table(CudaBackend& be, double copy_gbs) {
   const int64_t L = 28;
-  struct Shape {
-    const char* name;
-    int64_t n, k;
-    int kind;  // 0 linear into float32, 1 residual add, 2 gate/up + SiLU
-  };
-  const Shape shapes[] = {{"q/k/v 2048x1536", 2048, 1536, 0},          {"o_proj + residual 1536x1536", 1536, 1536, 1},
-                          {"gate/up + SiLU 2x8960x1536", 8960, 1536, 2}, {"down + residual 1536x8960", 1536, 8960, 1},
-                          {"7B q/k/v 4608x3584", 4608, 3584, 0},        {"7B o_proj + residual 3584x3584", 3584, 3584, 1},
-                          {"7B gate/up + SiLU 2x18944x3584", 18944, 3584, 2}, {"7B down + residual 3584x18944", 3584, 18944, 1}};
   using B16 = __nv_bfloat16;
   using F8 = __nv_fp8_e4m3;
   std::printf("\n%-32s %6s %22s %22s %12s\n", "fp8 weights, 1-4 tokens (us/layer)", "tokens", "CUDA-core GEMV",
               "tensor-core skinny", "max diff");
-  for (const Shape& sh : shapes) {
+  for (const LinearShape& sh : kLayerLinears) {
     const int mats = sh.kind == 2 ? 2 : 1;
     std::vector<Tensor> w;  // layer i: w[mats * i + r]
     for (int64_t i = 0; i < L * mats; ++i) w.push_back(random_tensor(be, {sh.n, sh.k}, DType::F8E4M3));

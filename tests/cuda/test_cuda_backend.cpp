@@ -322,6 +322,20 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
   }();
   StepMeta poisoned = graph;
   std::fill(poisoned.block_tables.begin(), poisoned.block_tables.end(), 1 << 28);
+  // Random queries and caches for the current step (begun on both backends), attention on each: the CPU
+  // result in ac, the GPU's in ag (q, kc and vc kept for a second GPU run).
+  struct Case {
+    std::pair<Tensor, Tensor> q, kc, vc;
+    Tensor ac, ag;
+  };
+  auto attend = [&](int64_t T, int64_t Hq, int64_t Hk, int64_t D, int64_t blocks) {
+    Case c{both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32), both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt),
+           both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt), cpu.empty({T, Hq * D}, DType::F32),
+           gpu->empty({T, Hq * D}, dt)};
+    cpu.attention(c.q.first, c.kc.first, c.vc.first, D, bs, 0.09f, c.ac);
+    gpu->attention(c.q.second, c.kc.second, c.vc.second, D, bs, 0.09f, c.ag);
+    return c;
+  };
   // Group sizes 3 (Qwen2.5-1.5B), 8 (the largest the grouped kernels take, as Llama 3 70B) and 1.
   // Head sizes: 128 (Qwen2.5, Llama 3), 80 (tensor-core prefill) and 16 (the fixtures'; split-KV prefill).
   // The tensor-core decode kernel with blocks of 8 warps and of 4 (the backend picks by batch size), and
@@ -342,12 +356,7 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
       const Runs split = m == &mixed ? Runs{{0, 1}} : m == &steps.mixed_tail ? Runs{{142, 4}}
                          : m == &steps.mixed_middle ? Runs{{0, 1}, {46, 2}} : Runs{};
       EXPECT_EQ(gpu->split_decode_rows(), split);
-      auto q = both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32);
-      auto kc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
-      auto vc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
-      Tensor ac = cpu.empty({T, Hq * D}, DType::F32), ag = gpu->empty({T, Hq * D}, dt);
-      cpu.attention(q.first, kc.first, vc.first, D, bs, 0.09f, ac);
-      gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
+      Case c = attend(T, Hq, Hk, D, blocks);
       const std::string what = std::string(Hq == Hk ? "multi-head" : "grouped") +
                                (is_prefill(*m) ? " attention, long contexts, steps of " + std::to_string(m->num_seqs()) +
                                                      " sequences"
@@ -355,13 +364,13 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
                                                       : " attention, split decode") +
                                ", head_dim " + std::to_string(D) + ", " + std::to_string(warps) + "-warp decode blocks" +
                                (chunk ? ", splits of >= " + std::to_string(chunk) + " keys" : "");
-      expect_close(ac, ag, what.c_str(), tol());
+      expect_close(c.ac, c.ag, what.c_str(), tol());
       if (is_prefill(*m)) {
         gpu->set_split_decode_rows(false);
         gpu->begin_step(*m);
         EXPECT_TRUE(gpu->split_decode_rows().empty());
-        gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
-        expect_close(ac, ag, (what + ", decode rows on the prefill kernel").c_str(), tol());
+        gpu->attention(c.q.second, c.kc.second, c.vc.second, D, bs, 0.09f, c.ag);
+        expect_close(c.ac, c.ag, (what + ", decode rows on the prefill kernel").c_str(), tol());
         gpu->set_split_decode_rows(true);
       }
     }
@@ -381,13 +390,8 @@ TEST_P(CudaOps, AttentionOverLongContexts) {
     cpu.begin_step(m);
     gpu->begin_step(m);
     EXPECT_EQ(gpu->split_decode_rows().size(), runs <= int64_t(CudaBackend::kMaxDecodeRuns) ? size_t(runs) : 0u) << runs;
-    auto q = both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32);
-    auto kc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
-    auto vc = both(randn(blocks * bs * Hk * D, g), {blocks, bs, Hk, D}, dt);
-    Tensor ac = cpu.empty({T, Hq * D}, DType::F32), ag = gpu->empty({T, Hq * D}, dt);
-    cpu.attention(q.first, kc.first, vc.first, D, bs, 0.09f, ac);
-    gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag);
-    expect_close(ac, ag, ("attention, " + std::to_string(runs) + " decodes between chunks").c_str(), tol());
+    const Case c = attend(T, Hq, Hk, D, blocks);
+    expect_close(c.ac, c.ag, ("attention, " + std::to_string(runs) + " decodes between chunks").c_str(), tol());
   }
   EXPECT_THROW(cuda::set_decode_attention_warps(5), std::exception);       // only 0, 4 and 8
   EXPECT_THROW(cuda::set_decode_attention_min_chunk(100), std::exception);  // multiples of 32
