@@ -102,6 +102,12 @@ class CudaBackend : public Backend {
   // LLMSERVE_SKINNY_FP8_MIN_TOKENS).
   void set_skinny_fp8_min_tokens(int64_t tokens) { skinny_fp8_min_tokens_ = tokens; }
   int64_t skinny_fp8_min_tokens() const { return skinny_fp8_min_tokens_; }
+  // Whether a linear layer of T <= 4 tokens over these 16-bit operands (the input first) runs on the skinny
+  // kernels rather than the CUDA-core GEMVs: from skinny_min_tokens (5 by default, i.e. never;
+  // LLMSERVE_SKINNY_MIN_TOKENS), any size.
+  bool skinny_few(int64_t T, std::initializer_list<const Tensor*> operands) const;
+  void set_skinny_min_tokens(int64_t tokens) { skinny_min_tokens_ = tokens; }
+  int64_t skinny_min_tokens() const { return skinny_min_tokens_; }
   static constexpr int64_t kGemmExactUpTo = 256, kGemmBucket = 64;
   // Every bucket of every weight shape seen, up to the largest token count seen with it: the heuristic
   // asked and the GEMM run once on scratch operands (a cuBLASLt kernel's first launch costs ~2.5 ms).
@@ -222,7 +228,7 @@ class CudaBackend : public Backend {
   std::map<std::pair<GemmKey, bool>, Gemm> gemms_;  // exact n; whether the heuristic was asked at n
   bool gemm_exact_ = false;
   bool skinny_on_ = true;
-  int64_t skinny_fp8_min_tokens_ = 4;
+  int64_t skinny_fp8_min_tokens_ = 4, skinny_min_tokens_ = 5;  // (5: cuda::kSkinnyMinTokens, i.e. never)
   int64_t heuristic_calls_ = 0;
   IntBuffer ids_, positions_, slots_, tables_, token_seq_, logits_rows_, tiles_;
   int64_t num_tokens_ = 0, num_seqs_ = 0, max_blocks_ = 0, num_logits_ = 0, max_len_ = 0, num_tiles_ = 0;
