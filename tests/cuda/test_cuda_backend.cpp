@@ -1204,6 +1204,39 @@ TEST_P(CudaOps, Fp8MatricesMatchTheCpuReference) {
     }
     gpu->set_skinny_fp8_min_tokens(default_min);
   }
+  // q/k/v of 3 and 4 tokens whose rows are too long for the fused kernel's shared memory (a hidden size of
+  // 5,120: (4 + 1) x 5,120 16-bit values are past its 48 KB): rmsnorm, then the GEMVs or the skinny launch
+  // over the codes, at every boundary; no expansion of the matrix (a whole 16-bit copy every step).
+  {
+    const int64_t HL = 5120, hq = 2, hk = 1, rows = (hq + 2 * hk) * D;
+    const Mat wl = mat(randn(rows * HL, g, 0.02f), rows, HL);
+    const auto pc = split(wl.cpu, {hq * D, hk * D, hk * D}), p8 = split(wl.fp8, {hq * D, hk * D, hk * D});
+    for (int64_t min_tokens : {int64_t(5), default_min, int64_t(1)}) {
+      gpu->set_skinny_fp8_min_tokens(min_tokens);
+      for (const StepMeta& m : {make_meta(bs, {1, 1, 1}, {20, 0, 9}), make_meta(bs, {1, 1, 1, 1}, {3, 7, 11, 2})}) {
+        const int64_t T = m.num_tokens();
+        const std::string at = std::to_string(T) + " tokens of 5,120 (skinny from " + std::to_string(min_tokens) + ")";
+        cpu.begin_step(m);
+        gpu->begin_step(m);
+        auto res = both(randn(T * HL, g), {T, HL}, DType::F32), nw = both(randn(HL, g), {HL}, dt);
+        Tensor hc = cpu.empty({T, HL}, DType::F32), hg = gpu->empty({T, HL}, dt);
+        auto kc = both(std::vector<float>(blocks * bs * hk * D, 0.f), {blocks, bs, hk, D}, dt);
+        auto vc = both(std::vector<float>(blocks * bs * hk * D, 0.f), {blocks, bs, hk, D}, dt);
+        Tensor qc = cpu.empty({T, hq * D}, DType::F32), kc32 = cpu.empty({T, hk * D}, DType::F32), vc32 = cpu.empty({T, hk * D}, DType::F32);
+        Tensor q8 = gpu->empty({T, hq * D}, DType::F32), kg = gpu->empty({T, hk * D}, DType::F32), vg = gpu->empty({T, hk * D}, DType::F32);
+        cpu.norm_qkv_rope_kv_write(res.first, {nw.first, 1e-6f, hc}, pc[0], nullptr, qc, pc[1], nullptr, kc32, pc[2], nullptr,
+                                   vc32, fc, D, kc.first, vc.first);
+        const int64_t before = gpu->dequantized_matrices();
+        gpu->norm_qkv_rope_kv_write(res.second, {nw.second, 1e-6f, hg}, p8[0], nullptr, q8, p8[1], nullptr, kg, p8[2], nullptr,
+                                    vg, fg, D, kc.second, vc.second);
+        EXPECT_EQ(gpu->dequantized_matrices() - before, 0) << "norm_qkv_rope_kv_write, " << at;
+        expect_close(qc, q8, ("fp8 norm_qkv_rope_kv_write, queries, " + at).c_str(), tol());
+        expect_close(kc.first, kc.second, ("fp8 norm_qkv_rope_kv_write, key cache, " + at).c_str(), tol());
+        expect_close(vc.first, vc.second, ("fp8 norm_qkv_rope_kv_write, value cache, " + at).c_str(), tol());
+      }
+    }
+    gpu->set_skinny_fp8_min_tokens(default_min);
+  }
 }
 
 // FP8 GEMMs (more than 16 tokens over FP8 matrices): the activations quantized per token (the weights'

@@ -1163,10 +1163,12 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
     return;
   }
   if (fp8 && !fused) {
-    // More than 16 tokens (or biases on some of the three only): the stacked matrix expanded to 16 bits
-    // once, then as 16-bit weights (the default's three linear() calls expand one at a time where the
-    // matrices are not stacked).
-    if (!stacked_all)
+    // 1-4 tokens whose rows do not fit the fused kernel's shared memory (a hidden size past 4,915 at 4
+    // tokens): rmsnorm and the three GEMVs over the codes (the default's composition), not an expansion
+    // every step. More than 16 tokens (or biases on some of the three only): the stacked matrix expanded
+    // to 16 bits once, then as 16-bit weights (the default's three linear() calls expand one at a time
+    // where the matrices are not stacked).
+    if (!stacked_all || T <= 4)
       return Backend::norm_qkv_rope_kv_write(x, norm, wq, bq, q, wk, bk, k, wv, bv, v, inv_freq, D, k_cache, v_cache);
     // Many tokens: FP8 GEMMs in the composition below (its linear() calls), or the expansion.
     if (!(fp8_gemm_takes(T, K, rows_of(stacked), !none) && wt != DType::F32)) {
