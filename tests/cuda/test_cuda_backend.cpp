@@ -511,7 +511,7 @@ TEST_P(CudaOps, FusedOpsMatchTheCpuComposition) {
     expect_close(kc.first, kc.second, "rope_kv_write key cache", tol());
     expect_close(vc.first, vc.second, "rope_kv_write value cache", tol());
   }
-  for (int64_t from : {int64_t(5), int64_t(1)}) {  // 16-bit weights on the skinny kernels from 5 tokens (default), from 1
+  for (int64_t from : {int64_t(5), int64_t(1)}) {  // 16-bit weights on the GEMVs only (5), the skinny kernels only (1)
     gpu->set_skinny_min_tokens(from);
     for (int64_t rows : {1, 3, 6, 13}) {  // projections: fused for up to 4 rows, the skinny or plain ops above that
       auto x = both(randn(rows * H, g), {rows, H}, dt);
@@ -568,7 +568,7 @@ TEST_P(CudaOps, ProjectionsRopeAndCacheWrite) {
   const DType dt = GetParam();
   const int64_t bs = 8, D = 64, H = 96, blocks = 64;  // (make_meta deals block ids below 4 x its sequences)
   for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {2, 2}}) {
-    for (int64_t from : {int64_t(5), int64_t(1)}) {  // 16-bit weights on the skinny kernels from 5 tokens (default), from 1
+    for (int64_t from : {int64_t(5), int64_t(1)}) {  // 16-bit weights on the GEMVs only (5), the skinny kernels only (1)
       gpu->set_skinny_min_tokens(from);
       for (const StepMeta& m : {make_meta(bs, {1}, {30}), make_meta(bs, {1, 1, 1, 1}, {20, 0, 9, 31}), make_meta(bs, {3}, {12}),
                                 make_meta(bs), make_meta(bs, {1, 1, 1, 1, 1, 1}, {4, 27, 0, 13, 8, 30}),
@@ -859,9 +859,9 @@ TEST_P(CudaOps, FewTokenLinearMatchesTheCpuReference) {
   std::mt19937 g(7);
   const DType dt = GetParam();
   const std::pair<int64_t, int64_t> shapes[] = {{96, 333}, {100, 333}, {96, 20000}, {4104, 70}};
-  for (int64_t from : {int64_t(5), int64_t(1)}) {  // 16-bit weights on the skinny kernels from 5 tokens (default), from 1
+  for (int64_t from : {int64_t(5), int64_t(1)}) {  // 16-bit weights on the GEMVs only (5), the skinny kernels only (1)
     gpu->set_skinny_min_tokens(from);
-    for (int64_t T : {1, 2, 4, 5, 8, 13, 16, 17, 24, 32}) {
+    for (int64_t T : {1, 2, 3, 4, 5, 8, 13, 16, 17, 24, 32}) {
       for (const auto& [K, N] : shapes) {
         const std::string at = "T = " + std::to_string(T) + ", K = " + std::to_string(K) + ", N = " + std::to_string(N) +
                              ", skinny from " + std::to_string(from);

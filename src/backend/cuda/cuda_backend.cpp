@@ -168,7 +168,8 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   const char* e = std::getenv("LLMSERVE_SKINNY_GEMM");
   skinny_on_ = !(e && std::string(e) == "0");
   // Linear layers of 1-4 tokens on the tensor-core skinny kernels from these counts, on the CUDA-core GEMVs
-  // below them: FP8 matrices from 4 tokens, 16-bit ones from 5 (none); for measuring,
+  // below them: 3 tokens for FP8 and 16-bit matrices alike (H200, kernel_bench --few-tokens: the GEMVs
+  // lead at 1-2 tokens, the skinny kernels from 3; docs/performance.md, thirty-sixth session); for measuring,
   // LLMSERVE_SKINNY_FP8_MIN_TOKENS / LLMSERVE_SKINNY_MIN_TOKENS = 1..5 move the boundaries.
   auto min_tokens = [](const char* name, int64_t& v) {
     const char* t = std::getenv(name);
