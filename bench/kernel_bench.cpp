@@ -19,7 +19,7 @@
 //    decode over batch sizes and contexts and prefill of one causal sequence (its fp8 blocks widened
 //    tile by tile by the kernel, and once before it).
 // Usage: kernel_bench [--quick | --layers | --layers-7b | --attention | --attention-chunks | --attention-fp8 | --sampler | --boundary
-//                      | --splitk | --skinny | --prefill | --fp8 | --fp8-small]
+//                      | --splitk | --skinny | --prefill | --fp8 | --few-tokens]
 // (prints tables; exits 77 without a GPU; --layers: the rooflines and the step-layer tables alone;
 // --layers-7b: the decode-layer tables at the Qwen2.5-7B shape (1, 8 and 16 sequences), GEMVs of one size
 // by row length, lm_head and the draw;
@@ -29,7 +29,8 @@
 // --skinny: the rooflines and the 5-32-token linear layers, skinny GEMMs against cuBLASLt; --prefill: the
 // rooflines and prefill attention, the warpgroup-MMA kernel against the mma.sync one; --fp8: the
 // rooflines, the GEMV chains and many-token linear layers with FP8 weights, expanded and as FP8 GEMMs;
-// --fp8-small: the rooflines and 1-4-token linear layers over FP8 weights, the GEMVs against the skinny kernels)
+// --few-tokens: the rooflines and 1-4-token linear layers over FP8 and bf16 weights, the GEMVs against the
+// skinny kernels)
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -378,40 +379,49 @@ void skinny_table(CudaBackend& be, double copy_gbs) {
   std::printf("(copy bandwidth %.0f GB/s)\n", copy_gbs);
 }
 
-// One to four tokens over FP8 weights (quantization: fp8), us per layer over 28 distinct matrices in a
-// graph: the backend's CUDA-core GEMVs (row_stream, what decode steps of 1-4 sequences take: 8 thread
-// instructions a weight and 71% of copy at one token, ncu in the thirty-fifth session) against the
-// tensor-core skinny kernels called directly (tile_stream: the codes widened to 16 bits exactly, one
-// mma.m16n8k16 per 256 weights, the tokens as the n dimension). Both read the same codes; the largest
-// difference of their outputs is printed against the outputs' largest magnitude.
-void fp8_small_table(CudaBackend& be, double copy_gbs) {
+// One to four tokens over FP8 weights (quantization: fp8) and over bf16 ones, us per layer over 28 distinct
+// matrices in a graph: the backend's CUDA-core GEMVs (row_stream, what decode steps of 1-4 sequences take
+// below skinny_fp8_min_tokens: FP8 costs them 8 thread instructions a byte, ncu in the thirty-fifth
+// session) against the tensor-core skinny kernels called directly (tile_stream: FP8 codes widened to 16
+// bits exactly, one mma.m16n8k16 per 256 weights, the tokens as the n dimension). Both read the same
+// weights; the largest difference of their outputs is printed against the outputs' largest magnitude.
+void few_token_table(CudaBackend& be, DType wt, double copy_gbs) {
   const int64_t L = 28;
   using B16 = __nv_bfloat16;
   using F8 = __nv_fp8_e4m3;
-  std::printf("\n%-32s %6s %22s %22s %12s\n", "fp8 weights, 1-4 tokens (us/layer)", "tokens", "CUDA-core GEMV",
-              "tensor-core skinny", "max diff");
+  const bool fp8 = wt == DType::F8E4M3;
+  std::printf("\n%-32s %6s %22s %22s %12s\n", fp8 ? "fp8 weights, 1-4 tokens (us/layer)" : "bf16 weights, 1-4 tokens (us/layer)",
+              "tokens", "CUDA-core GEMV", "tensor-core skinny", "max diff");
+  const int64_t min_fp8 = be.skinny_fp8_min_tokens(), min_16 = be.skinny_min_tokens();
+  be.set_skinny_fp8_min_tokens(cuda::kSkinnyMinTokens);  // (the backend's calls: the GEMVs for 1-4 tokens)
+  be.set_skinny_min_tokens(cuda::kSkinnyMinTokens);
   for (const LinearShape& sh : kLayerLinears) {
     const int mats = sh.kind == 2 ? 2 : 1;
     std::vector<Tensor> w;  // layer i: w[mats * i + r]
-    for (int64_t i = 0; i < L * mats; ++i) w.push_back(random_tensor(be, {sh.n, sh.k}, DType::F8E4M3));
-    for (int64_t M : {1, 2, 4}) {
+    for (int64_t i = 0; i < L * mats; ++i) w.push_back(random_tensor(be, {sh.n, sh.k}, wt));
+    for (int64_t M : {1, 2, 3, 4}) {
       Tensor x = random_tensor(be, {M, sh.k}, DType::BF16, 1.f);
       Tensor y[2] = {be.empty({M, sh.n}, DType::F32), be.empty({M, sh.n}, DType::F32)};
       Tensor act[2] = {be.empty({M, sh.n}, DType::BF16), be.empty({M, sh.n}, DType::BF16)};
       Tensor gu = be.empty({M, 2 * sh.n}, DType::F32);
       auto layer = [&](int way, int64_t i) {
         const Tensor& a = w[static_cast<size_t>(mats * i)];
+        const Tensor& b = w[static_cast<size_t>(mats * i + mats - 1)];
         if (way == 0) {
-          if (sh.kind == 2) be.gate_up_silu(x, a, w[static_cast<size_t>(mats * i + 1)], gu, act[0]);
+          if (sh.kind == 2) be.gate_up_silu(x, a, b, gu, act[0]);
           else if (sh.kind == 1) be.linear_residual(x, a, y[0], y[0]);
           else be.linear(x, a, nullptr, y[0]);
-        } else if (sh.kind == 2) {
-          const Tensor& b = w[static_cast<size_t>(mats * i + 1)];
+        } else if (fp8 && sh.kind == 2) {
           cuda::skinny_gate_up_silu<B16, F8>(x.as<B16>(), static_cast<const F8*>(a.data), static_cast<const F8*>(b.data),
                                              a.scale, b.scale, M, sh.k, sh.n, act[1].as<B16>(), be.stream());
-        } else {
+        } else if (fp8) {
           cuda::skinny_gemm<B16, float, F8>(x.as<B16>(), static_cast<const F8*>(a.data), a.scale, nullptr, M, sh.k, sh.n,
                                             y[1].as<float>(), be.stream(), sh.kind == 1);
+        } else if (sh.kind == 2) {
+          cuda::skinny_gate_up_silu<B16>(x.as<B16>(), a.as<B16>(), b.as<B16>(), M, sh.k, sh.n, act[1].as<B16>(), be.stream());
+        } else {
+          cuda::skinny_gemm<B16, float>(x.as<B16>(), a.as<B16>(), nullptr, M, sh.k, sh.n, y[1].as<float>(), be.stream(),
+                                        sh.kind == 1);
         }
       };
       double us[2];
@@ -423,12 +433,11 @@ void fp8_small_table(CudaBackend& be, double copy_gbs) {
         layer(way, 0);
       }
       cudaStreamSynchronize(be.stream());
-      const bool act_out = sh.kind == 2;
       const size_t n = static_cast<size_t>(M * sh.n);
       std::vector<float> out[2];
       for (int way = 0; way < 2; ++way) {
         out[way].resize(n);
-        if (act_out) {
+        if (sh.kind == 2) {
           std::vector<B16> h(n);
           cudaMemcpy(h.data(), act[way].data, n * sizeof(B16), cudaMemcpyDeviceToHost);
           for (size_t j = 0; j < n; ++j) out[way][j] = __bfloat162float(h[j]);
@@ -441,11 +450,13 @@ void fp8_small_table(CudaBackend& be, double copy_gbs) {
         diff = std::max(diff, static_cast<double>(std::fabs(out[0][j] - out[1][j])));
         mag = std::max(mag, static_cast<double>(std::fabs(out[0][j])));
       }
-      const double bytes = 1.0 * mats * sh.n * sh.k;
+      const double bytes = (fp8 ? 1.0 : 2.0) * mats * sh.n * sh.k;
       std::printf("%-32s %6lld %10.2f (%5.0f GB/s) %10.2f (%5.0f GB/s) %12.2e\n", sh.name, static_cast<long long>(M), us[0],
                   bytes / (us[0] * 1e-6) / 1e9, us[1], bytes / (us[1] * 1e-6) / 1e9, mag > 0 ? diff / mag : diff);
     }
   }
+  be.set_skinny_fp8_min_tokens(min_fp8);
+  be.set_skinny_min_tokens(min_16);
   std::printf("(copy bandwidth %.0f GB/s)\n", copy_gbs);
 }
 
@@ -760,8 +771,8 @@ int main(int argc, char** argv) {
     splitk_table(be, copy_gbs, peak_tflops);
     return 0;
   }
-  if (argc > 1 && std::strcmp(argv[1], "--fp8-small") == 0) {
-    fp8_small_table(be, copy_gbs);
+  if (argc > 1 && std::strcmp(argv[1], "--few-tokens") == 0) {
+    for (const DType wt : {DType::F8E4M3, DType::BF16}) few_token_table(be, wt, copy_gbs);
     return 0;
   }
   if (argc > 1 && std::strcmp(argv[1], "--fp8") == 0) {

@@ -204,6 +204,19 @@ void skinny_qkv_rope(const T* h, const T* w, const float* bias, int64_t M, int64
 // kMaxNormSmem.
 constexpr size_t kMaxNormSmem = 48 << 10;
 inline size_t norm_smem_bytes(int64_t M, int64_t K, size_t elem) { return static_cast<size_t>((M + 1) * K) * elem; }
+// skinny_gate_up_silu and skinny_qkv_rope over float32 rows x that every block first normalizes into its
+// shared memory (RMSNorm with weights norm_w), as the fused GEMVs do: the norm and the projections in one
+// launch, for 1-4 rows (the backend's choice for FP8 matrices from skinny_fp8_min_tokens; at 5-16 rows
+// each block would read them all before its first product, so those take rmsnorm and then the skinny
+// launch), where skinny_norm_fits.
+bool skinny_norm_fits(int64_t M, int64_t K, size_t elem);
+template <typename T, typename TW>
+void skinny_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const TW* w_gate, const TW* w_up,
+                              const float* s_gate, const float* s_up, int64_t M, int64_t K, int64_t N, T* act,
+                              cudaStream_t s);
+template <typename T, typename TW>
+void skinny_norm_qkv_rope(const float* x, const T* norm_w, float eps, const TW* w, const float* w_scale,
+                          const float* bias, int64_t M, int64_t K, const RopeCacheWrite& a, cudaStream_t s);
 // RoPE on q [n, Hq, D] in place; k rotated and v written into the caches at slots (k unchanged).
 template <typename T>
 void rope_kv_write(float* q, const float* k, const float* v, const int32_t* positions, const float* inv_freq,

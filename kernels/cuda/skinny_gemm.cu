@@ -9,6 +9,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.cuh"
+#include "kernels/cuda/row_dot.cuh"
 #include "kernels/cuda/tile_stream.cuh"
 
 namespace llmserve::cuda {
@@ -19,6 +20,17 @@ constexpr int kWarpsPerBlock = 8;
 // Weight loads a lane keeps in flight per group: fewer for more matrices and more n-tiles (registers).
 template <int NT, int R>
 constexpr int kGroupSteps = R == 1 ? 4 : 2;
+
+// A launch's input rows: M rows of the activation type at h, K apart; or, where x is set, M float32 rows
+// that each block normalizes first (RMSNorm with weights norm_w and eps): the decode layer's input norms in
+// the launch of the projections that read them.
+template <typename T>
+struct SkinnyIn {
+  const T* h = nullptr;
+  const float* x = nullptr;
+  const T* norm_w = nullptr;
+  float eps = 0.f;
+};
 
 struct PlainRows {
   __device__ void operator()(int64_t i, int64_t* r0, int64_t* r1) const { *r0 = 16 * i, *r1 = 16 * i + 8; }
@@ -34,19 +46,40 @@ __device__ __forceinline__ void for_fragment(int64_t tile, int lane, F f) {
     for (int e = 0; e < 4; ++e) f(16 * tile + g + (e < 2 ? 0 : 8), 8 * j + 2 * t + (e & 1), j, e);
 }
 
+// rmsnorm_rows (row_dot.cuh) for the runtime row count M of a launch that normalizes, 1-4 (skinny_norm_fits).
+template <typename T>
+__device__ __forceinline__ void rmsnorm_few_rows(const float* x, const T* w, int64_t M, int64_t K, float eps, T* h) {
+  switch (M) {
+    case 1: return rmsnorm_rows<T, 1>(x, w, K, eps, h);
+    case 2: return rmsnorm_rows<T, 2>(x, w, K, eps, h);
+    case 3: return rmsnorm_rows<T, 3>(x, w, K, eps, h);
+    default: return rmsnorm_rows<T, 4>(x, w, K, eps, h);
+  }
+}
+
 // A block of kWarpsPerBlock warps takes a tile of 16 rows at a time (`tiles` of them, rows(tile, &row0,
 // &row1) as tile_stream takes it), each warp a contiguous share of K (so that a matrix of few rows still
 // has a warp per SM and more streaming it), and sums the warps' fragments in shared memory: fin(tile,
 // sum) then runs on one warp, the tile's owner, with the tile's whole products in tile_stream's layout.
+// The input rows: in.h, or where in.x is set, in.x normalized first into the block's dynamic shared memory
+// (norm_smem_bytes of it; 1-4 rows, as the fused GEMVs do), after the kernel's wait on the previous grid
+// and while the first weights stream in; the norm's weights are copied in before that wait.
 template <typename T, int NT, int R, typename TW, typename Fin, typename Rows = PlainRows>
-__device__ __forceinline__ void tile_block(const T* x, int64_t M, const TW* const (&w)[R], const float* const* scale,
-                                           int64_t K, int64_t N, Fin fin, int64_t tiles = -1, Rows rows = {}) {
+__device__ __forceinline__ void tile_block(const SkinnyIn<T>& in, int64_t M, const TW* const (&w)[R],
+                                           const float* const* scale, int64_t K, int64_t N, Fin fin, int64_t tiles = -1,
+                                           Rows rows = {}) {
   if (tiles < 0) tiles = (N + 15) / 16;
   __shared__ float part[kWarpsPerBlock][R * NT * 4][32];
+  extern __shared__ __align__(16) unsigned char norm_smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
   const int64_t steps = (K + 31) / 32, kn = (steps + kWarpsPerBlock - 1) / kWarpsPerBlock * 32;
+  T* h = reinterpret_cast<T*>(norm_smem);
+  const T* nw = in.x ? stage_norm_weights(in.norm_w, K, h + M * K) : nullptr;
   tile_stream<T, NT, R, kGroupSteps<NT, R>>(
-      x, M, w, scale, K, warp * kn, kn, N, blockIdx.x, gridDim.x, tiles, lane, rows, [] {},
+      in.x ? h : in.h, M, w, scale, K, warp * kn, kn, N, blockIdx.x, gridDim.x, tiles, lane, rows,
+      [&] {
+        if (in.x) rmsnorm_few_rows<T>(in.x, nw, M, K, in.eps, h);
+      },
       [&](int64_t tile, const float(&acc)[R][NT][4]) {
 #pragma unroll
         for (int r = 0; r < R; ++r)
@@ -83,7 +116,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int lane = threadIdx.x & 31;
   const TW* const mats[1] = {w};
   const float* const scales[1] = {w_scale};
-  tile_block<T, NT, 1>(x, M, mats, scales, K, N, [&](int64_t tile, const float(&acc)[1][NT][4]) {
+  tile_block<T, NT, 1>(SkinnyIn<T>{x}, M, mats, scales, K, N, [&](int64_t tile, const float(&acc)[1][NT][4]) {
     for_fragment<NT>(tile, lane, [&](int64_t n, int64_t m, int j, int e) {
       if (n >= N || m >= M) return;
       const float y = acc[0][j][e] + (bias ? bias[n] : 0.f);
@@ -94,13 +127,13 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 
 template <typename T, typename TW, int NT>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    skinny_gate_up_k(const T* __restrict__ x, const TW* __restrict__ wg, const TW* __restrict__ wu,
+    skinny_gate_up_k(SkinnyIn<T> in, const TW* __restrict__ wg, const TW* __restrict__ wu,
                      const float* __restrict__ sg, const float* __restrict__ su, int64_t M, int64_t K, int64_t N,
                      T* __restrict__ act) {
   const int lane = threadIdx.x & 31;
   const TW* const mats[2] = {wg, wu};
   const float* const scales[2] = {sg, su};
-  tile_block<T, NT, 2>(x, M, mats, scales, K, N, [&](int64_t tile, const float(&acc)[2][NT][4]) {
+  tile_block<T, NT, 2>(in, M, mats, scales, K, N, [&](int64_t tile, const float(&acc)[2][NT][4]) {
     for_fragment<NT>(tile, lane, [&](int64_t n, int64_t m, int j, int e) {
       if (n >= N || m >= M) return;
       const float gv = acc[0][j][e];
@@ -115,7 +148,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // rotates them itself; q (float32) out, k and v into the caches at the tokens' slots (none below 0).
 template <typename T, typename TW, int NT>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    skinny_qkv_rope_k(const T* __restrict__ h, const TW* __restrict__ w, const float* __restrict__ w_scale,
+    skinny_qkv_rope_k(SkinnyIn<T> in, const TW* __restrict__ w, const float* __restrict__ w_scale,
                       const float* __restrict__ bias, int64_t M, int64_t K, RopeCacheWrite a) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int64_t half = a.D / 2, per_head = half / 8, heads = a.Hq + 2 * a.Hk;
@@ -126,7 +159,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     *r1 = *r0 + half;
   };
   tile_block<T, NT, 1>(
-      h, M, mats, scales, K, heads * a.D,
+      in, M, mats, scales, K, heads * a.D,
       [&](int64_t tile, const float(&acc)[1][NT][4]) {
         const int64_t head = tile / per_head, i = tile % per_head * 8 + g, r1 = head * a.D + i, r2 = r1 + half;
         const float b1 = bias ? bias[r1] : 0.f, b2 = bias ? bias[r2] : 0.f;
@@ -161,16 +194,18 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // Launches the instance for the n-tiles of 8 tokens that M needs (make(std::integral_constant<int, NT>)
 // gives it) as `what` with kernel arguments args: a block a tile of 16 rows, at most one wave of
 // resident blocks (each takes tiles in turn). The kernels must take the shape (skinny_gemm_supports).
+// With smem bytes of dynamic shared memory (the normalized rows of a launch that normalizes: up to
+// kMaxNormSmem, which needs no opt-in).
 template <typename Make, typename... Args>
 void launch_skinny(const char* what, int64_t M, int64_t K, std::initializer_list<const void*> operands, int64_t tiles,
-                   cudaStream_t s, Make make, Args... args) {
-  if (!skinny_gemm_supports(M, K, operands))
+                   size_t smem, cudaStream_t s, Make make, Args... args) {
+  if (!skinny_gemm_supports(M, K, operands) || smem > kMaxNormSmem)
     check(cudaErrorInvalidValue, (std::string(what) + ": unsupported shape").c_str());
   const int threads = kWarpsPerBlock * 32;
   auto go = [&](auto nt) {
     const auto kernel = make(nt);
-    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(tiles, resident_blocks(kernel, threads, 0)));
-    launch(what, kernel, blocks, threads, 0, s, args...);
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(tiles, resident_blocks(kernel, threads, smem)));
+    launch(what, kernel, blocks, threads, smem, s, args...);
   };
   if (M <= 8) go(std::integral_constant<int, 1>{});
   else go(std::integral_constant<int, 2>{});  // (M <= kSkinnyMaxTokens = 16: skinny_gemm_fits)
@@ -189,31 +224,71 @@ bool skinny_gemm_fits(int64_t M, int64_t K, std::initializer_list<const void*> o
   return M >= kSkinnyMinTokens && skinny_gemm_supports(M, K, operands);
 }
 
+bool skinny_norm_fits(int64_t M, int64_t K, size_t elem) {
+  return M >= 1 && M <= 4 && K % 8 == 0 && norm_smem_bytes(M, K, elem) <= kMaxNormSmem;
+}
+
 template <typename T, typename TO, typename TW>
 void skinny_gemm(const T* x, const TW* w, const float* w_scale, const float* bias, int64_t M, int64_t K, int64_t N,
                  TO* out, cudaStream_t s, bool accumulate) {
   if (M == 0 || N == 0) return;
-  launch_skinny("skinny_gemm", M, K, {x, w}, (N + 15) / 16, s,
+  launch_skinny("skinny_gemm", M, K, {x, w}, (N + 15) / 16, 0, s,
                 [](auto nt) { return skinny_gemm_k<T, TO, TW, decltype(nt)::value>; }, x, w, w_scale, bias, M, K, N,
                 out, accumulate);
 }
 
+namespace {
+
+template <typename T, typename TW>
+void gate_up_launch(const SkinnyIn<T>& in, const TW* w_gate, const TW* w_up, const float* s_gate, const float* s_up,
+                    int64_t M, int64_t K, int64_t N, T* act, cudaStream_t s) {
+  if (M == 0 || N == 0) return;
+  const bool norm = in.x != nullptr;
+  if (norm && !skinny_norm_fits(M, K, sizeof(T))) check(cudaErrorInvalidValue, "skinny_norm_gate_up_silu: unsupported shape");
+  launch_skinny(norm ? "skinny_norm_gate_up_silu" : "skinny_gate_up_silu", M, K,
+                {norm ? static_cast<const void*>(in.x) : in.h, w_gate, w_up}, (N + 15) / 16,
+                norm ? norm_smem_bytes(M, K, sizeof(T)) : 0, s,
+                [](auto nt) { return skinny_gate_up_k<T, TW, decltype(nt)::value>; }, in, w_gate, w_up, s_gate, s_up, M,
+                K, N, act);
+}
+
+template <typename T, typename TW>
+void qkv_rope_launch(const SkinnyIn<T>& in, const TW* w, const float* w_scale, const float* bias, int64_t M, int64_t K,
+                     const RopeCacheWrite& a, cudaStream_t s) {
+  if (M == 0) return;
+  const bool norm = in.x != nullptr;
+  if (a.D % 16 != 0) check(cudaErrorInvalidValue, "skinny_qkv_rope: the head size must be a multiple of 16");
+  if (norm && !skinny_norm_fits(M, K, sizeof(T))) check(cudaErrorInvalidValue, "skinny_norm_qkv_rope: unsupported shape");
+  launch_skinny(norm ? "skinny_norm_qkv_rope" : "skinny_qkv_rope", M, K, {norm ? static_cast<const void*>(in.x) : in.h, w},
+                (a.Hq + 2 * a.Hk) * a.D / 16, norm ? norm_smem_bytes(M, K, sizeof(T)) : 0, s,
+                [](auto nt) { return skinny_qkv_rope_k<T, TW, decltype(nt)::value>; }, in, w, w_scale, bias, M, K, a);
+}
+
+}  // namespace
+
 template <typename T, typename TW>
 void skinny_gate_up_silu(const T* x, const TW* w_gate, const TW* w_up, const float* s_gate, const float* s_up, int64_t M,
                          int64_t K, int64_t N, T* act, cudaStream_t s) {
-  if (M == 0 || N == 0) return;
-  launch_skinny("skinny_gate_up_silu", M, K, {x, w_gate, w_up}, (N + 15) / 16, s,
-                [](auto nt) { return skinny_gate_up_k<T, TW, decltype(nt)::value>; }, x, w_gate, w_up, s_gate, s_up, M,
-                K, N, act);
+  gate_up_launch<T, TW>(SkinnyIn<T>{x}, w_gate, w_up, s_gate, s_up, M, K, N, act, s);
+}
+
+template <typename T, typename TW>
+void skinny_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const TW* w_gate, const TW* w_up,
+                              const float* s_gate, const float* s_up, int64_t M, int64_t K, int64_t N, T* act,
+                              cudaStream_t s) {
+  gate_up_launch<T, TW>(SkinnyIn<T>{nullptr, x, norm_w, eps}, w_gate, w_up, s_gate, s_up, M, K, N, act, s);
 }
 
 template <typename T, typename TW>
 void skinny_qkv_rope(const T* h, const TW* w, const float* w_scale, const float* bias, int64_t M, int64_t K,
                      const RopeCacheWrite& a, cudaStream_t s) {
-  if (M == 0) return;
-  if (a.D % 16 != 0) check(cudaErrorInvalidValue, "skinny_qkv_rope: the head size must be a multiple of 16");
-  launch_skinny("skinny_qkv_rope", M, K, {h, w}, (a.Hq + 2 * a.Hk) * a.D / 16, s,
-                [](auto nt) { return skinny_qkv_rope_k<T, TW, decltype(nt)::value>; }, h, w, w_scale, bias, M, K, a);
+  qkv_rope_launch<T, TW>(SkinnyIn<T>{h}, w, w_scale, bias, M, K, a, s);
+}
+
+template <typename T, typename TW>
+void skinny_norm_qkv_rope(const float* x, const T* norm_w, float eps, const TW* w, const float* w_scale,
+                          const float* bias, int64_t M, int64_t K, const RopeCacheWrite& a, cudaStream_t s) {
+  qkv_rope_launch<T, TW>(SkinnyIn<T>{nullptr, x, norm_w, eps}, w, w_scale, bias, M, K, a, s);
 }
 
 #define INSTANTIATE_W(T, TW)                                                                                         \
@@ -224,7 +299,11 @@ void skinny_qkv_rope(const T* h, const TW* w, const float* w_scale, const float*
   template void skinny_gate_up_silu<T, TW>(const T*, const TW*, const TW*, const float*, const float*, int64_t,      \
                                            int64_t, int64_t, T*, cudaStream_t);                                      \
   template void skinny_qkv_rope<T, TW>(const T*, const TW*, const float*, const float*, int64_t, int64_t,           \
-                                       const RopeCacheWrite&, cudaStream_t);
+                                       const RopeCacheWrite&, cudaStream_t);                                         \
+  template void skinny_norm_gate_up_silu<T, TW>(const float*, const T*, float, const TW*, const TW*, const float*,   \
+                                                const float*, int64_t, int64_t, int64_t, T*, cudaStream_t);          \
+  template void skinny_norm_qkv_rope<T, TW>(const float*, const T*, float, const TW*, const float*, const float*,    \
+                                            int64_t, int64_t, const RopeCacheWrite&, cudaStream_t);
 #define INSTANTIATE(T) INSTANTIATE_W(T, T) INSTANTIATE_W(T, __nv_fp8_e4m3)
 LLMSERVE_FOR_EACH_HALF_TYPE(INSTANTIATE)
 

@@ -511,48 +511,51 @@ TEST_P(CudaOps, FusedOpsMatchTheCpuComposition) {
     expect_close(kc.first, kc.second, "rope_kv_write key cache", tol());
     expect_close(vc.first, vc.second, "rope_kv_write value cache", tol());
   }
-  for (int64_t rows : {1, 3, 6, 13}) {  // projections: fused for up to 4 rows, the skinny or plain ops above that
-    auto x = both(randn(rows * H, g), {rows, H}, dt);
-    auto wq = both(randn(Hq * D * H, g, 0.1f), {Hq * D, H}, dt), wk = both(randn(Hk * D * H, g, 0.1f), {Hk * D, H}, dt);
-    auto wv = both(randn(Hk * D * H, g, 0.1f), {Hk * D, H}, dt);
-    auto bq = both(randn(Hq * D, g), {Hq * D}, DType::F32), bk = both(randn(Hk * D, g), {Hk * D}, DType::F32);
-    Tensor qc = cpu.empty({rows, Hq * D}, DType::F32), kc = cpu.empty({rows, Hk * D}, DType::F32), vc = cpu.empty({rows, Hk * D}, DType::F32);
-    Tensor qg = gpu->empty({rows, Hq * D}, DType::F32), kg = gpu->empty({rows, Hk * D}, DType::F32), vg = gpu->empty({rows, Hk * D}, DType::F32);
-    cpu.linear_qkv(x.first, wq.first, &bq.first, qc, wk.first, &bk.first, kc, wv.first, nullptr, vc);
-    gpu->linear_qkv(x.second, wq.second, &bq.second, qg, wk.second, &bk.second, kg, wv.second, nullptr, vg);
-    const double t = dt == DType::F32 ? 1e-5 : 1e-2;
-    expect_close(qc, qg, "linear_qkv q", t);
-    expect_close(kc, kg, "linear_qkv k", t);
-    expect_close(vc, vg, "linear_qkv v", t);
-    const auto wgv = randn(I * H, g, 0.1f), wuv = randn(I * H, g, 0.1f);
-    auto wg = both(wgv, {I, H}, dt), wu = both(wuv, {I, H}, dt);
-    // The same weights stacked in one allocation, as the model loads them (one GEMM above 4 rows).
-    std::vector<float> guv(wgv);
-    guv.insert(guv.end(), wuv.begin(), wuv.end());
-    const Tensor stack = gpu->upload(guv.data(), {2 * I, H}, dt);
-    const Tensor wgs = rows_view(stack, 0, I), wus = rows_view(stack, I, I);
-    ASSERT_TRUE(stacked_rows({&wgs, &wus}));
-    Tensor guc = cpu.empty({rows, 2 * I}, DType::F32), ac = cpu.empty({rows, I}, DType::F32);
-    Tensor gug = gpu->empty({rows, 2 * I}, DType::F32), ag = gpu->empty({rows, I}, dt);
-    cpu.gate_up_silu(x.first, wg.first, wu.first, guc, ac);
-    gpu->gate_up_silu(x.second, wg.second, wu.second, gug, ag);
-    expect_close(ac, ag, "gate_up_silu", tol());
-    gpu->gate_up_silu(x.second, wgs, wus, gug, ag);
-    expect_close(ac, ag, "gate_up_silu, stacked weights", tol());
-    // The MLP's input norm fused in front (float32 residual stream in).
-    auto res = both(randn(rows * H, g), {rows, H}, DType::F32), nw = both(randn(H, g), {H}, dt);
-    Tensor hc = cpu.empty({rows, H}, DType::F32), hg = gpu->empty({rows, H}, dt);
-    cpu.norm_gate_up_silu(res.first, {nw.first, 1e-6f, hc}, wg.first, wu.first, guc, ac);
-    gpu->norm_gate_up_silu(res.second, {nw.second, 1e-6f, hg}, wgs, wus, gug, ag);
-    expect_close(ac, ag, "norm_gate_up_silu, stacked weights", tol());
-    gpu->norm_gate_up_silu(res.second, {nw.second, 1e-6f, hg}, wg.second, wu.second, gug, ag);
-    expect_close(ac, ag, "norm_gate_up_silu", tol());
-    // An output projection adding into the residual stream (GEMV for a few rows, GEMM with C = D above).
-    auto wo = both(randn(H * I, g, 0.1f), {H, I}, dt);
-    Tensor yc = cpu.empty({rows, H}, DType::F32), yg = gpu->empty({rows, H}, DType::F32);
-    cpu.linear_residual(ac, wo.first, yc, res.first);
-    gpu->linear_residual(ag, wo.second, yg, res.second);
-    expect_close(res.first, res.second, "linear_residual", tol());
+  for (int64_t from : {int64_t(5), int64_t(1)}) {  // 16-bit weights on the GEMVs only (5), the skinny kernels only (1)
+    gpu->set_skinny_min_tokens(from);
+    for (int64_t rows : {1, 3, 6, 13}) {  // projections: fused for up to 4 rows, the skinny or plain ops above that
+      auto x = both(randn(rows * H, g), {rows, H}, dt);
+      auto wq = both(randn(Hq * D * H, g, 0.1f), {Hq * D, H}, dt), wk = both(randn(Hk * D * H, g, 0.1f), {Hk * D, H}, dt);
+      auto wv = both(randn(Hk * D * H, g, 0.1f), {Hk * D, H}, dt);
+      auto bq = both(randn(Hq * D, g), {Hq * D}, DType::F32), bk = both(randn(Hk * D, g), {Hk * D}, DType::F32);
+      Tensor qc = cpu.empty({rows, Hq * D}, DType::F32), kc = cpu.empty({rows, Hk * D}, DType::F32), vc = cpu.empty({rows, Hk * D}, DType::F32);
+      Tensor qg = gpu->empty({rows, Hq * D}, DType::F32), kg = gpu->empty({rows, Hk * D}, DType::F32), vg = gpu->empty({rows, Hk * D}, DType::F32);
+      cpu.linear_qkv(x.first, wq.first, &bq.first, qc, wk.first, &bk.first, kc, wv.first, nullptr, vc);
+      gpu->linear_qkv(x.second, wq.second, &bq.second, qg, wk.second, &bk.second, kg, wv.second, nullptr, vg);
+      const double t = dt == DType::F32 ? 1e-5 : 1e-2;
+      expect_close(qc, qg, "linear_qkv q", t);
+      expect_close(kc, kg, "linear_qkv k", t);
+      expect_close(vc, vg, "linear_qkv v", t);
+      const auto wgv = randn(I * H, g, 0.1f), wuv = randn(I * H, g, 0.1f);
+      auto wg = both(wgv, {I, H}, dt), wu = both(wuv, {I, H}, dt);
+      // The same weights stacked in one allocation, as the model loads them (one GEMM above 4 rows).
+      std::vector<float> guv(wgv);
+      guv.insert(guv.end(), wuv.begin(), wuv.end());
+      const Tensor stack = gpu->upload(guv.data(), {2 * I, H}, dt);
+      const Tensor wgs = rows_view(stack, 0, I), wus = rows_view(stack, I, I);
+      ASSERT_TRUE(stacked_rows({&wgs, &wus}));
+      Tensor guc = cpu.empty({rows, 2 * I}, DType::F32), ac = cpu.empty({rows, I}, DType::F32);
+      Tensor gug = gpu->empty({rows, 2 * I}, DType::F32), ag = gpu->empty({rows, I}, dt);
+      cpu.gate_up_silu(x.first, wg.first, wu.first, guc, ac);
+      gpu->gate_up_silu(x.second, wg.second, wu.second, gug, ag);
+      expect_close(ac, ag, "gate_up_silu", tol());
+      gpu->gate_up_silu(x.second, wgs, wus, gug, ag);
+      expect_close(ac, ag, "gate_up_silu, stacked weights", tol());
+      // The MLP's input norm fused in front (float32 residual stream in).
+      auto res = both(randn(rows * H, g), {rows, H}, DType::F32), nw = both(randn(H, g), {H}, dt);
+      Tensor hc = cpu.empty({rows, H}, DType::F32), hg = gpu->empty({rows, H}, dt);
+      cpu.norm_gate_up_silu(res.first, {nw.first, 1e-6f, hc}, wg.first, wu.first, guc, ac);
+      gpu->norm_gate_up_silu(res.second, {nw.second, 1e-6f, hg}, wgs, wus, gug, ag);
+      expect_close(ac, ag, "norm_gate_up_silu, stacked weights", tol());
+      gpu->norm_gate_up_silu(res.second, {nw.second, 1e-6f, hg}, wg.second, wu.second, gug, ag);
+      expect_close(ac, ag, "norm_gate_up_silu", tol());
+      // An output projection adding into the residual stream (GEMV for a few rows, GEMM with C = D above).
+      auto wo = both(randn(H * I, g, 0.1f), {H, I}, dt);
+      Tensor yc = cpu.empty({rows, H}, DType::F32), yg = gpu->empty({rows, H}, DType::F32);
+      cpu.linear_residual(ac, wo.first, yc, res.first);
+      gpu->linear_residual(ag, wo.second, yg, res.second);
+      expect_close(res.first, res.second, "linear_residual", tol());
+    }
   }
 }
 
@@ -565,90 +568,93 @@ TEST_P(CudaOps, ProjectionsRopeAndCacheWrite) {
   const DType dt = GetParam();
   const int64_t bs = 8, D = 64, H = 96, blocks = 64;  // (make_meta deals block ids below 4 x its sequences)
   for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {2, 2}}) {
-    for (const StepMeta& m : {make_meta(bs, {1}, {30}), make_meta(bs, {1, 1, 1, 1}, {20, 0, 9, 31}), make_meta(bs, {3}, {12}),
-                              make_meta(bs), make_meta(bs, {1, 1, 1, 1, 1, 1}, {4, 27, 0, 13, 8, 30}),
-                              make_meta(bs, {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1},
-                                                       {3, 9, 17, 30, 0, 5, 11, 22, 7, 2, 29, 14, 19, 25, 1, 8}, 4)}) {
-      const int64_t T = m.num_tokens();
-      cpu.begin_step(m);
-      gpu->begin_step(m);
-      auto x = both(randn(T * H, g), {T, H}, DType::F32), nw = both(randn(H, g), {H}, dt);
-      Tensor hc = cpu.empty({T, H}, DType::F32), hg = gpu->empty({T, H}, dt);
-      const auto wqv = randn(Hq * D * H, g, 0.1f), wkv = randn(Hk * D * H, g, 0.1f), wvv = randn(Hk * D * H, g, 0.1f);
-      const auto bqv = randn(Hq * D, g), bkv = randn(Hk * D, g), bvv = randn(Hk * D, g);
-      auto wq = both(wqv, {Hq * D, H}, dt), wk = both(wkv, {Hk * D, H}, dt), wv = both(wvv, {Hk * D, H}, dt);
-      auto bq = both(bqv, {Hq * D}, DType::F32), bk = both(bkv, {Hk * D}, DType::F32), bv = both(bvv, {Hk * D}, DType::F32);
-      // The same weights and biases stacked, as the model loads them (one GEMM above 4 tokens).
-      auto stack = [&](std::vector<const std::vector<float>*> parts, std::vector<int64_t> shape, DType t) {
-        std::vector<float> all;
-        for (const auto* p : parts) all.insert(all.end(), p->begin(), p->end());
-        const Tensor one = gpu->upload(all.data(), shape, t);
-        return std::vector<Tensor>{rows_view(one, 0, Hq * D), rows_view(one, Hq * D, Hk * D), rows_view(one, (Hq + Hk) * D, Hk * D)};
-      };
-      const auto ws = stack({&wqv, &wkv, &wvv}, {(Hq + 2 * Hk) * D, H}, dt);
-      const auto bs3 = stack({&bqv, &bkv, &bvv}, {(Hq + 2 * Hk) * D}, DType::F32);
-      ASSERT_TRUE(stacked_rows({&ws[0], &ws[1], &ws[2]}));
-      // (So the stacked modes below reach the skinny launch at 5-16 tokens, not the composition.)
-      const Tensor wstack = stacked_view({&ws[0], &ws[1], &ws[2]});
-      if (dt != DType::F32 && T >= 5 && T <= 16) {
-        EXPECT_TRUE(gpu->skinny(T, {&hg, &wstack})) << T << " tokens";
-      }
-      std::vector<float> freq(D / 2);
-      for (int64_t i = 0; i < D / 2; ++i) freq[i] = std::pow(10000.f, -2.f * i / D);
-      Tensor fc = cpu.upload(freq.data(), {D / 2}, DType::F32), fg = gpu->upload(freq.data(), {D / 2}, DType::F32);
-      // q and k biases (v none), none; then stacked weights with all three biases, none. Caches in the
-      // activation type, then of E4M3 codes (kv_cache_dtype fp8; the CPU backend's are the reference).
-      for (const bool fp8_kv : {false, true})
-      for (int mode : {0, 1, 2, 3}) {
-        const bool bias = mode == 0 || mode == 2, stacked = mode >= 2;
-        // Empty caches: only the step's rows hold values, so an error in any of them shows.
-        const std::vector<int64_t> cshape{blocks, bs, Hk, D};
-        auto kc = fp8_kv ? both_codes(std::vector<uint8_t>(blocks * bs * Hk * D, 0), cshape)
-                         : both(std::vector<float>(blocks * bs * Hk * D, 0.f), cshape, dt);
-        auto vc = fp8_kv ? both_codes(std::vector<uint8_t>(blocks * bs * Hk * D, 0), cshape)
-                         : both(std::vector<float>(blocks * bs * Hk * D, 0.f), cshape, dt);
-        Tensor qc = cpu.empty({T, Hq * D}, DType::F32), kc32 = cpu.empty({T, Hk * D}, DType::F32);
-        Tensor vc32 = cpu.empty({T, Hk * D}, DType::F32);
-        Tensor qg = gpu->empty({T, Hq * D}, DType::F32), kg32 = gpu->empty({T, Hk * D}, DType::F32);
-        Tensor vg32 = gpu->empty({T, Hk * D}, DType::F32);
-        const Tensor* cb[3] = {bias ? &bq.first : nullptr, bias ? &bk.first : nullptr, bias && stacked ? &bv.first : nullptr};
-        cpu.norm_qkv_rope_kv_write(x.first, {nw.first, 1e-6f, hc}, wq.first, cb[0], qc, wk.first, cb[1], kc32, wv.first,
-                                   cb[2], vc32, fc, D, kc.first, vc.first);
-        if (stacked)
-          gpu->norm_qkv_rope_kv_write(x.second, {nw.second, 1e-6f, hg}, ws[0], bias ? &bs3[0] : nullptr, qg, ws[1],
-                                      bias ? &bs3[1] : nullptr, kg32, ws[2], bias ? &bs3[2] : nullptr, vg32, fg, D,
-                                      kc.second, vc.second);
-        else
-          gpu->norm_qkv_rope_kv_write(x.second, {nw.second, 1e-6f, hg}, wq.second, bias ? &bq.second : nullptr, qg,
-                                      wk.second, bias ? &bk.second : nullptr, kg32, wv.second, nullptr, vg32, fg, D,
-                                      kc.second, vc.second);
-        const std::string what = "norm_qkv_rope_kv_write, " + std::to_string(T) + " tokens, Hq " + std::to_string(Hq) +
-                                 (bias ? ", bias" : "") + (stacked ? ", stacked weights" : "") +
-                                 (fp8_kv ? ", fp8 KV cache" : "");
-        expect_close(qc, qg, (what + ": queries").c_str(), dt == DType::F32 ? 1e-5 : 1e-2);
-        if (fp8_kv) {
-          // float32: the same values up to RoPE's sines, so all but a few codes equal. 16-bit: the
-          // normalized input and the weights are rounded (relative 2^-9 bf16, 2^-11 fp16 each), which
-          // over 96 products of about 0.1 leaves the keys and values (of about 1) some 1.6e-3 (bf16)
-          // apart, absolute: more than an E4M3 step near zero (2^-9 below 2^-5). Slack of 2^-5 (bf16)
-          // and 2^-7 (fp16): 2^-7 for bf16 was passed by 2 of some 100,000 codes on an H200. (A wrong
-          // slot, head or rotation moves values by about 1.)
-          const double differing = dt == DType::F32 ? 0.01 : 0.2;
-          const double slack = dt == DType::F32 ? 0.0 : std::ldexp(1.0, dt == DType::BF16 ? -5 : -7);
-          expect_codes_close(kc.first, kc.second, what + ": key cache", differing, slack);
-          expect_codes_close(vc.first, vc.second, what + ": value cache", differing, slack);
-        } else {
-          expect_close(kc.first, kc.second, (what + ": key cache").c_str(), tol());
-          expect_close(vc.first, vc.second, (what + ": value cache").c_str(), tol());
+    for (int64_t from : {int64_t(5), int64_t(1)}) {  // 16-bit weights on the GEMVs only (5), the skinny kernels only (1)
+      gpu->set_skinny_min_tokens(from);
+      for (const StepMeta& m : {make_meta(bs, {1}, {30}), make_meta(bs, {1, 1, 1, 1}, {20, 0, 9, 31}), make_meta(bs, {3}, {12}),
+                                make_meta(bs), make_meta(bs, {1, 1, 1, 1, 1, 1}, {4, 27, 0, 13, 8, 30}),
+                                make_meta(bs, {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1},
+                                                         {3, 9, 17, 30, 0, 5, 11, 22, 7, 2, 29, 14, 19, 25, 1, 8}, 4)}) {
+        const int64_t T = m.num_tokens();
+        cpu.begin_step(m);
+        gpu->begin_step(m);
+        auto x = both(randn(T * H, g), {T, H}, DType::F32), nw = both(randn(H, g), {H}, dt);
+        Tensor hc = cpu.empty({T, H}, DType::F32), hg = gpu->empty({T, H}, dt);
+        const auto wqv = randn(Hq * D * H, g, 0.1f), wkv = randn(Hk * D * H, g, 0.1f), wvv = randn(Hk * D * H, g, 0.1f);
+        const auto bqv = randn(Hq * D, g), bkv = randn(Hk * D, g), bvv = randn(Hk * D, g);
+        auto wq = both(wqv, {Hq * D, H}, dt), wk = both(wkv, {Hk * D, H}, dt), wv = both(wvv, {Hk * D, H}, dt);
+        auto bq = both(bqv, {Hq * D}, DType::F32), bk = both(bkv, {Hk * D}, DType::F32), bv = both(bvv, {Hk * D}, DType::F32);
+        // The same weights and biases stacked, as the model loads them (one GEMM above 4 tokens).
+        auto stack = [&](std::vector<const std::vector<float>*> parts, std::vector<int64_t> shape, DType t) {
+          std::vector<float> all;
+          for (const auto* p : parts) all.insert(all.end(), p->begin(), p->end());
+          const Tensor one = gpu->upload(all.data(), shape, t);
+          return std::vector<Tensor>{rows_view(one, 0, Hq * D), rows_view(one, Hq * D, Hk * D), rows_view(one, (Hq + Hk) * D, Hk * D)};
+        };
+        const auto ws = stack({&wqv, &wkv, &wvv}, {(Hq + 2 * Hk) * D, H}, dt);
+        const auto bs3 = stack({&bqv, &bkv, &bvv}, {(Hq + 2 * Hk) * D}, DType::F32);
+        ASSERT_TRUE(stacked_rows({&ws[0], &ws[1], &ws[2]}));
+        // (So the stacked modes below reach the skinny launch at 5-16 tokens, not the composition.)
+        const Tensor wstack = stacked_view({&ws[0], &ws[1], &ws[2]});
+        if (dt != DType::F32 && T >= 5 && T <= 16) {
+          EXPECT_TRUE(gpu->skinny(T, {&hg, &wstack})) << T << " tokens";
         }
-        // Attention right behind the write (the rows it just wrote are the step's own: read after it).
-        Tensor ac = cpu.empty({T, Hq * D}, DType::F32), ag = gpu->empty({T, Hq * D}, dt);
-        cpu.attention(qc, kc.first, vc.first, D, bs, 0.125f, ac);
-        gpu->attention(qg, kc.second, vc.second, D, bs, 0.125f, ag);
-        // (With E4M3 caches the inputs' difference d becomes codes a step s apart with probability about
-        // d / s: an rms difference near sqrt(d s), some 1-2% for bf16 inputs against 0.3% in 16 bits.)
-        expect_close(ac, ag, (what + ": attention after the write").c_str(),
-                     fp8_kv && dt != DType::F32 ? 3e-2 : tol());
+        std::vector<float> freq(D / 2);
+        for (int64_t i = 0; i < D / 2; ++i) freq[i] = std::pow(10000.f, -2.f * i / D);
+        Tensor fc = cpu.upload(freq.data(), {D / 2}, DType::F32), fg = gpu->upload(freq.data(), {D / 2}, DType::F32);
+        // q and k biases (v none), none; then stacked weights with all three biases, none. Caches in the
+        // activation type, then of E4M3 codes (kv_cache_dtype fp8; the CPU backend's are the reference).
+        for (const bool fp8_kv : {false, true})
+        for (int mode : {0, 1, 2, 3}) {
+          const bool bias = mode == 0 || mode == 2, stacked = mode >= 2;
+          // Empty caches: only the step's rows hold values, so an error in any of them shows.
+          const std::vector<int64_t> cshape{blocks, bs, Hk, D};
+          auto kc = fp8_kv ? both_codes(std::vector<uint8_t>(blocks * bs * Hk * D, 0), cshape)
+                           : both(std::vector<float>(blocks * bs * Hk * D, 0.f), cshape, dt);
+          auto vc = fp8_kv ? both_codes(std::vector<uint8_t>(blocks * bs * Hk * D, 0), cshape)
+                           : both(std::vector<float>(blocks * bs * Hk * D, 0.f), cshape, dt);
+          Tensor qc = cpu.empty({T, Hq * D}, DType::F32), kc32 = cpu.empty({T, Hk * D}, DType::F32);
+          Tensor vc32 = cpu.empty({T, Hk * D}, DType::F32);
+          Tensor qg = gpu->empty({T, Hq * D}, DType::F32), kg32 = gpu->empty({T, Hk * D}, DType::F32);
+          Tensor vg32 = gpu->empty({T, Hk * D}, DType::F32);
+          const Tensor* cb[3] = {bias ? &bq.first : nullptr, bias ? &bk.first : nullptr, bias && stacked ? &bv.first : nullptr};
+          cpu.norm_qkv_rope_kv_write(x.first, {nw.first, 1e-6f, hc}, wq.first, cb[0], qc, wk.first, cb[1], kc32, wv.first,
+                                     cb[2], vc32, fc, D, kc.first, vc.first);
+          if (stacked)
+            gpu->norm_qkv_rope_kv_write(x.second, {nw.second, 1e-6f, hg}, ws[0], bias ? &bs3[0] : nullptr, qg, ws[1],
+                                        bias ? &bs3[1] : nullptr, kg32, ws[2], bias ? &bs3[2] : nullptr, vg32, fg, D,
+                                        kc.second, vc.second);
+          else
+            gpu->norm_qkv_rope_kv_write(x.second, {nw.second, 1e-6f, hg}, wq.second, bias ? &bq.second : nullptr, qg,
+                                        wk.second, bias ? &bk.second : nullptr, kg32, wv.second, nullptr, vg32, fg, D,
+                                        kc.second, vc.second);
+          const std::string what = "norm_qkv_rope_kv_write, " + std::to_string(T) + " tokens, Hq " + std::to_string(Hq) +
+                                   (bias ? ", bias" : "") + (stacked ? ", stacked weights" : "") +
+                                   (fp8_kv ? ", fp8 KV cache" : "");
+          expect_close(qc, qg, (what + ": queries").c_str(), dt == DType::F32 ? 1e-5 : 1e-2);
+          if (fp8_kv) {
+            // float32: the same values up to RoPE's sines, so all but a few codes equal. 16-bit: the
+            // normalized input and the weights are rounded (relative 2^-9 bf16, 2^-11 fp16 each), which
+            // over 96 products of about 0.1 leaves the keys and values (of about 1) some 1.6e-3 (bf16)
+            // apart, absolute: more than an E4M3 step near zero (2^-9 below 2^-5). Slack of 2^-5 (bf16)
+            // and 2^-7 (fp16): 2^-7 for bf16 was passed by 2 of some 100,000 codes on an H200. (A wrong
+            // slot, head or rotation moves values by about 1.)
+            const double differing = dt == DType::F32 ? 0.01 : 0.2;
+            const double slack = dt == DType::F32 ? 0.0 : std::ldexp(1.0, dt == DType::BF16 ? -5 : -7);
+            expect_codes_close(kc.first, kc.second, what + ": key cache", differing, slack);
+            expect_codes_close(vc.first, vc.second, what + ": value cache", differing, slack);
+          } else {
+            expect_close(kc.first, kc.second, (what + ": key cache").c_str(), tol());
+            expect_close(vc.first, vc.second, (what + ": value cache").c_str(), tol());
+          }
+          // Attention right behind the write (the rows it just wrote are the step's own: read after it).
+          Tensor ac = cpu.empty({T, Hq * D}, DType::F32), ag = gpu->empty({T, Hq * D}, dt);
+          cpu.attention(qc, kc.first, vc.first, D, bs, 0.125f, ac);
+          gpu->attention(qg, kc.second, vc.second, D, bs, 0.125f, ag);
+          // (With E4M3 caches the inputs' difference d becomes codes a step s apart with probability about
+          // d / s: an rms difference near sqrt(d s), some 1-2% for bf16 inputs against 0.3% in 16 bits.)
+          expect_close(ac, ag, (what + ": attention after the write").c_str(),
+                       fp8_kv && dt != DType::F32 ? 3e-2 : tol());
+        }
       }
     }
   }
@@ -842,41 +848,44 @@ TEST_P(CudaOps, Fp8KvWideningWithoutRoomWidensTileByTile) {
   }
 }
 
-// Linear layers for 1-4 tokens take the weight-streaming GEMV (K a multiple of 8 and not, with and
-// without bias, output in float32 or the weights' type): 333 rows, a warp each; 20,000 short rows,
-// more than the resident warps (a warp streams several, one after the other); rows of 4,104 elements,
-// several groups of loads per row with a partial last group.
-// Linear layers of 1-4 tokens (the CUDA-core GEMVs) and of 5-32 (the tensor-core skinny GEMMs for 16-bit
-// operands; cuBLASLt where K is not a multiple of 8), into float32 with a bias, into the operands'
-// type, and adding into a float32 residual; gate/up with SiLU-and-multiply. Row counts that are not
-// multiples of 16 and inner sizes that are not multiples of 32 (the tiles' ragged edges).
+// Linear layers of 1-4 tokens (the CUDA-core GEMVs; with set_skinny_min_tokens(1), the tensor-core skinny
+// kernels) and of 5-32 (the skinny GEMMs for 16-bit operands; cuBLASLt where K is not a multiple of 8),
+// into float32 with a bias, into the operands' type, and adding into a float32 residual; gate/up with
+// SiLU-and-multiply. 333 rows, a GEMV warp each; 20,000 short rows, more than the resident warps (a warp
+// streams several, one after the other); rows of 4,104 elements, several groups of loads per row with a
+// partial last group; row counts that are not multiples of 16 and inner sizes that are not multiples of
+// 32 (the tiles' ragged edges).
 TEST_P(CudaOps, FewTokenLinearMatchesTheCpuReference) {
   std::mt19937 g(7);
   const DType dt = GetParam();
   const std::pair<int64_t, int64_t> shapes[] = {{96, 333}, {100, 333}, {96, 20000}, {4104, 70}};
-  for (int64_t T : {1, 2, 4, 5, 8, 13, 16, 17, 24, 32}) {
-    for (const auto& [K, N] : shapes) {
-      const std::string at = "T = " + std::to_string(T) + ", K = " + std::to_string(K) + ", N = " + std::to_string(N);
-      auto x = both(randn(T * K, g), {T, K}, dt), w = both(randn(N * K, g, 0.1f), {N, K}, dt);
-      auto b = both(randn(N, g), {N}, DType::F32);
-      Tensor c = cpu.empty({T, N}, DType::F32), y32 = gpu->empty({T, N}, DType::F32), y = gpu->empty({T, N}, dt);
-      cpu.linear(x.first, w.first, &b.first, c);
-      gpu->linear(x.second, w.second, &b.second, y32);
-      expect_close(c, y32, ("few-token linear with bias into float32, " + at).c_str(), dt == DType::F32 ? 1e-5 : 1e-2);
-      cpu.linear(x.first, w.first, nullptr, c);
-      gpu->linear(x.second, w.second, nullptr, y);
-      expect_close(c, y, ("few-token linear, " + at).c_str(), tol());
-      auto res = both(randn(T * N, g), {T, N}, DType::F32);
-      cpu.linear_residual(x.first, w.first, c, res.first);
-      gpu->linear_residual(x.second, w.second, y32, res.second);
-      expect_close(res.first, res.second, ("few-token linear_residual, " + at).c_str(), dt == DType::F32 ? 1e-5 : 1e-2);
-      if (N > 10000) continue;
-      auto wu = both(randn(N * K, g, 0.1f), {N, K}, dt);
-      Tensor gu = cpu.empty({T, 2 * N}, DType::F32), act = cpu.empty({T, N}, DType::F32);
-      Tensor gug = gpu->empty({T, 2 * N}, DType::F32), actg = gpu->empty({T, N}, dt);
-      cpu.gate_up_silu(x.first, w.first, wu.first, gu, act);
-      gpu->gate_up_silu(x.second, w.second, wu.second, gug, actg);
-      expect_close(act, actg, ("few-token gate_up_silu, " + at).c_str(), tol());
+  for (int64_t from : {int64_t(5), int64_t(1)}) {  // 16-bit weights on the GEMVs only (5), the skinny kernels only (1)
+    gpu->set_skinny_min_tokens(from);
+    for (int64_t T : {1, 2, 3, 4, 5, 8, 13, 16, 17, 24, 32}) {
+      for (const auto& [K, N] : shapes) {
+        const std::string at = "T = " + std::to_string(T) + ", K = " + std::to_string(K) + ", N = " + std::to_string(N) +
+                             ", skinny from " + std::to_string(from);
+        auto x = both(randn(T * K, g), {T, K}, dt), w = both(randn(N * K, g, 0.1f), {N, K}, dt);
+        auto b = both(randn(N, g), {N}, DType::F32);
+        Tensor c = cpu.empty({T, N}, DType::F32), y32 = gpu->empty({T, N}, DType::F32), y = gpu->empty({T, N}, dt);
+        cpu.linear(x.first, w.first, &b.first, c);
+        gpu->linear(x.second, w.second, &b.second, y32);
+        expect_close(c, y32, ("few-token linear with bias into float32, " + at).c_str(), dt == DType::F32 ? 1e-5 : 1e-2);
+        cpu.linear(x.first, w.first, nullptr, c);
+        gpu->linear(x.second, w.second, nullptr, y);
+        expect_close(c, y, ("few-token linear, " + at).c_str(), tol());
+        auto res = both(randn(T * N, g), {T, N}, DType::F32);
+        cpu.linear_residual(x.first, w.first, c, res.first);
+        gpu->linear_residual(x.second, w.second, y32, res.second);
+        expect_close(res.first, res.second, ("few-token linear_residual, " + at).c_str(), dt == DType::F32 ? 1e-5 : 1e-2);
+        if (N > 10000) continue;
+        auto wu = both(randn(N * K, g, 0.1f), {N, K}, dt);
+        Tensor gu = cpu.empty({T, 2 * N}, DType::F32), act = cpu.empty({T, N}, DType::F32);
+        Tensor gug = gpu->empty({T, 2 * N}, DType::F32), actg = gpu->empty({T, N}, dt);
+        cpu.gate_up_silu(x.first, w.first, wu.first, gu, act);
+        gpu->gate_up_silu(x.second, w.second, wu.second, gug, actg);
+        expect_close(act, actg, ("few-token gate_up_silu, " + at).c_str(), tol());
+      }
     }
   }
 }
@@ -1074,105 +1083,159 @@ TEST_P(CudaOps, Fp8MatricesMatchTheCpuReference) {
   for (int64_t i = 0; i < D / 2; ++i) freq[i] = std::pow(10000.f, -2.f * i / D);
   Tensor fc = cpu.upload(freq.data(), {D / 2}, DType::F32), fg = gpu->upload(freq.data(), {D / 2}, DType::F32);
   auto bias = both(randn(I, g), {I}, DType::F32);
-  for (const StepMeta& m : {make_meta(bs, {1}, {30}), make_meta(bs, {1, 1, 1}, {20, 0, 9}), make_meta(bs, {1, 1, 1, 1}, {3, 7, 11, 2}),
-                            make_meta(bs, {1, 1, 1, 1, 1, 1}, {4, 27, 0, 13, 8, 30}), make_meta(bs),
-                            make_meta(bs, {20, 1}, {3, 12})}) {
-    const int64_t T = m.num_tokens();
-    const std::string at = std::to_string(T) + " tokens";
-    const int64_t expansions = T <= 16 ? 0 : 1, qkv_expansions = T <= 4 ? 0 : 1;  // per op
-    cpu.begin_step(m);
-    gpu->begin_step(m);
-    auto x = both(randn(T * H, g), {T, H}, dt);
-    // linear (gate rows), with a bias into float32 and into the activation type.
-    {
-      const Tensor wc = rows_view(gu.cpu, 0, I), w8 = rows_view(gu.fp8, 0, I), w16 = rows_view(gu.gpu16, 0, I);
-      Tensor c = cpu.empty({T, I}, DType::F32), y8 = gpu->empty({T, I}, DType::F32), y16 = gpu->empty({T, I}, DType::F32);
-      cpu.linear(x.first, wc, &bias.first, c);
-      int64_t before = gpu->dequantized_matrices();
-      gpu->linear(x.second, w8, &bias.second, y8);
-      EXPECT_EQ(gpu->dequantized_matrices() - before, expansions) << "linear, " << at;
-      gpu->linear(x.second, w16, &bias.second, y16);
-      expect_close(c, y8, ("fp8 linear with bias, " + at).c_str(), tol());
-      if (T > 4) {
-        EXPECT_EQ(get(*gpu, y8), get(*gpu, y16)) << "fp8 linear, " << at;
+  // FP8 matrices of 1-16 tokens go to the skinny kernels from skinny_fp8_min_tokens (the backend's default,
+  // then every count from 1) and to the CUDA-core GEMVs below it.
+  const int64_t default_min = gpu->skinny_fp8_min_tokens();
+  for (int64_t min_tokens : {default_min, int64_t(1)}) {
+    gpu->set_skinny_fp8_min_tokens(min_tokens);
+    for (const StepMeta& m : {make_meta(bs, {1}, {30}), make_meta(bs, {1, 1, 1}, {20, 0, 9}), make_meta(bs, {1, 1, 1, 1}, {3, 7, 11, 2}),
+                              make_meta(bs, {1, 1, 1, 1, 1, 1}, {4, 27, 0, 13, 8, 30}), make_meta(bs),
+                              make_meta(bs, {20, 1}, {3, 12})}) {
+      const int64_t T = m.num_tokens();
+      const std::string at = std::to_string(T) + " tokens (skinny from " + std::to_string(min_tokens) + ")";
+      const int64_t expansions = T <= 16 ? 0 : 1, qkv_expansions = T <= 4 ? 0 : 1;  // per op
+      cpu.begin_step(m);
+      gpu->begin_step(m);
+      auto x = both(randn(T * H, g), {T, H}, dt);
+      // linear (gate rows), with a bias into float32 and into the activation type.
+      {
+        const Tensor wc = rows_view(gu.cpu, 0, I), w8 = rows_view(gu.fp8, 0, I), w16 = rows_view(gu.gpu16, 0, I);
+        Tensor c = cpu.empty({T, I}, DType::F32), y8 = gpu->empty({T, I}, DType::F32), y16 = gpu->empty({T, I}, DType::F32);
+        cpu.linear(x.first, wc, &bias.first, c);
+        int64_t before = gpu->dequantized_matrices();
+        gpu->linear(x.second, w8, &bias.second, y8);
+        EXPECT_EQ(gpu->dequantized_matrices() - before, expansions) << "linear, " << at;
+        gpu->linear(x.second, w16, &bias.second, y16);
+        expect_close(c, y8, ("fp8 linear with bias, " + at).c_str(), tol());
+        if (T > 4) {
+          EXPECT_EQ(get(*gpu, y8), get(*gpu, y16)) << "fp8 linear, " << at;
+        }
+        Tensor z8 = gpu->empty({T, I}, dt), z16 = gpu->empty({T, I}, dt);
+        gpu->linear(x.second, w8, nullptr, z8);
+        gpu->linear(x.second, w16, nullptr, z16);
+        cpu.linear(x.first, wc, nullptr, c);
+        expect_close(c, z8, ("fp8 linear, " + at).c_str(), tol());
+        if (T > 4) {
+          EXPECT_EQ(get(*gpu, z8), get(*gpu, z16)) << "fp8 linear into " << dtype_name(dt) << ", " << at;
+        }
       }
-      Tensor z8 = gpu->empty({T, I}, dt), z16 = gpu->empty({T, I}, dt);
-      gpu->linear(x.second, w8, nullptr, z8);
-      gpu->linear(x.second, w16, nullptr, z16);
-      cpu.linear(x.first, wc, nullptr, c);
-      expect_close(c, z8, ("fp8 linear, " + at).c_str(), tol());
-      if (T > 4) {
-        EXPECT_EQ(get(*gpu, z8), get(*gpu, z16)) << "fp8 linear into " << dtype_name(dt) << ", " << at;
+      // gate/up + SiLU (stacked, as loaded), with and without the input norm, then down with its residual add.
+      {
+        const auto pc = split(gu.cpu, {I, I}), p8 = split(gu.fp8, {I, I}), p16 = split(gu.gpu16, {I, I});
+        Tensor s32 = cpu.empty({T, 2 * I}, DType::F32), ac = cpu.empty({T, I}, DType::F32);
+        Tensor sg = gpu->empty({T, 2 * I}, DType::F32), a8 = gpu->empty({T, I}, dt), a16 = gpu->empty({T, I}, dt);
+        cpu.gate_up_silu(x.first, pc[0], pc[1], s32, ac);
+        int64_t before = gpu->dequantized_matrices();
+        gpu->gate_up_silu(x.second, p8[0], p8[1], sg, a8);
+        EXPECT_EQ(gpu->dequantized_matrices() - before, expansions) << "gate_up_silu, " << at;
+        gpu->gate_up_silu(x.second, p16[0], p16[1], sg, a16);
+        expect_close(ac, a8, ("fp8 gate_up_silu, " + at).c_str(), tol());
+        if (T > 4) {
+          EXPECT_EQ(get(*gpu, a8), get(*gpu, a16)) << "fp8 gate_up_silu, " << at;
+        }
+        auto res = both(randn(T * H, g), {T, H}, DType::F32), nw = both(randn(H, g), {H}, dt);
+        Tensor hc = cpu.empty({T, H}, DType::F32), hg = gpu->empty({T, H}, dt);
+        cpu.norm_gate_up_silu(res.first, {nw.first, 1e-6f, hc}, pc[0], pc[1], s32, ac);
+        before = gpu->dequantized_matrices();
+        gpu->norm_gate_up_silu(res.second, {nw.second, 1e-6f, hg}, p8[0], p8[1], sg, a8);
+        EXPECT_EQ(gpu->dequantized_matrices() - before, expansions) << "norm_gate_up_silu, " << at;
+        gpu->norm_gate_up_silu(res.second, {nw.second, 1e-6f, hg}, p16[0], p16[1], sg, a16);
+        expect_close(ac, a8, ("fp8 norm_gate_up_silu, " + at).c_str(), tol());
+        if (T > 4) {
+          EXPECT_EQ(get(*gpu, a8), get(*gpu, a16)) << "fp8 norm_gate_up_silu, " << at;
+        }
+        Tensor r16 = gpu->upload(get(*gpu, res.second).data(), {T, H}, DType::F32), unused;
+        cpu.linear_residual(ac, wo.cpu, hc, res.first);
+        before = gpu->dequantized_matrices();
+        gpu->linear_residual(a16, wo.fp8, unused, res.second);
+        EXPECT_EQ(gpu->dequantized_matrices() - before, expansions) << "linear_residual, " << at;
+        gpu->linear_residual(a16, wo.gpu16, unused, r16);
+        expect_close(res.first, res.second, ("fp8 linear_residual, " + at).c_str(), tol());
+        if (T > 4) {
+          EXPECT_EQ(get(*gpu, res.second), get(*gpu, r16)) << "fp8 linear_residual, " << at;
+        }
+      }
+      // The attention block's input: norm, stacked q/k/v (q and k biases), RoPE, the cache write.
+      {
+        const auto pc = split(wqkv.cpu, {Hq * D, Hk * D, Hk * D}), p8 = split(wqkv.fp8, {Hq * D, Hk * D, Hk * D});
+        const auto p16 = split(wqkv.gpu16, {Hq * D, Hk * D, Hk * D});
+        auto res = both(randn(T * H, g), {T, H}, DType::F32), nw = both(randn(H, g), {H}, dt);
+        auto bq = both(randn(Hq * D, g), {Hq * D}, DType::F32), bk = both(randn(Hk * D, g), {Hk * D}, DType::F32);
+        Tensor hc = cpu.empty({T, H}, DType::F32), hg = gpu->empty({T, H}, dt);
+        auto kc = both(std::vector<float>(blocks * bs * Hk * D, 0.f), {blocks, bs, Hk, D}, dt);
+        auto vc = both(std::vector<float>(blocks * bs * Hk * D, 0.f), {blocks, bs, Hk, D}, dt);
+        Tensor k16c = gpu->upload(std::vector<float>(blocks * bs * Hk * D, 0.f).data(), {blocks, bs, Hk, D}, dt);
+        Tensor v16c = gpu->upload(std::vector<float>(blocks * bs * Hk * D, 0.f).data(), {blocks, bs, Hk, D}, dt);
+        Tensor qc = cpu.empty({T, Hq * D}, DType::F32), kc32 = cpu.empty({T, Hk * D}, DType::F32), vc32 = cpu.empty({T, Hk * D}, DType::F32);
+        Tensor q8 = gpu->empty({T, Hq * D}, DType::F32), q16 = gpu->empty({T, Hq * D}, DType::F32);
+        Tensor kg = gpu->empty({T, Hk * D}, DType::F32), vg = gpu->empty({T, Hk * D}, DType::F32);
+        cpu.norm_qkv_rope_kv_write(res.first, {nw.first, 1e-6f, hc}, pc[0], &bq.first, qc, pc[1], &bk.first, kc32, pc[2],
+                                   nullptr, vc32, fc, D, kc.first, vc.first);
+        const int64_t before = gpu->dequantized_matrices();
+        gpu->norm_qkv_rope_kv_write(res.second, {nw.second, 1e-6f, hg}, p8[0], &bq.second, q8, p8[1], &bk.second, kg, p8[2],
+                                    nullptr, vg, fg, D, kc.second, vc.second);
+        EXPECT_EQ(gpu->dequantized_matrices() - before, qkv_expansions) << "norm_qkv_rope_kv_write, " << at;
+        gpu->norm_qkv_rope_kv_write(res.second, {nw.second, 1e-6f, hg}, p16[0], &bq.second, q16, p16[1], &bk.second, kg,
+                                    p16[2], nullptr, vg, fg, D, k16c, v16c);
+        const std::string what = "fp8 norm_qkv_rope_kv_write, " + at;
+        expect_close(qc, q8, (what + ": queries").c_str(), tol());
+        expect_close(kc.first, kc.second, (what + ": key cache").c_str(), tol());
+        expect_close(vc.first, vc.second, (what + ": value cache").c_str(), tol());
+        if (T > 4) {
+          EXPECT_EQ(get(*gpu, q8), get(*gpu, q16)) << what;
+          EXPECT_EQ(get(*gpu, kc.second), get(*gpu, k16c)) << what;
+          EXPECT_EQ(get(*gpu, vc.second), get(*gpu, v16c)) << what;
+        }
+        // Without biases (Llama's projections): the skinny launch over the stacked codes from
+        // skinny_fp8_min_tokens to 16 tokens (the norm inside it for up to 4), the fused GEMV below that.
+        auto kn = both(std::vector<float>(blocks * bs * Hk * D, 0.f), {blocks, bs, Hk, D}, dt);
+        auto vn = both(std::vector<float>(blocks * bs * Hk * D, 0.f), {blocks, bs, Hk, D}, dt);
+        cpu.norm_qkv_rope_kv_write(res.first, {nw.first, 1e-6f, hc}, pc[0], nullptr, qc, pc[1], nullptr, kc32, pc[2],
+                                   nullptr, vc32, fc, D, kn.first, vn.first);
+        const int64_t before_nb = gpu->dequantized_matrices();
+        gpu->norm_qkv_rope_kv_write(res.second, {nw.second, 1e-6f, hg}, p8[0], nullptr, q8, p8[1], nullptr, kg, p8[2],
+                                    nullptr, vg, fg, D, kn.second, vn.second);
+        EXPECT_EQ(gpu->dequantized_matrices() - before_nb, T <= 16 ? 0 : 1) << "norm_qkv_rope_kv_write without biases, " << at;
+        const std::string what_nb = "fp8 norm_qkv_rope_kv_write without biases, " + at;
+        expect_close(qc, q8, (what_nb + ": queries").c_str(), tol());
+        expect_close(kn.first, kn.second, (what_nb + ": key cache").c_str(), tol());
+        expect_close(vn.first, vn.second, (what_nb + ": value cache").c_str(), tol());
       }
     }
-    // gate/up + SiLU (stacked, as loaded), with and without the input norm, then down with its residual add.
-    {
-      const auto pc = split(gu.cpu, {I, I}), p8 = split(gu.fp8, {I, I}), p16 = split(gu.gpu16, {I, I});
-      Tensor s32 = cpu.empty({T, 2 * I}, DType::F32), ac = cpu.empty({T, I}, DType::F32);
-      Tensor sg = gpu->empty({T, 2 * I}, DType::F32), a8 = gpu->empty({T, I}, dt), a16 = gpu->empty({T, I}, dt);
-      cpu.gate_up_silu(x.first, pc[0], pc[1], s32, ac);
-      int64_t before = gpu->dequantized_matrices();
-      gpu->gate_up_silu(x.second, p8[0], p8[1], sg, a8);
-      EXPECT_EQ(gpu->dequantized_matrices() - before, expansions) << "gate_up_silu, " << at;
-      gpu->gate_up_silu(x.second, p16[0], p16[1], sg, a16);
-      expect_close(ac, a8, ("fp8 gate_up_silu, " + at).c_str(), tol());
-      if (T > 4) {
-        EXPECT_EQ(get(*gpu, a8), get(*gpu, a16)) << "fp8 gate_up_silu, " << at;
-      }
-      auto res = both(randn(T * H, g), {T, H}, DType::F32), nw = both(randn(H, g), {H}, dt);
-      Tensor hc = cpu.empty({T, H}, DType::F32), hg = gpu->empty({T, H}, dt);
-      cpu.norm_gate_up_silu(res.first, {nw.first, 1e-6f, hc}, pc[0], pc[1], s32, ac);
-      before = gpu->dequantized_matrices();
-      gpu->norm_gate_up_silu(res.second, {nw.second, 1e-6f, hg}, p8[0], p8[1], sg, a8);
-      EXPECT_EQ(gpu->dequantized_matrices() - before, expansions) << "norm_gate_up_silu, " << at;
-      gpu->norm_gate_up_silu(res.second, {nw.second, 1e-6f, hg}, p16[0], p16[1], sg, a16);
-      expect_close(ac, a8, ("fp8 norm_gate_up_silu, " + at).c_str(), tol());
-      if (T > 4) {
-        EXPECT_EQ(get(*gpu, a8), get(*gpu, a16)) << "fp8 norm_gate_up_silu, " << at;
-      }
-      Tensor r16 = gpu->upload(get(*gpu, res.second).data(), {T, H}, DType::F32), unused;
-      cpu.linear_residual(ac, wo.cpu, hc, res.first);
-      before = gpu->dequantized_matrices();
-      gpu->linear_residual(a16, wo.fp8, unused, res.second);
-      EXPECT_EQ(gpu->dequantized_matrices() - before, expansions) << "linear_residual, " << at;
-      gpu->linear_residual(a16, wo.gpu16, unused, r16);
-      expect_close(res.first, res.second, ("fp8 linear_residual, " + at).c_str(), tol());
-      if (T > 4) {
-        EXPECT_EQ(get(*gpu, res.second), get(*gpu, r16)) << "fp8 linear_residual, " << at;
+    gpu->set_skinny_fp8_min_tokens(default_min);
+  }
+  // q/k/v of 3 and 4 tokens whose rows are too long for the fused kernel's shared memory (a hidden size of
+  // 5,120: (4 + 1) x 5,120 16-bit values are past its 48 KB): rmsnorm, then the GEMVs or the skinny launch
+  // over the codes, at every boundary; no expansion of the matrix (a whole 16-bit copy every step).
+  {
+    const int64_t HL = 5120, hq = 2, hk = 1, rows = (hq + 2 * hk) * D;
+    const Mat wl = mat(randn(rows * HL, g, 0.02f), rows, HL);
+    const auto pc = split(wl.cpu, {hq * D, hk * D, hk * D}), p8 = split(wl.fp8, {hq * D, hk * D, hk * D});
+    for (int64_t min_tokens : {int64_t(5), default_min, int64_t(1)}) {
+      gpu->set_skinny_fp8_min_tokens(min_tokens);
+      for (const StepMeta& m : {make_meta(bs, {1, 1, 1}, {20, 0, 9}), make_meta(bs, {1, 1, 1, 1}, {3, 7, 11, 2})}) {
+        const int64_t T = m.num_tokens();
+        const std::string at = std::to_string(T) + " tokens of 5,120 (skinny from " + std::to_string(min_tokens) + ")";
+        cpu.begin_step(m);
+        gpu->begin_step(m);
+        auto res = both(randn(T * HL, g), {T, HL}, DType::F32), nw = both(randn(HL, g), {HL}, dt);
+        Tensor hc = cpu.empty({T, HL}, DType::F32), hg = gpu->empty({T, HL}, dt);
+        auto kc = both(std::vector<float>(blocks * bs * hk * D, 0.f), {blocks, bs, hk, D}, dt);
+        auto vc = both(std::vector<float>(blocks * bs * hk * D, 0.f), {blocks, bs, hk, D}, dt);
+        Tensor qc = cpu.empty({T, hq * D}, DType::F32), kc32 = cpu.empty({T, hk * D}, DType::F32), vc32 = cpu.empty({T, hk * D}, DType::F32);
+        Tensor q8 = gpu->empty({T, hq * D}, DType::F32), kg = gpu->empty({T, hk * D}, DType::F32), vg = gpu->empty({T, hk * D}, DType::F32);
+        cpu.norm_qkv_rope_kv_write(res.first, {nw.first, 1e-6f, hc}, pc[0], nullptr, qc, pc[1], nullptr, kc32, pc[2], nullptr,
+                                   vc32, fc, D, kc.first, vc.first);
+        const int64_t before = gpu->dequantized_matrices();
+        gpu->norm_qkv_rope_kv_write(res.second, {nw.second, 1e-6f, hg}, p8[0], nullptr, q8, p8[1], nullptr, kg, p8[2], nullptr,
+                                    vg, fg, D, kc.second, vc.second);
+        EXPECT_EQ(gpu->dequantized_matrices() - before, 0) << "norm_qkv_rope_kv_write, " << at;
+        expect_close(qc, q8, ("fp8 norm_qkv_rope_kv_write, queries, " + at).c_str(), tol());
+        expect_close(kc.first, kc.second, ("fp8 norm_qkv_rope_kv_write, key cache, " + at).c_str(), tol());
+        expect_close(vc.first, vc.second, ("fp8 norm_qkv_rope_kv_write, value cache, " + at).c_str(), tol());
       }
     }
-    // The attention block's input: norm, stacked q/k/v (q and k biases), RoPE, the cache write.
-    {
-      const auto pc = split(wqkv.cpu, {Hq * D, Hk * D, Hk * D}), p8 = split(wqkv.fp8, {Hq * D, Hk * D, Hk * D});
-      const auto p16 = split(wqkv.gpu16, {Hq * D, Hk * D, Hk * D});
-      auto res = both(randn(T * H, g), {T, H}, DType::F32), nw = both(randn(H, g), {H}, dt);
-      auto bq = both(randn(Hq * D, g), {Hq * D}, DType::F32), bk = both(randn(Hk * D, g), {Hk * D}, DType::F32);
-      Tensor hc = cpu.empty({T, H}, DType::F32), hg = gpu->empty({T, H}, dt);
-      auto kc = both(std::vector<float>(blocks * bs * Hk * D, 0.f), {blocks, bs, Hk, D}, dt);
-      auto vc = both(std::vector<float>(blocks * bs * Hk * D, 0.f), {blocks, bs, Hk, D}, dt);
-      Tensor k16c = gpu->upload(std::vector<float>(blocks * bs * Hk * D, 0.f).data(), {blocks, bs, Hk, D}, dt);
-      Tensor v16c = gpu->upload(std::vector<float>(blocks * bs * Hk * D, 0.f).data(), {blocks, bs, Hk, D}, dt);
-      Tensor qc = cpu.empty({T, Hq * D}, DType::F32), kc32 = cpu.empty({T, Hk * D}, DType::F32), vc32 = cpu.empty({T, Hk * D}, DType::F32);
-      Tensor q8 = gpu->empty({T, Hq * D}, DType::F32), q16 = gpu->empty({T, Hq * D}, DType::F32);
-      Tensor kg = gpu->empty({T, Hk * D}, DType::F32), vg = gpu->empty({T, Hk * D}, DType::F32);
-      cpu.norm_qkv_rope_kv_write(res.first, {nw.first, 1e-6f, hc}, pc[0], &bq.first, qc, pc[1], &bk.first, kc32, pc[2],
-                                 nullptr, vc32, fc, D, kc.first, vc.first);
-      const int64_t before = gpu->dequantized_matrices();
-      gpu->norm_qkv_rope_kv_write(res.second, {nw.second, 1e-6f, hg}, p8[0], &bq.second, q8, p8[1], &bk.second, kg, p8[2],
-                                  nullptr, vg, fg, D, kc.second, vc.second);
-      EXPECT_EQ(gpu->dequantized_matrices() - before, qkv_expansions) << "norm_qkv_rope_kv_write, " << at;
-      gpu->norm_qkv_rope_kv_write(res.second, {nw.second, 1e-6f, hg}, p16[0], &bq.second, q16, p16[1], &bk.second, kg,
-                                  p16[2], nullptr, vg, fg, D, k16c, v16c);
-      const std::string what = "fp8 norm_qkv_rope_kv_write, " + at;
-      expect_close(qc, q8, (what + ": queries").c_str(), tol());
-      expect_close(kc.first, kc.second, (what + ": key cache").c_str(), tol());
-      expect_close(vc.first, vc.second, (what + ": value cache").c_str(), tol());
-      if (T > 4) {
-        EXPECT_EQ(get(*gpu, q8), get(*gpu, q16)) << what;
-        EXPECT_EQ(get(*gpu, kc.second), get(*gpu, k16c)) << what;
-        EXPECT_EQ(get(*gpu, vc.second), get(*gpu, v16c)) << what;
-      }
-    }
+    gpu->set_skinny_fp8_min_tokens(default_min);
   }
 }
 

@@ -167,6 +167,21 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   // Linear layers of 5-16 tokens on the skinny GEMMs unless LLMSERVE_SKINNY_GEMM=0 (for measuring them).
   const char* e = std::getenv("LLMSERVE_SKINNY_GEMM");
   skinny_on_ = !(e && std::string(e) == "0");
+  // Linear layers of 1-4 tokens on the tensor-core skinny kernels from these counts, on the CUDA-core GEMVs
+  // below them: 3 tokens for FP8 and 16-bit matrices alike (H200, kernel_bench --few-tokens: the GEMVs
+  // lead at 1-2 tokens, the skinny kernels from 3; docs/performance.md, thirty-sixth session); for measuring,
+  // LLMSERVE_SKINNY_FP8_MIN_TOKENS / LLMSERVE_SKINNY_MIN_TOKENS = 1..5 move the boundaries.
+  auto min_tokens = [](const char* name, int64_t& v) {
+    const char* t = std::getenv(name);
+    if (!t) return;
+    char* end = nullptr;
+    const long n = std::strtol(t, &end, 10);
+    if (end == t || *end != '\0' || n < 1 || n > cuda::kSkinnyMinTokens)
+      throw Error(cat(name, " must be 1 to ", cuda::kSkinnyMinTokens, ", not '", t, "'"));
+    v = n;
+  };
+  min_tokens("LLMSERVE_SKINNY_FP8_MIN_TOKENS", skinny_fp8_min_tokens_);
+  min_tokens("LLMSERVE_SKINNY_MIN_TOKENS", skinny_min_tokens_);
   // FP8 matrices in steps of more than 16 tokens: expanded to 16 bits for a 16-bit GEMM, or with
   // LLMSERVE_FP8_GEMM=1 FP8 GEMMs over quantized activations (off by default: on an H200 a 2,048-token
   // prefill 7% faster than the expansion, still slower than bf16 weights, for 4e-2 to 1.2e-1 of added
@@ -759,8 +774,9 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
   LLMSERVE_CHECK(out.dtype == x.dtype || out.dtype == DType::F32, "cuda backend: linear output type");
   LLMSERVE_CHECK(!bias || bias->dtype == out.dtype, "cuda backend: the bias must have the output's type");
   if (w.dtype == DType::F8E4M3) {
-    // 1-4 tokens: the GEMV streams the codes; 5-16: the skinny GEMMs, on tensor cores over the codes.
-    const bool gemv = T <= 4 && x.dtype != DType::F32, tiles = !gemv && skinny_fp8(T, x, {&w});
+    // 1-16 tokens: the skinny GEMMs, on tensor cores over the codes, from skinny_fp8_min_tokens_; the
+    // GEMV streaming them below that.
+    const bool tiles = skinny_fp8(T, x, {&w}), gemv = !tiles && T <= 4 && x.dtype != DType::F32;
     if ((gemv || tiles) && (!bias || bias->dtype == DType::F32)) {
       dispatch(x.dtype, [&](auto* tag) {
         using TT = std::remove_pointer_t<decltype(tag)>;
@@ -788,7 +804,7 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
     return linear(x, wd, bias, out);
   }
   LLMSERVE_CHECK(w.dtype == x.dtype, "cuda backend: linear operands must have one type");
-  if (T <= 4 && (!bias || bias->dtype == DType::F32)) {
+  if (T <= 4 && !skinny_few(T, {&x, &w}) && (!bias || bias->dtype == DType::F32)) {
     // A few tokens (decode): weight-streaming GEMV at the memory bandwidth.
     dispatch(x.dtype, [&](auto* tag) {
       using TT = std::remove_pointer_t<decltype(tag)>;
@@ -803,7 +819,7 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
     });
     return;
   }
-  if (skinny(T, {&x, &w}) && (!bias || bias->dtype == DType::F32)) {
+  if ((skinny(T, {&x, &w}) || skinny_few(T, {&x, &w})) && (!bias || bias->dtype == DType::F32)) {
     dispatch(x.dtype, [&](auto* tag) {
       using TT = std::remove_pointer_t<decltype(tag)>;
       if constexpr (!std::is_same_v<TT, float>) {
@@ -822,7 +838,7 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
 
 bool CudaBackend::skinny_fp8(int64_t T, const Tensor& x, std::initializer_list<const Tensor*> weights) const {
   if (!skinny_on_ || (x.dtype != DType::BF16 && x.dtype != DType::F16) || reinterpret_cast<uintptr_t>(x.data) % 16 != 0 ||
-      !cuda::skinny_gemm_fits(T, cols_of(x), {}))
+      T < skinny_fp8_min_tokens_ || !cuda::skinny_gemm_supports(T, cols_of(x), {}))
     return false;
   for (const Tensor* w : weights)
     if (w->dtype != DType::F8E4M3 || !w->scale || reinterpret_cast<uintptr_t>(w->data) % 16 != 0) return false;
@@ -862,6 +878,15 @@ bool CudaBackend::fp8_gemm(int64_t T, const Tensor& x, const Tensor& w, DType ou
   });
   run_gemm(*g, w, xc, bias_data, beta, y, xs);
   ++fp8_gemms_;
+  return true;
+}
+
+bool CudaBackend::skinny_few(int64_t T, std::initializer_list<const Tensor*> operands) const {
+  const Tensor& x = **operands.begin();
+  if (!skinny_on_ || T < skinny_min_tokens_ || T > 4 || !cuda::skinny_gemm_supports(T, cols_of(x), {})) return false;
+  for (const Tensor* t : operands)
+    if (t->dtype != x.dtype || (x.dtype != DType::BF16 && x.dtype != DType::F16) || reinterpret_cast<uintptr_t>(t->data) % 16 != 0)
+      return false;
   return true;
 }
 
@@ -1040,8 +1065,9 @@ void CudaBackend::linear_residual(const Tensor& a, const Tensor& w, Tensor& /*y:
                  "cuda backend: linear_residual shapes or types");
   if (T == 0 || N == 0) return;
   if (w.dtype == DType::F8E4M3) {
-    // 1-4 tokens: the GEMV over the codes; 5-16: the skinny GEMM over them; both adding into x.
-    const bool gemv = T <= 4 && a.dtype != DType::F32, tiles = !gemv && skinny_fp8(T, a, {&w});
+    // The skinny GEMM over the codes (from skinny_fp8_min_tokens_ to 16 tokens), or below that the GEMV;
+    // both adding into x.
+    const bool tiles = skinny_fp8(T, a, {&w}), gemv = !tiles && T <= 4 && a.dtype != DType::F32;
     if (gemv || tiles) {
       dispatch(a.dtype, [&](auto* tag) {
         using TT = std::remove_pointer_t<decltype(tag)>;
@@ -1060,14 +1086,15 @@ void CudaBackend::linear_residual(const Tensor& a, const Tensor& w, Tensor& /*y:
     const cuda::PdlHold hold;  // (as in linear)
     return linear_residual(a, wd, x, x);
   }
-  if (T <= 4) {  // weight-streaming GEMV adding into x
+  const bool few = skinny_few(T, {&a, &w});
+  if (T <= 4 && !few) {  // weight-streaming GEMV adding into x
     dispatch(a.dtype, [&](auto* tag) {
       using TT = std::remove_pointer_t<decltype(tag)>;
       cuda::gemv<TT, float>(a.as<TT>(), w.as<TT>(), nullptr, T, K, N, x.as<float>(), stream(), true);
     });
     return;
   }
-  if (skinny(T, {&a, &w})) {
+  if (skinny(T, {&a, &w}) || few) {
     dispatch(a.dtype, [&](auto* tag) {
       using TT = std::remove_pointer_t<decltype(tag)>;
       if constexpr (!std::is_same_v<TT, float>)
@@ -1092,7 +1119,20 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
   // write too.
   const bool fp8_cache = k_cache.dtype == DType::F8E4M3;
   const bool cache_ok = (k_cache.dtype == wt || fp8_cache) && v_cache.dtype == k_cache.dtype;
-  bool fused = T >= 1 && T <= 4 && x.dtype == DType::F32 && !(fp8 && wt == DType::F32) && q.dtype == DType::F32 &&
+  // Stacked q/k/v (with all three biases or none) on the skinny launch, on tensor cores: FP8 codes from
+  // skinny_fp8_min_tokens_ to 16 tokens, 16-bit weights from skinny_min_tokens_ to 4 (skinny_few; from 5
+  // below); the norm inside it for up to 4 tokens (else rmsnorm first).
+  const bool biases = bq && bk && bv, none = !bq && !bk && !bv;
+  const bool stacked_all = stacked_rows({&wq, &wk, &wv});
+  const Tensor stacked = stacked_all ? stacked_view({&wq, &wk, &wv}) : Tensor{};
+  const bool norm_inside = cuda::skinny_norm_fits(T, K, dtype_size(wt)) && reinterpret_cast<uintptr_t>(x.data) % 16 == 0;
+  const bool tile_shape =
+      stacked_all && (none || (biases && stacked_rows({bq, bk, bv}) && bq->dtype == DType::F32)) && x.dtype == DType::F32 &&
+      q.dtype == DType::F32 && cache_ok && D % 16 == 0 && k_cache.dim(3) == D && rows_of(wk) == k_cache.dim(2) * D &&
+      rows_of(wv) == rows_of(wk) && rows_of(wq) % D == 0 && cols_of(q) == rows_of(wq);
+  const bool tiles = tile_shape && (fp8 ? skinny_fp8(T, norm.h, {&stacked})
+                                        : norm_inside && norm.h.dtype == wt && skinny_few(T, {&norm.h, &stacked}));
+  bool fused = !tiles && T >= 1 && T <= 4 && x.dtype == DType::F32 && !(fp8 && wt == DType::F32) && q.dtype == DType::F32 &&
                cache_ok && D % 2 == 0 && rows_of(wq) == cols_of(q) &&
                k_cache.dim(3) == D && rows_of(wk) == k_cache.dim(2) * D && rows_of(wv) == rows_of(wk) &&
                cuda::norm_smem_bytes(T, K, dtype_size(wt)) <= cuda::kMaxNormSmem;
@@ -1100,30 +1140,37 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
   for (const Tensor* w : {&wq, &wk, &wv}) fused = fused && w->dtype == wq.dtype && (fp8 || w->dtype == wt) && cols_of(*w) == K;
   const cuda::RopeCacheWrite target{q.as<float>(), k_cache.data, v_cache.data, positions_.ptr, slots_.ptr,
                                     inv_freq.as<float>(), rows_of(wq) / D, rows_of(wk) / D, D, fp8_cache};
+  if (tiles) {
+    if (!norm_inside) rmsnorm(x, norm.w, norm.eps, norm.h);
+    Tensor b;
+    if (biases) b = stacked_view({bq, bk, bv});
+    dispatch(wt, [&](auto* tag) {
+      using TT = std::remove_pointer_t<decltype(tag)>;
+      if constexpr (!std::is_same_v<TT, float>) {
+        const float* bp = biases ? b.as<float>() : nullptr;
+        auto run = [&](const auto* w, const float* scale) {
+          using TW = std::remove_const_t<std::remove_pointer_t<decltype(w)>>;
+          if (norm_inside)
+            cuda::skinny_norm_qkv_rope<TT, TW>(x.as<float>(), norm.w.as<TT>(), norm.eps, w, scale, bp, T, K, target, stream());
+          else
+            cuda::skinny_qkv_rope<TT, TW>(norm.h.as<TT>(), w, scale, bp, T, K, target, stream());
+        };
+        if (fp8)
+          run(static_cast<const __nv_fp8_e4m3*>(stacked.data), stacked.scale);
+        else
+          run(stacked.as<TT>(), static_cast<const float*>(nullptr));
+      }
+    });
+    return;
+  }
   if (fp8 && !fused) {
-    // 5-16 tokens: the skinny launch over the stacked codes; more (or biases on some of the three only):
-    // the stacked matrix expanded to 16 bits once, then as 16-bit weights (the default's three linear()
-    // calls expand one at a time where the matrices are not stacked).
-    if (!stacked_rows({&wq, &wk, &wv}))
+    // 1-4 tokens whose rows do not fit the fused kernel's shared memory (a hidden size past 4,915 at 4
+    // tokens): rmsnorm and the three GEMVs over the codes (the default's composition), not an expansion
+    // every step. More than 16 tokens (or biases on some of the three only): the stacked matrix expanded
+    // to 16 bits once, then as 16-bit weights (the default's three linear() calls expand one at a time
+    // where the matrices are not stacked).
+    if (!stacked_all || T <= 4)
       return Backend::norm_qkv_rope_kv_write(x, norm, wq, bq, q, wk, bk, k, wv, bv, v, inv_freq, D, k_cache, v_cache);
-    const bool biases = bq && bk && bv, none = !bq && !bk && !bv;
-    const Tensor stacked = stacked_view({&wq, &wk, &wv});
-    if (skinny_fp8(T, norm.h, {&stacked}) && (none || (biases && stacked_rows({bq, bk, bv}) && bq->dtype == DType::F32)) &&
-        x.dtype == DType::F32 && q.dtype == DType::F32 && cache_ok && D % 16 == 0 &&
-        k_cache.dim(3) == D && rows_of(wk) == k_cache.dim(2) * D && rows_of(wv) == rows_of(wk) && rows_of(wq) % D == 0 &&
-        cols_of(q) == rows_of(wq)) {
-      // 5-16 tokens: the norm, then the projections, RoPE and the cache write in one launch over the codes.
-      rmsnorm(x, norm.w, norm.eps, norm.h);
-      Tensor b;
-      if (biases) b = stacked_view({bq, bk, bv});
-      dispatch(wt, [&](auto* tag) {
-        using TT = std::remove_pointer_t<decltype(tag)>;
-        if constexpr (!std::is_same_v<TT, float>)
-          cuda::skinny_qkv_rope<TT>(norm.h.as<TT>(), static_cast<const __nv_fp8_e4m3*>(stacked.data), stacked.scale,
-                                    biases ? b.as<float>() : nullptr, T, K, target, stream());
-      });
-      return;
-    }
     // Many tokens: FP8 GEMMs in the composition below (its linear() calls), or the expansion.
     if (!(fp8_gemm_takes(T, K, rows_of(stacked), !none) && wt != DType::F32)) {
       const Tensor w = dequantized(stacked);
@@ -1136,7 +1183,6 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
   if (!fused) {
     // More tokens: with q/k/v stacked (as the model loads them; biases all stacked too, or none), one
     // GEMM into rows of (q | k | v), then RoPE reading those rows and writing the queries out.
-    const bool biases = bq && bk && bv, none = !bq && !bk && !bv;
     const int64_t nq = rows_of(wq), nkv = rows_of(wk), N = nq + 2 * nkv;
     const bool one_gemm = T > 4 && stacked_gemms() && stacked_rows({&wq, &wk, &wv}) && (none || (biases && stacked_rows({bq, bk, bv}))) &&
                           q.dtype == DType::F32 && cols_of(q) == nq && rows_of(wv) == nkv && k_cache.dtype == v_cache.dtype &&
@@ -1192,6 +1238,28 @@ void CudaBackend::norm_gate_up_silu(const Tensor& x, const InputNorm& norm, cons
   const bool fused = T >= 1 && T <= 4 && x.dtype == DType::F32 && (fp8 ? wt != DType::F32 : w_gate.dtype == wt) &&
                      w_up.dtype == w_gate.dtype && act.dtype == wt && cols_of(w_gate) == K && cols_of(w_up) == K &&
                      cuda::norm_smem_bytes(T, K, dtype_size(wt)) <= cuda::kMaxNormSmem;
+  if (fused && rows_of(w_up) == rows_of(w_gate) && cuda::skinny_norm_fits(T, K, dtype_size(wt)) &&
+      reinterpret_cast<uintptr_t>(x.data) % 16 == 0 &&
+      (fp8 ? skinny_fp8(T, norm.h, {&w_gate, &w_up}) : norm.h.dtype == wt && skinny_few(T, {&norm.h, &w_gate, &w_up}))) {
+    // FP8 codes from skinny_fp8_min_tokens_ to 4 tokens, 16-bit weights from skinny_min_tokens_: the norm,
+    // gate/up and SiLU-and-multiply in one launch on tensor cores (more tokens: rmsnorm, then
+    // gate_up_silu's skinny launch or cuBLASLt, below).
+    dispatch(wt, [&](auto* tag) {
+      using TT = std::remove_pointer_t<decltype(tag)>;
+      if constexpr (!std::is_same_v<TT, float>) {
+        auto run = [&](const auto* wg, const auto* wu) {
+          using TW = std::remove_const_t<std::remove_pointer_t<decltype(wg)>>;
+          cuda::skinny_norm_gate_up_silu<TT, TW>(x.as<float>(), norm.w.as<TT>(), norm.eps, wg, wu, w_gate.scale,
+                                                 w_up.scale, T, K, rows_of(w_gate), act.as<TT>(), stream());
+        };
+        if (fp8)
+          run(static_cast<const __nv_fp8_e4m3*>(w_gate.data), static_cast<const __nv_fp8_e4m3*>(w_up.data));
+        else
+          run(w_gate.as<TT>(), w_up.as<TT>());
+      }
+    });
+    return;
+  }
   if (!fused) return Backend::norm_gate_up_silu(x, norm, w_gate, w_up, gate_up, act);
   dispatch(wt, [&](auto* tag) {
     using TT = std::remove_pointer_t<decltype(tag)>;
@@ -1221,11 +1289,12 @@ void CudaBackend::gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tens
                                Tensor& act) {
   const int64_t T = rows_of(x), I = rows_of(w_gate);
   if (w_gate.dtype == DType::F8E4M3 || w_up.dtype == DType::F8E4M3) {
-    // 1-4 tokens: the GEMV over the codes; 5-16: the skinny GEMM over them, on tensor cores.
+    // The skinny GEMM over the codes, on tensor cores (from skinny_fp8_min_tokens_ to 16 tokens), or below
+    // that the GEMV over them.
     const bool shapes = x.dtype != DType::F32 && act.dtype == x.dtype && w_gate.dtype == w_up.dtype &&
                         rows_of(w_up) == I && cols_of(w_gate) == cols_of(x) && cols_of(w_up) == cols_of(x) &&
                         rows_of(act) == T && cols_of(act) == I;
-    const bool gemv = shapes && T >= 1 && T <= 4, tiles = shapes && !gemv && skinny_fp8(T, x, {&w_gate, &w_up});
+    const bool tiles = shapes && skinny_fp8(T, x, {&w_gate, &w_up}), gemv = shapes && !tiles && T >= 1 && T <= 4;
     if (gemv || tiles) {
       dispatch(x.dtype, [&](auto* tag) {
         using TT = std::remove_pointer_t<decltype(tag)>;
@@ -1250,7 +1319,7 @@ void CudaBackend::gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tens
       return gate_up_silu(x, rows_view(w, 0, I), rows_view(w, I, rows_of(w_up)), gate_up, act);
     }
   }
-  if (skinny(T, {&x, &w_gate, &w_up}) && act.dtype == x.dtype && w_gate.dtype == x.dtype &&
+  if ((skinny(T, {&x, &w_gate, &w_up}) || skinny_few(T, {&x, &w_gate, &w_up})) && act.dtype == x.dtype && w_gate.dtype == x.dtype &&
       w_up.dtype == x.dtype && cols_of(w_gate) == cols_of(x) && cols_of(w_up) == cols_of(x) && rows_of(w_up) == I &&
       rows_of(act) == T && cols_of(act) == I) {
     // A few tokens: gate, up and SiLU-and-multiply in one weight-streaming launch on tensor cores.

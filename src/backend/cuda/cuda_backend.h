@@ -93,9 +93,21 @@ class CudaBackend : public Backend {
   // elements) instead of cuBLASLt.
   bool skinny(int64_t T, std::initializer_list<const Tensor*> operands) const;
   // The same for FP8 weights (their codes read by the skinny GEMMs, widened in registers): any size, the
-  // alternative being to expand the matrix into 16 bits first.
+  // alternative being to expand the matrix into 16 bits first (more than 16 tokens) or the CUDA-core GEMVs
+  // (below skinny_fp8_min_tokens, which are faster there at 1-2 tokens and slower from three: H200,
+  // kernel_bench --few-tokens, docs/performance.md).
   bool skinny_fp8(int64_t T, const Tensor& x, std::initializer_list<const Tensor*> weights) const;
   void set_skinny_gemms(bool on) { skinny_on_ = on; }
+  // The fewest tokens of an FP8 linear layer that the skinny kernels take (1 to cuda::kSkinnyMinTokens;
+  // LLMSERVE_SKINNY_FP8_MIN_TOKENS).
+  void set_skinny_fp8_min_tokens(int64_t tokens) { skinny_fp8_min_tokens_ = tokens; }
+  int64_t skinny_fp8_min_tokens() const { return skinny_fp8_min_tokens_; }
+  // Whether a linear layer of T <= 4 tokens over these 16-bit operands (the input first) runs on the skinny
+  // kernels rather than the CUDA-core GEMVs: from skinny_min_tokens (3 by default; 5 = never;
+  // LLMSERVE_SKINNY_MIN_TOKENS), any size.
+  bool skinny_few(int64_t T, std::initializer_list<const Tensor*> operands) const;
+  void set_skinny_min_tokens(int64_t tokens) { skinny_min_tokens_ = tokens; }
+  int64_t skinny_min_tokens() const { return skinny_min_tokens_; }
   static constexpr int64_t kGemmExactUpTo = 256, kGemmBucket = 64;
   // Every bucket of every weight shape seen, up to the largest token count seen with it: the heuristic
   // asked and the GEMM run once on scratch operands (a cuBLASLt kernel's first launch costs ~2.5 ms).
@@ -216,6 +228,7 @@ class CudaBackend : public Backend {
   std::map<std::pair<GemmKey, bool>, Gemm> gemms_;  // exact n; whether the heuristic was asked at n
   bool gemm_exact_ = false;
   bool skinny_on_ = true;
+  int64_t skinny_fp8_min_tokens_ = 3, skinny_min_tokens_ = 3;  // (cuda::kSkinnyMinTokens, 5: never)
   int64_t heuristic_calls_ = 0;
   IntBuffer ids_, positions_, slots_, tables_, token_seq_, logits_rows_, tiles_;
   int64_t num_tokens_ = 0, num_seqs_ = 0, max_blocks_ = 0, num_logits_ = 0, max_len_ = 0, num_tiles_ = 0;
