@@ -935,7 +935,7 @@ int main(int argc, char** argv) {
   // A step's layer ops as the model runs them: 28 layers of distinct weights (so they stream from
   // memory, not the L2), one graph replaying each op over all layers back to back, then the whole
   // layer. Decode steps as a graph recorded for 4096 positions runs them: batch 1 at context 160, and
-  // 8, 16 and 256 sequences at context 640 (the 256-way throughput run's decode steps); and a prefill step of 16
+  // 2, 4, 8, 16 and 256 sequences at context 640 (the 256-way throughput run's decode steps); and a prefill step of 16
   // whole 512-token prompts (that run's prefill steps, 8,192 tokens). Floor: the larger of the bytes
   // (weights, KV cache) at the copy bandwidth and the FLOPs at the bf16 GEMM peak.
   {
@@ -961,8 +961,8 @@ int main(int argc, char** argv) {
     struct StepCase {
       int64_t seqs, q_len, ctx;
     };
-    for (const StepCase& sc : {StepCase{1, 1, 160}, StepCase{8, 1, 640}, StepCase{16, 1, 640}, StepCase{256, 1, 640},
-                               StepCase{16, 512, 512}}) {
+    for (const StepCase& sc : {StepCase{1, 1, 160}, StepCase{2, 1, 640}, StepCase{4, 1, 640}, StepCase{8, 1, 640},
+                               StepCase{16, 1, 640}, StepCase{256, 1, 640}, StepCase{16, 512, 512}}) {
       if ((quick || shape_7b) && sc.seqs > 1 && !(shape_7b && sc.q_len == 1 && sc.seqs <= 16)) continue;
       const int64_t B = sc.seqs * sc.q_len, ctx = sc.ctx, S = sc.seqs;  // B: the step's tokens
       StepMeta m = attention_step(S, sc.q_len, ctx, bs);
@@ -1029,6 +1029,34 @@ int main(int argc, char** argv) {
       std::printf("%-44s %10.2f %7.0f GB/s %9.0f%% %12.1f  (floor %.2f us: %.0f%% of it)\n", "whole layer", ms * 1e3,
                   layer_bytes / (ms * 1e-3) / 1e9, 100 * layer_bytes / (ms * 1e-3) / 1e9 / copy_gbs,
                   layer_flops / (ms * 1e-3) / 1e12, floor_us, 100 * floor_us / (ms * 1e3));
+    }
+  }
+
+  if (layers_only && !shape_7b) {
+    // The rest of a decode step at the 1.5B shape by its sequences: lm_head (151,936 x 1,536 bf16, the
+    // GEMV for 1-2 rows, the skinny kernel for 3-4, cuBLASLt above) and the greedy draw of every row.
+    const int64_t V = 151936, H = 1536;
+    Tensor w = random_tensor(be, {V, H}, DType::BF16);
+    std::printf("\n%-44s %10s %12s %10s %10s\n", "lm_head 151936x1536 + greedy draw", "lm_head us", "rate", "of copy",
+                "draw us");
+    for (int64_t T : {1, 2, 3, 4, 8, 16}) {
+      Tensor x = random_tensor(be, {T, H}, DType::BF16), y = be.empty({T, V}, DType::F32);
+      Tensor best = be.empty({T}, DType::F32), idx = be.empty({T}, DType::F32);
+      std::vector<RowDraw> rows(static_cast<size_t>(T));
+      for (auto& r : rows) r.greedy = true;
+      void* dev_rows = nullptr;
+      cudaMalloc(&dev_rows, sizeof(RowDraw) * rows.size());
+      cudaMemcpy(dev_rows, rows.data(), sizeof(RowDraw) * rows.size(), cudaMemcpyHostToDevice);
+      const double head_us = graph_ms(be, [&] { be.linear(x, w, nullptr, y); }) * 1e3;
+      const double draw_us = graph_ms(be, [&] {
+        cuda::draw_rows(y.as<float>(), T, V, V, 0, static_cast<const RowDraw*>(dev_rows), nullptr, 0, false,
+                        best.as<float>(), static_cast<int32_t*>(idx.data), be.stream());
+      }) * 1e3;
+      const double gbs = 2.0 * V * H / (head_us * 1e-6) / 1e9;
+      char name[64];
+      std::snprintf(name, sizeof name, "%lld row%s", static_cast<long long>(T), T > 1 ? "s" : "");
+      std::printf("%-44s %10.2f %7.0f GB/s %9.0f%% %10.2f\n", name, head_us, gbs, 100 * gbs / copy_gbs, draw_us);
+      cudaFree(dev_rows);
     }
   }
 
