@@ -100,6 +100,30 @@ Tensor random_tensor(CudaBackend& be, std::vector<int64_t> shape, DType dt, floa
   return dt == DType::F8E4M3 ? be.upload_fp8(v.data(), shape, be.compute_dtype(), false) : be.upload(v.data(), shape, dt);
 }
 
+// A decode step's end over T rows: lm_head (w, the vocabulary's rows, through the backend's linear) and
+// the greedy draw of every row, each alone and the two in turn (us, in graphs).
+struct HeadTimes {
+  double head_us, draw_us, both_us;
+};
+HeadTimes time_lm_head(CudaBackend& be, const Tensor& w, int64_t T) {
+  const int64_t V = w.dim(0), H = w.dim(1);
+  Tensor x = random_tensor(be, {T, H}, w.dtype), y = be.empty({T, V}, DType::F32);
+  Tensor best = be.empty({T}, DType::F32), idx = be.empty({T}, DType::F32);
+  std::vector<RowDraw> rows(static_cast<size_t>(T));
+  for (auto& r : rows) r.greedy = true;
+  void* dev_rows = nullptr;
+  cudaMalloc(&dev_rows, sizeof(RowDraw) * rows.size());
+  cudaMemcpy(dev_rows, rows.data(), sizeof(RowDraw) * rows.size(), cudaMemcpyHostToDevice);
+  auto head = [&] { be.linear(x, w, nullptr, y); };
+  auto draw = [&] {
+    cuda::draw_rows(y.as<float>(), T, V, V, 0, static_cast<const RowDraw*>(dev_rows), nullptr, 0, false, best.as<float>(),
+                    static_cast<int32_t*>(idx.data), be.stream());
+  };
+  const HeadTimes t{graph_ms(be, head) * 1e3, graph_ms(be, draw) * 1e3, graph_ms(be, [&] { head(); draw(); }) * 1e3};
+  cudaFree(dev_rows);
+  return t;
+}
+
 // A step of `seqs` sequences: each a run of `q_len` new tokens at the end of `ctx` cached ones.
 StepMeta attention_step(int64_t seqs, int64_t q_len, int64_t ctx, int64_t bs) {
   StepMeta m;
@@ -1040,23 +1064,11 @@ int main(int argc, char** argv) {
     std::printf("\n%-44s %10s %12s %10s %10s\n", "lm_head 151936x1536 + greedy draw", "lm_head us", "rate", "of copy",
                 "draw us");
     for (int64_t T : {1, 2, 3, 4, 8, 16}) {
-      Tensor x = random_tensor(be, {T, H}, DType::BF16), y = be.empty({T, V}, DType::F32);
-      Tensor best = be.empty({T}, DType::F32), idx = be.empty({T}, DType::F32);
-      std::vector<RowDraw> rows(static_cast<size_t>(T));
-      for (auto& r : rows) r.greedy = true;
-      void* dev_rows = nullptr;
-      cudaMalloc(&dev_rows, sizeof(RowDraw) * rows.size());
-      cudaMemcpy(dev_rows, rows.data(), sizeof(RowDraw) * rows.size(), cudaMemcpyHostToDevice);
-      const double head_us = graph_ms(be, [&] { be.linear(x, w, nullptr, y); }) * 1e3;
-      const double draw_us = graph_ms(be, [&] {
-        cuda::draw_rows(y.as<float>(), T, V, V, 0, static_cast<const RowDraw*>(dev_rows), nullptr, 0, false,
-                        best.as<float>(), static_cast<int32_t*>(idx.data), be.stream());
-      }) * 1e3;
-      const double gbs = 2.0 * V * H / (head_us * 1e-6) / 1e9;
+      const HeadTimes t = time_lm_head(be, w, T);
+      const double gbs = 2.0 * V * H / (t.head_us * 1e-6) / 1e9;
       char name[64];
       std::snprintf(name, sizeof name, "%lld row%s", static_cast<long long>(T), T > 1 ? "s" : "");
-      std::printf("%-44s %10.2f %7.0f GB/s %9.0f%% %10.2f\n", name, head_us, gbs, 100 * gbs / copy_gbs, draw_us);
-      cudaFree(dev_rows);
+      std::printf("%-44s %10.2f %7.0f GB/s %9.0f%% %10.2f\n", name, t.head_us, gbs, 100 * gbs / copy_gbs, t.draw_us);
     }
   }
 
@@ -1075,24 +1087,10 @@ int main(int argc, char** argv) {
       }
     // The rest of a batch-1 step at that shape: lm_head's GEMV (152,064 x 3,584 bf16) and the greedy draw.
     const int64_t V = 152064, H = 3584;
-    Tensor w = random_tensor(be, {V, H}, DType::BF16), x = random_tensor(be, {1, H}, DType::BF16);
-    Tensor y = be.empty({1, V}, DType::F32), best = be.empty({1}, DType::F32), idx = be.empty({1}, DType::F32);
-    RowDraw r;
-    r.greedy = true;
-    void* dev_row = nullptr;
-    cudaMalloc(&dev_row, sizeof(RowDraw));
-    cudaMemcpy(dev_row, &r, sizeof(RowDraw), cudaMemcpyHostToDevice);
-    auto head = [&] { be.linear(x, w, nullptr, y); };
-    auto draw = [&] {
-      cuda::draw_rows(y.as<float>(), 1, V, V, 0, static_cast<const RowDraw*>(dev_row), nullptr, 0, false, best.as<float>(),
-                      static_cast<int32_t*>(idx.data), be.stream());
-    };
-    const double head_us = graph_ms(be, head) * 1e3, draw_us = graph_ms(be, draw) * 1e3;
-    const double both_us = graph_ms(be, [&] { head(); draw(); }) * 1e3;
-    const double gbs = 2.0 * V * H / (head_us * 1e-6) / 1e9;
-    std::printf("\n%-44s %10.2f %7.0f GB/s %9.0f%%\n", "lm_head 152064x3584, 1 token", head_us, gbs, 100 * gbs / copy_gbs);
-    std::printf("%-44s %10.2f\n%-44s %10.2f\n", "greedy draw, 1 row", draw_us, "lm_head + draw", both_us);
-    cudaFree(dev_row);
+    const HeadTimes t = time_lm_head(be, random_tensor(be, {V, H}, DType::BF16), 1);
+    const double gbs = 2.0 * V * H / (t.head_us * 1e-6) / 1e9;
+    std::printf("\n%-44s %10.2f %7.0f GB/s %9.0f%%\n", "lm_head 152064x3584, 1 token", t.head_us, gbs, 100 * gbs / copy_gbs);
+    std::printf("%-44s %10.2f\n%-44s %10.2f\n", "greedy draw, 1 row", t.draw_us, "lm_head + draw", t.both_us);
     return 0;
   }
 
