@@ -154,7 +154,8 @@ void fp8_dequantize_rows(const __nv_fp8_e4m3* codes, const float* scales, int64_
 constexpr int64_t kSkinnyMinTokens = 5, kSkinnyMaxTokens = 16, kSkinnyMaxWeights = 4 << 20;
 bool skinny_gemm_fits(int64_t M, int64_t K, std::initializer_list<const void*> operands);
 // What the kernels themselves take (skinny_gemm_fits less its lower bound, kSkinnyMinTokens, which is the
-// backend's choice): 1-16 tokens. (kernel_bench --fp8-small times them at 1-4 tokens.)
+// backend's choice for 5-16 tokens; below that CudaBackend::skinny_few / skinny_fp8 choose): 1-16 tokens.
+// (kernel_bench --few-tokens times them at 1-4 tokens.)
 bool skinny_gemm_supports(int64_t M, int64_t K, std::initializer_list<const void*> operands);
 // Weights of type TW: T, or FP8 E4M3 codes with their rows' scales (w_scale, s_gate, s_up; null
 // otherwise), as gemv's (any size: the alternative for FP8 is expanding the matrix first).
@@ -206,7 +207,7 @@ constexpr size_t kMaxNormSmem = 48 << 10;
 inline size_t norm_smem_bytes(int64_t M, int64_t K, size_t elem) { return static_cast<size_t>((M + 1) * K) * elem; }
 // skinny_gate_up_silu and skinny_qkv_rope over float32 rows x that every block first normalizes into its
 // shared memory (RMSNorm with weights norm_w), as the fused GEMVs do: the norm and the projections in one
-// launch, for 1-4 rows (the backend's choice for FP8 matrices from skinny_fp8_min_tokens; at 5-16 rows
+// launch, for 1-4 rows (the backend's choice from skinny_min_tokens / skinny_fp8_min_tokens, 3; at 5-16 rows
 // each block would read them all before its first product, so those take rmsnorm and then the skinny
 // launch), where skinny_norm_fits.
 bool skinny_norm_fits(int64_t M, int64_t K, size_t elem);
