@@ -1036,9 +1036,11 @@ int main(int argc, char** argv) {
         std::snprintf(title, sizeof title, "prefill layer, %lld x %lld tokens (28 layers)", static_cast<long long>(S),
                       static_cast<long long>(sc.q_len));
       std::printf("\n%-44s %10s %12s %10s %12s\n", title, "us/layer", "rate", "of copy", "TFLOP/s");
-      double layer_bytes = 0, layer_flops = 0;
-      for (const Op& op : ops) {
+      double layer_bytes = 0, layer_flops = 0, alone_us[5];
+      for (int o = 0; o < 5; ++o) {
+        const Op& op = ops[o];
         const double ms = graph_ms(be, [&] { for (int64_t i = 0; i < L; ++i) op.fn(i); }, 1) / L;
+        alone_us[o] = ms * 1e3;
         const double gbs = op.bytes / (ms * 1e-3) / 1e9;
         layer_bytes += op.bytes;
         layer_flops += op.flops;
@@ -1053,6 +1055,22 @@ int main(int argc, char** argv) {
       std::printf("%-44s %10.2f %7.0f GB/s %9.0f%% %12.1f  (floor %.2f us: %.0f%% of it)\n", "whole layer", ms * 1e3,
                   layer_bytes / (ms * 1e-3) / 1e9, 100 * layer_bytes / (ms * 1e-3) / 1e9 / copy_gbs,
                   layer_flops / (ms * 1e-3) / 1e12, floor_us, 100 * floor_us / (ms * 1e3));
+      // Where the whole layer's excess over its launches alone sits: each launch followed by the next
+      // (28 layers of the pair in a graph) against the two alone, in us per layer.
+      if (sc.q_len == 1) {
+        std::printf("%-44s", "pairs over their launches alone (us)");
+        for (int o = 0; o < 5; ++o) {
+          const Op &a = ops[o], &b = ops[(o + 1) % 5];
+          const double pair_us = graph_ms(be, [&] {
+            for (int64_t i = 0; i < L; ++i) {
+              a.fn(i);
+              b.fn(i);
+            }
+          }, 1) / L * 1e3;
+          std::printf(" %+.2f", pair_us - alone_us[o] - alone_us[(o + 1) % 5]);
+        }
+        std::printf("  (q/k/v->attention, ->o_proj, ->gate/up, ->down, down->q/k/v)\n");
+      }
     }
   }
 
