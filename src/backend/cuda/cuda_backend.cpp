@@ -101,7 +101,9 @@ void warn_ignored_switches() {
         {"LLMSERVE_PREFILL_KEYS", {"64", "128"}},
         {"LLMSERVE_PREFILL_TMA", {"0", "1"}},
         {"LLMSERVE_FP8_KV_WIDEN", {"0", "1"}},
-        {"LLMSERVE_PREFILL_DECODE_ROWS", {"0", "1"}}};
+        {"LLMSERVE_PREFILL_DECODE_ROWS", {"0", "1"}},
+        {"LLMSERVE_SKINNY_MIN_TOKENS", {"1", "2", "3", "4", "5"}},
+        {"LLMSERVE_SKINNY_FP8_MIN_TOKENS", {"1", "2", "3", "4", "5"}}};
     for (const auto& [name, values] : switches) {
       const char* e = std::getenv(name);
       if (!e || std::find(values.begin(), values.end(), std::string(e)) != values.end()) continue;
@@ -170,15 +172,12 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   // Linear layers of 1-4 tokens on the tensor-core skinny kernels from these counts, on the CUDA-core GEMVs
   // below them: 3 tokens for FP8 and 16-bit matrices alike (H200, kernel_bench --few-tokens: the GEMVs
   // lead at 1-2 tokens, the skinny kernels from 3; docs/performance.md, thirty-sixth session); for measuring,
-  // LLMSERVE_SKINNY_FP8_MIN_TOKENS / LLMSERVE_SKINNY_MIN_TOKENS = 1..5 move the boundaries.
+  // LLMSERVE_SKINNY_FP8_MIN_TOKENS / LLMSERVE_SKINNY_MIN_TOKENS = 1..5 move the boundaries (other values:
+  // warn_ignored_switches).
+  static_assert(cuda::kSkinnyMinTokens == 5, "the switch table lists 1 to kSkinnyMinTokens");
   auto min_tokens = [](const char* name, int64_t& v) {
     const char* t = std::getenv(name);
-    if (!t) return;
-    char* end = nullptr;
-    const long n = std::strtol(t, &end, 10);
-    if (end == t || *end != '\0' || n < 1 || n > cuda::kSkinnyMinTokens)
-      throw Error(cat(name, " must be 1 to ", cuda::kSkinnyMinTokens, ", not '", t, "'"));
-    v = n;
+    if (t && t[0] >= '1' && t[0] <= '5' && t[1] == '\0') v = t[0] - '0';
   };
   min_tokens("LLMSERVE_SKINNY_FP8_MIN_TOKENS", skinny_fp8_min_tokens_);
   min_tokens("LLMSERVE_SKINNY_MIN_TOKENS", skinny_min_tokens_);
@@ -804,7 +803,8 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
     return linear(x, wd, bias, out);
   }
   LLMSERVE_CHECK(w.dtype == x.dtype, "cuda backend: linear operands must have one type");
-  if (T <= 4 && !skinny_few(T, {&x, &w}) && (!bias || bias->dtype == DType::F32)) {
+  const bool few = skinny_few(T, {&x, &w});
+  if (T <= 4 && !few && (!bias || bias->dtype == DType::F32)) {
     // A few tokens (decode): weight-streaming GEMV at the memory bandwidth.
     dispatch(x.dtype, [&](auto* tag) {
       using TT = std::remove_pointer_t<decltype(tag)>;
@@ -819,7 +819,7 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
     });
     return;
   }
-  if ((skinny(T, {&x, &w}) || skinny_few(T, {&x, &w})) && (!bias || bias->dtype == DType::F32)) {
+  if ((skinny(T, {&x, &w}) || few) && (!bias || bias->dtype == DType::F32)) {
     dispatch(x.dtype, [&](auto* tag) {
       using TT = std::remove_pointer_t<decltype(tag)>;
       if constexpr (!std::is_same_v<TT, float>) {
@@ -879,6 +879,10 @@ bool CudaBackend::fp8_gemm(int64_t T, const Tensor& x, const Tensor& w, DType ou
   run_gemm(*g, w, xc, bias_data, beta, y, xs);
   ++fp8_gemms_;
   return true;
+}
+
+bool CudaBackend::skinny_norm_inside(const Tensor& x, DType wt) {
+  return cuda::skinny_norm_fits(rows_of(x), cols_of(x), dtype_size(wt)) && reinterpret_cast<uintptr_t>(x.data) % 16 == 0;
 }
 
 bool CudaBackend::skinny_few(int64_t T, std::initializer_list<const Tensor*> operands) const {
@@ -1125,7 +1129,7 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
   const bool biases = bq && bk && bv, none = !bq && !bk && !bv;
   const bool stacked_all = stacked_rows({&wq, &wk, &wv});
   const Tensor stacked = stacked_all ? stacked_view({&wq, &wk, &wv}) : Tensor{};
-  const bool norm_inside = cuda::skinny_norm_fits(T, K, dtype_size(wt)) && reinterpret_cast<uintptr_t>(x.data) % 16 == 0;
+  const bool norm_inside = skinny_norm_inside(x, wt);
   const bool tile_shape =
       stacked_all && (none || (biases && stacked_rows({bq, bk, bv}) && bq->dtype == DType::F32)) && x.dtype == DType::F32 &&
       q.dtype == DType::F32 && cache_ok && D % 16 == 0 && k_cache.dim(3) == D && rows_of(wk) == k_cache.dim(2) * D &&
@@ -1238,8 +1242,7 @@ void CudaBackend::norm_gate_up_silu(const Tensor& x, const InputNorm& norm, cons
   const bool fused = T >= 1 && T <= 4 && x.dtype == DType::F32 && (fp8 ? wt != DType::F32 : w_gate.dtype == wt) &&
                      w_up.dtype == w_gate.dtype && act.dtype == wt && cols_of(w_gate) == K && cols_of(w_up) == K &&
                      cuda::norm_smem_bytes(T, K, dtype_size(wt)) <= cuda::kMaxNormSmem;
-  if (fused && rows_of(w_up) == rows_of(w_gate) && cuda::skinny_norm_fits(T, K, dtype_size(wt)) &&
-      reinterpret_cast<uintptr_t>(x.data) % 16 == 0 &&
+  if (fused && rows_of(w_up) == rows_of(w_gate) && skinny_norm_inside(x, wt) &&
       (fp8 ? skinny_fp8(T, norm.h, {&w_gate, &w_up}) : norm.h.dtype == wt && skinny_few(T, {&norm.h, &w_gate, &w_up}))) {
     // FP8 codes from skinny_fp8_min_tokens_ to 4 tokens, 16-bit weights from skinny_min_tokens_: the norm,
     // gate/up and SiLU-and-multiply in one launch on tensor cores (more tokens: rmsnorm, then

@@ -106,6 +106,10 @@ class CudaBackend : public Backend {
   // kernels rather than the CUDA-core GEMVs: from skinny_min_tokens (3 by default; 5 = never;
   // LLMSERVE_SKINNY_MIN_TOKENS), any size.
   bool skinny_few(int64_t T, std::initializer_list<const Tensor*> operands) const;
+  // Whether the skinny q/k/v and gate/up launches can normalize the float32 rows x themselves (1-4 rows
+  // whose 16-bit copies of type wt fit the block's shared memory, 16-byte aligned), rather than after an
+  // rmsnorm launch.
+  static bool skinny_norm_inside(const Tensor& x, DType wt);
   void set_skinny_min_tokens(int64_t tokens) { skinny_min_tokens_ = tokens; }
   int64_t skinny_min_tokens() const { return skinny_min_tokens_; }
   static constexpr int64_t kGemmExactUpTo = 256, kGemmBucket = 64;
