@@ -152,6 +152,23 @@ __device__ __forceinline__ float block_sum(float v) {
   return block_reduce(v, [](float a, float b) { return a + b; }, 0.f);
 }
 
+// block_sum of each of N values at once, with one barrier for all N (every warp sums the warps' partial
+// sums itself, in block_reduce's order, so each result is block_sum's to the bit). Call from all threads.
+template <int N>
+__device__ __forceinline__ void block_sums(float (&v)[N]) {
+  __shared__ float part[N][32];
+  const int lane = threadIdx.x & 31, warps = (blockDim.x + 31) / 32;
+#pragma unroll
+  for (int n = 0; n < N; ++n) {
+    v[n] = warp_sum(v[n]);
+    if (lane == 0) part[n][threadIdx.x >> 5] = v[n];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int n = 0; n < N; ++n) v[n] = warp_sum(lane < warps ? part[n][lane] : 0.f);
+  __syncthreads();  // (the slots are free again when it returns)
+}
+
 // Streaming multiprocessors of the current device (queried once).
 inline int sm_count() {
   static const int sms = [] {

@@ -145,34 +145,39 @@ __device__ __forceinline__ const T* stage_norm_weights(const T* w, int64_t K, T*
 }
 
 // h[m, :] = rmsnorm(x[m, :]) * w for M rows of K (float32 x; h in shared memory), by the whole block
-// (thread i sums the squares of elements i, i + blockDim.x, ...; then block_sum). Every row's loads
-// are issued together, PER elements per thread at a time, so a row of up to PER x blockDim.x elements
-// costs one memory round trip for its squares (the second pass finds x in L1, and w in shared memory
-// when stage_norm_weights put it there), not one per element a thread takes.
+// (thread i sums the squares of elements i, i + blockDim.x, ... of every row; then block_sums, one
+// reduction for all M rows). All M rows' loads are issued together, PER elements per row and thread at a
+// time, so rows of up to PER x blockDim.x elements cost one memory round trip and one reduction for all
+// their squares (row after row, each with its own reduction, cost M of each), not one per row or per
+// element a thread takes; the second pass finds x in L1, and w in shared memory when stage_norm_weights
+// put it there.
 template <typename T, int M>
 __device__ __forceinline__ void rmsnorm_rows(const float* x, const T* w, int64_t K, float eps, T* h) {
   constexpr int PER = 8;
   const int64_t step = static_cast<int64_t>(PER) * blockDim.x;
   float inv[M];
 #pragma unroll
-  for (int m = 0; m < M; ++m) {
-    const float* xr = x + m * K;
-    float ss = 0.f;
-    for (int64_t k0 = threadIdx.x; k0 < K; k0 += step) {
-      float v[PER];
+  for (int m = 0; m < M; ++m) inv[m] = 0.f;
+  for (int64_t k0 = threadIdx.x; k0 < K; k0 += step) {
+    float v[M][PER];
+#pragma unroll
+    for (int m = 0; m < M; ++m)
 #pragma unroll
       for (int r = 0; r < PER; ++r) {
         const int64_t k = k0 + static_cast<int64_t>(r) * blockDim.x;
-        v[r] = k < K ? xr[k] : 0.f;
+        v[m][r] = k < K ? x[m * K + k] : 0.f;
       }
 #pragma unroll
-      for (int r = 0; r < PER; ++r) ss += v[r] * v[r];
-    }
-    // This thread's staged weights have landed (a no-op without them); block_sum's barrier then makes
-    // every thread's visible.
-    if (m == 0) cp_async_wait_all();
-    inv[m] = rsqrtf(block_sum(ss) / static_cast<float>(K) + eps);
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int r = 0; r < PER; ++r) inv[m] += v[m][r] * v[m][r];
   }
+  // This thread's staged weights have landed (a no-op without them); block_sums' barrier then makes
+  // every thread's visible.
+  cp_async_wait_all();
+  block_sums<M>(inv);
+#pragma unroll
+  for (int m = 0; m < M; ++m) inv[m] = rsqrtf(inv[m] / static_cast<float>(K) + eps);
 #pragma unroll
   for (int m = 0; m < M; ++m) {
     const float* xr = x + m * K;
