@@ -878,21 +878,16 @@ TEST_P(CudaOps, FewTokenKernelChoiceBySize) {
       EXPECT_EQ(takes(T, big, nullptr), T >= 2) << kind << ", " << T << " tokens, big";
       EXPECT_EQ(takes(T, half, &half), T >= 2) << kind << ", " << T << " tokens, two halves";
     }
+    auto set_boundary = [&](int64_t t) { fp8 ? gpu->set_skinny_fp8_min_tokens(t) : gpu->set_skinny_min_tokens(t); };
     // The GEMVs for up to 4 tokens (5), big matrices still from 2; then big ones from 5 too: none.
-    if (fp8)
-      gpu->set_skinny_fp8_min_tokens(5);
-    else
-      gpu->set_skinny_min_tokens(5);
+    set_boundary(5);
     EXPECT_FALSE(takes(4, small, nullptr)) << kind;
     EXPECT_TRUE(takes(2, big, nullptr)) << kind;
     gpu->set_skinny_big_min_tokens(5);
     EXPECT_FALSE(takes(4, big, nullptr)) << kind;
     // Big ones from 1, the others from 3.
     gpu->set_skinny_big_min_tokens(1);
-    if (fp8)
-      gpu->set_skinny_fp8_min_tokens(3);
-    else
-      gpu->set_skinny_min_tokens(3);
+    set_boundary(3);
     EXPECT_TRUE(takes(1, big, nullptr)) << kind;
     EXPECT_FALSE(takes(2, small, nullptr)) << kind;
     gpu->set_skinny_big_min_tokens(2);
