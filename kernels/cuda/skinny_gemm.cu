@@ -18,8 +18,10 @@ namespace {
 constexpr int kWarpsPerBlock = 8;
 
 // Weight loads a lane keeps in flight per group: fewer for more matrices and more n-tiles (registers).
-template <int NT, int R>
-constexpr int kGroupSteps = R == 1 ? 4 : 2;
+// FP8 codes are 8 bytes a load where 16-bit weights are 16, so the one-n-tile FP8 forms (1-8 tokens) take
+// half again as many steps (6 and 3) to keep more bytes in flight.
+template <int NT, int R, typename TW>
+constexpr int kGroupSteps = std::is_same_v<TW, __nv_fp8_e4m3> && NT == 1 ? (R == 1 ? 6 : 3) : (R == 1 ? 4 : 2);
 
 // A launch's input rows: M rows of the activation type at h, K apart; or, where x is set, M float32 rows
 // that each block normalizes first (RMSNorm with weights norm_w and eps): the decode layer's input norms in
@@ -75,7 +77,7 @@ __device__ __forceinline__ void tile_block(const SkinnyIn<T>& in, int64_t M, con
   const int64_t steps = (K + 31) / 32, kn = (steps + kWarpsPerBlock - 1) / kWarpsPerBlock * 32;
   T* h = reinterpret_cast<T*>(norm_smem);
   const T* nw = in.x ? stage_norm_weights(in.norm_w, K, h + M * K) : nullptr;
-  tile_stream<T, NT, R, kGroupSteps<NT, R>>(
+  tile_stream<T, NT, R, kGroupSteps<NT, R, TW>>(
       in.x ? h : in.h, M, w, scale, K, warp * kn, kn, N, blockIdx.x, gridDim.x, tiles, lane, rows,
       [&] {
         if (in.x) rmsnorm_few_rows<T>(in.x, nw, M, K, in.eps, h);

@@ -103,7 +103,8 @@ void warn_ignored_switches() {
         {"LLMSERVE_FP8_KV_WIDEN", {"0", "1"}},
         {"LLMSERVE_PREFILL_DECODE_ROWS", {"0", "1"}},
         {"LLMSERVE_SKINNY_MIN_TOKENS", {"1", "2", "3", "4", "5"}},
-        {"LLMSERVE_SKINNY_FP8_MIN_TOKENS", {"1", "2", "3", "4", "5"}}};
+        {"LLMSERVE_SKINNY_FP8_MIN_TOKENS", {"1", "2", "3", "4", "5"}},
+        {"LLMSERVE_SKINNY_BIG_MIN_TOKENS", {"1", "2", "3", "4", "5"}}};
     for (const auto& [name, values] : switches) {
       const char* e = std::getenv(name);
       if (!e || std::find(values.begin(), values.end(), std::string(e)) != values.end()) continue;
@@ -181,6 +182,10 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   };
   min_tokens("LLMSERVE_SKINNY_FP8_MIN_TOKENS", skinny_fp8_min_tokens_);
   min_tokens("LLMSERVE_SKINNY_MIN_TOKENS", skinny_min_tokens_);
+  // Matrices of kSkinnyBigWeights or more (together) from 2 tokens, either kind: the two-token GEMV streams
+  // the 7B down projection at 2,836 GB/s (bf16) and 1,323 (fp8) where the skinny kernel reaches 3,321 and
+  // 2,058; lm_head at 2 rows runs at 73% of copy (H200, kernel_bench --few-tokens and --layers).
+  min_tokens("LLMSERVE_SKINNY_BIG_MIN_TOKENS", skinny_big_min_tokens_);
   // FP8 matrices in steps of more than 16 tokens: expanded to 16 bits for a 16-bit GEMM, or with
   // LLMSERVE_FP8_GEMM=1 FP8 GEMMs over quantized activations (off by default: on an H200 a 2,048-token
   // prefill 7% faster than the expansion, still slower than bf16 weights, for 4e-2 to 1.2e-1 of added
@@ -836,13 +841,20 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
            out.data);
 }
 
+int64_t CudaBackend::few_token_boundary(int64_t boundary, int64_t weights) const {
+  return weights >= kSkinnyBigWeights ? std::min(boundary, skinny_big_min_tokens_) : boundary;
+}
+
 bool CudaBackend::skinny_fp8(int64_t T, const Tensor& x, std::initializer_list<const Tensor*> weights) const {
   if (!skinny_on_ || (x.dtype != DType::BF16 && x.dtype != DType::F16) || reinterpret_cast<uintptr_t>(x.data) % 16 != 0 ||
-      T < skinny_fp8_min_tokens_ || !cuda::skinny_gemm_supports(T, cols_of(x), {}))
+      !cuda::skinny_gemm_supports(T, cols_of(x), {}))
     return false;
-  for (const Tensor* w : weights)
+  int64_t n = 0;
+  for (const Tensor* w : weights) {
     if (w->dtype != DType::F8E4M3 || !w->scale || reinterpret_cast<uintptr_t>(w->data) % 16 != 0) return false;
-  return true;
+    n += w->numel();
+  }
+  return T >= few_token_boundary(skinny_fp8_min_tokens_, n);
 }
 
 bool CudaBackend::fp8_gemm_takes(int64_t T, int64_t K, int64_t N, bool f32_bias) const {
@@ -887,11 +899,14 @@ bool CudaBackend::skinny_norm_inside(const Tensor& x, DType wt) {
 
 bool CudaBackend::skinny_few(int64_t T, std::initializer_list<const Tensor*> operands) const {
   const Tensor& x = **operands.begin();
-  if (!skinny_on_ || T < skinny_min_tokens_ || T > 4 || !cuda::skinny_gemm_supports(T, cols_of(x), {})) return false;
-  for (const Tensor* t : operands)
+  if (!skinny_on_ || T > 4 || !cuda::skinny_gemm_supports(T, cols_of(x), {})) return false;
+  int64_t weights = 0;
+  for (const Tensor* t : operands) {
     if (t->dtype != x.dtype || (x.dtype != DType::BF16 && x.dtype != DType::F16) || reinterpret_cast<uintptr_t>(t->data) % 16 != 0)
       return false;
-  return true;
+    if (t != &x) weights += t->numel();
+  }
+  return T >= few_token_boundary(skinny_min_tokens_, weights);
 }
 
 bool CudaBackend::skinny(int64_t T, std::initializer_list<const Tensor*> operands) const {

@@ -112,6 +112,12 @@ class CudaBackend : public Backend {
   static bool skinny_norm_inside(const Tensor& x, DType wt);
   void set_skinny_min_tokens(int64_t tokens) { skinny_min_tokens_ = tokens; }
   int64_t skinny_min_tokens() const { return skinny_min_tokens_; }
+  // Linear layers whose matrices hold kSkinnyBigWeights elements or more (together: the 7B shape's down
+  // projection and gate/up, lm_head) go to the skinny kernels from skinny_big_min_tokens (2 by default;
+  // LLMSERVE_SKINNY_BIG_MIN_TOKENS) where that is below the boundary above: few_token_boundary.
+  static constexpr int64_t kSkinnyBigWeights = int64_t(1) << 25;
+  void set_skinny_big_min_tokens(int64_t tokens) { skinny_big_min_tokens_ = tokens; }
+  int64_t few_token_boundary(int64_t boundary, int64_t weights) const;
   static constexpr int64_t kGemmExactUpTo = 256, kGemmBucket = 64;
   // Every bucket of every weight shape seen, up to the largest token count seen with it: the heuristic
   // asked and the GEMM run once on scratch operands (a cuBLASLt kernel's first launch costs ~2.5 ms).
@@ -232,7 +238,7 @@ class CudaBackend : public Backend {
   std::map<std::pair<GemmKey, bool>, Gemm> gemms_;  // exact n; whether the heuristic was asked at n
   bool gemm_exact_ = false;
   bool skinny_on_ = true;
-  int64_t skinny_fp8_min_tokens_ = 3, skinny_min_tokens_ = 3;  // (cuda::kSkinnyMinTokens, 5: never)
+  int64_t skinny_fp8_min_tokens_ = 3, skinny_min_tokens_ = 3, skinny_big_min_tokens_ = 2;  // (cuda::kSkinnyMinTokens, 5: never)
   int64_t heuristic_calls_ = 0;
   IntBuffer ids_, positions_, slots_, tables_, token_seq_, logits_rows_, tiles_;
   int64_t num_tokens_ = 0, num_seqs_ = 0, max_blocks_ = 0, num_logits_ = 0, max_len_ = 0, num_tiles_ = 0;
