@@ -63,24 +63,31 @@ __device__ __forceinline__ void rmsnorm_few_rows(const float* x, const T* w, int
 // &row1) as tile_stream takes it), each warp a contiguous share of K (so that a matrix of few rows still
 // has a warp per SM and more streaming it), and sums the warps' fragments in shared memory: fin(tile,
 // sum) then runs on one warp, the tile's owner, with the tile's whole products in tile_stream's layout.
-// The input rows: in.h, or where in.x is set, in.x normalized first into the block's dynamic shared memory
+// The input rows: in.h, or with Norm, in.x normalized first into the block's dynamic shared memory
 // (norm_smem_bytes of it; 1-4 rows, as the fused GEMVs do), after the kernel's wait on the previous grid
-// and while the first weights stream in; the norm's weights are copied in before that wait.
-template <typename T, int NT, int R, typename TW, typename Fin, typename Rows = PlainRows>
+// and while the first weights stream in; the norm's weights are copied in before that wait. Norm is a
+// template argument so that the launches without it are the kernels they were before the norm came in (one
+// kernel for both, the norm skipped at run time, cost the 8-sequence decode layer 4.4 us of its 54 on an
+// H200: the thirty-seventh session's bisect, the whole layer against its launches alone).
+template <typename T, int NT, int R, typename TW, bool Norm, typename Fin, typename Rows = PlainRows>
 __device__ __forceinline__ void tile_block(const SkinnyIn<T>& in, int64_t M, const TW* const (&w)[R],
                                            const float* const* scale, int64_t K, int64_t N, Fin fin, int64_t tiles = -1,
                                            Rows rows = {}) {
   if (tiles < 0) tiles = (N + 15) / 16;
   __shared__ float part[kWarpsPerBlock][R * NT * 4][32];
-  extern __shared__ __align__(16) unsigned char norm_smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
   const int64_t steps = (K + 31) / 32, kn = (steps + kWarpsPerBlock - 1) / kWarpsPerBlock * 32;
-  T* h = reinterpret_cast<T*>(norm_smem);
-  const T* nw = in.x ? stage_norm_weights(in.norm_w, K, h + M * K) : nullptr;
+  T* normed = nullptr;  // (with Norm: the normalized rows, then the norm's staged weights)
+  const T* nw = nullptr;
+  if constexpr (Norm) {
+    extern __shared__ __align__(16) unsigned char norm_smem[];
+    normed = reinterpret_cast<T*>(norm_smem);
+    nw = stage_norm_weights(in.norm_w, K, normed + M * K);
+  }
   tile_stream<T, NT, R, kGroupSteps<NT, R, TW>>(
-      in.x ? h : in.h, M, w, scale, K, warp * kn, kn, N, blockIdx.x, gridDim.x, tiles, lane, rows,
+      Norm ? normed : in.h, M, w, scale, K, warp * kn, kn, N, blockIdx.x, gridDim.x, tiles, lane, rows,
       [&] {
-        if (in.x) rmsnorm_few_rows<T>(in.x, nw, M, K, in.eps, h);
+        if constexpr (Norm) rmsnorm_few_rows<T>(in.x, nw, M, K, in.eps, normed);
       },
       [&](int64_t tile, const float(&acc)[R][NT][4]) {
 #pragma unroll
@@ -118,7 +125,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int lane = threadIdx.x & 31;
   const TW* const mats[1] = {w};
   const float* const scales[1] = {w_scale};
-  tile_block<T, NT, 1>(SkinnyIn<T>{x}, M, mats, scales, K, N, [&](int64_t tile, const float(&acc)[1][NT][4]) {
+  tile_block<T, NT, 1, TW, false>(SkinnyIn<T>{x}, M, mats, scales, K, N, [&](int64_t tile, const float(&acc)[1][NT][4]) {
     for_fragment<NT>(tile, lane, [&](int64_t n, int64_t m, int j, int e) {
       if (n >= N || m >= M) return;
       const float y = acc[0][j][e] + (bias ? bias[n] : 0.f);
@@ -127,7 +134,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   });
 }
 
-template <typename T, typename TW, int NT>
+template <typename T, typename TW, int NT, bool Norm>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     skinny_gate_up_k(SkinnyIn<T> in, const TW* __restrict__ wg, const TW* __restrict__ wu,
                      const float* __restrict__ sg, const float* __restrict__ su, int64_t M, int64_t K, int64_t N,
@@ -135,7 +142,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int lane = threadIdx.x & 31;
   const TW* const mats[2] = {wg, wu};
   const float* const scales[2] = {sg, su};
-  tile_block<T, NT, 2>(in, M, mats, scales, K, N, [&](int64_t tile, const float(&acc)[2][NT][4]) {
+  tile_block<T, NT, 2, TW, Norm>(in, M, mats, scales, K, N, [&](int64_t tile, const float(&acc)[2][NT][4]) {
     for_fragment<NT>(tile, lane, [&](int64_t n, int64_t m, int j, int e) {
       if (n >= N || m >= M) return;
       const float gv = acc[0][j][e];
@@ -148,7 +155,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // write, as rope_kv_write_rows after a GEMM (kernels/cuda/fused.cu): a tile is 8 rotation pairs of one
 // head, rows i0 .. i0 + 7 and i0 + D/2 .. i0 + D/2 + 7, so a lane holds both halves of its pairs and
 // rotates them itself; q (float32) out, k and v into the caches at the tokens' slots (none below 0).
-template <typename T, typename TW, int NT>
+template <typename T, typename TW, int NT, bool Norm>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     skinny_qkv_rope_k(SkinnyIn<T> in, const TW* __restrict__ w, const float* __restrict__ w_scale,
                       const float* __restrict__ bias, int64_t M, int64_t K, RopeCacheWrite a) {
@@ -160,7 +167,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     *r0 = tile / per_head * a.D + tile % per_head * 8;
     *r1 = *r0 + half;
   };
-  tile_block<T, NT, 1>(
+  tile_block<T, NT, 1, TW, Norm>(
       in, M, mats, scales, K, heads * a.D,
       [&](int64_t tile, const float(&acc)[1][NT][4]) {
         const int64_t head = tile / per_head, i = tile % per_head * 8 + g, r1 = head * a.D + i, r2 = r1 + half;
@@ -241,29 +248,29 @@ void skinny_gemm(const T* x, const TW* w, const float* w_scale, const float* bia
 
 namespace {
 
-template <typename T, typename TW>
+template <bool Norm, typename T, typename TW>
 void gate_up_launch(const SkinnyIn<T>& in, const TW* w_gate, const TW* w_up, const float* s_gate, const float* s_up,
                     int64_t M, int64_t K, int64_t N, T* act, cudaStream_t s) {
   if (M == 0 || N == 0) return;
-  const bool norm = in.x != nullptr;
+  constexpr bool norm = Norm;
   if (norm && !skinny_norm_fits(M, K, sizeof(T))) check(cudaErrorInvalidValue, "skinny_norm_gate_up_silu: unsupported shape");
   launch_skinny(norm ? "skinny_norm_gate_up_silu" : "skinny_gate_up_silu", M, K,
                 {norm ? static_cast<const void*>(in.x) : in.h, w_gate, w_up}, (N + 15) / 16,
                 norm ? norm_smem_bytes(M, K, sizeof(T)) : 0, s,
-                [](auto nt) { return skinny_gate_up_k<T, TW, decltype(nt)::value>; }, in, w_gate, w_up, s_gate, s_up, M,
+                [](auto nt) { return skinny_gate_up_k<T, TW, decltype(nt)::value, Norm>; }, in, w_gate, w_up, s_gate, s_up, M,
                 K, N, act);
 }
 
-template <typename T, typename TW>
+template <bool Norm, typename T, typename TW>
 void qkv_rope_launch(const SkinnyIn<T>& in, const TW* w, const float* w_scale, const float* bias, int64_t M, int64_t K,
                      const RopeCacheWrite& a, cudaStream_t s) {
   if (M == 0) return;
-  const bool norm = in.x != nullptr;
+  constexpr bool norm = Norm;
   if (a.D % 16 != 0) check(cudaErrorInvalidValue, "skinny_qkv_rope: the head size must be a multiple of 16");
   if (norm && !skinny_norm_fits(M, K, sizeof(T))) check(cudaErrorInvalidValue, "skinny_norm_qkv_rope: unsupported shape");
   launch_skinny(norm ? "skinny_norm_qkv_rope" : "skinny_qkv_rope", M, K, {norm ? static_cast<const void*>(in.x) : in.h, w},
                 (a.Hq + 2 * a.Hk) * a.D / 16, norm ? norm_smem_bytes(M, K, sizeof(T)) : 0, s,
-                [](auto nt) { return skinny_qkv_rope_k<T, TW, decltype(nt)::value>; }, in, w, w_scale, bias, M, K, a);
+                [](auto nt) { return skinny_qkv_rope_k<T, TW, decltype(nt)::value, Norm>; }, in, w, w_scale, bias, M, K, a);
 }
 
 }  // namespace
@@ -271,26 +278,26 @@ void qkv_rope_launch(const SkinnyIn<T>& in, const TW* w, const float* w_scale, c
 template <typename T, typename TW>
 void skinny_gate_up_silu(const T* x, const TW* w_gate, const TW* w_up, const float* s_gate, const float* s_up, int64_t M,
                          int64_t K, int64_t N, T* act, cudaStream_t s) {
-  gate_up_launch<T, TW>(SkinnyIn<T>{x}, w_gate, w_up, s_gate, s_up, M, K, N, act, s);
+  gate_up_launch<false, T, TW>(SkinnyIn<T>{x}, w_gate, w_up, s_gate, s_up, M, K, N, act, s);
 }
 
 template <typename T, typename TW>
 void skinny_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const TW* w_gate, const TW* w_up,
                               const float* s_gate, const float* s_up, int64_t M, int64_t K, int64_t N, T* act,
                               cudaStream_t s) {
-  gate_up_launch<T, TW>(SkinnyIn<T>{nullptr, x, norm_w, eps}, w_gate, w_up, s_gate, s_up, M, K, N, act, s);
+  gate_up_launch<true, T, TW>(SkinnyIn<T>{nullptr, x, norm_w, eps}, w_gate, w_up, s_gate, s_up, M, K, N, act, s);
 }
 
 template <typename T, typename TW>
 void skinny_qkv_rope(const T* h, const TW* w, const float* w_scale, const float* bias, int64_t M, int64_t K,
                      const RopeCacheWrite& a, cudaStream_t s) {
-  qkv_rope_launch<T, TW>(SkinnyIn<T>{h}, w, w_scale, bias, M, K, a, s);
+  qkv_rope_launch<false, T, TW>(SkinnyIn<T>{h}, w, w_scale, bias, M, K, a, s);
 }
 
 template <typename T, typename TW>
 void skinny_norm_qkv_rope(const float* x, const T* norm_w, float eps, const TW* w, const float* w_scale,
                           const float* bias, int64_t M, int64_t K, const RopeCacheWrite& a, cudaStream_t s) {
-  qkv_rope_launch<T, TW>(SkinnyIn<T>{nullptr, x, norm_w, eps}, w, w_scale, bias, M, K, a, s);
+  qkv_rope_launch<true, T, TW>(SkinnyIn<T>{nullptr, x, norm_w, eps}, w, w_scale, bias, M, K, a, s);
 }
 
 #define INSTANTIATE_W(T, TW)                                                                                         \

@@ -117,6 +117,7 @@ class CudaBackend : public Backend {
   // LLMSERVE_SKINNY_BIG_MIN_TOKENS) where that is below the boundary above: few_token_boundary.
   static constexpr int64_t kSkinnyBigWeights = int64_t(1) << 25;
   void set_skinny_big_min_tokens(int64_t tokens) { skinny_big_min_tokens_ = tokens; }
+  int64_t skinny_big_min_tokens() const { return skinny_big_min_tokens_; }
   int64_t few_token_boundary(int64_t boundary, int64_t weights) const;
   static constexpr int64_t kGemmExactUpTo = 256, kGemmBucket = 64;
   // Every bucket of every weight shape seen, up to the largest token count seen with it: the heuristic
