@@ -134,8 +134,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   });
 }
 
+// With Norm (1-4 rows, one n-tile) bounded to two blocks an SM, 128 registers, as skinny_qkv_rope_k below.
 template <typename T, typename TW, int NT, bool Norm>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+__global__ void __launch_bounds__(kWarpsPerBlock * 32, Norm ? 2 : 1)
     skinny_gate_up_k(SkinnyIn<T> in, const TW* __restrict__ wg, const TW* __restrict__ wu,
                      const float* __restrict__ sg, const float* __restrict__ su, int64_t M, int64_t K, int64_t N,
                      T* __restrict__ act) {
@@ -155,8 +156,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // write, as rope_kv_write_rows after a GEMM (kernels/cuda/fused.cu): a tile is 8 rotation pairs of one
 // head, rows i0 .. i0 + 7 and i0 + D/2 .. i0 + D/2 + 7, so a lane holds both halves of its pairs and
 // rotates them itself; q (float32) out, k and v into the caches at the tokens' slots (none below 0).
+// With Norm (1-4 rows: one n-tile) bounded to two blocks an SM: 128 registers without spills where the
+// 16-bit form took 164 and so a whole SM's registers with the decode attention's blocks that launch
+// during it (103 registers x 256 threads each), which could then not start their prologue early.
 template <typename T, typename TW, int NT, bool Norm>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+__global__ void __launch_bounds__(kWarpsPerBlock * 32, Norm ? 2 : 1)
     skinny_qkv_rope_k(SkinnyIn<T> in, const TW* __restrict__ w, const float* __restrict__ w_scale,
                       const float* __restrict__ bias, int64_t M, int64_t K, RopeCacheWrite a) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -248,6 +252,7 @@ void skinny_gemm(const T* x, const TW* w, const float* w_scale, const float* bia
 
 namespace {
 
+// (With Norm the rows are 1-4, skinny_norm_fits, so one n-tile: no two-tile instance of those is built.)
 template <bool Norm, typename T, typename TW>
 void gate_up_launch(const SkinnyIn<T>& in, const TW* w_gate, const TW* w_up, const float* s_gate, const float* s_up,
                     int64_t M, int64_t K, int64_t N, T* act, cudaStream_t s) {
@@ -257,7 +262,7 @@ void gate_up_launch(const SkinnyIn<T>& in, const TW* w_gate, const TW* w_up, con
   launch_skinny(norm ? "skinny_norm_gate_up_silu" : "skinny_gate_up_silu", M, K,
                 {norm ? static_cast<const void*>(in.x) : in.h, w_gate, w_up}, (N + 15) / 16,
                 norm ? norm_smem_bytes(M, K, sizeof(T)) : 0, s,
-                [](auto nt) { return skinny_gate_up_k<T, TW, decltype(nt)::value, Norm>; }, in, w_gate, w_up, s_gate, s_up, M,
+                [](auto nt) { return skinny_gate_up_k<T, TW, Norm ? 1 : decltype(nt)::value, Norm>; }, in, w_gate, w_up, s_gate, s_up, M,
                 K, N, act);
 }
 
@@ -270,7 +275,7 @@ void qkv_rope_launch(const SkinnyIn<T>& in, const TW* w, const float* w_scale, c
   if (norm && !skinny_norm_fits(M, K, sizeof(T))) check(cudaErrorInvalidValue, "skinny_norm_qkv_rope: unsupported shape");
   launch_skinny(norm ? "skinny_norm_qkv_rope" : "skinny_qkv_rope", M, K, {norm ? static_cast<const void*>(in.x) : in.h, w},
                 (a.Hq + 2 * a.Hk) * a.D / 16, norm ? norm_smem_bytes(M, K, sizeof(T)) : 0, s,
-                [](auto nt) { return skinny_qkv_rope_k<T, TW, decltype(nt)::value, Norm>; }, in, w, w_scale, bias, M, K, a);
+                [](auto nt) { return skinny_qkv_rope_k<T, TW, Norm ? 1 : decltype(nt)::value, Norm>; }, in, w, w_scale, bias, M, K, a);
 }
 
 }  // namespace
