@@ -882,7 +882,9 @@ TEST_P(CudaOps, FewTokenKernelChoiceBySize) {
       EXPECT_EQ(takes(T, small, nullptr), T >= 3) << kind << ", " << T << " tokens, small";
       EXPECT_EQ(takes(T, below, nullptr), T >= 3) << kind << ", " << T << " tokens, one row short of big";
       EXPECT_EQ(takes(T, big, nullptr), T >= 2) << kind << ", " << T << " tokens, big";
-      EXPECT_EQ(takes(T, half, &half), T >= 2) << kind << ", " << T << " tokens, two halves";
+      // (Two FP8 matrices, gate/up, keep the general boundary.)
+      EXPECT_EQ(takes(T, half, &half), T >= (fp8 ? 3 : 2)) << kind << ", " << T << " tokens, two halves";
+      EXPECT_EQ(takes(T, big, &big), T >= (fp8 ? 3 : 2)) << kind << ", " << T << " tokens, two big ones";
     }
     auto set_boundary = [&](int64_t t) { fp8 ? gpu->set_skinny_fp8_min_tokens(t) : gpu->set_skinny_min_tokens(t); };
     // The GEMVs for up to 4 tokens (5), big matrices still from 2; then big ones from 5 too: none.

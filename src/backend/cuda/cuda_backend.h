@@ -114,7 +114,8 @@ class CudaBackend : public Backend {
   int64_t skinny_min_tokens() const { return skinny_min_tokens_; }
   // Linear layers whose matrices hold kSkinnyBigWeights elements or more (together: the 7B shape's down
   // projection and gate/up, lm_head) go to the skinny kernels from skinny_big_min_tokens (2 by default;
-  // LLMSERVE_SKINNY_BIG_MIN_TOKENS) where that is below the boundary above: few_token_boundary.
+  // LLMSERVE_SKINNY_BIG_MIN_TOKENS) where that is below the boundary above: few_token_boundary. Not FP8
+  // gate/up (two matrices), whose GEMV is ahead at 2 tokens.
   static constexpr int64_t kSkinnyBigWeights = int64_t(1) << 25;
   void set_skinny_big_min_tokens(int64_t tokens) { skinny_big_min_tokens_ = tokens; }
   int64_t skinny_big_min_tokens() const { return skinny_big_min_tokens_; }
