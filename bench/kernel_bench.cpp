@@ -417,9 +417,11 @@ void few_token_table(CudaBackend& be, DType wt, double copy_gbs) {
   std::printf("\n%-32s %6s %22s %22s %12s\n", fp8 ? "fp8 weights, 1-4 tokens (us/layer)" : "bf16 weights, 1-4 tokens (us/layer)",
               "tokens", "CUDA-core GEMV", "tensor-core skinny", "max diff");
   const int64_t min_fp8 = be.skinny_fp8_min_tokens(), min_16 = be.skinny_min_tokens(), min_big = be.skinny_big_min_tokens();
+  const int64_t min_fp8_big = be.skinny_fp8_big_min_tokens();
   be.set_skinny_fp8_min_tokens(cuda::kSkinnyMinTokens);  // (the backend's calls: the GEMVs for 1-4 tokens,
   be.set_skinny_min_tokens(cuda::kSkinnyMinTokens);      // the big matrices too)
   be.set_skinny_big_min_tokens(cuda::kSkinnyMinTokens);
+  be.set_skinny_fp8_big_min_tokens(cuda::kSkinnyMinTokens);
   for (const LinearShape& sh : kLayerLinears) {
     const int mats = sh.kind == 2 ? 2 : 1;
     std::vector<Tensor> w;  // layer i: w[mats * i + r]
@@ -483,6 +485,7 @@ void few_token_table(CudaBackend& be, DType wt, double copy_gbs) {
   be.set_skinny_fp8_min_tokens(min_fp8);
   be.set_skinny_min_tokens(min_16);
   be.set_skinny_big_min_tokens(min_big);
+  be.set_skinny_fp8_big_min_tokens(min_fp8_big);
   std::printf("(copy bandwidth %.0f GB/s)\n", copy_gbs);
 }
 

@@ -881,22 +881,28 @@ TEST_P(CudaOps, FewTokenKernelChoiceBySize) {
     for (int64_t T = 1; T <= 4; ++T) {
       EXPECT_EQ(takes(T, small, nullptr), T >= 3) << kind << ", " << T << " tokens, small";
       EXPECT_EQ(takes(T, below, nullptr), T >= 3) << kind << ", " << T << " tokens, one row short of big";
-      EXPECT_EQ(takes(T, big, nullptr), T >= 2) << kind << ", " << T << " tokens, big";
-      EXPECT_EQ(takes(T, half, &half), T >= 2) << kind << ", " << T << " tokens, two halves";
+      // (One big FP8 matrix from 1 token, a 16-bit one from 2.)
+      EXPECT_EQ(takes(T, big, nullptr), T >= (fp8 ? 1 : 2)) << kind << ", " << T << " tokens, big";
+      // (Two FP8 matrices, gate/up, keep the general boundary.)
+      EXPECT_EQ(takes(T, half, &half), T >= (fp8 ? 3 : 2)) << kind << ", " << T << " tokens, two halves";
+      EXPECT_EQ(takes(T, big, &big), T >= (fp8 ? 3 : 2)) << kind << ", " << T << " tokens, two big ones";
     }
     auto set_boundary = [&](int64_t t) { fp8 ? gpu->set_skinny_fp8_min_tokens(t) : gpu->set_skinny_min_tokens(t); };
+    auto set_big = [&](int64_t t) { fp8 ? gpu->set_skinny_fp8_big_min_tokens(t) : gpu->set_skinny_big_min_tokens(t); };
     // The GEMVs for up to 4 tokens (5), big matrices still from 2; then big ones from 5 too: none.
     set_boundary(5);
+    set_big(2);
     EXPECT_FALSE(takes(4, small, nullptr)) << kind;
+    EXPECT_FALSE(takes(1, big, nullptr)) << kind;
     EXPECT_TRUE(takes(2, big, nullptr)) << kind;
-    gpu->set_skinny_big_min_tokens(5);
+    set_big(5);
     EXPECT_FALSE(takes(4, big, nullptr)) << kind;
     // Big ones from 1, the others from 3.
-    gpu->set_skinny_big_min_tokens(1);
+    set_big(1);
     set_boundary(3);
     EXPECT_TRUE(takes(1, big, nullptr)) << kind;
     EXPECT_FALSE(takes(2, small, nullptr)) << kind;
-    gpu->set_skinny_big_min_tokens(2);
+    set_big(fp8 ? 1 : 2);
   }
   // Above 4 tokens skinny_few declines (skinny and cuBLASLt take those), whatever the size.
   const Tensor x5 = shape({5, K}, dt), big16 = shape({big_rows, K}, dt);

@@ -104,7 +104,8 @@ void warn_ignored_switches() {
         {"LLMSERVE_PREFILL_DECODE_ROWS", {"0", "1"}},
         {"LLMSERVE_SKINNY_MIN_TOKENS", {"1", "2", "3", "4", "5"}},
         {"LLMSERVE_SKINNY_FP8_MIN_TOKENS", {"1", "2", "3", "4", "5"}},
-        {"LLMSERVE_SKINNY_BIG_MIN_TOKENS", {"1", "2", "3", "4", "5"}}};
+        {"LLMSERVE_SKINNY_BIG_MIN_TOKENS", {"1", "2", "3", "4", "5"}},
+        {"LLMSERVE_SKINNY_FP8_BIG_MIN_TOKENS", {"1", "2", "3", "4", "5"}}};
     for (const auto& [name, values] : switches) {
       const char* e = std::getenv(name);
       if (!e || std::find(values.begin(), values.end(), std::string(e)) != values.end()) continue;
@@ -186,6 +187,10 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   // the 7B down projection at 2,836 GB/s (bf16) and 1,323 (fp8) where the skinny kernel reaches 3,321 and
   // 2,058; lm_head at 2 rows runs at 73% of copy (H200, kernel_bench --few-tokens and --layers).
   min_tokens("LLMSERVE_SKINNY_BIG_MIN_TOKENS", skinny_big_min_tokens_);
+  // One FP8 matrix of that size from 1 token: the one-token FP8 GEMV streams the 7B down projection's
+  // codes at 2,065 GB/s where the skinny kernel reaches 2,672 (H200, kernel_bench --few-tokens, thirty-
+  // seventh session; the 16-bit GEMV is ahead at one token, 36.36 against 38.72 us).
+  min_tokens("LLMSERVE_SKINNY_FP8_BIG_MIN_TOKENS", skinny_fp8_big_min_tokens_);
   // FP8 matrices in steps of more than 16 tokens: expanded to 16 bits for a 16-bit GEMM, or with
   // LLMSERVE_FP8_GEMM=1 FP8 GEMMs over quantized activations (off by default: on an H200 a 2,048-token
   // prefill 7% faster than the expansion, still slower than bf16 weights, for 4e-2 to 1.2e-1 of added
@@ -841,8 +846,8 @@ void CudaBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, T
            out.data);
 }
 
-int64_t CudaBackend::few_token_boundary(int64_t boundary, int64_t weights) const {
-  return weights >= kSkinnyBigWeights ? std::min(boundary, skinny_big_min_tokens_) : boundary;
+int64_t CudaBackend::few_token_boundary(int64_t boundary, int64_t weights, int64_t big_boundary) {
+  return weights >= kSkinnyBigWeights ? std::min(boundary, big_boundary) : boundary;
 }
 
 bool CudaBackend::skinny_fp8(int64_t T, const Tensor& x, std::initializer_list<const Tensor*> weights) const {
@@ -854,7 +859,10 @@ bool CudaBackend::skinny_fp8(int64_t T, const Tensor& x, std::initializer_list<c
     if (w->dtype != DType::F8E4M3 || !w->scale || reinterpret_cast<uintptr_t>(w->data) % 16 != 0) return false;
     n += w->numel();
   }
-  return T >= few_token_boundary(skinny_fp8_min_tokens_, n);
+  // (FP8 gate/up, two matrices, keeps the general boundary: at 2 tokens the two-token GEMV streams the 7B
+  // shape's pair at 2,789 GB/s against the skinny kernel's 2,492, where its down projection runs at 1,321
+  // against 2,574; H200, kernel_bench --few-tokens, thirty-seventh session.)
+  return T >= few_token_boundary(skinny_fp8_min_tokens_, weights.size() == 1 ? n : 0, skinny_fp8_big_min_tokens_);
 }
 
 bool CudaBackend::fp8_gemm_takes(int64_t T, int64_t K, int64_t N, bool f32_bias) const {
@@ -906,7 +914,7 @@ bool CudaBackend::skinny_few(int64_t T, std::initializer_list<const Tensor*> ope
       return false;
     if (t != &x) weights += t->numel();
   }
-  return T >= few_token_boundary(skinny_min_tokens_, weights);
+  return T >= few_token_boundary(skinny_min_tokens_, weights, skinny_big_min_tokens_);
 }
 
 bool CudaBackend::skinny(int64_t T, std::initializer_list<const Tensor*> operands) const {

@@ -114,11 +114,15 @@ class CudaBackend : public Backend {
   int64_t skinny_min_tokens() const { return skinny_min_tokens_; }
   // Linear layers whose matrices hold kSkinnyBigWeights elements or more (together: the 7B shape's down
   // projection and gate/up, lm_head) go to the skinny kernels from skinny_big_min_tokens (2 by default;
-  // LLMSERVE_SKINNY_BIG_MIN_TOKENS) where that is below the boundary above: few_token_boundary.
+  // LLMSERVE_SKINNY_BIG_MIN_TOKENS) where that is below the boundary above: few_token_boundary. One FP8
+  // matrix of that size from skinny_fp8_big_min_tokens (1 by default: the 7B down projection;
+  // LLMSERVE_SKINNY_FP8_BIG_MIN_TOKENS); not FP8 gate/up (two matrices), whose GEMV is ahead at 2 tokens.
   static constexpr int64_t kSkinnyBigWeights = int64_t(1) << 25;
   void set_skinny_big_min_tokens(int64_t tokens) { skinny_big_min_tokens_ = tokens; }
   int64_t skinny_big_min_tokens() const { return skinny_big_min_tokens_; }
-  int64_t few_token_boundary(int64_t boundary, int64_t weights) const;
+  void set_skinny_fp8_big_min_tokens(int64_t tokens) { skinny_fp8_big_min_tokens_ = tokens; }
+  int64_t skinny_fp8_big_min_tokens() const { return skinny_fp8_big_min_tokens_; }
+  static int64_t few_token_boundary(int64_t boundary, int64_t weights, int64_t big_boundary);
   static constexpr int64_t kGemmExactUpTo = 256, kGemmBucket = 64;
   // Every bucket of every weight shape seen, up to the largest token count seen with it: the heuristic
   // asked and the GEMM run once on scratch operands (a cuBLASLt kernel's first launch costs ~2.5 ms).
@@ -240,6 +244,7 @@ class CudaBackend : public Backend {
   bool gemm_exact_ = false;
   bool skinny_on_ = true;
   int64_t skinny_fp8_min_tokens_ = 3, skinny_min_tokens_ = 3, skinny_big_min_tokens_ = 2;  // (cuda::kSkinnyMinTokens, 5: never)
+  int64_t skinny_fp8_big_min_tokens_ = 1;
   int64_t heuristic_calls_ = 0;
   IntBuffer ids_, positions_, slots_, tables_, token_seq_, logits_rows_, tiles_;
   int64_t num_tokens_ = 0, num_seqs_ = 0, max_blocks_ = 0, num_logits_ = 0, max_len_ = 0, num_tiles_ = 0;
