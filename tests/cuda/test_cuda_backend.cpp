@@ -46,6 +46,18 @@ class CudaOps : public ::testing::TestWithParam<DType> {
     gpu = std::make_unique<CudaBackend>(0, GetParam());
   }
   double tol() const { return GetParam() == DType::F32 ? 1e-5 : 1e-2; }
+  // The few-token kernel choices the projection tests run through: 16-bit weights on the GEMVs only
+  // (from 5), on the skinny kernels only (from 1), and those with the input norm kept out of their
+  // launches (rmsnorm first, as LLMSERVE_SKINNY_NORM_INSIDE=0).
+  struct FewTokenMode {
+    int64_t from;
+    bool norm_inside;
+  };
+  static constexpr FewTokenMode kFewTokenModes[] = {{5, true}, {1, true}, {1, false}};
+  void set_few_token_mode(const FewTokenMode& mode) {
+    gpu->set_skinny_min_tokens(mode.from);
+    gpu->set_skinny_norm_inside(mode.norm_inside);
+  }
   // Runs `op` on both backends with the same float inputs; compares output `out_index`.
   std::unique_ptr<CudaBackend> gpu;
   CpuBackend cpu;
@@ -511,8 +523,8 @@ TEST_P(CudaOps, FusedOpsMatchTheCpuComposition) {
     expect_close(kc.first, kc.second, "rope_kv_write key cache", tol());
     expect_close(vc.first, vc.second, "rope_kv_write value cache", tol());
   }
-  for (int64_t from : {int64_t(5), int64_t(1)}) {  // 16-bit weights on the GEMVs only (5), the skinny kernels only (1)
-    gpu->set_skinny_min_tokens(from);
+  for (const FewTokenMode& mode : kFewTokenModes) {
+    set_few_token_mode(mode);
     for (int64_t rows : {1, 3, 6, 13}) {  // projections: fused for up to 4 rows, the skinny or plain ops above that
       auto x = both(randn(rows * H, g), {rows, H}, dt);
       auto wq = both(randn(Hq * D * H, g, 0.1f), {Hq * D, H}, dt), wk = both(randn(Hk * D * H, g, 0.1f), {Hk * D, H}, dt);
@@ -543,6 +555,9 @@ TEST_P(CudaOps, FusedOpsMatchTheCpuComposition) {
       expect_close(ac, ag, "gate_up_silu, stacked weights", tol());
       // The MLP's input norm fused in front (float32 residual stream in).
       auto res = both(randn(rows * H, g), {rows, H}, DType::F32), nw = both(randn(H, g), {H}, dt);
+      if (rows <= 4) {
+        EXPECT_EQ(gpu->skinny_norm_inside(res.second, dt), mode.norm_inside) << rows << " rows";
+      }
       Tensor hc = cpu.empty({rows, H}, DType::F32), hg = gpu->empty({rows, H}, dt);
       cpu.norm_gate_up_silu(res.first, {nw.first, 1e-6f, hc}, wg.first, wu.first, guc, ac);
       gpu->norm_gate_up_silu(res.second, {nw.second, 1e-6f, hg}, wgs, wus, gug, ag);
@@ -568,8 +583,8 @@ TEST_P(CudaOps, ProjectionsRopeAndCacheWrite) {
   const DType dt = GetParam();
   const int64_t bs = 8, D = 64, H = 96, blocks = 64;  // (make_meta deals block ids below 4 x its sequences)
   for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {2, 2}}) {
-    for (int64_t from : {int64_t(5), int64_t(1)}) {  // 16-bit weights on the GEMVs only (5), the skinny kernels only (1)
-      gpu->set_skinny_min_tokens(from);
+    for (const FewTokenMode& mode : kFewTokenModes) {
+      set_few_token_mode(mode);
       for (const StepMeta& m : {make_meta(bs, {1}, {30}), make_meta(bs, {1, 1, 1, 1}, {20, 0, 9, 31}), make_meta(bs, {3}, {12}),
                                 make_meta(bs), make_meta(bs, {1, 1, 1, 1, 1, 1}, {4, 27, 0, 13, 8, 30}),
                                 make_meta(bs, {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1},

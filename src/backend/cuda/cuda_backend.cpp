@@ -105,7 +105,8 @@ void warn_ignored_switches() {
         {"LLMSERVE_SKINNY_MIN_TOKENS", {"1", "2", "3", "4", "5"}},
         {"LLMSERVE_SKINNY_FP8_MIN_TOKENS", {"1", "2", "3", "4", "5"}},
         {"LLMSERVE_SKINNY_BIG_MIN_TOKENS", {"1", "2", "3", "4", "5"}},
-        {"LLMSERVE_SKINNY_FP8_BIG_MIN_TOKENS", {"1", "2", "3", "4", "5"}}};
+        {"LLMSERVE_SKINNY_FP8_BIG_MIN_TOKENS", {"1", "2", "3", "4", "5"}},
+        {"LLMSERVE_SKINNY_NORM_INSIDE", {"0", "1"}}};
     for (const auto& [name, values] : switches) {
       const char* e = std::getenv(name);
       if (!e || std::find(values.begin(), values.end(), std::string(e)) != values.end()) continue;
@@ -168,9 +169,15 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   ck(cudaGetDeviceProperties(&p, device_), "device properties");
   log_info("CUDA backend on device ", device_, " (", p.name, ", ", p.totalGlobalMem >> 20, " MiB), ", dtype_name(dtype_));
   warn_ignored_switches();
-  // Linear layers of 5-16 tokens on the skinny GEMMs unless LLMSERVE_SKINNY_GEMM=0 (for measuring them).
-  const char* e = std::getenv("LLMSERVE_SKINNY_GEMM");
-  skinny_on_ = !(e && std::string(e) == "0");
+  auto switched_off = [](const char* name) {
+    const char* v = std::getenv(name);
+    return v && std::string(v) == "0";
+  };
+  // Linear layers of 5-16 tokens on the skinny GEMMs unless LLMSERVE_SKINNY_GEMM=0 (for measuring them);
+  // the norm inside the skinny q/k/v and gate/up launches of 1-4 tokens unless LLMSERVE_SKINNY_NORM_INSIDE=0
+  // (rmsnorm first, then the launch without it).
+  skinny_on_ = !switched_off("LLMSERVE_SKINNY_GEMM");
+  skinny_norm_on_ = !switched_off("LLMSERVE_SKINNY_NORM_INSIDE");
   // Linear layers of 1-4 tokens on the tensor-core skinny kernels from these counts, on the CUDA-core GEMVs
   // below them: 3 tokens for FP8 and 16-bit matrices alike (H200, kernel_bench --few-tokens: the GEMVs
   // lead at 1-2 tokens, the skinny kernels from 3; docs/performance.md, thirty-sixth session); for measuring,
@@ -199,10 +206,8 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   fp8_gemm_on_ = f && std::string(f) == "1";
   // kv_cache_dtype fp8's prefill blocks widened once per layer, and a prefill step's decode rows on the
   // split-KV kernel, unless LLMSERVE_FP8_KV_WIDEN=0 / LLMSERVE_PREFILL_DECODE_ROWS=0 (for measuring them).
-  const char* w = std::getenv("LLMSERVE_FP8_KV_WIDEN");
-  widen_on_ = !(w && std::string(w) == "0");
-  const char* d = std::getenv("LLMSERVE_PREFILL_DECODE_ROWS");
-  split_decode_rows_ = !(d && std::string(d) == "0");
+  widen_on_ = !switched_off("LLMSERVE_FP8_KV_WIDEN");
+  split_decode_rows_ = !switched_off("LLMSERVE_PREFILL_DECODE_ROWS");
 }
 
 CudaBackend::~CudaBackend() {
@@ -901,8 +906,9 @@ bool CudaBackend::fp8_gemm(int64_t T, const Tensor& x, const Tensor& w, DType ou
   return true;
 }
 
-bool CudaBackend::skinny_norm_inside(const Tensor& x, DType wt) {
-  return cuda::skinny_norm_fits(rows_of(x), cols_of(x), dtype_size(wt)) && reinterpret_cast<uintptr_t>(x.data) % 16 == 0;
+bool CudaBackend::skinny_norm_inside(const Tensor& x, DType wt) const {
+  return skinny_norm_on_ && cuda::skinny_norm_fits(rows_of(x), cols_of(x), dtype_size(wt)) &&
+         reinterpret_cast<uintptr_t>(x.data) % 16 == 0;
 }
 
 bool CudaBackend::skinny_few(int64_t T, std::initializer_list<const Tensor*> operands) const {
@@ -1158,7 +1164,8 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
       q.dtype == DType::F32 && cache_ok && D % 16 == 0 && k_cache.dim(3) == D && rows_of(wk) == k_cache.dim(2) * D &&
       rows_of(wv) == rows_of(wk) && rows_of(wq) % D == 0 && cols_of(q) == rows_of(wq);
   const bool tiles = tile_shape && (fp8 ? skinny_fp8(T, norm.h, {&stacked})
-                                        : norm_inside && norm.h.dtype == wt && skinny_few(T, {&norm.h, &stacked}));
+                                        : (norm_inside || !skinny_norm_on_) && norm.h.dtype == wt &&
+                                              skinny_few(T, {&norm.h, &stacked}));
   bool fused = !tiles && T >= 1 && T <= 4 && x.dtype == DType::F32 && !(fp8 && wt == DType::F32) && q.dtype == DType::F32 &&
                cache_ok && D % 2 == 0 && rows_of(wq) == cols_of(q) &&
                k_cache.dim(3) == D && rows_of(wk) == k_cache.dim(2) * D && rows_of(wv) == rows_of(wk) &&
@@ -1265,8 +1272,9 @@ void CudaBackend::norm_gate_up_silu(const Tensor& x, const InputNorm& norm, cons
   const bool fused = T >= 1 && T <= 4 && x.dtype == DType::F32 && (fp8 ? wt != DType::F32 : w_gate.dtype == wt) &&
                      w_up.dtype == w_gate.dtype && act.dtype == wt && cols_of(w_gate) == K && cols_of(w_up) == K &&
                      cuda::norm_smem_bytes(T, K, dtype_size(wt)) <= cuda::kMaxNormSmem;
-  if (fused && rows_of(w_up) == rows_of(w_gate) && skinny_norm_inside(x, wt) &&
-      (fp8 ? skinny_fp8(T, norm.h, {&w_gate, &w_up}) : norm.h.dtype == wt && skinny_few(T, {&norm.h, &w_gate, &w_up}))) {
+  const bool tiles = fused && rows_of(w_up) == rows_of(w_gate) &&
+                     (fp8 ? skinny_fp8(T, norm.h, {&w_gate, &w_up}) : norm.h.dtype == wt && skinny_few(T, {&norm.h, &w_gate, &w_up}));
+  if (tiles && skinny_norm_inside(x, wt)) {
     // FP8 codes from skinny_fp8_min_tokens_ to 4 tokens, 16-bit weights from skinny_min_tokens_: the norm,
     // gate/up and SiLU-and-multiply in one launch on tensor cores (more tokens: rmsnorm, then
     // gate_up_silu's skinny launch or cuBLASLt, below).
@@ -1286,7 +1294,8 @@ void CudaBackend::norm_gate_up_silu(const Tensor& x, const InputNorm& norm, cons
     });
     return;
   }
-  if (!fused) return Backend::norm_gate_up_silu(x, norm, w_gate, w_up, gate_up, act);
+  // (LLMSERVE_SKINNY_NORM_INSIDE=0: rmsnorm, then gate_up_silu's skinny launch.)
+  if (!fused || (tiles && !skinny_norm_on_)) return Backend::norm_gate_up_silu(x, norm, w_gate, w_up, gate_up, act);
   dispatch(wt, [&](auto* tag) {
     using TT = std::remove_pointer_t<decltype(tag)>;
     if (!fp8)

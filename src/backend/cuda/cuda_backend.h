@@ -108,8 +108,10 @@ class CudaBackend : public Backend {
   bool skinny_few(int64_t T, std::initializer_list<const Tensor*> operands) const;
   // Whether the skinny q/k/v and gate/up launches can normalize the float32 rows x themselves (1-4 rows
   // whose 16-bit copies of type wt fit the block's shared memory, 16-byte aligned), rather than after an
-  // rmsnorm launch.
-  static bool skinny_norm_inside(const Tensor& x, DType wt);
+  // rmsnorm launch; never with the norm kept out of them (set_skinny_norm_inside(false),
+  // LLMSERVE_SKINNY_NORM_INSIDE=0: rmsnorm, then the launch without it, for measuring).
+  bool skinny_norm_inside(const Tensor& x, DType wt) const;
+  void set_skinny_norm_inside(bool on) { skinny_norm_on_ = on; }
   void set_skinny_min_tokens(int64_t tokens) { skinny_min_tokens_ = tokens; }
   int64_t skinny_min_tokens() const { return skinny_min_tokens_; }
   // Linear layers whose matrices hold kSkinnyBigWeights elements or more (together: the 7B shape's down
@@ -242,7 +244,7 @@ class CudaBackend : public Backend {
   std::map<GemmKey, GemmAlgo> gemm_algos_;  // n is the token-count bucket
   std::map<std::pair<GemmKey, bool>, Gemm> gemms_;  // exact n; whether the heuristic was asked at n
   bool gemm_exact_ = false;
-  bool skinny_on_ = true;
+  bool skinny_on_ = true, skinny_norm_on_ = true;
   int64_t skinny_fp8_min_tokens_ = 3, skinny_min_tokens_ = 3, skinny_big_min_tokens_ = 2;  // (cuda::kSkinnyMinTokens, 5: never)
   int64_t skinny_fp8_big_min_tokens_ = 1;
   int64_t heuristic_calls_ = 0;
