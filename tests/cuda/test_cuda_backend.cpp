@@ -922,6 +922,18 @@ TEST_P(CudaOps, FewTokenKernelChoiceBySize) {
   // Above 4 tokens skinny_few declines (skinny and cuBLASLt take those), whatever the size.
   const Tensor x5 = shape({5, K}, dt), big16 = shape({big_rows, K}, dt);
   EXPECT_FALSE(gpu->skinny_few(5, {&x5, &big16}));
+  // The norm inside the skinny q/k/v and gate/up launches by the rows' width (1.5B: rmsnorm first; 7B:
+  // inside), unless forced; never for 5 rows.
+  const int64_t narrow = CudaBackend::kSkinnyNormMinCols - 512, wide = CudaBackend::kSkinnyNormMinCols + 1536;
+  for (int64_t T = 1; T <= 4; ++T) {
+    EXPECT_FALSE(gpu->skinny_norm_inside(shape({T, narrow}, DType::F32), dt)) << T << " rows of " << narrow;
+    EXPECT_TRUE(gpu->skinny_norm_inside(shape({T, wide}, DType::F32), dt)) << T << " rows of " << wide;
+  }
+  EXPECT_FALSE(gpu->skinny_norm_inside(shape({5, wide}, DType::F32), dt));
+  gpu->set_skinny_norm_inside(true);
+  EXPECT_TRUE(gpu->skinny_norm_inside(shape({4, narrow}, DType::F32), dt));
+  gpu->set_skinny_norm_inside(false);
+  EXPECT_FALSE(gpu->skinny_norm_inside(shape({4, wide}, DType::F32), dt));
 }
 
 // Linear layers of 1-4 tokens (the CUDA-core GEMVs; with set_skinny_min_tokens(1), the tensor-core skinny

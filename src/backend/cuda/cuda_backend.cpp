@@ -174,10 +174,11 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
     return v && std::string(v) == "0";
   };
   // Linear layers of 5-16 tokens on the skinny GEMMs unless LLMSERVE_SKINNY_GEMM=0 (for measuring them);
-  // the norm inside the skinny q/k/v and gate/up launches of 1-4 tokens unless LLMSERVE_SKINNY_NORM_INSIDE=0
-  // (rmsnorm first, then the launch without it).
+  // the norm inside the skinny q/k/v and gate/up launches of 1-4 tokens by the rows' width, or as
+  // LLMSERVE_SKINNY_NORM_INSIDE=1 / 0 forces (0: rmsnorm first, then the launch without it).
   skinny_on_ = !switched_off("LLMSERVE_SKINNY_GEMM");
-  skinny_norm_on_ = !switched_off("LLMSERVE_SKINNY_NORM_INSIDE");
+  if (const char* n = std::getenv("LLMSERVE_SKINNY_NORM_INSIDE"); n && (std::string(n) == "0" || std::string(n) == "1"))
+    skinny_norm_forced_ = std::string(n) == "1";
   // Linear layers of 1-4 tokens on the tensor-core skinny kernels from these counts, on the CUDA-core GEMVs
   // below them: 3 tokens for FP8 and 16-bit matrices alike (H200, kernel_bench --few-tokens: the GEMVs
   // lead at 1-2 tokens, the skinny kernels from 3; docs/performance.md, thirty-sixth session); for measuring,
@@ -907,7 +908,7 @@ bool CudaBackend::fp8_gemm(int64_t T, const Tensor& x, const Tensor& w, DType ou
 }
 
 bool CudaBackend::skinny_norm_inside(const Tensor& x, DType wt) const {
-  return skinny_norm_on_ && cuda::skinny_norm_fits(rows_of(x), cols_of(x), dtype_size(wt)) &&
+  return skinny_norm_wanted(cols_of(x)) && cuda::skinny_norm_fits(rows_of(x), cols_of(x), dtype_size(wt)) &&
          reinterpret_cast<uintptr_t>(x.data) % 16 == 0;
 }
 
@@ -1154,7 +1155,7 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
   const bool cache_ok = (k_cache.dtype == wt || fp8_cache) && v_cache.dtype == k_cache.dtype;
   // Stacked q/k/v (with all three biases or none) on the skinny launch, on tensor cores: FP8 codes from
   // skinny_fp8_min_tokens_ to 16 tokens, 16-bit weights from skinny_min_tokens_ to 4 (skinny_few; from 5
-  // below); the norm inside it for up to 4 tokens (else rmsnorm first).
+  // below); the norm inside it for up to 4 tokens where skinny_norm_inside (else rmsnorm first).
   const bool biases = bq && bk && bv, none = !bq && !bk && !bv;
   const bool stacked_all = stacked_rows({&wq, &wk, &wv});
   const Tensor stacked = stacked_all ? stacked_view({&wq, &wk, &wv}) : Tensor{};
@@ -1164,7 +1165,7 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
       q.dtype == DType::F32 && cache_ok && D % 16 == 0 && k_cache.dim(3) == D && rows_of(wk) == k_cache.dim(2) * D &&
       rows_of(wv) == rows_of(wk) && rows_of(wq) % D == 0 && cols_of(q) == rows_of(wq);
   const bool tiles = tile_shape && (fp8 ? skinny_fp8(T, norm.h, {&stacked})
-                                        : (norm_inside || !skinny_norm_on_) && norm.h.dtype == wt &&
+                                        : (norm_inside || !skinny_norm_wanted(K)) && norm.h.dtype == wt &&
                                               skinny_few(T, {&norm.h, &stacked}));
   bool fused = !tiles && T >= 1 && T <= 4 && x.dtype == DType::F32 && !(fp8 && wt == DType::F32) && q.dtype == DType::F32 &&
                cache_ok && D % 2 == 0 && rows_of(wq) == cols_of(q) &&
@@ -1275,9 +1276,9 @@ void CudaBackend::norm_gate_up_silu(const Tensor& x, const InputNorm& norm, cons
   const bool tiles = fused && rows_of(w_up) == rows_of(w_gate) &&
                      (fp8 ? skinny_fp8(T, norm.h, {&w_gate, &w_up}) : norm.h.dtype == wt && skinny_few(T, {&norm.h, &w_gate, &w_up}));
   if (tiles && skinny_norm_inside(x, wt)) {
-    // FP8 codes from skinny_fp8_min_tokens_ to 4 tokens, 16-bit weights from skinny_min_tokens_: the norm,
-    // gate/up and SiLU-and-multiply in one launch on tensor cores (more tokens: rmsnorm, then
-    // gate_up_silu's skinny launch or cuBLASLt, below).
+    // FP8 codes from skinny_fp8_min_tokens_ to 4 tokens, 16-bit weights from skinny_min_tokens_, rows of
+    // kSkinnyNormMinCols or more: the norm, gate/up and SiLU-and-multiply in one launch on tensor cores
+    // (narrower rows or more tokens: rmsnorm, then gate_up_silu's skinny launch or cuBLASLt, below).
     dispatch(wt, [&](auto* tag) {
       using TT = std::remove_pointer_t<decltype(tag)>;
       if constexpr (!std::is_same_v<TT, float>) {
@@ -1294,8 +1295,8 @@ void CudaBackend::norm_gate_up_silu(const Tensor& x, const InputNorm& norm, cons
     });
     return;
   }
-  // (LLMSERVE_SKINNY_NORM_INSIDE=0: rmsnorm, then gate_up_silu's skinny launch.)
-  if (!fused || (tiles && !skinny_norm_on_)) return Backend::norm_gate_up_silu(x, norm, w_gate, w_up, gate_up, act);
+  // (Rows narrower than kSkinnyNormMinCols: rmsnorm, then gate_up_silu's skinny launch.)
+  if (!fused || (tiles && !skinny_norm_wanted(K))) return Backend::norm_gate_up_silu(x, norm, w_gate, w_up, gate_up, act);
   dispatch(wt, [&](auto* tag) {
     using TT = std::remove_pointer_t<decltype(tag)>;
     if (!fp8)
