@@ -47,8 +47,9 @@ class CudaOps : public ::testing::TestWithParam<DType> {
   }
   double tol() const { return GetParam() == DType::F32 ? 1e-5 : 1e-2; }
   // The few-token kernel choices the projection tests run through: 16-bit weights on the GEMVs only
-  // (from 5), on the skinny kernels only (from 1), and those with the input norm kept out of their
-  // launches (rmsnorm first, as LLMSERVE_SKINNY_NORM_INSIDE=0).
+  // (from 5), on the skinny kernels only (from 1) with the input norm forced inside their launches (the
+  // backend puts it there only for rows of kSkinnyNormMinCols or more), and those with it forced out
+  // (rmsnorm first, as for narrower rows).
   struct FewTokenMode {
     int64_t from;
     bool norm_inside;

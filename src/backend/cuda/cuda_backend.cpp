@@ -1295,7 +1295,7 @@ void CudaBackend::norm_gate_up_silu(const Tensor& x, const InputNorm& norm, cons
     });
     return;
   }
-  // (Rows narrower than kSkinnyNormMinCols: rmsnorm, then gate_up_silu's skinny launch.)
+  // (The norm not wanted inside, skinny_norm_wanted: rmsnorm, then gate_up_silu's skinny launch.)
   if (!fused || (tiles && !skinny_norm_wanted(K))) return Backend::norm_gate_up_silu(x, norm, w_gate, w_up, gate_up, act);
   dispatch(wt, [&](auto* tag) {
     using TT = std::remove_pointer_t<decltype(tag)>;
