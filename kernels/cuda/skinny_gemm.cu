@@ -258,11 +258,10 @@ template <bool Norm, typename T, typename TW>
 void gate_up_launch(const SkinnyIn<T>& in, const TW* w_gate, const TW* w_up, const float* s_gate, const float* s_up,
                     int64_t M, int64_t K, int64_t N, T* act, cudaStream_t s) {
   if (M == 0 || N == 0) return;
-  constexpr bool norm = Norm;
-  if (norm && !skinny_norm_fits(M, K, sizeof(T))) check(cudaErrorInvalidValue, "skinny_norm_gate_up_silu: unsupported shape");
-  launch_skinny(norm ? "skinny_norm_gate_up_silu" : "skinny_gate_up_silu", M, K,
-                {norm ? static_cast<const void*>(in.x) : in.h, w_gate, w_up}, (N + 15) / 16,
-                norm ? norm_smem_bytes(M, K, sizeof(T)) : 0, s,
+  if (Norm && !skinny_norm_fits(M, K, sizeof(T))) check(cudaErrorInvalidValue, "skinny_norm_gate_up_silu: unsupported shape");
+  launch_skinny(Norm ? "skinny_norm_gate_up_silu" : "skinny_gate_up_silu", M, K,
+                {Norm ? static_cast<const void*>(in.x) : in.h, w_gate, w_up}, (N + 15) / 16,
+                Norm ? norm_smem_bytes(M, K, sizeof(T)) : 0, s,
                 [](auto nt) { return skinny_gate_up_k<T, TW, Norm ? 1 : decltype(nt)::value, Norm>; }, in, w_gate, w_up, s_gate, s_up, M,
                 K, N, act);
 }
@@ -271,11 +270,10 @@ template <bool Norm, typename T, typename TW>
 void qkv_rope_launch(const SkinnyIn<T>& in, const TW* w, const float* w_scale, const float* bias, int64_t M, int64_t K,
                      const RopeCacheWrite& a, cudaStream_t s) {
   if (M == 0) return;
-  constexpr bool norm = Norm;
   if (a.D % 16 != 0) check(cudaErrorInvalidValue, "skinny_qkv_rope: the head size must be a multiple of 16");
-  if (norm && !skinny_norm_fits(M, K, sizeof(T))) check(cudaErrorInvalidValue, "skinny_norm_qkv_rope: unsupported shape");
-  launch_skinny(norm ? "skinny_norm_qkv_rope" : "skinny_qkv_rope", M, K, {norm ? static_cast<const void*>(in.x) : in.h, w},
-                (a.Hq + 2 * a.Hk) * a.D / 16, norm ? norm_smem_bytes(M, K, sizeof(T)) : 0, s,
+  if (Norm && !skinny_norm_fits(M, K, sizeof(T))) check(cudaErrorInvalidValue, "skinny_norm_qkv_rope: unsupported shape");
+  launch_skinny(Norm ? "skinny_norm_qkv_rope" : "skinny_qkv_rope", M, K, {Norm ? static_cast<const void*>(in.x) : in.h, w},
+                (a.Hq + 2 * a.Hk) * a.D / 16, Norm ? norm_smem_bytes(M, K, sizeof(T)) : 0, s,
                 [](auto nt) { return skinny_qkv_rope_k<T, TW, Norm ? 1 : decltype(nt)::value, Norm>; }, in, w, w_scale, bias, M, K, a);
 }
 

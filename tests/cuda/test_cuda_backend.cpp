@@ -871,8 +871,10 @@ TEST_P(CudaOps, Fp8KvWideningWithoutRoomWidensTileByTile) {
 }
 
 // Which kernels take a linear layer of 1-4 tokens: the skinny ones from 3 tokens, and from 2 where the
-// matrices hold kSkinnyBigWeights elements or more together (the 7B down projection, gate/up, lm_head);
-// each boundary set on its own. Operands are shapes over an aligned address (nothing is launched).
+// matrices hold kSkinnyBigWeights elements or more together (the 7B down projection, gate/up, lm_head;
+// one such FP8 matrix from 1, FP8 gate/up from 3); each boundary set on its own. Then whether the skinny
+// q/k/v and gate/up launches normalize their rows themselves, by the rows' width. Operands are shapes over
+// an aligned address (nothing is launched).
 TEST_P(CudaOps, FewTokenKernelChoiceBySize) {
   const DType dt = GetParam();
   if (dt == DType::F32) GTEST_SKIP() << "the skinny kernels take 16-bit activations";
@@ -931,6 +933,8 @@ TEST_P(CudaOps, FewTokenKernelChoiceBySize) {
     EXPECT_TRUE(gpu->skinny_norm_inside(shape({T, wide}, DType::F32), dt)) << T << " rows of " << wide;
   }
   EXPECT_FALSE(gpu->skinny_norm_inside(shape({5, wide}, DType::F32), dt));
+  // Rows too wide for the block's shared memory (4 of 8,192 with the norm's weights: 80 KB): rmsnorm first.
+  EXPECT_FALSE(gpu->skinny_norm_inside(shape({4, 8192}, DType::F32), dt));
   gpu->set_skinny_norm_inside(true);
   EXPECT_TRUE(gpu->skinny_norm_inside(shape({4, narrow}, DType::F32), dt));
   gpu->set_skinny_norm_inside(false);

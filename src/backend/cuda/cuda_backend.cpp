@@ -77,13 +77,17 @@ void dispatch2(DType in, DType out, F&& f) {
   }
 }
 
+// An on/off measuring switch from the environment: "1" on, "0" off, anything else (or unset) the default's.
+std::optional<bool> env_switch(const char* name) {
+  const char* v = std::getenv(name);
+  if (!v || (std::string(v) != "0" && std::string(v) != "1")) return std::nullopt;
+  return std::string(v) == "1";
+}
+
 // Stacked q/k/v and gate/up weights as one GEMM each on steps of more than 4 tokens, unless the
 // environment sets LLMSERVE_STACKED_GEMMS=0 (for measuring what it brings).
 bool stacked_gemms() {
-  static const bool on = [] {
-    const char* e = std::getenv("LLMSERVE_STACKED_GEMMS");
-    return !(e && std::string(e) == "0");
-  }();
+  static const bool on = env_switch("LLMSERVE_STACKED_GEMMS").value_or(true);
   return on;
 }
 
@@ -169,16 +173,11 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   ck(cudaGetDeviceProperties(&p, device_), "device properties");
   log_info("CUDA backend on device ", device_, " (", p.name, ", ", p.totalGlobalMem >> 20, " MiB), ", dtype_name(dtype_));
   warn_ignored_switches();
-  auto switched_off = [](const char* name) {
-    const char* v = std::getenv(name);
-    return v && std::string(v) == "0";
-  };
   // Linear layers of 5-16 tokens on the skinny GEMMs unless LLMSERVE_SKINNY_GEMM=0 (for measuring them);
   // the norm inside the skinny q/k/v and gate/up launches of 1-4 tokens by the rows' width, or as
   // LLMSERVE_SKINNY_NORM_INSIDE=1 / 0 forces (0: rmsnorm first, then the launch without it).
-  skinny_on_ = !switched_off("LLMSERVE_SKINNY_GEMM");
-  if (const char* n = std::getenv("LLMSERVE_SKINNY_NORM_INSIDE"); n && (std::string(n) == "0" || std::string(n) == "1"))
-    skinny_norm_forced_ = std::string(n) == "1";
+  skinny_on_ = env_switch("LLMSERVE_SKINNY_GEMM").value_or(true);
+  skinny_norm_forced_ = env_switch("LLMSERVE_SKINNY_NORM_INSIDE");
   // Linear layers of 1-4 tokens on the tensor-core skinny kernels from these counts, on the CUDA-core GEMVs
   // below them: 3 tokens for FP8 and 16-bit matrices alike (H200, kernel_bench --few-tokens: the GEMVs
   // lead at 1-2 tokens, the skinny kernels from 3; docs/performance.md, thirty-sixth session); for measuring,
@@ -203,12 +202,11 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   // LLMSERVE_FP8_GEMM=1 FP8 GEMMs over quantized activations (off by default: on an H200 a 2,048-token
   // prefill 7% faster than the expansion, still slower than bf16 weights, for 4e-2 to 1.2e-1 of added
   // logit error on tiny-qwen2; docs/performance.md, thirtieth session).
-  const char* f = std::getenv("LLMSERVE_FP8_GEMM");
-  fp8_gemm_on_ = f && std::string(f) == "1";
+  fp8_gemm_on_ = env_switch("LLMSERVE_FP8_GEMM").value_or(false);
   // kv_cache_dtype fp8's prefill blocks widened once per layer, and a prefill step's decode rows on the
   // split-KV kernel, unless LLMSERVE_FP8_KV_WIDEN=0 / LLMSERVE_PREFILL_DECODE_ROWS=0 (for measuring them).
-  widen_on_ = !switched_off("LLMSERVE_FP8_KV_WIDEN");
-  split_decode_rows_ = !switched_off("LLMSERVE_PREFILL_DECODE_ROWS");
+  widen_on_ = env_switch("LLMSERVE_FP8_KV_WIDEN").value_or(true);
+  split_decode_rows_ = env_switch("LLMSERVE_PREFILL_DECODE_ROWS").value_or(true);
 }
 
 CudaBackend::~CudaBackend() {
@@ -908,7 +906,8 @@ bool CudaBackend::fp8_gemm(int64_t T, const Tensor& x, const Tensor& w, DType ou
 }
 
 bool CudaBackend::skinny_norm_inside(const Tensor& x, DType wt) const {
-  return skinny_norm_wanted(cols_of(x)) && cuda::skinny_norm_fits(rows_of(x), cols_of(x), dtype_size(wt)) &&
+  const bool wanted = skinny_norm_forced_.value_or(cols_of(x) >= kSkinnyNormMinCols);
+  return wanted && cuda::skinny_norm_fits(rows_of(x), cols_of(x), dtype_size(wt)) &&
          reinterpret_cast<uintptr_t>(x.data) % 16 == 0;
 }
 
@@ -1155,7 +1154,7 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
   const bool cache_ok = (k_cache.dtype == wt || fp8_cache) && v_cache.dtype == k_cache.dtype;
   // Stacked q/k/v (with all three biases or none) on the skinny launch, on tensor cores: FP8 codes from
   // skinny_fp8_min_tokens_ to 16 tokens, 16-bit weights from skinny_min_tokens_ to 4 (skinny_few; from 5
-  // below); the norm inside it for up to 4 tokens where skinny_norm_inside (else rmsnorm first).
+  // below); the norm inside it where skinny_norm_inside, else rmsnorm first.
   const bool biases = bq && bk && bv, none = !bq && !bk && !bv;
   const bool stacked_all = stacked_rows({&wq, &wk, &wv});
   const Tensor stacked = stacked_all ? stacked_view({&wq, &wk, &wv}) : Tensor{};
@@ -1165,8 +1164,7 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
       q.dtype == DType::F32 && cache_ok && D % 16 == 0 && k_cache.dim(3) == D && rows_of(wk) == k_cache.dim(2) * D &&
       rows_of(wv) == rows_of(wk) && rows_of(wq) % D == 0 && cols_of(q) == rows_of(wq);
   const bool tiles = tile_shape && (fp8 ? skinny_fp8(T, norm.h, {&stacked})
-                                        : (norm_inside || !skinny_norm_wanted(K)) && norm.h.dtype == wt &&
-                                              skinny_few(T, {&norm.h, &stacked}));
+                                        : norm.h.dtype == wt && skinny_few(T, {&norm.h, &stacked}));
   bool fused = !tiles && T >= 1 && T <= 4 && x.dtype == DType::F32 && !(fp8 && wt == DType::F32) && q.dtype == DType::F32 &&
                cache_ok && D % 2 == 0 && rows_of(wq) == cols_of(q) &&
                k_cache.dim(3) == D && rows_of(wk) == k_cache.dim(2) * D && rows_of(wv) == rows_of(wk) &&
@@ -1276,9 +1274,9 @@ void CudaBackend::norm_gate_up_silu(const Tensor& x, const InputNorm& norm, cons
   const bool tiles = fused && rows_of(w_up) == rows_of(w_gate) &&
                      (fp8 ? skinny_fp8(T, norm.h, {&w_gate, &w_up}) : norm.h.dtype == wt && skinny_few(T, {&norm.h, &w_gate, &w_up}));
   if (tiles && skinny_norm_inside(x, wt)) {
-    // FP8 codes from skinny_fp8_min_tokens_ to 4 tokens, 16-bit weights from skinny_min_tokens_, rows of
-    // kSkinnyNormMinCols or more: the norm, gate/up and SiLU-and-multiply in one launch on tensor cores
-    // (narrower rows or more tokens: rmsnorm, then gate_up_silu's skinny launch or cuBLASLt, below).
+    // FP8 codes from skinny_fp8_min_tokens_ to 4 tokens, 16-bit weights from skinny_min_tokens_, rows
+    // skinny_norm_inside takes: the norm, gate/up and SiLU-and-multiply in one launch on tensor cores
+    // (other rows: rmsnorm, then gate_up_silu's skinny launch; more tokens: that or cuBLASLt, below).
     dispatch(wt, [&](auto* tag) {
       using TT = std::remove_pointer_t<decltype(tag)>;
       if constexpr (!std::is_same_v<TT, float>) {
@@ -1295,8 +1293,7 @@ void CudaBackend::norm_gate_up_silu(const Tensor& x, const InputNorm& norm, cons
     });
     return;
   }
-  // (The norm not wanted inside, skinny_norm_wanted: rmsnorm, then gate_up_silu's skinny launch.)
-  if (!fused || (tiles && !skinny_norm_wanted(K))) return Backend::norm_gate_up_silu(x, norm, w_gate, w_up, gate_up, act);
+  if (!fused || tiles) return Backend::norm_gate_up_silu(x, norm, w_gate, w_up, gate_up, act);
   dispatch(wt, [&](auto* tag) {
     using TT = std::remove_pointer_t<decltype(tag)>;
     if (!fp8)

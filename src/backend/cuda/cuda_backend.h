@@ -107,18 +107,16 @@ class CudaBackend : public Backend {
   // kernels rather than the CUDA-core GEMVs: from skinny_min_tokens (3 by default; 5 = never;
   // LLMSERVE_SKINNY_MIN_TOKENS), any size.
   bool skinny_few(int64_t T, std::initializer_list<const Tensor*> operands) const;
-  // Whether the skinny q/k/v and gate/up launches of 1-4 rows of K columns should normalize the float32
-  // rows themselves rather than run after an rmsnorm launch: from kSkinnyNormMinCols columns (H200,
-  // docs/performance.md, thirty-eighth session: inside, the whole 4-sequence decode layer of the 1.5B
-  // shape (1,536 columns) takes 3.2 us longer and its concurrency-4 decode 4-10% longer; the 7B shape's
-  // (3,584) 9.5-14 us shorter at 2-4 sequences). set_skinny_norm_inside / LLMSERVE_SKINNY_NORM_INSIDE=1 or 0
+  // Whether the skinny q/k/v and gate/up launches normalize the float32 rows x themselves rather than run
+  // after an rmsnorm launch: for rows of kSkinnyNormMinCols columns or more (H200, docs/performance.md,
+  // thirty-eighth session: with the norm inside, the 1.5B shape's whole 4-sequence decode layer (1,536
+  // columns) takes 3.2 us longer and its concurrency-4 decode 4-10% longer, the 7B shape's (3,584)
+  // 2-4-sequence layers 8-14 us shorter), where they can: 1-4 rows whose 16-bit copies of type wt fit the
+  // block's shared memory, 16-byte aligned. set_skinny_norm_inside / LLMSERVE_SKINNY_NORM_INSIDE=1 or 0
   // force either form at every width (for measuring).
   static constexpr int64_t kSkinnyNormMinCols = 2048;
-  bool skinny_norm_wanted(int64_t K) const { return skinny_norm_forced_ ? *skinny_norm_forced_ : K >= kSkinnyNormMinCols; }
-  void set_skinny_norm_inside(bool on) { skinny_norm_forced_ = on; }
-  // Whether they can (and should, above) normalize the float32 rows x themselves: 1-4 rows whose 16-bit
-  // copies of type wt fit the block's shared memory, 16-byte aligned.
   bool skinny_norm_inside(const Tensor& x, DType wt) const;
+  void set_skinny_norm_inside(bool on) { skinny_norm_forced_ = on; }
   void set_skinny_min_tokens(int64_t tokens) { skinny_min_tokens_ = tokens; }
   int64_t skinny_min_tokens() const { return skinny_min_tokens_; }
   // Linear layers whose matrices hold kSkinnyBigWeights elements or more (together: the 7B shape's down
@@ -252,7 +250,7 @@ class CudaBackend : public Backend {
   std::map<std::pair<GemmKey, bool>, Gemm> gemms_;  // exact n; whether the heuristic was asked at n
   bool gemm_exact_ = false;
   bool skinny_on_ = true;
-  std::optional<bool> skinny_norm_forced_;  // (unset: by width, skinny_norm_wanted)
+  std::optional<bool> skinny_norm_forced_;  // (unset: by width, skinny_norm_inside)
   int64_t skinny_fp8_min_tokens_ = 3, skinny_min_tokens_ = 3, skinny_big_min_tokens_ = 2;  // (cuda::kSkinnyMinTokens, 5: never)
   int64_t skinny_fp8_big_min_tokens_ = 1;
   int64_t heuristic_calls_ = 0;
