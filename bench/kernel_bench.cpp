@@ -18,11 +18,11 @@
 //  - with --attention-fp8: attention over an FP8 E4M3 cache (kv_cache_dtype fp8) against a bf16 one,
 //    decode over batch sizes and contexts and prefill of one causal sequence (its fp8 blocks widened
 //    tile by tile by the kernel, and once before it).
-// Usage: kernel_bench [--quick | --layers | --layers-7b | --attention | --attention-chunks | --attention-fp8 | --sampler | --boundary
+// Usage: kernel_bench [--quick | --layers | --layers-7b | --layers-3b | --attention | --attention-chunks | --attention-fp8 | --sampler | --boundary
 //                      | --splitk | --skinny | --prefill | --fp8 | --few-tokens]
 // (prints tables; exits 77 without a GPU; --layers: the rooflines and the step-layer tables alone;
 // --layers-7b: the decode-layer tables at the Qwen2.5-7B shape (1, 8 and 16 sequences), GEMVs of one size
-// by row length, lm_head and the draw;
+// by row length, lm_head and the draw; --layers-3b: the decode-layer tables at the Qwen2.5-3B shape;
 // --attention: the rooflines and the sweep; --attention-chunks: the sweep over least keys a split;
 // --sampler: the rooflines and the draw and log-probability tables; --boundary: a kernel boundary's cost
 // alone, bench/boundary_kernels.h; --splitk: the rooflines and cuBLASLt split-K at decode token counts;
@@ -729,7 +729,11 @@ int main(int argc, char** argv) {
   // --layers-7b: the decode-layer tables at the Qwen2.5-7B shape (1, 8 and 16 sequences), GEMVs of one
   // size by row length, and the step's lm_head GEMV and greedy draw.
   const bool shape_7b = argc > 1 && std::strcmp(argv[1], "--layers-7b") == 0;
-  const bool layers_only = shape_7b || (argc > 1 && std::strcmp(argv[1], "--layers") == 0);
+  // --layers-3b: the same decode-layer tables at the Qwen2.5-3B shape (hidden 2,048: the narrowest rows
+  // the skinny launches normalize themselves, CudaBackend::kSkinnyNormMinCols; 1-16 sequences).
+  const bool shape_3b = argc > 1 && std::strcmp(argv[1], "--layers-3b") == 0;
+  const bool other_shape = shape_7b || shape_3b;
+  const bool layers_only = other_shape || (argc > 1 && std::strcmp(argv[1], "--layers") == 0);
   const bool attention_only = argc > 1 && std::strcmp(argv[1], "--attention") == 0;
   const bool chunks_only = argc > 1 && std::strcmp(argv[1], "--attention-chunks") == 0;
   const bool sampler_only = argc > 1 && std::strcmp(argv[1], "--sampler") == 0;
@@ -929,7 +933,7 @@ int main(int argc, char** argv) {
   }
 
   // Attention: Qwen2.5-1.5B heads (12 query, 2 KV, head_dim 128; 7B: 28 and 4), bf16 cache, blocks of 16.
-  const int64_t Hq = shape_7b ? 28 : 12, Hk = shape_7b ? 4 : 2, D = 128, bs = 16;
+  const int64_t Hq = shape_7b ? 28 : shape_3b ? 16 : 12, Hk = shape_7b ? 4 : 2, D = 128, bs = 16;
   if (!layers_only) {
     std::printf("\n%-44s %10s %12s %10s\n", "attention (12 q heads, 2 KV heads, D=128)", "time (us)", "rate", "of roofline");
     struct Case {
@@ -968,7 +972,7 @@ int main(int argc, char** argv) {
   // whole 512-token prompts (that run's prefill steps, 8,192 tokens). Floor: the larger of the bytes
   // (weights, KV cache) at the copy bandwidth and the FLOPs at the bf16 GEMM peak.
   {
-    const int64_t L = 28, H = shape_7b ? 3584 : 1536, I = shape_7b ? 18944 : 8960;
+    const int64_t L = 28, H = shape_7b ? 3584 : shape_3b ? 2048 : 1536, I = shape_7b ? 18944 : shape_3b ? 11008 : 8960;
     struct Layer {
       Tensor norm1, norm2, wq, wk, wv, bq, bk, bv, wo, wg, wu, wd;
     };
@@ -992,7 +996,7 @@ int main(int argc, char** argv) {
     };
     for (const StepCase& sc : {StepCase{1, 1, 160}, StepCase{2, 1, 640}, StepCase{4, 1, 640}, StepCase{8, 1, 640},
                                StepCase{16, 1, 640}, StepCase{256, 1, 640}, StepCase{16, 512, 512}}) {
-      if ((quick || shape_7b) && sc.seqs > 1 && !(shape_7b && sc.q_len == 1 && sc.seqs <= 16)) continue;
+      if ((quick || other_shape) && sc.seqs > 1 && !(other_shape && sc.q_len == 1 && sc.seqs <= 16)) continue;
       const int64_t B = sc.seqs * sc.q_len, ctx = sc.ctx, S = sc.seqs;  // B: the step's tokens
       StepMeta m = attention_step(S, sc.q_len, ctx, bs);
       if (sc.q_len == 1) m.max_context = 4096;
@@ -1035,7 +1039,8 @@ int main(int argc, char** argv) {
                         {"down + residual", down, 2.0 * H * I, 2.0 * B * H * I}};
       char title[96];
       if (sc.q_len == 1)
-        std::snprintf(title, sizeof title, "decode layer%s, %lld seq%s (28 layers, graph)", shape_7b ? " (7B shape)" : "",
+        std::snprintf(title, sizeof title, "decode layer%s, %lld seq%s (28 layers, graph)",
+                      shape_7b ? " (7B shape)" : shape_3b ? " (3B shape)" : "",
                       static_cast<long long>(S), S > 1 ? "s" : "");
       else
         std::snprintf(title, sizeof title, "prefill layer, %lld x %lld tokens (28 layers)", static_cast<long long>(S),
@@ -1079,7 +1084,7 @@ int main(int argc, char** argv) {
     }
   }
 
-  if (layers_only && !shape_7b) {
+  if (layers_only && !other_shape) {
     // The rest of a decode step at the 1.5B shape by its sequences: lm_head (151,936 x 1,536 bf16, the
     // GEMV for 1-2 rows, the skinny kernel for 3-4, cuBLASLt above) and the greedy draw of every row.
     const int64_t V = 151936, H = 1536;
@@ -1095,6 +1100,7 @@ int main(int argc, char** argv) {
     }
   }
 
+  if (shape_3b) return 0;
   if (shape_7b) {
     // One token's GEMV over the same bytes in rows of different lengths (28 distinct matrices in a graph):
     // the 7B down projection (3,584 x 18,944) and the 1.5B one (1,536 x 8,960), then their rows cut in
