@@ -13,7 +13,7 @@
 # and runs transformers (bench/reference/hf_e2e.py) on the same GPU and shape as the baseline
 # (E2E_BASELINE=0 leaves it out; E2E_DECODE_ONLY=1 stops after the batch-1 decode run and the
 # E2E_CONCURRENCY="8 16 ..." runs; E2E_TTFT_ONLY=1 runs the TTFT measurement alone; E2E_TTFT_LEN sets its
-# prompt length, default 2048, and E2E_MAX_MODEL_LEN the server's --max-model-len, default 4096;
+# prompt length (or lengths: "300 400"), default 2048, and E2E_MAX_MODEL_LEN the server's --max-model-len, default 4096;
 # E2E_THROUGHPUT_ONLY=1 runs the batch-1 decode, the TTFT and the greedy 256-request throughput alone;
 # E2E_LONG_INPUT=N runs 128 requests of N-token prompts alone, below).
 #   bench/gpu_e2e.sh BUILD_DIR OUT_DIR [CONFIG_JSON] [TP] [PP] [llmserve options...]
@@ -34,7 +34,14 @@ trap 'kill -TERM $srv 2>/dev/null; wait $srv 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; kill -0 $srv || { tail -20 "$out/server-$tag.log"; exit 1; }; sleep 0.5; done
 b() { "$build/llmserve-bench" --base-url "http://127.0.0.1:$port" --disable-progress --timeout 400 "$@"; }
 b --num-prompts 2 --random-input-len 32 --random-output-len 16 --max-concurrency 1 >/dev/null  # warm-up
-ttft() { b --num-prompts 3 --random-input-len "${E2E_TTFT_LEN:-2048}" --random-output-len 1 --max-concurrency 1 --seed 2 --result-file "$out/ttft-$tag.json" | grep -E "TTFT|Failed"; }
+ttft() {
+  local seed=2 n
+  for n in ${E2E_TTFT_LEN:-2048}; do  # a list: one server, each length with prompts of its own
+    [ -n "${E2E_TTFT_LEN:-}" ] && echo "TTFT, $n-token prompts:"
+    b --num-prompts 3 --random-input-len "$n" --random-output-len 1 --max-concurrency 1 --seed $seed --result-file "$out/ttft-$tag.json" | grep -E "TTFT|Failed"
+    seed=$((seed + 100))
+  done
+}
 # Scoring a text (what evaluation harnesses send: echo, logprobs 1, max_tokens 0, i.e. every prompt
 # token's log-probability) against a plain one-token completion of the same 2048 random token ids.
 score() {
