@@ -13,7 +13,7 @@
 # and runs transformers (bench/reference/hf_e2e.py) on the same GPU and shape as the baseline
 # (E2E_BASELINE=0 leaves it out; E2E_DECODE_ONLY=1 stops after the batch-1 decode run and the
 # E2E_CONCURRENCY="8 16 ..." runs; E2E_TTFT_ONLY=1 runs the TTFT measurement alone; E2E_TTFT_LEN sets its
-# prompt length (or lengths: "300 400"), default 2048, and E2E_MAX_MODEL_LEN the server's --max-model-len, default 4096;
+# prompt length (or lengths, "300 400": ttft-*-300.json, ...), default 2048, and E2E_MAX_MODEL_LEN the server's --max-model-len, default 4096;
 # E2E_THROUGHPUT_ONLY=1 runs the batch-1 decode, the TTFT and the greedy 256-request throughput alone;
 # E2E_LONG_INPUT=N runs 128 requests of N-token prompts alone, below).
 #   bench/gpu_e2e.sh BUILD_DIR OUT_DIR [CONFIG_JSON] [TP] [PP] [llmserve options...]
@@ -35,10 +35,11 @@ for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$port/health" >/dev/null &&
 b() { "$build/llmserve-bench" --base-url "http://127.0.0.1:$port" --disable-progress --timeout 400 "$@"; }
 b --num-prompts 2 --random-input-len 32 --random-output-len 16 --max-concurrency 1 >/dev/null  # warm-up
 ttft() {
-  local seed=2 n
-  for n in ${E2E_TTFT_LEN:-2048}; do  # a list: one server, each length with prompts of its own
-    [ -n "${E2E_TTFT_LEN:-}" ] && echo "TTFT, $n-token prompts:"
-    b --num-prompts 3 --random-input-len "$n" --random-output-len 1 --max-concurrency 1 --seed $seed --result-file "$out/ttft-$tag.json" | grep -E "TTFT|Failed"
+  local seed=2 n lens=(${E2E_TTFT_LEN:-2048}) file
+  for n in "${lens[@]}"; do  # a list: one server, each length with prompts of its own and a result file of its own
+    file="$out/ttft-$tag.json"
+    if [ ${#lens[@]} -gt 1 ]; then echo "TTFT, $n-token prompts:"; file="$out/ttft-$tag-$n.json"; fi
+    b --num-prompts 3 --random-input-len "$n" --random-output-len 1 --max-concurrency 1 --seed $seed --result-file "$file" | grep -E "TTFT|Failed"
     seed=$((seed + 100))
   done
 }
