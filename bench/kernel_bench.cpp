@@ -21,7 +21,7 @@
 // Usage: kernel_bench [--quick | --layers | --layers-7b | --layers-3b | --attention | --attention-chunks | --attention-fp8 | --sampler | --boundary
 //                      | --splitk | --skinny | --prefill | --fp8 | --few-tokens]
 // (prints tables; exits 77 without a GPU; --layers: the rooflines and the step-layer tables alone;
-// --layers-7b: the decode-layer tables at the Qwen2.5-7B shape (1, 8 and 16 sequences), GEMVs of one size
+// --layers-7b: the decode-layer tables at the Qwen2.5-7B shape (1-16 sequences), GEMVs of one size
 // by row length, lm_head and the draw; --layers-3b: the decode-layer tables at the Qwen2.5-3B shape;
 // --attention: the rooflines and the sweep; --attention-chunks: the sweep over least keys a split;
 // --sampler: the rooflines and the draw and log-probability tables; --boundary: a kernel boundary's cost
@@ -607,11 +607,11 @@ void gemv_chain_table(CudaBackend& be, DType wt, double copy_gbs) {
               "rate", "of copy");
   double sx = 0, sy = 0, sxx = 0, sxy = 0;
   int pts = 0;
-  // FP8 matrices of CudaBackend::kSkinnyBigWeights (32M) or more go to the skinny kernel from one token
-  // (thirty-eighth session), so the FP8 chain stays below that size: its fit is the GEMV's alone.
-  const std::vector<int64_t> sizes = wt == DType::BF16 ? std::vector<int64_t>{1536, 4480, 8960, 17920, 35840}
-                                                       : std::vector<int64_t>{1536, 4480, 8960, 13440, 17920};
-  for (int64_t N : sizes) {
+  // The backend sends one FP8 matrix of CudaBackend::kSkinnyBigWeights (32M) or more to the skinny kernel
+  // from one token (thirty-eighth session): pinned to the GEMV here, so that the fit is the GEMV's alone.
+  const int64_t min_fp8_big = be.skinny_fp8_big_min_tokens();
+  be.set_skinny_fp8_big_min_tokens(cuda::kSkinnyMinTokens);
+  for (int64_t N : {int64_t(1536), int64_t(4480), int64_t(8960), int64_t(17920), int64_t(35840)}) {
     const int64_t K = 1536;
     const double ms = gemv_chain_us(be, wt, N, K) * 1e-3;
     const double bytes = (wt == DType::BF16 ? 2.0 : 1.0) * N * K, gbs = bytes / (ms * 1e-3) / 1e9;
@@ -620,6 +620,7 @@ void gemv_chain_table(CudaBackend& be, DType wt, double copy_gbs) {
     std::printf("%-44s %10.2f %7.0f GB/s %9.0f%%\n", name, ms * 1e3, gbs, 100 * gbs / copy_gbs);
     sx += bytes; sy += ms * 1e3; sxx += bytes * bytes; sxy += bytes * ms * 1e3; ++pts;
   }
+  be.set_skinny_fp8_big_min_tokens(min_fp8_big);
   const double slope = (pts * sxy - sx * sy) / (pts * sxx - sx * sx), icept = (sy - slope * sx) / pts;
   std::printf("%-44s %10.2f us per kernel, steady %.0f GB/s (%.0f%% of copy)\n", "fit: time = fixed + bytes / rate", icept,
               1e-3 / slope, 100 * (1e-3 / slope) / copy_gbs);
@@ -730,7 +731,7 @@ void prefill_table(CudaBackend& be, double peak_tflops) {
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // line by line into a file too: a run cut short keeps its tables
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
-  // --layers-7b: the decode-layer tables at the Qwen2.5-7B shape (1, 8 and 16 sequences), GEMVs of one
+  // --layers-7b: the decode-layer tables at the Qwen2.5-7B shape (1-16 sequences), GEMVs of one
   // size by row length, and the step's lm_head GEMV and greedy draw.
   const bool shape_7b = argc > 1 && std::strcmp(argv[1], "--layers-7b") == 0;
   // --layers-3b: the same decode-layer tables at the Qwen2.5-3B shape (hidden 2,048: the narrowest rows

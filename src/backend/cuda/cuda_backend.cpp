@@ -863,10 +863,12 @@ bool CudaBackend::skinny_fp8(int64_t T, const Tensor& x, std::initializer_list<c
     if (w->dtype != DType::F8E4M3 || !w->scale || reinterpret_cast<uintptr_t>(w->data) % 16 != 0) return false;
     n += w->numel();
   }
-  // (FP8 gate/up, two matrices, keeps the general boundary: at 2 tokens the two-token GEMV streams the 7B
-  // shape's pair at 2,789 GB/s against the skinny kernel's 2,492, where its down projection runs at 1,321
-  // against 2,574; H200, kernel_bench --few-tokens, thirty-seventh session.)
-  return T >= few_token_boundary(skinny_fp8_min_tokens_, weights.size() == 1 ? n : 0, skinny_fp8_big_min_tokens_);
+  // One big FP8 matrix from skinny_fp8_big_min_tokens_; FP8 gate/up (two matrices) keeps the general
+  // boundary: at 2 tokens the two-token GEMV streams the 7B shape's pair at 2,789 GB/s against the skinny
+  // kernel's 2,492, where its down projection runs at 1,321 against 2,574 (H200, kernel_bench
+  // --few-tokens, thirty-seventh session).
+  const int64_t big = weights.size() == 1 ? skinny_fp8_big_min_tokens_ : skinny_fp8_min_tokens_;
+  return T >= few_token_boundary(skinny_fp8_min_tokens_, n, big);
 }
 
 bool CudaBackend::fp8_gemm_takes(int64_t T, int64_t K, int64_t N, bool f32_bias) const {
