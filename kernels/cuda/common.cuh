@@ -257,13 +257,13 @@ __device__ __forceinline__ void pdl_enter() {
 // The weight-streaming loops' driver (row_stream, tile_stream): `total` groups, each requested into one of
 // two buffers by load(buf) and consumed by use(buf), the next group requested before the current one is
 // used; the first two (weights, which no kernel writes) before pdl_enter(), after_wait() right after it.
-template <typename Buf, typename Load, typename Use, typename After>
-__device__ __forceinline__ void stream_two_in_flight(int64_t total, Buf& a, Buf& b, Load& load, Use& use, After& after_wait) {
+template <typename I, typename Buf, typename Load, typename Use, typename After>
+__device__ __forceinline__ void stream_two_in_flight(I total, Buf& a, Buf& b, Load& load, Use& use, After& after_wait) {
   load(a);
   load(b);
   pdl_enter();
   after_wait();
-  for (int64_t i = 0; i < total; i += 2) {
+  for (I i = 0; i < total; i += 2) {
     use(a);
     load(a);
     if (i + 1 >= total) break;

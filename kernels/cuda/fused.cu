@@ -112,8 +112,14 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // act[m, n] = silu(x[m] . wg[n]) * (x[m] . wu[n]), one warp per n (several when n outnumbers the
 // resident warps; row_stream). NORM: x is the float32 residual stream, normalized (weights norm_w,
 // staged in shared memory before the wait) into shared memory by each block first.
+// The FP8 forms of 1-2 rows are held to three blocks an SM (80 registers, 8 bytes of spill with the norm),
+// which they had unbounded before row_stream's 32-bit cursors: with those they took 86-87 registers, two
+// blocks an SM, and 1.5B fp8 decode was 2-4% slower end to end than with three (H200, fortieth session).
+template <typename TW, int M>
+constexpr int kGateUpMinBlocks = std::is_same_v<TW, __nv_fp8_e4m3> && M <= 2 ? 3 : 1;
+
 template <typename T, typename TW, int M, bool NORM>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+__global__ void __launch_bounds__(kWarpsPerBlock * 32, kGateUpMinBlocks<TW, M>)
     gate_up_silu_k(const void* xin, const T* norm_w, float eps, const TW* wg, const TW* wu, const float* sg,
                    const float* su, int64_t K, int64_t N, T* act) {
   extern __shared__ __align__(16) unsigned char smem[];

@@ -19,8 +19,8 @@ constexpr int kWarpsPerBlock = 8;
 // Blocks an SM the registers must allow. FP8 rows are half the bytes of 16-bit ones, so a warp has half
 // the bytes in flight: the one-token FP8 form took 163 registers (one block an SM; its weight groups
 // since halved: 93, two blocks) and streamed at 37% of the copy bandwidth; bounded to three blocks it
-// takes 78, without spills (H200, kernel_bench --fp8). The 16-bit forms stay at two (118-128); a
-// bound of one block let them grow past that.
+// takes 72 (78 before row_stream's 32-bit cursors), without spills (H200, kernel_bench --fp8). The
+// 16-bit forms stay at two (96-126); a bound of one block let them grow past that.
 template <typename TW, int M>
 constexpr int kGemvMinBlocks = std::is_same_v<TW, __nv_fp8_e4m3> && M <= 3 ? 3 : 2;
 

@@ -29,8 +29,14 @@ __device__ __forceinline__ void row_stream(const T* x, const TW* const (&w)[R], 
   constexpr bool kScaled = std::is_same_v<TW, __nv_fp8_e4m3>;
   constexpr int V = 16 / sizeof(TW);                  // weights per 16-byte load
   constexpr int XL = V * sizeof(T) / 16;               // 16-byte loads of an input row per weight load
+  // Loads a lane keeps in a group, per matrix. FP8 codes of several input rows take their inputs load by
+  // load (below), so their groups need not shrink for the inputs' registers; one FP8 matrix of one row
+  // takes 3 (a 1,536-wide row in one group, none predicated off; 4 spilled under three blocks an SM).
   constexpr int U0 = (M == 1 ? 8 : 4) / R > 0 ? (M == 1 ? 8 : 4) / R : 1;
-  constexpr int U = XL == 1 ? U0 : (U0 / XL > 0 ? U0 / XL : 1);  // (the inputs' registers)
+  constexpr int U = kScaled && M == 1 && R == 1 ? 3
+                    : kScaled && M > 1       ? U0
+                    : XL == 1                ? U0
+                                             : (U0 / XL > 0 ? U0 / XL : 1);  // (the inputs' registers)
   static_assert(XL >= 1, "inputs at least as wide as the weights");
   union XVec {
     uint4 u[XL];
@@ -48,7 +54,8 @@ __device__ __forceinline__ void row_stream(const T* x, const TW* const (&w)[R], 
     for (int m = 0; m < M; ++m) acc[r][m] = warp_sum(acc[r][m]) * s;
   };
   reset();
-  const int64_t rows = first < N ? (N - 1 - first) / stride + 1 : 0;
+  // (32-bit division: N and the warps' count are below 2^31)
+  const int64_t rows = first < N ? static_cast<int>(N - 1 - first) / static_cast<int>(stride) + 1 : 0;
   if (K % V != 0) {  // element by element
     pdl_enter();
     after_wait();
@@ -69,46 +76,65 @@ __device__ __forceinline__ void row_stream(const T* x, const TW* const (&w)[R], 
     }
     return;
   }
-  constexpr int64_t S = 32 * V * U;  // elements of a row per group
-  const int64_t per_row = (K + S - 1) / S, total = rows * per_row;
-  // Cursors (row, group of the row) of the next group to load and of the next to use.
-  int64_t load_row = 0, load_group = 0, use_row = 0, use_group = 0;
+  // Cursors in 32-bit integers and pointers: a row's offsets, the group counts and the rows of a warp
+  // fit (K, N < 2^31), and 64-bit index arithmetic per load (products, compares, divisions) cost the
+  // one-token FP8 GEMV about as many instructions as its conversions and multiply-adds (ncu by opcode,
+  // fortieth session). A group's loads sit at constant offsets from one pointer a lane, and a lane's
+  // bounds check is one compare with a constant per load.
+  constexpr int S = 32 * V * U;  // elements of a row per group
+  const int Ki = static_cast<int>(K), per_row = (Ki + S - 1) / S, total = static_cast<int>(rows) * per_row;
+  const int lane_k = lane * V;
+  // Next group to load: columns from lk of row ln (the same row of every matrix); next to use: columns
+  // from uk of the use_row-th row of the warp.
+  int64_t ln = first;
+  int loaded = 0, lk = 0, uk = 0, use_row = 0;
   struct Group {
     uint4 w[R][U];
     float s[R];  // the row's scales (FP8 weights)
   };
   Group ga, gb;
   auto load = [&](Group& g) {
-    if (load_row >= rows) return;
-    const int64_t n = first + load_row * stride, k0 = load_group * S + static_cast<int64_t>(lane) * V;
+    if (loaded == total) return;
+    const int left = Ki - lk - lane_k;  // this lane's columns left in the row from its first of the group
+    const int64_t at = ln * K + lk + lane_k;
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t k = k0 + static_cast<int64_t>(u) * 32 * V;
+    for (int r = 0; r < R; ++r) {
+      const TW* p = w[r] + at;
 #pragma unroll
-      for (int r = 0; r < R; ++r)
-        g.w[r][u] = k < K ? *reinterpret_cast<const uint4*>(w[r] + n * K + k) : make_uint4(0, 0, 0, 0);
+      for (int u = 0; u < U; ++u)
+        g.w[r][u] = u * 32 * V < left ? *reinterpret_cast<const uint4*>(p + u * 32 * V) : make_uint4(0, 0, 0, 0);
+      if constexpr (kScaled) g.s[r] = scale[r][ln];
     }
-    if constexpr (kScaled) {
-#pragma unroll
-      for (int r = 0; r < R; ++r) g.s[r] = scale[r][n];
-    }
-    if (++load_group == per_row) load_group = 0, ++load_row;
+    ++loaded;
+    lk += S;
+    if (lk >= Ki) lk = 0, ln += stride;
   };
   auto use = [&](const Group& g) {
-    const int64_t k0 = use_group * S + static_cast<int64_t>(lane) * V;
-    XVec xv[U][M];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t k = k0 + static_cast<int64_t>(u) * 32 * V;
+    const int left = Ki - uk - lane_k;
+    const T* xp = x + uk + lane_k;
+    // The inputs of every load of the group requested together (one round trip, from L1 or shared
+    // memory), but for several rows of FP8 codes, whose inputs are twice their bytes: load by load there,
+    // within the registers of three blocks an SM.
+    constexpr bool kEach = kScaled && M > 1;
+    XVec xv[kEach ? 1 : U][M];
+    auto fetch = [&](int u, XVec(&xu)[M]) {
 #pragma unroll
       for (int m = 0; m < M; ++m)
 #pragma unroll
         for (int q = 0; q < XL; ++q)
-          xv[u][m].u[q] = k < K ? *reinterpret_cast<const uint4*>(x + m * K + k + q * (16 / sizeof(T))) : make_uint4(0, 0, 0, 0);
+          xu[m].u[q] = u * 32 * V < left
+                           ? *reinterpret_cast<const uint4*>(xp + m * K + u * 32 * V + q * (16 / sizeof(T)))
+                           : make_uint4(0, 0, 0, 0);
+    };
+    if constexpr (!kEach) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) fetch(u, xv[u]);
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      if (k0 + static_cast<int64_t>(u) * 32 * V >= K) break;
+      if (u * 32 * V >= Ki - uk) break;  // (no lane has columns there: the row's last group)
+      if constexpr (kEach) fetch(u, xv[0]);
+      const XVec(&xu)[M] = xv[kEach ? 0 : u];
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         float wf[V];
@@ -116,15 +142,16 @@ __device__ __forceinline__ void row_stream(const T* x, const TW* const (&w)[R], 
 #pragma unroll
         for (int m = 0; m < M; ++m)
 #pragma unroll
-          for (int j = 0; j < V; ++j) acc[r][m] += wf[j] * to_f(xv[u][m].e[j]);
+          for (int j = 0; j < V; ++j) acc[r][m] += wf[j] * to_f(xu[m].e[j]);
       }
     }
-    if (++use_group == per_row) {
+    uk += S;
+    if (uk >= Ki) {
 #pragma unroll
       for (int r = 0; r < R; ++r) finish(r, kScaled ? g.s[r] : 1.f);
       epilogue(first + use_row * stride, acc);
       reset();
-      use_group = 0;
+      uk = 0;
       ++use_row;
     }
   };
