@@ -13,7 +13,8 @@
 # and runs transformers (bench/reference/hf_e2e.py) on the same GPU and shape as the baseline
 # (E2E_BASELINE=0 leaves it out; E2E_DECODE_ONLY=1 stops after the batch-1 decode run and the
 # E2E_CONCURRENCY="8 16 ..." runs; E2E_TTFT_ONLY=1 runs the TTFT measurement alone; E2E_TTFT_LEN sets its
-# prompt length (or lengths, "300 400": ttft-*-300.json, ...), default 2048, and E2E_MAX_MODEL_LEN the server's --max-model-len, default 4096;
+# prompt length (or lengths, "300 400": ttft-*-300.json, ...), default 2048, and E2E_MAX_MODEL_LEN the
+# server's --max-model-len, default 4096;
 # E2E_THROUGHPUT_ONLY=1 runs the batch-1 decode, the TTFT and the greedy 256-request throughput alone;
 # E2E_LONG_INPUT=N runs 128 requests of N-token prompts alone, below).
 #   bench/gpu_e2e.sh BUILD_DIR OUT_DIR [CONFIG_JSON] [TP] [PP] [llmserve options...]

@@ -240,6 +240,12 @@ inline unsigned stream_blocks(long long N, int warps_per_block, unsigned residen
   return blocks_for(warps, warps_per_block);
 }
 
+// row_stream keeps its cursors in 32-bit integers: a GEMV's rows (N) and their length (K) must stay below
+// 2^31, which its launchers check here (a clear error rather than wrapped offsets).
+inline void check_row_extent(int64_t K, int64_t N, const char* what) {
+  if (K > INT32_MAX || N > INT32_MAX) check(cudaErrorInvalidValue, what);
+}
+
 // Programmatic dependent launch (compute capability 9.0 and up). Every kernel here is launched with
 // launch() below, which lets it start while the kernel before it in the stream is still running, and
 // calls pdl_enter() before it touches anything another kernel writes: pdl_enter waits until the

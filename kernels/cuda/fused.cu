@@ -183,6 +183,7 @@ static void gate_up(const void* x, const T* norm_w, float eps, const TW* w_gate,
   const int threads = kWarpsPerBlock * 32;
   const size_t smem = NORM ? norm_smem_bytes(M, K, sizeof(T)) : 0;
   if (smem > kMaxNormSmem) check(cudaErrorInvalidValue, "gemv_gate_up_silu: rows too long to normalize");
+  check_row_extent(K, N, "gemv_gate_up_silu: 2^31 rows or row length or more");
   auto go = [&](auto kernel) {
     const unsigned blocks = stream_blocks(N, kWarpsPerBlock, resident_blocks(kernel, threads, smem));
     launch("gemv_gate_up_silu", kernel, blocks, threads, smem, s, x, norm_w, eps, w_gate, w_up, s_gate, s_up, K, N, act);

@@ -50,6 +50,7 @@ template <typename T, typename TO, typename TW>
 void gemv(const T* x, const TW* w, const float* w_scale, const float* bias, int64_t M, int64_t K, int64_t N, TO* out,
           cudaStream_t s, bool accumulate) {
   if (M == 0 || N == 0) return;
+  check_row_extent(K, N, "gemv: 2^31 rows or row length or more");
   // A warp per output feature up to the warps the device holds at once; beyond that each warp streams
   // several (row_stream).
   const int threads = kWarpsPerBlock * 32;

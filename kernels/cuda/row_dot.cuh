@@ -54,7 +54,7 @@ __device__ __forceinline__ void row_stream(const T* x, const TW* const (&w)[R], 
     for (int m = 0; m < M; ++m) acc[r][m] = warp_sum(acc[r][m]) * s;
   };
   reset();
-  // (32-bit division: N and the warps' count are below 2^31)
+  // (32-bit division: N and the warps' count are below 2^31, which the launchers check: check_row_extent)
   const int64_t rows = first < N ? static_cast<int>(N - 1 - first) / static_cast<int>(stride) + 1 : 0;
   if (K % V != 0) {  // element by element
     pdl_enter();

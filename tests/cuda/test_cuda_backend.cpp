@@ -7,6 +7,7 @@
 #include <memory>
 #include <numeric>
 #include <random>
+#include <stdexcept>
 #include <tuple>
 
 #include "backend/cpu_backend.h"
@@ -306,6 +307,30 @@ TEST(FlashPrefillTiles, CoverEverySequenceHeaviestFirst) {
   const std::vector<int32_t> tiles = cuda::flash_prefill_tiles(q_start, positions);
   // Keys seen by each tile's last row: 185 -> 701, 0 -> 305, 173 (45 + 128) -> 140, 45 -> 128.
   EXPECT_EQ(tiles, (std::vector<int32_t>{185, 0, 173, 45}));
+}
+
+// The decode GEMVs keep their row cursors in 32-bit integers (row_stream): their launchers refuse 2^31
+// rows or a row of 2^31 elements with an error before anything runs (no device needed to check it).
+TEST(GemvLaunch, RowsOrRowLengthsPast32BitsAreRefused) {
+  using B = __nv_bfloat16;
+  const int64_t big = int64_t(1) << 31;
+  // The refusal itself, by its message (without a device a launch would fail too, with another one).
+  auto refused = [](auto launch) {
+    try {
+      launch();
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what()).find("2^31 rows or row length") != std::string::npos;
+    }
+    return false;
+  };
+  EXPECT_TRUE(refused([&] { cuda::gemv<B, float>(nullptr, nullptr, nullptr, 1, big, 8, nullptr, nullptr); }));
+  EXPECT_TRUE(refused([&] { cuda::gemv<B, float>(nullptr, nullptr, nullptr, 1, 8, big, nullptr, nullptr); }));
+  EXPECT_TRUE(refused([&] {
+    cuda::gemv_gate_up_silu<B, B>(nullptr, nullptr, nullptr, nullptr, nullptr, 1, big, 8, nullptr, nullptr);
+  }));
+  EXPECT_TRUE(refused([&] {
+    cuda::gemv_gate_up_silu<B, B>(nullptr, nullptr, nullptr, nullptr, nullptr, 1, 8, big, nullptr, nullptr);
+  }));
 }
 
 // Long contexts: many 32-key tiles per warp, every warp of the block busy, partial last tiles (a decode
