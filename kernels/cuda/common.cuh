@@ -55,6 +55,15 @@ __device__ __forceinline__ void unpack_weights(const uint4& u, float (&f)[16 / s
       f[2 * i] = v.x;
       f[2 * i + 1] = v.y;
     }
+  } else if constexpr (std::is_same_v<TW, __nv_bfloat16>) {
+    // By 32-bit words: a pair's low half shifted up and its high half masked, two instructions a pair
+    // (widening each half on its own took three: the high half moved down first, then shifted back up).
+    const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      f[2 * i] = __uint_as_float(w[i] << 16);
+      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
   } else {
     const TW* e = reinterpret_cast<const TW*>(&u);
 #pragma unroll

@@ -135,6 +135,11 @@ __device__ __forceinline__ void row_stream(const T* x, const TW* const (&w)[R], 
       if (u * 32 * V >= Ki - uk) break;  // (no lane has columns there: the row's last group)
       if constexpr (kEach) fetch(u, xv[0]);
       const XVec(&xu)[M] = xv[kEach ? 0 : u];
+      float xf[M][V];  // (the inputs as floats, once for all R matrices)
+#pragma unroll
+      for (int m = 0; m < M; ++m)
+#pragma unroll
+        for (int q = 0; q < XL; ++q) unpack_weights<T>(xu[m].u[q], *reinterpret_cast<float(*)[16 / sizeof(T)]>(xf[m] + q * (16 / sizeof(T))));
 #pragma unroll
       for (int r = 0; r < R; ++r) {
         float wf[V];
@@ -142,7 +147,7 @@ __device__ __forceinline__ void row_stream(const T* x, const TW* const (&w)[R], 
 #pragma unroll
         for (int m = 0; m < M; ++m)
 #pragma unroll
-          for (int j = 0; j < V; ++j) acc[r][m] += wf[j] * to_f(xu[m].e[j]);
+          for (int j = 0; j < V; ++j) acc[r][m] += wf[j] * xf[m][j];
       }
     }
     uk += S;
