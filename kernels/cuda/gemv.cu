@@ -31,17 +31,36 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, kGemvMinBlocks<TW, M>)
   const int lane = threadIdx.x & 31;
   const TW* const mats[1] = {w};
   const float* const scales[1] = {w_scale};
-  row_stream<T, M, 1>(x, mats, scales, K, static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32,
-                      static_cast<int64_t>(gridDim.x) * kWarpsPerBlock, N, lane, [] {},
-                      [&](int64_t n, const float(&acc)[1][M]) {
-                        if (lane != 0) return;
-                        const float b = bias ? bias[n] : 0.f;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32,
+                stride = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  // What a row's epilogue adds (its bias; with accumulate, the output it adds to, which the kernel before
+  // this one wrote) is read by lane 0 ahead for 1-2 rows (the decode steps' GEMVs): the first row's right
+  // after the wait, the next row's at each epilogue, so that the reads overlap the row's weights instead
+  // of following its sums. (3-4 rows read them in the epilogue: the FP8 form of 3 spilled with them.)
+  constexpr bool kAhead = M <= 2;
+  float pb = 0.f, po[M];
+  int64_t next = first;
+  auto fetch = [&] {
+    if (!kAhead || lane != 0 || next >= N) return;
+    pb = bias ? bias[next] : 0.f;
 #pragma unroll
-                        for (int m = 0; m < M; ++m) {
-                          const float y = acc[0][m] + b;
-                          out[m * N + n] = from_f<TO>(accumulate ? to_f(out[m * N + n]) + y : y);
-                        }
-                      });
+    for (int m = 0; m < M; ++m) po[m] = accumulate ? to_f(out[m * N + next]) : 0.f;
+  };
+  row_stream<T, M, 1>(x, mats, scales, K, first, stride, N, lane, fetch, [&](int64_t n, const float(&acc)[1][M]) {
+    if (lane != 0) return;
+    if constexpr (!kAhead) {
+      pb = bias ? bias[n] : 0.f;
+#pragma unroll
+      for (int m = 0; m < M; ++m) po[m] = accumulate ? to_f(out[m * N + n]) : 0.f;
+    }
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const float y = acc[0][m] + pb;
+      out[m * N + n] = from_f<TO>(accumulate ? po[m] + y : y);
+    }
+    next = n + stride;
+    fetch();
+  });
 }
 
 }  // namespace
