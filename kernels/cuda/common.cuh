@@ -255,6 +255,29 @@ inline void check_row_extent(int64_t K, int64_t N, const char* what) {
   if (K > INT32_MAX || N > INT32_MAX) check(cudaErrorInvalidValue, what);
 }
 
+// The rows a GEMV's warp streams (row_stream's first and stride), warps_per_block warps a block:
+// block-major (warp w of block b from row warps_per_block * b + w), or dealt to the blocks round-robin
+// (from row b + gridDim.x * w), so that every block, and so every SM, has the same share of the rows:
+// block-major, a grid of 192 blocks on 132 SMs (the 1.5B down projection) gives 60 SMs twice the rows of
+// the others. FP8 weights are dealt round-robin (their GEMVs are bound by instructions as much as by
+// bytes: 1.5B fp8 decode 2-4% faster); bf16 and fp16 stay block-major (round-robin, the gate/up and o_proj
+// kernels lost more than the down projection gained). performance.md's forty-first section has the figures.
+__device__ __forceinline__ void gemv_rows(bool interleave, int warps_per_block, int64_t* first, int64_t* stride) {
+  const int64_t b = blockIdx.x, w = threadIdx.x / 32, g = gridDim.x;
+  *first = interleave ? b + g * w : b * warps_per_block + w;
+  *stride = g * warps_per_block;
+}
+template <typename TW>
+constexpr bool kGemvInterleave = std::is_same_v<TW, __nv_fp8_e4m3>;
+// A GEMV's grid: stream_blocks block-major; dealt round-robin, the block-major count rounded up to whole
+// waves of SMs (at most all resident blocks).
+inline unsigned gemv_blocks(bool interleave, long long N, int warps_per_block, unsigned resident) {
+  const unsigned blocks = stream_blocks(N, warps_per_block, resident);
+  if (!interleave) return blocks;
+  const unsigned sms = static_cast<unsigned>(sm_count());
+  return std::min(resident, (blocks + sms - 1) / sms * sms);
+}
+
 // Programmatic dependent launch (compute capability 9.0 and up). Every kernel here is launched with
 // launch() below, which lets it start while the kernel before it in the stream is still running, and
 // calls pdl_enter() before it touches anything another kernel writes: pdl_enter waits until the

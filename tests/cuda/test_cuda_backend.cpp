@@ -1364,6 +1364,43 @@ TEST_P(CudaOps, Fp8MatricesMatchTheCpuReference) {
 // residual; stacked gate/up with SiLU), one FP8 GEMM per op and no expansion; a float32 bias (which
 // cuBLASLt's FP8 GEMMs do not take) expands the matrix instead, activations unquantized; prepare_gemms
 // readies them too.
+// The FP8 GEMVs deal their rows to the blocks round-robin (gemv_rows): more rows than resident warps
+// (several rows a warp, 7,000 and 9,000) and fewer (1,000: a grid rounded up to whole waves of SMs, most
+// warps without a row), 1-4 tokens, against the CPU on the same quantized values.
+TEST_P(CudaOps, Fp8GemvRowsDealtRoundRobinMatchTheCpu) {
+  const DType dt = GetParam();
+  if (dt == DType::F32) GTEST_SKIP() << "FP8 weights need 16-bit activations";
+  std::mt19937 g(29);
+  const int64_t default_min = gpu->skinny_fp8_min_tokens();
+  gpu->set_skinny_fp8_min_tokens(5);  // (1-4 tokens on the GEMVs)
+  const int64_t K = 160;
+  for (int64_t N : {int64_t(1000), int64_t(7000), int64_t(9000)}) {
+    const auto wv = randn(2 * N * K, g, 0.1f);
+    const Tensor wc = cpu.upload_fp8(wv.data(), {2 * N, K}, DType::F32, false);
+    const Tensor w8 = gpu->upload_fp8(wv.data(), {2 * N, K}, dt, false);
+    const Tensor gc = rows_view(wc, 0, N), uc = rows_view(wc, N, N), g8 = rows_view(w8, 0, N), u8 = rows_view(w8, N, N);
+    auto bias = both(randn(N, g), {N}, DType::F32);
+    for (int64_t T = 1; T <= 4; ++T) {
+      const std::string at = "N = " + std::to_string(N) + ", T = " + std::to_string(T);
+      auto x = both(randn(T * K, g), {T, K}, dt);
+      Tensor c = cpu.empty({T, N}, DType::F32), y = gpu->empty({T, N}, DType::F32);
+      cpu.linear(x.first, gc, &bias.first, c);
+      gpu->linear(x.second, g8, &bias.second, y);
+      expect_close(c, y, ("fp8 linear with bias, " + at).c_str(), tol());
+      auto res = both(randn(T * N, g), {T, N}, DType::F32);
+      cpu.linear_residual(x.first, gc, c, res.first);
+      gpu->linear_residual(x.second, g8, y, res.second);
+      expect_close(res.first, res.second, ("fp8 linear_residual, " + at).c_str(), tol());
+      Tensor gu = cpu.empty({T, 2 * N}, DType::F32), act = cpu.empty({T, N}, DType::F32);
+      Tensor gug = gpu->empty({T, 2 * N}, DType::F32), actg = gpu->empty({T, N}, dt);
+      cpu.gate_up_silu(x.first, gc, uc, gu, act);
+      gpu->gate_up_silu(x.second, g8, u8, gug, actg);
+      expect_close(act, actg, ("fp8 gate_up_silu, " + at).c_str(), tol());
+    }
+  }
+  gpu->set_skinny_fp8_min_tokens(default_min);
+}
+
 TEST_P(CudaOps, Fp8GemmsMatchQuantizedActivations) {
   const DType dt = GetParam();
   if (dt == DType::F32) GTEST_SKIP() << "FP8 weights need 16-bit activations";
