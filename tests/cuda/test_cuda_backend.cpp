@@ -1357,13 +1357,6 @@ TEST_P(CudaOps, Fp8MatricesMatchTheCpuReference) {
   }
 }
 
-// FP8 GEMMs (more than 16 tokens over FP8 matrices): the activations quantized per token (the weights'
-// rule: a power-of-two scale per row) and cuBLASLt's E4M3 x E4M3 with both scale vectors give the CPU
-// reference over the quantized weights and quantized activations within 2e-4 (float32 sums in another
-// order, and the tensor cores' own accumulation) (into the activation type; adding into a float32
-// residual; stacked gate/up with SiLU), one FP8 GEMM per op and no expansion; a float32 bias (which
-// cuBLASLt's FP8 GEMMs do not take) expands the matrix instead, activations unquantized; prepare_gemms
-// readies them too.
 // The FP8 GEMVs deal their rows to the blocks round-robin (gemv_rows): more rows than resident warps
 // (several rows a warp, 7,000 and 9,000) and fewer (1,000: a grid rounded up to whole waves of SMs, most
 // warps without a row), 1-4 tokens, against the CPU on the same quantized values.
@@ -1401,6 +1394,13 @@ TEST_P(CudaOps, Fp8GemvRowsDealtRoundRobinMatchTheCpu) {
   gpu->set_skinny_fp8_min_tokens(default_min);
 }
 
+// FP8 GEMMs (more than 16 tokens over FP8 matrices): the activations quantized per token (the weights'
+// rule: a power-of-two scale per row) and cuBLASLt's E4M3 x E4M3 with both scale vectors give the CPU
+// reference over the quantized weights and quantized activations within 2e-4 (float32 sums in another
+// order, and the tensor cores' own accumulation) (into the activation type; adding into a float32
+// residual; stacked gate/up with SiLU), one FP8 GEMM per op and no expansion; a float32 bias (which
+// cuBLASLt's FP8 GEMMs do not take) expands the matrix instead, activations unquantized; prepare_gemms
+// readies them too.
 TEST_P(CudaOps, Fp8GemmsMatchQuantizedActivations) {
   const DType dt = GetParam();
   if (dt == DType::F32) GTEST_SKIP() << "FP8 weights need 16-bit activations";
