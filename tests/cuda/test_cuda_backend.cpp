@@ -1358,8 +1358,9 @@ TEST_P(CudaOps, Fp8MatricesMatchTheCpuReference) {
 }
 
 // The FP8 GEMVs deal their rows to the blocks round-robin (gemv_rows): more rows than resident warps
-// (several rows a warp, 7,000 and 9,000) and fewer (1,000: a grid rounded up to whole waves of SMs, most
-// warps without a row), 1-4 tokens, against the CPU on the same quantized values.
+// (several rows a warp: 7,000 and 9,000 against about 3,200 warps at three blocks an SM) and fewer (1,000:
+// the block-major grid rounded up to a whole wave of SMs, the last warps without a row), 1-4 tokens,
+// against the CPU on the same quantized values.
 TEST_P(CudaOps, Fp8GemvRowsDealtRoundRobinMatchTheCpu) {
   const DType dt = GetParam();
   if (dt == DType::F32) GTEST_SKIP() << "FP8 weights need 16-bit activations";
