@@ -121,14 +121,14 @@ constexpr int kGateUpMinBlocks = std::is_same_v<TW, __nv_fp8_e4m3> && M <= 2 ? 3
 template <typename T, typename TW, int M, bool NORM>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32, kGateUpMinBlocks<TW, M>)
     gate_up_silu_k(const void* xin, const T* norm_w, float eps, const TW* wg, const TW* wu, const float* sg,
-                   const float* su, int64_t K, int64_t N, T* act, bool interleave) {
+                   const float* su, int64_t K, int64_t N, T* act) {
   extern __shared__ __align__(16) unsigned char smem[];
   T* h = reinterpret_cast<T*>(smem);
   const int lane = threadIdx.x & 31;
   const TW* const mats[2] = {wg, wu};
   const float* const scales[2] = {sg, su};
   int64_t first, stride;
-  gemv_rows(interleave, kWarpsPerBlock, &first, &stride);
+  gemv_rows(kGemvInterleave<TW>, kWarpsPerBlock, &first, &stride);
   auto epilogue = [&](int64_t n, const float(&gu)[2][M]) {
     if (lane != 0) return;
 #pragma unroll
@@ -185,10 +185,8 @@ static void gate_up(const void* x, const T* norm_w, float eps, const TW* w_gate,
   if (smem > kMaxNormSmem) check(cudaErrorInvalidValue, "gemv_gate_up_silu: rows too long to normalize");
   check_row_extent(K, N, "gemv_gate_up_silu: 2^31 rows or row length or more");
   auto go = [&](auto kernel) {
-    const bool interleave = kGemvInterleave<TW>;
-    const unsigned blocks = gemv_blocks(interleave, N, kWarpsPerBlock, resident_blocks(kernel, threads, smem));
-    launch("gemv_gate_up_silu", kernel, blocks, threads, smem, s, x, norm_w, eps, w_gate, w_up, s_gate, s_up, K, N, act,
-           interleave);
+    const unsigned blocks = gemv_blocks(kGemvInterleave<TW>, N, kWarpsPerBlock, resident_blocks(kernel, threads, smem));
+    launch("gemv_gate_up_silu", kernel, blocks, threads, smem, s, x, norm_w, eps, w_gate, w_up, s_gate, s_up, K, N, act);
   };
   switch (M) {
     case 1: go(gate_up_silu_k<T, TW, 1, NORM>); break;

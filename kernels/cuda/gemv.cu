@@ -27,13 +27,12 @@ constexpr int kGemvMinBlocks = std::is_same_v<TW, __nv_fp8_e4m3> && M <= 3 ? 3 :
 template <typename T, typename TO, typename TW, int M>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32, kGemvMinBlocks<TW, M>)
     gemv_k(const T* __restrict__ x, const TW* __restrict__ w, const float* __restrict__ w_scale,
-           const float* __restrict__ bias, int64_t K, int64_t N, TO* __restrict__ out, bool accumulate,
-           bool interleave) {
+           const float* __restrict__ bias, int64_t K, int64_t N, TO* __restrict__ out, bool accumulate) {
   const int lane = threadIdx.x & 31;
   const TW* const mats[1] = {w};
   const float* const scales[1] = {w_scale};
   int64_t first, stride;
-  gemv_rows(interleave, kWarpsPerBlock, &first, &stride);
+  gemv_rows(kGemvInterleave<TW>, kWarpsPerBlock, &first, &stride);
   // What a row's epilogue adds (its bias; with accumulate, the output it adds to, which the kernel before
   // this one wrote) is read by lane 0 ahead for 1-2 rows (the decode steps' GEMVs): the first row's right
   // after the wait, the next row's at each epilogue, so that the reads overlap the row's weights instead
@@ -75,9 +74,8 @@ void gemv(const T* x, const TW* w, const float* w_scale, const float* bias, int6
   // several (row_stream).
   const int threads = kWarpsPerBlock * 32;
   auto go = [&](auto kernel) {
-    const bool interleave = kGemvInterleave<TW>;
-    const unsigned blocks = gemv_blocks(interleave, N, kWarpsPerBlock, resident_blocks(kernel, threads, 0));
-    launch("gemv", kernel, blocks, threads, 0, s, x, w, w_scale, bias, K, N, out, accumulate, interleave);
+    const unsigned blocks = gemv_blocks(kGemvInterleave<TW>, N, kWarpsPerBlock, resident_blocks(kernel, threads, 0));
+    launch("gemv", kernel, blocks, threads, 0, s, x, w, w_scale, bias, K, N, out, accumulate);
   };
   switch (M) {
     case 1: go(gemv_k<T, TO, TW, 1>); break;
