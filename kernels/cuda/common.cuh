@@ -12,6 +12,7 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/ops.cuh"  // (kMaxNormSmem)
 #include "kernels/fp8.h"
 
 namespace llmserve::cuda {
@@ -235,6 +236,28 @@ unsigned resident_blocks(Kernel k, int threads, size_t smem) {
   int per_sm = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, threads, smem) != cudaSuccess || per_sm < 1) per_sm = 1;
   return known[key] = static_cast<unsigned>(per_sm) * static_cast<unsigned>(sm_count());
+}
+
+// A kernel's static shared memory (its __shared__ arrays, as the compiler laid them out): it counts with a
+// launch's dynamic shared memory against the 48 KB a block gets without opting in (kMaxNormSmem).
+// Queried once per kernel.
+template <typename Kernel>
+size_t static_smem(Kernel k) {
+  static std::mutex mu;
+  static std::map<const void*, size_t> known;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto it = known.find(reinterpret_cast<const void*>(k));
+  if (it != known.end()) return it->second;
+  cudaFuncAttributes a{};
+  check(cudaFuncGetAttributes(&a, k), "cudaFuncGetAttributes");
+  return known[reinterpret_cast<const void*>(k)] = a.sharedSizeBytes;
+}
+// Throws ("<what>: rows too long to normalize") unless `dynamic` bytes of dynamic shared memory fit next
+// to the kernel's static shared memory in kMaxNormSmem (nothing to check without dynamic shared memory).
+template <typename Kernel>
+void check_norm_smem(Kernel k, size_t dynamic, const char* what) {
+  if (dynamic > 0 && dynamic + static_smem(k) > kMaxNormSmem)
+    check(cudaErrorInvalidValue, (std::string(what) + ": rows too long to normalize").c_str());
 }
 
 // Blocks of warps_per_block warps for a GEMV of N rows streamed by warps (row_stream): a warp per row up

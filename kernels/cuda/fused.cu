@@ -167,12 +167,16 @@ void gemv_qkv_rope(const float* x, const T* norm_w, float eps, int64_t M, int64_
   const unsigned blocks = blocks_for((a.Hq + 2 * a.Hk) * (a.D / 2), kWarpsPerBlock);
   const int threads = kWarpsPerBlock * 32;
   const size_t smem = norm_smem_bytes(M, K, sizeof(T));
-  if (a.D % 2 != 0 || smem > kMaxNormSmem) check(cudaErrorInvalidValue, "gemv_qkv_rope: unsupported shape");
+  if (a.D % 2 != 0) check(cudaErrorInvalidValue, "gemv_qkv_rope: unsupported shape");
+  auto go = [&](auto kernel) {
+    check_norm_smem(kernel, smem, "gemv_qkv_rope");
+    launch("gemv_qkv_rope", kernel, blocks, threads, smem, s, x, norm_w, eps, K, a);
+  };
   switch (M) {
-    case 1: launch("gemv_qkv_rope", qkv_rope_k<T, TW, 1>, blocks, threads, smem, s, x, norm_w, eps, K, a); break;
-    case 2: launch("gemv_qkv_rope", qkv_rope_k<T, TW, 2>, blocks, threads, smem, s, x, norm_w, eps, K, a); break;
-    case 3: launch("gemv_qkv_rope", qkv_rope_k<T, TW, 3>, blocks, threads, smem, s, x, norm_w, eps, K, a); break;
-    case 4: launch("gemv_qkv_rope", qkv_rope_k<T, TW, 4>, blocks, threads, smem, s, x, norm_w, eps, K, a); break;
+    case 1: go(qkv_rope_k<T, TW, 1>); break;
+    case 2: go(qkv_rope_k<T, TW, 2>); break;
+    case 3: go(qkv_rope_k<T, TW, 3>); break;
+    case 4: go(qkv_rope_k<T, TW, 4>); break;
     default: check(cudaErrorInvalidValue, "gemv_qkv_rope: more than 4 rows");
   }
 }
@@ -182,9 +186,9 @@ static void gate_up(const void* x, const T* norm_w, float eps, const TW* w_gate,
                     const float* s_up, int64_t M, int64_t K, int64_t N, T* act, cudaStream_t s) {
   const int threads = kWarpsPerBlock * 32;
   const size_t smem = NORM ? norm_smem_bytes(M, K, sizeof(T)) : 0;
-  if (smem > kMaxNormSmem) check(cudaErrorInvalidValue, "gemv_gate_up_silu: rows too long to normalize");
   check_row_extent(K, N, "gemv_gate_up_silu: 2^31 rows or row length or more");
   auto go = [&](auto kernel) {
+    check_norm_smem(kernel, smem, "gemv_gate_up_silu");
     const unsigned blocks = gemv_blocks(kGemvInterleave<TW>, N, kWarpsPerBlock, resident_blocks(kernel, threads, smem));
     launch("gemv_gate_up_silu", kernel, blocks, threads, smem, s, x, norm_w, eps, w_gate, w_up, s_gate, s_up, K, N, act);
   };
@@ -208,6 +212,31 @@ void gemv_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const TW
                             const float* s_gate, const float* s_up, int64_t M, int64_t K, int64_t N, T* act,
                             cudaStream_t s) {
   gate_up<T, TW, true>(x, norm_w, eps, w_gate, w_up, s_gate, s_up, M, K, N, act, s);
+}
+
+// The most static shared memory of the normalizing GEMVs of M rows over every type they are built for.
+template <int M>
+size_t gemv_norm_static() {
+  return std::max({static_smem(qkv_rope_k<float, float, M>), static_smem(gate_up_silu_k<float, float, M, true>),
+                   static_smem(qkv_rope_k<__half, __half, M>), static_smem(gate_up_silu_k<__half, __half, M, true>),
+                   static_smem(qkv_rope_k<__nv_bfloat16, __nv_bfloat16, M>),
+                   static_smem(gate_up_silu_k<__nv_bfloat16, __nv_bfloat16, M, true>),
+                   static_smem(qkv_rope_k<__half, __nv_fp8_e4m3, M>),
+                   static_smem(gate_up_silu_k<__half, __nv_fp8_e4m3, M, true>),
+                   static_smem(qkv_rope_k<__nv_bfloat16, __nv_fp8_e4m3, M>),
+                   static_smem(gate_up_silu_k<__nv_bfloat16, __nv_fp8_e4m3, M, true>)});
+}
+
+bool gemv_norm_fits(int64_t M, int64_t K, size_t elem) {
+  if (M < 1 || M > 4) return false;
+  static const size_t fixed[4] = {gemv_norm_static<1>(), gemv_norm_static<2>(), gemv_norm_static<3>(),
+                                  gemv_norm_static<4>()};
+  return norm_smem_bytes(M, K, elem) + fixed[M - 1] <= kMaxNormSmem;
+}
+
+void prepare_norm_launches() {
+  gemv_norm_fits(1, 0, 2);
+  skinny_norm_fits(1, 0, 2);
 }
 
 #define INSTANTIATE_ROPE_KV(T)                                                                                      \

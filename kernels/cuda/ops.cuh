@@ -201,15 +201,23 @@ void skinny_qkv_rope(const T* h, const T* w, const float* bias, int64_t M, int64
 
 // Fused decoder-layer kernels (compositions of the kernels above; see Backend's defaults). The
 // few-token ones that begin with an RMSNorm of the float32 residual stream normalize it into shared
-// memory in every block, next to a copy of the norm's weights: norm_smem_bytes() of it, up to
-// kMaxNormSmem.
+// memory in every block, next to a copy of the norm's weights: norm_smem_bytes() of dynamic shared
+// memory, which with the kernel's own static shared memory must stay within kMaxNormSmem, the 48 KB a
+// block gets without opting in (a launch over it fails: the Llama-3.1-8B shape's 4-row skinny gate/up,
+// 40 KB of rows and weights and 9.25 KB of static partial sums, did).
 constexpr size_t kMaxNormSmem = 48 << 10;
 inline size_t norm_smem_bytes(int64_t M, int64_t K, size_t elem) { return static_cast<size_t>((M + 1) * K) * elem; }
+// Whether gemv_qkv_rope and gemv_norm_gate_up_silu take M rows of K elements of elem bytes: 1-4 rows
+// whose norm_smem_bytes fit next to both kernels' static shared memory.
+bool gemv_norm_fits(int64_t M, int64_t K, size_t elem);
+// Queries the normalizing kernels' static shared memory (gemv_norm_fits, skinny_norm_fits and the
+// launchers' checks) now, not at a first launch inside a graph capture; call once per device.
+void prepare_norm_launches();
 // skinny_gate_up_silu and skinny_qkv_rope over float32 rows x that every block first normalizes into its
 // shared memory (RMSNorm with weights norm_w), as the fused GEMVs do: the norm and the projections in one
 // launch, for 1-4 rows (the backend's choice from skinny_min_tokens / skinny_fp8_min_tokens, 3; at 5-16 rows
 // each block would read them all before its first product, so those take rmsnorm and then the skinny
-// launch), where skinny_norm_fits.
+// launch), where skinny_norm_fits (the rows and weights next to the static shared memory of both kernels).
 bool skinny_norm_fits(int64_t M, int64_t K, size_t elem);
 template <typename T, typename TW>
 void skinny_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const TW* w_gate, const TW* w_up,

@@ -600,6 +600,42 @@ TEST_P(CudaOps, FusedOpsMatchTheCpuComposition) {
   }
 }
 
+// A launch that normalizes its rows in shared memory has the block's 48 KB (without opting in) for the
+// rows, the norm's weights and the kernel's own static shared memory together. The Llama-3.1-8B shape's
+// 4-row skinny gate/up (4,096 columns: 40 KB of rows and weights next to 9.25 KB of partial sums) once
+// failed to launch, and 2 rows of 8,192 (48 KB exactly) leave no room in any kernel; those take rmsnorm
+// first. The Qwen2.5-7B shape (3,584 columns) keeps the norm inside. Every few-token mode matches the CPU.
+TEST_P(CudaOps, NormInsideLeavesRoomForStaticSharedMemory) {
+  const DType dt = GetParam();
+  if (dt != DType::F32) {
+    EXPECT_TRUE(cuda::gemv_norm_fits(4, 4096, 2));
+    EXPECT_TRUE(cuda::gemv_norm_fits(1, 8192, 2));
+    EXPECT_FALSE(cuda::gemv_norm_fits(2, 8192, 2));
+    EXPECT_FALSE(cuda::gemv_norm_fits(5, 64, 2));
+    EXPECT_TRUE(cuda::skinny_norm_fits(4, 3584, 2));
+    EXPECT_TRUE(cuda::skinny_norm_fits(3, 4096, 2));
+    EXPECT_FALSE(cuda::skinny_norm_fits(4, 4096, 2));
+    EXPECT_FALSE(cuda::skinny_norm_fits(2, 8192, 2));
+  }
+  std::mt19937 g(31);
+  const int64_t I = 48;
+  for (const FewTokenMode& mode : kFewTokenModes) {
+    set_few_token_mode(mode);
+    for (const auto& [rows, K] : {std::pair<int64_t, int64_t>{4, 4096}, {3, 4096}, {2, 8192}}) {
+      const std::string at = std::to_string(rows) + " rows of " + std::to_string(K) + ", skinny from " +
+                             std::to_string(mode.from) + (mode.norm_inside ? ", norm inside" : ", rmsnorm first");
+      auto res = both(randn(rows * K, g), {rows, K}, DType::F32), nw = both(randn(K, g), {K}, dt);
+      auto wg = both(randn(I * K, g, 0.1f), {I, K}, dt), wu = both(randn(I * K, g, 0.1f), {I, K}, dt);
+      Tensor hc = cpu.empty({rows, K}, DType::F32), hg = gpu->empty({rows, K}, dt);
+      Tensor guc = cpu.empty({rows, 2 * I}, DType::F32), ac = cpu.empty({rows, I}, DType::F32);
+      Tensor gug = gpu->empty({rows, 2 * I}, DType::F32), ag = gpu->empty({rows, I}, dt);
+      cpu.norm_gate_up_silu(res.first, {nw.first, 1e-6f, hc}, wg.first, wu.first, guc, ac);
+      gpu->norm_gate_up_silu(res.second, {nw.second, 1e-6f, hg}, wg.second, wu.second, gug, ag);
+      expect_close(ac, ag, ("norm_gate_up_silu, " + at).c_str(), tol());
+    }
+  }
+}
+
 // The attention block's input norm, q/k/v projections, RoPE and cache write: one fused launch for
 // decode steps of 1-4 tokens (with and without q/k biases), one skinny launch for 5-16 tokens on stacked
 // weights (the 6- and 16-sequence steps and the 13-token one), the composition otherwise; the queries

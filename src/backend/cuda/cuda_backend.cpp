@@ -160,6 +160,7 @@ CudaBackend::CudaBackend(int device, DType dtype) : device_(device), dtype_(dtyp
   ck(cudaMalloc(&attention_scratch_, cuda::paged_attention_scratch_bytes()), "attention scratch allocation");
   ck(cudaMemset(attention_scratch_, 0, cuda::paged_attention_scratch_bytes()), "attention scratch");
   cuda::prepare_attention_kernels();
+  cuda::prepare_norm_launches();
   ck(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking), "copy stream");
   ck(cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming), "copy event");
   ck(cudaEventCreateWithFlags(&meta_copied_, cudaEventDisableTiming), "metadata event");
@@ -1170,7 +1171,7 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
   bool fused = !tiles && T >= 1 && T <= 4 && x.dtype == DType::F32 && !(fp8 && wt == DType::F32) && q.dtype == DType::F32 &&
                cache_ok && D % 2 == 0 && rows_of(wq) == cols_of(q) &&
                k_cache.dim(3) == D && rows_of(wk) == k_cache.dim(2) * D && rows_of(wv) == rows_of(wk) &&
-               cuda::norm_smem_bytes(T, K, dtype_size(wt)) <= cuda::kMaxNormSmem;
+               cuda::gemv_norm_fits(T, K, dtype_size(wt));
   for (const Tensor* b : {bq, bk, bv}) fused = fused && (!b || b->dtype == DType::F32);
   for (const Tensor* w : {&wq, &wk, &wv}) fused = fused && w->dtype == wq.dtype && (fp8 || w->dtype == wt) && cols_of(*w) == K;
   const cuda::RopeCacheWrite target{q.as<float>(), k_cache.data, v_cache.data, positions_.ptr, slots_.ptr,
@@ -1272,7 +1273,7 @@ void CudaBackend::norm_gate_up_silu(const Tensor& x, const InputNorm& norm, cons
   const bool fp8 = w_gate.dtype == DType::F8E4M3;
   const bool fused = T >= 1 && T <= 4 && x.dtype == DType::F32 && (fp8 ? wt != DType::F32 : w_gate.dtype == wt) &&
                      w_up.dtype == w_gate.dtype && act.dtype == wt && cols_of(w_gate) == K && cols_of(w_up) == K &&
-                     cuda::norm_smem_bytes(T, K, dtype_size(wt)) <= cuda::kMaxNormSmem;
+                     cuda::gemv_norm_fits(T, K, dtype_size(wt));
   const bool tiles = fused && rows_of(w_up) == rows_of(w_gate) &&
                      (fp8 ? skinny_fp8(T, norm.h, {&w_gate, &w_up}) : norm.h.dtype == wt && skinny_few(T, {&norm.h, &w_gate, &w_up}));
   if (tiles && skinny_norm_inside(x, wt)) {
