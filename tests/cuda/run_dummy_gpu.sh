@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A dummy model of a real shape (load_format dummy; default inputs/models/qwen2.5-1.5b-instruct.json,
-# also run for qwen2.5-7b-instruct.json) on GPUs:
+# also run for qwen2.5-7b-instruct.json and llama-3.1-8b-instruct.json) on GPUs:
 #  1. GPU float32 against the CPU backend on identical weights (4 of the layers, for CPU time):
 #     same greedy tokens, last-position logits within 1e-3 relative L2;
 #  2. all the layers in float32 on every layout the GPUs allow and the query heads split into (tp=1;
@@ -24,7 +24,9 @@ cfg=${2:-$root/inputs/models/qwen2.5-1.5b-instruct.json}
 work="$build/test-out/gpu-dummy-$(basename "$cfg" .json)"
 mkdir -p "$work"
 layers=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["num_hidden_layers"])' "$cfg")
-prompts=(--prompt-ids 1,2,3,4,5,6,7,8 --prompt-ids 9707,11,1879,0 --prompt-ids 151644,872,198,3838,374,279,6722,315,9625,30)
+# (Token ids below Llama 3's vocabulary of 128,256. Every run records the decode graphs of every batch
+# size at start-up, so a shape whose few-row kernels cannot launch fails here.)
+prompts=(--prompt-ids 1,2,3,4,5,6,7,8 --prompt-ids 9707,11,1879,0 --prompt-ids 128000,872,198,3838,374,279,6722,315,9625,30)
 fail=0
 run() {  # run NAME BACKEND DTYPE TP PP [extra...]
   local name=$1 be=$2 dt=$3 tp=$4 pp=$5; shift 5
