@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A dummy model of a real shape (load_format dummy; default inputs/models/qwen2.5-1.5b-instruct.json,
-# also run for qwen2.5-7b-instruct.json and llama-3.1-8b-instruct.json) on GPUs:
+# also run for the other shapes of inputs/models/: Qwen2.5-0.5B and 7B, Llama-3.1-8B) on GPUs:
 #  1. GPU float32 against the CPU backend on identical weights (4 of the layers, for CPU time):
 #     same greedy tokens, last-position logits within 1e-3 relative L2;
 #  2. all the layers in float32 on every layout the GPUs allow and the query heads split into (tp=1;
