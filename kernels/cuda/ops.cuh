@@ -204,7 +204,7 @@ void skinny_qkv_rope(const T* h, const T* w, const float* bias, int64_t M, int64
 // memory in every block, next to a copy of the norm's weights: norm_smem_bytes() of dynamic shared
 // memory, which with the kernel's own static shared memory must stay within kMaxNormSmem, the 48 KB a
 // block gets without opting in (a launch over it fails: the Llama-3.1-8B shape's 4-row skinny gate/up,
-// 40 KB of rows and weights and 9.25 KB of static partial sums, did).
+// 40 KB of rows and weights and 9.25 KB of static shared memory, did).
 constexpr size_t kMaxNormSmem = 48 << 10;
 inline size_t norm_smem_bytes(int64_t M, int64_t K, size_t elem) { return static_cast<size_t>((M + 1) * K) * elem; }
 // Whether gemv_qkv_rope and gemv_norm_gate_up_silu take M rows of K elements of elem bytes: 1-4 rows

@@ -602,7 +602,7 @@ TEST_P(CudaOps, FusedOpsMatchTheCpuComposition) {
 
 // A launch that normalizes its rows in shared memory has the block's 48 KB (without opting in) for the
 // rows, the norm's weights and the kernel's own static shared memory together. The Llama-3.1-8B shape's
-// 4-row skinny gate/up (4,096 columns: 40 KB of rows and weights next to 9.25 KB of partial sums) once
+// 4-row skinny gate/up (4,096 columns: 40 KB of rows and weights next to 9.25 KB of its own) once
 // failed to launch, and 2 rows of 8,192 (48 KB exactly) leave no room in any kernel; those take rmsnorm
 // first. The Qwen2.5-7B shape (3,584 columns) keeps the norm inside. Every few-token mode matches the CPU.
 TEST_P(CudaOps, NormInsideLeavesRoomForStaticSharedMemory) {
