@@ -222,20 +222,31 @@ inline int block_size_log2(int64_t block_size, const char* what) {
 
 inline unsigned blocks_for(long long n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
+// compute() for `key`, run once and remembered (thread-safe): the host-side queries about kernels that
+// launchers make. One table per call site (the type of compute).
+template <typename Key, typename F>
+auto remembered(const Key& key, F compute) {
+  using V = decltype(compute());
+  static std::mutex mu;
+  static std::map<Key, V> known;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto it = known.find(key);
+  if (it != known.end()) return it->second;
+  const V v = compute();  // (if it throws, nothing is remembered)
+  known.emplace(key, v);
+  return v;
+}
+
 // Blocks of `threads` threads and `smem` bytes of dynamic shared memory of kernel k that the device
 // holds at once (per SM times SMs; at least one per SM). The occupancy query runs once per kernel and
 // launch shape, not at every launch.
 template <typename Kernel>
 unsigned resident_blocks(Kernel k, int threads, size_t smem) {
-  static std::mutex mu;
-  static std::map<std::tuple<const void*, int, size_t>, unsigned> known;
-  const auto key = std::make_tuple(reinterpret_cast<const void*>(k), threads, smem);
-  std::lock_guard<std::mutex> lock(mu);
-  const auto it = known.find(key);
-  if (it != known.end()) return it->second;
-  int per_sm = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, threads, smem) != cudaSuccess || per_sm < 1) per_sm = 1;
-  return known[key] = static_cast<unsigned>(per_sm) * static_cast<unsigned>(sm_count());
+  return remembered(std::make_tuple(reinterpret_cast<const void*>(k), threads, smem), [&] {
+    int per_sm = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, threads, smem) != cudaSuccess || per_sm < 1) per_sm = 1;
+    return static_cast<unsigned>(per_sm) * static_cast<unsigned>(sm_count());
+  });
 }
 
 // A kernel's static shared memory (its __shared__ arrays, as the compiler laid them out): it counts with a
@@ -243,14 +254,11 @@ unsigned resident_blocks(Kernel k, int threads, size_t smem) {
 // Queried once per kernel.
 template <typename Kernel>
 size_t static_smem(Kernel k) {
-  static std::mutex mu;
-  static std::map<const void*, size_t> known;
-  std::lock_guard<std::mutex> lock(mu);
-  const auto it = known.find(reinterpret_cast<const void*>(k));
-  if (it != known.end()) return it->second;
-  cudaFuncAttributes a{};
-  check(cudaFuncGetAttributes(&a, k), "cudaFuncGetAttributes");
-  return known[reinterpret_cast<const void*>(k)] = a.sharedSizeBytes;
+  return remembered(reinterpret_cast<const void*>(k), [&] {
+    cudaFuncAttributes a{};
+    check(cudaFuncGetAttributes(&a, k), "cudaFuncGetAttributes");
+    return static_cast<size_t>(a.sharedSizeBytes);
+  });
 }
 // Throws ("<what>: rows too long to normalize") unless `dynamic` bytes of dynamic shared memory fit next
 // to the kernel's static shared memory in kMaxNormSmem (nothing to check without dynamic shared memory).
