@@ -211,6 +211,7 @@ class Session : public std::enable_shared_from_this<Session> {
     std::vector<std::shared_ptr<EngineJob>> jobs;
     size_t finished = 0;
     std::string error;
+    bool logged = false;  // its access line written
   };
 
   void generate(bool chat) {
@@ -235,7 +236,7 @@ class Session : public std::enable_shared_from_this<Session> {
       writing_ = true;
       http::async_write_header(stream_, *sr, [self = shared_from_this(), res, sr](beast::error_code ec, size_t) {
         if (ec) {
-          self->cancel_all();
+          self->client_gone();
           self->writes_.clear();
           self->writing_ = false;
           return self->close();
@@ -274,10 +275,10 @@ class Session : public std::enable_shared_from_this<Session> {
   void watch_disconnect() {
     stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
       if (!self->pending_ || !self->stream_.socket().is_open()) return;
-      if (ec) return self->cancel_all();
+      if (ec) return self->client_gone();
       char c;
       const ssize_t got = ::recv(self->stream_.socket().native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
-      if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return self->cancel_all();
+      if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return self->client_gone();
       if (got < 0) return self->watch_disconnect();
       // Bytes of a further (pipelined) request: the client is still there.
     });
@@ -286,6 +287,16 @@ class Session : public std::enable_shared_from_this<Session> {
   void cancel_all() {
     if (!pending_) return;
     for (auto& j : pending_->jobs) *j->cancelled = true;
+  }
+
+  // The client went away before its answer was complete: its requests are aborted, nothing more is
+  // written for them, and the access log says so with nginx's 499 (client closed request) unless the
+  // answer was already logged (a stream whose last event was queued).
+  void client_gone() {
+    if (!pending_) return;
+    cancel_all();
+    if (!pending_->logged) log_access(499);
+    pending_.reset();
   }
 
   void on_error(const std::string& msg) {
@@ -365,7 +376,7 @@ class Session : public std::enable_shared_from_this<Session> {
     writes_.pop_front();
     net::async_write(stream_, http::make_chunk(net::buffer(*data)), [self = shared_from_this(), data](beast::error_code ec, size_t) {
       if (ec) {
-        self->cancel_all();  // the client went away mid-stream
+        self->client_gone();  // the client went away mid-stream
         self->writes_.clear();
         self->last_queued_ = false;
         self->writing_ = false;
@@ -426,6 +437,7 @@ class Session : public std::enable_shared_from_this<Session> {
     int64_t pt = 0, ct = 0;
     std::string id = "-";
     if (pending_) {
+      pending_->logged = true;
       id = pending_->id;
       for (const auto& o : pending_->outputs) {
         pt += o.prompt_tokens;

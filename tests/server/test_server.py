@@ -687,6 +687,21 @@ def main():
                 ok = True
                 break
         check("disconnect frees the request (metrics)", ok, (s.metric("llmserve:num_requests_running"), s.metric("llmserve:kv_cache_usage_perc")))
+        # The same for a client that leaves before a non-streamed answer (closing right after sending it).
+        raw = socket.create_connection(("127.0.0.1", s.port))
+        body = json.dumps({"prompt": "long", "max_tokens": 400, "ignore_eos": True}).encode()
+        raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+                    + str(len(body)).encode() + b"\r\n\r\n" + body)
+        time.sleep(0.02)
+        raw.close()
+        ok = False
+        for _ in range(100):
+            time.sleep(0.1)
+            if s.metric("llmserve:num_requests_running") == 0 and s.metric("llmserve:kv_cache_usage_perc") == 0:
+                ok = True
+                break
+        check("disconnect before a non-streamed answer frees the request (metrics)", ok,
+              (s.metric("llmserve:num_requests_running"), s.metric("llmserve:kv_cache_usage_perc")))
         check("metrics count generated tokens", (s.metric("llmserve:generation_tokens_total") or 0) > 500)
         _, mtext = s.request("GET", "/metrics")
         counts = {n: float(l.split()[-1]) for l in mtext.splitlines() for n in
@@ -826,6 +841,9 @@ def main():
         loud = f.read()
     check("disable_uvicorn_access_log: no access lines (the default server has them)",
           " access POST /v1/chat/completions 200" in loud and " access " not in quiet, quiet[-500:])
+    # The two requests whose clients left (streamed and not) have access lines too: 499, client closed request.
+    gone = re.findall(r" access POST /v1/completions 499 id=cmpl-\w+ prompt_tokens=\d+ completion_tokens=(\d+)", loud)
+    check("access lines of the requests whose clients left: 499 with the tokens made", len(gone) == 2 and all(int(c) < 400 for c in gone), gone)
     # A request refused before it is read (the 413 above) is logged with its own latency, not the time
     # since the clock's epoch.
     refused = re.findall(r" access .* 413 .*latency_ms=(\d+)", loud)
