@@ -673,35 +673,27 @@ def main():
                   (errors[:2], counts[:8]))
             print(f"  (64 streams x 8 tokens in {time.time() - t0:.1f} s)")
 
-        # A client that disconnects mid-stream aborts its request: nothing stays running or in the cache.
-        raw = socket.create_connection(("127.0.0.1", s.port))
-        body = json.dumps({"prompt": "long", "max_tokens": 400, "ignore_eos": True, "stream": True}).encode()
-        raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
-                    + str(len(body)).encode() + b"\r\n\r\n" + body)
-        first = raw.recv(4096)  # headers and the first events
-        raw.close()
-        ok = False
-        for _ in range(100):
-            time.sleep(0.1)
-            if s.metric("llmserve:num_requests_running") == 0 and s.metric("llmserve:kv_cache_usage_perc") == 0:
-                ok = True
-                break
-        check("disconnect frees the request (metrics)", ok, (s.metric("llmserve:num_requests_running"), s.metric("llmserve:kv_cache_usage_perc")))
-        # The same for a client that leaves before a non-streamed answer (closing right after sending it).
-        raw = socket.create_connection(("127.0.0.1", s.port))
-        body = json.dumps({"prompt": "long", "max_tokens": 400, "ignore_eos": True}).encode()
-        raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
-                    + str(len(body)).encode() + b"\r\n\r\n" + body)
-        time.sleep(0.02)
-        raw.close()
-        ok = False
-        for _ in range(100):
-            time.sleep(0.1)
-            if s.metric("llmserve:num_requests_running") == 0 and s.metric("llmserve:kv_cache_usage_perc") == 0:
-                ok = True
-                break
-        check("disconnect before a non-streamed answer frees the request (metrics)", ok,
-              (s.metric("llmserve:num_requests_running"), s.metric("llmserve:kv_cache_usage_perc")))
+        # A client that disconnects aborts its request: nothing stays running or in the cache. Mid-stream
+        # (after the headers and the first events), and before a non-streamed answer (closing right after
+        # sending the request).
+        def abandon(stream):
+            raw = socket.create_connection(("127.0.0.1", s.port))
+            body = json.dumps({"prompt": "long", "max_tokens": 400, "ignore_eos": True, "stream": stream}).encode()
+            raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+                        + str(len(body)).encode() + b"\r\n\r\n" + body)
+            if stream:
+                raw.recv(4096)
+            else:
+                time.sleep(0.02)
+            raw.close()
+            for _ in range(100):
+                time.sleep(0.1)
+                if s.metric("llmserve:num_requests_running") == 0 and s.metric("llmserve:kv_cache_usage_perc") == 0:
+                    return True
+            return False
+        for stream in (True, False):
+            check(f"disconnect {'mid-stream' if stream else 'before a non-streamed answer'} frees the request (metrics)",
+                  abandon(stream), (s.metric("llmserve:num_requests_running"), s.metric("llmserve:kv_cache_usage_perc")))
         check("metrics count generated tokens", (s.metric("llmserve:generation_tokens_total") or 0) > 500)
         _, mtext = s.request("GET", "/metrics")
         counts = {n: float(l.split()[-1]) for l in mtext.splitlines() for n in
