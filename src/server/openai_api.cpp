@@ -374,10 +374,13 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
   r.tools_active = !o.tools.is_null() && !o.tools.empty() && !choice_none && r.forced_tool.empty() && !r.tools_required &&
                    ctx.tool_format != ToolFormat::None;
   // Messages whose content is a list of text parts: join the texts, as vLLM does for text-only models.
-  // Other parts (images, audio) are refused: the models served here read text only.
+  // Other parts (images, audio) are refused: the models served here read text only. A message without
+  // content (or with null: an assistant's tool calls) has the empty string, as vLLM gives the template.
   ojson msgs = parse_tool_call_arguments(body["messages"]);
   for (auto& m : msgs)
-    if (m.contains("content") && m["content"].is_array()) {
+    if (!m.contains("content") || m["content"].is_null()) {
+      m["content"] = "";
+    } else if (m["content"].is_array()) {
       std::string t;
       for (const auto& part : m["content"]) {
         if (!part.is_object() || !part.contains("type") || !part["type"].is_string())

@@ -550,6 +550,12 @@ def main():
         check("tools are rendered into the prompt", st_t == 200 and with_tools["count"] > no_tools["count"] + 50, (with_tools, no_tools))
         st, rt = s.post("/v1/chat/completions", {"messages": hist, "tools": tools, "max_tokens": 4})
         check("tool round trip answers", st == 200 and rt["usage"]["prompt_tokens"] == with_tools["count"], rt)
+        # A message without content, or with null (how clients send back an assistant's tool calls), gives
+        # the template the empty string, as vLLM does (the template's string concatenation would fail on none).
+        st_e, empty = s.post("/tokenize", {"messages": [{"role": "user", "content": ""}] + hist[1:]})
+        st_m, missing = s.post("/tokenize", {"messages": [{"role": "user"}, {**hist[1], "content": None}] + hist[2:]})
+        check("a message without content renders as empty content", st_e == 200 and st_m == 200 and empty["tokens"] == missing["tokens"],
+              (empty, missing))
         # tool_choice required: a JSON array of calls of the tools, guided by a schema made from them (the
         # calls told apart by their name), returned as tool calls; a text cut by max_tokens stays content.
         tools2 = tools + [{"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {
