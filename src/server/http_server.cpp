@@ -159,8 +159,8 @@ class Session : public std::enable_shared_from_this<Session> {
     bool known = false, allowed = false;
     for (const auto& r : routes) {
       if (path != r.path) continue;
-      known = true;
-      allowed = allowed || method == r.method;
+      known = true;  // (HEAD wherever GET is, as Starlette routes vLLM's GETs)
+      allowed = allowed || method == r.method || (method == http::verb::head && r.method == http::verb::get);
     }
     if (!known) throw HttpError(404, cat("no route ", path), "NotFoundError");
     if (!allowed) throw HttpError(405, cat("method not allowed for ", path), "MethodNotAllowed");
@@ -425,6 +425,13 @@ class Session : public std::enable_shared_from_this<Session> {
     res->prepare_payload();
     log_access(status);
     pending_.reset();
+    if (req_.method() == http::verb::head)  // the GET's headers, Content-Length included, without its body
+      return send(std::make_shared<http::response<http::empty_body>>(std::move(res->base())), keep_alive);
+    send(res, keep_alive);
+  }
+
+  template <class Body>
+  void send(std::shared_ptr<http::response<Body>> res, bool keep_alive) {
     http::async_write(stream_, *res, [self = shared_from_this(), res, keep_alive](beast::error_code ec, size_t) {
       if (ec || !keep_alive) return self->close();
       self->read();

@@ -311,6 +311,13 @@ def main():
         check("/ping answers GET and POST as /health (vLLM), other methods 405",
               s.request("GET", "/ping")[0] == 200 and s.request("POST", "/ping")[0] == 200
               and s.request("DELETE", "/ping")[0] == 405, s.request("DELETE", "/ping"))
+        # HEAD wherever GET is (Starlette, under vLLM, does so): the GET's status and Content-Length, no body;
+        # a POST-only route still 405.
+        st_h, hh = heads(s.port, "HEAD", "/v1/models", {})
+        _, got = s.request("GET", "/v1/models")
+        check("HEAD answers as GET without the body; POST-only routes 405",
+              st_h == 200 and int(hh.get("content-length", -1)) == len(got.encode()) and heads(s.port, "HEAD", "/health", {})[0] == 200
+              and heads(s.port, "HEAD", "/v1/completions", {})[0] == 405, (st_h, hh, len(got)))
         # generation_config auto (the default): a request that sets no sampling parameter gets the model's
         # generation_config.json ones (tiny-qwen2: temperature 0.7, top_p 0.8, top_k 20, repetition 1.05).
         base = {"prompt": "Hello", "max_tokens": 8, "seed": 11, "ignore_eos": True}
