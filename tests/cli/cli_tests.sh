@@ -198,6 +198,18 @@ check "generate: missing input" 1 "cannot read '/nonexistent.jsonl'" -- \
   "$llmserve" generate "$work/good.yaml" --input /nonexistent.jsonl --output "$work/x.jsonl"
 check "generate: unwritable output" 1 "cannot write '/nonexistent-dir/out.jsonl'" -- \
   "$llmserve" generate "$work/good.yaml" --input "$work/gen.jsonl" --output /nonexistent-dir/out.jsonl
+# The paths are checked before the model loads (which takes minutes on GPUs): no "loaded" line before the
+# error, for generate's input and output and logits' output.
+for args in "generate --input /nonexistent.jsonl --output $work/x.jsonl" "generate --input $work/gen.jsonl --output /nonexistent-dir/out.jsonl" \
+            "logits --prompt-ids 1,2 --output /nonexistent-dir/out.jsonl" "logits --prompt-ids 1,2 --logits-output /nonexistent-dir/l.f32"; do
+  set -- $args
+  out=$(timeout 120 "$llmserve" "$1" "$work/good.yaml" "${@:2}" 2>&1)
+  if grep -q "cannot \(read\|write\)" <<<"$out" && ! grep -q " loaded" <<<"$out"; then
+    passed=$((passed + 1)); echo "PASS $1: bad paths refused before the model loads ($args)"
+  else
+    failed=$((failed + 1)); echo "FAIL $1: bad paths refused before the model loads ($args)"; echo "$out" | sed 's/^/    | /' | head -5
+  fi
+done
 check "generate: chat_template file missing" 1 "chat_template '/nonexistent/t.jinja' looks like a file path, but it cannot be opened" -- \
   "$llmserve" generate "$work/good.yaml" --chat-template /nonexistent/t.jinja --input "$work/gen.jsonl" --output "$work/x.jsonl"
 check "generate: chat_template that does not parse" 1 "chat_template cannot be used" -- \

@@ -21,5 +21,8 @@ bool model_has_file(const Config& cfg);
 
 // Writes `text` to `path` through a temporary file and a rename, so readers never see half a file.
 void write_file_atomic(const std::string& path, const std::string& text);
+// Throws unless write_file_atomic could write `path` (its temporary file can be made): checked before
+// the model loads, which takes minutes on GPUs, so that a wrong output path fails at once.
+void check_writable(const std::string& path, const char* command);
 
 }  // namespace llmserve

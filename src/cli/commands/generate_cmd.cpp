@@ -94,6 +94,9 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
     config_take_model_argument(cfg, extra);
     if (!extra.empty()) throw Error(cat("generate: unexpected argument '", extra[0], "'"));
     if (input.empty() || output.empty()) throw Error("generate: --input requests.jsonl and --output results.jsonl are required");
+    if (rank != 0) return;  // (rank 0 reads the requests and writes the results)
+    if (!std::ifstream(input)) throw Error(cat("generate: cannot read '", input, "'"));
+    check_writable(output, "generate");
   });
   ModelRunner runner(cfg, world);
   if (rank != 0) {
@@ -141,11 +144,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
       }
     }
     if (jobs.empty()) throw Error(cat("generate: '", input, "' has no requests"));
-    // Fail before any work when the output cannot be written.
-    std::ofstream probe(output + ".tmp");
-    if (!probe) throw Error(cat("generate: cannot write '", output, "'"));
   });
-  std::remove((output + ".tmp").c_str());
 
   Engine engine(runner, tok.get(), static_cast<uint64_t>(cfg.seed));
   std::unordered_map<uint64_t, size_t> index_of;

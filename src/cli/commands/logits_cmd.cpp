@@ -146,6 +146,12 @@ StepMeta one_sequence_step(const std::vector<int32_t>& tokens, int32_t start, co
 
 bool model_has_file(const Config& cfg) { return model_has_file(cfg.load_format, cfg.model); }
 
+void check_writable(const std::string& path, const char* command) {
+  const std::string tmp = path + ".tmp";
+  if (!std::ofstream(tmp, std::ios::binary)) throw Error(cat(command, ": cannot write '", path, "'"));
+  std::remove(tmp.c_str());
+}
+
 void write_file_atomic(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
   {
@@ -193,6 +199,9 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
     }
     for (size_t i = 0; i < la.prompts.size(); ++i)
       if (la.prompts[i].empty()) throw Error(cat("logits: prompt ", i, " is empty"));
+    if (rank != 0) return;  // (rank 0 writes the outputs)
+    if (!la.output.empty() && la.output != "-") check_writable(la.output, "logits");
+    if (!la.logits_output.empty()) check_writable(la.logits_output, "logits");
   });
   ModelRunner runner(cfg, world);
   const int64_t V = runner.spec().vocab_size;
