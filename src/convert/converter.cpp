@@ -353,7 +353,13 @@ void convert_gguf(const ConvertOptions& opt) {
 }  // namespace
 
 void convert_model(const ConvertOptions& opt) {
-  if (opt.dtype != "keep") dtype_from_name(opt.dtype);  // validates
+  if (opt.dtype != "keep") {  // validates, naming keep too
+    try {
+      dtype_from_name(opt.dtype);
+    } catch (const Error&) {
+      throw Error(cat("unknown --dtype '", opt.dtype, "' (expected keep, bfloat16, float16 or float32)"));
+    }
+  }
   if (!fs::exists(opt.input)) throw Error(cat("input '", opt.input, "' does not exist"));
   check_output(opt);
   if (fs::is_directory(opt.input)) {

@@ -130,7 +130,7 @@ if ls /nonexistent-dir 2>/dev/null; then failed=$((failed + 1)); echo "FAIL part
 # --- converter -----------------------------------------------------------------------
 check "convert: missing input" 1 "input '/nonexistent' does not exist" -- "$convert" /nonexistent -o "$work/x.h5"
 check "convert: existing output kept" 1 "exists \(use --force" -- "$convert" "$fixtures/models/tiny-qwen2" -o "$qwen"
-check "convert: bad dtype" 1 "unknown dtype 'int3'" -- "$convert" "$fixtures/models/tiny-qwen2" -o "$work/x.h5" --dtype int3
+check "convert: bad dtype" 1 "unknown --dtype 'int3' \(expected keep, bfloat16, float16 or float32\)" -- "$convert" "$fixtures/models/tiny-qwen2" -o "$work/x.h5" --dtype int3
 [ -e "$work/x.h5" ] && { failed=$((failed + 1)); echo "FAIL convert left $work/x.h5"; }
 check "convert: fp16 cast runs" 0 "converted" -- "$convert" "$fixtures/models/tiny-llama3" -o "$work/llama-f16.h5" --dtype float16
 check "fp16 model still matches greedy" 0 '"generated_ids":\[' -- "$llmserve" logits --model "$work/llama-f16.h5" --prompt-ids 128000,791,6864 --max-tokens 3
