@@ -238,8 +238,8 @@ bool skinny_gemm_fits(int64_t M, int64_t K, std::initializer_list<const void*> o
   return M >= kSkinnyMinTokens && skinny_gemm_supports(M, K, operands);
 }
 
-// The most static shared memory of the normalizing skinny kernels (one instance each for 1-4 rows) over
-// every type they are built for: the gate/up kernel's, 9,472 bytes on sm_90a (8 KB of the warps' partial
+// The most static shared memory of the normalizing skinny kernels over every type they are built for (the
+// instances of one 8-token n-tile, NT = 1, which every launch of 1-4 rows uses): the gate/up kernel's, 9,472 bytes on sm_90a (8 KB of the warps' partial
 // sums, 1,280 of the norm's reductions).
 static size_t skinny_norm_static() {
   return std::max({static_smem(skinny_gate_up_k<__half, __half, 1, true>),
