@@ -54,8 +54,11 @@ struct StepPlan {
   uint64_t step_id = 0;
   bool shutdown = false;
   std::vector<SeqStep> seqs;
-  std::vector<BlockCopy> swap_out;  // device block -> host block, before the forward
-  std::vector<BlockCopy> swap_in;   // host block -> device block, before the forward
+  // Block copies before the forward, swap_in first: the scheduler swaps sequences in before it preempts
+  // others, so a swap-out may reuse a host block a swap-in of the same plan frees, or copy out the very
+  // blocks a swap-in fills.
+  std::vector<BlockCopy> swap_out;  // device block -> host block
+  std::vector<BlockCopy> swap_in;   // host block -> device block
   std::vector<uint64_t> finished;   // sequences whose per-rank state can go
 
   std::string serialize() const;

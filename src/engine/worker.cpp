@@ -102,8 +102,8 @@ Worker::Output Worker::execute(StepPlan& plan, const Tensor& hidden_in) {
   fill_pending(plan);  // (also for a queued plan: the sampler's state takes the tokens, and the rows are checked)
   sampled_ids_.clear();
   sampled_tokens_.clear();
+  for (const auto& c : plan.swap_in) runner_.kv().swap_in(c.src, c.dst);  // first (step_plan.h says why)
   for (const auto& c : plan.swap_out) runner_.kv().swap_out(c.src, c.dst);
-  for (const auto& c : plan.swap_in) runner_.kv().swap_in(c.src, c.dst);
   Output out;
   if (sampler_) sampler_->observe(plan);
   if (plan.seqs.empty()) return out;
