@@ -251,7 +251,11 @@ RequestOutput Engine::snapshot(Request& r) {
     SeqOut& so = seq_out_.at(sid);
     // Hold back text that could still become the start of a stop string.
     size_t safe = so.text.size();
-    if (!so.out.finished() && max_stop > 0) safe = so.text.size() > max_stop - 1 ? so.text.size() - (max_stop - 1) : 0;
+    if (!so.out.finished() && max_stop > 0) {
+      safe = so.text.size() > max_stop - 1 ? so.text.size() - (max_stop - 1) : 0;
+      // (bytes: back to the start of the character it cuts, so a delta is whole UTF-8)
+      while (safe > 0 && safe < so.text.size() && (static_cast<unsigned char>(so.text[safe]) & 0xC0) == 0x80) --safe;
+    }
     safe = std::max(safe, so.emitted);
     if (delta) {
       // Only what is new: no copy of the tokens and text so far.

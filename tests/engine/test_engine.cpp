@@ -12,6 +12,7 @@
 #include "engine/step_executor.h"
 #include "server/engine_service.h"
 
+#include <algorithm>
 #include <condition_variable>
 #include <mutex>
 #include <random>
@@ -20,6 +21,7 @@
 #include "model/model_file.h"
 #include "model/runner.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
 
 using namespace llmserve;
 using json = nlohmann::json;
@@ -364,6 +366,45 @@ TEST(Engine, AsyncSchedulingGivesTheOutputsOfSteppingInTurn) {
     EXPECT_EQ(outs[0][2].outputs[0].token_ids.size(), 2u);
     EXPECT_EQ(outs[0][16].outputs[0].finish_reason, "stop");
     EXPECT_EQ(outs[0][5].outputs.size(), 2u);
+  }
+}
+
+// Text held back for a stop string ends on a character boundary: every streamed delta is whole UTF-8
+// and the deltas add up to the final text. The greedy continuations of golden prompts 0, 2, 3, 6 and 7
+// mix 2-4-byte characters with ASCII; a held-back length of 1-3 bytes cut their characters before.
+TEST(Engine, HeldBackTextEndsOnACharacterBoundary) {
+  Fixture s;
+  const auto pub = golden()["public"];
+  Engine e(*s.runner, s.tok.get(), 0);
+  struct Case {
+    uint64_t id;
+    int prompt;
+    std::string streamed;
+    int deltas = 0;
+  };
+  std::vector<Case> cases;
+  for (const std::string stop : {"zz", "zzz", "zzzz", "\xc3\xa9"})
+    for (int i : {0, 2, 3, 6, 7}) {
+      SamplingParams p = greedy(24);
+      p.stop = {stop};
+      p.output_kind = OutputKind::Delta;
+      cases.push_back({e.add_request(pub[i]["ids"].get<std::vector<int32_t>>(), p), i, ""});
+    }
+  for (int guard = 0; e.has_unfinished() && guard < 10000; ++guard)
+    for (auto& r : e.step())
+      for (auto& c : cases)
+        if (c.id == r.request_id) {
+          const std::string& d = r.outputs.at(0).delta;
+          EXPECT_EQ(unicode::utf8_lossy(d), d) << "prompt " << c.prompt << ": a delta that is not whole UTF-8";
+          c.streamed += d;
+          c.deltas += !d.empty();
+        }
+  for (const auto& c : cases) {
+    // No stop string occurs in these continuations: the deltas add up to the whole decoded text.
+    const std::string whole = s.tok->decode(pub[c.prompt]["greedy"]["ids"].get<std::vector<int32_t>>(), true);
+    EXPECT_EQ(c.streamed, whole) << "prompt " << c.prompt;
+    EXPECT_TRUE(std::any_of(whole.begin(), whole.end(), [](char ch) { return static_cast<unsigned char>(ch) >= 0x80; }));
+    EXPECT_GT(c.deltas, 1);
   }
 }
 
