@@ -156,6 +156,18 @@ TEST(Tokenizer, InvalidUtf8IsReplacedLikeHf) {
   EXPECT_EQ(dec.finish(), "");
 }
 
+// Ids Hugging Face tokenizers 0.23.3 gives (encode, no special tokens) where the Unicode versions
+// matter: Qwen2's NFC leaves U+1AC3 before U+0335 (normalization tables of Unicode 9.0); Llama 3's
+// regex takes Garay digits (Unicode 16.0) for numbers, grouped with "12" three at a time, and a Garay
+// vowel sign as a letter after its space.
+TEST(Tokenizer, UnicodeVersionsAreHfs) {
+  EXPECT_EQ(tokenizer("qwen2").encode("a\u1AC3\u0335x"), (std::vector<int32_t>{64, 157, 104, 225, 136, 113, 87}));
+  EXPECT_EQ(tokenizer("llama3").encode("12\U00010D40\U00010D41 7"),
+            (std::vector<int32_t>{717, 172, 238, 113, 222, 172, 238, 113, 223, 220, 22}));
+  EXPECT_EQ(tokenizer("llama3").encode("x \U00010D4A\U00010D4B!"),
+            (std::vector<int32_t>{87, 109697, 238, 113, 232, 172, 238, 113, 233, 0}));
+}
+
 TEST(Unicode, Nfc) {
   // e + combining acute -> é; Hangul jamo compose; a singleton (Angstrom sign) maps to Å.
   EXPECT_EQ(unicode::nfc_utf8("e\xCC\x81"), "\xC3\xA9");
@@ -164,6 +176,10 @@ TEST(Unicode, Nfc) {
   // Canonical reordering: dot below (220) before acute (230) whatever the input order.
   EXPECT_EQ(unicode::encode_utf8(unicode::nfc(U"q\u0301\u0323")), unicode::encode_utf8(U"q\u0323\u0301"));
   EXPECT_EQ(unicode::nfc_utf8("plain ascii"), "plain ascii");
+  // Hugging Face tokenizers normalizes with Unicode 9.0's tables: a mark added later (U+1AC3, Unicode
+  // 14.0, class 220 since) has class 0 there, so it is not reordered before U+0335 (class 1).
+  EXPECT_EQ(unicode::encode_utf8(unicode::nfc(U"a\u1AC3\u0335")), unicode::encode_utf8(U"a\u1AC3\u0335"));
+  EXPECT_EQ(unicode::encode_utf8(unicode::nfc(U"q\u0323\u0335")), unicode::encode_utf8(U"q\u0335\u0323"));
 }
 
 TEST(Unicode, Utf8LengthMatchesTheEncoder) {
@@ -180,6 +196,12 @@ TEST(Unicode, Categories) {
   EXPECT_EQ(unicode::category(U'½'), unicode::Cat::No);
   EXPECT_EQ(unicode::category(0x1F999), unicode::Cat::So);  // 🦙
   EXPECT_EQ(unicode::category(0x10FFFF), unicode::Cat::Cn);
+  // Unicode 16.0's, as the regexes of Hugging Face tokenizers 0.23 (Oniguruma) see them: what 15.0 and
+  // 16.0 added is there, what 17.0 added is not.
+  EXPECT_EQ(unicode::category(0x1E4F0), unicode::Cat::Nd);  // NAG MUNDARI DIGIT ZERO (15.0)
+  EXPECT_EQ(unicode::category(0x10D40), unicode::Cat::Nd);  // GARAY DIGIT ZERO (16.0)
+  EXPECT_EQ(unicode::category(0x1C89), unicode::Cat::Lu);   // CYRILLIC CAPITAL LETTER TJE (16.0)
+  EXPECT_EQ(unicode::category(0x088F), unicode::Cat::Cn);   // assigned in 17.0
   EXPECT_TRUE(unicode::is_white_space(0x3000));
   EXPECT_FALSE(unicode::is_white_space(0x200B));  // zero width space is not White_Space
 }
