@@ -107,22 +107,15 @@ bool Scheduler::preempt_one(Sequence& keep, StepPlan& plan) {
     if (v == &keep || v->in_flight) continue;
     if (std::any_of(plan.seqs.begin(), plan.seqs.end(), [&](const SeqStep& x) { return x.seq_id == v->id; })) continue;
     running_.erase(std::next(it).base());
-    int64_t exclusive = 0;
-    for (int32_t b : v->blocks) exclusive += bm_.refcount(b) == 1;
-    if (cfg_.num_host_blocks > 0 && exclusive <= bm_.num_host_available()) {
-      // Swap: copy the blocks only it uses to host memory; shared prefix blocks stay referenced.
-      std::vector<int32_t> host = bm_.allocate_host(exclusive);
-      v->host_blocks.assign(v->blocks.size(), -1);
-      size_t h = 0;
-      std::vector<int32_t> release;
-      for (size_t i = 0; i < v->blocks.size(); ++i) {
-        if (bm_.refcount(v->blocks[i]) != 1) continue;
-        plan.swap_out.push_back({v->blocks[i], host[h]});
-        v->host_blocks[i] = host[h++];
-        release.push_back(v->blocks[i]);
-        v->blocks[i] = -1;
-      }
-      bm_.release(release);
+    const int64_t n = static_cast<int64_t>(v->blocks.size());
+    if (cfg_.num_host_blocks > 0 && n <= bm_.num_host_available()) {
+      // Swap: copy all its blocks to host memory and give every one back, those it shares (its n
+      // forks' prompt, a cached prefix) too: a swapped-out sequence that kept them could pin most of
+      // the cache, leaving a running one room to neither grow nor preempt (and nothing ran again).
+      v->host_blocks = bm_.allocate_host(n);
+      for (int64_t i = 0; i < n; ++i) plan.swap_out.push_back({v->blocks[static_cast<size_t>(i)], v->host_blocks[static_cast<size_t>(i)]});
+      bm_.release(v->blocks);
+      v->blocks.assign(static_cast<size_t>(n), -1);
       v->state = Sequence::State::Swapped;
       swapped_.push_front(v);
       ++stats_.preempted_swap;
@@ -168,15 +161,14 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
   // 1. Swapped sequences come back first, oldest first, while blocks last.
   while (!swapped_.empty()) {
     Sequence* s = swapped_.front();
-    int64_t need = 0;
-    for (int32_t h : s->host_blocks) need += h >= 0;
-    if (need + 1 > bm_.num_available() || running_.size() >= static_cast<size_t>(cfg_.max_num_seqs)) break;
+    // Room for its blocks and for what its next step fills (the tokens it has).
+    const int64_t need = static_cast<int64_t>(s->host_blocks.size());
+    const int64_t next = (static_cast<int64_t>(s->tokens.size()) + cfg_.block_size - 1) / cfg_.block_size;
+    if (std::max(need, next) > bm_.num_available() || running_.size() >= static_cast<size_t>(cfg_.max_num_seqs)) break;
     auto dev = bm_.allocate(need);
-    size_t d = 0;
-    for (size_t i = 0; i < s->blocks.size(); ++i) {
-      if (s->host_blocks[i] < 0) continue;
-      plan.swap_in.push_back({s->host_blocks[i], dev[d]});
-      s->blocks[i] = dev[d++];
+    for (size_t i = 0; i < dev.size(); ++i) {
+      plan.swap_in.push_back({s->host_blocks[i], dev[i]});
+      s->blocks[i] = dev[i];
     }
     bm_.release_host(s->host_blocks);
     s->host_blocks.clear();

@@ -48,7 +48,7 @@ struct Sequence {
   uint64_t last_hash = 0;
   std::vector<int32_t> tokens;  // prompt + generated
   std::vector<int32_t> blocks;
-  std::vector<int32_t> host_blocks;  // while swapped: host block per block index, -1 where kept on device
+  std::vector<int32_t> host_blocks;  // while swapped: the host copy of each of its blocks (it holds none on the device)
   int32_t num_cached_tokens = 0;  // prompt tokens found in the prefix cache when first admitted
   int64_t seed = 0;
   std::vector<int32_t> eos_ids;
