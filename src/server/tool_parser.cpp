@@ -74,7 +74,7 @@ ToolParse parse_tool_calls(ToolFormat f, const std::string& text) {
       pos = end + kClose.size();
     }
     r.calls = calls;
-    r.content = trim(text.substr(0, first));
+    r.content = text.substr(0, first);  // as vLLM: untrimmed (what streaming sends before the call)
     return r;
   }
   if (f == ToolFormat::Llama3Json) {

@@ -13,7 +13,7 @@ TEST(ToolParser, Hermes) {
                             "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"
                             "<tool_call>{\"name\": \"time\", \"arguments\": \"{}\"}</tool_call>");
   ASSERT_EQ(p.calls.size(), 2u);
-  EXPECT_EQ(p.content, "Let me check.");
+  EXPECT_EQ(p.content, "Let me check.\n");  // untrimmed, as vLLM (and as streaming sends it)
   EXPECT_EQ(p.calls[0].name, "get_weather");
   EXPECT_EQ(json::parse(p.calls[0].arguments), json({{"city", "Paris"}}));
   EXPECT_EQ(p.calls[1].arguments, "{}");
@@ -98,6 +98,48 @@ std::vector<json> sse(const std::string& s) {
   return out;
 }
 }  // namespace
+
+// A streamed chat response (the output growing a byte at a time) says what the whole response says:
+// the same content, to the whitespace, and the same calls. The whole content used to be trimmed.
+TEST(ToolCallsInResponses, StreamedContentEqualsTheWholeContent) {
+  const std::pair<ToolFormat, std::string> cases[] = {
+      {ToolFormat::Hermes, "Let me check.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>"},
+      {ToolFormat::Hermes, " \n<tool_call>{\"name\": \"g\", \"arguments\": {}}</tool_call>"},
+      {ToolFormat::Hermes, "  no call, <tool_ at the end is text  "},
+      {ToolFormat::Llama3Json, " {\"name\": \"f\", \"parameters\": {\"x\": [1]}}; {\"name\": \"g\", \"parameters\": {}}"},
+      {ToolFormat::Llama3Json, " {not a call} "}};
+  for (const auto& [format, full] : cases) {
+    SCOPED_TRACE(full);
+    ApiContext ctx;
+    ctx.model_names = {"m"};
+    ctx.tool_format = format;
+    GenerationRequest r;
+    r.chat = true;
+    r.stream = true;
+    r.tools_active = true;
+    r.model = "m";
+    const json whole = chat_response("id", r, ctx, {output(full, true)})["choices"][0];
+    std::vector<ChoiceStream> st(1);
+    std::string content;
+    json calls = json::array();
+    std::string finish;
+    for (size_t n = 1; n <= full.size(); ++n)
+      for (const json& e : sse(stream_chunks("id", r, ctx, 0, output(full.substr(0, n), n == full.size()), st))) {
+        const json& c = e["choices"][0];
+        if (c["delta"].contains("content") && c["delta"]["content"].is_string()) content += c["delta"]["content"].get<std::string>();
+        if (c["delta"].contains("tool_calls"))
+          for (const json& tc : c["delta"]["tool_calls"]) calls.push_back(tc["function"]["name"]);
+        if (!c["finish_reason"].is_null()) finish = c["finish_reason"];
+      }
+    const json& msg = whole["message"];
+    EXPECT_EQ(content, msg["content"].is_string() ? msg["content"].get<std::string>() : "");
+    json names = json::array();
+    if (msg.contains("tool_calls"))
+      for (const json& tc : msg["tool_calls"]) names.push_back(tc["function"]["name"]);
+    EXPECT_EQ(calls, names);
+    EXPECT_EQ(finish, whole["finish_reason"]);
+  }
+}
 
 // tool_choice "required": the guided output (a JSON array of {"name", "parameters"}) becomes the calls;
 // a text cut before it is whole stays content.
