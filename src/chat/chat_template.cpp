@@ -152,17 +152,17 @@ std::string ChatTemplate::render(const ojson& messages, const ChatRenderOptions&
     }
   std::string out = tmpl_.render(vars);
   if (opt.continue_final_message) {
-    // Cut after the final message's content, as transformers does (its stripped text where the
-    // template strips it): whatever the template closes the turn with goes.
-    size_t at = out.rfind(final_content), len = final_content.size();
-    if (at == std::string::npos) {
-      const size_t b = final_content.find_first_not_of(" \t\r\n"), e = final_content.find_last_not_of(" \t\r\n");
-      const std::string stripped = b == std::string::npos ? "" : final_content.substr(b, e - b + 1);
-      at = stripped.empty() ? std::string::npos : out.rfind(stripped), len = stripped.size();
-    }
+    // Cut after the final message's content, as transformers does: at the last place its stripped
+    // text appears, keeping the trailing whitespace only where the rendering has the whole message as
+    // given (so a template that trims content, like Llama 3's, ends at the stripped text; and a
+    // message that starts with whitespace always does, as in transformers). Whatever the template
+    // closes the turn with goes.
+    const std::string stripped = jinja::strip_chars(final_content, "", true, true);
+    const size_t at = out.rfind(stripped);
     if (at == std::string::npos)
       throw Error("continue_final_message: the chat template does not render the final message's content as given");
-    out.resize(at + len);
+    const size_t lstripped = jinja::strip_chars(final_content, "", true, false).size();
+    out.resize(out.compare(at, lstripped, final_content) == 0 ? at + lstripped : at + stripped.size());
   }
   return out;
 }

@@ -9,6 +9,7 @@
 #include <unordered_map>
 
 #include "common/error.h"
+#include "tokenizer/unicode.h"
 
 namespace llmserve::jinja {
 
@@ -792,22 +793,50 @@ class Parser {
 namespace llmserve::jinja {
 namespace {
 
+// Python's str.isspace: what strip() and trim take off by default (Unicode whitespace: U+00A0, U+3000
+// and the like too, not only ASCII's).
+bool py_space(char32_t c) {
+  return (c >= 0x9 && c <= 0xD) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
+
+// The code point of the n bytes s[i, i + n), or U+FFFD where they are not exactly one (a byte of
+// broken UTF-8 is then kept: U+FFFD is neither whitespace nor, in practice, among `chars`).
+char32_t code_point(const std::string& s, size_t i, size_t n) {
+  const std::u32string d = unicode::decode_utf8(std::string_view(s).substr(i, n));
+  return d.size() == 1 && unicode::utf8_length(d[0]) == n ? d[0] : 0xFFFD;
+}
+
+}  // namespace
+
+std::string strip_chars(const std::string& s, const std::string& chars, bool left, bool right) {
+  const std::u32string set = unicode::decode_utf8(chars);
+  auto in = [&](char32_t c) { return c != 0xFFFD && (chars.empty() ? py_space(c) : set.find(c) != std::u32string::npos); };
+  size_t b = 0, e = s.size();
+  if (left)
+    while (b < e) {
+      const unsigned char lead = static_cast<unsigned char>(s[b]);
+      const size_t n = std::min(e - b, static_cast<size_t>(lead < 0x80 ? 1 : lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2));
+      if (!in(code_point(s, b, n))) break;
+      b += n;
+    }
+  if (right)
+    while (e > b) {
+      size_t j = e - 1;
+      while (j > b && e - j < 4 && (static_cast<unsigned char>(s[j]) & 0xC0) == 0x80) --j;
+      if (!in(code_point(s, j, e - j))) break;
+      e = j;
+    }
+  return s.substr(b, e - b);
+}
+
+namespace {
+
 struct BreakSignal {};
 struct ContinueSignal {};
 
 [[noreturn]] void rfail(const Expr& e, const std::string& m) { fail_at(e.line, m); }
 
-std::string strip_chars(const std::string& s, const std::string& chars, bool left, bool right) {
-  auto in = [&](char c) {
-    return chars.empty() ? std::isspace(static_cast<unsigned char>(c)) != 0 : chars.find(c) != std::string::npos;
-  };
-  size_t b = 0, e = s.size();
-  if (left)
-    while (b < e && in(s[b])) ++b;
-  if (right)
-    while (e > b && in(s[e - 1])) --e;
-  return s.substr(b, e - b);
-}
 
 int64_t py_index(int64_t i, size_t n) { return i < 0 ? i + static_cast<int64_t>(n) : i; }
 

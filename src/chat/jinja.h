@@ -27,4 +27,8 @@ class Template {
   std::shared_ptr<Node> root_;
 };
 
+// Python's str.strip / lstrip / rstrip (Jinja's trim too): Unicode whitespace (str.isspace) or, when
+// `chars` is not empty, its code points, taken off the chosen ends.
+std::string strip_chars(const std::string& s, const std::string& chars, bool left, bool right);
+
 }  // namespace llmserve::jinja

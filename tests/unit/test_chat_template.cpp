@@ -90,6 +90,10 @@ TEST(Jinja, ExpressionsAndFilters) {
   EXPECT_EQ(render("{{ x[::-1] }}|{{ x[1:] }}|{{ x[-1] }}|{{ s[1:3] }}", {{"x", {1, 2, 3}}, {"s", "hello"}}), "[3, 2, 1]|[2, 3]|3|el");
   EXPECT_EQ(render("{{ ' a b '.strip() }}|{{ 'a,b,c'.split(',')[1] }}|{{ 'x</think>y'.split('</think>')[-1] }}"), "a b|b|y");
   EXPECT_EQ(render("{{ 'Hi'.startswith('H') }}|{{ 'abc'.replace('b', 'X') }}|{{ '\\n\\nx'.lstrip('\\n') }}"), "True|aXc|x");
+  // Python's whitespace (str.isspace: no-break and ideographic spaces too) and code points, not bytes,
+  // as Jinja2 renders them.
+  EXPECT_EQ(render("{{ '\u3000x\u00a0' | trim }}|{{ '\u2003y\u0085'.strip() }}|{{ 'z\u3002\u3002'.rstrip('\u3002') }}|{{ '\u00a0w'.lstrip() }}"),
+            "x|y|z|w");
   EXPECT_EQ(render("{{ d | tojson }}|{{ d | tojson(indent=2) }}", {{"d", {{"b", 1}, {"a", {true, nullptr, 1.5, "é\"q"}}}}}),
             "{\"b\": 1, \"a\": [true, null, 1.5, \"é\\\"q\"]}|{\n  \"b\": 1,\n  \"a\": [\n    true,\n    null,\n    1.5,\n    \"é\\\"q\"\n  ]\n}");
   EXPECT_EQ(render("{{ xs | length }}|{{ xs | selectattr('on') | map(attribute='n') | join(',') }}|{{ '  t ' | trim }}",
@@ -190,6 +194,21 @@ TEST(ChatTemplate, ContinueFinalMessage) {
   const std::string l = llama.render(trailing, o);
   EXPECT_EQ(l.substr(l.size() - 5), "Sure,") << l;
   EXPECT_EQ(llama.render(trailing, closed).rfind(l, 0), 0u);
+  // transformers' rules, what apply_chat_template gives (its code run on these messages): the cut is
+  // at the last place the stripped text appears, not the last place the text as given does (" Hello!"
+  // appears in the user's message, where this cut used to fall, and nowhere else: the template trims
+  // the final one); the trailing whitespace stays only where the message has none in front.
+  auto ends_with = [](const std::string& s, const std::string& end) {
+    return s.size() >= end.size() && s.compare(s.size() - end.size(), end.size(), end) == 0;
+  };
+  const ojson twice = ojson::parse(R"([{"role": "user", "content": "Say Hello!"}, {"role": "assistant", "content": "Hello!"},
+                                       {"role": "user", "content": "again"}, {"role": "assistant", "content": " Hello!"}])");
+  const std::string hello = llama.render(twice, o);
+  EXPECT_TRUE(ends_with(hello, "again<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello!")) << hello;
+  EXPECT_EQ(llama.render(twice, closed).rfind(hello, 0), 0u);
+  const std::string spaced = qwen.render(ojson::parse(R"([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  spaced  "}])"), o);
+  EXPECT_TRUE(ends_with(spaced, "<|im_start|>assistant\n  spaced")) << spaced;
+  EXPECT_TRUE(ends_with(qwen.render(trailing, o), "<|im_start|>assistant\nSure, "));
   // Errors: with a generation prompt, no text to continue, a wrong type.
   EXPECT_THROW(chat_render_options(ojson::parse(R"({"continue_final_message": true, "add_generation_prompt": true})")),
                Error);
