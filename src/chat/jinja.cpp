@@ -832,6 +832,21 @@ std::string strip_chars(const std::string& s, const std::string& chars, bool lef
 
 namespace {
 
+// Python indexes strings by code point: strings that are not ASCII are indexed, sliced and reversed as
+// code points (their UTF-8 bytes would give pieces of characters).
+bool is_ascii(const std::string& s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; });
+}
+int64_t code_points(std::string_view s) {
+  return std::count_if(s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; });
+}
+// Bytes of the whitespace character (Python's) at s[i], 0 where there is none.
+size_t space_at(const std::string& s, size_t i) {
+  const unsigned char lead = static_cast<unsigned char>(s[i]);
+  const size_t n = std::min(s.size() - i, static_cast<size_t>(lead < 0x80 ? 1 : lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2));
+  return py_space(code_point(s, i, n)) ? n : 0;
+}
+
 struct BreakSignal {};
 struct ContinueSignal {};
 
@@ -1082,9 +1097,12 @@ class Renderer {
     }
     if (obj.is_list() || obj.is_string()) {
       if (!key.is_number() || key.type() == Value::Type::Float) rfail(e, "indices must be integers");
-      const size_t n = obj.is_list() ? obj.list().size() : obj.str().size();
+      const bool wide = obj.is_string() && !is_ascii(obj.str());
+      const std::u32string u = wide ? unicode::decode_utf8(obj.str()) : std::u32string();
+      const size_t n = obj.is_list() ? obj.list().size() : wide ? u.size() : obj.str().size();
       const int64_t i = py_index(key.as_int(), n);
       if (i < 0 || i >= static_cast<int64_t>(n)) return Value();
+      if (wide) return Value(unicode::encode_utf8(u.substr(static_cast<size_t>(i), 1)));
       return obj.is_list() ? obj.list()[i] : Value(obj.str().substr(i, 1));
     }
     if (obj.is_undefined()) rfail(e, "subscript of an undefined value");
@@ -1102,7 +1120,9 @@ class Renderer {
     if (step == 0) rfail(e, "slice step cannot be zero");
     const bool is_list = obj.is_list();
     if (!is_list && !obj.is_string()) rfail(e, cat("cannot slice a ", obj.type_name()));
-    const int64_t n = is_list ? static_cast<int64_t>(obj.list().size()) : static_cast<int64_t>(obj.str().size());
+    const bool wide = !is_list && !is_ascii(obj.str());
+    const std::u32string u = wide ? unicode::decode_utf8(obj.str()) : std::u32string();
+    const int64_t n = is_list ? static_cast<int64_t>(obj.list().size()) : wide ? static_cast<int64_t>(u.size()) : static_cast<int64_t>(obj.str().size());
     auto clamp = [&](std::optional<int64_t> v, int64_t def) {
       if (!v) return def;
       int64_t x = *v < 0 ? *v + n : *v;
@@ -1112,13 +1132,17 @@ class Renderer {
     const int64_t start = clamp(part(0), step > 0 ? 0 : n - 1), stop = clamp(part(1), step > 0 ? n : -1);
     List l;
     std::string s;
+    std::u32string w;
     for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
       if (is_list) {
         l.push_back(obj.list()[i]);
+      } else if (wide) {
+        w += u[static_cast<size_t>(i)];
       } else {
         s += obj.str()[i];
       }
     }
+    if (wide) return Value(unicode::encode_utf8(w));
     return is_list ? Value(std::move(l)) : Value(s);
   }
 
@@ -1318,14 +1342,14 @@ class Renderer {
         size_t i = 0;
         int64_t n = 0;
         while (i < s.size()) {
-          while (i < s.size() && std::isspace(static_cast<unsigned char>(s[i]))) ++i;
+          for (size_t w; i < s.size() && (w = space_at(s, i)) > 0;) i += w;
           if (i >= s.size()) break;
           if (maxsplit >= 0 && n == maxsplit) {
             parts.emplace_back(strip_chars(s.substr(i), "", false, true));
             break;
           }
           size_t j = i;
-          while (j < s.size() && !std::isspace(static_cast<unsigned char>(s[j]))) ++j;
+          while (j < s.size() && space_at(s, j) == 0) ++j;
           parts.emplace_back(s.substr(i, j - i));
           ++n;
           i = j;
@@ -1368,7 +1392,7 @@ class Renderer {
     }
     if (m == "find") {
       const size_t k = s.find(a.get(0, "sub").to_string());
-      return Value(k == std::string::npos ? int64_t{-1} : static_cast<int64_t>(k));
+      return Value(k == std::string::npos ? int64_t{-1} : code_points(std::string_view(s).substr(0, k)));
     }
     if (m == "count") {
       const std::string sub = a.get(0, "sub").to_string();
@@ -1385,8 +1409,10 @@ class Renderer {
     }
     if (m == "isdigit" || m == "isalpha" || m == "isspace") {
       if (s.empty()) return Value(false);
-      for (unsigned char c : s) {
-        const bool ok = m == "isdigit" ? std::isdigit(c) : m == "isalpha" ? std::isalpha(c) : std::isspace(c);
+      for (char32_t c : unicode::decode_utf8(s)) {
+        const bool ok = m == "isdigit"   ? unicode::category(c) == unicode::Cat::Nd
+                        : m == "isalpha" ? unicode::is_letter(c)
+                                         : py_space(c);
         if (!ok) return Value(false);
       }
       return Value(true);
@@ -1465,9 +1491,9 @@ class Renderer {
     if (f == "list") return Value(iterate(v, e.line));
     if (f == "reverse") {
       if (v.is_string()) {
-        std::string s = v.str();
-        std::reverse(s.begin(), s.end());
-        return Value(s);
+        std::u32string u = unicode::decode_utf8(v.str());
+        std::reverse(u.begin(), u.end());
+        return Value(unicode::encode_utf8(u));
       }
       List l = iterate(v, e.line);
       std::reverse(l.begin(), l.end());

@@ -94,6 +94,9 @@ TEST(Jinja, ExpressionsAndFilters) {
   // as Jinja2 renders them.
   EXPECT_EQ(render("{{ '\u3000x\u00a0' | trim }}|{{ '\u2003y\u0085'.strip() }}|{{ 'z\u3002\u3002'.rstrip('\u3002') }}|{{ '\u00a0w'.lstrip() }}"),
             "x|y|z|w");
+  EXPECT_EQ(render("{{ s[1] }}|{{ s[::-1] }}|{{ s[1:3] }}|{{ s | reverse }}|{{ s.find('b') }}|{{ s | length }}", {{"s", "añbç"}}),
+            "ñ|çbña|ñb|çbña|2|4");
+  EXPECT_EQ(render("{{ ' x \u3000y\u00a0'.split() }}|{{ '\u3000'.isspace() }}|{{ 'ñ'.isalpha() }}"), "['x', 'y']|True|True");
   EXPECT_EQ(render("{{ d | tojson }}|{{ d | tojson(indent=2) }}", {{"d", {{"b", 1}, {"a", {true, nullptr, 1.5, "é\"q"}}}}}),
             "{\"b\": 1, \"a\": [true, null, 1.5, \"é\\\"q\"]}|{\n  \"b\": 1,\n  \"a\": [\n    true,\n    null,\n    1.5,\n    \"é\\\"q\"\n  ]\n}");
   EXPECT_EQ(render("{{ xs | length }}|{{ xs | selectattr('on') | map(attribute='n') | join(',') }}|{{ '  t ' | trim }}",
