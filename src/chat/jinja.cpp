@@ -366,6 +366,7 @@ class ExprParser {
   }
   ExprP compare() {
     ExprP e = concat();
+    ExprP chained;  // the right operand of the comparison before: a < b < c is a < b and b < c (Python's)
     for (;;) {
       std::string op;
       if (peek().kind == Tok::Op && (peek().text == "==" || peek().text == "!=" || peek().text == "<" ||
@@ -394,15 +395,24 @@ class ExprParser {
           t->args.push_back(primary_postfix());
         }
         e = t;
+        chained = nullptr;
         continue;
       } else {
         return e;
       }
       auto b = make(Expr::Binary);
       b->name = op;
-      b->a = e;
+      b->a = chained ? chained : e;
       b->b = concat();
-      e = b;
+      if (chained) {
+        auto both = make(Expr::And);
+        both->a = e;
+        both->b = b;
+        e = both;
+      } else {
+        e = b;
+      }
+      chained = b->b;
     }
   }
   ExprP concat() {
@@ -428,41 +438,42 @@ class ExprParser {
     }
     return e;
   }
+  // Jinja2's precedence below: '**' is left-associative and takes unary operands (2 ** 3 ** 2 is 64,
+  // -2 ** 2 is 4), and a unary minus applies before the filters after it (-1 | abs is 1).
   ExprP multiplicative() {
-    ExprP e = unary();
+    ExprP e = power();
     while (is_op("*") || is_op("/") || is_op("//") || is_op("%")) {
       auto b = make(Expr::Binary);
       b->name = t_[p_++].text;
+      b->a = e;
+      b->b = power();
+      e = b;
+    }
+    return e;
+  }
+  ExprP power() {
+    ExprP e = unary();
+    while (is_op("**")) {
+      ++p_;
+      auto b = make(Expr::Binary);
+      b->name = "**";
       b->a = e;
       b->b = unary();
       e = b;
     }
     return e;
   }
-  ExprP unary() {
+  ExprP unary(bool with_filters = true) {
+    ExprP e;
     if (is_op("-") || is_op("+")) {
       auto u = make(Expr::Unary);
       u->name = t_[p_++].text;
-      u->a = unary();
-      return u;
+      u->a = unary(false);
+      e = u;
+    } else {
+      e = primary_postfix();
     }
-    return power();
-  }
-  ExprP power() {
-    ExprP e = filtered();
-    if (is_op("**")) {
-      ++p_;
-      auto b = make(Expr::Binary);
-      b->name = "**";
-      b->a = e;
-      b->b = unary();
-      return b;
-    }
-    return e;
-  }
-  ExprP filtered() {
-    ExprP e = primary_postfix();
-    while (is_op("|")) {
+    while (with_filters && is_op("|")) {
       ++p_;
       auto f = make(Expr::Filter);
       f->a = e;
@@ -1439,9 +1450,18 @@ class Renderer {
     Value v = eval(*e.a);
     Args a = eval_args(e.args, e.kwargs);
     const std::string& f = e.name;
-    if (f == "tojson") {
-      Value ind = a.get(0, "indent");
-      return Value(v.to_json(ind.is_number() ? static_cast<int>(ind.as_int()) : -1));
+    if (f == "tojson") {  // transformers' tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)
+      JsonFormat fmt;
+      const Value ascii = a.get(0, "ensure_ascii"), ind = a.get(1, "indent"), seps = a.get(2, "separators"),
+                  sort = a.get(3, "sort_keys");
+      fmt.ensure_ascii = !ascii.is_undefined() && ascii.truthy();
+      if (ind.is_number()) fmt.indent = static_cast<int>(std::max<int64_t>(0, ind.as_int()));
+      if (seps.is_list()) {
+        if (seps.list().size() != 2) rfail(e, "tojson: separators must be an (item, key) pair");
+        fmt.item_sep = seps.list()[0].to_string(), fmt.key_sep = seps.list()[1].to_string();
+      }
+      fmt.sort_keys = !sort.is_undefined() && sort.truthy();
+      return Value(v.to_json(fmt));
     }
     if (f == "trim") return Value(strip_chars(v.to_string(), a.get(0, "chars").is_undefined() ? "" : a.get(0, "chars").to_string(), true, true));
     if (f == "length" || f == "count") {

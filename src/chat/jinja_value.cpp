@@ -1,9 +1,11 @@
 #include "chat/jinja_value.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 
 #include "common/error.h"
+#include "tokenizer/unicode.h"
 
 namespace llmserve::jinja {
 
@@ -107,9 +109,18 @@ std::string py_str_repr(const std::string& s) {
   return out + q;
 }
 
-std::string json_string(const std::string& s) {
+// A JSON string as Python's json.dumps writes it: ensure_ascii=False escapes only '"', '\\' and the
+// controls below 0x20; ensure_ascii=True also every code point from 0x7f as \\uXXXX (surrogate pairs
+// above 0xFFFF).
+std::string json_string(const std::string& s, bool ensure_ascii) {
   std::string out = "\"";
-  for (unsigned char c : s) {
+  auto u = [&](unsigned v) {
+    char b[16];
+    std::snprintf(b, sizeof b, "\\u%04x", v);
+    out += b;
+  };
+  for (size_t i = 0; i < s.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
     switch (c) {
       case '"': out += "\\\""; break;
       case '\\': out += "\\\\"; break;
@@ -119,10 +130,19 @@ std::string json_string(const std::string& s) {
       case '\b': out += "\\b"; break;
       case '\f': out += "\\f"; break;
       default:
-        if (c < 0x20 || c == 0x7f) {
-          char b[8];
-          std::snprintf(b, sizeof b, "\\u%04x", c);
-          out += b;
+        if (c < 0x20 || (ensure_ascii && c == 0x7f)) {
+          u(c);
+        } else if (ensure_ascii && c >= 0x80) {
+          const size_t n = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+          for (char32_t cp : unicode::decode_utf8(std::string_view(s).substr(i, n))) {
+            if (cp > 0xFFFF) {
+              u(0xD800 + ((cp - 0x10000) >> 10));
+              u(0xDC00 + ((cp - 0x10000) & 0x3FF));
+            } else {
+              u(cp);
+            }
+          }
+          i += std::min(n, s.size() - i) - 1;
         } else {
           out += static_cast<char>(c);
         }
@@ -163,13 +183,15 @@ std::string Value::repr() const {
   return "";
 }
 
-std::string Value::to_json(int indent, int depth) const {
+std::string Value::to_json(const JsonFormat& f, int depth) const {
   auto nl = [&](int d) {  // (a newline, then the indent: built in place, not as "\n" + string, which GCC 12 warns on)
-    if (indent < 0) return std::string();
-    std::string s(1 + static_cast<size_t>(indent * d), ' ');
+    if (f.indent < 0) return std::string();
+    std::string s(1 + static_cast<size_t>(f.indent * d), ' ');
     s[0] = '\n';
     return s;
   };
+  const std::string item_sep = f.item_sep ? *f.item_sep : f.indent < 0 ? ", " : ",";
+  const std::string key_sep = f.key_sep ? *f.key_sep : ": ";
   switch (type_) {
     case Type::Undefined: throw Error("tojson: value is undefined");
     case Type::None: return "null";
@@ -179,20 +201,24 @@ std::string Value::to_json(int indent, int depth) const {
       if (std::isnan(f_)) return "NaN";
       if (std::isinf(f_)) return f_ > 0 ? "Infinity" : "-Infinity";
       return python_float(f_);
-    case Type::String: return json_string(*s_);
+    case Type::String: return json_string(*s_, f.ensure_ascii);
     case Type::List: {
       if (l_->empty()) return "[]";
       std::string s = "[";
-      for (size_t i = 0; i < l_->size(); ++i)
-        s += (i ? (indent < 0 ? ", " : ",") : "") + nl(depth + 1) + (*l_)[i].to_json(indent, depth + 1);
+      for (size_t i = 0; i < l_->size(); ++i) s += (i ? item_sep : "") + nl(depth + 1) + (*l_)[i].to_json(f, depth + 1);
       return s + nl(depth) + "]";
     }
     case Type::Dict: {
       if (d_->empty()) return "{}";
+      std::vector<size_t> order(d_->size());
+      for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+      if (f.sort_keys)  // (UTF-8 byte order is code point order, Python's)
+        std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return (*d_)[a].first < (*d_)[b].first; });
       std::string s = "{";
-      for (size_t i = 0; i < d_->size(); ++i)
-        s += (i ? (indent < 0 ? ", " : ",") : "") + nl(depth + 1) + json_string((*d_)[i].first) + ": " +
-             (*d_)[i].second.to_json(indent, depth + 1);
+      for (size_t i = 0; i < order.size(); ++i) {
+        const auto& [k, v] = (*d_)[order[i]];
+        s += (i ? item_sep : "") + nl(depth + 1) + json_string(k, f.ensure_ascii) + key_sep + v.to_json(f, depth + 1);
+      }
       return s + nl(depth) + "}";
     }
     case Type::Function: throw Error("tojson: cannot serialize a function");

@@ -5,11 +5,21 @@
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace llmserve::jinja {
+
+// What json.dumps takes: ensure_ascii (false in transformers' tojson), indent, separators (Python's
+// defaults for the indent unless given), sort_keys.
+struct JsonFormat {
+  int indent = -1;  // -1: none (one line)
+  std::optional<std::string> item_sep, key_sep;
+  bool sort_keys = false;
+  bool ensure_ascii = false;
+};
 
 class Value;
 using List = std::vector<Value>;
@@ -59,8 +69,8 @@ class Value {
   // str(x) as Python prints it ({{ x }}); repr(x) inside containers.
   std::string to_string() const;
   std::string repr() const;
-  // json.dumps(x, ensure_ascii=False, indent=indent) with Python's separators.
-  std::string to_json(int indent = -1, int depth = 0) const;
+  // json.dumps(x, ensure_ascii, indent, separators, sort_keys), as transformers' tojson filter takes them.
+  std::string to_json(const JsonFormat& f = JsonFormat(), int depth = 0) const;
   std::string type_name() const;
   bool operator==(const Value& o) const;
 

@@ -97,6 +97,17 @@ TEST(Jinja, ExpressionsAndFilters) {
   EXPECT_EQ(render("{{ s[1] }}|{{ s[::-1] }}|{{ s[1:3] }}|{{ s | reverse }}|{{ s.find('b') }}|{{ s | length }}", {{"s", "añbç"}}),
             "ñ|çbña|ñb|çbña|2|4");
   EXPECT_EQ(render("{{ ' x \u3000y\u00a0'.split() }}|{{ '\u3000'.isspace() }}|{{ 'ñ'.isalpha() }}"), "['x', 'y']|True|True");
+  // Jinja2's precedence and Python's chained comparisons.
+  EXPECT_EQ(render("{{ 2 ** 3 ** 2 }}|{{ -2 ** 2 }}|{{ 2 * 3 ** 2 }}|{{ -1 | abs }}|{{ 1 < 2 < 3 }}|{{ 3 > 2 > 2 }}|{{ 0 < xs | length < 3 }}",
+                   {{"xs", {5, 6}}}),
+            "64|4|18|1|True|False|True");
+  // transformers' tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False), as json.dumps
+  // writes it (0x7f raw unless ensure_ascii).
+  const ojson d = ojson::parse(R"({"b": 2, "a": [1, {"z": "\u00e9\ud83d\ude00\u007f"}], "c": null})");
+  EXPECT_EQ(render("{{ d | tojson(separators=(',', ':')) }}|{{ d | tojson(sort_keys=true) }}", {{"d", d}}),
+            "{\"b\":2,\"a\":[1,{\"z\":\"\u00e9\U0001F600\x7f\"}],\"c\":null}|{\"a\": [1, {\"z\": \"\u00e9\U0001F600\x7f\"}], \"b\": 2, \"c\": null}");
+  EXPECT_EQ(render("{{ d | tojson(true) }}", {{"d", d}}), "{\"b\": 2, \"a\": [1, {\"z\": \"\\u00e9\\ud83d\\ude00\\u007f\"}], \"c\": null}");
+  EXPECT_EQ(render("{{ d | tojson(indent=1, separators=(',', '=')) }}", {{"d", ojson::parse(R"({"k": [1]})")}}), "{\n \"k\"=[\n  1\n ]\n}");
   EXPECT_EQ(render("{{ d | tojson }}|{{ d | tojson(indent=2) }}", {{"d", {{"b", 1}, {"a", {true, nullptr, 1.5, "é\"q"}}}}}),
             "{\"b\": 1, \"a\": [true, null, 1.5, \"é\\\"q\"]}|{\n  \"b\": 1,\n  \"a\": [\n    true,\n    null,\n    1.5,\n    \"é\\\"q\"\n  ]\n}");
   EXPECT_EQ(render("{{ xs | length }}|{{ xs | selectattr('on') | map(attribute='n') | join(',') }}|{{ '  t ' | trim }}",
