@@ -1203,6 +1203,22 @@ class Renderer {
     return Value();
   }
 
+  // a < b (op "<", ">", "<=" or ">="): numbers, or strings (UTF-8 byte order is code point order, Python's).
+  bool ordered(const std::string& op, const Value& a, const Value& b, const Expr& e) {
+    int c;
+    if (a.is_number() && b.is_number()) {
+      c = a.as_float() < b.as_float() ? -1 : a.as_float() > b.as_float() ? 1 : 0;
+    } else if (a.is_string() && b.is_string()) {
+      c = a.str().compare(b.str());
+    } else {
+      rfail(e, cat("cannot compare ", a.type_name(), " and ", b.type_name()));
+    }
+    if (op == "<") return c < 0;
+    if (op == ">") return c > 0;
+    if (op == "<=") return c <= 0;
+    return c >= 0;
+  }
+
   Value binary(const Expr& e) {
     const std::string& op = e.name;
     Value a = eval(*e.a), b = eval(*e.b);
@@ -1223,20 +1239,7 @@ class Renderer {
       return Value(op == "in" ? r : !r);
     }
     if (op == "~") return Value(a.to_string() + b.to_string());
-    if (op == "<" || op == ">" || op == "<=" || op == ">=") {
-      int c;
-      if (a.is_number() && b.is_number()) {
-        c = a.as_float() < b.as_float() ? -1 : a.as_float() > b.as_float() ? 1 : 0;
-      } else if (a.is_string() && b.is_string()) {
-        c = a.str().compare(b.str());
-      } else {
-        rfail(e, cat("cannot compare ", a.type_name(), " and ", b.type_name()));
-      }
-      if (op == "<") return Value(c < 0);
-      if (op == ">") return Value(c > 0);
-      if (op == "<=") return Value(c <= 0);
-      return Value(c >= 0);
-    }
+    if (op == "<" || op == ">" || op == "<=" || op == ">=") return Value(ordered(op, a, b, e));
     if (op == "+") {
       if (a.is_string() && b.is_string()) return Value(a.str() + b.str());
       if (a.is_list() && b.is_list()) {
@@ -1542,6 +1545,22 @@ class Renderer {
       for (const auto& [k, x] : d) l.emplace_back(List{Value(k), x});
       return Value(std::move(l));
     }
+    if (f == "select" || f == "reject") {  // the items that pass a test (select('odd'), reject('in', xs)), or are truthy
+      const bool want = f == "select";
+      List out;
+      for (const auto& item : iterate(v, e.line)) {
+        bool r;
+        if (a.pos.empty()) {
+          r = item.truthy();
+        } else {
+          Args targs;
+          for (size_t k = 1; k < a.pos.size(); ++k) targs.pos.push_back(a.pos[k]);
+          r = named_test(a.pos[0].to_string(), item, targs, e);
+        }
+        if (r == want) out.push_back(item);
+      }
+      return Value(std::move(out));
+    }
     if (f == "selectattr" || f == "rejectattr") {
       const std::string attrname = a.get(0, "attr").to_string();
       const bool want = f == "selectattr";
@@ -1646,6 +1665,11 @@ class Renderer {
     if (t == "divisibleby") return a.get(0, "num").as_int() != 0 && v.as_int() % a.get(0, "num").as_int() == 0;
     if (t == "eq" || t == "equalto" || t == "==") return v == a.get(0, "other");
     if (t == "ne" || t == "!=") return !(v == a.get(0, "other"));
+    static const std::pair<const char*, const char*> order_tests[] = {
+        {"lt", "<"}, {"lessthan", "<"}, {"<", "<"}, {"le", "<="}, {"<=", "<="},
+        {"gt", ">"}, {"greaterthan", ">"}, {">", ">"}, {"ge", ">="}, {">=", ">="}};
+    for (const auto& [name, op] : order_tests)
+      if (t == name) return ordered(op, v, a.get(0, "other"), e);
     if (t == "in") {
       Value c = a.get(0, "seq");
       if (c.is_list()) return std::find(c.list().begin(), c.list().end(), v) != c.list().end();

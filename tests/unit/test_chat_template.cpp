@@ -97,6 +97,11 @@ TEST(Jinja, ExpressionsAndFilters) {
   EXPECT_EQ(render("{{ s[1] }}|{{ s[::-1] }}|{{ s[1:3] }}|{{ s | reverse }}|{{ s.find('b') }}|{{ s | length }}", {{"s", "añbç"}}),
             "ñ|çbña|ñb|çbña|2|4");
   EXPECT_EQ(render("{{ ' x \u3000y\u00a0'.split() }}|{{ '\u3000'.isspace() }}|{{ 'ñ'.isalpha() }}"), "['x', 'y']|True|True");
+  // select / reject with a test (Qwen3-Coder's template: keys() | reject("in", handled_keys)), the order tests.
+  EXPECT_EQ(render("{{ p.keys() | reject('in', ['type', 'description']) | list }}|{{ xs | select('odd') | list }}|{{ xs | select | list }}|"
+                   "{{ xs | select('gt', 1) | list }}|{{ xs | reject('lt', 2) | list }}|{{ 3 is lessthan 2 }}",
+                   {{"p", ojson::parse(R"({"type": "object", "description": "D", "properties": {}, "extra": 1})")}, {"xs", {3, 1, 0, 2, 5}}}),
+            "['properties', 'extra']|[3, 1, 5]|[3, 1, 2, 5]|[3, 2, 5]|[3, 2, 5]|False");
   // Jinja2's precedence and Python's chained comparisons.
   EXPECT_EQ(render("{{ 2 ** 3 ** 2 }}|{{ -2 ** 2 }}|{{ 2 * 3 ** 2 }}|{{ -1 | abs }}|{{ 1 < 2 < 3 }}|{{ 3 > 2 > 2 }}|{{ 0 < xs | length < 3 }}",
                    {{"xs", {5, 6}}}),
