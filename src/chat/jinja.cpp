@@ -1545,35 +1545,22 @@ class Renderer {
       for (const auto& [k, x] : d) l.emplace_back(List{Value(k), x});
       return Value(std::move(l));
     }
-    if (f == "select" || f == "reject") {  // the items that pass a test (select('odd'), reject('in', xs)), or are truthy
-      const bool want = f == "select";
+    if (f == "select" || f == "reject" || f == "selectattr" || f == "rejectattr") {
+      // The items that pass a named test (select('odd'), reject('in', xs)), or are truthy without one; the
+      // *attr forms test an attribute of each item (selectattr('role', 'equalto', 'user')).
+      const bool attr = f.size() > 6, want = f[0] == 's';
+      const size_t test_at = attr ? 1 : 0;
+      const std::string attrname = attr ? a.get(0, "attr").to_string() : "";
       List out;
       for (const auto& item : iterate(v, e.line)) {
+        const Value x = attr ? item.get(attrname) : item;
         bool r;
-        if (a.pos.empty()) {
-          r = item.truthy();
-        } else {
-          Args targs;
-          for (size_t k = 1; k < a.pos.size(); ++k) targs.pos.push_back(a.pos[k]);
-          r = named_test(a.pos[0].to_string(), item, targs, e);
-        }
-        if (r == want) out.push_back(item);
-      }
-      return Value(std::move(out));
-    }
-    if (f == "selectattr" || f == "rejectattr") {
-      const std::string attrname = a.get(0, "attr").to_string();
-      const bool want = f == "selectattr";
-      List out;
-      for (const auto& item : iterate(v, e.line)) {
-        Value x = item.get(attrname);
-        bool r;
-        if (a.pos.size() < 2) {
+        if (a.pos.size() <= test_at) {
           r = x.truthy();
         } else {
           Args targs;
-          for (size_t k = 2; k < a.pos.size(); ++k) targs.pos.push_back(a.pos[k]);
-          r = named_test(a.pos[1].to_string(), x, targs, e);
+          for (size_t k = test_at + 1; k < a.pos.size(); ++k) targs.pos.push_back(a.pos[k]);
+          r = named_test(a.pos[test_at].to_string(), x, targs, e);
         }
         if (r == want) out.push_back(item);
       }
