@@ -1348,6 +1348,44 @@ class Renderer {
       return Value(r);
     }
     if (m == "title" || m == "capitalize") return apply_case(s, m == "title");
+    if (m == "rsplit") {  // as split, but at most maxsplit splits counted from the right
+      Value sep = a.get(0, "sep");
+      const int64_t maxsplit = a.get(1, "maxsplit", Value(static_cast<int64_t>(-1))).as_int();
+      if (maxsplit < 0) return string_method(s, "split", a, e);
+      std::vector<std::string> tail;  // the parts split off, right to left
+      size_t end = s.size();
+      if (sep.is_undefined() || sep.is_none()) {
+        auto space_before = [&](size_t p) {  // bytes of a whitespace character ending at p, or 0
+          size_t k = p - 1;
+          while (k > 0 && p - k < 4 && (static_cast<unsigned char>(s[k]) & 0xC0) == 0x80) --k;
+          return space_at(s, k) == p - k ? p - k : 0;
+        };
+        for (int64_t n = 0; n < maxsplit; ++n) {
+          for (size_t w; end > 0 && (w = space_before(end)) > 0;) end -= w;
+          if (end == 0) break;
+          size_t start = end;
+          while (start > 0 && space_before(start) == 0) --start;
+          tail.push_back(s.substr(start, end - start));
+          end = start;
+        }
+        const std::string head = strip_chars(s.substr(0, end), "", false, true);
+        List out;
+        if (!head.empty()) out.emplace_back(head);
+        for (auto it = tail.rbegin(); it != tail.rend(); ++it) out.emplace_back(*it);
+        return Value(std::move(out));
+      }
+      const std::string d = sep.to_string();
+      if (d.empty()) rfail(e, "rsplit: empty separator");
+      for (int64_t n = 0; n < maxsplit && end >= d.size(); ++n) {
+        const size_t k = s.rfind(d, end - d.size());
+        if (k == std::string::npos) break;
+        tail.push_back(s.substr(k + d.size(), end - k - d.size()));
+        end = k;
+      }
+      List out{Value(s.substr(0, end))};
+      for (auto it = tail.rbegin(); it != tail.rend(); ++it) out.emplace_back(*it);
+      return Value(std::move(out));
+    }
     if (m == "split") {
       Value sep = a.get(0, "sep");
       const int64_t maxsplit = a.get(1, "maxsplit", Value(static_cast<int64_t>(-1))).as_int();
@@ -1404,8 +1442,10 @@ class Renderer {
       }
       return Value(r);
     }
-    if (m == "find") {
-      const size_t k = s.find(a.get(0, "sub").to_string());
+    if (m == "find" || m == "rfind" || m == "index" || m == "rindex") {  // code point positions, as Python
+      const std::string sub = a.get(0, "sub").to_string();
+      const size_t k = m[0] == 'r' ? s.rfind(sub) : s.find(sub);
+      if (k == std::string::npos && m.find("index") != std::string::npos) rfail(e, "substring not found");
       return Value(k == std::string::npos ? int64_t{-1} : code_points(std::string_view(s).substr(0, k)));
     }
     if (m == "count") {
@@ -1537,13 +1577,35 @@ class Renderer {
       for (const auto& [k, x] : v.dict()) l.emplace_back(List{Value(k), x});
       return Value(std::move(l));
     }
-    if (f == "dictsort") {
-      if (!v.is_dict()) rfail(e, "dictsort of a non-mapping");
-      Dict d = v.dict();
-      std::stable_sort(d.begin(), d.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
-      List l;
-      for (const auto& [k, x] : d) l.emplace_back(List{Value(k), x});
-      return Value(std::move(l));
+    if (f == "dictsort" || f == "sort") {
+      // Jinja2's dictsort(case_sensitive=False, by='key', reverse=False) -> [key, value] pairs, and
+      // sort(reverse=False, case_sensitive=False, attribute=None); strings compare lower-cased unless
+      // case_sensitive (ASCII letters), numbers as numbers.
+      const bool dict = f == "dictsort";
+      if (dict && !v.is_dict()) rfail(e, "dictsort of a non-mapping");
+      const bool cs = a.get(dict ? 0 : 1, "case_sensitive", Value(false)).truthy();
+      const bool by_value = dict && a.get(1, "by", Value(std::string("key"))).to_string() == "value";
+      const bool reverse = a.get(dict ? 2 : 0, "reverse", Value(false)).truthy();
+      const Value attr = dict ? Value() : a.get(2, "attribute");
+      List items;
+      if (dict) {
+        for (const auto& [k, x] : v.dict()) items.emplace_back(List{Value(k), x});
+      } else {
+        items = iterate(v, e.line);
+      }
+      auto key = [&](const Value& item) {
+        Value k = dict ? item.list()[by_value ? 1 : 0] : attr.is_undefined() ? item : item.get(attr.to_string());
+        if (!cs && k.is_string()) {
+          std::string low = k.str();
+          for (auto& c : low) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+          k = Value(low);
+        }
+        return k;
+      };
+      std::stable_sort(items.begin(), items.end(), [&](const Value& x, const Value& y) {
+        return reverse ? ordered("<", key(y), key(x), e) : ordered("<", key(x), key(y), e);
+      });
+      return Value(std::move(items));
     }
     if (f == "select" || f == "reject" || f == "selectattr" || f == "rejectattr") {
       // The items that pass a named test (select('odd'), reject('in', xs)), or are truthy without one; the

@@ -102,6 +102,15 @@ TEST(Jinja, ExpressionsAndFilters) {
                    "{{ xs | select('gt', 1) | list }}|{{ xs | reject('lt', 2) | list }}|{{ 3 is lessthan 2 }}",
                    {{"p", ojson::parse(R"({"type": "object", "description": "D", "properties": {}, "extra": 1})")}, {"xs", {3, 1, 0, 2, 5}}}),
             "['properties', 'extra']|[3, 1, 5]|[3, 1, 2, 5]|[3, 2, 5]|[3, 2, 5]|False");
+  // sort and dictsort as Jinja2's (strings lower-cased unless case_sensitive), rsplit / rfind / index as Python's.
+  EXPECT_EQ(render("{{ ws | sort }}|{{ ws | sort(case_sensitive=true) }}|{{ xs | sort(true) }}|{{ ms | sort(attribute='k') | map(attribute='n') | join }}|"
+                   "{{ (d | dictsort(by='value'))[0][0] }}|{{ (d | dictsort)[1][0] }}",
+                   {{"ws", {"b", "A", "a", "C"}}, {"xs", {3, 1, 2}}, {"ms", ojson::parse(R"([{"k": 2, "n": "x"}, {"k": 1, "n": "y"}])")},
+                    {"d", ojson::parse(R"({"b": 2, "A": 1, "c": 0, "a": 5})")}}),
+            "['A', 'a', 'b', 'C']|['A', 'C', 'a', 'b']|[3, 2, 1]|yx|c|a");
+  EXPECT_EQ(render("{{ s.rsplit(none, 2) }}|{{ 'a,b,c,d'.rsplit(',', 2) }}|{{ 'x  '.rsplit(none, 1) }}|{{ 'héllo'.rfind('l') }}|{{ 'héllo'.index('l') }}",
+                   {{"s", "  a b\u3000c  d  "}}),
+            "['  a b', 'c', 'd']|['a,b', 'c', 'd']|['x']|3|2");
   // Jinja2's precedence and Python's chained comparisons.
   EXPECT_EQ(render("{{ 2 ** 3 ** 2 }}|{{ -2 ** 2 }}|{{ 2 * 3 ** 2 }}|{{ -1 | abs }}|{{ 1 < 2 < 3 }}|{{ 3 > 2 > 2 }}|{{ 0 < xs | length < 3 }}",
                    {{"xs", {5, 6}}}),
