@@ -1203,6 +1203,14 @@ class Renderer {
     return Value();
   }
 
+  // What sort, dictsort and unique compare without case_sensitive: a string lower-cased (ASCII letters).
+  static Value folded(const Value& k) {
+    if (!k.is_string()) return k;
+    std::string low = k.str();
+    for (auto& c : low) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return Value(low);
+  }
+
   // a < b (op "<", ">", "<=" or ">="): numbers, or strings (UTF-8 byte order is code point order, Python's).
   bool ordered(const std::string& op, const Value& a, const Value& b, const Expr& e) {
     int c;
@@ -1595,12 +1603,7 @@ class Renderer {
       }
       auto key = [&](const Value& item) {
         Value k = dict ? item.list()[by_value ? 1 : 0] : attr.is_undefined() ? item : item.get(attr.to_string());
-        if (!cs && k.is_string()) {
-          std::string low = k.str();
-          for (auto& c : low) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-          k = Value(low);
-        }
-        return k;
+        return cs ? k : folded(k);
       };
       std::stable_sort(items.begin(), items.end(), [&](const Value& x, const Value& y) {
         return reverse ? ordered("<", key(y), key(x), e) : ordered("<", key(x), key(y), e);
@@ -1647,10 +1650,20 @@ class Renderer {
       }
       return Value(std::move(out));
     }
-    if (f == "unique") {
-      List out;
-      for (const auto& item : iterate(v, e.line))
-        if (std::find(out.begin(), out.end(), item) == out.end()) out.push_back(item);
+    if (f == "unique") {  // Jinja2's unique(case_sensitive=False, attribute=None): the first of each
+      const bool cs = a.get(0, "case_sensitive", Value(false)).truthy();
+      const Value attr = a.get(1, "attribute");
+      auto key = [&](const Value& item) {
+        Value k = attr.is_undefined() ? item : item.get(attr.to_string());
+        return cs ? k : folded(k);
+      };
+      List out, keys;
+      for (const auto& item : iterate(v, e.line)) {
+        Value k = key(item);
+        if (std::find(keys.begin(), keys.end(), k) != keys.end()) continue;
+        keys.push_back(k);
+        out.push_back(item);
+      }
       return Value(std::move(out));
     }
     if (f == "indent") {

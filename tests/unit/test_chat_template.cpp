@@ -111,6 +111,8 @@ TEST(Jinja, ExpressionsAndFilters) {
   EXPECT_EQ(render("{{ s.rsplit(none, 2) }}|{{ 'a,b,c,d'.rsplit(',', 2) }}|{{ 'x  '.rsplit(none, 1) }}|{{ 'héllo'.rfind('l') }}|{{ 'héllo'.index('l') }}",
                    {{"s", "  a b\u3000c  d  "}}),
             "['  a b', 'c', 'd']|['a,b', 'c', 'd']|['x']|3|2");
+  EXPECT_EQ(render("{{ ws | unique | list }}|{{ ws | unique(true) | list }}", {{"ws", ojson::parse(R"(["b", "A", "a", "B", 1, 1.0])")}}),
+            "['b', 'A', 1]|['b', 'A', 'a', 'B', 1]");
   // Jinja2's precedence and Python's chained comparisons.
   EXPECT_EQ(render("{{ 2 ** 3 ** 2 }}|{{ -2 ** 2 }}|{{ 2 * 3 ** 2 }}|{{ -1 | abs }}|{{ 1 < 2 < 3 }}|{{ 3 > 2 > 2 }}|{{ 0 < xs | length < 3 }}",
                    {{"xs", {5, 6}}}),
