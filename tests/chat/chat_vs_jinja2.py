@@ -9,8 +9,9 @@ import json, random, subprocess, sys
 
 try:
     import jinja2, jinja2.ext
-except ImportError:
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "jinja2"], check=False)
+except ImportError:  # (PyPI; a Debian system Python needs --break-system-packages)
+    if subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "jinja2"]).returncode != 0:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--break-system-packages", "jinja2"], check=True)
     import jinja2, jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
