@@ -811,32 +811,19 @@ bool py_space(char32_t c) {
          (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
-// The code point of the n bytes s[i, i + n), or U+FFFD where they are not exactly one (a byte of
-// broken UTF-8 is then kept: U+FFFD is neither whitespace nor, in practice, among `chars`).
-char32_t code_point(const std::string& s, size_t i, size_t n) {
-  const std::u32string d = unicode::decode_utf8(std::string_view(s).substr(i, n));
-  return d.size() == 1 && unicode::utf8_length(d[0]) == n ? d[0] : 0xFFFD;
-}
-
 }  // namespace
 
 std::string strip_chars(const std::string& s, const std::string& chars, bool left, bool right) {
   const std::u32string set = unicode::decode_utf8(chars);
+  // (broken UTF-8 reads as U+FFFD, which is kept)
   auto in = [&](char32_t c) { return c != 0xFFFD && (chars.empty() ? py_space(c) : set.find(c) != std::u32string::npos); };
-  size_t b = 0, e = s.size();
+  size_t b = 0, e = s.size(), n;
   if (left)
-    while (b < e) {
-      const unsigned char lead = static_cast<unsigned char>(s[b]);
-      const size_t n = std::min(e - b, static_cast<size_t>(lead < 0x80 ? 1 : lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2));
-      if (!in(code_point(s, b, n))) break;
-      b += n;
-    }
+    while (b < e && in(unicode::utf8_at(s, b, n))) b += n;
   if (right)
-    while (e > b) {
-      size_t j = e - 1;
-      while (j > b && e - j < 4 && (static_cast<unsigned char>(s[j]) & 0xC0) == 0x80) --j;
-      if (!in(code_point(s, j, e - j))) break;
-      e = j;
+    for (size_t j; e > b; e = j) {
+      j = std::max(b, unicode::utf8_char_start(s, e - 1));
+      if (!in(unicode::utf8_at(s, j, n)) || j + n != e) break;
     }
   return s.substr(b, e - b);
 }
@@ -853,9 +840,13 @@ int64_t code_points(std::string_view s) {
 }
 // Bytes of the whitespace character (Python's) at s[i], 0 where there is none.
 size_t space_at(const std::string& s, size_t i) {
-  const unsigned char lead = static_cast<unsigned char>(s[i]);
-  const size_t n = std::min(s.size() - i, static_cast<size_t>(lead < 0x80 ? 1 : lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2));
-  return py_space(code_point(s, i, n)) ? n : 0;
+  size_t n;
+  return py_space(unicode::utf8_at(s, i, n)) ? n : 0;
+}
+// Python's str.lower / str.upper of ASCII letters (what sort, dictsort and unique fold too).
+std::string ascii_case(std::string s, bool upper) {
+  for (auto& c : s) c = static_cast<char>(upper ? std::toupper(static_cast<unsigned char>(c)) : std::tolower(static_cast<unsigned char>(c)));
+  return s;
 }
 
 struct BreakSignal {};
@@ -1008,12 +999,9 @@ class Renderer {
     if (v.is_string()) {
       List chars;
       const std::string& s = v.str();
-      for (size_t i = 0; i < s.size();) {
-        size_t n = 1;
-        const auto c = static_cast<unsigned char>(s[i]);
-        if (c >= 0xF0) n = 4; else if (c >= 0xE0) n = 3; else if (c >= 0xC0) n = 2;
+      for (size_t i = 0, n; i < s.size(); i += n) {
+        unicode::utf8_at(s, i, n);
         chars.emplace_back(s.substr(i, n));
-        i += n;
       }
       return chars;
     }
@@ -1204,12 +1192,7 @@ class Renderer {
   }
 
   // What sort, dictsort and unique compare without case_sensitive: a string lower-cased (ASCII letters).
-  static Value folded(const Value& k) {
-    if (!k.is_string()) return k;
-    std::string low = k.str();
-    for (auto& c : low) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return Value(low);
-  }
+  static Value folded(const Value& k) { return k.is_string() ? Value(ascii_case(k.str(), false)) : k; }
 
   // a < b (op "<", ">", "<=" or ">="): numbers, or strings (UTF-8 byte order is code point order, Python's).
   bool ordered(const std::string& op, const Value& a, const Value& b, const Expr& e) {
@@ -1350,11 +1333,7 @@ class Renderer {
     if (m == "strip") return Value(strip_chars(s, arg_str(0, "chars", ""), true, true));
     if (m == "lstrip") return Value(strip_chars(s, arg_str(0, "chars", ""), true, false));
     if (m == "rstrip") return Value(strip_chars(s, arg_str(0, "chars", ""), false, true));
-    if (m == "upper" || m == "lower") {
-      std::string r = s;
-      for (auto& c : r) c = static_cast<char>(m == "upper" ? std::toupper(static_cast<unsigned char>(c)) : std::tolower(static_cast<unsigned char>(c)));
-      return Value(r);
-    }
+    if (m == "upper" || m == "lower") return Value(ascii_case(s, m == "upper"));
     if (m == "title" || m == "capitalize") return apply_case(s, m == "title");
     if (m == "rsplit") {  // as split, but at most maxsplit splits counted from the right
       Value sep = a.get(0, "sep");
@@ -1364,8 +1343,7 @@ class Renderer {
       size_t end = s.size();
       if (sep.is_undefined() || sep.is_none()) {
         auto space_before = [&](size_t p) {  // bytes of a whitespace character ending at p, or 0
-          size_t k = p - 1;
-          while (k > 0 && p - k < 4 && (static_cast<unsigned char>(s[k]) & 0xC0) == 0x80) --k;
+          const size_t k = unicode::utf8_char_start(s, p - 1);
           return space_at(s, k) == p - k ? p - k : 0;
         };
         for (int64_t n = 0; n < maxsplit; ++n) {

@@ -133,16 +133,15 @@ std::string json_string(const std::string& s, bool ensure_ascii) {
         if (c < 0x20 || (ensure_ascii && c == 0x7f)) {
           u(c);
         } else if (ensure_ascii && c >= 0x80) {
-          const size_t n = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
-          for (char32_t cp : unicode::decode_utf8(std::string_view(s).substr(i, n))) {
-            if (cp > 0xFFFF) {
-              u(0xD800 + ((cp - 0x10000) >> 10));
-              u(0xDC00 + ((cp - 0x10000) & 0x3FF));
-            } else {
-              u(cp);
-            }
+          size_t n;
+          const char32_t cp = unicode::utf8_at(s, i, n);
+          if (cp > 0xFFFF) {
+            u(0xD800 + ((cp - 0x10000) >> 10));
+            u(0xDC00 + ((cp - 0x10000) & 0x3FF));
+          } else {
+            u(cp);
           }
-          i += std::min(n, s.size() - i) - 1;
+          i += n - 1;
         } else {
           out += static_cast<char>(c);
         }

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "tokenizer/unicode.h"
 
 namespace llmserve {
 namespace {
@@ -254,7 +255,7 @@ RequestOutput Engine::snapshot(Request& r) {
     if (!so.out.finished() && max_stop > 0) {
       safe = so.text.size() > max_stop - 1 ? so.text.size() - (max_stop - 1) : 0;
       // (bytes: back to the start of the character it cuts, so a delta is whole UTF-8)
-      while (safe > 0 && safe < so.text.size() && (static_cast<unsigned char>(so.text[safe]) & 0xC0) == 0x80) --safe;
+      if (safe < so.text.size()) safe = unicode::utf8_char_start(so.text, safe);
     }
     safe = std::max(safe, so.emitted);
     if (delta) {

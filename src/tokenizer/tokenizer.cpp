@@ -35,8 +35,7 @@ bool is_word_char(std::string_view s, size_t at_byte_before_or_after, bool befor
   // Looks at the code point just before (or at) a byte position.
   if (before) {
     if (at_byte_before_or_after == 0) return false;
-    size_t i = at_byte_before_or_after - 1;
-    while (i > 0 && (static_cast<unsigned char>(s[i]) & 0xC0) == 0x80) --i;
+    const size_t i = unicode::utf8_char_start(s, at_byte_before_or_after - 1);
     const auto u = unicode::decode_utf8(s.substr(i, at_byte_before_or_after - i));
     return !u.empty() && (unicode::is_letter(u[0]) || unicode::is_number(u[0]) || u[0] == '_');
   }

@@ -261,4 +261,17 @@ size_t utf8_stable_prefix(std::string_view bytes) {
   return i;
 }
 
+char32_t utf8_at(std::string_view s, size_t i, size_t& len) {
+  char32_t cp;
+  bool complete;
+  len = scan(s, i, cp, complete);
+  return cp;
+}
+
+size_t utf8_char_start(std::string_view s, size_t i) {
+  size_t k = i;
+  while (k > 0 && i - k < 3 && (static_cast<unsigned char>(s[k]) & 0xC0) == 0x80) --k;
+  return k;
+}
+
 }  // namespace llmserve::unicode

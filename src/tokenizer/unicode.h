@@ -39,5 +39,11 @@ std::string utf8_lossy(std::string_view bytes);
 // Length of the longest prefix of `bytes` that lossy decoding can emit now: complete characters and
 // invalid bytes, but not a valid-so-far sequence cut off at the end (more bytes may complete it).
 size_t utf8_stable_prefix(std::string_view bytes);
+// The character at byte i of s (i < s.size()): its code point (U+FFFD for an invalid or cut-off
+// sequence, as decode_utf8 reads it) and, in `len`, its bytes (at least 1).
+char32_t utf8_at(std::string_view s, size_t i, size_t& len);
+// The start of the character byte i belongs to: i, or the lead byte before i's continuation bytes
+// (at most 3 back).
+size_t utf8_char_start(std::string_view s, size_t i);
 
 }  // namespace llmserve::unicode
