@@ -5,6 +5,7 @@
 
 #include "common/dtype.h"
 #include "common/error.h"
+#include "tokenizer/unicode.h"
 
 namespace llmserve {
 namespace {
@@ -40,6 +41,9 @@ class Reader {
     if (n > size_) throw Error(cat("'", path_, "': corrupt GGUF string length"));
     std::string s(n, '\0');
     raw(s.data(), n);
+    // GGUF strings are UTF-8; anything else is a corrupt file (and could not go into the JSON
+    // the tokenizer and config are kept as).
+    if (!unicode::is_utf8(s)) throw Error(cat("'", path_, "': corrupt GGUF string (not UTF-8)"));
     return s;
   }
   nlohmann::json value(uint32_t type, int depth = 0) {

@@ -36,6 +36,7 @@ std::string nfc_utf8(std::string_view s);
 // Replaces invalid UTF-8 the way Rust's String::from_utf8_lossy does (one U+FFFD per maximal
 // invalid subpart), which is what Hugging Face tokenizers' decode produces.
 std::string utf8_lossy(std::string_view bytes);
+inline bool is_utf8(std::string_view bytes) { return utf8_lossy(bytes) == bytes; }
 // Length of the longest prefix of `bytes` that lossy decoding can emit now: complete characters and
 // invalid bytes, but not a valid-so-far sequence cut off at the end (more bytes may complete it).
 size_t utf8_stable_prefix(std::string_view bytes);

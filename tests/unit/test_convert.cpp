@@ -325,6 +325,22 @@ TEST(Gguf, DequantizesEveryBlockType) {
   EXPECT_THROW(GgufFile((dir / "notgguf.gguf").string()), Error);
 }
 
+TEST(Gguf, AStringThatIsNotUtf8IsACorruptFile) {
+  // GGUF strings are UTF-8. A corrupt vocabulary entry used to pass the reader and fail later, in
+  // the JSON writer, with a message that named neither the file nor the problem.
+  auto dir = tmpdir("gguf_utf8");
+  GgufBuilder b;
+  b.kv_str("general.architecture", "llama");
+  b.kv_strs("tokenizer.ggml.tokens", {"a", "\x80" "b"});
+  write_bytes(dir / "t.gguf", b.build());
+  try {
+    GgufFile g((dir / "t.gguf").string());
+    ADD_FAILURE() << "read a GGUF string that is not UTF-8";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not UTF-8"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Gguf, UnpermuteInvertsLlamaCppPermutation) {
   // llama.cpp: w.reshape(heads, 2, rows/heads/2, cols).swapaxes(1, 2).reshape(rows, cols)
   const int heads = 3, hd = 4, cols = 2, rows = heads * hd;
