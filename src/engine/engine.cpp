@@ -77,13 +77,14 @@ uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& 
   if (!sched_.fits(total))
     throw Error(cat("the request needs ", (total + sched_.config().block_size - 1) / sched_.config().block_size,
                     " KV-cache blocks but the whole cache has ", sched_.config().num_blocks));
+  std::vector<int32_t> eos;
+  for (int64_t e : runner_.spec().eos_token_ids) eos.push_back(static_cast<int32_t>(e));
+  check_some_token_allowed(params, runner_.spec().eos_token_ids);
   Request r;
   r.id = next_request_++;
   r.prompt_tokens = static_cast<int64_t>(prompt.size());
   r.params = params;
   if (params.prompt_logprobs >= 0) r.prompt_logprobs = std::make_shared<std::vector<TokenLogprob>>();
-  std::vector<int32_t> eos;
-  for (int64_t e : runner_.spec().eos_token_ids) eos.push_back(static_cast<int32_t>(e));
   for (int i = 0; i < params.n; ++i) {
     auto s = std::make_unique<Sequence>();
     s->id = next_seq_++;
@@ -173,6 +174,10 @@ void Engine::handle_results(const std::vector<SampledToken>& tokens, std::vector
       add_prompt_logprob(t);
       continue;
     }
+    if (t.token == kNoToken) {
+      fail_seq(t.seq_id, touched);
+      continue;
+    }
     Sequence* s = sched_.on_token(t);
     auto so_it = seq_out_.find(t.seq_id);
     if (!s || so_it == seq_out_.end()) continue;
@@ -236,6 +241,18 @@ void Engine::finish_seq(uint64_t seq_id, const std::string& reason, const std::s
   touch(r, touched);
 }
 
+void Engine::fail_seq(uint64_t seq_id, std::vector<uint64_t>& touched) {
+  auto so = seq_out_.find(seq_id);
+  if (so == seq_out_.end() || !sched_.find(seq_id)) return;  // finished already (a token planned ahead)
+  Request& r = requests_.at(so->second.request_id);
+  if (r.error.empty())
+    r.error = "no token can be drawn: the request's allowed_token_ids, bad_words, min_tokens and guided decoding "
+              "together mask every token (or the model's logits are NaN)";
+  r.aborted = true;  // its other sequences end too
+  log_warn("request ", r.id, " failed: ", r.error);
+  finish_seq(seq_id, "error", "", touched);
+}
+
 RequestOutput Engine::snapshot(Request& r) {
   RequestOutput o;
   o.request_id = r.id;
@@ -246,6 +263,7 @@ RequestOutput Engine::snapshot(Request& r) {
   size_t max_stop = 0;
   for (const auto& s : r.params.stop) max_stop = std::max(max_stop, s.size());
   o.finished = r.unfinished == 0;
+  if (o.finished) o.error = r.error;
   const bool delta = r.params.output_kind == OutputKind::Delta;
   o.outputs.reserve(r.seqs.size());
   for (uint64_t sid : r.seqs) {
@@ -296,6 +314,7 @@ void accumulate_output(RequestOutput& acc, RequestOutput&& d) {
   acc.num_cached_tokens = d.num_cached_tokens;
   if (d.prompt_logprobs) acc.prompt_logprobs = std::move(d.prompt_logprobs);
   acc.finished = d.finished;
+  acc.error = std::move(d.error);
   for (size_t k = 0; k < d.outputs.size(); ++k) {
     CompletionOutput& c = d.outputs[k];
     // The same sequences in the same order in every output of a request; found by index all the same.

@@ -44,7 +44,7 @@ struct CompletionOutput {
   // and the final output is whole.
   std::vector<TokenLogprob> logprobs;
   size_t logprobs_from = 0;
-  std::string finish_reason;  // "", "stop", "length", "abort"
+  std::string finish_reason;  // "", "stop", "length", "abort", "error" (RequestOutput::error says why)
   std::string stop_reason;    // the stop string or token id that ended it
   bool finished() const { return !finish_reason.empty(); }
 };
@@ -58,6 +58,9 @@ struct RequestOutput {
   std::shared_ptr<const std::vector<TokenLogprob>> prompt_logprobs;
   std::vector<CompletionOutput> outputs;
   bool finished = false;
+  // Set, with `finished`, when the request failed while it ran: a sequence had no token it could draw
+  // (step_plan.h's kNoToken). The outputs are then incomplete; the server answers with this error.
+  std::string error;
 };
 
 // Adds an OutputKind::Delta output to `acc`, the request's outputs so far in cumulative form (empty
@@ -118,6 +121,7 @@ class Engine {
     std::vector<uint64_t> seqs;
     int unfinished = 0;
     bool aborted = false;
+    std::string error;  // why it failed (its other sequences are aborted)
     std::shared_ptr<std::vector<TokenLogprob>> prompt_logprobs;  // filled in position order
     int64_t touched_at = -1;  // the step() call that last listed it as changed
   };
@@ -135,6 +139,9 @@ class Engine {
   void handle_results(const std::vector<SampledToken>& tokens, std::vector<uint64_t>& touched);
   void finish_seq(uint64_t seq_id, const std::string& reason, const std::string& stop_reason,
                   std::vector<uint64_t>& touched);
+  // A sequence with no token to draw (kNoToken): it ends, its request fails with an error, and the
+  // request's other sequences are aborted. The engine and every other request go on.
+  void fail_seq(uint64_t seq_id, std::vector<uint64_t>& touched);
   // Adds r to this step's requests with a changed output (once).
   void touch(Request& r, std::vector<uint64_t>& touched) const;
   bool check_stop_strings(SeqOut& so, const SamplingParams& p);

@@ -434,9 +434,8 @@ void Sampler::take_drawn(const std::vector<const SeqStep*>& seqs, const std::vec
   for (size_t i = 0; i < seqs.size(); ++i) {
     if (!draw[i]) continue;
     out[i].seq_id = seqs[i]->seq_id;
-    if (idx[i] < 0 || idx[i] >= vocab_size_)  // the draw's "nothing survived" (INT32_MAX)
-      throw Error(cat("sampler: every token was filtered out for sequence ", out[i].seq_id));
-    out[i].token = idx[i];
+    // The draw's "nothing survived" (INT32_MAX) is kNoToken: the engine fails that request alone.
+    out[i].token = idx[i] >= 0 && idx[i] < vocab_size_ ? idx[i] : kNoToken;
   }
 }
 
@@ -837,10 +836,7 @@ std::vector<SampledToken> Sampler::sample_rows(const std::vector<const SeqStep*>
                                      static_cast<int64_t>(rows.size()), K, stats, top_v, top_i);
                  });
   }
-  for (size_t i = 0; i < n; ++i) {
-    if (idx[i] == std::numeric_limits<int32_t>::max()) throw Error(cat("sampler: every token was filtered out for sequence ", out[i].seq_id));
-    out[i].token = idx[i];
-  }
+  for (size_t i = 0; i < n; ++i) out[i].token = idx[i] >= 0 && idx[i] < vocab_size_ ? idx[i] : kNoToken;
   return out;
 }
 

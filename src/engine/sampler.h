@@ -33,6 +33,7 @@ class Sampler {
   void observe(const StepPlan& plan);
   // One token for each sequence of the plan with sample = true, in plan order; `logits` holds one
   // row per such sequence. Collective over the tensor group; every rank returns the same tokens.
+  // A sequence whose masks leave no token (or whose logits are NaN) gets kNoToken (step_plan.h).
   std::vector<SampledToken> sample(const StepPlan& plan, const float* logits);
   // True when no row of the plan asks for logprobs, and, with the vocabulary split over a tensor group,
   // none filters (top-k/top-p/min-p need the whole row): then sample_on_backend() gives the same tokens
@@ -153,8 +154,8 @@ class Sampler {
   // whose result is not used, and no penalty edits); tokens into out[i].
   void draw_rows_on_backend(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Backend& backend,
                             Tensor& logits, std::vector<SampledToken>& out);
-  // out[i] = the drawn token idx[i] of seqs[i] for rows with draw[i] set; throws when a row's filters
-  // left nothing to draw.
+  // out[i] = the drawn token idx[i] of seqs[i] for rows with draw[i] set; kNoToken where nothing was
+  // left to draw.
   void take_drawn(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, const std::vector<int32_t>& idx,
                   std::vector<SampledToken>& out) const;
   // The backend draw of rows i with draw[i] set over whole rows: every rank all-gathers the rows' shards

@@ -352,4 +352,21 @@ void set_bad_words_ids(SamplingParams& p, const Tokenizer* tok) {
   p.bad_words_ids = bad_words_token_ids(p.bad_words, [tok](const std::string& w) { return tok->encode(w, false); });
 }
 
+void check_some_token_allowed(const SamplingParams& p, const std::vector<int64_t>& eos_ids) {
+  if (p.allowed_token_ids.empty()) return;
+  std::vector<int64_t> banned;
+  for (const auto& w : p.bad_words_ids)
+    if (w.size() == 1) banned.push_back(w[0]);
+  if (p.min_tokens > 0) {
+    banned.insert(banned.end(), p.stop_token_ids.begin(), p.stop_token_ids.end());
+    // (EOS is not masked under ignore_eos, nor under guided decoding, which decides the end itself)
+    if (!p.ignore_eos && p.guided.empty()) banned.insert(banned.end(), eos_ids.begin(), eos_ids.end());
+  }
+  std::sort(banned.begin(), banned.end());
+  if (std::all_of(p.allowed_token_ids.begin(), p.allowed_token_ids.end(),
+                  [&](int32_t t) { return std::binary_search(banned.begin(), banned.end(), t); }))
+    throw Error("every token of 'allowed_token_ids' is banned by 'bad_words' or, while 'min_tokens' holds, is a stop "
+                "token: no token could be generated");
+}
+
 }  // namespace llmserve

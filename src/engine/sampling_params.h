@@ -90,5 +90,10 @@ class Tokenizer;
 // p.bad_words_ids from p.bad_words with the model's tokenizer; throws Error when there are bad words
 // and no tokenizer.
 void set_bad_words_ids(SamplingParams& p, const Tokenizer* tok);
+// Throws Error, as vLLM refuses it, when p's allowed_token_ids are all banned by the first step's
+// masks (one-token bad words; the stop tokens, `eos_ids` among them, while min_tokens holds), so that
+// no token could ever be drawn. (Masks that empty a later step, a longer bad word or guided decoding,
+// fail the request when they do: step_plan.h's kNoToken.)
+void check_some_token_allowed(const SamplingParams& p, const std::vector<int64_t>& eos_ids);
 
 }  // namespace llmserve

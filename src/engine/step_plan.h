@@ -3,6 +3,7 @@
 // compact versioned binary message.
 #pragma once
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -68,9 +69,15 @@ struct StepPlan {
 
 // What the last stage sends back: one sampled token per sampling sequence, with logprobs if asked;
 // then, for sequences with prompt_logprobs, one entry per prompt token predicted this step.
+// A sampled token of kNoToken: the draw found no token it may draw (every token masked by the
+// request's allowed_token_ids, bad_words, min_tokens and guided decoding together, or NaN logits).
+// The engine ends that request with an error; an asynchronous step planned ahead feeds it as an id
+// outside the vocabulary (which embeds as zeros), and its output is dropped with the sequence.
+constexpr int32_t kNoToken = std::numeric_limits<int32_t>::max();
+
 struct SampledToken {
   uint64_t seq_id = 0;
-  int32_t token = 0;
+  int32_t token = 0;  // or kNoToken
   float logprob = 0;
   std::vector<int32_t> top_ids;
   std::vector<float> top_logprobs;

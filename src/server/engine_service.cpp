@@ -25,7 +25,7 @@ void EngineService::submit(std::shared_ptr<EngineJob> job) {
     }
   }
   if (job) {
-    job->on_error(failed_.load() ? "the engine failed; the server cannot take requests" : "the server is shutting down");
+    job->on_error(503, failed_.load() ? "the engine failed; the server cannot take requests" : "the server is shutting down");
     return;
   }
   cv_.notify_one();
@@ -74,7 +74,7 @@ void EngineService::deliver_loop() {
     for (auto& d : batch) {
       try {
         if (d.is_error) {
-          d.job->on_error(d.error);
+          d.job->on_error(d.status, d.error);
         } else {
           d.job->on_output(std::move(d.out));
         }
@@ -90,10 +90,11 @@ void EngineService::deliver_loop() {
 
 void EngineService::run() {
   std::vector<Delivery> batch;
-  auto error_to = [&](const std::shared_ptr<EngineJob>& j, std::string msg) {
+  auto error_to = [&](const std::shared_ptr<EngineJob>& j, int status, std::string msg) {
     Delivery d;
     d.job = j;
     d.is_error = true;
+    d.status = status;
     d.error = std::move(msg);
     batch.push_back(std::move(d));
   };
@@ -111,7 +112,7 @@ void EngineService::run() {
       }
       for (auto& j : jobs) {
         if (stopping) {
-          error_to(j, "the server is shutting down");
+          error_to(j, 503, "the server is shutting down");
           continue;
         }
         try {
@@ -119,7 +120,7 @@ void EngineService::run() {
           active_[id] = j;
           counters_.prompt_tokens += static_cast<int64_t>(j->prompt.size()) * j->params.n;
         } catch (const std::exception& e) {
-          error_to(j, e.what());
+          error_to(j, 400, e.what());
         }
       }
       for (auto& [id, j] : active_)
@@ -132,7 +133,11 @@ void EngineService::run() {
           if (it == active_.end()) continue;
           for (const auto& c : out.outputs) counters_.generation_tokens += static_cast<int64_t>(c.delta_tokens);
           const bool finished = out.finished;
-          batch.push_back({it->second, std::move(out), false, {}});
+          if (!out.error.empty()) {
+            error_to(it->second, 400, out.error);  // (the request failed; the others go on)
+          } else {
+            batch.push_back({it->second, std::move(out), false, 0, {}});
+          }
           if (finished) {
             ++counters_.requests_finished;
             active_.erase(it);
@@ -166,8 +171,8 @@ void EngineService::run() {
       left.swap(incoming_);
     }
     log_write(LogLevel::Error, cat("engine thread failed: ", e.what()));
-    for (auto& [id, j] : active_) error_to(j, cat("internal error: ", e.what()));
-    for (auto& j : left) error_to(j, cat("internal error: ", e.what()));
+    for (auto& [id, j] : active_) error_to(j, 500, cat("internal error: ", e.what()));
+    for (auto& j : left) error_to(j, 500, cat("internal error: ", e.what()));
     deliver(std::move(batch));
   }
 }

@@ -21,9 +21,12 @@ struct EngineJob {
   SamplingParams params;
   // Called on the service's delivery thread, in order: each output as it changes, in the form
   // params.output_kind asks for (handed over: the callee may keep it), or the error that kept the job
-  // out or ended it. (Called directly, on the submitting thread, when the service already stopped.)
+  // out or ended it, with its HTTP status: 400 for the request's own fault (refused when it arrived, or
+  // failed while it ran: RequestOutput::error), 500 when the engine failed under it, 503 when the
+  // service no longer takes jobs. (Called directly, on the submitting thread, when the service
+  // already stopped.)
   std::function<void(RequestOutput&&)> on_output;
-  std::function<void(const std::string&)> on_error;
+  std::function<void(int status, const std::string&)> on_error;
   // Set by the caller to abort (client gone); read by the engine thread.
   std::shared_ptr<std::atomic<bool>> cancelled = std::make_shared<std::atomic<bool>>(false);
 };
@@ -49,7 +52,8 @@ class EngineService {
   struct Delivery {
     std::shared_ptr<EngineJob> job;
     RequestOutput out;
-    bool is_error = false;  // `error` instead of an output
+    bool is_error = false;  // `error` (with `status`) instead of an output
+    int status = 0;
     std::string error;
   };
   void run();

@@ -258,9 +258,9 @@ class Session : public std::enable_shared_from_this<Session> {
           if (auto s = weak.lock()) s->on_output(i, std::move(out));
         });
       };
-      job->on_error = [weak, exec](const std::string& msg) {
-        net::post(exec, [weak, msg] {
-          if (auto s = weak.lock()) s->on_error(msg);
+      job->on_error = [weak, exec](int status, const std::string& msg) {
+        net::post(exec, [weak, status, msg] {
+          if (auto s = weak.lock()) s->on_error(status, msg);
         });
       };
       p->jobs.push_back(job);
@@ -299,16 +299,18 @@ class Session : public std::enable_shared_from_this<Session> {
     pending_.reset();
   }
 
-  void on_error(const std::string& msg) {
+  // A job's error (EngineJob::on_error's status). A stream's headers are out already: the error comes
+  // as an event, then [DONE], as vLLM ends a stream that failed.
+  void on_error(int status, const std::string& msg) {
     auto p = pending_;
     if (!p || !p->error.empty()) return;
     p->error = msg;
     cancel_all();
+    const char* type = status == 503 ? "ServiceUnavailable" : status >= 500 ? "InternalServerError" : "BadRequestError";
     if (p->req.stream) {
-      send_event("data: " + error_body(400, msg, "BadRequestError") + "\n\n", true);
+      send_event("data: " + error_body(status, msg, type) + "\n\ndata: [DONE]\n\n", true);
     } else {
-      const int status = msg.find("shutting down") != std::string::npos ? 503 : 400;
-      respond(status, error_body(status, msg, status == 503 ? "ServiceUnavailable" : "BadRequestError"), false);
+      respond(status, error_body(status, msg, type), false);
     }
   }
 

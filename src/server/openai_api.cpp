@@ -142,6 +142,7 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
   }
   try {
     sampling_params_validate(r.params, ctx.vocab_size, ctx.max_logprobs);
+    check_some_token_allowed(r.params, ctx.eos_ids);
   } catch (const Error& e) {
     throw HttpError(400, e.what());
   }

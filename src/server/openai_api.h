@@ -30,6 +30,7 @@ struct ApiContext {
   std::string model_path;
   int64_t max_model_len = 0;
   int64_t vocab_size = 0;
+  std::vector<int64_t> eos_ids;  // the model's (check_some_token_allowed)
   int64_t created = 0;
   ToolFormat tool_format = ToolFormat::None;
   std::string response_role = "assistant";  // a chat answer's role after a generation prompt

@@ -183,6 +183,12 @@ printf '{"prompt": "a", "max_tokens": 2}\n{"prompt": "b", "temperature": "hot"}\
 check "generate: bad parameter names its line" 1 "gen-bad.jsonl line 2: 'temperature' must be a number" -- \
   "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 --input "$work/gen-bad.jsonl" --output "$work/gen-bad-out.jsonl"
 [ -e "$work/gen-bad-out.jsonl" ] && { failed=$((failed + 1)); echo "FAIL generate left an output file"; }
+# A request whose masks empty a later step (JSON mode allowing only "{", token 90) fails the run,
+# naming its line, with no output file; it used to abort the job from the sampler.
+printf '{"prompt": "a", "max_tokens": 2}\n{"prompt": "a b c", "max_tokens": 5, "allowed_token_ids": [90], "response_format": {"type": "json_object"}}\n' >"$work/gen-dead.jsonl"
+check "generate: a request with no token to draw fails the run, naming its line" 1 "gen-dead.jsonl line 2: no token can be drawn" --once -- \
+  "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -pp 2 --input "$work/gen-dead.jsonl" --output "$work/gen-dead-out.jsonl"
+[ -e "$work/gen-dead-out.jsonl" ] && { failed=$((failed + 1)); echo "FAIL generate left an output file for the failed request"; }
 printf '{"prompt": "a", "max_tokens": 600}\n' >"$work/gen-long.jsonl"
 check "generate: too long for max_model_len" 1 "exceeds max_model_len 512" -- \
   "$llmserve" generate "$work/good.yaml" --input "$work/gen-long.jsonl" --output "$work/x.jsonl"

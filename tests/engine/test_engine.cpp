@@ -572,6 +572,50 @@ TEST(Engine, AbortFreesBlocksAndRejectsWhatCanNeverFit) {
  }
 }
 
+// A request whose masks leave no token to draw fails alone: it finishes with an error, its other
+// sequences end, and the engine and the other requests go on (it used to take the whole engine down,
+// and with it the server). allowed_token_ids {A} with the bad word "A A" empties the second step;
+// the same masks at the first step are refused when the request arrives.
+TEST(Engine, ARequestWithNoTokenToDrawFailsAlone) {
+ for (bool async : {false, true}) {
+  SCOPED_TRACE(async ? "async scheduling" : "in turn");
+  Fixture s(48, async);
+  Engine e(*s.runner, s.tok.get(), 0);
+  const auto pub = golden()["public"];
+  const auto good_prompt = pub[0]["ids"].get<std::vector<int32_t>>();
+  const int32_t A = 9707;
+  SamplingParams dead = greedy(8);
+  dead.n = 2;
+  dead.allowed_token_ids = {A};
+  dead.bad_words_ids = {{A, A}};
+  const uint64_t good = e.add_request(good_prompt, greedy(12));
+  const uint64_t bad = e.add_request({A, 11}, dead);
+  auto done = run_all(e);
+  ASSERT_TRUE(done.count(bad) && done.count(good));
+  EXPECT_NE(done[bad].error.find("no token can be drawn"), std::string::npos) << done[bad].error;
+  for (const auto& c : done[bad].outputs) EXPECT_EQ(c.token_ids, std::vector<int32_t>{A});
+  EXPECT_TRUE(done[good].error.empty());
+  EXPECT_FALSE(e.has_unfinished());
+  EXPECT_EQ(e.scheduler().blocks().num_used(), 0);
+  // The good request's output is what it gives alone, and the engine still serves.
+  const uint64_t again = e.add_request(good_prompt, greedy(12));
+  auto after = run_all(e);
+  expect_same_outputs(done[good], after[again]);
+  // At the first step the same masks are a refusal, not a failure.
+  SamplingParams first = greedy(4);
+  first.allowed_token_ids = {A};
+  first.bad_words_ids = {{A}};
+  EXPECT_THROW(e.add_request({A, 11}, first), Error);
+  first.bad_words_ids.clear();
+  first.min_tokens = 2;
+  first.stop_token_ids = {A};
+  EXPECT_THROW(e.add_request({A, 11}, first), Error);
+  first.stop_token_ids = {A + 1};
+  EXPECT_NO_THROW(e.add_request({A, 11}, first));
+  run_all(e);
+ }
+}
+
 TEST(EngineService, JobsCompleteAndNoJobIsLeftUnansweredAfterStop) {
   Fixture s;
   Engine e(*s.runner, s.tok.get(), 0);
@@ -590,7 +634,7 @@ TEST(EngineService, JobsCompleteAndNoJobIsLeftUnansweredAfterStop) {
     done = o.finished;
     cv.notify_all();
   };
-  job->on_error = [&](const std::string& m) {
+  job->on_error = [&](int, const std::string& m) {
     std::lock_guard<std::mutex> l(mu);
     error = m;
     done = true;
@@ -610,7 +654,7 @@ TEST(EngineService, JobsCompleteAndNoJobIsLeftUnansweredAfterStop) {
   late->prompt = {9707};
   late->params = greedy(2);
   late->on_output = [&](RequestOutput&&) { answered = true; };
-  late->on_error = [&](const std::string& m) {
+  late->on_error = [&](int, const std::string& m) {
     answered = true;
     error = m;
   };
@@ -656,7 +700,7 @@ TEST(EngineService, DeliveryKeepsEachJobsOrderAndStopDrainsIt) {
       x.reason = o.outputs.at(0).finish_reason;
       cv.notify_all();
     };
-    job->on_error = [&, i](const std::string& m) {
+    job->on_error = [&, i](int, const std::string& m) {
       std::lock_guard<std::mutex> l(mu);
       threads.insert(std::this_thread::get_id());
       if (seen[i].final) seen[i].after_final = true;

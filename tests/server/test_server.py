@@ -350,6 +350,21 @@ def main():
         check("bad_words: the second token of a two-token word is banned after the first",
               plain[:3] == ["Running", "Running", " Também"] and banned[:2] == ["Running", "Running"]
               and " Também" not in banned, (plain, banned))
+        # Masks that leave no token: refused when the first step's are empty (as vLLM), and when a later
+        # step's are (JSON mode allowing only "{": nothing may follow it), that request fails alone with
+        # a 400 (streamed: an error event, then [DONE]) while the engine goes on. It used to stop the engine.
+        st, ob = s.post("/tokenize", {"prompt": "{"})
+        st2, r = s.post("/v1/completions", {"prompt": "x", "allowed_token_ids": ob["tokens"], "bad_words": ["{"]})
+        check("no token allowed at the first step: 400", st2 == 400 and "no token could be generated" in r["error"]["message"], r)
+        dead = {"prompt": "a b c", "max_tokens": 5, "n": 2, "allowed_token_ids": ob["tokens"], "response_format": {"type": "json_object"}}
+        st2, r = s.post("/v1/completions", dead)
+        st3, ev = s.stream("/v1/completions", {**dead, "stream": True})
+        errs = [json.loads(e)["error"] for e in ev if e != "[DONE]" and "error" in json.loads(e)]
+        st4, h = s.request("GET", "/health")
+        st5, ok = s.post("/v1/completions", {"prompt": "a b c", "max_tokens": 3})
+        check("no token allowed at a later step: that request fails alone",
+              st2 == 400 and "no token can be drawn" in r["error"]["message"] and st3 == 200 and len(errs) == 1
+              and errs[0]["code"] == 400 and ev[-1] == "[DONE]" and st4 == 200 and st5 == 200, (r, ev, h, ok))
         # truncate_prompt_tokens (vLLM): the last k tokens of each prompt; -1: up to max_model_len.
         long_ids = [(i * 37) % 500 + 10 for i in range(600)]
         st, tr = s.post("/v1/completions", {"prompt": long_ids, "truncate_prompt_tokens": 10, "max_tokens": 2, "echo": True,

@@ -1,7 +1,8 @@
 // `llmserve generate`: offline batch inference for Slurm jobs. Reads JSONL requests (a prompt, chat
 // messages or token ids, with sampling parameters per line), runs them all through the engine with
 // continuous batching, and writes one JSON result per line in input order. Every line is validated
-// before anything runs; the output file appears only when every request has finished.
+// before anything runs; the output file appears only when every request has finished (a request that
+// fails while it runs, its masks leaving no token to draw, fails the run, naming its line).
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -27,6 +28,7 @@ using ojson = nlohmann::ordered_json;
 struct Job {
   std::vector<int32_t> prompt;
   SamplingParams params;
+  int line = 0;  // in the input file
 };
 
 ojson top_json(const TokenLogprob& lp, const Tokenizer* tok) {
@@ -103,6 +105,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
     // Rank 0 validates the input; the others wait for its verdict, then serve plans.
     agree(world, [] {});
     Worker(runner).loop();
+    agree(world, [] {});  // rank 0's verdict on the run (a request that failed)
     return 0;
   }
   std::vector<Job> jobs;
@@ -126,12 +129,14 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
       try {
         const ojson j = parse_json<ojson>(line);
         Job job;
+        job.line = n;
         job.prompt = prompt_from_json(j, tok.get(), chat.get());
         sampling_params_from_json(defaults, job.params);  // the model's generation_config.json, then the line's
         sampling_params_from_json(parse_json(line), job.params);
         if (job.params.guided == "json_schema") job.params.guided_schema = guided_schema_as_sent(parse_json<nlohmann::ordered_json>(line));
         set_bad_words_ids(job.params, tok.get());
         sampling_params_validate(job.params, runner.spec().vocab_size, cfg.max_logprobs);
+        check_some_token_allowed(job.params, runner.spec().eos_token_ids);
         job.params.output_kind = OutputKind::FinalOnly;  // only finished requests are written
         if (!job.params.guided.empty() && !tok) throw Error("guided decoding needs the model's tokenizer, which this model lacks");
         const int64_t total = static_cast<int64_t>(job.prompt.size()) + job.params.max_tokens;
@@ -154,9 +159,14 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
   int64_t gen_tokens = 0;
   const auto t0 = std::chrono::steady_clock::now();
   auto last_report = t0;
-  while (engine.has_unfinished()) {
+  std::string failure;  // a request that failed while it ran (RequestOutput::error): no output file
+  while (engine.has_unfinished() && failure.empty()) {
     for (const auto& r : engine.step()) {
       if (!r.finished) continue;
+      if (!r.error.empty()) {
+        failure = cat("generate: ", input, " line ", jobs[index_of.at(r.request_id)].line, ": ", r.error);
+        break;
+      }
       for (const auto& c : r.outputs) gen_tokens += static_cast<int64_t>(c.token_ids.size());
       lines[index_of.at(r.request_id)] = json_text(output_json(index_of.at(r.request_id), r, tok.get()));
       ++done;
@@ -170,6 +180,9 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
     }
   }
   engine.shutdown();
+  agree(world, [&] {
+    if (!failure.empty()) throw Error(failure);
+  });
   std::string text;
   for (const auto& l : lines) text += l + "\n";
   write_file_atomic(output, text);

@@ -61,6 +61,7 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
     ctx.model_path = cfg.model;
     ctx.max_model_len = cfg.max_model_len;
     ctx.vocab_size = runner.spec().vocab_size;
+    ctx.eos_ids = runner.spec().eos_token_ids;
     ctx.created = static_cast<int64_t>(std::time(nullptr));
     ctx.tool_format = tool_format_for(cfg.tool_call_parser, runner.spec().model_type);
     opt.host = cfg.host;
