@@ -8,6 +8,7 @@
 #include <map>
 #include <unordered_map>
 
+#include "chat/py_case.h"
 #include "common/error.h"
 #include "tokenizer/unicode.h"
 
@@ -843,10 +844,28 @@ size_t space_at(const std::string& s, size_t i) {
   size_t n;
   return py_space(unicode::utf8_at(s, i, n)) ? n : 0;
 }
-// Python's str.lower / str.upper of ASCII letters (what sort, dictsort and unique fold too).
-std::string ascii_case(std::string s, bool upper) {
-  for (auto& c : s) c = static_cast<char>(upper ? std::toupper(static_cast<unsigned char>(c)) : std::tolower(static_cast<unsigned char>(c)));
-  return s;
+// Jinja2's title filter (do_title, not str.title): the text split before and after each run of '-',
+// whitespace, '(', '{', '[' or '<', and each part's first character upper-cased, the rest of it
+// lower-cased (as a string of its own: a final sigma is judged within the part).
+std::string jinja_title(const std::string& s) {
+  auto sep = [&](size_t i, size_t& n) {
+    const char32_t c = unicode::utf8_at(s, i, n);
+    return c == '-' || c == '(' || c == '{' || c == '[' || c == '<' || py_space(c);
+  };
+  std::string out;
+  for (size_t i = 0, n; i < s.size();) {
+    const bool in_sep = sep(i, n);
+    size_t end = i;
+    for (size_t k; end < s.size() && sep(end, k) == in_sep;) end += k;
+    if (in_sep) {
+      out.append(s, i, end - i);
+    } else {
+      out += pycase::upper(std::string_view(s).substr(i, n));
+      out += pycase::lower(std::string_view(s).substr(i + n, end - i - n));
+    }
+    i = end;
+  }
+  return out;
 }
 
 struct BreakSignal {};
@@ -1192,7 +1211,7 @@ class Renderer {
   }
 
   // What sort, dictsort and unique compare without case_sensitive: a string lower-cased (ASCII letters).
-  static Value folded(const Value& k) { return k.is_string() ? Value(ascii_case(k.str(), false)) : k; }
+  static Value folded(const Value& k) { return k.is_string() ? Value(pycase::lower(k.str())) : k; }
 
   // a < b (op "<", ">", "<=" or ">="): numbers, or strings (UTF-8 byte order is code point order, Python's).
   bool ordered(const std::string& op, const Value& a, const Value& b, const Expr& e) {
@@ -1333,8 +1352,12 @@ class Renderer {
     if (m == "strip") return Value(strip_chars(s, arg_str(0, "chars", ""), true, true));
     if (m == "lstrip") return Value(strip_chars(s, arg_str(0, "chars", ""), true, false));
     if (m == "rstrip") return Value(strip_chars(s, arg_str(0, "chars", ""), false, true));
-    if (m == "upper" || m == "lower") return Value(ascii_case(s, m == "upper"));
-    if (m == "title" || m == "capitalize") return apply_case(s, m == "title");
+    if (m == "upper") return Value(pycase::upper(s));
+    if (m == "lower") return Value(pycase::lower(s));
+    if (m == "title") return Value(pycase::title(s));
+    if (m == "capitalize") return Value(pycase::capitalize(s));
+    if (m == "islower") return Value(pycase::islower(s));
+    if (m == "isupper") return Value(pycase::isupper(s));
     if (m == "rsplit") {  // as split, but at most maxsplit splits counted from the right
       Value sep = a.get(0, "sep");
       const int64_t maxsplit = a.get(1, "maxsplit", Value(static_cast<int64_t>(-1))).as_int();
@@ -1460,21 +1483,6 @@ class Renderer {
     rfail(e, cat("string has no method '", m, "'"));
   }
 
-  static Value apply_case(const std::string& s, bool title) {
-    std::string r = s;
-    bool start = true;
-    for (size_t i = 0; i < r.size(); ++i) {
-      const auto c = static_cast<unsigned char>(r[i]);
-      if (title) {
-        r[i] = static_cast<char>(start ? std::toupper(c) : std::tolower(c));
-        start = !std::isalnum(c);
-      } else {
-        r[i] = static_cast<char>(i == 0 ? std::toupper(c) : std::tolower(c));
-      }
-    }
-    return Value(r);
-  }
-
   Value filter(const Expr& e) {
     Value v = eval(*e.a);
     Args a = eval_args(e.args, e.kwargs);
@@ -1502,7 +1510,8 @@ class Renderer {
     }
     if (f == "string") return Value(v.to_string());
     if (f == "safe") return v;
-    if (f == "upper" || f == "lower" || f == "title" || f == "capitalize") return string_method(v.to_string(), f, a, e);
+    if (f == "title") return Value(jinja_title(v.to_string()));
+    if (f == "upper" || f == "lower" || f == "capitalize") return string_method(v.to_string(), f, a, e);
     if (f == "replace") return string_method(v.to_string(), "replace", a, e);
     if (f == "int") {
       if (v.is_number()) return Value(v.as_int());
@@ -1717,12 +1726,8 @@ class Renderer {
       if (c.is_dict()) return v.is_string() && !c.get(v.str()).is_undefined();
       return false;
     }
-    if (t == "lower" || t == "upper") {
-      if (!v.is_string()) return false;
-      for (unsigned char c : v.str())
-        if (std::isalpha(c) && (t == "lower" ? std::isupper(c) : std::islower(c))) return false;
-      return true;
-    }
+    if (t == "lower") return pycase::islower(v.to_string());  // (Jinja2: str(value).islower())
+    if (t == "upper") return pycase::isupper(v.to_string());
     rfail(e, cat("unknown test '", t, "'"));
   }
 };

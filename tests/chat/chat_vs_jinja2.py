@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""The fixtures' chat templates (Qwen2.5, Qwen3, Llama 3) rendered by llmserve against Jinja2 set up as
+"""The fixtures' chat templates (Qwen2.5, Qwen3, Llama 3), and one of Python's case operations, rendered by llmserve against Jinja2 set up as
 transformers' apply_chat_template sets it up (sandbox, trim_blocks, lstrip_blocks, loopcontrols, its
 tojson and raise_exception; continue_final_message cut by transformers' rule), on random conversations:
 system, user, assistant and tool messages, tool calls, tools, thinking, Unicode whitespace at the edges,
-template syntax in contents. Every rendering and every failure must agree.
+template syntax in contents, letters whose case mappings are not one to one (German sharp s, Greek sigma,
+Turkish dotted I, titlecase digraphs, ligatures). Every rendering and every failure must agree.
 Usage: chat_vs_jinja2.py RENDER_CHAT FIXTURES [CASES] [SEED]"""
 import json, random, subprocess, sys
 
@@ -42,10 +43,17 @@ for name, path in [("qwen2.5", "models/tiny-qwen2"), ("qwen3", "chat/qwen3"), ("
         if isinstance(v, str):
             special[k] = v
     templates[name] = (cfg["chat_template"], special)
+# Python's case operations as Jinja2 reaches them: filters, str methods, tests, case-insensitive sorting.
+templates["case"] = ("{% for m in messages %}{% set c = m.content or '' %}{{ m.role|upper }}: {{ c|lower }}|{{ c|upper }}|"
+                     "{{ c|title }}|{{ c|capitalize }}|{{ c.title() }}|{{ c.capitalize() }}|{{ c is lower }}{{ c is upper }}"
+                     "{{ c.islower() }}{{ c.isupper() }}\n{% endfor %}"
+                     "{{ messages|map(attribute='content')|select('string')|sort|join('|') }}\n"
+                     "{{ messages|map(attribute='content')|select('string')|unique|list|length }}", {})
 
 words = ["hi", "Hello!", "  spaced  ", "line\nbreak", "tab\there", "{{ x }}", "{% raw %}", "quote \" and '", "你好",
          "😀 emoji", "<think>reason</think>answer", "<think>\nlong\n</think>\n\nfinal", "", "</tool_call>", "a\\nb",
-         "\n\nlead", "trail\n\n", "<|im_end|>", "\u3000ideo\u3000", "\xa0nb\xa0", "\x85nel", "x\u2028", "\x0bvt\x1c"]
+         "\n\nlead", "trail\n\n", "<|im_end|>", "\u3000ideo\u3000", "\xa0nb\xa0", "\x85nel", "x\u2028", "\x0bvt\x1c",
+         "Straße STRASSE", "ΟΔΟΣ ΟΔΟΣ.", "ὈΔΥΣΣΕΎΣ", "İstanbul ıi", "ǅemal ǆ Ǆ", "ﬁnal ﬀ", "o'NEIL (x-y) [z]", "ŉ ΐ"]
 
 
 def text():

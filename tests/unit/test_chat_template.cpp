@@ -97,6 +97,15 @@ TEST(Jinja, ExpressionsAndFilters) {
   EXPECT_EQ(render("{{ s[1] }}|{{ s[::-1] }}|{{ s[1:3] }}|{{ s | reverse }}|{{ s.find('b') }}|{{ s | length }}", {{"s", "añbç"}}),
             "ñ|çbña|ñb|çbña|2|4");
   EXPECT_EQ(render("{{ ' x \u3000y\u00a0'.split() }}|{{ '\u3000'.isspace() }}|{{ 'ñ'.isalpha() }}"), "['x', 'y']|True|True");
+  // Python's case operations with full Unicode mappings, final sigma and Python's title/capitalize
+  // rules, and Jinja2's own title filter (words after '-', whitespace or brackets only). Expected
+  // strings rendered by Jinja2 3.1 on Python 3.11.
+  EXPECT_EQ(render("{{ 'Straße'|upper }}|{{ 'ΟΔΟΣ ΟΔΟΣ.'|lower }}|{{ 'İ'|lower|length }}|{{ 'ﬁ'|upper }}"), "STRASSE|οδος οδος.|2|FI");
+  EXPECT_EQ(render("{{ \"ǆemal o'neil-x\"|title }}|{{ \"ǆemal o'neil-x\".title() }}|{{ 'ǆEMAL'|capitalize }}"),
+            "Ǆemal O'neil-X|ǅemal O'Neil-X|ǅemal");
+  EXPECT_EQ(render("{{ 'ΑΣ'|title }}{{ 'ΑΣ'.title() }}|{{ 'ß' is lower }}{{ '123' is lower }}{{ 'ǅ' is upper }}{{ 'ÀB1'.isupper() }}"),
+            "ΑσΑς|TrueFalseFalseTrue");
+  EXPECT_EQ(render("{{ ['b', 'Ä', 'a', 'ä']|sort|join }}"), "abÄä");
   // select / reject with a test (Qwen3-Coder's template: keys() | reject("in", handled_keys)), the order tests.
   EXPECT_EQ(render("{{ p.keys() | reject('in', ['type', 'description']) | list }}|{{ xs | select('odd') | list }}|{{ xs | select | list }}|"
                    "{{ xs | select('gt', 1) | list }}|{{ xs | reject('lt', 2) | list }}|{{ 3 is lessthan 2 }}",
