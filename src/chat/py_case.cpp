@@ -110,23 +110,21 @@ std::string capitalize(std::string_view s) {
   return out;
 }
 
-bool islower(std::string_view s) {
+namespace {
+// CPython's islower / isupper: no character of the other case or titlecase, and at least one of `want`.
+template <size_t A, size_t B>
+bool all_of_case(std::string_view s, const CodeRange (&want)[A], const CodeRange (&other)[B]) {
   bool any = false;
   for (char32_t c : unicode::decode_utf8(s)) {
-    if (in(kUppercaseRanges, c) || in(kTitlecaseRanges, c)) return false;
-    any = any || in(kLowercaseRanges, c);
+    if (in(other, c) || in(kTitlecaseRanges, c)) return false;
+    any = any || in(want, c);
   }
   return any;
 }
+}  // namespace
 
-bool isupper(std::string_view s) {
-  bool any = false;
-  for (char32_t c : unicode::decode_utf8(s)) {
-    if (in(kLowercaseRanges, c) || in(kTitlecaseRanges, c)) return false;
-    any = any || in(kUppercaseRanges, c);
-  }
-  return any;
-}
+bool islower(std::string_view s) { return all_of_case(s, kLowercaseRanges, kUppercaseRanges); }
+bool isupper(std::string_view s) { return all_of_case(s, kUppercaseRanges, kLowercaseRanges); }
 
 const char* unicode_version() { return kCaseUnicodeVersion; }
 
