@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <functional>
 #include <map>
@@ -29,6 +31,32 @@ struct Segment {
 
 int count_lines(const std::string& s, size_t from, size_t to) {
   return static_cast<int>(std::count(s.begin() + static_cast<long>(from), s.begin() + static_cast<long>(to), '\n'));
+}
+
+// Where the tag whose body starts at `body` closes (`close`: "}}" or "%}"), as Jinja2's lexer finds it:
+// not inside a string literal, nor inside brackets ({{ {'a': {'b': 1}} }}, {{ '}}' }}).
+size_t find_tag_close(const std::string& src, size_t body, const char* close) {
+  int depth = 0;
+  char quote = 0;
+  for (size_t k = body; k < src.size(); ++k) {
+    const char c = src[k];
+    if (quote) {
+      if (c == '\\') {
+        ++k;
+      } else if (c == quote) {
+        quote = 0;
+      }
+    } else if (c == '\'' || c == '"') {
+      quote = c;
+    } else if (depth == 0 && src.compare(k, 2, close) == 0) {
+      return k;
+    } else if (c == '(' || c == '[' || c == '{') {
+      ++depth;
+    } else if ((c == ')' || c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return src.find(close, body);  // (unbalanced: the plain first close, and the parser says what is missing)
 }
 
 // Splits the source into text, {{ expr }} and {% stmt %} segments, applying whitespace control
@@ -90,7 +118,7 @@ std::vector<Segment> lex(const std::string& src) {
     if (!text.empty()) segs.push_back({SegKind::Text, text, line});
     const char* close = kind == '{' ? "}}" : kind == '%' ? "%}" : "#}";
     size_t body = open + 2 + ((minus_left || plus_left) ? 1 : 0);
-    size_t end = src.find(close, body);
+    size_t end = kind == '#' ? src.find(close, body) : find_tag_close(src, body, close);
     if (end == std::string::npos) fail_at(line, cat("unclosed '{", kind, "'"));
     bool minus_right = end > body && src[end - 1] == '-';
     bool plus_right = end > body && src[end - 1] == '+';
@@ -195,17 +223,43 @@ std::vector<Token> tokenize(const std::string& s, int line) {
       std::string v;
       size_t j = i + 1;
       for (; j < s.size() && s[j] != c; ++j) {
-        if (s[j] == '\\' && j + 1 < s.size()) {
+        if (s[j] == '\\' && j + 1 < s.size()) {  // Python's unicode-escape, as Jinja2 decodes string literals
           const char e = s[++j];
+          auto hex = [&](size_t digits) {
+            uint32_t cp = 0;
+            for (size_t k = 1; k <= digits; ++k) {
+              const char h = j + k < s.size() ? s[j + k] : '\0';
+              if (!std::isxdigit(static_cast<unsigned char>(h))) fail_at(line, "truncated \\x, \\u or \\U escape");
+              cp = cp * 16 + static_cast<uint32_t>(std::isdigit(static_cast<unsigned char>(h)) ? h - '0' : (std::tolower(h) - 'a' + 10));
+            }
+            if (cp > 0x10FFFF) fail_at(line, "illegal Unicode character in escape");
+            j += digits;
+            unicode::append_utf8(v, static_cast<char32_t>(cp));
+          };
           switch (e) {
             case 'n': v += '\n'; break;
             case 't': v += '\t'; break;
             case 'r': v += '\r'; break;
+            case 'a': v += '\a'; break;
+            case 'b': v += '\b'; break;
+            case 'f': v += '\f'; break;
+            case 'v': v += '\v'; break;
             case '\\': v += '\\'; break;
             case '\'': v += '\''; break;
             case '"': v += '"'; break;
-            case '0': v += '\0'; break;
-            default: v += '\\'; v += e;
+            case '\n': break;  // a line continuation
+            case 'x': hex(2); break;
+            case 'u': hex(4); break;
+            case 'U': hex(8); break;
+            default:
+              if (e >= '0' && e <= '7') {  // up to three octal digits
+                uint32_t cp = static_cast<uint32_t>(e - '0');
+                for (int k = 0; k < 2 && j + 1 < s.size() && s[j + 1] >= '0' && s[j + 1] <= '7'; ++k) cp = cp * 8 + static_cast<uint32_t>(s[++j] - '0');
+                unicode::append_utf8(v, static_cast<char32_t>(cp));
+              } else {
+                v += '\\';
+                v += e;
+              }
           }
         } else {
           v += s[j];
@@ -249,6 +303,7 @@ struct Expr {
   std::vector<ExprP> args;     // Call/Filter/Test positional
   std::vector<std::pair<std::string, ExprP>> kwargs;
   bool negated = false;        // Test
+  bool tuple = false;          // ListLit written as a tuple: (a, b), a, b
   int line = 0;
 };
 
@@ -302,6 +357,7 @@ class ExprParser {
     ExprP first = expression();
     if (!is_op(",")) return first;
     auto l = make(Expr::ListLit);
+    l->tuple = true;
     l->items.push_back(first);
     while (is_op(",")) {
       ++p_;
@@ -390,7 +446,7 @@ class ExprParser {
         t->name = name();
         if (is_op("(")) {
           call_args(t->args, t->kwargs);
-        } else if (peek().kind == Tok::String || peek().kind == Tok::Int || peek().kind == Tok::Float ||
+        } else if (peek().kind == Tok::String || peek().kind == Tok::Int || peek().kind == Tok::Float || is_op("[") || is_op("{") ||
                    (peek().kind == Tok::Name && !is_name("and") && !is_name("or") && !is_name("else") &&
                     !is_name("if") && !is_name("not") && !is_name("in") && !is_name("is"))) {
           t->args.push_back(primary_postfix());
@@ -582,11 +638,14 @@ class ExprParser {
       ++p_;
       if (is_op(")")) {
         ++p_;
-        return make(Expr::ListLit);
+        auto empty = make(Expr::ListLit);
+        empty->tuple = true;
+        return empty;
       }
       ExprP e = expression();
       if (is_op(",")) {
         auto l = make(Expr::ListLit);
+        l->tuple = true;
         l->items.push_back(e);
         while (is_op(",")) {
           ++p_;
@@ -866,6 +925,182 @@ std::string jinja_title(const std::string& s) {
     i = end;
   }
   return out;
+}
+
+// Python's printf-style formatting, `fmt % args` (Jinja2's format filter): %s %r %a %d %i %u %o %x %X
+// %e %E %f %F %g %G %c %%, flags '#0- +', width and precision (either may be '*'), and %(key)s with a
+// mapping. Sets `error` (Python's TypeError text) instead of throwing.
+std::string py_percent(const std::string& fmt, const List& args, const Value* mapping, std::string& error) {
+  std::string out;
+  size_t next = 0;
+  auto take = [&]() -> const Value* {
+    if (mapping) return mapping;
+    if (next >= args.size()) {
+      error = "not enough arguments for format string";
+      return nullptr;
+    }
+    return &args[next++];
+  };
+  auto pad = [](std::string body, int64_t width, bool left, char fill) {
+    const int64_t len = static_cast<int64_t>(unicode::decode_utf8(body).size());
+    if (width <= len) return body;
+    std::string r = left ? body : std::string(static_cast<size_t>(width - len), fill);
+    r.append(left ? std::string(static_cast<size_t>(width - len), ' ') : body);
+    return r;
+  };
+  for (size_t i = 0; i < fmt.size(); ++i) {
+    if (fmt[i] != '%') {
+      out += fmt[i];
+      continue;
+    }
+    if (++i >= fmt.size()) return error = "incomplete format", "";
+    const Value* keyed = nullptr;
+    if (fmt[i] == '(') {
+      const size_t close = fmt.find(')', i);
+      if (close == std::string::npos) return error = "incomplete format key", "";
+      if (!mapping || !mapping->is_dict()) return error = "format requires a mapping", "";
+      const Value v = mapping->get(fmt.substr(i + 1, close - i - 1));
+      if (v.is_undefined()) return error = cat("'", fmt.substr(i + 1, close - i - 1), "'"), "";
+      static thread_local Value hold;
+      hold = v;
+      keyed = &hold;
+      i = close + 1;
+    }
+    bool alt = false, zero = false, left = false, space = false, plus = false;
+    for (; i < fmt.size() && std::strchr("#0- +", fmt[i]); ++i) {
+      alt |= fmt[i] == '#', zero |= fmt[i] == '0', left |= fmt[i] == '-', space |= fmt[i] == ' ', plus |= fmt[i] == '+';
+    }
+    int64_t width = -1, prec = -1;
+    auto number = [&](int64_t& n) {
+      if (i < fmt.size() && fmt[i] == '*') {
+        const Value* w = take();
+        if (!w) return false;
+        if (w->type() != Value::Type::Int) return error = "* wants int", false;
+        n = w->as_int(), ++i;
+        if (&n == &width && n < 0) left = true, n = -n;
+        return true;
+      }
+      if (i < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[i]))) {
+        n = 0;
+        for (; i < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[i])); ++i) n = std::min<int64_t>(n * 10 + (fmt[i] - '0'), 100000);
+      }
+      return true;
+    };
+    if (!number(width)) return "";
+    if (i < fmt.size() && fmt[i] == '.') {
+      ++i, prec = 0;
+      if (!number(prec)) return "";
+    }
+    while (i < fmt.size() && std::strchr("hlL", fmt[i])) ++i;
+    if (i >= fmt.size()) return error = "incomplete format", "";
+    const char type = fmt[i];
+    if (type == '%') {
+      out += '%';
+      continue;
+    }
+    const Value* v = keyed ? keyed : take();
+    if (!v) return "";
+    std::string body;
+    if (type == 's' || type == 'r' || type == 'a') {
+      body = type == 's' ? v->to_string() : v->repr();
+      if (prec >= 0) {
+        std::u32string u = unicode::decode_utf8(body);
+        if (static_cast<int64_t>(u.size()) > prec) body = unicode::encode_utf8(u.substr(0, static_cast<size_t>(prec)));
+      }
+      out += pad(body, width, left, ' ');
+      continue;
+    }
+    if (type == 'c') {
+      if (v->is_string() && unicode::decode_utf8(v->str()).size() == 1) {
+        body = v->str();
+      } else if (v->type() == Value::Type::Int && v->as_int() >= 0 && v->as_int() < 0x110000) {
+        unicode::append_utf8(body, static_cast<char32_t>(v->as_int()));
+      } else {
+        return error = "%c requires an int or a unicode character", "";
+      }
+      out += pad(body, width, left, ' ');
+      continue;
+    }
+    if (!v->is_number() && v->type() != Value::Type::Bool)
+      return error = cat("%", std::string(1, type), " format: a real number is required, not ", v->type_name()), "";
+    const double x = v->type() == Value::Type::Bool ? (v->as_bool() ? 1 : 0) : v->as_float();
+    std::string spec = "%";
+    if (alt) spec += '#';
+    if (zero && !left) spec += '0';
+    if (left) spec += '-';
+    if (plus) spec += '+';
+    else if (space) spec += ' ';
+    if (width >= 0) spec += std::to_string(width);
+    char buf[512];
+    if (std::strchr("diuoxX", type)) {
+      if (type != 'd' && type != 'i' && type != 'u' && v->type() == Value::Type::Float)
+        return error = cat("%", std::string(1, type), " format: an integer is required, not float"), "";
+      const long long n = v->type() == Value::Type::Bool ? (v->as_bool() ? 1 : 0) : v->type() == Value::Type::Int ? v->as_int() : static_cast<long long>(x);
+      if (prec >= 0) spec.append(".").append(std::to_string(std::min<int64_t>(prec, 400)));
+      spec += "ll";
+      spec += (type == 'i' || type == 'u') ? 'd' : type;
+      if (type == 'o' && alt) {  // Python's alternate octal is "0o17", C's "017"
+        std::snprintf(buf, sizeof buf, "%llo", n < 0 ? static_cast<unsigned long long>(-n) : static_cast<unsigned long long>(n));
+        std::string body_o = n < 0 ? "-" : plus ? "+" : space ? " " : "";
+        body_o.append("0o").append(buf);
+        out += pad(body_o, width, left, ' ');
+        continue;
+      }
+      if (std::strchr("oxX", type) && n < 0) {  // Python prints the sign and the magnitude
+        const char* magnitude = type == 'o' ? "%llo" : type == 'x' ? (alt ? "%#llx" : "%llx") : (alt ? "%#llX" : "%llX");
+        std::snprintf(buf, sizeof buf, magnitude, static_cast<unsigned long long>(-n));
+        std::string body_n = "-";
+        body_n.append(buf);
+        out += pad(body_n, width, left, ' ');
+        continue;
+      }
+      std::snprintf(buf, sizeof buf, spec.c_str(), n);
+    } else if (std::strchr("eEfFgG", type)) {
+      spec.append(".").append(std::to_string(prec < 0 ? 6 : std::min<int64_t>(prec, 400)));
+      spec += type;
+      std::snprintf(buf, sizeof buf, spec.c_str(), x);
+    } else {
+      return error = cat("unsupported format character '", std::string(1, type), "'"), "";
+    }
+    out += buf;
+  }
+  if (!mapping && next < args.size()) return error = "not all arguments converted during string formatting", "";
+  return out;
+}
+
+// Jinja2's attribute paths (make_attrgetter): "a.b.0" looks up a, then b, then index 0.
+Value attr_path(const Value& item, const std::string& path) {
+  Value v = item;
+  for (size_t at = 0; at <= path.size();) {
+    size_t dot = path.find('.', at);
+    if (dot == std::string::npos) dot = path.size();
+    const std::string part = path.substr(at, dot - at);
+    const bool digits = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
+    if (digits && v.is_list()) {
+      const size_t k = static_cast<size_t>(std::stoull(part));
+      v = k < v.list().size() ? v.list()[k] : Value();
+    } else {
+      v = v.is_dict() ? v.get(part) : Value();
+    }
+    at = dot + 1;
+  }
+  return v;
+}
+
+// markupsafe.escape: what Jinja2's escape / e filters give.
+std::string html_escape(const std::string& s) {
+  std::string r;
+  for (char c : s) {
+    switch (c) {
+      case '&': r += "&amp;"; break;
+      case '<': r += "&lt;"; break;
+      case '>': r += "&gt;"; break;
+      case '\'': r += "&#39;"; break;
+      case '"': r += "&#34;"; break;
+      default: r += c;
+    }
+  }
+  return r;
 }
 
 struct BreakSignal {};
@@ -1171,7 +1406,7 @@ class Renderer {
       case Expr::ListLit: {
         List l;
         for (const auto& x : e.items) l.push_back(eval(*x));
-        return Value(std::move(l));
+        return e.tuple ? Value::tuple(std::move(l)) : Value(std::move(l));
       }
       case Expr::DictLit: {
         Value d{Dict{}};
@@ -1252,10 +1487,10 @@ class Renderer {
     if (op == "<" || op == ">" || op == "<=" || op == ">=") return Value(ordered(op, a, b, e));
     if (op == "+") {
       if (a.is_string() && b.is_string()) return Value(a.str() + b.str());
-      if (a.is_list() && b.is_list()) {
+      if (a.is_list() && b.is_list() && a.is_tuple() == b.is_tuple()) {  // (a list and a tuple: Python's TypeError)
         List l = a.list();
         l.insert(l.end(), b.list().begin(), b.list().end());
-        return Value(std::move(l));
+        return a.is_tuple() ? Value::tuple(std::move(l)) : Value(std::move(l));
       }
     }
     if (op == "*" && ((a.is_string() && b.type() == Value::Type::Int) || (b.is_string() && a.type() == Value::Type::Int))) {
@@ -1264,6 +1499,13 @@ class Renderer {
       std::string r;
       for (int64_t i = 0; i < n && r.size() < 10'000'000; ++i) r += s;
       return Value(r);
+    }
+    if (op == "*" && ((a.is_list() && b.type() == Value::Type::Int) || (b.is_list() && a.type() == Value::Type::Int))) {
+      const Value& x = a.is_list() ? a : b;  // Python's repetition: [0] * 3
+      const int64_t n = a.is_list() ? b.as_int() : a.as_int();
+      List l;
+      for (int64_t i = 0; i < n && l.size() < 1'000'000; ++i) l.insert(l.end(), x.list().begin(), x.list().end());
+      return x.is_tuple() ? Value::tuple(std::move(l)) : Value(std::move(l));
     }
     if (!a.is_number() || !b.is_number())
       rfail(e, cat("unsupported operand types for ", op, ": ", a.type_name(), " and ", b.type_name()));
@@ -1302,7 +1544,7 @@ class Renderer {
         if (f.is_callable()) return f.fn()(a);
         if (m == "items") {
           List l;
-          for (const auto& [k, v] : obj.dict()) l.emplace_back(List{Value(k), v});
+          for (const auto& [k, v] : obj.dict()) l.push_back(Value::tuple({Value(k), v}));
           return Value(std::move(l));
         }
         if (m == "keys" || m == "values") {
@@ -1356,6 +1598,7 @@ class Renderer {
     if (m == "lower") return Value(pycase::lower(s));
     if (m == "title") return Value(pycase::title(s));
     if (m == "capitalize") return Value(pycase::capitalize(s));
+    if (m == "swapcase") return Value(pycase::swapcase(s));
     if (m == "islower") return Value(pycase::islower(s));
     if (m == "isupper") return Value(pycase::isupper(s));
     if (m == "rsplit") {  // as split, but at most maxsplit splits counted from the right
@@ -1563,13 +1806,13 @@ class Renderer {
       std::string r;
       List l = iterate(v, e.line);
       for (size_t i = 0; i < l.size(); ++i)
-        r += (i ? sep : "") + (attrname.is_undefined() ? l[i] : l[i].get(attrname.to_string())).to_string();
+        r += (i ? sep : "") + (attrname.is_undefined() ? l[i] : attr_path(l[i], attrname.to_string())).to_string();
       return Value(r);
     }
     if (f == "items") {
       if (!v.is_dict()) rfail(e, "items of a non-mapping");
       List l;
-      for (const auto& [k, x] : v.dict()) l.emplace_back(List{Value(k), x});
+      for (const auto& [k, x] : v.dict()) l.push_back(Value::tuple({Value(k), x}));
       return Value(std::move(l));
     }
     if (f == "dictsort" || f == "sort") {
@@ -1584,12 +1827,12 @@ class Renderer {
       const Value attr = dict ? Value() : a.get(2, "attribute");
       List items;
       if (dict) {
-        for (const auto& [k, x] : v.dict()) items.emplace_back(List{Value(k), x});
+        for (const auto& [k, x] : v.dict()) items.push_back(Value::tuple({Value(k), x}));
       } else {
         items = iterate(v, e.line);
       }
       auto key = [&](const Value& item) {
-        Value k = dict ? item.list()[by_value ? 1 : 0] : attr.is_undefined() ? item : item.get(attr.to_string());
+        Value k = dict ? item.list()[by_value ? 1 : 0] : attr.is_undefined() ? item : attr_path(item, attr.to_string());
         return cs ? k : folded(k);
       };
       std::stable_sort(items.begin(), items.end(), [&](const Value& x, const Value& y) {
@@ -1605,7 +1848,7 @@ class Renderer {
       const std::string attrname = attr ? a.get(0, "attr").to_string() : "";
       List out;
       for (const auto& item : iterate(v, e.line)) {
-        const Value x = attr ? item.get(attrname) : item;
+        const Value x = attr ? attr_path(item, attrname) : item;
         bool r;
         if (a.pos.size() <= test_at) {
           r = x.truthy();
@@ -1623,7 +1866,7 @@ class Renderer {
       List out;
       for (const auto& item : iterate(v, e.line)) {
         if (!attrname.is_undefined()) {
-          Value x = item.get(attrname.to_string());
+          Value x = attr_path(item, attrname.to_string());
           out.push_back(x.is_undefined() ? a.get(99, "default") : x);
         } else if (!a.pos.empty()) {
           Expr fe = e;
@@ -1641,7 +1884,7 @@ class Renderer {
       const bool cs = a.get(0, "case_sensitive", Value(false)).truthy();
       const Value attr = a.get(1, "attribute");
       auto key = [&](const Value& item) {
-        Value k = attr.is_undefined() ? item : item.get(attr.to_string());
+        Value k = attr.is_undefined() ? item : attr_path(item, attr.to_string());
         return cs ? k : folded(k);
       };
       List out, keys;
@@ -1653,18 +1896,186 @@ class Renderer {
       }
       return Value(std::move(out));
     }
-    if (f == "indent") {
-      const int64_t width = a.get(0, "width", Value(int64_t{4})).as_int();
-      const bool first = a.get(1, "first", Value(false)).truthy();
-      const std::string pad(static_cast<size_t>(std::max<int64_t>(0, width)), ' ');
-      std::string s = v.to_string(), r;
-      for (size_t i = 0; i < s.size(); ++i) {
-        r += s[i];
-        if (s[i] == '\n' && i + 1 < s.size() && s[i + 1] != '\n') r += pad;
+    if (f == "indent") {  // Jinja2's do_indent(width=4, first=False, blank=False), lines split as str.splitlines
+      const Value w = a.get(0, "width", Value(int64_t{4}));
+      const std::string pad = w.is_string() ? w.str() : std::string(static_cast<size_t>(std::max<int64_t>(0, w.as_int())), ' ');
+      const bool first = a.get(1, "first", Value(false)).truthy(), blank = a.get(2, "blank", Value(false)).truthy();
+      std::string text = v.to_string();
+      text += '\n';
+      std::vector<std::string> lines;  // str.splitlines: \n, \r, \r\n, \v, \f, \x1c-\x1e, \x85, \u2028, \u2029
+      std::string cur;
+      for (size_t i = 0, n; i < text.size(); i += n) {
+        const char32_t c = unicode::utf8_at(text, i, n);
+        if (c == '\n' || c == '\r' || c == 0x0b || c == 0x0c || (c >= 0x1c && c <= 0x1e) || c == 0x85 || c == 0x2028 || c == 0x2029) {
+          if (c == '\r' && i + 1 < text.size() && text[i + 1] == '\n') ++n;
+          lines.push_back(std::move(cur));
+          cur.clear();
+        } else {
+          cur.append(text, i, n);
+        }
+      }
+      if (!cur.empty()) lines.push_back(std::move(cur));
+      std::string r;
+      for (size_t i = 0; i < lines.size(); ++i) {
+        if (i > 0) r += "\n";
+        if (i > 0 && (blank || !lines[i].empty())) r += pad;
+        r += lines[i];
       }
       return Value(first ? pad + r : r);
     }
-    if (f == "wordcount") return Value(static_cast<int64_t>(string_method(v.to_string(), "split", Args{}, e).list().size()));
+    if (f == "wordcount") {  // len(re.findall(r"\w+", s)): runs of letters, numbers and '_'
+      int64_t words = 0;
+      bool in_word = false;
+      for (char32_t c : unicode::decode_utf8(v.to_string())) {
+        const bool w = c == '_' || unicode::is_letter(c) || unicode::is_number(c);
+        words += w && !in_word;
+        in_word = w;
+      }
+      return Value(words);
+    }
+    if (f == "max" || f == "min") {  // (case_sensitive=False, attribute=None): the first extreme item
+      const bool cs = a.get(0, "case_sensitive", Value(false)).truthy();
+      const Value attr = a.get(1, "attribute");
+      const List l = iterate(v, e.line);
+      if (l.empty()) return Value();
+      auto key = [&](const Value& item) {
+        Value k = attr.is_undefined() ? item : attr_path(item, attr.to_string());
+        return cs ? k : folded(k);
+      };
+      size_t best = 0;
+      for (size_t i = 1; i < l.size(); ++i)
+        if (ordered(f == "max" ? ">" : "<", key(l[i]), key(l[best]), e)) best = i;
+      return l[best];
+    }
+    if (f == "sum") {  // (attribute=None, start=0)
+      const Value attr = a.get(0, "attribute");
+      Value total = a.get(1, "start", Value(int64_t{0}));
+      for (const auto& item : iterate(v, e.line)) {
+        const Value x = attr.is_undefined() ? item : attr_path(item, attr.to_string());
+        if (!total.is_number() || !x.is_number()) rfail(e, cat("sum: unsupported operand types: ", total.type_name(), " and ", x.type_name()));
+        total = total.type() == Value::Type::Int && x.type() == Value::Type::Int ? Value(total.as_int() + x.as_int())
+                                                                                  : Value(total.as_float() + x.as_float());
+      }
+      return total;
+    }
+    if (f == "round") {  // (precision=0, method='common'): Python's round, or math.ceil / floor at that precision
+      const int64_t prec = a.get(0, "precision", Value(int64_t{0})).as_int();
+      const std::string method = a.get(1, "method", Value("common")).to_string();
+      if (method != "common" && method != "ceil" && method != "floor") rfail(e, "round: method must be common, ceil or floor");
+      if (!v.is_number()) rfail(e, cat("round of a ", v.type_name()));
+      if (method == "common") {
+        if (v.type() == Value::Type::Int && prec >= 0) return v;  // round(int, n) is the int itself
+        const double x = v.as_float();
+        if (!std::isfinite(x)) return Value(x);
+        if (prec >= 0 && prec <= 300) {  // correctly rounded, ties to even, as Python's round (from the exact binary value)
+          char buf[512];
+          std::snprintf(buf, sizeof buf, "%.*f", static_cast<int>(prec), x);
+          return Value(std::strtod(buf, nullptr));
+        }
+        const double p10 = std::pow(10.0, static_cast<double>(-prec));
+        return Value(std::nearbyint(x / p10) * p10);
+      }
+      const double p10 = std::pow(10.0, static_cast<double>(prec));
+      return Value((method == "ceil" ? std::ceil(v.as_float() * p10) : std::floor(v.as_float() * p10)) / p10);
+    }
+    if (f == "center") {  // str.center(width=80)
+      const std::u32string u = unicode::decode_utf8(v.to_string());
+      const int64_t width = a.get(0, "width", Value(int64_t{80})).as_int(), len = static_cast<int64_t>(u.size());
+      if (width <= len) return Value(v.to_string());
+      const int64_t marg = width - len, left = marg / 2 + (marg & width & 1);
+      std::string r(static_cast<size_t>(left), ' ');
+      r.append(v.to_string()).append(static_cast<size_t>(marg - left), ' ');
+      return Value(r);
+    }
+    if (f == "truncate") {  // (length=255, killwords=False, end='...', leeway=5)
+      const std::u32string u = unicode::decode_utf8(v.to_string());
+      const int64_t length = a.get(0, "length", Value(int64_t{255})).as_int();
+      const bool killwords = a.get(1, "killwords", Value(false)).truthy();
+      const std::u32string end = unicode::decode_utf8(a.get(2, "end", Value("...")).to_string());
+      const int64_t leeway = a.get(3, "leeway", Value(int64_t{5})).as_int();
+      if (length < static_cast<int64_t>(end.size())) rfail(e, cat("truncate: expected length >= ", end.size(), ", got ", length));
+      if (leeway < 0) rfail(e, cat("truncate: expected leeway >= 0, got ", leeway));
+      if (static_cast<int64_t>(u.size()) <= length + leeway) return Value(v.to_string());
+      std::u32string head = u.substr(0, static_cast<size_t>(length - static_cast<int64_t>(end.size())));
+      if (!killwords) {
+        const size_t sp = head.rfind(U' ');
+        if (sp != std::u32string::npos) head.resize(sp);
+      }
+      return Value(unicode::encode_utf8(head + end));
+    }
+    if (f == "batch") {  // (linecount, fill_with=None): lists of linecount items, the last padded
+      const int64_t n = a.get(0, "linecount").as_int();
+      const Value fill = a.get(1, "fill_with");
+      if (n <= 0) rfail(e, "batch: linecount must be positive");
+      List out, cur;
+      for (const auto& item : iterate(v, e.line)) {
+        if (static_cast<int64_t>(cur.size()) == n) out.emplace_back(std::move(cur)), cur = List{};
+        cur.push_back(item);
+      }
+      if (!cur.empty()) {
+        if (!fill.is_undefined() && !fill.is_none())
+          while (static_cast<int64_t>(cur.size()) < n) cur.push_back(fill);
+        out.emplace_back(std::move(cur));
+      }
+      return Value(std::move(out));
+    }
+    if (f == "slice") {  // (slices, fill_with=None): `slices` columns, the first ones one longer
+      const int64_t slices = a.get(0, "slices").as_int();
+      const Value fill = a.get(1, "fill_with");
+      if (slices <= 0) rfail(e, "slice: slices must be positive");
+      const List seq = iterate(v, e.line);
+      const int64_t length = static_cast<int64_t>(seq.size()), per = length / slices, extra = length % slices;
+      List out;
+      int64_t offset = 0;
+      for (int64_t k = 0; k < slices; ++k) {
+        const int64_t start = offset + k * per;
+        if (k < extra) ++offset;
+        const int64_t end = offset + (k + 1) * per;
+        List part(seq.begin() + start, seq.begin() + end);
+        if (!fill.is_undefined() && !fill.is_none() && k >= extra) part.push_back(fill);
+        out.emplace_back(std::move(part));
+      }
+      return Value(std::move(out));
+    }
+    if (f == "format") {  // value % args (positional) or value % kwargs (a mapping), as Python's printf-style
+      if (!a.pos.empty() && !a.kw.empty()) rfail(e, "format: can't handle positional and keyword arguments at the same time");
+      std::string err;
+      Value mapping{Dict{}};
+      for (const auto& [k, x] : a.kw) mapping.set(k, x);
+      const bool keyed = !a.kw.empty() || (a.pos.size() == 1 && a.pos[0].is_dict());
+      const std::string r = py_percent(v.to_string(), a.pos, keyed ? (a.kw.empty() ? &a.pos[0] : &mapping) : nullptr, err);
+      if (!err.empty()) rfail(e, cat("format: ", err));
+      return Value(r);
+    }
+    if (f == "escape" || f == "e" || f == "forceescape") return Value(html_escape(v.to_string()));
+    if (f == "filesizeformat") {  // (binary=False): "12.3 kB", "1 Byte", "10 Bytes"
+      const bool binary = a.get(0, "binary", Value(false)).truthy();
+      double bytes;
+      if (v.is_number()) {
+        bytes = v.as_float();
+      } else {
+        try {
+          bytes = std::stod(v.to_string());
+        } catch (...) {
+          rfail(e, cat("filesizeformat of ", v.repr()));
+        }
+      }
+      const double base = binary ? 1024 : 1000;
+      static const char* dec[] = {"kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB"};
+      static const char* bin[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"};
+      if (bytes == 1) return Value("1 Byte");
+      if (bytes < base) return Value(cat(static_cast<int64_t>(bytes), " Bytes"));
+      double unit = base;
+      int k = 0;
+      for (; k < 8; ++k) {
+        unit = std::pow(base, k + 2);
+        if (bytes < unit) break;
+      }
+      k = std::min(k, 7);
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.1f %s", base * bytes / unit, binary ? bin[k] : dec[k]);
+      return Value(std::string(buf));
+    }
     rfail(e, cat("unknown filter '", f, "'"));
   }
 

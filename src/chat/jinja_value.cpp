@@ -168,8 +168,9 @@ std::string Value::repr() const {
     case Type::Float: return python_float(f_);
     case Type::String: return py_str_repr(*s_);
     case Type::List: {
-      std::string s = "[";
+      std::string s = tuple_ ? "(" : "[";
       for (size_t i = 0; i < l_->size(); ++i) s += (i ? ", " : "") + (*l_)[i].repr();
+      if (tuple_) return s + (l_->size() == 1 ? ",)" : ")");
       return s + "]";
     }
     case Type::Dict: {
@@ -242,7 +243,7 @@ bool Value::operator==(const Value& o) const {
     case Type::Undefined: case Type::None: return true;
     case Type::Bool: return b_ == o.b_;
     case Type::String: return *s_ == *o.s_;
-    case Type::List: return *l_ == *o.l_;
+    case Type::List: return tuple_ == o.tuple_ && *l_ == *o.l_;
     case Type::Dict: {
       if (d_->size() != o.d_->size()) return false;
       for (const auto& [k, v] : *d_)

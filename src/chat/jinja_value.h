@@ -40,6 +40,9 @@ class Value {
   Value(std::string s) : type_(Type::String), s_(std::make_shared<std::string>(std::move(s))) {}
   Value(const char* s) : Value(std::string(s)) {}
   Value(List l) : type_(Type::List), l_(std::make_shared<List>(std::move(l))) {}
+  // A tuple: a list that prints as Python prints a tuple, "(1, 2)", and equals only tuples (dict.items()
+  // pairs, dictsort's, tuple literals).
+  static Value tuple(List l) { Value v(std::move(l)); v.tuple_ = true; return v; }
   Value(Dict d) : type_(Type::Dict), d_(std::make_shared<Dict>(std::move(d))) {}
   Value(Function f) : type_(Type::Function), fn_(std::make_shared<Function>(std::move(f))) {}
   static Value from_json(const nlohmann::ordered_json& j);
@@ -50,6 +53,7 @@ class Value {
   bool is_string() const { return type_ == Type::String; }
   bool is_number() const { return type_ == Type::Int || type_ == Type::Float; }
   bool is_list() const { return type_ == Type::List; }
+  bool is_tuple() const { return type_ == Type::List && tuple_; }
   bool is_dict() const { return type_ == Type::Dict; }
   bool is_callable() const { return type_ == Type::Function; }
 
@@ -77,6 +81,7 @@ class Value {
  private:
   Type type_ = Type::Undefined;
   bool b_ = false;
+  bool tuple_ = false;  // (a List)
   int64_t i_ = 0;
   double f_ = 0;
   std::shared_ptr<std::string> s_;

@@ -110,6 +110,22 @@ std::string capitalize(std::string_view s) {
   return out;
 }
 
+std::string swapcase(std::string_view s) {
+  const std::u32string u = unicode::decode_utf8(s);
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < u.size(); ++i) {
+    if (in(kUppercaseRanges, u[i])) {
+      append_lower(out, u, i);
+    } else if (in(kLowercaseRanges, u[i])) {
+      append_mapped(out, kUpperMap, u[i]);
+    } else {
+      unicode::append_utf8(out, u[i]);
+    }
+  }
+  return out;
+}
+
 namespace {
 // CPython's islower / isupper: no character of the other case or titlecase, and at least one of `want`.
 template <size_t A, size_t B>

@@ -13,6 +13,7 @@ std::string lower(std::string_view s);       // str.lower()
 std::string upper(std::string_view s);       // str.upper()
 std::string title(std::string_view s);       // str.title()
 std::string capitalize(std::string_view s);  // str.capitalize()
+std::string swapcase(std::string_view s);    // str.swapcase()
 bool islower(std::string_view s);            // str.islower()
 bool isupper(std::string_view s);            // str.isupper()
 const char* unicode_version();

@@ -144,6 +144,23 @@ TEST(Jinja, ExpressionsAndFilters) {
   EXPECT_EQ(render("{{ 'yes' if x else 'no' }}|{{ x.missing is defined }}", {{"x", ojson::object()}}), "no|False");
 }
 
+// Filters and forms real templates may use beyond the common ones; expected strings rendered by Jinja2
+// 3.1 (tests/chat/chat_vs_jinja2.py keeps the common ones honest on whole conversations).
+TEST(Jinja, MoreFiltersAndFormsAsJinja2) {
+  EXPECT_EQ(render(R"({{ '%s-%r-%d-%5.2f-%x-%#o-%c-%%' | format('a', 'b', 3.9, 3.14159, 255, 8, 65) }}|{{ '%(a)s %(b)03d' | format(a='x', b=7) }})"),
+            "a-'b'-3- 3.14-ff-0o10-A-%|x 007");
+  EXPECT_EQ(render(R"({{ 2.675 | round(2) }}|{{ 2.5 | round }}|{{ 3 | round }}|{{ 3.14159 | round(1, 'ceil') }}|{{ [3, 1, 2] | max }}|{{ ['b', 'A'] | min }}|{{ [1, 2.5] | sum }})"),
+            "2.67|2.0|3|3.2|3|A|3.5");
+  EXPECT_EQ(render(R"({{ 'hi' | center(7) }}|{{ 'The quick brown fox jumps' | truncate(12) }}|{{ [1, 2, 3] | batch(2, 0) | list }}|{{ [1, 2, 3] | slice(2) | list }})"),
+            "   hi  |The...|[[1, 2], [3, 0]]|[[1, 2], [3]]");
+  EXPECT_EQ(render(R"({{ (1,) }}|{{ {'a': 1}.items() | list }}|{{ [0] * 3 }}|{{ 'x' is in ['x'] }}|{{ '<a>' | e }}|{{ 1536 | filesizeformat(true) }})"),
+            "(1,)|[('a', 1)]|[0, 0, 0]|True|&lt;a&gt;|1.5 KiB");
+  // Python's str.splitlines in indent; \w+ words; Python's string escapes; a tag closes outside strings
+  // and brackets; dotted attribute paths.
+  EXPECT_EQ(render(R"({{ 'a\r\nb\n\nc' | indent(2) }}|{{ 'x-1 y_2, z' | wordcount }}|{{ '\x41\u00e9\101' }}|{{ {'a': {'b': 1}} }}|{{ '}}' }}|{{ [{'a': [5, 6]}] | map(attribute='a.1') | list }})"),
+            "a\n  b\n\n  c|4|AéA|{'a': {'b': 1}}|}}|[6]");
+}
+
 TEST(Jinja, StatementsLoopsNamespacesMacros) {
   EXPECT_EQ(render("{% for x in xs %}{{ loop.index }}{{ x }}{% if not loop.last %},{% endif %}{% endfor %}", {{"xs", {"a", "b"}}}),
             "1a,2b");
