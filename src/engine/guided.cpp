@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "common/json_text.h"
 #include "engine/json_schema.h"
+#include "engine/regex_dfa.h"
 #include "engine/sampling_params.h"
 #include "tokenizer/tokenizer.h"
 
@@ -150,6 +151,10 @@ std::string Guide::key(const GuideState& s) const {
   std::string k(reinterpret_cast<const char*>(&id_), sizeof id_);
   auto put = [&](const auto& v) { k.append(reinterpret_cast<const char*>(&v), sizeof v); };
   put(s.dead);
+  if (kind_ == Kind::Regex) {
+    put(s.rx);
+    return k;
+  }
   if (kind_ != Kind::Choice) {
     put(s.mode), put(s.sub), put(s.ws), put(s.utf8), put(s.depth), put(s.stack[0]), put(s.stack[1]);
   } else {
@@ -186,6 +191,12 @@ std::shared_ptr<const Guide> Guide::schema(const std::string& schema_json, bool 
   return g;
 }
 
+std::shared_ptr<const Guide> Guide::regex(const std::string& pattern) {
+  auto g = std::shared_ptr<Guide>(new Guide(Kind::Regex));
+  g->regex_ = std::make_shared<const RegexDfa>(pattern);
+  return g;
+}
+
 GuideState Guide::start() const {
   GuideState s;
   s.mode = kStart;
@@ -200,6 +211,11 @@ GuideState Guide::start() const {
 
 bool Guide::feed(GuideState& s, std::string_view bytes) const {
   if (s.dead) return false;
+  if (kind_ == Kind::Regex) {
+    for (unsigned char c : bytes)
+      if ((s.rx = regex_->next(s.rx, c)) == RegexDfa::kDead) return s.dead = true, false;
+    return true;
+  }
   for (unsigned char c : bytes) {
     const bool ok = kind_ == Kind::Json ? json_byte(s, c) : kind_ == Kind::Choice ? choice_byte(s, c) : schema_byte(s, c);
     if (!ok) return s.dead = true, false;
@@ -211,6 +227,7 @@ bool Guide::complete(const GuideState& s) const {
   if (s.dead) return false;
   if (kind_ == Kind::Json) return s.mode == kDone;
   if (kind_ == Kind::Schema) return s.levels == 0 || schema_could_end(s);
+  if (kind_ == Kind::Regex) return regex_->accepting(s.rx);
   return s.lo < s.hi && static_cast<int32_t>(choices_[s.lo].size()) == s.off;
 }
 
@@ -559,16 +576,16 @@ std::shared_ptr<const GuidedTokens> guided_tokens(const Tokenizer& tok) {
 std::shared_ptr<const Guide> make_guide(const SamplingParams& p) {
   if (p.guided == "json") return Guide::json(p.guided_compact);
   if (p.guided == "choice") return Guide::choice(p.guided_choice);
-  if (p.guided == "json_schema") {
-    // One guide per schema text while any sequence uses it: a request's n sequences, and requests
-    // sending the same schema, share it (and so the sampler's cache of allowed tokens per state).
+  if (p.guided == "json_schema" || p.guided == "regex") {
+    // One guide per schema text or pattern while any sequence uses it: a request's n sequences, and
+    // requests sending the same one, share it (and so the sampler's cache of allowed tokens per state).
     static std::mutex mu;
     static std::map<std::string, std::weak_ptr<const Guide>> made;
     std::lock_guard<std::mutex> lock(mu);
-    const std::string key = (p.guided_compact ? "1" : "0") + p.guided_schema;
+    const std::string key = (p.guided == "regex" ? "r" : p.guided_compact ? "1" : "0") + p.guided_schema;
     if (auto g = made[key].lock()) return g;
     for (auto it = made.begin(); it != made.end();) it = it->second.expired() ? made.erase(it) : std::next(it);
-    auto g = Guide::schema(p.guided_schema, p.guided_compact);
+    auto g = p.guided == "regex" ? Guide::regex(p.guided_schema) : Guide::schema(p.guided_schema, p.guided_compact);
     made[key] = g;
     return g;
   }

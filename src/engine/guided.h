@@ -1,4 +1,4 @@
-// Guided decoding (vLLM's structured outputs, the first two kinds): a byte-level recognizer of the text a
+// Guided decoding (vLLM's structured outputs): a byte-level recognizer of the text a
 // request may produce, which the sampler turns into a mask over the vocabulary each step (a token is
 // allowed when its bytes keep the output a prefix of an accepted text; EOS once the text is whole).
 //   json:   response_format {"type": "json_object"}: one JSON object (RFC 8259: strings with escapes
@@ -8,7 +8,9 @@
 //   choice: guided_choice: exactly one of the given strings;
 //   schema: response_format {"type": "json_schema"} / structured_outputs json / guided_json: one JSON
 //           value valid under a schema of the subset src/engine/json_schema.h describes (whitespace
-//           as for json, nothing after the value).
+//           as for json, nothing after the value);
+//   regex:  structured_outputs regex / guided_regex: a text the pattern fully matches (Python's re
+//           syntax, the subset src/engine/regex_dfa.h describes).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -22,6 +24,7 @@ class Tokenizer;
 struct SamplingParams;
 
 struct JsonSchema;
+class RegexDfa;
 constexpr int kGuideMaxLevels = 24;  // how deep a JSON schema's values may nest (json_schema.h)
 
 // A recognizer's position in the output: plain data, copied per candidate token.
@@ -44,19 +47,22 @@ struct GuideState {
   Frame frames[kGuideMaxLevels] = {};
   uint8_t levels = 0;
   uint64_t cand = 0;
+  int32_t rx = 0;  // regex: the automaton's state
 };
 
 class Guide {
  public:
   static constexpr int kMaxDepth = 128;
   static constexpr int kMaxWhitespace = 16;
-  enum class Kind { Json, Choice, Schema };
+  enum class Kind { Json, Choice, Schema, Regex };
   // compact: no whitespace between JSON tokens (vLLM's structured_outputs disable_any_whitespace).
   static std::shared_ptr<const Guide> json(bool compact = false);
   // Throws Error for an empty list or an empty string.
   static std::shared_ptr<const Guide> choice(std::vector<std::string> choices);
   // A JSON schema's text. Throws Error for text that is not JSON or a schema json_schema.h refuses.
   static std::shared_ptr<const Guide> schema(const std::string& schema_json, bool compact = false);
+  // A regular expression (regex_dfa.h). Throws Error for a pattern it cannot take.
+  static std::shared_ptr<const Guide> regex(const std::string& pattern);
 
   Kind kind() const { return kind_; }
   // Distinct for every guide made (never reused, unlike an address): with a state, what a cache of the
@@ -87,6 +93,7 @@ class Guide {
   uint8_t max_ws_ = kMaxWhitespace;  // whitespace bytes in a row between JSON tokens
   std::vector<std::string> choices_;  // sorted, distinct
   std::shared_ptr<const JsonSchema> schema_;
+  std::shared_ptr<const RegexDfa> regex_;
 };
 
 // Whether `bytes` may sit inside a JSON string as they are: printable ASCII but '"' and '\', and whole

@@ -130,13 +130,18 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
     std::sort(p.allowed_token_ids.begin(), p.allowed_token_ids.end());
     p.allowed_token_ids.erase(std::unique(p.allowed_token_ids.begin(), p.allowed_token_ids.end()), p.allowed_token_ids.end());
   }
-  // Guided decoding: response_format json_object / json_schema (text: none), guided_choice and
-  // guided_json; vLLM's other kinds (a regex, a grammar) are refused by name.
+  // Guided decoding: response_format json_object / json_schema (text: none), guided_choice,
+  // guided_json and guided_regex, and structured_outputs' forms of them; a grammar is refused by name.
   auto one_kind = [&](const char* kind) {
+    auto what = [](const std::string& k) { return k == "choice" ? "a choice" : k == "regex" ? "a regex" : "a JSON format"; };
     if (!p.guided.empty())
-      throw Error(cat("only one kind of guided decoding per request (", p.guided == "choice" ? "a choice" : "a JSON format",
-                      " and ", std::string(kind) == "choice" ? "a choice" : "a JSON format", " were both asked)"));
+      throw Error(cat("only one kind of guided decoding per request (", what(p.guided), " and ", what(kind), " were both asked)"));
     p.guided = kind;
+  };
+  auto take_regex = [&](const json& v, const char* name) {
+    if (!v.is_string()) throw Error(cat("'", name, "' must be a string (a regular expression)"));
+    p.guided_schema = v.get<std::string>();
+    one_kind("regex");
   };
   // A JSON schema: an object, or its JSON text.
   auto take_schema = [&](const json& v, const char* name) {
@@ -179,6 +184,7 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
     one_kind("choice");
   };
   if (j.contains("guided_choice") && !j["guided_choice"].is_null()) take_choice(j["guided_choice"], "guided_choice");
+  if (j.contains("guided_regex") && !j["guided_regex"].is_null()) take_regex(j["guided_regex"], "guided_regex");
   // vLLM's structured_outputs (its current name for guided decoding): choice and json_object.
   if (j.contains("structured_outputs") && !j["structured_outputs"].is_null()) {
     const json& so = j["structured_outputs"];
@@ -193,8 +199,10 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
         one_kind("json");
       } else if (key == "json") {
         take_schema(v, "structured_outputs.json");
-      } else if (key == "regex" || key == "grammar" || key == "structural_tag") {
-        throw Error(cat("'structured_outputs.", key, "' is not supported by llmserve yet (choice, json and json_object are)"));
+      } else if (key == "regex") {
+        take_regex(v, "structured_outputs.regex");
+      } else if (key == "grammar" || key == "structural_tag") {
+        throw Error(cat("'structured_outputs.", key, "' is not supported by llmserve yet (choice, regex, json and json_object are)"));
       } else if (key == "disable_any_whitespace") {
         if (!v.is_boolean()) throw Error("'structured_outputs.disable_any_whitespace' must be a boolean");
         p.guided_compact = v.get<bool>();
@@ -277,6 +285,8 @@ void sampling_params_validate(const SamplingParams& p, int64_t vocab_size, int m
       if (c.empty()) bad("'guided_choice' strings must not be empty");
   } else if (p.guided == "json_schema") {
     Guide::schema(p.guided_schema);  // throws Error for what it cannot guide
+  } else if (p.guided == "regex") {
+    Guide::regex(p.guided_schema);  // throws Error for a pattern it cannot guide
   } else if (!p.guided.empty() && p.guided != "json") {
     bad(cat("unknown guided decoding kind '", p.guided, "'"));
   }

@@ -50,7 +50,7 @@ struct SamplingParams {
   std::vector<int32_t> allowed_token_ids;
   // Guided decoding (src/engine/guided.h): "" off, "json" (response_format json_object), "choice"
   // (guided_choice: exactly one of guided_choice), "json_schema" (a value valid under the schema whose
-  // JSON text is guided_schema).
+  // JSON text is guided_schema), "regex" (a text the regular expression guided_schema fully matches).
   std::string guided;
   std::vector<std::string> guided_choice;
   std::string guided_schema;

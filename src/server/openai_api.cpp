@@ -90,14 +90,13 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
       throw HttpError(400, cat("Got priority ", body["priority"].dump(), " but Priority scheduling is not enabled."),
                       "BadRequestError", "priority");
   }
-  // Guided decoding: response_format json_object / json_schema, structured_outputs choice / json /
-  // json_object, guided_choice and guided_json (sampling_params_from_json); vLLM's other kinds are refused.
-  for (const char* key : {"guided_regex", "guided_grammar"})
-    if (given(key))
-      throw HttpError(400, cat("'", key, "' is not supported by llmserve yet (guided decoding takes response_format "
-                               "json_object or json_schema, structured_outputs choice, json or json_object, guided_choice "
-                               "and guided_json)"),
-                      "BadRequestError", key);
+  // Guided decoding: response_format json_object / json_schema, structured_outputs choice / regex / json /
+  // json_object, guided_choice, guided_regex and guided_json (sampling_params_from_json); a grammar is refused.
+  if (given("guided_grammar"))
+    throw HttpError(400, "'guided_grammar' is not supported by llmserve yet (guided decoding takes response_format "
+                         "json_object or json_schema, structured_outputs choice, regex, json or json_object, guided_choice, "
+                         "guided_regex and guided_json)",
+                    "BadRequestError", "guided_grammar");
   if (!r.params.guided.empty() && !ctx.tok)
     throw HttpError(400, "guided decoding needs the model's tokenizer, which this model lacks", "BadRequestError",
                     r.params.guided == "choice" ? "guided_choice" : "response_format");

@@ -240,7 +240,7 @@ def main():
             ("guided_json with json_object", 400, s.post("/v1/chat/completions", {"messages": msgs, "guided_json": {"type": "object"},
                                                                                   "response_format": {"type": "json_object"}}),
              "only one kind of guided decoding"),
-            ("guided_regex", 400, s.post("/v1/completions", {"prompt": "x", "guided_regex": "a+"}), "'guided_regex' is not supported"),
+            ("guided_grammar", 400, s.post("/v1/completions", {"prompt": "x", "guided_grammar": "root ::= 'a'"}), "'guided_grammar' is not supported"),
             ("guided_choice empty", 400, s.post("/v1/completions", {"prompt": "x", "guided_choice": []}), "non-empty list of strings"),
             ("guided_choice not strings", 400, s.post("/v1/completions", {"prompt": "x", "guided_choice": ["a", 1]}),
              "non-empty list of strings"),
@@ -248,8 +248,11 @@ def main():
              "must not be empty"),
             ("guided_choice with json_object", 400, s.post("/v1/completions", {
                 "prompt": "x", "guided_choice": ["a"], "response_format": {"type": "json_object"}}), "only one kind of guided decoding"),
-            ("structured_outputs regex", 400, s.post("/v1/completions", {
-                "prompt": "x", "structured_outputs": {"regex": "a+"}}), "'structured_outputs.regex' is not supported"),
+            ("structured_outputs regex with a lookahead", 400, s.post("/v1/completions", {
+                "prompt": "x", "structured_outputs": {"regex": "a(?=b)"}}), "lookaround assertions are not supported"),
+            ("guided_regex that Python refuses", 400, s.post("/v1/completions", {"prompt": "x", "guided_regex": "a**"}), "multiple repeat"),
+            ("structured_outputs grammar", 400, s.post("/v1/completions", {
+                "prompt": "x", "structured_outputs": {"grammar": "root ::= 'a'"}}), "'structured_outputs.grammar' is not supported"),
             ("structured_outputs json with anyOf of two objects", 400, s.post("/v1/completions", {
                 "prompt": "x", "structured_outputs": {"json": {"anyOf": [{"type": "object"}, {"properties": {"a": {}}}]}}}),
              "both begin with '{'"),
@@ -487,6 +490,20 @@ def main():
                                                  "structured_outputs": {"json_object": True}})
         check("structured_outputs.json_object: the same answers as response_format json_object",
               st == 200 and [(c["message"]["content"], c["finish_reason"]) for c in sj["choices"]] == texts, (sj, texts))
+        # A regular expression (structured_outputs regex, guided_regex): every stopped answer fully matches
+        # it as Python's re.fullmatch(pattern, text, re.ASCII) does, and a cut one is a prefix of a match.
+        pattern = r"(\d{3}-\d{4}|[A-Z][a-z]{1,5} (?:Street|Road)|caf\u00e9 ?[!?]{1,2})"
+        st, rg = s.post("/v1/completions", {"prompt": "Say something:", "max_tokens": 24, "n": 6, "temperature": 1.0, "seed": 5,
+                                            "structured_outputs": {"regex": pattern}})
+        answers = [(c["text"], c["finish_reason"]) for c in rg.get("choices", [])]
+        check("structured_outputs.regex: answers fully match the pattern (every alternative is bounded: all stop)",
+              st == 200 and len(answers) == 6 and all(f == "stop" for _, f in answers)
+              and all(re.fullmatch(pattern, t, re.ASCII) for t, f in answers if f == "stop"), answers)
+        st, events = s.stream("/v1/chat/completions", {"messages": msgs, "max_tokens": 12, "stream": True, "temperature": 0,
+                                                       "guided_regex": "(yes|no), [a-z]{2,4}"})
+        streamed = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events
+                           if e != "[DONE]" and json.loads(e)["choices"])
+        check("guided_regex streamed", st == 200 and re.fullmatch("(yes|no), [a-z]{2,4}", streamed), (streamed, events[-3:]))
         # A JSON schema (response_format json_schema, guided_json, structured_outputs json): stopped answers
         # are valid under it, with the properties in the schema's order (declared out of alphabetical order).
         schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},

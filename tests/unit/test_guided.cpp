@@ -347,3 +347,50 @@ TEST(GuidedSchema, DeeplyNestedSchemaTextIsRefusedBeforeParsing) {
     EXPECT_NE(std::string(e.what()).find("nested deeper than"), std::string::npos) << e.what();
   }
 }
+
+// Regular expressions (regex_dfa.h): the texts re.fullmatch(pattern, text, re.ASCII) accepts, no
+// others (expected values from Python 3.11), every prefix of an accepted text alive, and what Python
+// refuses or llmserve cannot guide refused with an Error.
+TEST(GuidedRegex, AcceptsWhatPythonsFullmatchAccepts) {
+  struct Case {
+    const char* pattern;
+    std::vector<std::pair<std::string, bool>> texts;
+  };
+  const std::vector<Case> cases = {
+      {"[0-9]{3}-[0-9]{4}", {{"555-1234", true}, {"555-12345", false}, {"55-1234", false}, {"555-123", false}}},
+      {"(yes|no|maybe)", {{"yes", true}, {"no", true}, {"maybe", true}, {"ye", false}, {"yesno", false}}},
+      {R"(\d+(\.\d+)?)", {{"3", true}, {"3.14", true}, {"3.", false}, {".5", false}, {"\xd9\xa3", false}}},  // (Arabic-Indic 3: not \d in re.ASCII)
+      {"[A-Z][a-z]*( [A-Z][a-z]*)*", {{"Hello World", true}, {"Hello world", false}, {"H", true}, {"", false}}},
+      {R"((?P<user>\w+)@(?:\w+\.)+[a-z]{2,})", {{"a_b@x.co", true}, {"a@b.c", false}, {"\xc3\xa9@x.com", false}}},
+      {R"([^\n]*)", {{"any thing \xe4\xb8\xad \xf0\x9f\x98\x80", true}, {"two\nlines", false}}},
+      {"caf\xc3\xa9|\xe4\xb8\xad\xe6\x96\x87|\xf0\x9f\x98\x80+", {{"caf\xc3\xa9", true}, {"\xe4\xb8\xad\xe6\x96\x87", true}, {"\xf0\x9f\x98\x80\xf0\x9f\x98\x80", true}, {"cafe", false}}},
+      {"^a{2,3}$", {{"aa", true}, {"aaa", true}, {"aaaa", false}, {"a", false}}},
+      {R"(\x41\u00e9[\t ]\s)", {{"A\xc3\xa9 \n", true}, {"A\xc3\xa9\t\t", true}, {"A\xc3\xa9  x", false}}},
+  };
+  for (const auto& c : cases) {
+    const auto g = Guide::regex(c.pattern);
+    for (const auto& [text, want] : c.texts) {
+      const auto [n, complete] = run(*g, text);
+      EXPECT_EQ(n == text.size() && complete, want) << c.pattern << " on '" << text << "'";
+      if (!want) continue;
+      for (size_t k = 0; k < text.size(); ++k) {  // every prefix of an accepted text is alive
+        GuideState s = g->start();
+        EXPECT_TRUE(g->feed(s, text.substr(0, k))) << c.pattern << " prefix " << k;
+      }
+    }
+  }
+  // A byte is refused as soon as no accepted text continues that way.
+  EXPECT_EQ(run(*Guide::regex("[0-9]{3}-[0-9]{4}"), "55x").first, 2u);
+  EXPECT_EQ(run(*Guide::regex("(yes|no)"), "nay").first, 1u);
+  // Only valid UTF-8 comes out: '.' takes a whole character, never a stray continuation byte.
+  EXPECT_EQ(run(*Guide::regex(".."), "\x80").first, 0u);
+  EXPECT_EQ(run(*Guide::regex("."), "\xc3\xa9").second, true);
+}
+
+TEST(GuidedRegex, RefusesWhatPythonRefusesAndWhatItCannotGuide) {
+  for (const char* bad : {"a**", "a{3,2}", "[z-a]", "(a", "a)", R"([\w-z])",  // Python's errors
+                          "a(?=b)", R"((a)\1)", "(?i)a", R"(a\b)", "x*+",       // not guided (Python takes them)
+                          "(.{0,50}){0,50}", "[^x]{1,1000}", "(a|b)*a(a|b){14}"}) {  // too large
+    EXPECT_THROW(Guide::regex(bad), Error) << bad;
+  }
+}

@@ -1,0 +1,37 @@
+// Regular expressions for guided decoding (vLLM's structured_outputs regex / guided_regex): a pattern
+// compiled to a deterministic automaton over UTF-8 bytes that accepts exactly the UTF-8 texts the
+// pattern fully matches: Python's re.fullmatch(pattern, text, re.ASCII) (\d is 0-9, \w [A-Za-z0-9_],
+// \s [ \t\n\r\f\v], as in xgrammar, vLLM's default backend; other characters are Unicode code points).
+//
+// Supported: literals; '.' (any character but a newline), classes [...] with ranges, negation and
+// \d \w \s inside; \d \D \w \W \s \S; escapes \n \t \r \f \v \a \0 \xhh \uhhhh \Uhhhhhhhh and escaped
+// metacharacters; groups (...), (?:...), (?P<name>...) and (?<name>...); alternation; quantifiers * + ?
+// {m} {m,} {,n} {m,n} (lazy forms: the same texts); '^' at the start and '$' at the end. Refused with an
+// Error naming the construct: backreferences, lookaround, inline flags, \b \B \A \Z, possessive
+// quantifiers, and patterns whose automaton would exceed kMaxStates states.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace llmserve {
+
+class RegexDfa {
+ public:
+  static constexpr int kMaxStates = 10000;  // (1 KB each)
+  // Throws Error for a pattern it cannot take.
+  explicit RegexDfa(const std::string& pattern);
+  static constexpr int32_t kDead = -1;
+  int32_t start() const { return 0; }
+  // The state after byte c, or kDead when no accepted text continues that way.
+  int32_t next(int32_t state, unsigned char c) const { return state < 0 ? kDead : next_[static_cast<size_t>(state)][c]; }
+  bool accepting(int32_t state) const { return state >= 0 && accept_[static_cast<size_t>(state)]; }
+  size_t num_states() const { return next_.size(); }
+
+ private:
+  std::vector<std::array<int32_t, 256>> next_;
+  std::vector<char> accept_;
+};
+
+}  // namespace llmserve
