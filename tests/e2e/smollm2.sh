@@ -37,12 +37,13 @@ echo "capital of France -> $first"
 if grep -Eq '[\[,]7042[],]' <<<"$first"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL answer does not name Paris"; fi
 # Guided decoding (greedy): JSON mode gives a bare JSON object with the keys asked for (unguided, the
 # model wraps it in a Markdown fence and talks on), guided_choice one of its strings, a JSON schema an
-# object valid under it.
+# object valid under it, a regex a text it fully matches.
 cat >"$work/guided.jsonl" <<'EOF2'
 {"messages": [{"role": "user", "content": "Describe a cat as a JSON object with the keys name and age."}], "max_tokens": 120, "temperature": 0, "response_format": {"type": "json_object"}}
 {"messages": [{"role": "user", "content": "Describe a cat as a JSON object with the keys name and age."}], "max_tokens": 120, "temperature": 0}
 {"messages": [{"role": "user", "content": "Is the sky blue? Answer yes or no."}], "max_tokens": 10, "temperature": 0, "guided_choice": ["yes", "no"]}
 {"messages": [{"role": "user", "content": "Describe a cat as JSON with its name, age and favourite toys."}], "max_tokens": 100, "temperature": 0, "response_format": {"type": "json_schema", "json_schema": {"name": "cat", "schema": {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "toys": {"type": "array", "items": {"type": "string"}, "maxItems": 3}, "indoor": {"anyOf": [{"type": "boolean"}, {"type": "null"}]}}, "required": ["name", "age", "toys"]}}}}
+{"messages": [{"role": "user", "content": "Give me a US phone number for a pizza place."}], "max_tokens": 30, "temperature": 0, "structured_outputs": {"regex": "\\(\\d{3}\\) \\d{3}-\\d{4}"}}
 EOF2
 "$here/../mpirun.sh" 3 "$build/llmserve" generate --model "$model" --backend cpu -tp 3 --max-model-len 1024 \
   --input "$work/guided.jsonl" --output "$work/guided.out.jsonl" 2>"$work/guided.log" || { tail -5 "$work/guided.log"; exit 1; }
@@ -53,7 +54,7 @@ EOF2
 "$here/../mpirun.sh" 1 "$build/llmserve" generate --model "$model" --backend cpu --max-model-len 1024 --async-scheduling \
   --input "$work/guided.jsonl" --output "$work/guided-async.out.jsonl" 2>"$work/guided-async.log" || { tail -5 "$work/guided-async.log"; exit 1; }
 if python3 - "$work/guided.out.jsonl" "$work/guided-pp2.out.jsonl" "$work/guided-async.out.jsonl" <<'PY'
-import json, sys
+import json, re, sys
 outs = [json.loads(l)["outputs"][0] for l in open(sys.argv[1])]
 pp2 = [json.loads(l)["outputs"][0] for l in open(sys.argv[2])]
 if [o["token_ids"] for o in outs] != [o["token_ids"] for o in pp2]:
@@ -72,8 +73,9 @@ cat = json.loads(outs[3]["text"])
 ok = ok and outs[3]["finish_reason"] == "stop" and list(cat)[:3] == ["name", "age", "toys"] and isinstance(cat["name"], str) \
     and type(cat["age"]) is int and isinstance(cat["toys"], list) and len(cat["toys"]) <= 3 \
     and all(isinstance(t, str) for t in cat["toys"]) and cat.get("indoor") in (None, True, False)
+ok = ok and outs[4]["finish_reason"] == "stop" and re.fullmatch(r"\(\d{3}\) \d{3}-\d{4}", outs[4]["text"], re.ASCII)
 print("guided:", repr(outs[0]["text"]), "| unguided starts", repr(outs[1]["text"][:12]), "| choice:", outs[2]["text"],
-      "| schema:", repr(outs[3]["text"]))
+      "| schema:", repr(outs[3]["text"]), "| regex:", repr(outs[4]["text"]))
 sys.exit(0 if ok else 1)
 PY
 then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL guided decoding"; fi
