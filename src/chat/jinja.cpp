@@ -1964,7 +1964,14 @@ class Renderer {
       if (method != "common" && method != "ceil" && method != "floor") rfail(e, "round: method must be common, ceil or floor");
       if (!v.is_number()) rfail(e, cat("round of a ", v.type_name()));
       if (method == "common") {
-        if (v.type() == Value::Type::Int && prec >= 0) return v;  // round(int, n) is the int itself
+        if (v.type() == Value::Type::Int) {  // round(int, n): the int itself, or to a multiple of 10**-n, ties to even
+          if (prec >= 0 || prec < -18) return prec >= 0 ? v : Value(int64_t{0});
+          int64_t p10 = 1;
+          for (int64_t k = 0; k < -prec; ++k) p10 *= 10;
+          const int64_t x = v.as_int(), q = x / p10 - (x % p10 < 0 ? 1 : 0), rem = x - q * p10;  // floor division
+          const int64_t up = 2 * rem > p10 || (2 * rem == p10 && (q & 1)) ? 1 : 0;
+          return Value((q + up) * p10);
+        }
         const double x = v.as_float();
         if (!std::isfinite(x)) return Value(x);
         if (prec >= 0 && prec <= 300) {  // correctly rounded, ties to even, as Python's round (from the exact binary value)
@@ -2042,8 +2049,7 @@ class Renderer {
       std::string err;
       Value mapping{Dict{}};
       for (const auto& [k, x] : a.kw) mapping.set(k, x);
-      const bool keyed = !a.kw.empty() || (a.pos.size() == 1 && a.pos[0].is_dict());
-      const std::string r = py_percent(v.to_string(), a.pos, keyed ? (a.kw.empty() ? &a.pos[0] : &mapping) : nullptr, err);
+      const std::string r = py_percent(v.to_string(), a.pos, a.kw.empty() ? nullptr : &mapping, err);
       if (!err.empty()) rfail(e, cat("format: ", err));
       return Value(r);
     }
