@@ -195,7 +195,9 @@ class Parser {
           fail("inline flags and other (?...) groups are not supported");
         }
       }
+      if (++depth_ > 100) fail("groups nested deeper than 100 levels");  // (the parser and the builder recurse)
       const int inner = alternation();
+      --depth_;
       if (!at(')')) fail("missing ), unterminated subpattern");
       ++i_;
       return inner;
@@ -312,6 +314,7 @@ class Parser {
   std::u32string p_;
   size_t i_ = 0;
   std::set<std::u32string> names_;
+  int depth_ = 0;
   std::vector<Node>* nodes_ = nullptr;
 };
 

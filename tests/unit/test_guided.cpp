@@ -393,4 +393,6 @@ TEST(GuidedRegex, RefusesWhatPythonRefusesAndWhatItCannotGuide) {
                           "(.{0,50}){0,50}", "[^x]{1,1000}", "(a|b)*a(a|b){14}"}) {  // too large
     EXPECT_THROW(Guide::regex(bad), Error) << bad;
   }
+  // Deep nesting is refused before the recursive parser could overflow the stack.
+  EXPECT_THROW(Guide::regex(std::string(100000, '(') + std::string(100000, ')')), Error);
 }
