@@ -941,13 +941,14 @@ std::string py_percent(const std::string& fmt, const List& args, const Value* ma
     }
     return &args[next++];
   };
-  auto pad = [](std::string body, int64_t width, bool left, char fill) {
+  auto pad = [](std::string body, int64_t width, bool left) {  // to `width` characters with spaces
     const int64_t len = static_cast<int64_t>(unicode::decode_utf8(body).size());
     if (width <= len) return body;
-    std::string r = left ? body : std::string(static_cast<size_t>(width - len), fill);
+    std::string r = left ? body : std::string(static_cast<size_t>(width - len), ' ');
     r.append(left ? std::string(static_cast<size_t>(width - len), ' ') : body);
     return r;
   };
+  Value keyed_value;  // a %(key)s conversion's value
   for (size_t i = 0; i < fmt.size(); ++i) {
     if (fmt[i] != '%') {
       out += fmt[i];
@@ -961,9 +962,8 @@ std::string py_percent(const std::string& fmt, const List& args, const Value* ma
       if (!mapping || !mapping->is_dict()) return error = "format requires a mapping", "";
       const Value v = mapping->get(fmt.substr(i + 1, close - i - 1));
       if (v.is_undefined()) return error = cat("'", fmt.substr(i + 1, close - i - 1), "'"), "";
-      static thread_local Value hold;
-      hold = v;
-      keyed = &hold;
+      keyed_value = v;
+      keyed = &keyed_value;
       i = close + 1;
     }
     bool alt = false, zero = false, left = false, space = false, plus = false;
@@ -1007,7 +1007,7 @@ std::string py_percent(const std::string& fmt, const List& args, const Value* ma
         std::u32string u = unicode::decode_utf8(body);
         if (static_cast<int64_t>(u.size()) > prec) body = unicode::encode_utf8(u.substr(0, static_cast<size_t>(prec)));
       }
-      out += pad(body, width, left, ' ');
+      out += pad(body, width, left);
       continue;
     }
     if (type == 'c') {
@@ -1018,7 +1018,7 @@ std::string py_percent(const std::string& fmt, const List& args, const Value* ma
       } else {
         return error = "%c requires an int or a unicode character", "";
       }
-      out += pad(body, width, left, ' ');
+      out += pad(body, width, left);
       continue;
     }
     if (!v->is_number() && v->type() != Value::Type::Bool)
@@ -1043,7 +1043,7 @@ std::string py_percent(const std::string& fmt, const List& args, const Value* ma
         std::snprintf(buf, sizeof buf, "%llo", n < 0 ? static_cast<unsigned long long>(-n) : static_cast<unsigned long long>(n));
         std::string body_o = n < 0 ? "-" : plus ? "+" : space ? " " : "";
         body_o.append("0o").append(buf);
-        out += pad(body_o, width, left, ' ');
+        out += pad(body_o, width, left);
         continue;
       }
       if (std::strchr("oxX", type) && n < 0) {  // Python prints the sign and the magnitude
@@ -1051,7 +1051,7 @@ std::string py_percent(const std::string& fmt, const List& args, const Value* ma
         std::snprintf(buf, sizeof buf, magnitude, static_cast<unsigned long long>(-n));
         std::string body_n = "-";
         body_n.append(buf);
-        out += pad(body_n, width, left, ' ');
+        out += pad(body_n, width, left);
         continue;
       }
       std::snprintf(buf, sizeof buf, spec.c_str(), n);
@@ -1075,7 +1075,7 @@ Value attr_path(const Value& item, const std::string& path) {
     size_t dot = path.find('.', at);
     if (dot == std::string::npos) dot = path.size();
     const std::string part = path.substr(at, dot - at);
-    const bool digits = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
+    const bool digits = !part.empty() && part.size() <= 18 && std::all_of(part.begin(), part.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); });
     if (digits && v.is_list()) {
       const size_t k = static_cast<size_t>(std::stoull(part));
       v = k < v.list().size() ? v.list()[k] : Value();

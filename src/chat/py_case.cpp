@@ -63,58 +63,46 @@ void append_lower(std::string& out, const std::u32string& s, size_t i) {
   unicode::append_utf8(out, final_sigma ? 0x3C2 : 0x3C3);
 }
 
+// Each character of s through `one` (out, the decoded text, the index), as CPython's case methods walk.
+template <typename F>
+std::string map_chars(std::string_view s, F&& one) {
+  const std::u32string u = unicode::decode_utf8(s);
+  std::string out;
+  out.reserve(s.size());
+  for (size_t i = 0; i < u.size(); ++i) one(out, u, i);
+  return out;
+}
+
 }  // namespace
 
-std::string lower(std::string_view s) {
-  const std::u32string u = unicode::decode_utf8(s);
-  std::string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < u.size(); ++i) append_lower(out, u, i);
-  return out;
-}
+std::string lower(std::string_view s) { return map_chars(s, append_lower); }
 
 std::string upper(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (char32_t c : unicode::decode_utf8(s)) append_mapped(out, kUpperMap, c);
-  return out;
+  return map_chars(s, [](std::string& out, const std::u32string& u, size_t i) { append_mapped(out, kUpperMap, u[i]); });
 }
 
-std::string title(std::string_view s) {
-  const std::u32string u = unicode::decode_utf8(s);
-  std::string out;
-  out.reserve(s.size());
-  bool previous_cased = false;
-  for (size_t i = 0; i < u.size(); ++i) {
-    if (previous_cased) {
+std::string title(std::string_view s) {  // title case after an uncased character, lower case after a cased one
+  return map_chars(s, [](std::string& out, const std::u32string& u, size_t i) {
+    if (i > 0 && cased(u[i - 1])) {
       append_lower(out, u, i);
     } else {
       append_mapped(out, kTitleMap, u[i]);
     }
-    previous_cased = cased(u[i]);
-  }
-  return out;
+  });
 }
 
-std::string capitalize(std::string_view s) {
-  const std::u32string u = unicode::decode_utf8(s);
-  std::string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < u.size(); ++i) {
+std::string capitalize(std::string_view s) {  // the first character title case, the rest lower case
+  return map_chars(s, [](std::string& out, const std::u32string& u, size_t i) {
     if (i == 0) {
       append_mapped(out, kTitleMap, u[0]);
     } else {
       append_lower(out, u, i);
     }
-  }
-  return out;
+  });
 }
 
 std::string swapcase(std::string_view s) {
-  const std::u32string u = unicode::decode_utf8(s);
-  std::string out;
-  out.reserve(s.size());
-  for (size_t i = 0; i < u.size(); ++i) {
+  return map_chars(s, [](std::string& out, const std::u32string& u, size_t i) {
     if (in(kUppercaseRanges, u[i])) {
       append_lower(out, u, i);
     } else if (in(kLowercaseRanges, u[i])) {
@@ -122,8 +110,7 @@ std::string swapcase(std::string_view s) {
     } else {
       unicode::append_utf8(out, u[i]);
     }
-  }
-  return out;
+  });
 }
 
 namespace {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <deque>
 #include <map>
 #include <mutex>
 
@@ -579,14 +580,19 @@ std::shared_ptr<const Guide> make_guide(const SamplingParams& p) {
   if (p.guided == "json_schema" || p.guided == "regex") {
     // One guide per schema text or pattern while any sequence uses it: a request's n sequences, and
     // requests sending the same one, share it (and so the sampler's cache of allowed tokens per state).
+    // The last few made are kept alive too, so that checking a request (the server, then the engine)
+    // and serving it compile it once: a large pattern takes up to a quarter second.
     static std::mutex mu;
     static std::map<std::string, std::weak_ptr<const Guide>> made;
+    static std::deque<std::shared_ptr<const Guide>> recent;
     std::lock_guard<std::mutex> lock(mu);
     const std::string key = (p.guided == "regex" ? "r" : p.guided_compact ? "1" : "0") + p.guided_schema;
     if (auto g = made[key].lock()) return g;
     for (auto it = made.begin(); it != made.end();) it = it->second.expired() ? made.erase(it) : std::next(it);
     auto g = p.guided == "regex" ? Guide::regex(p.guided_schema) : Guide::schema(p.guided_schema, p.guided_compact);
     made[key] = g;
+    recent.push_back(g);
+    if (recent.size() > 4) recent.pop_front();
     return g;
   }
   return nullptr;

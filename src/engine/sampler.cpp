@@ -434,8 +434,7 @@ void Sampler::take_drawn(const std::vector<const SeqStep*>& seqs, const std::vec
   for (size_t i = 0; i < seqs.size(); ++i) {
     if (!draw[i]) continue;
     out[i].seq_id = seqs[i]->seq_id;
-    // The draw's "nothing survived" (INT32_MAX) is kNoToken: the engine fails that request alone.
-    out[i].token = idx[i] >= 0 && idx[i] < vocab_size_ ? idx[i] : kNoToken;
+    out[i].token = drawn_token(idx[i]);
   }
 }
 
@@ -836,7 +835,7 @@ std::vector<SampledToken> Sampler::sample_rows(const std::vector<const SeqStep*>
                                      static_cast<int64_t>(rows.size()), K, stats, top_v, top_i);
                  });
   }
-  for (size_t i = 0; i < n; ++i) out[i].token = idx[i] >= 0 && idx[i] < vocab_size_ ? idx[i] : kNoToken;
+  for (size_t i = 0; i < n; ++i) out[i].token = drawn_token(idx[i]);
   return out;
 }
 

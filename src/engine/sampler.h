@@ -158,6 +158,9 @@ class Sampler {
   // left to draw.
   void take_drawn(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, const std::vector<int32_t>& idx,
                   std::vector<SampledToken>& out) const;
+  // A draw's index as a sampled token: the draw's "nothing survived" (INT32_MAX) is kNoToken, and the
+  // engine fails that request alone.
+  int32_t drawn_token(int32_t idx) const { return idx >= 0 && idx < vocab_size_ ? idx : kNoToken; }
   // The backend draw of rows i with draw[i] set over whole rows: every rank all-gathers the rows' shards
   // over the tensor communicator, lays them out as whole vocabulary rows and draws as with one rank
   // (the draw is deterministic: every rank gets the same tokens). Tokens into out[i].

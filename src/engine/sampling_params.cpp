@@ -283,10 +283,8 @@ void sampling_params_validate(const SamplingParams& p, int64_t vocab_size, int m
     if (p.guided_choice.empty()) bad("'guided_choice' must be a non-empty list of strings");
     for (const auto& c : p.guided_choice)
       if (c.empty()) bad("'guided_choice' strings must not be empty");
-  } else if (p.guided == "json_schema") {
-    Guide::schema(p.guided_schema);  // throws Error for what it cannot guide
-  } else if (p.guided == "regex") {
-    Guide::regex(p.guided_schema);  // throws Error for a pattern it cannot guide
+  } else if (p.guided == "json_schema" || p.guided == "regex") {
+    make_guide(p);  // throws Error for what it cannot guide (and keeps it for the sampler: compiled once)
   } else if (!p.guided.empty() && p.guided != "json") {
     bad(cat("unknown guided decoding kind '", p.guided, "'"));
   }

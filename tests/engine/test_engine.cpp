@@ -654,13 +654,16 @@ TEST(EngineService, JobsCompleteAndNoJobIsLeftUnansweredAfterStop) {
   late->prompt = {9707};
   late->params = greedy(2);
   late->on_output = [&](RequestOutput&&) { answered = true; };
-  late->on_error = [&](int, const std::string& m) {
+  int status = 0;
+  late->on_error = [&](int st, const std::string& m) {
     answered = true;
+    status = st;
     error = m;
   };
   svc.submit(late);
   EXPECT_TRUE(answered);
   EXPECT_NE(error.find("shutting down"), std::string::npos) << error;
+  EXPECT_EQ(status, 503);  // (the server no longer takes jobs: Service Unavailable)
 }
 
 // Outputs reach the jobs from one delivery thread (not the submitter's), each job's in order (tokens
@@ -674,6 +677,7 @@ TEST(EngineService, DeliveryKeepsEachJobsOrderAndStopDrainsIt) {
     size_t outputs = 0, tokens = 0;
     bool final = false, disorder = false, after_final = false;
     std::string error, reason;
+    int status = 0;
   };
   const size_t n = 10;
   std::vector<Seen> seen(n + 1);
@@ -700,11 +704,12 @@ TEST(EngineService, DeliveryKeepsEachJobsOrderAndStopDrainsIt) {
       x.reason = o.outputs.at(0).finish_reason;
       cv.notify_all();
     };
-    job->on_error = [&, i](int, const std::string& m) {
+    job->on_error = [&, i](int st, const std::string& m) {
       std::lock_guard<std::mutex> l(mu);
       threads.insert(std::this_thread::get_id());
       if (seen[i].final) seen[i].after_final = true;
       seen[i].error = m;
+      seen[i].status = st;
       seen[i].final = true;
       cv.notify_all();
     };
@@ -730,6 +735,7 @@ TEST(EngineService, DeliveryKeepsEachJobsOrderAndStopDrainsIt) {
     EXPECT_FALSE(seen[i].after_final);
     if (i == n) {
       EXPECT_NE(seen[i].error.find("empty"), std::string::npos) << seen[i].error;
+      EXPECT_EQ(seen[i].status, 400);  // refused: the request's own fault
     } else {
       EXPECT_TRUE(seen[i].error.empty()) << seen[i].error;
       if (i % 2 == 0) {

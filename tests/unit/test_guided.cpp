@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "engine/guided.h"
 #include "engine/json_schema.h"
+#include "engine/sampling_params.h"
 
 using namespace llmserve;
 
@@ -395,4 +396,16 @@ TEST(GuidedRegex, RefusesWhatPythonRefusesAndWhatItCannotGuide) {
   }
   // Deep nesting is refused before the recursive parser could overflow the stack.
   EXPECT_THROW(Guide::regex(std::string(100000, '(') + std::string(100000, ')')), Error);
+}
+
+// A request's guide is compiled once: checking it (the server, then the engine) and serving it get
+// the same one, even when nothing held it in between.
+TEST(GuidedRegex, CheckingAndServingShareOneCompiledGuide) {
+  SamplingParams p;
+  p.guided = "regex";
+  p.guided_schema = "[a-z]{1,40}@[a-z]{1,40}\\.(com|org)";
+  const uint64_t first = make_guide(p)->id();  // (ids are never reused, unlike addresses)
+  EXPECT_EQ(make_guide(p)->id(), first);
+  p.guided_schema = "[0-9]+";
+  EXPECT_NE(make_guide(p)->id(), first);
 }
