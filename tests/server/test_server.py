@@ -2,6 +2,8 @@
 """End-to-end tests of the OpenAI server: `mpirun -np 2 llmserve` (tp=2, CPU backend, tiny Qwen2
 fixture) on a free loopback port, driven over HTTP (standard library) and, when it can be installed,
 with the official `openai` package. Prints one line per check and 'N passed, N failed'.
+LLMSERVE_TEST_BACKEND=cuda runs every server and `llmserve generate` on the CUDA backend in float32, one
+rank each (one GPU).
 Usage: test_server.py BUILD_DIR"""
 import concurrent.futures
 import http.client, json, os, re, socket, subprocess, sys, threading, time
@@ -10,6 +12,8 @@ BUILD = os.path.abspath(sys.argv[1])
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = os.path.join(BUILD, "test-models", "tiny-qwen2.h5")
 FIXTURES = os.environ.get("LLMSERVE_FIXTURES", os.path.join(HERE, "..", "..", "..", "shared", "fixtures"))
+BACKEND = os.environ.get("LLMSERVE_TEST_BACKEND", "cpu")
+BACKEND_ARGS = ["--backend", BACKEND] + (["--dtype", "float32"] if BACKEND == "cuda" else [])
 results = []
 
 
@@ -38,13 +42,15 @@ def free_port():
 
 class Server:
     def __init__(self, *extra, np=2, tp=2, model=None):
+        if BACKEND == "cuda":
+            np, tp = 1, 1
         self.port = free_port()
         self.log = open(os.path.join(BUILD, "test-out", f"server-{self.port}.log"), "w")
         cmd = [os.path.join(HERE, "..", "mpirun.sh"), str(np), os.path.join(BUILD, "llmserve"), "--model", model or MODEL,
-               "--backend", "cpu", "-tp", str(tp), "--host", "127.0.0.1", "--port", str(self.port),
+               *BACKEND_ARGS, "-tp", str(tp), "--host", "127.0.0.1", "--port", str(self.port),
                "--max-model-len", "512", *([] if "--served-model-name" in extra else ["--served-model-name", "tiny"]), *extra]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
-        for _ in range(200):
+        for _ in range(200 if BACKEND == "cpu" else 1200):  # a GPU server records its graphs first
             try:
                 if self.request("GET", "/health")[0] == 200:
                     return
@@ -163,7 +169,7 @@ def main():
         inp = os.path.join(BUILD, "test-out", "server-offline-in.jsonl")
         outp = os.path.join(BUILD, "test-out", "server-offline-out.jsonl")
         open(inp, "w").write(json.dumps({"messages": msgs, "max_tokens": 10, "temperature": 0, "ignore_eos": True}) + "\n")
-        subprocess.run([os.path.join(BUILD, "llmserve"), "generate", "--model", MODEL, "--backend", "cpu", "--max-model-len", "512",
+        subprocess.run([os.path.join(BUILD, "llmserve"), "generate", "--model", MODEL, *BACKEND_ARGS, "--max-model-len", "512",
                         "--input", inp, "--output", outp], check=True, capture_output=True)
         offline = json.loads(open(outp).read())["outputs"][0]["text"]
         check("chat greedy equals llmserve generate", st == 200 and chat["choices"][0]["message"]["content"] == offline,
@@ -781,7 +787,7 @@ def main():
         inp = os.path.join(BUILD, "test-out", "server-async-in.jsonl")
         outp = os.path.join(BUILD, "test-out", "server-async-out.jsonl")
         open(inp, "w").write(json.dumps(body) + "\n")
-        subprocess.run([os.path.join(BUILD, "llmserve"), "generate", "--model", MODEL, "--backend", "cpu", "--max-model-len", "512",
+        subprocess.run([os.path.join(BUILD, "llmserve"), "generate", "--model", MODEL, *BACKEND_ARGS, "--max-model-len", "512",
                         "--generation-config", "vllm", "--input", inp, "--output", outp], check=True, capture_output=True)
         offline = json.loads(open(outp).read())["outputs"][0]["text"]
         auth = {"Authorization": "Bearer sekret"}
@@ -853,7 +859,7 @@ def main():
         inp = os.path.join(BUILD, "test-out", "server-queue-in.jsonl")
         outp = os.path.join(BUILD, "test-out", "server-queue-out.jsonl")
         open(inp, "w").write("".join(json.dumps(b) + "\n" for b in bodies))
-        subprocess.run([os.path.join(BUILD, "llmserve"), "generate", "--model", MODEL, "--backend", "cpu", "--max-model-len", "512",
+        subprocess.run([os.path.join(BUILD, "llmserve"), "generate", "--model", MODEL, *BACKEND_ARGS, "--max-model-len", "512",
                         "--generation-config", "vllm", "--input", inp, "--output", outp], check=True, capture_output=True)
         offline = [json.loads(l)["outputs"][0]["text"] for l in open(outp)]
 
@@ -870,6 +876,17 @@ def main():
             served = list(pool.map(ask, range(len(bodies))))
         check("async scheduling on one rank (steps queued behind the draw): concurrent greedy, sampled and streamed "
               "completions equal llmserve generate's", served == offline, (served, offline))
+        # A draw that finds no token while the next step is already planned (and queued behind it): that
+        # step gets a stand-in token, the request fails alone, and the requests beside it are unchanged.
+        st, ob = q.post("/tokenize", {"prompt": "{"})
+        dead = {"prompt": "a b c", "max_tokens": 5, "allowed_token_ids": ob["tokens"], "response_format": {"type": "json_object"}}
+        with concurrent.futures.ThreadPoolExecutor(len(bodies) + 1) as pool:
+            failed = pool.submit(q.post, "/v1/completions", dead)
+            again = list(pool.map(ask, range(len(bodies))))
+        st2, r = failed.result()
+        check("async scheduling: a request with no token to draw at a later step fails alone (400), the others unchanged",
+              st == 200 and st2 == 400 and "no token can be drawn" in r["error"]["message"] and again == offline
+              and q.request("GET", "/health")[0] == 200, (r, again, offline))
     finally:
         q.stop()
     with open(a.log.name) as f:
