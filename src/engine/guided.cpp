@@ -77,9 +77,13 @@ bool value_start(GuideState& s, unsigned char c) {
 
 // A byte inside a string (after its opening quote): 0 rejected, 1 taken, 2 the closing quote.
 int string_char(GuideState& s, unsigned char c) {
-  if (s.utf8 > 0) {  // a continuation byte of a multi-byte character
-    if ((c & 0xC0) != 0x80) return 0;
-    --s.utf8;
+  if (s.utf8 > 0) {  // a continuation byte of a multi-byte character: the bits above the count of
+                     // those left narrow the next one's range (no overlong forms, surrogates or
+                     // code points past U+10FFFF: well-formed UTF-8 only)
+    static constexpr unsigned char lo[5] = {0x80, 0xA0, 0x80, 0x90, 0x80}, hi[5] = {0xBF, 0xBF, 0x9F, 0xBF, 0x8F};
+    const int k = s.utf8 >> 2;
+    if (c < lo[k] || c > hi[k]) return 0;
+    s.utf8 = static_cast<uint8_t>((s.utf8 & 3) - 1);
     return 1;
   }
   if (s.sub == 1) {  // after a backslash
@@ -97,8 +101,8 @@ int string_char(GuideState& s, unsigned char c) {
   if (c < 0x20) return 0;  // control characters must be escaped
   if (c < 0x80) return 1;
   if (c >= 0xC2 && c <= 0xDF) return s.utf8 = 1, 1;
-  if (c >= 0xE0 && c <= 0xEF) return s.utf8 = 2, 1;
-  if (c >= 0xF0 && c <= 0xF4) return s.utf8 = 3, 1;
+  if (c >= 0xE0 && c <= 0xEF) return s.utf8 = static_cast<uint8_t>(2 | (c == 0xE0 ? 1 << 2 : c == 0xED ? 2 << 2 : 0)), 1;
+  if (c >= 0xF0 && c <= 0xF4) return s.utf8 = static_cast<uint8_t>(3 | (c == 0xF0 ? 3 << 2 : c == 0xF4 ? 4 << 2 : 0)), 1;
   return 0;
 }
 
@@ -162,7 +166,7 @@ std::string Guide::key(const GuideState& s) const {
     put(s.lo), put(s.hi), put(s.off);
   }
   if (kind_ == Kind::Schema) {
-    put(s.levels), put(s.cand), put(s.off);
+    put(s.levels), put(s.cand), put(s.off), put(s.rx);
     for (int i = 0; i < s.levels; ++i) put(s.frames[i].node), put(s.frames[i].idx), put(s.frames[i].phase);
   }
   return k;
@@ -304,7 +308,7 @@ bool Guide::in_plain_string(const GuideState& s) const {
   if (kind_ != Kind::Schema || s.levels == 0) return false;
   const GuideState::Frame& f = s.frames[s.levels - 1];
   const SchemaNode::Type t = schema_->nodes[static_cast<size_t>(f.node)].type;
-  if (t == SchemaNode::Type::String) return f.phase == 1;
+  if (t == SchemaNode::Type::String) return f.phase == 1 && !schema_->nodes[static_cast<size_t>(f.node)].constrained();
   return t == SchemaNode::Type::Any && f.phase == 1 && (s.mode == kString || s.mode == kKey);
 }
 
@@ -414,7 +418,7 @@ bool Guide::schema_byte(GuideState& s, unsigned char c) const {
           return true;
         case Type::String:
           if (c != '"') return false;
-          f.phase = 1;
+          f.phase = 1, s.rx = 0, s.off = 0;  // (a constrained string's automaton state, characters so far)
           return true;
         case Type::Integer:
         case Type::Number:
@@ -453,6 +457,20 @@ bool Guide::schema_byte(GuideState& s, unsigned char c) const {
         return true;
       }
       case Type::String: {
+        if (n.content) {  // the text between the quotes: the automaton's (it never takes '"')
+          if (c == '"') return n.content->accepting(s.rx) && (finish(), true);
+          return (s.rx = n.content->next(s.rx, c)) != RegexDfa::kDead;
+        }
+        if (n.constrained()) {  // length bounds alone: characters counted, no escapes
+          if (s.utf8 == 0 && c == '"') return s.off >= n.min_length && (finish(), true);
+          if (c == '\\') return false;
+          const bool first_byte = s.utf8 == 0;
+          if (!string_char(s, c)) return false;
+          if (!first_byte) return true;
+          if (n.max_length >= 0) return ++s.off <= n.max_length;
+          s.off += s.off < n.min_length;  // (no upper bound: counted up to the lower one only)
+          return true;
+        }
         const int r = string_char(s, c);
         if (r == 2) finish();
         return r != 0;

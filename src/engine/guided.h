@@ -38,7 +38,8 @@ struct GuideState {
   int32_t lo = 0, hi = 0, off = 0;
   // schema: the levels being produced, innermost last (a schema node, the level's phase, and the next
   // property's index or the items so far); the keys or enum texts still matching the `off` bytes fed
-  // (bit i: candidate i); the generic JSON fields above for a value of any shape.
+  // (bit i: candidate i), or a string's characters so far when it has length bounds; the generic JSON
+  // fields above for a value of any shape.
   struct Frame {
     int32_t node;
     uint16_t idx;
@@ -47,7 +48,7 @@ struct GuideState {
   Frame frames[kGuideMaxLevels] = {};
   uint8_t levels = 0;
   uint64_t cand = 0;
-  int32_t rx = 0;  // regex: the automaton's state
+  int32_t rx = 0;  // regex, and a schema's constrained string: the automaton's state
 };
 
 class Guide {

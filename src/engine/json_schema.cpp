@@ -1,11 +1,13 @@
 #include "engine/json_schema.h"
 
 #include <algorithm>
+#include <climits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "common/error.h"
+#include "engine/regex_dfa.h"
 
 namespace llmserve {
 namespace {
@@ -17,8 +19,46 @@ using Type = SchemaNode::Type;
 // only the listed properties are ever produced, which every setting of it allows).
 const std::set<std::string> kIgnored = {"title", "description", "default", "examples", "$schema", "$id", "$comment",
                                         "additionalProperties", "strict", "deprecated", "readOnly", "writeOnly"};
-const std::set<std::string> kKnown = {"type", "properties", "required", "items", "minItems", "maxItems", "enum", "const",
-                                      "anyOf", "oneOf", "allOf", "$ref", "$defs", "definitions"};
+const std::set<std::string> kKnown = {"type",  "properties", "required", "items",     "minItems",  "maxItems",
+                                      "enum",  "const",      "anyOf",    "oneOf",     "allOf",     "$ref",
+                                      "$defs", "definitions", "pattern", "format",    "minLength", "maxLength"};
+const char* const kStringKeywords[] = {"pattern", "format", "minLength", "maxLength"};
+
+// The formats guided (JSON Schema's format keyword; any other is an annotation), as patterns whose
+// every text is valid in that format (RFC 3339 dates and times, leaving out February 29 and leap
+// seconds; RFC 4122 UUIDs; dotted-quad IPv4 without leading zeros; a dot-atom email address at a
+// domain of two labels or more).
+const std::map<std::string, std::string>& format_patterns() {
+  static const std::map<std::string, std::string> f = [] {
+    const std::string year = R"((?:[1-9]\d{3}|0[1-9]\d{2}|00[1-9]\d|000[1-9]))";
+    const std::string month_day = R"((?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\d|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]\d|30)|02-(?:0[1-9]|1\d|2[0-8])))";
+    const std::string date = year + "-" + month_day;
+    const std::string time = R"((?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d))";
+    const std::string octet = R"((?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d))";
+    const std::string label = R"([A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)";
+    return std::map<std::string, std::string>{
+        {"date", date},
+        {"time", time},
+        {"date-time", date + "T" + time},
+        {"uuid", R"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"},
+        {"ipv4", octet + R"(\.)" + octet + R"(\.)" + octet + R"(\.)" + octet},
+        {"email", R"([A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*@)" + label + R"((?:\.)" + label + ")+"},
+    };
+  }();
+  return f;
+}
+
+// Bytes a constrained string's text never holds: the quote, the backslash (no escapes) and the
+// control characters JSON requires escaped.
+const std::array<bool, 256>& json_string_banned() {
+  static const std::array<bool, 256> b = [] {
+    std::array<bool, 256> x{};
+    for (int c = 0; c < 0x20; ++c) x[static_cast<size_t>(c)] = true;
+    x['"'] = x['\\'] = true;
+    return x;
+  }();
+  return b;
+}
 
 // A key as it stands between the quotes of compact JSON.
 std::string escaped_key(const std::string& k) {
@@ -149,6 +189,8 @@ class Compiler {
       types.push_back("object");
     } else if (s.contains("items") || s.contains("minItems") || s.contains("maxItems")) {
       types.push_back("array");
+    } else if (std::any_of(std::begin(kStringKeywords), std::end(kStringKeywords), [&](const char* k) { return s.contains(k); })) {
+      types.push_back("string");
     }
     if (types.empty()) return add(SchemaNode{});  // any JSON value
     if (types.size() == 1) return typed(s, types[0], where, true);
@@ -204,19 +246,77 @@ class Compiler {
       if (!required.empty()) fail(where, cat("required property '", *required.begin(), "' is not among the properties"));
     } else if (n.type == Type::Array) {
       n.items = s.contains("items") ? compile(s["items"], where + "/items") : add(SchemaNode{});
-      auto bound = [&](const char* k, int64_t dflt) {
-        if (!s.contains(k)) return dflt;
-        if (!s[k].is_number_integer() || s[k].get<int64_t>() < 0) fail(where, cat(k, " must be a non-negative integer"));
-        return s[k].get<int64_t>();
-      };
-      n.min_items = bound("minItems", 0);
-      n.max_items = bound("maxItems", -1);
+      n.min_items = count(s, "minItems", 0, where);
+      n.max_items = count(s, "maxItems", -1, where);
       if (n.max_items >= 0 && n.max_items < n.min_items) fail(where, "maxItems is below minItems");
-    } else if (only) {
-      for (const char* k : {"properties", "required", "items", "minItems", "maxItems"})
-        if (s.contains(k)) fail(where, cat("'", k, "' applies to objects and arrays, not to type ", t));
+    } else if (n.type == Type::String) {
+      string_constraints(s, n, where);
+    }
+    if (only) {
+      if (n.type != Type::Object && n.type != Type::Any && n.type != Type::Array)
+        for (const char* k : {"properties", "required", "items", "minItems", "maxItems"})
+          if (s.contains(k)) fail(where, cat("'", k, "' applies to objects and arrays, not to type ", t));
+      if (n.type != Type::String)
+        for (const char* k : kStringKeywords)
+          if (s.contains(k)) fail(where, cat("'", k, "' applies to strings, not to type ", t));
     }
     return add(std::move(n));
+  }
+
+  // A non-negative integer keyword (dflt when absent).
+  int64_t count(const ojson& s, const char* k, int64_t dflt, const std::string& where) const {
+    if (!s.contains(k)) return dflt;
+    if (!s[k].is_number_integer() || s[k].get<int64_t>() < 0) fail(where, cat(k, " must be a non-negative integer"));
+    return s[k].get<int64_t>();
+  }
+
+  // A string's pattern, format and length bounds (SchemaNode::content, min_length, max_length).
+  void string_constraints(const ojson& s, SchemaNode& n, const std::string& where) {
+    n.min_length = count(s, "minLength", 0, where);
+    n.max_length = count(s, "maxLength", -1, where);
+    if (n.max_length >= 0 && n.max_length < n.min_length) fail(where, "maxLength is below minLength");
+    // (Past 2^31 - 1 code points no output reaches: a minimum there is refused, a maximum is none.)
+    if (n.min_length > INT32_MAX) fail(where, "minLength is larger than any output");
+    if (n.max_length > INT32_MAX) n.max_length = -1;
+    std::string pattern, what;
+    if (s.contains("format")) {
+      if (!s["format"].is_string()) fail(where, "format must be a string");
+      const auto it = format_patterns().find(s["format"].get<std::string>());
+      if (it != format_patterns().end()) pattern = it->second, what = cat("format '", it->first, "'");
+    }
+    if (s.contains("pattern")) {
+      if (!s["pattern"].is_string()) fail(where, "pattern must be a string");
+      if (!pattern.empty()) fail(where, cat("pattern beside ", what, " is not supported"));
+      pattern = s["pattern"].get<std::string>();
+      what = "pattern";
+    }
+    if (pattern.empty()) return;  // the bounds, if any, are counted as the string is produced
+    const std::string key = cat(pattern, '\0', n.min_length, '\0', n.max_length);
+    auto& dfa = patterns_[key];
+    if (!dfa) {
+      std::unique_ptr<RegexDfa> whole;
+      try {
+        whole = std::make_unique<RegexDfa>(pattern);
+      } catch (const Error& e) {
+        const std::string why = e.what();
+        fail(where, cat(what, ": ", why.rfind("regex: ", 0) == 0 ? why.substr(7) : why));
+      }
+      try {
+        dfa = std::make_shared<const RegexDfa>(whole->restricted(json_string_banned(), n.min_length, n.max_length));
+      } catch (const Error& e) {
+        const bool bounded = n.min_length > 0 || n.max_length >= 0;
+        if (std::string(e.what()).find("no text") == std::string::npos)
+          fail(where, cat(what, bounded ? " with minLength / maxLength " : " ", e.what()));
+        fail(where, cat(what, " matches no string", bounded ? cat(" of ", n.min_length, " to ", n.max_length < 0 ? "any number of" : std::to_string(n.max_length), " characters") : "",
+                        " without quotes, backslashes or control characters (guided strings take no escapes)"));
+      }
+      pattern_states_ += static_cast<int64_t>(dfa->num_states());
+      if (pattern_states_ > kMaxSchemaPatternStates)
+        fail(where, cat("the schema's patterns and formats need more than ", kMaxSchemaPatternStates,
+                        " automaton states together; too large to guide"));
+    }
+    n.content = dfa;
+    n.min_length = 0, n.max_length = -1;  // (inside the automaton)
   }
 
   // The bytes a node's values may begin with.
@@ -311,6 +411,8 @@ class Compiler {
   const ojson& root_;
   JsonSchema out_;
   std::map<std::string, int32_t> refs_;
+  std::map<std::string, std::shared_ptr<const RegexDfa>> patterns_;  // by pattern and bounds: made once
+  int64_t pattern_states_ = 0;
   std::map<size_t, std::string> where_;
   int depth_ = 0;
 };

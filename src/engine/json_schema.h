@@ -6,16 +6,22 @@
 // told apart by the value of a first property they all require (a const or enum each), allOf of one
 // schema, $ref to "#", "#/$defs/..." or "#/definitions/...", and the annotations (title, description,
 // default, examples, $schema, $id, additionalProperties, strict) that do not restrict the produced
-// text further. A schema using anything else (pattern, format, minLength, minimum, ...) is refused
-// with an Error naming the keyword, rather than guided to text that may not satisfy it.
+// text further. Strings take minLength / maxLength (code points), pattern (matched whole, as xgrammar
+// and outlines match it; the regex_dfa.h subset) and format date, time, date-time, uuid, ipv4 and email
+// (other formats are annotations, as JSON Schema has them by default): such strings are produced
+// without escapes, so their text is their value. A schema using anything else (minimum, multipleOf,
+// ...) is refused with an Error naming the keyword, rather than guided to text that may not satisfy it.
 #pragma once
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
 namespace llmserve {
+
+class RegexDfa;
 
 struct SchemaNode {
   enum class Type : uint8_t { Any, Object, Array, String, Integer, Number, Boolean, Null, Enum, Union, Tagged };
@@ -40,6 +46,12 @@ struct SchemaNode {
   // of every alternative's values}; tag_alts[i]: the alternative whose value is that enum's texts[i].
   // Once the value is read the object goes on as that alternative.
   std::vector<int32_t> tag_alts;
+  // String: the text between the quotes, when constrained: an automaton over it (a pattern or a
+  // format, with any length bounds inside it), or else bounds on its code points counted as they come
+  // (max -1: none). No escapes either way.
+  std::shared_ptr<const RegexDfa> content;
+  int64_t min_length = 0, max_length = -1;
+  bool constrained() const { return content || min_length > 0 || max_length >= 0; }
 };
 
 struct JsonSchema {
@@ -53,6 +65,8 @@ constexpr int kMaxSchemaProperties = 64;
 constexpr int kMaxSchemaEnum = 64;
 // Nodes of one compiled schema (a request's schema is refused beyond it).
 constexpr int kMaxSchemaNodes = 4096;
+// Automaton states of one schema's patterns and formats together (each at most RegexDfa::kMaxStates).
+constexpr int kMaxSchemaPatternStates = 20000;
 
 // Throws Error (naming the keyword and where it stands) for what is not supported.
 JsonSchema compile_json_schema(const nlohmann::ordered_json& schema);

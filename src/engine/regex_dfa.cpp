@@ -491,6 +491,10 @@ RegexDfa::RegexDfa(const std::string& pattern) {
     next_.push_back(row);
     accept_.push_back(std::binary_search(sets[d].begin(), sets[d].end(), final_state));
   }
+  prune("regex: the pattern matches no text");
+}
+
+void RegexDfa::prune(const char* when_empty) {
   // Only states from which an accepted text can still be reached are kept as targets: a byte that
   // leads anywhere else is refused at once (so the sampler never walks into a dead end).
   std::vector<char> live(next_.size(), 0);
@@ -503,10 +507,44 @@ RegexDfa::RegexDfa(const std::string& pattern) {
       if (l) live[d] = 1, changed = true;
     }
   }
-  if (!live[0]) throw Error("regex: the pattern matches no text");
+  if (!live[0]) throw Error(when_empty);
   for (auto& row : next_)
     for (auto& t : row)
       if (t >= 0 && !live[static_cast<size_t>(t)]) t = kDead;
+}
+
+RegexDfa RegexDfa::restricted(const std::array<bool, 256>& banned, int64_t min_chars, int64_t max_chars) const {
+  // The product with a count of the characters so far (counted at their first bytes: every text here
+  // is whole UTF-8), which stops at min_chars when there is no upper bound.
+  const int64_t top = max_chars >= 0 ? max_chars : min_chars;
+  RegexDfa out;
+  std::map<std::pair<int32_t, int64_t>, int32_t> ids;
+  std::vector<std::pair<int32_t, int64_t>> pairs;
+  auto intern = [&](int32_t d, int64_t k) {
+    auto [it, fresh] = ids.emplace(std::make_pair(d, k), static_cast<int32_t>(pairs.size()));
+    if (fresh) {
+      if (static_cast<int>(pairs.size()) >= kMaxStates)
+        throw Error(cat("needs more than ", kMaxStates, " automaton states; it is too large to guide"));
+      pairs.push_back({d, k});
+    }
+    return it->second;
+  };
+  intern(start(), 0);
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    const auto [d, k] = pairs[i];
+    std::array<int32_t, 256> row;
+    for (int b = 0; b < 256; ++b) {
+      const int32_t t = next(d, static_cast<unsigned char>(b));
+      const int64_t k2 = (b & 0xC0) == 0x80 ? k : k + 1;
+      row[static_cast<size_t>(b)] = t == kDead || banned[static_cast<size_t>(b)] || (max_chars >= 0 && k2 > max_chars)
+                                        ? kDead
+                                        : intern(t, std::min(k2, top));
+    }
+    out.next_.push_back(row);
+    out.accept_.push_back(accepting(d) && k >= min_chars);
+  }
+  out.prune("matches no text within these bounds");
+  return out;
 }
 
 }  // namespace llmserve

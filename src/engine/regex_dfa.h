@@ -28,8 +28,16 @@ class RegexDfa {
   int32_t next(int32_t state, unsigned char c) const { return state < 0 ? kDead : next_[static_cast<size_t>(state)][c]; }
   bool accepting(int32_t state) const { return state >= 0 && accept_[static_cast<size_t>(state)]; }
   size_t num_states() const { return next_.size(); }
+  // The texts this automaton accepts that contain none of the `banned` bytes and are min_chars to
+  // max_chars code points long (max_chars < 0: no upper bound). Throws Error when no text is left, or
+  // when that automaton needs more than kMaxStates states.
+  RegexDfa restricted(const std::array<bool, 256>& banned, int64_t min_chars, int64_t max_chars) const;
 
  private:
+  RegexDfa() = default;
+  // Turns every transition into a state that cannot reach an accepted text into kDead; throws
+  // Error(when_empty) when the start state is such a state.
+  void prune(const char* when_empty);
   std::vector<std::array<int32_t, 256>> next_;
   std::vector<char> accept_;
 };

@@ -6,7 +6,7 @@ LLMSERVE_TEST_BACKEND=cuda runs every server and `llmserve generate` on the CUDA
 rank each (one GPU).
 Usage: test_server.py BUILD_DIR"""
 import concurrent.futures
-import http.client, json, os, re, socket, subprocess, sys, threading, time
+import datetime, http.client, json, os, re, socket, subprocess, sys, threading, time
 
 BUILD = os.path.abspath(sys.argv[1])
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -234,9 +234,13 @@ def main():
             ("best_of", 400, s.post("/v1/completions", {"prompt": "x", "best_of": 3}), "best_of"),
             ("logit_bias key", 400, s.post("/v1/completions", {"prompt": "x", "logit_bias": {"five": 10}}), "token ids"),
             ("logit_bias token", 400, s.post("/v1/completions", {"prompt": "x", "logit_bias": {"999999999": 10}}), "vocabulary"),
-            ("response_format json_schema with a pattern", 400, s.post("/v1/chat/completions", {"messages": msgs, "response_format": {
-                "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "a+"}}}}),
-             "'pattern' is not supported by llmserve's guided decoding"),
+            ("response_format json_schema with a minimum", 400, s.post("/v1/chat/completions", {"messages": msgs, "response_format": {
+                "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "integer", "minimum": 3}}}}),
+             "'minimum' is not supported by llmserve's guided decoding"),
+            ("response_format json_schema with a pattern no string matches", 400, s.post("/v1/chat/completions", {"messages": msgs,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "[a-z]{6}",
+                                                                                                  "maxLength": 5}}}}),
+             "pattern matches no string of 0 to 5 characters"),
             ("response_format json_schema without a schema", 400, s.post("/v1/chat/completions", {"messages": msgs, "response_format": {
                 "type": "json_schema", "json_schema": {"name": "x"}}}), "needs a 'json_schema' object with a 'schema'"),
             ("response_format without a type", 400, s.post("/v1/completions", {"prompt": "x", "response_format": {}}),
@@ -536,6 +540,26 @@ def main():
             check(name + ": every stopped answer is valid under the schema, properties in its order",
                   st == 200 and len(answers) == 6 and all(valid(t) for t, f in answers if f == "stop")
                   and all(t.lstrip().startswith("{") for t, f in answers if t.strip()), answers)
+        # Strings with a pattern, a format and length bounds: every stopped answer has them.
+        coded = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}-\\d{2}$"},
+                                                  "day": {"type": "string", "format": "date"},
+                                                  "nick": {"type": "string", "minLength": 2, "maxLength": 5}},
+                 "required": ["code", "day", "nick"]}
+
+        def coded_ok(text):
+            try:
+                o = json.loads(text)
+                datetime.date.fromisoformat(o["day"])
+            except (ValueError, KeyError, TypeError):
+                return False
+            return (list(o) == ["code", "day", "nick"] and re.fullmatch(r"[A-Z]{3}-\d{2}", o["code"]) is not None
+                    and re.fullmatch(r"\d{4}-\d\d-\d\d", o["day"]) is not None and 2 <= len(o["nick"]) <= 5)
+        st, gc = s.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 80, "n": 4, "temperature": 1.0, "seed": 3,
+                                                 "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": coded}}})
+        answers = [(c["message"]["content"], c["finish_reason"]) for c in gc.get("choices", [])]
+        check("json_schema strings with pattern, format and minLength / maxLength: every stopped answer has them",
+              st == 200 and len(answers) == 4 and any(f == "stop" for _, f in answers)
+              and all(coded_ok(t) for t, f in answers if f == "stop"), answers)
         # disable_any_whitespace (vLLM): no whitespace between tokens (this model otherwise opens with newlines).
         st, gw = s.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 24, "n": 6, "temperature": 1.0, "seed": 11,
                                                  "structured_outputs": {"json": schema, "disable_any_whitespace": True}})

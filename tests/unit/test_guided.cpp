@@ -255,9 +255,16 @@ TEST(GuidedSchema, RefusesWhatItCannotGuide) {
       EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
     }
   };
-  refused(R"({"type": "string", "pattern": "^a+$"})", "'pattern' is not supported");
-  refused(R"({"type": "string", "format": "date-time"})", "'format' is not supported");
   refused(R"({"type": "integer", "minimum": 0})", "'minimum' is not supported");
+  refused(R"({"type": "string", "pattern": "(a"})", "pattern: missing )");
+  refused(R"j({"type": "string", "pattern": "a(?=b)"})j", "pattern: lookaround assertions are not supported");
+  refused(R"({"type": "integer", "pattern": "1"})", "'pattern' applies to strings, not to type integer");
+  refused(R"({"type": "string", "pattern": "a", "format": "date"})", "pattern beside format 'date' is not supported");
+  refused(R"({"type": "string", "maxLength": 2, "minLength": 3})", "maxLength is below minLength");
+  refused(R"({"type": "string", "format": "date", "maxLength": 9})", "format 'date' matches no string of 0 to 9 characters");
+  refused(R"({"type": "string", "pattern": "\\\\"})", "pattern matches no string without quotes, backslashes");
+  refused(R"({"type": "string", "pattern": "[a-z]+x", "maxLength": 20000})", "needs more than 10000 automaton states");
+  refused(R"({"type": "string", "minLength": 3000000000})", "minLength is larger than any output");
   refused(R"({"anyOf": [{"type": "object"}, {"type": "object", "properties": {"a": {}}}]})", "both begin with '{'");
   refused(R"({"anyOf": [{"properties": {"k": {"const": 1}}, "required": ["k"]}, {"properties": {"k": {"enum": [2, 1]}},
            "required": ["k"]}]})", "first property, required in each, is a const or enum that tells them apart");
@@ -274,6 +281,78 @@ TEST(GuidedSchema, RefusesWhatItCannotGuide) {
   std::string many = R"({"enum": [)";
   for (int i = 0; i <= kMaxSchemaEnum; ++i) many += (i ? "," : "") + std::to_string(i);
   refused(many + "]}", "enum lists more than");
+}
+
+// Strings with pattern, format, minLength and maxLength. Every output the guide completes is valid under
+// the schema as Python's jsonschema (Draft 2020-12, its format checker) says; the expectations here are
+// its verdicts, except where marked narrower: such strings are produced without escapes, a pattern or
+// format keyword without a type makes a string, and the formats are guided as subsets (an email
+// address's domain has two labels or more; dates leave out February 29).
+TEST(GuidedSchema, StringPatternsFormatsAndLengthsAsJsonschemaValidatesThem) {
+  struct Case {
+    const char* schema;
+    std::vector<std::pair<std::string, bool>> texts;
+  };
+  const std::vector<Case> cases = {
+      {R"({"type": "string", "pattern": "^[A-Z]{2}-\\d{3}$"})",
+       {{R"("AB-123")", true}, {R"("AB-12")", false}, {R"("ab-123")", false}, {R"("AB-1234")", false}}},
+      {R"({"type": "string", "minLength": 2, "maxLength": 4})",
+       {{R"("ab")", true}, {R"("a")", false}, {R"("abcd")", true}, {R"("abcde")", false}, {"\"\xe4\xb8\xad\xe6\x96\x87\xe5\xad\x97\"", true},
+        {"\"\xf0\x9f\x98\x80\xf0\x9f\x98\x80\"", true}, {R"("a\"b")", false /* narrower: no escapes */}}},
+      {R"({"type": "string", "minLength": 3})", {{R"("abc")", true}, {R"("ab")", false}, {"\"\xe4\xb8\xad\xe6\x96\x87\xe5\xad\x97\"", true}}},
+      {R"({"type": "string", "pattern": "[a-z]+", "maxLength": 3})", {{R"("abc")", true}, {R"("abcd")", false}, {R"("")", false}}},
+      {R"({"type": "string", "format": "date"})",
+       {{R"("2024-02-28")", true}, {R"("2024-13-01")", false}, {R"("2024-04-31")", false}, {R"("24-01-01")", false},
+        {R"("0000-01-01")", false}}},
+      {R"({"type": "string", "format": "date-time"})",
+       {{R"("2024-05-06T07:08:09Z")", true}, {R"("2024-05-06T07:08:09.123+02:00")", true}, {R"("2024-05-06 07:08:09Z")", false},
+        {R"("2024-05-06T24:00:00Z")", false}}},
+      {R"({"type": "string", "format": "uuid"})",
+       {{R"("123e4567-e89b-12d3-a456-426614174000")", true}, {R"("123e4567e89b12d3a456426614174000")", false}}},
+      {R"({"type": "string", "format": "ipv4"})", {{R"("192.168.0.1")", true}, {R"("256.1.1.1")", false}, {R"("01.2.3.4")", false}}},
+      {R"({"type": "string", "format": "email"})",
+       {{R"("a.b@example.com")", true}, {R"("a@b.co")", true}, {R"("ab@localhost")", false /* narrower */}}},
+      {R"({"type": "string", "format": "hostname"})", {{R"("any text at all")", true}}},  // (not guided: an annotation)
+      {R"({"type": "object", "properties": {"id": {"pattern": "^x\\d+$"}}, "required": ["id"]})",
+       {{R"({"id": "x12"})", true}, {R"({"id": "y12"})", false}, {R"({"id": 12})", false /* narrower */}}},
+  };
+  for (const auto& c : cases) {
+    const auto g = Guide::schema(c.schema);
+    for (const auto& [text, want] : c.texts) {
+      const auto [n, complete] = run(*g, text);
+      EXPECT_EQ(n == text.size() && complete, want) << c.schema << " on " << text;
+    }
+  }
+  // A constrained string's bytes are checked as they come: past maxLength, and where the pattern
+  // cannot go on, at once; its closing quote only where the text is whole.
+  const auto two = Guide::schema(R"({"type": "string", "maxLength": 2})");
+  EXPECT_EQ(run(*two, R"("abc")").first, 3u);
+  const auto code = Guide::schema(R"({"type": "string", "pattern": "[A-Z]{2}\\d"})");
+  EXPECT_EQ(run(*code, R"("A1")").first, 2u);
+  EXPECT_EQ(run(*code, R"("AB")").first, 3u);
+  // Its states are not the plain-string fast path (which would skip the checks).
+  GuideState s = two->start();
+  ASSERT_TRUE(two->feed(s, "\"a"));
+  EXPECT_FALSE(two->in_plain_string(s));
+  const auto plain = Guide::schema(R"({"type": "string"})");
+  s = plain->start();
+  ASSERT_TRUE(plain->feed(s, "\"a"));
+  EXPECT_TRUE(plain->in_plain_string(s));
+}
+
+// Strings come out as well-formed UTF-8 only: no overlong forms, surrogates, or code points past
+// U+10FFFF (Python's bytes.decode refuses each of these).
+TEST(GuidedJson, StringsTakeWellFormedUtf8Only) {
+  const auto g = Guide::json();
+  for (const std::string bad : {"\xe0\x80\x80", "\xed\xa0\x80", "\xf0\x80\x80\x80", "\xf4\x90\x80\x80", "\xc0\xaf"}) {
+    const std::string doc = "{\"k\": \"" + bad + "\"}";
+    EXPECT_LT(run(*g, doc).first, doc.size()) << "accepted an ill-formed sequence";
+  }
+  for (const std::string good : {"\xe0\xa0\x80", "\xed\x9f\xbf", "\xf0\x90\x80\x80", "\xf4\x8f\xbf\xbf", "\xee\x80\x80"}) {
+    const std::string doc = "{\"k\": \"" + good + "\"}";
+    EXPECT_EQ(run(*g, doc), std::make_pair(doc.size(), true));
+  }
+  EXPECT_FALSE(plain_string_bytes("\xed\xa0\x80"));
 }
 
 TEST(GuidedSchema, StuckOnlyPastTheDeepestLevel) {

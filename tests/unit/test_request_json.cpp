@@ -160,7 +160,9 @@ TEST(RequestJson, GuidedJsonSchemaFormsKeepThePropertiesOrder) {
   EXPECT_NE(error_of(R"({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}})").find("needs a 'json_schema' object"),
             std::string::npos);
   EXPECT_NE(error_of(R"({"guided_json": 5})").find("must be a JSON schema"), std::string::npos);
-  EXPECT_NE(error_of(R"({"guided_json": {"type": "string", "minLength": 2}})").find("'minLength' is not supported"), std::string::npos);
+  EXPECT_NE(error_of(R"({"guided_json": {"type": "number", "multipleOf": 2}})").find("'multipleOf' is not supported"), std::string::npos);
+  EXPECT_NE(error_of(R"({"guided_json": {"type": "string", "minLength": 2, "maxLength": 1}})").find("maxLength is below minLength"),
+            std::string::npos);
   EXPECT_NE(error_of(R"({"guided_json": {}, "guided_choice": ["a"]})").find("only one kind of guided decoding"), std::string::npos);
   EXPECT_NE(error_of(R"({"structured_outputs": {"json": {}, "disable_any_whitespace": 1}})").find("must be a boolean"), std::string::npos);
   EXPECT_TRUE(parse(R"({"structured_outputs": {"json": {}, "disable_any_whitespace": true}})").guided_compact);
