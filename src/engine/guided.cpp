@@ -363,7 +363,7 @@ bool Guide::schema_could_end(const GuideState& s) const {
   // Only a top-level number or enum value can be whole without a closing byte.
   if (s.levels != 1 || s.frames[0].phase != 1) return false;
   const SchemaNode& n = schema_->nodes[static_cast<size_t>(s.frames[0].node)];
-  if (n.type == Type::Integer || n.type == Type::Number) return endable_number(s);
+  if (n.type == Type::Integer || n.type == Type::Number) return n.content ? n.content->accepting(s.rx) : endable_number(s);
   if (n.type == Type::Enum) return whole(n.texts, s.cand, s.off) >= 0;
   if (n.type == Type::Any) return s.mode == kNumber && s.depth == 0 && endable_number(s);
   return false;
@@ -422,6 +422,11 @@ bool Guide::schema_byte(GuideState& s, unsigned char c) const {
           return true;
         case Type::Integer:
         case Type::Number:
+          if (n.content) {  // bounds: the automaton takes the text
+            if ((s.rx = n.content->next(n.content->start(), c)) == RegexDfa::kDead) return false;
+            f.phase = 1;
+            return true;
+          }
           if (c == '-') s.sub = 1;
           else if (c == '0') s.sub = 2;
           else if (c >= '1' && c <= '9') s.sub = 3;
@@ -477,6 +482,13 @@ bool Guide::schema_byte(GuideState& s, unsigned char c) const {
       }
       case Type::Integer:
       case Type::Number: {
+        if (n.content) {  // a byte the automaton cannot take ends the number where it is whole
+          const int32_t t = n.content->next(s.rx, c);
+          if (t != RegexDfa::kDead) return s.rx = t, true;
+          if (!n.content->accepting(s.rx)) return false;
+          finish();
+          continue;
+        }
         const bool fraction = c == '.' || c == 'e' || c == 'E';
         const int r = n.type == Type::Integer && fraction && (s.sub == 2 || s.sub == 3) ? -1 : number_byte(s, c);
         if (r >= 0) return r == 1;

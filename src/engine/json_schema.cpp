@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "common/error.h"
+#include "engine/number_range.h"
 #include "engine/regex_dfa.h"
 
 namespace llmserve {
@@ -21,8 +23,10 @@ const std::set<std::string> kIgnored = {"title", "description", "default", "exam
                                         "additionalProperties", "strict", "deprecated", "readOnly", "writeOnly"};
 const std::set<std::string> kKnown = {"type",  "properties", "required", "items",     "minItems",  "maxItems",
                                       "enum",  "const",      "anyOf",    "oneOf",     "allOf",     "$ref",
-                                      "$defs", "definitions", "pattern", "format",    "minLength", "maxLength"};
+                                      "$defs", "definitions", "pattern", "format",    "minLength", "maxLength",
+                                      "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"};
 const char* const kStringKeywords[] = {"pattern", "format", "minLength", "maxLength"};
+const char* const kNumberKeywords[] = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"};
 
 // The formats guided (JSON Schema's format keyword; any other is an annotation), as patterns whose
 // every text is valid in that format (RFC 3339 dates and times, leaving out February 29 and leap
@@ -191,6 +195,8 @@ class Compiler {
       types.push_back("array");
     } else if (std::any_of(std::begin(kStringKeywords), std::end(kStringKeywords), [&](const char* k) { return s.contains(k); })) {
       types.push_back("string");
+    } else if (std::any_of(std::begin(kNumberKeywords), std::end(kNumberKeywords), [&](const char* k) { return s.contains(k); })) {
+      types.push_back("number");
     }
     if (types.empty()) return add(SchemaNode{});  // any JSON value
     if (types.size() == 1) return typed(s, types[0], where, true);
@@ -251,6 +257,8 @@ class Compiler {
       if (n.max_items >= 0 && n.max_items < n.min_items) fail(where, "maxItems is below minItems");
     } else if (n.type == Type::String) {
       string_constraints(s, n, where);
+    } else if (n.type == Type::Integer || n.type == Type::Number) {
+      number_bounds(s, n, where);
     }
     if (only) {
       if (n.type != Type::Object && n.type != Type::Any && n.type != Type::Array)
@@ -259,6 +267,9 @@ class Compiler {
       if (n.type != Type::String)
         for (const char* k : kStringKeywords)
           if (s.contains(k)) fail(where, cat("'", k, "' applies to strings, not to type ", t));
+      if (n.type != Type::Integer && n.type != Type::Number)
+        for (const char* k : kNumberKeywords)
+          if (s.contains(k)) fail(where, cat("'", k, "' applies to numbers, not to type ", t));
     }
     return add(std::move(n));
   }
@@ -268,6 +279,45 @@ class Compiler {
     if (!s.contains(k)) return dflt;
     if (!s[k].is_number_integer() || s[k].get<int64_t>() < 0) fail(where, cat(k, " must be a non-negative integer"));
     return s[k].get<int64_t>();
+  }
+
+  // A number's bounds (SchemaNode::content: an automaton over its text).
+  void number_bounds(const ojson& s, SchemaNode& n, const std::string& where) {
+    NumberBounds b;
+    bool any = false;
+    for (const char* k : kNumberKeywords) {
+      if (!s.contains(k)) continue;
+      if (!s[k].is_number()) fail(where, cat(k, " must be a number"));
+      any = true;
+      const double v = s[k].get<double>();
+      const std::string key = k;
+      auto tighter = [&](std::optional<double>& bound, bool& strict, bool lower, bool is_strict) {
+        if (!bound || (lower ? v > *bound : v < *bound) || (v == *bound && is_strict)) bound = v, strict = is_strict;
+      };
+      if (key == "minimum" || key == "exclusiveMinimum") tighter(b.lo, b.lo_strict, true, key == "exclusiveMinimum");
+      if (key == "maximum" || key == "exclusiveMaximum") tighter(b.hi, b.hi_strict, false, key == "exclusiveMaximum");
+    }
+    if (!any) return;
+    const std::string key = cat(n.type == Type::Integer ? "i" : "n", b.lo.value_or(NAN), b.lo_strict, '\0', b.hi.value_or(NAN), b.hi_strict);
+    auto& dfa = patterns_[key];
+    if (!dfa) {
+      try {
+        dfa = std::make_shared<const RegexDfa>(number_range_dfa(n.type == Type::Integer, b));
+      } catch (const Error& e) {
+        if (std::string(e.what()).find("no text") != std::string::npos)
+          fail(where, cat("the bounds leave no ", n.type == Type::Integer ? "integer" : "number (of up to 6 fraction digits, no exponent)"));
+        fail(where, cat("minimum / maximum: ", e.what()));
+      }
+      count_states(*dfa, where);
+    }
+    n.content = dfa;
+  }
+
+  void count_states(const RegexDfa& dfa, const std::string& where) {
+    pattern_states_ += static_cast<int64_t>(dfa.num_states());
+    if (pattern_states_ > kMaxSchemaPatternStates)
+      fail(where, cat("the schema's patterns, formats and bounds need more than ", kMaxSchemaPatternStates,
+                      " automaton states together; too large to guide"));
   }
 
   // A string's pattern, format and length bounds (SchemaNode::content, min_length, max_length).
@@ -310,10 +360,7 @@ class Compiler {
         fail(where, cat(what, " matches no string", bounded ? cat(" of ", n.min_length, " to ", n.max_length < 0 ? "any number of" : std::to_string(n.max_length), " characters") : "",
                         " without quotes, backslashes or control characters (guided strings take no escapes)"));
       }
-      pattern_states_ += static_cast<int64_t>(dfa->num_states());
-      if (pattern_states_ > kMaxSchemaPatternStates)
-        fail(where, cat("the schema's patterns and formats need more than ", kMaxSchemaPatternStates,
-                        " automaton states together; too large to guide"));
+      count_states(*dfa, where);
     }
     n.content = dfa;
     n.min_length = 0, n.max_length = -1;  // (inside the automaton)
@@ -340,7 +387,13 @@ class Compiler {
       case Type::Array: set("["); break;
       case Type::String: set("\""); break;
       case Type::Integer:
-      case Type::Number: set("-0123456789"); break;
+      case Type::Number:
+        if (!n.content) {
+          set("-0123456789");
+          break;
+        }
+        for (int c = 0; c < 256; ++c) f[static_cast<size_t>(c)] = n.content->next(n.content->start(), static_cast<unsigned char>(c)) != RegexDfa::kDead;
+        break;
       case Type::Boolean: set("tf"); break;
       case Type::Null: set("n"); break;
       case Type::Enum:

@@ -9,7 +9,8 @@
 // text further. Strings take minLength / maxLength (code points), pattern (matched whole, as xgrammar
 // and outlines match it; the regex_dfa.h subset) and format date, time, date-time, uuid, ipv4 and email
 // (other formats are annotations, as JSON Schema has them by default): such strings are produced
-// without escapes, so their text is their value. A schema using anything else (minimum, multipleOf,
+// without escapes, so their text is their value. Integers and numbers take minimum, maximum,
+// exclusiveMinimum and exclusiveMaximum (number_range.h). A schema using anything else (multipleOf,
 // ...) is refused with an Error naming the keyword, rather than guided to text that may not satisfy it.
 #pragma once
 #include <array>
@@ -48,7 +49,7 @@ struct SchemaNode {
   std::vector<int32_t> tag_alts;
   // String: the text between the quotes, when constrained: an automaton over it (a pattern or a
   // format, with any length bounds inside it), or else bounds on its code points counted as they come
-  // (max -1: none). No escapes either way.
+  // (max -1: none). No escapes either way. Integer, Number: with bounds, an automaton over the text.
   std::shared_ptr<const RegexDfa> content;
   int64_t min_length = 0, max_length = -1;
   bool constrained() const { return content || min_length > 0 || max_length >= 0; }

@@ -513,38 +513,52 @@ void RegexDfa::prune(const char* when_empty) {
       if (t >= 0 && !live[static_cast<size_t>(t)]) t = kDead;
 }
 
-RegexDfa RegexDfa::restricted(const std::array<bool, 256>& banned, int64_t min_chars, int64_t max_chars) const {
-  // The product with a count of the characters so far (counted at their first bytes: every text here
-  // is whole UTF-8), which stops at min_chars when there is no upper bound.
-  const int64_t top = max_chars >= 0 ? max_chars : min_chars;
+template <typename Step, typename Accept>
+RegexDfa RegexDfa::product(Step step, Accept accept, const char* when_empty) const {
   RegexDfa out;
   std::map<std::pair<int32_t, int64_t>, int32_t> ids;
   std::vector<std::pair<int32_t, int64_t>> pairs;
-  auto intern = [&](int32_t d, int64_t k) {
-    auto [it, fresh] = ids.emplace(std::make_pair(d, k), static_cast<int32_t>(pairs.size()));
+  auto intern = [&](int32_t d, int64_t x) {
+    auto [it, fresh] = ids.emplace(std::make_pair(d, x), static_cast<int32_t>(pairs.size()));
     if (fresh) {
       if (static_cast<int>(pairs.size()) >= kMaxStates)
         throw Error(cat("needs more than ", kMaxStates, " automaton states; it is too large to guide"));
-      pairs.push_back({d, k});
+      pairs.push_back({d, x});
     }
     return it->second;
   };
   intern(start(), 0);
   for (size_t i = 0; i < pairs.size(); ++i) {
-    const auto [d, k] = pairs[i];
+    const auto [d, x] = pairs[i];
     std::array<int32_t, 256> row;
     for (int b = 0; b < 256; ++b) {
       const int32_t t = next(d, static_cast<unsigned char>(b));
-      const int64_t k2 = (b & 0xC0) == 0x80 ? k : k + 1;
-      row[static_cast<size_t>(b)] = t == kDead || banned[static_cast<size_t>(b)] || (max_chars >= 0 && k2 > max_chars)
-                                        ? kDead
-                                        : intern(t, std::min(k2, top));
+      const int64_t x2 = t == kDead ? -1 : step(x, static_cast<unsigned char>(b));
+      row[static_cast<size_t>(b)] = x2 < 0 ? kDead : intern(t, x2);
     }
     out.next_.push_back(row);
-    out.accept_.push_back(accepting(d) && k >= min_chars);
+    out.accept_.push_back(accepting(d) && accept(x));
   }
-  out.prune("matches no text within these bounds");
+  out.prune(when_empty);
   return out;
+}
+
+RegexDfa RegexDfa::restricted(const std::array<bool, 256>& banned, int64_t min_chars, int64_t max_chars) const {
+  // The product with a count of the characters so far (counted at their first bytes: every text here
+  // is whole UTF-8), which stops at min_chars when there is no upper bound.
+  const int64_t top = max_chars >= 0 ? max_chars : min_chars;
+  return product(
+      [&](int64_t k, unsigned char b) -> int64_t {
+        const int64_t k2 = (b & 0xC0) == 0x80 ? k : k + 1;
+        return banned[b] || (max_chars >= 0 && k2 > max_chars) ? -1 : std::min(k2, top);
+      },
+      [&](int64_t k) { return k >= min_chars; }, "matches no text within these bounds");
+}
+
+RegexDfa RegexDfa::intersect(const RegexDfa& other) const {
+  // The product with the other automaton's state (0, its start, at first).
+  return product([&](int64_t o, unsigned char b) -> int64_t { return other.next(static_cast<int32_t>(o), b); },
+                 [&](int64_t o) { return other.accepting(static_cast<int32_t>(o)); }, "matches no text of both");
 }
 
 }  // namespace llmserve

@@ -32,12 +32,18 @@ class RegexDfa {
   // max_chars code points long (max_chars < 0: no upper bound). Throws Error when no text is left, or
   // when that automaton needs more than kMaxStates states.
   RegexDfa restricted(const std::array<bool, 256>& banned, int64_t min_chars, int64_t max_chars) const;
+  // The texts both automata accept (Error as for restricted).
+  RegexDfa intersect(const RegexDfa& other) const;
 
  private:
   RegexDfa() = default;
   // Turns every transition into a state that cannot reach an accepted text into kDead; throws
   // Error(when_empty) when the start state is such a state.
   void prune(const char* when_empty);
+  // The automaton over pairs (a state of this one, x) reachable from (start, 0): step(x, byte) is the
+  // next pair's x (-1: none), accept(x) whether a pair with an accepting state accepts.
+  template <typename Step, typename Accept>
+  RegexDfa product(Step step, Accept accept, const char* when_empty) const;
   std::vector<std::array<int32_t, 256>> next_;
   std::vector<char> accept_;
 };

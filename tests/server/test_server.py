@@ -234,9 +234,9 @@ def main():
             ("best_of", 400, s.post("/v1/completions", {"prompt": "x", "best_of": 3}), "best_of"),
             ("logit_bias key", 400, s.post("/v1/completions", {"prompt": "x", "logit_bias": {"five": 10}}), "token ids"),
             ("logit_bias token", 400, s.post("/v1/completions", {"prompt": "x", "logit_bias": {"999999999": 10}}), "vocabulary"),
-            ("response_format json_schema with a minimum", 400, s.post("/v1/chat/completions", {"messages": msgs, "response_format": {
-                "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "integer", "minimum": 3}}}}),
-             "'minimum' is not supported by llmserve's guided decoding"),
+            ("response_format json_schema with a multipleOf", 400, s.post("/v1/chat/completions", {"messages": msgs, "response_format": {
+                "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "integer", "multipleOf": 3}}}}),
+             "'multipleOf' is not supported by llmserve's guided decoding"),
             ("response_format json_schema with a pattern no string matches", 400, s.post("/v1/chat/completions", {"messages": msgs,
                 "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "[a-z]{6}",
                                                                                                   "maxLength": 5}}}}),
@@ -543,8 +543,10 @@ def main():
         # Strings with a pattern, a format and length bounds: every stopped answer has them.
         coded = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}-\\d{2}$"},
                                                   "day": {"type": "string", "format": "date"},
-                                                  "nick": {"type": "string", "minLength": 2, "maxLength": 5}},
-                 "required": ["code", "day", "nick"]}
+                                                  "nick": {"type": "string", "minLength": 2, "maxLength": 5},
+                                                  "age": {"type": "integer", "minimum": 18, "maximum": 99},
+                                                  "score": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}},
+                 "required": ["code", "day", "nick", "age", "score"]}
 
         def coded_ok(text):
             try:
@@ -552,12 +554,13 @@ def main():
                 datetime.date.fromisoformat(o["day"])
             except (ValueError, KeyError, TypeError):
                 return False
-            return (list(o) == ["code", "day", "nick"] and re.fullmatch(r"[A-Z]{3}-\d{2}", o["code"]) is not None
+            return (list(o) == ["code", "day", "nick", "age", "score"] and type(o["age"]) is int and 18 <= o["age"] <= 99
+                    and 0 < o["score"] <= 1 and re.fullmatch(r"[A-Z]{3}-\d{2}", o["code"]) is not None
                     and re.fullmatch(r"\d{4}-\d\d-\d\d", o["day"]) is not None and 2 <= len(o["nick"]) <= 5)
-        st, gc = s.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 80, "n": 4, "temperature": 1.0, "seed": 3,
+        st, gc = s.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 120, "n": 4, "temperature": 1.0, "seed": 3,
                                                  "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": coded}}})
         answers = [(c["message"]["content"], c["finish_reason"]) for c in gc.get("choices", [])]
-        check("json_schema strings with pattern, format and minLength / maxLength: every stopped answer has them",
+        check("json_schema strings with pattern, format and minLength / maxLength, numbers with bounds: every stopped answer has them",
               st == 200 and len(answers) == 4 and any(f == "stop" for _, f in answers)
               and all(coded_ok(t) for t, f in answers if f == "stop"), answers)
         # disable_any_whitespace (vLLM): no whitespace between tokens (this model otherwise opens with newlines).

@@ -255,7 +255,11 @@ TEST(GuidedSchema, RefusesWhatItCannotGuide) {
       EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
     }
   };
-  refused(R"({"type": "integer", "minimum": 0})", "'minimum' is not supported");
+  refused(R"({"type": "number", "multipleOf": 2})", "'multipleOf' is not supported");
+  refused(R"({"type": "integer", "minimum": 5, "maximum": 4.5})", "the bounds leave no integer");
+  refused(R"({"type": "number", "exclusiveMinimum": 1, "maximum": 1.0000001})", "the bounds leave no number");
+  refused(R"({"type": "string", "minimum": 1})", "'minimum' applies to numbers, not to type string");
+  refused(R"({"minimum": 1e300})", "bounds past +-2^53");
   refused(R"({"type": "string", "pattern": "(a"})", "pattern: missing )");
   refused(R"j({"type": "string", "pattern": "a(?=b)"})j", "pattern: lookaround assertions are not supported");
   refused(R"({"type": "integer", "pattern": "1"})", "'pattern' applies to strings, not to type integer");
@@ -338,6 +342,44 @@ TEST(GuidedSchema, StringPatternsFormatsAndLengthsAsJsonschemaValidatesThem) {
   s = plain->start();
   ASSERT_TRUE(plain->feed(s, "\"a"));
   EXPECT_TRUE(plain->in_plain_string(s));
+}
+
+// Numbers within minimum / maximum / exclusiveMinimum / exclusiveMaximum: the expectations are Python's
+// jsonschema's verdicts, except where marked narrower: integers are written without a fraction, numbers
+// without an exponent and with at most 6 fraction digits.
+TEST(GuidedSchema, NumberBoundsAsJsonschemaValidatesThem) {
+  struct Case {
+    const char* schema;
+    std::vector<std::pair<std::string, bool>> texts;
+  };
+  const std::vector<Case> cases = {
+      {R"({"type": "integer", "minimum": 0, "maximum": 150})",
+       {{"0", true}, {"150", true}, {"151", false}, {"-1", false}, {"42", true}, {"-0", true}, {"1.0", false /* narrower */}}},
+      {R"({"type": "integer", "exclusiveMinimum": -3, "exclusiveMaximum": 3.5})", {{"-3", false}, {"-2", true}, {"3", true}, {"4", false}}},
+      {R"({"type": "number", "minimum": 0, "maximum": 1})",
+       {{"0", true}, {"0.5", true}, {"1", true}, {"1.0", true}, {"1.000001", false}, {"-0.0", true}, {"0.999999", true},
+        {"0.9999999", false /* narrower */}, {"1e-3", false /* narrower */}}},
+      {R"({"type": "number", "exclusiveMaximum": 0.1})", {{"0.1", false}, {"0.099999", true}, {"0.09", true}, {"-5", true}}},
+      {R"({"type": "number", "minimum": -2.5})", {{"-2.5", true}, {"-2.500001", false}, {"-2.49", true}, {"1000", true}}},
+      {R"({"type": "object", "properties": {"age": {"type": "integer", "minimum": 18}}, "required": ["age"]})",
+       {{R"({"age": 18})", true}, {R"({"age": 17})", false}, {R"({"age": 180})", true}}},
+  };
+  for (const auto& c : cases) {
+    const auto g = Guide::schema(c.schema);
+    for (const auto& [text, want] : c.texts) {
+      const auto [n, complete] = run(*g, text);
+      EXPECT_EQ(n == text.size() && complete, want) << c.schema << " on " << text;
+    }
+  }
+  // A digit that would pass the bound is refused at once; a number is whole where it is in range.
+  const auto age = Guide::schema(R"({"type": "integer", "minimum": 0, "maximum": 150})");
+  EXPECT_EQ(run(*age, "16").first, 2u);
+  EXPECT_EQ(run(*age, "160").first, 2u);
+  EXPECT_EQ(run(*age, "-1").first, 1u);  // ('-' may begin -0)
+  // In a union the bounded number's first bytes are its own: a string or a non-negative integer.
+  const auto u = Guide::schema(R"({"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string"}]})");
+  EXPECT_EQ(run(*u, "12"), std::make_pair(size_t{2}, true));
+  EXPECT_EQ(run(*u, "0").first, 0u);
 }
 
 // Strings come out as well-formed UTF-8 only: no overlong forms, surrogates, or code points past
