@@ -561,8 +561,9 @@ bool Guide::schema_byte(GuideState& s, unsigned char c) const {
             if (is_ws(c)) return ++s.ws <= max_ws_;
             if (c == ']' && f.phase == 1 && n.min_items == 0) return s.ws = 0, finish(), true;
             if (n.max_items >= 0 && f.idx >= n.max_items) return false;
-            ++f.idx, f.phase = 2;
-            if (!open(n.items)) return false;
+            f.phase = 2;
+            if (!open(f.idx < n.prefix.size() ? n.prefix[f.idx] : n.items)) return false;
+            ++f.idx;
             continue;  // the item takes the byte
           case 2:
             if (is_ws(c)) return ++s.ws <= max_ws_;

@@ -24,7 +24,7 @@ const std::set<std::string> kIgnored = {"title", "description", "default", "exam
 const std::set<std::string> kKnown = {"type",  "properties", "required", "items",     "minItems",  "maxItems",
                                       "enum",  "const",      "anyOf",    "oneOf",     "allOf",     "$ref",
                                       "$defs", "definitions", "pattern", "format",    "minLength", "maxLength",
-                                      "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"};
+                                      "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "prefixItems"};
 const char* const kStringKeywords[] = {"pattern", "format", "minLength", "maxLength"};
 const char* const kNumberKeywords[] = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"};
 
@@ -191,7 +191,7 @@ class Compiler {
       }
     } else if (s.contains("properties") || s.contains("required")) {
       types.push_back("object");
-    } else if (s.contains("items") || s.contains("minItems") || s.contains("maxItems")) {
+    } else if (s.contains("items") || s.contains("prefixItems") || s.contains("minItems") || s.contains("maxItems")) {
       types.push_back("array");
     } else if (std::any_of(std::begin(kStringKeywords), std::end(kStringKeywords), [&](const char* k) { return s.contains(k); })) {
       types.push_back("string");
@@ -251,10 +251,24 @@ class Compiler {
       }
       if (!required.empty()) fail(where, cat("required property '", *required.begin(), "' is not among the properties"));
     } else if (n.type == Type::Array) {
-      n.items = s.contains("items") ? compile(s["items"], where + "/items") : add(SchemaNode{});
       n.min_items = count(s, "minItems", 0, where);
       n.max_items = count(s, "maxItems", -1, where);
-      if (n.max_items >= 0 && n.max_items < n.min_items) fail(where, "maxItems is below minItems");
+      // Tuples: prefixItems (2020-12) are the first items' schemas, items the rest's (false: no more).
+      if (s.contains("prefixItems")) {
+        if (!s["prefixItems"].is_array()) fail(where, "prefixItems must be an array of schemas");
+        if (s["prefixItems"].size() > static_cast<size_t>(kMaxSchemaProperties))
+          fail(where, cat("more than ", kMaxSchemaProperties, " prefixItems"));
+        for (size_t i = 0; i < s["prefixItems"].size(); ++i) n.prefix.push_back(compile(s["prefixItems"][i], cat(where, "/prefixItems/", i)));
+      }
+      if (s.contains("items") && s["items"].is_boolean() && !s["items"].get<bool>()) {
+        const auto p = static_cast<int64_t>(n.prefix.size());
+        n.max_items = n.max_items < 0 ? p : std::min(n.max_items, p);
+      } else if (s.contains("items") && s["items"].is_array()) {
+        fail(where, "items as an array (draft 2019-09 and before) is not supported; use prefixItems");
+      } else {
+        n.items = s.contains("items") ? compile(s["items"], where + "/items") : add(SchemaNode{});
+      }
+      if (n.max_items >= 0 && n.max_items < n.min_items) fail(where, "maxItems is below minItems (or items: false leaves fewer)");
     } else if (n.type == Type::String) {
       string_constraints(s, n, where);
     } else if (n.type == Type::Integer || n.type == Type::Number) {
@@ -262,7 +276,7 @@ class Compiler {
     }
     if (only) {
       if (n.type != Type::Object && n.type != Type::Any && n.type != Type::Array)
-        for (const char* k : {"properties", "required", "items", "minItems", "maxItems"})
+        for (const char* k : {"properties", "required", "items", "prefixItems", "minItems", "maxItems"})
           if (s.contains(k)) fail(where, cat("'", k, "' applies to objects and arrays, not to type ", t));
       if (n.type != Type::String)
         for (const char* k : kStringKeywords)
@@ -412,7 +426,15 @@ class Compiler {
   void dispatch(int32_t id) {
     std::array<int32_t, 256> by;
     by.fill(-1);
-    const std::vector<int32_t> alts = out_.nodes[static_cast<size_t>(id)].alts;
+    std::vector<int32_t> alts = out_.nodes[static_cast<size_t>(id)].alts;
+    // A number without bounds takes every integer: integers without bounds beside it add nothing (as
+    // Pydantic's Union[int, float]).
+    auto plain = [&](int32_t a, Type t) {
+      const SchemaNode& x = out_.nodes[static_cast<size_t>(a)];
+      return x.type == t && !x.content;
+    };
+    if (std::any_of(alts.begin(), alts.end(), [&](int32_t a) { return plain(a, Type::Number); }))
+      alts.erase(std::remove_if(alts.begin(), alts.end(), [&](int32_t a) { return plain(a, Type::Integer); }), alts.end());
     std::vector<int32_t> objects;  // alternatives that begin with '{'
     for (int32_t a : alts) {
       const auto f = first_bytes(a);

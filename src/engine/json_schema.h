@@ -1,7 +1,7 @@
 // A JSON schema compiled for guided decoding (vLLM's json_schema structured outputs): a table of nodes
 // the byte-level recognizer (src/engine/guided.h) walks. Supported: type (one or a list), properties
 // with required (properties are produced in the schema's order, optional ones may be left out; no
-// others), items with minItems / maxItems, enum and const (any JSON values), anyOf / oneOf whose
+// others), items and prefixItems with minItems / maxItems, enum and const (any JSON values), anyOf / oneOf whose
 // alternatives begin with different bytes (e.g. a string or null, an object or an array) or are objects
 // told apart by the value of a first property they all require (a const or enum each), allOf of one
 // schema, $ref to "#", "#/$defs/..." or "#/definitions/...", and the annotations (title, description,
@@ -34,7 +34,9 @@ struct SchemaNode {
   std::vector<std::string> keys;
   std::vector<int32_t> values;
   std::vector<char> required;
-  // Array: the node of every item; the item count's bounds (max -1: none).
+  // Array: the nodes of the first items (prefixItems), then of every other item (-1: none allowed:
+  // max_items is then at most prefix's size); the item count's bounds (max -1: none).
+  std::vector<int32_t> prefix;
   int32_t items = -1;
   int64_t min_items = 0, max_items = -1;
   // Enum: each allowed value as compact JSON text.

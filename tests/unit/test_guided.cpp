@@ -274,7 +274,9 @@ TEST(GuidedSchema, RefusesWhatItCannotGuide) {
            "required": ["k"]}]})", "first property, required in each, is a const or enum that tells them apart");
   refused(R"({"anyOf": [{"properties": {"k": {"const": 1}}}, {"properties": {"k": {"const": 2}}, "required": ["k"]}]})",
           "first property, required in each");
-  refused(R"({"type": ["number", "integer"]})", "both begin with '-'");
+  refused(R"({"anyOf": [{"type": "integer", "minimum": 1}, {"type": "number"}]})", "both begin with '1'");
+  refused(R"({"type": "array", "items": [{"type": "integer"}]})", "use prefixItems");
+  refused(R"({"prefixItems": [{}, {}], "items": false, "minItems": 3})", "maxItems is below minItems");
   refused(R"({"type": "strnig"})", "unknown type 'strnig'");
   refused(R"({"$ref": "#/components/X"})", "$ref '#/components/X'");
   refused(R"({"type": "object", "properties": {"b": {}}, "required": ["a"]})", "required property 'a' is not among the properties");
@@ -380,6 +382,30 @@ TEST(GuidedSchema, NumberBoundsAsJsonschemaValidatesThem) {
   const auto u = Guide::schema(R"({"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string"}]})");
   EXPECT_EQ(run(*u, "12"), std::make_pair(size_t{2}, true));
   EXPECT_EQ(run(*u, "0").first, 0u);
+}
+
+// Tuples (prefixItems, as Pydantic writes tuple[int, str]) and a union of integer and number (as
+// Union[int, float]): the expectations are Python's jsonschema's verdicts.
+TEST(GuidedSchema, TuplesAndIntegerOrNumber) {
+  struct Case {
+    const char* schema;
+    std::vector<std::pair<std::string, bool>> texts;
+  };
+  const std::vector<Case> cases = {
+      {R"({"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}], "minItems": 2, "items": false})",
+       {{R"([1, "a"])", true}, {"[1]", false}, {R"(["a", 1])", false}, {R"([1, "a", 2])", false}}},
+      {R"({"prefixItems": [{"type": "boolean"}], "items": {"type": "null"}})",
+       {{"[true, null, null]", true}, {"[]", true}, {"[null]", false}}},
+      {R"({"type": ["integer", "number"]})", {{"1.5", true}, {"2", true}}},
+      {R"({"anyOf": [{"type": "integer"}, {"type": "number"}]})", {{"-3.25e2", true}}},
+  };
+  for (const auto& c : cases) {
+    const auto g = Guide::schema(c.schema);
+    for (const auto& [text, want] : c.texts) {
+      const auto [n, complete] = run(*g, text);
+      EXPECT_EQ(n == text.size() && complete, want) << c.schema << " on " << text;
+    }
+  }
 }
 
 // Strings come out as well-formed UTF-8 only: no overlong forms, surrogates, or code points past
