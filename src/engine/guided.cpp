@@ -302,14 +302,18 @@ bool Guide::stuck(const GuideState& s) const {
   return true;
 }
 
-bool Guide::in_plain_string(const GuideState& s) const {
-  if (s.dead || s.sub != 0 || s.utf8 != 0) return false;
-  if (kind_ == Kind::Json) return s.mode == kString || s.mode == kKey;
-  if (kind_ != Kind::Schema || s.levels == 0) return false;
+int64_t Guide::plain_string_room(const GuideState& s) const {
+  constexpr int64_t kAny = INT64_MAX;
+  if (s.dead || s.sub != 0 || s.utf8 != 0) return -1;
+  if (kind_ == Kind::Json) return s.mode == kString || s.mode == kKey ? kAny : -1;
+  if (kind_ != Kind::Schema || s.levels == 0) return -1;
   const GuideState::Frame& f = s.frames[s.levels - 1];
-  const SchemaNode::Type t = schema_->nodes[static_cast<size_t>(f.node)].type;
-  if (t == SchemaNode::Type::String) return f.phase == 1 && !schema_->nodes[static_cast<size_t>(f.node)].constrained();
-  return t == SchemaNode::Type::Any && f.phase == 1 && (s.mode == kString || s.mode == kKey);
+  const SchemaNode& n = schema_->nodes[static_cast<size_t>(f.node)];
+  if (n.type == SchemaNode::Type::String) {
+    if (f.phase != 1 || n.content) return -1;  // (an automaton's string: every token walked)
+    return n.max_length < 0 ? kAny : n.max_length - s.off;
+  }
+  return n.type == SchemaNode::Type::Any && f.phase == 1 && (s.mode == kString || s.mode == kKey) ? kAny : -1;
 }
 
 // json_schema (Kind::Schema). Phases of a level: 0 before its value (whitespace, then the first byte
@@ -594,7 +598,12 @@ bool plain_string_bytes(std::string_view bytes) {
 std::shared_ptr<const GuidedTokens> guided_tokens(std::vector<std::string> bytes) {
   auto t = std::make_shared<GuidedTokens>();
   t->plain.resize(bytes.size());
-  for (size_t i = 0; i < bytes.size(); ++i) t->plain[i] = !bytes[i].empty() && plain_string_bytes(bytes[i]);
+  t->chars.resize(bytes.size());
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    t->plain[i] = !bytes[i].empty() && plain_string_bytes(bytes[i]);
+    if (t->plain[i])
+      for (unsigned char c : bytes[i]) t->chars[i] += (c & 0xC0) != 0x80;
+  }
   t->bytes = std::move(bytes);
   return t;
 }

@@ -79,9 +79,11 @@ class Guide {
   // Whether no byte continues s (a JSON schema's values nested deeper than kGuideMaxLevels): the
   // sampler then allows the end of sequence rather than no token at all.
   bool stuck(const GuideState& s) const;
-  // Whether s is inside a JSON string between characters: then any plain_string_bytes() text is
-  // accepted and leaves s there (the sampler's fast path).
-  bool in_plain_string(const GuideState& s) const;
+  // When s is inside a JSON string between characters, how many characters of plain_string_bytes()
+  // text it takes (INT64_MAX: any; such a text is accepted, and leaves s in the same string: the
+  // sampler's fast path); else -1.
+  int64_t plain_string_room(const GuideState& s) const;
+  bool in_plain_string(const GuideState& s) const { return plain_string_room(s) >= 0; }
 
  private:
   explicit Guide(Kind k);
@@ -102,10 +104,12 @@ class Guide {
 bool plain_string_bytes(std::string_view bytes);
 
 // Each token's bytes as the recognizers see them, by id (empty for special tokens: never allowed; the
-// end of sequence is allowed by the rule above), and whether they are plain_string_bytes.
+// end of sequence is allowed by the rule above), whether they are plain_string_bytes, and how many
+// characters those hold.
 struct GuidedTokens {
   std::vector<std::string> bytes;
   std::vector<char> plain;
+  std::vector<int32_t> chars;  // a plain token's characters (code points)
 };
 std::shared_ptr<const GuidedTokens> guided_tokens(const Tokenizer& tok);
 std::shared_ptr<const GuidedTokens> guided_tokens(std::vector<std::string> bytes);

@@ -98,7 +98,8 @@ const std::vector<uint64_t>& Sampler::guided_allowed(const SeqState& st, Range v
   ++guided_walks_;
   const auto& bytes = tokens_->bytes;
   const auto& plain = tokens_->plain;
-  const bool in_string = st.guide->in_plain_string(st.guide_state);
+  const int64_t room = st.guide->plain_string_room(st.guide_state);  // (-1: not inside a string)
+  const auto& chars = tokens_->chars;
   // Which first bytes the state takes: most tokens are settled by theirs alone.
   bool first_ok[256];
   for (int c = 0; c < 256; ++c) {
@@ -110,7 +111,7 @@ const std::vector<uint64_t>& Sampler::guided_allowed(const SeqState& st, Range v
   for (int64_t t = vocab.begin; t < vocab.end; ++t) {
     if (static_cast<size_t>(t) >= bytes.size() || bytes[t].empty()) continue;  // special tokens: never
     const std::string& b = bytes[t];
-    bool ok = in_string && plain[t];  // string content: allowed as it is
+    bool ok = plain[t] && chars[t] <= room;  // string content: allowed as it is, up to a maximum length
     if (!ok) {
       ok = first_ok[static_cast<unsigned char>(b[0])];
       if (ok && b.size() > 1) {

@@ -336,14 +336,25 @@ TEST(GuidedSchema, StringPatternsFormatsAndLengthsAsJsonschemaValidatesThem) {
   const auto code = Guide::schema(R"({"type": "string", "pattern": "[A-Z]{2}\\d"})");
   EXPECT_EQ(run(*code, R"("A1")").first, 2u);
   EXPECT_EQ(run(*code, R"("AB")").first, 3u);
-  // Its states are not the plain-string fast path (which would skip the checks).
-  GuideState s = two->start();
-  ASSERT_TRUE(two->feed(s, "\"a"));
-  EXPECT_FALSE(two->in_plain_string(s));
+  // The sampler's fast path: inside a string with a maximum length, plain text is accepted exactly up
+  // to the characters left; inside a pattern's string every token is walked.
+  const auto eight = Guide::schema(R"({"type": "string", "minLength": 1, "maxLength": 8})");
+  GuideState s = eight->start();
+  ASSERT_TRUE(eight->feed(s, "\"ab\xc3\xa9"));
+  ASSERT_EQ(eight->plain_string_room(s), 5);
+  for (const std::string piece : {"x", "xy", "\xe4\xb8\xad\xe6\x96\x87", "hello", "hello!", "\xf0\x9f\x98\x80 \xf0\x9f\x98\x80 \xf0\x9f\x98\x80"}) {
+    ASSERT_TRUE(plain_string_bytes(piece)) << piece;
+    const auto g = guided_tokens({piece});
+    GuideState t = s;
+    EXPECT_EQ(eight->feed(t, piece), g->chars[0] <= 5) << piece << " (" << g->chars[0] << " characters)";
+  }
+  GuideState p = code->start();
+  ASSERT_TRUE(code->feed(p, "\"A"));
+  EXPECT_EQ(code->plain_string_room(p), -1);
   const auto plain = Guide::schema(R"({"type": "string"})");
-  s = plain->start();
-  ASSERT_TRUE(plain->feed(s, "\"a"));
-  EXPECT_TRUE(plain->in_plain_string(s));
+  p = plain->start();
+  ASSERT_TRUE(plain->feed(p, "\"a"));
+  EXPECT_EQ(plain->plain_string_room(p), INT64_MAX);
 }
 
 // Numbers within minimum / maximum / exclusiveMinimum / exclusiveMaximum: the expectations are Python's
