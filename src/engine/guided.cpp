@@ -377,6 +377,7 @@ bool Guide::schema_byte(GuideState& s, unsigned char c) const {
   const auto& nodes = schema_->nodes;
   auto finish = [&] {  // the innermost value is whole
     const GuideState::Frame done = s.frames[s.levels - 1];
+    s.rx = 0;  // (a constrained value's automaton state: none now, so equal states have equal keys)
     if (--s.levels == 0) {
       s.mode = kDone;
       return;

@@ -312,7 +312,9 @@ class Compiler {
       if (key == "maximum" || key == "exclusiveMaximum") tighter(b.hi, b.hi_strict, false, key == "exclusiveMaximum");
     }
     if (!any) return;
-    const std::string key = cat(n.type == Type::Integer ? "i" : "n", b.lo.value_or(NAN), b.lo_strict, '\0', b.hi.value_or(NAN), b.hi_strict);
+    std::string key = n.type == Type::Integer ? "i" : "n";  // (the bounds' bits: a printed double may round)
+    for (const double v : {b.lo.value_or(NAN), b.hi.value_or(NAN)}) key.append(reinterpret_cast<const char*>(&v), sizeof v);
+    key += cat(b.lo_strict, b.hi_strict);
     auto& dfa = patterns_[key];
     if (!dfa) {
       try {

@@ -389,6 +389,11 @@ TEST(GuidedSchema, NumberBoundsAsJsonschemaValidatesThem) {
   EXPECT_EQ(run(*age, "16").first, 2u);
   EXPECT_EQ(run(*age, "160").first, 2u);
   EXPECT_EQ(run(*age, "-1").first, 1u);  // ('-' may begin -0)
+  // Each bounded number keeps its own bounds, however close (a schema's automata are shared by bounds).
+  const auto two = Guide::schema(R"({"type": "object", "properties": {"a": {"type": "integer", "maximum": 1000000.5},
+      "b": {"type": "integer", "maximum": 1000001.4}}, "required": ["a", "b"]})");
+  EXPECT_EQ(run(*two, R"({"a": 1000000, "b": 1000001})"), std::make_pair(size_t{28}, true));
+  EXPECT_EQ(run(*two, R"({"a": 1000001)").first, 12u);
   // In a union the bounded number's first bytes are its own: a string or a non-negative integer.
   const auto u = Guide::schema(R"({"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string"}]})");
   EXPECT_EQ(run(*u, "12"), std::make_pair(size_t{2}, true));
