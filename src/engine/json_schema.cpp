@@ -361,10 +361,13 @@ class Compiler {
     auto& dfa = patterns_[key];
     if (!dfa) {
       std::unique_ptr<RegexDfa> whole;
-      try {
-        whole = std::make_unique<RegexDfa>(pattern);
+      try {  // (one construction budget for all of a schema's patterns, so that many cannot take long)
+        whole = std::make_unique<RegexDfa>(pattern, work_left_);
+        work_left_ -= whole->work();
       } catch (const Error& e) {
         const std::string why = e.what();
+        if (work_left_ < RegexDfa::kMaxWork && why.find("too long to build") != std::string::npos)
+          fail(where, "the schema's patterns and formats take too long to build together; too large to guide");
         fail(where, cat(what, ": ", why.rfind("regex: ", 0) == 0 ? why.substr(7) : why));
       }
       try {
@@ -490,6 +493,7 @@ class Compiler {
   std::map<std::string, int32_t> refs_;
   std::map<std::string, std::shared_ptr<const RegexDfa>> patterns_;  // by pattern and bounds: made once
   int64_t pattern_states_ = 0;
+  int64_t work_left_ = RegexDfa::kMaxWork;
   std::map<size_t, std::string> where_;
   int depth_ = 0;
 };

@@ -426,7 +426,7 @@ int build(const std::vector<Node>& nodes, int id, int from, Nfa& nfa) {
 
 }  // namespace
 
-RegexDfa::RegexDfa(const std::string& pattern) {
+RegexDfa::RegexDfa(const std::string& pattern, int64_t max_work) {
   std::vector<Node> nodes;
   const int root = Parser(pattern).parse(nodes);
   Nfa nfa;
@@ -466,8 +466,7 @@ RegexDfa::RegexDfa(const std::string& pattern) {
   };
   intern(closure({begin}));
   // The construction's work is bounded too (a pattern like (.{0,50}){0,50} has few states but huge
-  // ones): past kMaxWork steps the pattern is refused rather than compiled for seconds.
-  constexpr int64_t kMaxWork = 30'000'000;
+  // ones): past max_work steps the pattern is refused rather than compiled for seconds.
   for (size_t d = 0; d < sets.size(); ++d) {
     std::array<std::vector<int>, 256> moves;
     for (int s : sets[d])
@@ -476,7 +475,7 @@ RegexDfa::RegexDfa(const std::string& pattern) {
         for (int b = e.lo; b <= e.hi; ++b) moves[static_cast<size_t>(b)].push_back(e.to);
       }
     work += static_cast<int64_t>(sets[d].size());
-    if (work > kMaxWork) throw Error("regex: the pattern is too large to guide (its automaton takes too long to build)");
+    if (work > max_work) throw Error("regex: the pattern is too large to guide (its automaton takes too long to build)");
     std::array<int32_t, 256> row;
     for (int b = 0; b < 256; ++b) {
       auto& m = moves[static_cast<size_t>(b)];
@@ -491,6 +490,7 @@ RegexDfa::RegexDfa(const std::string& pattern) {
     next_.push_back(row);
     accept_.push_back(std::binary_search(sets[d].begin(), sets[d].end(), final_state));
   }
+  work_ = work;
   prune("regex: the pattern matches no text");
 }
 

@@ -20,14 +20,17 @@ namespace llmserve {
 class RegexDfa {
  public:
   static constexpr int kMaxStates = 10000;  // (1 KB each)
-  // Throws Error for a pattern it cannot take.
-  explicit RegexDfa(const std::string& pattern);
+  // Steps of the construction a pattern may take (about a quarter second).
+  static constexpr int64_t kMaxWork = 30'000'000;
+  // Throws Error for a pattern it cannot take, or whose construction passes max_work steps.
+  explicit RegexDfa(const std::string& pattern, int64_t max_work = kMaxWork);
   static constexpr int32_t kDead = -1;
   int32_t start() const { return 0; }
   // The state after byte c, or kDead when no accepted text continues that way.
   int32_t next(int32_t state, unsigned char c) const { return state < 0 ? kDead : next_[static_cast<size_t>(state)][c]; }
   bool accepting(int32_t state) const { return state >= 0 && accept_[static_cast<size_t>(state)]; }
   size_t num_states() const { return next_.size(); }
+  int64_t work() const { return work_; }  // the construction's steps
   // The texts this automaton accepts that contain none of the `banned` bytes and are min_chars to
   // max_chars code points long (max_chars < 0: no upper bound). Throws Error when no text is left, or
   // when that automaton needs more than kMaxStates states.
@@ -46,6 +49,7 @@ class RegexDfa {
   RegexDfa product(Step step, Accept accept, const char* when_empty) const;
   std::vector<std::array<int32_t, 256>> next_;
   std::vector<char> accept_;
+  int64_t work_ = 0;
 };
 
 }  // namespace llmserve

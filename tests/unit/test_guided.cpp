@@ -269,6 +269,11 @@ TEST(GuidedSchema, RefusesWhatItCannotGuide) {
   refused(R"({"type": "string", "pattern": "\\\\"})", "pattern matches no string without quotes, backslashes");
   refused(R"({"type": "string", "pattern": "[a-z]+x", "maxLength": 20000})", "needs more than 10000 automaton states");
   refused(R"({"type": "string", "minLength": 3000000000})", "minLength is larger than any output");
+  // A schema's patterns share one construction budget: a few that each build in a tenth of a second
+  // are taken, many are not (so a request cannot hold the server for long).
+  std::string many_patterns = R"({"type": "object", "properties": {)";
+  for (int i = 0; i < 4; ++i) many_patterns += cat(i ? ", " : "", R"("p)", i, R"(": {"pattern": "(\\w+\\s?){0,)", 40 - i, R"(}"})");
+  refused(many_patterns + "}}", "take too long to build together");
   refused(R"({"anyOf": [{"type": "object"}, {"type": "object", "properties": {"a": {}}}]})", "both begin with '{'");
   refused(R"({"anyOf": [{"properties": {"k": {"const": 1}}, "required": ["k"]}, {"properties": {"k": {"enum": [2, 1]}},
            "required": ["k"]}]})", "first property, required in each, is a const or enum that tells them apart");
