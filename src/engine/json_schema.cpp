@@ -24,9 +24,9 @@ const std::set<std::string> kIgnored = {"title", "description", "default", "exam
 const std::set<std::string> kKnown = {"type",  "properties", "required", "items",     "minItems",  "maxItems",
                                       "enum",  "const",      "anyOf",    "oneOf",     "allOf",     "$ref",
                                       "$defs", "definitions", "pattern", "format",    "minLength", "maxLength",
-                                      "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "prefixItems"};
+                                      "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "prefixItems"};
 const char* const kStringKeywords[] = {"pattern", "format", "minLength", "maxLength"};
-const char* const kNumberKeywords[] = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"};
+const char* const kNumberKeywords[] = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"};
 
 // The formats guided (JSON Schema's format keyword; any other is an annotation), as patterns whose
 // every text is valid in that format (RFC 3339 dates and times, leaving out February 29 and leap
@@ -295,12 +295,23 @@ class Compiler {
     return s[k].get<int64_t>();
   }
 
-  // A number's bounds (SchemaNode::content: an automaton over its text).
+  // A number's bounds and multipleOf (SchemaNode::content: an automaton over its text).
   void number_bounds(const ojson& s, SchemaNode& n, const std::string& where) {
     NumberBounds b;
     bool any = false;
+    int64_t multiple = 0;  // (0: none)
+    if (s.contains("multipleOf")) {
+      // Whole numbers only: a fraction's multiples are judged in doubles by validators (Python's
+      // jsonschema finds 0.07 no multiple of 0.01).
+      const ojson& m = s["multipleOf"];
+      if (!m.is_number() || !(m.get<double>() > 0)) fail(where, "multipleOf must be a number above 0");
+      const double k = m.get<double>();
+      if (k != std::floor(k) || k > RegexDfa::kMaxStates - 3)
+        fail(where, cat("multipleOf is supported as a whole number up to ", RegexDfa::kMaxStates - 3, ", not ", m.dump()));
+      multiple = static_cast<int64_t>(k);
+    }
     for (const char* k : kNumberKeywords) {
-      if (!s.contains(k)) continue;
+      if (!s.contains(k) || std::string(k) == "multipleOf") continue;
       if (!s[k].is_number()) fail(where, cat(k, " must be a number"));
       any = true;
       const double v = s[k].get<double>();
@@ -311,18 +322,21 @@ class Compiler {
       if (key == "minimum" || key == "exclusiveMinimum") tighter(b.lo, b.lo_strict, true, key == "exclusiveMinimum");
       if (key == "maximum" || key == "exclusiveMaximum") tighter(b.hi, b.hi_strict, false, key == "exclusiveMaximum");
     }
-    if (!any) return;
-    std::string key = n.type == Type::Integer ? "i" : "n";  // (the bounds' bits: a printed double may round)
+    if (!any && !multiple) return;
+    const bool integer = n.type == Type::Integer || multiple;  // (a whole number's multiples are integers)
+    std::string key = integer ? "i" : "n";  // (the bounds' bits: a printed double may round)
     for (const double v : {b.lo.value_or(NAN), b.hi.value_or(NAN)}) key.append(reinterpret_cast<const char*>(&v), sizeof v);
-    key += cat(b.lo_strict, b.hi_strict);
+    key += cat(b.lo_strict, b.hi_strict, 'm', multiple);
     auto& dfa = patterns_[key];
     if (!dfa) {
       try {
-        dfa = std::make_shared<const RegexDfa>(number_range_dfa(n.type == Type::Integer, b));
+        RegexDfa d = number_range_dfa(integer, b);
+        dfa = std::make_shared<const RegexDfa>(multiple ? d.intersect(RegexDfa::multiples(multiple)) : std::move(d));
       } catch (const Error& e) {
         if (std::string(e.what()).find("no text") != std::string::npos)
-          fail(where, cat("the bounds leave no ", n.type == Type::Integer ? "integer" : "number (of up to 6 fraction digits, no exponent)"));
-        fail(where, cat("minimum / maximum: ", e.what()));
+          fail(where, cat("the bounds", multiple ? " and multipleOf" : "", " leave no ",
+                          integer ? "integer" : "number (of up to 6 fraction digits, no exponent)"));
+        fail(where, cat("minimum / maximum", multiple ? " / multipleOf" : "", ": ", e.what()));
       }
       count_states(*dfa, where);
     }

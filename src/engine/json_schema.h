@@ -10,8 +10,8 @@
 // and outlines match it; the regex_dfa.h subset) and format date, time, date-time, uuid, ipv4 and email
 // (other formats are annotations, as JSON Schema has them by default): such strings are produced
 // without escapes, so their text is their value. Integers and numbers take minimum, maximum,
-// exclusiveMinimum and exclusiveMaximum (number_range.h). A schema using anything else (multipleOf,
-// ...) is refused with an Error naming the keyword, rather than guided to text that may not satisfy it.
+// exclusiveMinimum and exclusiveMaximum (number_range.h), and a whole multipleOf. A schema using
+// anything else (uniqueItems, ...) is refused with an Error naming the keyword, rather than guided to text that may not satisfy it.
 #pragma once
 #include <array>
 #include <cstdint>

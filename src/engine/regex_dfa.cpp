@@ -561,4 +561,27 @@ RegexDfa RegexDfa::intersect(const RegexDfa& other) const {
                  [&](int64_t o) { return other.accepting(static_cast<int32_t>(o)); }, "matches no text of both");
 }
 
+RegexDfa RegexDfa::multiples(int64_t k) {
+  // States: 0 the start, 1 after '-', 2 after a lone 0 (nothing may follow it), 3 + r after a leading
+  // digit 1-9 and more, r the value so far modulo k.
+  if (k < 1 || k > kMaxStates - 3) throw Error(cat("multiples of ", k, " cannot be guided"));
+  RegexDfa out;
+  const auto n = static_cast<size_t>(k + 3);
+  std::array<int32_t, 256> dead;
+  dead.fill(kDead);
+  out.next_.assign(n, dead);
+  out.accept_.assign(n, 0);
+  for (int32_t from : {0, 1}) {
+    out.next_[static_cast<size_t>(from)]['0'] = 2;
+    for (int d = 1; d <= 9; ++d) out.next_[static_cast<size_t>(from)][static_cast<size_t>('0' + d)] = static_cast<int32_t>(3 + d % k);
+  }
+  out.next_[0]['-'] = 1;
+  out.accept_[2] = 1;
+  for (int64_t r = 0; r < k; ++r)
+    for (int d = 0; d <= 9; ++d) out.next_[static_cast<size_t>(3 + r)][static_cast<size_t>('0' + d)] = static_cast<int32_t>(3 + (r * 10 + d) % k);
+  out.accept_[3] = 1;
+  out.prune("matches no text");
+  return out;
+}
+
 }  // namespace llmserve

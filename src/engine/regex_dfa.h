@@ -37,6 +37,8 @@ class RegexDfa {
   RegexDfa restricted(const std::array<bool, 256>& banned, int64_t min_chars, int64_t max_chars) const;
   // The texts both automata accept (Error as for restricted).
   RegexDfa intersect(const RegexDfa& other) const;
+  // The JSON integer texts (-?(0|[1-9][0-9]*)) of the multiples of k, 1 <= k <= kMaxStates - 3.
+  static RegexDfa multiples(int64_t k);
 
  private:
   RegexDfa() = default;

@@ -255,7 +255,9 @@ TEST(GuidedSchema, RefusesWhatItCannotGuide) {
       EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
     }
   };
-  refused(R"({"type": "number", "multipleOf": 2})", "'multipleOf' is not supported");
+  refused(R"({"type": "array", "uniqueItems": true})", "'uniqueItems' is not supported");
+  refused(R"({"type": "number", "multipleOf": 0.01})", "multipleOf is supported as a whole number up to 9997, not 0.01");
+  refused(R"({"type": "integer", "multipleOf": 7, "minimum": 1, "maximum": 6})", "the bounds and multipleOf leave no integer");
   refused(R"({"type": "integer", "minimum": 5, "maximum": 4.5})", "the bounds leave no integer");
   refused(R"({"type": "number", "exclusiveMinimum": 1, "maximum": 1.0000001})", "the bounds leave no number");
   refused(R"({"type": "string", "minimum": 1})", "'minimum' applies to numbers, not to type string");
@@ -362,7 +364,8 @@ TEST(GuidedSchema, StringPatternsFormatsAndLengthsAsJsonschemaValidatesThem) {
   EXPECT_EQ(plain->plain_string_room(p), INT64_MAX);
 }
 
-// Numbers within minimum / maximum / exclusiveMinimum / exclusiveMaximum: the expectations are Python's
+// Numbers within minimum / maximum / exclusiveMinimum / exclusiveMaximum, and multiples of a whole
+// multipleOf: the expectations are Python's
 // jsonschema's verdicts, except where marked narrower: integers are written without a fraction, numbers
 // without an exponent and with at most 6 fraction digits.
 TEST(GuidedSchema, NumberBoundsAsJsonschemaValidatesThem) {
@@ -381,6 +384,9 @@ TEST(GuidedSchema, NumberBoundsAsJsonschemaValidatesThem) {
       {R"({"type": "number", "minimum": -2.5})", {{"-2.5", true}, {"-2.500001", false}, {"-2.49", true}, {"1000", true}}},
       {R"({"type": "object", "properties": {"age": {"type": "integer", "minimum": 18}}, "required": ["age"]})",
        {{R"({"age": 18})", true}, {R"({"age": 17})", false}, {R"({"age": 180})", true}}},
+      {R"({"type": "integer", "multipleOf": 5, "minimum": 1, "maximum": 100})",
+       {{"5", true}, {"0", false}, {"100", true}, {"105", false}, {"7", false}, {"-5", false}}},
+      {R"({"type": "number", "multipleOf": 3})", {{"9", true}, {"-12", true}, {"9.0", false /* narrower */}, {"10", false}, {"0", true}}},
   };
   for (const auto& c : cases) {
     const auto g = Guide::schema(c.schema);
