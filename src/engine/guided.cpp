@@ -313,6 +313,7 @@ int64_t Guide::plain_string_room(const GuideState& s) const {
     if (f.phase != 1 || n.content) return -1;  // (an automaton's string: every token walked)
     return n.max_length < 0 ? kAny : n.max_length - s.off;
   }
+  if (n.type == SchemaNode::Type::Map) return f.phase == 2 ? kAny : -1;  // (a key)
   return n.type == SchemaNode::Type::Any && f.phase == 1 && (s.mode == kString || s.mode == kKey) ? kAny : -1;
 }
 
@@ -321,6 +322,7 @@ int64_t Guide::plain_string_room(const GuideState& s) const {
 //   object: 1 after '{', 2 in a key (candidates s.cand, s.off bytes matched), 3 before ':', 5 after a
 //           property's value, 6 after ','; idx: the first property that may come next;
 //   array:  1 after '[', 2 after an item, 3 after ','; idx: items so far;
+//   map:    1 after '{', 2 in a key, 3 before ':', 5 after a value, 6 after ',';
 //   scalars, enum and any: 1 inside the value (the json fields above scan it).
 // A finished value removes its level; the byte that ended a number or an enum value is then fed to
 // the level below (whose phase was set before the value began).
@@ -414,6 +416,7 @@ bool Guide::schema_byte(GuideState& s, unsigned char c) const {
           return true;
         case Type::Object:
         case Type::Tagged:
+        case Type::Map:
           if (c != '{') return false;
           f.phase = 1, f.idx = 0;
           return true;
@@ -575,6 +578,36 @@ bool Guide::schema_byte(GuideState& s, unsigned char c) const {
             s.ws = 0;
             if (c == ',' && (n.max_items < 0 || f.idx < n.max_items)) return f.phase = 3, true;
             if (c == ']' && f.idx >= n.min_items) return finish(), true;
+            return false;
+          default:
+            return false;
+        }
+      case Type::Map:  // any keys (plain JSON strings), every value under n.items
+        switch (f.phase) {
+          case 1:
+          case 6:
+            if (is_ws(c)) return ++s.ws <= max_ws_;
+            s.ws = 0;
+            if (c == '}' && f.phase == 1) return finish(), true;
+            if (c != '"') return false;
+            s.sub = 0, s.utf8 = 0, f.phase = 2;
+            return true;
+          case 2: {
+            const int r = string_char(s, c);
+            if (r == 2) f.phase = 3;
+            return r != 0;
+          }
+          case 3:
+            if (is_ws(c)) return ++s.ws <= max_ws_;
+            s.ws = 0;
+            if (c != ':') return false;
+            f.phase = 5;
+            return open(n.items);
+          case 5:
+            if (is_ws(c)) return ++s.ws <= max_ws_;
+            s.ws = 0;
+            if (c == ',') return f.phase = 6, true;
+            if (c == '}') return finish(), true;
             return false;
           default:
             return false;

@@ -224,7 +224,16 @@ class Compiler {
     const auto it = kTypes.find(t);
     if (it == kTypes.end()) fail(where, cat("unknown type '", t, "'"));
     n.type = it->second;
-    if (n.type == Type::Object && !s.contains("properties")) {  // any properties: a generic JSON object
+    // An object without properties: what additionalProperties says of its properties (absent or true:
+    // any; false: none; a schema: any keys, values under it).
+    const ojson* extra = s.contains("additionalProperties") ? &s["additionalProperties"] : nullptr;
+    if (extra && !extra->is_boolean() && !extra->is_object()) fail(where, "additionalProperties must be a boolean or a schema");
+    const bool no_extra = extra && extra->is_boolean() && !extra->get<bool>();
+    if (n.type == Type::Object && !s.contains("properties") && extra && extra->is_object()) {
+      if (s.contains("required")) fail(where, "required without properties is not supported");
+      n.type = Type::Map;
+      n.items = compile(*extra, where + "/additionalProperties");
+    } else if (n.type == Type::Object && !s.contains("properties") && !no_extra) {  // a generic JSON object
       if (s.contains("required")) fail(where, "required without properties is not supported");
       n.type = Type::Any;
       n.any_object = true;
@@ -275,7 +284,7 @@ class Compiler {
       number_bounds(s, n, where);
     }
     if (only) {
-      if (n.type != Type::Object && n.type != Type::Any && n.type != Type::Array)
+      if (n.type != Type::Object && n.type != Type::Any && n.type != Type::Array && n.type != Type::Map)
         for (const char* k : {"properties", "required", "items", "prefixItems", "minItems", "maxItems"})
           if (s.contains(k)) fail(where, cat("'", k, "' applies to objects and arrays, not to type ", t));
       if (n.type != Type::String)
@@ -416,7 +425,8 @@ class Compiler {
     switch (n.type) {
       case Type::Any: set(n.any_object ? "{" : "{[\"-0123456789tfn"); break;
       case Type::Object:
-      case Type::Tagged: set("{"); break;
+      case Type::Tagged:
+      case Type::Map: set("{"); break;
       case Type::Array: set("["); break;
       case Type::String: set("\""); break;
       case Type::Integer:

@@ -5,8 +5,9 @@
 // alternatives begin with different bytes (e.g. a string or null, an object or an array) or are objects
 // told apart by the value of a first property they all require (a const or enum each), allOf of one
 // schema, $ref to "#", "#/$defs/..." or "#/definitions/...", and the annotations (title, description,
-// default, examples, $schema, $id, additionalProperties, strict) that do not restrict the produced
-// text further. Strings take minLength / maxLength (code points), pattern (matched whole, as xgrammar
+// default, examples, $schema, $id, strict) that do not restrict the produced text further;
+// additionalProperties restricts an object without properties only (false: {}; a schema: any keys
+// whose values it takes; the listed properties are the only ones ever produced otherwise). Strings take minLength / maxLength (code points), pattern (matched whole, as xgrammar
 // and outlines match it; the regex_dfa.h subset) and format date, time, date-time, uuid, ipv4 and email
 // (other formats are annotations, as JSON Schema has them by default): such strings are produced
 // without escapes, so their text is their value. Integers and numbers take minimum, maximum,
@@ -25,7 +26,7 @@ namespace llmserve {
 class RegexDfa;
 
 struct SchemaNode {
-  enum class Type : uint8_t { Any, Object, Array, String, Integer, Number, Boolean, Null, Enum, Union, Tagged };
+  enum class Type : uint8_t { Any, Object, Array, String, Integer, Number, Boolean, Null, Enum, Union, Tagged, Map };
   Type type = Type::Any;
   // Any: an object of any properties only ("type": "object" without "properties").
   bool any_object = false;
@@ -35,7 +36,8 @@ struct SchemaNode {
   std::vector<int32_t> values;
   std::vector<char> required;
   // Array: the nodes of the first items (prefixItems), then of every other item (-1: none allowed:
-  // max_items is then at most prefix's size); the item count's bounds (max -1: none).
+  // max_items is then at most prefix's size); the item count's bounds (max -1: none). Map (an object
+  // without properties whose additionalProperties is a schema): items is every value's node.
   std::vector<int32_t> prefix;
   int32_t items = -1;
   int64_t min_items = 0, max_items = -1;

@@ -435,6 +435,37 @@ TEST(GuidedSchema, TuplesAndIntegerOrNumber) {
   }
 }
 
+// Objects without properties take additionalProperties (Pydantic's Dict[str, int] is such a schema):
+// a schema for every value, or false for none. They were guided as any object before. The expectations
+// are Python's jsonschema's verdicts.
+TEST(GuidedSchema, MapsOfAdditionalProperties) {
+  struct Case {
+    const char* schema;
+    std::vector<std::pair<std::string, bool>> texts;
+  };
+  const std::vector<Case> cases = {
+      {R"({"type": "object", "additionalProperties": {"type": "integer"}})",
+       {{R"({"a": 1, "b": 2})", true}, {R"({"a": "x"})", false}, {"{}", true}}},
+      {R"({"type": "object", "additionalProperties": false})", {{"{}", true}, {R"({"a": 1})", false}}},
+      {R"({"type": "object", "additionalProperties": {"type": "array", "items": {"type": "integer"}}})",
+       {{R"({"x": [1, 2]})", true}, {R"({"x": [1.5]})", false}}},
+  };
+  for (const auto& c : cases) {
+    const auto g = Guide::schema(c.schema);
+    for (const auto& [text, want] : c.texts) {
+      const auto [n, complete] = run(*g, text);
+      EXPECT_EQ(n == text.size() && complete, want) << c.schema << " on " << text;
+    }
+  }
+  // A key is plain string content (the sampler's fast path); a value is its schema's.
+  const auto m = Guide::schema(R"({"type": "object", "additionalProperties": {"type": "integer"}})");
+  GuideState s = m->start();
+  ASSERT_TRUE(m->feed(s, "{\"ke"));
+  EXPECT_TRUE(m->in_plain_string(s));
+  ASSERT_TRUE(m->feed(s, "y\": "));
+  EXPECT_FALSE(m->in_plain_string(s));
+}
+
 // Strings come out as well-formed UTF-8 only: no overlong forms, surrogates, or code points past
 // U+10FFFF (Python's bytes.decode refuses each of these).
 TEST(GuidedJson, StringsTakeWellFormedUtf8Only) {
