@@ -895,9 +895,6 @@ namespace {
 bool is_ascii(const std::string& s) {
   return std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; });
 }
-int64_t code_points(std::string_view s) {
-  return std::count_if(s.begin(), s.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; });
-}
 // Bytes of the whitespace character (Python's) at s[i], 0 where there is none.
 size_t space_at(const std::string& s, size_t i) {
   size_t n;
@@ -1698,7 +1695,7 @@ class Renderer {
       const std::string sub = a.get(0, "sub").to_string();
       const size_t k = m[0] == 'r' ? s.rfind(sub) : s.find(sub);
       if (k == std::string::npos && m.find("index") != std::string::npos) rfail(e, "substring not found");
-      return Value(k == std::string::npos ? int64_t{-1} : code_points(std::string_view(s).substr(0, k)));
+      return Value(k == std::string::npos ? int64_t{-1} : unicode::code_points(std::string_view(s).substr(0, k)));
     }
     if (m == "count") {
       const std::string sub = a.get(0, "sub").to_string();

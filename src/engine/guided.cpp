@@ -14,6 +14,7 @@
 #include "engine/regex_dfa.h"
 #include "engine/sampling_params.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
 
 namespace llmserve {
 namespace {
@@ -319,10 +320,9 @@ int64_t Guide::plain_string_room(const GuideState& s) const {
 
 // json_schema (Kind::Schema). Phases of a level: 0 before its value (whitespace, then the first byte
 // picks the way); then by the node's type:
-//   object: 1 after '{', 2 in a key (candidates s.cand, s.off bytes matched), 3 before ':', 5 after a
+//   object: 1 after '{', 2 in a key (candidates s.cand, s.off bytes matched; a map's key: any string), 3 before ':', 5 after a
 //           property's value, 6 after ','; idx: the first property that may come next;
 //   array:  1 after '[', 2 after an item, 3 after ','; idx: items so far;
-//   map:    1 after '{', 2 in a key, 3 before ':', 5 after a value, 6 after ',';
 //   scalars, enum and any: 1 inside the value (the json fields above scan it).
 // A finished value removes its level; the byte that ended a number or an enum value is then fed to
 // the level below (whose phase was set before the value began).
@@ -526,6 +526,8 @@ bool Guide::schema_byte(GuideState& s, unsigned char c) const {
       }
       case Type::Object:
       case Type::Tagged:  // (until its first property's value is read, then the alternative's object)
+      case Type::Map: {   // (any keys: plain JSON strings; every value under n.items; nothing required)
+        const bool map = n.type == Type::Map;
         switch (f.phase) {
           case 1:
           case 6:
@@ -534,8 +536,13 @@ bool Guide::schema_byte(GuideState& s, unsigned char c) const {
             if (c == '}' && f.phase == 1 && !required_left(n, f.idx)) return finish(), true;
             if (c != '"') return false;
             s.cand = next_keys(n, f.idx), s.off = 0, s.sub = 0, s.utf8 = 0, f.phase = 2;
-            return s.cand != 0;
+            return map || s.cand != 0;
           case 2: {
+            if (map) {
+              const int r = string_char(s, c);
+              if (r == 2) f.phase = 3;
+              return r != 0;
+            }
             const uint64_t m = narrow(n.keys, s.cand, s.off, c);
             if (m) {
               s.cand = m, ++s.off;
@@ -552,16 +559,17 @@ bool Guide::schema_byte(GuideState& s, unsigned char c) const {
             s.ws = 0;
             if (c != ':') return false;
             f.phase = 5;
-            return open(n.values[static_cast<size_t>(f.idx - 1)]);
+            return open(map ? n.items : n.values[static_cast<size_t>(f.idx - 1)]);
           case 5:
             if (is_ws(c)) return ++s.ws <= max_ws_;
             s.ws = 0;
-            if (c == ',' && f.idx < n.keys.size()) return f.phase = 6, true;
+            if (c == ',' && (map || f.idx < n.keys.size())) return f.phase = 6, true;
             if (c == '}' && !required_left(n, f.idx)) return finish(), true;
             return false;
           default:
             return false;
         }
+      }
       case Type::Array:
         switch (f.phase) {
           case 1:
@@ -578,36 +586,6 @@ bool Guide::schema_byte(GuideState& s, unsigned char c) const {
             s.ws = 0;
             if (c == ',' && (n.max_items < 0 || f.idx < n.max_items)) return f.phase = 3, true;
             if (c == ']' && f.idx >= n.min_items) return finish(), true;
-            return false;
-          default:
-            return false;
-        }
-      case Type::Map:  // any keys (plain JSON strings), every value under n.items
-        switch (f.phase) {
-          case 1:
-          case 6:
-            if (is_ws(c)) return ++s.ws <= max_ws_;
-            s.ws = 0;
-            if (c == '}' && f.phase == 1) return finish(), true;
-            if (c != '"') return false;
-            s.sub = 0, s.utf8 = 0, f.phase = 2;
-            return true;
-          case 2: {
-            const int r = string_char(s, c);
-            if (r == 2) f.phase = 3;
-            return r != 0;
-          }
-          case 3:
-            if (is_ws(c)) return ++s.ws <= max_ws_;
-            s.ws = 0;
-            if (c != ':') return false;
-            f.phase = 5;
-            return open(n.items);
-          case 5:
-            if (is_ws(c)) return ++s.ws <= max_ws_;
-            s.ws = 0;
-            if (c == ',') return f.phase = 6, true;
-            if (c == '}') return finish(), true;
             return false;
           default:
             return false;
@@ -635,8 +613,7 @@ std::shared_ptr<const GuidedTokens> guided_tokens(std::vector<std::string> bytes
   t->chars.resize(bytes.size());
   for (size_t i = 0; i < bytes.size(); ++i) {
     t->plain[i] = !bytes[i].empty() && plain_string_bytes(bytes[i]);
-    if (t->plain[i])
-      for (unsigned char c : bytes[i]) t->chars[i] += (c & 0xC0) != 0x80;
+    if (t->plain[i]) t->chars[i] = static_cast<int32_t>(unicode::code_points(bytes[i]));
   }
   t->bytes = std::move(bytes);
   return t;

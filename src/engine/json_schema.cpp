@@ -336,7 +336,7 @@ class Compiler {
     std::string key = integer ? "i" : "n";  // (the bounds' bits: a printed double may round)
     for (const double v : {b.lo.value_or(NAN), b.hi.value_or(NAN)}) key.append(reinterpret_cast<const char*>(&v), sizeof v);
     key += cat(b.lo_strict, b.hi_strict, 'm', multiple);
-    auto& dfa = patterns_[key];
+    auto& dfa = automata_[key];
     if (!dfa) {
       try {
         RegexDfa d = number_range_dfa(integer, b);
@@ -381,7 +381,7 @@ class Compiler {
     }
     if (pattern.empty()) return;  // the bounds, if any, are counted as the string is produced
     const std::string key = cat(pattern, '\0', n.min_length, '\0', n.max_length);
-    auto& dfa = patterns_[key];
+    auto& dfa = automata_[key];
     if (!dfa) {
       std::unique_ptr<RegexDfa> whole;
       try {  // (one construction budget for all of a schema's patterns, so that many cannot take long)
@@ -515,7 +515,7 @@ class Compiler {
   const ojson& root_;
   JsonSchema out_;
   std::map<std::string, int32_t> refs_;
-  std::map<std::string, std::shared_ptr<const RegexDfa>> patterns_;  // by pattern and bounds: made once
+  std::map<std::string, std::shared_ptr<const RegexDfa>> automata_;  // by pattern or number bounds (and lengths): made once
   int64_t pattern_states_ = 0;
   int64_t work_left_ = RegexDfa::kMaxWork;
   std::map<size_t, std::string> where_;

@@ -27,6 +27,12 @@ const char* version();
 std::u32string decode_utf8(std::string_view s);
 void append_utf8(std::string& out, char32_t cp);
 inline size_t utf8_length(char32_t cp) { return cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4; }
+// The characters (code points) of UTF-8 text: its bytes that are not continuation bytes.
+inline int64_t code_points(std::string_view s) {
+  int64_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
 std::string encode_utf8(std::u32string_view s);
 
 // Canonical composition (NFC).
