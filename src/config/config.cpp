@@ -120,6 +120,9 @@ const std::vector<Option>& options() {
       {"async_scheduling", Kind::Bool,
        "plan each step while the one before it runs, its decodes fed the tokens that step samples (vLLM's; pipeline_parallel_size 1): the host's scheduling and output work no longer leaves the device idle; a finished sequence wastes one token",
        [](Config& c, const std::string& v) { c.async_scheduling = parse_bool("async_scheduling", v); }},
+      {"scheduling_policy", Kind::String,
+       "fcfs (first come, first served) or priority (vLLM's: requests are admitted by their `priority`, lower first, then arrival; when KV blocks run out the running sequence of the highest value, latest arrival, is preempted)",
+       [](Config& c, const std::string& v) { c.scheduling_policy = v; }},
       {"host", Kind::String, "address the HTTP server binds",
        [](Config& c, const std::string& v) { c.host = v; }},
       {"port", Kind::Int, "HTTP port",
@@ -379,6 +382,8 @@ void config_validate(const Config& c) {
   if (c.kv_cache_memory_gb < 0) fail(cat("kv_cache_memory_gb must be >= 0, got ", c.kv_cache_memory_gb));
   if (c.num_gpu_blocks_override < 0) fail(cat("num_gpu_blocks_override must be >= 0, got ", c.num_gpu_blocks_override));
   if (c.max_num_seqs < 1) fail(cat("max_num_seqs must be >= 1, got ", c.max_num_seqs));
+  if (c.scheduling_policy != "fcfs" && c.scheduling_policy != "priority")
+    fail(cat("scheduling_policy '", c.scheduling_policy, "' is not supported: use fcfs or priority"));
   if (c.async_scheduling && c.pipeline_parallel_size > 1)
     fail(cat("async_scheduling needs pipeline_parallel_size 1, got ", c.pipeline_parallel_size,
              " (pipeline stages already keep that many micro-batches in flight)"));

@@ -31,6 +31,7 @@ struct Config {
   bool enable_prefix_caching = true;
   bool enforce_eager = false;
   bool async_scheduling = false;     // plan the next step while one runs (pipeline_parallel_size 1)
+  std::string scheduling_policy = "fcfs";  // fcfs | priority (requests' `priority`: lower first, as vLLM)
   std::string host = "0.0.0.0";
   int port = 8000;
   std::string api_key;

@@ -24,6 +24,7 @@ SchedulerConfig scheduler_config(const ModelRunner& r) {
   s.num_blocks = r.num_blocks();
   s.num_host_blocks = r.num_host_blocks();
   s.async_scheduling = c.async_scheduling && r.topology().pp == 1;
+  s.priority = c.scheduling_policy == "priority";
   return s;
 }
 
@@ -80,6 +81,7 @@ uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& 
   std::vector<int32_t> eos;
   for (int64_t e : runner_.spec().eos_token_ids) eos.push_back(static_cast<int32_t>(e));
   check_some_token_allowed(params, runner_.spec().eos_token_ids);
+  check_priority(params, sched_.config().priority);
   Request r;
   r.id = next_request_++;
   r.prompt_tokens = static_cast<int64_t>(prompt.size());

@@ -68,6 +68,7 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
   take(j, "ignore_eos", p.ignore_eos);
   take(j, "include_stop_str_in_output", p.include_stop_str_in_output);
   take(j, "skip_special_tokens", p.skip_special_tokens);
+  take(j, "priority", p.priority);
   if (j.contains("stop") && !j["stop"].is_null()) {
     const json& s = j["stop"];
     p.stop.clear();
@@ -254,6 +255,11 @@ std::string guided_schema_as_sent(const nlohmann::ordered_json& body) {
   if (has(body, "guided_json")) return text(body["guided_json"]);
   if (has(body, "structured_outputs") && has(body["structured_outputs"], "json")) return text(body["structured_outputs"]["json"]);
   return {};
+}
+
+void check_priority(const SamplingParams& p, bool priority_scheduling) {
+  if (p.priority != 0 && !priority_scheduling)
+    throw Error(cat("Got priority ", p.priority, " but Priority scheduling is not enabled."));
 }
 
 void sampling_params_validate(const SamplingParams& p, int64_t vocab_size, int max_logprobs) {

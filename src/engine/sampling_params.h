@@ -56,6 +56,9 @@ struct SamplingParams {
   std::string guided_schema;
   // JSON kinds: no whitespace between tokens (vLLM's structured_outputs.disable_any_whitespace).
   bool guided_compact = false;
+  // vLLM's request priority (scheduling_policy priority: lower values are admitted first, and preempted
+  // last). Read by rank 0's scheduler only; not sent to the workers.
+  int priority = 0;
   // Set by the caller (the server, `generate`), not read from a request.
   OutputKind output_kind = OutputKind::Cumulative;
 
@@ -73,6 +76,8 @@ std::string guided_schema_as_sent(const nlohmann::ordered_json& body);
 // max_logprobs: the most log-probabilities a request may ask for (vLLM's max_logprobs, at most
 // kMaxTopLogprobs).
 void sampling_params_validate(const SamplingParams& p, int64_t vocab_size, int max_logprobs = 20);
+// A non-zero priority without priority scheduling is refused (vLLM's message), not ignored.
+void check_priority(const SamplingParams& p, bool priority_scheduling);
 // The token sequences of p.bad_words as vLLM makes them: each word (leading spaces stripped) encoded
 // alone, and with one leading space where that starts with another token and has as many tokens (the
 // word inside text). Empty encodings are dropped.

@@ -16,7 +16,11 @@ bool Scheduler::fits(int64_t total) const {
 void Scheduler::add(std::unique_ptr<Sequence> seq) {
   seq->state = Sequence::State::Waiting;
   seq->wants_prompt_logprobs = seq->params.prompt_logprobs >= 0;
-  waiting_.push_back(seq.get());
+  if (cfg_.priority) {
+    insert_ordered(waiting_, seq.get());
+  } else {
+    waiting_.push_back(seq.get());
+  }
   seqs_[seq->id] = std::move(seq);
 }
 
@@ -101,9 +105,11 @@ bool Scheduler::reserve_blocks(Sequence& s, int64_t tokens, StepPlan& plan, bool
 }
 
 bool Scheduler::preempt_one(Sequence& keep, StepPlan& plan) {
-  // The most recently arrived running sequence that is not in flight and not `keep`.
+  // The most recently arrived running sequence that is not in flight and not `keep` (with the priority
+  // policy: the last in before() order, and only one after `keep`).
   for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
     Sequence* v = *it;
+    if (v == &keep && cfg_.priority) return false;
     if (v == &keep || v->in_flight) continue;
     if (std::any_of(plan.seqs.begin(), plan.seqs.end(), [&](const SeqStep& x) { return x.seq_id == v->id; })) continue;
     running_.erase(std::next(it).base());
@@ -117,7 +123,11 @@ bool Scheduler::preempt_one(Sequence& keep, StepPlan& plan) {
       bm_.release(v->blocks);
       v->blocks.assign(static_cast<size_t>(n), -1);
       v->state = Sequence::State::Swapped;
-      swapped_.push_front(v);
+      if (cfg_.priority) {
+        insert_ordered(swapped_, v);
+      } else {
+        swapped_.push_front(v);
+      }
       ++stats_.preempted_swap;
     } else {
       // Recompute: drop the KV; the sequence restarts from its tokens (its prefix may still be cached).
@@ -128,7 +138,11 @@ bool Scheduler::preempt_one(Sequence& keep, StepPlan& plan) {
       v->last_hash = 0;
       v->send_params = true;
       v->state = Sequence::State::Waiting;
-      waiting_.push_front(v);
+      if (cfg_.priority) {
+        insert_ordered(waiting_, v);
+      } else {
+        waiting_.push_front(v);
+      }
       ++stats_.preempted_recompute;
     }
     return true;
@@ -158,7 +172,7 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
   int64_t budget = cfg_.max_num_batched_tokens;
   const int64_t preempted_before = stats_.preempted_swap + stats_.preempted_recompute;
 
-  // 1. Swapped sequences come back first, oldest first, while blocks last.
+  // 1. Swapped sequences come back first, in queue order, while blocks last.
   while (!swapped_.empty()) {
     Sequence* s = swapped_.front();
     // Room for its blocks and for what its next step fills (the tokens it has).
@@ -174,9 +188,8 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
     s->host_blocks.clear();
     s->state = Sequence::State::Running;
     swapped_.pop_front();
-    // Back in arrival order.
-    auto pos = std::lower_bound(running_.begin(), running_.end(), s, [](Sequence* a, Sequence* b) { return a->id < b->id; });
-    running_.insert(pos, s);
+    // Back in arrival (before()) order.
+    insert_ordered(running_, s);
     ++stats_.swapped_in;
   }
 
@@ -193,12 +206,13 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
     schedule_chunk(*s, budget, plan, true);
   }
 
-  // 3. Waiting sequences, first come first served, unless some are still swapped out or this step
-  // had to preempt.
+  // 3. Waiting sequences in queue order, unless this step had to preempt, and while none is swapped
+  // out that comes before them.
   const bool preempted = stats_.preempted_swap + stats_.preempted_recompute != preempted_before;
-  while (!waiting_.empty() && swapped_.empty() && !preempted && budget > 0 && plan.seqs.size() < max_seqs &&
+  while (!waiting_.empty() && !preempted && budget > 0 && plan.seqs.size() < max_seqs &&
          running_.size() < static_cast<size_t>(cfg_.max_num_seqs)) {
     Sequence* s = waiting_.front();
+    if (!swapped_.empty() && !(cfg_.priority && before(s, swapped_.front()))) break;
     std::vector<uint64_t> hashes;
     if (s->num_computed == 0 && s->blocks.empty() && !wants_prompt_rows(*s)) {
       // (A sequence with prompt_logprobs computes its whole prompt: each position's logits are wanted.)
@@ -221,7 +235,11 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
     }
     waiting_.pop_front();
     s->state = Sequence::State::Running;
-    running_.push_back(s);
+    if (cfg_.priority) {
+      insert_ordered(running_, s);
+    } else {
+      running_.push_back(s);
+    }
   }
   if (!plan.seqs.empty() || !plan.swap_out.empty() || !plan.swap_in.empty()) {
     plan.finished.swap(finished_);

@@ -1,11 +1,17 @@
-// Continuous batching on rank 0 (vLLM's policy): every step, running sequences go first (one
-// decode token each, or their next prefill chunk), then swapped-out ones come back, then waiting
-// requests are admitted first come first served, within max_num_seqs, max_num_batched_tokens and the
-// KV blocks available. When blocks run out, the most recently arrived running sequence is preempted:
-// swapped to host memory while swap space lasts, else recomputed from scratch later. The scheduler
-// knows nothing of tensors; it produces StepPlans and consumes sampled tokens.
+// Continuous batching on rank 0 (vLLM's policy): every step, swapped-out sequences come back, running
+// ones go on (one decode token each, or their next prefill chunk), then waiting requests are admitted
+// first come first served, within max_num_seqs, max_num_batched_tokens and the KV blocks available.
+// When blocks run out, the most recently arrived running sequence is preempted: swapped to host memory
+// while swap space lasts, else recomputed from scratch later. With the priority policy (vLLM's
+// scheduling_policy priority) every queue is ordered by (priority, arrival) instead: lower values
+// are admitted, swapped in and given a step's budget first, a waiting request goes ahead of swapped-out
+// ones of a higher value, and the sequence preempted is the running one of the highest (priority,
+// arrival), never one that comes before the sequence needing the blocks. As vLLM's, a waiting request
+// does not preempt running ones; it is the first admitted when room frees. The scheduler knows nothing
+// of tensors; it produces StepPlans and consumes sampled tokens.
 #pragma once
 #include <cstdint>
+#include <algorithm>
 #include <cstddef>
 #include <deque>
 #include <memory>
@@ -29,6 +35,8 @@ struct SchedulerConfig {
   // Plan a running sequence's next decode while the step that samples its input is still in flight
   // (vLLM's async scheduling): the plan carries a pending token for the worker to fill in.
   bool async_scheduling = false;
+  // Order by (params.priority, arrival) rather than arrival (vLLM's scheduling_policy priority).
+  bool priority = false;
 };
 
 struct Sequence {
@@ -98,11 +106,21 @@ class Scheduler {
   // Whether s's next chunks compute prompt_logprobs rows.
   static bool wants_prompt_rows(const Sequence& s) { return s.wants_prompt_logprobs && !s.prompt_rows_done; }
   bool preempt_one(Sequence& keep, StepPlan& plan);
+  // Whether a goes before b: (priority, arrival) with the priority policy, else arrival (ids grow with it).
+  bool before(const Sequence* a, const Sequence* b) const {
+    if (cfg_.priority && a->params.priority != b->params.priority) return a->params.priority < b->params.priority;
+    return a->id < b->id;
+  }
+  // Puts s in q at its place in before() order, after its equals.
+  template <typename Q>
+  void insert_ordered(Q& q, Sequence* s) {
+    q.insert(std::upper_bound(q.begin(), q.end(), s, [this](Sequence* a, Sequence* b) { return before(a, b); }), s);
+  }
   void emit(Sequence& s, int32_t chunk, StepPlan& plan);
   SchedulerConfig cfg_;
   BlockManager bm_;
   std::unordered_map<uint64_t, std::unique_ptr<Sequence>> seqs_;
-  std::vector<Sequence*> running_;  // arrival order
+  std::vector<Sequence*> running_;  // arrival order (with the priority policy: before() order)
   std::deque<Sequence*> waiting_;
   std::deque<Sequence*> swapped_;
   std::vector<uint64_t> finished_;

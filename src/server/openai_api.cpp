@@ -81,14 +81,11 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
   // did not do what was asked is worse than an error.
   if (given("best_of") && (!body["best_of"].is_number_integer() || body["best_of"] != r.params.n))
     throw HttpError(400, "'best_of' other than n is not supported", "BadRequestError", "best_of");
-  // vLLM's request priority orders a queue only under its priority scheduling policy and is refused
-  // otherwise; llmserve schedules first come, first served.
-  if (given("priority")) {
-    if (!body["priority"].is_number_integer())
-      throw HttpError(400, "'priority' must be an integer", "BadRequestError", "priority");
-    if (body["priority"] != 0)
-      throw HttpError(400, cat("Got priority ", body["priority"].dump(), " but Priority scheduling is not enabled."),
-                      "BadRequestError", "priority");
+  // vLLM's request priority: it orders the queue under scheduling_policy priority and is refused otherwise.
+  try {
+    check_priority(r.params, ctx.priority_scheduling);
+  } catch (const Error& e) {
+    throw HttpError(400, e.what(), "BadRequestError", "priority");
   }
   // Guided decoding: response_format json_object / json_schema, structured_outputs choice / regex / json /
   // json_object, guided_choice, guided_regex and guided_json (sampling_params_from_json); a grammar is refused.

@@ -35,6 +35,7 @@ struct ApiContext {
   ToolFormat tool_format = ToolFormat::None;
   std::string response_role = "assistant";  // a chat answer's role after a generation prompt
   int max_logprobs = 20;
+  bool priority_scheduling = false;  // scheduling_policy priority: requests may set `priority`
   nlohmann::json sampling_defaults = nlohmann::json::object();  // generation_config_defaults, or empty
 };
 

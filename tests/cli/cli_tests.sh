@@ -192,6 +192,11 @@ check "generate: a request with no token to draw fails the run, naming its line"
 printf '{"prompt": "a", "max_tokens": 600}\n' >"$work/gen-long.jsonl"
 check "generate: too long for max_model_len" 1 "exceeds max_model_len 512" -- \
   "$llmserve" generate "$work/good.yaml" --input "$work/gen-long.jsonl" --output "$work/x.jsonl"
+printf '{"prompt": "a", "max_tokens": 2}\n{"prompt": "b", "priority": 2}\n' >"$work/gen-prio.jsonl"
+check "generate: a priority without priority scheduling names its line" 1 "gen-prio.jsonl line 2: Got priority 2 but Priority scheduling is not enabled" -- \
+  "$llmserve" generate "$work/good.yaml" --input "$work/gen-prio.jsonl" --output "$work/x.jsonl"
+check "generate: priorities under --scheduling-policy priority" 0 "2/2 requests" -- \
+  "$llmserve" generate "$work/good.yaml" --scheduling-policy priority --input "$work/gen-prio.jsonl" --output "$work/gen-prio-out.jsonl"
 printf '{"prompt": "a", "top_p": 0}\n' >"$work/gen-topp.jsonl"
 check "generate: out-of-range top_p" 1 "'top_p' must be in \(0, 1\]" -- \
   "$llmserve" generate "$work/good.yaml" --input "$work/gen-topp.jsonl" --output "$work/x.jsonl"

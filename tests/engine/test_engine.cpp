@@ -35,8 +35,11 @@ struct Fixture {
   Config cfg;
   std::unique_ptr<ModelRunner> runner;
   std::unique_ptr<Tokenizer> tok;
-  explicit Fixture(int64_t blocks = 0, bool async = false, double swap_gib = 4.0) {
+  explicit Fixture(int64_t blocks = 0, bool async = false, double swap_gib = 4.0, const char* policy = "fcfs",
+                   int max_num_seqs = 256) {
     cfg.model = kModel;
+    cfg.scheduling_policy = policy;
+    cfg.max_num_seqs = max_num_seqs;
     cfg.backend = "cpu";
     cfg.max_model_len = 384;
     cfg.block_size = 8;
@@ -572,6 +575,49 @@ TEST(Engine, AbortFreesBlocksAndRejectsWhatCanNeverFit) {
  }
 }
 
+// Priority scheduling in the engine: with one sequence at a time, requests finish in (priority,
+// arrival) order, each with what it gets first come, first served (the order changes when a request
+// runs, never what it gets); without the policy a non-zero priority is refused with vLLM's message.
+TEST(Engine, PriorityPolicyOrdersRequestsAndKeepsTheirOutputs) {
+  const auto pub = golden()["public"];
+  const int prio[] = {3, 0, 3, -2, 1};
+  std::vector<std::vector<uint64_t>> finish_order(2);
+  std::vector<std::vector<RequestOutput>> outs(2);
+  for (int priority = 0; priority < 2; ++priority) {
+    Fixture s(0, false, 4.0, priority ? "priority" : "fcfs", 1);
+    Engine e(*s.runner, s.tok.get(), 0);
+    std::vector<uint64_t> ids;
+    for (int i = 0; i < 5; ++i) {
+      SamplingParams p = greedy(6);
+      p.priority = priority ? prio[i] : 0;
+      ids.push_back(e.add_request(pub[i]["ids"].get<std::vector<int32_t>>(), p));
+    }
+    std::map<uint64_t, RequestOutput> done;
+    for (int guard = 0; e.has_unfinished() && guard < 1000; ++guard)
+      for (auto& r : e.step())
+        if (r.finished) finish_order[priority].push_back(r.request_id), done[r.request_id] = r;
+    for (uint64_t id : ids) outs[priority].push_back(done[id]);
+    if (!priority) {
+      SamplingParams p = greedy(6);
+      p.priority = 1;
+      try {
+        e.add_request({1, 2}, p);
+        ADD_FAILURE() << "a priority was taken without priority scheduling";
+      } catch (const Error& err) {
+        EXPECT_STREQ(err.what(), "Got priority 1 but Priority scheduling is not enabled.");
+      }
+    }
+    e.shutdown();
+  }
+  EXPECT_EQ(finish_order[0], std::vector<uint64_t>({1, 2, 3, 4, 5}));
+  EXPECT_EQ(finish_order[1], std::vector<uint64_t>({4, 2, 5, 1, 3}));
+  for (size_t k = 0; k < 5; ++k) {
+    SCOPED_TRACE(cat("request ", k));
+    expect_same_outputs(outs[0][k], outs[1][k]);
+    EXPECT_EQ(outs[1][k].outputs.at(0).token_ids.size(), 6u);
+  }
+}
+
 // A request whose masks leave no token to draw fails alone: it finishes with an error, its other
 // sequences end, and the engine and the other requests go on (it used to take the whole engine down,
 // and with it the server). allowed_token_ids {A} with the bad word "A A" empties the second step;
@@ -806,6 +852,90 @@ TEST(Scheduler, AsyncSchedulingPlansDecodesAhead) {
   // Sequence 2's token in flight (p4) is its third and last: no decode planned behind it.
   StepPlan p5 = sched.schedule();
   for (const auto& st : p5.seqs) EXPECT_NE(st.seq_id, 2u);
+}
+
+// The priority policy (vLLM's scheduling_policy priority) in the scheduler alone, each case beside
+// first come, first served: waiting requests are admitted by (priority, arrival); the sequence
+// preempted for blocks is the running one of the highest (priority, arrival), not the latest arrival;
+// a waiting request goes ahead of swapped-out sequences of a higher value, and not of lower ones.
+TEST(Scheduler, PriorityPolicyOrdersAdmissionPreemptionAndSwappedSequences) {
+  auto seq = [](uint64_t id, int n, int priority) {
+    auto s = std::make_unique<Sequence>();
+    s->id = id;
+    for (int i = 0; i < n; ++i) s->tokens.push_back(static_cast<int32_t>(100 * id + i));
+    s->prompt_len = n;
+    s->params.max_tokens = 50;
+    s->params.priority = priority;
+    return s;
+  };
+  auto ids = [](const StepPlan& p) {
+    std::vector<uint64_t> v;
+    for (const auto& st : p.seqs) v.push_back(st.seq_id);
+    return v;
+  };
+  for (bool priority : {false, true}) {
+    SCOPED_TRACE(priority ? "priority" : "fcfs");
+    auto config = [priority](int max_num_seqs, int64_t blocks, int64_t host_blocks) {
+      SchedulerConfig c;
+      c.max_num_seqs = max_num_seqs;
+      c.block_size = 4;
+      c.num_blocks = blocks;
+      c.num_host_blocks = host_blocks;
+      c.priority = priority;
+      return c;
+    };
+    {  // Admission, one sequence at a time.
+      Scheduler sched(config(1, 100, 0));
+      const int prio[] = {5, 0, 5, -1, 2};
+      for (uint64_t id = 1; id <= 5; ++id) sched.add(seq(id, 3, prio[id - 1]));
+      std::vector<uint64_t> order;
+      for (int i = 0; i < 5; ++i) {
+        StepPlan p = sched.schedule();
+        ASSERT_EQ(p.seqs.size(), 1u);
+        order.push_back(p.seqs[0].seq_id);
+        sched.finish(p.seqs[0].seq_id);
+      }
+      EXPECT_EQ(order, priority ? std::vector<uint64_t>({4, 2, 5, 1, 3}) : std::vector<uint64_t>({1, 2, 3, 4, 5}));
+    }
+    {  // Preemption for blocks: 6 blocks of 4, three 8-token prompts that each need a third block.
+      Scheduler sched(config(256, 6, 0));
+      sched.add(seq(1, 8, 2));
+      sched.add(seq(2, 8, 0));
+      sched.add(seq(3, 8, 1));
+      ASSERT_EQ(sched.schedule().seqs.size(), 3u);
+      for (uint64_t id = 1; id <= 3; ++id) sched.on_token(sampled_token(id, 7));
+      StepPlan p = sched.schedule();
+      EXPECT_EQ(sched.stats().preempted_recompute, 1);
+      // First come, first served: the latest arrival (3) goes; by priority, the highest value (1).
+      EXPECT_EQ(ids(p), priority ? std::vector<uint64_t>({2, 3}) : std::vector<uint64_t>({1, 2}));
+      const uint64_t victim = priority ? 1 : 3;
+      EXPECT_EQ(sched.find(victim)->state, Sequence::State::Waiting);
+      EXPECT_EQ(sched.find(victim)->num_computed, 0);
+    }
+    {  // Swapped-out sequences and waiting requests: 8 blocks of 4 and swap space.
+      Scheduler sched(config(256, 8, 16));
+      sched.add(seq(1, 8, 0));
+      sched.add(seq(2, 8, 1));
+      sched.add(seq(3, 12, 2));
+      ASSERT_EQ(sched.schedule().seqs.size(), 3u);  // 7 of 8 blocks
+      for (uint64_t id = 1; id <= 3; ++id) sched.on_token(sampled_token(id, 7));
+      StepPlan p = sched.schedule();  // 1 takes the free block, 2 swaps 3 out for its own
+      EXPECT_EQ(ids(p), std::vector<uint64_t>({1, 2}));
+      EXPECT_EQ(p.swap_out.size(), 3u);
+      EXPECT_EQ(sched.num_swapped(), 1u);
+      sched.on_token(sampled_token(1, 7));
+      sched.on_token(sampled_token(2, 7));
+      // Two blocks free: too few for 3 to come back (4). Requests of priority 0 and 3 arrive.
+      sched.add(seq(4, 4, 0));
+      sched.add(seq(5, 4, 3));
+      p = sched.schedule();
+      EXPECT_TRUE(p.swap_in.empty());
+      // By priority 4 comes before 3 and is admitted; 5 comes after 3 and waits. First come, first
+      // served admits nothing while a sequence is swapped out.
+      EXPECT_EQ(ids(p), priority ? std::vector<uint64_t>({1, 2, 4}) : std::vector<uint64_t>({1, 2}));
+      EXPECT_EQ(sched.num_waiting(), priority ? 1u : 2u);
+    }
+  }
 }
 
 // The scheduler alone: a sequence with prompt_logprobs gets, with each chunk, the prompt tokens its

@@ -815,7 +815,8 @@ def main():
         outp = os.path.join(BUILD, "test-out", "server-async-out.jsonl")
         open(inp, "w").write(json.dumps(body) + "\n")
         subprocess.run([os.path.join(BUILD, "llmserve"), "generate", "--model", MODEL, *BACKEND_ARGS, "--max-model-len", "512",
-                        "--generation-config", "vllm", "--input", inp, "--output", outp], check=True, capture_output=True)
+                        "--generation-config", "vllm", "--scheduling-policy", "priority", "--input", inp, "--output", outp],
+                       check=True, capture_output=True)
         offline = json.loads(open(outp).read())["outputs"][0]["text"]
         auth = {"Authorization": "Bearer sekret"}
         st, ac = a.post("/v1/completions", body, headers=auth)
@@ -876,18 +877,20 @@ def main():
     finally:
         a.stop()
     # Asynchronous scheduling on one rank, where each step's forward pass is queued behind the draw of
-    # the step before (its pending tokens filled in by the backend): concurrent greedy and seeded sampled
-    # requests, some streamed, answer as llmserve generate does stepping in turn.
-    q = Server("--async-scheduling", "--generation-config", "vllm", np=1, tp=1)
+    # the step before (its pending tokens filled in by the backend), and priority scheduling: concurrent
+    # greedy and seeded sampled requests of mixed priorities, some streamed, answer as llmserve generate
+    # does stepping in turn.
+    q = Server("--async-scheduling", "--generation-config", "vllm", "--scheduling-policy", "priority", np=1, tp=1)
     try:
-        bodies = [{"prompt": p, "max_tokens": 10 + 3 * i, "ignore_eos": True,
+        bodies = [{"prompt": p, "max_tokens": 10 + 3 * i, "ignore_eos": True, "priority": (2 * i) % 3 - 1,
                    **({"temperature": 0} if i % 2 == 0 else {"temperature": 0.9, "top_p": 0.9, "seed": 40 + i, "repetition_penalty": 1.2})}
                   for i, p in enumerate(["The quick brown fox", "Once upon a time", "Paris is", "1, 2, 3,", "Hello"])]
         inp = os.path.join(BUILD, "test-out", "server-queue-in.jsonl")
         outp = os.path.join(BUILD, "test-out", "server-queue-out.jsonl")
         open(inp, "w").write("".join(json.dumps(b) + "\n" for b in bodies))
         subprocess.run([os.path.join(BUILD, "llmserve"), "generate", "--model", MODEL, *BACKEND_ARGS, "--max-model-len", "512",
-                        "--generation-config", "vllm", "--input", inp, "--output", outp], check=True, capture_output=True)
+                        "--generation-config", "vllm", "--scheduling-policy", "priority", "--input", inp, "--output", outp],
+                       check=True, capture_output=True)
         offline = [json.loads(l)["outputs"][0]["text"] for l in open(outp)]
 
         def ask(i):
@@ -901,8 +904,8 @@ def main():
             return "".join(json.loads(e)["choices"][0]["text"] for e in ev if e != "[DONE]" and json.loads(e).get("choices"))
         with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
             served = list(pool.map(ask, range(len(bodies))))
-        check("async scheduling on one rank (steps queued behind the draw): concurrent greedy, sampled and streamed "
-              "completions equal llmserve generate's", served == offline, (served, offline))
+        check("async and priority scheduling on one rank (steps queued behind the draw): concurrent greedy, sampled and "
+              "streamed completions of mixed priorities equal llmserve generate's", served == offline, (served, offline))
         # A draw that finds no token while the next step is already planned (and queued behind it): that
         # step gets a stand-in token, the request fails alone, and the requests beside it are unchanged.
         st, ob = q.post("/tokenize", {"prompt": "{"})

@@ -149,6 +149,7 @@ TEST(Config, ImpossibleValuesFailValidation) {
   bad([](Config& c) { c.generation_config = "/models/qwen"; });
   bad([](Config& c) { c.max_logprobs = -1; });
   bad([](Config& c) { c.async_scheduling = true, c.pipeline_parallel_size = 2; });
+  bad([](Config& c) { c.scheduling_policy = "lifo"; });
   Config ok;
   ok.model = "m.h5";
   EXPECT_NO_THROW(config_validate(ok));
@@ -156,6 +157,7 @@ TEST(Config, ImpossibleValuesFailValidation) {
   ok.kv_cache_dtype = "auto";
   EXPECT_NO_THROW(config_validate(ok));
   ok.quantization = "fp8";  // as do the values llmserve honours
+  ok.scheduling_policy = "priority";
   EXPECT_NO_THROW(config_validate(ok));
   for (const char* kv : {"fp8", "fp8_e4m3"}) {
     ok.kv_cache_dtype = kv;

@@ -137,6 +137,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
         set_bad_words_ids(job.params, tok.get());
         sampling_params_validate(job.params, runner.spec().vocab_size, cfg.max_logprobs);
         check_some_token_allowed(job.params, runner.spec().eos_token_ids);
+        check_priority(job.params, cfg.scheduling_policy == "priority");
         job.params.output_kind = OutputKind::FinalOnly;  // only finished requests are written
         if (!job.params.guided.empty() && !tok) throw Error("guided decoding needs the model's tokenizer, which this model lacks");
         const int64_t total = static_cast<int64_t>(job.prompt.size()) + job.params.max_tokens;

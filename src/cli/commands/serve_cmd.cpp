@@ -71,6 +71,7 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
     opt.access_log = !cfg.disable_uvicorn_access_log;
     ctx.response_role = cfg.response_role;
     ctx.max_logprobs = cfg.max_logprobs;
+    ctx.priority_scheduling = cfg.scheduling_policy == "priority";
     if (opt.api_key.empty())
       if (const char* k = std::getenv("LLMSERVE_API_KEY")) opt.api_key = k;
     engine = std::make_unique<Engine>(runner, tok.get(), static_cast<uint64_t>(cfg.seed));
