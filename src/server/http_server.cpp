@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "common/json_text.h"
 #include "common/log.h"
+#include "server/responses_api.h"
 #include "tokenizer/tokenizer.h"
 
 namespace llmserve {
@@ -67,8 +68,9 @@ bool constant_time_equal(const std::string& a, const std::string& b) {
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket s, const ServerOptions& opt, const ApiContext& ctx, EngineService& eng, HttpCounters& hc)
-      : stream_(std::move(s)), opt_(opt), ctx_(ctx), engine_(eng), hc_(hc) {}
+  Session(tcp::socket s, const ServerOptions& opt, const ApiContext& ctx, EngineService& eng, HttpCounters& hc,
+          ResponsesStore& store)
+      : stream_(std::move(s)), opt_(opt), ctx_(ctx), engine_(eng), hc_(hc), store_(store) {}
   void start() { net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read(); }); }
 
  private:
@@ -155,10 +157,22 @@ class Session : public std::enable_shared_from_this<Session> {
                                    {"/metrics", http::verb::get},     {"/v1/models", http::verb::get},
                                    {"/v1/completions", http::verb::post}, {"/v1/chat/completions", http::verb::post},
                                    {"/tokenize", http::verb::post},   {"/detokenize", http::verb::post},
-                                   {"/ping", http::verb::get},        {"/ping", http::verb::post}};
+                                   {"/ping", http::verb::get},        {"/ping", http::verb::post},
+                                   {"/v1/responses", http::verb::post},
+                                   // (a stored response: /v1/responses/{id}, /v1/responses/{id}/cancel)
+                                   {"/v1/responses/*", http::verb::get}, {"/v1/responses/*", http::verb::delete_},
+                                   {"/v1/responses/*/cancel", http::verb::post}};
+    const std::string prefix = "/v1/responses/";
+    std::string stored_id, pattern = path;  // the path with a stored response's id as *
+    if (path.rfind(prefix, 0) == 0 && path.size() > prefix.size()) {
+      stored_id = path.substr(prefix.size());
+      const bool cancel = stored_id.size() > 7 && stored_id.compare(stored_id.size() - 7, 7, "/cancel") == 0;
+      if (cancel) stored_id.resize(stored_id.size() - 7);
+      if (stored_id.find('/') == std::string::npos) pattern = prefix + "*" + (cancel ? "/cancel" : "");
+    }
     bool known = false, allowed = false;
     for (const auto& r : routes) {
-      if (path != r.path) continue;
+      if (pattern != r.path) continue;
       known = true;  // (HEAD wherever GET is, as Starlette routes vLLM's GETs)
       allowed = allowed || method == r.method || (method == http::verb::head && r.method == http::verb::get);
     }
@@ -172,7 +186,21 @@ class Session : public std::enable_shared_from_this<Session> {
     if (path == "/metrics") return respond(200, metrics(), req_.keep_alive(), "text/plain; version=0.0.4");
     if (path == "/v1/models") return respond(200, json_text(models_response(ctx_)), req_.keep_alive());
     if (path == "/tokenize" || path == "/detokenize") return tokenize(path == "/tokenize");
-    generate(path == "/v1/chat/completions");
+    if (pattern != path) return stored_response(stored_id, method, pattern.size() > prefix.size() + 1);
+    generate(path == "/v1/chat/completions" ? Api::Chat : path == "/v1/responses" ? Api::Responses : Api::Completion);
+  }
+
+  // A stored response: GET gives it, DELETE forgets it, cancel is refused (as vLLM's: only background
+  // responses can be cancelled, and llmserve makes none).
+  void stored_response(const std::string& id, http::verb method, bool cancel) {
+    auto e = store_.get(id);
+    if (!e) throw HttpError(404, cat("Response with id '", id, "' not found."), "NotFoundError", "response_id");
+    if (cancel) throw HttpError(400, "Cannot cancel a synchronous response.", "BadRequestError", "response_id");
+    if (method == http::verb::delete_) {
+      store_.erase(id);
+      return respond(200, json_text(json{{"id", id}, {"object", "response.deleted"}, {"deleted", true}}), req_.keep_alive());
+    }
+    respond(200, json_text(e->response), req_.keep_alive());
   }
 
   void tokenize(bool encode) {
@@ -209,15 +237,19 @@ class Session : public std::enable_shared_from_this<Session> {
     std::vector<size_t> tokens_seen;  // per prompt, for TTFT and inter-token latency
     std::chrono::steady_clock::time_point last_token;
     std::vector<std::shared_ptr<EngineJob>> jobs;
+    std::unique_ptr<ResponsesStream> events;  // a streamed Responses API request
     size_t finished = 0;
     std::string error;
     bool logged = false;  // its access line written
   };
 
-  void generate(bool chat) {
+  enum class Api { Completion, Chat, Responses };
+  void generate(Api api) {
     auto p = std::make_shared<Pending>();
-    p->req = chat ? parse_chat(parse_json<nlohmann::ordered_json>(req_.body()), ctx_) : parse_completion(parse_json<nlohmann::ordered_json>(req_.body()), ctx_);
-    p->id = random_id(chat ? "chatcmpl-" : "cmpl-");
+    const auto body = parse_json<nlohmann::ordered_json>(req_.body());
+    p->req = api == Api::Chat ? parse_chat(body, ctx_) : api == Api::Responses ? parse_responses(body, ctx_, store_) : parse_completion(body, ctx_);
+    p->id = random_id(api == Api::Chat ? "chatcmpl-" : api == Api::Responses ? "resp_" : "cmpl-");
+    if (p->req.responses && p->req.stream) p->events = std::make_unique<ResponsesStream>(p->id, p->req, ctx_);
     const size_t n = p->req.prompts.size();
     p->outputs.resize(n);
     p->streams.assign(n, std::vector<ChoiceStream>(static_cast<size_t>(p->req.params.n)));
@@ -233,6 +265,7 @@ class Session : public std::enable_shared_from_this<Session> {
       res->keep_alive(false);
       auto sr = std::make_shared<http::response_serializer<http::empty_body>>(*res);
       // The header is the first write; events queue behind it (one write in flight at a time).
+      if (p->events) writes_.push_back(p->events->start());
       writing_ = true;
       http::async_write_header(stream_, *sr, [self = shared_from_this(), res, sr](beast::error_code ec, size_t) {
         if (ec) {
@@ -307,7 +340,9 @@ class Session : public std::enable_shared_from_this<Session> {
     p->error = msg;
     cancel_all();
     const char* type = status == 503 ? "ServiceUnavailable" : status >= 500 ? "InternalServerError" : "BadRequestError";
-    if (p->req.stream) {
+    if (p->events) {  // a Responses stream ends with an error event
+      send_event(p->events->error(status, msg), true);
+    } else if (p->req.stream) {
       send_event("data: " + error_body(status, msg, type) + "\n\ndata: [DONE]\n\n", true);
     } else {
       respond(status, error_body(status, msg, type), false);
@@ -334,6 +369,14 @@ class Session : public std::enable_shared_from_this<Session> {
       p->last_token = now;
     }
     const bool done = p->finished == p->outputs.size();
+    if (p->events) {
+      std::string ev = p->events->update(out);
+      if (done && !p->events->finished()) ev += p->events->error(500, "the response ended without its final event");
+      if (done && p->req.responses->store && p->events->finished())
+        store_.put(p->id, {p->events->response(), conversation_after(p->req, p->events->response())});
+      if (!ev.empty()) send_event(ev, done);
+      return;
+    }
     if (p->req.stream) {
       std::string ev = stream_chunks(p->id, p->req, ctx_, i, out, p->streams[i]);
       if (done) {
@@ -351,6 +394,11 @@ class Session : public std::enable_shared_from_this<Session> {
       return;
     }
     if (!done) return;
+    if (p->req.responses) {
+      const json body = responses_response(p->id, p->req, ctx_, p->outputs[0]);
+      if (p->req.responses->store) store_.put(p->id, {body, conversation_after(p->req, body)});
+      return respond(200, json_text(body), req_.keep_alive());
+    }
     const json body = p->req.chat ? chat_response(p->id, p->req, ctx_, p->outputs) : completion_response(p->id, p->req, ctx_, p->outputs);
     respond(200, json_text(body), req_.keep_alive());
   }
@@ -501,6 +549,7 @@ class Session : public std::enable_shared_from_this<Session> {
   const ApiContext& ctx_;
   EngineService& engine_;
   HttpCounters& hc_;
+  ResponsesStore& store_;
   std::shared_ptr<Pending> pending_;
   std::deque<std::string> writes_;
   bool writing_ = false, last_queued_ = false;
@@ -516,6 +565,7 @@ struct HttpServer::Impl {
   net::io_context ioc;
   tcp::acceptor acceptor;
   HttpCounters hc;
+  ResponsesStore store;
   Impl(const ServerOptions& o, const ApiContext& c, EngineService& e)
       : opt(o), ctx(c), engine(e), ioc(o.io_threads), acceptor(ioc) {}
   void accept() {
@@ -527,7 +577,7 @@ struct HttpServer::Impl {
         auto t = std::make_shared<net::steady_timer>(ioc, std::chrono::milliseconds(100));
         return t->async_wait([this, t](beast::error_code) { accept(); });
       }
-      std::make_shared<Session>(std::move(s), opt, ctx, engine, hc)->start();
+      std::make_shared<Session>(std::move(s), opt, ctx, engine, hc, store)->start();
       accept();
     });
   }

@@ -482,17 +482,11 @@ json chat_response(const std::string& id, const GenerationRequest& r, const ApiC
   return resp;
 }
 
-std::string stream_chunks(const std::string& id, const GenerationRequest& r, const ApiContext& ctx, size_t prompt_index,
-                          const RequestOutput& out, std::vector<ChoiceStream>& st) {
-  std::string events;
-  const CompletionOutput* current = nullptr;  // the choice being sent, for continuous usage
-  auto emit = [&](const json& choice) {
-    json chunk = {{"id", id}, {"object", r.chat ? "chat.completion.chunk" : "text_completion"}, {"created", ctx.created},
-                  {"model", r.model}, {"choices", json::array({choice})}};
-    if (r.continuous_usage)  // as vLLM: the prompt's tokens and this choice's so far
-      chunk["usage"] = usage_json(out.prompt_tokens, static_cast<int64_t>(current->token_ids.size()));
-    events += "data: " + json_text(chunk) + "\n\n";
-  };
+std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiContext& ctx, size_t prompt_index,
+                                         const RequestOutput& out, std::vector<ChoiceStream>& st) {
+  std::vector<StreamChoice> choices;
+  const CompletionOutput* current = nullptr;  // the choice being sent
+  auto emit = [&](json choice) { choices.push_back({std::move(choice), static_cast<int64_t>(current->token_ids.size())}); };
   for (const auto& c : out.outputs) {
     current = &c;
     ChoiceStream& s = st.at(static_cast<size_t>(c.index));
@@ -566,6 +560,19 @@ std::string stream_chunks(const std::string& id, const GenerationRequest& r, con
       emit(choice);
     }
     if (c.finished()) s.done = true;
+  }
+  return choices;
+}
+
+std::string stream_chunks(const std::string& id, const GenerationRequest& r, const ApiContext& ctx, size_t prompt_index,
+                          const RequestOutput& out, std::vector<ChoiceStream>& st) {
+  std::string events;
+  for (auto& c : stream_choices(r, ctx, prompt_index, out, st)) {
+    json chunk = {{"id", id}, {"object", r.chat ? "chat.completion.chunk" : "text_completion"}, {"created", ctx.created},
+                  {"model", r.model}, {"choices", json::array({std::move(c.choice)})}};
+    if (r.continuous_usage)  // as vLLM: the prompt's tokens and this choice's so far
+      chunk["usage"] = usage_json(out.prompt_tokens, c.tokens);
+    events += "data: " + json_text(chunk) + "\n\n";
   }
   return events;
 }

@@ -1,6 +1,7 @@
 // The OpenAI protocol: request bodies into engine jobs, engine outputs into responses and
 // Server-Sent-Event chunks, and errors in OpenAI's shape {"error": {"message", "type", "param", "code"}}.
 #pragma once
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
@@ -13,6 +14,7 @@ namespace llmserve {
 
 class ChatTemplate;
 class Tokenizer;
+struct ResponsesInfo;
 
 // An error that becomes an HTTP response.
 struct HttpError : std::runtime_error {
@@ -60,6 +62,7 @@ struct GenerationRequest {
   std::vector<std::string> prompt_texts;  // what echo prepends: each prompt's text; for a chat, the final message's
   std::string role = "assistant";         // a chat answer's role (response_role, or the final message's)
   SamplingParams params;
+  std::shared_ptr<const ResponsesInfo> responses;  // a Responses API request (responses_api.h); else null
 };
 
 // Parse and validate (throws HttpError 400/404 with a clear message).
@@ -79,8 +82,16 @@ struct ChoiceStream {
   size_t text_offset = 0;    // completions: text_offset of the next token's log-probabilities
   bool done = false;
 };
-// SSE events ("data: ...\n\n") for what is new in `out` (prompt `prompt_index`); `st` has one entry
-// per choice of that prompt. Empty when nothing can be sent yet.
+// The stream's choice objects for what is new in `out` (prompt `prompt_index`; chat's delta shape for a
+// chat request), each with its choice's tokens so far; `st` has one entry per choice of that prompt.
+// Empty when nothing can be sent yet.
+struct StreamChoice {
+  nlohmann::json choice;
+  int64_t tokens = 0;
+};
+std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiContext& ctx, size_t prompt_index,
+                                         const RequestOutput& out, std::vector<ChoiceStream>& st);
+// Those choices as SSE events ("data: ...\n\n").
 std::string stream_chunks(const std::string& id, const GenerationRequest& r, const ApiContext& ctx, size_t prompt_index,
                           const RequestOutput& out, std::vector<ChoiceStream>& st);
 std::string usage_chunk(const std::string& id, const GenerationRequest& r, const ApiContext& ctx, int64_t prompt_tokens,

@@ -115,6 +115,163 @@ class Server:
             return None
 
 
+def sse_events(port, body):
+    """POSTs a streamed Responses request; returns its events (type, payload) in order."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    c.request("POST", "/v1/responses", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    text = c.getresponse().read().decode()
+    c.close()
+    out = []
+    for block in text.split("\n\n"):
+        lines = block.strip().split("\n")
+        if len(lines) == 2 and lines[0].startswith("event: ") and lines[1].startswith("data: "):
+            out.append((lines[0][7:], json.loads(lines[1][6:])))
+    return out
+
+
+def sdk_responses_checks(port, key, model):
+    """OpenAI's Python SDK (installed when missing) on the Responses API of a real instruct model: a greedy
+    answer, the next turn by previous_response_id, the SDK's stream helper, a Pydantic text_format and a
+    required tool call."""
+    try:
+        import openai
+    except ImportError:
+        if subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "openai"]).returncode != 0:
+            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--break-system-packages", "openai"], check=True)
+        import openai
+    import pydantic
+    c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key)
+    ask = dict(model=model, instructions="Answer in one short sentence.", input="What is the capital of France?",
+               temperature=0, max_output_tokens=30)
+    r = c.responses.create(**ask)
+    check("seed SDK: responses.create answers", r.status == "completed" and "Paris" in r.output_text, r.output_text)
+    r2 = c.responses.create(model=model, previous_response_id=r.id, input="And what is the capital of Italy?",
+                            temperature=0, max_output_tokens=30)
+    check("seed SDK: previous_response_id continues the conversation", r2.status == "completed" and "Rome" in r2.output_text
+          and r2.usage.input_tokens > r.usage.input_tokens + r.usage.output_tokens, r2.output_text)
+    with c.responses.stream(**ask) as st:
+        deltas = "".join(e.delta for e in st if e.type == "response.output_text.delta")
+        final = st.get_final_response()
+    check("seed SDK: the stream helper's deltas and final response are the answer", deltas == final.output_text == r.output_text,
+          (deltas, final.output_text))
+
+    class City(pydantic.BaseModel):
+        name: str
+        country: str
+    p = c.responses.parse(model=model, input="Name a famous city and its country.", text_format=City, temperature=0,
+                          max_output_tokens=60)
+    check("seed SDK: responses.parse fills a Pydantic model", p.status == "completed" and isinstance(p.output_parsed, City), p.output_text)
+    tools = [{"type": "function", "name": "get_weather", "description": "Get the weather in a city",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
+    t = c.responses.create(model=model, input="What's the weather in Paris?", tools=tools, tool_choice="required",
+                           temperature=0, max_output_tokens=60)
+    calls = [o for o in t.output if o.type == "function_call"]
+    check("seed SDK: tool_choice required gives function_call items", t.status == "completed" and calls
+          and all(o.name == "get_weather" and "city" in json.loads(o.arguments) for o in calls),
+          [(o.type, getattr(o, "arguments", None)) for o in t.output])
+
+
+def responses_checks(s, msgs, tools, hist, hist_tokens):
+    """The Responses API against the chat route it runs on: the same prompt (token counts) and greedy
+    text; streamed events in order whose pieces make the whole answer; stored responses, chaining,
+    function tools, structured output, log-probabilities and refusals."""
+    def chat_text(messages, n_tokens, **kw):
+        st, r = s.post("/v1/chat/completions", {"messages": messages, "max_tokens": n_tokens, "temperature": 0, **kw})
+        return r["choices"][0]["message"]["content"], r["usage"]["prompt_tokens"], r["choices"][0]["finish_reason"]
+    def text_of(resp):
+        return "".join(p["text"] for it in resp["output"] if it["type"] == "message" for p in it["content"])
+    body = {"model": "tiny", "instructions": "Answer briefly.", "input": "What is the capital of France?",
+            "max_output_tokens": 8, "temperature": 0}
+    st, r1 = s.post("/v1/responses", body)
+    want, ptok, finish = chat_text([{"role": "system", "content": "Answer briefly."},
+                                    {"role": "user", "content": "What is the capital of France?"}], 8)
+    cut = finish == "length"
+    check("responses: the chat route's prompt and greedy answer, as a response object",
+          st == 200 and r1["object"] == "response" and r1["id"].startswith("resp_") and r1["model"] == "tiny"
+          and text_of(r1) == want and r1["usage"]["input_tokens"] == ptok
+          and r1["usage"]["total_tokens"] == ptok + r1["usage"]["output_tokens"]
+          and r1["status"] == ("incomplete" if cut else "completed")
+          and r1["incomplete_details"] == ({"reason": "max_output_tokens"} if cut else None)
+          and r1["output"][0]["role"] == "assistant" and r1["instructions"] == "Answer briefly.", (r1, want, ptok))
+    ev = sse_events(s.port, {**body, "stream": True})
+    types = [t for t, _ in ev]
+    final = ev[-1][1].get("response", {}) if ev else {}
+    deltas = "".join(d["delta"] for t, d in ev if t == "response.output_text.delta")
+    done = [d["text"] for t, d in ev if t == "response.output_text.done"]
+    check("responses streamed: numbered events, created first, the deltas making the text of the final response",
+          [d["sequence_number"] for _, d in ev] == list(range(len(ev))) and types[:3] == ["response.created", "response.in_progress",
+          "response.output_item.added"] and types[-2:] == ["response.output_item.done", "response.completed"]
+          and final["status"] == r1["status"]
+          and deltas == text_of(r1) and done == [deltas] and text_of(final) == deltas
+          and [final["usage"][k] for k in ("input_tokens", "output_tokens")] == [r1["usage"][k] for k in ("input_tokens", "output_tokens")],
+          (types, deltas, final))
+    # Stored: GET gives it back; the next turn continues it (the earlier instructions are not carried over).
+    st, got = s.request("GET", f"/v1/responses/{r1['id']}")
+    check("responses: a stored response comes back from GET", st == 200 and json.loads(got) == r1, got[:300])
+    st, r2 = s.post("/v1/responses", {"input": "And of Italy?", "previous_response_id": r1["id"], "max_output_tokens": 6,
+                                      "temperature": 0})
+    want2, ptok2, _ = chat_text([{"role": "user", "content": "What is the capital of France?"},
+                                 {"role": "assistant", "content": text_of(r1)}, {"role": "user", "content": "And of Italy?"}], 6)
+    check("responses: previous_response_id continues the conversation",
+          st == 200 and r2["previous_response_id"] == r1["id"] and r2["usage"]["input_tokens"] == ptok2 and text_of(r2) == want2,
+          (r2, ptok2, want2))
+    st, gone = s.post("/v1/responses", {"input": "x", "previous_response_id": "resp_nope"})
+    check("responses: an unknown previous_response_id is 404", st == 404 and "Response with id 'resp_nope' not found." in
+          gone["error"]["message"], gone)
+    st, dl = s.request("DELETE", f"/v1/responses/{r2['id']}")
+    st2, _ = s.request("GET", f"/v1/responses/{r2['id']}")
+    st3, cn = s.post(f"/v1/responses/{r1['id']}/cancel", {})
+    st4, ns = s.post("/v1/responses", {"input": "x", "max_output_tokens": 2, "store": False})
+    st5, _ = s.request("GET", f"/v1/responses/{ns['id']}")
+    check("responses: DELETE forgets, cancel is refused (no background mode), store false keeps nothing",
+          st == 200 and json.loads(dl) == {"id": r2["id"], "object": "response.deleted", "deleted": True} and st2 == 404
+          and st3 == 400 and "Cannot cancel a synchronous response." in cn["error"]["message"] and st4 == 200 and st5 == 404,
+          (dl, st2, cn, st5))
+    st_put, _ = s.request("PUT", f"/v1/responses/{r1['id']}", "{}")
+    st_deep, _ = s.request("GET", f"/v1/responses/{r1['id']}/x")
+    st_head, _ = s.request("HEAD", f"/v1/responses/{r1['id']}")
+    check("responses: routes of a stored response (PUT 405, a deeper path 404, HEAD 200)",
+          (st_put, st_deep, st_head) == (405, 404, 200), (st_put, st_deep, st_head))
+    # Function tools in the Responses shape: history items render as the chat route's tool messages.
+    rtools = [{"type": "function", **t["function"]} for t in tools]
+    items = [hist[0], {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{\"city\": \"Paris\"}"},
+             {"type": "function_call_output", "call_id": "call_1", "output": "{\"temp\": 21}"}]
+    st, rt = s.post("/v1/responses", {"input": items, "tools": rtools, "max_output_tokens": 4})
+    check("responses: function_call and function_call_output items render as the chat route's tool messages",
+          st == 200 and rt["usage"]["input_tokens"] == hist_tokens, (rt, hist_tokens))
+    named = {"input": msgs, "tools": rtools, "tool_choice": {"type": "function", "name": "get_weather"}, "max_output_tokens": 40,
+             "temperature": 0}
+    st, rn = s.post("/v1/responses", named)
+    calls = [it for it in rn.get("output", []) if it["type"] == "function_call"]
+    ok_args = len(calls) == 1 and (rn["status"] != "completed" or list(json.loads(calls[0]["arguments"])) == ["city"])
+    ev = sse_events(s.port, {**named, "stream": True})
+    args = "".join(d["delta"] for t, d in ev if t == "response.function_call_arguments.delta")
+    fin = ev[-1][1].get("response", {}) if ev else {}
+    check("responses: a named tool_choice gives one function_call item; streamed, its arguments in pieces",
+          st == 200 and ok_args and calls[0]["name"] == "get_weather" and calls[0]["call_id"].startswith("call_")
+          and args == calls[0]["arguments"] and [it["arguments"] for it in fin.get("output", [])] == [args], (rn, args))
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    st, rj = s.post("/v1/responses", {"input": "A number?", "max_output_tokens": 30, "temperature": 0,
+                                      "text": {"format": {"type": "json_schema", "name": "num", "schema": schema}}})
+    check("responses: text.format json_schema guides the answer", st == 200 and rj["status"] == "completed"
+          and type(json.loads(text_of(rj))["n"]) is int, rj)
+    st, rl = s.post("/v1/responses", {"input": "Hi", "max_output_tokens": 5, "include": ["message.output_text.logprobs"],
+                                      "top_logprobs": 2})
+    lps = rl["output"][0]["content"][0]["logprobs"] if st == 200 and rl["output"] else []
+    check("responses: include message.output_text.logprobs gives each token's with top_logprobs",
+          len(lps) == rl["usage"]["output_tokens"] and all(len(e["top_logprobs"]) == 2 and e["logprob"] <= 0 for e in lps), rl)
+    for name, req, code, msg in [
+            ("background", {"input": "x", "background": True}, 400, "background responses are not supported"),
+            ("a hosted tool", {"input": "x", "tools": [{"type": "web_search"}]}, 400, "tools of type 'web_search' are not supported"),
+            ("no input", {"instructions": "x"}, 400, "'input' (a string or a list of items) is required"),
+            ("an image part", {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]}, 400,
+             "content parts of type 'input_image' are not supported"),
+            ("an unknown include", {"input": "x", "include": ["reasoning.encrypted_content"]}, 400, "is not supported"),
+            ("an unknown model", {"input": "x", "model": "gpt-9"}, 404, "does not exist")]:
+        st, e = s.post("/v1/responses", req)
+        check(f"responses error: {name}", st == code and msg in e.get("error", {}).get("message", ""), e)
+
+
 def main():
     s = Server()
     try:
@@ -693,6 +850,8 @@ def main():
         check("error: a named tool_choice with another guided format", st == 400 and "only one kind of guided decoding"
               in nb["error"]["message"], nb)
 
+        responses_checks(s, msgs, tools, hist, with_tools["count"])
+
         # A body over the limit is refused from its Content-Length, before it is sent.
         raw = socket.create_connection(("127.0.0.1", s.port))
         raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
@@ -952,6 +1111,7 @@ def main():
             rj = json.loads(ch)
             check("seed: the chat request is answered", rj["choices"][0]["message"]["content"].strip() != "" and rj["usage"]["completion_tokens"] > 0, ch[:300])
             print("  seed chat answer:", rj["choices"][0]["message"]["content"][:160].replace("\n", " "))
+            sdk_responses_checks(d.port, "seed-key", "smollm2-135m-instruct")
         finally:
             d.stop()
     passed = sum(results)

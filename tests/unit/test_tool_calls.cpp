@@ -1,8 +1,10 @@
 #include <gtest/gtest.h>
 
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "server/openai_api.h"
+#include "server/responses_api.h"
 #include "server/tool_parser.h"
 
 using namespace llmserve;
@@ -213,4 +215,91 @@ TEST(ToolCallsInResponses, NamedToolChoice) {
   EXPECT_FALSE(rest["function"].contains("name"));
   EXPECT_EQ(first["function"]["arguments"].get<std::string>() + rest["function"]["arguments"].get<std::string>(), args);
   EXPECT_EQ(e2[0]["choices"][0]["finish_reason"], "stop");
+}
+
+// The Responses API's stream, fed the output a byte at a time, ends with the response the whole output
+// gives (the same items: message text to the whitespace, calls with their names and arguments), its
+// events numbered in order, every item added once and done once, a message's deltas making its text
+// and a call's argument deltas its arguments.
+TEST(ToolCallsInResponses, ResponsesStreamEndsWithTheWholeResponse) {
+  struct Case {
+    ToolFormat format;
+    std::string mode;  // auto (calls read from the text), named, required
+    std::string text;
+    size_t message_items, call_items;
+  };
+  const Case cases[] = {
+      {ToolFormat::Hermes, "auto", "Let me check.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>", 1, 1},
+      {ToolFormat::Hermes, "auto", "<tool_call>{\"name\": \"g\", \"arguments\": {}}</tool_call><tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>", 0, 2},
+      {ToolFormat::Hermes, "auto", "  no call, <tool_ at the end is text  ", 1, 0},
+      {ToolFormat::Llama3Json, "auto", " {\"name\": \"f\", \"parameters\": {\"x\": [1]}}; {\"name\": \"g\", \"parameters\": {}}", 0, 2},
+      {ToolFormat::None, "named", R"({"city": "Paris"})", 0, 1},
+      {ToolFormat::None, "required", R"([{"name": "f", "parameters": {"a": 2}}])", 0, 1},
+      {ToolFormat::None, "auto", "", 0, 0}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.text);
+    ApiContext ctx;
+    ctx.model_names = {"m"};
+    ctx.tool_format = c.format;
+    GenerationRequest r;
+    r.chat = true;
+    r.stream = true;
+    r.model = "m";
+    r.tools_active = c.mode == "auto" && c.format != ToolFormat::None;
+    if (c.mode == "named") r.forced_tool = "get_weather";
+    r.tools_required = c.mode == "required";
+    auto info = std::make_shared<ResponsesInfo>();
+    info->echo = json::object();
+    r.responses = info;
+    const json whole = responses_response("resp_1", r, ctx, output(c.text, true));
+    ResponsesStream stream("resp_1", r, ctx);
+    std::string text = stream.start();
+    for (size_t n = 1; n <= c.text.size(); ++n) text += stream.update(output(c.text.substr(0, n), n == c.text.size()));
+    if (c.text.empty()) text += stream.update(output("", true));
+    ASSERT_TRUE(stream.finished());
+    std::vector<json> events;
+    for (size_t p = 0; (p = text.find("data: ", p)) != std::string::npos; p += 6)
+      events.push_back(json::parse(text.substr(p + 6, text.find("\n\n", p) - p - 6)));
+    std::map<std::string, std::string> pieces;  // item id -> its deltas
+    std::map<std::string, int> added, done;
+    for (size_t i = 0; i < events.size(); ++i) {
+      const json& e = events[i];
+      EXPECT_EQ(e["sequence_number"], static_cast<int64_t>(i));
+      const std::string type = e["type"];
+      if (type == "response.output_item.added") ++added[e["item"]["id"]];
+      if (type == "response.output_item.done") ++done[e["item"]["id"]];
+      if (type == "response.output_text.delta" || type == "response.function_call_arguments.delta")
+        pieces[e["item_id"]] += e["delta"].get<std::string>();
+    }
+    EXPECT_EQ(events.front()["type"], "response.created");
+    EXPECT_EQ(events.back()["type"], "response.completed");
+    const json& got = stream.response();
+    EXPECT_EQ(got, events.back()["response"]);
+    auto shape = [](const json& items) {
+      json s = json::array();
+      for (const json& it : items)
+        s.push_back(it["type"] == "message" ? json{"message", it["content"][0]["text"], it["status"]}
+                                            : json{"function_call", it["name"], json::parse(it["arguments"].get<std::string>()), it["status"]});
+      return s;
+    };
+    EXPECT_EQ(shape(got["output"]), shape(whole["output"]));
+    size_t messages = 0, calls = 0;
+    for (const json& it : got["output"]) {
+      const std::string id = it["id"];
+      EXPECT_EQ(added[id], 1);
+      EXPECT_EQ(done[id], 1);
+      if (it["type"] == "message") {
+        ++messages;
+        EXPECT_EQ(pieces[id], it["content"][0]["text"]);
+      } else {
+        ++calls;
+        EXPECT_EQ(pieces[id], it["arguments"]);
+        EXPECT_EQ(it["call_id"].get<std::string>().rfind("call_", 0), 0u);
+      }
+    }
+    EXPECT_EQ(messages, c.message_items);
+    EXPECT_EQ(calls, c.call_items);
+    EXPECT_EQ(got["status"], "completed");
+    EXPECT_EQ(got["usage"]["output_tokens"], 3);
+  }
 }
