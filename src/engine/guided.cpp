@@ -1,5 +1,7 @@
 #include "engine/guided.h"
 
+#include "engine/grammar.h"
+
 #include <algorithm>
 #include <atomic>
 #include <deque>
@@ -10,6 +12,7 @@
 
 #include "common/error.h"
 #include "common/json_text.h"
+#include "engine/grammar.h"
 #include "engine/json_schema.h"
 #include "engine/regex_dfa.h"
 #include "engine/sampling_params.h"
@@ -161,6 +164,10 @@ std::string Guide::key(const GuideState& s) const {
     put(s.rx);
     return k;
   }
+  if (kind_ == Kind::Grammar) {
+    if (!s.dead) Grammar::key(*s.gram, k);
+    return k;
+  }
   if (kind_ != Kind::Choice) {
     put(s.mode), put(s.sub), put(s.ws), put(s.utf8), put(s.depth), put(s.stack[0]), put(s.stack[1]);
   } else {
@@ -203,8 +210,16 @@ std::shared_ptr<const Guide> Guide::regex(const std::string& pattern) {
   return g;
 }
 
+std::shared_ptr<const Guide> Guide::grammar(const std::string& text) {
+  auto g = std::shared_ptr<Guide>(new Guide(Kind::Grammar));
+  g->grammar_ = std::make_shared<const Grammar>(text);
+  g->grammar_->start();  // (a start too ambiguous throws here)
+  return g;
+}
+
 GuideState Guide::start() const {
   GuideState s;
+  if (kind_ == Kind::Grammar) s.gram = std::make_shared<const GrammarState>(grammar_->start());
   s.mode = kStart;
   s.lo = 0, s.hi = static_cast<int32_t>(choices_.size()), s.off = 0;
   if (kind_ == Kind::Schema) {
@@ -222,6 +237,14 @@ bool Guide::feed(GuideState& s, std::string_view bytes) const {
       if ((s.rx = regex_->next(s.rx, c)) == RegexDfa::kDead) return s.dead = true, false;
     return true;
   }
+  if (kind_ == Kind::Grammar) {
+    if (bytes.empty()) return true;
+    GrammarState g = *s.gram;
+    for (unsigned char c : bytes)
+      if (!grammar_->feed(g, c)) return s.dead = true, false;
+    s.gram = std::make_shared<const GrammarState>(std::move(g));
+    return true;
+  }
   for (unsigned char c : bytes) {
     const bool ok = kind_ == Kind::Json ? json_byte(s, c) : kind_ == Kind::Choice ? choice_byte(s, c) : schema_byte(s, c);
     if (!ok) return s.dead = true, false;
@@ -234,6 +257,7 @@ bool Guide::complete(const GuideState& s) const {
   if (kind_ == Kind::Json) return s.mode == kDone;
   if (kind_ == Kind::Schema) return s.levels == 0 || schema_could_end(s);
   if (kind_ == Kind::Regex) return regex_->accepting(s.rx);
+  if (kind_ == Kind::Grammar) return Grammar::complete(*s.gram);
   return s.lo < s.hi && static_cast<int32_t>(choices_[s.lo].size()) == s.off;
 }
 
@@ -628,7 +652,7 @@ std::shared_ptr<const GuidedTokens> guided_tokens(const Tokenizer& tok) {
 std::shared_ptr<const Guide> make_guide(const SamplingParams& p) {
   if (p.guided == "json") return Guide::json(p.guided_compact);
   if (p.guided == "choice") return Guide::choice(p.guided_choice);
-  if (p.guided == "json_schema" || p.guided == "regex") {
+  if (p.guided == "json_schema" || p.guided == "regex" || p.guided == "grammar") {
     // One guide per schema text or pattern while any sequence uses it: a request's n sequences, and
     // requests sending the same one, share it (and so the sampler's cache of allowed tokens per state).
     // The last few made are kept alive too, so that checking a request (the server, then the engine)
@@ -637,10 +661,12 @@ std::shared_ptr<const Guide> make_guide(const SamplingParams& p) {
     static std::map<std::string, std::weak_ptr<const Guide>> made;
     static std::deque<std::shared_ptr<const Guide>> recent;
     std::lock_guard<std::mutex> lock(mu);
-    const std::string key = (p.guided == "regex" ? "r" : p.guided_compact ? "1" : "0") + p.guided_schema;
+    const std::string key = (p.guided == "regex" ? "r" : p.guided == "grammar" ? "g" : p.guided_compact ? "1" : "0") + p.guided_schema;
     if (auto g = made[key].lock()) return g;
     for (auto it = made.begin(); it != made.end();) it = it->second.expired() ? made.erase(it) : std::next(it);
-    auto g = p.guided == "regex" ? Guide::regex(p.guided_schema) : Guide::schema(p.guided_schema, p.guided_compact);
+    auto g = p.guided == "regex"     ? Guide::regex(p.guided_schema)
+             : p.guided == "grammar" ? Guide::grammar(p.guided_schema)
+                                     : Guide::schema(p.guided_schema, p.guided_compact);
     made[key] = g;
     recent.push_back(g);
     if (recent.size() > 4) recent.pop_front();

@@ -10,7 +10,9 @@
 //           value valid under a schema of the subset src/engine/json_schema.h describes (whitespace
 //           as for json, nothing after the value);
 //   regex:  structured_outputs regex / guided_regex: a text the pattern fully matches (Python's re
-//           syntax, the subset src/engine/regex_dfa.h describes).
+//           syntax, the subset src/engine/regex_dfa.h describes);
+//   grammar: structured_outputs grammar / guided_grammar: a text of a context-free grammar (xgrammar's
+//           EBNF / llama.cpp's GBNF, src/engine/grammar.h).
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -25,6 +27,8 @@ struct SamplingParams;
 
 struct JsonSchema;
 class RegexDfa;
+class Grammar;
+struct GrammarState;
 constexpr int kGuideMaxLevels = 24;  // how deep a JSON schema's values may nest (json_schema.h)
 
 // A recognizer's position in the output: plain data, copied per candidate token.
@@ -49,13 +53,14 @@ struct GuideState {
   uint8_t levels = 0;
   uint64_t cand = 0;
   int32_t rx = 0;  // regex, and a schema's constrained string: the automaton's state
+  std::shared_ptr<const GrammarState> gram;  // grammar: the recognizer's state (shared by copies until fed)
 };
 
 class Guide {
  public:
   static constexpr int kMaxDepth = 128;
   static constexpr int kMaxWhitespace = 16;
-  enum class Kind { Json, Choice, Schema, Regex };
+  enum class Kind { Json, Choice, Schema, Regex, Grammar };
   // compact: no whitespace between JSON tokens (vLLM's structured_outputs disable_any_whitespace).
   static std::shared_ptr<const Guide> json(bool compact = false);
   // Throws Error for an empty list or an empty string.
@@ -64,6 +69,8 @@ class Guide {
   static std::shared_ptr<const Guide> schema(const std::string& schema_json, bool compact = false);
   // A regular expression (regex_dfa.h). Throws Error for a pattern it cannot take.
   static std::shared_ptr<const Guide> regex(const std::string& pattern);
+  // A context-free grammar (grammar.h). Throws Error for a grammar it cannot take.
+  static std::shared_ptr<const Guide> grammar(const std::string& text);
 
   Kind kind() const { return kind_; }
   // Distinct for every guide made (never reused, unlike an address): with a state, what a cache of the
@@ -97,6 +104,7 @@ class Guide {
   std::vector<std::string> choices_;  // sorted, distinct
   std::shared_ptr<const JsonSchema> schema_;
   std::shared_ptr<const RegexDfa> regex_;
+  std::shared_ptr<const Grammar> grammar_;
 };
 
 // Whether `bytes` may sit inside a JSON string as they are: printable ASCII but '"' and '\', and whole

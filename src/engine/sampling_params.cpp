@@ -132,9 +132,11 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
     p.allowed_token_ids.erase(std::unique(p.allowed_token_ids.begin(), p.allowed_token_ids.end()), p.allowed_token_ids.end());
   }
   // Guided decoding: response_format json_object / json_schema (text: none), guided_choice,
-  // guided_json and guided_regex, and structured_outputs' forms of them; a grammar is refused by name.
+  // guided_json, guided_regex and guided_grammar, and structured_outputs' forms of them.
   auto one_kind = [&](const char* kind) {
-    auto what = [](const std::string& k) { return k == "choice" ? "a choice" : k == "regex" ? "a regex" : "a JSON format"; };
+    auto what = [](const std::string& k) {
+      return k == "choice" ? "a choice" : k == "regex" ? "a regex" : k == "grammar" ? "a grammar" : "a JSON format";
+    };
     if (!p.guided.empty())
       throw Error(cat("only one kind of guided decoding per request (", what(p.guided), " and ", what(kind), " were both asked)"));
     p.guided = kind;
@@ -186,6 +188,13 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
   };
   if (j.contains("guided_choice") && !j["guided_choice"].is_null()) take_choice(j["guided_choice"], "guided_choice");
   if (j.contains("guided_regex") && !j["guided_regex"].is_null()) take_regex(j["guided_regex"], "guided_regex");
+  // A context-free grammar (xgrammar's EBNF / GBNF): structured_outputs.grammar, or the older guided_grammar.
+  auto take_grammar = [&](const json& v, const char* name) {
+    if (!v.is_string()) throw Error(cat("'", name, "' must be a string (a grammar: root ::= ...)"));
+    p.guided_schema = v.get<std::string>();
+    one_kind("grammar");
+  };
+  if (j.contains("guided_grammar") && !j["guided_grammar"].is_null()) take_grammar(j["guided_grammar"], "guided_grammar");
   // vLLM's structured_outputs (its current name for guided decoding): choice and json_object.
   if (j.contains("structured_outputs") && !j["structured_outputs"].is_null()) {
     const json& so = j["structured_outputs"];
@@ -202,8 +211,10 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
         take_schema(v, "structured_outputs.json");
       } else if (key == "regex") {
         take_regex(v, "structured_outputs.regex");
-      } else if (key == "grammar" || key == "structural_tag") {
-        throw Error(cat("'structured_outputs.", key, "' is not supported by llmserve yet (choice, regex, json and json_object are)"));
+      } else if (key == "grammar") {
+        take_grammar(v, "structured_outputs.grammar");
+      } else if (key == "structural_tag") {
+        throw Error("'structured_outputs.structural_tag' is not supported by llmserve yet (choice, regex, grammar, json and json_object are)");
       } else if (key == "disable_any_whitespace") {
         if (!v.is_boolean()) throw Error("'structured_outputs.disable_any_whitespace' must be a boolean");
         p.guided_compact = v.get<bool>();
@@ -289,7 +300,7 @@ void sampling_params_validate(const SamplingParams& p, int64_t vocab_size, int m
     if (p.guided_choice.empty()) bad("'guided_choice' must be a non-empty list of strings");
     for (const auto& c : p.guided_choice)
       if (c.empty()) bad("'guided_choice' strings must not be empty");
-  } else if (p.guided == "json_schema" || p.guided == "regex") {
+  } else if (p.guided == "json_schema" || p.guided == "regex" || p.guided == "grammar") {
     make_guide(p);  // throws Error for what it cannot guide (and keeps it for the sampler: compiled once)
   } else if (!p.guided.empty() && p.guided != "json") {
     bad(cat("unknown guided decoding kind '", p.guided, "'"));

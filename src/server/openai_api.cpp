@@ -87,13 +87,6 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
   } catch (const Error& e) {
     throw HttpError(400, e.what(), "BadRequestError", "priority");
   }
-  // Guided decoding: response_format json_object / json_schema, structured_outputs choice / regex / json /
-  // json_object, guided_choice, guided_regex and guided_json (sampling_params_from_json); a grammar is refused.
-  if (given("guided_grammar"))
-    throw HttpError(400, "'guided_grammar' is not supported by llmserve yet (guided decoding takes response_format "
-                         "json_object or json_schema, structured_outputs choice, regex, json or json_object, guided_choice, "
-                         "guided_regex and guided_json)",
-                    "BadRequestError", "guided_grammar");
   if (!r.params.guided.empty() && !ctx.tok)
     throw HttpError(400, "guided decoding needs the model's tokenizer, which this model lacks", "BadRequestError",
                     r.params.guided == "choice" ? "guided_choice" : "response_format");

@@ -129,10 +129,10 @@ def sse_events(port, body):
     return out
 
 
-def sdk_responses_checks(port, key, model):
-    """OpenAI's Python SDK (installed when missing) on the Responses API of a real instruct model: a greedy
+def sdk_checks(port, key, model):
+    """OpenAI's Python SDK (installed when missing) on a real instruct model: the Responses API (a greedy
     answer, the next turn by previous_response_id, the SDK's stream helper, a Pydantic text_format and a
-    required tool call."""
+    required tool call) and a chat answer guided by a grammar."""
     try:
         import openai
     except ImportError:
@@ -169,6 +169,16 @@ def sdk_responses_checks(port, key, model):
     check("seed SDK: tool_choice required gives function_call items", t.status == "completed" and calls
           and all(o.name == "get_weather" and "city" in json.loads(o.arguments) for o in calls),
           [(o.type, getattr(o, "arguments", None)) for o in t.output])
+    # A grammar through the SDK's extra_body, as vLLM's documentation sends it.
+    sql = ('root ::= select_statement\nselect_statement ::= "SELECT " column " FROM " table " WHERE " condition\n'
+           'column ::= "name" | "age" | "city"\ntable ::= "users" | "orders"\ncondition ::= column " = " value\n'
+           'value ::= [0-9]+ | "\'" [a-zA-Z ]* "\'"')
+    q = c.chat.completions.create(model=model, messages=[{"role": "user", "content": "Write a SQL query that finds users in Paris."}],
+                                  temperature=0, max_tokens=40, extra_body={"structured_outputs": {"grammar": sql}})
+    text = q.choices[0].message.content
+    check("seed SDK: a chat answer of a grammar (structured_outputs.grammar)", q.choices[0].finish_reason == "stop" and
+          re.fullmatch(r"SELECT (name|age|city) FROM (users|orders) WHERE (name|age|city) = ([0-9]+|'[a-zA-Z ]*')", text), text)
+    print("  seed SQL answer:", text)
 
 
 def responses_checks(s, msgs, tools, hist, hist_tokens):
@@ -407,7 +417,10 @@ def main():
             ("guided_json with json_object", 400, s.post("/v1/chat/completions", {"messages": msgs, "guided_json": {"type": "object"},
                                                                                   "response_format": {"type": "json_object"}}),
              "only one kind of guided decoding"),
-            ("guided_grammar", 400, s.post("/v1/completions", {"prompt": "x", "guided_grammar": "root ::= 'a'"}), "'guided_grammar' is not supported"),
+            ("guided_grammar in single quotes (not EBNF's literals)", 400, s.post("/v1/completions", {"prompt": "x", "guided_grammar": "root ::= 'a'"}),
+             "grammar: unexpected"),
+            ("guided_grammar left-recursive", 400, s.post("/v1/completions", {"prompt": "x", "guided_grammar": "root ::= root \"a\" | \"b\""}),
+             "left-recursive"),
             ("guided_choice empty", 400, s.post("/v1/completions", {"prompt": "x", "guided_choice": []}), "non-empty list of strings"),
             ("guided_choice not strings", 400, s.post("/v1/completions", {"prompt": "x", "guided_choice": ["a", 1]}),
              "non-empty list of strings"),
@@ -418,8 +431,10 @@ def main():
             ("structured_outputs regex with a lookahead", 400, s.post("/v1/completions", {
                 "prompt": "x", "structured_outputs": {"regex": "a(?=b)"}}), "lookaround assertions are not supported"),
             ("guided_regex that Python refuses", 400, s.post("/v1/completions", {"prompt": "x", "guided_regex": "a**"}), "multiple repeat"),
-            ("structured_outputs grammar", 400, s.post("/v1/completions", {
-                "prompt": "x", "structured_outputs": {"grammar": "root ::= 'a'"}}), "'structured_outputs.grammar' is not supported"),
+            ("structured_outputs grammar without root", 400, s.post("/v1/completions", {
+                "prompt": "x", "structured_outputs": {"grammar": "expr ::= \"a\""}}), "no 'root' rule"),
+            ("structured_outputs structural_tag", 400, s.post("/v1/completions", {
+                "prompt": "x", "structured_outputs": {"structural_tag": "{}"}}), "'structured_outputs.structural_tag' is not supported"),
             ("structured_outputs json with anyOf of two objects", 400, s.post("/v1/completions", {
                 "prompt": "x", "structured_outputs": {"json": {"anyOf": [{"type": "object"}, {"properties": {"a": {}}}]}}}),
              "both begin with '{'"),
@@ -671,6 +686,43 @@ def main():
         streamed = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events
                            if e != "[DONE]" and json.loads(e)["choices"])
         check("guided_regex streamed", st == 200 and re.fullmatch("(yes|no), [a-z]{2,4}", streamed), (streamed, events[-3:]))
+        # A context-free grammar (structured_outputs grammar, guided_grammar; vLLM's example, and a
+        # recursive one): every stopped answer is a text of the language (here as Python's re sees the
+        # first; by a small recursive-descent reading for the second).
+        sql = ('root ::= select_statement\nselect_statement ::= "SELECT " column " from " table " where " condition\n'
+               'column ::= "col_1 " | "col_2 "\ntable ::= "table_1 " | "table_2 "\ncondition ::= column "= " number\n'
+               'number ::= "1 " | "2 "')
+        st, gr = s.post("/v1/completions", {"prompt": "Write SQL:", "max_tokens": 40, "n": 4, "temperature": 1.0, "seed": 3,
+                                            "structured_outputs": {"grammar": sql}})
+        sql_re = r"SELECT col_[12]  from table_[12]  where col_[12] = [12] "
+        answers = [(c["text"], c["finish_reason"]) for c in gr.get("choices", [])]
+        check("structured_outputs.grammar: answers are texts of vLLM's example grammar",
+              st == 200 and len(answers) == 4 and all(f == "stop" and re.fullmatch(sql_re, t) for t, f in answers), answers)
+
+        def balanced(t):  # expr ::= term (("+" | "-") term)*, term ::= [0-9]+ | "(" expr ")"
+            def expr(i):
+                i = term(i)
+                while i is not None and i < len(t) and t[i] in "+-":
+                    i = term(i + 1)
+                return i
+            def term(i):
+                if i < len(t) and t[i].isdigit():
+                    while i < len(t) and t[i].isdigit():
+                        i += 1
+                    return i
+                if i < len(t) and t[i] == "(":
+                    i = expr(i + 1)
+                    return i + 1 if i is not None and i < len(t) and t[i] == ")" else None
+                return None
+            return expr(0) == len(t)
+        arith = 'root ::= expr\nexpr ::= term (("+" | "-") term)*\nterm ::= [0-9]{1,3} | "(" expr ")"'
+        st, events = s.stream("/v1/chat/completions", {"messages": msgs, "max_tokens": 40, "stream": True, "n": 1,
+                                                       "temperature": 1.0, "seed": 11, "guided_grammar": arith})
+        chunks = [json.loads(e)["choices"][0] for e in events if e != "[DONE]" and json.loads(e)["choices"]]
+        streamed = "".join(c["delta"].get("content") or "" for c in chunks)
+        check("guided_grammar streamed: a recursive grammar's text (or, cut by max_tokens, a prefix of one)",
+              st == 200 and (balanced(streamed) if chunks[-1]["finish_reason"] == "stop" else chunks[-1]["finish_reason"] == "length"),
+              (streamed, chunks[-1]))
         # A JSON schema (response_format json_schema, guided_json, structured_outputs json): stopped answers
         # are valid under it, with the properties in the schema's order (declared out of alphabetical order).
         schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
@@ -1111,7 +1163,7 @@ def main():
             rj = json.loads(ch)
             check("seed: the chat request is answered", rj["choices"][0]["message"]["content"].strip() != "" and rj["usage"]["completion_tokens"] > 0, ch[:300])
             print("  seed chat answer:", rj["choices"][0]["message"]["content"][:160].replace("\n", " "))
-            sdk_responses_checks(d.port, "seed-key", "smollm2-135m-instruct")
+            sdk_checks(d.port, "seed-key", "smollm2-135m-instruct")
         finally:
             d.stop()
     passed = sum(results)

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <nlohmann/json.hpp>
 
 #include "common/error.h"
 #include "engine/guided.h"
@@ -21,6 +22,20 @@ std::pair<size_t, bool> run(const Guide& g, const std::string& text) {
   for (size_t i = 0; i < text.size(); ++i)
     if (!g.feed(s, std::string_view(text).substr(i, 1))) return {i, false};
   return {text.size(), g.complete(s)};
+}
+
+// Each text is a whole accepted text exactly when `want` says so, and every prefix of an accepted one
+// is alive.
+void expect_language(const Guide& g, const std::vector<std::pair<std::string, bool>>& texts, const std::string& what) {
+  for (const auto& [text, want] : texts) {
+    const auto [n, complete] = run(g, text);
+    EXPECT_EQ(n == text.size() && complete, want) << what << " on '" << text << "'";
+    if (!want) continue;
+    for (size_t k = 0; k < text.size(); ++k) {
+      GuideState s = g.start();
+      EXPECT_TRUE(g.feed(s, text.substr(0, k))) << what << " prefix " << k;
+    }
+  }
 }
 
 }  // namespace
@@ -573,18 +588,7 @@ TEST(GuidedRegex, AcceptsWhatPythonsFullmatchAccepts) {
       {"^a{2,3}$", {{"aa", true}, {"aaa", true}, {"aaaa", false}, {"a", false}}},
       {R"(\x41\u00e9[\t ]\s)", {{"A\xc3\xa9 \n", true}, {"A\xc3\xa9\t\t", true}, {"A\xc3\xa9  x", false}}},
   };
-  for (const auto& c : cases) {
-    const auto g = Guide::regex(c.pattern);
-    for (const auto& [text, want] : c.texts) {
-      const auto [n, complete] = run(*g, text);
-      EXPECT_EQ(n == text.size() && complete, want) << c.pattern << " on '" << text << "'";
-      if (!want) continue;
-      for (size_t k = 0; k < text.size(); ++k) {  // every prefix of an accepted text is alive
-        GuideState s = g->start();
-        EXPECT_TRUE(g->feed(s, text.substr(0, k))) << c.pattern << " prefix " << k;
-      }
-    }
-  }
+  for (const auto& c : cases) expect_language(*Guide::regex(c.pattern), c.texts, c.pattern);
   // A byte is refused as soon as no accepted text continues that way.
   EXPECT_EQ(run(*Guide::regex("[0-9]{3}-[0-9]{4}"), "55x").first, 2u);
   EXPECT_EQ(run(*Guide::regex("(yes|no)"), "nay").first, 1u);
@@ -613,4 +617,89 @@ TEST(GuidedRegex, CheckingAndServingShareOneCompiledGuide) {
   EXPECT_EQ(make_guide(p)->id(), first);
   p.guided_schema = "[0-9]+";
   EXPECT_NE(make_guide(p)->id(), first);
+}
+
+// Context-free grammars (grammar.h): each grammar's language as Lark's Earley parser finds it for the
+// same grammar, every prefix of an accepted text alive, and a byte refused as soon as no text of the
+// language continues it.
+TEST(GuidedGrammar, AcceptsTheLanguageAndEveryPrefix) {
+  struct Case {
+    const char* grammar;
+    std::vector<std::pair<std::string, bool>> texts;
+  };
+  const std::vector<Case> cases = {
+      // vLLM's documented example
+      {"root ::= select_statement\n"
+       "select_statement ::= \"SELECT \" column \" from \" table \" where \" condition\n"
+       "column ::= \"col_1 \" | \"col_2 \"\n"
+       "table ::= \"table_1 \" | \"table_2 \"\n"
+       "condition ::= column \"= \" number\n"
+       "number ::= \"1 \" | \"2 \"\n",
+       {{"SELECT col_1  from table_2  where col_2 = 1 ", true}, {"SELECT col_3  from table_2  where col_2 = 1 ", false},
+        {"SELECT col_1  from table_2  where col_2 = 1", false}}},
+      // recursion: nested parentheses
+      {"root ::= expr\nexpr ::= term ((\"+\" | \"-\") term)*\nterm ::= [0-9]+ | \"(\" expr \")\"",
+       {{"(1+2)-3", true}, {"((12))", true}, {"(1+2", false}, {"1+", false}, {"1++2", false}, {"", false}}},
+      // lines, comments, optional parts, empty alternatives
+      {"root ::= greeting   # a comment\n   name?\ngreeting ::= \"hi\" | \"hello\"\nname ::= \" \" [A-Z] [a-z]* | \"\"",
+       {{"hi", true}, {"hello Ann", true}, {"hello ann", false}, {"hello ", false}}},
+      // code points: classes, negation, '.', escapes
+      {"root ::= [\xce\xb1-\xcf\x89]+ \"!\" [^\\n]* \"\\n\" . \"\\u00e9\\x41\"",
+       {{"\xce\xb1\xce\xb2!x y\n\xe4\xb8\xad\xc3\xa9" "A", true}, {"ab!\nx\xc3\xa9" "A", false}, {"\xce\xb1!\n\n\xc3\xa9" "A", true}}},
+      // bounded repetitions
+      {"root ::= \"a\"{2,3} [0-9]{1,} (\"x\" | \"y\"){0,2}",
+       {{"aa1", true}, {"aaa123xy", true}, {"a1", false}, {"aaaa1", false}, {"aa1xyx", false}}},
+  };
+  for (const auto& c : cases) expect_language(*Guide::grammar(c.grammar), c.texts, c.grammar);
+  // Refused at the first byte no text continues: a wrong keyword, a character outside every class,
+  // and the lead byte of a character no class holds (bytes of a character arrive one at a time).
+  EXPECT_EQ(run(*Guide::grammar(cases[0].grammar), "SELECT cox").first, 9u);
+  EXPECT_EQ(run(*Guide::grammar(cases[1].grammar), "(1+a").first, 3u);
+  EXPECT_EQ(run(*Guide::grammar("root ::= [a-z]+"), "ab\xc3\xa9").first, 2u);
+  EXPECT_EQ(run(*Guide::grammar("root ::= [a-z\xc3\xa9]+"), "ab\xc3\xa9").first, 4u);
+  EXPECT_EQ(run(*Guide::grammar("root ::= .+"), "a\xed\xa0\x80").first, 2u);  // (a surrogate is not UTF-8)
+  // A repetition does not grow the stacks (a rule that refers to itself last is left, not nested); nesting
+  // does, up to Grammar::kMaxDepth.
+  std::string long_text;
+  for (int i = 0; i < 4000; ++i) long_text += "a ";
+  EXPECT_TRUE(run(*Guide::grammar("root ::= ([a-z] \" \")* \"!\""), long_text + "!").second);
+  const auto nest = Guide::grammar(cases[1].grammar);
+  EXPECT_TRUE(run(*nest, std::string(500, '(') + "1" + std::string(500, ')')).second);
+  EXPECT_LT(run(*nest, std::string(1100, '(') + "1" + std::string(1100, ')')).first, 1100u);
+}
+
+TEST(GuidedGrammar, RefusesWhatItCannotTake) {
+  const std::pair<std::string, std::string> bad[] = {
+      {"root ::= a\na ::= a \"x\" | \"y\"", "left-recursive through rule 'a'"},
+      {"root ::= (\"a\"?)*", "left-recursive"},
+      {"root ::= b", "rule 'b' is used but not defined"},
+      {"start ::= \"a\"", "no 'root' rule"},
+      {"root: \"a\"", "Lark's"},
+      {"root ::= \"a", "without its closing"},
+      {"root ::= \"\\q\"", "unknown escape"},
+      {"root ::= \"a\"{3,2}", "repetition bounds"},
+      {"root ::= [b-a]", "runs backwards"},
+      {"root ::= (=\"a\")", "lookahead"},
+      {"root ::= \"a\"\nroot ::= \"b\"", "defined twice"},
+      {"root ::= " + std::string(200, '(') + "\"a\"" + std::string(200, ')'), "nested more than 100"},
+      {"root ::= \"" + std::string(200001, 'a') + "\"", "too large"},
+  };
+  for (const auto& [g, why] : bad) {
+    try {
+      Guide::grammar(g);
+      ADD_FAILURE() << "taken: " << g;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+    }
+  }
+  // Requests name it: structured_outputs.grammar and guided_grammar, one kind of guide at a time.
+  SamplingParams p;
+  sampling_params_from_json(nlohmann::json::parse(R"({"structured_outputs": {"grammar": "root ::= \"yes\" | \"no\""}})"), p);
+  EXPECT_EQ(p.guided, "grammar");
+  EXPECT_EQ(make_guide(p)->kind(), Guide::Kind::Grammar);
+  SamplingParams q;
+  EXPECT_THROW(sampling_params_from_json(nlohmann::json::parse(R"({"guided_grammar": "root ::= \"a\"", "guided_regex": "a"})"), q), Error);
+  SamplingParams r;  // (checked where every request is: its guide compiled)
+  sampling_params_from_json(nlohmann::json::parse(R"({"guided_grammar": "root ::= root \"a\""})"), r);
+  EXPECT_THROW(sampling_params_validate(r, 1000), Error);
 }
