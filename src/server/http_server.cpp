@@ -12,6 +12,7 @@
 #include "common/error.h"
 #include "common/json_text.h"
 #include "common/log.h"
+#include "server/beam_search.h"
 #include "server/responses_api.h"
 #include "tokenizer/tokenizer.h"
 
@@ -238,6 +239,7 @@ class Session : public std::enable_shared_from_this<Session> {
     std::chrono::steady_clock::time_point last_token;
     std::vector<std::shared_ptr<EngineJob>> jobs;
     std::unique_ptr<ResponsesStream> events;  // a streamed Responses API request
+    std::vector<std::shared_ptr<BeamSearch>> beams;  // use_beam_search: one search per prompt
     size_t finished = 0;
     std::string error;
     bool logged = false;  // its access line written
@@ -277,6 +279,7 @@ class Session : public std::enable_shared_from_this<Session> {
         self->write_next();
       });
     }
+    if (p->req.beam_search) return start_beam_searches(*p);
     for (size_t i = 0; i < n; ++i) {
       auto job = std::make_shared<EngineJob>();
       job->prompt = p->req.prompts[i];
@@ -302,6 +305,38 @@ class Session : public std::enable_shared_from_this<Session> {
     watch_disconnect();
   }
 
+  // use_beam_search: each prompt's search runs its steps as engine requests of its own and hands back
+  // its whole result, which goes out as any finished output does (streamed, it comes in one piece).
+  void start_beam_searches(Pending& p) {
+    std::weak_ptr<Session> weak = shared_from_this();
+    auto exec = stream_.get_executor();
+    BeamSearchParams bp;
+    bp.width = p.req.params.n;
+    bp.max_tokens = p.req.params.max_tokens;
+    bp.ignore_eos = p.req.params.ignore_eos;
+    bp.length_penalty = p.req.length_penalty;
+    bp.skip_special_tokens = p.req.params.skip_special_tokens;
+    bp.priority = p.req.params.priority;
+    for (int64_t e : ctx_.eos_ids) bp.eos_ids.push_back(static_cast<int32_t>(e));
+    for (size_t i = 0; i < p.req.prompts.size(); ++i) {
+      auto done = [weak, exec, i](RequestOutput&& out) {
+        net::post(exec, [weak, i, out = std::move(out)]() mutable {
+          if (auto s = weak.lock()) s->on_output(i, std::move(out));
+        });
+      };
+      auto fail = [weak, exec](int status, const std::string& msg) {
+        net::post(exec, [weak, status, msg] {
+          if (auto s = weak.lock()) s->on_error(status, msg);
+        });
+      };
+      p.beams.push_back(std::make_shared<BeamSearch>(p.req.prompts[i], bp, ctx_.tok,
+                                                     [eng = &engine_](std::shared_ptr<EngineJob> j) { eng->submit(std::move(j)); },
+                                                     done, fail));
+    }
+    for (auto& b : p.beams) b->start();
+    watch_disconnect();
+  }
+
   // The connection is idle while a request runs: readiness then means the client went away (EOF or
   // reset), so its requests are aborted. The peek never blocks: a wake-up with nothing to read just
   // re-arms the watch (a blocking peek here once stalled an I/O thread for good).
@@ -320,6 +355,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void cancel_all() {
     if (!pending_) return;
     for (auto& j : pending_->jobs) *j->cancelled = true;
+    for (auto& b : pending_->beams) b->cancel();
   }
 
   // The client went away before its answer was complete: its requests are aborted, nothing more is

@@ -39,6 +39,8 @@ void check_model(const json& body, const ApiContext& ctx, std::string& model) {
   throw HttpError(404, "The model `" + model + "` does not exist.", "NotFoundError", "model");
 }
 
+void beam_search_params(const json& body, GenerationRequest& r, const ApiContext& ctx);
+
 void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx, const ojson& as_sent) {
   if (body.contains("stream") && !body["stream"].is_null()) {
     if (!body["stream"].is_boolean()) throw HttpError(400, "'stream' must be a boolean", "BadRequestError", "stream");
@@ -92,7 +94,8 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
                     r.params.guided == "choice" ? "guided_choice" : "response_format");
   // vLLM's and OpenAI's other options that change what is generated or returned, when set to anything
   // but their no-op value (false, empty, null).
-  for (const char* key : {"use_beam_search", "suffix", "logits_processors"}) {
+  beam_search_params(body, r, ctx);
+  for (const char* key : {"suffix", "logits_processors"}) {
     if (!given(key)) continue;
     const json& v = body[key];
     const bool noop = v == false || (v.is_array() && v.empty()) || (v.is_string() && v.get<std::string>().empty());
@@ -143,6 +146,41 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
                                " in the completion). Please reduce the length of the ", r.chat ? "messages" : "prompt",
                                " or completion."),
                       "BadRequestError", "max_tokens");
+}
+
+// vLLM's use_beam_search (with length_penalty; early_stopping false): what beam search takes is n
+// (the beams), max_tokens, ignore_eos, skip_special_tokens and priority. Settings it would not honour
+// (log-probabilities, stop strings and tokens, guided decoding, token masks and biases, min_tokens,
+// echo, tools read from the text) are refused; the model's sampling defaults and the request's
+// temperature and filters do not apply (the candidates are each beam's best log-probabilities), as in
+// vLLM.
+void beam_search_params(const json& body, GenerationRequest& r, const ApiContext& ctx) {
+  auto given = [&](const char* key) { return body.contains(key) && !body[key].is_null(); };
+  if (given("length_penalty")) {
+    if (!body["length_penalty"].is_number()) throw HttpError(400, "'length_penalty' must be a number", "BadRequestError", "length_penalty");
+    r.length_penalty = body["length_penalty"].get<double>();
+  }
+  if (given("early_stopping") && body["early_stopping"] != false)
+    throw HttpError(400, "'early_stopping' is not supported (beam search runs to max_tokens or until every beam has ended)",
+                    "BadRequestError", "early_stopping");
+  if (!given("use_beam_search") || body["use_beam_search"] == false) return;
+  if (!body["use_beam_search"].is_boolean())
+    throw HttpError(400, "'use_beam_search' must be a boolean", "BadRequestError", "use_beam_search");
+  const SamplingParams& p = r.params;
+  const int most = ctx.max_logprobs / 2;  // (each step asks for 2 x n log-probabilities)
+  if (p.n > most)
+    throw HttpError(400, cat("beam search takes at most ", most, " beams (n), half of max_logprobs; got ", p.n),
+                    "BadRequestError", "n");
+  const char* clash = p.logprobs >= 0 || p.prompt_logprobs >= 0 ? "logprobs"
+                      : !p.stop.empty() || !p.stop_token_ids.empty() ? "stop"
+                      : !p.guided.empty() || !r.forced_tool.empty() || r.tools_required ? "guided decoding"
+                      : !p.bad_words.empty() || !p.allowed_token_ids.empty() || !p.logit_bias_ids.empty() ? "token masks and biases"
+                      : p.min_tokens > 0 ? "min_tokens"
+                      : r.echo ? "echo"
+                      : r.tools_active ? "tools (with tool_choice auto)"
+                      : nullptr;
+  if (clash) throw HttpError(400, cat("beam search does not take ", clash), "BadRequestError", "use_beam_search");
+  r.beam_search = true;
 }
 
 void read_echo(const json& body, GenerationRequest& r) {

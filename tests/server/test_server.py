@@ -169,6 +169,25 @@ def sdk_checks(port, key, model):
     check("seed SDK: tool_choice required gives function_call items", t.status == "completed" and calls
           and all(o.name == "get_weather" and "city" in json.loads(o.arguments) for o in calls),
           [(o.type, getattr(o, "arguments", None)) for o in t.output])
+    # Beam search with a model that ends its answers: beams set aside at the end of sequence.
+    def post(path, body):
+        h = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        h.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+        r = json.loads(h.getresponse().read().decode())
+        h.close()
+        return r
+    prompt = post("/tokenize", {"messages": [{"role": "user", "content": "What is the capital of France?"}]})["tokens"]
+    eos = post("/tokenize", {"prompt": "<|im_end|>", "add_special_tokens": False})["tokens"]
+    for lp in (1.0, 2.0):  # (2.0 ranks beams of different lengths apart: it tells the penalty's length right)
+        bs = c.completions.create(model=model, prompt=prompt, max_tokens=12, n=3,
+                                  extra_body={"use_beam_search": True, "length_penalty": lp})
+        want = reference_beam_search(port, prompt, 3, 12, lp, eos=set(eos))
+        want_text = [post("/detokenize", {"tokens": t[:-1] if f == "stop" else t})["prompt"] for t, f in want]
+        check(f"seed SDK: beam search (length_penalty {lp}) ending beams at end of sequence as vLLM's algorithm",
+              len(eos) == 1 and "stop" in [f for _, f in want]
+              and [(c_.text, c_.finish_reason) for c_ in bs.choices] == list(zip(want_text, [f for _, f in want])),
+              ([(c_.text, c_.finish_reason) for c_ in bs.choices], want_text, want))
+        print("  seed beam answers:", [c_.text for c_ in bs.choices])
     # A grammar through the SDK's extra_body, as vLLM's documentation sends it.
     sql = ('root ::= select_statement\nselect_statement ::= "SELECT " column " FROM " table " WHERE " condition\n'
            'column ::= "name" | "age" | "city"\ntable ::= "users" | "orders"\ncondition ::= column " = " value\n'
@@ -179,6 +198,64 @@ def sdk_checks(port, key, model):
     check("seed SDK: a chat answer of a grammar (structured_outputs.grammar)", q.choices[0].finish_reason == "stop" and
           re.fullmatch(r"SELECT (name|age|city) FROM (users|orders) WHERE (name|age|city) = ([0-9]+|'[a-zA-Z ]*')", text), text)
     print("  seed SQL answer:", text)
+
+
+def reference_beam_search(port, prompt_ids, width, max_tokens, length_penalty=1.0, eos=(), ignore_eos=False):
+    """vLLM's beam search written out in Python over the server's own next-token log-probabilities
+    (completions of one token, 2 x width of them): the ranking, the end-of-sequence handling and the
+    length penalty are checked, not the model. Returns the best `width` beams' token ids and finish reasons."""
+    def post(body):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        c.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json",
+                                                                             "Authorization": "Bearer seed-key"})
+        r = json.loads(c.getresponse().read().decode())
+        c.close()
+        return r
+    def score(toks, cum):
+        n = len(toks) - (1 if toks[-1] in eos else 0)
+        return cum / n ** length_penalty
+    live, done = [(list(prompt_ids), 0.0)], []
+    for _ in range(max_tokens):
+        new = []
+        for toks, cum in live:
+            r = post({"prompt": toks, "max_tokens": 1, "logprobs": 2 * width, "temperature": 0, "ignore_eos": True,
+                      "return_tokens_as_token_ids": True})
+            for key, lp in r["choices"][0]["logprobs"]["top_logprobs"][0].items():
+                t = int(key.split(":")[1])
+                (done if t in eos and not ignore_eos else new).append((toks + [t], cum + lp))
+        live = sorted(new, key=lambda b: score(*b), reverse=True)[:width]
+        if not live:
+            break
+    best = sorted(done + live, key=lambda b: score(*b), reverse=True)[:width]
+    return [(b[0][len(prompt_ids):], "stop" if b[0][-1] in eos and not ignore_eos else "length") for b in best]
+
+
+def beam_search_checks(s):
+    """use_beam_search against vLLM's algorithm written out in Python, and its refusals."""
+    st, tk = s.post("/tokenize", {"prompt": "The weather today"})
+    ids = tk["tokens"]
+    for lp in (1.0, 0.5):
+        st, bs = s.post("/v1/completions", {"prompt": [ids, ids[:2]], "max_tokens": 5, "n": 3, "use_beam_search": True,
+                                            "ignore_eos": True, "length_penalty": lp})
+        got = [c["text"] for c in bs.get("choices", [])]
+        want = []
+        for p in (ids, ids[:2]):
+            for toks, _ in reference_beam_search(s.port, p, 3, 5, lp, ignore_eos=True):
+                want.append(s.post("/detokenize", {"tokens": toks})[1]["prompt"])
+        check(f"use_beam_search (two prompts, 3 beams, length_penalty {lp}): vLLM's algorithm's beams, best first",
+              st == 200 and got == want and all(c["finish_reason"] == "length" for c in bs["choices"])
+              and bs["usage"]["completion_tokens"] == 30, (got, want))
+    st, ev = s.stream("/v1/completions", {"prompt": ids, "max_tokens": 5, "n": 3, "use_beam_search": True, "ignore_eos": True,
+                                          "stream": True})
+    chunks = [json.loads(e)["choices"][0] for e in ev if e != "[DONE]" and json.loads(e)["choices"]]
+    check("use_beam_search streamed: each beam whole", st == 200 and [c["text"] for c in chunks] == want[:3], chunks)
+    for name, body, msg in [("more beams than max_logprobs / 2", {"n": 11}, "at most 10 beams"),
+                            ("with logprobs", {"logprobs": 2}, "does not take logprobs"),
+                            ("with stop", {"stop": ["x"]}, "does not take stop"),
+                            ("with a guided format", {"guided_regex": "a+"}, "does not take guided decoding"),
+                            ("early_stopping", {"early_stopping": True}, "'early_stopping' is not supported")]:
+        st, e = s.post("/v1/completions", {"prompt": "x", "max_tokens": 3, "use_beam_search": True, **body})
+        check(f"error: use_beam_search {name}", st == 400 and msg in e["error"]["message"], e)
 
 
 def responses_checks(s, msgs, tools, hist, hist_tokens):
@@ -903,6 +980,7 @@ def main():
               in nb["error"]["message"], nb)
 
         responses_checks(s, msgs, tools, hist, with_tools["count"])
+        beam_search_checks(s)
 
         # A body over the limit is refused from its Content-Length, before it is sent.
         raw = socket.create_connection(("127.0.0.1", s.port))
