@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <thread>
 
@@ -287,29 +288,34 @@ class Session : public std::enable_shared_from_this<Session> {
       // Outputs as deltas (the engine's cost per output independent of the output's length), put
       // back together here.
       job->params.output_kind = OutputKind::Delta;
-      std::weak_ptr<Session> weak = shared_from_this();
-      auto exec = stream_.get_executor();
-      job->on_output = [weak, exec, i](RequestOutput&& out) {
-        net::post(exec, [weak, i, out = std::move(out)]() mutable {
-          if (auto s = weak.lock()) s->on_output(i, std::move(out));
-        });
-      };
-      job->on_error = [weak, exec](int status, const std::string& msg) {
-        net::post(exec, [weak, status, msg] {
-          if (auto s = weak.lock()) s->on_error(status, msg);
-        });
-      };
+      job->on_output = output_callback(i);
+      job->on_error = error_callback();
       p->jobs.push_back(job);
     }
     for (auto& j : p->jobs) engine_.submit(j);
     watch_disconnect();
   }
 
+  // Prompt i's outputs and the request's errors, from the engine's delivery thread (or a beam search)
+  // onto this connection's executor, while the session lives.
+  std::function<void(RequestOutput&&)> output_callback(size_t i) {
+    return [weak = std::weak_ptr<Session>(shared_from_this()), exec = stream_.get_executor(), i](RequestOutput&& out) {
+      net::post(exec, [weak, i, out = std::move(out)]() mutable {
+        if (auto s = weak.lock()) s->on_output(i, std::move(out));
+      });
+    };
+  }
+  std::function<void(int, const std::string&)> error_callback() {
+    return [weak = std::weak_ptr<Session>(shared_from_this()), exec = stream_.get_executor()](int status, const std::string& msg) {
+      net::post(exec, [weak, status, msg] {
+        if (auto s = weak.lock()) s->on_error(status, msg);
+      });
+    };
+  }
+
   // use_beam_search: each prompt's search runs its steps as engine requests of its own and hands back
   // its whole result, which goes out as any finished output does (streamed, it comes in one piece).
   void start_beam_searches(Pending& p) {
-    std::weak_ptr<Session> weak = shared_from_this();
-    auto exec = stream_.get_executor();
     BeamSearchParams bp;
     bp.width = p.req.params.n;
     bp.max_tokens = p.req.params.max_tokens;
@@ -318,21 +324,10 @@ class Session : public std::enable_shared_from_this<Session> {
     bp.skip_special_tokens = p.req.params.skip_special_tokens;
     bp.priority = p.req.params.priority;
     for (int64_t e : ctx_.eos_ids) bp.eos_ids.push_back(static_cast<int32_t>(e));
-    for (size_t i = 0; i < p.req.prompts.size(); ++i) {
-      auto done = [weak, exec, i](RequestOutput&& out) {
-        net::post(exec, [weak, i, out = std::move(out)]() mutable {
-          if (auto s = weak.lock()) s->on_output(i, std::move(out));
-        });
-      };
-      auto fail = [weak, exec](int status, const std::string& msg) {
-        net::post(exec, [weak, status, msg] {
-          if (auto s = weak.lock()) s->on_error(status, msg);
-        });
-      };
+    for (size_t i = 0; i < p.req.prompts.size(); ++i)
       p.beams.push_back(std::make_shared<BeamSearch>(p.req.prompts[i], bp, ctx_.tok,
                                                      [eng = &engine_](std::shared_ptr<EngineJob> j) { eng->submit(std::move(j)); },
-                                                     done, fail));
-    }
+                                                     output_callback(i), error_callback()));
     for (auto& b : p.beams) b->start();
     watch_disconnect();
   }
