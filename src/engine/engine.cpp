@@ -82,6 +82,7 @@ uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& 
   for (int64_t e : runner_.spec().eos_token_ids) eos.push_back(static_cast<int32_t>(e));
   check_some_token_allowed(params, runner_.spec().eos_token_ids);
   check_priority(params, sched_.config().priority);
+  if (params.beam_search) throw Error("beam search runs above the engine (server/beam_search.h), not as one request");
   Request r;
   r.id = next_request_++;
   r.prompt_tokens = static_cast<int64_t>(prompt.size());

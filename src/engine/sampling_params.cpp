@@ -69,6 +69,21 @@ void sampling_params_from_json(const json& j, SamplingParams& p) {
   take(j, "include_stop_str_in_output", p.include_stop_str_in_output);
   take(j, "skip_special_tokens", p.skip_special_tokens);
   take(j, "priority", p.priority);
+  take(j, "use_beam_search", p.beam_search);
+  take(j, "length_penalty", p.length_penalty);
+  if (j.contains("early_stopping") && !j["early_stopping"].is_null() && j["early_stopping"] != false)
+    throw Error("'early_stopping' is not supported (beam search runs to max_tokens or until every beam has ended)");
+  // vLLM's and OpenAI's other options that change what is generated, refused when set to anything but
+  // their no-op value (false, empty, null): an answer that silently did not do what was asked is worse
+  // than an error.
+  if (j.contains("best_of") && !j["best_of"].is_null() && (!j["best_of"].is_number_integer() || j["best_of"] != p.n))
+    throw Error("'best_of' other than n is not supported");
+  for (const char* key : {"suffix", "logits_processors"}) {
+    if (!j.contains(key) || j[key].is_null()) continue;
+    const json& v = j[key];
+    const bool noop = v == false || (v.is_array() && v.empty()) || (v.is_string() && v.get<std::string>().empty());
+    if (!noop) throw Error(cat("'", key, "' is not supported by llmserve yet"));
+  }
   if (j.contains("stop") && !j["stop"].is_null()) {
     const json& s = j["stop"];
     p.stop.clear();
@@ -304,6 +319,17 @@ void sampling_params_validate(const SamplingParams& p, int64_t vocab_size, int m
     make_guide(p);  // throws Error for what it cannot guide (and keeps it for the sampler: compiled once)
   } else if (!p.guided.empty() && p.guided != "json") {
     bad(cat("unknown guided decoding kind '", p.guided, "'"));
+  }
+  if (p.beam_search) {
+    const int most = std::min(max_logprobs, kMaxTopLogprobs) / 2;  // (each step asks for 2 x n log-probabilities)
+    if (p.n > most) bad(cat("beam search takes at most ", most, " beams (n), half of max_logprobs; got ", p.n));
+    const char* clash = p.logprobs >= 0 || p.prompt_logprobs >= 0 ? "logprobs"
+                        : !p.stop.empty() || !p.stop_token_ids.empty() ? "stop"
+                        : !p.guided.empty() ? "guided decoding"
+                        : !p.bad_words.empty() || !p.allowed_token_ids.empty() || !p.logit_bias_ids.empty() ? "token masks and biases"
+                        : p.min_tokens > 0 ? "min_tokens"
+                        : nullptr;
+    if (clash) bad(cat("beam search does not take ", clash));
   }
   for (const auto& s : p.stop)
     if (s.empty()) bad("'stop' strings must not be empty");

@@ -59,6 +59,10 @@ struct SamplingParams {
   // vLLM's request priority (scheduling_policy priority: lower values are admitted first, and preempted
   // last). Read by rank 0's scheduler only; not sent to the workers.
   int priority = 0;
+  // vLLM's use_beam_search: n beams scored with length_penalty, run above the engine by
+  // server/beam_search.h (the engine itself refuses such a request). Not sent to the workers.
+  bool beam_search = false;
+  double length_penalty = 1.0;
   // Set by the caller (the server, `generate`), not read from a request.
   OutputKind output_kind = OutputKind::Cumulative;
 

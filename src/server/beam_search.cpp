@@ -8,6 +8,18 @@
 
 namespace llmserve {
 
+BeamSearchParams beam_search_params(const SamplingParams& params, const std::vector<int64_t>& eos_ids) {
+  BeamSearchParams bp;
+  bp.width = params.n;
+  bp.max_tokens = params.max_tokens;
+  bp.ignore_eos = params.ignore_eos;
+  bp.length_penalty = params.length_penalty;
+  bp.skip_special_tokens = params.skip_special_tokens;
+  bp.priority = params.priority;
+  for (int64_t e : eos_ids) bp.eos_ids.push_back(static_cast<int32_t>(e));
+  return bp;
+}
+
 BeamSearch::BeamSearch(std::vector<int32_t> prompt, BeamSearchParams p, const Tokenizer* tok, Submit submit,
                        std::function<void(RequestOutput&&)> done, std::function<void(int, const std::string&)> fail)
     : prompt_(std::move(prompt)), p_(std::move(p)), tok_(tok), submit_(std::move(submit)), done_(std::move(done)),
@@ -67,12 +79,15 @@ std::vector<std::shared_ptr<EngineJob>> BeamSearch::step_jobs() {
 void BeamSearch::on_output(size_t beam, RequestOutput&& out) {
   std::vector<std::shared_ptr<EngineJob>> jobs;
   std::optional<RequestOutput> result;
+  std::string failure;
+  int status = 500;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (over_ || !out.finished) return;
-    if (out.outputs.empty() || out.outputs[0].logprobs.empty()) {
-      over_ = true;
-      result.reset();
+    if (!out.outputs.empty() && out.outputs[0].finish_reason == "abort") {  // the service is stopping
+      failure = "beam search aborted: the server is stopping", status = 503;
+    } else if (out.outputs.empty() || out.outputs[0].logprobs.empty()) {
+      failure = "beam search: a step returned no log-probabilities";
     } else {
       if (step_ == 0 && cached_tokens_ < 0) cached_tokens_ = out.num_cached_tokens;
       const TokenLogprob& lp = out.outputs[0].logprobs[0];
@@ -87,9 +102,13 @@ void BeamSearch::on_output(size_t beam, RequestOutput&& out) {
         jobs = step_jobs();
       }
     }
+    if (!failure.empty()) {
+      over_ = true;
+      for (auto& c : cancels_) *c = true;
+    }
   }
+  if (!failure.empty()) return fail_(status, failure);
   if (result) return done_(std::move(*result));
-  if (jobs.empty()) return fail_(500, "beam search: a step returned no log-probabilities");
   for (auto& j : jobs) submit_(j);
 }
 

@@ -30,6 +30,9 @@ struct BeamSearchParams {
   std::vector<int32_t> eos_ids;
 };
 
+// A request's beam search settings (params.beam_search set; n beams) and the model's end-of-sequence ids.
+BeamSearchParams beam_search_params(const SamplingParams& params, const std::vector<int64_t>& eos_ids);
+
 class BeamSearch : public std::enable_shared_from_this<BeamSearch> {
  public:
   using Submit = std::function<void(std::shared_ptr<EngineJob>)>;

@@ -280,7 +280,7 @@ class Session : public std::enable_shared_from_this<Session> {
         self->write_next();
       });
     }
-    if (p->req.beam_search) return start_beam_searches(*p);
+    if (p->req.params.beam_search) return start_beam_searches(*p);
     for (size_t i = 0; i < n; ++i) {
       auto job = std::make_shared<EngineJob>();
       job->prompt = p->req.prompts[i];
@@ -316,14 +316,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // use_beam_search: each prompt's search runs its steps as engine requests of its own and hands back
   // its whole result, which goes out as any finished output does (streamed, it comes in one piece).
   void start_beam_searches(Pending& p) {
-    BeamSearchParams bp;
-    bp.width = p.req.params.n;
-    bp.max_tokens = p.req.params.max_tokens;
-    bp.ignore_eos = p.req.params.ignore_eos;
-    bp.length_penalty = p.req.length_penalty;
-    bp.skip_special_tokens = p.req.params.skip_special_tokens;
-    bp.priority = p.req.params.priority;
-    for (int64_t e : ctx_.eos_ids) bp.eos_ids.push_back(static_cast<int32_t>(e));
+    const BeamSearchParams bp = beam_search_params(p.req.params, ctx_.eos_ids);
     for (size_t i = 0; i < p.req.prompts.size(); ++i)
       p.beams.push_back(std::make_shared<BeamSearch>(p.req.prompts[i], bp, ctx_.tok,
                                                      [eng = &engine_](std::shared_ptr<EngineJob> j) { eng->submit(std::move(j)); },

@@ -39,7 +39,7 @@ void check_model(const json& body, const ApiContext& ctx, std::string& model) {
   throw HttpError(404, "The model `" + model + "` does not exist.", "NotFoundError", "model");
 }
 
-void beam_search_params(const json& body, GenerationRequest& r, const ApiContext& ctx);
+void beam_search_params(GenerationRequest& r);
 
 void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx, const ojson& as_sent) {
   if (body.contains("stream") && !body["stream"].is_null()) {
@@ -79,10 +79,6 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
   if (r.echo_only) r.params.max_tokens = 1;
   if (r.params.prompt_logprobs >= 0 && r.stream)  // vLLM's rule and message
     throw HttpError(400, "`prompt_logprobs` are not available when `stream=True`.", "BadRequestError", "prompt_logprobs");
-  // Parameters whose effect llmserve does not have are refused, not ignored: an answer that silently
-  // did not do what was asked is worse than an error.
-  if (given("best_of") && (!body["best_of"].is_number_integer() || body["best_of"] != r.params.n))
-    throw HttpError(400, "'best_of' other than n is not supported", "BadRequestError", "best_of");
   // vLLM's request priority: it orders the queue under scheduling_policy priority and is refused otherwise.
   try {
     check_priority(r.params, ctx.priority_scheduling);
@@ -94,13 +90,7 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
                     r.params.guided == "choice" ? "guided_choice" : "response_format");
   // vLLM's and OpenAI's other options that change what is generated or returned, when set to anything
   // but their no-op value (false, empty, null).
-  beam_search_params(body, r, ctx);
-  for (const char* key : {"suffix", "logits_processors"}) {
-    if (!given(key)) continue;
-    const json& v = body[key];
-    const bool noop = v == false || (v.is_array() && v.empty()) || (v.is_string() && v.get<std::string>().empty());
-    if (!noop) throw HttpError(400, cat("'", key, "' is not supported by llmserve yet"), "BadRequestError", key);
-  }
+  beam_search_params(r);
   if (given("truncate_prompt_tokens")) {  // as vLLM: the last k tokens of each prompt; -1: max_model_len
     const json& v = body["truncate_prompt_tokens"];
     if (!v.is_number_integer() || v.get<int64_t>() < -1 || v.get<int64_t>() == 0)
@@ -148,39 +138,15 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
                       "BadRequestError", "max_tokens");
 }
 
-// vLLM's use_beam_search (with length_penalty; early_stopping false): what beam search takes is n
-// (the beams), max_tokens, ignore_eos, skip_special_tokens and priority. Settings it would not honour
-// (log-probabilities, stop strings and tokens, guided decoding, token masks and biases, min_tokens,
-// echo, tools read from the text) are refused; the model's sampling defaults and the request's
-// temperature and filters do not apply (the candidates are each beam's best log-probabilities), as in
-// vLLM.
-void beam_search_params(const json& body, GenerationRequest& r, const ApiContext& ctx) {
-  auto given = [&](const char* key) { return body.contains(key) && !body[key].is_null(); };
-  if (given("length_penalty")) {
-    if (!body["length_penalty"].is_number()) throw HttpError(400, "'length_penalty' must be a number", "BadRequestError", "length_penalty");
-    r.length_penalty = body["length_penalty"].get<double>();
-  }
-  if (given("early_stopping") && body["early_stopping"] != false)
-    throw HttpError(400, "'early_stopping' is not supported (beam search runs to max_tokens or until every beam has ended)",
-                    "BadRequestError", "early_stopping");
-  if (!given("use_beam_search") || body["use_beam_search"] == false) return;
-  if (!body["use_beam_search"].is_boolean())
-    throw HttpError(400, "'use_beam_search' must be a boolean", "BadRequestError", "use_beam_search");
-  const SamplingParams& p = r.params;
-  const int most = ctx.max_logprobs / 2;  // (each step asks for 2 x n log-probabilities)
-  if (p.n > most)
-    throw HttpError(400, cat("beam search takes at most ", most, " beams (n), half of max_logprobs; got ", p.n),
-                    "BadRequestError", "n");
-  const char* clash = p.logprobs >= 0 || p.prompt_logprobs >= 0 ? "logprobs"
-                      : !p.stop.empty() || !p.stop_token_ids.empty() ? "stop"
-                      : !p.guided.empty() || !r.forced_tool.empty() || r.tools_required ? "guided decoding"
-                      : !p.bad_words.empty() || !p.allowed_token_ids.empty() || !p.logit_bias_ids.empty() ? "token masks and biases"
-                      : p.min_tokens > 0 ? "min_tokens"
-                      : r.echo ? "echo"
+// Beam search (SamplingParams::beam_search; sampling_params_validate checks the sampling side) also
+// refuses echo and tools read from or forced on the text.
+void beam_search_params(GenerationRequest& r) {
+  if (!r.params.beam_search) return;
+  const char* clash = r.echo ? "echo"
+                      : !r.forced_tool.empty() || r.tools_required ? "guided decoding"
                       : r.tools_active ? "tools (with tool_choice auto)"
                       : nullptr;
   if (clash) throw HttpError(400, cat("beam search does not take ", clash), "BadRequestError", "use_beam_search");
-  r.beam_search = true;
 }
 
 void read_echo(const json& body, GenerationRequest& r) {

@@ -62,9 +62,6 @@ struct GenerationRequest {
   std::vector<std::string> prompt_texts;  // what echo prepends: each prompt's text; for a chat, the final message's
   std::string role = "assistant";         // a chat answer's role (response_role, or the final message's)
   SamplingParams params;
-  // vLLM's use_beam_search: params.n beams (server/beam_search.h) scored with this length penalty.
-  bool beam_search = false;
-  double length_penalty = 1.0;
   std::shared_ptr<const ResponsesInfo> responses;  // a Responses API request (responses_api.h); else null
 };
 

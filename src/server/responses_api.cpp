@@ -191,6 +191,7 @@ GenerationRequest parse_responses(const ojson& body, const ApiContext& ctx, cons
   if (given("metadata") && !body["metadata"].is_object()) bad("'metadata' must be an object", "metadata");
   if (!given("input") || !(body["input"].is_string() || body["input"].is_array()))
     bad("'input' (a string or a list of items) is required", "input");
+  if (body["input"].is_array() && body["input"].empty()) bad("'input' must not be an empty list", "input");
 
   // The conversation: the previous response's, then this input.
   ojson conversation = ojson::array();
@@ -230,7 +231,7 @@ GenerationRequest parse_responses(const ojson& body, const ApiContext& ctx, cons
   if (given("tool_choice")) {
     const ojson& tc = body["tool_choice"];
     if (tc.is_object()) {
-      if (tc.value("type", "") != "function" || !tc.contains("name") || !tc["name"].is_string())
+      if (!tc.contains("type") || tc["type"] != "function" || !tc.contains("name") || !tc["name"].is_string())
         bad("a named tool_choice must be {\"type\": \"function\", \"name\": ...}", "tool_choice");
       chat["tool_choice"] = {{"type", "function"}, {"function", {{"name", tc["name"]}}}};
     } else {

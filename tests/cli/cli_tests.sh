@@ -192,6 +192,9 @@ check "generate: a request with no token to draw fails the run, naming its line"
 printf '{"prompt": "a", "max_tokens": 600}\n' >"$work/gen-long.jsonl"
 check "generate: too long for max_model_len" 1 "exceeds max_model_len 512" -- \
   "$llmserve" generate "$work/good.yaml" --input "$work/gen-long.jsonl" --output "$work/x.jsonl"
+printf '{"prompt": "a", "max_tokens": 2}\n{"prompt": "b", "suffix": "!"}\n' >"$work/gen-suffix.jsonl"
+check "generate: an option llmserve cannot honour is refused, naming its line" 1 "gen-suffix.jsonl line 2: 'suffix' is not supported" -- \
+  "$llmserve" generate "$work/good.yaml" --input "$work/gen-suffix.jsonl" --output "$work/x.jsonl"
 printf '{"prompt": "a", "max_tokens": 2}\n{"prompt": "b", "priority": 2}\n' >"$work/gen-prio.jsonl"
 check "generate: a priority without priority scheduling names its line" 1 "gen-prio.jsonl line 2: Got priority 2 but Priority scheduling is not enabled" -- \
   "$llmserve" generate "$work/good.yaml" --input "$work/gen-prio.jsonl" --output "$work/x.jsonl"

@@ -245,6 +245,18 @@ def beam_search_checks(s):
         check(f"use_beam_search (two prompts, 3 beams, length_penalty {lp}): vLLM's algorithm's beams, best first",
               st == 200 and got == want and all(c["finish_reason"] == "length" for c in bs["choices"])
               and bs["usage"]["completion_tokens"] == 30, (got, want))
+    # llmserve generate runs beam search lines the same way (between its engine's steps).
+    inp = os.path.join(BUILD, "test-out", "beam-in.jsonl")
+    outp = os.path.join(BUILD, "test-out", "beam-out.jsonl")
+    open(inp, "w").write(json.dumps({"prompt_token_ids": ids, "max_tokens": 5, "n": 3, "use_beam_search": True,
+                                     "ignore_eos": True, "length_penalty": 0.5}) + "\n" +
+                         json.dumps({"prompt_token_ids": ids[:2], "max_tokens": 3}) + "\n")
+    run = subprocess.run([os.path.join(BUILD, "llmserve"), "generate", "--model", MODEL, *BACKEND_ARGS, "--max-model-len", "512",
+                          "--input", inp, "--output", outp], capture_output=True, text=True)
+    offline = [json.loads(l)["outputs"] for l in open(outp)] if run.returncode == 0 else []
+    check("llmserve generate: a use_beam_search line gives the algorithm's beams, a plain line beside it runs as ever",
+          run.returncode == 0 and [o["text"] for o in offline[0]] == want[:3] and len(offline[1][0]["token_ids"]) == 3,
+          (run.stderr[-500:], offline))
     st, ev = s.stream("/v1/completions", {"prompt": ids, "max_tokens": 5, "n": 3, "use_beam_search": True, "ignore_eos": True,
                                           "stream": True})
     chunks = [json.loads(e)["choices"][0] for e in ev if e != "[DONE]" and json.loads(e)["choices"]]

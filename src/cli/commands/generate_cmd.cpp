@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <utility>
 #include <nlohmann/json.hpp>
 
 #include "chat/chat_template.h"
@@ -19,6 +20,7 @@
 #include "engine/prompt_input.h"
 #include "model/model_file.h"
 #include "model/runner.h"
+#include "server/beam_search.h"
 
 namespace llmserve {
 namespace {
@@ -154,23 +156,56 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
 
   Engine engine(runner, tok.get(), static_cast<uint64_t>(cfg.seed));
   std::unordered_map<uint64_t, size_t> index_of;
-  for (size_t i = 0; i < jobs.size(); ++i) index_of[engine.add_request(jobs[i].prompt, jobs[i].params)] = i;
   std::vector<std::string> lines(jobs.size());
   size_t done = 0;
   int64_t gen_tokens = 0;
+  std::string failure;  // a request that failed while it ran (RequestOutput::error): no output file
+  auto finished = [&](size_t i, const RequestOutput& r) {
+    if (!r.error.empty()) {
+      if (failure.empty()) failure = cat("generate: ", input, " line ", jobs[i].line, ": ", r.error);
+      return;
+    }
+    for (const auto& c : r.outputs) gen_tokens += static_cast<int64_t>(c.token_ids.size());
+    lines[i] = json_text(output_json(i, r, tok.get()));
+    ++done;
+  };
+  // Beam search lines (server/beam_search.h) run their steps as engine requests of their own, added
+  // between steps; their outputs go back to their search.
+  std::vector<std::shared_ptr<EngineJob>> to_add;
+  std::unordered_map<uint64_t, std::shared_ptr<EngineJob>> beam_jobs;
+  std::vector<std::shared_ptr<BeamSearch>> searches;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    if (!jobs[i].params.beam_search) {
+      index_of[engine.add_request(jobs[i].prompt, jobs[i].params)] = i;
+      continue;
+    }
+    std::vector<int64_t> eos = runner.spec().eos_token_ids;
+    searches.push_back(std::make_shared<BeamSearch>(
+        jobs[i].prompt, beam_search_params(jobs[i].params, eos), tok.get(),
+        [&to_add](std::shared_ptr<EngineJob> j) { to_add.push_back(std::move(j)); },
+        [&finished, i](RequestOutput&& r) { finished(i, r); },
+        [&failure, &jobs, &input, i](int, const std::string& m) {
+          if (failure.empty()) failure = cat("generate: ", input, " line ", jobs[i].line, ": ", m);
+        }));
+    searches.back()->start();
+  }
   const auto t0 = std::chrono::steady_clock::now();
   auto last_report = t0;
-  std::string failure;  // a request that failed while it ran (RequestOutput::error): no output file
-  while (engine.has_unfinished() && failure.empty()) {
-    for (const auto& r : engine.step()) {
+  while ((engine.has_unfinished() || !to_add.empty()) && failure.empty()) {
+    for (auto& j : std::exchange(to_add, {})) beam_jobs[engine.add_request(j->prompt, j->params)] = j;
+    for (auto& r : engine.step()) {
       if (!r.finished) continue;
-      if (!r.error.empty()) {
-        failure = cat("generate: ", input, " line ", jobs[index_of.at(r.request_id)].line, ": ", r.error);
-        break;
+      if (auto b = beam_jobs.find(r.request_id); b != beam_jobs.end()) {
+        auto job = std::move(b->second);
+        beam_jobs.erase(b);
+        if (!r.error.empty()) {
+          job->on_error(400, r.error);
+        } else {
+          job->on_output(std::move(r));
+        }
+        continue;
       }
-      for (const auto& c : r.outputs) gen_tokens += static_cast<int64_t>(c.token_ids.size());
-      lines[index_of.at(r.request_id)] = json_text(output_json(index_of.at(r.request_id), r, tok.get()));
-      ++done;
+      finished(index_of.at(r.request_id), r);
     }
     const auto now = std::chrono::steady_clock::now();
     if (now - last_report > std::chrono::seconds(2) || done == jobs.size()) {
