@@ -303,3 +303,21 @@ TEST(ToolCallsInResponses, ResponsesStreamEndsWithTheWholeResponse) {
     EXPECT_EQ(got["usage"]["output_tokens"], 3);
   }
 }
+
+// Stored responses are bounded: past kMaxEntries the oldest go, and so do old ones past kMaxBytes;
+// erased ids are skipped by the eviction order.
+TEST(ResponsesStore, KeepsTheNewestWithinItsBounds) {
+  ResponsesStore store;
+  for (size_t i = 0; i <= ResponsesStore::kMaxEntries; ++i) store.put("r" + std::to_string(i), {json{{"n", i}}, nlohmann::ordered_json::array()});
+  EXPECT_FALSE(store.get("r0"));
+  ASSERT_TRUE(store.get("r1"));
+  EXPECT_EQ(store.get("r1")->response["n"], 1);
+  EXPECT_TRUE(store.erase("r2"));
+  EXPECT_FALSE(store.erase("r2"));
+  store.put("big", {json{{"text", std::string(ResponsesStore::kMaxBytes / 2, 'x')}}, nlohmann::ordered_json::array()});
+  EXPECT_TRUE(store.get("r3"));
+  store.put("big2", {json{{"text", std::string(ResponsesStore::kMaxBytes / 2, 'y')}}, nlohmann::ordered_json::array()});
+  EXPECT_FALSE(store.get("r3"));   // the oldest went to make room
+  EXPECT_FALSE(store.get("big"));  // and, the two halves not fitting together, the first big one
+  EXPECT_TRUE(store.get("big2"));
+}
