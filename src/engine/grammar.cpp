@@ -368,11 +368,12 @@ struct Grammar::Parser {
           bool in_cycle = false;
           for (const auto& step : path) {
             in_cycle = in_cycle || step.first == u;
-            if (!names[step.first].empty() && (who.empty() || !in_cycle || who.find("(cycle)") == std::string::npos))
-              who = cat(" through rule '", names[step.first], "'", in_cycle ? "(cycle)" : "");
+            if (names[step.first].empty()) continue;
+            who = names[step.first];
+            if (in_cycle) break;
           }
-          if (const size_t c = who.find("(cycle)"); c != std::string::npos) who.erase(c);
-          fail(cat("the grammar is left-recursive", who, " (a rule reaches itself before any character; write the "
+          fail(cat("the grammar is left-recursive", who.empty() ? "" : cat(" through rule '", who, "'"),
+                   " (a rule reaches itself before any character; write the "
                    "repetition with * or +, and repeat nothing that can be empty)"), first_use[u]);
         }
         if (mark[u] == 0) mark[u] = 1, path.push_back({u, 0});

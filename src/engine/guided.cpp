@@ -1,7 +1,5 @@
 #include "engine/guided.h"
 
-#include "engine/grammar.h"
-
 #include <algorithm>
 #include <atomic>
 #include <deque>

@@ -16,11 +16,7 @@ bool Scheduler::fits(int64_t total) const {
 void Scheduler::add(std::unique_ptr<Sequence> seq) {
   seq->state = Sequence::State::Waiting;
   seq->wants_prompt_logprobs = seq->params.prompt_logprobs >= 0;
-  if (cfg_.priority) {
-    insert_ordered(waiting_, seq.get());
-  } else {
-    waiting_.push_back(seq.get());
-  }
+  enqueue(waiting_, seq.get(), false);
   seqs_[seq->id] = std::move(seq);
 }
 
@@ -123,11 +119,7 @@ bool Scheduler::preempt_one(Sequence& keep, StepPlan& plan) {
       bm_.release(v->blocks);
       v->blocks.assign(static_cast<size_t>(n), -1);
       v->state = Sequence::State::Swapped;
-      if (cfg_.priority) {
-        insert_ordered(swapped_, v);
-      } else {
-        swapped_.push_front(v);
-      }
+      enqueue(swapped_, v, true);
       ++stats_.preempted_swap;
     } else {
       // Recompute: drop the KV; the sequence restarts from its tokens (its prefix may still be cached).
@@ -138,11 +130,7 @@ bool Scheduler::preempt_one(Sequence& keep, StepPlan& plan) {
       v->last_hash = 0;
       v->send_params = true;
       v->state = Sequence::State::Waiting;
-      if (cfg_.priority) {
-        insert_ordered(waiting_, v);
-      } else {
-        waiting_.push_front(v);
-      }
+      enqueue(waiting_, v, true);
       ++stats_.preempted_recompute;
     }
     return true;
@@ -235,11 +223,7 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
     }
     waiting_.pop_front();
     s->state = Sequence::State::Running;
-    if (cfg_.priority) {
-      insert_ordered(running_, s);
-    } else {
-      running_.push_back(s);
-    }
+    enqueue(running_, s, false);
   }
   if (!plan.seqs.empty() || !plan.swap_out.empty() || !plan.swap_in.empty()) {
     plan.finished.swap(finished_);

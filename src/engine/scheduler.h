@@ -116,6 +116,16 @@ class Scheduler {
   void insert_ordered(Q& q, Sequence* s) {
     q.insert(std::upper_bound(q.begin(), q.end(), s, [this](Sequence* a, Sequence* b) { return before(a, b); }), s);
   }
+  // Puts s in a queue: at its place in before() order with the priority policy, else at the front or back.
+  template <typename Q>
+  void enqueue(Q& q, Sequence* s, bool front) {
+    if (cfg_.priority) return insert_ordered(q, s);
+    if (front) {
+      q.insert(q.begin(), s);
+    } else {
+      q.push_back(s);
+    }
+  }
   void emit(Sequence& s, int32_t chunk, StepPlan& plan);
   SchedulerConfig cfg_;
   BlockManager bm_;
