@@ -23,6 +23,8 @@ const char* kUsage =
     "                (p.jsonl lines: {\"ids\": [...]}, {\"messages\": [...]} or {\"prompt\": \"text\"})\n"
     "                [--max-tokens N] [--stop-at-eos] [--top-k K] [--output out.jsonl] [--logits-output last.f32]\n"
     "       llmserve generate config.yaml|m.h5 --input requests.jsonl --output results.jsonl [--option value ...]\n"
+    "       llmserve run-batch config.yaml|m.h5 -i batch.jsonl -o results.jsonl [--option value ...]\n"
+    "                (OpenAI's batch lines: {\"custom_id\", \"method\": \"POST\", \"url\": \"/v1/chat/completions\", \"body\"})\n"
     "       llmserve tokenize config.yaml|--model m.h5 [--add-special-tokens | --messages] TEXT|-\n"
     "       llmserve detokenize config.yaml|--model m.h5 [--skip-special-tokens] 1,2,3|-\n"
     "       llmserve config config.yaml [--option value ...]   (validate; print the launch settings)\n"
@@ -48,6 +50,8 @@ int main(int argc, char** argv) {
       rc = llmserve::cmd_logits({args.begin() + 1, args.end()}, MPI_COMM_WORLD);
     } else if (args[0] == "generate") {
       rc = llmserve::cmd_generate({args.begin() + 1, args.end()}, MPI_COMM_WORLD);
+    } else if (args[0] == "run-batch") {
+      rc = llmserve::cmd_run_batch({args.begin() + 1, args.end()}, MPI_COMM_WORLD);
     } else if (args[0] == "tokenize") {
       rc = llmserve::cmd_tokenize({args.begin() + 1, args.end()}, MPI_COMM_WORLD);
     } else if (args[0] == "detokenize") {

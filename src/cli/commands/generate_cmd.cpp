@@ -77,31 +77,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
   MPI_Comm_rank(world, &rank);
   Config cfg;
   std::string input, output;
-  agree(world, [&] {
-    std::vector<std::string> rest;
-    for (size_t i = 0; i < args.size(); ++i) {
-      const std::string& a = args[i];
-      auto val = [&](const char* n) {
-        if (auto eq = a.find('='); eq != std::string::npos) return a.substr(eq + 1);
-        if (i + 1 >= args.size()) throw Error(cat("generate: ", n, " needs a value"));
-        return args[++i];
-      };
-      if (a == "--input" || a.rfind("--input=", 0) == 0) {
-        input = val("--input");
-      } else if (a == "--output" || a.rfind("--output=", 0) == 0) {
-        output = val("--output");
-      } else {
-        rest.push_back(a);
-      }
-    }
-    auto extra = config_parse_args(cfg, rest);
-    config_take_model_argument(cfg, extra);
-    if (!extra.empty()) throw Error(cat("generate: unexpected argument '", extra[0], "'"));
-    if (input.empty() || output.empty()) throw Error("generate: --input requests.jsonl and --output results.jsonl are required");
-    if (rank != 0) return;  // (rank 0 reads the requests and writes the results)
-    if (!std::ifstream(input)) throw Error(cat("generate: cannot read '", input, "'"));
-    check_writable(output, "generate");
-  });
+  agree(world, [&] { parse_batch_args(args, "generate", {"--input"}, {"--output"}, rank == 0, cfg, input, output); });
   ModelRunner runner(cfg, world);
   if (rank != 0) {
     // Rank 0 validates the input; the others wait for its verdict, then serve plans.

@@ -146,6 +146,41 @@ StepMeta one_sequence_step(const std::vector<int32_t>& tokens, int32_t start, co
 
 bool model_has_file(const Config& cfg) { return model_has_file(cfg.load_format, cfg.model); }
 
+void parse_batch_args(const std::vector<std::string>& args, const char* command, const std::vector<std::string>& input_names,
+                      const std::vector<std::string>& output_names, bool rank0, Config& cfg, std::string& input,
+                      std::string& output) {
+  std::vector<std::string> rest;
+  // Whether a is one of names, alone (its value next) or as "--name=value" (value set).
+  auto named = [](const std::string& a, const std::vector<std::string>& names, std::string& value) {
+    for (const auto& n : names) {
+      if (a == n) return true;
+      if (n.rfind("--", 0) == 0 && a.rfind(n + "=", 0) == 0) return value = a.substr(n.size() + 1), true;
+    }
+    return false;
+  };
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string value;
+    std::string* target = named(args[i], input_names, value) ? &input : named(args[i], output_names, value) ? &output : nullptr;
+    if (!target) {
+      rest.push_back(args[i]);
+      continue;
+    }
+    if (value.empty() && args[i].find('=') == std::string::npos) {
+      if (i + 1 >= args.size()) throw Error(cat(command, ": ", args[i], " needs a value"));
+      value = args[++i];
+    }
+    *target = value;
+  }
+  auto extra = config_parse_args(cfg, rest);
+  config_take_model_argument(cfg, extra);
+  if (!extra.empty()) throw Error(cat(command, ": unexpected argument '", extra[0], "'"));
+  if (input.empty() || output.empty())
+    throw Error(cat(command, ": ", input_names.front(), " requests.jsonl and ", output_names.front(), " results.jsonl are required"));
+  if (!rank0) return;
+  if (!std::ifstream(input)) throw Error(cat(command, ": cannot read '", input, "'"));
+  check_writable(output, command);
+}
+
 void check_writable(const std::string& path, const char* command) {
   const std::string tmp = path + ".tmp";
   if (!std::ofstream(tmp, std::ios::binary)) throw Error(cat(command, ": cannot write '", path, "'"));

@@ -21,6 +21,34 @@
 
 namespace llmserve {
 
+ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique_ptr<Tokenizer>& tok,
+                       std::unique_ptr<ChatTemplate>& chat) {
+  ApiContext ctx;
+  if (model_has_file(cfg)) {
+    ModelFile file(cfg.model);
+    if (file.text("tokenizer", "tokenizer.json")) {
+      tok = Tokenizer::from_model_file(file);
+      // The table of token texts (log-probability entries), made now rather than by the first request.
+      if (tok->vocab_size() > 0) tok->token_string(0);
+      chat = ChatTemplate::from_model_file(file, cfg.chat_template);
+    }
+    if (cfg.generation_config == "auto") ctx.sampling_defaults = generation_config_defaults(file, runner.spec().vocab_size);
+  }
+  ctx.tok = tok.get();
+  ctx.chat = chat.get();
+  ctx.model_names = cfg.served_model_name.empty() ? std::vector<std::string>{cfg.model} : cfg.served_model_name;
+  ctx.model_path = cfg.model;
+  ctx.max_model_len = cfg.max_model_len;
+  ctx.vocab_size = runner.spec().vocab_size;
+  ctx.eos_ids = runner.spec().eos_token_ids;
+  ctx.created = static_cast<int64_t>(std::time(nullptr));
+  ctx.tool_format = tool_format_for(cfg.tool_call_parser, runner.spec().model_type);
+  ctx.response_role = cfg.response_role;
+  ctx.max_logprobs = cfg.max_logprobs;
+  ctx.priority_scheduling = cfg.scheduling_policy == "priority";
+  return ctx;
+}
+
 int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
   Config cfg;
   agree(world, [&] {
@@ -45,33 +73,12 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
   std::unique_ptr<HttpServer> server;
   agree(world, [&] {
     if (rank != 0) return;
-    if (model_has_file(cfg)) {
-      ModelFile file(cfg.model);
-      if (file.text("tokenizer", "tokenizer.json")) {
-        tok = Tokenizer::from_model_file(file);
-        // The table of token texts (log-probability entries), made now rather than by the first request.
-        if (tok->vocab_size() > 0) tok->token_string(0);
-        chat = ChatTemplate::from_model_file(file, cfg.chat_template);
-      }
-      if (cfg.generation_config == "auto") ctx.sampling_defaults = generation_config_defaults(file, runner.spec().vocab_size);
-    }
-    ctx.tok = tok.get();
-    ctx.chat = chat.get();
-    ctx.model_names = cfg.served_model_name.empty() ? std::vector<std::string>{cfg.model} : cfg.served_model_name;
-    ctx.model_path = cfg.model;
-    ctx.max_model_len = cfg.max_model_len;
-    ctx.vocab_size = runner.spec().vocab_size;
-    ctx.eos_ids = runner.spec().eos_token_ids;
-    ctx.created = static_cast<int64_t>(std::time(nullptr));
-    ctx.tool_format = tool_format_for(cfg.tool_call_parser, runner.spec().model_type);
+    ctx = api_context(cfg, runner, tok, chat);
     opt.host = cfg.host;
     opt.port = cfg.port;
     opt.api_key = cfg.api_key;
     opt.allowed_origins = cfg.allowed_origins;
     opt.access_log = !cfg.disable_uvicorn_access_log;
-    ctx.response_role = cfg.response_role;
-    ctx.max_logprobs = cfg.max_logprobs;
-    ctx.priority_scheduling = cfg.scheduling_policy == "priority";
     if (opt.api_key.empty())
       if (const char* k = std::getenv("LLMSERVE_API_KEY")) opt.api_key = k;
     engine = std::make_unique<Engine>(runner, tok.get(), static_cast<uint64_t>(cfg.seed));

@@ -1,0 +1,164 @@
+// `llmserve run-batch`: vLLM's batch runner (`vllm run-batch -i in.jsonl -o out.jsonl`) on OpenAI's batch
+// file format. Each input line is {"custom_id", "method": "POST", "url", "body"} with url
+// /v1/chat/completions or /v1/completions; each output line, in input order, is {"id", "custom_id",
+// "response": {"status_code", "request_id", "body"}, "error"}: the body the server would answer, or,
+// for a line the server would refuse (or that fails while it runs), status_code 400 (404 for an
+// unknown model), body null and the error the server would send. The requests run together with
+// continuous batching; the output file appears whole when all have finished.
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <unordered_map>
+
+#include "chat/chat_template.h"
+#include "cli/commands/commands.h"
+#include "common/error.h"
+#include "common/json_text.h"
+#include "common/log.h"
+#include "config/config.h"
+#include "dist/collective_check.h"
+#include "engine/engine.h"
+#include "model/runner.h"
+#include "tokenizer/tokenizer.h"
+
+namespace llmserve {
+namespace {
+
+using json = nlohmann::json;
+using ojson = nlohmann::ordered_json;
+
+struct BatchLine {
+  json custom_id = nullptr;
+  bool chat = false;
+  GenerationRequest req;
+  std::vector<RequestOutput> outputs;  // per prompt
+  int status = 200;
+  json error = nullptr;  // the server's error body when the line failed
+  void fail(int s, const std::string& message, const std::string& type = "BadRequestError", const std::string& param = "") {
+    if (!error.is_null()) return;
+    status = s;
+    error = json::parse(error_body(s, message, type, param));
+  }
+};
+
+// One input line as a request, or the error the server would answer it with.
+BatchLine read_line(const std::string& text, const ApiContext& ctx) {
+  BatchLine l;
+  try {
+    const ojson j = parse_json<ojson>(text);
+    if (!j.is_object()) throw HttpError(400, "a batch line must be a JSON object");
+    if (j.contains("custom_id")) l.custom_id = json::parse(j["custom_id"].dump());
+    if (!l.custom_id.is_string()) throw HttpError(400, "'custom_id' (a string) is required", "BadRequestError", "custom_id");
+    if (!j.contains("method") || j["method"] != "POST")
+      throw HttpError(400, "'method' must be \"POST\"", "BadRequestError", "method");
+    const std::string url = j.contains("url") && j["url"].is_string() ? j["url"].get<std::string>() : "";
+    if (url != "/v1/chat/completions" && url != "/v1/completions")
+      throw HttpError(400, cat("URL ", url.empty() ? std::string("(none)") : url,
+                               " was used. Supported endpoints: /v1/chat/completions, /v1/completions."),
+                      "BadRequestError", "url");
+    if (!j.contains("body") || !j["body"].is_object()) throw HttpError(400, "'body' (an object) is required", "BadRequestError", "body");
+    l.chat = url == "/v1/chat/completions";
+    l.req = l.chat ? parse_chat(j["body"], ctx) : parse_completion(j["body"], ctx);
+    if (l.req.stream) throw HttpError(400, "Request must not be sent in stream mode", "BadRequestError", "stream");
+    if (l.req.params.beam_search)
+      throw HttpError(400, "use_beam_search is not supported by llmserve run-batch (llmserve generate and the server take it)",
+                      "BadRequestError", "use_beam_search");
+  } catch (const HttpError& e) {
+    l.fail(e.status, e.what(), e.type, e.param);
+  } catch (const std::exception& e) {  // the JSON parser's errors, nesting past parse_json's limit
+    l.fail(400, cat("invalid JSON: ", e.what()));
+  }
+  return l;
+}
+
+}  // namespace
+
+int cmd_run_batch(const std::vector<std::string>& args, MPI_Comm world) {
+  int rank = 0;
+  MPI_Comm_rank(world, &rank);
+  Config cfg;
+  std::string input, output;
+  agree(world, [&] {
+    parse_batch_args(args, "run-batch", {"-i", "--input-file"}, {"-o", "--output-file"}, rank == 0, cfg, input, output);
+  });
+  ModelRunner runner(cfg, world);
+  if (rank != 0) {
+    agree(world, [] {});
+    Worker(runner).loop();
+    agree(world, [] {});
+    return 0;
+  }
+  std::unique_ptr<Tokenizer> tok;
+  std::unique_ptr<ChatTemplate> chat;
+  ApiContext ctx;
+  std::vector<BatchLine> lines;
+  agree(world, [&] {
+    ctx = api_context(cfg, runner, tok, chat);
+    std::ifstream in(input);
+    if (!in) throw Error(cat("run-batch: cannot read '", input, "'"));
+    std::string text;
+    while (std::getline(in, text))
+      if (text.find_first_not_of(" \t\r") != std::string::npos) lines.push_back(read_line(text, ctx));
+    if (lines.empty()) throw Error(cat("run-batch: '", input, "' has no requests"));
+  });
+
+  Engine engine(runner, tok.get(), static_cast<uint64_t>(cfg.seed));
+  std::unordered_map<uint64_t, std::pair<size_t, size_t>> line_of;  // engine request -> (line, prompt)
+  size_t requests = 0, done = 0;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    BatchLine& l = lines[i];
+    if (!l.error.is_null()) continue;
+    l.outputs.resize(l.req.prompts.size());
+    SamplingParams p = l.req.params;
+    p.output_kind = OutputKind::FinalOnly;
+    for (size_t k = 0; k < l.req.prompts.size(); ++k) {
+      try {
+        line_of[engine.add_request(l.req.prompts[k], p)] = {i, k};
+        ++requests;
+      } catch (const Error& e) {
+        l.fail(400, e.what());
+      }
+    }
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  auto last_report = t0;
+  while (engine.has_unfinished()) {
+    for (auto& r : engine.step()) {
+      if (!r.finished) continue;
+      const auto [i, k] = line_of.at(r.request_id);
+      if (!r.error.empty()) lines[i].fail(400, r.error);  // (its line answers with the error)
+      lines[i].outputs[k] = std::move(r);
+      ++done;
+    }
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_report > std::chrono::seconds(2) || done == requests) {
+      std::fprintf(stderr, "run-batch: %zu/%zu requests, %.1f s\n", done, requests, std::chrono::duration<double>(now - t0).count());
+      last_report = now;
+    }
+  }
+  engine.shutdown();
+  agree(world, [] {});
+  std::string text;
+  size_t failed = 0;
+  for (const BatchLine& l : lines) {
+    json body = nullptr;
+    if (l.error.is_null()) {
+      body = l.chat ? chat_response(random_id("chatcmpl-"), l.req, ctx, l.outputs)
+                    : completion_response(random_id("cmpl-"), l.req, ctx, l.outputs);
+    } else {
+      ++failed;
+    }
+    const json o = {{"id", random_id("batch_req_")},
+                    {"custom_id", l.custom_id},
+                    {"response", {{"status_code", l.status}, {"request_id", random_id("batch-")}, {"body", body}}},
+                    {"error", l.error}};
+    text += json_text(o) + "\n";
+  }
+  write_file_atomic(output, text);
+  log_info("run-batch: ", lines.size(), " lines, ", lines.size() - failed, " answered, ", failed, " refused or failed; ",
+           engine.steps(), " steps");
+  return 0;
+}
+
+}  // namespace llmserve
