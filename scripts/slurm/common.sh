@@ -133,10 +133,16 @@ llmserve_slurm_stop() {
 }
 
 # llmserve_slurm_generate [config.yaml] --input in.jsonl --output out.jsonl [options]: batch inference.
+# LLMSERVE_BATCH=run-batch runs `llmserve run-batch` (OpenAI batch files: -i in.jsonl -o out.jsonl) instead.
 llmserve_slurm_generate() {
   llmserve_slurm_init
-  local log="$LLMSERVE_LOG_DIR/llmserve-generate-$SLURM_JOB_ID.log"
-  local cmd=("${LAUNCH[@]}" "$LLMSERVE_BIN" generate "$@" --tensor-parallel-size "$TP"
+  local what="${LLMSERVE_BATCH:-generate}"
+  case "$what" in
+    generate|run-batch) ;;
+    *) echo "llmserve-slurm: error: LLMSERVE_BATCH must be generate or run-batch, got '$what'" >&2; return 2 ;;
+  esac
+  local log="$LLMSERVE_LOG_DIR/llmserve-$what-$SLURM_JOB_ID.log"
+  local cmd=("${LAUNCH[@]}" "$LLMSERVE_BIN" "$what" "$@" --tensor-parallel-size "$TP"
              --pipeline-parallel-size "$PP")
   llmserve_print_cmd "${cmd[@]}"
   [ "${LLMSERVE_DRY_RUN:-0}" = 1 ] && return 0
@@ -144,6 +150,6 @@ llmserve_slurm_generate() {
   local rc=0
   "${cmd[@]}" >"$log" 2>&1 || rc=$?
   tail -n 5 "$log"
-  echo "llmserve-slurm: generate exited with code $rc"
+  echo "llmserve-slurm: $what exited with code $rc"
   return "$rc"
 }

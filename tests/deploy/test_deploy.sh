@@ -128,6 +128,12 @@ out=$("${slurm_env[@]}" SLURM_JOB_ID=51 SLURM_JOB_NUM_NODES=1 SLURM_NTASKS_PER_N
       --output "$work/out.jsonl" 2>&1); rc=$?
 lines=$(wc -l <"$work/out.jsonl" 2>/dev/null || echo 0)
 check "generate sbatch: tp=2 run writes one result per request" "$([ $rc -eq 0 ] && [ "$lines" -eq 2 ] && contains "$out" "generate exited with code 0"; echo $?)" "rc=$rc lines=$lines $out"
+printf '%s\n' '{"custom_id": "x", "method": "POST", "url": "/v1/completions", "body": {"prompt": "Hello", "max_tokens": 3}}' >"$work/batch.jsonl"
+out=$("${slurm_env[@]}" SLURM_JOB_ID=52 SLURM_JOB_NUM_NODES=1 SLURM_NTASKS_PER_NODE=2 LLMSERVE_BATCH=run-batch \
+      bash "$root/scripts/slurm/llmserve-generate.sbatch" --model "$model" --backend cpu -i "$work/batch.jsonl" \
+      -o "$work/batch-out.jsonl" 2>&1); rc=$?
+check "generate sbatch with LLMSERVE_BATCH=run-batch: an OpenAI batch file answered" \
+  "$([ $rc -eq 0 ] && grep -q '"status_code":200' "$work/batch-out.jsonl" && contains "$out" "run-batch exited with code 0"; echo $?)" "rc=$rc $out"
 
 # ---- scripts/launch.sh ---------------------------------------------------------------------------------------
 launch_env=(env PATH="$shims:$PATH" LLMSERVE_SSH=ssh LLMSERVE_BIN="$build/llmserve")
