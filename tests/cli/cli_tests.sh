@@ -193,36 +193,42 @@ printf '{"prompt": "a", "max_tokens": 600}\n' >"$work/gen-long.jsonl"
 check "generate: too long for max_model_len" 1 "exceeds max_model_len 512" -- \
   "$llmserve" generate "$work/good.yaml" --input "$work/gen-long.jsonl" --output "$work/x.jsonl"
 # run-batch: vLLM's batch runner on OpenAI's batch lines, on 2 ranks. Answered lines carry the body the
-# server would send (here the same greedy texts as llmserve generate gives); refused ones their error,
-# and the others still run.
+# server would send (here the same greedy texts and beams as llmserve generate gives); refused ones their
+# error, and the others still run.
 python3 - "$work" <<'PY'
 import json, sys
 w = sys.argv[1]
 chat = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5, "temperature": 0}
 comp = {"prompt": ["Hello", "World"], "max_tokens": 3, "temperature": 0}
+beam = {"prompt": "Hello", "max_tokens": 4, "use_beam_search": True, "n": 2, "length_penalty": 0.5}
 batch = [{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": chat},
          {"custom_id": "b", "method": "POST", "url": "/v1/completions", "body": comp},
          {"custom_id": "c", "method": "POST", "url": "/v1/embeddings", "body": {"input": "x"}},
          {"custom_id": "d", "method": "POST", "url": "/v1/chat/completions", "body": {**chat, "max_tokens": -1}},
-         {"custom_id": "e", "method": "POST", "url": "/v1/chat/completions", "body": {**chat, "stream": True}}]
+         {"custom_id": "e", "method": "POST", "url": "/v1/chat/completions", "body": {**chat, "stream": True}},
+         {"custom_id": "f", "method": "POST", "url": "/v1/completions", "body": beam}]
 open(f"{w}/batch.jsonl", "w").write("".join(json.dumps(b) + "\n" for b in batch) + "{not json\n")
-gen = [chat, {"prompt": "Hello", "max_tokens": 3, "temperature": 0}, {"prompt": "World", "max_tokens": 3, "temperature": 0}]
+gen = [chat, {"prompt": "Hello", "max_tokens": 3, "temperature": 0}, {"prompt": "World", "max_tokens": 3, "temperature": 0}, beam]
 open(f"{w}/batch-gen.jsonl", "w").write("".join(json.dumps(g) + "\n" for g in gen))
 PY
-check "run-batch: OpenAI batch lines on 2 ranks" 0 "6 lines, 2 answered, 4 refused or failed" -- \
+check "run-batch: OpenAI batch lines on 2 ranks" 0 "7 lines, 3 answered, 4 refused or failed" -- \
   "$mpirun" 2 "$llmserve" run-batch "$work/good.yaml" -tp 2 -i "$work/batch.jsonl" -o "$work/batch-out.jsonl"
-check "run-batch: the same requests through generate" 0 "3/3 requests" -- \
+check "run-batch: the same requests through generate" 0 "4/4 requests" -- \
   "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 --input "$work/batch-gen.jsonl" --output "$work/batch-gen-out.jsonl"
 if python3 - "$work" <<'PY'
 import json, sys
 w = sys.argv[1]
 out = [json.loads(l) for l in open(f"{w}/batch-out.jsonl")]
-gen = [json.loads(l)["outputs"][0]["text"] for l in open(f"{w}/batch-gen-out.jsonl")]
-ok = [o["custom_id"] for o in out] == ["a", "b", "c", "d", "e", None]
-ok &= [o["response"]["status_code"] for o in out] == [200, 200, 400, 400, 400, 400]
+gen_lines = [json.loads(l) for l in open(f"{w}/batch-gen-out.jsonl")]
+gen = [g["outputs"][0]["text"] for g in gen_lines]
+ok = [o["custom_id"] for o in out] == ["a", "b", "c", "d", "e", "f", None]
+ok &= [o["response"]["status_code"] for o in out] == [200, 200, 400, 400, 400, 200, 400]
 ok &= out[0]["response"]["body"]["object"] == "chat.completion" and out[0]["response"]["body"]["choices"][0]["message"]["content"] == gen[0]
-ok &= [c["text"] for c in out[1]["response"]["body"]["choices"]] == gen[1:]
-ok &= all(o["response"]["body"] is None and o["error"]["error"]["code"] == 400 for o in out[2:])
+ok &= [c["text"] for c in out[1]["response"]["body"]["choices"]] == gen[1:3]
+ok &= all(o["response"]["body"] is None and o["error"]["error"]["code"] == 400 for o in out[2:5] + out[6:])
+beams = out[5]["response"]["body"]["choices"]  # use_beam_search: two beams, best first, as generate's
+ok &= [c["text"] for c in beams] == [o["text"] for o in gen_lines[3]["outputs"]] and len(beams) == 2
+ok &= beams[0]["text"] != beams[1]["text"] and out[5]["error"] is None
 ok &= "Supported endpoints" in out[2]["error"]["error"]["message"] and "stream mode" in out[4]["error"]["error"]["message"]
 ok &= out[0]["error"] is None and out[0]["id"] != out[1]["id"]
 sys.exit(0 if ok else 1)

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "chat/chat_template.h"
+#include "cli/commands/batch_loop.h"
 #include "cli/commands/commands.h"
 #include "common/error.h"
 #include "common/json_text.h"
@@ -20,7 +21,6 @@
 #include "engine/prompt_input.h"
 #include "model/model_file.h"
 #include "model/runner.h"
-#include "server/beam_search.h"
 
 namespace llmserve {
 namespace {
@@ -116,7 +116,6 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
         sampling_params_validate(job.params, runner.spec().vocab_size, cfg.max_logprobs);
         check_some_token_allowed(job.params, runner.spec().eos_token_ids);
         check_priority(job.params, cfg.scheduling_policy == "priority");
-        job.params.output_kind = OutputKind::FinalOnly;  // only finished requests are written
         if (!job.params.guided.empty() && !tok) throw Error("guided decoding needs the model's tokenizer, which this model lacks");
         const int64_t total = static_cast<int64_t>(job.prompt.size()) + job.params.max_tokens;
         if (total > cfg.max_model_len)
@@ -131,66 +130,26 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
   });
 
   Engine engine(runner, tok.get(), static_cast<uint64_t>(cfg.seed));
-  std::unordered_map<uint64_t, size_t> index_of;
   std::vector<std::string> lines(jobs.size());
-  size_t done = 0;
   int64_t gen_tokens = 0;
   std::string failure;  // a request that failed while it ran (RequestOutput::error): no output file
-  auto finished = [&](size_t i, const RequestOutput& r) {
-    if (!r.error.empty()) {
-      if (failure.empty()) failure = cat("generate: ", input, " line ", jobs[i].line, ": ", r.error);
-      return;
-    }
-    for (const auto& c : r.outputs) gen_tokens += static_cast<int64_t>(c.token_ids.size());
-    lines[i] = json_text(output_json(i, r, tok.get()));
-    ++done;
-  };
-  // Beam search lines (server/beam_search.h) run their steps as engine requests of their own, added
-  // between steps; their outputs go back to their search.
-  std::vector<std::shared_ptr<EngineJob>> to_add;
-  std::unordered_map<uint64_t, std::shared_ptr<EngineJob>> beam_jobs;
-  std::vector<std::shared_ptr<BeamSearch>> searches;
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    if (!jobs[i].params.beam_search) {
-      index_of[engine.add_request(jobs[i].prompt, jobs[i].params)] = i;
-      continue;
-    }
-    std::vector<int64_t> eos = runner.spec().eos_token_ids;
-    searches.push_back(std::make_shared<BeamSearch>(
-        jobs[i].prompt, beam_search_params(jobs[i].params, eos), tok.get(),
-        [&to_add](std::shared_ptr<EngineJob> j) { to_add.push_back(std::move(j)); },
-        [&finished, i](RequestOutput&& r) { finished(i, r); },
-        [&failure, &jobs, &input, i](int, const std::string& m) {
-          if (failure.empty()) failure = cat("generate: ", input, " line ", jobs[i].line, ": ", m);
-        }));
-    searches.back()->start();
-  }
-  const auto t0 = std::chrono::steady_clock::now();
-  auto last_report = t0;
-  while ((engine.has_unfinished() || !to_add.empty()) && failure.empty()) {
-    for (auto& j : std::exchange(to_add, {})) beam_jobs[engine.add_request(j->prompt, j->params)] = j;
-    for (auto& r : engine.step()) {
-      if (!r.finished) continue;
-      if (auto b = beam_jobs.find(r.request_id); b != beam_jobs.end()) {
-        auto job = std::move(b->second);
-        beam_jobs.erase(b);
-        if (!r.error.empty()) {
-          job->on_error(400, r.error);
-        } else {
-          job->on_output(std::move(r));
-        }
-        continue;
+  BatchLoop loop(engine, tok.get(), runner.spec().eos_token_ids);
+  for (size_t i = 0; i < jobs.size(); ++i)
+    loop.add(jobs[i].prompt, jobs[i].params, [&, i](RequestOutput&& r) {
+      if (!r.error.empty()) {
+        if (failure.empty()) failure = cat("generate: ", input, " line ", jobs[i].line, ": ", r.error);
+        return;
       }
-      finished(index_of.at(r.request_id), r);
-    }
-    const auto now = std::chrono::steady_clock::now();
-    if (now - last_report > std::chrono::seconds(2) || done == jobs.size()) {
-      const double s = std::chrono::duration<double>(now - t0).count();
-      std::fprintf(stderr, "generate: %zu/%zu requests, %lld tokens, %.1f tokens/s\n", done, jobs.size(),
-                   static_cast<long long>(gen_tokens), s > 0 ? gen_tokens / s : 0.0);
-      last_report = now;
-    }
-  }
+      for (const auto& c : r.outputs) gen_tokens += static_cast<int64_t>(c.token_ids.size());
+      lines[i] = json_text(output_json(i, r, tok.get()));
+    });
+  const auto t0 = std::chrono::steady_clock::now();
+  loop.run([&] { return !failure.empty(); },
+           [&] {
+             const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+             std::fprintf(stderr, "generate: %zu/%zu requests, %lld tokens, %.1f tokens/s\n", loop.done(), jobs.size(),
+                          static_cast<long long>(gen_tokens), s > 0 ? gen_tokens / s : 0.0);
+           });
   engine.shutdown();
   agree(world, [&] {
     if (!failure.empty()) throw Error(failure);

@@ -9,9 +9,9 @@
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <unordered_map>
 
 #include "chat/chat_template.h"
+#include "cli/commands/batch_loop.h"
 #include "cli/commands/commands.h"
 #include "common/error.h"
 #include "common/json_text.h"
@@ -61,9 +61,6 @@ BatchLine read_line(const std::string& text, const ApiContext& ctx) {
     l.chat = url == "/v1/chat/completions";
     l.req = l.chat ? parse_chat(j["body"], ctx) : parse_completion(j["body"], ctx);
     if (l.req.stream) throw HttpError(400, "Request must not be sent in stream mode", "BadRequestError", "stream");
-    if (l.req.params.beam_search)
-      throw HttpError(400, "use_beam_search is not supported by llmserve run-batch (llmserve generate and the server take it)",
-                      "BadRequestError", "use_beam_search");
   } catch (const HttpError& e) {
     l.fail(e.status, e.what(), e.type, e.param);
   } catch (const std::exception& e) {  // the JSON parser's errors, nesting past parse_json's limit
@@ -104,39 +101,27 @@ int cmd_run_batch(const std::vector<std::string>& args, MPI_Comm world) {
   });
 
   Engine engine(runner, tok.get(), static_cast<uint64_t>(cfg.seed));
-  std::unordered_map<uint64_t, std::pair<size_t, size_t>> line_of;  // engine request -> (line, prompt)
-  size_t requests = 0, done = 0;
+  BatchLoop loop(engine, tok.get(), ctx.eos_ids);
   for (size_t i = 0; i < lines.size(); ++i) {
     BatchLine& l = lines[i];
     if (!l.error.is_null()) continue;
     l.outputs.resize(l.req.prompts.size());
-    SamplingParams p = l.req.params;
-    p.output_kind = OutputKind::FinalOnly;
     for (size_t k = 0; k < l.req.prompts.size(); ++k) {
       try {
-        line_of[engine.add_request(l.req.prompts[k], p)] = {i, k};
-        ++requests;
+        loop.add(l.req.prompts[k], l.req.params, [&lines, i, k](RequestOutput&& r) {
+          if (!r.error.empty()) lines[i].fail(400, r.error);  // (its line answers with the error)
+          lines[i].outputs[k] = std::move(r);
+        });
       } catch (const Error& e) {
         l.fail(400, e.what());
       }
     }
   }
   const auto t0 = std::chrono::steady_clock::now();
-  auto last_report = t0;
-  while (engine.has_unfinished()) {
-    for (auto& r : engine.step()) {
-      if (!r.finished) continue;
-      const auto [i, k] = line_of.at(r.request_id);
-      if (!r.error.empty()) lines[i].fail(400, r.error);  // (its line answers with the error)
-      lines[i].outputs[k] = std::move(r);
-      ++done;
-    }
-    const auto now = std::chrono::steady_clock::now();
-    if (now - last_report > std::chrono::seconds(2) || done == requests) {
-      std::fprintf(stderr, "run-batch: %zu/%zu requests, %.1f s\n", done, requests, std::chrono::duration<double>(now - t0).count());
-      last_report = now;
-    }
-  }
+  loop.run([] { return false; }, [&] {
+    std::fprintf(stderr, "run-batch: %zu/%zu requests, %.1f s\n", loop.done(), loop.requests(),
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  });
   engine.shutdown();
   agree(world, [] {});
   std::string text;
