@@ -13,6 +13,7 @@
 #include "engine/grammar.h"
 #include "engine/json_schema.h"
 #include "engine/regex_dfa.h"
+#include "engine/schema_grammar.h"
 #include "engine/sampling_params.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
@@ -196,8 +197,16 @@ std::shared_ptr<const Guide> Guide::schema(const std::string& schema_json, bool 
   } catch (const std::exception& e) {
     throw Error(cat("json_schema: not JSON (", e.what(), ")"));
   }
+  JsonSchema compiled = compile_json_schema(j);
+  if (!compiled.ambiguity.empty()) {  // alternatives that begin alike: the schema as a grammar
+    try {
+      return grammar(json_schema_grammar(compiled, compact ? 0 : kMaxWhitespace));
+    } catch (const Error& e) {
+      throw Error(cat(compiled.ambiguity, " are guided as a grammar, which cannot take this schema: ", e.what()));
+    }
+  }
   auto g = std::shared_ptr<Guide>(new Guide(Kind::Schema));
-  g->schema_ = std::make_shared<const JsonSchema>(compile_json_schema(j));
+  g->schema_ = std::make_shared<const JsonSchema>(std::move(compiled));
   if (compact) g->max_ws_ = 0;
   return g;
 }

@@ -76,8 +76,14 @@ class Compiler {
 
   JsonSchema run() {
     out_.root = compile(root_, "#");
-    for (size_t i = 0; i < out_.nodes.size(); ++i)
-      if (out_.nodes[i].type == Type::Union) dispatch(static_cast<int32_t>(i));
+    for (size_t i = 0; i < out_.nodes.size(); ++i) {
+      if (out_.nodes[i].type != Type::Union) continue;
+      try {
+        dispatch(static_cast<int32_t>(i));
+      } catch (const Error& e) {  // alternatives that begin alike: the schema goes to a grammar
+        if (out_.ambiguity.empty()) out_.ambiguity = e.what();
+      }
+    }
     return std::move(out_);
   }
 
@@ -470,10 +476,7 @@ class Compiler {
       if (f['{'] && std::find(objects.begin(), objects.end(), a) == objects.end()) objects.push_back(a);
       for (int c = 0; c < 256; ++c) {
         if (!f[c] || (c == '{' && objects.size() > 1) || by[c] == a) continue;  // (one alternative listed twice: no conflict)
-        if (by[c] >= 0)
-          fail(where_[static_cast<size_t>(id)],
-               cat("alternatives that can both begin with '", static_cast<char>(c),
-                   "' are not supported (guided decoding picks the alternative by a value's first byte)"));
+        if (by[c] >= 0) fail(where_[static_cast<size_t>(id)], cat("alternatives that can both begin with '", static_cast<char>(c), "'"));
         by[c] = a;
       }
     }
@@ -484,8 +487,7 @@ class Compiler {
   // Object alternatives told apart by their first property (see SchemaNode::Tagged), or an Error.
   int32_t tagged(const std::vector<int32_t>& objects, const std::string& where) {
     auto refuse = [&] {
-      fail(where, "alternatives that can both begin with '{' are supported only as objects whose first property, "
-                  "required in each, is a const or enum that tells them apart");
+      fail(where, "object alternatives that no first property, required in each and a const or enum, tells apart");
     };
     SchemaNode t, e;
     t.type = Type::Tagged;
@@ -506,7 +508,7 @@ class Compiler {
       e.texts.push_back(by_text[i].first);
       t.tag_alts.push_back(by_text[i].second);
     }
-    if (e.texts.size() > static_cast<size_t>(kMaxSchemaEnum)) fail(where, cat("more than ", kMaxSchemaEnum, " tagged alternatives"));
+    if (e.texts.size() > static_cast<size_t>(kMaxSchemaEnum)) fail(where, cat("more than ", kMaxSchemaEnum, " object alternatives told apart by a first property"));
     t.values = {add(std::move(e))};
     t.required = {1};
     return add(std::move(t));

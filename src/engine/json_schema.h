@@ -3,7 +3,8 @@
 // with required (properties are produced in the schema's order, optional ones may be left out; no
 // others), items and prefixItems with minItems / maxItems, enum and const (any JSON values), anyOf / oneOf whose
 // alternatives begin with different bytes (e.g. a string or null, an object or an array) or are objects
-// told apart by the value of a first property they all require (a const or enum each), allOf of one
+// told apart by the value of a first property they all require (a const or enum each; other unions are
+// guided through a grammar made from the schema: JsonSchema::ambiguity), allOf of one
 // schema, $ref to "#", "#/$defs/..." or "#/definitions/...", and the annotations (title, description,
 // default, examples, $schema, $id, strict) that do not restrict the produced text further;
 // additionalProperties restricts an object without properties only (false: {}; a schema: any keys
@@ -62,6 +63,10 @@ struct SchemaNode {
 struct JsonSchema {
   std::vector<SchemaNode> nodes;
   int32_t root = 0;
+  // Why the byte-level recognizer of guided.h cannot follow this schema (empty when it can): a union
+  // whose alternatives may begin with the same byte, other than objects told apart by a first
+  // property (as Pydantic's unions of models). Such a schema is guided as a grammar (schema_grammar.h).
+  std::string ambiguity;
 };
 
 // Limits that keep a recognizer's state small: properties of one object and values of one enum (a
