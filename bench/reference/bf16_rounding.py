@@ -123,6 +123,73 @@ def inv_freq(cfg, D):
     return inv
 
 
+def make_forward(cfg, W, rnd=bf16):
+    """The model's forward in float64 from its config and weights (load_safetensors' names): forward(ids, R)
+    gives the last position's logits, rounded to rnd's 16-bit type at the points in R (main's doc);
+    forward(ids, R, hidden=True) every position's final normalized hidden state (lm_head's operand). Qwen2, Llama and Qwen3 (q_norm / k_norm:
+    each query and key head RMS-normalized before RoPE, as transformers' Qwen3Attention)."""
+    H, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    D = cfg.get("head_dim") or H // nh
+    eps = cfg["rms_norm_eps"]
+    inv = inv_freq(cfg, D)
+    embed = W["model.embed_tokens.weight"]
+    lm_head = embed if cfg.get("tie_word_embeddings") else W["lm_head.weight"]
+
+    def forward(ids, R, hidden=False):
+        T = len(ids)
+        x = embed[ids]
+        ang = np.arange(T)[:, None] * inv[None, :]
+        cos, sin = np.cos(ang)[:, None], np.sin(ang)[:, None]
+
+        def rope(t):
+            a, b = t[..., :D // 2], t[..., D // 2:]
+            return np.concatenate([a * cos - b * sin, b * cos + a * sin], -1)
+
+        def norm(x, w, point):
+            y = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+            return rnd(y) if point in R else y
+
+        def proj(h, name):
+            y = h @ W[name + ".weight"].T
+            return y + W[name + ".bias"] if name + ".bias" in W else y
+
+        for layer in range(cfg["num_hidden_layers"]):
+            p = f"model.layers.{layer}."
+            h = norm(x, W[p + "input_layernorm.weight"], "h")
+            q = proj(h, p + "self_attn.q_proj").reshape(T, nh, D)
+            k = proj(h, p + "self_attn.k_proj").reshape(T, nkv, D)
+            if p + "self_attn.q_norm.weight" in W:
+                q = norm(q, W[p + "self_attn.q_norm.weight"], "qk")
+                k = norm(k, W[p + "self_attn.k_norm.weight"], "qk")
+            q, k = rope(q), rope(k)
+            v = proj(h, p + "self_attn.v_proj").reshape(T, nkv, D)
+            if "kv" in R:
+                k, v = rnd(k), rnd(v)
+            if "kv8" in R:
+                k, v = e4m3(k), e4m3(v)
+            o = np.zeros((T, nh, D))
+            mask = np.triu(np.full((T, T), -np.inf), 1)
+            for hh in range(nh):
+                kh = hh // (nh // nkv)
+                s = q[:, hh] @ k[:, kh].T / np.sqrt(D) + mask
+                pm = np.exp(s - s.max(-1, keepdims=True))
+                o[:, hh] = (pm / pm.sum(-1, keepdims=True)) @ v[:, kh]
+            o = o.reshape(T, nh * D)
+            if "attn" in R:
+                o = rnd(o)
+            x = x + o @ W[p + "self_attn.o_proj.weight"].T
+            h = norm(x, W[p + "post_attention_layernorm.weight"], "h")
+            g, u = h @ W[p + "mlp.gate_proj.weight"].T, h @ W[p + "mlp.up_proj.weight"].T
+            a = g / (1 + np.exp(-g)) * u
+            if "act" in R:
+                a = rnd(a)
+            x = x + a @ W[p + "mlp.down_proj.weight"].T
+        if hidden:
+            return norm(x, W["model.norm.weight"], "final")
+        return (norm(x[-1:], W["model.norm.weight"], "final") @ lm_head.T)[0]
+    return forward
+
+
 def main():
     fixtures, model = sys.argv[1], sys.argv[2]
     mdir = f"{fixtures}/models/{model}"
@@ -149,61 +216,8 @@ def main():
             else:
                 W[name] = fp8_rows(W[name])
 
-    H, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    D = cfg.get("head_dim") or H // nh
-    eps = cfg["rms_norm_eps"]
-    inv = inv_freq(cfg, D)
-    embed = W["model.embed_tokens.weight"]
-    lm_head = embed if cfg.get("tie_word_embeddings") else W["lm_head.weight"]
-
     rnd = f16 if "--half" in sys.argv[3:] else bf16  # (the 16-bit type of the rounding points)
-
-    def forward(ids, R):
-        T = len(ids)
-        x = embed[ids]
-        ang = np.arange(T)[:, None] * inv[None, :]
-        cos, sin = np.cos(ang)[:, None], np.sin(ang)[:, None]
-
-        def rope(t):
-            a, b = t[..., :D // 2], t[..., D // 2:]
-            return np.concatenate([a * cos - b * sin, b * cos + a * sin], -1)
-
-        def norm(x, w, point):
-            y = x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
-            return rnd(y) if point in R else y
-
-        def proj(h, name):
-            y = h @ W[name + ".weight"].T
-            return y + W[name + ".bias"] if name + ".bias" in W else y
-
-        for layer in range(cfg["num_hidden_layers"]):
-            p = f"model.layers.{layer}."
-            h = norm(x, W[p + "input_layernorm.weight"], "h")
-            q = rope(proj(h, p + "self_attn.q_proj").reshape(T, nh, D))
-            k = rope(proj(h, p + "self_attn.k_proj").reshape(T, nkv, D))
-            v = proj(h, p + "self_attn.v_proj").reshape(T, nkv, D)
-            if "kv" in R:
-                k, v = rnd(k), rnd(v)
-            if "kv8" in R:
-                k, v = e4m3(k), e4m3(v)
-            o = np.zeros((T, nh, D))
-            mask = np.triu(np.full((T, T), -np.inf), 1)
-            for hh in range(nh):
-                kh = hh // (nh // nkv)
-                s = q[:, hh] @ k[:, kh].T / np.sqrt(D) + mask
-                pm = np.exp(s - s.max(-1, keepdims=True))
-                o[:, hh] = (pm / pm.sum(-1, keepdims=True)) @ v[:, kh]
-            o = o.reshape(T, nh * D)
-            if "attn" in R:
-                o = rnd(o)
-            x = x + o @ W[p + "self_attn.o_proj.weight"].T
-            h = norm(x, W[p + "post_attention_layernorm.weight"], "h")
-            g, u = h @ W[p + "mlp.gate_proj.weight"].T, h @ W[p + "mlp.up_proj.weight"].T
-            a = g / (1 + np.exp(-g)) * u
-            if "act" in R:
-                a = rnd(a)
-            x = x + a @ W[p + "mlp.down_proj.weight"].T
-        return (norm(x[-1:], W["model.norm.weight"], "final") @ lm_head.T)[0]
+    forward = make_forward(cfg, W, rnd)
 
     def errors(R):
         return np.array([np.linalg.norm(forward(pr["ids"], R) - gold[i]) / np.linalg.norm(gold[i])

@@ -30,6 +30,20 @@ __global__ void rmsnorm_k(const TI* x, const T* w, int64_t H, float eps, T* out)
   }
 }
 
+// One warp per row of x (float32, in place).
+template <typename TW>
+__global__ void head_rmsnorm_k(float* x, const TW* w, int64_t n, int64_t H, float eps) {
+  pdl_enter();
+  const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= n) return;
+  const int lane = threadIdx.x % 32;
+  float* xr = x + row * H;
+  float ss = 0.f;
+  for (int64_t i = lane; i < H; i += 32) ss += xr[i] * xr[i];
+  const float inv = rsqrtf(warp_sum(ss) / static_cast<float>(H) + eps);
+  for (int64_t i = lane; i < H; i += 32) xr[i] = to_f(w[i]) * (xr[i] * inv);
+}
+
 // One thread per (token, head, pair i < D/2).
 template <typename T>
 __global__ void rope_k(T* q, T* k, const int32_t* positions, const float* inv_freq, int64_t n, int64_t Hq, int64_t Hk,
@@ -73,6 +87,12 @@ void rmsnorm(const TI* x, const T* w, int64_t n, int64_t H, float eps, T* out, c
   launch("rmsnorm", rmsnorm_k<TI, T, 1>, static_cast<unsigned>(n), 256, 0, s, x, w, H, eps, out);
 }
 
+template <typename TW>
+void head_rmsnorm(float* x, const TW* w, int64_t n, int64_t H, float eps, cudaStream_t s) {
+  if (n == 0) return;
+  launch("head_rmsnorm", head_rmsnorm_k<TW>, blocks_for(n, 8), 256, 0, s, x, w, n, H, eps);
+}
+
 template <typename T>
 void rope(T* q, T* k, const int32_t* positions, const float* inv_freq, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
           cudaStream_t s) {
@@ -90,6 +110,7 @@ void kv_write(const TI* k, const TI* v, const int32_t* slot_mapping, int64_t n, 
 }
 
 #define INSTANTIATE(T)                                                                                          \
+  template void head_rmsnorm<T>(float*, const T*, int64_t, int64_t, float, cudaStream_t);                       \
   template void rmsnorm<T, T>(const T*, const T*, int64_t, int64_t, float, T*, cudaStream_t);                   \
   template void rope<T>(T*, T*, const int32_t*, const float*, int64_t, int64_t, int64_t, int64_t, cudaStream_t); \
   template void kv_write<T, T>(const T*, const T*, const int32_t*, int64_t, int64_t, int64_t, T*, T*, cudaStream_t);

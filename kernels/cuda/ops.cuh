@@ -27,6 +27,9 @@ void embedding(const TI* table, int64_t vocab_start, int64_t rows, const int32_t
 void resolve_pending(int32_t* ids, int64_t n, const int32_t* drawn, int64_t drawn_n, cudaStream_t s);
 template <typename TI, typename TO>
 void rmsnorm(const TI* x, const TO* w, int64_t n, int64_t H, float eps, TO* out, cudaStream_t s);
+// x [n, H] float32 in place: each row RMS-normalized and scaled by w [H] (Qwen3's per-head q/k norm).
+template <typename TW>
+void head_rmsnorm(float* x, const TW* w, int64_t n, int64_t H, float eps, cudaStream_t s);
 template <typename TX, typename TY>
 void add(TX* x, const TY* y, int64_t n, cudaStream_t s);
 template <typename T>

@@ -86,6 +86,9 @@ class Backend {
   // Ops (see kernels/cpu/ops.h for the exact contracts).
   virtual void embedding(const Tensor& table, int64_t vocab_start, Tensor& out) = 0;
   virtual void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) = 0;
+  // x [T, heads * head_dim] (float32) in place: each head's head_dim values RMS-normalized and scaled by
+  // w [head_dim] (Qwen3's q_norm / k_norm).
+  virtual void head_rmsnorm(Tensor& x, const Tensor& w, float eps, int64_t head_dim) = 0;
   virtual void add(Tensor& x, const Tensor& y) = 0;
   virtual void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) = 0;
   virtual void rope(Tensor& q, Tensor& k, const Tensor& inv_freq, int64_t head_dim) = 0;

@@ -93,6 +93,12 @@ void CpuBackend::rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& ou
   cpu::rmsnorm(x.as<float>(), w.as<float>(), rows(x), cols(x), eps, out.as<float>());
 }
 
+void CpuBackend::head_rmsnorm(Tensor& x, const Tensor& w, float eps, int64_t D) {
+  need_f32(x, "head_rmsnorm");
+  LLMSERVE_CHECK(D > 0 && x.numel() % D == 0 && w.numel() == D, "cpu backend: head_rmsnorm shapes");
+  cpu::rmsnorm(x.as<float>(), w.as<float>(), x.numel() / D, D, eps, x.as<float>());  // (in place: each row is read first)
+}
+
 void CpuBackend::add(Tensor& x, const Tensor& y) {
   LLMSERVE_CHECK(x.numel() == y.numel(), "cpu backend: add of different sizes");
   cpu::add(x.as<float>(), y.as<float>(), x.numel());

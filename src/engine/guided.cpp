@@ -220,13 +220,13 @@ std::shared_ptr<const Guide> Guide::regex(const std::string& pattern) {
 std::shared_ptr<const Guide> Guide::grammar(const std::string& text) {
   auto g = std::shared_ptr<Guide>(new Guide(Kind::Grammar));
   g->grammar_ = std::make_shared<const Grammar>(text);
-  g->grammar_->start();  // (a start too ambiguous throws here)
+  g->grammar_start_ = std::make_shared<const GrammarState>(g->grammar_->start());  // (a start too ambiguous throws here)
   return g;
 }
 
 GuideState Guide::start() const {
   GuideState s;
-  if (kind_ == Kind::Grammar) s.gram = std::make_shared<const GrammarState>(grammar_->start());
+  if (kind_ == Kind::Grammar) s.gram = grammar_start_;  // (shared until fed)
   s.mode = kStart;
   s.lo = 0, s.hi = static_cast<int32_t>(choices_.size()), s.off = 0;
   if (kind_ == Kind::Schema) {

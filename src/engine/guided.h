@@ -105,6 +105,7 @@ class Guide {
   std::shared_ptr<const JsonSchema> schema_;
   std::shared_ptr<const RegexDfa> regex_;
   std::shared_ptr<const Grammar> grammar_;
+  std::shared_ptr<const GrammarState> grammar_start_;  // made once
 };
 
 // Whether `bytes` may sit inside a JSON string as they are: printable ASCII but '"' and '\', and whole

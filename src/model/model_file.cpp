@@ -25,6 +25,7 @@ void write_model_spec(hid_t g, const ModelSpec& s) {
   write_attr(g, "max_position_embeddings", s.max_position_embeddings);
   write_attr(g, "tie_word_embeddings", static_cast<int64_t>(s.tie_word_embeddings));
   write_attr(g, "attention_bias", static_cast<int64_t>(s.attention_bias));
+  write_attr(g, "qk_norm", static_cast<int64_t>(s.qk_norm));
   write_attr(g, "torch_dtype", s.torch_dtype);
   write_attr(g, "bos_token_id", s.bos_token_id);
   write_attr(g, "eos_token_ids", s.eos_token_ids);
@@ -53,6 +54,7 @@ ModelSpec read_model_spec(hid_t g) {
   s.max_position_embeddings = read_attr_i64(g, "max_position_embeddings");
   s.tie_word_embeddings = read_attr_i64(g, "tie_word_embeddings") != 0;
   s.attention_bias = read_attr_i64(g, "attention_bias") != 0;
+  s.qk_norm = h5::has_attr(g, "qk_norm") && read_attr_i64(g, "qk_norm") != 0;  // (files converted before it have none)
   s.torch_dtype = read_attr_str(g, "torch_dtype");
   s.bos_token_id = read_attr_i64(g, "bos_token_id");
   s.eos_token_ids = read_attr_i64_vec(g, "eos_token_ids");

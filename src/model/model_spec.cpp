@@ -39,11 +39,13 @@ ModelSpec model_spec_from_hf_config(const json& cfg) {
   if (cfg.contains("architectures") && cfg["architectures"].is_array() && !cfg["architectures"].empty())
     arch = cfg["architectures"][0].get<std::string>();
   if (arch.empty()) throw Error("config.json: missing 'architectures'");
-  if (arch != "Qwen2ForCausalLM" && arch != "LlamaForCausalLM" && arch != "MistralForCausalLM")
+  if (arch != "Qwen2ForCausalLM" && arch != "Qwen3ForCausalLM" && arch != "LlamaForCausalLM" && arch != "MistralForCausalLM")
     throw Error(cat("unsupported architecture ", arch,
-                    " (supported: Qwen2ForCausalLM, LlamaForCausalLM, MistralForCausalLM)"));
+                    " (supported: Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM, MistralForCausalLM)"));
   s.architecture = arch;
-  s.model_type = get_opt<std::string>(cfg, "model_type", arch == "Qwen2ForCausalLM" ? "qwen2" : "llama");
+  s.model_type = get_opt<std::string>(cfg, "model_type",
+                                      arch == "Qwen2ForCausalLM" ? "qwen2" : arch == "Qwen3ForCausalLM" ? "qwen3" : "llama");
+  s.qk_norm = arch == "Qwen3ForCausalLM";
   s.hidden_size = get_req<int64_t>(cfg, "hidden_size");
   s.intermediate_size = get_req<int64_t>(cfg, "intermediate_size");
   s.num_layers = get_req<int>(cfg, "num_hidden_layers");
@@ -64,7 +66,7 @@ ModelSpec model_spec_from_hf_config(const json& cfg) {
   if (get_opt<bool>(cfg, "mlp_bias", false)) throw Error("unsupported: mlp_bias = true");
   const std::string act = get_opt<std::string>(cfg, "hidden_act", "silu");
   if (act != "silu") throw Error(cat("unsupported hidden_act '", act, "' (only silu)"));
-  if (arch == "MistralForCausalLM" || arch == "Qwen2ForCausalLM") {
+  if (arch == "MistralForCausalLM" || arch == "Qwen2ForCausalLM" || arch == "Qwen3ForCausalLM") {
     // A sliding window only matters when it is in use and shorter than the context.
     const bool use_sw = get_opt<bool>(cfg, "use_sliding_window", arch == "MistralForCausalLM");
     const int64_t sw = get_opt<int64_t>(cfg, "sliding_window", 0);

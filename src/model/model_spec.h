@@ -18,8 +18,8 @@ struct RopeScaling {
 };
 
 struct ModelSpec {
-  std::string architecture;  // Qwen2ForCausalLM | LlamaForCausalLM | MistralForCausalLM
-  std::string model_type;    // qwen2 | llama | mistral
+  std::string architecture;  // Qwen2ForCausalLM | Qwen3ForCausalLM | LlamaForCausalLM | MistralForCausalLM
+  std::string model_type;    // qwen2 | qwen3 | llama | mistral
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
   int num_layers = 0;
@@ -33,13 +33,14 @@ struct ModelSpec {
   int64_t max_position_embeddings = 0;
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v projections have a bias (Qwen2: always)
+  bool qk_norm = false;         // each query and key head is RMS-normalized before RoPE (Qwen3: always)
   std::string torch_dtype = "bfloat16";
   int64_t bos_token_id = -1;
   std::vector<int64_t> eos_token_ids;
 };
 
 // Parses a Hugging Face config.json. Throws Error("unsupported architecture X") for anything but
-// Qwen2/Llama/Mistral-style decoders, and Error naming the field for missing or bad values.
+// Qwen2/Qwen3/Llama/Mistral-style decoders, and Error naming the field for missing or bad values.
 ModelSpec model_spec_from_hf_config(const nlohmann::json& cfg);
 
 // Checks internal consistency (positive sizes, heads divide hidden, ...). Throws Error.

@@ -57,8 +57,8 @@ double shard_weight_bytes(const ModelSpec& s, const ShardInfo& sh, bool first_st
                           DType matrix_dt) {
   const double e = static_cast<double>(dtype_size(dt)), H = static_cast<double>(s.hidden_size);
   const double qn = static_cast<double>(sh.q_heads * s.head_dim), kn = static_cast<double>(sh.kv_heads * s.head_dim);
-  // Two norms and the matrices: as the constructor loads them.
-  double layer = e * 2 * H;
+  // Two norms (four with qk_norm) and the matrices: as the constructor loads them.
+  double layer = e * 2 * H + (s.qk_norm ? e * 2 * static_cast<double>(s.head_dim) : 0.0);
   for (double m : layer_matrix_bytes(s, sh, matrix_dt)) layer += m;
   if (s.attention_bias) layer += 4.0 * (qn + 2 * kn);
   double bytes = layer * static_cast<double>(sh.layers.end - sh.layers.begin);
@@ -171,6 +171,10 @@ Transformer::Transformer(const ModelSpec& spec, const Topology& topo, Backend& b
       auto b = load_stacked({{a + "q_proj.bias", q0, qn}, {a + "k_proj.bias", k0, kn}, {a + "v_proj.bias", k0, kn}}, 1, DType::F32);
       w.bq = b[0], w.bk = b[1], w.bv = b[2];
     }
+    if (spec.qk_norm) {  // (one head's weights: every rank holds them)
+      w.q_norm = load_vec(a + "q_norm.weight", D);
+      w.k_norm = load_vec(a + "k_norm.weight", D);
+    }
     w.wo = load_cols(1, p + "self_attn.o_proj.weight", H, q0, qn);
     auto gate_up = load_stacked({{p + "mlp.gate_proj.weight", i0, in}, {p + "mlp.up_proj.weight", i0, in}}, H, dt, 2);
     w.w_gate = gate_up[0], w.w_up = gate_up[1];
@@ -240,8 +244,16 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
     const bool bias = spec_.attention_bias;
     Tensor& kc = kv.k(static_cast<int>(li));
     Tensor& vc = kv.v(static_cast<int>(li));
-    be_.norm_qkv_rope_kv_write(x, {w.input_norm, eps, h}, w.wq, bias ? &w.bq : nullptr, q, w.wk, bias ? &w.bk : nullptr,
-                               k, w.wv, bias ? &w.bv : nullptr, v, inv_freq_, D, kc, vc);
+    if (spec_.qk_norm) {  // Qwen3: each query and key head normalized between the projection and RoPE
+      be_.rmsnorm(x, w.input_norm, eps, h);
+      be_.linear_qkv(h, w.wq, bias ? &w.bq : nullptr, q, w.wk, bias ? &w.bk : nullptr, k, w.wv, bias ? &w.bv : nullptr, v);
+      be_.head_rmsnorm(q, w.q_norm, eps, D);
+      be_.head_rmsnorm(k, w.k_norm, eps, D);
+      be_.rope_kv_write(q, k, v, inv_freq_, D, kc, vc);
+    } else {
+      be_.norm_qkv_rope_kv_write(x, {w.input_norm, eps, h}, w.wq, bias ? &w.bq : nullptr, q, w.wk, bias ? &w.bk : nullptr,
+                                 k, w.wv, bias ? &w.bv : nullptr, v, inv_freq_, D, kc, vc);
+    }
     be_.attention(q, kc, vc, D, kv.shape().block_size, scale, attn);
     project_residual(attn, w.wo);
     be_.norm_gate_up_silu(x, {w.post_norm, eps, h}, w.w_gate, w.w_up, gate_up, act);

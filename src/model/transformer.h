@@ -21,6 +21,7 @@ namespace llmserve {
 struct LayerWeights {
   Tensor input_norm, post_norm;
   Tensor wq, wk, wv, bq, bk, bv, wo;
+  Tensor q_norm, k_norm;  // per-head RMSNorm weights [head_dim] (ModelSpec::qk_norm)
   Tensor w_gate, w_up, w_down;
 };
 

@@ -21,6 +21,10 @@ std::vector<WeightInfo> expected_weights(const ModelSpec& s) {
       w.push_back({p + "self_attn.k_proj.bias", {KV}});
       w.push_back({p + "self_attn.v_proj.bias", {KV}});
     }
+    if (s.qk_norm) {
+      w.push_back({p + "self_attn.q_norm.weight", {s.head_dim}});
+      w.push_back({p + "self_attn.k_norm.weight", {s.head_dim}});
+    }
     w.push_back({p + "self_attn.o_proj.weight", {H, Q}});
     w.push_back({p + "post_attention_layernorm.weight", {H}});
     w.push_back({p + "mlp.gate_proj.weight", {I, H}});

@@ -273,6 +273,15 @@ TEST_P(CudaOps, Float32IntermediatesIntoLowPrecision) {
   cpu.rmsnorm(x.first, w.first, 1e-6f, nc);
   gpu->rmsnorm(x.second, w.second, 1e-6f, ng);
   expect_close(nc, ng, "rmsnorm float32 -> low precision", 1e-2);
+  {  // Qwen3's per-head norm: float32 rows of heads in place, weights in the activation type (heads of
+     // 128 and of 80: lanes with different element counts).
+    for (const int64_t hd : {int64_t{128}, int64_t{80}}) {
+      auto qh = both(randn(T * 3 * hd, g), {T, 3 * hd}, DType::F32), wh = both(randn(hd, g), {hd}, dt);
+      cpu.head_rmsnorm(qh.first, wh.first, 1e-6f, hd);
+      gpu->head_rmsnorm(qh.second, wh.second, 1e-6f, hd);
+      expect_close(qh.first, qh.second, ("head_rmsnorm, head_dim " + std::to_string(hd)).c_str(), 1e-2);
+    }
+  }
   auto wl = both(randn(I * H, g, 0.1f), {I, H}, dt), bl = both(randn(I, g), {I}, DType::F32);
   Tensor lc = cpu.empty({T, I}, DType::F32), lg = gpu->empty({T, I}, DType::F32);
   cpu.linear(nc, wl.first, &bl.first, lc);

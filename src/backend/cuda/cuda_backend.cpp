@@ -673,6 +673,14 @@ void CudaBackend::rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& o
   });
 }
 
+void CudaBackend::head_rmsnorm(Tensor& x, const Tensor& w, float eps, int64_t D) {
+  LLMSERVE_CHECK(x.dtype == DType::F32 && D > 0 && x.numel() % D == 0 && w.numel() == D, "cuda backend: head_rmsnorm shapes");
+  dispatch(w.dtype, [&](auto* tw) {
+    using TW = std::remove_pointer_t<decltype(tw)>;
+    cuda::head_rmsnorm<TW>(x.as<float>(), w.as<TW>(), x.numel() / D, D, eps, stream());
+  });
+}
+
 void CudaBackend::add(Tensor& x, const Tensor& y) {
   LLMSERVE_CHECK(x.dtype == y.dtype || x.dtype == DType::F32, "cuda backend: add types");
   dispatch2(x.dtype, y.dtype, [&](auto* tx, auto* ty) {

@@ -42,6 +42,7 @@ class CudaBackend : public Backend {
 
   void embedding(const Tensor& table, int64_t vocab_start, Tensor& out) override;
   void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override;
+  void head_rmsnorm(Tensor& x, const Tensor& w, float eps, int64_t head_dim) override;
   void add(Tensor& x, const Tensor& y) override;
   void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) override;
   void rope(Tensor& q, Tensor& k, const Tensor& inv_freq, int64_t head_dim) override;

@@ -1,0 +1,31 @@
+#!/usr/bin/env python3
+"""The tiny Qwen3 goldens (make_tiny_qwen3.py: numpy float64) against transformers' own Qwen3ForCausalLM
+in float32 on the same checkpoint: the worst relative L2 of the last-position logits over the prompts,
+and whether transformers' greedy tokens equal the goldens'. Needs torch and a transformers with Qwen3
+(the GPU machine has them; CI does not run this).
+
+  check_qwen3_with_transformers.py OUT    (OUT as make_tiny_qwen3.py wrote it)
+"""
+import json
+import sys
+
+import numpy as np
+import torch
+import transformers
+
+out = sys.argv[1]
+golden = json.load(open(f"{out}/golden/tiny-qwen3.json"))
+last = np.fromfile(f"{out}/golden/tiny-qwen3.last_logits.f32", dtype="<f4").reshape(len(golden["public"]), -1)
+model = transformers.AutoModelForCausalLM.from_pretrained(f"{out}/models/tiny-qwen3", torch_dtype=torch.float32)
+model.eval()
+worst, greedy_equal = 0.0, 0
+with torch.no_grad():
+    for i, p in enumerate(golden["public"]):
+        ids = torch.tensor([p["ids"]])
+        got = model(ids).logits[0, -1].double().numpy()
+        worst = max(worst, float(np.linalg.norm(got - last[i]) / np.linalg.norm(last[i])))
+        gen = model.generate(ids, max_new_tokens=24, do_sample=False, min_new_tokens=24)[0, len(p["ids"]):].tolist()
+        greedy_equal += gen == p["greedy"]["ids"]
+print(f"transformers {transformers.__version__} Qwen3ForCausalLM (float32) against the numpy goldens: worst last-logits "
+      f"relative L2 {worst:.3e}; greedy 24 tokens equal on {greedy_equal} of {len(golden['public'])} prompts")
+sys.exit(0 if worst < 1e-5 and greedy_equal == len(golden["public"]) else 1)

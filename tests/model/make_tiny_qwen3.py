@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""A tiny Qwen3 checkpoint (Qwen3ForCausalLM: per-head q_norm / k_norm before RoPE, no q/k/v bias, an
+explicit head_dim twice hidden / heads) in the Hugging Face layout, and goldens for it in the layout of
+../shared/fixtures/golden, computed by bench/reference/bf16_rounding.py's float64 forward (the forward
+that matches transformers' goldens of tiny-qwen2 and tiny-llama3 to 1e-6; its q_norm / k_norm follow
+transformers' Qwen3Attention). Weights are seeded normal draws in bf16, scaled as tiny-qwen2's; the
+tokenizer files and prompts are tiny-qwen2's (Qwen3 uses the Qwen2.5 vocabulary).
+
+  make_tiny_qwen3.py FIXTURES OUT    writes OUT/models/tiny-qwen3/ and OUT/golden/tiny-qwen3.{json,last_logits.f32}
+"""
+import json
+import os
+import shutil
+import struct
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench", "reference"))
+import bf16_rounding as ref  # noqa: E402
+
+CONFIG = {
+    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "attention_bias": False, "attention_dropout": 0.0,
+    "bos_token_id": 151643, "eos_token_id": 151645, "head_dim": 32, "hidden_act": "silu", "hidden_size": 64,
+    "initializer_range": 0.02, "intermediate_size": 192, "max_position_embeddings": 40960, "max_window_layers": 4,
+    "num_attention_heads": 4, "num_hidden_layers": 4, "num_key_value_heads": 2, "rms_norm_eps": 1e-06,
+    "rope_scaling": None, "rope_theta": 1000000.0, "sliding_window": None, "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16", "use_cache": True, "use_sliding_window": False, "vocab_size": 151936,
+}
+
+
+def weights(cfg, seed=2026):
+    rng = np.random.default_rng(seed)
+    H, I, D = cfg["hidden_size"], cfg["intermediate_size"], cfg["head_dim"]
+    nq, nkv = cfg["num_attention_heads"] * D, cfg["num_key_value_heads"] * D
+    W = {"model.embed_tokens.weight": rng.normal(0, 0.5, (cfg["vocab_size"], H))}
+    for layer in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{layer}."
+        W[p + "input_layernorm.weight"] = 1 + rng.normal(0, 0.1, H)
+        W[p + "self_attn.q_proj.weight"] = rng.normal(0, 0.15, (nq, H))
+        W[p + "self_attn.k_proj.weight"] = rng.normal(0, 0.15, (nkv, H))
+        W[p + "self_attn.v_proj.weight"] = rng.normal(0, 0.1, (nkv, H))
+        W[p + "self_attn.q_norm.weight"] = 1 + rng.normal(0, 0.2, D)
+        W[p + "self_attn.k_norm.weight"] = 1 + rng.normal(0, 0.2, D)
+        W[p + "self_attn.o_proj.weight"] = rng.normal(0, 0.1, (H, nq))
+        W[p + "post_attention_layernorm.weight"] = 1 + rng.normal(0, 0.1, H)
+        W[p + "mlp.gate_proj.weight"] = rng.normal(0, 0.1, (I, H))
+        W[p + "mlp.up_proj.weight"] = rng.normal(0, 0.1, (I, H))
+        W[p + "mlp.down_proj.weight"] = rng.normal(0, 0.1, (H, I))
+    W["model.norm.weight"] = 1 + rng.normal(0, 0.1, H)
+    return {k: ref.bf16(v) for k, v in W.items()}  # (bf16 values, as the checkpoint holds them)
+
+
+def write_safetensors(path, W):
+    header, blobs, at = {}, [], 0
+    for name, v in W.items():
+        bits = (np.asarray(v, dtype=np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(v.shape), "data_offsets": [at, at + len(bits)]}
+        blobs.append(bits)
+        at += len(bits)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def main():
+    fixtures, out = sys.argv[1], sys.argv[2]
+    mdir, gdir = f"{out}/models/tiny-qwen3", f"{out}/golden"
+    os.makedirs(mdir, exist_ok=True)
+    os.makedirs(gdir, exist_ok=True)
+    W = weights(CONFIG)
+    lm_head = W["model.embed_tokens.weight"]
+    json.dump(CONFIG, open(f"{mdir}/config.json", "w"), indent=2)
+    json.dump({"bos_token_id": 151643, "eos_token_id": [151645, 151643]}, open(f"{mdir}/generation_config.json", "w"))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(f"{fixtures}/models/tiny-qwen2/{f}", f"{mdir}/{f}")
+    write_safetensors(f"{mdir}/model.safetensors", W)
+    # The checkpoint as its reader sees it (bf16 values as float64).
+    forward = ref.make_forward(CONFIG, ref.load_safetensors(f"{mdir}/model.safetensors"))
+    public, last = [], []
+    for p in json.load(open(f"{fixtures}/golden/tiny-qwen2.json"))["public"]:
+        ids = list(p["ids"])
+        hidden = forward(ids, set(), hidden=True)
+        prefill = {"top_ids": [], "top_logits": [], "top_logprobs": []}
+        for c in range(0, len(ids), 32):  # (logits 32 positions at a time: a row is 151,936 values)
+            logits = hidden[c:c + 32] @ lm_head.T
+            m = logits.max(-1, keepdims=True)
+            lse = np.log(np.exp(logits - m).sum(-1, keepdims=True)) + m
+            part = np.argpartition(-logits, 5, axis=-1)[:, :5]
+            top = np.take_along_axis(part, np.argsort(-np.take_along_axis(logits, part, -1), axis=-1, kind="stable"), -1)
+            prefill["top_ids"] += top.tolist()
+            prefill["top_logits"] += np.take_along_axis(logits, top, -1).tolist()
+            prefill["top_logprobs"] += np.take_along_axis(logits - lse, top, -1).tolist()
+        last.append(logits[-1])
+        gen, margins, lps, row = [], [], [], logits[-1]
+        for _ in range(24):
+            two = np.argpartition(-row, 2)[:2]
+            order = two[np.argsort(-row[two], kind="stable")]
+            t = int(order[0])
+            margins.append(float(row[order[0]] - row[order[1]]))
+            lps.append(float(row[t] - (np.log(np.exp(row - row.max()).sum()) + row.max())))
+            gen.append(t)
+            row = forward(ids + gen, set())
+        public.append({"text": p.get("text", ""), "ids": ids, "prefill": prefill,
+                       "greedy": {"ids": gen, "margins": margins, "logprobs": lps}})
+    golden = {"model": "models/tiny-qwen3", "vocab_size": CONFIG["vocab_size"],
+              "dtype": "float64 compute from bf16 weights",
+              "reference": "bench/reference/bf16_rounding.py make_forward (numpy float64)",
+              "public": public, "last_logits_file": "tiny-qwen3.last_logits.f32"}
+    json.dump(golden, open(f"{gdir}/tiny-qwen3.json", "w"))
+    np.array(last, dtype="<f4").tofile(f"{gdir}/tiny-qwen3.last_logits.f32")
+    print(f"tiny-qwen3: {len(public)} prompts; smallest greedy margin {min(min(x['greedy']['margins']) for x in public):.3g}")
+
+
+if __name__ == "__main__":
+    main()
