@@ -131,6 +131,9 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.api_key = v; }},
       {"tool_call_parser", Kind::String, "auto | hermes | llama3_json | none: how tool calls are read from chat output",
        [](Config& c, const std::string& v) { c.tool_call_parser = v; }},
+      {"reasoning_parser", Kind::String,
+       "none | qwen3 | deepseek_r1 (vLLM's): a chat answer's <think>...</think> goes to the message's `reasoning`, the rest is its content",
+       [](Config& c, const std::string& v) { c.reasoning_parser = v; }},
       {"served_model_name", Kind::StringList, "model name(s) the API answers to",
        [](Config& c, const std::string& v) { c.served_model_name.push_back(v); },
        [](Config& c) { c.served_model_name.clear(); }},
@@ -399,6 +402,8 @@ void config_validate(const Config& c) {
     fail(cat("max_logprobs must be between 0 and 20 (the GPU kernels' limit), got ", c.max_logprobs));
   if (std::find(std::begin(parsers), std::end(parsers), c.tool_call_parser) == std::end(parsers))
     fail(cat("tool_call_parser must be auto, hermes, llama3_json or none; got '", c.tool_call_parser, "'"));
+  if (c.reasoning_parser != "none" && c.reasoning_parser != "qwen3" && c.reasoning_parser != "deepseek_r1")
+    fail(cat("reasoning_parser must be none, qwen3 or deepseek_r1; got '", c.reasoning_parser, "'"));
   for (const auto& n : c.served_model_name)
     if (n.empty()) fail("served_model_name must not be empty");
   for (const auto& o : c.allowed_origins)

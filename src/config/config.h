@@ -36,6 +36,7 @@ struct Config {
   int port = 8000;
   std::string api_key;
   std::string tool_call_parser = "auto";  // auto | hermes | llama3_json | none
+  std::string reasoning_parser = "none";  // none | qwen3 | deepseek_r1 (server/reasoning_parser.h)
   std::vector<std::string> served_model_name;  // empty: the model path
   std::vector<std::string> allowed_origins = {"*"};  // CORS (vLLM's default: any origin)
   std::string generation_config = "auto";  // auto: the model's generation_config.json sampling defaults; vllm: none

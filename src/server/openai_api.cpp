@@ -6,6 +6,7 @@
 #include "common/error.h"
 #include "common/json_text.h"
 #include "engine/guided.h"
+#include "server/reasoning_parser.h"
 #include "tokenizer/tokenizer.h"
 
 namespace llmserve {
@@ -396,6 +397,7 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
     throw HttpError(400, e.what(), "BadRequestError", "messages");
   }
   r.prompts.push_back(ctx.tok->encode(prompt, false));
+  r.reasoning_opened = prompt_opens_reasoning(prompt);
   // As vLLM: the answer's role is the assistant's after a generation prompt, else the final message's
   // (which the model continues); echo prepends the final message's content when it has that role.
   r.role = o.add_generation_prompt ? ctx.response_role : msgs.back()["role"].get<std::string>();
@@ -416,6 +418,7 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
     r.params.guided = "json_schema";
     r.params.guided_schema = forced_schema;
   }
+  r.reasoning = ctx.reasoning && r.params.guided.empty();  // (a guided answer is guided from its first token)
   return r;
 }
 
@@ -449,14 +452,26 @@ json chat_response(const std::string& id, const GenerationRequest& r, const ApiC
   for (const auto& c : o.outputs) {
     ctok += static_cast<int64_t>(c.token_ids.size());
     const std::string echoed = r.echo ? r.prompt_texts.at(0) : "";
-    json message = {{"role", r.role}, {"content", echoed + c.text}};
+    std::string text = c.text;  // the content (with a reasoning parser, what follows the reasoning)
+    json reasoning = nullptr;
+    if (r.reasoning) {
+      const ReasoningSplit sp = split_reasoning(c.text, r.reasoning_opened, true);
+      if (sp.end > sp.begin) reasoning = c.text.substr(sp.begin, sp.end - sp.begin);  // (empty: none)
+      text = c.text.substr(sp.content);
+    }
+    json message = {{"role", r.role}, {"content", echoed + text}};
+    if (r.reasoning) {  // (vLLM's field, and the name it had before)
+      message["reasoning"] = reasoning;
+      message["reasoning_content"] = reasoning;
+      if (!reasoning.is_null() && echoed.empty() && text.empty()) message["content"] = nullptr;
+    }
     std::string finish = c.finish_reason;
     if (!r.forced_tool.empty()) {  // the whole output is the named function's arguments
       message["content"] = echoed.empty() ? json(nullptr) : json(echoed);
       message["tool_calls"] = json::array({{{"id", random_id("call_")}, {"type", "function"},
                                             {"function", {{"name", r.forced_tool}, {"arguments", c.text}}}}});
     } else if (r.tools_active || r.tools_required) {
-      const ToolParse p = r.tools_required ? parse_required_calls(c.text) : parse_tool_calls(ctx.tool_format, c.text);
+      const ToolParse p = r.tools_required ? parse_required_calls(text) : parse_tool_calls(ctx.tool_format, text);
       if (!p.calls.empty()) {
         json tc = json::array();
         for (const auto& call : p.calls)
@@ -489,7 +504,15 @@ std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiCo
     ChoiceStream& s = st.at(static_cast<size_t>(c.index));
     if (s.done) continue;
     const int64_t index = static_cast<int64_t>(prompt_index) * r.params.n + c.index;
-    const std::string& text = c.text;
+    // With a reasoning parser: the reasoning's new bytes, and the content after it (`text` below).
+    std::string reasoning_delta, content;
+    if (r.reasoning) {
+      const ReasoningSplit sp = split_reasoning(c.text, r.reasoning_opened, c.finished());
+      if (sp.has_reasoning && sp.end > sp.begin + s.reasoning_sent)
+        reasoning_delta = c.text.substr(sp.begin + s.reasoning_sent, sp.end - sp.begin - s.reasoning_sent);
+      if (sp.content_ready) content = c.text.substr(sp.content);
+    }
+    const std::string& text = r.reasoning ? content : c.text;
     size_t limit = text.size();
     ToolParse calls;
     if (r.tools_active) {
@@ -508,8 +531,10 @@ std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiCo
     // A chunk for every step that produced tokens, even when their text is still empty (an incomplete
     // UTF-8 sequence, text held back for a stop string, a model without a tokenizer), as vLLM does:
     // clients time tokens by chunks.
-    if (delta.empty() && c.delta_tokens == 0 && !c.finished() && !(first && (r.chat || r.echo))) continue;
+    if (delta.empty() && reasoning_delta.empty() && c.delta_tokens == 0 && !c.finished() && !(first && (r.chat || r.echo)))
+      continue;
     s.sent = std::max(s.sent, limit);
+    s.reasoning_sent += reasoning_delta.size();
     s.started = true;
     // The log-probabilities of the tokens not sent yet ride on this chunk (null when not asked for).
     json lp = nullptr;
@@ -535,16 +560,21 @@ std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiCo
     } else if (r.chat) {
       json d = json::object();
       if (first) d["role"] = r.role;
-      d["content"] = (first && r.echo ? r.prompt_texts.at(0) : "") + delta;
+      const std::string content_delta = (first && r.echo ? r.prompt_texts.at(0) : "") + delta;
+      if (!reasoning_delta.empty()) {  // (vLLM's field, and the name it had before; no content beside it unless some is new)
+        d["reasoning"] = reasoning_delta;
+        d["reasoning_content"] = reasoning_delta;
+      }
+      if (!content_delta.empty() || reasoning_delta.empty()) d["content"] = content_delta;
       if (!calls.calls.empty()) {
         // Content first, then the calls with the finish reason.
-        if (!d["content"].get<std::string>().empty() || first) emit({{"index", index}, {"delta", d}, {"logprobs", lp}, {"finish_reason", nullptr}});
+        const bool before = !content_delta.empty() || !reasoning_delta.empty() || first;
+        if (before) emit({{"index", index}, {"delta", d}, {"logprobs", lp}, {"finish_reason", nullptr}});
         json tc = json::array();
         for (size_t k = 0; k < calls.calls.size(); ++k)
           tc.push_back({{"index", k}, {"id", random_id("call_")}, {"type", "function"},
                         {"function", {{"name", calls.calls[k].name}, {"arguments", calls.calls[k].arguments}}}});
-        emit({{"index", index}, {"delta", {{"tool_calls", tc}}}, {"logprobs", !d["content"].get<std::string>().empty() || first ? json(nullptr) : lp},
-              {"finish_reason", finish}});
+        emit({{"index", index}, {"delta", {{"tool_calls", tc}}}, {"logprobs", before ? json(nullptr) : lp}, {"finish_reason", finish}});
       } else {
         json choice = {{"index", index}, {"delta", d}, {"logprobs", lp}, {"finish_reason", finish}};
         if (c.finished()) choice["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);

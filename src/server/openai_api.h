@@ -35,6 +35,7 @@ struct ApiContext {
   std::vector<int64_t> eos_ids;  // the model's (check_some_token_allowed)
   int64_t created = 0;
   ToolFormat tool_format = ToolFormat::None;
+  bool reasoning = false;  // reasoning_parser qwen3 / deepseek_r1: <think>...</think> is a chat answer's reasoning
   std::string response_role = "assistant";  // a chat answer's role after a generation prompt
   int max_logprobs = 20;
   bool priority_scheduling = false;  // scheduling_policy priority: requests may set `priority`
@@ -57,6 +58,9 @@ struct GenerationRequest {
   // tool_choice "required": the output is a JSON array of calls {"name", "parameters"} of the tools
   // (guided by a schema made from them, as vLLM), returned as tool calls.
   bool tools_required = false;
+  // reasoning_parser (chat, not guided): the answer's <think>...</think> is its reasoning (reasoning_parser.h);
+  // reasoning_opened: the prompt ends with <think>, so the answer begins inside it.
+  bool reasoning = false, reasoning_opened = false;
   std::string model;
   std::vector<std::vector<int32_t>> prompts;
   std::vector<std::string> prompt_texts;  // what echo prepends: each prompt's text; for a chat, the final message's
@@ -77,7 +81,8 @@ nlohmann::json chat_response(const std::string& id, const GenerationRequest& r, 
 // Streaming state of one choice.
 struct ChoiceStream {
   bool started = false;
-  size_t sent = 0;  // bytes of text already sent
+  size_t sent = 0;  // bytes of text already sent (of the content, with a reasoning parser)
+  size_t reasoning_sent = 0;  // bytes of the reasoning already sent
   size_t logprobs_sent = 0;  // tokens whose log-probabilities were sent
   size_t text_offset = 0;    // completions: text_offset of the next token's log-probabilities
   bool done = false;

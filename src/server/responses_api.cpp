@@ -79,6 +79,14 @@ json message_item(const std::string& id, const std::string& status, json content
   return {{"type", "message"}, {"id", id}, {"status", status}, {"role", "assistant"}, {"content", std::move(content)}};
 }
 
+// A reasoning item (reasoning_parser): the model's thinking as one reasoning_text part.
+json reasoning_item(const std::string& id, const std::string& status, const std::string& text) {
+  json content = json::array();
+  if (!text.empty()) content.push_back({{"type", "reasoning_text"}, {"text", text}});
+  return {{"type", "reasoning"}, {"id", id}, {"summary", json::array()}, {"content", std::move(content)},
+          {"encrypted_content", nullptr}, {"status", status}};
+}
+
 json call_item(const std::string& call_id, const std::string& name, const std::string& arguments, const std::string& status) {
   return {{"type", "function_call"}, {"id", random_id("fc_")}, {"call_id", call_id}, {"name", name},
           {"arguments", arguments}, {"status", status}};
@@ -172,7 +180,8 @@ GenerationRequest parse_responses(const ojson& body, const ApiContext& ctx, cons
   if (given("reasoning")) {
     if (!body["reasoning"].is_object()) bad("'reasoning' must be an object", "reasoning");
     for (const auto& [k, v] : body["reasoning"].items())
-      if (!v.is_null()) bad(cat("reasoning.", k, " is not supported: the models served do not reason"), "reasoning");
+      if (!v.is_null())
+        bad(cat("reasoning.", k, " is not supported (a reasoning_parser puts a model's thinking in reasoning items)"), "reasoning");
   }
   if (!flag("parallel_tool_calls", true))
     bad("parallel_tool_calls false is not supported: an answer may hold several calls", "parallel_tool_calls");
@@ -299,6 +308,8 @@ json responses_response(const std::string& id, const GenerationRequest& r, const
   const json& m = choice["message"];
   const bool cut = out.outputs.at(0).finish_reason == "length";
   json items = json::array();
+  if (m.contains("reasoning") && m["reasoning"].is_string())
+    items.push_back(reasoning_item(random_id("rs_"), cut ? "incomplete" : "completed", m["reasoning"]));
   if (m["content"].is_string() && !m["content"].get<std::string>().empty())
     items.push_back(message_item(random_id("msg_"), cut ? "incomplete" : "completed",
                                  json::array({output_text(m["content"], logprobs_wanted(r) ? entries(choice) : json::array())})));
@@ -355,6 +366,10 @@ std::string ResponsesStream::close_open_item(const char* status) {
     item = message_item(id, status, json::array({part}));
     text_.clear();
     logprobs_ = json::array();
+  } else if (open_ == Open::Reasoning) {
+    ev += event("response.reasoning_text.done", {{"item_id", id}, {"output_index", at}, {"content_index", 0}, {"text", text_}});
+    item = reasoning_item(id, status, text_);
+    text_.clear();
   } else {
     item["status"] = status;
     ev += event("response.function_call_arguments.done", {{"item_id", id}, {"output_index", at}, {"name", item["name"]},
@@ -371,6 +386,19 @@ std::string ResponsesStream::update(const RequestOutput& out) {
     const json& c = sc.choice;
     const json& d = c["delta"];
     const json lps = logprobs_wanted(r_) ? entries(c) : json::array();
+    if (d.contains("reasoning") && d["reasoning"].is_string()) {  // (a reasoning parser's: before the content)
+      if (open_ != Open::Reasoning) {
+        ev += close_open_item();
+        items_.push_back(reasoning_item(random_id("rs_"), "in_progress", ""));
+        open_ = Open::Reasoning;
+        ev += event("response.output_item.added", {{"output_index", static_cast<int64_t>(items_.size()) - 1}, {"item", items_.back()}});
+      }
+      const std::string delta = d["reasoning"];
+      text_ += delta;
+      ev += event("response.reasoning_text.delta", {{"item_id", items_.back()["id"]},
+                                                    {"output_index", static_cast<int64_t>(items_.size()) - 1},
+                                                    {"content_index", 0}, {"delta", delta}});
+    }
     const std::string text = d.contains("content") && d["content"].is_string() ? d["content"].get<std::string>() : "";
     if (!text.empty()) {
       if (open_ != Open::Message) {
@@ -383,7 +411,7 @@ std::string ResponsesStream::update(const RequestOutput& out) {
                                                  {"delta", text}, {"logprobs", lps}});
     }
     // (Tokens whose text is not out yet keep theirs for the message they begin.)
-    if (open_ != Open::Call)
+    if (open_ != Open::Call && open_ != Open::Reasoning)
       for (const auto& e : lps) logprobs_.push_back(e);
     if (d.contains("tool_calls")) {
       for (const auto& tc : d["tool_calls"]) {

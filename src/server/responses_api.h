@@ -88,8 +88,8 @@ class ResponsesStream {
   std::vector<ChoiceStream> st_;
   int64_t seq_ = 0;
   nlohmann::json items_ = nlohmann::json::array();  // the output items so far
-  enum class Open { None, Message, Call } open_ = Open::None;
-  std::string text_;                                    // the open message's text
+  enum class Open { None, Message, Call, Reasoning } open_ = Open::None;
+  std::string text_;                                    // the open message's (or reasoning's) text
   nlohmann::json logprobs_ = nlohmann::json::array();  // and its tokens' log-probabilities
   bool finished_ = false;
   nlohmann::json response_;

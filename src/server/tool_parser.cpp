@@ -45,7 +45,7 @@ ToolFormat tool_format_for(const std::string& parser, const std::string& model_t
   if (parser == "llama3_json") return ToolFormat::Llama3Json;
   if (parser == "none") return ToolFormat::None;
   if (parser != "auto") throw Error(cat("config: tool_call_parser must be auto, hermes, llama3_json or none; got '", parser, "'"));
-  if (model_type == "qwen2") return ToolFormat::Hermes;
+  if (model_type == "qwen2" || model_type == "qwen3") return ToolFormat::Hermes;
   if (model_type == "llama") return ToolFormat::Llama3Json;
   return ToolFormat::None;
 }

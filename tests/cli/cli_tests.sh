@@ -99,6 +99,8 @@ check "invalid yaml" 1 "invalid YAML" -- "$llmserve" logits "$work/broken.yaml" 
 check "bad block size" 1 "block_size must be one of" -- "$llmserve" logits "$work/good.yaml" --block-size 12 --prompt-ids 1
 check "bad gpu_memory_utilization" 1 "gpu_memory_utilization must be in \(0, 1\]" -- \
   "$llmserve" logits "$work/good.yaml" --gpu-memory-utilization 1.5 --prompt-ids 1
+check "bad reasoning_parser" 1 "reasoning_parser must be none, qwen3 or deepseek_r1; got 'r1'" -- \
+  "$llmserve" logits "$work/good.yaml" --reasoning-parser r1 --prompt-ids 1
 check "unknown flag" 1 "unknown option '--tensor-paralel-size'" -- "$llmserve" logits "$work/good.yaml" --tensor-paralel-size 2 --prompt-ids 1
 check "quantization llmserve cannot honour" 1 "quantization 'awq' is not supported.*use none or fp8" --once -- \
   "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -tp 2 --quantization awq --prompt-ids 1

@@ -1222,7 +1222,8 @@ def main():
     # the step before (its pending tokens filled in by the backend), and priority scheduling: concurrent
     # greedy and seeded sampled requests of mixed priorities, some streamed, answer as llmserve generate
     # does stepping in turn.
-    q = Server("--async-scheduling", "--generation-config", "vllm", "--scheduling-policy", "priority", np=1, tp=1)
+    q = Server("--async-scheduling", "--generation-config", "vllm", "--scheduling-policy", "priority", "--reasoning-parser", "qwen3",
+               np=1, tp=1)
     try:
         bodies = [{"prompt": p, "max_tokens": 10 + 3 * i, "ignore_eos": True, "priority": (2 * i) % 3 - 1,
                    **({"temperature": 0} if i % 2 == 0 else {"temperature": 0.9, "top_p": 0.9, "seed": 40 + i, "repetition_penalty": 1.2})}
@@ -1248,6 +1249,24 @@ def main():
             served = list(pool.map(ask, range(len(bodies))))
         check("async and priority scheduling on one rank (steps queued behind the draw): concurrent greedy, sampled and "
               "streamed completions of mixed priorities equal llmserve generate's", served == offline, (served, offline))
+        # reasoning_parser qwen3: an answer whose prompt ends with <think> (continue_final_message) is reasoning
+        # until </think>, which this random model never writes: all of it is the message's reasoning, streamed
+        # or not; an answer without <think> is all content.
+        think = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think>"}],
+                 "continue_final_message": True, "add_generation_prompt": False, "max_tokens": 8, "temperature": 0}
+        st, tr = q.post("/v1/chat/completions", think)
+        tm = tr["choices"][0]["message"] if st == 200 else {}
+        c = http.client.HTTPConnection("127.0.0.1", q.port, timeout=60)
+        c.request("POST", "/v1/chat/completions", body=json.dumps({**think, "stream": True}), headers={"Content-Type": "application/json"})
+        ev = [json.loads(line[6:]) for line in c.getresponse().read().decode().split("\n") if line.startswith("data: ") and line != "data: [DONE]"]
+        c.close()
+        streamed = "".join(e["choices"][0]["delta"].get("reasoning", "") for e in ev if e.get("choices"))
+        st2, pr = q.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "temperature": 0})
+        check("reasoning_parser qwen3: an answer begun inside <think> is reasoning (whole and streamed), one without is content",
+              st == 200 and isinstance(tm.get("reasoning"), str) and tm["reasoning"] != "" and tm["content"] is None
+              and tm["reasoning_content"] == tm["reasoning"] and streamed == tm["reasoning"]
+              and st2 == 200 and pr["choices"][0]["message"]["reasoning"] is None and pr["choices"][0]["message"]["content"] != "",
+              (tr, streamed, pr))
         # A draw that finds no token while the next step is already planned (and queued behind it): that
         # step gets a stand-in token, the request fails alone, and the requests beside it are unchanged.
         st, ob = q.post("/tokenize", {"prompt": "{"})

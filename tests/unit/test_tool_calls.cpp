@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "server/openai_api.h"
+#include "server/reasoning_parser.h"
 #include "server/responses_api.h"
 #include "server/tool_parser.h"
 
@@ -101,6 +102,25 @@ std::vector<json> sse(const std::string& s) {
 }
 }  // namespace
 
+namespace {
+// A streamed chat request to model "m" and its context: tool calls read in `format`; with `reasoning`, a
+// reasoning parser on.
+struct ChatSetup {
+  ApiContext ctx;
+  GenerationRequest r;
+};
+ChatSetup streamed_chat(ToolFormat format, bool reasoning = false) {
+  ChatSetup c;
+  c.ctx.model_names = {"m"};
+  c.ctx.tool_format = format;
+  c.ctx.reasoning = c.r.reasoning = reasoning;
+  c.r.chat = c.r.stream = true;
+  c.r.tools_active = format != ToolFormat::None;
+  c.r.model = "m";
+  return c;
+}
+}  // namespace
+
 // A streamed chat response (the output growing a byte at a time) says what the whole response says:
 // the same content, to the whitespace, and the same calls. The whole content used to be trimmed.
 TEST(ToolCallsInResponses, StreamedContentEqualsTheWholeContent) {
@@ -112,14 +132,7 @@ TEST(ToolCallsInResponses, StreamedContentEqualsTheWholeContent) {
       {ToolFormat::Llama3Json, " {not a call} "}};
   for (const auto& [format, full] : cases) {
     SCOPED_TRACE(full);
-    ApiContext ctx;
-    ctx.model_names = {"m"};
-    ctx.tool_format = format;
-    GenerationRequest r;
-    r.chat = true;
-    r.stream = true;
-    r.tools_active = true;
-    r.model = "m";
+    auto [ctx, r] = streamed_chat(format);
     const json whole = chat_response("id", r, ctx, {output(full, true)})["choices"][0];
     std::vector<ChoiceStream> st(1);
     std::string content;
@@ -320,4 +333,132 @@ TEST(ResponsesStore, KeepsTheNewestWithinItsBounds) {
   EXPECT_FALSE(store.get("r3"));   // the oldest went to make room
   EXPECT_FALSE(store.get("big"));  // and, the two halves not fitting together, the first big one
   EXPECT_TRUE(store.get("big2"));
+}
+
+// Reasoning outputs (reasoning_parser qwen3 / deepseek_r1): <think>...</think> at the start of the
+// answer, or after a prompt that ends with <think>, is the reasoning; the rest is the content.
+TEST(ReasoningParser, SplitsTheThinkingFromTheAnswer) {
+  struct Case {
+    std::string text;
+    bool opened, finished;
+    bool has;
+    std::string reasoning;
+    bool ready;
+    std::string content;
+  };
+  const Case cases[] = {
+      {"<think>\nplan\n</think>\n\nAnswer.", false, true, true, "\nplan\n", true, "\n\nAnswer."},
+      {"  <think>a</think>b", false, true, true, "a", true, "b"},
+      {"No thinking here.", false, true, false, "", true, "No thinking here."},
+      {"Text with </think> later", false, true, false, "", true, "Text with </think> later"},
+      {"<think>cut off before its end", false, true, true, "cut off before its end", true, ""},
+      {"plan</think>Answer", true, true, true, "plan", true, "Answer"},  // the prompt opened it (DeepSeek-R1)
+      {"all of it thinking", true, true, true, "all of it thinking", true, ""},
+      // Not finished: what may still become a tag is held back.
+      {" <thi", false, false, false, "", false, ""},
+      {"<think>abc</th", false, false, true, "abc", false, ""},
+      {"<think>abc<", false, false, true, "abc", false, ""},
+      {"<think>a</think>b", false, false, true, "a", true, "b"},
+      {"<thank you", false, false, false, "", true, "<thank you"},
+      {"", false, false, false, "", false, ""},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.text);
+    const ReasoningSplit s = split_reasoning(c.text, c.opened, c.finished);
+    EXPECT_EQ(s.has_reasoning, c.has);
+    EXPECT_EQ(s.has_reasoning ? c.text.substr(s.begin, s.end - s.begin) : "", c.reasoning);
+    EXPECT_EQ(s.content_ready, c.ready);
+    EXPECT_EQ(s.content_ready ? c.text.substr(s.content) : "", c.content);
+  }
+  EXPECT_TRUE(prompt_opens_reasoning("<|im_start|>assistant\n<think>\n"));
+  EXPECT_FALSE(prompt_opens_reasoning("<|im_start|>assistant\n<think>\n\n</think>\n\n"));  // (Qwen3 with thinking off)
+}
+
+// The reasoning and the content streamed (the answer growing a byte at a time) are the whole answer's,
+// with tool calls read from the content only.
+TEST(ReasoningParser, StreamedReasoningAndContentEqualTheWholeAnswer) {
+  const std::pair<bool, std::string> cases[] = {
+      {false, "<think>\nThe user wants a greeting.\n</think>\n\nHello there!"},
+      {false, "<think>Call the tool.</think>\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>"},
+      {false, "<think>never closed"},
+      {false, "Plain answer, <think> later is text."},
+      {true, "thinking first</think>then the answer"},
+      {true, "</think>"},
+  };
+  for (const auto& [opened, full] : cases) {
+    SCOPED_TRACE(full);
+    auto [ctx, r] = streamed_chat(ToolFormat::Hermes, true);
+    r.reasoning_opened = opened;
+    const json whole = chat_response("id", r, ctx, {output(full, true)})["choices"][0];
+    std::vector<ChoiceStream> st(1);
+    std::string reasoning, content;
+    json calls = json::array();
+    bool any_reasoning = false;
+    for (size_t n = 1; n <= full.size(); ++n)
+      for (const json& e : sse(stream_chunks("id", r, ctx, 0, output(full.substr(0, n), n == full.size()), st))) {
+        const json& d = e["choices"][0]["delta"];
+        if (d.contains("reasoning")) {
+          EXPECT_EQ(d["reasoning"], d["reasoning_content"]);
+          reasoning += d["reasoning"].get<std::string>();
+          any_reasoning = true;
+        }
+        if (d.contains("content") && d["content"].is_string()) content += d["content"].get<std::string>();
+        if (d.contains("tool_calls"))
+          for (const json& tc : d["tool_calls"]) calls.push_back(tc["function"]["name"]);
+      }
+    const json& msg = whole["message"];
+    EXPECT_EQ(msg["reasoning"], msg["reasoning_content"]);
+    EXPECT_EQ(any_reasoning, msg["reasoning"].is_string());
+    EXPECT_EQ(reasoning, msg["reasoning"].is_string() ? msg["reasoning"].get<std::string>() : "");
+    EXPECT_EQ(content, msg["content"].is_string() ? msg["content"].get<std::string>() : "");
+    json names = json::array();
+    if (msg.contains("tool_calls"))
+      for (const json& tc : msg["tool_calls"]) names.push_back(tc["function"]["name"]);
+    EXPECT_EQ(calls, names);
+  }
+  // The whole answers' parts.
+  auto [ctx, r] = streamed_chat(ToolFormat::None, true);
+  json m = chat_response("id", r, ctx, {output("<think>\nx\n</think>\n\nHi", true)})["choices"][0]["message"];
+  EXPECT_EQ(m["reasoning"], "\nx\n");
+  EXPECT_EQ(m["content"], "\n\nHi");
+  m = chat_response("id", r, ctx, {output("<think>cut", true)})["choices"][0]["message"];
+  EXPECT_EQ(m["reasoning"], "cut");
+  EXPECT_TRUE(m["content"].is_null());
+  m = chat_response("id", r, ctx, {output("Hi", true)})["choices"][0]["message"];
+  EXPECT_TRUE(m["reasoning"].is_null());
+  EXPECT_EQ(m["content"], "Hi");
+  r.reasoning = false;  // (no parser: the tags are text)
+  m = chat_response("id", r, ctx, {output("<think>x</think>Hi", true)})["choices"][0]["message"];
+  EXPECT_FALSE(m.contains("reasoning"));
+  EXPECT_EQ(m["content"], "<think>x</think>Hi");
+}
+
+// The Responses API: a reasoning item (its reasoning_text) before the message, streamed or whole.
+TEST(ReasoningParser, ResponsesReasoningItems) {
+  const std::string full = "<think>\nCheck the city.\n</think>\n\nParis.";
+  auto [ctx, r] = streamed_chat(ToolFormat::None, true);
+  auto info = std::make_shared<ResponsesInfo>();
+  info->echo = json::object();
+  r.responses = info;
+  const json whole = responses_response("resp_1", r, ctx, output(full, true));
+  ASSERT_EQ(whole["output"].size(), 2u);
+  EXPECT_EQ(whole["output"][0]["type"], "reasoning");
+  EXPECT_EQ(whole["output"][0]["content"][0], json({{"type", "reasoning_text"}, {"text", "\nCheck the city.\n"}}));
+  EXPECT_EQ(whole["output"][1]["content"][0]["text"], "\n\nParis.");
+  ResponsesStream stream("resp_1", r, ctx);
+  std::string text = stream.start();
+  for (size_t n = 1; n <= full.size(); ++n) text += stream.update(output(full.substr(0, n), n == full.size()));
+  ASSERT_TRUE(stream.finished());
+  std::string reasoning_deltas;
+  for (size_t p = 0; (p = text.find("data: ", p)) != std::string::npos; p += 6) {
+    const json e = json::parse(text.substr(p + 6, text.find("\n\n", p) - p - 6));
+    if (e["type"] == "response.reasoning_text.delta") reasoning_deltas += e["delta"].get<std::string>();
+    if (e["type"] == "response.reasoning_text.done") EXPECT_EQ(e["text"], "\nCheck the city.\n");
+  }
+  EXPECT_EQ(reasoning_deltas, "\nCheck the city.\n");
+  const json& got = stream.response()["output"];
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0]["type"], "reasoning");
+  EXPECT_EQ(got[0]["content"], whole["output"][0]["content"]);
+  EXPECT_EQ(got[1]["content"][0]["text"], whole["output"][1]["content"][0]["text"]);
 }
