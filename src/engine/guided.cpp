@@ -141,10 +141,14 @@ int number_byte(GuideState& s, unsigned char c) {
 
 }  // namespace
 
-Guide::Guide(Kind k) : kind_(k) {
+namespace {
+uint64_t new_guide_id() {
   static std::atomic<uint64_t> next{1};
-  id_ = next++;
+  return next++;
 }
+}  // namespace
+
+Guide::Guide(Kind k) : kind_(k), id_(new_guide_id()) {}
 
 std::shared_ptr<const Guide> Guide::json(bool compact) {
   static const std::shared_ptr<const Guide> spaced(new Guide(Kind::Json)), tight = [] {
@@ -159,6 +163,7 @@ std::string Guide::key(const GuideState& s) const {
   std::string k(reinterpret_cast<const char*>(&id_), sizeof id_);
   auto put = [&](const auto& v) { k.append(reinterpret_cast<const char*>(&v), sizeof v); };
   put(s.dead);
+  put(s.think), put(s.think_at);
   if (kind_ == Kind::Regex) {
     put(s.rx);
     return k;
@@ -224,8 +229,24 @@ std::shared_ptr<const Guide> Guide::grammar(const std::string& text) {
   return g;
 }
 
+std::shared_ptr<const Guide> Guide::after_think(const std::shared_ptr<const Guide>& g, bool opened) {
+  static std::mutex mu;
+  static std::map<std::pair<uint64_t, bool>, std::weak_ptr<const Guide>> made;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(g->id(), opened);
+  if (auto it = made.find(key); it != made.end())
+    if (auto w = it->second.lock()) return w;
+  for (auto it = made.begin(); it != made.end();) it = it->second.expired() ? made.erase(it) : std::next(it);
+  auto w = std::shared_ptr<Guide>(new Guide(*g));
+  w->id_ = new_guide_id();  // (a guide of its own: its states' allowed tokens are not g's)
+  w->think_ = opened ? 2 : 1;
+  made[key] = w;
+  return w;
+}
+
 GuideState Guide::start() const {
   GuideState s;
+  s.think = think_;
   if (kind_ == Kind::Grammar) s.gram = grammar_start_;  // (shared until fed)
   s.mode = kStart;
   s.lo = 0, s.hi = static_cast<int32_t>(choices_.size()), s.off = 0;
@@ -239,6 +260,27 @@ GuideState Guide::start() const {
 
 bool Guide::feed(GuideState& s, std::string_view bytes) const {
   if (s.dead) return false;
+  if (s.think != 0) {  // after_think: the reasoning's bytes first
+    static constexpr std::string_view kOpen = "<think>", kClose = "</think>";
+    size_t i = 0;
+    for (; i < bytes.size() && s.think != 0; ++i) {
+      const char c = bytes[i];
+      if (s.think == 1) {  // the answer's start
+        if (c == kOpen[s.think_at]) {
+          if (++s.think_at == kOpen.size()) s.think = 2, s.think_at = 0;
+          continue;
+        }
+        // Not a reasoning: what looked like its start and the rest are the guided text.
+        const std::string text = std::string(kOpen.substr(0, s.think_at)) + std::string(bytes.substr(i));
+        s.think = 0, s.think_at = 0;
+        return feed(s, text);
+      }
+      s.think_at = c == kClose[s.think_at] ? s.think_at + 1 : c == '<' ? 1 : 0;
+      if (s.think_at == kClose.size()) s.think = 0, s.think_at = 0;
+    }
+    bytes = bytes.substr(i);
+    if (bytes.empty()) return true;
+  }
   if (kind_ == Kind::Regex) {
     for (unsigned char c : bytes)
       if ((s.rx = regex_->next(s.rx, c)) == RegexDfa::kDead) return s.dead = true, false;
@@ -260,7 +302,7 @@ bool Guide::feed(GuideState& s, std::string_view bytes) const {
 }
 
 bool Guide::complete(const GuideState& s) const {
-  if (s.dead) return false;
+  if (s.dead || s.think != 0) return false;
   if (kind_ == Kind::Json) return s.mode == kDone;
   if (kind_ == Kind::Schema) return s.levels == 0 || schema_could_end(s);
   if (kind_ == Kind::Regex) return regex_->accepting(s.rx);
@@ -336,7 +378,7 @@ bool Guide::stuck(const GuideState& s) const {
 
 int64_t Guide::plain_string_room(const GuideState& s) const {
   constexpr int64_t kAny = INT64_MAX;
-  if (s.dead || s.sub != 0 || s.utf8 != 0) return -1;
+  if (s.dead || s.think != 0 || s.sub != 0 || s.utf8 != 0) return -1;
   if (kind_ == Kind::Json) return s.mode == kString || s.mode == kKey ? kAny : -1;
   if (kind_ != Kind::Schema || s.levels == 0) return -1;
   const GuideState::Frame& f = s.frames[s.levels - 1];
@@ -656,7 +698,8 @@ std::shared_ptr<const GuidedTokens> guided_tokens(const Tokenizer& tok) {
   return guided_tokens(std::move(bytes));
 }
 
-std::shared_ptr<const Guide> make_guide(const SamplingParams& p) {
+namespace {
+std::shared_ptr<const Guide> guide_from_the_first_byte(const SamplingParams& p) {
   if (p.guided == "json") return Guide::json(p.guided_compact);
   if (p.guided == "choice") return Guide::choice(p.guided_choice);
   if (p.guided == "json_schema" || p.guided == "regex" || p.guided == "grammar") {
@@ -680,6 +723,12 @@ std::shared_ptr<const Guide> make_guide(const SamplingParams& p) {
     return g;
   }
   return nullptr;
+}
+}  // namespace
+
+std::shared_ptr<const Guide> make_guide(const SamplingParams& p) {
+  auto g = guide_from_the_first_byte(p);
+  return g && p.guided_after_think ? Guide::after_think(g, p.guided_after_think == 2) : g;
 }
 
 }  // namespace llmserve

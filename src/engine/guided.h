@@ -50,6 +50,9 @@ struct GuideState {
     uint8_t phase;
   };
   Frame frames[kGuideMaxLevels] = {};
+  // Guide::after_think: 1 at the answer's start (<think> matched up to think_at bytes), 2 inside the
+  // reasoning (</think> matched up to think_at bytes), 0 in the guided text.
+  uint8_t think = 0, think_at = 0;
   uint8_t levels = 0;
   uint64_t cand = 0;
   int32_t rx = 0;  // regex, and a schema's constrained string: the automaton's state
@@ -71,6 +74,11 @@ class Guide {
   static std::shared_ptr<const Guide> regex(const std::string& pattern);
   // A context-free grammar (grammar.h). Throws Error for a grammar it cannot take.
   static std::shared_ptr<const Guide> grammar(const std::string& text);
+  // g applied after a reasoning (reasoning_parser, as vLLM's structured outputs): any text up to the
+  // first </think>, then g's text. `opened`: the prompt opened the reasoning; else the answer may begin
+  // with <think> (no byte before it) or be g's text from the start. Until g's text is whole, the end
+  // of sequence is not allowed. (The same guide for the same g and `opened`.)
+  static std::shared_ptr<const Guide> after_think(const std::shared_ptr<const Guide>& g, bool opened);
 
   Kind kind() const { return kind_; }
   // Distinct for every guide made (never reused, unlike an address): with a state, what a cache of the
@@ -101,6 +109,7 @@ class Guide {
   Kind kind_;
   uint64_t id_;
   uint8_t max_ws_ = kMaxWhitespace;  // whitespace bytes in a row between JSON tokens
+  uint8_t think_ = 0;                // after_think: a state's `think` at the start (1 or 2), else 0
   std::vector<std::string> choices_;  // sorted, distinct
   std::shared_ptr<const JsonSchema> schema_;
   std::shared_ptr<const RegexDfa> regex_;

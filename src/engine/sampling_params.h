@@ -56,6 +56,10 @@ struct SamplingParams {
   std::string guided_schema;
   // JSON kinds: no whitespace between tokens (vLLM's structured_outputs.disable_any_whitespace).
   bool guided_compact = false;
+  // With a reasoning parser (server/reasoning_parser.h), the guide applies after the reasoning, as
+  // vLLM's: 0 from the first byte; 1 after a <think>...</think> the answer may begin with; 2 after the
+  // </think> that ends the reasoning the prompt opened (Guide::after_think).
+  uint8_t guided_after_think = 0;
   // vLLM's request priority (scheduling_policy priority: lower values are admitted first, and preempted
   // last). Read by rank 0's scheduler only; not sent to the workers.
   int priority = 0;

@@ -77,6 +77,7 @@ void put_params(Writer& w, const SamplingParams& p) {
   for (const auto& c : p.guided_choice) w.str(c);
   w.str(p.guided_schema);
   w.put(static_cast<uint8_t>(p.guided_compact));
+  w.put(p.guided_after_think);
 }
 
 SamplingParams get_params(Reader& r) {
@@ -100,6 +101,7 @@ SamplingParams get_params(Reader& r) {
   for (uint32_t i = 0; i < nc; ++i) p.guided_choice.push_back(r.str());
   p.guided_schema = r.str();
   p.guided_compact = r.get<uint8_t>() != 0;
+  p.guided_after_think = r.get<uint8_t>();
   return p;
 }
 

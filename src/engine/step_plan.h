@@ -12,7 +12,7 @@
 
 namespace llmserve {
 
-constexpr uint32_t kStepPlanVersion = 5;
+constexpr uint32_t kStepPlanVersion = 6;
 
 // What the last stage needs to sample a sequence, sent when it (re)starts (num_computed == 0 or
 // after a recompute). Kept out of line so that a step's entries stay small (a 256-sequence plan is

@@ -398,6 +398,7 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
   }
   r.prompts.push_back(ctx.tok->encode(prompt, false));
   r.reasoning_opened = prompt_opens_reasoning(prompt);
+  r.reasoning_closed = prompt_closes_reasoning(prompt);
   // As vLLM: the answer's role is the assistant's after a generation prompt, else the final message's
   // (which the model continues); echo prepends the final message's content when it has that role.
   r.role = o.add_generation_prompt ? ctx.response_role : msgs.back()["role"].get<std::string>();
@@ -418,7 +419,11 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
     r.params.guided = "json_schema";
     r.params.guided_schema = forced_schema;
   }
-  r.reasoning = ctx.reasoning && r.params.guided.empty();  // (a guided answer is guided from its first token)
+  // With a reasoning parser a guided format applies after the reasoning, as vLLM's; a named or required
+  // tool choice is guided from the first token (its whole output is the calls).
+  if (ctx.reasoning && !r.params.guided.empty() && r.forced_tool.empty() && !r.tools_required && !r.reasoning_closed)
+    r.params.guided_after_think = r.reasoning_opened ? 2 : 1;
+  r.reasoning = ctx.reasoning && (r.params.guided.empty() || r.params.guided_after_think != 0 || r.reasoning_closed);
   return r;
 }
 

@@ -60,7 +60,8 @@ struct GenerationRequest {
   bool tools_required = false;
   // reasoning_parser (chat, not guided): the answer's <think>...</think> is its reasoning (reasoning_parser.h);
   // reasoning_opened: the prompt ends with <think>, so the answer begins inside it.
-  bool reasoning = false, reasoning_opened = false;
+  // reasoning_closed: it ends with </think> (the template closed an empty reasoning): guided from the start.
+  bool reasoning = false, reasoning_opened = false, reasoning_closed = false;
   std::string model;
   std::vector<std::vector<int32_t>> prompts;
   std::vector<std::string> prompt_texts;  // what echo prepends: each prompt's text; for a chat, the final message's

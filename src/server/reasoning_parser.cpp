@@ -10,6 +10,13 @@ constexpr std::string_view kOpen = "<think>", kClose = "</think>";
 
 bool is_space(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
 
+// Whether the prompt ends with `tag` and whitespace.
+bool prompt_ends_with(const std::string& prompt, std::string_view tag) {
+  size_t e = prompt.size();
+  while (e > 0 && is_space(prompt[e - 1])) --e;
+  return e >= tag.size() && std::string_view(prompt).substr(e - tag.size(), tag.size()) == tag;
+}
+
 // The longest suffix of text[from, ...) that is a proper prefix of tag (bytes that may still become it).
 size_t partial_tag_suffix(std::string_view text, size_t from, std::string_view tag) {
   for (size_t n = std::min(tag.size() - 1, text.size() - from); n > 0; --n)
@@ -19,11 +26,8 @@ size_t partial_tag_suffix(std::string_view text, size_t from, std::string_view t
 
 }  // namespace
 
-bool prompt_opens_reasoning(const std::string& prompt) {
-  size_t e = prompt.size();
-  while (e > 0 && is_space(prompt[e - 1])) --e;
-  return e >= kOpen.size() && std::string_view(prompt).substr(e - kOpen.size(), kOpen.size()) == kOpen;
-}
+bool prompt_opens_reasoning(const std::string& prompt) { return prompt_ends_with(prompt, kOpen); }
+bool prompt_closes_reasoning(const std::string& prompt) { return prompt_ends_with(prompt, kClose); }
 
 ReasoningSplit split_reasoning(const std::string& text, bool opened, bool finished) {
   ReasoningSplit s;

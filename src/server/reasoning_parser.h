@@ -12,6 +12,9 @@ namespace llmserve {
 
 // Whether a rendered prompt leaves the answer inside its reasoning: it ends with <think> (and whitespace).
 bool prompt_opens_reasoning(const std::string& prompt);
+// Whether it ends with </think> (and whitespace): the template closed an empty reasoning (Qwen3 with
+// enable_thinking false), so the answer is guided from its first token.
+bool prompt_closes_reasoning(const std::string& prompt);
 
 // How the output so far divides. reasoning: text [begin, end); content: text from `content` once
 // `content_ready`. While the output is not finished (`finished` false), a tail that may still become

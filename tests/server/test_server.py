@@ -1267,6 +1267,23 @@ def main():
               and tm["reasoning_content"] == tm["reasoning"] and streamed == tm["reasoning"]
               and st2 == 200 and pr["choices"][0]["message"]["reasoning"] is None and pr["choices"][0]["message"]["content"] != "",
               (tr, streamed, pr))
+        # With the parser, guided decoding applies after the reasoning (vLLM's). A prompt that closes the
+        # reasoning (Qwen3's template with thinking off ends with an empty <think>\n\n</think>) is guided from
+        # the first token: each stopped answer's content is the schema's object, with no reasoning.
+        closed = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<think>\n\n</think>\n\n"}]
+        st, jr = q.post("/v1/chat/completions", {"messages": closed, "continue_final_message": True, "add_generation_prompt": False,
+                                                 "max_tokens": 40, "n": 6, "temperature": 1.0, "seed": 5,
+                                                 "structured_outputs": {"json": {"type": "object", "properties": {"a": {"type": "boolean"}},
+                                                                                 "required": ["a"]}, "disable_any_whitespace": True}})
+
+        def json_content(m):
+            try:
+                return isinstance(json.loads(m["content"]), dict)
+            except (TypeError, ValueError):
+                return False
+        stopped = [c["message"] for c in jr.get("choices", []) if c["finish_reason"] == "stop"]
+        check("reasoning_parser, a prompt that closed the reasoning: guided from the first token, every stopped answer's "
+              "content is the schema's object", st == 200 and stopped and all(json_content(m) and m["reasoning"] is None for m in stopped), jr)
         # A draw that finds no token while the next step is already planned (and queued behind it): that
         # step gets a stand-in token, the request fails alone, and the requests beside it are unchanged.
         st, ob = q.post("/tokenize", {"prompt": "{"})

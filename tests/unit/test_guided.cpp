@@ -699,6 +699,48 @@ TEST(GuidedSchema, DeeplyNestedSchemaTextIsRefusedBeforeParsing) {
   }
 }
 
+// A guide after the reasoning (reasoning_parser, as vLLM's structured outputs): any text up to the
+// first </think>, then the guide's text; the answer may also be the guided text from its start, unless
+// the prompt opened the reasoning. The end of sequence is allowed only once the guided text is whole.
+TEST(GuidedAfterThink, AnyReasoningThenTheGuidedText) {
+  const auto json = Guide::json();
+  const auto g = Guide::after_think(json, false);
+  EXPECT_EQ(Guide::after_think(json, false), g);  // (one per guide: its allowed-token cache is shared)
+  EXPECT_NE(g->id(), json->id());
+  expect_language(*g, {{"<think>\nany text { [ </thin\n</think>\n\n{\"a\": 1}", true},
+                       {"{\"a\": 1}", true},
+                       {"<think>no end {}", false},
+                       {"<think></think>", false},
+                       {"<think>x</think>{} after", false}},
+                  "json after <think>");
+  EXPECT_EQ(run(*g, "<thinking>{}").first, 6u);  // not <think>: JSON from the first byte, which '<' is not
+  EXPECT_EQ(run(*g, " <think>").first, 1u);      // (no byte before <think>: a space begins the JSON)
+  // </think> in pieces (across tokens), after a '<' that began no tag.
+  GuideState s = g->start();
+  ASSERT_TRUE(g->feed(s, "<think>a <</th"));
+  EXPECT_FALSE(g->complete(s));
+  EXPECT_EQ(g->plain_string_room(s), -1);
+  ASSERT_TRUE(g->feed(s, "ink>{\"k\""));
+  EXPECT_TRUE(g->feed(s, ": 2}"));
+  EXPECT_TRUE(g->complete(s));
+  // Keys tell the phases apart (the sampler caches allowed tokens by them).
+  GuideState a = g->start(), b = g->start();
+  ASSERT_TRUE(g->feed(a, "<think>"));
+  EXPECT_NE(g->key(a), g->key(b));
+  // The prompt opened the reasoning: the answer is reasoning until </think>.
+  const auto opened = Guide::after_think(json, true);
+  expect_language(*opened, {{"plan</think>{}", true}, {"{}", false}, {"</think>{\"x\": [1]}", true}}, "json after an opened <think>");
+  // A schema and a grammar after the reasoning.
+  const auto schema = Guide::after_think(Guide::schema(R"({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]})"), false);
+  expect_language(*schema, {{"<think>n?</think>{\"n\": 3}", true}, {"<think></think>{\"n\": \"x\"}", false}}, "schema after <think>");
+  const auto gram = Guide::after_think(Guide::grammar("root ::= \"yes\" | \"no\""), false);
+  expect_language(*gram, {{"<think>hmm</think>yes", true}, {"no", true}, {"<think>hmm</think> yes", false}}, "grammar after <think>");
+  SamplingParams p;
+  p.guided = "json";
+  p.guided_after_think = 2;
+  EXPECT_EQ(make_guide(p), opened);
+}
+
 // Regular expressions (regex_dfa.h): the texts re.fullmatch(pattern, text, re.ASCII) accepts, no
 // others (expected values from Python 3.11), every prefix of an accepted text alive, and what Python
 // refuses or llmserve cannot guide refused with an Error.

@@ -372,6 +372,8 @@ TEST(ReasoningParser, SplitsTheThinkingFromTheAnswer) {
   }
   EXPECT_TRUE(prompt_opens_reasoning("<|im_start|>assistant\n<think>\n"));
   EXPECT_FALSE(prompt_opens_reasoning("<|im_start|>assistant\n<think>\n\n</think>\n\n"));  // (Qwen3 with thinking off)
+  EXPECT_TRUE(prompt_closes_reasoning("<|im_start|>assistant\n<think>\n\n</think>\n\n"));
+  EXPECT_FALSE(prompt_closes_reasoning("<|im_start|>assistant\n"));
 }
 
 // The reasoning and the content streamed (the answer growing a byte at a time) are the whole answer's,
