@@ -24,7 +24,8 @@ const std::set<std::string> kIgnored = {"title", "description", "default", "exam
 const std::set<std::string> kKnown = {"type",  "properties", "required", "items",     "minItems",  "maxItems",
                                       "enum",  "const",      "anyOf",    "oneOf",     "allOf",     "$ref",
                                       "$defs", "definitions", "pattern", "format",    "minLength", "maxLength",
-                                      "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "prefixItems"};
+                                      "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "prefixItems",
+                                      "additionalItems"};
 const char* const kStringKeywords[] = {"pattern", "format", "minLength", "maxLength"};
 const char* const kNumberKeywords[] = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"};
 
@@ -268,20 +269,24 @@ class Compiler {
     } else if (n.type == Type::Array) {
       n.min_items = count(s, "minItems", 0, where);
       n.max_items = count(s, "maxItems", -1, where);
-      // Tuples: prefixItems (2020-12) are the first items' schemas, items the rest's (false: no more).
-      if (s.contains("prefixItems")) {
-        if (!s["prefixItems"].is_array()) fail(where, "prefixItems must be an array of schemas");
-        if (s["prefixItems"].size() > static_cast<size_t>(kMaxSchemaProperties))
-          fail(where, cat("more than ", kMaxSchemaProperties, " prefixItems"));
-        for (size_t i = 0; i < s["prefixItems"].size(); ++i) n.prefix.push_back(compile(s["prefixItems"][i], cat(where, "/prefixItems/", i)));
+      // Tuples: prefixItems (2020-12) are the first items' schemas, items the rest's (false: no more);
+      // before 2020-12, items as an array is the tuple and additionalItems the rest (which, beside items
+      // as one schema, says nothing).
+      const bool old_tuple = s.contains("items") && s["items"].is_array();
+      if (old_tuple && s.contains("prefixItems")) fail(where, "items as an array beside prefixItems");
+      const char* tuple = old_tuple ? "items" : "prefixItems";
+      if (s.contains(tuple)) {
+        if (!s[tuple].is_array()) fail(where, "prefixItems must be an array of schemas");
+        if (s[tuple].size() > static_cast<size_t>(kMaxSchemaProperties)) fail(where, cat("more than ", kMaxSchemaProperties, " ", tuple));
+        for (size_t i = 0; i < s[tuple].size(); ++i) n.prefix.push_back(compile(s[tuple][i], cat(where, "/", tuple, "/", i)));
       }
-      if (s.contains("items") && s["items"].is_boolean() && !s["items"].get<bool>()) {
+      const char* rest_key = old_tuple ? "additionalItems" : "items";
+      const ojson* rest = s.contains(rest_key) ? &s[rest_key] : nullptr;
+      if (rest && rest->is_boolean() && !rest->get<bool>()) {
         const auto p = static_cast<int64_t>(n.prefix.size());
         n.max_items = n.max_items < 0 ? p : std::min(n.max_items, p);
-      } else if (s.contains("items") && s["items"].is_array()) {
-        fail(where, "items as an array (draft 2019-09 and before) is not supported; use prefixItems");
       } else {
-        n.items = s.contains("items") ? compile(s["items"], where + "/items") : add(SchemaNode{});
+        n.items = rest ? compile(*rest, cat(where, "/", rest_key)) : add(SchemaNode{});
       }
       if (n.max_items >= 0 && n.max_items < n.min_items) fail(where, "maxItems is below minItems (or items: false leaves fewer)");
     } else if (n.type == Type::String) {
@@ -291,7 +296,7 @@ class Compiler {
     }
     if (only) {
       if (n.type != Type::Object && n.type != Type::Any && n.type != Type::Array && n.type != Type::Map)
-        for (const char* k : {"properties", "required", "items", "prefixItems", "minItems", "maxItems"})
+        for (const char* k : {"properties", "required", "items", "prefixItems", "additionalItems", "minItems", "maxItems"})
           if (s.contains(k)) fail(where, cat("'", k, "' applies to objects and arrays, not to type ", t));
       if (n.type != Type::String)
         for (const char* k : kStringKeywords)

@@ -1,7 +1,7 @@
 // A JSON schema compiled for guided decoding (vLLM's json_schema structured outputs): a table of nodes
 // the byte-level recognizer (src/engine/guided.h) walks. Supported: type (one or a list), properties
 // with required (properties are produced in the schema's order, optional ones may be left out; no
-// others), items and prefixItems with minItems / maxItems, enum and const (any JSON values), anyOf / oneOf whose
+// others), items and prefixItems (or, before 2020-12, items as an array and additionalItems) with minItems / maxItems, enum and const (any JSON values), anyOf / oneOf whose
 // alternatives begin with different bytes (e.g. a string or null, an object or an array) or are objects
 // told apart by the value of a first property they all require (a const or enum each; other unions are
 // guided through a grammar made from the schema: JsonSchema::ambiguity), allOf of one

@@ -298,7 +298,7 @@ TEST(GuidedSchema, RefusesWhatItCannotGuide) {
           "a string's minLength / maxLength is over 10000");
   refused(R"({"anyOf": [{"type": "array", "maxItems": 1001}, {"type": "array", "minItems": 1}]})",
           "an array counts more than 1000 items");
-  refused(R"({"type": "array", "items": [{"type": "integer"}]})", "use prefixItems");
+  refused(R"({"items": [{"type": "integer"}], "prefixItems": [{}]})", "items as an array beside prefixItems");
   refused(R"({"prefixItems": [{}, {}], "items": false, "minItems": 3})", "maxItems is below minItems");
   refused(R"({"type": "strnig"})", "unknown type 'strnig'");
   refused(R"({"$ref": "#/components/X"})", "$ref '#/components/X'");
@@ -556,7 +556,7 @@ TEST(GuidedSchema, NumberBoundsAsJsonschemaValidatesThem) {
   EXPECT_EQ(run(*u, "0").first, 0u);
 }
 
-// Tuples (prefixItems, as Pydantic writes tuple[int, str]) and a union of integer and number (as
+// Tuples (prefixItems, as Pydantic writes tuple[int, str]; before 2020-12 items as an array with additionalItems) and a union of integer and number (as
 // Union[int, float]): the expectations are Python's jsonschema's verdicts.
 TEST(GuidedSchema, TuplesAndIntegerOrNumber) {
   struct Case {
@@ -569,6 +569,12 @@ TEST(GuidedSchema, TuplesAndIntegerOrNumber) {
       {R"({"prefixItems": [{"type": "boolean"}], "items": {"type": "null"}})",
        {{"[true, null, null]", true}, {"[]", true}, {"[null]", false}}},
       {R"({"type": ["integer", "number"]})", {{"1.5", true}, {"2", true}}},
+      // Before 2020-12 (Draft 7's verdicts): items as an array is the tuple, additionalItems the rest.
+      {R"({"type": "array", "items": [{"type": "integer"}, {"type": "string"}], "additionalItems": false})",
+       {{R"([1, "a"])", true}, {"[1]", true}, {R"([1, "a", 2])", false}, {R"(["a"])", false}, {"[]", true}}},
+      {R"({"type": "array", "items": [{"type": "boolean"}], "additionalItems": {"type": "null"}})",
+       {{"[true, null, null]", true}, {"[true, 1]", false}, {"[]", true}}},
+      {R"({"type": "array", "items": [{"type": "integer"}]})", {{R"([1, "x", {}])", true}, {R"(["x"])", false}}},
       {R"({"anyOf": [{"type": "integer"}, {"type": "number"}]})", {{"-3.25e2", true}}},
   };
   for (const auto& c : cases) {
