@@ -221,8 +221,11 @@ void convert_gguf(const ConvertOptions& opt) {
     s.architecture = "LlamaForCausalLM", s.model_type = "llama";
   } else if (arch == "qwen2") {
     s.architecture = "Qwen2ForCausalLM", s.model_type = "qwen2";
+  } else if (arch == "qwen3") {
+    s.architecture = "Qwen3ForCausalLM", s.model_type = "qwen3";
+    s.qk_norm = true;
   } else {
-    throw Error(cat("'", opt.input, "': unsupported architecture ", arch, " (supported GGUF: llama, qwen2)"));
+    throw Error(cat("'", opt.input, "': unsupported architecture ", arch, " (supported GGUF: llama, qwen2, qwen3)"));
   }
   auto k = [&](const char* key) { return arch + "." + key; };
   s.hidden_size = meta<int64_t>(g, k("embedding_length"));
@@ -318,7 +321,8 @@ void convert_gguf(const ConvertOptions& opt) {
       {"self_attn.q_proj.bias", "attn_q.bias"},       {"self_attn.k_proj.bias", "attn_k.bias"},
       {"self_attn.v_proj.bias", "attn_v.bias"},       {"self_attn.o_proj.weight", "attn_output.weight"},
       {"post_attention_layernorm.weight", "ffn_norm.weight"}, {"mlp.gate_proj.weight", "ffn_gate.weight"},
-      {"mlp.up_proj.weight", "ffn_up.weight"},        {"mlp.down_proj.weight", "ffn_down.weight"}};
+      {"mlp.up_proj.weight", "ffn_up.weight"},        {"mlp.down_proj.weight", "ffn_down.weight"},
+      {"self_attn.q_norm.weight", "attn_q_norm.weight"}, {"self_attn.k_norm.weight", "attn_k_norm.weight"}};
   for (int l = 0; l < s.num_layers; ++l)
     for (const auto& [hf, gg] : per_layer) hf_to_gguf[layer_prefix(l) + hf] = "blk." + std::to_string(l) + "." + gg;
 

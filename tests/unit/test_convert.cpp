@@ -7,6 +7,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "common/dtype.h"
 #include "common/error.h"
@@ -323,6 +324,52 @@ TEST(Gguf, DequantizesEveryBlockType) {
   EXPECT_THROW(GgufFile((dir / "trunc.gguf").string()), Error);
   write_bytes(dir / "notgguf.gguf", "GGML....");
   EXPECT_THROW(GgufFile((dir / "notgguf.gguf").string()), Error);
+}
+
+// A Qwen3 GGUF (llama.cpp's qwen3 architecture: per-head attn_q_norm / attn_k_norm, key_length the head
+// size, q/k not permuted): the model file holds Qwen3ForCausalLM with qk_norm and every tensor as written.
+TEST(Gguf, Qwen3ConvertsWithItsHeadNorms) {
+  auto dir = tmpdir("gguf_qwen3");
+  const uint64_t H = 16, D = 16, Q = 2 * D, KV = D, I = 24, V = 8;
+  GgufBuilder b;
+  b.kv_str("general.architecture", "qwen3");
+  b.kv_u32("qwen3.embedding_length", H), b.kv_u32("qwen3.feed_forward_length", I), b.kv_u32("qwen3.block_count", 1);
+  b.kv_u32("qwen3.attention.head_count", 2), b.kv_u32("qwen3.attention.head_count_kv", 1);
+  b.kv_u32("qwen3.attention.key_length", D), b.kv_u32("qwen3.context_length", 4096);
+  b.kv_f32("qwen3.attention.layer_norm_rms_epsilon", 1e-6f), b.kv_f32("qwen3.rope.freq_base", 1e6f);
+  b.kv_str("tokenizer.ggml.model", "gpt2"), b.kv_str("tokenizer.ggml.pre", "qwen2");
+  b.kv_strs("tokenizer.ggml.tokens", {"a", "b", "c", "d", "e", "f", "g", "h"});
+  b.kv_strs("tokenizer.ggml.merges", {});
+  std::mt19937 rng(3);
+  std::map<std::string, std::vector<float>> written;
+  auto tensor = [&](const std::string& name, uint64_t rows, uint64_t cols) {  // (GGUF lists the columns first)
+    std::vector<float> v(rows * cols);
+    for (auto& x : v) x = std::normal_distribution<float>(0.f, 1.f)(rng);
+    b.tensor(name, cols > 1 ? std::vector<uint64_t>{cols, rows} : std::vector<uint64_t>{rows}, 0,
+             std::string(reinterpret_cast<const char*>(v.data()), v.size() * 4));
+    written[name] = v;
+  };
+  tensor("token_embd.weight", V, H), tensor("output_norm.weight", H, 1), tensor("blk.0.attn_norm.weight", H, 1);
+  tensor("blk.0.attn_q.weight", Q, H), tensor("blk.0.attn_k.weight", KV, H), tensor("blk.0.attn_v.weight", KV, H);
+  tensor("blk.0.attn_q_norm.weight", D, 1), tensor("blk.0.attn_k_norm.weight", D, 1), tensor("blk.0.attn_output.weight", H, Q);
+  tensor("blk.0.ffn_norm.weight", H, 1), tensor("blk.0.ffn_gate.weight", I, H), tensor("blk.0.ffn_up.weight", I, H);
+  tensor("blk.0.ffn_down.weight", H, I);
+  write_bytes(dir / "q3.gguf", b.build());
+  ConvertOptions opt;
+  opt.input = (dir / "q3.gguf").string();
+  opt.output = (dir / "q3.h5").string();
+  convert_model(opt);
+  ModelFile mf(opt.output);
+  EXPECT_EQ(mf.spec().architecture, "Qwen3ForCausalLM");
+  EXPECT_TRUE(mf.spec().qk_norm);
+  EXPECT_FALSE(mf.spec().attention_bias);
+  EXPECT_EQ(mf.spec().head_dim, static_cast<int>(D));  // (not hidden / heads = 8)
+  EXPECT_TRUE(mf.spec().tie_word_embeddings);
+  EXPECT_EQ(mf.read_all_f32("model.layers.0.self_attn.q_proj.weight"), written["blk.0.attn_q.weight"]);  // not permuted
+  EXPECT_EQ(mf.read_all_f32("model.layers.0.self_attn.k_proj.weight"), written["blk.0.attn_k.weight"]);
+  EXPECT_EQ(mf.read_all_f32("model.layers.0.self_attn.q_norm.weight"), written["blk.0.attn_q_norm.weight"]);
+  EXPECT_EQ(mf.read_all_f32("model.layers.0.self_attn.k_norm.weight"), written["blk.0.attn_k_norm.weight"]);
+  EXPECT_EQ(mf.read_all_f32("model.layers.0.self_attn.o_proj.weight"), written["blk.0.attn_output.weight"]);
 }
 
 TEST(Gguf, AStringThatIsNotUtf8IsACorruptFile) {
