@@ -398,6 +398,11 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
   }
   r.prompts.push_back(ctx.tok->encode(prompt, false));
   r.reasoning_opened = prompt_opens_reasoning(prompt);
+  if (body.contains("include_reasoning") && !body["include_reasoning"].is_null()) {
+    if (!body["include_reasoning"].is_boolean())
+      throw HttpError(400, "'include_reasoning' must be a boolean", "BadRequestError", "include_reasoning");
+    r.include_reasoning = body["include_reasoning"].get<bool>();
+  }
   r.reasoning_closed = prompt_closes_reasoning(prompt);
   // As vLLM: the answer's role is the assistant's after a generation prompt, else the final message's
   // (which the model continues); echo prepends the final message's content when it has that role.
@@ -465,9 +470,11 @@ json chat_response(const std::string& id, const GenerationRequest& r, const ApiC
       text = c.text.substr(sp.content);
     }
     json message = {{"role", r.role}, {"content", echoed + text}};
-    if (r.reasoning) {  // (vLLM's field, and the name it had before)
-      message["reasoning"] = reasoning;
-      message["reasoning_content"] = reasoning;
+    if (r.reasoning) {
+      if (r.include_reasoning) {  // (vLLM's field, and the name it had before)
+        message["reasoning"] = reasoning;
+        message["reasoning_content"] = reasoning;
+      }
       if (!reasoning.is_null() && echoed.empty() && text.empty()) message["content"] = nullptr;
     }
     std::string finish = c.finish_reason;
@@ -517,6 +524,7 @@ std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiCo
         reasoning_delta = c.text.substr(sp.begin + s.reasoning_sent, sp.end - sp.begin - s.reasoning_sent);
       if (sp.content_ready) content = c.text.substr(sp.content);
     }
+    const std::string shown = r.include_reasoning ? reasoning_delta : std::string();  // (include_reasoning false: none shown)
     const std::string& text = r.reasoning ? content : c.text;
     size_t limit = text.size();
     ToolParse calls;
@@ -536,7 +544,7 @@ std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiCo
     // A chunk for every step that produced tokens, even when their text is still empty (an incomplete
     // UTF-8 sequence, text held back for a stop string, a model without a tokenizer), as vLLM does:
     // clients time tokens by chunks.
-    if (delta.empty() && reasoning_delta.empty() && c.delta_tokens == 0 && !c.finished() && !(first && (r.chat || r.echo)))
+    if (delta.empty() && shown.empty() && c.delta_tokens == 0 && !c.finished() && !(first && (r.chat || r.echo)))
       continue;
     s.sent = std::max(s.sent, limit);
     s.reasoning_sent += reasoning_delta.size();
@@ -566,14 +574,14 @@ std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiCo
       json d = json::object();
       if (first) d["role"] = r.role;
       const std::string content_delta = (first && r.echo ? r.prompt_texts.at(0) : "") + delta;
-      if (!reasoning_delta.empty()) {  // (vLLM's field, and the name it had before; no content beside it unless some is new)
-        d["reasoning"] = reasoning_delta;
-        d["reasoning_content"] = reasoning_delta;
+      if (!shown.empty()) {  // (vLLM's field, and the name it had before; no content beside it unless some is new)
+        d["reasoning"] = shown;
+        d["reasoning_content"] = shown;
       }
-      if (!content_delta.empty() || reasoning_delta.empty()) d["content"] = content_delta;
+      if (!content_delta.empty() || shown.empty()) d["content"] = content_delta;
       if (!calls.calls.empty()) {
         // Content first, then the calls with the finish reason.
-        const bool before = !content_delta.empty() || !reasoning_delta.empty() || first;
+        const bool before = !content_delta.empty() || !shown.empty() || first;
         if (before) emit({{"index", index}, {"delta", d}, {"logprobs", lp}, {"finish_reason", nullptr}});
         json tc = json::array();
         for (size_t k = 0; k < calls.calls.size(); ++k)

@@ -62,6 +62,7 @@ struct GenerationRequest {
   // reasoning_opened: the prompt ends with <think>, so the answer begins inside it.
   // reasoning_closed: it ends with </think> (the template closed an empty reasoning): guided from the start.
   bool reasoning = false, reasoning_opened = false, reasoning_closed = false;
+  bool include_reasoning = true;  // vLLM's include_reasoning: false leaves the reasoning out (the content is still split)
   std::string model;
   std::vector<std::vector<int32_t>> prompts;
   std::vector<std::string> prompt_texts;  // what echo prepends: each prompt's text; for a chat, the final message's

@@ -1262,6 +1262,11 @@ def main():
         c.close()
         streamed = "".join(e["choices"][0]["delta"].get("reasoning", "") for e in ev if e.get("choices"))
         st2, pr = q.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "temperature": 0})
+        st3, hidden = q.post("/v1/chat/completions", {**think, "include_reasoning": False})
+        st4, bad = q.post("/v1/chat/completions", {**think, "include_reasoning": "no"})
+        check("include_reasoning false leaves the reasoning out; not a boolean is a 400",
+              st3 == 200 and "reasoning" not in hidden["choices"][0]["message"] and hidden["choices"][0]["message"]["content"] is None
+              and st4 == 400 and "include_reasoning" in bad["error"]["message"], (hidden, bad))
         check("reasoning_parser qwen3: an answer begun inside <think> is reasoning (whole and streamed), one without is content",
               st == 200 and isinstance(tm.get("reasoning"), str) and tm["reasoning"] != "" and tm["content"] is None
               and tm["reasoning_content"] == tm["reasoning"] and streamed == tm["reasoning"]

@@ -429,6 +429,20 @@ TEST(ReasoningParser, StreamedReasoningAndContentEqualTheWholeAnswer) {
   m = chat_response("id", r, ctx, {output("Hi", true)})["choices"][0]["message"];
   EXPECT_TRUE(m["reasoning"].is_null());
   EXPECT_EQ(m["content"], "Hi");
+  // include_reasoning false (vLLM's): the reasoning left out, whole or streamed; the content is still split.
+  r.include_reasoning = false;
+  m = chat_response("id", r, ctx, {output("<think>x</think>Hi", true)})["choices"][0]["message"];
+  EXPECT_FALSE(m.contains("reasoning"));
+  EXPECT_EQ(m["content"], "Hi");
+  std::vector<ChoiceStream> st(1);
+  std::string streamed;
+  for (const std::string part : {"<think>", "<think>x</th", "<think>x</think>H", "<think>x</think>Hi"})
+    for (const json& e : sse(stream_chunks("id", r, ctx, 0, output(part, part.size() == 18), st))) {
+      EXPECT_FALSE(e["choices"][0]["delta"].contains("reasoning"));
+      streamed += e["choices"][0]["delta"].value("content", "");
+    }
+  EXPECT_EQ(streamed, "Hi");
+  r.include_reasoning = true;
   r.reasoning = false;  // (no parser: the tags are text)
   m = chat_response("id", r, ctx, {output("<think>x</think>Hi", true)})["choices"][0]["message"];
   EXPECT_FALSE(m.contains("reasoning"));
