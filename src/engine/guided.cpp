@@ -203,11 +203,11 @@ std::shared_ptr<const Guide> Guide::schema(const std::string& schema_json, bool 
     throw Error(cat("json_schema: not JSON (", e.what(), ")"));
   }
   JsonSchema compiled = compile_json_schema(j);
-  if (!compiled.ambiguity.empty()) {  // alternatives that begin alike: the schema as a grammar
+  if (!compiled.needs_grammar.empty()) {  // (alternatives that begin alike, counted properties) the schema as a grammar
     try {
       return grammar(json_schema_grammar(compiled, compact ? 0 : kMaxWhitespace));
     } catch (const Error& e) {
-      throw Error(cat(compiled.ambiguity, " are guided as a grammar, which cannot take this schema: ", e.what()));
+      throw Error(cat(compiled.needs_grammar, ": guided as a grammar, which cannot take this schema: ", e.what()));
     }
   }
   auto g = std::shared_ptr<Guide>(new Guide(Kind::Schema));

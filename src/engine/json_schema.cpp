@@ -25,7 +25,7 @@ const std::set<std::string> kKnown = {"type",  "properties", "required", "items"
                                       "enum",  "const",      "anyOf",    "oneOf",     "allOf",     "$ref",
                                       "$defs", "definitions", "pattern", "format",    "minLength", "maxLength",
                                       "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "prefixItems",
-                                      "additionalItems"};
+                                      "additionalItems", "minProperties", "maxProperties"};
 const char* const kStringKeywords[] = {"pattern", "format", "minLength", "maxLength"};
 const char* const kNumberKeywords[] = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"};
 
@@ -82,7 +82,7 @@ class Compiler {
       try {
         dispatch(static_cast<int32_t>(i));
       } catch (const Error& e) {  // alternatives that begin alike: the schema goes to a grammar
-        if (out_.ambiguity.empty()) out_.ambiguity = e.what();
+        if (out_.needs_grammar.empty()) out_.needs_grammar = e.what();
       }
     }
     return std::move(out_);
@@ -196,7 +196,7 @@ class Compiler {
       } else {
         fail(where, "type must be a string or an array of strings");
       }
-    } else if (s.contains("properties") || s.contains("required")) {
+    } else if (s.contains("properties") || s.contains("required") || s.contains("minProperties") || s.contains("maxProperties")) {
       types.push_back("object");
     } else if (s.contains("items") || s.contains("prefixItems") || s.contains("minItems") || s.contains("maxItems")) {
       types.push_back("array");
@@ -266,7 +266,25 @@ class Compiler {
         for (const auto& [k, v] : s["properties"].items()) n.values[i++] = compile(v, cat(where, "/properties/", k));
       }
       if (!required.empty()) fail(where, cat("required property '", *required.begin(), "' is not among the properties"));
-    } else if (n.type == Type::Array) {
+    }
+    if (n.type == Type::Object || n.type == Type::Map || (n.type == Type::Any && n.any_object)) {
+      // minProperties / maxProperties: kept by the grammar only (a free-form object becomes a map of any values).
+      n.min_props = count(s, "minProperties", 0, where);
+      n.max_props = count(s, "maxProperties", -1, where);
+      if (n.max_props >= 0 && n.max_props < n.min_props) fail(where, "maxProperties is below minProperties");
+      if (n.type == Type::Object) {
+        const auto listed = static_cast<int64_t>(n.keys.size());
+        const auto needed = static_cast<int64_t>(std::count(n.required.begin(), n.required.end(), 1));
+        if (n.min_props > listed)
+          fail(where, cat("minProperties ", n.min_props, " is more than the ", listed, " properties listed (only those are produced)"));
+        if (n.max_props >= 0 && n.max_props < needed) fail(where, cat("maxProperties ", n.max_props, " is below the ", needed, " required properties"));
+      }
+      if (n.min_props > 0 || n.max_props >= 0) {
+        if (n.type == Type::Any) n.type = Type::Map, n.any_object = false, n.items = add(SchemaNode{});
+        if (out_.needs_grammar.empty()) out_.needs_grammar = cat("json_schema: minProperties / maxProperties (at ", where, ")");
+      }
+    }
+    if (n.type == Type::Array) {
       n.min_items = count(s, "minItems", 0, where);
       n.max_items = count(s, "maxItems", -1, where);
       // Tuples: prefixItems (2020-12) are the first items' schemas, items the rest's (false: no more);
@@ -296,7 +314,8 @@ class Compiler {
     }
     if (only) {
       if (n.type != Type::Object && n.type != Type::Any && n.type != Type::Array && n.type != Type::Map)
-        for (const char* k : {"properties", "required", "items", "prefixItems", "additionalItems", "minItems", "maxItems"})
+        for (const char* k : {"properties", "required", "items", "prefixItems", "additionalItems", "minItems", "maxItems",
+                              "minProperties", "maxProperties"})
           if (s.contains(k)) fail(where, cat("'", k, "' applies to objects and arrays, not to type ", t));
       if (n.type != Type::String)
         for (const char* k : kStringKeywords)

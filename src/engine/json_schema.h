@@ -3,8 +3,9 @@
 // with required (properties are produced in the schema's order, optional ones may be left out; no
 // others), items and prefixItems (or, before 2020-12, items as an array and additionalItems) with minItems / maxItems, enum and const (any JSON values), anyOf / oneOf whose
 // alternatives begin with different bytes (e.g. a string or null, an object or an array) or are objects
-// told apart by the value of a first property they all require (a const or enum each; other unions are
-// guided through a grammar made from the schema: JsonSchema::ambiguity), allOf of one
+// told apart by the value of a first property they all require (a const or enum each; other unions, and
+// minProperties / maxProperties, are guided through a grammar made from the schema:
+// JsonSchema::needs_grammar), allOf of one
 // schema, $ref to "#", "#/$defs/..." or "#/definitions/...", and the annotations (title, description,
 // default, examples, $schema, $id, strict) that do not restrict the produced text further;
 // additionalProperties restricts an object without properties only (false: {}; a schema: any keys
@@ -36,6 +37,9 @@ struct SchemaNode {
   std::vector<std::string> keys;
   std::vector<int32_t> values;
   std::vector<char> required;
+  // Object, Map: bounds on the properties' count (minProperties, maxProperties; max -1: none), kept by
+  // the grammar only (JsonSchema::needs_grammar).
+  int64_t min_props = 0, max_props = -1;
   // Array: the nodes of the first items (prefixItems), then of every other item (-1: none allowed:
   // max_items is then at most prefix's size); the item count's bounds (max -1: none). Map (an object
   // without properties whose additionalProperties is a schema): items is every value's node.
@@ -65,8 +69,9 @@ struct JsonSchema {
   int32_t root = 0;
   // Why the byte-level recognizer of guided.h cannot follow this schema (empty when it can): a union
   // whose alternatives may begin with the same byte, other than objects told apart by a first
-  // property (as Pydantic's unions of models). Such a schema is guided as a grammar (schema_grammar.h).
-  std::string ambiguity;
+  // property (as Pydantic's unions of models), or an object's minProperties / maxProperties. Such a
+  // schema is guided as a grammar (schema_grammar.h).
+  std::string needs_grammar;
 };
 
 // Limits that keep a recognizer's state small: properties of one object and values of one enum (a

@@ -140,10 +140,7 @@ class Writer {
         o += "\n";
         return x.alts;
       }
-      case Type::Map:
-        o += me + " ::= \"{\" ws ( jstr ws \":\" ws " + n(x.items) + " ws ( \",\" ws jstr ws \":\" ws " + n(x.items) +
-             " ws )* )? \"}\"\n";
-        return {x.items};
+      case Type::Map: return map(id, x);
       case Type::Object: return object(id, x);
       case Type::Array: return array(id, x);
       case Type::Tagged: return {};  // (reached only through a union's dispatch, which the grammar does not use)
@@ -151,20 +148,66 @@ class Writer {
     return {};
   }
 
-  // Properties in the schema's order, each optional one may be left out: -a<i> is the rest from
-  // property i when none came before it, -b<i> when one did (a comma first).
+  // The count states of a list of entries (an object's properties, a map's keys): c entries so far, up to
+  // `max`; without a maximum the count stops at max(min, 1), past which every count behaves alike.
+  static int64_t count_cap(int64_t min, int64_t max) {
+    const int64_t cap = max >= 0 ? max : std::max<int64_t>(min, 1);
+    if (cap > kMaxGrammarItems) throw Error(cat("an object counts more than ", kMaxGrammarItems, " properties (minProperties, maxProperties)"));
+    return cap;
+  }
+
+  // Properties in the schema's order, each optional one may be left out, their count within
+  // minProperties / maxProperties: -r<i>-<c> is the rest from property i after c properties (a comma
+  // before the next when c > 0). Only the states from which the object can still be finished are written.
   std::vector<int32_t> object(int32_t id, const SchemaNode& x) {
     const std::string me = n(id);
-    const size_t k = x.keys.size();
-    out_ += me + " ::= \"{\" ws " + me + "-a0 \"}\"\n";
-    for (size_t i = 0; i < k; ++i) {
-      const std::string kv = literal("\"" + x.keys[i] + "\"") + " ws \":\" ws " + n(x.values[i]) + " ws";
-      const std::string a = cat(me, "-a", i), b = cat(me, "-b", i), a1 = cat(me, "-a", i + 1), b1 = cat(me, "-b", i + 1);
-      out_ += a + " ::= " + kv + " " + b1 + (x.required[i] ? "" : " | " + a1) + "\n";
-      out_ += b + " ::= \",\" ws " + kv + " " + b1 + (x.required[i] ? "" : " | " + b1) + "\n";
-    }
-    out_ += cat(me, "-a", k, " ::= \"\"\n", me, "-b", k, " ::= \"\"\n");
+    const int64_t k = static_cast<int64_t>(x.keys.size()), cap = count_cap(x.min_props, x.max_props);
+    auto next = [&](int64_t c) { return x.max_props < 0 ? std::min(c + 1, cap) : c + 1; };
+    // alive[i][c]: the rest from (i, c) can finish the object (at i == k: c >= min).
+    std::vector<std::vector<char>> alive(static_cast<size_t>(k + 1), std::vector<char>(static_cast<size_t>(cap + 1), 0));
+    for (int64_t c = 0; c <= cap; ++c) alive[k][c] = c >= x.min_props;
+    for (int64_t i = k - 1; i >= 0; --i)
+      for (int64_t c = 0; c <= cap; ++c)
+        alive[i][c] = (next(c) <= cap && alive[i + 1][next(c)]) || (!x.required[i] && alive[i + 1][c]);
+    if (!alive[0][0]) throw Error("an object's required properties and minProperties / maxProperties leave no object");
+    auto rule = [&](int64_t i, int64_t c) { return cat(me, "-r", i, "-", c); };
+    out_ += me + " ::= \"{\" ws " + rule(0, 0) + " \"}\"\n";
+    for (int64_t i = 0; i <= k; ++i)
+      for (int64_t c = 0; c <= cap; ++c) {
+        if (!alive[i][c]) continue;
+        std::vector<std::string> alts;
+        if (i == k) {
+          alts.push_back("\"\"");
+        } else {
+          if (next(c) <= cap && alive[i + 1][next(c)])
+            alts.push_back(cat(c > 0 ? "\",\" ws " : "", literal("\"" + x.keys[i] + "\""), " ws \":\" ws ", n(x.values[i]), " ws ",
+                               rule(i + 1, next(c))));
+          if (!x.required[i] && alive[i + 1][c]) alts.push_back(rule(i + 1, c));
+        }
+        out_ += rule(i, c) + " ::= ";
+        for (size_t a = 0; a < alts.size(); ++a) out_ += (a ? " | " : "") + alts[a];
+        out_ += "\n";
+      }
     return x.values;
+  }
+
+  // Any keys, each value under `items`, their count within minProperties / maxProperties: -m<c> is the
+  // rest after c entries.
+  std::vector<int32_t> map(int32_t id, const SchemaNode& x) {
+    const std::string me = n(id);
+    const int64_t cap = count_cap(x.min_props, x.max_props);
+    out_ += me + " ::= \"{\" ws " + me + "-m0\n";
+    for (int64_t c = 0; c <= cap; ++c) {
+      std::vector<std::string> alts;
+      if (c >= x.min_props) alts.push_back("\"}\"");
+      if (x.max_props < 0 || c < x.max_props)
+        alts.push_back(cat(c > 0 ? "\",\" ws " : "", "jstr ws \":\" ws ", n(x.items), " ws ", me, "-m",
+                           x.max_props < 0 ? std::min(c + 1, cap) : c + 1));
+      out_ += cat(me, "-m", c, " ::= ");
+      for (size_t a = 0; a < alts.size(); ++a) out_ += (a ? " | " : "") + alts[a];
+      out_ += "\n";
+    }
+    return {x.items};
   }
 
   // -t<j>: the rest of the array after j items (a comma before the next one when j > 0); past the

@@ -262,15 +262,19 @@ TEST(GuidedSchema, ObjectAlternativesToldApartByTheirFirstProperty) {
   EXPECT_EQ(run(*g, R"([])").first, 1u);                    // minItems 1
 }
 
+namespace {
+// The schema is refused with an Error whose message holds `says`.
+void refused(const std::string& schema, const std::string& says) {
+  try {
+    Guide::schema(schema);
+    ADD_FAILURE() << "accepted: " << schema;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+  }
+}
+}  // namespace
+
 TEST(GuidedSchema, RefusesWhatItCannotGuide) {
-  auto refused = [](const std::string& schema, const std::string& says) {
-    try {
-      Guide::schema(schema);
-      ADD_FAILURE() << "accepted: " << schema;
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
-    }
-  };
   refused(R"({"type": "array", "uniqueItems": true})", "'uniqueItems' is not supported");
   refused(R"({"type": "number", "multipleOf": 0.01})", "multipleOf is supported as a whole number up to 9997, not 0.01");
   refused(R"({"type": "integer", "multipleOf": 7, "minimum": 1, "maximum": 6})", "the bounds and multipleOf leave no integer");
@@ -294,7 +298,7 @@ TEST(GuidedSchema, RefusesWhatItCannotGuide) {
   refused(many_patterns + "}}", "take too long to build together");
   // Alternatives that begin alike go to a grammar (below), which refuses what it cannot hold.
   refused(R"({"anyOf": [{"type": "string", "maxLength": 20000}, {"type": "string", "pattern": "a"}]})",
-          "alternatives that can both begin with '\"' (at #/anyOf) are guided as a grammar, which cannot take this schema: "
+          "alternatives that can both begin with '\"' (at #/anyOf): guided as a grammar, which cannot take this schema: "
           "a string's minLength / maxLength is over 10000");
   refused(R"({"anyOf": [{"type": "array", "maxItems": 1001}, {"type": "array", "minItems": 1}]})",
           "an array counts more than 1000 items");
@@ -351,6 +355,41 @@ TEST(GuidedSchema, UnionsWhoseAlternativesBeginAlikeAsAGrammar) {
   const auto tight = Guide::schema(cases[0].schema, true);
   EXPECT_TRUE(run(*tight, R"({"name":"Tom","meows":3})").second);
   EXPECT_EQ(run(*tight, R"({"name": "Tom"})").first, 8u);
+}
+
+// minProperties / maxProperties (Pydantic's Dict[str, int] = Field(min_length=1) writes them): kept by
+// the grammar made from the schema, for listed properties, maps and free-form objects. The expectations
+// are Python's jsonschema's verdicts.
+TEST(GuidedSchema, PropertyCountsAsAGrammar) {
+  struct Case {
+    const char* schema;
+    std::vector<std::pair<std::string, bool>> texts;
+  };
+  const std::vector<Case> cases = {
+      {R"({"type": "object", "properties": {"a": {}, "b": {}, "c": {}}, "minProperties": 2})",
+       {{R"({"a": 1, "b": 2})", true}, {R"({"a": 1})", false}, {"{}", false}, {R"({"a": 1, "b": 2, "c": 3})", true}, {R"({"b": 1, "c": 2})", true}}},
+      {R"({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["b"], "maxProperties": 1})",
+       {{R"({"b": 1})", true}, {R"({"a": 1, "b": 2})", false}, {"{}", false}}},
+      {R"({"type": "object", "additionalProperties": {"type": "integer"}, "minProperties": 1, "maxProperties": 2})",
+       {{"{}", false}, {R"({"x": 1})", true}, {R"({"x": 1, "y": 2})", true}, {R"({"x": 1, "y": 2, "z": 3})", false}, {R"({"x": "s"})", false}}},
+      {R"({"type": "object", "maxProperties": 1})", {{"{}", true}, {R"({"a": [1]})", true}, {R"({"a": 1, "b": 2})", false}}},
+      {R"({"minProperties": 2})", {{R"({"a": 1})", false}, {R"({"a": 1, "b": {"c": null}})", true}, {R"({"a": 1, "b": 2, "c": 3})", true}}},
+  };
+  for (const auto& c : cases) {
+    const auto g = Guide::schema(c.schema);
+    EXPECT_EQ(g->kind(), Guide::Kind::Grammar) << c.schema;
+    expect_language(*g, c.texts, c.schema);
+  }
+  // The byte that makes the count impossible is refused at once: a third entry, or '}' before the second.
+  const auto two = Guide::schema(R"({"type": "object", "additionalProperties": {"type": "integer"}, "minProperties": 2, "maxProperties": 2})");
+  EXPECT_EQ(run(*two, R"({"x": 1, "y": 2, "z": 3})").first, 15u);
+  EXPECT_EQ(run(*two, R"({"x": 1})").first, 7u);
+  refused(R"({"type": "object", "minProperties": 3, "maxProperties": 2})", "maxProperties is below minProperties");
+  refused(R"({"properties": {"a": {}}, "minProperties": 2})", "minProperties 2 is more than the 1 properties listed");
+  refused(R"({"properties": {"a": {}, "b": {}}, "required": ["a", "b"], "maxProperties": 1})", "maxProperties 1 is below the 2 required");
+  refused(R"({"type": "string", "minProperties": 1})", "'minProperties' applies to objects and arrays, not to type string");
+  refused(R"({"type": "object", "maxProperties": 5000})", "minProperties / maxProperties (at #): guided as a grammar, which cannot take this schema: "
+                                                          "an object counts more than 1000 properties");
 }
 
 // The grammar made from a schema takes exactly the texts of the schema's own recognizer: every schema
