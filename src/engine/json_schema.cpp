@@ -25,7 +25,8 @@ const std::set<std::string> kKnown = {"type",  "properties", "required", "items"
                                       "enum",  "const",      "anyOf",    "oneOf",     "allOf",     "$ref",
                                       "$defs", "definitions", "pattern", "format",    "minLength", "maxLength",
                                       "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "prefixItems",
-                                      "additionalItems", "minProperties", "maxProperties"};
+                                      "additionalItems", "minProperties", "maxProperties", "propertyNames",
+                                      "patternProperties"};
 const char* const kStringKeywords[] = {"pattern", "format", "minLength", "maxLength"};
 const char* const kNumberKeywords[] = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"};
 
@@ -236,7 +237,34 @@ class Compiler {
     const ojson* extra = s.contains("additionalProperties") ? &s["additionalProperties"] : nullptr;
     if (extra && !extra->is_boolean() && !extra->is_object()) fail(where, "additionalProperties must be a boolean or a schema");
     const bool no_extra = extra && extra->is_boolean() && !extra->get<bool>();
-    if (n.type == Type::Object && !s.contains("properties") && extra && extra->is_object()) {
+    const bool pattern_props = s.contains("patternProperties"), names = s.contains("propertyNames");
+    if (n.type == Type::Object && (pattern_props || (names && !no_extra))) {
+      // Keys under a schema (Pydantic's Dict[Literal[...], V], Dict[SomeEnum, V], Dict[constr(pattern=...), V]):
+      // a map whose keys' node is propertyNames, or patternProperties' one pattern (matched whole, as a
+      // string's pattern is: its keys all match, so every output validates).
+      const char* kw = pattern_props ? "patternProperties" : "propertyNames";
+      if (s.contains("properties")) fail(where, cat(kw, " beside properties is not supported"));
+      if (pattern_props && names) fail(where, "patternProperties beside propertyNames is not supported");
+      if (s.contains("required")) fail(where, "required without properties is not supported");
+      n.type = Type::Map;
+      if (pattern_props) {
+        const ojson& pp = s["patternProperties"];
+        if (!pp.is_object() || pp.size() != 1) fail(where, "patternProperties is supported with one pattern");
+        if (extra && extra->is_object()) fail(where, "patternProperties beside an additionalProperties schema is not supported");
+        for (const auto& el : pp.items()) {
+          n.key_node = compile(ojson{{"type", "string"}, {"pattern", el.key()}}, where + "/patternProperties");
+          n.items = compile(el.value(), cat(where, "/patternProperties/", el.key()));
+        }
+      } else {
+        n.key_node = compile(s["propertyNames"], where + "/propertyNames");
+        n.items = extra && extra->is_object() ? compile(*extra, where + "/additionalProperties") : add(SchemaNode{});
+      }
+      const SchemaNode& key = out_.nodes[static_cast<size_t>(n.key_node)];
+      const bool strings = key.type == Type::String ||
+                           (key.type == Type::Enum && std::all_of(key.texts.begin(), key.texts.end(), [](const std::string& t) { return t[0] == '"'; }));
+      if (!strings) fail(where, cat(kw, " must describe strings (a type string schema, or an enum of strings)"));
+      if (out_.needs_grammar.empty()) out_.needs_grammar = cat("json_schema: ", kw, " (at ", where, ")");
+    } else if (n.type == Type::Object && !s.contains("properties") && extra && extra->is_object()) {
       if (s.contains("required")) fail(where, "required without properties is not supported");
       n.type = Type::Map;
       n.items = compile(*extra, where + "/additionalProperties");
@@ -315,7 +343,7 @@ class Compiler {
     if (only) {
       if (n.type != Type::Object && n.type != Type::Any && n.type != Type::Array && n.type != Type::Map)
         for (const char* k : {"properties", "required", "items", "prefixItems", "additionalItems", "minItems", "maxItems",
-                              "minProperties", "maxProperties"})
+                              "minProperties", "maxProperties", "propertyNames", "patternProperties"})
           if (s.contains(k)) fail(where, cat("'", k, "' applies to objects and arrays, not to type ", t));
       if (n.type != Type::String)
         for (const char* k : kStringKeywords)

@@ -37,6 +37,9 @@ struct SchemaNode {
   std::vector<std::string> keys;
   std::vector<int32_t> values;
   std::vector<char> required;
+  // Map: the keys' node (propertyNames, or patternProperties' pattern: a string or an enum of strings;
+  // -1: any string), kept by the grammar only.
+  int32_t key_node = -1;
   // Object, Map: bounds on the properties' count (minProperties, maxProperties; max -1: none), kept by
   // the grammar only (JsonSchema::needs_grammar).
   int64_t min_props = 0, max_props = -1;
@@ -69,7 +72,8 @@ struct JsonSchema {
   int32_t root = 0;
   // Why the byte-level recognizer of guided.h cannot follow this schema (empty when it can): a union
   // whose alternatives may begin with the same byte, other than objects told apart by a first
-  // property (as Pydantic's unions of models), or an object's minProperties / maxProperties. Such a
+  // property (as Pydantic's unions of models), an object's minProperties / maxProperties, or its keys'
+  // propertyNames / patternProperties (Pydantic's dicts with constrained keys). Such a
   // schema is guided as a grammar (schema_grammar.h).
   std::string needs_grammar;
 };

@@ -201,13 +201,14 @@ class Writer {
       std::vector<std::string> alts;
       if (c >= x.min_props) alts.push_back("\"}\"");
       if (x.max_props < 0 || c < x.max_props)
-        alts.push_back(cat(c > 0 ? "\",\" ws " : "", "jstr ws \":\" ws ", n(x.items), " ws ", me, "-m",
+        alts.push_back(cat(c > 0 ? "\",\" ws " : "", x.key_node >= 0 ? n(x.key_node) : std::string("jstr"), " ws \":\" ws ",
+                           n(x.items), " ws ", me, "-m",
                            x.max_props < 0 ? std::min(c + 1, cap) : c + 1));
       out_ += cat(me, "-m", c, " ::= ");
       for (size_t a = 0; a < alts.size(); ++a) out_ += (a ? " | " : "") + alts[a];
       out_ += "\n";
     }
-    return {x.items};
+    return {x.items, x.key_node};
   }
 
   // -t<j>: the rest of the array after j items (a comma before the next one when j > 0); past the

@@ -392,6 +392,37 @@ TEST(GuidedSchema, PropertyCountsAsAGrammar) {
                                                           "an object counts more than 1000 properties");
 }
 
+// Keys under a schema: propertyNames (Pydantic's Dict[Literal["x", "y"], int] and Dict[SomeEnum, int])
+// and patternProperties with one pattern (Dict[constr(pattern=...), int]; its keys match the pattern
+// whole, so every output validates), kept by the grammar made from the schema. The expectations are
+// Python's jsonschema's verdicts, except where marked narrower.
+TEST(GuidedSchema, ConstrainedKeysAsAGrammar) {
+  struct Case {
+    const char* schema;
+    std::vector<std::pair<std::string, bool>> texts;
+  };
+  const std::vector<Case> cases = {
+      {R"({"type": "object", "additionalProperties": {"type": "integer"}, "propertyNames": {"enum": ["x", "y"]}})",
+       {{R"({"x": 1})", true}, {R"({"z": 1})", false}, {"{}", true}, {R"({"x": 1, "y": 2})", true}, {R"({"x": "s"})", false}}},
+      {R"({"$defs": {"E": {"enum": ["a", "b"], "type": "string"}}, "type": "object", "additionalProperties": {"type": "integer"},
+          "propertyNames": {"$ref": "#/$defs/E"}})",
+       {{R"({"a": 1})", true}, {R"({"c": 1})", false}}},
+      {R"({"type": "object", "patternProperties": {"^k[0-9]$": {"type": "integer"}}})",
+       {{R"({"k1": 1})", true}, {R"({"k1": "s"})", false}, {R"({"a": 1})", false /* narrower */}, {R"({"k1": 1, "k2": 2})", true}}},
+      {R"({"type": "object", "propertyNames": {"pattern": "^[a-z]+$", "maxLength": 3}})",
+       {{R"({"ab": [1]})", true}, {R"({"abcd": 1})", false}, {R"({"A": 1})", false}}},
+  };
+  for (const auto& c : cases) {
+    const auto g = Guide::schema(c.schema);
+    EXPECT_EQ(g->kind(), Guide::Kind::Grammar) << c.schema;
+    expect_language(*g, c.texts, c.schema);
+  }
+  refused(R"({"properties": {"a": {}}, "propertyNames": {"enum": ["a"]}})", "propertyNames beside properties is not supported");
+  refused(R"({"type": "object", "patternProperties": {"^a": {}, "^b": {}}})", "patternProperties is supported with one pattern");
+  refused(R"({"type": "object", "propertyNames": {"type": "integer"}})", "propertyNames must describe strings");
+  refused(R"({"type": "object", "patternProperties": {"(": {}}})", "missing )");
+}
+
 // The grammar made from a schema takes exactly the texts of the schema's own recognizer: every schema
 // of the tests above that the recognizer follows, on their texts and on each one-byte edit of them
 // (deleted, replaced or inserted), reaches the same byte with the same completeness after each byte.
