@@ -316,16 +316,29 @@ TEST(GuidedSchema, RefusesWhatItCannotGuide) {
   refused(many + "]}", "enum lists more than");
 }
 
+namespace {
+// A schema and texts with the verdict on each (whole and valid, or not).
+struct SchemaCase {
+  const char* schema;
+  std::vector<std::pair<std::string, bool>> texts;
+};
+// Each schema's guide, a grammar (the schema's own recognizer cannot follow these), takes each text
+// whole exactly when its verdict says, with every prefix of an accepted one alive.
+void expect_grammar_verdicts(const std::vector<SchemaCase>& cases) {
+  for (const auto& c : cases) {
+    const auto g = Guide::schema(c.schema);
+    EXPECT_EQ(g->kind(), Guide::Kind::Grammar) << c.schema;
+    expect_language(*g, c.texts, c.schema);
+  }
+}
+}  // namespace
+
 // Unions whose alternatives may begin with the same byte (Pydantic's unions of models, overlapping
 // strings or numbers) are guided as a grammar made from the schema (schema_grammar.h), which follows every
 // alternative the text so far allows. The expectations are Python's jsonschema's verdicts (Draft 2020-12
 // with its format checker), except where marked narrower (only the listed properties are produced).
 TEST(GuidedSchema, UnionsWhoseAlternativesBeginAlikeAsAGrammar) {
-  struct Case {
-    const char* schema;
-    std::vector<std::pair<std::string, bool>> texts;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<SchemaCase> cases = {
       {R"({"anyOf": [{"$ref": "#/$defs/Cat"}, {"$ref": "#/$defs/Dog"}], "$defs": {
           "Cat": {"type": "object", "title": "Cat", "properties": {"name": {"type": "string"}, "meows": {"type": "integer", "minimum": 0}},
                   "required": ["name", "meows"]},
@@ -342,11 +355,7 @@ TEST(GuidedSchema, UnionsWhoseAlternativesBeginAlikeAsAGrammar) {
       {R"({"type": "array", "items": {"anyOf": [{"type": "string", "pattern": "^[a-z]+$"}, {"type": "string", "format": "email"}]}})",
        {{R"(["abc", "a.b@ex.com"])", true}, {R"(["Abc"])", false}, {"[]", true}}},
   };
-  for (const auto& c : cases) {
-    const auto g = Guide::schema(c.schema);
-    EXPECT_EQ(g->kind(), Guide::Kind::Grammar) << c.schema;
-    expect_language(*g, c.texts, c.schema);
-  }
+  expect_grammar_verdicts(cases);
   // The byte that makes a text impossible is refused at once: after the name, "meows" or "barks".
   const auto pets = Guide::schema(cases[0].schema);
   EXPECT_EQ(run(*pets, R"({"name": "Tom", "purrs": 1})").first, 17u);
@@ -361,11 +370,7 @@ TEST(GuidedSchema, UnionsWhoseAlternativesBeginAlikeAsAGrammar) {
 // the grammar made from the schema, for listed properties, maps and free-form objects. The expectations
 // are Python's jsonschema's verdicts.
 TEST(GuidedSchema, PropertyCountsAsAGrammar) {
-  struct Case {
-    const char* schema;
-    std::vector<std::pair<std::string, bool>> texts;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<SchemaCase> cases = {
       {R"({"type": "object", "properties": {"a": {}, "b": {}, "c": {}}, "minProperties": 2})",
        {{R"({"a": 1, "b": 2})", true}, {R"({"a": 1})", false}, {"{}", false}, {R"({"a": 1, "b": 2, "c": 3})", true}, {R"({"b": 1, "c": 2})", true}}},
       {R"({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["b"], "maxProperties": 1})",
@@ -375,11 +380,7 @@ TEST(GuidedSchema, PropertyCountsAsAGrammar) {
       {R"({"type": "object", "maxProperties": 1})", {{"{}", true}, {R"({"a": [1]})", true}, {R"({"a": 1, "b": 2})", false}}},
       {R"({"minProperties": 2})", {{R"({"a": 1})", false}, {R"({"a": 1, "b": {"c": null}})", true}, {R"({"a": 1, "b": 2, "c": 3})", true}}},
   };
-  for (const auto& c : cases) {
-    const auto g = Guide::schema(c.schema);
-    EXPECT_EQ(g->kind(), Guide::Kind::Grammar) << c.schema;
-    expect_language(*g, c.texts, c.schema);
-  }
+  expect_grammar_verdicts(cases);
   // The byte that makes the count impossible is refused at once: a third entry, or '}' before the second.
   const auto two = Guide::schema(R"({"type": "object", "additionalProperties": {"type": "integer"}, "minProperties": 2, "maxProperties": 2})");
   EXPECT_EQ(run(*two, R"({"x": 1, "y": 2, "z": 3})").first, 15u);
@@ -397,11 +398,7 @@ TEST(GuidedSchema, PropertyCountsAsAGrammar) {
 // whole, so every output validates), kept by the grammar made from the schema. The expectations are
 // Python's jsonschema's verdicts, except where marked narrower.
 TEST(GuidedSchema, ConstrainedKeysAsAGrammar) {
-  struct Case {
-    const char* schema;
-    std::vector<std::pair<std::string, bool>> texts;
-  };
-  const std::vector<Case> cases = {
+  const std::vector<SchemaCase> cases = {
       {R"({"type": "object", "additionalProperties": {"type": "integer"}, "propertyNames": {"enum": ["x", "y"]}})",
        {{R"({"x": 1})", true}, {R"({"z": 1})", false}, {"{}", true}, {R"({"x": 1, "y": 2})", true}, {R"({"x": "s"})", false}}},
       {R"({"$defs": {"E": {"enum": ["a", "b"], "type": "string"}}, "type": "object", "additionalProperties": {"type": "integer"},
@@ -412,11 +409,7 @@ TEST(GuidedSchema, ConstrainedKeysAsAGrammar) {
       {R"({"type": "object", "propertyNames": {"pattern": "^[a-z]+$", "maxLength": 3}})",
        {{R"({"ab": [1]})", true}, {R"({"abcd": 1})", false}, {R"({"A": 1})", false}}},
   };
-  for (const auto& c : cases) {
-    const auto g = Guide::schema(c.schema);
-    EXPECT_EQ(g->kind(), Guide::Kind::Grammar) << c.schema;
-    expect_language(*g, c.texts, c.schema);
-  }
+  expect_grammar_verdicts(cases);
   refused(R"({"properties": {"a": {}}, "propertyNames": {"enum": ["a"]}})", "propertyNames beside properties is not supported");
   refused(R"({"type": "object", "patternProperties": {"^a": {}, "^b": {}}})", "patternProperties is supported with one pattern");
   refused(R"({"type": "object", "propertyNames": {"type": "integer"}})", "propertyNames must describe strings");
