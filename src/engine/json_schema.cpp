@@ -26,7 +26,7 @@ const std::set<std::string> kKnown = {"type",  "properties", "required", "items"
                                       "$defs", "definitions", "pattern", "format",    "minLength", "maxLength",
                                       "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "prefixItems",
                                       "additionalItems", "minProperties", "maxProperties", "propertyNames",
-                                      "patternProperties"};
+                                      "patternProperties", "uniqueItems"};
 const char* const kStringKeywords[] = {"pattern", "format", "minLength", "maxLength"};
 const char* const kNumberKeywords[] = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"};
 
@@ -335,6 +335,19 @@ class Compiler {
         n.items = rest ? compile(*rest, cat(where, "/", rest_key)) : add(SchemaNode{});
       }
       if (n.max_items >= 0 && n.max_items < n.min_items) fail(where, "maxItems is below minItems (or items: false leaves fewer)");
+      if (s.contains("uniqueItems")) {
+        if (!s["uniqueItems"].is_boolean()) fail(where, "uniqueItems must be a boolean");
+        // (Items of a few values, each used at most once: the values left are the grammar's state.)
+        const SchemaNode* it = n.items >= 0 ? &out_.nodes[static_cast<size_t>(n.items)] : nullptr;
+        const size_t values = !it ? 0 : it->type == Type::Enum ? it->texts.size() : it->type == Type::Boolean ? 2 : it->type == Type::Null ? 1 : 0;
+        if (s["uniqueItems"].get<bool>()) {
+          if (!n.prefix.empty() || values == 0 || values > static_cast<size_t>(kMaxUniqueValues))
+            fail(where, cat("uniqueItems is supported for items that are an enum of up to ", kMaxUniqueValues,
+                            " values or booleans (and no prefixItems)"));
+          n.unique = true;
+          if (out_.needs_grammar.empty()) out_.needs_grammar = cat("json_schema: uniqueItems (at ", where, ")");
+        }
+      }
     } else if (n.type == Type::String) {
       string_constraints(s, n, where);
     } else if (n.type == Type::Integer || n.type == Type::Number) {
@@ -343,7 +356,7 @@ class Compiler {
     if (only) {
       if (n.type != Type::Object && n.type != Type::Any && n.type != Type::Array && n.type != Type::Map)
         for (const char* k : {"properties", "required", "items", "prefixItems", "additionalItems", "minItems", "maxItems",
-                              "minProperties", "maxProperties", "propertyNames", "patternProperties"})
+                              "minProperties", "maxProperties", "propertyNames", "patternProperties", "uniqueItems"})
           if (s.contains(k)) fail(where, cat("'", k, "' applies to objects and arrays, not to type ", t));
       if (n.type != Type::String)
         for (const char* k : kStringKeywords)

@@ -49,6 +49,8 @@ struct SchemaNode {
   std::vector<int32_t> prefix;
   int32_t items = -1;
   int64_t min_items = 0, max_items = -1;
+  // Array: uniqueItems, for items that are one of a few values (an enum, booleans), kept by the grammar only.
+  bool unique = false;
   // Enum: each allowed value as compact JSON text.
   std::vector<std::string> texts;
   // Union: the alternatives, and the one a value starting with each byte belongs to (-1: none).
@@ -82,6 +84,8 @@ struct JsonSchema {
 // 64-bit candidate mask). (Values nest at most kGuideMaxLevels deep: guided.h.)
 constexpr int kMaxSchemaProperties = 64;
 constexpr int kMaxSchemaEnum = 64;
+// Values an array with uniqueItems may choose among (the grammar has a rule per subset of them).
+constexpr int kMaxUniqueValues = 10;
 // Nodes of one compiled schema (a request's schema is refused beyond it).
 constexpr int kMaxSchemaNodes = 4096;
 // Automaton states of one schema's patterns and formats together (each at most RegexDfa::kMaxStates).

@@ -8,6 +8,8 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "common/error.h"
 #include "engine/json_schema.h"
 #include "engine/regex_dfa.h"
@@ -214,6 +216,7 @@ class Writer {
   // -t<j>: the rest of the array after j items (a comma before the next one when j > 0); past the
   // items counted (prefixItems, minItems, maxItems) one rule repeats.
   std::vector<int32_t> array(int32_t id, const SchemaNode& x) {
+    if (x.unique) return unique_array(id, x);
     const std::string me = n(id);
     const int64_t prefix = static_cast<int64_t>(x.prefix.size());
     int64_t last = std::max<int64_t>(prefix, x.min_items);  // the first j from which the rules repeat
@@ -239,6 +242,44 @@ class Writer {
       out_ += "\n";
     }
     return refs;
+  }
+
+  // uniqueItems over items of a few values: -u<mask> is the rest after the values in `mask` (their
+  // equality classes: 1 and 1.0 are one value, as JSON Schema compares them) were used.
+  std::vector<int32_t> unique_array(int32_t id, const SchemaNode& x) {
+    const std::string me = n(id);
+    const SchemaNode& it = s_.nodes[static_cast<size_t>(x.items)];
+    const std::vector<std::string> texts = it.type == Type::Enum      ? it.texts
+                                           : it.type == Type::Boolean ? std::vector<std::string>{"true", "false"}
+                                                                      : std::vector<std::string>{"null"};
+    std::vector<std::vector<std::string>> classes;
+    std::vector<nlohmann::json> values;
+    for (const auto& t : texts) {
+      const nlohmann::json v = nlohmann::json::parse(t);
+      size_t k = 0;
+      while (k < values.size() && values[k] != v) ++k;
+      if (k == values.size()) values.push_back(v), classes.emplace_back();
+      classes[k].push_back(t);
+    }
+    const int m = static_cast<int>(classes.size());
+    if (x.min_items > m) throw Error(cat("uniqueItems with minItems ", x.min_items, " leaves no array of its ", m, " values"));
+    const int most = x.max_items >= 0 ? static_cast<int>(std::min<int64_t>(x.max_items, m)) : m;
+    out_ += me + " ::= \"[\" ws " + me + "-u0\n";
+    for (uint32_t mask = 0; mask < (1u << m); ++mask) {
+      const int c = __builtin_popcount(mask);
+      if (c > most) continue;
+      std::vector<std::string> alts;
+      if (c >= x.min_items) alts.push_back("\"]\"");
+      if (c < most)
+        for (int j = 0; j < m; ++j)
+          if (!(mask >> j & 1u))
+            for (const auto& t : classes[static_cast<size_t>(j)])
+              alts.push_back(cat(c > 0 ? "\",\" ws " : "", literal(t), " ws ", me, "-u", mask | (1u << j)));
+      out_ += cat(me, "-u", mask, " ::= ");
+      for (size_t a = 0; a < alts.size(); ++a) out_ += (a ? " | " : "") + alts[a];
+      out_ += "\n";
+    }
+    return {};
   }
 
   // An automaton over UTF-8 bytes as rules over code points, one per state met at a character's

@@ -508,9 +508,12 @@ def main():
             ("best_of", 400, s.post("/v1/completions", {"prompt": "x", "best_of": 3}), "best_of"),
             ("logit_bias key", 400, s.post("/v1/completions", {"prompt": "x", "logit_bias": {"five": 10}}), "token ids"),
             ("logit_bias token", 400, s.post("/v1/completions", {"prompt": "x", "logit_bias": {"999999999": 10}}), "vocabulary"),
-            ("response_format json_schema with uniqueItems", 400, s.post("/v1/chat/completions", {"messages": msgs, "response_format": {
+            ("response_format json_schema with uniqueItems of any values", 400, s.post("/v1/chat/completions", {"messages": msgs, "response_format": {
                 "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": True}}}}),
-             "'uniqueItems' is not supported by llmserve's guided decoding"),
+             "uniqueItems is supported for items that are an enum of up to 10 values or booleans"),
+            ("response_format json_schema with not", 400, s.post("/v1/chat/completions", {"messages": msgs, "response_format": {
+                "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "not": {}}}}}),
+             "'not' is not supported by llmserve's guided decoding"),
             ("response_format json_schema with a pattern no string matches", 400, s.post("/v1/chat/completions", {"messages": msgs,
                 "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "[a-z]{6}",
                                                                                                   "maxLength": 5}}}}),

@@ -275,7 +275,7 @@ void refused(const std::string& schema, const std::string& says) {
 }  // namespace
 
 TEST(GuidedSchema, RefusesWhatItCannotGuide) {
-  refused(R"({"type": "array", "uniqueItems": true})", "'uniqueItems' is not supported");
+  refused(R"({"type": "array", "not": {}})", "'not' is not supported");
   refused(R"({"type": "number", "multipleOf": 0.01})", "multipleOf is supported as a whole number up to 9997, not 0.01");
   refused(R"({"type": "integer", "multipleOf": 7, "minimum": 1, "maximum": 6})", "the bounds and multipleOf leave no integer");
   refused(R"({"type": "integer", "minimum": 5, "maximum": 4.5})", "the bounds leave no integer");
@@ -414,6 +414,27 @@ TEST(GuidedSchema, ConstrainedKeysAsAGrammar) {
   refused(R"({"type": "object", "patternProperties": {"^a": {}, "^b": {}}})", "patternProperties is supported with one pattern");
   refused(R"({"type": "object", "propertyNames": {"type": "integer"}})", "propertyNames must describe strings");
   refused(R"({"type": "object", "patternProperties": {"(": {}}})", "missing )");
+}
+
+// uniqueItems for items of a few values (Pydantic's Set[SomeEnum]), kept by the grammar made from the
+// schema: each value (1 and 1.0 being one, as JSON Schema compares them) at most once. Python's
+// jsonschema's verdicts.
+TEST(GuidedSchema, UniqueItemsOfAFewValuesAsAGrammar) {
+  expect_grammar_verdicts({
+      {R"({"type": "array", "items": {"enum": ["a", "b", "c"]}, "uniqueItems": true})",
+       {{R"(["a", "b"])", true}, {R"(["a", "a"])", false}, {"[]", true}, {R"(["c", "b", "a"])", true}}},
+      {R"({"type": "array", "items": {"type": "boolean"}, "uniqueItems": true, "minItems": 2})",
+       {{"[true, false]", true}, {"[true]", false}, {"[true, true]", false}}},
+      {R"({"type": "array", "items": {"enum": [1, 1.0, "x"]}, "uniqueItems": true})", {{"[1, 1.0]", false}, {R"([1, "x"])", true}}},
+      {R"({"$defs": {"E": {"enum": ["p", "q"], "type": "string"}}, "type": "array", "items": {"$ref": "#/$defs/E"}, "uniqueItems": true,
+          "maxItems": 1})",
+       {{R"(["p"])", true}, {R"(["p", "q"])", false}}},
+  });
+  EXPECT_EQ(Guide::schema(R"({"type": "array", "items": {"type": "integer"}, "uniqueItems": false})")->kind(), Guide::Kind::Schema);
+  refused(R"({"type": "array", "items": {"type": "integer"}, "uniqueItems": true})",
+          "uniqueItems is supported for items that are an enum of up to 10 values or booleans");
+  refused(R"({"type": "array", "items": {"type": "boolean"}, "uniqueItems": true, "minItems": 3})",
+          "uniqueItems with minItems 3 leaves no array of its 2 values");
 }
 
 // The grammar made from a schema takes exactly the texts of the schema's own recognizer: every schema
