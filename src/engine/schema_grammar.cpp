@@ -236,7 +236,7 @@ class Writer {
         const int64_t next = x.max_items < 0 && j == last ? j : j + 1;
         alts.push_back(cat(j > 0 ? "\",\" ws " : "", n(item), " ws ", me, "-t", next));
       }
-      if (alts.empty()) alts.push_back("\"]\"");  // (unreachable: minItems <= what can be produced)
+      if (alts.empty()) throw Error("internal error: an array state with no way on");  // (the compiler checked minItems)
       out_ += cat(me, "-t", j, " ::= ");
       for (size_t i = 0; i < alts.size(); ++i) out_ += (i ? " | " : "") + alts[i];
       out_ += "\n";
