@@ -86,6 +86,8 @@ class Writer {
       todo.pop_back();
       for (int32_t c : node(id))
         if (c >= 0 && seen.insert(c).second) todo.push_back(c);
+      if (out_.size() > kMaxGrammarText)
+        throw Error(cat("the grammar made from this schema is over ", kMaxGrammarText >> 20, " MiB; too large to guide"));
     }
     return std::move(out_);
   }

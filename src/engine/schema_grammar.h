@@ -6,6 +6,7 @@
 // row: 16, or 0 in compact mode); patterns, formats and number bounds become rules, one per automaton
 // state (over code points).
 #pragma once
+#include <cstddef>
 #include <string>
 
 namespace llmserve {
@@ -17,6 +18,7 @@ struct JsonSchema;
 // length bounds past kMaxGrammarChars (a pattern's or format's are inside its automaton: no limit).
 constexpr int kMaxGrammarItems = 1000;
 constexpr int kMaxGrammarChars = 10000;
+constexpr size_t kMaxGrammarText = size_t{16} << 20;  // the grammar's text (checked after each schema node)
 std::string json_schema_grammar(const JsonSchema& schema, int max_ws);
 
 }  // namespace llmserve

@@ -391,6 +391,18 @@ TEST(GuidedSchema, PropertyCountsAsAGrammar) {
   refused(R"({"type": "string", "minProperties": 1})", "'minProperties' applies to objects and arrays, not to type string");
   refused(R"({"type": "object", "maxProperties": 5000})", "minProperties / maxProperties (at #): guided as a grammar, which cannot take this schema: "
                                                           "an object counts more than 1000 properties");
+  // A schema whose grammar would be huge (many objects of many optional properties, each counted up to
+  // 1,000) is refused quickly, before its text grows without bound.
+  std::string many = R"({"anyOf": [)";
+  for (int o = 0; o < 40; ++o) {
+    many += o ? ", {" : "{";
+    many += R"("type": "object", "maxProperties": 1000, "properties": {)";
+    for (int p = 0; p < 64; ++p) many += cat(p ? ", " : "", "\"p", o, "_", p, "\": {}");
+    many += "}}";
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  refused(many + "]}", "too large");
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
 }
 
 // Keys under a schema: propertyNames (Pydantic's Dict[Literal["x", "y"], int] and Dict[SomeEnum, int])
