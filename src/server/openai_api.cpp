@@ -519,7 +519,7 @@ std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiCo
     // With a reasoning parser: the reasoning's new bytes, and the content after it (`text` below).
     std::string reasoning_delta, content;
     if (r.reasoning) {
-      const ReasoningSplit sp = split_reasoning(c.text, r.reasoning_opened, c.finished());
+      const ReasoningSplit sp = split_reasoning(c.text, r.reasoning_opened, c.finished(), s.reasoning_sent);
       if (sp.has_reasoning && sp.end > sp.begin + s.reasoning_sent)
         reasoning_delta = c.text.substr(sp.begin + s.reasoning_sent, sp.end - sp.begin - s.reasoning_sent);
       if (sp.content_ready) content = c.text.substr(sp.content);

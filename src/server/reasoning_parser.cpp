@@ -29,7 +29,7 @@ size_t partial_tag_suffix(std::string_view text, size_t from, std::string_view t
 bool prompt_opens_reasoning(const std::string& prompt) { return prompt_ends_with(prompt, kOpen); }
 bool prompt_closes_reasoning(const std::string& prompt) { return prompt_ends_with(prompt, kClose); }
 
-ReasoningSplit split_reasoning(const std::string& text, bool opened, bool finished) {
+ReasoningSplit split_reasoning(const std::string& text, bool opened, bool finished, size_t known) {
   ReasoningSplit s;
   size_t begin = 0;
   if (!opened) {
@@ -47,7 +47,7 @@ ReasoningSplit split_reasoning(const std::string& text, bool opened, bool finish
   }
   s.has_reasoning = true;
   s.begin = begin;
-  const size_t close = text.find(kClose, begin);
+  const size_t close = text.find(kClose, std::min(begin + known, text.size()));
   if (close != std::string::npos) {
     s.end = close;
     s.content_ready = true;

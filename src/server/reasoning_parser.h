@@ -19,12 +19,14 @@ bool prompt_closes_reasoning(const std::string& prompt);
 // How the output so far divides. reasoning: text [begin, end); content: text from `content` once
 // `content_ready`. While the output is not finished (`finished` false), a tail that may still become
 // a tag is held back from both (a partial "<think>" at the start, a partial "</think>" in the reasoning).
+// `known`: the reasoning's first bytes already known to hold no </think> (a stream's sent reasoning),
+// which the search skips, so that a stream scans its reasoning once rather than once a chunk.
 struct ReasoningSplit {
   bool has_reasoning = false;
   size_t begin = 0, end = 0;
   bool content_ready = false;
   size_t content = 0;
 };
-ReasoningSplit split_reasoning(const std::string& text, bool opened, bool finished);
+ReasoningSplit split_reasoning(const std::string& text, bool opened, bool finished, size_t known = 0);
 
 }  // namespace llmserve

@@ -370,6 +370,10 @@ TEST(ReasoningParser, SplitsTheThinkingFromTheAnswer) {
     EXPECT_EQ(s.content_ready, c.ready);
     EXPECT_EQ(s.content_ready ? c.text.substr(s.content) : "", c.content);
   }
+  // What a stream already sent of the reasoning is skipped by the search, with the same split.
+  const ReasoningSplit skipped = split_reasoning("<think>abc</think>x", false, true, 3);
+  EXPECT_EQ(skipped.end, 10u);
+  EXPECT_EQ(skipped.content, 18u);
   EXPECT_TRUE(prompt_opens_reasoning("<|im_start|>assistant\n<think>\n"));
   EXPECT_FALSE(prompt_opens_reasoning("<|im_start|>assistant\n<think>\n\n</think>\n\n"));  // (Qwen3 with thinking off)
   EXPECT_TRUE(prompt_closes_reasoning("<|im_start|>assistant\n<think>\n\n</think>\n\n"));

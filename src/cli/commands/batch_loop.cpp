@@ -4,8 +4,18 @@
 #include <utility>
 
 #include "common/error.h"
+#include "dist/collective_check.h"
+#include "engine/worker.h"
+#include "model/runner.h"
 
 namespace llmserve {
+
+int batch_worker(ModelRunner& runner, MPI_Comm world) {
+  agree(world, [] {});
+  Worker(runner).loop();
+  agree(world, [] {});
+  return 0;
+}
 
 BatchLoop::BatchLoop(Engine& engine, const Tokenizer* tok, std::vector<int64_t> eos_ids)
     : engine_(engine), tok_(tok), eos_ids_(std::move(eos_ids)) {}

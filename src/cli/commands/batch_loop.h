@@ -2,6 +2,8 @@
 // searches (server/beam_search.h: each search's step requests are added to the engine between steps)
 // run together with continuous batching until all have finished.
 #pragma once
+#include <mpi.h>
+
 #include <cstddef>
 #include <functional>
 #include <memory>
@@ -12,6 +14,12 @@
 #include "server/beam_search.h"
 
 namespace llmserve {
+
+class ModelRunner;
+
+// A batch command's part on every rank but 0: wait for rank 0's verdict on the input (agree), serve
+// step plans until the shutdown plan, then wait for its verdict on the run. Returns the exit code.
+int batch_worker(ModelRunner& runner, MPI_Comm world);
 
 class BatchLoop {
  public:

@@ -19,7 +19,6 @@
 #include "dist/collective_check.h"
 #include "engine/engine.h"
 #include "engine/prompt_input.h"
-#include "model/model_file.h"
 #include "model/runner.h"
 
 namespace llmserve {
@@ -79,26 +78,13 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
   std::string input, output;
   agree(world, [&] { parse_batch_args(args, "generate", {"--input"}, {"--output"}, rank == 0, cfg, input, output); });
   ModelRunner runner(cfg, world);
-  if (rank != 0) {
-    // Rank 0 validates the input; the others wait for its verdict, then serve plans.
-    agree(world, [] {});
-    Worker(runner).loop();
-    agree(world, [] {});  // rank 0's verdict on the run (a request that failed)
-    return 0;
-  }
+  if (rank != 0) return batch_worker(runner, world);  // (rank 0 validates the input and judges the run)
   std::vector<Job> jobs;
   std::unique_ptr<Tokenizer> tok;
   std::unique_ptr<ChatTemplate> chat;
-  nlohmann::json defaults = nlohmann::json::object();
   agree(world, [&] {
-    if (model_has_file(cfg)) {
-      ModelFile file(cfg.model);
-      if (file.text("tokenizer", "tokenizer.json")) {
-        tok = Tokenizer::from_model_file(file);
-        chat = ChatTemplate::from_model_file(file, cfg.chat_template);
-      }
-      if (cfg.generation_config == "auto") defaults = generation_config_defaults(file, runner.spec().vocab_size);
-    }
+    // The tokenizer, chat template and the model's generation_config defaults, as the server has them.
+    const nlohmann::json defaults = api_context(cfg, runner, tok, chat).sampling_defaults;
     std::ifstream in(input);
     if (!in) throw Error(cat("generate: cannot read '", input, "'"));
     std::string line;

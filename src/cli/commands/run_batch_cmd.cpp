@@ -80,12 +80,7 @@ int cmd_run_batch(const std::vector<std::string>& args, MPI_Comm world) {
     parse_batch_args(args, "run-batch", {"-i", "--input-file"}, {"-o", "--output-file"}, rank == 0, cfg, input, output);
   });
   ModelRunner runner(cfg, world);
-  if (rank != 0) {
-    agree(world, [] {});
-    Worker(runner).loop();
-    agree(world, [] {});
-    return 0;
-  }
+  if (rank != 0) return batch_worker(runner, world);
   std::unique_ptr<Tokenizer> tok;
   std::unique_ptr<ChatTemplate> chat;
   ApiContext ctx;
