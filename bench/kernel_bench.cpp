@@ -1021,7 +1021,7 @@ int main(int argc, char** argv) {
       Tensor act = be.empty({B, I}, DType::BF16);
       auto qkv = [&](int64_t i) {
         Layer& l = ls[i];
-        be.norm_qkv_rope_kv_write(x, {l.norm1, eps, h}, l.wq, &l.bq, q, l.wk, &l.bk, k, l.wv, &l.bv, v, inv, D, kcs[i], vcs[i]);
+        be.norm_qkv_rope_kv_write(x, {l.norm1, eps, h}, l.wq, &l.bq, q, l.wk, &l.bk, k, l.wv, &l.bv, v, nullptr, inv, D, kcs[i], vcs[i]);
       };
       auto att = [&](int64_t i) { be.attention(q, kcs[i], vcs[i], D, bs, 0.0884f, attn); };
       auto oproj = [&](int64_t i) { be.linear_residual(attn, ls[i].wo, proj, x); };
@@ -1167,7 +1167,7 @@ int main(int argc, char** argv) {
             } else {
               const Tensor wq = way == 2 ? rows_view(qkv[i], 0, Nq) : q[i], wk = way == 2 ? rows_view(qkv[i], Nq, Nkv) : k[i];
               const Tensor wv = way == 2 ? rows_view(qkv[i], Nq + Nkv, Nkv) : v[i];
-              be.norm_qkv_rope_kv_write(x, {norm, 1e-6f, h}, wq, nullptr, qo, wk, nullptr, ko, wv, nullptr, vo, inv, D, kc, vc);
+              be.norm_qkv_rope_kv_write(x, {norm, 1e-6f, h}, wq, nullptr, qo, wk, nullptr, ko, wv, nullptr, vo, nullptr, inv, D, kc, vc);
             }
           }
         }, 1) / L * 1e3;

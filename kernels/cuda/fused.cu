@@ -48,6 +48,54 @@ __global__ void rope_kv_k(const float* q_in, int64_t qs, float* q_out, const flo
 
 constexpr int kWarpsPerBlock = 8;
 
+// rope_kv_k with each query and key head RMS-normalized first (weights q_norm, k_norm [D]), as
+// head_rmsnorm then RoPE: one warp per (token, head) of q, k and v (the value heads copied into the
+// cache). Each lane reads and writes the same elements (i and i + D/2), so q may be rotated in place.
+template <typename T, typename TW>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    head_norm_rope_kv_k(const float* q_in, int64_t qs, float* q_out, const float* k, const float* v, int64_t kvs,
+                        const int32_t* positions, const float* inv_freq, const int32_t* slots, int64_t n, int64_t Hq,
+                        int64_t Hk, int64_t D, const TW* q_norm, const TW* k_norm, float eps, T* kc, T* vc) {
+  pdl_enter();
+  const int64_t heads = Hq + 2 * Hk;
+  const int64_t u = blockIdx.x * static_cast<int64_t>(kWarpsPerBlock) + threadIdx.x / 32;
+  if (u >= n * heads) return;
+  const int lane = threadIdx.x & 31;
+  const int64_t t = u / heads, hh = u % heads, half = D / 2, slot = slots[t];
+  if (hh >= Hq + Hk) {  // a value head
+    if (slot < 0) return;
+    const int64_t h = hh - Hq - Hk;
+    const float* r = v + t * kvs + h * D;
+    T* o = vc + (slot * Hk + h) * D;
+    for (int64_t i = lane; i < D; i += 32) o[i] = from_f<T>(r[i]);
+    return;
+  }
+  const bool query = hh < Hq;
+  const int64_t h = query ? hh : hh - Hq;
+  if (!query && slot < 0) return;
+  const float* r = query ? q_in + t * qs + h * D : k + t * kvs + h * D;
+  const TW* w = query ? q_norm : k_norm;
+  float ss = 0.f;
+  for (int64_t i = lane; i < D; i += 32) ss += r[i] * r[i];
+  const float inv = rsqrtf(warp_sum(ss) / static_cast<float>(D) + eps);
+  const float pos = static_cast<float>(positions[t]);
+  for (int64_t i = lane; i < half; i += 32) {
+    const float x1 = to_f(w[i]) * (r[i] * inv), x2 = to_f(w[i + half]) * (r[i + half] * inv);
+    float sn, cs;
+    sincosf(pos * inv_freq[i], &sn, &cs);
+    const float y1 = x1 * cs - x2 * sn, y2 = x2 * cs + x1 * sn;
+    if (query) {
+      float* o = q_out + (t * Hq + h) * D;
+      o[i] = y1;
+      o[i + half] = y2;
+    } else {
+      T* o = kc + (slot * Hk + h) * D;
+      o[i] = from_f<T>(y1);
+      o[i + half] = from_f<T>(y2);
+    }
+  }
+}
+
 // q, k, v = rmsnorm(x) . W^T (+ bias) with RoPE and the KV-cache write in one grid: each block
 // normalizes the input rows into shared memory, then a warp per rotation pair (rows i and i + D/2 of
 // one head of q, k or v) computes both dot products, rotates q and k pairs by the token's position, and
@@ -163,6 +211,19 @@ void rope_kv_write_rows(const float* q_in, int64_t q_stride, float* q_out, const
 }
 
 template <typename T, typename TW>
+void head_norm_rope_kv_write_rows(const float* q_in, int64_t q_stride, float* q_out, const float* k, const float* v,
+                                  int64_t kv_stride, const int32_t* positions, const float* inv_freq,
+                                  const int32_t* slots, int64_t n, int64_t Hq, int64_t Hk, int64_t D, const TW* q_norm,
+                                  const TW* k_norm, float eps, T* k_cache, T* v_cache, cudaStream_t s) {
+  const int64_t warps = n * (Hq + 2 * Hk);
+  if (warps == 0) return;
+  if (D % 2 != 0) check(cudaErrorInvalidValue, "head_norm_rope_kv_write: odd head size");
+  launch("head_norm_rope_kv_write", head_norm_rope_kv_k<T, TW>, blocks_for(warps, kWarpsPerBlock), kWarpsPerBlock * 32, 0,
+         s, q_in, q_stride, q_out, k, v, kv_stride, positions, inv_freq, slots, n, Hq, Hk, D, q_norm, k_norm, eps, k_cache,
+         v_cache);
+}
+
+template <typename T, typename TW>
 void gemv_qkv_rope(const float* x, const T* norm_w, float eps, int64_t M, int64_t K, const QkvRope& a, cudaStream_t s) {
   const unsigned blocks = blocks_for((a.Hq + 2 * a.Hk) * (a.D / 2), kWarpsPerBlock);
   const int threads = kWarpsPerBlock * 32;
@@ -245,7 +306,13 @@ void prepare_norm_launches() {
   template void rope_kv_write_rows<T>(const float*, int64_t, float*, const float*, const float*, int64_t,           \
                                       const int32_t*, const float*, const int32_t*, int64_t, int64_t, int64_t,       \
                                       int64_t, T*, T*, cudaStream_t);
-#define INSTANTIATE(T) INSTANTIATE_ROPE_KV(T) INSTANTIATE_GEMVS(T, T)
+#define INSTANTIATE_HEAD_NORM(T, TW)                                                                                \
+  template void head_norm_rope_kv_write_rows<T, TW>(const float*, int64_t, float*, const float*, const float*, int64_t, \
+                                                    const int32_t*, const float*, const int32_t*, int64_t, int64_t,      \
+                                                    int64_t, int64_t, const TW*, const TW*, float, T*, T*, cudaStream_t);
+#define INSTANTIATE_HEAD_NORMS(T) \
+  INSTANTIATE_HEAD_NORM(T, float) INSTANTIATE_HEAD_NORM(T, __half) INSTANTIATE_HEAD_NORM(T, __nv_bfloat16)
+#define INSTANTIATE(T) INSTANTIATE_ROPE_KV(T) INSTANTIATE_HEAD_NORMS(T) INSTANTIATE_GEMVS(T, T)
 #define INSTANTIATE_GEMVS(T, TW)                                                                                   \
   template void gemv_qkv_rope<T, TW>(const float*, const T*, float, int64_t, int64_t, const QkvRope&, cudaStream_t); \
   template void gemv_norm_gate_up_silu<T, TW>(const float*, const T*, float, const TW*, const TW*, const float*,    \
@@ -256,5 +323,6 @@ void prepare_norm_launches() {
 LLMSERVE_FOR_EACH_TYPE(INSTANTIATE)
 LLMSERVE_FOR_EACH_HALF_TYPE(INSTANTIATE_FP8)
 INSTANTIATE_ROPE_KV(__nv_fp8_e4m3)  // (kv_cache_dtype fp8)
+INSTANTIATE_HEAD_NORMS(__nv_fp8_e4m3)
 
 }  // namespace llmserve::cuda

@@ -240,6 +240,13 @@ template <typename T>
 void rope_kv_write_rows(const float* q_in, int64_t q_stride, float* q_out, const float* k, const float* v,
                         int64_t kv_stride, const int32_t* positions, const float* inv_freq, const int32_t* slots,
                         int64_t n, int64_t Hq, int64_t Hk, int64_t D, T* k_cache, T* v_cache, cudaStream_t s);
+// The same with each query and key head RMS-normalized first (weights q_norm, k_norm [D]; Qwen3): one
+// warp per (token, head) of q, k and v.
+template <typename T, typename TW>
+void head_norm_rope_kv_write_rows(const float* q_in, int64_t q_stride, float* q_out, const float* k, const float* v,
+                                  int64_t kv_stride, const int32_t* positions, const float* inv_freq,
+                                  const int32_t* slots, int64_t n, int64_t Hq, int64_t Hk, int64_t D, const TW* q_norm,
+                                  const TW* k_norm, float eps, T* k_cache, T* v_cache, cudaStream_t s);
 // For M <= 4 rows: q, k, v = (rmsnorm(x) * norm_w) . W^T (+ float32 bias) for weights [Hq*D, K], [Hk*D, K], [Hk*D, K];
 // RoPE on q and k at the step's positions; q (float32, [M, Hq*D]) out, k and v into the caches at the
 // step's slots (rope_kv_write's result, without the unrotated k and v).

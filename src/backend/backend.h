@@ -142,14 +142,25 @@ class Backend {
     float eps;
     Tensor& h;
   };
-  // The attention block's input: norm, linear_qkv, rope_kv_write (q rotated; k and v as
-  // rope_kv_write leaves them, or untouched by an override).
+  // Each query and key head RMS-normalized between the projections and RoPE (Qwen3's q_norm / k_norm:
+  // weights [head_dim] in the activation type).
+  struct HeadNorm {
+    const Tensor& q_w;
+    const Tensor& k_w;
+    float eps;
+  };
+  // The attention block's input: norm, linear_qkv, head_rmsnorm of q and k where head_norm is given,
+  // rope_kv_write (q rotated; k and v as rope_kv_write leaves them, or untouched by an override).
   virtual void norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm, const Tensor& wq, const Tensor* bq,
                                       Tensor& q, const Tensor& wk, const Tensor* bk, Tensor& k, const Tensor& wv,
-                                      const Tensor* bv, Tensor& v, const Tensor& inv_freq, int64_t head_dim,
-                                      Tensor& k_cache, Tensor& v_cache) {
+                                      const Tensor* bv, Tensor& v, const HeadNorm* head_norm, const Tensor& inv_freq,
+                                      int64_t head_dim, Tensor& k_cache, Tensor& v_cache) {
     rmsnorm(x, norm.w, norm.eps, norm.h);
     linear_qkv(norm.h, wq, bq, q, wk, bk, k, wv, bv, v);
+    if (head_norm) {
+      head_rmsnorm(q, head_norm->q_w, head_norm->eps, head_dim);
+      head_rmsnorm(k, head_norm->k_w, head_norm->eps, head_dim);
+    }
     rope_kv_write(q, k, v, inv_freq, head_dim, k_cache, v_cache);
   }
   // The MLP's input: norm, then gate_up_silu.

@@ -244,16 +244,9 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
     const bool bias = spec_.attention_bias;
     Tensor& kc = kv.k(static_cast<int>(li));
     Tensor& vc = kv.v(static_cast<int>(li));
-    if (spec_.qk_norm) {  // Qwen3: each query and key head normalized between the projection and RoPE
-      be_.rmsnorm(x, w.input_norm, eps, h);
-      be_.linear_qkv(h, w.wq, bias ? &w.bq : nullptr, q, w.wk, bias ? &w.bk : nullptr, k, w.wv, bias ? &w.bv : nullptr, v);
-      be_.head_rmsnorm(q, w.q_norm, eps, D);
-      be_.head_rmsnorm(k, w.k_norm, eps, D);
-      be_.rope_kv_write(q, k, v, inv_freq_, D, kc, vc);
-    } else {
-      be_.norm_qkv_rope_kv_write(x, {w.input_norm, eps, h}, w.wq, bias ? &w.bq : nullptr, q, w.wk, bias ? &w.bk : nullptr,
-                                 k, w.wv, bias ? &w.bv : nullptr, v, inv_freq_, D, kc, vc);
-    }
+    const Backend::HeadNorm head_norm{w.q_norm, w.k_norm, eps};  // (Qwen3: each query and key head normalized before RoPE)
+    be_.norm_qkv_rope_kv_write(x, {w.input_norm, eps, h}, w.wq, bias ? &w.bq : nullptr, q, w.wk, bias ? &w.bk : nullptr, k,
+                               w.wv, bias ? &w.bv : nullptr, v, spec_.qk_norm ? &head_norm : nullptr, inv_freq_, D, kc, vc);
     be_.attention(q, kc, vc, D, kv.shape().block_size, scale, attn);
     project_residual(attn, w.wo);
     be_.norm_gate_up_silu(x, {w.post_norm, eps, h}, w.w_gate, w.w_up, gate_up, act);

@@ -647,8 +647,10 @@ TEST_P(CudaOps, NormInsideLeavesRoomForStaticSharedMemory) {
 
 // The attention block's input norm, q/k/v projections, RoPE and cache write: one fused launch for
 // decode steps of 1-4 tokens (with and without q/k biases), one skinny launch for 5-16 tokens on stacked
-// weights (the 6- and 16-sequence steps and the 13-token one), the composition otherwise; the queries
-// and both caches as the CPU backend's rmsnorm + linear_qkv + rope_kv_write leave them.
+// weights (the 6- and 16-sequence steps and the 13-token one), the composition otherwise; with per-head
+// norms (Qwen3), one GEMM over stacked weights and one launch for the norms, RoPE and the cache write;
+// the queries and both caches as the CPU backend's rmsnorm + linear_qkv (+ head_rmsnorm) + rope_kv_write
+// leave them.
 TEST_P(CudaOps, ProjectionsRopeAndCacheWrite) {
   std::mt19937 g(21);
   const DType dt = GetParam();
@@ -687,9 +689,16 @@ TEST_P(CudaOps, ProjectionsRopeAndCacheWrite) {
         std::vector<float> freq(D / 2);
         for (int64_t i = 0; i < D / 2; ++i) freq[i] = std::pow(10000.f, -2.f * i / D);
         Tensor fc = cpu.upload(freq.data(), {D / 2}, DType::F32), fg = gpu->upload(freq.data(), {D / 2}, DType::F32);
-        // q and k biases (v none), none; then stacked weights with all three biases, none. Caches in the
-        // activation type, then of E4M3 codes (kv_cache_dtype fp8; the CPU backend's are the reference).
+        // Per-head norm weights (Qwen3's q_norm / k_norm), about 1.
+        std::vector<float> qnv(D), knv(D);
+        for (int64_t i = 0; i < D; ++i) qnv[i] = 1.f + 0.3f * std::sin(0.7f * i), knv[i] = 1.f - 0.25f * std::cos(1.3f * i);
+        auto qn = both(qnv, {D}, dt), kn = both(knv, {D}, dt);
+        const Backend::HeadNorm hnc{qn.first, kn.first, 1e-6f}, hng{qn.second, kn.second, 1e-6f};
+        // q and k biases (v none), none; then stacked weights with all three biases, none; each without
+        // and with per-head norms. Caches in the activation type, then of E4M3 codes (kv_cache_dtype fp8;
+        // the CPU backend's are the reference).
         for (const bool fp8_kv : {false, true})
+        for (const bool head_norm : {false, true})
         for (int mode : {0, 1, 2, 3}) {
           const bool bias = mode == 0 || mode == 2, stacked = mode >= 2;
           // Empty caches: only the step's rows hold values, so an error in any of them shows.
@@ -704,18 +713,18 @@ TEST_P(CudaOps, ProjectionsRopeAndCacheWrite) {
           Tensor vg32 = gpu->empty({T, Hk * D}, DType::F32);
           const Tensor* cb[3] = {bias ? &bq.first : nullptr, bias ? &bk.first : nullptr, bias && stacked ? &bv.first : nullptr};
           cpu.norm_qkv_rope_kv_write(x.first, {nw.first, 1e-6f, hc}, wq.first, cb[0], qc, wk.first, cb[1], kc32, wv.first,
-                                     cb[2], vc32, fc, D, kc.first, vc.first);
+                                     cb[2], vc32, head_norm ? &hnc : nullptr, fc, D, kc.first, vc.first);
           if (stacked)
             gpu->norm_qkv_rope_kv_write(x.second, {nw.second, 1e-6f, hg}, ws[0], bias ? &bs3[0] : nullptr, qg, ws[1],
-                                        bias ? &bs3[1] : nullptr, kg32, ws[2], bias ? &bs3[2] : nullptr, vg32, fg, D,
-                                        kc.second, vc.second);
+                                        bias ? &bs3[1] : nullptr, kg32, ws[2], bias ? &bs3[2] : nullptr, vg32,
+                                        head_norm ? &hng : nullptr, fg, D, kc.second, vc.second);
           else
             gpu->norm_qkv_rope_kv_write(x.second, {nw.second, 1e-6f, hg}, wq.second, bias ? &bq.second : nullptr, qg,
-                                        wk.second, bias ? &bk.second : nullptr, kg32, wv.second, nullptr, vg32, fg, D,
-                                        kc.second, vc.second);
+                                        wk.second, bias ? &bk.second : nullptr, kg32, wv.second, nullptr, vg32,
+                                        head_norm ? &hng : nullptr, fg, D, kc.second, vc.second);
           const std::string what = "norm_qkv_rope_kv_write, " + std::to_string(T) + " tokens, Hq " + std::to_string(Hq) +
                                    (bias ? ", bias" : "") + (stacked ? ", stacked weights" : "") +
-                                   (fp8_kv ? ", fp8 KV cache" : "");
+                                   (head_norm ? ", head norms" : "") + (fp8_kv ? ", fp8 KV cache" : "");
           expect_close(qc, qg, (what + ": queries").c_str(), dt == DType::F32 ? 1e-5 : 1e-2);
           if (fp8_kv) {
             // float32: the same values up to RoPE's sines, so all but a few codes equal. 16-bit: the
@@ -1333,13 +1342,13 @@ TEST_P(CudaOps, Fp8MatricesMatchTheCpuReference) {
         Tensor q8 = gpu->empty({T, Hq * D}, DType::F32), q16 = gpu->empty({T, Hq * D}, DType::F32);
         Tensor kg = gpu->empty({T, Hk * D}, DType::F32), vg = gpu->empty({T, Hk * D}, DType::F32);
         cpu.norm_qkv_rope_kv_write(res.first, {nw.first, 1e-6f, hc}, pc[0], &bq.first, qc, pc[1], &bk.first, kc32, pc[2],
-                                   nullptr, vc32, fc, D, kc.first, vc.first);
+                                   nullptr, vc32, nullptr, fc, D, kc.first, vc.first);
         const int64_t before = gpu->dequantized_matrices();
         gpu->norm_qkv_rope_kv_write(res.second, {nw.second, 1e-6f, hg}, p8[0], &bq.second, q8, p8[1], &bk.second, kg, p8[2],
-                                    nullptr, vg, fg, D, kc.second, vc.second);
+                                    nullptr, vg, nullptr, fg, D, kc.second, vc.second);
         EXPECT_EQ(gpu->dequantized_matrices() - before, qkv_expansions) << "norm_qkv_rope_kv_write, " << at;
         gpu->norm_qkv_rope_kv_write(res.second, {nw.second, 1e-6f, hg}, p16[0], &bq.second, q16, p16[1], &bk.second, kg,
-                                    p16[2], nullptr, vg, fg, D, k16c, v16c);
+                                    p16[2], nullptr, vg, nullptr, fg, D, k16c, v16c);
         const std::string what = "fp8 norm_qkv_rope_kv_write, " + at;
         expect_close(qc, q8, (what + ": queries").c_str(), tol());
         expect_close(kc.first, kc.second, (what + ": key cache").c_str(), tol());
@@ -1354,10 +1363,10 @@ TEST_P(CudaOps, Fp8MatricesMatchTheCpuReference) {
         auto kn = both(std::vector<float>(blocks * bs * Hk * D, 0.f), {blocks, bs, Hk, D}, dt);
         auto vn = both(std::vector<float>(blocks * bs * Hk * D, 0.f), {blocks, bs, Hk, D}, dt);
         cpu.norm_qkv_rope_kv_write(res.first, {nw.first, 1e-6f, hc}, pc[0], nullptr, qc, pc[1], nullptr, kc32, pc[2],
-                                   nullptr, vc32, fc, D, kn.first, vn.first);
+                                   nullptr, vc32, nullptr, fc, D, kn.first, vn.first);
         const int64_t before_nb = gpu->dequantized_matrices();
         gpu->norm_qkv_rope_kv_write(res.second, {nw.second, 1e-6f, hg}, p8[0], nullptr, q8, p8[1], nullptr, kg, p8[2],
-                                    nullptr, vg, fg, D, kn.second, vn.second);
+                                    nullptr, vg, nullptr, fg, D, kn.second, vn.second);
         EXPECT_EQ(gpu->dequantized_matrices() - before_nb, T <= 16 ? 0 : 1) << "norm_qkv_rope_kv_write without biases, " << at;
         const std::string what_nb = "fp8 norm_qkv_rope_kv_write without biases, " + at;
         expect_close(qc, q8, (what_nb + ": queries").c_str(), tol());
@@ -1388,10 +1397,10 @@ TEST_P(CudaOps, Fp8MatricesMatchTheCpuReference) {
         Tensor qc = cpu.empty({T, hq * D}, DType::F32), kc32 = cpu.empty({T, hk * D}, DType::F32), vc32 = cpu.empty({T, hk * D}, DType::F32);
         Tensor q8 = gpu->empty({T, hq * D}, DType::F32), kg = gpu->empty({T, hk * D}, DType::F32), vg = gpu->empty({T, hk * D}, DType::F32);
         cpu.norm_qkv_rope_kv_write(res.first, {nw.first, 1e-6f, hc}, pc[0], nullptr, qc, pc[1], nullptr, kc32, pc[2], nullptr,
-                                   vc32, fc, D, kc.first, vc.first);
+                                   vc32, nullptr, fc, D, kc.first, vc.first);
         const int64_t before = gpu->dequantized_matrices();
         gpu->norm_qkv_rope_kv_write(res.second, {nw.second, 1e-6f, hg}, p8[0], nullptr, q8, p8[1], nullptr, kg, p8[2], nullptr,
-                                    vg, fg, D, kc.second, vc.second);
+                                    vg, nullptr, fg, D, kc.second, vc.second);
         EXPECT_EQ(gpu->dequantized_matrices() - before, 0) << "norm_qkv_rope_kv_write, " << at;
         expect_close(qc, q8, ("fp8 norm_qkv_rope_kv_write, queries, " + at).c_str(), tol());
         expect_close(kc.first, kc.second, ("fp8 norm_qkv_rope_kv_write, key cache, " + at).c_str(), tol());

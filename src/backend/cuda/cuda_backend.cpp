@@ -1152,8 +1152,38 @@ void CudaBackend::linear_residual(const Tensor& a, const Tensor& w, Tensor& /*y:
 
 void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm, const Tensor& wq, const Tensor* bq,
                                          Tensor& q, const Tensor& wk, const Tensor* bk, Tensor& k, const Tensor& wv,
-                                         const Tensor* bv, Tensor& v, const Tensor& inv_freq, int64_t D,
-                                         Tensor& k_cache, Tensor& v_cache) {
+                                         const Tensor* bv, Tensor& v, const HeadNorm* head_norm, const Tensor& inv_freq,
+                                         int64_t D, Tensor& k_cache, Tensor& v_cache) {
+  if (head_norm) {
+    // Each query and key head normalized (Qwen3): the norm, one GEMM over the stacked q/k/v rows, then
+    // the head norms, RoPE and the cache write in one launch (three launches; the default's seven).
+    const int64_t T = rows_of(x), nq = rows_of(wq), nkv = rows_of(wk), N = nq + 2 * nkv;
+    const bool biases = bq && bk && bv, none = !bq && !bk && !bv;
+    const bool one_gemm = stacked_rows({&wq, &wk, &wv}) && (none || (biases && stacked_rows({bq, bk, bv}))) &&
+                          q.dtype == DType::F32 && cols_of(q) == nq && rows_of(wv) == nkv &&
+                          k_cache.dtype == v_cache.dtype && D % 2 == 0 && k_cache.dim(3) == D && nkv == k_cache.dim(2) * D &&
+                          nq % D == 0 && head_norm->q_w.numel() == D && head_norm->k_w.numel() == D &&
+                          head_norm->k_w.dtype == head_norm->q_w.dtype;
+    if (!one_gemm)
+      return Backend::norm_qkv_rope_kv_write(x, norm, wq, bq, q, wk, bk, k, wv, bv, v, head_norm, inv_freq, D, k_cache, v_cache);
+    rmsnorm(x, norm.w, norm.eps, norm.h);
+    Tensor b;
+    if (biases) b = stacked_view({bq, bk, bv});
+    Tensor qkv = empty({T, N}, DType::F32);
+    linear(norm.h, stacked_view({&wq, &wk, &wv}), biases ? &b : nullptr, qkv);
+    const float* rows = qkv.as<float>();
+    dispatch_cache(k_cache.dtype, [&](auto* tag) {
+      using TC = std::remove_pointer_t<decltype(tag)>;
+      dispatch(head_norm->q_w.dtype, [&](auto* wtag) {
+        using TW = std::remove_pointer_t<decltype(wtag)>;
+        cuda::head_norm_rope_kv_write_rows<TC, TW>(rows, N, q.as<float>(), rows + nq, rows + nq + nkv, N, positions_.ptr,
+                                                   inv_freq.as<float>(), slots_.ptr, T, nq / D, nkv / D, D,
+                                                   head_norm->q_w.as<TW>(), head_norm->k_w.as<TW>(), head_norm->eps,
+                                                   k_cache.as<TC>(), v_cache.as<TC>(), stream());
+      });
+    });
+    return;
+  }
   // A few tokens (decode): the norm, the projections, RoPE and the cache write in one weight-streaming
   // launch.
   const int64_t T = rows_of(x), K = cols_of(x);
@@ -1214,14 +1244,14 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
     // to 16 bits once, then as 16-bit weights (the default's three linear() calls expand one at a time
     // where the matrices are not stacked).
     if (!stacked_all || T <= 4)
-      return Backend::norm_qkv_rope_kv_write(x, norm, wq, bq, q, wk, bk, k, wv, bv, v, inv_freq, D, k_cache, v_cache);
+      return Backend::norm_qkv_rope_kv_write(x, norm, wq, bq, q, wk, bk, k, wv, bv, v, nullptr, inv_freq, D, k_cache, v_cache);
     // Many tokens: FP8 GEMMs in the composition below (its linear() calls), or the expansion.
     if (!(fp8_gemm_takes(T, K, rows_of(stacked), !none) && wt != DType::F32)) {
       const Tensor w = dequantized(stacked);
       const int64_t nq = rows_of(wq), nkv = rows_of(wk);
       const cuda::PdlHold hold;  // (as in linear)
       return norm_qkv_rope_kv_write(x, norm, rows_view(w, 0, nq), bq, q, rows_view(w, nq, nkv), bk, k,
-                                    rows_view(w, nq + nkv, nkv), bv, v, inv_freq, D, k_cache, v_cache);
+                                    rows_view(w, nq + nkv, nkv), bv, v, nullptr, inv_freq, D, k_cache, v_cache);
     }
   }
   if (!fused) {
@@ -1232,7 +1262,7 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
                           q.dtype == DType::F32 && cols_of(q) == nq && rows_of(wv) == nkv && k_cache.dtype == v_cache.dtype &&
                           D % 2 == 0 && k_cache.dim(3) == D && nkv == k_cache.dim(2) * D && nq % D == 0;
     if (!one_gemm)
-      return Backend::norm_qkv_rope_kv_write(x, norm, wq, bq, q, wk, bk, k, wv, bv, v, inv_freq, D, k_cache, v_cache);
+      return Backend::norm_qkv_rope_kv_write(x, norm, wq, bq, q, wk, bk, k, wv, bv, v, nullptr, inv_freq, D, k_cache, v_cache);
     rmsnorm(x, norm.w, norm.eps, norm.h);
     Tensor b;
     if (biases) b = stacked_view({bq, bk, bv});

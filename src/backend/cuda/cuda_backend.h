@@ -54,8 +54,8 @@ class CudaBackend : public Backend {
   void linear_residual(const Tensor& a, const Tensor& w, Tensor& y, Tensor& x) override;
   void norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm, const Tensor& wq, const Tensor* bq, Tensor& q,
                               const Tensor& wk, const Tensor* bk, Tensor& k, const Tensor& wv, const Tensor* bv,
-                              Tensor& v, const Tensor& inv_freq, int64_t head_dim, Tensor& k_cache,
-                              Tensor& v_cache) override;
+                              Tensor& v, const HeadNorm* head_norm, const Tensor& inv_freq, int64_t head_dim,
+                              Tensor& k_cache, Tensor& v_cache) override;
   void norm_gate_up_silu(const Tensor& x, const InputNorm& norm, const Tensor& w_gate, const Tensor& w_up,
                          Tensor& gate_up, Tensor& act) override;
   void rope_kv_write(Tensor& q, Tensor& k, const Tensor& v, const Tensor& inv_freq, int64_t head_dim, Tensor& k_cache,
