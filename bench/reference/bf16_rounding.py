@@ -120,18 +120,50 @@ def inv_freq(cfg, D):
         inv = np.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
     elif kind == "linear":
         inv = inv / rs["factor"]
+    elif kind == "yarn":  # (transformers 5's _compute_yarn_parameters)
+        factor, base = rs["factor"], cfg.get("rope_theta", 10000.0)
+        ctx = rs.get("original_max_position_embeddings") or cfg["max_position_embeddings"]
+
+        def correction_dim(rotations):
+            return D * np.log(ctx / (rotations * 2 * np.pi)) / (2 * np.log(base))
+        low, high = correction_dim(rs.get("beta_fast") or 32), correction_dim(rs.get("beta_slow") or 1)
+        if rs.get("truncate", True):
+            low, high = np.floor(low), np.ceil(high)
+        low, high = max(low, 0), min(high, D - 1)
+        if low == high:
+            high += 0.001
+        keep = 1 - np.clip((np.arange(D // 2) - low) / (high - low), 0, 1)
+        inv = inv / factor * (1 - keep) + inv * keep
     return inv
+
+
+def attention_factor(cfg):
+    """What RoPE's cosines and sines are multiplied by (yarn; 1 otherwise)."""
+    rs = cfg.get("rope_scaling") or {}
+    if rs.get("rope_type", rs.get("type")) != "yarn":
+        return 1.0
+    if rs.get("attention_factor"):
+        return rs["attention_factor"]
+    factor = rs["factor"]
+
+    def mscale(m):
+        return 1.0 if factor <= 1 else 0.1 * m * np.log(factor) + 1.0
+    if rs.get("mscale") and rs.get("mscale_all_dim"):
+        return mscale(rs["mscale"]) / mscale(rs["mscale_all_dim"])
+    return mscale(1.0)
 
 
 def make_forward(cfg, W, rnd=bf16):
     """The model's forward in float64 from its config and weights (load_safetensors' names): forward(ids, R)
     gives the last position's logits, rounded to rnd's 16-bit type at the points in R (main's doc);
-    forward(ids, R, hidden=True) every position's final normalized hidden state (lm_head's operand). Qwen2, Llama and Qwen3 (q_norm / k_norm:
-    each query and key head RMS-normalized before RoPE, as transformers' Qwen3Attention)."""
+    forward(ids, R, hidden=True) every position's final normalized hidden state (lm_head's operand). Qwen2,
+    Llama and Qwen3 (q_norm / k_norm: each query and key head RMS-normalized before RoPE, as transformers'
+    Qwen3Attention); RoPE scaling linear, llama3 and yarn (its attention factor on the cosines and sines,
+    as transformers')."""
     H, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
     D = cfg.get("head_dim") or H // nh
     eps = cfg["rms_norm_eps"]
-    inv = inv_freq(cfg, D)
+    inv, mscale = inv_freq(cfg, D), attention_factor(cfg)
     embed = W["model.embed_tokens.weight"]
     lm_head = embed if cfg.get("tie_word_embeddings") else W["lm_head.weight"]
 
@@ -139,7 +171,7 @@ def make_forward(cfg, W, rnd=bf16):
         T = len(ids)
         x = embed[ids]
         ang = np.arange(T)[:, None] * inv[None, :]
-        cos, sin = np.cos(ang)[:, None], np.sin(ang)[:, None]
+        cos, sin = np.cos(ang)[:, None] * mscale, np.sin(ang)[:, None] * mscale
 
         def rope(t):
             a, b = t[..., :D // 2], t[..., D // 2:]

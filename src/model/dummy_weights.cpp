@@ -84,8 +84,9 @@ std::vector<float> DummyWeights::read_f32(const std::string& name, int64_t r0, i
 
 ModelSpec dummy_model_spec(const std::string& model, const std::string& hf_overrides) {
   if (is_model_file_path(model)) {
-    if (!hf_overrides.empty()) throw Error("hf_overrides applies to a config.json model, not an .h5 file");
-    return ModelFile(model).spec();
+    ModelSpec s = ModelFile(model).spec();
+    if (!hf_overrides.empty()) apply_hf_overrides(s, hf_overrides);
+    return s;
   }
   const std::string path = ends_with(model, ".json") ? model : model + "/config.json";
   std::ifstream f(path);

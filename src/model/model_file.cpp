@@ -22,6 +22,14 @@ void write_model_spec(hid_t g, const ModelSpec& s) {
   write_attr(g, "rope_scaling_low_freq_factor", s.rope_scaling.low_freq_factor);
   write_attr(g, "rope_scaling_high_freq_factor", s.rope_scaling.high_freq_factor);
   write_attr(g, "rope_scaling_original_max_position_embeddings", s.rope_scaling.original_max_position_embeddings);
+  if (s.rope_scaling.type == "yarn") {  // (only there: files of other models stay as they were)
+    write_attr(g, "rope_scaling_beta_fast", s.rope_scaling.beta_fast);
+    write_attr(g, "rope_scaling_beta_slow", s.rope_scaling.beta_slow);
+    write_attr(g, "rope_scaling_attention_factor", s.rope_scaling.attention_factor);
+    write_attr(g, "rope_scaling_mscale", s.rope_scaling.mscale);
+    write_attr(g, "rope_scaling_mscale_all_dim", s.rope_scaling.mscale_all_dim);
+    write_attr(g, "rope_scaling_truncate", static_cast<int64_t>(s.rope_scaling.truncate));
+  }
   write_attr(g, "max_position_embeddings", s.max_position_embeddings);
   write_attr(g, "tie_word_embeddings", static_cast<int64_t>(s.tie_word_embeddings));
   write_attr(g, "attention_bias", static_cast<int64_t>(s.attention_bias));
@@ -51,6 +59,14 @@ ModelSpec read_model_spec(hid_t g) {
   s.rope_scaling.high_freq_factor = read_attr_f64(g, "rope_scaling_high_freq_factor");
   s.rope_scaling.original_max_position_embeddings =
       read_attr_i64(g, "rope_scaling_original_max_position_embeddings");
+  if (s.rope_scaling.type == "yarn") {
+    s.rope_scaling.beta_fast = read_attr_f64(g, "rope_scaling_beta_fast");
+    s.rope_scaling.beta_slow = read_attr_f64(g, "rope_scaling_beta_slow");
+    s.rope_scaling.attention_factor = read_attr_f64(g, "rope_scaling_attention_factor");
+    s.rope_scaling.mscale = read_attr_f64(g, "rope_scaling_mscale");
+    s.rope_scaling.mscale_all_dim = read_attr_f64(g, "rope_scaling_mscale_all_dim");
+    s.rope_scaling.truncate = read_attr_i64(g, "rope_scaling_truncate") != 0;
+  }
   s.max_position_embeddings = read_attr_i64(g, "max_position_embeddings");
   s.tie_word_embeddings = read_attr_i64(g, "tie_word_embeddings") != 0;
   s.attention_bias = read_attr_i64(g, "attention_bias") != 0;

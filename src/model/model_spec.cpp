@@ -1,5 +1,6 @@
 #include "model/model_spec.h"
 
+#include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 
@@ -27,6 +28,49 @@ T get_opt(const json& j, const char* key, T def) {
     return j[key].get<T>();
   } catch (const json::exception&) {
     throw Error(cat("config.json: '", key, "' has the wrong type: ", j[key].dump()));
+  }
+}
+
+// rope_theta and rope_scaling (transformers 4's keys), or rope_parameters (transformers 5's: the two in
+// one object), into s; max_position_embeddings already read.
+void read_rope(const json& cfg, ModelSpec& s) {
+  s.rope_theta = get_opt<double>(cfg, "rope_theta", s.rope_theta);
+  const char* key = cfg.contains("rope_scaling") && !cfg["rope_scaling"].is_null() ? "rope_scaling" : "rope_parameters";
+  if (!cfg.contains(key) || cfg[key].is_null()) return;
+  const json& rs = cfg[key];
+  if (!rs.is_object()) throw Error(cat("config.json: '", key, "' must be an object"));
+  if (std::string(key) == "rope_parameters") s.rope_theta = get_opt<double>(rs, "rope_theta", s.rope_theta);
+  s.rope_scaling = RopeScaling{};
+  std::string type = get_opt<std::string>(rs, "rope_type", get_opt<std::string>(rs, "type", "default"));
+  if (type == "default") {
+    // no scaling
+  } else if (type == "linear" || type == "llama3") {
+    s.rope_scaling.type = type;
+    s.rope_scaling.factor = get_req<double>(rs, "factor");
+    if (type == "llama3") {
+      s.rope_scaling.low_freq_factor = get_req<double>(rs, "low_freq_factor");
+      s.rope_scaling.high_freq_factor = get_req<double>(rs, "high_freq_factor");
+      s.rope_scaling.original_max_position_embeddings = get_req<int64_t>(rs, "original_max_position_embeddings");
+    }
+  } else if (type == "yarn") {
+    // As transformers 5 and vLLM: the given factor; original_max_position_embeddings defaults to the
+    // model's.
+    RopeScaling& r = s.rope_scaling;
+    r.type = type;
+    r.factor = get_req<double>(rs, "factor");
+    r.original_max_position_embeddings = get_opt<int64_t>(rs, "original_max_position_embeddings", s.max_position_embeddings);
+    auto number = [&](const char* k, double fallback) { return get_opt<double>(rs, k, fallback); };  // (null: absent)
+    r.beta_fast = number("beta_fast", 32.0);
+    r.beta_slow = number("beta_slow", 1.0);
+    r.attention_factor = number("attention_factor", 0.0);
+    r.mscale = number("mscale", 0.0);
+    r.mscale_all_dim = number("mscale_all_dim", 0.0);
+    r.truncate = get_opt<bool>(rs, "truncate", true);
+    if (r.original_max_position_embeddings <= 0 || r.beta_fast <= 0 || r.beta_slow <= 0 || r.attention_factor < 0)
+      throw Error("config.json: rope_scaling yarn needs positive original_max_position_embeddings, beta_fast and "
+                  "beta_slow, and a non-negative attention_factor");
+  } else {
+    throw Error(cat("unsupported ", key, " type '", type, "' (supported: linear, llama3, yarn)"));
   }
 }
 
@@ -58,7 +102,6 @@ ModelSpec model_spec_from_hf_config(const json& cfg) {
   s.head_dim = static_cast<int>(get_opt<int64_t>(cfg, "head_dim", default_head_dim));
   s.vocab_size = get_req<int64_t>(cfg, "vocab_size");
   s.rms_norm_eps = get_opt<double>(cfg, "rms_norm_eps", 1e-6);
-  s.rope_theta = get_opt<double>(cfg, "rope_theta", 10000.0);
   s.max_position_embeddings = get_opt<int64_t>(cfg, "max_position_embeddings", 4096);
   s.tie_word_embeddings = get_opt<bool>(cfg, "tie_word_embeddings", false);
   s.attention_bias = arch == "Qwen2ForCausalLM" ? true : get_opt<bool>(cfg, "attention_bias", false);
@@ -74,25 +117,7 @@ ModelSpec model_spec_from_hf_config(const json& cfg) {
       throw Error(cat("unsupported: sliding-window attention (sliding_window = ", sw, ")"));
   }
 
-  if (cfg.contains("rope_scaling") && !cfg["rope_scaling"].is_null()) {
-    const json& rs = cfg["rope_scaling"];
-    if (!rs.is_object()) throw Error("config.json: 'rope_scaling' must be an object");
-    std::string type = get_opt<std::string>(rs, "rope_type", get_opt<std::string>(rs, "type", "default"));
-    if (type == "default") {
-      // no scaling
-    } else if (type == "linear" || type == "llama3") {
-      s.rope_scaling.type = type;
-      s.rope_scaling.factor = get_req<double>(rs, "factor");
-      if (type == "llama3") {
-        s.rope_scaling.low_freq_factor = get_req<double>(rs, "low_freq_factor");
-        s.rope_scaling.high_freq_factor = get_req<double>(rs, "high_freq_factor");
-        s.rope_scaling.original_max_position_embeddings =
-            get_req<int64_t>(rs, "original_max_position_embeddings");
-      }
-    } else {
-      throw Error(cat("unsupported rope_scaling type '", type, "' (supported: linear, llama3)"));
-    }
-  }
+  read_rope(cfg, s);
 
   if (cfg.contains("bos_token_id") && cfg["bos_token_id"].is_number_integer())
     s.bos_token_id = cfg["bos_token_id"].get<int64_t>();
@@ -167,8 +192,64 @@ std::vector<float> rope_inv_freq(const ModelSpec& s) {
       if (medium) scaled = (1.0f - smooth) * scaled / factor + smooth * scaled;
       f = scaled;
     }
+  } else if (r.type == "yarn") {
+    // Frequencies below the ramp interpolated (divided by the factor), above it kept, between them
+    // mixed linearly over the dimension index (transformers' _compute_yarn_parameters, in double here
+    // where it uses Python floats, float32 where it uses tensors).
+    const double dim = s.head_dim, theta = s.rope_theta, ctx = static_cast<double>(r.original_max_position_embeddings);
+    const double pi = 3.14159265358979323846;
+    auto correction_dim = [&](double rotations) { return dim * std::log(ctx / (rotations * 2 * pi)) / (2 * std::log(theta)); };
+    double low = correction_dim(r.beta_fast), high = correction_dim(r.beta_slow);
+    if (r.truncate) low = std::floor(low), high = std::ceil(high);
+    low = std::max(low, 0.0), high = std::min(high, dim - 1);
+    if (low == high) high += 0.001;
+    const float factor = static_cast<float>(r.factor);
+    for (int i = 0; i < half; ++i) {
+      const float pos = std::pow(base, static_cast<float>(2 * i) / static_cast<float>(s.head_dim));
+      const float ramp = std::clamp((static_cast<float>(i) - static_cast<float>(low)) / static_cast<float>(high - low), 0.f, 1.f);
+      const float extrapolation = 1.f - ramp;  // (transformers' inv_freq_extrapolation_factor)
+      inv[i] = 1.f / (factor * pos) * (1.f - extrapolation) + 1.f / pos * extrapolation;
+    }
   }
   return inv;
+}
+
+void apply_hf_overrides(ModelSpec& s, const std::string& overrides) {
+  json o;
+  try {
+    o = json::parse(overrides);
+  } catch (const json::exception& e) {
+    throw Error(cat("hf_overrides: ", e.what()));
+  }
+  if (!o.is_object()) throw Error("hf_overrides must be a JSON object");
+  for (const auto& [key, value] : o.items())
+    if (key != "rope_theta" && key != "rope_scaling" && key != "rope_parameters" && key != "max_position_embeddings")
+      throw Error(cat("hf_overrides on a converted model may set only rope_theta, rope_scaling (or rope_parameters) and "
+                      "max_position_embeddings: its weights fix the rest; got '", key, "'"));
+  try {
+    s.max_position_embeddings = get_opt<int64_t>(o, "max_position_embeddings", s.max_position_embeddings);
+    if (o.contains("rope_scaling") && o["rope_scaling"].is_null()) s.rope_scaling = RopeScaling{};  // (null removes it)
+    read_rope(o, s);
+  } catch (const Error& e) {
+    throw Error(cat("hf_overrides: ", e.what()));
+  }
+  model_spec_validate(s);
+}
+
+int64_t model_context_length(const ModelSpec& s) {
+  const RopeScaling& r = s.rope_scaling;
+  if (r.type == "linear") return static_cast<int64_t>(static_cast<double>(s.max_position_embeddings) * r.factor);
+  if (r.type == "yarn") return static_cast<int64_t>(static_cast<double>(r.original_max_position_embeddings) * r.factor);
+  return s.max_position_embeddings;
+}
+
+double rope_attention_factor(const ModelSpec& s) {
+  const RopeScaling& r = s.rope_scaling;
+  if (r.type != "yarn") return 1.0;
+  if (r.attention_factor > 0) return r.attention_factor;
+  auto mscale = [&](double m) { return r.factor <= 1 ? 1.0 : 0.1 * m * std::log(r.factor) + 1.0; };
+  if (r.mscale > 0 && r.mscale_all_dim > 0) return mscale(r.mscale) / mscale(r.mscale_all_dim);
+  return mscale(1.0);
 }
 
 }  // namespace llmserve

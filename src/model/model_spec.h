@@ -10,11 +10,20 @@
 namespace llmserve {
 
 struct RopeScaling {
-  std::string type = "none";  // none | linear | llama3
+  std::string type = "none";  // none | linear | llama3 | yarn
   double factor = 1.0;
   double low_freq_factor = 1.0;
   double high_freq_factor = 4.0;
   int64_t original_max_position_embeddings = 8192;
+  // yarn (transformers' _compute_yarn_parameters): the ramp between rotation counts beta_fast and
+  // beta_slow (its ends rounded outwards unless !truncate), and the factor applied to RoPE's cosines and
+  // sines (attention_factor; 0: from mscale / mscale_all_dim, or 0.1 ln(factor) + 1).
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
+  double attention_factor = 0.0;
+  double mscale = 0.0;
+  double mscale_all_dim = 0.0;
+  bool truncate = true;
 };
 
 struct ModelSpec {
@@ -52,5 +61,14 @@ void model_spec_check_layout(const ModelSpec& s, int tp, int pp);
 // RoPE inverse frequencies (head_dim / 2 values), with the model's scaling applied, computed in
 // float32 the way transformers does.
 std::vector<float> rope_inv_freq(const ModelSpec& s);
+// The factor RoPE's cosines and sines are multiplied by (yarn; 1 otherwise). Both rotated queries and
+// keys carry it, so the model applies its square to the attention scores' scale instead.
+double rope_attention_factor(const ModelSpec& s);
+// hf_overrides (a JSON object) on a converted model: rope_theta, rope_scaling / rope_parameters and
+// max_position_embeddings, what its weights do not fix (anything else is refused). Validates the result.
+void apply_hf_overrides(ModelSpec& s, const std::string& overrides);
+// The longest context the model serves (max_model_len's default and bound), as vLLM derives it:
+// max_position_embeddings, times the factor of linear scaling, or yarn's original context times its factor.
+int64_t model_context_length(const ModelSpec& s);
 
 }  // namespace llmserve

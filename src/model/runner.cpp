@@ -28,10 +28,12 @@ namespace llmserve {
 
 void resolve_config_for_model(Config& cfg, const ModelSpec& spec) {
   model_spec_check_layout(spec, cfg.tensor_parallel_size, cfg.pipeline_parallel_size);
-  if (cfg.max_model_len == 0) cfg.max_model_len = spec.max_position_embeddings;
-  if (cfg.max_model_len > spec.max_position_embeddings)
-    throw Error(cat("config: max_model_len (", cfg.max_model_len, ") is larger than the model's max_position_embeddings (",
-                    spec.max_position_embeddings, ")"));
+  const int64_t limit = model_context_length(spec);
+  if (cfg.max_model_len == 0) cfg.max_model_len = limit;
+  if (cfg.max_model_len > limit)
+    throw Error(cat("config: max_model_len (", cfg.max_model_len, ") is larger than the model's context of ", limit,
+                    " positions (max_position_embeddings ", spec.max_position_embeddings,
+                    spec.rope_scaling.type == "none" || spec.rope_scaling.type == "llama3" ? "" : ", with its rope_scaling", ")"));
   if (cfg.max_num_batched_tokens == 0)
     cfg.max_num_batched_tokens = cfg.enable_chunked_prefill ? std::max<int64_t>(8192, cfg.max_num_seqs)
                                                             : std::max<int64_t>(cfg.max_model_len, cfg.max_num_seqs);
@@ -105,9 +107,9 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
     if (cfg_.load_format == "dummy") {
       spec_ = dummy_model_spec(cfg_.model, cfg_.hf_overrides);
     } else {
-      if (!cfg_.hf_overrides.empty()) throw Error("config: hf_overrides applies only with load_format dummy");
       h5 = std::make_unique<ModelFile>(cfg_.model);
       spec_ = h5->spec();
+      if (!cfg_.hf_overrides.empty()) apply_hf_overrides(spec_, cfg_.hf_overrides);
     }
     resolve_config_for_model(cfg_, spec_);
     backend_ = make_backend(cfg_.backend, local_rank, resolve_dtype(cfg_.dtype, spec_.torch_dtype));
@@ -247,6 +249,12 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   log_info("model ", spec_.architecture, " loaded: ", spec_.num_layers, " layers, hidden ", spec_.hidden_size,
            ", vocab ", spec_.vocab_size, "; layout tp=", topo_.tp, " pp=", topo_.pp, "; backend ", backend_->name(),
            "; KV cache ", num_blocks_, " blocks x ", cfg_.block_size, " tokens, swap space ", num_host_blocks_, " blocks");
+  if (spec_.rope_scaling.type != "none")
+    log_info("rope_scaling ", spec_.rope_scaling.type, ", factor ", spec_.rope_scaling.factor,
+             spec_.rope_scaling.type == "yarn" ? cat(" over ", spec_.rope_scaling.original_max_position_embeddings,
+                                                     " positions, attention factor ", rope_attention_factor(spec_))
+                                               : std::string(),
+             "; context ", model_context_length(spec_), " positions, max_model_len ", cfg_.max_model_len);
   {  // vLLM's "maximum concurrency" line: how many sequences of max_model_len the KV cache holds at once
     char x[32];
     const long long tokens = num_blocks_ * static_cast<long long>(cfg_.block_size);

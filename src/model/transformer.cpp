@@ -205,7 +205,9 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
   const int64_t T = m.num_tokens(), H = spec_.hidden_size, D = spec_.head_dim;
   const DType dt = be_.compute_dtype();
   const float eps = static_cast<float>(spec_.rms_norm_eps);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  // (yarn: RoPE's attention factor on both the queries and the keys, so squared on the scores)
+  const double rope_factor = rope_attention_factor(spec_);
+  const float scale = static_cast<float>(rope_factor * rope_factor) / std::sqrt(static_cast<float>(D));
   be_.begin_step(m);
 
   // The residual stream stays in float32 whatever the activation type: rounding it to bf16 at every

@@ -86,8 +86,19 @@ check "heads not divisible by tp" 1 "4 attention heads are not divisible by tens
   "$mpirun" 3 "$llmserve" logits "$work/good.yaml" --tensor-parallel-size 3 --prompt-ids 1,2
 check "more stages than layers" 1 "pipeline_parallel_size \(8\) is larger than the model's 4 layers" --once -- \
   "$mpirun" 8 "$llmserve" logits "$work/good.yaml" --pipeline-parallel-size 8 --prompt-ids 1,2
-check "max_model_len beyond the model" 1 "max_model_len \(99999\) is larger than the model's max_position_embeddings \(32768\)" -- \
+check "max_model_len beyond the model" 1 "max_model_len \(99999\) is larger than the model's context of 32768 positions \(max_position_embeddings 32768\)" -- \
   "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -pp 2 --max-model-len 99999 --prompt-ids 1,2
+# hf_overrides on a converted model: the RoPE settings and the context, nothing its weights fix. YaRN
+# over the original 32,768 positions, factor 2, gives a context of 65,536 (vLLM's derived max_model_len).
+check "hf_overrides: a weight shape on a converted model" 1 "hf_overrides on a converted model may set only rope_theta, rope_scaling \(or rope_parameters\) and max_position_embeddings: its weights fix the rest; got 'num_hidden_layers'" -- \
+  "$llmserve" logits "$work/good.yaml" --hf-overrides '{"num_hidden_layers": 2}' --prompt-ids 1,2
+yarn='{"rope_scaling": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32768}}'
+check "hf_overrides: yarn widens the context" 1 "max_model_len \(99999\) is larger than the model's context of 65536 positions \(max_position_embeddings 32768, with its rope_scaling\)" -- \
+  "$llmserve" logits "$work/good.yaml" --hf-overrides "$yarn" --max-model-len 99999 --prompt-ids 1,2
+check "hf_overrides: yarn serves to its context" 0 '"generated_ids":\[[0-9]+\]' -- \
+  "$llmserve" logits "$work/good.yaml" --hf-overrides "$yarn" --max-model-len 65536 --prompt-ids 1,2 --max-tokens 1 --kv-cache-memory-gb 0.1
+check "hf_overrides: a bad rope_scaling" 1 "hf_overrides: unsupported rope_scaling type 'longrope'" -- \
+  "$llmserve" logits "$work/good.yaml" --hf-overrides '{"rope_scaling": {"rope_type": "longrope"}}' --prompt-ids 1,2
 
 # --- config errors ---------------------------------------------------------------
 printf 'model: %s\ntensor_paralel_size: 2\n' "$qwen" >"$work/typo.yaml"

@@ -4,7 +4,8 @@ in float32 on the same checkpoint: the worst relative L2 of the last-position lo
 and whether transformers' greedy tokens equal the goldens'. Needs torch and a transformers with Qwen3
 (the GPU machine has them; CI does not run this).
 
-  check_qwen3_with_transformers.py OUT    (OUT as make_tiny_qwen3.py wrote it)
+  check_qwen3_with_transformers.py OUT [NAME]    (OUT as make_tiny_qwen3.py wrote it; NAME tiny-qwen3 or
+                                                 tiny-qwen3-yarn, default tiny-qwen3)
 """
 import json
 import sys
@@ -14,9 +15,10 @@ import torch
 import transformers
 
 out = sys.argv[1]
-golden = json.load(open(f"{out}/golden/tiny-qwen3.json"))
-last = np.fromfile(f"{out}/golden/tiny-qwen3.last_logits.f32", dtype="<f4").reshape(len(golden["public"]), -1)
-model = transformers.AutoModelForCausalLM.from_pretrained(f"{out}/models/tiny-qwen3", torch_dtype=torch.float32)
+name = sys.argv[2] if len(sys.argv) > 2 else "tiny-qwen3"
+golden = json.load(open(f"{out}/golden/{name}.json"))
+last = np.fromfile(f"{out}/golden/{name}.last_logits.f32", dtype="<f4").reshape(len(golden["public"]), -1)
+model = transformers.AutoModelForCausalLM.from_pretrained(f"{out}/models/{name}", dtype=torch.float32)
 model.eval()
 worst, greedy_equal = 0.0, 0
 with torch.no_grad():
@@ -26,6 +28,6 @@ with torch.no_grad():
         worst = max(worst, float(np.linalg.norm(got - last[i]) / np.linalg.norm(last[i])))
         gen = model.generate(ids, max_new_tokens=24, do_sample=False, min_new_tokens=24)[0, len(p["ids"]):].tolist()
         greedy_equal += gen == p["greedy"]["ids"]
-print(f"transformers {transformers.__version__} Qwen3ForCausalLM (float32) against the numpy goldens: worst last-logits "
+print(f"{name}: transformers {transformers.__version__} Qwen3ForCausalLM (float32) against the numpy goldens: worst last-logits "
       f"relative L2 {worst:.3e}; greedy 24 tokens equal on {greedy_equal} of {len(golden['public'])} prompts")
 sys.exit(0 if worst < 1e-5 and greedy_equal == len(golden["public"]) else 1)

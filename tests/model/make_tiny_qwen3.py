@@ -6,7 +6,10 @@ that matches transformers' goldens of tiny-qwen2 and tiny-llama3 to 1e-6; its q_
 transformers' Qwen3Attention). Weights are seeded normal draws in bf16, scaled as tiny-qwen2's; the
 tokenizer files and prompts are tiny-qwen2's (Qwen3 uses the Qwen2.5 vocabulary).
 
-  make_tiny_qwen3.py FIXTURES OUT    writes OUT/models/tiny-qwen3/ and OUT/golden/tiny-qwen3.{json,last_logits.f32}
+  make_tiny_qwen3.py FIXTURES OUT [yarn]    writes OUT/models/NAME/ and OUT/golden/NAME.{json,last_logits.f32},
+                                             NAME tiny-qwen3, or with `yarn` tiny-qwen3-yarn: the same weights
+                                             with YaRN rope_scaling (factor 4 over an original context of 128
+                                             positions, so the golden prompts reach past it)
 """
 import json
 import os
@@ -64,20 +67,26 @@ def write_safetensors(path, W):
         f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}
+
+
 def main():
     fixtures, out = sys.argv[1], sys.argv[2]
-    mdir, gdir = f"{out}/models/tiny-qwen3", f"{out}/golden"
+    yarn = sys.argv[3:] == ["yarn"]
+    name = "tiny-qwen3-yarn" if yarn else "tiny-qwen3"
+    cfg = dict(CONFIG, rope_scaling=YARN) if yarn else CONFIG
+    mdir, gdir = f"{out}/models/{name}", f"{out}/golden"
     os.makedirs(mdir, exist_ok=True)
     os.makedirs(gdir, exist_ok=True)
     W = weights(CONFIG)
     lm_head = W["model.embed_tokens.weight"]
-    json.dump(CONFIG, open(f"{mdir}/config.json", "w"), indent=2)
+    json.dump(cfg, open(f"{mdir}/config.json", "w"), indent=2)
     json.dump({"bos_token_id": 151643, "eos_token_id": [151645, 151643]}, open(f"{mdir}/generation_config.json", "w"))
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copyfile(f"{fixtures}/models/tiny-qwen2/{f}", f"{mdir}/{f}")
     write_safetensors(f"{mdir}/model.safetensors", W)
     # The checkpoint as its reader sees it (bf16 values as float64).
-    forward = ref.make_forward(CONFIG, ref.load_safetensors(f"{mdir}/model.safetensors"))
+    forward = ref.make_forward(cfg, ref.load_safetensors(f"{mdir}/model.safetensors"))
     public, last = [], []
     for p in json.load(open(f"{fixtures}/golden/tiny-qwen2.json"))["public"]:
         ids = list(p["ids"])
@@ -104,13 +113,13 @@ def main():
             row = forward(ids + gen, set())
         public.append({"text": p.get("text", ""), "ids": ids, "prefill": prefill,
                        "greedy": {"ids": gen, "margins": margins, "logprobs": lps}})
-    golden = {"model": "models/tiny-qwen3", "vocab_size": CONFIG["vocab_size"],
+    golden = {"model": f"models/{name}", "vocab_size": CONFIG["vocab_size"],
               "dtype": "float64 compute from bf16 weights",
               "reference": "bench/reference/bf16_rounding.py make_forward (numpy float64)",
-              "public": public, "last_logits_file": "tiny-qwen3.last_logits.f32"}
-    json.dump(golden, open(f"{gdir}/tiny-qwen3.json", "w"))
-    np.array(last, dtype="<f4").tofile(f"{gdir}/tiny-qwen3.last_logits.f32")
-    print(f"tiny-qwen3: {len(public)} prompts; smallest greedy margin {min(min(x['greedy']['margins']) for x in public):.3g}")
+              "public": public, "last_logits_file": f"{name}.last_logits.f32"}
+    json.dump(golden, open(f"{gdir}/{name}.json", "w"))
+    np.array(last, dtype="<f4").tofile(f"{gdir}/{name}.last_logits.f32")
+    print(f"{name}: {len(public)} prompts; smallest greedy margin {min(min(x['greedy']['margins']) for x in public):.3g}")
 
 
 if __name__ == "__main__":

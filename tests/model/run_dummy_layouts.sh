@@ -55,7 +55,6 @@ expect_error() {  # expect_error NAME PATTERN args...
 expect_error "cpu_offload_gb below 0" "cpu_offload_gb must be >= 0, got -1" --model "$cfg" --load-format dummy --cpu-offload-gb -1
 expect_error "dummy: missing config.json" "cannot read '$work/none/config.json'" --model "$work/none" --load-format dummy
 expect_error "dummy: hf_overrides not JSON" "hf_overrides must be a JSON object" --model "$cfg" --load-format dummy --hf-overrides '{nope'
-expect_error "hf_overrides without dummy" "hf_overrides applies only with load_format dummy" --model "$cfg" --hf-overrides '{}'
 expect_error "dummy: an impossible override" "num_attention_heads" --model "$cfg" --load-format dummy --hf-overrides '{"num_attention_heads": 5}'
 expect_error "dummy: hidden size not divisible by the heads" "hidden_size (900) is not divisible by num_attention_heads (14)" \
   --model "$cfg" --load-format dummy --hf-overrides '{"hidden_size": 900}'

@@ -167,6 +167,44 @@ TEST(ModelSpec, RopeLlama3ScalingMatchesFormula) {
   EXPECT_FLOAT_EQ(lin[1], (1.0f / std::pow(500000.0f, 2.0f / 16.0f)) / 4.0f);
 }
 
+// YaRN (Qwen3 / Qwen2.5 long contexts): frequencies below the ramp divided by the factor, above it kept,
+// mixed over it; the attention factor 0.1 ln(factor) + 1 unless given (or mscale / mscale_all_dim). The
+// end-to-end check is the tiny-qwen3-yarn golden test (numpy reference; transformers on the GPU machine).
+TEST(ModelSpec, RopeYarnScaling) {
+  using nlohmann::json;
+  json cfg = {{"architectures", {"Qwen3ForCausalLM"}}, {"hidden_size", 64}, {"intermediate_size", 128},
+              {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"head_dim", 32},
+              {"vocab_size", 100}, {"rope_theta", 1000000.0}, {"max_position_embeddings", 40960},
+              {"rope_scaling", {{"rope_type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 64}}}};
+  ModelSpec s = model_spec_from_hf_config(cfg);
+  EXPECT_EQ(s.rope_scaling.type, "yarn");
+  EXPECT_EQ(s.rope_scaling.original_max_position_embeddings, 64);
+  const std::vector<float> inv = rope_inv_freq(s);
+  ModelSpec plain = s;
+  plain.rope_scaling = RopeScaling{};
+  const std::vector<float> base = rope_inv_freq(plain);
+  ASSERT_EQ(inv.size(), 16u);
+  // The ramp: 32 * ln(64 / (2 pi r)) / (2 ln 1e6) for r = 32, 1 is -1.33 and 2.69, rounded out to [0, 3].
+  EXPECT_FLOAT_EQ(inv[0], base[0]);
+  EXPECT_NEAR(inv[1], base[1] * (2.f / 3) + base[1] / 4 * (1.f / 3), 1e-6f * base[1]);
+  EXPECT_NEAR(inv[2], base[2] * (1.f / 3) + base[2] / 4 * (2.f / 3), 1e-6f * base[2]);
+  for (int i = 3; i < 16; ++i) EXPECT_NEAR(inv[i], base[i] / 4, 1e-6f * base[i]) << i;
+  EXPECT_NEAR(rope_attention_factor(s), 0.1 * std::log(4.0) + 1.0, 1e-12);
+  EXPECT_EQ(rope_attention_factor(plain), 1.0);
+  cfg["rope_scaling"]["attention_factor"] = 1.5;
+  EXPECT_EQ(rope_attention_factor(model_spec_from_hf_config(cfg)), 1.5);
+  cfg["rope_scaling"].erase("attention_factor");
+  cfg["rope_scaling"]["mscale"] = 0.707;
+  cfg["rope_scaling"]["mscale_all_dim"] = 0.707;  // (DeepSeek's: the two cancel)
+  EXPECT_NEAR(rope_attention_factor(model_spec_from_hf_config(cfg)), 1.0, 1e-12);
+  // The context served (vLLM's derived max_model_len): yarn's original context times its factor.
+  EXPECT_EQ(model_context_length(s), 256);
+  EXPECT_EQ(model_context_length(plain), 40960);
+  cfg["rope_scaling"].erase("original_max_position_embeddings");  // the model's own then
+  EXPECT_EQ(model_spec_from_hf_config(cfg).rope_scaling.original_max_position_embeddings, 40960);
+  EXPECT_EQ(model_context_length(model_spec_from_hf_config(cfg)), 163840);
+}
+
 TEST(ModelSpec, HfConfigErrors) {
   using nlohmann::json;
   json ok = {{"architectures", {"LlamaForCausalLM"}}, {"hidden_size", 64}, {"intermediate_size", 128},
@@ -187,7 +225,11 @@ TEST(ModelSpec, HfConfigErrors) {
   bad["num_key_value_heads"] = 3;
   EXPECT_THROW(model_spec_from_hf_config(bad), Error);
   bad = ok;
-  bad["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4}};
+  bad["rope_scaling"] = {{"rope_type", "longrope"}, {"factor", 4}};
+  EXPECT_THROW(model_spec_from_hf_config(bad), Error);
+  bad["rope_scaling"] = {{"rope_type", "yarn"}};  // (no factor)
+  EXPECT_THROW(model_spec_from_hf_config(bad), Error);
+  bad["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4}, {"beta_fast", -1}};
   EXPECT_THROW(model_spec_from_hf_config(bad), Error);
   bad = ok;
   bad["hidden_size"] = "sixty-four";
