@@ -424,9 +424,9 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
     r.params.guided = "json_schema";
     r.params.guided_schema = forced_schema;
   }
-  // With a reasoning parser a guided format applies after the reasoning, as vLLM's; a named or required
-  // tool choice is guided from the first token (its whole output is the calls).
-  if (ctx.reasoning && !r.params.guided.empty() && r.forced_tool.empty() && !r.tools_required && !r.reasoning_closed)
+  // With a reasoning parser a guided format applies after the reasoning, as vLLM's structured outputs
+  // do; a named or required tool choice too (the calls are read from what follows the reasoning).
+  if (ctx.reasoning && !r.params.guided.empty() && !r.reasoning_closed)
     r.params.guided_after_think = r.reasoning_opened ? 2 : 1;
   r.reasoning = ctx.reasoning && (r.params.guided.empty() || r.params.guided_after_think != 0 || r.reasoning_closed);
   return r;
@@ -478,10 +478,10 @@ json chat_response(const std::string& id, const GenerationRequest& r, const ApiC
       if (!reasoning.is_null() && echoed.empty() && text.empty()) message["content"] = nullptr;
     }
     std::string finish = c.finish_reason;
-    if (!r.forced_tool.empty()) {  // the whole output is the named function's arguments
+    if (!r.forced_tool.empty()) {  // the whole output (after any reasoning) is the named function's arguments
       message["content"] = echoed.empty() ? json(nullptr) : json(echoed);
       message["tool_calls"] = json::array({{{"id", random_id("call_")}, {"type", "function"},
-                                            {"function", {{"name", r.forced_tool}, {"arguments", c.text}}}}});
+                                            {"function", {{"name", r.forced_tool}, {"arguments", text}}}}});
     } else if (r.tools_active || r.tools_required) {
       const ToolParse p = r.tools_required ? parse_required_calls(text) : parse_tool_calls(ctx.tool_format, text);
       if (!p.calls.empty()) {
@@ -560,11 +560,20 @@ std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiCo
     json finish = c.finished() ? json(calls.calls.empty() ? c.finish_reason : std::string("tool_calls")) : json(nullptr);
     if (r.chat && !r.forced_tool.empty()) {
       // The named function's call, its arguments streamed as they come (as vLLM): the first chunk
-      // names the call, the later ones add to its arguments.
-      json call = {{"index", 0}, {"function", {{"arguments", delta}}}};
-      if (first) call = {{"index", 0}, {"id", random_id("call_")}, {"type", "function"},
-                         {"function", {{"name", r.forced_tool}, {"arguments", delta}}}};
-      json d = {{"tool_calls", json::array({call})}};
+      // names the call, the later ones add to its arguments. With a reasoning parser the reasoning
+      // comes first, and the call is named with the first bytes after it (or at the end).
+      json d = json::object();
+      if (!r.reasoning || !delta.empty() || c.finished() || s.call_named) {
+        json call = {{"index", 0}, {"function", {{"arguments", delta}}}};
+        if (!s.call_named) call = {{"index", 0}, {"id", random_id("call_")}, {"type", "function"},
+                                   {"function", {{"name", r.forced_tool}, {"arguments", delta}}}};
+        s.call_named = true;
+        d["tool_calls"] = json::array({call});
+      }
+      if (!shown.empty()) {
+        d["reasoning"] = shown;
+        d["reasoning_content"] = shown;
+      }
       if (first) d["role"] = r.role;
       if (first && r.echo) d["content"] = r.prompt_texts.at(0);
       json choice = {{"index", index}, {"delta", d}, {"logprobs", lp}, {"finish_reason", finish}};

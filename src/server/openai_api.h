@@ -87,6 +87,7 @@ struct ChoiceStream {
   size_t reasoning_sent = 0;  // bytes of the reasoning already sent
   size_t logprobs_sent = 0;  // tokens whose log-probabilities were sent
   size_t text_offset = 0;    // completions: text_offset of the next token's log-probabilities
+  bool call_named = false;   // a named tool choice's call has been sent its id and name
   bool done = false;
 };
 // The stream's choice objects for what is new in `out` (prompt `prompt_index`; chat's delta shape for a

@@ -1292,6 +1292,27 @@ def main():
         stopped = [c["message"] for c in jr.get("choices", []) if c["finish_reason"] == "stop"]
         check("reasoning_parser, a prompt that closed the reasoning: guided from the first token, every stopped answer's "
               "content is the schema's object", st == 200 and stopped and all(json_content(m) and m["reasoning"] is None for m in stopped), jr)
+        # A named tool choice with the parser is guided after the reasoning too (vLLM's): the reasoning
+        # first, the call's arguments read from what follows it. Here the answer is all reasoning (this
+        # random model never writes </think>), so the call is named with empty arguments; streamed, the
+        # same reasoning, and the call named once, at the end.
+        weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+        named = {**think, "tools": [weather], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
+        st, nr = q.post("/v1/chat/completions", named)
+        nm = nr["choices"][0]["message"] if st == 200 else {}
+        c = http.client.HTTPConnection("127.0.0.1", q.port, timeout=60)
+        c.request("POST", "/v1/chat/completions", body=json.dumps({**named, "stream": True}), headers={"Content-Type": "application/json"})
+        ev = [json.loads(line[6:]) for line in c.getresponse().read().decode().split("\n") if line.startswith("data: ") and line != "data: [DONE]"]
+        c.close()
+        deltas = [e["choices"][0]["delta"] for e in ev if e.get("choices")]
+        calls = [tc for d in deltas for tc in (d.get("tool_calls") or [])]
+        check("reasoning_parser and a named tool choice: the reasoning first, then the call (whole and streamed)",
+              st == 200 and isinstance(nm.get("reasoning"), str) and nm["reasoning"] != "" and nm["content"] is None
+              and [t["function"]["name"] for t in nm["tool_calls"]] == ["get_weather"] and nm["tool_calls"][0]["function"]["arguments"] == ""
+              and "".join(d.get("reasoning", "") for d in deltas) == nm["reasoning"]
+              and [t.get("function", {}).get("name") for t in calls if "id" in t] == ["get_weather"] and "tool_calls" in deltas[-1]
+              and "".join(t["function"].get("arguments", "") for t in calls) == "", (nr, deltas))
         # A draw that finds no token while the next step is already planned (and queued behind it): that
         # step gets a stand-in token, the request fails alone, and the requests beside it are unchanged.
         st, ob = q.post("/tokenize", {"prompt": "{"})
