@@ -243,6 +243,17 @@ void convert_gguf(const ConvertOptions& opt) {
     if (t == "linear") {
       s.rope_scaling.type = "linear";
       s.rope_scaling.factor = meta<double>(g, k("rope.scaling.factor"));
+    } else if (t == "yarn") {
+      // As llama.cpp writes Qwen's YaRN (factor and original context; transformers' defaults for the
+      // rest). Keys that change its ramp or attention factor are refused rather than ignored.
+      for (const char* key : {"rope.scaling.attn_factor", "rope.scaling.yarn_log_multiplier", "rope.scaling.yarn_ext_factor",
+                              "rope.scaling.yarn_attn_factor", "rope.scaling.yarn_beta_fast", "rope.scaling.yarn_beta_slow"})
+        if (g.has(k(key))) throw Error(cat("'", opt.input, "': GGUF yarn rope scaling with '", k(key), "' is not supported"));
+      s.rope_scaling.type = "yarn";
+      s.rope_scaling.factor = meta<double>(g, k("rope.scaling.factor"));
+      s.rope_scaling.original_max_position_embeddings = g.has(k("rope.scaling.original_context_length"))
+                                                            ? meta<int64_t>(g, k("rope.scaling.original_context_length"))
+                                                            : s.max_position_embeddings;
     } else if (t != "none") {
       throw Error(cat("'", opt.input, "': unsupported GGUF rope scaling '", t, "'"));
     }
@@ -310,6 +321,9 @@ void convert_gguf(const ConvertOptions& opt) {
                  {"tie_word_embeddings", s.tie_word_embeddings}, {"hidden_act", "silu"},
                  {"bos_token_id", s.bos_token_id}, {"eos_token_id", s.eos_token_ids}, {"torch_dtype", "float32"}};
   if (s.rope_scaling.type == "linear") hf_cfg["rope_scaling"] = {{"rope_type", "linear"}, {"factor", s.rope_scaling.factor}};
+  if (s.rope_scaling.type == "yarn")
+    hf_cfg["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", s.rope_scaling.factor},
+                              {"original_max_position_embeddings", s.rope_scaling.original_max_position_embeddings}};
 
   // Name map GGUF -> Hugging Face.
   std::map<std::string, std::string> hf_to_gguf = {{"model.embed_tokens.weight", "token_embd.weight"},

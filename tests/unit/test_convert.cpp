@@ -354,6 +354,11 @@ TEST(Gguf, Qwen3ConvertsWithItsHeadNorms) {
   tensor("blk.0.attn_q_norm.weight", D, 1), tensor("blk.0.attn_k_norm.weight", D, 1), tensor("blk.0.attn_output.weight", H, Q);
   tensor("blk.0.ffn_norm.weight", H, 1), tensor("blk.0.ffn_gate.weight", I, H), tensor("blk.0.ffn_up.weight", I, H);
   tensor("blk.0.ffn_down.weight", H, I);
+  b.kv_str("qwen3.rope.scaling.type", "yarn"), b.kv_f32("qwen3.rope.scaling.factor", 4.f);
+  b.kv_u32("qwen3.rope.scaling.original_context_length", 1024);
+  GgufBuilder odd = b;  // (with a key of llama.cpp's YaRN that is not taken)
+  odd.kv_f32("qwen3.rope.scaling.attn_factor", 0.5f);
+  write_bytes(dir / "odd.gguf", odd.build());
   write_bytes(dir / "q3.gguf", b.build());
   ConvertOptions opt;
   opt.input = (dir / "q3.gguf").string();
@@ -370,6 +375,19 @@ TEST(Gguf, Qwen3ConvertsWithItsHeadNorms) {
   EXPECT_EQ(mf.read_all_f32("model.layers.0.self_attn.q_norm.weight"), written["blk.0.attn_q_norm.weight"]);
   EXPECT_EQ(mf.read_all_f32("model.layers.0.self_attn.k_norm.weight"), written["blk.0.attn_k_norm.weight"]);
   EXPECT_EQ(mf.read_all_f32("model.layers.0.self_attn.o_proj.weight"), written["blk.0.attn_output.weight"]);
+  EXPECT_EQ(mf.spec().rope_scaling.type, "yarn");
+  EXPECT_EQ(mf.spec().rope_scaling.factor, 4.0);
+  EXPECT_EQ(mf.spec().rope_scaling.original_max_position_embeddings, 1024);
+  EXPECT_EQ(model_context_length(mf.spec()), 4096);
+  opt.input = (dir / "odd.gguf").string();
+  opt.output = (dir / "odd.h5").string();
+  try {
+    convert_model(opt);
+    ADD_FAILURE() << "converted a YaRN attn_factor it does not apply";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("qwen3.rope.scaling.attn_factor' is not supported"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(std::filesystem::exists(opt.output));  // (no partial output file)
 }
 
 TEST(Gguf, AStringThatIsNotUtf8IsACorruptFile) {
