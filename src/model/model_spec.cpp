@@ -148,6 +148,7 @@ void model_spec_validate(const ModelSpec& s) {
   need(s.rope_theta > 0, "rope_theta must be positive");
   need(s.max_position_embeddings > 0, "max_position_embeddings must be positive");
   need(s.rope_scaling.factor > 0, "rope_scaling.factor must be positive");
+  need(s.rope_scaling.type != "yarn" || s.rope_theta > 1, "rope_scaling yarn needs rope_theta > 1");
 }
 
 void model_spec_check_layout(const ModelSpec& s, int tp, int pp) {

@@ -231,6 +231,11 @@ TEST(ModelSpec, HfConfigErrors) {
   EXPECT_THROW(model_spec_from_hf_config(bad), Error);
   bad["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4}, {"beta_fast", -1}};
   EXPECT_THROW(model_spec_from_hf_config(bad), Error);
+  bad["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4}};
+  bad["rope_theta"] = 1.0;  // (its ramp divides by ln rope_theta)
+  EXPECT_THROW(model_spec_from_hf_config(bad), Error);
+  bad.erase("rope_theta");
+  EXPECT_NO_THROW(model_spec_from_hf_config(bad));
   bad = ok;
   bad["hidden_size"] = "sixty-four";
   EXPECT_THROW(model_spec_from_hf_config(bad), Error);
