@@ -18,12 +18,8 @@ run() {  # run TP PP OUT [extra...]
     --backend cpu -tp "$tp" -pp "$pp" --max-model-len 64 --prompt-ids 1,2,3,4,5 --prompt-ids 700,42,4000 \
     --max-tokens 8 --top-k 3 --output "$out" "$@" >"$out.log" 2>&1
 }
-run 1 1 "$work/ref.jsonl" || { echo "FAIL reference run"; cat "$work/ref.jsonl.log"; exit 1; }
-for layout in "2 1" "1 2" "2 2"; do
-  read -r tp pp <<<"$layout"
-  out="$work/tp$tp-pp$pp.jsonl"
-  if ! run "$tp" "$pp" "$out"; then echo "FAIL tp=$tp pp=$pp did not run"; cat "$out.log"; fail=1; continue; fi
-  python3 - "$work/ref.jsonl" "$out" "tp=$tp pp=$pp" <<'PY' || fail=1
+same_as_ref() {  # same_as_ref REF OUT NAME
+  python3 - "$1" "$2" "$3" <<'PY2'
 import json, sys
 ref = [json.loads(l) for l in open(sys.argv[1])]
 got = [json.loads(l) for l in open(sys.argv[2])]
@@ -35,8 +31,23 @@ distinct = len(set(ref[0]["generated_ids"])) > 1
 print(("PASS " if ok and distinct else "FAIL ") + sys.argv[3] + ": same greedy tokens and logits as tp=1 pp=1"
       + ("" if distinct else " (degenerate: one token repeated)"))
 sys.exit(0 if ok and distinct else 1)
-PY
+PY2
+}
+run 1 1 "$work/ref.jsonl" || { echo "FAIL reference run"; cat "$work/ref.jsonl.log"; exit 1; }
+for layout in "2 1" "1 2" "2 2"; do
+  read -r tp pp <<<"$layout"
+  out="$work/tp$tp-pp$pp.jsonl"
+  if ! run "$tp" "$pp" "$out"; then echo "FAIL tp=$tp pp=$pp did not run"; cat "$out.log"; fail=1; continue; fi
+  same_as_ref "$work/ref.jsonl" "$out" "tp=$tp pp=$pp" || fail=1
 done
+# The Qwen3-1.7B shape (per-head q/k norms, head_dim 128 beside hidden 2048 / 16 heads) the same way
+# (in a subshell: cfg changes for it alone).
+(
+  cfg="$root/inputs/models/qwen3-1.7b.json"
+  run 1 1 "$work/qwen3-ref.jsonl" && run 2 2 "$work/qwen3-tp2-pp2.jsonl" ||
+    { echo "FAIL the Qwen3-1.7B shape did not run"; tail -3 "$work"/qwen3-*.log; exit 1; }
+  same_as_ref "$work/qwen3-ref.jsonl" "$work/qwen3-tp2-pp2.jsonl" "Qwen3-1.7B shape, tp=2 pp=2"
+) || fail=1
 # Another seed gives other weights.
 run 1 1 "$work/seed.jsonl" --seed 7 && ! cmp -s <(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["generated_ids"])' "$work/ref.jsonl") \
   <(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["generated_ids"])' "$work/seed.jsonl") \
