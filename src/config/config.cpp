@@ -44,6 +44,30 @@ int64_t parse_int(const std::string& key, const std::string& v) {
   return x;
 }
 
+// vLLM's human_readable_int (max_model_len, max_num_batched_tokens): a plain integer, or one with a
+// decimal suffix k, m, g, t (10^3 ..., decimals allowed: 25.6k = 25,600) or a binary one K, M, G, T
+// (2^10 ..., whole numbers only: 128K = 131,072).
+int64_t parse_human_int(const std::string& key, const std::string& v) {
+  const size_t n = v.size();
+  const char last = n ? v[n - 1] : '\0';
+  const std::string decimal = "kmgt", binary = "KMGT";
+  const size_t d = decimal.find(last), b = binary.find(last);
+  if (n < 2 || (d == std::string::npos && b == std::string::npos)) return parse_int(key, v);
+  const std::string number = v.substr(0, n - 1);
+  const bool digits = !number.empty() && std::isdigit(static_cast<unsigned char>(number[0])) &&
+                      std::all_of(number.begin(), number.end(), [](char ch) { return std::isdigit(static_cast<unsigned char>(ch)) || ch == '.'; }) &&
+                      std::count(number.begin(), number.end(), '.') <= 1 && number.back() != '.';
+  if (!digits) throw Error(cat("config: ", key, " must be an integer (or one like 32k, 25.6k or 128K), got '", v, "'"));
+  if (b != std::string::npos && number.find('.') != std::string::npos)
+    throw Error(cat("config: ", key, ": decimals are not allowed with binary suffixes like ", last, " ('", v,
+                    "'); did you mean ", number, static_cast<char>(std::tolower(last)), "?"));
+  const double mult = d != std::string::npos ? std::pow(10.0, 3.0 * static_cast<double>(d + 1))
+                                             : std::ldexp(1.0, 10 * static_cast<int>(b + 1));
+  const double x = std::strtod(number.c_str(), nullptr) * mult;
+  if (!(x < 9.2e18)) throw Error(cat("config: ", key, " is out of range: ", v));
+  return static_cast<int64_t>(x);
+}
+
 int parse_int32(const std::string& key, const std::string& v) {
   int64_t x = parse_int(key, v);
   if (x < INT32_MIN || x > INT32_MAX) throw Error(cat("config: ", key, " is out of range: ", v));
@@ -89,8 +113,8 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.tensor_parallel_size = parse_int32("tensor_parallel_size", v); }},
       {"pipeline_parallel_size", Kind::Int, "pipeline stages (-pp)",
        [](Config& c, const std::string& v) { c.pipeline_parallel_size = parse_int32("pipeline_parallel_size", v); }},
-      {"max_model_len", Kind::Int, "context length (0: the model's)",
-       [](Config& c, const std::string& v) { c.max_model_len = parse_int("max_model_len", v); }},
+      {"max_model_len", Kind::Int, "context length (0: the model's); 32k = 32,000, 32K = 32,768 (as vLLM)",
+       [](Config& c, const std::string& v) { c.max_model_len = parse_human_int("max_model_len", v); }},
       {"block_size", Kind::Int, "KV-cache block size in tokens: 1, 8, 16, 32, 64 or 128",
        [](Config& c, const std::string& v) { c.block_size = parse_int32("block_size", v); }},
       {"gpu_memory_utilization", Kind::Float, "fraction of GPU memory for weights, activations and KV cache",
@@ -109,8 +133,8 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.num_gpu_blocks_override = parse_int("num_gpu_blocks_override", v); }},
       {"max_num_seqs", Kind::Int, "maximum sequences in one step",
        [](Config& c, const std::string& v) { c.max_num_seqs = parse_int32("max_num_seqs", v); }},
-      {"max_num_batched_tokens", Kind::Int, "maximum tokens in one step (0: automatic)",
-       [](Config& c, const std::string& v) { c.max_num_batched_tokens = parse_int("max_num_batched_tokens", v); }},
+      {"max_num_batched_tokens", Kind::Int, "maximum tokens in one step (0: automatic); 8k, 8K as max_model_len",
+       [](Config& c, const std::string& v) { c.max_num_batched_tokens = parse_human_int("max_num_batched_tokens", v); }},
       {"enable_chunked_prefill", Kind::Bool, "split long prompts across steps",
        [](Config& c, const std::string& v) { c.enable_chunked_prefill = parse_bool("enable_chunked_prefill", v); }},
       {"enable_prefix_caching", Kind::Bool, "reuse KV blocks of shared prompt prefixes",

@@ -78,6 +78,37 @@ TEST(Config, WrongTypesAreRejected) {
   EXPECT_THROW(config_parse_args(c, {"--max-num-seqs"}), Error);  // missing value
 }
 
+// vLLM's human-readable integers for max_model_len and max_num_batched_tokens: decimal k/m/g/t (with
+// decimals), binary K/M/G/T (whole numbers only), plain integers as before.
+TEST(Config, HumanReadableTokenCounts) {
+  const std::vector<std::pair<std::string, int64_t>> ok = {
+      {"2048", 2048}, {"32k", 32000}, {"25.6k", 25600}, {"32K", 32768}, {"128K", 131072}, {"1m", 1000000},
+      {"1M", 1048576}, {"0", 0}, {"1g", 1000000000}};
+  for (const auto& [text, want] : ok) {
+    Config c;
+    config_parse_args(c, {"--max-model-len", text, "--max-num-batched-tokens", text});
+    EXPECT_EQ(c.max_model_len, want) << text;
+    EXPECT_EQ(c.max_num_batched_tokens, want) << text;
+  }
+  Config y;
+  config_parse_args(y, {write_yaml("max_model_len: 128K\nmax_num_batched_tokens: 8k\n")});
+  EXPECT_EQ(y.max_model_len, 131072);
+  EXPECT_EQ(y.max_num_batched_tokens, 8000);
+  for (const char* bad : {"1.5K", "k", "32kk", "3.2.1k", ".5k", "5.k", "32x", "-1k", "1e3k", "10000000000T"}) {
+    Config c;
+    EXPECT_THROW(config_parse_args(c, {"--max-model-len", bad}), Error) << bad;
+  }
+  try {
+    Config c;
+    config_parse_args(c, {"--max-model-len", "1.5K"});
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("decimals are not allowed with binary suffixes like K ('1.5K'); did you mean 1.5k?"),
+              std::string::npos) << e.what();
+  }
+  Config c;
+  EXPECT_THROW(config_parse_args(c, {"--max-num-seqs", "8k"}), Error);  // (only those two, as vLLM)
+}
+
 TEST(Config, HfOverridesAsAYamlMapping) {
   Config c;
   config_parse_args(c, {write_yaml("model: m.json\nload_format: dummy\nhf_overrides: {num_hidden_layers: 2, rope_scaling: {rope_type: llama3, factor: 8.0},\n"
