@@ -182,6 +182,10 @@ const std::vector<Option>& options() {
       {"generation_config", Kind::String,
        "auto (requests default to the sampling parameters of the model's generation_config.json, as vLLM) | vllm (to vLLM's own defaults)",
        [](Config& c, const std::string& v) { c.generation_config = v; }},
+      {"override_generation_config", Kind::String,
+       "JSON object of sampling defaults (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens) over the "
+       "model's generation_config.json, or alone with generation_config vllm (as vLLM)",
+       [](Config& c, const std::string& v) { c.override_generation_config = v; }},
       {"max_logprobs", Kind::Int, "the most log-probabilities a request may ask for: 0 to 20 (vLLM's default 20)",
        [](Config& c, const std::string& v) { c.max_logprobs = parse_int32("max_logprobs", v); }},
       {"chat_template", Kind::String, "chat template replacing the model's: a file, or the template itself (as vLLM)",
@@ -271,7 +275,7 @@ void config_load_yaml(Config& cfg, const std::string& path) {
     if (std::find(seen.begin(), seen.end(), key) != seen.end()) throw Error(cat(origin, ": '", key, "' is given twice"));
     seen.push_back(key);
     if (v.IsNull()) continue;  // `api_key:` with no value leaves the default
-    if (key == "hf_overrides" && v.IsMap()) {  // a mapping, as vLLM's YAML configs write it
+    if ((key == "hf_overrides" || key == "override_generation_config") && v.IsMap()) {  // a mapping, as vLLM's YAML configs write it
       config_set(cfg, key, yaml_to_json(v).dump(), origin);
       continue;
     }
@@ -384,6 +388,11 @@ void config_validate(const Config& c) {
   if (!c.hf_overrides.empty()) {
     const auto j = nlohmann::json::parse(c.hf_overrides, nullptr, false);
     if (j.is_discarded() || !j.is_object()) fail(cat("hf_overrides must be a JSON object, got '", c.hf_overrides, "'"));
+  }
+  if (!c.override_generation_config.empty()) {
+    const auto j = nlohmann::json::parse(c.override_generation_config, nullptr, false);
+    if (j.is_discarded() || !j.is_object())
+      fail(cat("override_generation_config must be a JSON object, got '", c.override_generation_config, "'"));
   }
   if (c.tensor_parallel_size < 1) fail(cat("tensor_parallel_size must be >= 1, got ", c.tensor_parallel_size));
   if (c.pipeline_parallel_size < 1)

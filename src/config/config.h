@@ -13,6 +13,7 @@ struct Config {
   std::string dtype = "auto";        // auto | half | float16 | bfloat16 | float | float32
   std::string backend = "auto";      // auto | cpu | cuda
   std::string load_format = "auto";  // auto | dummy (random weights from the model's hyper-parameters)
+  std::string override_generation_config;  // JSON object: sampling defaults over (or, with generation_config vllm, instead of) the model's
   std::string hf_overrides;          // JSON object merged into config.json (load_format dummy), e.g. {"num_hidden_layers": 2}
   int tensor_parallel_size = 1;
   int pipeline_parallel_size = 1;

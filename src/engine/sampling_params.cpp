@@ -364,6 +364,30 @@ std::vector<std::vector<int32_t>> bad_words_token_ids(const std::vector<std::str
   return out;
 }
 
+namespace {
+// The sampling parameters vLLM takes from a generation config (max_new_tokens as max_tokens), checked as
+// a request's; `what` names the source in errors. With `strict`, other keys are refused.
+json sampling_defaults_of(const json& g, int64_t vocab_size, const std::string& what, bool strict) {
+  static const char* const keys[] = {"temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens"};
+  if (strict)
+    for (const auto& [k, v] : g.items())
+      if (std::find_if(std::begin(keys), std::end(keys), [&](const char* x) { return k == x; }) == std::end(keys))
+        throw Error(cat(what, ": '", k, "' is not a sampling default (temperature, top_p, top_k, min_p, repetition_penalty, "
+                        "max_new_tokens)"));
+  json d = json::object();
+  for (const char* k : keys)
+    if (g.contains(k) && !g[k].is_null()) d[std::string(k) == "max_new_tokens" ? "max_tokens" : k] = g[k];
+  try {
+    SamplingParams p;
+    sampling_params_from_json(d, p);
+    sampling_params_validate(p, vocab_size);
+  } catch (const Error& e) {
+    throw Error(cat(what, ": ", e.what()));
+  }
+  return d;
+}
+}  // namespace
+
 json generation_config_defaults(const std::string& text, int64_t vocab_size) {
   json g;
   try {
@@ -372,18 +396,22 @@ json generation_config_defaults(const std::string& text, int64_t vocab_size) {
     throw Error(cat("generation_config.json is not valid JSON: ", e.what()));
   }
   if (!g.is_object()) throw Error("generation_config.json is not a JSON object");
-  json d = json::object();
-  for (const char* k : {"temperature", "top_p", "top_k", "min_p", "repetition_penalty"})
-    if (g.contains(k) && !g[k].is_null()) d[k] = g[k];
-  if (g.contains("max_new_tokens") && !g["max_new_tokens"].is_null()) d["max_tokens"] = g["max_new_tokens"];
-  try {
+  return sampling_defaults_of(g, vocab_size, "generation_config.json", false);
+}
+
+json override_generation_defaults(json defaults, const std::string& overrides, int64_t vocab_size) {
+  const json o = json::parse(overrides, nullptr, false);
+  if (o.is_discarded() || !o.is_object()) throw Error(cat("override_generation_config must be a JSON object, got '", overrides, "'"));
+  defaults.update(sampling_defaults_of(o, vocab_size, "override_generation_config", true));
+  try {  // (the merged set as a request would carry it)
     SamplingParams p;
-    sampling_params_from_json(d, p);
+    sampling_params_from_json(defaults, p);
     sampling_params_validate(p, vocab_size);
   } catch (const Error& e) {
-    throw Error(cat("generation_config.json: ", e.what()));
+    throw Error(cat("override_generation_config: ", e.what()));
   }
-  return d;
+  log_info("default sampling parameters with override_generation_config: ", defaults.dump());
+  return defaults;
 }
 
 json generation_config_defaults(const ModelFile& file, int64_t vocab_size) {

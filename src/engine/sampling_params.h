@@ -97,6 +97,10 @@ std::vector<std::vector<int32_t>> bad_words_token_ids(const std::vector<std::str
 // a JSON object or values that are not valid parameters.
 nlohmann::json generation_config_defaults(const std::string& generation_config_json, int64_t vocab_size);
 class ModelFile;
+// vLLM's override_generation_config (a JSON object of those keys: temperature, top_p, top_k, min_p,
+// repetition_penalty, max_new_tokens) over `defaults` (the model's, or none with generation_config vllm);
+// other keys and values a request could not set are refused. Logged.
+nlohmann::json override_generation_defaults(nlohmann::json defaults, const std::string& overrides, int64_t vocab_size);
 // The same from a model file's generation_config.json (an empty object when it has none); logged.
 nlohmann::json generation_config_defaults(const ModelFile& file, int64_t vocab_size);
 class Tokenizer;

@@ -192,6 +192,17 @@ check "generate: bad_words" 0 "2/2 requests" -- \
 if sed -n 2p "$work/gen-bw-out.jsonl" | grep -q '"text":"ICIENT' && ! sed -n 1p "$work/gen-bw-out.jsonl" | grep -q ICIENT; then
   passed=$((passed + 1)); echo "PASS generate: the bad word is not generated (and is without bad_words)"
 else failed=$((failed + 1)); echo "FAIL generate: bad_words"; cat "$work/gen-bw-out.jsonl"; fi
+# override_generation_config (vLLM's): its max_new_tokens is the default max_tokens (a request's own wins);
+# a key that is not a sampling default stops the run.
+printf '{"prompt": "Hello", "ignore_eos": true}\n{"prompt": "Hello", "ignore_eos": true, "max_tokens": 5}\n' >"$work/gen-ov.jsonl"
+check "generate: override_generation_config" 0 "2/2 requests" -- \
+  "$llmserve" generate "$work/good.yaml" --override-generation-config '{"max_new_tokens": 3, "temperature": 0}' \
+  --input "$work/gen-ov.jsonl" --output "$work/gen-ov-out.jsonl"
+if [ "$(python3 -c 'import json,sys; print([len(json.loads(l)["outputs"][0]["token_ids"]) for l in open(sys.argv[1])])' "$work/gen-ov-out.jsonl")" = "[3, 5]" ]; then
+  passed=$((passed + 1)); echo "PASS generate: override_generation_config's max_new_tokens is the default max_tokens"
+else failed=$((failed + 1)); echo "FAIL generate: override_generation_config"; cat "$work/gen-ov-out.jsonl"; fi
+check "override_generation_config: not a sampling default" 1 "override_generation_config: 'do_sample' is not a sampling default" -- \
+  "$llmserve" generate "$work/good.yaml" --override-generation-config '{"do_sample": true}' --input "$work/gen-ov.jsonl" --output "$work/gen-ov2.jsonl"
 printf '{"prompt": "a", "max_tokens": 2}\n{"prompt": "b", "temperature": "hot"}\n' >"$work/gen-bad.jsonl"
 check "generate: bad parameter names its line" 1 "gen-bad.jsonl line 2: 'temperature' must be a number" -- \
   "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 --input "$work/gen-bad.jsonl" --output "$work/gen-bad-out.jsonl"

@@ -143,6 +143,24 @@ TEST(RequestJson, GenerationConfigDefaults) {
   EXPECT_THROW(generation_config_defaults("{", 1000), Error);
 }
 
+// vLLM's override_generation_config: its keys over the model's defaults (or alone, with generation_config
+// vllm); other keys and values a request could not set are refused, naming the option.
+TEST(RequestJson, OverrideGenerationConfig) {
+  const json model = json::parse(R"({"temperature": 0.7, "top_p": 0.8, "max_tokens": 64})");
+  EXPECT_EQ(override_generation_defaults(model, R"({"temperature": 0.2, "max_new_tokens": 3, "min_p": 0.05})", 1000),
+            json::parse(R"({"temperature": 0.2, "top_p": 0.8, "max_tokens": 3, "min_p": 0.05})"));
+  EXPECT_EQ(override_generation_defaults(json::object(), R"({"top_k": 20})", 1000), json::parse(R"({"top_k": 20})"));
+  for (const char* bad : {R"({"temprature": 0.5})", R"({"max_tokens": 3})", R"({"top_p": 0})", R"({"temperature": "hot"})",
+                          R"([1])", "{"}) {
+    try {
+      override_generation_defaults(model, bad, 1000);
+      ADD_FAILURE() << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("override_generation_config"), std::string::npos) << e.what();
+    }
+  }
+}
+
 // A JSON schema for guided decoding, in its three request forms: read as a schema, and its text as sent
 // (properties in the request's order, which nlohmann::json would sort) for the recognizer.
 TEST(RequestJson, GuidedJsonSchemaFormsKeepThePropertiesOrder) {

@@ -34,6 +34,8 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
     }
     if (cfg.generation_config == "auto") ctx.sampling_defaults = generation_config_defaults(file, runner.spec().vocab_size);
   }
+  if (!cfg.override_generation_config.empty())
+    ctx.sampling_defaults = override_generation_defaults(ctx.sampling_defaults, cfg.override_generation_config, runner.spec().vocab_size);
   ctx.tok = tok.get();
   ctx.chat = chat.get();
   ctx.model_names = cfg.served_model_name.empty() ? std::vector<std::string>{cfg.model} : cfg.served_model_name;
