@@ -192,6 +192,8 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.chat_template = v; }},
       {"response_role", Kind::String, "role of chat answers after a generation prompt (vLLM's; default assistant)",
        [](Config& c, const std::string& v) { c.response_role = v; }},
+      {"enable_prompt_tokens_details", Kind::Bool, "usage carries prompt_tokens_details.cached_tokens (prompt tokens from the prefix cache)",
+       [](Config& c, const std::string& v) { c.enable_prompt_tokens_details = parse_bool("enable_prompt_tokens_details", v); }},
       {"disable_uvicorn_access_log", Kind::Bool, "no access-log line per request",
        [](Config& c, const std::string& v) { c.disable_uvicorn_access_log = parse_bool("disable_uvicorn_access_log", v); }},
       accepted_flag("disable_log_requests", "accepted as vLLM's; no effect: llmserve does not log prompts or parameters"),

@@ -45,6 +45,7 @@ struct Config {
   std::string chat_template;                // a file, or the template itself (vLLM's); empty: the model's
   std::string response_role = "assistant";  // the role of chat answers after a generation prompt (vLLM)
   bool disable_uvicorn_access_log = false;  // no access-log line per request (vLLM's name)
+  bool enable_prompt_tokens_details = false;  // usage.prompt_tokens_details.cached_tokens (vLLM's)
   int64_t seed = 0;
 
   // Values as given (key -> text), for logging the effective configuration.

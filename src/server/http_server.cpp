@@ -404,14 +404,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (p->req.stream) {
       std::string ev = stream_chunks(p->id, p->req, ctx_, i, out, p->streams[i]);
       if (done) {
-        if (p->req.include_usage) {
-          int64_t pt = 0, ct = 0;
-          for (const auto& o : p->outputs) {
-            pt += o.prompt_tokens;
-            for (const auto& c : o.outputs) ct += static_cast<int64_t>(c.token_ids.size());
-          }
-          ev += usage_chunk(p->id, p->req, ctx_, pt, ct);
-        }
+        if (p->req.include_usage) ev += usage_chunk(p->id, p->req, ctx_, p->outputs);
         ev += "data: [DONE]\n\n";
       }
       if (!ev.empty()) send_event(ev, done);

@@ -160,6 +160,19 @@ json usage_json(int64_t prompt, int64_t completion) {
   return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
 }
 
+// A response's usage; with enable_prompt_tokens_details, the prompt tokens served from the prefix cache too.
+json usage_json(const ApiContext& ctx, const std::vector<RequestOutput>& outputs) {
+  int64_t prompt = 0, completion = 0, cached = 0;
+  for (const auto& o : outputs) {
+    prompt += o.prompt_tokens;
+    cached += o.num_cached_tokens;
+    for (const auto& c : o.outputs) completion += static_cast<int64_t>(c.token_ids.size());
+  }
+  json u = usage_json(prompt, completion);
+  if (ctx.prompt_tokens_details) u["prompt_tokens_details"] = {{"cached_tokens", cached}};
+  return u;
+}
+
 // A token's text in log-probability entries (its id without a tokenizer).
 std::string token_text(const ApiContext& ctx, int32_t id) {
   if (!ctx.tok) return std::to_string(id);
@@ -435,11 +448,8 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
 json completion_response(const std::string& id, const GenerationRequest& r, const ApiContext& ctx,
                          const std::vector<RequestOutput>& outputs) {
   json choices = json::array();
-  int64_t ptok = 0, ctok = 0;
   for (size_t i = 0; i < outputs.size(); ++i) {
-    ptok += outputs[i].prompt_tokens;
     for (const auto& c : outputs[i].outputs) {
-      ctok += static_cast<int64_t>(c.token_ids.size());
       size_t off = 0;
       json choice = {{"index", static_cast<int64_t>(i) * r.params.n + c.index},
                      {"text", (r.echo ? r.prompt_texts[i] : "") + (r.echo_only ? "" : c.text)},
@@ -451,16 +461,14 @@ json completion_response(const std::string& id, const GenerationRequest& r, cons
     }
   }
   return {{"id", id}, {"object", "text_completion"}, {"created", ctx.created}, {"model", r.model},
-          {"choices", std::move(choices)}, {"usage", usage_json(ptok, ctok)}};
+          {"choices", std::move(choices)}, {"usage", usage_json(ctx, outputs)}};
 }
 
 json chat_response(const std::string& id, const GenerationRequest& r, const ApiContext& ctx,
                    const std::vector<RequestOutput>& outputs) {
   json choices = json::array();
   const RequestOutput& o = outputs.at(0);
-  int64_t ctok = 0;
   for (const auto& c : o.outputs) {
-    ctok += static_cast<int64_t>(c.token_ids.size());
     const std::string echoed = r.echo ? r.prompt_texts.at(0) : "";
     std::string text = c.text;  // the content (with a reasoning parser, what follows the reasoning)
     json reasoning = nullptr;
@@ -501,7 +509,7 @@ json chat_response(const std::string& id, const GenerationRequest& r, const ApiC
                        {"stop_reason", c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason)}});
   }
   json resp = {{"id", id}, {"object", "chat.completion"}, {"created", ctx.created}, {"model", r.model},
-               {"choices", std::move(choices)}, {"usage", usage_json(o.prompt_tokens, ctok)}};
+               {"choices", std::move(choices)}, {"usage", usage_json(ctx, outputs)}};
   if (r.params.prompt_logprobs >= 0) resp["prompt_logprobs"] = prompt_logprobs_json(o, ctx);
   return resp;
 }
@@ -626,9 +634,10 @@ std::string stream_chunks(const std::string& id, const GenerationRequest& r, con
   return events;
 }
 
-std::string usage_chunk(const std::string& id, const GenerationRequest& r, const ApiContext& ctx, int64_t p, int64_t c) {
+std::string usage_chunk(const std::string& id, const GenerationRequest& r, const ApiContext& ctx,
+                        const std::vector<RequestOutput>& outputs) {
   json chunk = {{"id", id}, {"object", r.chat ? "chat.completion.chunk" : "text_completion"}, {"created", ctx.created},
-                {"model", r.model}, {"choices", json::array()}, {"usage", usage_json(p, c)}};
+                {"model", r.model}, {"choices", json::array()}, {"usage", usage_json(ctx, outputs)}};
   return "data: " + json_text(chunk) + "\n\n";
 }
 

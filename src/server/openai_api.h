@@ -36,6 +36,7 @@ struct ApiContext {
   int64_t created = 0;
   ToolFormat tool_format = ToolFormat::None;
   bool reasoning = false;  // reasoning_parser qwen3 / deepseek_r1: <think>...</think> is a chat answer's reasoning
+  bool prompt_tokens_details = false;  // usage.prompt_tokens_details.cached_tokens (enable_prompt_tokens_details)
   std::string response_role = "assistant";  // a chat answer's role after a generation prompt
   int max_logprobs = 20;
   bool priority_scheduling = false;  // scheduling_policy priority: requests may set `priority`
@@ -102,8 +103,9 @@ std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiCo
 // Those choices as SSE events ("data: ...\n\n").
 std::string stream_chunks(const std::string& id, const GenerationRequest& r, const ApiContext& ctx, size_t prompt_index,
                           const RequestOutput& out, std::vector<ChoiceStream>& st);
-std::string usage_chunk(const std::string& id, const GenerationRequest& r, const ApiContext& ctx, int64_t prompt_tokens,
-                        int64_t completion_tokens);
+// The stream's final usage chunk (stream_options.include_usage) for all of the request's outputs.
+std::string usage_chunk(const std::string& id, const GenerationRequest& r, const ApiContext& ctx,
+                        const std::vector<RequestOutput>& outputs);
 
 nlohmann::json models_response(const ApiContext& ctx);
 std::string random_id(const char* prefix);

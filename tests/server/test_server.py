@@ -262,7 +262,7 @@ def beam_search_checks(s):
                 want.append(s.post("/detokenize", {"tokens": toks})[1]["prompt"])
         check(f"use_beam_search (two prompts, 3 beams, length_penalty {lp}): vLLM's algorithm's beams, best first",
               st == 200 and got == want and all(c["finish_reason"] == "length" for c in bs["choices"])
-              and bs["usage"]["completion_tokens"] == 30, (got, want))
+              and bs["usage"]["completion_tokens"] == 30 and "prompt_tokens_details" not in bs["usage"], (got, want))
     # llmserve generate runs beam search lines the same way (between its engine's steps).
     inp = os.path.join(BUILD, "test-out", "beam-in.jsonl")
     outp = os.path.join(BUILD, "test-out", "beam-out.jsonl")
@@ -1152,7 +1152,7 @@ def main():
     a = Server("--api-key", "sekret", "--allowed-origins", '["http://app.example"]', "--response-role", "bot",
                "--disable-uvicorn-access-log", "--disable-log-requests", "--disable-log-stats", "--trust-remote-code",
                "--enable-auto-tool-choice", "--max-logprobs", "3", "--generation-config", "vllm", "--chat-template", "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}",
-               "--async-scheduling")
+               "--async-scheduling", "--enable-prompt-tokens-details")
     try:
         # Greedy and streamed answers under asynchronous scheduling equal llmserve generate's (one rank, in turn).
         body = {"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0, "ignore_eos": True}
@@ -1193,6 +1193,26 @@ def main():
         st2, dt = a.post("/detokenize", {"tokens": tk.get("tokens", [])}, headers={"Authorization": "Bearer sekret"})
         check("chat_template (inline, escapes decoded) replaces the model's",
               st == 200 and st2 == 200 and dt["prompt"] == "user: hi\nbot: yo\n", (tk, dt))
+        # enable_prompt_tokens_details (vLLM's): usage names the prompt tokens served from the prefix cache,
+        # whole and in a stream's usage chunk; a server without it leaves the field out.
+        long_prompt = " ".join(["alpha beta gamma delta"] * 12)
+        pb = {"prompt": long_prompt, "max_tokens": 2, "temperature": 0}
+        st, u1 = a.post("/v1/completions", pb, headers=auth)
+        st2, u2 = a.post("/v1/completions", pb, headers=auth)
+        c = http.client.HTTPConnection("127.0.0.1", a.port, timeout=60)
+        c.request("POST", "/v1/chat/completions", body=json.dumps({"messages": [{"role": "user", "content": long_prompt}], "max_tokens": 2,
+                  "stream": True, "stream_options": {"include_usage": True}}), headers={"Content-Type": "application/json", **auth})
+        c.getresponse().read()
+        c.request("POST", "/v1/chat/completions", body=json.dumps({"messages": [{"role": "user", "content": long_prompt}], "max_tokens": 2,
+                  "stream": True, "stream_options": {"include_usage": True}}), headers={"Content-Type": "application/json", **auth})
+        ev = [json.loads(line[6:]) for line in c.getresponse().read().decode().split("\n") if line.startswith("data: ") and line != "data: [DONE]"]
+        c.close()
+        su = ev[-1].get("usage") or {}
+        check("enable_prompt_tokens_details: cached prompt tokens in usage (whole and streamed)",
+              st == st2 == 200 and u1["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+              and u2["usage"]["prompt_tokens_details"]["cached_tokens"] >= 16
+              and u2["usage"]["prompt_tokens_details"]["cached_tokens"] < u2["usage"]["prompt_tokens"]
+              and su.get("prompt_tokens_details", {}).get("cached_tokens", 0) >= 16, (u1, u2, su))
         check("auth: no key is 401", a.request("GET", "/v1/models")[0] == 401)
         check("auth: wrong key is 401", a.request("GET", "/v1/models", headers={"Authorization": "Bearer nope"})[0] == 401)
         check("auth: right key is 200", a.request("GET", "/v1/models", headers={"Authorization": "Bearer sekret"})[0] == 200)

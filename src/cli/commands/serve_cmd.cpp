@@ -46,6 +46,7 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
   ctx.created = static_cast<int64_t>(std::time(nullptr));
   ctx.tool_format = tool_format_for(cfg.tool_call_parser, runner.spec().model_type);
   ctx.reasoning = cfg.reasoning_parser != "none";
+  ctx.prompt_tokens_details = cfg.enable_prompt_tokens_details;
   ctx.response_role = cfg.response_role;
   ctx.max_logprobs = cfg.max_logprobs;
   ctx.priority_scheduling = cfg.scheduling_policy == "priority";
