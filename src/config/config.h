@@ -46,6 +46,7 @@ struct Config {
   std::string response_role = "assistant";  // the role of chat answers after a generation prompt (vLLM)
   bool disable_uvicorn_access_log = false;  // no access-log line per request (vLLM's name)
   bool enable_prompt_tokens_details = false;  // usage.prompt_tokens_details.cached_tokens (vLLM's)
+  bool return_tokens_as_token_ids = false;    // log-probability entries name tokens "token_id:<id>" unless a request says (vLLM's)
   int64_t seed = 0;
 
   // Values as given (key -> text), for logging the effective configuration.

@@ -62,6 +62,7 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
     r.include_usage = flag("include_usage");
     r.continuous_usage = flag("continuous_usage_stats") && r.include_usage;
   }
+  r.tokens_as_ids = ctx.tokens_as_ids;  // (the server's default; the request's own below)
   if (given("return_tokens_as_token_ids")) {
     if (!body["return_tokens_as_token_ids"].is_boolean())
       throw HttpError(400, "'return_tokens_as_token_ids' must be a boolean", "BadRequestError", "return_tokens_as_token_ids");

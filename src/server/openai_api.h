@@ -37,6 +37,7 @@ struct ApiContext {
   ToolFormat tool_format = ToolFormat::None;
   bool reasoning = false;  // reasoning_parser qwen3 / deepseek_r1: <think>...</think> is a chat answer's reasoning
   bool prompt_tokens_details = false;  // usage.prompt_tokens_details.cached_tokens (enable_prompt_tokens_details)
+  bool tokens_as_ids = false;          // return_tokens_as_token_ids: a request's default
   std::string response_role = "assistant";  // a chat answer's role after a generation prompt
   int max_logprobs = 20;
   bool priority_scheduling = false;  // scheduling_policy priority: requests may set `priority`

@@ -1152,7 +1152,7 @@ def main():
     a = Server("--api-key", "sekret", "--allowed-origins", '["http://app.example"]', "--response-role", "bot",
                "--disable-uvicorn-access-log", "--disable-log-requests", "--disable-log-stats", "--trust-remote-code",
                "--enable-auto-tool-choice", "--max-logprobs", "3", "--generation-config", "vllm", "--chat-template", "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}",
-               "--async-scheduling", "--enable-prompt-tokens-details")
+               "--async-scheduling", "--enable-prompt-tokens-details", "--return-tokens-as-token-ids")
     try:
         # Greedy and streamed answers under asynchronous scheduling equal llmserve generate's (one rank, in turn).
         body = {"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0, "ignore_eos": True}
@@ -1188,6 +1188,14 @@ def main():
         st2, ok3 = a.post("/v1/completions", {"prompt": "x", "max_tokens": 1, "logprobs": 3}, headers={"Authorization": "Bearer sekret"})
         check("max_logprobs: 4 of at most 3 is a 400, 3 is answered",
               st == 400 and "greater than max allowed: 3" in ml["error"]["message"] and st2 == 200, (ml, ok3))
+        # return_tokens_as_token_ids on the server (vLLM's flag): entries name tokens "token_id:<id>" unless
+        # a request says otherwise.
+        named = ok3.get("choices", [{}])[0].get("logprobs", {}).get("tokens", []) if st2 == 200 else []
+        st3, txt = a.post("/v1/completions", {"prompt": "x", "max_tokens": 1, "logprobs": 3, "return_tokens_as_token_ids": False},
+                          headers={"Authorization": "Bearer sekret"})
+        check("return_tokens_as_token_ids: the server's default, a request's false wins",
+              len(named) == 1 and named[0].startswith("token_id:") and st3 == 200
+              and not txt["choices"][0]["logprobs"]["tokens"][0].startswith("token_id:"), (ok3, txt))
         st, tk = a.post("/tokenize", {"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "yo"}]},
                         headers={"Authorization": "Bearer sekret"})
         st2, dt = a.post("/detokenize", {"tokens": tk.get("tokens", [])}, headers={"Authorization": "Bearer sekret"})

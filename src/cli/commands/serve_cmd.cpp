@@ -47,6 +47,7 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
   ctx.tool_format = tool_format_for(cfg.tool_call_parser, runner.spec().model_type);
   ctx.reasoning = cfg.reasoning_parser != "none";
   ctx.prompt_tokens_details = cfg.enable_prompt_tokens_details;
+  ctx.tokens_as_ids = cfg.return_tokens_as_token_ids;
   ctx.response_role = cfg.response_role;
   ctx.max_logprobs = cfg.max_logprobs;
   ctx.priority_scheduling = cfg.scheduling_policy == "priority";
