@@ -75,14 +75,19 @@ class Server:
         except ValueError:
             return st, out
 
-    def stream(self, path, body, timeout=120):
+    def stream(self, path, body, timeout=120, headers=None):
         """Returns the list of SSE data payloads."""
         c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        c.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+        c.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json", **(headers or {})})
         r = c.getresponse()
         events = [line[6:] for line in r.read().decode().split("\n") if line.startswith("data: ")]
         c.close()
         return r.status, events
+
+    def stream_chunks(self, path, body, **kw):
+        """The stream's JSON chunks, [DONE] left out."""
+        st, events = self.stream(path, body, **kw)
+        return st, [json.loads(e) for e in events if e != "[DONE]"]
 
     def metric(self, name):
         _, text = self.request("GET", "/metrics")
@@ -1207,15 +1212,11 @@ def main():
         pb = {"prompt": long_prompt, "max_tokens": 2, "temperature": 0}
         st, u1 = a.post("/v1/completions", pb, headers=auth)
         st2, u2 = a.post("/v1/completions", pb, headers=auth)
-        c = http.client.HTTPConnection("127.0.0.1", a.port, timeout=60)
-        c.request("POST", "/v1/chat/completions", body=json.dumps({"messages": [{"role": "user", "content": long_prompt}], "max_tokens": 2,
-                  "stream": True, "stream_options": {"include_usage": True}}), headers={"Content-Type": "application/json", **auth})
-        c.getresponse().read()
-        c.request("POST", "/v1/chat/completions", body=json.dumps({"messages": [{"role": "user", "content": long_prompt}], "max_tokens": 2,
-                  "stream": True, "stream_options": {"include_usage": True}}), headers={"Content-Type": "application/json", **auth})
-        ev = [json.loads(line[6:]) for line in c.getresponse().read().decode().split("\n") if line.startswith("data: ") and line != "data: [DONE]"]
-        c.close()
-        su = ev[-1].get("usage") or {}
+        streamed = {"messages": [{"role": "user", "content": long_prompt}], "max_tokens": 2, "stream": True,
+                    "stream_options": {"include_usage": True}}
+        a.stream("/v1/chat/completions", streamed, headers=auth)  # (the first puts the prompt in the cache)
+        _, ev = a.stream_chunks("/v1/chat/completions", streamed, headers=auth)
+        su = (ev[-1].get("usage") if ev else None) or {}
         check("enable_prompt_tokens_details: cached prompt tokens in usage (whole and streamed)",
               st == st2 == 200 and u1["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
               and u2["usage"]["prompt_tokens_details"]["cached_tokens"] >= 16
@@ -1287,10 +1288,7 @@ def main():
                  "continue_final_message": True, "add_generation_prompt": False, "max_tokens": 8, "temperature": 0}
         st, tr = q.post("/v1/chat/completions", think)
         tm = tr["choices"][0]["message"] if st == 200 else {}
-        c = http.client.HTTPConnection("127.0.0.1", q.port, timeout=60)
-        c.request("POST", "/v1/chat/completions", body=json.dumps({**think, "stream": True}), headers={"Content-Type": "application/json"})
-        ev = [json.loads(line[6:]) for line in c.getresponse().read().decode().split("\n") if line.startswith("data: ") and line != "data: [DONE]"]
-        c.close()
+        _, ev = q.stream_chunks("/v1/chat/completions", {**think, "stream": True})
         streamed = "".join(e["choices"][0]["delta"].get("reasoning", "") for e in ev if e.get("choices"))
         st2, pr = q.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "temperature": 0})
         st3, hidden = q.post("/v1/chat/completions", {**think, "include_reasoning": False})
@@ -1329,10 +1327,7 @@ def main():
         named = {**think, "tools": [weather], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
         st, nr = q.post("/v1/chat/completions", named)
         nm = nr["choices"][0]["message"] if st == 200 else {}
-        c = http.client.HTTPConnection("127.0.0.1", q.port, timeout=60)
-        c.request("POST", "/v1/chat/completions", body=json.dumps({**named, "stream": True}), headers={"Content-Type": "application/json"})
-        ev = [json.loads(line[6:]) for line in c.getresponse().read().decode().split("\n") if line.startswith("data: ") and line != "data: [DONE]"]
-        c.close()
+        _, ev = q.stream_chunks("/v1/chat/completions", {**named, "stream": True})
         deltas = [e["choices"][0]["delta"] for e in ev if e.get("choices")]
         calls = [tc for d in deltas for tc in (d.get("tool_calls") or [])]
         check("reasoning_parser and a named tool choice: the reasoning first, then the call (whole and streamed)",
