@@ -2,7 +2,8 @@
 # The GPU checks a session runs on the device machine, in one call (device time is scarce): build with
 # CUDA; cuda_tests; the GPU golden tests of the fixture models present under FIXTURES (the device tool's
 # tree holds 64 MiB: tiny-qwen2 alone fits beside the code) and of tiny-qwen3 / tiny-qwen3-yarn, made
-# there (with transformers' Qwen3ForCausalLM compared with their numpy goldens when torch is present);
+# there (with transformers' Qwen3ForCausalLM compared with their numpy goldens when torch is present),
+# and tiny-qwen3-embed's /v1/embeddings on the CUDA backend (tests/server/test_embeddings.py);
 # the engine golden cases with tp = 1 on the CUDA backend; the server suite on the CUDA backend; and the
 # batch-1 decode (TPOT at 1 and 2 sequences) of each CONFIG_JSON shape. Each part is skipped once
 # DEADLINE seconds (default 540) are near, so the call ends inside the tool's limit; a summary line per
@@ -42,7 +43,7 @@ for m in tiny-qwen2 tiny-llama3; do
   [ -d "$fixtures/models/$m" ] && build/llmserve-convert "$fixtures/models/$m" -o "build/test-models/$m.h5" --force \
     >>"$out/logs/convert.log" 2>&1 && models+=("$m")
 done
-for v in "" yarn; do
+for v in "" yarn embed; do
   if ! { python3 tests/model/make_tiny_qwen3.py "$fixtures" "$qf" $v &&
          build/llmserve-convert "$qf/models/tiny-qwen3${v:+-$v}" -o "build/test-models/tiny-qwen3${v:+-$v}.h5" --force; } \
        >>"$out/logs/convert.log" 2>&1; then
@@ -59,7 +60,7 @@ fi
 
 if want golden; then
   if python3 -c "import torch, transformers" 2>/dev/null; then
-    for n in tiny-qwen3 tiny-qwen3-yarn; do
+    for n in tiny-qwen3 tiny-qwen3-yarn tiny-qwen3-embed; do
       time_left 60 "transformers $n" || break
       timeout 120 python3 tests/model/check_qwen3_with_transformers.py "$qf" "$n" >"$out/logs/transformers-$n.log" 2>&1
       say "transformers $n rc=$?: $(tail -1 "$out/logs/transformers-$n.log")"
@@ -108,6 +109,12 @@ if want server && [ -f build/test-models/tiny-qwen2.h5 ] && time_left 120 "serve
   LLMSERVE_TEST_BACKEND=cuda timeout $((deadline - SECONDS - 30)) python3 tests/server/test_server.py build >"$out/logs/server.log" 2>&1
   say "server suite (CUDA) rc=$? $((SECONDS - t)) s: $(tail -1 "$out/logs/server.log")"
   grep "^FAIL" "$out/logs/server.log" | head -5 | tee -a "$out/summary.txt"
+fi
+
+if want server && [ -f build/test-models/tiny-qwen3-embed.h5 ] && time_left 60 "embeddings"; then
+  LLMSERVE_TEST_BACKEND=cuda timeout $((deadline - SECONDS - 20)) python3 tests/server/test_embeddings.py build "$qf" >"$out/logs/embeddings.log" 2>&1
+  say "embeddings (CUDA) rc=$?: $(tail -1 "$out/logs/embeddings.log")"
+  grep "^FAIL" "$out/logs/embeddings.log" | head -5 | tee -a "$out/summary.txt"
 fi
 
 if want decode; then

@@ -15,6 +15,7 @@
 
 #include "common/error.h"
 #include "common/json_text.h"
+#include "model/pooler_config.h"
 
 namespace llmserve {
 namespace {
@@ -197,6 +198,17 @@ const std::vector<Option>& options() {
       {"return_tokens_as_token_ids", Kind::Bool,
        "log-probability entries name tokens \"token_id:<id>\" unless a request's return_tokens_as_token_ids says otherwise",
        [](Config& c, const std::string& v) { c.return_tokens_as_token_ids = parse_bool("return_tokens_as_token_ids", v); }},
+      {"runner", Kind::String,
+       "auto | generate | pooling (vLLM's): pooling serves embeddings (/v1/embeddings) instead of text; auto picks pooling "
+       "for Sentence Transformers checkpoints and *Model architectures",
+       [](Config& c, const std::string& v) { c.runner = v; }},
+      {"convert", Kind::String, "auto | embed (vLLM's): embed serves a generative model's hidden states as embeddings",
+       [](Config& c, const std::string& v) { c.convert = v; }},
+      {"pooler_config", Kind::String,
+       "JSON object over the model's pooler (vLLM's): pooling_type LAST | MEAN | CLS, normalize, dimensions",
+       [](Config& c, const std::string& v) { c.pooler_config = v; }},
+      {"override_pooler_config", Kind::String, "the older name of pooler_config (vLLM's)",
+       [](Config& c, const std::string& v) { c.pooler_config = v; }},
       {"disable_uvicorn_access_log", Kind::Bool, "no access-log line per request",
        [](Config& c, const std::string& v) { c.disable_uvicorn_access_log = parse_bool("disable_uvicorn_access_log", v); }},
       accepted_flag("disable_log_requests", "accepted as vLLM's; no effect: llmserve does not log prompts or parameters"),
@@ -280,7 +292,8 @@ void config_load_yaml(Config& cfg, const std::string& path) {
     if (std::find(seen.begin(), seen.end(), key) != seen.end()) throw Error(cat(origin, ": '", key, "' is given twice"));
     seen.push_back(key);
     if (v.IsNull()) continue;  // `api_key:` with no value leaves the default
-    if ((key == "hf_overrides" || key == "override_generation_config") && v.IsMap()) {  // a mapping, as vLLM's YAML configs write it
+    if ((key == "hf_overrides" || key == "override_generation_config" || key == "pooler_config" ||
+         key == "override_pooler_config") && v.IsMap()) {  // a mapping, as vLLM's YAML configs write it
       config_set(cfg, key, yaml_to_json(v).dump(), origin);
       continue;
     }
@@ -398,6 +411,15 @@ void config_validate(const Config& c) {
     const auto j = nlohmann::json::parse(c.override_generation_config, nullptr, false);
     if (j.is_discarded() || !j.is_object())
       fail(cat("override_generation_config must be a JSON object, got '", c.override_generation_config, "'"));
+  }
+  if (c.runner != "auto" && c.runner != "generate" && c.runner != "pooling")
+    fail(cat("runner must be auto, generate or pooling; got '", c.runner, "'"));
+  try {
+    resolve_runner(c.runner, c.convert, false, "");
+    PoolerConfig pooler;
+    apply_pooler_config(pooler, c.pooler_config);
+  } catch (const Error& e) {
+    fail(e.what());
   }
   if (c.tensor_parallel_size < 1) fail(cat("tensor_parallel_size must be >= 1, got ", c.tensor_parallel_size));
   if (c.pipeline_parallel_size < 1)

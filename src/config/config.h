@@ -47,6 +47,9 @@ struct Config {
   bool disable_uvicorn_access_log = false;  // no access-log line per request (vLLM's name)
   bool enable_prompt_tokens_details = false;  // usage.prompt_tokens_details.cached_tokens (vLLM's)
   bool return_tokens_as_token_ids = false;    // log-probability entries name tokens "token_id:<id>" unless a request says (vLLM's)
+  std::string runner = "auto";               // auto | generate | pooling (vLLM's; pooling serves /v1/embeddings)
+  std::string convert = "auto";              // auto | embed (vLLM's: embed makes a generative model a pooling one)
+  std::string pooler_config;                 // JSON object: pooling_type LAST | MEAN | CLS, normalize, dimensions (vLLM's)
   int64_t seed = 0;
 
   // Values as given (key -> text), for logging the effective configuration.

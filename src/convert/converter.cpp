@@ -1,5 +1,7 @@
 #include "convert/converter.h"
 
+#include "model/pooler_config.h"
+
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -18,6 +20,7 @@
 #include "convert/gguf.h"
 #include "convert/model_writer.h"
 #include "convert/safetensors.h"
+#include "model/pooler_config.h"
 #include "model/weight_names.h"
 #include "tokenizer/tokenizer.h"
 
@@ -111,11 +114,39 @@ void convert_hf(const ConvertOptions& opt) {
     for (const auto& [name, e] : shards.back()->entries()) where[name] = shards.back().get();
   }
 
+  // A Sentence Transformers checkpoint (an embedding model, such as Qwen3-Embedding): its modules.json
+  // and Pooling module's config are kept for the pooling runner (model/pooler_config.h).
+  std::string st_modules, st_pooling;
+  if (fs::exists(dir / "modules.json")) {
+    st_modules = read_file((dir / "modules.json").string());
+    try {
+      const std::string path = sentence_transformers_pooling_path(st_modules);
+      if (!path.empty() && fs::exists(dir / path / "config.json")) st_pooling = read_file((dir / path / "config.json").string());
+      sentence_transformers_pooler(st_modules, st_pooling);
+    } catch (const Error& e) {
+      throw Error(cat("'", dir.string(), "': ", e.what()));
+    }
+  }
+  // Base-model checkpoints (Qwen3Model, as embedding models are saved) name their tensors without the
+  // "model." prefix.
+  auto source_name = [&](const std::string& name) {
+    if (where.count(name) || name.rfind("model.", 0) != 0) return name;
+    const std::string bare = name.substr(6);
+    return where.count(bare) ? bare : name;
+  };
+  // An embedding checkpoint has no language-model head: the pooling runner does not read one, and the
+  // converted file shares the embedding's rows (as a tied model) so that it loads.
+  const bool embedding_model = !st_modules.empty() || spec.architecture.find("For") == std::string::npos;
+  if (!spec.tie_word_embeddings && embedding_model && !where.count("lm_head.weight")) {
+    spec.tie_word_embeddings = true;
+    log_info("'", dir.string(), "' has no lm_head.weight (an embedding model): the converted file ties it to the "
+             "embedding; serve it with the pooling runner");
+  }
   const auto expected = expected_weights(spec);
   for (const auto& w : expected) {
-    auto it = where.find(w.name);
+    auto it = where.find(source_name(w.name));
     if (it == where.end()) throw Error(cat("'", dir.string(), "': tensor '", w.name, "' missing from the checkpoint"));
-    const auto& e = it->second->entries().at(w.name);
+    const auto& e = it->second->entries().at(source_name(w.name));
     if (e.shape != w.shape) {
       std::ostringstream got, want;
       for (auto d : e.shape) got << d << ' ';
@@ -158,15 +189,18 @@ void convert_hf(const ConvertOptions& opt) {
 
   ModelWriter writer(opt.output, spec, "huggingface:" + fs::absolute(dir).string());
   writer.add_text("config", "hf_config.json", cfg_text);
+  if (!st_modules.empty()) writer.add_text("config", "st_modules.json", st_modules);
+  if (!st_pooling.empty()) writer.add_text("config", "st_pooling_config.json", st_pooling);
   for (const auto& [name, text] : docs) writer.add_text("tokenizer", name, text);
   if (!chat_template.empty()) writer.add_text("tokenizer", "chat_template", chat_template);
 
   for (const auto& w : expected) {
-    SafetensorsFile* f = where.at(w.name);
-    const auto& e = f->entries().at(w.name);
+    const std::string name = source_name(w.name);
+    SafetensorsFile* f = where.at(name);
+    const auto& e = f->entries().at(name);
     const DType src = st_dtype(e.dtype, f->path(), w.name);
     const DType dst = opt.dtype == "keep" ? src : dtype_from_name(opt.dtype);
-    std::vector<char> raw = f->read(w.name);
+    std::vector<char> raw = f->read(name);
     size_t n = 1;
     for (auto d : w.shape) n *= static_cast<size_t>(d);
     std::vector<char> data = cast(src, dst, raw.data(), n);

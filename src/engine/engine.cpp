@@ -63,14 +63,26 @@ Engine::StepTimes Engine::step_times() const {
   return t;
 }
 
-uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& params) {
+uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& sampling) {
   const int64_t V = runner_.spec().vocab_size;
-  sampling_params_validate(params, V);
+  const bool pooling = sampling.pooling != Pooling::None;
+  SamplingParams params = sampling;
+  if (pooling) {  // (only the prompt: vLLM's PoolingParams have no sampling)
+    params = SamplingParams();
+    params.pooling = sampling.pooling;
+    params.priority = sampling.priority;
+    params.output_kind = OutputKind::FinalOnly;
+    params.max_tokens = 0;
+  }
+  if (!pooling) sampling_params_validate(params, V);
   if (prompt.empty()) throw Error("the prompt is empty");
   for (int32_t t : prompt)
     if (t < 0 || t >= V) throw Error(cat("token id ", t, " is outside the vocabulary (", V, ")"));
   const int64_t max_len = runner_.config().max_model_len;
   const int64_t total = static_cast<int64_t>(prompt.size()) + params.max_tokens;
+  if (pooling && total > max_len)
+    throw Error(cat("This model's maximum context length is ", max_len, " tokens. However, you requested ", total,
+                    " tokens in the input for embedding generation. Please reduce the length of the input."));
   if (total > max_len)
     throw Error(cat("This model's maximum context length is ", max_len, " tokens. However, you requested ", total,
                     " tokens (", prompt.size(), " in the prompt, ", params.max_tokens,
@@ -80,7 +92,7 @@ uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& 
                     " KV-cache blocks but the whole cache has ", sched_.config().num_blocks));
   std::vector<int32_t> eos;
   for (int64_t e : runner_.spec().eos_token_ids) eos.push_back(static_cast<int32_t>(e));
-  check_some_token_allowed(params, runner_.spec().eos_token_ids);
+  if (!pooling) check_some_token_allowed(params, runner_.spec().eos_token_ids);
   check_priority(params, sched_.config().priority);
   if (params.beam_search) throw Error("beam search runs above the engine (server/beam_search.h), not as one request");
   Request r;
@@ -177,6 +189,10 @@ void Engine::handle_results(const std::vector<SampledToken>& tokens, std::vector
       add_prompt_logprob(t);
       continue;
     }
+    if (t.position == kPooled) {
+      finish_pooled(t, touched);
+      continue;
+    }
     if (t.token == kNoToken) {
       fail_seq(t.seq_id, touched);
       continue;
@@ -231,6 +247,18 @@ void Engine::add_prompt_logprob(const SampledToken& t) {
   v.push_back(std::move(lp));
 }
 
+void Engine::finish_pooled(const SampledToken& t, std::vector<uint64_t>& touched) {
+  auto so = seq_out_.find(t.seq_id);
+  Sequence* s = sched_.find(t.seq_id);
+  if (so == seq_out_.end() || !s) return;
+  Request& r = requests_.at(so->second.request_id);
+  r.cached_tokens = std::max<int64_t>(r.cached_tokens, s->num_cached_tokens);
+  r.embedding = t.pooled;
+  if (r.params.pooling == Pooling::Mean && t.rank > 0)
+    for (float& x : r.embedding) x /= static_cast<float>(t.rank);
+  finish_seq(t.seq_id, r.aborted ? "abort" : "stop", "", touched);
+}
+
 void Engine::finish_seq(uint64_t seq_id, const std::string& reason, const std::string& stop_reason,
                         std::vector<uint64_t>& touched) {
   SeqOut& so = seq_out_.at(seq_id);
@@ -267,6 +295,7 @@ RequestOutput Engine::snapshot(Request& r) {
   for (const auto& s : r.params.stop) max_stop = std::max(max_stop, s.size());
   o.finished = r.unfinished == 0;
   if (o.finished) o.error = r.error;
+  if (o.finished) o.embedding = r.embedding;
   const bool delta = r.params.output_kind == OutputKind::Delta;
   o.outputs.reserve(r.seqs.size());
   for (uint64_t sid : r.seqs) {
@@ -318,6 +347,7 @@ void accumulate_output(RequestOutput& acc, RequestOutput&& d) {
   if (d.prompt_logprobs) acc.prompt_logprobs = std::move(d.prompt_logprobs);
   acc.finished = d.finished;
   acc.error = std::move(d.error);
+  if (!d.embedding.empty()) acc.embedding = std::move(d.embedding);
   for (size_t k = 0; k < d.outputs.size(); ++k) {
     CompletionOutput& c = d.outputs[k];
     // The same sequences in the same order in every output of a request; found by index all the same.

@@ -61,6 +61,10 @@ struct RequestOutput {
   // Set, with `finished`, when the request failed while it ran: a sequence had no token it could draw
   // (step_plan.h's kNoToken). The outputs are then incomplete; the server answers with this error.
   std::string error;
+  // An embedding request (SamplingParams::pooling), once finished: the pooled final-norm hidden state
+  // (the last position's, the mean, or the first's), float32, neither truncated nor normalized. Its
+  // `outputs` hold one entry, finish_reason "stop", no tokens.
+  std::vector<float> embedding;
 };
 
 // Adds an OutputKind::Delta output to `acc`, the request's outputs so far in cumulative form (empty
@@ -75,7 +79,9 @@ class Engine {
   Engine(ModelRunner& runner, const Tokenizer* tokenizer, uint64_t seed);
   ~Engine();
 
-  // Validates and queues a request; throws Error (a 400 for the server) when it can never run.
+  // Validates and queues a request; throws Error (a 400 for the server) when it can never run. With
+  // params.pooling, an embedding request: its prompt is computed and pooled (n 1; the sampling
+  // parameters are not read), and its one output carries RequestOutput::embedding.
   uint64_t add_request(std::vector<int32_t> prompt, const SamplingParams& params);
   void abort(uint64_t request_id);
   bool has_unfinished() const { return !requests_.empty(); }
@@ -123,6 +129,7 @@ class Engine {
     bool aborted = false;
     std::string error;  // why it failed (its other sequences are aborted)
     std::shared_ptr<std::vector<TokenLogprob>> prompt_logprobs;  // filled in position order
+    std::vector<float> embedding;  // a pooling request's, once its vector is back
     int64_t touched_at = -1;  // the step() call that last listed it as changed
   };
   // Sends a plan on its way and runs rank 0's part; returns the sampled tokens when rank 0 is also
@@ -147,6 +154,8 @@ class Engine {
   bool check_stop_strings(SeqOut& so, const SamplingParams& p);
   // A prompt_logprobs entry (t.position >= 1) into its request's list.
   void add_prompt_logprob(const SampledToken& t);
+  // A pooling sequence's vector (t.position kPooled): its request's embedding, and the sequence done.
+  void finish_pooled(const SampledToken& t, std::vector<uint64_t>& touched);
   RequestOutput snapshot(Request& r);
 
   ModelRunner& runner_;

@@ -16,6 +16,11 @@ namespace llmserve {
 // (whole, as Cumulative's last).
 enum class OutputKind { Cumulative, Delta, FinalOnly };
 
+// An embedding request's pooling (vLLM's pooler_config pooling_type): the final-norm hidden states of
+// the prompt that make its vector: the last position's, the mean of all, or the first's (CLS). None: a
+// generation request.
+enum class Pooling : uint8_t { None, Last, Mean, Cls };
+
 struct SamplingParams {
   int n = 1;
   double temperature = 1.0;  // 0: greedy
@@ -67,6 +72,10 @@ struct SamplingParams {
   // server/beam_search.h (the engine itself refuses such a request). Not sent to the workers.
   bool beam_search = false;
   double length_penalty = 1.0;
+  // An embedding request (the pooling runner): the prompt is computed and pooled, nothing is sampled
+  // (the engine's RequestOutput::embedding). Read by rank 0's scheduler, which sends the workers the
+  // rows to pool (SeqStep::pool_from); not sent itself.
+  Pooling pooling = Pooling::None;
   // Set by the caller (the server, `generate`), not read from a request.
   OutputKind output_kind = OutputKind::Cumulative;
 

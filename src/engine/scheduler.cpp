@@ -32,6 +32,26 @@ void Scheduler::emit(Sequence& s, int32_t chunk, StepPlan& plan) {
   st.tokens.assign(s.tokens.begin() + s.num_computed, s.tokens.begin() + s.num_computed + chunk);
   st.block_table = s.blocks;
   st.sample = s.num_computed + chunk == static_cast<int32_t>(s.tokens.size());
+  if (s.params.pooling != Pooling::None) {
+    // Nothing is sampled: the rows the pooling wants go back summed, the vector once the prompt is done
+    // (one step in flight for it then, so that it is neither planned again nor preempted meanwhile).
+    st.pool_done = st.sample;
+    st.sample = false;
+    switch (s.params.pooling) {
+      case Pooling::Last:
+        if (st.pool_done) st.pool_from = chunk - 1, st.pool_count = 1;
+        break;
+      case Pooling::Mean:
+        st.pool_count = chunk;
+        break;
+      case Pooling::Cls:
+        if (s.num_computed == 0) st.pool_count = 1;
+        break;
+      case Pooling::None:
+        break;
+    }
+    if (st.pool_done) ++s.in_flight;
+  }
   if (wants_prompt_rows(s)) {
     const int32_t end = std::min(s.num_computed + chunk, s.prompt_len - 1);
     if (end > s.num_computed) st.prompt_targets.assign(s.tokens.begin() + s.num_computed + 1, s.tokens.begin() + end + 1);
@@ -68,7 +88,7 @@ void Scheduler::register_full_blocks(Sequence& s) {
 bool Scheduler::can_schedule_ahead(const Sequence& s) const {
   // Its one step in flight samples the token at position tokens.size(); planned now, the decode feeds
   // that token and samples the one after it, which must still be within max_tokens and max_model_len.
-  return cfg_.async_scheduling && s.in_flight == 1 && s.num_computed == static_cast<int32_t>(s.tokens.size()) &&
+  return cfg_.async_scheduling && s.params.pooling == Pooling::None && s.in_flight == 1 && s.num_computed == static_cast<int32_t>(s.tokens.size()) &&
          s.output_len() + 2 <= s.params.max_tokens && static_cast<int64_t>(s.tokens.size()) + 2 <= cfg_.max_model_len;
 }
 
@@ -202,8 +222,10 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
     Sequence* s = waiting_.front();
     if (!swapped_.empty() && !(cfg_.priority && before(s, swapped_.front()))) break;
     std::vector<uint64_t> hashes;
-    if (s->num_computed == 0 && s->blocks.empty() && !wants_prompt_rows(*s)) {
-      // (A sequence with prompt_logprobs computes its whole prompt: each position's logits are wanted.)
+    if (s->num_computed == 0 && s->blocks.empty() && !wants_prompt_rows(*s) &&
+        (s->params.pooling == Pooling::None || s->params.pooling == Pooling::Last)) {
+      // (A sequence with prompt_logprobs computes its whole prompt: each position's logits are wanted;
+      // so does one pooling more than its last position.)
       // Reuse cached full blocks of the prefix; at least the last token is always recomputed.
       const int64_t max_blocks = (static_cast<int64_t>(s->tokens.size()) - 1) / cfg_.block_size;
       s->blocks = bm_.match_prefix(s->tokens, max_blocks, hashes);

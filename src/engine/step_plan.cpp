@@ -127,6 +127,7 @@ std::string StepPlan::serialize() const {
       w.vec(s.start->prefix);
     }
     w.vec(s.prompt_targets);
+    w.put(s.pool_from), w.put(s.pool_count), w.put(static_cast<uint8_t>(s.pool_done));
   }
   w.vec(swap_out), w.vec(swap_in), w.vec(finished);
   return w.take();
@@ -156,6 +157,9 @@ StepPlan StepPlan::deserialize(const std::string& bytes) {
     }
     s.prompt_targets = r.vec<int32_t>();
     if (s.prompt_targets.size() > s.tokens.size()) throw Error("step plan: more prompt targets than tokens");
+    s.pool_from = r.get<int32_t>(), s.pool_count = r.get<int32_t>(), s.pool_done = r.get<uint8_t>() != 0;
+    if (s.pool_from < 0 || s.pool_count < 0 || static_cast<size_t>(s.pool_from) + static_cast<size_t>(s.pool_count) > s.tokens.size())
+      throw Error("step plan: pooled rows outside the step's tokens");
   }
   p.swap_out = r.vec<BlockCopy>(), p.swap_in = r.vec<BlockCopy>(), p.finished = r.vec<uint64_t>();
   if (!r.done()) throw Error("step plan: trailing bytes");
@@ -168,7 +172,7 @@ std::string serialize_results(uint64_t step_id, const std::vector<SampledToken>&
   w.put(static_cast<uint32_t>(res.size()));
   for (const auto& t : res) {
     w.put(t.seq_id), w.put(t.token), w.put(t.logprob), w.vec(t.top_ids), w.vec(t.top_logprobs);
-    w.put(t.position), w.put(t.rank);
+    w.put(t.position), w.put(t.rank), w.vec(t.pooled);
   }
   return w.take();
 }
@@ -180,7 +184,7 @@ std::vector<SampledToken> deserialize_results(const std::string& bytes, uint64_t
   for (auto& t : res) {
     t.seq_id = r.get<uint64_t>(), t.token = r.get<int32_t>(), t.logprob = r.get<float>();
     t.top_ids = r.vec<int32_t>(), t.top_logprobs = r.vec<float>();
-    t.position = r.get<int32_t>(), t.rank = r.get<int32_t>();
+    t.position = r.get<int32_t>(), t.rank = r.get<int32_t>(), t.pooled = r.vec<float>();
   }
   return res;
 }

@@ -12,7 +12,7 @@
 
 namespace llmserve {
 
-constexpr uint32_t kStepPlanVersion = 6;
+constexpr uint32_t kStepPlanVersion = 7;
 
 // What the last stage needs to sample a sequence, sent when it (re)starts (num_computed == 0 or
 // after a recompute). Kept out of line so that a step's entries stay small (a 256-sequence plan is
@@ -44,6 +44,13 @@ struct SeqStep {
   // (tokens[i], at position num_computed + i, predicts prompt_targets[i], the prompt token at
   // num_computed + i + 1); their logits rows follow every sampled row in the step's logits.
   std::vector<int32_t> prompt_targets;
+  // Pooling (an embedding request: it never samples): the final-norm hidden states of this step's
+  // tokens [pool_from, pool_from + pool_count) are summed into the sequence's pooled vector on the last
+  // stage (which starts afresh when the sequence (re)starts); with pool_done the prompt is complete
+  // after this step and the vector goes back as a SampledToken of position kPooled. Their rows follow
+  // the prompt_logprobs rows in the step's logits_indices.
+  int32_t pool_from = 0, pool_count = 0;
+  bool pool_done = false;
 };
 
 struct BlockCopy {
@@ -75,6 +82,10 @@ struct StepPlan {
 // outside the vocabulary (which embeds as zeros), and its output is dropped with the sequence.
 constexpr int32_t kNoToken = std::numeric_limits<int32_t>::max();
 
+// A SampledToken of this position carries a pooling sequence's vector (SeqStep::pool_done): `pooled`
+// the sum of the final-norm hidden states of its `rank` pooled positions.
+constexpr int32_t kPooled = -2;
+
 struct SampledToken {
   uint64_t seq_id = 0;
   int32_t token = 0;  // or kNoToken
@@ -83,6 +94,7 @@ struct SampledToken {
   std::vector<float> top_logprobs;
   int32_t position = -1;  // -1: a sampled token; >= 1: the log-probability of the prompt token there
   int32_t rank = 0;       // prompt tokens: vLLM's rank, how many tokens have a logit >= the token's (1: the best)
+  std::vector<float> pooled;  // position kPooled: the pooled vector [hidden]
 };
 
 std::string serialize_results(uint64_t step_id, const std::vector<SampledToken>& r);

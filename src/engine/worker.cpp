@@ -32,10 +32,16 @@ StepMeta step_meta_from_plan(const StepPlan& plan, int bs) {
     m.block_tables.resize(m.block_tables.size() + (max_blocks - s.block_table.size()), 0);
     if (s.sample) m.logits_indices.push_back(m.q_start.back() - 1);
   }
-  // prompt_logprobs rows after every sampled row (the sampler reads rows 0.. as its sequences').
+  // prompt_logprobs rows after every sampled row (the sampler reads rows 0.. as its sequences'), then
+  // the pooled rows (their final-norm hidden states come back with the prompt rows').
   for (size_t i = 0; i < plan.seqs.size(); ++i)
     for (size_t j = 0; j < plan.seqs[i].prompt_targets.size(); ++j) {
       m.logits_indices.push_back(m.q_start[i] + static_cast<int32_t>(j));
+      ++m.prompt_rows;
+    }
+  for (size_t i = 0; i < plan.seqs.size(); ++i)
+    for (int32_t j = 0; j < plan.seqs[i].pool_count; ++j) {
+      m.logits_indices.push_back(m.q_start[i] + plan.seqs[i].pool_from + j);
       ++m.prompt_rows;
     }
   return m;
@@ -106,6 +112,7 @@ Worker::Output Worker::execute(StepPlan& plan, const Tensor& hidden_in) {
   for (const auto& c : plan.swap_out) runner_.kv().swap_out(c.src, c.dst);
   Output out;
   if (sampler_) sampler_->observe(plan);
+  for (uint64_t id : plan.finished) pooled_.erase(id);
   if (plan.seqs.empty()) return out;
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
@@ -150,17 +157,51 @@ Worker::Output Worker::execute(StepPlan& plan, const Tensor& hidden_in) {
   for (const auto& t : out.tokens) sampled_ids_.push_back(t.seq_id), sampled_tokens_.push_back(t.token);
   // prompt_logprobs (counted as sampling time): the logits of at most max_num_seqs rows at a time
   // (what the memory plan's profiling forward allowed for), each slice reduced before the next is made.
+  int64_t pooled_rows = 0;
+  for (const auto& s : plan.seqs) pooled_rows += s.pool_count;
+  const int64_t logprob_rows = meta.prompt_rows - pooled_rows;
   const int64_t slice = std::max<int64_t>(1, runner_.config().max_num_seqs);
-  for (int64_t r0 = 0; r0 < meta.prompt_rows; r0 += slice) {
-    const int64_t r = std::min<int64_t>(slice, meta.prompt_rows - r0);
+  for (int64_t r0 = 0; r0 < logprob_rows; r0 += slice) {
+    const int64_t r = std::min<int64_t>(slice, logprob_rows - r0);
     Tensor logits = runner_.model().logits(rows_view(prompt_hidden, r0, r));
     auto prompt = sampler_->prompt_logprobs(plan, runner_.backend(), logits, r0, r);
     out.tokens.insert(out.tokens.end(), std::make_move_iterator(prompt.begin()), std::make_move_iterator(prompt.end()));
   }
+  pool(plan, prompt_hidden, logprob_rows, pooled_rows, out.tokens);
   // (the next plan's forward pass queued during the draw counted as its own)
   times_.sample += std::chrono::duration<double>(clock::now() - t2).count() - queued_seconds_;
   queued_seconds_ = 0;
   return out;
+}
+
+void Worker::pool(const StepPlan& plan, const Tensor& prompt_hidden, int64_t from, int64_t rows,
+                  std::vector<SampledToken>& out) {
+  bool any = rows > 0;
+  for (const auto& s : plan.seqs) {
+    if (s.start) pooled_.erase(s.seq_id);  // (re)started: nothing pooled yet
+    any = any || s.pool_done;
+  }
+  if (!any) return;
+  const int64_t H = runner_.spec().hidden_size;
+  std::vector<float> host(static_cast<size_t>(rows * H));
+  if (rows > 0) runner_.backend().download(rows_view(prompt_hidden, from, rows), host.data());
+  const float* row = host.data();
+  for (const auto& s : plan.seqs) {
+    if (s.pool_count == 0 && !s.pool_done) continue;
+    Pooled& p = pooled_[s.seq_id];
+    if (p.sum.empty()) p.sum.assign(static_cast<size_t>(H), 0.0);
+    for (int32_t j = 0; j < s.pool_count; ++j, row += H)
+      for (int64_t h = 0; h < H; ++h) p.sum[static_cast<size_t>(h)] += row[h];
+    p.count += s.pool_count;
+    if (!s.pool_done) continue;
+    SampledToken t;
+    t.seq_id = s.seq_id;
+    t.position = kPooled;
+    t.rank = p.count;
+    t.pooled.assign(p.sum.begin(), p.sum.end());
+    out.push_back(std::move(t));
+    pooled_.erase(s.seq_id);
+  }
 }
 
 void Worker::loop() {

@@ -4,6 +4,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <unordered_map>
 #include <vector>
 
 #include "backend/backend.h"
@@ -45,6 +46,15 @@ class Worker {
 
  private:
   void fill_pending(StepPlan& plan) const;
+  // Pooling (last stage): adds the step's pooled rows (rows [from, from + rows) of prompt_hidden, in plan
+  // order) to their sequences' sums, and appends a kPooled entry to `out` for each sequence whose prompt
+  // the step completes.
+  void pool(const StepPlan& plan, const Tensor& prompt_hidden, int64_t from, int64_t rows, std::vector<SampledToken>& out);
+  struct Pooled {
+    std::vector<double> sum;
+    int32_t count = 0;
+  };
+  std::unordered_map<uint64_t, Pooled> pooled_;  // pooling sequences with rows summed and more to come
   // The draw-wait hook: queues the next plan's forward pass behind the draw of a step that sampled
   // `drawn` rows, when the next plan is there and needs nothing else first. True once settled (queued,
   // or not to be); false to be asked again.

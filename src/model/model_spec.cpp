@@ -83,10 +83,16 @@ ModelSpec model_spec_from_hf_config(const json& cfg) {
   if (cfg.contains("architectures") && cfg["architectures"].is_array() && !cfg["architectures"].empty())
     arch = cfg["architectures"][0].get<std::string>();
   if (arch.empty()) throw Error("config.json: missing 'architectures'");
+  // A base model (Qwen3Model: its transformer without the language-model head, as embedding checkpoints
+  // name it) is read as its causal-LM family; the pooling runner serves it (model/pooler_config.h).
+  const std::string given = arch;
+  if (arch == "Qwen2Model" || arch == "Qwen3Model" || arch == "LlamaModel" || arch == "MistralModel")
+    arch = arch.substr(0, arch.size() - 5) + "ForCausalLM";
   if (arch != "Qwen2ForCausalLM" && arch != "Qwen3ForCausalLM" && arch != "LlamaForCausalLM" && arch != "MistralForCausalLM")
     throw Error(cat("unsupported architecture ", arch,
-                    " (supported: Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM, MistralForCausalLM)"));
-  s.architecture = arch;
+                    " (supported: Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM, MistralForCausalLM, and their "
+                    "*Model base models for embeddings)"));
+  s.architecture = given;
   s.model_type = get_opt<std::string>(cfg, "model_type",
                                       arch == "Qwen2ForCausalLM" ? "qwen2" : arch == "Qwen3ForCausalLM" ? "qwen3" : "llama");
   s.qk_norm = arch == "Qwen3ForCausalLM";
@@ -224,9 +230,11 @@ void apply_hf_overrides(ModelSpec& s, const std::string& overrides) {
   }
   if (!o.is_object()) throw Error("hf_overrides must be a JSON object");
   for (const auto& [key, value] : o.items())
-    if (key != "rope_theta" && key != "rope_scaling" && key != "rope_parameters" && key != "max_position_embeddings")
-      throw Error(cat("hf_overrides on a converted model may set only rope_theta, rope_scaling (or rope_parameters) and "
-                      "max_position_embeddings: its weights fix the rest; got '", key, "'"));
+    if (key != "rope_theta" && key != "rope_scaling" && key != "rope_parameters" && key != "max_position_embeddings" &&
+        key != "is_matryoshka" && key != "matryoshka_dimensions")
+      throw Error(cat("hf_overrides on a converted model may set only rope_theta, rope_scaling (or rope_parameters), "
+                      "max_position_embeddings, is_matryoshka and matryoshka_dimensions: its weights fix the rest; got '",
+                      key, "'"));
   try {
     s.max_position_embeddings = get_opt<int64_t>(o, "max_position_embeddings", s.max_position_embeddings);
     if (o.contains("rope_scaling") && o["rope_scaling"].is_null()) s.rope_scaling = RopeScaling{};  // (null removes it)

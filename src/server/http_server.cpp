@@ -14,6 +14,7 @@
 #include "common/json_text.h"
 #include "common/log.h"
 #include "server/beam_search.h"
+#include "server/embeddings_api.h"
 #include "server/responses_api.h"
 #include "tokenizer/tokenizer.h"
 
@@ -160,7 +161,7 @@ class Session : public std::enable_shared_from_this<Session> {
                                    {"/v1/completions", http::verb::post}, {"/v1/chat/completions", http::verb::post},
                                    {"/tokenize", http::verb::post},   {"/detokenize", http::verb::post},
                                    {"/ping", http::verb::get},        {"/ping", http::verb::post},
-                                   {"/v1/responses", http::verb::post},
+                                   {"/v1/responses", http::verb::post}, {"/v1/embeddings", http::verb::post},
                                    // (a stored response: /v1/responses/{id}, /v1/responses/{id}/cancel)
                                    {"/v1/responses/*", http::verb::get}, {"/v1/responses/*", http::verb::delete_},
                                    {"/v1/responses/*/cancel", http::verb::post}};
@@ -189,7 +190,10 @@ class Session : public std::enable_shared_from_this<Session> {
     if (path == "/v1/models") return respond(200, json_text(models_response(ctx_)), req_.keep_alive());
     if (path == "/tokenize" || path == "/detokenize") return tokenize(path == "/tokenize");
     if (pattern != path) return stored_response(stored_id, method, pattern.size() > prefix.size() + 1);
-    generate(path == "/v1/chat/completions" ? Api::Chat : path == "/v1/responses" ? Api::Responses : Api::Completion);
+    generate(path == "/v1/chat/completions" ? Api::Chat
+             : path == "/v1/responses"      ? Api::Responses
+             : path == "/v1/embeddings"     ? Api::Embeddings
+                                            : Api::Completion);
   }
 
   // A stored response: GET gives it, DELETE forgets it, cancel is refused (as vLLM's: only background
@@ -246,12 +250,18 @@ class Session : public std::enable_shared_from_this<Session> {
     bool logged = false;  // its access line written
   };
 
-  enum class Api { Completion, Chat, Responses };
+  enum class Api { Completion, Chat, Responses, Embeddings };
   void generate(Api api) {
     auto p = std::make_shared<Pending>();
     const auto body = parse_json<nlohmann::ordered_json>(req_.body());
-    p->req = api == Api::Chat ? parse_chat(body, ctx_) : api == Api::Responses ? parse_responses(body, ctx_, store_) : parse_completion(body, ctx_);
-    p->id = random_id(api == Api::Chat ? "chatcmpl-" : api == Api::Responses ? "resp_" : "cmpl-");
+    if (ctx_.pooling && api != Api::Embeddings)  // (vLLM's answer on a pooling model)
+      throw HttpError(400, cat("The model does not support ", api == Api::Chat ? "Chat Completions" : api == Api::Responses ? "Responses" : "Completions",
+                               " API (it is served with the pooling runner: use /v1/embeddings)"));
+    p->req = api == Api::Chat        ? parse_chat(body, ctx_)
+             : api == Api::Responses ? parse_responses(body, ctx_, store_)
+             : api == Api::Embeddings ? parse_embeddings(body, ctx_)
+                                     : parse_completion(body, ctx_);
+    p->id = random_id(api == Api::Chat ? "chatcmpl-" : api == Api::Responses ? "resp_" : api == Api::Embeddings ? "embd-" : "cmpl-");
     if (p->req.responses && p->req.stream) p->events = std::make_unique<ResponsesStream>(p->id, p->req, ctx_);
     const size_t n = p->req.prompts.size();
     p->outputs.resize(n);
@@ -411,6 +421,7 @@ class Session : public std::enable_shared_from_this<Session> {
       return;
     }
     if (!done) return;
+    if (p->req.embedding) return respond(200, json_text(embedding_response(p->id, p->req, ctx_, p->outputs)), req_.keep_alive());
     if (p->req.responses) {
       const json body = responses_response(p->id, p->req, ctx_, p->outputs[0]);
       if (p->req.responses->store) store_.put(p->id, {body, conversation_after(p->req, body)});

@@ -26,8 +26,6 @@ std::string random_id(const char* prefix) {
   return s;
 }
 
-namespace {
-
 void check_model(const json& body, const ApiContext& ctx, std::string& model) {
   if (!body.contains("model") || body["model"].is_null()) {
     model = ctx.model_names.front();
@@ -39,6 +37,8 @@ void check_model(const json& body, const ApiContext& ctx, std::string& model) {
     if (n == model) return;
   throw HttpError(404, "The model `" + model + "` does not exist.", "NotFoundError", "model");
 }
+
+namespace {
 
 void beam_search_params(GenerationRequest& r);
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "model/pooler_config.h"
 #include "server/tool_parser.h"
 
 namespace llmserve {
@@ -15,6 +16,7 @@ namespace llmserve {
 class ChatTemplate;
 class Tokenizer;
 struct ResponsesInfo;
+struct EmbeddingOptions;
 
 // An error that becomes an HTTP response.
 struct HttpError : std::runtime_error {
@@ -42,6 +44,10 @@ struct ApiContext {
   int max_logprobs = 20;
   bool priority_scheduling = false;  // scheduling_policy priority: requests may set `priority`
   nlohmann::json sampling_defaults = nlohmann::json::object();  // generation_config_defaults, or empty
+  // The pooling runner (runner pooling): /v1/embeddings is served, the generation APIs are not.
+  bool pooling = false;
+  PoolerConfig pooler;
+  int64_t hidden_size = 0;
 };
 
 // A parsed generation request: one or more prompts, each run with `params`.
@@ -71,7 +77,12 @@ struct GenerationRequest {
   std::string role = "assistant";         // a chat answer's role (response_role, or the final message's)
   SamplingParams params;
   std::shared_ptr<const ResponsesInfo> responses;  // a Responses API request (responses_api.h); else null
+  std::shared_ptr<const EmbeddingOptions> embedding;  // an embeddings request (embeddings_api.h); else null
 };
+
+// The request's `model` (absent: the first served name) into `model`; throws HttpError 404 for a name
+// not served.
+void check_model(const nlohmann::json& body, const ApiContext& ctx, std::string& model);
 
 // Parse and validate (throws HttpError 400/404 with a clear message).
 GenerationRequest parse_completion(const nlohmann::ordered_json& body, const ApiContext& ctx);

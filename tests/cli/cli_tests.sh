@@ -90,7 +90,7 @@ check "max_model_len beyond the model" 1 "max_model_len \(99999\) is larger than
   "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -pp 2 --max-model-len 99999 --prompt-ids 1,2
 # hf_overrides on a converted model: the RoPE settings and the context, nothing its weights fix. YaRN
 # over the original 32,768 positions, factor 2, gives a context of 65,536 (vLLM's derived max_model_len).
-check "hf_overrides: a weight shape on a converted model" 1 "hf_overrides on a converted model may set only rope_theta, rope_scaling \(or rope_parameters\) and max_position_embeddings: its weights fix the rest; got 'num_hidden_layers'" -- \
+check "hf_overrides: a weight shape on a converted model" 1 "hf_overrides on a converted model may set only rope_theta, rope_scaling \(or rope_parameters\), max_position_embeddings, is_matryoshka and matryoshka_dimensions: its weights fix the rest; got 'num_hidden_layers'" -- \
   "$llmserve" logits "$work/good.yaml" --hf-overrides '{"num_hidden_layers": 2}' --prompt-ids 1,2
 yarn='{"rope_scaling": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32768}}'
 check "hf_overrides: yarn widens the context" 1 "max_model_len \(99999\) is larger than the model's context of 65536 positions \(max_position_embeddings 32768, with its rope_scaling\)" -- \
@@ -112,6 +112,20 @@ check "bad gpu_memory_utilization" 1 "gpu_memory_utilization must be in \(0, 1\]
   "$llmserve" logits "$work/good.yaml" --gpu-memory-utilization 1.5 --prompt-ids 1
 check "bad reasoning_parser" 1 "reasoning_parser must be none, qwen3 or deepseek_r1; got 'r1'" -- \
   "$llmserve" logits "$work/good.yaml" --reasoning-parser r1 --prompt-ids 1
+# The pooling runner's options (vLLM's runner, convert, pooler_config); embeddings are a server route.
+check "bad runner" 1 "runner must be auto, generate or pooling; got 'draft'" -- \
+  "$llmserve" logits "$work/good.yaml" --runner draft --prompt-ids 1
+check "convert llmserve does not make" 1 "convert 'classify' is not supported: llmserve converts models for the embed task only" -- \
+  "$llmserve" logits "$work/good.yaml" --convert classify --prompt-ids 1
+check "bad pooler_config" 1 "pooler_config: pooling_type 'MAX' is not supported" -- \
+  "$llmserve" logits "$work/good.yaml" --pooler-config '{"pooling_type": "MAX"}' --prompt-ids 1
+check "generate with the pooling runner" 1 "generate makes text: embeddings \(runner pooling, convert embed\) are served by .llmserve serve. at /v1/embeddings" -- \
+  "$llmserve" generate "$work/good.yaml" --runner pooling --input "$work/prompts.jsonl" --output "$work/emb-out.jsonl"
+check "serve: pooler_config dimensions past the hidden size" 1 "pooler_config: dimensions \(9999\) is more than the model's hidden size \(64\)" --once -- \
+  "$mpirun" 2 "$llmserve" serve "$work/good.yaml" -tp 2 --runner pooling --pooler-config '{"dimensions": 9999}' --port 18731
+mkdir -p "$work/st-bad" && cp "$fixtures"/models/tiny-qwen2/* "$work/st-bad/" && printf '{"not": "a list"}' >"$work/st-bad/modules.json"
+check "convert: a Sentence Transformers modules.json that is not a list" 1 "st-bad': modules.json: not a list of modules" -- \
+  "$convert" "$work/st-bad" -o "$work/st-bad.h5"
 check "unknown flag" 1 "unknown option '--tensor-paralel-size'" -- "$llmserve" logits "$work/good.yaml" --tensor-paralel-size 2 --prompt-ids 1
 check "quantization llmserve cannot honour" 1 "quantization 'awq' is not supported.*use none or fp8" --once -- \
   "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -tp 2 --quantization awq --prompt-ids 1

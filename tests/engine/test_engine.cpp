@@ -19,6 +19,7 @@
 #include <set>
 #include <thread>
 #include "model/model_file.h"
+#include "model/pooler_config.h"
 #include "model/runner.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
@@ -97,6 +98,27 @@ void expect_same_outputs(const RequestOutput& a, const RequestOutput& b) {
     for (size_t t = 0; t < a.prompt_logprobs->size(); ++t)
       EXPECT_EQ((*a.prompt_logprobs)[t].logprob, (*b.prompt_logprobs)[t].logprob);
   }
+}
+
+// Runs the requests in order on a cache of 48 blocks (tight: with `swap_gib` of swap space, it preempts)
+// or on a roomy one (which must not), with `max_batched` tokens a step (0: the default); appends their
+// outputs to `outs` and returns the scheduler's counts. Every block is free at the end.
+SchedulerStats run_on_cache(const std::vector<std::pair<std::vector<int32_t>, SamplingParams>>& reqs, bool tight,
+                            double swap_gib, int64_t max_batched, std::vector<RequestOutput>& outs) {
+  Fixture s(tight ? 48 : 0, false, tight ? swap_gib : 4.0);
+  if (max_batched > 0) s.cfg.max_num_batched_tokens = max_batched;  // (read by the engine's scheduler)
+  Engine e(*s.runner, s.tok.get(), 0);
+  std::vector<uint64_t> ids;
+  for (auto& [prompt, p] : reqs) ids.push_back(e.add_request(prompt, p));
+  auto done = run_all(e);
+  for (uint64_t id : ids) outs.push_back(done[id]);
+  const SchedulerStats st = e.scheduler().stats();
+  std::printf("%s cache: %lld swaps, %lld recomputes\n", tight ? "tight" : "roomy", static_cast<long long>(st.preempted_swap),
+              static_cast<long long>(st.preempted_recompute));
+  if (!tight) EXPECT_EQ(st.preempted_swap + st.preempted_recompute, 0);
+  EXPECT_EQ(e.scheduler().blocks().num_used(), 0);
+  e.shutdown();
+  return st;
 }
 
 }  // namespace
@@ -449,27 +471,78 @@ TEST(Engine, PreemptionGivesTheOutputsOfACacheThatNeverPreempts) {
   }
   std::vector<RequestOutput> outs[2];
   for (int tight = 0; tight < 2; ++tight) {
-    Fixture s(tight ? 48 : 0, false, tight ? 0.001 : 4.0);
-    Engine e(*s.runner, s.tok.get(), 0);
-    std::vector<uint64_t> ids;
-    for (auto& [prompt, p] : reqs) ids.push_back(e.add_request(prompt, p));
-    auto done = run_all(e);
-    for (uint64_t id : ids) outs[tight].push_back(done[id]);
-    const auto& st = e.scheduler().stats();
-    std::printf("%s cache: %lld swaps, %lld recomputes\n", tight ? "tight" : "roomy",
-                static_cast<long long>(st.preempted_swap), static_cast<long long>(st.preempted_recompute));
-    if (tight) {
-      EXPECT_GT(st.preempted_swap, 1);
-    } else {
-      EXPECT_EQ(st.preempted_swap + st.preempted_recompute, 0);
-    }
-    EXPECT_EQ(e.scheduler().blocks().num_used(), 0);
-    e.shutdown();
+    const SchedulerStats st = run_on_cache(reqs, tight, 0.001, 0, outs[tight]);
+    if (tight) EXPECT_GT(st.preempted_swap, 1);
   }
   for (size_t k = 0; k < reqs.size(); ++k) {
     SCOPED_TRACE(cat("request ", k));
     expect_same_outputs(outs[0][k], outs[1][k]);
   }
+}
+
+// Embedding requests (the pooling runner) among generation requests: a cache so small that sequences are
+// preempted and recomputed, their prompts in chunks, gives the vectors (and the generations) of a cache
+// that never preempts. And the pooling types agree with each other as a causal model makes them: the
+// MEAN of a prompt is the mean of the LAST vectors of its prefixes, CLS is the LAST of its first token.
+TEST(Engine, PoolingRequestsGiveTheVectorsOfACacheThatNeverPreempts) {
+  std::mt19937 rng(11);
+  std::vector<std::pair<std::vector<int32_t>, SamplingParams>> reqs;
+  // Long generations first (the running sequences that grow and preempt the latest arrivals), then
+  // pooling requests of long prompts (in chunks of 64 tokens a step) among more generations.
+  for (int i = 0; i < 28; ++i) {
+    std::vector<int32_t> ids(static_cast<size_t>(std::vector<int>{3, 17, 40, 90, 150}[rng() % 5]));
+    for (auto& t : ids) t = 1000 + static_cast<int32_t>(rng() % 149000);
+    SamplingParams p = greedy(static_cast<int>(i < 6 ? 80 + rng() % 60 : 8 + rng() % 40));
+    if (i >= 6 && i % 2 == 0) p.pooling = std::vector<Pooling>{Pooling::Last, Pooling::Mean, Pooling::Cls}[rng() % 3];
+    reqs.emplace_back(std::move(ids), p);
+  }
+  // (prompts in chunks of 64; the tight caches recompute, or swap while their host blocks last)
+  std::vector<RequestOutput> outs[3];
+  run_on_cache(reqs, false, 0, 64, outs[0]);
+  EXPECT_GT(run_on_cache(reqs, true, 0.0, 64, outs[1]).preempted_recompute, 2);
+  EXPECT_GT(run_on_cache(reqs, true, 0.001, 64, outs[2]).preempted_swap, 2);
+  for (size_t k = 0; k < 2 * reqs.size(); ++k) {
+    SCOPED_TRACE(cat("request ", k % reqs.size(), k < reqs.size() ? ", recomputed" : ", swapped"));
+    const RequestOutput &a = outs[0][k % reqs.size()], &b = outs[1 + k / reqs.size()][k % reqs.size()];
+    if (reqs[k % reqs.size()].second.pooling == Pooling::None) {
+      EXPECT_TRUE(a.embedding.empty());
+      expect_same_outputs(a, b);
+      continue;
+    }
+    ASSERT_TRUE(a.finished && b.finished);
+    ASSERT_EQ(a.embedding.size(), 64u);  // tiny-qwen2's hidden size
+    EXPECT_EQ(a.prompt_tokens, static_cast<int64_t>(reqs[k % reqs.size()].first.size()));
+    ASSERT_EQ(a.outputs.size(), 1u);
+    EXPECT_TRUE(a.outputs[0].token_ids.empty());
+    EXPECT_EQ(a.outputs[0].finish_reason, "stop");
+    for (size_t h = 0; h < a.embedding.size(); ++h) EXPECT_NEAR(a.embedding[h], b.embedding[h], 1e-5f * (1 + std::fabs(a.embedding[h])));
+  }
+
+  Fixture s;
+  Engine e(*s.runner, s.tok.get(), 0);
+  std::vector<int32_t> prompt(17);
+  for (auto& t : prompt) t = 1000 + static_cast<int32_t>(rng() % 149000);
+  SamplingParams last, mean, cls;
+  last.pooling = Pooling::Last, mean.pooling = Pooling::Mean, cls.pooling = Pooling::Cls;
+  std::vector<uint64_t> prefix_ids;
+  for (size_t n = 1; n <= prompt.size(); ++n) prefix_ids.push_back(e.add_request({prompt.begin(), prompt.begin() + n}, last));
+  const uint64_t mean_id = e.add_request(prompt, mean), cls_id = e.add_request(prompt, cls);
+  auto done = run_all(e);
+  std::vector<double> avg(64, 0.0);
+  for (uint64_t id : prefix_ids)
+    for (size_t h = 0; h < 64; ++h) avg[h] += done[id].embedding.at(h) / static_cast<double>(prompt.size());
+  for (size_t h = 0; h < 64; ++h) {
+    EXPECT_NEAR(done[mean_id].embedding.at(h), avg[h], 1e-4 * (1 + std::fabs(avg[h])));
+    EXPECT_NEAR(done[cls_id].embedding.at(h), done[prefix_ids[0]].embedding.at(h), 1e-4 * (1 + std::fabs(avg[h])));
+  }
+  // Longer than max_model_len: vLLM's message for embeddings.
+  try {
+    e.add_request(std::vector<int32_t>(400, 1000), last);
+    ADD_FAILURE() << "a 400-token prompt was taken";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("tokens in the input for embedding generation"), std::string::npos) << err.what();
+  }
+  e.shutdown();
 }
 
 // A swapped-out sequence keeps no cache blocks, shared ones included. Before, a preempted sequence
@@ -1005,6 +1078,66 @@ TEST(Scheduler, PromptLogprobsTargetsAndNoPrefixCache) {
   EXPECT_EQ(p.seqs[2].num_computed, 0);
   EXPECT_EQ(p.seqs[2].tokens.size(), 8u);
   EXPECT_EQ(p.seqs[2].prompt_targets.size(), 7u);
+}
+
+// A pooling sequence samples nothing: its chunks carry the rows its pooling wants (MEAN every row, LAST
+// the prompt's last, CLS its first), the last chunk says the prompt is done, and it is not planned again
+// while its vector is on the way; MEAN and CLS read no prefix cache (every row is wanted), LAST does.
+TEST(Scheduler, PoolingRowsAndTheirPrefixCache) {
+  SchedulerConfig c;
+  c.max_num_seqs = 4;
+  c.max_num_batched_tokens = 12;
+  c.max_model_len = 128;
+  c.block_size = 4;
+  c.num_blocks = 200;
+  Scheduler sched(c);
+  auto seq = [](uint64_t id, int n, Pooling pooling, int32_t base) {
+    auto s = std::make_unique<Sequence>();
+    s->id = id;
+    for (int i = 0; i < n; ++i) s->tokens.push_back(base + i);
+    s->prompt_len = n;
+    s->params.pooling = pooling;
+    return s;
+  };
+  for (Pooling pooling : {Pooling::Mean, Pooling::Last, Pooling::Cls}) {
+    const uint64_t id = 10 + static_cast<uint64_t>(pooling);
+    SCOPED_TRACE(pooling_name(pooling));
+    sched.add(seq(id, 20, pooling, 1000 * static_cast<int32_t>(id)));  // (prompts of their own: no cache hits)
+    int32_t fed = 0;
+    for (int32_t want : {12, 8}) {
+      StepPlan p = sched.schedule();
+      ASSERT_EQ(p.seqs.size(), 1u);
+      const SeqStep& st = p.seqs[0];
+      ASSERT_EQ(st.tokens.size(), static_cast<size_t>(want));
+      EXPECT_FALSE(st.sample);
+      EXPECT_EQ(st.pool_done, fed + want == 20);
+      const int32_t from = pooling == Pooling::Last ? want - 1 : 0;
+      const int32_t count = pooling == Pooling::Mean ? want : pooling == Pooling::Cls ? (fed == 0) : st.pool_done;
+      EXPECT_EQ(st.pool_count, count);
+      if (count) EXPECT_EQ(st.pool_from, from);
+      const StepPlan q = StepPlan::deserialize(p.serialize());
+      EXPECT_EQ(q.seqs[0].pool_from, st.pool_from);
+      EXPECT_EQ(q.seqs[0].pool_count, st.pool_count);
+      EXPECT_EQ(q.seqs[0].pool_done, st.pool_done);
+      fed += want;
+    }
+    EXPECT_TRUE(sched.schedule().seqs.empty());  // its vector is on the way: nothing to plan
+    sched.finish(id);
+  }
+  // A prompt seen before: LAST starts from the cached blocks, MEAN from position 0.
+  const int32_t seen = 1000 * (10 + static_cast<int32_t>(Pooling::Mean));
+  sched.add(seq(20, 20, Pooling::Last, seen));
+  StepPlan p = sched.schedule();
+  ASSERT_EQ(p.seqs.size(), 1u);
+  EXPECT_EQ(p.seqs[0].num_computed, 16);
+  sched.finish(20);
+  sched.add(seq(21, 20, Pooling::Mean, seen));
+  p = sched.schedule();
+  ASSERT_EQ(p.seqs.size(), 1u);
+  EXPECT_EQ(p.seqs[0].num_computed, 0);
+  // Rows outside the step's tokens are refused.
+  p.seqs[0].pool_from = 10, p.seqs[0].pool_count = 5;
+  EXPECT_THROW(StepPlan::deserialize(p.serialize()), Error);
 }
 
 // The step plan carries prompt_logprobs and a guided JSON schema (in the parameters) and each chunk's

@@ -4,8 +4,8 @@ in float32 on the same checkpoint: the worst relative L2 of the last-position lo
 and whether transformers' greedy tokens equal the goldens'. Needs torch and a transformers with Qwen3
 (the GPU machine has them; CI does not run this).
 
-  check_qwen3_with_transformers.py OUT [NAME]    (OUT as make_tiny_qwen3.py wrote it; NAME tiny-qwen3 or
-                                                 tiny-qwen3-yarn, default tiny-qwen3)
+  check_qwen3_with_transformers.py OUT [NAME]    (OUT as make_tiny_qwen3.py wrote it; NAME tiny-qwen3,
+                                                 tiny-qwen3-yarn or tiny-qwen3-embed, default tiny-qwen3)
 """
 import json
 import sys
@@ -17,6 +17,20 @@ import transformers
 out = sys.argv[1]
 name = sys.argv[2] if len(sys.argv) > 2 else "tiny-qwen3"
 golden = json.load(open(f"{out}/golden/{name}.json"))
+if name.endswith("-embed"):
+    # The Sentence Transformers checkpoint as transformers loads it (Qwen3Model: tensors without the
+    # "model." prefix, no head): its last hidden state (after the final norm), pooled and normalized.
+    model = transformers.AutoModel.from_pretrained(f"{out}/models/{name}", dtype=torch.float32)
+    model.eval()
+    worst = 0.0
+    with torch.no_grad():
+        for p in golden["public"]:
+            h = model(torch.tensor([p["ids"]])).last_hidden_state[0].double().numpy()
+            for key, v in (("last", h[-1]), ("mean", h.mean(0)), ("cls", h[0])):
+                worst = max(worst, float(np.abs(v / np.linalg.norm(v) - np.array(p[key])).max()))
+    print(f"{name}: transformers {transformers.__version__} {type(model).__name__} (float32) against the numpy goldens: "
+          f"worst component of the normalized LAST / MEAN / CLS vectors off by {worst:.3e}")
+    sys.exit(0 if worst < 1e-5 else 1)
 last = np.fromfile(f"{out}/golden/{name}.last_logits.f32", dtype="<f4").reshape(len(golden["public"]), -1)
 model = transformers.AutoModelForCausalLM.from_pretrained(f"{out}/models/{name}", dtype=torch.float32)
 model.eval()

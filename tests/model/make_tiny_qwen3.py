@@ -10,6 +10,11 @@ tokenizer files and prompts are tiny-qwen2's (Qwen3 uses the Qwen2.5 vocabulary)
                                              NAME tiny-qwen3, or with `yarn` tiny-qwen3-yarn: the same weights
                                              with YaRN rope_scaling (factor 4 over an original context of 128
                                              positions, so the golden prompts reach past it)
+  make_tiny_qwen3.py FIXTURES OUT embed     writes OUT/models/tiny-qwen3-embed/ and OUT/golden/tiny-qwen3-embed.json:
+                                             the same weights saved as Qwen3-Embedding is (a Sentence Transformers
+                                             checkpoint: tensors without the "model." prefix, no lm_head, untied,
+                                             modules.json with last-token pooling and Normalize), and per prompt
+                                             the final-norm hidden state pooled LAST, MEAN and CLS, each normalized
 """
 import json
 import os
@@ -70,8 +75,53 @@ def write_safetensors(path, W):
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128}
 
 
+ST_MODULES = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+]
+ST_POOLING = {"word_embedding_dimension": 64, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False,
+              "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False,
+              "pooling_mode_weightedmean_tokens": False, "pooling_mode_lasttoken": True, "include_prompt": True}
+
+
+def normalized(v):
+    return (v / max(np.linalg.norm(v), 1e-12)).tolist()
+
+
+def main_embed(fixtures, out):
+    name = "tiny-qwen3-embed"
+    cfg = dict(CONFIG, tie_word_embeddings=False)
+    mdir, gdir = f"{out}/models/{name}", f"{out}/golden"
+    os.makedirs(f"{mdir}/1_Pooling", exist_ok=True)
+    os.makedirs(f"{mdir}/2_Normalize", exist_ok=True)
+    os.makedirs(gdir, exist_ok=True)
+    W = weights(CONFIG)
+    json.dump(cfg, open(f"{mdir}/config.json", "w"), indent=2)
+    json.dump(ST_MODULES, open(f"{mdir}/modules.json", "w"), indent=2)
+    json.dump(ST_POOLING, open(f"{mdir}/1_Pooling/config.json", "w"), indent=2)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(f"{fixtures}/models/tiny-qwen2/{f}", f"{mdir}/{f}")
+    write_safetensors(f"{mdir}/model.safetensors", {k[len("model."):]: v for k, v in W.items()})
+    forward = ref.make_forward(CONFIG, W)  # (tied: its head is never read here)
+    public = []
+    for p in json.load(open(f"{fixtures}/golden/tiny-qwen2.json"))["public"]:
+        ids = list(p["ids"])
+        hidden = np.asarray(forward(ids, set(), hidden=True), dtype=np.float64)  # final-norm hidden states [T, H]
+        public.append({"text": p.get("text", ""), "ids": ids, "last": normalized(hidden[-1]),
+                       "mean": normalized(hidden.mean(0)), "cls": normalized(hidden[0]),
+                       "last_raw": hidden[-1].tolist()})
+    golden = {"model": f"models/{name}", "hidden_size": CONFIG["hidden_size"],
+              "dtype": "float64 compute from bf16 weights",
+              "reference": "bench/reference/bf16_rounding.py make_forward (numpy float64)", "public": public}
+    json.dump(golden, open(f"{gdir}/{name}.json", "w"))
+    print(f"{name}: {len(public)} prompts")
+
+
 def main():
     fixtures, out = sys.argv[1], sys.argv[2]
+    if sys.argv[3:] == ["embed"]:
+        return main_embed(fixtures, out)
     yarn = sys.argv[3:] == ["yarn"]
     name = "tiny-qwen3-yarn" if yarn else "tiny-qwen3"
     cfg = dict(CONFIG, rope_scaling=YARN) if yarn else CONFIG

@@ -14,6 +14,7 @@
 #include "dist/collective_check.h"
 #include "engine/engine.h"
 #include "model/model_file.h"
+#include "model/pooler_config.h"
 #include "model/runner.h"
 #include "server/engine_service.h"
 #include "server/http_server.h"
@@ -24,8 +25,16 @@ namespace llmserve {
 ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique_ptr<Tokenizer>& tok,
                        std::unique_ptr<ChatTemplate>& chat) {
   ApiContext ctx;
+  bool sentence_transformers = false;
   if (model_has_file(cfg)) {
     ModelFile file(cfg.model);
+    // The pooler: a Sentence Transformers checkpoint's own (converted with it), Matryoshka from config.json.
+    if (const auto modules = file.text("config", "st_modules.json")) {
+      sentence_transformers = true;
+      const auto pooling = file.text("config", "st_pooling_config.json");
+      ctx.pooler = *sentence_transformers_pooler(*modules, pooling ? *pooling : "");
+    }
+    if (const auto hf = file.text("config", "hf_config.json")) read_matryoshka(ctx.pooler, nlohmann::json::parse(*hf, nullptr, false));
     if (file.text("tokenizer", "tokenizer.json")) {
       tok = Tokenizer::from_model_file(file);
       // The table of token texts (log-probability entries), made now rather than by the first request.
@@ -51,6 +60,19 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
   ctx.response_role = cfg.response_role;
   ctx.max_logprobs = cfg.max_logprobs;
   ctx.priority_scheduling = cfg.scheduling_policy == "priority";
+  ctx.hidden_size = runner.spec().hidden_size;
+  ctx.pooling = resolve_runner(cfg.runner, cfg.convert, sentence_transformers, runner.spec().architecture) == "pooling";
+  if (!cfg.hf_overrides.empty()) read_matryoshka(ctx.pooler, nlohmann::json::parse(cfg.hf_overrides, nullptr, false));
+  apply_pooler_config(ctx.pooler, cfg.pooler_config);
+  if (ctx.pooler.dimensions && *ctx.pooler.dimensions > ctx.hidden_size)
+    throw Error(cat("pooler_config: dimensions (", *ctx.pooler.dimensions, ") is more than the model's hidden size (",
+                    ctx.hidden_size, ")"));
+  if (ctx.pooling)
+    log_info("pooling runner: /v1/embeddings pools ", pooling_name(ctx.pooler.pooling_type), " hidden states",
+             ctx.pooler.normalize ? ", normalized" : ", not normalized",
+             ctx.pooler.dimensions ? cat(", ", *ctx.pooler.dimensions, " dimensions") : std::string(),
+             sentence_transformers ? " (the Sentence Transformers config)" : "",
+             ctx.pooler.matryoshka ? "; Matryoshka dimensions accepted" : "");
   return ctx;
 }
 

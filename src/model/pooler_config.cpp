@@ -1,0 +1,136 @@
+#include "model/pooler_config.h"
+
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+
+namespace llmserve {
+
+using nlohmann::json;
+
+const char* pooling_name(Pooling p) {
+  switch (p) {
+    case Pooling::Last: return "LAST";
+    case Pooling::Mean: return "MEAN";
+    case Pooling::Cls: return "CLS";
+    case Pooling::None: break;
+  }
+  return "NONE";
+}
+
+namespace {
+
+json parse_doc(const std::string& text, const char* what) {
+  json j = json::parse(text, nullptr, false);
+  if (j.is_discarded()) throw Error(cat(what, ": not valid JSON"));
+  return j;
+}
+
+Pooling pooling_from_name(const std::string& name, const std::string& where) {
+  if (name == "LAST") return Pooling::Last;
+  if (name == "MEAN") return Pooling::Mean;
+  if (name == "CLS") return Pooling::Cls;
+  throw Error(cat(where, " '", name, "' is not supported (llmserve pools LAST, MEAN or CLS for embeddings)"));
+}
+
+}  // namespace
+
+std::string sentence_transformers_pooling_path(const std::string& modules_json) {
+  const json m = parse_doc(modules_json, "modules.json");
+  if (!m.is_array()) throw Error("modules.json: not a list of modules");
+  for (const auto& item : m)
+    if (item.is_object() && item.value("type", "") == "sentence_transformers.models.Pooling")
+      return item.contains("path") && item["path"].is_string() ? item["path"].get<std::string>() : "";
+  return "";
+}
+
+std::optional<PoolerConfig> sentence_transformers_pooler(const std::string& modules_json, const std::string& pooling_json) {
+  if (modules_json.empty()) return std::nullopt;
+  const json m = parse_doc(modules_json, "modules.json");
+  if (!m.is_array()) throw Error("modules.json: not a list of modules");
+  PoolerConfig p;
+  p.normalize = false;
+  for (const auto& item : m)
+    if (item.is_object() && item.value("type", "") == "sentence_transformers.models.Normalize") p.normalize = true;
+  if (!pooling_json.empty()) {
+    const json c = parse_doc(pooling_json, "the Pooling module's config.json");
+    if (!c.is_object()) throw Error("the Pooling module's config.json: not a JSON object");
+    // (vLLM: the first mode set true; pooling_mode_lasttoken -> LAST, pooling_mode_mean_tokens -> MEAN, ...)
+    for (const auto& [key, value] : c.items()) {
+      if (!value.is_boolean() || !value.get<bool>()) continue;
+      if (key == "pooling_mode_lasttoken") {
+        p.pooling_type = Pooling::Last;
+      } else if (key == "pooling_mode_mean_tokens") {
+        p.pooling_type = Pooling::Mean;
+      } else if (key == "pooling_mode_cls_token") {
+        p.pooling_type = Pooling::Cls;
+      } else if (key.rfind("pooling_mode_", 0) == 0) {
+        throw Error(cat("the Pooling module's config.json: ", key, " is not supported (llmserve pools the last token, "
+                        "the mean or the first token)"));
+      } else {
+        continue;
+      }
+      break;
+    }
+  }
+  return p;
+}
+
+void apply_pooler_config(PoolerConfig& p, const std::string& text) {
+  if (text.empty()) return;
+  const json j = json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) throw Error(cat("pooler_config must be a JSON object, got '", text, "'"));
+  for (const auto& [key, v] : j.items()) {
+    if (v.is_null()) continue;
+    if (key == "pooling_type") {
+      if (!v.is_string()) throw Error("pooler_config: pooling_type must be a string (LAST, MEAN or CLS)");
+      p.pooling_type = pooling_from_name(v.get<std::string>(), "pooler_config: pooling_type");
+    } else if (key == "normalize") {
+      if (!v.is_boolean()) throw Error("pooler_config: normalize must be true or false");
+      p.normalize = v.get<bool>();
+    } else if (key == "dimensions") {
+      if (!v.is_number_integer() || v.get<int64_t>() < 1) throw Error("pooler_config: dimensions must be an integer >= 1");
+      p.dimensions = v.get<int64_t>();
+    } else {
+      throw Error(cat("pooler_config: '", key, "' is not supported (llmserve's pooler takes pooling_type, normalize and "
+                      "dimensions: it makes embeddings only)"));
+    }
+  }
+}
+
+void read_matryoshka(PoolerConfig& p, const json& c) {
+  if (!c.is_object()) return;
+  if (c.contains("is_matryoshka") && !c["is_matryoshka"].is_null()) {
+    if (!c["is_matryoshka"].is_boolean()) throw Error("config.json: is_matryoshka must be true or false");
+    p.matryoshka = c["is_matryoshka"].get<bool>();
+  }
+  if (c.contains("matryoshka_dimensions") && !c["matryoshka_dimensions"].is_null()) {
+    const json& d = c["matryoshka_dimensions"];
+    if (!d.is_array()) throw Error("config.json: matryoshka_dimensions must be a list of integers");
+    p.matryoshka_dimensions.clear();
+    for (const auto& x : d) {
+      if (!x.is_number_integer() || x.get<int64_t>() < 1)
+        throw Error("config.json: matryoshka_dimensions must be a list of integers >= 1");
+      p.matryoshka_dimensions.push_back(x.get<int64_t>());
+    }
+    p.matryoshka = true;
+  }
+}
+
+std::string resolve_runner(const std::string& runner, const std::string& convert, bool sentence_transformers,
+                           const std::string& architecture) {
+  if (convert != "auto" && convert != "embed")
+    throw Error(cat("convert '", convert, "' is not supported: llmserve converts models for the embed task only (use auto or embed)"));
+  if (runner != "auto" && runner != "generate" && runner != "pooling")
+    throw Error(cat("runner must be auto, generate or pooling; got '", runner, "'"));
+  if (convert == "embed") {
+    if (runner == "generate") throw Error("convert embed makes a pooling model: it needs runner pooling (or auto)");
+    return "pooling";
+  }
+  if (runner != "auto") return runner;
+  const bool base_model = architecture.size() > 5 && architecture.compare(architecture.size() - 5, 5, "Model") == 0 &&
+                          architecture.find("For") == std::string::npos;
+  return sentence_transformers || base_model ? "pooling" : "generate";
+}
+
+}  // namespace llmserve

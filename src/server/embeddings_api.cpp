@@ -1,0 +1,190 @@
+#include "server/embeddings_api.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+
+#include "common/error.h"
+#include "common/json_text.h"
+#include "tokenizer/tokenizer.h"
+
+namespace llmserve {
+
+using json = nlohmann::json;
+using ojson = nlohmann::ordered_json;
+
+namespace {
+
+HttpError bad(const std::string& msg, const std::string& param) { return HttpError(400, msg, "BadRequestError", param); }
+
+std::vector<int32_t> token_ids(const json& a, const ApiContext& ctx) {
+  std::vector<int32_t> ids;
+  for (const auto& x : a) {
+    if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() >= ctx.vocab_size)
+      throw bad(cat("input token ids must be integers in [0, ", ctx.vocab_size, ")"), "input");
+    ids.push_back(x.get<int32_t>());
+  }
+  return ids;
+}
+
+}  // namespace
+
+std::string base64_encode(const void* data, size_t n) {
+  static const char* abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  const auto* b = static_cast<const unsigned char*>(data);
+  std::string s;
+  s.reserve((n + 2) / 3 * 4);
+  for (size_t i = 0; i < n; i += 3) {
+    const uint32_t v = (uint32_t{b[i]} << 16) | (i + 1 < n ? uint32_t{b[i + 1]} << 8 : 0) | (i + 2 < n ? b[i + 2] : 0);
+    s += abc[(v >> 18) & 63];
+    s += abc[(v >> 12) & 63];
+    s += i + 1 < n ? abc[(v >> 6) & 63] : '=';
+    s += i + 2 < n ? abc[v & 63] : '=';
+  }
+  return s;
+}
+
+std::vector<float> finish_embedding(const std::vector<float>& pooled, std::optional<int64_t> dimensions, bool normalize) {
+  std::vector<float> v = pooled;
+  if (dimensions && *dimensions < static_cast<int64_t>(v.size())) v.resize(static_cast<size_t>(*dimensions));
+  if (normalize) {
+    double ss = 0;
+    for (float x : v) ss += static_cast<double>(x) * x;
+    // (torch's F.normalize: the norm clamped below at 1e-12)
+    const double norm = std::max(std::sqrt(ss), 1e-12);
+    for (float& x : v) x = static_cast<float>(x / norm);
+  }
+  return v;
+}
+
+GenerationRequest parse_embeddings(const ojson& as_sent, const ApiContext& ctx) {
+  if (!as_sent.is_object()) throw HttpError(400, "the request body must be a JSON object");
+  if (!ctx.pooling)
+    throw bad("The model does not support Embeddings API (serve an embedding model, or give runner pooling)", "");
+  const json body = json::parse(json_text(as_sent));
+  auto given = [&](const char* key) { return body.contains(key) && !body[key].is_null(); };
+  GenerationRequest r;
+  auto opt = std::make_shared<EmbeddingOptions>();
+  if (given("messages")) {
+    // vLLM's chat form: the messages rendered by the chat template, without a generation prompt unless
+    // asked (its add_generation_prompt defaults to false here).
+    if (given("input")) throw bad("give either 'input' or 'messages', not both", "messages");
+    if (!ctx.chat || !ctx.tok) throw bad("this model has no chat template: send 'input'", "messages");
+    ojson chat = ojson::object();
+    for (const char* k : {"model", "messages", "add_generation_prompt", "continue_final_message", "chat_template",
+                          "chat_template_kwargs", "add_special_tokens", "documents"})
+      if (as_sent.contains(k)) chat[k] = as_sent[k];
+    if (!chat.contains("add_generation_prompt")) chat["add_generation_prompt"] = false;
+    GenerationRequest c = parse_chat(chat, ctx);
+    r.model = c.model;
+    r.prompts = std::move(c.prompts);
+  } else {
+    check_model(body, ctx, r.model);
+    if (!body.contains("input")) throw bad("'input' is required", "input");
+    bool add_special = true;
+    if (given("add_special_tokens")) {
+      if (!body["add_special_tokens"].is_boolean()) throw bad("'add_special_tokens' must be a boolean", "add_special_tokens");
+      add_special = body["add_special_tokens"].get<bool>();
+    }
+    const json& in = body["input"];
+    auto add_text = [&](const json& s) {
+      if (!ctx.tok) throw bad("this model has no tokenizer: send token ids", "input");
+      r.prompts.push_back(ctx.tok->encode(s.get<std::string>(), add_special));
+    };
+    const char* shape = "'input' must be a non-empty string, list of strings, token ids, or list of token-id lists";
+    if (in.is_string()) {
+      add_text(in);
+    } else if (in.is_array() && !in.empty() && in[0].is_string()) {
+      for (const auto& s : in) {
+        if (!s.is_string()) throw bad(shape, "input");
+        add_text(s);
+      }
+    } else if (in.is_array() && !in.empty() && in[0].is_number_integer()) {
+      r.prompts.push_back(token_ids(in, ctx));
+    } else if (in.is_array() && !in.empty() && in[0].is_array()) {
+      for (const auto& a : in) {
+        if (!a.is_array()) throw bad(shape, "input");
+        r.prompts.push_back(token_ids(a, ctx));
+      }
+    } else {
+      throw bad(shape, "input");
+    }
+  }
+  for (const auto& q : r.prompts)
+    if (q.empty()) throw bad("an input is empty (no tokens to embed)", "input");
+  // vLLM's truncate_prompt_tokens: keep the last k tokens (-1: max_model_len).
+  if (given("truncate_prompt_tokens")) {
+    const json& t = body["truncate_prompt_tokens"];
+    if (!t.is_number_integer() || t.get<int64_t>() < -1 || t.get<int64_t>() == 0)
+      throw bad("'truncate_prompt_tokens' must be -1 or a positive integer", "truncate_prompt_tokens");
+    const int64_t k = t.get<int64_t>() == -1 ? ctx.max_model_len : t.get<int64_t>();
+    if (k > ctx.max_model_len)
+      throw bad(cat("truncate_prompt_tokens value (", k, ") is greater than max_model_len (", ctx.max_model_len,
+                    "). Please, select a smaller truncation size."), "truncate_prompt_tokens");
+    for (auto& q : r.prompts)
+      if (static_cast<int64_t>(q.size()) > k) q.erase(q.begin(), q.end() - k);
+  }
+  if (given("encoding_format")) {
+    const json& f = body["encoding_format"];
+    if (!f.is_string() || (f != "float" && f != "base64"))
+      throw bad("'encoding_format' must be \"float\" or \"base64\"", "encoding_format");
+    opt->base64 = f == "base64";
+  }
+  opt->normalize = ctx.pooler.normalize;
+  if (given("normalize")) {
+    if (!body["normalize"].is_boolean()) throw bad("'normalize' must be a boolean", "normalize");
+    opt->normalize = body["normalize"].get<bool>();
+  }
+  opt->dimensions = ctx.pooler.dimensions;
+  if (given("dimensions")) {
+    // vLLM's checks (PoolingParams), in its order; and no more dimensions than the model has.
+    const json& d = body["dimensions"];
+    if (!d.is_number_integer()) throw bad("'dimensions' must be an integer", "dimensions");
+    const int64_t n = d.get<int64_t>();
+    const auto& mds = ctx.pooler.matryoshka_dimensions;
+    if (!ctx.pooler.matryoshka)
+      throw bad(cat("Model \"", r.model, "\" does not support matryoshka representation, changing output dimensions ",
+                    "will lead to poor results."), "dimensions");
+    if (!mds.empty() && std::find(mds.begin(), mds.end(), n) == mds.end()) {
+      std::string list;
+      for (int64_t x : mds) list += (list.empty() ? "" : ", ") + std::to_string(x);
+      throw bad(cat("Model \"", r.model, "\" only supports [", list, "] matryoshka dimensions, use other output ",
+                    "dimensions will lead to poor results."), "dimensions");
+    }
+    if (n < 1) throw bad("Dimensions must be greater than 0", "dimensions");
+    if (n > ctx.hidden_size)
+      throw bad(cat("'dimensions' (", n, ") is more than the model's embedding size (", ctx.hidden_size, ")"), "dimensions");
+    opt->dimensions = n;
+  }
+  if (given("priority")) {
+    if (!body["priority"].is_number_integer()) throw bad("'priority' must be an integer", "priority");
+    r.params.priority = body["priority"].get<int>();  // (checked by the engine, as a generation's)
+  }
+  r.params.pooling = ctx.pooler.pooling_type;
+  r.params.n = 1;
+  r.embedding = std::move(opt);
+  return r;
+}
+
+json embedding_response(const std::string& id, const GenerationRequest& r, const ApiContext& ctx,
+                        const std::vector<RequestOutput>& outputs) {
+  json data = json::array();
+  int64_t prompt = 0;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const std::vector<float> v = finish_embedding(outputs[i].embedding, r.embedding->dimensions, r.embedding->normalize);
+    json e = {{"index", i}, {"object", "embedding"}};
+    if (r.embedding->base64) {
+      // (little-endian float32, as OpenAI's clients decode it: the hosts llmserve runs on are little-endian)
+      e["embedding"] = base64_encode(v.data(), v.size() * sizeof(float));
+    } else {
+      e["embedding"] = v;
+    }
+    data.push_back(std::move(e));
+    prompt += outputs[i].prompt_tokens;
+  }
+  json usage = {{"prompt_tokens", prompt}, {"total_tokens", prompt}, {"completion_tokens", 0}};
+  return {{"id", id}, {"object", "list"}, {"created", ctx.created}, {"model", r.model}, {"data", data}, {"usage", usage}};
+}
+
+}  // namespace llmserve
