@@ -70,6 +70,17 @@ def main():
             vecs = [list(struct.unpack(f"<{len(GOLDEN[0]['last'])}f", base64.b64decode(d["embedding"]))) for d in r["data"]]
             ok = worst(vecs[0], p["last"]) <= TOL and worst(vecs[1], GOLDEN[2]["last"]) <= TOL
         check("encoding_format base64: little-endian float32, as OpenAI's clients decode it", ok, str(r)[:300])
+        # OpenAI's SDK asks for base64 by default and decodes it.
+        try:
+            cl = ts.import_openai().OpenAI(base_url=f"http://127.0.0.1:{s.port}/v1", api_key="none")
+            got = cl.embeddings.create(model="tiny", input=[GOLDEN[1]["text"], GOLDEN[2]["text"]])
+            check("openai client: embeddings (base64 by default)", worst(list(got.data[0].embedding), GOLDEN[1]["last"]) <= TOL
+                  and worst(list(got.data[1].embedding), GOLDEN[2]["last"]) <= TOL and got.usage.prompt_tokens == len(GOLDEN[1]["ids"]) + len(GOLDEN[2]["ids"]),
+                  str(got)[:300])
+            got = cl.embeddings.create(model="tiny", input=GOLDEN[3]["ids"], encoding_format="float")
+            check("openai client: embeddings as floats", worst(got.data[0].embedding, GOLDEN[3]["last"]) <= TOL, str(got)[:300])
+        except ImportError:
+            print("SKIP openai client: the openai package cannot be installed here")
         # The chat form renders the messages without a generation prompt (vLLM's default for embeddings).
         msgs = [{"role": "user", "content": "Hello there"}]
         st1, t = s.post("/tokenize", {"messages": msgs, "add_generation_prompt": False})

@@ -134,16 +134,22 @@ def sse_events(port, body):
     return out
 
 
+def import_openai():
+    """OpenAI's Python SDK, installed with pip when missing (ImportError when it cannot be had)."""
+    try:
+        import openai
+    except ImportError:
+        if subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "openai"], capture_output=True).returncode:
+            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--break-system-packages", "openai"], capture_output=True)
+        import openai
+    return openai
+
+
 def sdk_checks(port, key, model):
     """OpenAI's Python SDK (installed when missing) on a real instruct model: the Responses API (a greedy
     answer, the next turn by previous_response_id, the SDK's stream helper, a Pydantic text_format and a
     required tool call) and a chat answer guided by a grammar."""
-    try:
-        import openai
-    except ImportError:
-        if subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "openai"]).returncode != 0:
-            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--break-system-packages", "openai"], check=True)
-        import openai
+    openai = import_openai()
     import pydantic
     c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key)
     ask = dict(model=model, instructions="Answer in one short sentence.", input="What is the capital of France?",
@@ -1131,13 +1137,7 @@ def main():
 
         # The official client, when it can be had.
         try:
-            import openai  # noqa: F401
-        except ImportError:
-            if subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "openai"], capture_output=True).returncode:
-                subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--break-system-packages", "openai"], capture_output=True)
-        try:
-            from openai import OpenAI
-            cl = OpenAI(base_url=f"http://127.0.0.1:{s.port}/v1", api_key="none")
+            cl = import_openai().OpenAI(base_url=f"http://127.0.0.1:{s.port}/v1", api_key="none")
             resp = cl.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, temperature=0, extra_body={"ignore_eos": True})
             check("openai client: chat", resp.choices[0].message.content == offline, resp)
             parts = [ch.choices[0].delta.content or "" for ch in cl.chat.completions.create(
