@@ -86,11 +86,11 @@ def main():
         st1, t = s.post("/tokenize", {"messages": msgs, "add_generation_prompt": False})
         st2, a = embed(s, {"messages": msgs})
         st3, b = embed(s, {"input": t.get("tokens", []) if st1 == 200 else []})
-        check("messages: the rendered prompt's embedding", st1 == st2 == st3 == 200 and worst(a["data"][0]["embedding"], b["data"][0]["embedding"]) == 0
+        check("messages: the rendered prompt's embedding", st1 == st2 == st3 == 200 and worst(a["data"][0]["embedding"], b["data"][0]["embedding"]) <= TOL
               and a["usage"]["prompt_tokens"] == t["count"], f"{st1} {st2} {st3} {str(a)[:200]}")
         st, r = embed(s, {"input": GOLDEN[4]["ids"], "truncate_prompt_tokens": 20})
         st2, r2 = embed(s, {"input": GOLDEN[4]["ids"][-20:]})
-        check("truncate_prompt_tokens keeps the last tokens", st == st2 == 200 and r["data"][0]["embedding"] == r2["data"][0]["embedding"]
+        check("truncate_prompt_tokens keeps the last tokens", st == st2 == 200 and worst(r["data"][0]["embedding"], r2["data"][0]["embedding"]) <= TOL
               and r["usage"]["prompt_tokens"] == 20, str(r)[:200])
         # Errors, as vLLM answers them.
         for name, path, body, status, needle in [
