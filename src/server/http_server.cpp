@@ -254,9 +254,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void generate(Api api) {
     auto p = std::make_shared<Pending>();
     const auto body = parse_json<nlohmann::ordered_json>(req_.body());
-    if (ctx_.pooling && api != Api::Embeddings)  // (vLLM's answer on a pooling model)
-      throw HttpError(400, cat("The model does not support ", api == Api::Chat ? "Chat Completions" : api == Api::Responses ? "Responses" : "Completions",
-                               " API (it is served with the pooling runner: use /v1/embeddings)"));
+    if (api != Api::Embeddings)
+      check_generation_api(ctx_, api == Api::Chat ? "Chat Completions" : api == Api::Responses ? "Responses" : "Completions");
     p->req = api == Api::Chat        ? parse_chat(body, ctx_)
              : api == Api::Responses ? parse_responses(body, ctx_, store_)
              : api == Api::Embeddings ? parse_embeddings(body, ctx_)

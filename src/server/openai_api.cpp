@@ -26,6 +26,11 @@ std::string random_id(const char* prefix) {
   return s;
 }
 
+void check_generation_api(const ApiContext& ctx, const char* api) {
+  if (ctx.pooling)
+    throw HttpError(400, cat("The model does not support ", api, " API (it is served with the pooling runner: use /v1/embeddings)"));
+}
+
 void check_model(const json& body, const ApiContext& ctx, std::string& model) {
   if (!body.contains("model") || body["model"].is_null()) {
     model = ctx.model_names.front();

@@ -80,6 +80,9 @@ struct GenerationRequest {
   std::shared_ptr<const EmbeddingOptions> embedding;  // an embeddings request (embeddings_api.h); else null
 };
 
+// A text API ("Completions", "Chat Completions", "Responses") on a model the pooling runner serves:
+// throws HttpError 400 (vLLM's message).
+void check_generation_api(const ApiContext& ctx, const char* api);
 // The request's `model` (absent: the first served name) into `model`; throws HttpError 404 for a name
 // not served.
 void check_model(const nlohmann::json& body, const ApiContext& ctx, std::string& model);

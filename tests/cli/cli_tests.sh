@@ -119,7 +119,7 @@ check "convert llmserve does not make" 1 "convert 'classify' is not supported: l
   "$llmserve" logits "$work/good.yaml" --convert classify --prompt-ids 1
 check "bad pooler_config" 1 "pooler_config: pooling_type 'MAX' is not supported" -- \
   "$llmserve" logits "$work/good.yaml" --pooler-config '{"pooling_type": "MAX"}' --prompt-ids 1
-check "generate with the pooling runner" 1 "generate makes text: embeddings \(runner pooling, convert embed\) are served by .llmserve serve. at /v1/embeddings" -- \
+check "generate with the pooling runner" 1 "generate makes text: embeddings \(runner pooling, convert embed\) are served at /v1/embeddings by .llmserve serve., or .llmserve run-batch. with that url" -- \
   "$llmserve" generate "$work/good.yaml" --runner pooling --input "$work/prompts.jsonl" --output "$work/emb-out.jsonl"
 check "serve: pooler_config dimensions past the hidden size" 1 "pooler_config: dimensions \(9999\) is more than the model's hidden size \(64\)" --once -- \
   "$mpirun" 2 "$llmserve" serve "$work/good.yaml" -tp 2 --runner pooling --pooler-config '{"dimensions": 9999}' --port 18731
@@ -267,12 +267,42 @@ ok &= all(o["response"]["body"] is None and o["error"]["error"]["code"] == 400 f
 beams = out[5]["response"]["body"]["choices"]  # use_beam_search: two beams, best first, as generate's
 ok &= [c["text"] for c in beams] == [o["text"] for o in gen_lines[3]["outputs"]] and len(beams) == 2
 ok &= beams[0]["text"] != beams[1]["text"] and out[5]["error"] is None
-ok &= "Supported endpoints" in out[2]["error"]["error"]["message"] and "stream mode" in out[4]["error"]["error"]["message"]
+ok &= "does not support Embeddings API" in out[2]["error"]["error"]["message"] and "stream mode" in out[4]["error"]["error"]["message"]
 ok &= out[0]["error"] is None and out[0]["id"] != out[1]["id"]
 sys.exit(0 if ok else 1)
 PY
 then passed=$((passed + 1)); echo "PASS run-batch: statuses, bodies equal to generate's greedy texts, errors as the server's"
 else failed=$((failed + 1)); echo "FAIL run-batch output"; cat "$work/batch-out.jsonl" | head -c 2000; fi
+# run-batch with the pooling runner (convert embed: tiny-qwen2's last position, normalized): embeddings
+# lines answered (the text's vector equal to its token ids'), text APIs and other URLs refused.
+python3 - "$work" <<'PY'
+import json, sys
+w = sys.argv[1]
+lines = [("e1", "/v1/embeddings", {"input": ["Hello", "World"]}),
+         ("e2", "/v1/embeddings", {"input": [9707], "encoding_format": "base64"}),
+         ("e3", "/v1/embeddings", {"input": "Hello", "dimensions": 8}),
+         ("e4", "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hello"}]}),
+         ("e5", "/v1/audio/transcriptions", {"input": "Hello"})]
+open(f"{w}/batch-emb.jsonl", "w").write("".join(json.dumps({"custom_id": c, "method": "POST", "url": u, "body": b}) + "\n" for c, u, b in lines))
+PY
+check "run-batch: embeddings with the pooling runner" 0 "5 lines, 2 answered, 3 refused or failed" -- \
+  "$mpirun" 2 "$llmserve" run-batch "$work/good.yaml" -tp 2 --convert embed -i "$work/batch-emb.jsonl" -o "$work/batch-emb-out.jsonl"
+if python3 - "$work" <<'PY'
+import base64, json, struct, sys
+out = [json.loads(l) for l in open(f"{sys.argv[1]}/batch-emb-out.jsonl")]
+ok = [o["response"]["status_code"] for o in out] == [200, 200, 400, 400, 400]
+a = out[0]["response"]["body"]
+ok &= a["object"] == "list" and [d["index"] for d in a["data"]] == [0, 1] and a["usage"]["prompt_tokens"] == 2
+v = a["data"][0]["embedding"]
+ok &= len(v) == 64 and abs(sum(x * x for x in v) - 1) < 1e-5 and v != a["data"][1]["embedding"]
+b = list(struct.unpack("<64f", base64.b64decode(out[1]["response"]["body"]["data"][0]["embedding"])))
+ok &= max(abs(x - y) for x, y in zip(v, b)) < 1e-6
+msgs = [o["error"]["error"]["message"] for o in out[2:]]
+ok &= "does not support matryoshka" in msgs[0] and "does not support Chat Completions API" in msgs[1] and "Supported endpoints" in msgs[2]
+sys.exit(0 if ok else 1)
+PY
+then passed=$((passed + 1)); echo "PASS run-batch: embedding bodies (floats, base64 of the same vector), refusals as the server's"
+else failed=$((failed + 1)); echo "FAIL run-batch embeddings output"; head -c 2000 "$work/batch-emb-out.jsonl"; fi
 check "run-batch: an input that cannot be read" 1 "run-batch: cannot read" -- \
   "$llmserve" run-batch "$work/good.yaml" -i "$work/nope.jsonl" -o "$work/x.jsonl"
 printf '{"prompt": "a", "max_tokens": 2}\n{"prompt": "b", "suffix": "!"}\n' >"$work/gen-suffix.jsonl"

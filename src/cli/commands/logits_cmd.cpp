@@ -174,8 +174,9 @@ void parse_batch_args(const std::vector<std::string>& args, const char* command,
   auto extra = config_parse_args(cfg, rest);
   config_take_model_argument(cfg, extra);
   if (!extra.empty()) throw Error(cat(command, ": unexpected argument '", extra[0], "'"));
-  if (cfg.runner == "pooling" || cfg.convert == "embed")
-    throw Error(cat(command, " makes text: embeddings (runner pooling, convert embed) are served by `llmserve serve` at /v1/embeddings"));
+  if (std::string(command) == "generate" && (cfg.runner == "pooling" || cfg.convert == "embed"))
+    throw Error(cat(command, " makes text: embeddings (runner pooling, convert embed) are served at /v1/embeddings by "
+                    "`llmserve serve`, or `llmserve run-batch` with that url"));
   if (input.empty() || output.empty())
     throw Error(cat(command, ": ", input_names.front(), " requests.jsonl and ", output_names.front(), " results.jsonl are required"));
   if (!rank0) return;

@@ -1,6 +1,7 @@
 // `llmserve run-batch`: vLLM's batch runner (`vllm run-batch -i in.jsonl -o out.jsonl`) on OpenAI's batch
 // file format. Each input line is {"custom_id", "method": "POST", "url", "body"} with url
-// /v1/chat/completions or /v1/completions; each output line, in input order, is {"id", "custom_id",
+// /v1/chat/completions or /v1/completions, or /v1/embeddings with the pooling runner (as the server: a
+// model serves one or the other); each output line, in input order, is {"id", "custom_id",
 // "response": {"status_code", "request_id", "body"}, "error"}: the body the server would answer, or,
 // for a line the server would refuse (or that fails while it runs), status_code 400 (404 for an
 // unknown model), body null and the error the server would send. The requests run together with
@@ -20,6 +21,7 @@
 #include "dist/collective_check.h"
 #include "engine/engine.h"
 #include "model/runner.h"
+#include "server/embeddings_api.h"
 #include "tokenizer/tokenizer.h"
 
 namespace llmserve {
@@ -30,7 +32,7 @@ using ojson = nlohmann::ordered_json;
 
 struct BatchLine {
   json custom_id = nullptr;
-  bool chat = false;
+  std::string url;
   GenerationRequest req;
   std::vector<RequestOutput> outputs;  // per prompt
   int status = 200;
@@ -53,13 +55,18 @@ BatchLine read_line(const std::string& text, const ApiContext& ctx) {
     if (!j.contains("method") || j["method"] != "POST")
       throw HttpError(400, "'method' must be \"POST\"", "BadRequestError", "method");
     const std::string url = j.contains("url") && j["url"].is_string() ? j["url"].get<std::string>() : "";
-    if (url != "/v1/chat/completions" && url != "/v1/completions")
+    if (url != "/v1/chat/completions" && url != "/v1/completions" && url != "/v1/embeddings")
       throw HttpError(400, cat("URL ", url.empty() ? std::string("(none)") : url,
-                               " was used. Supported endpoints: /v1/chat/completions, /v1/completions."),
+                               " was used. Supported endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings."),
                       "BadRequestError", "url");
     if (!j.contains("body") || !j["body"].is_object()) throw HttpError(400, "'body' (an object) is required", "BadRequestError", "body");
-    l.chat = url == "/v1/chat/completions";
-    l.req = l.chat ? parse_chat(j["body"], ctx) : parse_completion(j["body"], ctx);
+    l.url = url;
+    if (url == "/v1/embeddings") {
+      l.req = parse_embeddings(j["body"], ctx);  // (refused unless the pooling runner serves the model)
+    } else {
+      check_generation_api(ctx, url == "/v1/chat/completions" ? "Chat Completions" : "Completions");
+      l.req = url == "/v1/chat/completions" ? parse_chat(j["body"], ctx) : parse_completion(j["body"], ctx);
+    }
     if (l.req.stream) throw HttpError(400, "Request must not be sent in stream mode", "BadRequestError", "stream");
   } catch (const HttpError& e) {
     l.fail(e.status, e.what(), e.type, e.param);
@@ -124,8 +131,9 @@ int cmd_run_batch(const std::vector<std::string>& args, MPI_Comm world) {
   for (const BatchLine& l : lines) {
     json body = nullptr;
     if (l.error.is_null()) {
-      body = l.chat ? chat_response(random_id("chatcmpl-"), l.req, ctx, l.outputs)
-                    : completion_response(random_id("cmpl-"), l.req, ctx, l.outputs);
+      body = l.url == "/v1/embeddings"         ? embedding_response(random_id("embd-"), l.req, ctx, l.outputs)
+             : l.url == "/v1/chat/completions" ? chat_response(random_id("chatcmpl-"), l.req, ctx, l.outputs)
+                                               : completion_response(random_id("cmpl-"), l.req, ctx, l.outputs);
     } else {
       ++failed;
     }
