@@ -28,7 +28,84 @@ std::vector<int32_t> token_ids(const json& a, const ApiContext& ctx) {
   return ids;
 }
 
+// vLLM's truncate_prompt_tokens: keep the last k tokens (-1: max_model_len).
+void truncate_prompts(const json& body, const ApiContext& ctx, GenerationRequest& r) {
+  if (!body.contains("truncate_prompt_tokens") || body["truncate_prompt_tokens"].is_null()) return;
+  const json& t = body["truncate_prompt_tokens"];
+  if (!t.is_number_integer() || t.get<int64_t>() < -1 || t.get<int64_t>() == 0)
+    throw bad("'truncate_prompt_tokens' must be -1 or a positive integer", "truncate_prompt_tokens");
+  const int64_t k = t.get<int64_t>() == -1 ? ctx.max_model_len : t.get<int64_t>();
+  if (k > ctx.max_model_len)
+    throw bad(cat("truncate_prompt_tokens value (", k, ") is greater than max_model_len (", ctx.max_model_len,
+                  "). Please, select a smaller truncation size."), "truncate_prompt_tokens");
+  for (auto& q : r.prompts)
+    if (static_cast<int64_t>(q.size()) > k) q.erase(q.begin(), q.end() - k);
+}
+
+void read_priority(const json& body, GenerationRequest& r) {
+  if (!body.contains("priority") || body["priority"].is_null()) return;
+  if (!body["priority"].is_number_integer()) throw bad("'priority' must be an integer", "priority");
+  r.params.priority = body["priority"].get<int>();  // (checked by the engine, as a generation's)
+}
+
+// A score or rerank input: a text or a list of texts.
+std::vector<std::string> score_texts(const json& body, const char* key) {
+  if (!body.contains(key) || body[key].is_null()) throw bad(cat("'", key, "' is required"), key);
+  const json& v = body[key];
+  std::vector<std::string> out;
+  if (v.is_string()) return {v.get<std::string>()};
+  if (!v.is_array()) throw bad(cat("'", key, "' must be a string or a list of strings"), key);
+  for (const auto& x : v) {
+    if (!x.is_string()) throw bad(cat("'", key, "' must be a string or a list of strings (llmserve's models read text only)"), key);
+    out.push_back(x.get<std::string>());
+  }
+  return out;
+}
+
 }  // namespace
+
+double cosine_similarity(const std::vector<float>& a, const std::vector<float>& b) {
+  double dot = 0, na = 0, nb = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) dot += double{a[i]} * b[i], na += double{a[i]} * a[i], nb += double{b[i]} * b[i];
+  return dot / std::max(std::sqrt(na) * std::sqrt(nb), 1e-8);
+}
+
+GenerationRequest parse_score(const ojson& as_sent, const ApiContext& ctx, bool rerank) {
+  if (!as_sent.is_object()) throw HttpError(400, "the request body must be a JSON object");
+  if (!ctx.pooling)
+    throw bad(cat("The model does not support ", rerank ? "Rerank (Score)" : "Score", " API (scores are cosine similarities of ",
+                  "embeddings: serve an embedding model, or give runner pooling)"), "");
+  const json body = json::parse(json_text(as_sent));
+  GenerationRequest r;
+  check_model(body, ctx, r.model);
+  if (!ctx.tok) throw bad("this model has no tokenizer", "");
+  auto opt = std::make_shared<EmbeddingOptions>();
+  opt->api = rerank ? EmbeddingOptions::Api::Rerank : EmbeddingOptions::Api::Score;
+  const char* k1 = rerank ? "query" : body.contains("data_1") ? "data_1" : "text_1";
+  const char* k2 = rerank ? "documents" : body.contains("data_2") ? "data_2" : "text_2";
+  if (rerank && body.contains("query") && !body["query"].is_string()) throw bad("'query' must be a string", "query");
+  const std::vector<std::string> t1 = score_texts(body, k1), t2 = score_texts(body, k2);
+  // (vLLM's checks and messages)
+  if (t1.size() > 1 && t1.size() != t2.size()) throw bad("Input lengths must be either 1:1, 1:N or N:N", k1);
+  if (t1.empty()) throw bad("At least one text element must be given", k1);
+  if (t2.empty()) throw bad("At least one text_pair element must be given", k2);
+  for (const auto* texts : {&t1, &t2})
+    for (const auto& t : *texts) r.prompts.push_back(ctx.tok->encode(t, true));
+  for (const auto& q : r.prompts)
+    if (q.empty()) throw bad("a text is empty (no tokens to embed)", k2);
+  truncate_prompts(body, ctx, r);
+  if (rerank && body.contains("top_n") && !body["top_n"].is_null()) {
+    if (!body["top_n"].is_number_integer()) throw bad("'top_n' must be an integer", "top_n");
+    opt->top_n = body["top_n"].get<int64_t>();
+  }
+  opt->n1 = t1.size();
+  if (rerank) opt->documents = t2;
+  read_priority(body, r);
+  r.params.pooling = ctx.pooler.pooling_type;
+  r.params.n = 1;
+  r.embedding = std::move(opt);
+  return r;
+}
 
 std::string base64_encode(const void* data, size_t n) {
   static const char* abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -113,18 +190,7 @@ GenerationRequest parse_embeddings(const ojson& as_sent, const ApiContext& ctx) 
   }
   for (const auto& q : r.prompts)
     if (q.empty()) throw bad("an input is empty (no tokens to embed)", "input");
-  // vLLM's truncate_prompt_tokens: keep the last k tokens (-1: max_model_len).
-  if (given("truncate_prompt_tokens")) {
-    const json& t = body["truncate_prompt_tokens"];
-    if (!t.is_number_integer() || t.get<int64_t>() < -1 || t.get<int64_t>() == 0)
-      throw bad("'truncate_prompt_tokens' must be -1 or a positive integer", "truncate_prompt_tokens");
-    const int64_t k = t.get<int64_t>() == -1 ? ctx.max_model_len : t.get<int64_t>();
-    if (k > ctx.max_model_len)
-      throw bad(cat("truncate_prompt_tokens value (", k, ") is greater than max_model_len (", ctx.max_model_len,
-                    "). Please, select a smaller truncation size."), "truncate_prompt_tokens");
-    for (auto& q : r.prompts)
-      if (static_cast<int64_t>(q.size()) > k) q.erase(q.begin(), q.end() - k);
-  }
+  truncate_prompts(body, ctx, r);
   if (given("encoding_format")) {
     const json& f = body["encoding_format"];
     if (!f.is_string() || (f != "float" && f != "base64"))
@@ -157,10 +223,7 @@ GenerationRequest parse_embeddings(const ojson& as_sent, const ApiContext& ctx) 
       throw bad(cat("'dimensions' (", n, ") is more than the model's embedding size (", ctx.hidden_size, ")"), "dimensions");
     opt->dimensions = n;
   }
-  if (given("priority")) {
-    if (!body["priority"].is_number_integer()) throw bad("'priority' must be an integer", "priority");
-    r.params.priority = body["priority"].get<int>();  // (checked by the engine, as a generation's)
-  }
+  read_priority(body, r);
   r.params.pooling = ctx.pooler.pooling_type;
   r.params.n = 1;
   r.embedding = std::move(opt);
@@ -169,6 +232,32 @@ GenerationRequest parse_embeddings(const ojson& as_sent, const ApiContext& ctx) 
 
 json embedding_response(const std::string& id, const GenerationRequest& r, const ApiContext& ctx,
                         const std::vector<RequestOutput>& outputs) {
+  const EmbeddingOptions& o = *r.embedding;
+  if (o.api != EmbeddingOptions::Api::Embeddings) {
+    // Each pair's cosine similarity; its prompt tokens are both texts' (vLLM counts a pair's tokens).
+    const size_t pairs = outputs.size() - o.n1;
+    json items = json::array();
+    int64_t tokens = 0;
+    for (size_t j = 0; j < pairs; ++j) {
+      const RequestOutput& a = outputs[o.n1 == 1 ? 0 : j];
+      const RequestOutput& b = outputs[o.n1 + j];
+      const double score = cosine_similarity(a.embedding, b.embedding);
+      tokens += a.prompt_tokens + b.prompt_tokens;
+      if (o.api == EmbeddingOptions::Api::Score) {
+        items.push_back({{"index", j}, {"object", "score"}, {"score", score}});
+      } else {
+        items.push_back({{"index", j}, {"document", {{"text", o.documents[j]}}}, {"relevance_score", score}});
+      }
+    }
+    if (o.api == EmbeddingOptions::Api::Score)
+      return {{"id", id}, {"object", "list"}, {"created", ctx.created}, {"model", r.model}, {"data", items},
+              {"usage", {{"prompt_tokens", tokens}, {"total_tokens", tokens}, {"completion_tokens", 0}}}};
+    std::stable_sort(items.begin(), items.end(), [](const json& x, const json& y) {
+      return x["relevance_score"].get<double>() > y["relevance_score"].get<double>();
+    });
+    if (o.top_n > 0 && static_cast<size_t>(o.top_n) < items.size()) items.erase(items.begin() + o.top_n, items.end());
+    return {{"id", id}, {"model", r.model}, {"usage", {{"total_tokens", tokens}}}, {"results", items}};
+  }
   json data = json::array();
   int64_t prompt = 0;
   for (size_t i = 0; i < outputs.size(); ++i) {

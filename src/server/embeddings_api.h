@@ -17,11 +17,26 @@ struct EmbeddingOptions {
   std::optional<int64_t> dimensions;
   bool normalize = true;
   bool base64 = false;  // encoding_format base64
+  // vLLM's score and rerank APIs on an embedding model: the prompts are the first texts (n1 of them: one
+  // is paired with every second text) then the second texts, each pair scored by the cosine similarity
+  // of their vectors. Rerank: the documents (the second texts, returned with their scores, best first,
+  // the best top_n when > 0).
+  enum class Api { Embeddings, Score, Rerank } api = Api::Embeddings;
+  size_t n1 = 0;
+  std::vector<std::string> documents;
+  int64_t top_n = 0;
 };
 
 // Parses and validates (throws HttpError 400/404 with a clear message); the result's prompts each become
 // one pooling job (params.pooling as the server's pooler says).
 GenerationRequest parse_embeddings(const nlohmann::ordered_json& body, const ApiContext& ctx);
+// vLLM's score API (POST /score, /v1/score: text_1 and text_2, each a text or a list) and rerank API
+// (POST /rerank, /v1/rerank, /v2/rerank: query, documents, top_n) on an embedding model; pairs 1:1, 1:N or
+// N:N. Throws HttpError 400/404 with vLLM's messages.
+GenerationRequest parse_score(const nlohmann::ordered_json& body, const ApiContext& ctx, bool rerank);
+// The cosine similarity of two vectors (torch's CosineSimilarity: the product of the norms clamped below
+// at 1e-8).
+double cosine_similarity(const std::vector<float>& a, const std::vector<float>& b);
 // A pooled vector as the response gives it: the first `dimensions` values (all when none), divided by
 // their L2 norm when `normalize` (a zero vector stays zero).
 std::vector<float> finish_embedding(const std::vector<float>& pooled, std::optional<int64_t> dimensions, bool normalize);

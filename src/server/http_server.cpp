@@ -162,6 +162,9 @@ class Session : public std::enable_shared_from_this<Session> {
                                    {"/tokenize", http::verb::post},   {"/detokenize", http::verb::post},
                                    {"/ping", http::verb::get},        {"/ping", http::verb::post},
                                    {"/v1/responses", http::verb::post}, {"/v1/embeddings", http::verb::post},
+                                   {"/score", http::verb::post},      {"/v1/score", http::verb::post},
+                                   {"/rerank", http::verb::post},     {"/v1/rerank", http::verb::post},
+                                   {"/v2/rerank", http::verb::post},
                                    // (a stored response: /v1/responses/{id}, /v1/responses/{id}/cancel)
                                    {"/v1/responses/*", http::verb::get}, {"/v1/responses/*", http::verb::delete_},
                                    {"/v1/responses/*/cancel", http::verb::post}};
@@ -190,10 +193,13 @@ class Session : public std::enable_shared_from_this<Session> {
     if (path == "/v1/models") return respond(200, json_text(models_response(ctx_)), req_.keep_alive());
     if (path == "/tokenize" || path == "/detokenize") return tokenize(path == "/tokenize");
     if (pattern != path) return stored_response(stored_id, method, pattern.size() > prefix.size() + 1);
-    generate(path == "/v1/chat/completions" ? Api::Chat
-             : path == "/v1/responses"      ? Api::Responses
-             : path == "/v1/embeddings"     ? Api::Embeddings
-                                            : Api::Completion);
+    const bool rerank = path == "/rerank" || path == "/v1/rerank" || path == "/v2/rerank";
+    generate(path == "/v1/chat/completions"           ? Api::Chat
+             : path == "/v1/responses"                ? Api::Responses
+             : path == "/v1/embeddings"               ? Api::Embeddings
+             : path == "/score" || path == "/v1/score" ? Api::Score
+             : rerank                                 ? Api::Rerank
+                                                      : Api::Completion);
   }
 
   // A stored response: GET gives it, DELETE forgets it, cancel is refused (as vLLM's: only background
@@ -250,17 +256,23 @@ class Session : public std::enable_shared_from_this<Session> {
     bool logged = false;  // its access line written
   };
 
-  enum class Api { Completion, Chat, Responses, Embeddings };
+  enum class Api { Completion, Chat, Responses, Embeddings, Score, Rerank };
   void generate(Api api) {
     auto p = std::make_shared<Pending>();
     const auto body = parse_json<nlohmann::ordered_json>(req_.body());
-    if (api != Api::Embeddings)
+    if (api == Api::Chat || api == Api::Responses || api == Api::Completion)
       check_generation_api(ctx_, api == Api::Chat ? "Chat Completions" : api == Api::Responses ? "Responses" : "Completions");
-    p->req = api == Api::Chat        ? parse_chat(body, ctx_)
-             : api == Api::Responses ? parse_responses(body, ctx_, store_)
+    p->req = api == Api::Chat         ? parse_chat(body, ctx_)
+             : api == Api::Responses  ? parse_responses(body, ctx_, store_)
              : api == Api::Embeddings ? parse_embeddings(body, ctx_)
-                                     : parse_completion(body, ctx_);
-    p->id = random_id(api == Api::Chat ? "chatcmpl-" : api == Api::Responses ? "resp_" : api == Api::Embeddings ? "embd-" : "cmpl-");
+             : api == Api::Score || api == Api::Rerank ? parse_score(body, ctx_, api == Api::Rerank)
+                                      : parse_completion(body, ctx_);
+    p->id = random_id(api == Api::Chat         ? "chatcmpl-"
+                      : api == Api::Responses  ? "resp_"
+                      : api == Api::Embeddings ? "embd-"
+                      : api == Api::Score      ? "score-"
+                      : api == Api::Rerank     ? "rerank-"
+                                               : "cmpl-");
     if (p->req.responses && p->req.stream) p->events = std::make_unique<ResponsesStream>(p->id, p->req, ctx_);
     const size_t n = p->req.prompts.size();
     p->outputs.resize(n);

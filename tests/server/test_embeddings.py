@@ -92,6 +92,29 @@ def main():
         st2, r2 = embed(s, {"input": GOLDEN[4]["ids"][-20:]})
         check("truncate_prompt_tokens keeps the last tokens", st == st2 == 200 and worst(r["data"][0]["embedding"], r2["data"][0]["embedding"]) <= TOL
               and r["usage"]["prompt_tokens"] == 20, str(r)[:200])
+        # vLLM's score and rerank APIs on an embedding model: cosine similarities of the pairs' vectors.
+        dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731 (the goldens are unit vectors)
+        texts = [p["text"] for p in GOLDEN[:4]]
+        want = [dot(GOLDEN[1]["last"], GOLDEN[k]["last"]) for k in (0, 2, 3)]
+        for path in ("/score", "/v1/score"):
+            st, r = s.post(path, {"text_1": texts[1], "text_2": [texts[0], texts[2], texts[3]]})
+            got = [d["score"] for d in r.get("data", [])] if st == 200 else []
+            check(f"{path}: 1:N cosine similarities of the goldens' vectors", st == 200 and len(got) == 3
+                  and max(abs(a - b) for a, b in zip(got, want)) <= TOL and [d["index"] for d in r["data"]] == [0, 1, 2]
+                  and r["data"][0]["object"] == "score" and r["object"] == "list" and r["id"].startswith("score-")
+                  and r["usage"]["prompt_tokens"] == 3 * len(GOLDEN[1]["ids"]) + sum(len(GOLDEN[k]["ids"]) for k in (0, 2, 3)),
+                  str(r)[:300])
+        st, r = s.post("/v1/score", {"text_1": [texts[0], texts[1]], "text_2": [texts[2], texts[3]]})
+        check("/v1/score: N:N pairs", st == 200 and abs(r["data"][0]["score"] - dot(GOLDEN[0]["last"], GOLDEN[2]["last"])) <= TOL
+              and abs(r["data"][1]["score"] - dot(GOLDEN[1]["last"], GOLDEN[3]["last"])) <= TOL, str(r)[:300])
+        order = sorted(range(3), key=lambda k: -want[k])
+        for path in ("/rerank", "/v1/rerank", "/v2/rerank"):
+            st, r = s.post(path, {"query": texts[1], "documents": [texts[0], texts[2], texts[3]], "top_n": 2})
+            res = r.get("results", []) if st == 200 else []
+            check(f"{path}: the documents best first, top_n of them, with their texts", st == 200 and len(res) == 2
+                  and [x["index"] for x in res] == order[:2] and all(abs(x["relevance_score"] - want[x["index"]]) <= TOL for x in res)
+                  and res[0]["document"]["text"] == [texts[0], texts[2], texts[3]][order[0]] and r["id"].startswith("rerank-")
+                  and r["usage"]["total_tokens"] > 0, str(r)[:300])
         # Errors, as vLLM answers them.
         for name, path, body, status, needle in [
             ("completions on a pooling model", "/v1/completions", {"prompt": "hi"}, 400, "does not support Completions API"),
@@ -106,6 +129,9 @@ def main():
             ("an input longer than max_model_len", "/v1/embeddings", {"input": list(range(1, 600))}, 400,
              "maximum context length is 512 tokens. However, you requested 599 tokens in the input for embedding generation"),
             ("input and messages together", "/v1/embeddings", {"input": "hi", "messages": msgs}, 400, "either"),
+            ("score pairs 2:3", "/v1/score", {"text_1": ["a", "b"], "text_2": ["c", "d", "e"]}, 400, "Input lengths must be either 1:1, 1:N or N:N"),
+            ("score without second texts", "/v1/score", {"text_1": "a", "text_2": []}, 400, "At least one text_pair element must be given"),
+            ("rerank without a query", "/v1/rerank", {"documents": ["a"]}, 400, "'query' is required"),
         ]:
             st, r = s.post(path, body)
             msg = r["error"]["message"] if isinstance(r, dict) and "error" in r else str(r)
@@ -145,6 +171,8 @@ def main():
     try:
         st, r = embed(s, {"input": "hi"})
         check("embeddings on a generative model refused (400)", st == 400 and "does not support Embeddings API" in r["error"]["message"], str(r)[:200])
+        st, r = s.post("/v1/score", {"text_1": "a", "text_2": "b"})
+        check("score on a generative model refused (400)", st == 400 and "does not support Score API" in r["error"]["message"], str(r)[:200])
     finally:
         s.stop()
     s = ts.Server("--convert", "embed", model=os.path.join(ts.BUILD, "test-models", "tiny-qwen3.h5"))
