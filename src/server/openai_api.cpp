@@ -8,6 +8,7 @@
 #include "engine/guided.h"
 #include "server/reasoning_parser.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
 
 namespace llmserve {
 using json = nlohmann::json;
@@ -520,6 +521,57 @@ json chat_response(const std::string& id, const GenerationRequest& r, const ApiC
   return resp;
 }
 
+namespace {
+
+// The deltas of the tool calls read from a chat answer's text (tool_choice auto) that this update adds.
+// Hermes calls are streamed as vLLM streams them: a call is named (id, type, name, empty arguments) once
+// its name and the start of its arguments object are out, then its arguments follow as the model writes
+// them, one call after another. At the end (`final`: the whole text's calls) what was not streamed goes
+// whole: a call whose arguments are not an object, and every call of other formats.
+json tool_call_deltas(ToolFormat f, const std::string& text, const ToolParse* final, ChoiceStream& s) {
+  json out = json::array();
+  auto args_delta = [&](size_t k, const PartialCall& pc) {
+    // (up to the last whole character while the arguments go on)
+    const size_t end = pc.args_end != std::string::npos ? pc.args_end : unicode::utf8_stable_prefix(text);
+    const size_t from = pc.args_begin + s.args_sent;
+    if (end <= from) return;
+    std::string piece = text.substr(from, end - from);
+    s.args_sent += piece.size();
+    if (!out.empty() && out.back()["index"] == k) {
+      out.back()["function"]["arguments"] = out.back()["function"]["arguments"].get<std::string>() + piece;
+    } else {
+      out.push_back({{"index", k}, {"function", {{"arguments", std::move(piece)}}}});
+    }
+  };
+  if (f == ToolFormat::Hermes) {
+    const std::vector<PartialCall> calls = scan_hermes_calls(text);
+    for (size_t k = s.calls_sent > 0 ? s.calls_sent - 1 : 0; k < calls.size(); ++k) {
+      const PartialCall& pc = calls[k];
+      if (k + 1 == s.calls_sent) {  // the call being streamed
+        args_delta(k, pc);
+        if (pc.args_end == std::string::npos) break;
+        continue;
+      }
+      if (!pc.streamable || !pc.named || pc.args_begin == std::string::npos) break;
+      out.push_back({{"index", k}, {"id", random_id("call_")}, {"type", "function"},
+                     {"function", {{"name", pc.name}, {"arguments", ""}}}});
+      s.calls_sent = k + 1;
+      s.args_sent = 0;
+      args_delta(k, pc);
+      if (pc.args_end == std::string::npos) break;
+    }
+  }
+  if (final)
+    for (size_t k = s.calls_sent; k < final->calls.size(); ++k) {
+      out.push_back({{"index", k}, {"id", random_id("call_")}, {"type", "function"},
+                     {"function", {{"name", final->calls[k].name}, {"arguments", final->calls[k].arguments}}}});
+      s.calls_sent = k + 1;
+    }
+  return out;
+}
+
+}  // namespace
+
 std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiContext& ctx, size_t prompt_index,
                                          const RequestOutput& out, std::vector<ChoiceStream>& st) {
   std::vector<StreamChoice> choices;
@@ -542,6 +594,7 @@ std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiCo
     const std::string& text = r.reasoning ? content : c.text;
     size_t limit = text.size();
     ToolParse calls;
+    json call_deltas = json::array();  // tool-call deltas of this update
     if (r.tools_active) {
       if (c.finished()) {
         calls = parse_tool_calls(ctx.tool_format, text);
@@ -549,6 +602,7 @@ std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiCo
       } else {
         limit = std::max(s.sent, tool_safe_prefix(ctx.tool_format, text));
       }
+      if (r.chat) call_deltas = tool_call_deltas(ctx.tool_format, text, c.finished() ? &calls : nullptr, s);
     } else if (r.tools_required) {  // the calls whole at the end (the text as content if it is not one)
       if (c.finished()) calls = parse_required_calls(text);
       if (!c.finished() || !calls.calls.empty()) limit = s.sent;
@@ -558,7 +612,7 @@ std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiCo
     // A chunk for every step that produced tokens, even when their text is still empty (an incomplete
     // UTF-8 sequence, text held back for a stop string, a model without a tokenizer), as vLLM does:
     // clients time tokens by chunks.
-    if (delta.empty() && shown.empty() && c.delta_tokens == 0 && !c.finished() && !(first && (r.chat || r.echo)))
+    if (delta.empty() && shown.empty() && call_deltas.empty() && c.delta_tokens == 0 && !c.finished() && !(first && (r.chat || r.echo)))
       continue;
     s.sent = std::max(s.sent, limit);
     s.reasoning_sent += reasoning_delta.size();
@@ -602,15 +656,15 @@ std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiCo
         d["reasoning_content"] = shown;
       }
       if (!content_delta.empty() || shown.empty()) d["content"] = content_delta;
-      if (!calls.calls.empty()) {
-        // Content first, then the calls with the finish reason.
+      if (r.tools_required && !calls.calls.empty())  // (the calls whole at the end)
+        for (size_t k = 0; k < calls.calls.size(); ++k)
+          call_deltas.push_back({{"index", k}, {"id", random_id("call_")}, {"type", "function"},
+                                 {"function", {{"name", calls.calls[k].name}, {"arguments", calls.calls[k].arguments}}}});
+      if (!call_deltas.empty()) {
+        // Content first, then the calls' deltas (with the finish reason at the end).
         const bool before = !content_delta.empty() || !shown.empty() || first;
         if (before) emit({{"index", index}, {"delta", d}, {"logprobs", lp}, {"finish_reason", nullptr}});
-        json tc = json::array();
-        for (size_t k = 0; k < calls.calls.size(); ++k)
-          tc.push_back({{"index", k}, {"id", random_id("call_")}, {"type", "function"},
-                        {"function", {{"name", calls.calls[k].name}, {"arguments", calls.calls[k].arguments}}}});
-        emit({{"index", index}, {"delta", {{"tool_calls", tc}}}, {"logprobs", before ? json(nullptr) : lp}, {"finish_reason", finish}});
+        emit({{"index", index}, {"delta", {{"tool_calls", call_deltas}}}, {"logprobs", before ? json(nullptr) : lp}, {"finish_reason", finish}});
       } else {
         json choice = {{"index", index}, {"delta", d}, {"logprobs", lp}, {"finish_reason", finish}};
         if (c.finished()) choice["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);

@@ -104,6 +104,8 @@ struct ChoiceStream {
   size_t logprobs_sent = 0;  // tokens whose log-probabilities were sent
   size_t text_offset = 0;    // completions: text_offset of the next token's log-probabilities
   bool call_named = false;   // a named tool choice's call has been sent its id and name
+  size_t calls_sent = 0;     // tool calls read from the text (Hermes) named so far
+  size_t args_sent = 0;      // bytes of the last of them's arguments sent
   bool done = false;
 };
 // The stream's choice objects for what is new in `out` (prompt `prompt_index`; chat's delta shape for a

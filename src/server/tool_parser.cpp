@@ -40,6 +40,94 @@ size_t partial_tag(const std::string& text, const std::string& tag) {
 }
 }  // namespace
 
+namespace {
+
+// Past the JSON string starting at text[i] (a '"'), or npos when it does not end in the text.
+size_t skip_string(const std::string& t, size_t i) {
+  for (++i; i < t.size(); ++i) {
+    if (t[i] == '\\') {
+      ++i;
+    } else if (t[i] == '"') {
+      return i + 1;
+    }
+  }
+  return std::string::npos;
+}
+
+// Past the JSON value starting at text[i] (an object, array, string or scalar), or npos when it does
+// not end in the text. A scalar ends at the next ',', '}' or ']' (or whitespace).
+size_t skip_value(const std::string& t, size_t i) {
+  if (i >= t.size()) return std::string::npos;
+  if (t[i] == '"') return skip_string(t, i);
+  if (t[i] == '{' || t[i] == '[') {
+    int depth = 0;
+    for (; i < t.size(); ++i) {
+      const char c = t[i];
+      if (c == '"') {
+        i = skip_string(t, i);
+        if (i == std::string::npos) return i;
+        --i;
+      } else if (c == '{' || c == '[') {
+        ++depth;
+      } else if ((c == '}' || c == ']') && --depth == 0) {
+        return i + 1;
+      }
+    }
+    return std::string::npos;
+  }
+  const size_t e = t.find_first_of(",}] \t\r\n", i);
+  return e;
+}
+
+size_t skip_ws(const std::string& t, size_t i) {
+  while (i < t.size() && (t[i] == ' ' || t[i] == '\t' || t[i] == '\r' || t[i] == '\n')) ++i;
+  return i;
+}
+
+// One call object from text[i] (just past <tool_call>); `c` as far as the text goes.
+void scan_call(const std::string& t, size_t i, PartialCall& c) {
+  i = skip_ws(t, i);
+  if (i >= t.size()) return;
+  if (t[i] != '{') {
+    c.streamable = false;
+    return;
+  }
+  i = skip_ws(t, i + 1);
+  while (i < t.size() && t[i] == '"') {
+    const size_t key_end = skip_string(t, i);
+    if (key_end == std::string::npos) return;
+    const std::string key = t.substr(i + 1, key_end - i - 2);
+    i = skip_ws(t, key_end);
+    if (i >= t.size()) return;
+    if (t[i] != ':') {
+      c.streamable = false;
+      return;
+    }
+    i = skip_ws(t, i + 1);
+    if (i >= t.size()) return;
+    if (key == "arguments") {
+      if (t[i] != '{' || !c.named) c.streamable = false;
+      c.args_begin = i;
+    }
+    const size_t end = skip_value(t, i);
+    if (end == std::string::npos) return;
+    if (key == "name") {
+      try {
+        const json v = json::parse(t.substr(i, end - i));
+        if (v.is_string()) c.named = true, c.name = v.get<std::string>();
+      } catch (const json::exception&) {
+        c.streamable = false;
+        return;
+      }
+    }
+    if (key == "arguments") c.args_end = end;
+    i = skip_ws(t, end);
+    if (i < t.size() && t[i] == ',') i = skip_ws(t, i + 1);
+  }
+}
+
+}  // namespace
+
 ToolFormat tool_format_for(const std::string& parser, const std::string& model_type) {
   if (parser == "hermes") return ToolFormat::Hermes;
   if (parser == "llama3_json") return ToolFormat::Llama3Json;
@@ -69,6 +157,11 @@ ToolParse parse_tool_calls(ToolFormat f, const std::string& text) {
         return r;  // not a well-formed call: plain content
       }
       if (!to_call(j, "arguments", c)) return r;
+      // An object's arguments as the model wrote them (what a stream sends piece by piece; JSON all the same).
+      PartialCall pc;
+      scan_call(inner, 0, pc);
+      if (pc.streamable && pc.args_begin != std::string::npos && pc.args_end != std::string::npos)
+        c.arguments = inner.substr(pc.args_begin, pc.args_end - pc.args_begin);
       calls.push_back(c);
       if (end == std::string::npos) break;
       pos = end + kClose.size();
@@ -131,6 +224,22 @@ size_t tool_safe_prefix(ToolFormat f, const std::string& text) {
     return text.size();
   }
   return text.size();
+}
+
+
+std::vector<PartialCall> scan_hermes_calls(const std::string& text) {
+  std::vector<PartialCall> calls;
+  for (size_t pos = text.find(kOpen); pos != std::string::npos; pos = text.find(kOpen, pos)) {
+    const size_t body = pos + kOpen.size();
+    const size_t end = text.find(kClose, body);
+    PartialCall c;
+    scan_call(end == std::string::npos ? text : text.substr(0, end), body, c);
+    if (end != std::string::npos) c.block_end = end + kClose.size();
+    calls.push_back(std::move(c));
+    if (end == std::string::npos) break;
+    pos = end + kClose.size();
+  }
+  return calls;
 }
 
 ToolParse parse_required_calls(const std::string& text) {

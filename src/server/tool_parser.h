@@ -30,4 +30,18 @@ ToolParse parse_required_calls(const std::string& text);
 // has started or may be starting.
 size_t tool_safe_prefix(ToolFormat f, const std::string& text);
 
+// A Hermes call as far as a partial output shows it, for streaming its arguments as they are generated
+// (as vLLM streams them): the call object's "name" once its string is whole, and where its "arguments"
+// object begins in the text and, once it is whole, ends. A call whose arguments are not an object, or
+// come before its name, is not streamed (`streamable` false): it goes whole at the end.
+struct PartialCall {
+  bool named = false;
+  std::string name;
+  size_t args_begin = std::string::npos, args_end = std::string::npos;  // positions in the text
+  bool streamable = true;
+  size_t block_end = std::string::npos;  // just past its </tool_call>, once there
+};
+// The Hermes calls of `text` from its first <tool_call>, in order, as far as they have come.
+std::vector<PartialCall> scan_hermes_calls(const std::string& text);
+
 }  // namespace llmserve

@@ -103,6 +103,37 @@ std::vector<json> sse(const std::string& s) {
 }  // namespace
 
 namespace {
+// The tool calls of a chat stream as its deltas add up: each call named once (with its id) before its
+// arguments, which follow in pieces.
+struct StreamedCalls {
+  json names = json::array(), args = json::array();
+  size_t pieces = 0;  // non-empty argument deltas
+  void add(const json& delta) {
+    if (!delta.contains("tool_calls")) return;
+    for (const json& tc : delta["tool_calls"]) {
+      const size_t k = tc["index"].get<size_t>();
+      if (tc["function"].contains("name")) {
+        ASSERT_EQ(k, names.size());
+        EXPECT_TRUE(tc.contains("id"));
+        names.push_back(tc["function"]["name"]);
+        args.push_back("");
+      }
+      ASSERT_LT(k, args.size());
+      const std::string piece = tc["function"]["arguments"].get<std::string>();
+      args[k] = args[k].get<std::string>() + piece;
+      pieces += !piece.empty();
+    }
+  }
+  // The whole answer's message has the same calls.
+  void expect_as(const json& msg) const {
+    json n = json::array(), a = json::array();
+    if (msg.contains("tool_calls"))
+      for (const json& tc : msg["tool_calls"]) n.push_back(tc["function"]["name"]), a.push_back(tc["function"]["arguments"]);
+    EXPECT_EQ(names, n);
+    EXPECT_EQ(args, a);
+  }
+};
+
 // A streamed chat request to model "m" and its context: tool calls read in `format`; with `reasoning`, a
 // reasoning parser on.
 struct ChatSetup {
@@ -127,6 +158,12 @@ TEST(ToolCallsInResponses, StreamedContentEqualsTheWholeContent) {
   const std::pair<ToolFormat, std::string> cases[] = {
       {ToolFormat::Hermes, "Let me check.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}}\n</tool_call>"},
       {ToolFormat::Hermes, " \n<tool_call>{\"name\": \"g\", \"arguments\": {}}</tool_call>"},
+      // Two calls, arguments with braces and escaped quotes in strings, one call's arguments a JSON string
+      // (sent whole at the end), and arguments before the name (likewise).
+      {ToolFormat::Hermes, "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"q\": \"a}\\\"{\", \"n\": [1, {\"b\": 2}]}}\n</tool_call>\n"
+                           "<tool_call>\n{\"name\": \"g\", \"arguments\": {\"x\": \"\u00e9\"}}\n</tool_call>"},
+      {ToolFormat::Hermes, "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": 1}}</tool_call><tool_call>{\"name\": \"t\", \"arguments\": \"{}\"}</tool_call>"},
+      {ToolFormat::Hermes, "<tool_call>{\"arguments\": {\"a\": 1}, \"name\": \"f\"}</tool_call>"},
       {ToolFormat::Hermes, "  no call, <tool_ at the end is text  "},
       {ToolFormat::Llama3Json, " {\"name\": \"f\", \"parameters\": {\"x\": [1]}}; {\"name\": \"g\", \"parameters\": {}}"},
       {ToolFormat::Llama3Json, " {not a call} "}};
@@ -136,22 +173,22 @@ TEST(ToolCallsInResponses, StreamedContentEqualsTheWholeContent) {
     const json whole = chat_response("id", r, ctx, {output(full, true)})["choices"][0];
     std::vector<ChoiceStream> st(1);
     std::string content;
-    json calls = json::array();
+    StreamedCalls calls;
     std::string finish;
     for (size_t n = 1; n <= full.size(); ++n)
       for (const json& e : sse(stream_chunks("id", r, ctx, 0, output(full.substr(0, n), n == full.size()), st))) {
         const json& c = e["choices"][0];
         if (c["delta"].contains("content") && c["delta"]["content"].is_string()) content += c["delta"]["content"].get<std::string>();
-        if (c["delta"].contains("tool_calls"))
-          for (const json& tc : c["delta"]["tool_calls"]) calls.push_back(tc["function"]["name"]);
+        calls.add(c["delta"]);
         if (!c["finish_reason"].is_null()) finish = c["finish_reason"];
       }
     const json& msg = whole["message"];
     EXPECT_EQ(content, msg["content"].is_string() ? msg["content"].get<std::string>() : "");
-    json names = json::array();
-    if (msg.contains("tool_calls"))
-      for (const json& tc : msg["tool_calls"]) names.push_back(tc["function"]["name"]);
-    EXPECT_EQ(calls, names);
+    calls.expect_as(msg);
+    // Hermes calls' arguments arrive as they are written (a byte at a time here, whole characters), other
+    // formats' whole, and so do calls whose arguments are not an object or come before the name.
+    const bool whole_only = format != ToolFormat::Hermes || full.find("{\"arguments\"") != std::string::npos;
+    if (!calls.names.empty()) EXPECT_EQ(calls.pieces > calls.names.size(), !whole_only) << calls.pieces;
     EXPECT_EQ(finish, whole["finish_reason"]);
   }
 }
@@ -398,7 +435,7 @@ TEST(ReasoningParser, StreamedReasoningAndContentEqualTheWholeAnswer) {
     const json whole = chat_response("id", r, ctx, {output(full, true)})["choices"][0];
     std::vector<ChoiceStream> st(1);
     std::string reasoning, content;
-    json calls = json::array();
+    StreamedCalls calls;
     bool any_reasoning = false;
     for (size_t n = 1; n <= full.size(); ++n)
       for (const json& e : sse(stream_chunks("id", r, ctx, 0, output(full.substr(0, n), n == full.size()), st))) {
@@ -409,18 +446,14 @@ TEST(ReasoningParser, StreamedReasoningAndContentEqualTheWholeAnswer) {
           any_reasoning = true;
         }
         if (d.contains("content") && d["content"].is_string()) content += d["content"].get<std::string>();
-        if (d.contains("tool_calls"))
-          for (const json& tc : d["tool_calls"]) calls.push_back(tc["function"]["name"]);
+        calls.add(d);
       }
     const json& msg = whole["message"];
     EXPECT_EQ(msg["reasoning"], msg["reasoning_content"]);
     EXPECT_EQ(any_reasoning, msg["reasoning"].is_string());
     EXPECT_EQ(reasoning, msg["reasoning"].is_string() ? msg["reasoning"].get<std::string>() : "");
     EXPECT_EQ(content, msg["content"].is_string() ? msg["content"].get<std::string>() : "");
-    json names = json::array();
-    if (msg.contains("tool_calls"))
-      for (const json& tc : msg["tool_calls"]) names.push_back(tc["function"]["name"]);
-    EXPECT_EQ(calls, names);
+    calls.expect_as(msg);
   }
   // The whole answers' parts.
   auto [ctx, r] = streamed_chat(ToolFormat::None, true);
