@@ -279,10 +279,23 @@ void convert_gguf(const ConvertOptions& opt) {
       s.rope_scaling.factor = meta<double>(g, k("rope.scaling.factor"));
     } else if (t == "yarn") {
       // As llama.cpp writes Qwen's YaRN (factor and original context; transformers' defaults for the
-      // rest). Keys that change its ramp or attention factor are refused rather than ignored.
-      for (const char* key : {"rope.scaling.attn_factor", "rope.scaling.yarn_log_multiplier", "rope.scaling.yarn_ext_factor",
-                              "rope.scaling.yarn_attn_factor", "rope.scaling.yarn_beta_fast", "rope.scaling.yarn_beta_slow"})
-        if (g.has(k(key))) throw Error(cat("'", opt.input, "': GGUF yarn rope scaling with '", k(key), "' is not supported"));
+      // rest). Its ramp's ends (yarn_beta_fast / _slow: transformers' beta_fast / beta_slow) are read; its
+      // other keys are taken at their defaults (no change: attn_factor and yarn_attn_factor 1,
+      // yarn_ext_factor 1 or -1 (which llama.cpp reads as 1 for YaRN), yarn_log_multiplier 0) and refused
+      // with any other value rather than ignored.
+      const std::pair<const char*, std::vector<double>> neutral[] = {{"rope.scaling.attn_factor", {1.0}},
+                                                                     {"rope.scaling.yarn_attn_factor", {1.0}},
+                                                                     {"rope.scaling.yarn_ext_factor", {1.0, -1.0}},
+                                                                     {"rope.scaling.yarn_log_multiplier", {0.0}}};
+      for (const auto& [key, ok] : neutral) {
+        if (!g.has(k(key))) continue;
+        const double v = meta<double>(g, k(key));
+        if (std::find(ok.begin(), ok.end(), v) == ok.end())
+          throw Error(cat("'", opt.input, "': GGUF yarn rope scaling with '", k(key), "' = ", v,
+                          " is not supported (only its default, which changes nothing)"));
+      }
+      if (g.has(k("rope.scaling.yarn_beta_fast"))) s.rope_scaling.beta_fast = meta<double>(g, k("rope.scaling.yarn_beta_fast"));
+      if (g.has(k("rope.scaling.yarn_beta_slow"))) s.rope_scaling.beta_slow = meta<double>(g, k("rope.scaling.yarn_beta_slow"));
       s.rope_scaling.type = "yarn";
       s.rope_scaling.factor = meta<double>(g, k("rope.scaling.factor"));
       s.rope_scaling.original_max_position_embeddings = g.has(k("rope.scaling.original_context_length"))
@@ -357,7 +370,8 @@ void convert_gguf(const ConvertOptions& opt) {
   if (s.rope_scaling.type == "linear") hf_cfg["rope_scaling"] = {{"rope_type", "linear"}, {"factor", s.rope_scaling.factor}};
   if (s.rope_scaling.type == "yarn")
     hf_cfg["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", s.rope_scaling.factor},
-                              {"original_max_position_embeddings", s.rope_scaling.original_max_position_embeddings}};
+                              {"original_max_position_embeddings", s.rope_scaling.original_max_position_embeddings},
+                              {"beta_fast", s.rope_scaling.beta_fast}, {"beta_slow", s.rope_scaling.beta_slow}};
 
   // Name map GGUF -> Hugging Face.
   std::map<std::string, std::string> hf_to_gguf = {{"model.embed_tokens.weight", "token_embd.weight"},

@@ -240,7 +240,10 @@ void apply_hf_overrides(ModelSpec& s, const std::string& overrides) {
     if (o.contains("rope_scaling") && o["rope_scaling"].is_null()) s.rope_scaling = RopeScaling{};  // (null removes it)
     read_rope(o, s);
   } catch (const Error& e) {
-    throw Error(cat("hf_overrides: ", e.what()));
+    // (the reader names its source config.json; here the keys are hf_overrides')
+    std::string m = e.what();
+    if (m.rfind("config.json: ", 0) == 0) m = m.substr(13);
+    throw Error(cat("hf_overrides: ", m));
   }
   model_spec_validate(s);
 }

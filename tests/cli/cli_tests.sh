@@ -97,6 +97,8 @@ check "hf_overrides: yarn widens the context" 1 "max_model_len \(99999\) is larg
   "$llmserve" logits "$work/good.yaml" --hf-overrides "$yarn" --max-model-len 99999 --prompt-ids 1,2
 check "hf_overrides: yarn serves to its context" 0 '"generated_ids":\[[0-9]+\]' -- \
   "$llmserve" logits "$work/good.yaml" --hf-overrides "$yarn" --max-model-len 65536 --prompt-ids 1,2 --max-tokens 1 --kv-cache-memory-gb 0.1
+check "hf_overrides: yarn without its factor, the key named as hf_overrides'" 1 "error: hf_overrides: missing 'factor'\$" -- \
+  "$llmserve" logits "$work/good.yaml" --hf-overrides '{"rope_scaling": {"rope_type": "yarn"}}' --prompt-ids 1,2
 check "hf_overrides: a bad rope_scaling" 1 "hf_overrides: unsupported rope_scaling type 'longrope'" -- \
   "$llmserve" logits "$work/good.yaml" --hf-overrides '{"rope_scaling": {"rope_type": "longrope"}}' --prompt-ids 1,2
 

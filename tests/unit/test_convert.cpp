@@ -356,8 +356,12 @@ TEST(Gguf, Qwen3ConvertsWithItsHeadNorms) {
   tensor("blk.0.ffn_down.weight", H, I);
   b.kv_str("qwen3.rope.scaling.type", "yarn"), b.kv_f32("qwen3.rope.scaling.factor", 4.f);
   b.kv_u32("qwen3.rope.scaling.original_context_length", 1024);
-  GgufBuilder odd = b;  // (with a key of llama.cpp's YaRN that is not taken)
+  GgufBuilder odd = b;  // (with a key of llama.cpp's YaRN at a value that is not taken)
   odd.kv_f32("qwen3.rope.scaling.attn_factor", 0.5f);
+  // Its ramp's ends are read; its other keys at their defaults change nothing.
+  b.kv_f32("qwen3.rope.scaling.yarn_beta_fast", 16.f), b.kv_f32("qwen3.rope.scaling.yarn_beta_slow", 2.f);
+  b.kv_f32("qwen3.rope.scaling.attn_factor", 1.f), b.kv_f32("qwen3.rope.scaling.yarn_ext_factor", -1.f);
+  b.kv_f32("qwen3.rope.scaling.yarn_log_multiplier", 0.f);
   write_bytes(dir / "odd.gguf", odd.build());
   write_bytes(dir / "q3.gguf", b.build());
   ConvertOptions opt;
@@ -379,13 +383,15 @@ TEST(Gguf, Qwen3ConvertsWithItsHeadNorms) {
   EXPECT_EQ(mf.spec().rope_scaling.factor, 4.0);
   EXPECT_EQ(mf.spec().rope_scaling.original_max_position_embeddings, 1024);
   EXPECT_EQ(model_context_length(mf.spec()), 4096);
+  EXPECT_EQ(mf.spec().rope_scaling.beta_fast, 16.0);
+  EXPECT_EQ(mf.spec().rope_scaling.beta_slow, 2.0);
   opt.input = (dir / "odd.gguf").string();
   opt.output = (dir / "odd.h5").string();
   try {
     convert_model(opt);
     ADD_FAILURE() << "converted a YaRN attn_factor it does not apply";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("qwen3.rope.scaling.attn_factor' is not supported"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("qwen3.rope.scaling.attn_factor' = 0.5 is not supported"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(std::filesystem::exists(opt.output));  // (no partial output file)
 }
