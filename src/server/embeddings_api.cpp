@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "common/json_text.h"
+#include "engine/sampling_params.h"
 #include "tokenizer/tokenizer.h"
 
 namespace llmserve {
@@ -42,10 +43,14 @@ void truncate_prompts(const json& body, const ApiContext& ctx, GenerationRequest
     if (static_cast<int64_t>(q.size()) > k) q.erase(q.begin(), q.end() - k);
 }
 
+// vLLM's priority, read as a generation request's (its scheduling policy is checked by the engine).
 void read_priority(const json& body, GenerationRequest& r) {
-  if (!body.contains("priority") || body["priority"].is_null()) return;
-  if (!body["priority"].is_number_integer()) throw bad("'priority' must be an integer", "priority");
-  r.params.priority = body["priority"].get<int>();  // (checked by the engine, as a generation's)
+  if (!body.contains("priority")) return;
+  try {
+    sampling_params_from_json(json{{"priority", body["priority"]}}, r.params);
+  } catch (const Error& e) {
+    throw bad(e.what(), "priority");
+  }
 }
 
 // A score or rerank input: a text or a list of texts.

@@ -132,6 +132,9 @@ def main():
             ("score pairs 2:3", "/v1/score", {"text_1": ["a", "b"], "text_2": ["c", "d", "e"]}, 400, "Input lengths must be either 1:1, 1:N or N:N"),
             ("score without second texts", "/v1/score", {"text_1": "a", "text_2": []}, 400, "At least one text_pair element must be given"),
             ("rerank without a query", "/v1/rerank", {"documents": ["a"]}, 400, "'query' is required"),
+            ("a priority past 32 bits", "/v1/embeddings", {"input": "hi", "priority": 10**12}, 400, "priority"),
+            ("a priority without priority scheduling", "/v1/embeddings", {"input": "hi", "priority": 1}, 400,
+             "Priority scheduling is not enabled"),
         ]:
             st, r = s.post(path, body)
             msg = r["error"]["message"] if isinstance(r, dict) and "error" in r else str(r)
