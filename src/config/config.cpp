@@ -211,6 +211,22 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.pooler_config = v; }},
       {"disable_uvicorn_access_log", Kind::Bool, "no access-log line per request",
        [](Config& c, const std::string& v) { c.disable_uvicorn_access_log = parse_bool("disable_uvicorn_access_log", v); }},
+      {"uvicorn_log_level", Kind::String,
+       "critical | error | warning | info | debug | trace (vLLM's): above info, no access-log line per request (as uvicorn's)",
+       [](Config& c, const std::string& v) { c.uvicorn_log_level = v; }},
+      {"chat_template_content_format", Kind::String,
+       "auto | string (vLLM's): message content reaches the chat template as a string, its text parts joined",
+       [](Config& c, const std::string& v) { c.chat_template_content_format = v; }},
+      {"data_parallel_size", Kind::Int, "vLLM's; only 1: run one server per replica (a load balancer in front)",
+       [](Config& c, const std::string& v) { c.data_parallel_size = parse_int32("data_parallel_size", v); }},
+      {"ssl_keyfile", Kind::String, "vLLM's TLS key; refused: llmserve serves plain HTTP (put a TLS proxy in front)",
+       [](Config& c, const std::string& v) { c.ssl_keyfile = v; }},
+      {"ssl_certfile", Kind::String, "vLLM's TLS certificate; refused as ssl_keyfile",
+       [](Config& c, const std::string& v) { c.ssl_certfile = v; }},
+      accepted_flag("disable_fastapi_docs", "accepted as vLLM's; no effect: llmserve serves no /docs, /redoc or /openapi.json"),
+      accepted_flag("disable_frontend_multiprocessing", "accepted as vLLM's; no effect: the HTTP front end runs in rank 0's process"),
+      accepted_flag("disable_custom_all_reduce", "accepted as vLLM's; no effect: tensor groups all-reduce through NCCL"),
+      accepted_flag("enable_log_requests", "accepted as vLLM's; no effect: llmserve does not log prompts or parameters"),
       accepted_flag("disable_log_requests", "accepted as vLLM's; no effect: llmserve does not log prompts or parameters"),
       accepted_flag("disable_log_stats", "accepted as vLLM's; no effect: llmserve logs no periodic statistics (see /metrics)"),
       accepted_flag("trust_remote_code", "accepted as vLLM's; no effect: llmserve runs no code from model repositories"),
@@ -412,6 +428,20 @@ void config_validate(const Config& c) {
     if (j.is_discarded() || !j.is_object())
       fail(cat("override_generation_config must be a JSON object, got '", c.override_generation_config, "'"));
   }
+  static const char* uvicorn_levels[] = {"critical", "error", "warning", "info", "debug", "trace"};
+  if (std::find_if(std::begin(uvicorn_levels), std::end(uvicorn_levels), [&](const char* l) { return c.uvicorn_log_level == l; }) ==
+      std::end(uvicorn_levels))
+    fail(cat("uvicorn_log_level must be critical, error, warning, info, debug or trace; got '", c.uvicorn_log_level, "'"));
+  if (c.chat_template_content_format == "openai")
+    fail("chat_template_content_format 'openai' is not supported: llmserve gives the template each message's content as "
+         "a string (its text parts joined), vLLM's 'string'; use auto or string");
+  if (c.chat_template_content_format != "auto" && c.chat_template_content_format != "string")
+    fail(cat("chat_template_content_format must be auto or string; got '", c.chat_template_content_format, "'"));
+  if (c.data_parallel_size != 1)
+    fail(cat("data_parallel_size ", c.data_parallel_size, " is not supported: one llmserve job is one engine (tensor x "
+             "pipeline parallel); run one job per replica behind a load balancer"));
+  if (!c.ssl_keyfile.empty() || !c.ssl_certfile.empty())
+    fail("ssl_keyfile / ssl_certfile are not supported: llmserve serves plain HTTP; put a TLS-terminating proxy in front");
   if (c.runner != "auto" && c.runner != "generate" && c.runner != "pooling")
     fail(cat("runner must be auto, generate or pooling; got '", c.runner, "'"));
   try {

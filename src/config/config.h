@@ -50,6 +50,10 @@ struct Config {
   std::string runner = "auto";               // auto | generate | pooling (vLLM's; pooling serves /v1/embeddings)
   std::string convert = "auto";              // auto | embed (vLLM's: embed makes a generative model a pooling one)
   std::string pooler_config;                 // JSON object: pooling_type LAST | MEAN | CLS, normalize, dimensions (vLLM's)
+  std::string uvicorn_log_level = "info";    // vLLM's: warning, error or critical also silence the access log
+  std::string chat_template_content_format = "auto";  // auto | string (a message's text parts joined, as vLLM's string)
+  int data_parallel_size = 1;                // vLLM's: only 1 (one engine per server)
+  std::string ssl_keyfile, ssl_certfile;     // vLLM's TLS files: refused (llmserve serves plain HTTP)
   int64_t seed = 0;
 
   // Values as given (key -> text), for logging the effective configuration.

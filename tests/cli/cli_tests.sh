@@ -121,6 +121,15 @@ check "convert llmserve does not make" 1 "convert 'classify' is not supported: l
   "$llmserve" logits "$work/good.yaml" --convert classify --prompt-ids 1
 check "bad pooler_config" 1 "pooler_config: pooling_type 'MAX' is not supported" -- \
   "$llmserve" logits "$work/good.yaml" --pooler-config '{"pooling_type": "MAX"}' --prompt-ids 1
+# vLLM launch options llmserve cannot honour: refused with the reason.
+check "data_parallel_size past 1" 1 "data_parallel_size 2 is not supported: one llmserve job is one engine" -- \
+  "$llmserve" logits "$work/good.yaml" --data-parallel-size 2 --prompt-ids 1
+check "TLS files" 1 "ssl_keyfile / ssl_certfile are not supported: llmserve serves plain HTTP" -- \
+  "$llmserve" logits "$work/good.yaml" --ssl-keyfile key.pem --ssl-certfile cert.pem --prompt-ids 1
+check "chat_template_content_format openai" 1 "chat_template_content_format 'openai' is not supported" -- \
+  "$llmserve" logits "$work/good.yaml" --chat-template-content-format openai --prompt-ids 1
+check "a uvicorn_log_level uvicorn does not have" 1 "uvicorn_log_level must be critical, error, warning, info, debug or trace; got 'loud'" -- \
+  "$llmserve" logits "$work/good.yaml" --uvicorn-log-level loud --prompt-ids 1
 check "generate with the pooling runner" 1 "generate makes text: embeddings \(runner pooling, convert embed\) are served at /v1/embeddings by .llmserve serve., or .llmserve run-batch. with that url" -- \
   "$llmserve" generate "$work/good.yaml" --runner pooling --input "$work/prompts.jsonl" --output "$work/emb-out.jsonl"
 check "serve: pooler_config dimensions past the hidden size" 1 "pooler_config: dimensions \(9999\) is more than the model's hidden size \(64\)" --once -- \

@@ -163,11 +163,18 @@ def main():
     finally:
         s.stop()
 
-    s = ts.Server("--pooler-config", '{"pooling_type": "CLS", "normalize": true}', model=MODEL)
+    # (with vLLM launch flags: uvicorn_log_level warning silences the access log; the others are accepted)
+    first_log = s.log.name
+    s = ts.Server("--pooler-config", '{"pooling_type": "CLS", "normalize": true}', "--uvicorn-log-level", "warning",
+                  "--disable-fastapi-docs", "--disable-frontend-multiprocessing", "--disable-custom-all-reduce",
+                  "--enable-log-requests", "--chat-template-content-format", "string", "--data-parallel-size", "1", model=MODEL)
     try:
         goldens_match(s, "cls", "CLS")
     finally:
         s.stop()
+    quiet, loud = open(s.log.name).read(), open(first_log).read()
+    check("uvicorn_log_level warning: no access lines (the default server has them)",
+          " access POST /v1/embeddings 200" in loud and " access " not in quiet, quiet[-300:])
 
     # A generative model serves no embeddings unless asked to (runner pooling / convert embed).
     s = ts.Server(model=os.path.join(ts.BUILD, "test-models", "tiny-qwen3.h5"))

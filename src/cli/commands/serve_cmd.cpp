@@ -105,7 +105,9 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
     opt.port = cfg.port;
     opt.api_key = cfg.api_key;
     opt.allowed_origins = cfg.allowed_origins;
-    opt.access_log = !cfg.disable_uvicorn_access_log;
+    // (uvicorn logs each request at info: a level above it silences the access log, as in vLLM)
+    opt.access_log = !cfg.disable_uvicorn_access_log && (cfg.uvicorn_log_level == "info" || cfg.uvicorn_log_level == "debug" ||
+                                                         cfg.uvicorn_log_level == "trace");
     if (opt.api_key.empty())
       if (const char* k = std::getenv("LLMSERVE_API_KEY")) opt.api_key = k;
     engine = std::make_unique<Engine>(runner, tok.get(), static_cast<uint64_t>(cfg.seed));
