@@ -87,7 +87,11 @@ std::unique_ptr<ChatTemplate> ChatTemplate::from_model_file(const ModelFile& fil
   return t;
 }
 
-ChatRenderOptions chat_render_options(const ojson& j) {
+std::unique_ptr<ChatTemplate> ChatTemplate::with_source(const std::string& source) const {
+  return std::make_unique<ChatTemplate>(source, special_);
+}
+
+ChatRenderOptions chat_render_options(const ojson& j, bool trust_template) {
   ChatRenderOptions o;
   auto given = [&](const char* key) { return j.contains(key) && !j[key].is_null(); };
   if (given("tools")) {
@@ -109,11 +113,19 @@ ChatRenderOptions chat_render_options(const ojson& j) {
     if (!j["chat_template_kwargs"].is_object()) throw Error("'chat_template_kwargs' must be an object");
     o.template_kwargs = j["chat_template_kwargs"];
   }
-  // A template of the request's own is refused (llmserve renders the server's), with vLLM's message for
-  // a server started without --trust-request-chat-template.
-  if (given("chat_template") || (o.template_kwargs.is_object() && o.template_kwargs.contains("chat_template")))
+  // A template of the request's own: refused (the server's is rendered) with vLLM's message unless the
+  // server trusts them (--trust-request-chat-template); then the request's `chat_template`, else its
+  // chat_template_kwargs' (as vLLM resolves it).
+  const bool in_kwargs = o.template_kwargs.is_object() && o.template_kwargs.contains("chat_template");
+  if ((given("chat_template") || in_kwargs) && !trust_template)
     throw Error("Chat template is passed with request, but --trust-request-chat-template is not set. Refused request "
                 "with untrusted chat template.");
+  const ojson& own = given("chat_template") ? j["chat_template"] : in_kwargs ? o.template_kwargs["chat_template"] : ojson();
+  if (!own.is_null()) {
+    if (!own.is_string()) throw Error("'chat_template' must be a string (the template itself)");
+    o.request_template = own.get<std::string>();
+    if (in_kwargs) o.template_kwargs.erase("chat_template");
+  }
   for (auto [key, flag] : {std::pair<const char*, bool*>{"add_generation_prompt", &o.add_generation_prompt},
                            {"continue_final_message", &o.continue_final_message}})
     if (given(key)) {

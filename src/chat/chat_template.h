@@ -19,12 +19,16 @@ struct ChatRenderOptions {
   bool continue_final_message = false;
   nlohmann::ordered_json tools = nullptr;                              // a list, or null
   nlohmann::ordered_json template_kwargs = nlohmann::ordered_json::object();
+  // A template of the request's own (its `chat_template`, or chat_template_kwargs' `chat_template`), taken
+  // only where the server trusts them (vLLM's --trust-request-chat-template); empty: the server's.
+  std::string request_template;
 };
 
 // The rendering options a chat request names (tools, chat_template_kwargs, add_generation_prompt,
 // continue_final_message, with vLLM's names), for the server and `llmserve generate` alike. Throws
-// Error naming a field of the wrong type.
-ChatRenderOptions chat_render_options(const nlohmann::ordered_json& request);
+// Error naming a field of the wrong type, and, unless `trust_template`, for a template of the request's
+// own (vLLM's message).
+ChatRenderOptions chat_render_options(const nlohmann::ordered_json& request, bool trust_template = false);
 
 class ChatTemplate {
  public:
@@ -36,6 +40,9 @@ class ChatTemplate {
   static std::unique_ptr<ChatTemplate> from_model_file(const ModelFile& file, const std::string& chat_template = "");
   // Throws Error (a 400 for the server) when rendering fails, e.g. raise_exception in the template.
   std::string render(const nlohmann::ordered_json& messages, const ChatRenderOptions& opt = {}) const;
+  // A template of other source with this one's special tokens (a request's own template). Throws Error
+  // when it cannot be parsed.
+  std::unique_ptr<ChatTemplate> with_source(const std::string& source) const;
   bool is_fallback() const { return fallback_; }
 
   static const char* chatml();

@@ -51,6 +51,7 @@ struct Config {
   std::string convert = "auto";              // auto | embed (vLLM's: embed makes a generative model a pooling one)
   std::string pooler_config;                 // JSON object: pooling_type LAST | MEAN | CLS, normalize, dimensions (vLLM's)
   std::string uvicorn_log_level = "info";    // vLLM's: warning, error or critical also silence the access log
+  bool trust_request_chat_template = false;  // vLLM's: requests may bring their own chat_template
   std::string chat_template_content_format = "auto";  // auto | string (a message's text parts joined, as vLLM's string)
   int data_parallel_size = 1;                // vLLM's: only 1 (one engine per server)
   std::string ssl_keyfile, ssl_certfile;     // vLLM's TLS files: refused (llmserve serves plain HTTP)

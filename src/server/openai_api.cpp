@@ -340,7 +340,7 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
   read_echo(plain, r);
   ChatRenderOptions o;
   try {
-    o = chat_render_options(body);
+    o = chat_render_options(body, ctx.trust_request_chat_template);
   } catch (const Error& e) {
     throw HttpError(400, e.what());
   }
@@ -410,9 +410,17 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
       }
       m["content"] = t;
     }
+  std::unique_ptr<ChatTemplate> own;  // (a trusted request's template)
+  if (!o.request_template.empty()) {
+    try {
+      own = ctx.chat->with_source(o.request_template);
+    } catch (const Error& e) {
+      throw HttpError(400, cat("the request's chat_template does not parse: ", e.what()), "BadRequestError", "chat_template");
+    }
+  }
   std::string prompt;
   try {
-    prompt = ctx.chat->render(msgs, o);
+    prompt = (own ? *own : *ctx.chat).render(msgs, o);
   } catch (const Error& e) {
     throw HttpError(400, e.what(), "BadRequestError", "messages");
   }

@@ -43,6 +43,7 @@ struct ApiContext {
   std::string response_role = "assistant";  // a chat answer's role after a generation prompt
   int max_logprobs = 20;
   bool priority_scheduling = false;  // scheduling_policy priority: requests may set `priority`
+  bool trust_request_chat_template = false;  // a request's own chat_template is rendered (vLLM's flag)
   nlohmann::json sampling_defaults = nlohmann::json::object();  // generation_config_defaults, or empty
   // The pooling runner (runner pooling): /v1/embeddings is served, the generation APIs are not.
   bool pooling = false;

@@ -1157,7 +1157,7 @@ def main():
     a = Server("--api-key", "sekret", "--allowed-origins", '["http://app.example"]', "--response-role", "bot",
                "--disable-uvicorn-access-log", "--disable-log-requests", "--disable-log-stats", "--trust-remote-code",
                "--enable-auto-tool-choice", "--max-logprobs", "3", "--generation-config", "vllm", "--chat-template", "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}",
-               "--async-scheduling", "--enable-prompt-tokens-details", "--return-tokens-as-token-ids")
+               "--async-scheduling", "--enable-prompt-tokens-details", "--return-tokens-as-token-ids", "--trust-request-chat-template")
     try:
         # Greedy and streamed answers under asynchronous scheduling equal llmserve generate's (one rank, in turn).
         body = {"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0, "ignore_eos": True}
@@ -1169,6 +1169,18 @@ def main():
                        check=True, capture_output=True)
         offline = json.loads(open(outp).read())["outputs"][0]["text"]
         auth = {"Authorization": "Bearer sekret"}
+        # --trust-request-chat-template: a request's own template (or chat_template_kwargs') is rendered.
+        own = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+        turns = [{"role": "user", "content": "Hello"}]
+        _, plain = a.post("/tokenize", {"prompt": "<user>Hello", "add_special_tokens": False})
+        st1, t1 = a.post("/tokenize", {"messages": turns, "chat_template": own})
+        st2, t2 = a.post("/tokenize", {"messages": turns, "chat_template_kwargs": {"chat_template": own}})
+        st3, t3 = a.post("/v1/chat/completions", {"messages": turns, "chat_template": "{% for m in messages %}", "max_tokens": 1},
+                         headers=auth)
+        _, served = a.post("/tokenize", {"messages": turns})
+        check("trust_request_chat_template: the request's template rendered (its own field or chat_template_kwargs'), a broken one a 400",
+              st1 == st2 == 200 and t1["tokens"] == t2["tokens"] == plain["tokens"] and served["tokens"] != plain["tokens"]
+              and st3 == 400 and "chat_template does not parse" in t3["error"]["message"], (t1, t2, t3, plain))
         st, ac = a.post("/v1/completions", body, headers=auth)
         check("async scheduling: greedy completion equals llmserve generate", st == 200 and ac["choices"][0]["text"] == offline,
               (ac, offline))

@@ -60,6 +60,7 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
   ctx.response_role = cfg.response_role;
   ctx.max_logprobs = cfg.max_logprobs;
   ctx.priority_scheduling = cfg.scheduling_policy == "priority";
+  ctx.trust_request_chat_template = cfg.trust_request_chat_template;
   ctx.hidden_size = runner.spec().hidden_size;
   ctx.pooling = resolve_runner(cfg.runner, cfg.convert, sentence_transformers, runner.spec().architecture) == "pooling";
   if (!cfg.hf_overrides.empty()) read_matryoshka(ctx.pooler, nlohmann::json::parse(cfg.hf_overrides, nullptr, false));
