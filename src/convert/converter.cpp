@@ -1,7 +1,5 @@
 #include "convert/converter.h"
 
-#include "model/pooler_config.h"
-
 #include <filesystem>
 #include <fstream>
 #include <map>
