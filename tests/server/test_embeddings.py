@@ -119,6 +119,7 @@ def main():
         for name, path, body, status, needle in [
             ("completions on a pooling model", "/v1/completions", {"prompt": "hi"}, 400, "does not support Completions API"),
             ("chat on a pooling model", "/v1/chat/completions", {"messages": msgs}, 400, "does not support Chat Completions API"),
+            ("responses on a pooling model", "/v1/responses", {"input": "hi"}, 400, "does not support Responses API"),
             ("dimensions without Matryoshka", "/v1/embeddings", {"input": "hi", "dimensions": 8}, 400, "does not support matryoshka representation"),
             ("an empty input", "/v1/embeddings", {"input": ""}, 400, "empty"),
             ("an empty list", "/v1/embeddings", {"input": []}, 400, "'input' must be"),
@@ -141,6 +142,8 @@ def main():
             check(f"refused: {name} ({status})", st == status and needle in msg, f"{st} {msg[:200]}")
         st, _ = s.request("GET", "/health")
         check("the server is healthy after the errors", st == 200)
+        st, t = s.post("/tokenize", {"prompt": GOLDEN[1]["text"]})
+        check("/tokenize serves on a pooling model (the goldens' ids)", st == 200 and t["tokens"] == GOLDEN[1]["ids"], str(t)[:200])
     finally:
         s.stop()
 
