@@ -35,10 +35,9 @@ rounded to E4M3 with scale 1 (saturating at 448) before attention, as `kv_cache_
 (tests/model/run_fp8_kv.sh).
 
   python3 bench/reference/bf16_rounding.py ../shared/fixtures tiny-qwen2 --points h,attn,act,final,kv8 OUT.f32 [--half]
-With --points it writes the logits with rounding at the listed points (those above; qkv: the q/k/v
-projections' outputs, which the GPU rounds for models with per-head norms (Qwen3) before those norms; kv8:
-the keys and values to E4M3, as --fp8-kv; or none), to float16 instead of bf16 with --half: what the GPU's
-bf16 / fp16 / float32 path with or without `kv_cache_dtype: fp8` computes (tests/cuda/run_fp8_kv_gpu.sh).
+With --points it writes the logits with rounding at the listed points (those above, and kv8: the keys and
+values to E4M3, as --fp8-kv; or none), to float16 instead of bf16 with --half: what the GPU's bf16 / fp16
+/ float32 path with or without `kv_cache_dtype: fp8` computes (tests/cuda/run_fp8_kv_gpu.sh).
 """
 import json
 import struct
@@ -191,13 +190,11 @@ def make_forward(cfg, W, rnd=bf16):
             h = norm(x, W[p + "input_layernorm.weight"], "h")
             q = proj(h, p + "self_attn.q_proj").reshape(T, nh, D)
             k = proj(h, p + "self_attn.k_proj").reshape(T, nkv, D)
-            v = proj(h, p + "self_attn.v_proj").reshape(T, nkv, D)
-            if "qkv" in R:  # (the GPU's stacked q/k/v GEMM output, before the per-head norms of Qwen3)
-                q, k, v = rnd(q), rnd(k), rnd(v)
             if p + "self_attn.q_norm.weight" in W:
                 q = norm(q, W[p + "self_attn.q_norm.weight"], "qk")
                 k = norm(k, W[p + "self_attn.k_norm.weight"], "qk")
             q, k = rope(q), rope(k)
+            v = proj(h, p + "self_attn.v_proj").reshape(T, nkv, D)
             if "kv" in R:
                 k, v = rnd(k), rnd(v)
             if "kv8" in R:
@@ -261,7 +258,7 @@ def main():
     if "--points" in sys.argv[3:]:
         i = sys.argv.index("--points")
         R = set(sys.argv[i + 1].split(",")) - {"none"}  # (none: float64 throughout)
-        unknown = R - {"h", "qkv", "kv", "attn", "act", "final", "kv8"}
+        unknown = R - {"h", "kv", "attn", "act", "final", "kv8"}
         if unknown:
             raise SystemExit(f"--points: unknown rounding points {sorted(unknown)}")
         np.array([forward(pr["ids"], R) for pr in prompts], dtype="<f4").tofile(sys.argv[i + 2])

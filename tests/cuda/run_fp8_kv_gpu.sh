@@ -26,11 +26,6 @@ mkdir -p "$work"
 golden="$fixtures/golden/$model.json"
 # Rounding points and bounds (16-bit cache, fp8 cache): about twice what the H200 gave.
 pts_auto=h,kv,attn,act,final pts_fp8=h,attn,act,final,kv8 bound_auto=6e-3 bound_fp8=2e-2 half=()
-# Models with per-head q/k norms (Qwen3) take three launches for the attention input on GPUs: the stacked
-# q/k/v GEMM writes its output in the 16-bit type before the norms (rounding point qkv).
-if [ "$dtype" != float32 ] && grep -q '"Qwen3ForCausalLM"' "$fixtures/models/$model/config.json"; then
-  pts_auto=$pts_auto,qkv pts_fp8=$pts_fp8,qkv
-fi
 case $dtype in
   float16) bound_auto=2e-3 half=(--half) ;;
   float32) pts_auto=none pts_fp8=kv8 bound_auto=1e-4 bound_fp8=1e-4 ;;
