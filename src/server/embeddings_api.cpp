@@ -19,16 +19,6 @@ namespace {
 
 HttpError bad(const std::string& msg, const std::string& param) { return HttpError(400, msg, "BadRequestError", param); }
 
-std::vector<int32_t> token_ids(const json& a, const ApiContext& ctx) {
-  std::vector<int32_t> ids;
-  for (const auto& x : a) {
-    if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() >= ctx.vocab_size)
-      throw bad(cat("input token ids must be integers in [0, ", ctx.vocab_size, ")"), "input");
-    ids.push_back(x.get<int32_t>());
-  }
-  return ids;
-}
-
 // vLLM's truncate_prompt_tokens: keep the last k tokens (-1: max_model_len).
 void truncate_prompts(const json& body, const ApiContext& ctx, GenerationRequest& r) {
   if (!body.contains("truncate_prompt_tokens") || body["truncate_prompt_tokens"].is_null()) return;
@@ -183,11 +173,11 @@ GenerationRequest parse_embeddings(const ojson& as_sent, const ApiContext& ctx) 
         add_text(s);
       }
     } else if (in.is_array() && !in.empty() && in[0].is_number_integer()) {
-      r.prompts.push_back(token_ids(in, ctx));
+      r.prompts.push_back(request_token_ids(in, ctx, "input"));
     } else if (in.is_array() && !in.empty() && in[0].is_array()) {
       for (const auto& a : in) {
         if (!a.is_array()) throw bad(shape, "input");
-        r.prompts.push_back(token_ids(a, ctx));
+        r.prompts.push_back(request_token_ids(a, ctx, "input"));
       }
     } else {
       throw bad(shape, "input");

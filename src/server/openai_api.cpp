@@ -27,6 +27,16 @@ std::string random_id(const char* prefix) {
   return s;
 }
 
+std::vector<int32_t> request_token_ids(const json& a, const ApiContext& ctx, const std::string& field) {
+  std::vector<int32_t> ids;
+  for (const auto& x : a) {
+    if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() >= ctx.vocab_size)
+      throw HttpError(400, cat(field, " token ids must be integers in [0, ", ctx.vocab_size, ")"), "BadRequestError", field);
+    ids.push_back(x.get<int32_t>());
+  }
+  return ids;
+}
+
 void check_generation_api(const ApiContext& ctx, const char* api) {
   if (ctx.pooling)
     throw HttpError(400, cat("The model does not support ", api, " API (it is served with the pooling runner: use /v1/embeddings)"));
@@ -287,12 +297,7 @@ GenerationRequest parse_completion(const ojson& as_sent, const ApiContext& ctx) 
     r.prompt_texts.push_back(s.get<std::string>());
   };
   auto add_ids = [&](const json& a) {
-    std::vector<int32_t> ids;
-    for (const auto& x : a) {
-      if (!x.is_number_integer() || x.get<int64_t>() < 0 || x.get<int64_t>() >= ctx.vocab_size)
-        throw HttpError(400, cat("prompt token ids must be integers in [0, ", ctx.vocab_size, ")"), "BadRequestError", "prompt");
-      ids.push_back(x.get<int32_t>());
-    }
+    std::vector<int32_t> ids = request_token_ids(a, ctx, "prompt");
     r.prompts.push_back(ids);
     r.prompt_texts.push_back(ctx.tok ? ctx.tok->decode(ids, false) : "");
   };

@@ -81,6 +81,9 @@ struct GenerationRequest {
   std::shared_ptr<const EmbeddingOptions> embedding;  // an embeddings request (embeddings_api.h); else null
 };
 
+// A request's list of token ids (a prompt's or an input's, named by `field`); throws HttpError 400 for an
+// entry that is not an integer in the vocabulary.
+std::vector<int32_t> request_token_ids(const nlohmann::json& ids, const ApiContext& ctx, const std::string& field);
 // A text API ("Completions", "Chat Completions", "Responses") on a model the pooling runner serves:
 // throws HttpError 400 (vLLM's message).
 void check_generation_api(const ApiContext& ctx, const char* api);

@@ -1,6 +1,7 @@
 #include "server/tool_parser.h"
 
 #include <nlohmann/json.hpp>
+#include <string_view>
 
 #include "common/error.h"
 #include "common/json_text.h"
@@ -43,7 +44,7 @@ size_t partial_tag(const std::string& text, const std::string& tag) {
 namespace {
 
 // Past the JSON string starting at text[i] (a '"'), or npos when it does not end in the text.
-size_t skip_string(const std::string& t, size_t i) {
+size_t skip_string(std::string_view t, size_t i) {
   for (++i; i < t.size(); ++i) {
     if (t[i] == '\\') {
       ++i;
@@ -56,7 +57,7 @@ size_t skip_string(const std::string& t, size_t i) {
 
 // Past the JSON value starting at text[i] (an object, array, string or scalar), or npos when it does
 // not end in the text. A scalar ends at the next ',', '}' or ']' (or whitespace).
-size_t skip_value(const std::string& t, size_t i) {
+size_t skip_value(std::string_view t, size_t i) {
   if (i >= t.size()) return std::string::npos;
   if (t[i] == '"') return skip_string(t, i);
   if (t[i] == '{' || t[i] == '[') {
@@ -79,13 +80,13 @@ size_t skip_value(const std::string& t, size_t i) {
   return e;
 }
 
-size_t skip_ws(const std::string& t, size_t i) {
+size_t skip_ws(std::string_view t, size_t i) {
   while (i < t.size() && (t[i] == ' ' || t[i] == '\t' || t[i] == '\r' || t[i] == '\n')) ++i;
   return i;
 }
 
 // One call object from text[i] (just past <tool_call>); `c` as far as the text goes.
-void scan_call(const std::string& t, size_t i, PartialCall& c) {
+void scan_call(std::string_view t, size_t i, PartialCall& c) {
   i = skip_ws(t, i);
   if (i >= t.size()) return;
   if (t[i] != '{') {
@@ -96,7 +97,7 @@ void scan_call(const std::string& t, size_t i, PartialCall& c) {
   while (i < t.size() && t[i] == '"') {
     const size_t key_end = skip_string(t, i);
     if (key_end == std::string::npos) return;
-    const std::string key = t.substr(i + 1, key_end - i - 2);
+    const std::string_view key = t.substr(i + 1, key_end - i - 2);
     i = skip_ws(t, key_end);
     if (i >= t.size()) return;
     if (t[i] != ':') {
@@ -113,7 +114,7 @@ void scan_call(const std::string& t, size_t i, PartialCall& c) {
     if (end == std::string::npos) return;
     if (key == "name") {
       try {
-        const json v = json::parse(t.substr(i, end - i));
+        const json v = json::parse(std::string(t.substr(i, end - i)));
         if (v.is_string()) c.named = true, c.name = v.get<std::string>();
       } catch (const json::exception&) {
         c.streamable = false;
@@ -233,7 +234,7 @@ std::vector<PartialCall> scan_hermes_calls(const std::string& text) {
     const size_t body = pos + kOpen.size();
     const size_t end = text.find(kClose, body);
     PartialCall c;
-    scan_call(end == std::string::npos ? text : text.substr(0, end), body, c);
+    scan_call(std::string_view(text).substr(0, end), body, c);  // (npos: all of it)
     if (end != std::string::npos) c.block_end = end + kClose.size();
     calls.push_back(std::move(c));
     if (end == std::string::npos) break;

@@ -100,6 +100,26 @@ void expect_same_outputs(const RequestOutput& a, const RequestOutput& b) {
   }
 }
 
+// The scheduler tests' setting: 4 sequences and 12 tokens a step, blocks of 4 tokens, room for 200 blocks.
+SchedulerConfig small_scheduler() {
+  SchedulerConfig c;
+  c.max_num_seqs = 4;
+  c.max_num_batched_tokens = 12;
+  c.max_model_len = 128;
+  c.block_size = 4;
+  c.num_blocks = 200;
+  return c;
+}
+
+// A waiting sequence whose prompt is the n tokens base, base + 1, ...
+std::unique_ptr<Sequence> prompt_sequence(uint64_t id, int n, int32_t base) {
+  auto s = std::make_unique<Sequence>();
+  s->id = id;
+  for (int i = 0; i < n; ++i) s->tokens.push_back(base + i);
+  s->prompt_len = n;
+  return s;
+}
+
 // Runs the requests in order on a cache of 48 blocks (tight: with `swap_gib` of swap space, it preempts)
 // or on a roomy one (which must not), with `max_batched` tokens a step (0: the default); appends their
 // outputs to `outs` and returns the scheduler's counts. Every block is free at the end.
@@ -1015,18 +1035,9 @@ TEST(Scheduler, PriorityPolicyOrdersAdmissionPreemptionAndSwappedSequences) {
 // tokens predict (across chunk boundaries; none for the prompt's last token, which samples), and it is
 // never served from the prefix cache (its rows are wanted) while a plain one is.
 TEST(Scheduler, PromptLogprobsTargetsAndNoPrefixCache) {
-  SchedulerConfig c;
-  c.max_num_seqs = 4;
-  c.max_num_batched_tokens = 12;
-  c.max_model_len = 128;
-  c.block_size = 4;
-  c.num_blocks = 200;
-  Scheduler sched(c);
+  Scheduler sched(small_scheduler());
   auto seq = [](uint64_t id, int n, int prompt_logprobs) {
-    auto s = std::make_unique<Sequence>();
-    s->id = id;
-    for (int i = 0; i < n; ++i) s->tokens.push_back(100 + i);
-    s->prompt_len = n;
+    auto s = prompt_sequence(id, n, 100);
     s->params.max_tokens = 50;
     s->params.prompt_logprobs = prompt_logprobs;
     return s;
@@ -1084,18 +1095,9 @@ TEST(Scheduler, PromptLogprobsTargetsAndNoPrefixCache) {
 // the prompt's last, CLS its first), the last chunk says the prompt is done, and it is not planned again
 // while its vector is on the way; MEAN and CLS read no prefix cache (every row is wanted), LAST does.
 TEST(Scheduler, PoolingRowsAndTheirPrefixCache) {
-  SchedulerConfig c;
-  c.max_num_seqs = 4;
-  c.max_num_batched_tokens = 12;
-  c.max_model_len = 128;
-  c.block_size = 4;
-  c.num_blocks = 200;
-  Scheduler sched(c);
+  Scheduler sched(small_scheduler());
   auto seq = [](uint64_t id, int n, Pooling pooling, int32_t base) {
-    auto s = std::make_unique<Sequence>();
-    s->id = id;
-    for (int i = 0; i < n; ++i) s->tokens.push_back(base + i);
-    s->prompt_len = n;
+    auto s = prompt_sequence(id, n, base);
     s->params.pooling = pooling;
     return s;
   };
