@@ -38,6 +38,13 @@ rounded to E4M3 with scale 1 (saturating at 448) before attention, as `kv_cache_
 With --points it writes the logits with rounding at the listed points (those above, and kv8: the keys and
 values to E4M3, as --fp8-kv; or none), to float16 instead of bf16 with --half: what the GPU's bf16 / fp16
 / float32 path with or without `kv_cache_dtype: fp8` computes (tests/cuda/run_fp8_kv_gpu.sh).
+
+  python3 bench/reference/bf16_rounding.py FIXTURES MODEL --kv8-sensitivity
+With --kv8-sensitivity it prints how far the E4M3-cache forward's logits move when its keys and values
+are perturbed by a relative amount a (Gaussian, 3 seeds) before they are rounded to E4M3: the perturbation
+alone changes nothing, so what moves the logits is codes that change to a neighbouring value. It shows
+how strongly a model amplifies the tiny differences (float32 accumulation order) between two correct
+forwards once its cache is E4M3 (the float32 bound of run_fp8_kv_gpu.sh).
 """
 import json
 import struct
@@ -153,13 +160,14 @@ def attention_factor(cfg):
     return mscale(1.0)
 
 
-def make_forward(cfg, W, rnd=bf16):
+def make_forward(cfg, W, rnd=bf16, kv8=None):
     """The model's forward in float64 from its config and weights (load_safetensors' names): forward(ids, R)
     gives the last position's logits, rounded to rnd's 16-bit type at the points in R (main's doc);
     forward(ids, R, hidden=True) every position's final normalized hidden state (lm_head's operand). Qwen2,
     Llama and Qwen3 (q_norm / k_norm: each query and key head RMS-normalized before RoPE, as transformers'
     Qwen3Attention); RoPE scaling linear, llama3 and yarn (its attention factor on the cosines and sines,
-    as transformers')."""
+    as transformers'). kv8: the rounding of the "kv8" point (e4m3 by default)."""
+    kv8 = kv8 or e4m3
     H, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
     D = cfg.get("head_dim") or H // nh
     eps = cfg["rms_norm_eps"]
@@ -198,7 +206,7 @@ def make_forward(cfg, W, rnd=bf16):
             if "kv" in R:
                 k, v = rnd(k), rnd(v)
             if "kv8" in R:
-                k, v = e4m3(k), e4m3(v)
+                k, v = kv8(k), kv8(v)
             o = np.zeros((T, nh, D))
             mask = np.triu(np.full((T, T), -np.inf), 1)
             for hh in range(nh):
@@ -267,6 +275,19 @@ def main():
         kv8 = "--fp8-kv" in sys.argv[3:]
         out = sys.argv[sys.argv.index("--fp8-kv" if kv8 else "--fp8") + 1]
         np.array([forward(pr["ids"], {"kv8"} if kv8 else set()) for pr in prompts], dtype="<f4").tofile(out)
+        return
+    if "--kv8-sensitivity" in sys.argv[3:]:
+        ref = [forward(pr["ids"], {"kv8"}) for pr in prompts]
+        print(f"{model}: E4M3-cache logits, worst relative L2 over {len(prompts)} prompts after keys and values "
+              "are perturbed by a relative a before E4M3 (3 seeds)")
+        for a in (3e-7, 1e-6, 3e-6):
+            worst = []
+            for seed in range(3):
+                rng = np.random.default_rng(seed)
+                f = make_forward(cfg, W, rnd, lambda x: e4m3(x * (1 + a * rng.standard_normal(np.shape(x)))))
+                worst.append(max(np.linalg.norm(f(pr["ids"], {"kv8"}) - r) / np.linalg.norm(r)
+                                 for pr, r in zip(prompts, ref)))
+            print(f"  a = {a:.0e}: " + ", ".join(f"{w:.2e}" for w in worst))
         return
     if "--check" in sys.argv[3:]:
         e = errors(set())

@@ -9,9 +9,10 @@
 # cache those differences also move some codes to a neighbouring value, which turns a difference d into
 # one near sqrt(d x the E4M3 step), and the next layers' differences grow with it. Measured on an H200
 # (worst relative L2, 16-bit cache / fp8 cache): tiny-qwen2 bf16 3.6e-3 / 8.3e-3, fp16 8.6e-4 / 9.4e-3;
-# tiny-llama3 bf16 4.3e-3 / 4.8e-3, fp16 1.1e-3 / 2.3e-3. DTYPE float32 has no such rounding (the
-# CUDA-core attention kernels, float32 queries and probabilities): the fp8 cache against the numpy
-# forward that rounds only its keys and values, as on the CPU backend (tiny-llama3 8.3e-7).
+# tiny-llama3 bf16 4.3e-3 / 4.8e-3, fp16 1.1e-3 / 2.3e-3; tiny-qwen3 bf16 6.4e-3 / 5.2e-3, fp16 5.0e-4 /
+# 2.6e-3. DTYPE float32 has no such rounding (the CUDA-core attention kernels, float32 queries and
+# probabilities): the fp8 cache against the numpy forward that rounds only its keys and values, as on the
+# CPU backend (tiny-llama3 8.3e-7, tiny-qwen3 1.16e-4).
 # Also: the fp8 cache holds twice the 16-bit one's blocks (four times float32's), and decode steps (one
 # token each, CUDA graphs) agree with a prefill over the same tokens: each greedy token of a 16-token
 # continuation is the top-1 of the prefill of prompt + continuation at its position, wherever that
@@ -28,8 +29,14 @@ golden="$fixtures/golden/$model.json"
 pts_auto=h,kv,attn,act,final pts_fp8=h,attn,act,final,kv8 bound_auto=6e-3 bound_fp8=2e-2 half=()
 case $dtype in
   float16) bound_auto=2e-3 half=(--half) ;;
-  float32) pts_auto=none pts_fp8=kv8 bound_auto=1e-4 bound_fp8=1e-4 ;;
+  # float32, fp8 cache: 1e-3. One E4M3 code moved by a 1e-7 difference moves these models' logits by
+  # 1e-5 to 1e-2 (bf16_rounding.py --kv8-sensitivity); tiny-qwen2 and tiny-llama3 happen to move none
+  # (8.3e-7), tiny-qwen3 one or a few (1.16e-4, H200 and H100). The goldens are 2.5e-2 or more away.
+  float32) pts_auto=none pts_fp8=kv8 bound_auto=1e-4 bound_fp8=1e-3 ;;
 esac
+# tiny-qwen3, bf16, 16-bit cache: 6.38e-3 against its reference (H200, H100), whose own error against the
+# goldens is the GPU's to three digits (7.44e-3): the same roundings land on different neighbours.
+[[ $model == tiny-qwen3* && $dtype == bfloat16 ]] && bound_auto=1.3e-2
 "$build/tests/golden_check" prompts "$golden" "$work/prompts.jsonl"
 ref="$here/../../bench/reference/bf16_rounding.py"
 python3 "$ref" "$fixtures" "$model" --points $pts_fp8 "$work/ref-fp8.f32" "${half[@]}"
