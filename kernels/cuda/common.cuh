@@ -343,26 +343,43 @@ __device__ __forceinline__ void stream_two_in_flight(I total, Buf& a, Buf& b, Lo
   }
 }
 
+// Whether a feature of compute capability 9.0 and up is to be used: the current device has it, and the
+// environment does not set env_name to 0 (for measuring what the feature brings).
+bool hopper_feature(const char* env_name);
 // Whether launch() asks for programmatic dependent launch: on GPUs of compute capability 9.0 and up,
 // unless the environment sets LLMSERVE_CUDA_PDL=0 (for measuring what it brings), and not while this
 // thread holds a PdlHold.
 bool pdl_enabled();
 extern thread_local int pdl_held;
 
-// Launches kernel k (which must call pdl_enter() as described above) and checks the launch.
+// Launches kernel k (which must call pdl_enter() as described above) and checks the launch; with
+// cluster > 1, in thread block clusters of `cluster` blocks along x (compute capability 9.0 and up; the
+// grid's x a multiple of it).
 template <typename... P, typename... A>
-void launch(const char* what, void (*k)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A... args) {
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+void launch_clusters(const char* what, void (*k)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                     unsigned cluster, A... args) {
+  cudaLaunchAttribute attr[2];
+  unsigned n = 0;
+  if (pdl_enabled()) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n++].val.clusterDim = {cluster, 1, 1};
+  }
   cudaLaunchConfig_t c{};
   c.gridDim = grid;
   c.blockDim = block;
   c.dynamicSmemBytes = smem;
   c.stream = s;
   c.attrs = attr;
-  c.numAttrs = pdl_enabled() ? 1 : 0;
+  c.numAttrs = n;
   check(cudaLaunchKernelEx(&c, k, static_cast<P>(args)...), what);
+}
+template <typename... P, typename... A>
+void launch(const char* what, void (*k)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A... args) {
+  launch_clusters(what, k, grid, block, smem, s, 1, args...);
 }
 
 }  // namespace llmserve::cuda

@@ -14,14 +14,16 @@ void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA ") + what + ": " + cudaGetErrorString(e));
 }
 
+bool hopper_feature(const char* env_name) {
+  const char* env = std::getenv(env_name);
+  if (env && std::string(env) == "0") return false;
+  int dev = 0, major = 0;
+  return cudaGetDevice(&dev) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+}
+
 bool pdl_enabled() {
-  static const bool on = [] {
-    const char* env = std::getenv("LLMSERVE_CUDA_PDL");
-    if (env && std::string(env) == "0") return false;
-    int dev = 0, major = 0;
-    return cudaGetDevice(&dev) == cudaSuccess &&
-           cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
-  }();
+  static const bool on = hopper_feature("LLMSERVE_CUDA_PDL");
   return on && pdl_held == 0;
 }
 

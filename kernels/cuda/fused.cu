@@ -4,6 +4,8 @@
 // SiLU-and-multiply (after the MLP's input RMSNorm, or on a normalized input).
 #include <algorithm>
 
+#include <cooperative_groups.h>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.cuh"
 #include "kernels/cuda/row_dot.cuh"
@@ -100,7 +102,12 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // normalizes the input rows into shared memory, then a warp per rotation pair (rows i and i + D/2 of
 // one head of q, k or v) computes both dot products, rotates q and k pairs by the token's position, and
 // writes q (float32) and k, v (into the caches at the token's slot).
-template <typename T, typename TW, int M>
+// HN (Qwen3's q_norm / k_norm; one token, M = 1): each query and key head is RMS-normalized before
+// RoPE, as head_norm_rope_kv_k does after a GEMM. A head's D/2 pairs are D/16 consecutive blocks, launched as one
+// thread block cluster: each block sums its pairs' squares, the cluster's blocks read each other's sums
+// from distributed shared memory (two cluster barriers, hardware ones), and every pair then finishes
+// with the head's norm. Value heads take part in the barriers and are written unnormalized.
+template <typename T, typename TW, int M, bool HN>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     qkv_rope_k(const float* x, const T* norm_w, float eps, int64_t K, QkvRope a) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -111,7 +118,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int64_t pairs = (a.Hq + 2 * a.Hk) * half;
   if (static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock >= pairs) return;  // (the launch covers pairs exactly)
   // Warps past the last pair take its indices (every warp takes part in the block's norm) but stream
-  // no rows and write nothing.
+  // no rows and write nothing. (With HN there are none: D/2 is a multiple of the block's warps.)
   const bool writes = u < pairs;
   const int64_t i = (writes ? u : pairs - 1) % half;
   int64_t hd = (writes ? u : pairs - 1) / half;
@@ -125,29 +132,38 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   // positions and slots (uploaded before the step; no kernel writes them). Lane m writes token m.
   const float b1 = a.bias[j] ? a.bias[j][r1] : 0.f, b2 = a.bias[j] ? a.bias[j][r2] : 0.f, freq = a.inv_freq[i];
   const int32_t pos = lane < M ? a.positions[lane] : 0, slot = lane < M ? a.slots[lane] : -1;
+  // Token m's rotated pair (q) or its cache write (k, v), on lane m.
+  auto put = [&](int m, float x1, float x2) {
+    if (j == 0) {
+      float sn, cs;
+      sincosf(static_cast<float>(pos) * freq, &sn, &cs);
+      a.q[m * a.Hq * a.D + r1] = x1 * cs - x2 * sn;
+      a.q[m * a.Hq * a.D + r2] = x2 * cs + x1 * sn;
+      return;
+    }
+    if (slot < 0) return;
+    void* cache = j == 1 ? a.k_cache : a.v_cache;
+    const int64_t at = (static_cast<int64_t>(slot) * a.Hk + hd) * a.D + i;
+    if (j == 1) {
+      float sn, cs;
+      sincosf(static_cast<float>(pos) * freq, &sn, &cs);
+      cache_put<T>(cache, at, x1 * cs - x2 * sn, a.fp8_cache);
+      cache_put<T>(cache, at + half, x2 * cs + x1 * sn, a.fp8_cache);
+    } else {
+      cache_put<T>(cache, at, x1, a.fp8_cache);
+      cache_put<T>(cache, at + half, x2, a.fp8_cache);
+    }
+  };
+  float y1[M], y2[M];  // (HN: the pair's projections, kept for the head's norm)
   auto epilogue = [&](int64_t, const float(&acc)[2][M]) {
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       if (lane != m) continue;
-      const float x1 = acc[0][m] + b1, x2 = acc[1][m] + b2;
-      if (j == 0) {
-        float sn, cs;
-        sincosf(static_cast<float>(pos) * freq, &sn, &cs);
-        a.q[m * a.Hq * a.D + r1] = x1 * cs - x2 * sn;
-        a.q[m * a.Hq * a.D + r2] = x2 * cs + x1 * sn;
-        continue;
-      }
-      if (slot < 0) continue;
-      void* cache = j == 1 ? a.k_cache : a.v_cache;
-      const int64_t at = (static_cast<int64_t>(slot) * a.Hk + hd) * a.D + i;
-      if (j == 1) {
-        float sn, cs;
-        sincosf(static_cast<float>(pos) * freq, &sn, &cs);
-        cache_put<T>(cache, at, x1 * cs - x2 * sn, a.fp8_cache);
-        cache_put<T>(cache, at + half, x2 * cs + x1 * sn, a.fp8_cache);
+      if constexpr (HN) {
+        y1[m] = acc[0][m] + b1;
+        y2[m] = acc[1][m] + b2;
       } else {
-        cache_put<T>(cache, at, x1, a.fp8_cache);
-        cache_put<T>(cache, at + half, x2, a.fp8_cache);
+        put(m, acc[0][m] + b1, acc[1][m] + b2);
       }
     }
   };
@@ -155,6 +171,45 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   // The pair's two rows, as a stream of one row (none for the warps past the last pair).
   row_stream<T, M, 2>(h, rows, scales, K, 0, 1, writes ? 1 : 0, lane, [&] { rmsnorm_rows<T, M>(x, nw, K, eps, h); },
                       epilogue);
+  if constexpr (HN) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    __shared__ float warp_ss[kWarpsPerBlock][M], block_ss[M];
+    const int wi = threadIdx.x / 32;
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+      if (lane == m) warp_ss[wi][m] = y1[m] * y1[m] + y2[m] * y2[m];
+    __syncthreads();
+    if (threadIdx.x < M) {
+      float ss = 0.f;
+#pragma unroll
+      for (int v = 0; v < kWarpsPerBlock; ++v) ss += warp_ss[v][threadIdx.x];
+      block_ss[threadIdx.x] = ss;
+    }
+    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+    cluster.sync();  // every block's sums written
+    float head_ss[M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      head_ss[m] = 0.f;
+      if (lane != m) continue;
+      for (unsigned r = 0; r < cluster.num_blocks(); ++r) head_ss[m] += *cluster.map_shared_rank(&block_ss[m], r);
+    }
+    cluster.sync();  // every block's reads done before any block exits
+    const T* hw = j == 0 ? static_cast<const T*>(a.q_norm) : static_cast<const T*>(a.k_norm);
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      if (lane != m) continue;
+      if (j == 2) {
+        put(m, y1[m], y2[m]);
+        continue;
+      }
+      const float inv = rsqrtf(head_ss[m] / static_cast<float>(a.D) + a.head_eps);
+      put(m, to_f(hw[i]) * (y1[m] * inv), to_f(hw[i + half]) * (y2[m] * inv));
+    }
+#else
+    __trap();  // launched only on compute capability 9.0 and up (qkv_head_norm_fits)
+#endif
+  }
 }
 
 // act[m, n] = silu(x[m] . wg[n]) * (x[m] . wu[n]), one warp per n (several when n outnumbers the
@@ -223,21 +278,37 @@ void head_norm_rope_kv_write_rows(const float* q_in, int64_t q_stride, float* q_
          v_cache);
 }
 
+bool qkv_head_norm_fits(int64_t D) {
+  static const bool clusters = hopper_feature("LLMSERVE_QKV_HEAD_NORM");  // (=0: the three launches)
+  // A head's D/2 pairs in whole blocks: 1, 2, 4 or 8 of them (8: the portable cluster size; head sizes
+  // 16 to 128 in powers of two, the sizes tested).
+  const int64_t blocks = D / (2 * kWarpsPerBlock);
+  return clusters && D % (2 * kWarpsPerBlock) == 0 && (blocks == 1 || blocks == 2 || blocks == 4 || blocks == 8);
+}
+
 template <typename T, typename TW>
 void gemv_qkv_rope(const float* x, const T* norm_w, float eps, int64_t M, int64_t K, const QkvRope& a, cudaStream_t s) {
   const unsigned blocks = blocks_for((a.Hq + 2 * a.Hk) * (a.D / 2), kWarpsPerBlock);
   const int threads = kWarpsPerBlock * 32;
   const size_t smem = norm_smem_bytes(M, K, sizeof(T));
   if (a.D % 2 != 0) check(cudaErrorInvalidValue, "gemv_qkv_rope: unsupported shape");
+  const bool hn = a.q_norm || a.k_norm;
+  if (hn && !(a.q_norm && a.k_norm && qkv_head_norm_fits(a.D)))
+    check(cudaErrorInvalidValue, "gemv_qkv_rope: head norms need both weights and a head size qkv_head_norm_fits");
+  const unsigned cluster = hn ? static_cast<unsigned>(a.D / (2 * kWarpsPerBlock)) : 1;
   auto go = [&](auto kernel) {
     check_norm_smem(kernel, smem, "gemv_qkv_rope");
-    launch("gemv_qkv_rope", kernel, blocks, threads, smem, s, x, norm_w, eps, K, a);
+    launch_clusters("gemv_qkv_rope", kernel, blocks, threads, smem, s, cluster, x, norm_w, eps, K, a);
   };
+  if (hn) {  // (one token: what the backend uses it for; at two it was slower than the three launches)
+    if (M != 1) check(cudaErrorInvalidValue, "gemv_qkv_rope: head norms take one row");
+    return go(qkv_rope_k<T, TW, 1, true>);
+  }
   switch (M) {
-    case 1: go(qkv_rope_k<T, TW, 1>); break;
-    case 2: go(qkv_rope_k<T, TW, 2>); break;
-    case 3: go(qkv_rope_k<T, TW, 3>); break;
-    case 4: go(qkv_rope_k<T, TW, 4>); break;
+    case 1: return go(qkv_rope_k<T, TW, 1, false>);
+    case 2: return go(qkv_rope_k<T, TW, 2, false>);
+    case 3: return go(qkv_rope_k<T, TW, 3, false>);
+    case 4: return go(qkv_rope_k<T, TW, 4, false>);
     default: check(cudaErrorInvalidValue, "gemv_qkv_rope: more than 4 rows");
   }
 }
@@ -278,13 +349,18 @@ void gemv_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const TW
 // The most static shared memory of the normalizing GEMVs of M rows over every type they are built for.
 template <int M>
 size_t gemv_norm_static() {
-  return std::max({static_smem(qkv_rope_k<float, float, M>), static_smem(gate_up_silu_k<float, float, M, true>),
-                   static_smem(qkv_rope_k<__half, __half, M>), static_smem(gate_up_silu_k<__half, __half, M, true>),
-                   static_smem(qkv_rope_k<__nv_bfloat16, __nv_bfloat16, M>),
+  return std::max({static_smem(qkv_rope_k<float, float, M, false>), static_smem(qkv_rope_k<float, float, 1, true>),
+                   static_smem(gate_up_silu_k<float, float, M, true>),
+                   static_smem(qkv_rope_k<__half, __half, M, false>), static_smem(qkv_rope_k<__half, __half, 1, true>),
+                   static_smem(gate_up_silu_k<__half, __half, M, true>),
+                   static_smem(qkv_rope_k<__nv_bfloat16, __nv_bfloat16, M, false>),
+                   static_smem(qkv_rope_k<__nv_bfloat16, __nv_bfloat16, 1, true>),
                    static_smem(gate_up_silu_k<__nv_bfloat16, __nv_bfloat16, M, true>),
-                   static_smem(qkv_rope_k<__half, __nv_fp8_e4m3, M>),
+                   static_smem(qkv_rope_k<__half, __nv_fp8_e4m3, M, false>),
+                   static_smem(qkv_rope_k<__half, __nv_fp8_e4m3, 1, true>),
                    static_smem(gate_up_silu_k<__half, __nv_fp8_e4m3, M, true>),
-                   static_smem(qkv_rope_k<__nv_bfloat16, __nv_fp8_e4m3, M>),
+                   static_smem(qkv_rope_k<__nv_bfloat16, __nv_fp8_e4m3, M, false>),
+                   static_smem(qkv_rope_k<__nv_bfloat16, __nv_fp8_e4m3, 1, true>),
                    static_smem(gate_up_silu_k<__nv_bfloat16, __nv_fp8_e4m3, M, true>)});
 }
 

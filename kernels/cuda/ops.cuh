@@ -251,11 +251,20 @@ void head_norm_rope_kv_write_rows(const float* q_in, int64_t q_stride, float* q_
 // RoPE on q and k at the step's positions; q (float32, [M, Hq*D]) out, k and v into the caches at the
 // step's slots (rope_kv_write's result, without the unrotated k and v).
 // The weights are of type TW (T, or FP8 E4M3 codes with their rows' scales in `scale`, as gemv's).
+// With q_norm and k_norm (type T, [D] each; Qwen3; one row, M = 1) each query and key head is
+// RMS-normalized (epsilon head_eps) before RoPE, as head_norm_rope_kv_write_rows after a GEMM; where
+// qkv_head_norm_fits(D).
 struct QkvRope : RopeCacheWrite {
   const void* w[3];
   const float* bias[3];
   const float* scale[3];
+  const void* q_norm = nullptr;
+  const void* k_norm = nullptr;
+  float head_eps = 0.f;
 };
+// Whether gemv_qkv_rope takes head norms at head size D: D / 16 blocks a head (one thread block
+// cluster), 1, 2, 4 or 8 of them, on compute capability 9.0 and up.
+bool qkv_head_norm_fits(int64_t D);
 template <typename T, typename TW = T>
 void gemv_qkv_rope(const float* x, const T* norm_w, float eps, int64_t M, int64_t K, const QkvRope& a, cudaStream_t s);
 // act[M, N] = silu(x . w_gate^T) * (x . w_up^T) for M <= 4 rows; the norm_ version takes the float32
