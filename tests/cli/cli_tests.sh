@@ -285,7 +285,8 @@ PY
 then passed=$((passed + 1)); echo "PASS run-batch: statuses, bodies equal to generate's greedy texts, errors as the server's"
 else failed=$((failed + 1)); echo "FAIL run-batch output"; cat "$work/batch-out.jsonl" | head -c 2000; fi
 # run-batch with the pooling runner (convert embed: tiny-qwen2's last position, normalized): embeddings
-# lines answered (the text's vector equal to its token ids'), text APIs and other URLs refused.
+# lines answered (the text's vector equal to its token ids'), score and rerank lines answered with the
+# cosine similarities of those vectors, text APIs, other URLs and a 2:3 score refused.
 python3 - "$work" <<'PY'
 import json, sys
 w = sys.argv[1]
@@ -293,26 +294,38 @@ lines = [("e1", "/v1/embeddings", {"input": ["Hello", "World"]}),
          ("e2", "/v1/embeddings", {"input": [9707], "encoding_format": "base64"}),
          ("e3", "/v1/embeddings", {"input": "Hello", "dimensions": 8}),
          ("e4", "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hello"}]}),
-         ("e5", "/v1/audio/transcriptions", {"input": "Hello"})]
+         ("e5", "/v1/audio/transcriptions", {"input": "Hello"}),
+         ("s1", "/v1/score", {"text_1": "Hello", "text_2": ["Hello", "World"]}),
+         ("s2", "/rerank", {"query": "Hello", "documents": ["World", "Hello"], "top_n": 1}),
+         ("s3", "/score", {"text_1": ["a", "b"], "text_2": ["c", "d", "e"]})]
 open(f"{w}/batch-emb.jsonl", "w").write("".join(json.dumps({"custom_id": c, "method": "POST", "url": u, "body": b}) + "\n" for c, u, b in lines))
 PY
-check "run-batch: embeddings with the pooling runner" 0 "5 lines, 2 answered, 3 refused or failed" -- \
+check "run-batch: embeddings with the pooling runner" 0 "8 lines, 4 answered, 4 refused or failed" -- \
   "$mpirun" 2 "$llmserve" run-batch "$work/good.yaml" -tp 2 --convert embed -i "$work/batch-emb.jsonl" -o "$work/batch-emb-out.jsonl"
 if python3 - "$work" <<'PY'
 import base64, json, struct, sys
 out = [json.loads(l) for l in open(f"{sys.argv[1]}/batch-emb-out.jsonl")]
-ok = [o["response"]["status_code"] for o in out] == [200, 200, 400, 400, 400]
+ok = [o["response"]["status_code"] for o in out] == [200, 200, 400, 400, 400, 200, 200, 400]
 a = out[0]["response"]["body"]
 ok &= a["object"] == "list" and [d["index"] for d in a["data"]] == [0, 1] and a["usage"]["prompt_tokens"] == 2
 v = a["data"][0]["embedding"]
 ok &= len(v) == 64 and abs(sum(x * x for x in v) - 1) < 1e-5 and v != a["data"][1]["embedding"]
 b = list(struct.unpack("<64f", base64.b64decode(out[1]["response"]["body"]["data"][0]["embedding"])))
 ok &= max(abs(x - y) for x, y in zip(v, b)) < 1e-6
-msgs = [o["error"]["error"]["message"] for o in out[2:]]
+msgs = [o["error"]["error"]["message"] for o in out[2:5] + out[7:]]
 ok &= "does not support matryoshka" in msgs[0] and "does not support Chat Completions API" in msgs[1] and "Supported endpoints" in msgs[2]
+ok &= "1:1, 1:N or N:N" in msgs[3]
+# score: Hello with itself and with World (e1's two vectors, normalized: their dot product)
+s = out[5]["response"]["body"]
+dot = sum(x * y for x, y in zip(v, a["data"][1]["embedding"]))
+ok &= s["object"] == "list" and [d["object"] for d in s["data"]] == ["score", "score"] and s["id"].startswith("score-")
+ok &= abs(s["data"][0]["score"] - 1) < 1e-5 and abs(s["data"][1]["score"] - dot) < 1e-5 and dot < 0.99
+r = out[6]["response"]["body"]  # rerank: the best of the two documents only (top_n 1): Hello, index 1
+ok &= r["id"].startswith("rerank-") and len(r["results"]) == 1 and r["results"][0]["index"] == 1
+ok &= r["results"][0]["document"]["text"] == "Hello" and abs(r["results"][0]["relevance_score"] - 1) < 1e-5
 sys.exit(0 if ok else 1)
 PY
-then passed=$((passed + 1)); echo "PASS run-batch: embedding bodies (floats, base64 of the same vector), refusals as the server's"
+then passed=$((passed + 1)); echo "PASS run-batch: embedding bodies (floats, base64 of the same vector), score and rerank bodies, refusals as the server's"
 else failed=$((failed + 1)); echo "FAIL run-batch embeddings output"; head -c 2000 "$work/batch-emb-out.jsonl"; fi
 check "run-batch: an input that cannot be read" 1 "run-batch: cannot read" -- \
   "$llmserve" run-batch "$work/good.yaml" -i "$work/nope.jsonl" -o "$work/x.jsonl"

@@ -1,7 +1,7 @@
 // `llmserve run-batch`: vLLM's batch runner (`vllm run-batch -i in.jsonl -o out.jsonl`) on OpenAI's batch
 // file format. Each input line is {"custom_id", "method": "POST", "url", "body"} with url
-// /v1/chat/completions or /v1/completions, or /v1/embeddings with the pooling runner (as the server: a
-// model serves one or the other); each output line, in input order, is {"id", "custom_id",
+// /v1/chat/completions or /v1/completions, or with the pooling runner /v1/embeddings, /score, /v1/score,
+// /rerank, /v1/rerank or /v2/rerank (as the server: a model serves one kind or the other); each output line, in input order, is {"id", "custom_id",
 // "response": {"status_code", "request_id", "body"}, "error"}: the body the server would answer, or,
 // for a line the server would refuse (or that fails while it runs), status_code 400 (404 for an
 // unknown model), body null and the error the server would send. The requests run together with
@@ -55,14 +55,20 @@ BatchLine read_line(const std::string& text, const ApiContext& ctx) {
     if (!j.contains("method") || j["method"] != "POST")
       throw HttpError(400, "'method' must be \"POST\"", "BadRequestError", "method");
     const std::string url = j.contains("url") && j["url"].is_string() ? j["url"].get<std::string>() : "";
-    if (url != "/v1/chat/completions" && url != "/v1/completions" && url != "/v1/embeddings")
+    const bool score = url == "/score" || url == "/v1/score";
+    const bool rerank = url == "/rerank" || url == "/v1/rerank" || url == "/v2/rerank";
+    if (url != "/v1/chat/completions" && url != "/v1/completions" && url != "/v1/embeddings" && !score && !rerank)
       throw HttpError(400, cat("URL ", url.empty() ? std::string("(none)") : url,
-                               " was used. Supported endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings."),
+                               " was used. Supported endpoints: /v1/chat/completions, /v1/completions, /v1/embeddings, "
+                               "/score, /rerank."),
                       "BadRequestError", "url");
     if (!j.contains("body") || !j["body"].is_object()) throw HttpError(400, "'body' (an object) is required", "BadRequestError", "body");
     l.url = url;
+    // (Embeddings, score and rerank are refused unless the pooling runner serves the model.)
     if (url == "/v1/embeddings") {
-      l.req = parse_embeddings(j["body"], ctx);  // (refused unless the pooling runner serves the model)
+      l.req = parse_embeddings(j["body"], ctx);
+    } else if (score || rerank) {
+      l.req = parse_score(j["body"], ctx, rerank);
     } else {
       check_generation_api(ctx, url == "/v1/chat/completions" ? "Chat Completions" : "Completions");
       l.req = url == "/v1/chat/completions" ? parse_chat(j["body"], ctx) : parse_completion(j["body"], ctx);
@@ -131,9 +137,16 @@ int cmd_run_batch(const std::vector<std::string>& args, MPI_Comm world) {
   for (const BatchLine& l : lines) {
     json body = nullptr;
     if (l.error.is_null()) {
-      body = l.url == "/v1/embeddings"         ? embedding_response(random_id("embd-"), l.req, ctx, l.outputs)
-             : l.url == "/v1/chat/completions" ? chat_response(random_id("chatcmpl-"), l.req, ctx, l.outputs)
+      if (l.req.embedding) {  // embeddings, score, rerank
+        const auto api = l.req.embedding->api;
+        body = embedding_response(random_id(api == EmbeddingOptions::Api::Score    ? "score-"
+                                            : api == EmbeddingOptions::Api::Rerank ? "rerank-"
+                                                                                   : "embd-"),
+                                  l.req, ctx, l.outputs);
+      } else {
+        body = l.url == "/v1/chat/completions" ? chat_response(random_id("chatcmpl-"), l.req, ctx, l.outputs)
                                                : completion_response(random_id("cmpl-"), l.req, ctx, l.outputs);
+      }
     } else {
       ++failed;
     }
