@@ -134,11 +134,20 @@ void convert_hf(const ConvertOptions& opt) {
   };
   // An embedding checkpoint has no language-model head: the pooling runner does not read one, and the
   // converted file shares the embedding's rows (as a tied model) so that it loads.
-  const bool embedding_model = !st_modules.empty() || spec.architecture.find("For") == std::string::npos;
+  // A sequence classifier's head is its `score` matrix [num_labels, hidden_size], kept as float32.
+  const bool classifier = is_sequence_classifier(spec.architecture);
+  const bool embedding_model = !st_modules.empty() || spec.architecture.find("For") == std::string::npos || classifier;
   if (!spec.tie_word_embeddings && embedding_model && !where.count("lm_head.weight")) {
     spec.tie_word_embeddings = true;
-    log_info("'", dir.string(), "' has no lm_head.weight (an embedding model): the converted file ties it to the "
-             "embedding; serve it with the pooling runner");
+    log_info("'", dir.string(), "' has no lm_head.weight (", classifier ? "a classifier" : "an embedding model",
+             "): the converted file ties it to the embedding; serve it with the pooling runner");
+  }
+  if (classifier) {
+    const auto it = where.find(source_name("score.weight"));
+    if (it == where.end()) throw Error(cat("'", dir.string(), "': ", spec.architecture, " without its 'score.weight'"));
+    const auto& e = it->second->entries().at(source_name("score.weight"));
+    if (e.shape.size() != 2 || e.shape[1] != spec.hidden_size || e.shape[0] < 1)
+      throw Error(cat("'", it->second->path(), "': 'score.weight' must be [num_labels, ", spec.hidden_size, "]"));
   }
   const auto expected = expected_weights(spec);
   for (const auto& w : expected) {
@@ -203,6 +212,15 @@ void convert_hf(const ConvertOptions& opt) {
     for (auto d : w.shape) n *= static_cast<size_t>(d);
     std::vector<char> data = cast(src, dst, raw.data(), n);
     writer.add_tensor(w.name, dst, w.shape, data.data());
+  }
+  if (classifier) {
+    const std::string name = source_name("score.weight");
+    SafetensorsFile* f = where.at(name);
+    const auto& e = f->entries().at(name);
+    std::vector<char> raw = f->read(name);
+    const std::vector<char> data = cast(st_dtype(e.dtype, f->path(), name), DType::F32, raw.data(),
+                                        static_cast<size_t>(e.shape[0] * e.shape[1]));
+    writer.add_tensor("score.weight", DType::F32, e.shape, data.data());
   }
   writer.commit();
   log_info("converted ", dir.string(), " (", spec.architecture, ", ", expected.size(), " tensors) -> ", opt.output);

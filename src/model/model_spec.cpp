@@ -1,5 +1,7 @@
 #include "model/model_spec.h"
 
+#include "model/pooler_config.h"
+
 #include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
@@ -84,14 +86,17 @@ ModelSpec model_spec_from_hf_config(const json& cfg) {
     arch = cfg["architectures"][0].get<std::string>();
   if (arch.empty()) throw Error("config.json: missing 'architectures'");
   // A base model (Qwen3Model: its transformer without the language-model head, as embedding checkpoints
-  // name it) is read as its causal-LM family; the pooling runner serves it (model/pooler_config.h).
+  // name it) or a sequence classifier (Qwen2ForSequenceClassification: the transformer and a `score`
+  // matrix) is read as its causal-LM family; the pooling runner serves it (model/pooler_config.h).
   const std::string given = arch;
   if (arch == "Qwen2Model" || arch == "Qwen3Model" || arch == "LlamaModel" || arch == "MistralModel")
     arch = arch.substr(0, arch.size() - 5) + "ForCausalLM";
+  else if (is_sequence_classifier(arch))
+    arch = arch.substr(0, arch.find("ForSequenceClassification")) + "ForCausalLM";
   if (arch != "Qwen2ForCausalLM" && arch != "Qwen3ForCausalLM" && arch != "LlamaForCausalLM" && arch != "MistralForCausalLM")
-    throw Error(cat("unsupported architecture ", arch,
-                    " (supported: Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM, MistralForCausalLM, and their "
-                    "*Model base models for embeddings)"));
+    throw Error(cat("unsupported architecture ", given,
+                    " (supported: Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM, MistralForCausalLM, their "
+                    "*Model base models for embeddings and *ForSequenceClassification classifiers)"));
   s.architecture = given;
   s.model_type = get_opt<std::string>(cfg, "model_type",
                                       arch == "Qwen2ForCausalLM" ? "qwen2" : arch == "Qwen3ForCausalLM" ? "qwen3" : "llama");

@@ -1,5 +1,7 @@
 #include "model/pooler_config.h"
 
+#include <algorithm>
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -127,10 +129,70 @@ std::string resolve_runner(const std::string& runner, const std::string& convert
     if (runner == "generate") throw Error("convert embed makes a pooling model: it needs runner pooling (or auto)");
     return "pooling";
   }
+  if (runner == "generate" && is_sequence_classifier(architecture))
+    throw Error(cat("runner generate: ", architecture, " is a classifier without a language-model head (serve it with "
+                    "the pooling runner: runner auto or pooling)"));
   if (runner != "auto") return runner;
+  if (is_sequence_classifier(architecture)) return "pooling";
   const bool base_model = architecture.size() > 5 && architecture.compare(architecture.size() - 5, 5, "Model") == 0 &&
                           architecture.find("For") == std::string::npos;
   return sentence_transformers || base_model ? "pooling" : "generate";
+}
+
+bool is_sequence_classifier(const std::string& architecture) {
+  static const std::string kCls = "ForSequenceClassification";
+  return architecture.size() > kCls.size() && architecture.compare(architecture.size() - kCls.size(), kCls.size(), kCls) == 0;
+}
+
+void refuse_classifier_text(const char* command, const std::string& architecture) {
+  if (is_sequence_classifier(architecture))
+    throw Error(cat(command, " makes text: ", architecture, " is a classifier without a language-model head (`llmserve serve` "
+                    "answers /classify with it)"));
+}
+
+Classifier make_classifier(const json& cfg, std::vector<float> weight, int64_t num_labels, int64_t hidden) {
+  Classifier c;
+  c.num_labels = num_labels;
+  c.hidden = hidden;
+  if (num_labels < 1 || static_cast<int64_t>(weight.size()) != num_labels * hidden)
+    throw Error(cat("the classifier's score.weight is not [num_labels, ", hidden, "]"));
+  c.weight = std::move(weight);
+  if (cfg.is_object() && cfg.contains("num_labels") && cfg["num_labels"].is_number_integer() &&
+      cfg["num_labels"].get<int64_t>() != num_labels)
+    throw Error(cat("config.json num_labels (", cfg["num_labels"].get<int64_t>(), ") is not score.weight's ", num_labels, " rows"));
+  for (int64_t i = 0; i < num_labels; ++i) {
+    std::string label = cat("LABEL_", i);  // (transformers' default id2label)
+    const std::string key = std::to_string(i);
+    if (cfg.is_object() && cfg.contains("id2label") && cfg["id2label"].is_object() && cfg["id2label"].contains(key) &&
+        cfg["id2label"][key].is_string())
+      label = cfg["id2label"][key].get<std::string>();
+    c.labels.push_back(label);
+  }
+  const std::string problem = cfg.is_object() && cfg.contains("problem_type") && cfg["problem_type"].is_string()
+                                  ? cfg["problem_type"].get<std::string>()
+                                  : "";
+  c.activation = problem == "regression"                   ? Classifier::Activation::Identity
+                 : problem == "multi_label_classification" ? Classifier::Activation::Sigmoid
+                 : num_labels == 1                         ? Classifier::Activation::Sigmoid
+                                                           : Classifier::Activation::Softmax;
+  return c;
+}
+
+std::vector<double> Classifier::scores(const std::vector<float>& h, bool activate) const {
+  std::vector<double> z(static_cast<size_t>(num_labels), 0.0);
+  for (int64_t l = 0; l < num_labels; ++l)
+    for (int64_t k = 0; k < hidden && k < static_cast<int64_t>(h.size()); ++k)
+      z[static_cast<size_t>(l)] += double{weight[static_cast<size_t>(l * hidden + k)]} * h[static_cast<size_t>(k)];
+  if (!activate || activation == Activation::Identity) return z;
+  if (activation == Activation::Sigmoid) {
+    for (double& x : z) x = 1.0 / (1.0 + std::exp(-x));
+    return z;
+  }
+  const double m = *std::max_element(z.begin(), z.end());
+  double sum = 0;
+  for (double& x : z) sum += (x = std::exp(x - m));
+  for (double& x : z) x /= sum;
+  return z;
 }
 
 }  // namespace llmserve

@@ -20,6 +20,29 @@ struct PoolerConfig {
   std::vector<int64_t> matryoshka_dimensions;  // when given, the only dimensions a request may ask for
 };
 
+// A sequence classifier's head (vLLM's classify task: Qwen2ForSequenceClassification and its kin): the
+// `score` matrix over the pooled (LAST) final-norm hidden state, then the activation transformers'
+// loss implies (vLLM's get_classification_activation_function): problem_type regression none,
+// multi_label_classification sigmoid, otherwise softmax, or sigmoid for a single label.
+struct Classifier {
+  enum class Activation { Softmax, Sigmoid, Identity };
+  int64_t num_labels = 0, hidden = 0;
+  std::vector<float> weight;        // [num_labels, hidden]
+  std::vector<std::string> labels;  // config.json id2label by index (LABEL_<i> where it names none)
+  Activation activation = Activation::Softmax;
+  // The label scores of a pooled hidden state (hidden values): score . h, then the activation unless
+  // `activate` is false.
+  std::vector<double> scores(const std::vector<float>& h, bool activate = true) const;
+};
+// Whether an architecture is a sequence classifier (*ForSequenceClassification).
+bool is_sequence_classifier(const std::string& architecture);
+// Throws Error for a command that makes text (generate, logits) on a sequence classifier, which has no
+// language-model head.
+void refuse_classifier_text(const char* command, const std::string& architecture);
+// The head from config.json (num_labels, id2label, problem_type) and the converted `score.weight`
+// ([num_labels, hidden], row-major). Throws Error where they disagree.
+Classifier make_classifier(const nlohmann::json& hf_config, std::vector<float> weight, int64_t num_labels, int64_t hidden);
+
 // The name vLLM gives a pooling type (LAST, MEAN, CLS).
 const char* pooling_name(Pooling p);
 
@@ -39,10 +62,11 @@ void apply_pooler_config(PoolerConfig& p, const std::string& json_text);
 void read_matryoshka(PoolerConfig& p, const nlohmann::json& hf_config);
 
 // The runner a model is served with, vLLM's rule: `runner` generate or pooling as given; auto is pooling
-// for a Sentence Transformers checkpoint (`sentence_transformers`) or an architecture named *Model (a
-// base model without its language-model head, such as Qwen3Model), else generate. `convert` (vLLM's)
-// must be auto or embed (the only conversion llmserve makes), and embed means the pooling runner.
-// Throws Error for other values.
+// for a Sentence Transformers checkpoint (`sentence_transformers`), an architecture named *Model (a
+// base model without its language-model head, such as Qwen3Model) or a *ForSequenceClassification
+// classifier, else generate. `convert` (vLLM's) must be auto or embed (the only conversion llmserve
+// makes), and embed means the pooling runner. A classifier is refused the generate runner (it has no
+// language-model head). Throws Error for other values.
 std::string resolve_runner(const std::string& runner, const std::string& convert, bool sentence_transformers,
                            const std::string& architecture);
 

@@ -70,6 +70,9 @@ GenerationRequest parse_score(const ojson& as_sent, const ApiContext& ctx, bool 
   if (!ctx.pooling)
     throw bad(cat("The model does not support ", rerank ? "Rerank (Score)" : "Score", " API (scores are cosine similarities of ",
                   "embeddings: serve an embedding model, or give runner pooling)"), "");
+  if (ctx.classifier && ctx.classifier->num_labels != 1)
+    throw bad(cat("The model does not support ", rerank ? "Rerank (Score)" : "Score", " API (a classifier of ",
+                  ctx.classifier->num_labels, " labels: scores come from embedding models or one-label classifiers)"), "");
   const json body = json::parse(json_text(as_sent));
   GenerationRequest r;
   check_model(body, ctx, r.model);
@@ -84,8 +87,13 @@ GenerationRequest parse_score(const ojson& as_sent, const ApiContext& ctx, bool 
   if (t1.size() > 1 && t1.size() != t2.size()) throw bad("Input lengths must be either 1:1, 1:N or N:N", k1);
   if (t1.empty()) throw bad("At least one text element must be given", k1);
   if (t2.empty()) throw bad("At least one text_pair element must be given", k2);
-  for (const auto* texts : {&t1, &t2})
-    for (const auto& t : *texts) r.prompts.push_back(ctx.tok->encode(t, true));
+  if (ctx.classifier) {  // a cross-encoder: each pair's texts as one sequence
+    opt->cross = true;
+    for (size_t j = 0; j < t2.size(); ++j) r.prompts.push_back(ctx.tok->encode_pair(t1[t1.size() == 1 ? 0 : j], t2[j], true));
+  } else {
+    for (const auto* texts : {&t1, &t2})
+      for (const auto& t : *texts) r.prompts.push_back(ctx.tok->encode(t, true));
+  }
   for (const auto& q : r.prompts)
     if (q.empty()) throw bad("a text is empty (no tokens to embed)", k2);
   truncate_prompts(body, ctx, r);
@@ -93,7 +101,7 @@ GenerationRequest parse_score(const ojson& as_sent, const ApiContext& ctx, bool 
     if (!body["top_n"].is_number_integer()) throw bad("'top_n' must be an integer", "top_n");
     opt->top_n = body["top_n"].get<int64_t>();
   }
-  opt->n1 = t1.size();
+  opt->n1 = opt->cross ? 0 : t1.size();
   if (rerank) opt->documents = t2;
   read_priority(body, r);
   r.params.pooling = ctx.pooler.pooling_type;
@@ -130,17 +138,14 @@ std::vector<float> finish_embedding(const std::vector<float>& pooled, std::optio
   return v;
 }
 
-GenerationRequest parse_embeddings(const ojson& as_sent, const ApiContext& ctx) {
-  if (!as_sent.is_object()) throw HttpError(400, "the request body must be a JSON object");
-  if (!ctx.pooling)
-    throw bad("The model does not support Embeddings API (serve an embedding model, or give runner pooling)", "");
-  const json body = json::parse(json_text(as_sent));
+namespace {
+
+// A pooling request's prompts (the embeddings and classification APIs): `messages` rendered by the chat
+// template (vLLM's chat form: without a generation prompt unless asked), or `input` (a text, texts,
+// token ids or lists of them); truncate_prompt_tokens and priority. Sets r.model.
+void read_pooling_inputs(const ojson& as_sent, const json& body, const ApiContext& ctx, GenerationRequest& r) {
   auto given = [&](const char* key) { return body.contains(key) && !body[key].is_null(); };
-  GenerationRequest r;
-  auto opt = std::make_shared<EmbeddingOptions>();
   if (given("messages")) {
-    // vLLM's chat form: the messages rendered by the chat template, without a generation prompt unless
-    // asked (its add_generation_prompt defaults to false here).
     if (given("input")) throw bad("give either 'input' or 'messages', not both", "messages");
     if (!ctx.chat || !ctx.tok) throw bad("this model has no chat template: send 'input'", "messages");
     ojson chat = ojson::object();
@@ -186,6 +191,25 @@ GenerationRequest parse_embeddings(const ojson& as_sent, const ApiContext& ctx) 
   for (const auto& q : r.prompts)
     if (q.empty()) throw bad("an input is empty (no tokens to embed)", "input");
   truncate_prompts(body, ctx, r);
+  read_priority(body, r);
+  r.params.pooling = ctx.pooler.pooling_type;
+  r.params.n = 1;
+}
+
+}  // namespace
+
+GenerationRequest parse_embeddings(const ojson& as_sent, const ApiContext& ctx) {
+  if (!as_sent.is_object()) throw HttpError(400, "the request body must be a JSON object");
+  if (!ctx.pooling || ctx.classifier)
+    throw bad(cat("The model does not support Embeddings API (",
+                  ctx.classifier ? "it is a classifier: use /classify" : "serve an embedding model, or give runner pooling",
+                  ")"),
+              "");
+  const json body = json::parse(json_text(as_sent));
+  auto given = [&](const char* key) { return body.contains(key) && !body[key].is_null(); };
+  GenerationRequest r;
+  auto opt = std::make_shared<EmbeddingOptions>();
+  read_pooling_inputs(as_sent, body, ctx, r);
   if (given("encoding_format")) {
     const json& f = body["encoding_format"];
     if (!f.is_string() || (f != "float" && f != "base64"))
@@ -218,9 +242,24 @@ GenerationRequest parse_embeddings(const ojson& as_sent, const ApiContext& ctx) 
       throw bad(cat("'dimensions' (", n, ") is more than the model's embedding size (", ctx.hidden_size, ")"), "dimensions");
     opt->dimensions = n;
   }
-  read_priority(body, r);
-  r.params.pooling = ctx.pooler.pooling_type;
-  r.params.n = 1;
+  r.embedding = std::move(opt);
+  return r;
+}
+
+GenerationRequest parse_classify(const ojson& as_sent, const ApiContext& ctx) {
+  if (!as_sent.is_object()) throw HttpError(400, "the request body must be a JSON object");
+  if (!ctx.classifier)
+    throw bad("The model does not support Classification API (serve a *ForSequenceClassification model)", "");
+  const json body = json::parse(json_text(as_sent));
+  GenerationRequest r;
+  auto opt = std::make_shared<EmbeddingOptions>();
+  opt->api = EmbeddingOptions::Api::Classify;
+  read_pooling_inputs(as_sent, body, ctx, r);
+  for (const char* k : {"activation", "use_activation"}) {  // (vLLM's name, and its later one)
+    if (!body.contains(k) || body[k].is_null()) continue;
+    if (!body[k].is_boolean()) throw bad(cat("'", k, "' must be a boolean"), k);
+    opt->activation = body[k].get<bool>();
+  }
   r.embedding = std::move(opt);
   return r;
 }
@@ -228,16 +267,35 @@ GenerationRequest parse_embeddings(const ojson& as_sent, const ApiContext& ctx) 
 json embedding_response(const std::string& id, const GenerationRequest& r, const ApiContext& ctx,
                         const std::vector<RequestOutput>& outputs) {
   const EmbeddingOptions& o = *r.embedding;
+  if (o.api == EmbeddingOptions::Api::Classify) {
+    json data = json::array();
+    int64_t prompt = 0;
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      const std::vector<double> p = ctx.classifier->scores(outputs[i].embedding, o.activation);
+      const size_t best = static_cast<size_t>(std::max_element(p.begin(), p.end()) - p.begin());
+      data.push_back({{"index", i}, {"label", ctx.classifier->labels[best]}, {"probs", p}, {"num_classes", p.size()}});
+      prompt += outputs[i].prompt_tokens;
+    }
+    return {{"id", id}, {"object", "list"}, {"created", ctx.created}, {"model", r.model}, {"data", data},
+            {"usage", {{"prompt_tokens", prompt}, {"total_tokens", prompt}, {"completion_tokens", 0}}}};
+  }
   if (o.api != EmbeddingOptions::Api::Embeddings) {
-    // Each pair's cosine similarity; its prompt tokens are both texts' (vLLM counts a pair's tokens).
+    // Each pair's cosine similarity (a cross-encoder: its sequence's score); its prompt tokens are both
+    // texts' (vLLM counts a pair's tokens).
     const size_t pairs = outputs.size() - o.n1;
     json items = json::array();
     int64_t tokens = 0;
     for (size_t j = 0; j < pairs; ++j) {
-      const RequestOutput& a = outputs[o.n1 == 1 ? 0 : j];
-      const RequestOutput& b = outputs[o.n1 + j];
-      const double score = cosine_similarity(a.embedding, b.embedding);
-      tokens += a.prompt_tokens + b.prompt_tokens;
+      double score = 0;
+      if (o.cross) {
+        score = ctx.classifier->scores(outputs[j].embedding)[0];
+        tokens += outputs[j].prompt_tokens;
+      } else {
+        const RequestOutput& a = outputs[o.n1 == 1 ? 0 : j];
+        const RequestOutput& b = outputs[o.n1 + j];
+        score = cosine_similarity(a.embedding, b.embedding);
+        tokens += a.prompt_tokens + b.prompt_tokens;
+      }
       if (o.api == EmbeddingOptions::Api::Score) {
         items.push_back({{"index", j}, {"object", "score"}, {"score", score}});
       } else {

@@ -164,7 +164,7 @@ class Session : public std::enable_shared_from_this<Session> {
                                    {"/v1/responses", http::verb::post}, {"/v1/embeddings", http::verb::post},
                                    {"/score", http::verb::post},      {"/v1/score", http::verb::post},
                                    {"/rerank", http::verb::post},     {"/v1/rerank", http::verb::post},
-                                   {"/v2/rerank", http::verb::post},
+                                   {"/v2/rerank", http::verb::post},  {"/classify", http::verb::post},
                                    // (a stored response: /v1/responses/{id}, /v1/responses/{id}/cancel)
                                    {"/v1/responses/*", http::verb::get}, {"/v1/responses/*", http::verb::delete_},
                                    {"/v1/responses/*/cancel", http::verb::post}};
@@ -199,6 +199,7 @@ class Session : public std::enable_shared_from_this<Session> {
              : path == "/v1/embeddings"               ? Api::Embeddings
              : path == "/score" || path == "/v1/score" ? Api::Score
              : rerank                                 ? Api::Rerank
+             : path == "/classify"                    ? Api::Classify
                                                       : Api::Completion);
   }
 
@@ -256,7 +257,7 @@ class Session : public std::enable_shared_from_this<Session> {
     bool logged = false;  // its access line written
   };
 
-  enum class Api { Completion, Chat, Responses, Embeddings, Score, Rerank };
+  enum class Api { Completion, Chat, Responses, Embeddings, Score, Rerank, Classify };
   void generate(Api api) {
     auto p = std::make_shared<Pending>();
     const auto body = parse_json<nlohmann::ordered_json>(req_.body());
@@ -266,12 +267,14 @@ class Session : public std::enable_shared_from_this<Session> {
              : api == Api::Responses  ? parse_responses(body, ctx_, store_)
              : api == Api::Embeddings ? parse_embeddings(body, ctx_)
              : api == Api::Score || api == Api::Rerank ? parse_score(body, ctx_, api == Api::Rerank)
+             : api == Api::Classify   ? parse_classify(body, ctx_)
                                       : parse_completion(body, ctx_);
     p->id = random_id(api == Api::Chat         ? "chatcmpl-"
                       : api == Api::Responses  ? "resp_"
                       : api == Api::Embeddings ? "embd-"
                       : api == Api::Score      ? "score-"
                       : api == Api::Rerank     ? "rerank-"
+                      : api == Api::Classify   ? "classify-"
                                                : "cmpl-");
     if (p->req.responses && p->req.stream) p->events = std::make_unique<ResponsesStream>(p->id, p->req, ctx_);
     const size_t n = p->req.prompts.size();

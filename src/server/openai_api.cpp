@@ -39,7 +39,8 @@ std::vector<int32_t> request_token_ids(const json& a, const ApiContext& ctx, con
 
 void check_generation_api(const ApiContext& ctx, const char* api) {
   if (ctx.pooling)
-    throw HttpError(400, cat("The model does not support ", api, " API (it is served with the pooling runner: use /v1/embeddings)"));
+    throw HttpError(400, cat("The model does not support ", api, " API (it is served with the pooling runner: use ",
+                             ctx.classifier ? "/classify" : "/v1/embeddings", ")"));
 }
 
 void check_model(const json& body, const ApiContext& ctx, std::string& model) {

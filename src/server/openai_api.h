@@ -48,6 +48,9 @@ struct ApiContext {
   // The pooling runner (runner pooling): /v1/embeddings is served, the generation APIs are not.
   bool pooling = false;
   PoolerConfig pooler;
+  // A sequence classifier (the classify task): /classify is served instead of /v1/embeddings, and score /
+  // rerank run it as a cross-encoder when it has one label. Null for embedding models.
+  std::shared_ptr<const Classifier> classifier;
   int64_t hidden_size = 0;
 };
 

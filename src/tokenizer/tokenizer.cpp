@@ -86,17 +86,27 @@ Tokenizer::Tokenizer(const std::string& tokenizer_json, const std::string& token
     // Special tokens added by encode(add_special_tokens=True): the post-processor's template, or the
     // tokenizer_config's add_bos_token / add_eos_token.
     const json post = tj.value("post_processor", json(nullptr));
+    auto special = [&](const json& item) {
+      const std::string name = item["SpecialToken"].at("id").get<std::string>();
+      auto id = token_to_id(name);
+      if (!id) throw Error(cat("post-processor token '", name, "' is not in the vocabulary"));
+      return *id;
+    };
     auto take_template = [&](const json& tp) {
       bool seen_a = false;
       for (const auto& item : tp.at("single")) {
         if (item.contains("SpecialToken")) {
-          const std::string name = item["SpecialToken"].at("id").get<std::string>();
-          auto id = token_to_id(name);
-          if (!id) throw Error(cat("post-processor token '", name, "' is not in the vocabulary"));
-          (seen_a ? suffix_ids_ : prefix_ids_).push_back(*id);
+          (seen_a ? suffix_ids_ : prefix_ids_).push_back(special(item));
         } else if (item.contains("Sequence")) {
           seen_a = true;
         }
+      }
+      if (!tp.contains("pair")) return;
+      for (const auto& item : tp.at("pair")) {
+        if (item.contains("SpecialToken"))
+          pair_template_.push_back(special(item));
+        else if (item.contains("Sequence"))
+          pair_template_.push_back(item["Sequence"].at("id").get<std::string>() == "B" ? kPairB : kPairA);
       }
     };
     if (post.is_object() && post.value("type", "") == "TemplateProcessing") {
@@ -179,6 +189,26 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_t
   }
   encode_segment(text.substr(seg), out);
   if (add_special_tokens) out.insert(out.end(), suffix_ids_.begin(), suffix_ids_.end());
+  return out;
+}
+
+std::vector<int32_t> Tokenizer::encode_pair(std::string_view a, std::string_view b, bool add_special_tokens) const {
+  const std::vector<int32_t> ta = encode(a, false), tb = encode(b, false);
+  std::vector<int32_t> out;
+  if (add_special_tokens && !pair_template_.empty()) {
+    for (int32_t t : pair_template_) {
+      if (t == kPairA || t == kPairB)
+        out.insert(out.end(), (t == kPairA ? ta : tb).begin(), (t == kPairA ? ta : tb).end());
+      else
+        out.push_back(t);
+    }
+    return out;
+  }
+  for (const auto* t : {&ta, &tb}) {
+    if (add_special_tokens) out.insert(out.end(), prefix_ids_.begin(), prefix_ids_.end());
+    out.insert(out.end(), t->begin(), t->end());
+    if (add_special_tokens) out.insert(out.end(), suffix_ids_.begin(), suffix_ids_.end());
+  }
   return out;
 }
 

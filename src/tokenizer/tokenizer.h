@@ -37,6 +37,11 @@ class Tokenizer {
   static std::unique_ptr<Tokenizer> from_model_file(const ModelFile& file);
 
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = false) const;
+  // A pair of texts as one sequence (HF's `tokenizer(text=a, text_pair=b)`, what cross-encoders read):
+  // with add_special_tokens, the post-processor's pair template, or without one each text's special
+  // tokens around it (add_bos_token / add_eos_token, as HF's Llama tokenizers build their pair template);
+  // else the two texts' tokens one after the other.
+  std::vector<int32_t> encode_pair(std::string_view a, std::string_view b, bool add_special_tokens = true) const;
   std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens = false) const;
   // The bytes a token contributes to decoded text (empty when skipped as special).
   std::string token_bytes(int32_t id, bool skip_special_tokens) const;
@@ -62,6 +67,9 @@ class Tokenizer {
   std::array<std::vector<uint32_t>, 256> added_by_first_byte_;  // indices into added_, same order
   std::unordered_map<int32_t, size_t> added_by_id_;
   std::vector<int32_t> prefix_ids_, suffix_ids_;  // added by add_special_tokens
+  // The post-processor's pair template: token ids, kPairA / kPairB for the texts (none: no template).
+  static constexpr int32_t kPairA = -1, kPairB = -2;
+  std::vector<int32_t> pair_template_;
   std::optional<int32_t> bos_id_;
   std::optional<std::string> bos_token_, eos_token_;
   int32_t vocab_size_ = 0;

@@ -137,6 +137,38 @@ check "serve: pooler_config dimensions past the hidden size" 1 "pooler_config: d
 mkdir -p "$work/st-bad" && cp "$fixtures"/models/tiny-qwen2/* "$work/st-bad/" && printf '{"not": "a list"}' >"$work/st-bad/modules.json"
 check "convert: a Sentence Transformers modules.json that is not a list" 1 "st-bad': modules.json: not a list of modules" -- \
   "$convert" "$work/st-bad" -o "$work/st-bad.h5"
+# Sequence classifiers (the classify task): tiny-qwen2 as Qwen2ForSequenceClassification; its score matrix in a
+# second shard of its own.
+mkdir -p "$work/cls" && cp "$fixtures"/models/tiny-qwen2/* "$work/cls/"
+python3 - "$work/cls" <<'PY'
+import json, struct, sys
+d = sys.argv[1]
+cfg = json.load(open(f"{d}/config.json"))
+cfg["architectures"] = ["Qwen2ForSequenceClassification"]
+json.dump(cfg, open(f"{d}/config.json", "w"))
+PY
+check "convert: a classifier without its score matrix" 1 "Qwen2ForSequenceClassification without its 'score.weight'" -- \
+  "$convert" "$work/cls" -o "$work/cls.h5"
+python3 - "$work/cls" <<'PY'
+import json, struct, sys
+d = sys.argv[1]
+h = json.dumps({"score.weight": {"dtype": "F32", "shape": [2, 64], "data_offsets": [0, 512]}}).encode()
+h += b" " * (-len(h) % 8)
+open(f"{d}/score.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + struct.pack("<128f", *[0.01 * i for i in range(128)]))
+main = json.loads(open(f"{d}/model.safetensors", "rb").read()[8:8 + struct.unpack("<Q", open(f"{d}/model.safetensors", "rb").read(8))[0]])
+wm = {k: "model.safetensors" for k in main if k != "__metadata__"}
+wm["score.weight"] = "score.safetensors"
+json.dump({"weight_map": wm}, open(f"{d}/model.safetensors.index.json", "w"))
+PY
+check "convert: a classifier" 0 "Qwen2ForSequenceClassification" -- "$convert" "$work/cls" -o "$work/cls.h5" --force
+check "logits on a classifier" 1 "logits makes text: Qwen2ForSequenceClassification is a classifier without a language-model head" -- \
+  "$llmserve" logits --model "$work/cls.h5" --prompt-ids 1
+check "a classifier refuses the generate runner" 1 "runner generate: Qwen2ForSequenceClassification is a classifier without a language-model head" --once -- \
+  "$llmserve" serve --model "$work/cls.h5" --runner generate --port 18733
+python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["architectures"] = ["Qwen2ForSequenceClassification"]; json.dump(c, open(sys.argv[2], "w"))' \
+  "$fixtures/models/tiny-qwen2/config.json" "$work/cls-config.json"
+check "serve: a classifier with dummy weights" 1 "with load_format dummy: a classifier's score.weight is read from the converted file" --once -- \
+  "$llmserve" serve "$work/cls-config.json" --load-format dummy --port 18732
 check "unknown flag" 1 "unknown option '--tensor-paralel-size'" -- "$llmserve" logits "$work/good.yaml" --tensor-paralel-size 2 --prompt-ids 1
 check "quantization llmserve cannot honour" 1 "quantization 'awq' is not supported.*use none or fp8" --once -- \
   "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -tp 2 --quantization awq --prompt-ids 1

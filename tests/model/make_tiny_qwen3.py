@@ -15,6 +15,13 @@ tokenizer files and prompts are tiny-qwen2's (Qwen3 uses the Qwen2.5 vocabulary)
                                              checkpoint: tensors without the "model." prefix, no lm_head, untied,
                                              modules.json with last-token pooling and Normalize), and per prompt
                                              the final-norm hidden state pooled LAST, MEAN and CLS, each normalized
+  make_tiny_qwen3.py FIXTURES OUT classify  writes OUT/models/tiny-qwen3-classify/ and -rerank/ with their goldens:
+                                             the same weights as Qwen3ForSequenceClassification (a `score` matrix
+                                             over the last position's final-norm hidden state, no lm_head), of 3
+                                             labels with id2label (softmax) and of 1 label (sigmoid: a
+                                             cross-encoder); per prompt the logits and the activated scores, and for
+                                             the reranker the scores of pairs of the prompts (their token ids one
+                                             after the other: Qwen2's tokenizer adds no special tokens to a pair)
 """
 import json
 import os
@@ -118,10 +125,58 @@ def main_embed(fixtures, out):
     print(f"{name}: {len(public)} prompts")
 
 
+LABELS = {"0": "negative", "1": "neutral", "2": "positive"}
+
+
+def main_classify(fixtures, out):
+    W = weights(CONFIG)
+    forward = ref.make_forward(CONFIG, W)
+    prompts = json.load(open(f"{fixtures}/golden/tiny-qwen2.json"))["public"]
+    rng = np.random.default_rng(7)
+    H = CONFIG["hidden_size"]
+    for name, labels in (("tiny-qwen3-classify", 3), ("tiny-qwen3-rerank", 1)):
+        score = ref.bf16(rng.standard_normal((labels, H)) * 0.2)
+        cfg = dict(CONFIG, architectures=["Qwen3ForSequenceClassification"], tie_word_embeddings=False,
+                   pad_token_id=151643)
+        if labels > 1:  # (transformers saves id2label, from which num_labels follows)
+            cfg["id2label"] = LABELS
+            cfg["label2id"] = {v: int(k) for k, v in LABELS.items()}
+        else:
+            cfg["num_labels"] = 1
+        mdir, gdir = f"{out}/models/{name}", f"{out}/golden"
+        os.makedirs(mdir, exist_ok=True)
+        os.makedirs(gdir, exist_ok=True)
+        json.dump(cfg, open(f"{mdir}/config.json", "w"), indent=2)
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copyfile(f"{fixtures}/models/tiny-qwen2/{f}", f"{mdir}/{f}")
+        write_safetensors(f"{mdir}/model.safetensors", dict(W, **{"score.weight": score}))
+        sc = ref.load_safetensors(f"{mdir}/model.safetensors")["score.weight"]  # (as its reader sees it)
+
+        def head(ids):
+            z = sc @ np.asarray(forward(ids, set(), hidden=True), dtype=np.float64)[-1]
+            act = 1 / (1 + np.exp(-z)) if labels == 1 else np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+            return z.tolist(), act.tolist()
+
+        public = []
+        for p in prompts:
+            z, act = head(list(p["ids"]))
+            public.append({"text": p.get("text", ""), "ids": list(p["ids"]), "logits": z, "scores": act})
+        golden = {"model": f"models/{name}", "num_labels": labels, "labels": [LABELS[str(i)] for i in range(labels)] if labels > 1 else None,
+                  "dtype": "float64 compute from bf16 weights",
+                  "reference": "bench/reference/bf16_rounding.py make_forward (numpy float64)", "public": public}
+        if labels == 1:  # pairs (query = prompt 1, documents = prompts 2, 3, 4): the ids one after the other
+            golden["pairs"] = [{"a": 1, "b": b, "score": head(list(prompts[1]["ids"]) + list(prompts[b]["ids"]))[1][0]}
+                               for b in (2, 3, 4)]
+        json.dump(golden, open(f"{gdir}/{name}.json", "w"))
+        print(f"{name}: {len(public)} prompts")
+
+
 def main():
     fixtures, out = sys.argv[1], sys.argv[2]
     if sys.argv[3:] == ["embed"]:
         return main_embed(fixtures, out)
+    if sys.argv[3:] == ["classify"]:
+        return main_classify(fixtures, out)
     yarn = sys.argv[3:] == ["yarn"]
     name = "tiny-qwen3-yarn" if yarn else "tiny-qwen3"
     cfg = dict(CONFIG, rope_scaling=YARN) if yarn else CONFIG

@@ -186,6 +186,8 @@ def main():
         check("embeddings on a generative model refused (400)", st == 400 and "does not support Embeddings API" in r["error"]["message"], str(r)[:200])
         st, r = s.post("/v1/score", {"text_1": "a", "text_2": "b"})
         check("score on a generative model refused (400)", st == 400 and "does not support Score API" in r["error"]["message"], str(r)[:200])
+        st, r = s.post("/classify", {"input": "hi"})
+        check("classify on a generative model refused (400)", st == 400 and "does not support Classification API" in r["error"]["message"], str(r)[:200])
     finally:
         s.stop()
     s = ts.Server("--convert", "embed", model=os.path.join(ts.BUILD, "test-models", "tiny-qwen3.h5"))
@@ -195,9 +197,7 @@ def main():
         check("convert embed: a generative checkpoint's LAST pooling", st == 200 and worst(r["data"][0]["embedding"], GOLDEN[3]["last"]) <= TOL, str(r)[:200])
     finally:
         s.stop()
-    passed = sum(ts.results)
-    print(f"{passed} passed, {len(ts.results) - passed} failed")
-    return 0 if passed == len(ts.results) else 1
+    return ts.summary()
 
 
 if __name__ == "__main__":

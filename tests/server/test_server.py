@@ -22,6 +22,13 @@ def check(name, ok, detail=""):
     print(("PASS " if ok else "FAIL ") + name + ("" if ok else f": {detail}"), flush=True)
 
 
+def summary():
+    """Prints 'N passed, N failed' over every check so far; the exit code (0 when all passed)."""
+    passed = sum(results)
+    print(f"{passed} passed, {len(results) - passed} failed")
+    return 0 if passed == len(results) else 1
+
+
 def heads(port, method, path, headers, body=None):
     """Status and lower-cased headers of one request."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -1397,9 +1404,7 @@ def main():
             sdk_checks(d.port, "seed-key", "smollm2-135m-instruct")
         finally:
             d.stop()
-    passed = sum(results)
-    print(f"{passed} passed, {len(results) - passed} failed")
-    return 0 if passed == len(results) else 1
+    return summary()
 
 
 if __name__ == "__main__":

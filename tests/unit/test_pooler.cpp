@@ -85,6 +85,41 @@ TEST(Pooler, RunnerAsVllmChoosesIt) {
   EXPECT_EQ(s.architecture, "Qwen3Model");
   EXPECT_EQ(s.model_type, "qwen3");
   EXPECT_TRUE(s.qk_norm);
+  // A sequence classifier: its family's transformer, the pooling runner, never generate.
+  const ModelSpec c = model_spec_from_hf_config(nlohmann::json::parse(
+      R"({"architectures": ["Qwen3ForSequenceClassification"], "hidden_size": 64, "intermediate_size": 128,
+          "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 1000})"));
+  EXPECT_EQ(c.architecture, "Qwen3ForSequenceClassification");
+  EXPECT_TRUE(c.qk_norm);
+  EXPECT_TRUE(is_sequence_classifier(c.architecture));
+  EXPECT_FALSE(is_sequence_classifier("Qwen3ForCausalLM") || is_sequence_classifier("ForSequenceClassification"));
+  EXPECT_EQ(resolve_runner("auto", "auto", false, c.architecture), "pooling");
+  EXPECT_THROW(resolve_runner("generate", "auto", false, c.architecture), Error);
+  EXPECT_THROW(model_spec_from_hf_config(nlohmann::json::parse(R"({"architectures": ["GPT2ForSequenceClassification"]})")), Error);
+}
+
+// The classify task's head: transformers' labels and the activation its loss implies.
+TEST(Pooler, ClassifierHeadAsVllmActivatesIt) {
+  const std::vector<float> w{1, 0, 0, 1, -1, 2};  // 3 labels over a hidden size of 2
+  const Classifier c = make_classifier(nlohmann::json::parse(R"({"id2label": {"0": "neg", "1": "neu", "2": "pos"}})"), w, 3, 2);
+  EXPECT_EQ(c.labels, (std::vector<std::string>{"neg", "neu", "pos"}));
+  EXPECT_EQ(c.activation, Classifier::Activation::Softmax);
+  const std::vector<double> z = c.scores({0.5f, 1.0f}, false);
+  EXPECT_EQ(z, (std::vector<double>{0.5, 1.0, 1.5}));
+  const std::vector<double> p = c.scores({0.5f, 1.0f});
+  const double sum = std::exp(0.5) + std::exp(1.0) + std::exp(1.5);
+  for (int i = 0; i < 3; ++i) EXPECT_NEAR(p[i], std::exp(z[i]) / sum, 1e-12);
+  // One label: sigmoid, transformers' default label name; multi-label: sigmoid; regression: none.
+  const Classifier one = make_classifier(nlohmann::json::object(), {2, 0}, 1, 2);
+  EXPECT_EQ(one.labels, (std::vector<std::string>{"LABEL_0"}));
+  EXPECT_NEAR(one.scores({1.0f, 5.0f})[0], 1 / (1 + std::exp(-2.0)), 1e-12);
+  EXPECT_EQ(make_classifier(nlohmann::json::parse(R"({"problem_type": "multi_label_classification"})"), w, 3, 2).activation,
+            Classifier::Activation::Sigmoid);
+  EXPECT_EQ(make_classifier(nlohmann::json::parse(R"({"problem_type": "regression"})"), w, 3, 2).activation,
+            Classifier::Activation::Identity);
+  // config.json's num_labels must be score.weight's rows; the weight must be [num_labels, hidden].
+  EXPECT_THROW(make_classifier(nlohmann::json::parse(R"({"num_labels": 2})"), w, 3, 2), Error);
+  EXPECT_THROW(make_classifier(nlohmann::json::object(), w, 2, 2), Error);
 }
 
 TEST(Pooler, ConfigOptions) {

@@ -237,6 +237,28 @@ TEST(Tokenizer, BadTokenizerJsonIsAnError) {
   }
 }
 
+// A pair of texts as cross-encoders read them (HF's tokenizer(text=a, text_pair=b); the expected ids are
+// what HF tokenizers 0.23 gives for these documents).
+TEST(Tokenizer, PairsAsHuggingFaceEncodesThem) {
+  // A ByteLevel post-processor (Qwen2): the two texts' tokens one after the other.
+  Tokenizer qwen(slurp(model_dir("qwen2") + "/tokenizer.json"), "");
+  EXPECT_EQ(qwen.encode_pair("Hello world", "How are you?"), (std::vector<int32_t>{9707, 1879, 4340, 525, 498, 30}));
+  // Llama 3's release template: <|begin_of_text|> A <|begin_of_text|> B; without special tokens A B.
+  json j = json::parse(slurp(model_dir("llama3") + "/tokenizer.json"));
+  j["post_processor"] = json::parse(R"({"type": "TemplateProcessing",
+      "single": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+      "pair": [{"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+               {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+      "special_tokens": {}})");
+  Tokenizer llama(j.dump(), "");
+  EXPECT_EQ(llama.encode_pair("Hello", "world"), (std::vector<int32_t>{128000, 9906, 128000, 14957}));
+  EXPECT_EQ(llama.encode_pair("Hello", "world", false), (std::vector<int32_t>{9906, 14957}));
+  // No template, tokenizer_config's add_bos_token: each text's special tokens around it (as HF's Llama
+  // tokenizers build their pair template from the same flags).
+  Tokenizer with_bos(slurp(model_dir("llama3") + "/tokenizer.json"), R"({"add_bos_token": true, "bos_token": "<|begin_of_text|>"})");
+  EXPECT_EQ(with_bos.encode_pair("Hello", "world"), (std::vector<int32_t>{128000, 9906, 128000, 14957}));
+}
+
 TEST(Tokenizer, BosFromTokenizerConfigAndTemplateProcessing) {
   const std::string tj = slurp(model_dir("llama3") + "/tokenizer.json");
   // tokenizer_config's add_bos_token (with a ByteLevel post-processor) prepends BOS...

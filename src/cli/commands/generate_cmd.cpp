@@ -19,6 +19,7 @@
 #include "dist/collective_check.h"
 #include "engine/engine.h"
 #include "engine/prompt_input.h"
+#include "model/pooler_config.h"
 #include "model/runner.h"
 
 namespace llmserve {
@@ -78,6 +79,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
   std::string input, output;
   agree(world, [&] { parse_batch_args(args, "generate", {"--input"}, {"--output"}, rank == 0, cfg, input, output); });
   ModelRunner runner(cfg, world);
+  refuse_classifier_text("generate", runner.spec().architecture);  // (every rank alike)
   if (rank != 0) return batch_worker(runner, world);  // (rank 0 validates the input and judges the run)
   std::vector<Job> jobs;
   std::unique_ptr<Tokenizer> tok;

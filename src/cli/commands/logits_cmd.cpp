@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "config/config.h"
 #include "dist/collective_check.h"
+#include "model/pooler_config.h"
 #include "model/runner.h"
 #include "chat/chat_template.h"
 #include "engine/prompt_input.h"
@@ -242,6 +243,7 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
     if (!la.logits_output.empty()) check_writable(la.logits_output, "logits");
   });
   ModelRunner runner(cfg, world);
+  refuse_classifier_text("logits", runner.spec().architecture);  // (every rank alike)
   const int64_t V = runner.spec().vocab_size;
   const int32_t bs = static_cast<int32_t>(runner.block_size());
   agree(world, [&] {

@@ -63,12 +63,31 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
   ctx.trust_request_chat_template = cfg.trust_request_chat_template;
   ctx.hidden_size = runner.spec().hidden_size;
   ctx.pooling = resolve_runner(cfg.runner, cfg.convert, sentence_transformers, runner.spec().architecture) == "pooling";
+  if (ctx.pooling && is_sequence_classifier(runner.spec().architecture) && cfg.convert != "embed") {
+    // The classify task: the head's score matrix from the converted file (convert embed pools the hidden
+    // states as an embedding model instead).
+    if (!model_has_file(cfg))
+      throw Error(cat(runner.spec().architecture, " with load_format dummy: a classifier's score.weight is read from the "
+                      "converted file (serve that, or give convert embed)"));
+    ModelFile file(cfg.model);
+    if (!file.has_weight("score.weight"))
+      throw Error(cat("'", cfg.model, "' has no score.weight: convert the ", runner.spec().architecture, " checkpoint again"));
+    const auto shape = file.weight_shape("score.weight");
+    const auto hf = file.text("config", "hf_config.json");
+    ctx.classifier = std::make_shared<const Classifier>(
+        make_classifier(hf ? nlohmann::json::parse(*hf, nullptr, false) : nlohmann::json::object(),
+                        file.read_all_f32("score.weight"), shape.empty() ? 0 : shape[0], runner.spec().hidden_size));
+  }
   if (!cfg.hf_overrides.empty()) read_matryoshka(ctx.pooler, nlohmann::json::parse(cfg.hf_overrides, nullptr, false));
   apply_pooler_config(ctx.pooler, cfg.pooler_config);
   if (ctx.pooler.dimensions && *ctx.pooler.dimensions > ctx.hidden_size)
     throw Error(cat("pooler_config: dimensions (", *ctx.pooler.dimensions, ") is more than the model's hidden size (",
                     ctx.hidden_size, ")"));
-  if (ctx.pooling)
+  if (ctx.classifier)
+    log_info("pooling runner: /classify scores ", pooling_name(ctx.pooler.pooling_type), " hidden states over ",
+             ctx.classifier->num_labels, " labels",
+             ctx.classifier->num_labels == 1 ? "; /score and /rerank as a cross-encoder" : "");
+  else if (ctx.pooling)
     log_info("pooling runner: /v1/embeddings pools ", pooling_name(ctx.pooler.pooling_type), " hidden states",
              ctx.pooler.normalize ? ", normalized" : ", not normalized",
              ctx.pooler.dimensions ? cat(", ", *ctx.pooler.dimensions, " dimensions") : std::string(),

@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""The classify task end to end: `llmserve serve` of tiny-qwen3-classify and tiny-qwen3-rerank
+(make_tiny_qwen3.py ... classify: Qwen3ForSequenceClassification checkpoints of 3 labels with id2label and
+of 1 label) answering vLLM's /classify, and /score and /rerank as a cross-encoder, against numpy float64
+goldens of the head over the last position's final-norm hidden state; the request forms and vLLM's
+errors. Prints one line per check and 'N passed, N failed'. LLMSERVE_TEST_BACKEND=cuda runs the servers on
+one GPU in float32.
+Usage: test_classify.py BUILD_DIR QWEN3_FIXTURES"""
+import concurrent.futures
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import test_server as ts  # noqa: E402  (its Server and check; BUILD_DIR is argv[1] there too)
+
+MODELS = os.path.join(ts.BUILD, "test-models")
+GOLD = {m: json.load(open(os.path.join(sys.argv[2], "golden", f"tiny-qwen3-{m}.json"))) for m in ("classify", "rerank")}
+TOL = 2e-5  # worst absolute difference of a probability (float32 against float64)
+check = ts.check
+
+
+def worst(a, b):
+    return max(abs(x - y) for x, y in zip(a, b)) if len(a) == len(b) else float("inf")
+
+
+def classify_checks(s):
+    g = GOLD["classify"]
+    P = g["public"]
+    st, r = s.post("/classify", {"input": [p["ids"] for p in P]})
+    errs = [worst(d["probs"], P[d["index"]]["scores"]) for d in r["data"]] if st == 200 else [float("inf")]
+    labels = [g["labels"][max(range(3), key=lambda i: p["scores"][i])] for p in P]
+    check(f"classify: {len(P)} prompts in one request, softmax probabilities within {TOL} of the goldens (worst {max(errs):.2e})",
+          st == 200 and len(errs) == len(P) and max(errs) <= TOL and [d["label"] for d in r["data"]] == labels
+          and all(d["num_classes"] == 3 for d in r["data"]) and r["object"] == "list" and r["id"].startswith("classify-")
+          and r["usage"]["prompt_tokens"] == sum(len(p["ids"]) for p in P) and r["usage"]["completion_tokens"] == 0,
+          str(r)[:400])
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        got = list(ex.map(lambda p: s.post("/classify", {"input": p["ids"]}), P * 2))
+    ok = all(st == 200 for st, _ in got)
+    errs = [worst(r["data"][0]["probs"], P[i % len(P)]["scores"]) for i, (_, r) in enumerate(got)] if ok else [float("inf")]
+    check(f"classify: {2 * len(P)} concurrent requests within {TOL} (worst {max(errs):.2e})", ok and max(errs) <= TOL,
+          str([x for x in got if x[0] != 200][:1])[:300])
+    st, r = s.post("/classify", {"input": P[1]["text"], "model": "tiny"})
+    check("classify: a text is tokenized as the goldens' prompt; the label is id2label's",
+          st == 200 and worst(r["data"][0]["probs"], P[1]["scores"]) <= TOL and r["data"][0]["label"] == labels[1]
+          and r["model"] == "tiny", str(r)[:300])
+    st, r = s.post("/classify", {"input": P[2]["ids"], "activation": False})
+    check("classify: activation false gives the head's logits",
+          st == 200 and worst(r["data"][0]["probs"], P[2]["logits"]) <= 1e-4 * max(map(abs, P[2]["logits"])), str(r)[:300])
+    st, r = s.post("/classify", {"input": P[0]["ids"], "use_activation": "yes"})
+    check("classify: a non-boolean use_activation refused", st == 400 and "'use_activation' must be a boolean" in r["error"]["message"], str(r)[:200])
+    st, r = s.post("/classify", {"input": []})
+    check("classify: an empty input refused", st == 400 and "'input' must be" in r["error"]["message"], str(r)[:200])
+    st, r = s.post("/v1/embeddings", {"input": "hi"})
+    check("embeddings on a classifier refused, pointing at /classify",
+          st == 400 and "does not support Embeddings API" in r["error"]["message"] and "/classify" in r["error"]["message"], str(r)[:200])
+    st, r = s.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+    check("chat on a classifier refused", st == 400 and "does not support Chat Completions API" in r["error"]["message"], str(r)[:200])
+    st, r = s.post("/score", {"text_1": "a", "text_2": "b"})
+    check("score on a 3-label classifier refused (vLLM scores with one-label classifiers only)",
+          st == 400 and "does not support Score API" in r["error"]["message"], str(r)[:200])
+
+
+def rerank_checks(s):
+    g = GOLD["rerank"]
+    P = g["public"]
+    st, r = s.post("/classify", {"input": [p["ids"] for p in P[:4]]})
+    errs = [worst(d["probs"], P[d["index"]]["scores"]) for d in r["data"]] if st == 200 else [float("inf")]
+    check(f"one label: classify gives the sigmoid of the head (worst {max(errs):.2e})",
+          st == 200 and max(errs) <= TOL and all(d["num_classes"] == 1 and d["label"] == "LABEL_0" for d in r["data"]), str(r)[:300])
+    pairs = g["pairs"]
+    query, docs = P[pairs[0]["a"]]["text"], [P[p["b"]]["text"] for p in pairs]
+    st, r = s.post("/v1/score", {"text_1": query, "text_2": docs})
+    got = [d["score"] for d in r["data"]] if st == 200 else []
+    check("score as a cross-encoder: each pair's texts as one sequence, the head's sigmoid (1:N)",
+          st == 200 and worst(got, [p["score"] for p in pairs]) <= TOL and r["id"].startswith("score-")
+          and r["usage"]["prompt_tokens"] == sum(len(P[p["a"]]["ids"]) + len(P[p["b"]]["ids"]) for p in pairs), str(r)[:300])
+    st, r = s.post("/score", {"text_1": [query] * 3, "text_2": docs})
+    check("score N:N as a cross-encoder", st == 200 and worst([d["score"] for d in r["data"]], [p["score"] for p in pairs]) <= TOL, str(r)[:300])
+    st, r = s.post("/rerank", {"query": query, "documents": docs, "top_n": 2})
+    order = sorted(range(3), key=lambda i: -pairs[i]["score"])[:2]
+    check("rerank as a cross-encoder: the best two documents, best first",
+          st == 200 and [x["index"] for x in r["results"]] == order
+          and worst([x["relevance_score"] for x in r["results"]], [pairs[i]["score"] for i in order]) <= TOL
+          and r["results"][0]["document"]["text"] == docs[order[0]], str(r)[:300])
+    st, r = s.post("/score", {"text_1": ["a", "b"], "text_2": ["c", "d", "e"]})
+    check("score 2:3 refused", st == 400 and "1:1, 1:N or N:N" in r["error"]["message"], str(r)[:200])
+
+
+def main():
+    os.makedirs(os.path.join(ts.BUILD, "test-out"), exist_ok=True)
+    s = ts.Server(model=os.path.join(MODELS, "tiny-qwen3-classify.h5"))  # tp=2
+    try:
+        classify_checks(s)
+    finally:
+        s.stop()
+    extra = ["-pp", "2"] if ts.BACKEND == "cpu" else []
+    s = ts.Server(*extra, np=4 if ts.BACKEND == "cpu" else 2, model=os.path.join(MODELS, "tiny-qwen3-rerank.h5"))  # tp=2 pp=2
+    try:
+        rerank_checks(s)
+    finally:
+        s.stop()
+    return ts.summary()  # (a generative model's refusal of /classify: test_embeddings.py)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
