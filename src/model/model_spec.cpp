@@ -1,12 +1,11 @@
 #include "model/model_spec.h"
 
-#include "model/pooler_config.h"
-
 #include <algorithm>
 #include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
+#include "model/pooler_config.h"
 
 namespace llmserve {
 namespace {

@@ -1,10 +1,10 @@
 // `llmserve run-batch`: vLLM's batch runner (`vllm run-batch -i in.jsonl -o out.jsonl`) on OpenAI's batch
 // file format. Each input line is {"custom_id", "method": "POST", "url", "body"} with url
 // /v1/chat/completions or /v1/completions, or with the pooling runner /v1/embeddings, /score, /v1/score,
-// /rerank, /v1/rerank or /v2/rerank (as the server: a model serves one kind or the other); each output line, in input order, is {"id", "custom_id",
-// "response": {"status_code", "request_id", "body"}, "error"}: the body the server would answer, or,
-// for a line the server would refuse (or that fails while it runs), status_code 400 (404 for an
-// unknown model), body null and the error the server would send. The requests run together with
+// /rerank, /v1/rerank or /v2/rerank (as the server: a model serves one kind or the other); each output
+// line, in input order, is {"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}:
+// the body the server would answer, or, for a line the server would refuse (or that fails while it
+// runs), status_code 400 (404 for an unknown model), body null and the error the server would send. The requests run together with
 // continuous batching; the output file appears whole when all have finished.
 #include <chrono>
 #include <cstdio>
