@@ -108,7 +108,7 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.backend = v; }},
       {"load_format", Kind::String, "auto | dummy",
        [](Config& c, const std::string& v) { c.load_format = v; }},
-      {"hf_overrides", Kind::String, "JSON object replacing config.json fields: of a dummy model any (e.g. '{\"num_hidden_layers\": 2}'), of a converted model rope_theta, rope_scaling and max_position_embeddings",
+      {"hf_overrides", Kind::String, "JSON object replacing config.json fields: of a dummy model any (e.g. '{\"num_hidden_layers\": 2}'), of a converted model rope_theta, rope_scaling, max_position_embeddings, is_matryoshka / matryoshka_dimensions, and architectures *ForSequenceClassification with classifier_from_token (is_original_qwen3_reranker, method)",
        [](Config& c, const std::string& v) { c.hf_overrides = v; }},
       {"tensor_parallel_size", Kind::Int, "ranks per tensor-parallel group (-tp)",
        [](Config& c, const std::string& v) { c.tensor_parallel_size = parse_int32("tensor_parallel_size", v); }},

@@ -235,10 +235,28 @@ void apply_hf_overrides(ModelSpec& s, const std::string& overrides) {
   if (!o.is_object()) throw Error("hf_overrides must be a JSON object");
   for (const auto& [key, value] : o.items())
     if (key != "rope_theta" && key != "rope_scaling" && key != "rope_parameters" && key != "max_position_embeddings" &&
-        key != "is_matryoshka" && key != "matryoshka_dimensions")
+        key != "is_matryoshka" && key != "matryoshka_dimensions" && key != "architectures" &&
+        key != "classifier_from_token" && key != "is_original_qwen3_reranker" && key != "method")
       throw Error(cat("hf_overrides on a converted model may set only rope_theta, rope_scaling (or rope_parameters), "
-                      "max_position_embeddings, is_matryoshka and matryoshka_dimensions: its weights fix the rest; got '",
-                      key, "'"));
+                      "max_position_embeddings, is_matryoshka, matryoshka_dimensions, and architectures with "
+                      "classifier_from_token (a classifier made of the language-model head's rows): its weights fix the "
+                      "rest; got '", key, "'"));
+  // vLLM's conversion of a causal LM into a sequence classifier (Qwen3-Reranker): architectures names the
+  // *ForSequenceClassification of the model's family, classifier_from_token the head rows it is made of
+  // (model/pooler_config.h, classifier_from_tokens).
+  if (o.contains("architectures")) {
+    const json& a = o["architectures"];
+    const std::string family = s.architecture.substr(0, s.architecture.find("For"));
+    if (!a.is_array() || a.size() != 1 || !a[0].is_string() || a[0].get<std::string>() != family + "ForSequenceClassification")
+      throw Error(cat("hf_overrides: architectures may only be [\"", family, "ForSequenceClassification\"] on this model "
+                      "(with classifier_from_token)"));
+    if (!o.contains("classifier_from_token"))
+      throw Error("hf_overrides: architectures ...ForSequenceClassification needs classifier_from_token on a converted causal LM");
+    s.architecture = a[0].get<std::string>();
+  } else if (o.contains("classifier_from_token") || o.contains("is_original_qwen3_reranker") || o.contains("method")) {
+    throw Error("hf_overrides: classifier_from_token, method and is_original_qwen3_reranker go with architectures "
+                "[\"...ForSequenceClassification\"]");
+  }
   try {
     s.max_position_embeddings = get_opt<int64_t>(o, "max_position_embeddings", s.max_position_embeddings);
     if (o.contains("rope_scaling") && o["rope_scaling"].is_null()) s.rope_scaling = RopeScaling{};  // (null removes it)

@@ -150,6 +150,21 @@ void refuse_classifier_text(const char* command, const std::string& architecture
                     "answers /classify with it)"));
 }
 
+Classifier classifier_from_token_rows(const json& o, std::vector<float> rows, int64_t n, int64_t hidden) {
+  const std::string method = o.contains("method") && o["method"].is_string() ? o["method"].get<std::string>() : "";
+  if (o.contains("method") && method != "from_2_way_softmax" && method != "no_post_processing")
+    throw Error("hf_overrides: method must be from_2_way_softmax or no_post_processing");
+  const bool two_way = method == "from_2_way_softmax" ||
+                       (method.empty() && o.contains("is_original_qwen3_reranker") && o["is_original_qwen3_reranker"] == true);
+  if (two_way) {
+    if (n != 2) throw Error("hf_overrides: from_2_way_softmax (is_original_qwen3_reranker) takes two classifier_from_token");
+    std::vector<float> w(static_cast<size_t>(hidden));
+    for (int64_t k = 0; k < hidden; ++k) w[static_cast<size_t>(k)] = rows[static_cast<size_t>(hidden + k)] - rows[static_cast<size_t>(k)];
+    return make_classifier(json::object(), std::move(w), 1, hidden);
+  }
+  return make_classifier(json::object(), std::move(rows), n, hidden);
+}
+
 Classifier make_classifier(const json& cfg, std::vector<float> weight, int64_t num_labels, int64_t hidden) {
   Classifier c;
   c.num_labels = num_labels;

@@ -36,6 +36,12 @@ struct Classifier {
 };
 // Whether an architecture is a sequence classifier (*ForSequenceClassification).
 bool is_sequence_classifier(const std::string& architecture);
+// vLLM's classifier made of a causal LM's head (hf_overrides architectures *ForSequenceClassification with
+// classifier_from_token, as Qwen3-Reranker is served): `rows` [n, hidden] are the language-model head's
+// rows of the n tokens. Two tokens with is_original_qwen3_reranker true or method from_2_way_softmax: one
+// label, the second row minus the first (the logit difference, whose sigmoid is the two tokens' softmax);
+// otherwise a label a token. Throws Error for other methods.
+Classifier classifier_from_token_rows(const nlohmann::json& overrides, std::vector<float> rows, int64_t n, int64_t hidden);
 // Throws Error for a command that makes text (generate, logits) on a sequence classifier, which has no
 // language-model head.
 void refuse_classifier_text(const char* command, const std::string& architecture);

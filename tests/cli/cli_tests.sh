@@ -90,7 +90,7 @@ check "max_model_len beyond the model" 1 "max_model_len \(99999\) is larger than
   "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -pp 2 --max-model-len 99999 --prompt-ids 1,2
 # hf_overrides on a converted model: the RoPE settings and the context, nothing its weights fix. YaRN
 # over the original 32,768 positions, factor 2, gives a context of 65,536 (vLLM's derived max_model_len).
-check "hf_overrides: a weight shape on a converted model" 1 "hf_overrides on a converted model may set only rope_theta, rope_scaling \(or rope_parameters\), max_position_embeddings, is_matryoshka and matryoshka_dimensions: its weights fix the rest; got 'num_hidden_layers'" -- \
+check "hf_overrides: a weight shape on a converted model" 1 "hf_overrides on a converted model may set only rope_theta, rope_scaling \(or rope_parameters\), max_position_embeddings, is_matryoshka, matryoshka_dimensions, and architectures with classifier_from_token \(a classifier made of the language-model head's rows\): its weights fix the rest; got 'num_hidden_layers'" -- \
   "$llmserve" logits "$work/good.yaml" --hf-overrides '{"num_hidden_layers": 2}' --prompt-ids 1,2
 yarn='{"rope_scaling": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32768}}'
 check "hf_overrides: yarn widens the context" 1 "max_model_len \(99999\) is larger than the model's context of 65536 positions \(max_position_embeddings 32768, with its rope_scaling\)" -- \
@@ -169,6 +169,13 @@ python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["architectures
   "$fixtures/models/tiny-qwen2/config.json" "$work/cls-config.json"
 check "serve: a classifier with dummy weights" 1 "with load_format dummy: a classifier's score.weight is read from the converted file" --once -- \
   "$llmserve" serve "$work/cls-config.json" --load-format dummy --port 18732
+# A causal LM made a classifier by hf_overrides (Qwen3-Reranker as vLLM serves it).
+check "hf_overrides: a classifier of another family" 1 "hf_overrides: architectures may only be \[\"Qwen2ForSequenceClassification\"\] on this model" -- \
+  "$llmserve" logits "$work/good.yaml" --hf-overrides '{"architectures": ["LlamaForSequenceClassification"], "classifier_from_token": ["no", "yes"]}' --prompt-ids 1
+check "hf_overrides: classifier_from_token alone" 1 "hf_overrides: classifier_from_token, method and is_original_qwen3_reranker go with architectures" -- \
+  "$llmserve" logits "$work/good.yaml" --hf-overrides '{"classifier_from_token": ["no", "yes"]}' --prompt-ids 1
+check "hf_overrides: a classifier token outside the vocabulary" 1 "hf_overrides: classifier_from_token \"no-such-token\" is not a token of the vocabulary" --once -- \
+  "$llmserve" serve "$work/good.yaml" --hf-overrides '{"architectures": ["Qwen2ForSequenceClassification"], "classifier_from_token": ["no-such-token", "yes"]}' --port 18734
 check "unknown flag" 1 "unknown option '--tensor-paralel-size'" -- "$llmserve" logits "$work/good.yaml" --tensor-paralel-size 2 --prompt-ids 1
 check "quantization llmserve cannot honour" 1 "quantization 'awq' is not supported.*use none or fp8" --once -- \
   "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -tp 2 --quantization awq --prompt-ids 1

@@ -10,6 +10,7 @@ import concurrent.futures
 import json
 import math
 import os
+import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -89,6 +90,22 @@ def rerank_checks(s):
     check("score 2:3 refused", st == 400 and "1:1, 1:N or N:N" in r["error"]["message"], str(r)[:200])
 
 
+def reranker_checks(s):
+    """tiny-qwen3 (a causal LM) served as Qwen3-Reranker is: the sigmoid of its last logits' "yes" minus "no"."""
+    prompts = json.load(open(os.path.join(sys.argv[2], "golden", "tiny-qwen3.json")))["public"]
+    last = struct.unpack(f"<{8 * 151936}f", open(os.path.join(sys.argv[2], "golden", "tiny-qwen3.last_logits.f32"), "rb").read())
+    vocab = json.load(open(os.path.join(ts.FIXTURES, "models", "tiny-qwen2", "tokenizer.json")))["model"]["vocab"]
+    yes, no = vocab["yes"], vocab["no"]
+    want = [1 / (1 + math.exp(-(last[i * 151936 + yes] - last[i * 151936 + no]))) for i in range(len(prompts))]
+    st, r = s.post("/classify", {"input": [p["ids"] for p in prompts]})
+    got = [d["probs"][0] for d in r["data"]] if st == 200 else []
+    check(f"hf_overrides classifier_from_token [no, yes] (Qwen3-Reranker): sigmoid(yes - no) of the goldens' last logits "
+          f"(worst {worst(got, want):.2e})", st == 200 and worst(got, want) <= TOL, str(r)[:300])
+    st, r = s.post("/score", {"text_1": prompts[1]["text"], "text_2": ""})
+    check("Qwen3-Reranker: score of a query with an empty document is its prompt's", st == 200 and abs(r["data"][0]["score"] - want[1]) <= TOL,
+          str(r)[:300])
+
+
 def main():
     os.makedirs(os.path.join(ts.BUILD, "test-out"), exist_ok=True)
     s = ts.Server(model=os.path.join(MODELS, "tiny-qwen3-classify.h5"))  # tp=2
@@ -100,6 +117,12 @@ def main():
     s = ts.Server(*extra, np=4 if ts.BACKEND == "cpu" else 2, model=os.path.join(MODELS, "tiny-qwen3-rerank.h5"))  # tp=2 pp=2
     try:
         rerank_checks(s)
+    finally:
+        s.stop()
+    s = ts.Server("--hf-overrides", '{"architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": ["no", "yes"], '
+                  '"is_original_qwen3_reranker": true}', model=os.path.join(MODELS, "tiny-qwen3.h5"))
+    try:
+        reranker_checks(s)
     finally:
         s.stop()
     return ts.summary()  # (a generative model's refusal of /classify: test_embeddings.py)

@@ -117,6 +117,14 @@ TEST(Pooler, ClassifierHeadAsVllmActivatesIt) {
             Classifier::Activation::Sigmoid);
   EXPECT_EQ(make_classifier(nlohmann::json::parse(R"({"problem_type": "regression"})"), w, 3, 2).activation,
             Classifier::Activation::Identity);
+  // A causal LM's head rows as a classifier (Qwen3-Reranker): two tokens, one label of their difference.
+  const nlohmann::json rr = nlohmann::json::parse(R"({"is_original_qwen3_reranker": true})");
+  const Classifier r = classifier_from_token_rows(rr, {1, 2, 4, 3}, 2, 2);  // rows "no" (1, 2) and "yes" (4, 3)
+  EXPECT_EQ(r.weight, (std::vector<float>{3, 1}));
+  EXPECT_EQ(r.activation, Classifier::Activation::Sigmoid);
+  EXPECT_EQ(classifier_from_token_rows(nlohmann::json::object(), {1, 2, 4, 3}, 2, 2).num_labels, 2);
+  EXPECT_THROW(classifier_from_token_rows(nlohmann::json::parse(R"({"method": "mean"})"), {1, 2}, 1, 2), Error);
+  EXPECT_THROW(classifier_from_token_rows(rr, {1, 2}, 1, 2), Error);
   // config.json's num_labels must be score.weight's rows; the weight must be [num_labels, hidden].
   EXPECT_THROW(make_classifier(nlohmann::json::parse(R"({"num_labels": 2})"), w, 3, 2), Error);
   EXPECT_THROW(make_classifier(nlohmann::json::object(), w, 2, 2), Error);

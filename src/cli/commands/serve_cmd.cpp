@@ -70,13 +70,32 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
       throw Error(cat(runner.spec().architecture, " with load_format dummy: a classifier's score.weight is read from the "
                       "converted file (serve that, or give convert embed)"));
     ModelFile file(cfg.model);
-    if (!file.has_weight("score.weight"))
-      throw Error(cat("'", cfg.model, "' has no score.weight: convert the ", runner.spec().architecture, " checkpoint again"));
-    const auto shape = file.weight_shape("score.weight");
-    const auto hf = file.text("config", "hf_config.json");
-    ctx.classifier = std::make_shared<const Classifier>(
-        make_classifier(hf ? nlohmann::json::parse(*hf, nullptr, false) : nlohmann::json::object(),
-                        file.read_all_f32("score.weight"), shape.empty() ? 0 : shape[0], runner.spec().hidden_size));
+    const int64_t H = runner.spec().hidden_size;
+    const auto overrides = cfg.hf_overrides.empty() ? nlohmann::json::object() : nlohmann::json::parse(cfg.hf_overrides);
+    if (overrides.contains("classifier_from_token")) {
+      // A causal LM made a classifier by hf_overrides (Qwen3-Reranker): rows of its language-model head.
+      const auto& names = overrides["classifier_from_token"];
+      if (!names.is_array() || names.empty()) throw Error("hf_overrides: classifier_from_token must be a list of tokens");
+      if (!tok) throw Error("hf_overrides: classifier_from_token needs the model's tokenizer");
+      const std::string head = runner.spec().tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+      std::vector<float> rows;
+      for (const auto& name : names) {
+        const auto id = name.is_string() ? tok->token_to_id(name.get<std::string>()) : std::nullopt;
+        if (!id) throw Error(cat("hf_overrides: classifier_from_token ", name.dump(), " is not a token of the vocabulary"));
+        const std::vector<float> row = file.read_f32(head, *id, 1, 0, H);
+        rows.insert(rows.end(), row.begin(), row.end());
+      }
+      ctx.classifier = std::make_shared<const Classifier>(
+          classifier_from_token_rows(overrides, std::move(rows), static_cast<int64_t>(names.size()), H));
+    } else {
+      if (!file.has_weight("score.weight"))
+        throw Error(cat("'", cfg.model, "' has no score.weight: convert the ", runner.spec().architecture, " checkpoint again"));
+      const auto shape = file.weight_shape("score.weight");
+      const auto hf = file.text("config", "hf_config.json");
+      ctx.classifier = std::make_shared<const Classifier>(
+          make_classifier(hf ? nlohmann::json::parse(*hf, nullptr, false) : nlohmann::json::object(),
+                          file.read_all_f32("score.weight"), shape.empty() ? 0 : shape[0], H));
+    }
   }
   if (!cfg.hf_overrides.empty()) read_matryoshka(ctx.pooler, nlohmann::json::parse(cfg.hf_overrides, nullptr, false));
   apply_pooler_config(ctx.pooler, cfg.pooler_config);
