@@ -3,7 +3,8 @@
 # CUDA; cuda_tests; the GPU golden tests of the fixture models present under FIXTURES (the device tool's
 # tree holds 64 MiB: tiny-qwen2 alone fits beside the code) and of tiny-qwen3 / tiny-qwen3-yarn, made
 # there (with transformers' Qwen3ForCausalLM compared with their numpy goldens when torch is present),
-# and tiny-qwen3-embed's /v1/embeddings on the CUDA backend (tests/server/test_embeddings.py);
+# and tiny-qwen3-embed's /v1/embeddings on the CUDA backend (tests/server/test_embeddings.py), and the
+# classifiers' /classify, /score and /rerank (tests/server/test_classify.py);
 # the engine golden cases with tp = 1 on the CUDA backend; the server suite on the CUDA backend; and the
 # batch-1 decode (TPOT at 1 and 2 sequences) of each CONFIG_JSON shape. Each part is skipped once
 # DEADLINE seconds (default 540) are near, so the call ends inside the tool's limit; a summary line per
@@ -43,12 +44,15 @@ for m in tiny-qwen2 tiny-llama3; do
   [ -d "$fixtures/models/$m" ] && build/llmserve-convert "$fixtures/models/$m" -o "build/test-models/$m.h5" --force \
     >>"$out/logs/convert.log" 2>&1 && models+=("$m")
 done
-for v in "" yarn embed; do
-  if ! { python3 tests/model/make_tiny_qwen3.py "$fixtures" "$qf" $v &&
-         build/llmserve-convert "$qf/models/tiny-qwen3${v:+-$v}" -o "build/test-models/tiny-qwen3${v:+-$v}.h5" --force; } \
-       >>"$out/logs/convert.log" 2>&1; then
-    say "tiny-qwen3${v:+-$v}: not made (see convert.log)"
-  fi
+for v in "" yarn embed classify; do
+  made=("tiny-qwen3${v:+-$v}")
+  [ "$v" = classify ] && made=(tiny-qwen3-classify tiny-qwen3-rerank)
+  ok=1
+  python3 tests/model/make_tiny_qwen3.py "$fixtures" "$qf" $v >>"$out/logs/convert.log" 2>&1 || ok=0
+  for m in "${made[@]}"; do
+    [ $ok = 1 ] && build/llmserve-convert "$qf/models/$m" -o "build/test-models/$m.h5" --force >>"$out/logs/convert.log" 2>&1 || ok=0
+  done
+  [ $ok = 1 ] || say "${made[*]}: not made (see convert.log)"
 done
 
 if want cuda && time_left 120 cuda_tests; then
@@ -115,6 +119,11 @@ if want server && [ -f build/test-models/tiny-qwen3-embed.h5 ] && time_left 60 "
   LLMSERVE_TEST_BACKEND=cuda timeout $((deadline - SECONDS - 20)) python3 tests/server/test_embeddings.py build "$qf" >"$out/logs/embeddings.log" 2>&1
   say "embeddings (CUDA) rc=$?: $(tail -1 "$out/logs/embeddings.log")"
   grep "^FAIL" "$out/logs/embeddings.log" | head -5 | tee -a "$out/summary.txt"
+fi
+if want server && [ -f build/test-models/tiny-qwen3-classify.h5 ] && time_left 60 "classify"; then
+  LLMSERVE_TEST_BACKEND=cuda timeout $((deadline - SECONDS - 20)) python3 tests/server/test_classify.py build "$qf" >"$out/logs/classify.log" 2>&1
+  say "classify (CUDA) rc=$?: $(tail -1 "$out/logs/classify.log")"
+  grep "^FAIL" "$out/logs/classify.log" | head -5 | tee -a "$out/summary.txt"
 fi
 
 if want decode; then
