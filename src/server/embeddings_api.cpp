@@ -140,6 +140,15 @@ std::vector<float> finish_embedding(const std::vector<float>& pooled, std::optio
 
 namespace {
 
+// encoding_format: float (the default) or base64 of little-endian float32.
+void read_encoding_format(const json& body, EmbeddingOptions& opt) {
+  if (!body.contains("encoding_format") || body["encoding_format"].is_null()) return;
+  const json& f = body["encoding_format"];
+  if (!f.is_string() || (f != "float" && f != "base64"))
+    throw bad("'encoding_format' must be \"float\" or \"base64\"", "encoding_format");
+  opt.base64 = f == "base64";
+}
+
 // A pooling request's prompts (the embeddings and classification APIs): `messages` rendered by the chat
 // template (vLLM's chat form: without a generation prompt unless asked), or `input` (a text, texts,
 // token ids or lists of them); truncate_prompt_tokens and priority. Sets r.model.
@@ -210,12 +219,7 @@ GenerationRequest parse_embeddings(const ojson& as_sent, const ApiContext& ctx) 
   GenerationRequest r;
   auto opt = std::make_shared<EmbeddingOptions>();
   read_pooling_inputs(as_sent, body, ctx, r);
-  if (given("encoding_format")) {
-    const json& f = body["encoding_format"];
-    if (!f.is_string() || (f != "float" && f != "base64"))
-      throw bad("'encoding_format' must be \"float\" or \"base64\"", "encoding_format");
-    opt->base64 = f == "base64";
-  }
+  read_encoding_format(body, *opt);
   opt->normalize = ctx.pooler.normalize;
   if (given("normalize")) {
     if (!body["normalize"].is_boolean()) throw bad("'normalize' must be a boolean", "normalize");
@@ -246,6 +250,17 @@ GenerationRequest parse_embeddings(const ojson& as_sent, const ApiContext& ctx) 
   return r;
 }
 
+GenerationRequest parse_pooling(const ojson& as_sent, const ApiContext& ctx) {
+  if (!as_sent.is_object()) throw HttpError(400, "the request body must be a JSON object");
+  if (!ctx.pooling) throw bad("The model does not support Pooling API (serve an embedding model or a classifier)", "");
+  GenerationRequest r = ctx.classifier ? parse_classify(as_sent, ctx) : parse_embeddings(as_sent, ctx);
+  auto opt = std::make_shared<EmbeddingOptions>(*r.embedding);
+  opt->pooling_api = true;
+  if (ctx.classifier) read_encoding_format(json::parse(json_text(as_sent)), *opt);
+  r.embedding = std::move(opt);
+  return r;
+}
+
 GenerationRequest parse_classify(const ojson& as_sent, const ApiContext& ctx) {
   if (!as_sent.is_object()) throw HttpError(400, "the request body must be a JSON object");
   if (!ctx.classifier)
@@ -267,7 +282,7 @@ GenerationRequest parse_classify(const ojson& as_sent, const ApiContext& ctx) {
 json embedding_response(const std::string& id, const GenerationRequest& r, const ApiContext& ctx,
                         const std::vector<RequestOutput>& outputs) {
   const EmbeddingOptions& o = *r.embedding;
-  if (o.api == EmbeddingOptions::Api::Classify) {
+  if (o.api == EmbeddingOptions::Api::Classify && !o.pooling_api) {
     json data = json::array();
     int64_t prompt = 0;
     for (size_t i = 0; i < outputs.size(); ++i) {
@@ -279,7 +294,7 @@ json embedding_response(const std::string& id, const GenerationRequest& r, const
     return {{"id", id}, {"object", "list"}, {"created", ctx.created}, {"model", r.model}, {"data", data},
             {"usage", {{"prompt_tokens", prompt}, {"total_tokens", prompt}, {"completion_tokens", 0}}}};
   }
-  if (o.api != EmbeddingOptions::Api::Embeddings) {
+  if (o.api == EmbeddingOptions::Api::Score || o.api == EmbeddingOptions::Api::Rerank) {
     // Each pair's cosine similarity (a cross-encoder: its sequence's score); its prompt tokens are both
     // texts' (vLLM counts a pair's tokens).
     const size_t pairs = outputs.size() - o.n1;
@@ -313,14 +328,22 @@ json embedding_response(const std::string& id, const GenerationRequest& r, const
   }
   json data = json::array();
   int64_t prompt = 0;
+  // (the embeddings API's list, and the pooling API's: a classifier's label scores there)
+  const char* key = o.pooling_api ? "data" : "embedding";
   for (size_t i = 0; i < outputs.size(); ++i) {
-    const std::vector<float> v = finish_embedding(outputs[i].embedding, r.embedding->dimensions, r.embedding->normalize);
-    json e = {{"index", i}, {"object", "embedding"}};
-    if (r.embedding->base64) {
-      // (little-endian float32, as OpenAI's clients decode it: the hosts llmserve runs on are little-endian)
-      e["embedding"] = base64_encode(v.data(), v.size() * sizeof(float));
+    std::vector<float> v;
+    if (o.api == EmbeddingOptions::Api::Classify) {
+      const std::vector<double> p = ctx.classifier->scores(outputs[i].embedding, o.activation);
+      v.assign(p.begin(), p.end());
     } else {
-      e["embedding"] = v;
+      v = finish_embedding(outputs[i].embedding, o.dimensions, o.normalize);
+    }
+    json e = {{"index", i}, {"object", o.pooling_api ? "pooling" : "embedding"}};
+    if (o.base64) {
+      // (little-endian float32, as OpenAI's clients decode it: the hosts llmserve runs on are little-endian)
+      e[key] = base64_encode(v.data(), v.size() * sizeof(float));
+    } else {
+      e[key] = v;
     }
     data.push_back(std::move(e));
     prompt += outputs[i].prompt_tokens;

@@ -31,6 +31,9 @@ struct EmbeddingOptions {
   int64_t top_n = 0;
   bool activation = true;
   bool cross = false;
+  // vLLM's pooling API (POST /pooling): each prompt's pooler output as {"index", "object": "pooling",
+  // "data"}: the embedding (as the embeddings API makes it) or a classifier's label scores.
+  bool pooling_api = false;
 };
 
 // Parses and validates (throws HttpError 400/404 with a clear message); the result's prompts each become
@@ -41,6 +44,9 @@ GenerationRequest parse_embeddings(const nlohmann::ordered_json& body, const Api
 // similarities) or a one-label classifier (a cross-encoder); pairs 1:1, 1:N or N:N. Throws HttpError
 // 400/404 with vLLM's messages.
 GenerationRequest parse_score(const nlohmann::ordered_json& body, const ApiContext& ctx, bool rerank);
+// vLLM's pooling API (POST /pooling) on a pooling model: the embeddings API's request on an embedding
+// model, the classification API's on a classifier (and encoding_format on either). Throws HttpError.
+GenerationRequest parse_pooling(const nlohmann::ordered_json& body, const ApiContext& ctx);
 // vLLM's classification API (POST /classify) on a classifier: `input` (or `messages`) as the embeddings
 // API takes it, `activation` / `use_activation`, truncate_prompt_tokens, priority. Throws HttpError.
 GenerationRequest parse_classify(const nlohmann::ordered_json& body, const ApiContext& ctx);
@@ -51,8 +57,9 @@ double cosine_similarity(const std::vector<float>& a, const std::vector<float>& 
 // their L2 norm when `normalize` (a zero vector stays zero).
 std::vector<float> finish_embedding(const std::vector<float>& pooled, std::optional<int64_t> dimensions, bool normalize);
 // The response: {"id", "object": "list", "created", "model", "data": [{"index", "object": "embedding",
-// "embedding"}], "usage"}; outputs[i] belongs to prompts[i]. Score, rerank and classify requests get
-// their APIs' responses (classify: data [{"index", "label", "probs", "num_classes"}]).
+// "embedding"}], "usage"}; outputs[i] belongs to prompts[i]. Score, rerank, classify and pooling requests
+// get their APIs' responses (classify: data [{"index", "label", "probs", "num_classes"}]; pooling: data
+// [{"index", "object": "pooling", "data"}]).
 nlohmann::json embedding_response(const std::string& id, const GenerationRequest& r, const ApiContext& ctx,
                                   const std::vector<RequestOutput>& outputs);
 // Standard base64 (RFC 4648, padded) of bytes.

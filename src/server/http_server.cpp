@@ -165,6 +165,7 @@ class Session : public std::enable_shared_from_this<Session> {
                                    {"/score", http::verb::post},      {"/v1/score", http::verb::post},
                                    {"/rerank", http::verb::post},     {"/v1/rerank", http::verb::post},
                                    {"/v2/rerank", http::verb::post},  {"/classify", http::verb::post},
+                                   {"/pooling", http::verb::post},
                                    // (a stored response: /v1/responses/{id}, /v1/responses/{id}/cancel)
                                    {"/v1/responses/*", http::verb::get}, {"/v1/responses/*", http::verb::delete_},
                                    {"/v1/responses/*/cancel", http::verb::post}};
@@ -200,6 +201,7 @@ class Session : public std::enable_shared_from_this<Session> {
              : path == "/score" || path == "/v1/score" ? Api::Score
              : rerank                                 ? Api::Rerank
              : path == "/classify"                    ? Api::Classify
+             : path == "/pooling"                     ? Api::Pooling
                                                       : Api::Completion);
   }
 
@@ -257,7 +259,7 @@ class Session : public std::enable_shared_from_this<Session> {
     bool logged = false;  // its access line written
   };
 
-  enum class Api { Completion, Chat, Responses, Embeddings, Score, Rerank, Classify };
+  enum class Api { Completion, Chat, Responses, Embeddings, Score, Rerank, Classify, Pooling };
   void generate(Api api) {
     auto p = std::make_shared<Pending>();
     const auto body = parse_json<nlohmann::ordered_json>(req_.body());
@@ -268,6 +270,7 @@ class Session : public std::enable_shared_from_this<Session> {
              : api == Api::Embeddings ? parse_embeddings(body, ctx_)
              : api == Api::Score || api == Api::Rerank ? parse_score(body, ctx_, api == Api::Rerank)
              : api == Api::Classify   ? parse_classify(body, ctx_)
+             : api == Api::Pooling    ? parse_pooling(body, ctx_)
                                       : parse_completion(body, ctx_);
     p->id = random_id(api == Api::Chat         ? "chatcmpl-"
                       : api == Api::Responses  ? "resp_"
@@ -275,6 +278,7 @@ class Session : public std::enable_shared_from_this<Session> {
                       : api == Api::Score      ? "score-"
                       : api == Api::Rerank     ? "rerank-"
                       : api == Api::Classify   ? "classify-"
+                      : api == Api::Pooling    ? "pool-"
                                                : "cmpl-");
     if (p->req.responses && p->req.stream) p->events = std::make_unique<ResponsesStream>(p->id, p->req, ctx_);
     const size_t n = p->req.prompts.size();

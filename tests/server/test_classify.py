@@ -6,6 +6,7 @@ goldens of the head over the last position's final-norm hidden state; the reques
 errors. Prints one line per check and 'N passed, N failed'. LLMSERVE_TEST_BACKEND=cuda runs the servers on
 one GPU in float32.
 Usage: test_classify.py BUILD_DIR QWEN3_FIXTURES"""
+import base64
 import concurrent.futures
 import json
 import math
@@ -50,6 +51,15 @@ def classify_checks(s):
     st, r = s.post("/classify", {"input": P[2]["ids"], "activation": False})
     check("classify: activation false gives the head's logits",
           st == 200 and worst(r["data"][0]["probs"], P[2]["logits"]) <= 1e-4 * max(map(abs, P[2]["logits"])), str(r)[:300])
+    st, r = s.post("/pooling", {"input": [P[3]["ids"], P[4]["ids"]]})
+    check("pooling API on a classifier: each prompt's label scores",
+          st == 200 and r["id"].startswith("pool-") and [d["object"] for d in r["data"]] == ["pooling", "pooling"]
+          and worst(r["data"][0]["data"], P[3]["scores"]) <= TOL and worst(r["data"][1]["data"], P[4]["scores"]) <= TOL
+          and r["usage"]["prompt_tokens"] == len(P[3]["ids"]) + len(P[4]["ids"]), str(r)[:300])
+    st, r = s.post("/pooling", {"input": P[3]["ids"], "encoding_format": "base64", "activation": False})
+    got = list(struct.unpack("<3f", base64.b64decode(r["data"][0]["data"]))) if st == 200 else []
+    check("pooling API on a classifier: base64, activation false (the logits)",
+          st == 200 and worst(got, P[3]["logits"]) <= 1e-4 * max(map(abs, P[3]["logits"])), str(r)[:300])
     st, r = s.post("/classify", {"input": P[0]["ids"], "use_activation": "yes"})
     check("classify: a non-boolean use_activation refused", st == 400 and "'use_activation' must be a boolean" in r["error"]["message"], str(r)[:200])
     st, r = s.post("/classify", {"input": []})

@@ -55,6 +55,11 @@ def main():
     s = ts.Server(model=MODEL)  # tp=2; the checkpoint's own pooler: LAST, normalized
     try:
         goldens_match(s, "last", "LAST (the Sentence Transformers config)")
+        st, r = s.post("/pooling", {"input": [GOLDEN[5]["ids"], GOLDEN[6]["ids"]]})
+        check("pooling API on an embedding model: the embeddings, as {index, object pooling, data}",
+              st == 200 and r["id"].startswith("pool-") and [d["object"] for d in r["data"]] == ["pooling", "pooling"]
+              and worst(r["data"][0]["data"], GOLDEN[5]["last"]) <= TOL and worst(r["data"][1]["data"], GOLDEN[6]["last"]) <= TOL,
+              str(r)[:300])
         st, r = embed(s, {"input": "The capital of France is", "model": "tiny"})
         p = GOLDEN[1]
         check("a text is tokenized as the goldens' prompt and embedded", st == 200 and worst(r["data"][0]["embedding"], p["last"]) <= TOL
@@ -188,6 +193,8 @@ def main():
         check("score on a generative model refused (400)", st == 400 and "does not support Score API" in r["error"]["message"], str(r)[:200])
         st, r = s.post("/classify", {"input": "hi"})
         check("classify on a generative model refused (400)", st == 400 and "does not support Classification API" in r["error"]["message"], str(r)[:200])
+        st, r = s.post("/pooling", {"input": "hi"})
+        check("pooling on a generative model refused (400)", st == 400 and "does not support Pooling API" in r["error"]["message"], str(r)[:200])
     finally:
         s.stop()
     s = ts.Server("--convert", "embed", model=os.path.join(ts.BUILD, "test-models", "tiny-qwen3.h5"))
