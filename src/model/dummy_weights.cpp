@@ -82,24 +82,29 @@ std::vector<float> DummyWeights::read_f32(const std::string& name, int64_t r0, i
   return out;
 }
 
+nlohmann::json dummy_hf_config(const std::string& model, const std::string& hf_overrides) {
+  const std::string path = ends_with(model, ".json") ? model : model + "/config.json";
+  std::ifstream f(path);
+  if (!f) throw Error(cat("load_format dummy: cannot read '", path, "' (give a config.json, its directory or an .h5 file)"));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  try {
+    nlohmann::json cfg = nlohmann::json::parse(ss.str());
+    if (!hf_overrides.empty()) cfg.merge_patch(nlohmann::json::parse(hf_overrides));
+    return cfg;
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(cat("'", path, "': ", e.what()));
+  }
+}
+
 ModelSpec dummy_model_spec(const std::string& model, const std::string& hf_overrides) {
   if (is_model_file_path(model)) {
     ModelSpec s = ModelFile(model).spec();
     if (!hf_overrides.empty()) apply_hf_overrides(s, hf_overrides);
     return s;
   }
+  const nlohmann::json cfg = dummy_hf_config(model, hf_overrides);
   const std::string path = ends_with(model, ".json") ? model : model + "/config.json";
-  std::ifstream f(path);
-  if (!f) throw Error(cat("load_format dummy: cannot read '", path, "' (give a config.json, its directory or an .h5 file)"));
-  std::stringstream ss;
-  ss << f.rdbuf();
-  nlohmann::json cfg;
-  try {
-    cfg = nlohmann::json::parse(ss.str());
-    if (!hf_overrides.empty()) cfg.merge_patch(nlohmann::json::parse(hf_overrides));
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(cat("'", path, "': ", e.what()));
-  }
   try {
     ModelSpec s = model_spec_from_hf_config(cfg);
     model_spec_validate(s);

@@ -21,6 +21,8 @@ class DummyWeights : public WeightSource {
   std::vector<int64_t> weight_shape(const std::string& name) const override;
   std::vector<float> read_f32(const std::string& name, int64_t r0, int64_t nr, int64_t c0 = 0,
                               int64_t nc = 1) const override;
+  // A tensor beyond the model's own (a classifier's score.weight), made up the same way.
+  void add(const std::string& name, std::vector<int64_t> shape) { shapes_[name] = std::move(shape); }
 
  private:
   ModelSpec spec_;
@@ -33,6 +35,9 @@ class DummyWeights : public WeightSource {
 // an llmserve .h5 file (its stored spec). `hf_overrides` (a JSON object, may be empty) replaces
 // config.json fields first, e.g. {"num_hidden_layers": 2}. Throws Error naming the file.
 ModelSpec dummy_model_spec(const std::string& model, const std::string& hf_overrides);
+// The config.json object of a dummy model given by its config.json or a directory holding one, with
+// `hf_overrides` merged in. Throws Error naming the file.
+nlohmann::json dummy_hf_config(const std::string& model, const std::string& hf_overrides);
 
 // True when `model` names an llmserve HDF5 file (by its .h5 / .hdf5 extension).
 bool is_model_file_path(const std::string& model);

@@ -167,8 +167,8 @@ check "a classifier refuses the generate runner" 1 "runner generate: Qwen2ForSeq
   "$llmserve" serve --model "$work/cls.h5" --runner generate --port 18733
 python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["architectures"] = ["Qwen2ForSequenceClassification"]; json.dump(c, open(sys.argv[2], "w"))' \
   "$fixtures/models/tiny-qwen2/config.json" "$work/cls-config.json"
-check "serve: a classifier with dummy weights" 1 "with load_format dummy: a classifier's score.weight is read from the converted file" --once -- \
-  "$llmserve" serve "$work/cls-config.json" --load-format dummy --port 18732
+check "serve: classifier_from_token with dummy weights" 1 "hf_overrides: classifier_from_token reads a converted model's head rows \(not load_format dummy\)" --once -- \
+  "$llmserve" serve "$work/cls-config.json" --load-format dummy --hf-overrides '{"classifier_from_token": ["no", "yes"]}' --port 18732
 # A causal LM made a classifier by hf_overrides (Qwen3-Reranker as vLLM serves it).
 check "hf_overrides: a classifier of another family" 1 "hf_overrides: architectures may only be \[\"Qwen2ForSequenceClassification\"\] on this model" -- \
   "$llmserve" logits "$work/good.yaml" --hf-overrides '{"architectures": ["LlamaForSequenceClassification"], "classifier_from_token": ["no", "yes"]}' --prompt-ids 1

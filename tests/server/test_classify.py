@@ -129,6 +129,15 @@ def main():
         rerank_checks(s)
     finally:
         s.stop()
+    # load_format dummy from the classifier's config.json: its labels, a made-up score matrix (deterministic).
+    s = ts.Server("--load-format", "dummy", model=os.path.join(sys.argv[2], "models", "tiny-qwen3-classify", "config.json"))
+    try:
+        st, r = s.post("/classify", {"input": [GOLD["classify"]["public"][1]["ids"]] * 2})
+        ok = st == 200 and all(d["num_classes"] == 3 and abs(sum(d["probs"]) - 1) < 1e-6 and d["label"] in GOLD["classify"]["labels"]
+                               for d in r["data"]) and r["data"][0]["probs"] == r["data"][1]["probs"]
+        check("load_format dummy: a classifier of the config's 3 labels (softmax, id2label)", ok, str(r)[:300])
+    finally:
+        s.stop()
     s = ts.Server("--hf-overrides", '{"architectures": ["Qwen3ForSequenceClassification"], "classifier_from_token": ["no", "yes"], '
                   '"is_original_qwen3_reranker": true}', model=os.path.join(MODELS, "tiny-qwen3.h5"))
     try:

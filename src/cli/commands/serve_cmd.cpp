@@ -13,6 +13,7 @@
 #include "config/config.h"
 #include "dist/collective_check.h"
 #include "engine/engine.h"
+#include "model/dummy_weights.h"
 #include "model/model_file.h"
 #include "model/pooler_config.h"
 #include "model/runner.h"
@@ -21,6 +22,58 @@
 #include "tokenizer/tokenizer.h"
 
 namespace llmserve {
+
+namespace {
+
+// The classify task's head (convert embed pools a classifier's hidden states as an embedding model
+// instead): the converted file's score matrix; a causal LM's head rows named by hf_overrides
+// classifier_from_token; or, with load_format dummy from a config.json, a score matrix of its labels
+// made up like the other weights.
+std::shared_ptr<const Classifier> load_classifier(const Config& cfg, const ModelRunner& runner, const Tokenizer* tok) {
+  const int64_t H = runner.spec().hidden_size;
+  const auto overrides = cfg.hf_overrides.empty() ? nlohmann::json::object() : nlohmann::json::parse(cfg.hf_overrides);
+  if (!model_has_file(cfg)) {
+    // load_format dummy from a config.json: a score head of its labels made up like the other weights.
+    if (overrides.contains("classifier_from_token"))
+      throw Error("hf_overrides: classifier_from_token reads a converted model's head rows (not load_format dummy)");
+    const nlohmann::json hf = dummy_hf_config(cfg.model, cfg.hf_overrides);
+    int64_t labels = 2;  // (transformers' default)
+    if (hf.contains("id2label") && hf["id2label"].is_object() && !hf["id2label"].empty())
+      labels = static_cast<int64_t>(hf["id2label"].size());
+    if (hf.contains("num_labels") && hf["num_labels"].is_number_integer()) labels = hf["num_labels"].get<int64_t>();
+    if (labels < 1) throw Error(cat("'", cfg.model, "': num_labels must be at least 1"));
+    DummyWeights dummy(runner.spec(), cfg.model, static_cast<uint64_t>(cfg.seed));
+    dummy.add("score.weight", {labels, H});
+    return std::make_shared<const Classifier>(
+        make_classifier(hf, dummy.read_f32("score.weight", 0, labels, 0, H), labels, H));
+  }
+  ModelFile file(cfg.model);
+  if (overrides.contains("classifier_from_token")) {
+    // A causal LM made a classifier by hf_overrides (Qwen3-Reranker): rows of its language-model head.
+    const auto& names = overrides["classifier_from_token"];
+    if (!names.is_array() || names.empty()) throw Error("hf_overrides: classifier_from_token must be a list of tokens");
+    if (!tok) throw Error("hf_overrides: classifier_from_token needs the model's tokenizer");
+    const std::string head = runner.spec().tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+    std::vector<float> rows;
+    for (const auto& name : names) {
+      const auto id = name.is_string() ? tok->token_to_id(name.get<std::string>()) : std::nullopt;
+      if (!id) throw Error(cat("hf_overrides: classifier_from_token ", name.dump(), " is not a token of the vocabulary"));
+      const std::vector<float> row = file.read_f32(head, *id, 1, 0, H);
+      rows.insert(rows.end(), row.begin(), row.end());
+    }
+    return std::make_shared<const Classifier>(
+        classifier_from_token_rows(overrides, std::move(rows), static_cast<int64_t>(names.size()), H));
+  }
+  if (!file.has_weight("score.weight"))
+    throw Error(cat("'", cfg.model, "' has no score.weight: convert the ", runner.spec().architecture, " checkpoint again"));
+  const auto shape = file.weight_shape("score.weight");
+  const auto hf = file.text("config", "hf_config.json");
+  return std::make_shared<const Classifier>(
+      make_classifier(hf ? nlohmann::json::parse(*hf, nullptr, false) : nlohmann::json::object(),
+                      file.read_all_f32("score.weight"), shape.empty() ? 0 : shape[0], H));
+}
+
+}  // namespace
 
 ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique_ptr<Tokenizer>& tok,
                        std::unique_ptr<ChatTemplate>& chat) {
@@ -63,40 +116,8 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
   ctx.trust_request_chat_template = cfg.trust_request_chat_template;
   ctx.hidden_size = runner.spec().hidden_size;
   ctx.pooling = resolve_runner(cfg.runner, cfg.convert, sentence_transformers, runner.spec().architecture) == "pooling";
-  if (ctx.pooling && is_sequence_classifier(runner.spec().architecture) && cfg.convert != "embed") {
-    // The classify task: the head's score matrix from the converted file (convert embed pools the hidden
-    // states as an embedding model instead).
-    if (!model_has_file(cfg))
-      throw Error(cat(runner.spec().architecture, " with load_format dummy: a classifier's score.weight is read from the "
-                      "converted file (serve that, or give convert embed)"));
-    ModelFile file(cfg.model);
-    const int64_t H = runner.spec().hidden_size;
-    const auto overrides = cfg.hf_overrides.empty() ? nlohmann::json::object() : nlohmann::json::parse(cfg.hf_overrides);
-    if (overrides.contains("classifier_from_token")) {
-      // A causal LM made a classifier by hf_overrides (Qwen3-Reranker): rows of its language-model head.
-      const auto& names = overrides["classifier_from_token"];
-      if (!names.is_array() || names.empty()) throw Error("hf_overrides: classifier_from_token must be a list of tokens");
-      if (!tok) throw Error("hf_overrides: classifier_from_token needs the model's tokenizer");
-      const std::string head = runner.spec().tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-      std::vector<float> rows;
-      for (const auto& name : names) {
-        const auto id = name.is_string() ? tok->token_to_id(name.get<std::string>()) : std::nullopt;
-        if (!id) throw Error(cat("hf_overrides: classifier_from_token ", name.dump(), " is not a token of the vocabulary"));
-        const std::vector<float> row = file.read_f32(head, *id, 1, 0, H);
-        rows.insert(rows.end(), row.begin(), row.end());
-      }
-      ctx.classifier = std::make_shared<const Classifier>(
-          classifier_from_token_rows(overrides, std::move(rows), static_cast<int64_t>(names.size()), H));
-    } else {
-      if (!file.has_weight("score.weight"))
-        throw Error(cat("'", cfg.model, "' has no score.weight: convert the ", runner.spec().architecture, " checkpoint again"));
-      const auto shape = file.weight_shape("score.weight");
-      const auto hf = file.text("config", "hf_config.json");
-      ctx.classifier = std::make_shared<const Classifier>(
-          make_classifier(hf ? nlohmann::json::parse(*hf, nullptr, false) : nlohmann::json::object(),
-                          file.read_all_f32("score.weight"), shape.empty() ? 0 : shape[0], H));
-    }
-  }
+  if (ctx.pooling && is_sequence_classifier(runner.spec().architecture) && cfg.convert != "embed")
+    ctx.classifier = load_classifier(cfg, runner, tok.get());
   if (!cfg.hf_overrides.empty()) read_matryoshka(ctx.pooler, nlohmann::json::parse(cfg.hf_overrides, nullptr, false));
   apply_pooler_config(ctx.pooler, cfg.pooler_config);
   if (ctx.pooler.dimensions && *ctx.pooler.dimensions > ctx.hidden_size)
