@@ -103,10 +103,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // one head of q, k or v) computes both dot products, rotates q and k pairs by the token's position, and
 // writes q (float32) and k, v (into the caches at the token's slot).
 // HN (Qwen3's q_norm / k_norm; one token, M = 1): each query and key head is RMS-normalized before
-// RoPE, as head_norm_rope_kv_k does after a GEMM. A head's D/2 pairs are D/16 consecutive blocks, launched as one
-// thread block cluster: each block sums its pairs' squares, the cluster's blocks read each other's sums
-// from distributed shared memory (two cluster barriers, hardware ones), and every pair then finishes
-// with the head's norm. Value heads take part in the barriers and are written unnormalized.
+// RoPE, as head_norm_rope_kv_k does after a GEMM. A head's D/2 pairs are D/16 consecutive blocks,
+// launched as one thread block cluster: each block sums its pairs' squares, the cluster's blocks read
+// each other's sums from distributed shared memory (two cluster barriers, hardware ones), and every
+// pair then finishes with the head's norm. Value heads take part in the barriers and are written
+// unnormalized.
 template <typename T, typename TW, int M, bool HN>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     qkv_rope_k(const float* x, const T* norm_w, float eps, int64_t K, QkvRope a) {
@@ -280,8 +281,8 @@ void head_norm_rope_kv_write_rows(const float* q_in, int64_t q_stride, float* q_
 
 bool qkv_head_norm_fits(int64_t D) {
   static const bool clusters = hopper_feature("LLMSERVE_QKV_HEAD_NORM");  // (=0: the three launches)
-  // A head's D/2 pairs in whole blocks: 1, 2, 4 or 8 of them (8: the portable cluster size; head sizes
-  // 16 to 128 in powers of two, the sizes tested).
+  // A head's D/2 pairs in whole blocks: 1, 2, 4 or 8 of them (8: the portable cluster size), head sizes
+  // 16 to 128 in powers of two (32, 64 and 128 run on a GPU: tiny-qwen3, the CudaOps test, Qwen3-1.7B).
   const int64_t blocks = D / (2 * kWarpsPerBlock);
   return clusters && D % (2 * kWarpsPerBlock) == 0 && (blocks == 1 || blocks == 2 || blocks == 4 || blocks == 8);
 }

@@ -110,6 +110,17 @@ GenerationRequest parse_score(const ojson& as_sent, const ApiContext& ctx, bool 
   return r;
 }
 
+const char* response_id_prefix(const EmbeddingOptions& o) {
+  if (o.pooling_api) return "pool-";
+  switch (o.api) {
+    case EmbeddingOptions::Api::Score: return "score-";
+    case EmbeddingOptions::Api::Rerank: return "rerank-";
+    case EmbeddingOptions::Api::Classify: return "classify-";
+    case EmbeddingOptions::Api::Embeddings: break;
+  }
+  return "embd-";
+}
+
 std::string base64_encode(const void* data, size_t n) {
   static const char* abc = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
   const auto* b = static_cast<const unsigned char*>(data);

@@ -62,6 +62,8 @@ std::vector<float> finish_embedding(const std::vector<float>& pooled, std::optio
 // [{"index", "object": "pooling", "data"}]).
 nlohmann::json embedding_response(const std::string& id, const GenerationRequest& r, const ApiContext& ctx,
                                   const std::vector<RequestOutput>& outputs);
+// The prefix of a response id, as vLLM's: embd-, score-, rerank-, classify- or pool-.
+const char* response_id_prefix(const EmbeddingOptions& o);
 // Standard base64 (RFC 4648, padded) of bytes.
 std::string base64_encode(const void* data, size_t bytes);
 

@@ -272,14 +272,10 @@ class Session : public std::enable_shared_from_this<Session> {
              : api == Api::Classify   ? parse_classify(body, ctx_)
              : api == Api::Pooling    ? parse_pooling(body, ctx_)
                                       : parse_completion(body, ctx_);
-    p->id = random_id(api == Api::Chat         ? "chatcmpl-"
-                      : api == Api::Responses  ? "resp_"
-                      : api == Api::Embeddings ? "embd-"
-                      : api == Api::Score      ? "score-"
-                      : api == Api::Rerank     ? "rerank-"
-                      : api == Api::Classify   ? "classify-"
-                      : api == Api::Pooling    ? "pool-"
-                                               : "cmpl-");
+    p->id = random_id(p->req.embedding        ? response_id_prefix(*p->req.embedding)
+                      : api == Api::Chat      ? "chatcmpl-"
+                      : api == Api::Responses ? "resp_"
+                                              : "cmpl-");
     if (p->req.responses && p->req.stream) p->events = std::make_unique<ResponsesStream>(p->id, p->req, ctx_);
     const size_t n = p->req.prompts.size();
     p->outputs.resize(n);

@@ -141,7 +141,7 @@ check "convert: a Sentence Transformers modules.json that is not a list" 1 "st-b
 # second shard of its own.
 mkdir -p "$work/cls" && cp "$fixtures"/models/tiny-qwen2/* "$work/cls/"
 python3 - "$work/cls" <<'PY'
-import json, struct, sys
+import json, sys
 d = sys.argv[1]
 cfg = json.load(open(f"{d}/config.json"))
 cfg["architectures"] = ["Qwen2ForSequenceClassification"]
@@ -149,20 +149,30 @@ json.dump(cfg, open(f"{d}/config.json", "w"))
 PY
 check "convert: a classifier without its score matrix" 1 "Qwen2ForSequenceClassification without its 'score.weight'" -- \
   "$convert" "$work/cls" -o "$work/cls.h5"
-python3 - "$work/cls" <<'PY'
+# (score_shard DIR ROWS COLS: a score matrix of that shape in a shard of its own, listed by the index)
+score_shard() {
+  python3 - "$@" <<'PY'
 import json, struct, sys
-d = sys.argv[1]
-h = json.dumps({"score.weight": {"dtype": "F32", "shape": [2, 64], "data_offsets": [0, 512]}}).encode()
+d, rows, cols = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+h = json.dumps({"score.weight": {"dtype": "F32", "shape": [rows, cols], "data_offsets": [0, 4 * rows * cols]}}).encode()
 h += b" " * (-len(h) % 8)
-open(f"{d}/score.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + struct.pack("<128f", *[0.01 * i for i in range(128)]))
+open(f"{d}/score.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + struct.pack(f"<{rows * cols}f", *[0.01 * i for i in range(rows * cols)]))
 main = json.loads(open(f"{d}/model.safetensors", "rb").read()[8:8 + struct.unpack("<Q", open(f"{d}/model.safetensors", "rb").read(8))[0]])
 wm = {k: "model.safetensors" for k in main if k != "__metadata__"}
 wm["score.weight"] = "score.safetensors"
 json.dump({"weight_map": wm}, open(f"{d}/model.safetensors.index.json", "w"))
 PY
+}
+score_shard "$work/cls" 2 32
+check "convert: a classifier's score matrix of the wrong width" 1 "'score.weight' must be \[num_labels, 64\]" -- \
+  "$convert" "$work/cls" -o "$work/cls.h5"
+score_shard "$work/cls" 2 64
 check "convert: a classifier" 0 "Qwen2ForSequenceClassification" -- "$convert" "$work/cls" -o "$work/cls.h5" --force
-check "logits on a classifier" 1 "logits makes text: Qwen2ForSequenceClassification is a classifier without a language-model head" -- \
-  "$llmserve" logits --model "$work/cls.h5" --prompt-ids 1
+check "logits on a classifier (2 ranks)" 1 "logits makes text: Qwen2ForSequenceClassification is a classifier without a language-model head" -- \
+  "$mpirun" 2 "$llmserve" logits --model "$work/cls.h5" -tp 2 --prompt-ids 1
+check "generate on a classifier (2 ranks)" 1 "generate makes text: Qwen2ForSequenceClassification is a classifier without a language-model head" -- \
+  "$mpirun" 2 "$llmserve" generate --model "$work/cls.h5" -tp 2 --input "$work/prompts.jsonl" --output "$work/cls-out.jsonl"
+[ -e "$work/cls-out.jsonl" ] && { failed=$((failed + 1)); echo "FAIL generate on a classifier left an output file"; }
 check "a classifier refuses the generate runner" 1 "runner generate: Qwen2ForSequenceClassification is a classifier without a language-model head" --once -- \
   "$llmserve" serve --model "$work/cls.h5" --runner generate --port 18733
 python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["architectures"] = ["Qwen2ForSequenceClassification"]; json.dump(c, open(sys.argv[2], "w"))' \

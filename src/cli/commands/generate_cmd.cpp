@@ -79,7 +79,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
   std::string input, output;
   agree(world, [&] { parse_batch_args(args, "generate", {"--input"}, {"--output"}, rank == 0, cfg, input, output); });
   ModelRunner runner(cfg, world);
-  refuse_classifier_text("generate", runner.spec().architecture);  // (every rank alike)
+  agree(world, [&] { refuse_classifier_text("generate", runner.spec().architecture); });
   if (rank != 0) return batch_worker(runner, world);  // (rank 0 validates the input and judges the run)
   std::vector<Job> jobs;
   std::unique_ptr<Tokenizer> tok;

@@ -243,7 +243,7 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
     if (!la.logits_output.empty()) check_writable(la.logits_output, "logits");
   });
   ModelRunner runner(cfg, world);
-  refuse_classifier_text("logits", runner.spec().architecture);  // (every rank alike)
+  agree(world, [&] { refuse_classifier_text("logits", runner.spec().architecture); });
   const int64_t V = runner.spec().vocab_size;
   const int32_t bs = static_cast<int32_t>(runner.block_size());
   agree(world, [&] {

@@ -4,8 +4,9 @@
 // /rerank, /v1/rerank or /v2/rerank (as the server: a model serves one kind or the other); each output
 // line, in input order, is {"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}:
 // the body the server would answer, or, for a line the server would refuse (or that fails while it
-// runs), status_code 400 (404 for an unknown model), body null and the error the server would send. The requests run together with
-// continuous batching; the output file appears whole when all have finished.
+// runs), status_code 400 (404 for an unknown model), body null and the error the server would send.
+// The requests run together with continuous batching; the output file appears whole when all have
+// finished.
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -137,16 +138,9 @@ int cmd_run_batch(const std::vector<std::string>& args, MPI_Comm world) {
   for (const BatchLine& l : lines) {
     json body = nullptr;
     if (l.error.is_null()) {
-      if (l.req.embedding) {  // embeddings, score, rerank
-        const auto api = l.req.embedding->api;
-        body = embedding_response(random_id(api == EmbeddingOptions::Api::Score    ? "score-"
-                                            : api == EmbeddingOptions::Api::Rerank ? "rerank-"
-                                                                                   : "embd-"),
-                                  l.req, ctx, l.outputs);
-      } else {
-        body = l.url == "/v1/chat/completions" ? chat_response(random_id("chatcmpl-"), l.req, ctx, l.outputs)
+      body = l.req.embedding ? embedding_response(random_id(response_id_prefix(*l.req.embedding)), l.req, ctx, l.outputs)
+             : l.url == "/v1/chat/completions" ? chat_response(random_id("chatcmpl-"), l.req, ctx, l.outputs)
                                                : completion_response(random_id("cmpl-"), l.req, ctx, l.outputs);
-      }
     } else {
       ++failed;
     }
