@@ -15,6 +15,7 @@
 
 #include "common/error.h"
 #include "common/json_text.h"
+#include "engine/speculative.h"
 #include "model/pooler_config.h"
 
 namespace llmserve {
@@ -145,6 +146,9 @@ const std::vector<Option>& options() {
       {"async_scheduling", Kind::Bool,
        "plan each step while the one before it runs, its decodes fed the tokens that step samples (vLLM's; pipeline_parallel_size 1): the host's scheduling and output work no longer leaves the device idle; a finished sequence wastes one token",
        [](Config& c, const std::string& v) { c.async_scheduling = parse_bool("async_scheduling", v); }},
+      {"speculative_config", Kind::String,
+       "JSON object (or YAML mapping) of vLLM's speculative decoding: method ngram (drafts by n-gram lookup in the sequence; draft models are not supported), num_speculative_tokens, prompt_lookup_max, prompt_lookup_min (default 5); each decode step verifies the drafts in one forward pass",
+       [](Config& c, const std::string& v) { c.speculative_config = v; }},
       {"scheduling_policy", Kind::String,
        "fcfs (first come, first served) or priority (vLLM's: requests are admitted by their `priority`, lower first, then arrival; when KV blocks run out the running sequence of the highest value, latest arrival, is preempted)",
        [](Config& c, const std::string& v) { c.scheduling_policy = v; }},
@@ -312,7 +316,7 @@ void config_load_yaml(Config& cfg, const std::string& path) {
     seen.push_back(key);
     if (v.IsNull()) continue;  // `api_key:` with no value leaves the default
     if ((key == "hf_overrides" || key == "override_generation_config" || key == "pooler_config" ||
-         key == "override_pooler_config") && v.IsMap()) {  // a mapping, as vLLM's YAML configs write it
+         key == "override_pooler_config" || key == "speculative_config") && v.IsMap()) {  // a mapping, as vLLM's YAML configs write it
       config_set(cfg, key, yaml_to_json(v).dump(), origin);
       continue;
     }
@@ -483,6 +487,14 @@ void config_validate(const Config& c) {
   if (c.async_scheduling && c.pipeline_parallel_size > 1)
     fail(cat("async_scheduling needs pipeline_parallel_size 1, got ", c.pipeline_parallel_size,
              " (pipeline stages already keep that many micro-batches in flight)"));
+  SpeculativeConfig spec;
+  try {
+    spec = parse_speculative_config(c.speculative_config);
+  } catch (const Error& e) {
+    fail(e.what());
+  }
+  if (spec.enabled() && c.async_scheduling)
+    fail("speculative_config needs async_scheduling off (a step's tokens are known only once its drafts are verified)");
   if (c.max_num_batched_tokens < 0)
     fail(cat("max_num_batched_tokens must be >= 0, got ", c.max_num_batched_tokens));
   if (c.port < 1 || c.port > 65535) fail(cat("port must be in 1..65535, got ", c.port));

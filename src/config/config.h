@@ -32,6 +32,7 @@ struct Config {
   bool enable_prefix_caching = true;
   bool enforce_eager = false;
   bool async_scheduling = false;     // plan the next step while one runs (pipeline_parallel_size 1)
+  std::string speculative_config;    // JSON object: vLLM's speculative decoding, method ngram (engine/speculative.h)
   std::string scheduling_policy = "fcfs";  // fcfs | priority (requests' `priority`: lower first, as vLLM)
   std::string host = "0.0.0.0";
   int port = 8000;

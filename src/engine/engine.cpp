@@ -25,6 +25,7 @@ SchedulerConfig scheduler_config(const ModelRunner& r) {
   s.num_host_blocks = r.num_host_blocks();
   s.async_scheduling = c.async_scheduling && r.topology().pp == 1;
   s.priority = c.scheduling_policy == "priority";
+  s.spec = parse_speculative_config(c.speculative_config);
   return s;
 }
 

@@ -48,10 +48,39 @@ Sampler::Sampler(Comm& tp, int64_t vocab_size, Range vocab, int64_t row_stride, 
     : tp_(tp), tensor_comm_(tp.size() > 1 ? tensor_comm : nullptr), vocab_size_(vocab_size), vocab_(vocab),
       stride_(row_stride) {}
 
+Sampler::SeqState& Sampler::state_of(const SeqStep& s) {
+  if (!row_state_.empty()) {
+    auto it = row_state_.find(&s);
+    if (it != row_state_.end()) return *it->second;
+  }
+  return state_.at(s.seq_id);
+}
+
+const Sampler::SeqState& Sampler::state_of(const SeqStep& s) const { return const_cast<Sampler*>(this)->state_of(s); }
+
+void Sampler::advance(SeqState& st) const {
+  const SamplingParams& p = st.params;
+  if (p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) index_history(st);
+  if (st.guide) feed_guide(st);
+}
+
 void Sampler::observe(const StepPlan& plan) {
-  for (uint64_t id : plan.finished) state_.erase(id);
+  row_state_.clear();
+  for (uint64_t id : plan.finished) state_.erase(id), drafts_.erase(id);
   for (const auto& s : plan.seqs) {
     SeqState& st = state_[s.seq_id];
+    auto prev = drafts_.find(s.seq_id);
+    if (prev != drafts_.end()) {
+      // Its step before fed drafts: unless all were accepted (st is then up to date), the copy of the
+      // state that the accepted tokens reach takes over.
+      if (!s.start)
+        for (SeqState& c : prev->second.states)
+          if (c.history.size() == static_cast<size_t>(s.num_computed)) {
+            st = std::move(c);
+            break;
+          }
+      drafts_.erase(prev);
+    }
     if (s.start) {
       st.params = s.start->params;
       st.seed = s.start->seed;
@@ -68,10 +97,24 @@ void Sampler::observe(const StepPlan& plan) {
       st.out_counts.clear();
       st.indexed = 0;
     }
-    st.history.insert(st.history.end(), s.tokens.begin(), s.tokens.end());
-    const SamplingParams& p = st.params;
-    if (p.repetition_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0) index_history(st);
-    if (st.guide) feed_guide(st);
+    const auto drafts = s.tokens.end() - s.num_draft;
+    st.history.insert(st.history.end(), s.tokens.begin(), drafts);
+    advance(st);
+    if (s.num_draft == 0) continue;
+    // A row before each draft: a stand-in step and the state as it is before that draft.
+    DraftRows& d = drafts_[s.seq_id];
+    d.steps.resize(static_cast<size_t>(s.num_draft));
+    d.states.reserve(static_cast<size_t>(s.num_draft));
+    for (int32_t j = 0; j < s.num_draft; ++j) {
+      d.states.push_back(st);
+      SeqStep& v = d.steps[static_cast<size_t>(j)];
+      v.seq_id = s.seq_id;
+      v.num_computed = s.num_computed;
+      v.sample = true;
+      st.history.push_back(drafts[j]);
+      advance(st);
+    }
+    for (int32_t j = 0; j < s.num_draft; ++j) row_state_[&d.steps[static_cast<size_t>(j)]] = &d.states[static_cast<size_t>(j)];
   }
 }
 
@@ -341,6 +384,12 @@ std::vector<const SeqStep*> Sampler::sampled(const StepPlan& plan) const {
   for (const auto& s : plan.seqs) {
     if (!s.sample) continue;
     if (state_.find(s.seq_id) == state_.end()) throw Error(cat("sampler: no state for sequence ", s.seq_id));
+    if (s.num_draft > 0) {
+      auto d = drafts_.find(s.seq_id);
+      if (d == drafts_.end() || d->second.steps.size() != static_cast<size_t>(s.num_draft))
+        throw Error(cat("sampler: sequence ", s.seq_id, " has drafts this sampler did not observe"));
+      for (const SeqStep& v : d->second.steps) seqs.push_back(&v);
+    }
     seqs.push_back(&s);
   }
   return seqs;
@@ -360,7 +409,7 @@ void Sampler::row_draws(const std::vector<const SeqStep*>& seqs, const std::vect
   const size_t n = seqs.size(), first_row = rows.size();
   std::vector<const SeqState*> st(n, nullptr);
   for (size_t i = 0; i < n; ++i)
-    if (draw[i]) st[i] = &state_.at(seqs[i]->seq_id);
+    if (draw[i]) st[i] = &state_of(*seqs[i]);
   // Rows in parallel, each writing its edits (a walk over its history's distinct tokens) into its
   // slot of `edits` (room for its bound); then the slots are closed up in row order.
   std::vector<size_t> at(n + 1, 0), got(n, 0);
@@ -401,7 +450,7 @@ void Sampler::for_edit_groups(const std::vector<const SeqStep*>& seqs, const std
   bool any = false;
   for (size_t i = 0; i < seqs.size(); ++i) {
     if (!draw[i]) continue;
-    const size_t b = penalty_edit_bound(state_.at(seqs[i]->seq_id), Range{0, vocab_size_});
+    const size_t b = penalty_edit_bound(state_of(*seqs[i]), Range{0, vocab_size_});
     if (any && used + b > edit_budget_) {
       fn(group);
       std::fill(group.begin(), group.end(), 0);
@@ -456,7 +505,7 @@ std::vector<SampledToken> Sampler::sample_step(const StepPlan& plan, Backend& ba
   std::vector<char> on_backend(n), gathered(n), on_host(n), lp(n), lp_edited(n);
   size_t backend_rows = 0, gathered_rows = 0, host_rows = 0, lp_rows = 0, lp_edited_rows = 0;
   for (size_t i = 0; i < n; ++i) {
-    const SeqState& st = state_.at(seqs[i]->seq_id);
+    const SeqState& st = state_of(*seqs[i]);
     on_backend[i] = row_drawable(st);
     gathered[i] = !on_backend[i] && tensor_comm_;  // filters over a split vocabulary
     on_host[i] = !on_backend[i] && !gathered[i];
@@ -522,7 +571,7 @@ void Sampler::add_logprobs(const std::vector<const SeqStep*>& seqs, const std::v
     if (!lp[i]) continue;
     rows.push_back(static_cast<int32_t>(packed ? res.size() : i));
     tokens.push_back(chosen[i]);
-    want.push_back(state_.at(seqs[i]->seq_id).params.logprobs);
+    want.push_back(state_of(*seqs[i]).params.logprobs);
     res.push_back(&out[i]);
   }
   reduce_logprobs(rows, tokens, want, res, reduce, nullptr);
@@ -655,7 +704,7 @@ std::vector<SampledToken> Sampler::sample_rows(const std::vector<const SeqStep*>
   const int64_t L = vocab_.size();
   std::vector<SeqState*> st(n);
   for (size_t i = 0; i < n; ++i) {
-    st[i] = &state_.at(seqs[i]->seq_id);
+    st[i] = &state_of(*seqs[i]);
     out[i].seq_id = seqs[i]->seq_id;
   }
   auto raw = [&](size_t i) { return logits + static_cast<int64_t>(i) * stride_; };

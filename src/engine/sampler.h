@@ -97,6 +97,21 @@ class Sampler {
     GuideState guide_state;
     size_t guided_fed = 0;
   };
+  // Speculative decoding (SeqStep::num_draft): the rows before a sequence's last, one per draft, are
+  // drawn from stand-in steps with copies of its state as it was before each draft (history, penalty
+  // counts, guide state), kept until the sequence's next step takes up the copy its accepted tokens
+  // reach. The rows so draw exactly as decoding one token at a time would.
+  struct DraftRows {
+    std::vector<SeqStep> steps;
+    std::vector<SeqState> states;
+  };
+  std::unordered_map<uint64_t, DraftRows> drafts_;
+  std::unordered_map<const SeqStep*, SeqState*> row_state_;  // this plan's stand-in steps
+  // The state a sampled row draws with: a stand-in step's copy, else its sequence's.
+  SeqState& state_of(const SeqStep& s);
+  const SeqState& state_of(const SeqStep& s) const;
+  // st's history grown by its new tokens: penalty counts and guide state brought up to it.
+  void advance(SeqState& st) const;
   // Brings st.guide_state up to st.history (anew when the history was taken back).
   void feed_guide(SeqState& st) const;
   // The tokens of `vocab` a guided sequence may not draw now, ascending.

@@ -25,11 +25,17 @@ Sequence* Scheduler::find(uint64_t id) {
   return it == seqs_.end() ? nullptr : it->second.get();
 }
 
-void Scheduler::emit(Sequence& s, int32_t chunk, StepPlan& plan) {
+void Scheduler::emit(Sequence& s, int32_t chunk, StepPlan& plan, std::vector<int32_t> drafts) {
   SeqStep st;
   st.seq_id = s.id;
   st.num_computed = s.num_computed;
   st.tokens.assign(s.tokens.begin() + s.num_computed, s.tokens.begin() + s.num_computed + chunk);
+  // Drafts go in the plan only: the sequence's tokens and num_computed grow by what the step accepts.
+  st.tokens.insert(st.tokens.end(), drafts.begin(), drafts.end());
+  st.num_draft = static_cast<int32_t>(drafts.size());
+  s.drafted = st.num_draft;
+  s.received = 0;
+  if (!drafts.empty()) ++stats_.spec_drafts, stats_.spec_draft_tokens += st.num_draft;
   st.block_table = s.blocks;
   st.sample = s.num_computed + chunk == static_cast<int32_t>(s.tokens.size());
   if (s.params.pooling != Pooling::None) {
@@ -158,7 +164,25 @@ bool Scheduler::preempt_one(Sequence& keep, StepPlan& plan) {
   return false;
 }
 
+bool Scheduler::schedule_drafts(Sequence& s, int64_t& budget, StepPlan& plan) {
+  const SpeculativeConfig& sc = cfg_.spec;
+  // A decode (its prompt done), sampling at most max_tokens and max_model_len tokens in all.
+  if (!sc.enabled() || cfg_.async_scheduling || s.params.pooling != Pooling::None || s.output_len() < 1 ||
+      static_cast<int32_t>(s.tokens.size()) - s.num_computed != 1)
+    return false;
+  const int64_t room = std::min<int64_t>({sc.num_speculative_tokens, budget - 1, s.params.max_tokens - s.output_len() - 1,
+                                          cfg_.max_model_len - static_cast<int64_t>(s.tokens.size()) - 1});
+  if (room < 1) return false;
+  std::vector<int32_t> drafts = ngram_propose(s.tokens.data(), s.tokens.size(), sc.prompt_lookup_min, sc.prompt_lookup_max,
+                                              static_cast<int>(room));
+  if (drafts.empty() || !reserve_blocks(s, s.num_computed + 1 + static_cast<int64_t>(drafts.size()), plan, false)) return false;
+  budget -= 1 + static_cast<int64_t>(drafts.size());
+  emit(s, 1, plan, std::move(drafts));
+  return true;
+}
+
 bool Scheduler::schedule_chunk(Sequence& s, int64_t& budget, StepPlan& plan, bool may_preempt) {
+  if (schedule_drafts(s, budget, plan)) return true;
   const int32_t remaining = static_cast<int32_t>(s.tokens.size()) - s.num_computed;
   int32_t chunk = remaining;
   if (chunk > budget) {
@@ -256,8 +280,14 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
 Sequence* Scheduler::on_token(const SampledToken& t) {
   Sequence* s = find(t.seq_id);
   if (!s) return nullptr;
-  if (s->in_flight > 0) --s->in_flight;
+  if (s->in_flight > 0 && s->received == 0) --s->in_flight;
   s->tokens.push_back(t.token);
+  if (s->drafted > 0) {
+    // Every token before this one was computed by the step (the last token fed and accepted drafts).
+    if (s->received > 0) ++stats_.spec_accepted_tokens;
+    s->num_computed = static_cast<int32_t>(s->tokens.size()) - 1;
+    ++s->received;
+  }
   register_full_blocks(*s);  // a block that a decode planned ahead filled
   return s;
 }

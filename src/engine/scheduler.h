@@ -18,6 +18,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "engine/speculative.h"
 #include "engine/step_plan.h"
 #include "kv/block_manager.h"
 
@@ -37,6 +38,9 @@ struct SchedulerConfig {
   bool async_scheduling = false;
   // Order by (params.priority, arrival) rather than arrival (vLLM's scheduling_policy priority).
   bool priority = false;
+  // n-gram speculative decoding (engine/speculative.h; not with async_scheduling): a decode feeds
+  // drafts after its token when the blocks for them are free (drafts never preempt) and the budget allows.
+  SpeculativeConfig spec;
 };
 
 struct Sequence {
@@ -58,6 +62,8 @@ struct Sequence {
   std::vector<int32_t> blocks;
   std::vector<int32_t> host_blocks;  // while swapped: the host copy of each of its blocks (it holds none on the device)
   int32_t num_cached_tokens = 0;  // prompt tokens found in the prefix cache when first admitted
+  int32_t drafted = 0;   // drafts fed by its step in flight (speculative decoding)
+  int32_t received = 0;  // tokens of that step handed back so far
   int64_t seed = 0;
   std::vector<int32_t> eos_ids;
   SamplingParams params;
@@ -66,6 +72,8 @@ struct Sequence {
 
 struct SchedulerStats {
   int64_t preempted_swap = 0, preempted_recompute = 0, swapped_in = 0;
+  // Speculative decoding (vLLM's spec_decode metrics): steps with drafts, drafts fed, drafts accepted.
+  int64_t spec_drafts = 0, spec_draft_tokens = 0, spec_accepted_tokens = 0;
 };
 
 class Scheduler {
@@ -78,7 +86,8 @@ class Scheduler {
   // The next step, with at most `max_seqs` sequences (pipeline parallelism splits the running set
   // over several micro-batches); empty (no seqs, no copies) when nothing can run now.
   StepPlan schedule(size_t max_seqs = SIZE_MAX);
-  // Appends a sampled token to its sequence (one step fewer in flight for it).
+  // Appends a sampled token to its sequence (one step fewer in flight for it). A step with drafts hands
+  // back its tokens one call each, in order: each after the first is an accepted draft.
   Sequence* on_token(const SampledToken& t);
   // Frees a sequence's blocks and forgets it (its id goes out with the next plan).
   void finish(uint64_t seq_id);
@@ -126,7 +135,9 @@ class Scheduler {
       q.push_back(s);
     }
   }
-  void emit(Sequence& s, int32_t chunk, StepPlan& plan);
+  void emit(Sequence& s, int32_t chunk, StepPlan& plan, std::vector<int32_t> drafts = {});
+  // Speculative decoding: s's next decode with drafts, when there are any and room for them; false if not.
+  bool schedule_drafts(Sequence& s, int64_t& budget, StepPlan& plan);
   SchedulerConfig cfg_;
   BlockManager bm_;
   std::unordered_map<uint64_t, std::unique_ptr<Sequence>> seqs_;

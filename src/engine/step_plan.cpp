@@ -128,6 +128,7 @@ std::string StepPlan::serialize() const {
     }
     w.vec(s.prompt_targets);
     w.put(s.pool_from), w.put(s.pool_count), w.put(static_cast<uint8_t>(s.pool_done));
+    w.put(s.num_draft);
   }
   w.vec(swap_out), w.vec(swap_in), w.vec(finished);
   return w.take();
@@ -160,6 +161,9 @@ StepPlan StepPlan::deserialize(const std::string& bytes) {
     s.pool_from = r.get<int32_t>(), s.pool_count = r.get<int32_t>(), s.pool_done = r.get<uint8_t>() != 0;
     if (s.pool_from < 0 || s.pool_count < 0 || static_cast<size_t>(s.pool_from) + static_cast<size_t>(s.pool_count) > s.tokens.size())
       throw Error("step plan: pooled rows outside the step's tokens");
+    s.num_draft = r.get<int32_t>();
+    if (s.num_draft < 0 || (s.num_draft > 0 && (!s.sample || static_cast<size_t>(s.num_draft) >= s.tokens.size())))
+      throw Error("step plan: drafts without a sampled token before them");
   }
   p.swap_out = r.vec<BlockCopy>(), p.swap_in = r.vec<BlockCopy>(), p.finished = r.vec<uint64_t>();
   if (!r.done()) throw Error("step plan: trailing bytes");

@@ -12,7 +12,7 @@
 
 namespace llmserve {
 
-constexpr uint32_t kStepPlanVersion = 7;
+constexpr uint32_t kStepPlanVersion = 8;
 
 // What the last stage needs to sample a sequence, sent when it (re)starts (num_computed == 0 or
 // after a recompute). Kept out of line so that a step's entries stay small (a 256-sequence plan is
@@ -51,6 +51,10 @@ struct SeqStep {
   // the prompt_logprobs rows in the step's logits_indices.
   int32_t pool_from = 0, pool_count = 0;
   bool pool_done = false;
+  // Speculative decoding (engine/speculative.h): the last num_draft of `tokens` are proposed tokens, and
+  // the step samples a row after each of its last num_draft + 1 tokens (with sample set; rows in order).
+  int32_t num_draft = 0;
+  int32_t sampled_rows() const { return sample ? 1 + num_draft : 0; }
 };
 
 struct BlockCopy {
@@ -74,7 +78,8 @@ struct StepPlan {
   int64_t num_tokens() const;
 };
 
-// What the last stage sends back: one sampled token per sampling sequence, with logprobs if asked;
+// What the last stage sends back: one sampled token per sampling sequence (with drafts, the samples up
+// to and including the first that differs from its draft), with logprobs if asked;
 // then, for sequences with prompt_logprobs, one entry per prompt token predicted this step.
 // A sampled token of kNoToken: the draw found no token it may draw (every token masked by the
 // request's allowed_token_ids, bad_words, min_tokens and guided decoding together, or NaN logits).

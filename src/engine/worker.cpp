@@ -1,5 +1,6 @@
 #include "engine/worker.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -30,7 +31,7 @@ StepMeta step_meta_from_plan(const StepPlan& plan, int bs) {
     m.q_start.push_back(m.q_start.back() + n);
     m.block_tables.insert(m.block_tables.end(), s.block_table.begin(), s.block_table.end());
     m.block_tables.resize(m.block_tables.size() + (max_blocks - s.block_table.size()), 0);
-    if (s.sample) m.logits_indices.push_back(m.q_start.back() - 1);
+    for (int32_t j = s.sampled_rows(); j > 0; --j) m.logits_indices.push_back(m.q_start.back() - j);
   }
   // prompt_logprobs rows after every sampled row (the sampler reads rows 0.. as its sequences'), then
   // the pooled rows (their final-norm hidden states come back with the prompt rows').
@@ -154,6 +155,7 @@ Worker::Output Worker::execute(StepPlan& plan, const Tensor& hidden_in) {
     throw;
   }
   if (queue) runner_.backend().set_wait_hook({});
+  accept_drafts(plan, out.tokens);
   for (const auto& t : out.tokens) sampled_ids_.push_back(t.seq_id), sampled_tokens_.push_back(t.token);
   // prompt_logprobs (counted as sampling time): the logits of at most max_num_seqs rows at a time
   // (what the memory plan's profiling forward allowed for), each slice reduced before the next is made.
@@ -172,6 +174,26 @@ Worker::Output Worker::execute(StepPlan& plan, const Tensor& hidden_in) {
   times_.sample += std::chrono::duration<double>(clock::now() - t2).count() - queued_seconds_;
   queued_seconds_ = 0;
   return out;
+}
+
+void Worker::accept_drafts(const StepPlan& plan, std::vector<SampledToken>& tokens) {
+  if (std::none_of(plan.seqs.begin(), plan.seqs.end(), [](const SeqStep& s) { return s.num_draft > 0; })) return;
+  std::vector<SampledToken> kept;
+  kept.reserve(tokens.size());
+  size_t row = 0;
+  for (const auto& s : plan.seqs) {
+    const int32_t rows = s.sampled_rows();
+    if (rows == 0) continue;
+    if (row + static_cast<size_t>(rows) > tokens.size()) throw Error("worker: fewer sampled rows than the plan's");
+    const int32_t* drafts = s.tokens.data() + s.tokens.size() - s.num_draft;
+    for (int32_t j = 0; j < rows; ++j) {
+      const int32_t t = tokens[row + static_cast<size_t>(j)].token;
+      kept.push_back(std::move(tokens[row + static_cast<size_t>(j)]));
+      if (j == s.num_draft || t != drafts[j]) break;  // the first sample that is not its draft ends the step's tokens
+    }
+    row += static_cast<size_t>(rows);
+  }
+  tokens.swap(kept);
 }
 
 void Worker::pool(const StepPlan& plan, const Tensor& prompt_hidden, int64_t from, int64_t rows,

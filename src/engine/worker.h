@@ -46,6 +46,10 @@ class Worker {
 
  private:
   void fill_pending(StepPlan& plan) const;
+  // Speculative decoding: of a sequence's sampled rows (one after its last fed token and after each of
+  // its drafts), keeps those up to and including the first sample that differs from its draft (or the
+  // last row when every draft was drawn): the tokens decoding one at a time would have given.
+  static void accept_drafts(const StepPlan& plan, std::vector<SampledToken>& tokens);
   // Pooling (last stage): adds the step's pooled rows (rows [from, from + rows) of prompt_hidden, in plan
   // order) to their sequences' sums, and appends a kPooled entry to `out` for each sequence whose prompt
   // the step completes.

@@ -21,6 +21,7 @@
 #include "common/host_memory.h"
 #include "common/log.h"
 #include "dist/collective_check.h"
+#include "engine/speculative.h"
 #include "model/dummy_weights.h"
 #include "model/memory_plan.h"
 
@@ -273,7 +274,7 @@ ModelRunner::~ModelRunner() = default;
 
 // One forward pass of the largest step the scheduler can plan: max_num_batched_tokens tokens of one
 // sequence over blocks 0.. of `kv` (block ids wrap around when the cache has fewer), with the logits of
-// its last min(T, max_num_seqs) rows and the other rows as prompt_logprobs rows; zero activations from
+// its last min(T, max_num_seqs x (1 + num_speculative_tokens)) rows and the other rows as prompt_logprobs rows; zero activations from
 // the previous stage. Returns this stage's output (the sampled rows' logits shard on the last stage).
 Tensor ModelRunner::max_batch_forward(KvCache& kv) {
   const int64_t T = cfg_.max_num_batched_tokens, H = spec_.hidden_size, bs = cfg_.block_size;
@@ -292,7 +293,8 @@ Tensor ModelRunner::max_batch_forward(KvCache& kv) {
   m.max_blocks = static_cast<int32_t>(blocks);
   // The last rows sample; every other token is a prompt_logprobs row (the most final hidden states a
   // step keeps), of which one slice of logits is made, as the worker does.
-  const int64_t rows = std::min<int64_t>(T, cfg_.max_num_seqs);
+  // (With speculative decoding a sequence samples after each of its drafts too.)
+  const int64_t rows = std::min<int64_t>(T, int64_t{cfg_.max_num_seqs} * (1 + parse_speculative_config(cfg_.speculative_config).num_speculative_tokens));
   for (int64_t i = T - rows; i < T; ++i) m.logits_indices.push_back(static_cast<int32_t>(i));
   for (int64_t i = 0; i < T - rows; ++i) m.logits_indices.push_back(static_cast<int32_t>(i));
   m.prompt_rows = static_cast<int32_t>(T - rows);

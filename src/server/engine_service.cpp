@@ -161,6 +161,9 @@ void EngineService::run() {
       counters_.prefix_queries = s.blocks().queries();
       counters_.prefix_hits = s.blocks().hits();
       counters_.preemptions = s.stats().preempted_swap + s.stats().preempted_recompute;
+      counters_.spec_drafts = s.stats().spec_drafts;
+      counters_.spec_draft_tokens = s.stats().spec_draft_tokens;
+      counters_.spec_accepted_tokens = s.stats().spec_accepted_tokens;
       if (stopping && !engine_.has_unfinished()) return;
     }
   } catch (const std::exception& e) {

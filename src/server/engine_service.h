@@ -35,6 +35,7 @@ struct EngineCounters {
   std::atomic<int64_t> running{0}, waiting{0}, swapped{0}, kv_used{0}, kv_total{0};
   std::atomic<int64_t> prompt_tokens{0}, generation_tokens{0}, requests_finished{0};
   std::atomic<int64_t> prefix_queries{0}, prefix_hits{0}, preemptions{0};
+  std::atomic<int64_t> spec_drafts{0}, spec_draft_tokens{0}, spec_accepted_tokens{0};
 };
 
 class EngineService {

@@ -564,6 +564,9 @@ class Session : public std::enable_shared_from_this<Session> {
     g("llmserve:prefix_cache_queries_total", "counter", "Prompt tokens looked up in the prefix cache.", c.prefix_queries.load());
     g("llmserve:prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache.", c.prefix_hits.load());
     g("llmserve:num_preemptions_total", "counter", "Sequences preempted.", c.preemptions.load());
+    g("llmserve:spec_decode_num_drafts_total", "counter", "Decode steps that fed drafts (speculative decoding).", c.spec_drafts.load());
+    g("llmserve:spec_decode_num_draft_tokens_total", "counter", "Draft tokens fed.", c.spec_draft_tokens.load());
+    g("llmserve:spec_decode_num_accepted_tokens_total", "counter", "Draft tokens accepted.", c.spec_accepted_tokens.load());
     g("llmserve:prompt_tokens_total", "counter", "Prompt tokens processed.", c.prompt_tokens.load());
     g("llmserve:generation_tokens_total", "counter", "Tokens generated.", c.generation_tokens.load());
     g("llmserve:request_success_total", "counter", "Requests finished.", c.requests_finished.load());

@@ -266,6 +266,20 @@ check "generate: bad_words" 0 "2/2 requests" -- \
 if sed -n 2p "$work/gen-bw-out.jsonl" | grep -q '"text":"ICIENT' && ! sed -n 1p "$work/gen-bw-out.jsonl" | grep -q ICIENT; then
   passed=$((passed + 1)); echo "PASS generate: the bad word is not generated (and is without bad_words)"
 else failed=$((failed + 1)); echo "FAIL generate: bad_words"; cat "$work/gen-bw-out.jsonl"; fi
+# speculative_config (vLLM's, method ngram): on 2 ranks the output file is the one decoding a token a step gives
+# (greedy, seeded sampling with a penalty, a stop string), in fewer steps; other methods stop the run.
+printf '{"prompt": "Hello world, hello world, hello", "max_tokens": 40, "temperature": 0, "ignore_eos": true}\n{"prompt": "one two one two one", "max_tokens": 30, "temperature": 0.8, "seed": 4, "presence_penalty": 0.4, "ignore_eos": true, "logprobs": 1}\n{"prompt": "abc abc abc", "max_tokens": 30, "temperature": 0, "stop": [" abc abc"], "n": 2}\n' >"$work/gen-spec.jsonl"
+"$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 --input "$work/gen-spec.jsonl" --output "$work/gen-spec-base.jsonl" >/dev/null 2>&1
+check "generate: speculative_config ngram" 0 "speculative decoding: [0-9]+ steps fed [0-9]+ drafts, [0-9]+ accepted" -- \
+  "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 --input "$work/gen-spec.jsonl" --output "$work/gen-spec-out.jsonl" \
+  --speculative-config '{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1}'
+if [ -s "$work/gen-spec-base.jsonl" ] && cmp -s "$work/gen-spec-base.jsonl" "$work/gen-spec-out.jsonl"; then
+  passed=$((passed + 1)); echo "PASS generate: speculative decoding gives the outputs of decoding a token a step"
+else failed=$((failed + 1)); echo "FAIL generate: speculative decoding changed the outputs"; diff "$work/gen-spec-base.jsonl" "$work/gen-spec-out.jsonl" | head -5; fi
+check "speculative_config: a draft model" 1 "config: speculative_config: method 'eagle' is not supported: it needs a draft model" --once -- \
+  "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 --speculative-config '{"method": "eagle", "num_speculative_tokens": 2}' \
+  --input "$work/gen-spec.jsonl" --output "$work/gen-spec-bad.jsonl"
+[ -e "$work/gen-spec-bad.jsonl" ] && { failed=$((failed + 1)); echo "FAIL speculative_config error left an output file"; }
 # override_generation_config (vLLM's): its max_new_tokens is the default max_tokens (a request's own wins);
 # a key that is not a sampling default stops the run.
 printf '{"prompt": "Hello", "ignore_eos": true}\n{"prompt": "Hello", "ignore_eos": true, "max_tokens": 5}\n' >"$work/gen-ov.jsonl"

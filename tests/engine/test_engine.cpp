@@ -37,8 +37,9 @@ struct Fixture {
   std::unique_ptr<ModelRunner> runner;
   std::unique_ptr<Tokenizer> tok;
   explicit Fixture(int64_t blocks = 0, bool async = false, double swap_gib = 4.0, const char* policy = "fcfs",
-                   int max_num_seqs = 256) {
+                   int max_num_seqs = 256, const char* speculative = "") {
     cfg.model = kModel;
+    cfg.speculative_config = speculative;
     cfg.scheduling_policy = policy;
     cfg.max_num_seqs = max_num_seqs;
     cfg.backend = "cpu";
@@ -336,44 +337,53 @@ TEST(Engine, DeltaAndFinalOnlyOutputsRebuildTheCumulativeOnes) {
   EXPECT_TRUE(std::prev(acc.end())->second.prompt_logprobs);
 }
 
+namespace {
+
+// Greedy and sampled requests of the golden prompts with every sampling setting that reads a
+// sequence's history or position: penalties, min_tokens, seeds, logprobs, prompt_logprobs, stop tokens
+// and strings, n = 2, the end of sequence.
+std::vector<std::pair<std::vector<int32_t>, SamplingParams>> varied_requests(const Tokenizer& tok) {
+  const auto pub = golden()["public"];
+  std::vector<std::pair<std::vector<int32_t>, SamplingParams>> r;
+  for (int i = 0; i < 8; ++i) {
+    const auto ids = pub[i]["ids"].get<std::vector<int32_t>>();
+    r.emplace_back(ids, greedy(i == 0 ? 1 : i == 1 ? 2 : 9 + 3 * i));
+    SamplingParams p;
+    p.temperature = 0.9;
+    p.top_p = 0.95;
+    p.top_k = 40;
+    p.seed = 100 + i;
+    p.max_tokens = 14 + 2 * i;
+    p.repetition_penalty = i % 2 ? 1.3 : 1.0;
+    p.presence_penalty = i % 3 == 0 ? 0.5 : 0.0;
+    p.frequency_penalty = i % 3 == 1 ? 0.4 : 0.0;
+    p.logprobs = i % 4 == 0 ? 3 : -1;
+    p.n = i == 2 ? 2 : 1;
+    p.min_tokens = i == 5 ? 6 : 0;
+    if (i == 3) p.prompt_logprobs = 2;
+    if (i == 4) p.stop_token_ids = {ids[1], ids[2]};
+    r.emplace_back(ids, p);
+  }
+  // A stop string from the middle of a greedy continuation.
+  const auto gold = pub[1]["greedy"]["ids"].get<std::vector<int32_t>>();
+  const std::string full = tok.decode(gold, true), upto = tok.decode(std::vector<int32_t>(gold.begin(), gold.begin() + 6), true);
+  SamplingParams st = greedy(24);
+  st.stop = {full.substr(upto.size(), 3)};
+  r.emplace_back(pub[1]["ids"].get<std::vector<int32_t>>(), st);
+  SamplingParams eos = greedy(40);
+  eos.ignore_eos = false;
+  r.emplace_back(pub[6]["ids"].get<std::vector<int32_t>>(), eos);
+  return r;
+}
+
+}  // namespace
+
 // Asynchronous scheduling plans each decode before its input token is back; the outputs must be
 // exactly those of stepping in turn: greedy and seeded sampled requests with penalties, filters,
 // logprobs and prompt log-probabilities, n = 2, stop strings, stop token ids, EOS with min_tokens,
 // max_tokens of 1 and 2 (nothing to plan ahead), and with a cache small enough to preempt.
 TEST(Engine, AsyncSchedulingGivesTheOutputsOfSteppingInTurn) {
-  const auto pub = golden()["public"];
-  auto requests = [&](const Tokenizer& tok) {
-    std::vector<std::pair<std::vector<int32_t>, SamplingParams>> r;
-    for (int i = 0; i < 8; ++i) {
-      const auto ids = pub[i]["ids"].get<std::vector<int32_t>>();
-      r.emplace_back(ids, greedy(i == 0 ? 1 : i == 1 ? 2 : 9 + 3 * i));
-      SamplingParams p;
-      p.temperature = 0.9;
-      p.top_p = 0.95;
-      p.top_k = 40;
-      p.seed = 100 + i;
-      p.max_tokens = 14 + 2 * i;
-      p.repetition_penalty = i % 2 ? 1.3 : 1.0;
-      p.presence_penalty = i % 3 == 0 ? 0.5 : 0.0;
-      p.frequency_penalty = i % 3 == 1 ? 0.4 : 0.0;
-      p.logprobs = i % 4 == 0 ? 3 : -1;
-      p.n = i == 2 ? 2 : 1;
-      p.min_tokens = i == 5 ? 6 : 0;
-      if (i == 3) p.prompt_logprobs = 2;
-      if (i == 4) p.stop_token_ids = {ids[1], ids[2]};
-      r.emplace_back(ids, p);
-    }
-    // A stop string from the middle of a greedy continuation.
-    const auto gold = pub[1]["greedy"]["ids"].get<std::vector<int32_t>>();
-    const std::string full = tok.decode(gold, true), upto = tok.decode(std::vector<int32_t>(gold.begin(), gold.begin() + 6), true);
-    SamplingParams st = greedy(24);
-    st.stop = {full.substr(upto.size(), 3)};
-    r.emplace_back(pub[1]["ids"].get<std::vector<int32_t>>(), st);
-    SamplingParams eos = greedy(40);
-    eos.ignore_eos = false;
-    r.emplace_back(pub[6]["ids"].get<std::vector<int32_t>>(), eos);
-    return r;
-  };
+  const auto requests = varied_requests;
   for (int64_t blocks : {0, 48}) {
     std::vector<RequestOutput> outs[2];
     for (int async = 0; async < 2; ++async) {
@@ -411,6 +421,73 @@ TEST(Engine, AsyncSchedulingGivesTheOutputsOfSteppingInTurn) {
     EXPECT_EQ(outs[0][2].outputs[0].token_ids.size(), 2u);
     EXPECT_EQ(outs[0][16].outputs[0].finish_reason, "stop");
     EXPECT_EQ(outs[0][5].outputs.size(), 2u);
+  }
+}
+
+// Speculative decoding feeds n-gram drafts and samples a row after each; every row draws as decoding one
+// token at a time would (the seed's noise at its position; penalties, min_tokens, bad words and the guide
+// over the tokens before it), so on the CPU backend the outputs are exactly those of one token a step:
+// the varied requests above, guided decoding (a regex, JSON) and a two-token bad word, on a roomy cache
+// and on one small enough to preempt. Most drafts of the tiny model's repetitive text are accepted.
+TEST(Engine, SpeculativeDecodingGivesTheOutputsOfDecodingOneTokenAtATime) {
+  const char* spec = R"({"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1, "prompt_lookup_max": 3})";
+  const auto gold = golden()["public"][2]["greedy"]["ids"].get<std::vector<int32_t>>();
+  for (int64_t blocks : {0, 48}) {
+    std::vector<RequestOutput> outs[2];
+    int64_t steps[2] = {0, 0};
+    for (int sp = 0; sp < 2; ++sp) {
+      Fixture s(blocks, false, 4.0, "fcfs", 256, sp ? spec : "");
+      Engine e(*s.runner, s.tok.get(), 7);
+      auto reqs = varied_requests(*s.tok);
+      const std::vector<int32_t> prompt = golden()["public"][2]["ids"].get<std::vector<int32_t>>();
+      SamplingParams re;
+      re.temperature = 0.8;
+      re.seed = 5;
+      re.max_tokens = 24;
+      re.guided = "regex";
+      re.guided_schema = "( ab| cd)+ e";
+      reqs.emplace_back(prompt, re);
+      SamplingParams js = greedy(30);
+      js.guided = "json";
+      reqs.emplace_back(prompt, js);
+      SamplingParams bad = greedy(20);
+      bad.bad_words_ids = {{gold[3], gold[4]}};
+      reqs.emplace_back(prompt, bad);
+      std::vector<uint64_t> ids;
+      for (auto& [pr, p] : reqs) ids.push_back(e.add_request(pr, p));
+      auto done = run_all(e);
+      for (uint64_t id : ids) outs[sp].push_back(done[id]);
+      steps[sp] = e.steps();
+      const SchedulerStats& st = e.scheduler().stats();
+      std::printf("blocks %lld, speculative %d: %lld steps, %lld drafts, %lld accepted, %lld preemptions\n",
+                  static_cast<long long>(blocks), sp, static_cast<long long>(e.steps()),
+                  static_cast<long long>(st.spec_draft_tokens), static_cast<long long>(st.spec_accepted_tokens),
+                  static_cast<long long>(st.preempted_swap + st.preempted_recompute));
+      if (sp) {
+        EXPECT_GT(st.spec_accepted_tokens, st.spec_draft_tokens / 2);
+        EXPECT_LE(st.spec_accepted_tokens, st.spec_draft_tokens);
+      } else {
+        EXPECT_EQ(st.spec_draft_tokens, 0);
+      }
+      if (blocks > 0) EXPECT_GT(st.preempted_swap + st.preempted_recompute, 0);
+      EXPECT_EQ(e.scheduler().blocks().num_used(), 0);
+      e.shutdown();
+    }
+    EXPECT_LT(steps[1], steps[0]);
+    ASSERT_EQ(outs[0].size(), outs[1].size());
+    for (size_t k = 0; k < outs[0].size(); ++k) {
+      SCOPED_TRACE(cat("blocks ", blocks, ", request ", k));
+      expect_same_outputs(outs[0][k], outs[1][k]);
+    }
+    // The guided and bad-word cases meant something: text under the regex, and the greedy
+    // continuation turned aside where the bad word would have been.
+    const auto& rx = outs[0][outs[0].size() - 3].outputs[0];
+    EXPECT_FALSE(rx.token_ids.empty());
+    EXPECT_EQ(rx.text.rfind(" ab", 0) == 0 || rx.text.rfind(" cd", 0) == 0, true) << rx.text;
+    const auto& bw = outs[0].back().outputs[0].token_ids;
+    ASSERT_GE(bw.size(), 5u);
+    EXPECT_EQ(std::vector<int32_t>(bw.begin(), bw.begin() + 4), std::vector<int32_t>(gold.begin(), gold.begin() + 4));
+    EXPECT_NE(bw[4], gold[4]);
   }
 }
 
@@ -1170,6 +1247,92 @@ TEST(StepPlan, PromptTargetsRoundTrip) {
   EXPECT_EQ(q.seqs[0].start->params.guided_after_think, 2);
   EXPECT_EQ(q.seqs[0].prompt_targets, s.prompt_targets);
   p.seqs[0].prompt_targets.push_back(9);
+  EXPECT_THROW(StepPlan::deserialize(p.serialize()), Error);
+}
+
+// Speculative decoding: a decode feeds n-gram drafts after its token (within max_tokens, and only in
+// free blocks: drafts never preempt); the tokens handed back are the accepted drafts and one more, and
+// the sequence's computed positions end after the last accepted one.
+TEST(Scheduler, SpeculativeDecodingPlansDraftsAndKeepsWhatIsAccepted) {
+  SchedulerConfig c = small_scheduler();
+  c.spec.num_speculative_tokens = 3;
+  c.spec.prompt_lookup_min = 1;
+  c.spec.prompt_lookup_max = 2;
+  Scheduler sch(c);
+  auto a = prompt_sequence(1, 6, 10);  // 10 .. 15
+  a->params.max_tokens = 20;
+  auto b = prompt_sequence(2, 3, 40);  // 40 41 42
+  b->params.max_tokens = 3;
+  sch.add(std::move(a));
+  sch.add(std::move(b));
+  StepPlan p = sch.schedule();
+  ASSERT_EQ(p.seqs.size(), 2u);
+  EXPECT_EQ(p.seqs[0].num_draft, 0);  // (prompts: no drafts)
+  sch.on_token(sampled_token(1, 12));  // "12" recurs: 13 14 15 followed it
+  sch.on_token(sampled_token(2, 40));  // "40" recurs: 41 42; max_tokens 3 leaves room for one draft
+  p = sch.schedule();
+  ASSERT_EQ(p.seqs.size(), 2u);
+  EXPECT_EQ(p.seqs[0].tokens, (std::vector<int32_t>{12, 13, 14, 15}));
+  EXPECT_EQ(p.seqs[0].num_draft, 3);
+  EXPECT_EQ(p.seqs[0].num_computed, 6);
+  EXPECT_GE(p.seqs[0].block_table.size() * 4, 10u);  // positions 6 .. 9
+  EXPECT_EQ(p.seqs[1].tokens, (std::vector<int32_t>{40, 41}));
+  EXPECT_EQ(p.seqs[1].num_draft, 1);
+  EXPECT_EQ(p.num_tokens(), 6);
+  // The step drew 13 after 12 (accepted), then 99 where 14 was proposed: two tokens back.
+  sch.on_token(sampled_token(1, 13));
+  sch.on_token(sampled_token(1, 99));
+  // Every draft of sequence 2 accepted: 41, then the token after it.
+  sch.on_token(sampled_token(2, 41));
+  sch.on_token(sampled_token(2, 7));
+  const Sequence* s1 = sch.find(1);
+  EXPECT_EQ(s1->tokens, (std::vector<int32_t>{10, 11, 12, 13, 14, 15, 12, 13, 99}));
+  EXPECT_EQ(s1->num_computed, 8);  // 10 .. 15, 12, 13: not the rejected 14, 15
+  EXPECT_EQ(s1->in_flight, 0);
+  EXPECT_EQ(sch.find(2)->num_computed, 5);
+  EXPECT_EQ(sch.stats().spec_drafts, 2);
+  EXPECT_EQ(sch.stats().spec_draft_tokens, 4);
+  EXPECT_EQ(sch.stats().spec_accepted_tokens, 2);
+  // "99" never occurred: a plain decode from position 8.
+  p = sch.schedule();
+  ASSERT_GE(p.seqs.size(), 1u);
+  EXPECT_EQ(p.seqs[0].tokens, (std::vector<int32_t>{99}));
+  EXPECT_EQ(p.seqs[0].num_draft, 0);
+  EXPECT_EQ(p.seqs[0].num_computed, 8);
+
+  // Two blocks of 4 hold the 6-token prompt and its next position, not 3 drafts: a plain decode, nothing preempted.
+  SchedulerConfig tight = c;
+  tight.num_blocks = 2;
+  Scheduler t(tight);
+  t.add(prompt_sequence(1, 6, 10));
+  t.find(1)->params.max_tokens = 20;
+  t.schedule();
+  t.on_token(sampled_token(1, 12));
+  p = t.schedule();
+  ASSERT_EQ(p.seqs.size(), 1u);
+  EXPECT_EQ(p.seqs[0].num_draft, 0);
+  EXPECT_EQ(t.stats().preempted_swap + t.stats().preempted_recompute, 0);
+}
+
+TEST(StepPlan, DraftsRoundTrip) {
+  StepPlan p;
+  SeqStep s;
+  s.seq_id = 3;
+  s.num_computed = 4;
+  s.tokens = {5, 6, 7};
+  s.block_table = {0, 1};
+  s.sample = true;
+  s.num_draft = 2;
+  p.seqs.push_back(s);
+  const StepPlan q = StepPlan::deserialize(p.serialize());
+  EXPECT_EQ(q.seqs[0].num_draft, 2);
+  EXPECT_EQ(q.seqs[0].sampled_rows(), 3);
+  // Each of the step's three tokens (positions 4 .. 6) has a sampled row.
+  EXPECT_EQ(step_meta_from_plan(q, 4).logits_indices, (std::vector<int32_t>{0, 1, 2}));
+  p.seqs[0].num_draft = 3;  // no token before the drafts
+  EXPECT_THROW(StepPlan::deserialize(p.serialize()), Error);
+  p.seqs[0].num_draft = 1;
+  p.seqs[0].sample = false;  // drafts of a step that samples nothing
   EXPECT_THROW(StepPlan::deserialize(p.serialize()), Error);
 }
 

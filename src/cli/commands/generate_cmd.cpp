@@ -3,6 +3,7 @@
 // continuous batching, and writes one JSON result per line in input order. Every line is validated
 // before anything runs; the output file appears only when every request has finished (a request that
 // fails while it runs, its masks leaving no token to draw, fails the run, naming its line).
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -168,6 +169,10 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
                                      : std::string(" micro-batches in flight"),
            "; prefix cache hits ", bm.hits(), "/",
            bm.queries(), " tokens; preemptions: ", st.preempted_swap, " swap, ", st.preempted_recompute, " recompute");
+  if (st.spec_drafts > 0)
+    log_info("generate: speculative decoding: ", st.spec_drafts, " steps fed ", st.spec_draft_tokens, " drafts, ",
+             st.spec_accepted_tokens, " accepted (", cat(std::lround(100.0 * st.spec_accepted_tokens / st.spec_draft_tokens)),
+             "%)");
   return 0;
 }
 
