@@ -317,6 +317,32 @@ struct Grammar::Parser {
     fail(cat("unexpected '", std::string(1, c), "'"));
   }
 
+  // Direct left recursion, A ::= A a1 | ... | b1 | ..., becomes A ::= b1 T | ... with T ::= a1 T | ... |
+  // (empty): the same texts, recognized as a repetition is (xgrammar's Earley parser takes such rules as
+  // written). Left as it is, for check_left_recursion to refuse: A ::= A (nothing after it), a rule with no
+  // other alternative (no finite text), and recursion through other rules or groups.
+  void rewrite_left_recursion() {
+    const size_t n = rules.size();
+    for (size_t r = 0; r < n; ++r) {
+      Alts rec, base;
+      for (const Seq& a : rules[r]) {
+        if (!a.empty() && a[0].kind == Kind::Ref && a[0].value == static_cast<int32_t>(r)) {
+          rec.emplace_back(a.begin() + 1, a.end());
+        } else {
+          base.push_back(a);
+        }
+      }
+      if (rec.empty() || base.empty() || std::any_of(rec.begin(), rec.end(), [](const Seq& a) { return a.empty(); })) continue;
+      const int32_t tail = new_rule("", first_use[r]);
+      for (Seq& a : rec) a.push_back({Kind::Ref, tail});
+      rec.emplace_back();  // (empty)
+      for (Seq& b : base) b.push_back({Kind::Ref, tail});
+      count(base.size() + rec.size());
+      rules[static_cast<size_t>(tail)] = std::move(rec);
+      rules[r] = std::move(base);
+    }
+  }
+
   // A rule that can reach itself before a character is consumed has no finite expansion. (Both passes
   // are linear and iterative: a grammar may hold many rules.)
   void check_left_recursion() const {
@@ -395,6 +421,7 @@ struct Grammar::Parser {
 Grammar::Grammar(const std::string& text) {
   Parser p(text, *this);
   p.parse();
+  p.rewrite_left_recursion();
   p.check_left_recursion();
   p.lay_out();
 }

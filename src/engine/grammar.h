@@ -6,9 +6,11 @@
 // where the next `name ::=` begins); `root` is where the text starts. Elements: string literals "..."
 // (escapes \n \r \t \\ \" \' \[ \] \- \xHH \uHHHH \UHHHHHHHH), character classes [a-z0-9_] and [^...]
 // (over code points), `.` (any character), rule names, groups ( ), and the repetitions *, +, ?, {m},
-// {m,} and {m,n} (up to 1,000). Refused with an Error naming the place: other syntax (Lark's `:` rules,
-// lookahead), an undefined or missing root rule, left recursion (a rule that can reach itself before
-// consuming a character: it has no finite parse), and grammars past kMaxElements.
+// {m,} and {m,n} (up to 1,000). A rule's direct left recursion (`expr ::= expr "+" term | term`) is
+// rewritten as the repetition it stands for (`term ("+" term)*`). Refused with an Error naming the place:
+// other syntax (Lark's `:` rules, lookahead), an undefined or missing root rule, other left recursion (a
+// rule that can reach itself through others, or a group, before consuming a character), and grammars past
+// kMaxElements.
 //
 // Recognition is llama.cpp's: a state (GrammarState) is advanced one code point at a time; bytes of a
 // code point are gathered first, and a partial one is refused as soon as no class can hold a code

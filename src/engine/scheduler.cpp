@@ -170,6 +170,9 @@ bool Scheduler::schedule_drafts(Sequence& s, int64_t& budget, StepPlan& plan) {
   if (!sc.enabled() || cfg_.async_scheduling || s.params.pooling != Pooling::None || s.output_len() < 1 ||
       static_cast<int32_t>(s.tokens.size()) - s.num_computed != 1)
     return false;
+  // vLLM's disable_by_batch_size: a large batch already keeps the device busy (and on CPUs drafts cost
+  // their arithmetic), so no drafts then.
+  if (sc.disable_by_batch_size > 0 && running_.size() > static_cast<size_t>(sc.disable_by_batch_size)) return false;
   const int64_t room = std::min<int64_t>({sc.num_speculative_tokens, budget - 1, s.params.max_tokens - s.output_len() - 1,
                                           cfg_.max_model_len - static_cast<int64_t>(s.tokens.size()) - 1});
   if (room < 1) return false;

@@ -26,9 +26,9 @@ SpeculativeConfig parse_speculative_config(const std::string& text) {
       throw Error("speculative_config: draft models (model) are not supported: llmserve speculates by n-gram lookup only "
                   "(method ngram)");
     if (key != "method" && key != "num_speculative_tokens" && key != "prompt_lookup_max" && key != "prompt_lookup_min" &&
-        key != "model")
+        key != "disable_by_batch_size" && key != "model")
       throw Error(cat("speculative_config: '", key, "' is not supported (known: method, num_speculative_tokens, ",
-                      "prompt_lookup_max, prompt_lookup_min)"));
+                      "prompt_lookup_max, prompt_lookup_min, disable_by_batch_size)"));
   }
   if (!j.contains("method") || !j["method"].is_string())
     throw Error("speculative_config: method is required; llmserve has method ngram (speculation by n-gram lookup)");
@@ -46,6 +46,8 @@ SpeculativeConfig parse_speculative_config(const std::string& text) {
   if (!has_min && !has_max) c.prompt_lookup_min = c.prompt_lookup_max = 5;
   if (!has_min) c.prompt_lookup_min = c.prompt_lookup_max;
   if (!has_max) c.prompt_lookup_max = c.prompt_lookup_min;
+  if (j.contains("disable_by_batch_size") && !j["disable_by_batch_size"].is_null())
+    c.disable_by_batch_size = positive_int(j, "disable_by_batch_size");
   if (c.prompt_lookup_min > c.prompt_lookup_max)
     throw Error(cat("speculative_config: prompt_lookup_min (", c.prompt_lookup_min, ") must be <= prompt_lookup_max (",
                     c.prompt_lookup_max, ")"));

@@ -19,12 +19,13 @@ namespace llmserve {
 struct SpeculativeConfig {
   int num_speculative_tokens = 0;  // 0: speculative decoding off
   int prompt_lookup_min = 0, prompt_lookup_max = 0;
+  int disable_by_batch_size = 0;   // > 0: a step with more running sequences than this feeds no drafts
   bool enabled() const { return num_speculative_tokens > 0; }
 };
 
 // vLLM's speculative_config, a JSON object: method "ngram" (or "[ngram]"), num_speculative_tokens (>= 1,
 // required), prompt_lookup_max / prompt_lookup_min (>= 1; either defaults to the other, both to 5 as in
-// vLLM). Empty text: off. Throws Error naming the problem (other methods need draft models, which
+// vLLM), disable_by_batch_size (>= 1, or null). Empty text: off. Throws Error naming the problem (other methods need draft models, which
 // llmserve does not run).
 SpeculativeConfig parse_speculative_config(const std::string& json);
 

@@ -1312,6 +1312,28 @@ TEST(Scheduler, SpeculativeDecodingPlansDraftsAndKeepsWhatIsAccepted) {
   ASSERT_EQ(p.seqs.size(), 1u);
   EXPECT_EQ(p.seqs[0].num_draft, 0);
   EXPECT_EQ(t.stats().preempted_swap + t.stats().preempted_recompute, 0);
+
+  // disable_by_batch_size 1: no drafts while two sequences run, drafts again once one is left.
+  SchedulerConfig busy = c;
+  busy.spec.disable_by_batch_size = 1;
+  Scheduler u(busy);
+  for (uint64_t id : {1, 2}) {
+    u.add(prompt_sequence(id, 6, 10));
+    u.find(id)->params.max_tokens = 20;
+  }
+  u.schedule();
+  u.on_token(sampled_token(1, 12));
+  u.on_token(sampled_token(2, 12));
+  p = u.schedule();
+  ASSERT_EQ(p.seqs.size(), 2u);
+  EXPECT_EQ(p.seqs[0].num_draft + p.seqs[1].num_draft, 0);
+  u.on_token(sampled_token(1, 13));
+  u.on_token(sampled_token(2, 13));
+  u.finish(2);
+  p = u.schedule();
+  ASSERT_EQ(p.seqs.size(), 1u);
+  EXPECT_EQ(p.seqs[0].tokens, (std::vector<int32_t>{13, 14, 15, 12}));  // "12 13" recurred: 14 15 12 followed it
+  EXPECT_EQ(p.seqs[0].num_draft, 3);
 }
 
 TEST(StepPlan, DraftsRoundTrip) {

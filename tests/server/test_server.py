@@ -547,7 +547,7 @@ def main():
              "only one kind of guided decoding"),
             ("guided_grammar in single quotes (not EBNF's literals)", 400, s.post("/v1/completions", {"prompt": "x", "guided_grammar": "root ::= 'a'"}),
              "grammar: unexpected"),
-            ("guided_grammar left-recursive", 400, s.post("/v1/completions", {"prompt": "x", "guided_grammar": "root ::= root \"a\" | \"b\""}),
+            ("guided_grammar left-recursive", 400, s.post("/v1/completions", {"prompt": "x", "guided_grammar": "root ::= a\na ::= b \"a\" | \"b\"\nb ::= a"}),
              "left-recursive"),
             ("guided_choice empty", 400, s.post("/v1/completions", {"prompt": "x", "guided_choice": []}), "non-empty list of strings"),
             ("guided_choice not strings", 400, s.post("/v1/completions", {"prompt": "x", "guided_choice": ["a", 1]}),
@@ -848,6 +848,12 @@ def main():
         check("guided_grammar streamed: a recursive grammar's text (or, cut by max_tokens, a prefix of one)",
               st == 200 and (balanced(streamed) if chunks[-1]["finish_reason"] == "stop" else chunks[-1]["finish_reason"] == "length"),
               (streamed, chunks[-1]))
+        # The same language written left-recursively (as xgrammar takes it) guides the same seeded answer.
+        left = 'root ::= expr\nexpr ::= expr ("+" | "-") term | term\nterm ::= [0-9]{1,3} | "(" expr ")"'
+        st, lr = s.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 40, "n": 1, "temperature": 1.0, "seed": 11,
+                                                 "guided_grammar": left})
+        check("guided_grammar with direct left recursion: the answer of the same grammar written as a repetition",
+              st == 200 and lr["choices"][0]["message"]["content"] == streamed, (lr, streamed))
         # A JSON schema (response_format json_schema, guided_json, structured_outputs json): stopped answers
         # are valid under it, with the properties in the schema's order (declared out of alphabetical order).
         schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},

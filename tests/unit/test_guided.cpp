@@ -920,6 +920,11 @@ TEST(GuidedGrammar, AcceptsTheLanguageAndEveryPrefix) {
       // code points: classes, negation, '.', escapes
       {"root ::= [\xce\xb1-\xcf\x89]+ \"!\" [^\\n]* \"\\n\" . \"\\u00e9\\x41\"",
        {{"\xce\xb1\xce\xb2!x y\n\xe4\xb8\xad\xc3\xa9" "A", true}, {"ab!\nx\xc3\xa9" "A", false}, {"\xce\xb1!\n\n\xc3\xa9" "A", true}}},
+      // direct left recursion, as the repetition it stands for (left-associative operators)
+      {"root ::= expr\nexpr ::= expr \"+\" term | expr \"-\" term | term\nterm ::= term \"*\" [0-9] | [0-9] | \"(\" expr \")\"",
+       {{"1+2*3-4", true}, {"(1-2)*3", true}, {"1", true}, {"1+", false}, {"+1", false}, {"1**2", false}, {"(1+2", false}}},
+      {"root ::= list \".\"\nlist ::= list \",\" [a-z]+ | [a-z]+",
+       {{"a,bc,d.", true}, {"a.", true}, {"a,.", false}, {",a.", false}}},
       // bounded repetitions
       {"root ::= \"a\"{2,3} [0-9]{1,} (\"x\" | \"y\"){0,2}",
        {{"aa1", true}, {"aaa123xy", true}, {"a1", false}, {"aaaa1", false}, {"aa1xyx", false}}},
@@ -937,6 +942,7 @@ TEST(GuidedGrammar, AcceptsTheLanguageAndEveryPrefix) {
   std::string long_text;
   for (int i = 0; i < 4000; ++i) long_text += "a ";
   EXPECT_TRUE(run(*Guide::grammar("root ::= ([a-z] \" \")* \"!\""), long_text + "!").second);
+  EXPECT_TRUE(run(*Guide::grammar("root ::= list \"!\"\nlist ::= list [a-z] \" \" | \"\""), long_text + "!").second);  // (left recursion too)
   const auto nest = Guide::grammar(cases[1].grammar);
   EXPECT_TRUE(run(*nest, std::string(500, '(') + "1" + std::string(500, ')')).second);
   EXPECT_LT(run(*nest, std::string(1100, '(') + "1" + std::string(1100, ')')).first, 1100u);
@@ -944,7 +950,11 @@ TEST(GuidedGrammar, AcceptsTheLanguageAndEveryPrefix) {
 
 TEST(GuidedGrammar, RefusesWhatItCannotTake) {
   const std::pair<std::string, std::string> bad[] = {
-      {"root ::= a\na ::= a \"x\" | \"y\"", "left-recursive through rule 'a'"},
+      {"root ::= a\na ::= b \"x\" | \"y\"\nb ::= a \"z\"", "left-recursive through rule 'a'"},
+      {"root ::= a\na ::= (a \"x\")? \"y\"", "left-recursive through rule 'a'"},
+      {"root ::= root | \"y\"", "left-recursive through rule 'root'"},
+      {"root ::= root \"x\"", "left-recursive through rule 'root'"},
+      {"root ::= root \"x\"? | \"y\"", "left-recursive"},
       {"root ::= (\"a\"?)*", "left-recursive"},
       {"root ::= b", "rule 'b' is used but not defined"},
       {"start ::= \"a\"", "no 'root' rule"},

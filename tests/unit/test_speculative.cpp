@@ -60,6 +60,11 @@ TEST(SpeculativeConfig, VllmKeysDefaultsAndErrors) {
   c = parse_speculative_config(R"({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 1, "prompt_lookup_max": 3})");
   EXPECT_EQ(c.prompt_lookup_min, 1);
   EXPECT_EQ(c.prompt_lookup_max, 3);
+  EXPECT_EQ(c.disable_by_batch_size, 0);
+  c = parse_speculative_config(R"({"method": "ngram", "num_speculative_tokens": 2, "disable_by_batch_size": 4})");
+  EXPECT_EQ(c.disable_by_batch_size, 4);
+  EXPECT_EQ(parse_speculative_config(R"({"method": "ngram", "num_speculative_tokens": 2, "disable_by_batch_size": null})").disable_by_batch_size, 0);
+  EXPECT_NE(error_of(R"({"method": "ngram", "num_speculative_tokens": 2, "disable_by_batch_size": -1})").find("disable_by_batch_size must be"), std::string::npos);
   EXPECT_NE(error_of(R"({"method": "eagle", "model": "x", "num_speculative_tokens": 2})").find("draft models"), std::string::npos);
   EXPECT_NE(error_of(R"({"method": "eagle3", "num_speculative_tokens": 2})").find("method 'eagle3' is not supported"), std::string::npos);
   EXPECT_NE(error_of(R"({"num_speculative_tokens": 2})").find("method is required"), std::string::npos);
