@@ -68,6 +68,9 @@ struct SamplingParams {
   // vLLM's request priority (scheduling_policy priority: lower values are admitted first, and preempted
   // last). Read by rank 0's scheduler only; not sent to the workers.
   int priority = 0;
+  // vLLM's cache_salt: prompt blocks are found in and added to the prefix cache under this salt only
+  // (one tenant's prompts cannot be probed by another's timing). Read by rank 0's scheduler only.
+  std::string cache_salt;
   // vLLM's use_beam_search: n beams scored with length_penalty, run above the engine by
   // server/beam_search.h (the engine itself refuses such a request). Not sent to the workers.
   bool beam_search = false;

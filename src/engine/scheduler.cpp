@@ -16,6 +16,8 @@ bool Scheduler::fits(int64_t total) const {
 void Scheduler::add(std::unique_ptr<Sequence> seq) {
   seq->state = Sequence::State::Waiting;
   seq->wants_prompt_logprobs = seq->params.prompt_logprobs >= 0;
+  seq->hash_seed = BlockManager::salt_hash(seq->params.cache_salt);
+  seq->last_hash = seq->hash_seed;
   enqueue(waiting_, seq.get(), false);
   seqs_[seq->id] = std::move(seq);
 }
@@ -153,7 +155,7 @@ bool Scheduler::preempt_one(Sequence& keep, StepPlan& plan) {
       v->blocks.clear();
       v->num_computed = 0;
       v->hashed_blocks = 0;
-      v->last_hash = 0;
+      v->last_hash = v->hash_seed;
       v->send_params = true;
       v->state = Sequence::State::Waiting;
       enqueue(waiting_, v, true);
@@ -255,10 +257,10 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
       // so does one pooling more than its last position.)
       // Reuse cached full blocks of the prefix; at least the last token is always recomputed.
       const int64_t max_blocks = (static_cast<int64_t>(s->tokens.size()) - 1) / cfg_.block_size;
-      s->blocks = bm_.match_prefix(s->tokens, max_blocks, hashes);
+      s->blocks = bm_.match_prefix(s->tokens, max_blocks, hashes, s->hash_seed);
       s->num_computed = static_cast<int32_t>(s->blocks.size()) * cfg_.block_size;
       s->hashed_blocks = static_cast<int32_t>(s->blocks.size());
-      s->last_hash = hashes.empty() ? 0 : hashes.back();
+      s->last_hash = hashes.empty() ? s->hash_seed : hashes.back();
       if (s->send_params && s->num_cached_tokens == 0) s->num_cached_tokens = s->num_computed;
     }
     if (!schedule_chunk(*s, budget, plan, false)) {
@@ -267,7 +269,7 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
       s->blocks.clear();
       s->num_computed = 0;
       s->hashed_blocks = 0;
-      s->last_hash = 0;
+      s->last_hash = s->hash_seed;
       break;
     }
     waiting_.pop_front();

@@ -58,6 +58,7 @@ struct Sequence {
   int32_t num_computed = 0;
   int32_t hashed_blocks = 0;
   uint64_t last_hash = 0;
+  uint64_t hash_seed = 0;  // the hash its first block follows: its cache_salt's (BlockManager::salt_hash), or 0
   std::vector<int32_t> tokens;  // prompt + generated
   std::vector<int32_t> blocks;
   std::vector<int32_t> host_blocks;  // while swapped: the host copy of each of its blocks (it holds none on the device)

@@ -38,13 +38,20 @@ void BlockManager::take(int32_t b) {
   ++ref_[b];
 }
 
+uint64_t BlockManager::salt_hash(const std::string& salt) {
+  if (salt.empty()) return 0;
+  std::vector<int32_t> bytes(salt.begin(), salt.end());
+  // (a "block" of the salt's bytes after a parent no token block has: a salted chain never meets an unsalted one)
+  return block_hash(0x5a17ull, bytes.data(), static_cast<int>(bytes.size()));
+}
+
 std::vector<int32_t> BlockManager::match_prefix(const std::vector<int32_t>& tokens, int64_t max_blocks,
-                                                std::vector<uint64_t>& hashes) {
+                                                std::vector<uint64_t>& hashes, uint64_t seed) {
   std::vector<int32_t> out;
   hashes.clear();
   if (!caching_) return out;
   queries_ += static_cast<int64_t>(tokens.size());
-  uint64_t parent = 0;
+  uint64_t parent = seed;
   for (int64_t b = 0; b < max_blocks && (b + 1) * block_size_ <= static_cast<int64_t>(tokens.size()); ++b) {
     const int32_t* t = tokens.data() + b * block_size_;
     const uint64_t h = block_hash(parent, t, block_size_);

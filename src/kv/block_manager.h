@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <list>
 #include <unordered_map>
+#include <string>
 #include <vector>
 
 namespace llmserve {
@@ -25,8 +26,13 @@ class BlockManager {
   static uint64_t block_hash(uint64_t parent, const int32_t* tokens, int n);
 
   // The longest run of cached full blocks matching the start of `tokens`, at most max_blocks long;
-  // takes a reference on each. Returns the blocks; `hashes` gets their hashes.
-  std::vector<int32_t> match_prefix(const std::vector<int32_t>& tokens, int64_t max_blocks, std::vector<uint64_t>& hashes);
+  // takes a reference on each. Returns the blocks; `hashes` gets their hashes. `seed`: the hash the
+  // first block follows (0, or a cache salt's: salt_hash).
+  std::vector<int32_t> match_prefix(const std::vector<int32_t>& tokens, int64_t max_blocks, std::vector<uint64_t>& hashes,
+                                    uint64_t seed = 0);
+  // The prefix-hash seed of vLLM's cache_salt: a request's blocks hash under it, so only requests with
+  // the same salt share them. 0 for no salt.
+  static uint64_t salt_hash(const std::string& salt);
 
   // n blocks (free first, then evicting the least recently used cached ones). Throws Error when
   // fewer are available; nothing is taken then.

@@ -85,6 +85,16 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
       throw HttpError(400, "'return_tokens_as_token_ids' must be a boolean", "BadRequestError", "return_tokens_as_token_ids");
     r.tokens_as_ids = body["return_tokens_as_token_ids"].get<bool>();
   }
+  if (given("return_token_ids")) {
+    if (!body["return_token_ids"].is_boolean())
+      throw HttpError(400, "'return_token_ids' must be a boolean", "BadRequestError", "return_token_ids");
+    r.return_token_ids = body["return_token_ids"].get<bool>();
+  }
+  if (body.contains("cache_salt")) {  // vLLM's rule and message
+    if (!body["cache_salt"].is_string() || body["cache_salt"].get<std::string>().empty())
+      throw HttpError(400, "Parameter 'cache_salt' must be a non-empty string if provided.", "BadRequestError", "cache_salt");
+    r.params.cache_salt = body["cache_salt"].get<std::string>();
+  }
   if (given("user") && !body["user"].is_string())
     throw HttpError(400, "'user' must be a string", "BadRequestError", "user");
   try {
@@ -478,6 +488,10 @@ json completion_response(const std::string& id, const GenerationRequest& r, cons
                      {"finish_reason", c.finish_reason},
                      {"stop_reason", c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason)}};
       if (r.params.prompt_logprobs >= 0) choice["prompt_logprobs"] = prompt_logprobs_json(outputs[i], ctx);
+      if (r.return_token_ids) {
+        choice["prompt_token_ids"] = r.prompts[i];
+        choice["token_ids"] = c.token_ids;
+      }
       choices.push_back(std::move(choice));
     }
   }
@@ -523,15 +537,18 @@ json chat_response(const std::string& id, const GenerationRequest& r, const ApiC
         finish = "tool_calls";
       }
     }
-    choices.push_back({{"index", c.index},
-                       {"message", message},
-                       {"logprobs", r.params.logprobs >= 0 ? chat_logprobs(c, {ctx, r.tokens_as_ids}) : json(nullptr)},
-                       {"finish_reason", finish},
-                       {"stop_reason", c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason)}});
+    json choice = {{"index", c.index},
+                   {"message", message},
+                   {"logprobs", r.params.logprobs >= 0 ? chat_logprobs(c, {ctx, r.tokens_as_ids}) : json(nullptr)},
+                   {"finish_reason", finish},
+                   {"stop_reason", c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason)}};
+    if (r.return_token_ids) choice["token_ids"] = c.token_ids;
+    choices.push_back(std::move(choice));
   }
   json resp = {{"id", id}, {"object", "chat.completion"}, {"created", ctx.created}, {"model", r.model},
                {"choices", std::move(choices)}, {"usage", usage_json(ctx, outputs)}};
   if (r.params.prompt_logprobs >= 0) resp["prompt_logprobs"] = prompt_logprobs_json(o, ctx);
+  if (r.return_token_ids) resp["prompt_token_ids"] = r.prompts.at(0);  // (vLLM's: the response's, not a choice's)
   return resp;
 }
 
@@ -590,11 +607,25 @@ std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiCo
                                          const RequestOutput& out, std::vector<ChoiceStream>& st) {
   std::vector<StreamChoice> choices;
   const CompletionOutput* current = nullptr;  // the choice being sent
-  auto emit = [&](json choice) { choices.push_back({std::move(choice), static_cast<int64_t>(current->token_ids.size())}); };
+  ChoiceStream* cur_stream = nullptr;
+  bool cur_first = false;
+  auto emit = [&](json choice) {
+    // return_token_ids: the first chunk of this update carries the output tokens not sent yet (and, on a
+    // choice's first chunk, a completion's prompt ids; a chat's go on the chunk itself: stream_chunks).
+    if (r.return_token_ids) {
+      if (cur_first && !r.chat) choice["prompt_token_ids"] = r.prompts.at(prompt_index);
+      const size_t from = std::min(cur_stream->ids_sent, current->token_ids.size());
+      choice["token_ids"] = std::vector<int32_t>(current->token_ids.begin() + static_cast<std::ptrdiff_t>(from), current->token_ids.end());
+      cur_stream->ids_sent = current->token_ids.size();
+    }
+    choices.push_back({std::move(choice), static_cast<int64_t>(current->token_ids.size()), cur_first});
+    cur_first = false;
+  };
   for (const auto& c : out.outputs) {
     current = &c;
     ChoiceStream& s = st.at(static_cast<size_t>(c.index));
     if (s.done) continue;
+    cur_stream = &s;
     const int64_t index = static_cast<int64_t>(prompt_index) * r.params.n + c.index;
     // With a reasoning parser: the reasoning's new bytes, and the content after it (`text` below).
     std::string reasoning_delta, content;
@@ -631,6 +662,7 @@ std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiCo
     s.sent = std::max(s.sent, limit);
     s.reasoning_sent += reasoning_delta.size();
     s.started = true;
+    cur_first = first;
     // The log-probabilities of the tokens not sent yet ride on this chunk (null when not asked for).
     json lp = nullptr;
     if (r.params.logprobs >= 0) {
@@ -703,6 +735,7 @@ std::string stream_chunks(const std::string& id, const GenerationRequest& r, con
                   {"model", r.model}, {"choices", json::array({std::move(c.choice)})}};
     if (r.continuous_usage)  // as vLLM: the prompt's tokens and this choice's so far
       chunk["usage"] = usage_json(out.prompt_tokens, c.tokens);
+    if (r.return_token_ids && r.chat && c.first) chunk["prompt_token_ids"] = r.prompts.at(prompt_index);
     events += "data: " + json_text(chunk) + "\n\n";
   }
   return events;

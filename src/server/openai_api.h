@@ -62,6 +62,9 @@ struct GenerationRequest {
   bool continuous_usage = false;  // and continuous_usage_stats: usage on every chunk (vLLM)
   bool echo = false;
   bool tokens_as_ids = false;  // vLLM's return_tokens_as_token_ids: log-probability entries name tokens "token_id:<id>"
+  // vLLM's return_token_ids: responses carry the prompt's token ids (prompt_token_ids) and each choice's
+  // (token_ids); streamed, the prompt's with a choice's first chunk and each chunk's new ones.
+  bool return_token_ids = false;
   bool echo_only = false;  // completions with echo and max_tokens 0: the prompt alone (one token is generated and dropped, as vLLM)
   bool tools_active = false;  // chat with tools and tool_choice auto: tool calls are parsed from the output
   // A named tool_choice: the function whose arguments the whole output is (guided by its parameters'
@@ -111,6 +114,7 @@ struct ChoiceStream {
   size_t logprobs_sent = 0;  // tokens whose log-probabilities were sent
   size_t text_offset = 0;    // completions: text_offset of the next token's log-probabilities
   bool call_named = false;   // a named tool choice's call has been sent its id and name
+  size_t ids_sent = 0;       // return_token_ids: output token ids sent
   size_t calls_sent = 0;     // tool calls read from the text (Hermes) named so far
   size_t args_sent = 0;      // bytes of the last of them's arguments sent
   bool done = false;
@@ -121,6 +125,7 @@ struct ChoiceStream {
 struct StreamChoice {
   nlohmann::json choice;
   int64_t tokens = 0;
+  bool first = false;  // the choice's first chunk (return_token_ids: a chat chunk then carries prompt_token_ids)
 };
 std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiContext& ctx, size_t prompt_index,
                                          const RequestOutput& out, std::vector<ChoiceStream>& st);

@@ -491,6 +491,33 @@ TEST(Engine, SpeculativeDecodingGivesTheOutputsOfDecodingOneTokenAtATime) {
   }
 }
 
+// vLLM's cache_salt: a prompt's blocks are found in the prefix cache only by requests with the same salt
+// (no salt is a salt of its own), and the outputs do not change.
+TEST(Engine, CacheSaltKeepsPrefixCacheHitsWithinTheSalt) {
+  Fixture s;
+  Engine e(*s.runner, s.tok.get(), 0);
+  const auto prompt = golden()["public"][3]["ids"].get<std::vector<int32_t>>();
+  ASSERT_GE(prompt.size(), 17u);  // (two blocks of 8 to reuse)
+  auto run = [&](const char* salt) {
+    SamplingParams p = greedy(4);
+    p.cache_salt = salt;
+    const uint64_t id = e.add_request(prompt, p);
+    return run_all(e).at(id);
+  };
+  const RequestOutput first = run("tenant-a");
+  EXPECT_EQ(first.num_cached_tokens, 0);
+  const RequestOutput other = run("tenant-b");
+  EXPECT_EQ(other.num_cached_tokens, 0);
+  const RequestOutput none = run("");
+  EXPECT_EQ(none.num_cached_tokens, 0);
+  const RequestOutput same = run("tenant-a");
+  EXPECT_EQ(same.num_cached_tokens, static_cast<int64_t>((prompt.size() - 1) / 8 * 8));
+  const RequestOutput none_again = run("");
+  EXPECT_EQ(none_again.num_cached_tokens, same.num_cached_tokens);
+  for (const RequestOutput* o : {&other, &none, &same, &none_again}) EXPECT_EQ(o->outputs[0].token_ids, first.outputs[0].token_ids);
+  e.shutdown();
+}
+
 // Text held back for a stop string ends on a character boundary: every streamed delta is whole UTF-8
 // and the deltas add up to the final text. The greedy continuations of golden prompts 0, 2, 3, 6 and 7
 // mix 2-4-byte characters with ASCII; a held-back length of 1-3 bytes cut their characters before.

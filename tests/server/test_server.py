@@ -455,6 +455,37 @@ def main():
         lp = r3["choices"][0]["logprobs"] if st == 200 else None
         check("token-id prompt with logprobs", st == 200 and lp and len(lp["tokens"]) == 2 and len(lp["top_logprobs"][0]) == 2, r3)
 
+        # vLLM's return_token_ids: the prompt's ids and each choice's, whole and streamed (the prompt's with a
+        # choice's first chunk, each chunk's new ids), the same ids log-probabilities name with token_id:<id>.
+        tb = {"prompt": "The capital of France is", "max_tokens": 6, "temperature": 0, "n": 2, "return_token_ids": True}
+        st, rt = s.post("/v1/completions", {**tb, "logprobs": 0, "return_tokens_as_token_ids": True})
+        _, tok_ids = s.post("/tokenize", {"prompt": tb["prompt"]})
+        named = [int(t.split(":")[1]) for t in rt["choices"][0]["logprobs"]["tokens"]] if st == 200 else None
+        _, ev = s.stream_chunks("/v1/completions", {**tb, "stream": True})
+        per = {0: [], 1: []}
+        prompt_ids_seen = {0: [], 1: []}
+        for e in ev:
+            for c in e.get("choices", []):
+                per[c["index"]] += c.get("token_ids", [])
+                prompt_ids_seen[c["index"]].append(c.get("prompt_token_ids"))
+        check("return_token_ids (completions): prompt and output ids, whole and streamed",
+              st == 200 and all(c["prompt_token_ids"] == tok_ids["tokens"] for c in rt["choices"])
+              and rt["choices"][0]["token_ids"] == named and len(named) == 6
+              and per[0] == rt["choices"][0]["token_ids"] and per[1] == rt["choices"][1]["token_ids"]
+              and all(p[0] == tok_ids["tokens"] and all(x is None for x in p[1:]) for p in prompt_ids_seen.values()), (rt, ev))
+        cm = [{"role": "user", "content": "Name a color."}]
+        st, rc = s.post("/v1/chat/completions", {"messages": cm, "max_tokens": 5, "temperature": 0, "return_token_ids": True})
+        _, chat_ids = s.post("/tokenize", {"messages": cm})
+        _, ev = s.stream_chunks("/v1/chat/completions", {"messages": cm, "max_tokens": 5, "temperature": 0, "return_token_ids": True,
+                                                        "stream": True})
+        streamed_ids = [t for e in ev for c in e.get("choices", []) for t in c.get("token_ids", [])]
+        check("return_token_ids (chat): the response's prompt_token_ids, the choice's token_ids; streamed, the prompt's on the "
+              "first chunk only", st == 200 and rc["prompt_token_ids"] == chat_ids["tokens"] and len(rc["choices"][0]["token_ids"]) == 5
+              and streamed_ids == rc["choices"][0]["token_ids"] and ev[0].get("prompt_token_ids") == chat_ids["tokens"]
+              and all("prompt_token_ids" not in e for e in ev[1:]), (rc, ev[:2]))
+        st, bad = s.post("/v1/completions", {"prompt": "x", "return_token_ids": "yes"})
+        check("return_token_ids not a boolean is a 400", st == 400 and "return_token_ids" in bad["error"]["message"], bad)
+
         # Chat: greedy output equals the engine's offline output for the same messages.
         msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."}]
         st, chat = s.post("/v1/chat/completions", {"model": "tiny", "messages": msgs, "max_tokens": 10, "temperature": 0, "ignore_eos": True})
@@ -1247,6 +1278,16 @@ def main():
               and u2["usage"]["prompt_tokens_details"]["cached_tokens"] >= 16
               and u2["usage"]["prompt_tokens_details"]["cached_tokens"] < u2["usage"]["prompt_tokens"]
               and su.get("prompt_tokens_details", {}).get("cached_tokens", 0) >= 16, (u1, u2, su))
+        # vLLM's cache_salt: a salted prompt finds only blocks cached under its own salt; an empty salt is a 400.
+        salted = {"prompt": " ".join(["epsilon zeta eta theta"] * 12), "max_tokens": 2, "temperature": 0}  # (a prompt not cached yet)
+        hits = []
+        for salt in ["s1", "s2", None, "s1"]:
+            st, u = a.post("/v1/completions", {**salted, **({"cache_salt": salt} if salt else {})}, headers=auth)
+            hits.append(u["usage"]["prompt_tokens_details"]["cached_tokens"] if st == 200 else u)
+        st, bad_salt = a.post("/v1/completions", {**salted, "cache_salt": ""}, headers=auth)
+        check("cache_salt: prefix-cache hits only under the same salt (none for another salt or none); empty is a 400",
+              hits[0] == hits[1] == hits[2] == 0 and isinstance(hits[3], int) and hits[3] >= 16 and st == 400
+              and bad_salt["error"]["message"] == "Parameter 'cache_salt' must be a non-empty string if provided.", (hits, bad_salt))
         check("auth: no key is 401", a.request("GET", "/v1/models")[0] == 401)
         check("auth: wrong key is 401", a.request("GET", "/v1/models", headers={"Authorization": "Bearer nope"})[0] == 401)
         check("auth: right key is 200", a.request("GET", "/v1/models", headers={"Authorization": "Bearer sekret"})[0] == 200)
