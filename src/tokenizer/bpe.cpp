@@ -1,6 +1,8 @@
 #include "tokenizer/bpe.h"
 
 #include <nlohmann/json.hpp>
+#include <algorithm>
+#include <cstdio>
 #include <queue>
 
 #include "common/error.h"
@@ -32,10 +34,16 @@ int unicode_to_byte(char32_t c) {
   return it == rev.end() ? -1 : it->second;
 }
 
-BpeModel::BpeModel(const nlohmann::json& model) {
+BpeModel::BpeModel(const nlohmann::json& model, bool byte_level) : byte_level_(byte_level) {
   if (model.value("type", "BPE") != "BPE") throw Error(cat("tokenizer: model type ", model.value("type", ""), " is not supported (BPE only)"));
-  if (model.value("byte_fallback", false)) throw Error("tokenizer: byte_fallback BPE is not supported");
   ignore_merges_ = model.value("ignore_merges", false);
+  byte_fallback_ = !byte_level && model.value("byte_fallback", false);
+  fuse_unk_ = model.value("fuse_unk", false);
+  if (byte_level && model.value("byte_fallback", false))
+    throw Error("tokenizer: byte_fallback with a byte-level pre-tokenizer is not supported");
+  for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
+    if (model.contains(key) && !model[key].is_null() && !model[key].get<std::string>().empty())
+      throw Error(cat("tokenizer: BPE ", key, " is not supported"));
   const auto& vocab = model.at("vocab");
   int32_t max_id = -1;
   for (auto it = vocab.begin(); it != vocab.end(); ++it) max_id = std::max(max_id, it.value().get<int32_t>());
@@ -49,7 +57,13 @@ BpeModel::BpeModel(const nlohmann::json& model) {
   for (int b = 0; b < 256; ++b) {
     auto it = vocab_.find(byte_to_unicode()[b]);
     byte_id_[b] = it == vocab_.end() ? -1 : it->second;
+    char name[8];
+    std::snprintf(name, sizeof name, "<0x%02X>", b);
+    auto fb = vocab_.find(name);
+    fallback_id_[b] = fb == vocab_.end() ? -1 : fb->second;
+    if (fb != vocab_.end()) fallback_byte_[fb->second] = b;
   }
+  if (model.contains("unk_token") && model["unk_token"].is_string()) unk_id_ = find(model["unk_token"].get<std::string>());
   const auto& merges = model.at("merges");
   merges_.reserve(merges.size());
   uint64_t rank = 0;
@@ -79,6 +93,48 @@ int32_t BpeModel::find(const std::string& token) const {
   return it == vocab_.end() ? -1 : it->second;
 }
 
+int BpeModel::byte_of(int32_t id) const {
+  if (byte_level_) return -1;
+  auto it = fallback_byte_.find(id);
+  return it == fallback_byte_.end() ? -1 : it->second;
+}
+
+void BpeModel::char_symbols(std::string_view piece, std::vector<int32_t>& sym) const {
+  // As HF tokenizers' BPE::merge_word: a character in the vocabulary is its token; else its bytes'
+  // <0xXX> tokens (byte_fallback, when all of them exist); else the unknown token, a run of them one
+  // with fuse_unk; a character without any of these is dropped.
+  bool unk_pending = false;
+  auto flush_unk = [&] {
+    if (unk_pending) sym.push_back(unk_id_), unk_pending = false;
+  };
+  for (size_t i = 0; i < piece.size();) {
+    size_t len = 1;
+    const unsigned char c0 = static_cast<unsigned char>(piece[i]);
+    if (c0 >= 0xF0) len = 4;
+    else if (c0 >= 0xE0) len = 3;
+    else if (c0 >= 0xC0) len = 2;
+    len = std::min(len, piece.size() - i);
+    const std::string ch(piece.substr(i, len));
+    i += len;
+    auto it = vocab_.find(ch);
+    if (it != vocab_.end()) {
+      flush_unk();
+      sym.push_back(it->second);
+      continue;
+    }
+    if (byte_fallback_ &&
+        std::all_of(ch.begin(), ch.end(), [&](char b) { return fallback_id_[static_cast<unsigned char>(b)] >= 0; })) {
+      flush_unk();
+      for (char b : ch) sym.push_back(fallback_id_[static_cast<unsigned char>(b)]);
+      continue;
+    }
+    if (unk_id_ < 0) continue;
+    if (!fuse_unk_) flush_unk();
+    unk_pending = true;
+  }
+  flush_unk();
+}
+
 void BpeModel::encode(std::string_view piece, std::vector<int32_t>& out) const {
   if (piece.empty()) return;
   if (piece.size() <= 64) {
@@ -102,19 +158,31 @@ void BpeModel::encode(std::string_view piece, std::vector<int32_t>& out) const {
 void BpeModel::merge_word(std::string_view piece, std::vector<int32_t>& out) const {
   if (ignore_merges_) {
     std::string mapped;
-    for (unsigned char c : piece) mapped += byte_to_unicode()[c];
+    if (byte_level_) {
+      for (unsigned char c : piece) mapped += byte_to_unicode()[c];
+    } else {
+      mapped = piece;
+    }
     auto it = vocab_.find(mapped);
     if (it != vocab_.end()) {
       out.push_back(it->second);
       return;
     }
   }
-  const int n = static_cast<int>(piece.size());
-  std::vector<int32_t> sym(n);
+  std::vector<int32_t> sym;
+  if (byte_level_) {
+    sym.resize(piece.size());
+    for (size_t i = 0; i < piece.size(); ++i) {
+      sym[i] = byte_id_[static_cast<unsigned char>(piece[i])];
+      if (sym[i] < 0) throw Error("tokenizer: the vocabulary lacks a byte-level token");
+    }
+  } else {
+    char_symbols(piece, sym);
+  }
+  const int n = static_cast<int>(sym.size());
+  if (n == 0) return;
   std::vector<int> prev(n), next(n);
   for (int i = 0; i < n; ++i) {
-    sym[i] = byte_id_[static_cast<unsigned char>(piece[i])];
-    if (sym[i] < 0) throw Error("tokenizer: the vocabulary lacks a byte-level token");
     prev[i] = i - 1;
     next[i] = i + 1 < n ? i + 1 : -1;
   }

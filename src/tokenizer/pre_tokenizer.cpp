@@ -18,7 +18,7 @@ const char* kGpt2Pattern = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\
 class RegexSplit : public PreTokenizer {
  public:
   RegexSplit(const std::string& pattern, bool removed, bool invert) : re_(pattern), removed_(removed), invert_(invert) {}
-  void split(std::vector<std::string>& pieces) const override {
+  void split(std::vector<std::string>& pieces, bool at_start) const override {
     std::vector<std::string> out;
     out.reserve(pieces.size() * 2);
     std::vector<size_t> offs;
@@ -63,7 +63,7 @@ class RegexSplit : public PreTokenizer {
 class DigitsSplit : public PreTokenizer {
  public:
   explicit DigitsSplit(bool individual) : individual_(individual) {}
-  void split(std::vector<std::string>& pieces) const override {
+  void split(std::vector<std::string>& pieces, bool at_start) const override {
     std::vector<std::string> out;
     for (const auto& p : pieces) {
       const std::u32string u = unicode::decode_utf8(p);
@@ -91,11 +91,11 @@ class ByteLevelSplit : public PreTokenizer {
  public:
   ByteLevelSplit(bool add_prefix_space, bool use_regex)
       : prefix_(add_prefix_space), regex_(use_regex ? std::make_unique<RegexSplit>(kGpt2Pattern, false, false) : nullptr) {}
-  void split(std::vector<std::string>& pieces) const override {
+  void split(std::vector<std::string>& pieces, bool at_start) const override {
     if (prefix_)
       for (auto& p : pieces)
         if (p.empty() || p[0] != ' ') p.insert(p.begin(), ' ');
-    if (regex_) regex_->split(pieces);
+    if (regex_) regex_->split(pieces, at_start);
   }
 
  private:
@@ -103,32 +103,101 @@ class ByteLevelSplit : public PreTokenizer {
   std::unique_ptr<RegexSplit> regex_;
 };
 
+// SentencePiece's word marker: spaces become the replacement ("▁"), which is prepended to a piece that
+// does not begin with it (every piece with prepend_scheme always, the text's first only with first), and
+// with split each marker begins a new piece (HF's MergedWithNext).
+class MetaspaceSplit : public PreTokenizer {
+ public:
+  MetaspaceSplit(std::string replacement, std::string scheme, bool split)
+      : rep_(std::move(replacement)), scheme_(std::move(scheme)), split_(split) {}
+  void split(std::vector<std::string>& pieces, bool at_start) const override {
+    std::vector<std::string> out;
+    for (size_t k = 0; k < pieces.size(); ++k) {
+      std::string p;
+      for (char c : pieces[k]) {
+        if (c == ' ') p += rep_;
+        else p.push_back(c);
+      }
+      const bool prepend = scheme_ == "always" || (scheme_ == "first" && at_start && k == 0);
+      if (prepend && p.compare(0, rep_.size(), rep_) != 0) p.insert(0, rep_);
+      if (!split_) {
+        out.push_back(std::move(p));
+        continue;
+      }
+      size_t from = 0;
+      for (size_t at = p.find(rep_, 1); at != std::string::npos; at = p.find(rep_, at + rep_.size())) {
+        out.push_back(p.substr(from, at - from));
+        from = at;
+      }
+      if (from < p.size()) out.push_back(p.substr(from));
+    }
+    pieces.swap(out);
+  }
+
+ private:
+  std::string rep_, scheme_;
+  bool split_;
+};
+
 class SequenceSplit : public PreTokenizer {
  public:
   std::vector<std::unique_ptr<PreTokenizer>> steps;
-  void split(std::vector<std::string>& pieces) const override {
-    for (const auto& s : steps) s->split(pieces);
+  void split(std::vector<std::string>& pieces, bool at_start) const override {
+    for (const auto& s : steps) s->split(pieces, at_start);
   }
 };
 
 }  // namespace
 
 Normalizer::Normalizer(const json& spec) {
-  if (spec.is_null()) return;
+  if (!spec.is_null()) add(spec);
+}
+
+void Normalizer::add(const json& spec) {
   const std::string type = spec.value("type", "");
   if (type == "NFC") {
-    nfc_ = true;
+    steps_.push_back({Step::Kind::Nfc, "", ""});
+  } else if (type == "Prepend") {
+    steps_.push_back({Step::Kind::Prepend, spec.at("prepend").get<std::string>(), ""});
+  } else if (type == "Replace") {
+    const json& pat = spec.at("pattern");
+    if (!pat.contains("String")) throw Error("tokenizer: a Replace normalizer with a regex pattern is not supported (a string only)");
+    const std::string from = pat["String"].get<std::string>();
+    if (from.empty()) throw Error("tokenizer: a Replace normalizer with an empty pattern");
+    steps_.push_back({Step::Kind::Replace, from, spec.at("content").get<std::string>()});
   } else if (type == "Sequence") {
-    for (const auto& n : spec.at("normalizers")) {
-      Normalizer sub(n);
-      nfc_ = nfc_ || sub.nfc_;
-    }
+    for (const auto& n : spec.at("normalizers")) add(n);
   } else {
-    throw Error(cat("tokenizer: normalizer '", type, "' is not supported (supported: NFC)"));
+    throw Error(cat("tokenizer: normalizer '", type, "' is not supported (supported: NFC, Prepend, Replace, Sequence)"));
   }
 }
 
-std::string Normalizer::apply(std::string_view text) const { return nfc_ ? unicode::nfc_utf8(text) : std::string(text); }
+std::string Normalizer::apply(std::string_view text) const {
+  std::string s(text);
+  for (const Step& st : steps_) {
+    switch (st.kind) {
+      case Step::Kind::Nfc:
+        s = unicode::nfc_utf8(s);
+        break;
+      case Step::Kind::Prepend:  // (HF's: an empty text stays empty)
+        if (!s.empty()) s.insert(0, st.a);
+        break;
+      case Step::Kind::Replace: {
+        std::string r;
+        size_t from = 0;
+        for (size_t at = s.find(st.a); at != std::string::npos; at = s.find(st.a, from)) {
+          r.append(s, from, at - from);
+          r += st.b;
+          from = at + st.a.size();
+        }
+        r.append(s, from, std::string::npos);
+        s.swap(r);
+        break;
+      }
+    }
+  }
+  return s;
+}
 
 std::unique_ptr<PreTokenizer> PreTokenizer::from_json(const json& spec, bool* byte_level) {
   if (spec.is_null()) return std::make_unique<SequenceSplit>();
@@ -143,6 +212,13 @@ std::unique_ptr<PreTokenizer> PreTokenizer::from_json(const json& spec, bool* by
     return std::make_unique<ByteLevelSplit>(spec.value("add_prefix_space", false), spec.value("use_regex", true));
   }
   if (type == "Digits") return std::make_unique<DigitsSplit>(spec.value("individual_digits", false));
+  if (type == "Metaspace") {
+    // (tokenizers before 0.19 wrote add_prefix_space instead of prepend_scheme)
+    const std::string scheme = spec.value("prepend_scheme", spec.value("add_prefix_space", true) ? "always" : "never");
+    if (scheme != "always" && scheme != "first" && scheme != "never")
+      throw Error(cat("tokenizer: Metaspace prepend_scheme '", scheme, "' is not supported"));
+    return std::make_unique<MetaspaceSplit>(spec.value("replacement", std::string("\u2581")), scheme, spec.value("split", true));
+  }
   if (type == "Split") {
     const std::string behavior = spec.value("behavior", "Isolated");
     if (behavior != "Isolated" && behavior != "Removed")
@@ -160,7 +236,7 @@ std::unique_ptr<PreTokenizer> PreTokenizer::from_json(const json& spec, bool* by
     }
     return std::make_unique<RegexSplit>(re, behavior == "Removed", spec.value("invert", false));
   }
-  throw Error(cat("tokenizer: pre-tokenizer '", type, "' is not supported (Sequence, Split, ByteLevel, Digits)"));
+  throw Error(cat("tokenizer: pre-tokenizer '", type, "' is not supported (Sequence, Split, ByteLevel, Digits, Metaspace)"));
 }
 
 }  // namespace llmserve

@@ -50,14 +50,15 @@ Tokenizer::Tokenizer(const std::string& tokenizer_json, const std::string& token
   const json tj = parse(tokenizer_json, "tokenizer.json");
   const json cfg = tokenizer_config_json.empty() ? json::object() : parse(tokenizer_config_json, "tokenizer_config.json");
   try {
-    bpe_ = std::make_unique<BpeModel>(tj.at("model"));
     normalizer_ = Normalizer(tj.value("normalizer", json(nullptr)));
     bool byte_level = false;
     pre_ = PreTokenizer::from_json(tj.value("pre_tokenizer", json(nullptr)), &byte_level);
     const json dec = tj.value("decoder", json(nullptr));
     byte_level_decoder_ = dec.is_object() && dec.value("type", "") == "ByteLevel";
-    if (!byte_level || !byte_level_decoder_)
-      throw Error("only byte-level BPE tokenizers are supported (ByteLevel pre-tokenizer and decoder)");
+    bpe_ = std::make_unique<BpeModel>(tj.at("model"), byte_level);
+    if (byte_level != byte_level_decoder_)
+      throw Error("a ByteLevel pre-tokenizer and decoder go together (byte-level BPE); one without the other is not supported");
+    if (!byte_level) decoder_ = std::make_unique<TokenDecoder>(dec);  // character-level (SentencePiece style)
     vocab_size_ = bpe_->size();
     if (tj.contains("added_tokens")) {
       for (const auto& a : tj["added_tokens"]) {
@@ -153,10 +154,10 @@ bool Tokenizer::is_special(int32_t id) const {
   return it != added_by_id_.end() && added_[it->second].special;
 }
 
-void Tokenizer::encode_segment(std::string_view text, std::vector<int32_t>& out) const {
+void Tokenizer::encode_segment(std::string_view text, bool at_start, std::vector<int32_t>& out) const {
   if (text.empty()) return;
   std::vector<std::string> pieces{normalizer_.apply(text)};
-  pre_->split(pieces);
+  pre_->split(pieces, at_start);
   for (const auto& p : pieces) bpe_->encode(p, out);
 }
 
@@ -183,11 +184,11 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_t
       while (seg_end > seg && is_ws(text[seg_end - 1])) --seg_end;
     if (hit->rstrip)
       while (next < text.size() && is_ws(text[next])) ++next;
-    encode_segment(text.substr(seg, seg_end - seg), out);
+    encode_segment(text.substr(seg, seg_end - seg), seg == 0, out);
     out.push_back(hit->id);
     seg = i = next;
   }
-  encode_segment(text.substr(seg), out);
+  encode_segment(text.substr(seg), seg == 0, out);
   if (add_special_tokens) out.insert(out.end(), suffix_ids_.begin(), suffix_ids_.end());
   return out;
 }
@@ -215,6 +216,7 @@ std::vector<int32_t> Tokenizer::encode_pair(std::string_view a, std::string_view
 std::string Tokenizer::token_bytes(int32_t id, bool skip_special_tokens) const {
   if (skip_special_tokens && is_special(id)) return {};
   const std::string tok = id_to_token(id);
+  if (decoder_) return decoder_->continuation(tok);
   // ByteLevel decoder: a token whose every character is a byte-level character becomes those bytes;
   // any other token stays as its own UTF-8 text.
   std::string bytes;
@@ -227,6 +229,13 @@ std::string Tokenizer::token_bytes(int32_t id, bool skip_special_tokens) const {
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
+  if (decoder_) {
+    std::vector<std::string> tokens;
+    tokens.reserve(ids.size());
+    for (int32_t id : ids)
+      if (!(skip_special_tokens && is_special(id))) tokens.push_back(id_to_token(id));
+    return unicode::utf8_lossy(decoder_->decode(std::move(tokens)));
+  }
   std::string bytes;
   for (int32_t id : ids) bytes += token_bytes(id, skip_special_tokens);
   return unicode::utf8_lossy(bytes);

@@ -1,5 +1,7 @@
-// Hugging Face-compatible byte-level BPE tokenizer, built from the tokenizer.json (and
-// tokenizer_config.json) stored in the model file. encode() gives the ids transformers'
+// Hugging Face-compatible BPE tokenizer, built from the tokenizer.json (and tokenizer_config.json)
+// stored in the model file: byte-level (GPT-2 style: Qwen, Llama 3, SmolLM2) or character-level with
+// byte fallback (SentencePiece style: Llama 2, Mistral, TinyLlama; the "▁" word marker from Prepend /
+// Replace normalizers or a Metaspace pre-tokenizer). encode() gives the ids transformers'
 // `encode(text, add_special_tokens=...)` gives; added and special tokens written in the text are
 // matched as tokens (longest match first, as HF does with split_special_tokens=False). decode()
 // gives `decode(ids, skip_special_tokens=...)`.
@@ -16,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tokenizer/bpe.h"
+#include "tokenizer/decoder.h"
 #include "tokenizer/pre_tokenizer.h"
 
 namespace llmserve {
@@ -58,8 +61,10 @@ class Tokenizer {
   const std::optional<std::string>& eos_token() const { return eos_token_; }
 
  private:
-  void encode_segment(std::string_view text, std::vector<int32_t>& out) const;
+  // `at_start`: the segment begins the text (no added token before it).
+  void encode_segment(std::string_view text, bool at_start, std::vector<int32_t>& out) const;
   std::unique_ptr<BpeModel> bpe_;
+  std::unique_ptr<TokenDecoder> decoder_;  // character-level models' decoder chain (null: byte-level)
   Normalizer normalizer_{nlohmann::json()};
   std::unique_ptr<PreTokenizer> pre_;
   bool byte_level_decoder_ = false;
@@ -78,7 +83,9 @@ class Tokenizer {
 };
 
 // Streaming decode: add() returns the text that is final once `id` is appended (never half a UTF-8
-// character); finish() returns what is left. The concatenation equals decode() of all ids.
+// character); finish() returns what is left. The concatenation equals decode() of all ids, except that
+// a character-level model's text is a continuation (as vLLM's detokenizer, primed with the prompt, makes
+// it): its first "▁" stays a space rather than being stripped.
 class IncrementalDecoder {
  public:
   IncrementalDecoder(const Tokenizer& tok, bool skip_special_tokens) : tok_(tok), skip_(skip_special_tokens) {}

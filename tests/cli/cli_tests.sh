@@ -231,6 +231,16 @@ check "tokenize" 0 '"ids":\[9707,1879\]' -- "$llmserve" tokenize --model "$qwen"
 check "tokenize from stdin" 0 '"count":2' -- bash -c "printf 'Hello world' | '$llmserve' tokenize --model '$qwen' -"
 check "tokenize with special tokens in text" 0 '"ids":\[151644,' -- "$llmserve" tokenize "$work/good.yaml" "<|im_start|>user"
 check "detokenize" 0 "^Hello world$" -- "$llmserve" detokenize --model "$qwen" 9707,1879
+# A SentencePiece-style tokenizer (Llama 2, Mistral: characters, byte fallback, the "▁" marker) converts
+# with a checkpoint and tokenizes as HF tokenizers does (tests/tokenizer/spm/legacy/cases.json).
+mkdir -p "$work/spm-llama"
+cp "$fixtures"/models/tiny-llama3/*.json "$fixtures"/models/tiny-llama3/*.safetensors "$work/spm-llama/"
+cp "$here/../tokenizer/spm/legacy/tokenizer.json" "$here/../tokenizer/spm/legacy/tokenizer_config.json" "$work/spm-llama/"
+check "convert: a SentencePiece-style tokenizer" 0 "converted" -- "$convert" "$work/spm-llama" -o "$work/spm-llama.h5"
+check "tokenize: SentencePiece-style, as HF" 0 '"ids":\[1,352,295,475,387,352,863,331,323\]' -- \
+  "$llmserve" tokenize --model "$work/spm-llama.h5" --add-special-tokens "Hello world"
+check "detokenize: SentencePiece-style, as HF (byte fallback)" 0 "^<s> Hello world café$" -- \
+  "$llmserve" detokenize --model "$work/spm-llama.h5" 1,352,295,475,387,352,863,331,323,352,322,982,198,172
 check "detokenize skips special tokens" 0 "^user$" -- "$llmserve" detokenize --model "$qwen" --skip-special-tokens "[151644, 872]"
 check "detokenize: id outside the vocabulary" 1 "token id 999999 is outside the vocabulary" -- "$llmserve" detokenize --model "$qwen" 1,999999
 check "detokenize: not ids" 1 "expected token ids" -- "$llmserve" detokenize --model "$qwen" "hello"

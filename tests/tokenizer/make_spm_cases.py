@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""SentencePiece-style BPE tokenizers (Llama 2, Mistral, TinyLlama: characters, byte fallback, the "▁"
+word marker) and the ids and texts Hugging Face tokenizers gives for them, as test data for llmserve's
+tokenizer. Two layouts of tokenizer.json, both as HF writes them for such models:
+  legacy:    normalizer Prepend("▁") + Replace(" ", "▁"), no pre-tokenizer, decoder Replace + ByteFallback +
+             Fuse + Strip (Llama 2's);
+  metaspace: pre-tokenizer Metaspace(prepend_scheme first, no split), the same decoder (newer conversions);
+  split:     pre-tokenizer Metaspace(prepend_scheme always, split at the marker), decoder Metaspace + ByteFallback
+             + Fuse.
+The vocabularies are trained here by HF tokenizers' BPE trainer on this repository's README (no hub).
+    python3 tests/tokenizer/make_spm_cases.py OUT_DIR
+Needs the `tokenizers` package; the expectations are HF tokenizers' own outputs (version recorded)."""
+import json
+import os
+import sys
+
+import tokenizers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+out = sys.argv[1]
+here = os.path.dirname(os.path.abspath(__file__))
+corpus = open(os.path.join(here, "..", "..", "README.md"), encoding="utf-8").read().splitlines()
+
+SPECIAL = ["<unk>", "<s>", "</s>"]
+BYTES = [f"<0x{b:02X}>" for b in range(256)]
+
+
+def build(layout):
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    seq_decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    if layout == "legacy":  # Llama 2's tokenizer.json
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tok.decoder = seq_decoder
+    elif layout == "metaspace":  # transformers' LlamaConverter with legacy=False
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+        tok.decoder = seq_decoder
+    else:  # "split": words split at the marker, the Metaspace decoder
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+        tok.decoder = decoders.Sequence([decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+                                         decoders.ByteFallback(), decoders.Fuse()])
+    # Characters the README does not have stay out of the vocabulary: they fall back to byte tokens.
+    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=SPECIAL, limit_alphabet=120, show_progress=False)
+    tok.train_from_iterator(corpus, trainer)
+    # As in Llama 2's vocabulary: the byte tokens <0x00>..<0xFF> are ordinary tokens 3..258, not added ones.
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    learned = sorted((i, t) for t, i in vocab.items() if t not in SPECIAL)
+    new_vocab = {t: i for i, t in enumerate(SPECIAL)}
+    for b in BYTES:
+        new_vocab[b] = len(new_vocab)
+    for _, t in learned:
+        if t not in new_vocab:
+            new_vocab[t] = len(new_vocab)
+    spec["model"]["vocab"] = new_vocab
+    tok = Tokenizer.from_str(json.dumps(spec))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])
+    return tok
+
+
+texts = [
+    "Hello world", " Hello  world ", "The capital of France is Paris.", "tensor_parallel_size: 2\n  dtype: bfloat16",
+    "naïve café — 東京 🙂 Ωmega", "\t\ttabs\nand\r\nnewlines", "", " ", "▁already marked", "x<s>y</s> z",
+    "<s>[INST] What is 2+2? [/INST]", "unknown: ǅ ẞ ſ ﬁ", "emoji 🚀🚀 rocket", "a" * 40, "mpirun -np 8 ./llmserve config.yaml",
+    "12345 67.89 1e-5", "über straße", "<unk> stays special", "end with space ",
+]
+for layout in ("legacy", "metaspace", "split"):
+    tok = build(layout)
+    d = os.path.join(out, layout)
+    os.makedirs(d, exist_ok=True)
+    tok.save(os.path.join(d, "tokenizer.json"))
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": True}, f)
+    cases = []
+    for t in texts:
+        plain = tok.encode(t, add_special_tokens=False).ids
+        with_special = tok.encode(t, add_special_tokens=True).ids
+        cases.append({"text": t, "ids": plain, "ids_special": with_special,
+                      "decoded": tok.decode(with_special, skip_special_tokens=False),
+                      "decoded_skip": tok.decode(with_special, skip_special_tokens=True),
+                      "tokens": [tok.decode([i], skip_special_tokens=False) for i in plain]})
+    # Byte tokens that are not UTF-8 when put together decode to one U+FFFD each.
+    lone = [tok.token_to_id("<0xE4>"), tok.token_to_id("<0xB8>"), tok.token_to_id("▁a") or tok.token_to_id("a"),
+            tok.token_to_id("<0xFF>")]
+    cases.append({"decode_only": lone, "decoded": tok.decode(lone, skip_special_tokens=False)})
+    with open(os.path.join(d, "cases.json"), "w", encoding="utf-8") as f:
+        json.dump({"tokenizers_version": tokenizers.__version__, "cases": cases}, f, ensure_ascii=False, indent=0)
+    print(layout, "vocab", tok.get_vocab_size(), "cases", len(cases))
