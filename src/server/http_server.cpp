@@ -165,7 +165,7 @@ class Session : public std::enable_shared_from_this<Session> {
                                    {"/score", http::verb::post},      {"/v1/score", http::verb::post},
                                    {"/rerank", http::verb::post},     {"/v1/rerank", http::verb::post},
                                    {"/v2/rerank", http::verb::post},  {"/classify", http::verb::post},
-                                   {"/pooling", http::verb::post},
+                                   {"/pooling", http::verb::post},    {"/invocations", http::verb::post},
                                    // (a stored response: /v1/responses/{id}, /v1/responses/{id}/cancel)
                                    {"/v1/responses/*", http::verb::get}, {"/v1/responses/*", http::verb::delete_},
                                    {"/v1/responses/*/cancel", http::verb::post}};
@@ -194,6 +194,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (path == "/v1/models") return respond(200, json_text(models_response(ctx_)), req_.keep_alive());
     if (path == "/tokenize" || path == "/detokenize") return tokenize(path == "/tokenize");
     if (pattern != path) return stored_response(stored_id, method, pattern.size() > prefix.size() + 1);
+    if (path == "/invocations") return generate(invocation_api());
     const bool rerank = path == "/rerank" || path == "/v1/rerank" || path == "/v2/rerank";
     generate(path == "/v1/chat/completions"           ? Api::Chat
              : path == "/v1/responses"                ? Api::Responses
@@ -260,6 +261,21 @@ class Session : public std::enable_shared_from_this<Session> {
   };
 
   enum class Api { Completion, Chat, Responses, Embeddings, Score, Rerank, Classify, Pooling };
+  // vLLM's POST /invocations (SageMaker's route): the API whose request the body is, by the fields it
+  // has, in vLLM's order: messages a chat, prompt a completion, input embeddings (the classify API on a
+  // classifier), query with documents a rerank, text_1 / text_2 a score.
+  Api invocation_api() const {
+    const auto body = parse_json<nlohmann::json>(req_.body());
+    if (!body.is_object()) throw HttpError(400, "the request body must be a JSON object");
+    if (body.contains("messages")) return Api::Chat;
+    if (body.contains("prompt")) return Api::Completion;
+    if (body.contains("input")) return ctx_.classifier ? Api::Classify : Api::Embeddings;
+    if (body.contains("query") && body.contains("documents")) return Api::Rerank;
+    if (body.contains("text_1") || body.contains("text_2")) return Api::Score;
+    throw HttpError(400, "Cannot find suitable handler for request. Expected one of: ChatCompletionRequest (messages), "
+                         "CompletionRequest (prompt), EmbeddingRequest or ClassificationRequest (input), RerankRequest "
+                         "(query, documents), ScoreRequest (text_1, text_2)");
+  }
   void generate(Api api) {
     auto p = std::make_shared<Pending>();
     const auto body = parse_json<nlohmann::ordered_json>(req_.body());

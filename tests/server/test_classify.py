@@ -96,6 +96,15 @@ def rerank_checks(s):
           st == 200 and [x["index"] for x in r["results"]] == order
           and worst([x["relevance_score"] for x in r["results"]], [pairs[i]["score"] for i in order]) <= TOL
           and r["results"][0]["document"]["text"] == docs[order[0]], str(r)[:300])
+    # vLLM's /invocations (SageMaker) dispatches by the body: query with documents a rerank, text_1 a score,
+    # input the classify API on a classifier.
+    st, ir = s.post("/invocations", {"query": query, "documents": docs, "top_n": 2})
+    st2, isc = s.post("/invocations", {"text_1": [query] * 3, "text_2": docs})
+    st3, icl = s.post("/invocations", {"input": P[0]["ids"]})
+    check("/invocations: rerank, score and classify bodies answer as their APIs",
+          st == st2 == st3 == 200 and [x["index"] for x in ir["results"]] == order
+          and worst([d["score"] for d in isc["data"]], [p["score"] for p in pairs]) <= TOL
+          and icl["object"] == "list" and "probs" in icl["data"][0], (str(ir)[:200], str(isc)[:200], str(icl)[:200]))
     st, r = s.post("/score", {"text_1": ["a", "b"], "text_2": ["c", "d", "e"]})
     check("score 2:3 refused", st == 400 and "1:1, 1:N or N:N" in r["error"]["message"], str(r)[:200])
 

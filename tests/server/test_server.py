@@ -486,6 +486,20 @@ def main():
         st, bad = s.post("/v1/completions", {"prompt": "x", "return_token_ids": "yes"})
         check("return_token_ids not a boolean is a 400", st == 400 and "return_token_ids" in bad["error"]["message"], bad)
 
+        # vLLM's /invocations (SageMaker's route): a chat body answers as /v1/chat/completions, a prompt as
+        # /v1/completions (the same greedy text); a body of neither is vLLM's 400.
+        gb = {"prompt": "The capital of France is", "max_tokens": 5, "temperature": 0}
+        cb = {"messages": [{"role": "user", "content": "Name a color."}], "max_tokens": 5, "temperature": 0}
+        st1, ic = s.post("/invocations", gb)
+        st2, rc1 = s.post("/v1/completions", gb)
+        st3, ich = s.post("/invocations", cb)
+        st4, rc2 = s.post("/v1/chat/completions", cb)
+        st5, inv_bad = s.post("/invocations", {"max_tokens": 3})
+        check("/invocations: completion and chat bodies answer as their routes; neither is a 400",
+              st1 == st2 == st3 == st4 == 200 and ic["object"] == "text_completion" and ic["choices"][0]["text"] == rc1["choices"][0]["text"]
+              and ich["object"] == "chat.completion" and ich["choices"][0]["message"] == rc2["choices"][0]["message"]
+              and st5 == 400 and "Cannot find suitable handler for request" in inv_bad["error"]["message"], (ic, ich, inv_bad))
+
         # Chat: greedy output equals the engine's offline output for the same messages.
         msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."}]
         st, chat = s.post("/v1/chat/completions", {"model": "tiny", "messages": msgs, "max_tokens": 10, "temperature": 0, "ignore_eos": True})
