@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+#include <unordered_map>
 #include <algorithm>
 #include <cstring>
 
@@ -238,6 +239,37 @@ T meta(const GgufFile& g, const std::string& key) {
   }
 }
 
+// The merges of a SentencePiece BPE vocabulary (GGUF tokenizer model "llama": pieces with scores, no
+// merges), as transformers' SentencePieceExtractor derives them for Llama 2's tokenizer.json: every split
+// of a piece into two pieces of the vocabulary (at character boundaries), ordered by the piece's score,
+// highest first (ties by piece id, then by the halves' ids).
+json sentencepiece_merges(const std::vector<std::string>& tokens, const std::vector<double>& scores) {
+  std::unordered_map<std::string, int64_t> id;
+  for (size_t i = 0; i < tokens.size(); ++i) id.emplace(tokens[i], static_cast<int64_t>(i));
+  struct M {
+    double score;
+    size_t piece;
+    int64_t l, r;
+  };
+  std::vector<M> ms;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const std::string& p = tokens[i];
+    for (size_t k = 1; k < p.size(); ++k) {
+      if ((static_cast<unsigned char>(p[k]) & 0xC0) == 0x80) continue;  // (inside a character)
+      auto l = id.find(p.substr(0, k)), r = id.find(p.substr(k));
+      if (l != id.end() && r != id.end()) ms.push_back({scores[i], i, l->second, r->second});
+    }
+  }
+  std::stable_sort(ms.begin(), ms.end(), [](const M& a, const M& b) {
+    if (a.score != b.score) return a.score > b.score;
+    if (a.piece != b.piece) return a.piece < b.piece;
+    return a.l != b.l ? a.l < b.l : a.r < b.r;
+  });
+  json out = json::array();
+  for (const M& m : ms) out.push_back(json::array({tokens[static_cast<size_t>(m.l)], tokens[static_cast<size_t>(m.r)]}));
+  return out;
+}
+
 json gguf_pre_tokenizer(const std::string& pre, const std::string& path) {
   json byte_level = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
   auto split = [&](const std::string& re) {
@@ -329,13 +361,23 @@ void convert_gguf(const ConvertOptions& opt) {
   s.torch_dtype = "float32";
 
   const std::string tok_model = g.has("tokenizer.ggml.model") ? meta<std::string>(g, "tokenizer.ggml.model") : "";
-  if (tok_model != "gpt2")
-    throw Error(cat("'", opt.input, "': GGUF tokenizer model '", tok_model, "' is not supported (only gpt2-style BPE)"));
+  if (tok_model != "gpt2" && tok_model != "llama")
+    throw Error(cat("'", opt.input, "': GGUF tokenizer model '", tok_model,
+                    "' is not supported (gpt2: byte-level BPE; llama: SentencePiece BPE)"));
+  const bool spm = tok_model == "llama";
   const auto tokens = meta<std::vector<std::string>>(g, "tokenizer.ggml.tokens");
   s.vocab_size = g.has(k("vocab_size")) ? meta<int64_t>(g, k("vocab_size")) : static_cast<int64_t>(tokens.size());
   std::vector<int> types = g.has("tokenizer.ggml.token_type") ? meta<std::vector<int>>(g, "tokenizer.ggml.token_type")
                                                               : std::vector<int>(tokens.size(), 1);
-  const auto merges = meta<std::vector<std::string>>(g, "tokenizer.ggml.merges");
+  if (types.size() != tokens.size()) throw Error(cat("'", opt.input, "': GGUF token_type does not list every token"));
+  json merges;
+  if (spm) {
+    const auto scores = meta<std::vector<double>>(g, "tokenizer.ggml.scores");
+    if (scores.size() != tokens.size()) throw Error(cat("'", opt.input, "': GGUF scores do not list every token"));
+    merges = sentencepiece_merges(tokens, scores);
+  } else {
+    merges = meta<std::vector<std::string>>(g, "tokenizer.ggml.merges");
+  }
   if (g.has("tokenizer.ggml.bos_token_id")) s.bos_token_id = meta<int64_t>(g, "tokenizer.ggml.bos_token_id");
   if (g.has("tokenizer.ggml.eos_token_id")) s.eos_token_ids = {meta<int64_t>(g, "tokenizer.ggml.eos_token_id")};
   try {
@@ -345,27 +387,49 @@ void convert_gguf(const ConvertOptions& opt) {
   }
 
   // Hugging Face documents built from the GGUF metadata.
-  json vocab = json::object(), added = json::array();
+  json vocab = json::object(), added = json::array(), unk = nullptr;
   for (size_t i = 0; i < tokens.size(); ++i) {
     vocab[tokens[i]] = i;
-    const int t = i < types.size() ? types[i] : 1;
-    if (t == 3 || t == 4)  // control, user-defined
+    const int t = types[i];
+    if (t == 2 && unk.is_null()) unk = tokens[i];
+    if (t == 2 || t == 3 || t == 4)  // unknown, control, user-defined
       added.push_back({{"id", i}, {"content", tokens[i]}, {"single_word", false}, {"lstrip", false},
-                       {"rstrip", false}, {"normalized", t == 4}, {"special", t == 3}});
+                       {"rstrip", false}, {"normalized", t == 4}, {"special", t != 4}});
   }
-  const std::string pre = g.has("tokenizer.ggml.pre") ? meta<std::string>(g, "tokenizer.ggml.pre") : "";
-  json tokenizer = {
-      {"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", added},
-      {"normalizer", nullptr}, {"pre_tokenizer", gguf_pre_tokenizer(pre, opt.input)}, {"post_processor", nullptr},
-      {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
-      {"model",
-       {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
-        {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", false},
-        {"vocab", vocab}, {"merges", merges}}}};
+  json tokenizer = {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", added},
+                    {"post_processor", nullptr},
+                    {"model",
+                     {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
+                      {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false}, {"ignore_merges", false},
+                      {"vocab", vocab}, {"merges", merges}}}};
+  if (spm) {
+    // As transformers' LlamaConverter writes a SentencePiece BPE model (Llama 2's tokenizer.json): "▁" for
+    // spaces and before the text (llama.cpp's add_space_prefix, default on), characters with byte fallback.
+    const bool space_prefix = !g.has("tokenizer.ggml.add_space_prefix") || meta<bool>(g, "tokenizer.ggml.add_space_prefix");
+    json norm = json::array();
+    if (space_prefix) norm.push_back({{"type", "Prepend"}, {"prepend", "\u2581"}});
+    norm.push_back({{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\u2581"}});
+    json dec = json::array({json{{"type", "Replace"}, {"pattern", {{"String", "\u2581"}}}, {"content", " "}},
+                            json{{"type", "ByteFallback"}}, json{{"type", "Fuse"}}});
+    if (space_prefix) dec.push_back({{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
+    tokenizer["normalizer"] = {{"type", "Sequence"}, {"normalizers", norm}};
+    tokenizer["pre_tokenizer"] = nullptr;
+    tokenizer["decoder"] = {{"type", "Sequence"}, {"decoders", dec}};
+    tokenizer["model"]["unk_token"] = unk;
+    tokenizer["model"]["fuse_unk"] = true;
+    tokenizer["model"]["byte_fallback"] = std::find(types.begin(), types.end(), 6) != types.end();
+  } else {
+    const std::string pre = g.has("tokenizer.ggml.pre") ? meta<std::string>(g, "tokenizer.ggml.pre") : "";
+    tokenizer["normalizer"] = nullptr;
+    tokenizer["pre_tokenizer"] = gguf_pre_tokenizer(pre, opt.input);
+    tokenizer["decoder"] = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}};
+  }
   auto tok_at = [&](int64_t id) -> json {
     return id >= 0 && id < static_cast<int64_t>(tokens.size()) ? json(tokens[id]) : json(nullptr);
   };
-  json tok_cfg = {{"add_bos_token", g.has("tokenizer.ggml.add_bos_token") && meta<bool>(g, "tokenizer.ggml.add_bos_token")},
+  // (llama.cpp adds BOS by default for SentencePiece vocabularies, not for gpt2 ones)
+  const bool add_bos = g.has("tokenizer.ggml.add_bos_token") ? meta<bool>(g, "tokenizer.ggml.add_bos_token") : spm;
+  json tok_cfg = {{"add_bos_token", add_bos},
                   {"bos_token", tok_at(s.bos_token_id)},
                   {"eos_token", s.eos_token_ids.empty() ? json(nullptr) : tok_at(s.eos_token_ids[0])}};
   if (g.has("tokenizer.ggml.padding_token_id")) tok_cfg["pad_token"] = tok_at(meta<int64_t>(g, "tokenizer.ggml.padding_token_id"));

@@ -7,7 +7,8 @@ tokenizer. Two layouts of tokenizer.json, both as HF writes them for such models
   metaspace: pre-tokenizer Metaspace(prepend_scheme first, no split), the same decoder (newer conversions);
   split:     pre-tokenizer Metaspace(prepend_scheme always, split at the marker), decoder Metaspace + ByteFallback
              + Fuse.
-The vocabularies are trained here by HF tokenizers' BPE trainer on this repository's README (no hub).
+The vocabularies are trained here by HF tokenizers' BPE trainer on this repository's README (no hub),
+once: a layout whose tokenizer.json exists is read back.
     python3 tests/tokenizer/make_spm_cases.py OUT_DIR
 Needs the `tokenizers` package; the expectations are HF tokenizers' own outputs (version recorded)."""
 import json
@@ -26,6 +27,11 @@ BYTES = [f"<0x{b:02X}>" for b in range(256)]
 
 
 def build(layout):
+    # (HF's trainer breaks ties in no fixed order: a layout already made is read back, not trained anew, so
+    # that a run reproduces the committed files)
+    made = os.path.join(out, layout, "tokenizer.json")
+    if os.path.exists(made):
+        return Tokenizer.from_file(made)
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     seq_decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(" ", 1, 0)])
@@ -87,3 +93,33 @@ for layout in ("legacy", "metaspace", "split"):
     with open(os.path.join(d, "cases.json"), "w", encoding="utf-8") as f:
         json.dump({"tokenizers_version": tokenizers.__version__, "cases": cases}, f, ensure_ascii=False, indent=0)
     print(layout, "vocab", tok.get_vocab_size(), "cases", len(cases))
+
+# A GGUF file's SentencePiece vocabulary (tokenizer.ggml.model "llama": pieces, scores, token types; no
+# merges): the legacy layout's pieces with scores that order the merges, and what HF tokenizers gives with
+# the merges transformers' SentencePieceExtractor derives from those scores (as its LlamaConverter makes
+# Llama 2's tokenizer.json): every split of a piece into two pieces of the vocabulary, ordered by the
+# piece's score (highest first; ties by piece id, then by the halves' ids).
+legacy = json.loads(open(os.path.join(out, "legacy", "tokenizer.json"), encoding="utf-8").read())
+vocab = legacy["model"]["vocab"]
+pieces = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+types = [2 if t == "<unk>" else 3 if t in SPECIAL else 6 if t in BYTES else 1 for t in pieces]
+scores = [0.0 if ty != 1 else -float(i) for i, ty in enumerate(types)]
+by_score = sorted(range(len(pieces)), key=lambda i: -scores[i])  # (stable: ties in id order)
+merges = []
+for i in by_score:
+    p = pieces[i]
+    local = [(p[:k], p[k:], scores[i]) for k in range(1, len(p)) if p[:k] in vocab and p[k:] in vocab]
+    merges.extend(sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]])))
+merges = sorted(merges, key=lambda m: -m[2])
+spec = dict(legacy)
+spec["model"] = dict(legacy["model"], merges=[[a, b] for a, b, _ in merges])
+spec["post_processor"] = None
+gg = Tokenizer.from_str(json.dumps(spec))
+gcases = []
+for t in texts:
+    ids = gg.encode(t, add_special_tokens=False).ids
+    gcases.append({"text": t, "ids": ids, "decoded": gg.decode([1] + ids, skip_special_tokens=True)})
+with open(os.path.join(out, "gguf.json"), "w", encoding="utf-8") as f:
+    json.dump({"tokenizers_version": tokenizers.__version__, "tokens": pieces, "scores": scores, "types": types,
+               "merges": len(merges), "cases": gcases}, f, ensure_ascii=False, indent=0)
+print("gguf pieces", len(pieces), "merges", len(merges), "(trained:", len(legacy["model"]["merges"]), ")")

@@ -20,6 +20,7 @@
 #include "model/model_file.h"
 #include "model/weight_names.h"
 #include "test_util.h"
+#include "tokenizer/tokenizer.h"
 
 using namespace llmserve;
 namespace fs = std::filesystem;
@@ -259,6 +260,12 @@ struct GgufBuilder {
   void kv_u32(const std::string& k, uint32_t v) { str(meta, k), put<uint32_t>(meta, 4), put(meta, v), ++n_kv; }
   void kv_f32(const std::string& k, float v) { str(meta, k), put<uint32_t>(meta, 6), put(meta, v), ++n_kv; }
   void kv_str(const std::string& k, const std::string& v) { str(meta, k), put<uint32_t>(meta, 8), str(meta, v), ++n_kv; }
+  template <typename T>
+  void kv_array(const std::string& k, uint32_t type, const std::vector<T>& v) {
+    str(meta, k), put<uint32_t>(meta, 9), put<uint32_t>(meta, type), put<uint64_t>(meta, v.size());
+    for (const T& x : v) put(meta, x);
+    ++n_kv;
+  }
   void kv_strs(const std::string& k, const std::vector<std::string>& v) {
     str(meta, k), put<uint32_t>(meta, 9), put<uint32_t>(meta, 8), put<uint64_t>(meta, v.size());
     for (auto& x : v) str(meta, x);
@@ -394,6 +401,55 @@ TEST(Gguf, Qwen3ConvertsWithItsHeadNorms) {
     EXPECT_NE(std::string(e.what()).find("qwen3.rope.scaling.attn_factor' = 0.5 is not supported"), std::string::npos) << e.what();
   }
   EXPECT_FALSE(std::filesystem::exists(opt.output));  // (no partial output file)
+}
+
+// A GGUF file's SentencePiece vocabulary (tokenizer model "llama": pieces, scores and types, no merges)
+// converts to the tokenizer transformers' LlamaConverter makes of it: the ids and text HF tokenizers gives
+// with the merges derived from the scores (tests/tokenizer/make_spm_cases.py), BOS added by default.
+TEST(Gguf, SentencePieceVocabularyConvertsAsTransformersDoes) {
+  const json d = json::parse(read_bytes(std::string(LLMSERVE_SOURCE_DIR) + "/tests/tokenizer/spm/gguf.json"));
+  const auto tokens = d["tokens"].get<std::vector<std::string>>();
+  std::vector<float> scores;
+  for (double x : d["scores"].get<std::vector<double>>()) scores.push_back(static_cast<float>(x));
+  const auto types = d["types"].get<std::vector<int32_t>>();
+  auto dir = tmpdir("gguf_spm");
+  const uint64_t H = 16, I = 24, V = tokens.size();
+  GgufBuilder b;
+  b.kv_str("general.architecture", "llama");
+  b.kv_u32("llama.embedding_length", H), b.kv_u32("llama.feed_forward_length", I), b.kv_u32("llama.block_count", 1);
+  b.kv_u32("llama.attention.head_count", 2), b.kv_u32("llama.attention.head_count_kv", 2), b.kv_u32("llama.context_length", 512);
+  b.kv_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  b.kv_str("tokenizer.ggml.model", "llama");
+  b.kv_strs("tokenizer.ggml.tokens", tokens);
+  b.kv_array<float>("tokenizer.ggml.scores", 6, scores);
+  b.kv_array<int32_t>("tokenizer.ggml.token_type", 5, types);
+  b.kv_u32("tokenizer.ggml.bos_token_id", 1), b.kv_u32("tokenizer.ggml.eos_token_id", 2);
+  b.kv_u32("tokenizer.ggml.unknown_token_id", 0);
+  auto tensor = [&](const std::string& name, uint64_t rows, uint64_t cols) {
+    std::vector<float> v(rows * cols, 0.01f);
+    b.tensor(name, cols > 1 ? std::vector<uint64_t>{cols, rows} : std::vector<uint64_t>{rows}, 0,
+             std::string(reinterpret_cast<const char*>(v.data()), v.size() * 4));
+  };
+  tensor("token_embd.weight", V, H), tensor("output_norm.weight", H, 1), tensor("blk.0.attn_norm.weight", H, 1);
+  tensor("blk.0.attn_q.weight", H, H), tensor("blk.0.attn_k.weight", H, H), tensor("blk.0.attn_v.weight", H, H);
+  tensor("blk.0.attn_output.weight", H, H), tensor("blk.0.ffn_norm.weight", H, 1), tensor("blk.0.ffn_gate.weight", I, H);
+  tensor("blk.0.ffn_up.weight", I, H), tensor("blk.0.ffn_down.weight", H, I);
+  write_bytes(dir / "spm.gguf", b.build());
+  ConvertOptions opt;
+  opt.input = (dir / "spm.gguf").string();
+  opt.output = (dir / "spm.h5").string();
+  convert_model(opt);
+  const auto tok = Tokenizer::from_model_file(ModelFile(opt.output));
+  for (const auto& c : d["cases"]) {
+    const std::string text = c["text"].get<std::string>();
+    SCOPED_TRACE(text);
+    const auto ids = c["ids"].get<std::vector<int32_t>>();
+    EXPECT_EQ(tok->encode(text, false), ids);
+    std::vector<int32_t> with_bos = {1};
+    with_bos.insert(with_bos.end(), ids.begin(), ids.end());
+    EXPECT_EQ(tok->encode(text, true), with_bos);  // (llama.cpp's default for these vocabularies)
+    EXPECT_EQ(tok->decode(with_bos, true), c["decoded"].get<std::string>());
+  }
 }
 
 TEST(Gguf, AStringThatIsNotUtf8IsACorruptFile) {
