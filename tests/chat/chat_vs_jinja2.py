@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The fixtures' chat templates (Qwen2.5, Qwen3, Llama 3), and one of Python's case operations, rendered by llmserve against Jinja2 set up as
+"""The fixtures' chat templates (Qwen2.5, Qwen3, Llama 3), Llama 2's and Mistral Instruct's, and one of Python's case operations, rendered by llmserve against Jinja2 set up as
 transformers' apply_chat_template sets it up (sandbox, trim_blocks, lstrip_blocks, loopcontrols, its
 tojson and raise_exception; continue_final_message cut by transformers' rule), on random conversations:
 system, user, assistant and tool messages, tool calls, tools, thinking, Unicode whitespace at the edges,
@@ -43,6 +43,23 @@ for name, path in [("qwen2.5", "models/tiny-qwen2"), ("qwen3", "chat/qwen3"), ("
         if isinstance(v, str):
             special[k] = v
     templates[name] = (cfg["chat_template"], special)
+# SentencePiece-era templates (Llama 2 chat's, Mistral Instruct's as published with those checkpoints): a
+# system prompt folded into the first turn, roles that must alternate (raise_exception otherwise).
+llama2_sp = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+templates["llama2"] = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}"
+    "{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate "
+    "user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and system_message != false %}{% set content = "
+    "'<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}"
+    "{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif "
+    "message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}", llama2_sp)
+templates["mistral"] = (
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}"
+    "{% endif %}{% endfor %}", llama2_sp)
 # Python's case operations as Jinja2 reaches them: filters, str methods, tests, case-insensitive sorting.
 templates["case"] = ("{% for m in messages %}{% set c = m.content or '' %}{{ m.role|upper }}: {{ c|lower }}|{{ c|upper }}|"
                      "{{ c|title }}|{{ c|capitalize }}|{{ c.title() }}|{{ c.capitalize() }}|{{ c is lower }}{{ c is upper }}"
