@@ -70,6 +70,7 @@ texts = [
     "naïve café — 東京 🙂 Ωmega", "\t\ttabs\nand\r\nnewlines", "", " ", "▁already marked", "x<s>y</s> z",
     "<s>[INST] What is 2+2? [/INST]", "unknown: ǅ ẞ ſ ﬁ", "emoji 🚀🚀 rocket", "a" * 40, "mpirun -np 8 ./llmserve config.yaml",
     "12345 67.89 1e-5", "über straße", "<unk> stays special", "end with space ",
+    "\n".join(corpus)[:12000],  # (a long text: the README as it was when the cases were made)
 ]
 for layout in ("legacy", "metaspace", "split"):
     tok = build(layout)
