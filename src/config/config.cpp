@@ -158,7 +158,7 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.port = parse_int32("port", v); }},
       {"api_key", Kind::String, "require 'Authorization: Bearer <key>' on /v1 routes",
        [](Config& c, const std::string& v) { c.api_key = v; }},
-      {"tool_call_parser", Kind::String, "auto | hermes | llama3_json | none: how tool calls are read from chat output",
+      {"tool_call_parser", Kind::String, "auto | hermes | llama3_json | mistral | none: how tool calls are read from chat output (auto: by the model's type)",
        [](Config& c, const std::string& v) { c.tool_call_parser = v; }},
       {"reasoning_parser", Kind::String,
        "none | qwen3 | deepseek_r1 (vLLM's): a chat answer's <think>...</think> goes to the message's `reasoning`, the rest is its content",
@@ -499,14 +499,14 @@ void config_validate(const Config& c) {
     fail(cat("max_num_batched_tokens must be >= 0, got ", c.max_num_batched_tokens));
   if (c.port < 1 || c.port > 65535) fail(cat("port must be in 1..65535, got ", c.port));
   if (c.host.empty()) fail("host must not be empty");
-  static const char* parsers[] = {"auto", "hermes", "llama3_json", "none"};
+  static const char* parsers[] = {"auto", "hermes", "llama3_json", "mistral", "none"};
   if (c.response_role.empty()) fail("response_role must not be empty");
   if (c.generation_config != "auto" && c.generation_config != "vllm")
     fail(cat("generation_config must be auto or vllm (a folder of its own is not supported), got '", c.generation_config, "'"));
   if (c.max_logprobs < 0 || c.max_logprobs > 20)
     fail(cat("max_logprobs must be between 0 and 20 (the GPU kernels' limit), got ", c.max_logprobs));
   if (std::find(std::begin(parsers), std::end(parsers), c.tool_call_parser) == std::end(parsers))
-    fail(cat("tool_call_parser must be auto, hermes, llama3_json or none; got '", c.tool_call_parser, "'"));
+    fail(cat("tool_call_parser must be auto, hermes, llama3_json, mistral or none; got '", c.tool_call_parser, "'"));
   if (c.reasoning_parser != "none" && c.reasoning_parser != "qwen3" && c.reasoning_parser != "deepseek_r1")
     fail(cat("reasoning_parser must be none, qwen3 or deepseek_r1; got '", c.reasoning_parser, "'"));
   for (const auto& n : c.served_model_name)

@@ -57,6 +57,17 @@ void check_model(const json& body, const ApiContext& ctx, std::string& model) {
 
 namespace {
 
+// A tool call's id: OpenAI's "call_..." form, or for Mistral's format the 9 letters and digits its chat
+// template requires when the call comes back in a later request (as vLLM's MistralToolCall makes them).
+std::string tool_call_id(ToolFormat f) {
+  if (f != ToolFormat::Mistral) return random_id("call_");
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  static const char kAlnum[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+  std::string id;
+  for (int k = 0; k < 9; ++k) id.push_back(kAlnum[rng() % 62]);
+  return id;
+}
+
 void beam_search_params(GenerationRequest& r);
 
 void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx, const ojson& as_sent) {
@@ -455,6 +466,8 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
   r.prompt_texts.push_back(last["role"] == r.role && last.contains("content") && last["content"].is_string()
                                ? last["content"].get<std::string>() : std::string());
   common_params(plain, r, ctx, body);
+  // vLLM's mistral parser reads the calls after the [TOOL_CALLS] special token: the text keeps special tokens.
+  if (r.tools_active && ctx.tool_format == ToolFormat::Mistral) r.params.skip_special_tokens = false;
   if (!forced_schema.empty()) {  // the call's arguments (or the calls), guided by a schema (as vLLM)
     if (!r.params.guided.empty())
       throw HttpError(400, "only one kind of guided decoding per request (a named or required tool_choice and a guided "
@@ -523,14 +536,14 @@ json chat_response(const std::string& id, const GenerationRequest& r, const ApiC
     std::string finish = c.finish_reason;
     if (!r.forced_tool.empty()) {  // the whole output (after any reasoning) is the named function's arguments
       message["content"] = echoed.empty() ? json(nullptr) : json(echoed);
-      message["tool_calls"] = json::array({{{"id", random_id("call_")}, {"type", "function"},
+      message["tool_calls"] = json::array({{{"id", tool_call_id(ctx.tool_format)}, {"type", "function"},
                                             {"function", {{"name", r.forced_tool}, {"arguments", text}}}}});
     } else if (r.tools_active || r.tools_required) {
       const ToolParse p = r.tools_required ? parse_required_calls(text) : parse_tool_calls(ctx.tool_format, text);
       if (!p.calls.empty()) {
         json tc = json::array();
         for (const auto& call : p.calls)
-          tc.push_back({{"id", random_id("call_")}, {"type", "function"},
+          tc.push_back({{"id", tool_call_id(ctx.tool_format)}, {"type", "function"},
                         {"function", {{"name", call.name}, {"arguments", call.arguments}}}});
         message["content"] = echoed.empty() && p.content.empty() ? json(nullptr) : json(echoed + p.content);
         message["tool_calls"] = tc;
@@ -584,7 +597,7 @@ json tool_call_deltas(ToolFormat f, const std::string& text, const ToolParse* fi
         continue;
       }
       if (!pc.streamable || !pc.named || pc.args_begin == std::string::npos) break;
-      out.push_back({{"index", k}, {"id", random_id("call_")}, {"type", "function"},
+      out.push_back({{"index", k}, {"id", tool_call_id(f)}, {"type", "function"},
                      {"function", {{"name", pc.name}, {"arguments", ""}}}});
       s.calls_sent = k + 1;
       s.args_sent = 0;
@@ -594,7 +607,7 @@ json tool_call_deltas(ToolFormat f, const std::string& text, const ToolParse* fi
   }
   if (final)
     for (size_t k = s.calls_sent; k < final->calls.size(); ++k) {
-      out.push_back({{"index", k}, {"id", random_id("call_")}, {"type", "function"},
+      out.push_back({{"index", k}, {"id", tool_call_id(f)}, {"type", "function"},
                      {"function", {{"name", final->calls[k].name}, {"arguments", final->calls[k].arguments}}}});
       s.calls_sent = k + 1;
     }
@@ -679,7 +692,7 @@ std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiCo
       json d = json::object();
       if (!r.reasoning || !delta.empty() || c.finished() || s.call_named) {
         json call = {{"index", 0}, {"function", {{"arguments", delta}}}};
-        if (!s.call_named) call = {{"index", 0}, {"id", random_id("call_")}, {"type", "function"},
+        if (!s.call_named) call = {{"index", 0}, {"id", tool_call_id(ctx.tool_format)}, {"type", "function"},
                                    {"function", {{"name", r.forced_tool}, {"arguments", delta}}}};
         s.call_named = true;
         d["tool_calls"] = json::array({call});
@@ -704,7 +717,7 @@ std::vector<StreamChoice> stream_choices(const GenerationRequest& r, const ApiCo
       if (!content_delta.empty() || shown.empty()) d["content"] = content_delta;
       if (r.tools_required && !calls.calls.empty())  // (the calls whole at the end)
         for (size_t k = 0; k < calls.calls.size(); ++k)
-          call_deltas.push_back({{"index", k}, {"id", random_id("call_")}, {"type", "function"},
+          call_deltas.push_back({{"index", k}, {"id", tool_call_id(ctx.tool_format)}, {"type", "function"},
                                  {"function", {{"name", calls.calls[k].name}, {"arguments", calls.calls[k].arguments}}}});
       if (!call_deltas.empty()) {
         // Content first, then the calls' deltas (with the finish reason at the end).

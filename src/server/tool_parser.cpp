@@ -10,7 +10,7 @@ namespace llmserve {
 using json = nlohmann::json;
 
 namespace {
-const std::string kOpen = "<tool_call>", kClose = "</tool_call>", kPython = "<|python_tag|>";
+const std::string kOpen = "<tool_call>", kClose = "</tool_call>", kPython = "<|python_tag|>", kMistral = "[TOOL_CALLS]";
 
 std::string trim(const std::string& s) {
   const size_t b = s.find_first_not_of(" \t\r\n");
@@ -132,10 +132,13 @@ void scan_call(std::string_view t, size_t i, PartialCall& c) {
 ToolFormat tool_format_for(const std::string& parser, const std::string& model_type) {
   if (parser == "hermes") return ToolFormat::Hermes;
   if (parser == "llama3_json") return ToolFormat::Llama3Json;
+  if (parser == "mistral") return ToolFormat::Mistral;
   if (parser == "none") return ToolFormat::None;
-  if (parser != "auto") throw Error(cat("config: tool_call_parser must be auto, hermes, llama3_json or none; got '", parser, "'"));
+  if (parser != "auto")
+    throw Error(cat("config: tool_call_parser must be auto, hermes, llama3_json, mistral or none; got '", parser, "'"));
   if (model_type == "qwen2" || model_type == "qwen3") return ToolFormat::Hermes;
   if (model_type == "llama") return ToolFormat::Llama3Json;
+  if (model_type == "mistral") return ToolFormat::Mistral;
   return ToolFormat::None;
 }
 
@@ -169,6 +172,36 @@ ToolParse parse_tool_calls(ToolFormat f, const std::string& text) {
     }
     r.calls = calls;
     r.content = text.substr(0, first);  // as vLLM: untrimmed (what streaming sends before the call)
+    return r;
+  }
+  if (f == ToolFormat::Mistral) {
+    // As vLLM's mistral parser: the calls are the JSON array (or one object) after the marker, else the
+    // first [{...}] run in it; the text before the marker is content.
+    const size_t at = text.find(kMistral);
+    if (at == std::string::npos) return r;
+    const std::string t = trim(text.substr(at + kMistral.size()));
+    json j;
+    try {
+      j = parse_json(t);
+    } catch (const std::exception&) {
+      const size_t b = t.find("[{"), e = t.rfind("}]");
+      if (b == std::string::npos || e == std::string::npos || e < b) return r;
+      try {
+        j = parse_json(t.substr(b, e + 2 - b));
+      } catch (const std::exception&) {
+        return r;
+      }
+    }
+    if (j.is_object()) j = json::array({j});
+    if (!j.is_array() || j.empty()) return r;
+    std::vector<ToolCall> calls;
+    for (const auto& x : j) {
+      ToolCall c;
+      if (!to_call(x, "arguments", c)) return r;
+      calls.push_back(std::move(c));
+    }
+    r.calls = std::move(calls);
+    r.content = text.substr(0, at);
     return r;
   }
   if (f == ToolFormat::Llama3Json) {
@@ -213,10 +246,11 @@ ToolParse parse_tool_calls(ToolFormat f, const std::string& text) {
 }
 
 size_t tool_safe_prefix(ToolFormat f, const std::string& text) {
-  if (f == ToolFormat::Hermes) {
-    const size_t k = text.find(kOpen);
+  if (f == ToolFormat::Hermes || f == ToolFormat::Mistral) {
+    const std::string& tag = f == ToolFormat::Hermes ? kOpen : kMistral;
+    const size_t k = text.find(tag);
     if (k != std::string::npos) return k;
-    return text.size() - partial_tag(text, kOpen);
+    return text.size() - partial_tag(text, tag);
   }
   if (f == ToolFormat::Llama3Json) {
     const std::string t = trim(text);

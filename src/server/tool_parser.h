@@ -1,15 +1,18 @@
 // Tool calls in model output: Hermes-style `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
-// blocks (Qwen2.5) and Llama 3.x JSON calls (`{"name": ..., "parameters": {...}}`, several separated
-// by ';', optionally after <|python_tag|>). Output that does not parse as calls stays content.
+// blocks (Qwen2.5), Llama 3.x JSON calls (`{"name": ..., "parameters": {...}}`, several separated
+// by ';', optionally after <|python_tag|>) and Mistral's `[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]`
+// (Mistral 7B Instruct v0.3's format; the text before it is content). Output that does not parse as
+// calls stays content.
 #pragma once
 #include <string>
 #include <vector>
 
 namespace llmserve {
 
-enum class ToolFormat { None, Hermes, Llama3Json };
+enum class ToolFormat { None, Hermes, Llama3Json, Mistral };
 
-// `parser`: auto | hermes | llama3_json | none; auto picks by model_type (qwen2: hermes, llama: llama3_json).
+// `parser`: auto | hermes | llama3_json | mistral | none; auto picks by model_type (qwen2 / qwen3: hermes,
+// llama: llama3_json, mistral: mistral).
 ToolFormat tool_format_for(const std::string& parser, const std::string& model_type);
 
 struct ToolCall {

@@ -1429,6 +1429,28 @@ def main():
               and q.request("GET", "/health")[0] == 200, (r, again, offline))
     finally:
         q.stop()
+    # tool_call_parser mistral (Mistral 7B Instruct v0.3's [TOOL_CALLS] [...] calls), the output guided into one:
+    # the calls (9-character ids, as Mistral's template wants them back), whole and streamed.
+    mi = Server("--tool-call-parser", "mistral", np=1, tp=1)
+    try:
+        weather = {"type": "function", "function": {"name": "get_weather", "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+        mb = {"messages": [{"role": "user", "content": "Weather?"}], "tools": [weather], "max_tokens": 120, "temperature": 0,
+              "structured_outputs": {"regex": r'Checking\. \[TOOL_CALLS\] \[\{"name": "get_weather", "arguments": \{"city": "Paris"\}\}\]'}}
+        st, mr = mi.post("/v1/chat/completions", mb)
+        msg = mr["choices"][0]["message"] if st == 200 else {}
+        calls = msg.get("tool_calls") or []
+        _, ev = mi.stream_chunks("/v1/chat/completions", {**mb, "stream": True})
+        deltas = [e["choices"][0]["delta"] for e in ev if e.get("choices")]
+        streamed_calls = [tc for d in deltas for tc in (d.get("tool_calls") or [])]
+        check("tool_call_parser mistral: [TOOL_CALLS] calls with 9-character ids, content before them; streamed the same",
+              st == 200 and mr["choices"][0]["finish_reason"] == "tool_calls" and msg["content"] == "Checking. "
+              and [c["function"]["name"] for c in calls] == ["get_weather"] and json.loads(calls[0]["function"]["arguments"]) == {"city": "Paris"}
+              and len(calls[0]["id"]) == 9 and calls[0]["id"].isalnum()
+              and "".join(d.get("content") or "" for d in deltas) == "Checking. "
+              and [c["function"]["name"] for c in streamed_calls] == ["get_weather"], (mr, deltas))
+    finally:
+        mi.stop()
     # Speculative decoding (vLLM's speculative_config, n-gram drafts): concurrent greedy, seeded sampled
     # (with penalties), streamed and guided requests answer as llmserve generate does decoding a token a
     # step on the same layout, and /metrics counts the drafts fed and accepted.
