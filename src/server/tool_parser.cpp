@@ -33,6 +33,20 @@ bool to_call(const json& j, const char* key, ToolCall& out) {
   return true;
 }
 
+// The calls of a non-empty JSON array of call objects (arguments under `key`, or "arguments"); false
+// when it is not one.
+bool calls_of(const json& j, const char* key, std::vector<ToolCall>& out) {
+  if (!j.is_array() || j.empty()) return false;
+  std::vector<ToolCall> calls;
+  for (const auto& x : j) {
+    ToolCall c;
+    if (!to_call(x, key, c)) return false;
+    calls.push_back(std::move(c));
+  }
+  out = std::move(calls);
+  return true;
+}
+
 // Length of the longest suffix of `text` that is a proper prefix of `tag`.
 size_t partial_tag(const std::string& text, const std::string& tag) {
   for (size_t n = std::min(text.size(), tag.size() - 1); n > 0; --n)
@@ -193,14 +207,7 @@ ToolParse parse_tool_calls(ToolFormat f, const std::string& text) {
       }
     }
     if (j.is_object()) j = json::array({j});
-    if (!j.is_array() || j.empty()) return r;
-    std::vector<ToolCall> calls;
-    for (const auto& x : j) {
-      ToolCall c;
-      if (!to_call(x, "arguments", c)) return r;
-      calls.push_back(std::move(c));
-    }
-    r.calls = std::move(calls);
+    if (!calls_of(j, "arguments", r.calls)) return r;
     r.content = text.substr(0, at);
     return r;
   }
@@ -286,14 +293,7 @@ ToolParse parse_required_calls(const std::string& text) {
   } catch (const std::exception&) {
     return r;
   }
-  if (!j.is_array() || j.empty()) return r;
-  std::vector<ToolCall> calls;
-  for (const auto& x : j) {
-    ToolCall c;
-    if (!to_call(x, "parameters", c)) return r;
-    calls.push_back(std::move(c));
-  }
-  r.calls = std::move(calls);
+  if (!calls_of(j, "parameters", r.calls)) return r;
   r.content.clear();
   return r;
 }

@@ -48,6 +48,21 @@ TEST(ToolParser, Llama3Json) {
   EXPECT_EQ(tool_format_for("auto", "llama"), ToolFormat::Llama3Json);
 }
 
+namespace {
+RequestOutput output(const std::string& text, bool finished) {
+  RequestOutput o;
+  o.request_id = 1;
+  o.prompt_tokens = 5;
+  CompletionOutput c;
+  c.text = text;
+  c.token_ids = {1, 2, 3};
+  if (finished) c.finish_reason = "stop";
+  o.outputs.push_back(c);
+  o.finished = finished;
+  return o;
+}
+}  // namespace
+
 // Mistral 7B Instruct v0.3's format (vLLM's mistral parser): a JSON array of calls after [TOOL_CALLS], the
 // text before it content; one object too; the first [{...}] run when more follows; else all content.
 TEST(ToolParser, Mistral) {
@@ -82,33 +97,12 @@ TEST(ToolParser, Mistral) {
   r.chat = true;
   r.tools_active = true;
   r.model = "m";
-  RequestOutput o;
-  CompletionOutput c;
-  c.text = "[TOOL_CALLS] [{\"name\": \"f\", \"arguments\": {\"a\": 1}}]";
-  c.finish_reason = "stop";
-  o.outputs.push_back(c);
-  o.finished = true;
-  const json whole = chat_response("id", r, ctx, {o});
+  const json whole = chat_response("id", r, ctx, {output("[TOOL_CALLS] [{\"name\": \"f\", \"arguments\": {\"a\": 1}}]", true)});
   const std::string id = whole["choices"][0]["message"]["tool_calls"][0]["id"].get<std::string>();
   EXPECT_EQ(id.size(), 9u);
   EXPECT_TRUE(std::all_of(id.begin(), id.end(), [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)) != 0; })) << id;
   EXPECT_EQ(whole["choices"][0]["finish_reason"], "tool_calls");
 }
-
-namespace {
-RequestOutput output(const std::string& text, bool finished) {
-  RequestOutput o;
-  o.request_id = 1;
-  o.prompt_tokens = 5;
-  CompletionOutput c;
-  c.text = text;
-  c.token_ids = {1, 2, 3};
-  if (finished) c.finish_reason = "stop";
-  o.outputs.push_back(c);
-  o.finished = finished;
-  return o;
-}
-}  // namespace
 
 TEST(ToolCallsInResponses, ChatResponseAndStream) {
   ApiContext ctx;
