@@ -286,6 +286,14 @@ check "generate: speculative_config ngram" 0 "speculative decoding: [0-9]+ steps
 if [ -s "$work/gen-spec-base.jsonl" ] && cmp -s "$work/gen-spec-base.jsonl" "$work/gen-spec-out.jsonl"; then
   passed=$((passed + 1)); echo "PASS generate: speculative decoding gives the outputs of decoding a token a step"
 else failed=$((failed + 1)); echo "FAIL generate: speculative decoding changed the outputs"; diff "$work/gen-spec-base.jsonl" "$work/gen-spec-out.jsonl" | head -5; fi
+# The same on tp 2 x pp 2 (pipeline micro-batches in flight).
+"$mpirun" 4 "$llmserve" generate "$work/good.yaml" -tp 2 -pp 2 --input "$work/gen-spec.jsonl" --output "$work/gen-spec-base4.jsonl" >/dev/null 2>&1
+check "generate: speculative_config ngram on tp 2 x pp 2" 0 "speculative decoding: [0-9]+ steps fed [0-9]+ drafts, [1-9][0-9]* accepted" -- \
+  "$mpirun" 4 "$llmserve" generate "$work/good.yaml" -tp 2 -pp 2 --input "$work/gen-spec.jsonl" --output "$work/gen-spec-out4.jsonl" \
+  --speculative-config '{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1}'
+if [ -s "$work/gen-spec-base4.jsonl" ] && cmp -s "$work/gen-spec-base4.jsonl" "$work/gen-spec-out4.jsonl"; then
+  passed=$((passed + 1)); echo "PASS generate: speculative decoding on tp 2 x pp 2 gives the outputs of decoding a token a step"
+else failed=$((failed + 1)); echo "FAIL generate: speculative decoding on tp 2 x pp 2 changed the outputs"; diff "$work/gen-spec-base4.jsonl" "$work/gen-spec-out4.jsonl" | head -5; fi
 check "speculative_config: a draft model" 1 "config: speculative_config: method 'eagle' is not supported: it needs a draft model" --once -- \
   "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 --speculative-config '{"method": "eagle", "num_speculative_tokens": 2}' \
   --input "$work/gen-spec.jsonl" --output "$work/gen-spec-bad.jsonl"
