@@ -75,7 +75,9 @@ void Sampler::observe(const StepPlan& plan) {
       // state that the accepted tokens reach takes over.
       if (!s.start)
         for (SeqState& c : prev->second.states)
-          if (c.history.size() == static_cast<size_t>(s.num_computed)) {
+          if (c.len == static_cast<size_t>(s.num_computed)) {
+            c.history = std::move(st.history);  // (cut to its length below)
+            c.base = nullptr;
             st = std::move(c);
             break;
           }
@@ -106,7 +108,11 @@ void Sampler::observe(const StepPlan& plan) {
     d.steps.resize(static_cast<size_t>(s.num_draft));
     d.states.reserve(static_cast<size_t>(s.num_draft));
     for (int32_t j = 0; j < s.num_draft; ++j) {
+      std::vector<int32_t> h = std::move(st.history);  // (the copy takes everything but the history)
       d.states.push_back(st);
+      st.history = std::move(h);
+      d.states.back().base = &st.history;
+      d.states.back().len = st.history.size();
       SeqStep& v = d.steps[static_cast<size_t>(j)];
       v.seq_id = s.seq_id;
       v.num_computed = s.num_computed;
@@ -258,13 +264,13 @@ bool counts_on(const SamplingParams& p) { return p.presence_penalty != 0.0 || p.
 // Whether min_tokens still masks the stop tokens: fewer output tokens than it asks for so far.
 template <typename State>
 bool stops_masked(const State& st) {
-  return static_cast<int64_t>(st.history.size()) - st.prompt_len < st.params.min_tokens;
+  return static_cast<int64_t>(st.fed().size()) - st.prompt_len < st.params.min_tokens;
 }
 
 // vLLM's bad_words: the last token of each sequence whose other tokens end the output so far.
 template <typename State>
 void bad_word_bans(const State& st, std::vector<int32_t>& out) {
-  const auto& h = st.history;
+  const auto h = st.fed();
   const size_t produced = h.size() - std::min(h.size(), static_cast<size_t>(std::max(st.prompt_len, 0)));
   for (const auto& seq : st.params.bad_words_ids) {
     if (seq.empty() || seq.size() - 1 > produced) continue;
@@ -360,7 +366,7 @@ RowDraw Sampler::row_draw(const SeqState& st) const {
   r.greedy = p.greedy();
   r.inv_temperature = r.greedy ? 1.f : static_cast<float>(1.0 / p.temperature);
   r.seed = st.seed;
-  r.position = static_cast<int64_t>(st.history.size());
+  r.position = static_cast<int64_t>(st.fed().size());
   if (!r.greedy) {
     if (p.top_k > 0 && p.top_k < vocab_size_) r.top_k = p.top_k;
     if (p.min_p > 0) r.log_min_p = static_cast<float>(std::log(p.min_p));
@@ -859,7 +865,7 @@ std::vector<SampledToken> Sampler::sample_rows(const std::vector<const SeqStep*>
 #pragma omp parallel for schedule(dynamic)
   for (long i = 0; i < N; ++i) {
     const bool greedy = st[i]->params.greedy();
-    const int64_t pos = static_cast<int64_t>(st[i]->history.size());
+    const int64_t pos = static_cast<int64_t>(st[i]->fed().size());
     double bv = -std::numeric_limits<double>::infinity();
     int64_t bi = -1;
     each(i, [&](int64_t k, float x) {

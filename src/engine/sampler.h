@@ -11,6 +11,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <unordered_map>
 #include <vector>
 
@@ -86,6 +87,12 @@ class Sampler {
     int32_t prompt_len = 0;
     std::vector<int32_t> eos_ids;
     std::vector<int32_t> history;  // every token fed so far, by position
+    // A draft row's stand-in state (below) keeps no history of its own: its history is the first `len`
+    // tokens of `*base`, its sequence's, so that a row costs no copy of a long context.
+    const std::vector<int32_t>* base = nullptr;
+    size_t len = 0;
+    // The tokens fed so far, as the draw reads them.
+    std::span<const int32_t> fed() const { return base ? std::span<const int32_t>(base->data(), len) : std::span<const int32_t>(history); }
     // For the penalties, kept up to date as history grows (rebuilt when it shrinks): the distinct
     // tokens of history[0, indexed) in order, and the output tokens' (positions from prompt_len on)
     // counts by token. Only for sequences with a repetition, presence or frequency penalty.
@@ -98,9 +105,9 @@ class Sampler {
     size_t guided_fed = 0;
   };
   // Speculative decoding (SeqStep::num_draft): the rows before a sequence's last, one per draft, are
-  // drawn from stand-in steps with copies of its state as it was before each draft (history, penalty
-  // counts, guide state), kept until the sequence's next step takes up the copy its accepted tokens
-  // reach. The rows so draw exactly as decoding one token at a time would.
+  // drawn from stand-in steps with copies of its state as it was before each draft (penalty counts,
+  // guide state; the history as a length of the sequence's), kept until the sequence's next step takes
+  // up the copy its accepted tokens reach. The rows so draw exactly as decoding one token at a time would.
   struct DraftRows {
     std::vector<SeqStep> steps;
     std::vector<SeqState> states;

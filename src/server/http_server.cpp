@@ -8,6 +8,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "common/error.h"
@@ -194,7 +195,11 @@ class Session : public std::enable_shared_from_this<Session> {
     if (path == "/v1/models") return respond(200, json_text(models_response(ctx_)), req_.keep_alive());
     if (path == "/tokenize" || path == "/detokenize") return tokenize(path == "/tokenize");
     if (pattern != path) return stored_response(stored_id, method, pattern.size() > prefix.size() + 1);
-    if (path == "/invocations") return generate(invocation_api());
+    if (path == "/invocations") {
+      auto body = parse_json<nlohmann::ordered_json>(req_.body());
+      const Api api = invocation_api(body);
+      return generate(api, std::move(body));
+    }
     const bool rerank = path == "/rerank" || path == "/v1/rerank" || path == "/v2/rerank";
     generate(path == "/v1/chat/completions"           ? Api::Chat
              : path == "/v1/responses"                ? Api::Responses
@@ -264,8 +269,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // vLLM's POST /invocations (SageMaker's route): the API whose request the body is, by the fields it
   // has, in vLLM's order: messages a chat, prompt a completion, input embeddings (the classify API on a
   // classifier), query with documents a rerank, text_1 / text_2 a score.
-  Api invocation_api() const {
-    const auto body = parse_json<nlohmann::json>(req_.body());
+  Api invocation_api(const nlohmann::ordered_json& body) const {
     if (!body.is_object()) throw HttpError(400, "the request body must be a JSON object");
     if (body.contains("messages")) return Api::Chat;
     if (body.contains("prompt")) return Api::Completion;
@@ -276,9 +280,10 @@ class Session : public std::enable_shared_from_this<Session> {
                          "CompletionRequest (prompt), EmbeddingRequest or ClassificationRequest (input), RerankRequest "
                          "(query, documents), ScoreRequest (text_1, text_2)");
   }
-  void generate(Api api) {
+  // `parsed`: the body, when the route has read it already (/invocations).
+  void generate(Api api, std::optional<nlohmann::ordered_json> parsed = std::nullopt) {
     auto p = std::make_shared<Pending>();
-    const auto body = parse_json<nlohmann::ordered_json>(req_.body());
+    const auto body = parsed ? std::move(*parsed) : parse_json<nlohmann::ordered_json>(req_.body());
     if (api == Api::Chat || api == Api::Responses || api == Api::Completion)
       check_generation_api(ctx_, api == Api::Chat ? "Chat Completions" : api == Api::Responses ? "Responses" : "Completions");
     p->req = api == Api::Chat         ? parse_chat(body, ctx_)

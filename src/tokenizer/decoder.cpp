@@ -7,21 +7,9 @@
 
 namespace llmserve {
 using json = nlohmann::json;
+using unicode::replace_all;
 
 namespace {
-
-std::string replace_all(const std::string& s, const std::string& from, const std::string& to) {
-  if (from.empty()) return s;
-  std::string r;
-  size_t at = 0;
-  for (size_t hit = s.find(from); hit != std::string::npos; hit = s.find(from, at)) {
-    r.append(s, at, hit - at);
-    r += to;
-    at = hit + from.size();
-  }
-  r.append(s, at, std::string::npos);
-  return r;
-}
 
 // A character's UTF-8 bytes at the front (start) or back of s, when that character is `c`.
 bool starts_with_char(const std::string& s, size_t from, const std::string& c) { return s.compare(from, c.size(), c) == 0; }

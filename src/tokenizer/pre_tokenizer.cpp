@@ -113,11 +113,7 @@ class MetaspaceSplit : public PreTokenizer {
   void split(std::vector<std::string>& pieces, bool at_start) const override {
     std::vector<std::string> out;
     for (size_t k = 0; k < pieces.size(); ++k) {
-      std::string p;
-      for (char c : pieces[k]) {
-        if (c == ' ') p += rep_;
-        else p.push_back(c);
-      }
+      std::string p = unicode::replace_all(pieces[k], " ", rep_);
       const bool prepend = scheme_ == "always" || (scheme_ == "first" && at_start && k == 0);
       if (prepend && p.compare(0, rep_.size(), rep_) != 0) p.insert(0, rep_);
       if (!split_) {
@@ -182,18 +178,9 @@ std::string Normalizer::apply(std::string_view text) const {
       case Step::Kind::Prepend:  // (HF's: an empty text stays empty)
         if (!s.empty()) s.insert(0, st.a);
         break;
-      case Step::Kind::Replace: {
-        std::string r;
-        size_t from = 0;
-        for (size_t at = s.find(st.a); at != std::string::npos; at = s.find(st.a, from)) {
-          r.append(s, from, at - from);
-          r += st.b;
-          from = at + st.a.size();
-        }
-        r.append(s, from, std::string::npos);
-        s.swap(r);
+      case Step::Kind::Replace:
+        s = unicode::replace_all(s, st.a, st.b);
         break;
-      }
     }
   }
   return s;

@@ -6,6 +6,19 @@
 #include <vector>
 
 namespace llmserve::unicode {
+
+std::string replace_all(std::string_view s, std::string_view from, std::string_view to) {
+  if (from.empty()) return std::string(s);
+  std::string r;
+  size_t at = 0;
+  for (size_t hit = s.find(from); hit != std::string_view::npos; hit = s.find(from, at)) {
+    r.append(s, at, hit - at);
+    r.append(to);
+    at = hit + from.size();
+  }
+  r.append(s.substr(at));
+  return r;
+}
 namespace {
 
 struct CategoryRange {

@@ -46,6 +46,8 @@ inline bool is_utf8(std::string_view bytes) { return utf8_lossy(bytes) == bytes;
 // Length of the longest prefix of `bytes` that lossy decoding can emit now: complete characters and
 // invalid bytes, but not a valid-so-far sequence cut off at the end (more bytes may complete it).
 size_t utf8_stable_prefix(std::string_view bytes);
+// s with every occurrence of `from` (not empty) replaced by `to`, left to right (HF's Replace with a string).
+std::string replace_all(std::string_view s, std::string_view from, std::string_view to);
 // The character at byte i of s (i < s.size()): its code point (U+FFFD for an invalid or cut-off
 // sequence, as decode_utf8 reads it) and, in `len`, its bytes (at least 1).
 char32_t utf8_at(std::string_view s, size_t i, size_t& len);

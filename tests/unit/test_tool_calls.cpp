@@ -63,47 +63,6 @@ RequestOutput output(const std::string& text, bool finished) {
 }
 }  // namespace
 
-// Mistral 7B Instruct v0.3's format (vLLM's mistral parser): a JSON array of calls after [TOOL_CALLS], the
-// text before it content; one object too; the first [{...}] run when more follows; else all content.
-TEST(ToolParser, Mistral) {
-  auto p = parse_tool_calls(ToolFormat::Mistral,
-                            "Let me look. [TOOL_CALLS] [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}, "
-                            "{\"name\": \"search\", \"arguments\": {\"q\": \"[a]\"}}]");
-  ASSERT_EQ(p.calls.size(), 2u);
-  EXPECT_EQ(p.calls[0].name, "get_weather");
-  EXPECT_EQ(json::parse(p.calls[0].arguments), json({{"city", "Paris"}}));
-  EXPECT_EQ(p.calls[1].name, "search");
-  EXPECT_EQ(json::parse(p.calls[1].arguments), json({{"q", "[a]"}}));
-  EXPECT_EQ(p.content, "Let me look. ");
-  p = parse_tool_calls(ToolFormat::Mistral, "[TOOL_CALLS]{\"name\": \"f\", \"arguments\": {}}");
-  ASSERT_EQ(p.calls.size(), 1u);
-  EXPECT_EQ(p.content, "");
-  p = parse_tool_calls(ToolFormat::Mistral, "[TOOL_CALLS] [{\"name\": \"f\", \"arguments\": {\"x\": 1}}] and more");
-  ASSERT_EQ(p.calls.size(), 1u);
-  EXPECT_EQ(json::parse(p.calls[0].arguments), json({{"x", 1}}));
-  EXPECT_TRUE(parse_tool_calls(ToolFormat::Mistral, "[TOOL_CALLS] [{\"name\": ").calls.empty());  // (cut by max_tokens)
-  EXPECT_TRUE(parse_tool_calls(ToolFormat::Mistral, "[TOOL_CALLS] [{\"no_name\": 1}]").calls.empty());
-  EXPECT_EQ(parse_tool_calls(ToolFormat::Mistral, "No calls [here]").content, "No calls [here]");
-  EXPECT_EQ(tool_safe_prefix(ToolFormat::Mistral, "Hi [TOOL_"), 3u);
-  EXPECT_EQ(tool_safe_prefix(ToolFormat::Mistral, "Hi [TOOL_CALLS] [{"), 3u);
-  EXPECT_EQ(tool_safe_prefix(ToolFormat::Mistral, "Hi [x]"), 6u);
-  EXPECT_EQ(tool_format_for("auto", "mistral"), ToolFormat::Mistral);
-  EXPECT_EQ(tool_format_for("mistral", "qwen2"), ToolFormat::Mistral);
-  // Its calls' ids are the 9 letters and digits Mistral's chat template requires when they come back.
-  ApiContext ctx;
-  ctx.model_names = {"m"};
-  ctx.tool_format = ToolFormat::Mistral;
-  GenerationRequest r;
-  r.chat = true;
-  r.tools_active = true;
-  r.model = "m";
-  const json whole = chat_response("id", r, ctx, {output("[TOOL_CALLS] [{\"name\": \"f\", \"arguments\": {\"a\": 1}}]", true)});
-  const std::string id = whole["choices"][0]["message"]["tool_calls"][0]["id"].get<std::string>();
-  EXPECT_EQ(id.size(), 9u);
-  EXPECT_TRUE(std::all_of(id.begin(), id.end(), [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)) != 0; })) << id;
-  EXPECT_EQ(whole["choices"][0]["finish_reason"], "tool_calls");
-}
-
 TEST(ToolCallsInResponses, ChatResponseAndStream) {
   ApiContext ctx;
   ctx.model_names = {"m"};
@@ -195,6 +154,41 @@ ChatSetup streamed_chat(ToolFormat format, bool reasoning = false) {
   return c;
 }
 }  // namespace
+
+// Mistral 7B Instruct v0.3's format (vLLM's mistral parser): a JSON array of calls after [TOOL_CALLS], the
+// text before it content; one object too; the first [{...}] run when more follows; else all content.
+TEST(ToolParser, Mistral) {
+  auto p = parse_tool_calls(ToolFormat::Mistral,
+                            "Let me look. [TOOL_CALLS] [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}, "
+                            "{\"name\": \"search\", \"arguments\": {\"q\": \"[a]\"}}]");
+  ASSERT_EQ(p.calls.size(), 2u);
+  EXPECT_EQ(p.calls[0].name, "get_weather");
+  EXPECT_EQ(json::parse(p.calls[0].arguments), json({{"city", "Paris"}}));
+  EXPECT_EQ(p.calls[1].name, "search");
+  EXPECT_EQ(json::parse(p.calls[1].arguments), json({{"q", "[a]"}}));
+  EXPECT_EQ(p.content, "Let me look. ");
+  p = parse_tool_calls(ToolFormat::Mistral, "[TOOL_CALLS]{\"name\": \"f\", \"arguments\": {}}");
+  ASSERT_EQ(p.calls.size(), 1u);
+  EXPECT_EQ(p.content, "");
+  p = parse_tool_calls(ToolFormat::Mistral, "[TOOL_CALLS] [{\"name\": \"f\", \"arguments\": {\"x\": 1}}] and more");
+  ASSERT_EQ(p.calls.size(), 1u);
+  EXPECT_EQ(json::parse(p.calls[0].arguments), json({{"x", 1}}));
+  EXPECT_TRUE(parse_tool_calls(ToolFormat::Mistral, "[TOOL_CALLS] [{\"name\": ").calls.empty());  // (cut by max_tokens)
+  EXPECT_TRUE(parse_tool_calls(ToolFormat::Mistral, "[TOOL_CALLS] [{\"no_name\": 1}]").calls.empty());
+  EXPECT_EQ(parse_tool_calls(ToolFormat::Mistral, "No calls [here]").content, "No calls [here]");
+  EXPECT_EQ(tool_safe_prefix(ToolFormat::Mistral, "Hi [TOOL_"), 3u);
+  EXPECT_EQ(tool_safe_prefix(ToolFormat::Mistral, "Hi [TOOL_CALLS] [{"), 3u);
+  EXPECT_EQ(tool_safe_prefix(ToolFormat::Mistral, "Hi [x]"), 6u);
+  EXPECT_EQ(tool_format_for("auto", "mistral"), ToolFormat::Mistral);
+  EXPECT_EQ(tool_format_for("mistral", "qwen2"), ToolFormat::Mistral);
+  // Its calls' ids are the 9 letters and digits Mistral's chat template requires when they come back.
+  const ChatSetup c = streamed_chat(ToolFormat::Mistral);
+  const json whole = chat_response("id", c.r, c.ctx, {output("[TOOL_CALLS] [{\"name\": \"f\", \"arguments\": {\"a\": 1}}]", true)});
+  const std::string id = whole["choices"][0]["message"]["tool_calls"][0]["id"].get<std::string>();
+  EXPECT_EQ(id.size(), 9u);
+  EXPECT_TRUE(std::all_of(id.begin(), id.end(), [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)) != 0; })) << id;
+  EXPECT_EQ(whole["choices"][0]["finish_reason"], "tool_calls");
+}
 
 // A streamed chat response (the output growing a byte at a time) says what the whole response says:
 // the same content, to the whitespace, and the same calls. The whole content used to be trimmed.
