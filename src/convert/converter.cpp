@@ -391,8 +391,8 @@ void convert_gguf(const ConvertOptions& opt) {
   for (size_t i = 0; i < tokens.size(); ++i) {
     vocab[tokens[i]] = i;
     const int t = types[i];
-    if (t == 2 && unk.is_null()) unk = tokens[i];
-    if (t == 2 || t == 3 || t == 4)  // unknown, control, user-defined
+    if (spm && t == 2 && unk.is_null()) unk = tokens[i];
+    if ((spm && t == 2) || t == 3 || t == 4)  // unknown (SentencePiece's <unk>, special in Llama 2's tokenizer.json), control, user-defined
       added.push_back({{"id", i}, {"content", tokens[i]}, {"single_word", false}, {"lstrip", false},
                        {"rstrip", false}, {"normalized", t == 4}, {"special", t != 4}});
   }
