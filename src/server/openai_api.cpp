@@ -60,7 +60,7 @@ namespace {
 // A tool call's id: OpenAI's "call_..." form, or for Mistral's format the 9 letters and digits its chat
 // template requires when the call comes back in a later request (as vLLM's MistralToolCall makes them).
 std::string tool_call_id(ToolFormat f) {
-  if (f != ToolFormat::Mistral) return random_id("call_");
+  if (!is_mistral(f)) return random_id("call_");
   static thread_local std::mt19937_64 rng(std::random_device{}());
   static const char kAlnum[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
   std::string id;
@@ -467,7 +467,7 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
                                ? last["content"].get<std::string>() : std::string());
   common_params(plain, r, ctx, body);
   // vLLM's mistral parser reads the calls after the [TOOL_CALLS] special token: the text keeps special tokens.
-  if (r.tools_active && ctx.tool_format == ToolFormat::Mistral) r.params.skip_special_tokens = false;
+  if (r.tools_active && is_mistral(ctx.tool_format)) r.params.skip_special_tokens = false;
   if (!forced_schema.empty()) {  // the call's arguments (or the calls), guided by a schema (as vLLM)
     if (!r.params.guided.empty())
       throw HttpError(400, "only one kind of guided decoding per request (a named or required tool_choice and a guided "
@@ -576,7 +576,7 @@ json tool_call_deltas(ToolFormat f, const std::string& text, const ToolParse* fi
   json out = json::array();
   auto args_delta = [&](size_t k, const PartialCall& pc) {
     // (up to the last whole character while the arguments go on)
-    const size_t end = pc.args_end != std::string::npos ? pc.args_end : unicode::utf8_stable_prefix(text);
+    const size_t end = pc.args_end != std::string::npos ? pc.args_end : std::min(unicode::utf8_stable_prefix(text), pc.args_safe);
     const size_t from = pc.args_begin + s.args_sent;
     if (end <= from) return;
     std::string piece = text.substr(from, end - from);
@@ -587,8 +587,8 @@ json tool_call_deltas(ToolFormat f, const std::string& text, const ToolParse* fi
       out.push_back({{"index", k}, {"function", {{"arguments", std::move(piece)}}}});
     }
   };
-  if (f == ToolFormat::Hermes) {
-    const std::vector<PartialCall> calls = scan_hermes_calls(text);
+  if (f == ToolFormat::Hermes || f == ToolFormat::MistralV11) {
+    const std::vector<PartialCall> calls = f == ToolFormat::Hermes ? scan_hermes_calls(text) : scan_mistral_calls(text, final != nullptr);
     for (size_t k = s.calls_sent > 0 ? s.calls_sent - 1 : 0; k < calls.size(); ++k) {
       const PartialCall& pc = calls[k];
       if (k + 1 == s.calls_sent) {  // the call being streamed

@@ -1,5 +1,7 @@
 #include "server/tool_parser.h"
 
+#include <algorithm>
+#include <cctype>
 #include <nlohmann/json.hpp>
 #include <string_view>
 
@@ -143,17 +145,46 @@ void scan_call(std::string_view t, size_t i, PartialCall& c) {
 
 }  // namespace
 
-ToolFormat tool_format_for(const std::string& parser, const std::string& model_type) {
+ToolFormat tool_format_for(const std::string& parser, const std::string& model_type, bool args_token) {
+  const ToolFormat mistral = args_token ? ToolFormat::MistralV11 : ToolFormat::Mistral;
   if (parser == "hermes") return ToolFormat::Hermes;
   if (parser == "llama3_json") return ToolFormat::Llama3Json;
-  if (parser == "mistral") return ToolFormat::Mistral;
+  if (parser == "mistral") return mistral;
   if (parser == "none") return ToolFormat::None;
   if (parser != "auto")
     throw Error(cat("config: tool_call_parser must be auto, hermes, llama3_json, mistral or none; got '", parser, "'"));
   if (model_type == "qwen2" || model_type == "qwen3") return ToolFormat::Hermes;
   if (model_type == "llama") return ToolFormat::Llama3Json;
-  if (model_type == "mistral") return ToolFormat::Mistral;
+  if (model_type == "mistral") return mistral;
   return ToolFormat::None;
+}
+
+std::vector<PartialCall> scan_mistral_calls(const std::string& text, bool finished) {
+  std::vector<PartialCall> calls;
+  for (size_t pos = text.find(kMistral); pos != std::string::npos;) {
+    const size_t body = pos + kMistral.size();
+    const size_t next = text.find(kMistral, body);
+    const size_t brace = text.find('{', body);
+    pos = next;
+    if (brace == std::string::npos || brace >= next) continue;  // no arguments (yet): not a call (yet)
+    // The name: up to [ARGS] (which a Hugging Face tokenizer's text keeps) or, failing that, the '{'.
+    std::string_view head = std::string_view(text).substr(body, brace - body);
+    head = head.substr(0, std::min(head.find("[ARGS]"), head.find("[CALL_ID]")));
+    PartialCall c;
+    c.name = trim(std::string(head));
+    // (a function name: letters, digits, '_', '-', '.'; anything else, such as the pre-v11 form's "[", is no call)
+    const bool word = !c.name.empty() && std::all_of(c.name.begin(), c.name.end(), [](char ch) {
+      return std::isalnum(static_cast<unsigned char>(ch)) || ch == '_' || ch == '-' || ch == '.';
+    });
+    if (!word) continue;
+    c.named = true;
+    c.args_begin = brace;
+    if (next != std::string::npos) c.args_end = next;
+    else if (finished) c.args_end = text.size();
+    else c.args_safe = text.size() - partial_tag(text, kMistral);
+    calls.push_back(std::move(c));
+  }
+  return calls;
 }
 
 ToolParse parse_tool_calls(ToolFormat f, const std::string& text) {
@@ -186,6 +217,16 @@ ToolParse parse_tool_calls(ToolFormat f, const std::string& text) {
     }
     r.calls = calls;
     r.content = text.substr(0, first);  // as vLLM: untrimmed (what streaming sends before the call)
+    return r;
+  }
+  if (f == ToolFormat::MistralV11) {
+    // As vLLM's mistral parser for v11 tokenizers: each [TOOL_CALLS] starts a call, its name up to the
+    // arguments' '{', the arguments (as the model wrote them) up to the next one; the text before the first
+    // is content.
+    const std::vector<PartialCall> pcs = scan_mistral_calls(text, true);
+    if (pcs.empty()) return r;
+    for (const PartialCall& pc : pcs) r.calls.push_back({pc.name, text.substr(pc.args_begin, pc.args_end - pc.args_begin)});
+    r.content = text.substr(0, text.find(kMistral));
     return r;
   }
   if (f == ToolFormat::Mistral) {
@@ -253,7 +294,7 @@ ToolParse parse_tool_calls(ToolFormat f, const std::string& text) {
 }
 
 size_t tool_safe_prefix(ToolFormat f, const std::string& text) {
-  if (f == ToolFormat::Hermes || f == ToolFormat::Mistral) {
+  if (f == ToolFormat::Hermes || is_mistral(f)) {
     const std::string& tag = f == ToolFormat::Hermes ? kOpen : kMistral;
     const size_t k = text.find(tag);
     if (k != std::string::npos) return k;

@@ -1,19 +1,22 @@
 // Tool calls in model output: Hermes-style `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
 // blocks (Qwen2.5), Llama 3.x JSON calls (`{"name": ..., "parameters": {...}}`, several separated
 // by ';', optionally after <|python_tag|>) and Mistral's `[TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]`
-// (Mistral 7B Instruct v0.3's format; the text before it is content). Output that does not parse as
-// calls stays content.
+// (Mistral 7B Instruct v0.3's format; the text before it is content) or, for tokenizers with an [ARGS]
+// token (Mistral's v11 and later: Mistral Small 3.x, Ministral, Devstral), `[TOOL_CALLS]name[ARGS]{...}`
+// once per call. Output that does not parse as calls stays content.
 #pragma once
 #include <string>
 #include <vector>
 
 namespace llmserve {
 
-enum class ToolFormat { None, Hermes, Llama3Json, Mistral };
+enum class ToolFormat { None, Hermes, Llama3Json, Mistral, MistralV11 };
+inline bool is_mistral(ToolFormat f) { return f == ToolFormat::Mistral || f == ToolFormat::MistralV11; }
 
 // `parser`: auto | hermes | llama3_json | mistral | none; auto picks by model_type (qwen2 / qwen3: hermes,
-// llama: llama3_json, mistral: mistral).
-ToolFormat tool_format_for(const std::string& parser, const std::string& model_type);
+// llama: llama3_json, mistral: mistral). Mistral's format is the v11 one when the tokenizer has an [ARGS]
+// token (`args_token`), as vLLM's parser decides for Hugging Face tokenizers.
+ToolFormat tool_format_for(const std::string& parser, const std::string& model_type, bool args_token = false);
 
 struct ToolCall {
   std::string name;
@@ -43,8 +46,14 @@ struct PartialCall {
   size_t args_begin = std::string::npos, args_end = std::string::npos;  // positions in the text
   bool streamable = true;
   size_t block_end = std::string::npos;  // just past its </tool_call>, once there
+  size_t args_safe = std::string::npos;  // an open call's arguments may be streamed up to here (v11 Mistral)
 };
 // The Hermes calls of `text` from its first <tool_call>, in order, as far as they have come.
 std::vector<PartialCall> scan_hermes_calls(const std::string& text);
+// The v11 Mistral calls of `text` from its first [TOOL_CALLS], as far as they have come: a call is named
+// once its arguments' '{' is there; its arguments run to the next [TOOL_CALLS] (args_end), and while
+// none has come, up to `args_safe` (short of what may be the start of one) or, once the output is
+// `finished`, to its end.
+std::vector<PartialCall> scan_mistral_calls(const std::string& text, bool finished);
 
 }  // namespace llmserve

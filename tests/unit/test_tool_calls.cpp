@@ -190,6 +190,51 @@ TEST(ToolParser, Mistral) {
   EXPECT_EQ(whole["choices"][0]["finish_reason"], "tool_calls");
 }
 
+// Mistral's v11 format (tokenizers with an [ARGS] token; vLLM's parser): each [TOOL_CALLS] starts a call,
+// its name up to [ARGS] or the arguments' '{', the arguments as written up to the next [TOOL_CALLS]; the
+// text before the first is content; a marker without arguments is no call.
+TEST(ToolParser, MistralV11) {
+  const std::string two = "Let me look. [TOOL_CALLS]get_weather[ARGS]{\"city\": \"Paris\"}[TOOL_CALLS]search[ARGS]{\"q\": \"{[a]}\"}";
+  auto p = parse_tool_calls(ToolFormat::MistralV11, two);
+  ASSERT_EQ(p.calls.size(), 2u);
+  EXPECT_EQ(p.content, "Let me look. ");
+  EXPECT_EQ(p.calls[0].name, "get_weather");
+  EXPECT_EQ(p.calls[0].arguments, "{\"city\": \"Paris\"}");
+  EXPECT_EQ(p.calls[1].name, "search");
+  EXPECT_EQ(json::parse(p.calls[1].arguments), json({{"q", "{[a]}"}}));
+  // Without [ARGS] in the text (a tokenizer that skips it), and a call id the model wrote.
+  p = parse_tool_calls(ToolFormat::MistralV11, "[TOOL_CALLS]f{\"x\": 1}[TOOL_CALLS]g[CALL_ID]a1b2c3d4e[ARGS]{}");
+  ASSERT_EQ(p.calls.size(), 2u);
+  EXPECT_EQ(p.calls[0].name, "f");
+  EXPECT_EQ(p.calls[0].arguments, "{\"x\": 1}");
+  EXPECT_EQ(p.calls[1].name, "g");
+  EXPECT_EQ(p.content, "");
+  // A marker with no arguments, or no name, is no call; with none at all the text is content.
+  p = parse_tool_calls(ToolFormat::MistralV11, "Hi [TOOL_CALLS]get_weather");
+  EXPECT_TRUE(p.calls.empty());
+  EXPECT_EQ(p.content, "Hi [TOOL_CALLS]get_weather");
+  EXPECT_TRUE(parse_tool_calls(ToolFormat::MistralV11, "[TOOL_CALLS][ARGS]{}").calls.empty());
+  EXPECT_EQ(parse_tool_calls(ToolFormat::MistralV11, "[TOOL_CALLS]f[ARGS]{}[TOOL_CALLS]no_args").calls.size(), 1u);
+  // The pre-v11 form read by the v11 parser is no call (its name would be empty).
+  EXPECT_TRUE(parse_tool_calls(ToolFormat::MistralV11, "[TOOL_CALLS][{\"name\": \"f\", \"arguments\": {}}]").calls.empty());
+  EXPECT_EQ(tool_safe_prefix(ToolFormat::MistralV11, "Hi [TOOL_"), 3u);
+  EXPECT_EQ(tool_format_for("auto", "mistral", true), ToolFormat::MistralV11);
+  EXPECT_EQ(tool_format_for("mistral", "llama", true), ToolFormat::MistralV11);
+  EXPECT_EQ(tool_format_for("auto", "mistral", false), ToolFormat::Mistral);
+  EXPECT_EQ(tool_format_for("hermes", "mistral", true), ToolFormat::Hermes);
+  // While the output goes on, an open call's arguments stop short of what may be the next marker.
+  const auto open = scan_mistral_calls("[TOOL_CALLS]f[ARGS]{\"a\": 1}[TOOL", false);
+  ASSERT_EQ(open.size(), 1u);
+  EXPECT_EQ(open[0].args_end, std::string::npos);
+  EXPECT_EQ(open[0].args_safe, std::string("[TOOL_CALLS]f[ARGS]{\"a\": 1}").size());
+  const ChatSetup c = streamed_chat(ToolFormat::MistralV11);
+  const json whole = chat_response("id", c.r, c.ctx, {output(two, true)});
+  const json& calls = whole["choices"][0]["message"]["tool_calls"];
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[1]["id"].get<std::string>().size(), 9u);
+  EXPECT_EQ(whole["choices"][0]["finish_reason"], "tool_calls");
+}
+
 // A streamed chat response (the output growing a byte at a time) says what the whole response says:
 // the same content, to the whitespace, and the same calls. The whole content used to be trimmed.
 TEST(ToolCallsInResponses, StreamedContentEqualsTheWholeContent) {
@@ -204,7 +249,11 @@ TEST(ToolCallsInResponses, StreamedContentEqualsTheWholeContent) {
       {ToolFormat::Hermes, "<tool_call>{\"arguments\": {\"a\": 1}, \"name\": \"f\"}</tool_call>"},
       {ToolFormat::Hermes, "  no call, <tool_ at the end is text  "},
       {ToolFormat::Llama3Json, " {\"name\": \"f\", \"parameters\": {\"x\": [1]}}; {\"name\": \"g\", \"parameters\": {}}"},
-      {ToolFormat::Llama3Json, " {not a call} "}};
+      {ToolFormat::Llama3Json, " {not a call} "},
+      // v11 Mistral calls: arguments streamed, none of a marker's bytes among them; a marker at the very end.
+      {ToolFormat::MistralV11, "Checking. [TOOL_CALLS]get_weather[ARGS]{\"city\": \"[TOOL\"}[TOOL_CALLS]t[ARGS]{}"},
+      {ToolFormat::MistralV11, "[TOOL_CALLS]f[ARGS]{\"a\": \"\u00e9\"} [TOOL_"},
+      {ToolFormat::MistralV11, "no call [TOOL_ here"}};
   for (const auto& [format, full] : cases) {
     SCOPED_TRACE(full);
     auto [ctx, r] = streamed_chat(format);
@@ -225,7 +274,8 @@ TEST(ToolCallsInResponses, StreamedContentEqualsTheWholeContent) {
     calls.expect_as(msg);
     // Hermes calls' arguments arrive as they are written (a byte at a time here, whole characters), other
     // formats' whole, and so do calls whose arguments are not an object or come before the name.
-    const bool whole_only = format != ToolFormat::Hermes || full.find("{\"arguments\"") != std::string::npos;
+    const bool whole_only = (format != ToolFormat::Hermes && format != ToolFormat::MistralV11) ||
+                            full.find("{\"arguments\"") != std::string::npos;
     if (!calls.names.empty()) EXPECT_EQ(calls.pieces > calls.names.size(), !whole_only) << calls.pieces;
     EXPECT_EQ(finish, whole["finish_reason"]);
   }
