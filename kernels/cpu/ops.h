@@ -19,6 +19,9 @@ void rmsnorm(const float* x, const float* w, int64_t T, int64_t H, float eps, fl
 // x += y.
 void add(float* x, const float* y, int64_t n);
 
+// out[t, j] = x[t, j] * f[t] (x, out [T, C]; out may be x).
+void scale_rows(const float* x, const float* f, int64_t T, int64_t C, float* out);
+
 // out[T, N] = x[T, K] . w[N, K]^T (+ bias[N]).
 void linear(const float* x, const float* w, const float* bias, int64_t T, int64_t K, int64_t N, float* out);
 

@@ -32,6 +32,9 @@ template <typename TW>
 void head_rmsnorm(float* x, const TW* w, int64_t n, int64_t H, float eps, cudaStream_t s);
 template <typename TX, typename TY>
 void add(TX* x, const TY* y, int64_t n, cudaStream_t s);
+// out [T, C] = x [T, C] with row t times f[t] (LoRA: an adapter's rows of a step).
+template <typename T>
+void scale_rows(const float* x, const float* f, int64_t T_, int64_t C, T* out, cudaStream_t s);
 template <typename T>
 void rope(T* q, T* k, const int32_t* positions, const float* inv_freq, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
           cudaStream_t s);

@@ -40,6 +40,8 @@ struct StepMeta {
   // With max_context: a bound on the new tokens of any one sequence (0: one each, a decode step). Such
   // graph-shaped steps run the split-KV attention kernel whatever their runs of new tokens.
   int32_t max_new = 0;
+  // LoRA: each sequence's adapter slot (0: none; Transformer::add_lora), or empty when no sequence has one.
+  std::vector<int32_t> lora;
   int64_t num_tokens() const { return static_cast<int64_t>(token_ids.size()); }
   int64_t num_seqs() const { return q_start.empty() ? 0 : static_cast<int64_t>(q_start.size()) - 1; }
 };
@@ -96,6 +98,8 @@ class Backend {
   virtual void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t head_dim,
                          int64_t block_size, float scale, Tensor& out) = 0;
   virtual void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
+  // out [T, C] (the activation type, or float32) = x [T, C] (float32) with row t times f[t] (f: [T] float32).
+  virtual void scale_rows(const Tensor& x, const Tensor& f, Tensor& out) = 0;
   // out = rows of x named by the step's logits_indices.
   virtual void gather_rows(const Tensor& x, Tensor& out) = 0;
   // Fused ops of a decoder layer. The defaults compose the ops above (the CPU backend uses them, so

@@ -149,6 +149,11 @@ void CpuBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   cpu::silu_mul(gate.as<float>(), up.as<float>(), gate.numel(), out.as<float>());
 }
 
+void CpuBackend::scale_rows(const Tensor& x, const Tensor& f, Tensor& out) {
+  LLMSERVE_CHECK(x.numel() == out.numel() && f.numel() == rows(x) && out.dtype == DType::F32, "cpu backend: scale_rows shapes");
+  cpu::scale_rows(x.as<float>(), f.as<float>(), rows(x), cols(x), out.as<float>());
+}
+
 void CpuBackend::begin_step(const StepMeta& meta) {
   meta_ = &meta;
   if (std::none_of(meta.token_ids.begin(), meta.token_ids.end(), [](int32_t t) { return t < 0; })) return;

@@ -16,6 +16,7 @@
 #include "common/error.h"
 #include "common/json_text.h"
 #include "engine/speculative.h"
+#include "model/lora.h"
 #include "model/pooler_config.h"
 
 namespace llmserve {
@@ -149,6 +150,18 @@ const std::vector<Option>& options() {
       {"speculative_config", Kind::String,
        "JSON object (or YAML mapping) of vLLM's speculative decoding: method ngram (drafts by n-gram lookup in the sequence; draft models are not supported), num_speculative_tokens, prompt_lookup_max, prompt_lookup_min (default 5); each decode step verifies the drafts in one forward pass",
        [](Config& c, const std::string& v) { c.speculative_config = v; }},
+      {"enable_lora", Kind::Bool, "serve the LoRA adapters of lora_modules (vLLM's): a request names one as its `model`",
+       [](Config& c, const std::string& v) { c.enable_lora = parse_bool("enable_lora", v); }},
+      {"lora_modules", Kind::StringList,
+       "LoRA adapters (PEFT checkpoints: adapter_config.json and adapter_model.safetensors) as name=path, or a JSON object {\"name\", \"path\", \"base_model_name\"}; on the command line several may follow one flag, as vLLM's",
+       [](Config& c, const std::string& v) { c.lora_modules.push_back(v); },
+       [](Config& c) { c.lora_modules.clear(); }},
+      {"max_loras", Kind::Int, "the most distinct LoRA adapters in one step (vLLM's; a request whose adapter would pass it waits)",
+       [](Config& c, const std::string& v) { c.max_loras = parse_int32("max_loras", v); }},
+      {"max_lora_rank", Kind::Int, "the largest LoRA rank served: 1, 8, 16, 32, 64, 128, 256, 320 or 512 (vLLM's)",
+       [](Config& c, const std::string& v) { c.max_lora_rank = parse_int32("max_lora_rank", v); }},
+      {"max_cpu_loras", Kind::Int, "vLLM's LoRA cache size (at least max_loras); llmserve keeps every adapter of lora_modules loaded",
+       [](Config& c, const std::string& v) { c.max_cpu_loras = parse_int32("max_cpu_loras", v); }},
       {"scheduling_policy", Kind::String,
        "fcfs (first come, first served) or priority (vLLM's: requests are admitted by their `priority`, lower first, then arrival; when KV blocks run out the running sequence of the highest value, latest arrival, is preempted)",
        [](Config& c, const std::string& v) { c.scheduling_policy = v; }},
@@ -323,6 +336,10 @@ void config_load_yaml(Config& cfg, const std::string& path) {
     if (o->kind == Kind::StringList && v.IsSequence()) {
       o->clear(cfg);
       for (const auto& item : v) {
+        if (key == "lora_modules" && item.IsMap()) {  // ({name, path, base_model_name}, as the JSON form)
+          config_set(cfg, key, yaml_to_json(item).dump(), origin);
+          continue;
+        }
         if (!item.IsScalar()) throw Error(cat(origin, ": ", key, " must be a string or a list of strings"));
         config_set(cfg, key, item.Scalar(), origin);
       }
@@ -393,6 +410,10 @@ std::vector<std::string> config_parse_args(Config& cfg, const std::vector<std::s
       value = args[++i];
     }
     sets.emplace_back(key, value);
+    // vLLM's --lora-modules takes several: the arguments after it that are name=path or a JSON object.
+    while (key == "lora_modules" && !has_value && i + 1 < args.size() && args[i + 1].rfind("-", 0) != 0 &&
+           (args[i + 1].find('=') != std::string::npos || args[i + 1].rfind("{", 0) == 0))
+      sets.emplace_back(key, args[++i]);
   }
   if (!yaml_path.empty()) config_load_yaml(cfg, yaml_path);
   std::vector<std::string> cleared;  // lists given on the command line replace the file's (and the default)
@@ -497,6 +518,26 @@ void config_validate(const Config& c) {
     fail("speculative_config needs async_scheduling off (a step's tokens are known only once its drafts are verified)");
   if (c.max_num_batched_tokens < 0)
     fail(cat("max_num_batched_tokens must be >= 0, got ", c.max_num_batched_tokens));
+  if (!c.lora_modules.empty() && !c.enable_lora) fail("lora_modules needs enable_lora (vLLM's --enable-lora)");
+  if (c.max_loras < 1) fail(cat("max_loras must be >= 1, got ", c.max_loras));
+  static const int ranks[] = {1, 8, 16, 32, 64, 128, 256, 320, 512};
+  if (std::find(std::begin(ranks), std::end(ranks), c.max_lora_rank) == std::end(ranks))
+    fail(cat("max_lora_rank must be one of 1, 8, 16, 32, 64, 128, 256, 320, 512 (vLLM's), got ", c.max_lora_rank));
+  if (c.max_cpu_loras != 0 && c.max_cpu_loras < c.max_loras)
+    fail(cat("max_cpu_loras (", c.max_cpu_loras, ") must be >= max_loras (", c.max_loras, ")"));
+  try {
+    std::vector<std::string> names;
+    for (const auto& m : c.lora_modules) {
+      const LoraModuleSpec spec = parse_lora_module(m);
+      if (std::find(names.begin(), names.end(), spec.name) != names.end())
+        fail(cat("lora_modules: the name '", spec.name, "' is given twice"));
+      if (std::find(c.served_model_name.begin(), c.served_model_name.end(), spec.name) != c.served_model_name.end())
+        fail(cat("lora_modules: '", spec.name, "' is also a served_model_name"));
+      names.push_back(spec.name);
+    }
+  } catch (const Error& e) {
+    fail(e.what());
+  }
   if (c.port < 1 || c.port > 65535) fail(cat("port must be in 1..65535, got ", c.port));
   if (c.host.empty()) fail("host must not be empty");
   static const char* parsers[] = {"auto", "hermes", "llama3_json", "mistral", "none"};

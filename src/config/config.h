@@ -33,6 +33,13 @@ struct Config {
   bool enforce_eager = false;
   bool async_scheduling = false;     // plan the next step while one runs (pipeline_parallel_size 1)
   std::string speculative_config;    // JSON object: vLLM's speculative decoding, method ngram (engine/speculative.h)
+  // vLLM's LoRA options (model/lora.h): adapters named by lora_modules ("name=path" or a JSON object with
+  // name, path and base_model_name), requests pick one by `model`; at most max_loras adapters in a step.
+  bool enable_lora = false;
+  std::vector<std::string> lora_modules;
+  int max_loras = 1;
+  int max_lora_rank = 16;
+  int max_cpu_loras = 0;  // 0: unset (vLLM's None: max_loras)
   std::string scheduling_policy = "fcfs";  // fcfs | priority (requests' `priority`: lower first, as vLLM)
   std::string host = "0.0.0.0";
   int port = 8000;

@@ -51,13 +51,6 @@ std::vector<char> cast(DType from, DType to, const void* src, size_t n) {
   return out;
 }
 
-DType st_dtype(const std::string& d, const std::string& file, const std::string& name) {
-  if (d == "BF16") return DType::BF16;
-  if (d == "F16") return DType::F16;
-  if (d == "F32") return DType::F32;
-  throw Error(cat("'", file, "': tensor '", name, "' has dtype ", d, " (supported: BF16, F16, F32)"));
-}
-
 void check_output(const ConvertOptions& opt) {
   if (opt.output.empty()) throw Error("no output file given (-o model.h5)");
   if (fs::exists(opt.output) && !opt.force)
@@ -206,7 +199,7 @@ void convert_hf(const ConvertOptions& opt) {
     const std::string name = source_name(w.name);
     SafetensorsFile* f = where.at(name);
     const auto& e = f->entries().at(name);
-    const DType src = st_dtype(e.dtype, f->path(), w.name);
+    const DType src = safetensors_dtype(e.dtype, f->path(), w.name);
     const DType dst = opt.dtype == "keep" ? src : dtype_from_name(opt.dtype);
     std::vector<char> raw = f->read(name);
     size_t n = 1;
@@ -219,7 +212,7 @@ void convert_hf(const ConvertOptions& opt) {
     SafetensorsFile* f = where.at(name);
     const auto& e = f->entries().at(name);
     std::vector<char> raw = f->read(name);
-    const std::vector<char> data = cast(st_dtype(e.dtype, f->path(), name), DType::F32, raw.data(),
+    const std::vector<char> data = cast(safetensors_dtype(e.dtype, f->path(), name), DType::F32, raw.data(),
                                         static_cast<size_t>(e.shape[0] * e.shape[1]));
     writer.add_tensor("score.weight", DType::F32, e.shape, data.data());
   }

@@ -80,4 +80,19 @@ std::vector<char> SafetensorsFile::read(const std::string& name) {
   return buf;
 }
 
+DType safetensors_dtype(const std::string& d, const std::string& file, const std::string& name) {
+  if (d == "BF16") return DType::BF16;
+  if (d == "F16") return DType::F16;
+  if (d == "F32") return DType::F32;
+  throw Error(cat("'", file, "': tensor '", name, "' has dtype ", d, " (supported: BF16, F16, F32)"));
+}
+
+std::vector<float> SafetensorsFile::read_f32(const std::string& name) {
+  const std::vector<char> raw = read(name);
+  const DType t = safetensors_dtype(entries_.at(name).dtype, path_, name);
+  std::vector<float> out(raw.size() / dtype_size(t));
+  to_f32(t, raw.data(), out.data(), out.size());
+  return out;
+}
+
 }  // namespace llmserve

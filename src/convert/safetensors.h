@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "common/dtype.h"
+
 namespace llmserve {
 
 struct SafetensorsEntry {
@@ -14,6 +16,9 @@ struct SafetensorsEntry {
   std::vector<int64_t> shape;
   uint64_t begin = 0, end = 0;  // byte offsets relative to the data section
 };
+
+// The element type of a BF16, F16 or F32 tensor; any other dtype is an Error naming the file and tensor.
+DType safetensors_dtype(const std::string& dtype, const std::string& file, const std::string& name);
 
 class SafetensorsFile {
  public:
@@ -23,6 +28,8 @@ class SafetensorsFile {
   const std::map<std::string, SafetensorsEntry>& entries() const { return entries_; }
   // Raw bytes of one tensor. Throws Error naming the file and tensor.
   std::vector<char> read(const std::string& name);
+  // One BF16, F16 or F32 tensor's values as float32 (another dtype is an Error naming the file and tensor).
+  std::vector<float> read_f32(const std::string& name);
 
  private:
   std::string path_;

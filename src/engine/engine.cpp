@@ -26,6 +26,7 @@ SchedulerConfig scheduler_config(const ModelRunner& r) {
   s.async_scheduling = c.async_scheduling && r.topology().pp == 1;
   s.priority = c.scheduling_policy == "priority";
   s.spec = parse_speculative_config(c.speculative_config);
+  if (c.enable_lora) s.max_loras = c.max_loras;
   return s;
 }
 
@@ -72,11 +73,14 @@ uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& 
     params = SamplingParams();
     params.pooling = sampling.pooling;
     params.priority = sampling.priority;
+    params.lora = sampling.lora;
     params.output_kind = OutputKind::FinalOnly;
     params.max_tokens = 0;
   }
   if (!pooling) sampling_params_validate(params, V);
   if (prompt.empty()) throw Error("the prompt is empty");
+  if (params.lora < 0 || params.lora > runner_.lora_adapters())
+    throw Error(cat("LoRA adapter ", params.lora, " is not loaded (", runner_.lora_adapters(), " are)"));
   for (int32_t t : prompt)
     if (t < 0 || t >= V) throw Error(cat("token id ", t, " is outside the vocabulary (", V, ")"));
   const int64_t max_len = runner_.config().max_model_len;

@@ -71,6 +71,9 @@ struct SamplingParams {
   // vLLM's cache_salt: prompt blocks are found in and added to the prefix cache under this salt only
   // (one tenant's prompts cannot be probed by another's timing). Read by rank 0's scheduler only.
   std::string cache_salt;
+  // The LoRA adapter the request names as its `model` (model/lora.h): 1 + its index in lora_modules, 0 for
+  // the base model. Read by rank 0's scheduler, which sends it with each step (SeqStep::lora).
+  int32_t lora = 0;
   // vLLM's use_beam_search: n beams scored with length_penalty, run above the engine by
   // server/beam_search.h (the engine itself refuses such a request). Not sent to the workers.
   bool beam_search = false;

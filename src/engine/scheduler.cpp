@@ -17,6 +17,10 @@ void Scheduler::add(std::unique_ptr<Sequence> seq) {
   seq->state = Sequence::State::Waiting;
   seq->wants_prompt_logprobs = seq->params.prompt_logprobs >= 0;
   seq->hash_seed = BlockManager::salt_hash(seq->params.cache_salt);
+  if (seq->params.lora > 0) {  // (an adapter's KV differs from the base model's: its blocks chain apart)
+    const int32_t slot = seq->params.lora;
+    seq->hash_seed = BlockManager::block_hash(seq->hash_seed ^ 0x10ba0000ull, &slot, 1);
+  }
   seq->last_hash = seq->hash_seed;
   enqueue(waiting_, seq.get(), false);
   seqs_[seq->id] = std::move(seq);
@@ -39,6 +43,7 @@ void Scheduler::emit(Sequence& s, int32_t chunk, StepPlan& plan, std::vector<int
   s.received = 0;
   if (!drafts.empty()) ++stats_.spec_drafts, stats_.spec_draft_tokens += st.num_draft;
   st.block_table = s.blocks;
+  st.lora = s.params.lora;
   st.sample = s.num_computed + chunk == static_cast<int32_t>(s.tokens.size());
   if (s.params.pooling != Pooling::None) {
     // Nothing is sampled: the rows the pooling wants go back summed, the vector once the prompt is done
@@ -93,6 +98,17 @@ void Scheduler::register_full_blocks(Sequence& s) {
   }
 }
 
+bool Scheduler::lora_fits(const Sequence& s) const {
+  if (s.params.lora <= 0) return true;
+  std::vector<int32_t> seen;
+  for (const Sequence* r : running_) {
+    if (r->params.lora <= 0 || std::find(seen.begin(), seen.end(), r->params.lora) != seen.end()) continue;
+    if (r->params.lora == s.params.lora) return true;
+    seen.push_back(r->params.lora);
+  }
+  return static_cast<int>(seen.size()) < cfg_.max_loras;
+}
+
 bool Scheduler::can_schedule_ahead(const Sequence& s) const {
   // Its one step in flight samples the token at position tokens.size(); planned now, the decode feeds
   // that token and samples the one after it, which must still be within max_tokens and max_model_len.
@@ -107,6 +123,7 @@ bool Scheduler::schedule_ahead(Sequence& s, int64_t& budget, StepPlan& plan) {
   st.num_computed = s.num_computed;
   st.tokens.push_back(pending_token(s.sampled_row));
   st.block_table = s.blocks;
+  st.lora = s.params.lora;
   st.sample = true;
   s.num_computed += 1;
   ++s.in_flight;
@@ -215,7 +232,8 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
     // Room for its blocks and for what its next step fills (the tokens it has).
     const int64_t need = static_cast<int64_t>(s->host_blocks.size());
     const int64_t next = (static_cast<int64_t>(s->tokens.size()) + cfg_.block_size - 1) / cfg_.block_size;
-    if (std::max(need, next) > bm_.num_available() || running_.size() >= static_cast<size_t>(cfg_.max_num_seqs)) break;
+    if (std::max(need, next) > bm_.num_available() || running_.size() >= static_cast<size_t>(cfg_.max_num_seqs) || !lora_fits(*s))
+      break;
     auto dev = bm_.allocate(need);
     for (size_t i = 0; i < dev.size(); ++i) {
       plan.swap_in.push_back({s->host_blocks[i], dev[i]});
@@ -246,10 +264,15 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
   // 3. Waiting sequences in queue order, unless this step had to preempt, and while none is swapped
   // out that comes before them.
   const bool preempted = stats_.preempted_swap + stats_.preempted_recompute != preempted_before;
-  while (!waiting_.empty() && !preempted && budget > 0 && plan.seqs.size() < max_seqs &&
+  size_t wi = 0;  // (the first waiting sequence not passed over for max_loras)
+  while (wi < waiting_.size() && !preempted && budget > 0 && plan.seqs.size() < max_seqs &&
          running_.size() < static_cast<size_t>(cfg_.max_num_seqs)) {
-    Sequence* s = waiting_.front();
+    Sequence* s = waiting_[wi];
     if (!swapped_.empty() && !(cfg_.priority && before(s, swapped_.front()))) break;
+    if (!lora_fits(*s)) {  // its adapter would pass max_loras: it waits, the ones behind it may go (as vLLM)
+      ++wi;
+      continue;
+    }
     std::vector<uint64_t> hashes;
     if (s->num_computed == 0 && s->blocks.empty() && !wants_prompt_rows(*s) &&
         (s->params.pooling == Pooling::None || s->params.pooling == Pooling::Last)) {
@@ -272,7 +295,7 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
       s->last_hash = s->hash_seed;
       break;
     }
-    waiting_.pop_front();
+    waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(wi));
     s->state = Sequence::State::Running;
     enqueue(running_, s, false);
   }

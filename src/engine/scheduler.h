@@ -41,6 +41,9 @@ struct SchedulerConfig {
   // n-gram speculative decoding (engine/speculative.h; not with async_scheduling): a decode feeds
   // drafts after its token when the blocks for them are free (drafts never preempt) and the budget allows.
   SpeculativeConfig spec;
+  // vLLM's max_loras: the most distinct LoRA adapters among the running sequences; a waiting (or swapped)
+  // sequence of another adapter waits until one leaves (waiting ones behind it may go first).
+  int max_loras = 1 << 30;
 };
 
 struct Sequence {
@@ -107,6 +110,7 @@ class Scheduler {
   bool schedule_chunk(Sequence& s, int64_t& budget, StepPlan& plan, bool may_preempt);
   // Asynchronous scheduling: whether s's next decode may be planned before the token it feeds is
   // back (one step in flight, and that token cannot be its last), and planning it.
+  bool lora_fits(const Sequence& s) const;
   bool can_schedule_ahead(const Sequence& s) const;
   bool schedule_ahead(Sequence& s, int64_t& budget, StepPlan& plan);
   // Blocks of s that are now full of known, computed tokens become reusable prefix blocks.

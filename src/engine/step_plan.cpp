@@ -129,6 +129,7 @@ std::string StepPlan::serialize() const {
     w.vec(s.prompt_targets);
     w.put(s.pool_from), w.put(s.pool_count), w.put(static_cast<uint8_t>(s.pool_done));
     w.put(s.num_draft);
+    w.put(s.lora);
   }
   w.vec(swap_out), w.vec(swap_in), w.vec(finished);
   return w.take();
@@ -162,6 +163,8 @@ StepPlan StepPlan::deserialize(const std::string& bytes) {
     if (s.pool_from < 0 || s.pool_count < 0 || static_cast<size_t>(s.pool_from) + static_cast<size_t>(s.pool_count) > s.tokens.size())
       throw Error("step plan: pooled rows outside the step's tokens");
     s.num_draft = r.get<int32_t>();
+    s.lora = r.get<int32_t>();
+    if (s.lora < 0) throw Error(cat("step plan: sequence ", s.seq_id, " has LoRA slot ", s.lora));
     if (s.num_draft < 0 || (s.num_draft > 0 && (!s.sample || static_cast<size_t>(s.num_draft) >= s.tokens.size())))
       throw Error("step plan: drafts without a sampled token before them");
   }

@@ -12,7 +12,7 @@
 
 namespace llmserve {
 
-constexpr uint32_t kStepPlanVersion = 8;
+constexpr uint32_t kStepPlanVersion = 9;
 
 // What the last stage needs to sample a sequence, sent when it (re)starts (num_computed == 0 or
 // after a recompute). Kept out of line so that a step's entries stay small (a 256-sequence plan is
@@ -55,6 +55,8 @@ struct SeqStep {
   // the step samples a row after each of its last num_draft + 1 tokens (with sample set; rows in order).
   int32_t num_draft = 0;
   int32_t sampled_rows() const { return sample ? 1 + num_draft : 0; }
+  // The sequence's LoRA adapter slot (SamplingParams::lora; 0: none).
+  int32_t lora = 0;
 };
 
 struct BlockCopy {

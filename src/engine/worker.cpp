@@ -33,6 +33,8 @@ StepMeta step_meta_from_plan(const StepPlan& plan, int bs) {
     m.block_tables.resize(m.block_tables.size() + (max_blocks - s.block_table.size()), 0);
     for (int32_t j = s.sampled_rows(); j > 0; --j) m.logits_indices.push_back(m.q_start.back() - j);
   }
+  if (std::any_of(plan.seqs.begin(), plan.seqs.end(), [](const SeqStep& s) { return s.lora > 0; }))
+    for (const auto& s : plan.seqs) m.lora.push_back(s.lora);
   // prompt_logprobs rows after every sampled row (the sampler reads rows 0.. as its sequences'), then
   // the pooled rows (their final-norm hidden states come back with the prompt rows').
   for (size_t i = 0; i < plan.seqs.size(); ++i)

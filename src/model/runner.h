@@ -38,6 +38,9 @@ class ModelRunner {
   Backend& backend() { return *backend_; }
   KvCache& kv() { return *kv_; }
   Transformer& model() { return *model_; }
+  // The LoRA adapters of lora_modules, slot 1.. in this order (SamplingParams::lora).
+  const std::vector<LoraModuleSpec>& lora_modules() const { return lora_modules_; }
+  int lora_adapters() const { return static_cast<int>(lora_modules_.size()); }
   MpiComm& tp_comm() { return *tp_comm_; }
   // The tensor group's communicator for GPU tensors (NCCL), or null (one rank per group, or the CPU
   // backend, whose tensors the MPI communicator serves).
@@ -88,6 +91,7 @@ class ModelRunner {
   std::unique_ptr<Comm> device_comm_;  // NCCL over the tensor group when it runs on GPUs
   std::unique_ptr<DeviceStageLink> stage_link_;
   std::unique_ptr<Transformer> model_;
+  std::vector<LoraModuleSpec> lora_modules_;
   std::unique_ptr<KvCache> kv_;
   std::unique_ptr<DecodeGraphs> graphs_;
   std::unique_ptr<MixedGraphs> mixed_graphs_;

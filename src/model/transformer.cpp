@@ -185,6 +185,45 @@ Transformer::Transformer(const ModelSpec& spec, const Topology& topo, Backend& b
   }
 }
 
+void Transformer::add_lora(const LoraAdapter& ad) {
+  const int64_t H = spec_.hidden_size, D = spec_.head_dim, r = ad.rank;
+  const int tr = topo_.tp_rank();
+  const int64_t q0 = tr * shard_.q_heads * D, qn = shard_.q_heads * D;
+  const int64_t k0 = shard_.kv_head_begin * D, kn = shard_.kv_heads * D;
+  const int64_t i0 = tr * shard_.intermediate, in = shard_.intermediate;
+  // Column-parallel projections (q/k/v, gate/up): B's rows [first, first + n); row-parallel ones (o, down):
+  // A's columns [first, first + n) of `width`.
+  struct Cut {
+    bool rows;
+    int64_t first, n, width;
+  };
+  const Cut cuts[kLoraTargets] = {{true, q0, qn, 0},  {true, k0, kn, 0},  {true, k0, kn, 0}, {false, q0, qn, spec_.num_heads * D},
+                                  {true, i0, in, 0}, {true, i0, in, 0}, {false, i0, in, spec_.intermediate_size}};
+  const DType dt = be_.compute_dtype();
+  std::vector<LoraLayer> layers;
+  for (int l = shard_.layers.begin; l < shard_.layers.end; ++l) {
+    LoraLayer mine;
+    for (int t = 0; t < kLoraTargets; ++t) {
+      const LoraMatrices& m = ad.layers.at(static_cast<size_t>(l))[static_cast<size_t>(t)];
+      if (m.a.empty()) continue;
+      const Cut& c = cuts[t];
+      LoraPair& p = mine[static_cast<size_t>(t)];
+      if (c.rows) {
+        p.a = be_.upload(m.a.data(), {r, H}, dt);
+        p.b = be_.upload(m.b.data() + c.first * r, {c.n, r}, dt);
+      } else {
+        std::vector<float> a(static_cast<size_t>(r * c.n));
+        for (int64_t i = 0; i < r; ++i)
+          std::copy_n(m.a.begin() + i * c.width + c.first, c.n, a.begin() + i * c.n);
+        p.a = be_.upload(a.data(), {r, c.n}, dt);
+        p.b = be_.upload(m.b.data(), {H, r}, dt);
+      }
+    }
+    layers.push_back(mine);
+  }
+  lora_.push_back(std::move(layers));
+}
+
 void Transformer::all_reduce(Tensor& t) {
   if (topo_.tp > 1) tp_comm_.all_reduce_sum(t.as<float>(), static_cast<size_t>(t.numel()));
 }
@@ -241,12 +280,64 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
     all_reduce(proj);
     be_.add(x, proj);
   };
+  // LoRA: each adapter of the step's sequences with a mask [T] of its rows; its update to a projection of
+  // input `in` is added to `out` as ((in . A^T) masked) . B^T, over all rows (an adapter's rank is small).
+  std::vector<std::pair<int32_t, Tensor>> adapters;
+  for (size_t s = 0; s < m.lora.size(); ++s) {
+    const int32_t slot = m.lora[s];
+    if (slot <= 0 || std::any_of(adapters.begin(), adapters.end(), [&](const auto& a) { return a.first == slot; })) continue;
+    LLMSERVE_CHECK(slot <= lora_slots(), "forward: a step names a LoRA adapter this rank has not loaded");
+    std::vector<float> mask(static_cast<size_t>(T), 0.f);
+    for (size_t s2 = s; s2 < m.lora.size(); ++s2)
+      if (m.lora[s2] == slot) std::fill(mask.begin() + m.q_start[s2], mask.begin() + m.q_start[s2 + 1], 1.f);
+    adapters.emplace_back(slot, be_.upload(mask.data(), {T}, f32));
+  }
+  auto lora = [&](size_t li, int target, const Tensor& in, Tensor& out) {
+    for (const auto& [slot, mask] : adapters) {
+      const LoraPair& p = lora_[static_cast<size_t>(slot - 1)][li][static_cast<size_t>(target)];
+      if (!p.a.data) continue;
+      const int64_t r = p.a.dim(0);
+      Tensor t = be_.empty({T, r}, f32), td = be_.empty({T, r}, dt), d = be_.empty({T, out.dim(1)}, f32);
+      be_.linear(in, p.a, nullptr, t);
+      be_.scale_rows(t, mask, td);
+      be_.linear(td, p.b, nullptr, d);
+      be_.add(out, d);
+    }
+  };
   for (size_t li = 0; li < layers_.size(); ++li) {
     const LayerWeights& w = layers_[li];
     const bool bias = spec_.attention_bias;
     Tensor& kc = kv.k(static_cast<int>(li));
     Tensor& vc = kv.v(static_cast<int>(li));
     const Backend::HeadNorm head_norm{w.q_norm, w.k_norm, eps};  // (Qwen3: each query and key head normalized before RoPE)
+    if (!adapters.empty()) {  // the fused ops' compositions, each projection's updates added to its output
+      be_.rmsnorm(x, w.input_norm, eps, h);
+      be_.linear_qkv(h, w.wq, bias ? &w.bq : nullptr, q, w.wk, bias ? &w.bk : nullptr, k, w.wv, bias ? &w.bv : nullptr, v);
+      lora(li, kLoraQ, h, q), lora(li, kLoraK, h, k), lora(li, kLoraV, h, v);
+      if (spec_.qk_norm) {
+        be_.head_rmsnorm(q, w.q_norm, eps, D);
+        be_.head_rmsnorm(k, w.k_norm, eps, D);
+      }
+      be_.rope_kv_write(q, k, v, inv_freq_, D, kc, vc);
+      be_.attention(q, kc, vc, D, kv.shape().block_size, scale, attn);
+      be_.linear(attn, w.wo, nullptr, proj);
+      lora(li, kLoraO, attn, proj);
+      all_reduce(proj);
+      be_.add(x, proj);
+      be_.rmsnorm(x, w.post_norm, eps, h);
+      Tensor gate = gate_up, up = gate_up;  // (the scratch's two halves)
+      gate.shape = up.shape = {T, shard_.intermediate};
+      up.data = gate_up.as<float>() + T * shard_.intermediate;
+      be_.linear(h, w.w_gate, nullptr, gate);
+      be_.linear(h, w.w_up, nullptr, up);
+      lora(li, kLoraGate, h, gate), lora(li, kLoraUp, h, up);
+      be_.silu_mul(gate, up, act);
+      be_.linear(act, w.w_down, nullptr, proj);
+      lora(li, kLoraDown, act, proj);
+      all_reduce(proj);
+      be_.add(x, proj);
+      continue;
+    }
     be_.norm_qkv_rope_kv_write(x, {w.input_norm, eps, h}, w.wq, bias ? &w.bq : nullptr, q, w.wk, bias ? &w.bk : nullptr, k,
                                w.wv, bias ? &w.bv : nullptr, v, spec_.qk_norm ? &head_norm : nullptr, inv_freq_, D, kc, vc);
     be_.attention(q, kc, vc, D, kv.shape().block_size, scale, attn);

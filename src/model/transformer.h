@@ -6,6 +6,7 @@
 // embedding and lm_head are split by vocabulary rows. K/V heads are replicated when tp exceeds
 // num_key_value_heads.
 #pragma once
+#include <array>
 #include <memory>
 #include <vector>
 
@@ -13,6 +14,7 @@
 #include "dist/comm.h"
 #include "dist/topology.h"
 #include "kv/kv_cache.h"
+#include "model/lora.h"
 #include "model/weight_source.h"
 #include "model/model_spec.h"
 
@@ -24,6 +26,14 @@ struct LayerWeights {
   Tensor q_norm, k_norm;  // per-head RMSNorm weights [head_dim] (ModelSpec::qk_norm)
   Tensor w_gate, w_up, w_down;
 };
+
+// One projection's LoRA update as this rank holds it (model/lora.h), in the compute type: A [r, in] and
+// B [out, r] (the adapter's scaling folded in), cut as the projection is (a column-parallel projection's B
+// by rows, a row-parallel one's A by columns); undefined where the adapter leaves the projection alone.
+struct LoraPair {
+  Tensor a, b;
+};
+using LoraLayer = std::array<LoraPair, kLoraTargets>;
 
 // What one rank holds of the model.
 struct ShardInfo {
@@ -94,6 +104,11 @@ class Transformer {
   Tensor head(const StepMeta& meta, const Tensor& x, Tensor* out = nullptr, Tensor* prompt_hidden = nullptr);
   // This rank's logits shard [rows, vocab_padded] (float32) of final-norm hidden states (last stage).
   Tensor logits(const Tensor& normed);
+  // Adds a LoRA adapter as slot lora_slots() + 1 (StepMeta::lora): this rank's shard of its updates to this
+  // stage's layers. A step with a sequence of an adapter runs the layers as their composed ops with each
+  // adapter's updates added to the projections of its sequences' rows.
+  void add_lora(const LoraAdapter& adapter);
+  int lora_slots() const { return static_cast<int>(lora_.size()); }
 
  private:
   void all_reduce(Tensor& t);
@@ -104,6 +119,7 @@ class Transformer {
   ShardInfo shard_;
   Tensor embed_, final_norm_, lm_head_, inv_freq_;
   std::vector<LayerWeights> layers_;
+  std::vector<std::vector<LoraLayer>> lora_;  // [slot - 1][layer of this stage]
   double offloaded_bytes_ = 0;
   int offloaded_layers_ = 0;
 };

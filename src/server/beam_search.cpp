@@ -16,6 +16,7 @@ BeamSearchParams beam_search_params(const SamplingParams& params, const std::vec
   bp.length_penalty = params.length_penalty;
   bp.skip_special_tokens = params.skip_special_tokens;
   bp.priority = params.priority;
+  bp.lora = params.lora;
   for (int64_t e : eos_ids) bp.eos_ids.push_back(static_cast<int32_t>(e));
   return bp;
 }
@@ -62,6 +63,7 @@ std::vector<std::shared_ptr<EngineJob>> BeamSearch::step_jobs() {
     job->params.ignore_eos = true;
     job->params.logprobs = 2 * p_.width;
     job->params.priority = p_.priority;
+    job->params.lora = p_.lora;
     job->params.output_kind = OutputKind::FinalOnly;
     std::weak_ptr<BeamSearch> weak = shared_from_this();
     job->on_output = [weak, i](RequestOutput&& out) {

@@ -27,6 +27,7 @@ struct BeamSearchParams {
   double length_penalty = 1.0;
   bool skip_special_tokens = true;
   int priority = 0;
+  int32_t lora = 0;  // the request's LoRA adapter (SamplingParams::lora)
   std::vector<int32_t> eos_ids;
 };
 

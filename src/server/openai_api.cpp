@@ -43,7 +43,8 @@ void check_generation_api(const ApiContext& ctx, const char* api) {
                              ctx.classifier ? "/classify" : "/v1/embeddings", ")"));
 }
 
-void check_model(const json& body, const ApiContext& ctx, std::string& model) {
+void check_model(const json& body, const ApiContext& ctx, std::string& model, int32_t& lora) {
+  lora = 0;
   if (!body.contains("model") || body["model"].is_null()) {
     model = ctx.model_names.front();
     return;
@@ -52,6 +53,8 @@ void check_model(const json& body, const ApiContext& ctx, std::string& model) {
   model = body["model"].get<std::string>();
   for (const auto& n : ctx.model_names)
     if (n == model) return;
+  lora = lora_slot(ctx.lora_adapters, model);
+  if (lora > 0) return;
   throw HttpError(404, "The model `" + model + "` does not exist.", "NotFoundError", "model");
 }
 
@@ -310,7 +313,7 @@ GenerationRequest parse_completion(const ojson& as_sent, const ApiContext& ctx) 
   if (!as_sent.is_object()) throw HttpError(400, "the request body must be a JSON object");
   const json body = json::parse(json_text(as_sent));
   GenerationRequest r;
-  check_model(body, ctx, r.model);
+  check_model(body, ctx, r.model, r.params.lora);
   if (!body.contains("prompt")) throw HttpError(400, "'prompt' is required", "BadRequestError", "prompt");
   const json& p = body["prompt"];
   auto add_text = [&](const json& s) {
@@ -354,7 +357,7 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
   GenerationRequest r;
   r.chat = true;
   const json plain = json::parse(json_text(body));
-  check_model(plain, ctx, r.model);
+  check_model(plain, ctx, r.model, r.params.lora);
   if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty())
     throw HttpError(400, "'messages' must be a non-empty list", "BadRequestError", "messages");
   for (const auto& m : body["messages"]) {
@@ -766,6 +769,11 @@ json models_response(const ApiContext& ctx) {
   for (const auto& n : ctx.model_names)
     data.push_back({{"id", n}, {"object", "model"}, {"created", ctx.created}, {"owned_by", "llmserve"},
                     {"root", ctx.model_path}, {"parent", nullptr}, {"max_model_len", ctx.max_model_len}});
+  // LoRA adapters as vLLM lists them: root their path, parent the base model (base_model_name, or the first name).
+  for (const auto& a : ctx.lora_adapters)
+    data.push_back({{"id", a.name}, {"object", "model"}, {"created", ctx.created}, {"owned_by", "llmserve"},
+                    {"root", a.path}, {"parent", a.base_model_name.empty() ? ctx.model_names.front() : a.base_model_name},
+                    {"max_model_len", ctx.max_model_len}});
   return {{"object", "list"}, {"data", data}};
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "model/lora.h"
 #include "model/pooler_config.h"
 #include "server/tool_parser.h"
 
@@ -52,6 +53,7 @@ struct ApiContext {
   // rerank run it as a cross-encoder when it has one label. Null for embedding models.
   std::shared_ptr<const Classifier> classifier;
   int64_t hidden_size = 0;
+  std::vector<LoraModuleSpec> lora_adapters;  // enable_lora: served under their names too (slot 1.. in order)
 };
 
 // A parsed generation request: one or more prompts, each run with `params`.
@@ -93,9 +95,9 @@ std::vector<int32_t> request_token_ids(const nlohmann::json& ids, const ApiConte
 // A text API ("Completions", "Chat Completions", "Responses") on a model the pooling runner serves:
 // throws HttpError 400 (vLLM's message).
 void check_generation_api(const ApiContext& ctx, const char* api);
-// The request's `model` (absent: the first served name) into `model`; throws HttpError 404 for a name
-// not served.
-void check_model(const nlohmann::json& body, const ApiContext& ctx, std::string& model);
+// The request's `model` (absent: the first served name) into `model`, and into `lora` the LoRA adapter it
+// names (SamplingParams::lora: 0 for the base model); throws HttpError 404 for a name not served.
+void check_model(const nlohmann::json& body, const ApiContext& ctx, std::string& model, int32_t& lora);
 
 // Parse and validate (throws HttpError 400/404 with a clear message).
 GenerationRequest parse_completion(const nlohmann::ordered_json& body, const ApiContext& ctx);

@@ -298,6 +298,49 @@ check "speculative_config: a draft model" 1 "config: speculative_config: method 
   "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 --speculative-config '{"method": "eagle", "num_speculative_tokens": 2}' \
   --input "$work/gen-spec.jsonl" --output "$work/gen-spec-bad.jsonl"
 [ -e "$work/gen-spec-bad.jsonl" ] && { failed=$((failed + 1)); echo "FAIL speculative_config error left an output file"; }
+# LoRA adapters (enable_lora, lora_modules; tests/model/make_tiny_lora.py's two): requests of the base model and of
+# both adapters (a line's `model`) in one batch each get the output they get alone, also when max_loras 1 makes
+# the adapters take turns; an adapter's greedy answer is not the base model's. (run_lora.sh checks the logits.)
+python3 "$here/../model/make_tiny_lora.py" "$fixtures" tiny-qwen2 "$work/lora" >/dev/null
+lora=(--enable-lora --lora-modules "sql=$work/lora/sql" "terse=$work/lora/terse")
+python3 - "$work" <<'PY'
+import json, sys
+lines = []
+for prompt in ("The capital of France is", "def add(a, b):"):
+    for model in (None, "sql", "terse"):
+        lines.append({"prompt": prompt, "max_tokens": 12, "temperature": 0, "ignore_eos": True, **({"model": model} if model else {})})
+lines.append({"prompt": "Once upon", "max_tokens": 10, "temperature": 0.9, "seed": 3, "ignore_eos": True, "model": "terse", "logprobs": 1})
+open(f"{sys.argv[1]}/gen-lora.jsonl", "w").write("".join(json.dumps(l) + "\n" for l in lines))
+for i, l in enumerate(lines):
+    open(f"{sys.argv[1]}/gen-lora-{i}.jsonl", "w").write(json.dumps(l) + "\n")
+PY
+check "generate: LoRA adapters and the base model in one batch" 0 "7/7 requests" -- \
+  "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 "${lora[@]}" --max-loras 2 --input "$work/gen-lora.jsonl" \
+  --output "$work/gen-lora-out.jsonl"
+"$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 "${lora[@]}" --max-loras 1 --input "$work/gen-lora.jsonl" \
+  --output "$work/gen-lora-out1.jsonl" >/dev/null 2>&1
+for i in 0 1 2 3 4 5 6; do
+  "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 "${lora[@]}" --input "$work/gen-lora-$i.jsonl" \
+    --output "$work/gen-lora-alone-$i.jsonl" >/dev/null 2>&1
+done
+if python3 - "$work" <<'PY'
+import json, sys
+w = sys.argv[1]
+mixed = [json.loads(l)["outputs"] for l in open(f"{w}/gen-lora-out.jsonl")]
+turns = [json.loads(l)["outputs"] for l in open(f"{w}/gen-lora-out1.jsonl")]
+alone = [json.loads(open(f"{w}/gen-lora-alone-{i}.jsonl").read())["outputs"] for i in range(7)]
+ids = lambda o: o[0]["token_ids"]
+ok = mixed == alone and turns == alone and ids(mixed[0]) != ids(mixed[1]) and ids(mixed[0]) != ids(mixed[2]) and ids(mixed[1]) != ids(mixed[2])
+print([ids(m) for m in mixed])
+sys.exit(0 if ok else 1)
+PY
+then passed=$((passed + 1)); echo "PASS generate: LoRA requests batched (max_loras 2, and 1 in turns) give their outputs alone; adapters change them"
+else failed=$((failed + 1)); echo "FAIL generate: LoRA outputs batched differ from alone, or an adapter changes nothing"; fi
+echo '{"prompt": "Hi", "model": "sqll"}' >"$work/gen-lora-bad-in.jsonl"
+check "generate: a line's model that is neither the model nor an adapter" 1 "line 1: model 'sqll' is neither the model nor a LoRA adapter" --once -- \
+  "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 "${lora[@]}" --input "$work/gen-lora-bad-in.jsonl" \
+  --output "$work/gen-lora-bad.jsonl"
+[ -e "$work/gen-lora-bad.jsonl" ] && { failed=$((failed + 1)); echo "FAIL a LoRA error left an output file"; }
 # override_generation_config (vLLM's): its max_new_tokens is the default max_tokens (a request's own wins);
 # a key that is not a sampling default stops the run.
 printf '{"prompt": "Hello", "ignore_eos": true}\n{"prompt": "Hello", "ignore_eos": true, "max_tokens": 5}\n' >"$work/gen-ov.jsonl"

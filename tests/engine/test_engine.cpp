@@ -1195,6 +1195,48 @@ TEST(Scheduler, PromptLogprobsTargetsAndNoPrefixCache) {
   EXPECT_EQ(p.seqs[2].prompt_targets.size(), 7u);
 }
 
+// LoRA: each step entry carries its sequence's adapter slot; with max_loras 1 a waiting sequence of a second
+// adapter waits (while base-model and same-adapter ones behind it are admitted) until the first adapter's
+// sequences are gone; and the same prompt under another adapter (or none) finds none of its blocks cached.
+TEST(Scheduler, MaxLorasAndPrefixCacheByAdapter) {
+  SchedulerConfig cfg = small_scheduler();
+  cfg.max_num_batched_tokens = 64;
+  cfg.max_loras = 1;
+  Scheduler sched(cfg);
+  auto seq = [](uint64_t id, int32_t lora) {
+    auto s = prompt_sequence(id, 8, 100);
+    s->params.max_tokens = 50;
+    s->params.lora = lora;
+    return s;
+  };
+  sched.add(seq(1, 1));
+  sched.add(seq(2, 2));
+  sched.add(seq(3, 0));
+  sched.add(seq(4, 1));
+  StepPlan p = sched.schedule();
+  std::vector<std::pair<uint64_t, int32_t>> got;
+  for (const SeqStep& s : p.seqs) got.emplace_back(s.seq_id, s.lora);
+  EXPECT_EQ(got, (std::vector<std::pair<uint64_t, int32_t>>{{1, 1}, {3, 0}, {4, 1}}));
+  for (uint64_t id : {1, 3, 4}) sched.on_token(sampled_token(id, 7));
+  // (sequence 4 has sequence 1's prompt and adapter: its first block came from the cache)
+  EXPECT_EQ(p.seqs[2].num_computed, 4);
+  p = sched.schedule();
+  EXPECT_EQ(p.seqs.size(), 3u);  // still no sequence 2
+  for (uint64_t id : {1, 3, 4}) sched.on_token(sampled_token(id, 7));
+  sched.finish(1);
+  p = sched.schedule();
+  ASSERT_EQ(p.seqs.size(), 2u);  // sequence 4 keeps adapter 1 running: still no sequence 2
+  EXPECT_EQ(p.seqs[1].seq_id, 4u);
+  for (uint64_t id : {3, 4}) sched.on_token(sampled_token(id, 7));
+  sched.finish(4);
+  p = sched.schedule();
+  ASSERT_EQ(p.seqs.size(), 2u);
+  EXPECT_EQ(p.seqs[1].seq_id, 2u);
+  EXPECT_EQ(p.seqs[1].lora, 2);
+  EXPECT_EQ(p.seqs[1].num_computed, 0);  // adapter 1's and the base model's blocks of this prompt are not its
+  EXPECT_EQ(p.seqs[0].lora, 0);
+}
+
 // A pooling sequence samples nothing: its chunks carry the rows its pooling wants (MEAN every row, LAST
 // the prompt's last, CLS its first), the last chunk says the prompt is done, and it is not planned again
 // while its vector is on the way; MEAN and CLS read no prefix cache (every row is wanted), LAST does.

@@ -66,11 +66,16 @@ def weights(cfg, seed=2026):
     return {k: ref.bf16(v) for k, v in W.items()}  # (bf16 values, as the checkpoint holds them)
 
 
-def write_safetensors(path, W):
+def write_safetensors(path, W, f32=()):
+    """W's tensors in BF16 (their values are bf16 already), those named in f32 in F32."""
     header, blobs, at = {}, [], 0
     for name, v in W.items():
-        bits = (np.asarray(v, dtype=np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
-        header[name] = {"dtype": "BF16", "shape": list(v.shape), "data_offsets": [at, at + len(bits)]}
+        dtype = "F32" if name in f32 else "BF16"
+        if dtype == "F32":
+            bits = np.asarray(v, dtype="<f4").tobytes()
+        else:
+            bits = (np.asarray(v, dtype=np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
+        header[name] = {"dtype": dtype, "shape": list(v.shape), "data_offsets": [at, at + len(bits)]}
         blobs.append(bits)
         at += len(bits)
     h = json.dumps(header).encode()

@@ -1487,6 +1487,46 @@ def main():
               and sp.metric("llmserve:spec_decode_num_drafts_total") > 0, (drafts, accepted))
     finally:
         sp.stop()
+    # LoRA adapters (enable_lora, lora_modules; tests/model/make_tiny_lora.py's two): /v1/models lists them
+    # under the base model; concurrent completions (streamed or not) and chats of the base model and of each
+    # adapter answer as llmserve generate does for the same lines; an unknown model is a 404.
+    lora_dir = os.path.join(BUILD, "test-out", "server-lora")
+    subprocess.run([sys.executable, os.path.join(HERE, "..", "model", "make_tiny_lora.py"), FIXTURES, "tiny-qwen2", lora_dir],
+                   check=True, capture_output=True)
+    lora = ["--enable-lora", "--lora-modules", f"sql={lora_dir}/sql",
+            json.dumps({"name": "terse", "path": f"{lora_dir}/terse", "base_model_name": "tiny"}), "--max-loras", "2"]
+    lo = Server(*lora)
+    try:
+        _, models = lo.request("GET", "/v1/models")
+        listed = {m["id"]: (m["parent"], m["root"]) for m in json.loads(models)["data"]}
+        check("enable_lora: /v1/models lists the adapters under the base model, with their paths",
+              listed == {"tiny": (None, MODEL), "sql": ("tiny", f"{lora_dir}/sql"), "terse": ("tiny", f"{lora_dir}/terse")}, listed)
+        bodies = [{"prompt": p, "max_tokens": 10, "temperature": 0, "ignore_eos": True, **({"model": m} if m else {})}
+                  for p in ("The capital of France is", "def add(a, b):") for m in (None, "sql", "terse")]
+        bodies.append({"prompt": "Once upon", "max_tokens": 8, "temperature": 0.9, "seed": 3, "ignore_eos": True, "model": "sql"})
+        inp, outp = (os.path.join(BUILD, "test-out", f"server-lora-{x}.jsonl") for x in ("in", "out"))
+        open(inp, "w").write("".join(json.dumps(b) + "\n" for b in bodies))
+        subprocess.run([os.path.join(HERE, "..", "mpirun.sh"), ranks, os.path.join(BUILD, "llmserve"), "generate", "--model", MODEL,
+                        *BACKEND_ARGS, "-tp", ranks, "--max-model-len", "512", *lora, "--input", inp, "--output", outp],
+                       check=True, capture_output=True)
+        offline = [json.loads(l)["outputs"][0]["text"] for l in open(outp)]
+
+        def ask_lora(i):
+            if i % 2 == 0:
+                st, r = lo.post("/v1/completions", bodies[i])
+                return r["choices"][0]["text"] if st == 200 else r
+            _, ev = lo.stream_chunks("/v1/completions", {**bodies[i], "stream": True})
+            return "".join(e["choices"][0]["text"] for e in ev if e.get("choices"))
+        with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+            served = list(pool.map(ask_lora, range(len(bodies))))
+        check("LoRA: concurrent completions of the base model and two adapters, streamed or not, equal llmserve generate's; "
+              "the adapters change the answers", served == offline and len(set(offline[:3])) == 3, (served, offline))
+        st, r = lo.post("/v1/chat/completions", {"model": "terse", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
+        check("LoRA: a chat completion of an adapter names it as its model", st == 200 and r["model"] == "terse", r)
+        st, r = lo.post("/v1/completions", {"model": "sqll", "prompt": "Hi", "max_tokens": 2})
+        check("LoRA: an unknown model is vLLM's 404", st == 404 and r["error"]["message"] == "The model `sqll` does not exist.", r)
+    finally:
+        lo.stop()
     with open(a.log.name) as f:
         quiet = f.read()
     with open(s.log.name) as f:

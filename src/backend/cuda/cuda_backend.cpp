@@ -1102,6 +1102,15 @@ void CudaBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   });
 }
 
+void CudaBackend::scale_rows(const Tensor& x, const Tensor& f, Tensor& out) {
+  LLMSERVE_CHECK(x.dtype == DType::F32 && f.dtype == DType::F32 && x.numel() == out.numel() && f.numel() == rows_of(x),
+                 "cuda backend: scale_rows shapes or types");
+  dispatch(out.dtype, [&](auto* to) {
+    using T = std::remove_pointer_t<decltype(to)>;
+    cuda::scale_rows<T>(x.as<float>(), f.as<float>(), rows_of(x), cols_of(x), out.as<T>(), stream());
+  });
+}
+
 void CudaBackend::linear_residual(const Tensor& a, const Tensor& w, Tensor& /*y: not needed*/, Tensor& x) {
   const int64_t T = rows_of(a), K = cols_of(a), N = rows_of(w);
   LLMSERVE_CHECK(cols_of(w) == K && (w.dtype == a.dtype || w.dtype == DType::F8E4M3) && x.dtype == DType::F32 &&

@@ -50,6 +50,7 @@ class CudaBackend : public Backend {
   void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t head_dim, int64_t block_size,
                  float scale, Tensor& out) override;
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) override;
+  void scale_rows(const Tensor& x, const Tensor& f, Tensor& out) override;
   void gather_rows(const Tensor& x, Tensor& out) override;
   void linear_residual(const Tensor& a, const Tensor& w, Tensor& y, Tensor& x) override;
   void norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm, const Tensor& wq, const Tensor* bq, Tensor& q,

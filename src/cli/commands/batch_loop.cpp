@@ -17,6 +17,13 @@ int batch_worker(ModelRunner& runner, MPI_Comm world) {
   return 0;
 }
 
+int32_t line_lora(const nlohmann::ordered_json& line, const ModelRunner& runner, const Config& cfg) {
+  if (!line.contains("model") || line["model"].is_null()) return 0;
+  if (!line["model"].is_string()) throw Error("'model' must be a string");
+  const std::string model = line["model"].get<std::string>();
+  return request_lora(runner.lora_modules(), &model, cfg.model, cfg.served_model_name);
+}
+
 BatchLoop::BatchLoop(Engine& engine, const Tokenizer* tok, std::vector<int64_t> eos_ids)
     : engine_(engine), tok_(tok), eos_ids_(std::move(eos_ids)) {}
 

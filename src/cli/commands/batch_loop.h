@@ -10,6 +10,9 @@
 #include <unordered_map>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "config/config.h"
 #include "engine/engine.h"
 #include "server/beam_search.h"
 
@@ -20,6 +23,10 @@ class ModelRunner;
 // A batch command's part on every rank but 0: wait for rank 0's verdict on the input (agree), serve
 // step plans until the shutdown plan, then wait for its verdict on the run. Returns the exit code.
 int batch_worker(ModelRunner& runner, MPI_Comm world);
+
+// A batch line's `model` as its LoRA adapter slot (model/lora.h request_lora); an Error when it is not a
+// string or names neither the model nor an adapter.
+int32_t line_lora(const nlohmann::ordered_json& line, const ModelRunner& runner, const Config& cfg);
 
 class BatchLoop {
  public:

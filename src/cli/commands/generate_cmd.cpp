@@ -101,6 +101,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
         sampling_params_from_json(defaults, job.params);  // the model's generation_config.json, then the line's
         sampling_params_from_json(parse_json(line), job.params);
         if (job.params.guided == "json_schema") job.params.guided_schema = guided_schema_as_sent(parse_json<nlohmann::ordered_json>(line));
+        job.params.lora = line_lora(j, runner, cfg);
         set_bad_words_ids(job.params, tok.get());
         sampling_params_validate(job.params, runner.spec().vocab_size, cfg.max_logprobs);
         check_some_token_allowed(job.params, runner.spec().eos_token_ids);

@@ -9,6 +9,7 @@
 #include <numeric>
 #include <sstream>
 
+#include "cli/commands/batch_loop.h"
 #include "cli/commands/commands.h"
 #include "common/error.h"
 #include "common/json_text.h"
@@ -31,6 +32,7 @@ using json = nlohmann::json;
 struct LogitsArgs {
   std::vector<std::vector<int32_t>> prompts;
   std::vector<nlohmann::ordered_json> requests;  // from --prompts, turned into prompts once the model is known
+  std::vector<int32_t> lora;                     // each prompt's LoRA adapter slot (a --prompts line's `model`)
   int max_tokens = 0;
   int top_k = 5;
   bool stop_at_eos = false;
@@ -121,9 +123,10 @@ std::vector<int32_t> top_k_ids(const float* row, int64_t V, int k) {
   return idx;
 }
 
-// Builds the step for `tokens` at positions [start, start+len) of one sequence with `blocks`.
+// Builds the step for `tokens` at positions [start, start+len) of one sequence with `blocks` (and LoRA
+// adapter slot `lora`).
 StepMeta one_sequence_step(const std::vector<int32_t>& tokens, int32_t start, const std::vector<int32_t>& blocks,
-                           int32_t block_size, bool all_logits) {
+                           int32_t block_size, bool all_logits, int32_t lora) {
   StepMeta m;
   const int32_t T = static_cast<int32_t>(tokens.size());
   m.token_ids = tokens;
@@ -135,6 +138,7 @@ StepMeta one_sequence_step(const std::vector<int32_t>& tokens, int32_t start, co
   m.q_start = {0, T};
   m.block_tables = blocks;
   m.max_blocks = static_cast<int32_t>(blocks.size());
+  if (lora > 0) m.lora = {lora};
   if (all_logits) {
     for (int32_t i = 0; i < T; ++i) m.logits_indices.push_back(i);
   } else {
@@ -243,7 +247,18 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
     if (!la.logits_output.empty()) check_writable(la.logits_output, "logits");
   });
   ModelRunner runner(cfg, world);
-  agree(world, [&] { refuse_classifier_text("logits", runner.spec().architecture); });
+  agree(world, [&] {
+    refuse_classifier_text("logits", runner.spec().architecture);
+    la.lora.assign(la.prompts.size(), 0);  // (--prompt-ids first, then the --prompts lines)
+    const size_t first = la.prompts.size() - la.requests.size();
+    for (size_t i = 0; i < la.requests.size(); ++i) {
+      try {
+        la.lora[first + i] = line_lora(la.requests[i], runner, cfg);
+      } catch (const Error& e) {
+        throw Error(cat("logits: prompt ", first + i, ": ", e.what()));
+      }
+    }
+  });
   const int64_t V = runner.spec().vocab_size;
   const int32_t bs = static_cast<int32_t>(runner.block_size());
   agree(world, [&] {
@@ -274,7 +289,7 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
     const auto& prompt = la.prompts[pi];
     const int32_t total = static_cast<int32_t>(prompt.size()) + la.max_tokens;
     std::vector<int32_t> table = blocks.allocate((total + bs - 1) / bs);
-    std::vector<float> logits = runner.step(one_sequence_step(prompt, 0, table, bs, true));
+    std::vector<float> logits = runner.step(one_sequence_step(prompt, 0, table, bs, true, la.lora[pi]));
     json rec = {{"prompt_ids", prompt}};
     int32_t next = 0;
     if (rank == 0) {
@@ -301,7 +316,7 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
       if (step + 1 == la.max_tokens) break;
       if (la.stop_at_eos && std::count(eos.begin(), eos.end(), next)) break;
       const int32_t pos = static_cast<int32_t>(prompt.size()) + step;
-      std::vector<float> l = runner.step(one_sequence_step({next}, pos, table, bs, false));
+      std::vector<float> l = runner.step(one_sequence_step({next}, pos, table, bs, false, la.lora[pi]));
       if (rank == 0) next = top_k_ids(l.data(), V, 1)[0];
     }
     blocks.release(table);
