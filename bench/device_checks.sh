@@ -37,7 +37,7 @@ if want build; then
   say "build rc=$rc $((SECONDS - t)) s"
   [ $rc -eq 0 ] || { grep -m10 -A3 "error" "$out/logs/build.log"; exit 1; }
 fi
-mkdir -p build/test-models
+mkdir -p build/test-models build/test-out  # (the server suites' logs go to test-out)
 qf=build/test-fixtures  # (where the ctest fixture setup writes tiny-qwen3's checkpoint and goldens)
 models=()
 for m in tiny-qwen2 tiny-llama3; do

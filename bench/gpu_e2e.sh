@@ -33,7 +33,8 @@ tag="tp${tp}-pp${pp}"
 srv=$!
 trap 'kill -TERM $srv 2>/dev/null; wait $srv 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; kill -0 $srv || { tail -20 "$out/server-$tag.log"; exit 1; }; sleep 0.5; done
-b() { "$build/llmserve-bench" --base-url "http://127.0.0.1:$port" --disable-progress --timeout 400 "$@"; }
+# E2E_MODEL: the model name the requests send (a LoRA adapter of --lora-modules; default the served model)
+b() { "$build/llmserve-bench" --base-url "http://127.0.0.1:$port" --disable-progress --timeout 400 ${E2E_MODEL:+--model "$E2E_MODEL"} "$@"; }
 b --num-prompts 2 --random-input-len 32 --random-output-len 16 --max-concurrency 1 >/dev/null  # warm-up
 ttft() {
   local seed=2 n lens=(${E2E_TTFT_LEN:-2048}) file

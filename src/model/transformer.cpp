@@ -292,16 +292,27 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
       if (m.lora[s2] == slot) std::fill(mask.begin() + m.q_start[s2], mask.begin() + m.q_start[s2 + 1], 1.f);
     adapters.emplace_back(slot, be_.upload(mask.data(), {T}, f32));
   }
+  // (scratch for every update of the step: the largest rank, and the widest projection output)
+  Tensor lora_t, lora_td, lora_y;
+  if (!adapters.empty()) {
+    int64_t r_max = 0;
+    for (const auto& [slot, mask] : adapters)
+      for (const LoraLayer& l : lora_[static_cast<size_t>(slot - 1)])
+        for (const LoraPair& p : l)
+          if (p.a.data) r_max = std::max(r_max, p.a.dim(0));
+    const int64_t widest = std::max({H, shard_.q_heads * D, shard_.intermediate});
+    lora_t = be_.empty({T * r_max}, f32), lora_td = be_.empty({T * r_max}, dt), lora_y = be_.empty({T * widest}, f32);
+  }
   auto lora = [&](size_t li, int target, const Tensor& in, Tensor& out) {
     for (const auto& [slot, mask] : adapters) {
       const LoraPair& p = lora_[static_cast<size_t>(slot - 1)][li][static_cast<size_t>(target)];
       if (!p.a.data) continue;
-      const int64_t r = p.a.dim(0);
-      Tensor t = be_.empty({T, r}, f32), td = be_.empty({T, r}, dt), d = be_.empty({T, out.dim(1)}, f32);
+      Tensor t = lora_t, td = lora_td, y = lora_y;
+      t.shape = td.shape = {T, p.a.dim(0)};
+      y.shape = out.shape;
       be_.linear(in, p.a, nullptr, t);
       be_.scale_rows(t, mask, td);
-      be_.linear(td, p.b, nullptr, d);
-      be_.add(out, d);
+      be_.linear_residual(td, p.b, y, out);  // out += td . B^T
     }
   };
   for (size_t li = 0; li < layers_.size(); ++li) {
