@@ -108,9 +108,10 @@ class Scheduler {
 
  private:
   bool schedule_chunk(Sequence& s, int64_t& budget, StepPlan& plan, bool may_preempt);
+  // max_loras: whether s may run beside the running sequences without their distinct adapters passing it.
+  bool lora_fits(const Sequence& s) const;
   // Asynchronous scheduling: whether s's next decode may be planned before the token it feeds is
   // back (one step in flight, and that token cannot be its last), and planning it.
-  bool lora_fits(const Sequence& s) const;
   bool can_schedule_ahead(const Sequence& s) const;
   bool schedule_ahead(Sequence& s, int64_t& budget, StepPlan& plan);
   // Blocks of s that are now full of known, computed tokens become reusable prefix blocks.

@@ -18,8 +18,6 @@ namespace {
 const char* const kTargetNames[kLoraTargets] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
 }  // namespace
 
-const char* lora_target_name(int target) { return kTargetNames[target]; }
-
 LoraModuleSpec parse_lora_module(const std::string& text) {
   LoraModuleSpec m;
   if (!text.empty() && text[0] == '{') {

@@ -24,9 +24,8 @@ int32_t lora_slot(const std::vector<LoraModuleSpec>& adapters, const std::string
 int32_t request_lora(const std::vector<LoraModuleSpec>& adapters, const std::string* model, const std::string& path,
                      const std::vector<std::string>& served);
 
-// The projections an adapter may update.
+// The projections an adapter may update (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj).
 enum LoraTarget : int { kLoraQ, kLoraK, kLoraV, kLoraO, kLoraGate, kLoraUp, kLoraDown, kLoraTargets };
-const char* lora_target_name(int target);  // "q_proj", "k_proj", ...
 
 // One projection's update, float32, row-major; both empty where the adapter leaves it alone.
 struct LoraMatrices {
