@@ -8,6 +8,7 @@
 
 #include "common/error.h"
 #include "config/config.h"
+#include "model/lora.h"
 #include "test_util.h"
 
 using namespace llmserve;
@@ -134,6 +135,42 @@ TEST(Config, AllowedOriginsListFromYamlAndCommandLine) {
   config_parse_args(e, {"--served-model-name", "x", "--allowed-origins", "http://z"});  // lists kept apart
   EXPECT_EQ(e.served_model_name, std::vector<std::string>{"x"});
   EXPECT_EQ(e.allowed_origins, std::vector<std::string>{"http://z"});
+}
+
+// vLLM's LoRA options: --lora-modules takes every name=path or JSON object after it (a positional model
+// stays one), a YAML list may mix both forms, and the modules' names and forms are checked.
+TEST(Config, LoraModulesFromCommandLineAndYaml) {
+  Config c;
+  const auto rest = config_parse_args(c, {"--enable-lora", "--lora-modules", "a=/x", R"({"name": "b", "path": "/y"})", "m.h5",
+                                          "--max-loras", "2"});
+  EXPECT_EQ(c.lora_modules, (std::vector<std::string>{"a=/x", R"({"name": "b", "path": "/y"})"}));
+  EXPECT_EQ(rest, std::vector<std::string>{"m.h5"});
+  EXPECT_EQ(c.max_loras, 2);
+  c.model = "m.h5";
+  EXPECT_NO_THROW(config_validate(c));
+  const LoraModuleSpec b = parse_lora_module(c.lora_modules[1]);
+  EXPECT_EQ(b.name, "b");
+  EXPECT_EQ(b.path, "/y");
+  Config y;
+  config_parse_args(y, {write_yaml("model: m.h5\nenable_lora: true\nlora_modules:\n  - a=/x\n  - {name: b, path: /y, base_model_name: m}\n")});
+  ASSERT_EQ(y.lora_modules.size(), 2u);
+  EXPECT_EQ(parse_lora_module(y.lora_modules[1]).base_model_name, "m");
+  EXPECT_NO_THROW(config_validate(y));
+  auto invalid = [](std::vector<std::string> args) {
+    Config z;
+    config_parse_args(z, args);
+    z.model = "m.h5";
+    EXPECT_THROW(config_validate(z), Error) << args.back();
+  };
+  invalid({"--lora-modules", "a=/x"});                                      // without enable_lora
+  invalid({"--enable-lora", "--lora-modules", "a=/x", "a=/y"});            // a name twice
+  invalid({"--enable-lora", "--lora-modules", "noequals"});                // neither form
+  invalid({"--enable-lora", "--lora-modules", R"({"name": "a"})"});         // no path
+  invalid({"--enable-lora", "--lora-modules", R"({"name": "a", "path": "/x", "rank": 8})"});  // an unknown key
+  invalid({"--enable-lora", "--served-model-name", "a", "--lora-modules", "a=/x"});  // a served name
+  invalid({"--enable-lora", "--max-lora-rank", "12"});
+  invalid({"--enable-lora", "--max-loras", "0"});
+  invalid({"--enable-lora", "--max-loras", "4", "--max-cpu-loras", "2"});
 }
 
 TEST(Config, AKeyGivenTwiceIsRejected) {
