@@ -65,6 +65,9 @@ Engine::StepTimes Engine::step_times() const {
   return t;
 }
 
+int Engine::lora_adapters() const { return runner_.lora_adapters(); }
+const std::string& Engine::lora_name(int32_t slot) const { return runner_.lora_modules().at(static_cast<size_t>(slot - 1)).name; }
+
 uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& sampling) {
   const int64_t V = runner_.spec().vocab_size;
   const bool pooling = sampling.pooling != Pooling::None;

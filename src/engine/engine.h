@@ -92,6 +92,9 @@ class Engine {
   void shutdown();
 
   const Scheduler& scheduler() const { return sched_; }
+  // The LoRA adapters loaded (lora_modules), and the name of slot 1..
+  int lora_adapters() const;
+  const std::string& lora_name(int32_t slot) const;
   int64_t steps() const { return steps_; }
   // The most micro-batches that were in flight at once (pipeline parallelism).
   int max_in_flight() const { return max_in_flight_; }

@@ -98,6 +98,27 @@ void Scheduler::register_full_blocks(Sequence& s) {
   }
 }
 
+namespace {
+template <typename Seqs>
+void add_loras(const Seqs& seqs, std::vector<int32_t>& out) {
+  for (const Sequence* s : seqs)
+    if (s->params.lora > 0 && std::find(out.begin(), out.end(), s->params.lora) == out.end()) out.push_back(s->params.lora);
+}
+}  // namespace
+
+std::vector<int32_t> Scheduler::running_loras() const {
+  std::vector<int32_t> out;
+  add_loras(running_, out);
+  return out;
+}
+
+std::vector<int32_t> Scheduler::waiting_loras() const {
+  std::vector<int32_t> out;
+  add_loras(waiting_, out);
+  add_loras(swapped_, out);
+  return out;
+}
+
 bool Scheduler::lora_fits(const Sequence& s) const {
   if (s.params.lora <= 0) return true;
   std::vector<int32_t> seen;

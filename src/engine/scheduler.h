@@ -100,6 +100,10 @@ class Scheduler {
   // Whether a sequence of this many tokens can ever be held.
   bool fits(int64_t total_tokens) const;
   size_t num_running() const { return running_.size(); }
+  // The LoRA adapter slots (SamplingParams::lora > 0) of the running sequences, and of the waiting and
+  // swapped ones, each once, in the order first met.
+  std::vector<int32_t> running_loras() const;
+  std::vector<int32_t> waiting_loras() const;
   size_t num_waiting() const { return waiting_.size(); }
   size_t num_swapped() const { return swapped_.size(); }
   bool has_unfinished() const { return !seqs_.empty(); }

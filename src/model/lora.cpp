@@ -35,6 +35,8 @@ LoraModuleSpec parse_lora_module(const std::string& text) {
     m.name = text.substr(0, eq), m.path = text.substr(eq + 1);
   }
   if (m.name.empty() || m.path.empty()) throw Error(cat("lora_modules: '", text, "' needs a name and a path"));
+  if (m.name.find_first_of("\"\\,\n\r") != std::string::npos)  // (names go into /metrics labels, comma-separated)
+    throw Error(cat("lora_modules: the name '", m.name, "' holds a quote, backslash, comma or line break"));
   return m;
 }
 

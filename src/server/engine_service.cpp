@@ -164,6 +164,17 @@ void EngineService::run() {
       counters_.spec_drafts = s.stats().spec_drafts;
       counters_.spec_draft_tokens = s.stats().spec_draft_tokens;
       counters_.spec_accepted_tokens = s.stats().spec_accepted_tokens;
+      if (engine_.lora_adapters() > 0) {
+        auto names = [&](const std::vector<int32_t>& slots) {
+          std::string out;
+          for (int32_t slot : slots) out += (out.empty() ? "" : ",") + engine_.lora_name(slot);
+          return out;
+        };
+        EngineCounters::Loras l{names(s.running_loras()), names(s.waiting_loras()),
+                                std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count()};
+        std::lock_guard<std::mutex> lock(counters_.lora_mu);
+        counters_.lora_state = std::move(l);
+      }
       if (stopping && !engine_.has_unfinished()) return;
     }
   } catch (const std::exception& e) {

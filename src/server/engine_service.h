@@ -36,6 +36,18 @@ struct EngineCounters {
   std::atomic<int64_t> prompt_tokens{0}, generation_tokens{0}, requests_finished{0};
   std::atomic<int64_t> prefix_queries{0}, prefix_hits{0}, preemptions{0};
   std::atomic<int64_t> spec_drafts{0}, spec_draft_tokens{0}, spec_accepted_tokens{0};
+  // LoRA (enable_lora): the adapters' names of the running and of the waiting requests, comma-separated, and
+  // when they were last set (seconds since the epoch), as vLLM's lora_requests_info gauge gives them.
+  struct Loras {
+    std::string running, waiting;
+    double updated = 0;
+  };
+  Loras loras() const {
+    std::lock_guard<std::mutex> lock(lora_mu);
+    return lora_state;
+  }
+  mutable std::mutex lora_mu;
+  Loras lora_state;
 };
 
 class EngineService {

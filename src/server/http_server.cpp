@@ -593,6 +593,12 @@ class Session : public std::enable_shared_from_this<Session> {
     g("llmserve:request_success_total", "counter", "Requests finished.", c.requests_finished.load());
     g("llmserve:http_responses_4xx_total", "counter", "Client errors.", hc_.client_errors.load());
     g("llmserve:http_responses_5xx_total", "counter", "Server errors.", hc_.server_errors.load());
+    if (!ctx_.lora_adapters.empty()) {  // (vLLM's lora_requests_info: the value is when the labels were set)
+      const EngineCounters::Loras l = c.loras();
+      m += cat("# HELP llmserve:lora_requests_info Running stats on LoRA requests.\n# TYPE llmserve:lora_requests_info gauge\n",
+               "llmserve:lora_requests_info{max_lora=\"", ctx_.max_loras, "\",running_lora_adapters=\"", l.running,
+               "\",waiting_lora_adapters=\"", l.waiting, "\"} ", std::to_string(l.updated), "\n");
+    }
     const std::string model = ctx_.model_names[0];
     m += hc_.e2e.text("llmserve:e2e_request_latency_seconds", "End-to-end latency of successful generation requests.", model);
     m += hc_.ttft.text("llmserve:time_to_first_token_seconds", "Time from request arrival to its first generated token.", model);

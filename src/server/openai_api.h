@@ -54,6 +54,7 @@ struct ApiContext {
   std::shared_ptr<const Classifier> classifier;
   int64_t hidden_size = 0;
   std::vector<LoraModuleSpec> lora_adapters;  // enable_lora: served under their names too (slot 1.. in order)
+  int max_loras = 0;                          // (its max_loras, for /metrics)
 };
 
 // A parsed generation request: one or more prompts, each run with `params`.

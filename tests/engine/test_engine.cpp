@@ -1217,6 +1217,8 @@ TEST(Scheduler, MaxLorasAndPrefixCacheByAdapter) {
   std::vector<std::pair<uint64_t, int32_t>> got;
   for (const SeqStep& s : p.seqs) got.emplace_back(s.seq_id, s.lora);
   EXPECT_EQ(got, (std::vector<std::pair<uint64_t, int32_t>>{{1, 1}, {3, 0}, {4, 1}}));
+  EXPECT_EQ(sched.running_loras(), std::vector<int32_t>{1});  // (what /metrics' lora_requests_info names)
+  EXPECT_EQ(sched.waiting_loras(), std::vector<int32_t>{2});
   for (uint64_t id : {1, 3, 4}) sched.on_token(sampled_token(id, 7));
   // (sequence 4 has sequence 1's prompt and adapter: its first block came from the cache)
   EXPECT_EQ(p.seqs[2].num_computed, 4);

@@ -1523,6 +1523,26 @@ def main():
               "the adapters change the answers", served == offline and len(set(offline[:3])) == 3, (served, offline))
         st, r = lo.post("/v1/chat/completions", {"model": "terse", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4})
         check("LoRA: a chat completion of an adapter names it as its model", st == 200 and r["model"] == "terse", r)
+        # vLLM's lora_requests_info gauge: the adapter of a running request, then none.
+        def lora_info():
+            _, text = lo.request("GET", "/metrics")
+            line = next((l for l in text.splitlines() if l.startswith("llmserve:lora_requests_info{")), "")
+            return dict(re.findall(r'(\w+)="([^"]*)"', line))
+        long_req = threading.Thread(target=lambda: lo.post("/v1/completions", {"model": "sql", "prompt": "Hi", "max_tokens": 400,
+                                                                                "ignore_eos": True}, timeout=300))
+        long_req.start()
+        seen, deadline = {}, time.time() + 60
+        while long_req.is_alive() and time.time() < deadline and seen.get("running_lora_adapters") != "sql":
+            seen = lora_info()
+            time.sleep(0.005)
+        long_req.join()
+        after, deadline = lora_info(), time.time() + 5
+        while after.get("running_lora_adapters") and time.time() < deadline:
+            time.sleep(0.05)
+            after = lora_info()
+        check("LoRA: /metrics lora_requests_info names the running request's adapter, then none",
+              seen.get("running_lora_adapters") == "sql" and seen.get("max_lora") == "2"
+              and after.get("running_lora_adapters") == "" and after.get("waiting_lora_adapters") == "", (seen, after))
         st, r = lo.post("/v1/completions", {"model": "sqll", "prompt": "Hi", "max_tokens": 2})
         check("LoRA: an unknown model is vLLM's 404", st == 404 and r["error"]["message"] == "The model `sqll` does not exist.", r)
     finally:

@@ -165,6 +165,7 @@ TEST(Config, LoraModulesFromCommandLineAndYaml) {
   invalid({"--lora-modules", "a=/x"});                                      // without enable_lora
   invalid({"--enable-lora", "--lora-modules", "a=/x", "a=/y"});            // a name twice
   invalid({"--enable-lora", "--lora-modules", "noequals"});                // neither form
+  invalid({"--enable-lora", "--lora-modules", "a,b=/x"});                  // a comma in a name (a /metrics label)
   invalid({"--enable-lora", "--lora-modules", R"({"name": "a"})"});         // no path
   invalid({"--enable-lora", "--lora-modules", R"({"name": "a", "path": "/x", "rank": 8})"});  // an unknown key
   invalid({"--enable-lora", "--served-model-name", "a", "--lora-modules", "a=/x"});  // a served name

@@ -107,6 +107,7 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
   ctx.eos_ids = runner.spec().eos_token_ids;
   ctx.created = static_cast<int64_t>(std::time(nullptr));
   ctx.lora_adapters = runner.lora_modules();
+  ctx.max_loras = cfg.max_loras;
   // (Mistral's v11 format for a tokenizer with an [ARGS] token, as vLLM's parser decides.)
   ctx.tool_format = tool_format_for(cfg.tool_call_parser, runner.spec().model_type, tok && tok->token_to_id("[ARGS]"));
   ctx.reasoning = cfg.reasoning_parser != "none";
