@@ -210,11 +210,8 @@ void convert_hf(const ConvertOptions& opt) {
   if (classifier) {
     const std::string name = source_name("score.weight");
     SafetensorsFile* f = where.at(name);
-    const auto& e = f->entries().at(name);
-    std::vector<char> raw = f->read(name);
-    const std::vector<char> data = cast(safetensors_dtype(e.dtype, f->path(), name), DType::F32, raw.data(),
-                                        static_cast<size_t>(e.shape[0] * e.shape[1]));
-    writer.add_tensor("score.weight", DType::F32, e.shape, data.data());
+    const std::vector<float> data = f->read_f32(name);
+    writer.add_tensor("score.weight", DType::F32, f->entries().at(name).shape, data.data());
   }
   writer.commit();
   log_info("converted ", dir.string(), " (", spec.architecture, ", ", expected.size(), " tensors) -> ", opt.output);

@@ -222,6 +222,7 @@ void Transformer::add_lora(const LoraAdapter& ad) {
     layers.push_back(mine);
   }
   lora_.push_back(std::move(layers));
+  lora_rank_.push_back(r);
 }
 
 void Transformer::all_reduce(Tensor& t) {
@@ -296,10 +297,7 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
   Tensor lora_t, lora_td, lora_y;
   if (!adapters.empty()) {
     int64_t r_max = 0;
-    for (const auto& [slot, mask] : adapters)
-      for (const LoraLayer& l : lora_[static_cast<size_t>(slot - 1)])
-        for (const LoraPair& p : l)
-          if (p.a.data) r_max = std::max(r_max, p.a.dim(0));
+    for (const auto& [slot, mask] : adapters) r_max = std::max(r_max, lora_rank_[static_cast<size_t>(slot - 1)]);
     const int64_t widest = std::max({H, shard_.q_heads * D, shard_.intermediate});
     lora_t = be_.empty({T * r_max}, f32), lora_td = be_.empty({T * r_max}, dt), lora_y = be_.empty({T * widest}, f32);
   }

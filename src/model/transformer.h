@@ -120,6 +120,7 @@ class Transformer {
   Tensor embed_, final_norm_, lm_head_, inv_freq_;
   std::vector<LayerWeights> layers_;
   std::vector<std::vector<LoraLayer>> lora_;  // [slot - 1][layer of this stage]
+  std::vector<int64_t> lora_rank_;             // [slot - 1]
   double offloaded_bytes_ = 0;
   int offloaded_layers_ = 0;
 };

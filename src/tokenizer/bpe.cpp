@@ -61,7 +61,6 @@ BpeModel::BpeModel(const nlohmann::json& model, bool byte_level) : byte_level_(b
     std::snprintf(name, sizeof name, "<0x%02X>", b);
     auto fb = vocab_.find(name);
     fallback_id_[b] = fb == vocab_.end() ? -1 : fb->second;
-    if (fb != vocab_.end()) fallback_byte_[fb->second] = b;
   }
   if (model.contains("unk_token") && model["unk_token"].is_string()) unk_id_ = find(model["unk_token"].get<std::string>());
   const auto& merges = model.at("merges");
@@ -93,12 +92,6 @@ int32_t BpeModel::find(const std::string& token) const {
   return it == vocab_.end() ? -1 : it->second;
 }
 
-int BpeModel::byte_of(int32_t id) const {
-  if (byte_level_) return -1;
-  auto it = fallback_byte_.find(id);
-  return it == fallback_byte_.end() ? -1 : it->second;
-}
-
 void BpeModel::char_symbols(std::string_view piece, std::vector<int32_t>& sym) const {
   // As HF tokenizers' BPE::merge_word: a character in the vocabulary is its token; else its bytes'
   // <0xXX> tokens (byte_fallback, when all of them exist); else the unknown token, a run of them one
@@ -109,11 +102,7 @@ void BpeModel::char_symbols(std::string_view piece, std::vector<int32_t>& sym) c
   };
   for (size_t i = 0; i < piece.size();) {
     size_t len = 1;
-    const unsigned char c0 = static_cast<unsigned char>(piece[i]);
-    if (c0 >= 0xF0) len = 4;
-    else if (c0 >= 0xE0) len = 3;
-    else if (c0 >= 0xC0) len = 2;
-    len = std::min(len, piece.size() - i);
+    unicode::utf8_at(piece, i, len);
     const std::string ch(piece.substr(i, len));
     i += len;
     auto it = vocab_.find(ch);

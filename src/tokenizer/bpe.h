@@ -31,8 +31,6 @@ class BpeModel {
   int32_t size() const { return static_cast<int32_t>(id_to_token_.size()); }
   // Id of a token string as written in the vocabulary, or -1.
   int32_t find(const std::string& token) const;
-  // Character-level models: the byte a byte-fallback token <0xXX> stands for, else -1.
-  int byte_of(int32_t id) const;
 
  private:
   void merge_word(std::string_view piece, std::vector<int32_t>& out) const;
@@ -41,7 +39,6 @@ class BpeModel {
   bool byte_level_ = true, byte_fallback_ = false, fuse_unk_ = false;
   int32_t unk_id_ = -1;
   std::array<int32_t, 256> fallback_id_{};  // <0xXX> tokens (character-level), or -1
-  std::unordered_map<int32_t, int> fallback_byte_;
   std::unordered_map<std::string, int32_t> vocab_;
   std::vector<std::string> id_to_token_;
   std::array<int32_t, 256> byte_id_{};

@@ -9,13 +9,6 @@ namespace llmserve {
 using json = nlohmann::json;
 using unicode::replace_all;
 
-namespace {
-
-// A character's UTF-8 bytes at the front (start) or back of s, when that character is `c`.
-bool starts_with_char(const std::string& s, size_t from, const std::string& c) { return s.compare(from, c.size(), c) == 0; }
-
-}  // namespace
-
 TokenDecoder::TokenDecoder(const json& spec) {
   if (spec.is_null()) throw Error("tokenizer: a character-level BPE model needs a decoder");
   add(spec);
@@ -108,7 +101,7 @@ std::string TokenDecoder::decode(std::vector<std::string> tokens) const {
       case Step::Kind::Strip:
         for (auto& t : tokens) {
           size_t from = 0, to = t.size();
-          for (int k = 0; k < st.start && starts_with_char(t, from, st.a); ++k) from += st.a.size();
+          for (int k = 0; k < st.start && t.compare(from, st.a.size(), st.a) == 0; ++k) from += st.a.size();
           for (int k = 0; k < st.stop && to >= from + st.a.size() && t.compare(to - st.a.size(), st.a.size(), st.a) == 0; ++k)
             to -= st.a.size();
           t = t.substr(from, to - from);
