@@ -98,4 +98,30 @@ void linear(const float* x, const float* w, const float* bias, int64_t T, int64_
   }
 }
 
+// (Runs of rows of one adapter at a time: a prompt's rows share theirs.)
+void lora_shrink(const float* x, const float* a, const int32_t* rows, int64_t T, int64_t K, int64_t C, float* t) {
+  for (int64_t r0 = 0, r1; r0 < T; r0 = r1) {
+    for (r1 = r0 + 1; r1 < T && rows[r1] == rows[r0];) ++r1;
+    if (rows[r0] >= 0)
+      linear(x + r0 * K, a + rows[r0] * C * K, nullptr, r1 - r0, K, C, t + r0 * C);
+    else
+      for (int64_t i = r0 * C; i < r1 * C; ++i) t[i] = 0.f;
+  }
+}
+
+void lora_expand(const float* t, int64_t tc, int64_t col, const float* bt, const int32_t* rows, int64_t T, int64_t R,
+                 int64_t N, float* out) {
+#pragma omp parallel for schedule(static) if (static_cast<double>(T) * N * R > 1e5)
+  for (int64_t r = 0; r < T; ++r) {
+    if (rows[r] < 0) continue;
+    const float* b = bt + rows[r] * R * N;
+    float* o = out + r * N;
+    for (int64_t i = 0; i < R; ++i) {
+      const float c = t[r * tc + col + i];
+#pragma omp simd
+      for (int64_t n = 0; n < N; ++n) o[n] += c * b[i * N + n];
+    }
+  }
+}
+
 }  // namespace llmserve::cpu

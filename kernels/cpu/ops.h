@@ -19,8 +19,12 @@ void rmsnorm(const float* x, const float* w, int64_t T, int64_t H, float eps, fl
 // x += y.
 void add(float* x, const float* y, int64_t n);
 
-// out[t, j] = x[t, j] * f[t] (x, out [T, C]; out may be x).
-void scale_rows(const float* x, const float* f, int64_t T, int64_t C, float* out);
+// LoRA (Backend::lora_shrink / lora_expand), row r by its adapter index rows[r] (-1: none). Shrink:
+// t[r, c] = x[r, :] . a[rows[r], c, :] (a [slots, C, K]; 0 where rows[r] < 0). Expand: out[r, :] +=
+// t[r, col:col+R] . bt[rows[r]] (bt [slots, R, N], t rows of tc columns; rows without an adapter untouched).
+void lora_shrink(const float* x, const float* a, const int32_t* rows, int64_t T, int64_t K, int64_t C, float* t);
+void lora_expand(const float* t, int64_t tc, int64_t col, const float* bt, const int32_t* rows, int64_t T, int64_t R,
+                 int64_t N, float* out);
 
 // out[T, N] = x[T, K] . w[N, K]^T (+ bias[N]).
 void linear(const float* x, const float* w, const float* bias, int64_t T, int64_t K, int64_t N, float* out);

@@ -54,12 +54,6 @@ __global__ void add_k(TX* x, const TY* y, int64_t n) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) x[i] = from_f<TX>(to_f(x[i]) + to_f(y[i]));
 }
-template <typename T>
-__global__ void scale_rows_k(const float* x, const float* f, int64_t n, int64_t C, T* out) {
-  pdl_enter();
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i < n) out[i] = from_f<T>(x[i] * f[i / C]);
-}
 // V elements per thread (vector loads and stores where the launcher found them aligned).
 template <typename TI, typename T, int V>
 __global__ void silu_mul_k(const TI* g, const TI* u, int64_t n, T* out) {
@@ -168,11 +162,6 @@ void add(TX* x, const TY* y, int64_t n, cudaStream_t s) {
   if (n == 0) return;
   launch("add", add_k<TX, TY>, blocks_for(n, 256), 256, 0, s, x, y, n);
 }
-template <typename T>
-void scale_rows(const float* x, const float* f, int64_t T_, int64_t C, T* out, cudaStream_t s) {
-  if (T_ * C == 0) return;
-  launch("scale_rows", scale_rows_k<T>, blocks_for(T_ * C, 256), 256, 0, s, x, f, T_ * C, C, out);
-}
 template <typename TI, typename T>
 void silu_mul(const TI* g, const TI* u, int64_t n, T* out, cudaStream_t s) {
   if (n == 0) return;
@@ -207,7 +196,6 @@ void to_float(const T* in, int64_t n, float* out, cudaStream_t s) {
 #define INSTANTIATE(T)                                                                                        \
   template void embedding<T, T>(const T*, int64_t, int64_t, const int32_t*, int64_t, int64_t, T*, cudaStream_t);     \
   template void add<T, T>(T*, const T*, int64_t, cudaStream_t);                                                      \
-  template void scale_rows<T>(const float*, const float*, int64_t, int64_t, T*, cudaStream_t);                       \
   template void silu_mul<T, T>(const T*, const T*, int64_t, T*, cudaStream_t);                                       \
   template void silu_mul_halves<T>(const float*, int64_t, int64_t, T*, cudaStream_t);                                 \
   template void gather_rows<T>(const T*, const int32_t*, int64_t, int64_t, T*, cudaStream_t);                        \

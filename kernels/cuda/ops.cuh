@@ -32,9 +32,22 @@ template <typename TW>
 void head_rmsnorm(float* x, const TW* w, int64_t n, int64_t H, float eps, cudaStream_t s);
 template <typename TX, typename TY>
 void add(TX* x, const TY* y, int64_t n, cudaStream_t s);
-// out [T, C] = x [T, C] with row t times f[t] (LoRA: an adapter's rows of a step).
+// LoRA (kernels/cpu/ops.h lora_shrink / lora_expand): rows[r] is row r's adapter in the stacks, -1 none.
+// Shrink: t [n_rows, C] (float32) = x [n_rows, K] . a[rows[r]]^T (a [slots, C, K]); zero rows where none.
 template <typename T>
-void scale_rows(const float* x, const float* f, int64_t T_, int64_t C, T* out, cudaStream_t s);
+void lora_shrink(const T* x, const T* a, const int32_t* rows, int64_t n_rows, int64_t K, int64_t C, float* t, cudaStream_t s);
+// Expand, up to kMaxLoraOuts outputs in one launch: out [n_rows, N] += t[r, col:col+R] . bt[rows[r]]
+// (bt [slots, R, N]; t rows of tc columns).
+constexpr int kMaxLoraOuts = 3;
+template <typename T>
+struct LoraOut {
+  const T* bt;
+  int64_t col, N;
+  float* out;
+};
+template <typename T>
+void lora_expand(const float* t, int64_t tc, const int32_t* rows, int64_t n_rows, int64_t R, const LoraOut<T>* outs, int n,
+                 cudaStream_t s);
 template <typename T>
 void rope(T* q, T* k, const int32_t* positions, const float* inv_freq, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
           cudaStream_t s);

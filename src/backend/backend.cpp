@@ -8,6 +8,13 @@
 
 namespace llmserve {
 
+std::vector<int32_t> StepMeta::lora_rows() const {
+  std::vector<int32_t> rows(static_cast<size_t>(num_tokens()), -1);
+  for (int64_t s = 0; s < static_cast<int64_t>(lora.size()) && s < num_seqs(); ++s)
+    std::fill(rows.begin() + q_start[s], rows.begin() + q_start[s + 1], lora[s] - 1);
+  return rows;
+}
+
 bool stacked_rows(const std::vector<const Tensor*>& parts) {
   if (parts.empty()) return false;
   const Tensor& first = *parts[0];

@@ -40,9 +40,12 @@ struct StepMeta {
   // With max_context: a bound on the new tokens of any one sequence (0: one each, a decode step). Such
   // graph-shaped steps run the split-KV attention kernel whatever their runs of new tokens.
   int32_t max_new = 0;
-  // LoRA: each sequence's adapter slot (0: none; Transformer::add_lora), or empty when no sequence has one.
+  // LoRA: each sequence's adapter slot (0: none; Transformer::set_loras), or empty when no sequence has one.
   std::vector<int32_t> lora;
   int64_t num_tokens() const { return static_cast<int64_t>(token_ids.size()); }
+  // Each token's adapter as a 0-based index into the backend's LoRA stacks (slot - 1), or -1 (no adapter,
+  // or no sequence: a graph's padding): what Backend::lora_shrink / lora_expand read per row.
+  std::vector<int32_t> lora_rows() const;
   int64_t num_seqs() const { return q_start.empty() ? 0 : static_cast<int64_t>(q_start.size()) - 1; }
 };
 
@@ -98,8 +101,21 @@ class Backend {
   virtual void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t head_dim,
                          int64_t block_size, float scale, Tensor& out) = 0;
   virtual void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
-  // out [T, C] (the activation type, or float32) = x [T, C] (float32) with row t times f[t] (f: [T] float32).
-  virtual void scale_rows(const Tensor& x, const Tensor& f, Tensor& out) = 0;
+  // LoRA (punica's shrink and expand), over the rows of the step's sequences that have an adapter
+  // (StepMeta::lora: slot s > 0); the other rows are left alone. Shrink: t [T, C] (float32) gets row r of
+  // `in` [T, K] (the activation type) times A[s - 1]^T, where `a` [slots, C, K] (the activation type) stacks
+  // the adapters' A matrices (several projections' side by side, each of R rows); rows without an
+  // adapter get zeros.
+  virtual void lora_shrink(const Tensor& in, const Tensor& a, Tensor& t) = 0;
+  // Expand: each out [T, N] (float32) += t's columns [col, col + R) of the row times Bt[s - 1], where
+  // bt [slots, R, N] (the activation type) stacks the adapters' B^T.
+  struct LoraExpand {
+    const Tensor* bt;
+    int64_t col;
+    Tensor* out;
+  };
+  static constexpr int kMaxLoraExpands = 3;
+  virtual void lora_expand(const Tensor& t, const LoraExpand* outs, int n) = 0;
   // out = rows of x named by the step's logits_indices.
   virtual void gather_rows(const Tensor& x, Tensor& out) = 0;
   // Fused ops of a decoder layer. The defaults compose the ops above (the CPU backend uses them, so

@@ -149,9 +149,30 @@ void CpuBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   cpu::silu_mul(gate.as<float>(), up.as<float>(), gate.numel(), out.as<float>());
 }
 
-void CpuBackend::scale_rows(const Tensor& x, const Tensor& f, Tensor& out) {
-  LLMSERVE_CHECK(x.numel() == out.numel() && f.numel() == rows(x) && out.dtype == DType::F32, "cpu backend: scale_rows shapes");
-  cpu::scale_rows(x.as<float>(), f.as<float>(), rows(x), cols(x), out.as<float>());
+void CpuBackend::lora_shrink(const Tensor& in, const Tensor& a, Tensor& t) {
+  need_f32(in, "lora_shrink");
+  const std::vector<int32_t> lr = meta().lora_rows();
+  const int64_t T = rows(in), K = cols(in);
+  LLMSERVE_CHECK(T == static_cast<int64_t>(lr.size()) && a.shape.size() == 3 && a.dim(2) == K && t.dtype == DType::F32 &&
+                     rows(t) == T && cols(t) == a.dim(1),
+                 "cpu backend: lora_shrink shapes");
+  for (int32_t r : lr) LLMSERVE_CHECK(r < a.dim(0), "cpu backend: lora_shrink: a row's adapter is past the stack");
+  cpu::lora_shrink(in.as<float>(), a.as<float>(), lr.data(), T, K, a.dim(1), t.as<float>());
+}
+
+void CpuBackend::lora_expand(const Tensor& t, const LoraExpand* outs, int n) {
+  const std::vector<int32_t> lr = meta().lora_rows();
+  const int64_t T = rows(t);
+  LLMSERVE_CHECK(T == static_cast<int64_t>(lr.size()) && t.dtype == DType::F32, "cpu backend: lora_expand shapes");
+  for (int i = 0; i < n; ++i) {
+    const Tensor& bt = *outs[i].bt;
+    Tensor& out = *outs[i].out;
+    LLMSERVE_CHECK(bt.shape.size() == 3 && out.dtype == DType::F32 && rows(out) == T && cols(out) == bt.dim(2) &&
+                       outs[i].col >= 0 && outs[i].col + bt.dim(1) <= cols(t),
+                   "cpu backend: lora_expand shapes");
+    for (int32_t r : lr) LLMSERVE_CHECK(r < bt.dim(0), "cpu backend: lora_expand: a row's adapter is past the stack");
+    cpu::lora_expand(t.as<float>(), cols(t), outs[i].col, bt.as<float>(), lr.data(), T, bt.dim(1), bt.dim(2), out.as<float>());
+  }
 }
 
 void CpuBackend::begin_step(const StepMeta& meta) {

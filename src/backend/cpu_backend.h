@@ -30,7 +30,8 @@ class CpuBackend : public Backend {
   void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t head_dim, int64_t block_size,
                  float scale, Tensor& out) override;
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) override;
-  void scale_rows(const Tensor& x, const Tensor& f, Tensor& out) override;
+  void lora_shrink(const Tensor& in, const Tensor& a, Tensor& t) override;
+  void lora_expand(const Tensor& t, const LoraExpand* outs, int n) override;
   void gather_rows(const Tensor& x, Tensor& out) override;
   void draw_rows(Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
                  const std::vector<LogitEdit>& edits, float* best, int32_t* idx) override;

@@ -167,13 +167,14 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   file.reset();
   // LoRA adapters (lora_modules), slot 1.. in their order, every rank its shard of each.
   agree(world_comm, [&] {
+    std::vector<LoraAdapter> adapters;
     for (const auto& text : cfg_.lora_modules) {
       const LoraModuleSpec m = parse_lora_module(text);
-      const LoraAdapter a = load_lora_adapter(m, spec_, cfg_.max_lora_rank);
-      model_->add_lora(a);
+      adapters.push_back(load_lora_adapter(m, spec_, cfg_.max_lora_rank));
       lora_modules_.push_back(m);
-      log_info("LoRA adapter ", m.name, " (", m.path, "): rank ", a.rank, ", scaling ", a.scaling);
+      log_info("LoRA adapter ", m.name, " (", m.path, "): rank ", adapters.back().rank, ", scaling ", adapters.back().scaling);
     }
+    model_->set_loras(adapters);
   });
   if (model_->offloaded_bytes() > 0)
     log_info("cpu_offload_gb: ", gib(model_->offloaded_bytes()), " GiB of weights (the matrices of ", model_->offloaded_layers(),
@@ -397,12 +398,11 @@ double ModelRunner::kv_budget_gb(const KvCacheShape& shape) {
 
 Tensor ModelRunner::forward(const StepMeta& meta, const Tensor& hidden_in, Tensor* prompt_hidden) {
   Tensor out;
-  // (a step with LoRA adapters runs eagerly: graphs are recorded for the base model's fused ops)
-  if (meta.lora.empty() && graphs_ && graphs_->run(meta, hidden_in, &out)) {
+  if (graphs_ && graphs_->run(meta, hidden_in, &out)) {
     ++kinds_.decode_graph;
     return out;
   }
-  if (meta.lora.empty() && mixed_graphs_ && mixed_graphs_->run(meta, hidden_in, &out)) {
+  if (mixed_graphs_ && mixed_graphs_->run(meta, hidden_in, &out)) {
     ++kinds_.mixed_graph;
     return topo_.last_stage() ? model_->head(meta, out, nullptr, prompt_hidden) : out;
   }

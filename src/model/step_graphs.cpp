@@ -28,6 +28,10 @@ StepMeta pad_step_tokens(const StepMeta& real, int64_t B, int64_t seqs, int64_t 
   for (int64_t s = 0; s < S; ++s)
     std::copy_n(real.block_tables.begin() + s * real.row_entries(), real.row_entries(), m.block_tables.begin() + s * width);
   m.max_context = static_cast<int32_t>(max_context);
+  if (!real.lora.empty()) {  // (the padding sequences have none)
+    m.lora = real.lora;
+    m.lora.resize(static_cast<size_t>(seqs), 0);
+  }
   return m;
 }
 
@@ -54,7 +58,8 @@ double StepGraphs::capture(KvCache& kv) {
   none.q_start = {0};
   for (size_t i = buckets_.size(); i-- > 0;) {  // largest first: the graphs' memory is sized once
     const int64_t B = buckets_[i];
-    const StepMeta m = padded(none, B);
+    StepMeta m = padded(none, B);
+    if (model_.lora_slots() > 0) m.lora.assign(static_cast<size_t>(m.num_seqs()), 0);  // (recorded with the LoRA kernels)
     const Tensor hin = topo_.first_stage() ? Tensor() : rows_view(in_, 0, B);
     record(m, hin, kv, out_);  // once eagerly: cuBLASLt's algorithms are chosen outside the capture
     be_.begin_step(m);

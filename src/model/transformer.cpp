@@ -185,44 +185,68 @@ Transformer::Transformer(const ModelSpec& spec, const Topology& topo, Backend& b
   }
 }
 
-void Transformer::add_lora(const LoraAdapter& ad) {
-  const int64_t H = spec_.hidden_size, D = spec_.head_dim, r = ad.rank;
+void Transformer::set_loras(const std::vector<LoraAdapter>& adapters) {
+  lora_.clear();
+  lora_slots_ = static_cast<int>(adapters.size());
+  lora_width_ = 0;
+  if (adapters.empty()) return;
+  const int64_t H = spec_.hidden_size, D = spec_.head_dim, S = lora_slots_;
+  int64_t R = 0;
+  for (const LoraAdapter& ad : adapters) R = std::max<int64_t>(R, ad.rank);
   const int tr = topo_.tp_rank();
   const int64_t q0 = tr * shard_.q_heads * D, qn = shard_.q_heads * D;
   const int64_t k0 = shard_.kv_head_begin * D, kn = shard_.kv_heads * D;
   const int64_t i0 = tr * shard_.intermediate, in = shard_.intermediate;
-  // Column-parallel projections (q/k/v, gate/up): B's rows [first, first + n); row-parallel ones (o, down):
-  // A's columns [first, first + n) of `width`.
+  // Column-parallel projections (q/k/v, gate/up): B's rows [first, first + n) of the full matrix, A whole
+  // (width H); row-parallel ones (o, down): A's columns [first, first + n) of `width`, B whole (n = H).
   struct Cut {
     bool rows;
     int64_t first, n, width;
   };
-  const Cut cuts[kLoraTargets] = {{true, q0, qn, 0},  {true, k0, kn, 0},  {true, k0, kn, 0}, {false, q0, qn, spec_.num_heads * D},
-                                  {true, i0, in, 0}, {true, i0, in, 0}, {false, i0, in, spec_.intermediate_size}};
+  const Cut cuts[kLoraTargets] = {{true, q0, qn, H},  {true, k0, kn, H},  {true, k0, kn, H}, {false, q0, qn, spec_.num_heads * D},
+                                  {true, i0, in, H}, {true, i0, in, H}, {false, i0, in, spec_.intermediate_size}};
+  const std::vector<int> groups[kLoraGroups] = {{kLoraQ, kLoraK, kLoraV}, {kLoraO}, {kLoraGate, kLoraUp}, {kLoraDown}};
   const DType dt = be_.compute_dtype();
-  std::vector<LoraLayer> layers;
   for (int l = shard_.layers.begin; l < shard_.layers.end; ++l) {
     LoraLayer mine;
-    for (int t = 0; t < kLoraTargets; ++t) {
-      const LoraMatrices& m = ad.layers.at(static_cast<size_t>(l))[static_cast<size_t>(t)];
-      if (m.a.empty()) continue;
-      const Cut& c = cuts[t];
-      LoraPair& p = mine[static_cast<size_t>(t)];
-      if (c.rows) {
-        p.a = be_.upload(m.a.data(), {r, H}, dt);
-        p.b = be_.upload(m.b.data() + c.first * r, {c.n, r}, dt);
-      } else {
-        std::vector<float> a(static_cast<size_t>(r * c.n));
-        for (int64_t i = 0; i < r; ++i)
-          std::copy_n(m.a.begin() + i * c.width + c.first, c.n, a.begin() + i * c.n);
-        p.a = be_.upload(a.data(), {r, c.n}, dt);
-        p.b = be_.upload(m.b.data(), {H, r}, dt);
+    for (int g = 0; g < kLoraGroups; ++g) {
+      std::vector<int> present;  // (places in the group of the projections some adapter updates)
+      for (size_t j = 0; j < groups[g].size(); ++j)
+        for (const LoraAdapter& ad : adapters)
+          if (!ad.layers.at(static_cast<size_t>(l))[static_cast<size_t>(groups[g][j])].a.empty()) {
+            present.push_back(static_cast<int>(j));
+            break;
+          }
+      if (present.empty()) continue;
+      const Cut& c0 = cuts[groups[g][0]];
+      const int64_t K = c0.rows ? H : c0.n, n = static_cast<int64_t>(present.size());
+      LoraGroup& grp = mine[static_cast<size_t>(g)];
+      grp.n = static_cast<int>(n);
+      std::vector<float> a(static_cast<size_t>(S * n * R * K), 0.f);
+      for (int64_t j = 0; j < n; ++j) {
+        const int target = groups[g][static_cast<size_t>(present[static_cast<size_t>(j)])];
+        const Cut& c = cuts[target];
+        const int64_t N = c.rows ? c.n : H;
+        std::vector<float> bt(static_cast<size_t>(S * R * N), 0.f);
+        for (int64_t s = 0; s < S; ++s) {
+          const LoraAdapter& ad = adapters[static_cast<size_t>(s)];
+          const LoraMatrices& m = ad.layers.at(static_cast<size_t>(l))[static_cast<size_t>(target)];
+          if (m.a.empty()) continue;
+          const int64_t r = ad.rank;
+          for (int64_t i = 0; i < r; ++i) {
+            float* arow = a.data() + ((s * n + j) * R + i) * K;
+            std::copy_n(m.a.begin() + i * c.width + (c.rows ? 0 : c.first), K, arow);
+            for (int64_t o = 0; o < N; ++o) bt[static_cast<size_t>((s * R + i) * N + o)] = m.b[static_cast<size_t>(((c.rows ? c.first : 0) + o) * r + i)];
+          }
+        }
+        grp.bt[static_cast<size_t>(j)] = be_.upload(bt.data(), {S, R, N}, dt);
+        grp.which[static_cast<size_t>(j)] = present[static_cast<size_t>(j)];
       }
+      grp.a = be_.upload(a.data(), {S, n * R, K}, dt);
+      lora_width_ = std::max(lora_width_, n * R);
     }
-    layers.push_back(mine);
+    lora_.push_back(std::move(mine));
   }
-  lora_.push_back(std::move(layers));
-  lora_rank_.push_back(r);
 }
 
 void Transformer::all_reduce(Tensor& t) {
@@ -273,45 +297,36 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
   Tensor k = be_.empty({T, shard_.kv_heads * D}, f32), v = be_.empty({T, shard_.kv_heads * D}, f32);
   Tensor gate_up = be_.empty({T, 2 * shard_.intermediate}, f32);
   Tensor act = be_.empty({T, shard_.intermediate}, dt);
+  // LoRA (set_loras): each group's update added to its projections' outputs `outs` (the group's places),
+  // for the rows of the step's adapters.
+  LLMSERVE_CHECK(std::all_of(m.lora.begin(), m.lora.end(), [&](int32_t s) { return s >= 0 && s <= lora_slots_; }),
+                 "forward: a step names a LoRA adapter this rank has not loaded");
+  const bool lora_step = lora_slots_ > 0 && !m.lora.empty();
+  Tensor lora_t;
+  if (lora_step) lora_t = be_.empty({T, lora_width_}, f32);
+  auto lora = [&](const LoraGroup& g, const Tensor& in, std::array<Tensor*, 3> outs) {
+    if (g.n == 0) return;
+    Tensor t = lora_t;
+    t.shape = {T, g.a.dim(1)};
+    be_.lora_shrink(in, g.a, t);
+    Backend::LoraExpand e[Backend::kMaxLoraExpands];
+    const int64_t R = g.a.dim(1) / g.n;
+    for (int j = 0; j < g.n; ++j) e[j] = {&g.bt[static_cast<size_t>(j)], j * R, outs[static_cast<size_t>(g.which[static_cast<size_t>(j)])]};
+    be_.lora_expand(t, e, g.n);
+  };
   // Each block's input norm runs inside the block's first op. The output projections add into the
-  // residual stream themselves on one rank; a tensor group sums its partial projections first.
-  auto project_residual = [&](const Tensor& a, const Tensor& w) {
-    if (topo_.tp == 1) return be_.linear_residual(a, w, proj, x);
+  // residual stream themselves on one rank; a tensor group sums its partial projections first (a
+  // row-parallel projection's LoRA update, partial on each rank too, joins its sum).
+  auto project_residual = [&](const Tensor& a, const Tensor& w, const LoraGroup* g) {
+    if (topo_.tp == 1) {
+      be_.linear_residual(a, w, proj, x);
+      if (g) lora(*g, a, {&x});
+      return;
+    }
     be_.linear(a, w, nullptr, proj);
+    if (g) lora(*g, a, {&proj});
     all_reduce(proj);
     be_.add(x, proj);
-  };
-  // LoRA: each adapter of the step's sequences with a mask [T] of its rows; its update to a projection of
-  // input `in` is added to `out` as ((in . A^T) masked) . B^T, over all rows (an adapter's rank is small).
-  std::vector<std::pair<int32_t, Tensor>> adapters;
-  for (size_t s = 0; s < m.lora.size(); ++s) {
-    const int32_t slot = m.lora[s];
-    if (slot <= 0 || std::any_of(adapters.begin(), adapters.end(), [&](const auto& a) { return a.first == slot; })) continue;
-    LLMSERVE_CHECK(slot <= lora_slots(), "forward: a step names a LoRA adapter this rank has not loaded");
-    std::vector<float> mask(static_cast<size_t>(T), 0.f);
-    for (size_t s2 = s; s2 < m.lora.size(); ++s2)
-      if (m.lora[s2] == slot) std::fill(mask.begin() + m.q_start[s2], mask.begin() + m.q_start[s2 + 1], 1.f);
-    adapters.emplace_back(slot, be_.upload(mask.data(), {T}, f32));
-  }
-  // (scratch for every update of the step: the largest rank, and the widest projection output)
-  Tensor lora_t, lora_td, lora_y;
-  if (!adapters.empty()) {
-    int64_t r_max = 0;
-    for (const auto& [slot, mask] : adapters) r_max = std::max(r_max, lora_rank_[static_cast<size_t>(slot - 1)]);
-    const int64_t widest = std::max({H, shard_.q_heads * D, shard_.intermediate});
-    lora_t = be_.empty({T * r_max}, f32), lora_td = be_.empty({T * r_max}, dt), lora_y = be_.empty({T * widest}, f32);
-  }
-  auto lora = [&](size_t li, int target, const Tensor& in, Tensor& out) {
-    for (const auto& [slot, mask] : adapters) {
-      const LoraPair& p = lora_[static_cast<size_t>(slot - 1)][li][static_cast<size_t>(target)];
-      if (!p.a.data) continue;
-      Tensor t = lora_t, td = lora_td, y = lora_y;
-      t.shape = td.shape = {T, p.a.dim(0)};
-      y.shape = out.shape;
-      be_.linear(in, p.a, nullptr, t);
-      be_.scale_rows(t, mask, td);
-      be_.linear_residual(td, p.b, y, out);  // out += td . B^T
-    }
   };
   for (size_t li = 0; li < layers_.size(); ++li) {
     const LayerWeights& w = layers_[li];
@@ -319,40 +334,35 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
     Tensor& kc = kv.k(static_cast<int>(li));
     Tensor& vc = kv.v(static_cast<int>(li));
     const Backend::HeadNorm head_norm{w.q_norm, w.k_norm, eps};  // (Qwen3: each query and key head normalized before RoPE)
-    if (!adapters.empty()) {  // the fused ops' compositions, each projection's updates added to its output
+    if (lora_step) {  // the fused ops' compositions, each group's LoRA updates added to its outputs
+      const LoraLayer& L = lora_[li];
       be_.rmsnorm(x, w.input_norm, eps, h);
       be_.linear_qkv(h, w.wq, bias ? &w.bq : nullptr, q, w.wk, bias ? &w.bk : nullptr, k, w.wv, bias ? &w.bv : nullptr, v);
-      lora(li, kLoraQ, h, q), lora(li, kLoraK, h, k), lora(li, kLoraV, h, v);
+      lora(L[kLoraQkv], h, {&q, &k, &v});
       if (spec_.qk_norm) {
         be_.head_rmsnorm(q, w.q_norm, eps, D);
         be_.head_rmsnorm(k, w.k_norm, eps, D);
       }
       be_.rope_kv_write(q, k, v, inv_freq_, D, kc, vc);
       be_.attention(q, kc, vc, D, kv.shape().block_size, scale, attn);
-      be_.linear(attn, w.wo, nullptr, proj);
-      lora(li, kLoraO, attn, proj);
-      all_reduce(proj);
-      be_.add(x, proj);
+      project_residual(attn, w.wo, &L[kLoraOut]);
       be_.rmsnorm(x, w.post_norm, eps, h);
       Tensor gate = gate_up, up = gate_up;  // (the scratch's two halves)
       gate.shape = up.shape = {T, shard_.intermediate};
       up.data = gate_up.as<float>() + T * shard_.intermediate;
       be_.linear(h, w.w_gate, nullptr, gate);
       be_.linear(h, w.w_up, nullptr, up);
-      lora(li, kLoraGate, h, gate), lora(li, kLoraUp, h, up);
+      lora(L[kLoraGateUp], h, {&gate, &up});
       be_.silu_mul(gate, up, act);
-      be_.linear(act, w.w_down, nullptr, proj);
-      lora(li, kLoraDown, act, proj);
-      all_reduce(proj);
-      be_.add(x, proj);
+      project_residual(act, w.w_down, &L[kLoraDownGroup]);
       continue;
     }
     be_.norm_qkv_rope_kv_write(x, {w.input_norm, eps, h}, w.wq, bias ? &w.bq : nullptr, q, w.wk, bias ? &w.bk : nullptr, k,
                                w.wv, bias ? &w.bv : nullptr, v, spec_.qk_norm ? &head_norm : nullptr, inv_freq_, D, kc, vc);
     be_.attention(q, kc, vc, D, kv.shape().block_size, scale, attn);
-    project_residual(attn, w.wo);
+    project_residual(attn, w.wo, nullptr);
     be_.norm_gate_up_silu(x, {w.post_norm, eps, h}, w.w_gate, w.w_up, gate_up, act);
-    project_residual(act, w.w_down);
+    project_residual(act, w.w_down, nullptr);
   }
   return x;
 }

@@ -27,13 +27,21 @@ struct LayerWeights {
   Tensor w_gate, w_up, w_down;
 };
 
-// One projection's LoRA update as this rank holds it (model/lora.h), in the compute type: A [r, in] and
-// B [out, r] (the adapter's scaling folded in), cut as the projection is (a column-parallel projection's B
-// by rows, a row-parallel one's A by columns); undefined where the adapter leaves the projection alone.
-struct LoraPair {
-  Tensor a, b;
+// The LoRA adapters' updates to one group of a layer's projections that share an input (q/k/v; o;
+// gate/up; down) as this rank holds them, stacked for Backend::lora_shrink / lora_expand in the compute
+// type: `a` [adapters, n * R, in] holds the A matrices of the group's n adapted projections side by side,
+// bt[j] [adapters, R, out] projection j's B^T (the adapter's scaling folded in), R the adapters' largest
+// rank (zeros pad a smaller rank, and an adapter that leaves a projection alone). Cut as the projections
+// are: a column-parallel projection's B by rows, a row-parallel one's A by columns. which[j]: the
+// projection's place in its group (q 0, k 1, v 2; gate 0, up 1).
+struct LoraGroup {
+  int n = 0;  // adapted projections (0: no adapter touches the group)
+  Tensor a;
+  std::array<Tensor, 3> bt;
+  std::array<int, 3> which{};
 };
-using LoraLayer = std::array<LoraPair, kLoraTargets>;
+enum LoraGroupId : int { kLoraQkv, kLoraOut, kLoraGateUp, kLoraDownGroup, kLoraGroups };
+using LoraLayer = std::array<LoraGroup, kLoraGroups>;
 
 // What one rank holds of the model.
 struct ShardInfo {
@@ -104,11 +112,13 @@ class Transformer {
   Tensor head(const StepMeta& meta, const Tensor& x, Tensor* out = nullptr, Tensor* prompt_hidden = nullptr);
   // This rank's logits shard [rows, vocab_padded] (float32) of final-norm hidden states (last stage).
   Tensor logits(const Tensor& normed);
-  // Adds a LoRA adapter as slot lora_slots() + 1 (StepMeta::lora): this rank's shard of its updates to this
-  // stage's layers. A step with a sequence of an adapter runs the layers as their composed ops with each
-  // adapter's updates added to the projections of its sequences' rows.
-  void add_lora(const LoraAdapter& adapter);
-  int lora_slots() const { return static_cast<int>(lora_.size()); }
+  // Loads LoRA adapters as slots 1.. (StepMeta::lora): this rank's shard of their updates to this stage's
+  // layers, stacked (LoraGroup). A step with StepMeta::lora (any sequence with an adapter; recorded graphs
+  // are recorded with it) runs the layers as their composed ops, each group of projections followed by one
+  // shrink and one expand for all the step's adapters (rows without one are left alone), so one recorded
+  // graph serves any mix of adapters.
+  void set_loras(const std::vector<LoraAdapter>& adapters);
+  int lora_slots() const { return lora_slots_; }
 
  private:
   void all_reduce(Tensor& t);
@@ -119,8 +129,9 @@ class Transformer {
   ShardInfo shard_;
   Tensor embed_, final_norm_, lm_head_, inv_freq_;
   std::vector<LayerWeights> layers_;
-  std::vector<std::vector<LoraLayer>> lora_;  // [slot - 1][layer of this stage]
-  std::vector<int64_t> lora_rank_;             // [slot - 1]
+  std::vector<LoraLayer> lora_;  // [layer of this stage]
+  int lora_slots_ = 0;
+  int64_t lora_width_ = 0;        // the most columns of a group's shrink (n * R)
   double offloaded_bytes_ = 0;
   int offloaded_layers_ = 0;
 };

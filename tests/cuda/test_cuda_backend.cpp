@@ -256,6 +256,50 @@ TEST_P(CudaOps, EveryOpMatchesTheCpuReference) {
 INSTANTIATE_TEST_SUITE_P(Dtypes, CudaOps, ::testing::Values(DType::F32, DType::BF16, DType::F16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
+// LoRA's shrink and expand (punica's, the adapters stacked): a step with rows of two adapters and rows of
+// none (a 7-token prompt of adapter 2, a base decode, a 5-token chunk of adapter 1, a 12-token prompt of
+// adapter 2: blocks of 8 rows that mix adapters), then the same step with no adapter at all; inputs of a
+// width the vector loads take (96) and one they do not (90); three outputs of one expand (q/k/v) and one
+// alone. Rows without an adapter keep their values exactly.
+TEST_P(CudaOps, LoraShrinkAndExpandMatchTheCpu) {
+  std::mt19937 g(17);
+  const DType dt = GetParam(), f32 = DType::F32;
+  const int64_t S = 2, R = 4, N0 = 300, N1 = 40;
+  for (const bool adapters : {true, false})
+    for (const int64_t K : {96, 90}) {
+      StepMeta m = make_meta(8, {7, 1, 5, 12}, {0, 20, 9, 0});
+      if (adapters) m.lora = {2, 0, 1, 2};
+      const int64_t T = m.num_tokens();
+      cpu.begin_step(m);
+      gpu->begin_step(m);
+      auto in = both(randn(T * K, g), {T, K}, dt);
+      auto a = both(randn(S * 3 * R * K, g, 0.2f), {S, 3 * R, K}, dt);
+      Tensor tc = cpu.empty({T, 3 * R}, f32), tg = gpu->empty({T, 3 * R}, f32);
+      cpu.lora_shrink(in.first, a.first, tc);
+      gpu->lora_shrink(in.second, a.second, tg);
+      expect_close(tc, tg, "lora_shrink", tol());
+      auto b0 = both(randn(S * R * N0, g), {S, R, N0}, dt), b1 = both(randn(S * R * N1, g), {S, R, N1}, dt);
+      auto b2 = both(randn(S * R * N1, g), {S, R, N1}, dt);
+      const std::vector<float> before = randn(T * N0, g);
+      auto o0 = both(before, {T, N0}, f32), o1 = both(randn(T * N1, g), {T, N1}, f32);
+      auto o2 = both(randn(T * N1, g), {T, N1}, f32), o3 = both(randn(T * N0, g), {T, N0}, f32);
+      const Backend::LoraExpand ec[3] = {{&b0.first, 0, &o0.first}, {&b1.first, R, &o1.first}, {&b2.first, 2 * R, &o2.first}};
+      const Backend::LoraExpand eg[3] = {{&b0.second, 0, &o0.second}, {&b1.second, R, &o1.second}, {&b2.second, 2 * R, &o2.second}};
+      cpu.lora_expand(tc, ec, 3);
+      gpu->lora_expand(tg, eg, 3);
+      const Backend::LoraExpand one_c{&b0.first, R, &o3.first}, one_g{&b0.second, R, &o3.second};
+      cpu.lora_expand(tc, &one_c, 1);
+      gpu->lora_expand(tg, &one_g, 1);
+      for (auto* o : {&o0, &o1, &o2, &o3}) expect_close(o->first, o->second, "lora_expand", tol());
+      const std::vector<float> after = get(*gpu, o0.second);
+      for (int64_t r = 0; r < T; ++r) {
+        const bool base = !adapters || r == 7;  // (row 7: the base decode)
+        const bool same = std::equal(before.begin() + r * N0, before.begin() + (r + 1) * N0, after.begin() + r * N0);
+        EXPECT_EQ(same, base) << "row " << r << (adapters ? "" : " of the step without adapters") << " (" << dtype_name(dt) << ")";
+      }
+    }
+}
+
 // The mixed-type paths the transformer uses with bf16/fp16 activations: float32 GEMM outputs (with
 // a float32 bias) feeding RoPE, the KV-cache write, attention and SiLU, and the float32 residual
 // stream feeding RMSNorm.

@@ -8,7 +8,8 @@
 # differ from the goldens (the adapter took effect). Then the refusals: an unknown `model`, a rank over
 # max_lora_rank, lora_modules without enable_lora, an adapter of embed_tokens, each with its message and
 # exit 1. LLMSERVE_TEST_BACKEND=cuda runs the layouts' part on one GPU instead (tp = pp = 1, float32;
-# DTYPE=bfloat16 or float16 for the 16-bit path, compared within MAX_REL, default 1e-4).
+# DTYPE=bfloat16 or float16 for the 16-bit path, compared within MAX_REL, default 1e-4), and then
+# generates with the adapters' steps in CUDA graphs against the same eagerly.
 #   run_lora.sh BUILD_DIR FIXTURES MODEL
 set -euo pipefail
 build=$1 fixtures=$2 model=$3
@@ -54,6 +55,42 @@ for k, name in enumerate(("base", "sql", "terse")):
 sys.exit(0 if ok else 1)
 PY
 done
+
+# On a GPU: decode steps (and chunked prompts beside them, --max-num-batched-tokens 16) of the base model and
+# both adapters in one batch replay CUDA graphs recorded with the LoRA kernels; every request gets the tokens
+# it gets with --enforce-eager, log-probabilities within 1e-3 (float32; 16-bit types report the agreement).
+if [ "${LLMSERVE_TEST_BACKEND:-cpu}" = cuda ]; then
+  python3 - "$work" <<'PY'
+import json, sys
+work = sys.argv[1]
+with open(f"{work}/gen.jsonl", "w") as f:
+    for i, l in enumerate(json.loads(x) for x in open(f"{work}/prompts3.jsonl")):
+        f.write(json.dumps({"prompt_token_ids": l["ids"], "max_tokens": 6 + i % 5, "temperature": 0, "ignore_eos": True,
+                            "logprobs": 1, **({"model": l["model"]} if "model" in l else {})}) + "\n")
+PY
+  for mode in graphs eager; do
+    extra=()
+    [ $mode = eager ] && extra=(--enforce-eager)
+    "$here/../mpirun.sh" 1 "$build/llmserve" generate --model "$build/test-models/$model.h5" "${backend[@]}" --block-size 8 \
+      "${lora[@]}" --max-loras 2 --max-num-seqs 16 --max-num-batched-tokens 16 --max-model-len 512 --input "$work/gen.jsonl" --output "$work/gen-$mode.jsonl" \
+      "${extra[@]}" >"$work/gen-$mode.log" 2>&1 || { echo "FAIL generate ($mode)"; tail -5 "$work/gen-$mode.log"; exit 1; }
+  done
+  grep -o "forward passes: .* eager" "$work/gen-graphs.log"
+  python3 - "$work" "${DTYPE:-float32}" <<'PY'
+import json, re, sys
+work, dtype = sys.argv[1:]
+g = [json.loads(l)["outputs"][0] for l in open(f"{work}/gen-graphs.jsonl")]
+e = [json.loads(l)["outputs"][0] for l in open(f"{work}/gen-eager.jsonl")]
+same = sum(a["token_ids"] == b["token_ids"] for a, b in zip(g, e))
+worst = max(abs(x["logprob"] - y["logprob"]) for a, b in zip(g, e) if a["token_ids"] == b["token_ids"]
+            for x, y in zip(a["logprobs"], b["logprobs"]))
+log = open(f"{work}/gen-graphs.log").read()
+m = re.search(r"forward passes: (\d+) decode graphs, (\d+) mixed-step graphs", log)
+print(f"LoRA generate, graphs vs eager ({dtype}): same tokens on {same}/{len(e)} requests, logprob max difference {worst:.2e}")
+ok = m and int(m.group(1)) > 0 and int(m.group(2)) > 0 and (dtype != "float32" or (same == len(e) and worst < 1e-3))
+sys.exit(0 if ok else 1)
+PY
+fi
 
 # Refusals: a clear message and exit 1, no output file.
 refuse() {  # refuse WHAT EXPECTED-MESSAGE llmserve-args...

@@ -549,7 +549,9 @@ void CudaBackend::begin_step(const StepMeta& m) {
   } else {
     widen_tables.clear();
   }
+  const std::vector<int32_t> lora_rows = m.lora_rows();
   put({{&tiles_, &tiles},
+       {&lora_rows_, &lora_rows},
        {&ids_, &m.token_ids},
        {&positions_, &m.positions},
        {&slots_, &m.slot_mapping},
@@ -580,7 +582,7 @@ void CudaBackend::copy_columns(const Tensor& src, int64_t width, Tensor& dst, in
 }
 
 void CudaBackend::reserve_step(int64_t tokens, int64_t seqs, int64_t table_entries) {
-  for (IntBuffer* b : {&ids_, &positions_, &slots_, &token_seq_, &logits_rows_, &tiles_})
+  for (IntBuffer* b : {&ids_, &positions_, &slots_, &token_seq_, &logits_rows_, &tiles_, &lora_rows_})
     if (static_cast<size_t>(tokens) > b->cap) grow(*b, static_cast<size_t>(tokens));
   const size_t entries = static_cast<size_t>(std::max(table_entries, seqs));
   if (entries > tables_.cap) grow(tables_, entries);
@@ -1102,12 +1104,35 @@ void CudaBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   });
 }
 
-void CudaBackend::scale_rows(const Tensor& x, const Tensor& f, Tensor& out) {
-  LLMSERVE_CHECK(x.dtype == DType::F32 && f.dtype == DType::F32 && x.numel() == out.numel() && f.numel() == rows_of(x),
-                 "cuda backend: scale_rows shapes or types");
-  dispatch(out.dtype, [&](auto* to) {
-    using T = std::remove_pointer_t<decltype(to)>;
-    cuda::scale_rows<T>(x.as<float>(), f.as<float>(), rows_of(x), cols_of(x), out.as<T>(), stream());
+void CudaBackend::lora_shrink(const Tensor& in, const Tensor& a, Tensor& t) {
+  const int64_t T = rows_of(in), K = cols_of(in);
+  LLMSERVE_CHECK(T == num_tokens_ && a.dtype == in.dtype && a.shape.size() == 3 && a.dim(2) == K && t.dtype == DType::F32 &&
+                     rows_of(t) == T && cols_of(t) == a.dim(1),
+                 "cuda backend: lora_shrink shapes or types");
+  dispatch(in.dtype, [&](auto* ti) {
+    using T_ = std::remove_pointer_t<decltype(ti)>;
+    cuda::lora_shrink<T_>(in.as<T_>(), a.as<T_>(), lora_rows_.ptr, T, K, a.dim(1), t.as<float>(), stream());
+  });
+}
+
+void CudaBackend::lora_expand(const Tensor& t, const LoraExpand* outs, int n) {
+  LLMSERVE_CHECK(n >= 1 && n <= cuda::kMaxLoraOuts && t.dtype == DType::F32 && rows_of(t) == num_tokens_,
+                 "cuda backend: lora_expand shapes or types");
+  const DType bt_type = outs[0].bt->dtype;
+  const int64_t R = outs[0].bt->dim(1);
+  for (int i = 0; i < n; ++i) {
+    const Tensor& bt = *outs[i].bt;
+    const Tensor& out = *outs[i].out;
+    LLMSERVE_CHECK(bt.shape.size() == 3 && bt.dtype == bt_type && bt.dim(1) == R && out.dtype == DType::F32 &&
+                       rows_of(out) == num_tokens_ && cols_of(out) == bt.dim(2) && outs[i].col >= 0 &&
+                       outs[i].col + R <= cols_of(t),
+                   "cuda backend: lora_expand shapes or types");
+  }
+  dispatch(bt_type, [&](auto* tb) {
+    using T_ = std::remove_pointer_t<decltype(tb)>;
+    cuda::LoraOut<T_> o[cuda::kMaxLoraOuts];
+    for (int i = 0; i < n; ++i) o[i] = {outs[i].bt->as<T_>(), outs[i].col, outs[i].bt->dim(2), outs[i].out->as<float>()};
+    cuda::lora_expand<T_>(t.as<float>(), cols_of(t), lora_rows_.ptr, num_tokens_, R, o, n, stream());
   });
 }
 

@@ -50,7 +50,8 @@ class CudaBackend : public Backend {
   void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t head_dim, int64_t block_size,
                  float scale, Tensor& out) override;
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) override;
-  void scale_rows(const Tensor& x, const Tensor& f, Tensor& out) override;
+  void lora_shrink(const Tensor& in, const Tensor& a, Tensor& t) override;
+  void lora_expand(const Tensor& t, const LoraExpand* outs, int n) override;
   void gather_rows(const Tensor& x, Tensor& out) override;
   void linear_residual(const Tensor& a, const Tensor& w, Tensor& y, Tensor& x) override;
   void norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm, const Tensor& wq, const Tensor* bq, Tensor& q,
@@ -257,6 +258,7 @@ class CudaBackend : public Backend {
   int64_t skinny_fp8_big_min_tokens_ = 1;
   int64_t heuristic_calls_ = 0;
   IntBuffer ids_, positions_, slots_, tables_, token_seq_, logits_rows_, tiles_;
+  IntBuffer lora_rows_;  // each token's LoRA adapter (StepMeta::lora_rows), uploaded every step
   int64_t num_tokens_ = 0, num_seqs_ = 0, max_blocks_ = 0, num_logits_ = 0, max_len_ = 0, num_tiles_ = 0;
   int64_t max_new_ = 0;  // the most new tokens of one sequence in the step
   static constexpr int64_t kFlashMinQueries = 16;  // new tokens of one sequence that make a step a prefill
