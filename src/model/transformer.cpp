@@ -236,7 +236,9 @@ void Transformer::set_loras(const std::vector<LoraAdapter>& adapters) {
           for (int64_t i = 0; i < r; ++i) {
             float* arow = a.data() + ((s * n + j) * R + i) * K;
             std::copy_n(m.a.begin() + i * c.width + (c.rows ? 0 : c.first), K, arow);
-            for (int64_t o = 0; o < N; ++o) bt[static_cast<size_t>((s * R + i) * N + o)] = m.b[static_cast<size_t>(((c.rows ? c.first : 0) + o) * r + i)];
+            const int64_t b0 = c.rows ? c.first : 0;  // (B's first row held)
+            for (int64_t o = 0; o < N; ++o)
+              bt[static_cast<size_t>((s * R + i) * N + o)] = m.b[static_cast<size_t>((b0 + o) * r + i)];
           }
         }
         grp.bt[static_cast<size_t>(j)] = be_.upload(bt.data(), {S, R, N}, dt);
@@ -311,7 +313,8 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
     be_.lora_shrink(in, g.a, t);
     Backend::LoraExpand e[Backend::kMaxLoraExpands];
     const int64_t R = g.a.dim(1) / g.n;
-    for (int j = 0; j < g.n; ++j) e[j] = {&g.bt[static_cast<size_t>(j)], j * R, outs[static_cast<size_t>(g.which[static_cast<size_t>(j)])]};
+    for (int j = 0; j < g.n; ++j)
+      e[j] = {&g.bt[static_cast<size_t>(j)], j * R, outs[static_cast<size_t>(g.which[static_cast<size_t>(j)])]};
     be_.lora_expand(t, e, g.n);
   };
   // Each block's input norm runs inside the block's first op. The output projections add into the
