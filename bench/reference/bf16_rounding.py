@@ -73,6 +73,18 @@ def load_safetensors(path):
     return out
 
 
+def load_checkpoint(mdir):
+    """Every tensor of a Hugging Face checkpoint directory: model.safetensors, or the shards its index names."""
+    try:
+        files = sorted(set(json.load(open(f"{mdir}/model.safetensors.index.json"))["weight_map"].values()))
+    except FileNotFoundError:
+        files = ["model.safetensors"]
+    W = {}
+    for f in files:
+        W.update(load_safetensors(f"{mdir}/{f}"))
+    return W
+
+
 def bf16(x):
     """Round to the nearest bf16 (ties to even), returned as float64."""
     u = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
@@ -234,13 +246,7 @@ def main():
     fixtures, model = sys.argv[1], sys.argv[2]
     mdir = f"{fixtures}/models/{model}"
     cfg = json.load(open(f"{mdir}/config.json"))
-    try:
-        files = sorted(set(json.load(open(f"{mdir}/model.safetensors.index.json"))["weight_map"].values()))
-    except FileNotFoundError:
-        files = ["model.safetensors"]
-    W = {}
-    for f in files:
-        W.update(load_safetensors(f"{mdir}/{f}"))
+    W = load_checkpoint(mdir)
     golden = json.load(open(f"{fixtures}/golden/{model}.json"))
     prompts = golden["public"]
     gold = np.fromfile(f"{fixtures}/golden/{model}.last_logits.f32", dtype="<f4").reshape(len(prompts), -1)

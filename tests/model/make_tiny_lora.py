@@ -37,7 +37,7 @@ def main():
     fixtures, model, out = sys.argv[1:4]
     mdir = f"{fixtures}/models/{model}"
     cfg = json.load(open(f"{mdir}/config.json"))
-    W = ref.load_safetensors(f"{mdir}/model.safetensors")
+    W = ref.load_checkpoint(mdir)
     prompts = json.load(open(f"{fixtures}/golden/{model}.json"))["public"]
     for name, a in ADAPTERS.items():
         rng = np.random.default_rng(a["seed"])
