@@ -5,6 +5,9 @@
 // Bytes: a decode step's rows read the stacks once per row from L2 after the first; a block of kRows
 // rows reads a matrix row once per adapter among them (a prompt's rows share one), so prefill re-reads
 // each stack T / kRows times from L2 rather than T times.
+#include <stdexcept>
+#include <string>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.cuh"
 
