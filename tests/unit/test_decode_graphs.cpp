@@ -330,3 +330,27 @@ TEST(MixedGraphs, PaddedStepMatchesOnBothPipelineStages) {
   s1.model.body(pad, in1, s1.kv, &x1);
   EXPECT_EQ(host(s1.be, s1.model.head(real, rows_view(x1, 0, real.num_tokens()))), eager);
 }
+
+// LoRA: a padded step keeps its sequences' adapters, the padding has none; each token's index into the
+// adapter stacks (StepMeta::lora_rows) is its sequence's slot - 1, -1 for the base model and the padding.
+TEST(StepGraphs, PaddedStepsKeepTheirLoraAdapters) {
+  StepMeta decode = step_meta_from_plan(decode_plan(), kBlock);
+  ASSERT_EQ(decode.num_seqs(), 3);
+  EXPECT_TRUE(pad_decode_step(decode, 8, 6, 24).lora.empty());  // (no adapter in the step: none padded in)
+  decode.lora = {2, 0, 1};
+  const StepMeta d = pad_decode_step(decode, 8, 6, 24);
+  EXPECT_EQ(d.lora, (std::vector<int32_t>{2, 0, 1, 0, 0, 0, 0, 0}));
+  EXPECT_EQ(d.lora_rows(), (std::vector<int32_t>{1, -1, 0, -1, -1, -1, -1, -1}));
+
+  StepMeta mixed = step_meta_from_plan(mixed_plan(), kBlock);
+  ASSERT_EQ(mixed.num_seqs(), 3);
+  mixed.lora = {1, 3, 0};
+  std::vector<int32_t> want(16, -1);
+  for (int s = 0; s < 3; ++s)
+    for (int32_t t = mixed.q_start[s]; t < mixed.q_start[s + 1]; ++t) want[t] = mixed.lora[s] - 1;
+  ASSERT_NE(std::count(want.begin(), want.begin() + 6, 2), 0);  // (some rows of each kind among the real ones)
+  ASSERT_NE(std::count(want.begin(), want.begin() + 6, -1), 0);
+  const StepMeta m = pad_mixed_step(mixed, 16, 6, 24);
+  EXPECT_EQ(m.lora.size(), static_cast<size_t>(m.num_seqs()));
+  EXPECT_EQ(m.lora_rows(), want);
+}
