@@ -81,6 +81,11 @@ const StepMeta& CpuBackend::meta() const {
   return *meta_;
 }
 
+const std::vector<int32_t>& CpuBackend::lora_rows() const {
+  meta();  // (the check)
+  return lora_rows_;
+}
+
 void CpuBackend::embedding(const Tensor& table, int64_t vocab_start, Tensor& out) {
   need_f32(table, "embedding");
   const auto& m = meta();
@@ -151,7 +156,7 @@ void CpuBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
 
 void CpuBackend::lora_shrink(const Tensor& in, const Tensor& a, Tensor& t) {
   need_f32(in, "lora_shrink");
-  const std::vector<int32_t> lr = meta().lora_rows();
+  const std::vector<int32_t>& lr = lora_rows();
   const int64_t T = rows(in), K = cols(in);
   LLMSERVE_CHECK(T == static_cast<int64_t>(lr.size()) && a.shape.size() == 3 && a.dim(2) == K && t.dtype == DType::F32 &&
                      rows(t) == T && cols(t) == a.dim(1),
@@ -161,7 +166,7 @@ void CpuBackend::lora_shrink(const Tensor& in, const Tensor& a, Tensor& t) {
 }
 
 void CpuBackend::lora_expand(const Tensor& t, const LoraExpand* outs, int n) {
-  const std::vector<int32_t> lr = meta().lora_rows();
+  const std::vector<int32_t>& lr = lora_rows();
   const int64_t T = rows(t);
   LLMSERVE_CHECK(T == static_cast<int64_t>(lr.size()) && t.dtype == DType::F32, "cpu backend: lora_expand shapes");
   for (int i = 0; i < n; ++i) {
@@ -177,6 +182,7 @@ void CpuBackend::lora_expand(const Tensor& t, const LoraExpand* outs, int n) {
 
 void CpuBackend::begin_step(const StepMeta& meta) {
   meta_ = &meta;
+  lora_rows_ = meta.lora_rows();
   if (std::none_of(meta.token_ids.begin(), meta.token_ids.end(), [](int32_t t) { return t < 0; })) return;
   resolved_ = meta;
   for (int32_t& t : resolved_.token_ids)

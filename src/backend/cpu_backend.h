@@ -48,6 +48,8 @@ class CpuBackend : public Backend {
   const StepMeta& meta() const;
   const StepMeta* meta_ = nullptr;
   StepMeta resolved_;               // a step with pending token ids, filled in from drawn_
+  std::vector<int32_t> lora_rows_;  // the step's StepMeta::lora_rows, made once in begin_step
+  const std::vector<int32_t>& lora_rows() const;
   std::vector<int32_t> drawn_;      // the last draw_rows call's tokens
   // Large tensors' memory, kept for reuse (shared with the tensors, which may outlive the backend).
   std::shared_ptr<HostBlockCache> blocks_ = std::make_shared<HostBlockCache>();

@@ -1116,6 +1116,7 @@ void CudaBackend::lora_shrink(const Tensor& in, const Tensor& a, Tensor& t) {
 }
 
 void CudaBackend::lora_expand(const Tensor& t, const LoraExpand* outs, int n) {
+  static_assert(Backend::kMaxLoraExpands == cuda::kMaxLoraOuts, "one expand launch takes every output of a call");
   LLMSERVE_CHECK(n >= 1 && n <= cuda::kMaxLoraOuts && t.dtype == DType::F32 && rows_of(t) == num_tokens_,
                  "cuda backend: lora_expand shapes or types");
   const DType bt_type = outs[0].bt->dtype;
