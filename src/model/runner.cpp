@@ -79,6 +79,11 @@ void check_weights_fit(Backend& be, const Topology& topo, double need, double no
                   "; spread the ranks (tensor_parallel_size, pipeline_parallel_size) over more nodes or use a smaller model"));
 }
 
+// The graph log's note when each bucket was recorded twice, with and without the LoRA kernels.
+std::string lora_twice(const StepGraphs& g) {
+  return g.graphs() > static_cast<int64_t>(g.buckets().size()) ? ", each with and without LoRA" : "";
+}
+
 }  // namespace
 
 ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
@@ -245,7 +250,7 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
     char buf[64];
     std::snprintf(buf, sizeof buf, "%.2f s, %.1f MiB", secs, static_cast<double>(backend_->graph_memory()) / (1 << 20));
     log_info("CUDA graphs: ", graphs_->buckets().size(), " decode batch sizes recorded (1..", graphs_->buckets().back(),
-             ") in ", buf, " of graph memory");
+             lora_twice(*graphs_), ") in ", buf, " of graph memory");
   }
   if (mixed_graphs_ && !mixed_graphs_->buckets().empty()) {
     const size_t before = backend_->graph_memory();
@@ -255,7 +260,8 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
     char buf[64];
     std::snprintf(buf, sizeof buf, "%.2f s, %.1f MiB", secs, static_cast<double>(after - std::min(before, after)) / (1 << 20));
     log_info("CUDA graphs: ", mixed_graphs_->buckets().size(), " mixed-step token counts recorded (",
-             mixed_graphs_->buckets().front(), "..", mixed_graphs_->buckets().back(), ", layers only) in ", buf,
+             mixed_graphs_->buckets().front(), "..", mixed_graphs_->buckets().back(), ", layers only",
+             lora_twice(*mixed_graphs_), ") in ", buf,
              " of graph memory more");
   }
   log_info("model ", spec_.architecture, " loaded: ", spec_.num_layers, " layers, hidden ", spec_.hidden_size,

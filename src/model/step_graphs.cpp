@@ -53,34 +53,40 @@ StepGraphs::StepGraphs(Transformer& model, Backend& backend, const Topology& top
 double StepGraphs::capture(KvCache& kv) {
   const auto t0 = std::chrono::steady_clock::now();
   kv_ = &kv;
-  graph_of_.assign(buckets_.size(), -1);
   StepMeta none;
   none.q_start = {0};
-  for (size_t i = buckets_.size(); i-- > 0;) {  // largest first: the graphs' memory is sized once
-    const int64_t B = buckets_[i];
-    StepMeta m = padded(none, B);
-    if (model_.lora_slots() > 0) m.lora.assign(static_cast<size_t>(m.num_seqs()), 0);  // (recorded with the LoRA kernels)
-    const Tensor hin = topo_.first_stage() ? Tensor() : rows_view(in_, 0, B);
-    record(m, hin, kv, out_);  // once eagerly: cuBLASLt's algorithms are chosen outside the capture
-    be_.begin_step(m);
-    be_.graph_capture_begin();
-    try {
-      record(m, hin, kv, out_);
-      graph_of_[i] = be_.graph_capture_end();
-    } catch (...) {
-      be_.graph_capture_abort();
-      throw;
+  // The graph set without LoRA, then the one with (rows of slot 0 record the LoRA kernels).
+  for (const bool with_lora : {false, true}) {
+    std::vector<int>& ids = with_lora ? lora_graph_of_ : graph_of_;
+    ids.assign(with_lora && model_.lora_slots() == 0 ? 0 : buckets_.size(), -1);
+    for (size_t i = ids.size(); i-- > 0;) {  // largest first: the graphs' memory is sized once
+      const int64_t B = buckets_[i];
+      StepMeta m = padded(none, B);
+      if (with_lora) m.lora.assign(static_cast<size_t>(m.num_seqs()), 0);
+      const Tensor hin = topo_.first_stage() ? Tensor() : rows_view(in_, 0, B);
+      record(m, hin, kv, out_);  // once eagerly: cuBLASLt's algorithms are chosen outside the capture
+      be_.begin_step(m);
+      be_.graph_capture_begin();
+      try {
+        record(m, hin, kv, out_);
+        ids[i] = be_.graph_capture_end();
+      } catch (...) {
+        be_.graph_capture_abort();
+        throw;
+      }
     }
-  }
-  // One replay of each (padding only: no KV writes) checks it runs and makes the graphs' memory
-  // resident, so the log can report it.
-  for (size_t i = 0; i < buckets_.size(); ++i) {
-    be_.begin_step(padded(none, buckets_[i]));
-    be_.graph_replay(graph_of_[i]);
+    // One replay of each (padding only: no KV writes) checks it runs and makes the graphs' memory
+    // resident, so the log can report it.
+    for (size_t i = 0; i < ids.size(); ++i) {
+      be_.begin_step(padded(none, buckets_[i]));
+      be_.graph_replay(ids[i]);
+    }
   }
   be_.synchronize();
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
+
+int64_t StepGraphs::graphs() const { return static_cast<int64_t>(graph_of_.size() + lora_graph_of_.size()); }
 
 bool StepGraphs::fits(const StepMeta& m) const {
   const int64_t T = m.num_tokens();
@@ -100,8 +106,11 @@ bool StepGraphs::run(const StepMeta& meta, const Tensor& hidden_in, Tensor* resu
     Tensor dst = rows_view(in_, 0, T);
     be_.copy(hidden_in, dst);
   }
-  be_.begin_step(padded(meta, buckets_[i]));
-  if (!be_.graph_replay(graph_of_[i])) {
+  const StepMeta m = padded(meta, buckets_[i]);
+  const std::vector<int>& ids = m.lora.empty() ? graph_of_ : lora_graph_of_;
+  LLMSERVE_CHECK(i < ids.size(), "CUDA graphs: a step names a LoRA adapter but none is loaded");
+  be_.begin_step(m);
+  if (!be_.graph_replay(ids[i])) {
     dropped_ = true;
     return false;
   }

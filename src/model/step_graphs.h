@@ -23,16 +23,19 @@ class StepGraphs {
  public:
   virtual ~StepGraphs() = default;
 
-  // Records one graph per bucket over the KV cache `kv` (which must stay where it is). Returns the
-  // seconds it took.
+  // Records one graph per bucket over the KV cache `kv` (which must stay where it is); with LoRA
+  // adapters loaded, two (as vLLM's cudagraph_specialize_lora): one with the LoRA kernels for steps
+  // with an adapter, one with the base model's fused ops for steps without. Returns the seconds it took.
   double capture(KvCache& kv);
 
-  // Runs `meta` through the graph of the smallest bucket that holds its tokens when it fits one: true,
-  // with the recorded pass's result for its T tokens in *result, a view of a static tensor valid until
-  // the next step.
+  // Runs `meta` through the graph of the smallest bucket that holds its tokens when it fits one (the
+  // LoRA graph when a sequence of the step has an adapter): true, with the recorded pass's result for
+  // its T tokens in *result, a view of a static tensor valid until the next step.
   bool run(const StepMeta& meta, const Tensor& hidden_in, Tensor* result);
 
   const std::vector<int64_t>& buckets() const { return buckets_; }
+  // How many graphs were recorded (a bucket's two with LoRA adapters loaded).
+  int64_t graphs() const;
 
  protected:
   // `out_cols`: columns of the static result tensor (rows: the largest bucket).
@@ -54,7 +57,8 @@ class StepGraphs {
  private:
   bool fits(const StepMeta& meta) const;
   std::vector<int64_t> buckets_;
-  std::vector<int> graph_of_;  // graph id per bucket
+  std::vector<int> graph_of_;       // graph id per bucket
+  std::vector<int> lora_graph_of_;  // per bucket, recorded with the LoRA kernels (adapters loaded)
   Tensor in_, out_;            // [largest bucket, hidden] residual stream in (later stages); result out
   KvCache* kv_ = nullptr;
   bool dropped_ = false;

@@ -103,9 +103,10 @@ std::vector<uint32_t> bits(const std::vector<float>& v) {
   return b;
 }
 
-// One pipeline stage (or the whole model) with its own KV cache.
-struct Stage {
-  Stage(int rank, int pp)
+// One pipeline stage (or the whole model) with its own KV cache, on backend `B`.
+template <class B>
+struct StageOn {
+  StageOn(int rank, int pp)
       : file(model_path()),
         spec(file.spec()),
         topo(make_topology(rank, pp, 1, pp)),
@@ -123,11 +124,12 @@ struct Stage {
   ModelFile file;
   ModelSpec spec;
   Topology topo;
-  CpuBackend be;
+  B be;
   llmserve::testing::SelfComm comm;
   Transformer model;
   KvCache kv;
 };
+using Stage = StageOn<CpuBackend>;
 
 // Puts back KV-cache contents taken by kv_contents.
 void restore(Stage& st, const std::vector<float>& kv) {
@@ -353,4 +355,84 @@ TEST(StepGraphs, PaddedStepsKeepTheirLoraAdapters) {
   const StepMeta m = pad_mixed_step(mixed, 16, 6, 24);
   EXPECT_EQ(m.lora.size(), static_cast<size_t>(m.num_seqs()));
   EXPECT_EQ(m.lora_rows(), want);
+}
+
+namespace {
+
+// The CPU backend with graphs that record what their pass launched: the ops run as they are issued (a
+// capture's pass computes like an eager one), each graph remembers whether its pass ran the LoRA kernels,
+// and a replay logs the graph it was asked for.
+class GraphLogBackend : public CpuBackend {
+ public:
+  bool supports_graphs() const override { return true; }
+  void graph_capture_begin() override { shrinks_ = 0; }
+  int graph_capture_end() override {
+    with_lora.push_back(shrinks_ > 0);
+    return static_cast<int>(with_lora.size()) - 1;
+  }
+  bool graph_replay(int id) override {
+    replayed.push_back(id);
+    return true;
+  }
+  void lora_shrink(const Tensor& in, const Tensor& a, Tensor& t) override {
+    ++shrinks_;
+    CpuBackend::lora_shrink(in, a, t);
+  }
+  std::vector<bool> with_lora;  // per graph id
+  std::vector<int> replayed;
+
+ private:
+  int shrinks_ = 0;
+};
+
+// A rank-2 adapter of every layer's q_proj.
+LoraAdapter q_adapter(const ModelSpec& spec) {
+  LoraAdapter ad;
+  ad.name = "q";
+  ad.rank = 2;
+  ad.scaling = 1;
+  ad.layers.resize(static_cast<size_t>(spec.num_layers));
+  for (auto& l : ad.layers) {
+    l[kLoraQ].a.assign(static_cast<size_t>(2 * spec.hidden_size), 0.1f);
+    l[kLoraQ].b.assign(static_cast<size_t>(spec.num_heads * spec.head_dim * 2), 0.1f);
+  }
+  return ad;
+}
+
+}  // namespace
+
+// With adapters loaded every bucket is recorded twice (vLLM's cudagraph_specialize_lora): a step whose
+// sequences have no adapter replays the graph of the base model's fused ops, a step with one the graph
+// of the LoRA kernels, of the same bucket; without adapters there is one graph a bucket.
+TEST(StepGraphs, StepsWithoutAnAdapterReplayTheGraphsWithoutLora) {
+  for (const bool adapters : {true, false}) {
+    StageOn<GraphLogBackend> st(0, 1);
+    if (adapters) st.model.set_loras({q_adapter(st.spec)});
+    DecodeGraphs dg(st.model, st.be, st.topo, 8, 24, kBlock);
+    MixedGraphs mg(st.model, st.be, st.topo, 32, 24, kBlock);
+    for (StepGraphs* g : {static_cast<StepGraphs*>(&dg), static_cast<StepGraphs*>(&mg)}) {
+      const size_t first = st.be.with_lora.size();
+      g->capture(st.kv);
+      const auto n = static_cast<int64_t>(g->buckets().size());
+      EXPECT_EQ(g->graphs(), adapters ? 2 * n : n);
+      EXPECT_EQ(std::count(st.be.with_lora.begin() + static_cast<long>(first), st.be.with_lora.end(), true), adapters ? n : 0);
+    }
+    for (StepMeta m : {step_meta_from_plan(decode_plan(), kBlock), step_meta_from_plan(mixed_plan(), kBlock)}) {
+      StepGraphs& g = m.num_tokens() == m.num_seqs() ? static_cast<StepGraphs&>(dg) : mg;
+      Tensor out;
+      ASSERT_TRUE(g.run(m, Tensor(), &out));
+      const int base = st.be.replayed.back();
+      EXPECT_FALSE(st.be.with_lora[static_cast<size_t>(base)]);
+      if (!adapters) {
+        m.lora = {0, 1, 0};
+        EXPECT_THROW(g.run(m, Tensor(), &out), Error);
+        continue;
+      }
+      m.lora = {0, 1, 0};
+      ASSERT_TRUE(g.run(m, Tensor(), &out));
+      const int with = st.be.replayed.back();
+      EXPECT_TRUE(st.be.with_lora[static_cast<size_t>(with)]);
+      EXPECT_NE(with, base);
+    }
+  }
 }
