@@ -5,6 +5,7 @@
 // Bytes: a decode step's rows read the stacks once per row from L2 after the first; a block of kRows
 // rows reads a matrix row once per adapter among them (a prompt's rows share one), so prefill re-reads
 // each stack T / kRows times from L2 rather than T times.
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -15,17 +16,19 @@ namespace llmserve::cuda {
 
 namespace {
 
-constexpr int kShrinkWarps = 4, kRows = 8, kExpandThreads = 256;
+constexpr int kMaxShrinkWarps = 32, kRows = 8, kExpandThreads = 256;
 
-// Warp w of block (bx, by) computes t[r, c] for c = bx * kShrinkWarps + w and the block's kRows rows:
-// each lane takes V consecutive k of every 32 * V, the A chunk loaded once per run of rows of one adapter.
+// Block (c, by) computes t[r, c] for its kRows rows: its warps split the K inputs, each lane taking V
+// consecutive k of every blockDim.x * V (about one run each: a decode's shrink is as many blocks as
+// columns, so the width is spread over a block's warps rather than walked by one), the A chunk loaded
+// once per run of rows of one adapter; the warps' partial sums meet in shared memory.
 template <typename T, int V>
 __global__ void lora_shrink_k(const T* x, const T* a, const int32_t* rows, int64_t n_rows, int64_t K, int64_t C, float* t) {
   pdl_enter();
-  const int lane = threadIdx.x % 32;
-  const int64_t c = blockIdx.x * static_cast<int64_t>(kShrinkWarps) + threadIdx.x / 32;
+  __shared__ float part[kMaxShrinkWarps][kRows];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t c = blockIdx.x;
   const int64_t r0 = blockIdx.y * static_cast<int64_t>(kRows);
-  if (c >= C) return;
   int slot[kRows];
   float acc[kRows];
 #pragma unroll
@@ -33,7 +36,7 @@ __global__ void lora_shrink_k(const T* x, const T* a, const int32_t* rows, int64
     slot[r] = r0 + r < n_rows ? rows[r0 + r] : -1;
     acc[r] = 0.f;
   }
-  for (int64_t k = static_cast<int64_t>(lane) * V; k < K; k += 32 * V) {
+  for (int64_t k = static_cast<int64_t>(threadIdx.x) * V; k < K; k += static_cast<int64_t>(blockDim.x) * V) {
     float av[V], xv[V];
     int loaded = -1;
 #pragma unroll
@@ -50,9 +53,15 @@ __global__ void lora_shrink_k(const T* x, const T* a, const int32_t* rows, int64
   }
 #pragma unroll
   for (int r = 0; r < kRows; ++r) {
-    if (r0 + r >= n_rows) break;
     const float v = warp_sum(acc[r]);
-    if (lane == 0) t[(r0 + r) * C + c] = slot[r] >= 0 ? v : 0.f;
+    if (lane == 0) part[warp][r] = v;
+  }
+  __syncthreads();
+  const int r = threadIdx.x;
+  if (r < kRows && r0 + r < n_rows) {
+    float sum = 0.f;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) sum += part[w][r];
+    t[(r0 + r) * C + c] = slot[r] >= 0 ? sum : 0.f;
   }
 }
 
@@ -96,11 +105,16 @@ template <typename T>
 void lora_shrink(const T* x, const T* a, const int32_t* rows, int64_t n_rows, int64_t K, int64_t C, float* t, cudaStream_t s) {
   if (n_rows == 0 || C == 0) return;
   check_rows(n_rows, "lora_shrink");
-  const dim3 grid(blocks_for(C, kShrinkWarps), static_cast<unsigned>((n_rows + kRows - 1) / kRows));
+  if (C > 0x7fffffff) throw std::runtime_error("lora_shrink: too many columns for one launch");
+  const dim3 grid(static_cast<unsigned>(C), static_cast<unsigned>((n_rows + kRows - 1) / kRows));
+  // A warp for each 32 V of the width, up to kMaxShrinkWarps.
+  const auto threads = [&](int v) {
+    return static_cast<unsigned>(32 * std::min<int64_t>(kMaxShrinkWarps, std::max<int64_t>(1, (K + 32 * v - 1) / (32 * v))));
+  };
   constexpr int V = 16 / sizeof(T);  // (16-byte loads: 8 halves, 4 floats)
   if (K % V == 0 && vec_ok(x, V, sizeof(T)) && vec_ok(a, V, sizeof(T)))
-    return launch("lora_shrink", lora_shrink_k<T, V>, grid, kShrinkWarps * 32, 0, s, x, a, rows, n_rows, K, C, t);
-  launch("lora_shrink", lora_shrink_k<T, 1>, grid, kShrinkWarps * 32, 0, s, x, a, rows, n_rows, K, C, t);
+    return launch("lora_shrink", lora_shrink_k<T, V>, grid, threads(V), 0, s, x, a, rows, n_rows, K, C, t);
+  launch("lora_shrink", lora_shrink_k<T, 1>, grid, threads(1), 0, s, x, a, rows, n_rows, K, C, t);
 }
 
 template <typename T>

@@ -266,7 +266,7 @@ TEST_P(CudaOps, LoraShrinkAndExpandMatchTheCpu) {
   const DType dt = GetParam(), f32 = DType::F32;
   const int64_t S = 2, R = 4, N0 = 300, N1 = 40;
   for (const bool adapters : {true, false})
-    for (const int64_t K : {96, 90}) {
+    for (const int64_t K : {96, 90, 8968, 4099}) {  // (widths of one and of several runs of the block's threads, vector loads and not)
       StepMeta m = make_meta(8, {7, 1, 5, 12}, {0, 20, 9, 0});
       if (adapters) m.lora = {2, 0, 1, 2};
       const int64_t T = m.num_tokens();
