@@ -18,6 +18,8 @@ namespace {
 const char* const kTargetNames[kLoraTargets] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
 }  // namespace
 
+const char* lora_target_name(LoraTarget t) { return kTargetNames[t]; }
+
 LoraModuleSpec parse_lora_module(const std::string& text) {
   LoraModuleSpec m;
   if (!text.empty() && text[0] == '{') {

@@ -26,6 +26,8 @@ int32_t request_lora(const std::vector<LoraModuleSpec>& adapters, const std::str
 
 // The projections an adapter may update (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj).
 enum LoraTarget : int { kLoraQ, kLoraK, kLoraV, kLoraO, kLoraGate, kLoraUp, kLoraDown, kLoraTargets };
+// Its module name in a PEFT checkpoint ("q_proj", ...).
+const char* lora_target_name(LoraTarget t);
 
 // One projection's update, float32, row-major; both empty where the adapter leaves it alone.
 struct LoraMatrices {

@@ -185,14 +185,75 @@ Transformer::Transformer(const ModelSpec& spec, const Topology& topo, Backend& b
   }
 }
 
+namespace {
+
+// The projections of each group (LoraGroup::which), in their places.
+const std::vector<int> kLoraGroupTargets[kLoraGroups] = {{kLoraQ, kLoraK, kLoraV}, {kLoraO}, {kLoraGate, kLoraUp}, {kLoraDown}};
+
+}  // namespace
+
 void Transformer::set_loras(const std::vector<LoraAdapter>& adapters) {
+  std::array<bool, kLoraTargets> targets{};
+  int rank = 0;
+  for (const LoraAdapter& ad : adapters) {
+    rank = std::max(rank, ad.rank);
+    for (const auto& layer : ad.layers)
+      for (int t = 0; t < kLoraTargets; ++t) targets[static_cast<size_t>(t)] |= !layer[static_cast<size_t>(t)].a.empty();
+  }
+  reserve_loras(static_cast<int>(adapters.size()), rank, targets);
+  for (size_t i = 0; i < adapters.size(); ++i) put_lora(static_cast<int>(i) + 1, adapters[i]);
+}
+
+void Transformer::reserve_loras(int slots, int rank, const std::array<bool, kLoraTargets>& targets) {
   lora_.clear();
-  lora_slots_ = static_cast<int>(adapters.size());
+  lora_slots_ = slots;
+  lora_rank_ = rank;
   lora_width_ = 0;
-  if (adapters.empty()) return;
-  const int64_t H = spec_.hidden_size, D = spec_.head_dim, S = lora_slots_;
-  int64_t R = 0;
-  for (const LoraAdapter& ad : adapters) R = std::max<int64_t>(R, ad.rank);
+  lora_targets_ = targets;
+  if (slots == 0) return;
+  const int64_t H = spec_.hidden_size, D = spec_.head_dim, S = slots, R = rank;
+  // Each target's [in, out] as this rank holds it: column-parallel projections (q/k/v, gate/up) their
+  // output rows cut, row-parallel ones (o, down) their input columns.
+  const int64_t shape[kLoraTargets][2] = {{H, shard_.q_heads * D},   {H, shard_.kv_heads * D}, {H, shard_.kv_heads * D},
+                                          {shard_.q_heads * D, H},   {H, shard_.intermediate}, {H, shard_.intermediate},
+                                          {shard_.intermediate, H}};
+  const DType dt = be_.compute_dtype();
+  for (int l = shard_.layers.begin; l < shard_.layers.end; ++l) {
+    LoraLayer mine;
+    for (int g = 0; g < kLoraGroups; ++g) {
+      LoraGroup& grp = mine[static_cast<size_t>(g)];
+      const std::vector<int>& members = kLoraGroupTargets[g];
+      for (size_t j = 0; j < members.size(); ++j) {
+        const int target = members[j];
+        if (!targets[static_cast<size_t>(target)]) continue;
+        const int64_t N = shape[target][1];
+        const std::vector<float> zeros(static_cast<size_t>(S * R * N), 0.f);
+        grp.bt[static_cast<size_t>(grp.n)] = be_.upload(zeros.data(), {S, R, N}, dt);
+        grp.which[static_cast<size_t>(grp.n)] = static_cast<int>(j);
+        ++grp.n;
+      }
+      if (grp.n == 0) continue;
+      const int64_t K = shape[members[0]][0], n = grp.n;
+      const std::vector<float> zeros(static_cast<size_t>(S * n * R * K), 0.f);
+      grp.a = be_.upload(zeros.data(), {S, n * R, K}, dt);
+      lora_width_ = std::max(lora_width_, n * R);
+    }
+    lora_.push_back(std::move(mine));
+  }
+}
+
+void Transformer::put_lora(int slot, const LoraAdapter& ad) {
+  LLMSERVE_CHECK(slot >= 1 && slot <= lora_slots_, "put_lora: no LoRA slot ", slot);
+  const std::string who = cat("LoRA adapter '", ad.name, "'");
+  if (ad.rank > lora_rank_) throw Error(cat(who, ": rank ", ad.rank, " is greater than the ", lora_rank_, " reserved"));
+  if (static_cast<int>(ad.layers.size()) != spec_.num_layers)
+    throw Error(cat(who, ": ", ad.layers.size(), " layers for a model of ", spec_.num_layers));
+  for (const auto& layer : ad.layers)
+    for (int t = 0; t < kLoraTargets; ++t)
+      if (!layer[static_cast<size_t>(t)].a.empty() && !lora_targets_[static_cast<size_t>(t)])
+        throw Error(cat(who, " updates a projection (", lora_target_name(static_cast<LoraTarget>(t)),
+                        ") the server's LoRA stacks do not hold"));
+  const int64_t H = spec_.hidden_size, D = spec_.head_dim, R = lora_rank_, s = slot - 1, r = ad.rank;
   const int tr = topo_.tp_rank();
   const int64_t q0 = tr * shard_.q_heads * D, qn = shard_.q_heads * D;
   const int64_t k0 = shard_.kv_head_begin * D, kn = shard_.kv_heads * D;
@@ -205,49 +266,40 @@ void Transformer::set_loras(const std::vector<LoraAdapter>& adapters) {
   };
   const Cut cuts[kLoraTargets] = {{true, q0, qn, H},  {true, k0, kn, H},  {true, k0, kn, H}, {false, q0, qn, spec_.num_heads * D},
                                   {true, i0, in, H}, {true, i0, in, H}, {false, i0, in, spec_.intermediate_size}};
-  const std::vector<int> groups[kLoraGroups] = {{kLoraQ, kLoraK, kLoraV}, {kLoraO}, {kLoraGate, kLoraUp}, {kLoraDown}};
+  // rows [first, first + n) of `stack` [S, rows, cols] seen as [S * rows, cols]
+  auto slot_rows = [&](const Tensor& stack) {
+    Tensor v = stack;
+    v.shape = {stack.dim(0) * stack.dim(1), stack.dim(2)};
+    return rows_view(v, s * stack.dim(1), stack.dim(1));
+  };
   const DType dt = be_.compute_dtype();
   for (int l = shard_.layers.begin; l < shard_.layers.end; ++l) {
-    LoraLayer mine;
+    const LoraLayer& mine = lora_[static_cast<size_t>(l - shard_.layers.begin)];
     for (int g = 0; g < kLoraGroups; ++g) {
-      std::vector<int> present;  // (places in the group of the projections some adapter updates)
-      for (size_t j = 0; j < groups[g].size(); ++j)
-        for (const LoraAdapter& ad : adapters)
-          if (!ad.layers.at(static_cast<size_t>(l))[static_cast<size_t>(groups[g][j])].a.empty()) {
-            present.push_back(static_cast<int>(j));
-            break;
-          }
-      if (present.empty()) continue;
-      const Cut& c0 = cuts[groups[g][0]];
-      const int64_t K = c0.rows ? H : c0.n, n = static_cast<int64_t>(present.size());
-      LoraGroup& grp = mine[static_cast<size_t>(g)];
-      grp.n = static_cast<int>(n);
-      std::vector<float> a(static_cast<size_t>(S * n * R * K), 0.f);
+      const LoraGroup& grp = mine[static_cast<size_t>(g)];
+      if (grp.n == 0) continue;
+      const int64_t K = grp.a.dim(2), n = grp.n;
+      std::vector<float> a(static_cast<size_t>(n * R * K), 0.f);
       for (int64_t j = 0; j < n; ++j) {
-        const int target = groups[g][static_cast<size_t>(present[static_cast<size_t>(j)])];
+        const int target = kLoraGroupTargets[g][static_cast<size_t>(grp.which[static_cast<size_t>(j)])];
         const Cut& c = cuts[target];
-        const int64_t N = c.rows ? c.n : H;
-        std::vector<float> bt(static_cast<size_t>(S * R * N), 0.f);
-        for (int64_t s = 0; s < S; ++s) {
-          const LoraAdapter& ad = adapters[static_cast<size_t>(s)];
-          const LoraMatrices& m = ad.layers.at(static_cast<size_t>(l))[static_cast<size_t>(target)];
-          if (m.a.empty()) continue;
-          const int64_t r = ad.rank;
+        const Tensor& bt_stack = grp.bt[static_cast<size_t>(j)];
+        const int64_t N = bt_stack.dim(2);
+        std::vector<float> bt(static_cast<size_t>(R * N), 0.f);
+        const LoraMatrices& m = ad.layers.at(static_cast<size_t>(l))[static_cast<size_t>(target)];
+        if (!m.a.empty()) {
+          const int64_t b0 = c.rows ? c.first : 0;  // (B's first row held)
           for (int64_t i = 0; i < r; ++i) {
-            float* arow = a.data() + ((s * n + j) * R + i) * K;
-            std::copy_n(m.a.begin() + i * c.width + (c.rows ? 0 : c.first), K, arow);
-            const int64_t b0 = c.rows ? c.first : 0;  // (B's first row held)
-            for (int64_t o = 0; o < N; ++o)
-              bt[static_cast<size_t>((s * R + i) * N + o)] = m.b[static_cast<size_t>((b0 + o) * r + i)];
+            std::copy_n(m.a.begin() + i * c.width + (c.rows ? 0 : c.first), K, a.data() + (j * R + i) * K);
+            for (int64_t o = 0; o < N; ++o) bt[static_cast<size_t>(i * N + o)] = m.b[static_cast<size_t>((b0 + o) * r + i)];
           }
         }
-        grp.bt[static_cast<size_t>(j)] = be_.upload(bt.data(), {S, R, N}, dt);
-        grp.which[static_cast<size_t>(j)] = present[static_cast<size_t>(j)];
+        Tensor dst = slot_rows(bt_stack);
+        be_.copy(be_.upload(bt.data(), {R, N}, dt), dst);
       }
-      grp.a = be_.upload(a.data(), {S, n * R, K}, dt);
-      lora_width_ = std::max(lora_width_, n * R);
+      Tensor dst = slot_rows(grp.a);
+      be_.copy(be_.upload(a.data(), {n * R, K}, dt), dst);
     }
-    lora_.push_back(std::move(mine));
   }
 }
 

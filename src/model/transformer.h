@@ -117,7 +117,15 @@ class Transformer {
   // are recorded with it) runs the layers as their composed ops, each group of projections followed by one
   // shrink and one expand for all the step's adapters (rows without one are left alone), so one recorded
   // graph serves any mix of adapters.
+  // (reserve_loras for the projections some adapter updates and their largest rank, then put_lora each.)
   void set_loras(const std::vector<LoraAdapter>& adapters);
+  // Stacks of `slots` adapters of rank `rank` for the projections of `targets`, every slot zero (an
+  // adapter that changes nothing), in place of any loaded. They stay where they are: put_lora writes into
+  // them, so recorded graphs go on reading the adapters loaded later (runtime LoRA updating).
+  void reserve_loras(int slots, int rank, const std::array<bool, kLoraTargets>& targets);
+  // This rank's shard of `ad` into slot `slot` (1..lora_slots()), replacing what it held. Throws Error
+  // when its rank passes the reserved one or it updates a projection the stacks were not reserved for.
+  void put_lora(int slot, const LoraAdapter& ad);
   int lora_slots() const { return lora_slots_; }
 
  private:
@@ -131,7 +139,9 @@ class Transformer {
   std::vector<LayerWeights> layers_;
   std::vector<LoraLayer> lora_;  // [layer of this stage]
   int lora_slots_ = 0;
+  int64_t lora_rank_ = 0;         // R: the stacks' rank
   int64_t lora_width_ = 0;        // the most columns of a group's shrink (n * R)
+  std::array<bool, kLoraTargets> lora_targets_{};  // the projections the stacks hold
   double offloaded_bytes_ = 0;
   int offloaded_layers_ = 0;
 };
