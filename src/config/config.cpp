@@ -160,7 +160,7 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.max_loras = parse_int32("max_loras", v); }},
       {"max_lora_rank", Kind::Int, "the largest LoRA rank served: 1, 8, 16, 32, 64, 128, 256, 320 or 512 (vLLM's)",
        [](Config& c, const std::string& v) { c.max_lora_rank = parse_int32("max_lora_rank", v); }},
-      {"max_cpu_loras", Kind::Int, "vLLM's LoRA cache size (at least max_loras); llmserve keeps every adapter of lora_modules loaded",
+      {"max_cpu_loras", Kind::Int, "vLLM's LoRA cache size (at least max_loras): with runtime LoRA updating the adapters held at once (default max_loras, at least lora_modules'); otherwise every adapter of lora_modules is held",
        [](Config& c, const std::string& v) { c.max_cpu_loras = parse_int32("max_cpu_loras", v); }},
       {"scheduling_policy", Kind::String,
        "fcfs (first come, first served) or priority (vLLM's: requests are admitted by their `priority`, lower first, then arrival; when KV blocks run out the running sequence of the highest value, latest arrival, is preempted)",

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <iterator>
 
 #include "common/error.h"
@@ -41,6 +42,9 @@ uint64_t mix(uint64_t x) {
 
 Engine::Engine(ModelRunner& runner, const Tokenizer* tokenizer, uint64_t seed)
     : runner_(runner), tok_(tokenizer), seed_(seed), worker_(runner), sched_(scheduler_config(runner)) {
+  lora_slots_.resize(static_cast<size_t>(runner_.lora_slots()));
+  for (size_t i = 0; i < runner_.lora_modules().size(); ++i)
+    lora_slots_[i] = {runner_.lora_modules()[i], static_cast<uint64_t>(i + 1), true};
   if (!sched_.config().async_scheduling) return;
   // On one rank, a step's forward pass is queued behind the draw of the step before when it can be
   // (Worker::set_next_plan); LLMSERVE_ASYNC_QUEUE=0 leaves each step's launch to its turn, to compare.
@@ -65,8 +69,54 @@ Engine::StepTimes Engine::step_times() const {
   return t;
 }
 
-int Engine::lora_adapters() const { return runner_.lora_adapters(); }
-const std::string& Engine::lora_name(int32_t slot) const { return runner_.lora_modules().at(static_cast<size_t>(slot - 1)).name; }
+const std::string& Engine::lora_name(int32_t slot) const { return lora_slots_.at(static_cast<size_t>(slot - 1)).spec.name; }
+
+int32_t Engine::load_lora(const LoraModuleSpec& spec) {
+  if (!runner_.runtime_lora())
+    throw LoraUpdateError(400, "BadRequestError",
+                          runner_.config().enable_lora ? "runtime LoRA updating is off (set VLLM_ALLOW_RUNTIME_LORA_UPDATING=True for the server)"
+                                                       : "LoRA is not enabled (enable_lora)");
+  for (const LoraSlot& s : lora_slots_)
+    if (s.served && s.spec.name == spec.name)
+      throw LoraUpdateError(400, "InvalidUserInput", cat("The lora adapter '", spec.name, "' has already been loaded."));
+  std::error_code ec;
+  if (!std::filesystem::exists(spec.path, ec))
+    throw LoraUpdateError(404, "NotFoundError", cat("Loading lora ", spec.name, " failed: No adapter found for ", spec.path));
+  try {
+    runner_.read_lora(spec);  // (rank 0 checks it before any rank loads it)
+  } catch (const Error& e) {
+    throw LoraUpdateError(400, "BadRequestError", e.what());
+  }
+  // A free slot: none served, and no request of an adapter unloaded from it still running.
+  int32_t slot = 0;
+  for (size_t i = 0; i < lora_slots_.size() && slot == 0; ++i) {
+    if (lora_slots_[i].served) continue;
+    const int32_t s = static_cast<int32_t>(i) + 1;
+    if (std::none_of(requests_.begin(), requests_.end(), [&](const auto& r) { return r.second.params.lora == s; })) slot = s;
+  }
+  if (slot == 0)
+    throw LoraUpdateError(400, "BadRequestError",
+                          cat("no free LoRA slot: the server holds ", lora_slots_.size(),
+                              " adapters at once (max_cpu_loras), and every slot is served or still used by running requests; unload one first"));
+  lora_slots_[static_cast<size_t>(slot - 1)] = {spec, next_lora_uid_++, true};
+  lora_loads_.push_back({slot, spec.name, spec.path});
+  return slot;
+}
+
+void Engine::unload_lora(const std::string& name) {
+  for (LoraSlot& s : lora_slots_)
+    if (s.served && s.spec.name == name) {
+      s.served = false;
+      return;
+    }
+  throw LoraUpdateError(404, "NotFoundError", cat("The lora adapter '", name, "' cannot be found."));
+}
+
+void Engine::attach_lora_loads(StepPlan& plan) {
+  if (lora_loads_.empty()) return;
+  plan.lora_loads = std::move(lora_loads_);
+  lora_loads_.clear();
+}
 
 uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& sampling) {
   const int64_t V = runner_.spec().vocab_size;
@@ -77,13 +127,20 @@ uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& 
     params.pooling = sampling.pooling;
     params.priority = sampling.priority;
     params.lora = sampling.lora;
+    params.lora_uid = sampling.lora_uid;
     params.output_kind = OutputKind::FinalOnly;
     params.max_tokens = 0;
   }
   if (!pooling) sampling_params_validate(params, V);
   if (prompt.empty()) throw Error("the prompt is empty");
-  if (params.lora < 0 || params.lora > runner_.lora_adapters())
-    throw Error(cat("LoRA adapter ", params.lora, " is not loaded (", runner_.lora_adapters(), " are)"));
+  if (params.lora < 0 || params.lora > static_cast<int32_t>(lora_slots_.size()))
+    throw Error(cat("LoRA adapter ", params.lora, " is not loaded (", lora_slots_.size(), " slots)"));
+  if (params.lora > 0) {
+    const LoraSlot& ls = lora_slots_[static_cast<size_t>(params.lora - 1)];
+    if (!ls.served || (params.lora_uid != 0 && params.lora_uid != ls.uid))
+      throw Error(cat("the LoRA adapter the request names was unloaded"));
+    params.lora_uid = ls.uid;
+  }
   for (int32_t t : prompt)
     if (t < 0 || t >= V) throw Error(cat("token id ", t, " is outside the vocabulary (", V, ")"));
   const int64_t max_len = runner_.config().max_model_len;
@@ -442,6 +499,7 @@ void Engine::step_sync(int64_t& step_tokens, std::vector<uint64_t>& touched) {
     StepPlan plan = sched_.schedule(per_plan);
     times_.schedule += seconds_since(t_sched);
     if (plan.seqs.empty() && plan.swap_in.empty() && plan.swap_out.empty()) break;
+    attach_lora_loads(plan);
     step_tokens += plan.num_tokens();
     auto tokens = dispatch(plan);
     const auto t_out = std::chrono::steady_clock::now();
@@ -474,6 +532,7 @@ void Engine::step_async(int64_t& step_tokens, std::vector<uint64_t>& touched) {
     StepPlan plan = sched_.schedule();
     times_.schedule += seconds_since(t_sched);
     if (!plan.seqs.empty() || !plan.swap_in.empty() || !plan.swap_out.empty()) {
+      attach_lora_loads(plan);
       step_tokens += plan.num_tokens();
       ++steps_;
       executor_->submit(std::move(plan));

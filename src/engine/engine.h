@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/error.h"
 #include "dist/transport.h"
 #include "engine/sampling_params.h"
 #include "engine/scheduler.h"
@@ -73,6 +74,15 @@ struct RequestOutput {
 // latest has them.
 void accumulate_output(RequestOutput& acc, RequestOutput&& delta);
 
+// A runtime LoRA update the engine refused: HTTP status (400, or 404 for an adapter that is not there)
+// and vLLM's error type.
+class LoraUpdateError : public Error {
+ public:
+  LoraUpdateError(int status, std::string type, const std::string& what) : Error(what), status(status), type(std::move(type)) {}
+  int status;
+  std::string type;
+};
+
 class Engine {
  public:
   // `tokenizer` may be null (then no text and no stop strings).
@@ -92,9 +102,25 @@ class Engine {
   void shutdown();
 
   const Scheduler& scheduler() const { return sched_; }
-  // The LoRA adapters loaded (lora_modules), and the name of slot 1..
-  int lora_adapters() const;
+  // LoRA adapters: slot 1.. of the runner's stacks, lora_modules' first. With runtime LoRA updating a
+  // slot's adapter may be unloaded and another loaded into it once no request uses it; `uid` tells the
+  // loads apart (lora_modules' are their slots, later ones count on from 2^32).
+  struct LoraSlot {
+    LoraModuleSpec spec;
+    uint64_t uid = 0;
+    bool served = false;  // requests may name it (false: free once no request uses it)
+  };
+  const std::vector<LoraSlot>& lora_slots() const { return lora_slots_; }
+  // The name of slot 1.. (its latest adapter's).
   const std::string& lora_name(int32_t slot) const;
+  // Runtime LoRA updating (vLLM's /v1/load_lora_adapter; ModelRunner::runtime_lora): reads and checks the
+  // adapter, puts it in a free slot and plans its load on every rank ahead of the next step's forward
+  // pass. Returns its slot. Throws LoraUpdateError (vLLM's statuses) when updating is off, the name is
+  // taken, no slot is free, or the adapter cannot be read or does not fit.
+  int32_t load_lora(const LoraModuleSpec& spec);
+  // Stops serving the adapter `name` (requests that use it run to their end); throws LoraUpdateError
+  // 404 when none of that name is served.
+  void unload_lora(const std::string& name);
   int64_t steps() const { return steps_; }
   // The most micro-batches that were in flight at once (pipeline parallelism).
   int max_in_flight() const { return max_in_flight_; }
@@ -161,8 +187,14 @@ class Engine {
   void finish_pooled(const SampledToken& t, std::vector<uint64_t>& touched);
   RequestOutput snapshot(Request& r);
 
+  // Puts the runtime LoRA loads planned since the last step on `plan` (one that is dispatched).
+  void attach_lora_loads(StepPlan& plan);
+
   ModelRunner& runner_;
   const Tokenizer* tok_;
+  std::vector<LoraSlot> lora_slots_;
+  std::vector<StepPlan::LoraLoad> lora_loads_;  // planned, not yet on a step
+  uint64_t next_lora_uid_ = uint64_t{1} << 32;
   uint64_t seed_;
   Worker worker_;
   Scheduler sched_;

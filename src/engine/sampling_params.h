@@ -74,6 +74,10 @@ struct SamplingParams {
   // The LoRA adapter the request names as its `model` (model/lora.h): 1 + its index in lora_modules, 0 for
   // the base model. Read by rank 0's scheduler, which sends it with each step (SeqStep::lora).
   int32_t lora = 0;
+  // Which load of an adapter the request meant (Engine::lora_slots' uid: runtime LoRA updating reuses a
+  // slot after an unload): the engine refuses the request when the slot holds another since; 0: whatever
+  // the slot serves. The engine sets it, and the prefix cache keys the adapter's blocks by it.
+  uint64_t lora_uid = 0;
   // vLLM's use_beam_search: n beams scored with length_penalty, run above the engine by
   // server/beam_search.h (the engine itself refuses such a request). Not sent to the workers.
   bool beam_search = false;

@@ -18,8 +18,11 @@ void Scheduler::add(std::unique_ptr<Sequence> seq) {
   seq->wants_prompt_logprobs = seq->params.prompt_logprobs >= 0;
   seq->hash_seed = BlockManager::salt_hash(seq->params.cache_salt);
   if (seq->params.lora > 0) {  // (an adapter's KV differs from the base model's: its blocks chain apart)
-    const int32_t slot = seq->params.lora;
-    seq->hash_seed = BlockManager::block_hash(seq->hash_seed ^ 0x10ba0000ull, &slot, 1);
+    // Keyed by the adapter's load (SamplingParams::lora_uid; its slot where unset), not only its slot: a
+    // slot that runtime LoRA updating reuses holds another adapter.
+    const uint64_t uid = seq->params.lora_uid != 0 ? seq->params.lora_uid : static_cast<uint64_t>(seq->params.lora);
+    const int32_t key[2] = {static_cast<int32_t>(uid & 0xffffffffu), static_cast<int32_t>(uid >> 32)};
+    seq->hash_seed = BlockManager::block_hash(seq->hash_seed ^ 0x10ba0000ull, key, 2);
   }
   seq->last_hash = seq->hash_seed;
   enqueue(waiting_, seq.get(), false);

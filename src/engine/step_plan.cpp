@@ -132,6 +132,8 @@ std::string StepPlan::serialize() const {
     w.put(s.lora);
   }
   w.vec(swap_out), w.vec(swap_in), w.vec(finished);
+  w.put(static_cast<uint32_t>(lora_loads.size()));
+  for (const auto& l : lora_loads) w.put(l.slot), w.str(l.name), w.str(l.path);
   return w.take();
 }
 
@@ -169,6 +171,14 @@ StepPlan StepPlan::deserialize(const std::string& bytes) {
       throw Error("step plan: drafts without a sampled token before them");
   }
   p.swap_out = r.vec<BlockCopy>(), p.swap_in = r.vec<BlockCopy>(), p.finished = r.vec<uint64_t>();
+  const uint32_t nl = r.get<uint32_t>();
+  for (uint32_t i = 0; i < nl; ++i) {
+    StepPlan::LoraLoad l;
+    l.slot = r.get<int32_t>();
+    if (l.slot < 1) throw Error(cat("step plan: a LoRA load into slot ", l.slot));
+    l.name = r.str(), l.path = r.str();
+    p.lora_loads.push_back(std::move(l));
+  }
   if (!r.done()) throw Error("step plan: trailing bytes");
   return p;
 }

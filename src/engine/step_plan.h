@@ -12,7 +12,7 @@
 
 namespace llmserve {
 
-constexpr uint32_t kStepPlanVersion = 9;
+constexpr uint32_t kStepPlanVersion = 10;
 
 // What the last stage needs to sample a sequence, sent when it (re)starts (num_computed == 0 or
 // after a recompute). Kept out of line so that a step's entries stay small (a 256-sequence plan is
@@ -74,6 +74,13 @@ struct StepPlan {
   std::vector<BlockCopy> swap_out;  // device block -> host block
   std::vector<BlockCopy> swap_in;   // host block -> device block
   std::vector<uint64_t> finished;   // sequences whose per-rank state can go
+  // LoRA adapters loaded at run time (/v1/load_lora_adapter), each into its slot before the step's forward
+  // pass (and before any later step's: plans run in order on every rank).
+  struct LoraLoad {
+    int32_t slot = 0;
+    std::string name, path;
+  };
+  std::vector<LoraLoad> lora_loads;
 
   std::string serialize() const;
   static StepPlan deserialize(const std::string& bytes);  // throws Error on a bad message

@@ -83,7 +83,8 @@ void Worker::fill_pending(StepPlan& plan) const {
 bool Worker::queue_next(size_t drawn) {
   StepPlan* next = next_plan_();
   if (!next) return false;  // not submitted yet: asked again while the draw runs
-  if (ahead_ || next->seqs.empty() || !next->swap_in.empty() || !next->swap_out.empty()) return true;
+  if (ahead_ || next->seqs.empty() || !next->swap_in.empty() || !next->swap_out.empty() || !next->lora_loads.empty())
+    return true;
   for (const auto& s : next->seqs)
     for (int32_t t : s.tokens)
       if (is_pending_token(t) && static_cast<size_t>(pending_row(t)) >= drawn) return true;  // (execute() says why)
@@ -111,6 +112,7 @@ Worker::Output Worker::execute(StepPlan& plan, const Tensor& hidden_in) {
   fill_pending(plan);  // (also for a queued plan: the sampler's state takes the tokens, and the rows are checked)
   sampled_ids_.clear();
   sampled_tokens_.clear();
+  for (const auto& l : plan.lora_loads) runner_.load_lora(l.slot, LoraModuleSpec{l.name, l.path, {}});
   for (const auto& c : plan.swap_in) runner_.kv().swap_in(c.src, c.dst);  // first (step_plan.h says why)
   for (const auto& c : plan.swap_out) runner_.kv().swap_out(c.src, c.dst);
   Output out;

@@ -79,6 +79,17 @@ void check_weights_fit(Backend& be, const Topology& topo, double need, double no
                   "; spread the ranks (tensor_parallel_size, pipeline_parallel_size) over more nodes or use a smaller model"));
 }
 
+// vLLM's reading of a boolean environment variable: "1" or "true" (any case, spaces around) is set.
+bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  if (!v) return false;
+  std::string s(v);
+  s.erase(0, s.find_first_not_of(" \t"));
+  s.erase(s.find_last_not_of(" \t") + 1);
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s == "1" || s == "true";
+}
+
 // The graph log's note when each bucket was recorded twice, with and without the LoRA kernels.
 std::string lora_twice(const StepGraphs& g) {
   return g.graphs() > static_cast<int64_t>(g.buckets().size()) ? ", each with and without LoRA" : "";
@@ -170,7 +181,14 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
                                            cfg_.quantization == "fp8");
   });
   file.reset();
-  // LoRA adapters (lora_modules), slot 1.. in their order, every rank its shard of each.
+  // LoRA adapters (lora_modules), slot 1.. in their order, every rank its shard of each. With runtime
+  // LoRA updating (VLLM_ALLOW_RUNTIME_LORA_UPDATING on rank 0, as vLLM's), the stacks hold
+  // max_cpu_loras adapters (vLLM's default max_loras; at least lora_modules') of max_lora_rank on every
+  // projection, so that adapters loaded later go into place.
+  int runtime = 0;
+  if (topo_.world_rank == 0 && cfg_.enable_lora) runtime = env_flag("VLLM_ALLOW_RUNTIME_LORA_UPDATING") ? 1 : 0;
+  MPI_Bcast(&runtime, 1, MPI_INT, 0, world_comm);
+  runtime_lora_ = runtime != 0;
   agree(world_comm, [&] {
     std::vector<LoraAdapter> adapters;
     for (const auto& text : cfg_.lora_modules) {
@@ -179,7 +197,14 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
       lora_modules_.push_back(m);
       log_info("LoRA adapter ", m.name, " (", m.path, "): rank ", adapters.back().rank, ", scaling ", adapters.back().scaling);
     }
-    model_->set_loras(adapters);
+    if (!runtime_lora_) return model_->set_loras(adapters);
+    const int slots = std::max<int>(static_cast<int>(adapters.size()), cfg_.max_cpu_loras > 0 ? cfg_.max_cpu_loras : cfg_.max_loras);
+    std::array<bool, kLoraTargets> all;
+    all.fill(true);
+    model_->reserve_loras(slots, cfg_.max_lora_rank, all);
+    for (size_t i = 0; i < adapters.size(); ++i) model_->put_lora(static_cast<int>(i) + 1, adapters[i]);
+    log_info("runtime LoRA updating: ", slots, " adapter slots of rank ", cfg_.max_lora_rank,
+             " (max_cpu_loras) on every projection; POST /v1/load_lora_adapter, /v1/unload_lora_adapter");
   });
   if (model_->offloaded_bytes() > 0)
     log_info("cpu_offload_gb: ", gib(model_->offloaded_bytes()), " GiB of weights (the matrices of ", model_->offloaded_layers(),
@@ -488,6 +513,17 @@ void ModelRunner::enter_thread() const {
 #ifdef _OPENMP
   if (omp_threads_ > 0) omp_set_num_threads(omp_threads_);
 #endif
+}
+
+LoraAdapter ModelRunner::read_lora(const LoraModuleSpec& spec) const {
+  return load_lora_adapter(spec, spec_, cfg_.max_lora_rank);
+}
+
+void ModelRunner::load_lora(int32_t slot, const LoraModuleSpec& spec) {
+  LLMSERVE_CHECK(runtime_lora_, "load_lora: runtime LoRA updating is off");
+  const LoraAdapter ad = read_lora(spec);
+  model_->put_lora(slot, ad);
+  log_info("LoRA adapter ", spec.name, " (", spec.path, ") loaded into slot ", slot, ": rank ", ad.rank, ", scaling ", ad.scaling);
 }
 
 }  // namespace llmserve

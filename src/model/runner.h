@@ -41,6 +41,15 @@ class ModelRunner {
   // The LoRA adapters of lora_modules, slot 1.. in this order (SamplingParams::lora).
   const std::vector<LoraModuleSpec>& lora_modules() const { return lora_modules_; }
   int lora_adapters() const { return static_cast<int>(lora_modules_.size()); }
+  // Runtime LoRA updating (VLLM_ALLOW_RUNTIME_LORA_UPDATING set for rank 0): lora_slots() adapters,
+  // lora_modules' first, and load_lora puts one into a slot between steps.
+  bool runtime_lora() const { return runtime_lora_; }
+  int lora_slots() const { return model_->lora_slots(); }
+  // This rank's shard of the adapter at spec.path into slot `slot` (every rank, in step-plan order:
+  // StepPlan::lora_loads). Throws Error when the adapter cannot be read or does not fit the model.
+  void load_lora(int32_t slot, const LoraModuleSpec& spec);
+  // Reads and checks the adapter as load_lora would (rank 0, before the load is planned).
+  LoraAdapter read_lora(const LoraModuleSpec& spec) const;
   MpiComm& tp_comm() { return *tp_comm_; }
   // The tensor group's communicator for GPU tensors (NCCL), or null (one rank per group, or the CPU
   // backend, whose tensors the MPI communicator serves).
@@ -92,6 +101,7 @@ class ModelRunner {
   std::unique_ptr<DeviceStageLink> stage_link_;
   std::unique_ptr<Transformer> model_;
   std::vector<LoraModuleSpec> lora_modules_;
+  bool runtime_lora_ = false;
   std::unique_ptr<KvCache> kv_;
   std::unique_ptr<DecodeGraphs> graphs_;
   std::unique_ptr<MixedGraphs> mixed_graphs_;

@@ -17,6 +17,7 @@ BeamSearchParams beam_search_params(const SamplingParams& params, const std::vec
   bp.skip_special_tokens = params.skip_special_tokens;
   bp.priority = params.priority;
   bp.lora = params.lora;
+  bp.lora_uid = params.lora_uid;
   for (int64_t e : eos_ids) bp.eos_ids.push_back(static_cast<int32_t>(e));
   return bp;
 }
@@ -64,6 +65,7 @@ std::vector<std::shared_ptr<EngineJob>> BeamSearch::step_jobs() {
     job->params.logprobs = 2 * p_.width;
     job->params.priority = p_.priority;
     job->params.lora = p_.lora;
+    job->params.lora_uid = p_.lora_uid;
     job->params.output_kind = OutputKind::FinalOnly;
     std::weak_ptr<BeamSearch> weak = shared_from_this();
     job->on_output = [weak, i](RequestOutput&& out) {

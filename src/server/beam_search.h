@@ -27,7 +27,8 @@ struct BeamSearchParams {
   double length_penalty = 1.0;
   bool skip_special_tokens = true;
   int priority = 0;
-  int32_t lora = 0;  // the request's LoRA adapter (SamplingParams::lora)
+  int32_t lora = 0;  // the request's LoRA adapter (SamplingParams::lora, lora_uid)
+  uint64_t lora_uid = 0;
   std::vector<int32_t> eos_ids;
 };
 

@@ -75,7 +75,7 @@ GenerationRequest parse_score(const ojson& as_sent, const ApiContext& ctx, bool 
                   ctx.classifier->num_labels, " labels: scores come from embedding models or one-label classifiers)"), "");
   const json body = json::parse(json_text(as_sent));
   GenerationRequest r;
-  check_model(body, ctx, r.model, r.params.lora);
+  check_model(body, ctx, r.model, r.params);
   if (!ctx.tok) throw bad("this model has no tokenizer", "");
   auto opt = std::make_shared<EmbeddingOptions>();
   opt->api = rerank ? EmbeddingOptions::Api::Rerank : EmbeddingOptions::Api::Score;
@@ -176,9 +176,10 @@ void read_pooling_inputs(const ojson& as_sent, const json& body, const ApiContex
     GenerationRequest c = parse_chat(chat, ctx);
     r.model = c.model;
     r.params.lora = c.params.lora;
+    r.params.lora_uid = c.params.lora_uid;
     r.prompts = std::move(c.prompts);
   } else {
-    check_model(body, ctx, r.model, r.params.lora);
+    check_model(body, ctx, r.model, r.params);
     if (!body.contains("input")) throw bad("'input' is required", "input");
     bool add_special = true;
     if (given("add_special_tokens")) {

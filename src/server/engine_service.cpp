@@ -31,6 +31,18 @@ void EngineService::submit(std::shared_ptr<EngineJob> job) {
   cv_.notify_one();
 }
 
+void EngineService::control(std::function<void(Engine&)> fn, std::function<void(const std::string&)> refused) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stopping_ && !failed_.load()) {
+      controls_.push_back({std::move(fn), std::move(refused)});
+      fn = nullptr;
+    }
+  }
+  if (fn) return refused(failed_.load() ? "the engine failed; the server cannot take requests" : "the server is shutting down");
+  cv_.notify_one();
+}
+
 void EngineService::stop() {
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -102,13 +114,28 @@ void EngineService::run() {
     engine_.enter_thread();
     for (;;) {
       std::deque<std::shared_ptr<EngineJob>> jobs;
+      std::deque<Control> controls;
       bool stopping;
       {
         std::unique_lock<std::mutex> lock(mu_);
         if (!engine_.has_unfinished())
-          cv_.wait_for(lock, std::chrono::milliseconds(50), [&] { return stopping_ || !incoming_.empty(); });
+          cv_.wait_for(lock, std::chrono::milliseconds(50),
+                       [&] { return stopping_ || !incoming_.empty() || !controls_.empty(); });
         jobs.swap(incoming_);
+        controls.swap(controls_);
         stopping = stopping_;
+      }
+      // (before the jobs that came with them: a request sent after its adapter's load was answered finds it)
+      for (auto& c : controls) {
+        if (stopping) {
+          c.refused("the server is shutting down");
+          continue;
+        }
+        try {
+          c.fn(engine_);
+        } catch (const std::exception& e) {
+          log_write(LogLevel::Error, cat("a control request failed: ", e.what()));
+        }
       }
       for (auto& j : jobs) {
         if (stopping) {
@@ -164,7 +191,7 @@ void EngineService::run() {
       counters_.spec_drafts = s.stats().spec_drafts;
       counters_.spec_draft_tokens = s.stats().spec_draft_tokens;
       counters_.spec_accepted_tokens = s.stats().spec_accepted_tokens;
-      if (engine_.lora_adapters() > 0) {
+      if (!engine_.lora_slots().empty()) {
         auto names = [&](const std::vector<int32_t>& slots) {
           std::string out;
           for (int32_t slot : slots) out += (out.empty() ? "" : ",") + engine_.lora_name(slot);
@@ -179,11 +206,14 @@ void EngineService::run() {
     }
   } catch (const std::exception& e) {
     std::deque<std::shared_ptr<EngineJob>> left;
+    std::deque<Control> controls;
     {
       std::lock_guard<std::mutex> lock(mu_);
       failed_ = true;
       left.swap(incoming_);
+      controls.swap(controls_);
     }
+    for (auto& c : controls) c.refused(cat("internal error: ", e.what()));
     log_write(LogLevel::Error, cat("engine thread failed: ", e.what()));
     for (auto& [id, j] : active_) error_to(j, 500, cat("internal error: ", e.what()));
     for (auto& j : left) error_to(j, 500, cat("internal error: ", e.what()));

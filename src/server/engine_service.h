@@ -55,6 +55,10 @@ class EngineService {
   explicit EngineService(Engine& engine);
   ~EngineService();
   void submit(std::shared_ptr<EngineJob> job);
+  // Runs `fn` on the engine thread between steps (runtime LoRA updates: it answers its client itself);
+  // when the service no longer takes work (stopping, or the engine failed), `refused` is called instead
+  // with the reason (a 503).
+  void control(std::function<void(Engine&)> fn, std::function<void(const std::string&)> refused);
   // Aborts everything in flight and stops the thread (the engine's workers are shut down by the caller).
   void stop();
   const EngineCounters& counters() const { return counters_; }
@@ -77,6 +81,11 @@ class EngineService {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<EngineJob>> incoming_;
+  struct Control {
+    std::function<void(Engine&)> fn;
+    std::function<void(const std::string&)> refused;
+  };
+  std::deque<Control> controls_;
   std::unordered_map<uint64_t, std::shared_ptr<EngineJob>> active_;
   bool stopping_ = false;
   std::atomic<bool> failed_{false};

@@ -184,6 +184,12 @@ class Session : public std::enable_shared_from_this<Session> {
       known = true;  // (HEAD wherever GET is, as Starlette routes vLLM's GETs)
       allowed = allowed || method == r.method || (method == http::verb::head && r.method == http::verb::get);
     }
+    // vLLM's runtime LoRA updating routes, there only when it is on (VLLM_ALLOW_RUNTIME_LORA_UPDATING).
+    const bool lora_load = path == "/v1/load_lora_adapter", lora_unload = path == "/v1/unload_lora_adapter";
+    if ((lora_load || lora_unload) && ctx_.loras && ctx_.loras->runtime_updates()) {
+      known = true;
+      allowed = method == http::verb::post;
+    }
     if (!known) throw HttpError(404, cat("no route ", path), "NotFoundError");
     if (!allowed) throw HttpError(405, cat("method not allowed for ", path), "MethodNotAllowed");
     if (path.rfind("/v1/", 0) == 0) require_auth();
@@ -194,6 +200,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (path == "/metrics") return respond(200, metrics(), req_.keep_alive(), "text/plain; version=0.0.4");
     if (path == "/v1/models") return respond(200, json_text(models_response(ctx_)), req_.keep_alive());
     if (path == "/tokenize" || path == "/detokenize") return tokenize(path == "/tokenize");
+    if (lora_load || lora_unload) return lora_update(lora_load);
     if (pattern != path) return stored_response(stored_id, method, pattern.size() > prefix.size() + 1);
     if (path == "/invocations") {
       auto body = parse_json<nlohmann::ordered_json>(req_.body());
@@ -209,6 +216,52 @@ class Session : public std::enable_shared_from_this<Session> {
              : path == "/classify"                    ? Api::Classify
              : path == "/pooling"                     ? Api::Pooling
                                                       : Api::Completion);
+  }
+
+  // POST /v1/load_lora_adapter {"lora_name", "lora_path"} and /v1/unload_lora_adapter {"lora_name"}, as
+  // vLLM's: the engine thread loads the adapter into a free slot (every rank, before the next step) or
+  // stops serving it (its running requests finish), then the name is served or not; the answer is
+  // vLLM's plain-text success line or an OpenAI-style error (400; 404 for an adapter that is not there).
+  void lora_update(bool load) {
+    const json body = parse_json(req_.body());
+    if (!body.is_object()) throw HttpError(400, "the request body must be a JSON object", "BadRequestError");
+    auto field = [&](const char* k) {
+      if (!body.contains(k) || body[k].is_null()) return std::string();
+      if (!body[k].is_string()) throw HttpError(400, cat("'", k, "' must be a string"), "BadRequestError", k);
+      return body[k].get<std::string>();
+    };
+    const std::string name = field("lora_name"), path = load ? field("lora_path") : std::string();
+    if (load && (name.empty() || path.empty()))
+      throw HttpError(400, "Both 'lora_name' and 'lora_path' must be provided.", "InvalidUserInput");
+    if (!load && name.empty()) throw HttpError(400, "'lora_name' must be provided.", "InvalidUserInput", "lora_name");
+    if (!load && !ctx_.loras->remove(name))  // (no new request finds it from here on)
+      throw HttpError(404, cat("The lora adapter '", name, "' cannot be found."), "NotFoundError");
+    // (The session held until the answer: nothing else of it waits meanwhile. The engine thread calls
+    // the control or its refusal, so it is answered.)
+    auto answer = [self = shared_from_this(), exec = stream_.get_executor()](int status, std::string body, const char* type) {
+      net::post(exec, [self, status, body = std::move(body), type]() mutable {
+        self->respond(status, std::move(body), self->req_.keep_alive(), type);
+      });
+    };
+    auto refused = [answer](const std::string& why) { answer(503, error_body(503, why, "ServiceUnavailableError"), "application/json"); };
+    engine_.control(
+        [answer, loras = ctx_.loras, name, path, load](Engine& e) {
+          try {
+            if (load) {
+              const int32_t slot = e.load_lora({name, path, {}});
+              loras->add({{name, path, {}}, slot, e.lora_slots()[static_cast<size_t>(slot - 1)].uid});
+            } else {
+              e.unload_lora(name);
+              log_info("LoRA adapter ", name, " unloaded");
+            }
+            answer(200, cat("Success: LoRA adapter '", name, load ? "' added" : "' removed", " successfully."), "text/plain");
+          } catch (const LoraUpdateError& err) {
+            answer(err.status, error_body(err.status, err.what(), err.type), "application/json");
+          } catch (const std::exception& err) {
+            answer(500, error_body(500, err.what(), "InternalServerError"), "application/json");
+          }
+        },
+        refused);
   }
 
   // A stored response: GET gives it, DELETE forgets it, cancel is refused (as vLLM's: only background
@@ -593,7 +646,7 @@ class Session : public std::enable_shared_from_this<Session> {
     g("llmserve:request_success_total", "counter", "Requests finished.", c.requests_finished.load());
     g("llmserve:http_responses_4xx_total", "counter", "Client errors.", hc_.client_errors.load());
     g("llmserve:http_responses_5xx_total", "counter", "Server errors.", hc_.server_errors.load());
-    if (!ctx_.lora_adapters.empty()) {  // (vLLM's lora_requests_info: the value is when the labels were set)
+    if (ctx_.loras) {  // (vLLM's lora_requests_info: the value is when the labels were set)
       const EngineCounters::Loras l = c.loras();
       m += cat("# HELP llmserve:lora_requests_info Running stats on LoRA requests.\n# TYPE llmserve:lora_requests_info gauge\n",
                "llmserve:lora_requests_info{max_lora=\"", ctx_.max_loras, "\",running_lora_adapters=\"", l.running,

@@ -43,8 +43,9 @@ void check_generation_api(const ApiContext& ctx, const char* api) {
                              ctx.classifier ? "/classify" : "/v1/embeddings", ")"));
 }
 
-void check_model(const json& body, const ApiContext& ctx, std::string& model, int32_t& lora) {
-  lora = 0;
+void check_model(const json& body, const ApiContext& ctx, std::string& model, SamplingParams& params) {
+  params.lora = 0;
+  params.lora_uid = 0;
   if (!body.contains("model") || body["model"].is_null()) {
     model = ctx.model_names.front();
     return;
@@ -53,8 +54,11 @@ void check_model(const json& body, const ApiContext& ctx, std::string& model, in
   model = body["model"].get<std::string>();
   for (const auto& n : ctx.model_names)
     if (n == model) return;
-  lora = lora_slot(ctx.lora_adapters, model);
-  if (lora > 0) return;
+  if (const auto a = ctx.loras ? ctx.loras->find(model) : std::nullopt) {
+    params.lora = a->slot;
+    params.lora_uid = a->uid;
+    return;
+  }
   throw HttpError(404, "The model `" + model + "` does not exist.", "NotFoundError", "model");
 }
 
@@ -313,7 +317,7 @@ GenerationRequest parse_completion(const ojson& as_sent, const ApiContext& ctx) 
   if (!as_sent.is_object()) throw HttpError(400, "the request body must be a JSON object");
   const json body = json::parse(json_text(as_sent));
   GenerationRequest r;
-  check_model(body, ctx, r.model, r.params.lora);
+  check_model(body, ctx, r.model, r.params);
   if (!body.contains("prompt")) throw HttpError(400, "'prompt' is required", "BadRequestError", "prompt");
   const json& p = body["prompt"];
   auto add_text = [&](const json& s) {
@@ -357,7 +361,7 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
   GenerationRequest r;
   r.chat = true;
   const json plain = json::parse(json_text(body));
-  check_model(plain, ctx, r.model, r.params.lora);
+  check_model(plain, ctx, r.model, r.params);
   if (!body.contains("messages") || !body["messages"].is_array() || body["messages"].empty())
     throw HttpError(400, "'messages' must be a non-empty list", "BadRequestError", "messages");
   for (const auto& m : body["messages"]) {
@@ -770,10 +774,13 @@ json models_response(const ApiContext& ctx) {
     data.push_back({{"id", n}, {"object", "model"}, {"created", ctx.created}, {"owned_by", "llmserve"},
                     {"root", ctx.model_path}, {"parent", nullptr}, {"max_model_len", ctx.max_model_len}});
   // LoRA adapters as vLLM lists them: root their path, parent the base model (base_model_name, or the first name).
-  for (const auto& a : ctx.lora_adapters)
-    data.push_back({{"id", a.name}, {"object", "model"}, {"created", ctx.created}, {"owned_by", "llmserve"},
-                    {"root", a.path}, {"parent", a.base_model_name.empty() ? ctx.model_names.front() : a.base_model_name},
-                    {"max_model_len", ctx.max_model_len}});
+  if (ctx.loras)
+    for (const auto& e : ctx.loras->list()) {
+      const LoraModuleSpec& a = e.spec;
+      data.push_back({{"id", a.name}, {"object", "model"}, {"created", ctx.created}, {"owned_by", "llmserve"},
+                      {"root", a.path}, {"parent", a.base_model_name.empty() ? ctx.model_names.front() : a.base_model_name},
+                      {"max_model_len", ctx.max_model_len}});
+    }
   return {{"object", "list"}, {"data", data}};
 }
 

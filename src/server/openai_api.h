@@ -9,6 +9,7 @@
 
 #include "engine/engine.h"
 #include "model/lora.h"
+#include "server/lora_registry.h"
 #include "model/pooler_config.h"
 #include "server/tool_parser.h"
 
@@ -53,7 +54,7 @@ struct ApiContext {
   // rerank run it as a cross-encoder when it has one label. Null for embedding models.
   std::shared_ptr<const Classifier> classifier;
   int64_t hidden_size = 0;
-  std::vector<LoraModuleSpec> lora_adapters;  // enable_lora: served under their names too (slot 1.. in order)
+  std::shared_ptr<LoraRegistry> loras;  // enable_lora: the adapters served under their names too; else null
   int max_loras = 0;                          // (its max_loras, for /metrics)
 };
 
@@ -96,9 +97,9 @@ std::vector<int32_t> request_token_ids(const nlohmann::json& ids, const ApiConte
 // A text API ("Completions", "Chat Completions", "Responses") on a model the pooling runner serves:
 // throws HttpError 400 (vLLM's message).
 void check_generation_api(const ApiContext& ctx, const char* api);
-// The request's `model` (absent: the first served name) into `model`, and into `lora` the LoRA adapter it
-// names (SamplingParams::lora: 0 for the base model); throws HttpError 404 for a name not served.
-void check_model(const nlohmann::json& body, const ApiContext& ctx, std::string& model, int32_t& lora);
+// The request's `model` (absent: the first served name) into `model`, and into params.lora / lora_uid the
+// LoRA adapter it names (0 for the base model); throws HttpError 404 for a name not served.
+void check_model(const nlohmann::json& body, const ApiContext& ctx, std::string& model, SamplingParams& params);
 
 // Parse and validate (throws HttpError 400/404 with a clear message).
 GenerationRequest parse_completion(const nlohmann::ordered_json& body, const ApiContext& ctx);

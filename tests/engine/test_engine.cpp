@@ -1429,6 +1429,20 @@ TEST(StepPlan, DraftsRoundTrip) {
   EXPECT_THROW(StepPlan::deserialize(p.serialize()), Error);
 }
 
+// Runtime LoRA loads travel with a step: slot, name and path each; a load into slot 0 is refused.
+TEST(StepPlan, LoraLoadsRoundTrip) {
+  StepPlan p;
+  p.lora_loads.push_back({2, "terse", "/adapters/terse"});
+  p.lora_loads.push_back({1, "sql", "/a b/sql"});
+  const StepPlan q = StepPlan::deserialize(p.serialize());
+  ASSERT_EQ(q.lora_loads.size(), 2u);
+  EXPECT_EQ(q.lora_loads[0].slot, 2);
+  EXPECT_EQ(q.lora_loads[0].name, "terse");
+  EXPECT_EQ(q.lora_loads[1].path, "/a b/sql");
+  p.lora_loads[1].slot = 0;
+  EXPECT_THROW(StepPlan::deserialize(p.serialize()), Error);
+}
+
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
   ::testing::InitGoogleTest(&argc, argv);

@@ -48,7 +48,7 @@ def free_port():
 
 
 class Server:
-    def __init__(self, *extra, np=2, tp=2, model=None):
+    def __init__(self, *extra, np=2, tp=2, model=None, env=None):
         if BACKEND == "cuda":
             np, tp = 1, 1
         self.port = free_port()
@@ -56,7 +56,7 @@ class Server:
         cmd = [os.path.join(HERE, "..", "mpirun.sh"), str(np), os.path.join(BUILD, "llmserve"), "--model", model or MODEL,
                *BACKEND_ARGS, "-tp", str(tp), "--host", "127.0.0.1", "--port", str(self.port),
                "--max-model-len", "512", *([] if "--served-model-name" in extra else ["--served-model-name", "tiny"]), *extra]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         for _ in range(200 if BACKEND == "cpu" else 1200):  # a GPU server records its graphs first
             try:
                 if self.request("GET", "/health")[0] == 200:
@@ -1545,8 +1545,61 @@ def main():
               and after.get("running_lora_adapters") == "" and after.get("waiting_lora_adapters") == "", (seen, after))
         st, r = lo.post("/v1/completions", {"model": "sqll", "prompt": "Hi", "max_tokens": 2})
         check("LoRA: an unknown model is vLLM's 404", st == 404 and r["error"]["message"] == "The model `sqll` does not exist.", r)
+        st, _ = lo.post("/v1/load_lora_adapter", {"lora_name": "terse2", "lora_path": f"{lora_dir}/terse"})
+        check("LoRA: without VLLM_ALLOW_RUNTIME_LORA_UPDATING there is no /v1/load_lora_adapter (404)", st == 404, st)
     finally:
         lo.stop()
+    # Runtime LoRA updating (VLLM_ALLOW_RUNTIME_LORA_UPDATING, as vLLM's): /v1/load_lora_adapter puts an adapter in
+    # a free slot of max_cpu_loras on every rank, and its requests answer as the same adapter loaded at start-up;
+    # vLLM's errors for a name loaded twice, missing fields, a path with no adapter; no slot past max_cpu_loras;
+    # /v1/unload_lora_adapter stops serving it (404 after), and an adapter loaded into its slot later does not
+    # reuse its prefix-cached KV blocks.
+    rt = Server("--enable-lora", "--lora-modules", f"sql={lora_dir}/sql", "--max-loras", "2", "--max-cpu-loras", "2",
+                env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"})
+    try:
+        st, text = rt.request("POST", "/v1/load_lora_adapter", {"lora_name": "terse", "lora_path": f"{lora_dir}/terse"})
+        _, models = rt.request("GET", "/v1/models")
+        listed = {m["id"]: m["root"] for m in json.loads(models)["data"]}
+        check("runtime LoRA: /v1/load_lora_adapter answers vLLM's success line; /v1/models lists the adapter",
+              st == 200 and text == "Success: LoRA adapter 'terse' added successfully." and listed.get("terse") == f"{lora_dir}/terse",
+              (st, text, listed))
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            served_rt = list(pool.map(lambda b: rt.post("/v1/completions", b)[1]["choices"][0]["text"], bodies[:6]))
+        check("runtime LoRA: completions of the base model, the start-up adapter and the loaded one equal llmserve generate's "
+              "with both loaded at start-up", served_rt == offline[:6], (served_rt, offline[:6]))
+        errors = [rt.post("/v1/load_lora_adapter", b) for b in (
+            {"lora_name": "terse", "lora_path": f"{lora_dir}/terse"}, {"lora_name": "x"}, {"lora_name": "t3", "lora_path": f"{lora_dir}/none"},
+            {"lora_name": "t3", "lora_path": lora_dir}, {"lora_name": "t3", "lora_path": f"{lora_dir}/terse"})]
+        got = [(st, r["error"]["type"], r["error"]["message"]) for st, r in errors]
+        check("runtime LoRA: vLLM's 400 for a name loaded twice and for missing fields, 404 for a path with nothing there, "
+              "400 for a directory that is no adapter and when max_cpu_loras slots are taken",
+              got[0] == (400, "InvalidUserInput", "The lora adapter 'terse' has already been loaded.")
+              and got[1] == (400, "InvalidUserInput", "Both 'lora_name' and 'lora_path' must be provided.")
+              and got[2][:2] == (404, "NotFoundError") and "No adapter found" in got[2][2]
+              and got[3][0] == 400 and "adapter_config.json" in got[3][2]
+              and got[4][0] == 400 and "max_cpu_loras" in got[4][2], got)
+        # A prompt of several KV blocks, cached under the sql adapter before it goes.
+        long_prompt = "The quick brown fox jumps over the lazy dog. " * 6
+        one = {"prompt": long_prompt, "max_tokens": 8, "temperature": 0, "ignore_eos": True}
+        _, r = rt.post("/v1/completions", {**one, "model": "sql"})
+        sql_text = r["choices"][0]["text"]
+        st, text = rt.request("POST", "/v1/unload_lora_adapter", {"lora_name": "sql"})
+        st2, r2 = rt.post("/v1/completions", {**one, "model": "sql"})
+        st3, r3 = rt.post("/v1/unload_lora_adapter", {"lora_name": "sql"})
+        _, models = rt.request("GET", "/v1/models")
+        check("runtime LoRA: /v1/unload_lora_adapter answers vLLM's success line; the adapter is then a 404 model, unlisted, "
+              "and a second unload is vLLM's 404",
+              st == 200 and text == "Success: LoRA adapter 'sql' removed successfully." and st2 == 404
+              and st3 == 404 and r3["error"]["message"] == "The lora adapter 'sql' cannot be found."
+              and "sql" not in {m["id"] for m in json.loads(models)["data"]}, (st, text, st2, r2, st3, r3))
+        st, _ = rt.request("POST", "/v1/load_lora_adapter", {"lora_name": "terse2", "lora_path": f"{lora_dir}/terse"})
+        _, fresh = rt.post("/v1/completions", {**one, "model": "terse2"})
+        _, same = rt.post("/v1/completions", {**one, "model": "terse"})
+        check("runtime LoRA: an adapter loaded into the freed slot answers as its own weights do, not from the KV blocks "
+              "cached under the adapter unloaded from it",
+              st == 200 and fresh["choices"][0]["text"] == same["choices"][0]["text"] != sql_text, (st, fresh, same, sql_text))
+    finally:
+        rt.stop()
     with open(a.log.name) as f:
         quiet = f.read()
     with open(s.log.name) as f:

@@ -436,3 +436,35 @@ TEST(StepGraphs, StepsWithoutAnAdapterReplayTheGraphsWithoutLora) {
     }
   }
 }
+
+// Runtime LoRA updating: stacks reserved for more slots, a larger rank and every projection, with an adapter
+// put into a later slot, give that adapter's rows the logits of the compact stacks set_loras makes (the
+// padding is zeros); a slot outside the stacks, a rank past theirs or a projection they do not hold is refused.
+TEST(Transformer, AdapterPutIntoReservedStacksMatchesSetLoras) {
+  Stage compact(0, 1), reserved(0, 1);
+  const LoraAdapter ad = q_adapter(compact.spec);
+  compact.model.set_loras({ad});
+  std::array<bool, kLoraTargets> all;
+  all.fill(true);
+  reserved.model.reserve_loras(3, 8, all);
+  reserved.model.put_lora(2, ad);
+  StepMeta m = step_meta_from_plan(prefill_plan(), kBlock);
+  m.lora = {1, 0, 1};
+  const std::vector<float> want = host(compact.be, compact.model.forward(m, Tensor(), compact.kv));
+  m.lora = {2, 0, 2};
+  const std::vector<float> got = host(reserved.be, reserved.model.forward(m, Tensor(), reserved.kv));
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-5f * (1.f + std::abs(want[i]))) << i;
+  m.lora = {0, 0, 0};
+  const std::vector<float> base = host(reserved.be, reserved.model.forward(m, Tensor(), reserved.kv));
+  EXPECT_NE(base, got);  // (the adapter changes the logits)
+  EXPECT_THROW(reserved.model.put_lora(4, ad), Error);
+  LoraAdapter wide = ad;
+  wide.rank = 16;
+  EXPECT_THROW(reserved.model.put_lora(1, wide), Error);
+  Stage q_less(0, 1);
+  std::array<bool, kLoraTargets> no_q = all;
+  no_q[kLoraQ] = false;
+  q_less.model.reserve_loras(1, 8, no_q);
+  EXPECT_THROW(q_less.model.put_lora(1, ad), Error);
+}

@@ -106,7 +106,11 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
   ctx.vocab_size = runner.spec().vocab_size;
   ctx.eos_ids = runner.spec().eos_token_ids;
   ctx.created = static_cast<int64_t>(std::time(nullptr));
-  ctx.lora_adapters = runner.lora_modules();
+  if (cfg.enable_lora) {
+    ctx.loras = std::make_shared<LoraRegistry>(runner.runtime_lora());
+    for (size_t i = 0; i < runner.lora_modules().size(); ++i)
+      ctx.loras->add({runner.lora_modules()[i], static_cast<int32_t>(i) + 1, static_cast<uint64_t>(i) + 1});
+  }
   ctx.max_loras = cfg.max_loras;
   // (Mistral's v11 format for a tokenizer with an [ARGS] token, as vLLM's parser decides.)
   ctx.tool_format = tool_format_for(cfg.tool_call_parser, runner.spec().model_type, tok && tok->token_to_id("[ARGS]"));
