@@ -323,7 +323,7 @@ void sampling_params_validate(const SamplingParams& p, int64_t vocab_size, int m
   if (p.beam_search) {
     const int most = std::min(max_logprobs, kMaxTopLogprobs) / 2;  // (each step asks for 2 x n log-probabilities)
     if (p.n > most) bad(cat("beam search takes at most ", most, " beams (n), half of max_logprobs; got ", p.n));
-    const char* clash = p.logprobs >= 0 || p.prompt_logprobs >= 0 ? "logprobs"
+    const char* clash = p.prompt_logprobs >= 0 ? "prompt_logprobs"
                         : !p.stop.empty() || !p.stop_token_ids.empty() ? "stop"
                         : !p.guided.empty() ? "guided decoding"
                         : !p.bad_words.empty() || !p.allowed_token_ids.empty() || !p.logit_bias_ids.empty() ? "token masks and biases"

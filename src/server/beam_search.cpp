@@ -16,6 +16,7 @@ BeamSearchParams beam_search_params(const SamplingParams& params, const std::vec
   bp.length_penalty = params.length_penalty;
   bp.skip_special_tokens = params.skip_special_tokens;
   bp.priority = params.priority;
+  bp.logprobs = params.logprobs;
   bp.lora = params.lora;
   bp.lora_uid = params.lora_uid;
   for (int64_t e : eos_ids) bp.eos_ids.push_back(static_cast<int32_t>(e));
@@ -39,7 +40,7 @@ void BeamSearch::start() {
   std::vector<std::shared_ptr<EngineJob>> jobs;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    live_.push_back({prompt_, 0.0});
+    live_.push_back({prompt_, 0.0, {}});
     jobs = step_jobs();
   }
   for (auto& j : jobs) submit_(j);  // (outside the lock: a stopped service calls back at once)
@@ -53,6 +54,7 @@ void BeamSearch::cancel() {
 
 std::vector<std::shared_ptr<EngineJob>> BeamSearch::step_jobs() {
   candidates_.assign(live_.size(), {});
+  shown_.assign(live_.size(), {});
   pending_ = live_.size();
   cancels_.clear();
   std::vector<std::shared_ptr<EngineJob>> jobs;
@@ -62,7 +64,7 @@ std::vector<std::shared_ptr<EngineJob>> BeamSearch::step_jobs() {
     job->params.max_tokens = 1;
     job->params.temperature = 0;  // (the drawn token is not used: the candidates are the best log-probabilities)
     job->params.ignore_eos = true;
-    job->params.logprobs = 2 * p_.width;
+    job->params.logprobs = std::max(2 * p_.width, p_.logprobs);  // (the best 2 x width are the candidates)
     job->params.priority = p_.priority;
     job->params.lora = p_.lora;
     job->params.lora_uid = p_.lora_uid;
@@ -96,8 +98,10 @@ void BeamSearch::on_output(size_t beam, RequestOutput&& out) {
       if (step_ == 0 && cached_tokens_ < 0) cached_tokens_ = out.num_cached_tokens;
       const TokenLogprob& lp = out.outputs[0].logprobs[0];
       auto& c = candidates_[beam];
-      c = lp.top;  // best first
+      c.assign(lp.top.begin(), lp.top.begin() + std::min<std::ptrdiff_t>(2 * p_.width, static_cast<std::ptrdiff_t>(lp.top.size())));  // best first
       if (std::none_of(c.begin(), c.end(), [&](const auto& x) { return x.first == lp.token; })) c.emplace_back(lp.token, lp.logprob);
+      if (p_.logprobs >= 0)
+        shown_[beam].assign(lp.top.begin(), lp.top.begin() + std::min<std::ptrdiff_t>(p_.logprobs, static_cast<std::ptrdiff_t>(lp.top.size())));
       if (--pending_ > 0) return;
       advance();
       if (over_) {
@@ -130,8 +134,12 @@ void BeamSearch::advance() {
   std::vector<Beam> next;
   for (size_t i = 0; i < live_.size(); ++i)
     for (const auto& [token, logprob] : candidates_[i]) {
-      Beam b{live_[i].tokens, live_[i].logprob + logprob};
+      Beam b{live_[i].tokens, live_[i].logprob + logprob, {}};
       b.tokens.push_back(token);
+      if (p_.logprobs >= 0) {
+        b.logprobs = live_[i].logprobs;
+        b.logprobs.push_back({token, logprob, shown_[i], 0});
+      }
       (is_eos(token) && !p_.ignore_eos ? finished_ : next).push_back(std::move(b));
     }
   // The best `width` go on (stable: among equal scores, the earlier beam and the likelier token first).
@@ -160,6 +168,7 @@ RequestOutput BeamSearch::finish() {
     c.delta = c.text;
     c.delta_tokens = c.token_ids.size();
     c.finish_reason = ended ? "stop" : "length";
+    c.logprobs = std::move(all[k].logprobs);
     out.outputs.push_back(std::move(c));
   }
   return out;

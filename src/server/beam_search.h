@@ -3,7 +3,8 @@
 // log-probabilities; each candidate extends its beam's cumulative log-probability; a candidate ending
 // in an end-of-sequence token is set aside as finished (unless ignore_eos); the best `width` of the
 // rest go on. After max_tokens steps the finished and the live beams together are ranked and the best
-// `width` returned. A beam's score is vLLM's: cumulative log-probability / (its tokens, prompt
+// `width` returned; with `logprobs`, each output token carries its log-probability and the step's best
+// alternatives (as vLLM's beam search reports them). A beam's score is vLLM's: cumulative log-probability / (its tokens, prompt
 // included, less a final end-of-sequence token) ^ length_penalty. The engine's prefix cache holds the
 // beams' common prompt, so a step recomputes only their unfinished last block.
 #pragma once
@@ -27,6 +28,7 @@ struct BeamSearchParams {
   double length_penalty = 1.0;
   bool skip_special_tokens = true;
   int priority = 0;
+  int logprobs = -1;  // the request's logprobs (-1: none): each output token's, with that many alternatives
   int32_t lora = 0;  // the request's LoRA adapter (SamplingParams::lora, lora_uid)
   uint64_t lora_uid = 0;
   std::vector<int32_t> eos_ids;
@@ -50,6 +52,7 @@ class BeamSearch : public std::enable_shared_from_this<BeamSearch> {
   struct Beam {
     std::vector<int32_t> tokens;  // prompt and generated
     double logprob = 0;
+    std::vector<TokenLogprob> logprobs;  // each generated token's (BeamSearchParams::logprobs >= 0)
   };
   double score(const Beam& b) const;
   bool is_eos(int32_t t) const;
@@ -70,6 +73,7 @@ class BeamSearch : public std::enable_shared_from_this<BeamSearch> {
   bool over_ = false;  // finished, failed or cancelled
   std::vector<Beam> live_, finished_;
   std::vector<std::vector<std::pair<int32_t, float>>> candidates_;  // per live beam, this step's
+  std::vector<std::vector<std::pair<int32_t, float>>> shown_;       // per live beam, the alternatives reported
   size_t pending_ = 0;
   int step_ = 0;
   int64_t cached_tokens_ = -1;  // the first step's prefix-cache hit

@@ -236,10 +236,11 @@ def sdk_checks(port, key, model):
     print("  seed SQL answer:", text)
 
 
-def reference_beam_search(port, prompt_ids, width, max_tokens, length_penalty=1.0, eos=(), ignore_eos=False):
+def reference_beam_search(port, prompt_ids, width, max_tokens, length_penalty=1.0, eos=(), ignore_eos=False, trace=False):
     """vLLM's beam search written out in Python over the server's own next-token log-probabilities
     (completions of one token, 2 x width of them): the ranking, the end-of-sequence handling and the
-    length penalty are checked, not the model. Returns the best `width` beams' token ids and finish reasons."""
+    length penalty are checked, not the model. Returns the best `width` beams' token ids and finish reasons (with
+    `trace`, also each generated token's log-probability and its step's best alternatives, a dict best first)."""
     def post(body):
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         c.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json",
@@ -250,20 +251,22 @@ def reference_beam_search(port, prompt_ids, width, max_tokens, length_penalty=1.
     def score(toks, cum):
         n = len(toks) - (1 if toks[-1] in eos else 0)
         return cum / n ** length_penalty
-    live, done = [(list(prompt_ids), 0.0)], []
+    live, done = [(list(prompt_ids), 0.0, [])], []
     for _ in range(max_tokens):
         new = []
-        for toks, cum in live:
+        for toks, cum, tr in live:
             r = post({"prompt": toks, "max_tokens": 1, "logprobs": 2 * width, "temperature": 0, "ignore_eos": True,
                       "return_tokens_as_token_ids": True})
-            for key, lp in r["choices"][0]["logprobs"]["top_logprobs"][0].items():
+            top = r["choices"][0]["logprobs"]["top_logprobs"][0]
+            for key, lp in top.items():
                 t = int(key.split(":")[1])
-                (done if t in eos and not ignore_eos else new).append((toks + [t], cum + lp))
-        live = sorted(new, key=lambda b: score(*b), reverse=True)[:width]
+                (done if t in eos and not ignore_eos else new).append((toks + [t], cum + lp, tr + [(t, lp, top)]))
+        live = sorted(new, key=lambda b: score(b[0], b[1]), reverse=True)[:width]
         if not live:
             break
-    best = sorted(done + live, key=lambda b: score(*b), reverse=True)[:width]
-    return [(b[0][len(prompt_ids):], "stop" if b[0][-1] in eos and not ignore_eos else "length") for b in best]
+    best = sorted(done + live, key=lambda b: score(b[0], b[1]), reverse=True)[:width]
+    return [(b[0][len(prompt_ids):], "stop" if b[0][-1] in eos and not ignore_eos else "length", *((b[2],) if trace else ()))
+            for b in best]
 
 
 def beam_search_checks(s):
@@ -297,8 +300,21 @@ def beam_search_checks(s):
                                           "stream": True})
     chunks = [json.loads(e)["choices"][0] for e in ev if e != "[DONE]" and json.loads(e)["choices"]]
     check("use_beam_search streamed: each beam whole", st == 200 and [c["text"] for c in chunks] == want[:3], chunks)
+    # logprobs: each beam's tokens with their log-probabilities and their steps' best alternatives, as the
+    # algorithm saw them (vLLM's beam search reports them so), up to `logprobs` of them (here fewer than 2 x n).
+    st, bl = s.post("/v1/completions", {"prompt": ids, "max_tokens": 4, "n": 2, "use_beam_search": True, "ignore_eos": True,
+                                        "logprobs": 3, "return_tokens_as_token_ids": True})
+    ref = reference_beam_search(s.port, ids, 2, 4, ignore_eos=True, trace=True)
+    got = [[(int(t.split(":")[1]), lp, top) for t, lp, top in zip(l["tokens"], l["token_logprobs"], l["top_logprobs"])]
+           for l in (c.get("logprobs") or {"tokens": [], "token_logprobs": [], "top_logprobs": []} for c in bl.get("choices", []))]
+    want = [[(t, lp, dict(sorted(top.items(), key=lambda kv: -kv[1])[:3])) for t, lp, top in tr] for _, _, tr in ref]
+    def near(a, b):  # (the same steps' numbers, up to the batch a step ran in)
+        return len(a) == len(b) and all(ta == tb and abs(la - lb) < 1e-4 and set(pa) == set(pb)
+                                        and all(abs(pa[k] - pb[k]) < 1e-4 for k in pa) for (ta, la, pa), (tb, lb, pb) in zip(a, b))
+    check("use_beam_search with logprobs: each beam's tokens, log-probabilities and alternatives as the algorithm's steps "
+          "gave them", st == 200 and len(got) == len(want) == 2 and all(near(g, w) for g, w in zip(got, want)), (got, want))
     for name, body, msg in [("more beams than max_logprobs / 2", {"n": 11}, "at most 10 beams"),
-                            ("with logprobs", {"logprobs": 2}, "does not take logprobs"),
+                            ("with prompt_logprobs", {"prompt_logprobs": 2}, "does not take prompt_logprobs"),
                             ("with stop", {"stop": ["x"]}, "does not take stop"),
                             ("with a guided format", {"guided_regex": "a+"}, "does not take guided decoding"),
                             ("early_stopping", {"early_stopping": True}, "'early_stopping' is not supported")]:
@@ -1600,6 +1616,23 @@ def main():
               st == 200 and fresh["choices"][0]["text"] == same["choices"][0]["text"] != sql_text, (st, fresh, same, sql_text))
     finally:
         rt.stop()
+    if BACKEND == "cpu":
+        # Two pipeline stages, no adapter at start-up: both loaded at run time travel stage to stage with the
+        # step and answer as llmserve generate with both at start-up on the same layout.
+        pp_args = ["-tp", "1", "-pp", "2", "--max-model-len", "512", "--enable-lora", "--max-loras", "2"]
+        subprocess.run([os.path.join(HERE, "..", "mpirun.sh"), "2", os.path.join(BUILD, "llmserve"), "generate", "--model", MODEL,
+                        *BACKEND_ARGS, *pp_args, "--lora-modules", f"sql={lora_dir}/sql", f"terse={lora_dir}/terse",
+                        "--input", inp, "--output", outp], check=True, capture_output=True)
+        offline_pp = [json.loads(l)["outputs"][0]["text"] for l in open(outp)][:6]
+        rp = Server("-pp", "2", "--enable-lora", "--max-loras", "2", tp=1, env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"})
+        try:
+            loads = [rp.request("POST", "/v1/load_lora_adapter", {"lora_name": n, "lora_path": f"{lora_dir}/{n}"})[0] for n in ("sql", "terse")]
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                served_pp = list(pool.map(lambda b: rp.post("/v1/completions", b)[1]["choices"][0]["text"], bodies[:6]))
+            check("runtime LoRA, two pipeline stages: adapters loaded at run time answer as loaded at start-up",
+                  loads == [200, 200] and served_pp == offline_pp, (loads, served_pp, offline_pp))
+        finally:
+            rp.stop()
     with open(a.log.name) as f:
         quiet = f.read()
     with open(s.log.name) as f:
