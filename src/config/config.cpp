@@ -13,6 +13,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "common/dtype.h"
 #include "common/error.h"
 #include "common/json_text.h"
 #include "engine/speculative.h"
@@ -160,6 +161,11 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.max_loras = parse_int32("max_loras", v); }},
       {"max_lora_rank", Kind::Int, "the largest LoRA rank served: 1, 8, 16, 32, 64, 128, 256, 320 or 512 (vLLM's)",
        [](Config& c, const std::string& v) { c.max_lora_rank = parse_int32("max_lora_rank", v); }},
+      {"lora_dtype", Kind::String, "vLLM's: auto, or the model's dtype (llmserve holds adapters in the model's dtype)",
+       [](Config& c, const std::string& v) { c.lora_dtype = v; }},
+      {"fully_sharded_loras", Kind::Bool,
+       "vLLM's; only false: a tensor group holds each adapter as vLLM does without it (A whole and B cut for q/k/v and gate/up, A cut and B whole for o and down)",
+       [](Config& c, const std::string& v) { c.fully_sharded_loras = parse_bool("fully_sharded_loras", v); }},
       {"max_cpu_loras", Kind::Int, "vLLM's LoRA cache size (at least max_loras): with runtime LoRA updating the adapters held at once (default max_loras, at least lora_modules'); otherwise every adapter of lora_modules is held",
        [](Config& c, const std::string& v) { c.max_cpu_loras = parse_int32("max_cpu_loras", v); }},
       {"scheduling_policy", Kind::String,
@@ -523,6 +529,13 @@ void config_validate(const Config& c) {
   static const int ranks[] = {1, 8, 16, 32, 64, 128, 256, 320, 512};
   if (std::find(std::begin(ranks), std::end(ranks), c.max_lora_rank) == std::end(ranks))
     fail(cat("max_lora_rank must be one of 1, 8, 16, 32, 64, 128, 256, 320, 512 (vLLM's), got ", c.max_lora_rank));
+  if (std::find(std::begin(dtypes), std::end(dtypes), c.lora_dtype) == std::end(dtypes))
+    fail(cat("lora_dtype must be auto or the model's dtype (float16, bfloat16, float32); got '", c.lora_dtype, "'"));
+  if (c.lora_dtype != "auto" && c.dtype != "auto" && dtype_from_name(c.lora_dtype) != dtype_from_name(c.dtype))
+    fail(cat("lora_dtype ", c.lora_dtype, " differs from dtype ", c.dtype, ": llmserve holds adapters in the model's dtype; use auto"));
+  if (c.fully_sharded_loras)
+    fail("fully_sharded_loras is not supported: a tensor group holds each adapter as vLLM does without it (A whole and B cut "
+         "for q/k/v and gate/up, A cut and B whole for o and down); leave it false");
   if (c.max_cpu_loras != 0 && c.max_cpu_loras < c.max_loras)
     fail(cat("max_cpu_loras (", c.max_cpu_loras, ") must be >= max_loras (", c.max_loras, ")"));
   try {

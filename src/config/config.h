@@ -40,6 +40,8 @@ struct Config {
   int max_loras = 1;
   int max_lora_rank = 16;
   int max_cpu_loras = 0;  // 0: unset (vLLM's None: max_loras)
+  std::string lora_dtype = "auto";   // vLLM's: auto, or the model's own dtype (adapters are held in it)
+  bool fully_sharded_loras = false;  // vLLM's; only false
   std::string scheduling_policy = "fcfs";  // fcfs | priority (requests' `priority`: lower first, as vLLM)
   std::string host = "0.0.0.0";
   int port = 8000;

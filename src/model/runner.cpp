@@ -190,6 +190,9 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   MPI_Bcast(&runtime, 1, MPI_INT, 0, world_comm);
   runtime_lora_ = runtime != 0;
   agree(world_comm, [&] {
+    if (cfg_.enable_lora && cfg_.lora_dtype != "auto" && dtype_from_name(cfg_.lora_dtype) != backend_->compute_dtype())
+      throw Error(cat("lora_dtype ", cfg_.lora_dtype, " differs from the model's dtype (", dtype_name(backend_->compute_dtype()),
+                      "): llmserve holds adapters in the model's dtype; use auto"));
     std::vector<LoraAdapter> adapters;
     for (const auto& text : cfg_.lora_modules) {
       const LoraModuleSpec m = parse_lora_module(text);

@@ -172,6 +172,17 @@ TEST(Config, LoraModulesFromCommandLineAndYaml) {
   invalid({"--enable-lora", "--max-lora-rank", "12"});
   invalid({"--enable-lora", "--max-loras", "0"});
   invalid({"--enable-lora", "--max-loras", "4", "--max-cpu-loras", "2"});
+  invalid({"--enable-lora", "--lora-dtype", "int8"});
+  invalid({"--enable-lora", "--dtype", "bfloat16", "--lora-dtype", "float16"});  // (adapters are held in the model's dtype)
+  invalid({"--enable-lora", "--fully-sharded-loras"});
+  for (const std::vector<std::string>& ok : {std::vector<std::string>{"--enable-lora", "--lora-dtype", "auto"},
+                                             {"--enable-lora", "--dtype", "half", "--lora-dtype", "float16"},
+                                             {"--enable-lora", "--fully-sharded-loras", "false"}}) {
+    Config z;
+    config_parse_args(z, ok);
+    z.model = "m.h5";
+    EXPECT_NO_THROW(config_validate(z)) << ok.back();
+  }
 }
 
 TEST(Config, AKeyGivenTwiceIsRejected) {
