@@ -166,7 +166,7 @@ const std::vector<Option>& options() {
       {"fully_sharded_loras", Kind::Bool,
        "vLLM's; only false: a tensor group holds each adapter as vLLM does without it (A whole and B cut for q/k/v and gate/up, A cut and B whole for o and down)",
        [](Config& c, const std::string& v) { c.fully_sharded_loras = parse_bool("fully_sharded_loras", v); }},
-      {"max_cpu_loras", Kind::Int, "vLLM's LoRA cache size (at least max_loras): with runtime LoRA updating the adapters held at once (default max_loras, at least lora_modules'); otherwise every adapter of lora_modules is held",
+      {"max_cpu_loras", Kind::Int, "vLLM's LoRA cache size (at least max_loras): with runtime LoRA updating the adapters held at once (default max_loras; others are loaded over the least recently used as requests need them); otherwise every adapter of lora_modules is held",
        [](Config& c, const std::string& v) { c.max_cpu_loras = parse_int32("max_cpu_loras", v); }},
       {"scheduling_policy", Kind::String,
        "fcfs (first come, first served) or priority (vLLM's: requests are admitted by their `priority`, lower first, then arrival; when KV blocks run out the running sequence of the highest value, latest arrival, is preempted)",

@@ -42,9 +42,12 @@ uint64_t mix(uint64_t x) {
 
 Engine::Engine(ModelRunner& runner, const Tokenizer* tokenizer, uint64_t seed)
     : runner_(runner), tok_(tokenizer), seed_(seed), worker_(runner), sched_(scheduler_config(runner)) {
+  const auto& modules = runner_.lora_modules();  // (uids 1..; the runner loaded the first into slots 1..)
   lora_slots_.resize(static_cast<size_t>(runner_.lora_slots()));
-  for (size_t i = 0; i < runner_.lora_modules().size(); ++i)
-    lora_slots_[i] = {runner_.lora_modules()[i], static_cast<uint64_t>(i + 1), true};
+  for (size_t i = 0; i < modules.size(); ++i) {
+    lora_served_.push_back({modules[i], static_cast<uint64_t>(i + 1)});
+    if (i < lora_slots_.size()) lora_slots_[i] = {modules[i], static_cast<uint64_t>(i + 1), 0};
+  }
   if (!sched_.config().async_scheduling) return;
   // On one rank, a step's forward pass is queued behind the draw of the step before when it can be
   // (Worker::set_next_plan); LLMSERVE_ASYNC_QUEUE=0 leaves each step's launch to its turn, to compare.
@@ -71,13 +74,26 @@ Engine::StepTimes Engine::step_times() const {
 
 const std::string& Engine::lora_name(int32_t slot) const { return lora_slots_.at(static_cast<size_t>(slot - 1)).spec.name; }
 
-int32_t Engine::load_lora(const LoraModuleSpec& spec) {
+size_t Engine::num_lora_waiting() const {
+  size_t n = 0;
+  for (const auto& w : lora_waiting_) n += w.seqs.size();
+  return n;
+}
+
+std::vector<std::string> Engine::lora_waiting_names() const {
+  std::vector<std::string> out;
+  for (const auto& w : lora_waiting_)
+    if (std::find(out.begin(), out.end(), w.spec.name) == out.end()) out.push_back(w.spec.name);
+  return out;
+}
+
+uint64_t Engine::load_lora(const LoraModuleSpec& spec) {
   if (!runner_.runtime_lora())
     throw LoraUpdateError(400, "BadRequestError",
                           runner_.config().enable_lora ? "runtime LoRA updating is off (set VLLM_ALLOW_RUNTIME_LORA_UPDATING=True for the server)"
                                                        : "LoRA is not enabled (enable_lora)");
-  for (const LoraSlot& s : lora_slots_)
-    if (s.served && s.spec.name == spec.name)
+  for (const LoraAdapterRef& a : lora_served_)
+    if (a.spec.name == spec.name)
       throw LoraUpdateError(400, "InvalidUserInput", cat("The lora adapter '", spec.name, "' has already been loaded."));
   std::error_code ec;
   if (!std::filesystem::exists(spec.path, ec))
@@ -87,29 +103,71 @@ int32_t Engine::load_lora(const LoraModuleSpec& spec) {
   } catch (const Error& e) {
     throw LoraUpdateError(400, "BadRequestError", e.what());
   }
-  // A free slot: none served, and no request of an adapter unloaded from it still running.
-  int32_t slot = 0;
-  for (size_t i = 0; i < lora_slots_.size() && slot == 0; ++i) {
-    if (lora_slots_[i].served) continue;
-    const int32_t s = static_cast<int32_t>(i) + 1;
-    if (std::none_of(requests_.begin(), requests_.end(), [&](const auto& r) { return r.second.params.lora == s; })) slot = s;
-  }
-  if (slot == 0)
-    throw LoraUpdateError(400, "BadRequestError",
-                          cat("no free LoRA slot: the server holds ", lora_slots_.size(),
-                              " adapters at once (max_cpu_loras), and every slot is served or still used by running requests; unload one first"));
-  lora_slots_[static_cast<size_t>(slot - 1)] = {spec, next_lora_uid_++, true};
-  lora_loads_.push_back({slot, spec.name, spec.path});
-  return slot;
+  const uint64_t uid = next_lora_uid_++;
+  lora_served_.push_back({spec, uid});
+  lora_slot_for(spec, uid, false);  // (now where a slot is empty or holds an adapter no longer served; else when needed)
+  return uid;
 }
 
 void Engine::unload_lora(const std::string& name) {
-  for (LoraSlot& s : lora_slots_)
-    if (s.served && s.spec.name == name) {
-      s.served = false;
+  for (auto it = lora_served_.begin(); it != lora_served_.end(); ++it)
+    if (it->spec.name == name) {
+      lora_served_.erase(it);  // (a slot keeps it until another needs the room)
       return;
     }
   throw LoraUpdateError(404, "NotFoundError", cat("The lora adapter '", name, "' cannot be found."));
+}
+
+int32_t Engine::lora_slot_of(uint64_t uid) const {
+  for (size_t i = 0; i < lora_slots_.size(); ++i)
+    if (lora_slots_[i].uid == uid) return static_cast<int32_t>(i) + 1;
+  return 0;
+}
+
+int32_t Engine::lora_slot_for(const LoraModuleSpec& spec, uint64_t uid, bool evict_served) {
+  int32_t best = 0;
+  for (size_t i = 0; i < lora_slots_.size(); ++i) {
+    const LoraSlot& sl = lora_slots_[i];
+    const int32_t s = static_cast<int32_t>(i) + 1;
+    if (sl.uid == 0) {  // (an empty slot first)
+      best = s;
+      break;
+    }
+    if (std::any_of(requests_.begin(), requests_.end(), [&](const auto& r) { return r.second.params.lora == s; })) continue;
+    if (!evict_served && std::any_of(lora_served_.begin(), lora_served_.end(), [&](const auto& a) { return a.uid == sl.uid; }))
+      continue;
+    if (best == 0 || sl.used < lora_slots_[static_cast<size_t>(best - 1)].used) best = s;
+  }
+  if (best == 0) return 0;
+  lora_slots_[static_cast<size_t>(best - 1)] = {spec, uid, step_calls_};
+  lora_loads_.push_back({best, spec.name, spec.path});
+  return best;
+}
+
+void Engine::admit(uint64_t request_id, std::vector<std::unique_ptr<Sequence>> seqs, int32_t slot) {
+  if (slot > 0) {
+    requests_.at(request_id).params.lora = slot;
+    lora_slots_[static_cast<size_t>(slot - 1)].used = step_calls_;
+  }
+  for (auto& s : seqs) {
+    s->params.lora = slot;
+    sched_.add(std::move(s));
+  }
+}
+
+void Engine::admit_lora_waiting() {
+  bool full = false;  // (once no slot could be had, later requests only go where their adapter is held already)
+  for (auto it = lora_waiting_.begin(); it != lora_waiting_.end();) {
+    int32_t slot = lora_slot_of(it->uid);
+    if (slot == 0 && !full) slot = lora_slot_for(it->spec, it->uid, true);
+    if (slot == 0) {
+      full = true;
+      ++it;
+      continue;
+    }
+    admit(it->request_id, std::move(it->seqs), slot);
+    it = lora_waiting_.erase(it);
+  }
 }
 
 void Engine::attach_lora_loads(StepPlan& plan) {
@@ -133,14 +191,16 @@ uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& 
   }
   if (!pooling) sampling_params_validate(params, V);
   if (prompt.empty()) throw Error("the prompt is empty");
-  if (params.lora < 0 || params.lora > static_cast<int32_t>(lora_slots_.size()))
-    throw Error(cat("LoRA adapter ", params.lora, " is not loaded (", lora_slots_.size(), " slots)"));
-  if (params.lora > 0) {
-    const LoraSlot& ls = lora_slots_[static_cast<size_t>(params.lora - 1)];
-    if (!ls.served || (params.lora_uid != 0 && params.lora_uid != ls.uid))
-      throw Error(cat("the LoRA adapter the request names was unloaded"));
-    params.lora_uid = ls.uid;
-  }
+  // The adapter: by its uid (the server's requests), or lora_modules' index + 1 (generate's lines).
+  if (params.lora < 0 || params.lora > static_cast<int32_t>(runner_.lora_modules().size()))
+    throw Error(cat("LoRA adapter ", params.lora, " is not loaded (", runner_.lora_modules().size(), " in lora_modules)"));
+  const uint64_t uid = params.lora_uid != 0 ? params.lora_uid : static_cast<uint64_t>(params.lora);
+  const LoraAdapterRef* adapter = nullptr;
+  for (const LoraAdapterRef& a : lora_served_)
+    if (uid != 0 && a.uid == uid) adapter = &a;
+  if (uid != 0 && !adapter) throw Error("the LoRA adapter the request names was unloaded");
+  params.lora_uid = uid;
+  params.lora = 0;  // (its slot once a slot holds the adapter: admit)
   for (int32_t t : prompt)
     if (t < 0 || t >= V) throw Error(cat("token id ", t, " is outside the vocabulary (", V, ")"));
   const int64_t max_len = runner_.config().max_model_len;
@@ -160,6 +220,7 @@ uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& 
   if (!pooling) check_some_token_allowed(params, runner_.spec().eos_token_ids);
   check_priority(params, sched_.config().priority);
   if (params.beam_search) throw Error("beam search runs above the engine (server/beam_search.h), not as one request");
+  std::vector<std::unique_ptr<Sequence>> seqs;
   Request r;
   r.id = next_request_++;
   r.prompt_tokens = static_cast<int64_t>(prompt.size());
@@ -182,11 +243,22 @@ uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& 
     so.out.index = i;
     r.seqs.push_back(s->id);
     seq_out_[s->id] = std::move(so);
-    sched_.add(std::move(s));
+    seqs.push_back(std::move(s));
   }
   r.unfinished = params.n;
-  requests_[r.id] = std::move(r);
-  return next_request_ - 1;
+  const uint64_t id = r.id;
+  requests_[id] = std::move(r);
+  int32_t slot = 0;
+  if (adapter) {
+    slot = lora_slot_of(uid);
+    if (slot == 0 && lora_waiting_.empty()) slot = lora_slot_for(adapter->spec, uid, true);
+    if (slot == 0) {  // (every slot holds an adapter of unfinished requests: it waits for one)
+      lora_waiting_.push_back({id, adapter->spec, uid, std::move(seqs)});
+      return id;
+    }
+  }
+  admit(id, std::move(seqs), slot);
+  return id;
 }
 
 void Engine::abort(uint64_t request_id) {
@@ -455,6 +527,15 @@ std::vector<RequestOutput> Engine::step() {
       if (s && !s->in_flight) finish_seq(sid, "abort", "", touched);
     }
   }
+  for (auto it = lora_waiting_.begin(); it != lora_waiting_.end();) {  // (still waiting for their adapter)
+    if (!requests_.at(it->request_id).aborted) {
+      ++it;
+      continue;
+    }
+    for (const auto& sq : it->seqs) finish_seq(sq->id, "abort", "", touched);
+    it = lora_waiting_.erase(it);
+  }
+  admit_lora_waiting();
   if (executor_) {
     step_async(step_tokens, touched);
   } else {

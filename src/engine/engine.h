@@ -7,6 +7,7 @@
 // turns out to have finished wastes the one token planned ahead for it (as vLLM's).
 #pragma once
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -102,22 +103,28 @@ class Engine {
   void shutdown();
 
   const Scheduler& scheduler() const { return sched_; }
-  // LoRA adapters: slot 1.. of the runner's stacks, lora_modules' first. With runtime LoRA updating a
-  // slot's adapter may be unloaded and another loaded into it once no request uses it; `uid` tells the
-  // loads apart (lora_modules' are their slots, later ones count on from 2^32).
-  struct LoraSlot {
+  // LoRA adapters (vLLM's): those served by name (lora_modules', then any loaded at run time), each with a
+  // uid that tells its loads apart (lora_modules' are 1.. in their order, later loads count on from 2^32),
+  // and the runner's slots, which hold adapters for the steps. With runtime LoRA updating the slots are a
+  // cache of max_cpu_loras adapters, as vLLM's: a request of an adapter no slot holds waits until one
+  // does, its load planned into an empty slot or the least recently used one no unfinished request uses.
+  struct LoraAdapterRef {
     LoraModuleSpec spec;
     uint64_t uid = 0;
-    bool served = false;  // requests may name it (false: free once no request uses it)
   };
-  const std::vector<LoraSlot>& lora_slots() const { return lora_slots_; }
-  // The name of slot 1.. (its latest adapter's).
+  const std::vector<LoraAdapterRef>& lora_served() const { return lora_served_; }
+  int lora_slot_count() const { return static_cast<int>(lora_slots_.size()); }
+  // The name of the adapter slot 1.. holds ("" when none).
   const std::string& lora_name(int32_t slot) const;
+  // The sequences waiting for a slot to hold their adapter (outside the scheduler's queues), and the
+  // adapters' names, each once.
+  size_t num_lora_waiting() const;
+  std::vector<std::string> lora_waiting_names() const;
   // Runtime LoRA updating (vLLM's /v1/load_lora_adapter; ModelRunner::runtime_lora): reads and checks the
-  // adapter, puts it in a free slot and plans its load on every rank ahead of the next step's forward
-  // pass. Returns its slot. Throws LoraUpdateError (vLLM's statuses) when updating is off, the name is
-  // taken, no slot is free, or the adapter cannot be read or does not fit.
-  int32_t load_lora(const LoraModuleSpec& spec);
+  // adapter and serves it under spec.name (loaded into a slot now when one is free, else when a request
+  // needs it). Returns its uid. Throws LoraUpdateError (vLLM's statuses) when updating is off, the name
+  // is taken, or the adapter cannot be read or does not fit.
+  uint64_t load_lora(const LoraModuleSpec& spec);
   // Stops serving the adapter `name` (requests that use it run to their end); throws LoraUpdateError
   // 404 when none of that name is served.
   void unload_lora(const std::string& name);
@@ -189,12 +196,37 @@ class Engine {
 
   // Puts the runtime LoRA loads planned since the last step on `plan` (one that is dispatched).
   void attach_lora_loads(StepPlan& plan);
+  // The slot that holds adapter `uid`, 0 when none does.
+  int32_t lora_slot_of(uint64_t uid) const;
+  // A slot for adapter `uid` with its load planned: an empty one, else the least recently used one no
+  // unfinished request uses; 0 when every slot is in use.
+  // (evict_served false: only an empty slot or one whose adapter is no longer served.)
+  int32_t lora_slot_for(const LoraModuleSpec& spec, uint64_t uid, bool evict_served);
+  // Hands the sequences waiting for their adapter to the scheduler, in order, where a slot holds it or
+  // can be given it; the rest wait on.
+  void admit_lora_waiting();
+  // Binds a request's sequences to `slot` and hands them to the scheduler.
+  void admit(uint64_t request_id, std::vector<std::unique_ptr<Sequence>> seqs, int32_t slot);
 
   ModelRunner& runner_;
   const Tokenizer* tok_;
+  std::vector<LoraAdapterRef> lora_served_;
+  struct LoraSlot {
+    LoraModuleSpec spec;
+    uint64_t uid = 0;  // 0: empty
+    int64_t used = 0;  // the step() call that last gave it a request
+  };
   std::vector<LoraSlot> lora_slots_;
   std::vector<StepPlan::LoraLoad> lora_loads_;  // planned, not yet on a step
   uint64_t next_lora_uid_ = uint64_t{1} << 32;
+  // Requests whose adapter no slot held when they came, in order, with their sequences.
+  struct LoraWaiting {
+    uint64_t request_id = 0;
+    LoraModuleSpec spec;
+    uint64_t uid = 0;
+    std::vector<std::unique_ptr<Sequence>> seqs;
+  };
+  std::deque<LoraWaiting> lora_waiting_;
   uint64_t seed_;
   Worker worker_;
   Scheduler sched_;

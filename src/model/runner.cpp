@@ -183,8 +183,8 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   file.reset();
   // LoRA adapters (lora_modules), slot 1.. in their order, every rank its shard of each. With runtime
   // LoRA updating (VLLM_ALLOW_RUNTIME_LORA_UPDATING on rank 0, as vLLM's), the stacks hold
-  // max_cpu_loras adapters (vLLM's default max_loras; at least lora_modules') of max_lora_rank on every
-  // projection, so that adapters loaded later go into place.
+  // max_cpu_loras adapters (vLLM's default max_loras) of max_lora_rank on every projection, so that
+  // adapters loaded later go into place: lora_modules' first, the rest as requests need them (Engine).
   int runtime = 0;
   if (topo_.world_rank == 0 && cfg_.enable_lora) runtime = env_flag("VLLM_ALLOW_RUNTIME_LORA_UPDATING") ? 1 : 0;
   MPI_Bcast(&runtime, 1, MPI_INT, 0, world_comm);
@@ -201,13 +201,14 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
       log_info("LoRA adapter ", m.name, " (", m.path, "): rank ", adapters.back().rank, ", scaling ", adapters.back().scaling);
     }
     if (!runtime_lora_) return model_->set_loras(adapters);
-    const int slots = std::max<int>(static_cast<int>(adapters.size()), cfg_.max_cpu_loras > 0 ? cfg_.max_cpu_loras : cfg_.max_loras);
+    const int slots = cfg_.max_cpu_loras > 0 ? cfg_.max_cpu_loras : cfg_.max_loras;
     std::array<bool, kLoraTargets> all;
     all.fill(true);
     model_->reserve_loras(slots, cfg_.max_lora_rank, all);
-    for (size_t i = 0; i < adapters.size(); ++i) model_->put_lora(static_cast<int>(i) + 1, adapters[i]);
+    for (size_t i = 0; i < adapters.size() && static_cast<int>(i) < slots; ++i) model_->put_lora(static_cast<int>(i) + 1, adapters[i]);
     log_info("runtime LoRA updating: ", slots, " adapter slots of rank ", cfg_.max_lora_rank,
-             " (max_cpu_loras) on every projection; POST /v1/load_lora_adapter, /v1/unload_lora_adapter");
+             " (max_cpu_loras) on every projection, adapters loaded into them as requests need them; POST /v1/load_lora_adapter, "
+             "/v1/unload_lora_adapter");
   });
   if (model_->offloaded_bytes() > 0)
     log_info("cpu_offload_gb: ", gib(model_->offloaded_bytes()), " GiB of weights (the matrices of ", model_->offloaded_layers(),

@@ -38,11 +38,13 @@ class ModelRunner {
   Backend& backend() { return *backend_; }
   KvCache& kv() { return *kv_; }
   Transformer& model() { return *model_; }
-  // The LoRA adapters of lora_modules, slot 1.. in this order (SamplingParams::lora).
+  // The LoRA adapters of lora_modules, in this order (a generate line's SamplingParams::lora is 1 + the
+  // index; Engine::lora_served's uid too).
   const std::vector<LoraModuleSpec>& lora_modules() const { return lora_modules_; }
   int lora_adapters() const { return static_cast<int>(lora_modules_.size()); }
-  // Runtime LoRA updating (VLLM_ALLOW_RUNTIME_LORA_UPDATING set for rank 0): lora_slots() adapters,
-  // lora_modules' first, and load_lora puts one into a slot between steps.
+  // The slots of adapters the steps read (StepMeta::lora): lora_modules' all; with runtime LoRA updating
+  // (VLLM_ALLOW_RUNTIME_LORA_UPDATING set for rank 0) max_cpu_loras of them (default max_loras), the first
+  // of lora_modules in them at start-up, and load_lora puts any adapter into one between steps.
   bool runtime_lora() const { return runtime_lora_; }
   int lora_slots() const { return model_->lora_slots(); }
   // This rank's shard of the adapter at spec.path into slot `slot` (every rank, in step-plan order:

@@ -1,5 +1,6 @@
 #include "server/engine_service.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "common/log.h"
@@ -182,7 +183,7 @@ void EngineService::run() {
       batch.clear();
       const auto& s = engine_.scheduler();
       counters_.running = static_cast<int64_t>(s.num_running());
-      counters_.waiting = static_cast<int64_t>(s.num_waiting());
+      counters_.waiting = static_cast<int64_t>(s.num_waiting() + engine_.num_lora_waiting());
       counters_.swapped = static_cast<int64_t>(s.num_swapped());
       counters_.kv_used = s.blocks().num_used();
       counters_.prefix_queries = s.blocks().queries();
@@ -191,13 +192,17 @@ void EngineService::run() {
       counters_.spec_drafts = s.stats().spec_drafts;
       counters_.spec_draft_tokens = s.stats().spec_draft_tokens;
       counters_.spec_accepted_tokens = s.stats().spec_accepted_tokens;
-      if (!engine_.lora_slots().empty()) {
-        auto names = [&](const std::vector<int32_t>& slots) {
+      if (engine_.lora_slot_count() > 0) {
+        auto names = [&](const std::vector<int32_t>& slots, const std::vector<std::string>& more) {
+          std::vector<std::string> all;
+          for (int32_t slot : slots) all.push_back(engine_.lora_name(slot));
+          for (const auto& n : more)
+            if (std::find(all.begin(), all.end(), n) == all.end()) all.push_back(n);
           std::string out;
-          for (int32_t slot : slots) out += (out.empty() ? "" : ",") + engine_.lora_name(slot);
+          for (const auto& n : all) out += (out.empty() ? "" : ",") + n;
           return out;
         };
-        EngineCounters::Loras l{names(s.running_loras()), names(s.waiting_loras()),
+        EngineCounters::Loras l{names(s.running_loras(), {}), names(s.waiting_loras(), engine_.lora_waiting_names()),
                                 std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count()};
         std::lock_guard<std::mutex> lock(counters_.lora_mu);
         counters_.lora_state = std::move(l);

@@ -248,8 +248,7 @@ class Session : public std::enable_shared_from_this<Session> {
         [answer, loras = ctx_.loras, name, path, load](Engine& e) {
           try {
             if (load) {
-              const int32_t slot = e.load_lora({name, path, {}});
-              loras->add({{name, path, {}}, slot, e.lora_slots()[static_cast<size_t>(slot - 1)].uid});
+              loras->add({{name, path, {}}, e.load_lora({name, path, {}})});
             } else {
               e.unload_lora(name);
               log_info("LoRA adapter ", name, " unloaded");

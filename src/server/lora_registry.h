@@ -16,8 +16,7 @@ class LoraRegistry {
  public:
   struct Entry {
     LoraModuleSpec spec;
-    int32_t slot = 0;   // SamplingParams::lora
-    uint64_t uid = 0;   // SamplingParams::lora_uid
+    uint64_t uid = 0;  // SamplingParams::lora_uid (the engine's: Engine::lora_served)
   };
   explicit LoraRegistry(bool runtime_updates) : runtime_updates_(runtime_updates) {}
   bool runtime_updates() const { return runtime_updates_; }

@@ -55,8 +55,7 @@ void check_model(const json& body, const ApiContext& ctx, std::string& model, Sa
   for (const auto& n : ctx.model_names)
     if (n == model) return;
   if (const auto a = ctx.loras ? ctx.loras->find(model) : std::nullopt) {
-    params.lora = a->slot;
-    params.lora_uid = a->uid;
+    params.lora_uid = a->uid;  // (its slot the engine's: SamplingParams::lora stays 0)
     return;
   }
   throw HttpError(404, "The model `" + model + "` does not exist.", "NotFoundError", "model");

@@ -1585,15 +1585,21 @@ def main():
               "with both loaded at start-up", served_rt == offline[:6], (served_rt, offline[:6]))
         errors = [rt.post("/v1/load_lora_adapter", b) for b in (
             {"lora_name": "terse", "lora_path": f"{lora_dir}/terse"}, {"lora_name": "x"}, {"lora_name": "t3", "lora_path": f"{lora_dir}/none"},
-            {"lora_name": "t3", "lora_path": lora_dir}, {"lora_name": "t3", "lora_path": f"{lora_dir}/terse"})]
+            {"lora_name": "t3", "lora_path": lora_dir})]
         got = [(st, r["error"]["type"], r["error"]["message"]) for st, r in errors]
         check("runtime LoRA: vLLM's 400 for a name loaded twice and for missing fields, 404 for a path with nothing there, "
-              "400 for a directory that is no adapter and when max_cpu_loras slots are taken",
+              "400 for a directory that is no adapter",
               got[0] == (400, "InvalidUserInput", "The lora adapter 'terse' has already been loaded.")
               and got[1] == (400, "InvalidUserInput", "Both 'lora_name' and 'lora_path' must be provided.")
               and got[2][:2] == (404, "NotFoundError") and "No adapter found" in got[2][2]
-              and got[3][0] == 400 and "adapter_config.json" in got[3][2]
-              and got[4][0] == 400 and "max_cpu_loras" in got[4][2], got)
+              and got[3][0] == 400 and "adapter_config.json" in got[3][2], got)
+        # A third adapter with both max_cpu_loras slots held: served all the same, as vLLM's LoRA cache; its
+        # requests load it over the least recently used adapter, whose own requests load it back.
+        st, _ = rt.request("POST", "/v1/load_lora_adapter", {"lora_name": "t3", "lora_path": f"{lora_dir}/terse"})
+        turns = [("t3", 2), ("sql", 1), ("terse", 2), ("t3", 5), ("sql", 4), ("t3", 2)]
+        answers = [rt.post("/v1/completions", {**bodies[i], "model": m})[1]["choices"][0]["text"] for m, i in turns]
+        check("runtime LoRA: past max_cpu_loras adapters, each request's adapter is loaded over the least recently used "
+              "one and answers as itself", st == 200 and answers == [offline[i] for _, i in turns], (st, answers))
         # A prompt of several KV blocks, cached under the sql adapter before it goes.
         long_prompt = "The quick brown fox jumps over the lazy dog. " * 6
         one = {"prompt": long_prompt, "max_tokens": 8, "temperature": 0, "ignore_eos": True}
