@@ -112,7 +112,6 @@ class Engine {
     LoraModuleSpec spec;
     uint64_t uid = 0;
   };
-  const std::vector<LoraAdapterRef>& lora_served() const { return lora_served_; }
   int lora_slot_count() const { return static_cast<int>(lora_slots_.size()); }
   // The name of the adapter slot 1.. holds ("" when none).
   const std::string& lora_name(int32_t slot) const;

@@ -39,9 +39,8 @@ class ModelRunner {
   KvCache& kv() { return *kv_; }
   Transformer& model() { return *model_; }
   // The LoRA adapters of lora_modules, in this order (a generate line's SamplingParams::lora is 1 + the
-  // index; Engine::lora_served's uid too).
+  // index; its uid in the engine too).
   const std::vector<LoraModuleSpec>& lora_modules() const { return lora_modules_; }
-  int lora_adapters() const { return static_cast<int>(lora_modules_.size()); }
   // The slots of adapters the steps read (StepMeta::lora): lora_modules' all; with runtime LoRA updating
   // (VLLM_ALLOW_RUNTIME_LORA_UPDATING set for rank 0) max_cpu_loras of them (default max_loras), the first
   // of lora_modules in them at start-up, and load_lora puts any adapter into one between steps.

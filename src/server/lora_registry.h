@@ -16,7 +16,7 @@ class LoraRegistry {
  public:
   struct Entry {
     LoraModuleSpec spec;
-    uint64_t uid = 0;  // SamplingParams::lora_uid (the engine's: Engine::lora_served)
+    uint64_t uid = 0;  // SamplingParams::lora_uid (the engine's, Engine::load_lora's)
   };
   explicit LoraRegistry(bool runtime_updates) : runtime_updates_(runtime_updates) {}
   bool runtime_updates() const { return runtime_updates_; }

@@ -109,7 +109,7 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
   if (cfg.enable_lora) {
     ctx.loras = std::make_shared<LoraRegistry>(runner.runtime_lora());
     for (size_t i = 0; i < runner.lora_modules().size(); ++i)
-      ctx.loras->add({runner.lora_modules()[i], static_cast<uint64_t>(i) + 1});  // (Engine::lora_served's uids)
+      ctx.loras->add({runner.lora_modules()[i], static_cast<uint64_t>(i) + 1});  // (the engine's uids of lora_modules)
   }
   ctx.max_loras = cfg.max_loras;
   // (Mistral's v11 format for a tokenizer with an [ARGS] token, as vLLM's parser decides.)
