@@ -98,14 +98,16 @@ uint64_t Engine::load_lora(const LoraModuleSpec& spec) {
   std::error_code ec;
   if (!std::filesystem::exists(spec.path, ec))
     throw LoraUpdateError(404, "NotFoundError", cat("Loading lora ", spec.name, " failed: No adapter found for ", spec.path));
+  LoraAdapter checked;
   try {
-    runner_.read_lora(spec);  // (rank 0 checks it before any rank loads it)
+    checked = runner_.read_lora(spec);  // (rank 0 checks it before any rank loads it)
   } catch (const Error& e) {
     throw LoraUpdateError(400, "BadRequestError", e.what());
   }
   const uint64_t uid = next_lora_uid_++;
   lora_served_.push_back({spec, uid});
-  lora_slot_for(spec, uid, false);  // (now where a slot is empty or holds an adapter no longer served; else when needed)
+  // Now where a slot is empty or holds an adapter no longer served; else when a request needs it.
+  if (const int32_t slot = free_lora_slot(false)) plan_lora_load(slot, spec, uid, std::move(checked));
   return uid;
 }
 
@@ -124,7 +126,7 @@ int32_t Engine::lora_slot_of(uint64_t uid) const {
   return 0;
 }
 
-int32_t Engine::lora_slot_for(const LoraModuleSpec& spec, uint64_t uid, bool evict_served) {
+int32_t Engine::free_lora_slot(bool evict_served) const {
   int32_t best = 0;
   for (size_t i = 0; i < lora_slots_.size(); ++i) {
     const LoraSlot& sl = lora_slots_[i];
@@ -138,10 +140,26 @@ int32_t Engine::lora_slot_for(const LoraModuleSpec& spec, uint64_t uid, bool evi
       continue;
     if (best == 0 || sl.used < lora_slots_[static_cast<size_t>(best - 1)].used) best = s;
   }
-  if (best == 0) return 0;
-  lora_slots_[static_cast<size_t>(best - 1)] = {spec, uid, step_calls_};
-  lora_loads_.push_back({best, spec.name, spec.path});
   return best;
+}
+
+void Engine::plan_lora_load(int32_t slot, const LoraModuleSpec& spec, uint64_t uid, LoraAdapter checked) {
+  lora_slots_[static_cast<size_t>(slot - 1)] = {spec, uid, step_calls_};
+  lora_loads_.push_back({slot, spec.name, spec.path});
+  runner_.keep_checked_lora(spec, std::move(checked));  // (rank 0's worker loads this read, not the files again)
+}
+
+int32_t Engine::lora_slot_for(const LoraModuleSpec& spec, uint64_t uid) {
+  const int32_t slot = free_lora_slot(true);
+  if (slot == 0) return 0;
+  LoraAdapter checked;
+  try {
+    checked = runner_.read_lora(spec);
+  } catch (const Error& e) {
+    throw Error(cat("LoRA adapter '", spec.name, "' cannot be loaded any more: ", e.what()));
+  }
+  plan_lora_load(slot, spec, uid, std::move(checked));
+  return slot;
 }
 
 void Engine::admit(uint64_t request_id, std::vector<std::unique_ptr<Sequence>> seqs, int32_t slot) {
@@ -155,11 +173,23 @@ void Engine::admit(uint64_t request_id, std::vector<std::unique_ptr<Sequence>> s
   }
 }
 
-void Engine::admit_lora_waiting() {
+void Engine::admit_lora_waiting(std::vector<uint64_t>& touched) {
   bool full = false;  // (once no slot could be had, later requests only go where their adapter is held already)
   for (auto it = lora_waiting_.begin(); it != lora_waiting_.end();) {
     int32_t slot = lora_slot_of(it->uid);
-    if (slot == 0 && !full) slot = lora_slot_for(it->spec, it->uid, true);
+    if (slot == 0 && !full) {
+      try {
+        slot = lora_slot_for(it->spec, it->uid);
+      } catch (const Error& e) {
+        Request& r = requests_.at(it->request_id);
+        r.error = e.what();
+        r.aborted = true;
+        log_warn("request ", r.id, " failed: ", r.error);
+        for (const auto& sq : it->seqs) finish_seq(sq->id, "error", "", touched);
+        it = lora_waiting_.erase(it);
+        continue;
+      }
+    }
     if (slot == 0) {
       full = true;
       ++it;
@@ -251,7 +281,15 @@ uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& 
   int32_t slot = 0;
   if (adapter) {
     slot = lora_slot_of(uid);
-    if (slot == 0 && lora_waiting_.empty()) slot = lora_slot_for(adapter->spec, uid, true);
+    if (slot == 0 && lora_waiting_.empty()) {
+      try {
+        slot = lora_slot_for(adapter->spec, uid);
+      } catch (const Error&) {
+        for (uint64_t sid : requests_.at(id).seqs) seq_out_.erase(sid);  // (refused: as if never added)
+        requests_.erase(id);
+        throw;
+      }
+    }
     if (slot == 0) {  // (every slot holds an adapter of unfinished requests: it waits for one)
       lora_waiting_.push_back({id, adapter->spec, uid, std::move(seqs)});
       return id;
@@ -535,7 +573,7 @@ std::vector<RequestOutput> Engine::step() {
     for (const auto& sq : it->seqs) finish_seq(sq->id, "abort", "", touched);
     it = lora_waiting_.erase(it);
   }
-  admit_lora_waiting();
+  admit_lora_waiting(touched);
   if (executor_) {
     step_async(step_tokens, touched);
   } else {

@@ -197,13 +197,18 @@ class Engine {
   void attach_lora_loads(StepPlan& plan);
   // The slot that holds adapter `uid`, 0 when none does.
   int32_t lora_slot_of(uint64_t uid) const;
-  // A slot for adapter `uid` with its load planned: an empty one, else the least recently used one no
-  // unfinished request uses; 0 when every slot is in use.
-  // (evict_served false: only an empty slot or one whose adapter is no longer served.)
-  int32_t lora_slot_for(const LoraModuleSpec& spec, uint64_t uid, bool evict_served);
+  // A slot an adapter may be loaded into: an empty one, else the least recently used one no unfinished
+  // request uses (evict_served false: only one whose adapter is no longer served); 0 when none may.
+  int32_t free_lora_slot(bool evict_served) const;
+  // Adapter `uid` into `slot` on every rank before the next step; `checked` is rank 0's read of it.
+  void plan_lora_load(int32_t slot, const LoraModuleSpec& spec, uint64_t uid, LoraAdapter checked);
+  // A slot for a request's adapter `uid` with its load planned (free_lora_slot), 0 when none is free. Rank 0
+  // reads the adapter again first: one whose files went since it was loaded is an Error here, for its
+  // requests, rather than a failed load on every rank.
+  int32_t lora_slot_for(const LoraModuleSpec& spec, uint64_t uid);
   // Hands the sequences waiting for their adapter to the scheduler, in order, where a slot holds it or
-  // can be given it; the rest wait on.
-  void admit_lora_waiting();
+  // can be given it; the rest wait on. A request whose adapter cannot be read any more fails (400).
+  void admit_lora_waiting(std::vector<uint64_t>& touched);
   // Binds a request's sequences to `slot` and hands them to the scheduler.
   void admit(uint64_t request_id, std::vector<std::unique_ptr<Sequence>> seqs, int32_t slot);
 

@@ -523,9 +523,23 @@ LoraAdapter ModelRunner::read_lora(const LoraModuleSpec& spec) const {
   return load_lora_adapter(spec, spec_, cfg_.max_lora_rank);
 }
 
+void ModelRunner::keep_checked_lora(const LoraModuleSpec& spec, LoraAdapter ad) {
+  std::lock_guard<std::mutex> lock(checked_mu_);
+  checked_lora_[spec.path] = std::move(ad);
+}
+
 void ModelRunner::load_lora(int32_t slot, const LoraModuleSpec& spec) {
   LLMSERVE_CHECK(runtime_lora_, "load_lora: runtime LoRA updating is off");
-  const LoraAdapter ad = read_lora(spec);
+  std::optional<LoraAdapter> kept;
+  {
+    std::lock_guard<std::mutex> lock(checked_mu_);
+    auto it = checked_lora_.find(spec.path);
+    if (it != checked_lora_.end()) {
+      kept = std::move(it->second);
+      checked_lora_.erase(it);
+    }
+  }
+  const LoraAdapter ad = kept ? std::move(*kept) : read_lora(spec);
   model_->put_lora(slot, ad);
   log_info("LoRA adapter ", spec.name, " (", spec.path, ") loaded into slot ", slot, ": rank ", ad.rank, ", scaling ", ad.scaling);
 }

@@ -5,6 +5,10 @@
 #include <mpi.h>
 
 #include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "backend/backend.h"
@@ -51,6 +55,9 @@ class ModelRunner {
   void load_lora(int32_t slot, const LoraModuleSpec& spec);
   // Reads and checks the adapter as load_lora would (rank 0, before the load is planned).
   LoraAdapter read_lora(const LoraModuleSpec& spec) const;
+  // Rank 0: the read of an adapter whose load is planned, for this rank's load_lora of it to take instead
+  // of reading the files again (the engine's thread keeps it; the steps' thread takes it).
+  void keep_checked_lora(const LoraModuleSpec& spec, LoraAdapter ad);
   MpiComm& tp_comm() { return *tp_comm_; }
   // The tensor group's communicator for GPU tensors (NCCL), or null (one rank per group, or the CPU
   // backend, whose tensors the MPI communicator serves).
@@ -103,6 +110,8 @@ class ModelRunner {
   std::unique_ptr<Transformer> model_;
   std::vector<LoraModuleSpec> lora_modules_;
   bool runtime_lora_ = false;
+  std::mutex checked_mu_;
+  std::unordered_map<std::string, LoraAdapter> checked_lora_;  // keep_checked_lora's, by path
   std::unique_ptr<KvCache> kv_;
   std::unique_ptr<DecodeGraphs> graphs_;
   std::unique_ptr<MixedGraphs> mixed_graphs_;

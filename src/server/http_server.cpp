@@ -219,8 +219,8 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   // POST /v1/load_lora_adapter {"lora_name", "lora_path"} and /v1/unload_lora_adapter {"lora_name"}, as
-  // vLLM's: the engine thread loads the adapter into a free slot (every rank, before the next step) or
-  // stops serving it (its running requests finish), then the name is served or not; the answer is
+  // vLLM's: on the engine thread (Engine::load_lora / unload_lora) the adapter is checked and served, or
+  // stops being served (its running requests finish), then the name is served or not; the answer is
   // vLLM's plain-text success line or an OpenAI-style error (400; 404 for an adapter that is not there).
   void lora_update(bool load) {
     const json body = parse_json(req_.body());

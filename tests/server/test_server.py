@@ -6,7 +6,7 @@ LLMSERVE_TEST_BACKEND=cuda runs every server and `llmserve generate` on the CUDA
 rank each (one GPU).
 Usage: test_server.py BUILD_DIR"""
 import concurrent.futures
-import datetime, http.client, json, os, re, socket, subprocess, sys, threading, time, typing
+import datetime, http.client, json, os, re, shutil, socket, subprocess, sys, threading, time, typing
 
 BUILD = os.path.abspath(sys.argv[1])
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -1600,6 +1600,44 @@ def main():
         answers = [rt.post("/v1/completions", {**bodies[i], "model": m})[1]["choices"][0]["text"] for m, i in turns]
         check("runtime LoRA: past max_cpu_loras adapters, each request's adapter is loaded over the least recently used "
               "one and answers as itself", st == 200 and answers == [offline[i] for _, i in turns], (st, answers))
+        # An adapter whose files go after it was loaded (served, held by no slot): its requests get a 400 naming
+        # it, whether they come when a slot is free or wait for one behind two long requests; the server goes on.
+        gone_dir = os.path.join(lora_dir, "gone")
+        results_gone = []
+        for waits in (False, True):
+            shutil.copytree(f"{lora_dir}/terse", gone_dir, dirs_exist_ok=True)
+            st_load, _ = rt.request("POST", "/v1/load_lora_adapter", {"lora_name": f"gone{int(waits)}", "lora_path": gone_dir})
+            longs = []
+            if waits:  # (both slots used until these finish: 8 sequences of 480 tokens each)
+                longs = [threading.Thread(target=rt.post, args=("/v1/completions", {"model": m, "prompt": "Hi", "max_tokens": 480, "n": 8,
+                                                                                     "ignore_eos": True}), kwargs={"timeout": 300})
+                         for m in ("sql", "terse")]
+                for t in longs:
+                    t.start()
+                deadline = time.time() + 30
+                while (rt.metric("llmserve:num_requests_running") or 0) < 16 and time.time() < deadline:
+                    time.sleep(0.002)
+            else:
+                shutil.rmtree(gone_dir)
+            box = []
+            asker = threading.Thread(target=lambda: box.append(rt.post("/v1/completions", {**bodies[2], "model": f"gone{int(waits)}"})))
+            asker.start()
+            if waits:  # (gone while the request waits for a slot: counted among the waiting ones)
+                deadline = time.time() + 30
+                while (rt.metric("llmserve:num_requests_waiting") or 0) < 1 and time.time() < deadline:
+                    time.sleep(0.002)
+                shutil.rmtree(gone_dir)
+            asker.join()
+            for t in longs:
+                t.join()
+            results_gone.append((st_load, box[0][0], box[0][1].get("error", {}).get("message", "") if isinstance(box[0][1], dict) else box[0][1]))
+        _, after = rt.post("/v1/completions", bodies[1])
+        with open(rt.log.name) as f:
+            waited = "failed: LoRA adapter 'gone1' cannot be loaded any more" in f.read()  # (the waiting request's own failure)
+        check("runtime LoRA: an adapter whose files went answers 400 naming it (at once and after waiting for a slot); "
+              "the server answers on", all(sl == 200 and st == 400 and "cannot be loaded any more" in m for sl, st, m in results_gone)
+              and waited and rt.request("GET", "/health")[0] == 200 and after["choices"][0]["text"] == offline[1],
+              (results_gone, waited, after))
         # A prompt of several KV blocks, cached under the sql adapter before it goes.
         long_prompt = "The quick brown fox jumps over the lazy dog. " * 6
         one = {"prompt": long_prompt, "max_tokens": 8, "temperature": 0, "ignore_eos": True}
