@@ -376,6 +376,7 @@ void launch_clusters(const char* what, void (*k)(P...), dim3 grid, dim3 block, s
   c.attrs = attr;
   c.numAttrs = n;
   check(cudaLaunchKernelEx(&c, k, static_cast<P>(args)...), what);
+  ++launch_count;
 }
 template <typename... P, typename... A>
 void launch(const char* what, void (*k)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, A... args) {

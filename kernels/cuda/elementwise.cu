@@ -28,6 +28,7 @@ bool pdl_enabled() {
 }
 
 thread_local int pdl_held = 0;
+thread_local uint64_t launch_count = 0;
 PdlHold::PdlHold() { ++pdl_held; }
 PdlHold::~PdlHold() { --pdl_held; }
 

@@ -24,10 +24,11 @@ constexpr int kWarpsPerBlock = 8;
 template <typename TW, int M>
 constexpr int kGemvMinBlocks = std::is_same_v<TW, __nv_fp8_e4m3> && M <= 3 ? 3 : 2;
 
-template <typename T, typename TO, typename TW, int M>
+// LORA: the adapters' update (lora: matrix 0) added to each output (gemv_lora_residual).
+template <typename T, typename TO, typename TW, int M, bool LORA = false>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32, kGemvMinBlocks<TW, M>)
     gemv_k(const T* __restrict__ x, const TW* __restrict__ w, const float* __restrict__ w_scale,
-           const float* __restrict__ bias, int64_t K, int64_t N, TO* __restrict__ out, bool accumulate) {
+           const float* __restrict__ bias, int64_t K, int64_t N, TO* __restrict__ out, bool accumulate, LoraFused lora) {
   const int lane = threadIdx.x & 31;
   const TW* const mats[1] = {w};
   const float* const scales[1] = {w_scale};
@@ -46,7 +47,23 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32, kGemvMinBlocks<TW, M>)
 #pragma unroll
     for (int m = 0; m < M; ++m) po[m] = accumulate ? to_f(out[m * N + next]) : 0.f;
   };
-  row_stream<T, M, 1>(x, mats, scales, K, first, stride, N, lane, fetch, [&](int64_t n, const float(&acc)[1][M]) {
+  LoraLanes<T, M, 1> lo;
+  float lb[M];  // (LORA: the row's entries of B^T, the next row's requested at each epilogue)
+  if constexpr (LORA) {
+    lo.init(lora);
+    if (first < N) lo.load_b(lora, 0, N, first, lane, lb);
+  }
+  auto after_wait = [&] {
+    fetch();
+    if constexpr (LORA) lo.load_t(lora, 0, lane);
+  };
+  row_stream<T, M, 1>(x, mats, scales, K, first, stride, N, lane, after_wait, [&](int64_t n, const float(&sums)[1][M]) {
+    float acc[1][M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[0][m] = sums[0][m] + (LORA ? lo.delta(0, m, lb) : 0.f);
+    if constexpr (LORA) {
+      if (n + stride < N) lo.load_b(lora, 0, N, n + stride, lane, lb);
+    }
     if (lane != 0) return;
     if constexpr (!kAhead) {
       pb = bias ? bias[n] : 0.f;
@@ -75,7 +92,7 @@ void gemv(const T* x, const TW* w, const float* w_scale, const float* bias, int6
   const int threads = kWarpsPerBlock * 32;
   auto go = [&](auto kernel) {
     const unsigned blocks = gemv_blocks(kGemvInterleave<TW>, N, kWarpsPerBlock, resident_blocks(kernel, threads, 0));
-    launch("gemv", kernel, blocks, threads, 0, s, x, w, w_scale, bias, K, N, out, accumulate);
+    launch("gemv", kernel, blocks, threads, 0, s, x, w, w_scale, bias, K, N, out, accumulate, LoraFused{});
   };
   switch (M) {
     case 1: go(gemv_k<T, TO, TW, 1>); break;
@@ -86,12 +103,32 @@ void gemv(const T* x, const TW* w, const float* w_scale, const float* bias, int6
   }
 }
 
+template <typename T>
+void gemv_lora_residual(const T* x, const T* w, int64_t M, int64_t K, int64_t N, float* out, const LoraFused& lora,
+                        cudaStream_t s) {
+  if (M == 0 || N == 0) return;
+  check_row_extent(K, N, "gemv_lora_residual: 2^31 rows or row length or more");
+  check_fused_lora(lora, "gemv_lora_residual");
+  const int threads = kWarpsPerBlock * 32;
+  auto go = [&](auto kernel) {
+    const unsigned blocks = gemv_blocks(kGemvInterleave<T>, N, kWarpsPerBlock, resident_blocks(kernel, threads, 0));
+    launch("gemv_lora_residual", kernel, blocks, threads, 0, s, x, w, nullptr, nullptr, K, N, out, true, lora);
+  };
+  switch (M) {
+    case 1: go(gemv_k<T, float, T, 1, true>); break;
+    case 2: go(gemv_k<T, float, T, 2, true>); break;
+    default: check(cudaErrorInvalidValue, "gemv_lora_residual: more than 2 rows");
+  }
+}
+
 #define INSTANTIATE(T, TO, TW)                                                                                  \
   template void gemv<T, TO, TW>(const T*, const TW*, const float*, const float*, int64_t, int64_t, int64_t, TO*, \
                                 cudaStream_t, bool);
 #define SAME(T) INSTANTIATE(T, T, T)
 #define TO_F32(T) INSTANTIATE(T, float, T) INSTANTIATE(T, float, __nv_fp8_e4m3) INSTANTIATE(T, T, __nv_fp8_e4m3)
+#define LORA(T) template void gemv_lora_residual<T>(const T*, const T*, int64_t, int64_t, int64_t, float*, const LoraFused&, cudaStream_t);
 LLMSERVE_FOR_EACH_TYPE(SAME)
+LLMSERVE_FOR_EACH_TYPE(LORA)
 LLMSERVE_FOR_EACH_HALF_TYPE(TO_F32)
 
 }  // namespace llmserve::cuda

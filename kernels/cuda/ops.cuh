@@ -36,14 +36,32 @@ void add(TX* x, const TY* y, int64_t n, cudaStream_t s);
 // Shrink: t [n_rows, C] (float32) = x [n_rows, K] . a[rows[r]]^T (a [slots, C, K]); zero rows where none.
 template <typename T>
 void lora_shrink(const T* x, const T* a, const int32_t* rows, int64_t n_rows, int64_t K, int64_t C, float* t, cudaStream_t s);
+// The same of the RMSNorm of float32 x (rmsnorm(x) * norm_w rounded to T, as rmsnorm writes it), for a few rows.
+template <typename T>
+void lora_shrink_norm(const float* x, const T* norm_w, float eps, const T* a, const int32_t* rows, int64_t n_rows, int64_t K,
+                      int64_t C, float* t, cudaStream_t s);
+// The expand fused into a decode GEMV's epilogue: output row n of the launch's matrix j gains, for token
+// m with an adapter (rows[m] >= 0), t[m, col[j] + i] . bt[j][rows[m]][i][n] summed over i < R (bt
+// [slots, R, N_j] in the activation type; null: matrix j has no update). t null: no update at all.
+// R <= kMaxFusedLoraRank (a lane per i).
+constexpr int kMaxFusedLoraRank = 32;
+struct LoraFused {
+  const float* t = nullptr;
+  int64_t tc = 0;
+  const int32_t* rows = nullptr;
+  int R = 0;
+  const void* bt[3] = {};
+  int64_t col[3] = {};
+};
 // Expand, up to kMaxLoraOuts outputs in one launch: out [n_rows, N] += t[r, col:col+R] . bt[rows[r]]
-// (bt [slots, R, N]; t rows of tc columns).
+// (bt [slots, R, N]; t rows of tc columns; out rows ld apart: N, or wider rows of which out is columns).
 constexpr int kMaxLoraOuts = 3;
 template <typename T>
 struct LoraOut {
   const T* bt;
   int64_t col, N;
   float* out;
+  int64_t ld;
 };
 template <typename T>
 void lora_expand(const float* t, int64_t tc, const int32_t* rows, int64_t n_rows, int64_t R, const LoraOut<T>* outs, int n,
@@ -142,6 +160,13 @@ void gemv(const T* x, const T* w, const float* bias, int64_t M, int64_t K, int64
           bool accumulate = false) {
   gemv<T, TO, T>(x, w, nullptr, bias, M, K, N, out, s, accumulate);
 }
+// out += x . w^T plus a LoRA update (LoraFused, matrix 0) for M <= 2 tokens: an output projection with its
+// adapters' expand and the residual add.
+template <typename T>
+void gemv_lora_residual(const T* x, const T* w, int64_t M, int64_t K, int64_t N, float* out, const LoraFused& lora,
+                        cudaStream_t s);
+// Kernels this thread has launched through launch() (the tests count what a fused op launches).
+extern thread_local uint64_t launch_count;
 // While one is held, this thread's launches ask for no programmatic dependent launch: each kernel starts
 // only once the one before it has completed. For kernels that read, before their pdl_enter(), memory
 // the kernel before them writes: the weight-streaming kernels request their weights early, which is
@@ -277,6 +302,7 @@ struct QkvRope : RopeCacheWrite {
   const void* q_norm = nullptr;
   const void* k_norm = nullptr;
   float head_eps = 0.f;
+  LoraFused lora = {};  // (matrices q, k, v; 1-2 tokens, no head norms, 16-bit or float32 weights)
 };
 // Whether gemv_qkv_rope takes head norms at head size D: D / 16 blocks a head (one thread block
 // cluster), 1, 2, 4 or 8 of them, on compute capability 9.0 and up.
@@ -289,10 +315,11 @@ void gemv_qkv_rope(const float* x, const T* norm_w, float eps, int64_t M, int64_
 template <typename T, typename TW>
 void gemv_gate_up_silu(const T* x, const TW* w_gate, const TW* w_up, const float* s_gate, const float* s_up, int64_t M,
                        int64_t K, int64_t N, T* act, cudaStream_t s);
+// `lora` (matrices gate, up; 1-2 tokens, weights of type T): their LoRA update added before SiLU.
 template <typename T, typename TW>
 void gemv_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const TW* w_gate, const TW* w_up,
                             const float* s_gate, const float* s_up, int64_t M, int64_t K, int64_t N, T* act,
-                            cudaStream_t s);
+                            cudaStream_t s, const LoraFused* lora = nullptr);
 
 // The sampler's draw (see kernels/cpu/ops.h draw_rows); rows, edits, best and idx are device arrays;
 // `filtered`: some row has filters (RowDraw::filtered).

@@ -3,7 +3,9 @@
 #pragma once
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/mma.cuh"
+#include "kernels/cuda/ops.cuh"
 
+#include <string>
 #include <type_traits>
 
 namespace llmserve::cuda {
@@ -162,6 +164,43 @@ __device__ __forceinline__ void row_stream(const T* x, const TW* const (&w)[R], 
   };
   stream_two_in_flight(total, ga, gb, load, use, after_wait);
 }
+
+// The launchers' check of a LoraFused they are given.
+inline void check_fused_lora(const LoraFused& L, const char* what) {
+  if (!L.rows || L.R < 1 || L.R > kMaxFusedLoraRank || L.tc < 0)
+    check(cudaErrorInvalidValue, (std::string(what) + ": LoRA ranks up to 32 only, with the tokens' adapters").c_str());
+}
+
+// A LoRA update in a decode GEMV's epilogue (LoraFused) for M tokens and J of the launch's matrices from
+// j0: lane i < R holds t's column i of each (read after the wait: the shrink before this kernel writes t)
+// and, per output row, its tokens' adapters' row i of B^T (weights: requested ahead of the row's use, as
+// the row's own weights are); the update of a row is then one warp sum per token and matrix.
+template <typename T, int M, int J>
+struct LoraLanes {
+  int slot[M];
+  float tv[J][M];
+  // The tokens' adapters (uploaded before the step: readable before the wait).
+  __device__ __forceinline__ void init(const LoraFused& L) {
+#pragma unroll
+    for (int m = 0; m < M; ++m) slot[m] = L.rows[m];
+  }
+  __device__ __forceinline__ void load_t(const LoraFused& L, int j0, int lane) {
+#pragma unroll
+    for (int jj = 0; jj < J; ++jj)
+#pragma unroll
+      for (int m = 0; m < M; ++m)
+        tv[jj][m] = L.bt[j0 + jj] && slot[m] >= 0 && lane < L.R ? L.t[m * L.tc + L.col[j0 + jj] + lane] : 0.f;
+  }
+  // Row n of matrix j (N rows): its B^T entries for this lane's i.
+  __device__ __forceinline__ void load_b(const LoraFused& L, int j, int64_t N, int64_t n, int lane, float (&b)[M]) const {
+    const T* bt = static_cast<const T*>(L.bt[j]);
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+      b[m] = bt && slot[m] >= 0 && lane < L.R ? to_f(bt[(static_cast<int64_t>(slot[m]) * L.R + lane) * N + n]) : 0.f;
+  }
+  // Token m's update of the row whose entries load_b put in b (matrix j0 + jj); on every lane.
+  __device__ __forceinline__ float delta(int jj, int m, const float (&b)[M]) const { return warp_sum(tv[jj][m] * b[m]); }
+};
 
 // The RMSNorm weights w (K elements) copied into shared memory ws by cp.async for rmsnorm_rows, by the
 // whole block before pdl_enter() (weights: no kernel writes them), so that they arrive while the kernel

@@ -15,6 +15,20 @@ std::vector<int32_t> StepMeta::lora_rows() const {
   return rows;
 }
 
+void Backend::gate_up_silu_composed(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate_up, Tensor& act,
+                                    const LoraDelta* lora) {
+  const int64_t T = x.shape.empty() ? 1 : x.shape[0], I = w_gate.shape[0];
+  if (gate_up.dtype != DType::F32 || gate_up.numel() < 2 * T * I)
+    throw std::invalid_argument("gate_up_silu: the scratch must hold 2 x tokens x intermediate float32 values");
+  Tensor gate = gate_up, up = gate_up;
+  gate.shape = up.shape = {T, I};
+  up.data = static_cast<float*>(gate_up.data) + T * I;
+  linear(x, w_gate, nullptr, gate);
+  linear(x, w_up, nullptr, up);
+  if (lora) lora_expand_into(*lora, {&gate, &up, nullptr});
+  silu_mul(gate, up, act);
+}
+
 bool stacked_rows(const std::vector<const Tensor*>& parts) {
   if (parts.empty()) return false;
   const Tensor& first = *parts[0];

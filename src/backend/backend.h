@@ -116,14 +116,34 @@ class Backend {
   };
   static constexpr int kMaxLoraExpands = 3;
   virtual void lora_expand(const Tensor& t, const LoraExpand* outs, int n) = 0;
+  // A LoRA group's update to the projections of one fused op below (q, k, v / gate, up / the output
+  // projection, in that order): t from lora_shrink (or lora_shrink_norm), and for each projection the
+  // B^T stack and t's first column of its R, or bt null where the group has no adapter for it. The
+  // defaults add it with lora_expand right after the projections (before RoPE, SiLU or the residual
+  // add); an override may add it inside the projections' own launch.
+  struct LoraDelta {
+    const Tensor* t = nullptr;
+    const Tensor* bt[kMaxLoraExpands] = {};
+    int64_t col[kMaxLoraExpands] = {};
+  };
+  // lora_expand of `d` into the op's projections' outputs outs[j] (those with a B^T stack).
+  void lora_expand_into(const LoraDelta& d, Tensor* const (&outs)[kMaxLoraExpands]) {
+    LoraExpand e[kMaxLoraExpands];
+    int n = 0;
+    for (int j = 0; j < kMaxLoraExpands; ++j)
+      if (d.bt[j]) e[n++] = {d.bt[j], d.col[j], outs[j]};
+    if (n > 0) lora_expand(*d.t, e, n);
+  }
   // out = rows of x named by the step's logits_indices.
   virtual void gather_rows(const Tensor& x, Tensor& out) = 0;
   // Fused ops of a decoder layer. The defaults compose the ops above (the CPU backend uses them, so
   // they are the reference); a device backend overrides them to save launches and memory passes.
   // x (float32 residual stream) += a . w^T: an output projection with its residual add; y is scratch of
   // x's shape (an override may not touch it).
-  virtual void linear_residual(const Tensor& a, const Tensor& w, Tensor& y, Tensor& x) {
+  // With `lora`, the projection's LoRA update (LoraDelta, one projection) joins y before the add.
+  virtual void linear_residual(const Tensor& a, const Tensor& w, Tensor& y, Tensor& x, const LoraDelta* lora = nullptr) {
     linear(a, w, nullptr, y);
+    if (lora) lora_expand_into(*lora, {&y, nullptr, nullptr});
     add(x, y);
   }
   // The three attention projections of one input.
@@ -144,16 +164,11 @@ class Backend {
   // (T x 2I): the default computes gate into its first half and up into its second; an override may lay
   // it out as rows (gate | up) of one GEMM over stacked weights, or not touch it.
   virtual void gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate_up, Tensor& act) {
-    const int64_t T = x.shape.empty() ? 1 : x.shape[0], I = w_gate.shape[0];
-    if (gate_up.dtype != DType::F32 || gate_up.numel() < 2 * T * I)
-      throw std::invalid_argument("gate_up_silu: the scratch must hold 2 x tokens x intermediate float32 values");
-    Tensor gate = gate_up, up = gate_up;
-    gate.shape = up.shape = {T, I};
-    up.data = static_cast<float*>(gate_up.data) + T * I;
-    linear(x, w_gate, nullptr, gate);
-    linear(x, w_up, nullptr, up);
-    silu_mul(gate, up, act);
+    gate_up_silu_composed(x, w_gate, w_up, gate_up, act, nullptr);
   }
+  // gate_up_silu's default, with `lora`'s update (LoraDelta: gate, up) added to gate and up before SiLU.
+  void gate_up_silu_composed(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate_up, Tensor& act,
+                             const LoraDelta* lora);
   // The RMSNorm in front of a decoder block: h = rmsnorm(x) * w, x the float32 residual stream. The
   // defaults below write h and run the block's first op on it; an override that normalizes inside
   // that op may leave h alone.
@@ -169,24 +184,34 @@ class Backend {
     const Tensor& k_w;
     float eps;
   };
-  // The attention block's input: norm, linear_qkv, head_rmsnorm of q and k where head_norm is given,
-  // rope_kv_write (q rotated; k and v as rope_kv_write leaves them, or untouched by an override).
+  // lora_shrink of the block's normalized input, h = rmsnorm(x) * w (an override may leave norm.h alone).
+  virtual void lora_shrink_norm(const Tensor& x, const InputNorm& norm, const Tensor& a, Tensor& t) {
+    rmsnorm(x, norm.w, norm.eps, norm.h);
+    lora_shrink(norm.h, a, t);
+  }
+  // The attention block's input: norm, linear_qkv, the LoRA update where `lora` is given, head_rmsnorm
+  // of q and k where head_norm is given, rope_kv_write (q rotated; k and v as rope_kv_write leaves them,
+  // or untouched by an override).
   virtual void norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm, const Tensor& wq, const Tensor* bq,
                                       Tensor& q, const Tensor& wk, const Tensor* bk, Tensor& k, const Tensor& wv,
                                       const Tensor* bv, Tensor& v, const HeadNorm* head_norm, const Tensor& inv_freq,
-                                      int64_t head_dim, Tensor& k_cache, Tensor& v_cache) {
+                                      int64_t head_dim, Tensor& k_cache, Tensor& v_cache,
+                                      const LoraDelta* lora = nullptr) {
     rmsnorm(x, norm.w, norm.eps, norm.h);
     linear_qkv(norm.h, wq, bq, q, wk, bk, k, wv, bv, v);
+    if (lora) lora_expand_into(*lora, {&q, &k, &v});
     if (head_norm) {
       head_rmsnorm(q, head_norm->q_w, head_norm->eps, head_dim);
       head_rmsnorm(k, head_norm->k_w, head_norm->eps, head_dim);
     }
     rope_kv_write(q, k, v, inv_freq, head_dim, k_cache, v_cache);
   }
-  // The MLP's input: norm, then gate_up_silu.
+  // The MLP's input: norm, then gate_up_silu; with `lora`, gate and up each into their half of gate_up,
+  // the LoRA update added to them, then silu_mul.
   virtual void norm_gate_up_silu(const Tensor& x, const InputNorm& norm, const Tensor& w_gate, const Tensor& w_up,
-                                 Tensor& gate_up, Tensor& act) {
+                                 Tensor& gate_up, Tensor& act, const LoraDelta* lora = nullptr) {
     rmsnorm(x, norm.w, norm.eps, norm.h);
+    if (lora) return gate_up_silu_composed(norm.h, w_gate, w_up, gate_up, act, lora);
     gate_up_silu(norm.h, w_gate, w_up, gate_up, act);
   }
 

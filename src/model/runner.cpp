@@ -344,6 +344,9 @@ Tensor ModelRunner::max_batch_forward(KvCache& kv) {
   for (int64_t i = T - rows; i < T; ++i) m.logits_indices.push_back(static_cast<int32_t>(i));
   for (int64_t i = 0; i < T - rows; ++i) m.logits_indices.push_back(static_cast<int32_t>(i));
   m.prompt_rows = static_cast<int32_t>(T - rows);
+  // With LoRA slots the step runs with an adapter (slot 1, whatever it holds: the outputs are not used),
+  // so that the profile counts the LoRA path's scratch and the warm-up launches its kernels.
+  if (model_->lora_slots() > 0) m.lora = {1};
   Tensor hidden, prompt_hidden;
   if (!topo_.first_stage()) {
     std::vector<float> zeros(static_cast<size_t>(T * H), 0.f);

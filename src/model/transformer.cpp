@@ -351,35 +351,46 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
   Tensor k = be_.empty({T, shard_.kv_heads * D}, f32), v = be_.empty({T, shard_.kv_heads * D}, f32);
   Tensor gate_up = be_.empty({T, 2 * shard_.intermediate}, f32);
   Tensor act = be_.empty({T, shard_.intermediate}, dt);
-  // LoRA (set_loras): each group's update added to its projections' outputs `outs` (the group's places),
-  // for the rows of the step's adapters.
+  // LoRA (set_loras): each group's update added to its projections' outputs, for the rows of the step's
+  // adapters.
   LLMSERVE_CHECK(std::all_of(m.lora.begin(), m.lora.end(), [&](int32_t s) { return s >= 0 && s <= lora_slots_; }),
                  "forward: a step names a LoRA adapter this rank has not loaded");
   const bool lora_step = lora_slots_ > 0 && !m.lora.empty();
   Tensor lora_t;
   if (lora_step) lora_t = be_.empty({T, lora_width_}, f32);
-  auto lora = [&](const LoraGroup& g, const Tensor& in, std::array<Tensor*, 3> outs) {
-    if (g.n == 0) return;
-    Tensor t = lora_t;
-    t.shape = {T, g.a.dim(1)};
-    be_.lora_shrink(in, g.a, t);
-    Backend::LoraExpand e[Backend::kMaxLoraExpands];
-    const int64_t R = g.a.dim(1) / g.n;
-    for (int j = 0; j < g.n; ++j)
-      e[j] = {&g.bt[static_cast<size_t>(j)], j * R, outs[static_cast<size_t>(g.which[static_cast<size_t>(j)])]};
-    be_.lora_expand(t, e, g.n);
+  // Group g's shrink of its input `in` (or of rmsnorm(x) when `norm`: the block's input), and the delta
+  // that adds its expand to the group's projections inside the op that computes them; null when the
+  // step has no adapter or none touches the group. (Each group's shrink output overwrites the last's:
+  // ops run in order.)
+  std::array<Tensor, kLoraGroups> lora_out;
+  std::array<Backend::LoraDelta, kLoraGroups> lora_delta;
+  auto lora = [&](int g, const LoraGroup& grp, const Tensor* in, const Backend::InputNorm* norm) -> const Backend::LoraDelta* {
+    if (!lora_step || grp.n == 0) return nullptr;
+    Tensor& t = lora_out[static_cast<size_t>(g)];
+    t = lora_t;
+    t.shape = {T, grp.a.dim(1)};
+    if (norm)
+      be_.lora_shrink_norm(x, *norm, grp.a, t);
+    else
+      be_.lora_shrink(*in, grp.a, t);
+    Backend::LoraDelta& d = lora_delta[static_cast<size_t>(g)];
+    d = {};
+    d.t = &t;
+    const int64_t R = grp.a.dim(1) / grp.n;
+    for (int j = 0; j < grp.n; ++j) {
+      const size_t at = static_cast<size_t>(grp.which[static_cast<size_t>(j)]);
+      d.bt[at] = &grp.bt[static_cast<size_t>(j)];
+      d.col[at] = j * R;
+    }
+    return &d;
   };
   // Each block's input norm runs inside the block's first op. The output projections add into the
   // residual stream themselves on one rank; a tensor group sums its partial projections first (a
   // row-parallel projection's LoRA update, partial on each rank too, joins its sum).
-  auto project_residual = [&](const Tensor& a, const Tensor& w, const LoraGroup* g) {
-    if (topo_.tp == 1) {
-      be_.linear_residual(a, w, proj, x);
-      if (g) lora(*g, a, {&x});
-      return;
-    }
+  auto project_residual = [&](const Tensor& a, const Tensor& w, const Backend::LoraDelta* d) {
+    if (topo_.tp == 1) return be_.linear_residual(a, w, proj, x, d);
     be_.linear(a, w, nullptr, proj);
-    if (g) lora(*g, a, {&proj});
+    if (d) be_.lora_expand_into(*d, {&proj, nullptr, nullptr});
     all_reduce(proj);
     be_.add(x, proj);
   };
@@ -389,35 +400,18 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
     Tensor& kc = kv.k(static_cast<int>(li));
     Tensor& vc = kv.v(static_cast<int>(li));
     const Backend::HeadNorm head_norm{w.q_norm, w.k_norm, eps};  // (Qwen3: each query and key head normalized before RoPE)
-    if (lora_step) {  // the fused ops' compositions, each group's LoRA updates added to its outputs
-      const LoraLayer& L = lora_[li];
-      be_.rmsnorm(x, w.input_norm, eps, h);
-      be_.linear_qkv(h, w.wq, bias ? &w.bq : nullptr, q, w.wk, bias ? &w.bk : nullptr, k, w.wv, bias ? &w.bv : nullptr, v);
-      lora(L[kLoraQkv], h, {&q, &k, &v});
-      if (spec_.qk_norm) {
-        be_.head_rmsnorm(q, w.q_norm, eps, D);
-        be_.head_rmsnorm(k, w.k_norm, eps, D);
-      }
-      be_.rope_kv_write(q, k, v, inv_freq_, D, kc, vc);
-      be_.attention(q, kc, vc, D, kv.shape().block_size, scale, attn);
-      project_residual(attn, w.wo, &L[kLoraOut]);
-      be_.rmsnorm(x, w.post_norm, eps, h);
-      Tensor gate = gate_up, up = gate_up;  // (the scratch's two halves)
-      gate.shape = up.shape = {T, shard_.intermediate};
-      up.data = gate_up.as<float>() + T * shard_.intermediate;
-      be_.linear(h, w.w_gate, nullptr, gate);
-      be_.linear(h, w.w_up, nullptr, up);
-      lora(L[kLoraGateUp], h, {&gate, &up});
-      be_.silu_mul(gate, up, act);
-      project_residual(act, w.w_down, &L[kLoraDownGroup]);
-      continue;
-    }
-    be_.norm_qkv_rope_kv_write(x, {w.input_norm, eps, h}, w.wq, bias ? &w.bq : nullptr, q, w.wk, bias ? &w.bk : nullptr, k,
-                               w.wv, bias ? &w.bv : nullptr, v, spec_.qk_norm ? &head_norm : nullptr, inv_freq_, D, kc, vc);
+    static const LoraLayer kNoLora{};
+    const LoraLayer& L = lora_step ? lora_[li] : kNoLora;
+    const Backend::InputNorm in_norm{w.input_norm, eps, h}, post_norm{w.post_norm, eps, h};
+    const Backend::LoraDelta* qkv_lora = lora(kLoraQkv, L[kLoraQkv], nullptr, &in_norm);
+    be_.norm_qkv_rope_kv_write(x, in_norm, w.wq, bias ? &w.bq : nullptr, q, w.wk, bias ? &w.bk : nullptr, k, w.wv,
+                               bias ? &w.bv : nullptr, v, spec_.qk_norm ? &head_norm : nullptr, inv_freq_, D, kc, vc,
+                               qkv_lora);
     be_.attention(q, kc, vc, D, kv.shape().block_size, scale, attn);
-    project_residual(attn, w.wo, nullptr);
-    be_.norm_gate_up_silu(x, {w.post_norm, eps, h}, w.w_gate, w.w_up, gate_up, act);
-    project_residual(act, w.w_down, nullptr);
+    project_residual(attn, w.wo, lora(kLoraOut, L[kLoraOut], &attn, nullptr));
+    const Backend::LoraDelta* gate_up_lora = lora(kLoraGateUp, L[kLoraGateUp], nullptr, &post_norm);
+    be_.norm_gate_up_silu(x, post_norm, w.w_gate, w.w_up, gate_up, act, gate_up_lora);
+    project_residual(act, w.w_down, lora(kLoraDownGroup, L[kLoraDownGroup], &act, nullptr));
   }
   return x;
 }

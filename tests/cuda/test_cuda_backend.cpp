@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -297,6 +298,154 @@ TEST_P(CudaOps, LoraShrinkAndExpandMatchTheCpu) {
         const bool same = std::equal(before.begin() + r * N0, before.begin() + (r + 1) * N0, after.begin() + r * N0);
         EXPECT_EQ(same, base) << "row " << r << (adapters ? "" : " of the step without adapters") << " (" << dtype_name(dt) << ")";
       }
+    }
+}
+
+// The fused ops with a LoRA update (Backend::LoraDelta) against the CPU backend's composition of them:
+// decodes of 1-2 tokens at ranks up to kMaxFusedLoraRank, where the GPU adds the update inside each op's
+// one launch (counted), and of 3 tokens or rank 40, where it runs one GEMM over stacked matrices with the
+// expand into its columns (launches counted) or composes; sequences of two adapters and of none; q and v
+// adapted but not k (with biases, as Qwen2's); gate and up; an output projection with its residual add.
+TEST_P(CudaOps, FusedOpsAddTheirLoraUpdatesAsTheCpuComposesThem) {
+  std::mt19937 g(23);
+  const DType dt = GetParam(), f32 = DType::F32;
+  // Random values as the activation type holds them, so that the CPU computes on the GPU's inputs and
+  // only the roundings inside the ops differ (a decode's few outputs: bf16 norm weights alone moved 8
+  // shrink outputs 1.1e-2 from the CPU's on unrounded ones, as exact arithmetic with the same roundings
+  // does).
+  auto rounded = [&](const std::vector<float>& v) {
+    const Tensor t = gpu->upload(v.data(), {static_cast<int64_t>(v.size())}, dt);
+    return get(*gpu, t);
+  };
+  auto randr = [&](int64_t n, float scale) { return rounded(randn(static_cast<size_t>(n), g, scale)); };
+  const int64_t S = 2, H = 128, Hq = 4, Hk = 2, D = 32, I = 96, bs = 8, blocks = 16;
+  std::vector<float> freq(D / 2);
+  for (int64_t i = 0; i < D / 2; ++i) freq[i] = std::pow(10000.f, -2.f * i / D);
+  const Tensor fc = cpu.upload(freq.data(), {D / 2}, f32), fg = gpu->upload(freq.data(), {D / 2}, f32);
+  std::vector<float> nwv = randn(H, g, 0.2f);
+  for (float& v : nwv) v += 1.f;
+  const auto nw = both(rounded(nwv), {H}, dt);
+  // Matrices the GPU holds as their own tensors, or stacked as the model loads them (q/k/v; gate/up).
+  auto on_gpu = [&](const std::vector<std::vector<float>*>& parts, int64_t cols, bool stacked, DType type) {
+    std::vector<Tensor> out;
+    if (!stacked) {
+      for (const auto* p : parts) out.push_back(gpu->upload(p->data(), {static_cast<int64_t>(p->size()) / cols, cols}, type));
+      return out;
+    }
+    std::vector<float> all;
+    for (const auto* p : parts) all.insert(all.end(), p->begin(), p->end());
+    const Tensor one = gpu->upload(all.data(), {static_cast<int64_t>(all.size()) / cols, cols}, type);
+    int64_t row = 0;
+    for (const auto* p : parts) {
+      out.push_back(rows_view(one, row, static_cast<int64_t>(p->size()) / cols));
+      row += out.back().shape[0];
+    }
+    return out;
+  };
+  for (const int64_t T : {1, 2, 3})
+    for (const int64_t R : {4, 16, 40})
+    for (const bool stacked : {false, true}) {
+      const bool fused = T <= 2 && R <= cuda::kMaxFusedLoraRank;
+      const std::string what = std::to_string(T) + " tokens, rank " + std::to_string(R) + (stacked ? ", stacked" : "") + " (" +
+                                dtype_name(dt) + ")";
+      std::vector<int32_t> cached = {20, 5, 9};
+      cached.resize(static_cast<size_t>(T));
+      StepMeta m = make_meta(bs, std::vector<int32_t>(static_cast<size_t>(T), 1), cached, 4);
+      m.lora = T == 1 ? std::vector<int32_t>{2} : T == 2 ? std::vector<int32_t>{2, 0} : std::vector<int32_t>{1, 0, 2};
+      cpu.begin_step(m);
+      gpu->begin_step(m);
+      auto x = both(randn(T * H, g), {T, H}, f32);  // (the residual stream)
+      Tensor hc = cpu.empty({T, H}, f32), hg = gpu->empty({T, H}, dt);
+      const Backend::InputNorm nc{nw.first, 1e-6f, hc}, ng{nw.second, 1e-6f, hg};
+      auto count = [](const std::function<void()>& op) {
+        const uint64_t before = cuda::launch_count;
+        op();
+        return cuda::launch_count - before;
+      };
+      // q/k/v: the shrink of the normalized input for q and v, then the projections with their updates.
+      std::vector<float> wqv = randr(Hq * D * H, 0.1f), wkv = randr(Hk * D * H, 0.1f), wvv = randr(Hk * D * H, 0.1f);
+      std::vector<float> bqv = randn(Hq * D, g), bkv = randn(Hk * D, g), bvv = randn(Hk * D, g);
+      const std::vector<Tensor> wg3 = on_gpu({&wqv, &wkv, &wvv}, H, stacked, dt);
+      std::vector<Tensor> bg3;  // (biases stacked with the matrices, as the model loads them)
+      for (const Tensor& b : on_gpu({&bqv, &bkv, &bvv}, 1, stacked, f32)) {
+        bg3.push_back(b);
+        bg3.back().shape = {b.shape[0]};
+      }
+      if (stacked) {
+        ASSERT_TRUE(stacked_rows({&wg3[0], &wg3[1], &wg3[2]}));
+      }
+      const Tensor wqc = cpu.upload(wqv.data(), {Hq * D, H}, f32), wkc = cpu.upload(wkv.data(), {Hk * D, H}, f32);
+      const Tensor wvc = cpu.upload(wvv.data(), {Hk * D, H}, f32), bqc = cpu.upload(bqv.data(), {Hq * D}, f32);
+      const Tensor bkc = cpu.upload(bkv.data(), {Hk * D}, f32), bvc = cpu.upload(bvv.data(), {Hk * D}, f32);
+      auto a_qv = both(randr(S * 2 * R * H, 0.2f), {S, 2 * R, H}, dt);
+      auto bt_q = both(randr(S * R * Hq * D, 1.f), {S, R, Hq * D}, dt), bt_v = both(randr(S * R * Hk * D, 1.f), {S, R, Hk * D}, dt);
+      Tensor tc = cpu.empty({T, 2 * R}, f32), tg = gpu->empty({T, 2 * R}, f32);
+      cpu.lora_shrink_norm(x.first, nc, a_qv.first, tc);
+      EXPECT_EQ(count([&] { gpu->lora_shrink_norm(x.second, ng, a_qv.second, tg); }), 1u) << "lora_shrink_norm, " << what;
+      expect_close(tc, tg, ("lora_shrink_norm, " + what).c_str(), tol());
+      Backend::LoraDelta qkv_c, qkv_g;
+      qkv_c.t = &tc, qkv_c.bt[0] = &bt_q.first, qkv_c.bt[2] = &bt_v.first, qkv_c.col[2] = R;
+      qkv_g.t = &tg, qkv_g.bt[0] = &bt_q.second, qkv_g.bt[2] = &bt_v.second, qkv_g.col[2] = R;
+      const std::vector<int64_t> cshape{blocks, bs, Hk, D};
+      auto kcache = both(std::vector<float>(blocks * bs * Hk * D, 0.f), cshape, dt);
+      auto vcache = both(std::vector<float>(blocks * bs * Hk * D, 0.f), cshape, dt);
+      Tensor qc = cpu.empty({T, Hq * D}, f32), kc = cpu.empty({T, Hk * D}, f32), vc = cpu.empty({T, Hk * D}, f32);
+      Tensor qg = gpu->empty({T, Hq * D}, f32), kg = gpu->empty({T, Hk * D}, f32), vg = gpu->empty({T, Hk * D}, f32);
+      cpu.norm_qkv_rope_kv_write(x.first, nc, wqc, &bqc, qc, wkc, &bkc, kc, wvc, &bvc, vc, nullptr, fc, D, kcache.first,
+                                 vcache.first, &qkv_c);
+      const uint64_t qkv_launches = count([&] {
+        gpu->norm_qkv_rope_kv_write(x.second, ng, wg3[0], &bg3[0], qg, wg3[1], &bg3[1], kg, wg3[2], &bg3[2], vg, nullptr, fg, D,
+                                    kcache.second, vcache.second, &qkv_g);
+      });
+      // (Stacked, not fused: rmsnorm, one GEMM, the expand, RoPE; the composition's three GEMMs make six.)
+      if (fused) {
+        EXPECT_EQ(qkv_launches, 1u) << "norm_qkv_rope_kv_write, " << what;
+      }
+      if (!fused && stacked) {
+        EXPECT_LE(qkv_launches, 4u) << "norm_qkv_rope_kv_write, " << what;
+      }
+      expect_close(qc, qg, ("norm_qkv_rope_kv_write with LoRA: queries, " + what).c_str(), tol());
+      expect_close(kcache.first, kcache.second, ("norm_qkv_rope_kv_write with LoRA: key cache, " + what).c_str(), tol());
+      expect_close(vcache.first, vcache.second, ("norm_qkv_rope_kv_write with LoRA: value cache, " + what).c_str(), tol());
+      // The output projection: the shrink of its input, then the projection, its update and the residual add.
+      auto attn = both(randr(T * Hq * D, 1.f), {T, Hq * D}, dt), wo = both(randr(H * Hq * D, 0.1f), {H, Hq * D}, dt);
+      auto a_o = both(randr(S * R * Hq * D, 0.2f), {S, R, Hq * D}, dt), bt_o = both(randr(S * R * H, 1.f), {S, R, H}, dt);
+      Tensor toc = cpu.empty({T, R}, f32), tog = gpu->empty({T, R}, f32);
+      cpu.lora_shrink(attn.first, a_o.first, toc);
+      gpu->lora_shrink(attn.second, a_o.second, tog);
+      Backend::LoraDelta o_c, o_g;
+      o_c.t = &toc, o_c.bt[0] = &bt_o.first;
+      o_g.t = &tog, o_g.bt[0] = &bt_o.second;
+      Tensor yc = cpu.empty({T, H}, f32), yg = gpu->empty({T, H}, f32);
+      cpu.linear_residual(attn.first, wo.first, yc, x.first, &o_c);
+      const uint64_t o_launches = count([&] { gpu->linear_residual(attn.second, wo.second, yg, x.second, &o_g); });
+      if (fused) {
+        EXPECT_EQ(o_launches, 1u) << "linear_residual, " << what;
+      }
+      expect_close(x.first, x.second, ("linear_residual with LoRA, " + what).c_str(), tol());
+      // Gate and up: the shrink of the normalized input, then both projections with their updates and SiLU.
+      std::vector<float> wgv = randr(I * H, 0.1f), wuv = randr(I * H, 0.1f);
+      const std::vector<Tensor> wgu = on_gpu({&wgv, &wuv}, H, stacked, dt);
+      const Tensor wgc = cpu.upload(wgv.data(), {I, H}, f32), wuc = cpu.upload(wuv.data(), {I, H}, f32);
+      auto a_gu = both(randr(S * 2 * R * H, 0.2f), {S, 2 * R, H}, dt);
+      auto bt_g = both(randr(S * R * I, 1.f), {S, R, I}, dt), bt_u = both(randr(S * R * I, 1.f), {S, R, I}, dt);
+      cpu.lora_shrink_norm(x.first, nc, a_gu.first, tc);
+      gpu->lora_shrink_norm(x.second, ng, a_gu.second, tg);
+      Backend::LoraDelta gu_c, gu_g;
+      gu_c.t = &tc, gu_c.bt[0] = &bt_g.first, gu_c.bt[1] = &bt_u.first, gu_c.col[1] = R;
+      gu_g.t = &tg, gu_g.bt[0] = &bt_g.second, gu_g.bt[1] = &bt_u.second, gu_g.col[1] = R;
+      Tensor guc = cpu.empty({T, 2 * I}, f32), gug = gpu->empty({T, 2 * I}, f32);
+      Tensor actc = cpu.empty({T, I}, f32), actg = gpu->empty({T, I}, dt);
+      cpu.norm_gate_up_silu(x.first, nc, wgc, wuc, guc, actc, &gu_c);
+      const uint64_t gu_launches = count([&] { gpu->norm_gate_up_silu(x.second, ng, wgu[0], wgu[1], gug, actg, &gu_g); });
+      // (Stacked, not fused: rmsnorm, one GEMM, the expand, SiLU; the composition's two GEMMs make five.)
+      if (fused) {
+        EXPECT_EQ(gu_launches, 1u) << "norm_gate_up_silu, " << what;
+      }
+      if (!fused && stacked) {
+        EXPECT_LE(gu_launches, 4u) << "norm_gate_up_silu, " << what;
+      }
+      expect_close(actc, actg, ("norm_gate_up_silu with LoRA, " + what).c_str(), tol());
     }
 }
 

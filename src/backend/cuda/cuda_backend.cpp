@@ -1,6 +1,7 @@
 #include "backend/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -128,6 +129,31 @@ int64_t cols_of(const Tensor& t) {
   int64_t c = 1;
   for (size_t i = 1; i < t.shape.size(); ++i) c *= t.shape[i];
   return c;
+}
+
+// The LoRA update `d` of T tokens as a decode GEMV adds it in its epilogue (cuda::LoraFused, the tokens'
+// adapters at token_rows), where it can: B^T stacks in the activation type `act`, of one rank up to
+// cuda::kMaxFusedLoraRank, each as wide as its projection's output (out_rows[j]).
+bool fusable_lora(const Backend::LoraDelta& d, int64_t T, DType act, const std::array<int64_t, 3>& out_rows,
+                  const int32_t* token_rows, cuda::LoraFused* f) {
+  if (!d.t || d.t->dtype != DType::F32 || rows_of(*d.t) != T) return false;
+  cuda::LoraFused L;
+  L.t = d.t->as<float>();
+  L.tc = cols_of(*d.t);
+  L.rows = token_rows;
+  for (int j = 0; j < 3; ++j) {
+    const Tensor* bt = d.bt[j];
+    if (!bt) continue;
+    if (bt->dtype != act || bt->shape.size() != 3 || bt->dim(2) != out_rows[static_cast<size_t>(j)]) return false;
+    const int64_t R = bt->dim(1);
+    if (R < 1 || R > cuda::kMaxFusedLoraRank || (L.R != 0 && R != L.R) || d.col[j] < 0 || d.col[j] + R > L.tc) return false;
+    L.R = static_cast<int>(R);
+    L.bt[j] = bt->data;
+    L.col[j] = d.col[j];
+  }
+  if (L.R == 0) return false;
+  *f = L;
+  return true;
 }
 
 }  // namespace
@@ -1115,34 +1141,84 @@ void CudaBackend::lora_shrink(const Tensor& in, const Tensor& a, Tensor& t) {
   });
 }
 
+void CudaBackend::lora_shrink_norm(const Tensor& x, const InputNorm& norm, const Tensor& a, Tensor& t) {
+  // A decode's few rows: the norm inside the shrink (each block normalizes the rows it reads), where the
+  // fused op after it normalizes for itself; more rows: rmsnorm once, then the shrink.
+  const int64_t T = rows_of(x), K = cols_of(x);
+  if (T > 16 || x.dtype != DType::F32 || norm.w.dtype != a.dtype || norm.w.numel() != K)
+    return Backend::lora_shrink_norm(x, norm, a, t);
+  LLMSERVE_CHECK(T == num_tokens_ && a.shape.size() == 3 && a.dim(2) == K && t.dtype == DType::F32 && rows_of(t) == T &&
+                     cols_of(t) == a.dim(1),
+                 "cuda backend: lora_shrink_norm shapes or types");
+  dispatch(a.dtype, [&](auto* ti) {
+    using T_ = std::remove_pointer_t<decltype(ti)>;
+    cuda::lora_shrink_norm<T_>(x.as<float>(), norm.w.as<T_>(), norm.eps, a.as<T_>(), lora_rows_.ptr, T, K, a.dim(1),
+                               t.as<float>(), stream());
+  });
+}
+
 void CudaBackend::lora_expand(const Tensor& t, const LoraExpand* outs, int n) {
   static_assert(Backend::kMaxLoraExpands == cuda::kMaxLoraOuts, "one expand launch takes every output of a call");
+  LLMSERVE_CHECK(n >= 1 && n <= cuda::kMaxLoraOuts, "cuda backend: lora_expand shapes or types");
+  ExpandTarget e[cuda::kMaxLoraOuts];
+  for (int i = 0; i < n; ++i) {
+    const Tensor& out = *outs[i].out;
+    LLMSERVE_CHECK(out.dtype == DType::F32 && rows_of(out) == num_tokens_ && cols_of(out) == outs[i].bt->dim(2),
+                   "cuda backend: lora_expand shapes or types");
+    e[i] = {outs[i].bt, outs[i].col, out.as<float>(), cols_of(out)};
+  }
+  expand_targets(t, e, n);
+}
+
+void CudaBackend::lora_expand_columns(const LoraDelta& d, Tensor& rows, const std::array<int64_t, 3>& at) {
+  ExpandTarget e[cuda::kMaxLoraOuts];
+  int n = 0;
+  for (int j = 0; j < 3; ++j) {
+    if (!d.bt[j]) continue;
+    LLMSERVE_CHECK(rows.dtype == DType::F32 && rows_of(rows) == num_tokens_ && at[j] >= 0 && at[j] + d.bt[j]->dim(2) <= cols_of(rows),
+                   "cuda backend: lora_expand_columns shapes or types");
+    e[n++] = {d.bt[j], d.col[j], rows.as<float>() + at[j], cols_of(rows)};
+  }
+  if (n > 0) expand_targets(*d.t, e, n);
+}
+
+void CudaBackend::expand_targets(const Tensor& t, const ExpandTarget* e, int n) {
   LLMSERVE_CHECK(n >= 1 && n <= cuda::kMaxLoraOuts && t.dtype == DType::F32 && rows_of(t) == num_tokens_,
                  "cuda backend: lora_expand shapes or types");
-  const DType bt_type = outs[0].bt->dtype;
-  const int64_t R = outs[0].bt->dim(1);
+  const DType bt_type = e[0].bt->dtype;
+  const int64_t R = e[0].bt->dim(1);
   for (int i = 0; i < n; ++i) {
-    const Tensor& bt = *outs[i].bt;
-    const Tensor& out = *outs[i].out;
-    LLMSERVE_CHECK(bt.shape.size() == 3 && bt.dtype == bt_type && bt.dim(1) == R && out.dtype == DType::F32 &&
-                       rows_of(out) == num_tokens_ && cols_of(out) == bt.dim(2) && outs[i].col >= 0 &&
-                       outs[i].col + R <= cols_of(t),
+    const Tensor& bt = *e[i].bt;
+    LLMSERVE_CHECK(bt.shape.size() == 3 && bt.dtype == bt_type && bt.dim(1) == R && e[i].col >= 0 && e[i].col + R <= cols_of(t),
                    "cuda backend: lora_expand shapes or types");
   }
   dispatch(bt_type, [&](auto* tb) {
     using T_ = std::remove_pointer_t<decltype(tb)>;
     cuda::LoraOut<T_> o[cuda::kMaxLoraOuts];
-    for (int i = 0; i < n; ++i) o[i] = {outs[i].bt->as<T_>(), outs[i].col, outs[i].bt->dim(2), outs[i].out->as<float>()};
+    for (int i = 0; i < n; ++i) o[i] = {e[i].bt->as<T_>(), e[i].col, e[i].bt->dim(2), e[i].out, e[i].ld};
     cuda::lora_expand<T_>(t.as<float>(), cols_of(t), lora_rows_.ptr, num_tokens_, R, o, n, stream());
   });
 }
 
-void CudaBackend::linear_residual(const Tensor& a, const Tensor& w, Tensor& /*y: not needed*/, Tensor& x) {
+void CudaBackend::linear_residual(const Tensor& a, const Tensor& w, Tensor& y, Tensor& x, const LoraDelta* lora) {
   const int64_t T = rows_of(a), K = cols_of(a), N = rows_of(w);
   LLMSERVE_CHECK(cols_of(w) == K && (w.dtype == a.dtype || w.dtype == DType::F8E4M3) && x.dtype == DType::F32 &&
                      rows_of(x) == T && cols_of(x) == N,
                  "cuda backend: linear_residual shapes or types");
   if (T == 0 || N == 0) return;
+  if (lora) {
+    // 1-2 tokens on the GEMV: the update added in its epilogue. Otherwise the projection with its residual
+    // add, then the expand into the residual stream.
+    cuda::LoraFused f;
+    if (T <= 2 && w.dtype == a.dtype && !skinny_few(T, {&a, &w}) && fusable_lora(*lora, T, a.dtype, {N, 0, 0}, lora_rows_.ptr, &f)) {
+      return dispatch(a.dtype, [&](auto* tag) {
+        using TT = std::remove_pointer_t<decltype(tag)>;
+        cuda::gemv_lora_residual<TT>(a.as<TT>(), w.as<TT>(), T, K, N, x.as<float>(), f, stream());
+      });
+    }
+    linear_residual(a, w, y, x);
+    return lora_expand_into(*lora, {&x, nullptr, nullptr});
+  }
   if (w.dtype == DType::F8E4M3) {
     // The skinny GEMM over the codes (from skinny_fp8_min_tokens_ to 16 tokens), or below that the GEMV;
     // both adding into x.
@@ -1188,7 +1264,7 @@ void CudaBackend::linear_residual(const Tensor& a, const Tensor& w, Tensor& /*y:
 void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm, const Tensor& wq, const Tensor* bq,
                                          Tensor& q, const Tensor& wk, const Tensor* bk, Tensor& k, const Tensor& wv,
                                          const Tensor* bv, Tensor& v, const HeadNorm* head_norm, const Tensor& inv_freq,
-                                         int64_t D, Tensor& k_cache, Tensor& v_cache) {
+                                         int64_t D, Tensor& k_cache, Tensor& v_cache, const LoraDelta* lora) {
   // A few tokens (decode): the norm, the projections, RoPE and the cache write in one weight-streaming
   // launch (with Qwen3's per-head norms too).
   const int64_t T = rows_of(x), K = cols_of(x);
@@ -1219,6 +1295,51 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
   for (const Tensor* w : {&wq, &wk, &wv}) fused = fused && w->dtype == wq.dtype && (fp8 || w->dtype == wt) && cols_of(*w) == K;
   const cuda::RopeCacheWrite target{q.as<float>(), k_cache.data, v_cache.data, positions_.ptr, slots_.ptr,
                                     inv_freq.as<float>(), rows_of(wq) / D, rows_of(wk) / D, D, fp8_cache};
+  // One GEMM over the stacked q/k/v rows (all three biases stacked too, or none) into rows of (q | k | v),
+  // `d`'s LoRA update added into its columns, then the head norms where given, RoPE and the cache write in
+  // one launch.
+  const int64_t nq = rows_of(wq), nkv = rows_of(wk), N = nq + 2 * nkv;
+  const bool rows_ok = stacked_all && (none || (biases && stacked_rows({bq, bk, bv}))) && q.dtype == DType::F32 &&
+                       cols_of(q) == nq && rows_of(wv) == nkv && k_cache.dtype == v_cache.dtype && D % 2 == 0 &&
+                       k_cache.dim(3) == D && nkv == k_cache.dim(2) * D && nq % D == 0 &&
+                       (!head_norm || (head_norm->q_w.numel() == D && head_norm->k_w.numel() == D &&
+                                       head_norm->k_w.dtype == head_norm->q_w.dtype));
+  auto rows_then_rope = [&](const LoraDelta* d) {
+    rmsnorm(x, norm.w, norm.eps, norm.h);
+    Tensor b;
+    if (biases) b = stacked_view({bq, bk, bv});
+    Tensor qkv = empty({T, N}, DType::F32);
+    linear(norm.h, stacked, biases ? &b : nullptr, qkv);
+    if (d) lora_expand_columns(*d, qkv, {0, nq, nq + nkv});
+    const float* rows = qkv.as<float>();
+    dispatch_cache(k_cache.dtype, [&](auto* tag) {
+      using TC = std::remove_pointer_t<decltype(tag)>;
+      if (!head_norm)
+        return cuda::rope_kv_write_rows<TC>(rows, N, q.as<float>(), rows + nq, rows + nq + nkv, N, positions_.ptr,
+                                            inv_freq.as<float>(), slots_.ptr, T, nq / D, nkv / D, D, k_cache.as<TC>(),
+                                            v_cache.as<TC>(), stream());
+      dispatch(head_norm->q_w.dtype, [&](auto* wtag) {
+        using TW = std::remove_pointer_t<decltype(wtag)>;
+        cuda::head_norm_rope_kv_write_rows<TC, TW>(rows, N, q.as<float>(), rows + nq, rows + nq + nkv, N, positions_.ptr,
+                                                   inv_freq.as<float>(), slots_.ptr, T, nq / D, nkv / D, D,
+                                                   head_norm->q_w.as<TW>(), head_norm->k_w.as<TW>(), head_norm->eps,
+                                                   k_cache.as<TC>(), v_cache.as<TC>(), stream());
+      });
+    });
+  };
+  cuda::LoraFused lora_fused;
+  if (lora) {
+    // LoRA, 1-2 tokens: the fused launch below with the update added before RoPE (16- or 32-bit weights, no
+    // head norms). Otherwise the stacked rows with the expand into their columns (four launches, the
+    // composition's seven), or the default's composition.
+    const bool fits = fused && !fp8 && !head_norm && T <= 2 &&
+                      fusable_lora(*lora, T, wt, {nq, nkv, nkv}, lora_rows_.ptr, &lora_fused);
+    if (!fits) {
+      if (rows_ok && stacked_gemms()) return rows_then_rope(lora);
+      return Backend::norm_qkv_rope_kv_write(x, norm, wq, bq, q, wk, bk, k, wv, bv, v, head_norm, inv_freq, D, k_cache,
+                                             v_cache, lora);
+    }
+  }
   // One token with per-head norms (Qwen3): the fused launch below normalizes each head too (clusters of
   // blocks, one a head), where the head size allows and the norms' weights are in the activation type.
   // (Qwen3-1.7B shape, H100, batch-1 TPOT 1.73 -> 1.68 ms; at 2 tokens the fused launch took 2.10 ms
@@ -1229,31 +1350,9 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
     // Each query and key head normalized (Qwen3), 2 tokens and more: the norm, one GEMM over the stacked q/k/v
     // rows, then the head norms, RoPE and the cache write in one launch (three launches; the default's
     // seven).
-    const int64_t nq = rows_of(wq), nkv = rows_of(wk), N = nq + 2 * nkv;
-    const bool one_gemm = stacked_all && (none || (biases && stacked_rows({bq, bk, bv}))) &&
-                          q.dtype == DType::F32 && cols_of(q) == nq && rows_of(wv) == nkv &&
-                          k_cache.dtype == v_cache.dtype && D % 2 == 0 && k_cache.dim(3) == D && nkv == k_cache.dim(2) * D &&
-                          nq % D == 0 && head_norm->q_w.numel() == D && head_norm->k_w.numel() == D &&
-                          head_norm->k_w.dtype == head_norm->q_w.dtype;
-    if (!one_gemm)
+    if (!rows_ok)
       return Backend::norm_qkv_rope_kv_write(x, norm, wq, bq, q, wk, bk, k, wv, bv, v, head_norm, inv_freq, D, k_cache, v_cache);
-    rmsnorm(x, norm.w, norm.eps, norm.h);
-    Tensor b;
-    if (biases) b = stacked_view({bq, bk, bv});
-    Tensor qkv = empty({T, N}, DType::F32);
-    linear(norm.h, stacked_view({&wq, &wk, &wv}), biases ? &b : nullptr, qkv);
-    const float* rows = qkv.as<float>();
-    dispatch_cache(k_cache.dtype, [&](auto* tag) {
-      using TC = std::remove_pointer_t<decltype(tag)>;
-      dispatch(head_norm->q_w.dtype, [&](auto* wtag) {
-        using TW = std::remove_pointer_t<decltype(wtag)>;
-        cuda::head_norm_rope_kv_write_rows<TC, TW>(rows, N, q.as<float>(), rows + nq, rows + nq + nkv, N, positions_.ptr,
-                                                   inv_freq.as<float>(), slots_.ptr, T, nq / D, nkv / D, D,
-                                                   head_norm->q_w.as<TW>(), head_norm->k_w.as<TW>(), head_norm->eps,
-                                                   k_cache.as<TC>(), v_cache.as<TC>(), stream());
-      });
-    });
-    return;
+    return rows_then_rope(nullptr);
   }
   if (tiles) {
     if (!norm_inside) rmsnorm(x, norm.w, norm.eps, norm.h);
@@ -1289,7 +1388,6 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
     // Many tokens: FP8 GEMMs in the composition below (its linear() calls), or the expansion.
     if (!(fp8_gemm_takes(T, K, rows_of(stacked), !none) && wt != DType::F32)) {
       const Tensor w = dequantized(stacked);
-      const int64_t nq = rows_of(wq), nkv = rows_of(wk);
       const cuda::PdlHold hold;  // (as in linear)
       return norm_qkv_rope_kv_write(x, norm, rows_view(w, 0, nq), bq, q, rows_view(w, nq, nkv), bk, k,
                                     rows_view(w, nq + nkv, nkv), bv, v, nullptr, inv_freq, D, k_cache, v_cache);
@@ -1297,39 +1395,27 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
   }
   if (!fused) {
     // More tokens: with q/k/v stacked (as the model loads them; biases all stacked too, or none), one
-    // GEMM into rows of (q | k | v), then RoPE reading those rows and writing the queries out.
-    const int64_t nq = rows_of(wq), nkv = rows_of(wk), N = nq + 2 * nkv;
-    const bool one_gemm = T > 4 && stacked_gemms() && stacked_rows({&wq, &wk, &wv}) && (none || (biases && stacked_rows({bq, bk, bv}))) &&
-                          q.dtype == DType::F32 && cols_of(q) == nq && rows_of(wv) == nkv && k_cache.dtype == v_cache.dtype &&
-                          D % 2 == 0 && k_cache.dim(3) == D && nkv == k_cache.dim(2) * D && nq % D == 0;
-    if (!one_gemm)
+    // GEMM into rows of (q | k | v), then RoPE reading those rows and writing the queries out; 5-16 tokens
+    // on the skinny launch that does both.
+    if (!(T > 4 && stacked_gemms() && rows_ok))
       return Backend::norm_qkv_rope_kv_write(x, norm, wq, bq, q, wk, bk, k, wv, bv, v, nullptr, inv_freq, D, k_cache, v_cache);
-    rmsnorm(x, norm.w, norm.eps, norm.h);
-    Tensor b;
-    if (biases) b = stacked_view({bq, bk, bv});
-    const Tensor w = stacked_view({&wq, &wk, &wv});
-    if (skinny(T, {&norm.h, &w}) && norm.h.dtype == wt && cache_ok && D % 16 == 0 &&
-        (!biases || b.dtype == DType::F32)) {
+    if (skinny(T, {&norm.h, &stacked}) && norm.h.dtype == wt && cache_ok && D % 16 == 0 &&
+        (!biases || bq->dtype == DType::F32)) {
       // 5-16 tokens: the projections, RoPE and the cache write in one launch (a tile holds rotation pairs' both rows).
+      rmsnorm(x, norm.w, norm.eps, norm.h);
+      Tensor b;
+      if (biases) b = stacked_view({bq, bk, bv});
       dispatch(wt, [&](auto* tag) {
         using TT = std::remove_pointer_t<decltype(tag)>;
         if constexpr (!std::is_same_v<TT, float>)
-          cuda::skinny_qkv_rope<TT>(norm.h.as<TT>(), w.as<TT>(), biases ? b.as<float>() : nullptr, T, K, target, stream());
+          cuda::skinny_qkv_rope<TT>(norm.h.as<TT>(), stacked.as<TT>(), biases ? b.as<float>() : nullptr, T, K, target, stream());
       });
       return;
     }
-    Tensor qkv = empty({T, N}, DType::F32);
-    linear(norm.h, w, biases ? &b : nullptr, qkv);
-    const float* rows = qkv.as<float>();
-    dispatch_cache(k_cache.dtype, [&](auto* tag) {
-      using TC = std::remove_pointer_t<decltype(tag)>;
-      cuda::rope_kv_write_rows<TC>(rows, N, q.as<float>(), rows + nq, rows + nq + nkv, N, positions_.ptr,
-                                   inv_freq.as<float>(), slots_.ptr, T, nq / D, nkv / D, D, k_cache.as<TC>(),
-                                   v_cache.as<TC>(), stream());
-    });
-    return;
+    return rows_then_rope(nullptr);
   }
   cuda::QkvRope a{target, {}, {}, {}};
+  a.lora = lora_fused;
   if (head_norm) {
     a.q_norm = head_norm->q_w.data;
     a.k_norm = head_norm->k_w.data;
@@ -1351,7 +1437,7 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
 }
 
 void CudaBackend::norm_gate_up_silu(const Tensor& x, const InputNorm& norm, const Tensor& w_gate, const Tensor& w_up,
-                                    Tensor& gate_up, Tensor& act) {
+                                    Tensor& gate_up, Tensor& act, const LoraDelta* lora) {
   const int64_t T = rows_of(x), K = cols_of(x);
   const DType wt = norm.w.dtype;  // (the activations'; the matrices' too, or FP8 codes)
   const bool fp8 = w_gate.dtype == DType::F8E4M3;
@@ -1360,6 +1446,25 @@ void CudaBackend::norm_gate_up_silu(const Tensor& x, const InputNorm& norm, cons
                      cuda::gemv_norm_fits(T, K, dtype_size(wt));
   const bool tiles = fused && rows_of(w_up) == rows_of(w_gate) &&
                      (fp8 ? skinny_fp8(T, norm.h, {&w_gate, &w_up}) : norm.h.dtype == wt && skinny_few(T, {&norm.h, &w_gate, &w_up}));
+  if (lora) {
+    // LoRA, 1-2 tokens: the GEMV launch with the update added before SiLU (16- or 32-bit weights);
+    // otherwise the default's composition.
+    cuda::LoraFused f;
+    const bool fits = fused && !tiles && !fp8 && T <= 2 &&
+                      fusable_lora(*lora, T, wt, {rows_of(w_gate), rows_of(w_up), 0}, lora_rows_.ptr, &f);
+    if (!fits) {
+      // Otherwise the stacked pair in one GEMM with the expand into its halves (four launches, the
+      // composition's six), or the default's composition.
+      if (!stacked_gate_up(x, w_gate, w_up, gate_up, act)) return Backend::norm_gate_up_silu(x, norm, w_gate, w_up, gate_up, act, lora);
+      rmsnorm(x, norm.w, norm.eps, norm.h);
+      return stacked_gate_up_silu(norm.h, w_gate, w_up, gate_up, act, lora);
+    }
+    return dispatch(wt, [&](auto* tag) {
+      using TT = std::remove_pointer_t<decltype(tag)>;
+      cuda::gemv_norm_gate_up_silu<TT, TT>(x.as<float>(), norm.w.as<TT>(), norm.eps, w_gate.as<TT>(), w_up.as<TT>(), nullptr,
+                                           nullptr, T, K, rows_of(w_gate), act.as<TT>(), stream(), &f);
+    });
+  }
   if (tiles && skinny_norm_inside(x, wt)) {
     // FP8 codes from skinny_fp8_min_tokens_ to 4 tokens, 16-bit weights from skinny_min_tokens_, rows
     // skinny_norm_inside takes: the norm, gate/up and SiLU-and-multiply in one launch on tensor cores
@@ -1391,6 +1496,28 @@ void CudaBackend::norm_gate_up_silu(const Tensor& x, const InputNorm& norm, cons
                                                       static_cast<const __nv_fp8_e4m3*>(w_gate.data),
                                                       static_cast<const __nv_fp8_e4m3*>(w_up.data), w_gate.scale,
                                                       w_up.scale, T, K, rows_of(w_gate), act.as<TT>(), stream());
+  });
+}
+
+bool CudaBackend::stacked_gate_up(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, const Tensor& gate_up,
+                                  const Tensor& act) const {
+  const int64_t T = rows_of(x), I = rows_of(w_gate);
+  return stacked_gemms() && stacked_rows({&w_gate, &w_up}) && rows_of(w_up) == I && gate_up.dtype == DType::F32 &&
+         gate_up.numel() >= 2 * T * I && rows_of(act) == T && cols_of(act) == I;
+}
+
+void CudaBackend::stacked_gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate_up, Tensor& act,
+                                       const LoraDelta* lora) {
+  // gate and up stacked (as the model loads them): one GEMM into rows of (gate | up), `lora`'s update added
+  // into its halves, then SiLU-and-multiply.
+  const int64_t T = rows_of(x), I = rows_of(w_gate);
+  Tensor gu = gate_up;
+  gu.shape = {T, 2 * I};
+  linear(x, stacked_view({&w_gate, &w_up}), nullptr, gu);
+  if (lora) lora_expand_columns(*lora, gu, {0, I, 0});
+  dispatch(act.dtype, [&](auto* tag) {
+    using TO = std::remove_pointer_t<decltype(tag)>;
+    cuda::silu_mul_halves<TO>(gu.as<float>(), T, I, act.as<TO>(), stream());
   });
 }
 
@@ -1450,18 +1577,7 @@ void CudaBackend::gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tens
     });
     return;
   }
-  if (T > 4 && stacked_gemms() && stacked_rows({&w_gate, &w_up}) && gate_up.dtype == DType::F32 && gate_up.numel() >= 2 * T * I &&
-      rows_of(act) == T && cols_of(act) == I) {
-    // gate and up stacked (as the model loads them): one GEMM into rows of (gate | up), then SiLU-and-multiply.
-    Tensor gu = gate_up;
-    gu.shape = {T, 2 * I};
-    linear(x, stacked_view({&w_gate, &w_up}), nullptr, gu);
-    dispatch(act.dtype, [&](auto* tag) {
-      using TO = std::remove_pointer_t<decltype(tag)>;
-      cuda::silu_mul_halves<TO>(gu.as<float>(), T, I, act.as<TO>(), stream());
-    });
-    return;
-  }
+  if (T > 4 && stacked_gate_up(x, w_gate, w_up, gate_up, act)) return stacked_gate_up_silu(x, w_gate, w_up, gate_up, act, nullptr);
   if (T < 1 || T > 4 || act.dtype != x.dtype || w_gate.dtype != x.dtype || w_up.dtype != x.dtype)
     return Backend::gate_up_silu(x, w_gate, w_up, gate_up, act);
   dispatch(x.dtype, [&](auto* tag) {

@@ -5,6 +5,7 @@
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
+#include <array>
 #include <initializer_list>
 #include <map>
 #include <memory>
@@ -53,13 +54,14 @@ class CudaBackend : public Backend {
   void lora_shrink(const Tensor& in, const Tensor& a, Tensor& t) override;
   void lora_expand(const Tensor& t, const LoraExpand* outs, int n) override;
   void gather_rows(const Tensor& x, Tensor& out) override;
-  void linear_residual(const Tensor& a, const Tensor& w, Tensor& y, Tensor& x) override;
+  void linear_residual(const Tensor& a, const Tensor& w, Tensor& y, Tensor& x, const LoraDelta* lora = nullptr) override;
+  void lora_shrink_norm(const Tensor& x, const InputNorm& norm, const Tensor& a, Tensor& t) override;
   void norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm, const Tensor& wq, const Tensor* bq, Tensor& q,
                               const Tensor& wk, const Tensor* bk, Tensor& k, const Tensor& wv, const Tensor* bv,
                               Tensor& v, const HeadNorm* head_norm, const Tensor& inv_freq, int64_t head_dim,
-                              Tensor& k_cache, Tensor& v_cache) override;
+                              Tensor& k_cache, Tensor& v_cache, const LoraDelta* lora = nullptr) override;
   void norm_gate_up_silu(const Tensor& x, const InputNorm& norm, const Tensor& w_gate, const Tensor& w_up,
-                         Tensor& gate_up, Tensor& act) override;
+                         Tensor& gate_up, Tensor& act, const LoraDelta* lora = nullptr) override;
   void rope_kv_write(Tensor& q, Tensor& k, const Tensor& v, const Tensor& inv_freq, int64_t head_dim, Tensor& k_cache,
                      Tensor& v_cache) override;
   void gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate_up, Tensor& act) override;
@@ -96,6 +98,9 @@ class CudaBackend : public Backend {
   // on the skinny GEMMs (cuda::skinny_gemm: 5-16 tokens, weights of up to cuda::kSkinnyMaxWeights
   // elements) instead of cuBLASLt.
   bool skinny(int64_t T, std::initializer_list<const Tensor*> operands) const;
+  // lora_expand of `d` into columns at[j] .. of the rows of one GEMM over stacked projections (rows
+  // [T, W], float32) rather than into tensors of their own.
+  void lora_expand_columns(const LoraDelta& d, Tensor& rows, const std::array<int64_t, 3>& at);
   // The same for FP8 weights (their codes read by the skinny GEMMs, widened in registers): any size, the
   // alternative being to expand the matrix into 16 bits first (more than 16 tokens) or the CUDA-core GEMVs
   // (below skinny_fp8_min_tokens, which are faster there at 1-2 tokens and slower from three: H200,
@@ -168,6 +173,19 @@ class CudaBackend : public Backend {
   static int64_t gemm_token_bucket(int64_t n);
 
  private:
+  // An expand's output: B^T stack, its columns of t, and rows of float32 `out` ld apart.
+  struct ExpandTarget {
+    const Tensor* bt;
+    int64_t col;
+    float* out;
+    int64_t ld;
+  };
+  void expand_targets(const Tensor& t, const ExpandTarget* e, int n);
+  // Whether gate and up are consecutive rows of one matrix that stacked_gate_up_silu takes (scratch, act).
+  bool stacked_gate_up(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, const Tensor& gate_up,
+                       const Tensor& act) const;
+  void stacked_gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate_up, Tensor& act,
+                            const LoraDelta* lora);
   struct Stream {
     cudaStream_t s = nullptr;
     int device = 0;
