@@ -18,11 +18,12 @@
 //  - with --attention-fp8: attention over an FP8 E4M3 cache (kv_cache_dtype fp8) against a bf16 one,
 //    decode over batch sizes and contexts and prefill of one causal sequence (its fp8 blocks widened
 //    tile by tile by the kernel, and once before it).
-// Usage: kernel_bench [--quick | --layers | --layers-7b | --layers-3b | --attention | --attention-chunks | --attention-fp8 | --sampler | --boundary
+// Usage: kernel_bench [--quick | --layers | --layers-7b | --layers-3b | --lora | --attention | --attention-chunks | --attention-fp8 | --sampler | --boundary
 //                      | --splitk | --skinny | --prefill | --fp8 | --few-tokens]
 // (prints tables; exits 77 without a GPU; --layers: the rooflines and the step-layer tables alone;
 // --layers-7b: the decode-layer tables at the Qwen2.5-7B shape (1-16 sequences), GEMVs of one size
 // by row length, lm_head and the draw; --layers-3b: the decode-layer tables at the Qwen2.5-3B shape;
+// --lora: the 1.5B decode layer of 1, 2 and 8 sequences with a rank-16 adapter on every projection;
 // --attention: the rooflines and the sweep; --attention-chunks: the sweep over least keys a split;
 // --sampler: the rooflines and the draw and log-probability tables; --boundary: a kernel boundary's cost
 // alone, bench/boundary_kernels.h; --splitk: the rooflines and cuBLASLt split-K at decode token counts;
@@ -738,7 +739,10 @@ int main(int argc, char** argv) {
   // the skinny launches normalize themselves, CudaBackend::kSkinnyNormMinCols; 1-16 sequences).
   const bool shape_3b = argc > 1 && std::strcmp(argv[1], "--layers-3b") == 0;
   const bool other_shape = shape_7b || shape_3b;
-  const bool layers_only = other_shape || (argc > 1 && std::strcmp(argv[1], "--layers") == 0);
+  // --lora: the 1.5B decode layer of 1, 2 and 8 sequences with a rank-16 LoRA adapter on every projection
+  // (each group's shrink, then the op that adds its update), op by op.
+  const bool lora_layers = argc > 1 && std::strcmp(argv[1], "--lora") == 0;
+  const bool layers_only = other_shape || lora_layers || (argc > 1 && std::strcmp(argv[1], "--layers") == 0);
   const bool attention_only = argc > 1 && std::strcmp(argv[1], "--attention") == 0;
   const bool chunks_only = argc > 1 && std::strcmp(argv[1], "--attention-chunks") == 0;
   const bool sampler_only = argc > 1 && std::strcmp(argv[1], "--sampler") == 0;
@@ -996,15 +1000,34 @@ int main(int argc, char** argv) {
     }
     Tensor inv = random_tensor(be, {D / 2}, DType::F32, 0.01f);
     const float eps = 1e-6f;
+    // --lora: each layer's adapter stacks (one slot, rank R on all seven projections; Transformer::LoraGroup)
+    // and the deltas that add them (Backend::LoraDelta, over the shrink outputs t).
+    const int64_t R = 16;
+    struct LoraStacks {
+      Tensor a_qkv, bt_q, bt_k, bt_v, a_o, bt_o, a_gu, bt_g, bt_u, a_d, bt_d;
+    };
+    std::vector<LoraStacks> lora(lora_layers ? L : 0);
+    for (auto& st : lora) {
+      st.a_qkv = random_tensor(be, {1, 3 * R, H}, DType::BF16), st.a_o = random_tensor(be, {1, R, Hq * D}, DType::BF16);
+      st.a_gu = random_tensor(be, {1, 2 * R, H}, DType::BF16), st.a_d = random_tensor(be, {1, R, I}, DType::BF16);
+      st.bt_q = random_tensor(be, {1, R, Hq * D}, DType::BF16), st.bt_k = random_tensor(be, {1, R, Hk * D}, DType::BF16);
+      st.bt_v = random_tensor(be, {1, R, Hk * D}, DType::BF16), st.bt_o = random_tensor(be, {1, R, H}, DType::BF16);
+      st.bt_g = random_tensor(be, {1, R, I}, DType::BF16), st.bt_u = random_tensor(be, {1, R, I}, DType::BF16);
+      st.bt_d = random_tensor(be, {1, R, H}, DType::BF16);
+    }
     struct StepCase {
       int64_t seqs, q_len, ctx;
     };
     for (const StepCase& sc : {StepCase{1, 1, 160}, StepCase{2, 1, 640}, StepCase{4, 1, 640}, StepCase{8, 1, 640},
                                StepCase{16, 1, 640}, StepCase{256, 1, 640}, StepCase{16, 512, 512}}) {
       if ((quick || other_shape) && sc.seqs > 1 && !(other_shape && sc.q_len == 1 && sc.seqs <= 16)) continue;
+      if (lora_layers && (sc.q_len != 1 || (sc.seqs != 1 && sc.seqs != 2 && sc.seqs != 8))) continue;
+      for (int pass = 0; pass < (lora_layers ? 2 : 1); ++pass) {  // (--lora: without, then with the adapter)
+      const bool with_lora = lora_layers && pass == 1;
       const int64_t B = sc.seqs * sc.q_len, ctx = sc.ctx, S = sc.seqs;  // B: the step's tokens
       StepMeta m = attention_step(S, sc.q_len, ctx, bs);
       if (sc.q_len == 1) m.max_context = 4096;
+      if (with_lora) m.lora.assign(static_cast<size_t>(S), 1);
       be.begin_step(m);
       // Caches of zeros (the timing does not depend on the values; random ones would take minutes to make).
       const int64_t cache_blocks = S * ((ctx + bs - 1) / bs);
@@ -1037,22 +1060,72 @@ int main(int argc, char** argv) {
       const double att_flops = 4.0 * Hq * D * S * (sc.q_len * double(ctx) - double(sc.q_len) * (sc.q_len - 1) / 2);
       char att_name[64];
       std::snprintf(att_name, sizeof att_name, "attention (context %lld)", static_cast<long long>(ctx));
-      const Op ops[] = {{"norm + q/k/v + RoPE + KV write", qkv, 2.0 * (Hq + 2 * Hk) * D * H, 2.0 * B * (Hq + 2 * Hk) * D * H},
-                        {att_name, att, kv_bytes, att_flops},
-                        {"o_proj + residual", oproj, 2.0 * H * Hq * D, 2.0 * B * H * Hq * D},
-                        {"norm + gate/up + SiLU", mlp_in, 2.0 * 2 * I * H, 2.0 * B * 2 * I * H},
-                        {"down + residual", down, 2.0 * H * I, 2.0 * B * H * I}};
+      std::vector<Op> ops = {{"norm + q/k/v + RoPE + KV write", qkv, 2.0 * (Hq + 2 * Hk) * D * H, 2.0 * B * (Hq + 2 * Hk) * D * H},
+                             {att_name, att, kv_bytes, att_flops},
+                             {"o_proj + residual", oproj, 2.0 * H * Hq * D, 2.0 * B * H * Hq * D},
+                             {"norm + gate/up + SiLU", mlp_in, 2.0 * 2 * I * H, 2.0 * B * 2 * I * H},
+                             {"down + residual", down, 2.0 * H * I, 2.0 * B * H * I}};
+      // --lora: each group's shrink, then its op adding the update (bytes: the adapter's A and B^T too).
+      Tensor t_lora = lora_layers ? be.empty({B, 3 * R}, DType::F32) : Tensor{};
+      auto shrink_to = [&](int64_t cols) {
+        Tensor t = t_lora;
+        t.shape = {B, cols};
+        return t;
+      };
+      Tensor t_qkv = shrink_to(3 * R), t_o = shrink_to(R), t_gu = shrink_to(2 * R), t_d = shrink_to(R);
+      auto delta = [&](const Tensor& t, std::initializer_list<const Tensor*> bts) {
+        Backend::LoraDelta d;
+        d.t = &t;
+        int j = 0;
+        for (const Tensor* bt : bts) d.bt[j] = bt, d.col[j] = j * R, ++j;
+        return d;
+      };
+      if (with_lora) {
+        const double lb = 2.0 * R;  // bytes of one rank's row per input or output feature
+        auto sq = [&](int64_t i) { be.lora_shrink_norm(x, {ls[i].norm1, eps, h}, lora[i].a_qkv, t_qkv); };
+        auto lq = [&](int64_t i) {
+          Layer& l = ls[i];
+          const Backend::LoraDelta d = delta(t_qkv, {&lora[i].bt_q, &lora[i].bt_k, &lora[i].bt_v});
+          be.norm_qkv_rope_kv_write(x, {l.norm1, eps, h}, l.wq, &l.bq, q, l.wk, &l.bk, k, l.wv, &l.bv, v, nullptr, inv, D, kcs[i],
+                                    vcs[i], &d);
+        };
+        auto so = [&](int64_t i) { be.lora_shrink(attn, lora[i].a_o, t_o); };
+        auto lo = [&](int64_t i) {
+          const Backend::LoraDelta d = delta(t_o, {&lora[i].bt_o});
+          be.linear_residual(attn, ls[i].wo, proj, x, &d);
+        };
+        auto sg = [&](int64_t i) { be.lora_shrink_norm(x, {ls[i].norm2, eps, h}, lora[i].a_gu, t_gu); };
+        auto lg = [&](int64_t i) {
+          const Backend::LoraDelta d = delta(t_gu, {&lora[i].bt_g, &lora[i].bt_u});
+          be.norm_gate_up_silu(x, {ls[i].norm2, eps, h}, ls[i].wg, ls[i].wu, gate_up, act, &d);
+        };
+        auto sd = [&](int64_t i) { be.lora_shrink(act, lora[i].a_d, t_d); };
+        auto ld = [&](int64_t i) {
+          const Backend::LoraDelta d = delta(t_d, {&lora[i].bt_d});
+          be.linear_residual(act, ls[i].wd, proj, x, &d);
+        };
+        ops = {{"LoRA shrink (norm inside), q/k/v", sq, lb * 3 * H, 2.0 * B * 3 * R * H},
+               {"norm + q/k/v + LoRA + RoPE + KV write", lq, ops[0].bytes + lb * (Hq + 2 * Hk) * D, ops[0].flops},
+               ops[1],
+               {"LoRA shrink, o_proj", so, lb * Hq * D, 2.0 * B * R * Hq * D},
+               {"o_proj + LoRA + residual", lo, ops[2].bytes + lb * H, ops[2].flops},
+               {"LoRA shrink (norm inside), gate/up", sg, lb * 2 * H, 2.0 * B * 2 * R * H},
+               {"norm + gate/up + LoRA + SiLU", lg, ops[3].bytes + lb * 2 * I, ops[3].flops},
+               {"LoRA shrink, down", sd, lb * I, 2.0 * B * R * I},
+               {"down + LoRA + residual", ld, ops[4].bytes + lb * H, ops[4].flops}};
+      }
       char title[96];
       if (sc.q_len == 1)
         std::snprintf(title, sizeof title, "decode layer%s, %lld seq%s (28 layers, graph)",
-                      shape_7b ? " (7B shape)" : shape_3b ? " (3B shape)" : "",
+                      shape_7b ? " (7B shape)" : shape_3b ? " (3B shape)" : with_lora ? " with LoRA" : "",
                       static_cast<long long>(S), S > 1 ? "s" : "");
       else
         std::snprintf(title, sizeof title, "prefill layer, %lld x %lld tokens (28 layers)", static_cast<long long>(S),
                       static_cast<long long>(sc.q_len));
       std::printf("\n%-44s %10s %12s %10s %12s\n", title, "us/layer", "rate", "of copy", "TFLOP/s");
-      double layer_bytes = 0, layer_flops = 0, alone_us[5];
-      for (int o = 0; o < 5; ++o) {
+      double layer_bytes = 0, layer_flops = 0;
+      std::vector<double> alone_us(ops.size());
+      for (size_t o = 0; o < ops.size(); ++o) {
         const Op& op = ops[o];
         const double ms = graph_ms(be, [&] { for (int64_t i = 0; i < L; ++i) op.fn(i); }, 1) / L;
         alone_us[o] = ms * 1e3;
@@ -1072,7 +1145,7 @@ int main(int argc, char** argv) {
                   layer_flops / (ms * 1e-3) / 1e12, floor_us, 100 * floor_us / (ms * 1e3));
       // Where the whole layer's excess over its launches alone sits: each launch followed by the next
       // (28 layers of the pair in a graph) against the two alone, in us per layer.
-      if (sc.q_len == 1) {
+      if (sc.q_len == 1 && !lora_layers) {
         std::printf("%-44s", "pairs over their launches alone (us)");
         for (int o = 0; o < 5; ++o) {
           const Op &a = ops[o], &b = ops[(o + 1) % 5];
@@ -1086,10 +1159,11 @@ int main(int argc, char** argv) {
         }
         std::printf("  (q/k/v->attention, ->o_proj, ->gate/up, ->down, down->q/k/v)\n");
       }
+      }  // (pass)
     }
   }
 
-  if (layers_only && !other_shape) {
+  if (layers_only && !other_shape && !lora_layers) {
     // The rest of a decode step at the 1.5B shape by its sequences: lm_head (151,936 x 1,536 bf16, the
     // GEMV for 1-2 rows, the skinny kernel for 3-4, cuBLASLt above) and the greedy draw of every row.
     const int64_t V = 151936, H = 1536;
