@@ -1023,142 +1023,142 @@ int main(int argc, char** argv) {
       if ((quick || other_shape) && sc.seqs > 1 && !(other_shape && sc.q_len == 1 && sc.seqs <= 16)) continue;
       if (lora_layers && (sc.q_len != 1 || (sc.seqs != 1 && sc.seqs != 2 && sc.seqs != 8))) continue;
       for (int pass = 0; pass < (lora_layers ? 2 : 1); ++pass) {  // (--lora: without, then with the adapter)
-      const bool with_lora = lora_layers && pass == 1;
-      const int64_t B = sc.seqs * sc.q_len, ctx = sc.ctx, S = sc.seqs;  // B: the step's tokens
-      StepMeta m = attention_step(S, sc.q_len, ctx, bs);
-      if (sc.q_len == 1) m.max_context = 4096;
-      if (with_lora) m.lora.assign(static_cast<size_t>(S), 1);
-      be.begin_step(m);
-      // Caches of zeros (the timing does not depend on the values; random ones would take minutes to make).
-      const int64_t cache_blocks = S * ((ctx + bs - 1) / bs);
-      std::vector<Tensor> kcs, vcs;
-      for (int64_t i = 0; i < L; ++i) {
-        for (auto* c : {&kcs, &vcs}) {
-          c->push_back(be.empty({cache_blocks, bs, Hk, D}, DType::BF16));
-          cudaMemset(c->back().data, 0, c->back().bytes());
+        const bool with_lora = lora_layers && pass == 1;
+        const int64_t B = sc.seqs * sc.q_len, ctx = sc.ctx, S = sc.seqs;  // B: the step's tokens
+        StepMeta m = attention_step(S, sc.q_len, ctx, bs);
+        if (sc.q_len == 1) m.max_context = 4096;
+        if (with_lora) m.lora.assign(static_cast<size_t>(S), 1);
+        be.begin_step(m);
+        // Caches of zeros (the timing does not depend on the values; random ones would take minutes to make).
+        const int64_t cache_blocks = S * ((ctx + bs - 1) / bs);
+        std::vector<Tensor> kcs, vcs;
+        for (int64_t i = 0; i < L; ++i) {
+          for (auto* c : {&kcs, &vcs}) {
+            c->push_back(be.empty({cache_blocks, bs, Hk, D}, DType::BF16));
+            cudaMemset(c->back().data, 0, c->back().bytes());
+          }
         }
-      }
-      Tensor x = random_tensor(be, {B, H}, DType::F32), h = be.empty({B, H}, DType::BF16), proj = be.empty({B, H}, DType::F32);
-      Tensor q = be.empty({B, Hq * D}, DType::F32), k = be.empty({B, Hk * D}, DType::F32), v = be.empty({B, Hk * D}, DType::F32);
-      Tensor attn = be.empty({B, Hq * D}, DType::BF16), gate_up = be.empty({B, 2 * I}, DType::F32);
-      Tensor act = be.empty({B, I}, DType::BF16);
-      auto qkv = [&](int64_t i) {
-        Layer& l = ls[i];
-        be.norm_qkv_rope_kv_write(x, {l.norm1, eps, h}, l.wq, &l.bq, q, l.wk, &l.bk, k, l.wv, &l.bv, v, nullptr, inv, D, kcs[i], vcs[i]);
-      };
-      auto att = [&](int64_t i) { be.attention(q, kcs[i], vcs[i], D, bs, 0.0884f, attn); };
-      auto oproj = [&](int64_t i) { be.linear_residual(attn, ls[i].wo, proj, x); };
-      auto mlp_in = [&](int64_t i) { be.norm_gate_up_silu(x, {ls[i].norm2, eps, h}, ls[i].wg, ls[i].wu, gate_up, act); };
-      auto down = [&](int64_t i) { be.linear_residual(act, ls[i].wd, proj, x); };
-      struct Op {
-        const char* name;
-        std::function<void(int64_t)> fn;
-        double bytes, flops;
-      };
-      const double kv_bytes = 2.0 * S * ctx * Hk * D * 2;
-      // Causal attention FLOPs: each new token scores the context up to itself.
-      const double att_flops = 4.0 * Hq * D * S * (sc.q_len * double(ctx) - double(sc.q_len) * (sc.q_len - 1) / 2);
-      char att_name[64];
-      std::snprintf(att_name, sizeof att_name, "attention (context %lld)", static_cast<long long>(ctx));
-      std::vector<Op> ops = {{"norm + q/k/v + RoPE + KV write", qkv, 2.0 * (Hq + 2 * Hk) * D * H, 2.0 * B * (Hq + 2 * Hk) * D * H},
-                             {att_name, att, kv_bytes, att_flops},
-                             {"o_proj + residual", oproj, 2.0 * H * Hq * D, 2.0 * B * H * Hq * D},
-                             {"norm + gate/up + SiLU", mlp_in, 2.0 * 2 * I * H, 2.0 * B * 2 * I * H},
-                             {"down + residual", down, 2.0 * H * I, 2.0 * B * H * I}};
-      // --lora: each group's shrink, then its op adding the update (bytes: the adapter's A and B^T too).
-      Tensor t_lora = lora_layers ? be.empty({B, 3 * R}, DType::F32) : Tensor{};
-      auto shrink_to = [&](int64_t cols) {
-        Tensor t = t_lora;
-        t.shape = {B, cols};
-        return t;
-      };
-      Tensor t_qkv = shrink_to(3 * R), t_o = shrink_to(R), t_gu = shrink_to(2 * R), t_d = shrink_to(R);
-      auto delta = [&](const Tensor& t, std::initializer_list<const Tensor*> bts) {
-        Backend::LoraDelta d;
-        d.t = &t;
-        int j = 0;
-        for (const Tensor* bt : bts) d.bt[j] = bt, d.col[j] = j * R, ++j;
-        return d;
-      };
-      if (with_lora) {
-        const double lb = 2.0 * R;  // bytes of one rank's row per input or output feature
-        auto sq = [&](int64_t i) { be.lora_shrink_norm(x, {ls[i].norm1, eps, h}, lora[i].a_qkv, t_qkv); };
-        auto lq = [&](int64_t i) {
+        Tensor x = random_tensor(be, {B, H}, DType::F32), h = be.empty({B, H}, DType::BF16), proj = be.empty({B, H}, DType::F32);
+        Tensor q = be.empty({B, Hq * D}, DType::F32), k = be.empty({B, Hk * D}, DType::F32), v = be.empty({B, Hk * D}, DType::F32);
+        Tensor attn = be.empty({B, Hq * D}, DType::BF16), gate_up = be.empty({B, 2 * I}, DType::F32);
+        Tensor act = be.empty({B, I}, DType::BF16);
+        auto qkv = [&](int64_t i) {
           Layer& l = ls[i];
-          const Backend::LoraDelta d = delta(t_qkv, {&lora[i].bt_q, &lora[i].bt_k, &lora[i].bt_v});
-          be.norm_qkv_rope_kv_write(x, {l.norm1, eps, h}, l.wq, &l.bq, q, l.wk, &l.bk, k, l.wv, &l.bv, v, nullptr, inv, D, kcs[i],
-                                    vcs[i], &d);
+          be.norm_qkv_rope_kv_write(x, {l.norm1, eps, h}, l.wq, &l.bq, q, l.wk, &l.bk, k, l.wv, &l.bv, v, nullptr, inv, D, kcs[i], vcs[i]);
         };
-        auto so = [&](int64_t i) { be.lora_shrink(attn, lora[i].a_o, t_o); };
-        auto lo = [&](int64_t i) {
-          const Backend::LoraDelta d = delta(t_o, {&lora[i].bt_o});
-          be.linear_residual(attn, ls[i].wo, proj, x, &d);
+        auto att = [&](int64_t i) { be.attention(q, kcs[i], vcs[i], D, bs, 0.0884f, attn); };
+        auto oproj = [&](int64_t i) { be.linear_residual(attn, ls[i].wo, proj, x); };
+        auto mlp_in = [&](int64_t i) { be.norm_gate_up_silu(x, {ls[i].norm2, eps, h}, ls[i].wg, ls[i].wu, gate_up, act); };
+        auto down = [&](int64_t i) { be.linear_residual(act, ls[i].wd, proj, x); };
+        struct Op {
+          const char* name;
+          std::function<void(int64_t)> fn;
+          double bytes, flops;
         };
-        auto sg = [&](int64_t i) { be.lora_shrink_norm(x, {ls[i].norm2, eps, h}, lora[i].a_gu, t_gu); };
-        auto lg = [&](int64_t i) {
-          const Backend::LoraDelta d = delta(t_gu, {&lora[i].bt_g, &lora[i].bt_u});
-          be.norm_gate_up_silu(x, {ls[i].norm2, eps, h}, ls[i].wg, ls[i].wu, gate_up, act, &d);
+        const double kv_bytes = 2.0 * S * ctx * Hk * D * 2;
+        // Causal attention FLOPs: each new token scores the context up to itself.
+        const double att_flops = 4.0 * Hq * D * S * (sc.q_len * double(ctx) - double(sc.q_len) * (sc.q_len - 1) / 2);
+        char att_name[64];
+        std::snprintf(att_name, sizeof att_name, "attention (context %lld)", static_cast<long long>(ctx));
+        std::vector<Op> ops = {{"norm + q/k/v + RoPE + KV write", qkv, 2.0 * (Hq + 2 * Hk) * D * H, 2.0 * B * (Hq + 2 * Hk) * D * H},
+                               {att_name, att, kv_bytes, att_flops},
+                               {"o_proj + residual", oproj, 2.0 * H * Hq * D, 2.0 * B * H * Hq * D},
+                               {"norm + gate/up + SiLU", mlp_in, 2.0 * 2 * I * H, 2.0 * B * 2 * I * H},
+                               {"down + residual", down, 2.0 * H * I, 2.0 * B * H * I}};
+        // --lora: each group's shrink, then its op adding the update (bytes: the adapter's A and B^T too).
+        Tensor t_lora = lora_layers ? be.empty({B, 3 * R}, DType::F32) : Tensor{};
+        auto shrink_to = [&](int64_t cols) {
+          Tensor t = t_lora;
+          t.shape = {B, cols};
+          return t;
         };
-        auto sd = [&](int64_t i) { be.lora_shrink(act, lora[i].a_d, t_d); };
-        auto ld = [&](int64_t i) {
-          const Backend::LoraDelta d = delta(t_d, {&lora[i].bt_d});
-          be.linear_residual(act, ls[i].wd, proj, x, &d);
+        Tensor t_qkv = shrink_to(3 * R), t_o = shrink_to(R), t_gu = shrink_to(2 * R), t_d = shrink_to(R);
+        auto delta = [&](const Tensor& t, std::initializer_list<const Tensor*> bts) {
+          Backend::LoraDelta d;
+          d.t = &t;
+          int j = 0;
+          for (const Tensor* bt : bts) d.bt[j] = bt, d.col[j] = j * R, ++j;
+          return d;
         };
-        ops = {{"LoRA shrink (norm inside), q/k/v", sq, lb * 3 * H, 2.0 * B * 3 * R * H},
-               {"norm + q/k/v + LoRA + RoPE + KV write", lq, ops[0].bytes + lb * (Hq + 2 * Hk) * D, ops[0].flops},
-               ops[1],
-               {"LoRA shrink, o_proj", so, lb * Hq * D, 2.0 * B * R * Hq * D},
-               {"o_proj + LoRA + residual", lo, ops[2].bytes + lb * H, ops[2].flops},
-               {"LoRA shrink (norm inside), gate/up", sg, lb * 2 * H, 2.0 * B * 2 * R * H},
-               {"norm + gate/up + LoRA + SiLU", lg, ops[3].bytes + lb * 2 * I, ops[3].flops},
-               {"LoRA shrink, down", sd, lb * I, 2.0 * B * R * I},
-               {"down + LoRA + residual", ld, ops[4].bytes + lb * H, ops[4].flops}};
-      }
-      char title[96];
-      if (sc.q_len == 1)
-        std::snprintf(title, sizeof title, "decode layer%s, %lld seq%s (28 layers, graph)",
-                      shape_7b ? " (7B shape)" : shape_3b ? " (3B shape)" : with_lora ? " with LoRA" : "",
-                      static_cast<long long>(S), S > 1 ? "s" : "");
-      else
-        std::snprintf(title, sizeof title, "prefill layer, %lld x %lld tokens (28 layers)", static_cast<long long>(S),
-                      static_cast<long long>(sc.q_len));
-      std::printf("\n%-44s %10s %12s %10s %12s\n", title, "us/layer", "rate", "of copy", "TFLOP/s");
-      double layer_bytes = 0, layer_flops = 0;
-      std::vector<double> alone_us(ops.size());
-      for (size_t o = 0; o < ops.size(); ++o) {
-        const Op& op = ops[o];
-        const double ms = graph_ms(be, [&] { for (int64_t i = 0; i < L; ++i) op.fn(i); }, 1) / L;
-        alone_us[o] = ms * 1e3;
-        const double gbs = op.bytes / (ms * 1e-3) / 1e9;
-        layer_bytes += op.bytes;
-        layer_flops += op.flops;
-        std::printf("%-44s %10.2f %7.0f GB/s %9.0f%% %12.1f\n", op.name, ms * 1e3, gbs, 100 * gbs / copy_gbs,
-                    op.flops / (ms * 1e-3) / 1e12);
-      }
-      const double ms = graph_ms(be, [&] {
-        for (int64_t i = 0; i < L; ++i)
-          for (const Op& op : ops) op.fn(i);
-      }, 1) / L;
-      const double floor_us = std::max(layer_bytes / (copy_gbs * 1e9), layer_flops / (peak_tflops * 1e12)) * 1e6;
-      std::printf("%-44s %10.2f %7.0f GB/s %9.0f%% %12.1f  (floor %.2f us: %.0f%% of it)\n", "whole layer", ms * 1e3,
-                  layer_bytes / (ms * 1e-3) / 1e9, 100 * layer_bytes / (ms * 1e-3) / 1e9 / copy_gbs,
-                  layer_flops / (ms * 1e-3) / 1e12, floor_us, 100 * floor_us / (ms * 1e3));
-      // Where the whole layer's excess over its launches alone sits: each launch followed by the next
-      // (28 layers of the pair in a graph) against the two alone, in us per layer.
-      if (sc.q_len == 1 && !lora_layers) {
-        std::printf("%-44s", "pairs over their launches alone (us)");
-        for (int o = 0; o < 5; ++o) {
-          const Op &a = ops[o], &b = ops[(o + 1) % 5];
-          const double pair_us = graph_ms(be, [&] {
-            for (int64_t i = 0; i < L; ++i) {
-              a.fn(i);
-              b.fn(i);
-            }
-          }, 1) / L * 1e3;
-          std::printf(" %+.2f", pair_us - alone_us[o] - alone_us[(o + 1) % 5]);
+        if (with_lora) {
+          const double lb = 2.0 * R;  // bytes of one rank's row per input or output feature
+          auto sq = [&](int64_t i) { be.lora_shrink_norm(x, {ls[i].norm1, eps, h}, lora[i].a_qkv, t_qkv); };
+          auto lq = [&](int64_t i) {
+            Layer& l = ls[i];
+            const Backend::LoraDelta d = delta(t_qkv, {&lora[i].bt_q, &lora[i].bt_k, &lora[i].bt_v});
+            be.norm_qkv_rope_kv_write(x, {l.norm1, eps, h}, l.wq, &l.bq, q, l.wk, &l.bk, k, l.wv, &l.bv, v, nullptr, inv, D, kcs[i],
+                                      vcs[i], &d);
+          };
+          auto so = [&](int64_t i) { be.lora_shrink(attn, lora[i].a_o, t_o); };
+          auto lo = [&](int64_t i) {
+            const Backend::LoraDelta d = delta(t_o, {&lora[i].bt_o});
+            be.linear_residual(attn, ls[i].wo, proj, x, &d);
+          };
+          auto sg = [&](int64_t i) { be.lora_shrink_norm(x, {ls[i].norm2, eps, h}, lora[i].a_gu, t_gu); };
+          auto lg = [&](int64_t i) {
+            const Backend::LoraDelta d = delta(t_gu, {&lora[i].bt_g, &lora[i].bt_u});
+            be.norm_gate_up_silu(x, {ls[i].norm2, eps, h}, ls[i].wg, ls[i].wu, gate_up, act, &d);
+          };
+          auto sd = [&](int64_t i) { be.lora_shrink(act, lora[i].a_d, t_d); };
+          auto ld = [&](int64_t i) {
+            const Backend::LoraDelta d = delta(t_d, {&lora[i].bt_d});
+            be.linear_residual(act, ls[i].wd, proj, x, &d);
+          };
+          ops = {{"LoRA shrink (norm inside), q/k/v", sq, lb * 3 * H, 2.0 * B * 3 * R * H},
+                 {"norm + q/k/v + LoRA + RoPE + KV write", lq, ops[0].bytes + lb * (Hq + 2 * Hk) * D, ops[0].flops},
+                 ops[1],
+                 {"LoRA shrink, o_proj", so, lb * Hq * D, 2.0 * B * R * Hq * D},
+                 {"o_proj + LoRA + residual", lo, ops[2].bytes + lb * H, ops[2].flops},
+                 {"LoRA shrink (norm inside), gate/up", sg, lb * 2 * H, 2.0 * B * 2 * R * H},
+                 {"norm + gate/up + LoRA + SiLU", lg, ops[3].bytes + lb * 2 * I, ops[3].flops},
+                 {"LoRA shrink, down", sd, lb * I, 2.0 * B * R * I},
+                 {"down + LoRA + residual", ld, ops[4].bytes + lb * H, ops[4].flops}};
         }
-        std::printf("  (q/k/v->attention, ->o_proj, ->gate/up, ->down, down->q/k/v)\n");
-      }
+        char title[96];
+        if (sc.q_len == 1)
+          std::snprintf(title, sizeof title, "decode layer%s, %lld seq%s (28 layers, graph)",
+                        shape_7b ? " (7B shape)" : shape_3b ? " (3B shape)" : with_lora ? " with LoRA" : "",
+                        static_cast<long long>(S), S > 1 ? "s" : "");
+        else
+          std::snprintf(title, sizeof title, "prefill layer, %lld x %lld tokens (28 layers)", static_cast<long long>(S),
+                        static_cast<long long>(sc.q_len));
+        std::printf("\n%-44s %10s %12s %10s %12s\n", title, "us/layer", "rate", "of copy", "TFLOP/s");
+        double layer_bytes = 0, layer_flops = 0;
+        std::vector<double> alone_us(ops.size());
+        for (size_t o = 0; o < ops.size(); ++o) {
+          const Op& op = ops[o];
+          const double ms = graph_ms(be, [&] { for (int64_t i = 0; i < L; ++i) op.fn(i); }, 1) / L;
+          alone_us[o] = ms * 1e3;
+          const double gbs = op.bytes / (ms * 1e-3) / 1e9;
+          layer_bytes += op.bytes;
+          layer_flops += op.flops;
+          std::printf("%-44s %10.2f %7.0f GB/s %9.0f%% %12.1f\n", op.name, ms * 1e3, gbs, 100 * gbs / copy_gbs,
+                      op.flops / (ms * 1e-3) / 1e12);
+        }
+        const double ms = graph_ms(be, [&] {
+          for (int64_t i = 0; i < L; ++i)
+            for (const Op& op : ops) op.fn(i);
+        }, 1) / L;
+        const double floor_us = std::max(layer_bytes / (copy_gbs * 1e9), layer_flops / (peak_tflops * 1e12)) * 1e6;
+        std::printf("%-44s %10.2f %7.0f GB/s %9.0f%% %12.1f  (floor %.2f us: %.0f%% of it)\n", "whole layer", ms * 1e3,
+                    layer_bytes / (ms * 1e-3) / 1e9, 100 * layer_bytes / (ms * 1e-3) / 1e9 / copy_gbs,
+                    layer_flops / (ms * 1e-3) / 1e12, floor_us, 100 * floor_us / (ms * 1e3));
+        // Where the whole layer's excess over its launches alone sits: each launch followed by the next
+        // (28 layers of the pair in a graph) against the two alone, in us per layer.
+        if (sc.q_len == 1 && !lora_layers) {
+          std::printf("%-44s", "pairs over their launches alone (us)");
+          for (int o = 0; o < 5; ++o) {
+            const Op &a = ops[o], &b = ops[(o + 1) % 5];
+            const double pair_us = graph_ms(be, [&] {
+              for (int64_t i = 0; i < L; ++i) {
+                a.fn(i);
+                b.fn(i);
+              }
+            }, 1) / L * 1e3;
+            std::printf(" %+.2f", pair_us - alone_us[o] - alone_us[(o + 1) % 5]);
+          }
+          std::printf("  (q/k/v->attention, ->o_proj, ->gate/up, ->down, down->q/k/v)\n");
+        }
       }  // (pass)
     }
   }

@@ -166,9 +166,6 @@ class Backend {
   virtual void gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate_up, Tensor& act) {
     gate_up_silu_composed(x, w_gate, w_up, gate_up, act, nullptr);
   }
-  // gate_up_silu's default, with `lora`'s update (LoraDelta: gate, up) added to gate and up before SiLU.
-  void gate_up_silu_composed(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate_up, Tensor& act,
-                             const LoraDelta* lora);
   // The RMSNorm in front of a decoder block: h = rmsnorm(x) * w, x the float32 residual stream. The
   // defaults below write h and run the block's first op on it; an override that normalizes inside
   // that op may leave h alone.
@@ -280,6 +277,9 @@ class Backend {
   virtual size_t graph_memory() { return 0; }
 
  protected:
+  // gate_up_silu's default, with `lora`'s update (LoraDelta: gate, up) added to gate and up before SiLU.
+  void gate_up_silu_composed(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate_up, Tensor& act,
+                             const LoraDelta* lora);
   std::function<bool()> wait_hook_;
 };
 

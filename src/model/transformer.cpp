@@ -364,8 +364,10 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
   // ops run in order.)
   std::array<Tensor, kLoraGroups> lora_out;
   std::array<Backend::LoraDelta, kLoraGroups> lora_delta;
-  auto lora = [&](int g, const LoraGroup& grp, const Tensor* in, const Backend::InputNorm* norm) -> const Backend::LoraDelta* {
-    if (!lora_step || grp.n == 0) return nullptr;
+  auto lora = [&](size_t li, int g, const Tensor* in, const Backend::InputNorm* norm) -> const Backend::LoraDelta* {
+    if (!lora_step) return nullptr;
+    const LoraGroup& grp = lora_[li][static_cast<size_t>(g)];
+    if (grp.n == 0) return nullptr;
     Tensor& t = lora_out[static_cast<size_t>(g)];
     t = lora_t;
     t.shape = {T, grp.a.dim(1)};
@@ -400,18 +402,16 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
     Tensor& kc = kv.k(static_cast<int>(li));
     Tensor& vc = kv.v(static_cast<int>(li));
     const Backend::HeadNorm head_norm{w.q_norm, w.k_norm, eps};  // (Qwen3: each query and key head normalized before RoPE)
-    static const LoraLayer kNoLora{};
-    const LoraLayer& L = lora_step ? lora_[li] : kNoLora;
     const Backend::InputNorm in_norm{w.input_norm, eps, h}, post_norm{w.post_norm, eps, h};
-    const Backend::LoraDelta* qkv_lora = lora(kLoraQkv, L[kLoraQkv], nullptr, &in_norm);
+    const Backend::LoraDelta* qkv_lora = lora(li, kLoraQkv, nullptr, &in_norm);
     be_.norm_qkv_rope_kv_write(x, in_norm, w.wq, bias ? &w.bq : nullptr, q, w.wk, bias ? &w.bk : nullptr, k, w.wv,
                                bias ? &w.bv : nullptr, v, spec_.qk_norm ? &head_norm : nullptr, inv_freq_, D, kc, vc,
                                qkv_lora);
     be_.attention(q, kc, vc, D, kv.shape().block_size, scale, attn);
-    project_residual(attn, w.wo, lora(kLoraOut, L[kLoraOut], &attn, nullptr));
-    const Backend::LoraDelta* gate_up_lora = lora(kLoraGateUp, L[kLoraGateUp], nullptr, &post_norm);
+    project_residual(attn, w.wo, lora(li, kLoraOut, &attn, nullptr));
+    const Backend::LoraDelta* gate_up_lora = lora(li, kLoraGateUp, nullptr, &post_norm);
     be_.norm_gate_up_silu(x, post_norm, w.w_gate, w.w_up, gate_up, act, gate_up_lora);
-    project_residual(act, w.w_down, lora(kLoraDownGroup, L[kLoraDownGroup], &act, nullptr));
+    project_residual(act, w.w_down, lora(li, kLoraDownGroup, &act, nullptr));
   }
   return x;
 }

@@ -1142,8 +1142,10 @@ void CudaBackend::lora_shrink(const Tensor& in, const Tensor& a, Tensor& t) {
 }
 
 void CudaBackend::lora_shrink_norm(const Tensor& x, const InputNorm& norm, const Tensor& a, Tensor& t) {
-  // A decode's few rows: the norm inside the shrink (each block normalizes the rows it reads), where the
-  // fused op after it normalizes for itself; more rows: rmsnorm once, then the shrink.
+  // Up to 16 rows: the norm inside the shrink (each block normalizes the rows it reads). At 1-2 tokens the
+  // fused op after it normalizes for itself; from 3 the op's composition runs rmsnorm again, which costs
+  // the 8-sequence decode layer about 3 us a group over rmsnorm once and the plain shrink (H100,
+  // kernel_bench --lora; docs/performance.md, fifty-fourth session). More rows: rmsnorm, then the shrink.
   const int64_t T = rows_of(x), K = cols_of(x);
   if (T > 16 || x.dtype != DType::F32 || norm.w.dtype != a.dtype || norm.w.numel() != K)
     return Backend::lora_shrink_norm(x, norm, a, t);
