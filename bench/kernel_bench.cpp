@@ -1001,7 +1001,7 @@ int main(int argc, char** argv) {
     Tensor inv = random_tensor(be, {D / 2}, DType::F32, 0.01f);
     const float eps = 1e-6f;
     // --lora: each layer's adapter stacks (one slot, rank R on all seven projections; Transformer::LoraGroup)
-    // and the deltas that add them (Backend::LoraDelta, over the shrink outputs t).
+    // and the deltas that add them (Backend::LoraDelta: each op shrinks into t and adds the expand).
     const int64_t R = 16;
     struct LoraStacks {
       Tensor a_qkv, bt_q, bt_k, bt_v, a_o, bt_o, a_gu, bt_g, bt_u, a_d, bt_d;
@@ -1065,7 +1065,7 @@ int main(int argc, char** argv) {
                                {"o_proj + residual", oproj, 2.0 * H * Hq * D, 2.0 * B * H * Hq * D},
                                {"norm + gate/up + SiLU", mlp_in, 2.0 * 2 * I * H, 2.0 * B * 2 * I * H},
                                {"down + residual", down, 2.0 * H * I, 2.0 * B * H * I}};
-        // --lora: each group's shrink, then its op adding the update (bytes: the adapter's A and B^T too).
+        // --lora: each op with its group's shrink and expand (bytes: the adapter's A and B^T too).
         Tensor t_lora = lora_layers ? be.empty({B, 3 * R}, DType::F32) : Tensor{};
         auto shrink_to = [&](int64_t cols) {
           Tensor t = t_lora;
@@ -1073,46 +1073,59 @@ int main(int argc, char** argv) {
           return t;
         };
         Tensor t_qkv = shrink_to(3 * R), t_o = shrink_to(R), t_gu = shrink_to(2 * R), t_d = shrink_to(R);
-        auto delta = [&](const Tensor& t, std::initializer_list<const Tensor*> bts) {
+        auto delta = [&](const Tensor& a, Tensor& t, std::initializer_list<const Tensor*> bts) {
           Backend::LoraDelta d;
+          d.a = &a;
           d.t = &t;
           int j = 0;
           for (const Tensor* bt : bts) d.bt[j] = bt, d.col[j] = j * R, ++j;
           return d;
         };
+        std::vector<Op> shrinks;  // --lora: each op's shrink alone (also inside the op's row)
         if (with_lora) {
           const double lb = 2.0 * R;  // bytes of one rank's row per input or output feature
-          auto sq = [&](int64_t i) { be.lora_shrink_norm(x, {ls[i].norm1, eps, h}, lora[i].a_qkv, t_qkv); };
           auto lq = [&](int64_t i) {
             Layer& l = ls[i];
-            const Backend::LoraDelta d = delta(t_qkv, {&lora[i].bt_q, &lora[i].bt_k, &lora[i].bt_v});
+            const Backend::LoraDelta d = delta(lora[i].a_qkv, t_qkv, {&lora[i].bt_q, &lora[i].bt_k, &lora[i].bt_v});
             be.norm_qkv_rope_kv_write(x, {l.norm1, eps, h}, l.wq, &l.bq, q, l.wk, &l.bk, k, l.wv, &l.bv, v, nullptr, inv, D, kcs[i],
                                       vcs[i], &d);
           };
-          auto so = [&](int64_t i) { be.lora_shrink(attn, lora[i].a_o, t_o); };
           auto lo = [&](int64_t i) {
-            const Backend::LoraDelta d = delta(t_o, {&lora[i].bt_o});
+            const Backend::LoraDelta d = delta(lora[i].a_o, t_o, {&lora[i].bt_o});
             be.linear_residual(attn, ls[i].wo, proj, x, &d);
           };
-          auto sg = [&](int64_t i) { be.lora_shrink_norm(x, {ls[i].norm2, eps, h}, lora[i].a_gu, t_gu); };
           auto lg = [&](int64_t i) {
-            const Backend::LoraDelta d = delta(t_gu, {&lora[i].bt_g, &lora[i].bt_u});
+            const Backend::LoraDelta d = delta(lora[i].a_gu, t_gu, {&lora[i].bt_g, &lora[i].bt_u});
             be.norm_gate_up_silu(x, {ls[i].norm2, eps, h}, ls[i].wg, ls[i].wu, gate_up, act, &d);
           };
-          auto sd = [&](int64_t i) { be.lora_shrink(act, lora[i].a_d, t_d); };
           auto ld = [&](int64_t i) {
-            const Backend::LoraDelta d = delta(t_d, {&lora[i].bt_d});
+            const Backend::LoraDelta d = delta(lora[i].a_d, t_d, {&lora[i].bt_d});
             be.linear_residual(act, ls[i].wd, proj, x, &d);
           };
-          ops = {{"LoRA shrink (norm inside), q/k/v", sq, lb * 3 * H, 2.0 * B * 3 * R * H},
-                 {"norm + q/k/v + LoRA + RoPE + KV write", lq, ops[0].bytes + lb * (Hq + 2 * Hk) * D, ops[0].flops},
+          ops = {{"norm + q/k/v + LoRA + RoPE + KV write", lq, ops[0].bytes + lb * (3 * H + (Hq + 2 * Hk) * D),
+                  ops[0].flops + 2.0 * B * 3 * R * H},
                  ops[1],
-                 {"LoRA shrink, o_proj", so, lb * Hq * D, 2.0 * B * R * Hq * D},
-                 {"o_proj + LoRA + residual", lo, ops[2].bytes + lb * H, ops[2].flops},
-                 {"LoRA shrink (norm inside), gate/up", sg, lb * 2 * H, 2.0 * B * 2 * R * H},
-                 {"norm + gate/up + LoRA + SiLU", lg, ops[3].bytes + lb * 2 * I, ops[3].flops},
-                 {"LoRA shrink, down", sd, lb * I, 2.0 * B * R * I},
-                 {"down + LoRA + residual", ld, ops[4].bytes + lb * H, ops[4].flops}};
+                 {"o_proj + LoRA + residual", lo, ops[2].bytes + lb * (Hq * D + H), ops[2].flops + 2.0 * B * R * Hq * D},
+                 {"norm + gate/up + LoRA + SiLU", lg, ops[3].bytes + lb * (2 * H + 2 * I), ops[3].flops + 2.0 * B * 2 * R * H},
+                 {"down + LoRA + residual", ld, ops[4].bytes + lb * (I + H), ops[4].flops + 2.0 * B * R * I}};
+          // (The q/k/v and gate/up shrinks normalize their input themselves at 1-2 tokens; from 3 the op runs
+          // rmsnorm and the plain shrink, as here.)
+          auto sq = [&](int64_t i) {
+            if (B <= 2) return be.lora_shrink_norm(x, {ls[i].norm1, eps, h}, lora[i].a_qkv, t_qkv);
+            be.rmsnorm(x, ls[i].norm1, eps, h);
+            be.lora_shrink(h, lora[i].a_qkv, t_qkv);
+          };
+          auto sg = [&](int64_t i) {
+            if (B <= 2) return be.lora_shrink_norm(x, {ls[i].norm2, eps, h}, lora[i].a_gu, t_gu);
+            be.rmsnorm(x, ls[i].norm2, eps, h);
+            be.lora_shrink(h, lora[i].a_gu, t_gu);
+          };
+          auto so = [&](int64_t i) { be.lora_shrink(attn, lora[i].a_o, t_o); };
+          auto sd = [&](int64_t i) { be.lora_shrink(act, lora[i].a_d, t_d); };
+          shrinks = {{"  of which: LoRA shrink (+ norm), q/k/v", sq, lb * 3 * H, 2.0 * B * 3 * R * H},
+                     {"  of which: LoRA shrink, o_proj", so, lb * Hq * D, 2.0 * B * R * Hq * D},
+                     {"  of which: LoRA shrink (+ norm), gate/up", sg, lb * 2 * H, 2.0 * B * 2 * R * H},
+                     {"  of which: LoRA shrink, down", sd, lb * I, 2.0 * B * R * I}};
         }
         char title[96];
         if (sc.q_len == 1)
@@ -1143,6 +1156,12 @@ int main(int argc, char** argv) {
         std::printf("%-44s %10.2f %7.0f GB/s %9.0f%% %12.1f  (floor %.2f us: %.0f%% of it)\n", "whole layer", ms * 1e3,
                     layer_bytes / (ms * 1e-3) / 1e9, 100 * layer_bytes / (ms * 1e-3) / 1e9 / copy_gbs,
                     layer_flops / (ms * 1e-3) / 1e12, floor_us, 100 * floor_us / (ms * 1e3));
+        for (const Op& op : shrinks) {
+          const double sms = graph_ms(be, [&] { for (int64_t i = 0; i < L; ++i) op.fn(i); }, 1) / L;
+          const double gbs = op.bytes / (sms * 1e-3) / 1e9;
+          std::printf("%-44s %10.2f %7.0f GB/s %9.0f%% %12.1f\n", op.name, sms * 1e3, gbs, 100 * gbs / copy_gbs,
+                      op.flops / (sms * 1e-3) / 1e12);
+        }
         // Where the whole layer's excess over its launches alone sits: each launch followed by the next
         // (28 layers of the pair in a graph) against the two alone, in us per layer.
         if (sc.q_len == 1 && !lora_layers) {

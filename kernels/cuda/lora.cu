@@ -6,6 +6,7 @@
 // rows reads a matrix row once per adapter among them (a prompt's rows share one), so prefill re-reads
 // each stack T / kRows times from L2 rather than T times.
 #include <algorithm>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -125,34 +126,57 @@ struct ExpandArgs {
   int n;
 };
 
-// Thread j of an output's column block adds, for each of the block's rows with an adapter,
-// t[r, col:col+R] . Bt[slot][:, j] to out[r, j] (Bt's rows read across the threads: coalesced).
-// (A decode step's rows one after another cost about 14 us an expand at 8 rows, H100, kernel_bench --lora.
-// Taking the rows together, their outputs read at once and Bt once per run of rows of an adapter, measured
-// slower: 22 us, H200.)
+// Thread j of an output's column block adds, for each of the block's `per_block` rows with an adapter,
+// t[r, col:col+R] . Bt[slot][:, j] to out[r, j] (Bt's rows read across the threads: coalesced; kExpandChunk
+// of them requested at once). A decode's few rows take a block each (expand_rows_per_block): a block's rows
+// one after another are a chain of round trips to L2 (about 14 us at 8 rows, H100, kernel_bench --lora).
+// (Taking a block's rows together, their outputs read at once and Bt once per run of rows of an adapter,
+// measured slower: 22 us, H200.)
+constexpr int kExpandChunk = 8;
 template <typename T>
-__global__ void lora_expand_k(const float* t, int64_t tc, const int32_t* rows, int64_t n_rows, int64_t R, ExpandArgs<T> args) {
+__global__ void lora_expand_k(const float* t, int64_t tc, const int32_t* rows, int64_t n_rows, int64_t R, int per_block,
+                              ExpandArgs<T> args) {
   pdl_enter();
   int o = 0;
   while (o + 1 < args.n && static_cast<int>(blockIdx.x) >= args.first_block[o + 1]) ++o;
   const LoraOut<T>& p = args.out[o];
   const int64_t j = (blockIdx.x - args.first_block[o]) * static_cast<int64_t>(kExpandThreads) + threadIdx.x;
   if (j >= p.N) return;
-  const int64_t r0 = blockIdx.y * static_cast<int64_t>(kRows);
-  for (int r = 0; r < kRows && r0 + r < n_rows; ++r) {
+  const int64_t r0 = blockIdx.y * static_cast<int64_t>(per_block);
+  for (int r = 0; r < per_block && r0 + r < n_rows; ++r) {
     const int s = rows[r0 + r];
     if (s < 0) continue;
     const float* tr = t + (r0 + r) * tc + p.col;
     const T* b = p.bt + s * R * p.N + j;
     float acc = 0.f;
-#pragma unroll 4
-    for (int64_t i = 0; i < R; ++i) acc += tr[i] * to_f(b[i * p.N]);
+    for (int64_t i0 = 0; i0 < R; i0 += kExpandChunk) {
+      float bv[kExpandChunk], tv[kExpandChunk];
+#pragma unroll
+      for (int u = 0; u < kExpandChunk; ++u) {
+        const bool in = i0 + u < R;
+        bv[u] = in ? to_f(b[(i0 + u) * p.N]) : 0.f;
+        tv[u] = in ? tr[i0 + u] : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < kExpandChunk; ++u) acc += tv[u] * bv[u];
+    }
     p.out[(r0 + r) * p.ld + j] += acc;
   }
 }
 
-void check_rows(int64_t n_rows, const char* what) {
-  if ((n_rows + kRows - 1) / kRows > 65535) throw std::runtime_error(std::string(what) + ": too many rows for one launch");
+// Rows a block of the expand takes: one up to 64 rows (a decode's), else kRows
+// (LLMSERVE_LORA_EXPAND_ROWS=N forces N, for benchmarks).
+int expand_rows_per_block(int64_t n_rows) {
+  static const int forced = [] {
+    const char* e = std::getenv("LLMSERVE_LORA_EXPAND_ROWS");
+    return e ? std::max(1, std::min(kRows, std::atoi(e))) : 0;
+  }();
+  if (forced) return forced;
+  return n_rows <= 64 ? 1 : kRows;
+}
+
+void check_rows(int64_t n_rows, int per_block, const char* what) {
+  if ((n_rows + per_block - 1) / per_block > 65535) throw std::runtime_error(std::string(what) + ": too many rows for one launch");
 }
 
 
@@ -165,7 +189,7 @@ template <typename T, bool NORM>
 void shrink(const void* x, const T* norm_w, float eps, const T* a, const int32_t* rows, int64_t n_rows, int64_t K, int64_t C,
             float* t, cudaStream_t s) {
   if (n_rows == 0 || C == 0) return;
-  check_rows(n_rows, "lora_shrink");
+  check_rows(n_rows, kRows, "lora_shrink");
   if (C > 0x7fffffff) throw std::runtime_error("lora_shrink: too many columns for one launch");
   const dim3 grid(static_cast<unsigned>(C), static_cast<unsigned>((n_rows + kRows - 1) / kRows));
   constexpr int V = 16 / sizeof(T);  // (16-byte loads of T: 8 halves, 4 floats)
@@ -195,7 +219,8 @@ void lora_expand(const float* t, int64_t tc, const int32_t* rows, int64_t n_rows
                  cudaStream_t s) {
   if (n_rows == 0 || n == 0) return;
   if (n > kMaxLoraOuts) throw std::runtime_error("lora_expand: too many outputs for one launch");
-  check_rows(n_rows, "lora_expand");
+  const int per_block = expand_rows_per_block(n_rows);
+  check_rows(n_rows, per_block, "lora_expand");
   ExpandArgs<T> args{};
   args.n = n;
   for (int i = 0; i < n; ++i) {
@@ -203,8 +228,8 @@ void lora_expand(const float* t, int64_t tc, const int32_t* rows, int64_t n_rows
     args.first_block[i + 1] = args.first_block[i] + static_cast<int>(blocks_for(outs[i].N, kExpandThreads));
   }
   if (args.first_block[n] == 0) return;
-  const dim3 grid(static_cast<unsigned>(args.first_block[n]), static_cast<unsigned>((n_rows + kRows - 1) / kRows));
-  launch("lora_expand", lora_expand_k<T>, grid, kExpandThreads, 0, s, t, tc, rows, n_rows, R, args);
+  const dim3 grid(static_cast<unsigned>(args.first_block[n]), static_cast<unsigned>((n_rows + per_block - 1) / per_block));
+  launch("lora_expand", lora_expand_k<T>, grid, kExpandThreads, 0, s, t, tc, rows, n_rows, R, per_block, args);
 }
 
 #define INSTANTIATE(T)                                                                                                \

@@ -25,7 +25,7 @@ void Backend::gate_up_silu_composed(const Tensor& x, const Tensor& w_gate, const
   up.data = static_cast<float*>(gate_up.data) + T * I;
   linear(x, w_gate, nullptr, gate);
   linear(x, w_up, nullptr, up);
-  if (lora) lora_expand_into(*lora, {&gate, &up, nullptr});
+  if (lora) lora_update(x, *lora, {&gate, &up, nullptr});
   silu_mul(gate, up, act);
 }
 

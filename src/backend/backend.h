@@ -117,12 +117,15 @@ class Backend {
   static constexpr int kMaxLoraExpands = 3;
   virtual void lora_expand(const Tensor& t, const LoraExpand* outs, int n) = 0;
   // A LoRA group's update to the projections of one fused op below (q, k, v / gate, up / the output
-  // projection, in that order): t from lora_shrink (or lora_shrink_norm), and for each projection the
-  // B^T stack and t's first column of its R, or bt null where the group has no adapter for it. The
-  // defaults add it with lora_expand right after the projections (before RoPE, SiLU or the residual
-  // add); an override may add it inside the projections' own launch.
+  // projection, in that order): the group's A stack (lora_shrink's `a`), t its float32 scratch [T, C] for the
+  // shrink's output, and for each projection the B^T stack and t's first column of its R, or bt null where
+  // the group has no adapter for it. The op shrinks its own input (the block's normalized input for the norm
+  // ops) into t and adds the expand to its projections. The defaults compose lora_shrink and lora_expand
+  // with the op (the expand right after the projections: before RoPE, SiLU or the residual add); an
+  // override may fuse them (the norm into the shrink, the expand into the projections' own launch).
   struct LoraDelta {
-    const Tensor* t = nullptr;
+    const Tensor* a = nullptr;
+    Tensor* t = nullptr;
     const Tensor* bt[kMaxLoraExpands] = {};
     int64_t col[kMaxLoraExpands] = {};
   };
@@ -134,16 +137,21 @@ class Backend {
       if (d.bt[j]) e[n++] = {d.bt[j], d.col[j], outs[j]};
     if (n > 0) lora_expand(*d.t, e, n);
   }
+  // `d`'s update of input `in` into outs: lora_shrink, then lora_expand_into.
+  void lora_update(const Tensor& in, const LoraDelta& d, Tensor* const (&outs)[kMaxLoraExpands]) {
+    lora_shrink(in, *d.a, *d.t);
+    lora_expand_into(d, outs);
+  }
   // out = rows of x named by the step's logits_indices.
   virtual void gather_rows(const Tensor& x, Tensor& out) = 0;
   // Fused ops of a decoder layer. The defaults compose the ops above (the CPU backend uses them, so
   // they are the reference); a device backend overrides them to save launches and memory passes.
   // x (float32 residual stream) += a . w^T: an output projection with its residual add; y is scratch of
   // x's shape (an override may not touch it).
-  // With `lora`, the projection's LoRA update (LoraDelta, one projection) joins y before the add.
+  // With `lora`, the projection's LoRA update of `a` (LoraDelta, one projection) joins y before the add.
   virtual void linear_residual(const Tensor& a, const Tensor& w, Tensor& y, Tensor& x, const LoraDelta* lora = nullptr) {
     linear(a, w, nullptr, y);
-    if (lora) lora_expand_into(*lora, {&y, nullptr, nullptr});
+    if (lora) lora_update(a, *lora, {&y, nullptr, nullptr});
     add(x, y);
   }
   // The three attention projections of one input.
@@ -181,12 +189,8 @@ class Backend {
     const Tensor& k_w;
     float eps;
   };
-  // lora_shrink of the block's normalized input, h = rmsnorm(x) * w (an override may leave norm.h alone).
-  virtual void lora_shrink_norm(const Tensor& x, const InputNorm& norm, const Tensor& a, Tensor& t) {
-    rmsnorm(x, norm.w, norm.eps, norm.h);
-    lora_shrink(norm.h, a, t);
-  }
-  // The attention block's input: norm, linear_qkv, the LoRA update where `lora` is given, head_rmsnorm
+  // The attention block's input: norm, linear_qkv, the LoRA update of the normalized input where `lora` is
+  // given, head_rmsnorm
   // of q and k where head_norm is given, rope_kv_write (q rotated; k and v as rope_kv_write leaves them,
   // or untouched by an override).
   virtual void norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm, const Tensor& wq, const Tensor* bq,
@@ -196,7 +200,7 @@ class Backend {
                                       const LoraDelta* lora = nullptr) {
     rmsnorm(x, norm.w, norm.eps, norm.h);
     linear_qkv(norm.h, wq, bq, q, wk, bk, k, wv, bv, v);
-    if (lora) lora_expand_into(*lora, {&q, &k, &v});
+    if (lora) lora_update(norm.h, *lora, {&q, &k, &v});
     if (head_norm) {
       head_rmsnorm(q, head_norm->q_w, head_norm->eps, head_dim);
       head_rmsnorm(k, head_norm->k_w, head_norm->eps, head_dim);
@@ -204,7 +208,7 @@ class Backend {
     rope_kv_write(q, k, v, inv_freq, head_dim, k_cache, v_cache);
   }
   // The MLP's input: norm, then gate_up_silu; with `lora`, gate and up each into their half of gate_up,
-  // the LoRA update added to them, then silu_mul.
+  // the LoRA update of the normalized input added to them, then silu_mul.
   virtual void norm_gate_up_silu(const Tensor& x, const InputNorm& norm, const Tensor& w_gate, const Tensor& w_up,
                                  Tensor& gate_up, Tensor& act, const LoraDelta* lora = nullptr) {
     rmsnorm(x, norm.w, norm.eps, norm.h);
@@ -277,7 +281,7 @@ class Backend {
   virtual size_t graph_memory() { return 0; }
 
  protected:
-  // gate_up_silu's default, with `lora`'s update (LoraDelta: gate, up) added to gate and up before SiLU.
+  // gate_up_silu's default, with `lora`'s update of x (LoraDelta: gate, up) added to gate and up before SiLU.
   void gate_up_silu_composed(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate_up, Tensor& act,
                              const LoraDelta* lora);
   std::function<bool()> wait_hook_;

@@ -358,25 +358,21 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
   const bool lora_step = lora_slots_ > 0 && !m.lora.empty();
   Tensor lora_t;
   if (lora_step) lora_t = be_.empty({T, lora_width_}, f32);
-  // Group g's shrink of its input `in` (or of rmsnorm(x) when `norm`: the block's input), and the delta
-  // that adds its expand to the group's projections inside the op that computes them; null when the
-  // step has no adapter or none touches the group. (Each group's shrink output overwrites the last's:
-  // ops run in order.)
+  // Group g's delta for the op that computes its projections (the op shrinks its input and adds the
+  // expand); null when the step has no adapter or none touches the group. (Each group's shrink output
+  // overwrites the last's: ops run in order.)
   std::array<Tensor, kLoraGroups> lora_out;
   std::array<Backend::LoraDelta, kLoraGroups> lora_delta;
-  auto lora = [&](size_t li, int g, const Tensor* in, const Backend::InputNorm* norm) -> const Backend::LoraDelta* {
+  auto lora = [&](size_t li, int g) -> const Backend::LoraDelta* {
     if (!lora_step) return nullptr;
     const LoraGroup& grp = lora_[li][static_cast<size_t>(g)];
     if (grp.n == 0) return nullptr;
     Tensor& t = lora_out[static_cast<size_t>(g)];
     t = lora_t;
     t.shape = {T, grp.a.dim(1)};
-    if (norm)
-      be_.lora_shrink_norm(x, *norm, grp.a, t);
-    else
-      be_.lora_shrink(*in, grp.a, t);
     Backend::LoraDelta& d = lora_delta[static_cast<size_t>(g)];
     d = {};
+    d.a = &grp.a;
     d.t = &t;
     const int64_t R = grp.a.dim(1) / grp.n;
     for (int j = 0; j < grp.n; ++j) {
@@ -392,7 +388,7 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
   auto project_residual = [&](const Tensor& a, const Tensor& w, const Backend::LoraDelta* d) {
     if (topo_.tp == 1) return be_.linear_residual(a, w, proj, x, d);
     be_.linear(a, w, nullptr, proj);
-    if (d) be_.lora_expand_into(*d, {&proj, nullptr, nullptr});
+    if (d) be_.lora_update(a, *d, {&proj, nullptr, nullptr});
     all_reduce(proj);
     be_.add(x, proj);
   };
@@ -403,15 +399,13 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
     Tensor& vc = kv.v(static_cast<int>(li));
     const Backend::HeadNorm head_norm{w.q_norm, w.k_norm, eps};  // (Qwen3: each query and key head normalized before RoPE)
     const Backend::InputNorm in_norm{w.input_norm, eps, h}, post_norm{w.post_norm, eps, h};
-    const Backend::LoraDelta* qkv_lora = lora(li, kLoraQkv, nullptr, &in_norm);
     be_.norm_qkv_rope_kv_write(x, in_norm, w.wq, bias ? &w.bq : nullptr, q, w.wk, bias ? &w.bk : nullptr, k, w.wv,
                                bias ? &w.bv : nullptr, v, spec_.qk_norm ? &head_norm : nullptr, inv_freq_, D, kc, vc,
-                               qkv_lora);
+                               lora(li, kLoraQkv));
     be_.attention(q, kc, vc, D, kv.shape().block_size, scale, attn);
-    project_residual(attn, w.wo, lora(li, kLoraOut, &attn, nullptr));
-    const Backend::LoraDelta* gate_up_lora = lora(li, kLoraGateUp, nullptr, &post_norm);
-    be_.norm_gate_up_silu(x, post_norm, w.w_gate, w.w_up, gate_up, act, gate_up_lora);
-    project_residual(act, w.w_down, lora(li, kLoraDownGroup, &act, nullptr));
+    project_residual(attn, w.wo, lora(li, kLoraOut));
+    be_.norm_gate_up_silu(x, post_norm, w.w_gate, w.w_up, gate_up, act, lora(li, kLoraGateUp));
+    project_residual(act, w.w_down, lora(li, kLoraDownGroup));
   }
   return x;
 }

@@ -114,9 +114,9 @@ class Transformer {
   Tensor logits(const Tensor& normed);
   // Loads LoRA adapters as slots 1.. (StepMeta::lora): this rank's shard of their updates to this stage's
   // layers, stacked (LoraGroup). A step with StepMeta::lora (any sequence with an adapter; recorded graphs
-  // are recorded with it) runs one shrink for all the step's adapters ahead of each group of projections,
-  // and the op that computes the group adds the expand (Backend::LoraDelta; rows without an adapter are
-  // left alone), so one recorded graph serves any mix of adapters.
+  // are recorded with it) hands each group of projections' op a delta (Backend::LoraDelta): the op runs one
+  // shrink for all the step's adapters and adds the expand (rows without an adapter are left alone), so
+  // one recorded graph serves any mix of adapters.
   // (reserve_loras for the projections some adapter updates and their largest rank, then put_lora each.)
   void set_loras(const std::vector<LoraAdapter>& adapters);
   // Stacks of `slots` adapters of rank `rank` for the projections of `targets`, every slot zero (an

@@ -259,16 +259,18 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, CudaOps, ::testing::Values(DType::F32, DType::B
 
 // LoRA's shrink and expand (punica's, the adapters stacked): a step with rows of two adapters and rows of
 // none (a 7-token prompt of adapter 2, a base decode, a 5-token chunk of adapter 1, a 12-token prompt of
-// adapter 2: blocks of 8 rows that mix adapters), then the same step with no adapter at all; inputs of a
-// width the vector loads take (96) and one they do not (90); three outputs of one expand (q/k/v) and one
-// alone. Rows without an adapter keep their values exactly.
+// adapter 2: blocks of 8 rows that mix adapters; with a 60-token prompt instead, more rows than the
+// expand takes one to a block), then the same step with no adapter at all; inputs of a width the vector
+// loads take (96) and one they do not (90); three outputs of one expand (q/k/v) and one alone. Rows
+// without an adapter keep their values exactly.
 TEST_P(CudaOps, LoraShrinkAndExpandMatchTheCpu) {
   std::mt19937 g(17);
   const DType dt = GetParam(), f32 = DType::F32;
   const int64_t S = 2, R = 4, N0 = 300, N1 = 40;
+  for (const int32_t last : {12, 60})
   for (const bool adapters : {true, false})
     for (const int64_t K : {96, 90, 8968, 4099}) {  // (widths of one and of several runs of the block's threads, vector loads and not)
-      StepMeta m = make_meta(8, {7, 1, 5, 12}, {0, 20, 9, 0});
+      StepMeta m = make_meta(8, {7, 1, 5, last}, {0, 20, 9, 0}, 8);
       if (adapters) m.lora = {2, 0, 1, 2};
       const int64_t T = m.num_tokens();
       cpu.begin_step(m);
@@ -302,9 +304,10 @@ TEST_P(CudaOps, LoraShrinkAndExpandMatchTheCpu) {
 }
 
 // The fused ops with a LoRA update (Backend::LoraDelta) against the CPU backend's composition of them:
-// decodes of 1-2 tokens at ranks up to kMaxFusedLoraRank, where the GPU adds the update inside each op's
-// one launch (counted), and of 3 tokens or rank 40, where it runs one GEMM over stacked matrices with the
-// expand into its columns (launches counted) or composes; sequences of two adapters and of none; q and v
+// decodes of 1-2 tokens at ranks up to kMaxFusedLoraRank, where the GPU runs the shrink (with the norm
+// inside) and adds the update inside the op's one launch (two launches, counted), and of 3 tokens or rank
+// 40, where it runs one GEMM over stacked matrices with the shrink and the expand into its columns
+// (launches counted) or composes; the shrinks' outputs too; sequences of two adapters and of none; q and v
 // adapted but not k (with biases, as Qwen2's); gate and up; an output projection with its residual add.
 TEST_P(CudaOps, FusedOpsAddTheirLoraUpdatesAsTheCpuComposesThem) {
   std::mt19937 g(23);
@@ -362,7 +365,7 @@ TEST_P(CudaOps, FusedOpsAddTheirLoraUpdatesAsTheCpuComposesThem) {
         op();
         return cuda::launch_count - before;
       };
-      // q/k/v: the shrink of the normalized input for q and v, then the projections with their updates.
+      // q/k/v: the shrink of the normalized input for q and v, and the projections with their updates.
       std::vector<float> wqv = randr(Hq * D * H, 0.1f), wkv = randr(Hk * D * H, 0.1f), wvv = randr(Hk * D * H, 0.1f);
       std::vector<float> bqv = randn(Hq * D, g), bkv = randn(Hk * D, g), bvv = randn(Hk * D, g);
       const std::vector<Tensor> wg3 = on_gpu({&wqv, &wkv, &wvv}, H, stacked, dt);
@@ -380,12 +383,9 @@ TEST_P(CudaOps, FusedOpsAddTheirLoraUpdatesAsTheCpuComposesThem) {
       auto a_qv = both(randr(S * 2 * R * H, 0.2f), {S, 2 * R, H}, dt);
       auto bt_q = both(randr(S * R * Hq * D, 1.f), {S, R, Hq * D}, dt), bt_v = both(randr(S * R * Hk * D, 1.f), {S, R, Hk * D}, dt);
       Tensor tc = cpu.empty({T, 2 * R}, f32), tg = gpu->empty({T, 2 * R}, f32);
-      cpu.lora_shrink_norm(x.first, nc, a_qv.first, tc);
-      EXPECT_EQ(count([&] { gpu->lora_shrink_norm(x.second, ng, a_qv.second, tg); }), 1u) << "lora_shrink_norm, " << what;
-      expect_close(tc, tg, ("lora_shrink_norm, " + what).c_str(), tol());
       Backend::LoraDelta qkv_c, qkv_g;
-      qkv_c.t = &tc, qkv_c.bt[0] = &bt_q.first, qkv_c.bt[2] = &bt_v.first, qkv_c.col[2] = R;
-      qkv_g.t = &tg, qkv_g.bt[0] = &bt_q.second, qkv_g.bt[2] = &bt_v.second, qkv_g.col[2] = R;
+      qkv_c.a = &a_qv.first, qkv_c.t = &tc, qkv_c.bt[0] = &bt_q.first, qkv_c.bt[2] = &bt_v.first, qkv_c.col[2] = R;
+      qkv_g.a = &a_qv.second, qkv_g.t = &tg, qkv_g.bt[0] = &bt_q.second, qkv_g.bt[2] = &bt_v.second, qkv_g.col[2] = R;
       const std::vector<int64_t> cshape{blocks, bs, Hk, D};
       auto kcache = both(std::vector<float>(blocks * bs * Hk * D, 0.f), cshape, dt);
       auto vcache = both(std::vector<float>(blocks * bs * Hk * D, 0.f), cshape, dt);
@@ -397,54 +397,55 @@ TEST_P(CudaOps, FusedOpsAddTheirLoraUpdatesAsTheCpuComposesThem) {
         gpu->norm_qkv_rope_kv_write(x.second, ng, wg3[0], &bg3[0], qg, wg3[1], &bg3[1], kg, wg3[2], &bg3[2], vg, nullptr, fg, D,
                                     kcache.second, vcache.second, &qkv_g);
       });
-      // (Stacked, not fused: rmsnorm, one GEMM, the expand, RoPE; the composition's three GEMMs make six.)
+      // (Fused: the normalizing shrink and the op. Stacked, not fused: rmsnorm, the shrink, one GEMM, the
+      // expand, RoPE; the composition's three GEMMs make seven.)
       if (fused) {
-        EXPECT_EQ(qkv_launches, 1u) << "norm_qkv_rope_kv_write, " << what;
+        EXPECT_EQ(qkv_launches, 2u) << "norm_qkv_rope_kv_write, " << what;
       }
       if (!fused && stacked) {
-        EXPECT_LE(qkv_launches, 4u) << "norm_qkv_rope_kv_write, " << what;
+        EXPECT_LE(qkv_launches, 5u) << "norm_qkv_rope_kv_write, " << what;
       }
+      expect_close(tc, tg, ("norm_qkv_rope_kv_write with LoRA: the shrink, " + what).c_str(), tol());
       expect_close(qc, qg, ("norm_qkv_rope_kv_write with LoRA: queries, " + what).c_str(), tol());
       expect_close(kcache.first, kcache.second, ("norm_qkv_rope_kv_write with LoRA: key cache, " + what).c_str(), tol());
       expect_close(vcache.first, vcache.second, ("norm_qkv_rope_kv_write with LoRA: value cache, " + what).c_str(), tol());
-      // The output projection: the shrink of its input, then the projection, its update and the residual add.
+      // The output projection: the shrink of its input, the projection, its update and the residual add.
       auto attn = both(randr(T * Hq * D, 1.f), {T, Hq * D}, dt), wo = both(randr(H * Hq * D, 0.1f), {H, Hq * D}, dt);
       auto a_o = both(randr(S * R * Hq * D, 0.2f), {S, R, Hq * D}, dt), bt_o = both(randr(S * R * H, 1.f), {S, R, H}, dt);
       Tensor toc = cpu.empty({T, R}, f32), tog = gpu->empty({T, R}, f32);
-      cpu.lora_shrink(attn.first, a_o.first, toc);
-      gpu->lora_shrink(attn.second, a_o.second, tog);
       Backend::LoraDelta o_c, o_g;
-      o_c.t = &toc, o_c.bt[0] = &bt_o.first;
-      o_g.t = &tog, o_g.bt[0] = &bt_o.second;
+      o_c.a = &a_o.first, o_c.t = &toc, o_c.bt[0] = &bt_o.first;
+      o_g.a = &a_o.second, o_g.t = &tog, o_g.bt[0] = &bt_o.second;
       Tensor yc = cpu.empty({T, H}, f32), yg = gpu->empty({T, H}, f32);
       cpu.linear_residual(attn.first, wo.first, yc, x.first, &o_c);
       const uint64_t o_launches = count([&] { gpu->linear_residual(attn.second, wo.second, yg, x.second, &o_g); });
       if (fused) {
-        EXPECT_EQ(o_launches, 1u) << "linear_residual, " << what;
+        EXPECT_EQ(o_launches, 2u) << "linear_residual, " << what;  // (the shrink and the GEMV)
       }
+      expect_close(toc, tog, ("linear_residual with LoRA: the shrink, " + what).c_str(), tol());
       expect_close(x.first, x.second, ("linear_residual with LoRA, " + what).c_str(), tol());
-      // Gate and up: the shrink of the normalized input, then both projections with their updates and SiLU.
+      // Gate and up: the shrink of the normalized input, and both projections with their updates and SiLU.
       std::vector<float> wgv = randr(I * H, 0.1f), wuv = randr(I * H, 0.1f);
       const std::vector<Tensor> wgu = on_gpu({&wgv, &wuv}, H, stacked, dt);
       const Tensor wgc = cpu.upload(wgv.data(), {I, H}, f32), wuc = cpu.upload(wuv.data(), {I, H}, f32);
       auto a_gu = both(randr(S * 2 * R * H, 0.2f), {S, 2 * R, H}, dt);
       auto bt_g = both(randr(S * R * I, 1.f), {S, R, I}, dt), bt_u = both(randr(S * R * I, 1.f), {S, R, I}, dt);
-      cpu.lora_shrink_norm(x.first, nc, a_gu.first, tc);
-      gpu->lora_shrink_norm(x.second, ng, a_gu.second, tg);
       Backend::LoraDelta gu_c, gu_g;
-      gu_c.t = &tc, gu_c.bt[0] = &bt_g.first, gu_c.bt[1] = &bt_u.first, gu_c.col[1] = R;
-      gu_g.t = &tg, gu_g.bt[0] = &bt_g.second, gu_g.bt[1] = &bt_u.second, gu_g.col[1] = R;
+      gu_c.a = &a_gu.first, gu_c.t = &tc, gu_c.bt[0] = &bt_g.first, gu_c.bt[1] = &bt_u.first, gu_c.col[1] = R;
+      gu_g.a = &a_gu.second, gu_g.t = &tg, gu_g.bt[0] = &bt_g.second, gu_g.bt[1] = &bt_u.second, gu_g.col[1] = R;
       Tensor guc = cpu.empty({T, 2 * I}, f32), gug = gpu->empty({T, 2 * I}, f32);
       Tensor actc = cpu.empty({T, I}, f32), actg = gpu->empty({T, I}, dt);
       cpu.norm_gate_up_silu(x.first, nc, wgc, wuc, guc, actc, &gu_c);
       const uint64_t gu_launches = count([&] { gpu->norm_gate_up_silu(x.second, ng, wgu[0], wgu[1], gug, actg, &gu_g); });
-      // (Stacked, not fused: rmsnorm, one GEMM, the expand, SiLU; the composition's two GEMMs make five.)
+      // (Fused: the normalizing shrink and the op. Stacked, not fused: rmsnorm, the shrink, one GEMM, the
+      // expand, SiLU; the composition's two GEMMs make six.)
       if (fused) {
-        EXPECT_EQ(gu_launches, 1u) << "norm_gate_up_silu, " << what;
+        EXPECT_EQ(gu_launches, 2u) << "norm_gate_up_silu, " << what;
       }
       if (!fused && stacked) {
-        EXPECT_LE(gu_launches, 4u) << "norm_gate_up_silu, " << what;
+        EXPECT_LE(gu_launches, 5u) << "norm_gate_up_silu, " << what;
       }
+      expect_close(tc, tg, ("norm_gate_up_silu with LoRA: the shrink, " + what).c_str(), tol());
       expect_close(actc, actg, ("norm_gate_up_silu with LoRA, " + what).c_str(), tol());
     }
 }

@@ -1142,13 +1142,13 @@ void CudaBackend::lora_shrink(const Tensor& in, const Tensor& a, Tensor& t) {
 }
 
 void CudaBackend::lora_shrink_norm(const Tensor& x, const InputNorm& norm, const Tensor& a, Tensor& t) {
-  // Up to 16 rows: the norm inside the shrink (each block normalizes the rows it reads). At 1-2 tokens the
-  // fused op after it normalizes for itself; from 3 the op's composition runs rmsnorm again, which costs
-  // the 8-sequence decode layer about 3 us a group over rmsnorm once and the plain shrink (H100,
-  // kernel_bench --lora; docs/performance.md, fifty-fourth session). More rows: rmsnorm, then the shrink.
+  // Up to 16 rows: the norm inside the shrink (each block normalizes the rows it reads), for the fused ops
+  // of 1-2 tokens, which normalize for themselves too. More rows: rmsnorm into norm.h, then the shrink.
   const int64_t T = rows_of(x), K = cols_of(x);
-  if (T > 16 || x.dtype != DType::F32 || norm.w.dtype != a.dtype || norm.w.numel() != K)
-    return Backend::lora_shrink_norm(x, norm, a, t);
+  if (T > 16 || x.dtype != DType::F32 || norm.w.dtype != a.dtype || norm.w.numel() != K) {
+    rmsnorm(x, norm.w, norm.eps, norm.h);
+    return lora_shrink(norm.h, a, t);
+  }
   LLMSERVE_CHECK(T == num_tokens_ && a.shape.size() == 3 && a.dim(2) == K && t.dtype == DType::F32 && rows_of(t) == T &&
                      cols_of(t) == a.dim(1),
                  "cuda backend: lora_shrink_norm shapes or types");
@@ -1209,17 +1209,18 @@ void CudaBackend::linear_residual(const Tensor& a, const Tensor& w, Tensor& y, T
                  "cuda backend: linear_residual shapes or types");
   if (T == 0 || N == 0) return;
   if (lora) {
-    // 1-2 tokens on the GEMV: the update added in its epilogue. Otherwise the projection with its residual
-    // add, then the expand into the residual stream.
+    // 1-2 tokens on the GEMV: the shrink, then the update added in the GEMV's epilogue. Otherwise the
+    // projection with its residual add, then the shrink and the expand into the residual stream.
     cuda::LoraFused f;
     if (T <= 2 && w.dtype == a.dtype && !skinny_few(T, {&a, &w}) && fusable_lora(*lora, T, a.dtype, {N, 0, 0}, lora_rows_.ptr, &f)) {
+      lora_shrink(a, *lora->a, *lora->t);
       return dispatch(a.dtype, [&](auto* tag) {
         using TT = std::remove_pointer_t<decltype(tag)>;
         cuda::gemv_lora_residual<TT>(a.as<TT>(), w.as<TT>(), T, K, N, x.as<float>(), f, stream());
       });
     }
     linear_residual(a, w, y, x);
-    return lora_expand_into(*lora, {&x, nullptr, nullptr});
+    return lora_update(a, *lora, {&x, nullptr, nullptr});
   }
   if (w.dtype == DType::F8E4M3) {
     // The skinny GEMM over the codes (from skinny_fp8_min_tokens_ to 16 tokens), or below that the GEMV;
@@ -1298,8 +1299,8 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
   const cuda::RopeCacheWrite target{q.as<float>(), k_cache.data, v_cache.data, positions_.ptr, slots_.ptr,
                                     inv_freq.as<float>(), rows_of(wq) / D, rows_of(wk) / D, D, fp8_cache};
   // One GEMM over the stacked q/k/v rows (all three biases stacked too, or none) into rows of (q | k | v),
-  // `d`'s LoRA update added into its columns, then the head norms where given, RoPE and the cache write in
-  // one launch.
+  // `d`'s LoRA update (shrink of the normalized input, expand) added into its columns, then the head norms
+  // where given, RoPE and the cache write in one launch.
   const int64_t nq = rows_of(wq), nkv = rows_of(wk), N = nq + 2 * nkv;
   const bool rows_ok = stacked_all && (none || (biases && stacked_rows({bq, bk, bv}))) && q.dtype == DType::F32 &&
                        cols_of(q) == nq && rows_of(wv) == nkv && k_cache.dtype == v_cache.dtype && D % 2 == 0 &&
@@ -1308,6 +1309,7 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
                                        head_norm->k_w.dtype == head_norm->q_w.dtype));
   auto rows_then_rope = [&](const LoraDelta* d) {
     rmsnorm(x, norm.w, norm.eps, norm.h);
+    if (d) lora_shrink(norm.h, *d->a, *d->t);
     Tensor b;
     if (biases) b = stacked_view({bq, bk, bv});
     Tensor qkv = empty({T, N}, DType::F32);
@@ -1331,9 +1333,10 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
   };
   cuda::LoraFused lora_fused;
   if (lora) {
-    // LoRA, 1-2 tokens: the fused launch below with the update added before RoPE (16- or 32-bit weights, no
-    // head norms). Otherwise the stacked rows with the expand into their columns (four launches, the
-    // composition's seven), or the default's composition.
+    // LoRA, 1-2 tokens: the shrink with the norm inside, then the fused launch below with the update added
+    // before RoPE (16- or 32-bit weights, no head norms): two launches. Otherwise the stacked rows with the
+    // shrink of the normalized input and the expand into their columns (five launches, the composition's
+    // eight), or the default's composition.
     const bool fits = fused && !fp8 && !head_norm && T <= 2 &&
                       fusable_lora(*lora, T, wt, {nq, nkv, nkv}, lora_rows_.ptr, &lora_fused);
     if (!fits) {
@@ -1341,6 +1344,7 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
       return Backend::norm_qkv_rope_kv_write(x, norm, wq, bq, q, wk, bk, k, wv, bv, v, head_norm, inv_freq, D, k_cache,
                                              v_cache, lora);
     }
+    lora_shrink_norm(x, norm, *lora->a, *lora->t);
   }
   // One token with per-head norms (Qwen3): the fused launch below normalizes each head too (clusters of
   // blocks, one a head), where the head size allows and the norms' weights are in the activation type.
@@ -1449,18 +1453,20 @@ void CudaBackend::norm_gate_up_silu(const Tensor& x, const InputNorm& norm, cons
   const bool tiles = fused && rows_of(w_up) == rows_of(w_gate) &&
                      (fp8 ? skinny_fp8(T, norm.h, {&w_gate, &w_up}) : norm.h.dtype == wt && skinny_few(T, {&norm.h, &w_gate, &w_up}));
   if (lora) {
-    // LoRA, 1-2 tokens: the GEMV launch with the update added before SiLU (16- or 32-bit weights);
-    // otherwise the default's composition.
+    // LoRA, 1-2 tokens: the shrink with the norm inside, then the GEMV launch with the update added before
+    // SiLU (16- or 32-bit weights).
     cuda::LoraFused f;
     const bool fits = fused && !tiles && !fp8 && T <= 2 &&
                       fusable_lora(*lora, T, wt, {rows_of(w_gate), rows_of(w_up), 0}, lora_rows_.ptr, &f);
     if (!fits) {
-      // Otherwise the stacked pair in one GEMM with the expand into its halves (four launches, the
-      // composition's six), or the default's composition.
+      // Otherwise the stacked pair in one GEMM, with the shrink of the normalized input and the expand into
+      // the GEMM's halves (five launches, the composition's seven), or the default's composition.
       if (!stacked_gate_up(x, w_gate, w_up, gate_up, act)) return Backend::norm_gate_up_silu(x, norm, w_gate, w_up, gate_up, act, lora);
       rmsnorm(x, norm.w, norm.eps, norm.h);
+      lora_shrink(norm.h, *lora->a, *lora->t);
       return stacked_gate_up_silu(norm.h, w_gate, w_up, gate_up, act, lora);
     }
+    lora_shrink_norm(x, norm, *lora->a, *lora->t);
     return dispatch(wt, [&](auto* tag) {
       using TT = std::remove_pointer_t<decltype(tag)>;
       cuda::gemv_norm_gate_up_silu<TT, TT>(x.as<float>(), norm.w.as<TT>(), norm.eps, w_gate.as<TT>(), w_up.as<TT>(), nullptr,

@@ -55,7 +55,6 @@ class CudaBackend : public Backend {
   void lora_expand(const Tensor& t, const LoraExpand* outs, int n) override;
   void gather_rows(const Tensor& x, Tensor& out) override;
   void linear_residual(const Tensor& a, const Tensor& w, Tensor& y, Tensor& x, const LoraDelta* lora = nullptr) override;
-  void lora_shrink_norm(const Tensor& x, const InputNorm& norm, const Tensor& a, Tensor& t) override;
   void norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm, const Tensor& wq, const Tensor* bq, Tensor& q,
                               const Tensor& wk, const Tensor* bk, Tensor& k, const Tensor& wv, const Tensor* bv,
                               Tensor& v, const HeadNorm* head_norm, const Tensor& inv_freq, int64_t head_dim,
@@ -98,6 +97,9 @@ class CudaBackend : public Backend {
   // on the skinny GEMMs (cuda::skinny_gemm: 5-16 tokens, weights of up to cuda::kSkinnyMaxWeights
   // elements) instead of cuBLASLt.
   bool skinny(int64_t T, std::initializer_list<const Tensor*> operands) const;
+  // lora_shrink of the block's normalized input, h = rmsnorm(x) * w: up to 16 rows with the norm inside the
+  // shrink's launch (norm.h left alone), more with rmsnorm into norm.h first.
+  void lora_shrink_norm(const Tensor& x, const InputNorm& norm, const Tensor& a, Tensor& t);
   // lora_expand of `d` into columns at[j] .. of the rows of one GEMM over stacked projections (rows
   // [T, W], float32) rather than into tensors of their own.
   void lora_expand_columns(const LoraDelta& d, Tensor& rows, const std::array<int64_t, 3>& at);
