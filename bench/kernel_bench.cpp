@@ -771,6 +771,24 @@ int main(int argc, char** argv) {
     return 77;
   }
   CudaBackend be(0, DType::BF16);
+  if (argc > 1 && std::strcmp(argv[1], "--shrink-probe") == 0) {
+    // For a profiler: the q/k/v LoRA shrink of one token at the 1.5B shape (rank 16, three projections)
+    // with the norm inside, then its parts (rmsnorm, the plain shrink of h), three times each, eagerly.
+    const int64_t H = 1536, C = 48;
+    StepMeta m = attention_step(1, 1, 160, 16);
+    m.lora = {1};
+    be.begin_step(m);
+    Tensor x = random_tensor(be, {1, H}, DType::F32, 1.f), w = random_tensor(be, {H}, DType::BF16, 1.f);
+    Tensor h = be.empty({1, H}, DType::BF16), a = random_tensor(be, {1, C, H}, DType::BF16), t = be.empty({1, C}, DType::F32);
+    for (int i = 0; i < 3; ++i) {
+      be.lora_shrink_norm(x, {w, 1e-6f, h}, a, t);
+      be.rmsnorm(x, w, 1e-6f, h);
+      be.lora_shrink(h, a, t);
+    }
+    be.synchronize();
+    std::printf("shrink probe: done\n");
+    return 0;
+  }
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   std::printf("device: %s\n\n", prop.name);
@@ -1126,6 +1144,12 @@ int main(int argc, char** argv) {
                      {"  of which: LoRA shrink, o_proj", so, lb * Hq * D, 2.0 * B * R * Hq * D},
                      {"  of which: LoRA shrink (+ norm), gate/up", sg, lb * 2 * H, 2.0 * B * 2 * R * H},
                      {"  of which: LoRA shrink, down", sd, lb * I, 2.0 * B * R * I}};
+          if (B <= 2) {  // (the normalizing shrink against its parts: the plain shrink of h, and rmsnorm)
+            auto ph = [&](int64_t i) { be.lora_shrink(h, lora[i].a_qkv, t_qkv); };
+            auto rn = [&](int64_t i) { be.rmsnorm(x, ls[i].norm1, eps, h); };
+            shrinks.push_back({"  (plain shrink of h, q/k/v's width)", ph, lb * 3 * H, 2.0 * B * 3 * R * H});
+            shrinks.push_back({"  (rmsnorm alone)", rn, 2.0 * H, 0.0});
+          }
         }
         char title[96];
         if (sc.q_len == 1)

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.cuh"
@@ -19,24 +20,27 @@ namespace {
 
 constexpr int kMaxShrinkWarps = 32, kRows = 8, kExpandThreads = 256;
 
-// Block (c, by) computes t[r, c] for its kRows rows: its warps split the K inputs, each lane taking V
+// Block (c, by) computes t[r, c] for its ROWS rows: its warps split the K inputs, each lane taking V
 // consecutive k of every blockDim.x * V (about one run each: a decode's shrink is as many blocks as
 // columns, so the width is spread over a block's warps rather than walked by one), the A chunk loaded
-// once per run of rows of one adapter; the warps' partial sums meet in shared memory.
+// once per run of rows of one adapter; the warps' partial sums meet in shared memory. ROWS is 1 or 2 for
+// a decode of that many rows, else kRows: the loops over a block's rows are unrolled for all ROWS, and
+// the normalizing shrink of one row in blocks of 8 issued 3.6 times the plain one's instructions, its
+// blocks' few warps waiting on each one's latency (ncu, H100): 4.5 us a launch, 2.0 with ROWS = 1.
 // NORM: the input is the float32 residual stream, x [n_rows, K], and the rows shrunk are its RMSNorm
 // rounded to T as rmsnorm writes it, h = T(w * (x * inv_rms)): each block first sums its rows' squares
 // (a decode's few rows; lora_shrink_norm's launcher takes the unfused path for many).
-template <typename T, int V, bool NORM>
+template <typename T, int V, bool NORM, int ROWS>
 __global__ void lora_shrink_k(const void* xin, const T* norm_w, float eps, const T* a, const int32_t* rows, int64_t n_rows,
                               int64_t K, int64_t C, float* t) {
-  __shared__ float part[kMaxShrinkWarps][kRows];
+  __shared__ float part[kMaxShrinkWarps][ROWS];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = static_cast<int>(blockDim.x / 32);
   const int64_t c = blockIdx.x;
-  const int64_t r0 = blockIdx.y * static_cast<int64_t>(kRows);
-  int slot[kRows], first = -1;
-  float acc[kRows], inv[kRows];
+  const int64_t r0 = blockIdx.y * static_cast<int64_t>(ROWS);
+  int slot[ROWS], first = -1;
+  float acc[ROWS], inv[ROWS];
 #pragma unroll
-  for (int r = 0; r < kRows; ++r) {
+  for (int r = 0; r < ROWS; ++r) {
     slot[r] = r0 + r < n_rows ? rows[r0 + r] : -1;
     if (first < 0) first = slot[r];
     acc[r] = 0.f;
@@ -44,8 +48,7 @@ __global__ void lora_shrink_k(const void* xin, const T* norm_w, float eps, const
   }
   // The rows' adapters (uploaded before the step), the first A chunk of the first row's and the norm's
   // first weights (weights, which no kernel writes) are read before the wait: they arrive while the kernel
-  // before this one finishes. (The normalizing shrink still takes about 3 us more than the plain one, 4.5
-  // against 1.4 us at the 1.5B shape, H100, kernel_bench --lora; not yet explained.)
+  // before this one finishes.
   const int64_t k0 = static_cast<int64_t>(threadIdx.x) * V;
   float a0[V], w0[V];
   if (first >= 0 && k0 < K) {
@@ -58,7 +61,7 @@ __global__ void lora_shrink_k(const void* xin, const T* norm_w, float eps, const
   // The block's sums of acc[r] (each warp's into shared memory, acc reset), then row r's over the warps.
   auto to_shared = [&] {
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) {
+    for (int r = 0; r < ROWS; ++r) {
       const float v = warp_sum(acc[r]);
       if (lane == 0) part[warp][r] = v;
       acc[r] = 0.f;
@@ -72,7 +75,7 @@ __global__ void lora_shrink_k(const void* xin, const T* norm_w, float eps, const
   };
   if constexpr (NORM) {  // inv[r] = 1 / rms(x[r0 + r]) for the rows with an adapter
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) {
+    for (int r = 0; r < ROWS; ++r) {
       if (slot[r] < 0) continue;
       for (int64_t k = static_cast<int64_t>(threadIdx.x) * V; k < K; k += static_cast<int64_t>(blockDim.x) * V) {
         float xv[V];
@@ -83,7 +86,7 @@ __global__ void lora_shrink_k(const void* xin, const T* norm_w, float eps, const
     }
     to_shared();
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) inv[r] = rsqrtf(block_sum(r) / static_cast<float>(K) + eps);
+    for (int r = 0; r < ROWS; ++r) inv[r] = rsqrtf(block_sum(r) / static_cast<float>(K) + eps);
     __syncthreads();  // (part is written again below)
   }
   for (int64_t k = k0; k < K; k += static_cast<int64_t>(blockDim.x) * V) {
@@ -97,7 +100,7 @@ __global__ void lora_shrink_k(const void* xin, const T* norm_w, float eps, const
       load_vec<V>(norm_w + k, wv);
     }
 #pragma unroll
-    for (int r = 0; r < kRows; ++r) {
+    for (int r = 0; r < ROWS; ++r) {
       if (slot[r] < 0) continue;
       if (slot[r] != loaded) {
         load_vec<V>(a + (slot[r] * C + c) * K + k, av);
@@ -116,7 +119,7 @@ __global__ void lora_shrink_k(const void* xin, const T* norm_w, float eps, const
   }
   to_shared();
   const int r = threadIdx.x;
-  if (r < kRows && r0 + r < n_rows) t[(r0 + r) * C + c] = slot[r] >= 0 ? block_sum(r) : 0.f;
+  if (r < ROWS && r0 + r < n_rows) t[(r0 + r) * C + c] = slot[r] >= 0 ? block_sum(r) : 0.f;
 }
 
 template <typename T>
@@ -130,25 +133,43 @@ struct ExpandArgs {
 // t[r, col:col+R] . Bt[slot][:, j] to out[r, j] (Bt's rows read across the threads: coalesced; kExpandChunk
 // of them requested at once). A decode's few rows take a block each (expand_rows_per_block): a block's rows
 // one after another are a chain of round trips to L2 (about 14 us at 8 rows, H100, kernel_bench --lora).
+// The block's first row's adapter and up to kExpandEarly of its Bt entries (weights; the adapters were
+// uploaded before the step) are requested before the wait, so that after it t and out are read at once.
 // (Taking a block's rows together, their outputs read at once and Bt once per run of rows of an adapter,
 // measured slower: 22 us, H200.)
-constexpr int kExpandChunk = 8;
+constexpr int kExpandChunk = 8, kExpandEarly = 32;
 template <typename T>
 __global__ void lora_expand_k(const float* t, int64_t tc, const int32_t* rows, int64_t n_rows, int64_t R, int per_block,
                               ExpandArgs<T> args) {
-  pdl_enter();
   int o = 0;
   while (o + 1 < args.n && static_cast<int>(blockIdx.x) >= args.first_block[o + 1]) ++o;
   const LoraOut<T>& p = args.out[o];
   const int64_t j = (blockIdx.x - args.first_block[o]) * static_cast<int64_t>(kExpandThreads) + threadIdx.x;
-  if (j >= p.N) return;
   const int64_t r0 = blockIdx.y * static_cast<int64_t>(per_block);
+  const bool early = j < p.N && R <= kExpandEarly;
+  const int s0 = early ? rows[r0] : -1;
+  float b0[kExpandEarly];
+  if (s0 >= 0) {
+    const T* b = p.bt + s0 * R * p.N + j;
+#pragma unroll
+    for (int u = 0; u < kExpandEarly; ++u) b0[u] = u < R ? to_f(b[u * p.N]) : 0.f;
+  }
+  pdl_enter();
+  if (j >= p.N) return;
   for (int r = 0; r < per_block && r0 + r < n_rows; ++r) {
-    const int s = rows[r0 + r];
+    const int s = r == 0 && early ? s0 : rows[r0 + r];
     if (s < 0) continue;
     const float* tr = t + (r0 + r) * tc + p.col;
-    const T* b = p.bt + s * R * p.N + j;
+    float* out = p.out + (r0 + r) * p.ld + j;
     float acc = 0.f;
+    if (r == 0 && early) {
+      const float prior = *out;
+#pragma unroll
+      for (int u = 0; u < kExpandEarly; ++u) acc += (u < R ? tr[u] : 0.f) * b0[u];
+      *out = prior + acc;
+      continue;
+    }
+    const T* b = p.bt + s * R * p.N + j;
     for (int64_t i0 = 0; i0 < R; i0 += kExpandChunk) {
       float bv[kExpandChunk], tv[kExpandChunk];
 #pragma unroll
@@ -160,7 +181,7 @@ __global__ void lora_expand_k(const float* t, int64_t tc, const int32_t* rows, i
 #pragma unroll
       for (int u = 0; u < kExpandChunk; ++u) acc += tv[u] * bv[u];
     }
-    p.out[(r0 + r) * p.ld + j] += acc;
+    *out += acc;
   }
 }
 
@@ -189,16 +210,23 @@ template <typename T, bool NORM>
 void shrink(const void* x, const T* norm_w, float eps, const T* a, const int32_t* rows, int64_t n_rows, int64_t K, int64_t C,
             float* t, cudaStream_t s) {
   if (n_rows == 0 || C == 0) return;
-  check_rows(n_rows, kRows, "lora_shrink");
   if (C > 0x7fffffff) throw std::runtime_error("lora_shrink: too many columns for one launch");
-  const dim3 grid(static_cast<unsigned>(C), static_cast<unsigned>((n_rows + kRows - 1) / kRows));
   constexpr int V = 16 / sizeof(T);  // (16-byte loads of T: 8 halves, 4 floats)
   const bool vec = K % V == 0 && vec_ok(a, V, sizeof(T)) &&
                    (NORM ? vec_ok(x, V, sizeof(float)) && vec_ok(norm_w, V, sizeof(T)) : vec_ok(x, V, sizeof(T)));
-  if (vec)
-    return launch("lora_shrink", lora_shrink_k<T, V, NORM>, grid, shrink_threads(K, V), 0, s, x, norm_w, eps, a, rows, n_rows,
-                  K, C, t);
-  launch("lora_shrink", lora_shrink_k<T, 1, NORM>, grid, shrink_threads(K, 1), 0, s, x, norm_w, eps, a, rows, n_rows, K, C, t);
+  auto go = [&](auto rows_tag) {
+    constexpr int ROWS = decltype(rows_tag)::value;
+    check_rows(n_rows, ROWS, "lora_shrink");
+    const dim3 grid(static_cast<unsigned>(C), static_cast<unsigned>((n_rows + ROWS - 1) / ROWS));
+    if (vec)
+      return launch("lora_shrink", lora_shrink_k<T, V, NORM, ROWS>, grid, shrink_threads(K, V), 0, s, x, norm_w, eps, a, rows,
+                    n_rows, K, C, t);
+    launch("lora_shrink", lora_shrink_k<T, 1, NORM, ROWS>, grid, shrink_threads(K, 1), 0, s, x, norm_w, eps, a, rows, n_rows,
+           K, C, t);
+  };
+  if (n_rows == 1) return go(std::integral_constant<int, 1>{});
+  if (n_rows == 2) return go(std::integral_constant<int, 2>{});
+  go(std::integral_constant<int, kRows>{});
 }
 
 }  // namespace

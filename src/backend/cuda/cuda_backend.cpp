@@ -111,7 +111,9 @@ void warn_ignored_switches() {
         {"LLMSERVE_SKINNY_FP8_MIN_TOKENS", {"1", "2", "3", "4", "5"}},
         {"LLMSERVE_SKINNY_BIG_MIN_TOKENS", {"1", "2", "3", "4", "5"}},
         {"LLMSERVE_SKINNY_FP8_BIG_MIN_TOKENS", {"1", "2", "3", "4", "5"}},
-        {"LLMSERVE_SKINNY_NORM_INSIDE", {"0", "1"}}};
+        {"LLMSERVE_SKINNY_NORM_INSIDE", {"0", "1"}},
+        {"LLMSERVE_LORA_SHRINK_NORM", {"0", "1"}},
+        {"LLMSERVE_LORA_EXPAND_ROWS", {"1", "2", "3", "4", "5", "6", "7", "8"}}};
     for (const auto& [name, values] : switches) {
       const char* e = std::getenv(name);
       if (!e || std::find(values.begin(), values.end(), std::string(e)) != values.end()) continue;
@@ -1141,11 +1143,16 @@ void CudaBackend::lora_shrink(const Tensor& in, const Tensor& a, Tensor& t) {
   });
 }
 
+bool CudaBackend::lora_shrink_norm_inside() {
+  static const bool inside = env_switch("LLMSERVE_LORA_SHRINK_NORM").value_or(true);
+  return inside;
+}
+
 void CudaBackend::lora_shrink_norm(const Tensor& x, const InputNorm& norm, const Tensor& a, Tensor& t) {
   // Up to 16 rows: the norm inside the shrink (each block normalizes the rows it reads), for the fused ops
   // of 1-2 tokens, which normalize for themselves too. More rows: rmsnorm into norm.h, then the shrink.
   const int64_t T = rows_of(x), K = cols_of(x);
-  if (T > 16 || x.dtype != DType::F32 || norm.w.dtype != a.dtype || norm.w.numel() != K) {
+  if (!lora_shrink_norm_inside() || T > 16 || x.dtype != DType::F32 || norm.w.dtype != a.dtype || norm.w.numel() != K) {
     rmsnorm(x, norm.w, norm.eps, norm.h);
     return lora_shrink(norm.h, a, t);
   }

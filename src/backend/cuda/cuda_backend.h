@@ -98,8 +98,11 @@ class CudaBackend : public Backend {
   // elements) instead of cuBLASLt.
   bool skinny(int64_t T, std::initializer_list<const Tensor*> operands) const;
   // lora_shrink of the block's normalized input, h = rmsnorm(x) * w: up to 16 rows with the norm inside the
-  // shrink's launch (norm.h left alone), more with rmsnorm into norm.h first.
+  // shrink's launch (norm.h left alone) where lora_shrink_norm_inside(), else rmsnorm into norm.h first.
   void lora_shrink_norm(const Tensor& x, const InputNorm& norm, const Tensor& a, Tensor& t);
+  // Whether lora_shrink_norm normalizes inside the shrink's launch (LLMSERVE_LORA_SHRINK_NORM=0|1 forces it,
+  // for measuring).
+  static bool lora_shrink_norm_inside();
   // lora_expand of `d` into columns at[j] .. of the rows of one GEMM over stacked projections (rows
   // [T, W], float32) rather than into tensors of their own.
   void lora_expand_columns(const LoraDelta& d, Tensor& rows, const std::array<int64_t, 3>& at);
