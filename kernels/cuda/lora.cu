@@ -23,10 +23,11 @@ constexpr int kMaxShrinkWarps = 32, kRows = 8, kExpandThreads = 256;
 // Block (c, by) computes t[r, c] for its ROWS rows: its warps split the K inputs, each lane taking V
 // consecutive k of every blockDim.x * V (about one run each: a decode's shrink is as many blocks as
 // columns, so the width is spread over a block's warps rather than walked by one), the A chunk loaded
-// once per run of rows of one adapter; the warps' partial sums meet in shared memory. ROWS is 1 or 2 for
-// a decode of that many rows, else kRows: the loops over a block's rows are unrolled for all ROWS, and
-// the normalizing shrink of one row in blocks of 8 issued 3.6 times the plain one's instructions, its
-// blocks' few warps waiting on each one's latency (ncu, H100): 4.5 us a launch, 2.0 with ROWS = 1.
+// once per run of rows of one adapter; the warps' partial sums meet in shared memory. ROWS is 1 for a
+// decode's rows (the launcher's choice), else kRows: the loops over a block's rows are unrolled for all
+// ROWS, and the normalizing shrink of one row in blocks of 8 issued 3.6 times the plain one's
+// instructions, its blocks' few warps waiting on each one's latency (ncu, H100): 4.5 us a launch, 2.0
+// with ROWS = 1.
 // NORM: the input is the float32 residual stream, x [n_rows, K], and the rows shrunk are its RMSNorm
 // rounded to T as rmsnorm writes it, h = T(w * (x * inv_rms)): each block first sums its rows' squares
 // (a decode's few rows; lora_shrink_norm's launcher takes the unfused path for many).
@@ -224,8 +225,10 @@ void shrink(const void* x, const T* norm_w, float eps, const T* a, const int32_t
     launch("lora_shrink", lora_shrink_k<T, 1, NORM, ROWS>, grid, shrink_threads(K, 1), 0, s, x, norm_w, eps, a, rows, n_rows,
            K, C, t);
   };
-  if (n_rows == 1) return go(std::integral_constant<int, 1>{});
-  if (n_rows == 2) return go(std::integral_constant<int, 2>{});
+  // A decode's rows (up to 16) one a block, so that its shrink has rows x columns blocks, not columns alone:
+  // at 8 rows the down projection's 16 blocks each read all 8 rows of 8,960 (6.1 us, H100, kernel_bench
+  // --lora). More rows: kRows a block, each A chunk read once for them.
+  if (n_rows <= 16) return go(std::integral_constant<int, 1>{});
   go(std::integral_constant<int, kRows>{});
 }
 
