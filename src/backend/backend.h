@@ -190,9 +190,8 @@ class Backend {
     float eps;
   };
   // The attention block's input: norm, linear_qkv, the LoRA update of the normalized input where `lora` is
-  // given, head_rmsnorm
-  // of q and k where head_norm is given, rope_kv_write (q rotated; k and v as rope_kv_write leaves them,
-  // or untouched by an override).
+  // given, head_rmsnorm of q and k where head_norm is given, rope_kv_write (q rotated; k and v as
+  // rope_kv_write leaves them, or untouched by an override).
   virtual void norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm, const Tensor& wq, const Tensor* bq,
                                       Tensor& q, const Tensor& wk, const Tensor* bk, Tensor& k, const Tensor& wv,
                                       const Tensor* bv, Tensor& v, const HeadNorm* head_norm, const Tensor& inv_freq,

@@ -7,9 +7,10 @@
 # agree with its reference to float32 precision (relative L2 under 1e-4), and the adapters' rows must
 # differ from the goldens (the adapter took effect). Then the refusals: an unknown `model`, a rank over
 # max_lora_rank, lora_modules without enable_lora, an adapter of embed_tokens, each with its message and
-# exit 1. LLMSERVE_TEST_BACKEND=cuda runs the layouts' part on one GPU instead (tp = pp = 1, float32;
-# DTYPE=bfloat16 or float16 for the 16-bit path, compared within MAX_REL, default 1e-4), and then
-# generates with the adapters' steps in CUDA graphs against the same eagerly.
+# exit 1. On the CPU backend also (tiny-qwen2): speculative decoding (n-gram) with adapters gives the tokens
+# of decoding one at a time (tp 1, tp 2 x pp 2). LLMSERVE_TEST_BACKEND=cuda runs the layouts' part on one GPU instead
+# (tp = pp = 1, float32; DTYPE=bfloat16 or float16 for the 16-bit path, compared within MAX_REL, default
+# 1e-4), and then generates with the adapters' steps in CUDA graphs against the same eagerly.
 #   run_lora.sh BUILD_DIR FIXTURES MODEL
 set -euo pipefail
 build=$1 fixtures=$2 model=$3
@@ -90,6 +91,51 @@ print(f"LoRA generate, graphs vs eager ({dtype}): same tokens on {same}/{len(e)}
 ok = m and int(m.group(1)) > 0 and int(m.group(2)) > 0 and (dtype != "float32" or (same == len(e) and worst < 1e-3))
 sys.exit(0 if ok else 1)
 PY
+fi
+
+# Speculative decoding (n-gram) with adapters on the CPU backend, tp 1 and tp 2 x pp 2: every request of the base
+# model and of each adapter gets the greedy tokens of decoding one at a time (prompts that repeat themselves,
+# so drafts are proposed and accepted), and the adapters' tokens differ from the base model's somewhere.
+# tiny-qwen2 only: tiny-llama3's greedy continuations (a 128k vocabulary) never repeat an n-gram, so no draft
+# is ever accepted there and the comparison would show nothing.
+if [ "${LLMSERVE_TEST_BACKEND:-cpu}" = cpu ] && [ "$model" = tiny-qwen2 ]; then
+  python3 - "$work" <<'PY'
+import json, sys
+work = sys.argv[1]
+with open(f"{work}/spec.jsonl", "w") as f:
+    for l in (json.loads(x) for x in open(f"{work}/prompts3.jsonl")):
+        ids = l["ids"]
+        f.write(json.dumps({"prompt_token_ids": ids + ids[:8] + ids[:8], "max_tokens": 24, "temperature": 0,
+                            "ignore_eos": True, **({"model": l["model"]} if "model" in l else {})}) + "\n")
+PY
+  for layout in "1 1" "2 2"; do
+    read -r tp pp <<<"$layout"
+    for mode in plain ngram; do
+      spec=()
+      [ $mode = ngram ] && spec=(--speculative-config '{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3}')
+      "$here/../mpirun.sh" $((tp * pp)) "$build/llmserve" generate --model "$build/test-models/$model.h5" --backend cpu \
+        --tensor-parallel-size "$tp" --pipeline-parallel-size "$pp" --block-size 8 "${lora[@]}" --max-loras 2 "${spec[@]}" \
+        --input "$work/spec.jsonl" --output "$work/spec-$mode.jsonl" >"$work/spec-$mode.log" 2>&1 ||
+        { echo "FAIL speculative decoding with adapters ($mode, tp=$tp pp=$pp)"; tail -5 "$work/spec-$mode.log"; exit 1; }
+    done
+    python3 - "$work" "$tp" "$pp" <<'PY'
+import json, re, sys
+work, tp, pp = sys.argv[1:]
+req = [json.loads(l) for l in open(f"{work}/spec.jsonl")]
+plain = [json.loads(l)["outputs"][0]["token_ids"] for l in open(f"{work}/spec-plain.jsonl")]
+ngram = [json.loads(l)["outputs"][0]["token_ids"] for l in open(f"{work}/spec-ngram.jsonl")]
+m = re.search(r"speculative decoding: \d+ steps fed (\d+) drafts, (\d+) accepted", open(f"{work}/spec-ngram.log").read())
+same = sum(a == b for a, b in zip(plain, ngram))
+by_prompt = {}
+for r, t in zip(req, plain):
+    by_prompt.setdefault(tuple(r["prompt_token_ids"]), {})[r.get("model", "base")] = t
+differ = sum(any(v["base"] != v[a] for a in ("sql", "terse")) for v in by_prompt.values())
+print(f"tp={tp} pp={pp} speculative decoding with adapters: same tokens on {same}/{len(plain)} requests; "
+      f"{m.group(2) if m else '?'} of {m.group(1) if m else '?'} drafts accepted; adapters change {differ}/{len(by_prompt)} prompts' tokens")
+ok = len(plain) == len(req) and same == len(plain) and m and int(m.group(2)) > 0 and differ > 0
+sys.exit(0 if ok else 1)
+PY
+  done
 fi
 
 # Refusals: a clear message and exit 1, no output file.
