@@ -187,11 +187,13 @@ __global__ void lora_expand_k(const float* t, int64_t tc, const int32_t* rows, i
 }
 
 // Rows a block of the expand takes: one up to 64 rows (a decode's), else kRows
-// (LLMSERVE_LORA_EXPAND_ROWS=N forces N, for benchmarks).
+// (LLMSERVE_LORA_EXPAND_ROWS=1..8 forces that many, for benchmarks; other values are ignored, as the CUDA
+// backend's start-up warning says).
 int expand_rows_per_block(int64_t n_rows) {
+  static_assert(kRows == 8, "the switch takes 1 to kRows");
   static const int forced = [] {
     const char* e = std::getenv("LLMSERVE_LORA_EXPAND_ROWS");
-    return e ? std::max(1, std::min(kRows, std::atoi(e))) : 0;
+    return e && e[0] >= '1' && e[0] <= '8' && e[1] == '\0' ? e[0] - '0' : 0;
   }();
   if (forced) return forced;
   return n_rows <= 64 ? 1 : kRows;
