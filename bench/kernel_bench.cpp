@@ -19,11 +19,13 @@
 //    decode over batch sizes and contexts and prefill of one causal sequence (its fp8 blocks widened
 //    tile by tile by the kernel, and once before it).
 // Usage: kernel_bench [--quick | --layers | --layers-7b | --layers-3b | --lora | --attention | --attention-chunks | --attention-fp8 | --sampler | --boundary
-//                      | --splitk | --skinny | --prefill | --fp8 | --few-tokens]
+//                      | --splitk | --skinny | --prefill | --fp8 | --few-tokens | --shrink-probe]
 // (prints tables; exits 77 without a GPU; --layers: the rooflines and the step-layer tables alone;
 // --layers-7b: the decode-layer tables at the Qwen2.5-7B shape (1-16 sequences), GEMVs of one size
 // by row length, lm_head and the draw; --layers-3b: the decode-layer tables at the Qwen2.5-3B shape;
-// --lora: the 1.5B decode layer of 1, 2 and 8 sequences with a rank-16 adapter on every projection;
+// --lora: the 1.5B decode layer of 1, 2 and 8 sequences with a rank-16 adapter on every projection, each
+// op with its shrink, and the shrinks alone; --shrink-probe: the one-token q/k/v LoRA shrink with the norm
+// inside and its parts, three launches each and no tables (for a profiler: ncu);
 // --attention: the rooflines and the sweep; --attention-chunks: the sweep over least keys a split;
 // --sampler: the rooflines and the draw and log-probability tables; --boundary: a kernel boundary's cost
 // alone, bench/boundary_kernels.h; --splitk: the rooflines and cuBLASLt split-K at decode token counts;
@@ -740,7 +742,7 @@ int main(int argc, char** argv) {
   const bool shape_3b = argc > 1 && std::strcmp(argv[1], "--layers-3b") == 0;
   const bool other_shape = shape_7b || shape_3b;
   // --lora: the 1.5B decode layer of 1, 2 and 8 sequences with a rank-16 LoRA adapter on every projection
-  // (each group's shrink, then the op that adds its update), op by op.
+  // (each op with its group's shrink and expand), op by op.
   const bool lora_layers = argc > 1 && std::strcmp(argv[1], "--lora") == 0;
   const bool layers_only = other_shape || lora_layers || (argc > 1 && std::strcmp(argv[1], "--layers") == 0);
   const bool attention_only = argc > 1 && std::strcmp(argv[1], "--attention") == 0;
