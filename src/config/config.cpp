@@ -218,6 +218,9 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.response_role = v; }},
       {"enable_prompt_tokens_details", Kind::Bool, "usage carries prompt_tokens_details.cached_tokens (prompt tokens from the prefix cache)",
        [](Config& c, const std::string& v) { c.enable_prompt_tokens_details = parse_bool("enable_prompt_tokens_details", v); }},
+      {"enable_force_include_usage", Kind::Bool,
+       "streamed completions and chat answers end with a usage chunk as if stream_options.include_usage were true (vLLM's)",
+       [](Config& c, const std::string& v) { c.enable_force_include_usage = parse_bool("enable_force_include_usage", v); }},
       {"return_tokens_as_token_ids", Kind::Bool,
        "log-probability entries name tokens \"token_id:<id>\" unless a request's return_tokens_as_token_ids says otherwise",
        [](Config& c, const std::string& v) { c.return_tokens_as_token_ids = parse_bool("return_tokens_as_token_ids", v); }},
@@ -255,6 +258,12 @@ const std::vector<Option>& options() {
       accepted_flag("enable_log_requests", "accepted as vLLM's; no effect: llmserve does not log prompts or parameters"),
       accepted_flag("disable_log_requests", "accepted as vLLM's; no effect: llmserve does not log prompts or parameters"),
       accepted_flag("disable_log_stats", "accepted as vLLM's; no effect: llmserve logs no periodic statistics (see /metrics)"),
+      accepted_flag("enable_log_outputs", "accepted as vLLM's; no effect: llmserve does not log outputs"),
+      {"max_log_len", Kind::Int, "vLLM's limit on the prompt characters a request log shows; accepted (at least 0), no "
+       "effect: llmserve does not log prompts",
+       [](Config&, const std::string& v) {
+         if (parse_int32("max_log_len", v) < 0) throw Error(cat("config: max_log_len must be at least 0, got ", v));
+       }},
       accepted_flag("trust_remote_code", "accepted as vLLM's; no effect: llmserve runs no code from model repositories"),
       accepted_flag("enable_auto_tool_choice",
                     "accepted as vLLM's; no effect: tool calls are read from chat output unless tool_call_parser is none"),

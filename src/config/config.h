@@ -56,6 +56,7 @@ struct Config {
   std::string response_role = "assistant";  // the role of chat answers after a generation prompt (vLLM)
   bool disable_uvicorn_access_log = false;  // no access-log line per request (vLLM's name)
   bool enable_prompt_tokens_details = false;  // usage.prompt_tokens_details.cached_tokens (vLLM's)
+  bool enable_force_include_usage = false;    // every streamed answer ends with a usage chunk (vLLM's)
   bool return_tokens_as_token_ids = false;    // log-probability entries name tokens "token_id:<id>" unless a request says (vLLM's)
   std::string runner = "auto";               // auto | generate | pooling (vLLM's; pooling serves /v1/embeddings)
   std::string convert = "auto";              // auto | embed (vLLM's: embed makes a generative model a pooling one)

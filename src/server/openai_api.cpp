@@ -94,8 +94,11 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
       return so[key].get<bool>();
     };
     r.include_usage = flag("include_usage");
-    r.continuous_usage = flag("continuous_usage_stats") && r.include_usage;
+    r.continuous_usage = flag("continuous_usage_stats");
   }
+  // enable_force_include_usage (vLLM's): every stream ends with usage; continuous_usage_stats then applies too.
+  if (r.stream && ctx.force_include_usage) r.include_usage = true;
+  r.continuous_usage = r.continuous_usage && r.include_usage;
   r.tokens_as_ids = ctx.tokens_as_ids;  // (the server's default; the request's own below)
   if (given("return_tokens_as_token_ids")) {
     if (!body["return_tokens_as_token_ids"].is_boolean())

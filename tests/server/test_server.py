@@ -1231,7 +1231,8 @@ def main():
     a = Server("--api-key", "sekret", "--allowed-origins", '["http://app.example"]', "--response-role", "bot",
                "--disable-uvicorn-access-log", "--disable-log-requests", "--disable-log-stats", "--trust-remote-code",
                "--enable-auto-tool-choice", "--max-logprobs", "3", "--generation-config", "vllm", "--chat-template", "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}",
-               "--async-scheduling", "--enable-prompt-tokens-details", "--return-tokens-as-token-ids", "--trust-request-chat-template")
+               "--async-scheduling", "--enable-prompt-tokens-details", "--return-tokens-as-token-ids", "--trust-request-chat-template",
+               "--enable-force-include-usage", "--enable-log-outputs", "--max-log-len", "100")
     try:
         # Greedy and streamed answers under asynchronous scheduling equal llmserve generate's (one rank, in turn).
         body = {"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0, "ignore_eos": True}
@@ -1265,6 +1266,10 @@ def main():
         c.close()
         streamed = "".join(json.loads(e)["choices"][0]["text"] for e in ev if e != "[DONE]" and json.loads(e).get("choices"))
         check("async scheduling: streamed completion equals it too", streamed == offline, (ev, offline))
+        # enable_force_include_usage (vLLM's): that stream (no stream_options) ends with a usage chunk anyway.
+        forced = json.loads(ev[-2]) if len(ev) >= 2 else {}
+        check("enable_force_include_usage: a stream without stream_options ends with usage",
+              ev[-1:] == ["[DONE]"] and forced.get("choices") == [] and forced.get("usage", {}).get("completion_tokens") == 12, ev[-3:])
         st, rb = a.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
                         headers={"Authorization": "Bearer sekret"})
         check("response_role: the chat answer's role", st == 200 and rb["choices"][0]["message"]["role"] == "bot", rb)

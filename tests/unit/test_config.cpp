@@ -245,24 +245,30 @@ TEST(Config, ImpossibleValuesFailValidation) {
   }
 }
 
-// vLLM launch lines: response_role and disable_uvicorn_access_log act; disable_log_requests,
-// disable_log_stats, trust_remote_code and enable_auto_tool_choice are accepted (their help says why
-// they change nothing here).
+// vLLM launch lines: response_role, disable_uvicorn_access_log and enable_force_include_usage act;
+// disable_log_requests, disable_log_stats, enable_log_outputs, max_log_len, trust_remote_code and
+// enable_auto_tool_choice are accepted (their help says why they change nothing here).
 TEST(Config, VllmLaunchFlags) {
   Config c;
   config_parse_args(c, {"--response-role", "bot", "--disable-uvicorn-access-log", "--disable-log-requests",
-                        "--disable-log-stats", "--trust-remote-code", "--enable-auto-tool-choice"});
+                        "--disable-log-stats", "--trust-remote-code", "--enable-auto-tool-choice", "--enable-log-outputs",
+                        "--max-log-len", "100", "--enable-force-include-usage"});
   EXPECT_EQ(c.response_role, "bot");
   EXPECT_TRUE(c.disable_uvicorn_access_log);
-  for (const char* key : {"disable_log_requests", "disable_log_stats", "trust_remote_code", "enable_auto_tool_choice"})
-    EXPECT_EQ(c.given.count(key), 1u) << key;
+  EXPECT_TRUE(c.enable_force_include_usage);
+  const char* accepted[] = {"disable_log_requests", "disable_log_stats", "trust_remote_code", "enable_auto_tool_choice",
+                            "enable_log_outputs", "max_log_len"};
+  for (const char* key : accepted) EXPECT_EQ(c.given.count(key), 1u) << key;
   Config d;
   EXPECT_THROW(config_parse_args(d, {"--trust-remote-code=maybe"}), Error);  // still a boolean
+  Config e;
+  EXPECT_THROW(config_parse_args(e, {"--max-log-len", "-1"}), Error);  // still a count
   EXPECT_EQ(Config().response_role, "assistant");
   EXPECT_FALSE(Config().disable_uvicorn_access_log);
-  for (const char* key : {"disable_log_requests", "disable_log_stats", "trust_remote_code", "enable_auto_tool_choice"}) {
+  EXPECT_FALSE(Config().enable_force_include_usage);
+  for (const char* key : accepted) {
     const std::string help = config_help();
-    const size_t at = help.find(key);
+    const size_t at = help.find(std::string("  ") + key + " ");
     ASSERT_NE(at, std::string::npos) << key;
     EXPECT_NE(help.find("no effect", at), std::string::npos) << key;
   }

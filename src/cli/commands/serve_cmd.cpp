@@ -117,6 +117,7 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
   ctx.reasoning = cfg.reasoning_parser != "none";
   ctx.prompt_tokens_details = cfg.enable_prompt_tokens_details;
   ctx.tokens_as_ids = cfg.return_tokens_as_token_ids;
+  ctx.force_include_usage = cfg.enable_force_include_usage;
   ctx.response_role = cfg.response_role;
   ctx.max_logprobs = cfg.max_logprobs;
   ctx.priority_scheduling = cfg.scheduling_policy == "priority";
