@@ -133,6 +133,14 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.cpu_offload_gb = parse_float("cpu_offload_gb", v); }},
       {"kv_cache_memory_gb", Kind::Float, "GiB per rank for the KV cache (0: 1 GiB on the CPU backend, the gpu_memory_utilization plan on GPUs)",
        [](Config& c, const std::string& v) { c.kv_cache_memory_gb = parse_float("kv_cache_memory_gb", v); }},
+      {"kv_cache_memory_bytes", Kind::Int,
+       "vLLM's name for the KV cache's size per rank in bytes (a plain integer, or 512M, 16G, 1.5g as vLLM reads them): "
+       "kv_cache_memory_gb in bytes; give one of the two",
+       [](Config& c, const std::string& v) {
+         const int64_t bytes = parse_human_int("kv_cache_memory_bytes", v);
+         if (bytes <= 0) throw Error(cat("config: kv_cache_memory_bytes must be at least 1, got '", v, "'"));
+         c.kv_cache_memory_gb = static_cast<double>(bytes) / static_cast<double>(int64_t{1} << 30);
+       }},
       {"num_gpu_blocks_override", Kind::Int, "use exactly this many KV-cache blocks (0: from the memory budget)",
        [](Config& c, const std::string& v) { c.num_gpu_blocks_override = parse_int("num_gpu_blocks_override", v); }},
       {"max_num_seqs", Kind::Int, "maximum sequences in one step",
@@ -516,6 +524,8 @@ void config_validate(const Config& c) {
   if (c.kv_cache_dtype != "auto" && c.kv_cache_dtype != "fp8" && c.kv_cache_dtype != "fp8_e4m3")
     fail(cat("kv_cache_dtype '", c.kv_cache_dtype, "' is not supported: use auto (the model's dtype) or fp8 (fp8_e4m3)"));
   if (c.kv_cache_memory_gb < 0) fail(cat("kv_cache_memory_gb must be >= 0, got ", c.kv_cache_memory_gb));
+  if (c.given.count("kv_cache_memory_gb") && c.given.count("kv_cache_memory_bytes"))
+    fail("kv_cache_memory_gb and kv_cache_memory_bytes both size the KV cache: give one of them");
   if (c.num_gpu_blocks_override < 0) fail(cat("num_gpu_blocks_override must be >= 0, got ", c.num_gpu_blocks_override));
   if (c.max_num_seqs < 1) fail(cat("max_num_seqs must be >= 1, got ", c.max_num_seqs));
   if (c.scheduling_policy != "fcfs" && c.scheduling_policy != "priority")

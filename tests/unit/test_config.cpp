@@ -274,6 +274,31 @@ TEST(Config, VllmLaunchFlags) {
   }
 }
 
+// vLLM's kv_cache_memory_bytes: kv_cache_memory_gb in bytes, with vLLM's suffixes; at least one byte, and
+// not beside kv_cache_memory_gb.
+TEST(Config, KvCacheMemoryBytes) {
+  const std::pair<const char*, double> cases[] = {
+      {"2G", 2.0}, {"512M", 0.5}, {"1.5g", 1.5e9 / 1073741824.0}, {"1073741824", 1.0}};
+  for (const auto& [v, gib] : cases) {
+    Config c;
+    config_parse_args(c, {"--model", "m.h5", "--kv-cache-memory-bytes", v});
+    EXPECT_DOUBLE_EQ(c.kv_cache_memory_gb, gib) << v;
+    EXPECT_NO_THROW(config_validate(c)) << v;
+  }
+  for (const char* bad : {"0", "-5", "lots", "1.5G"}) {
+    Config c;
+    EXPECT_THROW(config_parse_args(c, {"--kv-cache-memory-bytes", bad}), Error) << bad;
+  }
+  Config both;
+  config_parse_args(both, {"--model", "m.h5", "--kv-cache-memory-bytes", "1G", "--kv-cache-memory-gb", "1"});
+  try {
+    config_validate(both);
+    ADD_FAILURE() << "both sizes accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("give one of them"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Config, HelpListsEveryKeyWithItsFlag) {
   const std::string h = config_help();
   for (const char* k : {"tensor_parallel_size", "--tensor-parallel-size", "gpu_memory_utilization", "api_key",
