@@ -135,7 +135,7 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.kv_cache_memory_gb = parse_float("kv_cache_memory_gb", v); }},
       {"kv_cache_memory_bytes", Kind::Int,
        "vLLM's name for the KV cache's size per rank in bytes (a plain integer, or 512M, 16G, 1.5g as vLLM reads them): "
-       "kv_cache_memory_gb in bytes; give one of the two",
+       "kv_cache_memory_gb in bytes (not both in one place; the command line's overrides the file's)",
        [](Config& c, const std::string& v) {
          const int64_t bytes = parse_human_int("kv_cache_memory_bytes", v);
          if (bytes <= 0) throw Error(cat("config: kv_cache_memory_bytes must be at least 1, got '", v, "'"));
@@ -524,8 +524,13 @@ void config_validate(const Config& c) {
   if (c.kv_cache_dtype != "auto" && c.kv_cache_dtype != "fp8" && c.kv_cache_dtype != "fp8_e4m3")
     fail(cat("kv_cache_dtype '", c.kv_cache_dtype, "' is not supported: use auto (the model's dtype) or fp8 (fp8_e4m3)"));
   if (c.kv_cache_memory_gb < 0) fail(cat("kv_cache_memory_gb must be >= 0, got ", c.kv_cache_memory_gb));
-  if (c.given.count("kv_cache_memory_gb") && c.given.count("kv_cache_memory_bytes"))
-    fail("kv_cache_memory_gb and kv_cache_memory_bytes both size the KV cache: give one of them");
+  {  // (both set kv_cache_memory_gb: the command line's wins over the file's, as for any key; one place giving
+     // both is refused)
+    const auto gb = c.given.find("kv_cache_memory_gb"), bytes = c.given.find("kv_cache_memory_bytes");
+    auto from = [](const std::string& g) { return g.substr(0, g.find(':')); };
+    if (gb != c.given.end() && bytes != c.given.end() && from(gb->second) == from(bytes->second))
+      fail("kv_cache_memory_gb and kv_cache_memory_bytes both size the KV cache: give one of them");
+  }
   if (c.num_gpu_blocks_override < 0) fail(cat("num_gpu_blocks_override must be >= 0, got ", c.num_gpu_blocks_override));
   if (c.max_num_seqs < 1) fail(cat("max_num_seqs must be >= 1, got ", c.max_num_seqs));
   if (c.scheduling_policy != "fcfs" && c.scheduling_policy != "priority")

@@ -397,15 +397,18 @@ TEST_P(CudaOps, FusedOpsAddTheirLoraUpdatesAsTheCpuComposesThem) {
         gpu->norm_qkv_rope_kv_write(x.second, ng, wg3[0], &bg3[0], qg, wg3[1], &bg3[1], kg, wg3[2], &bg3[2], vg, nullptr, fg, D,
                                     kcache.second, vcache.second, &qkv_g);
       });
-      // (Fused: the normalizing shrink, or rmsnorm and the plain shrink, then the op. Stacked, not fused:
-      // rmsnorm, the shrink, one GEMM, the expand, RoPE; the composition's three GEMMs make seven.)
-      const uint64_t fused_launches = CudaBackend::lora_shrink_norm_inside() ? 2 : 3;
-      if (fused) {
-        EXPECT_EQ(qkv_launches, fused_launches) << "norm_qkv_rope_kv_write, " << what;
-      }
-      if (!fused && stacked) {
-        EXPECT_LE(qkv_launches, 5u) << "norm_qkv_rope_kv_write, " << what;
-      }
+      // The launches of a norm op with its update. Fused: the normalizing shrink (or rmsnorm and the plain
+      // shrink), then the op. Stacked, not fused: rmsnorm, the shrink, one GEMM, the expand, then RoPE (or
+      // SiLU); the composition's separate GEMMs make seven (six).
+      auto expect_norm_op_launches = [&](uint64_t launches, const char* op) {
+        if (fused) {
+          EXPECT_EQ(launches, CudaBackend::lora_shrink_norm_inside() ? 2u : 3u) << op << ", " << what;
+        }
+        if (!fused && stacked) {
+          EXPECT_LE(launches, 5u) << op << ", " << what;
+        }
+      };
+      expect_norm_op_launches(qkv_launches, "norm_qkv_rope_kv_write");
       expect_close(tc, tg, ("norm_qkv_rope_kv_write with LoRA: the shrink, " + what).c_str(), tol());
       expect_close(qc, qg, ("norm_qkv_rope_kv_write with LoRA: queries, " + what).c_str(), tol());
       expect_close(kcache.first, kcache.second, ("norm_qkv_rope_kv_write with LoRA: key cache, " + what).c_str(), tol());
@@ -438,14 +441,7 @@ TEST_P(CudaOps, FusedOpsAddTheirLoraUpdatesAsTheCpuComposesThem) {
       Tensor actc = cpu.empty({T, I}, f32), actg = gpu->empty({T, I}, dt);
       cpu.norm_gate_up_silu(x.first, nc, wgc, wuc, guc, actc, &gu_c);
       const uint64_t gu_launches = count([&] { gpu->norm_gate_up_silu(x.second, ng, wgu[0], wgu[1], gug, actg, &gu_g); });
-      // (Fused: as q/k/v's. Stacked, not fused: rmsnorm, the shrink, one GEMM, the expand, SiLU; the
-      // composition's two GEMMs make six.)
-      if (fused) {
-        EXPECT_EQ(gu_launches, fused_launches) << "norm_gate_up_silu, " << what;
-      }
-      if (!fused && stacked) {
-        EXPECT_LE(gu_launches, 5u) << "norm_gate_up_silu, " << what;
-      }
+      expect_norm_op_launches(gu_launches, "norm_gate_up_silu");
       expect_close(tc, tg, ("norm_gate_up_silu with LoRA: the shrink, " + what).c_str(), tol());
       expect_close(actc, actg, ("norm_gate_up_silu with LoRA, " + what).c_str(), tol());
     }

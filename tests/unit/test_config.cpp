@@ -275,7 +275,7 @@ TEST(Config, VllmLaunchFlags) {
 }
 
 // vLLM's kv_cache_memory_bytes: kv_cache_memory_gb in bytes, with vLLM's suffixes; at least one byte, and
-// not beside kv_cache_memory_gb.
+// not beside kv_cache_memory_gb in one place (the command line's overrides a file's).
 TEST(Config, KvCacheMemoryBytes) {
   const std::pair<const char*, double> cases[] = {
       {"2G", 2.0}, {"512M", 0.5}, {"1.5g", 1.5e9 / 1073741824.0}, {"1073741824", 1.0}};
@@ -297,6 +297,10 @@ TEST(Config, KvCacheMemoryBytes) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("give one of them"), std::string::npos) << e.what();
   }
+  Config over;
+  config_parse_args(over, {"--config", write_yaml("model: m.h5\nkv_cache_memory_gb: 4\n"), "--kv-cache-memory-bytes", "512M"});
+  EXPECT_DOUBLE_EQ(over.kv_cache_memory_gb, 0.5);
+  EXPECT_NO_THROW(config_validate(over));
 }
 
 TEST(Config, HelpListsEveryKeyWithItsFlag) {
