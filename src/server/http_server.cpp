@@ -119,6 +119,7 @@ class Session : public std::enable_shared_from_this<Session> {
         ec == beast::error::timeout)
       return close();
     if (ec) req_ = {};  // (not the connection's previous request, in the access line)
+    request_id_.clear();
     if (ec == http::error::body_limit)
       return respond(413, error_body(413, cat("the request body exceeds ", opt_.body_limit, " bytes"), "RequestTooLarge"), false);
     if (ec) return respond(400, error_body(400, cat("malformed HTTP request: ", ec.message()), "BadRequestError"), false);
@@ -332,6 +333,23 @@ class Session : public std::enable_shared_from_this<Session> {
                          "CompletionRequest (prompt), EmbeddingRequest or ClassificationRequest (input), RerankRequest "
                          "(query, documents), ScoreRequest (text_1, text_2)");
   }
+  // The answer's id, as vLLM makes it: its API's prefix and the request's X-Request-Id header, else the
+  // body's request_id (a vLLM extension), else a random one; a Responses request's request_id is its
+  // whole id (vLLM's), the header not read. Also the X-Request-Id response header's value when the
+  // request sent none (enable_request_id_headers; the Responses id there too).
+  std::string response_id(Api api, const nlohmann::ordered_json& body, const GenerationRequest& r) {
+    std::string own;
+    if (body.contains("request_id") && !body["request_id"].is_null()) {
+      if (!body["request_id"].is_string() || body["request_id"].get<std::string>().empty())
+        throw HttpError(400, "'request_id' must be a non-empty string", "BadRequestError", "request_id");
+      own = body["request_id"].get<std::string>();
+    }
+    const std::string header(req_["X-Request-Id"]);
+    if (api == Api::Responses) return request_id_ = own.empty() ? random_id("resp_") : own;
+    std::string base = !header.empty() ? header : !own.empty() ? own : random_id("");
+    request_id_ = base;
+    return (r.embedding ? response_id_prefix(*r.embedding) : api == Api::Chat ? "chatcmpl-" : "cmpl-") + base;
+  }
   // `parsed`: the body, when the route has read it already (/invocations).
   void generate(Api api, std::optional<nlohmann::ordered_json> parsed = std::nullopt) {
     auto p = std::make_shared<Pending>();
@@ -345,10 +363,7 @@ class Session : public std::enable_shared_from_this<Session> {
              : api == Api::Classify   ? parse_classify(body, ctx_)
              : api == Api::Pooling    ? parse_pooling(body, ctx_)
                                       : parse_completion(body, ctx_);
-    p->id = random_id(p->req.embedding        ? response_id_prefix(*p->req.embedding)
-                      : api == Api::Chat      ? "chatcmpl-"
-                      : api == Api::Responses ? "resp_"
-                                              : "cmpl-");
+    p->id = response_id(api, body, p->req);
     if (p->req.responses && p->req.stream) p->events = std::make_unique<ResponsesStream>(p->id, p->req, ctx_);
     const size_t n = p->req.prompts.size();
     p->outputs.resize(n);
@@ -360,7 +375,7 @@ class Session : public std::enable_shared_from_this<Session> {
       auto res = std::make_shared<http::response<http::empty_body>>(http::status::ok, req_.version());
       res->set(http::field::content_type, "text/event-stream");
       res->set(http::field::cache_control, "no-cache");
-      cors_headers(*res);
+      response_headers(*res);
       res->chunked(true);
       res->keep_alive(false);
       auto sr = std::make_shared<http::response_serializer<http::empty_body>>(*res);
@@ -580,11 +595,23 @@ class Session : public std::enable_shared_from_this<Session> {
     res.set(http::field::access_control_max_age, "600");
   }
 
+  // The headers every response gets: CORS, and X-Request-Id with enable_request_id_headers (the
+  // request's own, else the generation's id base, else a random one, as vLLM's middleware).
+  template <typename Response>
+  void response_headers(Response& res) {
+    cors_headers(res);
+    if (!opt_.request_id_headers) return;
+    const std::string sent(req_["X-Request-Id"]);
+    if (!sent.empty()) request_id_ = sent;
+    if (request_id_.empty()) request_id_ = random_id("");
+    res.set("X-Request-Id", request_id_);
+  }
+
   void respond(int status, std::string body, bool keep_alive, const char* type = "application/json") {
     auto res = std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), req_.version() ? req_.version() : 11);
     res->set(http::field::server, "llmserve");
     res->set(http::field::content_type, type);
-    cors_headers(*res);
+    response_headers(*res);
     res->keep_alive(keep_alive);
     res->body() = std::move(body);
     res->prepare_payload();
@@ -675,6 +702,7 @@ class Session : public std::enable_shared_from_this<Session> {
   HttpCounters& hc_;
   ResponsesStore& store_;
   std::shared_ptr<Pending> pending_;
+  std::string request_id_;  // this request's X-Request-Id response header (enable_request_id_headers)
   std::deque<std::string> writes_;
   bool writing_ = false, last_queued_ = false;
   std::chrono::steady_clock::time_point start_;

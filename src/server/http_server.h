@@ -20,6 +20,9 @@ struct ServerOptions {
   int request_timeout_s = 60;  // to receive a whole request; idle keep-alive connections close after it
   std::vector<std::string> allowed_origins = {"*"};  // CORS; "*": any origin
   bool access_log = true;  // one log line per request
+  // enable_request_id_headers (vLLM's): every response carries X-Request-Id, the request's own header's
+  // value, else the generation's id base (its body's request_id or a random one), else a random one.
+  bool request_id_headers = false;
 };
 
 class HttpServer {

@@ -1136,6 +1136,12 @@ def main():
         st2, h2 = heads(s.port, "GET", "/v1/models", {})
         check("CORS: any origin by default", st == 200 and h.get("access-control-allow-origin") == "*"
               and "access-control-allow-origin" not in h2, (h, h2))
+        # X-Request-Id: no response header without enable_request_id_headers, but a completion's id is
+        # still built on the request's header (vLLM's).
+        st, h = heads(s.port, "GET", "/v1/models", {"X-Request-Id": "abc"})
+        st2, xc = s.post("/v1/completions", {"prompt": "Hi", "max_tokens": 1}, headers={"X-Request-Id": "abc"})
+        check("X-Request-Id: no response header by default; the completion's id is cmpl-<header>",
+              st == 200 and "x-request-id" not in h and st2 == 200 and xc["id"] == "cmpl-abc", (h, xc))
 
         # "Expect: 100-continue" (curl sends it for bodies over 1 MB and waits a second for the 100): the
         # server answers 100 Continue before the body is sent, then the response.
@@ -1232,7 +1238,7 @@ def main():
                "--disable-uvicorn-access-log", "--disable-log-requests", "--disable-log-stats", "--trust-remote-code",
                "--enable-auto-tool-choice", "--max-logprobs", "3", "--generation-config", "vllm", "--chat-template", "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}",
                "--async-scheduling", "--enable-prompt-tokens-details", "--return-tokens-as-token-ids", "--trust-request-chat-template",
-               "--enable-force-include-usage", "--enable-log-outputs", "--max-log-len", "100")
+               "--enable-force-include-usage", "--enable-log-outputs", "--max-log-len", "100", "--enable-request-id-headers")
     try:
         # Greedy and streamed answers under asynchronous scheduling equal llmserve generate's (one rank, in turn).
         body = {"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0, "ignore_eos": True}
@@ -1349,6 +1355,39 @@ def main():
         st, h = heads(a.port, "OPTIONS", "/v1/models", {**evil, "Access-Control-Request-Method": "GET"})
         check("CORS: a preflight from an origin not listed is 400", st == 400, (st, h))
         check("CORS: OPTIONS that is not a preflight is 405", heads(a.port, "OPTIONS", "/v1/models", {})[0] == 405)
+
+        # enable_request_id_headers (vLLM's): every response carries X-Request-Id, the request's own where it
+        # sent one; an answer's id is its API's prefix and that header, else the body's request_id.
+        def exchange(method, path, headers, body=None):
+            c = http.client.HTTPConnection("127.0.0.1", a.port, timeout=60)
+            c.request(method, path, body=body, headers=headers)
+            r = c.getresponse()
+            out = r.read().decode()
+            c.close()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, out
+        key = {"Authorization": "Bearer sekret", "Content-Type": "application/json"}
+        st, h, out = exchange("POST", "/v1/completions", {**key, "X-Request-Id": "trace-42"}, json.dumps({"prompt": "Hi", "max_tokens": 2}))
+        check("request id headers: a completion echoes X-Request-Id and its id is cmpl-<header>",
+              st == 200 and h.get("x-request-id") == "trace-42" and json.loads(out)["id"] == "cmpl-trace-42", (st, h, out))
+        st, h, out = exchange("POST", "/v1/chat/completions", key,
+                              json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "request_id": "mine-7"}))
+        check("request id headers: a chat answer without the header takes the body's request_id (header and id)",
+              st == 200 and h.get("x-request-id") == "mine-7" and json.loads(out)["id"] == "chatcmpl-mine-7", (st, h, out))
+        st, h, out = exchange("POST", "/v1/completions", {**key, "X-Request-Id": "s-1"},
+                              json.dumps({"prompt": "Hi", "max_tokens": 3, "stream": True}))
+        ids = {json.loads(e[6:])["id"] for e in out.split("\n") if e.startswith("data: {")}
+        check("request id headers: a stream's header and every chunk's id", st == 200 and h.get("x-request-id") == "s-1"
+              and ids == {"cmpl-s-1"}, (st, h, ids))
+        st, h, out = exchange("POST", "/v1/responses", key, json.dumps({"input": "hi", "max_output_tokens": 2, "request_id": "resp_mine"}))
+        check("request id headers: a Responses request's request_id is its id", st == 200 and json.loads(out)["id"] == "resp_mine"
+              and h.get("x-request-id") == "resp_mine", (st, h, out))
+        (st, h, _), (st2, h2, _) = exchange("GET", "/health", {}), exchange("GET", "/health", {})
+        st3, h3, out3 = exchange("POST", "/v1/completions", key, json.dumps({"prompt": "Hi", "max_tokens": -1}))
+        st4, h4, out4 = exchange("POST", "/v1/completions", key, json.dumps({"prompt": "Hi", "max_tokens": 1, "request_id": 5}))
+        check("request id headers: other routes and errors get a generated one; a request_id that is not a string is a 400",
+              st == st2 == 200 and h.get("x-request-id") and h2.get("x-request-id") and h["x-request-id"] != h2["x-request-id"]
+              and st3 == 400 and h3.get("x-request-id") and st4 == 400 and "request_id" in json.loads(out4)["error"]["message"],
+              (h, h2, st3, h3, st4, out4))
     finally:
         a.stop()
     # Asynchronous scheduling on one rank, where each step's forward pass is queued behind the draw of
