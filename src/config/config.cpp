@@ -33,6 +33,23 @@ struct Option {
   std::function<void(Config&)> clear = nullptr;  // lists: empties the list before a new source's values
 };
 
+// A list option given as a JSON list of strings ("[\"a\", \"b\"]") or one entry per flag.
+void add_list_entries(std::vector<std::string>& out, const char* key, const std::string& v) {
+  if (v.rfind("[", 0) != 0) return out.push_back(v);
+  const Error bad(cat("config: ", key, " must be a JSON list of strings, got '", v, "'"));
+  nlohmann::json j;
+  try {
+    j = parse_json(v);
+  } catch (const std::exception&) {
+    throw bad;
+  }
+  if (!j.is_array()) throw bad;
+  for (const auto& x : j) {
+    if (!x.is_string()) throw bad;
+    out.push_back(x.get<std::string>());
+  }
+}
+
 std::string kebab(const std::string& snake) {
   std::string s = snake;
   std::replace(s.begin(), s.end(), '_', '-');
@@ -195,22 +212,20 @@ const std::vector<Option>& options() {
        [](Config& c) { c.served_model_name.clear(); }},
       {"allowed_origins", Kind::StringList,
        "origins browsers may call the API from (CORS), as vLLM: default [\"*\"]; a JSON list or one origin per flag",
-       [](Config& c, const std::string& v) {
-         if (v.rfind("[", 0) != 0) return c.allowed_origins.push_back(v);
-         const Error bad(cat("config: allowed_origins must be a JSON list of strings, got '", v, "'"));
-         nlohmann::json j;
-         try {
-           j = parse_json(v);
-         } catch (const std::exception&) {
-           throw bad;
-         }
-         if (!j.is_array()) throw bad;
-         for (const auto& x : j) {
-           if (!x.is_string()) throw bad;
-           c.allowed_origins.push_back(x.get<std::string>());
-         }
-       },
+       [](Config& c, const std::string& v) { add_list_entries(c.allowed_origins, "allowed_origins", v); },
        [](Config& c) { c.allowed_origins.clear(); }},
+      {"allowed_methods", Kind::StringList,
+       "HTTP methods a CORS preflight may ask for, as vLLM: default [\"*\"] (all); a JSON list or one per flag",
+       [](Config& c, const std::string& v) { add_list_entries(c.allowed_methods, "allowed_methods", v); },
+       [](Config& c) { c.allowed_methods.clear(); }},
+      {"allowed_headers", Kind::StringList,
+       "request headers a CORS preflight may ask for, as vLLM: default [\"*\"] (any; the CORS-safelisted ones always); "
+       "a JSON list or one per flag",
+       [](Config& c, const std::string& v) { add_list_entries(c.allowed_headers, "allowed_headers", v); },
+       [](Config& c) { c.allowed_headers.clear(); }},
+      {"allow_credentials", Kind::Bool,
+       "CORS answers say Access-Control-Allow-Credentials: true, and name the caller's origin rather than \"*\" (vLLM's)",
+       [](Config& c, const std::string& v) { c.allow_credentials = parse_bool("allow_credentials", v); }},
       {"generation_config", Kind::String,
        "auto (requests default to the sampling parameters of the model's generation_config.json, as vLLM) | vllm (to vLLM's own defaults)",
        [](Config& c, const std::string& v) { c.generation_config = v; }},
@@ -594,6 +609,10 @@ void config_validate(const Config& c) {
     if (n.empty()) fail("served_model_name must not be empty");
   for (const auto& o : c.allowed_origins)
     if (o.empty()) fail("allowed_origins must not hold an empty origin");
+  for (const auto& m : c.allowed_methods)
+    if (m.empty()) fail("allowed_methods must not hold an empty method");
+  for (const auto& h : c.allowed_headers)
+    if (h.empty()) fail("allowed_headers must not hold an empty header");
 }
 
 std::string config_help() {

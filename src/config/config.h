@@ -50,6 +50,9 @@ struct Config {
   std::string reasoning_parser = "none";  // none | qwen3 | deepseek_r1 (server/reasoning_parser.h)
   std::vector<std::string> served_model_name;  // empty: the model path
   std::vector<std::string> allowed_origins = {"*"};  // CORS (vLLM's default: any origin)
+  std::vector<std::string> allowed_methods = {"*"};  // CORS preflights' methods (vLLM's default: any)
+  std::vector<std::string> allowed_headers = {"*"};  // CORS preflights' headers (vLLM's default: any)
+  bool allow_credentials = false;                    // CORS with credentials (vLLM's)
   std::string generation_config = "auto";  // auto: the model's generation_config.json sampling defaults; vllm: none
   int max_logprobs = 20;                    // the most log-probabilities a request may ask for (vLLM's)
   std::string chat_template;                // a file, or the template itself (vLLM's); empty: the model's

@@ -15,6 +15,7 @@
 #include "common/json_text.h"
 #include "common/log.h"
 #include "server/beam_search.h"
+#include "server/cors.h"
 #include "server/embeddings_api.h"
 #include "server/responses_api.h"
 #include "tokenizer/tokenizer.h"
@@ -72,9 +73,9 @@ bool constant_time_equal(const std::string& a, const std::string& b) {
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket s, const ServerOptions& opt, const ApiContext& ctx, EngineService& eng, HttpCounters& hc,
-          ResponsesStore& store)
-      : stream_(std::move(s)), opt_(opt), ctx_(ctx), engine_(eng), hc_(hc), store_(store) {}
+  Session(tcp::socket s, const ServerOptions& opt, const CorsPolicy& cors, const ApiContext& ctx, EngineService& eng,
+          HttpCounters& hc, ResponsesStore& store)
+      : stream_(std::move(s)), opt_(opt), cors_(cors), ctx_(ctx), engine_(eng), hc_(hc), store_(store) {}
   void start() { net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read(); }); }
 
  private:
@@ -120,6 +121,7 @@ class Session : public std::enable_shared_from_this<Session> {
       return close();
     if (ec) req_ = {};  // (not the connection's previous request, in the access line)
     request_id_.clear();
+    preflight_headers_.reset();
     if (ec == http::error::body_limit)
       return respond(413, error_body(413, cat("the request body exceeds ", opt_.body_limit, " bytes"), "RequestTooLarge"), false);
     if (ec) return respond(400, error_body(400, cat("malformed HTTP request: ", ec.message()), "BadRequestError"), false);
@@ -148,12 +150,15 @@ class Session : public std::enable_shared_from_this<Session> {
     const std::string target(req_.target());
     const std::string path = target.substr(0, target.find('?'));
     const auto method = req_.method();
-    // CORS preflight, as vLLM's default (allowed origins, methods and headers "*"): answered for any
-    // path before routing and authentication (browsers send it without credentials).
-    if (method == http::verb::options && req_.find(http::field::origin) != req_.end() &&
-        req_.find(http::field::access_control_request_method) != req_.end())
-      return cors_origin().empty() ? respond(400, "Disallowed CORS origin", req_.keep_alive(), "text/plain")
-                                   : respond(200, "OK", req_.keep_alive(), "text/plain");
+    // CORS preflight (server/cors.h): answered for any path before routing and authentication.
+    const auto origin = req_.find(http::field::origin), asked = req_.find(http::field::access_control_request_method);
+    if (method == http::verb::options && origin != req_.end() && asked != req_.end()) {
+      const auto h = req_.find(http::field::access_control_request_headers);
+      const std::string requested = h == req_.end() ? "" : std::string(h->value());
+      auto p = cors_.preflight(std::string(origin->value()), std::string(asked->value()), h == req_.end() ? nullptr : &requested);
+      preflight_headers_ = std::move(p.headers);
+      return respond(p.status, p.body, req_.keep_alive(), "text/plain");
+    }
     struct Route {
       const char* path;
       http::verb method;
@@ -566,33 +571,16 @@ class Session : public std::enable_shared_from_this<Session> {
     });
   }
 
-  // The Access-Control-Allow-Origin value for this request: "*" when any origin is allowed (vLLM's
-  // default), the request's Origin when it is listed in allowed_origins, empty otherwise (no Origin,
-  // or one not allowed: the browser then refuses the answer).
-  std::string cors_origin() const {
-    const auto it = req_.find(http::field::origin);
-    if (it == req_.end()) return "";
-    const std::string origin(it->value());
-    for (const auto& o : opt_.allowed_origins)
-      if (o == "*") return "*";
-    for (const auto& o : opt_.allowed_origins)
-      if (o == origin) return origin;
-    return "";
-  }
-
-  // Cross-origin requests from browsers: the answer to a request from an allowed origin says so, and a
-  // preflight's also lists the methods and echoes the headers asked for.
+  // Cross-origin requests from browsers (server/cors.h): a preflight's headers, else those of any
+  // answer to a request with an Origin.
   template <typename Response>
   void cors_headers(Response& res) {
-    const std::string allow = cors_origin();
-    if (allow.empty()) return;
-    res.set(http::field::access_control_allow_origin, allow);
-    if (allow != "*") res.set(http::field::vary, "Origin");
-    if (req_.method() != http::verb::options) return;
-    res.set(http::field::access_control_allow_methods, "DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT");
-    const auto h = req_.find(http::field::access_control_request_headers);
-    if (h != req_.end()) res.set(http::field::access_control_allow_headers, h->value());
-    res.set(http::field::access_control_max_age, "600");
+    const auto origin = req_.find(http::field::origin);
+    if (origin == req_.end()) return;
+    const HeaderList h = preflight_headers_ ? std::move(*preflight_headers_)
+                                            : cors_.simple(std::string(origin->value()), req_.find(http::field::cookie) != req_.end());
+    preflight_headers_.reset();
+    for (const auto& [k, v] : h) res.set(k, v);
   }
 
   // The headers every response gets: CORS, and X-Request-Id with enable_request_id_headers (the
@@ -697,12 +685,14 @@ class Session : public std::enable_shared_from_this<Session> {
   std::optional<http::request_parser<http::string_body>> parser_;
   http::request<http::string_body> req_;
   const ServerOptions& opt_;
+  const CorsPolicy& cors_;
   const ApiContext& ctx_;
   EngineService& engine_;
   HttpCounters& hc_;
   ResponsesStore& store_;
   std::shared_ptr<Pending> pending_;
   std::string request_id_;  // this request's X-Request-Id response header (enable_request_id_headers)
+  std::optional<HeaderList> preflight_headers_;  // a CORS preflight's answer's headers
   std::deque<std::string> writes_;
   bool writing_ = false, last_queued_ = false;
   std::chrono::steady_clock::time_point start_;
@@ -718,8 +708,14 @@ struct HttpServer::Impl {
   tcp::acceptor acceptor;
   HttpCounters hc;
   ResponsesStore store;
+  const CorsPolicy cors;
   Impl(const ServerOptions& o, const ApiContext& c, EngineService& e)
-      : opt(o), ctx(c), engine(e), ioc(o.io_threads), acceptor(ioc) {}
+      : opt(o),
+        ctx(c),
+        engine(e),
+        ioc(o.io_threads),
+        acceptor(ioc),
+        cors(o.allowed_origins, o.allowed_methods, o.allowed_headers, o.allow_credentials) {}
   void accept() {
     acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code aec, tcp::socket s) {
       if (aec == net::error::operation_aborted || !acceptor.is_open()) return;  // closed at shutdown
@@ -729,7 +725,7 @@ struct HttpServer::Impl {
         auto t = std::make_shared<net::steady_timer>(ioc, std::chrono::milliseconds(100));
         return t->async_wait([this, t](beast::error_code) { accept(); });
       }
-      std::make_shared<Session>(std::move(s), opt, ctx, engine, hc, store)->start();
+      std::make_shared<Session>(std::move(s), opt, cors, ctx, engine, hc, store)->start();
       accept();
     });
   }

@@ -18,7 +18,11 @@ struct ServerOptions {
   size_t body_limit = 16u << 20;
   int io_threads = 2;
   int request_timeout_s = 60;  // to receive a whole request; idle keep-alive connections close after it
-  std::vector<std::string> allowed_origins = {"*"};  // CORS; "*": any origin
+  // CORS (server/cors.h), vLLM's defaults: any origin, method and header; no credentials.
+  std::vector<std::string> allowed_origins = {"*"};
+  std::vector<std::string> allowed_methods = {"*"};
+  std::vector<std::string> allowed_headers = {"*"};
+  bool allow_credentials = false;
   bool access_log = true;  // one log line per request
   // enable_request_id_headers (vLLM's): every response carries X-Request-Id, the request's own header's
   // value, else the generation's id base (its body's request_id or a random one), else a random one.

@@ -1234,7 +1234,8 @@ def main():
     # Authentication: /v1 needs the key, /health and /metrics stay open.
     # Also vLLM's launch flags: response_role, no access log, and the ones accepted without effect; and
     # asynchronous scheduling (this server plans each step while the one before it runs).
-    a = Server("--api-key", "sekret", "--allowed-origins", '["http://app.example"]', "--response-role", "bot",
+    a = Server("--api-key", "sekret", "--allowed-origins", '["http://app.example"]', "--allowed-methods", '["GET", "POST"]',
+               "--allow-credentials", "--response-role", "bot",
                "--disable-uvicorn-access-log", "--disable-log-requests", "--disable-log-stats", "--trust-remote-code",
                "--enable-auto-tool-choice", "--max-logprobs", "3", "--generation-config", "vllm", "--chat-template", "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}",
                "--async-scheduling", "--enable-prompt-tokens-details", "--return-tokens-as-token-ids", "--trust-request-chat-template",
@@ -1342,8 +1343,12 @@ def main():
         st, h = heads(a.port, "OPTIONS", "/v1/chat/completions", {**app, "Access-Control-Request-Method": "POST",
                                                                  "Access-Control-Request-Headers": "authorization, content-type"})
         check("CORS: preflight answered without the key", st == 200 and h.get("access-control-allow-origin") == "http://app.example"
-              and h.get("vary") == "Origin" and "POST" in h.get("access-control-allow-methods", "")
-              and h.get("access-control-allow-headers") == "authorization, content-type", (st, h))
+              and h.get("vary") == "Origin" and h.get("access-control-allow-methods") == "GET, POST"
+              and h.get("access-control-allow-headers") == "authorization, content-type"
+              and h.get("access-control-allow-credentials") == "true", (st, h))
+        st, h = heads(a.port, "OPTIONS", "/v1/models", {**app, "Access-Control-Request-Method": "DELETE"})
+        check("CORS: a preflight for a method not in allowed_methods is 400", st == 400 and h.get("access-control-allow-methods") == "GET, POST",
+              (st, h))
         st, h = heads(a.port, "GET", "/v1/models", {**app, "Authorization": "Bearer sekret"})
         check("CORS: a listed origin is allowed", st == 200 and h.get("access-control-allow-origin") == "http://app.example", (st, h))
         st, h = heads(a.port, "POST", "/v1/completions", {**app, "Authorization": "Bearer sekret", "Content-Type": "application/json"},

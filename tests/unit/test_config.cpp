@@ -137,6 +137,29 @@ TEST(Config, AllowedOriginsListFromYamlAndCommandLine) {
   EXPECT_EQ(e.allowed_origins, std::vector<std::string>{"http://z"});
 }
 
+// vLLM's other CORS options: allowed_methods and allowed_headers (lists as allowed_origins, default
+// ["*"]) and allow_credentials.
+TEST(Config, CorsMethodsHeadersCredentials) {
+  Config d;
+  EXPECT_EQ(d.allowed_methods, std::vector<std::string>{"*"});
+  EXPECT_EQ(d.allowed_headers, std::vector<std::string>{"*"});
+  EXPECT_FALSE(d.allow_credentials);
+  Config c;
+  const auto p = write_yaml("allowed_methods: [GET, POST]\nallowed_headers: [Authorization]\nallow_credentials: true\n");
+  config_parse_args(c, {p, "--allowed-headers", R"(["X-Custom", "Authorization"])"});
+  EXPECT_EQ(c.allowed_methods, (std::vector<std::string>{"GET", "POST"}));
+  EXPECT_EQ(c.allowed_headers, (std::vector<std::string>{"X-Custom", "Authorization"}));
+  EXPECT_TRUE(c.allow_credentials);
+  c.model = "m.h5";
+  EXPECT_NO_THROW(config_validate(c));
+  Config e;
+  EXPECT_THROW(config_parse_args(e, {"--allowed-methods", R"(["GET", 1])"}), Error);
+  Config f;
+  f.model = "m.h5";
+  config_parse_args(f, {"--allowed-headers", ""});
+  EXPECT_THROW(config_validate(f), Error);
+}
+
 // vLLM's LoRA options: --lora-modules takes every name=path or JSON object after it (a positional model
 // stays one), a YAML list may mix both forms, and the modules' names and forms are checked.
 TEST(Config, LoraModulesFromCommandLineAndYaml) {

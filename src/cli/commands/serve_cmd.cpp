@@ -173,6 +173,9 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
     opt.port = cfg.port;
     opt.api_key = cfg.api_key;
     opt.allowed_origins = cfg.allowed_origins;
+    opt.allowed_methods = cfg.allowed_methods;
+    opt.allowed_headers = cfg.allowed_headers;
+    opt.allow_credentials = cfg.allow_credentials;
     opt.request_id_headers = cfg.enable_request_id_headers;
     // (uvicorn logs each request at info: a level above it silences the access log, as in vLLM)
     opt.access_log = !cfg.disable_uvicorn_access_log && (cfg.uvicorn_log_level == "info" || cfg.uvicorn_log_level == "debug" ||
