@@ -1128,25 +1128,17 @@ int main(int argc, char** argv) {
                  {"o_proj + LoRA + residual", lo, ops[2].bytes + lb * (Hq * D + H), ops[2].flops + 2.0 * B * R * Hq * D},
                  {"norm + gate/up + LoRA + SiLU", lg, ops[3].bytes + lb * (2 * H + 2 * I), ops[3].flops + 2.0 * B * 2 * R * H},
                  {"down + LoRA + residual", ld, ops[4].bytes + lb * (I + H), ops[4].flops + 2.0 * B * R * I}};
-          // (The q/k/v and gate/up shrinks normalize their input themselves at 1-2 tokens; from 3 the op runs
-          // rmsnorm and the plain shrink, as here.)
-          auto sq = [&](int64_t i) {
-            if (B <= 2) return be.lora_shrink_norm(x, {ls[i].norm1, eps, h}, lora[i].a_qkv, t_qkv);
-            be.rmsnorm(x, ls[i].norm1, eps, h);
-            be.lora_shrink(h, lora[i].a_qkv, t_qkv);
-          };
-          auto sg = [&](int64_t i) {
-            if (B <= 2) return be.lora_shrink_norm(x, {ls[i].norm2, eps, h}, lora[i].a_gu, t_gu);
-            be.rmsnorm(x, ls[i].norm2, eps, h);
-            be.lora_shrink(h, lora[i].a_gu, t_gu);
-          };
+          // (The q/k/v and gate/up shrinks normalize their input themselves; from 3 tokens they write it too,
+          // for the op's GEMM, and from 17 the op runs rmsnorm and the plain shrink.)
+          auto sq = [&](int64_t i) { be.lora_shrink_norm(x, {ls[i].norm1, eps, h}, lora[i].a_qkv, t_qkv, B > 2); };
+          auto sg = [&](int64_t i) { be.lora_shrink_norm(x, {ls[i].norm2, eps, h}, lora[i].a_gu, t_gu, B > 2); };
           auto so = [&](int64_t i) { be.lora_shrink(attn, lora[i].a_o, t_o); };
           auto sd = [&](int64_t i) { be.lora_shrink(act, lora[i].a_d, t_d); };
           shrinks = {{"  of which: LoRA shrink (+ norm), q/k/v", sq, lb * 3 * H, 2.0 * B * 3 * R * H},
                      {"  of which: LoRA shrink, o_proj", so, lb * Hq * D, 2.0 * B * R * Hq * D},
                      {"  of which: LoRA shrink (+ norm), gate/up", sg, lb * 2 * H, 2.0 * B * 2 * R * H},
                      {"  of which: LoRA shrink, down", sd, lb * I, 2.0 * B * R * I}};
-          if (B <= 2) {  // (the normalizing shrink against its parts: the plain shrink of h, and rmsnorm)
+          {  // (the normalizing shrink against its parts: the plain shrink of h, and rmsnorm)
             auto ph = [&](int64_t i) { be.lora_shrink(h, lora[i].a_qkv, t_qkv); };
             auto rn = [&](int64_t i) { be.rmsnorm(x, ls[i].norm1, eps, h); };
             shrinks.push_back({"  (plain shrink of h, q/k/v's width)", ph, lb * 3 * H, 2.0 * B * 3 * R * H});

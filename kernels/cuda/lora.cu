@@ -30,19 +30,24 @@ constexpr int kMaxShrinkWarps = 32, kRows = 8, kExpandThreads = 256;
 // with ROWS = 1.
 // NORM: the input is the float32 residual stream, x [n_rows, K], and the rows shrunk are its RMSNorm
 // rounded to T as rmsnorm writes it, h = T(w * (x * inv_rms)): each block first sums its rows' squares
-// (a decode's few rows; lora_shrink_norm's launcher takes the unfused path for many).
+// (a decode's few rows; lora_shrink_norm's launcher takes the unfused path for many). h_out (NORM only,
+// may be null): the blocks of column 0 also write h there, every row's, those without an adapter too,
+// so that a GEMM after the shrink reads it and no rmsnorm launch is needed.
 template <typename T, int V, bool NORM, int ROWS>
 __global__ void lora_shrink_k(const void* xin, const T* norm_w, float eps, const T* a, const int32_t* rows, int64_t n_rows,
-                              int64_t K, int64_t C, float* t) {
+                              int64_t K, int64_t C, float* t, T* h_out) {
   __shared__ float part[kMaxShrinkWarps][ROWS];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = static_cast<int>(blockDim.x / 32);
   const int64_t c = blockIdx.x;
   const int64_t r0 = blockIdx.y * static_cast<int64_t>(ROWS);
+  const bool write_h = NORM && h_out != nullptr && c == 0;
   int slot[ROWS], first = -1;
+  bool live[ROWS];  // (the row is read: it has an adapter, or this block writes its h)
   float acc[ROWS], inv[ROWS];
 #pragma unroll
   for (int r = 0; r < ROWS; ++r) {
     slot[r] = r0 + r < n_rows ? rows[r0 + r] : -1;
+    live[r] = slot[r] >= 0 || (write_h && r0 + r < n_rows);
     if (first < 0) first = slot[r];
     acc[r] = 0.f;
     inv[r] = 1.f;
@@ -77,7 +82,7 @@ __global__ void lora_shrink_k(const void* xin, const T* norm_w, float eps, const
   if constexpr (NORM) {  // inv[r] = 1 / rms(x[r0 + r]) for the rows with an adapter
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
-      if (slot[r] < 0) continue;
+      if (!live[r]) continue;
       for (int64_t k = static_cast<int64_t>(threadIdx.x) * V; k < K; k += static_cast<int64_t>(blockDim.x) * V) {
         float xv[V];
         load_vec<V>(xf + (r0 + r) * K + k, xv);
@@ -102,8 +107,8 @@ __global__ void lora_shrink_k(const void* xin, const T* norm_w, float eps, const
     }
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
-      if (slot[r] < 0) continue;
-      if (slot[r] != loaded) {
+      if (!live[r]) continue;
+      if (slot[r] >= 0 && slot[r] != loaded) {
         load_vec<V>(a + (slot[r] * C + c) * K + k, av);
         loaded = slot[r];
       }
@@ -111,9 +116,11 @@ __global__ void lora_shrink_k(const void* xin, const T* norm_w, float eps, const
         load_vec<V>(xf + (r0 + r) * K + k, xv);
 #pragma unroll
         for (int j = 0; j < V; ++j) xv[j] = to_f(from_f<T>(wv[j] * (xv[j] * inv[r])));
+        if (write_h) store_vec<V>(h_out + (r0 + r) * K + k, xv);  // (exact: xv holds T values)
       } else {
         load_vec<V>(x + (r0 + r) * K + k, xv);
       }
+      if (slot[r] < 0) continue;
 #pragma unroll
       for (int j = 0; j < V; ++j) acc[r] += av[j] * xv[j];
     }
@@ -211,11 +218,11 @@ unsigned shrink_threads(int64_t K, int v) {
 
 template <typename T, bool NORM>
 void shrink(const void* x, const T* norm_w, float eps, const T* a, const int32_t* rows, int64_t n_rows, int64_t K, int64_t C,
-            float* t, cudaStream_t s) {
+            float* t, T* h_out, cudaStream_t s) {
   if (n_rows == 0 || C == 0) return;
   if (C > 0x7fffffff) throw std::runtime_error("lora_shrink: too many columns for one launch");
   constexpr int V = 16 / sizeof(T);  // (16-byte loads of T: 8 halves, 4 floats)
-  const bool vec = K % V == 0 && vec_ok(a, V, sizeof(T)) &&
+  const bool vec = K % V == 0 && vec_ok(a, V, sizeof(T)) && (!h_out || vec_ok(h_out, V, sizeof(T))) &&
                    (NORM ? vec_ok(x, V, sizeof(float)) && vec_ok(norm_w, V, sizeof(T)) : vec_ok(x, V, sizeof(T)));
   auto go = [&](auto rows_tag) {
     constexpr int ROWS = decltype(rows_tag)::value;
@@ -223,9 +230,9 @@ void shrink(const void* x, const T* norm_w, float eps, const T* a, const int32_t
     const dim3 grid(static_cast<unsigned>(C), static_cast<unsigned>((n_rows + ROWS - 1) / ROWS));
     if (vec)
       return launch("lora_shrink", lora_shrink_k<T, V, NORM, ROWS>, grid, shrink_threads(K, V), 0, s, x, norm_w, eps, a, rows,
-                    n_rows, K, C, t);
+                    n_rows, K, C, t, h_out);
     launch("lora_shrink", lora_shrink_k<T, 1, NORM, ROWS>, grid, shrink_threads(K, 1), 0, s, x, norm_w, eps, a, rows, n_rows,
-           K, C, t);
+           K, C, t, h_out);
   };
   // A decode's rows (up to 16) one a block, so that its shrink has rows x columns blocks, not columns alone:
   // at 8 rows the down projection's 16 blocks each read all 8 rows of 8,960 (6.1 us, H100, kernel_bench
@@ -238,13 +245,13 @@ void shrink(const void* x, const T* norm_w, float eps, const T* a, const int32_t
 
 template <typename T>
 void lora_shrink(const T* x, const T* a, const int32_t* rows, int64_t n_rows, int64_t K, int64_t C, float* t, cudaStream_t s) {
-  shrink<T, false>(x, nullptr, 0.f, a, rows, n_rows, K, C, t, s);
+  shrink<T, false>(x, nullptr, 0.f, a, rows, n_rows, K, C, t, nullptr, s);
 }
 
 template <typename T>
 void lora_shrink_norm(const float* x, const T* norm_w, float eps, const T* a, const int32_t* rows, int64_t n_rows, int64_t K,
-                      int64_t C, float* t, cudaStream_t s) {
-  shrink<T, true>(x, norm_w, eps, a, rows, n_rows, K, C, t, s);
+                      int64_t C, float* t, T* h_out, cudaStream_t s) {
+  shrink<T, true>(x, norm_w, eps, a, rows, n_rows, K, C, t, h_out, s);
 }
 
 template <typename T>
@@ -268,7 +275,7 @@ void lora_expand(const float* t, int64_t tc, const int32_t* rows, int64_t n_rows
 #define INSTANTIATE(T)                                                                                                \
   template void lora_shrink<T>(const T*, const T*, const int32_t*, int64_t, int64_t, int64_t, float*, cudaStream_t); \
   template void lora_shrink_norm<T>(const float*, const T*, float, const T*, const int32_t*, int64_t, int64_t, int64_t,     \
-                                    float*, cudaStream_t);                                                                  \
+                                    float*, T*, cudaStream_t);                                                              \
   template void lora_expand<T>(const float*, int64_t, const int32_t*, int64_t, int64_t, const LoraOut<T>*, int, cudaStream_t);
 LLMSERVE_FOR_EACH_TYPE(INSTANTIATE)
 #undef INSTANTIATE

@@ -36,10 +36,11 @@ void add(TX* x, const TY* y, int64_t n, cudaStream_t s);
 // Shrink: t [n_rows, C] (float32) = x [n_rows, K] . a[rows[r]]^T (a [slots, C, K]); zero rows where none.
 template <typename T>
 void lora_shrink(const T* x, const T* a, const int32_t* rows, int64_t n_rows, int64_t K, int64_t C, float* t, cudaStream_t s);
-// The same of the RMSNorm of float32 x (rmsnorm(x) * norm_w rounded to T, as rmsnorm writes it), for a few rows.
+// The same of the RMSNorm of float32 x (rmsnorm(x) * norm_w rounded to T, as rmsnorm writes it), for a few rows;
+// h_out non-null: that RMSNorm [n_rows, K] written there too (every row's), as rmsnorm would.
 template <typename T>
 void lora_shrink_norm(const float* x, const T* norm_w, float eps, const T* a, const int32_t* rows, int64_t n_rows, int64_t K,
-                      int64_t C, float* t, cudaStream_t s);
+                      int64_t C, float* t, T* h_out, cudaStream_t s);
 // The expand fused into a decode GEMV's epilogue: output row n of the launch's matrix j gains, for token
 // m with an adapter (rows[m] >= 0), t[m, col[j] + i] . bt[j][rows[m]][i][n] summed over i < R (bt
 // [slots, R, N_j] in the activation type; null: matrix j has no update). t null: no update at all.

@@ -1148,11 +1148,13 @@ bool CudaBackend::lora_shrink_norm_inside() {
   return inside;
 }
 
-void CudaBackend::lora_shrink_norm(const Tensor& x, const InputNorm& norm, const Tensor& a, Tensor& t) {
+void CudaBackend::lora_shrink_norm(const Tensor& x, const InputNorm& norm, const Tensor& a, Tensor& t, bool write_h) {
   // Up to 16 rows: the norm inside the shrink (each block normalizes the rows it reads), for the fused ops
-  // of 1-2 tokens, which normalize for themselves too. More rows: rmsnorm into norm.h, then the shrink.
+  // of 1-2 tokens, which normalize for themselves too, and (write_h) the stacked GEMMs of 3-16 tokens,
+  // which read the h the shrink writes. More rows: rmsnorm into norm.h, then the shrink.
   const int64_t T = rows_of(x), K = cols_of(x);
-  if (!lora_shrink_norm_inside() || T > 16 || x.dtype != DType::F32 || norm.w.dtype != a.dtype || norm.w.numel() != K) {
+  if (!lora_shrink_norm_inside() || T > 16 || x.dtype != DType::F32 || norm.w.dtype != a.dtype || norm.w.numel() != K ||
+      (write_h && (norm.h.dtype != a.dtype || rows_of(norm.h) != T || cols_of(norm.h) != K || a.dim(1) == 0))) {
     rmsnorm(x, norm.w, norm.eps, norm.h);
     return lora_shrink(norm.h, a, t);
   }
@@ -1162,7 +1164,7 @@ void CudaBackend::lora_shrink_norm(const Tensor& x, const InputNorm& norm, const
   dispatch(a.dtype, [&](auto* ti) {
     using T_ = std::remove_pointer_t<decltype(ti)>;
     cuda::lora_shrink_norm<T_>(x.as<float>(), norm.w.as<T_>(), norm.eps, a.as<T_>(), lora_rows_.ptr, T, K, a.dim(1),
-                               t.as<float>(), stream());
+                               t.as<float>(), write_h ? norm.h.as<T_>() : nullptr, stream());
   });
 }
 
@@ -1315,8 +1317,10 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
                        (!head_norm || (head_norm->q_w.numel() == D && head_norm->k_w.numel() == D &&
                                        head_norm->k_w.dtype == head_norm->q_w.dtype));
   auto rows_then_rope = [&](const LoraDelta* d) {
-    rmsnorm(x, norm.w, norm.eps, norm.h);
-    if (d) lora_shrink(norm.h, *d->a, *d->t);
+    if (d)
+      lora_shrink_norm(x, norm, *d->a, *d->t, true);
+    else
+      rmsnorm(x, norm.w, norm.eps, norm.h);
     Tensor b;
     if (biases) b = stacked_view({bq, bk, bv});
     Tensor qkv = empty({T, N}, DType::F32);
@@ -1342,8 +1346,9 @@ void CudaBackend::norm_qkv_rope_kv_write(const Tensor& x, const InputNorm& norm,
   if (lora) {
     // LoRA, 1-2 tokens: the shrink with the norm inside, then the fused launch below with the update added
     // before RoPE (16- or 32-bit weights, no head norms): two launches. Otherwise the stacked rows with the
-    // shrink of the normalized input and the expand into their columns (five launches, the composition's
-    // eight), or the default's composition.
+    // shrink of the normalized input (which writes it for the GEMM up to 16 tokens) and the expand into
+    // their columns (four launches up to 16 tokens, else five; the composition's eight), or the default's
+    // composition.
     const bool fits = fused && !fp8 && !head_norm && T <= 2 &&
                       fusable_lora(*lora, T, wt, {nq, nkv, nkv}, lora_rows_.ptr, &lora_fused);
     if (!fits) {
@@ -1466,11 +1471,11 @@ void CudaBackend::norm_gate_up_silu(const Tensor& x, const InputNorm& norm, cons
     const bool fits = fused && !tiles && !fp8 && T <= 2 &&
                       fusable_lora(*lora, T, wt, {rows_of(w_gate), rows_of(w_up), 0}, lora_rows_.ptr, &f);
     if (!fits) {
-      // Otherwise the stacked pair in one GEMM, with the shrink of the normalized input and the expand into
-      // the GEMM's halves (five launches, the composition's seven), or the default's composition.
+      // Otherwise the stacked pair in one GEMM, with the shrink of the normalized input (which writes it for
+      // the GEMM up to 16 tokens) and the expand into the GEMM's halves (four launches up to 16 tokens, else
+      // five; the composition's seven), or the default's composition.
       if (!stacked_gate_up(x, w_gate, w_up, gate_up, act)) return Backend::norm_gate_up_silu(x, norm, w_gate, w_up, gate_up, act, lora);
-      rmsnorm(x, norm.w, norm.eps, norm.h);
-      lora_shrink(norm.h, *lora->a, *lora->t);
+      lora_shrink_norm(x, norm, *lora->a, *lora->t, true);
       return stacked_gate_up_silu(norm.h, w_gate, w_up, gate_up, act, lora);
     }
     lora_shrink_norm(x, norm, *lora->a, *lora->t);

@@ -98,8 +98,9 @@ class CudaBackend : public Backend {
   // elements) instead of cuBLASLt.
   bool skinny(int64_t T, std::initializer_list<const Tensor*> operands) const;
   // lora_shrink of the block's normalized input, h = rmsnorm(x) * w: up to 16 rows with the norm inside the
-  // shrink's launch (norm.h left alone) where lora_shrink_norm_inside(), else rmsnorm into norm.h first.
-  void lora_shrink_norm(const Tensor& x, const InputNorm& norm, const Tensor& a, Tensor& t);
+  // shrink's launch where lora_shrink_norm_inside() (norm.h written by it when write_h, else left alone),
+  // else rmsnorm into norm.h first (so norm.h holds h after the call whenever write_h).
+  void lora_shrink_norm(const Tensor& x, const InputNorm& norm, const Tensor& a, Tensor& t, bool write_h = false);
   // Whether lora_shrink_norm normalizes inside the shrink's launch (LLMSERVE_LORA_SHRINK_NORM=0|1 forces it,
   // for measuring).
   static bool lora_shrink_norm_inside();
