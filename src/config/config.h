@@ -61,6 +61,7 @@ struct Config {
   bool enable_prompt_tokens_details = false;  // usage.prompt_tokens_details.cached_tokens (vLLM's)
   bool enable_force_include_usage = false;    // every streamed answer ends with a usage chunk (vLLM's)
   bool enable_request_id_headers = false;     // every response carries X-Request-Id (vLLM's)
+  bool enable_server_load_tracking = false;   // GET /load counts requests in flight (vLLM's)
   bool return_tokens_as_token_ids = false;    // log-probability entries name tokens "token_id:<id>" unless a request says (vLLM's)
   std::string runner = "auto";               // auto | generate | pooling (vLLM's; pooling serves /v1/embeddings)
   std::string convert = "auto";              // auto | embed (vLLM's: embed makes a generative model a pooling one)

@@ -63,6 +63,19 @@ struct HttpCounters {
   Histogram e2e{{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120}};
   Histogram ttft{{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}};
   Histogram itl{{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1}};
+  std::atomic<int64_t> load{0};  // requests of the model's routes in flight (enable_server_load_tracking)
+};
+
+// One request on the server's load count (vLLM's GET /load) from its start to its answer's end.
+class LoadCount {
+ public:
+  explicit LoadCount(std::atomic<int64_t>& n) : n_(n) { ++n_; }
+  ~LoadCount() { --n_; }
+  LoadCount(const LoadCount&) = delete;
+  LoadCount& operator=(const LoadCount&) = delete;
+
+ private:
+  std::atomic<int64_t>& n_;
 };
 
 bool constant_time_equal(const std::string& a, const std::string& b) {
@@ -168,6 +181,7 @@ class Session : public std::enable_shared_from_this<Session> {
                                    {"/v1/completions", http::verb::post}, {"/v1/chat/completions", http::verb::post},
                                    {"/tokenize", http::verb::post},   {"/detokenize", http::verb::post},
                                    {"/ping", http::verb::get},        {"/ping", http::verb::post},
+                                   {"/load", http::verb::get},
                                    {"/v1/responses", http::verb::post}, {"/v1/embeddings", http::verb::post},
                                    {"/score", http::verb::post},      {"/v1/score", http::verb::post},
                                    {"/rerank", http::verb::post},     {"/v1/rerank", http::verb::post},
@@ -203,6 +217,8 @@ class Session : public std::enable_shared_from_this<Session> {
       return respond(engine_.healthy() ? 200 : 503, "", req_.keep_alive(), "text/plain");
     }
     if (path == "/version") return respond(200, json_text(json{{"version", "0.1.0"}}), req_.keep_alive());
+    // vLLM's /load: the generation and pooling requests in flight (0 without enable_server_load_tracking).
+    if (path == "/load") return respond(200, json_text(json{{"server_load", hc_.load.load()}}), req_.keep_alive());
     if (path == "/metrics") return respond(200, metrics(), req_.keep_alive(), "text/plain; version=0.0.4");
     if (path == "/v1/models") return respond(200, json_text(models_response(ctx_)), req_.keep_alive());
     if (path == "/tokenize" || path == "/detokenize") return tokenize(path == "/tokenize");
@@ -321,6 +337,7 @@ class Session : public std::enable_shared_from_this<Session> {
     size_t finished = 0;
     std::string error;
     bool logged = false;  // its access line written
+    std::optional<LoadCount> load;  // with enable_server_load_tracking
   };
 
   enum class Api { Completion, Chat, Responses, Embeddings, Score, Rerank, Classify, Pooling };
@@ -369,6 +386,7 @@ class Session : public std::enable_shared_from_this<Session> {
              : api == Api::Pooling    ? parse_pooling(body, ctx_)
                                       : parse_completion(body, ctx_);
     p->id = response_id(api, body, p->req);
+    if (opt_.server_load_tracking) p->load.emplace(hc_.load);
     if (p->req.responses && p->req.stream) p->events = std::make_unique<ResponsesStream>(p->id, p->req, ctx_);
     const size_t n = p->req.prompts.size();
     p->outputs.resize(n);

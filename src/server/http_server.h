@@ -27,6 +27,8 @@ struct ServerOptions {
   // enable_request_id_headers (vLLM's): every response carries X-Request-Id, the request's own header's
   // value, else the generation's id base (its body's request_id or a random one), else a random one.
   bool request_id_headers = false;
+  // enable_server_load_tracking (vLLM's): GET /load counts the requests of the model's routes in flight.
+  bool server_load_tracking = false;
 };
 
 class HttpServer {

@@ -1142,6 +1142,8 @@ def main():
         st2, xc = s.post("/v1/completions", {"prompt": "Hi", "max_tokens": 1}, headers={"X-Request-Id": "abc"})
         check("X-Request-Id: no response header by default; the completion's id is cmpl-<header>",
               st == 200 and "x-request-id" not in h and st2 == 200 and xc["id"] == "cmpl-abc", (h, xc))
+        st, ld = s.request("GET", "/load")
+        check("/load without enable_server_load_tracking: 0", st == 200 and json.loads(ld) == {"server_load": 0}, (st, ld))
 
         # "Expect: 100-continue" (curl sends it for bodies over 1 MB and waits a second for the 100): the
         # server answers 100 Continue before the body is sent, then the response.
@@ -1239,7 +1241,8 @@ def main():
                "--disable-uvicorn-access-log", "--disable-log-requests", "--disable-log-stats", "--trust-remote-code",
                "--enable-auto-tool-choice", "--max-logprobs", "3", "--generation-config", "vllm", "--chat-template", "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}",
                "--async-scheduling", "--enable-prompt-tokens-details", "--return-tokens-as-token-ids", "--trust-request-chat-template",
-               "--enable-force-include-usage", "--enable-log-outputs", "--max-log-len", "100", "--enable-request-id-headers")
+               "--enable-force-include-usage", "--enable-log-outputs", "--max-log-len", "100", "--enable-request-id-headers",
+               "--enable-server-load-tracking")
     try:
         # Greedy and streamed answers under asynchronous scheduling equal llmserve generate's (one rank, in turn).
         body = {"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0, "ignore_eos": True}
@@ -1393,6 +1396,25 @@ def main():
               st == st2 == 200 and h.get("x-request-id") and h2.get("x-request-id") and h["x-request-id"] != h2["x-request-id"]
               and st3 == 400 and h3.get("x-request-id") and st4 == 400 and "request_id" in json.loads(out4)["error"]["message"],
               (h, h2, st3, h3, st4, out4))
+
+        # enable_server_load_tracking (vLLM's): GET /load (open without the key) counts the requests in
+        # flight, here three long ones, and is 0 once they are answered.
+        def load():
+            st, body = a.request("GET", "/load")
+            return json.loads(body)["server_load"] if st == 200 else -1
+        idle = load()
+        longs = [threading.Thread(target=a.post, args=("/v1/completions", {"prompt": "Hi", "max_tokens": 480, "n": 8, "ignore_eos": True}),
+                                  kwargs={"headers": {"Authorization": "Bearer sekret"}, "timeout": 300}) for _ in range(3)]
+        for t in longs:
+            t.start()
+        seen, deadline = 0, time.time() + 30
+        while seen < 3 and time.time() < deadline:
+            seen = max(seen, load())
+            time.sleep(0.002)
+        for t in longs:
+            t.join()
+        check("server load tracking: /load counts the requests in flight, 0 before and after", idle == 0 and seen == 3 and load() == 0,
+              (idle, seen, load()))
     finally:
         a.stop()
     # Asynchronous scheduling on one rank, where each step's forward pass is queued behind the draw of

@@ -268,19 +268,21 @@ TEST(Config, ImpossibleValuesFailValidation) {
   }
 }
 
-// vLLM launch lines: response_role, disable_uvicorn_access_log, enable_force_include_usage and
-// enable_request_id_headers act;
+// vLLM launch lines: response_role, disable_uvicorn_access_log, enable_force_include_usage,
+// enable_request_id_headers and enable_server_load_tracking act;
 // disable_log_requests, disable_log_stats, enable_log_outputs, max_log_len, trust_remote_code and
 // enable_auto_tool_choice are accepted (their help says why they change nothing here).
 TEST(Config, VllmLaunchFlags) {
   Config c;
   config_parse_args(c, {"--response-role", "bot", "--disable-uvicorn-access-log", "--disable-log-requests",
                         "--disable-log-stats", "--trust-remote-code", "--enable-auto-tool-choice", "--enable-log-outputs",
-                        "--max-log-len", "100", "--enable-force-include-usage", "--enable-request-id-headers"});
+                        "--max-log-len", "100", "--enable-force-include-usage", "--enable-request-id-headers",
+                        "--enable-server-load-tracking"});
   EXPECT_EQ(c.response_role, "bot");
   EXPECT_TRUE(c.disable_uvicorn_access_log);
   EXPECT_TRUE(c.enable_force_include_usage);
   EXPECT_TRUE(c.enable_request_id_headers);
+  EXPECT_TRUE(c.enable_server_load_tracking);
   const char* accepted[] = {"disable_log_requests", "disable_log_stats", "trust_remote_code", "enable_auto_tool_choice",
                             "enable_log_outputs", "max_log_len"};
   for (const char* key : accepted) EXPECT_EQ(c.given.count(key), 1u) << key;
@@ -292,6 +294,7 @@ TEST(Config, VllmLaunchFlags) {
   EXPECT_FALSE(Config().disable_uvicorn_access_log);
   EXPECT_FALSE(Config().enable_force_include_usage);
   EXPECT_FALSE(Config().enable_request_id_headers);
+  EXPECT_FALSE(Config().enable_server_load_tracking);
   for (const char* key : accepted) {
     const std::string help = config_help();
     const size_t at = help.find(std::string("  ") + key + " ");
