@@ -170,6 +170,10 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.enable_prefix_caching = parse_bool("enable_prefix_caching", v); }},
       {"enforce_eager", Kind::Bool, "CUDA: run every step eagerly instead of replaying CUDA graphs of decode steps (recorded at start-up for batch sizes up to max_num_seqs; tp = 1)",
        [](Config& c, const std::string& v) { c.enforce_eager = parse_bool("enforce_eager", v); }},
+      {"disable_sliding_window", Kind::Bool,
+       "serve a model with sliding-window attention (Mistral 7B v0.1) with full attention, max_model_len at most its window, "
+       "as vLLM (without it such a model is refused: llmserve's attention has no window)",
+       [](Config& c, const std::string& v) { c.disable_sliding_window = parse_bool("disable_sliding_window", v); }},
       {"async_scheduling", Kind::Bool,
        "plan each step while the one before it runs, its decodes fed the tokens that step samples (vLLM's; pipeline_parallel_size 1): the host's scheduling and output work no longer leaves the device idle; a finished sequence wastes one token",
        [](Config& c, const std::string& v) { c.async_scheduling = parse_bool("async_scheduling", v); }},

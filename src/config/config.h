@@ -31,6 +31,7 @@ struct Config {
   bool enable_chunked_prefill = true;
   bool enable_prefix_caching = true;
   bool enforce_eager = false;
+  bool disable_sliding_window = false;  // a sliding-window model with full attention up to the window (vLLM's)
   bool async_scheduling = false;     // plan the next step while one runs (pipeline_parallel_size 1)
   std::string speculative_config;    // JSON object: vLLM's speculative decoding, method ngram (engine/speculative.h)
   // vLLM's LoRA options (model/lora.h): adapters named by lora_modules ("name=path" or a JSON object with

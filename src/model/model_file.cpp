@@ -31,6 +31,7 @@ void write_model_spec(hid_t g, const ModelSpec& s) {
     write_attr(g, "rope_scaling_truncate", static_cast<int64_t>(s.rope_scaling.truncate));
   }
   write_attr(g, "max_position_embeddings", s.max_position_embeddings);
+  if (s.sliding_window > 0) write_attr(g, "sliding_window", s.sliding_window);  // (only there, as yarn's)
   write_attr(g, "tie_word_embeddings", static_cast<int64_t>(s.tie_word_embeddings));
   write_attr(g, "attention_bias", static_cast<int64_t>(s.attention_bias));
   write_attr(g, "qk_norm", static_cast<int64_t>(s.qk_norm));
@@ -68,6 +69,7 @@ ModelSpec read_model_spec(hid_t g) {
     s.rope_scaling.truncate = read_attr_i64(g, "rope_scaling_truncate") != 0;
   }
   s.max_position_embeddings = read_attr_i64(g, "max_position_embeddings");
+  if (h5::has_attr(g, "sliding_window")) s.sliding_window = read_attr_i64(g, "sliding_window");
   s.tie_word_embeddings = read_attr_i64(g, "tie_word_embeddings") != 0;
   s.attention_bias = read_attr_i64(g, "attention_bias") != 0;
   s.qk_norm = h5::has_attr(g, "qk_norm") && read_attr_i64(g, "qk_norm") != 0;  // (files converted before it have none)

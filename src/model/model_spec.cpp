@@ -120,11 +120,11 @@ ModelSpec model_spec_from_hf_config(const json& cfg) {
   const std::string act = get_opt<std::string>(cfg, "hidden_act", "silu");
   if (act != "silu") throw Error(cat("unsupported hidden_act '", act, "' (only silu)"));
   if (arch == "MistralForCausalLM" || arch == "Qwen2ForCausalLM" || arch == "Qwen3ForCausalLM") {
-    // A sliding window only matters when it is in use and shorter than the context.
+    // A sliding window only matters when it is in use and shorter than the context (a null one is none).
     const bool use_sw = get_opt<bool>(cfg, "use_sliding_window", arch == "MistralForCausalLM");
-    const int64_t sw = get_opt<int64_t>(cfg, "sliding_window", 0);
-    if (use_sw && sw > 0 && sw < s.max_position_embeddings)
-      throw Error(cat("unsupported: sliding-window attention (sliding_window = ", sw, ")"));
+    const int64_t sw = cfg.contains("sliding_window") && cfg["sliding_window"].is_number_integer()
+                           ? cfg["sliding_window"].get<int64_t>() : 0;
+    if (use_sw && sw > 0 && sw < s.max_position_embeddings) s.sliding_window = sw;
   }
 
   read_rope(cfg, s);

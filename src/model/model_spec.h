@@ -40,6 +40,11 @@ struct ModelSpec {
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
   int64_t max_position_embeddings = 0;
+  // Sliding-window attention in use (config.json's use_sliding_window and a sliding_window shorter than
+  // the context): each position attends to the last sliding_window only. llmserve's kernels attend to
+  // the whole context, so such a model is served only with disable_sliding_window (as vLLM: full
+  // attention, max_model_len at most the window). 0: none.
+  int64_t sliding_window = 0;
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v projections have a bias (Qwen2: always)
   bool qk_norm = false;         // each query and key head is RMS-normalized before RoPE (Qwen3: always)

@@ -29,12 +29,23 @@ namespace llmserve {
 
 void resolve_config_for_model(Config& cfg, const ModelSpec& spec) {
   model_spec_check_layout(spec, cfg.tensor_parallel_size, cfg.pipeline_parallel_size);
-  const int64_t limit = model_context_length(spec);
+  int64_t limit = model_context_length(spec);
+  // Sliding-window attention: served only as vLLM's disable_sliding_window serves it, with full attention
+  // up to the window, where the two are the same.
+  const bool window = spec.sliding_window > 0 && spec.sliding_window < limit;
+  if (window && !cfg.disable_sliding_window)
+    throw Error(cat("unsupported: sliding-window attention (sliding_window = ", spec.sliding_window,
+                    "); serve the model with disable_sliding_window (full attention, max_model_len at most ",
+                    spec.sliding_window, "), as vLLM"));
+  if (window) limit = spec.sliding_window;
   if (cfg.max_model_len == 0) cfg.max_model_len = limit;
-  if (cfg.max_model_len > limit)
+  if (cfg.max_model_len > limit) {
+    const bool scaled = spec.rope_scaling.type != "none" && spec.rope_scaling.type != "llama3";
+    const std::string why = window ? "its sliding window, with disable_sliding_window"
+                                   : cat("max_position_embeddings ", spec.max_position_embeddings, scaled ? ", with its rope_scaling" : "");
     throw Error(cat("config: max_model_len (", cfg.max_model_len, ") is larger than the model's context of ", limit,
-                    " positions (max_position_embeddings ", spec.max_position_embeddings,
-                    spec.rope_scaling.type == "none" || spec.rope_scaling.type == "llama3" ? "" : ", with its rope_scaling", ")"));
+                    " positions (", why, ")"));
+  }
   if (cfg.max_num_batched_tokens == 0)
     cfg.max_num_batched_tokens = cfg.enable_chunked_prefill ? std::max<int64_t>(8192, cfg.max_num_seqs)
                                                             : std::max<int64_t>(cfg.max_model_len, cfg.max_num_seqs);

@@ -101,6 +101,25 @@ check "hf_overrides: yarn without its factor, the key named as hf_overrides'" 1 
   "$llmserve" logits "$work/good.yaml" --hf-overrides '{"rope_scaling": {"rope_type": "yarn"}}' --prompt-ids 1,2
 check "hf_overrides: a bad rope_scaling" 1 "hf_overrides: unsupported rope_scaling type 'longrope'" -- \
   "$llmserve" logits "$work/good.yaml" --hf-overrides '{"rope_scaling": {"rope_type": "longrope"}}' --prompt-ids 1,2
+# Sliding-window attention: a copy of tiny-qwen2 whose config.json uses a 64-position window converts, is
+# refused without disable_sliding_window, and with it serves up to the window with full attention, which
+# within the window is the window's: the logits of the model without one.
+sw="$work/tiny-qwen2-window"
+cp -r "$fixtures/models/tiny-qwen2" "$sw" && chmod -R u+w "$sw" && python3 - "$sw/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c.update(use_sliding_window=True, sliding_window=64)
+json.dump(c, open(sys.argv[1], "w"))
+PY
+"$convert" "$sw" -o "$work/window.h5" --force >/dev/null 2>&1 || echo "FAIL: the sliding-window copy did not convert"
+check "sliding window: refused without disable_sliding_window" 1 "unsupported: sliding-window attention \(sliding_window = 64\); serve the model with disable_sliding_window" -- \
+  "$llmserve" logits --model "$work/window.h5" --prompt-ids 1,2
+check "sliding window: max_model_len at most the window" 1 "max_model_len \(65\) is larger than the model's context of 64 positions \(its sliding window, with disable_sliding_window\)" -- \
+  "$llmserve" logits --model "$work/window.h5" --disable-sliding-window --max-model-len 65 --prompt-ids 1,2
+"$llmserve" logits --model "$qwen" --prompt-ids 5,6,7,8,9,10 --max-tokens 1 --logits-output "$work/plain.f32" >/dev/null 2>&1
+check "sliding window: served with full attention up to it, the model's own logits" 0 "^same$" -- bash -c \
+  "'$llmserve' logits --model '$work/window.h5' --disable-sliding-window --prompt-ids 5,6,7,8,9,10 --max-tokens 1 \
+   --logits-output '$work/window.f32' >/dev/null 2>&1 && [ -s '$work/plain.f32' ] && cmp '$work/plain.f32' '$work/window.f32' && echo same"
 
 # --- config errors ---------------------------------------------------------------
 printf 'model: %s\ntensor_paralel_size: 2\n' "$qwen" >"$work/typo.yaml"

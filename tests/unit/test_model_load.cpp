@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
 
 #include "backend/cpu_backend.h"
 #include "chat/chat_template.h"
@@ -11,6 +14,8 @@
 #include "dist/comm.h"
 #include "model/dummy_weights.h"
 #include "model/model_file.h"
+#include "model/model_spec.h"
+#include "model/runner.h"
 #include "model/transformer.h"
 #include "model/weight_names.h"
 #include "test_util.h"
@@ -22,21 +27,24 @@ namespace {
 using llmserve::testing::SelfComm;
 
 ModelSpec tiny_spec() { return llmserve::testing::small_spec(2, 1, 16, 2, 8, 4, 10); }
+
+// A model file of spec s with zero weights, tensor `skip` left out.
+void write_zero_model(const std::string& path, const ModelSpec& s, const std::string& skip = "") {
+  ModelWriter w(path, s, "test");
+  for (const auto& t : expected_weights(s)) {
+    if (t.name == skip) continue;
+    std::vector<float> zeros(t.shape.size() == 2 ? t.shape[0] * t.shape[1] : t.shape[0], 0.f);
+    w.add_tensor(t.name, DType::F32, t.shape, zeros.data());
+  }
+  w.commit();
+}
 }  // namespace
 
 TEST(ModelLoad, MissingTensorIsNamed) {
   const fs::path dir = llmserve::testing::temp_dir("missing");
   const std::string path = (dir / "m.h5").string();
   const ModelSpec s = tiny_spec();
-  {
-    ModelWriter w(path, s, "test");
-    for (const auto& t : expected_weights(s)) {
-      if (t.name == "model.layers.1.mlp.up_proj.weight") continue;
-      std::vector<float> zeros(t.shape.size() == 2 ? t.shape[0] * t.shape[1] : t.shape[0], 0.f);
-      w.add_tensor(t.name, DType::F32, t.shape, zeros.data());
-    }
-    w.commit();
-  }
+  write_zero_model(path, s, "model.layers.1.mlp.up_proj.weight");
   ModelFile mf(path);
   CpuBackend be;
   SelfComm comm;
@@ -215,4 +223,48 @@ TEST(ModelLoad, Fp8MatrixBytesAreWhatTheRanksLoad) {
       EXPECT_EQ(t.offloaded_bytes(), be.offloaded);
       EXPECT_EQ(largest_matrix_bytes(s, sh, DType::BF16), be.largest) << "rank " << rank;
     }
+}
+
+// Sliding-window attention (use_sliding_window with a window shorter than the context, as Mistral 7B
+// v0.1's): kept in the spec and the model file, and served only with disable_sliding_window, full
+// attention with max_model_len at most the window (vLLM's rule); a window not in use changes nothing.
+TEST(ModelLoad, SlidingWindowServedOnlyWithFullAttentionUpToIt) {
+  std::ifstream f(fs::path(LLMSERVE_SOURCE_DIR) / "inputs" / "models" / "qwen2.5-0.5b-instruct.json");
+  nlohmann::json cfg = nlohmann::json::parse(f);
+  EXPECT_EQ(model_spec_from_hf_config(cfg).sliding_window, 0);  // (use_sliding_window false)
+  cfg["use_sliding_window"] = true;
+  EXPECT_EQ(model_spec_from_hf_config(cfg).sliding_window, 0);  // (the window is the whole context)
+  cfg["sliding_window"] = nullptr;
+  EXPECT_EQ(model_spec_from_hf_config(cfg).sliding_window, 0);
+  cfg["sliding_window"] = 4096;
+  const ModelSpec spec = model_spec_from_hf_config(cfg);
+  EXPECT_EQ(spec.sliding_window, 4096);
+  Config plain;
+  try {
+    resolve_config_for_model(plain, spec);
+    FAIL() << "served a sliding-window model with full attention unasked";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("serve the model with disable_sliding_window"), std::string::npos) << e.what();
+  }
+  Config full;
+  full.disable_sliding_window = true;
+  resolve_config_for_model(full, spec);
+  EXPECT_EQ(full.max_model_len, 4096);
+  Config longer;
+  longer.disable_sliding_window = true;
+  longer.max_model_len = 4097;
+  EXPECT_THROW(resolve_config_for_model(longer, spec), Error);
+  cfg["use_sliding_window"] = false;
+  Config unused;
+  resolve_config_for_model(unused, model_spec_from_hf_config(cfg));
+  EXPECT_EQ(unused.max_model_len, 32768);
+  // The model file keeps the window (and a file without one reads none).
+  const fs::path dir = llmserve::testing::temp_dir("window");
+  for (const int64_t window : {int64_t{0}, int64_t{8}}) {
+    ModelSpec s = tiny_spec();
+    s.sliding_window = window;
+    const std::string path = (dir / ("m" + std::to_string(window) + ".h5")).string();
+    write_zero_model(path, s);
+    EXPECT_EQ(ModelFile(path).spec().sliding_window, window);
+  }
 }
