@@ -365,6 +365,10 @@ class Session : public std::enable_shared_from_this<Session> {
       if (!body["request_id"].is_string() || body["request_id"].get<std::string>().empty())
         throw HttpError(400, "'request_id' must be a non-empty string", "BadRequestError", "request_id");
       own = body["request_id"].get<std::string>();
+      // (It may go out as a header's value: no control characters, which would end the header.)
+      for (const unsigned char c : own)
+        if (c < 0x20 || c == 0x7f)
+          throw HttpError(400, "'request_id' must not hold control characters", "BadRequestError", "request_id");
     }
     const std::string header(req_["X-Request-Id"]);
     if (api == Api::Responses) return request_id_ = own.empty() ? random_id("resp_") : own;

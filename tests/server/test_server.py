@@ -1392,10 +1392,14 @@ def main():
         (st, h, _), (st2, h2, _) = exchange("GET", "/health", {}), exchange("GET", "/health", {})
         st3, h3, out3 = exchange("POST", "/v1/completions", key, json.dumps({"prompt": "Hi", "max_tokens": -1}))
         st4, h4, out4 = exchange("POST", "/v1/completions", key, json.dumps({"prompt": "Hi", "max_tokens": 1, "request_id": 5}))
-        check("request id headers: other routes and errors get a generated one; a request_id that is not a string is a 400",
+        st5, h5, out5 = exchange("POST", "/v1/completions", key,
+                                 json.dumps({"prompt": "Hi", "max_tokens": 1, "request_id": "a\r\nSet-Cookie: x=1"}))
+        check("request id headers: other routes and errors get a generated one; a request_id that is not a string, or holds "
+              "control characters (a header's end), is a 400",
               st == st2 == 200 and h.get("x-request-id") and h2.get("x-request-id") and h["x-request-id"] != h2["x-request-id"]
-              and st3 == 400 and h3.get("x-request-id") and st4 == 400 and "request_id" in json.loads(out4)["error"]["message"],
-              (h, h2, st3, h3, st4, out4))
+              and st3 == 400 and h3.get("x-request-id") and st4 == 400 and "request_id" in json.loads(out4)["error"]["message"]
+              and st5 == 400 and "set-cookie" not in h5 and "control characters" in json.loads(out5)["error"]["message"],
+              (h, h2, st3, h3, st4, out4, st5, h5, out5))
 
         # enable_server_load_tracking (vLLM's): GET /load (open without the key) counts the requests in
         # flight, here three long ones, and is 0 once they are answered.
