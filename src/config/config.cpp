@@ -118,6 +118,13 @@ Option accepted_flag(const char* key, const char* help) {
   return {key, Kind::Bool, help, [key](Config&, const std::string& v) { parse_bool(key, v); }};
 }
 
+// The same for a vLLM count option: an integer of at least `least`, else an error.
+Option accepted_count(const char* key, int least, const char* help) {
+  return {key, Kind::Int, help, [key, least](Config&, const std::string& v) {
+            if (parse_int32(key, v) < least) throw Error(cat("config: ", key, " must be at least ", least, ", got ", v));
+          }};
+}
+
 const std::vector<Option>& options() {
   static const std::vector<Option> opts = {
       {"model", Kind::String, "path to the model file (.h5, made by llmserve-convert)",
@@ -292,11 +299,17 @@ const std::vector<Option>& options() {
       accepted_flag("disable_log_requests", "accepted as vLLM's; no effect: llmserve does not log prompts or parameters"),
       accepted_flag("disable_log_stats", "accepted as vLLM's; no effect: llmserve logs no periodic statistics (see /metrics)"),
       accepted_flag("enable_log_outputs", "accepted as vLLM's; no effect: llmserve does not log outputs"),
-      {"max_log_len", Kind::Int, "vLLM's limit on the prompt characters a request log shows; accepted (at least 0), no "
-       "effect: llmserve does not log prompts",
-       [](Config&, const std::string& v) {
-         if (parse_int32("max_log_len", v) < 0) throw Error(cat("config: max_log_len must be at least 0, got ", v));
-       }},
+      accepted_count("max_log_len", 0,
+                     "vLLM's limit on the prompt characters a request log shows; accepted (at least 0), no effect: "
+                     "llmserve does not log prompts"),
+      accepted_count("max_seq_len_to_capture", 1,
+                     "vLLM's longest context its CUDA graphs cover; accepted (at least 1), no effect: llmserve's decode "
+                     "graphs cover every context length up to max_model_len"),
+      accepted_count("max_parallel_loading_workers", 1,
+                     "vLLM's cap on workers loading weights at once; accepted (at least 1), no effect: each rank reads its "
+                     "own shard of the model file"),
+      accepted_flag("disable_cascade_attn",
+                    "accepted as vLLM's; no effect: llmserve's attention has no cascade (shared-prefix) form"),
       accepted_flag("trust_remote_code", "accepted as vLLM's; no effect: llmserve runs no code from model repositories"),
       accepted_flag("enable_auto_tool_choice",
                     "accepted as vLLM's; no effect: tool calls are read from chat output unless tool_call_parser is none"),

@@ -270,26 +270,33 @@ TEST(Config, ImpossibleValuesFailValidation) {
 
 // vLLM launch lines: response_role, disable_uvicorn_access_log, enable_force_include_usage,
 // enable_request_id_headers and enable_server_load_tracking act;
-// disable_log_requests, disable_log_stats, enable_log_outputs, max_log_len, trust_remote_code and
-// enable_auto_tool_choice are accepted (their help says why they change nothing here).
+// disable_log_requests, disable_log_stats, enable_log_outputs, max_log_len, trust_remote_code,
+// enable_auto_tool_choice, max_seq_len_to_capture, max_parallel_loading_workers and disable_cascade_attn
+// are accepted (their help says why they change nothing here).
 TEST(Config, VllmLaunchFlags) {
   Config c;
   config_parse_args(c, {"--response-role", "bot", "--disable-uvicorn-access-log", "--disable-log-requests",
                         "--disable-log-stats", "--trust-remote-code", "--enable-auto-tool-choice", "--enable-log-outputs",
                         "--max-log-len", "100", "--enable-force-include-usage", "--enable-request-id-headers",
-                        "--enable-server-load-tracking"});
+                        "--enable-server-load-tracking", "--max-seq-len-to-capture", "8192",
+                        "--max-parallel-loading-workers", "2", "--disable-cascade-attn"});
   EXPECT_EQ(c.response_role, "bot");
   EXPECT_TRUE(c.disable_uvicorn_access_log);
   EXPECT_TRUE(c.enable_force_include_usage);
   EXPECT_TRUE(c.enable_request_id_headers);
   EXPECT_TRUE(c.enable_server_load_tracking);
-  const char* accepted[] = {"disable_log_requests", "disable_log_stats", "trust_remote_code", "enable_auto_tool_choice",
-                            "enable_log_outputs", "max_log_len"};
+  const char* accepted[] = {"disable_log_requests",  "disable_log_stats", "trust_remote_code",
+                            "enable_auto_tool_choice", "enable_log_outputs", "max_log_len",
+                            "max_seq_len_to_capture", "max_parallel_loading_workers", "disable_cascade_attn"};
   for (const char* key : accepted) EXPECT_EQ(c.given.count(key), 1u) << key;
   Config d;
   EXPECT_THROW(config_parse_args(d, {"--trust-remote-code=maybe"}), Error);  // still a boolean
   Config e;
   EXPECT_THROW(config_parse_args(e, {"--max-log-len", "-1"}), Error);  // still a count
+  Config f;
+  EXPECT_THROW(config_parse_args(f, {"--max-seq-len-to-capture", "0"}), Error);
+  Config g;
+  EXPECT_THROW(config_parse_args(g, {"--max-parallel-loading-workers", "x"}), Error);
   EXPECT_EQ(Config().response_role, "assistant");
   EXPECT_FALSE(Config().disable_uvicorn_access_log);
   EXPECT_FALSE(Config().enable_force_include_usage);
