@@ -16,6 +16,7 @@
 #include "common/dtype.h"
 #include "common/error.h"
 #include "common/json_text.h"
+#include "common/text.h"
 #include "engine/speculative.h"
 #include "model/lora.h"
 #include "model/pooler_config.h"
@@ -105,11 +106,15 @@ double parse_float(const std::string& key, const std::string& v) {
 }
 
 bool parse_bool(const std::string& key, const std::string& v) {
-  std::string s = v;
-  std::transform(s.begin(), s.end(), s.begin(), ::tolower);
+  const std::string s = ascii_lower(v);
   if (s == "true" || s == "yes" || s == "on" || s == "1") return true;
   if (s == "false" || s == "no" || s == "off" || s == "0") return false;
   throw Error(cat("config: ", key, " must be true or false, got '", v, "'"));
+}
+
+// A boolean option stored in Config's `field`.
+Option bool_option(const char* key, bool Config::*field, const char* help) {
+  return {key, Kind::Bool, help, [key, field](Config& c, const std::string& v) { c.*field = parse_bool(key, v); }};
 }
 
 // A vLLM flag accepted so vLLM launch lines run, with no effect here (its help says why); its value
@@ -171,24 +176,20 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.max_num_seqs = parse_int32("max_num_seqs", v); }},
       {"max_num_batched_tokens", Kind::Int, "maximum tokens in one step (0: automatic); 8k, 8K as max_model_len",
        [](Config& c, const std::string& v) { c.max_num_batched_tokens = parse_human_int("max_num_batched_tokens", v); }},
-      {"enable_chunked_prefill", Kind::Bool, "split long prompts across steps",
-       [](Config& c, const std::string& v) { c.enable_chunked_prefill = parse_bool("enable_chunked_prefill", v); }},
-      {"enable_prefix_caching", Kind::Bool, "reuse KV blocks of shared prompt prefixes",
-       [](Config& c, const std::string& v) { c.enable_prefix_caching = parse_bool("enable_prefix_caching", v); }},
-      {"enforce_eager", Kind::Bool, "CUDA: run every step eagerly instead of replaying CUDA graphs of decode steps (recorded at start-up for batch sizes up to max_num_seqs; tp = 1)",
-       [](Config& c, const std::string& v) { c.enforce_eager = parse_bool("enforce_eager", v); }},
-      {"disable_sliding_window", Kind::Bool,
-       "serve a model with sliding-window attention (Mistral 7B v0.1) with full attention, max_model_len at most its window, "
-       "as vLLM (without it such a model is refused: llmserve's attention has no window)",
-       [](Config& c, const std::string& v) { c.disable_sliding_window = parse_bool("disable_sliding_window", v); }},
-      {"async_scheduling", Kind::Bool,
-       "plan each step while the one before it runs, its decodes fed the tokens that step samples (vLLM's; pipeline_parallel_size 1): the host's scheduling and output work no longer leaves the device idle; a finished sequence wastes one token",
-       [](Config& c, const std::string& v) { c.async_scheduling = parse_bool("async_scheduling", v); }},
+      bool_option("enable_chunked_prefill", &Config::enable_chunked_prefill, "split long prompts across steps"),
+      bool_option("enable_prefix_caching", &Config::enable_prefix_caching, "reuse KV blocks of shared prompt prefixes"),
+      bool_option("enforce_eager", &Config::enforce_eager,
+                  "CUDA: run every step eagerly instead of replaying CUDA graphs of decode steps (recorded at start-up for batch sizes up to max_num_seqs; tp = 1)"),
+      bool_option("disable_sliding_window", &Config::disable_sliding_window,
+                  "serve a model with sliding-window attention (Mistral 7B v0.1) with full attention, max_model_len at most its window, "
+                  "as vLLM (without it such a model is refused: llmserve's attention has no window)"),
+      bool_option("async_scheduling", &Config::async_scheduling,
+                  "plan each step while the one before it runs, its decodes fed the tokens that step samples (vLLM's; pipeline_parallel_size 1): the host's scheduling and output work no longer leaves the device idle; a finished sequence wastes one token"),
       {"speculative_config", Kind::String,
        "JSON object (or YAML mapping) of vLLM's speculative decoding: method ngram (drafts by n-gram lookup in the sequence; draft models are not supported), num_speculative_tokens, prompt_lookup_max, prompt_lookup_min (default 5); each decode step verifies the drafts in one forward pass",
        [](Config& c, const std::string& v) { c.speculative_config = v; }},
-      {"enable_lora", Kind::Bool, "serve the LoRA adapters of lora_modules (vLLM's): a request names one as its `model`",
-       [](Config& c, const std::string& v) { c.enable_lora = parse_bool("enable_lora", v); }},
+      bool_option("enable_lora", &Config::enable_lora,
+                  "serve the LoRA adapters of lora_modules (vLLM's): a request names one as its `model`"),
       {"lora_modules", Kind::StringList,
        "LoRA adapters (PEFT checkpoints: adapter_config.json and adapter_model.safetensors) as name=path, or a JSON object {\"name\", \"path\", \"base_model_name\"}; on the command line several may follow one flag, as vLLM's",
        [](Config& c, const std::string& v) { c.lora_modules.push_back(v); },
@@ -199,9 +200,8 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.max_lora_rank = parse_int32("max_lora_rank", v); }},
       {"lora_dtype", Kind::String, "vLLM's: auto, or the model's dtype (llmserve holds adapters in the model's dtype)",
        [](Config& c, const std::string& v) { c.lora_dtype = v; }},
-      {"fully_sharded_loras", Kind::Bool,
-       "vLLM's; only false: a tensor group holds each adapter as vLLM does without it (A whole and B cut for q/k/v and gate/up, A cut and B whole for o and down)",
-       [](Config& c, const std::string& v) { c.fully_sharded_loras = parse_bool("fully_sharded_loras", v); }},
+      bool_option("fully_sharded_loras", &Config::fully_sharded_loras,
+                  "vLLM's; only false: a tensor group holds each adapter as vLLM does without it (A whole and B cut for q/k/v and gate/up, A cut and B whole for o and down)"),
       {"max_cpu_loras", Kind::Int, "vLLM's LoRA cache size (at least max_loras): with runtime LoRA updating the adapters held at once (default max_loras; others are loaded over the least recently used as requests need them); otherwise every adapter of lora_modules is held",
        [](Config& c, const std::string& v) { c.max_cpu_loras = parse_int32("max_cpu_loras", v); }},
       {"scheduling_policy", Kind::String,
@@ -234,9 +234,8 @@ const std::vector<Option>& options() {
        "a JSON list or one per flag",
        [](Config& c, const std::string& v) { add_list_entries(c.allowed_headers, "allowed_headers", v); },
        [](Config& c) { c.allowed_headers.clear(); }},
-      {"allow_credentials", Kind::Bool,
-       "CORS answers say Access-Control-Allow-Credentials: true, and name the caller's origin rather than \"*\" (vLLM's)",
-       [](Config& c, const std::string& v) { c.allow_credentials = parse_bool("allow_credentials", v); }},
+      bool_option("allow_credentials", &Config::allow_credentials,
+                  "CORS answers say Access-Control-Allow-Credentials: true, and name the caller's origin rather than \"*\" (vLLM's)"),
       {"generation_config", Kind::String,
        "auto (requests default to the sampling parameters of the model's generation_config.json, as vLLM) | vllm (to vLLM's own defaults)",
        [](Config& c, const std::string& v) { c.generation_config = v; }},
@@ -250,20 +249,16 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.chat_template = v; }},
       {"response_role", Kind::String, "role of chat answers after a generation prompt (vLLM's; default assistant)",
        [](Config& c, const std::string& v) { c.response_role = v; }},
-      {"enable_prompt_tokens_details", Kind::Bool, "usage carries prompt_tokens_details.cached_tokens (prompt tokens from the prefix cache)",
-       [](Config& c, const std::string& v) { c.enable_prompt_tokens_details = parse_bool("enable_prompt_tokens_details", v); }},
-      {"enable_force_include_usage", Kind::Bool,
-       "streamed completions and chat answers end with a usage chunk as if stream_options.include_usage were true (vLLM's)",
-       [](Config& c, const std::string& v) { c.enable_force_include_usage = parse_bool("enable_force_include_usage", v); }},
-      {"enable_request_id_headers", Kind::Bool,
-       "every response carries an X-Request-Id header: the request's own, else a generated one (vLLM's)",
-       [](Config& c, const std::string& v) { c.enable_request_id_headers = parse_bool("enable_request_id_headers", v); }},
-      {"enable_server_load_tracking", Kind::Bool,
-       "GET /load answers {\"server_load\": N}, the generation and pooling requests in flight (vLLM's; 0 without it)",
-       [](Config& c, const std::string& v) { c.enable_server_load_tracking = parse_bool("enable_server_load_tracking", v); }},
-      {"return_tokens_as_token_ids", Kind::Bool,
-       "log-probability entries name tokens \"token_id:<id>\" unless a request's return_tokens_as_token_ids says otherwise",
-       [](Config& c, const std::string& v) { c.return_tokens_as_token_ids = parse_bool("return_tokens_as_token_ids", v); }},
+      bool_option("enable_prompt_tokens_details", &Config::enable_prompt_tokens_details,
+                  "usage carries prompt_tokens_details.cached_tokens (prompt tokens from the prefix cache)"),
+      bool_option("enable_force_include_usage", &Config::enable_force_include_usage,
+                  "streamed completions and chat answers end with a usage chunk as if stream_options.include_usage were true (vLLM's)"),
+      bool_option("enable_request_id_headers", &Config::enable_request_id_headers,
+                  "every response carries an X-Request-Id header: the request's own, else a generated one (vLLM's)"),
+      bool_option("enable_server_load_tracking", &Config::enable_server_load_tracking,
+                  "GET /load answers {\"server_load\": N}, the generation and pooling requests in flight (vLLM's; 0 without it)"),
+      bool_option("return_tokens_as_token_ids", &Config::return_tokens_as_token_ids,
+                  "log-probability entries name tokens \"token_id:<id>\" unless a request's return_tokens_as_token_ids says otherwise"),
       {"runner", Kind::String,
        "auto | generate | pooling (vLLM's): pooling serves embeddings (/v1/embeddings) instead of text; auto picks pooling "
        "for Sentence Transformers checkpoints and *Model architectures",
@@ -275,14 +270,12 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.pooler_config = v; }},
       {"override_pooler_config", Kind::String, "the older name of pooler_config (vLLM's)",
        [](Config& c, const std::string& v) { c.pooler_config = v; }},
-      {"disable_uvicorn_access_log", Kind::Bool, "no access-log line per request",
-       [](Config& c, const std::string& v) { c.disable_uvicorn_access_log = parse_bool("disable_uvicorn_access_log", v); }},
+      bool_option("disable_uvicorn_access_log", &Config::disable_uvicorn_access_log, "no access-log line per request"),
       {"uvicorn_log_level", Kind::String,
        "critical | error | warning | info | debug | trace (vLLM's): above info, no access-log line per request (as uvicorn's)",
        [](Config& c, const std::string& v) { c.uvicorn_log_level = v; }},
-      {"trust_request_chat_template", Kind::Bool,
-       "requests may bring their own chat_template (vLLM's): rendered instead of the server's; refused otherwise",
-       [](Config& c, const std::string& v) { c.trust_request_chat_template = parse_bool("trust_request_chat_template", v); }},
+      bool_option("trust_request_chat_template", &Config::trust_request_chat_template,
+                  "requests may bring their own chat_template (vLLM's): rendered instead of the server's; refused otherwise"),
       {"chat_template_content_format", Kind::String,
        "auto | string (vLLM's): message content reaches the chat template as a string, its text parts joined",
        [](Config& c, const std::string& v) { c.chat_template_content_format = v; }},

@@ -20,6 +20,7 @@
 #include "common/error.h"
 #include "common/host_memory.h"
 #include "common/log.h"
+#include "common/text.h"
 #include "dist/collective_check.h"
 #include "engine/speculative.h"
 #include "model/dummy_weights.h"
@@ -94,10 +95,7 @@ void check_weights_fit(Backend& be, const Topology& topo, double need, double no
 bool env_flag(const char* name) {
   const char* v = std::getenv(name);
   if (!v) return false;
-  std::string s(v);
-  s.erase(0, s.find_first_not_of(" \t"));
-  s.erase(s.find_last_not_of(" \t") + 1);
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::string s = ascii_lower(trim(v));
   return s == "1" || s == "true";
 }
 

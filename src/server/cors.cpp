@@ -1,8 +1,9 @@
 #include "server/cors.h"
 
 #include <algorithm>
-#include <cctype>
 #include <set>
+
+#include "common/text.h"
 
 namespace llmserve {
 
@@ -14,16 +15,6 @@ std::string join(const std::vector<std::string>& v) {
   std::string s;
   for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
   return s;
-}
-
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
-std::string trim(const std::string& s) {
-  const size_t b = s.find_first_not_of(" \t"), e = s.find_last_not_of(" \t");
-  return b == std::string::npos ? "" : s.substr(b, e - b + 1);
 }
 
 }  // namespace
@@ -39,7 +30,7 @@ CorsPolicy::CorsPolicy(std::vector<std::string> origins, std::vector<std::string
   std::set<std::string> listed = {"Accept", "Accept-Language", "Content-Language", "Content-Type"};
   listed.insert(headers.begin(), headers.end());
   headers_joined_ = join(std::vector<std::string>(listed.begin(), listed.end()));
-  for (const auto& h : listed) headers_lower_.push_back(lower(h));
+  for (const auto& h : listed) headers_lower_.push_back(ascii_lower(h));
 }
 
 bool CorsPolicy::allowed_origin(const std::string& origin) const {
@@ -70,7 +61,7 @@ CorsPolicy::Preflight CorsPolicy::preflight(const std::string& origin, const std
       size_t at = 0;
       while (at <= requested_headers->size()) {
         const size_t comma = std::min(requested_headers->find(',', at), requested_headers->size());
-        const std::string h = lower(trim(requested_headers->substr(at, comma - at)));
+        const std::string h = ascii_lower(trim(requested_headers->substr(at, comma - at)));
         if (std::find(headers_lower_.begin(), headers_lower_.end(), h) == headers_lower_.end()) {
           failures.push_back("headers");
           break;

@@ -7,18 +7,13 @@
 
 #include "common/error.h"
 #include "common/json_text.h"
+#include "common/text.h"
 
 namespace llmserve {
 using json = nlohmann::json;
 
 namespace {
 const std::string kOpen = "<tool_call>", kClose = "</tool_call>", kPython = "<|python_tag|>", kMistral = "[TOOL_CALLS]";
-
-std::string trim(const std::string& s) {
-  const size_t b = s.find_first_not_of(" \t\r\n");
-  if (b == std::string::npos) return "";
-  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
-}
 
 // A call object with a string name and object (or JSON-string) arguments under `key`.
 bool to_call(const json& j, const char* key, ToolCall& out) {
