@@ -186,7 +186,7 @@ const std::vector<Option>& options() {
       bool_option("async_scheduling", &Config::async_scheduling,
                   "plan each step while the one before it runs, its decodes fed the tokens that step samples (vLLM's; pipeline_parallel_size 1): the host's scheduling and output work no longer leaves the device idle; a finished sequence wastes one token"),
       {"speculative_config", Kind::String,
-       "JSON object (or YAML mapping) of vLLM's speculative decoding: method ngram (drafts by n-gram lookup in the sequence; draft models are not supported), num_speculative_tokens, prompt_lookup_max, prompt_lookup_min (default 5); each decode step verifies the drafts in one forward pass",
+       "JSON object (or YAML mapping) of vLLM's speculative decoding: method ngram (drafts by n-gram lookup in the sequence; prompt_lookup_max, prompt_lookup_min, default 5) or draft_model (drafts from a smaller model with the same tokenizer, `model`: its llmserve model file, run on rank 0), num_speculative_tokens; each decode step verifies the drafts in one forward pass",
        [](Config& c, const std::string& v) { c.speculative_config = v; }},
       bool_option("enable_lora", &Config::enable_lora,
                   "serve the LoRA adapters of lora_modules (vLLM's): a request names one as its `model`"),

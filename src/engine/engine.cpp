@@ -42,6 +42,7 @@ uint64_t mix(uint64_t x) {
 
 Engine::Engine(ModelRunner& runner, const Tokenizer* tokenizer, uint64_t seed)
     : runner_(runner), tok_(tokenizer), seed_(seed), worker_(runner), sched_(scheduler_config(runner)) {
+  if (runner_.draft()) drafter_ = std::make_unique<DraftModel>(*runner_.draft(), runner_.spec().vocab_size);
   const auto& modules = runner_.lora_modules();  // (uids 1..; the runner loaded the first into slots 1..)
   lora_slots_.resize(static_cast<size_t>(runner_.lora_slots()));
   for (size_t i = 0; i < modules.size(); ++i) {
@@ -442,6 +443,7 @@ void Engine::finish_seq(uint64_t seq_id, const std::string& reason, const std::s
   so.out.finish_reason = reason;
   if (!stop_reason.empty()) so.out.stop_reason = stop_reason;
   sched_.finish(seq_id);
+  if (drafter_) drafter_->forget(seq_id);
   Request& r = requests_.at(so.request_id);
   --r.unfinished;
   touch(r, touched);
@@ -614,6 +616,12 @@ void Engine::step_sync(int64_t& step_tokens, std::vector<uint64_t>& touched) {
   const size_t live = sched_.num_running() + sched_.num_waiting() + sched_.num_swapped();
   const size_t per_plan = pp > 1 ? std::max<size_t>(1, (live + pp - 1) / pp) : SIZE_MAX;
   while (in_flight_ < pp) {
+    if (drafter_) {  // the draft model's proposals for the decodes the plan may feed them to
+      const auto t_draft = std::chrono::steady_clock::now();
+      const auto candidates = sched_.draft_candidates();
+      if (!candidates.empty()) drafter_->propose(candidates);
+      times_.draft += seconds_since(t_draft);
+    }
     const auto t_sched = std::chrono::steady_clock::now();
     StepPlan plan = sched_.schedule(per_plan);
     times_.schedule += seconds_since(t_sched);

@@ -16,6 +16,7 @@
 
 #include "common/error.h"
 #include "dist/transport.h"
+#include "engine/draft_model.h"
 #include "engine/sampling_params.h"
 #include "engine/scheduler.h"
 #include "engine/step_executor.h"
@@ -103,6 +104,8 @@ class Engine {
   void shutdown();
 
   const Scheduler& scheduler() const { return sched_; }
+  // Speculative decoding with a draft model (ModelRunner::draft), or null.
+  const DraftModel* draft_model() const { return drafter_.get(); }
   // LoRA adapters (vLLM's): those served by name (lora_modules', then any loaded at run time), each with a
   // uid that tells its loads apart (lora_modules' are 1.. in their order, later loads count on from 2^32),
   // and the runner's slots, which hold adapters for the steps. With runtime LoRA updating the slots are a
@@ -134,6 +137,7 @@ class Engine {
   // results and building outputs, and the parts of this rank's Worker::execute().
   struct StepTimes {
     double total = 0, schedule = 0, outputs = 0;
+    double draft = 0;  // the draft model's proposals (speculative decoding with a draft model)
     Worker::Times worker;
   };
   StepTimes step_times() const;
@@ -234,6 +238,7 @@ class Engine {
   uint64_t seed_;
   Worker worker_;
   Scheduler sched_;
+  std::unique_ptr<DraftModel> drafter_;
   Outbox outbox_;
   int in_flight_ = 0, max_in_flight_ = 0;
   uint64_t next_request_ = 1, next_seq_ = 1;

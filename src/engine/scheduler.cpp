@@ -207,20 +207,43 @@ bool Scheduler::preempt_one(Sequence& keep, StepPlan& plan) {
   return false;
 }
 
-bool Scheduler::schedule_drafts(Sequence& s, int64_t& budget, StepPlan& plan) {
+int64_t Scheduler::draft_room(const Sequence& s) const {
   const SpeculativeConfig& sc = cfg_.spec;
   // A decode (its prompt done), sampling at most max_tokens and max_model_len tokens in all.
   if (!sc.enabled() || cfg_.async_scheduling || s.params.pooling != Pooling::None || s.output_len() < 1 ||
       static_cast<int32_t>(s.tokens.size()) - s.num_computed != 1)
-    return false;
+    return 0;
   // vLLM's disable_by_batch_size: a large batch already keeps the device busy (and on CPUs drafts cost
   // their arithmetic), so no drafts then.
-  if (sc.disable_by_batch_size > 0 && running_.size() > static_cast<size_t>(sc.disable_by_batch_size)) return false;
-  const int64_t room = std::min<int64_t>({sc.num_speculative_tokens, budget - 1, s.params.max_tokens - s.output_len() - 1,
-                                          cfg_.max_model_len - static_cast<int64_t>(s.tokens.size()) - 1});
+  if (sc.disable_by_batch_size > 0 && running_.size() > static_cast<size_t>(sc.disable_by_batch_size)) return 0;
+  return std::max<int64_t>(0, std::min<int64_t>({sc.num_speculative_tokens, s.params.max_tokens - s.output_len() - 1,
+                                                 cfg_.max_model_len - static_cast<int64_t>(s.tokens.size()) - 1}));
+}
+
+std::vector<std::pair<Sequence*, int>> Scheduler::draft_candidates() {
+  std::vector<std::pair<Sequence*, int>> out;
+  if (cfg_.spec.method != SpecMethod::DraftModel) return out;
+  for (Sequence* s : running_) {
+    if (s->in_flight || s->state != Sequence::State::Running) continue;
+    const int64_t room = draft_room(*s);
+    if (room > 0) out.emplace_back(s, static_cast<int>(room));
+  }
+  return out;
+}
+
+bool Scheduler::schedule_drafts(Sequence& s, int64_t& budget, StepPlan& plan) {
+  std::vector<int32_t> proposed = std::move(s.proposed);  // (a proposal serves one plan)
+  s.proposed.clear();
+  const int64_t room = std::min<int64_t>(draft_room(s), budget - 1);
   if (room < 1) return false;
-  std::vector<int32_t> drafts = ngram_propose(s.tokens.data(), s.tokens.size(), sc.prompt_lookup_min, sc.prompt_lookup_max,
-                                              static_cast<int>(room));
+  std::vector<int32_t> drafts;
+  if (cfg_.spec.method == SpecMethod::DraftModel) {
+    drafts = std::move(proposed);
+    if (static_cast<int64_t>(drafts.size()) > room) drafts.resize(static_cast<size_t>(room));
+  } else {
+    drafts = ngram_propose(s.tokens.data(), s.tokens.size(), cfg_.spec.prompt_lookup_min, cfg_.spec.prompt_lookup_max,
+                           static_cast<int>(room));
+  }
   if (drafts.empty() || !reserve_blocks(s, s.num_computed + 1 + static_cast<int64_t>(drafts.size()), plan, false)) return false;
   budget -= 1 + static_cast<int64_t>(drafts.size());
   emit(s, 1, plan, std::move(drafts));

@@ -38,8 +38,9 @@ struct SchedulerConfig {
   bool async_scheduling = false;
   // Order by (params.priority, arrival) rather than arrival (vLLM's scheduling_policy priority).
   bool priority = false;
-  // n-gram speculative decoding (engine/speculative.h; not with async_scheduling): a decode feeds
-  // drafts after its token when the blocks for them are free (drafts never preempt) and the budget allows.
+  // Speculative decoding (engine/speculative.h; not with async_scheduling): a decode feeds drafts after its
+  // token when the blocks for them are free (drafts never preempt) and the budget allows; n-gram drafts
+  // are looked up here, a draft model's are proposed before the step (Sequence::proposed).
   SpeculativeConfig spec;
   // vLLM's max_loras: the most distinct LoRA adapters among the running sequences; a waiting (or swapped)
   // sequence of another adapter waits until one leaves (waiting ones behind it may go first).
@@ -67,6 +68,7 @@ struct Sequence {
   std::vector<int32_t> host_blocks;  // while swapped: the host copy of each of its blocks (it holds none on the device)
   int32_t num_cached_tokens = 0;  // prompt tokens found in the prefix cache when first admitted
   int32_t drafted = 0;   // drafts fed by its step in flight (speculative decoding)
+  std::vector<int32_t> proposed;  // a draft model's proposal for its next decode (taken by the next plan)
   int32_t received = 0;  // tokens of that step handed back so far
   int64_t seed = 0;
   std::vector<int32_t> eos_ids;
@@ -93,6 +95,10 @@ class Scheduler {
   // Appends a sampled token to its sequence (one step fewer in flight for it). A step with drafts hands
   // back its tokens one call each, in order: each after the first is an accepted draft.
   Sequence* on_token(const SampledToken& t);
+  // Speculative decoding with a draft model: the running sequences whose next decode may feed drafts,
+  // each with the most drafts it may take (within num_speculative_tokens, max_tokens and max_model_len;
+  // the step's token budget may take fewer). Empty when no step would feed drafts now.
+  std::vector<std::pair<Sequence*, int>> draft_candidates();
   // Frees a sequence's blocks and forgets it (its id goes out with the next plan).
   void finish(uint64_t seq_id);
   Sequence* find(uint64_t seq_id);
@@ -148,6 +154,8 @@ class Scheduler {
   void emit(Sequence& s, int32_t chunk, StepPlan& plan, std::vector<int32_t> drafts = {});
   // Speculative decoding: s's next decode with drafts, when there are any and room for them; false if not.
   bool schedule_drafts(Sequence& s, int64_t& budget, StepPlan& plan);
+  // The most drafts s's next decode may feed (0: none), the step's token budget aside.
+  int64_t draft_room(const Sequence& s) const;
   SchedulerConfig cfg_;
   BlockManager bm_;
   std::unordered_map<uint64_t, std::unique_ptr<Sequence>> seqs_;

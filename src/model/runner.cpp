@@ -99,6 +99,29 @@ bool env_flag(const char* name) {
   return s == "1" || s == "true";
 }
 
+// A draft model's configuration (speculative_config model): the target's backend, dtype, block size and
+// scheduling limits (max_model_len and max_num_batched_tokens as resolved for the target), its own file,
+// one rank, and none of the target's adapters, offloading, quantization, swap space or speculation.
+Config draft_config(const Config& target, const SpeculativeConfig& sc) {
+  Config d = target;
+  d.model = sc.model;
+  d.hf_overrides.clear();
+  d.tensor_parallel_size = d.pipeline_parallel_size = 1;
+  d.swap_space = 0;
+  d.cpu_offload_gb = 0;
+  d.quantization.clear();
+  d.kv_cache_memory_gb = 0;
+  d.num_gpu_blocks_override = 0;
+  d.enable_lora = false;
+  d.lora_modules.clear();
+  d.speculative_config.clear();
+  d.runner = "generate";
+  d.convert = "auto";
+  d.pooler_config.clear();
+  d.given.clear();
+  return d;
+}
+
 // The graph log's note when each bucket was recorded twice, with and without the LoRA kernels.
 std::string lora_twice(const StepGraphs& g) {
   return g.graphs() > static_cast<int64_t>(g.buckets().size()) ? ", each with and without LoRA" : "";
@@ -106,7 +129,7 @@ std::string lora_twice(const StepGraphs& g) {
 
 }  // namespace
 
-ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
+ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm, bool defer_kv) : cfg_(cfg) {
   world_ = std::make_unique<MpiComm>(world_comm, false);
   std::unique_ptr<WeightSource> file;
   // This rank's index among the ranks of its node picks its GPU.
@@ -241,7 +264,7 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
   // KV cache: as many blocks as the budget allows on the tightest rank (all ranks must agree, since
   // rank 0 hands out block ids for everyone).
   const ShardInfo& sh = model_->shard();
-  KvCacheShape shape;
+  KvCacheShape& shape = kv_shape_;
   shape.num_layers = sh.layers.end - sh.layers.begin;
   shape.block_size = cfg_.block_size;
   shape.kv_heads = sh.kv_heads;
@@ -258,22 +281,56 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
                cfg_.max_model_len + cfg_.max_num_batched_tokens, " positions) to ", dtype_name(backend_->compute_dtype()),
                " once per layer");
   }
+  if (defer_kv) return;  // a draft model: the runner it drafts for sizes its cache (allocate_kv)
+  // Speculative decoding with a draft model (vLLM's speculative_config model): world rank 0 runs it alone,
+  // loaded before this model's memory plan so that its weights count as memory in use, and its cache
+  // takes as many blocks as this model's from the same budget (as vLLM sizes a draft's cache).
+  agree(world_comm, [&] {
+    if (topo_.world_rank != 0) return;
+    const SpeculativeConfig sc = parse_speculative_config(cfg_.speculative_config);
+    if (sc.method != SpecMethod::DraftModel) return;
+    draft_cfg_ = std::make_unique<Config>(draft_config(cfg_, sc));
+    try {
+      draft_.reset(new ModelRunner(*draft_cfg_, MPI_COMM_SELF, true));
+    } catch (const Error& e) {
+      throw Error(cat("speculative_config model '", sc.model, "': ", e.what()));
+    }
+    draft_->omp_threads_ = omp_threads_;
+    enter_thread();  // (the draft's runner set its own thread count)
+    if (draft_->spec().vocab_size > spec_.vocab_size)
+      log_warn("speculative_config: the draft model's vocabulary (", draft_->spec().vocab_size, " tokens) is larger than this model's (",
+               spec_.vocab_size, "): a proposal ends before a token this model does not have");
+    log_info("speculative decoding: draft model ", sc.model, " (", draft_->spec().architecture, ", ", draft_->spec().num_layers,
+             " layers, hidden ", draft_->spec().hidden_size, ") on this rank, ", sc.num_speculative_tokens, " tokens a step");
+  });
+  const double draft_block_bytes = draft_ ? static_cast<double>(draft_->kv_shape_.bytes_per_block()) : 0.0;
   // GiB to whole blocks, saturating (a budget of 1e30 GiB overflowed the conversion to a negative count).
-  auto blocks_in = [&](double gib) {
-    const double b = std::floor(gib * static_cast<double>(1ull << 30) / static_cast<double>(shape.bytes_per_block()));
+  auto blocks_in = [&](double gib, double extra) {
+    const double b = std::floor(gib * static_cast<double>(1ull << 30) / (static_cast<double>(shape.bytes_per_block()) + extra));
     return b >= 1e15 ? static_cast<long long>(1e15) : static_cast<long long>(b);
   };
-  long long blocks = blocks_in(kv_budget_gb(shape));
+  long long blocks = blocks_in(kv_budget_gb(shape), draft_block_bytes);
   const long long useful = static_cast<long long>(cfg_.max_num_seqs) * ((cfg_.max_model_len + cfg_.block_size - 1) / cfg_.block_size);
   blocks = std::min(blocks, useful);
   if (cfg_.num_gpu_blocks_override > 0) blocks = cfg_.num_gpu_blocks_override;
   // Swapped blocks belong to preempted sequences, of which there are never more than max_num_seqs.
-  long long host = std::min(blocks_in(cfg_.swap_space), useful);
+  long long host = std::min(blocks_in(cfg_.swap_space, 0), useful);
   long long counts[2] = {blocks, host};
   MPI_Allreduce(MPI_IN_PLACE, counts, 2, MPI_LONG_LONG, MPI_MIN, world_comm);
-  blocks = counts[0];
+  allocate_kv(world_comm, counts[0], counts[1]);
+  agree(world_comm, [&] {
+    if (draft_) draft_->allocate_kv(MPI_COMM_SELF, counts[0], 0);
+  });
+#ifdef _OPENMP
+  log_info("OpenMP: ", omp_get_max_threads(), " threads per rank", std::getenv("OMP_NUM_THREADS") ? " (OMP_NUM_THREADS)" : "",
+           "; ", local_size, " rank(s) on this node");
+#endif
+}
+
+void ModelRunner::allocate_kv(MPI_Comm world_comm, long long blocks, long long host_blocks) {
+  KvCacheShape& shape = kv_shape_;
   num_blocks_ = blocks;
-  num_host_blocks_ = counts[1];
+  num_host_blocks_ = host_blocks;
   shape.num_blocks = blocks;
   agree(world_comm, [&] {
     if (blocks < (cfg_.max_model_len + cfg_.block_size - 1) / cfg_.block_size)
@@ -319,10 +376,6 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm) : cfg_(cfg) {
     if (shape.dtype == DType::F8E4M3)
       log_info("KV cache dtype ", cfg_.kv_cache_dtype, ": keys and values stored as FP8 E4M3 with scale 1 (values past +-448 saturate)");
   }
-#ifdef _OPENMP
-  log_info("OpenMP: ", omp_get_max_threads(), " threads per rank", std::getenv("OMP_NUM_THREADS") ? " (OMP_NUM_THREADS)" : "",
-           "; ", local_size, " rank(s) on this node");
-#endif
 }
 
 ModelRunner::~ModelRunner() = default;

@@ -30,8 +30,9 @@ void resolve_config_for_model(Config& cfg, const ModelSpec& spec);
 
 class ModelRunner {
  public:
-  // Collective over `world`. Failures on any rank throw AgreedError on every rank.
-  ModelRunner(Config& cfg, MPI_Comm world);
+  // Collective over `world`. Failures on any rank throw AgreedError on every rank. With defer_kv (a draft
+  // model's runner) it stops before the KV cache: allocate_kv makes it, warms up and records graphs.
+  ModelRunner(Config& cfg, MPI_Comm world, bool defer_kv = false);
   ~ModelRunner();
 
   const ModelSpec& spec() const { return spec_; }
@@ -58,6 +59,9 @@ class ModelRunner {
   // Rank 0: the read of an adapter whose load is planned, for this rank's load_lora of it to take instead
   // of reading the files again (the engine's thread keeps it; the steps' thread takes it).
   void keep_checked_lora(const LoraModuleSpec& spec, LoraAdapter ad);
+  // Speculative decoding with a draft model (speculative_config model): its runner on world rank 0, over
+  // MPI_COMM_SELF, its KV cache as many blocks as this one's; null elsewhere and without one.
+  ModelRunner* draft() { return draft_.get(); }
   MpiComm& tp_comm() { return *tp_comm_; }
   // The tensor group's communicator for GPU tensors (NCCL), or null (one rank per group, or the CPU
   // backend, whose tensors the MPI communicator serves).
@@ -98,6 +102,9 @@ class ModelRunner {
  private:
   int omp_threads_ = 0;  // the OpenMP threads this rank's steps use (0: OpenMP's default)
   double kv_budget_gb(const KvCacheShape& shape);
+  // The KV cache of `blocks` device blocks and `host_blocks` swap blocks (kv_shape_), the warm-up and the
+  // graphs (collective over world_comm).
+  void allocate_kv(MPI_Comm world_comm, long long blocks, long long host_blocks);
   Tensor max_batch_forward(KvCache& kv);
   void warm_up();
   Config& cfg_;
@@ -113,6 +120,9 @@ class ModelRunner {
   std::mutex checked_mu_;
   std::unordered_map<std::string, LoraAdapter> checked_lora_;  // keep_checked_lora's, by path
   std::unique_ptr<KvCache> kv_;
+  KvCacheShape kv_shape_;
+  std::unique_ptr<Config> draft_cfg_;
+  std::unique_ptr<ModelRunner> draft_;
   std::unique_ptr<DecodeGraphs> graphs_;
   std::unique_ptr<MixedGraphs> mixed_graphs_;
   ForwardKinds kinds_;

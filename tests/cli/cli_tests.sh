@@ -313,10 +313,41 @@ check "generate: speculative_config ngram on tp 2 x pp 2" 0 "speculative decodin
 if [ -s "$work/gen-spec-base4.jsonl" ] && cmp -s "$work/gen-spec-base4.jsonl" "$work/gen-spec-out4.jsonl"; then
   passed=$((passed + 1)); echo "PASS generate: speculative decoding on tp 2 x pp 2 gives the outputs of decoding a token a step"
 else failed=$((failed + 1)); echo "FAIL generate: speculative decoding on tp 2 x pp 2 changed the outputs"; diff "$work/gen-spec-base4.jsonl" "$work/gen-spec-out4.jsonl" | head -5; fi
-check "speculative_config: a draft model" 1 "config: speculative_config: method 'eagle' is not supported: it needs a draft model" --once -- \
+check "speculative_config: a method with heads" 1 "config: speculative_config: method 'eagle' is not supported: llmserve runs ngram and draft_model" --once -- \
   "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 --speculative-config '{"method": "eagle", "num_speculative_tokens": 2}' \
   --input "$work/gen-spec.jsonl" --output "$work/gen-spec-bad.jsonl"
 [ -e "$work/gen-spec-bad.jsonl" ] && { failed=$((failed + 1)); echo "FAIL speculative_config error left an output file"; }
+# A draft model (method draft_model): tiny-qwen2 cut to its first 2 layers drafts for the whole model. It
+# proposes tokens the model does not always take, and the output file is still the one decoding a token a
+# step gives, on tp 2 and on tp 2 x pp 2 (the draft on rank 0 alone).
+draft="$work/tiny-qwen2-2layers"
+cp -r "$fixtures/models/tiny-qwen2" "$draft" && chmod -R u+w "$draft" && python3 - "$draft/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c.update(num_hidden_layers=2)
+json.dump(c, open(sys.argv[1], "w"))
+PY
+"$convert" "$draft" -o "$work/draft.h5" --force >/dev/null 2>&1 || echo "FAIL: the 2-layer draft did not convert"
+for layout in "2 -tp 2" "4 -tp 2 -pp 2"; do
+  set -- $layout
+  n=$1; shift
+  base="$work/gen-spec-base.jsonl"; [ "$n" = 4 ] && base="$work/gen-spec-base4.jsonl"
+  rm -f "$work/gen-draft.jsonl"
+  check "generate: speculative_config draft_model on $*" 0 "speculative decoding: [0-9]+ steps fed [0-9]+ drafts, [1-9][0-9]* accepted \(([0-9]|[1-8][0-9])%\)" -- \
+    "$mpirun" "$n" "$llmserve" generate "$work/good.yaml" "$@" --input "$work/gen-spec.jsonl" --output "$work/gen-draft.jsonl" \
+    --speculative-config "{\"model\": \"$work/draft.h5\", \"num_speculative_tokens\": 3}"
+  if [ -s "$base" ] && cmp -s "$base" "$work/gen-draft.jsonl"; then
+    passed=$((passed + 1)); echo "PASS generate: a draft model on $* gives the outputs of decoding a token a step"
+  else failed=$((failed + 1)); echo "FAIL generate: a draft model on $* changed the outputs"; diff "$base" "$work/gen-draft.jsonl" | head -5; fi
+done
+set --
+check "speculative_config: a draft model that cannot be read" 1 "speculative_config model '$work/missing.h5': .*missing.h5" --once -- \
+  "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 --speculative-config "{\"model\": \"$work/missing.h5\", \"num_speculative_tokens\": 2}" \
+  --input "$work/gen-spec.jsonl" --output "$work/gen-spec-bad.jsonl"
+[ -e "$work/gen-spec-bad.jsonl" ] && { failed=$((failed + 1)); echo "FAIL speculative_config draft error left an output file"; }
+check "speculative_config: a draft model whose context is shorter than max_model_len" 1 "speculative_config model '$work/window.h5': .*max_model_len" --once -- \
+  "$llmserve" generate "$work/good.yaml" --disable-sliding-window --max-model-len 128 --input "$work/gen-spec.jsonl" --output "$work/gen-spec-bad.jsonl" \
+  --speculative-config "{\"model\": \"$work/window.h5\", \"num_speculative_tokens\": 2}"
 # LoRA adapters (enable_lora, lora_modules; tests/model/make_tiny_lora.py's two): requests of the base model and of
 # both adapters (a line's `model`) in one batch each get the output they get alone, also when max_loras 1 makes
 # the adapters take turns; an adapter's greedy answer is not the base model's. (run_lora.sh checks the logits.)

@@ -429,8 +429,8 @@ TEST(Engine, AsyncSchedulingGivesTheOutputsOfSteppingInTurn) {
 // over the tokens before it), so on the CPU backend the outputs are exactly those of one token a step:
 // the varied requests above, guided decoding (a regex, JSON) and a two-token bad word, on a roomy cache
 // and on one small enough to preempt. Most drafts of the tiny model's repetitive text are accepted.
-TEST(Engine, SpeculativeDecodingGivesTheOutputsOfDecodingOneTokenAtATime) {
-  const char* spec = R"({"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1, "prompt_lookup_max": 3})";
+void speculative_decoding_case(const char* spec, bool draft_model) {
+  SCOPED_TRACE(spec);
   const auto gold = golden()["public"][2]["greedy"]["ids"].get<std::vector<int32_t>>();
   for (int64_t blocks : {0, 48}) {
     std::vector<RequestOutput> outs[2];
@@ -466,6 +466,14 @@ TEST(Engine, SpeculativeDecodingGivesTheOutputsOfDecodingOneTokenAtATime) {
       if (sp) {
         EXPECT_GT(st.spec_accepted_tokens, st.spec_draft_tokens / 2);
         EXPECT_LE(st.spec_accepted_tokens, st.spec_draft_tokens);
+        ASSERT_EQ(e.draft_model() != nullptr, draft_model);
+        if (draft_model) {
+          // Every sequence's draft cache went back when it ended.
+          std::printf("draft model: %lld steps, %lld tokens fed\n", static_cast<long long>(e.draft_model()->steps()),
+                      static_cast<long long>(e.draft_model()->tokens_fed()));
+          EXPECT_EQ(e.draft_model()->free_blocks(), s.runner->draft()->num_blocks());
+          EXPECT_EQ(s.runner->draft()->num_blocks(), s.runner->num_blocks());
+        }
       } else {
         EXPECT_EQ(st.spec_draft_tokens, 0);
       }
@@ -489,6 +497,35 @@ TEST(Engine, SpeculativeDecodingGivesTheOutputsOfDecodingOneTokenAtATime) {
     EXPECT_EQ(std::vector<int32_t>(bw.begin(), bw.begin() + 4), std::vector<int32_t>(gold.begin(), gold.begin() + 4));
     EXPECT_NE(bw[4], gold[4]);
   }
+}
+
+// n-gram drafts, and a draft model (the served model itself: its draws, with the same noise, match the
+// served model's but for the requests' masks and guides, which the draft does not apply).
+TEST(Engine, SpeculativeDecodingGivesTheOutputsOfDecodingOneTokenAtATime) {
+  const std::string draft = cat(R"({"model": ")", kModel, R"(", "num_speculative_tokens": 3})");
+  for (const std::string spec : {std::string(R"({"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1, "prompt_lookup_max": 3})"), draft})
+    speculative_decoding_case(spec.c_str(), spec == draft);
+}
+// A draft model identical to the served one draws what the served model draws (the same distribution and
+// the same noise; greedy, sampled, penalized, masked, with min_tokens): nearly every draft is kept
+// (rounding between a one-token step and a verifying step may flip a near tie), where drafts drawn on
+// their own would match a sampled token only as often as its probability.
+TEST(Engine, DraftModelIdenticalToTheServedOneHasItsDraftsKept) {
+  const std::string spec = cat(R"({"model": ")", kModel, R"(", "num_speculative_tokens": 4})");
+  Fixture s(0, false, 4.0, "fcfs", 256, spec.c_str());
+  Engine e(*s.runner, s.tok.get(), 11);
+  auto reqs = varied_requests(*s.tok);
+  SamplingParams bad = greedy(20);
+  const auto gold = golden()["public"][2]["greedy"]["ids"].get<std::vector<int32_t>>();
+  bad.bad_words_ids = {{gold[3], gold[4]}};
+  reqs.emplace_back(golden()["public"][2]["ids"].get<std::vector<int32_t>>(), bad);
+  for (auto& [pr, p] : reqs) e.add_request(pr, p);
+  run_all(e);
+  const SchedulerStats& st = e.scheduler().stats();
+  std::printf("%lld drafts, %lld accepted\n", static_cast<long long>(st.spec_draft_tokens), static_cast<long long>(st.spec_accepted_tokens));
+  EXPECT_GT(st.spec_draft_tokens, 100);
+  EXPECT_GE(st.spec_accepted_tokens * 100, st.spec_draft_tokens * 97);
+  e.shutdown();
 }
 
 // vLLM's cache_salt: a prompt's blocks are found in the prefix cache only by requests with the same salt

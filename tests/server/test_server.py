@@ -1542,42 +1542,44 @@ def main():
               and [c["function"]["name"] for c in streamed_calls] == ["get_weather"], (mr, deltas))
     finally:
         mi.stop()
-    # Speculative decoding (vLLM's speculative_config, n-gram drafts): concurrent greedy, seeded sampled
-    # (with penalties), streamed and guided requests answer as llmserve generate does decoding a token a
-    # step on the same layout, and /metrics counts the drafts fed and accepted.
-    spec = {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
-    sp = Server("--speculative-config", json.dumps(spec))
+    # Speculative decoding (vLLM's speculative_config: n-gram drafts, and a draft model, here the served
+    # model itself): concurrent greedy, seeded sampled (with penalties), streamed and guided requests
+    # answer as llmserve generate does decoding a token a step on the same layout, and /metrics counts the
+    # drafts fed and accepted.
     ranks = "1" if BACKEND == "cuda" else "2"
-    try:
-        prompts = ["Hello world, hello world, hello", "one two three one two three one", "a b a b a b", "The cat sat on the mat. The cat"]
-        bodies = [{"prompt": p, "max_tokens": 24 + 4 * i, "ignore_eos": True,
-                   **({"temperature": 0} if i % 2 == 0 else {"temperature": 0.8, "seed": 7 + i, "presence_penalty": 0.3, "logprobs": 2})}
-                  for i, p in enumerate(prompts)]
-        bodies.append({"prompt": "ab ab ab", "max_tokens": 30, "temperature": 0.7, "seed": 2,
-                       "structured_outputs": {"regex": "( ab){2,8} c( ab)*"}})
-        inp = os.path.join(BUILD, "test-out", "server-spec-in.jsonl")
-        outp = os.path.join(BUILD, "test-out", "server-spec-out.jsonl")
-        open(inp, "w").write("".join(json.dumps(b) + "\n" for b in bodies))
-        subprocess.run([os.path.join(HERE, "..", "mpirun.sh"), ranks, os.path.join(BUILD, "llmserve"), "generate", "--model", MODEL,
-                        *BACKEND_ARGS, "-tp", ranks, "--max-model-len", "512", "--input", inp, "--output", outp],
-                       check=True, capture_output=True)
-        offline = [json.loads(l)["outputs"][0]["text"] for l in open(outp)]
-
-        def ask_spec(i):
-            if i != 2:
-                st, r = sp.post("/v1/completions", {**bodies[i], "model": "tiny"})
-                return r["choices"][0]["text"] if st == 200 else r
-            _, ev = sp.stream_chunks("/v1/completions", {**bodies[i], "stream": True})
-            return "".join(e["choices"][0]["text"] for e in ev if e.get("choices"))
-        with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
-            served = list(pool.map(ask_spec, range(len(bodies))))
-        drafts, accepted = sp.metric("llmserve:spec_decode_num_draft_tokens_total"), sp.metric("llmserve:spec_decode_num_accepted_tokens_total")
-        check("speculative_config ngram: concurrent greedy, sampled, streamed and guided completions equal llmserve generate's "
-              "decoding a token a step", served == offline, (served, offline))
-        check("speculative decoding: /metrics counts drafts fed and accepted", drafts and drafts > 0 and 0 < accepted <= drafts
-              and sp.metric("llmserve:spec_decode_num_drafts_total") > 0, (drafts, accepted))
-    finally:
-        sp.stop()
+    prompts = ["Hello world, hello world, hello", "one two three one two three one", "a b a b a b", "The cat sat on the mat. The cat"]
+    bodies = [{"prompt": p, "max_tokens": 24 + 4 * i, "ignore_eos": True,
+               **({"temperature": 0} if i % 2 == 0 else {"temperature": 0.8, "seed": 7 + i, "presence_penalty": 0.3, "logprobs": 2})}
+              for i, p in enumerate(prompts)]
+    bodies.append({"prompt": "ab ab ab", "max_tokens": 30, "temperature": 0.7, "seed": 2,
+                   "structured_outputs": {"regex": "( ab){2,8} c( ab)*"}})
+    inp = os.path.join(BUILD, "test-out", "server-spec-in.jsonl")
+    outp = os.path.join(BUILD, "test-out", "server-spec-out.jsonl")
+    open(inp, "w").write("".join(json.dumps(b) + "\n" for b in bodies))
+    subprocess.run([os.path.join(HERE, "..", "mpirun.sh"), ranks, os.path.join(BUILD, "llmserve"), "generate", "--model", MODEL,
+                    *BACKEND_ARGS, "-tp", ranks, "--max-model-len", "512", "--input", inp, "--output", outp],
+                   check=True, capture_output=True)
+    offline = [json.loads(l)["outputs"][0]["text"] for l in open(outp)]
+    for spec in ({"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 3, "prompt_lookup_min": 1},
+                 {"model": MODEL, "num_speculative_tokens": 3}):
+        name = spec.get("method", "draft_model")
+        sp = Server("--speculative-config", json.dumps(spec))
+        try:
+            def ask_spec(i):
+                if i != 2:
+                    st, r = sp.post("/v1/completions", {**bodies[i], "model": "tiny"})
+                    return r["choices"][0]["text"] if st == 200 else r
+                _, ev = sp.stream_chunks("/v1/completions", {**bodies[i], "stream": True})
+                return "".join(e["choices"][0]["text"] for e in ev if e.get("choices"))
+            with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+                served = list(pool.map(ask_spec, range(len(bodies))))
+            drafts, accepted = sp.metric("llmserve:spec_decode_num_draft_tokens_total"), sp.metric("llmserve:spec_decode_num_accepted_tokens_total")
+            check(f"speculative_config {name}: concurrent greedy, sampled, streamed and guided completions equal llmserve generate's "
+                  "decoding a token a step", served == offline, (served, offline))
+            check(f"speculative decoding ({name}): /metrics counts drafts fed and accepted", drafts and drafts > 0 and 0 < accepted <= drafts
+                  and sp.metric("llmserve:spec_decode_num_drafts_total") > 0, (drafts, accepted))
+        finally:
+            sp.stop()
     # LoRA adapters (enable_lora, lora_modules; tests/model/make_tiny_lora.py's two): /v1/models lists them
     # under the base model; concurrent completions (streamed or not) and chats of the base model and of each
     # adapter answer as llmserve generate does for the same lines; an unknown model is a 404.

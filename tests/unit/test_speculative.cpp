@@ -65,7 +65,7 @@ TEST(SpeculativeConfig, VllmKeysDefaultsAndErrors) {
   EXPECT_EQ(c.disable_by_batch_size, 4);
   EXPECT_EQ(parse_speculative_config(R"({"method": "ngram", "num_speculative_tokens": 2, "disable_by_batch_size": null})").disable_by_batch_size, 0);
   EXPECT_NE(error_of(R"({"method": "ngram", "num_speculative_tokens": 2, "disable_by_batch_size": -1})").find("disable_by_batch_size must be"), std::string::npos);
-  EXPECT_NE(error_of(R"({"method": "eagle", "model": "x", "num_speculative_tokens": 2})").find("draft models"), std::string::npos);
+  EXPECT_NE(error_of(R"({"method": "eagle", "model": "x", "num_speculative_tokens": 2})").find("method 'eagle' is not supported"), std::string::npos);
   EXPECT_NE(error_of(R"({"method": "eagle3", "num_speculative_tokens": 2})").find("method 'eagle3' is not supported"), std::string::npos);
   EXPECT_NE(error_of(R"({"num_speculative_tokens": 2})").find("method is required"), std::string::npos);
   EXPECT_NE(error_of(R"({"method": "ngram"})").find("num_speculative_tokens is required"), std::string::npos);
@@ -74,8 +74,27 @@ TEST(SpeculativeConfig, VllmKeysDefaultsAndErrors) {
   EXPECT_NE(error_of(R"({"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_min": 4, "prompt_lookup_max": 2})")
                 .find("prompt_lookup_min (4) must be <= prompt_lookup_max (2)"),
             std::string::npos);
-  EXPECT_NE(error_of(R"({"method": "ngram", "num_speculative_tokens": 2, "draft_tensor_parallel_size": 1})").find("'draft_tensor_parallel_size' is not supported"),
+  EXPECT_NE(error_of(R"({"method": "ngram", "num_speculative_tokens": 2, "draft_tensor_parallel_size": 1})").find("method ngram takes no model"),
             std::string::npos);
+  EXPECT_NE(error_of(R"({"method": "ngram", "num_speculative_tokens": 2, "draft_tp": 1})").find("'draft_tp' is not supported"),
+            std::string::npos);
+  EXPECT_EQ(c.method, SpecMethod::Ngram);
+  // A draft model: method draft_model, or inferred from `model` alone (as vLLM does).
+  c = parse_speculative_config(R"({"model": "draft.h5", "num_speculative_tokens": 3})");
+  EXPECT_EQ(c.method, SpecMethod::DraftModel);
+  EXPECT_EQ(c.model, "draft.h5");
+  EXPECT_EQ(c.num_speculative_tokens, 3);
+  c = parse_speculative_config(
+      R"({"method": "draft_model", "model": "d.h5", "num_speculative_tokens": 2, "draft_tensor_parallel_size": 1, "disable_by_batch_size": 8})");
+  EXPECT_EQ(c.method, SpecMethod::DraftModel);
+  EXPECT_EQ(c.disable_by_batch_size, 8);
+  EXPECT_NE(error_of(R"({"method": "draft_model", "num_speculative_tokens": 2})").find("needs `model`"), std::string::npos);
+  EXPECT_NE(error_of(R"({"model": "d.h5"})").find("num_speculative_tokens is required with method draft_model"), std::string::npos);
+  EXPECT_NE(error_of(R"({"model": "d.h5", "num_speculative_tokens": 2, "draft_tensor_parallel_size": 2})").find("must be 1"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"model": "d.h5", "num_speculative_tokens": 2, "prompt_lookup_max": 2})").find("belong to method ngram"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"model": 3, "num_speculative_tokens": 2})").find("model must be a string"), std::string::npos);
   EXPECT_NE(error_of("[1]").find("must be a JSON object"), std::string::npos);
 }
 

@@ -159,6 +159,9 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
                   t.total * us, t.schedule * us, t.worker.inputs * us, t.worker.forward * us, t.worker.sample * us,
                   t.outputs * us);
     log_info("generate: ", buf);
+    if (const DraftModel* d = engine.draft_model())
+      log_info("generate: the draft model's proposals: ", std::lround(t.draft * us), " us per step (", d->steps(), " draft steps fed ",
+               d->tokens_fed(), " tokens)");
   }
   const ModelRunner::ForwardKinds& k = runner.forward_kinds();
   if (k.decode_graph + k.mixed_graph > 0)
