@@ -1,5 +1,7 @@
 #include "chat/chat_template.h"
 
+#include "tokenizer/tokenizer_docs.h"
+
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -50,13 +52,17 @@ std::string load_chat_template(const std::string& value) {
 }
 
 std::unique_ptr<ChatTemplate> ChatTemplate::from_model_file(const ModelFile& file, const std::string& chat_template) {
+  return from_docs(TokenizerDocs::of_model_file(file), chat_template);
+}
+
+std::unique_ptr<ChatTemplate> ChatTemplate::from_docs(const TokenizerDocs& docs, const std::string& chat_template) {
   ojson special = ojson::object();
-  if (auto tc = file.text("tokenizer", "tokenizer_config.json")) {
+  if (docs.tokenizer_config_json) {
     ojson cfg;
     try {
-      cfg = ojson::parse(*tc);
+      cfg = ojson::parse(*docs.tokenizer_config_json);
     } catch (const ojson::exception& e) {
-      throw Error(cat("model file '", file.path(), "': tokenizer_config.json is not valid JSON: ", e.what()));
+      throw Error(cat(docs.origin, ": tokenizer_config.json is not valid JSON: ", e.what()));
     }
     for (const char* k : {"bos_token", "eos_token", "unk_token", "pad_token"}) {
       if (!cfg.contains(k) || cfg[k].is_null()) continue;
@@ -74,14 +80,14 @@ std::unique_ptr<ChatTemplate> ChatTemplate::from_model_file(const ModelFile& fil
     }
     return t;
   }
-  auto src = file.text("tokenizer", "chat_template");
+  const auto& src = docs.chat_template;
   try {
     t = std::make_unique<ChatTemplate>(src ? *src : std::string(chatml()), special);
   } catch (const Error& e) {
-    throw Error(cat("model file '", file.path(), "': its chat template cannot be used: ", e.what()));
+    throw Error(cat(docs.origin, ": its chat template cannot be used: ", e.what()));
   }
   if (!src) {
-    log_warn("model '", file.path(), "' has no chat template; using ChatML");
+    log_warn(docs.origin, " has no chat template; using ChatML");
     t->fallback_ = true;
   }
   return t;

@@ -11,6 +11,7 @@
 namespace llmserve {
 
 class ModelFile;
+struct TokenizerDocs;
 
 struct ChatRenderOptions {
   bool add_generation_prompt = true;
@@ -38,6 +39,8 @@ class ChatTemplate {
   // The model's template (or ChatML, with a warning, when it has none); `chat_template`, when not
   // empty, replaces it (the configuration's value: a file or the template, read by load_chat_template).
   static std::unique_ptr<ChatTemplate> from_model_file(const ModelFile& file, const std::string& chat_template = "");
+  // The same from tokenizer documents (tokenizer/tokenizer_docs.h: a model file's or a directory's).
+  static std::unique_ptr<ChatTemplate> from_docs(const TokenizerDocs& docs, const std::string& chat_template = "");
   // Throws Error (a 400 for the server) when rendering fails, e.g. raise_exception in the template.
   std::string render(const nlohmann::ordered_json& messages, const ChatRenderOptions& opt = {}) const;
   // A template of other source with this one's special tokens (a request's own template). Throws Error

@@ -245,6 +245,14 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.override_generation_config = v; }},
       {"max_logprobs", Kind::Int, "the most log-probabilities a request may ask for: 0 to 20 (vLLM's default 20)",
        [](Config& c, const std::string& v) { c.max_logprobs = parse_int32("max_logprobs", v); }},
+      {"tokenizer", Kind::String,
+       "the tokenizer and chat template to serve text with instead of the model file's (vLLM's): a Hugging Face tokenizer "
+       "directory (tokenizer.json, tokenizer_config.json, chat_template.jinja) or another llmserve model file; with "
+       "load_format dummy, text for a model that has none",
+       [](Config& c, const std::string& v) { c.tokenizer = v; }},
+      {"tokenizer_mode", Kind::String,
+       "auto | hf | slow (vLLM's): one tokenizer, tokenizer.json's (it gives HF's ids); mistral is refused",
+       [](Config& c, const std::string& v) { c.tokenizer_mode = v; }},
       {"chat_template", Kind::String, "chat template replacing the model's: a file, or the template itself (as vLLM)",
        [](Config& c, const std::string& v) { c.chat_template = v; }},
       {"response_role", Kind::String, "role of chat answers after a generation prompt (vLLM's; default assistant)",
@@ -524,6 +532,9 @@ void config_validate(const Config& c) {
              "pipeline parallel); run one job per replica behind a load balancer"));
   if (!c.ssl_keyfile.empty() || !c.ssl_certfile.empty())
     fail("ssl_keyfile / ssl_certfile are not supported: llmserve serves plain HTTP; put a TLS-terminating proxy in front");
+  if (c.tokenizer_mode != "auto" && c.tokenizer_mode != "hf" && c.tokenizer_mode != "slow")
+    fail(cat("tokenizer_mode '", c.tokenizer_mode, "' is not supported: use auto, hf or slow (llmserve reads tokenizer.json",
+             c.tokenizer_mode == "mistral" ? "; Mistral's tekken tokenizer is not supported)" : ")"));
   if (c.runner != "auto" && c.runner != "generate" && c.runner != "pooling")
     fail(cat("runner must be auto, generate or pooling; got '", c.runner, "'"));
   try {

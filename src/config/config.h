@@ -57,6 +57,8 @@ struct Config {
   std::string generation_config = "auto";  // auto: the model's generation_config.json sampling defaults; vllm: none
   int max_logprobs = 20;                    // the most log-probabilities a request may ask for (vLLM's)
   std::string chat_template;                // a file, or the template itself (vLLM's); empty: the model's
+  std::string tokenizer;                    // a tokenizer directory or model file (vLLM's); empty: the model file's
+  std::string tokenizer_mode = "auto";      // auto | hf | slow (vLLM's; one tokenizer.json tokenizer)
   std::string response_role = "assistant";  // the role of chat answers after a generation prompt (vLLM)
   bool disable_uvicorn_access_log = false;  // no access-log line per request (vLLM's name)
   bool enable_prompt_tokens_details = false;  // usage.prompt_tokens_details.cached_tokens (vLLM's)

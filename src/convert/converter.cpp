@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "chat/chat_template.h"
+#include "tokenizer/tokenizer_docs.h"
 #include "common/dtype.h"
 #include "common/error.h"
 #include "common/file_util.h"
@@ -157,20 +158,12 @@ void convert_hf(const ConvertOptions& opt) {
     }
   }
 
+  const TokenizerDocs td = TokenizerDocs::of_hf_dir(dir.string());
   std::map<std::string, std::string> docs;
-  for (const char* doc : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"})
-    if (fs::exists(dir / doc)) docs[doc] = read_file((dir / doc).string());
-  std::string chat_template, chat_template_file;
-  if (fs::exists(dir / "chat_template.jinja")) {
-    chat_template_file = (dir / "chat_template.jinja").string();
-    chat_template = read_file(chat_template_file);
-  } else if (fs::exists(dir / "tokenizer_config.json")) {
-    json tc = parse_json_file(dir / "tokenizer_config.json");
-    if (tc.contains("chat_template") && tc["chat_template"].is_string()) {
-      chat_template_file = (dir / "tokenizer_config.json").string();
-      chat_template = tc["chat_template"].get<std::string>();
-    }
-  }
+  if (td.tokenizer_json) docs["tokenizer.json"] = *td.tokenizer_json;
+  if (td.tokenizer_config_json) docs["tokenizer_config.json"] = *td.tokenizer_config_json;
+  if (td.generation_config_json) docs["generation_config.json"] = *td.generation_config_json;
+  const std::string chat_template = td.chat_template.value_or(""), chat_template_file = td.chat_template_file;
   // A tokenizer or chat template that would not load is refused now rather than when the converted
   // file is served.
   if (docs.count("tokenizer.json")) {

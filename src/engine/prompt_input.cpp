@@ -20,7 +20,7 @@ std::vector<int32_t> prompt_from_json(const nlohmann::ordered_json& j, const Tok
     return ids;
   }
   if (j.contains("messages")) {
-    if (!tok || !chat) throw Error("this model has no tokenizer, so 'messages' cannot be used");
+    if (!tok || !chat) throw Error("this model has no tokenizer (give one with the tokenizer option), so 'messages' cannot be used");
     if (!j["messages"].is_array() || j["messages"].empty()) throw Error("'messages' must be a non-empty list");
     for (const auto& m : j["messages"])
       if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
@@ -28,7 +28,7 @@ std::vector<int32_t> prompt_from_json(const nlohmann::ordered_json& j, const Tok
     return tok->encode(chat->render(parse_tool_call_arguments(j["messages"]), chat_render_options(j)), false);
   }
   if (j.contains("prompt")) {
-    if (!tok) throw Error("this model has no tokenizer, so 'prompt' text cannot be used");
+    if (!tok) throw Error("this model has no tokenizer (give one with the tokenizer option), so 'prompt' text cannot be used");
     if (!j["prompt"].is_string()) throw Error("'prompt' must be a string");
     return tok->encode(j["prompt"].get<std::string>(), true);
   }

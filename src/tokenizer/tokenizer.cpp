@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "model/model_file.h"
+#include "tokenizer/tokenizer_docs.h"
 #include "tokenizer/unicode.h"
 
 namespace llmserve {
@@ -128,11 +129,11 @@ Tokenizer::Tokenizer(const std::string& tokenizer_json, const std::string& token
   }
 }
 
-std::unique_ptr<Tokenizer> Tokenizer::from_model_file(const ModelFile& file) {
-  auto tj = file.text("tokenizer", "tokenizer.json");
-  if (!tj) throw Error(cat("model file '", file.path(), "' has no tokenizer (convert a checkpoint that has tokenizer.json)"));
-  auto tc = file.text("tokenizer", "tokenizer_config.json");
-  return std::make_unique<Tokenizer>(*tj, tc ? *tc : std::string());
+std::unique_ptr<Tokenizer> Tokenizer::from_model_file(const ModelFile& file) { return from_docs(TokenizerDocs::of_model_file(file)); }
+
+std::unique_ptr<Tokenizer> Tokenizer::from_docs(const TokenizerDocs& d) {
+  if (!d.tokenizer_json) throw Error(cat(d.origin, " has no tokenizer (convert a checkpoint that has tokenizer.json)"));
+  return std::make_unique<Tokenizer>(*d.tokenizer_json, d.tokenizer_config_json.value_or(""));
 }
 
 std::optional<int32_t> Tokenizer::token_to_id(const std::string& token) const {

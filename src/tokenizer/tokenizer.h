@@ -24,6 +24,7 @@
 namespace llmserve {
 
 class ModelFile;
+struct TokenizerDocs;
 
 struct AddedToken {
   int32_t id = 0;
@@ -38,6 +39,8 @@ class Tokenizer {
   Tokenizer(const std::string& tokenizer_json, const std::string& tokenizer_config_json);
   // From the /tokenizer documents of a model file; throws Error when it has none.
   static std::unique_ptr<Tokenizer> from_model_file(const ModelFile& file);
+  // From tokenizer documents (tokenizer/tokenizer_docs.h); throws Error when they have no tokenizer.json.
+  static std::unique_ptr<Tokenizer> from_docs(const TokenizerDocs& docs);
 
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = false) const;
   // A pair of texts as one sequence (HF's `tokenizer(text=a, text_pair=b)`, what cross-encoders read):

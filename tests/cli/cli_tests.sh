@@ -348,6 +348,31 @@ check "speculative_config: a draft model that cannot be read" 1 "speculative_con
 check "speculative_config: a draft model whose context is shorter than max_model_len" 1 "speculative_config model '$work/window.h5': .*max_model_len" --once -- \
   "$llmserve" generate "$work/good.yaml" --disable-sliding-window --max-model-len 128 --input "$work/gen-spec.jsonl" --output "$work/gen-spec-bad.jsonl" \
   --speculative-config "{\"model\": \"$work/window.h5\", \"num_speculative_tokens\": 2}"
+# tokenizer (vLLM's --tokenizer): a Hugging Face tokenizer directory, or a model file, instead of the model's own
+# gives the same output file; with it a dummy model (no file, no tokenizer) takes text and chat prompts.
+printf '{"prompt": "Hello world", "max_tokens": 6, "temperature": 0}\n{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "temperature": 0}\n' >"$work/tok-in.jsonl"
+"$llmserve" generate "$work/good.yaml" --input "$work/tok-in.jsonl" --output "$work/tok-own.jsonl" >/dev/null 2>&1
+for t in "$fixtures/models/tiny-qwen2" "$qwen"; do
+  rm -f "$work/tok-other.jsonl"
+  "$llmserve" generate "$work/good.yaml" --tokenizer "$t" --input "$work/tok-in.jsonl" --output "$work/tok-other.jsonl" >/dev/null 2>&1
+  if [ -s "$work/tok-own.jsonl" ] && cmp -s "$work/tok-own.jsonl" "$work/tok-other.jsonl"; then
+    passed=$((passed + 1)); echo "PASS generate: --tokenizer $(basename "$t") gives the model's own tokenizer's outputs"
+  else failed=$((failed + 1)); echo "FAIL generate: --tokenizer $(basename "$t") changed the outputs"; fi
+done
+check "generate: a dummy model without a tokenizer refuses text" 1 "has no tokenizer \(give one with the tokenizer option\)" -- \
+  "$llmserve" generate --model "$fixtures/models/tiny-qwen2/config.json" --load-format dummy --backend cpu --input "$work/tok-in.jsonl" --output "$work/tok-dummy.jsonl"
+check "generate: a dummy model with --tokenizer takes text and chats" 0 "tokenizer and chat template from '$fixtures/models/tiny-qwen2'" -- \
+  "$llmserve" generate --model "$fixtures/models/tiny-qwen2/config.json" --load-format dummy --backend cpu --tokenizer "$fixtures/models/tiny-qwen2" \
+  --input "$work/tok-in.jsonl" --output "$work/tok-dummy.jsonl"
+if [ "$(grep -c '"text":"[^"]' "$work/tok-dummy.jsonl" 2>/dev/null)" = 2 ]; then passed=$((passed + 1)); echo "PASS generate: the dummy model's outputs have text"
+else failed=$((failed + 1)); echo "FAIL generate: the dummy model's outputs have no text"; fi
+check "tokenizer: a path that is no tokenizer" 1 "tokenizer '$work/nope' is neither a tokenizer directory nor an llmserve model file" --once -- \
+  "$llmserve" generate "$work/good.yaml" --tokenizer "$work/nope" --input "$work/tok-in.jsonl" --output "$work/tok-bad.jsonl"
+check "tokenizer: a directory without tokenizer.json" 1 "tokenizer '$fixtures' has no tokenizer.json" --once -- \
+  "$llmserve" generate "$work/good.yaml" --tokenizer "$fixtures" --input "$work/tok-in.jsonl" --output "$work/tok-bad.jsonl"
+check "tokenizer_mode mistral" 1 "tokenizer_mode 'mistral' is not supported: use auto, hf or slow" --once -- \
+  "$llmserve" generate "$work/good.yaml" --tokenizer-mode mistral --input "$work/tok-in.jsonl" --output "$work/tok-bad.jsonl"
+[ -e "$work/tok-bad.jsonl" ] && { failed=$((failed + 1)); echo "FAIL a tokenizer error left an output file"; }
 # LoRA adapters (enable_lora, lora_modules; tests/model/make_tiny_lora.py's two): requests of the base model and of
 # both adapters (a line's `model`) in one batch each get the output they get alone, also when max_loras 1 makes
 # the adapters take turns; an adapter's greedy answer is not the base model's. (run_lora.sh checks the logits.)

@@ -361,3 +361,29 @@ TEST(Config, HelpListsEveryKeyWithItsFlag) {
   }
   EXPECT_GT(options, 30);
 }
+
+// vLLM's tokenizer and tokenizer_mode: a path taken as given (read when the model loads), the modes that
+// mean tokenizer.json's tokenizer accepted, others refused by name.
+TEST(Config, TokenizerAndTokenizerMode) {
+  Config c;
+  config_parse_args(c, {"--model", "m.h5", "--tokenizer", "/models/qwen-tok", "--tokenizer-mode", "slow"});
+  EXPECT_EQ(c.tokenizer, "/models/qwen-tok");
+  EXPECT_NO_THROW(config_validate(c));
+  for (const char* mode : {"auto", "hf", "slow"}) {
+    c.tokenizer_mode = mode;
+    EXPECT_NO_THROW(config_validate(c)) << mode;
+  }
+  for (const char* mode : {"mistral", "custom", ""}) {
+    c.tokenizer_mode = mode;
+    try {
+      config_validate(c);
+      ADD_FAILURE() << "tokenizer_mode '" << mode << "' accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("tokenizer_mode '") + mode + "' is not supported"), std::string::npos) << e.what();
+    }
+  }
+  Config y;
+  config_parse_args(y, {write_yaml("model: m.h5\ntokenizer: /tok\ntokenizer_mode: hf\n")});
+  EXPECT_EQ(y.tokenizer, "/tok");
+  EXPECT_EQ(y.tokenizer_mode, "hf");
+}

@@ -1,5 +1,8 @@
 // llmserve subcommands. Each runs on every MPI rank and returns the process exit code.
 #pragma once
+#include <optional>
+
+#include "tokenizer/tokenizer_docs.h"
 #include <mpi.h>
 
 #include <memory>
@@ -23,6 +26,10 @@ int cmd_run_batch(const std::vector<std::string>& args, MPI_Comm world);
 
 // False for a dummy model given by its config.json: there is no .h5 file (and no tokenizer) to open.
 bool model_has_file(const Config& cfg);
+// The tokenizer documents text is served with: the tokenizer option's (a directory or a model file), else
+// the model file's; none for a dummy model without the option. Throws Error when the option's path has no
+// tokenizer.
+std::optional<TokenizerDocs> served_tokenizer_docs(const Config& cfg);
 
 // Rank 0's OpenAI front end for a loaded model (serve, run-batch): its tokenizer and chat template (when
 // the model file has them, kept in tok and chat) and the ApiContext built on them and the configuration.

@@ -151,6 +151,12 @@ StepMeta one_sequence_step(const std::vector<int32_t>& tokens, int32_t start, co
 
 bool model_has_file(const Config& cfg) { return model_has_file(cfg.load_format, cfg.model); }
 
+std::optional<TokenizerDocs> served_tokenizer_docs(const Config& cfg) {
+  if (!cfg.tokenizer.empty()) return TokenizerDocs::at(cfg.tokenizer);
+  if (!model_has_file(cfg)) return std::nullopt;
+  return TokenizerDocs::of_model_file(ModelFile(cfg.model));
+}
+
 void parse_batch_args(const std::vector<std::string>& args, const char* command, const std::vector<std::string>& input_names,
                       const std::vector<std::string>& output_names, bool rank0, Config& cfg, std::string& input,
                       std::string& output) {
@@ -230,9 +236,10 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
       const auto& r = la.requests[i];
       if (!tok && !r.contains("ids") && !r.contains("prompt_token_ids")) {
         if (cfg.model.empty()) throw Error("config: model is required (a .h5 file made by llmserve-convert)");
-        ModelFile file(cfg.model);
-        tok = Tokenizer::from_model_file(file);
-        chat = ChatTemplate::from_model_file(file, cfg.chat_template);
+        const auto docs = served_tokenizer_docs(cfg);
+        if (!docs) throw Error("logits: a text prompt needs a tokenizer, which a dummy model has none of (give --tokenizer, or prompt ids)");
+        tok = Tokenizer::from_docs(*docs);
+        chat = ChatTemplate::from_docs(*docs, cfg.chat_template);
       }
       try {
         la.prompts.push_back(prompt_from_json(r, tok.get(), chat.get()));
@@ -275,9 +282,9 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
   const std::vector<int64_t> eos = runner.spec().eos_token_ids;
   // Decoded text in the output when the model carries a tokenizer.
   std::unique_ptr<Tokenizer> tok;
-  if (rank == 0 && model_has_file(cfg)) {
+  if (rank == 0 && (model_has_file(cfg) || !cfg.tokenizer.empty())) {
     try {
-      tok = Tokenizer::from_model_file(ModelFile(cfg.model));
+      tok = Tokenizer::from_docs(*served_tokenizer_docs(cfg));
     } catch (const Error& e) {
       log_warn("no generated_text in the output: ", e.what());
     }

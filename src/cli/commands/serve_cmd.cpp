@@ -88,13 +88,14 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
       ctx.pooler = *sentence_transformers_pooler(*modules, pooling ? *pooling : "");
     }
     if (const auto hf = file.text("config", "hf_config.json")) read_matryoshka(ctx.pooler, nlohmann::json::parse(*hf, nullptr, false));
-    if (file.text("tokenizer", "tokenizer.json")) {
-      tok = Tokenizer::from_model_file(file);
-      // The table of token texts (log-probability entries), made now rather than by the first request.
-      if (tok->vocab_size() > 0) tok->token_string(0);
-      chat = ChatTemplate::from_model_file(file, cfg.chat_template);
-    }
     if (cfg.generation_config == "auto") ctx.sampling_defaults = generation_config_defaults(file, runner.spec().vocab_size);
+  }
+  if (const auto docs = served_tokenizer_docs(cfg); docs && docs->tokenizer_json) {
+    tok = Tokenizer::from_docs(*docs);
+    // The table of token texts (log-probability entries), made now rather than by the first request.
+    if (tok->vocab_size() > 0) tok->token_string(0);
+    chat = ChatTemplate::from_docs(*docs, cfg.chat_template);
+    if (!cfg.tokenizer.empty()) log_info("tokenizer and chat template from ", docs->origin);
   }
   if (!cfg.override_generation_config.empty())
     ctx.sampling_defaults = override_generation_defaults(ctx.sampling_defaults, cfg.override_generation_config, runner.spec().vocab_size);

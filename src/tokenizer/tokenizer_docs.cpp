@@ -1,0 +1,69 @@
+#include "tokenizer/tokenizer_docs.h"
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "common/file_util.h"
+#include "model/model_file.h"
+
+namespace llmserve {
+namespace fs = std::filesystem;
+
+TokenizerDocs TokenizerDocs::of_model_file(const ModelFile& file) {
+  TokenizerDocs d;
+  d.origin = cat("model file '", file.path(), "'");
+  d.tokenizer_json = file.text("tokenizer", "tokenizer.json");
+  d.tokenizer_config_json = file.text("tokenizer", "tokenizer_config.json");
+  d.generation_config_json = file.text("tokenizer", "generation_config.json");
+  d.chat_template = file.text("tokenizer", "chat_template");
+  return d;
+}
+
+TokenizerDocs TokenizerDocs::of_hf_dir(const std::string& dir_name) {
+  const fs::path dir(dir_name);
+  TokenizerDocs d;
+  d.origin = cat("'", dir_name, "'");
+  auto doc = [&](const char* name) -> std::optional<std::string> {
+    if (!fs::exists(dir / name)) return std::nullopt;
+    return read_file((dir / name).string());
+  };
+  d.tokenizer_json = doc("tokenizer.json");
+  d.tokenizer_config_json = doc("tokenizer_config.json");
+  d.generation_config_json = doc("generation_config.json");
+  if (fs::exists(dir / "chat_template.jinja")) {
+    d.chat_template_file = (dir / "chat_template.jinja").string();
+    d.chat_template = read_file(d.chat_template_file);
+  } else if (d.tokenizer_config_json) {
+    const auto tc = nlohmann::json::parse(*d.tokenizer_config_json, nullptr, false);
+    if (tc.is_discarded()) throw Error(cat("'", (dir / "tokenizer_config.json").string(), "' is not valid JSON"));
+    if (tc.is_object() && tc.contains("chat_template") && tc["chat_template"].is_string()) {
+      d.chat_template_file = (dir / "tokenizer_config.json").string();
+      d.chat_template = tc["chat_template"].get<std::string>();
+    }
+  }
+  return d;
+}
+
+TokenizerDocs TokenizerDocs::at(const std::string& path) {
+  std::error_code ec;
+  if (!fs::is_directory(path, ec)) {
+    try {
+      return at_file(path);
+    } catch (const Error& e) {
+      throw Error(cat("tokenizer '", path, "' is neither a tokenizer directory nor an llmserve model file with one: ", e.what()));
+    }
+  }
+  return checked(of_hf_dir(path));
+}
+
+TokenizerDocs TokenizerDocs::at_file(const std::string& path) { return checked(of_model_file(ModelFile(path))); }
+
+TokenizerDocs TokenizerDocs::checked(TokenizerDocs d) {
+  if (!d.tokenizer_json)
+    throw Error(cat("tokenizer ", d.origin, " has no tokenizer.json (a Hugging Face tokenizer directory or an llmserve model file "
+                    "converted with one)"));
+  return d;
+}
+
+}  // namespace llmserve
