@@ -2,7 +2,7 @@
 # A draft model (speculative_config method draft_model) against decoding a token a step, on dummy weights:
 # the served model is CONFIG's (load_format dummy), the draft the same config cut to its first DRAFT_LAYERS
 # layers, whose dummy weights are the served model's own (each tensor's are seeded by its name): a
-# layer-skipping draft of the served model. `llmserve generate` over 1 and 8 requests of 64 random prompt
+# layer-skipping draft of the served model (all its layers: the model itself). `llmserve generate` over 1 and 8 requests of 64 random prompt
 # tokens and 256 greedy output tokens; prints output tokens/s (the generate loop's count, load excluded),
 # the ratio, the drafts' acceptance, and on how many requests the tokens are those of decoding a token a
 # step. Random weights say nothing of a real draft's acceptance; this measures what a step with drafts
@@ -20,8 +20,8 @@ python3 - "$config" "$layers" "$work" <<'PY'
 import json, random, sys
 config, layers, work = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 c = json.load(open(config))
-if layers >= c["num_hidden_layers"]:
-    sys.exit(f"draft_model.sh: the draft's {layers} layers must be fewer than the model's {c['num_hidden_layers']}")
+if not 1 <= layers <= c["num_hidden_layers"]:
+    sys.exit(f"draft_model.sh: the draft's layers must be 1 to the model's {c['num_hidden_layers']}, got {layers}")
 c["num_hidden_layers"] = layers
 json.dump(c, open(f"{work}/draft.json", "w"))
 rng = random.Random(5)

@@ -243,6 +243,10 @@ const std::vector<Option>& options() {
        "JSON object of sampling defaults (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens) over the "
        "model's generation_config.json, or alone with generation_config vllm (as vLLM)",
        [](Config& c, const std::string& v) { c.override_generation_config = v; }},
+      {"stream_interval", Kind::Int,
+       "tokens a streamed answer gathers before it sends them (vLLM's; default 1: each step's at once): the first token "
+       "and the end go at once, others once this many are new",
+       [](Config& c, const std::string& v) { c.stream_interval = parse_int32("stream_interval", v); }},
       {"max_logprobs", Kind::Int, "the most log-probabilities a request may ask for: 0 to 20 (vLLM's default 20)",
        [](Config& c, const std::string& v) { c.max_logprobs = parse_int32("max_logprobs", v); }},
       {"tokenizer", Kind::String,
@@ -623,6 +627,7 @@ void config_validate(const Config& c) {
   if (c.response_role.empty()) fail("response_role must not be empty");
   if (c.generation_config != "auto" && c.generation_config != "vllm")
     fail(cat("generation_config must be auto or vllm (a folder of its own is not supported), got '", c.generation_config, "'"));
+  if (c.stream_interval < 1) fail(cat("stream_interval must be >= 1, got ", c.stream_interval));
   if (c.max_logprobs < 0 || c.max_logprobs > 20)
     fail(cat("max_logprobs must be between 0 and 20 (the GPU kernels' limit), got ", c.max_logprobs));
   if (std::find(std::begin(parsers), std::end(parsers), c.tool_call_parser) == std::end(parsers))

@@ -41,7 +41,12 @@ uint64_t mix(uint64_t x) {
 }  // namespace
 
 Engine::Engine(ModelRunner& runner, const Tokenizer* tokenizer, uint64_t seed)
-    : runner_(runner), tok_(tokenizer), seed_(seed), worker_(runner), sched_(scheduler_config(runner)) {
+    : runner_(runner),
+      tok_(tokenizer),
+      seed_(seed),
+      stream_interval_(std::max(1, runner.config().stream_interval)),
+      worker_(runner),
+      sched_(scheduler_config(runner)) {
   if (runner_.draft()) drafter_ = std::make_unique<DraftModel>(*runner_.draft(), runner_.spec().vocab_size);
   const auto& modules = runner_.lora_modules();  // (uids 1..; the runner loaded the first into slots 1..)
   lora_slots_.resize(static_cast<size_t>(runner_.lora_slots()));
@@ -461,6 +466,17 @@ void Engine::fail_seq(uint64_t seq_id, std::vector<uint64_t>& touched) {
   finish_seq(seq_id, "error", "", touched);
 }
 
+bool Engine::stream_due(const Request& r) const {
+  for (uint64_t sid : r.seqs) {
+    const SeqOut& so = seq_out_.at(sid);
+    const size_t n = so.out.token_ids.size();
+    if ((so.reported == 0 && n > 0) || n - so.reported >= static_cast<size_t>(stream_interval_) ||
+        (so.out.finished() && !so.finish_reported))
+      return true;
+  }
+  return false;
+}
+
 RequestOutput Engine::snapshot(Request& r) {
   RequestOutput o;
   o.request_id = r.id;
@@ -507,6 +523,7 @@ RequestOutput Engine::snapshot(Request& r) {
     so.emitted = safe;
     c.delta_tokens = so.out.token_ids.size() - so.reported;
     so.reported = so.out.token_ids.size();
+    so.finish_reported = so.out.finished();
     c.logprobs.assign(so.logprobs.begin() + static_cast<std::ptrdiff_t>(c.logprobs_from), so.logprobs.end());
     so.logprobs_reported = so.logprobs.size();
   }
@@ -587,6 +604,9 @@ std::vector<RequestOutput> Engine::step() {
     auto it = requests_.find(rid);
     if (it == requests_.end()) continue;
     if (it->second.params.output_kind == OutputKind::FinalOnly && it->second.unfinished > 0) continue;
+    if (stream_interval_ > 1 && it->second.params.output_kind == OutputKind::Delta && it->second.unfinished > 0 &&
+        !stream_due(it->second))
+      continue;
     outs.push_back(snapshot(it->second));
     if (outs.back().finished) {
       for (uint64_t sid : it->second.seqs) seq_out_.erase(sid);

@@ -154,6 +154,7 @@ class Engine {
     size_t emitted = 0;     // bytes of text already handed out
     size_t reported = 0;    // tokens already handed out
     bool cut_at_stop = false;  // a stop string ended the text: nothing more belongs to it
+    bool finish_reported = false;  // its finish went out
     std::vector<TokenLogprob> logprobs;  // every token's (out.logprobs carries a snapshot's part)
     size_t logprobs_reported = 0;        // entries already handed out
     CompletionOutput out;
@@ -196,6 +197,9 @@ class Engine {
   // A pooling sequence's vector (t.position kPooled): its request's embedding, and the sequence done.
   void finish_pooled(const SampledToken& t, std::vector<uint64_t>& touched);
   RequestOutput snapshot(Request& r);
+  // stream_interval (OutputKind::Delta): whether an unfinished request's output goes out now: a sequence's
+  // first tokens, a finish not yet sent, or stream_interval new tokens of a sequence.
+  bool stream_due(const Request& r) const;
 
   // Puts the runtime LoRA loads planned since the last step on `plan` (one that is dispatched).
   void attach_lora_loads(StepPlan& plan);
@@ -236,6 +240,7 @@ class Engine {
   };
   std::deque<LoraWaiting> lora_waiting_;
   uint64_t seed_;
+  int stream_interval_ = 1;  // the configuration's stream_interval
   Worker worker_;
   Scheduler sched_;
   std::unique_ptr<DraftModel> drafter_;

@@ -337,6 +337,53 @@ TEST(Engine, DeltaAndFinalOnlyOutputsRebuildTheCumulativeOnes) {
   EXPECT_TRUE(std::prev(acc.end())->second.prompt_logprobs);
 }
 
+// vLLM's stream_interval: streamed (Delta) outputs go out with a sequence's first tokens, a finish, or once
+// a sequence has that many new tokens; put together they are the whole answer, as without it.
+TEST(Engine, StreamIntervalGathersDeltas) {
+  Fixture s;
+  const auto pub = golden()["public"];
+  auto run = [&](int interval, OutputKind kind) {
+    s.cfg.stream_interval = interval;  // (read by the engine)
+    Engine e(*s.runner, s.tok.get(), 0);
+    SamplingParams a;
+    a.n = 2, a.temperature = 1.0, a.seed = 7, a.max_tokens = 14, a.logprobs = 2, a.ignore_eos = true;
+    SamplingParams b = greedy(23);
+    for (SamplingParams* p : {&a, &b}) p->output_kind = kind;
+    e.add_request(pub[3]["ids"].get<std::vector<int32_t>>(), a);
+    e.add_request(pub[1]["ids"].get<std::vector<int32_t>>(), b);
+    std::map<uint64_t, std::vector<RequestOutput>> outs;
+    for (int guard = 0; e.has_unfinished() && guard < 10000; ++guard)
+      for (auto& o : e.step()) outs[o.request_id].push_back(std::move(o));
+    return outs;
+  };
+  const auto want = run(1, OutputKind::Cumulative);
+  const auto every = run(1, OutputKind::Delta);
+  const auto gathered = run(4, OutputKind::Delta);
+  s.cfg.stream_interval = 1;
+  ASSERT_EQ(gathered.size(), 2u);
+  for (const auto& [id, list] : gathered) {
+    SCOPED_TRACE(cat("request ", id));
+    EXPECT_LT(list.size(), every.at(id).size());
+    RequestOutput acc;
+    for (size_t i = 0; i < list.size(); ++i) {
+      const RequestOutput& d = list[i];
+      bool due = i == 0 || d.finished;
+      for (const auto& c : d.outputs) due = due || c.delta_tokens >= 4 || c.finished();
+      EXPECT_TRUE(due) << "output " << i;
+      accumulate_output(acc, RequestOutput(d));
+    }
+    const RequestOutput& w = want.at(id).back();
+    ASSERT_TRUE(acc.finished && w.finished);
+    ASSERT_EQ(acc.outputs.size(), w.outputs.size());
+    for (size_t k = 0; k < w.outputs.size(); ++k) {
+      EXPECT_EQ(acc.outputs[k].token_ids, w.outputs[k].token_ids);
+      EXPECT_EQ(acc.outputs[k].text, w.outputs[k].text);
+      EXPECT_EQ(acc.outputs[k].logprobs.size(), w.outputs[k].logprobs.size());
+      EXPECT_EQ(acc.outputs[k].finish_reason, w.outputs[k].finish_reason);
+    }
+  }
+}
+
 namespace {
 
 // Greedy and sampled requests of the golden prompts with every sampling setting that reads a

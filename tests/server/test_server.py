@@ -1580,6 +1580,20 @@ def main():
                   and sp.metric("llmserve:spec_decode_num_drafts_total") > 0, (drafts, accepted))
         finally:
             sp.stop()
+    # stream_interval (vLLM's): a stream's chunks carry the first token alone, then at least 4 tokens each
+    # until the last; the text is the whole answer's.
+    si = Server("--stream-interval", "4")
+    try:
+        body = {"model": "tiny", "prompt": "The cat sat on the mat.", "max_tokens": 15, "temperature": 0, "ignore_eos": True, "logprobs": 0}
+        st, whole = si.post("/v1/completions", body)
+        _, ev = si.stream_chunks("/v1/completions", {**body, "stream": True})
+        counts = [len(e["choices"][0]["logprobs"]["tokens"]) for e in ev if e.get("choices") and e["choices"][0].get("logprobs")]
+        text = "".join(e["choices"][0]["text"] for e in ev if e.get("choices"))
+        check("stream_interval 4: the first token alone, then chunks of 4 or more tokens, the last with the rest; the whole text",
+              st == 200 and counts[:1] == [1] and sum(counts) == 15 and all(c >= 4 for c in counts[1:-1]) and len(counts) < 15
+              and text == whole["choices"][0]["text"], (counts, text, whole))
+    finally:
+        si.stop()
     # LoRA adapters (enable_lora, lora_modules; tests/model/make_tiny_lora.py's two): /v1/models lists them
     # under the base model; concurrent completions (streamed or not) and chats of the base model and of each
     # adapter answer as llmserve generate does for the same lines; an unknown model is a 404.

@@ -387,3 +387,17 @@ TEST(Config, TokenizerAndTokenizerMode) {
   EXPECT_EQ(y.tokenizer, "/tok");
   EXPECT_EQ(y.tokenizer_mode, "hf");
 }
+
+TEST(Config, StreamInterval) {
+  Config c;
+  config_parse_args(c, {"--model", "m.h5", "--stream-interval", "8"});
+  EXPECT_EQ(c.stream_interval, 8);
+  EXPECT_NO_THROW(config_validate(c));
+  c.stream_interval = 0;
+  try {
+    config_validate(c);
+    ADD_FAILURE() << "stream_interval 0 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("stream_interval must be >= 1, got 0"), std::string::npos) << e.what();
+  }
+}
