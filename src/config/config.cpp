@@ -130,6 +130,11 @@ Option accepted_count(const char* key, int least, const char* help) {
           }};
 }
 
+// The same for a vLLM text option (any value).
+Option accepted_text(const char* key, const char* help) {
+  return {key, Kind::String, help, [](Config&, const std::string&) {}};
+}
+
 const std::vector<Option>& options() {
   static const std::vector<Option> opts = {
       {"model", Kind::String, "path to the model file (.h5, made by llmserve-convert)",
@@ -316,6 +321,11 @@ const std::vector<Option>& options() {
       accepted_flag("disable_cascade_attn",
                     "accepted as vLLM's; no effect: llmserve's attention has no cascade (shared-prefix) form"),
       accepted_flag("trust_remote_code", "accepted as vLLM's; no effect: llmserve runs no code from model repositories"),
+      accepted_text("revision", "vLLM's hub revision of the model; accepted, no effect: llmserve serves local files only "
+                                "(vLLM ignores it for a local path too)"),
+      accepted_text("code_revision", "vLLM's hub revision of the model's code; accepted, no effect: no code is fetched or run"),
+      accepted_text("tokenizer_revision", "vLLM's hub revision of the tokenizer; accepted, no effect: local files only"),
+      accepted_text("download_dir", "vLLM's directory for downloaded weights; accepted, no effect: llmserve downloads nothing"),
       accepted_flag("enable_auto_tool_choice",
                     "accepted as vLLM's; no effect: tool calls are read from chat output unless tool_call_parser is none"),
       {"seed", Kind::Int, "random seed",

@@ -401,3 +401,16 @@ TEST(Config, StreamInterval) {
     EXPECT_NE(std::string(e.what()).find("stream_interval must be >= 1, got 0"), std::string::npos) << e.what();
   }
 }
+
+// vLLM's hub options, accepted for launch lines that carry them (llmserve reads local files only).
+TEST(Config, HubOptionsAcceptedWithoutEffect) {
+  Config c, plain;
+  config_parse_args(c, {"--model", "m.h5", "--revision", "main", "--code-revision", "v1", "--tokenizer-revision", "abc123",
+                        "--download-dir", "/scratch/hf"});
+  config_parse_args(plain, {"--model", "m.h5"});
+  EXPECT_NO_THROW(config_validate(c));
+  EXPECT_EQ(c.model, plain.model);
+  EXPECT_EQ(c.tokenizer, plain.tokenizer);
+  Config y;
+  EXPECT_NO_THROW(config_parse_args(y, {write_yaml("model: m.h5\nrevision: main\ndownload_dir: /tmp/x\n")}));
+}
