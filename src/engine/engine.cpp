@@ -639,7 +639,14 @@ void Engine::step_sync(int64_t& step_tokens, std::vector<uint64_t>& touched) {
     if (drafter_) {  // the draft model's proposals for the decodes the plan may feed them to
       const auto t_draft = std::chrono::steady_clock::now();
       const auto candidates = sched_.draft_candidates();
-      if (!candidates.empty()) drafter_->propose(candidates);
+      try {
+        if (!candidates.empty()) drafter_->propose(candidates);
+      } catch (const std::exception& e) {
+        // Drafts are an optimization: without them every request goes on as decoding a token a step.
+        log_warn("speculative decoding: the draft model failed (", e.what(), "); decoding goes on without drafts");
+        for (const auto& c : candidates) c.first->proposed.clear();
+        drafter_.reset();
+      }
       times_.draft += seconds_since(t_draft);
     }
     const auto t_sched = std::chrono::steady_clock::now();
