@@ -1,7 +1,5 @@
 #include "chat/chat_template.h"
 
-#include "tokenizer/tokenizer_docs.h"
-
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -11,6 +9,7 @@
 #include "common/json_text.h"
 #include "common/log.h"
 #include "model/model_file.h"
+#include "tokenizer/tokenizer_docs.h"
 
 namespace llmserve {
 using ojson = nlohmann::ordered_json;

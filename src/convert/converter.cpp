@@ -12,7 +12,6 @@
 #include <cstring>
 
 #include "chat/chat_template.h"
-#include "tokenizer/tokenizer_docs.h"
 #include "common/dtype.h"
 #include "common/error.h"
 #include "common/file_util.h"
@@ -23,6 +22,7 @@
 #include "model/pooler_config.h"
 #include "model/weight_names.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_docs.h"
 
 namespace llmserve {
 namespace fs = std::filesystem;

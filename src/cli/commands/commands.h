@@ -1,16 +1,15 @@
 // llmserve subcommands. Each runs on every MPI rank and returns the process exit code.
 #pragma once
-#include <optional>
-
-#include "tokenizer/tokenizer_docs.h"
 #include <mpi.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "config/config.h"
 #include "server/openai_api.h"
+#include "tokenizer/tokenizer_docs.h"
 
 namespace llmserve {
 
