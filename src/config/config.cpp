@@ -130,6 +130,70 @@ Option accepted_count(const char* key, int least, const char* help) {
           }};
 }
 
+// vLLM's structured-output backends; llmserve has its own (src/engine/guided.h) behind every name.
+bool structured_outputs_backend(const std::string& name) {
+  return name == "auto" || name == "xgrammar" || name == "guidance" || name == "outlines" || name == "lm-format-enforcer";
+}
+
+// vLLM's structured_outputs_config, a JSON object: backend, disable_fallback, disable_any_whitespace,
+// disable_additional_properties, reasoning_parser (as the reasoning_parser option), reasoning_parser_plugin
+// (empty only), enable_in_reasoning (false only).
+void set_structured_outputs_config(Config& c, const std::string& text) {
+  const auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) throw Error(cat("config: structured_outputs_config must be a JSON object, got '", text, "'"));
+  auto boolean = [&](const std::string& key, const nlohmann::json& v) {
+    if (!v.is_boolean()) throw Error(cat("config: structured_outputs_config: ", key, " must be true or false, got ", v.dump()));
+    return v.get<bool>();
+  };
+  for (const auto& [key, v] : j.items()) {
+    if (v.is_null()) continue;
+    if (key == "backend") {
+      if (!v.is_string() || !structured_outputs_backend(v.get<std::string>()))
+        throw Error(cat("config: structured_outputs_config: backend must be auto, xgrammar, guidance, outlines or lm-format-enforcer, got ",
+                        v.dump()));
+      c.structured_outputs_backend = v.get<std::string>();
+    } else if (key == "disable_any_whitespace") {
+      c.disable_any_whitespace = boolean(key, v);
+    } else if (key == "disable_fallback" || key == "disable_additional_properties") {
+      boolean(key, v);  // (one backend: nothing to fall back to; schemas are read as xgrammar reads them)
+    } else if (key == "reasoning_parser") {
+      if (!v.is_string()) throw Error(cat("config: structured_outputs_config: reasoning_parser must be a string, got ", v.dump()));
+      if (!v.get<std::string>().empty()) c.reasoning_parser = v.get<std::string>();
+    } else if (key == "reasoning_parser_plugin") {
+      if (!v.is_string() || !v.get<std::string>().empty())
+        throw Error("config: structured_outputs_config: reasoning_parser_plugin is not supported (llmserve loads no Python plugins)");
+    } else if (key == "enable_in_reasoning") {
+      if (boolean(key, v))
+        throw Error("config: structured_outputs_config: enable_in_reasoning true is not supported: guided decoding applies after "
+                    "the reasoning");
+    } else {
+      throw Error(cat("config: structured_outputs_config: '", key, "' is not supported (known: backend, disable_fallback, ",
+                      "disable_any_whitespace, disable_additional_properties, reasoning_parser, enable_in_reasoning)"));
+    }
+  }
+}
+
+// vLLM's older guided_decoding_backend: a backend's name, with options after a colon (disable-any-whitespace,
+// no-fallback, disable-additional-properties), as vLLM 0.8 took them.
+void set_guided_decoding_backend(Config& c, const std::string& v) {
+  const size_t colon = v.find(':');
+  const std::string name = v.substr(0, colon);
+  if (!structured_outputs_backend(name))
+    throw Error(cat("config: guided_decoding_backend must be auto, xgrammar, guidance, outlines or lm-format-enforcer, got '", v, "'"));
+  c.structured_outputs_backend = name;
+  if (colon == std::string::npos) return;
+  std::stringstream opts(v.substr(colon + 1));
+  for (std::string o; std::getline(opts, o, ',');) {
+    o = trim(o);
+    if (o == "disable-any-whitespace") {
+      c.disable_any_whitespace = true;
+    } else if (o != "no-fallback" && o != "disable-additional-properties") {
+      throw Error(cat("config: guided_decoding_backend option '", o, "' is not supported (disable-any-whitespace, no-fallback, "
+                      "disable-additional-properties)"));
+    }
+  }
+}
+
 // The same for a vLLM text option (any value).
 Option accepted_text(const char* key, const char* help) {
   return {key, Kind::String, help, [](Config&, const std::string&) {}};
@@ -220,6 +284,15 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.api_key = v; }},
       {"tool_call_parser", Kind::String, "auto | hermes | llama3_json | mistral | none: how tool calls are read from chat output (auto: by the model's type)",
        [](Config& c, const std::string& v) { c.tool_call_parser = v; }},
+      {"structured_outputs_config", Kind::String,
+       "JSON object (or YAML mapping) of vLLM's structured outputs: backend (auto, xgrammar, guidance, outlines, "
+       "lm-format-enforcer: all llmserve's own), disable_any_whitespace (JSON guides without whitespace unless a request "
+       "says otherwise), disable_fallback, disable_additional_properties (accepted), reasoning_parser",
+       [](Config& c, const std::string& v) { set_structured_outputs_config(c, v); }},
+      {"guided_decoding_backend", Kind::String,
+       "vLLM's older name of structured_outputs_config's backend, with options after a colon: disable-any-whitespace, "
+       "no-fallback, disable-additional-properties",
+       [](Config& c, const std::string& v) { set_guided_decoding_backend(c, v); }},
       {"reasoning_parser", Kind::String,
        "none | qwen3 | deepseek_r1 (vLLM's): a chat answer's <think>...</think> goes to the message's `reasoning`, the rest is its content",
        [](Config& c, const std::string& v) { c.reasoning_parser = v; }},
@@ -405,7 +478,8 @@ void config_load_yaml(Config& cfg, const std::string& path) {
     seen.push_back(key);
     if (v.IsNull()) continue;  // `api_key:` with no value leaves the default
     if ((key == "hf_overrides" || key == "override_generation_config" || key == "pooler_config" ||
-         key == "override_pooler_config" || key == "speculative_config") && v.IsMap()) {  // a mapping, as vLLM's YAML configs write it
+         key == "override_pooler_config" || key == "speculative_config" || key == "structured_outputs_config") &&
+        v.IsMap()) {  // a mapping, as vLLM's YAML configs write it
       config_set(cfg, key, yaml_to_json(v).dump(), origin);
       continue;
     }

@@ -49,6 +49,10 @@ struct Config {
   std::string api_key;
   std::string tool_call_parser = "auto";  // auto | hermes | llama3_json | none
   std::string reasoning_parser = "none";  // none | qwen3 | deepseek_r1 (server/reasoning_parser.h)
+  // vLLM's structured_outputs_config / guided_decoding_backend: the backend named (llmserve's own serves
+  // every name) and disable_any_whitespace, the default of requests' structured_outputs.disable_any_whitespace.
+  std::string structured_outputs_backend = "auto";
+  bool disable_any_whitespace = false;
   std::vector<std::string> served_model_name;  // empty: the model path
   std::vector<std::string> allowed_origins = {"*"};  // CORS (vLLM's default: any origin)
   std::vector<std::string> allowed_methods = {"*"};  // CORS preflights' methods (vLLM's default: any)

@@ -43,6 +43,7 @@ struct ApiContext {
   bool prompt_tokens_details = false;  // usage.prompt_tokens_details.cached_tokens (enable_prompt_tokens_details)
   bool tokens_as_ids = false;          // return_tokens_as_token_ids: a request's default
   bool force_include_usage = false;    // enable_force_include_usage: streams end with usage whatever stream_options says
+  bool guided_compact = false;         // structured_outputs_config disable_any_whitespace: a request's default
   std::string response_role = "assistant";  // a chat answer's role after a generation prompt
   int max_logprobs = 20;
   bool priority_scheduling = false;  // scheduling_policy priority: requests may set `priority`

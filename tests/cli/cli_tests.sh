@@ -373,6 +373,35 @@ check "tokenizer: a directory without tokenizer.json" 1 "tokenizer '$fixtures' h
 check "tokenizer_mode mistral" 1 "tokenizer_mode 'mistral' is not supported: use auto, hf or slow" --once -- \
   "$llmserve" generate "$work/good.yaml" --tokenizer-mode mistral --input "$work/tok-in.jsonl" --output "$work/tok-bad.jsonl"
 [ -e "$work/tok-bad.jsonl" ] && { failed=$((failed + 1)); echo "FAIL a tokenizer error left an output file"; }
+# structured_outputs_config (vLLM's) disable_any_whitespace, and the older guided_decoding_backend with its
+# option: JSON guides write no whitespace outside strings (sampled, so that the model would otherwise).
+printf '{"prompt": "JSON:", "max_tokens": 40, "temperature": 0.9, "seed": 3, "response_format": {"type": "json_object"}}\n{"prompt": "Data:", "max_tokens": 40, "temperature": 0.9, "seed": 5, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}}, "required": ["a", "b"]}}}}\n' >"$work/so-in.jsonl"
+for opt in "--structured-outputs-config={\"backend\": \"xgrammar\", \"disable_any_whitespace\": true}" "--guided-decoding-backend=xgrammar:disable-any-whitespace"; do
+  rm -f "$work/so-out.jsonl"
+  "$llmserve" generate "$work/good.yaml" "$opt" --input "$work/so-in.jsonl" --output "$work/so-out.jsonl" >/dev/null 2>&1
+  if python3 - "$work/so-out.jsonl" <<'PY'
+import json, sys
+texts = [json.loads(l)["outputs"][0]["text"] for l in open(sys.argv[1])]
+def spaced(t):  # whitespace outside JSON strings
+    inside = esc = False
+    for ch in t:
+        if inside:
+            esc, inside = (not esc and ch == "\\"), (inside if esc or ch != '"' else False)
+        elif ch == '"':
+            inside = True
+        elif ch in " \t\n\r":
+            return True
+    return False
+sys.exit(0 if len(texts) == 2 and all(t.startswith("{") and not spaced(t) for t in texts) else 1)
+PY
+  then passed=$((passed + 1)); echo "PASS generate: ${opt%%=*}: JSON without whitespace"
+  else failed=$((failed + 1)); echo "FAIL generate: ${opt%%=*}: whitespace in the JSON"; cat "$work/so-out.jsonl" 2>/dev/null | head -2; fi
+done
+check "structured_outputs_config: an unknown backend" 1 "structured_outputs_config: backend must be auto, xgrammar, guidance, outlines or lm-format-enforcer" --once -- \
+  "$llmserve" generate "$work/good.yaml" --structured-outputs-config '{"backend": "regexp"}' --input "$work/so-in.jsonl" --output "$work/so-bad.jsonl"
+check "structured_outputs_config: enable_in_reasoning" 1 "enable_in_reasoning true is not supported" --once -- \
+  "$llmserve" generate "$work/good.yaml" --structured-outputs-config '{"enable_in_reasoning": true}' --input "$work/so-in.jsonl" --output "$work/so-bad.jsonl"
+[ -e "$work/so-bad.jsonl" ] && { failed=$((failed + 1)); echo "FAIL a structured_outputs_config error left an output file"; }
 # LoRA adapters (enable_lora, lora_modules; tests/model/make_tiny_lora.py's two): requests of the base model and of
 # both adapters (a line's `model`) in one batch each get the output they get alone, also when max_loras 1 makes
 # the adapters take turns; an adapter's greedy answer is not the base model's. (run_lora.sh checks the logits.)

@@ -1581,9 +1581,27 @@ def main():
         finally:
             sp.stop()
     # stream_interval (vLLM's): a stream's chunks carry the first token alone, then at least 4 tokens each
-    # until the last; the text is the whole answer's.
-    si = Server("--stream-interval", "4")
+    # until the last; the text is the whole answer's. structured_outputs_config disable_any_whitespace (same
+    # server): a JSON answer without whitespace outside strings, unless the request says otherwise.
+    si = Server("--stream-interval", "4", "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}))
     try:
+        def spaced(t):  # whitespace outside JSON strings
+            inside = esc = False
+            for ch in t:
+                if inside:
+                    esc, inside = (not esc and ch == "\\"), (inside if esc or ch != '"' else False)
+                elif ch == '"':
+                    inside = True
+                elif ch in " \t\n\r":
+                    return True
+            return False
+        compact = []
+        for seed in (3, 4, 5):
+            st, r = si.post("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "JSON please"}], "max_tokens": 40,
+                                                     "temperature": 0.9, "seed": seed, "response_format": {"type": "json_object"}})
+            compact.append(r["choices"][0]["message"]["content"] if st == 200 else r)
+        check("structured_outputs_config disable_any_whitespace: JSON answers without whitespace outside strings",
+              all(isinstance(t, str) and t.startswith("{") and not spaced(t) for t in compact), compact)
         body = {"model": "tiny", "prompt": "The cat sat on the mat.", "max_tokens": 15, "temperature": 0, "ignore_eos": True, "logprobs": 0}
         st, whole = si.post("/v1/completions", body)
         _, ev = si.stream_chunks("/v1/completions", {**body, "stream": True})

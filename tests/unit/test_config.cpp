@@ -414,3 +414,43 @@ TEST(Config, HubOptionsAcceptedWithoutEffect) {
   Config y;
   EXPECT_NO_THROW(config_parse_args(y, {write_yaml("model: m.h5\nrevision: main\ndownload_dir: /tmp/x\n")}));
 }
+
+// vLLM's structured_outputs_config (JSON on the command line, a mapping in YAML) and the older
+// guided_decoding_backend with options after a colon.
+TEST(Config, StructuredOutputsConfig) {
+  Config c;
+  config_parse_args(c, {"--model", "m.h5", "--structured-outputs-config",
+                        R"({"backend": "guidance", "disable_any_whitespace": true, "disable_fallback": true, "reasoning_parser": "qwen3"})"});
+  EXPECT_EQ(c.structured_outputs_backend, "guidance");
+  EXPECT_TRUE(c.disable_any_whitespace);
+  EXPECT_EQ(c.reasoning_parser, "qwen3");
+  EXPECT_NO_THROW(config_validate(c));
+  Config y;
+  config_parse_args(y, {write_yaml("model: m.h5\nstructured_outputs_config:\n  backend: xgrammar\n  disable_any_whitespace: true\n")});
+  EXPECT_EQ(y.structured_outputs_backend, "xgrammar");
+  EXPECT_TRUE(y.disable_any_whitespace);
+  Config g;
+  config_parse_args(g, {"--model", "m.h5", "--guided-decoding-backend", "outlines"});
+  EXPECT_EQ(g.structured_outputs_backend, "outlines");
+  EXPECT_FALSE(g.disable_any_whitespace);
+  config_parse_args(g, {"--guided-decoding-backend", "xgrammar:no-fallback, disable-any-whitespace"});
+  EXPECT_TRUE(g.disable_any_whitespace);
+  auto error_of = [](std::vector<std::string> args) {
+    Config x;
+    try {
+      config_parse_args(x, args);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error_of({"--structured-outputs-config", R"({"backend": "regexp"})"}).find("backend must be auto, xgrammar"), std::string::npos);
+  EXPECT_NE(error_of({"--structured-outputs-config", R"({"disable_any_whitespace": 1})"}).find("must be true or false"), std::string::npos);
+  EXPECT_NE(error_of({"--structured-outputs-config", R"({"enable_in_reasoning": true})"}).find("enable_in_reasoning true is not supported"),
+            std::string::npos);
+  EXPECT_NE(error_of({"--structured-outputs-config", R"({"reasoning_parser_plugin": "p.py"})"}).find("not supported"), std::string::npos);
+  EXPECT_NE(error_of({"--structured-outputs-config", R"({"grammar": "x"})"}).find("'grammar' is not supported"), std::string::npos);
+  EXPECT_NE(error_of({"--structured-outputs-config", "[1]"}).find("must be a JSON object"), std::string::npos);
+  EXPECT_NE(error_of({"--guided-decoding-backend", "regexp"}).find("guided_decoding_backend must be auto"), std::string::npos);
+  EXPECT_NE(error_of({"--guided-decoding-backend", "xgrammar:fast"}).find("option 'fast' is not supported"), std::string::npos);
+}

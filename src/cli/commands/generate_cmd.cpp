@@ -87,7 +87,8 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
   std::unique_ptr<ChatTemplate> chat;
   agree(world, [&] {
     // The tokenizer, chat template and the model's generation_config defaults, as the server has them.
-    const nlohmann::json defaults = api_context(cfg, runner, tok, chat).sampling_defaults;
+    const ApiContext ctx = api_context(cfg, runner, tok, chat);
+    const nlohmann::json& defaults = ctx.sampling_defaults;
     std::ifstream in(input);
     if (!in) throw Error(cat("generate: cannot read '", input, "'"));
     std::string line;
@@ -98,6 +99,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
         Job job;
         job.line = n;
         job.prompt = prompt_from_json(j, tok.get(), chat.get());
+        job.params.guided_compact = ctx.guided_compact;
         sampling_params_from_json(defaults, job.params);  // the model's generation_config.json, then the line's
         sampling_params_from_json(parse_json(line), job.params);
         if (job.params.guided == "json_schema") job.params.guided_schema = guided_schema_as_sent(parse_json<nlohmann::ordered_json>(line));

@@ -116,6 +116,7 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
   // (Mistral's v11 format for a tokenizer with an [ARGS] token, as vLLM's parser decides.)
   ctx.tool_format = tool_format_for(cfg.tool_call_parser, runner.spec().model_type, tok && tok->token_to_id("[ARGS]"));
   ctx.reasoning = cfg.reasoning_parser != "none";
+  ctx.guided_compact = cfg.disable_any_whitespace;
   ctx.prompt_tokens_details = cfg.enable_prompt_tokens_details;
   ctx.tokens_as_ids = cfg.return_tokens_as_token_ids;
   ctx.force_include_usage = cfg.enable_force_include_usage;
