@@ -379,19 +379,11 @@ printf '{"prompt": "JSON:", "max_tokens": 40, "temperature": 0.9, "seed": 3, "re
 for opt in "--structured-outputs-config={\"backend\": \"xgrammar\", \"disable_any_whitespace\": true}" "--guided-decoding-backend=xgrammar:disable-any-whitespace"; do
   rm -f "$work/so-out.jsonl"
   "$llmserve" generate "$work/good.yaml" "$opt" --input "$work/so-in.jsonl" --output "$work/so-out.jsonl" >/dev/null 2>&1
-  if python3 - "$work/so-out.jsonl" <<'PY'
+  if python3 - "$work/so-out.jsonl" "$here/.." <<'PY'
 import json, sys
+sys.path.insert(0, sys.argv[2])
+from json_whitespace import spaced
 texts = [json.loads(l)["outputs"][0]["text"] for l in open(sys.argv[1])]
-def spaced(t):  # whitespace outside JSON strings
-    inside = esc = False
-    for ch in t:
-        if inside:
-            esc, inside = (not esc and ch == "\\"), (inside if esc or ch != '"' else False)
-        elif ch == '"':
-            inside = True
-        elif ch in " \t\n\r":
-            return True
-    return False
 sys.exit(0 if len(texts) == 2 and all(t.startswith("{") and not spaced(t) for t in texts) else 1)
 PY
   then passed=$((passed + 1)); echo "PASS generate: ${opt%%=*}: JSON without whitespace"

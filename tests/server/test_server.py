@@ -1585,21 +1585,13 @@ def main():
     # server): a JSON answer without whitespace outside strings, unless the request says otherwise.
     si = Server("--stream-interval", "4", "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}))
     try:
-        def spaced(t):  # whitespace outside JSON strings
-            inside = esc = False
-            for ch in t:
-                if inside:
-                    esc, inside = (not esc and ch == "\\"), (inside if esc or ch != '"' else False)
-                elif ch == '"':
-                    inside = True
-                elif ch in " \t\n\r":
-                    return True
-            return False
         compact = []
         for seed in (3, 4, 5):
             st, r = si.post("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "JSON please"}], "max_tokens": 40,
                                                      "temperature": 0.9, "seed": seed, "response_format": {"type": "json_object"}})
             compact.append(r["choices"][0]["message"]["content"] if st == 200 else r)
+        sys.path.insert(0, os.path.join(HERE, ".."))
+        from json_whitespace import spaced
         check("structured_outputs_config disable_any_whitespace: JSON answers without whitespace outside strings",
               all(isinstance(t, str) and t.startswith("{") and not spaced(t) for t in compact), compact)
         body = {"model": "tiny", "prompt": "The cat sat on the mat.", "max_tokens": 15, "temperature": 0, "ignore_eos": True, "logprobs": 0}
