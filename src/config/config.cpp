@@ -369,6 +369,28 @@ const std::vector<Option>& options() {
       {"chat_template_content_format", Kind::String,
        "auto | string (vLLM's): message content reaches the chat template as a string, its text parts joined",
        [](Config& c, const std::string& v) { c.chat_template_content_format = v; }},
+      {"task", Kind::String,
+       "vLLM's older choice of what to serve: auto, generate (runner generate), embed / embedding (runner pooling), "
+       "classify / score (runner pooling, a sequence-classification checkpoint); reward, transcription and draft are refused",
+       [](Config& c, const std::string& v) {
+         if (v == "generate") {
+           c.runner = "generate";
+         } else if (v == "embed" || v == "embedding" || v == "classify" || v == "score") {
+           c.runner = "pooling";
+         } else if (v != "auto") {
+           throw Error(cat("config: task '", v, "' is not supported: use auto, generate, embed, classify or score (or runner)"));
+         }
+         c.task = v;
+       }},
+      {"distributed_executor_backend", Kind::String,
+       "vLLM's: mp, uni or external_launcher are accepted (llmserve's workers are the MPI ranks mpirun starts); ray is refused",
+       [](Config&, const std::string& v) {
+         if (v == "ray")
+           throw Error("config: distributed_executor_backend ray is not supported: llmserve's workers are MPI ranks (launch with "
+                       "mpirun, srun or the Slurm scripts in scripts/slurm/)");
+         if (v != "mp" && v != "uni" && v != "external_launcher")
+           throw Error(cat("config: distributed_executor_backend must be mp, uni or external_launcher, got '", v, "'"));
+       }},
       {"data_parallel_size", Kind::Int, "vLLM's; only 1: run one server per replica (a load balancer in front)",
        [](Config& c, const std::string& v) { c.data_parallel_size = parse_int32("data_parallel_size", v); }},
       {"ssl_keyfile", Kind::String, "vLLM's TLS key; refused: llmserve serves plain HTTP (put a TLS proxy in front)",

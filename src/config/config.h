@@ -72,6 +72,7 @@ struct Config {
   bool enable_server_load_tracking = false;   // GET /load counts requests in flight (vLLM's)
   bool return_tokens_as_token_ids = false;    // log-probability entries name tokens "token_id:<id>" unless a request says (vLLM's)
   std::string runner = "auto";               // auto | generate | pooling (vLLM's; pooling serves /v1/embeddings)
+  std::string task = "auto";                 // vLLM's older task (sets runner; classify / score want a classifier)
   std::string convert = "auto";              // auto | embed (vLLM's: embed makes a generative model a pooling one)
   std::string pooler_config;                 // JSON object: pooling_type LAST | MEAN | CLS, normalize, dimensions (vLLM's)
   std::string uvicorn_log_level = "info";    // vLLM's: warning, error or critical also silence the access log

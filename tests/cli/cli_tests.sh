@@ -394,6 +394,11 @@ check "structured_outputs_config: an unknown backend" 1 "structured_outputs_conf
 check "structured_outputs_config: enable_in_reasoning" 1 "enable_in_reasoning true is not supported" --once -- \
   "$llmserve" generate "$work/good.yaml" --structured-outputs-config '{"enable_in_reasoning": true}' --input "$work/so-in.jsonl" --output "$work/so-bad.jsonl"
 [ -e "$work/so-bad.jsonl" ] && { failed=$((failed + 1)); echo "FAIL a structured_outputs_config error left an output file"; }
+# task (vLLM's older option): classify and score want a sequence-classification checkpoint (a run-batch stops
+# before reading its input, writing nothing).
+check "task classify on a causal LM" 1 "task classify needs a sequence-classification checkpoint \(\*ForSequenceClassification\); Qwen2ForCausalLM is not one" --once -- \
+  "$llmserve" run-batch "$work/good.yaml" --task classify -i "$work/tok-in.jsonl" -o "$work/task-out.jsonl"
+[ -e "$work/task-out.jsonl" ] && { failed=$((failed + 1)); echo "FAIL a task error left an output file"; }
 # LoRA adapters (enable_lora, lora_modules; tests/model/make_tiny_lora.py's two): requests of the base model and of
 # both adapters (a line's `model`) in one batch each get the output they get alone, also when max_loras 1 makes
 # the adapters take turns; an adapter's greedy answer is not the base model's. (run_lora.sh checks the logits.)

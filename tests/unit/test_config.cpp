@@ -454,3 +454,30 @@ TEST(Config, StructuredOutputsConfig) {
   EXPECT_NE(error_of({"--guided-decoding-backend", "regexp"}).find("guided_decoding_backend must be auto"), std::string::npos);
   EXPECT_NE(error_of({"--guided-decoding-backend", "xgrammar:fast"}).find("option 'fast' is not supported"), std::string::npos);
 }
+
+// vLLM's older task (it picks the runner) and distributed_executor_backend (MPI ranks are the workers).
+TEST(Config, TaskAndDistributedExecutorBackend) {
+  auto parsed = [](std::vector<std::string> args) {
+    Config c;
+    args.insert(args.begin(), {"--model", "m.h5"});
+    config_parse_args(c, args);
+    return c;
+  };
+  EXPECT_EQ(parsed({"--task", "generate"}).runner, "generate");
+  EXPECT_EQ(parsed({"--task", "embed"}).runner, "pooling");
+  EXPECT_EQ(parsed({"--task", "embedding"}).runner, "pooling");
+  EXPECT_EQ(parsed({"--task", "score"}).task, "score");
+  EXPECT_EQ(parsed({"--task", "auto"}).runner, "auto");
+  for (const char* b : {"mp", "uni", "external_launcher"}) EXPECT_NO_THROW(parsed({"--distributed-executor-backend", b})) << b;
+  auto error_of = [&](std::vector<std::string> args) {
+    try {
+      parsed(args);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error_of({"--task", "reward"}).find("task 'reward' is not supported"), std::string::npos);
+  EXPECT_NE(error_of({"--distributed-executor-backend", "ray"}).find("ray is not supported"), std::string::npos);
+  EXPECT_NE(error_of({"--distributed-executor-backend", "threads"}).find("must be mp, uni or external_launcher"), std::string::npos);
+}

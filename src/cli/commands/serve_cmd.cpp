@@ -126,6 +126,9 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
   ctx.trust_request_chat_template = cfg.trust_request_chat_template;
   ctx.hidden_size = runner.spec().hidden_size;
   ctx.pooling = resolve_runner(cfg.runner, cfg.convert, sentence_transformers, runner.spec().architecture) == "pooling";
+  if ((cfg.task == "classify" || cfg.task == "score") && !is_sequence_classifier(runner.spec().architecture))
+    throw Error(cat("task ", cfg.task, " needs a sequence-classification checkpoint (*ForSequenceClassification); ",
+                    runner.spec().architecture, " is not one (vLLM would convert it; llmserve does not)"));
   if (ctx.pooling && is_sequence_classifier(runner.spec().architecture) && cfg.convert != "embed")
     ctx.classifier = load_classifier(cfg, runner, tok.get());
   if (!cfg.hf_overrides.empty()) read_matryoshka(ctx.pooler, nlohmann::json::parse(cfg.hf_overrides, nullptr, false));
