@@ -321,6 +321,15 @@ const std::vector<Option>& options() {
        "JSON object of sampling defaults (temperature, top_p, top_k, min_p, repetition_penalty, max_new_tokens) over the "
        "model's generation_config.json, or alone with generation_config vllm (as vLLM)",
        [](Config& c, const std::string& v) { c.override_generation_config = v; }},
+      {"root_path", Kind::String,
+       "the path prefix a path-based proxy puts before the server's routes (vLLM's, FastAPI's): /prefix/v1/models routes "
+       "as /v1/models, and /v1/models still does",
+       [](Config& c, const std::string& v) {
+         if (!v.empty() && v[0] != '/') throw Error(cat("config: root_path must begin with '/', got '", v, "'"));
+         c.root_path = v;
+         while (c.root_path.size() > 1 && c.root_path.back() == '/') c.root_path.pop_back();
+         if (c.root_path == "/") c.root_path.clear();
+       }},
       {"stream_interval", Kind::Int,
        "tokens a streamed answer gathers before it sends them (vLLM's; default 1: each step's at once): the first token "
        "and the end go at once, others once this many are new",

@@ -60,6 +60,7 @@ struct Config {
   bool allow_credentials = false;                    // CORS with credentials (vLLM's)
   std::string generation_config = "auto";  // auto: the model's generation_config.json sampling defaults; vllm: none
   int max_logprobs = 20;                    // the most log-probabilities a request may ask for (vLLM's)
+  std::string root_path;                    // a path-based proxy's prefix of the routes (vLLM's; empty: none)
   int stream_interval = 1;                  // tokens a streamed (Delta) output gathers before it goes out (vLLM's)
   std::string chat_template;                // a file, or the template itself (vLLM's); empty: the model's
   std::string tokenizer;                    // a tokenizer directory or model file (vLLM's); empty: the model file's

@@ -21,6 +21,12 @@
 #include "tokenizer/tokenizer.h"
 
 namespace llmserve {
+
+std::string route_path(const std::string& path, const std::string& root_path) {
+  if (root_path.empty() || path.compare(0, root_path.size(), root_path) != 0) return path;
+  if (path.size() == root_path.size()) return "";
+  return path[root_path.size()] == '/' ? path.substr(root_path.size()) : path;
+}
 namespace net = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
@@ -161,7 +167,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void route() {
     const std::string target(req_.target());
-    const std::string path = target.substr(0, target.find('?'));
+    const std::string path = route_path(target.substr(0, target.find('?')), opt_.root_path);
     const auto method = req_.method();
     // CORS preflight (server/cors.h): answered for any path before routing and authentication.
     const auto origin = req_.find(http::field::origin), asked = req_.find(http::field::access_control_request_method);

@@ -29,7 +29,14 @@ struct ServerOptions {
   bool request_id_headers = false;
   // enable_server_load_tracking (vLLM's): GET /load counts the requests of the model's routes in flight.
   bool server_load_tracking = false;
+  // root_path (vLLM's, FastAPI's): the prefix a path-based proxy adds; a path under it routes as the path
+  // without it, and a path without it as itself (route_path).
+  std::string root_path;
 };
+
+// The path a request routes by (Starlette's get_route_path): `path` less `root_path` when it is under it
+// (root_path, then "/" or nothing), else `path` as it is.
+std::string route_path(const std::string& path, const std::string& root_path);
 
 class HttpServer {
  public:

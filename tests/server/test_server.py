@@ -1583,8 +1583,15 @@ def main():
     # stream_interval (vLLM's): a stream's chunks carry the first token alone, then at least 4 tokens each
     # until the last; the text is the whole answer's. structured_outputs_config disable_any_whitespace (same
     # server): a JSON answer without whitespace outside strings, unless the request says otherwise.
-    si = Server("--stream-interval", "4", "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}))
+    si = Server("--stream-interval", "4", "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
+                "--root-path", "/llm")
     try:
+        # root_path (vLLM's, FastAPI's; same server): routes answer under the proxy's prefix and without it.
+        st_a, ma = si.request("GET", "/llm/v1/models")
+        st_b, mb = si.request("GET", "/v1/models")
+        st_c, _ = si.request("GET", "/llmx/v1/models")
+        check("root_path /llm: /llm/v1/models and /v1/models answer alike, /llmx/v1/models is a 404",
+              st_a == 200 and st_b == 200 and ma == mb and st_c == 404, (st_a, st_b, st_c))
         compact = []
         for seed in (3, 4, 5):
             st, r = si.post("/v1/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "JSON please"}], "max_tokens": 40,

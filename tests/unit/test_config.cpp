@@ -481,3 +481,12 @@ TEST(Config, TaskAndDistributedExecutorBackend) {
   EXPECT_NE(error_of({"--distributed-executor-backend", "ray"}).find("ray is not supported"), std::string::npos);
   EXPECT_NE(error_of({"--distributed-executor-backend", "threads"}).find("must be mp, uni or external_launcher"), std::string::npos);
 }
+
+TEST(Config, RootPath) {
+  Config c;
+  config_parse_args(c, {"--model", "m.h5", "--root-path", "/llm/"});
+  EXPECT_EQ(c.root_path, "/llm");
+  config_parse_args(c, {"--root-path", "/"});
+  EXPECT_EQ(c.root_path, "");
+  EXPECT_THROW(config_parse_args(c, {"--root-path", "llm"}), Error);
+}

@@ -5,6 +5,7 @@
 #include <map>
 
 #include "server/cors.h"
+#include "server/http_server.h"
 
 using namespace llmserve;
 
@@ -78,4 +79,15 @@ TEST(Cors, CredentialsNameTheOriginAndSaySo) {
   const auto other = as_map(listed.simple("http://evil.example", false));
   EXPECT_EQ(other.count("Access-Control-Allow-Origin"), 0u);  // (Starlette still says credentials)
   EXPECT_EQ(other.at("Access-Control-Allow-Credentials"), "true");
+}
+
+// root_path (vLLM's, as Starlette routes under FastAPI's root_path): a path under the prefix routes without
+// it; others, a prefix that only starts a longer segment included, route as they are.
+TEST(RoutePath, RootPathPrefix) {
+  EXPECT_EQ(route_path("/api/v1/models", "/api"), "/v1/models");
+  EXPECT_EQ(route_path("/v1/models", "/api"), "/v1/models");
+  EXPECT_EQ(route_path("/apix/v1/models", "/api"), "/apix/v1/models");
+  EXPECT_EQ(route_path("/api", "/api"), "");
+  EXPECT_EQ(route_path("/a/b/health", "/a/b"), "/health");
+  EXPECT_EQ(route_path("/v1/models", ""), "/v1/models");
 }
