@@ -131,6 +131,7 @@ Option accepted_count(const char* key, int least, const char* help) {
 }
 
 // vLLM's structured-output backends; llmserve has its own (src/engine/guided.h) behind every name.
+constexpr const char* kStructuredOutputsBackends = "auto, xgrammar, guidance, outlines or lm-format-enforcer";
 bool structured_outputs_backend(const std::string& name) {
   return name == "auto" || name == "xgrammar" || name == "guidance" || name == "outlines" || name == "lm-format-enforcer";
 }
@@ -149,8 +150,7 @@ void set_structured_outputs_config(Config& c, const std::string& text) {
     if (v.is_null()) continue;
     if (key == "backend") {
       if (!v.is_string() || !structured_outputs_backend(v.get<std::string>()))
-        throw Error(cat("config: structured_outputs_config: backend must be auto, xgrammar, guidance, outlines or lm-format-enforcer, got ",
-                        v.dump()));
+        throw Error(cat("config: structured_outputs_config: backend must be ", kStructuredOutputsBackends, ", got ", v.dump()));
       c.structured_outputs_backend = v.get<std::string>();
     } else if (key == "disable_any_whitespace") {
       c.disable_any_whitespace = boolean(key, v);
@@ -179,7 +179,7 @@ void set_guided_decoding_backend(Config& c, const std::string& v) {
   const size_t colon = v.find(':');
   const std::string name = v.substr(0, colon);
   if (!structured_outputs_backend(name))
-    throw Error(cat("config: guided_decoding_backend must be auto, xgrammar, guidance, outlines or lm-format-enforcer, got '", v, "'"));
+    throw Error(cat("config: guided_decoding_backend must be ", kStructuredOutputsBackends, ", got '", v, "'"));
   c.structured_outputs_backend = name;
   if (colon == std::string::npos) return;
   std::stringstream opts(v.substr(colon + 1));

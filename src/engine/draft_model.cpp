@@ -29,13 +29,11 @@ DraftModel::DraftModel(ModelRunner& runner, int64_t target_vocab)
       worker_(runner),
       target_vocab_(target_vocab),
       block_size_(static_cast<int>(runner.block_size())),
-      step_budget_(std::max<int64_t>(1, runner.config().max_num_batched_tokens)) {
-  free_.resize(static_cast<size_t>(runner.num_blocks()));
-  for (size_t i = 0; i < free_.size(); ++i) free_[i] = static_cast<int32_t>(free_.size() - 1 - i);  // (handed out from the back: 0 first)
-}
+      step_budget_(std::max<int64_t>(1, runner.config().max_num_batched_tokens)),
+      blocks_(runner.num_blocks()) {}
 
 void DraftModel::release(State& st) {
-  free_.insert(free_.end(), st.blocks.begin(), st.blocks.end());
+  blocks_.release(st.blocks);
   st.blocks.clear();
   st.tokens.clear();
 }
@@ -52,18 +50,19 @@ void DraftModel::forget(uint64_t seq_id) {
   }
 }
 
-bool DraftModel::reserve(State& st, int64_t positions, const std::unordered_map<uint64_t, bool>& keep) {
+bool DraftModel::reserve(State& st, int64_t positions, const std::unordered_set<uint64_t>& keep) {
   const int64_t need = (positions + block_size_ - 1) / block_size_ - static_cast<int64_t>(st.blocks.size());
   if (need <= 0) return true;
   // Short of blocks: the caches of sequences that propose nothing now (preempted, or past their drafts)
   // go first; they are fed again from their start when they next propose.
-  for (auto it = states_.begin(); it != states_.end() && static_cast<int64_t>(free_.size()) < need; ++it)
-    if (&it->second != &st && !keep.count(it->first)) release(it->second);
-  if (static_cast<int64_t>(free_.size()) < need) return false;
-  for (int64_t i = 0; i < need; ++i) {
-    st.blocks.push_back(free_.back());
-    free_.pop_back();
-  }
+  for (auto it = states_.begin(); it != states_.end() && blocks_.num_free() < need; ++it)
+    if (&it->second != &st && !keep.count(it->first) && !it->second.blocks.empty()) {
+      release(it->second);
+      ++evictions_;
+    }
+  if (blocks_.num_free() < need) return false;
+  const auto got = blocks_.allocate(need);
+  st.blocks.insert(st.blocks.end(), got.begin(), got.end());
   return true;
 }
 
@@ -87,8 +86,8 @@ void DraftModel::propose(const std::vector<std::pair<Sequence*, int>>& candidate
     int room;
     std::vector<int32_t> out;
   };
-  std::unordered_map<uint64_t, bool> keep;
-  for (const auto& c : candidates) keep[c.first->id] = true;
+  std::unordered_set<uint64_t> keep;
+  for (const auto& c : candidates) keep.insert(c.first->id);
   std::vector<Job> jobs;
   jobs.reserve(candidates.size());
   for (const auto& [s, room] : candidates) {

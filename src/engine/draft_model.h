@@ -16,11 +16,13 @@
 #pragma once
 #include <cstdint>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
 #include "engine/scheduler.h"
 #include "engine/worker.h"
+#include "kv/kv_cache.h"
 #include "model/runner.h"
 
 namespace llmserve {
@@ -39,7 +41,9 @@ class DraftModel {
   int64_t steps() const { return steps_; }
   int64_t tokens_fed() const { return tokens_fed_; }
   // The draft's cache blocks no sequence holds.
-  int64_t free_blocks() const { return static_cast<int64_t>(free_.size()); }
+  int64_t free_blocks() const { return blocks_.num_free(); }
+  // Caches taken back from sequences not proposing, for a proposal short of blocks.
+  int64_t evictions() const { return evictions_; }
 
  private:
   struct State {
@@ -49,7 +53,7 @@ class DraftModel {
   };
   // Blocks for `positions` positions of st; false when the cache cannot give them (after taking back the
   // blocks of sequences that are not among `keep`).
-  bool reserve(State& st, int64_t positions, const std::unordered_map<uint64_t, bool>& keep);
+  bool reserve(State& st, int64_t positions, const std::unordered_set<uint64_t>& keep);
   void release(State& st);
   std::vector<SampledToken> run(StepPlan& plan);
   ModelRunner& runner_;
@@ -57,11 +61,11 @@ class DraftModel {
   int64_t target_vocab_ = 0;
   int block_size_ = 16;
   int64_t step_budget_ = 0;
-  std::vector<int32_t> free_;
+  BlockAllocator blocks_;
   std::unordered_map<uint64_t, State> states_;
   std::vector<uint64_t> finished_;  // sequences whose sampling state the next draft step drops
   uint64_t step_id_ = 0;
-  int64_t steps_ = 0, tokens_fed_ = 0;
+  int64_t steps_ = 0, tokens_fed_ = 0, evictions_ = 0;
 };
 
 }  // namespace llmserve

@@ -1,6 +1,7 @@
 #include "tokenizer/tokenizer_docs.h"
 
 #include <filesystem>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "common/error.h"
@@ -47,17 +48,15 @@ TokenizerDocs TokenizerDocs::of_hf_dir(const std::string& dir_name) {
 
 TokenizerDocs TokenizerDocs::at(const std::string& path) {
   std::error_code ec;
-  if (!fs::is_directory(path, ec)) {
-    try {
-      return at_file(path);
-    } catch (const Error& e) {
-      throw Error(cat("tokenizer '", path, "' is neither a tokenizer directory nor an llmserve model file with one: ", e.what()));
-    }
+  if (fs::is_directory(path, ec)) return checked(of_hf_dir(path));
+  std::unique_ptr<ModelFile> file;
+  try {
+    file = std::make_unique<ModelFile>(path);
+  } catch (const Error& e) {
+    throw Error(cat("tokenizer '", path, "' is neither a tokenizer directory nor an llmserve model file: ", e.what()));
   }
-  return checked(of_hf_dir(path));
+  return checked(of_model_file(*file));
 }
-
-TokenizerDocs TokenizerDocs::at_file(const std::string& path) { return checked(of_model_file(ModelFile(path))); }
 
 TokenizerDocs TokenizerDocs::checked(TokenizerDocs d) {
   if (!d.tokenizer_json)

@@ -24,7 +24,6 @@ struct TokenizerDocs {
   static TokenizerDocs at(const std::string& path);
 
  private:
-  static TokenizerDocs at_file(const std::string& path);
   static TokenizerDocs checked(TokenizerDocs d);  // d, or Error when it has no tokenizer.json
 };
 
