@@ -7,7 +7,7 @@ pkgs=(build-essential cmake pkg-config
       libopenmpi-dev openmpi-bin
       libhdf5-dev
       libyaml-cpp-dev nlohmann-json3-dev
-      libboost-dev
+      libboost-dev libssl-dev openssl
       libgtest-dev
       python3 python3-pip python3-numpy unzip curl
       shellcheck)

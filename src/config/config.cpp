@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <fstream>
 #include <sstream>
@@ -280,8 +281,16 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.host = v; }},
       {"port", Kind::Int, "HTTP port",
        [](Config& c, const std::string& v) { c.port = parse_int32("port", v); }},
-      {"api_key", Kind::String, "require 'Authorization: Bearer <key>' on /v1 routes",
-       [](Config& c, const std::string& v) { c.api_key = v; }},
+      {"uds", Kind::String, "a Unix domain socket path to serve on; host and port are then ignored (vLLM's)",
+       [](Config& c, const std::string& v) { c.uds = v; }},
+      {"api_key", Kind::StringList,
+       "require 'Authorization: Bearer <key>' on /v1 routes, with any one of the keys given (vLLM's: several may "
+       "follow one flag, or a YAML list); without it, LLMSERVE_API_KEY or VLLM_API_KEY",
+       [](Config& c, const std::string& v) {
+         if (v.empty()) throw Error("config: api_key must not be empty");
+         c.api_key.push_back(v);
+       },
+       [](Config& c) { c.api_key.clear(); }},
       {"tool_call_parser", Kind::String, "auto | hermes | llama3_json | mistral | none: how tool calls are read from chat output (auto: by the model's type)",
        [](Config& c, const std::string& v) { c.tool_call_parser = v; }},
       {"structured_outputs_config", Kind::String,
@@ -402,10 +411,29 @@ const std::vector<Option>& options() {
        }},
       {"data_parallel_size", Kind::Int, "vLLM's; only 1: run one server per replica (a load balancer in front)",
        [](Config& c, const std::string& v) { c.data_parallel_size = parse_int32("data_parallel_size", v); }},
-      {"ssl_keyfile", Kind::String, "vLLM's TLS key; refused: llmserve serves plain HTTP (put a TLS proxy in front)",
+      {"ssl_keyfile", Kind::String, "PEM private key of ssl_certfile (vLLM's; may be left out when ssl_certfile holds it)",
        [](Config& c, const std::string& v) { c.ssl_keyfile = v; }},
-      {"ssl_certfile", Kind::String, "vLLM's TLS certificate; refused as ssl_keyfile",
+      {"ssl_certfile", Kind::String, "PEM certificate chain: serve HTTPS (TLS 1.2 and 1.3) instead of HTTP (vLLM's)",
        [](Config& c, const std::string& v) { c.ssl_certfile = v; }},
+      {"ssl_ca_certs", Kind::String, "PEM CA certificates that client certificates are verified against (vLLM's)",
+       [](Config& c, const std::string& v) { c.ssl_ca_certs = v; }},
+      {"ssl_cert_reqs", Kind::Int,
+       "client certificates, as Python's ssl.CERT_* (vLLM's): 0 not asked for (default), 1 verified when sent, 2 required",
+       [](Config& c, const std::string& v) { c.ssl_cert_reqs = parse_int32("ssl_cert_reqs", v); }},
+      {"ssl_ciphers", Kind::String, "OpenSSL cipher list for TLS 1.2 connections (vLLM's; TLS 1.3 keeps its own)",
+       [](Config& c, const std::string& v) { c.ssl_ciphers = v; }},
+      bool_option("enable_ssl_refresh", &Config::enable_ssl_refresh,
+                  "when the TLS files change (a renewed certificate), new connections use them (vLLM's; a set that fails to "
+                  "load is logged and the one before kept)"),
+      {"disable_access_log_for_endpoints", Kind::String,
+       "comma-separated paths whose requests the access log leaves out, e.g. /health,/metrics,/ping (vLLM's)",
+       [](Config& c, const std::string& v) { c.disable_access_log_for_endpoints = v; }},
+      {"h11_max_incomplete_event_size", Kind::Int,
+       "the most bytes of a request's header (vLLM's; default 4 MiB): a longer one is refused with 431 (llmserve holds "
+       "at most 64 KiB, Beast's largest header field, whatever the value)",
+       [](Config& c, const std::string& v) { c.h11_max_incomplete_event_size = parse_int("h11_max_incomplete_event_size", v); }},
+      {"h11_max_header_count", Kind::Int, "the most header fields of a request (vLLM's; default 256): more are refused with 431",
+       [](Config& c, const std::string& v) { c.h11_max_header_count = parse_int32("h11_max_header_count", v); }},
       accepted_flag("disable_fastapi_docs", "accepted as vLLM's; no effect: llmserve serves no /docs, /redoc or /openapi.json"),
       accepted_flag("disable_frontend_multiprocessing", "accepted as vLLM's; no effect: the HTTP front end runs in rank 0's process"),
       accepted_flag("disable_custom_all_reduce", "accepted as vLLM's; no effect: tensor groups all-reduce through NCCL"),
@@ -595,6 +623,12 @@ std::vector<std::string> config_parse_args(Config& cfg, const std::vector<std::s
     while (key == "lora_modules" && !has_value && i + 1 < args.size() && args[i + 1].rfind("-", 0) != 0 &&
            (args[i + 1].find('=') != std::string::npos || args[i + 1].rfind("{", 0) == 0))
       sets.emplace_back(key, args[++i]);
+    // vLLM's --api-key takes several too: the arguments after it short of the next option and of a name
+    // that is a file, directory or .yaml / .yml / .h5 (the model or config positional; keys are none).
+    while (key == "api_key" && !has_value && i + 1 < args.size() && args[i + 1].rfind("-", 0) != 0 &&
+           !std::filesystem::exists(args[i + 1]) && !args[i + 1].ends_with(".yaml") && !args[i + 1].ends_with(".yml") &&
+           !args[i + 1].ends_with(".h5"))
+      sets.emplace_back(key, args[++i]);
   }
   if (!yaml_path.empty()) config_load_yaml(cfg, yaml_path);
   std::vector<std::string> cleared;  // lists given on the command line replace the file's (and the default)
@@ -649,8 +683,18 @@ void config_validate(const Config& c) {
   if (c.data_parallel_size != 1)
     fail(cat("data_parallel_size ", c.data_parallel_size, " is not supported: one llmserve job is one engine (tensor x "
              "pipeline parallel); run one job per replica behind a load balancer"));
-  if (!c.ssl_keyfile.empty() || !c.ssl_certfile.empty())
-    fail("ssl_keyfile / ssl_certfile are not supported: llmserve serves plain HTTP; put a TLS-terminating proxy in front");
+  if (!c.ssl_keyfile.empty() && c.ssl_certfile.empty())
+    fail("ssl_keyfile needs ssl_certfile (the certificate the key belongs to; a file that holds both is named as ssl_certfile)");
+  if (c.ssl_certfile.empty() && (!c.ssl_ca_certs.empty() || !c.ssl_ciphers.empty() || c.ssl_cert_reqs != 0 || c.enable_ssl_refresh))
+    fail("ssl_ca_certs, ssl_cert_reqs, ssl_ciphers and enable_ssl_refresh apply to HTTPS: they need ssl_certfile");
+  if (c.ssl_cert_reqs < 0 || c.ssl_cert_reqs > 2)
+    fail(cat("ssl_cert_reqs must be 0 (no client certificate), 1 (verified when sent) or 2 (required), as Python's ssl.CERT_*; got ",
+             c.ssl_cert_reqs));
+  if (c.ssl_cert_reqs > 0 && c.ssl_ca_certs.empty())
+    fail("ssl_cert_reqs 1 or 2 needs ssl_ca_certs: the CA certificates that client certificates are verified against");
+  if (c.h11_max_incomplete_event_size < 1024 || c.h11_max_incomplete_event_size > (int64_t{1} << 30))
+    fail(cat("h11_max_incomplete_event_size must be 1024 to 1073741824 bytes, got ", c.h11_max_incomplete_event_size));
+  if (c.h11_max_header_count < 1) fail(cat("h11_max_header_count must be at least 1, got ", c.h11_max_header_count));
   if (c.tokenizer_mode != "auto" && c.tokenizer_mode != "hf" && c.tokenizer_mode != "slow")
     fail(cat("tokenizer_mode '", c.tokenizer_mode, "' is not supported: use auto, hf or slow (llmserve reads tokenizer.json",
              c.tokenizer_mode == "mistral" ? "; Mistral's tekken tokenizer is not supported)" : ")"));

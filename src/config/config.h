@@ -46,7 +46,8 @@ struct Config {
   std::string scheduling_policy = "fcfs";  // fcfs | priority (requests' `priority`: lower first, as vLLM)
   std::string host = "0.0.0.0";
   int port = 8000;
-  std::string api_key;
+  std::string uds;                          // a Unix domain socket to serve on instead of host:port (vLLM's)
+  std::vector<std::string> api_key;         // keys any one of which /v1 routes require (vLLM's list); empty: none
   std::string tool_call_parser = "auto";  // auto | hermes | llama3_json | none
   std::string reasoning_parser = "none";  // none | qwen3 | deepseek_r1 (server/reasoning_parser.h)
   // vLLM's structured_outputs_config / guided_decoding_backend: the backend named (llmserve's own serves
@@ -80,7 +81,14 @@ struct Config {
   bool trust_request_chat_template = false;  // vLLM's: requests may bring their own chat_template
   std::string chat_template_content_format = "auto";  // auto | string (a message's text parts joined, as vLLM's string)
   int data_parallel_size = 1;                // vLLM's: only 1 (one engine per server)
-  std::string ssl_keyfile, ssl_certfile;     // vLLM's TLS files: refused (llmserve serves plain HTTP)
+  // vLLM's HTTPS options (server/tls_context.h): PEM files, client certificates by Python's ssl.CERT_* (0 none,
+  // 1 optional, 2 required), TLS 1.2 cipher list, and whether changed files are loaded for new connections.
+  std::string ssl_keyfile, ssl_certfile, ssl_ca_certs, ssl_ciphers;
+  int ssl_cert_reqs = 0;
+  bool enable_ssl_refresh = false;
+  std::string disable_access_log_for_endpoints;  // comma-separated paths the access log leaves out (vLLM's)
+  int64_t h11_max_incomplete_event_size = 4 << 20;  // a request header's most bytes (vLLM's default 4 MiB)
+  int h11_max_header_count = 256;                 // a request's most header fields (vLLM's default)
   int64_t seed = 0;
 
   // Values as given (key -> text), for logging the effective configuration.

@@ -1,15 +1,24 @@
 #include "server/http_server.h"
 
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <boost/asio.hpp>
 #include <boost/beast.hpp>
+#ifdef LLMSERVE_TLS
+#include <boost/beast/ssl.hpp>
+#endif
+#include <algorithm>
 #include <cerrno>
-#include <sys/socket.h>
 #include <chrono>
 #include <deque>
 #include <functional>
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <type_traits>
 
 #include "common/error.h"
 #include "common/json_text.h"
@@ -31,6 +40,7 @@ namespace net = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = net::ip::tcp;
+using uds = net::local::stream_protocol;
 using json = nlohmann::json;
 
 namespace {
@@ -90,19 +100,77 @@ bool constant_time_equal(const std::string& a, const std::string& b) {
   return diff == 0;
 }
 
-class Session : public std::enable_shared_from_this<Session> {
+// The most bytes of a request's header: h11_max_incomplete_event_size up to Beast's largest field.
+constexpr uint32_t kMaxHeaderBytes = 65535;
+
+// What a session's stream needs besides itself: the server's options and shared state.
+struct SessionDeps {
+  const ServerOptions& opt;
+  const CorsPolicy& cors;
+  const ApiContext& ctx;
+  EngineService& engine;
+  HttpCounters& hc;
+  ResponsesStore& store;
+};
+
+template <class Stream>
+struct IsTls : std::false_type {};
+#ifdef LLMSERVE_TLS
+template <class Next>
+struct IsTls<beast::ssl_stream<Next>> : std::true_type {};
+#endif
+
+// One connection. Stream: beast::basic_stream over TCP or a Unix domain socket, or (HTTPS) a
+// beast::ssl_stream over one of them; the TLS context the connection was accepted with lives as long as it.
+template <class Stream>
+class Session : public std::enable_shared_from_this<Session<Stream>> {
+  using std::enable_shared_from_this<Session<Stream>>::shared_from_this;
+  static constexpr bool kTls = IsTls<Stream>::value;
+
  public:
-  Session(tcp::socket s, const ServerOptions& opt, const CorsPolicy& cors, const ApiContext& ctx, EngineService& eng,
-          HttpCounters& hc, ResponsesStore& store)
-      : stream_(std::move(s)), opt_(opt), cors_(cors), ctx_(ctx), engine_(eng), hc_(hc), store_(store) {}
-  void start() { net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->read(); }); }
+  template <class... StreamArgs>
+  Session(const SessionDeps& d, std::shared_ptr<void> tls_context, StreamArgs&&... stream_args)
+      : tls_context_(std::move(tls_context)),
+        stream_(std::forward<StreamArgs>(stream_args)...),
+        hangup_timer_(stream_.get_executor()),
+        d_(d) {}
+  void start() {
+    net::dispatch(stream_.get_executor(), [self = shared_from_this()] {
+      if constexpr (kTls) {
+        self->handshake();
+      } else {
+        self->read();
+      }
+    });
+  }
 
  private:
+  auto& lowest() { return beast::get_lowest_layer(stream_); }
+
+  // HTTPS: the TLS handshake first, within the request timeout. A failed one (a plain-HTTP client, a
+  // client certificate missing or not signed by ssl_ca_certs) closes the connection; it is logged at
+  // debug level, as uvicorn's are not logged at all.
+  void handshake() {
+#ifdef LLMSERVE_TLS
+    lowest().expires_after(std::chrono::seconds(d_.opt.request_timeout_s));
+    stream_.async_handshake(net::ssl::stream_base::server, [self = shared_from_this()](beast::error_code ec) {
+      if (ec) {
+        log_debug("TLS handshake failed: ", ec.message());
+        return self->close_socket();
+      }
+      self->read();
+    });
+#endif
+  }
+
   void read() {
     parser_.emplace();
-    parser_->body_limit(opt_.body_limit);
+    parser_->body_limit(d_.opt.body_limit);
+    // (Beast stores a header field of at most 64 KiB and throws past it, out of the I/O thread: a header
+    // of at most that many bytes never holds such a field.)
+    parser_->header_limit(std::min<uint32_t>(d_.opt.header_limit, kMaxHeaderBytes));
     buffer_.consume(buffer_.size());
-    stream_.expires_after(std::chrono::seconds(opt_.request_timeout_s));  // idle or slow clients let go
+    lowest().expires_after(std::chrono::seconds(d_.opt.request_timeout_s));  // idle or slow clients let go
     http::async_read_header(stream_, buffer_, *parser_, [self = shared_from_this()](beast::error_code ec, size_t) {
       self->on_header(ec);
     });
@@ -114,6 +182,13 @@ class Session : public std::enable_shared_from_this<Session> {
   void on_header(beast::error_code ec) {
     if (ec) return on_read(ec);
     const auto& h = parser_->get();
+    if (std::distance(h.begin(), h.end()) > d_.opt.max_header_count) {
+      lowest().expires_never();
+      start_ = std::chrono::steady_clock::now();
+      req_ = {};
+      return respond(431, error_body(431, cat("the request has more than ", d_.opt.max_header_count, " header fields"),
+                                     "RequestHeaderFieldsTooLarge"), false);
+    }
     const auto it = h.find(http::field::expect);
     if (it != h.end() && beast::iequals(it->value(), "100-continue")) {
       auto cont = std::make_shared<http::response<http::empty_body>>(http::status::continue_, h.version());
@@ -133,16 +208,22 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void on_read(beast::error_code ec) {
-    stream_.expires_never();  // a generation may stream for as long as it runs
+    lowest().expires_never();  // a generation may stream for as long as it runs
     start_ = std::chrono::steady_clock::now();
-    if (ec == http::error::end_of_stream || ec == net::error::eof || ec == net::error::connection_reset ||
-        ec == beast::error::timeout)
+    // The connection's end, its timeout, or any failure below HTTP (a reset; over TLS also a peer that
+    // closed without its close_notify, or a record that does not decrypt): closed without an answer.
+    // What HTTP's parser refuses gets its error status.
+    if (ec == http::error::end_of_stream || (ec && ec.category() != http::make_error_code(http::error::end_of_stream).category()))
       return close();
     if (ec) req_ = {};  // (not the connection's previous request, in the access line)
     request_id_.clear();
     preflight_headers_.reset();
+    if (ec == http::error::header_limit)
+      return respond(431, error_body(431, cat("the request's header exceeds ", std::min<uint32_t>(d_.opt.header_limit, kMaxHeaderBytes), " bytes"),
+                                     "RequestHeaderFieldsTooLarge"),
+                     false);
     if (ec == http::error::body_limit)
-      return respond(413, error_body(413, cat("the request body exceeds ", opt_.body_limit, " bytes"), "RequestTooLarge"), false);
+      return respond(413, error_body(413, cat("the request body exceeds ", d_.opt.body_limit, " bytes"), "RequestTooLarge"), false);
     if (ec) return respond(400, error_body(400, cat("malformed HTTP request: ", ec.message()), "BadRequestError"), false);
     req_ = parser_->release();
     try {
@@ -158,23 +239,25 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void require_auth() {
-    if (opt_.api_key.empty()) return;
+    if (d_.opt.api_keys.empty()) return;
     const auto it = req_.find(http::field::authorization);
     const std::string got = it == req_.end() ? "" : std::string(it->value());
-    if (!constant_time_equal(got, "Bearer " + opt_.api_key))
+    bool ok = false;
+    for (const auto& k : d_.opt.api_keys) ok = constant_time_equal(got, "Bearer " + k) || ok;  // (each compared)
+    if (!ok)
       throw HttpError(401, "Invalid or missing API key (send 'Authorization: Bearer <key>')", "AuthenticationError");
   }
 
   void route() {
     const std::string target(req_.target());
-    const std::string path = route_path(target.substr(0, target.find('?')), opt_.root_path);
+    const std::string path = route_path(target.substr(0, target.find('?')), d_.opt.root_path);
     const auto method = req_.method();
     // CORS preflight (server/cors.h): answered for any path before routing and authentication.
     const auto origin = req_.find(http::field::origin), asked = req_.find(http::field::access_control_request_method);
     if (method == http::verb::options && origin != req_.end() && asked != req_.end()) {
       const auto h = req_.find(http::field::access_control_request_headers);
       const std::string requested = h == req_.end() ? "" : std::string(h->value());
-      auto p = cors_.preflight(std::string(origin->value()), std::string(asked->value()), h == req_.end() ? nullptr : &requested);
+      auto p = d_.cors.preflight(std::string(origin->value()), std::string(asked->value()), h == req_.end() ? nullptr : &requested);
       preflight_headers_ = std::move(p.headers);
       return respond(p.status, p.body, req_.keep_alive(), "text/plain");
     }
@@ -212,7 +295,7 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     // vLLM's runtime LoRA updating routes, there only when it is on (VLLM_ALLOW_RUNTIME_LORA_UPDATING).
     const bool lora_load = path == "/v1/load_lora_adapter", lora_unload = path == "/v1/unload_lora_adapter";
-    if ((lora_load || lora_unload) && ctx_.loras && ctx_.loras->runtime_updates()) {
+    if ((lora_load || lora_unload) && d_.ctx.loras && d_.ctx.loras->runtime_updates()) {
       known = true;
       allowed = method == http::verb::post;
     }
@@ -220,13 +303,13 @@ class Session : public std::enable_shared_from_this<Session> {
     if (!allowed) throw HttpError(405, cat("method not allowed for ", path), "MethodNotAllowed");
     if (path.rfind("/v1/", 0) == 0) require_auth();
     if (path == "/health" || path == "/ping") {  // vLLM's /ping (GET or POST) answers as /health
-      return respond(engine_.healthy() ? 200 : 503, "", req_.keep_alive(), "text/plain");
+      return respond(d_.engine.healthy() ? 200 : 503, "", req_.keep_alive(), "text/plain");
     }
     if (path == "/version") return respond(200, json_text(json{{"version", "0.1.0"}}), req_.keep_alive());
     // vLLM's /load: the generation and pooling requests in flight (0 without enable_server_load_tracking).
-    if (path == "/load") return respond(200, json_text(json{{"server_load", hc_.load.load()}}), req_.keep_alive());
+    if (path == "/load") return respond(200, json_text(json{{"server_load", d_.hc.load.load()}}), req_.keep_alive());
     if (path == "/metrics") return respond(200, metrics(), req_.keep_alive(), "text/plain; version=0.0.4");
-    if (path == "/v1/models") return respond(200, json_text(models_response(ctx_)), req_.keep_alive());
+    if (path == "/v1/models") return respond(200, json_text(models_response(d_.ctx)), req_.keep_alive());
     if (path == "/tokenize" || path == "/detokenize") return tokenize(path == "/tokenize");
     if (lora_load || lora_unload) return lora_update(lora_load);
     if (pattern != path) return stored_response(stored_id, method, pattern.size() > prefix.size() + 1);
@@ -262,7 +345,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (load && (name.empty() || path.empty()))
       throw HttpError(400, "Both 'lora_name' and 'lora_path' must be provided.", "InvalidUserInput");
     if (!load && name.empty()) throw HttpError(400, "'lora_name' must be provided.", "InvalidUserInput", "lora_name");
-    if (!load && !ctx_.loras->remove(name))  // (no new request finds it from here on)
+    if (!load && !d_.ctx.loras->remove(name))  // (no new request finds it from here on)
       throw HttpError(404, cat("The lora adapter '", name, "' cannot be found."), "NotFoundError");
     // (The session held until the answer: nothing else of it waits meanwhile. The engine thread calls
     // the control or its refusal, so it is answered.)
@@ -272,8 +355,8 @@ class Session : public std::enable_shared_from_this<Session> {
       });
     };
     auto refused = [answer](const std::string& why) { answer(503, error_body(503, why, "ServiceUnavailableError"), "application/json"); };
-    engine_.control(
-        [answer, loras = ctx_.loras, name, path, load](Engine& e) {
+    d_.engine.control(
+        [answer, loras = d_.ctx.loras, name, path, load](Engine& e) {
           try {
             if (load) {
               loras->add({{name, path, {}}, e.load_lora({name, path, {}})});
@@ -294,11 +377,11 @@ class Session : public std::enable_shared_from_this<Session> {
   // A stored response: GET gives it, DELETE forgets it, cancel is refused (as vLLM's: only background
   // responses can be cancelled, and llmserve makes none).
   void stored_response(const std::string& id, http::verb method, bool cancel) {
-    auto e = store_.get(id);
+    auto e = d_.store.get(id);
     if (!e) throw HttpError(404, cat("Response with id '", id, "' not found."), "NotFoundError", "response_id");
     if (cancel) throw HttpError(400, "Cannot cancel a synchronous response.", "BadRequestError", "response_id");
     if (method == http::verb::delete_) {
-      store_.erase(id);
+      d_.store.erase(id);
       return respond(200, json_text(json{{"id", id}, {"object", "response.deleted"}, {"deleted", true}}), req_.keep_alive());
     }
     respond(200, json_text(e->response), req_.keep_alive());
@@ -306,27 +389,27 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void tokenize(bool encode) {
     const json body = parse_json(req_.body());
-    if (!ctx_.tok) throw HttpError(400, "this model has no tokenizer");
+    if (!d_.ctx.tok) throw HttpError(400, "this model has no tokenizer");
     if (encode) {
       std::vector<int32_t> ids;
       if (body.contains("messages")) {
-        GenerationRequest g = parse_chat(parse_json<nlohmann::ordered_json>(req_.body()), ctx_);
+        GenerationRequest g = parse_chat(parse_json<nlohmann::ordered_json>(req_.body()), d_.ctx);
         ids = g.prompts[0];
       } else if (body.contains("prompt") && body["prompt"].is_string()) {
-        ids = ctx_.tok->encode(body["prompt"].get<std::string>(), body.value("add_special_tokens", true));
+        ids = d_.ctx.tok->encode(body["prompt"].get<std::string>(), body.value("add_special_tokens", true));
       } else {
         throw HttpError(400, "'prompt' (a string) or 'messages' is required", "BadRequestError", "prompt");
       }
-      return respond(200, json_text(json{{"count", ids.size()}, {"max_model_len", ctx_.max_model_len}, {"tokens", ids}}), req_.keep_alive());
+      return respond(200, json_text(json{{"count", ids.size()}, {"max_model_len", d_.ctx.max_model_len}, {"tokens", ids}}), req_.keep_alive());
     }
     if (!body.contains("tokens") || !body["tokens"].is_array()) throw HttpError(400, "'tokens' (a list of ids) is required", "BadRequestError", "tokens");
     std::vector<int32_t> ids;
     for (const auto& t : body["tokens"]) {
-      if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= ctx_.vocab_size)
-        throw HttpError(400, cat("token ids must be integers in [0, ", ctx_.vocab_size, ")"), "BadRequestError", "tokens");
+      if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= d_.ctx.vocab_size)
+        throw HttpError(400, cat("token ids must be integers in [0, ", d_.ctx.vocab_size, ")"), "BadRequestError", "tokens");
       ids.push_back(t.get<int32_t>());
     }
-    respond(200, json_text(json{{"prompt", ctx_.tok->decode(ids, false)}}), req_.keep_alive());
+    respond(200, json_text(json{{"prompt", d_.ctx.tok->decode(ids, false)}}), req_.keep_alive());
   }
 
   // ---- generation ----------------------------------------------------------------
@@ -354,7 +437,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (!body.is_object()) throw HttpError(400, "the request body must be a JSON object");
     if (body.contains("messages")) return Api::Chat;
     if (body.contains("prompt")) return Api::Completion;
-    if (body.contains("input")) return ctx_.classifier ? Api::Classify : Api::Embeddings;
+    if (body.contains("input")) return d_.ctx.classifier ? Api::Classify : Api::Embeddings;
     if (body.contains("query") && body.contains("documents")) return Api::Rerank;
     if (body.contains("text_1") || body.contains("text_2")) return Api::Score;
     throw HttpError(400, "Cannot find suitable handler for request. Expected one of: ChatCompletionRequest (messages), "
@@ -387,17 +470,17 @@ class Session : public std::enable_shared_from_this<Session> {
     auto p = std::make_shared<Pending>();
     const auto body = parsed ? std::move(*parsed) : parse_json<nlohmann::ordered_json>(req_.body());
     if (api == Api::Chat || api == Api::Responses || api == Api::Completion)
-      check_generation_api(ctx_, api == Api::Chat ? "Chat Completions" : api == Api::Responses ? "Responses" : "Completions");
-    p->req = api == Api::Chat         ? parse_chat(body, ctx_)
-             : api == Api::Responses  ? parse_responses(body, ctx_, store_)
-             : api == Api::Embeddings ? parse_embeddings(body, ctx_)
-             : api == Api::Score || api == Api::Rerank ? parse_score(body, ctx_, api == Api::Rerank)
-             : api == Api::Classify   ? parse_classify(body, ctx_)
-             : api == Api::Pooling    ? parse_pooling(body, ctx_)
-                                      : parse_completion(body, ctx_);
+      check_generation_api(d_.ctx, api == Api::Chat ? "Chat Completions" : api == Api::Responses ? "Responses" : "Completions");
+    p->req = api == Api::Chat         ? parse_chat(body, d_.ctx)
+             : api == Api::Responses  ? parse_responses(body, d_.ctx, d_.store)
+             : api == Api::Embeddings ? parse_embeddings(body, d_.ctx)
+             : api == Api::Score || api == Api::Rerank ? parse_score(body, d_.ctx, api == Api::Rerank)
+             : api == Api::Classify   ? parse_classify(body, d_.ctx)
+             : api == Api::Pooling    ? parse_pooling(body, d_.ctx)
+                                      : parse_completion(body, d_.ctx);
     p->id = response_id(api, body, p->req);
-    if (opt_.server_load_tracking) p->load.emplace(hc_.load);
-    if (p->req.responses && p->req.stream) p->events = std::make_unique<ResponsesStream>(p->id, p->req, ctx_);
+    if (d_.opt.server_load_tracking) p->load.emplace(d_.hc.load);
+    if (p->req.responses && p->req.stream) p->events = std::make_unique<ResponsesStream>(p->id, p->req, d_.ctx);
     const size_t n = p->req.prompts.size();
     p->outputs.resize(n);
     p->streams.assign(n, std::vector<ChoiceStream>(static_cast<size_t>(p->req.params.n)));
@@ -437,7 +520,7 @@ class Session : public std::enable_shared_from_this<Session> {
       job->on_error = error_callback();
       p->jobs.push_back(job);
     }
-    for (auto& j : p->jobs) engine_.submit(j);
+    for (auto& j : p->jobs) d_.engine.submit(j);
     watch_disconnect();
   }
 
@@ -461,10 +544,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // use_beam_search: each prompt's search runs its steps as engine requests of its own and hands back
   // its whole result, which goes out as any finished output does (streamed, it comes in one piece).
   void start_beam_searches(Pending& p) {
-    const BeamSearchParams bp = beam_search_params(p.req.params, ctx_.eos_ids);
+    const BeamSearchParams bp = beam_search_params(p.req.params, d_.ctx.eos_ids);
     for (size_t i = 0; i < p.req.prompts.size(); ++i)
-      p.beams.push_back(std::make_shared<BeamSearch>(p.req.prompts[i], bp, ctx_.tok,
-                                                     [eng = &engine_](std::shared_ptr<EngineJob> j) { eng->submit(std::move(j)); },
+      p.beams.push_back(std::make_shared<BeamSearch>(p.req.prompts[i], bp, d_.ctx.tok,
+                                                     [eng = &d_.engine](std::shared_ptr<EngineJob> j) { eng->submit(std::move(j)); },
                                                      output_callback(i), error_callback()));
     for (auto& b : p.beams) b->start();
     watch_disconnect();
@@ -474,14 +557,26 @@ class Session : public std::enable_shared_from_this<Session> {
   // reset), so its requests are aborted. The peek never blocks: a wake-up with nothing to read just
   // re-arms the watch (a blocking peek here once stalled an I/O thread for good).
   void watch_disconnect() {
-    stream_.socket().async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
-      if (!self->pending_ || !self->stream_.socket().is_open()) return;
+    hangup_timer_.cancel();  // (a watch of the connection's request before this one)
+    lowest().socket().async_wait(net::socket_base::wait_read, [self = shared_from_this()](beast::error_code ec) {
+      if (!self->pending_ || !self->lowest().socket().is_open()) return;
       if (ec) return self->client_gone();
       char c;
-      const ssize_t got = ::recv(self->stream_.socket().native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+      const ssize_t got = ::recv(self->lowest().socket().native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
       if (got == 0 || (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) return self->client_gone();
       if (got < 0) return self->watch_disconnect();
-      // Bytes of a further (pipelined) request: the client is still there.
+      self->watch_hangup();
+    });
+  }
+  // Bytes wait unread: a further (pipelined) request, or TLS records (a client that closes sends its
+  // close_notify alert before the end of its stream). The peer's end of stream behind them shows as
+  // POLLRDHUP; looked for every 200 ms until the answer is out.
+  void watch_hangup() {
+    pollfd p{lowest().socket().native_handle(), POLLRDHUP, 0};
+    if (::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) return client_gone();
+    hangup_timer_.expires_after(std::chrono::milliseconds(200));
+    hangup_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (!ec && self->pending_ && self->lowest().socket().is_open()) self->watch_hangup();
     });
   }
 
@@ -529,10 +624,10 @@ class Session : public std::enable_shared_from_this<Session> {
     if (tokens > p->tokens_seen[i]) {
       const auto now = std::chrono::steady_clock::now();
       if (p->tokens_seen[i] == 0) {
-        hc_.ttft.observe(std::chrono::duration<double>(now - start_).count());
+        d_.hc.ttft.observe(std::chrono::duration<double>(now - start_).count());
       } else {
         const double gap = std::chrono::duration<double>(now - p->last_token).count();
-        for (size_t k = p->tokens_seen[i]; k < tokens; ++k) hc_.itl.observe(gap / static_cast<double>(tokens - p->tokens_seen[i]));
+        for (size_t k = p->tokens_seen[i]; k < tokens; ++k) d_.hc.itl.observe(gap / static_cast<double>(tokens - p->tokens_seen[i]));
       }
       p->tokens_seen[i] = tokens;
       p->last_token = now;
@@ -542,27 +637,27 @@ class Session : public std::enable_shared_from_this<Session> {
       std::string ev = p->events->update(out);
       if (done && !p->events->finished()) ev += p->events->error(500, "the response ended without its final event");
       if (done && p->req.responses->store && p->events->finished())
-        store_.put(p->id, {p->events->response(), conversation_after(p->req, p->events->response())});
+        d_.store.put(p->id, {p->events->response(), conversation_after(p->req, p->events->response())});
       if (!ev.empty()) send_event(ev, done);
       return;
     }
     if (p->req.stream) {
-      std::string ev = stream_chunks(p->id, p->req, ctx_, i, out, p->streams[i]);
+      std::string ev = stream_chunks(p->id, p->req, d_.ctx, i, out, p->streams[i]);
       if (done) {
-        if (p->req.include_usage) ev += usage_chunk(p->id, p->req, ctx_, p->outputs);
+        if (p->req.include_usage) ev += usage_chunk(p->id, p->req, d_.ctx, p->outputs);
         ev += "data: [DONE]\n\n";
       }
       if (!ev.empty()) send_event(ev, done);
       return;
     }
     if (!done) return;
-    if (p->req.embedding) return respond(200, json_text(embedding_response(p->id, p->req, ctx_, p->outputs)), req_.keep_alive());
+    if (p->req.embedding) return respond(200, json_text(embedding_response(p->id, p->req, d_.ctx, p->outputs)), req_.keep_alive());
     if (p->req.responses) {
-      const json body = responses_response(p->id, p->req, ctx_, p->outputs[0]);
-      if (p->req.responses->store) store_.put(p->id, {body, conversation_after(p->req, body)});
+      const json body = responses_response(p->id, p->req, d_.ctx, p->outputs[0]);
+      if (p->req.responses->store) d_.store.put(p->id, {body, conversation_after(p->req, body)});
       return respond(200, json_text(body), req_.keep_alive());
     }
-    const json body = p->req.chat ? chat_response(p->id, p->req, ctx_, p->outputs) : completion_response(p->id, p->req, ctx_, p->outputs);
+    const json body = p->req.chat ? chat_response(p->id, p->req, d_.ctx, p->outputs) : completion_response(p->id, p->req, d_.ctx, p->outputs);
     respond(200, json_text(body), req_.keep_alive());
   }
 
@@ -606,7 +701,7 @@ class Session : public std::enable_shared_from_this<Session> {
     const auto origin = req_.find(http::field::origin);
     if (origin == req_.end()) return;
     const HeaderList h = preflight_headers_ ? std::move(*preflight_headers_)
-                                            : cors_.simple(std::string(origin->value()), req_.find(http::field::cookie) != req_.end());
+                                            : d_.cors.simple(std::string(origin->value()), req_.find(http::field::cookie) != req_.end());
     preflight_headers_.reset();
     for (const auto& [k, v] : h) res.set(k, v);
   }
@@ -616,7 +711,7 @@ class Session : public std::enable_shared_from_this<Session> {
   template <typename Response>
   void response_headers(Response& res) {
     cors_headers(res);
-    if (!opt_.request_id_headers) return;
+    if (!d_.opt.request_id_headers) return;
     const std::string sent(req_["X-Request-Id"]);
     if (!sent.empty()) request_id_ = sent;
     if (request_id_.empty()) request_id_ = random_id("");
@@ -647,7 +742,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void log_access(int status) {
-    (status < 400 ? hc_.ok : status < 500 ? hc_.client_errors : hc_.server_errors)++;
+    (status < 400 ? d_.hc.ok : status < 500 ? d_.hc.client_errors : d_.hc.server_errors)++;
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
     int64_t pt = 0, ct = 0;
     std::string id = "-";
@@ -658,18 +753,26 @@ class Session : public std::enable_shared_from_this<Session> {
         pt += o.prompt_tokens;
         for (const auto& c : o.outputs) ct += static_cast<int64_t>(c.token_ids.size());
       }
-      if (status == 200) hc_.e2e.observe(s);
+      if (status == 200) d_.hc.e2e.observe(s);
     }
-    if (opt_.access_log)
+    if (d_.opt.access_log && !quiet_path())
       log_info("access ", std::string(req_.method_string()), " ", std::string(req_.target()), " ", status, " id=", id,
                " prompt_tokens=", pt, " completion_tokens=", ct, " latency_ms=", static_cast<int64_t>(s * 1000));
   }
 
+  // disable_access_log_for_endpoints: the request's route path (query and root_path left out) is one of them.
+  bool quiet_path() const {
+    if (d_.opt.no_access_log_paths.empty()) return false;
+    const std::string target(req_.target());
+    const std::string path = route_path(target.substr(0, target.find('?')), d_.opt.root_path);
+    return std::find(d_.opt.no_access_log_paths.begin(), d_.opt.no_access_log_paths.end(), path) != d_.opt.no_access_log_paths.end();
+  }
+
   std::string metrics() {
-    const auto& c = engine_.counters();
+    const auto& c = d_.engine.counters();
     std::string m;
     auto g = [&](const char* name, const char* type, const char* help, double v) {
-      m += cat("# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n", name, "{model_name=\"", ctx_.model_names[0],
+      m += cat("# HELP ", name, " ", help, "\n# TYPE ", name, " ", type, "\n", name, "{model_name=\"", d_.ctx.model_names[0],
                "\"} ", v, "\n");
     };
     g("llmserve:num_requests_running", "gauge", "Requests running on the model.", c.running.load());
@@ -686,38 +789,49 @@ class Session : public std::enable_shared_from_this<Session> {
     g("llmserve:prompt_tokens_total", "counter", "Prompt tokens processed.", c.prompt_tokens.load());
     g("llmserve:generation_tokens_total", "counter", "Tokens generated.", c.generation_tokens.load());
     g("llmserve:request_success_total", "counter", "Requests finished.", c.requests_finished.load());
-    g("llmserve:http_responses_4xx_total", "counter", "Client errors.", hc_.client_errors.load());
-    g("llmserve:http_responses_5xx_total", "counter", "Server errors.", hc_.server_errors.load());
-    if (ctx_.loras) {  // (vLLM's lora_requests_info: the value is when the labels were set)
+    g("llmserve:http_responses_4xx_total", "counter", "Client errors.", d_.hc.client_errors.load());
+    g("llmserve:http_responses_5xx_total", "counter", "Server errors.", d_.hc.server_errors.load());
+    if (d_.ctx.loras) {  // (vLLM's lora_requests_info: the value is when the labels were set)
       const EngineCounters::Loras l = c.loras();
       m += cat("# HELP llmserve:lora_requests_info Running stats on LoRA requests.\n# TYPE llmserve:lora_requests_info gauge\n",
-               "llmserve:lora_requests_info{max_lora=\"", ctx_.max_loras, "\",running_lora_adapters=\"", l.running,
+               "llmserve:lora_requests_info{max_lora=\"", d_.ctx.max_loras, "\",running_lora_adapters=\"", l.running,
                "\",waiting_lora_adapters=\"", l.waiting, "\"} ", std::to_string(l.updated), "\n");
     }
-    const std::string model = ctx_.model_names[0];
-    m += hc_.e2e.text("llmserve:e2e_request_latency_seconds", "End-to-end latency of successful generation requests.", model);
-    m += hc_.ttft.text("llmserve:time_to_first_token_seconds", "Time from request arrival to its first generated token.", model);
-    m += hc_.itl.text("llmserve:inter_token_latency_seconds", "Time between generated tokens of a request.", model);
+    const std::string model = d_.ctx.model_names[0];
+    m += d_.hc.e2e.text("llmserve:e2e_request_latency_seconds", "End-to-end latency of successful generation requests.", model);
+    m += d_.hc.ttft.text("llmserve:time_to_first_token_seconds", "Time from request arrival to its first generated token.", model);
+    m += d_.hc.itl.text("llmserve:inter_token_latency_seconds", "Time between generated tokens of a request.", model);
     return m;
   }
 
+  // The connection's end; HTTPS first sends its close_notify (waiting at most 5 s for the client's).
   void close() {
     cancel_all();
+    hangup_timer_.cancel();
+#ifdef LLMSERVE_TLS
+    if constexpr (kTls) {
+      if (closing_) return;
+      closing_ = true;
+      lowest().expires_after(std::chrono::seconds(5));
+      return stream_.async_shutdown([self = shared_from_this()](beast::error_code) { self->close_socket(); });
+    }
+#endif
+    close_socket();
+  }
+  void close_socket() {
     beast::error_code ec;
-    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
-    stream_.close();
+    lowest().socket().shutdown(net::socket_base::shutdown_both, ec);
+    lowest().close();
   }
 
-  beast::tcp_stream stream_;
+  std::shared_ptr<void> tls_context_;  // (declared before the stream, which uses it until its end)
+  Stream stream_;
+  net::steady_timer hangup_timer_;
+  bool closing_ = false;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   http::request<http::string_body> req_;
-  const ServerOptions& opt_;
-  const CorsPolicy& cors_;
-  const ApiContext& ctx_;
-  EngineService& engine_;
-  HttpCounters& hc_;
-  ResponsesStore& store_;
+  const SessionDeps d_;
   std::shared_ptr<Pending> pending_;
   std::string request_id_;  // this request's X-Request-Id response header (enable_request_id_headers)
   std::optional<HeaderList> preflight_headers_;  // a CORS preflight's answer's headers
@@ -733,39 +847,96 @@ struct HttpServer::Impl {
   const ApiContext& ctx;
   EngineService& engine;
   net::io_context ioc;
-  tcp::acceptor acceptor;
+  std::optional<tcp::acceptor> tcp_acceptor;
+  std::optional<uds::acceptor> uds_acceptor;
   HttpCounters hc;
   ResponsesStore store;
   const CorsPolicy cors;
+#ifdef LLMSERVE_TLS
+  std::optional<TlsContext> tls;
+#endif
   Impl(const ServerOptions& o, const ApiContext& c, EngineService& e)
       : opt(o),
         ctx(c),
         engine(e),
         ioc(o.io_threads),
-        acceptor(ioc),
-        cors(o.allowed_origins, o.allowed_methods, o.allowed_headers, o.allow_credentials) {}
-  void accept() {
-    acceptor.async_accept(net::make_strand(ioc), [this](beast::error_code aec, tcp::socket s) {
+        cors(o.allowed_origins, o.allowed_methods, o.allowed_headers, o.allow_credentials) {
+    if (o.tls.enabled()) {
+#ifdef LLMSERVE_TLS
+      tls.emplace(o.tls);
+#else
+      check_tls(o.tls);  // (throws: not built)
+#endif
+    }
+  }
+
+  template <class Acceptor>
+  void accept(Acceptor& acceptor) {
+    using Socket = typename Acceptor::protocol_type::socket;
+    acceptor.async_accept(net::make_strand(ioc), [this, &acceptor](beast::error_code aec, Socket s) {
       if (aec == net::error::operation_aborted || !acceptor.is_open()) return;  // closed at shutdown
       if (aec) {
         // Out of descriptors or a transient failure: keep the listener alive and try again shortly.
         log_warn("accept failed: ", aec.message(), "; retrying");
         auto t = std::make_shared<net::steady_timer>(ioc, std::chrono::milliseconds(100));
-        return t->async_wait([this, t](beast::error_code) { accept(); });
+        return t->async_wait([this, t, &acceptor](beast::error_code) { accept(acceptor); });
       }
-      std::make_shared<Session>(std::move(s), opt, cors, ctx, engine, hc, store)->start();
-      accept();
+      start_session(std::move(s));
+      accept(acceptor);
     });
+  }
+
+  template <class Socket>
+  void start_session(Socket s) {
+    using Plain = beast::basic_stream<typename Socket::protocol_type>;
+    const SessionDeps deps{opt, cors, ctx, engine, hc, store};
+#ifdef LLMSERVE_TLS
+    if (tls) {
+      std::shared_ptr<net::ssl::context> c = tls->current();
+      net::ssl::context& ref = *c;
+      return std::make_shared<Session<beast::ssl_stream<Plain>>>(deps, std::move(c), std::move(s), ref)->start();
+    }
+#endif
+    std::make_shared<Session<Plain>>(deps, nullptr, std::move(s))->start();
+  }
+
+  void close_acceptors() {
+    beast::error_code ignored;
+    if (tcp_acceptor) tcp_acceptor->close(ignored);
+    if (uds_acceptor) uds_acceptor->close(ignored);
   }
 };
 
+namespace {
+// A Unix domain socket at `path`, as asyncio's create_unix_server (uvicorn's) makes it: a socket file
+// left there (a server that ended without removing it) is replaced; any other file is an error.
+void bind_uds(uds::acceptor& a, const std::string& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) throw Error(cat("uds '", path, "' exists and is not a socket"));
+    ::unlink(path.c_str());
+  }
+  beast::error_code ec;
+  const uds::endpoint ep(path);
+  a.open(ep.protocol(), ec);
+  if (!ec) a.bind(ep, ec);
+  if (!ec) a.listen(net::socket_base::max_listen_connections, ec);
+  if (ec) throw Error(cat("cannot listen on the Unix socket '", path, "': ", ec.message()));
+  ::chmod(path.c_str(), 0666);  // (uvicorn's default permissions for it)
+}
+}  // namespace
+
 HttpServer::HttpServer(const ServerOptions& opt, const ApiContext& ctx, EngineService& engine)
     : impl_(std::make_unique<Impl>(opt, ctx, engine)) {
+  if (!opt.uds.empty()) {
+    bind_uds(impl_->uds_acceptor.emplace(impl_->ioc), opt.uds);
+    return;
+  }
   beast::error_code ec;
   const auto addr = net::ip::make_address(opt.host, ec);
   if (ec) throw Error(cat("host '", opt.host, "' is not an IP address"));
   const tcp::endpoint ep(addr, static_cast<unsigned short>(opt.port));
-  auto& a = impl_->acceptor;
+  auto& a = impl_->tcp_acceptor.emplace(impl_->ioc);
   a.open(ep.protocol(), ec);
   if (!ec) a.set_option(net::socket_base::reuse_address(true), ec);
   if (!ec) a.bind(ep, ec);
@@ -773,25 +944,44 @@ HttpServer::HttpServer(const ServerOptions& opt, const ApiContext& ctx, EngineSe
   if (ec) throw Error(cat("cannot listen on ", opt.host, ":", opt.port, ": ", ec.message()));
 }
 
-HttpServer::~HttpServer() = default;
+HttpServer::~HttpServer() {
+  if (!impl_->opt.uds.empty()) ::unlink(impl_->opt.uds.c_str());
+}
 
 void HttpServer::run() {
   Impl& s = *impl_;
-  s.accept();
+  if (s.tcp_acceptor) s.accept(*s.tcp_acceptor);
+  if (s.uds_acceptor) s.accept(*s.uds_acceptor);
   net::signal_set signals(s.ioc, SIGINT, SIGTERM);
   signals.async_wait([&s](beast::error_code, int sig) {
     log_info("signal ", sig, ": stopping (in-flight requests are aborted)");
-    beast::error_code ignored;
-    s.acceptor.close(ignored);
+    s.close_acceptors();
     s.engine.stop();  // aborts active requests; their clients get their final responses
     // Let the final writes go out, then stop the I/O threads.
     auto timer = std::make_shared<net::steady_timer>(s.ioc, std::chrono::milliseconds(500));
     timer->async_wait([&s, timer](beast::error_code) { s.ioc.stop(); });
   });
-  log_info("serving ", s.ctx.model_names[0], " on http://", s.opt.host, ":", s.opt.port, " (OpenAI API under /v1)");
+  const std::string scheme = s.opt.tls.enabled() ? "https" : "http";
+  if (s.uds_acceptor) {
+    log_info("serving ", s.ctx.model_names[0], " on ", scheme, " over the Unix socket ", s.opt.uds, " (OpenAI API under /v1)");
+  } else {
+    log_info("serving ", s.ctx.model_names[0], " on ", scheme, "://", s.opt.host, ":", s.opt.port, " (OpenAI API under /v1)");
+  }
+  // A handler's exception comes out of run() (Asio's rule): the connection it served is dropped (its
+  // handlers and session are gone with the exception), and the thread serves on.
+  auto serve = [&s] {
+    for (;;) {
+      try {
+        s.ioc.run();
+        return;
+      } catch (const std::exception& e) {
+        log_warn("HTTP: a connection failed (", e.what(), ") and was dropped; serving on");
+      }
+    }
+  };
   std::vector<std::thread> threads;
-  for (int i = 1; i < s.opt.io_threads; ++i) threads.emplace_back([&s] { s.ioc.run(); });
-  s.ioc.run();
+  for (int i = 1; i < s.opt.io_threads; ++i) threads.emplace_back(serve);
+  serve();
   for (auto& t : threads) t.join();
 }
 

@@ -2,20 +2,30 @@
 // pool; model steps run on the engine thread, never on an I/O thread).
 #pragma once
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "server/engine_service.h"
 #include "server/openai_api.h"
+#include "server/tls_context.h"
 
 namespace llmserve {
 
 struct ServerOptions {
   std::string host = "0.0.0.0";
   int port = 8000;
-  std::string api_key;  // empty: no authentication
+  // uds (vLLM's): a Unix domain socket to serve on instead of host:port (a stale socket file there is
+  // replaced; the file is removed at the end).
+  std::string uds;
+  TlsOptions tls;                     // HTTPS when tls.enabled()
+  std::vector<std::string> api_keys;  // empty: no authentication; else any one of them (vLLM's list)
   size_t body_limit = 16u << 20;
+  // h11_max_incomplete_event_size and h11_max_header_count (vLLM's): a request's header bytes and
+  // fields beyond them are refused with 431 (the bytes at most 64 KiB, Beast's largest header field).
+  uint32_t header_limit = 4u << 20;
+  int max_header_count = 256;
   int io_threads = 2;
   int request_timeout_s = 60;  // to receive a whole request; idle keep-alive connections close after it
   // CORS (server/cors.h), vLLM's defaults: any origin, method and header; no credentials.
@@ -24,6 +34,7 @@ struct ServerOptions {
   std::vector<std::string> allowed_headers = {"*"};
   bool allow_credentials = false;
   bool access_log = true;  // one log line per request
+  std::vector<std::string> no_access_log_paths;  // disable_access_log_for_endpoints (vLLM's): routes not logged
   // enable_request_id_headers (vLLM's): every response carries X-Request-Id, the request's own header's
   // value, else the generation's id base (its body's request_id or a random one), else a random one.
   bool request_id_headers = false;

@@ -143,8 +143,8 @@ check "bad pooler_config" 1 "pooler_config: pooling_type 'MAX' is not supported"
 # vLLM launch options llmserve cannot honour: refused with the reason.
 check "data_parallel_size past 1" 1 "data_parallel_size 2 is not supported: one llmserve job is one engine" -- \
   "$llmserve" logits "$work/good.yaml" --data-parallel-size 2 --prompt-ids 1
-check "TLS files" 1 "ssl_keyfile / ssl_certfile are not supported: llmserve serves plain HTTP" -- \
-  "$llmserve" logits "$work/good.yaml" --ssl-keyfile key.pem --ssl-certfile cert.pem --prompt-ids 1
+check "a TLS key without its certificate" 1 "ssl_keyfile needs ssl_certfile" -- \
+  "$llmserve" logits "$work/good.yaml" --ssl-keyfile key.pem --prompt-ids 1
 check "chat_template_content_format openai" 1 "chat_template_content_format 'openai' is not supported" -- \
   "$llmserve" logits "$work/good.yaml" --chat-template-content-format openai --prompt-ids 1
 check "a uvicorn_log_level uvicorn does not have" 1 "uvicorn_log_level must be critical, error, warning, info, debug or trace; got 'loud'" -- \

@@ -66,8 +66,12 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError("server did not start; see " + self.log.name)
 
+    def connect(self, timeout):
+        """A connection to the server (test_tls.py's servers make HTTPS and Unix-socket ones)."""
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
     def request(self, method, path, body=None, headers=None, timeout=60):
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        c = self.connect(timeout)
         data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
         c.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
         r = c.getresponse()
@@ -84,7 +88,7 @@ class Server:
 
     def stream(self, path, body, timeout=120, headers=None):
         """Returns the list of SSE data payloads."""
-        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        c = self.connect(timeout)
         c.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json", **(headers or {})})
         r = c.getresponse()
         events = [line[6:] for line in r.read().decode().split("\n") if line.startswith("data: ")]

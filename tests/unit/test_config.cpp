@@ -34,7 +34,7 @@ TEST(Config, YamlThenCommandLineOverrides) {
   EXPECT_EQ(c.max_model_len, 2048);
   EXPECT_EQ(c.dtype, "bfloat16");
   EXPECT_FALSE(c.enable_chunked_prefill);
-  EXPECT_EQ(c.api_key, "secret");
+  EXPECT_EQ(c.api_key, std::vector<std::string>{"secret"});
   EXPECT_EQ(c.served_model_name, (std::vector<std::string>{"a", "b"}));
   EXPECT_NO_THROW(config_validate(c));
 }
@@ -489,4 +489,43 @@ TEST(Config, RootPath) {
   config_parse_args(c, {"--root-path", "/"});
   EXPECT_EQ(c.root_path, "");
   EXPECT_THROW(config_parse_args(c, {"--root-path", "llm"}), Error);
+}
+
+TEST(Config, FrontEndTransportsAndLimits) {
+  // vLLM's --api-key takes several keys; it stops at the next option and at a model or config name.
+  Config c;
+  auto rest = config_parse_args(c, {"--api-key", "k1", "k2", "m.h5", "--uds", "/tmp/s.sock"});
+  EXPECT_EQ(c.api_key, (std::vector<std::string>{"k1", "k2"}));
+  EXPECT_EQ(rest, std::vector<std::string>{"m.h5"});
+  EXPECT_EQ(c.uds, "/tmp/s.sock");
+  Config y;
+  config_parse_args(y, {write_yaml("model: m.h5\napi_key: [a, b]\nssl_certfile: c.pem\nssl_keyfile: k.pem\nssl_ca_certs: ca.pem\n"
+                                   "ssl_cert_reqs: 2\nssl_ciphers: ECDHE-RSA-AES128-GCM-SHA256\nenable_ssl_refresh: true\n"
+                                   "disable_access_log_for_endpoints: /health,/metrics\nh11_max_header_count: 64\n"
+                                   "h11_max_incomplete_event_size: 8192\n"),
+                        "--api-key", "cli"});
+  EXPECT_EQ(y.api_key, std::vector<std::string>{"cli"});  // the command line's list replaces the file's
+  EXPECT_EQ(y.ssl_cert_reqs, 2);
+  EXPECT_TRUE(y.enable_ssl_refresh);
+  EXPECT_EQ(y.h11_max_header_count, 64);
+  EXPECT_EQ(y.h11_max_incomplete_event_size, 8192);
+  EXPECT_NO_THROW(config_validate(y));
+  auto refused = [](std::vector<std::string> args, const std::string& msg) {
+    Config b;
+    config_parse_args(b, args);
+    try {
+      config_validate(b);
+      ADD_FAILURE() << "accepted: " << msg;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(msg), std::string::npos) << e.what();
+    }
+  };
+  refused({"--model", "m.h5", "--ssl-keyfile", "k.pem"}, "ssl_keyfile needs ssl_certfile");
+  refused({"--model", "m.h5", "--ssl-ca-certs", "ca.pem"}, "they need ssl_certfile");
+  refused({"--model", "m.h5", "--ssl-certfile", "c.pem", "--ssl-cert-reqs", "3", "--ssl-ca-certs", "ca.pem"}, "ssl_cert_reqs must be 0");
+  refused({"--model", "m.h5", "--ssl-certfile", "c.pem", "--ssl-cert-reqs", "1"}, "needs ssl_ca_certs");
+  refused({"--model", "m.h5", "--h11-max-header-count", "0"}, "h11_max_header_count must be at least 1");
+  refused({"--model", "m.h5", "--h11-max-incomplete-event-size", "100"}, "h11_max_incomplete_event_size must be 1024");
+  Config e;
+  EXPECT_THROW(config_parse_args(e, {"--api-key", ""}), Error);
 }

@@ -5,11 +5,13 @@
 #include <csignal>
 #include <cstdlib>
 #include <ctime>
+#include <sstream>
 
 #include "chat/chat_template.h"
 #include "cli/commands/commands.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "common/text.h"
 #include "config/config.h"
 #include "dist/collective_check.h"
 #include "engine/engine.h"
@@ -149,15 +151,54 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
   return ctx;
 }
 
+namespace {
+
+// The HTTP front end's options from the configuration (and the API key environment variables).
+ServerOptions server_options(const Config& cfg) {
+  ServerOptions opt;
+  opt.host = cfg.host;
+  opt.port = cfg.port;
+  opt.uds = cfg.uds;
+  opt.api_keys = cfg.api_key;
+  if (opt.api_keys.empty())  // (vLLM reads VLLM_API_KEY)
+    for (const char* var : {"LLMSERVE_API_KEY", "VLLM_API_KEY"})
+      if (const char* k = std::getenv(var); k && *k && opt.api_keys.empty()) opt.api_keys.push_back(k);
+  opt.tls = {cfg.ssl_keyfile, cfg.ssl_certfile, cfg.ssl_ca_certs, cfg.ssl_ciphers, cfg.ssl_cert_reqs, cfg.enable_ssl_refresh};
+  opt.header_limit = static_cast<uint32_t>(cfg.h11_max_incomplete_event_size);
+  opt.max_header_count = cfg.h11_max_header_count;
+  opt.allowed_origins = cfg.allowed_origins;
+  opt.allowed_methods = cfg.allowed_methods;
+  opt.allowed_headers = cfg.allowed_headers;
+  opt.allow_credentials = cfg.allow_credentials;
+  opt.request_id_headers = cfg.enable_request_id_headers;
+  opt.server_load_tracking = cfg.enable_server_load_tracking;
+  opt.root_path = cfg.root_path;
+  // (uvicorn logs each request at info: a level above it silences the access log, as in vLLM)
+  opt.access_log = !cfg.disable_uvicorn_access_log && (cfg.uvicorn_log_level == "info" || cfg.uvicorn_log_level == "debug" ||
+                                                       cfg.uvicorn_log_level == "trace");
+  std::stringstream quiet(cfg.disable_access_log_for_endpoints);
+  for (std::string p; std::getline(quiet, p, ',');)
+    if (!(p = trim(p)).empty()) opt.no_access_log_paths.push_back(p);
+  return opt;
+}
+
+}  // namespace
+
 int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
   Config cfg;
+  int rank = 0;
+  MPI_Comm_rank(world, &rank);
+  ServerOptions opt;
   agree(world, [&] {
     std::vector<std::string> rest = config_parse_args(cfg, args);
     config_take_model_argument(cfg, rest);
     if (!rest.empty()) throw Error(cat("unexpected argument '", rest[0], "'"));
+    if (rank != 0) return;
+    // The HTTPS files are read before the model is loaded, so a wrong one costs no loading time.
+    config_validate(cfg);
+    opt = server_options(cfg);
+    if (opt.tls.enabled()) check_tls(opt.tls);
   });
-  int rank = 0;
-  MPI_Comm_rank(world, &rank);
   // mpirun forwards SIGTERM/SIGINT to every rank: only rank 0 acts on them.
   if (rank != 0) {
     std::signal(SIGINT, SIG_IGN);
@@ -167,28 +208,12 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
   std::unique_ptr<Tokenizer> tok;
   std::unique_ptr<ChatTemplate> chat;
   ApiContext ctx;
-  ServerOptions opt;
   std::unique_ptr<Engine> engine;
   std::unique_ptr<EngineService> service;
   std::unique_ptr<HttpServer> server;
   agree(world, [&] {
     if (rank != 0) return;
     ctx = api_context(cfg, runner, tok, chat);
-    opt.host = cfg.host;
-    opt.port = cfg.port;
-    opt.api_key = cfg.api_key;
-    opt.allowed_origins = cfg.allowed_origins;
-    opt.allowed_methods = cfg.allowed_methods;
-    opt.allowed_headers = cfg.allowed_headers;
-    opt.allow_credentials = cfg.allow_credentials;
-    opt.request_id_headers = cfg.enable_request_id_headers;
-    opt.server_load_tracking = cfg.enable_server_load_tracking;
-    opt.root_path = cfg.root_path;
-    // (uvicorn logs each request at info: a level above it silences the access log, as in vLLM)
-    opt.access_log = !cfg.disable_uvicorn_access_log && (cfg.uvicorn_log_level == "info" || cfg.uvicorn_log_level == "debug" ||
-                                                         cfg.uvicorn_log_level == "trace");
-    if (opt.api_key.empty())
-      if (const char* k = std::getenv("LLMSERVE_API_KEY")) opt.api_key = k;
     engine = std::make_unique<Engine>(runner, tok.get(), static_cast<uint64_t>(cfg.seed));
     service = std::make_unique<EngineService>(*engine);
     server = std::make_unique<HttpServer>(opt, ctx, *service);
