@@ -19,6 +19,7 @@
 #include "common/json_text.h"
 #include "common/text.h"
 #include "engine/speculative.h"
+#include "model/graph_sizes.h"
 #include "model/lora.h"
 #include "model/pooler_config.h"
 
@@ -116,6 +117,29 @@ bool parse_bool(const std::string& key, const std::string& v) {
 // A boolean option stored in Config's `field`.
 Option bool_option(const char* key, bool Config::*field, const char* help) {
   return {key, Kind::Bool, help, [key, field](Config& c, const std::string& v) { c.*field = parse_bool(key, v); }};
+}
+
+// A list of positive sizes given as a JSON list ("[1, 2, 4]"), comma-separated, or one per flag.
+void add_sizes(std::vector<int64_t>& out, const char* key, const std::string& v) {
+  std::vector<std::string> items;
+  if (v.rfind("[", 0) == 0) {
+    nlohmann::json j;
+    try {
+      j = parse_json(v);
+    } catch (const std::exception&) {
+      j = nullptr;
+    }
+    if (!j.is_array()) throw Error(cat("config: ", key, " must be a list of positive integers, got '", v, "'"));
+    for (const auto& x : j) items.push_back(x.dump());
+  } else {
+    std::stringstream ss(v);
+    for (std::string x; std::getline(ss, x, ',');) items.push_back(trim(x));
+  }
+  for (const auto& x : items) {
+    const int64_t n = parse_int(key, x);
+    if (n < 1) throw Error(cat("config: ", key, " must be positive integers, got ", n));
+    out.push_back(n);
+  }
 }
 
 // A vLLM flag accepted so vLLM launch lines run, with no effect here (its help says why); its value
@@ -250,6 +274,31 @@ const std::vector<Option>& options() {
       bool_option("enable_prefix_caching", &Config::enable_prefix_caching, "reuse KV blocks of shared prompt prefixes"),
       bool_option("enforce_eager", &Config::enforce_eager,
                   "CUDA: run every step eagerly instead of replaying CUDA graphs of decode steps (recorded at start-up for batch sizes up to max_num_seqs; tp = 1)"),
+      {"compilation_config", Kind::String,
+       "JSON object (or YAML mapping) of vLLM's compilation config, or an optimization level 0-3: cudagraph_mode (NONE: no "
+       "CUDA graphs; FULL_DECODE_ONLY: decode graphs only; FULL, FULL_AND_PIECEWISE (default), PIECEWISE: decode and "
+       "mixed-step graphs, whole layers), cudagraph_capture_sizes, max_cudagraph_capture_size, use_cudagraph; "
+       "torch.compile's keys are accepted without effect",
+       [](Config& c, const std::string& v) { apply_compilation_config(c, v); }},
+      {"cudagraph_mode", Kind::String, "compilation_config's cudagraph_mode as a flag of its own",
+       [](Config& c, const std::string& v) { set_cudagraph_mode(c, v); }},
+      {"cudagraph_capture_sizes", Kind::StringList,
+       "the CUDA-graph sizes to record (vLLM's): batch sizes of decode graphs up to max_num_seqs and token counts of "
+       "mixed-step graphs up to min(256, max_num_batched_tokens); several may follow one flag, or a JSON or YAML list",
+       [](Config& c, const std::string& v) { add_sizes(c.cudagraph_capture_sizes, "cudagraph_capture_sizes", v); },
+       [](Config& c) { c.cudagraph_capture_sizes.clear(); }},
+      {"max_cudagraph_capture_size", Kind::Int,
+       "the largest CUDA-graph size (vLLM's): the default sizes up to it (0: no graphs)",
+       [](Config& c, const std::string& v) {
+         c.max_cudagraph_capture_size = parse_int("max_cudagraph_capture_size", v);
+         if (c.max_cudagraph_capture_size < 0) throw Error(cat("config: max_cudagraph_capture_size must be >= 0, got '", v, "'"));
+       }},
+      {"cuda_graph_sizes", Kind::StringList,
+       "vLLM's older form: one value is max_cudagraph_capture_size, several are cudagraph_capture_sizes",
+       [](Config& c, const std::string& v) { add_sizes(c.cuda_graph_sizes, "cuda_graph_sizes", v); },
+       [](Config& c) { c.cuda_graph_sizes.clear(); }},
+      {"optimization_level", Kind::Int, "vLLM's -O0 .. -O3 (also -O N): 0 records no CUDA graphs (unless cudagraph_mode says), 1-3 keep them",
+       [](Config& c, const std::string& v) { apply_optimization_level(c, v); }},
       bool_option("disable_sliding_window", &Config::disable_sliding_window,
                   "serve a model with sliding-window attention (Mistral 7B v0.1) with full attention, max_model_len at most its window, "
                   "as vLLM (without it such a model is refused: llmserve's attention has no window)"),
@@ -537,7 +586,8 @@ void config_load_yaml(Config& cfg, const std::string& path) {
     seen.push_back(key);
     if (v.IsNull()) continue;  // `api_key:` with no value leaves the default
     if ((key == "hf_overrides" || key == "override_generation_config" || key == "pooler_config" ||
-         key == "override_pooler_config" || key == "speculative_config" || key == "structured_outputs_config") &&
+         key == "override_pooler_config" || key == "speculative_config" || key == "structured_outputs_config" ||
+         key == "compilation_config") &&
         v.IsMap()) {  // a mapping, as vLLM's YAML configs write it
       config_set(cfg, key, yaml_to_json(v).dump(), origin);
       continue;
@@ -577,6 +627,12 @@ std::vector<std::string> config_parse_args(Config& cfg, const std::vector<std::s
     }
     std::string name = a.substr(a.rfind("--", 0) == 0 ? 2 : 1), value;
     bool has_value = false;
+    // vLLM's -O0 .. -O3 (and -O N, -O=N): the optimization level.
+    if (name.size() == 2 && name[0] == 'O' && std::isdigit(static_cast<unsigned char>(name[1]))) {
+      sets.emplace_back("optimization_level", name.substr(1));
+      continue;
+    }
+    if (name == "O" || name.rfind("O=", 0) == 0) name = "optimization-level" + name.substr(1);
     if (auto eq = name.find('='); eq != std::string::npos) {
       value = name.substr(eq + 1);
       name = name.substr(0, eq);
@@ -622,6 +678,10 @@ std::vector<std::string> config_parse_args(Config& cfg, const std::vector<std::s
     // vLLM's --lora-modules takes several: the arguments after it that are name=path or a JSON object.
     while (key == "lora_modules" && !has_value && i + 1 < args.size() && args[i + 1].rfind("-", 0) != 0 &&
            (args[i + 1].find('=') != std::string::npos || args[i + 1].rfind("{", 0) == 0))
+      sets.emplace_back(key, args[++i]);
+    // vLLM's --cudagraph-capture-sizes (and --cuda-graph-sizes) take several integers.
+    while ((key == "cudagraph_capture_sizes" || key == "cuda_graph_sizes") && !has_value && i + 1 < args.size() &&
+           !args[i + 1].empty() && std::all_of(args[i + 1].begin(), args[i + 1].end(), [](char ch) { return std::isdigit(static_cast<unsigned char>(ch)); }))
       sets.emplace_back(key, args[++i]);
     // vLLM's --api-key takes several too: the arguments after it short of the next option and of a name
     // that is a file, directory or .yaml / .yml / .h5 (the model or config positional; keys are none).
@@ -683,6 +743,12 @@ void config_validate(const Config& c) {
   if (c.data_parallel_size != 1)
     fail(cat("data_parallel_size ", c.data_parallel_size, " is not supported: one llmserve job is one engine (tensor x "
              "pipeline parallel); run one job per replica behind a load balancer"));
+  if (!c.cuda_graph_sizes.empty() && (!c.cudagraph_capture_sizes.empty() || c.max_cudagraph_capture_size >= 0))
+    fail("cuda_graph_sizes is the older form of cudagraph_capture_sizes / max_cudagraph_capture_size: give one of them");
+  if (!c.cudagraph_capture_sizes.empty() && c.max_cudagraph_capture_size >= 0 &&
+      c.max_cudagraph_capture_size != *std::max_element(c.cudagraph_capture_sizes.begin(), c.cudagraph_capture_sizes.end()))
+    fail(cat("max_cudagraph_capture_size (", c.max_cudagraph_capture_size, ") must be the largest of cudagraph_capture_sizes (",
+             *std::max_element(c.cudagraph_capture_sizes.begin(), c.cudagraph_capture_sizes.end()), "), as vLLM checks"));
   if (!c.ssl_keyfile.empty() && c.ssl_certfile.empty())
     fail("ssl_keyfile needs ssl_certfile (the certificate the key belongs to; a file that holds both is named as ssl_certfile)");
   if (c.ssl_certfile.empty() && (!c.ssl_ca_certs.empty() || !c.ssl_ciphers.empty() || c.ssl_cert_reqs != 0 || c.enable_ssl_refresh))

@@ -31,6 +31,14 @@ struct Config {
   bool enable_chunked_prefill = true;
   bool enable_prefix_caching = true;
   bool enforce_eager = false;
+  // vLLM's CUDA-graph options (model/graph_sizes.h): compilation_config's cudagraph_mode (empty: unset,
+  // vLLM's FULL_AND_PIECEWISE), cudagraph_capture_sizes (empty: unset) and max_cudagraph_capture_size
+  // (-1: unset), the older cuda_graph_sizes, and the optimization level of -O (-1: unset; 0: no graphs).
+  std::string cudagraph_mode;
+  std::vector<int64_t> cudagraph_capture_sizes;
+  int64_t max_cudagraph_capture_size = -1;
+  std::vector<int64_t> cuda_graph_sizes;
+  int optimization_level = -1;
   bool disable_sliding_window = false;  // a sliding-window model with full attention up to the window (vLLM's)
   bool async_scheduling = false;     // plan the next step while one runs (pipeline_parallel_size 1)
   std::string speculative_config;    // JSON object: vLLM's speculative decoding, method ngram (engine/speculative.h)

@@ -11,9 +11,9 @@ std::vector<int64_t> DecodeGraphs::bucket_sizes(int64_t max_num_seqs) {
   return b;
 }
 
-DecodeGraphs::DecodeGraphs(Transformer& model, Backend& backend, const Topology& topo, int64_t max_num_seqs,
+DecodeGraphs::DecodeGraphs(Transformer& model, Backend& backend, const Topology& topo, std::vector<int64_t> buckets,
                            int64_t max_model_len, int64_t block_size)
-    : StepGraphs(model, backend, topo, bucket_sizes(max_num_seqs), max_model_len, block_size,
+    : StepGraphs(model, backend, topo, std::move(buckets), max_model_len, block_size,
                  topo.last_stage() ? model.shard().vocab_padded : model.spec().hidden_size) {}
 
 StepMeta pad_decode_step(const StepMeta& real, int64_t B, int64_t max_blocks, int64_t max_context) {

@@ -3,7 +3,7 @@
 // per step into one. A decode step (one new token per sequence, every sequence sampling) of S
 // sequences runs the graph of the smallest bucket B >= S over a batch padded to B rows (padding tokens
 // write no KV: slot -1). Buckets are 1, 2, 4, then multiples of 8 below max_num_seqs, and
-// max_num_seqs itself. Steps that do not fit (prefill, chunked prefill, more sequences than the
+// max_num_seqs itself, unless vLLM's capture sizes name others (model/graph_sizes.h). Steps that do not fit (prefill, chunked prefill, more sequences than the
 // largest bucket) run through the mixed-step graphs (model/mixed_graphs.h) or eagerly.
 #pragma once
 #include <cstdint>
@@ -21,10 +21,11 @@ StepMeta pad_decode_step(const StepMeta& real, int64_t bucket, int64_t max_block
 
 class DecodeGraphs : public StepGraphs {
  public:
-  // Allocates the static input/output tensors (call before the memory plan, so it counts them). The
-  // result of a replay (run) is the stage's result of Transformer::forward.
-  DecodeGraphs(Transformer& model, Backend& backend, const Topology& topo, int64_t max_num_seqs, int64_t max_model_len,
-               int64_t block_size);
+  // Allocates the static input/output tensors (call before the memory plan, so it counts them) for the
+  // batch sizes `buckets` (ascending; bucket_sizes(max_num_seqs) unless vLLM's capture sizes say otherwise,
+  // model/graph_sizes.h). The result of a replay (run) is the stage's result of Transformer::forward.
+  DecodeGraphs(Transformer& model, Backend& backend, const Topology& topo, std::vector<int64_t> buckets,
+               int64_t max_model_len, int64_t block_size);
 
   // 1, 2, 4, then multiples of 8 below max_num_seqs, and max_num_seqs.
   static std::vector<int64_t> bucket_sizes(int64_t max_num_seqs);

@@ -12,9 +12,9 @@ std::vector<int64_t> MixedGraphs::bucket_sizes(int64_t max_tokens) {
   return b;
 }
 
-MixedGraphs::MixedGraphs(Transformer& model, Backend& backend, const Topology& topo, int64_t max_tokens,
+MixedGraphs::MixedGraphs(Transformer& model, Backend& backend, const Topology& topo, std::vector<int64_t> buckets,
                          int64_t max_model_len, int64_t block_size)
-    : StepGraphs(model, backend, topo, bucket_sizes(max_tokens), max_model_len, block_size, model.spec().hidden_size) {}
+    : StepGraphs(model, backend, topo, std::move(buckets), max_model_len, block_size, model.spec().hidden_size) {}
 
 StepMeta pad_mixed_step(const StepMeta& real, int64_t B, int64_t max_blocks, int64_t max_context) {
   const int64_t T = real.num_tokens(), S = real.num_seqs();

@@ -26,10 +26,11 @@ class MixedGraphs : public StepGraphs {
   // The largest bucket: steps of more tokens run eagerly (their device time hides the launches).
   static constexpr int64_t kMaxTokens = 256;
 
-  // Allocates the static tensors (call before the memory plan, so it counts them). Buckets go up to
-  // min(kMaxTokens, max_tokens). The result of a replay (run) is the stage's residual stream after its
-  // layers, [T, hidden] (Transformer::body).
-  MixedGraphs(Transformer& model, Backend& backend, const Topology& topo, int64_t max_tokens, int64_t max_model_len,
+  // Allocates the static tensors (call before the memory plan, so it counts them) for the token counts
+  // `buckets` (ascending, at most kMaxTokens; bucket_sizes(max_num_batched_tokens) unless vLLM's capture
+  // sizes say otherwise, model/graph_sizes.h). The result of a replay (run) is the stage's residual
+  // stream after its layers, [T, hidden] (Transformer::body).
+  MixedGraphs(Transformer& model, Backend& backend, const Topology& topo, std::vector<int64_t> buckets, int64_t max_model_len,
               int64_t block_size);
 
   // Multiples of 16 below min(kMaxTokens, max_tokens), and that bound itself.

@@ -24,6 +24,7 @@
 #include "dist/collective_check.h"
 #include "engine/speculative.h"
 #include "model/dummy_weights.h"
+#include "model/graph_sizes.h"
 #include "model/memory_plan.h"
 
 namespace llmserve {
@@ -246,16 +247,19 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm, bool defer_kv) : cfg_
     log_info("cpu_offload_gb: ", gib(model_->offloaded_bytes()), " GiB of weights (the matrices of ", model_->offloaded_layers(),
              " of this stage's ", model_->shard().layers.end - model_->shard().layers.begin, " layers) in pinned host memory, read by the GPU over its bus at every step");
   // CUDA graphs for decode steps; their static tensors exist before the memory plan, which counts them.
-  const bool graphs = backend_->supports_graphs() && !cfg_.enforce_eager;
+  // (vLLM's cudagraph_mode and capture sizes pick which: model/graph_sizes.h)
+  const GraphPlan plan = graph_plan(cfg_);
+  const bool graphs = backend_->supports_graphs() && !(plan.decode.empty() && plan.mixed.empty());
+  if (backend_->supports_graphs() && !graphs)
+    log_info("no CUDA graphs (enforce_eager, cudagraph_mode NONE, -O0 or no capture size in range): every step runs eagerly");
   if (graphs) {
     agree(world_comm, [&] {
-      graphs_ = std::make_unique<DecodeGraphs>(*model_, *backend_, topo_, cfg_.max_num_seqs, cfg_.max_model_len,
-                                               cfg_.block_size);
-      mixed_graphs_ = std::make_unique<MixedGraphs>(*model_, *backend_, topo_, cfg_.max_num_batched_tokens,
-                                                    cfg_.max_model_len, cfg_.block_size);
+      if (!plan.decode.empty())
+        graphs_ = std::make_unique<DecodeGraphs>(*model_, *backend_, topo_, plan.decode, cfg_.max_model_len, cfg_.block_size);
+      if (!plan.mixed.empty())
+        mixed_graphs_ = std::make_unique<MixedGraphs>(*model_, *backend_, topo_, plan.mixed, cfg_.max_model_len, cfg_.block_size);
       // Room for the largest graph's metadata (a mixed step's padding tokens are sequences of their own).
-      const auto& mixed = mixed_graphs_->buckets();
-      const int64_t seqs = std::max<int64_t>(cfg_.max_num_seqs, mixed.empty() ? 0 : mixed.back());
+      const int64_t seqs = std::max<int64_t>(cfg_.max_num_seqs, plan.mixed.empty() ? 0 : plan.mixed.back());
       backend_->reserve_step(std::max<int64_t>(cfg_.max_num_batched_tokens, cfg_.max_num_seqs), seqs,
                              seqs * ((cfg_.max_model_len + cfg_.block_size - 1) / cfg_.block_size));
     });
@@ -344,7 +348,8 @@ void ModelRunner::allocate_kv(MPI_Comm world_comm, long long blocks, long long h
     agree(world_comm, [&] { secs = graphs_->capture(*kv_); });
     char buf[64];
     std::snprintf(buf, sizeof buf, "%.2f s, %.1f MiB", secs, static_cast<double>(backend_->graph_memory()) / (1 << 20));
-    log_info("CUDA graphs: ", graphs_->buckets().size(), " decode batch sizes recorded (1..", graphs_->buckets().back(),
+    log_info("CUDA graphs: ", graphs_->buckets().size(), " decode batch sizes recorded (", graphs_->buckets().front(), "..",
+             graphs_->buckets().back(),
              lora_twice(*graphs_), ") in ", buf, " of graph memory");
   }
   if (mixed_graphs_ && !mixed_graphs_->buckets().empty()) {

@@ -143,6 +143,12 @@ check "bad pooler_config" 1 "pooler_config: pooling_type 'MAX' is not supported"
 # vLLM launch options llmserve cannot honour: refused with the reason.
 check "data_parallel_size past 1" 1 "data_parallel_size 2 is not supported: one llmserve job is one engine" -- \
   "$llmserve" logits "$work/good.yaml" --data-parallel-size 2 --prompt-ids 1
+# vLLM's CUDA-graph options: accepted on every backend (the CPU backend records no graphs), checked.
+check "vLLM's -O0 and compilation_config on the CPU backend" 0 '"generated_ids":\[[0-9]+,[0-9]+\]' -- \
+  "$llmserve" logits "$qwen" --backend cpu --max-model-len 64 -O0 --compilation-config '{"cudagraph_mode": "FULL_DECODE_ONLY", "level": 3}' \
+  --cudagraph-capture-sizes 1 2 4 --prompts "$work/prompts.jsonl" --max-tokens 2
+check "a cudagraph_mode vLLM does not have" 1 "cudagraph_mode must be NONE, PIECEWISE, FULL, FULL_DECODE_ONLY or FULL_AND_PIECEWISE, got 'SOMETIMES'" -- \
+  "$llmserve" logits "$work/good.yaml" --compilation-config '{"cudagraph_mode": "SOMETIMES"}' --prompt-ids 1
 check "a TLS key without its certificate" 1 "ssl_keyfile needs ssl_certfile" -- \
   "$llmserve" logits "$work/good.yaml" --ssl-keyfile key.pem --prompt-ids 1
 check "chat_template_content_format openai" 1 "chat_template_content_format 'openai' is not supported" -- \

@@ -17,7 +17,8 @@
 #     and on two (pp=2), as in 1 (and the log counts the mixed-step graph replays); bfloat16 reported;
 #  7. asynchronous scheduling with each step's forward pass queued behind the previous draw (bf16, decode
 #     and mixed steps): bit-identical tokens and log-probabilities to stepping in turn, steps queued;
-#  8. with two GPUs or more: tp=2 graphs (the all-reduces recorded with the kernels) against eager
+#  8. vLLM's cudagraph_mode, capture sizes and -O0 pick the graphs recorded, tokens as the eager steps';
+#  9. with two GPUs or more: tp=2 graphs (the all-reduces recorded with the kernels) against eager
 #     tp=1, decode and mixed, as in 1; and the pp=2 runs' activations went by NCCL (one GPU: by MPI).
 # Exits 77 (skipped) where no GPU is visible.   run_graphs_gpu.sh BUILD_DIR
 set -uo pipefail
@@ -80,7 +81,7 @@ run eager-f32 float32 1 --enforce-eager && run graphs-f32 float32 1 && { compare
 run graphs-f32-pp2 float32 2 && { compare eager-f32 graphs-f32-pp2 assert || fail=1; }
 run eager-bf16 bfloat16 1 --enforce-eager && run graphs-bf16 bfloat16 1 && compare eager-bf16 graphs-bf16 report
 LLMSERVE_CUDA_PDL=0 run graphs-bf16-nopdl bfloat16 1 && { compare graphs-bf16-nopdl graphs-bf16 exact || fail=1; }
-if grep -q "CUDA graphs: 7 decode batch sizes recorded" "$work/graphs-f32.log" && ! grep -q "CUDA graphs" "$work/eager-f32.log"; then
+if grep -q "CUDA graphs: 7 decode batch sizes recorded" "$work/graphs-f32.log" && ! grep -q "CUDA graphs:" "$work/eager-f32.log"; then
   echo "ok   graphs recorded for 7 batch sizes; none with --enforce-eager"
 else
   echo "FAIL graph log lines"; grep "CUDA graphs" "$work/graphs-f32.log" "$work/eager-f32.log"; fail=1
@@ -99,6 +100,26 @@ for name in graphs-f32-mixed graphs-f32-mixed-pp2; do
     echo "FAIL $name: mixed-step graphs not recorded or not replayed ($line)"; fail=1
   fi
 done
+# vLLM's CUDA-graph options (model/graph_sizes.h) pick the graphs, which give the eager steps' tokens:
+# -O0 none (bit-identical to --enforce-eager); FULL_DECODE_ONLY decode graphs only; capture sizes 3, 5
+# and 20 (decode batches of 1-2 padded to 3, of 21-32 eager; mixed steps of up to 20 tokens on graphs);
+# max_cudagraph_capture_size 16 the default sizes up to 16.
+graph_option() {  # graph_option NAME REF WANT_LOG NOT_IN_LOG [extra...]
+  local name=$1 ref=$2 want=$3 unwanted=$4; shift 4
+  run "$name" float32 1 "$@" || return
+  if [ "$ref" = eager-f32 ] && [ "$name" = opt-O0 ]; then compare "$ref" "$name" exact || fail=1; else compare "$ref" "$name" assert || fail=1; fi
+  if grep -q "$want" "$work/$name.log" && { [ -z "$unwanted" ] || ! grep -q "$unwanted" "$work/$name.log"; }; then
+    echo "ok   $name: log has: $want${unwanted:+ (and not: $unwanted)}"
+  else
+    echo "FAIL $name: log lacks: $want${unwanted:+ (or has: $unwanted)}"; grep -i "graphs" "$work/$name.log"; fail=1
+  fi
+}
+graph_option opt-O0 eager-f32 "no CUDA graphs" "CUDA graphs:" -O0
+graph_option opt-decode-only eager-f32-mixed "7 decode batch sizes recorded" "mixed-step token counts recorded" \
+  --max-num-batched-tokens 48 --compilation-config '{"cudagraph_mode": "FULL_DECODE_ONLY"}'
+graph_option opt-sizes eager-f32 "3 decode batch sizes recorded (3..20" "" --cudagraph-capture-sizes 3 5 20
+grep -q "3 mixed-step token counts recorded (3..20" "$work/opt-sizes.log" || { echo "FAIL opt-sizes: mixed-step sizes"; fail=1; }
+graph_option opt-max16 eager-f32 "5 decode batch sizes recorded (1..16" "" --compilation-config '{"max_cudagraph_capture_size": 16}'
 # Asynchronous scheduling (one rank): each step's forward pass queued behind the previous step's draw and
 # log-probabilities, its pending tokens filled in on the device: bit-identical to stepping in turn, on
 # decode graphs and on mixed steps, and the log says steps were queued.

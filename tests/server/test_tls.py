@@ -153,11 +153,14 @@ def https_checks(pki):
         check("https: a plain-HTTP request gets no answer, and the server serves on",
               not isinstance(plain, int) and s.request("GET", "/health")[0] == 200, str(plain))
         # Clients that go away mid-request, with and without their close_notify: their requests end.
+        # (64 prompts of 480 tokens: long enough on a GPU too; the client goes as soon as it runs)
         for how in ("closed", "close_notify"):
             c = s.connect(30)
-            c.request("POST", "/v1/completions", body=json.dumps({**COMPLETION, "max_tokens": 480}),
+            c.request("POST", "/v1/completions", body=json.dumps({**COMPLETION, "prompt": [[1, 2, 3]] * 64, "max_tokens": 480}),
                       headers={"Content-Type": "application/json"})
-            time.sleep(0.3)
+            t = time.time()
+            while load(s) != 1 and time.time() - t < 10:
+                time.sleep(0.01)
             busy = load(s)
             if how == "close_notify":
                 c.sock.setblocking(False)

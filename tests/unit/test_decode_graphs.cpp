@@ -13,7 +13,9 @@
 #include "convert/model_writer.h"
 #include "engine/worker.h"
 #include "kv/kv_cache.h"
+#include "config/config.h"
 #include "model/decode_graphs.h"
+#include "model/graph_sizes.h"
 #include "model/mixed_graphs.h"
 #include "model/model_file.h"
 #include "model/transformer.h"
@@ -408,8 +410,8 @@ TEST(StepGraphs, StepsWithoutAnAdapterReplayTheGraphsWithoutLora) {
   for (const bool adapters : {true, false}) {
     StageOn<GraphLogBackend> st(0, 1);
     if (adapters) st.model.set_loras({q_adapter(st.spec)});
-    DecodeGraphs dg(st.model, st.be, st.topo, 8, 24, kBlock);
-    MixedGraphs mg(st.model, st.be, st.topo, 32, 24, kBlock);
+    DecodeGraphs dg(st.model, st.be, st.topo, DecodeGraphs::bucket_sizes(8), 24, kBlock);
+    MixedGraphs mg(st.model, st.be, st.topo, MixedGraphs::bucket_sizes(32), 24, kBlock);
     for (StepGraphs* g : {static_cast<StepGraphs*>(&dg), static_cast<StepGraphs*>(&mg)}) {
       const size_t first = st.be.with_lora.size();
       g->capture(st.kv);
@@ -467,4 +469,71 @@ TEST(Transformer, AdapterPutIntoReservedStacksMatchesSetLoras) {
   no_q[kLoraQ] = false;
   q_less.model.reserve_loras(1, 8, no_q);
   EXPECT_THROW(q_less.model.put_lora(1, ad), Error);
+}
+
+// vLLM's CUDA-graph options as the two kinds of graphs take them (model/graph_sizes.h).
+TEST(GraphPlan, VllmOptionsPickTheGraphs) {
+  auto plan = [](std::vector<std::string> args) {
+    Config c;
+    c.max_num_seqs = 48;
+    c.max_num_batched_tokens = 8192;
+    c.model = "m.h5";
+    config_parse_args(c, args);
+    config_validate(c);
+    return graph_plan(c);
+  };
+  using V = std::vector<int64_t>;
+  const GraphPlan d = plan({});
+  EXPECT_EQ(d.decode, DecodeGraphs::bucket_sizes(48));
+  EXPECT_EQ(d.mixed, MixedGraphs::bucket_sizes(8192));
+  for (auto args : std::vector<std::vector<std::string>>{{"--enforce-eager"},
+                                                         {"--compilation-config", "{\"cudagraph_mode\": \"NONE\"}"},
+                                                         {"-O0"},
+                                                         {"-O", "0"},
+                                                         {"--compilation-config", "0"},
+                                                         {"--compilation-config", "{\"use_cudagraph\": false}"},
+                                                         {"--max-cudagraph-capture-size", "0"}}) {
+    const GraphPlan p = plan(args);
+    EXPECT_TRUE(p.decode.empty() && p.mixed.empty()) << args[0];
+  }
+  // -O0 with an explicit mode keeps that mode's graphs; -O3 keeps the default.
+  EXPECT_EQ(plan({"-O0", "--cudagraph-mode", "full"}).decode, d.decode);
+  EXPECT_EQ(plan({"-O3"}).mixed, d.mixed);
+  const GraphPlan decode_only = plan({"--compilation-config", "{\"cudagraph_mode\": \"full_decode_only\"}"});
+  EXPECT_EQ(decode_only.decode, d.decode);
+  EXPECT_TRUE(decode_only.mixed.empty());
+  // A list: batch sizes up to max_num_seqs, token counts up to 256.
+  const GraphPlan listed = plan({"--cudagraph-capture-sizes", "64", "1", "2", "4", "32", "512", "4"});
+  EXPECT_EQ(listed.decode, (V{1, 2, 4, 32}));
+  EXPECT_EQ(listed.mixed, (V{1, 2, 4, 32, 64}));
+  EXPECT_EQ(plan({"--compilation-config", "{\"cudagraph_capture_sizes\": [8, 16], \"max_cudagraph_capture_size\": 16}"}).decode, (V{8, 16}));
+  // The largest size: the default patterns up to it.
+  const GraphPlan capped = plan({"--max-cudagraph-capture-size", "20"});
+  EXPECT_EQ(capped.decode, (V{1, 2, 4, 8, 16}));
+  EXPECT_EQ(capped.mixed, (V{16}));
+  // vLLM's older cuda_graph_sizes: one value the largest, several the sizes.
+  EXPECT_EQ(plan({"--cuda-graph-sizes", "20"}).decode, capped.decode);
+  EXPECT_EQ(plan({"--cuda-graph-sizes", "2", "6"}).mixed, (V{2, 6}));
+  EXPECT_EQ(plan({"--cudagraph-capture-sizes", "[3, 5]"}).decode, (V{3, 5}));
+  EXPECT_EQ(plan({"--cudagraph-capture-sizes", "3,5"}).decode, (V{3, 5}));
+  // Errors name the option.
+  auto refused = [&](std::vector<std::string> args, const std::string& msg) {
+    try {
+      plan(args);
+      ADD_FAILURE() << "accepted: " << msg;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(msg), std::string::npos) << e.what();
+    }
+  };
+  refused({"--compilation-config", "{\"cudagraph_mode\": \"SOMETIMES\"}"}, "cudagraph_mode must be NONE, PIECEWISE");
+  refused({"--compilation-config", "{\"graph_sizes\": [1]}"}, "compilation_config key 'graph_sizes' is not known");
+  refused({"--compilation-config", "{\"cudagraph_capture_sizes\": [0]}"}, "must be a list of positive integers");
+  refused({"--compilation-config", "[1]"}, "compilation_config must be a JSON object");
+  refused({"--cudagraph-capture-sizes", "1", "8", "--max-cudagraph-capture-size", "4"}, "must be the largest of cudagraph_capture_sizes");
+  refused({"--cuda-graph-sizes", "8", "--max-cudagraph-capture-size", "8"}, "give one of them");
+  refused({"-O5"}, "optimization level (-O) must be 0, 1, 2 or 3");
+  refused({"--cudagraph-capture-sizes", "-2"}, "must be positive integers");
+  refused({"--cudagraph-capture-sizes", "0"}, "must be positive integers");
+  // torch.compile's keys are accepted without effect.
+  EXPECT_EQ(plan({"--compilation-config", "{\"level\": 3, \"use_inductor\": false, \"custom_ops\": [\"none\"]}"}).decode, d.decode);
 }
