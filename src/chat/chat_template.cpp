@@ -96,8 +96,9 @@ std::unique_ptr<ChatTemplate> ChatTemplate::with_source(const std::string& sourc
   return std::make_unique<ChatTemplate>(source, special_);
 }
 
-ChatRenderOptions chat_render_options(const ojson& j, bool trust_template) {
+ChatRenderOptions chat_render_options(const ojson& j, bool trust_template, const ojson& default_kwargs) {
   ChatRenderOptions o;
+  if (default_kwargs.is_object()) o.template_kwargs = default_kwargs;
   auto given = [&](const char* key) { return j.contains(key) && !j[key].is_null(); };
   if (given("tools")) {
     if (!j["tools"].is_array()) throw Error("'tools' must be a list");
@@ -116,7 +117,7 @@ ChatRenderOptions chat_render_options(const ojson& j, bool trust_template) {
   }
   if (given("chat_template_kwargs")) {
     if (!j["chat_template_kwargs"].is_object()) throw Error("'chat_template_kwargs' must be an object");
-    o.template_kwargs = j["chat_template_kwargs"];
+    for (const auto& [k, v] : j["chat_template_kwargs"].items()) o.template_kwargs[k] = v;
   }
   // A template of the request's own: refused (the server's is rendered) with vLLM's message unless the
   // server trusts them (--trust-request-chat-template); then the request's `chat_template`, else its

@@ -28,8 +28,10 @@ struct ChatRenderOptions {
 // The rendering options a chat request names (tools, chat_template_kwargs, add_generation_prompt,
 // continue_final_message, with vLLM's names), for the server and `llmserve generate` alike. Throws
 // Error naming a field of the wrong type, and, unless `trust_template`, for a template of the request's
-// own (vLLM's message).
-ChatRenderOptions chat_render_options(const nlohmann::ordered_json& request, bool trust_template = false);
+// own (vLLM's message). `default_kwargs` (vLLM's default_chat_template_kwargs, an object) are the
+// template's keyword arguments under the request's chat_template_kwargs, which win key by key.
+ChatRenderOptions chat_render_options(const nlohmann::ordered_json& request, bool trust_template = false,
+                                      const nlohmann::ordered_json& default_kwargs = nlohmann::ordered_json::object());
 
 class ChatTemplate {
  public:

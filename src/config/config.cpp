@@ -433,6 +433,10 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.uvicorn_log_level = v; }},
       bool_option("trust_request_chat_template", &Config::trust_request_chat_template,
                   "requests may bring their own chat_template (vLLM's): rendered instead of the server's; refused otherwise"),
+      {"default_chat_template_kwargs", Kind::String,
+       "JSON object (or YAML mapping) of the chat template's keyword arguments for every chat request, under a request's "
+       "own chat_template_kwargs (vLLM's), e.g. '{\"enable_thinking\": false}' for Qwen3",
+       [](Config& c, const std::string& v) { c.default_chat_template_kwargs = v; }},
       {"chat_template_content_format", Kind::String,
        "auto | string (vLLM's): message content reaches the chat template as a string, its text parts joined",
        [](Config& c, const std::string& v) { c.chat_template_content_format = v; }},
@@ -587,7 +591,7 @@ void config_load_yaml(Config& cfg, const std::string& path) {
     if (v.IsNull()) continue;  // `api_key:` with no value leaves the default
     if ((key == "hf_overrides" || key == "override_generation_config" || key == "pooler_config" ||
          key == "override_pooler_config" || key == "speculative_config" || key == "structured_outputs_config" ||
-         key == "compilation_config") &&
+         key == "compilation_config" || key == "default_chat_template_kwargs") &&
         v.IsMap()) {  // a mapping, as vLLM's YAML configs write it
       config_set(cfg, key, yaml_to_json(v).dump(), origin);
       continue;
@@ -725,6 +729,11 @@ void config_validate(const Config& c) {
   if (!c.hf_overrides.empty()) {
     const auto j = nlohmann::json::parse(c.hf_overrides, nullptr, false);
     if (j.is_discarded() || !j.is_object()) fail(cat("hf_overrides must be a JSON object, got '", c.hf_overrides, "'"));
+  }
+  if (!c.default_chat_template_kwargs.empty()) {
+    const auto j = nlohmann::json::parse(c.default_chat_template_kwargs, nullptr, false);
+    if (j.is_discarded() || !j.is_object())
+      fail(cat("default_chat_template_kwargs must be a JSON object, got '", c.default_chat_template_kwargs, "'"));
   }
   if (!c.override_generation_config.empty()) {
     const auto j = nlohmann::json::parse(c.override_generation_config, nullptr, false);

@@ -87,6 +87,7 @@ struct Config {
   std::string pooler_config;                 // JSON object: pooling_type LAST | MEAN | CLS, normalize, dimensions (vLLM's)
   std::string uvicorn_log_level = "info";    // vLLM's: warning, error or critical also silence the access log
   bool trust_request_chat_template = false;  // vLLM's: requests may bring their own chat_template
+  std::string default_chat_template_kwargs;  // JSON object: the chat template's keyword arguments by default (vLLM's)
   std::string chat_template_content_format = "auto";  // auto | string (a message's text parts joined, as vLLM's string)
   int data_parallel_size = 1;                // vLLM's: only 1 (one engine per server)
   // vLLM's HTTPS options (server/tls_context.h): PEM files, client certificates by Python's ssl.CERT_* (0 none,

@@ -377,7 +377,7 @@ GenerationRequest parse_chat(const ojson& body, const ApiContext& ctx) {
   read_echo(plain, r);
   ChatRenderOptions o;
   try {
-    o = chat_render_options(body, ctx.trust_request_chat_template);
+    o = chat_render_options(body, ctx.trust_request_chat_template, ctx.default_template_kwargs);
   } catch (const Error& e) {
     throw HttpError(400, e.what());
   }

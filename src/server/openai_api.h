@@ -48,6 +48,8 @@ struct ApiContext {
   int max_logprobs = 20;
   bool priority_scheduling = false;  // scheduling_policy priority: requests may set `priority`
   bool trust_request_chat_template = false;  // a request's own chat_template is rendered (vLLM's flag)
+  // default_chat_template_kwargs (vLLM's): the chat template's keyword arguments under each request's own.
+  nlohmann::ordered_json default_template_kwargs = nlohmann::ordered_json::object();
   nlohmann::json sampling_defaults = nlohmann::json::object();  // generation_config_defaults, or empty
   // The pooling runner (runner pooling): /v1/embeddings is served, the generation APIs are not.
   bool pooling = false;

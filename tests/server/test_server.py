@@ -1246,7 +1246,7 @@ def main():
                "--enable-auto-tool-choice", "--max-logprobs", "3", "--generation-config", "vllm", "--chat-template", "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}",
                "--async-scheduling", "--enable-prompt-tokens-details", "--return-tokens-as-token-ids", "--trust-request-chat-template",
                "--enable-force-include-usage", "--enable-log-outputs", "--max-log-len", "100", "--enable-request-id-headers",
-               "--enable-server-load-tracking")
+               "--enable-server-load-tracking", "--default-chat-template-kwargs", '{"greet": "Hi", "bye": "."}')
     try:
         # Greedy and streamed answers under asynchronous scheduling equal llmserve generate's (one rank, in turn).
         body = {"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0, "ignore_eos": True}
@@ -1270,6 +1270,14 @@ def main():
         check("trust_request_chat_template: the request's template rendered (its own field or chat_template_kwargs'), a broken one a 400",
               st1 == st2 == 200 and t1["tokens"] == t2["tokens"] == plain["tokens"] and served["tokens"] != plain["tokens"]
               and st3 == 400 and "chat_template does not parse" in t3["error"]["message"], (t1, t2, t3, plain))
+        # default_chat_template_kwargs: the template's arguments unless a request's chat_template_kwargs names them.
+        greeter = "{{ greet }}{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}{{ bye }}"
+        _, want_default = a.post("/tokenize", {"prompt": "Hi<user>Hello.", "add_special_tokens": False})
+        _, want_own = a.post("/tokenize", {"prompt": "Yo<user>Hello.", "add_special_tokens": False})
+        _, d1 = a.post("/tokenize", {"messages": turns, "chat_template": greeter})
+        _, d2 = a.post("/tokenize", {"messages": turns, "chat_template": greeter, "chat_template_kwargs": {"greet": "Yo"}})
+        check("default_chat_template_kwargs: the template's arguments, a request's chat_template_kwargs over them key by key",
+              d1.get("tokens") == want_default["tokens"] and d2.get("tokens") == want_own["tokens"], (d1, d2))
         st, ac = a.post("/v1/completions", body, headers=auth)
         check("async scheduling: greedy completion equals llmserve generate", st == 200 and ac["choices"][0]["text"] == offline,
               (ac, offline))

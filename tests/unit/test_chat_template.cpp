@@ -319,3 +319,19 @@ TEST(ChatTemplateOption, FileOrInlineTemplate) {
   EXPECT_EQ(t.render(nlohmann::ordered_json::parse(R"([{"role": "user", "content": "hi"}])")), "user: hi\n");
   std::remove(path.c_str());
 }
+
+// vLLM's default_chat_template_kwargs: the template's keyword arguments for every request, each one a
+// request's chat_template_kwargs names taking the request's value (Qwen3's enable_thinking, say).
+TEST(ChatTemplate, DefaultTemplateKwargsUnderTheRequests) {
+  const ChatTemplate t("{% if enable_thinking is defined and not enable_thinking %}[no-think]{% endif %}{{ tone }}"
+                       "{% for m in messages %}{{ m['content'] }}{% endfor %}",
+                       ojson::object());
+  const ojson msgs = ojson::parse(R"([{"role": "user", "content": "hi"}])");
+  const ojson defaults = ojson::parse(R"({"enable_thinking": false, "tone": "calm:"})");
+  EXPECT_EQ(t.render(msgs, chat_render_options(ojson::object(), false, defaults)), "[no-think]calm:hi");
+  EXPECT_EQ(t.render(msgs, chat_render_options(ojson::parse(R"({"chat_template_kwargs": {"enable_thinking": true}})"), false, defaults)),
+            "calm:hi");
+  EXPECT_EQ(t.render(msgs, chat_render_options(ojson::parse(R"({"chat_template_kwargs": {"tone": "loud:"}})"), false, defaults)),
+            "[no-think]loud:hi");
+  EXPECT_EQ(t.render(msgs, chat_render_options(ojson::object())), "hi");
+}

@@ -126,6 +126,8 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
   ctx.max_logprobs = cfg.max_logprobs;
   ctx.priority_scheduling = cfg.scheduling_policy == "priority";
   ctx.trust_request_chat_template = cfg.trust_request_chat_template;
+  if (!cfg.default_chat_template_kwargs.empty())
+    ctx.default_template_kwargs = nlohmann::ordered_json::parse(cfg.default_chat_template_kwargs);  // (an object: config_validate)
   ctx.hidden_size = runner.spec().hidden_size;
   ctx.pooling = resolve_runner(cfg.runner, cfg.convert, sentence_transformers, runner.spec().architecture) == "pooling";
   if ((cfg.task == "classify" || cfg.task == "score") && !is_sequence_classifier(runner.spec().architecture))
