@@ -81,8 +81,6 @@ std::shared_ptr<ssl::context> make_context(const TlsOptions& o) {
 
 }  // namespace
 
-bool tls_built() { return true; }
-
 void check_tls(const TlsOptions& opt) { make_context(opt); }
 
 TlsContext::TlsContext(TlsOptions opt) : opt_(std::move(opt)), ctx_(make_context(opt_)), seen_(stamps()) {}
@@ -111,7 +109,6 @@ std::shared_ptr<ssl::context> TlsContext::current() {
   seen_ = now;
   try {
     ctx_ = make_context(opt_);
-    ++reloads_;
     log_info("TLS: the certificate files changed; new connections use them");
   } catch (const std::exception& e) {
     log_warn("TLS: the certificate files changed but do not load (", e.what(), "); still serving the ones loaded before");
@@ -120,8 +117,6 @@ std::shared_ptr<ssl::context> TlsContext::current() {
 }
 
 #else
-
-bool tls_built() { return false; }
 
 void check_tls(const TlsOptions&) {
   throw Error("ssl_keyfile / ssl_certfile: this llmserve was built without OpenSSL (install libssl-dev and build again), "

@@ -24,9 +24,6 @@ struct TlsOptions {
   bool enabled() const { return !certfile.empty() || !keyfile.empty(); }
 };
 
-// Whether this build serves TLS.
-bool tls_built();
-
 // Checks the options and loads the files once: throws Error naming the option at fault (a missing or
 // unreadable file, a key that does not match the certificate, an encrypted key, a cipher list OpenSSL
 // matches nothing with, TLS not built).
@@ -41,8 +38,6 @@ class TlsContext {
  public:
   explicit TlsContext(TlsOptions opt);  // throws Error as check_tls
   std::shared_ptr<boost::asio::ssl::context> current();
-  // Contexts made after the first (for tests and logs).
-  int reloads() const { return reloads_; }
 
  private:
   std::vector<timespec> stamps() const;
@@ -50,7 +45,6 @@ class TlsContext {
   std::mutex mu_;
   std::shared_ptr<boost::asio::ssl::context> ctx_;
   std::vector<timespec> seen_;
-  int reloads_ = 0;
 };
 #endif
 
