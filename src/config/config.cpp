@@ -271,6 +271,24 @@ const std::vector<Option>& options() {
       {"max_num_batched_tokens", Kind::Int, "maximum tokens in one step (0: automatic); 8k, 8K as max_model_len",
        [](Config& c, const std::string& v) { c.max_num_batched_tokens = parse_human_int("max_num_batched_tokens", v); }},
       bool_option("enable_chunked_prefill", &Config::enable_chunked_prefill, "split long prompts across steps"),
+      {"long_prefill_token_threshold", Kind::Int,
+       "with chunked prefill, a sequence's prompt goes at most this many tokens a step, so a long prompt shares steps "
+       "with others' decodes and prompts (vLLM's; 0: no cap, the step's budget only)",
+       [](Config& c, const std::string& v) { c.long_prefill_token_threshold = parse_human_int("long_prefill_token_threshold", v); }},
+      {"max_num_partial_prefills", Kind::Int,
+       "vLLM's limit on sequences partly prefilled at once; only 1 (as vLLM's V1 engine: any number of chunks share a "
+       "step; long_prefill_token_threshold caps each)",
+       [](Config& c, const std::string& v) {
+         if (parse_int("max_num_partial_prefills", v) != 1)
+           throw Error(cat("config: max_num_partial_prefills ", v, " is not supported (as in vLLM's V1 engine): chunks of "
+                           "any number of prompts share a step; cap each with long_prefill_token_threshold"));
+       }},
+      {"max_long_partial_prefills", Kind::Int, "vLLM's; only 1, as max_num_partial_prefills",
+       [](Config&, const std::string& v) {
+         if (parse_int("max_long_partial_prefills", v) != 1)
+           throw Error(cat("config: max_long_partial_prefills ", v, " is not supported (as in vLLM's V1 engine); cap each "
+                           "prompt's chunk with long_prefill_token_threshold"));
+       }},
       bool_option("enable_prefix_caching", &Config::enable_prefix_caching, "reuse KV blocks of shared prompt prefixes"),
       bool_option("enforce_eager", &Config::enforce_eager,
                   "CUDA: run every step eagerly instead of replaying CUDA graphs of decode steps (recorded at start-up for batch sizes up to max_num_seqs; tp = 1)"),
@@ -730,6 +748,8 @@ void config_validate(const Config& c) {
     const auto j = nlohmann::json::parse(c.hf_overrides, nullptr, false);
     if (j.is_discarded() || !j.is_object()) fail(cat("hf_overrides must be a JSON object, got '", c.hf_overrides, "'"));
   }
+  if (c.long_prefill_token_threshold < 0)
+    fail(cat("long_prefill_token_threshold must be >= 0, got ", c.long_prefill_token_threshold));
   if (!c.default_chat_template_kwargs.empty()) {
     const auto j = nlohmann::json::parse(c.default_chat_template_kwargs, nullptr, false);
     if (j.is_discarded() || !j.is_object())

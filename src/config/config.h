@@ -29,6 +29,7 @@ struct Config {
   int max_num_seqs = 256;
   int64_t max_num_batched_tokens = 0;  // 0: 8192 with chunked prefill, else max_model_len
   bool enable_chunked_prefill = true;
+  int64_t long_prefill_token_threshold = 0;  // vLLM's: a prompt's most tokens a step with chunked prefill (0: no cap)
   bool enable_prefix_caching = true;
   bool enforce_eager = false;
   // vLLM's CUDA-graph options (model/graph_sizes.h): compilation_config's cudagraph_mode (empty: unset,

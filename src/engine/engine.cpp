@@ -21,6 +21,7 @@ SchedulerConfig scheduler_config(const ModelRunner& r) {
   s.max_model_len = c.max_model_len;
   s.block_size = c.block_size;
   s.chunked_prefill = c.enable_chunked_prefill;
+  s.long_prefill_token_threshold = c.long_prefill_token_threshold;
   s.prefix_caching = c.enable_prefix_caching;
   s.num_blocks = r.num_blocks();
   s.num_host_blocks = r.num_host_blocks();

@@ -254,6 +254,8 @@ bool Scheduler::schedule_chunk(Sequence& s, int64_t& budget, StepPlan& plan, boo
   if (schedule_drafts(s, budget, plan)) return true;
   const int32_t remaining = static_cast<int32_t>(s.tokens.size()) - s.num_computed;
   int32_t chunk = remaining;
+  if (cfg_.chunked_prefill && cfg_.long_prefill_token_threshold > 0 && chunk > cfg_.long_prefill_token_threshold)
+    chunk = static_cast<int32_t>(cfg_.long_prefill_token_threshold);
   if (chunk > budget) {
     if (!cfg_.chunked_prefill) return false;
     chunk = static_cast<int32_t>(budget);

@@ -30,6 +30,9 @@ struct SchedulerConfig {
   int64_t max_model_len = 2048;
   int block_size = 16;
   bool chunked_prefill = true;
+  // vLLM's long_prefill_token_threshold: with chunked prefill, a sequence's prompt (or recomputed tokens)
+  // goes at most this many tokens a step, so long prompts share steps with others (0: no cap).
+  int64_t long_prefill_token_threshold = 0;
   bool prefix_caching = true;
   int64_t num_blocks = 0;
   int64_t num_host_blocks = 0;

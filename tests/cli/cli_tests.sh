@@ -147,6 +147,18 @@ check "data_parallel_size past 1" 1 "data_parallel_size 2 is not supported: one 
 check "vLLM's -O0 and compilation_config on the CPU backend" 0 '"generated_ids":\[[0-9]+,[0-9]+\]' -- \
   "$llmserve" logits "$qwen" --backend cpu --max-model-len 64 -O0 --compilation-config '{"cudagraph_mode": "FULL_DECODE_ONLY", "level": 3}' \
   --cudagraph-capture-sizes 1 2 4 --prompts "$work/prompts.jsonl" --max-tokens 2
+# vLLM's long_prefill_token_threshold: a 5-token prompt goes in steps of 2, 2 and 1 tokens (the debug log's
+# step lines), and its greedy tokens are those of the whole prompt in one step.
+printf '{"prompt_token_ids": [9707, 11, 1879, 5, 6], "max_tokens": 4, "temperature": 0, "ignore_eos": true}\n' >"$work/lp.jsonl"
+"$llmserve" generate --model "$qwen" --backend cpu --max-model-len 64 --input "$work/lp.jsonl" --output "$work/lp-whole.jsonl" >/dev/null 2>&1
+lp_steps=$(LLMSERVE_LOG_LEVEL=debug "$llmserve" generate --model "$qwen" --backend cpu --max-model-len 64 --input "$work/lp.jsonl" \
+  --output "$work/lp-chunked.jsonl" --long-prefill-token-threshold 2 2>&1 | grep -oE "step [0-9]+: [0-9]+ tokens" | head -3 |
+  sed -E 's/.*: ([0-9]+) tokens/\1/' | tr '\n' ' ')
+check "long_prefill_token_threshold: the prompt in chunks of 2, 2 and 1, the same greedy tokens" 0 "^same 2 2 1 " -- \
+  bash -c 'a=$(grep -o "\"token_ids\": *\[[0-9, ]*\]" "$1"); b=$(grep -o "\"token_ids\": *\[[0-9, ]*\]" "$2")
+           [ -n "$a" ] && [ "$a" = "$b" ] && echo "same $3"' _ "$work/lp-whole.jsonl" "$work/lp-chunked.jsonl" "$lp_steps"
+check "max_num_partial_prefills past 1" 1 "max_num_partial_prefills 2 is not supported" -- \
+  "$llmserve" logits "$work/good.yaml" --max-num-partial-prefills 2 --prompt-ids 1
 check "a cudagraph_mode vLLM does not have" 1 "cudagraph_mode must be NONE, PIECEWISE, FULL, FULL_DECODE_ONLY or FULL_AND_PIECEWISE, got 'SOMETIMES'" -- \
   "$llmserve" logits "$work/good.yaml" --compilation-config '{"cudagraph_mode": "SOMETIMES"}' --prompt-ids 1
 check "a TLS key without its certificate" 1 "ssl_keyfile needs ssl_certfile" -- \

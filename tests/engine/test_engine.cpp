@@ -1281,6 +1281,40 @@ TEST(Scheduler, PromptLogprobsTargetsAndNoPrefixCache) {
   EXPECT_EQ(p.seqs[2].prompt_targets.size(), 7u);
 }
 
+// vLLM's long_prefill_token_threshold: a prompt goes at most that many tokens a step (with chunked
+// prefill), leaving the rest of the step's budget to others: a 12-token prompt in chunks of 5, 5 and 2
+// beside a second prompt admitted in the first step; without chunked prefill, no cap.
+TEST(Scheduler, LongPrefillTokenThresholdCapsEachPromptsChunk) {
+  SchedulerConfig cfg = small_scheduler();
+  cfg.long_prefill_token_threshold = 5;
+  Scheduler sched(cfg);
+  auto seq = [](uint64_t id, int n) {
+    auto s = prompt_sequence(id, n, 100);
+    s->params.max_tokens = 20;
+    return s;
+  };
+  sched.add(seq(1, 12));
+  sched.add(seq(2, 4));
+  std::vector<std::vector<size_t>> chunks;
+  for (int step = 0; step < 3; ++step) {
+    const StepPlan p = sched.schedule();
+    std::vector<size_t> sizes;
+    for (const auto& st : p.seqs) sizes.push_back(st.tokens.size());
+    chunks.push_back(sizes);
+    for (const auto& st : p.seqs)
+      if (st.sample) sched.on_token(sampled_token(st.seq_id, 7));
+  }
+  EXPECT_EQ(chunks, (std::vector<std::vector<size_t>>{{5, 4}, {5, 1}, {2, 1}}));
+  SchedulerConfig whole = small_scheduler();
+  whole.long_prefill_token_threshold = 5;
+  whole.chunked_prefill = false;
+  Scheduler plain(whole);
+  plain.add(seq(3, 12));
+  const StepPlan p = plain.schedule();
+  ASSERT_EQ(p.seqs.size(), 1u);
+  EXPECT_EQ(p.seqs[0].tokens.size(), 12u);
+}
+
 // LoRA: each step entry carries its sequence's adapter slot; with max_loras 1 a waiting sequence of a second
 // adapter waits (while base-model and same-adapter ones behind it are admitted) until the first adapter's
 // sequences are gone; and the same prompt under another adapter (or none) finds none of its blocks cached.
