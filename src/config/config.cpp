@@ -1,5 +1,6 @@
 #include "config/config.h"
 
+#include <sys/un.h>
 #include <yaml-cpp/yaml.h>
 
 #include <nlohmann/json.hpp>
@@ -140,6 +141,20 @@ void add_sizes(std::vector<int64_t>& out, const char* key, const std::string& v)
     if (n < 1) throw Error(cat("config: ", key, " must be positive integers, got ", n));
     out.push_back(n);
   }
+}
+
+// Options vLLM gives several values after one flag (argparse's nargs "+"): whether the argument `next`
+// after `key`'s flag is another of its values. --lora-modules: name=path or a JSON object;
+// --cudagraph-capture-sizes and --cuda-graph-sizes: integers; --api-key: anything short of the next option
+// and of a name that is a file, directory or .yaml / .yml / .h5 (the model or config positional; keys are none).
+bool another_value(const std::string& key, const std::string& next) {
+  if (next.empty() || next[0] == '-') return false;
+  if (key == "lora_modules") return next.find('=') != std::string::npos || next[0] == '{';
+  if (key == "cudagraph_capture_sizes" || key == "cuda_graph_sizes")
+    return std::all_of(next.begin(), next.end(), [](char ch) { return std::isdigit(static_cast<unsigned char>(ch)); });
+  if (key == "api_key")
+    return !std::filesystem::exists(next) && !next.ends_with(".yaml") && !next.ends_with(".yml") && !next.ends_with(".h5");
+  return false;
 }
 
 // A vLLM flag accepted so vLLM launch lines run, with no effect here (its help says why); its value
@@ -697,20 +712,7 @@ std::vector<std::string> config_parse_args(Config& cfg, const std::vector<std::s
       value = args[++i];
     }
     sets.emplace_back(key, value);
-    // vLLM's --lora-modules takes several: the arguments after it that are name=path or a JSON object.
-    while (key == "lora_modules" && !has_value && i + 1 < args.size() && args[i + 1].rfind("-", 0) != 0 &&
-           (args[i + 1].find('=') != std::string::npos || args[i + 1].rfind("{", 0) == 0))
-      sets.emplace_back(key, args[++i]);
-    // vLLM's --cudagraph-capture-sizes (and --cuda-graph-sizes) take several integers.
-    while ((key == "cudagraph_capture_sizes" || key == "cuda_graph_sizes") && !has_value && i + 1 < args.size() &&
-           !args[i + 1].empty() && std::all_of(args[i + 1].begin(), args[i + 1].end(), [](char ch) { return std::isdigit(static_cast<unsigned char>(ch)); }))
-      sets.emplace_back(key, args[++i]);
-    // vLLM's --api-key takes several too: the arguments after it short of the next option and of a name
-    // that is a file, directory or .yaml / .yml / .h5 (the model or config positional; keys are none).
-    while (key == "api_key" && !has_value && i + 1 < args.size() && args[i + 1].rfind("-", 0) != 0 &&
-           !std::filesystem::exists(args[i + 1]) && !args[i + 1].ends_with(".yaml") && !args[i + 1].ends_with(".yml") &&
-           !args[i + 1].ends_with(".h5"))
-      sets.emplace_back(key, args[++i]);
+    while (!has_value && i + 1 < args.size() && another_value(key, args[i + 1])) sets.emplace_back(key, args[++i]);
   }
   if (!yaml_path.empty()) config_load_yaml(cfg, yaml_path);
   std::vector<std::string> cleared;  // lists given on the command line replace the file's (and the default)
@@ -790,6 +792,8 @@ void config_validate(const Config& c) {
   if (c.h11_max_incomplete_event_size < 1024 || c.h11_max_incomplete_event_size > (int64_t{1} << 30))
     fail(cat("h11_max_incomplete_event_size must be 1024 to 1073741824 bytes, got ", c.h11_max_incomplete_event_size));
   if (c.h11_max_header_count < 1) fail(cat("h11_max_header_count must be at least 1, got ", c.h11_max_header_count));
+  if (c.uds.size() >= sizeof(sockaddr_un::sun_path))
+    fail(cat("uds '", c.uds, "' is ", c.uds.size(), " bytes long; a Unix socket path holds at most ", sizeof(sockaddr_un::sun_path) - 1));
   if (c.tokenizer_mode != "auto" && c.tokenizer_mode != "hf" && c.tokenizer_mode != "slow")
     fail(cat("tokenizer_mode '", c.tokenizer_mode, "' is not supported: use auto, hf or slow (llmserve reads tokenizer.json",
              c.tokenizer_mode == "mistral" ? "; Mistral's tekken tokenizer is not supported)" : ")"));

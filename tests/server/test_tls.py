@@ -341,6 +341,7 @@ def error_checks(pki, tls):
          "matches no cipher"),
         ("ssl_ca_certs without HTTPS", ["--ssl-ca-certs", pki.ca], "they need ssl_certfile"),
         ("a uds path that is a regular file", ["--uds", pki.ca], "exists and is not a socket"),
+        ("a uds path longer than a socket address holds", ["--uds", "/tmp/" + "s" * 120 + ".sock"], "a Unix socket path holds at most"),
         ("h11_max_header_count 0", ["--h11-max-header-count", "0"], "h11_max_header_count must be at least 1"),
     ]
     if not tls:  # (the options' values are still checked; files and HTTPS itself are refused)

@@ -526,6 +526,7 @@ TEST(Config, FrontEndTransportsAndLimits) {
   refused({"--model", "m.h5", "--ssl-certfile", "c.pem", "--ssl-cert-reqs", "1"}, "needs ssl_ca_certs");
   refused({"--model", "m.h5", "--h11-max-header-count", "0"}, "h11_max_header_count must be at least 1");
   refused({"--model", "m.h5", "--h11-max-incomplete-event-size", "100"}, "h11_max_incomplete_event_size must be 1024");
+  refused({"--model", "m.h5", "--uds", "/tmp/" + std::string(120, 's') + ".sock"}, "a Unix socket path holds at most 107");
   Config e;
   EXPECT_THROW(config_parse_args(e, {"--api-key", ""}), Error);
 }
