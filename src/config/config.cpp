@@ -19,6 +19,7 @@
 #include "common/error.h"
 #include "common/json_text.h"
 #include "common/text.h"
+#include "engine/sampling_params.h"
 #include "engine/speculative.h"
 #include "model/graph_sizes.h"
 #include "model/lora.h"
@@ -293,7 +294,7 @@ const std::vector<Option>& options() {
       {"max_num_partial_prefills", Kind::Int,
        "vLLM's limit on sequences partly prefilled at once; only 1 (as vLLM's V1 engine: any number of chunks share a "
        "step; long_prefill_token_threshold caps each)",
-       [](Config& c, const std::string& v) {
+       [](Config&, const std::string& v) {
          if (parse_int("max_num_partial_prefills", v) != 1)
            throw Error(cat("config: max_num_partial_prefills ", v, " is not supported (as in vLLM's V1 engine): chunks of "
                            "any number of prompts share a step; cap each with long_prefill_token_threshold"));
@@ -427,6 +428,12 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.stream_interval = parse_int32("stream_interval", v); }},
       {"max_logprobs", Kind::Int, "the most log-probabilities a request may ask for: 0 to 20 (vLLM's default 20)",
        [](Config& c, const std::string& v) { c.max_logprobs = parse_int32("max_logprobs", v); }},
+      {"logprobs_mode", Kind::String,
+       "what logprobs report (vLLM's): raw_logprobs (the default: the model's log-probabilities), raw_logits (its "
+       "logits), processed_logprobs / processed_logits (those of the values a token is drawn from: after logit_bias, "
+       "penalties, temperature and the top-k / top-p / min-p filters, whose dropped tokens are left out of the "
+       "alternatives); prompt_logprobs stay raw log-probabilities",
+       [](Config& c, const std::string& v) { c.logprobs_mode = v; }},
       {"tokenizer", Kind::String,
        "the tokenizer and chat template to serve text with instead of the model file's (vLLM's): a Hugging Face tokenizer "
        "directory (tokenizer.json, tokenizer_config.json, chat_template.jinja) or another llmserve model file; with "
@@ -447,6 +454,9 @@ const std::vector<Option>& options() {
                   "every response carries an X-Request-Id header: the request's own, else a generated one (vLLM's)"),
       bool_option("enable_server_load_tracking", &Config::enable_server_load_tracking,
                   "GET /load answers {\"server_load\": N}, the generation and pooling requests in flight (vLLM's; 0 without it)"),
+      bool_option("enable_tokenizer_info_endpoint", &Config::enable_tokenizer_info_endpoint,
+                  "GET /tokenizer_info answers the tokenizer's configuration (vLLM's): tokenizer_config.json's keys, "
+                  "tokenizer_class, and the served chat_template"),
       bool_option("return_tokens_as_token_ids", &Config::return_tokens_as_token_ids,
                   "log-probability entries name tokens \"token_id:<id>\" unless a request's return_tokens_as_token_ids says otherwise"),
       {"runner", Kind::String,
@@ -886,6 +896,11 @@ void config_validate(const Config& c) {
   if (c.generation_config != "auto" && c.generation_config != "vllm")
     fail(cat("generation_config must be auto or vllm (a folder of its own is not supported), got '", c.generation_config, "'"));
   if (c.stream_interval < 1) fail(cat("stream_interval must be >= 1, got ", c.stream_interval));
+  try {
+    parse_logprobs_mode(c.logprobs_mode);
+  } catch (const Error& e) {
+    fail(e.what());
+  }
   if (c.max_logprobs < 0 || c.max_logprobs > 20)
     fail(cat("max_logprobs must be between 0 and 20 (the GPU kernels' limit), got ", c.max_logprobs));
   if (std::find(std::begin(parsers), std::end(parsers), c.tool_call_parser) == std::end(parsers))

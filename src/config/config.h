@@ -70,6 +70,7 @@ struct Config {
   bool allow_credentials = false;                    // CORS with credentials (vLLM's)
   std::string generation_config = "auto";  // auto: the model's generation_config.json sampling defaults; vllm: none
   int max_logprobs = 20;                    // the most log-probabilities a request may ask for (vLLM's)
+  std::string logprobs_mode = "raw_logprobs";  // what logprobs report (vLLM's; engine/sampling_params.h LogprobsMode)
   std::string root_path;                    // a path-based proxy's prefix of the routes (vLLM's; empty: none)
   int stream_interval = 1;                  // tokens a streamed (Delta) output gathers before it goes out (vLLM's)
   std::string chat_template;                // a file, or the template itself (vLLM's); empty: the model's
@@ -81,6 +82,7 @@ struct Config {
   bool enable_force_include_usage = false;    // every streamed answer ends with a usage chunk (vLLM's)
   bool enable_request_id_headers = false;     // every response carries X-Request-Id (vLLM's)
   bool enable_server_load_tracking = false;   // GET /load counts requests in flight (vLLM's)
+  bool enable_tokenizer_info_endpoint = false;  // GET /tokenizer_info (vLLM's)
   bool return_tokens_as_token_ids = false;    // log-probability entries name tokens "token_id:<id>" unless a request says (vLLM's)
   std::string runner = "auto";               // auto | generate | pooling (vLLM's; pooling serves /v1/embeddings)
   std::string task = "auto";                 // vLLM's older task (sets runner; classify / score want a classifier)

@@ -444,6 +444,8 @@ void Sampler::row_draws(const std::vector<const SeqStep*>& seqs, const std::vect
 bool Sampler::drawn_in_one_call(const StepPlan& plan) const {
   if (tp_.size() != 1) return false;  // (then every row is drawn on the backend)
   const auto seqs = sampled(plan);
+  for (const SeqStep* s : seqs)
+    if (processed_logprobs(state_of(*s))) return false;  // (drawn by the host sampler)
   int calls = 0;
   for_edit_groups(seqs, std::vector<char>(seqs.size(), 1), [&](const std::vector<char>&) { ++calls; });
   return calls == 1;
@@ -512,8 +514,9 @@ std::vector<SampledToken> Sampler::sample_step(const StepPlan& plan, Backend& ba
   size_t backend_rows = 0, gathered_rows = 0, host_rows = 0, lp_rows = 0, lp_edited_rows = 0;
   for (size_t i = 0; i < n; ++i) {
     const SeqState& st = state_of(*seqs[i]);
-    on_backend[i] = row_drawable(st);
-    gathered[i] = !on_backend[i] && tensor_comm_;  // filters over a split vocabulary
+    // Processed log-probabilities come from the host sampler's rows, which hold the values drawn from.
+    on_backend[i] = row_drawable(st) && !processed_logprobs(st);
+    gathered[i] = !on_backend[i] && tensor_comm_ && !processed_logprobs(st);  // filters over a split vocabulary
     on_host[i] = !on_backend[i] && !gathered[i];
     // Log-probabilities of rows drawn on the backend come from their raw logits there too; a row the
     // backend draw edits in place (penalties) is copied first.
@@ -572,20 +575,22 @@ void Sampler::add_logprobs(const std::vector<const SeqStep*>& seqs, const std::v
                            const ShardLogprobs& reduce) {
   std::vector<int32_t> rows, tokens;
   std::vector<int> want;
+  std::vector<char> as_logits;
   std::vector<SampledToken*> res;
   for (size_t i = 0; i < seqs.size(); ++i) {
     if (!lp[i]) continue;
     rows.push_back(static_cast<int32_t>(packed ? res.size() : i));
     tokens.push_back(chosen[i]);
     want.push_back(state_of(*seqs[i]).params.logprobs);
+    as_logits.push_back(reports_logits(state_of(*seqs[i]).params.logprobs_mode));
     res.push_back(&out[i]);
   }
-  reduce_logprobs(rows, tokens, want, res, reduce, nullptr);
+  reduce_logprobs(rows, tokens, want, res, reduce, nullptr, as_logits);
 }
 
 void Sampler::reduce_logprobs(const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens,
                               const std::vector<int>& want, const std::vector<SampledToken*>& res,
-                              const ShardLogprobs& reduce, const ShardCounts* count) {
+                              const ShardLogprobs& reduce, const ShardCounts* count, const std::vector<char>& as_logits) {
   const size_t m = rows.size();
   const int K = want.empty() ? 0 : *std::max_element(want.begin(), want.end());
   std::vector<float> stats(3 * m), top_v(m * K);
@@ -609,7 +614,8 @@ void Sampler::reduce_logprobs(const std::vector<int32_t>& rows, const std::vecto
   cand.reserve(static_cast<size_t>(K) * tp_.size());
   for (size_t j = 0; j < m; ++j) {
     SampledToken& r = *res[j];
-    const float lse = mx[j] + std::log(sums[2 * j]);
+    // (the values themselves for a logits mode)
+    const float lse = !as_logits.empty() && as_logits[j] ? 0.f : mx[j] + std::log(sums[2 * j]);
     r.logprob = sums[2 * j + 1] - lse;
     cand.clear();  // (one buffer for every row: a row's few entries were a handful of allocations each)
     for (int g = 0; g < tp_.size(); ++g)
@@ -880,16 +886,58 @@ std::vector<SampledToken> Sampler::sample_rows(const std::vector<const SeqStep*>
   }
   tp_.all_reduce_maxloc(best.data(), idx.data(), n);
 
-  // Log-probabilities of the chosen tokens and the top alternatives, from the raw logits.
+  // Log-probabilities of the chosen tokens and the top alternatives, from the raw logits, or for a
+  // processed mode from the values drawn from (`work`), the tokens the filters dropped at -inf.
   if (want_logprobs) {
     std::vector<char> lp(n);
-    for (size_t i = 0; i < n; ++i) lp[i] = st[i]->params.logprobs >= 0;
-    add_logprobs(seqs, lp, idx, false, out,
-                 [&](const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int K, float* stats,
-                     float* top_v, int32_t* top_i) {
-                   cpu::row_logprobs(logits, stride_, L, vocab_.begin, rows.data(), tokens.data(),
-                                     static_cast<int64_t>(rows.size()), K, stats, top_v, top_i);
-                 });
+    std::vector<size_t> proc;  // the processed rows
+    for (size_t i = 0; i < n; ++i) {
+      lp[i] = st[i]->params.logprobs >= 0;
+      if (lp[i] && processed(st[i]->params.logprobs_mode)) proc.push_back(i);
+    }
+    if (proc.empty()) {
+      add_logprobs(seqs, lp, idx, false, out,
+                   [&](const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int K, float* stats,
+                       float* top_v, int32_t* top_i) {
+                     cpu::row_logprobs(logits, stride_, L, vocab_.begin, rows.data(), tokens.data(),
+                                       static_cast<int64_t>(rows.size()), K, stats, top_v, top_i);
+                   });
+    } else {
+      // The processed values in place of the raw logits in `work` (which no longer serves): a filtered
+      // row's dropped tokens at -inf; a row that top_k 1 made greedy under a temperature (drawn as greedy,
+      // without it) its chosen token alone, at its value over the temperature, as vLLM's top-k leaves it.
+#pragma omp parallel for schedule(dynamic)
+      for (long q = 0; q < static_cast<long>(proc.size()); ++q) {
+        const size_t i = proc[static_cast<size_t>(q)];
+        const SamplingParams& p = st[i]->params;
+        float* r = w(i);
+        if (!dense[i]) {
+          std::vector<char> kept(Ls, 0);
+          for (int32_t k : keep[i]) kept[static_cast<size_t>(k)] = 1;
+          for (size_t k = 0; k < Ls; ++k)
+            if (!kept[k]) r[k] = kNegInf;
+        }
+        if (p.top_k == 1 && p.temperature >= 1e-5) {
+          const int64_t c = static_cast<int64_t>(idx[i]) - vocab_.begin;
+          const float v = c >= 0 && c < L ? r[c] : kNegInf;
+          std::fill(r, r + L, kNegInf);
+          if (c >= 0 && c < L) r[c] = static_cast<float>(v / p.temperature);
+        }
+      }
+      std::vector<char> is_proc(n, 0);
+      for (size_t i : proc) is_proc[i] = 1;
+      add_logprobs(seqs, lp, idx, false, out,
+                   [&](const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int K, float* stats,
+                       float* top_v, int32_t* top_i) {
+                     for (size_t j = 0; j < rows.size(); ++j) {
+                       const auto i = static_cast<size_t>(rows[j]);
+                       const float* row = is_proc[i] ? w(i) : raw(i);
+                       const int32_t r0 = 0;
+                       cpu::row_logprobs(row, stride_, L, vocab_.begin, &r0, &tokens[j], 1, K, stats + 3 * j,
+                                         top_v + static_cast<size_t>(K) * j, top_i + static_cast<size_t>(K) * j);
+                     }
+                   });
+    }
   }
   for (size_t i = 0; i < n; ++i) out[i].token = drawn_token(idx[i]);
   return out;

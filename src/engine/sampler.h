@@ -145,6 +145,9 @@ class Sampler {
   RowDraw row_draw(const SeqState& st) const;
   // Whether the backend can draw the sequence's token (filters only on a whole row).
   bool row_drawable(const SeqState& st) const;
+  // Whether the sequence wants log-probabilities of its processed logits (LogprobsMode): its row is then
+  // drawn by the host sampler, whose rows hold them.
+  static bool processed_logprobs(const SeqState& st) { return st.params.logprobs >= 0 && processed(st.params.logprobs_mode); }
   // Whether the sequence's logit_bias or penalties may edit its logits this step.
   static bool edits_logits(const SeqState& st);
   // This rank's log-probability statistics of its shard of the given logits rows, chosen tokens and K
@@ -156,8 +159,10 @@ class Sampler {
   // For j < rows.size(): the log-probability of token chosen[j] in this rank's logits row rows[j] and
   // its top want[j] alternatives, over the tensor group, into *out[j] (statistics from `reduce`); with
   // `count`, also out[j]->rank. Collective.
+  // With as_logits[j] set, row j's values themselves instead (a logits mode of LogprobsMode).
   void reduce_logprobs(const std::vector<int32_t>& rows, const std::vector<int32_t>& chosen, const std::vector<int>& want,
-                       const std::vector<SampledToken*>& out, const ShardLogprobs& reduce, const ShardCounts* count);
+                       const std::vector<SampledToken*>& out, const ShardLogprobs& reduce, const ShardCounts* count,
+                       const std::vector<char>& as_logits = {});
   // out[i]'s logprob and top alternatives for the rows i with lp[i] set, whose tokens are chosen[i]:
   // `reduce` gives this rank's statistics (of logits row i, or with `packed` of the lp rows packed in
   // order), combined here over the tensor group. Collective.

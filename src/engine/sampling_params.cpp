@@ -288,6 +288,14 @@ void check_priority(const SamplingParams& p, bool priority_scheduling) {
     throw Error(cat("Got priority ", p.priority, " but Priority scheduling is not enabled."));
 }
 
+LogprobsMode parse_logprobs_mode(const std::string& name) {
+  if (name == "raw_logprobs") return LogprobsMode::RawLogprobs;
+  if (name == "raw_logits") return LogprobsMode::RawLogits;
+  if (name == "processed_logprobs") return LogprobsMode::ProcessedLogprobs;
+  if (name == "processed_logits") return LogprobsMode::ProcessedLogits;
+  throw Error(cat("logprobs_mode must be raw_logprobs, raw_logits, processed_logprobs or processed_logits, got '", name, "'"));
+}
+
 void sampling_params_validate(const SamplingParams& p, int64_t vocab_size, int max_logprobs) {
   auto bad = [](const std::string& m) { throw Error(m); };
   if (p.n < 1 || p.n > 128) bad(cat("'n' must be between 1 and 128, got ", p.n));

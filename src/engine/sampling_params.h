@@ -21,6 +21,18 @@ enum class OutputKind { Cumulative, Delta, FinalOnly };
 // generation request.
 enum class Pooling : uint8_t { None, Last, Mean, Cls };
 
+// What a request's logprobs report (vLLM's engine-wide logprobs_mode): the log-softmax (Logprobs) or the
+// values themselves (Logits) of the model's raw logits (Raw: before logit_bias, penalties, masks,
+// temperature and filters), or of the processed ones the token is drawn from (Processed: after them; a
+// greedy request's without temperature, tokens the filters drop left out of the alternatives).
+// Prompt logprobs are raw log-probabilities in every mode, as vLLM's.
+enum class LogprobsMode : uint8_t { RawLogprobs, RawLogits, ProcessedLogprobs, ProcessedLogits };
+// The mode of vLLM's name (raw_logprobs, raw_logits, processed_logprobs, processed_logits); throws Error
+// naming the four for another.
+LogprobsMode parse_logprobs_mode(const std::string& name);
+inline bool processed(LogprobsMode m) { return m == LogprobsMode::ProcessedLogprobs || m == LogprobsMode::ProcessedLogits; }
+inline bool reports_logits(LogprobsMode m) { return m == LogprobsMode::RawLogits || m == LogprobsMode::ProcessedLogits; }
+
 struct SamplingParams {
   int n = 1;
   double temperature = 1.0;  // 0: greedy
@@ -88,6 +100,9 @@ struct SamplingParams {
   Pooling pooling = Pooling::None;
   // Set by the caller (the server, `generate`), not read from a request.
   OutputKind output_kind = OutputKind::Cumulative;
+  // Set by the caller from the config's logprobs_mode (beam search keeps raw log-probabilities, which it
+  // scores with); sent to the workers.
+  LogprobsMode logprobs_mode = LogprobsMode::RawLogprobs;
 
   bool greedy() const { return temperature < 1e-5 || top_k == 1; }
 };

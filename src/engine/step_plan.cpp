@@ -78,6 +78,7 @@ void put_params(Writer& w, const SamplingParams& p) {
   w.str(p.guided_schema);
   w.put(static_cast<uint8_t>(p.guided_compact));
   w.put(p.guided_after_think);
+  w.put(static_cast<uint8_t>(p.logprobs_mode));
 }
 
 SamplingParams get_params(Reader& r) {
@@ -102,6 +103,9 @@ SamplingParams get_params(Reader& r) {
   p.guided_schema = r.str();
   p.guided_compact = r.get<uint8_t>() != 0;
   p.guided_after_think = r.get<uint8_t>();
+  const auto mode = r.get<uint8_t>();
+  if (mode > static_cast<uint8_t>(LogprobsMode::ProcessedLogits)) throw Error("step plan: malformed logprobs mode");
+  p.logprobs_mode = static_cast<LogprobsMode>(mode);
   return p;
 }
 

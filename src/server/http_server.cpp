@@ -299,6 +299,12 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       known = true;
       allowed = method == http::verb::post;
     }
+    // vLLM's GET /tokenizer_info, there only with enable_tokenizer_info_endpoint.
+    const bool tokenizer_info = path == "/tokenizer_info" && d_.ctx.tokenizer_info_route;
+    if (tokenizer_info) {
+      known = true;
+      allowed = method == http::verb::get || method == http::verb::head;
+    }
     if (!known) throw HttpError(404, cat("no route ", path), "NotFoundError");
     if (!allowed) throw HttpError(405, cat("method not allowed for ", path), "MethodNotAllowed");
     if (path.rfind("/v1/", 0) == 0) require_auth();
@@ -311,6 +317,10 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     if (path == "/metrics") return respond(200, metrics(), req_.keep_alive(), "text/plain; version=0.0.4");
     if (path == "/v1/models") return respond(200, json_text(models_response(d_.ctx)), req_.keep_alive());
     if (path == "/tokenize" || path == "/detokenize") return tokenize(path == "/tokenize");
+    if (tokenizer_info) {
+      if (d_.ctx.tokenizer_info.empty()) throw HttpError(400, "Failed to get tokenizer info: the model has no tokenizer");
+      return respond(200, d_.ctx.tokenizer_info, req_.keep_alive());
+    }
     if (lora_load || lora_unload) return lora_update(lora_load);
     if (pattern != path) return stored_response(stored_id, method, pattern.size() > prefix.size() + 1);
     if (path == "/invocations") {

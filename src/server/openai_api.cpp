@@ -119,6 +119,7 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
     throw HttpError(400, "'user' must be a string", "BadRequestError", "user");
   try {
     r.params.guided_compact = ctx.guided_compact;  // (the server's default; structured_outputs may say otherwise)
+    r.params.logprobs_mode = ctx.logprobs_mode;
     sampling_params_from_json(ctx.sampling_defaults, r.params);  // the model's, then the request's own
     sampling_params_from_json(body, r.params);
     if (r.params.guided == "json_schema") r.params.guided_schema = guided_schema_as_sent(as_sent);

@@ -46,6 +46,7 @@ struct ApiContext {
   bool guided_compact = false;         // structured_outputs_config disable_any_whitespace: a request's default
   std::string response_role = "assistant";  // a chat answer's role after a generation prompt
   int max_logprobs = 20;
+  LogprobsMode logprobs_mode = LogprobsMode::RawLogprobs;  // logprobs_mode (vLLM's): every request's
   bool priority_scheduling = false;  // scheduling_policy priority: requests may set `priority`
   bool trust_request_chat_template = false;  // a request's own chat_template is rendered (vLLM's flag)
   // default_chat_template_kwargs (vLLM's): the chat template's keyword arguments under each request's own.
@@ -60,6 +61,10 @@ struct ApiContext {
   int64_t hidden_size = 0;
   std::shared_ptr<LoraRegistry> loras;  // enable_lora: the adapters served under their names too; else null
   int max_loras = 0;                          // (its max_loras, for /metrics)
+  // enable_tokenizer_info_endpoint: GET /tokenizer_info is served, answering tokenizer_info (TokenizerDocs::info;
+  // empty when the model has no tokenizer).
+  bool tokenizer_info_route = false;
+  std::string tokenizer_info;
 };
 
 // A parsed generation request: one or more prompts, each run with `params`.

@@ -11,6 +11,25 @@
 namespace llmserve {
 namespace fs = std::filesystem;
 
+std::string TokenizerDocs::info(const std::string& chat_template) const {
+  nlohmann::ordered_json j = nlohmann::ordered_json::object();
+  if (tokenizer_config_json) {
+    j = nlohmann::ordered_json::parse(*tokenizer_config_json, nullptr, false);
+    if (!j.is_object()) throw Error(cat(origin, ": tokenizer_config.json is not a JSON object"));
+  }
+  j.erase("vocab_file");
+  j.erase("merges_file");
+  // transformers' fast class of the configured one (Qwen2Tokenizer -> Qwen2TokenizerFast), as vLLM reports
+  // type(tokenizer).__name__; PreTrainedTokenizerFast without a class.
+  std::string cls = j.contains("tokenizer_class") && j["tokenizer_class"].is_string() ? j["tokenizer_class"].get<std::string>()
+                                                                                      : "PreTrainedTokenizerFast";
+  if (cls.size() < 4 || cls.compare(cls.size() - 4, 4, "Fast") != 0) cls += "Fast";
+  j["tokenizer_class"] = cls;
+  const std::optional<std::string> tmpl = chat_template.empty() ? this->chat_template : std::optional<std::string>(chat_template);
+  if (tmpl) j["chat_template"] = *tmpl;
+  return j.dump();
+}
+
 TokenizerDocs TokenizerDocs::of_model_file(const ModelFile& file) {
   TokenizerDocs d;
   d.origin = cat("model file '", file.path(), "'");

@@ -313,6 +313,44 @@ check "generate: bad_words" 0 "2/2 requests" -- \
 if sed -n 2p "$work/gen-bw-out.jsonl" | grep -q '"text":"ICIENT' && ! sed -n 1p "$work/gen-bw-out.jsonl" | grep -q ICIENT; then
   passed=$((passed + 1)); echo "PASS generate: the bad word is not generated (and is without bad_words)"
 else failed=$((failed + 1)); echo "FAIL generate: bad_words"; cat "$work/gen-bw-out.jsonl"; fi
+# logprobs_mode (vLLM's), on 2 ranks (the vocabulary split): raw_logits are the raw log-probabilities plus one
+# constant a step; processed_logprobs are those of the drawn-from values (top_k 3 under temperature 0.8: at most
+# 3 alternatives of the 5 asked for, whose probabilities sum to 1), processed_logits those values (the raw
+# logits over the temperature: the request sets the model generation_config's repetition_penalty to 1); the tokens
+# are the same in every mode.
+printf '{"prompt": "one two one two one", "max_tokens": 6, "temperature": 0.8, "top_k": 3, "top_p": 1.0, "repetition_penalty": 1.0, "seed": 4, "ignore_eos": true, "logprobs": 5}\n{"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0, "ignore_eos": true, "logprobs": 2, "repetition_penalty": 1.2}\n' >"$work/gen-lpm.jsonl"
+for mode in raw_logprobs raw_logits processed_logprobs processed_logits; do
+  "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 --input "$work/gen-lpm.jsonl" --output "$work/gen-lpm-$mode.jsonl" \
+    --logprobs-mode "$mode" >/dev/null 2>&1
+done
+if python3 - "$work" <<'PY'
+import json, math, sys
+d = sys.argv[1]
+def steps(mode):
+    return [json.loads(l)["outputs"][0] for l in open(f"{d}/gen-lpm-{mode}.jsonl")]
+rl, rv, pl, pv = (steps(m) for m in ("raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits"))
+ok = True
+for r in range(2):
+    ok &= rl[r]["token_ids"] == rv[r]["token_ids"] == pl[r]["token_ids"] == pv[r]["token_ids"]
+    for a, b, c, e in zip(rl[r]["logprobs"], rv[r]["logprobs"], pl[r]["logprobs"], pv[r]["logprobs"]):
+        shift = b["logprob"] - a["logprob"]
+        ok &= shift > 0 and all(abs(x["logprob"] - y["logprob"] - shift) < 1e-3 and x["token_id"] == y["token_id"]
+                               for x, y in zip(b["top_logprobs"], a["top_logprobs"]))
+        if r == 0:  # sampled under top_k 3
+            ok &= 1 <= len(c["top_logprobs"]) <= 3 and abs(sum(math.exp(x["logprob"]) for x in c["top_logprobs"]) - 1) < 1e-3
+            t = 0.8  # processed logits: the temperature's scaling of the raw logits
+            ok &= all(abs(x["logprob"] - y["logprob"] / t) < 1e-3 * max(1, abs(x["logprob"]))
+                      for x, y in zip(e["top_logprobs"], b["top_logprobs"]))
+        else:  # greedy: every token an alternative, no temperature
+            ok &= len(c["top_logprobs"]) == 2 and c["logprob"] <= 0
+ok &= len(rl[0]["logprobs"]) == 6
+sys.exit(0 if ok else 1)
+PY
+then passed=$((passed + 1)); echo "PASS generate: logprobs_mode raw_logits / processed_logprobs / processed_logits"
+else failed=$((failed + 1)); echo "FAIL generate: logprobs_mode"; head -c 600 "$work/gen-lpm-processed_logprobs.jsonl"; fi
+check "logprobs_mode: an unknown mode" 1 "logprobs_mode must be raw_logprobs, raw_logits, processed_logprobs or processed_logits, got 'processed'" --once -- \
+  "$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 --logprobs-mode processed --input "$work/gen-lpm.jsonl" --output "$work/gen-lpm-bad.jsonl"
+[ -e "$work/gen-lpm-bad.jsonl" ] && { failed=$((failed + 1)); echo "FAIL logprobs_mode error left an output file"; }
 # speculative_config (vLLM's, method ngram): on 2 ranks the output file is the one decoding a token a step gives
 # (greedy, seeded sampling with a penalty, a stop string), in fewer steps; other methods stop the run.
 printf '{"prompt": "Hello world, hello world, hello", "max_tokens": 40, "temperature": 0, "ignore_eos": true}\n{"prompt": "one two one two one", "max_tokens": 30, "temperature": 0.8, "seed": 4, "presence_penalty": 0.4, "ignore_eos": true, "logprobs": 1}\n{"prompt": "abc abc abc", "max_tokens": 30, "temperature": 0, "stop": [" abc abc"], "n": 2}\n' >"$work/gen-spec.jsonl"

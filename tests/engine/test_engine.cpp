@@ -1425,6 +1425,7 @@ TEST(StepPlan, PromptTargetsRoundTrip) {
   s.start->params.guided_schema = R"({"properties": {"b": {}, "a": {}}})";
   s.start->params.guided_compact = true;
   s.start->params.guided_after_think = 2;
+  s.start->params.logprobs_mode = LogprobsMode::ProcessedLogits;
   s.prompt_targets = {6, 7, 8};
   p.seqs.push_back(s);
   const StepPlan q = StepPlan::deserialize(p.serialize());
@@ -1436,6 +1437,7 @@ TEST(StepPlan, PromptTargetsRoundTrip) {
   EXPECT_EQ(q.seqs[0].start->params.guided_schema, s.start->params.guided_schema);  // as sent: the properties' order kept
   EXPECT_TRUE(q.seqs[0].start->params.guided_compact);
   EXPECT_EQ(q.seqs[0].start->params.guided_after_think, 2);
+  EXPECT_EQ(q.seqs[0].start->params.logprobs_mode, LogprobsMode::ProcessedLogits);
   EXPECT_EQ(q.seqs[0].prompt_targets, s.prompt_targets);
   p.seqs[0].prompt_targets.push_back(9);
   EXPECT_THROW(StepPlan::deserialize(p.serialize()), Error);

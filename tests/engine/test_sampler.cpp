@@ -237,6 +237,102 @@ TEST(Sampler, GreedyAndLogprobs) {
   EXPECT_GE(r[0].top_logprobs[1], r[0].top_logprobs[2]);
 }
 
+// vLLM's logprobs_mode: the chosen token's value and the alternatives from the raw logits or from the
+// processed values it is drawn from (penalties, temperature, filters; a greedy row without temperature),
+// as log-probabilities or as the values themselves; tokens the filters drop are no alternatives.
+TEST(Sampler, LogprobsModes) {
+  World w;
+  const auto logits = fixed_logits();
+  const std::vector<int32_t> history = {5, 11, 11, 20};  // prompt {5}, output 11, 11, 20
+  auto run = [&](SamplingParams p) {
+    Sampler s(w.comm, V, w.vocab, w.stride);
+    StepPlan plan = plan_for(1, p, history, 1, 42);
+    s.observe(plan);
+    auto rows = w.rows(logits, 1);
+    return s.sample(plan, rows.data())[0];
+  };
+  // The penalized logits (presence 0.5: tokens 11 and 20), over a temperature.
+  auto processed_values = [&](double temperature) {
+    std::vector<double> l(logits.begin(), logits.end());
+    l[11] -= 0.5, l[20] -= 0.5;
+    for (auto& x : l) x /= temperature;
+    return l;
+  };
+  auto lse = [](const std::vector<double>& l, const std::vector<double>& keep_prob) {
+    double mx = -INFINITY, z = 0;
+    for (size_t t = 0; t < l.size(); ++t)
+      if (keep_prob.empty() || keep_prob[t] > 0) mx = std::max(mx, l[t]);
+    for (size_t t = 0; t < l.size(); ++t)
+      if (keep_prob.empty() || keep_prob[t] > 0) z += std::exp(l[t] - mx);
+    return mx + std::log(z);
+  };
+  SamplingParams p;
+  p.temperature = 0.7, p.top_k = 4, p.presence_penalty = 0.5, p.logprobs = 6;
+  const auto prob = expected(logits, p, history, 1);  // the draw's distribution: 4 tokens kept
+  const auto l = processed_values(0.7);
+  std::vector<double> raw(logits.begin(), logits.end());
+  std::vector<int32_t> by_raw(V), kept;
+  std::iota(by_raw.begin(), by_raw.end(), 0);
+  std::stable_sort(by_raw.begin(), by_raw.end(), [&](int32_t a, int32_t b) { return raw[a] > raw[b]; });
+  for (int32_t t : by_raw)  // (the presence penalty changes no order among the top 4 here: checked below)
+    if (prob[t] > 0) kept.push_back(t);
+  ASSERT_EQ(kept.size(), 4u);
+  for (size_t k = 1; k < kept.size(); ++k) ASSERT_GE(l[kept[k - 1]], l[kept[k]]);
+
+  p.logprobs_mode = LogprobsMode::RawLogprobs;
+  const auto rl = run(p);
+  const auto token = rl.token;
+  ASSERT_GT(prob[token], 0);
+  EXPECT_NEAR(rl.logprob, raw[token] - lse(raw, {}), 1e-4);
+  ASSERT_EQ(rl.top_ids.size(), 6u);
+  for (size_t k = 0; k < 6; ++k) EXPECT_EQ(rl.top_ids[k], by_raw[k]);
+
+  p.logprobs_mode = LogprobsMode::RawLogits;
+  const auto rv = run(p);
+  EXPECT_EQ(rv.token, token);
+  EXPECT_EQ(rv.logprob, logits[token]);
+  ASSERT_EQ(rv.top_ids.size(), 6u);
+  for (size_t k = 0; k < 6; ++k) EXPECT_EQ(rv.top_logprobs[k], logits[by_raw[k]]) << k;
+
+  p.logprobs_mode = LogprobsMode::ProcessedLogprobs;
+  const auto pl = run(p);
+  EXPECT_EQ(pl.token, token);
+  EXPECT_NEAR(pl.logprob, std::log(prob[token]), 1e-4);
+  ASSERT_EQ(pl.top_ids, kept);  // only the 4 the filter keeps, of the 6 asked for
+  double sum = 0;
+  for (size_t k = 0; k < kept.size(); ++k) {
+    EXPECT_NEAR(pl.top_logprobs[k], std::log(prob[kept[k]]), 1e-4);
+    sum += std::exp(pl.top_logprobs[k]);
+  }
+  EXPECT_NEAR(sum, 1.0, 1e-4);
+
+  p.logprobs_mode = LogprobsMode::ProcessedLogits;
+  const auto pv = run(p);
+  EXPECT_EQ(pv.token, token);
+  EXPECT_NEAR(pv.logprob, l[token], 1e-5);
+  ASSERT_EQ(pv.top_ids, kept);
+  for (size_t k = 0; k < kept.size(); ++k) EXPECT_NEAR(pv.top_logprobs[k], l[kept[k]], 1e-5);
+
+  // Greedy: the penalized logits without a temperature, every token an alternative.
+  SamplingParams g;
+  g.temperature = 0, g.presence_penalty = 0.5, g.logprobs = 3, g.logprobs_mode = LogprobsMode::ProcessedLogprobs;
+  const auto gl = run(g);
+  const auto lg = processed_values(1.0);
+  const auto best = std::max_element(lg.begin(), lg.end()) - lg.begin();
+  EXPECT_EQ(gl.token, best);
+  EXPECT_NEAR(gl.logprob, lg[best] - lse(lg, {}), 1e-4);
+  EXPECT_EQ(gl.top_ids.size(), 3u);
+  // top_k 1 under a temperature: greedy, the chosen token alone survives (log-probability 0).
+  SamplingParams k1 = p;
+  k1.top_k = 1, k1.temperature = 0.5, k1.logprobs_mode = LogprobsMode::ProcessedLogprobs;
+  const auto one = run(k1);
+  EXPECT_EQ(one.token, best);
+  EXPECT_EQ(one.logprob, 0.f);
+  EXPECT_EQ(one.top_ids, std::vector<int32_t>{static_cast<int32_t>(best)});
+  k1.logprobs_mode = LogprobsMode::ProcessedLogits;
+  EXPECT_NEAR(run(k1).logprob, lg[best] / 0.5, 1e-5);
+}
+
 TEST(Sampler, SeededDrawDoesNotDependOnTheBatch) {
   World w;
   const auto logits = fixed_logits();
@@ -532,7 +628,7 @@ void check_mixed_step(bool gather, size_t edit_budget = size_t{1} << 22) {
   CpuBackend cpu;
   std::mt19937 g(11 + w.comm.size());
   std::normal_distribution<float> d(0.f, 2.f);
-  std::vector<SamplingParams> kinds(8);
+  std::vector<SamplingParams> kinds(10);
   kinds[0].temperature = 0;                                    // greedy: backend
   kinds[1].temperature = 0.8, kinds[1].repetition_penalty = 1.4;  // penalty: backend
   kinds[2].temperature = 0, kinds[2].logprobs = 3;             // logprobs: backend
@@ -541,6 +637,10 @@ void check_mixed_step(bool gather, size_t edit_budget = size_t{1} << 22) {
   kinds[5].temperature = 1.1, kinds[5].min_p = 0.05;           // filter
   kinds[6].temperature = 0, kinds[6].allowed_token_ids = {1, 8, 30, 44};  // ~46 edits: backend
   kinds[7].temperature = 0.9, kinds[7].top_k = 3, kinds[7].allowed_token_ids = {2, 9, 20, 31, 40};  // and a filter
+  kinds[8].temperature = 0.8, kinds[8].top_k = 5, kinds[8].presence_penalty = 0.3, kinds[8].logprobs = 4;  // host
+  kinds[8].logprobs_mode = LogprobsMode::ProcessedLogprobs;
+  kinds[9].temperature = 0, kinds[9].repetition_penalty = 1.3, kinds[9].logprobs = 2;  // edited, then raw logits
+  kinds[9].logprobs_mode = LogprobsMode::RawLogits;
   const size_t N = 24;
   StepPlan plan;
   for (size_t i = 0; i < N; ++i) {
@@ -574,7 +674,8 @@ void check_mixed_step(bool gather, size_t edit_budget = size_t{1} << 22) {
   cpu.download(t, after.data());
   bool edited = false;
   for (size_t i = 0; i < N; ++i) {
-    const bool to_host = w.comm.size() > 1 && (kinds[i % kinds.size()].top_k > 0 || kinds[i % kinds.size()].min_p > 0);
+    const SamplingParams& k = kinds[i % kinds.size()];
+    const bool to_host = (w.comm.size() > 1 && (k.top_k > 0 || k.min_p > 0)) || (k.logprobs >= 0 && processed(k.logprobs_mode));
     const bool same = std::equal(after.begin() + static_cast<long>(i * w.stride),
                                  after.begin() + static_cast<long>((i + 1) * w.stride),
                                  rows.begin() + static_cast<long>(i * w.stride));

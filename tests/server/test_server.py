@@ -6,7 +6,7 @@ LLMSERVE_TEST_BACKEND=cuda runs every server and `llmserve generate` on the CUDA
 rank each (one GPU).
 Usage: test_server.py BUILD_DIR"""
 import concurrent.futures
-import datetime, http.client, json, os, re, shutil, socket, subprocess, sys, threading, time, typing
+import datetime, http.client, json, math, os, re, shutil, socket, subprocess, sys, threading, time, typing
 
 BUILD = os.path.abspath(sys.argv[1])
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -437,6 +437,8 @@ def main():
         check("models lists the served name and max_model_len", m["data"][0]["id"] == "tiny" and m["data"][0]["max_model_len"] == 512, models)
         st, v = s.request("GET", "/version")
         check("version", st == 200 and "version" in json.loads(v), v)
+        st, _ = s.request("GET", "/tokenizer_info")
+        check("/tokenizer_info is not served without enable_tokenizer_info_endpoint", st == 404, st)
 
         # The same through curl.
         def curl(*args):
@@ -1438,8 +1440,28 @@ def main():
     # greedy and seeded sampled requests of mixed priorities, some streamed, answer as llmserve generate
     # does stepping in turn.
     q = Server("--async-scheduling", "--generation-config", "vllm", "--scheduling-policy", "priority", "--reasoning-parser", "qwen3",
-               np=1, tp=1)
+               "--enable-tokenizer-info-endpoint", "--logprobs-mode", "processed_logprobs", np=1, tp=1)
     try:
+        # enable_tokenizer_info_endpoint (vLLM's): the tokenizer's configuration as transformers loads it.
+        st, ti = q.request("GET", "/tokenizer_info")
+        info = json.loads(ti) if st == 200 else {}
+        tc = json.load(open(os.path.join(FIXTURES, "models", "tiny-qwen2", "tokenizer_config.json")))
+        check("/tokenizer_info: tokenizer_config.json's keys and values, the fast tokenizer class, the chat template",
+              st == 200 and info.get("tokenizer_class") == "Qwen2TokenizerFast" and info.get("chat_template") == tc["chat_template"]
+              and {k: v for k, v in info.items() if k != "tokenizer_class"} == {k: v for k, v in tc.items() if k != "tokenizer_class"}
+              and q.request("POST", "/tokenizer_info")[0] == 405, ti[:300])
+        # logprobs_mode processed_logprobs: those of the values drawn from, top_k 3 under a temperature
+        # (at most 3 alternatives of the 5 asked for, their probabilities summing to 1); greedy: all 5.
+        st, lr = q.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Count"}], "max_tokens": 6, "temperature": 0.7,
+                                                 "top_k": 3, "top_p": 1.0, "seed": 3, "logprobs": True, "top_logprobs": 5})
+        steps = lr["choices"][0]["logprobs"]["content"] if st == 200 else []
+        st2, gr = q.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Count"}], "max_tokens": 3, "temperature": 0,
+                                                  "logprobs": True, "top_logprobs": 5})
+        gsteps = gr["choices"][0]["logprobs"]["content"] if st2 == 200 else []
+        check("logprobs_mode processed_logprobs: a sampled answer's alternatives are the top_k survivors, summing to 1; greedy's all",
+              len(steps) == 6 and all(1 <= len(e["top_logprobs"]) <= 3 and abs(sum(math.exp(a["logprob"]) for a in e["top_logprobs"]) - 1) < 1e-3
+                                      and e["logprob"] <= e["top_logprobs"][0]["logprob"] for e in steps)
+              and len(gsteps) == 3 and all(len(e["top_logprobs"]) == 5 for e in gsteps), (lr, gr))
         bodies = [{"prompt": p, "max_tokens": 10 + 3 * i, "ignore_eos": True, "priority": (2 * i) % 3 - 1,
                    **({"temperature": 0} if i % 2 == 0 else {"temperature": 0.9, "top_p": 0.9, "seed": 40 + i, "repetition_penalty": 1.2})}
                   for i, p in enumerate(["The quick brown fox", "Once upon a time", "Paris is", "1, 2, 3,", "Hello"])]

@@ -251,6 +251,7 @@ TEST(Config, ImpossibleValuesFailValidation) {
   bad([](Config& c) { c.max_logprobs = 21; });
   bad([](Config& c) { c.generation_config = "/models/qwen"; });
   bad([](Config& c) { c.max_logprobs = -1; });
+  bad([](Config& c) { c.logprobs_mode = "processed"; });
   bad([](Config& c) { c.async_scheduling = true, c.pipeline_parallel_size = 2; });
   bad([](Config& c) { c.scheduling_policy = "lifo"; });
   Config ok;
@@ -262,6 +263,10 @@ TEST(Config, ImpossibleValuesFailValidation) {
   ok.quantization = "fp8";  // as do the values llmserve honours
   ok.scheduling_policy = "priority";
   EXPECT_NO_THROW(config_validate(ok));
+  for (const char* m : {"raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits"}) {
+    ok.logprobs_mode = m;
+    EXPECT_NO_THROW(config_validate(ok)) << m;
+  }
   for (const char* kv : {"fp8", "fp8_e4m3"}) {
     ok.kv_cache_dtype = kv;
     EXPECT_NO_THROW(config_validate(ok)) << kv;

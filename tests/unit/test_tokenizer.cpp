@@ -11,6 +11,7 @@
 #include "common/file_util.h"
 #include "tokenizer/regex.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer_docs.h"
 #include "tokenizer/unicode.h"
 
 using namespace llmserve;
@@ -222,6 +223,26 @@ TEST(Regex, LeftmostFirstAlternationAndLookahead) {
   EXPECT_THROW(Regex("a++"), Error);
   EXPECT_THROW(Regex("(?<name>x)"), Error);
   EXPECT_THROW(Regex("[a-"), Error);
+}
+
+// vLLM's /tokenizer_info: tokenizer_config.json as transformers loads it, without its file paths, with the
+// fast class AutoTokenizer makes and the served chat template.
+TEST(TokenizerDocs, InfoAsVllmReportsIt) {
+  TokenizerDocs d;
+  d.tokenizer_config_json = R"({"add_bos_token": false, "vocab_file": "v.json", "merges_file": "m.txt",
+                               "tokenizer_class": "Qwen2Tokenizer", "chat_template": "T", "model_max_length": 131072})";
+  d.chat_template = "T";
+  const auto j = nlohmann::ordered_json::parse(d.info());
+  EXPECT_EQ(j.dump(), R"({"add_bos_token":false,"tokenizer_class":"Qwen2TokenizerFast","chat_template":"T","model_max_length":131072})");
+  EXPECT_EQ(nlohmann::json::parse(d.info("{{ messages }}"))["chat_template"], "{{ messages }}");  // the configuration's
+  d.tokenizer_config_json = R"({"tokenizer_class": "PreTrainedTokenizerFast"})";
+  d.chat_template = "from chat_template.jinja";
+  EXPECT_EQ(nlohmann::json::parse(d.info()),
+            (nlohmann::json{{"tokenizer_class", "PreTrainedTokenizerFast"}, {"chat_template", "from chat_template.jinja"}}));
+  TokenizerDocs bare;  // no configuration, no template
+  EXPECT_EQ(bare.info(), R"({"tokenizer_class":"PreTrainedTokenizerFast"})");
+  bare.tokenizer_config_json = "[1]";
+  EXPECT_THROW(bare.info(), Error);
 }
 
 TEST(Tokenizer, BadTokenizerJsonIsAnError) {

@@ -97,12 +97,15 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
     // The table of token texts (log-probability entries), made now rather than by the first request.
     if (tok->vocab_size() > 0) tok->token_string(0);
     chat = ChatTemplate::from_docs(*docs, cfg.chat_template);
+    if (cfg.enable_tokenizer_info_endpoint)
+      ctx.tokenizer_info = docs->info(cfg.chat_template.empty() ? "" : load_chat_template(cfg.chat_template));
     if (!cfg.tokenizer.empty()) log_info("tokenizer and chat template from ", docs->origin);
   }
   if (!cfg.override_generation_config.empty())
     ctx.sampling_defaults = override_generation_defaults(ctx.sampling_defaults, cfg.override_generation_config, runner.spec().vocab_size);
   ctx.tok = tok.get();
   ctx.chat = chat.get();
+  ctx.tokenizer_info_route = cfg.enable_tokenizer_info_endpoint;
   ctx.model_names = cfg.served_model_name.empty() ? std::vector<std::string>{cfg.model} : cfg.served_model_name;
   ctx.model_path = cfg.model;
   ctx.max_model_len = cfg.max_model_len;
@@ -124,6 +127,7 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
   ctx.force_include_usage = cfg.enable_force_include_usage;
   ctx.response_role = cfg.response_role;
   ctx.max_logprobs = cfg.max_logprobs;
+  ctx.logprobs_mode = parse_logprobs_mode(cfg.logprobs_mode);
   ctx.priority_scheduling = cfg.scheduling_policy == "priority";
   ctx.trust_request_chat_template = cfg.trust_request_chat_template;
   if (!cfg.default_chat_template_kwargs.empty())
