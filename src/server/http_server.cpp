@@ -973,9 +973,11 @@ void HttpServer::run() {
   });
   const std::string scheme = s.opt.tls.enabled() ? "https" : "http";
   if (s.uds_acceptor) {
-    log_info("serving ", s.ctx.model_names[0], " on ", scheme, " over the Unix socket ", s.opt.uds, " (OpenAI API under /v1)");
+    log_info("serving ", s.ctx.model_names[0], " on ", scheme, " over the Unix socket ", s.opt.uds, " (OpenAI API under /v1; ",
+             s.opt.io_threads, " I/O threads)");
   } else {
-    log_info("serving ", s.ctx.model_names[0], " on ", scheme, "://", s.opt.host, ":", s.opt.port, " (OpenAI API under /v1)");
+    log_info("serving ", s.ctx.model_names[0], " on ", scheme, "://", s.opt.host, ":", s.opt.port, " (OpenAI API under /v1; ",
+             s.opt.io_threads, " I/O threads)");
   }
   // A handler's exception comes out of run() (Asio's rule): the connection it served is dropped (its
   // handlers and session are gone with the exception), and the thread serves on.

@@ -79,6 +79,9 @@ check "maximum concurrency logged" 0 "KV cache: 128 tokens; maximum concurrency 
   "$mpirun" 1 "$llmserve" logits "$work/good.yaml" --kv-cache-memory-gb 1 --max-num-seqs 2 --max-model-len 64 \
   --prompt-ids 1,2 --max-tokens 1
 
+check "api_server_count 0" 1 "api_server_count must be between 1 and 64, got 0" --once -- \
+  "$mpirun" 1 "$llmserve" logits "$work/good.yaml" -asc 0 --prompt-ids 1,2 --max-tokens 1
+
 # --- layout errors (checked against the MPI world and the model) --------------
 check "tp*pp != world size" 1 "tensor_parallel_size \(4\) x pipeline_parallel_size \(1\) = 4 but the MPI world has 2 ranks" --once -- \
   "$mpirun" 2 "$llmserve" logits "$work/good.yaml" -tp 4 --prompt-ids 1,2

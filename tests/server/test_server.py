@@ -1248,7 +1248,7 @@ def main():
                "--enable-auto-tool-choice", "--max-logprobs", "3", "--generation-config", "vllm", "--chat-template", "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}",
                "--async-scheduling", "--enable-prompt-tokens-details", "--return-tokens-as-token-ids", "--trust-request-chat-template",
                "--enable-force-include-usage", "--enable-log-outputs", "--max-log-len", "100", "--enable-request-id-headers",
-               "--enable-server-load-tracking", "--default-chat-template-kwargs", '{"greet": "Hi", "bye": "."}')
+               "--enable-server-load-tracking", "--default-chat-template-kwargs", '{"greet": "Hi", "bye": "."}', "-asc", "4")
     try:
         # Greedy and streamed answers under asynchronous scheduling equal llmserve generate's (one rank, in turn).
         body = {"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0, "ignore_eos": True}
@@ -1823,6 +1823,8 @@ def main():
         quiet = f.read()
     with open(s.log.name) as f:
         loud = f.read()
+    check("api_server_count: 4 I/O threads serve (-asc 4; the default server 2)",
+          "(OpenAI API under /v1; 4 I/O threads)" in quiet and "(OpenAI API under /v1; 2 I/O threads)" in loud, quiet[:2000])
     check("disable_uvicorn_access_log: no access lines (the default server has them)",
           " access POST /v1/chat/completions 200" in loud and " access " not in quiet, quiet[-500:])
     # The two requests whose clients left (streamed and not) have access lines too: 499, client closed request.
