@@ -513,6 +513,9 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { c.ssl_certfile = v; }},
       {"ssl_ca_certs", Kind::String, "PEM CA certificates that client certificates are verified against (vLLM's)",
        [](Config& c, const std::string& v) { c.ssl_ca_certs = v; }},
+      bool_option("skip_tokenizer_init", &Config::skip_tokenizer_init,
+                  "load no tokenizer or chat template (vLLM's): prompts are token ids, answers carry token ids (return_token_ids) "
+                  "and empty text; text prompts, chat, stop strings, bad_words and guided decoding are refused"),
       {"api_server_count", Kind::Int,
        "vLLM's API server processes (-asc): here the HTTP front end's I/O threads on rank 0, which parse, tokenize and "
        "answer requests (one process holds the front end); 1 to 64, default 2",

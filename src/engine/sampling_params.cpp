@@ -288,6 +288,18 @@ void check_priority(const SamplingParams& p, bool priority_scheduling) {
     throw Error(cat("Got priority ", p.priority, " but Priority scheduling is not enabled."));
 }
 
+void check_tokenizer_needs(const SamplingParams& p, bool has_tokenizer, std::string* param) {
+  if (has_tokenizer) return;
+  if (!p.stop.empty()) {
+    if (param) *param = "stop";
+    throw Error("stop strings need the model's tokenizer, which this server lacks: use stop_token_ids");
+  }
+  if (!p.guided.empty()) {
+    if (param) *param = p.guided == "choice" ? "guided_choice" : "response_format";
+    throw Error("guided decoding needs the model's tokenizer, which this server lacks");
+  }
+}
+
 LogprobsMode parse_logprobs_mode(const std::string& name) {
   if (name == "raw_logprobs") return LogprobsMode::RawLogprobs;
   if (name == "raw_logits") return LogprobsMode::RawLogits;

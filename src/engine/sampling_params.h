@@ -118,6 +118,10 @@ std::string guided_schema_as_sent(const nlohmann::ordered_json& body);
 // max_logprobs: the most log-probabilities a request may ask for (vLLM's max_logprobs, at most
 // kMaxTopLogprobs).
 void sampling_params_validate(const SamplingParams& p, int64_t vocab_size, int max_logprobs = 20);
+// Without the model's tokenizer (none in the model, or skip_tokenizer_init), stop strings (matched in
+// the text) and guided decoding (each token's bytes) cannot be honoured: Error naming the field, and
+// `param` set to the request field to name in an HTTP error.
+void check_tokenizer_needs(const SamplingParams& p, bool has_tokenizer, std::string* param = nullptr);
 // A non-zero priority without priority scheduling is refused (vLLM's message), not ignored.
 void check_priority(const SamplingParams& p, bool priority_scheduling);
 // The token sequences of p.bad_words as vLLM makes them: each word (leading spaces stripped) encoded

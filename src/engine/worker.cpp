@@ -61,7 +61,7 @@ Worker::Worker(ModelRunner& runner) : runner_(runner) {
                                          runner.device_comm());
     // Guided decoding reads each token's bytes from the model's tokenizer (when the file has one).
     const Config& cfg = runner.config();
-    if (model_has_file(cfg.load_format, cfg.model)) {
+    if (model_has_file(cfg.load_format, cfg.model) && !cfg.skip_tokenizer_init) {
       ModelFile file(cfg.model);
       if (file.text("tokenizer", "tokenizer.json")) sampler_->set_guided_tokens(guided_tokens(*Tokenizer::from_model_file(file)));
     }

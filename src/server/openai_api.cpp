@@ -136,9 +136,12 @@ void common_params(const json& body, GenerationRequest& r, const ApiContext& ctx
   } catch (const Error& e) {
     throw HttpError(400, e.what(), "BadRequestError", "priority");
   }
-  if (!r.params.guided.empty() && !ctx.tok)
-    throw HttpError(400, "guided decoding needs the model's tokenizer, which this model lacks", "BadRequestError",
-                    r.params.guided == "choice" ? "guided_choice" : "response_format");
+  std::string param;
+  try {
+    check_tokenizer_needs(r.params, ctx.tok != nullptr, &param);
+  } catch (const Error& e) {
+    throw HttpError(400, e.what(), "BadRequestError", param);
+  }
   // vLLM's and OpenAI's other options that change what is generated or returned, when set to anything
   // but their no-op value (false, empty, null).
   beam_search_params(r);

@@ -425,6 +425,22 @@ check "generate: a dummy model with --tokenizer takes text and chats" 0 "tokeniz
   --input "$work/tok-in.jsonl" --output "$work/tok-dummy.jsonl"
 if [ "$(grep -c '"text":"[^"]' "$work/tok-dummy.jsonl" 2>/dev/null)" = 2 ]; then passed=$((passed + 1)); echo "PASS generate: the dummy model's outputs have text"
 else failed=$((failed + 1)); echo "FAIL generate: the dummy model's outputs have no text"; fi
+# skip_tokenizer_init (vLLM's): no tokenizer is loaded; token-id prompts give the tokens they give with one, and
+# empty text; text prompts and stop strings are refused.
+printf '{"ids": [9707, 11, 1879], "max_tokens": 6, "temperature": 0, "ignore_eos": true}\n' >"$work/skip-in.jsonl"
+"$llmserve" generate "$work/good.yaml" --input "$work/skip-in.jsonl" --output "$work/skip-tok.jsonl" >/dev/null 2>&1
+check "generate: skip_tokenizer_init runs token ids" 0 "1/1 requests" -- \
+  "$llmserve" generate "$work/good.yaml" --skip-tokenizer-init --input "$work/skip-in.jsonl" --output "$work/skip-none.jsonl"
+if python3 -c 'import json,sys; a, b = (json.loads(open(f).read())["outputs"][0] for f in sys.argv[1:]); sys.exit(0 if a["token_ids"] == b["token_ids"] and len(a["token_ids"]) == 6 and a["text"] != "" and b["text"] == "" else 1)' \
+  "$work/skip-tok.jsonl" "$work/skip-none.jsonl" 2>/dev/null; then
+  passed=$((passed + 1)); echo "PASS generate: skip_tokenizer_init gives the same token ids and empty text"
+else failed=$((failed + 1)); echo "FAIL generate: skip_tokenizer_init outputs"; cat "$work/skip-none.jsonl"; fi
+check "generate: skip_tokenizer_init refuses text" 1 "has no tokenizer" -- \
+  "$llmserve" generate "$work/good.yaml" --skip-tokenizer-init --input "$work/tok-in.jsonl" --output "$work/skip-bad.jsonl"
+printf '{"ids": [9707, 11], "max_tokens": 4, "stop": ["x"]}\n' >"$work/skip-stop.jsonl"
+check "generate: skip_tokenizer_init refuses stop strings" 1 "stop strings need the model's tokenizer, which this server lacks: use stop_token_ids" -- \
+  "$llmserve" generate "$work/good.yaml" --skip-tokenizer-init --input "$work/skip-stop.jsonl" --output "$work/skip-bad.jsonl"
+[ -e "$work/skip-bad.jsonl" ] && { failed=$((failed + 1)); echo "FAIL skip_tokenizer_init errors left an output file"; }
 check "tokenizer: a path that is no tokenizer" 1 "tokenizer '$work/nope' is neither a tokenizer directory nor an llmserve model file" --once -- \
   "$llmserve" generate "$work/good.yaml" --tokenizer "$work/nope" --input "$work/tok-in.jsonl" --output "$work/tok-bad.jsonl"
 check "tokenizer: a directory without tokenizer.json" 1 "tokenizer '$fixtures' has no tokenizer.json" --once -- \

@@ -1556,6 +1556,19 @@ def main():
         q.stop()
     # tool_call_parser mistral (Mistral 7B Instruct v0.3's [TOOL_CALLS] [...] calls), the output guided into one:
     # the calls (9-character ids, as Mistral's template wants them back), whole and streamed.
+    # skip_tokenizer_init (vLLM's): token ids in and out, empty text; what needs the tokenizer is a 400.
+    k = Server("--skip-tokenizer-init", np=1, tp=1)
+    try:
+        st, kr = k.post("/v1/completions", {"prompt": [9707, 11, 1879], "max_tokens": 4, "temperature": 0, "ignore_eos": True,
+                                            "return_token_ids": True})
+        bad = [k.post("/v1/completions", {"prompt": "Hello", "max_tokens": 2}),
+               k.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+               k.post("/v1/completions", {"prompt": [9707], "max_tokens": 2, "stop": ["x"]})]
+        check("skip_tokenizer_init: token ids answered with empty text; text, chat and stop strings refused (400)",
+              st == 200 and kr["choices"][0]["text"] == "" and len(kr["choices"][0]["token_ids"]) == 4
+              and [b[0] for b in bad] == [400, 400, 400] and bad[2][1]["error"]["param"] == "stop", (kr, bad))
+    finally:
+        k.stop()
     mi = Server("--tool-call-parser", "mistral", np=1, tp=1)
     try:
         weather = {"type": "function", "function": {"name": "get_weather", "parameters": {

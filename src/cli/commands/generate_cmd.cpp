@@ -109,7 +109,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
         sampling_params_validate(job.params, runner.spec().vocab_size, cfg.max_logprobs);
         check_some_token_allowed(job.params, runner.spec().eos_token_ids);
         check_priority(job.params, cfg.scheduling_policy == "priority");
-        if (!job.params.guided.empty() && !tok) throw Error("guided decoding needs the model's tokenizer, which this model lacks");
+        check_tokenizer_needs(job.params, tok != nullptr);
         const int64_t total = static_cast<int64_t>(job.prompt.size()) + job.params.max_tokens;
         if (total > cfg.max_model_len)
           throw Error(cat("prompt (", job.prompt.size(), " tokens) + max_tokens (", job.params.max_tokens,

@@ -152,6 +152,7 @@ StepMeta one_sequence_step(const std::vector<int32_t>& tokens, int32_t start, co
 bool model_has_file(const Config& cfg) { return model_has_file(cfg.load_format, cfg.model); }
 
 std::optional<TokenizerDocs> served_tokenizer_docs(const Config& cfg) {
+  if (cfg.skip_tokenizer_init) return std::nullopt;
   if (!cfg.tokenizer.empty()) return TokenizerDocs::at(cfg.tokenizer);
   if (!model_has_file(cfg)) return std::nullopt;
   return TokenizerDocs::of_model_file(ModelFile(cfg.model));
