@@ -929,6 +929,7 @@ std::vector<SampledToken> Sampler::sample_rows(const std::vector<const SeqStep*>
       add_logprobs(seqs, lp, idx, false, out,
                    [&](const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int K, float* stats,
                        float* top_v, int32_t* top_i) {
+#pragma omp parallel for schedule(dynamic)
                      for (size_t j = 0; j < rows.size(); ++j) {
                        const auto i = static_cast<size_t>(rows[j]);
                        const float* row = is_proc[i] ? w(i) : raw(i);
