@@ -843,7 +843,7 @@ void config_validate(const Config& c) {
   // memory).
   if (!c.quantization.empty() && c.quantization != "none" && c.quantization != "fp8")
     fail(cat("quantization '", c.quantization, "' is not supported: llmserve serves 16- and 32-bit weights, or quantizes ",
-             "them to fp8 as it loads them (llmserve-convert dequantizes GGUF checkpoints); use none or fp8"));
+             "them to fp8 as it loads them (llmserve-convert dequantizes GGUF, AWQ and GPTQ checkpoints); use none or fp8"));
   if (c.kv_cache_dtype == "fp8_e5m2")
     fail("kv_cache_dtype 'fp8_e5m2' is not supported: llmserve's FP8 KV cache is E4M3; use fp8 (fp8_e4m3) or auto");
   if (c.kv_cache_dtype != "auto" && c.kv_cache_dtype != "fp8" && c.kv_cache_dtype != "fp8_e4m3")

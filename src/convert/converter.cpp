@@ -17,6 +17,7 @@
 #include "common/file_util.h"
 #include "common/log.h"
 #include "convert/gguf.h"
+#include "convert/int_quant.h"
 #include "convert/model_writer.h"
 #include "convert/safetensors.h"
 #include "model/pooler_config.h"
@@ -79,6 +80,12 @@ void convert_hf(const ConvertOptions& opt) {
     throw Error(cat("'", cfg_path.string(), "': ", e.what()));
   }
 
+  IntQuantConfig iq;  // an AWQ / GPTQ checkpoint: its linear layers' matrices are dequantized
+  try {
+    iq = int_quant_config(cfg);
+  } catch (const Error& e) {
+    throw Error(cat("'", cfg_path.string(), "': ", e.what()));
+  }
   // Shards: the index names them; otherwise model.safetensors or every *.safetensors.
   std::vector<std::string> shard_names;
   const fs::path index = dir / "model.safetensors.index.json";
@@ -145,7 +152,41 @@ void convert_hf(const ConvertOptions& opt) {
       throw Error(cat("'", it->second->path(), "': 'score.weight' must be [num_labels, ", spec.hidden_size, "]"));
   }
   const auto expected = expected_weights(spec);
+  // An integer-quantized matrix: NAME.weight stored as NAME.qweight, .qzeros, .scales (and GPTQ's .g_idx).
+  auto quantized = [&](const std::string& name) {
+    const std::string stem = name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 ? name.substr(0, name.size() - 7) : "";
+    if (iq.method == IntQuantConfig::Method::None || stem.empty() || where.count(source_name(name))) return std::string();
+    const std::string q = source_name(stem + ".qweight");  // (with the checkpoint's prefix, or without)
+    return where.count(q) ? q.substr(0, q.size() - 7) : std::string();
+  };
+  // Checks the shape and dtype of a quantized matrix's tensors against its [N, K] weight.
+  auto check_quantized = [&](const std::string& stem, const std::vector<int64_t>& wshape) {
+    const int64_t N = wshape.at(0), K = wshape.at(1), pack = 32 / iq.bits;
+    const int64_t groups = iq.group_size < 0 ? 1 : (K + iq.group_size - 1) / iq.group_size;
+    const bool awq = iq.method == IntQuantConfig::Method::Awq;
+    auto want = [&](const std::string& part, const std::vector<int64_t>& shape, bool is_int) {
+      const auto it = where.find(stem + part);
+      if (it == where.end()) throw Error(cat("'", dir.string(), "': ", iq.name(), " tensor '", stem, part, "' missing from the checkpoint"));
+      const auto& e = it->second->entries().at(stem + part);
+      if (e.shape != shape || (is_int ? e.dtype != "I32" : e.dtype != "F16" && e.dtype != "BF16" && e.dtype != "F32")) {
+        std::ostringstream s;
+        for (auto d : shape) s << d << ' ';
+        throw Error(cat("'", it->second->path(), "': ", iq.name(), " tensor '", stem, part, "' must be ", is_int ? "I32" : "F16/BF16/F32",
+                        " [ ", s.str(), "] for a ", N, " x ", K, " matrix in groups of ", iq.group_size, ", got ", e.dtype));
+      }
+    };
+    if (N % pack != 0 || (awq && K % iq.group_size != 0) || (!awq && K % pack != 0))
+      throw Error(cat("'", dir.string(), "': the ", N, " x ", K, " matrix '", stem, "weight' does not divide into ", iq.name(), "'s packing"));
+    want("qweight", awq ? std::vector<int64_t>{K, N / pack} : std::vector<int64_t>{K / pack, N}, true);
+    want("qzeros", {groups, N / pack}, true);
+    want("scales", {groups, N}, false);
+    if (!awq && where.count(stem + "g_idx")) want("g_idx", {K}, true);
+  };
   for (const auto& w : expected) {
+    if (const std::string stem = quantized(w.name); !stem.empty()) {
+      check_quantized(stem, w.shape);
+      continue;
+    }
     auto it = where.find(source_name(w.name));
     if (it == where.end()) throw Error(cat("'", dir.string(), "': tensor '", w.name, "' missing from the checkpoint"));
     const auto& e = it->second->entries().at(source_name(w.name));
@@ -188,7 +229,40 @@ void convert_hf(const ConvertOptions& opt) {
   for (const auto& [name, text] : docs) writer.add_text("tokenizer", name, text);
   if (!chat_template.empty()) writer.add_text("tokenizer", "chat_template", chat_template);
 
+  int64_t dequantized = 0;
   for (const auto& w : expected) {
+    if (const std::string stem = quantized(w.name); !stem.empty()) {
+      auto ints = [&](const std::string& part) {
+        const std::vector<char> raw = where.at(stem + part)->read(stem + part);
+        std::vector<int32_t> v(raw.size() / 4);
+        std::memcpy(v.data(), raw.data(), raw.size());
+        return v;
+      };
+      const int64_t N = w.shape[0], K = w.shape[1];
+      const std::vector<int32_t> qweight = ints("qweight"), qzeros = ints("qzeros");
+      SafetensorsFile* sf = where.at(stem + "scales");
+      const std::vector<float> scales = sf->read_f32(stem + "scales");
+      const int64_t groups = static_cast<int64_t>(scales.size()) / N;
+      std::vector<float> m;
+      if (iq.method == IntQuantConfig::Method::Awq) {
+        m = dequantize_awq(qweight.data(), qzeros.data(), scales.data(), K, N, iq.group_size);
+      } else {
+        const std::vector<int32_t> g_idx = where.count(stem + "g_idx") ? ints("g_idx") : std::vector<int32_t>();
+        try {
+          m = dequantize_gptq(qweight.data(), qzeros.data(), scales.data(), g_idx.empty() ? nullptr : g_idx.data(), K, N,
+                              iq.group_size, iq.bits, iq.gptq_v1, groups);
+        } catch (const Error& e) {
+          throw Error(cat("'", sf->path(), "': '", stem, "g_idx': ", e.what()));
+        }
+      }
+      // (keep: the scales' dtype, the checkpoint's 16-bit type)
+      const DType dst = opt.dtype == "keep" ? safetensors_dtype(sf->entries().at(stem + "scales").dtype, sf->path(), stem + "scales")
+                                            : dtype_from_name(opt.dtype);
+      std::vector<char> data = cast(DType::F32, dst, m.data(), m.size());
+      writer.add_tensor(w.name, dst, w.shape, data.data());
+      ++dequantized;
+      continue;
+    }
     const std::string name = source_name(w.name);
     SafetensorsFile* f = where.at(name);
     const auto& e = f->entries().at(name);
@@ -207,6 +281,9 @@ void convert_hf(const ConvertOptions& opt) {
     writer.add_tensor("score.weight", DType::F32, f->entries().at(name).shape, data.data());
   }
   writer.commit();
+  if (dequantized > 0)
+    log_info(iq.name(), ": ", dequantized, " matrices (", iq.bits, "-bit, groups of ", iq.group_size,
+             ") dequantized; llmserve serves them at 16 bits (or FP8 with quantization fp8)");
   log_info("converted ", dir.string(), " (", spec.architecture, ", ", expected.size(), " tensors) -> ", opt.output);
 }
 

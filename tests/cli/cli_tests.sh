@@ -104,6 +104,18 @@ check "hf_overrides: yarn without its factor, the key named as hf_overrides'" 1 
   "$llmserve" logits "$work/good.yaml" --hf-overrides '{"rope_scaling": {"rope_type": "yarn"}}' --prompt-ids 1,2
 check "hf_overrides: a bad rope_scaling" 1 "hf_overrides: unsupported rope_scaling type 'longrope'" -- \
   "$llmserve" logits "$work/good.yaml" --hf-overrides '{"rope_scaling": {"rope_type": "longrope"}}' --prompt-ids 1,2
+# Integer-quantized checkpoints: AWQ (GEMM) and GPTQ are dequantized (tests/model/make_tiny_quantized.py, ctest
+# golden_tiny-qwen2-awq/gptq); other methods and settings are refused, naming them, with no output file.
+qz="$work/tiny-qwen2-quant"
+for qc in '{"quant_method": "bitsandbytes"}@quant_method .bitsandbytes. is not supported: llmserve-convert dequantizes awq and gptq' \
+          '{"quant_method": "awq", "bits": 4, "group_size": 32, "version": "gemv"}@AWQ version .gemv. is not supported' \
+          '{"quant_method": "gptq", "bits": 3, "group_size": 32}@GPTQ with 3 bits is not supported \(2, 4 or 8\)'; do
+  rm -rf "$qz" && cp -r "$fixtures/models/tiny-qwen2" "$qz" && chmod -R u+w "$qz"
+  python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); c["quantization_config"] = json.loads(sys.argv[2]); json.dump(c, open(sys.argv[1], "w"))' \
+    "$qz/config.json" "${qc%@*}"
+  check "convert: quantization_config ${qc%@*}" 1 "${qc#*@}" --once -- "$convert" "$qz" -o "$work/quant-bad.h5" --force
+  [ -e "$work/quant-bad.h5" ] && { failed=$((failed + 1)); echo "FAIL convert left an output file for ${qc%@*}"; }
+done
 # Sliding-window attention: a copy of tiny-qwen2 whose config.json uses a 64-position window converts, is
 # refused without disable_sliding_window, and with it serves up to the window with full attention, which
 # within the window is the window's: the logits of the model without one.

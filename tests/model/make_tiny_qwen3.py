@@ -67,11 +67,15 @@ def weights(cfg, seed=2026):
 
 
 def write_safetensors(path, W, f32=()):
-    """W's tensors in BF16 (their values are bf16 already), those named in f32 in F32."""
+    """W's tensors in BF16 (their values are bf16 already), those named in f32 in F32; numpy arrays of float16
+    or int32 as they are (F16, I32)."""
     header, blobs, at = {}, [], 0
     for name, v in W.items():
-        dtype = "F32" if name in f32 else "BF16"
-        if dtype == "F32":
+        kind = {np.dtype(np.float16): "F16", np.dtype(np.int32): "I32"}.get(getattr(v, "dtype", None))
+        dtype = kind or ("F32" if name in f32 else "BF16")
+        if kind:
+            bits = np.ascontiguousarray(v).astype(v.dtype.newbyteorder("<")).tobytes()
+        elif dtype == "F32":
             bits = np.asarray(v, dtype="<f4").tobytes()
         else:
             bits = (np.asarray(v, dtype=np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
@@ -176,27 +180,10 @@ def main_classify(fixtures, out):
         print(f"{name}: {len(public)} prompts")
 
 
-def main():
-    fixtures, out = sys.argv[1], sys.argv[2]
-    if sys.argv[3:] == ["embed"]:
-        return main_embed(fixtures, out)
-    if sys.argv[3:] == ["classify"]:
-        return main_classify(fixtures, out)
-    yarn = sys.argv[3:] == ["yarn"]
-    name = "tiny-qwen3-yarn" if yarn else "tiny-qwen3"
-    cfg = dict(CONFIG, rope_scaling=YARN) if yarn else CONFIG
-    mdir, gdir = f"{out}/models/{name}", f"{out}/golden"
-    os.makedirs(mdir, exist_ok=True)
-    os.makedirs(gdir, exist_ok=True)
-    W = weights(CONFIG)
-    lm_head = W["model.embed_tokens.weight"]
-    json.dump(cfg, open(f"{mdir}/config.json", "w"), indent=2)
-    json.dump({"bos_token_id": 151643, "eos_token_id": [151645, 151643]}, open(f"{mdir}/generation_config.json", "w"))
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copyfile(f"{fixtures}/models/tiny-qwen2/{f}", f"{mdir}/{f}")
-    write_safetensors(f"{mdir}/model.safetensors", W)
-    # The checkpoint as its reader sees it (bf16 values as float64).
-    forward = ref.make_forward(cfg, ref.load_safetensors(f"{mdir}/model.safetensors"))
+def write_goldens(fixtures, gdir, name, vocab_size, forward, lm_head, dtype):
+    """Goldens of model NAME in the layout of ../shared/fixtures/golden (GDIR/NAME.json and
+    NAME.last_logits.f32) for tiny-qwen2's public prompts: `forward` (make_forward's) gives every position's
+    final hidden state, lm_head [vocab, hidden] the logits; greedy continuations of 24 tokens."""
     public, last = [], []
     for p in json.load(open(f"{fixtures}/golden/tiny-qwen2.json"))["public"]:
         ids = list(p["ids"])
@@ -223,13 +210,37 @@ def main():
             row = forward(ids + gen, set())
         public.append({"text": p.get("text", ""), "ids": ids, "prefill": prefill,
                        "greedy": {"ids": gen, "margins": margins, "logprobs": lps}})
-    golden = {"model": f"models/{name}", "vocab_size": CONFIG["vocab_size"],
-              "dtype": "float64 compute from bf16 weights",
+    golden = {"model": f"models/{name}", "vocab_size": vocab_size,
+              "dtype": dtype,
               "reference": "bench/reference/bf16_rounding.py make_forward (numpy float64)",
               "public": public, "last_logits_file": f"{name}.last_logits.f32"}
     json.dump(golden, open(f"{gdir}/{name}.json", "w"))
     np.array(last, dtype="<f4").tofile(f"{gdir}/{name}.last_logits.f32")
     print(f"{name}: {len(public)} prompts; smallest greedy margin {min(min(x['greedy']['margins']) for x in public):.3g}")
+
+
+def main():
+    fixtures, out = sys.argv[1], sys.argv[2]
+    if sys.argv[3:] == ["embed"]:
+        return main_embed(fixtures, out)
+    if sys.argv[3:] == ["classify"]:
+        return main_classify(fixtures, out)
+    yarn = sys.argv[3:] == ["yarn"]
+    name = "tiny-qwen3-yarn" if yarn else "tiny-qwen3"
+    cfg = dict(CONFIG, rope_scaling=YARN) if yarn else CONFIG
+    mdir, gdir = f"{out}/models/{name}", f"{out}/golden"
+    os.makedirs(mdir, exist_ok=True)
+    os.makedirs(gdir, exist_ok=True)
+    W = weights(CONFIG)
+    lm_head = W["model.embed_tokens.weight"]
+    json.dump(cfg, open(f"{mdir}/config.json", "w"), indent=2)
+    json.dump({"bos_token_id": 151643, "eos_token_id": [151645, 151643]}, open(f"{mdir}/generation_config.json", "w"))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(f"{fixtures}/models/tiny-qwen2/{f}", f"{mdir}/{f}")
+    write_safetensors(f"{mdir}/model.safetensors", W)
+    # The checkpoint as its reader sees it (bf16 values as float64).
+    forward = ref.make_forward(cfg, ref.load_safetensors(f"{mdir}/model.safetensors"))
+    write_goldens(fixtures, gdir, name, CONFIG["vocab_size"], forward, lm_head, "float64 compute from bf16 weights")
 
 
 if __name__ == "__main__":
