@@ -48,6 +48,7 @@ std::vector<float> dequantize_awq(const int32_t* qweight, const int32_t* qzeros,
   static constexpr int kNibble[8] = {0, 4, 1, 5, 2, 6, 3, 7};  // output n % 8's nibble in its word (AWQ's reverse order)
   const int64_t G = group_size < 0 ? K : group_size, words = N / 8;
   std::vector<float> w(static_cast<size_t>(N * K));
+#pragma omp parallel for schedule(static)
   for (int64_t k = 0; k < K; ++k) {
     const int64_t g = k / G;
     for (int64_t n = 0; n < N; ++n) {
@@ -69,6 +70,10 @@ std::vector<float> dequantize_gptq(const int32_t* qweight, const int32_t* qzeros
   for (int64_t k = 0; k < K; ++k) {
     const int64_t g = g_idx ? g_idx[k] : k / G;
     if (g < 0 || g >= groups) throw Error(cat("GPTQ g_idx names group ", g, " of ", groups));
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t g = g_idx ? g_idx[k] : k / G;
     const int qshift = bits * static_cast<int>(k % pack);
     for (int64_t n = 0; n < N; ++n) {
       const auto q = static_cast<int>((static_cast<uint32_t>(qweight[(k / pack) * N + n]) >> qshift) & mask);
