@@ -17,6 +17,7 @@
 #include <functional>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <thread>
 #include <type_traits>
 
@@ -811,7 +812,26 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     m += d_.hc.e2e.text("llmserve:e2e_request_latency_seconds", "End-to-end latency of successful generation requests.", model);
     m += d_.hc.ttft.text("llmserve:time_to_first_token_seconds", "Time from request arrival to its first generated token.", model);
     m += d_.hc.itl.text("llmserve:inter_token_latency_seconds", "Time between generated tokens of a request.", model);
-    return m;
+    return m + with_vllm_names(m);
+  }
+
+  // Every family again under vLLM's prefix (vllm:num_requests_running, ...), the names dashboards,
+  // autoscalers and routers made for vLLM read.
+  static std::string with_vllm_names(const std::string& m) {
+    std::string out;
+    out.reserve(m.size());
+    std::istringstream in(m);
+    for (std::string line; std::getline(in, line);) {
+      for (const char* head : {"", "# HELP ", "# TYPE "}) {
+        const std::string from = std::string(head) + "llmserve:";
+        if (line.rfind(from, 0) == 0) {
+          line = std::string(head) + "vllm:" + line.substr(from.size());
+          break;
+        }
+      }
+      out += line + "\n";
+    }
+    return out;
   }
 
   // The connection's end; HTTPS first sends its close_notify (waiting at most 5 s for the client's).

@@ -1222,6 +1222,11 @@ def main():
                   ("time_to_first_token_seconds_count", "inter_token_latency_seconds_count", "e2e_request_latency_seconds_count")
                   if l.startswith("llmserve:" + n)}
         check("metrics: TTFT, inter-token and end-to-end histograms", all(v > 10 for v in counts.values()) and len(counts) == 3, counts)
+        ours = [l[len("llmserve:"):] for l in mtext.splitlines() if l.startswith("llmserve:")]
+        theirs = [l[len("vllm:"):] for l in mtext.splitlines() if l.startswith("vllm:")]
+        check("metrics: every family under vLLM's names too (vllm:num_requests_running, ...), the same labels and values",
+              len(ours) > 30 and ours == theirs and "vllm:generation_tokens_total{" in mtext
+              and mtext.count("# TYPE vllm:") == mtext.count("# TYPE llmserve:"), (len(ours), len(theirs)))
 
         # The official client, when it can be had.
         try:
