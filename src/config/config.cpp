@@ -240,6 +240,22 @@ Option accepted_text(const char* key, const char* help) {
   return {key, Kind::String, help, [](Config&, const std::string&) {}};
 }
 
+// A vLLM option accepted at the values that mean what llmserve does (`ok`, separated by '|'), refused with
+// `why` at any other.
+Option accepted_choice(const char* key, const char* ok, const char* why, const char* help) {
+  return {key, Kind::String, help, [key, ok, why](Config&, const std::string& v) {
+            const std::string all = std::string("|") + ok + "|";
+            if (all.find("|" + v + "|") == std::string::npos) throw Error(cat("config: ", key, " '", v, "' is not supported: ", why));
+          }};
+}
+
+// A vLLM option llmserve has no counterpart for, refused with the reason (a flag only when true).
+Option refused_option(const char* key, Kind kind, const char* why) {
+  return {key, kind, why, [key, kind, why](Config&, const std::string& v) {
+            if (kind != Kind::Bool || parse_bool(key, v)) throw Error(cat("config: ", key, " is not supported: ", why));
+          }};
+}
+
 const std::vector<Option>& options() {
   static const std::vector<Option> opts = {
       {"model", Kind::String, "path to the model file (.h5, made by llmserve-convert)",
@@ -564,6 +580,26 @@ const std::vector<Option>& options() {
       accepted_text("code_revision", "vLLM's hub revision of the model's code; accepted, no effect: no code is fetched or run"),
       accepted_text("tokenizer_revision", "vLLM's hub revision of the tokenizer; accepted, no effect: local files only"),
       accepted_text("download_dir", "vLLM's directory for downloaded weights; accepted, no effect: llmserve downloads nothing"),
+      accepted_choice("model_impl", "auto|vllm", "llmserve runs its own implementation of each architecture (auto, vllm)",
+                      "vLLM's model implementation: auto or vllm (llmserve's own); transformers is refused"),
+      accepted_choice("config_format", "auto|hf", "llmserve reads Hugging Face config.json files (auto, hf)",
+                      "vLLM's config format: auto or hf; mistral is refused"),
+      accepted_flag("enable_expert_parallel", "accepted as vLLM's; no effect: llmserve's models are dense (no experts)"),
+      accepted_flag("enable_eplb", "accepted as vLLM's; no effect: llmserve's models are dense (no experts to balance)"),
+      accepted_text("limit_mm_per_prompt", "vLLM's multimodal items a prompt may hold; accepted, no effect: llmserve serves text models"),
+      accepted_text("mm_processor_kwargs", "vLLM's multimodal processor arguments; accepted, no effect: llmserve serves text models"),
+      accepted_text("allowed_local_media_path", "vLLM's media directory; accepted, no effect: llmserve serves text models"),
+      accepted_flag("disable_chunked_mm_input", "accepted as vLLM's; no effect: llmserve serves text models"),
+      accepted_text("show_hidden_metrics_for_version", "vLLM's deprecated metrics; accepted, no effect: llmserve hides none"),
+      refused_option("kv_transfer_config", Kind::String,
+                     "llmserve has no disaggregated prefill (KV transfer between instances): one job prefills and decodes"),
+      refused_option("otlp_traces_endpoint", Kind::String, "llmserve exports no OpenTelemetry traces (see /metrics and the access log)"),
+      refused_option("collect_detailed_traces", Kind::String, "llmserve exports no OpenTelemetry traces (see /metrics and the access log)"),
+      refused_option("worker_cls", Kind::String, "llmserve's workers are its MPI ranks; it loads no Python classes"),
+      refused_option("worker_extension_cls", Kind::String, "llmserve's workers are its MPI ranks; it loads no Python classes"),
+      refused_option("logits_processors", Kind::String, "llmserve loads no Python logits processors"),
+      refused_option("enable_prompt_embeds", Kind::Bool, "requests carry token ids or text, not embeddings"),
+      refused_option("calculate_kv_scales", Kind::Bool, "the FP8 KV cache uses scale 1, as vLLM without calibrated scales"),
       accepted_flag("enable_auto_tool_choice",
                     "accepted as vLLM's; no effect: tool calls are read from chat output unless tool_call_parser is none"),
       {"seed", Kind::Int, "random seed",

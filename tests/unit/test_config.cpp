@@ -316,6 +316,32 @@ TEST(Config, VllmLaunchFlags) {
   }
 }
 
+// More of vLLM's engine options: accepted at the values that mean what llmserve does, refused (with the
+// reason, naming the option) where llmserve has no counterpart.
+TEST(Config, VllmOptionsWithoutCounterpart) {
+  Config c;
+  config_parse_args(c, {"--model-impl", "vllm", "--config-format", "hf", "--enable-expert-parallel", "--enable-eplb",
+                        "--limit-mm-per-prompt", R"({"image": 0})", "--disable-chunked-mm-input", "--calculate-kv-scales", "false",
+                        "--enable-prompt-embeds", "false"});
+  for (const char* key : {"model_impl", "config_format", "enable_expert_parallel", "limit_mm_per_prompt", "calculate_kv_scales"})
+    EXPECT_EQ(c.given.count(key), 1u) << key;
+  const std::vector<std::vector<std::string>> refused = {
+      {"--model-impl", "transformers"}, {"--config-format", "mistral"}, {"--kv-transfer-config", "{}"},
+      {"--otlp-traces-endpoint", "http://x"}, {"--worker-cls", "w.W"}, {"--enable-prompt-embeds"}, {"--calculate-kv-scales"}};
+  for (const auto& args : refused) {
+    Config d;
+    try {
+      config_parse_args(d, args);
+      ADD_FAILURE() << args[0] << " was accepted";
+    } catch (const Error& e) {
+      std::string key = args[0].substr(2);
+      std::replace(key.begin(), key.end(), '-', '_');
+      EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("not supported"), std::string::npos) << e.what();
+    }
+  }
+}
+
 // vLLM's kv_cache_memory_bytes: kv_cache_memory_gb in bytes, with vLLM's suffixes; at least one byte, and
 // not beside kv_cache_memory_gb in one place (the command line's overrides a file's).
 TEST(Config, KvCacheMemoryBytes) {
