@@ -584,6 +584,10 @@ const std::vector<Option>& options() {
                       "vLLM's model implementation: auto or vllm (llmserve's own); transformers is refused"),
       accepted_choice("config_format", "auto|hf", "llmserve reads Hugging Face config.json files (auto, hf)",
                       "vLLM's config format: auto or hf; mistral is refused"),
+      accepted_choice("prefix_caching_hash_algo", "builtin",
+                      "llmserve finds cached blocks by a 64-bit hash of their tokens and their prefix's hash, and compares a "
+                      "found block's tokens (builtin); sha256 is not built",
+                      "vLLM's prefix-cache hash: builtin only (a 64-bit hash; each found block's own tokens are compared)"),
       accepted_flag("enable_expert_parallel", "accepted as vLLM's; no effect: llmserve's models are dense (no experts)"),
       accepted_flag("enable_eplb", "accepted as vLLM's; no effect: llmserve's models are dense (no experts to balance)"),
       accepted_text("limit_mm_per_prompt", "vLLM's multimodal items a prompt may hold; accepted, no effect: llmserve serves text models"),

@@ -322,12 +322,13 @@ TEST(Config, VllmOptionsWithoutCounterpart) {
   Config c;
   config_parse_args(c, {"--model-impl", "vllm", "--config-format", "hf", "--enable-expert-parallel", "--enable-eplb",
                         "--limit-mm-per-prompt", R"({"image": 0})", "--disable-chunked-mm-input", "--calculate-kv-scales", "false",
-                        "--enable-prompt-embeds", "false"});
+                        "--enable-prompt-embeds", "false", "--prefix-caching-hash-algo", "builtin"});
   for (const char* key : {"model_impl", "config_format", "enable_expert_parallel", "limit_mm_per_prompt", "calculate_kv_scales"})
     EXPECT_EQ(c.given.count(key), 1u) << key;
   const std::vector<std::vector<std::string>> refused = {
       {"--model-impl", "transformers"}, {"--config-format", "mistral"}, {"--kv-transfer-config", "{}"},
-      {"--otlp-traces-endpoint", "http://x"}, {"--worker-cls", "w.W"}, {"--enable-prompt-embeds"}, {"--calculate-kv-scales"}};
+      {"--otlp-traces-endpoint", "http://x"}, {"--worker-cls", "w.W"}, {"--enable-prompt-embeds"}, {"--calculate-kv-scales"},
+      {"--prefix-caching-hash-algo", "sha256"}};
   for (const auto& args : refused) {
     Config d;
     try {

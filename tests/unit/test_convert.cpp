@@ -10,6 +10,7 @@
 #include <random>
 
 #include "common/dtype.h"
+#include "convert/int_quant.h"
 #include "common/error.h"
 #include "common/file_util.h"
 #include "common/h5.h"
@@ -481,3 +482,48 @@ TEST(Gguf, UnpermuteInvertsLlamaCppPermutation) {
   EXPECT_EQ(gguf_unpermute_rows(gg, rows, cols, heads), hf);
 }
 
+
+// The quantization_config llmserve-convert dequantizes, and what it refuses.
+TEST(Convert, IntQuantConfig) {
+  using nlohmann::json;
+  EXPECT_EQ(int_quant_config(json::object()).method, IntQuantConfig::Method::None);
+  const IntQuantConfig awq = int_quant_config(json::parse(
+      R"({"quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemm", "zero_point": true}})"));
+  EXPECT_EQ(awq.method, IntQuantConfig::Method::Awq);
+  EXPECT_EQ(awq.group_size, 128);
+  const IntQuantConfig autoawq = int_quant_config(json::parse(R"({"quantization_config": {"quant_method": "awq", "w_bit": 4, "q_group_size": 64}})"));
+  EXPECT_EQ(autoawq.group_size, 64);  // (AutoAWQ's own key names)
+  const IntQuantConfig v2 = int_quant_config(json::parse(
+      R"({"quantization_config": {"quant_method": "gptq", "bits": 8, "group_size": -1, "checkpoint_format": "gptq_v2"}})"));
+  EXPECT_EQ(v2.method, IntQuantConfig::Method::Gptq);
+  EXPECT_EQ(v2.bits, 8);
+  EXPECT_EQ(v2.group_size, -1);
+  EXPECT_FALSE(v2.gptq_v1);
+  EXPECT_TRUE(int_quant_config(json::parse(R"({"quantization_config": {"quant_method": "gptq"}})")).gptq_v1);
+  for (const char* bad : {R"({"quant_method": "fp8"})", R"({"quant_method": "awq", "zero_point": false})",
+                          R"({"quant_method": "awq", "bits": 8})", R"({"quant_method": "gptq", "bits": 3})",
+                          R"({"quant_method": "gptq", "group_size": 0})", R"({"quant_method": "gptq", "checkpoint_format": "marlin"})"})
+    EXPECT_THROW(int_quant_config(json{{"quantization_config", json::parse(bad)}}), Error) << bad;
+}
+
+// One AWQ word and one GPTQ word, by hand: AWQ's nibble i holds output 0, 2, 4, 6, 1, 3, 5, 7; GPTQ's
+// nibble i holds input i, and its zero points are stored less one.
+TEST(Convert, DequantizeOneWord) {
+  // AWQ: K = 1, N = 8, one group; q of output n = n + 1 (nibble i holds output ORDER[i]), zero 2, scale 0.5.
+  const int order[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+  uint32_t qw = 0, qz = 0;
+  for (int i = 0; i < 8; ++i) qw |= static_cast<uint32_t>(order[i] + 1) << (4 * i), qz |= 2u << (4 * i);
+  const int32_t q = static_cast<int32_t>(qw), z = static_cast<int32_t>(qz);
+  std::vector<float> scales(8, 0.5f);
+  const auto a = dequantize_awq(&q, &z, scales.data(), 1, 8, 1);
+  for (int n = 0; n < 8; ++n) EXPECT_EQ(a[n], (n + 1 - 2) * 0.5f) << n;  // [N, K] with K = 1
+  // GPTQ: K = 8, N = 1 (a zero word covers 8 outputs: N = 8, the other 7 unused), v1 zero stored as 3 -> 4.
+  uint32_t gw = 0;
+  for (int i = 0; i < 8; ++i) gw |= static_cast<uint32_t>(15 - i) << (4 * i);
+  std::vector<int32_t> gq(8, static_cast<int32_t>(gw));  // [K / 8 = 1, N = 8]: every output the same inputs
+  const int32_t gz = static_cast<int32_t>(3u * 0x11111111u);
+  std::vector<float> gs(8, 2.0f);
+  const auto g = dequantize_gptq(gq.data(), &gz, gs.data(), nullptr, 8, 8, 8, 4, true, 1);
+  for (int n = 0; n < 8; ++n)
+    for (int k = 0; k < 8; ++k) EXPECT_EQ(g[n * 8 + k], (15 - k - 4) * 2.0f) << n << "," << k;
+}
