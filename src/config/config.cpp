@@ -535,10 +535,7 @@ const std::vector<Option>& options() {
       {"api_server_count", Kind::Int,
        "vLLM's API server processes (-asc): here the HTTP front end's I/O threads on rank 0, which parse, tokenize and "
        "answer requests (one process holds the front end); 1 to 64, default 2",
-       [](Config& c, const std::string& v) {
-         c.api_server_count = parse_int32("api_server_count", v);
-         if (c.api_server_count < 1) throw Error(cat("config: api_server_count must be between 1 and 64, got ", v));
-       }},
+       [](Config& c, const std::string& v) { c.api_server_count = parse_int32("api_server_count", v); }},
       {"ssl_cert_reqs", Kind::Int,
        "client certificates, as Python's ssl.CERT_* (vLLM's): 0 not asked for (default), 1 verified when sent, 2 required",
        [](Config& c, const std::string& v) { c.ssl_cert_reqs = parse_int32("ssl_cert_reqs", v); }},
@@ -952,8 +949,8 @@ void config_validate(const Config& c) {
   } catch (const Error& e) {
     fail(e.what());
   }
-  if (c.api_server_count < 0 || c.api_server_count > 64)
-    fail(cat("api_server_count must be between 1 and 64 (the front end's I/O threads), got ", c.api_server_count));
+  if (c.api_server_count < 1 || c.api_server_count > 64)
+    fail(cat("api_server_count must be between 1 and 64, got ", c.api_server_count, " (the front end's I/O threads)"));
   if (c.max_logprobs < 0 || c.max_logprobs > 20)
     fail(cat("max_logprobs must be between 0 and 20 (the GPU kernels' limit), got ", c.max_logprobs));
   if (std::find(std::begin(parsers), std::end(parsers), c.tool_call_parser) == std::end(parsers))

@@ -84,7 +84,7 @@ struct Config {
   bool enable_server_load_tracking = false;   // GET /load counts requests in flight (vLLM's)
   bool enable_tokenizer_info_endpoint = false;  // GET /tokenizer_info (vLLM's)
   bool skip_tokenizer_init = false;  // no tokenizer or chat template is loaded (vLLM's): token ids in and out
-  int api_server_count = 0;  // the HTTP front end's I/O threads (vLLM's API server processes); 0: two
+  int api_server_count = 2;  // the HTTP front end's I/O threads (vLLM's API server processes)
   bool return_tokens_as_token_ids = false;    // log-probability entries name tokens "token_id:<id>" unless a request says (vLLM's)
   std::string runner = "auto";               // auto | generate | pooling (vLLM's; pooling serves /v1/embeddings)
   std::string task = "auto";                 // vLLM's older task (sets runner; classify / score want a classifier)

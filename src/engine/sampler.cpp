@@ -889,56 +889,47 @@ std::vector<SampledToken> Sampler::sample_rows(const std::vector<const SeqStep*>
   // Log-probabilities of the chosen tokens and the top alternatives, from the raw logits, or for a
   // processed mode from the values drawn from (`work`), the tokens the filters dropped at -inf.
   if (want_logprobs) {
-    std::vector<char> lp(n);
-    std::vector<size_t> proc;  // the processed rows
+    std::vector<char> lp(n), proc(n);  // proc: a processed mode's row, reduced from `work` (no longer needed)
     for (size_t i = 0; i < n; ++i) {
       lp[i] = st[i]->params.logprobs >= 0;
-      if (lp[i] && processed(st[i]->params.logprobs_mode)) proc.push_back(i);
+      proc[i] = lp[i] && processed(st[i]->params.logprobs_mode);
     }
-    if (proc.empty()) {
-      add_logprobs(seqs, lp, idx, false, out,
-                   [&](const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int K, float* stats,
-                       float* top_v, int32_t* top_i) {
-                     cpu::row_logprobs(logits, stride_, L, vocab_.begin, rows.data(), tokens.data(),
-                                       static_cast<int64_t>(rows.size()), K, stats, top_v, top_i);
-                   });
-    } else {
-      // The processed values in place of the raw logits in `work` (which no longer serves): a filtered
-      // row's dropped tokens at -inf; a row that top_k 1 made greedy under a temperature (drawn as greedy,
-      // without it) its chosen token alone, at its value over the temperature, as vLLM's top-k leaves it.
+    // The processed values in place: a filtered row's dropped tokens at -inf (its survivors are in column
+    // order); a row that top_k 1 made greedy under a temperature (drawn as greedy, without it) its chosen
+    // token alone, at its value over the temperature, as vLLM's top-k leaves it.
 #pragma omp parallel for schedule(dynamic)
-      for (long q = 0; q < static_cast<long>(proc.size()); ++q) {
-        const size_t i = proc[static_cast<size_t>(q)];
-        const SamplingParams& p = st[i]->params;
-        float* r = w(i);
-        if (!dense[i]) {
-          std::vector<char> kept(Ls, 0);
-          for (int32_t k : keep[i]) kept[static_cast<size_t>(k)] = 1;
-          for (size_t k = 0; k < Ls; ++k)
-            if (!kept[k]) r[k] = kNegInf;
-        }
-        if (p.top_k == 1 && p.temperature >= 1e-5) {
-          const int64_t c = static_cast<int64_t>(idx[i]) - vocab_.begin;
-          const float v = c >= 0 && c < L ? r[c] : kNegInf;
-          std::fill(r, r + L, kNegInf);
-          if (c >= 0 && c < L) r[c] = static_cast<float>(v / p.temperature);
+    for (long i = 0; i < N; ++i) {
+      if (!proc[i]) continue;
+      const SamplingParams& p = st[i]->params;
+      float* r = w(i);
+      if (!dense[i]) {
+        size_t at = 0;
+        for (int64_t k = 0; k < L; ++k) {
+          if (at < keep[i].size() && keep[i][at] == k) {
+            ++at;
+            continue;
+          }
+          r[k] = kNegInf;
         }
       }
-      std::vector<char> is_proc(n, 0);
-      for (size_t i : proc) is_proc[i] = 1;
-      add_logprobs(seqs, lp, idx, false, out,
-                   [&](const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int K, float* stats,
-                       float* top_v, int32_t* top_i) {
-#pragma omp parallel for schedule(dynamic)
-                     for (size_t j = 0; j < rows.size(); ++j) {
-                       const auto i = static_cast<size_t>(rows[j]);
-                       const float* row = is_proc[i] ? w(i) : raw(i);
-                       const int32_t r0 = 0;
-                       cpu::row_logprobs(row, stride_, L, vocab_.begin, &r0, &tokens[j], 1, K, stats + 3 * j,
-                                         top_v + static_cast<size_t>(K) * j, top_i + static_cast<size_t>(K) * j);
-                     }
-                   });
+      if (p.top_k == 1 && p.temperature >= 1e-5) {
+        const int64_t c = static_cast<int64_t>(idx[i]) - vocab_.begin;
+        const float v = c >= 0 && c < L ? r[c] : kNegInf;
+        std::fill(r, r + L, kNegInf);
+        if (c >= 0 && c < L) r[c] = static_cast<float>(v / p.temperature);
+      }
     }
+    add_logprobs(seqs, lp, idx, false, out,
+                 [&](const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int K, float* stats,
+                     float* top_v, int32_t* top_i) {
+#pragma omp parallel for schedule(dynamic)
+                   for (size_t j = 0; j < rows.size(); ++j) {
+                     const auto i = static_cast<size_t>(rows[j]);
+                     const int32_t r0 = 0;
+                     cpu::row_logprobs(proc[i] ? w(i) : raw(i), stride_, L, vocab_.begin, &r0, &tokens[j], 1, K, stats + 3 * j,
+                                       top_v + static_cast<size_t>(K) * j, top_i + static_cast<size_t>(K) * j);
+                   }
+                 });
   }
   for (size_t i = 0; i < n; ++i) out[i].token = drawn_token(idx[i]);
   return out;

@@ -253,6 +253,7 @@ TEST(Config, ImpossibleValuesFailValidation) {
   bad([](Config& c) { c.max_logprobs = -1; });
   bad([](Config& c) { c.logprobs_mode = "processed"; });
   bad([](Config& c) { c.api_server_count = 65; });
+  bad([](Config& c) { c.api_server_count = 0; });
   bad([](Config& c) { c.async_scheduling = true, c.pipeline_parallel_size = 2; });
   bad([](Config& c) { c.scheduling_policy = "lifo"; });
   Config ok;

@@ -100,7 +100,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
         job.line = n;
         job.prompt = prompt_from_json(j, tok.get(), chat.get());
         job.params.guided_compact = ctx.guided_compact;
-        job.params.logprobs_mode = parse_logprobs_mode(cfg.logprobs_mode);
+        job.params.logprobs_mode = ctx.logprobs_mode;
         sampling_params_from_json(defaults, job.params);  // the model's generation_config.json, then the line's
         sampling_params_from_json(parse_json(line), job.params);
         if (job.params.guided == "json_schema") job.params.guided_schema = guided_schema_as_sent(parse_json<nlohmann::ordered_json>(line));

@@ -179,7 +179,7 @@ ServerOptions server_options(const Config& cfg) {
   opt.request_id_headers = cfg.enable_request_id_headers;
   opt.server_load_tracking = cfg.enable_server_load_tracking;
   opt.root_path = cfg.root_path;
-  if (cfg.api_server_count > 0) opt.io_threads = cfg.api_server_count;
+  opt.io_threads = cfg.api_server_count;
   // (uvicorn logs each request at info: a level above it silences the access log, as in vLLM)
   opt.access_log = !cfg.disable_uvicorn_access_log && (cfg.uvicorn_log_level == "info" || cfg.uvicorn_log_level == "debug" ||
                                                        cfg.uvicorn_log_level == "trace");
