@@ -65,6 +65,21 @@ LLMSERVE_HD float apply_logit_edit(float l, const LogitEdit& e) {
   return e.mask ? -INFINITY : l;
 }
 
+// The values a processed row's log-probabilities are taken from (logprobs_mode processed_logprobs /
+// processed_logits): x = logit * scale (the row's inverse temperature; 1 for a greedy row), -inf where
+// x < floor (the smallest value the row's filters keep: draw_rows' keep) and, when only >= 0, for every
+// token but `only` (top_k 1 under a temperature: the chosen token alone survives). The default view
+// leaves every logit as it is.
+struct LogprobView {
+  float scale = 1.f;
+  float floor = -INFINITY;
+  int32_t only = -1;
+  LLMSERVE_HD float operator()(float logit, int64_t token) const {
+    const float x = logit * scale;
+    return x < floor || (only >= 0 && token != only) ? -INFINITY : x;
+  }
+};
+
 // Log-probabilities are taken from the raw logits (before penalties and temperature, as vLLM's
 // default): each rank reduces its shard of a row to these statistics and the sampler combines the
 // shards'. For row j: stats[3j] = the largest logit mx, stats[3j + 1] = sum of e^(l - mx) (0 when every

@@ -121,10 +121,17 @@ LLMSERVE_TARGET_CLONES int64_t greedy_pick(const float* row, int64_t L) {
 }  // namespace
 
 void row_logprobs(const float* logits, int64_t stride, int64_t L, int64_t token_offset, const int32_t* rows,
-                  const int32_t* chosen, int64_t m, int K, float* stats, float* top_v, int32_t* top_i) {
+                  const int32_t* chosen, int64_t m, int K, float* stats, float* top_v, int32_t* top_i,
+                  const LogprobView* views) {
 #pragma omp parallel for schedule(dynamic) if (m > 1)
   for (int64_t j = 0; j < m; ++j) {
     const float* row = logits + rows[j] * stride;
+    std::vector<float> seen;  // (a view's values)
+    if (views) {
+      seen.resize(static_cast<size_t>(L));
+      for (int64_t k = 0; k < L; ++k) seen[k] = views[j](row[k], token_offset + k);
+      row = seen.data();
+    }
     float mx;
     double sum;
     row_stats(row, L, token_offset, K, mx, sum, top_v + j * K, top_i + j * K);
@@ -147,7 +154,7 @@ void count_at_least(const float* logits, int64_t stride, int64_t L, const int32_
 }
 
 void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
-               const LogitEdit* edits, int64_t num_edits, float* best, int32_t* idx) {
+               const LogitEdit* edits, int64_t num_edits, float* best, int32_t* idx, float* keep) {
   for (int64_t e = 0; e < num_edits; ++e) {
     float& l = logits[edits[e].row * stride + edits[e].col];
     l = apply_logit_edit(l, edits[e]);
@@ -157,18 +164,20 @@ void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t toke
   for (int64_t i = 0; i < n; ++i) {
     const float* row = logits + i * stride;
     const RowDraw& r = rows[i];
+    if (keep) keep[i] = -std::numeric_limits<float>::infinity();
     if (r.greedy) {  // the first of the row's largest finite values
       const int64_t bi = greedy_pick(row, L);
       best[i] = bi >= 0 ? row[bi] : kNegInfF;
       idx[i] = bi >= 0 ? static_cast<int32_t>(token_offset + bi) : std::numeric_limits<int32_t>::max();
       continue;
     }
-    const float keep = draw_keep_threshold(row, L, r);
+    const float kp = draw_keep_threshold(row, L, r);
+    if (keep) keep[i] = kp;
     double bv = -std::numeric_limits<double>::infinity();
     int64_t bi = -1;
     for (int64_t k = 0; k < L; ++k) {
       const float x = r.greedy ? row[k] : row[k] * r.inv_temperature;
-      if (x == -std::numeric_limits<float>::infinity() || x < keep) continue;
+      if (x == -std::numeric_limits<float>::infinity() || x < kp) continue;
       const double score = r.greedy ? x : x + draw_gumbel(r.seed, r.position, token_offset + k);
       if (score > bv) bv = score, bi = k;
     }

@@ -63,13 +63,16 @@ void silu_mul(const float* gate, const float* up, int64_t n, float* out);
 // first one token_offset): first the penalty edits are applied to the logits in place, then per row the
 // best score and its token (greedy: the largest logit; else logit * inv_temperature + Gumbel noise of
 // (seed, position, token) over the tokens the row's filters keep, see RowDraw); ties go to the smaller
-// token. A row with every logit -inf gets best -inf and token INT32_MAX.
+// token. A row with every logit -inf gets best -inf and token INT32_MAX. keep (null: not asked for) gets
+// each row's draw_keep_threshold (-inf for a greedy or unfiltered row).
 void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
-               const LogitEdit* edits, int64_t num_edits, float* best, int32_t* idx);
+               const LogitEdit* edits, int64_t num_edits, float* best, int32_t* idx, float* keep = nullptr);
 // Log-probability statistics (see kernels/draw.h) of rows rows[0..m) of logits [., stride] whose first L
-// columns are tokens token_offset..: stats [m, 3], top_v and top_i [m, K].
+// columns are tokens token_offset..: stats [m, 3], top_v and top_i [m, K]; with views (m of them), of
+// row rows[j]'s values under views[j] (LogprobView) instead of its logits.
 void row_logprobs(const float* logits, int64_t stride, int64_t L, int64_t token_offset, const int32_t* rows,
-                  const int32_t* chosen, int64_t m, int K, float* stats, float* top_v, int32_t* top_i);
+                  const int32_t* chosen, int64_t m, int K, float* stats, float* top_v, int32_t* top_i,
+                  const LogprobView* views = nullptr);
 // counts[j] = how many of the first L logits of row rows[j] of logits [., stride] are >= thresholds[j]
 // (a token's rank, as vLLM counts it, when the threshold is its logit).
 void count_at_least(const float* logits, int64_t stride, int64_t L, const int32_t* rows, const float* thresholds,

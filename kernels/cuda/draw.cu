@@ -140,22 +140,27 @@ __device__ __forceinline__ float ladder_cut(float mx, int j) { return mx - ldexp
 // top-p without top-k, sums their probability mass), which says how far down the thresholds can lie;
 // the values above the highest cut with enough of them (at most kCandidates, finer ladders between
 // two rungs where more) are gathered into shared memory and the bisections run there, and then the
-// row is drawn from them (its best[i] and idx[i] written, keep[i] = NaN telling draw_rows_k so). Rows
+// row is drawn from them (its best[i] and idx[i] written, keep[i] = NaN telling draw_rows_k so; thr[i],
+// when thr is not null, gets the threshold itself either way: processed log-probabilities). Rows
 // too flat for that (or asking for more than kCandidates) run the bisections over the whole row and
 // are drawn by draw_rows_k. (H200, 256 rows x 151,936, top-k 50 + top-p 0.9: 776 us with a 4-byte
 // load per thread in flight, 368 with for_row, 376 drawing the candidates here, which spares
 // draw_rows_k's 93 us pass over the rows.)
 __global__ void __launch_bounds__(kFilterThreads)
     keep_threshold_k(const float* logits, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
-                     float* keep, float* best, int32_t* idx) {
+                     float* keep, float* thr, float* best, int32_t* idx) {
   pdl_enter();
   const int64_t i = blockIdx.x;
+  auto put = [&](float k, float t) {  // (thread 0)
+    keep[i] = k;
+    if (thr) thr[i] = t;
+  };
   const RowDraw r = rows[i];
   const float* row = logits + i * stride;
   const float mul = r.inv_temperature;
   const Values all{row, L, mul};
   if (!r.filtered()) {
-    if (threadIdx.x == 0) keep[i] = -INFINITY;
+    if (threadIdx.x == 0) put(-INFINITY, -INFINITY);
     return;
   }
   const int t = threadIdx.x;
@@ -165,7 +170,7 @@ __global__ void __launch_bounds__(kFilterThreads)
   const float tmin = mx + r.log_min_p;  // min-p (-inf when off)
   const bool topk = r.top_k > 0 && r.top_k < L, topp = r.top_p < 1.0;
   if (mx == -INFINITY || (!topk && !topp)) {
-    if (t == 0) keep[i] = mx == -INFINITY ? -INFINITY : tmin;
+    if (t == 0) put(mx == -INFINITY ? -INFINITY : tmin, mx == -INFINITY ? -INFINITY : tmin);
     return;
   }
   // The ladder: finite values above each cut and, where the mass picks the cut (top-p without top-k),
@@ -278,7 +283,7 @@ __global__ void __launch_bounds__(kFilterThreads)
     }
   }
   if (pick < 0) {
-    if (t == 0) keep[i] = kp;
+    if (t == 0) put(kp, kp);
     return;
   }
   // Every value the row keeps is a candidate: the draw of draw_rows_k over them.
@@ -289,7 +294,7 @@ __global__ void __launch_bounds__(kFilterThreads)
   block_best(bv, bi);
   if (t != 0) return;
   write_draw(best, idx, i, token_offset, bv, bi);
-  keep[i] = NAN;
+  put(NAN, kp);
 }
 
 // Block (row i, part) scans its part of row i; with one part it writes the row's draw, otherwise the
@@ -343,6 +348,7 @@ __global__ void __launch_bounds__(kThreads)
 // rounds of a block-wide maximum over the lists' heads (a (value, token) key: larger value, then
 // smaller token). With one part the block writes the row's results, otherwise its part's, which
 // logprob_merge_k combines (a row is split when the rows alone would leave SMs idle, as the draw's).
+// With views, of the values views[j] makes of the row's logits (LogprobView: processed log-probabilities).
 constexpr int kLogprobThreads = 256;
 
 __device__ __forceinline__ unsigned long long top_key(float v, int32_t id) {  // 0: none
@@ -409,15 +415,17 @@ template <int KM>
 __global__ void __launch_bounds__(kLogprobThreads)
     row_logprobs_k(const float* logits, int64_t stride, int64_t L, int64_t token_offset, const int32_t* rows,
                    const int32_t* chosen, int K, float* stats, float* top_v, int32_t* top_i, float* part_s,
-                   float* part_v, int32_t* part_i) {
+                   float* part_v, int32_t* part_i, const LogprobView* views) {
   pdl_enter();
   const int64_t j = blockIdx.x, parts = gridDim.y, per = (L + parts - 1) / parts;
   const int64_t lo = blockIdx.y * per, hi = min(L, lo + per);
   const float* row = logits + rows[j] * stride;
+  const LogprobView view = views ? views[j] : LogprobView{};
   float mx = -INFINITY, sum = 0.f;
   TopList<KM> top;
   top.init();
-  for_row<4>(row, lo, hi, threadIdx.x, kLogprobThreads, [&](int64_t k, float x) {
+  for_row<4>(row, lo, hi, threadIdx.x, kLogprobThreads, [&](int64_t k, float l) {
+    const float x = view(l, token_offset + k);
     if (x == -INFINITY) return;
     if (x > mx) {
       sum = sum * __expf(mx - x) + 1.f;
@@ -437,7 +445,7 @@ __global__ void __launch_bounds__(kLogprobThreads)
       part_s[2 * slot] = bmx, part_s[2 * slot + 1] = bsum;
     } else {
       const int64_t c = chosen[j] - token_offset;
-      stats[3 * j] = bmx, stats[3 * j + 1] = bsum, stats[3 * j + 2] = c >= 0 && c < L ? row[c] : 0.f;
+      stats[3 * j] = bmx, stats[3 * j + 1] = bsum, stats[3 * j + 2] = c >= 0 && c < L ? view(row[c], chosen[j]) : 0.f;
     }
   }
   int head = 0;
@@ -448,7 +456,7 @@ __global__ void __launch_bounds__(kLogprobThreads)
 __global__ void __launch_bounds__(kLogprobThreads)
     logprob_merge_k(const float* logits, int64_t stride, int64_t L, int64_t token_offset, const int32_t* rows,
                     const int32_t* chosen, int K, int parts, const float* part_s, const float* part_v,
-                    const int32_t* part_i, float* stats, float* top_v, int32_t* top_i) {
+                    const int32_t* part_i, float* stats, float* top_v, int32_t* top_i, const LogprobView* views) {
   pdl_enter();
   const int64_t j = blockIdx.x;
   const int p = threadIdx.x;
@@ -459,7 +467,8 @@ __global__ void __launch_bounds__(kLogprobThreads)
   if (threadIdx.x == 0) {
     const int64_t c = chosen[j] - token_offset;
     stats[3 * j] = bmx, stats[3 * j + 1] = bsum;
-    stats[3 * j + 2] = c >= 0 && c < L ? logits[rows[j] * stride + c] : 0.f;
+    const LogprobView view = views ? views[j] : LogprobView{};
+    stats[3 * j + 2] = c >= 0 && c < L ? view(logits[rows[j] * stride + c], chosen[j]) : 0.f;
   }
   const float* lv = part_v + (j * parts + p) * K;
   const int32_t* li = part_i + (j * parts + p) * K;
@@ -491,7 +500,8 @@ void count_at_least(const float* logits, int64_t stride, int64_t L, const int32_
 }
 
 void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
-               const LogitEdit* edits, int64_t num_edits, bool filtered, float* best, int32_t* idx, cudaStream_t s) {
+               const LogitEdit* edits, int64_t num_edits, bool filtered, float* best, int32_t* idx, cudaStream_t s,
+               float* thresholds) {
   if (n == 0) return;
   if (num_edits > 0)
     launch("draw_rows edits", edits_k, blocks_for(num_edits, 256), 256, 0, s, logits, stride, edits, num_edits);
@@ -499,7 +509,7 @@ void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t toke
   if (filtered) {
     check(cudaMallocAsync(reinterpret_cast<void**>(&keep), sizeof(float) * n, s), "draw scratch");
     launch("draw_rows filters", keep_threshold_k, static_cast<unsigned>(n), kFilterThreads, 0, s, logits, stride, L,
-           token_offset, rows, keep, best, idx);
+           token_offset, rows, keep, thresholds, best, idx);
   }
   // A row is split over several blocks when the rows alone would leave SMs idle (a decode step of a
   // few sequences): one block scanning 150k logits is bound by its own memory latency.
@@ -523,7 +533,8 @@ void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t toke
 }
 
 void row_logprobs(const float* logits, int64_t stride, int64_t L, int64_t token_offset, const int32_t* rows,
-                  const int32_t* chosen, int64_t m, int K, float* stats, float* top_v, int32_t* top_i, cudaStream_t s) {
+                  const int32_t* chosen, int64_t m, int K, float* stats, float* top_v, int32_t* top_i, cudaStream_t s,
+                  const LogprobView* views) {
   if (m == 0) return;
   // Parts per row: as many as one wave of resident blocks holds (the K = 20 instance's 110 registers
   // leave room for two blocks per SM where K = 5's 46 leave five: with the draw's two blocks per SM
@@ -550,7 +561,7 @@ void row_logprobs(const float* logits, int64_t stride, int64_t L, int64_t token_
   const dim3 grid(static_cast<unsigned>(m), static_cast<unsigned>(parts));
   auto run = [&](auto kernel) {
     launch("row_logprobs", kernel, grid, kLogprobThreads, 0, s, logits, stride, L, token_offset, rows, chosen, K, stats,
-           top_v, top_i, part_s, part_v, part_i);
+           top_v, top_i, part_s, part_v, part_i, views);
   };
   static_assert(kMaxTopLogprobs <= 20, "row_logprobs: a list bound below kMaxTopLogprobs");
   if (K == 0)
@@ -565,7 +576,7 @@ void row_logprobs(const float* logits, int64_t stride, int64_t L, int64_t token_
     run(row_logprobs_k<20>);
   if (parts == 1) return;
   launch("row_logprobs merge", logprob_merge_k, static_cast<unsigned>(m), kLogprobThreads, 0, s, logits, stride, L,
-         token_offset, rows, chosen, K, static_cast<int>(parts), part_s, part_v, part_i, stats, top_v, top_i);
+         token_offset, rows, chosen, K, static_cast<int>(parts), part_s, part_v, part_i, stats, top_v, top_i, views);
   cudaFreeAsync(part_s, s);
   cudaFreeAsync(part_i, s);
 }

@@ -323,15 +323,18 @@ void gemv_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const TW
                             cudaStream_t s, const LoraFused* lora = nullptr);
 
 // The sampler's draw (see kernels/cpu/ops.h draw_rows); rows, edits, best and idx are device arrays;
-// `filtered`: some row has filters (RowDraw::filtered).
+// `filtered`: some row has filters (RowDraw::filtered); then thresholds (a device array of n, or null)
+// gets each row's keep threshold (kernels/cpu/ops.h draw_rows' keep); without filters it is not written.
 void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
-               const LogitEdit* edits, int64_t num_edits, bool filtered, float* best, int32_t* idx, cudaStream_t s);
+               const LogitEdit* edits, int64_t num_edits, bool filtered, float* best, int32_t* idx, cudaStream_t s,
+               float* thresholds = nullptr);
 // kernels/cpu/ops.h count_at_least; rows, thresholds and counts are device arrays.
 void count_at_least(const float* logits, int64_t stride, int64_t L, const int32_t* rows, const float* thresholds,
                     int64_t m, int32_t* counts, cudaStream_t s);
 // Log-probability statistics (see kernels/cpu/ops.h row_logprobs); rows, chosen and the outputs are
-// device arrays.
+// device arrays, and so are views (one per row, or null: the logits themselves).
 void row_logprobs(const float* logits, int64_t stride, int64_t L, int64_t token_offset, const int32_t* rows,
-                  const int32_t* chosen, int64_t m, int K, float* stats, float* top_v, int32_t* top_i, cudaStream_t s);
+                  const int32_t* chosen, int64_t m, int K, float* stats, float* top_v, int32_t* top_i, cudaStream_t s,
+                  const LogprobView* views = nullptr);
 
 }  // namespace llmserve::cuda

@@ -222,14 +222,17 @@ class Backend {
   void set_wait_hook(std::function<bool()> hook) { wait_hook_ = std::move(hook); }
   // The sampler's draw over float32 logits [n, stride] whose first L columns are tokens token_offset..
   // (kernels/cpu/ops.h draw_rows): the penalty edits applied to the logits in place, then the rows'
-  // filters and draws; best score and token per row, into host arrays of n.
+  // filters and draws; best score and token per row, into host arrays of n, and when keep is not null
+  // each row's keep threshold (the smallest value its filters keep, -inf for a greedy or unfiltered row).
   virtual void draw_rows(Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
-                         const std::vector<LogitEdit>& edits, float* best, int32_t* idx) = 0;
+                         const std::vector<LogitEdit>& edits, float* best, int32_t* idx, float* keep) = 0;
   // Log-probability statistics of rows `rows` of float32 logits [n, stride] whose first L columns are
   // tokens token_offset.. (kernels/cpu/ops.h row_logprobs): host arrays stats [m, 3], top_v and top_i
-  // [m, K], m = rows.size() = chosen.size(), K <= kMaxTopLogprobs.
+  // [m, K], m = rows.size() = chosen.size(), K <= kMaxTopLogprobs; with views (a host array of m, or
+  // null), of the values each row's LogprobView makes of its logits.
   virtual void row_logprobs(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<int32_t>& rows,
-                            const std::vector<int32_t>& chosen, int K, float* stats, float* top_v, int32_t* top_i) = 0;
+                            const std::vector<int32_t>& chosen, int K, float* stats, float* top_v, int32_t* top_i,
+                            const LogprobView* views) = 0;
   // counts[j] = how many of the first L columns of row rows[j] of float32 logits [n, stride] are >=
   // thresholds[j] (kernels/cpu/ops.h count_at_least); counts is a host array of rows.size().
   virtual void count_at_least(const Tensor& logits, int64_t L, const std::vector<int32_t>& rows,

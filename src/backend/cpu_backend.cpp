@@ -194,18 +194,19 @@ void CpuBackend::begin_step(const StepMeta& meta) {
 }
 
 void CpuBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
-                           const std::vector<LogitEdit>& edits, float* best, int32_t* idx) {
+                           const std::vector<LogitEdit>& edits, float* best, int32_t* idx, float* keep) {
   cpu::draw_rows(logits.as<float>(), static_cast<int64_t>(rows.size()), logits.dim(1), L, token_offset, rows.data(),
-                 edits.data(), static_cast<int64_t>(edits.size()), best, idx);
+                 edits.data(), static_cast<int64_t>(edits.size()), best, idx, keep);
   drawn_.assign(idx, idx + rows.size());
   if (wait_hook_) wait_hook_();
 }
 
 void CpuBackend::row_logprobs(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<int32_t>& rows,
-                              const std::vector<int32_t>& chosen, int K, float* stats, float* top_v, int32_t* top_i) {
+                              const std::vector<int32_t>& chosen, int K, float* stats, float* top_v, int32_t* top_i,
+                              const LogprobView* views) {
   LLMSERVE_CHECK(rows.size() == chosen.size() && K >= 0 && K <= kMaxTopLogprobs, "row_logprobs: bad arguments");
   cpu::row_logprobs(logits.as<float>(), logits.dim(1), L, token_offset, rows.data(), chosen.data(),
-                    static_cast<int64_t>(rows.size()), K, stats, top_v, top_i);
+                    static_cast<int64_t>(rows.size()), K, stats, top_v, top_i, views);
   if (wait_hook_) wait_hook_();
 }
 

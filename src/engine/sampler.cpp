@@ -444,8 +444,6 @@ void Sampler::row_draws(const std::vector<const SeqStep*>& seqs, const std::vect
 bool Sampler::drawn_in_one_call(const StepPlan& plan) const {
   if (tp_.size() != 1) return false;  // (then every row is drawn on the backend)
   const auto seqs = sampled(plan);
-  for (const SeqStep* s : seqs)
-    if (processed_logprobs(state_of(*s))) return false;  // (drawn by the host sampler)
   int calls = 0;
   for_edit_groups(seqs, std::vector<char>(seqs.size(), 1), [&](const std::vector<char>&) { ++calls; });
   return calls == 1;
@@ -472,18 +470,21 @@ void Sampler::for_edit_groups(const std::vector<const SeqStep*>& seqs, const std
 }
 
 void Sampler::draw_rows_on_backend(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw,
-                                   Backend& backend, Tensor& logits, std::vector<SampledToken>& out) {
+                                   Backend& backend, Tensor& logits, std::vector<SampledToken>& out,
+                                   std::vector<float>* keep) {
   for_edit_groups(seqs, draw, [&](const std::vector<char>& group) {
     std::vector<RowDraw> rows;
     std::vector<LogitEdit>& edits = edits_;
     edits.clear();
     row_draws(seqs, group, vocab_, rows, edits);
     const size_t n = rows.size();
-    std::vector<float> best(n);
+    std::vector<float> best(n), kp(keep ? n : 0);
     std::vector<int32_t> idx(n);
-    backend.draw_rows(logits, vocab_.size(), vocab_.begin, rows, edits, best.data(), idx.data());
+    backend.draw_rows(logits, vocab_.size(), vocab_.begin, rows, edits, best.data(), idx.data(), keep ? kp.data() : nullptr);
     tp_.all_reduce_maxloc(best.data(), idx.data(), n);
     take_drawn(seqs, group, idx, out);
+    for (size_t i = 0; keep && i < n; ++i)
+      if (group[i]) (*keep)[i] = kp[i];
   });
 }
 
@@ -510,26 +511,34 @@ std::vector<SampledToken> Sampler::sample_step(const StepPlan& plan, Backend& ba
   std::vector<SampledToken> out(n);
   if (n == 0) return out;
   // Every rank of the tensor group takes the same branches: the split follows from the plan alone.
-  std::vector<char> on_backend(n), gathered(n), on_host(n), lp(n), lp_edited(n);
-  size_t backend_rows = 0, gathered_rows = 0, host_rows = 0, lp_rows = 0, lp_edited_rows = 0;
+  std::vector<char> on_backend(n), gathered(n), on_host(n), lp(n), lp_edited(n), pp_backend(n), pp_gathered(n);
+  size_t backend_rows = 0, gathered_rows = 0, host_rows = 0, lp_rows = 0, lp_edited_rows = 0, ppb_rows = 0, ppg_rows = 0;
   for (size_t i = 0; i < n; ++i) {
     const SeqState& st = state_of(*seqs[i]);
-    // Processed log-probabilities come from the host sampler's rows, which hold the values drawn from.
-    on_backend[i] = row_drawable(st) && !processed_logprobs(st);
-    gathered[i] = !on_backend[i] && tensor_comm_ && !processed_logprobs(st);  // filters over a split vocabulary
+    on_backend[i] = row_drawable(st);
+    gathered[i] = !on_backend[i] && tensor_comm_;  // filters over a split vocabulary
     on_host[i] = !on_backend[i] && !gathered[i];
-    // Log-probabilities of rows drawn on the backend come from their raw logits there too; a row the
-    // backend draw edits in place (penalties) is copied first.
-    lp[i] = !on_host[i] && st.params.logprobs >= 0;
+    // Raw log-probabilities of rows drawn on the backend come from their raw logits there too; a row the
+    // backend draw edits in place (penalties) is copied first. Processed ones come from the row the draw
+    // edited (the logits in place, or the gathered whole rows) under the row's view.
+    const bool proc = processed_logprobs(st);
+    lp[i] = !on_host[i] && st.params.logprobs >= 0 && !proc;
     lp_edited[i] = lp[i] && on_backend[i] && edits_logits(st);
+    pp_backend[i] = on_backend[i] && proc;
+    pp_gathered[i] = gathered[i] && proc;
     backend_rows += on_backend[i] != 0;
     gathered_rows += gathered[i] != 0;
     host_rows += on_host[i] != 0;
     lp_rows += lp[i] != 0;
     lp_edited_rows += lp_edited[i] != 0;
+    ppb_rows += pp_backend[i] != 0;
+    ppg_rows += pp_gathered[i] != 0;
   }
+  // The draws' keep thresholds, for the processed rows.
+  std::vector<float> keep(ppb_rows + ppg_rows > 0 ? n : 0, kNegInf);
   // The gathered draw first: it reads the logits before the backend draw edits them in place.
-  if (gathered_rows > 0) draw_gathered(seqs, gathered, backend, logits, out);
+  Tensor whole;
+  if (gathered_rows > 0) whole = draw_gathered(seqs, gathered, backend, logits, out, keep);
   Tensor raw;  // the log-probability rows, when some of them are edited
   if (lp_edited_rows > 0) {
     raw = backend.empty({static_cast<int64_t>(lp_rows), stride_}, DType::F32);
@@ -538,12 +547,12 @@ std::vector<SampledToken> Sampler::sample_step(const StepPlan& plan, Backend& ba
       backend.copy(rows_view(logits, static_cast<int64_t>(i), static_cast<int64_t>(e - i)), dst);
     });
   }
-  // The last backend call that reads the logits (no host rows to download): the log-probabilities' when
-  // there are such rows, else the draw.
+  // The last backend call that reads the logits (no host rows to download): the processed
+  // log-probabilities' when there are such rows, else the raw ones', else the draw.
   const bool arm = last_read && host_rows == 0;
-  if (arm && lp_rows == 0) last_read();
-  if (backend_rows > 0) draw_rows_on_backend(seqs, on_backend, backend, logits, out);
-  if (arm && lp_rows > 0) last_read();
+  if (arm && lp_rows == 0 && ppb_rows == 0) last_read();
+  if (backend_rows > 0) draw_rows_on_backend(seqs, on_backend, backend, logits, out, ppb_rows > 0 ? &keep : nullptr);
+  if (arm && lp_rows > 0 && ppb_rows == 0) last_read();
   if (lp_rows > 0) {
     std::vector<int32_t> chosen(n);
     for (size_t i = 0; i < n; ++i) chosen[i] = out[i].token;
@@ -551,8 +560,16 @@ std::vector<SampledToken> Sampler::sample_step(const StepPlan& plan, Backend& ba
     add_logprobs(seqs, lp, chosen, lp_edited_rows > 0, out,
                  [&](const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int K, float* stats,
                      float* top_v, int32_t* top_i) {
-                   backend.row_logprobs(src, vocab_.size(), vocab_.begin, rows, tokens, K, stats, top_v, top_i);
+                   backend.row_logprobs(src, vocab_.size(), vocab_.begin, rows, tokens, K, stats, top_v, top_i, nullptr);
                  });
+  }
+  if (arm && ppb_rows > 0) last_read();
+  if (ppb_rows > 0) add_processed_logprobs(seqs, pp_backend, keep, backend, logits, vocab_.size(), vocab_.begin, out);
+  if (ppg_rows > 0) {
+    // This rank's columns of the whole rows: each rank reduces its shard, as for the logits.
+    Tensor shard = whole;
+    shard.data = whole.as<float>() + vocab_.begin;
+    add_processed_logprobs(seqs, pp_gathered, keep, backend, shard, vocab_.size(), vocab_.begin, out);
   }
   if (host_rows == 0) return out;
   std::vector<const SeqStep*> host;
@@ -586,6 +603,36 @@ void Sampler::add_logprobs(const std::vector<const SeqStep*>& seqs, const std::v
     res.push_back(&out[i]);
   }
   reduce_logprobs(rows, tokens, want, res, reduce, nullptr, as_logits);
+}
+
+void Sampler::add_processed_logprobs(const std::vector<const SeqStep*>& seqs, const std::vector<char>& pp,
+                                     const std::vector<float>& keep, Backend& backend, const Tensor& values, int64_t L,
+                                     int64_t token_offset, std::vector<SampledToken>& out) {
+  // The row's values as its draw saw them (the same products, so the same floats as the host sampler's):
+  // a greedy row's edited logits; a sampled row's over its temperature, cut at its keep threshold; top_k
+  // 1 under a temperature (drawn as greedy) its chosen token alone, over the temperature.
+  std::vector<LogprobView> views;
+  std::vector<int32_t> chosen(seqs.size());
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    chosen[i] = out[i].token;
+    if (!pp[i]) continue;
+    const SeqState& st = state_of(*seqs[i]);
+    const SamplingParams& p = st.params;
+    LogprobView v;
+    if (!p.greedy()) {
+      v.scale = row_draw(st).inv_temperature;
+      v.floor = keep[i];
+    } else if (p.top_k == 1 && p.temperature >= 1e-5) {
+      v.scale = static_cast<float>(1.0 / p.temperature);
+      v.only = out[i].token;
+    }
+    views.push_back(v);
+  }
+  add_logprobs(seqs, pp, chosen, false, out,
+               [&](const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens, int K, float* stats, float* top_v,
+                   int32_t* top_i) {
+                 backend.row_logprobs(values, L, token_offset, rows, tokens, K, stats, top_v, top_i, views.data());
+               });
 }
 
 void Sampler::reduce_logprobs(const std::vector<int32_t>& rows, const std::vector<int32_t>& tokens,
@@ -675,13 +722,13 @@ std::vector<SampledToken> Sampler::prompt_logprobs(const StepPlan& plan, Backend
   };
   reduce_logprobs(rows, tokens, want, res,
                   [&](const std::vector<int32_t>& r, const std::vector<int32_t>& t, int K, float* stats, float* top_v,
-                      int32_t* top_i) { backend.row_logprobs(logits, vocab_.size(), vocab_.begin, r, t, K, stats, top_v, top_i); },
+                      int32_t* top_i) { backend.row_logprobs(logits, vocab_.size(), vocab_.begin, r, t, K, stats, top_v, top_i, nullptr); },
                   &ranks);
   return out;
 }
 
-void Sampler::draw_gathered(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Backend& backend,
-                            const Tensor& logits, std::vector<SampledToken>& out) {
+Tensor Sampler::draw_gathered(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Backend& backend,
+                              const Tensor& logits, std::vector<SampledToken>& out, std::vector<float>& keep) {
   const int64_t n = static_cast<int64_t>(seqs.size());
   const int G = tp_.size();
   LLMSERVE_CHECK(tensor_comm_ && tensor_comm_->size() == G, "sampler: the tensor communicator is not the tensor group");
@@ -698,11 +745,14 @@ void Sampler::draw_gathered(const std::vector<const SeqStep*>& seqs, const std::
     std::vector<LogitEdit>& edits = edits_;
     edits.clear();
     row_draws(seqs, group, Range{0, vocab_size_}, rows, edits);
-    std::vector<float> best(static_cast<size_t>(n));
+    std::vector<float> best(static_cast<size_t>(n)), kp(keep.empty() ? 0 : static_cast<size_t>(n));
     std::vector<int32_t> idx(static_cast<size_t>(n));
-    backend.draw_rows(whole, vocab_size_, 0, rows, edits, best.data(), idx.data());
+    backend.draw_rows(whole, vocab_size_, 0, rows, edits, best.data(), idx.data(), keep.empty() ? nullptr : kp.data());
     take_drawn(seqs, group, idx, out);
+    for (size_t i = 0; i < kp.size(); ++i)
+      if (group[i]) keep[i] = kp[i];
   });
+  return whole;
 }
 
 std::vector<SampledToken> Sampler::sample(const StepPlan& plan, const float* logits) {
@@ -912,11 +962,11 @@ std::vector<SampledToken> Sampler::sample_rows(const std::vector<const SeqStep*>
           r[k] = kNegInf;
         }
       }
-      if (p.top_k == 1 && p.temperature >= 1e-5) {
+      if (p.top_k == 1 && p.temperature >= 1e-5) {  // (the product add_processed_logprobs' view takes)
         const int64_t c = static_cast<int64_t>(idx[i]) - vocab_.begin;
         const float v = c >= 0 && c < L ? r[c] : kNegInf;
         std::fill(r, r + L, kNegInf);
-        if (c >= 0 && c < L) r[c] = static_cast<float>(v / p.temperature);
+        if (c >= 0 && c < L) r[c] = v * static_cast<float>(1.0 / p.temperature);
       }
     }
     add_logprobs(seqs, lp, idx, false, out,

@@ -145,8 +145,8 @@ class Sampler {
   RowDraw row_draw(const SeqState& st) const;
   // Whether the backend can draw the sequence's token (filters only on a whole row).
   bool row_drawable(const SeqState& st) const;
-  // Whether the sequence wants log-probabilities of its processed logits (LogprobsMode): its row is then
-  // drawn by the host sampler, whose rows hold them.
+  // Whether the sequence wants log-probabilities of the values its token is drawn from (LogprobsMode):
+  // they are then reduced from its row after the draw's edits, under the row's LogprobView.
   static bool processed_logprobs(const SeqState& st) { return st.params.logprobs >= 0 && processed(st.params.logprobs_mode); }
   // Whether the sequence's logit_bias or penalties may edit its logits this step.
   static bool edits_logits(const SeqState& st);
@@ -169,6 +169,12 @@ class Sampler {
   void add_logprobs(const std::vector<const SeqStep*>& seqs, const std::vector<char>& lp,
                     const std::vector<int32_t>& chosen, bool packed, std::vector<SampledToken>& out,
                     const ShardLogprobs& reduce);
+  // The processed log-probabilities (a processed LogprobsMode) of rows i with pp[i] set, drawn (tokens in
+  // out) from row i of `values`, this rank's L columns from token token_offset after the draw's edits;
+  // keep[i] is the row's keep threshold from the draw. Collective over the tensor group.
+  void add_processed_logprobs(const std::vector<const SeqStep*>& seqs, const std::vector<char>& pp,
+                              const std::vector<float>& keep, Backend& backend, const Tensor& values, int64_t L,
+                              int64_t token_offset, std::vector<SampledToken>& out);
   // The plan's sampled sequences in order, and their states.
   std::vector<const SeqStep*> sampled(const StepPlan& plan) const;
   // The backend draws of seqs (row_draw) and their penalty edits over `vocab` for rows i with draw[i]
@@ -178,9 +184,10 @@ class Sampler {
   void row_draws(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Range vocab,
                  std::vector<RowDraw>& rows, std::vector<LogitEdit>& edits) const;
   // The backend draw of the rows i of `logits` with draw[i] set (the others get a plain greedy draw
-  // whose result is not used, and no penalty edits); tokens into out[i].
+  // whose result is not used, and no penalty edits); tokens into out[i], and with keep, the rows' keep
+  // thresholds into (*keep)[i].
   void draw_rows_on_backend(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Backend& backend,
-                            Tensor& logits, std::vector<SampledToken>& out);
+                            Tensor& logits, std::vector<SampledToken>& out, std::vector<float>* keep = nullptr);
   // out[i] = the drawn token idx[i] of seqs[i] for rows with draw[i] set; kNoToken where nothing was
   // left to draw.
   void take_drawn(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, const std::vector<int32_t>& idx,
@@ -190,9 +197,10 @@ class Sampler {
   int32_t drawn_token(int32_t idx) const { return idx >= 0 && idx < vocab_size_ ? idx : kNoToken; }
   // The backend draw of rows i with draw[i] set over whole rows: every rank all-gathers the rows' shards
   // over the tensor communicator, lays them out as whole vocabulary rows and draws as with one rank
-  // (the draw is deterministic: every rank gets the same tokens). Tokens into out[i].
-  void draw_gathered(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Backend& backend,
-                     const Tensor& logits, std::vector<SampledToken>& out);
+  // (the draw is deterministic: every rank gets the same tokens). Tokens into out[i], the keep
+  // thresholds into keep[i]; returns the whole rows [n, vocabulary] after the draw's edits.
+  Tensor draw_gathered(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Backend& backend,
+                       const Tensor& logits, std::vector<SampledToken>& out, std::vector<float>& keep);
   // fn(group) for groups of the rows with draw[i] set, in order, each within edit_budget_ (a row over
   // it alone).
   void for_edit_groups(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw,

@@ -1820,11 +1820,18 @@ TEST_P(CudaDraw, SameTokensAsTheCpuKernel) {
       EXPECT_GT(cpu::draw_keep_threshold(&logits[i * stride], L, rows[i]), -INFINITY) << "row " << i;
     }
   Tensor lc = cpu.upload(logits.data(), {n, stride}, DType::F32), lg = gpu.upload(logits.data(), {n, stride}, DType::F32);
-  std::vector<float> bc(n), bg(n);
+  std::vector<float> bc(n), bg(n), kc(n), kg(n);
   std::vector<int32_t> ic(n), ig(n);
-  cpu.draw_rows(lc, L, offset, rows, edits, bc.data(), ic.data());
-  gpu.draw_rows(lg, L, offset, rows, edits, bg.data(), ig.data());
+  cpu.draw_rows(lc, L, offset, rows, edits, bc.data(), ic.data(), kc.data());
+  gpu.draw_rows(lg, L, offset, rows, edits, bg.data(), ig.data(), kg.data());
   EXPECT_EQ(ic, ig);
+  // The keep thresholds (processed log-probabilities) are the host's, those drawn inside the filter
+  // kernel included; -inf for greedy rows.
+  EXPECT_EQ(kc, kg);
+  for (int64_t i = 0; i < n; ++i)
+    if (!rows[i].filtered()) {
+      EXPECT_EQ(kg[i], -INFINITY) << "row " << i;
+    }
   EXPECT_EQ(ic[tie_row], offset);
   if (n <= 5) {
     EXPECT_EQ(ig[n - 1], INT32_MAX);
@@ -1854,24 +1861,35 @@ TEST_P(CudaDraw, LogprobStatisticsAsTheCpuKernel) {
   rows.push_back(1);
   chosen.push_back(static_cast<int32_t>(offset + 3));
   const auto m = rows.size();
-  for (int K : {0, 1, 5, kMaxTopLogprobs}) {
-    Tensor lc = cpu.upload(logits.data(), {n, stride}, DType::F32), lg = gpu.upload(logits.data(), {n, stride}, DType::F32);
-    std::vector<float> sc(3 * m), sg(3 * m), vc(m * K), vg(m * K);
-    std::vector<int32_t> ic(m * K), ig(m * K);
-    cpu.row_logprobs(lc, L, offset, rows, chosen, K, sc.data(), vc.data(), ic.data());
-    gpu.row_logprobs(lg, L, offset, rows, chosen, K, sg.data(), vg.data(), ig.data());
-    for (size_t j = 0; j < m; ++j) {
-      EXPECT_EQ(sc[3 * j], sg[3 * j]) << "max, row " << rows[j] << " K " << K;
-      EXPECT_NEAR(sc[3 * j + 1], sg[3 * j + 1], 1e-5 * sc[3 * j + 1]) << "sum, row " << rows[j] << " K " << K;
-      EXPECT_EQ(sc[3 * j + 2], sg[3 * j + 2]) << "chosen, row " << rows[j] << " K " << K;
-    }
-    EXPECT_EQ(vc, vg) << "K " << K;
-    EXPECT_EQ(ic, ig) << "K " << K;
-    if (K > 1) {  // row 1 (the last entry): its tied 30s, smallest tokens first
-      EXPECT_EQ(ig[(m - 1) * K], offset);
-      EXPECT_EQ(ig[(m - 1) * K + 1], offset + 3);
-    }
+  // The same over views too (processed log-probabilities): scaled, cut at a value of the row, one row
+  // down to a single token.
+  std::vector<LogprobView> views(m);
+  for (size_t j = 0; j < m; ++j) {
+    const float* row = &logits[rows[j] * stride];
+    views[j].scale = 1.f / (0.5f + 0.25f * static_cast<float>(j % 4));
+    if (j % 3 != 2) views[j].floor = row[(j * 389) % L] * views[j].scale;
+    if (j == 1) views[j].only = chosen[j];
   }
+  for (const LogprobView* v : std::initializer_list<const LogprobView*>{nullptr, views.data()})
+    for (int K : {0, 1, 5, kMaxTopLogprobs}) {
+      const char* what = v ? "viewed" : "logits";
+      Tensor lc = cpu.upload(logits.data(), {n, stride}, DType::F32), lg = gpu.upload(logits.data(), {n, stride}, DType::F32);
+      std::vector<float> sc(3 * m), sg(3 * m), vc(m * K), vg(m * K);
+      std::vector<int32_t> ic(m * K), ig(m * K);
+      cpu.row_logprobs(lc, L, offset, rows, chosen, K, sc.data(), vc.data(), ic.data(), v);
+      gpu.row_logprobs(lg, L, offset, rows, chosen, K, sg.data(), vg.data(), ig.data(), v);
+      for (size_t j = 0; j < m; ++j) {
+        EXPECT_EQ(sc[3 * j], sg[3 * j]) << what << " max, row " << rows[j] << " K " << K;
+        EXPECT_NEAR(sc[3 * j + 1], sg[3 * j + 1], 1e-5 * sc[3 * j + 1]) << what << " sum, row " << rows[j] << " K " << K;
+        EXPECT_EQ(sc[3 * j + 2], sg[3 * j + 2]) << what << " chosen, row " << rows[j] << " K " << K;
+      }
+      EXPECT_EQ(vc, vg) << what << " K " << K;
+      EXPECT_EQ(ic, ig) << what << " K " << K;
+      if (!v && K > 1) {  // row 1 (the last entry): its tied 30s, smallest tokens first
+        EXPECT_EQ(ig[(m - 1) * K], offset);
+        EXPECT_EQ(ig[(m - 1) * K + 1], offset + 3);
+      }
+    }
 }
 
 // Ranks (prompt_logprobs): the counts of logits at or above a threshold per row, exactly the CPU

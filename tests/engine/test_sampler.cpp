@@ -628,7 +628,7 @@ void check_mixed_step(bool gather, size_t edit_budget = size_t{1} << 22) {
   CpuBackend cpu;
   std::mt19937 g(11 + w.comm.size());
   std::normal_distribution<float> d(0.f, 2.f);
-  std::vector<SamplingParams> kinds(10);
+  std::vector<SamplingParams> kinds(12);
   kinds[0].temperature = 0;                                    // greedy: backend
   kinds[1].temperature = 0.8, kinds[1].repetition_penalty = 1.4;  // penalty: backend
   kinds[2].temperature = 0, kinds[2].logprobs = 3;             // logprobs: backend
@@ -637,8 +637,14 @@ void check_mixed_step(bool gather, size_t edit_budget = size_t{1} << 22) {
   kinds[5].temperature = 1.1, kinds[5].min_p = 0.05;           // filter
   kinds[6].temperature = 0, kinds[6].allowed_token_ids = {1, 8, 30, 44};  // ~46 edits: backend
   kinds[7].temperature = 0.9, kinds[7].top_k = 3, kinds[7].allowed_token_ids = {2, 9, 20, 31, 40};  // and a filter
-  kinds[8].temperature = 0.8, kinds[8].top_k = 5, kinds[8].presence_penalty = 0.3, kinds[8].logprobs = 4;  // host
+  // processed log-probabilities: filtered (backend; gathered or host when split), greedy with a penalty
+  // (backend), top_k 1 under a temperature (backend, the chosen token alone)
+  kinds[8].temperature = 0.8, kinds[8].top_k = 5, kinds[8].presence_penalty = 0.3, kinds[8].logprobs = 4;
   kinds[8].logprobs_mode = LogprobsMode::ProcessedLogprobs;
+  kinds[10].temperature = 0, kinds[10].repetition_penalty = 1.2, kinds[10].logprobs = 3;
+  kinds[10].logprobs_mode = LogprobsMode::ProcessedLogits;
+  kinds[11].temperature = 0.6, kinds[11].top_k = 1, kinds[11].logprobs = 2;
+  kinds[11].logprobs_mode = LogprobsMode::ProcessedLogits;
   kinds[9].temperature = 0, kinds[9].repetition_penalty = 1.3, kinds[9].logprobs = 2;  // edited, then raw logits
   kinds[9].logprobs_mode = LogprobsMode::RawLogits;
   const size_t N = 24;
@@ -675,7 +681,7 @@ void check_mixed_step(bool gather, size_t edit_budget = size_t{1} << 22) {
   bool edited = false;
   for (size_t i = 0; i < N; ++i) {
     const SamplingParams& k = kinds[i % kinds.size()];
-    const bool to_host = (w.comm.size() > 1 && (k.top_k > 0 || k.min_p > 0)) || (k.logprobs >= 0 && processed(k.logprobs_mode));
+    const bool to_host = w.comm.size() > 1 && (k.top_k > 0 || k.min_p > 0);
     const bool same = std::equal(after.begin() + static_cast<long>(i * w.stride),
                                  after.begin() + static_cast<long>((i + 1) * w.stride),
                                  rows.begin() + static_cast<long>(i * w.stride));

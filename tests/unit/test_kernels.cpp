@@ -256,18 +256,33 @@ std::vector<float> logit_rows(int64_t n, int64_t L, std::mt19937& g) {
 
 // The log-probability statistics against double arithmetic: the row's largest value and the chosen
 // token's logit exactly, the sum of e^(x - max) within 1e-6, the K largest (ties to the smaller token,
-// -inf / -1 padding) exactly as a sort gives them.
+// -inf / -1 padding) exactly as a sort gives them. The same with views (processed log-probabilities:
+// scaled, cut at a floor, one row down to one token) against the values the views make.
 TEST(Kernels, RowLogprobsMatchDoubleArithmetic) {
   std::mt19937 g(31);
   const int64_t n = 5, L = 151936 / 8 + 3, offset = 1000;
   const std::vector<float> v = logit_rows(n, L, g);
   std::vector<int32_t> rows = {4, 0, 1, 2, 3}, chosen = {1000 + 17, 999, 1000 + 37, 1000, 1000 + L - 1};
+  std::vector<LogprobView> views(n);
+  std::vector<float> seen(v.size());  // row rows[j] as views[j] makes it
+  for (int64_t j = 0; j < n; ++j) {
+    views[j].scale = 1.f / (0.5f + 0.3f * static_cast<float>(j));
+    views[j].floor = j == 1 ? -INFINITY : 2.f;
+    if (j == 4) views[j].only = chosen[j], views[j].floor = -INFINITY;  // (row 3's last token)
+    for (int64_t k = 0; k < L; ++k) {
+      const float x = v[rows[j] * L + k] * views[j].scale;
+      const bool dropped = x < views[j].floor || (views[j].only >= 0 && offset + k != views[j].only);
+      seen[rows[j] * L + k] = dropped ? -INFINITY : x;
+    }
+  }
+  for (const bool viewed : {false, true})
   for (int K : {0, 1, 5, 20}) {
     std::vector<float> stats(3 * n), top_v(n * K);
     std::vector<int32_t> top_i(n * K);
-    cpu::row_logprobs(v.data(), L, L, offset, rows.data(), chosen.data(), n, K, stats.data(), top_v.data(), top_i.data());
+    cpu::row_logprobs(v.data(), L, L, offset, rows.data(), chosen.data(), n, K, stats.data(), top_v.data(), top_i.data(),
+                      viewed ? views.data() : nullptr);
     for (int64_t j = 0; j < n; ++j) {
-      const float* row = v.data() + rows[j] * L;
+      const float* row = (viewed ? seen : v).data() + rows[j] * L;
       const float mx = *std::max_element(row, row + L);
       double sum = 0;
       if (mx != -INFINITY)

@@ -4,6 +4,7 @@
 #include <array>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <thread>
 #include <utility>
@@ -1608,7 +1609,7 @@ void CudaBackend::gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tens
 }
 
 void CudaBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
-                            const std::vector<LogitEdit>& edits, float* best, int32_t* idx) {
+                            const std::vector<LogitEdit>& edits, float* best, int32_t* idx, float* keep) {
   const int64_t n = static_cast<int64_t>(rows.size()), ne = static_cast<int64_t>(edits.size());
   if (n == 0) return;
   LLMSERVE_CHECK(logits.dtype == DType::F32, "draw_rows: logits must be float32");
@@ -1633,11 +1634,14 @@ void CudaBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, con
   ck(cudaStreamWaitEvent(stream(), copied_, 0), "upload draws");
   const auto* dev = static_cast<const unsigned char*>(draw_device_);
   const bool filtered = std::any_of(rows.begin(), rows.end(), [](const RowDraw& r) { return r.filtered(); });
-  // Results: best then idx in one buffer, brought down in one copy.
-  if (static_cast<size_t>(2 * n) > drawn_cap_) {
-    const size_t cap = std::max<size_t>(static_cast<size_t>(4 * n), 1024);
+  // Results: best, idx, then (filtered rows' processed log-probabilities) the keep thresholds in one
+  // buffer, brought down in one copy.
+  const bool thresholds = keep && filtered;
+  const int64_t count = (thresholds ? 3 : 2) * n;
+  if (static_cast<size_t>(3 * n) > drawn_cap_) {
+    const size_t cap = std::max<size_t>(static_cast<size_t>(6 * n), 1024);
     ck(cudaDeviceSynchronize(), "synchronize");  // (a queued step may still fill its tokens in from the old buffer)
-    reserve_pinned(drawn_pinned_, drawn_cap_, static_cast<size_t>(2 * n), cap, "draw results");
+    reserve_pinned(drawn_pinned_, drawn_cap_, static_cast<size_t>(3 * n), cap, "draw results");
     drawn_cap_ = 0;  // (until the device buffer is there too)
     if (drawn_device_) ck(cudaFree(drawn_device_), "free draw results");
     drawn_device_ = nullptr;
@@ -1646,13 +1650,17 @@ void CudaBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, con
   }
   cuda::draw_rows(logits.as<float>(), n, logits.dim(1), L, token_offset, reinterpret_cast<const RowDraw*>(dev),
                   reinterpret_cast<const LogitEdit*>(dev + edits_at), ne, filtered, drawn_device_,
-                  reinterpret_cast<int32_t*>(drawn_device_ + n), stream());
+                  reinterpret_cast<int32_t*>(drawn_device_ + n), stream(), thresholds ? drawn_device_ + 2 * n : nullptr);
   drawn_rows_ = n;
-  ck(cudaMemcpyAsync(drawn_pinned_, drawn_device_, 2 * n * sizeof(float), cudaMemcpyDeviceToHost, stream()), "draw results");
+  ck(cudaMemcpyAsync(drawn_pinned_, drawn_device_, count * sizeof(float), cudaMemcpyDeviceToHost, stream()), "draw results");
   ck(cudaEventRecord(results_, stream()), "draw results");
   wait_for_results();
   std::memcpy(best, drawn_pinned_, n * sizeof(float));
   std::memcpy(idx, drawn_pinned_ + n, n * sizeof(int32_t));
+  if (thresholds)
+    std::memcpy(keep, drawn_pinned_ + 2 * n, n * sizeof(float));
+  else if (keep)
+    std::fill(keep, keep + n, -std::numeric_limits<float>::infinity());
 }
 
 void CudaBackend::wait_for_results() {
@@ -1670,20 +1678,26 @@ void CudaBackend::wait_for_results() {
 }
 
 void CudaBackend::row_logprobs(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<int32_t>& rows,
-                               const std::vector<int32_t>& chosen, int K, float* stats, float* top_v, int32_t* top_i) {
+                               const std::vector<int32_t>& chosen, int K, float* stats, float* top_v, int32_t* top_i,
+                               const LogprobView* views) {
   const int64_t m = static_cast<int64_t>(rows.size());
   LLMSERVE_CHECK(rows.size() == chosen.size() && K >= 0 && K <= kMaxTopLogprobs, "row_logprobs: bad arguments");
   LLMSERVE_CHECK(logits.dtype == DType::F32, "row_logprobs: logits must be float32");
   if (m == 0) return;
-  // In: rows and chosen tokens; out: statistics and the top lists, one allocation each way.
+  // In: rows and chosen tokens (and the views); out: statistics and the top lists, one allocation each way.
+  static_assert(sizeof(LogprobView) % sizeof(int32_t) == 0, "views after the rows and tokens");
+  const int64_t view_words = views ? m * static_cast<int64_t>(sizeof(LogprobView) / sizeof(int32_t)) : 0;
   std::vector<int32_t> in(rows);
   in.insert(in.end(), chosen.begin(), chosen.end());
-  Tensor dev_in = empty({2 * m}, DType::F32), dev_out = empty({m * (3 + 2 * K)}, DType::F32);
+  in.resize(in.size() + static_cast<size_t>(view_words));
+  if (views) std::memcpy(in.data() + 2 * m, views, static_cast<size_t>(m) * sizeof(LogprobView));
+  Tensor dev_in = empty({2 * m + view_words}, DType::F32), dev_out = empty({m * (3 + 2 * K)}, DType::F32);
   copy_from_host(dev_in, 0, in.size() * sizeof(int32_t), in.data());
   auto* in_p = static_cast<const int32_t*>(dev_in.data);
   float* out_p = dev_out.as<float>();
   cuda::row_logprobs(logits.as<float>(), logits.dim(1), L, token_offset, in_p, in_p + m, m, K, out_p, out_p + 3 * m,
-                     reinterpret_cast<int32_t*>(out_p + (3 + K) * m), stream());
+                     reinterpret_cast<int32_t*>(out_p + (3 + K) * m), stream(),
+                     views ? reinterpret_cast<const LogprobView*>(in_p + 2 * m) : nullptr);
   const size_t count = static_cast<size_t>(m * (3 + 2 * K));
   reserve_pinned(lp_pinned_, lp_cap_, count, 2 * count, "log-probability results");
   ck(cudaMemcpyAsync(lp_pinned_, out_p, count * sizeof(float), cudaMemcpyDeviceToHost, stream()), "log-probability results");
