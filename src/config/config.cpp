@@ -21,6 +21,7 @@
 #include "common/text.h"
 #include "engine/sampling_params.h"
 #include "engine/speculative.h"
+#include "kv/block_manager.h"
 #include "model/graph_sizes.h"
 #include "model/lora.h"
 #include "model/pooler_config.h"
@@ -581,10 +582,10 @@ const std::vector<Option>& options() {
                       "vLLM's model implementation: auto or vllm (llmserve's own); transformers is refused"),
       accepted_choice("config_format", "auto|hf", "llmserve reads Hugging Face config.json files (auto, hf)",
                       "vLLM's config format: auto or hf; mistral is refused"),
-      accepted_choice("prefix_caching_hash_algo", "builtin",
-                      "llmserve finds cached blocks by a 64-bit hash of their tokens and their prefix's hash, and compares a "
-                      "found block's tokens (builtin); sha256 is not built",
-                      "vLLM's prefix-cache hash: builtin only (a 64-bit hash; each found block's own tokens are compared)"),
+      {"prefix_caching_hash_algo", Kind::String,
+       "vLLM's prefix-cache hash: builtin (64 bits; a found block's own tokens are compared) or sha256 (SHA-256 "
+       "chained over the prefix: no prefix can be made to pass for another's)",
+       [](Config& c, const std::string& v) { c.prefix_caching_hash_algo = v; }},
       accepted_flag("enable_expert_parallel", "accepted as vLLM's; no effect: llmserve's models are dense (no experts)"),
       accepted_flag("enable_eplb", "accepted as vLLM's; no effect: llmserve's models are dense (no experts to balance)"),
       accepted_text("limit_mm_per_prompt", "vLLM's multimodal items a prompt may hold; accepted, no effect: llmserve serves text models"),
@@ -895,6 +896,11 @@ void config_validate(const Config& c) {
   }
   if (c.num_gpu_blocks_override < 0) fail(cat("num_gpu_blocks_override must be >= 0, got ", c.num_gpu_blocks_override));
   if (c.max_num_seqs < 1) fail(cat("max_num_seqs must be >= 1, got ", c.max_num_seqs));
+  try {
+    parse_prefix_hash(c.prefix_caching_hash_algo);
+  } catch (const Error& e) {
+    fail(e.what());
+  }
   if (c.scheduling_policy != "fcfs" && c.scheduling_policy != "priority")
     fail(cat("scheduling_policy '", c.scheduling_policy, "' is not supported: use fcfs or priority"));
   if (c.async_scheduling && c.pipeline_parallel_size > 1)

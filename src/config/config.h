@@ -31,6 +31,7 @@ struct Config {
   bool enable_chunked_prefill = true;
   int64_t long_prefill_token_threshold = 0;  // vLLM's: a prompt's most tokens a step with chunked prefill (0: no cap)
   bool enable_prefix_caching = true;
+  std::string prefix_caching_hash_algo = "builtin";  // builtin | sha256 (kv/block_manager.h)
   bool enforce_eager = false;
   // vLLM's CUDA-graph options (model/graph_sizes.h): compilation_config's cudagraph_mode (empty: unset,
   // vLLM's FULL_AND_PIECEWISE), cudagraph_capture_sizes (empty: unset) and max_cudagraph_capture_size

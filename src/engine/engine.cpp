@@ -23,6 +23,7 @@ SchedulerConfig scheduler_config(const ModelRunner& r) {
   s.chunked_prefill = c.enable_chunked_prefill;
   s.long_prefill_token_threshold = c.long_prefill_token_threshold;
   s.prefix_caching = c.enable_prefix_caching;
+  s.prefix_hash = parse_prefix_hash(c.prefix_caching_hash_algo);
   s.num_blocks = r.num_blocks();
   s.num_host_blocks = r.num_host_blocks();
   s.async_scheduling = c.async_scheduling && r.topology().pp == 1;

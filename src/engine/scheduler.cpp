@@ -7,7 +7,7 @@
 namespace llmserve {
 
 Scheduler::Scheduler(const SchedulerConfig& cfg)
-    : cfg_(cfg), bm_(cfg.num_blocks, cfg.num_host_blocks, cfg.block_size, cfg.prefix_caching) {}
+    : cfg_(cfg), bm_(cfg.num_blocks, cfg.num_host_blocks, cfg.block_size, cfg.prefix_caching, cfg.prefix_hash) {}
 
 bool Scheduler::fits(int64_t total) const {
   return total <= cfg_.max_model_len && (total + cfg_.block_size - 1) / cfg_.block_size <= cfg_.num_blocks;
@@ -16,13 +16,12 @@ bool Scheduler::fits(int64_t total) const {
 void Scheduler::add(std::unique_ptr<Sequence> seq) {
   seq->state = Sequence::State::Waiting;
   seq->wants_prompt_logprobs = seq->params.prompt_logprobs >= 0;
-  seq->hash_seed = BlockManager::salt_hash(seq->params.cache_salt);
+  seq->hash_seed = bm_.salt_hash(seq->params.cache_salt);
   if (seq->params.lora > 0) {  // (an adapter's KV differs from the base model's: its blocks chain apart)
     // Keyed by the adapter's load (SamplingParams::lora_uid; its slot where unset), not only its slot: a
     // slot that runtime LoRA updating reuses holds another adapter.
     const uint64_t uid = seq->params.lora_uid != 0 ? seq->params.lora_uid : static_cast<uint64_t>(seq->params.lora);
-    const int32_t key[2] = {static_cast<int32_t>(uid & 0xffffffffu), static_cast<int32_t>(uid >> 32)};
-    seq->hash_seed = BlockManager::block_hash(seq->hash_seed ^ 0x10ba0000ull, key, 2);
+    seq->hash_seed = bm_.adapter_hash(seq->hash_seed, uid);
   }
   seq->last_hash = seq->hash_seed;
   enqueue(waiting_, seq.get(), false);
@@ -95,7 +94,7 @@ void Scheduler::register_full_blocks(Sequence& s) {
   const int64_t known = std::min<int64_t>(s.num_computed, static_cast<int64_t>(s.tokens.size()));
   while ((s.hashed_blocks + 1) * static_cast<int64_t>(bs) <= known) {
     const int32_t* t = s.tokens.data() + static_cast<size_t>(s.hashed_blocks) * bs;
-    s.last_hash = BlockManager::block_hash(s.last_hash, t, bs);
+    s.last_hash = bm_.chain(s.last_hash, t, bs);
     bm_.register_full(s.blocks[s.hashed_blocks], s.last_hash, t);
     ++s.hashed_blocks;
   }
@@ -322,7 +321,7 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
       ++wi;
       continue;
     }
-    std::vector<uint64_t> hashes;
+    std::vector<BlockHash> hashes;
     if (s->num_computed == 0 && s->blocks.empty() && !wants_prompt_rows(*s) &&
         (s->params.pooling == Pooling::None || s->params.pooling == Pooling::Last)) {
       // (A sequence with prompt_logprobs computes its whole prompt: each position's logits are wanted;

@@ -34,6 +34,7 @@ struct SchedulerConfig {
   // goes at most this many tokens a step, so long prompts share steps with others (0: no cap).
   int64_t long_prefill_token_threshold = 0;
   bool prefix_caching = true;
+  PrefixHash prefix_hash = PrefixHash::Builtin;  // vLLM's prefix_caching_hash_algo
   int64_t num_blocks = 0;
   int64_t num_host_blocks = 0;
   // Plan a running sequence's next decode while the step that samples its input is still in flight
@@ -64,8 +65,8 @@ struct Sequence {
   int32_t prompt_len = 0;
   int32_t num_computed = 0;
   int32_t hashed_blocks = 0;
-  uint64_t last_hash = 0;
-  uint64_t hash_seed = 0;  // the hash its first block follows: its cache_salt's (BlockManager::salt_hash), or 0
+  BlockHash last_hash;
+  BlockHash hash_seed;  // the hash its first block follows: its cache_salt's (BlockManager::salt_hash), or none
   std::vector<int32_t> tokens;  // prompt + generated
   std::vector<int32_t> blocks;
   std::vector<int32_t> host_blocks;  // while swapped: the host copy of each of its blocks (it holds none on the device)

@@ -1,9 +1,13 @@
 // KV block accounting on rank 0 (every rank's cache uses the same block ids). Blocks are free,
 // in use (reference counted), or cached: full blocks keep a hash of their tokens chained with their
-// prefix's hash, so a new sequence with the same prefix reuses them (automatic prefix caching).
+// prefix's hash, so a new sequence with the same prefix reuses them (automatic prefix caching). The
+// hash is vLLM's prefix_caching_hash_algo: builtin (64 bits, fast; a found block's tokens are compared,
+// its prefix only through the hash) or sha256 (SHA-256 over the prefix's digest and the tokens: a
+// prefix whose digest matches is the same prefix, as far as anyone can construct).
 // Cached blocks nobody uses stay evictable in LRU order and are reclaimed only when the free list
 // is empty. A host pool holds blocks swapped out by preemption.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <list>
 #include <unordered_map>
@@ -12,9 +16,23 @@
 
 namespace llmserve {
 
+// A block's chained hash: the builtin hash in w[0] (the rest 0), or a SHA-256 digest; all zero: none.
+struct BlockHash {
+  std::array<uint64_t, 4> w{};
+  bool operator==(const BlockHash& o) const { return w == o.w; }
+  bool operator!=(const BlockHash& o) const { return w != o.w; }
+  bool none() const { return w == std::array<uint64_t, 4>{}; }
+};
+
+enum class PrefixHash { Builtin, Sha256 };
+// vLLM's prefix_caching_hash_algo name (builtin, sha256) as a PrefixHash; throws Error for another, or
+// for sha256 in a build without OpenSSL.
+PrefixHash parse_prefix_hash(const std::string& name);
+
 class BlockManager {
  public:
-  BlockManager(int64_t num_blocks, int64_t num_host_blocks, int block_size, bool prefix_caching);
+  BlockManager(int64_t num_blocks, int64_t num_host_blocks, int block_size, bool prefix_caching,
+               PrefixHash algo = PrefixHash::Builtin);
 
   int block_size() const { return block_size_; }
   int64_t num_blocks() const { return num_blocks_; }
@@ -22,17 +40,24 @@ class BlockManager {
   int64_t num_available() const { return static_cast<int64_t>(free_.size() + lru_.size()); }
   int64_t num_used() const { return num_blocks_ - num_available(); }
 
-  // Hash of a full block of `tokens` following a prefix whose hash is `parent` (0 for none).
+  // The builtin hash of a full block of `tokens` following a prefix whose hash is `parent` (0 for none):
+  // FNV-1a, mixed; never 0.
   static uint64_t block_hash(uint64_t parent, const int32_t* tokens, int n);
+  // The hash of n tokens following `parent` (none for the first block) under this manager's algorithm;
+  // `domain` sets apart hashes that are not of token blocks (a cache salt's, an adapter's).
+  BlockHash chain(const BlockHash& parent, const int32_t* tokens, int n, uint32_t domain = 0) const;
 
   // The longest run of cached full blocks matching the start of `tokens`, at most max_blocks long;
   // takes a reference on each. Returns the blocks; `hashes` gets their hashes. `seed`: the hash the
-  // first block follows (0, or a cache salt's: salt_hash).
-  std::vector<int32_t> match_prefix(const std::vector<int32_t>& tokens, int64_t max_blocks, std::vector<uint64_t>& hashes,
-                                    uint64_t seed = 0);
+  // first block follows (none, or a cache salt's: salt_hash).
+  std::vector<int32_t> match_prefix(const std::vector<int32_t>& tokens, int64_t max_blocks,
+                                    std::vector<BlockHash>& hashes, const BlockHash& seed = {});
   // The prefix-hash seed of vLLM's cache_salt: a request's blocks hash under it, so only requests with
-  // the same salt share them. 0 for no salt.
-  static uint64_t salt_hash(const std::string& salt);
+  // the same salt share them. None for no salt.
+  BlockHash salt_hash(const std::string& salt) const;
+  // The seed of an adapter's blocks (the sequence's seed so far, the adapter's load id): its KV differs
+  // from the base model's, so its blocks chain apart.
+  BlockHash adapter_hash(const BlockHash& seed, uint64_t uid) const;
 
   // n blocks (free first, then evicting the least recently used cached ones). Throws Error when
   // fewer are available; nothing is taken then.
@@ -40,7 +65,7 @@ class BlockManager {
   // Drops one reference on each block; unused cached blocks become evictable, others free.
   void release(const std::vector<int32_t>& blocks);
   // Records that `block` is full with the tokens hashed to `hash`, so later prompts can reuse it.
-  void register_full(int32_t block, uint64_t hash, const int32_t* tokens);
+  void register_full(int32_t block, const BlockHash& hash, const int32_t* tokens);
   int refcount(int32_t block) const { return ref_[block]; }
 
   int64_t num_host_available() const { return static_cast<int64_t>(host_free_.size()); }
@@ -57,13 +82,14 @@ class BlockManager {
   int64_t num_blocks_;
   int block_size_;
   bool caching_;
+  PrefixHash algo_;
   std::vector<int> ref_;
-  std::vector<uint64_t> hash_of_;  // 0: no hash
+  std::vector<BlockHash> hash_of_;  // none: no hash
   std::vector<int32_t> free_;
   std::list<int32_t> lru_;  // unused cached blocks, least recently used first
   std::vector<std::list<int32_t>::iterator> lru_pos_;
   std::vector<bool> in_lru_;
-  std::unordered_map<uint64_t, int32_t> cached_;         // hash -> block
+  std::unordered_map<uint64_t, int32_t> cached_;         // hash's first word -> block (the whole hash compared)
   std::unordered_map<int32_t, std::vector<int32_t>> tokens_;  // block -> its tokens (verifies hits)
   std::vector<int32_t> host_free_;
   int64_t queries_ = 0, hits_ = 0;

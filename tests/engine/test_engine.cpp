@@ -37,8 +37,9 @@ struct Fixture {
   std::unique_ptr<ModelRunner> runner;
   std::unique_ptr<Tokenizer> tok;
   explicit Fixture(int64_t blocks = 0, bool async = false, double swap_gib = 4.0, const char* policy = "fcfs",
-                   int max_num_seqs = 256, const char* speculative = "") {
+                   int max_num_seqs = 256, const char* speculative = "", const char* prefix_hash = "builtin") {
     cfg.model = kModel;
+    cfg.prefix_caching_hash_algo = prefix_hash;
     cfg.speculative_config = speculative;
     cfg.scheduling_policy = policy;
     cfg.max_num_seqs = max_num_seqs;
@@ -578,9 +579,10 @@ TEST(Engine, DraftModelIdenticalToTheServedOneHasItsDraftsKept) {
 }
 
 // vLLM's cache_salt: a prompt's blocks are found in the prefix cache only by requests with the same salt
-// (no salt is a salt of its own), and the outputs do not change.
-TEST(Engine, CacheSaltKeepsPrefixCacheHitsWithinTheSalt) {
-  Fixture s;
+// (no salt is a salt of its own), and the outputs do not change; under either prefix_caching_hash_algo.
+void check_cache_salt(const char* prefix_hash) {
+  SCOPED_TRACE(prefix_hash);
+  Fixture s(0, false, 4.0, "fcfs", 256, "", prefix_hash);
   Engine e(*s.runner, s.tok.get(), 0);
   const auto prompt = golden()["public"][3]["ids"].get<std::vector<int32_t>>();
   ASSERT_GE(prompt.size(), 17u);  // (two blocks of 8 to reuse)
@@ -603,6 +605,10 @@ TEST(Engine, CacheSaltKeepsPrefixCacheHitsWithinTheSalt) {
   for (const RequestOutput* o : {&other, &none, &same, &none_again}) EXPECT_EQ(o->outputs[0].token_ids, first.outputs[0].token_ids);
   e.shutdown();
 }
+TEST(Engine, CacheSaltKeepsPrefixCacheHitsWithinTheSalt) { check_cache_salt("builtin"); }
+#ifdef LLMSERVE_TLS
+TEST(Engine, CacheSaltKeepsPrefixCacheHitsWithinTheSaltUnderSha256) { check_cache_salt("sha256"); }
+#endif
 
 // Text held back for a stop string ends on a character boundary: every streamed delta is whole UTF-8
 // and the deltas add up to the final text. The greedy continuations of golden prompts 0, 2, 3, 6 and 7

@@ -328,8 +328,7 @@ TEST(Config, VllmOptionsWithoutCounterpart) {
     EXPECT_EQ(c.given.count(key), 1u) << key;
   const std::vector<std::vector<std::string>> refused = {
       {"--model-impl", "transformers"}, {"--config-format", "mistral"}, {"--kv-transfer-config", "{}"},
-      {"--otlp-traces-endpoint", "http://x"}, {"--worker-cls", "w.W"}, {"--enable-prompt-embeds"}, {"--calculate-kv-scales"},
-      {"--prefix-caching-hash-algo", "sha256"}};
+      {"--otlp-traces-endpoint", "http://x"}, {"--worker-cls", "w.W"}, {"--enable-prompt-embeds"}, {"--calculate-kv-scales"}};
   for (const auto& args : refused) {
     Config d;
     try {
@@ -341,6 +340,23 @@ TEST(Config, VllmOptionsWithoutCounterpart) {
       EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
       EXPECT_NE(std::string(e.what()).find("not supported"), std::string::npos) << e.what();
     }
+  }
+  // prefix_caching_hash_algo: builtin (the default) or sha256 (a build with OpenSSL), another refused naming it.
+  EXPECT_EQ(Config{}.prefix_caching_hash_algo, "builtin");
+  Config h;
+  h.model = "m.h5";
+  config_parse_args(h, {"--prefix-caching-hash-algo", "sha256"});
+  EXPECT_EQ(h.prefix_caching_hash_algo, "sha256");
+#ifdef LLMSERVE_TLS
+  EXPECT_NO_THROW(config_validate(h));
+#endif
+  config_parse_args(h, {"--prefix-caching-hash-algo", "sha256_cbor"});
+  try {
+    config_validate(h);
+    ADD_FAILURE() << "sha256_cbor was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("prefix_caching_hash_algo must be builtin or sha256, got 'sha256_cbor'"),
+              std::string::npos) << e.what();
   }
 }
 
