@@ -2,9 +2,11 @@
 # What logprobs_mode costs a decode step on a GPU (docs/performance.md, "logprobs_mode on a GPU"):
 # llmserve generate on the dummy Qwen2.5-1.5B shape in bf16, 256 requests of 128 random prompt tokens and
 # 256 output tokens (ignore_eos, temperature 0.8, top_k 50, seeded), max_num_seqs 256, with no logprobs and
-# with 5 under raw_logprobs and processed_logprobs. Each run's wall time less that of the same requests with
-# max_tokens 1 (start-up, graphs and prefills), over the 256 decode steps; and whether the modes give the
-# same tokens.
+# with 5 under raw_logprobs and processed_logprobs. Each run's engine line (rank 0's mean time a step, 256
+# decode steps and 4 prefill steps, and the part of it spent waiting for the device in sampling), and its
+# wall time less that of the same requests with max_tokens 1 (start-up, graphs and prefills) over the 256
+# decode steps (a difference of two runs' start-ups: noisy by a few ms a step); and whether the modes give
+# the same tokens.
 #   bench/logprobs_mode.sh BUILD OUT
 set -euo pipefail
 build=$1 out=$2
@@ -36,6 +38,7 @@ for m in none raw_logprobs processed_logprobs; do
   [ "$m" = none ] && in=$out/lpm-none.jsonl mode=raw_logprobs
   w=$(run "$m" "$in" "$mode")
   python3 -c "print(f'$m: wall {$w:.2f} s, {($w - $base) / 256 * 1000:.1f} ms a decode step of 256 rows')"
+  grep -o 'generate: [0-9]* us per step.*' "$out/gen-$m.log" || true
 done
 python3 - "$out" <<'PY'
 import json, sys
