@@ -602,6 +602,8 @@ const std::vector<Option>& options() {
       refused_option("logits_processors", Kind::String, "llmserve loads no Python logits processors"),
       refused_option("enable_prompt_embeds", Kind::Bool, "requests carry token ids or text, not embeddings"),
       refused_option("calculate_kv_scales", Kind::Bool, "the FP8 KV cache uses scale 1, as vLLM without calibrated scales"),
+      refused_option("enable_sleep_mode", Kind::Bool,
+                     "llmserve cannot free and restore its weights and KV cache while serving (no /sleep or /wake_up)"),
       accepted_flag("enable_auto_tool_choice",
                     "accepted as vLLM's; no effect: tool calls are read from chat output unless tool_call_parser is none"),
       {"seed", Kind::Int, "random seed",

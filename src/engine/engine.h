@@ -130,6 +130,9 @@ class Engine {
   // Stops serving the adapter `name` (requests that use it run to their end); throws LoraUpdateError
   // 404 when none of that name is served.
   void unload_lora(const std::string& name);
+  // vLLM's reset_prefix_cache: no cached block is found by a later prompt (running requests go on with
+  // theirs). Between steps; returns how many blocks were cached.
+  int64_t reset_prefix_cache() { return sched_.reset_prefix_cache(); }
   int64_t steps() const { return steps_; }
   // The most micro-batches that were in flight at once (pipeline parallelism).
   int max_in_flight() const { return max_in_flight_; }

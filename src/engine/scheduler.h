@@ -118,6 +118,8 @@ class Scheduler {
   size_t num_swapped() const { return swapped_.size(); }
   bool has_unfinished() const { return !seqs_.empty(); }
   const BlockManager& blocks() const { return bm_; }
+  // BlockManager::reset_cache (vLLM's reset_prefix_cache); returns how many blocks were cached.
+  int64_t reset_prefix_cache() { return bm_.reset_cache(); }
   const SchedulerStats& stats() const { return stats_; }
 
  private:

@@ -169,6 +169,19 @@ void BlockManager::register_full(int32_t block, const BlockHash& hash, const int
   tokens_[block].assign(tokens, tokens + block_size_);
 }
 
+int64_t BlockManager::reset_cache() {
+  const auto n = static_cast<int64_t>(cached_.size());
+  for (int32_t b : lru_) {
+    in_lru_[b] = false;
+    free_.push_back(b);
+  }
+  lru_.clear();
+  for (auto& h : hash_of_) h = BlockHash{};
+  cached_.clear();
+  tokens_.clear();
+  return n;
+}
+
 std::vector<int32_t> BlockManager::allocate_host(int64_t n) {
   if (n > num_host_available()) throw Error("KV cache: swap space exhausted");
   std::vector<int32_t> out(host_free_.end() - n, host_free_.end());

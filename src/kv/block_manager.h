@@ -67,6 +67,10 @@ class BlockManager {
   // Records that `block` is full with the tokens hashed to `hash`, so later prompts can reuse it.
   void register_full(int32_t block, const BlockHash& hash, const int32_t* tokens);
   int refcount(int32_t block) const { return ref_[block]; }
+  // Forgets every cached block (vLLM's reset_prefix_cache): unused ones are freed, blocks in use keep
+  // their contents for their sequences but are found by no later prompt (and are freed when released).
+  // Returns how many blocks were cached.
+  int64_t reset_cache();
 
   int64_t num_host_available() const { return static_cast<int64_t>(host_free_.size()); }
   std::vector<int32_t> allocate_host(int64_t n);

@@ -92,14 +92,6 @@ void check_weights_fit(Backend& be, const Topology& topo, double need, double no
                   "; spread the ranks (tensor_parallel_size, pipeline_parallel_size) over more nodes or use a smaller model"));
 }
 
-// vLLM's reading of a boolean environment variable: "1" or "true" (any case, spaces around) is set.
-bool env_flag(const char* name) {
-  const char* v = std::getenv(name);
-  if (!v) return false;
-  const std::string s = ascii_lower(trim(v));
-  return s == "1" || s == "true";
-}
-
 // A draft model's configuration (speculative_config model): the target's backend, dtype, block size and
 // scheduling limits (max_model_len and max_num_batched_tokens as resolved for the target), its own file,
 // one rank, and none of the target's adapters, offloading, quantization, swap space or speculation.

@@ -306,6 +306,12 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       known = true;
       allowed = method == http::verb::get || method == http::verb::head;
     }
+    // vLLM's development routes, there only with VLLM_SERVER_DEV_MODE.
+    const bool reset_prefix_cache = path == "/reset_prefix_cache" && d_.ctx.dev_routes;
+    if (reset_prefix_cache) {
+      known = true;
+      allowed = method == http::verb::post;
+    }
     if (!known) throw HttpError(404, cat("no route ", path), "NotFoundError");
     if (!allowed) throw HttpError(405, cat("method not allowed for ", path), "MethodNotAllowed");
     if (path.rfind("/v1/", 0) == 0) require_auth();
@@ -323,6 +329,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       return respond(200, d_.ctx.tokenizer_info, req_.keep_alive());
     }
     if (lora_load || lora_unload) return lora_update(lora_load);
+    if (reset_prefix_cache) return reset_cache();
     if (pattern != path) return stored_response(stored_id, method, pattern.size() > prefix.size() + 1);
     if (path == "/invocations") {
       auto body = parse_json<nlohmann::ordered_json>(req_.body());
@@ -358,14 +365,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     if (!load && name.empty()) throw HttpError(400, "'lora_name' must be provided.", "InvalidUserInput", "lora_name");
     if (!load && !d_.ctx.loras->remove(name))  // (no new request finds it from here on)
       throw HttpError(404, cat("The lora adapter '", name, "' cannot be found."), "NotFoundError");
-    // (The session held until the answer: nothing else of it waits meanwhile. The engine thread calls
-    // the control or its refusal, so it is answered.)
-    auto answer = [self = shared_from_this(), exec = stream_.get_executor()](int status, std::string body, const char* type) {
-      net::post(exec, [self, status, body = std::move(body), type]() mutable {
-        self->respond(status, std::move(body), self->req_.keep_alive(), type);
-      });
-    };
-    auto refused = [answer](const std::string& why) { answer(503, error_body(503, why, "ServiceUnavailableError"), "application/json"); };
+    const auto answer = answer_later();
     d_.engine.control(
         [answer, loras = d_.ctx.loras, name, path, load](Engine& e) {
           try {
@@ -382,7 +382,36 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
             answer(500, error_body(500, err.what(), "InternalServerError"), "application/json");
           }
         },
-        refused);
+        refused_by(answer));
+  }
+
+  // What answers this request from the engine thread (EngineService::control), on the session's executor.
+  // (The session is held until the answer: nothing else of it waits meanwhile. The engine thread calls
+  // the control or its refusal, so it is answered.)
+  using Answer = std::function<void(int status, std::string body, const char* type)>;
+  Answer answer_later() {
+    return [self = shared_from_this(), exec = stream_.get_executor()](int status, std::string body, const char* type) {
+      net::post(exec, [self, status, body = std::move(body), type]() mutable {
+        self->respond(status, std::move(body), self->req_.keep_alive(), type);
+      });
+    };
+  }
+  // The control's refusal (the service takes no more work): a 503.
+  static std::function<void(const std::string&)> refused_by(Answer answer) {
+    return [answer](const std::string& why) { answer(503, error_body(503, why, "ServiceUnavailableError"), "application/json"); };
+  }
+
+  // POST /reset_prefix_cache (vLLM's, under VLLM_SERVER_DEV_MODE): between two steps no cached block is
+  // found by a later prompt any more; running requests go on (their blocks are freed when they end, so
+  // vLLM's reset_running_requests changes nothing here). An empty 200, as vLLM's.
+  void reset_cache() {
+    const auto answer = answer_later();
+    d_.engine.control(
+        [answer](Engine& e) {
+          log_info("prefix cache reset: ", e.reset_prefix_cache(), " cached blocks forgotten");
+          answer(200, "", "text/plain");
+        },
+        refused_by(answer));
   }
 
   // A stored response: GET gives it, DELETE forgets it, cancel is refused (as vLLM's: only background

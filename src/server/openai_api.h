@@ -64,6 +64,8 @@ struct ApiContext {
   // enable_tokenizer_info_endpoint: GET /tokenizer_info is served, answering tokenizer_info (TokenizerDocs::info;
   // empty when the model has no tokenizer).
   bool tokenizer_info_route = false;
+  // vLLM's development routes (VLLM_SERVER_DEV_MODE=1 in the server's environment): POST /reset_prefix_cache.
+  bool dev_routes = false;
   std::string tokenizer_info;
 };
 

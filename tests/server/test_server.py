@@ -439,6 +439,8 @@ def main():
         check("version", st == 200 and "version" in json.loads(v), v)
         st, _ = s.request("GET", "/tokenizer_info")
         check("/tokenizer_info is not served without enable_tokenizer_info_endpoint", st == 404, st)
+        st, _ = s.request("POST", "/reset_prefix_cache")
+        check("/reset_prefix_cache is not served without VLLM_SERVER_DEV_MODE", st == 404, st)
 
         # The same through curl.
         def curl(*args):
@@ -1253,7 +1255,8 @@ def main():
                "--enable-auto-tool-choice", "--max-logprobs", "3", "--generation-config", "vllm", "--chat-template", "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\\n{% endfor %}",
                "--async-scheduling", "--enable-prompt-tokens-details", "--return-tokens-as-token-ids", "--trust-request-chat-template",
                "--enable-force-include-usage", "--enable-log-outputs", "--max-log-len", "100", "--enable-request-id-headers",
-               "--enable-server-load-tracking", "--default-chat-template-kwargs", '{"greet": "Hi", "bye": "."}', "-asc", "4")
+               "--enable-server-load-tracking", "--default-chat-template-kwargs", '{"greet": "Hi", "bye": "."}', "-asc", "4",
+               env={"VLLM_SERVER_DEV_MODE": "1"})
     try:
         # Greedy and streamed answers under asynchronous scheduling equal llmserve generate's (one rank, in turn).
         body = {"prompt": "The quick brown fox", "max_tokens": 12, "temperature": 0, "ignore_eos": True}
@@ -1342,6 +1345,15 @@ def main():
               and u2["usage"]["prompt_tokens_details"]["cached_tokens"] >= 16
               and u2["usage"]["prompt_tokens_details"]["cached_tokens"] < u2["usage"]["prompt_tokens"]
               and su.get("prompt_tokens_details", {}).get("cached_tokens", 0) >= 16, (u1, u2, su))
+        # vLLM's POST /reset_prefix_cache (VLLM_SERVER_DEV_MODE=1 on this server): an empty 200, then the prompt
+        # finds nothing cached, and is cached again after; GET is a 405.
+        rst, rbody = a.request("POST", "/reset_prefix_cache")
+        _, u3 = a.post("/v1/completions", pb, headers=auth)
+        _, u4 = a.post("/v1/completions", pb, headers=auth)
+        check("/reset_prefix_cache (dev mode): no cached tokens after it, cached again on the next request",
+              rst == 200 and rbody == "" and u3["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+              and u4["usage"]["prompt_tokens_details"]["cached_tokens"] >= 16
+              and a.request("GET", "/reset_prefix_cache")[0] == 405, (rst, rbody, u3.get("usage"), u4.get("usage")))
         # vLLM's cache_salt: a salted prompt finds only blocks cached under its own salt; an empty salt is a 400.
         salted = {"prompt": " ".join(["epsilon zeta eta theta"] * 12), "max_tokens": 2, "temperature": 0}  # (a prompt not cached yet)
         hits = []

@@ -91,3 +91,22 @@ TEST(BlockManager, HashAlgorithmNames) {
   EXPECT_THROW(parse_prefix_hash("sha256_cbor"), Error);
   EXPECT_THROW(parse_prefix_hash(""), Error);
 }
+
+// reset_cache (vLLM's reset_prefix_cache): no cached block is found afterwards; unused cached blocks are
+// free at once, a block in use keeps its holder and is freed (not cached) when released.
+TEST(BlockManager, ResetForgetsEveryCachedBlock) {
+  BlockManager bm(8, 0, 4, true);
+  cache_prompt(bm, {});
+  std::vector<BlockHash> hashes;
+  auto held = bm.match_prefix(kPrompt, 1, hashes);  // block 0 in use again, block 1 cached and unused
+  ASSERT_EQ(held.size(), 1u);
+  EXPECT_EQ(bm.num_available(), 7);
+  EXPECT_EQ(bm.reset_cache(), 2);
+  EXPECT_EQ(bm.num_available(), 7);
+  EXPECT_EQ(bm.refcount(held[0]), 1);
+  EXPECT_TRUE(bm.match_prefix(kPrompt, 2, hashes).empty());
+  bm.release(held);
+  EXPECT_EQ(bm.num_available(), 8);
+  EXPECT_EQ(bm.allocate(8).size(), 8u);
+  EXPECT_EQ(bm.reset_cache(), 0);
+}

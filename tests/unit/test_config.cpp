@@ -328,7 +328,8 @@ TEST(Config, VllmOptionsWithoutCounterpart) {
     EXPECT_EQ(c.given.count(key), 1u) << key;
   const std::vector<std::vector<std::string>> refused = {
       {"--model-impl", "transformers"}, {"--config-format", "mistral"}, {"--kv-transfer-config", "{}"},
-      {"--otlp-traces-endpoint", "http://x"}, {"--worker-cls", "w.W"}, {"--enable-prompt-embeds"}, {"--calculate-kv-scales"}};
+      {"--otlp-traces-endpoint", "http://x"}, {"--worker-cls", "w.W"}, {"--enable-prompt-embeds"}, {"--calculate-kv-scales"},
+      {"--enable-sleep-mode"}};
   for (const auto& args : refused) {
     Config d;
     try {

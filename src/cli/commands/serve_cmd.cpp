@@ -106,6 +106,7 @@ ApiContext api_context(const Config& cfg, const ModelRunner& runner, std::unique
   ctx.tok = tok.get();
   ctx.chat = chat.get();
   ctx.tokenizer_info_route = cfg.enable_tokenizer_info_endpoint;
+  ctx.dev_routes = env_flag("VLLM_SERVER_DEV_MODE");
   ctx.model_names = cfg.served_model_name.empty() ? std::vector<std::string>{cfg.model} : cfg.served_model_name;
   ctx.model_path = cfg.model;
   ctx.max_model_len = cfg.max_model_len;
