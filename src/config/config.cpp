@@ -522,7 +522,9 @@ const std::vector<Option>& options() {
          if (v != "mp" && v != "uni" && v != "external_launcher")
            throw Error(cat("config: distributed_executor_backend must be mp, uni or external_launcher, got '", v, "'"));
        }},
-      {"data_parallel_size", Kind::Int, "vLLM's; only 1: run one server per replica (a load balancer in front)",
+      {"data_parallel_size", Kind::Int,
+       "vLLM's (-dp): replicas of the model, each tensor_parallel_size x pipeline_parallel_size ranks; llmserve generate "
+       "shares its requests among them; a server is one replica (run one per replica behind a load balancer)",
        [](Config& c, const std::string& v) { c.data_parallel_size = parse_int32("data_parallel_size", v); }},
       {"ssl_keyfile", Kind::String, "PEM private key of ssl_certfile (vLLM's; may be left out when ssl_certfile holds it)",
        [](Config& c, const std::string& v) { c.ssl_keyfile = v; }},
@@ -738,6 +740,7 @@ std::vector<std::string> config_parse_args(Config& cfg, const std::vector<std::s
     if (name == "tp") name = "tensor-parallel-size";
     if (name == "pp") name = "pipeline-parallel-size";
     if (name == "asc") name = "api-server-count";
+    if (name == "dp") name = "data-parallel-size";
     std::string key = name;
     std::replace(key.begin(), key.end(), '-', '_');
     if (key == "config") {
@@ -832,9 +835,7 @@ void config_validate(const Config& c) {
          "a string (its text parts joined), vLLM's 'string'; use auto or string");
   if (c.chat_template_content_format != "auto" && c.chat_template_content_format != "string")
     fail(cat("chat_template_content_format must be auto or string; got '", c.chat_template_content_format, "'"));
-  if (c.data_parallel_size != 1)
-    fail(cat("data_parallel_size ", c.data_parallel_size, " is not supported: one llmserve job is one engine (tensor x "
-             "pipeline parallel); run one job per replica behind a load balancer"));
+  if (c.data_parallel_size < 1) fail(cat("data_parallel_size must be >= 1, got ", c.data_parallel_size));
   if (!c.cuda_graph_sizes.empty() && (!c.cudagraph_capture_sizes.empty() || c.max_cudagraph_capture_size >= 0))
     fail("cuda_graph_sizes is the older form of cudagraph_capture_sizes / max_cudagraph_capture_size: give one of them");
   if (!c.cudagraph_capture_sizes.empty() && c.max_cudagraph_capture_size >= 0 &&

@@ -122,13 +122,13 @@ std::string lora_twice(const StepGraphs& g) {
 
 }  // namespace
 
-ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm, bool defer_kv) : cfg_(cfg) {
+ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm, bool defer_kv, MPI_Comm job) : cfg_(cfg) {
   world_ = std::make_unique<MpiComm>(world_comm, false);
   std::unique_ptr<WeightSource> file;
   // This rank's index among the ranks of its node picks its GPU.
   int local_rank = 0, local_size = 1;
   MPI_Comm node;
-  MPI_Comm_split_type(world_comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  MPI_Comm_split_type(job != MPI_COMM_NULL ? job : world_comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
   MPI_Comm_rank(node, &local_rank);
   MPI_Comm_size(node, &local_size);
 #ifdef _OPENMP
@@ -176,7 +176,7 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm, bool defer_kv) : cfg_
     check_weights_fit(*backend_, topo_, need - offloaded + offload_stage, node_need, local_size, offloaded);
     if (!file) file = std::make_unique<DummyWeights>(spec_, cfg_.model, static_cast<uint64_t>(cfg_.seed));
   });
-  log_set_rank(topo_.world_rank);
+  if (job == MPI_COMM_NULL) log_set_rank(topo_.world_rank);  // (one replica of several: the job's rank, set by main)
   if (backend_->name() == "cpu" && cfg_.dtype != "auto" && cfg_.dtype != "float" && cfg_.dtype != "float32")
     log_warn("dtype ", cfg_.dtype, " applies to the CUDA backend; the CPU backend computes in float32");
   if (backend_->name() == "cpu" && cfg_.cpu_offload_gb > 0)

@@ -32,7 +32,9 @@ class ModelRunner {
  public:
   // Collective over `world`. Failures on any rank throw AgreedError on every rank. With defer_kv (a draft
   // model's runner) it stops before the KV cache: allocate_kv makes it, warms up and records graphs.
-  ModelRunner(Config& cfg, MPI_Comm world, bool defer_kv = false);
+  // `job`: the ranks sharing the node's GPUs and cores, by whose node-local index this rank takes its GPU
+  // (world itself when null; the whole job where world is one replica of several: data_parallel_size).
+  ModelRunner(Config& cfg, MPI_Comm world, bool defer_kv = false, MPI_Comm job = MPI_COMM_NULL);
   ~ModelRunner();
 
   const ModelSpec& spec() const { return spec_; }

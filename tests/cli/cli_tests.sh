@@ -155,9 +155,34 @@ check "convert llmserve does not make" 1 "convert 'classify' is not supported: l
   "$llmserve" logits "$work/good.yaml" --convert classify --prompt-ids 1
 check "bad pooler_config" 1 "pooler_config: pooling_type 'MAX' is not supported" -- \
   "$llmserve" logits "$work/good.yaml" --pooler-config '{"pooling_type": "MAX"}' --prompt-ids 1
-# vLLM launch options llmserve cannot honour: refused with the reason.
-check "data_parallel_size past 1" 1 "data_parallel_size 2 is not supported: one llmserve job is one engine" -- \
+# vLLM's data_parallel_size: generate shares its requests among the replicas (the same file as one replica
+# gives, greedy and seeded requests alike; two replicas of 2-way tensor parallelism as one of it); a world of
+# another size and the commands that serve one replica refuse it with the reason, leaving no output file.
+python3 - "$work/gen-dp.jsonl" <<'PY'
+import json, sys
+rows = [{"ids": [9707 + i, 11, 1879], "max_tokens": 6, "temperature": 0 if i % 2 == 0 else 0.9, "seed": i} for i in range(7)]
+rows[3]["logprobs"] = 2
+open(sys.argv[1], "w").write("".join(json.dumps(r) + "\n" for r in rows))
+PY
+for layout in "1 1" "2 1" "2 2"; do
+  read -r dp tp <<<"$layout"
+  "$mpirun" $((dp * tp)) "$llmserve" generate "$work/good.yaml" -dp "$dp" -tp "$tp" --input "$work/gen-dp.jsonl" \
+    --output "$work/gen-dp-$dp-$tp.jsonl" >"$work/gen-dp-$dp-$tp.log" 2>&1
+done
+"$mpirun" 2 "$llmserve" generate "$work/good.yaml" -tp 2 --input "$work/gen-dp.jsonl" --output "$work/gen-dp-1-2.jsonl" >/dev/null 2>&1
+if [ "$(wc -l <"$work/gen-dp-2-1.jsonl" 2>/dev/null)" = 7 ] && cmp -s "$work/gen-dp-1-1.jsonl" "$work/gen-dp-2-1.jsonl" &&
+   cmp -s "$work/gen-dp-1-2.jsonl" "$work/gen-dp-2-2.jsonl" && grep -q "2 replicas: 7 requests, 42 tokens" "$work/gen-dp-2-2.log"; then
+  passed=$((passed + 1)); echo "PASS generate: data_parallel_size 2 (tp 1 and 2) gives one replica's file"
+else failed=$((failed + 1)); echo "FAIL generate: data_parallel_size"; tail -3 "$work"/gen-dp-2-*.log; fi
+check "data_parallel_size against the world's size" 1 "pipeline_parallel_size \\(1\\) = 2 but the MPI world has 3 ranks; start llmserve with mpirun -np 2" --once -- \
+  "$mpirun" 3 "$llmserve" generate "$work/good.yaml" -dp 2 --input "$work/gen-dp.jsonl" --output "$work/gen-dp-bad.jsonl"
+[ -e "$work/gen-dp-bad.jsonl" ] && { failed=$((failed + 1)); echo "FAIL data_parallel_size error left an output file"; }
+check "data_parallel_size past 1 for logits" 1 "data_parallel_size 2 is not supported by llmserve logits: it runs one replica" -- \
   "$llmserve" logits "$work/good.yaml" --data-parallel-size 2 --prompt-ids 1
+check "data_parallel_size past 1 for a server" 1 "data_parallel_size 2 is not supported by llmserve serve" --once -- \
+  "$mpirun" 2 "$llmserve" serve "$work/good.yaml" -dp 2
+check "data_parallel_size 0" 1 "data_parallel_size must be >= 1, got 0" -- "$llmserve" config "$work/good.yaml" -dp 0
+check "llmserve config: the world of dp x tp x pp" 0 "^world_size=8\$" -- "$llmserve" config "$work/good.yaml" -dp 2 -tp 2 -pp 2
 # vLLM's CUDA-graph options: accepted on every backend (the CPU backend records no graphs), checked.
 check "vLLM's -O0 and compilation_config on the CPU backend" 0 '"generated_ids":\[[0-9]+,[0-9]+\]' -- \
   "$llmserve" logits "$qwen" --backend cpu --max-model-len 64 -O0 --compilation-config '{"cudagraph_mode": "FULL_DECODE_ONLY", "level": 3}' \

@@ -2,7 +2,9 @@
 // messages or token ids, with sampling parameters per line), runs them all through the engine with
 // continuous batching, and writes one JSON result per line in input order. Every line is validated
 // before anything runs; the output file appears only when every request has finished (a request that
-// fails while it runs, its masks leaving no token to draw, fails the run, naming its line).
+// fails while it runs, its masks leaving no token to draw, fails the run, naming its line). With
+// data_parallel_size > 1 each replica's leader reads the whole input (checking every line) and runs every
+// data_parallel_size-th request; rank 0 gathers the results and writes the file.
 #include <cmath>
 #include <chrono>
 #include <cstdio>
@@ -13,6 +15,7 @@
 #include "chat/chat_template.h"
 #include "cli/commands/batch_loop.h"
 #include "cli/commands/commands.h"
+#include "cli/commands/data_parallel.h"
 #include "common/error.h"
 #include "common/json_text.h"
 #include "common/log.h"
@@ -31,8 +34,41 @@ using ojson = nlohmann::ordered_json;
 struct Job {
   std::vector<int32_t> prompt;
   SamplingParams params;
-  int line = 0;  // in the input file
+  int line = 0;        // in the input file
+  size_t index = 0;    // among the file's requests (the output's order)
 };
+
+// Rank 0 gets every leader's output lines (each leader's in its requests' order, ending in a line break),
+// and returns them in request order: request i is replica i % count's (i / count)-th. Collective over the
+// leaders.
+std::vector<std::string> gather_lines(const Replicas& dp, const std::vector<std::string>& mine, size_t total) {
+  std::string text;
+  for (const auto& l : mine) text += l + "\n";
+  int me = 0;
+  MPI_Comm_rank(dp.leaders, &me);
+  const int len = static_cast<int>(text.size());  // (a share of a few GB would need chunks: not expected)
+  std::vector<int> lens(me == 0 ? dp.count : 0), at(me == 0 ? dp.count : 0);
+  MPI_Gather(&len, 1, MPI_INT, lens.data(), 1, MPI_INT, 0, dp.leaders);
+  std::string all;
+  if (me == 0) {
+    int64_t sum = 0;
+    for (int r = 0; r < dp.count; ++r) at[r] = static_cast<int>(sum), sum += lens[r];
+    if (sum > INT32_MAX) throw Error("generate: the replicas' outputs exceed 2 GiB together");
+    all.resize(static_cast<size_t>(sum));
+  }
+  MPI_Gatherv(text.data(), len, MPI_CHAR, all.data(), lens.data(), at.data(), MPI_CHAR, 0, dp.leaders);
+  std::vector<std::string> out(me == 0 ? total : 0);
+  for (int r = 0; r < static_cast<int>(lens.size()); ++r) {
+    size_t pos = static_cast<size_t>(at[r]), i = static_cast<size_t>(r);
+    const size_t end = pos + static_cast<size_t>(lens[r]);
+    for (; pos < end; i += static_cast<size_t>(dp.count)) {
+      const size_t nl = all.find('\n', pos);
+      out.at(i) = all.substr(pos, nl - pos);
+      pos = nl + 1;
+    }
+  }
+  return out;
+}
 
 ojson top_json(const TokenLogprob& lp, const Tokenizer* tok) {
   ojson top = ojson::array();
@@ -79,9 +115,16 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
   Config cfg;
   std::string input, output;
   agree(world, [&] { parse_batch_args(args, "generate", {"--input"}, {"--output"}, rank == 0, cfg, input, output); });
-  ModelRunner runner(cfg, world);
+  Replicas dp;
+  agree(world, [&] { dp = split_replicas(world, cfg); });
+  struct FreeReplicas {
+    Replicas& r;
+    ~FreeReplicas() { free_replicas(r); }
+  } free_dp{dp};
+  ModelRunner runner(cfg, dp.replica, false, world);
   agree(world, [&] { refuse_classifier_text("generate", runner.spec().architecture); });
-  if (rank != 0) return batch_worker(runner, world);  // (rank 0 validates the input and judges the run)
+  // (the leaders validate the input and run their shares; every rank hears the verdicts)
+  if (!dp.leader()) return batch_worker(runner, world);
   std::vector<Job> jobs;
   std::unique_ptr<Tokenizer> tok;
   std::unique_ptr<ChatTemplate> chat;
@@ -98,6 +141,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
         const ojson j = parse_json<ojson>(line);
         Job job;
         job.line = n;
+        job.index = jobs.size();
         job.prompt = prompt_from_json(j, tok.get(), chat.get());
         job.params.guided_compact = ctx.guided_compact;
         job.params.logprobs_mode = ctx.logprobs_mode;
@@ -121,6 +165,13 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
     }
     if (jobs.empty()) throw Error(cat("generate: '", input, "' has no requests"));
   });
+  const size_t total = jobs.size();
+  if (dp.count > 1) {  // this replica's share: every count-th request from its index
+    std::vector<Job> share;
+    for (size_t i = static_cast<size_t>(dp.index); i < jobs.size(); i += static_cast<size_t>(dp.count)) share.push_back(std::move(jobs[i]));
+    jobs = std::move(share);
+    log_info("generate: replica ", dp.index, " of ", dp.count, " runs ", jobs.size(), " of the ", total, " requests");
+  }
 
   Engine engine(runner, tok.get(), static_cast<uint64_t>(cfg.seed));
   std::vector<std::string> lines(jobs.size());
@@ -134,22 +185,37 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
         return;
       }
       for (const auto& c : r.outputs) gen_tokens += static_cast<int64_t>(c.token_ids.size());
-      lines[i] = json_text(output_json(i, r, tok.get()));
+      lines[i] = json_text(output_json(jobs[i].index, r, tok.get()));
     });
+  const std::string replica = dp.count > 1 ? cat("replica ", dp.index, ": ") : "";
   const auto t0 = std::chrono::steady_clock::now();
   loop.run([&] { return !failure.empty(); },
            [&] {
              const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-             std::fprintf(stderr, "generate: %zu/%zu requests, %lld tokens, %.1f tokens/s\n", loop.done(), jobs.size(),
-                          static_cast<long long>(gen_tokens), s > 0 ? gen_tokens / s : 0.0);
+             std::fprintf(stderr, "generate: %s%zu/%zu requests, %lld tokens, %.1f tokens/s\n", replica.c_str(), loop.done(),
+                          jobs.size(), static_cast<long long>(gen_tokens), s > 0 ? gen_tokens / s : 0.0);
            });
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   engine.shutdown();
   agree(world, [&] {
     if (!failure.empty()) throw Error(failure);
   });
-  std::string text;
-  for (const auto& l : lines) text += l + "\n";
-  write_file_atomic(output, text);
+  if (dp.count > 1) {
+    std::vector<std::string> all;
+    agree(dp.leaders, [&] { all = gather_lines(dp, lines, total); });
+    double sums[2] = {static_cast<double>(gen_tokens), seconds}, got[2] = {0, 0};
+    MPI_Reduce(&sums[0], &got[0], 1, MPI_DOUBLE, MPI_SUM, 0, dp.leaders);
+    MPI_Reduce(&sums[1], &got[1], 1, MPI_DOUBLE, MPI_MAX, 0, dp.leaders);
+    lines = std::move(all);
+    if (rank == 0)
+      log_info("generate: ", dp.count, " replicas: ", total, " requests, ", static_cast<int64_t>(got[0]), " tokens, ",
+               static_cast<int64_t>(got[1] > 0 ? got[0] / got[1] : 0), " tokens/s (the slowest replica's time)");
+  }
+  if (rank == 0) {
+    std::string text;
+    for (const auto& l : lines) text += l + "\n";
+    write_file_atomic(output, text);
+  }
   const auto& st = engine.scheduler().stats();
   const auto& bm = engine.scheduler().blocks();
   if (engine.steps() > 0) {

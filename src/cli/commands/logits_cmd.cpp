@@ -11,6 +11,7 @@
 
 #include "cli/commands/batch_loop.h"
 #include "cli/commands/commands.h"
+#include "cli/commands/data_parallel.h"
 #include "common/error.h"
 #include "common/json_text.h"
 #include "common/log.h"
@@ -228,6 +229,7 @@ int cmd_logits(const std::vector<std::string>& args, MPI_Comm world) {
     std::vector<std::string> rest = config_parse_args(cfg, take_logits_args(args, la));
     config_take_model_argument(cfg, rest);
     if (!rest.empty()) throw Error(cat("logits: unexpected argument '", rest[0], "'"));
+    refuse_data_parallel(cfg, "logits");
     if (la.prompts.empty() && la.requests.empty())
       throw Error("logits: no prompts (--prompt-ids 1,2,3 or --prompts file.jsonl)");
     // Prompts given as chat messages or text go through the model's chat template and tokenizer.

@@ -15,6 +15,7 @@
 #include "chat/chat_template.h"
 #include "cli/commands/batch_loop.h"
 #include "cli/commands/commands.h"
+#include "cli/commands/data_parallel.h"
 #include "common/error.h"
 #include "common/json_text.h"
 #include "common/log.h"
@@ -92,6 +93,7 @@ int cmd_run_batch(const std::vector<std::string>& args, MPI_Comm world) {
   std::string input, output;
   agree(world, [&] {
     parse_batch_args(args, "run-batch", {"-i", "--input-file"}, {"-o", "--output-file"}, rank == 0, cfg, input, output);
+    refuse_data_parallel(cfg, "run-batch");
   });
   ModelRunner runner(cfg, world);
   if (rank != 0) return batch_worker(runner, world);

@@ -9,6 +9,7 @@
 
 #include "chat/chat_template.h"
 #include "cli/commands/commands.h"
+#include "cli/commands/data_parallel.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/text.h"
@@ -201,6 +202,7 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
     std::vector<std::string> rest = config_parse_args(cfg, args);
     config_take_model_argument(cfg, rest);
     if (!rest.empty()) throw Error(cat("unexpected argument '", rest[0], "'"));
+    refuse_data_parallel(cfg, "serve");
     if (rank != 0) return;
     // The HTTPS files are read before the model is loaded, so a wrong one costs no loading time.
     config_validate(cfg);

@@ -1,0 +1,27 @@
+// vLLM's data_parallel_size for the batch command `generate`: the MPI world as data_parallel_size replicas
+// of the model, each tensor_parallel_size x pipeline_parallel_size consecutive ranks (replica r: world
+// ranks r x tp x pp and on), each with its own engine on its first rank (its leader), which runs a share
+// of the requests. The other commands serve one replica and refuse data_parallel_size > 1.
+#pragma once
+#include <mpi.h>
+
+#include "config/config.h"
+
+namespace llmserve {
+
+struct Replicas {
+  int index = 0, count = 1;
+  MPI_Comm replica = MPI_COMM_NULL;  // this rank's replica: what its ModelRunner runs on
+  MPI_Comm leaders = MPI_COMM_NULL;  // the replicas' first ranks (world rank 0 first); null on the others
+  bool leader() const { return leaders != MPI_COMM_NULL; }
+};
+
+// Splits `world` (collective). Throws Error (on every rank) when its size is not data_parallel_size x
+// tensor_parallel_size x pipeline_parallel_size.
+Replicas split_replicas(MPI_Comm world, const Config& cfg);
+void free_replicas(Replicas& r);
+
+// Throws Error when cfg asks for more than one replica: `command` serves one.
+void refuse_data_parallel(const Config& cfg, const char* command);
+
+}  // namespace llmserve
