@@ -70,6 +70,8 @@ BlockHash BlockManager::chain(const BlockHash& parent, const int32_t* tokens, in
   if (!ok) throw Error("prefix cache: SHA-256 failed (OpenSSL)");
   std::memcpy(h.w.data(), digest, sizeof digest);
   if (h.none()) h.w[0] = 1;  // (never "none")
+#else
+  throw Error("prefix cache: sha256 needs a build with OpenSSL");
 #endif
   return h;
 }
