@@ -524,7 +524,7 @@ const std::vector<Option>& options() {
        }},
       {"data_parallel_size", Kind::Int,
        "vLLM's (-dp): replicas of the model, each tensor_parallel_size x pipeline_parallel_size ranks; llmserve generate "
-       "shares its requests among them; a server is one replica (run one per replica behind a load balancer)",
+       "shares its requests among them, a server runs one per replica on port + its index (a load balancer in front)",
        [](Config& c, const std::string& v) { c.data_parallel_size = parse_int32("data_parallel_size", v); }},
       {"ssl_keyfile", Kind::String, "PEM private key of ssl_certfile (vLLM's; may be left out when ssl_certfile holds it)",
        [](Config& c, const std::string& v) { c.ssl_keyfile = v; }},

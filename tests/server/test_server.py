@@ -1849,6 +1849,44 @@ def main():
                   loads == [200, 200] and served_pp == offline_pp, (loads, served_pp, offline_pp))
         finally:
             rp.stop()
+        # vLLM's data_parallel_size: two replicas of 2-way tensor parallelism in one job, each a server of its
+        # own (port, port + 1) answering as the other does; SIGTERM to every rank, as mpirun forwards it,
+        # stops the job with exit code 0.
+        dps = Server("-dp", "2", np=4, tp=2)
+        try:
+            port1 = dps.port + 1
+            for _ in range(200):  # (replica 0 answers /health already: Server waited for it)
+                try:
+                    c = http.client.HTTPConnection("127.0.0.1", port1, timeout=5)
+                    c.request("GET", "/health")
+                    if c.getresponse().status == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.1)
+            body = {"prompt": "The quick brown fox", "max_tokens": 8, "temperature": 0}
+            _, r0 = dps.post("/v1/completions", body)
+            c = http.client.HTTPConnection("127.0.0.1", port1, timeout=60)
+            c.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+            resp = c.getresponse()
+            r1 = json.loads(resp.read().decode())
+            check("data_parallel_size 2: each replica serves on its own port and answers alike",
+                  resp.status == 200 and r0["choices"][0]["text"] == r1["choices"][0]["text"] != ""
+                  and "replica 1 of 2" in open(dps.log.name).read(), (r0, r1))
+        finally:
+            for pid in os.listdir("/proc"):
+                try:
+                    if pid.isdigit() and open(f"/proc/{pid}/comm").read().strip() == "llmserve" and \
+                            str(dps.port) in open(f"/proc/{pid}/cmdline").read().split("\0"):
+                        os.kill(int(pid), 15)
+                except OSError:
+                    pass
+            try:
+                rc = dps.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                dps.proc.kill()
+                rc = None
+        check("data_parallel_size 2: SIGTERM to the job's ranks stops every replica, exit code 0", rc == 0, rc)
     with open(a.log.name) as f:
         quiet = f.read()
     with open(s.log.name) as f:

@@ -31,8 +31,7 @@ void free_replicas(Replicas& r) {
 void refuse_data_parallel(const Config& cfg, const char* command) {
   if (cfg.data_parallel_size > 1)
     throw Error(cat("config: data_parallel_size ", cfg.data_parallel_size, " is not supported by llmserve ", command,
-                    ": it runs one replica (tensor x pipeline parallel); llmserve generate shares its requests among "
-                    "replicas, and a server per replica goes behind a load balancer"));
+                    ": it runs one replica (tensor x pipeline parallel); llmserve generate and serve run replicas"));
 }
 
 }  // namespace llmserve

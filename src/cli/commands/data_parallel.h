@@ -1,7 +1,7 @@
-// vLLM's data_parallel_size for the batch command `generate`: the MPI world as data_parallel_size replicas
-// of the model, each tensor_parallel_size x pipeline_parallel_size consecutive ranks (replica r: world
-// ranks r x tp x pp and on), each with its own engine on its first rank (its leader), which runs a share
-// of the requests. The other commands serve one replica and refuse data_parallel_size > 1.
+// vLLM's data_parallel_size: the MPI world as data_parallel_size replicas of the model, each
+// tensor_parallel_size x pipeline_parallel_size consecutive ranks (replica r: world ranks r x tp x pp and
+// on), each with its own engine on its first rank (its leader). `generate` gives each replica a share of
+// its requests; `serve` runs a server per replica (on port + r). run-batch and logits refuse it.
 #pragma once
 #include <mpi.h>
 

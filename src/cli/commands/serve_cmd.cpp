@@ -1,7 +1,10 @@
 // `llmserve [serve] config.yaml`: rank 0 runs the engine and the OpenAI HTTP server; every other
 // rank runs its pipeline stage and tensor shard. SIGINT/SIGTERM on rank 0 stops the server, aborts
 // what is in flight and shuts every rank down with exit code 0 (workers ignore the signal and wait for
-// rank 0's shutdown plan).
+// rank 0's shutdown plan). With data_parallel_size > 1 each replica (cli/commands/data_parallel.h) is
+// such a server of its own on port + its index, its first rank in rank 0's part.
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdlib>
 #include <ctime>
@@ -191,6 +194,19 @@ ServerOptions server_options(const Config& cfg) {
   return opt;
 }
 
+// Rank 0 logs where every replica serves (each replica's first rank runs its own server).
+void log_replicas(const Replicas& dp, const ServerOptions& opt) {
+  char host[256] = {0};
+  gethostname(host, sizeof host - 1);
+  int me = 0;
+  MPI_Comm_rank(dp.leaders, &me);
+  std::vector<char> all(me == 0 ? sizeof host * static_cast<size_t>(dp.count) : 0);
+  MPI_Gather(host, sizeof host, MPI_CHAR, all.data(), sizeof host, MPI_CHAR, 0, dp.leaders);
+  for (int r = 0; r < static_cast<int>(all.size() / sizeof host); ++r)
+    log_info("replica ", r, " of ", dp.count, ": ", all.data() + r * sizeof host, " port ", opt.port == 0 ? 0 : opt.port - dp.index + r,
+             " (data_parallel_size: put a load balancer in front of the replicas)");
+}
+
 }  // namespace
 
 int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
@@ -198,23 +214,31 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
   int rank = 0;
   MPI_Comm_rank(world, &rank);
   ServerOptions opt;
+  Replicas dp;
   agree(world, [&] {
     std::vector<std::string> rest = config_parse_args(cfg, args);
     config_take_model_argument(cfg, rest);
     if (!rest.empty()) throw Error(cat("unexpected argument '", rest[0], "'"));
-    refuse_data_parallel(cfg, "serve");
-    if (rank != 0) return;
+    if (cfg.data_parallel_size > 1 && !cfg.uds.empty())
+      throw Error("config: uds serves one replica: with data_parallel_size > 1 each replica serves on port + its index");
+    dp = split_replicas(world, cfg);
+    if (!dp.leader()) return;
     // The HTTPS files are read before the model is loaded, so a wrong one costs no loading time.
     config_validate(cfg);
     opt = server_options(cfg);
+    if (opt.port != 0) opt.port += dp.index;  // (replica r on port + r)
     if (opt.tls.enabled()) check_tls(opt.tls);
   });
-  // mpirun forwards SIGTERM/SIGINT to every rank: only rank 0 acts on them.
-  if (rank != 0) {
+  struct FreeReplicas {
+    Replicas& r;
+    ~FreeReplicas() { free_replicas(r); }
+  } free_dp{dp};
+  // mpirun forwards SIGTERM/SIGINT to every rank: only each replica's first rank acts on them.
+  if (!dp.leader()) {
     std::signal(SIGINT, SIG_IGN);
     std::signal(SIGTERM, SIG_IGN);
   }
-  ModelRunner runner(cfg, world);
+  ModelRunner runner(cfg, dp.replica, false, world);
   std::unique_ptr<Tokenizer> tok;
   std::unique_ptr<ChatTemplate> chat;
   ApiContext ctx;
@@ -222,16 +246,17 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
   std::unique_ptr<EngineService> service;
   std::unique_ptr<HttpServer> server;
   agree(world, [&] {
-    if (rank != 0) return;
+    if (!dp.leader()) return;
     ctx = api_context(cfg, runner, tok, chat);
     engine = std::make_unique<Engine>(runner, tok.get(), static_cast<uint64_t>(cfg.seed));
     service = std::make_unique<EngineService>(*engine);
     server = std::make_unique<HttpServer>(opt, ctx, *service);
   });
-  if (rank != 0) {
+  if (!dp.leader()) {
     Worker(runner).loop();
     return 0;
   }
+  if (dp.count > 1) log_replicas(dp, opt);
   server->run();
   service->stop();
   engine->shutdown();
