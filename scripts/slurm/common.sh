@@ -7,6 +7,9 @@
 #   LLMSERVE_BIN          the llmserve binary (default: $LLMSERVE_HOME/build/llmserve)
 #   LLMSERVE_LAUNCHER     srun (default; needs Slurm built with PMIx) or mpirun (Open MPI inside the job)
 #   LLMSERVE_TP / LLMSERVE_PP  layout (default: tp = tasks per node, pp = nodes); they override the config
+#   LLMSERVE_DP           data-parallel replicas (default 1), each of tasks / dp ranks (tp defaults to as many
+#                         of them as fit on a node): generate shares its input among them, a server runs one per
+#                         replica on port + its index
 #   LLMSERVE_PORT         HTTP port (default 8000; overrides the config)
 #   LLMSERVE_LOG_DIR      per-job logs (default: $LLMSERVE_HOME/logs)
 #   LLMSERVE_DRY_RUN=1    print the launch command and exit
@@ -35,10 +38,17 @@ llmserve_slurm_init() {
   fi
   RANKS=${ntasks:-$((NODES * PER_NODE))}
   [ "$RANKS" -eq $((NODES * PER_NODE)) ] || llmserve_die "$RANKS tasks do not spread evenly over $NODES nodes"
-  TP=${LLMSERVE_TP:-$PER_NODE}
-  PP=${LLMSERVE_PP:-$((RANKS / TP))}
-  [ $((TP * PP)) -eq "$RANKS" ] ||
-    llmserve_die "tensor_parallel_size $TP x pipeline_parallel_size $PP != $RANKS tasks of the allocation"
+  DP=${LLMSERVE_DP:-1}
+  [[ "$DP" =~ ^[1-9][0-9]*$ ]] || llmserve_die "LLMSERVE_DP must be a positive integer, got '$DP'"
+  local per_replica=$((RANKS / DP))
+  [ "$per_replica" -ge 1 ] || per_replica=1
+  TP=${LLMSERVE_TP:-$((per_replica < PER_NODE ? per_replica : PER_NODE))}
+  PP=${LLMSERVE_PP:-$((per_replica / TP))}
+  [ "$PP" -ge 1 ] || PP=1
+  [ $((DP * TP * PP)) -eq "$RANKS" ] ||
+    llmserve_die "$([ "$DP" -gt 1 ] && echo "data_parallel_size $DP x ")tensor_parallel_size $TP x pipeline_parallel_size $PP != $RANKS tasks of the allocation"
+  DP_ARGS=()
+  [ "$DP" -gt 1 ] && DP_ARGS=(--data-parallel-size "$DP")
   if [ "$NODES" -gt 1 ] && [ $((PER_NODE % TP)) -ne 0 ]; then
     echo "llmserve-slurm: warning: tp=$TP does not divide the $PER_NODE tasks per node: tensor groups span nodes" >&2
   fi
@@ -75,7 +85,7 @@ llmserve_slurm_init() {
       done ;;
     *) llmserve_die "LLMSERVE_LAUNCHER must be srun or mpirun, got '$LLMSERVE_LAUNCHER'" ;;
   esac
-  echo "llmserve-slurm: job $SLURM_JOB_ID: $NODES node(s) x $PER_NODE tasks, tp=$TP pp=$PP, head node $HEAD_NODE"
+  echo "llmserve-slurm: job $SLURM_JOB_ID: $NODES node(s) x $PER_NODE tasks, $([ "$DP" -gt 1 ] && echo "dp=$DP ")tp=$TP pp=$PP, head node $HEAD_NODE"
   for v in "${NET_VARS[@]}"; do echo "llmserve-slurm: $v=${!v}"; done
 }
 
@@ -88,7 +98,7 @@ llmserve_slurm_serve() {
   local port=${LLMSERVE_PORT:-8000}
   local log="$LLMSERVE_LOG_DIR/llmserve-$SLURM_JOB_ID.log"
   local endpoint="http://$HEAD_NODE:$port"
-  local cmd=("${LAUNCH[@]}" "$LLMSERVE_BIN" "$@" --tensor-parallel-size "$TP" --pipeline-parallel-size "$PP"
+  local cmd=("${LAUNCH[@]}" "$LLMSERVE_BIN" "$@" ${DP_ARGS[@]+"${DP_ARGS[@]}"} --tensor-parallel-size "$TP" --pipeline-parallel-size "$PP"
              --port "$port")
   llmserve_print_cmd "${cmd[@]}"
   if [ "${LLMSERVE_DRY_RUN:-0}" = 1 ]; then echo "llmserve-slurm: endpoint $endpoint/v1"; return 0; fi
@@ -142,7 +152,7 @@ llmserve_slurm_generate() {
     *) echo "llmserve-slurm: error: LLMSERVE_BATCH must be generate or run-batch, got '$what'" >&2; return 2 ;;
   esac
   local log="$LLMSERVE_LOG_DIR/llmserve-$what-$SLURM_JOB_ID.log"
-  local cmd=("${LAUNCH[@]}" "$LLMSERVE_BIN" "$what" "$@" --tensor-parallel-size "$TP"
+  local cmd=("${LAUNCH[@]}" "$LLMSERVE_BIN" "$what" "$@" ${DP_ARGS[@]+"${DP_ARGS[@]}"} --tensor-parallel-size "$TP"
              --pipeline-parallel-size "$PP")
   llmserve_print_cmd "${cmd[@]}"
   [ "${LLMSERVE_DRY_RUN:-0}" = 1 ] && return 0

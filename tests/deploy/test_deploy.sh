@@ -93,6 +93,13 @@ check "1-node sbatch: LLMSERVE_TP=2 on 8 tasks gives pp=4" "$(contains "$out" "-
 out=$("${slurm_env[@]}" SLURM_JOB_ID=44 SLURM_JOB_NUM_NODES=1 SLURM_NTASKS_PER_NODE=4 LLMSERVE_TP=3 \
       bash "$root/scripts/slurm/llmserve-1node.sbatch" cfg.yaml 2>&1); rc=$?
 check "1-node sbatch: a layout that does not fit the allocation is refused" "$([ $rc -ne 0 ] && contains "$out" "3 x pipeline_parallel_size 1 != 4 tasks"; echo $?)" "$out"
+out=$("${slurm_env[@]}" SLURM_JOB_ID=46 SLURM_JOB_NUM_NODES=2 SLURM_NTASKS_PER_NODE=4 SLURM_JOB_NODELIST="gpu[01-02]" \
+      FAKE_NODES="gpu01 gpu02" LLMSERVE_DP=4 LLMSERVE_DRY_RUN=1 \
+      bash "$root/scripts/slurm/llmserve-generate.sbatch" cfg.yaml --input in.jsonl --output out.jsonl 2>&1) || out="(exit $?) $out"
+check "generate sbatch: LLMSERVE_DP=4 on 2 x 4 tasks gives dp=4 tp=2 pp=1" "$(contains "$out" "--data-parallel-size 4 --tensor-parallel-size 2 --pipeline-parallel-size 1"; echo $?)" "$out"
+out=$("${slurm_env[@]}" SLURM_JOB_ID=47 SLURM_JOB_NUM_NODES=1 SLURM_NTASKS_PER_NODE=4 LLMSERVE_DP=3 \
+      bash "$root/scripts/slurm/llmserve-1node.sbatch" cfg.yaml 2>&1); rc=$?
+check "1-node sbatch: LLMSERVE_DP that does not fit the allocation is refused" "$([ $rc -ne 0 ] && contains "$out" "data_parallel_size 3 x tensor_parallel_size 1 x pipeline_parallel_size 1 != 4 tasks"; echo $?)" "$out"
 out=$(env -u SLURM_JOB_ID PATH="$shims:$PATH" LLMSERVE_HOME="$root" bash "$root/scripts/slurm/llmserve-1node.sbatch" 2>&1); rc=$?
 check "sbatch script outside Slurm: clear error" "$([ $rc -ne 0 ] && contains "$out" "not inside a Slurm job"; echo $?)" "$out"
 out=$(cd "$work" && env -u LLMSERVE_HOME SLURM_JOB_ID=45 SLURM_SUBMIT_DIR="$work" bash "$root/scripts/slurm/llmserve-1node.sbatch" 2>&1); rc=$?
