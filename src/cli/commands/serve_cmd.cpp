@@ -211,8 +211,6 @@ void log_replicas(const Replicas& dp, const ServerOptions& opt) {
 
 int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
   Config cfg;
-  int rank = 0;
-  MPI_Comm_rank(world, &rank);
   ServerOptions opt;
   Replicas dp;
   agree(world, [&] {
