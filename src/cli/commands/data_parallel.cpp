@@ -1,10 +1,25 @@
 #include "cli/commands/data_parallel.h"
 
+#include <utility>
+
 #include "common/error.h"
 
 namespace llmserve {
 
-Replicas split_replicas(MPI_Comm world, const Config& cfg) {
+Replicas& Replicas::operator=(Replicas&& o) noexcept {
+  std::swap(index, o.index);
+  std::swap(count, o.count);
+  std::swap(replica, o.replica);
+  std::swap(leaders, o.leaders);
+  return *this;
+}
+
+Replicas::~Replicas() {
+  if (replica != MPI_COMM_NULL) MPI_Comm_free(&replica);
+  if (leaders != MPI_COMM_NULL) MPI_Comm_free(&leaders);
+}
+
+void split_replicas(MPI_Comm world, const Config& cfg, Replicas& out) {
   int rank = 0, size = 1;
   MPI_Comm_rank(world, &rank);
   MPI_Comm_size(world, &size);
@@ -20,12 +35,7 @@ Replicas split_replicas(MPI_Comm world, const Config& cfg) {
   MPI_Comm_split(world, r.index, rank, &r.replica);
   const bool first = rank % per == 0;
   MPI_Comm_split(world, first ? 0 : MPI_UNDEFINED, rank, &r.leaders);
-  return r;
-}
-
-void free_replicas(Replicas& r) {
-  if (r.replica != MPI_COMM_NULL) MPI_Comm_free(&r.replica);
-  if (r.leaders != MPI_COMM_NULL) MPI_Comm_free(&r.leaders);
+  out = std::move(r);
 }
 
 void refuse_data_parallel(const Config& cfg, const char* command) {

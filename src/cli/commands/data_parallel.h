@@ -9,17 +9,23 @@
 
 namespace llmserve {
 
+// This rank's replica; owns its communicators (freed with it).
 struct Replicas {
   int index = 0, count = 1;
   MPI_Comm replica = MPI_COMM_NULL;  // this rank's replica: what its ModelRunner runs on
   MPI_Comm leaders = MPI_COMM_NULL;  // the replicas' first ranks (world rank 0 first); null on the others
   bool leader() const { return leaders != MPI_COMM_NULL; }
+
+  Replicas() = default;
+  Replicas(const Replicas&) = delete;
+  Replicas& operator=(const Replicas&) = delete;
+  Replicas& operator=(Replicas&& o) noexcept;
+  ~Replicas();
 };
 
-// Splits `world` (collective). Throws Error (on every rank) when its size is not data_parallel_size x
-// tensor_parallel_size x pipeline_parallel_size.
-Replicas split_replicas(MPI_Comm world, const Config& cfg);
-void free_replicas(Replicas& r);
+// Splits `world` into dp (collective). Throws Error (on every rank) when its size is not
+// data_parallel_size x tensor_parallel_size x pipeline_parallel_size.
+void split_replicas(MPI_Comm world, const Config& cfg, Replicas& dp);
 
 // Throws Error when cfg asks for more than one replica: `command` serves one.
 void refuse_data_parallel(const Config& cfg, const char* command);

@@ -116,11 +116,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
   std::string input, output;
   agree(world, [&] { parse_batch_args(args, "generate", {"--input"}, {"--output"}, rank == 0, cfg, input, output); });
   Replicas dp;
-  agree(world, [&] { dp = split_replicas(world, cfg); });
-  struct FreeReplicas {
-    Replicas& r;
-    ~FreeReplicas() { free_replicas(r); }
-  } free_dp{dp};
+  agree(world, [&] { split_replicas(world, cfg, dp); });
   ModelRunner runner(cfg, dp.replica, false, world);
   agree(world, [&] { refuse_classifier_text("generate", runner.spec().architecture); });
   // (the leaders validate the input and run their shares; every rank hears the verdicts)

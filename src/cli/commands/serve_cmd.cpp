@@ -219,7 +219,7 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
     if (!rest.empty()) throw Error(cat("unexpected argument '", rest[0], "'"));
     if (cfg.data_parallel_size > 1 && !cfg.uds.empty())
       throw Error("config: uds serves one replica: with data_parallel_size > 1 each replica serves on port + its index");
-    dp = split_replicas(world, cfg);
+    split_replicas(world, cfg, dp);
     if (!dp.leader()) return;
     // The HTTPS files are read before the model is loaded, so a wrong one costs no loading time.
     config_validate(cfg);
@@ -227,10 +227,6 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
     if (opt.port != 0) opt.port += dp.index;  // (replica r on port + r)
     if (opt.tls.enabled()) check_tls(opt.tls);
   });
-  struct FreeReplicas {
-    Replicas& r;
-    ~FreeReplicas() { free_replicas(r); }
-  } free_dp{dp};
   // mpirun forwards SIGTERM/SIGINT to every rank: only each replica's first rank acts on them.
   if (!dp.leader()) {
     std::signal(SIGINT, SIG_IGN);
