@@ -524,8 +524,11 @@ const std::vector<Option>& options() {
        }},
       {"data_parallel_size", Kind::Int,
        "vLLM's (-dp): replicas of the model, each tensor_parallel_size x pipeline_parallel_size ranks; llmserve generate "
-       "shares its requests among them, a server runs one per replica on port + its index (a load balancer in front)",
+       "shares its requests among them; the server on port routes each request to the replica with the fewest in flight",
        [](Config& c, const std::string& v) { c.data_parallel_size = parse_int32("data_parallel_size", v); }},
+      bool_option("data_parallel_external_lb", &Config::data_parallel_external_lb,
+                  "vLLM's: with data_parallel_size, each replica serves on port + its index, for a load balancer in front "
+                  "(no one endpoint)"),
       {"ssl_keyfile", Kind::String, "PEM private key of ssl_certfile (vLLM's; may be left out when ssl_certfile holds it)",
        [](Config& c, const std::string& v) { c.ssl_keyfile = v; }},
       {"ssl_certfile", Kind::String, "PEM certificate chain: serve HTTPS (TLS 1.2 and 1.3) instead of HTTP (vLLM's)",

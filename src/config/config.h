@@ -95,7 +95,10 @@ struct Config {
   bool trust_request_chat_template = false;  // vLLM's: requests may bring their own chat_template
   std::string default_chat_template_kwargs;  // JSON object: the chat template's keyword arguments by default (vLLM's)
   std::string chat_template_content_format = "auto";  // auto | string (a message's text parts joined, as vLLM's string)
-  int data_parallel_size = 1;  // vLLM's: replicas (llmserve generate only; cli/commands/data_parallel.h)
+  int data_parallel_size = 1;  // vLLM's: replicas (cli/commands/data_parallel.h)
+  // vLLM's: each replica serves on port + its index for a load balancer in front (else rank 0's server is
+  // the one endpoint and routes requests to the replicas: server/replica_router.h).
+  bool data_parallel_external_lb = false;
   // vLLM's HTTPS options (server/tls_context.h): PEM files, client certificates by Python's ssl.CERT_* (0 none,
   // 1 optional, 2 required), TLS 1.2 cipher list, and whether changed files are loaded for new connections.
   std::string ssl_keyfile, ssl_certfile, ssl_ca_certs, ssl_ciphers;

@@ -27,6 +27,7 @@
 #include "server/beam_search.h"
 #include "server/cors.h"
 #include "server/embeddings_api.h"
+#include "server/replica_router.h"
 #include "server/responses_api.h"
 #include "tokenizer/tokenizer.h"
 
@@ -112,6 +113,9 @@ struct SessionDeps {
   EngineService& engine;
   HttpCounters& hc;
   ResponsesStore& store;
+  ReplicaRouter* router;  // data_parallel_size's internal load balancing; null with one replica
+  const std::string& stop_token;       // an internal replica's: rank 0's server stops it with this
+  const std::function<void()>& stop;   // stops the server, as a signal does
 };
 
 template <class Stream>
@@ -146,6 +150,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   }
 
  private:
+  using Answer = std::function<void(int status, std::string body, const char* type)>;
+  enum class Api { Completion, Chat, Responses, Embeddings, Score, Rerank, Classify, Pooling };
   auto& lowest() { return beast::get_lowest_layer(stream_); }
 
   // HTTPS: the TLS handshake first, within the request timeout. A failed one (a plain-HTTP client, a
@@ -312,16 +318,26 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
       known = true;
       allowed = method == http::verb::post;
     }
+    // An internal replica's server (data_parallel_size): rank 0's server stops it when it stops.
+    if (!d_.stop_token.empty() && path == "/llmserve/stop" && method == http::verb::post &&
+        constant_time_equal(std::string(req_["X-Llmserve-Stop"]), d_.stop_token)) {
+      respond(200, "", false, "text/plain");
+      return d_.stop();
+    }
     if (!known) throw HttpError(404, cat("no route ", path), "NotFoundError");
     if (!allowed) throw HttpError(405, cat("method not allowed for ", path), "MethodNotAllowed");
     if (path.rfind("/v1/", 0) == 0) require_auth();
     if (path == "/health" || path == "/ping") {  // vLLM's /ping (GET or POST) answers as /health
+      if (d_.router && d_.engine.healthy()) return ask_replicas("/health");
       return respond(d_.engine.healthy() ? 200 : 503, "", req_.keep_alive(), "text/plain");
     }
     if (path == "/version") return respond(200, json_text(json{{"version", "0.1.0"}}), req_.keep_alive());
     // vLLM's /load: the generation and pooling requests in flight (0 without enable_server_load_tracking).
     if (path == "/load") return respond(200, json_text(json{{"server_load", d_.hc.load.load()}}), req_.keep_alive());
-    if (path == "/metrics") return respond(200, metrics(), req_.keep_alive(), "text/plain; version=0.0.4");
+    if (path == "/metrics") {
+      if (d_.router) return ask_replicas("/metrics");
+      return respond(200, metrics(), req_.keep_alive(), "text/plain; version=0.0.4");
+    }
     if (path == "/v1/models") return respond(200, json_text(models_response(d_.ctx)), req_.keep_alive());
     if (path == "/tokenize" || path == "/detokenize") return tokenize(path == "/tokenize");
     if (tokenizer_info) {
@@ -334,17 +350,156 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     if (path == "/invocations") {
       auto body = parse_json<nlohmann::ordered_json>(req_.body());
       const Api api = invocation_api(body);
-      return generate(api, std::move(body));
+      auto lease = route_to_replica(api);
+      if (lease && lease->index() != 0) return proxy(std::move(*lease));
+      return generate(api, std::move(body), std::move(lease));
     }
     const bool rerank = path == "/rerank" || path == "/v1/rerank" || path == "/v2/rerank";
-    generate(path == "/v1/chat/completions"           ? Api::Chat
+    const Api api = path == "/v1/chat/completions"           ? Api::Chat
              : path == "/v1/responses"                ? Api::Responses
              : path == "/v1/embeddings"               ? Api::Embeddings
              : path == "/score" || path == "/v1/score" ? Api::Score
              : rerank                                 ? Api::Rerank
              : path == "/classify"                    ? Api::Classify
              : path == "/pooling"                     ? Api::Pooling
-                                                      : Api::Completion);
+                                                      : Api::Completion;
+    auto lease = route_to_replica(api);
+    if (lease && lease->index() != 0) return proxy(std::move(*lease));
+    generate(api, std::nullopt, std::move(lease));
+  }
+
+  // ---- data_parallel_size: the replicas behind this server (server/replica_router.h) ----------
+  // The replica a generation or pooling request goes to, with internal load balancing: the one with the
+  // fewest requests in flight. The Responses API stays on this server, whose store holds its responses.
+  std::optional<ReplicaRouter::Lease> route_to_replica(Api api) {
+    if (!d_.router || api == Api::Responses) return std::nullopt;
+    return d_.router->pick();
+  }
+
+  // The request, as it came, to another replica's server; its answer relayed to the client byte for byte
+  // as it arrives (a stream's events as they are made). The replica's connection is closed after one
+  // answer, and so is the client's (the answer says so). A client that goes away closes the replica's
+  // connection: the replica aborts the request.
+  struct Proxied {
+    Proxied(ReplicaRouter::Lease l, const net::any_io_executor& ex) : lease(std::move(l)), resolver(ex), up(ex) {}
+    ReplicaRouter::Lease lease;
+    tcp::resolver resolver;
+    tcp::socket up;
+    http::request<http::string_body> req;
+    std::array<char, 16384> buf;
+    std::string head;  // the answer's first bytes, for its status
+    int status = 0;
+    bool relayed = false;  // some of the answer went to the client
+    std::optional<LoadCount> load;
+  };
+  void proxy(ReplicaRouter::Lease lease) {
+    auto p = std::make_shared<Proxied>(std::move(lease), stream_.get_executor());
+    proxy_ = p;
+    if (d_.opt.server_load_tracking) p->load.emplace(d_.hc.load);
+    p->req = req_;
+    p->req.erase(http::field::expect);  // (the body is here already: no 100 Continue from the replica)
+    p->req.keep_alive(false);
+    p->req.chunked(false);
+    p->req.prepare_payload();
+    const ReplicaAddress& a = d_.router->address(p->lease.index());
+    p->resolver.async_resolve(a.host, std::to_string(a.port), [self = shared_from_this(), p](beast::error_code ec,
+                                                                                            tcp::resolver::results_type found) {
+      if (self->proxy_ != p) return;
+      if (ec) return self->proxy_failed(p, ec);
+      net::async_connect(p->up, found, [self, p](beast::error_code cec, const tcp::endpoint&) {
+        if (self->proxy_ != p) return;
+        if (cec) return self->proxy_failed(p, cec);
+        http::async_write(p->up, p->req, [self, p](beast::error_code wec, size_t) {
+          if (self->proxy_ != p) return;
+          if (wec) return self->proxy_failed(p, wec);
+          p->req = {};
+          self->relay(p);
+        });
+      });
+    });
+    watch_disconnect();
+  }
+  void relay(const std::shared_ptr<Proxied>& p) {
+    p->up.async_read_some(net::buffer(p->buf), [self = shared_from_this(), p](beast::error_code ec, size_t n) {
+      if (self->proxy_ != p) return;
+      if (n == 0) {
+        if (!p->relayed) return self->proxy_failed(p, ec ? ec : net::error::eof);
+        self->log_access(p->status, false, p->lease.index());
+        self->proxy_.reset();
+        return self->close();  // (the replica's answer ended; it said Connection: close)
+      }
+      if (p->status == 0 && p->head.size() < 256) {
+        p->head.append(p->buf.data(), n);
+        p->status = answer_status(p->head);
+      }
+      p->relayed = true;
+      net::async_write(self->stream_, net::buffer(p->buf.data(), n), [self, p](beast::error_code wec, size_t) {
+        if (self->proxy_ != p) return;
+        if (wec) {
+          self->client_gone();
+          return self->close();
+        }
+        self->relay(p);
+      });
+    });
+  }
+  // The replica did not answer: a 503 when nothing reached the client yet, else its connection closed.
+  void proxy_failed(const std::shared_ptr<Proxied>& p, beast::error_code ec) {
+    const size_t r = p->lease.index();
+    const auto& a = d_.router->address(r);
+    log_warn("replica ", r, " (", a.host, ":", a.port, "): ", ec.message());
+    const bool relayed = p->relayed;
+    proxy_.reset();
+    if (relayed) return close();
+    respond(503, error_body(503, cat("data-parallel replica ", r, " did not answer: ", ec.message()), "ServiceUnavailableError"), false);
+  }
+
+  // GET /health or /metrics of every replica: /health 200 when every replica answers 200 (this one is
+  // healthy: the caller asked), else 503; /metrics every replica's metrics, with an engine label.
+  void ask_replicas(const char* path) {
+    http::request<http::string_body> ask(http::verb::get, path, 11);
+    ask.set(http::field::host, "localhost");
+    const bool health = std::string(path) == "/health";
+    std::string own = health ? std::string() : metrics();
+    fetch_from_replicas(stream_.get_executor(), *d_.router, ask, std::chrono::seconds(health ? 10 : 30),
+                        [self = shared_from_this(), health, own = std::move(own)](std::vector<ReplicaReply> replies) {
+                          std::vector<std::string> texts{own};
+                          bool all = true;
+                          for (size_t i = 0; i < replies.size(); ++i) {
+                            all = all && replies[i].status == 200;
+                            if (replies[i].status != 200)
+                              log_warn("replica ", i + 1, " answered GET ", health ? "/health" : "/metrics", " with ",
+                                       replies[i].status == 0 ? replies[i].body : std::to_string(replies[i].status));
+                            texts.push_back(replies[i].status == 200 ? replies[i].body : std::string());
+                          }
+                          if (health) return self->respond(all ? 200 : 503, "", self->req_.keep_alive(), "text/plain");
+                          self->respond(200, merge_replica_metrics(texts), self->req_.keep_alive(), "text/plain; version=0.0.4");
+                        });
+  }
+
+  // A runtime update's answer (runtime LoRA updating, /reset_prefix_cache) with the replicas behind this
+  // server: once this replica's engine answered 200, the same request goes to every other replica, and
+  // the client gets this one's answer when every replica's is a 200, else the first other one's.
+  Answer to_every_replica(Answer answer) {
+    if (!d_.router) return answer;
+    return [self = shared_from_this(), exec = stream_.get_executor(), answer](int status, std::string body, const char* type) {
+      if (status != 200) return answer(status, std::move(body), type);
+      net::post(exec, [self, answer, body = std::move(body), type]() mutable {
+        fetch_from_replicas(self->stream_.get_executor(), *self->d_.router, self->req_, std::chrono::seconds(600),
+                            [answer, body = std::move(body), type](std::vector<ReplicaReply> replies) mutable {
+                              for (size_t i = 0; i < replies.size(); ++i) {
+                                if (replies[i].status == 200) continue;
+                                log_warn("replica ", i + 1, " refused the update: ",
+                                         replies[i].status == 0 ? replies[i].body : std::to_string(replies[i].status));
+                                if (replies[i].status == 0)
+                                  return answer(503, error_body(503, cat("data-parallel replica ", i + 1, " did not answer: ", replies[i].body),
+                                                                "ServiceUnavailableError"), "application/json");
+                                return answer(replies[i].status, std::move(replies[i].body), "application/json");
+                              }
+                              answer(200, std::move(body), type);
+                            });
+      });
+    };
   }
 
   // POST /v1/load_lora_adapter {"lora_name", "lora_path"} and /v1/unload_lora_adapter {"lora_name"}, as
@@ -365,7 +520,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     if (!load && name.empty()) throw HttpError(400, "'lora_name' must be provided.", "InvalidUserInput", "lora_name");
     if (!load && !d_.ctx.loras->remove(name))  // (no new request finds it from here on)
       throw HttpError(404, cat("The lora adapter '", name, "' cannot be found."), "NotFoundError");
-    const auto answer = answer_later();
+    const auto answer = to_every_replica(answer_later());
     d_.engine.control(
         [answer, loras = d_.ctx.loras, name, path, load](Engine& e) {
           try {
@@ -388,7 +543,6 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   // What answers this request from the engine thread (EngineService::control), on the session's executor.
   // (The session is held until the answer: nothing else of it waits meanwhile. The engine thread calls
   // the control or its refusal, so it is answered.)
-  using Answer = std::function<void(int status, std::string body, const char* type)>;
   Answer answer_later() {
     return [self = shared_from_this(), exec = stream_.get_executor()](int status, std::string body, const char* type) {
       net::post(exec, [self, status, body = std::move(body), type]() mutable {
@@ -405,7 +559,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   // found by a later prompt any more; running requests go on (their blocks are freed when they end, so
   // vLLM's reset_running_requests changes nothing here). An empty 200, as vLLM's.
   void reset_cache() {
-    const auto answer = answer_later();
+    const auto answer = to_every_replica(answer_later());
     d_.engine.control(
         [answer](Engine& e) {
           log_info("prefix cache reset: ", e.reset_prefix_cache(), " cached blocks forgotten");
@@ -467,9 +621,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     std::string error;
     bool logged = false;  // its access line written
     std::optional<LoadCount> load;  // with enable_server_load_tracking
+    std::optional<ReplicaRouter::Lease> replica;  // this server's replica's turn (internal load balancing)
   };
 
-  enum class Api { Completion, Chat, Responses, Embeddings, Score, Rerank, Classify, Pooling };
   // vLLM's POST /invocations (SageMaker's route): the API whose request the body is, by the fields it
   // has, in vLLM's order: messages a chat, prompt a completion, input embeddings (the classify API on a
   // classifier), query with documents a rerank, text_1 / text_2 a score.
@@ -506,8 +660,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     return (r.embedding ? response_id_prefix(*r.embedding) : api == Api::Chat ? "chatcmpl-" : "cmpl-") + base;
   }
   // `parsed`: the body, when the route has read it already (/invocations).
-  void generate(Api api, std::optional<nlohmann::ordered_json> parsed = std::nullopt) {
+  void generate(Api api, std::optional<nlohmann::ordered_json> parsed, std::optional<ReplicaRouter::Lease> replica) {
     auto p = std::make_shared<Pending>();
+    p->replica = std::move(replica);
     const auto body = parsed ? std::move(*parsed) : parse_json<nlohmann::ordered_json>(req_.body());
     if (api == Api::Chat || api == Api::Responses || api == Api::Completion)
       check_generation_api(d_.ctx, api == Api::Chat ? "Chat Completions" : api == Api::Responses ? "Responses" : "Completions");
@@ -599,7 +754,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   void watch_disconnect() {
     hangup_timer_.cancel();  // (a watch of the connection's request before this one)
     lowest().socket().async_wait(net::socket_base::wait_read, [self = shared_from_this()](beast::error_code ec) {
-      if (!self->pending_ || !self->lowest().socket().is_open()) return;
+      if ((!self->pending_ && !self->proxy_) || !self->lowest().socket().is_open()) return;
       if (ec) return self->client_gone();
       char c;
       const ssize_t got = ::recv(self->lowest().socket().native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
@@ -616,7 +771,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     if (::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) return client_gone();
     hangup_timer_.expires_after(std::chrono::milliseconds(200));
     hangup_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
-      if (!ec && self->pending_ && self->lowest().socket().is_open()) self->watch_hangup();
+      if (!ec && (self->pending_ || self->proxy_) && self->lowest().socket().is_open()) self->watch_hangup();
     });
   }
 
@@ -630,6 +785,12 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   // written for them, and the access log says so with nginx's 499 (client closed request) unless the
   // answer was already logged (a stream whose last event was queued).
   void client_gone() {
+    if (auto p = std::move(proxy_)) {  // (the replica sees its connection close, and aborts)
+      beast::error_code ignored;
+      p->up.close(ignored);
+      p->resolver.cancel();
+      log_access(499, false, p->lease.index());
+    }
     if (!pending_) return;
     cancel_all();
     if (!pending_->logged) log_access(499);
@@ -781,8 +942,9 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     });
   }
 
-  void log_access(int status) {
-    (status < 400 ? d_.hc.ok : status < 500 ? d_.hc.client_errors : d_.hc.server_errors)++;
+  // `replica`: the data-parallel replica that answered (another's answers are counted in its own metrics).
+  void log_access(int status, bool counted = true, size_t replica = 0) {
+    if (counted) (status < 400 ? d_.hc.ok : status < 500 ? d_.hc.client_errors : d_.hc.server_errors)++;
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
     int64_t pt = 0, ct = 0;
     std::string id = "-";
@@ -797,7 +959,8 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     }
     if (d_.opt.access_log && !quiet_path())
       log_info("access ", std::string(req_.method_string()), " ", std::string(req_.target()), " ", status, " id=", id,
-               " prompt_tokens=", pt, " completion_tokens=", ct, " latency_ms=", static_cast<int64_t>(s * 1000));
+               " prompt_tokens=", pt, " completion_tokens=", ct, " latency_ms=", static_cast<int64_t>(s * 1000),
+               replica > 0 ? cat(" replica=", replica) : std::string());
   }
 
   // disable_access_log_for_endpoints: the request's route path (query and root_path left out) is one of them.
@@ -866,6 +1029,10 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   // The connection's end; HTTPS first sends its close_notify (waiting at most 5 s for the client's).
   void close() {
     cancel_all();
+    if (auto p = std::move(proxy_)) {
+      beast::error_code ignored;
+      p->up.close(ignored);
+    }
     hangup_timer_.cancel();
 #ifdef LLMSERVE_TLS
     if constexpr (kTls) {
@@ -892,6 +1059,7 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
   http::request<http::string_body> req_;
   const SessionDeps d_;
   std::shared_ptr<Pending> pending_;
+  std::shared_ptr<Proxied> proxy_;  // a request another replica answers
   std::string request_id_;  // this request's X-Request-Id response header (enable_request_id_headers)
   std::optional<HeaderList> preflight_headers_;  // a CORS preflight's answer's headers
   std::deque<std::string> writes_;
@@ -911,6 +1079,10 @@ struct HttpServer::Impl {
   HttpCounters hc;
   ResponsesStore store;
   const CorsPolicy cors;
+  std::unique_ptr<ReplicaRouter> router;
+  std::string replicas_stop_token;  // sent to the replicas' servers when this one stops
+  std::string stop_token;           // an internal replica's: accepted from rank 0's server
+  std::function<void()> stop;       // (set by run())
 #ifdef LLMSERVE_TLS
   std::optional<TlsContext> tls;
 #endif
@@ -948,7 +1120,7 @@ struct HttpServer::Impl {
   template <class Socket>
   void start_session(Socket s) {
     using Plain = beast::basic_stream<typename Socket::protocol_type>;
-    const SessionDeps deps{opt, cors, ctx, engine, hc, store};
+    const SessionDeps deps{opt, cors, ctx, engine, hc, store, router.get(), stop_token, stop};
 #ifdef LLMSERVE_TLS
     if (tls) {
       std::shared_ptr<net::ssl::context> c = tls->current();
@@ -957,6 +1129,12 @@ struct HttpServer::Impl {
     }
 #endif
     std::make_shared<Session<Plain>>(deps, nullptr, std::move(s))->start();
+  }
+
+  int port() const {
+    beast::error_code ec;
+    const auto ep = tcp_acceptor ? tcp_acceptor->local_endpoint(ec) : tcp::endpoint();
+    return ec ? 0 : ep.port();
   }
 
   void close_acceptors() {
@@ -1007,27 +1185,38 @@ HttpServer::~HttpServer() {
   if (!impl_->opt.uds.empty()) ::unlink(impl_->opt.uds.c_str());
 }
 
+int HttpServer::port() const { return impl_->port(); }
+
+void HttpServer::route_to(std::vector<ReplicaAddress> replicas, std::string stop_token) {
+  impl_->router = std::make_unique<ReplicaRouter>(std::move(replicas));
+  impl_->replicas_stop_token = std::move(stop_token);
+}
+
+void HttpServer::stop_on_request(std::string stop_token) { impl_->stop_token = std::move(stop_token); }
+
 void HttpServer::run() {
   Impl& s = *impl_;
   if (s.tcp_acceptor) s.accept(*s.tcp_acceptor);
   if (s.uds_acceptor) s.accept(*s.uds_acceptor);
   net::signal_set signals(s.ioc, SIGINT, SIGTERM);
-  signals.async_wait([&s](beast::error_code, int sig) {
-    log_info("signal ", sig, ": stopping (in-flight requests are aborted)");
+  std::atomic<bool> stopping{false};
+  s.stop = [&s, &stopping] {
+    if (stopping.exchange(true)) return;
     s.close_acceptors();
     s.engine.stop();  // aborts active requests; their clients get their final responses
     // Let the final writes go out, then stop the I/O threads.
     auto timer = std::make_shared<net::steady_timer>(s.ioc, std::chrono::milliseconds(500));
     timer->async_wait([&s, timer](beast::error_code) { s.ioc.stop(); });
+  };
+  signals.async_wait([&s](beast::error_code ec, int sig) {
+    if (ec) return;
+    log_info("signal ", sig, ": stopping (in-flight requests are aborted)");
+    s.stop();
   });
   const std::string scheme = s.opt.tls.enabled() ? "https" : "http";
-  if (s.uds_acceptor) {
-    log_info("serving ", s.ctx.model_names[0], " on ", scheme, " over the Unix socket ", s.opt.uds, " (OpenAI API under /v1; ",
-             s.opt.io_threads, " I/O threads)");
-  } else {
-    log_info("serving ", s.ctx.model_names[0], " on ", scheme, "://", s.opt.host, ":", s.opt.port, " (OpenAI API under /v1; ",
-             s.opt.io_threads, " I/O threads)");
-  }
+  const std::string where = s.uds_acceptor ? cat(scheme, " over the Unix socket ", s.opt.uds) : cat(scheme, "://", s.opt.host, ":", s.port());
+  log_info("serving ", s.ctx.model_names[0], " on ", where, " (OpenAI API under /v1; ", s.opt.io_threads, " I/O threads",
+           s.router ? cat("; requests shared by ", s.router->count(), " data-parallel replicas") : std::string(), ")");
   // A handler's exception comes out of run() (Asio's rule): the connection it served is dropped (its
   // handlers and session are gone with the exception), and the thread serves on.
   auto serve = [&s] {
@@ -1044,6 +1233,18 @@ void HttpServer::run() {
   for (int i = 1; i < s.opt.io_threads; ++i) threads.emplace_back(serve);
   serve();
   for (auto& t : threads) t.join();
+  if (!s.router) return;
+  // The replicas behind this server stop with it.
+  net::io_context io;
+  http::request<http::string_body> req(http::verb::post, "/llmserve/stop", 11);
+  req.set(http::field::host, "localhost");
+  req.set("X-Llmserve-Stop", s.replicas_stop_token);
+  fetch_from_replicas(io.get_executor(), *s.router, req, std::chrono::seconds(10), [](std::vector<ReplicaReply> replies) {
+    for (size_t i = 0; i < replies.size(); ++i)
+      if (replies[i].status != 200)
+        log_warn("replica ", i + 1, " did not take the stop: ", replies[i].status == 0 ? replies[i].body : std::to_string(replies[i].status));
+  });
+  io.run();
 }
 
 }  // namespace llmserve

@@ -9,6 +9,7 @@
 
 #include "server/engine_service.h"
 #include "server/openai_api.h"
+#include "server/replica_router.h"
 #include "server/tls_context.h"
 
 namespace llmserve {
@@ -54,6 +55,15 @@ class HttpServer {
   // Binds the address (throws Error when it cannot).
   HttpServer(const ServerOptions& opt, const ApiContext& ctx, EngineService& engine);
   ~HttpServer();
+  // The TCP port it listens on (the one the system chose for port 0); 0 on a Unix socket.
+  int port() const;
+  // data_parallel_size's internal load balancing (server/replica_router.h): the other replicas' servers,
+  // 1, 2, ..., which this one routes requests to beside its own engine. Before run().
+  // `stop_token`: what this server sends each of them when it stops, so that they stop too.
+  void route_to(std::vector<ReplicaAddress> replicas, std::string stop_token);
+  // An internal replica's server (internal load balancing): stops, as on a signal, when rank 0's server
+  // sends it POST /llmserve/stop with this token (X-Llmserve-Stop). Before run().
+  void stop_on_request(std::string stop_token);
   // Serves until SIGINT or SIGTERM, then stops accepting, aborts what is in flight and returns.
   void run();
 

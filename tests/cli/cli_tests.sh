@@ -181,8 +181,8 @@ check "data_parallel_size past 1 for logits" 1 "data_parallel_size 2 is not supp
   "$llmserve" logits "$work/good.yaml" --data-parallel-size 2 --prompt-ids 1
 check "data_parallel_size past 1 for run-batch" 1 "data_parallel_size 2 is not supported by llmserve run-batch" --once -- \
   "$mpirun" 2 "$llmserve" run-batch "$work/good.yaml" -dp 2 -i "$work/gen-dp.jsonl" -o "$work/rb-dp.jsonl"
-check "data_parallel_size with a Unix socket" 1 "uds serves one replica" --once -- \
-  "$mpirun" 2 "$llmserve" serve "$work/good.yaml" -dp 2 --uds "$work/dp.sock"
+check "data_parallel_external_lb with a Unix socket" 1 "uds serves one replica" --once -- \
+  "$mpirun" 2 "$llmserve" serve "$work/good.yaml" -dp 2 --data-parallel-external-lb --uds "$work/dp.sock"
 check "data_parallel_size 0" 1 "data_parallel_size must be >= 1, got 0" -- "$llmserve" config "$work/good.yaml" -dp 0
 check "llmserve config: the world of dp x tp x pp" 0 "^world_size=8\$" -- "$llmserve" config "$work/good.yaml" -dp 2 -tp 2 -pp 2
 # vLLM's CUDA-graph options: accepted on every backend (the CPU backend records no graphs), checked.

@@ -1849,10 +1849,57 @@ def main():
                   loads == [200, 200] and served_pp == offline_pp, (loads, served_pp, offline_pp))
         finally:
             rp.stop()
-        # vLLM's data_parallel_size: two replicas of 2-way tensor parallelism in one job, each a server of its
-        # own (port, port + 1) answering as the other does; SIGTERM to every rank, as mpirun forwards it,
-        # stops the job with exit code 0.
-        dps = Server("-dp", "2", np=4, tp=2)
+        # vLLM's data_parallel_size with internal load balancing (its default): rank 0's port is the one
+        # endpoint for two replicas; each request goes to the one with fewer in flight, the other's answers
+        # relayed as they are made (streams too), its errors as it gives them.
+        dpi = Server("-dp", "2", np=2, tp=1, env={"LLMSERVE_LOG_ALL_RANKS": "1", "VLLM_SERVER_DEV_MODE": "1"})
+        try:
+            body = {"prompt": "The quick brown fox", "max_tokens": 8, "temperature": 0}
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(lambda _: dpi.post("/v1/completions", body), range(6)))
+            texts = [a[1]["choices"][0]["text"] if a[0] == 200 else a for a in answers]
+            streamed = []
+            for _ in range(2):
+                st, chunks = dpi.stream_chunks("/v1/completions", {**body, "stream": True})
+                streamed.append("".join(c["choices"][0]["text"] for c in chunks) if st == 200 else st)
+            _, metrics = dpi.request("GET", "/metrics")
+            served = {e: sum(float(l.split()[-1]) for l in metrics.splitlines()
+                             if l.startswith(f'vllm:request_success_total{{engine="{e}",')) for e in ("0", "1")}
+            check("data_parallel_size 2, one endpoint: both replicas answer (their metrics under engine labels), alike, "
+                  "streams relayed",
+                  texts[0] != "" and texts == [texts[0]] * 6 and streamed == [texts[0]] * 2 and served["0"] > 0
+                  and served["1"] > 0 and served["0"] + served["1"] == 8, (texts, streamed, served))
+            bad = [dpi.request("POST", "/v1/completions", {"prompt": "x", "max_tokens": -3}) for _ in range(2)]
+            check("data_parallel_size 2: each replica's refusal reaches the client (OpenAI-style 400)",
+                  all(st == 400 and "'max_tokens' must be at least 1" in json.loads(out)["error"]["message"] for st, out in bad)
+                  and "[rank 1] access POST /v1/completions 400" in open(dpi.log.name).read(), bad)
+            # A client that goes away mid-stream: the replica that ran it aborts it (its 499).
+            for _ in range(4):
+                c = dpi.connect(30)
+                c.request("POST", "/v1/completions", body=json.dumps({"prompt": "Hello", "max_tokens": 480, "ignore_eos": True,
+                                                                      "stream": True}), headers={"Content-Type": "application/json"})
+                r = c.getresponse()
+                r.fp.readline()
+                r.close()
+                c.close()
+                time.sleep(0.5)
+                aborted = [l for l in open(dpi.log.name) if "[rank 1] access POST /v1/completions 499" in l]
+                if aborted:
+                    break
+            check("data_parallel_size 2: a client gone mid-stream is aborted on the replica that ran it",
+                  aborted and int(aborted[0].split("completion_tokens=")[1].split()[0]) < 480, aborted)
+            st, _ = dpi.request("POST", "/reset_prefix_cache")
+            log = open(dpi.log.name).read()
+            check("data_parallel_size 2: /reset_prefix_cache reaches every replica; /health asks them all",
+                  st == 200 and "[rank 1] prefix cache reset" in log and "[rank 0] prefix cache reset" in log
+                  and dpi.request("GET", "/health")[0] == 200 and "[rank 1] access GET /health 200" in log, st)
+        finally:
+            rc = dpi.stop()
+        check("data_parallel_size 2: SIGTERM to rank 0 alone stops every replica, exit code 0", rc == 0, rc)
+        # vLLM's data_parallel_external_lb: two replicas of 2-way tensor parallelism in one job, each a server
+        # of its own (port, port + 1) answering as the other does; SIGTERM to every rank, as mpirun forwards
+        # it, stops the job with exit code 0.
+        dps = Server("-dp", "2", "--data-parallel-external-lb", np=4, tp=2)
         try:
             port1 = dps.port + 1
             for _ in range(200):  # (replica 0 answers /health already: Server waited for it)
@@ -1870,7 +1917,7 @@ def main():
             c.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
             resp = c.getresponse()
             r1 = json.loads(resp.read().decode())
-            check("data_parallel_size 2: each replica serves on its own port and answers alike",
+            check("data_parallel_external_lb: each replica serves on its own port and answers alike",
                   resp.status == 200 and r0["choices"][0]["text"] == r1["choices"][0]["text"] != ""
                   and "replica 1 of 2" in open(dps.log.name).read(), (r0, r1))
         finally:
@@ -1886,7 +1933,7 @@ def main():
             except subprocess.TimeoutExpired:
                 dps.proc.kill()
                 rc = None
-        check("data_parallel_size 2: SIGTERM to the job's ranks stops every replica, exit code 0", rc == 0, rc)
+        check("data_parallel_external_lb: SIGTERM to the job's ranks stops every replica, exit code 0", rc == 0, rc)
     with open(a.log.name) as f:
         quiet = f.read()
     with open(s.log.name) as f:

@@ -1,7 +1,8 @@
 // vLLM's data_parallel_size: the MPI world as data_parallel_size replicas of the model, each
 // tensor_parallel_size x pipeline_parallel_size consecutive ranks (replica r: world ranks r x tp x pp and
 // on), each with its own engine on its first rank (its leader). `generate` gives each replica a share of
-// its requests; `serve` runs a server per replica (on port + r). run-batch and logits refuse it.
+// its requests; `serve` runs a server per replica, rank 0's routing requests to the others' (or each on port + r with
+// data_parallel_external_lb). run-batch and logits refuse it.
 #pragma once
 #include <mpi.h>
 

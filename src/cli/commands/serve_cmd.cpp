@@ -2,12 +2,14 @@
 // rank runs its pipeline stage and tensor shard. SIGINT/SIGTERM on rank 0 stops the server, aborts
 // what is in flight and shuts every rank down with exit code 0 (workers ignore the signal and wait for
 // rank 0's shutdown plan). With data_parallel_size > 1 each replica (cli/commands/data_parallel.h) is
-// such a server of its own on port + its index, its first rank in rank 0's part.
+// such a server of its own on its first rank: rank 0's on `port` routes requests to the others' (on
+// internal addresses: server/replica_router.h); with data_parallel_external_lb replica r serves on port + r.
 #include <unistd.h>
 
 #include <csignal>
 #include <cstdlib>
 #include <ctime>
+#include <random>
 #include <sstream>
 
 #include "chat/chat_template.h"
@@ -194,17 +196,58 @@ ServerOptions server_options(const Config& cfg) {
   return opt;
 }
 
-// Rank 0 logs where every replica serves (each replica's first rank runs its own server).
-void log_replicas(const Replicas& dp, const ServerOptions& opt) {
+// Each replica's first rank's host name, in replica order (collective over the replicas' first ranks).
+std::vector<std::string> replica_hosts(const Replicas& dp) {
   char host[256] = {0};
   gethostname(host, sizeof host - 1);
-  int me = 0;
-  MPI_Comm_rank(dp.leaders, &me);
-  std::vector<char> all(me == 0 ? sizeof host * static_cast<size_t>(dp.count) : 0);
-  MPI_Gather(host, sizeof host, MPI_CHAR, all.data(), sizeof host, MPI_CHAR, 0, dp.leaders);
-  for (int r = 0; r < static_cast<int>(all.size() / sizeof host); ++r)
-    log_info("replica ", r, " of ", dp.count, ": ", all.data() + r * sizeof host, " port ", opt.port == 0 ? 0 : opt.port - dp.index + r,
-             " (data_parallel_size: put a load balancer in front of the replicas)");
+  std::vector<char> all(sizeof host * static_cast<size_t>(dp.count));
+  MPI_Allgather(host, sizeof host, MPI_CHAR, all.data(), sizeof host, MPI_CHAR, dp.leaders);
+  std::vector<std::string> hosts;
+  for (int r = 0; r < dp.count; ++r) hosts.emplace_back(all.data() + static_cast<size_t>(r) * sizeof host);
+  return hosts;
+}
+
+// Internal load balancing: replica r > 0 serves rank 0's server only, on a port the system picks, over
+// plain HTTP (the API keys still checked): on the loopback when it shares rank 0's node, else on every
+// interface of its own.
+ServerOptions internal_server_options(ServerOptions opt, bool beside_rank0) {
+  opt.host = beside_rank0 ? "127.0.0.1" : "0.0.0.0";
+  opt.port = 0;
+  opt.uds.clear();
+  opt.tls = {};
+  return opt;
+}
+
+// Rank 0 learns where the other replicas' servers listen and routes to them (collective over the
+// replicas' first ranks); with external load balancing it logs where each serves.
+void connect_replicas(const Replicas& dp, const std::vector<std::string>& hosts, const Config& cfg, const ServerOptions& opt,
+                      HttpServer& server) {
+  int port = server.port();
+  std::vector<int> ports(static_cast<size_t>(dp.count));
+  MPI_Allgather(&port, 1, MPI_INT, ports.data(), 1, MPI_INT, dp.leaders);
+  // What rank 0's server sends the others' when it stops, so that they stop too (unguessable: their ports
+  // take requests from anyone who can reach them).
+  char token[33] = {0};
+  if (dp.index == 0) {
+    std::random_device rd;
+    for (int i = 0; i < 32; ++i) token[i] = "0123456789abcdef"[rd() % 16];
+  }
+  MPI_Bcast(token, sizeof token, MPI_CHAR, 0, dp.leaders);
+  if (!cfg.data_parallel_external_lb && dp.index != 0) server.stop_on_request(token);
+  if (dp.index != 0) return;
+  if (cfg.data_parallel_external_lb) {
+    for (int r = 0; r < dp.count; ++r)
+      log_info("replica ", r, " of ", dp.count, ": ", hosts[r], " port ", ports[r],
+               " (data_parallel_external_lb: put a load balancer in front of the replicas)");
+    return;
+  }
+  std::vector<ReplicaAddress> remote;
+  for (int r = 1; r < dp.count; ++r) {
+    remote.push_back({hosts[r] == hosts[0] ? "127.0.0.1" : hosts[r], ports[r]});
+    log_info("replica ", r, " of ", dp.count, ": ", hosts[r], ", its server on ", remote.back().host, ":", ports[r],
+             " (internal: requests reach it through ", opt.uds.empty() ? cat("port ", server.port()) : opt.uds, ")");
+  }
+  server.route_to(std::move(remote), token);
 }
 
 }  // namespace
@@ -213,18 +256,24 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
   Config cfg;
   ServerOptions opt;
   Replicas dp;
+  std::vector<std::string> hosts;  // each replica's first rank's host (data_parallel_size > 1)
   agree(world, [&] {
     std::vector<std::string> rest = config_parse_args(cfg, args);
     config_take_model_argument(cfg, rest);
     if (!rest.empty()) throw Error(cat("unexpected argument '", rest[0], "'"));
-    if (cfg.data_parallel_size > 1 && !cfg.uds.empty())
-      throw Error("config: uds serves one replica: with data_parallel_size > 1 each replica serves on port + its index");
+    if (cfg.data_parallel_size > 1 && cfg.data_parallel_external_lb && !cfg.uds.empty())
+      throw Error("config: uds serves one replica: with data_parallel_external_lb each replica serves on port + its index");
     split_replicas(world, cfg, dp);
     if (!dp.leader()) return;
+    if (dp.count > 1) hosts = replica_hosts(dp);  // (collective: before anything that may throw)
     // The HTTPS files are read before the model is loaded, so a wrong one costs no loading time.
     config_validate(cfg);
     opt = server_options(cfg);
-    if (opt.port != 0) opt.port += dp.index;  // (replica r on port + r)
+    if (dp.count > 1 && cfg.data_parallel_external_lb) {
+      if (opt.port != 0) opt.port += dp.index;  // (replica r on port + r)
+    } else if (dp.index > 0) {
+      opt = internal_server_options(opt, hosts[static_cast<size_t>(dp.index)] == hosts[0]);
+    }
     if (opt.tls.enabled()) check_tls(opt.tls);
   });
   // mpirun forwards SIGTERM/SIGINT to every rank: only each replica's first rank acts on them.
@@ -250,7 +299,7 @@ int cmd_serve(const std::vector<std::string>& args, MPI_Comm world) {
     Worker(runner).loop();
     return 0;
   }
-  if (dp.count > 1) log_replicas(dp, opt);
+  if (dp.count > 1) connect_replicas(dp, hosts, cfg, opt, *server);
   server->run();
   service->stop();
   engine->shutdown();
