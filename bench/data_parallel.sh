@@ -2,7 +2,8 @@
 # data_parallel_size behind one endpoint (internal load balancing) against one replica, and against the same
 # replicas each on its own port with the client sharing the requests itself (data_parallel_external_lb: no
 # relay through rank 0). CPU backend, one core a rank (OMP_NUM_THREADS=1), the tiny Qwen2 fixture model
-# unless MODEL is given. Prints output tokens/s of each and the ratios.
+# unless MODEL is given; BACKEND=cuda with EXTRA="--gpu-memory-utilization 0.4" runs the replicas on GPUs
+# (on one GPU they share it). Prints output tokens/s of each and the ratios.
 #   bench/data_parallel.sh [BUILD_DIR] [REQUESTS] [MAX_TOKENS] [CONCURRENCY]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,8 +22,8 @@ run() {  # name np extra-args...
   shift 2
   local port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$root/tests/mpirun.sh" "$np" "$build/llmserve" --model "$model" --backend cpu --host 127.0.0.1 --port "$port" \
-    --max-model-len 512 --max-num-seqs 256 "$@" >"/tmp/llmserve-dp-$name.log" 2>&1 &
+  "$root/tests/mpirun.sh" "$np" "$build/llmserve" --model "$model" --backend "${BACKEND:-cpu}" --host 127.0.0.1 --port "$port" \
+    --max-model-len 512 --max-num-seqs 256 ${EXTRA:-} "$@" >"/tmp/llmserve-dp-$name.log" 2>&1 &
   local pid=$!
   python3 - "$name" "$port" "$np" "$requests" "$max_tokens" "$concurrency" "$*" <<'PY'
 import concurrent.futures, http.client, json, sys, time
@@ -57,7 +58,7 @@ dt = time.perf_counter() - t
 print(f"{name}: {tokens} tokens in {dt:.2f} s: {tokens / dt:.0f} output tokens/s")
 open(f"/tmp/llmserve-dp-{name}.rate", "w").write(f"{tokens / dt}\n")
 PY
-  kill -TERM $(pgrep -f "llmserve --model $model --backend cpu --host 127.0.0.1 --port $port") 2>/dev/null || true
+  kill -TERM $(pgrep -f "llmserve --model $model --backend ${BACKEND:-cpu} --host 127.0.0.1 --port $port") 2>/dev/null || true
   wait $pid 2>/dev/null || true
 }
 
