@@ -8,7 +8,7 @@
 #   LLMSERVE_LAUNCHER     srun (default; needs Slurm built with PMIx) or mpirun (Open MPI inside the job)
 #   LLMSERVE_TP / LLMSERVE_PP  layout (default: tp = tasks per node, pp = nodes); they override the config
 #   LLMSERVE_DP           data-parallel replicas (default 1), each of tasks / dp ranks (tp defaults to as many
-#                         of them as fit on a node): generate shares its input among them, the server on
+#                         of them as fit on a node): generate and run-batch share their input among them, the server on
 #                         port routes requests to them
 #   LLMSERVE_PORT         HTTP port (default 8000; overrides the config)
 #   LLMSERVE_LOG_DIR      per-job logs (default: $LLMSERVE_HOME/logs)

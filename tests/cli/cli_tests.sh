@@ -179,8 +179,6 @@ check "data_parallel_size against the world's size" 1 "pipeline_parallel_size \\
 [ -e "$work/gen-dp-bad.jsonl" ] && { failed=$((failed + 1)); echo "FAIL data_parallel_size error left an output file"; }
 check "data_parallel_size past 1 for logits" 1 "data_parallel_size 2 is not supported by llmserve logits: it runs one replica" -- \
   "$llmserve" logits "$work/good.yaml" --data-parallel-size 2 --prompt-ids 1
-check "data_parallel_size past 1 for run-batch" 1 "data_parallel_size 2 is not supported by llmserve run-batch" --once -- \
-  "$mpirun" 2 "$llmserve" run-batch "$work/good.yaml" -dp 2 -i "$work/gen-dp.jsonl" -o "$work/rb-dp.jsonl"
 check "data_parallel_external_lb with a Unix socket" 1 "uds serves one replica" --once -- \
   "$mpirun" 2 "$llmserve" serve "$work/good.yaml" -dp 2 --data-parallel-external-lb --uds "$work/dp.sock"
 check "data_parallel_size 0" 1 "data_parallel_size must be >= 1, got 0" -- "$llmserve" config "$work/good.yaml" -dp 0
@@ -623,6 +621,25 @@ sys.exit(0 if ok else 1)
 PY
 then passed=$((passed + 1)); echo "PASS run-batch: statuses, bodies equal to generate's greedy texts, errors as the server's"
 else failed=$((failed + 1)); echo "FAIL run-batch output"; cat "$work/batch-out.jsonl" | head -c 2000; fi
+# run-batch with data_parallel_size 2 (two replicas of the same 2-way layout): every line answered as one
+# replica answers it, in input order (the generated ids and times aside), refusals included.
+check "run-batch: data_parallel_size 2" 0 "7 lines, 3 answered, 4 refused or failed; [0-9]+ steps \\(replica 0's\\)" -- \
+  "$mpirun" 4 "$llmserve" run-batch "$work/good.yaml" -dp 2 -tp 2 -i "$work/batch.jsonl" -o "$work/batch-dp-out.jsonl"
+if python3 - "$work" <<'PY'
+import json, sys
+w = sys.argv[1]
+def plain(o):
+    o = json.loads(o)
+    o.pop("id"); o["response"].pop("request_id")
+    if o["response"]["body"]:
+        o["response"]["body"].pop("id"); o["response"]["body"].pop("created")
+    return o
+one = [plain(l) for l in open(f"{w}/batch-out.jsonl")]
+two = [plain(l) for l in open(f"{w}/batch-dp-out.jsonl")]
+sys.exit(0 if one == two and len(one) == 7 else 1)
+PY
+then passed=$((passed + 1)); echo "PASS run-batch: data_parallel_size 2 answers every line as one replica"
+else failed=$((failed + 1)); echo "FAIL run-batch data_parallel_size 2 output"; head -c 2000 "$work/batch-dp-out.jsonl"; fi
 # run-batch with the pooling runner (convert embed: tiny-qwen2's last position, normalized): embeddings
 # lines answered (the text's vector equal to its token ids'), score and rerank lines answered with the
 # cosine similarities of those vectors, text APIs, other URLs and a 2:3 score refused.

@@ -1,5 +1,6 @@
 #include "cli/commands/data_parallel.h"
 
+#include <cstdint>
 #include <utility>
 
 #include "common/error.h"
@@ -12,6 +13,36 @@ Replicas& Replicas::operator=(Replicas&& o) noexcept {
   std::swap(replica, o.replica);
   std::swap(leaders, o.leaders);
   return *this;
+}
+
+std::vector<std::string> gather_replica_lines(const Replicas& dp, const std::vector<std::string>& mine, size_t total,
+                                              const char* command) {
+  std::string text;
+  for (const auto& l : mine) text += l + "\n";
+  int me = 0;
+  MPI_Comm_rank(dp.leaders, &me);
+  const int64_t len = static_cast<int64_t>(text.size());
+  std::vector<int64_t> lens(me == 0 ? dp.count : 0);
+  MPI_Gather(&len, 1, MPI_INT64_T, lens.data(), 1, MPI_INT64_T, 0, dp.leaders);
+  int64_t sum = 0;
+  for (int64_t l : lens) sum += l;
+  MPI_Bcast(&sum, 1, MPI_INT64_T, 0, dp.leaders);
+  if (sum > INT32_MAX) throw Error(cat(command, ": the replicas' outputs pass 2 GiB together; split the input"));
+  std::vector<int> counts(lens.begin(), lens.end()), at(lens.size());
+  for (size_t r = 1; r < at.size(); ++r) at[r] = at[r - 1] + counts[r - 1];
+  std::string all(static_cast<size_t>(me == 0 ? sum : 0), '\0');
+  MPI_Gatherv(text.data(), static_cast<int>(len), MPI_CHAR, all.data(), counts.data(), at.data(), MPI_CHAR, 0, dp.leaders);
+  std::vector<std::string> out(me == 0 ? total : 0);
+  for (size_t r = 0; r < counts.size(); ++r) {
+    size_t pos = static_cast<size_t>(at[r]), i = r;
+    const size_t end = pos + static_cast<size_t>(counts[r]);
+    for (; pos < end; i += static_cast<size_t>(dp.count)) {
+      const size_t nl = all.find('\n', pos);
+      out.at(i) = all.substr(pos, nl - pos);
+      pos = nl + 1;
+    }
+  }
+  return out;
 }
 
 Replicas::~Replicas() {

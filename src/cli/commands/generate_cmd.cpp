@@ -38,38 +38,6 @@ struct Job {
   size_t index = 0;    // among the file's requests (the output's order)
 };
 
-// Rank 0 gets every leader's output lines (each leader's in its requests' order, ending in a line break),
-// and returns them in request order: request i is replica i % count's (i / count)-th. Collective over the
-// leaders; every leader throws the same Error when the text would pass MPI's int counts (2 GiB in all).
-std::vector<std::string> gather_lines(const Replicas& dp, const std::vector<std::string>& mine, size_t total) {
-  std::string text;
-  for (const auto& l : mine) text += l + "\n";
-  int me = 0;
-  MPI_Comm_rank(dp.leaders, &me);
-  const int64_t len = static_cast<int64_t>(text.size());
-  std::vector<int64_t> lens(me == 0 ? dp.count : 0);
-  MPI_Gather(&len, 1, MPI_INT64_T, lens.data(), 1, MPI_INT64_T, 0, dp.leaders);
-  int64_t sum = 0;
-  for (int64_t l : lens) sum += l;
-  MPI_Bcast(&sum, 1, MPI_INT64_T, 0, dp.leaders);
-  if (sum > INT32_MAX) throw Error("generate: the replicas' outputs pass 2 GiB together; split the input");
-  std::vector<int> counts(lens.begin(), lens.end()), at(lens.size());
-  for (size_t r = 1; r < at.size(); ++r) at[r] = at[r - 1] + counts[r - 1];
-  std::string all(static_cast<size_t>(me == 0 ? sum : 0), '\0');
-  MPI_Gatherv(text.data(), static_cast<int>(len), MPI_CHAR, all.data(), counts.data(), at.data(), MPI_CHAR, 0, dp.leaders);
-  std::vector<std::string> out(me == 0 ? total : 0);
-  for (size_t r = 0; r < counts.size(); ++r) {
-    size_t pos = static_cast<size_t>(at[r]), i = r;
-    const size_t end = pos + static_cast<size_t>(counts[r]);
-    for (; pos < end; i += static_cast<size_t>(dp.count)) {
-      const size_t nl = all.find('\n', pos);
-      out.at(i) = all.substr(pos, nl - pos);
-      pos = nl + 1;
-    }
-  }
-  return out;
-}
-
 ojson top_json(const TokenLogprob& lp, const Tokenizer* tok) {
   ojson top = ojson::array();
   for (const auto& [id, v] : lp.top) top.push_back({{"token_id", id}, {"token", tok ? tok->id_to_token(id) : ""}, {"logprob", v}});
@@ -198,7 +166,7 @@ int cmd_generate(const std::vector<std::string>& args, MPI_Comm world) {
   });
   if (dp.count > 1) {
     std::vector<std::string> all;
-    agree(dp.leaders, [&] { all = gather_lines(dp, lines, total); });
+    agree(dp.leaders, [&] { all = gather_replica_lines(dp, lines, total, "generate"); });
     double sums[2] = {static_cast<double>(gen_tokens), seconds}, got[2] = {0, 0};
     MPI_Reduce(&sums[0], &got[0], 1, MPI_DOUBLE, MPI_SUM, 0, dp.leaders);
     MPI_Reduce(&sums[1], &got[1], 1, MPI_DOUBLE, MPI_MAX, 0, dp.leaders);

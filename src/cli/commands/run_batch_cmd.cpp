@@ -6,7 +6,8 @@
 // the body the server would answer, or, for a line the server would refuse (or that fails while it
 // runs), status_code 400 (404 for an unknown model), body null and the error the server would send.
 // The requests run together with continuous batching; the output file appears whole when all have
-// finished.
+// finished. With data_parallel_size > 1 each replica's first rank reads every line and runs every
+// data_parallel_size-th one (cli/commands/data_parallel.h); rank 0 writes all of them, in input order.
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -93,10 +94,12 @@ int cmd_run_batch(const std::vector<std::string>& args, MPI_Comm world) {
   std::string input, output;
   agree(world, [&] {
     parse_batch_args(args, "run-batch", {"-i", "--input-file"}, {"-o", "--output-file"}, rank == 0, cfg, input, output);
-    refuse_data_parallel(cfg, "run-batch");
   });
-  ModelRunner runner(cfg, world);
-  if (rank != 0) return batch_worker(runner, world);
+  Replicas dp;
+  agree(world, [&] { split_replicas(world, cfg, dp); });
+  ModelRunner runner(cfg, dp.replica, false, world);
+  // (the leaders read the input and run their shares; every rank hears the verdicts)
+  if (!dp.leader()) return batch_worker(runner, world);
   std::unique_ptr<Tokenizer> tok;
   std::unique_ptr<ChatTemplate> chat;
   ApiContext ctx;
@@ -111,9 +114,13 @@ int cmd_run_batch(const std::vector<std::string>& args, MPI_Comm world) {
     if (lines.empty()) throw Error(cat("run-batch: '", input, "' has no requests"));
   });
 
+  // This replica's lines: every count-th from its index.
+  std::vector<size_t> mine;
+  for (size_t i = static_cast<size_t>(dp.index); i < lines.size(); i += static_cast<size_t>(dp.count)) mine.push_back(i);
+  if (dp.count > 1) log_info("run-batch: replica ", dp.index, " of ", dp.count, " runs ", mine.size(), " of the ", lines.size(), " lines");
   Engine engine(runner, tok.get(), static_cast<uint64_t>(cfg.seed));
   BatchLoop loop(engine, tok.get(), ctx.eos_ids);
-  for (size_t i = 0; i < lines.size(); ++i) {
+  for (const size_t i : mine) {
     BatchLine& l = lines[i];
     if (!l.error.is_null()) continue;
     l.outputs.resize(l.req.prompts.size());
@@ -135,9 +142,10 @@ int cmd_run_batch(const std::vector<std::string>& args, MPI_Comm world) {
   });
   engine.shutdown();
   agree(world, [] {});
-  std::string text;
-  size_t failed = 0;
-  for (const BatchLine& l : lines) {
+  std::vector<std::string> out;
+  int64_t failed = 0;
+  for (const size_t i : mine) {
+    const BatchLine& l = lines[i];
     json body = nullptr;
     if (l.error.is_null()) {
       body = l.req.embedding ? embedding_response(random_id(response_id_prefix(*l.req.embedding)), l.req, ctx, l.outputs)
@@ -150,11 +158,23 @@ int cmd_run_batch(const std::vector<std::string>& args, MPI_Comm world) {
                     {"custom_id", l.custom_id},
                     {"response", {{"status_code", l.status}, {"request_id", random_id("batch-")}, {"body", body}}},
                     {"error", l.error}};
-    text += json_text(o) + "\n";
+    out.push_back(json_text(o));
   }
-  write_file_atomic(output, text);
-  log_info("run-batch: ", lines.size(), " lines, ", lines.size() - failed, " answered, ", failed, " refused or failed; ",
-           engine.steps(), " steps");
+  if (dp.count > 1) {
+    std::vector<std::string> all;
+    agree(dp.leaders, [&] { all = gather_replica_lines(dp, out, lines.size(), "run-batch"); });
+    out = std::move(all);
+    int64_t sum = 0;
+    MPI_Reduce(&failed, &sum, 1, MPI_INT64_T, MPI_SUM, 0, dp.leaders);
+    failed = sum;
+  }
+  if (rank == 0) {
+    std::string text;
+    for (const auto& l : out) text += l + "\n";
+    write_file_atomic(output, text);
+    log_info("run-batch: ", lines.size(), " lines, ", static_cast<int64_t>(lines.size()) - failed, " answered, ", failed,
+             " refused or failed; ", engine.steps(), " steps", dp.count > 1 ? cat(" (replica 0's)") : std::string());
+  }
   return 0;
 }
 
