@@ -284,6 +284,7 @@ uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& 
     seqs.push_back(std::move(s));
   }
   r.unfinished = params.n;
+  r.arrived = std::chrono::steady_clock::now();
   const uint64_t id = r.id;
   requests_[id] = std::move(r);
   int32_t slot = 0;
@@ -387,6 +388,7 @@ void Engine::handle_results(const std::vector<SampledToken>& tokens, std::vector
     Request& r = requests_.at(so.request_id);
     r.cached_tokens = std::max<int64_t>(r.cached_tokens, s->num_cached_tokens);
     touch(r, touched);
+    note_token(r);
     const SamplingParams& p = r.params;
     so.out.token_ids.push_back(t.token);
     if (p.logprobs >= 0) {
@@ -437,6 +439,7 @@ void Engine::finish_pooled(const SampledToken& t, std::vector<uint64_t>& touched
   Request& r = requests_.at(so->second.request_id);
   r.cached_tokens = std::max<int64_t>(r.cached_tokens, s->num_cached_tokens);
   r.embedding = t.pooled;
+  note_token(r);
   if (r.params.pooling == Pooling::Mean && t.rank > 0)
     for (float& x : r.embedding) x /= static_cast<float>(t.rank);
   finish_seq(t.seq_id, r.aborted ? "abort" : "stop", "", touched);
@@ -479,6 +482,26 @@ bool Engine::stream_due(const Request& r) const {
   return false;
 }
 
+void Engine::note_scheduled(const StepPlan& plan) {
+  std::chrono::steady_clock::time_point now{};
+  for (const SeqStep& s : plan.seqs) {
+    const auto so = seq_out_.find(s.seq_id);
+    if (so == seq_out_.end()) continue;
+    const auto r = requests_.find(so->second.request_id);
+    if (r == requests_.end() || r->second.ran) continue;
+    if (now == std::chrono::steady_clock::time_point{}) now = std::chrono::steady_clock::now();
+    r->second.scheduled = now;
+    r->second.ran = true;
+  }
+}
+
+void Engine::note_token(Request& r) {
+  const auto now = std::chrono::steady_clock::now();
+  if (!r.produced) r.first_token = now;
+  r.produced = true;
+  r.last_token = now;
+}
+
 RequestOutput Engine::snapshot(Request& r) {
   RequestOutput o;
   o.request_id = r.id;
@@ -490,6 +513,23 @@ RequestOutput Engine::snapshot(Request& r) {
   for (const auto& s : r.params.stop) max_stop = std::max(max_stop, s.size());
   o.finished = r.unfinished == 0;
   if (o.finished) o.error = r.error;
+  if (o.finished) {
+    const auto now = std::chrono::steady_clock::now();
+    auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
+    RequestStats st;
+    st.queued = secs(r.arrived, r.ran ? r.scheduled : now);
+    if (r.ran && r.produced) {
+      st.prefill = secs(r.scheduled, r.first_token);
+      st.decode = secs(r.first_token, r.last_token);
+      st.inference = secs(r.scheduled, r.last_token);
+    }
+    for (uint64_t sid : r.seqs) {
+      const int64_t n = static_cast<int64_t>(seq_out_.at(sid).out.token_ids.size());
+      st.generation_tokens += n;
+      st.max_sequence_tokens = std::max(st.max_sequence_tokens, n);
+    }
+    o.stats = st;
+  }
   if (o.finished) o.embedding = r.embedding;
   const bool delta = r.params.output_kind == OutputKind::Delta;
   o.outputs.reserve(r.seqs.size());
@@ -543,6 +583,7 @@ void accumulate_output(RequestOutput& acc, RequestOutput&& d) {
   if (d.prompt_logprobs) acc.prompt_logprobs = std::move(d.prompt_logprobs);
   acc.finished = d.finished;
   acc.error = std::move(d.error);
+  if (d.stats) acc.stats = d.stats;
   if (!d.embedding.empty()) acc.embedding = std::move(d.embedding);
   for (size_t k = 0; k < d.outputs.size(); ++k) {
     CompletionOutput& c = d.outputs[k];
@@ -619,6 +660,7 @@ std::vector<RequestOutput> Engine::step() {
   // Every request done: a step still running only holds tokens planned ahead for finished sequences.
   while (executor_ && requests_.empty() && in_flight_ > 0) collect_async();
   times_.total += seconds_since(t_step);
+  last_step_tokens_ = step_tokens;
   if (debug && step_tokens > 0) {
     // Where this call's time went (the per-step form of `generate`'s summary line), in microseconds.
     const StepTimes now = step_times();
@@ -655,6 +697,7 @@ void Engine::step_sync(int64_t& step_tokens, std::vector<uint64_t>& touched) {
     StepPlan plan = sched_.schedule(per_plan);
     times_.schedule += seconds_since(t_sched);
     if (plan.seqs.empty() && plan.swap_in.empty() && plan.swap_out.empty()) break;
+    note_scheduled(plan);
     attach_lora_loads(plan);
     step_tokens += plan.num_tokens();
     auto tokens = dispatch(plan);
@@ -688,6 +731,7 @@ void Engine::step_async(int64_t& step_tokens, std::vector<uint64_t>& touched) {
     StepPlan plan = sched_.schedule();
     times_.schedule += seconds_since(t_sched);
     if (!plan.seqs.empty() || !plan.swap_in.empty() || !plan.swap_out.empty()) {
+      note_scheduled(plan);
       attach_lora_loads(plan);
       step_tokens += plan.num_tokens();
       ++steps_;

@@ -6,10 +6,12 @@
 // next step is planned while one runs, its decodes fed the tokens that step samples; a sequence that
 // turns out to have finished wastes the one token planned ahead for it (as vLLM's).
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -52,6 +54,16 @@ struct CompletionOutput {
   bool finished() const { return !finish_reason.empty(); }
 };
 
+// A finished request's timeline, as vLLM's FinishedRequestStats (its request-level metrics), in seconds:
+// from its arrival to its first step (queued), its first step to its first token (prefill; an embedding
+// request's vector counts as its token), its first to its last token (decode), its first step to its
+// last token (inference); and its sizes. A request that never ran has only `queued` (to its end).
+struct RequestStats {
+  double queued = 0, prefill = 0, decode = 0, inference = 0;
+  int64_t generation_tokens = 0;      // all its sequences'
+  int64_t max_sequence_tokens = 0;    // its longest sequence's
+};
+
 struct RequestOutput {
   uint64_t request_id = 0;
   int64_t prompt_tokens = 0;
@@ -68,6 +80,7 @@ struct RequestOutput {
   // (the last position's, the mean, or the first's), float32, neither truncated nor normalized. Its
   // `outputs` hold one entry, finish_reason "stop", no tokens.
   std::vector<float> embedding;
+  std::optional<RequestStats> stats;  // in its finished output
 };
 
 // Adds an OutputKind::Delta output to `acc`, the request's outputs so far in cumulative form (empty
@@ -134,6 +147,8 @@ class Engine {
   // theirs). Between steps; returns how many blocks were cached.
   int64_t reset_prefix_cache() { return sched_.reset_prefix_cache(); }
   int64_t steps() const { return steps_; }
+  // The tokens the last step() call planned (prompt and generated: vLLM's iteration_tokens_total).
+  int64_t last_step_tokens() const { return last_step_tokens_; }
   // The most micro-batches that were in flight at once (pipeline parallelism).
   int max_in_flight() const { return max_in_flight_; }
   // Where rank 0's time went, summed over step() calls (seconds): all of step(), scheduling, handling
@@ -174,7 +189,14 @@ class Engine {
     std::shared_ptr<std::vector<TokenLogprob>> prompt_logprobs;  // filled in position order
     std::vector<float> embedding;  // a pooling request's, once its vector is back
     int64_t touched_at = -1;  // the step() call that last listed it as changed
+    // Its timeline (RequestStats): arrival, its first step, its first and its last token.
+    std::chrono::steady_clock::time_point arrived, scheduled, first_token, last_token;
+    bool ran = false, produced = false;
   };
+  // Marks the plan's requests that run for the first time.
+  void note_scheduled(const StepPlan& plan);
+  // A token (or a pooled vector) for r: its first and last token times.
+  static void note_token(Request& r);
   // Sends a plan on its way and runs rank 0's part; returns the sampled tokens when rank 0 is also
   // the last stage.
   std::vector<SampledToken> dispatch(StepPlan& plan);
@@ -251,6 +273,7 @@ class Engine {
   int in_flight_ = 0, max_in_flight_ = 0;
   uint64_t next_request_ = 1, next_seq_ = 1;
   int64_t steps_ = 0;
+  int64_t last_step_tokens_ = 0;
   int64_t step_calls_ = 0;  // step() calls (touched_at marks)
   StepTimes times_;
   std::unordered_map<uint64_t, Request> requests_;

@@ -7,7 +7,43 @@
 
 namespace llmserve {
 
-EngineService::EngineService(Engine& engine) : engine_(engine) {
+namespace {
+// vLLM's buckets of a request's phases (request_latency_buckets), in seconds.
+std::vector<double> phase_buckets() {
+  return {0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
+}
+}  // namespace
+
+EngineCounters::EngineCounters(int64_t max_model_len)
+    : queue_time(phase_buckets()),
+      prefill_time(phase_buckets()),
+      decode_time(phase_buckets()),
+      inference_time(phase_buckets()),
+      request_prompt_tokens(buckets_1_2_5(max_model_len)),
+      request_generation_tokens(buckets_1_2_5(max_model_len)),
+      request_max_generation_tokens(buckets_1_2_5(max_model_len)),
+      request_params_max_tokens(buckets_1_2_5(max_model_len)),
+      request_params_n({1, 2, 5, 10, 20}),
+      iteration_tokens({1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384}) {}
+
+void EngineService::count_finished(const EngineJob& job, const RequestOutput& out) {
+  ++counters_.requests_finished;
+  const std::string reason = out.outputs.empty() ? std::string("abort") : out.outputs[0].finish_reason;
+  (reason == "stop" ? counters_.finished_stop : reason == "length" ? counters_.finished_length : counters_.finished_abort)++;
+  if (!out.stats) return;
+  const RequestStats& s = *out.stats;
+  counters_.queue_time.observe(s.queued);
+  counters_.prefill_time.observe(s.prefill);
+  counters_.decode_time.observe(s.decode);
+  counters_.inference_time.observe(s.inference);
+  counters_.request_prompt_tokens.observe(static_cast<double>(job.prompt.size()));
+  counters_.request_generation_tokens.observe(static_cast<double>(s.generation_tokens));
+  counters_.request_max_generation_tokens.observe(static_cast<double>(s.max_sequence_tokens));
+  counters_.request_params_n.observe(job.params.n);
+  if (job.params.pooling == Pooling::None) counters_.request_params_max_tokens.observe(job.params.max_tokens);
+}
+
+EngineService::EngineService(Engine& engine) : engine_(engine), counters_(engine.scheduler().config().max_model_len) {
   counters_.kv_total = engine.scheduler().blocks().num_blocks();
   deliver_thread_ = std::thread([this] { deliver_loop(); });
   thread_ = std::thread([this] { run(); });
@@ -155,21 +191,20 @@ void EngineService::run() {
         if (stopping || j->cancelled->load()) engine_.abort(id);
       if (engine_.has_unfinished()) {
         auto outs = engine_.step();
+        if (engine_.last_step_tokens() > 0) counters_.iteration_tokens.observe(static_cast<double>(engine_.last_step_tokens()));
         const auto t_post = std::chrono::steady_clock::now();
         for (auto& out : outs) {
           auto it = active_.find(out.request_id);
           if (it == active_.end()) continue;
           for (const auto& c : out.outputs) counters_.generation_tokens += static_cast<int64_t>(c.delta_tokens);
           const bool finished = out.finished;
+          if (finished) count_finished(*it->second, out);
           if (!out.error.empty()) {
             error_to(it->second, 400, out.error);  // (the request failed; the others go on)
           } else {
             batch.push_back({it->second, std::move(out), false, 0, {}});
           }
-          if (finished) {
-            ++counters_.requests_finished;
-            active_.erase(it);
-          }
+          if (finished) active_.erase(it);
         }
         const size_t handed = batch.size();
         deliver(std::move(batch));

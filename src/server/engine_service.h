@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "server/histogram.h"
 
 namespace llmserve {
 
@@ -32,8 +33,17 @@ struct EngineJob {
 };
 
 struct EngineCounters {
+  // `max_model_len`: the top of the token-count histograms' buckets.
+  explicit EngineCounters(int64_t max_model_len);
   std::atomic<int64_t> running{0}, waiting{0}, swapped{0}, kv_used{0}, kv_total{0};
   std::atomic<int64_t> prompt_tokens{0}, generation_tokens{0}, requests_finished{0};
+  // Finished requests by their (first sequence's) finish reason: stop, length, abort (vLLM's
+  // request_success_total{finished_reason}; a request that failed counts as abort).
+  std::atomic<int64_t> finished_stop{0}, finished_length{0}, finished_abort{0};
+  // vLLM's request-level histograms (RequestStats) and iteration_tokens_total.
+  Histogram queue_time, prefill_time, decode_time, inference_time;
+  Histogram request_prompt_tokens, request_generation_tokens, request_max_generation_tokens, request_params_max_tokens;
+  Histogram request_params_n, iteration_tokens;
   std::atomic<int64_t> prefix_queries{0}, prefix_hits{0}, preemptions{0};
   std::atomic<int64_t> spec_drafts{0}, spec_draft_tokens{0}, spec_accepted_tokens{0};
   // LoRA (enable_lora): the adapters' names of the running and of the waiting requests, comma-separated, and
@@ -74,6 +84,8 @@ class EngineService {
     std::string error;
   };
   void run();
+  // A finished request's counts and timeline into the counters.
+  void count_finished(const EngineJob& job, const RequestOutput& out);
   // Hands a batch to the delivery thread (one wake-up for all of it).
   void deliver(std::vector<Delivery>&& batch);
   void deliver_loop();

@@ -27,6 +27,7 @@
 #include "server/beam_search.h"
 #include "server/cors.h"
 #include "server/embeddings_api.h"
+#include "server/histogram.h"
 #include "server/replica_router.h"
 #include "server/responses_api.h"
 #include "tokenizer/tokenizer.h"
@@ -46,35 +47,6 @@ using uds = net::local::stream_protocol;
 using json = nlohmann::json;
 
 namespace {
-
-// A Prometheus histogram with fixed buckets (seconds), updated from any thread.
-struct Histogram {
-  std::vector<double> bounds;
-  std::unique_ptr<std::atomic<int64_t>[]> counts;
-  std::atomic<int64_t> n{0}, sum_us{0};
-  explicit Histogram(std::vector<double> b) : bounds(std::move(b)), counts(new std::atomic<int64_t>[bounds.size() + 1]) {
-    for (size_t i = 0; i <= bounds.size(); ++i) counts[i] = 0;
-  }
-  void observe(double s) {
-    size_t b = 0;
-    while (b < bounds.size() && s > bounds[b]) ++b;
-    ++counts[b];
-    ++n;
-    sum_us += static_cast<int64_t>(s * 1e6);
-  }
-  std::string text(const std::string& name, const std::string& help, const std::string& model) const {
-    std::string m = cat("# HELP ", name, " ", help, "\n# TYPE ", name, " histogram\n");
-    int64_t cum = 0;
-    for (size_t b = 0; b <= bounds.size(); ++b) {
-      cum += counts[b].load();
-      const std::string le = b < bounds.size() ? cat(bounds[b]) : "+Inf";
-      m += cat(name, "_bucket{model_name=\"", model, "\",le=\"", le, "\"} ", cum, "\n");
-    }
-    m += cat(name, "_sum{model_name=\"", model, "\"} ", sum_us.load() / 1e6, "\n");
-    m += cat(name, "_count{model_name=\"", model, "\"} ", n.load(), "\n");
-    return m;
-  }
-};
 
 struct HttpCounters {
   std::atomic<int64_t> ok{0}, client_errors{0}, server_errors{0};
@@ -991,7 +963,11 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     g("llmserve:spec_decode_num_accepted_tokens_total", "counter", "Draft tokens accepted.", c.spec_accepted_tokens.load());
     g("llmserve:prompt_tokens_total", "counter", "Prompt tokens processed.", c.prompt_tokens.load());
     g("llmserve:generation_tokens_total", "counter", "Tokens generated.", c.generation_tokens.load());
-    g("llmserve:request_success_total", "counter", "Requests finished.", c.requests_finished.load());
+    // (vLLM's finished_reason label: stop, length, abort; a request that failed counts as abort)
+    m += "# HELP llmserve:request_success_total Requests finished, by finish reason.\n# TYPE llmserve:request_success_total counter\n";
+    for (const auto& [reason, n] : {std::pair<const char*, int64_t>{"stop", c.finished_stop.load()}, {"length", c.finished_length.load()},
+                                    {"abort", c.finished_abort.load()}})
+      m += cat("llmserve:request_success_total{finished_reason=\"", reason, "\",model_name=\"", d_.ctx.model_names[0], "\"} ", n, "\n");
     g("llmserve:http_responses_4xx_total", "counter", "Client errors.", d_.hc.client_errors.load());
     g("llmserve:http_responses_5xx_total", "counter", "Server errors.", d_.hc.server_errors.load());
     if (d_.ctx.loras) {  // (vLLM's lora_requests_info: the value is when the labels were set)
@@ -1004,6 +980,18 @@ class Session : public std::enable_shared_from_this<Session<Stream>> {
     m += d_.hc.e2e.text("llmserve:e2e_request_latency_seconds", "End-to-end latency of successful generation requests.", model);
     m += d_.hc.ttft.text("llmserve:time_to_first_token_seconds", "Time from request arrival to its first generated token.", model);
     m += d_.hc.itl.text("llmserve:inter_token_latency_seconds", "Time between generated tokens of a request.", model);
+    // The engine's request-level histograms (vLLM's; a request's phases from its arrival at the engine).
+    m += c.queue_time.text("llmserve:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.", model);
+    m += c.prefill_time.text("llmserve:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.", model);
+    m += c.decode_time.text("llmserve:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.", model);
+    m += c.inference_time.text("llmserve:request_inference_time_seconds", "Histogram of time spent in RUNNING phase for request.", model);
+    m += c.request_prompt_tokens.text("llmserve:request_prompt_tokens", "Number of prefill tokens processed.", model);
+    m += c.request_generation_tokens.text("llmserve:request_generation_tokens", "Number of generation tokens processed.", model);
+    m += c.request_max_generation_tokens.text("llmserve:request_max_num_generation_tokens",
+                                              "Histogram of maximum number of requested generation tokens.", model);
+    m += c.request_params_max_tokens.text("llmserve:request_params_max_tokens", "Histogram of the max_tokens request parameter.", model);
+    m += c.request_params_n.text("llmserve:request_params_n", "Histogram of the n request parameter.", model);
+    m += c.iteration_tokens.text("llmserve:iteration_tokens_total", "Histogram of number of tokens per engine_step.", model);
     return m + with_vllm_names(m);
   }
 

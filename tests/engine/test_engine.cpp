@@ -1636,3 +1636,45 @@ TEST(StepExecutor, EntersItsThreadFirstRunsInOrderAndStopsAfterAFailure) {
   EXPECT_NE(entered, std::this_thread::get_id());
   EXPECT_EQ(next_seen, std::vector<uint64_t>{2});
 }
+
+// vLLM's request-level metrics come from each finished output's timeline: only the finished one carries it,
+// its phases add up (prefill + decode = inference), and its sizes are the outputs' (n 2: all the tokens and
+// the longest sequence's); a request aborted before it ran has only its queued time.
+TEST(Engine, FinishedOutputsCarryTheRequestsTimeline) {
+  Fixture f;
+  Engine e(*f.runner, f.tok.get(), 1);
+  SamplingParams two = greedy(6);
+  two.n = 2, two.temperature = 1.0, two.seed = 3;
+  two.output_kind = OutputKind::Delta;
+  const uint64_t a = e.add_request({9707, 11, 1879}, two);
+  const uint64_t b = e.add_request({9707, 11}, greedy(3));
+  std::map<uint64_t, RequestOutput> done;
+  int unfinished_with_stats = 0;
+  for (int guard = 0; e.has_unfinished() && guard < 1000; ++guard)
+    for (auto& r : e.step()) {
+      if (!r.finished && r.stats) ++unfinished_with_stats;
+      if (r.finished) done[r.request_id] = r;
+    }
+  EXPECT_EQ(unfinished_with_stats, 0);
+  ASSERT_TRUE(done[a].stats && done[b].stats);
+  for (uint64_t id : {a, b}) {
+    const RequestStats& s = *done[id].stats;
+    EXPECT_GE(s.queued, 0);
+    EXPECT_GT(s.prefill, 0);
+    EXPECT_GT(s.decode, 0);
+    EXPECT_NEAR(s.prefill + s.decode, s.inference, 1e-9);
+  }
+  EXPECT_EQ(done[a].stats->generation_tokens, 12);  // 6 + 6 (ignore_eos)
+  EXPECT_EQ(done[a].stats->max_sequence_tokens, 6);
+  EXPECT_EQ(done[b].stats->generation_tokens, 3);
+  EXPECT_GT(e.last_step_tokens(), 0);
+
+  const uint64_t c = e.add_request({9707}, greedy(4));
+  e.abort(c);
+  done = run_all(e);
+  ASSERT_TRUE(done.count(c) && done[c].stats);
+  EXPECT_EQ(done[c].outputs[0].finish_reason, "abort");
+  EXPECT_EQ(done[c].stats->generation_tokens, 0);
+  EXPECT_EQ(done[c].stats->inference, 0);
+  EXPECT_GE(done[c].stats->queued, 0);
+}

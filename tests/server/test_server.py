@@ -1229,6 +1229,25 @@ def main():
         check("metrics: every family under vLLM's names too (vllm:num_requests_running, ...), the same labels and values",
               len(ours) > 30 and ours == theirs and "vllm:generation_tokens_total{" in mtext
               and mtext.count("# TYPE vllm:") == mtext.count("# TYPE llmserve:"), (len(ours), len(theirs)))
+        # vLLM's request-level metrics: success by finish reason, each finished request's sizes and phases.
+        def samples(text):
+            return {l.rsplit(" ", 1)[0]: float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("vllm:")}
+        before = samples(mtext)
+        for mt in (3, 5):
+            s.post("/v1/completions", {"prompt": "Hello there", "max_tokens": mt, "ignore_eos": True, "temperature": 0})
+        after = samples(s.request("GET", "/metrics")[1])
+        delta = lambda k: after.get(f'vllm:{k}{{model_name="tiny"}}', 0) - before.get(f'vllm:{k}{{model_name="tiny"}}', 0)
+        length = 'request_success_total{finished_reason="length",model_name="tiny"}'
+        phases = {k: after[f'vllm:request_{k}_time_seconds_sum{{model_name="tiny"}}'] for k in ("prefill", "decode", "inference", "queue")}
+        finished = sum(v for k, v in after.items() if k.startswith("vllm:request_success_total{"))
+        check("metrics: vLLM's request-level histograms and success by finish reason (two length-capped requests)",
+              after["vllm:" + length] - before["vllm:" + length] == 2 and delta("request_generation_tokens_sum") == 8
+              and delta("request_params_max_tokens_sum") == 8 and delta("request_prompt_tokens_count") == 2
+              and delta("request_params_n_sum") == 2 and delta("request_max_num_generation_tokens_sum") == 8
+              and delta("iteration_tokens_total_count") >= 5
+              and abs(phases["prefill"] + phases["decode"] - phases["inference"]) < 1e-3 and phases["queue"] >= 0
+              and after['vllm:request_queue_time_seconds_count{model_name="tiny"}'] == finished > 10,
+              (phases, finished, after.get("vllm:" + length)))
 
         # The official client, when it can be had.
         try:
