@@ -580,7 +580,7 @@ void sampler_tables(CudaBackend& be, double copy_gbs) {
   std::vector<int32_t> top_i(n * 5), idx(n);
   std::vector<RowDraw> draws(n);
   for (auto& r : draws) r.greedy = true;
-  const double draw_us = wall_us([&] { be.draw_rows(logits, V, 0, draws, {}, best.data(), idx.data(), nullptr); });
+  const double draw_us = wall_us([&] { be.draw_rows(logits, V, 0, draws, {}, {}, best.data(), idx.data(), nullptr); });
   const double lp_us = wall_us([&] { be.row_logprobs(logits, V, 0, rows, chosen, 5, stats.data(), top_v.data(), top_i.data(), nullptr); });
   std::printf("%-44s %10.1f\n", "backend draw_rows call, 256 greedy (wall)", draw_us);
   std::printf("%-44s %10.1f\n", "backend row_logprobs call, 256 x K = 5 (wall)", lp_us);

@@ -4,6 +4,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #ifdef __CUDACC__
 #define LLMSERVE_HD __host__ __device__ __forceinline__
@@ -56,6 +57,17 @@ struct LogitEdit {
   float rep = 1.f;
   float sub = 0.f;
   int32_t mask = 0;
+};
+
+// Allowed-token bitmaps of some of a draw's rows (guided decoding), applied after the edits: column c of
+// row mask_rows[j] becomes -inf unless bit c % 64 of word mask_bits[j * mask_words(L) + c / 64] is set.
+LLMSERVE_HD int64_t mask_words(int64_t L) { return (L + 63) / 64; }
+LLMSERVE_HD bool mask_allows(const uint64_t* bits, int64_t c) { return (bits[c / 64] >> (c % 64)) & 1u; }
+// A backend draw's masks (Backend::draw_rows): the rows with one, and their bitmaps, mask_words(L) words
+// each, in that order.
+struct RowMasks {
+  std::vector<int32_t> rows;
+  std::vector<uint64_t> bits;
 };
 
 LLMSERVE_HD float apply_logit_edit(float l, const LogitEdit& e) {

@@ -154,10 +154,18 @@ void count_at_least(const float* logits, int64_t stride, int64_t L, const int32_
 }
 
 void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
-               const LogitEdit* edits, int64_t num_edits, float* best, int32_t* idx, float* keep) {
+               const LogitEdit* edits, int64_t num_edits, float* best, int32_t* idx, float* keep, const int32_t* mask_rows,
+               int64_t num_masks, const uint64_t* mask_bits) {
   for (int64_t e = 0; e < num_edits; ++e) {
     float& l = logits[edits[e].row * stride + edits[e].col];
     l = apply_logit_edit(l, edits[e]);
+  }
+  const int64_t words = mask_words(L);
+  for (int64_t j = 0; j < num_masks; ++j) {
+    float* row = logits + static_cast<int64_t>(mask_rows[j]) * stride;
+    const uint64_t* bits = mask_bits + j * words;
+    for (int64_t c = 0; c < L; ++c)
+      if (!mask_allows(bits, c)) row[c] = -std::numeric_limits<float>::infinity();
   }
   // Rows are independent once the edits are in.
 #pragma omp parallel for schedule(dynamic)

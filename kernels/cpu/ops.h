@@ -64,9 +64,11 @@ void silu_mul(const float* gate, const float* up, int64_t n, float* out);
 // best score and its token (greedy: the largest logit; else logit * inv_temperature + Gumbel noise of
 // (seed, position, token) over the tokens the row's filters keep, see RowDraw); ties go to the smaller
 // token. A row with every logit -inf gets best -inf and token INT32_MAX. keep (null: not asked for) gets
-// each row's draw_keep_threshold (-inf for a greedy or unfiltered row).
+// each row's draw_keep_threshold (-inf for a greedy or unfiltered row). After the edits, num_masks rows'
+// allowed-token bitmaps (kernels/draw.h mask_words) mask the columns they do not allow.
 void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
-               const LogitEdit* edits, int64_t num_edits, float* best, int32_t* idx, float* keep = nullptr);
+               const LogitEdit* edits, int64_t num_edits, float* best, int32_t* idx, float* keep = nullptr,
+               const int32_t* mask_rows = nullptr, int64_t num_masks = 0, const uint64_t* mask_bits = nullptr);
 // Log-probability statistics (see kernels/draw.h) of rows rows[0..m) of logits [., stride] whose first L
 // columns are tokens token_offset..: stats [m, 3], top_v and top_i [m, K]; with views (m of them), of
 // row rows[j]'s values under views[j] (LogprobView) instead of its logits.

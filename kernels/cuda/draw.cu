@@ -88,6 +88,20 @@ __device__ __forceinline__ float key_value(uint32_t k) {
 // per 256 x 151,936 step against 384-388 us with 512 (one block per SM).
 constexpr int kFilterThreads = 256;
 
+// Row mask_rows[blockIdx.y]'s columns its bitmap does not allow become -inf: a warp per 64-column word
+// (each lane two columns), 8 words a block.
+__global__ void masks_k(float* logits, int64_t stride, int64_t L, const int32_t* mask_rows, const uint64_t* mask_bits) {
+  const int64_t words = mask_words(L);
+  const int64_t w = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (w >= words) return;
+  const uint64_t bits = mask_bits[blockIdx.y * words + w];
+  float* row = logits + static_cast<int64_t>(mask_rows[blockIdx.y]) * stride;
+  for (int64_t k = threadIdx.x % 32; k < 64; k += 32) {
+    const int64_t c = w * 64 + k;
+    if (c < L && !((bits >> k) & 1u)) row[c] = -INFINITY;
+  }
+}
+
 __global__ void edits_k(float* logits, int64_t stride, const LogitEdit* edits, int64_t n) {
   pdl_enter();
   const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -501,10 +515,14 @@ void count_at_least(const float* logits, int64_t stride, int64_t L, const int32_
 
 void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
                const LogitEdit* edits, int64_t num_edits, bool filtered, float* best, int32_t* idx, cudaStream_t s,
-               float* thresholds) {
+               float* thresholds, const int32_t* mask_rows, int64_t num_masks, const uint64_t* mask_bits) {
   if (n == 0) return;
   if (num_edits > 0)
     launch("draw_rows edits", edits_k, blocks_for(num_edits, 256), 256, 0, s, logits, stride, edits, num_edits);
+  if (num_masks > 0) {
+    const dim3 grid(static_cast<unsigned>(blocks_for(mask_words(L), 256 / 32)), static_cast<unsigned>(num_masks));
+    launch("draw_rows masks", masks_k, grid, 256, 0, s, logits, stride, L, mask_rows, mask_bits);
+  }
   float* keep = nullptr;
   if (filtered) {
     check(cudaMallocAsync(reinterpret_cast<void**>(&keep), sizeof(float) * n, s), "draw scratch");

@@ -325,9 +325,12 @@ void gemv_norm_gate_up_silu(const float* x, const T* norm_w, float eps, const TW
 // The sampler's draw (see kernels/cpu/ops.h draw_rows); rows, edits, best and idx are device arrays;
 // `filtered`: some row has filters (RowDraw::filtered); then thresholds (a device array of n, or null)
 // gets each row's keep threshold (kernels/cpu/ops.h draw_rows' keep); without filters it is not written.
+// mask_rows and mask_bits (device arrays; num_masks rows' allowed-token bitmaps, kernels/draw.h) mask
+// after the edits.
 void draw_rows(float* logits, int64_t n, int64_t stride, int64_t L, int64_t token_offset, const RowDraw* rows,
                const LogitEdit* edits, int64_t num_edits, bool filtered, float* best, int32_t* idx, cudaStream_t s,
-               float* thresholds = nullptr);
+               float* thresholds = nullptr, const int32_t* mask_rows = nullptr, int64_t num_masks = 0,
+               const uint64_t* mask_bits = nullptr);
 // kernels/cpu/ops.h count_at_least; rows, thresholds and counts are device arrays.
 void count_at_least(const float* logits, int64_t stride, int64_t L, const int32_t* rows, const float* thresholds,
                     int64_t m, int32_t* counts, cudaStream_t s);

@@ -221,11 +221,11 @@ class Backend {
   // empty one.
   void set_wait_hook(std::function<bool()> hook) { wait_hook_ = std::move(hook); }
   // The sampler's draw over float32 logits [n, stride] whose first L columns are tokens token_offset..
-  // (kernels/cpu/ops.h draw_rows): the penalty edits applied to the logits in place, then the rows'
-  // filters and draws; best score and token per row, into host arrays of n, and when keep is not null
+  // (kernels/cpu/ops.h draw_rows): the penalty edits applied to the logits in place, then the masks'
+  // bitmaps (kernels/draw.h RowMasks: guided decoding's allowed tokens), then the rows' filters and draws; best score and token per row, into host arrays of n, and when keep is not null
   // each row's keep threshold (the smallest value its filters keep, -inf for a greedy or unfiltered row).
   virtual void draw_rows(Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
-                         const std::vector<LogitEdit>& edits, float* best, int32_t* idx, float* keep) = 0;
+                         const std::vector<LogitEdit>& edits, const RowMasks& masks, float* best, int32_t* idx, float* keep) = 0;
   // Log-probability statistics of rows `rows` of float32 logits [n, stride] whose first L columns are
   // tokens token_offset.. (kernels/cpu/ops.h row_logprobs): host arrays stats [m, 3], top_v and top_i
   // [m, K], m = rows.size() = chosen.size(), K <= kMaxTopLogprobs; with views (a host array of m, or

@@ -194,9 +194,10 @@ void CpuBackend::begin_step(const StepMeta& meta) {
 }
 
 void CpuBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
-                           const std::vector<LogitEdit>& edits, float* best, int32_t* idx, float* keep) {
+                           const std::vector<LogitEdit>& edits, const RowMasks& masks, float* best, int32_t* idx, float* keep) {
   cpu::draw_rows(logits.as<float>(), static_cast<int64_t>(rows.size()), logits.dim(1), L, token_offset, rows.data(),
-                 edits.data(), static_cast<int64_t>(edits.size()), best, idx, keep);
+                 edits.data(), static_cast<int64_t>(edits.size()), best, idx, keep, masks.rows.data(),
+                 static_cast<int64_t>(masks.rows.size()), masks.bits.data());
   drawn_.assign(idx, idx + rows.size());
   if (wait_hook_) wait_hook_();
 }

@@ -34,7 +34,7 @@ class CpuBackend : public Backend {
   void lora_expand(const Tensor& t, const LoraExpand* outs, int n) override;
   void gather_rows(const Tensor& x, Tensor& out) override;
   void draw_rows(Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
-                 const std::vector<LogitEdit>& edits, float* best, int32_t* idx, float* keep) override;
+                 const std::vector<LogitEdit>& edits, const RowMasks& masks, float* best, int32_t* idx, float* keep) override;
   void row_logprobs(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<int32_t>& rows,
                     const std::vector<int32_t>& chosen, int K, float* stats, float* top_v, int32_t* top_i, const LogprobView* views) override;
   void count_at_least(const Tensor& logits, int64_t L, const std::vector<int32_t>& rows, const std::vector<float>& thresholds,

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "common/error.h"
+#include "common/text.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/draw.h"
 
@@ -137,13 +138,15 @@ void Sampler::feed_guide(SeqState& st) const {
   }
 }
 
-const std::vector<uint64_t>& Sampler::guided_allowed(const SeqState& st, Range vocab) const {
+std::shared_ptr<const std::vector<uint64_t>> Sampler::guided_allowed(const SeqState& st, Range vocab) const {
   std::string key = st.guide->key(st.guide_state);
   key.append(reinterpret_cast<const char*>(&vocab.begin), sizeof vocab.begin);
   key.append(reinterpret_cast<const char*>(&vocab.end), sizeof vocab.end);
-  auto it = guided_cache_.find(key);
-  if (it != guided_cache_.end()) return it->second;
-  if (guided_cache_.size() >= guided_cache_states_) guided_cache_.clear();
+  {
+    std::lock_guard<std::mutex> lock(guided_mu_);
+    auto it = guided_cache_.find(key);
+    if (it != guided_cache_.end()) return it->second;
+  }
   ++guided_walks_;
   const auto& bytes = tokens_->bytes;
   const auto& plain = tokens_->plain;
@@ -170,12 +173,29 @@ const std::vector<uint64_t>& Sampler::guided_allowed(const SeqState& st, Range v
     }
     if (ok) allowed[static_cast<size_t>((t - vocab.begin) / 64)] |= uint64_t{1} << ((t - vocab.begin) % 64);
   }
-  if (guided_cache_states_ == 0) return guided_uncached_ = std::move(allowed);
-  return guided_cache_.emplace(std::move(key), std::move(allowed)).first->second;
+  auto made = std::make_shared<const std::vector<uint64_t>>(std::move(allowed));
+  if (guided_cache_states_ == 0) return made;
+  std::lock_guard<std::mutex> lock(guided_mu_);
+  if (guided_cache_.size() >= guided_cache_states_) guided_cache_.clear();  // (holders keep their entries)
+  return guided_cache_.emplace(std::move(key), std::move(made)).first->second;
+}
+
+void Sampler::guided_mask(const SeqState& st, Range vocab, uint64_t* out) const {
+  const auto allowed = guided_allowed(st, vocab);
+  std::copy(allowed->begin(), allowed->end(), out);
+  // The end of sequence exactly when the text is whole (or when nothing can continue it), as guided_bans.
+  const bool done = st.guide->complete(st.guide_state) || st.guide->stuck(st.guide_state);
+  for (const int64_t t : st.eos_ids) {
+    if (t < vocab.begin || t >= vocab.end) continue;
+    const int64_t c = t - vocab.begin;
+    const uint64_t bit = uint64_t{1} << (c % 64);
+    out[c / 64] = done ? out[c / 64] | bit : out[c / 64] & ~bit;
+  }
 }
 
 void Sampler::guided_bans(const SeqState& st, Range vocab, std::vector<int32_t>& out) const {
-  const std::vector<uint64_t>& allowed = guided_allowed(st, vocab);
+  const auto held = guided_allowed(st, vocab);
+  const std::vector<uint64_t>& allowed = *held;
   // The end of sequence exactly when the text is whole (or when nothing can continue it).
   const bool done = st.guide->complete(st.guide_state) || st.guide->stuck(st.guide_state);
   std::vector<int32_t> eos(st.eos_ids);  // walked alongside the tokens
@@ -280,7 +300,7 @@ void bad_word_bans(const State& st, std::vector<int32_t>& out) {
 
 }  // namespace
 
-size_t Sampler::penalty_edit_bound(const SeqState& st, Range vocab) {
+size_t Sampler::penalty_edit_bound(const SeqState& st, Range vocab, bool guide_as_edits) {
   const SamplingParams& p = st.params;
   size_t n = 0;
   if (repetition_on(p)) n += seen_in(st.seen, vocab).second;
@@ -289,11 +309,11 @@ size_t Sampler::penalty_edit_bound(const SeqState& st, Range vocab) {
   n += bias_in(p, vocab).second;
   n += p.bad_words_ids.size();
   if (!p.allowed_token_ids.empty()) n += static_cast<size_t>(vocab.size());  // the tokens not allowed, at most
-  if (st.guide) n += static_cast<size_t>(vocab.size());
+  if (st.guide && guide_as_edits) n += static_cast<size_t>(vocab.size());
   return n;
 }
 
-size_t Sampler::penalty_edits(const SeqState& st, int32_t row, Range vocab, LogitEdit* out) const {
+size_t Sampler::penalty_edits(const SeqState& st, int32_t row, Range vocab, LogitEdit* out, bool guide_as_edits) const {
   const SamplingParams& p = st.params;
   auto local = [&](int32_t t) { return t >= vocab.begin && t < vocab.end; };
   const auto [rep, nrep] = repetition_on(p) ? seen_in(st.seen, vocab) : std::make_pair(nullptr, size_t{0});
@@ -314,7 +334,7 @@ size_t Sampler::penalty_edits(const SeqState& st, int32_t row, Range vocab, Logi
       if (local(t)) mask.push_back(t);
   }
   std::sort(mask.begin(), mask.end());
-  if (st.guide) {  // ascending already: merged in
+  if (st.guide && guide_as_edits) {  // ascending already: merged in
     const auto mid = static_cast<std::ptrdiff_t>(mask.size());
     guided_bans(st, vocab, mask);
     std::inplace_merge(mask.begin(), mask.begin() + mid, mask.end());
@@ -410,16 +430,34 @@ bool Sampler::drawable_on_backend(const StepPlan& plan) const {
   return true;
 }
 
+namespace {
+// LLMSERVE_GUIDED_EDITS=1: backend draws take guided rows' bans as edits, as before the bitmaps (for
+// measuring the two against each other: bench/guided.sh).
+bool guided_as_edits() {
+  static const bool on = env_flag("LLMSERVE_GUIDED_EDITS");
+  return on;
+}
+}  // namespace
+
 void Sampler::row_draws(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Range vocab,
-                        std::vector<RowDraw>& rows, std::vector<LogitEdit>& edits) const {
+                        std::vector<RowDraw>& rows, std::vector<LogitEdit>& edits, RowMasks& masks) const {
+  const bool as_edits = guided_as_edits();
   const size_t n = seqs.size(), first_row = rows.size();
   std::vector<const SeqState*> st(n, nullptr);
   for (size_t i = 0; i < n; ++i)
     if (draw[i]) st[i] = &state_of(*seqs[i]);
+  // Guided rows: their bitmaps (most often from the cache), in row order.
+  const int64_t words = mask_words(vocab.size());
+  for (size_t i = 0; i < n && !as_edits; ++i) {
+    if (!st[i] || !st[i]->guide) continue;
+    masks.rows.push_back(static_cast<int32_t>(i));  // (the row its edits name)
+    masks.bits.resize(masks.bits.size() + static_cast<size_t>(words));
+    guided_mask(*st[i], vocab, masks.bits.data() + masks.bits.size() - static_cast<size_t>(words));
+  }
   // Rows in parallel, each writing its edits (a walk over its history's distinct tokens) into its
   // slot of `edits` (room for its bound); then the slots are closed up in row order.
   std::vector<size_t> at(n + 1, 0), got(n, 0);
-  for (size_t i = 0; i < n; ++i) at[i + 1] = at[i] + (st[i] ? penalty_edit_bound(*st[i], vocab) : 0);
+  for (size_t i = 0; i < n; ++i) at[i + 1] = at[i] + (st[i] ? penalty_edit_bound(*st[i], vocab, as_edits) : 0);
   const size_t base = edits.size();
   edits.resize(base + at[n]);
   rows.resize(first_row + n);  // rows drawn elsewhere: a plain greedy draw whose result is not used
@@ -430,7 +468,7 @@ void Sampler::row_draws(const std::vector<const SeqStep*>& seqs, const std::vect
 #pragma omp parallel for schedule(dynamic, 8) if (team)
   for (long i = 0; i < N; ++i) {
     if (!st[i]) continue;
-    got[i] = penalty_edits(*st[i], static_cast<int32_t>(i), vocab, edits.data() + base + at[i]);
+    got[i] = penalty_edits(*st[i], static_cast<int32_t>(i), vocab, edits.data() + base + at[i], as_edits);
     rows[first_row + i] = row_draw(*st[i]);
   }
   size_t w = base;
@@ -456,7 +494,7 @@ void Sampler::for_edit_groups(const std::vector<const SeqStep*>& seqs, const std
   bool any = false;
   for (size_t i = 0; i < seqs.size(); ++i) {
     if (!draw[i]) continue;
-    const size_t b = penalty_edit_bound(state_of(*seqs[i]), Range{0, vocab_size_});
+    const size_t b = penalty_edit_bound(state_of(*seqs[i]), Range{0, vocab_size_}, guided_as_edits());
     if (any && used + b > edit_budget_) {
       fn(group);
       std::fill(group.begin(), group.end(), 0);
@@ -476,11 +514,12 @@ void Sampler::draw_rows_on_backend(const std::vector<const SeqStep*>& seqs, cons
     std::vector<RowDraw> rows;
     std::vector<LogitEdit>& edits = edits_;
     edits.clear();
-    row_draws(seqs, group, vocab_, rows, edits);
+    RowMasks masks;
+    row_draws(seqs, group, vocab_, rows, edits, masks);
     const size_t n = rows.size();
     std::vector<float> best(n), kp(keep ? n : 0);
     std::vector<int32_t> idx(n);
-    backend.draw_rows(logits, vocab_.size(), vocab_.begin, rows, edits, best.data(), idx.data(), keep ? kp.data() : nullptr);
+    backend.draw_rows(logits, vocab_.size(), vocab_.begin, rows, edits, masks, best.data(), idx.data(), keep ? kp.data() : nullptr);
     tp_.all_reduce_maxloc(best.data(), idx.data(), n);
     take_drawn(seqs, group, idx, out);
     for (size_t i = 0; keep && i < n; ++i)
@@ -744,10 +783,11 @@ Tensor Sampler::draw_gathered(const std::vector<const SeqStep*>& seqs, const std
     std::vector<RowDraw> rows;
     std::vector<LogitEdit>& edits = edits_;
     edits.clear();
-    row_draws(seqs, group, Range{0, vocab_size_}, rows, edits);
+    RowMasks masks;
+    row_draws(seqs, group, Range{0, vocab_size_}, rows, edits, masks);
     std::vector<float> best(static_cast<size_t>(n)), kp(keep.empty() ? 0 : static_cast<size_t>(n));
     std::vector<int32_t> idx(static_cast<size_t>(n));
-    backend.draw_rows(whole, vocab_size_, 0, rows, edits, best.data(), idx.data(), keep.empty() ? nullptr : kp.data());
+    backend.draw_rows(whole, vocab_size_, 0, rows, edits, masks, best.data(), idx.data(), keep.empty() ? nullptr : kp.data());
     take_drawn(seqs, group, idx, out);
     for (size_t i = 0; i < kp.size(); ++i)
       if (group[i]) keep[i] = kp[i];

@@ -9,8 +9,11 @@
 // top-k / top-p come from small gathers of candidate values; log-probabilities from all-reduced
 // normalizers. Penalties use each sequence's token history, kept per rank from the step plans.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <mutex>
 #include <span>
 #include <unordered_map>
 #include <vector>
@@ -123,14 +126,17 @@ class Sampler {
   void feed_guide(SeqState& st) const;
   // The tokens of `vocab` a guided sequence may not draw now, ascending.
   void guided_bans(const SeqState& st, Range vocab, std::vector<int32_t>& out) const;
+  // The same as a bitmap of the tokens it may draw (kernels/draw.h mask_words(vocab.size()) words at out).
+  void guided_mask(const SeqState& st, Range vocab, uint64_t* out) const;
   // Which tokens of `vocab` (bit t - vocab.begin) the guide's state takes by their bytes (the end of
   // sequence aside), from a cache keyed by the state: a JSON answer meets few distinct states (inside
   // a string, after a key, ...), and walking the ~150,000 tokens of a state costs about a millisecond.
-  const std::vector<uint64_t>& guided_allowed(const SeqState& st, Range vocab) const;
+  // (Called by several threads of a row loop at once: the cache under a lock, its entries shared.)
+  std::shared_ptr<const std::vector<uint64_t>> guided_allowed(const SeqState& st, Range vocab) const;
   size_t guided_cache_states_ = 1024;  // then the cache starts anew (~19 KB a state for a Qwen vocabulary)
-  mutable std::unordered_map<std::string, std::vector<uint64_t>> guided_cache_;
-  mutable std::vector<uint64_t> guided_uncached_;
-  mutable int64_t guided_walks_ = 0;
+  mutable std::mutex guided_mu_;
+  mutable std::unordered_map<std::string, std::shared_ptr<const std::vector<uint64_t>>> guided_cache_;
+  mutable std::atomic<int64_t> guided_walks_{0};
   // Brings st.seen and st.out_counts up to st.history (whose first st.indexed tokens they hold).
   static void index_history(SeqState& st);
   // The request's logit_bias and the sequence's penalties (repetition, presence/frequency, min_tokens
@@ -138,8 +144,9 @@ class Sampler {
   // tokens in `vocab` (this rank's shard, or the whole vocabulary for a gathered row), as edits of row
   // `row`, one per token in column order: penalty_edits writes them to out (room for
   // penalty_edit_bound of them) and returns how many.
-  static size_t penalty_edit_bound(const SeqState& st, Range vocab);
-  size_t penalty_edits(const SeqState& st, int32_t row, Range vocab, LogitEdit* out) const;
+  // With guide_as_edits false a guided row's bans are left out (its draw masks them by guided_mask).
+  static size_t penalty_edit_bound(const SeqState& st, Range vocab, bool guide_as_edits = true);
+  size_t penalty_edits(const SeqState& st, int32_t row, Range vocab, LogitEdit* out, bool guide_as_edits = true) const;
   std::vector<LogitEdit> penalty_edits(const SeqState& st, int32_t row, Range vocab) const;
   // The backend draw of the sequence's next token (temperature, seed, filters).
   RowDraw row_draw(const SeqState& st) const;
@@ -180,9 +187,10 @@ class Sampler {
   // The backend draws of seqs (row_draw) and their penalty edits over `vocab` for rows i with draw[i]
   // set; the other rows get a plain greedy draw and no edits. `edits` is the caller's reused buffer
   // (edits_): a 256-row step with penalties has some 200,000 of them, and fresh memory each step cost
-  // more in page faults than writing them.
+  // more in page faults than writing them. A guided row's allowed tokens go into `masks` as its bitmap
+  // (some 19 KB for a Qwen vocabulary) rather than an edit per banned token (up to ~150,000 of 24 bytes).
   void row_draws(const std::vector<const SeqStep*>& seqs, const std::vector<char>& draw, Range vocab,
-                 std::vector<RowDraw>& rows, std::vector<LogitEdit>& edits) const;
+                 std::vector<RowDraw>& rows, std::vector<LogitEdit>& edits, RowMasks& masks) const;
   // The backend draw of the rows i of `logits` with draw[i] set (the others get a plain greedy draw
   // whose result is not used, and no penalty edits); tokens into out[i], and with keep, the rows' keep
   // thresholds into (*keep)[i].

@@ -445,7 +445,7 @@ void ModelRunner::warm_up() {
       }
       std::vector<float> best(static_cast<size_t>(n));
       std::vector<int32_t> idx(static_cast<size_t>(n));
-      backend_->draw_rows(out, vr.size(), vr.begin, draws, {}, best.data(), idx.data(), nullptr);
+      backend_->draw_rows(out, vr.size(), vr.begin, draws, {}, {}, best.data(), idx.data(), nullptr);
       const int K = std::min(cfg_.max_logprobs, kMaxTopLogprobs);
       std::vector<int32_t> rows(static_cast<size_t>(n)), chosen(static_cast<size_t>(n), 0);
       for (int64_t i = 0; i < n; ++i) rows[i] = static_cast<int32_t>(i);

@@ -1822,8 +1822,8 @@ TEST_P(CudaDraw, SameTokensAsTheCpuKernel) {
   Tensor lc = cpu.upload(logits.data(), {n, stride}, DType::F32), lg = gpu.upload(logits.data(), {n, stride}, DType::F32);
   std::vector<float> bc(n), bg(n), kc(n), kg(n);
   std::vector<int32_t> ic(n), ig(n);
-  cpu.draw_rows(lc, L, offset, rows, edits, bc.data(), ic.data(), kc.data());
-  gpu.draw_rows(lg, L, offset, rows, edits, bg.data(), ig.data(), kg.data());
+  cpu.draw_rows(lc, L, offset, rows, edits, {}, bc.data(), ic.data(), kc.data());
+  gpu.draw_rows(lg, L, offset, rows, edits, {}, bg.data(), ig.data(), kg.data());
   EXPECT_EQ(ic, ig);
   // The keep thresholds (processed log-probabilities) are the host's, those drawn inside the filter
   // kernel included; -inf for greedy rows.
@@ -1842,6 +1842,45 @@ TEST_P(CudaDraw, SameTokensAsTheCpuKernel) {
   cpu.download(lc, ec.data());
   gpu.download(lg, eg.data());
   EXPECT_EQ(ec, eg);
+}
+
+// Guided decoding's allowed-token bitmaps (kernels/draw.h RowMasks) on some rows, after an edit: the
+// masked logits and the tokens drawn are the CPU kernel's, and every drawn token of a masked row is one
+// its bitmap allows.
+TEST_P(CudaDraw, MasksAsTheCpuKernel) {
+  CudaBackend& gpu = *gpu_;
+  std::vector<float> logits = random_logits(23);
+  std::vector<RowDraw> rows(n);
+  std::vector<LogitEdit> edits;
+  RowMasks masks;
+  const int64_t words = mask_words(L);
+  std::mt19937_64 g(5);
+  for (int64_t i = 0; i < n; ++i) {
+    rows[i].greedy = i % 2 == 0;
+    rows[i].inv_temperature = 1.25f, rows[i].seed = 7 + i, rows[i].position = 3;
+    if (i % 4 == 1) rows[i].top_k = 40;
+    LogitEdit e;
+    e.row = static_cast<int32_t>(i), e.col = static_cast<int32_t>((i * 37) % L), e.bias = 2.f;
+    edits.push_back(e);
+    if (i % 3 == 2) continue;  // (unmasked rows between masked ones)
+    masks.rows.push_back(static_cast<int32_t>(i));
+    for (int64_t w = 0; w < words; ++w) masks.bits.push_back(g() & g());  // about a quarter allowed
+  }
+  Tensor lc = cpu.upload(logits.data(), {n, stride}, DType::F32), lg = gpu.upload(logits.data(), {n, stride}, DType::F32);
+  std::vector<float> bc(n), bg(n);
+  std::vector<int32_t> ic(n), ig(n);
+  cpu.draw_rows(lc, L, offset, rows, edits, masks, bc.data(), ic.data(), nullptr);
+  gpu.draw_rows(lg, L, offset, rows, edits, masks, bg.data(), ig.data(), nullptr);
+  EXPECT_EQ(ic, ig);
+  for (size_t j = 0; j < masks.rows.size(); ++j)
+    EXPECT_TRUE(mask_allows(masks.bits.data() + j * words, ig[masks.rows[j]] - offset)) << "row " << masks.rows[j];
+  std::vector<float> ec(n * stride), eg(n * stride);
+  cpu.download(lc, ec.data());
+  gpu.download(lg, eg.data());
+  EXPECT_EQ(ec, eg);
+  int64_t masked = 0;
+  for (float x : eg) masked += x == -INFINITY;
+  EXPECT_GT(masked, L / 2);  // (the masks were applied)
 }
 
 // Log-probability statistics of a subset of rows in another order: maxima, chosen logits and the top

@@ -849,15 +849,21 @@ TEST(Sampler, GuidedDecodingKeepsTheTextAccepted) {
       }
 }
 
-// The allowed-token cache of guided decoding: the same tokens as walking the vocabulary every step, for
-// JSON and choices, sampled, over the ranks' vocabulary shards; and for JSON far fewer walks.
-TEST(Sampler, GuidedCacheDrawsAsTheWalk) {
-  World w;
+// Token bytes of JSON pieces, words and junk (token 3, the EOS, has none), for the guided tests.
+std::shared_ptr<std::vector<std::string>> json_piece_bytes() {
   const std::vector<std::string> pieces = {"{", "}", "[", "]", ":", ",", "\"", " ", "a", "b", "1", "2", "true", "\"a\"",
                                            "\":", "{\"", "\"}", "yes", "no", "y", "es", "x", "\\", "0"};
   auto bytes = std::make_shared<std::vector<std::string>>(V);
   for (int64_t t = 0; t < V; ++t)
     if (t != 3) (*bytes)[t] = pieces[static_cast<size_t>(t) % pieces.size()];
+  return bytes;
+}
+
+// The allowed-token cache of guided decoding: the same tokens as walking the vocabulary every step, for
+// JSON and choices, sampled, over the ranks' vocabulary shards; and for JSON far fewer walks.
+TEST(Sampler, GuidedCacheDrawsAsTheWalk) {
+  World w;
+  const auto bytes = json_piece_bytes();
   for (const std::string kind : {"json", "choice", "json_schema"}) {
     SamplingParams p;
     p.guided = kind;
@@ -894,4 +900,44 @@ TEST(Sampler, GuidedCacheDrawsAsTheWalk) {
       EXPECT_LT(walks[1], walks[0] / 2) << "states met again in " << drawn[0].size() << " steps: " << walks[1];
     }
   }
+}
+
+// Guided rows drawn on the backend (their allowed tokens as bitmaps, RowMasks) draw the tokens the host
+// sampler draws with their bans as edits: JSON and a schema, greedy and sampled, with a repetition penalty
+// on top, over the ranks' vocabulary shards, step by step as each text grows.
+TEST(Sampler, GuidedBitmapsDrawAsTheHostSampler) {
+  World w;
+  CpuBackend cpu;
+  const auto bytes = json_piece_bytes();
+  for (const std::string kind : {"json", "json_schema"})
+    for (double temperature : {0.0, 1.0}) {
+      SamplingParams p;
+      p.guided = kind;
+      if (kind == "json_schema") p.guided_schema = R"({"properties": {"a": {"type": "array", "items": {"type": "integer"}}}})";
+      p.temperature = temperature;
+      p.repetition_penalty = 1.4;
+      Sampler host(w.comm, V, w.vocab, w.stride), device(w.comm, V, w.vocab, w.stride);
+      host.set_guided_tokens(guided_tokens(*bytes));
+      device.set_guided_tokens(guided_tokens(*bytes));
+      std::mt19937 g(9);
+      std::normal_distribution<float> d(0.f, 2.f);
+      std::vector<int32_t> history = {7, 8};
+      int steps = 0;
+      for (; steps < 40; ++steps) {
+        StepPlan plan = plan_for(2, p, history, 2, 31, 1);  // two rows of the same text: seeds differ
+        host.observe(plan);
+        device.observe(plan);
+        std::vector<float> full(V);
+        for (auto& x : full) x = d(g);
+        auto rows = w.rows(full, 2);
+        Tensor t = cpu.upload(rows.data(), {2, w.stride}, DType::F32);
+        const auto a = host.sample(plan, rows.data());
+        const auto b = device.sample_on_backend(plan, cpu, t);
+        ASSERT_EQ(a.size(), b.size());
+        for (size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i].token, b[i].token) << kind << " step " << steps << " row " << i;
+        if (a[0].token == 3) break;
+        history.push_back(a[0].token);
+      }
+      EXPECT_GT(steps, 3) << kind;
+    }
 }

@@ -1609,7 +1609,7 @@ void CudaBackend::gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tens
 }
 
 void CudaBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
-                            const std::vector<LogitEdit>& edits, float* best, int32_t* idx, float* keep) {
+                            const std::vector<LogitEdit>& edits, const RowMasks& masks, float* best, int32_t* idx, float* keep) {
   const int64_t n = static_cast<int64_t>(rows.size()), ne = static_cast<int64_t>(edits.size());
   if (n == 0) return;
   LLMSERVE_CHECK(logits.dtype == DType::F32, "draw_rows: logits must be float32");
@@ -1617,7 +1617,12 @@ void CudaBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, con
   // stream() waits for. The previous call's copy is done (its results came down after its kernel, which
   // waited for that copy), so both buffers are free.
   const size_t rows_bytes = rows.size() * sizeof(RowDraw), edits_at = (rows_bytes + 15) / 16 * 16;
-  const size_t bytes = edits_at + edits.size() * sizeof(LogitEdit);
+  const size_t edits_end = edits_at + edits.size() * sizeof(LogitEdit);
+  // (the masks' rows, then their bitmaps, behind the edits)
+  const size_t nm = masks.rows.size(), mrows_at = (edits_end + 15) / 16 * 16;
+  const size_t mbits_at = (mrows_at + nm * sizeof(int32_t) + 15) / 16 * 16;
+  LLMSERVE_CHECK(masks.bits.size() == nm * static_cast<size_t>(mask_words(L)), "draw_rows: the masks' bitmaps do not match their rows");
+  const size_t bytes = nm > 0 ? mbits_at + masks.bits.size() * sizeof(uint64_t) : edits_end;
   if (bytes > draw_cap_) {
     const size_t cap = std::max<size_t>(bytes + bytes / 2, 1 << 16);
     reserve_pinned(draw_pinned_, draw_cap_, bytes, cap, "draw staging");
@@ -1629,6 +1634,10 @@ void CudaBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, con
   }
   std::memcpy(draw_pinned_, rows.data(), rows_bytes);
   if (ne > 0) std::memcpy(draw_pinned_ + edits_at, edits.data(), edits.size() * sizeof(LogitEdit));
+  if (nm > 0) {
+    std::memcpy(draw_pinned_ + mrows_at, masks.rows.data(), nm * sizeof(int32_t));
+    std::memcpy(draw_pinned_ + mbits_at, masks.bits.data(), masks.bits.size() * sizeof(uint64_t));
+  }
   ck(cudaMemcpyAsync(draw_device_, draw_pinned_, bytes, cudaMemcpyHostToDevice, copy_stream_), "upload draws");
   ck(cudaEventRecord(copied_, copy_stream_), "upload draws");
   ck(cudaStreamWaitEvent(stream(), copied_, 0), "upload draws");
@@ -1650,7 +1659,9 @@ void CudaBackend::draw_rows(Tensor& logits, int64_t L, int64_t token_offset, con
   }
   cuda::draw_rows(logits.as<float>(), n, logits.dim(1), L, token_offset, reinterpret_cast<const RowDraw*>(dev),
                   reinterpret_cast<const LogitEdit*>(dev + edits_at), ne, filtered, drawn_device_,
-                  reinterpret_cast<int32_t*>(drawn_device_ + n), stream(), thresholds ? drawn_device_ + 2 * n : nullptr);
+                  reinterpret_cast<int32_t*>(drawn_device_ + n), stream(), thresholds ? drawn_device_ + 2 * n : nullptr,
+                  reinterpret_cast<const int32_t*>(dev + mrows_at), static_cast<int64_t>(nm),
+                  reinterpret_cast<const uint64_t*>(dev + mbits_at));
   drawn_rows_ = n;
   ck(cudaMemcpyAsync(drawn_pinned_, drawn_device_, count * sizeof(float), cudaMemcpyDeviceToHost, stream()), "draw results");
   ck(cudaEventRecord(results_, stream()), "draw results");

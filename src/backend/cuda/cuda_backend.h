@@ -65,7 +65,7 @@ class CudaBackend : public Backend {
                      Tensor& v_cache) override;
   void gate_up_silu(const Tensor& x, const Tensor& w_gate, const Tensor& w_up, Tensor& gate_up, Tensor& act) override;
   void draw_rows(Tensor& logits, int64_t L, int64_t token_offset, const std::vector<RowDraw>& rows,
-                 const std::vector<LogitEdit>& edits, float* best, int32_t* idx, float* keep) override;
+                 const std::vector<LogitEdit>& edits, const RowMasks& masks, float* best, int32_t* idx, float* keep) override;
   void row_logprobs(const Tensor& logits, int64_t L, int64_t token_offset, const std::vector<int32_t>& rows,
                     const std::vector<int32_t>& chosen, int K, float* stats, float* top_v, int32_t* top_i, const LogprobView* views) override;
   void count_at_least(const Tensor& logits, int64_t L, const std::vector<int32_t>& rows, const std::vector<float>& thresholds,
