@@ -485,6 +485,7 @@ bool Engine::stream_due(const Request& r) const {
 void Engine::note_scheduled(const StepPlan& plan) {
   std::chrono::steady_clock::time_point now{};
   for (const SeqStep& s : plan.seqs) {
+    if (!s.start) continue;  // (a sequence's first step carries its start: later ones need no look-up)
     const auto so = seq_out_.find(s.seq_id);
     if (so == seq_out_.end()) continue;
     const auto r = requests_.find(so->second.request_id);
