@@ -91,6 +91,7 @@ constexpr int kFilterThreads = 256;
 // Row mask_rows[blockIdx.y]'s columns its bitmap does not allow become -inf: a warp per 64-column word
 // (each lane two columns), 8 words a block.
 __global__ void masks_k(float* logits, int64_t stride, int64_t L, const int32_t* mask_rows, const uint64_t* mask_bits) {
+  pdl_enter();  // (the logits are the kernels' before it)
   const int64_t words = mask_words(L);
   const int64_t w = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (w >= words) return;
