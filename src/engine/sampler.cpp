@@ -194,23 +194,10 @@ void Sampler::guided_mask(const SeqState& st, Range vocab, uint64_t* out) const 
 }
 
 void Sampler::guided_bans(const SeqState& st, Range vocab, std::vector<int32_t>& out) const {
-  const auto held = guided_allowed(st, vocab);
-  const std::vector<uint64_t>& allowed = *held;
-  // The end of sequence exactly when the text is whole (or when nothing can continue it).
-  const bool done = st.guide->complete(st.guide_state) || st.guide->stuck(st.guide_state);
-  std::vector<int32_t> eos(st.eos_ids);  // walked alongside the tokens
-  std::sort(eos.begin(), eos.end());
-  auto next_eos = std::lower_bound(eos.begin(), eos.end(), static_cast<int32_t>(vocab.begin));
-  for (int64_t t = vocab.begin; t < vocab.end; ++t) {
-    bool ok;
-    if (next_eos != eos.end() && *next_eos == t) {
-      ok = done;
-      while (next_eos != eos.end() && *next_eos == t) ++next_eos;
-    } else {
-      ok = (allowed[static_cast<size_t>((t - vocab.begin) / 64)] >> ((t - vocab.begin) % 64)) & 1;
-    }
-    if (!ok) out.push_back(static_cast<int32_t>(t));
-  }
+  std::vector<uint64_t> allowed(static_cast<size_t>(mask_words(vocab.size())));
+  guided_mask(st, vocab, allowed.data());
+  for (int64_t t = vocab.begin; t < vocab.end; ++t)
+    if (!mask_allows(allowed.data(), t - vocab.begin)) out.push_back(static_cast<int32_t>(t));
 }
 
 void Sampler::index_history(SeqState& st) {
