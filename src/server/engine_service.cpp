@@ -27,7 +27,6 @@ EngineCounters::EngineCounters(int64_t max_model_len)
       iteration_tokens({1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384}) {}
 
 void EngineService::count_finished(const EngineJob& job, const RequestOutput& out) {
-  ++counters_.requests_finished;
   const std::string reason = out.outputs.empty() ? std::string("abort") : out.outputs[0].finish_reason;
   (reason == "stop" ? counters_.finished_stop : reason == "length" ? counters_.finished_length : counters_.finished_abort)++;
   if (!out.stats) return;

@@ -36,7 +36,7 @@ struct EngineCounters {
   // `max_model_len`: the top of the token-count histograms' buckets.
   explicit EngineCounters(int64_t max_model_len);
   std::atomic<int64_t> running{0}, waiting{0}, swapped{0}, kv_used{0}, kv_total{0};
-  std::atomic<int64_t> prompt_tokens{0}, generation_tokens{0}, requests_finished{0};
+  std::atomic<int64_t> prompt_tokens{0}, generation_tokens{0};
   // Finished requests by their (first sequence's) finish reason: stop, length, abort (vLLM's
   // request_success_total{finished_reason}; a request that failed counts as abort).
   std::atomic<int64_t> finished_stop{0}, finished_length{0}, finished_abort{0};

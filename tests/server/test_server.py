@@ -1911,6 +1911,16 @@ def main():
                     break
             check("data_parallel_size 2: a client gone mid-stream is aborted on the replica that ran it",
                   aborted and int(aborted[0].split("completion_tokens=")[1].split()[0]) < 480, aborted)
+            # Replica 1's server stops only for rank 0's token: without it, or with another, the route is not there.
+            port1 = int(re.search(r"replica 1 of 2: .*its server on 127\.0\.0\.1:(\d+)", open(dpi.log.name).read()).group(1))
+            refused = []
+            for headers in ({}, {"X-Llmserve-Stop": "0" * 32}):
+                c = http.client.HTTPConnection("127.0.0.1", port1, timeout=10)
+                c.request("POST", "/llmserve/stop", headers=headers)
+                refused.append(c.getresponse().status)
+                c.close()
+            check("data_parallel_size 2: a replica's stop route refuses a request without rank 0's token (404), "
+                  "and the replica serves on", refused == [404, 404] and dpi.request("GET", "/health")[0] == 200, refused)
             st, _ = dpi.request("POST", "/reset_prefix_cache")
             log = open(dpi.log.name).read()
             check("data_parallel_size 2: /reset_prefix_cache reaches every replica; /health asks them all",

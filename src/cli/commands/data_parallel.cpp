@@ -15,6 +15,11 @@ Replicas& Replicas::operator=(Replicas&& o) noexcept {
   return *this;
 }
 
+Replicas::~Replicas() {
+  if (replica != MPI_COMM_NULL) MPI_Comm_free(&replica);
+  if (leaders != MPI_COMM_NULL) MPI_Comm_free(&leaders);
+}
+
 std::vector<std::string> gather_replica_lines(const Replicas& dp, const std::vector<std::string>& mine, size_t total,
                                               const char* command) {
   std::string text;
@@ -45,11 +50,6 @@ std::vector<std::string> gather_replica_lines(const Replicas& dp, const std::vec
   return out;
 }
 
-Replicas::~Replicas() {
-  if (replica != MPI_COMM_NULL) MPI_Comm_free(&replica);
-  if (leaders != MPI_COMM_NULL) MPI_Comm_free(&leaders);
-}
-
 void split_replicas(MPI_Comm world, const Config& cfg, Replicas& out) {
   int rank = 0, size = 1;
   MPI_Comm_rank(world, &rank);
@@ -72,7 +72,7 @@ void split_replicas(MPI_Comm world, const Config& cfg, Replicas& out) {
 void refuse_data_parallel(const Config& cfg, const char* command) {
   if (cfg.data_parallel_size > 1)
     throw Error(cat("config: data_parallel_size ", cfg.data_parallel_size, " is not supported by llmserve ", command,
-                    ": it runs one replica (tensor x pipeline parallel); llmserve generate and serve run replicas"));
+                    ": it runs one replica (tensor x pipeline parallel); llmserve generate, run-batch and serve run replicas"));
 }
 
 }  // namespace llmserve
