@@ -177,7 +177,7 @@ def make_forward(cfg, W, rnd=bf16, kv8=None):
     gives the last position's logits, rounded to rnd's 16-bit type at the points in R (main's doc);
     forward(ids, R, hidden=True) every position's final normalized hidden state (lm_head's operand). Qwen2,
     Llama and Qwen3 (q_norm / k_norm: each query and key head RMS-normalized before RoPE, as transformers'
-    Qwen3Attention); RoPE scaling linear, llama3 and yarn (its attention factor on the cosines and sines,
+    Qwen3Attention), and the mixtures of experts Qwen3-MoE and Mixtral (moe below); RoPE scaling linear, llama3 and yarn (its attention factor on the cosines and sines,
     as transformers'). kv8: the rounding of the "kv8" point (e4m3 by default)."""
     kv8 = kv8 or e4m3
     H, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
@@ -187,7 +187,45 @@ def make_forward(cfg, W, rnd=bf16, kv8=None):
     embed = W["model.embed_tokens.weight"]
     lm_head = embed if cfg.get("tie_word_embeddings") else W["lm_head.weight"]
 
+    def expert(h, gate, up, down, R):
+        g, u = h @ W[gate].T, h @ W[up].T
+        a = g / (1 + np.exp(-g)) * u
+        if "act" in R:
+            a = rnd(a)
+        return a @ W[down].T
+
+    def moe(h, router, names, R):
+        """A sparse MoE block as transformers' Qwen3MoeSparseMoeBlock / MixtralSparseMoeBlock: softmax of the
+        router logits over all experts, the top k (ties to the lower index), renormalized where the config
+        says (Mixtral always), the chosen experts' outputs weighted and summed in expert order."""
+        logits = h @ W[router].T
+        pr = np.exp(logits - logits.max(-1, keepdims=True))
+        pr /= pr.sum(-1, keepdims=True)
+        k = cfg["num_experts_per_tok"]
+        top = np.argsort(-pr, axis=-1, kind="stable")[:, :k]
+        wt = np.take_along_axis(pr, top, -1)
+        if cfg.get("norm_topk_prob", cfg.get("model_type") == "mixtral"):
+            wt = wt / wt.sum(-1, keepdims=True)
+        out = np.zeros_like(h)
+        for e in range(pr.shape[1]):
+            t, j = np.nonzero(top == e)
+            if len(t):
+                out[t] += wt[t, j][:, None] * expert(h[t], *names(e), R)
+        return out
+
+    def mlp_of(R):
+        def mlp(h, p):
+            if p + "mlp.gate.weight" in W:  # Qwen3-MoE
+                return moe(h, p + "mlp.gate.weight",
+                           lambda e: [f"{p}mlp.experts.{e}.{n}_proj.weight" for n in ("gate", "up", "down")], R)
+            if p + "block_sparse_moe.gate.weight" in W:  # Mixtral (w1 gate, w3 up, w2 down)
+                return moe(h, p + "block_sparse_moe.gate.weight",
+                           lambda e: [f"{p}block_sparse_moe.experts.{e}.{n}.weight" for n in ("w1", "w3", "w2")], R)
+            return expert(h, p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight", R)
+        return mlp
+
     def forward(ids, R, hidden=False):
+        mlp = mlp_of(R)
         T = len(ids)
         x = embed[ids]
         ang = np.arange(T)[:, None] * inv[None, :]
@@ -231,11 +269,7 @@ def make_forward(cfg, W, rnd=bf16, kv8=None):
                 o = rnd(o)
             x = x + o @ W[p + "self_attn.o_proj.weight"].T
             h = norm(x, W[p + "post_attention_layernorm.weight"], "h")
-            g, u = h @ W[p + "mlp.gate_proj.weight"].T, h @ W[p + "mlp.up_proj.weight"].T
-            a = g / (1 + np.exp(-g)) * u
-            if "act" in R:
-                a = rnd(a)
-            x = x + a @ W[p + "mlp.down_proj.weight"].T
+            x = x + mlp(h, p)
         if hidden:
             return norm(x, W["model.norm.weight"], "final")
         return (norm(x[-1:], W["model.norm.weight"], "final") @ lm_head.T)[0]

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "backend/moe_route.h"
 #include "common/error.h"
 #include "kernels/fp8.h"
 
@@ -27,6 +28,41 @@ void Backend::gate_up_silu_composed(const Tensor& x, const Tensor& w_gate, const
   linear(x, w_up, nullptr, up);
   if (lora) lora_update(x, *lora, {&gate, &up, nullptr});
   silu_mul(gate, up, act);
+}
+
+void Backend::moe(const Tensor& h, const MoeWeights& w, Tensor& out, bool accumulate) {
+  const int64_t T = h.dim(0), H = h.dim(1), E = w.router.dim(0), M = w.down.dim(1);
+  if (out.dtype != DType::F32 || out.numel() < T * H || w.gate_up.dim(0) != E * 2 * M || w.down.dim(0) != E * H)
+    throw std::invalid_argument("moe: shapes of the experts or the output do not match");
+  Tensor logits = empty({T, E}, DType::F32);
+  linear(h, w.router, nullptr, logits);
+  std::vector<float> lg(static_cast<size_t>(T * E)), hh(static_cast<size_t>(T * H));
+  download(logits, lg.data());
+  download(h, hh.data());
+  const MoeRows rows = moe_rows(moe_route(lg.data(), T, E, w.top_k, w.renormalize), T, E, w.top_k);
+  std::vector<float> acc(static_cast<size_t>(T * H), 0.f), xe, ye;
+  if (accumulate) copy_to_host(out, 0, acc.size() * sizeof(float), acc.data());
+  for (int64_t e = 0; e < E; ++e) {
+    const auto& mine = rows.rows[static_cast<size_t>(e)];
+    if (mine.empty()) continue;
+    const int64_t n = static_cast<int64_t>(mine.size());
+    xe.resize(static_cast<size_t>(n * H));
+    for (int64_t i = 0; i < n; ++i)
+      std::copy_n(hh.begin() + mine[static_cast<size_t>(i)].first * H, H, xe.begin() + i * H);
+    const Tensor x = upload(xe.data(), {n, H}, h.dtype);
+    Tensor gate_up = empty({n, 2 * M}, DType::F32), act = empty({n, M}, h.dtype), y = empty({n, H}, DType::F32);
+    gate_up_silu(x, rows_view(w.gate_up, e * 2 * M, M), rows_view(w.gate_up, e * 2 * M + M, M), gate_up, act);
+    linear(act, rows_view(w.down, e * H, H), nullptr, y);
+    ye.resize(static_cast<size_t>(n * H));
+    download(y, ye.data());
+    for (int64_t i = 0; i < n; ++i) {
+      const auto [t, weight] = mine[static_cast<size_t>(i)];
+      float* dst = acc.data() + t * H;
+      const float* src = ye.data() + i * H;
+      for (int64_t c = 0; c < H; ++c) dst[c] += weight * src[c];
+    }
+  }
+  copy_from_host(out, 0, static_cast<size_t>(T * H) * sizeof(float), acc.data());
 }
 
 bool stacked_rows(const std::vector<const Tensor*>& parts) {

@@ -215,6 +215,28 @@ class Backend {
     gate_up_silu(norm.h, w_gate, w_up, gate_up, act);
   }
 
+  // A mixture-of-experts MLP (ModelSpec::num_experts) of the normalized input h [T, H] (activation type):
+  // router [E, H]; gate_up [E * 2M, H], expert e's gate rows then its up rows; down [E * H, M], expert e's
+  // down projection [H, M]. out [T, H] (float32) = (with `accumulate`: out +) for each token, over its top_k
+  // experts (moe_route: the softmax of h . router^T over all E), the sum of each's weight times
+  // (silu(h . gate^T) * (h . up^T)) . down^T. The default routes on the host (the router logits and h are
+  // downloaded: a device backend cannot record it in a graph) and runs each chosen expert over its tokens'
+  // rows with linear and gate_up_silu.
+  struct MoeWeights {
+    const Tensor& router;
+    const Tensor& gate_up;
+    const Tensor& down;
+    int top_k;
+    bool renormalize;
+  };
+  virtual void moe(const Tensor& h, const MoeWeights& w, Tensor& out, bool accumulate);
+  // Whether moe() runs steps of up to `tokens` tokens without the host (so a recorded graph may hold it),
+  // for E experts of intermediate M (k a token) over rows of H.
+  virtual bool moe_in_graphs(int64_t tokens, int64_t E, int k, int64_t H, int64_t M) const {
+    (void)tokens, (void)E, (void)k, (void)H, (void)M;
+    return false;
+  }
+
   // Asynchronous scheduling: draw_rows and row_logprobs call the hook after queuing their work and
   // before they return (on a GPU while they wait for the results, until the hook returns true; on the
   // host once, when done), so the next step's forward pass can be queued behind them. Cleared with an

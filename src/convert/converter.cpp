@@ -128,9 +128,11 @@ void convert_hf(const ConvertOptions& opt) {
     }
   }
   // Base-model checkpoints (Qwen3Model, as embedding models are saved) name their tensors without the
-  // "model." prefix.
+  // "model." prefix; Mixtral's experts have names of their own (mixtral_weight_name).
   auto source_name = [&](const std::string& name) {
-    if (where.count(name) || name.rfind("model.", 0) != 0) return name;
+    if (where.count(name)) return name;
+    if (const std::string m = mixtral_weight_name(name); m != name && where.count(m)) return m;
+    if (name.rfind("model.", 0) != 0) return name;
     const std::string bare = name.substr(6);
     return where.count(bare) ? bare : name;
   };

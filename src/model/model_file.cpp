@@ -35,6 +35,14 @@ void write_model_spec(hid_t g, const ModelSpec& s) {
   write_attr(g, "tie_word_embeddings", static_cast<int64_t>(s.tie_word_embeddings));
   write_attr(g, "attention_bias", static_cast<int64_t>(s.attention_bias));
   write_attr(g, "qk_norm", static_cast<int64_t>(s.qk_norm));
+  if (s.num_experts > 0) {  // (only there, as yarn's)
+    write_attr(g, "num_experts", static_cast<int64_t>(s.num_experts));
+    write_attr(g, "num_experts_per_tok", static_cast<int64_t>(s.num_experts_per_tok));
+    write_attr(g, "moe_intermediate_size", s.moe_intermediate_size);
+    write_attr(g, "norm_topk_prob", static_cast<int64_t>(s.norm_topk_prob));
+    write_attr(g, "decoder_sparse_step", static_cast<int64_t>(s.decoder_sparse_step));
+    write_attr(g, "mlp_only_layers", s.mlp_only_layers);
+  }
   write_attr(g, "torch_dtype", s.torch_dtype);
   write_attr(g, "bos_token_id", s.bos_token_id);
   write_attr(g, "eos_token_ids", s.eos_token_ids);
@@ -73,6 +81,14 @@ ModelSpec read_model_spec(hid_t g) {
   s.tie_word_embeddings = read_attr_i64(g, "tie_word_embeddings") != 0;
   s.attention_bias = read_attr_i64(g, "attention_bias") != 0;
   s.qk_norm = h5::has_attr(g, "qk_norm") && read_attr_i64(g, "qk_norm") != 0;  // (files converted before it have none)
+  if (h5::has_attr(g, "num_experts")) {
+    s.num_experts = static_cast<int>(read_attr_i64(g, "num_experts"));
+    s.num_experts_per_tok = static_cast<int>(read_attr_i64(g, "num_experts_per_tok"));
+    s.moe_intermediate_size = read_attr_i64(g, "moe_intermediate_size");
+    s.norm_topk_prob = read_attr_i64(g, "norm_topk_prob") != 0;
+    s.decoder_sparse_step = static_cast<int>(read_attr_i64(g, "decoder_sparse_step"));
+    s.mlp_only_layers = read_attr_i64_vec(g, "mlp_only_layers");
+  }
   s.torch_dtype = read_attr_str(g, "torch_dtype");
   s.bos_token_id = read_attr_i64(g, "bos_token_id");
   s.eos_token_ids = read_attr_i64_vec(g, "eos_token_ids");

@@ -92,14 +92,18 @@ ModelSpec model_spec_from_hf_config(const json& cfg) {
     arch = arch.substr(0, arch.size() - 5) + "ForCausalLM";
   else if (is_sequence_classifier(arch))
     arch = arch.substr(0, arch.find("ForSequenceClassification")) + "ForCausalLM";
-  if (arch != "Qwen2ForCausalLM" && arch != "Qwen3ForCausalLM" && arch != "LlamaForCausalLM" && arch != "MistralForCausalLM")
+  const bool qwen3_moe = arch == "Qwen3MoeForCausalLM", mixtral = arch == "MixtralForCausalLM";
+  if (arch != "Qwen2ForCausalLM" && arch != "Qwen3ForCausalLM" && arch != "LlamaForCausalLM" && arch != "MistralForCausalLM" &&
+      !qwen3_moe && !mixtral)
     throw Error(cat("unsupported architecture ", given,
-                    " (supported: Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM, MistralForCausalLM, their "
+                    " (supported: Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM, MistralForCausalLM, "
+                    "Qwen3MoeForCausalLM, MixtralForCausalLM, their "
                     "*Model base models for embeddings and *ForSequenceClassification classifiers)"));
   s.architecture = given;
   s.model_type = get_opt<std::string>(cfg, "model_type",
-                                      arch == "Qwen2ForCausalLM" ? "qwen2" : arch == "Qwen3ForCausalLM" ? "qwen3" : "llama");
-  s.qk_norm = arch == "Qwen3ForCausalLM";
+                                      arch == "Qwen2ForCausalLM" ? "qwen2" : arch == "Qwen3ForCausalLM" ? "qwen3"
+                                      : qwen3_moe ? "qwen3_moe" : mixtral ? "mixtral" : "llama");
+  s.qk_norm = arch == "Qwen3ForCausalLM" || qwen3_moe;
   s.hidden_size = get_req<int64_t>(cfg, "hidden_size");
   s.intermediate_size = get_req<int64_t>(cfg, "intermediate_size");
   s.num_layers = get_req<int>(cfg, "num_hidden_layers");
@@ -119,9 +123,22 @@ ModelSpec model_spec_from_hf_config(const json& cfg) {
   if (get_opt<bool>(cfg, "mlp_bias", false)) throw Error("unsupported: mlp_bias = true");
   const std::string act = get_opt<std::string>(cfg, "hidden_act", "silu");
   if (act != "silu") throw Error(cat("unsupported hidden_act '", act, "' (only silu)"));
-  if (arch == "MistralForCausalLM" || arch == "Qwen2ForCausalLM" || arch == "Qwen3ForCausalLM") {
+  if (qwen3_moe) {  // (transformers' Qwen3MoeConfig defaults)
+    s.num_experts = get_opt<int>(cfg, "num_experts", 128);
+    s.num_experts_per_tok = get_opt<int>(cfg, "num_experts_per_tok", 8);
+    s.moe_intermediate_size = get_opt<int64_t>(cfg, "moe_intermediate_size", 768);
+    s.norm_topk_prob = get_opt<bool>(cfg, "norm_topk_prob", false);
+    s.decoder_sparse_step = get_opt<int>(cfg, "decoder_sparse_step", 1);
+    s.mlp_only_layers = get_opt<std::vector<int64_t>>(cfg, "mlp_only_layers", {});
+  } else if (mixtral) {  // every layer sparse, experts of intermediate_size, the chosen weights renormalized
+    s.num_experts = get_opt<int>(cfg, "num_local_experts", 8);
+    s.num_experts_per_tok = get_opt<int>(cfg, "num_experts_per_tok", 2);
+    s.moe_intermediate_size = s.intermediate_size;
+    s.norm_topk_prob = true;
+  }
+  if (arch == "MistralForCausalLM" || arch == "Qwen2ForCausalLM" || arch == "Qwen3ForCausalLM" || qwen3_moe || mixtral) {
     // A sliding window only matters when it is in use and shorter than the context (a null one is none).
-    const bool use_sw = get_opt<bool>(cfg, "use_sliding_window", arch == "MistralForCausalLM");
+    const bool use_sw = get_opt<bool>(cfg, "use_sliding_window", arch == "MistralForCausalLM" || mixtral);
     const int64_t sw = cfg.contains("sliding_window") && cfg["sliding_window"].is_number_integer()
                            ? cfg["sliding_window"].get<int64_t>() : 0;
     if (use_sw && sw > 0 && sw < s.max_position_embeddings) s.sliding_window = sw;
@@ -159,6 +176,18 @@ void model_spec_validate(const ModelSpec& s) {
   need(s.max_position_embeddings > 0, "max_position_embeddings must be positive");
   need(s.rope_scaling.factor > 0, "rope_scaling.factor must be positive");
   need(s.rope_scaling.type != "yarn" || s.rope_theta > 1, "rope_scaling yarn needs rope_theta > 1");
+  if (s.num_experts != 0) {
+    need(s.num_experts > 0, cat("num_experts must be positive, got ", s.num_experts));
+    need(s.num_experts_per_tok >= 1 && s.num_experts_per_tok <= s.num_experts,
+         cat("num_experts_per_tok (", s.num_experts_per_tok, ") must be between 1 and num_experts (", s.num_experts, ")"));
+    need(s.moe_intermediate_size > 0, cat("moe_intermediate_size must be positive, got ", s.moe_intermediate_size));
+    need(s.decoder_sparse_step >= 1, cat("decoder_sparse_step must be at least 1, got ", s.decoder_sparse_step));
+  }
+}
+
+bool moe_layer(const ModelSpec& s, int layer) {
+  return s.num_experts > 0 && (layer + 1) % s.decoder_sparse_step == 0 &&
+         std::find(s.mlp_only_layers.begin(), s.mlp_only_layers.end(), layer) == s.mlp_only_layers.end();
 }
 
 void model_spec_check_layout(const ModelSpec& s, int tp, int pp) {
@@ -171,6 +200,9 @@ void model_spec_check_layout(const ModelSpec& s, int tp, int pp) {
                     " (one must divide the other)"));
   if (s.intermediate_size % tp != 0)
     throw Error(cat("config: the model's intermediate_size ", s.intermediate_size,
+                    " is not divisible by tensor_parallel_size ", tp));
+  if (s.num_experts > 0 && s.moe_intermediate_size % tp != 0)
+    throw Error(cat("config: the model's experts' intermediate size ", s.moe_intermediate_size,
                     " is not divisible by tensor_parallel_size ", tp));
   if (pp > s.num_layers)
     throw Error(cat("config: pipeline_parallel_size (", pp, ") is larger than the model's ", s.num_layers,

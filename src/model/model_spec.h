@@ -27,8 +27,10 @@ struct RopeScaling {
 };
 
 struct ModelSpec {
-  std::string architecture;  // Qwen2ForCausalLM | Qwen3ForCausalLM | LlamaForCausalLM | MistralForCausalLM
-  std::string model_type;    // qwen2 | qwen3 | llama | mistral
+  // Qwen2ForCausalLM | Qwen3ForCausalLM | LlamaForCausalLM | MistralForCausalLM | Qwen3MoeForCausalLM |
+  // MixtralForCausalLM
+  std::string architecture;
+  std::string model_type;    // qwen2 | qwen3 | llama | mistral | qwen3_moe | mixtral
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
   int num_layers = 0;
@@ -48,13 +50,28 @@ struct ModelSpec {
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v projections have a bias (Qwen2: always)
   bool qk_norm = false;         // each query and key head is RMS-normalized before RoPE (Qwen3: always)
+  // Mixture of experts (Qwen3-MoE, Mixtral): a sparse layer's MLP is num_experts experts of
+  // moe_intermediate_size, of which each token takes the num_experts_per_tok whose router probabilities
+  // (softmax over all experts) are highest, their outputs weighted by those probabilities (renormalized to
+  // sum 1 over the chosen where norm_topk_prob). Layer l is sparse unless it is in mlp_only_layers or
+  // (l + 1) is not a multiple of decoder_sparse_step (Qwen3-MoE's rule; a dense layer's MLP has
+  // intermediate_size). num_experts 0: a dense model.
+  int num_experts = 0;
+  int num_experts_per_tok = 0;
+  int64_t moe_intermediate_size = 0;
+  bool norm_topk_prob = true;
+  int decoder_sparse_step = 1;
+  std::vector<int64_t> mlp_only_layers;
   std::string torch_dtype = "bfloat16";
   int64_t bos_token_id = -1;
   std::vector<int64_t> eos_token_ids;
 };
 
+// Whether layer `layer`'s MLP is a mixture of experts (ModelSpec::num_experts).
+bool moe_layer(const ModelSpec& s, int layer);
+
 // Parses a Hugging Face config.json. Throws Error("unsupported architecture X") for anything but
-// Qwen2/Qwen3/Llama/Mistral-style decoders, and Error naming the field for missing or bad values.
+// Qwen2/Qwen3/Llama/Mistral-style decoders and the Qwen3-MoE / Mixtral mixtures of experts, and Error naming the field for missing or bad values.
 ModelSpec model_spec_from_hf_config(const nlohmann::json& cfg);
 
 // Checks internal consistency (positive sizes, heads divide hidden, ...). Throws Error.

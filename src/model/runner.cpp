@@ -160,6 +160,7 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm, bool defer_kv, MPI_Co
     const bool fp8 = cfg_.quantization == "fp8";
     if (fp8 && backend_->name() != "cpu" && dt == DType::F32)
       throw Error("quantization fp8 computes with 16-bit activations on a GPU: set dtype to bfloat16 or float16 (or auto)");
+    check_moe_options(spec_, fp8, cfg_.cpu_offload_gb > 0 && backend_->name() != "cpu", cfg_.enable_lora);
     const DType matrix_dt = fp8 ? backend_->fp8_matrix_dtype() : dt;
     need = shard_weight_bytes(spec_, shard, topo_.first_stage(), topo_.last_stage(), dt, matrix_dt);
     if (cfg_.cpu_offload_gb > 0 && backend_->name() != "cpu")
@@ -241,8 +242,17 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm, bool defer_kv, MPI_Co
   // CUDA graphs for decode steps; their static tensors exist before the memory plan, which counts them.
   // (vLLM's cudagraph_mode and capture sizes pick which: model/graph_sizes.h)
   const GraphPlan plan = graph_plan(cfg_);
-  const bool graphs = backend_->supports_graphs() && !(plan.decode.empty() && plan.mixed.empty());
-  if (backend_->supports_graphs() && !graphs)
+  // (A mixture of experts in graphs only where the backend routes every graph's tokens on the device.)
+  int64_t graph_tokens = 0;
+  for (const auto* sizes : {&plan.decode, &plan.mixed})
+    for (int64_t n : *sizes) graph_tokens = std::max(graph_tokens, n);
+  const bool moe_eager = spec_.num_experts > 0 &&
+                         !backend_->moe_in_graphs(graph_tokens, spec_.num_experts, spec_.num_experts_per_tok, spec_.hidden_size,
+                                                  spec_.moe_intermediate_size / topo_.tp);
+  const bool graphs = backend_->supports_graphs() && !(plan.decode.empty() && plan.mixed.empty()) && !moe_eager;
+  if (backend_->supports_graphs() && moe_eager && graph_tokens > 0)
+    log_info("no CUDA graphs: this mixture of experts' steps of up to ", graph_tokens, " tokens are routed on the host, so every step runs eagerly");
+  else if (backend_->supports_graphs() && !graphs)
     log_info("no CUDA graphs (enforce_eager, cudagraph_mode NONE, -O0 or no capture size in range): every step runs eagerly");
   if (graphs) {
     agree(world_comm, [&] {

@@ -22,6 +22,7 @@ ShardInfo make_shard_info(const ModelSpec& s, const Topology& topo) {
     sh.kv_head_begin = (static_cast<int64_t>(r) * sh.q_heads) / (s.num_heads / s.num_kv_heads);
   }
   sh.intermediate = s.intermediate_size / tp;
+  sh.moe_intermediate = s.moe_intermediate_size / tp;
   sh.vocab = shard_range(s.vocab_size, tp, r);
   sh.vocab_padded = (s.vocab_size + tp - 1) / tp;
   sh.layers = stage_layers(s.num_layers, topo.pp, topo.stage());
@@ -30,14 +31,19 @@ ShardInfo make_shard_info(const ModelSpec& s, const Topology& topo) {
 
 namespace {
 
-// Bytes of a layer's matrices in the order the constructor loads them: q/k/v, o_proj, gate/up, down, held
-// as `dt` (F8E4M3: a code per weight and a float32 scale per row).
-std::array<double, 4> layer_matrix_bytes(const ModelSpec& s, const ShardInfo& sh, DType dt) {
+// Bytes of layer `l`'s matrices in the order the constructor loads them: q/k/v, o_proj, gate/up, down, held
+// as `dt` (F8E4M3: a code per weight and a float32 scale per row). A mixture of experts' gate/up is the router
+// and every expert's gate/up, its down every expert's down.
+std::array<double, 4> layer_matrix_bytes(const ModelSpec& s, const ShardInfo& sh, DType dt, int l) {
   const double e = static_cast<double>(dtype_size(dt)), H = static_cast<double>(s.hidden_size);
   const double qn = static_cast<double>(sh.q_heads * s.head_dim), kn = static_cast<double>(sh.kv_heads * s.head_dim);
-  const double in = static_cast<double>(sh.intermediate);
   const double per_row = dt == DType::F8E4M3 ? 4.0 : 0.0;
   auto bytes = [&](double rows, double cols) { return e * rows * cols + per_row * rows; };
+  if (moe_layer(s, l)) {
+    const double E = s.num_experts, m = static_cast<double>(sh.moe_intermediate);
+    return {bytes(qn + 2 * kn, H), bytes(H, qn), bytes(E, H) + E * bytes(2 * m, H), E * bytes(H, m)};
+  }
+  const double in = static_cast<double>(sh.intermediate);
   return {bytes(qn + 2 * kn, H), bytes(H, qn), bytes(2 * in, H), bytes(H, in)};
 }
 
@@ -58,10 +64,13 @@ double shard_weight_bytes(const ModelSpec& s, const ShardInfo& sh, bool first_st
   const double e = static_cast<double>(dtype_size(dt)), H = static_cast<double>(s.hidden_size);
   const double qn = static_cast<double>(sh.q_heads * s.head_dim), kn = static_cast<double>(sh.kv_heads * s.head_dim);
   // Two norms (four with qk_norm) and the matrices: as the constructor loads them.
-  double layer = e * 2 * H + (s.qk_norm ? e * 2 * static_cast<double>(s.head_dim) : 0.0);
-  for (double m : layer_matrix_bytes(s, sh, matrix_dt)) layer += m;
-  if (s.attention_bias) layer += 4.0 * (qn + 2 * kn);
-  double bytes = layer * static_cast<double>(sh.layers.end - sh.layers.begin);
+  double bytes = 0;
+  for (int l = sh.layers.begin; l < sh.layers.end; ++l) {
+    double layer = e * 2 * H + (s.qk_norm ? e * 2 * static_cast<double>(s.head_dim) : 0.0);
+    for (double m : layer_matrix_bytes(s, sh, matrix_dt, l)) layer += m;
+    if (s.attention_bias) layer += 4.0 * (qn + 2 * kn);
+    bytes += layer;
+  }
   const double table = e * static_cast<double>(sh.vocab_padded) * H;
   if (first_stage || (last_stage && s.tie_word_embeddings)) bytes += table;
   if (last_stage) bytes += e * H + (s.tie_word_embeddings ? 0.0 : table);
@@ -70,26 +79,35 @@ double shard_weight_bytes(const ModelSpec& s, const ShardInfo& sh, bool first_st
 
 double offloaded_weight_bytes(const ModelSpec& s, const ShardInfo& sh, DType dt, double budget, double* largest) {
   OffloadBudget b{budget};
-  const auto m = layer_matrix_bytes(s, sh, dt);
   double most = 0;
   for (int l = sh.layers.begin; l < sh.layers.end && b.used < budget; ++l)
-    for (double bytes : m)
+    for (double bytes : layer_matrix_bytes(s, sh, dt, l))
       if (b.take(bytes)) most = std::max(most, bytes);
   if (largest) *largest = most;
   return b.used;
 }
 
 double largest_matrix_bytes(const ModelSpec& s, const ShardInfo& sh, DType dt) {
-  const auto m = layer_matrix_bytes(s, sh, dt);
-  return sh.layers.end > sh.layers.begin ? *std::max_element(m.begin(), m.end()) : 0.0;
+  double most = 0;
+  for (int l = sh.layers.begin; l < sh.layers.end; ++l)
+    for (double bytes : layer_matrix_bytes(s, sh, dt, l)) most = std::max(most, bytes);
+  return most;
+}
+
+void check_moe_options(const ModelSpec& s, bool fp8, bool offload, bool lora) {
+  if (s.num_experts == 0) return;
+  const char* what = fp8 ? "quantization fp8" : offload ? "cpu_offload_gb" : lora ? "LoRA adapters (enable_lora)" : nullptr;
+  if (what)
+    throw Error(cat(what, ": not supported with a mixture-of-experts model (", s.architecture, ") in llmserve yet"));
 }
 
 Transformer::Transformer(const ModelSpec& spec, const Topology& topo, Backend& backend, Comm& tp_comm,
                          const WeightSource& file, double offload_budget, bool fp8)
     : spec_(spec), topo_(topo), be_(backend), tp_comm_(tp_comm), shard_(make_shard_info(spec, topo)) {
   const DType dt = be_.compute_dtype();
+  check_moe_options(spec, fp8, offload_budget > 0, false);
   OffloadBudget offload{offload_budget};
-  const auto matrix_bytes = layer_matrix_bytes(spec, shard_, fp8 ? be_.fp8_matrix_dtype() : dt);
+  std::array<double, 4> matrix_bytes{};  // (the layer being loaded's)
   // The backend tensor of a layer's matrix `m` (index into matrix_bytes): in host memory while the
   // offload budget lasts; FP8 codes with `fp8`.
   auto put_matrix = [&](int m, const float* v, const std::vector<int64_t>& shape) {
@@ -159,8 +177,10 @@ Transformer::Transformer(const ModelSpec& spec, const Topology& topo, Backend& b
   const int64_t q0 = r * shard_.q_heads * D, qn = shard_.q_heads * D;
   const int64_t k0 = shard_.kv_head_begin * D, kn = shard_.kv_heads * D;
   const int64_t i0 = r * shard_.intermediate, in = shard_.intermediate;
+  const int64_t m0 = r * shard_.moe_intermediate, mn = shard_.moe_intermediate;
   for (int l = shard_.layers.begin; l < shard_.layers.end; ++l) {
     const std::string p = layer_prefix(l);
+    matrix_bytes = layer_matrix_bytes(spec, shard_, fp8 ? be_.fp8_matrix_dtype() : dt, l);
     LayerWeights w;
     w.input_norm = load_vec(p + "input_layernorm.weight", H);
     w.post_norm = load_vec(p + "post_attention_layernorm.weight", H);
@@ -176,6 +196,25 @@ Transformer::Transformer(const ModelSpec& spec, const Topology& topo, Backend& b
       w.k_norm = load_vec(a + "k_norm.weight", D);
     }
     w.wo = load_cols(1, p + "self_attn.o_proj.weight", H, q0, qn);
+    if (moe_layer(spec, l)) {  // (no offload or fp8 here: check_moe_options)
+      w.router = load_rows(p + "mlp.gate.weight", 0, spec.num_experts, H);
+      std::vector<float> gu, down;
+      gu.reserve(static_cast<size_t>(spec.num_experts * 2 * mn * H));
+      down.reserve(static_cast<size_t>(spec.num_experts * H * mn));
+      for (int64_t e = 0; e < spec.num_experts; ++e) {
+        const std::string x = expert_prefix(l, e);
+        for (const char* part : {"gate_proj.weight", "up_proj.weight"}) {
+          const auto v = file.read_f32(x + part, m0, mn, 0, H);
+          gu.insert(gu.end(), v.begin(), v.end());
+        }
+        const auto v = file.read_f32(x + "down_proj.weight", 0, H, m0, mn);
+        down.insert(down.end(), v.begin(), v.end());
+      }
+      w.experts_gate_up = be_.upload(gu.data(), {spec.num_experts * 2 * mn, H}, dt);
+      w.experts_down = be_.upload(down.data(), {spec.num_experts * H, mn}, dt);
+      layers_.push_back(std::move(w));
+      continue;
+    }
     auto gate_up = load_stacked({{p + "mlp.gate_proj.weight", i0, in}, {p + "mlp.up_proj.weight", i0, in}}, H, dt, 2);
     w.w_gate = gate_up[0], w.w_up = gate_up[1];
     w.w_down = load_cols(3, p + "mlp.down_proj.weight", H, i0, in);
@@ -205,6 +244,7 @@ void Transformer::set_loras(const std::vector<LoraAdapter>& adapters) {
 }
 
 void Transformer::reserve_loras(int slots, int rank, const std::array<bool, kLoraTargets>& targets) {
+  if (slots > 0) check_moe_options(spec_, false, false, true);
   lora_.clear();
   lora_slots_ = slots;
   lora_rank_ = rank;
@@ -404,6 +444,18 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
                                lora(li, kLoraQkv));
     be_.attention(q, kc, vc, D, kv.shape().block_size, scale, attn);
     project_residual(attn, w.wo, lora(li, kLoraOut));
+    if (w.router.defined()) {  // a mixture of experts: each rank's share of every expert, summed as a dense MLP's
+      be_.rmsnorm(x, w.post_norm, eps, h);
+      const Backend::MoeWeights moe{w.router, w.experts_gate_up, w.experts_down, spec_.num_experts_per_tok, spec_.norm_topk_prob};
+      if (topo_.tp == 1) {  // (into the residual stream itself)
+        be_.moe(h, moe, x, true);
+        continue;
+      }
+      be_.moe(h, moe, proj, false);
+      all_reduce(proj);
+      be_.add(x, proj);
+      continue;
+    }
     be_.norm_gate_up_silu(x, post_norm, w.w_gate, w.w_up, gate_up, act, lora(li, kLoraGateUp));
     project_residual(act, w.w_down, lora(li, kLoraDownGroup));
   }

@@ -25,6 +25,10 @@ struct LayerWeights {
   Tensor wq, wk, wv, bq, bk, bv, wo;
   Tensor q_norm, k_norm;  // per-head RMSNorm weights [head_dim] (ModelSpec::qk_norm)
   Tensor w_gate, w_up, w_down;
+  // A mixture-of-experts layer (moe_layer) instead of w_gate / w_up / w_down: the router [E, H] (every rank
+  // all of it) and the experts' matrices as Backend::moe takes them, each expert's intermediate split
+  // over the tensor group as a dense MLP's is: gate_up [E * 2M, H], down [E * H, M] (M its share).
+  Tensor router, experts_gate_up, experts_down;
 };
 
 // The LoRA adapters' updates to one group of a layer's projections that share an input (q/k/v; o;
@@ -49,6 +53,7 @@ struct ShardInfo {
   int64_t kv_heads = 0;        // local key/value heads
   int64_t kv_head_begin = 0;   // first global kv head held
   int64_t intermediate = 0;    // local intermediate size
+  int64_t moe_intermediate = 0;  // local share of each expert's intermediate size (mixtures of experts)
   Range vocab;                 // vocabulary rows held (embedding and lm_head)
   int64_t vocab_padded = 0;    // rows per tp rank, for gathers (ceil(V / tp))
   LayerRange layers;           // layers of this stage
@@ -65,6 +70,9 @@ double shard_weight_bytes(const ModelSpec& s, const ShardInfo& sh, bool first_st
 // The largest of a layer's matrices (q/k/v and gate/up stacked) held as `dt`: a GPU backend expands FP8
 // matrices into a device buffer that large for GEMMs of many tokens.
 double largest_matrix_bytes(const ModelSpec& s, const ShardInfo& sh, DType dt);
+// What a model of spec `s` cannot be served with (mixtures of experts: quantization fp8, cpu_offload_gb on a
+// GPU, LoRA adapters), as an Error naming it; nothing for a dense model.
+void check_moe_options(const ModelSpec& s, bool fp8, bool offload, bool lora);
 
 // vLLM's cpu_offload_gb: a layer's matrices (q/k/v, o_proj, gate/up, down), layer after layer from the
 // stage's first, are kept in the host's pinned memory, which the GPU reads over its bus at every step,

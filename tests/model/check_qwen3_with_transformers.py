@@ -5,7 +5,8 @@ and whether transformers' greedy tokens equal the goldens'. Needs torch and a tr
 (the GPU machine has them; CI does not run this).
 
   check_qwen3_with_transformers.py OUT [NAME]    (OUT as make_tiny_qwen3.py wrote it; NAME tiny-qwen3,
-                                                 tiny-qwen3-yarn or tiny-qwen3-embed, default tiny-qwen3)
+                                                 tiny-qwen3-yarn, tiny-qwen3-embed, tiny-qwen3-moe or tiny-mixtral,
+                                                 default tiny-qwen3)
 """
 import json
 import sys
@@ -42,6 +43,6 @@ with torch.no_grad():
         worst = max(worst, float(np.linalg.norm(got - last[i]) / np.linalg.norm(last[i])))
         gen = model.generate(ids, max_new_tokens=24, do_sample=False, min_new_tokens=24)[0, len(p["ids"]):].tolist()
         greedy_equal += gen == p["greedy"]["ids"]
-print(f"{name}: transformers {transformers.__version__} Qwen3ForCausalLM (float32) against the numpy goldens: worst last-logits "
+print(f"{name}: transformers {transformers.__version__} {type(model).__name__} (float32) against the numpy goldens: worst last-logits "
       f"relative L2 {worst:.3e}; greedy 24 tokens equal on {greedy_equal} of {len(golden['public'])} prompts")
 sys.exit(0 if worst < 1e-5 and greedy_equal == len(golden["public"]) else 1)

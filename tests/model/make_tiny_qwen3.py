@@ -22,6 +22,10 @@ tokenizer files and prompts are tiny-qwen2's (Qwen3 uses the Qwen2.5 vocabulary)
                                              cross-encoder); per prompt the logits and the activated scores, and for
                                              the reranker the scores of pairs of the prompts (their token ids one
                                              after the other: Qwen2's tokenizer adds no special tokens to a pair)
+  make_tiny_qwen3.py FIXTURES OUT moe       writes tiny-qwen3-moe (Qwen3MoeForCausalLM: 8 experts of 32, 2 a token,
+                                             norm_topk_prob, layer 2 dense by mlp_only_layers) and tiny-mixtral
+                                             (MixtralForCausalLM: Llama's attention, 4 experts of 48, 2 a token, its
+                                             block_sparse_moe.* names, untied lm_head), each with its goldens
 """
 import json
 import os
@@ -219,8 +223,68 @@ def write_goldens(fixtures, gdir, name, vocab_size, forward, lm_head, dtype):
     print(f"{name}: {len(public)} prompts; smallest greedy margin {min(min(x['greedy']['margins']) for x in public):.3g}")
 
 
+MOE = dict(CONFIG, architectures=["Qwen3MoeForCausalLM"], model_type="qwen3_moe", num_experts=8, num_experts_per_tok=2,
+           moe_intermediate_size=32, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[2])
+MIXTRAL = {
+    "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "attention_dropout": 0.0, "bos_token_id": 151643,
+    "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 64, "initializer_range": 0.02, "intermediate_size": 48,
+    "max_position_embeddings": 32768, "num_attention_heads": 4, "num_hidden_layers": 4, "num_key_value_heads": 2,
+    "num_local_experts": 4, "num_experts_per_tok": 2, "rms_norm_eps": 1e-05, "rope_theta": 1000000.0,
+    "router_aux_loss_coef": 0.02, "sliding_window": None, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    "use_cache": True, "vocab_size": 151936,
+}
+
+
+def moe_weights(cfg, seed):
+    """tiny-qwen3's draws for the attention (without q_norm / k_norm for Mixtral), a router and experts in
+    every sparse layer (Qwen3-MoE's names, or Mixtral's)."""
+    rng = np.random.default_rng(seed)
+    mixtral = cfg["model_type"] == "mixtral"
+    base = dict(cfg, head_dim=cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"]))
+    W = {k: v for k, v in weights(base, seed).items() if not (mixtral and ("q_norm" in k or "k_norm" in k))}
+    H = cfg["hidden_size"]
+    E = cfg.get("num_experts", cfg.get("num_local_experts"))
+    M = cfg.get("moe_intermediate_size", cfg["intermediate_size"])
+    for layer in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{layer}."
+        if layer in cfg.get("mlp_only_layers", []):
+            continue
+        for n in ("gate_proj", "up_proj", "down_proj"):
+            del W[p + f"mlp.{n}.weight"]
+        moe = p + ("block_sparse_moe." if mixtral else "mlp.")
+        W[moe + "gate.weight"] = ref.bf16(rng.normal(0, 0.3, (E, H)))
+        for e in range(E):
+            x = f"{moe}experts.{e}."
+            names = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
+            W[x + names[0] + ".weight"] = ref.bf16(rng.normal(0, 0.15, (M, H)))
+            W[x + names[1] + ".weight"] = ref.bf16(rng.normal(0, 0.15, (M, H)))
+            W[x + names[2] + ".weight"] = ref.bf16(rng.normal(0, 0.15, (H, M)))
+    if not cfg["tie_word_embeddings"]:
+        W["lm_head.weight"] = ref.bf16(rng.normal(0, 0.5, (cfg["vocab_size"], H)))
+    return W
+
+
+def main_moe(fixtures, out):
+    for name, cfg, seed in (("tiny-qwen3-moe", MOE, 2027), ("tiny-mixtral", MIXTRAL, 2028)):
+        mdir, gdir = f"{out}/models/{name}", f"{out}/golden"
+        os.makedirs(mdir, exist_ok=True)
+        os.makedirs(gdir, exist_ok=True)
+        W = moe_weights(cfg, seed)
+        json.dump(cfg, open(f"{mdir}/config.json", "w"), indent=2)
+        json.dump({"bos_token_id": 151643, "eos_token_id": [151645, 151643]}, open(f"{mdir}/generation_config.json", "w"))
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copyfile(f"{fixtures}/models/tiny-qwen2/{f}", f"{mdir}/{f}")
+        write_safetensors(f"{mdir}/model.safetensors", W)
+        R = ref.load_safetensors(f"{mdir}/model.safetensors")
+        lm_head = R["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else R["lm_head.weight"]
+        write_goldens(fixtures, gdir, name, cfg["vocab_size"], ref.make_forward(cfg, R), lm_head,
+                      "float64 compute from bf16 weights")
+
+
 def main():
     fixtures, out = sys.argv[1], sys.argv[2]
+    if sys.argv[3:] == ["moe"]:
+        return main_moe(fixtures, out)
     if sys.argv[3:] == ["embed"]:
         return main_embed(fixtures, out)
     if sys.argv[3:] == ["classify"]:

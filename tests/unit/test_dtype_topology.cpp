@@ -285,3 +285,65 @@ TEST(Backend, CopyColumnsPlacesShardsAndChecksRanges) {
   Tensor narrow = cpu.empty({1, 5}, DType::F32);
   EXPECT_THROW(cpu.copy_columns(ta, 3, narrow, 0), std::invalid_argument);  // fewer rows
 }
+
+// Mixtures of experts: Qwen3-MoE's and Mixtral's config keys, the sparse-layer rule, the layout check on
+// the experts' intermediate size, and the refusals. (The forward itself: the tiny-qwen3-moe and
+// tiny-mixtral golden tests.)
+TEST(ModelSpec, MixtureOfExperts) {
+  using nlohmann::json;
+  json cfg = {{"architectures", {"Qwen3MoeForCausalLM"}}, {"hidden_size", 64}, {"intermediate_size", 128},
+              {"num_hidden_layers", 4}, {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"head_dim", 32},
+              {"vocab_size", 100}, {"num_experts", 8}, {"num_experts_per_tok", 2}, {"moe_intermediate_size", 48},
+              {"norm_topk_prob", true}, {"decoder_sparse_step", 2}, {"mlp_only_layers", {3}}};
+  ModelSpec s = model_spec_from_hf_config(cfg);
+  EXPECT_EQ(s.model_type, "qwen3_moe");
+  EXPECT_TRUE(s.qk_norm);
+  EXPECT_EQ(s.num_experts, 8);
+  EXPECT_EQ(s.num_experts_per_tok, 2);
+  EXPECT_EQ(s.moe_intermediate_size, 48);
+  EXPECT_TRUE(s.norm_topk_prob);
+  // sparse where (l + 1) % 2 == 0, unless in mlp_only_layers
+  EXPECT_FALSE(moe_layer(s, 0));
+  EXPECT_TRUE(moe_layer(s, 1));
+  EXPECT_FALSE(moe_layer(s, 2));
+  EXPECT_FALSE(moe_layer(s, 3));
+  cfg.erase("norm_topk_prob");  // (transformers' default: off)
+  EXPECT_FALSE(model_spec_from_hf_config(cfg).norm_topk_prob);
+  EXPECT_NO_THROW(model_spec_check_layout(s, 2, 1));
+  s.moe_intermediate_size = 50;
+  EXPECT_THROW(model_spec_check_layout(s, 4, 1), Error);
+  cfg["num_experts_per_tok"] = 9;
+  EXPECT_THROW(model_spec_from_hf_config(cfg), Error);
+
+  json mix = {{"architectures", {"MixtralForCausalLM"}}, {"hidden_size", 64}, {"intermediate_size", 96},
+              {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"vocab_size", 100},
+              {"num_local_experts", 4}, {"num_experts_per_tok", 2}, {"sliding_window", nullptr}};
+  const ModelSpec m = model_spec_from_hf_config(mix);
+  EXPECT_EQ(m.model_type, "mixtral");
+  EXPECT_FALSE(m.qk_norm);
+  EXPECT_EQ(m.num_experts, 4);
+  EXPECT_EQ(m.moe_intermediate_size, 96);  // (Mixtral's experts are intermediate_size wide)
+  EXPECT_TRUE(m.norm_topk_prob);
+  EXPECT_EQ(m.sliding_window, 0);
+  EXPECT_TRUE(moe_layer(m, 0) && moe_layer(m, 1));
+  try {
+    check_moe_options(m, true, false, false);
+    ADD_FAILURE() << "fp8 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("quantization fp8: not supported with a mixture-of-experts model"), std::string::npos);
+  }
+  EXPECT_THROW(check_moe_options(m, false, true, false), Error);
+  EXPECT_THROW(check_moe_options(m, false, false, true), Error);
+  EXPECT_NO_THROW(check_moe_options(m, false, false, false));
+  ModelSpec dense = m;
+  dense.num_experts = 0;
+  EXPECT_NO_THROW(check_moe_options(dense, true, true, true));
+
+  // Weights: the router and every expert's matrices, as many bytes as shard_weight_bytes counts (one
+  // expert's intermediate split two ways here).
+  const ShardInfo sh = make_shard_info(m, make_topology(0, 2, 2, 1));
+  EXPECT_EQ(sh.moe_intermediate, 48);
+  const double e = 2, H = 64, q = 2 * 16, kv = 1 * 16;
+  const double layer = e * 2 * H + e * ((q + 2 * kv) * H + H * q) + e * 4 * H + 4 * e * 2 * 48 * H + 4 * e * H * 48;
+  EXPECT_DOUBLE_EQ(shard_weight_bytes(m, sh, false, false, DType::BF16, DType::BF16), 2 * layer);
+}
