@@ -136,6 +136,15 @@ void flash_prefill(const TI* q, const TC* k_cache, const TC* v_cache, const int3
                    const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t num_tiles,
                    int64_t n, int64_t Hq, int64_t Hk, int64_t D, int64_t block_size, int64_t cache_blocks,
                    int64_t max_context, float scale, T* out, cudaStream_t s);
+// A mixture-of-experts MLP (Backend::moe) of h [T, H] given its router logits [T, E] (float32): experts'
+// gate_up [E * 2M, H] and down [E * H, M] in T's type, out [T, H] float32 (added to where `accumulate`).
+// The (token, expert) pairs are at most kMoeMaxPairs (moe_on_device_fits); scratch holds moe_scratch_bytes.
+constexpr int64_t kMoeMaxPairs = 4096;
+bool moe_on_device_fits(int64_t T, int64_t E, int k, int64_t H, int64_t M);
+size_t moe_scratch_bytes(int64_t T, int64_t E, int k, int64_t H, int64_t M, size_t elem);
+template <typename T>
+void moe(const T* h, const float* logits, const T* gate_up, const T* down, int64_t tokens, int64_t E, int k,
+         bool renormalize, int64_t H, int64_t M, void* scratch, float* out, bool accumulate, cudaStream_t s);
 template <typename TI, typename T>
 void silu_mul(const TI* gate, const TI* up, int64_t n, T* out, cudaStream_t s);
 // out[r, i] = silu(gu[r, i]) * gu[r, I + i] for rows of (gate | up) [rows, 2I] (one GEMM over stacked

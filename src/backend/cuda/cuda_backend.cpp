@@ -1133,6 +1133,31 @@ void CudaBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
   });
 }
 
+bool CudaBackend::moe_in_graphs(int64_t tokens, int64_t E, int k, int64_t H, int64_t M) const {
+  return cuda::moe_on_device_fits(tokens, E, k, H, M) && !std::getenv("LLMSERVE_MOE_HOST");
+}
+
+void CudaBackend::moe(const Tensor& h, const MoeWeights& w, Tensor& out, bool accumulate) {
+  const int64_t T = rows_of(h), H = cols_of(h), E = w.router.dim(0), M = w.down.dim(1);
+  const bool types = w.gate_up.dtype == h.dtype && w.down.dtype == h.dtype && h.dtype != DType::F8E4M3 && out.dtype == DType::F32;
+  const size_t elem = dtype_size(h.dtype);
+  auto at16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };  // (the kernels' vector loads)
+  const bool aligned = at16(h.data) && at16(w.gate_up.data) && at16(w.down.data);
+  if (!types || !aligned || !moe_in_graphs(T, E, w.top_k, H, M)) {
+    LLMSERVE_CHECK(!capturing_, "cuda backend: a mixture-of-experts step this size cannot be recorded in a graph");
+    return Backend::moe(h, w, out, accumulate);
+  }
+  Tensor logits = empty({T, E}, DType::F32);
+  linear(h, w.router, nullptr, logits);
+  // (scratch as float32 elements: the kernels lay out their int32 and typed parts in it)
+  Tensor scratch = empty({static_cast<int64_t>((cuda::moe_scratch_bytes(T, E, w.top_k, H, M, elem) + 3) / 4)}, DType::F32);
+  dispatch(h.dtype, [&](auto* tag) {
+    using TT = std::remove_pointer_t<decltype(tag)>;
+    cuda::moe<TT>(h.as<TT>(), logits.as<float>(), w.gate_up.as<TT>(), w.down.as<TT>(), T, E, w.top_k, w.renormalize, H, M,
+                  scratch.data, out.as<float>(), accumulate, stream());
+  });
+}
+
 void CudaBackend::lora_shrink(const Tensor& in, const Tensor& a, Tensor& t) {
   const int64_t T = rows_of(in), K = cols_of(in);
   LLMSERVE_CHECK(T == num_tokens_ && a.dtype == in.dtype && a.shape.size() == 3 && a.dim(2) == K && t.dtype == DType::F32 &&

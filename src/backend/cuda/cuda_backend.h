@@ -51,6 +51,10 @@ class CudaBackend : public Backend {
   void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t head_dim, int64_t block_size,
                  float scale, Tensor& out) override;
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) override;
+  // Steps of up to kMoeMaxPairs (token, expert) pairs on the device (kernels/cuda/moe.cu); larger ones (a
+  // long prefill) through Backend::moe's host routing, which groups each expert's tokens for cuBLASLt.
+  void moe(const Tensor& h, const MoeWeights& w, Tensor& out, bool accumulate) override;
+  bool moe_in_graphs(int64_t tokens, int64_t E, int k, int64_t H, int64_t M) const override;
   void lora_shrink(const Tensor& in, const Tensor& a, Tensor& t) override;
   void lora_expand(const Tensor& t, const LoraExpand* outs, int n) override;
   void gather_rows(const Tensor& x, Tensor& out) override;
