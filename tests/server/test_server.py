@@ -39,19 +39,30 @@ def heads(port, method, path, headers, body=None):
     return r.status, {k.lower(): v for k, v in r.getheaders()}
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+def free_port(span=1):
+    """A free port p, with p + 1 .. p + span - 1 free too (data_parallel_external_lb: replica r listens on p + r)."""
+    for _ in range(100):
+        held = [socket.socket()]
+        held[0].bind(("127.0.0.1", 0))
+        p = held[0].getsockname()[1]
+        try:
+            for i in range(1, span):
+                held.append(socket.socket())
+                held[-1].bind(("127.0.0.1", p + i))
+            return p
+        except OSError:
+            continue
+        finally:
+            for h in held:
+                h.close()
+    raise RuntimeError(f"no {span} consecutive free ports")
 
 
 class Server:
-    def __init__(self, *extra, np=2, tp=2, model=None, env=None):
+    def __init__(self, *extra, np=2, tp=2, model=None, env=None, ports=1):
         if BACKEND == "cuda":
             np, tp = 1, 1
-        self.port = free_port()
+        self.port = free_port(ports)
         self.log = open(os.path.join(BUILD, "test-out", f"server-{self.port}.log"), "w")
         cmd = [os.path.join(HERE, "..", "mpirun.sh"), str(np), os.path.join(BUILD, "llmserve"), "--model", model or MODEL,
                *BACKEND_ARGS, "-tp", str(tp), "--host", "127.0.0.1", "--port", str(self.port),
@@ -1932,7 +1943,7 @@ def main():
         # vLLM's data_parallel_external_lb: two replicas of 2-way tensor parallelism in one job, each a server
         # of its own (port, port + 1) answering as the other does; SIGTERM to every rank, as mpirun forwards
         # it, stops the job with exit code 0.
-        dps = Server("-dp", "2", "--data-parallel-external-lb", np=4, tp=2)
+        dps = Server("-dp", "2", "--data-parallel-external-lb", np=4, tp=2, ports=2)
         try:
             port1 = dps.port + 1
             for _ in range(200):  # (replica 0 answers /health already: Server waited for it)
