@@ -190,7 +190,11 @@ void convert_hf(const ConvertOptions& opt) {
       continue;
     }
     auto it = where.find(source_name(w.name));
-    if (it == where.end()) throw Error(cat("'", dir.string(), "': tensor '", w.name, "' missing from the checkpoint"));
+    if (it == where.end()) {
+      const std::string m = mixtral_weight_name(w.name);  // (a mixture's tensors have Mixtral's names too)
+      throw Error(cat("'", dir.string(), "': tensor '", w.name, "'", m != w.name ? cat(" (or Mixtral's '", m, "')") : std::string(),
+                      " missing from the checkpoint"));
+    }
     const auto& e = it->second->entries().at(source_name(w.name));
     if (e.shape != w.shape) {
       std::ostringstream got, want;

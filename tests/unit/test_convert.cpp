@@ -217,6 +217,14 @@ TEST(Converter, BadInputsGiveClearErrorsAndNoOutput) {
   write_bytes(dir / "shape" / "config.json", cfg.dump());
   fs::copy(src / "model.safetensors", dir / "shape" / "model.safetensors");
   expect_error(dir / "shape", "mlp.gate_proj.weight' has shape");
+  // A mixture of experts' config over a dense checkpoint: the router is named both ways it may be.
+  fs::create_directories(dir / "moe");
+  cfg = json::parse(read_bytes(src / "config.json"));
+  cfg["architectures"] = {"MixtralForCausalLM"};
+  cfg["num_local_experts"] = 2;
+  write_bytes(dir / "moe" / "config.json", cfg.dump());
+  fs::copy(src / "model.safetensors", dir / "moe" / "model.safetensors");
+  expect_error(dir / "moe", "tensor 'model.layers.0.mlp.gate.weight' (or Mixtral's 'model.layers.0.block_sparse_moe.gate.weight') missing");
   // No weights at all.
   fs::create_directories(dir / "noweights");
   fs::copy(src / "config.json", dir / "noweights" / "config.json");

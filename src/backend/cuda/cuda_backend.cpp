@@ -1134,7 +1134,8 @@ void CudaBackend::silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) {
 }
 
 bool CudaBackend::moe_in_graphs(int64_t tokens, int64_t E, int k, int64_t H, int64_t M) const {
-  return cuda::moe_on_device_fits(tokens, E, k, H, M) && !std::getenv("LLMSERVE_MOE_HOST");
+  static const bool host = std::getenv("LLMSERVE_MOE_HOST") != nullptr;  // (read once: moe() asks every layer)
+  return cuda::moe_on_device_fits(tokens, E, k, H, M) && !host;
 }
 
 void CudaBackend::moe(const Tensor& h, const MoeWeights& w, Tensor& out, bool accumulate) {
