@@ -19,7 +19,7 @@
 //    decode over batch sizes and contexts and prefill of one causal sequence (its fp8 blocks widened
 //    tile by tile by the kernel, and once before it).
 // Usage: kernel_bench [--quick | --layers | --layers-7b | --layers-3b | --lora | --attention | --attention-chunks | --attention-fp8 | --sampler | --boundary
-//                      | --splitk | --skinny | --prefill | --fp8 | --few-tokens | --shrink-probe]
+//                      | --splitk | --skinny | --prefill | --fp8 | --few-tokens | --moe | --shrink-probe]
 // (prints tables; exits 77 without a GPU; --layers: the rooflines and the step-layer tables alone;
 // --layers-7b: the decode-layer tables at the Qwen2.5-7B shape (1-16 sequences), GEMVs of one size
 // by row length, lm_head and the draw; --layers-3b: the decode-layer tables at the Qwen2.5-3B shape;
@@ -33,7 +33,8 @@
 // rooflines and prefill attention, the warpgroup-MMA kernel against the mma.sync one; --fp8: the
 // rooflines, the GEMV chains and many-token linear layers with FP8 weights, expanded and as FP8 GEMMs;
 // --few-tokens: the rooflines and 1-4-token linear layers over FP8 and bf16 weights, the GEMVs against the
-// skinny kernels)
+// skinny kernels; --moe: the rooflines and a mixture-of-experts layer of 1-64 tokens at the Qwen3-30B-A3B
+// shape, token-major and grouped by expert, against the floor of its distinct experts' bytes)
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -47,6 +48,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
+#include "backend/moe_route.h"
 #include "bench/boundary_kernels.h"
 #include "kernels/cuda/ops.cuh"
 
@@ -492,6 +494,73 @@ void few_token_table(CudaBackend& be, DType wt, double copy_gbs) {
   std::printf("(copy bandwidth %.0f GB/s)\n", copy_gbs);
 }
 
+// --moe: a mixture-of-experts MLP at the Qwen3-30B-A3B shape (128 experts of 768, 8 a token, hidden
+// 2,048; bf16) over L layers of distinct weights (the chosen experts stream from memory), 1-64 tokens:
+// the router GEMM alone, and the router with cuda::moe token-major and grouped by expert (us per layer),
+// against the floor of the distinct experts' bytes (and the router's) at the copy rate.
+void moe_table(CudaBackend& be, double copy_gbs) {
+  using B16 = __nv_bfloat16;
+  const int64_t L = 4, E = 128, H = 2048, M = 768, maxT = 64;
+  const int k = 8;
+  std::vector<Tensor> router, gate_up, down;
+  for (int64_t l = 0; l < L; ++l) {
+    router.push_back(random_tensor(be, {E, H}, DType::BF16, 0.05f));
+    gate_up.push_back(random_tensor(be, {E * 2 * M, H}, DType::BF16));
+    down.push_back(random_tensor(be, {E * H, M}, DType::BF16));
+  }
+  Tensor scratch = be.empty({static_cast<int64_t>(cuda::moe_scratch_bytes(maxT, E, k, H, M, 2) / 4 + 1)}, DType::F32);
+  std::printf("\nmixture of experts (E %lld, k %d, H %lld, M %lld, bf16), us per layer over %lld layers; GB/s of the distinct "
+              "experts' and the router's bytes\n",
+              static_cast<long long>(E), k, static_cast<long long>(H), static_cast<long long>(M), static_cast<long long>(L));
+  std::printf("%6s %9s %9s %9s %22s %22s %10s\n", "tokens", "experts", "floor", "router", "router + token-major",
+              "router + grouped", "max diff");
+  for (const int64_t T : {1, 2, 4, 8, 16, 32, 64}) {
+    // (h from the hashed values 8 places on from the router's, which share their indices: otherwise token t's
+    // row is router row t and picks expert t by far, and the others' probabilities underflow to ties)
+    Tensor hb = random_tensor(be, {T * H + 8}, DType::BF16, 1.f), logits = be.empty({L * T, E}, DType::F32);
+    Tensor h = hb;
+    h.data = hb.as<B16>() + 8;
+    h.shape = {T, H};
+    Tensor out[2] = {be.empty({T, H}, DType::F32), be.empty({T, H}, DType::F32)};
+    auto layer = [&](int way, int64_t l) {  // way -1: the router alone
+      Tensor lg = rows_view(logits, l * T, T);
+      be.linear(h, router[static_cast<size_t>(l)], nullptr, lg);
+      if (way < 0) return;
+      cuda::moe<B16>(h.as<B16>(), lg.as<float>(), gate_up[static_cast<size_t>(l)].as<B16>(), down[static_cast<size_t>(l)].as<B16>(),
+                     T, E, k, true, H, M, scratch.data, out[way].as<float>(), false, be.stream(),
+                     way == 0 ? cuda::MoePath::Tokens : cuda::MoePath::Grouped);
+    };
+    double us[3];
+    for (int way = -1; way < 2; ++way)
+      us[way + 1] = graph_ms(be, [&] { for (int64_t l = 0; l < L; ++l) layer(way, l); }, 1) / L * 1e3;
+    // The distinct experts each layer's routing reads; the two paths' outputs of the last layer compared.
+    std::vector<float> lg(static_cast<size_t>(L * T * E)), o[2];
+    for (int way = 0; way < 2; ++way) layer(way, L - 1);
+    be.synchronize();
+    cudaMemcpy(lg.data(), logits.data, lg.size() * 4, cudaMemcpyDeviceToHost);
+    for (int way = 0; way < 2; ++way) {
+      o[way].resize(static_cast<size_t>(T * H));
+      cudaMemcpy(o[way].data(), out[way].data, o[way].size() * 4, cudaMemcpyDeviceToHost);
+    }
+    double experts = 0;
+    for (int64_t l = 0; l < L; ++l) {
+      std::vector<bool> used(static_cast<size_t>(E));
+      for (const MoeChoice& c : moe_route(lg.data() + l * T * E, T, E, k, true)) used[static_cast<size_t>(c.expert)] = true;
+      experts += static_cast<double>(std::count(used.begin(), used.end(), true)) / L;
+    }
+    double diff = 0, mag = 0;
+    for (size_t j = 0; j < o[0].size(); ++j) {
+      diff = std::max(diff, static_cast<double>(std::fabs(o[0][j] - o[1][j])));
+      mag = std::max(mag, static_cast<double>(std::fabs(o[1][j])));
+    }
+    const double bytes = 2.0 * (experts * 3 * M * H + E * H), floor_us = bytes / copy_gbs * 1e-3;
+    auto pct = [&](double u) { return 100.0 * floor_us / u; };
+    std::printf("%6lld %9.1f %9.2f %9.2f %10.2f (%4.0f%%)  %10.2f (%4.0f%%)  %10.2e\n", static_cast<long long>(T), experts,
+                floor_us, us[0], us[1], pct(us[1]), us[2], pct(us[2]), mag > 0 ? diff / mag : diff);
+  }
+  std::printf("(copy bandwidth %.0f GB/s; floor: the distinct experts' and the router's bytes at it)\n", copy_gbs);
+}
+
 void sampler_tables(CudaBackend& be, double copy_gbs) {
   // The sampler's draw over vocabulary-sized float32 logits rows (uniform in [-3, 3]: flat rows, the
   // filters' hard case): greedy, and sampled with top-k 50, top-p 0.9 and 10 penalty edits per row.
@@ -831,6 +900,10 @@ int main(int argc, char** argv) {
   }
   if (argc > 1 && std::strcmp(argv[1], "--splitk") == 0) {
     splitk_table(be, copy_gbs, peak_tflops);
+    return 0;
+  }
+  if (argc > 1 && std::strcmp(argv[1], "--moe") == 0) {
+    moe_table(be, copy_gbs);
     return 0;
   }
   if (argc > 1 && std::strcmp(argv[1], "--few-tokens") == 0) {

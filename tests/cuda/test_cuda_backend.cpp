@@ -304,14 +304,14 @@ TEST_P(CudaOps, LoraShrinkAndExpandMatchTheCpu) {
 }
 
 // A mixture-of-experts block (Backend::moe) against the CPU backend's: on the device (kernels/cuda/moe.cu)
-// for 1, 3 and 40 tokens, through the host routing past cuda::kMoeMaxPairs pairs (1,100 tokens of 4 experts);
+// for 1 and 2 tokens token-major, 3 and 40 grouped by expert, with 2, 3, 4 and 8 experts a token; through the host
+// routing past cuda::kMoeMaxPairs pairs (1,100 tokens of 4 experts);
 // rows of a width that is not a whole number of the warp's vector loads (H 136). The inputs are rounded to
 // the GPU's type first so both route the same values.
 TEST_P(CudaOps, MixtureOfExpertsMatchesTheCpu) {
   std::mt19937 g(23);
   const DType dt = GetParam(), f32 = DType::F32;
   const int64_t E = 16, H = 136, M = 40;
-  const int k = 4;
   auto same = [&](const std::vector<float>& v, std::vector<int64_t> shape) {
     Tensor d = gpu->upload(v.data(), shape, dt);
     const std::vector<float> r = get(*gpu, d);
@@ -320,17 +320,24 @@ TEST_P(CudaOps, MixtureOfExpertsMatchesTheCpu) {
   auto router = same(randn(E * H, g, 0.5f), {E, H});
   auto gate_up = same(randn(E * 2 * M * H, g, 0.2f), {E * 2 * M, H});
   auto down = same(randn(E * H * M, g, 0.2f), {E * H, M});
-  for (const int64_t T : {1, 3, 40, 1100}) {
-    ASSERT_EQ(T * k > cuda::kMoeMaxPairs, T == 1100);
-    auto h = same(randn(T * H, g), {T, H});
-    for (const bool renormalize : {true, false})
-      for (const bool accumulate : {false, true}) {
-        auto o = both(randn(T * H, g), {T, H}, f32);  // (what an accumulating block adds to)
-        cpu.moe(h.first, {router.first, gate_up.first, down.first, k, renormalize}, o.first, accumulate);
-        gpu->moe(h.second, {router.second, gate_up.second, down.second, k, renormalize}, o.second, accumulate);
-        expect_close(o.first, o.second, T == 1100 ? "moe (host routing)" : "moe (on the device)", tol());
-      }
-  }
+  // k 4 (two warps of a token-major block a choice), 2 (Mixtral's: four), 8 (Qwen3-MoE's: one) and 3 (two
+  // of the block's warps idle).
+  for (const int k : {4, 2, 8, 3})
+    for (const int64_t T : {1, 2, 3, 40, 1100}) {
+      if (T == 1100 && k != 4) continue;
+      ASSERT_EQ(T * k > cuda::kMoeMaxPairs, T == 1100);
+      ASSERT_EQ(cuda::moe_token_major(T, k), T <= 2);  // (1 and 2 tokens token-major, 3 and 40 grouped by expert)
+      auto h = same(randn(T * H, g), {T, H});
+      for (const bool renormalize : {true, false})
+        for (const bool accumulate : {false, true}) {
+          auto o = both(randn(T * H, g), {T, H}, f32);  // (what an accumulating block adds to)
+          cpu.moe(h.first, {router.first, gate_up.first, down.first, k, renormalize}, o.first, accumulate);
+          gpu->moe(h.second, {router.second, gate_up.second, down.second, k, renormalize}, o.second, accumulate);
+          const std::string what = std::string(T == 1100 ? "moe (host routing)" : "moe (on the device)") + ", k " +
+                                   std::to_string(k) + ", " + std::to_string(T) + " tokens";
+          expect_close(o.first, o.second, what.c_str(), tol());
+        }
+    }
   EXPECT_TRUE(gpu->moe_in_graphs(256, 128, 8, 2048, 768));
   EXPECT_FALSE(gpu->moe_in_graphs(1024, 128, 8, 2048, 768));
 }
