@@ -177,7 +177,7 @@ def make_forward(cfg, W, rnd=bf16, kv8=None):
     gives the last position's logits, rounded to rnd's 16-bit type at the points in R (main's doc);
     forward(ids, R, hidden=True) every position's final normalized hidden state (lm_head's operand). Qwen2,
     Llama and Qwen3 (q_norm / k_norm: each query and key head RMS-normalized before RoPE, as transformers'
-    Qwen3Attention), and the mixtures of experts Qwen3-MoE and Mixtral (moe below); RoPE scaling linear, llama3 and yarn (its attention factor on the cosines and sines,
+    Qwen3Attention), and the mixtures of experts Qwen2-MoE (a shared expert), Qwen3-MoE and Mixtral (moe below); RoPE scaling linear, llama3 and yarn (its attention factor on the cosines and sines,
     as transformers'). kv8: the rounding of the "kv8" point (e4m3 by default)."""
     kv8 = kv8 or e4m3
     H, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
@@ -215,9 +215,15 @@ def make_forward(cfg, W, rnd=bf16, kv8=None):
 
     def mlp_of(R):
         def mlp(h, p):
-            if p + "mlp.gate.weight" in W:  # Qwen3-MoE
-                return moe(h, p + "mlp.gate.weight",
-                           lambda e: [f"{p}mlp.experts.{e}.{n}_proj.weight" for n in ("gate", "up", "down")], R)
+            if p + "mlp.gate.weight" in W:  # Qwen3-MoE, Qwen2-MoE
+                out = moe(h, p + "mlp.gate.weight",
+                          lambda e: [f"{p}mlp.experts.{e}.{n}_proj.weight" for n in ("gate", "up", "down")], R)
+                if p + "mlp.shared_expert_gate.weight" in W:  # Qwen2-MoE: + sigmoid(h . gate) * the shared expert
+                    s = p + "mlp.shared_expert."
+                    gate = h @ W[p + "mlp.shared_expert_gate.weight"].T
+                    out = out + 1 / (1 + np.exp(-gate)) * expert(h, s + "gate_proj.weight", s + "up_proj.weight",
+                                                                 s + "down_proj.weight", R)
+                return out
             if p + "block_sparse_moe.gate.weight" in W:  # Mixtral (w1 gate, w3 up, w2 down)
                 return moe(h, p + "block_sparse_moe.gate.weight",
                            lambda e: [f"{p}block_sparse_moe.experts.{e}.{n}.weight" for n in ("w1", "w3", "w2")], R)

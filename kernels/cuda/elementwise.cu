@@ -55,6 +55,12 @@ __global__ void add_k(TX* x, const TY* y, int64_t n) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) x[i] = from_f<TX>(to_f(x[i]) + to_f(y[i]));
 }
+__global__ void add_sigmoid_gated_k(float* x, const float* y, const float* gate, int64_t T, int64_t C) {
+  pdl_enter();
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= T * C) return;
+  x[i] += y[i] / (1.f + __expf(-gate[i / C]));
+}
 // V elements per thread (vector loads and stores where the launcher found them aligned).
 template <typename TI, typename T, int V>
 __global__ void silu_mul_k(const TI* g, const TI* u, int64_t n, T* out) {
@@ -162,6 +168,10 @@ template <typename TX, typename TY>
 void add(TX* x, const TY* y, int64_t n, cudaStream_t s) {
   if (n == 0) return;
   launch("add", add_k<TX, TY>, blocks_for(n, 256), 256, 0, s, x, y, n);
+}
+void add_sigmoid_gated(float* x, const float* y, const float* gate, int64_t T, int64_t C, cudaStream_t s) {
+  if (T * C == 0) return;
+  launch("add_sigmoid_gated", add_sigmoid_gated_k, blocks_for(T * C, 256), 256, 0, s, x, y, gate, T, C);
 }
 template <typename TI, typename T>
 void silu_mul(const TI* g, const TI* u, int64_t n, T* out, cudaStream_t s) {

@@ -109,6 +109,14 @@ void CpuBackend::add(Tensor& x, const Tensor& y) {
   cpu::add(x.as<float>(), y.as<float>(), x.numel());
 }
 
+void CpuBackend::add_sigmoid_gated(Tensor& x, const Tensor& y, const Tensor& gate) {
+  need_f32(x, "add_sigmoid_gated");
+  LLMSERVE_CHECK(y.dtype == DType::F32 && gate.dtype == DType::F32 && rows(y) == rows(x) && cols(y) == cols(x) &&
+                     gate.numel() == rows(x),
+                 "cpu backend: add_sigmoid_gated shapes");
+  cpu::add_sigmoid_gated(x.as<float>(), y.as<float>(), gate.as<float>(), rows(x), cols(x));
+}
+
 void CpuBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) {
   need_f32(x, "linear");
   need_f32(w, "linear");

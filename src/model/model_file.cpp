@@ -42,6 +42,7 @@ void write_model_spec(hid_t g, const ModelSpec& s) {
     write_attr(g, "norm_topk_prob", static_cast<int64_t>(s.norm_topk_prob));
     write_attr(g, "decoder_sparse_step", static_cast<int64_t>(s.decoder_sparse_step));
     write_attr(g, "mlp_only_layers", s.mlp_only_layers);
+    if (s.shared_expert_intermediate_size > 0) write_attr(g, "shared_expert_intermediate_size", s.shared_expert_intermediate_size);
   }
   write_attr(g, "torch_dtype", s.torch_dtype);
   write_attr(g, "bos_token_id", s.bos_token_id);
@@ -88,6 +89,8 @@ ModelSpec read_model_spec(hid_t g) {
     s.norm_topk_prob = read_attr_i64(g, "norm_topk_prob") != 0;
     s.decoder_sparse_step = static_cast<int>(read_attr_i64(g, "decoder_sparse_step"));
     s.mlp_only_layers = read_attr_i64_vec(g, "mlp_only_layers");
+    if (h5::has_attr(g, "shared_expert_intermediate_size"))
+      s.shared_expert_intermediate_size = read_attr_i64(g, "shared_expert_intermediate_size");
   }
   s.torch_dtype = read_attr_str(g, "torch_dtype");
   s.bos_token_id = read_attr_i64(g, "bos_token_id");

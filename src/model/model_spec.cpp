@@ -93,16 +93,17 @@ ModelSpec model_spec_from_hf_config(const json& cfg) {
   else if (is_sequence_classifier(arch))
     arch = arch.substr(0, arch.find("ForSequenceClassification")) + "ForCausalLM";
   const bool qwen3_moe = arch == "Qwen3MoeForCausalLM", mixtral = arch == "MixtralForCausalLM";
+  const bool qwen2_moe = arch == "Qwen2MoeForCausalLM";
   if (arch != "Qwen2ForCausalLM" && arch != "Qwen3ForCausalLM" && arch != "LlamaForCausalLM" && arch != "MistralForCausalLM" &&
-      !qwen3_moe && !mixtral)
+      !qwen2_moe && !qwen3_moe && !mixtral)
     throw Error(cat("unsupported architecture ", given,
                     " (supported: Qwen2ForCausalLM, Qwen3ForCausalLM, LlamaForCausalLM, MistralForCausalLM, "
-                    "Qwen3MoeForCausalLM, MixtralForCausalLM, their "
+                    "Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, MixtralForCausalLM, their "
                     "*Model base models for embeddings and *ForSequenceClassification classifiers)"));
   s.architecture = given;
   s.model_type = get_opt<std::string>(cfg, "model_type",
                                       arch == "Qwen2ForCausalLM" ? "qwen2" : arch == "Qwen3ForCausalLM" ? "qwen3"
-                                      : qwen3_moe ? "qwen3_moe" : mixtral ? "mixtral" : "llama");
+                                      : qwen2_moe ? "qwen2_moe" : qwen3_moe ? "qwen3_moe" : mixtral ? "mixtral" : "llama");
   s.qk_norm = arch == "Qwen3ForCausalLM" || qwen3_moe;
   s.hidden_size = get_req<int64_t>(cfg, "hidden_size");
   s.intermediate_size = get_req<int64_t>(cfg, "intermediate_size");
@@ -118,25 +119,29 @@ ModelSpec model_spec_from_hf_config(const json& cfg) {
   s.rms_norm_eps = get_opt<double>(cfg, "rms_norm_eps", 1e-6);
   s.max_position_embeddings = get_opt<int64_t>(cfg, "max_position_embeddings", 4096);
   s.tie_word_embeddings = get_opt<bool>(cfg, "tie_word_embeddings", false);
-  s.attention_bias = arch == "Qwen2ForCausalLM" ? true : get_opt<bool>(cfg, "attention_bias", false);
+  s.attention_bias = arch == "Qwen2ForCausalLM" ? true
+                     : qwen2_moe           ? get_opt<bool>(cfg, "qkv_bias", true)
+                                           : get_opt<bool>(cfg, "attention_bias", false);
   s.torch_dtype = get_opt<std::string>(cfg, "torch_dtype", get_opt<std::string>(cfg, "dtype", "bfloat16"));
   if (get_opt<bool>(cfg, "mlp_bias", false)) throw Error("unsupported: mlp_bias = true");
   const std::string act = get_opt<std::string>(cfg, "hidden_act", "silu");
   if (act != "silu") throw Error(cat("unsupported hidden_act '", act, "' (only silu)"));
-  if (qwen3_moe) {  // (transformers' Qwen3MoeConfig defaults)
-    s.num_experts = get_opt<int>(cfg, "num_experts", 128);
-    s.num_experts_per_tok = get_opt<int>(cfg, "num_experts_per_tok", 8);
-    s.moe_intermediate_size = get_opt<int64_t>(cfg, "moe_intermediate_size", 768);
+  if (qwen3_moe || qwen2_moe) {  // (transformers' Qwen3MoeConfig / Qwen2MoeConfig defaults)
+    s.num_experts = get_opt<int>(cfg, "num_experts", qwen2_moe ? 60 : 128);
+    s.num_experts_per_tok = get_opt<int>(cfg, "num_experts_per_tok", qwen2_moe ? 4 : 8);
+    s.moe_intermediate_size = get_opt<int64_t>(cfg, "moe_intermediate_size", qwen2_moe ? 1408 : 768);
     s.norm_topk_prob = get_opt<bool>(cfg, "norm_topk_prob", false);
     s.decoder_sparse_step = get_opt<int>(cfg, "decoder_sparse_step", 1);
     s.mlp_only_layers = get_opt<std::vector<int64_t>>(cfg, "mlp_only_layers", {});
+    if (qwen2_moe) s.shared_expert_intermediate_size = get_opt<int64_t>(cfg, "shared_expert_intermediate_size", 5632);
   } else if (mixtral) {  // every layer sparse, experts of intermediate_size, the chosen weights renormalized
     s.num_experts = get_opt<int>(cfg, "num_local_experts", 8);
     s.num_experts_per_tok = get_opt<int>(cfg, "num_experts_per_tok", 2);
     s.moe_intermediate_size = s.intermediate_size;
     s.norm_topk_prob = true;
   }
-  if (arch == "MistralForCausalLM" || arch == "Qwen2ForCausalLM" || arch == "Qwen3ForCausalLM" || qwen3_moe || mixtral) {
+  if (arch == "MistralForCausalLM" || arch == "Qwen2ForCausalLM" || arch == "Qwen3ForCausalLM" || qwen2_moe || qwen3_moe ||
+      mixtral) {
     // A sliding window only matters when it is in use and shorter than the context (a null one is none).
     const bool use_sw = get_opt<bool>(cfg, "use_sliding_window", arch == "MistralForCausalLM" || mixtral);
     const int64_t sw = cfg.contains("sliding_window") && cfg["sliding_window"].is_number_integer()
@@ -182,6 +187,8 @@ void model_spec_validate(const ModelSpec& s) {
          cat("num_experts_per_tok (", s.num_experts_per_tok, ") must be between 1 and num_experts (", s.num_experts, ")"));
     need(s.moe_intermediate_size > 0, cat("moe_intermediate_size must be positive, got ", s.moe_intermediate_size));
     need(s.decoder_sparse_step >= 1, cat("decoder_sparse_step must be at least 1, got ", s.decoder_sparse_step));
+    need(s.shared_expert_intermediate_size >= 0,
+         cat("shared_expert_intermediate_size must not be negative, got ", s.shared_expert_intermediate_size));
   }
 }
 
@@ -203,6 +210,9 @@ void model_spec_check_layout(const ModelSpec& s, int tp, int pp) {
                     " is not divisible by tensor_parallel_size ", tp));
   if (s.num_experts > 0 && s.moe_intermediate_size % tp != 0)
     throw Error(cat("config: the model's experts' intermediate size ", s.moe_intermediate_size,
+                    " is not divisible by tensor_parallel_size ", tp));
+  if (s.num_experts > 0 && s.shared_expert_intermediate_size % tp != 0)
+    throw Error(cat("config: the model's shared expert's intermediate size ", s.shared_expert_intermediate_size,
                     " is not divisible by tensor_parallel_size ", tp));
   if (pp > s.num_layers)
     throw Error(cat("config: pipeline_parallel_size (", pp, ") is larger than the model's ", s.num_layers,

@@ -27,10 +27,10 @@ struct RopeScaling {
 };
 
 struct ModelSpec {
-  // Qwen2ForCausalLM | Qwen3ForCausalLM | LlamaForCausalLM | MistralForCausalLM | Qwen3MoeForCausalLM |
-  // MixtralForCausalLM
+  // Qwen2ForCausalLM | Qwen3ForCausalLM | LlamaForCausalLM | MistralForCausalLM | Qwen2MoeForCausalLM |
+  // Qwen3MoeForCausalLM | MixtralForCausalLM
   std::string architecture;
-  std::string model_type;    // qwen2 | qwen3 | llama | mistral | qwen3_moe | mixtral
+  std::string model_type;    // qwen2 | qwen3 | llama | mistral | qwen2_moe | qwen3_moe | mixtral
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
   int num_layers = 0;
@@ -48,9 +48,9 @@ struct ModelSpec {
   // attention, max_model_len at most the window). 0: none.
   int64_t sliding_window = 0;
   bool tie_word_embeddings = false;
-  bool attention_bias = false;  // q/k/v projections have a bias (Qwen2: always)
+  bool attention_bias = false;  // q/k/v projections have a bias (Qwen2: always; Qwen2-MoE: qkv_bias, default on)
   bool qk_norm = false;         // each query and key head is RMS-normalized before RoPE (Qwen3: always)
-  // Mixture of experts (Qwen3-MoE, Mixtral): a sparse layer's MLP is num_experts experts of
+  // Mixture of experts (Qwen2-MoE, Qwen3-MoE, Mixtral): a sparse layer's MLP is num_experts experts of
   // moe_intermediate_size, of which each token takes the num_experts_per_tok whose router probabilities
   // (softmax over all experts) are highest, their outputs weighted by those probabilities (renormalized to
   // sum 1 over the chosen where norm_topk_prob). Layer l is sparse unless it is in mlp_only_layers or
@@ -62,6 +62,9 @@ struct ModelSpec {
   bool norm_topk_prob = true;
   int decoder_sparse_step = 1;
   std::vector<int64_t> mlp_only_layers;
+  // Qwen2-MoE's shared expert: every sparse layer also runs a SwiGLU MLP of this intermediate size on every
+  // token, its output scaled by sigmoid(h . shared_expert_gate) and added to the chosen experts'. 0: none.
+  int64_t shared_expert_intermediate_size = 0;
   std::string torch_dtype = "bfloat16";
   int64_t bos_token_id = -1;
   std::vector<int64_t> eos_token_ids;
@@ -71,7 +74,7 @@ struct ModelSpec {
 bool moe_layer(const ModelSpec& s, int layer);
 
 // Parses a Hugging Face config.json. Throws Error("unsupported architecture X") for anything but
-// Qwen2/Qwen3/Llama/Mistral-style decoders and the Qwen3-MoE / Mixtral mixtures of experts, and Error naming the field for missing or bad values.
+// Qwen2/Qwen3/Llama/Mistral-style decoders and the Qwen2-MoE / Qwen3-MoE / Mixtral mixtures of experts, and Error naming the field for missing or bad values.
 ModelSpec model_spec_from_hf_config(const nlohmann::json& cfg);
 
 // Checks internal consistency (positive sizes, heads divide hidden, ...). Throws Error.

@@ -23,6 +23,7 @@ ShardInfo make_shard_info(const ModelSpec& s, const Topology& topo) {
   }
   sh.intermediate = s.intermediate_size / tp;
   sh.moe_intermediate = s.moe_intermediate_size / tp;
+  sh.shared_intermediate = s.shared_expert_intermediate_size / tp;
   sh.vocab = shard_range(s.vocab_size, tp, r);
   sh.vocab_padded = (s.vocab_size + tp - 1) / tp;
   sh.layers = stage_layers(s.num_layers, topo.pp, topo.stage());
@@ -33,7 +34,8 @@ namespace {
 
 // Bytes of layer `l`'s matrices in the order the constructor loads them: q/k/v, o_proj, gate/up, down, held
 // as `dt` (F8E4M3: a code per weight and a float32 scale per row). A mixture of experts' gate/up is the router
-// and every expert's gate/up, its down every expert's down.
+// and every expert's gate/up (and a shared expert's gate/up and gate), its down every expert's down (and the
+// shared expert's).
 std::array<double, 4> layer_matrix_bytes(const ModelSpec& s, const ShardInfo& sh, DType dt, int l) {
   const double e = static_cast<double>(dtype_size(dt)), H = static_cast<double>(s.hidden_size);
   const double qn = static_cast<double>(sh.q_heads * s.head_dim), kn = static_cast<double>(sh.kv_heads * s.head_dim);
@@ -41,7 +43,9 @@ std::array<double, 4> layer_matrix_bytes(const ModelSpec& s, const ShardInfo& sh
   auto bytes = [&](double rows, double cols) { return e * rows * cols + per_row * rows; };
   if (moe_layer(s, l)) {
     const double E = s.num_experts, m = static_cast<double>(sh.moe_intermediate);
-    return {bytes(qn + 2 * kn, H), bytes(H, qn), bytes(E, H) + E * bytes(2 * m, H), E * bytes(H, m)};
+    const double si = static_cast<double>(sh.shared_intermediate), shared_in = si > 0 ? bytes(2 * si, H) + bytes(1, H) : 0.0;
+    return {bytes(qn + 2 * kn, H), bytes(H, qn), bytes(E, H) + E * bytes(2 * m, H) + shared_in,
+            E * bytes(H, m) + (si > 0 ? bytes(H, si) : 0.0)};
   }
   const double in = static_cast<double>(sh.intermediate);
   return {bytes(qn + 2 * kn, H), bytes(H, qn), bytes(2 * in, H), bytes(H, in)};
@@ -212,6 +216,14 @@ Transformer::Transformer(const ModelSpec& spec, const Topology& topo, Backend& b
       }
       w.experts_gate_up = be_.upload(gu.data(), {spec.num_experts * 2 * mn, H}, dt);
       w.experts_down = be_.upload(down.data(), {spec.num_experts * H, mn}, dt);
+      if (const int64_t sn = shard_.shared_intermediate; sn > 0) {  // Qwen2-MoE's shared expert, split as a dense MLP
+        const std::string se = p + "mlp.shared_expert.";
+        auto gate_up = load_stacked({{se + "gate_proj.weight", r * sn, sn}, {se + "up_proj.weight", r * sn, sn}}, H, dt);
+        w.w_gate = gate_up[0], w.w_up = gate_up[1];
+        const auto v = file.read_f32(se + "down_proj.weight", 0, H, r * sn, sn);
+        w.w_down = be_.upload(v.data(), {H, sn}, dt);
+        w.shared_gate = load_rows(p + "mlp.shared_expert_gate.weight", 0, 1, H);
+      }
       layers_.push_back(std::move(w));
       continue;
     }
@@ -391,6 +403,13 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
   Tensor k = be_.empty({T, shard_.kv_heads * D}, f32), v = be_.empty({T, shard_.kv_heads * D}, f32);
   Tensor gate_up = be_.empty({T, 2 * shard_.intermediate}, f32);
   Tensor act = be_.empty({T, shard_.intermediate}, dt);
+  // Qwen2-MoE's shared expert: its gate/up, activation, output and gate logit.
+  const int64_t si = shard_.shared_intermediate;
+  Tensor shared_gu, shared_act, shared_y, shared_logit;
+  if (si > 0) {
+    shared_gu = be_.empty({T, 2 * si}, f32), shared_act = be_.empty({T, si}, dt);
+    shared_y = be_.empty({T, H}, f32), shared_logit = be_.empty({T, 1}, f32);
+  }
   // LoRA (set_loras): each group's update added to its projections' outputs, for the rows of the step's
   // adapters.
   LLMSERVE_CHECK(std::all_of(m.lora.begin(), m.lora.end(), [&](int32_t s) { return s >= 0 && s <= lora_slots_; }),
@@ -447,13 +466,18 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
     if (w.router.defined()) {  // a mixture of experts: each rank's share of every expert, summed as a dense MLP's
       be_.rmsnorm(x, w.post_norm, eps, h);
       const Backend::MoeWeights moe{w.router, w.experts_gate_up, w.experts_down, spec_.num_experts_per_tok, spec_.norm_topk_prob};
-      if (topo_.tp == 1) {  // (into the residual stream itself)
-        be_.moe(h, moe, x, true);
-        continue;
+      Tensor& out = topo_.tp == 1 ? x : proj;  // (one rank: into the residual stream itself)
+      be_.moe(h, moe, out, topo_.tp == 1);
+      if (w.shared_gate.defined()) {  // + sigmoid(h . shared_expert_gate) * the shared expert's SwiGLU of h
+        be_.gate_up_silu(h, w.w_gate, w.w_up, shared_gu, shared_act);
+        be_.linear(shared_act, w.w_down, nullptr, shared_y);
+        be_.linear(h, w.shared_gate, nullptr, shared_logit);
+        be_.add_sigmoid_gated(out, shared_y, shared_logit);
       }
-      be_.moe(h, moe, proj, false);
-      all_reduce(proj);
-      be_.add(x, proj);
+      if (topo_.tp > 1) {
+        all_reduce(proj);
+        be_.add(x, proj);
+      }
       continue;
     }
     be_.norm_gate_up_silu(x, post_norm, w.w_gate, w.w_up, gate_up, act, lora(li, kLoraGateUp));

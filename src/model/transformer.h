@@ -29,6 +29,9 @@ struct LayerWeights {
   // all of it) and the experts' matrices as Backend::moe takes them, each expert's intermediate split
   // over the tensor group as a dense MLP's is: gate_up [E * 2M, H], down [E * H, M] (M its share).
   Tensor router, experts_gate_up, experts_down;
+  // Qwen2-MoE's shared expert (ModelSpec::shared_expert_intermediate_size) in w_gate / w_up / w_down, split as
+  // a dense MLP's, and its gate [1, H] (every rank all of it).
+  Tensor shared_gate;
 };
 
 // The LoRA adapters' updates to one group of a layer's projections that share an input (q/k/v; o;
@@ -54,6 +57,7 @@ struct ShardInfo {
   int64_t kv_head_begin = 0;   // first global kv head held
   int64_t intermediate = 0;    // local intermediate size
   int64_t moe_intermediate = 0;  // local share of each expert's intermediate size (mixtures of experts)
+  int64_t shared_intermediate = 0;  // local share of the shared expert's (Qwen2-MoE)
   Range vocab;                 // vocabulary rows held (embedding and lm_head)
   int64_t vocab_padded = 0;    // rows per tp rank, for gathers (ceil(V / tp))
   LayerRange layers;           // layers of this stage

@@ -58,6 +58,12 @@ std::vector<WeightInfo> expected_weights(const ModelSpec& s) {
         w.push_back({x + "up_proj.weight", {M, H}});
         w.push_back({x + "down_proj.weight", {H, M}});
       }
+      if (const int64_t S = s.shared_expert_intermediate_size; S > 0) {  // (Qwen2-MoE)
+        w.push_back({p + "mlp.shared_expert.gate_proj.weight", {S, H}});
+        w.push_back({p + "mlp.shared_expert.up_proj.weight", {S, H}});
+        w.push_back({p + "mlp.shared_expert.down_proj.weight", {H, S}});
+        w.push_back({p + "mlp.shared_expert_gate.weight", {1, H}});
+      }
       continue;
     }
     w.push_back({p + "mlp.gate_proj.weight", {I, H}});

@@ -5,7 +5,8 @@ and whether transformers' greedy tokens equal the goldens'. Needs torch and a tr
 (the GPU machine has them; CI does not run this).
 
   check_qwen3_with_transformers.py OUT [NAME]    (OUT as make_tiny_qwen3.py wrote it; NAME tiny-qwen3,
-                                                 tiny-qwen3-yarn, tiny-qwen3-embed, tiny-qwen3-moe or tiny-mixtral,
+                                                 tiny-qwen3-yarn, tiny-qwen3-embed, tiny-qwen3-moe, tiny-mixtral or
+                                                 tiny-qwen2-moe,
                                                  default tiny-qwen3)
 """
 import json

@@ -25,7 +25,10 @@ tokenizer files and prompts are tiny-qwen2's (Qwen3 uses the Qwen2.5 vocabulary)
   make_tiny_qwen3.py FIXTURES OUT moe       writes tiny-qwen3-moe (Qwen3MoeForCausalLM: 8 experts of 32, 2 a token,
                                              norm_topk_prob, layer 2 dense by mlp_only_layers) and tiny-mixtral
                                              (MixtralForCausalLM: Llama's attention, 4 experts of 48, 2 a token, its
-                                             block_sparse_moe.* names, untied lm_head), each with its goldens
+                                             block_sparse_moe.* names, untied lm_head) and tiny-qwen2-moe
+                                             (Qwen2MoeForCausalLM: q/k/v biases, 6 experts of 24, 3 a token, not
+                                             renormalized, a shared expert of 40 with its sigmoid gate, layers 1
+                                             and 3 sparse by decoder_sparse_step 2, untied), each with its goldens
 """
 import json
 import os
@@ -235,19 +238,37 @@ MIXTRAL = {
 }
 
 
+QWEN2_MOE = {
+    "architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe", "attention_dropout": 0.0, "bos_token_id": 151643,
+    "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 64, "initializer_range": 0.02, "intermediate_size": 96,
+    "max_position_embeddings": 8192, "max_window_layers": 4, "num_attention_heads": 4, "num_hidden_layers": 4,
+    "num_key_value_heads": 2, "num_experts": 6, "num_experts_per_tok": 3, "moe_intermediate_size": 24,
+    "shared_expert_intermediate_size": 40, "norm_topk_prob": False, "decoder_sparse_step": 2, "mlp_only_layers": [],
+    "qkv_bias": True, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001, "sliding_window": 4096,
+    "use_sliding_window": False, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_cache": True,
+    "vocab_size": 151936,
+}
+
+
 def moe_weights(cfg, seed):
-    """tiny-qwen3's draws for the attention (without q_norm / k_norm for Mixtral), a router and experts in
-    every sparse layer (Qwen3-MoE's names, or Mixtral's)."""
+    """tiny-qwen3's draws for the attention (without q_norm / k_norm for Mixtral and Qwen2-MoE; with q/k/v
+    biases for Qwen2-MoE), a router and experts in every sparse layer (Qwen3-MoE's names, or Mixtral's), and
+    Qwen2-MoE's shared expert and its gate."""
     rng = np.random.default_rng(seed)
-    mixtral = cfg["model_type"] == "mixtral"
+    mixtral, qwen2 = cfg["model_type"] == "mixtral", cfg["model_type"] == "qwen2_moe"
     base = dict(cfg, head_dim=cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"]))
-    W = {k: v for k, v in weights(base, seed).items() if not (mixtral and ("q_norm" in k or "k_norm" in k))}
+    W = {k: v for k, v in weights(base, seed).items() if not ((mixtral or qwen2) and ("q_norm" in k or "k_norm" in k))}
     H = cfg["hidden_size"]
     E = cfg.get("num_experts", cfg.get("num_local_experts"))
     M = cfg.get("moe_intermediate_size", cfg["intermediate_size"])
+    S = cfg.get("shared_expert_intermediate_size", 0)
+    step = cfg.get("decoder_sparse_step", 1)
     for layer in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{layer}."
-        if layer in cfg.get("mlp_only_layers", []):
+        if qwen2:
+            for n, rows in (("q", base["num_attention_heads"]), ("k", base["num_key_value_heads"]), ("v", base["num_key_value_heads"])):
+                W[p + f"self_attn.{n}_proj.bias"] = ref.bf16(rng.normal(0, 0.1, rows * base["head_dim"]))
+        if layer in cfg.get("mlp_only_layers", []) or (layer + 1) % step != 0:
             continue
         for n in ("gate_proj", "up_proj", "down_proj"):
             del W[p + f"mlp.{n}.weight"]
@@ -259,13 +280,18 @@ def moe_weights(cfg, seed):
             W[x + names[0] + ".weight"] = ref.bf16(rng.normal(0, 0.15, (M, H)))
             W[x + names[1] + ".weight"] = ref.bf16(rng.normal(0, 0.15, (M, H)))
             W[x + names[2] + ".weight"] = ref.bf16(rng.normal(0, 0.15, (H, M)))
+        if S:
+            W[p + "mlp.shared_expert.gate_proj.weight"] = ref.bf16(rng.normal(0, 0.15, (S, H)))
+            W[p + "mlp.shared_expert.up_proj.weight"] = ref.bf16(rng.normal(0, 0.15, (S, H)))
+            W[p + "mlp.shared_expert.down_proj.weight"] = ref.bf16(rng.normal(0, 0.15, (H, S)))
+            W[p + "mlp.shared_expert_gate.weight"] = ref.bf16(rng.normal(0, 0.3, (1, H)))
     if not cfg["tie_word_embeddings"]:
         W["lm_head.weight"] = ref.bf16(rng.normal(0, 0.5, (cfg["vocab_size"], H)))
     return W
 
 
 def main_moe(fixtures, out):
-    for name, cfg, seed in (("tiny-qwen3-moe", MOE, 2027), ("tiny-mixtral", MIXTRAL, 2028)):
+    for name, cfg, seed in (("tiny-qwen3-moe", MOE, 2027), ("tiny-mixtral", MIXTRAL, 2028), ("tiny-qwen2-moe", QWEN2_MOE, 2029)):
         mdir, gdir = f"{out}/models/{name}", f"{out}/golden"
         os.makedirs(mdir, exist_ok=True)
         os.makedirs(gdir, exist_ok=True)

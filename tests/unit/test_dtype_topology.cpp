@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -10,6 +11,7 @@
 #include "common/error.h"
 #include "dist/topology.h"
 #include "model/model_spec.h"
+#include "model/weight_names.h"
 #include "model/transformer.h"
 #include "test_util.h"
 
@@ -346,4 +348,32 @@ TEST(ModelSpec, MixtureOfExperts) {
   const double e = 2, H = 64, q = 2 * 16, kv = 1 * 16;
   const double layer = e * 2 * H + e * ((q + 2 * kv) * H + H * q) + e * 4 * H + 4 * e * 2 * 48 * H + 4 * e * H * 48;
   EXPECT_DOUBLE_EQ(shard_weight_bytes(m, sh, false, false, DType::BF16, DType::BF16), 2 * layer);
+
+  // Qwen2-MoE: q/k/v biases by qkv_bias (default on), no q/k norms, its defaults, a shared expert split over
+  // the tensor group as a dense MLP.
+  json q2 = {{"architectures", {"Qwen2MoeForCausalLM"}}, {"hidden_size", 64}, {"intermediate_size", 96},
+             {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"num_key_value_heads", 2}, {"vocab_size", 100},
+             {"shared_expert_intermediate_size", 40}};
+  ModelSpec qm = model_spec_from_hf_config(q2);
+  EXPECT_EQ(qm.model_type, "qwen2_moe");
+  EXPECT_TRUE(qm.attention_bias);
+  EXPECT_FALSE(qm.qk_norm);
+  EXPECT_EQ(qm.num_experts, 60);  // (transformers' Qwen2MoeConfig defaults)
+  EXPECT_EQ(qm.num_experts_per_tok, 4);
+  EXPECT_EQ(qm.moe_intermediate_size, 1408);
+  EXPECT_FALSE(qm.norm_topk_prob);
+  EXPECT_EQ(qm.shared_expert_intermediate_size, 40);
+  q2["qkv_bias"] = false;
+  EXPECT_FALSE(model_spec_from_hf_config(q2).attention_bias);
+  qm.moe_intermediate_size = 64;
+  EXPECT_NO_THROW(model_spec_check_layout(qm, 4, 1));
+  EXPECT_THROW(model_spec_check_layout(qm, 8, 1), Error);  // (40 over 8 ranks)
+  EXPECT_EQ(make_shard_info(qm, make_topology(1, 4, 4, 1)).shared_intermediate, 10);
+  // Its tensors: the experts', then the shared expert's and its gate (converter and loader expect them).
+  std::vector<std::string> names;
+  for (const auto& w : expected_weights(qm)) names.push_back(w.name);
+  for (const char* n : {"model.layers.1.mlp.shared_expert.gate_proj.weight", "model.layers.1.mlp.shared_expert.down_proj.weight",
+                        "model.layers.1.mlp.shared_expert_gate.weight", "model.layers.1.self_attn.q_proj.bias"})
+    EXPECT_NE(std::find(names.begin(), names.end(), n), names.end()) << n;
+  EXPECT_EQ(std::find(names.begin(), names.end(), "model.layers.1.mlp.gate_proj.weight"), names.end());
 }

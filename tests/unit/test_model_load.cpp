@@ -107,13 +107,19 @@ class CountingWeights : public DummyWeights {
 
 // The memory check before loading (shard_weight_bytes) counts exactly what the constructor loads, on
 // every rank of a tp=2 x pp=2 layout, with and without q/k/v biases and tied embeddings (the
-// vocabulary divides by tp here, so the padded tables hold no extra rows).
+// vocabulary divides by tp here, so the padded tables hold no extra rows); dense, and a mixture of experts
+// with dense layers among the sparse ones, without and with Qwen2-MoE's shared expert.
 TEST(ModelLoad, ShardWeightBytesIsWhatTheRanksLoad) {
+  for (int moe : {0, 1, 2})
   for (bool bias : {false, true})
     for (bool tied : {false, true}) {
       ModelSpec s = llmserve::testing::small_spec(4, 2, 48, 3, 64, 16, 1000);
       s.attention_bias = bias;
       s.tie_word_embeddings = tied;
+      if (moe > 0) {
+        s.num_experts = 4, s.num_experts_per_tok = 2, s.moe_intermediate_size = 8, s.decoder_sparse_step = 2;
+        s.shared_expert_intermediate_size = moe == 2 ? 12 : 0;
+      }
       for (int rank = 0; rank < 4; ++rank) {
         const Topology topo = make_topology(rank, 4, 2, 2);
         CountingWeights w(s, "counted", 1);
@@ -121,7 +127,8 @@ TEST(ModelLoad, ShardWeightBytesIsWhatTheRanksLoad) {
         SelfComm comm;
         Transformer t(s, topo, be, comm, w);
         const double predicted = shard_weight_bytes(s, make_shard_info(s, topo), topo.first_stage(), topo.last_stage(), DType::F32, DType::F32);
-        EXPECT_EQ(predicted, 4.0 * static_cast<double>(w.elements)) << "bias " << bias << " tied " << tied << " rank " << rank;
+        EXPECT_EQ(predicted, 4.0 * static_cast<double>(w.elements))
+            << "moe " << moe << " bias " << bias << " tied " << tied << " rank " << rank;
       }
     }
 }

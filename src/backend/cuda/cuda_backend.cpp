@@ -723,6 +723,13 @@ void CudaBackend::add(Tensor& x, const Tensor& y) {
   });
 }
 
+void CudaBackend::add_sigmoid_gated(Tensor& x, const Tensor& y, const Tensor& gate) {
+  LLMSERVE_CHECK(x.dtype == DType::F32 && y.dtype == DType::F32 && gate.dtype == DType::F32 && rows_of(y) == rows_of(x) &&
+                     cols_of(y) == cols_of(x) && gate.numel() == rows_of(x),
+                 "cuda backend: add_sigmoid_gated shapes or types");
+  cuda::add_sigmoid_gated(x.as<float>(), y.as<float>(), gate.as<float>(), rows_of(x), cols_of(x), stream());
+}
+
 int64_t CudaBackend::gemm_token_bucket(int64_t n) {
   return n <= kGemmExactUpTo ? n : (n + kGemmBucket - 1) / kGemmBucket * kGemmBucket;
 }
