@@ -18,8 +18,8 @@ void rmsnorm(const float* x, const float* w, int64_t T, int64_t H, float eps, fl
 
 // x += y.
 void add(float* x, const float* y, int64_t n);
-// x[t, :] += sigmoid(gate[t]) * y[t, :] for rows of C.
-void add_sigmoid_gated(float* x, const float* y, const float* gate, int64_t T, int64_t C);
+// x[t, :] += sigmoid(h[t, :] . gate) * y[t, :] for rows of C (x, y) and of K (h, gate).
+void add_sigmoid_gated(float* x, const float* y, const float* h, const float* gate, int64_t T, int64_t C, int64_t K);
 
 // LoRA (Backend::lora_shrink / lora_expand), row r by its adapter index rows[r] (-1: none). Shrink:
 // t[r, c] = x[r, :] . a[rows[r], c, :] (a [slots, C, K]; 0 where rows[r] < 0). Expand: out[r, :] +=

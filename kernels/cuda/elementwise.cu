@@ -55,11 +55,15 @@ __global__ void add_k(TX* x, const TY* y, int64_t n) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) x[i] = from_f<TX>(to_f(x[i]) + to_f(y[i]));
 }
-__global__ void add_sigmoid_gated_k(float* x, const float* y, const float* gate, int64_t T, int64_t C) {
+// A block a row: the gate's dot product with h's row (block_sum), then the row's gated add.
+template <typename T>
+__global__ void add_sigmoid_gated_k(float* x, const float* y, const T* h, const T* gate, int64_t C, int64_t K) {
   pdl_enter();
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= T * C) return;
-  x[i] += y[i] / (1.f + __expf(-gate[i / C]));
+  const int64_t t = blockIdx.x;
+  float g = 0.f;
+  for (int64_t k = threadIdx.x; k < K; k += blockDim.x) g += to_f(h[t * K + k]) * to_f(gate[k]);
+  const float s = 1.f / (1.f + __expf(-block_sum(g)));
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) x[t * C + c] += s * y[t * C + c];
 }
 // V elements per thread (vector loads and stores where the launcher found them aligned).
 template <typename TI, typename T, int V>
@@ -169,9 +173,11 @@ void add(TX* x, const TY* y, int64_t n, cudaStream_t s) {
   if (n == 0) return;
   launch("add", add_k<TX, TY>, blocks_for(n, 256), 256, 0, s, x, y, n);
 }
-void add_sigmoid_gated(float* x, const float* y, const float* gate, int64_t T, int64_t C, cudaStream_t s) {
-  if (T * C == 0) return;
-  launch("add_sigmoid_gated", add_sigmoid_gated_k, blocks_for(T * C, 256), 256, 0, s, x, y, gate, T, C);
+template <typename T>
+void add_sigmoid_gated(float* x, const float* y, const T* h, const T* gate, int64_t rows, int64_t C, int64_t K,
+                       cudaStream_t s) {
+  if (rows * C == 0) return;
+  launch("add_sigmoid_gated", add_sigmoid_gated_k<T>, static_cast<unsigned>(rows), 256, 0, s, x, y, h, gate, C, K);
 }
 template <typename TI, typename T>
 void silu_mul(const TI* g, const TI* u, int64_t n, T* out, cudaStream_t s) {
@@ -209,6 +215,7 @@ void to_float(const T* in, int64_t n, float* out, cudaStream_t s) {
   template void add<T, T>(T*, const T*, int64_t, cudaStream_t);                                                      \
   template void silu_mul<T, T>(const T*, const T*, int64_t, T*, cudaStream_t);                                       \
   template void silu_mul_halves<T>(const float*, int64_t, int64_t, T*, cudaStream_t);                                 \
+  template void add_sigmoid_gated<T>(float*, const float*, const T*, const T*, int64_t, int64_t, int64_t, cudaStream_t); \
   template void gather_rows<T>(const T*, const int32_t*, int64_t, int64_t, T*, cudaStream_t);                        \
   template void from_float<T>(const float*, int64_t, T*, cudaStream_t);                                              \
   template void to_float<T>(const T*, int64_t, float*, cudaStream_t);                                                  \

@@ -32,8 +32,10 @@ template <typename TW>
 void head_rmsnorm(float* x, const TW* w, int64_t n, int64_t H, float eps, cudaStream_t s);
 template <typename TX, typename TY>
 void add(TX* x, const TY* y, int64_t n, cudaStream_t s);
-// x[t, :] += sigmoid(gate[t]) * y[t, :] for rows of C (float32).
-void add_sigmoid_gated(float* x, const float* y, const float* gate, int64_t T, int64_t C, cudaStream_t s);
+// x[t, :] += sigmoid(h[t, :] . gate) * y[t, :] for float32 rows of C (x, y) and rows of K (h, gate).
+template <typename T>
+void add_sigmoid_gated(float* x, const float* y, const T* h, const T* gate, int64_t rows, int64_t C, int64_t K,
+                       cudaStream_t s);
 // LoRA (kernels/cpu/ops.h lora_shrink / lora_expand): rows[r] is row r's adapter in the stacks, -1 none.
 // Shrink: t [n_rows, C] (float32) = x [n_rows, K] . a[rows[r]]^T (a [slots, C, K]); zero rows where none.
 template <typename T>

@@ -95,9 +95,9 @@ class Backend {
   // w [head_dim] (Qwen3's q_norm / k_norm).
   virtual void head_rmsnorm(Tensor& x, const Tensor& w, float eps, int64_t head_dim) = 0;
   virtual void add(Tensor& x, const Tensor& y) = 0;
-  // x[t, :] += sigmoid(gate[t]) * y[t, :] for x, y [T, C] and gate [T, 1], all float32 (Qwen2-MoE's shared
-  // expert: its output gated per token).
-  virtual void add_sigmoid_gated(Tensor& x, const Tensor& y, const Tensor& gate) = 0;
+  // x[t, :] += sigmoid(h[t, :] . gate) * y[t, :] for x, y [T, C] (float32), h [T, K] and the gate's weights
+  // [1, K] or [K] (the activation type): Qwen2-MoE's shared expert, its output gated per token.
+  virtual void add_sigmoid_gated(Tensor& x, const Tensor& y, const Tensor& h, const Tensor& gate) = 0;
   virtual void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) = 0;
   virtual void rope(Tensor& q, Tensor& k, const Tensor& inv_freq, int64_t head_dim) = 0;
   virtual void kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache) = 0;

@@ -109,12 +109,11 @@ void CpuBackend::add(Tensor& x, const Tensor& y) {
   cpu::add(x.as<float>(), y.as<float>(), x.numel());
 }
 
-void CpuBackend::add_sigmoid_gated(Tensor& x, const Tensor& y, const Tensor& gate) {
-  need_f32(x, "add_sigmoid_gated");
-  LLMSERVE_CHECK(y.dtype == DType::F32 && gate.dtype == DType::F32 && rows(y) == rows(x) && cols(y) == cols(x) &&
-                     gate.numel() == rows(x),
+void CpuBackend::add_sigmoid_gated(Tensor& x, const Tensor& y, const Tensor& h, const Tensor& gate) {
+  for (const Tensor* t : {static_cast<const Tensor*>(&x), &y, &h, &gate}) need_f32(*t, "add_sigmoid_gated");
+  LLMSERVE_CHECK(rows(y) == rows(x) && cols(y) == cols(x) && rows(h) == rows(x) && gate.numel() == cols(h),
                  "cpu backend: add_sigmoid_gated shapes");
-  cpu::add_sigmoid_gated(x.as<float>(), y.as<float>(), gate.as<float>(), rows(x), cols(x));
+  cpu::add_sigmoid_gated(x.as<float>(), y.as<float>(), h.as<float>(), gate.as<float>(), rows(x), cols(x), cols(h));
 }
 
 void CpuBackend::linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) {

@@ -24,7 +24,7 @@ class CpuBackend : public Backend {
   void rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor& out) override;
   void head_rmsnorm(Tensor& x, const Tensor& w, float eps, int64_t head_dim) override;
   void add(Tensor& x, const Tensor& y) override;
-  void add_sigmoid_gated(Tensor& x, const Tensor& y, const Tensor& gate) override;
+  void add_sigmoid_gated(Tensor& x, const Tensor& y, const Tensor& h, const Tensor& gate) override;
   void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) override;
   void rope(Tensor& q, Tensor& k, const Tensor& inv_freq, int64_t head_dim) override;
   void kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache) override;

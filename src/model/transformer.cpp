@@ -403,13 +403,10 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
   Tensor k = be_.empty({T, shard_.kv_heads * D}, f32), v = be_.empty({T, shard_.kv_heads * D}, f32);
   Tensor gate_up = be_.empty({T, 2 * shard_.intermediate}, f32);
   Tensor act = be_.empty({T, shard_.intermediate}, dt);
-  // Qwen2-MoE's shared expert: its gate/up, activation, output and gate logit.
+  // Qwen2-MoE's shared expert: its gate/up, activation and output.
   const int64_t si = shard_.shared_intermediate;
-  Tensor shared_gu, shared_act, shared_y, shared_logit;
-  if (si > 0) {
-    shared_gu = be_.empty({T, 2 * si}, f32), shared_act = be_.empty({T, si}, dt);
-    shared_y = be_.empty({T, H}, f32), shared_logit = be_.empty({T, 1}, f32);
-  }
+  Tensor shared_gu, shared_act, shared_y;
+  if (si > 0) shared_gu = be_.empty({T, 2 * si}, f32), shared_act = be_.empty({T, si}, dt), shared_y = be_.empty({T, H}, f32);
   // LoRA (set_loras): each group's update added to its projections' outputs, for the rows of the step's
   // adapters.
   LLMSERVE_CHECK(std::all_of(m.lora.begin(), m.lora.end(), [&](int32_t s) { return s >= 0 && s <= lora_slots_; }),
@@ -471,8 +468,7 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
       if (w.shared_gate.defined()) {  // + sigmoid(h . shared_expert_gate) * the shared expert's SwiGLU of h
         be_.gate_up_silu(h, w.w_gate, w.w_up, shared_gu, shared_act);
         be_.linear(shared_act, w.w_down, nullptr, shared_y);
-        be_.linear(h, w.shared_gate, nullptr, shared_logit);
-        be_.add_sigmoid_gated(out, shared_y, shared_logit);
+        be_.add_sigmoid_gated(out, shared_y, h, w.shared_gate);
       }
       if (topo_.tp > 1) {
         all_reduce(proj);

@@ -202,13 +202,13 @@ TEST_P(CudaOps, EveryOpMatchesTheCpuReference) {
   cpu.add(nc, x.first);
   gpu->add(ng, x.second);
   expect_close(nc, ng, "add", tol());
-  {  // Qwen2-MoE's gated shared expert: float32 rows of H, a gate logit per row.
+  {  // Qwen2-MoE's gated shared expert: float32 rows of H, its gate's dot product with h (the type's) per row.
     std::mt19937 g2(5);  // (its own draws: the checks below keep theirs)
     auto xs = both(randn(T * H, g2), {T, H}, DType::F32), ys = both(randn(T * H, g2), {T, H}, DType::F32);
-    auto gs = both(randn(T, g2, 2.f), {T, 1}, DType::F32);
-    cpu.add_sigmoid_gated(xs.first, ys.first, gs.first);
-    gpu->add_sigmoid_gated(xs.second, ys.second, gs.second);
-    expect_close(xs.first, xs.second, "add_sigmoid_gated", 1e-6);
+    auto hs = both(randn(T * 2 * H, g2), {T, 2 * H}, dt), gw = both(randn(2 * H, g2, 0.1f), {1, 2 * H}, dt);
+    cpu.add_sigmoid_gated(xs.first, ys.first, hs.first, gw.first);
+    gpu->add_sigmoid_gated(xs.second, ys.second, hs.second, gw.second);
+    expect_close(xs.first, xs.second, "add_sigmoid_gated", tol());
   }
   auto ga = both(randn(T * I, g), {T, I}, dt), up = both(randn(T * I, g), {T, I}, dt);
   Tensor sc = cpu.empty({T, I}, DType::F32), sg = gpu->empty({T, I}, dt);

@@ -723,11 +723,15 @@ void CudaBackend::add(Tensor& x, const Tensor& y) {
   });
 }
 
-void CudaBackend::add_sigmoid_gated(Tensor& x, const Tensor& y, const Tensor& gate) {
-  LLMSERVE_CHECK(x.dtype == DType::F32 && y.dtype == DType::F32 && gate.dtype == DType::F32 && rows_of(y) == rows_of(x) &&
-                     cols_of(y) == cols_of(x) && gate.numel() == rows_of(x),
+void CudaBackend::add_sigmoid_gated(Tensor& x, const Tensor& y, const Tensor& h, const Tensor& gate) {
+  LLMSERVE_CHECK(x.dtype == DType::F32 && y.dtype == DType::F32 && gate.dtype == h.dtype && rows_of(y) == rows_of(x) &&
+                     cols_of(y) == cols_of(x) && rows_of(h) == rows_of(x) && gate.numel() == cols_of(h),
                  "cuda backend: add_sigmoid_gated shapes or types");
-  cuda::add_sigmoid_gated(x.as<float>(), y.as<float>(), gate.as<float>(), rows_of(x), cols_of(x), stream());
+  dispatch(h.dtype, [&](auto* tag) {
+    using TT = std::remove_pointer_t<decltype(tag)>;
+    cuda::add_sigmoid_gated<TT>(x.as<float>(), y.as<float>(), h.as<TT>(), gate.as<TT>(), rows_of(x), cols_of(x), cols_of(h),
+                                stream());
+  });
 }
 
 int64_t CudaBackend::gemm_token_bucket(int64_t n) {
