@@ -6,7 +6,7 @@ LLMSERVE_TEST_BACKEND=cuda runs every server and `llmserve generate` on the CUDA
 rank each (one GPU).
 Usage: test_server.py BUILD_DIR"""
 import concurrent.futures
-import datetime, http.client, json, math, os, re, shutil, socket, subprocess, sys, threading, time, typing
+import datetime, http.client, json, math, os, random, re, shutil, socket, subprocess, sys, threading, time, typing
 
 BUILD = os.path.abspath(sys.argv[1])
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -40,12 +40,23 @@ def heads(port, method, path, headers, body=None):
 
 
 def free_port(span=1):
-    """A free port p, with p + 1 .. p + span - 1 free too (data_parallel_external_lb: replica r listens on p + r)."""
-    for _ in range(100):
+    """A free port p, with p + 1 .. p + span - 1 free too (data_parallel_external_lb: replica r listens on p + r),
+    below the kernel's range of ephemeral ports where there is room: a port the kernel hands out stays free only
+    until an outgoing connection takes it as its own end (CI met 'Address already in use' on such a port while
+    the MPI ranks connected to each other, starting up)."""
+    try:
+        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random(os.getpid() * 1000003 + time.monotonic_ns())
+    for attempt in range(200):
         held = [socket.socket()]
-        held[0].bind(("127.0.0.1", 0))
-        p = held[0].getsockname()[1]
         try:
+            if low > 12000 and attempt < 150:
+                held[0].bind(("127.0.0.1", rng.randrange(10000, low - span)))
+            else:  # (no room below the range: one the kernel hands out)
+                held[0].bind(("127.0.0.1", 0))
+            p = held[0].getsockname()[1]
             for i in range(1, span):
                 held.append(socket.socket())
                 held[-1].bind(("127.0.0.1", p + i))
