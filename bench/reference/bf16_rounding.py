@@ -172,18 +172,47 @@ def attention_factor(cfg):
     return mscale(1.0)
 
 
+def sliding_window_layers(cfg):
+    """(window, layers): the sliding window of the config's attention and the layers that have it, as
+    transformers' configs and attention modules decide (llmserve's ModelSpec the same): in use where the
+    Qwen family's use_sliding_window says (Mistral and Mixtral: always) and the window is shorter than
+    max_position_embeddings; every layer of Mistral, Mixtral and Qwen3-MoE, else config.json's layer_types,
+    else Qwen2-MoE's layers l with l + 1 odd below max_window_layers, Qwen2 / Qwen3 layers from
+    max_window_layers on. (0, set()) when none."""
+    mt = cfg.get("model_type")
+    if mt not in ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "mistral", "mixtral"):
+        return 0, set()
+    every = mt in ("mistral", "mixtral", "qwen3_moe")
+    sw = cfg.get("sliding_window")
+    use = cfg.get("use_sliding_window", mt in ("mistral", "mixtral"))
+    if not use or not isinstance(sw, int) or sw <= 0 or sw >= cfg.get("max_position_embeddings", 4096):
+        return 0, set()
+    n, below = cfg["num_hidden_layers"], cfg.get("max_window_layers", 28)
+    if every:
+        layers = set(range(n))
+    elif isinstance(cfg.get("layer_types"), list):
+        layers = {i for i, t in enumerate(cfg["layer_types"]) if t == "sliding_attention"}
+    elif mt == "qwen2_moe":
+        layers = {i for i in range(n) if (i + 1) % 2 and i < below}
+    else:
+        layers = {i for i in range(n) if i >= below}
+    return (sw, layers) if layers else (0, set())
+
+
 def make_forward(cfg, W, rnd=bf16, kv8=None):
     """The model's forward in float64 from its config and weights (load_safetensors' names): forward(ids, R)
     gives the last position's logits, rounded to rnd's 16-bit type at the points in R (main's doc);
     forward(ids, R, hidden=True) every position's final normalized hidden state (lm_head's operand). Qwen2,
     Llama and Qwen3 (q_norm / k_norm: each query and key head RMS-normalized before RoPE, as transformers'
     Qwen3Attention), and the mixtures of experts Qwen2-MoE (a shared expert), Qwen3-MoE and Mixtral (moe below); RoPE scaling linear, llama3 and yarn (its attention factor on the cosines and sines,
-    as transformers'). kv8: the rounding of the "kv8" point (e4m3 by default)."""
+    as transformers'); sliding-window attention (sliding_window_layers: position i of such a layer sees
+    keys j with i - window < j <= i). kv8: the rounding of the "kv8" point (e4m3 by default)."""
     kv8 = kv8 or e4m3
     H, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
     D = cfg.get("head_dim") or H // nh
     eps = cfg["rms_norm_eps"]
     inv, mscale = inv_freq(cfg, D), attention_factor(cfg)
+    window, sliding = sliding_window_layers(cfg)
     embed = W["model.embed_tokens.weight"]
     lm_head = embed if cfg.get("tie_word_embeddings") else W["lm_head.weight"]
 
@@ -265,6 +294,8 @@ def make_forward(cfg, W, rnd=bf16, kv8=None):
                 k, v = kv8(k), kv8(v)
             o = np.zeros((T, nh, D))
             mask = np.triu(np.full((T, T), -np.inf), 1)
+            if layer in sliding:
+                mask += np.tril(np.full((T, T), -np.inf), -window)
             for hh in range(nh):
                 kh = hh // (nh // nkv)
                 s = q[:, hh] @ k[:, kh].T / np.sqrt(D) + mask

@@ -45,13 +45,13 @@ void kv_write(const float* k, const float* v, const int32_t* slot_mapping, int64
 
 namespace {
 
-// One query row's attention over keys 0..n-1 of its sequence: scores, softmax, the weighted values.
+// One query row's attention over keys first..n-1 of its sequence: scores, softmax, the weighted values.
 // Target clones (as the linear kernel's): the dot products and the exponentials vectorize.
 LLMSERVE_TARGET_CLONES void attend(
-    const float* qv, const float* k_cache, const float* v_cache, const int32_t* table, int64_t n, int64_t row,
-    int64_t kv_off, int64_t D, int64_t block_size, float scale, float* score, float* o) {
+    const float* qv, const float* k_cache, const float* v_cache, const int32_t* table, int64_t first, int64_t n,
+    int64_t row, int64_t kv_off, int64_t D, int64_t block_size, float scale, float* score, float* o) {
   float mx = -INFINITY;
-  for (int64_t j = 0; j < n; ++j) {
+  for (int64_t j = first; j < n; ++j) {
     const int64_t slot = static_cast<int64_t>(table[j / block_size]) * block_size + j % block_size;
     const float* kv = k_cache + slot * row + kv_off;
     float acc = 0.f;
@@ -62,13 +62,13 @@ LLMSERVE_TARGET_CLONES void attend(
   }
   float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; ++j) {
+  for (int64_t j = first; j < n; ++j) {
     score[j] = exp_nonpositive(score[j] - mx);
     sum += score[j];
   }
   for (int64_t d = 0; d < D; ++d) o[d] = 0.f;
   const float inv = 1.f / sum;
-  for (int64_t j = 0; j < n; ++j) {
+  for (int64_t j = first; j < n; ++j) {
     const int64_t slot = static_cast<int64_t>(table[j / block_size]) * block_size + j % block_size;
     const float* vv = v_cache + slot * row + kv_off;
     const float p = score[j] * inv;
@@ -81,7 +81,7 @@ LLMSERVE_TARGET_CLONES void attend(
 
 void paged_attention(const float* q, const float* k_cache, const float* v_cache, const int32_t* block_tables,
                      int64_t max_blocks, const int32_t* q_start, const int32_t* positions, int64_t S, int64_t Hq,
-                     int64_t Hk, int64_t D, int64_t block_size, float scale, float* out) {
+                     int64_t Hk, int64_t D, int64_t block_size, float scale, int64_t window, float* out) {
   const int64_t group = Hq / Hk, row = Hk * D, T = q_start[S];
   // Every (token, head) of the step in one parallel loop (a loop per sequence was a team's start and
   // end per sequence and layer: a decode step of 32 sequences woke the threads 32 times a layer).
@@ -95,10 +95,10 @@ void paged_attention(const float* q, const float* k_cache, const float* v_cache,
     std::vector<float> score(static_cast<size_t>(longest));
 #pragma omp for schedule(dynamic)
     for (int64_t i = 0; i < T * Hq; ++i) {
-      const int64_t t = i / Hq, h = i % Hq;
+      const int64_t t = i / Hq, h = i % Hq, n = static_cast<int64_t>(positions[t]) + 1;
       attend(q + (t * Hq + h) * D, k_cache, v_cache, block_tables + seq_of[static_cast<size_t>(t)] * max_blocks,
-             static_cast<int64_t>(positions[t]) + 1, row, (h / group) * D, D, block_size, scale, score.data(),
-             out + (t * Hq + h) * D);
+             window > 0 ? std::max<int64_t>(0, n - window) : 0, n, row, (h / group) * D, D, block_size, scale,
+             score.data(), out + (t * Hq + h) * D);
     }
   }
 }
@@ -140,7 +140,8 @@ LLMSERVE_TARGET_CLONES void decode_e4m3(const uint8_t* c, int64_t n, float* out)
 
 void paged_attention(const float* q, const uint8_t* k_cache, const uint8_t* v_cache, const int32_t* block_tables,
                      int64_t max_blocks, const int32_t* q_start, const int32_t* positions, int64_t S, int64_t Hq,
-                     int64_t Hk, int64_t D, int64_t block_size, float scale, float* out, int64_t max_floats) {
+                     int64_t Hk, int64_t D, int64_t block_size, float scale, int64_t window, float* out,
+                     int64_t max_floats) {
   // The blocks the step reads, decoded once into float32 copies with tables of their own, then the
   // float32 kernel over them (decoding a key row per query row and head made a prefill's attention
   // quadratic in decodes: a 4 x 1,500-token SmolLM2 run 40% slower than float32). Sequences go in
@@ -179,7 +180,7 @@ void paged_attention(const float* q, const uint8_t* k_cache, const uint8_t* v_ca
     for (int64_t s = s0; s <= s1; ++s) starts[static_cast<size_t>(s - s0)] = q_start[s] - q_start[s0];
     const int64_t t0 = q_start[s0];
     paged_attention(q + t0 * Hq * D, kfp, vfp, tables.data(), max_blocks, starts.data(), positions + t0, s1 - s0,
-                    Hq, Hk, D, block_size, scale, out + t0 * Hq * D);
+                    Hq, Hk, D, block_size, scale, window, out + t0 * Hq * D);
     s0 = s1;
   }
 }

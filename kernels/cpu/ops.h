@@ -45,17 +45,18 @@ void kv_write(const float* k, const float* v, const int32_t* slot_mapping, int64
               uint8_t* k_cache, uint8_t* v_cache);
 
 // Causal attention through block tables. Sequence s owns tokens [q_start[s], q_start[s+1]); token t
-// at position p attends to cached positions 0..p of its sequence. block_tables is [S, max_blocks].
+// at position p attends to cached positions 0..p of its sequence, or with window > 0 (sliding-window
+// attention) to positions p - window + 1 .. p of them. block_tables is [S, max_blocks].
 // q and out are [T, Hq, D]; query head h uses key/value head h / (Hq / Hk).
 void paged_attention(const float* q, const float* k_cache, const float* v_cache, const int32_t* block_tables,
                      int64_t max_blocks, const int32_t* q_start, const int32_t* positions, int64_t S, int64_t Hq,
-                     int64_t Hk, int64_t D, int64_t block_size, float scale, float* out);
+                     int64_t Hk, int64_t D, int64_t block_size, float scale, int64_t window, float* out);
 // The same over caches of FP8 E4M3 codes with scale 1: the blocks the step reads decoded to float32
 // copies once, then the float32 form over them (what it gives over the decoded values), for groups of
 // sequences whose copies stay within max_floats floats each for K and V (a longer sequence alone).
 void paged_attention(const float* q, const uint8_t* k_cache, const uint8_t* v_cache, const int32_t* block_tables,
                      int64_t max_blocks, const int32_t* q_start, const int32_t* positions, int64_t S, int64_t Hq,
-                     int64_t Hk, int64_t D, int64_t block_size, float scale, float* out,
+                     int64_t Hk, int64_t D, int64_t block_size, float scale, int64_t window, float* out,
                      int64_t max_floats = int64_t(1) << 25);
 
 // out = silu(gate) * up.

@@ -8,6 +8,7 @@
 // use the tensor-core kernel in flash_prefill.cu instead (the backend chooses per step).
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cstdlib>
 #include <string>
 #include <type_traits>
@@ -30,6 +31,13 @@ constexpr int64_t kMinChunk = 128;
 __device__ __forceinline__ int64_t chunk_of(int64_t ctx, int64_t splits, int64_t min_chunk = kMinChunk) {
   const int64_t c = ((ctx + splits - 1) / splits + 31) / 32 * 32;
   return c > min_chunk ? c : min_chunk;
+}
+
+// The first key a token whose context is ctx positions (its position + 1) attends to: 0, or with a
+// sliding window (window > 0) the window's first, ctx - window. Its keys are [first_key, ctx), which the
+// kernels below split into chunks as they would a context of ctx - first_key positions.
+__device__ __forceinline__ int64_t first_key(int64_t ctx, int64_t window) {
+  return window > 0 && ctx > window ? ctx - window : 0;
 }
 
 __device__ __forceinline__ float warp_max(float v) {
@@ -109,17 +117,17 @@ template <typename TI, typename TC, typename TO, int PER>
 __global__ void __launch_bounds__(kWarps * 32)
     paged_attention_k(const TI* q, const TC* kc, const TC* vc, const int32_t* tables, int64_t max_blocks,
                       const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
-                      int64_t bs, float scale, float* part_ml, float* part_acc, TO* out) {
+                      int64_t bs, float scale, int64_t window, float* part_ml, float* part_acc, TO* out) {
   pdl_enter();
   const int64_t th = blockIdx.x;
   const int64_t split = blockIdx.y, splits = gridDim.y;
   if (th >= n * Hq) return;
   const int w = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int64_t t = th / Hq, h = th % Hq, kvh = h / (Hq / Hk);
-  // This block's keys: [lo, len) of the token's context, cut into `splits` chunks. Chunks past the
-  // context (trailing ones) hold nothing; the merge does not read them.
-  const int64_t ctx = static_cast<int64_t>(positions[t]) + 1, chunk = chunk_of(ctx, splits);
-  const int64_t lo = split * chunk;
+  // This block's keys: [lo, len) of the token's keys [first, ctx), cut into `splits` chunks. Chunks past
+  // the context (trailing ones) hold nothing; the merge does not read them.
+  const int64_t ctx = static_cast<int64_t>(positions[t]) + 1, first = first_key(ctx, window);
+  const int64_t chunk = chunk_of(ctx - first, splits), lo = first + split * chunk;
   if (lo >= ctx) return;
   const int64_t len = min(ctx, lo + chunk);
   const int32_t* table = tables + static_cast<int64_t>(token_seq[t]) * max_blocks;
@@ -244,11 +252,12 @@ __device__ __forceinline__ void softmax_init(float (&acc)[G][P], float (&m)[G], 
 
 template <typename T>
 __global__ void merge_splits_k(const float* part_ml, const float* part_acc, const int32_t* positions, int64_t Hq,
-                               int64_t splits, int64_t D, T* out) {
+                               int64_t splits, int64_t D, int64_t window, T* out) {
   pdl_enter();
   const int64_t th = blockIdx.x;
-  const int64_t ctx = static_cast<int64_t>(positions[th / Hq]) + 1, chunk = chunk_of(ctx, splits);
-  const int nact = static_cast<int>(min(splits, (ctx + chunk - 1) / chunk));
+  const int64_t ctx = static_cast<int64_t>(positions[th / Hq]) + 1, span = ctx - first_key(ctx, window);
+  const int64_t chunk = chunk_of(span, splits);
+  const int nact = static_cast<int>(min(splits, (span + chunk - 1) / chunk));
   const float* ml = part_ml + th * splits * 2;
   __shared__ float wgt[kMaxSplits];
   __shared__ float inv_l;
@@ -275,7 +284,7 @@ template <typename TI, typename TC, typename TO>
 __global__ void __launch_bounds__(kWarps * 32)
     paged_attention_gqa_k(const TI* q, const TC* kc, const TC* vc, const int32_t* tables, int64_t max_blocks,
                           const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
-                          int64_t bs, float scale, float* part_ml, float* part_acc, TO* out) {
+                          int64_t bs, float scale, int64_t window, float* part_ml, float* part_acc, TO* out) {
   constexpr int kPer = 4;  // head_dim <= 128
   pdl_enter();
   const int64_t tk = blockIdx.x;
@@ -283,8 +292,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int64_t split = blockIdx.y, splits = gridDim.y;
   const int w = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int64_t t = tk / Hk, kh = tk % Hk;
-  const int64_t ctx = static_cast<int64_t>(positions[t]) + 1, chunk = chunk_of(ctx, splits);
-  const int64_t lo = split * chunk;
+  const int64_t ctx = static_cast<int64_t>(positions[t]) + 1, first = first_key(ctx, window);
+  const int64_t chunk = chunk_of(ctx - first, splits), lo = first + split * chunk;
   if (lo >= ctx) return;  // a chunk past the context: nothing to do, the merge skips it
   const int64_t len = min(ctx, lo + chunk);
   const int G = static_cast<int>(Hq / Hk);
@@ -406,17 +415,17 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 // The end of a grouped decode block, once every warp has left its softmax state in shared memory
 // (sm, sl: running max and sum per warp and query head; sacc: its unnormalized output): merges the
-// warps, then writes the output when the context was one chunk, else the chunk's partial result,
+// warps, then writes the output when the token's `span` keys were one chunk, else the chunk's partial result,
 // which the last block of the (token, KV head) to finish merges over the chunks (its counter in the
 // scratch, reset by that block).
 template <typename T, int D, int W>
 __device__ __forceinline__ void finish_group(const float (&sm)[W][kMaxGroup], const float (&sl)[W][kMaxGroup],
                                              const float (&sacc)[W][kMaxGroup][D], int G, int64_t t,
-                                             int64_t Hq, int64_t kh, int64_t tk, int64_t ctx, int64_t chunk,
+                                             int64_t Hq, int64_t kh, int64_t tk, int64_t span, int64_t chunk,
                                              int64_t split, int64_t splits, float* part_ml, float* part_acc,
                                              unsigned* counters, T* out) {
   const int w = threadIdx.x / 32, lane = threadIdx.x & 31;
-  const int nact = static_cast<int>((ctx + chunk - 1) / chunk);
+  const int nact = static_cast<int>((span + chunk - 1) / chunk);
   for (int i = threadIdx.x; i < G * D; i += blockDim.x) {
     const int g = i / D, d = i % D;
     float M = -INFINITY;
@@ -563,8 +572,8 @@ template <typename TI, typename T, typename TC, int D, int W>
 __global__ void __launch_bounds__(W * 32)
     paged_attention_mma_k(const TI* q, const TC* kc, const TC* vc, const int32_t* tables, int64_t max_blocks,
                           const int32_t* token_seq, const int32_t* positions, int64_t Hq, int64_t Hk, int bs_log2,
-                          float scale, int fresh, int min_chunk, float* part_ml, float* part_acc, unsigned* counters,
-                          T* out) {
+                          float scale, int window, int fresh, int min_chunk, float* part_ml, float* part_acc,
+                          unsigned* counters, T* out) {
   constexpr bool kFp8 = sizeof(TC) == 1;
   static_assert(kFp8 || std::is_same_v<T, TC>, "16-bit caches are of the products' type");
   constexpr int KS = D / 16, NT = D / 8, RS = D + kRowPad;
@@ -577,8 +586,9 @@ __global__ void __launch_bounds__(W * 32)
   const int w = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int64_t t = tk / Hk, kh = tk % Hk;
   const int G = static_cast<int>(Hq / Hk);
-  const int ctx = positions[t] + 1, chunk = static_cast<int>(chunk_of(ctx, splits, min_chunk));
-  const int lo = static_cast<int>(split) * chunk;
+  const int ctx = positions[t] + 1, first = static_cast<int>(first_key(ctx, window));
+  const int chunk = static_cast<int>(chunk_of(ctx - first, splits, min_chunk));
+  const int lo = first + static_cast<int>(split) * chunk;
   if (lo >= ctx) {
     pdl_enter();
     return;
@@ -740,7 +750,8 @@ __global__ void __launch_bounds__(W * 32)
   }
   // Warps without keys (busy false) hold m = -inf, l = 0: finish_group gives them weight 0.
   __syncthreads();
-  finish_group<T, D, W>(sm, sl, sacc, G, t, Hq, kh, tk, ctx, chunk, split, splits, part_ml, part_acc, counters, out);
+  finish_group<T, D, W>(sm, sl, sacc, G, t, Hq, kh, tk, ctx - first, chunk, split, splits, part_ml, part_acc, counters,
+                        out);
 }
 
 // The tensor-core decode kernel for head size D (64 or 128) with W warps (4 or 8) a block, output type
@@ -830,9 +841,10 @@ size_t paged_attention_scratch_bytes() {
 template <typename TI, typename TC, typename TO>
 void paged_attention(const TI* q, const TC* k_cache, const TC* v_cache, const int32_t* block_tables, int64_t max_blocks,
                      const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
-                     int64_t block_size, float scale, int64_t max_len, int64_t fresh, void* scratch, TO* out,
+                     int64_t block_size, float scale, int64_t window, int64_t max_len, int64_t fresh, void* scratch, TO* out,
                      cudaStream_t s) {
   if (n == 0) return;
+  if (window > 0) max_len = std::min(max_len, window);  // (the most keys a token attends to)
   if (D > 32 * kMaxDimPerLane) check(cudaErrorInvalidValue, "paged_attention: head_dim above 256");
   // Grouped queries, one block per (token, KV head): on tensor cores for 16-bit caches with head_dim 64
   // or 128 at any batch (measured on an H200 against the CUDA-core grouped kernel: 64 x 1,024 context
@@ -878,32 +890,32 @@ void paged_attention(const TI* q, const TC* k_cache, const TC* v_cache, const in
     if constexpr (sizeof(TO) == 2) {
       const int bs_log2 = block_size_log2(block_size, "paged_attention");
       launch("paged_attention", mma_kernel<TI, TO, TC>(D, mw), grid, mw * 32, mma_smem<TC>(D, mw), s, q, k_cache, v_cache, block_tables,
-             max_blocks, token_seq, positions, Hq, Hk, bs_log2, scale, static_cast<int>(std::max<int64_t>(fresh, 1)),
-             static_cast<int>(min_chunk), ml, acc, counters, out);
+             max_blocks, token_seq, positions, Hq, Hk, bs_log2, scale, static_cast<int>(std::min<int64_t>(window, INT_MAX)),
+             static_cast<int>(std::max<int64_t>(fresh, 1)), static_cast<int>(min_chunk), ml, acc, counters, out);
     }
     return;
   }
   if (many)
     launch("paged_attention", paged_attention_gqa_k<TI, TC, TO>, grid, threads, 0, s, q, k_cache, v_cache, block_tables,
-           max_blocks, token_seq, positions, n, Hq, Hk, D, block_size, scale, ml, acc, out);
+           max_blocks, token_seq, positions, n, Hq, Hk, D, block_size, scale, window, ml, acc, out);
   else if (D <= 64)
     launch("paged_attention", paged_attention_k<TI, TC, TO, 2>, grid, threads, 0, s, q, k_cache, v_cache, block_tables,
-           max_blocks, token_seq, positions, n, Hq, Hk, D, block_size, scale, ml, acc, out);
+           max_blocks, token_seq, positions, n, Hq, Hk, D, block_size, scale, window, ml, acc, out);
   else if (D <= 128)
     launch("paged_attention", paged_attention_k<TI, TC, TO, 4>, grid, threads, 0, s, q, k_cache, v_cache, block_tables,
-           max_blocks, token_seq, positions, n, Hq, Hk, D, block_size, scale, ml, acc, out);
+           max_blocks, token_seq, positions, n, Hq, Hk, D, block_size, scale, window, ml, acc, out);
   else
     launch("paged_attention", paged_attention_k<TI, TC, TO, 8>, grid, threads, 0, s, q, k_cache, v_cache, block_tables,
-           max_blocks, token_seq, positions, n, Hq, Hk, D, block_size, scale, ml, acc, out);
+           max_blocks, token_seq, positions, n, Hq, Hk, D, block_size, scale, window, ml, acc, out);
   if (splits > 1)
     launch("paged_attention merge", merge_splits_k<TO>, static_cast<unsigned>(n * Hq), 128, 0, s, ml, acc, positions, Hq,
-           splits, D, out);
+           splits, D, window, out);
 }
 
 #define INSTANTIATE(TI, TC, TO)                                                                                   \
   template void paged_attention<TI, TC, TO>(const TI*, const TC*, const TC*, const int32_t*, int64_t, const int32_t*,  \
                                             const int32_t*, int64_t, int64_t, int64_t, int64_t, int64_t, float, int64_t, \
-                                            int64_t, void*, TO*, cudaStream_t);
+                                            int64_t, int64_t, void*, TO*, cudaStream_t);
 #define SAME(T) INSTANTIATE(T, T, T)
 #define MIXED(T) INSTANTIATE(float, T, T)
 #define FP8_CACHE(T) INSTANTIATE(float, __nv_fp8_e4m3, T)  // kv_cache_dtype fp8

@@ -93,6 +93,33 @@ __device__ __forceinline__ void causal_mask(float (&sc)[NS][4], int64_t k0, int 
       if (kb + nn * 8 + (e & 1) > (e < 2 ? rows.p_lo : rows.p_hi)) sc[nn][e] = -INFINITY;
 }
 
+// With a sliding window (window > 0) the keys before a row's window too (key k is not seen from position p
+// when k <= p - window), applied where the tile starts before the window of the warp's last row.
+template <int NS>
+__device__ __forceinline__ void attention_mask(float (&sc)[NS][4], int64_t k0, int c0, const WarpRows& rows, int window) {
+  causal_mask(sc, k0, c0, rows);
+  if (window <= 0 || k0 > static_cast<int64_t>(rows.last) - window) return;
+  const int32_t kb = static_cast<int32_t>(k0) + c0;
+#pragma unroll
+  for (int nn = 0; nn < NS; ++nn)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (kb + nn * 8 + (e & 1) <= (e < 2 ? rows.p_lo : rows.p_hi) - window) sc[nn][e] = -INFINITY;
+}
+
+// Whether rows from position `first` to `last` see any key of the tile of `keys` keys at k0: it does not
+// start past the last row, nor (with a sliding window) end before the first row's window.
+__device__ __forceinline__ bool tile_seen(int64_t k0, int keys, int32_t last, int32_t first, int window) {
+  return k0 <= last && (window <= 0 || k0 + keys - 1 > static_cast<int64_t>(first) - window);
+}
+
+// The block's first key tile of `keys` keys: 0, or with a sliding window the one that holds the window's
+// first key of the block's first row (at position `first`); the tiles before it are seen by no row.
+__device__ __forceinline__ int64_t first_tile(int32_t first, int window, int keys) {
+  const int64_t key = static_cast<int64_t>(first) - window + 1;
+  return window > 0 && first != INT_MAX && key > 0 ? key / keys : 0;
+}
+
 // P's A fragment for keys 16 kk .. 16 kk + 15: the C fragments of n-tiles 2 kk and 2 kk + 1, rounded to T.
 template <typename T, int NS>
 __device__ __forceinline__ void p_fragment(const float (&sc)[NS][4], int kk, unsigned (&pa)[4]) {
@@ -127,7 +154,7 @@ template <typename TI, typename T, typename TC, int D>
 __global__ void __launch_bounds__(kThreads)
     flash_prefill_k(const TI* q, const TC* kc, const TC* vc, const int32_t* tables, int64_t max_blocks,
                     const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t n, int64_t Hq,
-                    int64_t Hk, int bs_log2, float scale, T* out) {
+                    int64_t Hk, int bs_log2, float scale, int window, T* out) {
   constexpr bool kFp8 = sizeof(TC) == 1;
   static_assert(kFp8 || std::is_same_v<T, TC>, "16-bit caches are of the products' type");
   constexpr int KS = D / 16, NT = D / 8, RS = D + kMRowPad, NS = kMKeys / 8;
@@ -135,7 +162,7 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int RC = kFp8 ? D + kMRowPad8 : RS;       // a staged row's stride (TC elements)
   extern __shared__ __align__(128) unsigned char smem[];
   TC* stage_base = reinterpret_cast<TC*>(smem);  // [stage][K, V][kMKeys][RC]
-  __shared__ int32_t tile_max;
+  __shared__ int32_t tile_max, tile_min;
 
   pdl_enter();
   const int64_t t0 = tiles[blockIdx.y], h = blockIdx.x, kvh = h / (Hq / Hk);
@@ -144,13 +171,20 @@ __global__ void __launch_bounds__(kThreads)
   const int32_t* table = tables + static_cast<int64_t>(seq) * max_blocks;
   const int r0 = lane / 4, c0 = (lane % 4) * 2;
   const WarpRows rows = warp_rows(t0 + w * 16, r0, n, seq, token_seq, positions);
-  if (tid == 0) tile_max = -1;
+  if (tid == 0) {
+    tile_max = -1;
+    tile_min = INT_MAX;
+  }
   __syncthreads();
-  if (lane == 0) atomicMax(&tile_max, rows.last);
+  if (lane == 0) {
+    atomicMax(&tile_max, rows.last);
+    atomicMin(&tile_min, rows.first);
+  }
   unsigned qa[KS][4];
   query_fragments<T, D>(qa, lane, q, t0 + w * 16, Hq, h, scale, rows);
   __syncthreads();
   const int64_t nkeys = static_cast<int64_t>(tile_max) + 1, ntiles = (nkeys + kMKeys - 1) / kMKeys;
+  const int64_t i0 = first_tile(tile_min, window, kMKeys);
   const int64_t row = Hk * D;
   const uint32_t bs_mask = (1u << bs_log2) - 1;  // block sizes are powers of two (the host checks)
   // Copies key tile i into stage i % 2 (rows past the keys: zeros), as one cp.async group.
@@ -170,8 +204,8 @@ __global__ void __launch_bounds__(kThreads)
     cp_async_commit();
   };
   float o[NT][4] = {}, m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  if (ntiles > 0) stage(0);
-  for (int64_t i = 0; i < ntiles; ++i) {
+  if (ntiles > i0) stage(i0);
+  for (int64_t i = i0; i < ntiles; ++i) {
     if (i + 1 < ntiles) {
       stage(i + 1);
       cp_async_wait_group<1>();
@@ -192,7 +226,7 @@ __global__ void __launch_bounds__(kThreads)
       ks = stage_base + (i & 1) * 2 * kMKeys * RS;
     }
     const T* vs = ks + kMKeys * RS;
-    if (k0 <= rows.last) {
+    if (tile_seen(k0, kMKeys, rows.last, rows.first, window)) {
       // S = Q K^T over the tile's 8 n-tiles of 8 keys.
       float sc[NS][4];
 #pragma unroll
@@ -208,8 +242,8 @@ __global__ void __launch_bounds__(kThreads)
           mma16816<T>(sc[nb], qa[k], b[0], b[1]);
           mma16816<T>(sc[nb + 1], qa[k], b[2], b[3]);
         }
-      // The causal mask, then the online softmax of rows r0 and r0 + 8 (sc becomes P).
-      causal_mask(sc, k0, c0, rows);
+      // The causal (and window) mask, then the online softmax of rows r0 and r0 + 8 (sc becomes P).
+      attention_mask(sc, k0, c0, rows, window);
       online_softmax<NS, NT, 4, true>(sc, 0, m[0], l[0], o);
       online_softmax<NS, NT, 4, true>(sc, 1, m[1], l[1], o);
       // O += P V, 16 keys per k-step: P's C fragments of n-tiles 2kk, 2kk+1 are the A fragment.
@@ -334,7 +368,7 @@ __device__ __forceinline__ void stage_queries(unsigned char* qs, const TI* q, in
 template <typename T, int D, int KT>
 __device__ __forceinline__ void wgmma_key_tile(float (&sc)[KT / 8][4], float (&o)[D / 8][4], float (&m)[2], float (&l)[2],
                                                uint32_t qa, uint32_t ka, uint32_t va, int64_t k0, int c0,
-                                               const WarpRows& rows) {
+                                               const WarpRows& rows, int window) {
   constexpr int KS = D / 16, NT = D / 8;
   constexpr uint32_t kPanel = KT * 128, kQPanel = 64 * 128;
   // S = Q K^T: 16 of the head's elements a step, the panel's k-th 32 bytes.
@@ -345,7 +379,7 @@ __device__ __forceinline__ void wgmma_key_tile(float (&sc)[KT / 8][4], float (&o
                 wgmma_desc(ka + (k / 4) * kPanel + (k % 4) * 32, 16, 1024), k > 0);
   wgmma_commit();
   wgmma_wait_all();
-  causal_mask(sc, k0, c0, rows);
+  attention_mask(sc, k0, c0, rows, window);
   online_softmax<KT / 8, NT, 4, true>(sc, 0, m[0], l[0], o);
   online_softmax<KT / 8, NT, 4, true>(sc, 1, m[1], l[1], o);
   // O += P V, 16 keys a step: P's C fragments of n-tiles 2kk, 2kk + 1 are the A fragment; the value
@@ -367,7 +401,7 @@ template <typename TI, typename T, int D, int KT>
 __global__ void __launch_bounds__(kThreads, (D == 64 && KT == 64) ? 2 : 1)
     flash_prefill_wgmma_k(const TI* q, const T* kc, const T* vc, const int32_t* tables, int64_t max_blocks,
                           const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t n,
-                          int64_t Hq, int64_t Hk, int bs_log2, float scale, T* out) {
+                          int64_t Hq, int64_t Hk, int bs_log2, float scale, int window, T* out) {
 #if defined(LLMSERVE_HAVE_WGMMA)
   static_assert(D == 128 || D == 64, "64-element panels");
   static_assert(KT == 64 || KT == 128, "m64n64k16 or m64n128k16 for the scores");
@@ -378,7 +412,7 @@ __global__ void __launch_bounds__(kThreads, (D == 64 && KT == 64) ? 2 : 1)
   constexpr uint32_t kQPanel = 64 * 128;         // a warpgroup's 64 query rows x 64 elements
   extern __shared__ __align__(1024) unsigned char smem[];
   const WgmmaSmem<D> sm(smem);
-  __shared__ int32_t wg_last[2];
+  __shared__ int32_t wg_last[2], wg_first[2];
 
   pdl_enter();
   const WgmmaBlock b(tiles, token_seq, tables, max_blocks, Hq, Hk);
@@ -386,15 +420,22 @@ __global__ void __launch_bounds__(kThreads, (D == 64 && KT == 64) ? 2 : 1)
   const int tid = threadIdx.x, w = tid / 32, lane = tid & 31, wg = w / 4;
   const int r0 = lane / 4, c0 = (lane % 4) * 2;
   const WarpRows rows = warp_rows(t0 + w * 16, r0, n, b.seq, token_seq, positions);
-  if (tid < 2) wg_last[tid] = -1;
+  if (tid < 2) {
+    wg_last[tid] = -1;
+    wg_first[tid] = INT_MAX;
+  }
   stage_queries<TI, T, D>(sm.qs, q, t0, n, Hq, h, scale, token_seq, b.seq, tid);
   fence_proxy_async();  // the generic-proxy stores above before wgmma's reads of them
   __syncthreads();
-  if (lane == 0) atomicMax(&wg_last[wg], rows.last);
+  if (lane == 0) {
+    atomicMax(&wg_last[wg], rows.last);
+    atomicMin(&wg_first[wg], rows.first);
+  }
   __syncthreads();
-  const int32_t my_last = wg_last[wg];
+  const int32_t my_last = wg_last[wg], my_first = wg_first[wg];
   const uint32_t qa = sm.qs_addr + wg * (D / 64) * kQPanel;
   const int64_t nkeys = static_cast<int64_t>(max(wg_last[0], wg_last[1])) + 1, ntiles = (nkeys + KT - 1) / KT;
+  const int64_t i0 = first_tile(min(wg_first[0], wg_first[1]), window, KT);
   const int64_t row = Hk * D;
   // Copies key tile i into stage i % kWgStages (rows past the keys: zeros).
   auto stage = [&](int64_t i) {
@@ -414,10 +455,10 @@ __global__ void __launch_bounds__(kThreads, (D == 64 && KT == 64) ? 2 : 1)
   float o[NT][4] = {}, sc[NS][4] = {}, m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 #pragma unroll
   for (int s = 0; s < kWgStages - 1; ++s) {
-    if (s < ntiles) stage(s);
+    if (i0 + s < ntiles) stage(i0 + s);
     cp_async_commit();
   }
-  for (int64_t i = 0; i < ntiles; ++i) {
+  for (int64_t i = i0; i < ntiles; ++i) {
     // Tile i has landed (this thread's copies; the barrier makes everyone's visible to wgmma), and
     // every warpgroup is done with tile i - 1, whose stage takes tile i + 2.
     cp_async_wait_group<kWgStages - 2>();
@@ -426,9 +467,9 @@ __global__ void __launch_bounds__(kThreads, (D == 64 && KT == 64) ? 2 : 1)
     if (i + kWgStages - 1 < ntiles) stage(i + kWgStages - 1);
     cp_async_commit();
     const int64_t k0 = i * KT;
-    if (k0 > my_last) continue;  // the same for the whole warpgroup
+    if (!tile_seen(k0, KT, my_last, my_first, window)) continue;  // the same for the whole warpgroup
     const uint32_t ka = sm.stages_addr + static_cast<uint32_t>(i % kWgStages) * 2 * kTile;
-    wgmma_key_tile<T, D, KT>(sc, o, m, l, qa, ka, ka + kTile, k0, c0, rows);
+    wgmma_key_tile<T, D, KT>(sc, o, m, l, qa, ka, ka + kTile, k0, c0, rows, window);
   }
   write_rows<T, NT>(o, l, rows, out + ((t0 + w * 16 + r0) * Hq + h) * D, Hq * D, c0);
 #else
@@ -470,7 +511,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
     flash_prefill_tma_k(const __grid_constant__ CUtensorMap kmap, const __grid_constant__ CUtensorMap vmap, const TC* kc,
                         const TC* vc, const TI* q, const int32_t* tables, int64_t max_blocks, const int32_t* token_seq,
                         const int32_t* positions, const int32_t* tiles, int64_t n, int64_t Hq, int64_t Hk, int bs_log2,
-                        float scale, T* out) {
+                        float scale, int window, T* out) {
 #if defined(LLMSERVE_HAVE_WGMMA)
   constexpr int KT = kTmaKeys, NT = D / 8, NS = KT / 8, CH = D / 8;
   constexpr bool kFp8 = sizeof(TC) == 1;
@@ -481,7 +522,7 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
   constexpr uint32_t kPanel = KT * 128, kTile = (D / 64) * kPanel, kQPanel = 64 * 128;
   extern __shared__ __align__(1024) unsigned char smem[];
   const WgmmaSmem<D> sm(smem);
-  __shared__ int32_t wg_last[2];
+  __shared__ int32_t wg_last[2], wg_first[2];
   __shared__ __align__(8) uint64_t bars[2 * kWgStages];  // full[stage], then empty[stage]
   const uint32_t full0 = static_cast<uint32_t>(__cvta_generic_to_shared(bars)), empty0 = full0 + 8 * kWgStages;
 
@@ -492,7 +533,10 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
   const int r0 = lane / 4, c0 = (lane % 4) * 2;
   const bool consumer = w < kWarps;
   const WarpRows rows = consumer ? warp_rows(t0 + w * 16, r0, n, b.seq, token_seq, positions) : WarpRows{-1, -1, -1, INT_MAX};
-  if (tid < 2) wg_last[tid] = -1;
+  if (tid < 2) {
+    wg_last[tid] = -1;
+    wg_first[tid] = INT_MAX;
+  }
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) {
       mbar_init(full0 + 8 * s, kFp8 ? 128 : 32);
@@ -503,9 +547,14 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
   if (consumer) stage_queries<TI, T, D>(sm.qs, q, t0, n, Hq, h, scale, token_seq, b.seq, tid);
   fence_proxy_async();
   __syncthreads();
-  if (consumer && lane == 0) atomicMax(&wg_last[wg], rows.last);
+  if (consumer && lane == 0) {
+    atomicMax(&wg_last[wg], rows.last);
+    atomicMin(&wg_first[wg], rows.first);
+  }
   __syncthreads();
+  // Tiles i0 .. ntiles - 1; the stages and the barriers' phases count from i0 (ii = i - i0).
   const int64_t nkeys = static_cast<int64_t>(max(wg_last[0], wg_last[1])) + 1, ntiles = (nkeys + KT - 1) / KT;
+  const int64_t i0 = first_tile(min(wg_first[0], wg_first[1]), window, KT);
   if (!consumer) {  // the producer warpgroup: warp 8 works (fp8: all four)
     setmaxnreg_dec<40>();
     if constexpr (kFp8) {
@@ -529,13 +578,14 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
         }
         cp_async_commit();
       };
-      fetch(0);
-      fetch(1);
-      for (int64_t i = 0; i < ntiles; ++i) {
-        const int s = static_cast<int>(i % kStages);
+      fetch(i0);
+      fetch(i0 + 1);
+      for (int64_t i = i0; i < ntiles; ++i) {
+        const int64_t ii = i - i0;
+        const int s = static_cast<int>(ii % kStages);
         cp_async_wait_group<1>();  // this thread's copies of tile i (tile i + 1's may be in flight)
         producer_sync();           // everyone's
-        if (i >= kStages) mbar_wait(empty0 + 8 * s, static_cast<uint32_t>((i / kStages - 1) & 1));
+        if (ii >= kStages) mbar_wait(empty0 + 8 * s, static_cast<uint32_t>((ii / kStages - 1) & 1));
         const unsigned char* src = codes + (i & 1) * kCodes;
         unsigned char* dst = sm.stages + s * 2 * kTile;
         // 8 codes a thread at a time: consecutive threads read consecutive 8 bytes and write consecutive
@@ -555,9 +605,10 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
     } else {  // (16-bit caches: warp 8's lane 0 issues the boxes)
       if (w != kWarps) return;
       const int64_t row = Hk * D;
-      for (int64_t i = 0; i < ntiles; ++i) {
-        const int s = static_cast<int>(i % kStages);
-        if (i >= kStages) mbar_wait(empty0 + 8 * s, static_cast<uint32_t>((i / kStages - 1) & 1));
+      for (int64_t i = i0; i < ntiles; ++i) {
+        const int64_t ii = i - i0;
+        const int s = static_cast<int>(ii % kStages);
+        if (ii >= kStages) mbar_wait(empty0 + 8 * s, static_cast<uint32_t>((ii / kStages - 1) & 1));
         const int64_t k0 = i * KT;
         const int valid = static_cast<int>(min(static_cast<int64_t>(KT), nkeys - k0)), boxed = valid & ~15;
         unsigned char* ks = sm.stages + s * 2 * kTile;
@@ -597,15 +648,17 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
     }
   }
   setmaxnreg_inc<232>();
-  const int32_t my_last = wg_last[wg];
+  const int32_t my_last = wg_last[wg], my_first = wg_first[wg];
   const uint32_t qa = sm.qs_addr + wg * (D / 64) * kQPanel;
   float o[NT][4] = {}, sc[NS][4] = {}, m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  for (int64_t i = 0; i < ntiles; ++i) {
-    const int s = static_cast<int>(i % kStages);
-    mbar_wait(full0 + 8 * s, static_cast<uint32_t>((i / kStages) & 1));
+  for (int64_t i = i0; i < ntiles; ++i) {
+    const int64_t ii = i - i0;
+    const int s = static_cast<int>(ii % kStages);
+    mbar_wait(full0 + 8 * s, static_cast<uint32_t>((ii / kStages) & 1));
     const int64_t k0 = i * KT;
     const uint32_t ka = sm.stages_addr + s * 2 * kTile;
-    if (k0 <= my_last) wgmma_key_tile<T, D, KT>(sc, o, m, l, qa, ka, ka + kTile, k0, c0, rows);  // per warpgroup
+    if (tile_seen(k0, KT, my_last, my_first, window))  // (per warpgroup)
+      wgmma_key_tile<T, D, KT>(sc, o, m, l, qa, ka, ka + kTile, k0, c0, rows, window);
     if (lane == 0) mbar_arrive(empty0 + 8 * s);
   }
   write_rows<T, NT>(o, l, rows, out + ((t0 + w * 16 + r0) * Hq + h) * D, Hq * D, c0);
@@ -710,8 +763,9 @@ template <typename TI, typename TC, typename T>
 void flash_prefill(const TI* q, const TC* k_cache, const TC* v_cache, const int32_t* block_tables, int64_t max_blocks,
                    const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t num_tiles,
                    int64_t n, int64_t Hq, int64_t Hk, int64_t D, int64_t block_size, int64_t cache_blocks,
-                   int64_t max_context, float scale, T* out, cudaStream_t s) {
+                   int64_t max_context, float scale, int64_t window64, T* out, cudaStream_t s) {
   if (num_tiles == 0) return;
+  const int window = static_cast<int>(std::min<int64_t>(window64, INT_MAX));
   if (!flash_prefill_supported(D)) check(cudaErrorInvalidValue, "flash_prefill: head_dim must be a multiple of 16, 64 to 128");
   const int bs_log2 = block_size_log2(block_size, "flash_prefill");
   // Heads along x: the blocks of one tile start together (a KV head's tiles are read by its query
@@ -729,7 +783,7 @@ void flash_prefill(const TI* q, const TC* k_cache, const TC* v_cache, const int3
         const CUtensorMap none{};
         launch("flash_prefill (fp8, warp-specialized)", flash_prefill_tma_k<TI, T, TC, Dc>, grid, kTmaThreads,
                prefill_tma_smem<TC, Dc>(), s, none, none, k_cache, v_cache, q, block_tables, max_blocks, token_seq,
-               positions, tiles, n, Hq, Hk, bs_log2, scale, out);
+               positions, tiles, n, Hq, Hk, bs_log2, scale, window, out);
       };
       return D == 64 ? fp8(std::integral_constant<int, 64>{}) : fp8(std::integral_constant<int, 128>{});
     }
@@ -739,7 +793,7 @@ void flash_prefill(const TI* q, const TC* k_cache, const TC* v_cache, const int3
         constexpr int Dc = decltype(d)::value, KT = decltype(kt)::value;
         launch("flash_prefill (wgmma)", flash_prefill_wgmma_k<TI, T, Dc, KT>, grid, kThreads,
                prefill_wgmma_smem<Dc, KT>(), s, q, k_cache, v_cache, block_tables, max_blocks, token_seq, positions,
-               tiles, n, Hq, Hk, bs_log2, scale, out);
+               tiles, n, Hq, Hk, bs_log2, scale, window, out);
       };
       using I64 = std::integral_constant<int, 64>;
       using I128 = std::integral_constant<int, 128>;
@@ -752,7 +806,7 @@ void flash_prefill(const TI* q, const TC* k_cache, const TC* v_cache, const int3
           constexpr int Dc = decltype(d)::value;
           launch("flash_prefill (TMA)", flash_prefill_tma_k<TI, T, TC, Dc>, grid, kTmaThreads, prefill_tma_smem<TC, Dc>(),
                  s, km, vm, k_cache, v_cache, q, block_tables, max_blocks, token_seq, positions, tiles, n, Hq, Hk,
-                 bs_log2, scale, out);
+                 bs_log2, scale, window, out);
         };
         return D == 64 ? tma(std::integral_constant<int, 64>{}) : tma(std::integral_constant<int, 128>{});
       }
@@ -771,7 +825,7 @@ void flash_prefill(const TI* q, const TC* k_cache, const TC* v_cache, const int3
     }();
     (void)opted;
     launch("flash_prefill", k, grid, kThreads, smem, s, q, k_cache, v_cache, block_tables, max_blocks, token_seq,
-           positions, tiles, n, Hq, Hk, bs_log2, scale, out);
+           positions, tiles, n, Hq, Hk, bs_log2, scale, window, out);
   };
   switch (D) {
     case 64: return run(std::integral_constant<int, 64>{});
@@ -832,7 +886,7 @@ LLMSERVE_FOR_EACH_HALF_TYPE(WIDEN)
 #define INSTANTIATE(TI, TC, T)                                                                                    \
   template void flash_prefill<TI, TC, T>(const TI*, const TC*, const TC*, const int32_t*, int64_t, const int32_t*,  \
                                          const int32_t*, const int32_t*, int64_t, int64_t, int64_t, int64_t, int64_t, \
-                                         int64_t, int64_t, int64_t, float, T*, cudaStream_t);
+                                         int64_t, int64_t, int64_t, float, int64_t, T*, cudaStream_t);
 #define SAME(T) INSTANTIATE(T, T, T)
 #define MIXED(T) INSTANTIATE(float, T, T)
 #define FP8_CACHE(T) INSTANTIATE(float, __nv_fp8_e4m3, T)  // kv_cache_dtype fp8

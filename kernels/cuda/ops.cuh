@@ -79,6 +79,8 @@ void rope(T* q, T* k, const int32_t* positions, const float* inv_freq, int64_t n
 template <typename TI, typename T>
 void kv_write(const TI* k, const TI* v, const int32_t* slot_mapping, int64_t n, int64_t Hk, int64_t D, T* k_cache,
               T* v_cache, cudaStream_t s);
+// Attention as kernels/cpu's paged_attention: with window > 0 (a sliding-window layer) a token at position p
+// attends to the keys of positions p - window + 1 .. p only.
 // token_seq[t]: the sequence of token t (the CPU version derives it from q_start). max_len bounds every
 // token's context (position + 1) and sizes the launch (how many splits); each token cuts its own context
 // into those splits on the device, so one launch shape serves every context up to max_len. `fresh`
@@ -100,7 +102,7 @@ void set_decode_attention_min_chunk(int keys);
 template <typename TI, typename TC, typename TO>
 void paged_attention(const TI* q, const TC* k_cache, const TC* v_cache, const int32_t* block_tables, int64_t max_blocks,
                      const int32_t* token_seq, const int32_t* positions, int64_t n, int64_t Hq, int64_t Hk, int64_t D,
-                     int64_t block_size, float scale, int64_t max_len, int64_t fresh, void* scratch, TO* out,
+                     int64_t block_size, float scale, int64_t window, int64_t max_len, int64_t fresh, void* scratch, TO* out,
                      cudaStream_t s);
 // Prefill attention on tensor cores (kernels/cuda/flash_prefill.cu): the same contract as
 // paged_attention for 16-bit outputs and head_dim a multiple of 16 from 64 to 128 (flash_prefill_supported),
@@ -139,7 +141,7 @@ template <typename TI, typename TC, typename T>
 void flash_prefill(const TI* q, const TC* k_cache, const TC* v_cache, const int32_t* block_tables, int64_t max_blocks,
                    const int32_t* token_seq, const int32_t* positions, const int32_t* tiles, int64_t num_tiles,
                    int64_t n, int64_t Hq, int64_t Hk, int64_t D, int64_t block_size, int64_t cache_blocks,
-                   int64_t max_context, float scale, T* out, cudaStream_t s);
+                   int64_t max_context, float scale, int64_t window, T* out, cudaStream_t s);
 // A mixture-of-experts MLP (Backend::moe) of h [T, H] given its router logits [T, E] (float32): experts'
 // gate_up [E * 2M, H] and down [E * H, M] in T's type, out [T, H] float32 (added to where `accumulate`).
 // The (token, expert) pairs are at most kMoeMaxPairs (moe_on_device_fits); scratch holds moe_scratch_bytes.

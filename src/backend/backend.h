@@ -101,8 +101,10 @@ class Backend {
   virtual void linear(const Tensor& x, const Tensor& w, const Tensor* bias, Tensor& out) = 0;
   virtual void rope(Tensor& q, Tensor& k, const Tensor& inv_freq, int64_t head_dim) = 0;
   virtual void kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache) = 0;
+  // Causal attention of the step's queries over the paged caches: a token at position p attends to its
+  // sequence's keys at positions 0..p, or with window > 0 (a sliding-window layer) p - window + 1 .. p.
   virtual void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t head_dim,
-                         int64_t block_size, float scale, Tensor& out) = 0;
+                         int64_t block_size, float scale, Tensor& out, int64_t window = 0) = 0;
   virtual void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) = 0;
   // LoRA (punica's shrink and expand), over the rows of the step's sequences that have an adapter
   // (StepMeta::lora: slot s > 0); the other rows are left alone. Shrink: t [T, C] (float32) gets row r of

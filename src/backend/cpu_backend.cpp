@@ -144,12 +144,12 @@ void CpuBackend::kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Ten
 }
 
 void CpuBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t D,
-                           int64_t block_size, float scale, Tensor& out) {
+                           int64_t block_size, float scale, Tensor& out, int64_t window) {
   const auto& m = meta();
   const int64_t Hq = cols(q) / D, Hk = k_cache.dim(2);
   auto run = [&](const auto* kc, const auto* vc) {
     cpu::paged_attention(q.as<float>(), kc, vc, m.block_tables.data(), m.row_entries(), m.q_start.data(),
-                         m.positions.data(), m.num_seqs(), Hq, Hk, D, block_size, scale, out.as<float>());
+                         m.positions.data(), m.num_seqs(), Hq, Hk, D, block_size, scale, window, out.as<float>());
   };
   if (k_cache.dtype == DType::F8E4M3)
     run(k_cache.as<uint8_t>(), v_cache.as<uint8_t>());

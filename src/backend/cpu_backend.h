@@ -29,7 +29,7 @@ class CpuBackend : public Backend {
   void rope(Tensor& q, Tensor& k, const Tensor& inv_freq, int64_t head_dim) override;
   void kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache) override;
   void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t head_dim, int64_t block_size,
-                 float scale, Tensor& out) override;
+                 float scale, Tensor& out, int64_t window = 0) override;
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) override;
   void lora_shrink(const Tensor& in, const Tensor& a, Tensor& t) override;
   void lora_expand(const Tensor& t, const LoraExpand* outs, int n) override;

@@ -352,7 +352,7 @@ const std::vector<Option>& options() {
        [](Config& c, const std::string& v) { apply_optimization_level(c, v); }},
       bool_option("disable_sliding_window", &Config::disable_sliding_window,
                   "serve a model with sliding-window attention (Mistral 7B v0.1) with full attention, max_model_len at most its window, "
-                  "as vLLM (without it such a model is refused: llmserve's attention has no window)"),
+                  "as vLLM (without it the sliding layers attend to their window)"),
       bool_option("async_scheduling", &Config::async_scheduling,
                   "plan each step while the one before it runs, its decodes fed the tokens that step samples (vLLM's; pipeline_parallel_size 1): the host's scheduling and output work no longer leaves the device idle; a finished sequence wastes one token"),
       {"speculative_config", Kind::String,

@@ -31,7 +31,10 @@ void write_model_spec(hid_t g, const ModelSpec& s) {
     write_attr(g, "rope_scaling_truncate", static_cast<int64_t>(s.rope_scaling.truncate));
   }
   write_attr(g, "max_position_embeddings", s.max_position_embeddings);
-  if (s.sliding_window > 0) write_attr(g, "sliding_window", s.sliding_window);  // (only there, as yarn's)
+  if (s.sliding_window > 0) {  // (only there, as yarn's)
+    write_attr(g, "sliding_window", s.sliding_window);
+    write_attr(g, "sliding_window_layers", s.sliding_window_layers);
+  }
   write_attr(g, "tie_word_embeddings", static_cast<int64_t>(s.tie_word_embeddings));
   write_attr(g, "attention_bias", static_cast<int64_t>(s.attention_bias));
   write_attr(g, "qk_norm", static_cast<int64_t>(s.qk_norm));
@@ -78,7 +81,17 @@ ModelSpec read_model_spec(hid_t g) {
     s.rope_scaling.truncate = read_attr_i64(g, "rope_scaling_truncate") != 0;
   }
   s.max_position_embeddings = read_attr_i64(g, "max_position_embeddings");
-  if (h5::has_attr(g, "sliding_window")) s.sliding_window = read_attr_i64(g, "sliding_window");
+  if (h5::has_attr(g, "sliding_window")) {
+    s.sliding_window = read_attr_i64(g, "sliding_window");
+    if (h5::has_attr(g, "sliding_window_layers")) {
+      s.sliding_window_layers = read_attr_i64_vec(g, "sliding_window_layers");
+    } else if (s.model_type == "mistral" || s.model_type == "mixtral" || s.model_type == "qwen3_moe") {
+      for (int l = 0; l < s.num_layers; ++l) s.sliding_window_layers.push_back(l);  // (every layer's, as converted)
+    } else {  // (a Qwen2 / Qwen3 / Qwen2-MoE file converted before the window's layers were kept)
+      throw Error(cat("a sliding window of ", s.sliding_window,
+                      " without the layers that have it (converted by an older llmserve-convert); convert the model again"));
+    }
+  }
   s.tie_word_embeddings = read_attr_i64(g, "tie_word_embeddings") != 0;
   s.attention_bias = read_attr_i64(g, "attention_bias") != 0;
   s.qk_norm = h5::has_attr(g, "qk_norm") && read_attr_i64(g, "qk_norm") != 0;  // (files converted before it have none)

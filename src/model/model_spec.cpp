@@ -143,10 +143,32 @@ ModelSpec model_spec_from_hf_config(const json& cfg) {
   if (arch == "MistralForCausalLM" || arch == "Qwen2ForCausalLM" || arch == "Qwen3ForCausalLM" || qwen2_moe || qwen3_moe ||
       mixtral) {
     // A sliding window only matters when it is in use and shorter than the context (a null one is none).
+    // Which layers have it: as transformers' configs and attention modules decide (ModelSpec).
+    const bool every_layer = arch == "MistralForCausalLM" || mixtral || qwen3_moe;
     const bool use_sw = get_opt<bool>(cfg, "use_sliding_window", arch == "MistralForCausalLM" || mixtral);
     const int64_t sw = cfg.contains("sliding_window") && cfg["sliding_window"].is_number_integer()
                            ? cfg["sliding_window"].get<int64_t>() : 0;
-    if (use_sw && sw > 0 && sw < s.max_position_embeddings) s.sliding_window = sw;
+    if (use_sw && sw > 0 && sw < s.max_position_embeddings) {
+      const int64_t below = get_opt<int64_t>(cfg, "max_window_layers", 28);
+      const bool typed = !every_layer && cfg.contains("layer_types") && cfg["layer_types"].is_array();
+      if (typed && cfg["layer_types"].size() != static_cast<size_t>(s.num_layers))
+        throw Error(cat("config: layer_types has ", cfg["layer_types"].size(), " entries for ", s.num_layers, " layers"));
+      for (int l = 0; l < s.num_layers; ++l) {
+        bool sliding = every_layer;
+        if (typed) {
+          const json& t = cfg["layer_types"][static_cast<size_t>(l)];
+          if (!t.is_string() || (t != "sliding_attention" && t != "full_attention"))
+            throw Error(cat("unsupported: layer_types entry ", t.dump(), " (sliding_attention or full_attention)"));
+          sliding = t == "sliding_attention";
+        } else if (qwen2_moe) {
+          sliding = (l + 1) % 2 != 0 && l < below;
+        } else if (!every_layer) {
+          sliding = l >= below;
+        }
+        if (sliding) s.sliding_window_layers.push_back(l);
+      }
+      if (!s.sliding_window_layers.empty()) s.sliding_window = sw;
+    }
   }
 
   read_rope(cfg, s);
@@ -181,6 +203,10 @@ void model_spec_validate(const ModelSpec& s) {
   need(s.max_position_embeddings > 0, "max_position_embeddings must be positive");
   need(s.rope_scaling.factor > 0, "rope_scaling.factor must be positive");
   need(s.rope_scaling.type != "yarn" || s.rope_theta > 1, "rope_scaling yarn needs rope_theta > 1");
+  need(s.sliding_window >= 0, cat("sliding_window must not be negative, got ", s.sliding_window));
+  need((s.sliding_window > 0) == !s.sliding_window_layers.empty(), "a sliding window needs the layers that have it, and they it");
+  for (int64_t l : s.sliding_window_layers)
+    need(l >= 0 && l < s.num_layers, cat("sliding-window layer ", l, " is not a layer of ", s.num_layers));
   if (s.num_experts != 0) {
     need(s.num_experts > 0, cat("num_experts must be positive, got ", s.num_experts));
     need(s.num_experts_per_tok >= 1 && s.num_experts_per_tok <= s.num_experts,
@@ -195,6 +221,11 @@ void model_spec_validate(const ModelSpec& s) {
 bool moe_layer(const ModelSpec& s, int layer) {
   return s.num_experts > 0 && (layer + 1) % s.decoder_sparse_step == 0 &&
          std::find(s.mlp_only_layers.begin(), s.mlp_only_layers.end(), layer) == s.mlp_only_layers.end();
+}
+
+int64_t attention_window(const ModelSpec& s, int layer) {
+  return std::find(s.sliding_window_layers.begin(), s.sliding_window_layers.end(), layer) != s.sliding_window_layers.end()
+             ? s.sliding_window : 0;
 }
 
 void model_spec_check_layout(const ModelSpec& s, int tp, int pp) {

@@ -42,11 +42,14 @@ struct ModelSpec {
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
   int64_t max_position_embeddings = 0;
-  // Sliding-window attention in use (config.json's use_sliding_window and a sliding_window shorter than
-  // the context): each position attends to the last sliding_window only. llmserve's kernels attend to
-  // the whole context, so such a model is served only with disable_sliding_window (as vLLM: full
-  // attention, max_model_len at most the window). 0: none.
+  // Sliding-window attention in use (a sliding_window shorter than the context, and for the Qwen family
+  // use_sliding_window): a position p of layer l in sliding_window_layers attends to the keys of positions
+  // p - sliding_window + 1 .. p only (transformers' sliding_window_overlay), the other layers to the whole
+  // context. The layers follow transformers' configs: config.json's layer_types where the architecture reads
+  // it, else Qwen2 / Qwen3 layers from max_window_layers on, Qwen2-MoE's layers 0, 2, 4, ...
+  // below max_window_layers, every layer of Mistral, Mixtral and Qwen3-MoE. 0: none (and no layers).
   int64_t sliding_window = 0;
+  std::vector<int64_t> sliding_window_layers;
   bool tie_word_embeddings = false;
   bool attention_bias = false;  // q/k/v projections have a bias (Qwen2: always; Qwen2-MoE: qkv_bias, default on)
   bool qk_norm = false;         // each query and key head is RMS-normalized before RoPE (Qwen3: always)
@@ -72,6 +75,8 @@ struct ModelSpec {
 
 // Whether layer `layer`'s MLP is a mixture of experts (ModelSpec::num_experts).
 bool moe_layer(const ModelSpec& s, int layer);
+// The sliding window of layer `layer`'s attention (ModelSpec::sliding_window_layers), or 0: the whole context.
+int64_t attention_window(const ModelSpec& s, int layer);
 
 // Parses a Hugging Face config.json. Throws Error("unsupported architecture X") for anything but
 // Qwen2/Qwen3/Llama/Mistral-style decoders and the Qwen2-MoE / Qwen3-MoE / Mixtral mixtures of experts, and Error naming the field for missing or bad values.

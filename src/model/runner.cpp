@@ -32,13 +32,10 @@ namespace llmserve {
 void resolve_config_for_model(Config& cfg, const ModelSpec& spec) {
   model_spec_check_layout(spec, cfg.tensor_parallel_size, cfg.pipeline_parallel_size);
   int64_t limit = model_context_length(spec);
-  // Sliding-window attention: served only as vLLM's disable_sliding_window serves it, with full attention
-  // up to the window, where the two are the same.
-  const bool window = spec.sliding_window > 0 && spec.sliding_window < limit;
-  if (window && !cfg.disable_sliding_window)
-    throw Error(cat("unsupported: sliding-window attention (sliding_window = ", spec.sliding_window,
-                    "); serve the model with disable_sliding_window (full attention, max_model_len at most ",
-                    spec.sliding_window, "), as vLLM"));
+  // Sliding-window attention: served with its window (each sliding layer's positions attend to the last
+  // sliding_window keys), or with disable_sliding_window as vLLM serves it then: full attention, which is
+  // the same up to the window, and max_model_len at most the window.
+  const bool window = spec.sliding_window > 0 && spec.sliding_window < limit && cfg.disable_sliding_window;
   if (window) limit = spec.sliding_window;
   if (cfg.max_model_len == 0) cfg.max_model_len = limit;
   if (cfg.max_model_len > limit) {
@@ -154,6 +151,10 @@ ModelRunner::ModelRunner(Config& cfg, MPI_Comm world_comm, bool defer_kv, MPI_Co
       if (!cfg_.hf_overrides.empty()) apply_hf_overrides(spec_, cfg_.hf_overrides);
     }
     resolve_config_for_model(cfg_, spec_);
+    if (cfg_.disable_sliding_window) {  // (full attention in every layer)
+      spec_.sliding_window = 0;
+      spec_.sliding_window_layers.clear();
+    }
     backend_ = make_backend(cfg_.backend, local_rank, resolve_dtype(cfg_.dtype, spec_.torch_dtype));
     const ShardInfo shard = make_shard_info(spec_, topo_);
     const DType dt = backend_->compute_dtype();

@@ -458,7 +458,8 @@ Tensor Transformer::body(const StepMeta& m, const Tensor& hidden_in, KvCache& kv
     be_.norm_qkv_rope_kv_write(x, in_norm, w.wq, bias ? &w.bq : nullptr, q, w.wk, bias ? &w.bk : nullptr, k, w.wv,
                                bias ? &w.bv : nullptr, v, spec_.qk_norm ? &head_norm : nullptr, inv_freq_, D, kc, vc,
                                lora(li, kLoraQkv));
-    be_.attention(q, kc, vc, D, kv.shape().block_size, scale, attn);
+    be_.attention(q, kc, vc, D, kv.shape().block_size, scale, attn,
+                  attention_window(spec_, shard_.layers.begin + static_cast<int>(li)));
     project_residual(attn, w.wo, lora(li, kLoraOut));
     if (w.router.defined()) {  // a mixture of experts: each rank's share of every expert, summed as a dense MLP's
       be_.rmsnorm(x, w.post_norm, eps, h);

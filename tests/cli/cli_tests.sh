@@ -116,25 +116,36 @@ for qc in '{"quant_method": "bitsandbytes"}@quant_method .bitsandbytes. is not s
   check "convert: quantization_config ${qc%@*}" 1 "${qc#*@}" --once -- "$convert" "$qz" -o "$work/quant-bad.h5" --force
   [ -e "$work/quant-bad.h5" ] && { failed=$((failed + 1)); echo "FAIL convert left an output file for ${qc%@*}"; }
 done
-# Sliding-window attention: a copy of tiny-qwen2 whose config.json uses a 64-position window converts, is
-# refused without disable_sliding_window, and with it serves up to the window with full attention, which
-# within the window is the window's: the logits of the model without one.
+# Sliding-window attention: a copy of tiny-qwen2 whose config.json uses a 4-position window in layers 2 and 3
+# (max_window_layers 2) converts and is served with it: past the window its logits differ from the
+# model's without one, within it they are the same bits. With disable_sliding_window it is served with
+# full attention up to the window (max_model_len at most the window), the model's own logits. With
+# max_window_layers 4 no layer has the window: the model's own logits past 4 positions too.
 sw="$work/tiny-qwen2-window"
 cp -r "$fixtures/models/tiny-qwen2" "$sw" && chmod -R u+w "$sw" && python3 - "$sw/config.json" <<'PY'
 import json, sys
 c = json.load(open(sys.argv[1]))
-c.update(use_sliding_window=True, sliding_window=64)
+c.update(use_sliding_window=True, sliding_window=4, max_window_layers=2)
 json.dump(c, open(sys.argv[1], "w"))
 PY
 "$convert" "$sw" -o "$work/window.h5" --force >/dev/null 2>&1 || echo "FAIL: the sliding-window copy did not convert"
-check "sliding window: refused without disable_sliding_window" 1 "unsupported: sliding-window attention \(sliding_window = 64\); serve the model with disable_sliding_window" -- \
-  "$llmserve" logits --model "$work/window.h5" --prompt-ids 1,2
-check "sliding window: max_model_len at most the window" 1 "max_model_len \(65\) is larger than the model's context of 64 positions \(its sliding window, with disable_sliding_window\)" -- \
-  "$llmserve" logits --model "$work/window.h5" --disable-sliding-window --max-model-len 65 --prompt-ids 1,2
-"$llmserve" logits --model "$qwen" --prompt-ids 5,6,7,8,9,10 --max-tokens 1 --logits-output "$work/plain.f32" >/dev/null 2>&1
-check "sliding window: served with full attention up to it, the model's own logits" 0 "^same$" -- bash -c \
-  "'$llmserve' logits --model '$work/window.h5' --disable-sliding-window --prompt-ids 5,6,7,8,9,10 --max-tokens 1 \
-   --logits-output '$work/window.f32' >/dev/null 2>&1 && [ -s '$work/plain.f32' ] && cmp '$work/plain.f32' '$work/window.f32' && echo same"
+sed -i 's/"max_window_layers": 2/"max_window_layers": 4/' "$sw/config.json"
+"$convert" "$sw" -o "$work/window-none.h5" --force >/dev/null 2>&1 || echo "FAIL: the max_window_layers 4 copy did not convert"
+check "sliding window: max_model_len at most the window with disable_sliding_window" 1 "max_model_len \(5\) is larger than the model's context of 4 positions \(its sliding window, with disable_sliding_window\)" -- \
+  "$llmserve" logits --model "$work/window.h5" --disable-sliding-window --max-model-len 5 --prompt-ids 1,2
+for ids in 5,6,7 5,6,7,8 5,6,7,8,9,10; do
+  "$llmserve" logits --model "$qwen" --prompt-ids $ids --max-tokens 1 --logits-output "$work/plain-$ids.f32" >/dev/null 2>&1
+done
+same_logits() {  # same_logits NAME WANT(same|differ) IDS llmserve-options...: the model's logits against tiny-qwen2's
+  local name=$1 want=$2 ids=$3; shift 3
+  check "sliding window: $name" 0 "^$want\$" -- bash -c \
+    "'$llmserve' logits $* --prompt-ids $ids --max-tokens 1 --logits-output '$work/w.f32' >/dev/null 2>&1 && [ -s '$work/plain-$ids.f32' ] &&
+     { cmp -s '$work/plain-$ids.f32' '$work/w.f32' && echo same || echo differ; }"
+}
+same_logits "6 positions past a window of 4: not the full-attention logits" differ 5,6,7,8,9,10 --model "$work/window.h5"
+same_logits "4 positions within the window: the full-attention logits" same 5,6,7,8 --model "$work/window.h5"
+same_logits "disable_sliding_window (max_model_len 4): the model's own logits" same 5,6,7 --model "$work/window.h5" --disable-sliding-window
+same_logits "no layer with the window (max_window_layers 4): the model's own logits" same 5,6,7,8,9,10 --model "$work/window-none.h5"
 
 # --- config errors ---------------------------------------------------------------
 printf 'model: %s\ntensor_paralel_size: 2\n' "$qwen" >"$work/typo.yaml"

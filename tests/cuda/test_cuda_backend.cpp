@@ -1113,6 +1113,85 @@ TEST_P(CudaOps, Fp8KvCacheMatchesTheCpuBackend) {
   gpu->set_kv_widening(true);
 }
 
+// Sliding-window attention (Backend::attention's window: a position p sees keys p - window + 1 .. p)
+// against the CPU backend, on every kernel: windows of 1 key, 37 (inside a tile), 300 and 1,000 (across
+// tiles, splits and cache blocks) over the long-context steps (split decodes, graph-shaped too, mixed
+// steps with their decode rows on the split-KV kernel) and prefills of several 128-row tiles after cached
+// context; head sizes 128, 64 (the prefill kernels: mma.sync, wgmma with 64- and 128-key tiles, by TMA)
+// and 16 (the split-KV kernel throughout), grouped and plain heads; 16-bit caches and fp8 ones (blocks
+// widened once, or tile by tile by the warp-specialized kernel). Each window's result must differ from
+// full attention's where the window cuts keys (the CPU backend's own check that it was applied).
+TEST_P(CudaOps, SlidingWindowAttentionMatchesTheCpu) {
+  std::mt19937 g(41);
+  const DType dt = GetParam();
+  const int64_t bs = 16, max_blocks = 160;
+  const LongContextSteps steps = long_context_steps(bs, max_blocks);
+  const StepMeta prefill = make_meta(bs, {300, 200, 1, 37}, {0, 900, 50, 0}, max_blocks);
+  const StepMeta long_chunk = make_meta(bs, {300, 1}, {1200, 40}, max_blocks);
+  const bool hopper = cuda::prefill_attention_wgmma(128);
+  for (const bool fp8 : {false, true})
+  for (const int64_t D : {128, 64, 16})
+  for (const auto& [Hq, Hk] : {std::pair<int64_t, int64_t>{6, 2}, {2, 2}})
+  for (const StepMeta* m : {&steps.mixed, &steps.mixed_tail, &steps.mixed_middle, &steps.decode, &steps.decode8, &steps.graph,
+                            &prefill, &long_chunk}) {
+    if (fp8 && D == 16) continue;  // (the fp8 cache's kernels take head sizes of 64 and up)
+    const int64_t T = m->num_tokens(), blocks = max_blocks * static_cast<int64_t>(m->num_seqs());
+    const std::vector<int64_t> cshape{blocks, bs, Hk, D};
+    std::pair<Tensor, Tensor> kc, vc;
+    if (fp8) {
+      auto codes = [&] {
+        const auto v = randn(static_cast<size_t>(blocks * bs * Hk * D), g, 2.f);
+        std::vector<uint8_t> c(v.size());
+        for (size_t i = 0; i < v.size(); ++i) c[i] = f32_to_e4m3(v[i]);
+        return c;
+      };
+      kc = both_codes(codes(), cshape);
+      vc = both_codes(codes(), cshape);
+    } else {
+      kc = both(randn(blocks * bs * Hk * D, g), cshape, dt);
+      vc = both(randn(blocks * bs * Hk * D, g), cshape, dt);
+    }
+    auto q = both(randn(T * Hq * D, g), {T, Hq * D}, DType::F32);
+    cpu.begin_step(*m);
+    Tensor full = cpu.empty({T, Hq * D}, DType::F32);
+    cpu.attention(q.first, kc.first, vc.first, D, bs, 0.09f, full);
+    for (const int64_t window : {1, 37, 300, 1000}) {
+      Tensor ac = cpu.empty({T, Hq * D}, DType::F32);
+      cpu.begin_step(*m);
+      cpu.attention(q.first, kc.first, vc.first, D, bs, 0.09f, ac, window);
+      const std::string shape = std::string(fp8 ? "fp8 cache, " : "") + "window " + std::to_string(window) +
+                                ", head_dim " + std::to_string(D) + ", " + (Hq == Hk ? "multi-head" : "grouped") + ", " +
+                                std::to_string(m->num_seqs()) + " sequences of " + std::to_string(T) + " tokens";
+      int32_t longest = 0;
+      for (int32_t p : m->positions) longest = std::max(longest, p + 1);
+      if (window < longest) EXPECT_FALSE(get(cpu, ac) == get(cpu, full)) << shape << ": the CPU's window cut nothing";
+      // The kernels that may take the step: the prefill kernels in turn for a 16-bit output, each with the
+      // fp8 cache's two ways; the split-KV kernels otherwise.
+      const bool prefill_kernels = dt != DType::F32 && is_prefill(*m) && (D == 128 || D == 64);
+      const int kernels = prefill_kernels && hopper ? 4 : 1;
+      for (int kernel = 0; kernel < kernels; ++kernel) {
+        cuda::set_prefill_attention_wgmma(kernels == 1 || kernel > 0);
+        cuda::set_prefill_wgmma_keys(kernel >= 2 ? 128 : kernel == 1 ? 64 : 0);
+        cuda::set_prefill_attention_tma(kernel != 2);
+        for (const WidenMode mode : {WidenMode::kOnce, WidenMode::kOff}) {
+          if (!fp8 && mode == WidenMode::kOff) continue;
+          if (fp8) widen_for(*gpu, mode, blocks * bs, 10, bs, Hk, D, dt, *m);
+          else gpu->begin_step(*m);
+          Tensor ag = gpu->empty({T, Hq * D}, dt);
+          gpu->attention(q.second, kc.second, vc.second, D, bs, 0.09f, ag, window);
+          const char* names[] = {"", ", wgmma 64-key tiles", ", wgmma 128-key tiles", ", TMA"};
+          expect_close(ac, ag, ("sliding-window attention, " + shape + (kernels > 1 ? names[kernel] : "") +
+                                (fp8 ? widen_name(mode) : "")).c_str(), tol());
+        }
+      }
+    }
+  }
+  cuda::set_prefill_attention_wgmma(true);
+  cuda::set_prefill_attention_tma(true);
+  cuda::set_prefill_wgmma_keys(0);
+  gpu->set_kv_widening(true);
+}
+
 // Every E4M3 code reads as exactly its value: a token at position 0 attends to itself alone, so its
 // attention output is its value row (probability 1), which holds the codes 0-255 in turn (the NaN codes
 // 0x7f and 0xff as zeros) and is representable in every output type. Steps of single tokens (the paged

@@ -29,6 +29,11 @@ tokenizer files and prompts are tiny-qwen2's (Qwen3 uses the Qwen2.5 vocabulary)
                                              (Qwen2MoeForCausalLM: q/k/v biases, 6 experts of 24, 3 a token, not
                                              renormalized, a shared expert of 40 with its sigmoid gate, layers 1
                                              and 3 sparse by decoder_sparse_step 2, untied), each with its goldens
+  make_tiny_qwen3.py FIXTURES OUT window    writes tiny-mistral-window (MistralForCausalLM: a sliding window of
+                                             40 positions in every layer, head_dim 64 as the GPU's tensor-core
+                                             kernels take it, untied) and tiny-qwen2-window (Qwen2ForCausalLM:
+                                             q/k/v biases, use_sliding_window with a window of 12 from layer 2 on
+                                             by max_window_layers 2, head_dim 16), each with its goldens
 """
 import json
 import os
@@ -290,25 +295,64 @@ def moe_weights(cfg, seed):
     return W
 
 
+def write_model_and_goldens(fixtures, out, name, cfg, W):
+    """OUT/models/NAME (config, generation config, tiny-qwen2's tokenizer, W as safetensors) and its goldens,
+    the numpy float64 forward over the checkpoint's values."""
+    mdir, gdir = f"{out}/models/{name}", f"{out}/golden"
+    os.makedirs(mdir, exist_ok=True)
+    os.makedirs(gdir, exist_ok=True)
+    json.dump(cfg, open(f"{mdir}/config.json", "w"), indent=2)
+    json.dump({"bos_token_id": 151643, "eos_token_id": [151645, 151643]}, open(f"{mdir}/generation_config.json", "w"))
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(f"{fixtures}/models/tiny-qwen2/{f}", f"{mdir}/{f}")
+    write_safetensors(f"{mdir}/model.safetensors", W)
+    R = ref.load_safetensors(f"{mdir}/model.safetensors")
+    lm_head = R["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else R["lm_head.weight"]
+    write_goldens(fixtures, gdir, name, cfg["vocab_size"], ref.make_forward(cfg, R), lm_head,
+                  "float64 compute from bf16 weights")
+
+
 def main_moe(fixtures, out):
     for name, cfg, seed in (("tiny-qwen3-moe", MOE, 2027), ("tiny-mixtral", MIXTRAL, 2028), ("tiny-qwen2-moe", QWEN2_MOE, 2029)):
-        mdir, gdir = f"{out}/models/{name}", f"{out}/golden"
-        os.makedirs(mdir, exist_ok=True)
-        os.makedirs(gdir, exist_ok=True)
-        W = moe_weights(cfg, seed)
-        json.dump(cfg, open(f"{mdir}/config.json", "w"), indent=2)
-        json.dump({"bos_token_id": 151643, "eos_token_id": [151645, 151643]}, open(f"{mdir}/generation_config.json", "w"))
-        for f in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copyfile(f"{fixtures}/models/tiny-qwen2/{f}", f"{mdir}/{f}")
-        write_safetensors(f"{mdir}/model.safetensors", W)
-        R = ref.load_safetensors(f"{mdir}/model.safetensors")
-        lm_head = R["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else R["lm_head.weight"]
-        write_goldens(fixtures, gdir, name, cfg["vocab_size"], ref.make_forward(cfg, R), lm_head,
-                      "float64 compute from bf16 weights")
+        write_model_and_goldens(fixtures, out, name, cfg, moe_weights(cfg, seed))
+
+
+MISTRAL_WINDOW = {
+    "architectures": ["MistralForCausalLM"], "model_type": "mistral", "attention_dropout": 0.0, "bos_token_id": 151643,
+    "eos_token_id": 151645, "head_dim": 64, "hidden_act": "silu", "hidden_size": 64, "initializer_range": 0.02,
+    "intermediate_size": 128, "max_position_embeddings": 32768, "num_attention_heads": 4, "num_hidden_layers": 4,
+    "num_key_value_heads": 2, "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 40,
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "use_cache": True, "vocab_size": 151936,
+}
+QWEN2_WINDOW = {
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "attention_dropout": 0.0, "bos_token_id": 151643,
+    "eos_token_id": 151645, "hidden_act": "silu", "hidden_size": 64, "initializer_range": 0.02, "intermediate_size": 96,
+    "max_position_embeddings": 32768, "max_window_layers": 2, "num_attention_heads": 4, "num_hidden_layers": 4,
+    "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "sliding_window": 12,
+    "tie_word_embeddings": True, "torch_dtype": "bfloat16", "use_cache": True, "use_sliding_window": True,
+    "vocab_size": 151936,
+}
+
+
+def main_window(fixtures, out):
+    for name, cfg, seed in (("tiny-mistral-window", MISTRAL_WINDOW, 2030), ("tiny-qwen2-window", QWEN2_WINDOW, 2031)):
+        base = dict(cfg, head_dim=cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"]))
+        W = {k: v for k, v in weights(base, seed).items() if "q_norm" not in k and "k_norm" not in k}
+        rng = np.random.default_rng(seed + 100)
+        if cfg["model_type"] == "qwen2":
+            for layer in range(cfg["num_hidden_layers"]):
+                for n, heads in (("q", base["num_attention_heads"]), ("k", base["num_key_value_heads"]),
+                                 ("v", base["num_key_value_heads"])):
+                    W[f"model.layers.{layer}.self_attn.{n}_proj.bias"] = ref.bf16(rng.normal(0, 0.1, heads * base["head_dim"]))
+        if not cfg["tie_word_embeddings"]:
+            W["lm_head.weight"] = ref.bf16(rng.normal(0, 0.5, (cfg["vocab_size"], cfg["hidden_size"])))
+        write_model_and_goldens(fixtures, out, name, cfg, W)
 
 
 def main():
     fixtures, out = sys.argv[1], sys.argv[2]
+    if sys.argv[3:] == ["window"]:
+        return main_window(fixtures, out)
     if sys.argv[3:] == ["moe"]:
         return main_moe(fixtures, out)
     if sys.argv[3:] == ["embed"]:

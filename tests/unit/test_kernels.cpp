@@ -82,6 +82,9 @@ TEST(Kernels, RopeRotatesHalves) {
   }
 }
 
+// Causal attention through scrambled block tables against a float64 reference over each sequence's
+// contiguous keys, for full attention and for sliding windows of 5 and 1 keys (a position p then sees
+// positions p - window + 1 .. p; sequences of 9-17 positions, cached prefixes included).
 TEST(Kernels, PagedAttentionEqualsContiguousCausalAttention) {
   std::mt19937 g(7);
   const int64_t Hq = 4, Hk = 2, D = 8, bs = 4, num_blocks = 32;
@@ -125,31 +128,37 @@ TEST(Kernels, PagedAttentionEqualsContiguousCausalAttention) {
     }
   cpu::kv_write(newk.data(), newv.data(), slots.data(), T, Hk, D, kc.data(), vc.data());
   auto q = randn(T * Hq * D, g);
-  std::vector<float> out(T * Hq * D);
   const float scale = 1 / std::sqrt(static_cast<float>(D));
-  cpu::paged_attention(q.data(), kc.data(), vc.data(), tables.data(), max_blocks, q_start.data(), positions.data(), S,
-                       Hq, Hk, D, bs, scale, out.data());
-  for (int64_t s = 0; s < S; ++s)
-    for (int64_t i = 0; i < lens[s]; ++i) {
-      const int64_t t = q_start[s] + i, p = cached[s] + i;
-      for (int64_t h = 0; h < Hq; ++h) {
-        const int64_t kh = h / (Hq / Hk);
-        std::vector<double> w(p + 1);
-        double mx = -1e30, sum = 0;
-        for (int64_t j = 0; j <= p; ++j) {
-          double acc = 0;
-          for (int64_t d = 0; d < D; ++d) acc += q[(t * Hq + h) * D + d] * K[s][(j * Hk + kh) * D + d];
-          w[j] = acc * scale;
-          mx = std::max(mx, w[j]);
-        }
-        for (auto& x : w) sum += (x = std::exp(x - mx));
-        for (int64_t d = 0; d < D; ++d) {
-          double o = 0;
-          for (int64_t j = 0; j <= p; ++j) o += w[j] / sum * Vv[s][(j * Hk + kh) * D + d];
-          ASSERT_NEAR(out[(t * Hq + h) * D + d], o, 1e-5) << "seq " << s << " token " << i << " head " << h;
+  std::vector<float> full;
+  for (int64_t window : {0, 5, 1}) {
+    std::vector<float> out(T * Hq * D);
+    cpu::paged_attention(q.data(), kc.data(), vc.data(), tables.data(), max_blocks, q_start.data(), positions.data(), S,
+                         Hq, Hk, D, bs, scale, window, out.data());
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t i = 0; i < lens[s]; ++i) {
+        const int64_t t = q_start[s] + i, p = cached[s] + i, j0 = window > 0 ? std::max<int64_t>(0, p - window + 1) : 0;
+        for (int64_t h = 0; h < Hq; ++h) {
+          const int64_t kh = h / (Hq / Hk);
+          std::vector<double> w(p + 1);
+          double mx = -1e30, sum = 0;
+          for (int64_t j = j0; j <= p; ++j) {
+            double acc = 0;
+            for (int64_t d = 0; d < D; ++d) acc += q[(t * Hq + h) * D + d] * K[s][(j * Hk + kh) * D + d];
+            w[j] = acc * scale;
+            mx = std::max(mx, w[j]);
+          }
+          for (int64_t j = j0; j <= p; ++j) sum += (w[j] = std::exp(w[j] - mx));
+          for (int64_t d = 0; d < D; ++d) {
+            double o = 0;
+            for (int64_t j = j0; j <= p; ++j) o += w[j] / sum * Vv[s][(j * Hk + kh) * D + d];
+            ASSERT_NEAR(out[(t * Hq + h) * D + d], o, 1e-5)
+                << "window " << window << " seq " << s << " token " << i << " head " << h;
+          }
         }
       }
-    }
+    if (window == 0) full = out;
+    else EXPECT_NE(out, full) << "window " << window << ": as full attention";  // (the windows cut keys here)
+  }
 }
 
 // kv_cache_dtype fp8: kv_write stores each value's E4M3 code (scale 1; saturating; padding tokens'
@@ -196,14 +205,21 @@ TEST(Kernels, Fp8KvCacheIsTheFloatKernelOverDecodedValues) {
   std::vector<float> o8(T * Hq * D), o32(T * Hq * D);
   const float scale = 1 / std::sqrt(static_cast<float>(D));
   cpu::paged_attention(q.data(), kc.data(), vc.data(), tables.data(), max_blocks, q_start.data(), positions.data(), S, Hq,
-                       Hk, D, bs, scale, o8.data());
+                       Hk, D, bs, scale, 0, o8.data());
   cpu::paged_attention(q.data(), kf, vf, tables.data(), max_blocks, q_start.data(), positions.data(), S, Hq,
-                       Hk, D, bs, scale, o32.data());
+                       Hk, D, bs, scale, 0, o32.data());
   EXPECT_EQ(o8, o32);
   std::vector<float> grouped(T * Hq * D);
   cpu::paged_attention(q.data(), kc.data(), vc.data(), tables.data(), max_blocks, q_start.data(), positions.data(), S, Hq,
-                       Hk, D, bs, scale, grouped.data(), 2 * bs * Hk * D);
+                       Hk, D, bs, scale, 0, grouped.data(), 2 * bs * Hk * D);
   EXPECT_EQ(grouped, o32);
+  // With a sliding window of 3 keys, in groups too.
+  cpu::paged_attention(q.data(), kf, vf, tables.data(), max_blocks, q_start.data(), positions.data(), S, Hq,
+                       Hk, D, bs, scale, 3, o32.data());
+  cpu::paged_attention(q.data(), kc.data(), vc.data(), tables.data(), max_blocks, q_start.data(), positions.data(), S, Hq,
+                       Hk, D, bs, scale, 3, grouped.data(), 2 * bs * Hk * D);
+  EXPECT_EQ(grouped, o32);
+  EXPECT_NE(grouped, o8);
 }
 
 TEST(Kernels, EmbeddingShardZeroesForeignRows) {

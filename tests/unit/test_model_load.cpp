@@ -232,12 +232,14 @@ TEST(ModelLoad, Fp8MatrixBytesAreWhatTheRanksLoad) {
     }
 }
 
-// Sliding-window attention (use_sliding_window with a window shorter than the context, as Mistral 7B
-// v0.1's): kept in the spec and the model file, and served only with disable_sliding_window, full
-// attention with max_model_len at most the window (vLLM's rule); a window not in use changes nothing.
-TEST(ModelLoad, SlidingWindowServedOnlyWithFullAttentionUpToIt) {
+// Sliding-window attention: which layers have the window follows transformers' configs (its
+// Qwen2Config / Qwen2MoeConfig layer_types rules, layer_types where given, every layer of Mistral, Mixtral
+// and Qwen3-MoE), only in use where use_sliding_window says (Mistral: always) and the window is shorter
+// than the context. Served with the window; with disable_sliding_window (vLLM's) with full attention and
+// max_model_len at most the window. The model file keeps the window and its layers.
+TEST(ModelLoad, SlidingWindowLayersAsTransformersConfigs) {
   std::ifstream f(fs::path(LLMSERVE_SOURCE_DIR) / "inputs" / "models" / "qwen2.5-0.5b-instruct.json");
-  nlohmann::json cfg = nlohmann::json::parse(f);
+  nlohmann::json cfg = nlohmann::json::parse(f);  // (24 layers, max_window_layers 21)
   EXPECT_EQ(model_spec_from_hf_config(cfg).sliding_window, 0);  // (use_sliding_window false)
   cfg["use_sliding_window"] = true;
   EXPECT_EQ(model_spec_from_hf_config(cfg).sliding_window, 0);  // (the window is the whole context)
@@ -246,13 +248,52 @@ TEST(ModelLoad, SlidingWindowServedOnlyWithFullAttentionUpToIt) {
   cfg["sliding_window"] = 4096;
   const ModelSpec spec = model_spec_from_hf_config(cfg);
   EXPECT_EQ(spec.sliding_window, 4096);
+  EXPECT_EQ(spec.sliding_window_layers, (std::vector<int64_t>{21, 22, 23}));  // (from max_window_layers on)
+  EXPECT_EQ(attention_window(spec, 20), 0);
+  EXPECT_EQ(attention_window(spec, 21), 4096);
+  nlohmann::json none = cfg;
+  none["max_window_layers"] = 24;  // (no layer from 24 on: no window)
+  EXPECT_EQ(model_spec_from_hf_config(none).sliding_window, 0);
+  EXPECT_TRUE(model_spec_from_hf_config(none).sliding_window_layers.empty());
+  // layer_types where the config gives them (transformers 5 writes them), checked.
+  nlohmann::json typed = cfg;
+  typed["layer_types"] = nlohmann::json::array();
+  for (int l = 0; l < 24; ++l) typed["layer_types"].push_back(l % 3 == 0 ? "sliding_attention" : "full_attention");
+  const ModelSpec ts = model_spec_from_hf_config(typed);
+  ASSERT_EQ(ts.sliding_window_layers.size(), 8u);
+  EXPECT_EQ(ts.sliding_window_layers[1], 3);
+  typed["layer_types"].erase(typed["layer_types"].begin());
+  EXPECT_THROW(model_spec_from_hf_config(typed), Error);  // (23 entries for 24 layers)
+  typed["layer_types"].push_back("chunked_attention");
+  EXPECT_THROW(model_spec_from_hf_config(typed), Error);
+  // Mistral: every layer, no use_sliding_window needed; a null window is none.
+  nlohmann::json mistral = cfg;
+  mistral.erase("use_sliding_window");
+  mistral["architectures"] = {"MistralForCausalLM"};
+  mistral["model_type"] = "mistral";
+  EXPECT_EQ(model_spec_from_hf_config(mistral).sliding_window_layers.size(), 24u);
+  mistral["sliding_window"] = nullptr;
+  EXPECT_EQ(model_spec_from_hf_config(mistral).sliding_window, 0);
+  std::ifstream mf(fs::path(LLMSERVE_SOURCE_DIR) / "inputs" / "models" / "mistral-7b-v0.1.json");
+  const ModelSpec m7 = model_spec_from_hf_config(nlohmann::json::parse(mf));  // (the shipped shape)
+  EXPECT_EQ(m7.sliding_window, 4096);
+  EXPECT_EQ(m7.sliding_window_layers.size(), 32u);
+  // Qwen2-MoE: layers l with l + 1 odd below max_window_layers (Qwen2MoeConfig's rule); Qwen3-MoE: every layer.
+  nlohmann::json moe = cfg;
+  moe["architectures"] = {"Qwen2MoeForCausalLM"};
+  moe["model_type"] = "qwen2_moe";
+  moe["max_window_layers"] = 5;
+  EXPECT_EQ(model_spec_from_hf_config(moe).sliding_window_layers, (std::vector<int64_t>{0, 2, 4}));
+  moe["architectures"] = {"Qwen3MoeForCausalLM"};
+  moe["model_type"] = "qwen3_moe";
+  moe["head_dim"] = 64;
+  EXPECT_EQ(model_spec_from_hf_config(moe).sliding_window_layers.size(), 24u);
+  moe["use_sliding_window"] = false;
+  EXPECT_EQ(model_spec_from_hf_config(moe).sliding_window, 0);
+  // Served with the window, the whole context; with disable_sliding_window up to the window only.
   Config plain;
-  try {
-    resolve_config_for_model(plain, spec);
-    FAIL() << "served a sliding-window model with full attention unasked";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("serve the model with disable_sliding_window"), std::string::npos) << e.what();
-  }
+  resolve_config_for_model(plain, spec);
+  EXPECT_EQ(plain.max_model_len, 32768);
   Config full;
   full.disable_sliding_window = true;
   resolve_config_for_model(full, spec);
@@ -261,17 +302,18 @@ TEST(ModelLoad, SlidingWindowServedOnlyWithFullAttentionUpToIt) {
   longer.disable_sliding_window = true;
   longer.max_model_len = 4097;
   EXPECT_THROW(resolve_config_for_model(longer, spec), Error);
-  cfg["use_sliding_window"] = false;
-  Config unused;
-  resolve_config_for_model(unused, model_spec_from_hf_config(cfg));
-  EXPECT_EQ(unused.max_model_len, 32768);
-  // The model file keeps the window (and a file without one reads none).
+  // The model file keeps the window and its layers (and a file without one reads none).
   const fs::path dir = llmserve::testing::temp_dir("window");
   for (const int64_t window : {int64_t{0}, int64_t{8}}) {
     ModelSpec s = tiny_spec();
     s.sliding_window = window;
+    if (window) s.sliding_window_layers = {1};
     const std::string path = (dir / ("m" + std::to_string(window) + ".h5")).string();
     write_zero_model(path, s);
     EXPECT_EQ(ModelFile(path).spec().sliding_window, window);
+    EXPECT_EQ(ModelFile(path).spec().sliding_window_layers, s.sliding_window_layers);
   }
+  ModelSpec bad = tiny_spec();
+  bad.sliding_window = 8;  // (without its layers)
+  EXPECT_THROW(model_spec_validate(bad), Error);
 }

@@ -1067,13 +1067,14 @@ void CudaBackend::kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Te
 }
 
 void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t D, int64_t block_size,
-                            float scale, Tensor& out) {
+                            float scale, Tensor& out, int64_t window) {
   // The tensor-core prefill kernel over `count` of the step's tiles from `first` (caches of `blocks`
   // blocks, read through `tables`).
   auto flash = [&](const auto* qp, const auto* kc, const auto* vc, auto* op, const int32_t* tables, int64_t first,
                    int64_t count, int64_t blocks) {
     cuda::flash_prefill(qp, kc, vc, tables, max_blocks_, token_seq_.ptr, positions_.ptr, tiles_.ptr + first, count,
-                        rows_of(q), cols_of(q) / D, k_cache.dim(2), D, block_size, blocks, max_len_, scale, op, stream());
+                        rows_of(q), cols_of(q) / D, k_cache.dim(2), D, block_size, blocks, max_len_, scale, window, op,
+                        stream());
   };
   // The split-KV kernel over the rows from `first`, `n` of them, whose contexts are at most `len` long
   // and runs of new tokens at most `fresh`.
@@ -1081,8 +1082,8 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k_cache, const Tensor
                    int64_t fresh) {
     const int64_t row = cols_of(q);
     cuda::paged_attention(qp + first * row, kc, vc, tables_.ptr, max_blocks_, token_seq_.ptr + first, positions_.ptr + first,
-                          n, row / D, k_cache.dim(2), D, block_size, scale, len, fresh, attention_scratch_, op + first * row,
-                          stream());
+                          n, row / D, k_cache.dim(2), D, block_size, scale, window, len, fresh, attention_scratch_,
+                          op + first * row, stream());
   };
   // A prefill step with a 16-bit output: the tensor-core prefill kernel over its tiles from `first` (those
   // before it ran already), then the split-KV kernel over its decode rows; else the split-KV kernel.

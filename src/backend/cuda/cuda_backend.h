@@ -50,7 +50,7 @@ class CudaBackend : public Backend {
   void rope(Tensor& q, Tensor& k, const Tensor& inv_freq, int64_t head_dim) override;
   void kv_write(const Tensor& k, const Tensor& v, Tensor& k_cache, Tensor& v_cache) override;
   void attention(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache, int64_t head_dim, int64_t block_size,
-                 float scale, Tensor& out) override;
+                 float scale, Tensor& out, int64_t window = 0) override;
   void silu_mul(const Tensor& gate, const Tensor& up, Tensor& out) override;
   // Steps of up to kMoeMaxPairs (token, expert) pairs on the device (kernels/cuda/moe.cu); larger ones (a
   // long prefill) through Backend::moe's host routing, which groups each expert's tokens for cuBLASLt.
