@@ -204,7 +204,7 @@ void model_spec_validate(const ModelSpec& s) {
   need(s.rope_scaling.factor > 0, "rope_scaling.factor must be positive");
   need(s.rope_scaling.type != "yarn" || s.rope_theta > 1, "rope_scaling yarn needs rope_theta > 1");
   need(s.sliding_window >= 0, cat("sliding_window must not be negative, got ", s.sliding_window));
-  need((s.sliding_window > 0) == !s.sliding_window_layers.empty(), "a sliding window needs the layers that have it, and they it");
+  need((s.sliding_window > 0) == !s.sliding_window_layers.empty(), "sliding_window and sliding_window_layers must be given together");
   for (int64_t l : s.sliding_window_layers)
     need(l >= 0 && l < s.num_layers, cat("sliding-window layer ", l, " is not a layer of ", s.num_layers));
   if (s.num_experts != 0) {
