@@ -319,7 +319,7 @@ std::vector<SampledToken> Engine::dispatch(StepPlan& plan) {
   ++steps_;
   if (t.pp == 1) return run_step(plan);  // one stage: rank 0 samples the tokens itself
   std::string bytes = plan.serialize();
-  if (t.tp > 1) bcast_bytes(runner_.tp_comm().handle(), bytes, 0);
+  if (t.tp > 1) bcast_bytes(runner_.tp_comm().handle(), bytes, 0, /*idle=*/true);
   Worker::Output out = worker_.execute(plan, Tensor());
   const int next = t.rank_of(1, 0);
   outbox_.send(runner_.world().handle(), next, kTagPlan, bytes);
@@ -331,7 +331,7 @@ std::vector<SampledToken> Engine::dispatch(StepPlan& plan) {
 std::vector<SampledToken> Engine::run_step(StepPlan& plan) {
   if (runner_.topology().tp > 1) {  // (the plan's message only when another rank reads it)
     std::string bytes = plan.serialize();
-    bcast_bytes(runner_.tp_comm().handle(), bytes, 0);
+    bcast_bytes(runner_.tp_comm().handle(), bytes, 0, /*idle=*/true);
   }
   Worker::Output out = worker_.execute(plan, Tensor());
   if (executor_) {
@@ -778,7 +778,7 @@ void Engine::shutdown() {
   stop.shutdown = true;
   std::string bytes = stop.serialize();
   const Topology& t = runner_.topology();
-  if (t.tp > 1) bcast_bytes(runner_.tp_comm().handle(), bytes, 0);
+  if (t.tp > 1) bcast_bytes(runner_.tp_comm().handle(), bytes, 0, /*idle=*/true);
   if (t.pp > 1) send_bytes(runner_.world().handle(), t.rank_of(1, 0), kTagPlan, bytes);
   outbox_.drain();
 }

@@ -237,10 +237,10 @@ void Worker::loop() {
     std::string bytes;
     Tensor hidden;
     if (t.first_stage()) {
-      bcast_bytes(runner_.tp_comm().handle(), bytes, 0);
+      bcast_bytes(runner_.tp_comm().handle(), bytes, 0, /*idle=*/true);
     } else {
       const int prev = t.rank_of(t.stage() - 1, t.tp_rank());
-      bytes = recv_bytes(world, prev, kTagPlan);
+      bytes = recv_bytes(world, prev, kTagPlan, /*idle=*/true);
     }
     StepPlan plan = StepPlan::deserialize(bytes);
     if (!t.first_stage() && !plan.shutdown && !plan.seqs.empty()) hidden = runner_.recv_hidden(plan.num_tokens());

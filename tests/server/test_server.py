@@ -129,21 +129,37 @@ class Server:
                 return float(line.split()[-1])
         return None
 
+    def ranks(self):
+        """The pids of this server's llmserve processes (its MPI ranks)."""
+        pids = []
+        for pid in os.listdir("/proc"):
+            try:
+                if pid.isdigit() and open(f"/proc/{pid}/comm").read().strip() == "llmserve" and \
+                        str(self.port) in open(f"/proc/{pid}/cmdline").read().split("\0"):
+                    pids.append(int(pid))
+            except OSError:
+                continue
+        return pids
+
+    def idle_cpu(self, secs=3.0):
+        """CPU seconds each rank spends over `secs` of the server doing nothing (user + system time)."""
+        def cpu(pid):
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        pids = self.ranks()
+        before = {p: cpu(p) for p in pids}
+        time.sleep(secs)
+        return {p: round(cpu(p) - before[p], 3) for p in pids}
+
     def stop(self):
         rank0 = None
         # Signal the rank-0 process, as a batch system would signal the job's tasks.
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
+        for pid in self.ranks():
             try:
-                cmd = open(f"/proc/{pid}/cmdline").read().split("\0")
-                comm = open(f"/proc/{pid}/comm").read().strip()
+                if "OMPI_COMM_WORLD_RANK=0" in open(f"/proc/{pid}/environ").read():
+                    rank0 = pid
             except OSError:
                 continue
-            if comm == "llmserve" and str(self.port) in cmd:
-                env = open(f"/proc/{pid}/environ").read()
-                if "OMPI_COMM_WORLD_RANK=0" in env:
-                    rank0 = int(pid)
         if rank0:
             os.kill(rank0, 15)
         try:
@@ -463,6 +479,12 @@ def main():
         check("/tokenizer_info is not served without enable_tokenizer_info_endpoint", st == 404, st)
         st, _ = s.request("POST", "/reset_prefix_cache")
         check("/reset_prefix_cache is not served without VLLM_SERVER_DEV_MODE", st == 404, st)
+        # An idle server takes no core: the worker rank waits for its next step without spinning in MPI
+        # (it used to take a whole core for as long as the server was up).
+        s.post("/v1/completions", {"prompt": "Hi", "max_tokens": 2})
+        idle = s.idle_cpu()
+        check("an idle tp=2 server's ranks use under 10% of a core each", len(idle) == (2 if BACKEND == "cpu" else 1)
+              and all(v < 0.3 for v in idle.values()), idle)
 
         # The same through curl.
         def curl(*args):
@@ -1888,6 +1910,8 @@ def main():
                 served_pp = list(pool.map(lambda b: rp.post("/v1/completions", b)[1]["choices"][0]["text"], bodies[:6]))
             check("runtime LoRA, two pipeline stages: adapters loaded at run time answer as loaded at start-up",
                   loads == [200, 200] and served_pp == offline_pp, (loads, served_pp, offline_pp))
+            idle = rp.idle_cpu()
+            check("an idle pp=2 server's ranks use under 10% of a core each", len(idle) == 2 and all(v < 0.3 for v in idle.values()), idle)
         finally:
             rp.stop()
         # vLLM's data_parallel_size with internal load balancing (its default): rank 0's port is the one
