@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <iterator>
@@ -30,6 +31,7 @@ SchedulerConfig scheduler_config(const ModelRunner& r) {
   s.priority = c.scheduling_policy == "priority";
   s.spec = parse_speculative_config(c.speculative_config);
   if (c.enable_lora) s.max_loras = c.max_loras;
+  s.sliding_window = window_of_every_layer(r.spec());
   return s;
 }
 
@@ -55,6 +57,14 @@ Engine::Engine(ModelRunner& runner, const Tokenizer* tokenizer, uint64_t seed)
   for (size_t i = 0; i < modules.size(); ++i) {
     lora_served_.push_back({modules[i], static_cast<uint64_t>(i + 1)});
     if (i < lora_slots_.size()) lora_slots_[i] = {modules[i], static_cast<uint64_t>(i + 1), 0};
+  }
+  if (const int64_t w = sched_.config().sliding_window; w > 0) {
+    const int64_t len = sched_.config().max_model_len, peak = sched_.peak_blocks(len);
+    char x[32];
+    std::snprintf(x, sizeof x, "%.2fx", static_cast<double>(sched_.config().num_blocks) / static_cast<double>(peak));
+    log_info("KV cache: a sliding window of ", w, " positions in every layer: blocks before a sequence's window are ",
+             "given back, so a request holds at most ", peak, " blocks; maximum concurrency for ", len,
+             " tokens per request: ", x);
   }
   if (!sched_.config().async_scheduling) return;
   // On one rank, a step's forward pass is queued behind the draw of the step before when it can be
@@ -251,8 +261,8 @@ uint64_t Engine::add_request(std::vector<int32_t> prompt, const SamplingParams& 
                     " tokens (", prompt.size(), " in the prompt, ", params.max_tokens,
                     " for the completion). Please reduce the length of the prompt or max_tokens."));
   if (!sched_.fits(total))
-    throw Error(cat("the request needs ", (total + sched_.config().block_size - 1) / sched_.config().block_size,
-                    " KV-cache blocks but the whole cache has ", sched_.config().num_blocks));
+    throw Error(cat("the request needs ", sched_.peak_blocks(total), " KV-cache blocks but the whole cache has ",
+                    sched_.config().num_blocks));
   std::vector<int32_t> eos;
   for (int64_t e : runner_.spec().eos_token_ids) eos.push_back(static_cast<int32_t>(e));
   if (!pooling) check_some_token_allowed(params, runner_.spec().eos_token_ids);

@@ -9,8 +9,28 @@ namespace llmserve {
 Scheduler::Scheduler(const SchedulerConfig& cfg)
     : cfg_(cfg), bm_(cfg.num_blocks, cfg.num_host_blocks, cfg.block_size, cfg.prefix_caching, cfg.prefix_hash) {}
 
-bool Scheduler::fits(int64_t total) const {
-  return total <= cfg_.max_model_len && (total + cfg_.block_size - 1) / cfg_.block_size <= cfg_.num_blocks;
+bool Scheduler::fits(int64_t total) const { return total <= cfg_.max_model_len && peak_blocks(total) <= cfg_.num_blocks; }
+
+int64_t Scheduler::peak_blocks(int64_t total) const {
+  // (a step's tokens: a chunk, or without chunked prefill a whole prompt)
+  return llmserve::peak_blocks(total, cfg_.block_size, cfg_.sliding_window,
+                               cfg_.chunked_prefill ? cfg_.max_num_batched_tokens : total);
+}
+
+std::vector<int32_t> Scheduler::block_table(const Sequence& s) const {
+  std::vector<int32_t> t = s.blocks;
+  if (s.window_freed > 0 && static_cast<size_t>(s.window_freed) < t.size())
+    std::fill(t.begin(), t.begin() + s.window_freed, t[static_cast<size_t>(s.window_freed)]);
+  return t;
+}
+
+void Scheduler::release_all(Sequence& s) {
+  std::vector<int32_t> held;  // (none while swapped out: every entry -1)
+  for (int32_t b : s.blocks)
+    if (b >= 0) held.push_back(b);
+  bm_.release(held);
+  s.blocks.clear();
+  s.window_freed = 0;
 }
 
 void Scheduler::add(std::unique_ptr<Sequence> seq) {
@@ -44,7 +64,7 @@ void Scheduler::emit(Sequence& s, int32_t chunk, StepPlan& plan, std::vector<int
   s.drafted = st.num_draft;
   s.received = 0;
   if (!drafts.empty()) ++stats_.spec_drafts, stats_.spec_draft_tokens += st.num_draft;
-  st.block_table = s.blocks;
+  st.block_table = block_table(s);
   st.lora = s.params.lora;
   st.sample = s.num_computed + chunk == static_cast<int32_t>(s.tokens.size());
   if (s.params.pooling != Pooling::None) {
@@ -145,7 +165,7 @@ bool Scheduler::schedule_ahead(Sequence& s, int64_t& budget, StepPlan& plan) {
   st.seq_id = s.id;
   st.num_computed = s.num_computed;
   st.tokens.push_back(pending_token(s.sampled_row));
-  st.block_table = s.blocks;
+  st.block_table = block_table(s);
   st.lora = s.params.lora;
   st.sample = true;
   s.num_computed += 1;
@@ -157,6 +177,19 @@ bool Scheduler::schedule_ahead(Sequence& s, int64_t& budget, StepPlan& plan) {
 }
 
 bool Scheduler::reserve_blocks(Sequence& s, int64_t tokens, StepPlan& plan, bool may_preempt) {
+  if (cfg_.sliding_window > 0) {
+    // The step's first query: its first new position, or (a decode planned ahead) the one of the step in
+    // flight before it. Blocks wholly before that query's window go back; only registered ones (a block
+    // is registered once full of known tokens), and one block is always kept for the table's gaps.
+    const int64_t first_key = s.num_computed - s.in_flight - cfg_.sliding_window + 1;
+    const int64_t upto = std::min<int64_t>({first_key / cfg_.block_size, s.hashed_blocks, static_cast<int64_t>(s.blocks.size()) - 1});
+    if (upto > s.window_freed) {
+      std::vector<int32_t> gone(s.blocks.begin() + s.window_freed, s.blocks.begin() + upto);
+      std::fill(s.blocks.begin() + s.window_freed, s.blocks.begin() + upto, -1);
+      s.window_freed = static_cast<int32_t>(upto);
+      bm_.release(gone);
+    }
+  }
   const int64_t need = (tokens + cfg_.block_size - 1) / cfg_.block_size - static_cast<int64_t>(s.blocks.size());
   while (need > bm_.num_available()) {
     if (!may_preempt || !preempt_one(s, plan)) return false;
@@ -177,22 +210,25 @@ bool Scheduler::preempt_one(Sequence& keep, StepPlan& plan) {
     if (v == &keep || v->in_flight) continue;
     if (std::any_of(plan.seqs.begin(), plan.seqs.end(), [&](const SeqStep& x) { return x.seq_id == v->id; })) continue;
     running_.erase(std::next(it).base());
-    const int64_t n = static_cast<int64_t>(v->blocks.size());
+    const int64_t n = static_cast<int64_t>(v->blocks.size()) - v->window_freed;  // (the blocks it holds)
     if (cfg_.num_host_blocks > 0 && n <= bm_.num_host_available()) {
       // Swap: copy all its blocks to host memory and give every one back, those it shares (its n
       // forks' prompt, a cached prefix) too: a swapped-out sequence that kept them could pin most of
       // the cache, leaving a running one room to neither grow nor preempt (and nothing ran again).
       v->host_blocks = bm_.allocate_host(n);
-      for (int64_t i = 0; i < n; ++i) plan.swap_out.push_back({v->blocks[static_cast<size_t>(i)], v->host_blocks[static_cast<size_t>(i)]});
-      bm_.release(v->blocks);
-      v->blocks.assign(static_cast<size_t>(n), -1);
+      for (int64_t i = 0; i < n; ++i)
+        plan.swap_out.push_back({v->blocks[static_cast<size_t>(v->window_freed + i)], v->host_blocks[static_cast<size_t>(i)]});
+      const int32_t freed = v->window_freed;
+      const size_t total = v->blocks.size();
+      release_all(*v);
+      v->blocks.assign(total, -1);
+      v->window_freed = freed;
       v->state = Sequence::State::Swapped;
       enqueue(swapped_, v, true);
       ++stats_.preempted_swap;
     } else {
       // Recompute: drop the KV; the sequence restarts from its tokens (its prefix may still be cached).
-      bm_.release(v->blocks);
-      v->blocks.clear();
+      release_all(*v);
       v->num_computed = 0;
       v->hashed_blocks = 0;
       v->last_hash = v->hash_seed;
@@ -279,13 +315,21 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
     Sequence* s = swapped_.front();
     // Room for its blocks and for what its next step fills (the tokens it has).
     const int64_t need = static_cast<int64_t>(s->host_blocks.size());
-    const int64_t next = (static_cast<int64_t>(s->tokens.size()) + cfg_.block_size - 1) / cfg_.block_size;
+    int64_t next = (static_cast<int64_t>(s->tokens.size()) + cfg_.block_size - 1) / cfg_.block_size;
+    if (cfg_.sliding_window > 0) {
+      // With the window, what its next step holds: to that step's end (a chunk of its prompt at most), from
+      // the block of that step's window start (peak_blocks at most, so a sequence alone always comes back).
+      const int64_t bs = cfg_.block_size, n = static_cast<int64_t>(s->tokens.size());
+      const int64_t end = cfg_.chunked_prefill ? std::min(n, s->num_computed + cfg_.max_num_batched_tokens) : n;
+      const int64_t first = std::max<int64_t>(s->window_freed, std::min<int64_t>(std::max<int64_t>(0, s->num_computed - cfg_.sliding_window + 1) / bs, s->hashed_blocks));
+      next = (end + bs - 1) / bs - first;
+    }
     if (std::max(need, next) > bm_.num_available() || running_.size() >= static_cast<size_t>(cfg_.max_num_seqs) || !lora_fits(*s))
       break;
     auto dev = bm_.allocate(need);
     for (size_t i = 0; i < dev.size(); ++i) {
       plan.swap_in.push_back({s->host_blocks[i], dev[i]});
-      s->blocks[i] = dev[i];
+      s->blocks[s->window_freed + i] = dev[i];
     }
     bm_.release_host(s->host_blocks);
     s->host_blocks.clear();
@@ -336,8 +380,7 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
     }
     if (!schedule_chunk(*s, budget, plan, false)) {
       // Not now: give the prefix blocks back so they do not sit idle.
-      bm_.release(s->blocks);
-      s->blocks.clear();
+      release_all(*s);
       s->num_computed = 0;
       s->hashed_blocks = 0;
       s->last_hash = s->hash_seed;
@@ -372,10 +415,7 @@ void Scheduler::finish(uint64_t id) {
   auto it = seqs_.find(id);
   if (it == seqs_.end()) return;
   Sequence* s = it->second.get();
-  std::vector<int32_t> held;
-  for (int32_t b : s->blocks)
-    if (b >= 0) held.push_back(b);
-  bm_.release(held);
+  release_all(*s);
   if (!s->host_blocks.empty()) bm_.release_host(s->host_blocks);
   running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
   waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), s), waiting_.end());

@@ -49,6 +49,11 @@ struct SchedulerConfig {
   // vLLM's max_loras: the most distinct LoRA adapters among the running sequences; a waiting (or swapped)
   // sequence of another adapter waits until one leaves (waiting ones behind it may go first).
   int max_loras = 1 << 30;
+  // A sliding window in every layer (window_of_every_layer): a step whose first query is at position p reads
+  // no key before p - sliding_window + 1, so the blocks wholly before that are given back as the sequence
+  // goes (as vLLM's sliding-window KV manager): a sequence holds a window's and a step's blocks, not its
+  // whole context's. 0: none.
+  int64_t sliding_window = 0;
 };
 
 struct Sequence {
@@ -68,8 +73,9 @@ struct Sequence {
   BlockHash last_hash;
   BlockHash hash_seed;  // the hash its first block follows: its cache_salt's (BlockManager::salt_hash), or none
   std::vector<int32_t> tokens;  // prompt + generated
-  std::vector<int32_t> blocks;
-  std::vector<int32_t> host_blocks;  // while swapped: the host copy of each of its blocks (it holds none on the device)
+  std::vector<int32_t> blocks;  // a block id per block of positions; -1 for the first window_freed
+  int32_t window_freed = 0;     // leading blocks given back, out of every later step's sliding window
+  std::vector<int32_t> host_blocks;  // while swapped: the host copy of each block it held (it holds none on the device)
   int32_t num_cached_tokens = 0;  // prompt tokens found in the prefix cache when first admitted
   int32_t drafted = 0;   // drafts fed by its step in flight (speculative decoding)
   std::vector<int32_t> proposed;  // a draft model's proposal for its next decode (taken by the next plan)
@@ -109,6 +115,9 @@ class Scheduler {
 
   // Whether a sequence of this many tokens can ever be held.
   bool fits(int64_t total_tokens) const;
+  // The most KV blocks a sequence of this many tokens holds at once: one per block of its positions, or
+  // with a sliding window (SchedulerConfig::sliding_window) those of a window and of a step's tokens.
+  int64_t peak_blocks(int64_t total_tokens) const;
   size_t num_running() const { return running_.size(); }
   // The LoRA adapter slots (SamplingParams::lora > 0) of the running sequences, and of the waiting and
   // swapped ones, each once, in the order first met.
@@ -133,7 +142,13 @@ class Scheduler {
   // Blocks of s that are now full of known, computed tokens become reusable prefix blocks.
   void register_full_blocks(Sequence& s);
   // Blocks for s's first `tokens` positions, preempting later arrivals when allowed; false if not now.
+  // With a sliding window, first gives back the blocks no key of its next step lies in.
   bool reserve_blocks(Sequence& s, int64_t tokens, StepPlan& plan, bool may_preempt);
+  // Gives back every block s holds and forgets its block list.
+  void release_all(Sequence& s);
+  // s's blocks as a step's block table: a block given back reads as s's first held block (never read for
+  // a key, but a kernel may load a whole tile of positions around the window's start).
+  std::vector<int32_t> block_table(const Sequence& s) const;
   // Whether s's next chunks compute prompt_logprobs rows.
   static bool wants_prompt_rows(const Sequence& s) { return s.wants_prompt_logprobs && !s.prompt_rows_done; }
   bool preempt_one(Sequence& keep, StepPlan& plan);

@@ -11,6 +11,14 @@
 
 namespace llmserve {
 
+int64_t peak_blocks(int64_t total, int block_size, int64_t window, int64_t step) {
+  const int64_t all = (total + block_size - 1) / block_size;
+  if (window <= 0) return all;
+  // A step of c tokens from position p holds the blocks of positions p - window + 1 .. p + c - 1:
+  // window + c - 1 positions, over at most (window + c - 2) / block_size + 2 blocks.
+  return std::min(all, (window + std::min(step, total) - 2) / block_size + 2);
+}
+
 PrefixHash parse_prefix_hash(const std::string& name) {
   if (name == "builtin") return PrefixHash::Builtin;
   if (name == "sha256") {

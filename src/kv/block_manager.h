@@ -29,6 +29,11 @@ enum class PrefixHash { Builtin, Sha256 };
 // for sha256 in a build without OpenSSL.
 PrefixHash parse_prefix_hash(const std::string& name);
 
+// The most KV blocks a sequence of `total` tokens holds at once: one per block of its positions, or with a
+// sliding window of `window` positions in every layer (the blocks before a step's window given back, as the
+// scheduler does) those of a window and of a step of at most `step` tokens.
+int64_t peak_blocks(int64_t total, int block_size, int64_t window, int64_t step);
+
 class BlockManager {
  public:
   BlockManager(int64_t num_blocks, int64_t num_host_blocks, int block_size, bool prefix_caching,

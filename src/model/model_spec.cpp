@@ -228,6 +228,12 @@ int64_t attention_window(const ModelSpec& s, int layer) {
              ? s.sliding_window : 0;
 }
 
+int64_t window_of_every_layer(const ModelSpec& s) {
+  for (int l = 0; l < s.num_layers; ++l)
+    if (attention_window(s, l) == 0) return 0;
+  return s.num_layers > 0 ? s.sliding_window : 0;
+}
+
 void model_spec_check_layout(const ModelSpec& s, int tp, int pp) {
   if (s.num_heads % tp != 0)
     throw Error(cat("config: the model's ", s.num_heads, " attention heads are not divisible by tensor_parallel_size ",

@@ -77,6 +77,9 @@ struct ModelSpec {
 bool moe_layer(const ModelSpec& s, int layer);
 // The sliding window of layer `layer`'s attention (ModelSpec::sliding_window_layers), or 0: the whole context.
 int64_t attention_window(const ModelSpec& s, int layer);
+// The sliding window when every layer has it (Mistral's, Mixtral's), else 0: only then may the KV blocks
+// before a sequence's window be given back (one block table serves every layer).
+int64_t window_of_every_layer(const ModelSpec& s);
 
 // Parses a Hugging Face config.json. Throws Error("unsupported architecture X") for anything but
 // Qwen2/Qwen3/Llama/Mistral-style decoders and the Qwen2-MoE / Qwen3-MoE / Mixtral mixtures of experts, and Error naming the field for missing or bad values.

@@ -23,6 +23,7 @@
 #include "common/text.h"
 #include "dist/collective_check.h"
 #include "engine/speculative.h"
+#include "kv/block_manager.h"
 #include "model/dummy_weights.h"
 #include "model/graph_sizes.h"
 #include "model/memory_plan.h"
@@ -340,7 +341,9 @@ void ModelRunner::allocate_kv(MPI_Comm world_comm, long long blocks, long long h
   num_host_blocks_ = host_blocks;
   shape.num_blocks = blocks;
   agree(world_comm, [&] {
-    if (blocks < (cfg_.max_model_len + cfg_.block_size - 1) / cfg_.block_size)
+    // (with a sliding window in every layer, a sequence holds a window's and a step's blocks: Engine's scheduler)
+    if (blocks < peak_blocks(cfg_.max_model_len, cfg_.block_size, window_of_every_layer(spec_),
+                             cfg_.enable_chunked_prefill ? cfg_.max_num_batched_tokens : cfg_.max_model_len))
       throw Error(cat("KV cache: ", blocks, " blocks of ", cfg_.block_size, " tokens cannot hold one sequence of max_model_len ",
                       cfg_.max_model_len, "; raise kv_cache_memory_gb or lower max_model_len"));
     kv_ = std::make_unique<KvCache>(*backend_, shape, num_host_blocks_);

@@ -1321,6 +1321,94 @@ TEST(Scheduler, LongPrefillTokenThresholdCapsEachPromptsChunk) {
   EXPECT_EQ(p.seqs[0].tokens.size(), 12u);
 }
 
+// A sliding window in every layer: the blocks wholly before a step's window (of its first query, or of
+// the step in flight before a decode planned ahead) go back to the cache, the block table keeps every
+// position of the step's windows on the block first given for it and fills the gaps with a held block; a
+// sequence holds at most peak_blocks, so one longer than the whole cache fits; and with a cache of just
+// that, sequences that preempt each other (swapped out mid-prompt, or recomputed) all finish.
+TEST(Scheduler, SlidingWindowGivesBackTheBlocksBeforeTheWindow) {
+  for (bool async : {false, true}) {
+    SCOPED_TRACE(async ? "async scheduling" : "in turn");
+    SchedulerConfig cfg = small_scheduler();  // blocks of 4, 12 tokens a step, 200 blocks
+    cfg.sliding_window = 10;
+    cfg.async_scheduling = async;
+    Scheduler sched(cfg);
+    auto s = prompt_sequence(1, 30, 100);
+    s->params.max_tokens = 40;
+    sched.add(std::move(s));
+    std::map<int64_t, int32_t> first_block;  // block index -> the block id first given for it
+    std::vector<int32_t> pending;            // sampled rows of the step in flight (async)
+    int steps = 0, given_back = 0;
+    for (; sched.has_unfinished() && steps < 200; ++steps) {
+      const StepPlan p = sched.schedule();
+      if (p.seqs.empty()) {  // (async: both steps in flight) collect the oldest
+        ASSERT_FALSE(pending.empty());
+      } else {
+        const SeqStep& st = p.seqs.at(0);
+        const int64_t in_flight_before = async && !pending.empty() ? 1 : 0;
+        const int64_t first = std::max<int64_t>(0, st.num_computed - in_flight_before - cfg.sliding_window + 1);
+        const int64_t end = st.num_computed + static_cast<int64_t>(st.tokens.size());
+        ASSERT_EQ(static_cast<int64_t>(st.block_table.size()), (end + 3) / 4);
+        for (int32_t b : st.block_table) ASSERT_TRUE(b >= 0 && b < cfg.num_blocks) << b;
+        for (int64_t pos = first; pos < end; ++pos) {
+          const int64_t i = pos / 4;
+          auto [it, fresh] = first_block.emplace(i, st.block_table[static_cast<size_t>(i)]);
+          EXPECT_EQ(st.block_table[static_cast<size_t>(i)], it->second) << "position " << pos;
+          EXPECT_GT(sched.blocks().refcount(it->second), 0) << "position " << pos;
+        }
+        const Sequence* q = sched.find(1);
+        given_back = q->window_freed;
+        EXPECT_EQ(q->window_freed, std::max<int64_t>(0, first / 4));
+        EXPECT_LE(sched.blocks().num_used(), sched.peak_blocks(70));
+        if (st.sample) pending.push_back(1);
+      }
+      if (!pending.empty() && (!async || p.seqs.empty() || pending.size() == 2)) {
+        sched.on_token(sampled_token(1, 7));
+        pending.erase(pending.begin());
+        if (sched.find(1)->output_len() >= 40) sched.finish(1);
+      }
+    }
+    EXPECT_FALSE(sched.has_unfinished());
+    EXPECT_GE(given_back, 14);  // 69 positions, a window of 10: blocks 0-13 given back by the last decode
+    EXPECT_EQ(sched.blocks().num_used(), 0);
+  }
+
+  SchedulerConfig cfg = small_scheduler();
+  cfg.sliding_window = 10;
+  cfg.num_blocks = 7;  // (10 + 12 - 2) / 4 + 2 = 7 blocks: a window's and a step's
+  Scheduler fits(cfg);
+  EXPECT_EQ(fits.peak_blocks(128), 7);
+  EXPECT_TRUE(fits.fits(128));
+  cfg.sliding_window = 0;
+  EXPECT_FALSE(Scheduler(cfg).fits(128));
+  for (int64_t host : {100, 0}) {  // swapped out, or recomputed
+    SCOPED_TRACE(host ? "swap" : "recompute");
+    cfg.sliding_window = 10;
+    cfg.num_host_blocks = host;
+    Scheduler sched(cfg);
+    for (uint64_t id = 1; id <= 3; ++id) {  // (short prompts: admitted at once, then growing past the cache)
+      auto s = prompt_sequence(id, id == 3 ? 90 : 4, static_cast<int32_t>(100 * id));
+      s->params.max_tokens = 30;
+      sched.add(std::move(s));
+    }
+    int steps = 0, empty = 0;
+    for (; sched.has_unfinished() && steps < 2000; ++steps) {
+      const StepPlan p = sched.schedule();
+      empty += p.seqs.empty();
+      ASSERT_LE(sched.blocks().num_used(), 7);
+      for (const auto& st : p.seqs) {
+        if (!st.sample) continue;
+        Sequence* q = sched.on_token(sampled_token(st.seq_id, 7));
+        if (q->output_len() >= 30) sched.finish(st.seq_id);
+      }
+    }
+    EXPECT_FALSE(sched.has_unfinished()) << steps << " steps";
+    EXPECT_EQ(empty, 0);
+    EXPECT_GT(sched.stats().preempted_swap + sched.stats().preempted_recompute, 0);
+    EXPECT_EQ(sched.blocks().num_used(), 0);
+  }
+}
+
 // LoRA: each step entry carries its sequence's adapter slot; with max_loras 1 a waiting sequence of a second
 // adapter waits (while base-model and same-adapter ones behind it are admitted) until the first adapter's
 // sequences are gone; and the same prompt under another adapter (or none) finds none of its blocks cached.
