@@ -16,7 +16,7 @@ void send_bytes(MPI_Comm comm, int dst, int tag, const std::string& bytes) {
 
 void wait_until(const std::function<bool()>& ready) {
   using clock = std::chrono::steady_clock;
-  const auto spin_until = clock::now() + std::chrono::milliseconds(5);
+  const auto spin_until = clock::now() + std::chrono::milliseconds(20);
   while (clock::now() < spin_until) {
     if (ready()) return;
     std::this_thread::yield();

@@ -21,7 +21,7 @@ bool probe_bytes(MPI_Comm comm, int src, int tag);
 // Root's `bytes` to every rank of `comm` (size first, then the bytes). Every rank must pass the same
 // `idle`; with it, the ranks other than root wait for the size as recv_bytes' idle wait does.
 void bcast_bytes(MPI_Comm comm, std::string& bytes, int root, bool idle = false);
-// Returns once ready() holds: tests it back to back (yielding the core between tests) for 5 ms, which
+// Returns once ready() holds: tests it back to back (yielding the core between tests) for 20 ms, which
 // covers the gap between a busy server's steps, then sleeps between tests, 50 us at first, doubling up
 // to 1 ms, so that a long wait costs next to no CPU and at most about 1 ms of latency.
 void wait_until(const std::function<bool()>& ready);
