@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <iterator>
@@ -57,14 +56,6 @@ Engine::Engine(ModelRunner& runner, const Tokenizer* tokenizer, uint64_t seed)
   for (size_t i = 0; i < modules.size(); ++i) {
     lora_served_.push_back({modules[i], static_cast<uint64_t>(i + 1)});
     if (i < lora_slots_.size()) lora_slots_[i] = {modules[i], static_cast<uint64_t>(i + 1), 0};
-  }
-  if (const int64_t w = sched_.config().sliding_window; w > 0) {
-    const int64_t len = sched_.config().max_model_len, peak = sched_.peak_blocks(len);
-    char x[32];
-    std::snprintf(x, sizeof x, "%.2fx", static_cast<double>(sched_.config().num_blocks) / static_cast<double>(peak));
-    log_info("KV cache: a sliding window of ", w, " positions in every layer: blocks before a sequence's window are ",
-             "given back, so a request holds at most ", peak, " blocks; maximum concurrency for ", len,
-             " tokens per request: ", x);
   }
   if (!sched_.config().async_scheduling) return;
   // On one rank, a step's forward pass is queued behind the draw of the step before when it can be

@@ -17,6 +17,15 @@ int64_t Scheduler::peak_blocks(int64_t total) const {
                                cfg_.chunked_prefill ? cfg_.max_num_batched_tokens : total);
 }
 
+int64_t Scheduler::window_start_block(const Sequence& s) const {
+  // The step's first query: its first new position, or (a decode planned ahead) the one of the step in
+  // flight before it. Only blocks registered (full of known tokens) go back, and one is always kept for
+  // the table's gaps.
+  const int64_t first_key = std::max<int64_t>(0, s.num_computed - s.in_flight - cfg_.sliding_window + 1);
+  return std::max<int64_t>(0, std::min<int64_t>({first_key / cfg_.block_size, s.hashed_blocks,
+                                                 static_cast<int64_t>(s.blocks.size()) - 1}));
+}
+
 std::vector<int32_t> Scheduler::block_table(const Sequence& s) const {
   std::vector<int32_t> t = s.blocks;
   if (s.window_freed > 0 && static_cast<size_t>(s.window_freed) < t.size())
@@ -178,11 +187,7 @@ bool Scheduler::schedule_ahead(Sequence& s, int64_t& budget, StepPlan& plan) {
 
 bool Scheduler::reserve_blocks(Sequence& s, int64_t tokens, StepPlan& plan, bool may_preempt) {
   if (cfg_.sliding_window > 0) {
-    // The step's first query: its first new position, or (a decode planned ahead) the one of the step in
-    // flight before it. Blocks wholly before that query's window go back; only registered ones (a block
-    // is registered once full of known tokens), and one block is always kept for the table's gaps.
-    const int64_t first_key = s.num_computed - s.in_flight - cfg_.sliding_window + 1;
-    const int64_t upto = std::min<int64_t>({first_key / cfg_.block_size, s.hashed_blocks, static_cast<int64_t>(s.blocks.size()) - 1});
+    const int64_t upto = window_start_block(s);
     if (upto > s.window_freed) {
       std::vector<int32_t> gone(s.blocks.begin() + s.window_freed, s.blocks.begin() + upto);
       std::fill(s.blocks.begin() + s.window_freed, s.blocks.begin() + upto, -1);
@@ -321,8 +326,7 @@ StepPlan Scheduler::schedule(size_t max_seqs) {
       // the block of that step's window start (peak_blocks at most, so a sequence alone always comes back).
       const int64_t bs = cfg_.block_size, n = static_cast<int64_t>(s->tokens.size());
       const int64_t end = cfg_.chunked_prefill ? std::min(n, s->num_computed + cfg_.max_num_batched_tokens) : n;
-      const int64_t first = std::max<int64_t>(s->window_freed, std::min<int64_t>(std::max<int64_t>(0, s->num_computed - cfg_.sliding_window + 1) / bs, s->hashed_blocks));
-      next = (end + bs - 1) / bs - first;
+      next = (end + bs - 1) / bs - std::max<int64_t>(s->window_freed, window_start_block(*s));
     }
     if (std::max(need, next) > bm_.num_available() || running_.size() >= static_cast<size_t>(cfg_.max_num_seqs) || !lora_fits(*s))
       break;

@@ -144,6 +144,8 @@ class Scheduler {
   // Blocks for s's first `tokens` positions, preempting later arrivals when allowed; false if not now.
   // With a sliding window, first gives back the blocks no key of its next step lies in.
   bool reserve_blocks(Sequence& s, int64_t tokens, StepPlan& plan, bool may_preempt);
+  // With a sliding window: the first block s's next step reads (the blocks before it may go back).
+  int64_t window_start_block(const Sequence& s) const;
   // Gives back every block s holds and forgets its block list.
   void release_all(Sequence& s);
   // s's blocks as a step's block table: a block given back reads as s's first held block (never read for

@@ -341,9 +341,7 @@ void ModelRunner::allocate_kv(MPI_Comm world_comm, long long blocks, long long h
   num_host_blocks_ = host_blocks;
   shape.num_blocks = blocks;
   agree(world_comm, [&] {
-    // (with a sliding window in every layer, a sequence holds a window's and a step's blocks: Engine's scheduler)
-    if (blocks < peak_blocks(cfg_.max_model_len, cfg_.block_size, window_of_every_layer(spec_),
-                             cfg_.enable_chunked_prefill ? cfg_.max_num_batched_tokens : cfg_.max_model_len))
+    if (blocks < request_blocks())
       throw Error(cat("KV cache: ", blocks, " blocks of ", cfg_.block_size, " tokens cannot hold one sequence of max_model_len ",
                       cfg_.max_model_len, "; raise kv_cache_memory_gb or lower max_model_len"));
     kv_ = std::make_unique<KvCache>(*backend_, shape, num_host_blocks_);
@@ -382,11 +380,25 @@ void ModelRunner::allocate_kv(MPI_Comm world_comm, long long blocks, long long h
   {  // vLLM's "maximum concurrency" line: how many sequences of max_model_len the KV cache holds at once
     char x[32];
     const long long tokens = num_blocks_ * static_cast<long long>(cfg_.block_size);
-    std::snprintf(x, sizeof x, "%.2fx", static_cast<double>(tokens) / static_cast<double>(cfg_.max_model_len));
-    log_info("KV cache: ", tokens, " tokens; maximum concurrency for ", cfg_.max_model_len, " tokens per request: ", x);
+    if (const int64_t w = window_of_every_layer(spec_); w > 0) {
+      // (a request holds a window's and a step's blocks: the scheduler gives back those before its window)
+      std::snprintf(x, sizeof x, "%.2fx", static_cast<double>(num_blocks_) / static_cast<double>(request_blocks()));
+      log_info("KV cache: ", tokens, " tokens; a sliding window of ", w, " positions in every layer: blocks before a ",
+               "sequence's window are given back, so a request holds at most ", request_blocks(),
+               " blocks; maximum concurrency for ", cfg_.max_model_len, " tokens per request: ", x);
+    } else {
+      std::snprintf(x, sizeof x, "%.2fx", static_cast<double>(tokens) / static_cast<double>(cfg_.max_model_len));
+      log_info("KV cache: ", tokens, " tokens; maximum concurrency for ", cfg_.max_model_len, " tokens per request: ", x);
+    }
     if (shape.dtype == DType::F8E4M3)
       log_info("KV cache dtype ", cfg_.kv_cache_dtype, ": keys and values stored as FP8 E4M3 with scale 1 (values past +-448 saturate)");
   }
+}
+
+int64_t ModelRunner::request_blocks() const {
+  // (a step's tokens: a chunk, or without chunked prefill a whole prompt, as the scheduler plans them)
+  return peak_blocks(cfg_.max_model_len, cfg_.block_size, window_of_every_layer(spec_),
+                     cfg_.enable_chunked_prefill ? cfg_.max_num_batched_tokens : cfg_.max_model_len);
 }
 
 ModelRunner::~ModelRunner() = default;

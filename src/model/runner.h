@@ -41,6 +41,9 @@ class ModelRunner {
   const Topology& topology() const { return topo_; }
   const Config& config() const { return cfg_; }
   int64_t num_blocks() const { return num_blocks_; }
+  // The most KV blocks one request of max_model_len holds at once (peak_blocks: with a sliding window in every
+  // layer, a window's and a step's, the scheduler giving back those before its window).
+  int64_t request_blocks() const;
   int64_t num_host_blocks() const { return num_host_blocks_; }
   Backend& backend() { return *backend_; }
   KvCache& kv() { return *kv_; }
