@@ -16,6 +16,15 @@ TEST(Histogram, CumulativeBucketsSumAndCount) {
             "x_sum{model_name=\"m\"} 4.3\nx_count{model_name=\"m\"} 4\n");
 }
 
+TEST(Histogram, SumKeepsEveryDigit) {
+  Histogram h({1});
+  h.observe(274.0);
+  h.observe(0.828512);
+  EXPECT_NE(h.text("x", "An x.", "m").find("x_sum{model_name=\"m\"} 274.828512\n"), std::string::npos);
+  h.observe(99999.171488);
+  EXPECT_NE(h.text("x", "An x.", "m").find("x_sum{model_name=\"m\"} 100274\n"), std::string::npos);
+}
+
 TEST(Histogram, OneTwoFiveBuckets) {
   EXPECT_EQ(buckets_1_2_5(512), (std::vector<double>{1, 2, 5, 10, 20, 50, 100, 200, 500}));
   EXPECT_EQ(buckets_1_2_5(1000), (std::vector<double>{1, 2, 5, 10, 20, 50, 100, 200, 500, 1000}));
