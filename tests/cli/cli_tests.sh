@@ -14,7 +14,7 @@ llmserve="$build/llmserve"
 convert="$build/llmserve-convert"
 passed=0 failed=0
 # A job whose ranks exit 1 is torn down by mpirun with a kill sequence that waits ~2 s even for ranks
-# already gone; these cases exit on their own (no signal is tested here), so without the wait (2.8 s -> 0.5 s
+# already gone; these cases exit on their own (no signal is tested here), so without the wait (2.8 s -> 0.4 s
 # a case). Not for jobs stopped by a signal: their ranks need the time to shut down.
 export OMPI_MCA_odls_base_sigkill_timeout=0
 
