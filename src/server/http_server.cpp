@@ -97,8 +97,8 @@ template <class Next>
 struct IsTls<beast::ssl_stream<Next>> : std::true_type {};
 #endif
 
-// One connection. Stream: beast::basic_stream over TCP or a Unix domain socket, or (HTTPS) a
-// beast::ssl_stream over one of them; the TLS context the connection was accepted with lives as long as it.
+// One connection. Stream: beast::basic_stream over a generic stream socket (TCP or a Unix domain
+// socket), or (HTTPS) a beast::ssl_stream over it; the TLS context the connection was accepted with lives as long as it.
 template <class Stream>
 class Session : public std::enable_shared_from_this<Session<Stream>> {
   using std::enable_shared_from_this<Session<Stream>>::shared_from_this;
@@ -1105,9 +1105,12 @@ struct HttpServer::Impl {
     });
   }
 
+  // TCP and Unix-socket connections alike as generic stream sockets: one Session type for both (each
+  // Session instantiation costs the build about 50 s of compilation).
   template <class Socket>
-  void start_session(Socket s) {
-    using Plain = beast::basic_stream<typename Socket::protocol_type>;
+  void start_session(Socket accepted) {
+    using Plain = beast::basic_stream<net::generic::stream_protocol>;
+    net::generic::stream_protocol::socket s(std::move(accepted));
     const SessionDeps deps{opt, cors, ctx, engine, hc, store, router.get(), stop_token, stop};
 #ifdef LLMSERVE_TLS
     if (tls) {
