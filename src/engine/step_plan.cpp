@@ -7,7 +7,7 @@
 namespace llmserve {
 namespace {
 
-class Writer {
+class PlanWriter {
  public:
   template <typename T> void put(const T& v) {
     static_assert(std::is_trivially_copyable_v<T>);
@@ -27,9 +27,9 @@ class Writer {
   std::string buf_;
 };
 
-class Reader {
+class PlanReader {
  public:
-  explicit Reader(const std::string& b) : b_(b) {}
+  explicit PlanReader(const std::string& b) : b_(b) {}
   template <typename T> T get() {
     need(sizeof(T));
     T v;
@@ -62,7 +62,7 @@ class Reader {
   size_t p_ = 0;
 };
 
-void put_params(Writer& w, const SamplingParams& p) {
+void put_params(PlanWriter& w, const SamplingParams& p) {
   w.put(p.n), w.put(p.temperature), w.put(p.top_p), w.put(p.top_k), w.put(p.min_p), w.put(p.repetition_penalty);
   w.put(p.presence_penalty), w.put(p.frequency_penalty), w.put(p.max_tokens), w.put(p.min_tokens);
   w.put(static_cast<uint8_t>(p.ignore_eos)), w.put(p.logprobs), w.put(p.prompt_logprobs);
@@ -81,7 +81,7 @@ void put_params(Writer& w, const SamplingParams& p) {
   w.put(static_cast<uint8_t>(p.logprobs_mode));
 }
 
-SamplingParams get_params(Reader& r) {
+SamplingParams get_params(PlanReader& r) {
   SamplingParams p;
   p.n = r.get<int>(), p.temperature = r.get<double>(), p.top_p = r.get<double>(), p.top_k = r.get<int>();
   p.min_p = r.get<double>(), p.repetition_penalty = r.get<double>(), p.presence_penalty = r.get<double>();
@@ -118,7 +118,7 @@ int64_t StepPlan::num_tokens() const {
 }
 
 std::string StepPlan::serialize() const {
-  Writer w;
+  PlanWriter w;
   w.put(version), w.put(step_id), w.put(static_cast<uint8_t>(shutdown));
   w.put(static_cast<uint32_t>(seqs.size()));
   for (const auto& s : seqs) {
@@ -142,7 +142,7 @@ std::string StepPlan::serialize() const {
 }
 
 StepPlan StepPlan::deserialize(const std::string& bytes) {
-  Reader r(bytes);
+  PlanReader r(bytes);
   StepPlan p;
   p.version = r.get<uint32_t>();
   if (p.version != kStepPlanVersion)
@@ -188,7 +188,7 @@ StepPlan StepPlan::deserialize(const std::string& bytes) {
 }
 
 std::string serialize_results(uint64_t step_id, const std::vector<SampledToken>& res) {
-  Writer w;
+  PlanWriter w;
   w.put(step_id);
   w.put(static_cast<uint32_t>(res.size()));
   for (const auto& t : res) {
@@ -199,7 +199,7 @@ std::string serialize_results(uint64_t step_id, const std::vector<SampledToken>&
 }
 
 std::vector<SampledToken> deserialize_results(const std::string& bytes, uint64_t* step_id) {
-  Reader r(bytes);
+  PlanReader r(bytes);
   *step_id = r.get<uint64_t>();
   std::vector<SampledToken> res(r.get<uint32_t>());
   for (auto& t : res) {

@@ -13,7 +13,7 @@ namespace llmserve {
 using json = nlohmann::json;
 
 namespace {
-const std::string kOpen = "<tool_call>", kClose = "</tool_call>", kPython = "<|python_tag|>", kMistral = "[TOOL_CALLS]";
+const std::string kToolOpen = "<tool_call>", kToolClose = "</tool_call>", kPython = "<|python_tag|>", kMistral = "[TOOL_CALLS]";
 
 // A call object with a string name and object (or JSON-string) arguments under `key`.
 bool to_call(const json& j, const char* key, ToolCall& out) {
@@ -186,12 +186,12 @@ ToolParse parse_tool_calls(ToolFormat f, const std::string& text) {
   ToolParse r;
   r.content = text;
   if (f == ToolFormat::Hermes) {
-    const size_t first = text.find(kOpen);
+    const size_t first = text.find(kToolOpen);
     if (first == std::string::npos) return r;
     std::vector<ToolCall> calls;
-    for (size_t pos = first; pos != std::string::npos; pos = text.find(kOpen, pos)) {
-      const size_t body = pos + kOpen.size();
-      const size_t end = text.find(kClose, body);
+    for (size_t pos = first; pos != std::string::npos; pos = text.find(kToolOpen, pos)) {
+      const size_t body = pos + kToolOpen.size();
+      const size_t end = text.find(kToolClose, body);
       const std::string inner = trim(text.substr(body, end == std::string::npos ? std::string::npos : end - body));
       ToolCall c;
       json j;
@@ -208,7 +208,7 @@ ToolParse parse_tool_calls(ToolFormat f, const std::string& text) {
         c.arguments = inner.substr(pc.args_begin, pc.args_end - pc.args_begin);
       calls.push_back(c);
       if (end == std::string::npos) break;
-      pos = end + kClose.size();
+      pos = end + kToolClose.size();
     }
     r.calls = calls;
     r.content = text.substr(0, first);  // as vLLM: untrimmed (what streaming sends before the call)
@@ -290,7 +290,7 @@ ToolParse parse_tool_calls(ToolFormat f, const std::string& text) {
 
 size_t tool_safe_prefix(ToolFormat f, const std::string& text) {
   if (f == ToolFormat::Hermes || is_mistral(f)) {
-    const std::string& tag = f == ToolFormat::Hermes ? kOpen : kMistral;
+    const std::string& tag = f == ToolFormat::Hermes ? kToolOpen : kMistral;
     const size_t k = text.find(tag);
     if (k != std::string::npos) return k;
     return text.size() - partial_tag(text, tag);
@@ -307,15 +307,15 @@ size_t tool_safe_prefix(ToolFormat f, const std::string& text) {
 
 std::vector<PartialCall> scan_hermes_calls(const std::string& text) {
   std::vector<PartialCall> calls;
-  for (size_t pos = text.find(kOpen); pos != std::string::npos; pos = text.find(kOpen, pos)) {
-    const size_t body = pos + kOpen.size();
-    const size_t end = text.find(kClose, body);
+  for (size_t pos = text.find(kToolOpen); pos != std::string::npos; pos = text.find(kToolOpen, pos)) {
+    const size_t body = pos + kToolOpen.size();
+    const size_t end = text.find(kToolClose, body);
     PartialCall c;
     scan_call(std::string_view(text).substr(0, end), body, c);  // (npos: all of it)
-    if (end != std::string::npos) c.block_end = end + kClose.size();
+    if (end != std::string::npos) c.block_end = end + kToolClose.size();
     calls.push_back(std::move(c));
     if (end == std::string::npos) break;
-    pos = end + kClose.size();
+    pos = end + kToolClose.size();
   }
   return calls;
 }
